@@ -1,1 +1,32 @@
-//! ipc-proto
+//! The one crate every Bulkhead process shares: typed messages between the
+//! broker and its workers, their framing, fd passing and the version
+//! handshake.
+//!
+//! Crate map:
+//! - [`codec`]: bincode (pinned `=1.3.3`) behind one function pair, with a size
+//!   limit and trailing-byte rejection.
+//! - [`frame`]: length-prefixed frames over a Unix stream socket, with file
+//!   descriptors attached through `SCM_RIGHTS`.
+//! - [`channel`]: a typed, blocking channel built on frames.
+//! - [`envelope`]: the request/reply/event envelope every channel uses, and
+//!   the flat error that crosses process boundaries.
+//! - [`handshake`]: the protocol-version handshake a worker performs when it
+//!   connects.
+//! - [`worker`]: the worker side of start-up (control fd from the command
+//!   line, parent-death signal, handshake).
+//! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
+//!   request, reply and event enums (one channel per capability).
+
+pub mod block;
+pub mod channel;
+pub mod codec;
+pub mod envelope;
+pub mod frame;
+pub mod handshake;
+pub mod net;
+pub mod vcpu;
+pub mod worker;
+
+pub use channel::{Channel, ChannelError};
+pub use envelope::{BrokerMsg, ErrorClass, FlatError, WorkerMsg};
+pub use handshake::{WorkerKind, PROTOCOL_VERSION};

@@ -1,0 +1,556 @@
+//! The broker ↔ block-proc channel: block node options in QEMU's
+//! `BlockdevOptions` shape, and the request, reply and event enums.
+//!
+//! [`BlockdevOptions`] deserialises from QEMU's `blockdev-add` JSON exactly
+//! (`{"driver":"qcow2","node-name":"disk0","file":{"driver":"file",...}}` or
+//! `"file":"existing-node"`), with unknown members rejected, and it also
+//! travels over the bincode channel. Both work from one set of types: when
+//! the (de)serialiser is human-readable (JSON), the enums use QEMU's
+//! internally tagged (`driver`) and untagged (`BlockdevRef`) forms; on the
+//! binary wire they use serde's externally tagged form, which bincode can
+//! decode.
+//!
+//! Files: block-proc never opens a path. For every `file` node the broker
+//! opens `filename` itself (with `O_DIRECT` when `cache.direct` is true,
+//! read-only when the node is read-only) and passes the fd with
+//! [`BlockRequest::AddNode`], listed in [`FileFd`] by the same filename. A
+//! qcow2 image's backing chain is opened the same way: if block-proc finds a
+//! backing file it has no fd for, it answers [`BlockReply::NeedFiles`] and
+//! the broker re-sends `AddNode` with those files added.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// How discard requests are handled (QEMU `BlockdevDiscardOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiscardMode {
+    /// Ignore discard requests.
+    Ignore,
+    /// Pass discard requests down.
+    Unmap,
+}
+
+/// Zero-write detection (QEMU `BlockdevDetectZeroesOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectZeroes {
+    /// No detection.
+    Off,
+    /// Detect and write zeroes efficiently.
+    On,
+    /// Detect and unmap when discard is `unmap`.
+    Unmap,
+}
+
+impl DetectZeroes {
+    /// QEMU's name of the mode, as `query-named-block-nodes` reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectZeroes::Off => "off",
+            DetectZeroes::On => "on",
+            DetectZeroes::Unmap => "unmap",
+        }
+    }
+}
+
+/// Cache options (QEMU `BlockdevCacheOptions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CacheOptions {
+    /// Bypass the host page cache (`O_DIRECT`).
+    #[serde(default)]
+    pub direct: Option<bool>,
+    /// Ignore flush requests.
+    #[serde(default)]
+    pub no_flush: Option<bool>,
+}
+
+/// Declares a driver's option struct with QEMU's common `BlockdevOptions`
+/// members followed by the driver's own.
+macro_rules! driver_options {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct $name {
+            /// Node name (`node-name`).
+            #[serde(default)]
+            pub node_name: Option<String>,
+            /// Discard handling.
+            #[serde(default)]
+            pub discard: Option<DiscardMode>,
+            /// Cache options.
+            #[serde(default)]
+            pub cache: Option<CacheOptions>,
+            /// Open read-only.
+            #[serde(default)]
+            pub read_only: Option<bool>,
+            /// Fall back to read-only if read-write is refused.
+            #[serde(default)]
+            pub auto_read_only: Option<bool>,
+            /// Do not take image locks.
+            #[serde(default)]
+            pub force_share: Option<bool>,
+            /// Zero-write detection.
+            #[serde(default)]
+            pub detect_zeroes: Option<DetectZeroes>,
+            $($(#[$fdoc])* #[serde(default)] pub $field: $ty,)*
+        }
+    };
+}
+
+driver_options!(
+    /// Options of the `file` driver (QEMU `BlockdevOptionsFile`).
+    FileOptions {
+        /// Path of the file; the broker opens it and passes the fd.
+        filename: String,
+        /// Image locking (`on`, `off`, `auto`); accepted and ignored.
+        locking: Option<String>,
+        /// AIO backend (`threads`, `native`, `io_uring`); accepted and ignored.
+        aio: Option<String>,
+    }
+);
+
+driver_options!(
+    /// Options of the `raw` driver (QEMU `BlockdevOptionsRaw`).
+    RawOptions {
+        /// The protocol node below.
+        file: Option<BlockdevRef>,
+        /// Byte offset of the exposed window.
+        offset: Option<u64>,
+        /// Byte size of the exposed window.
+        size: Option<u64>,
+    }
+);
+
+driver_options!(
+    /// Options of the `qcow2` driver (QEMU `BlockdevOptionsQcow2`).
+    Qcow2Options {
+        /// The protocol node holding the image.
+        file: Option<BlockdevRef>,
+        /// Backing image: absent = from the image header, `null` = none.
+        backing: Option<Option<BlockdevRef>>,
+        /// Accepted and ignored.
+        lazy_refcounts: Option<bool>,
+        /// Accepted and ignored.
+        pass_discard_request: Option<bool>,
+        /// Accepted and ignored.
+        cache_size: Option<u64>,
+    }
+);
+
+driver_options!(
+    /// Options of the `null-co` driver (QEMU `BlockdevOptionsNull`).
+    NullOptions {
+        /// Virtual size in bytes (QEMU default 1 GiB).
+        size: Option<u64>,
+        /// Accepted and ignored.
+        latency_ns: Option<u64>,
+        /// Reads return zeroes (always the case here).
+        read_zeroes: Option<bool>,
+    }
+);
+
+/// Options of one block node (QEMU `BlockdevOptions`, union on `driver`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockdevOptions {
+    /// `file`.
+    File(FileOptions),
+    /// `raw`.
+    Raw(RawOptions),
+    /// `qcow2`.
+    Qcow2(Qcow2Options),
+    /// `null-co`.
+    NullCo(NullOptions),
+}
+
+/// A child node: defined inline or referenced by node name (QEMU
+/// `BlockdevRef`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockdevRef {
+    /// An inline definition.
+    Definition(Box<BlockdevOptions>),
+    /// The node name of an existing node.
+    Reference(String),
+}
+
+/// JSON form: internally tagged on `driver`, kebab-case driver names.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "driver", rename_all = "kebab-case")]
+enum JsonOptions {
+    File(FileOptions),
+    Raw(RawOptions),
+    Qcow2(Qcow2Options),
+    NullCo(NullOptions),
+}
+
+/// Binary form: externally tagged.
+#[derive(Serialize, Deserialize)]
+enum WireOptions {
+    File(FileOptions),
+    Raw(RawOptions),
+    Qcow2(Qcow2Options),
+    NullCo(NullOptions),
+}
+
+impl BlockdevOptions {
+    /// The `node-name` member.
+    pub fn node_name(&self) -> Option<&str> {
+        match self {
+            BlockdevOptions::File(o) => o.node_name.as_deref(),
+            BlockdevOptions::Raw(o) => o.node_name.as_deref(),
+            BlockdevOptions::Qcow2(o) => o.node_name.as_deref(),
+            BlockdevOptions::NullCo(o) => o.node_name.as_deref(),
+        }
+    }
+
+    /// QEMU's driver name.
+    pub fn driver(&self) -> &'static str {
+        match self {
+            BlockdevOptions::File(_) => "file",
+            BlockdevOptions::Raw(_) => "raw",
+            BlockdevOptions::Qcow2(_) => "qcow2",
+            BlockdevOptions::NullCo(_) => "null-co",
+        }
+    }
+
+    /// Every `filename` of `file` nodes defined in this tree (the files the
+    /// broker must open and pass with [`BlockRequest::AddNode`]).
+    pub fn filenames(&self) -> Vec<(String, bool, bool)> {
+        let mut out = Vec::new();
+        self.collect_files(false, &mut out);
+        out
+    }
+
+    fn collect_files(&self, parent_ro: bool, out: &mut Vec<(String, bool, bool)>) {
+        let child = |r: &Option<BlockdevRef>, ro: bool, out: &mut Vec<(String, bool, bool)>| {
+            if let Some(BlockdevRef::Definition(d)) = r {
+                d.collect_files(ro, out);
+            }
+        };
+        match self {
+            BlockdevOptions::File(o) => out.push((
+                o.filename.clone(),
+                parent_ro || o.read_only.unwrap_or(false),
+                o.cache.and_then(|c| c.direct).unwrap_or(false),
+            )),
+            BlockdevOptions::Raw(o) => child(&o.file, parent_ro || o.read_only.unwrap_or(false), out),
+            BlockdevOptions::Qcow2(o) => {
+                let ro = parent_ro || o.read_only.unwrap_or(false);
+                child(&o.file, ro, out);
+                if let Some(Some(b)) = &o.backing {
+                    child(&Some(b.clone()), true, out);
+                }
+            }
+            BlockdevOptions::NullCo(_) => {}
+        }
+    }
+}
+
+impl From<JsonOptions> for BlockdevOptions {
+    fn from(o: JsonOptions) -> Self {
+        match o {
+            JsonOptions::File(o) => BlockdevOptions::File(o),
+            JsonOptions::Raw(o) => BlockdevOptions::Raw(o),
+            JsonOptions::Qcow2(o) => BlockdevOptions::Qcow2(o),
+            JsonOptions::NullCo(o) => BlockdevOptions::NullCo(o),
+        }
+    }
+}
+
+impl From<WireOptions> for BlockdevOptions {
+    fn from(o: WireOptions) -> Self {
+        match o {
+            WireOptions::File(o) => BlockdevOptions::File(o),
+            WireOptions::Raw(o) => BlockdevOptions::Raw(o),
+            WireOptions::Qcow2(o) => BlockdevOptions::Qcow2(o),
+            WireOptions::NullCo(o) => BlockdevOptions::NullCo(o),
+        }
+    }
+}
+
+impl Serialize for BlockdevOptions {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let human = s.is_human_readable();
+        match (self.clone(), human) {
+            (BlockdevOptions::File(o), true) => JsonOptions::File(o).serialize(s),
+            (BlockdevOptions::Raw(o), true) => JsonOptions::Raw(o).serialize(s),
+            (BlockdevOptions::Qcow2(o), true) => JsonOptions::Qcow2(o).serialize(s),
+            (BlockdevOptions::NullCo(o), true) => JsonOptions::NullCo(o).serialize(s),
+            (BlockdevOptions::File(o), false) => WireOptions::File(o).serialize(s),
+            (BlockdevOptions::Raw(o), false) => WireOptions::Raw(o).serialize(s),
+            (BlockdevOptions::Qcow2(o), false) => WireOptions::Qcow2(o).serialize(s),
+            (BlockdevOptions::NullCo(o), false) => WireOptions::NullCo(o).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockdevOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            JsonOptions::deserialize(d).map(Into::into)
+        } else {
+            WireOptions::deserialize(d).map(Into::into)
+        }
+    }
+}
+
+/// JSON form of a reference: a node name or a definition.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum JsonRef {
+    Reference(String),
+    Definition(Box<BlockdevOptions>),
+}
+
+/// Binary form of a reference.
+#[derive(Serialize, Deserialize)]
+enum WireRef {
+    Reference(String),
+    Definition(Box<BlockdevOptions>),
+}
+
+impl Serialize for BlockdevRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.clone(), s.is_human_readable()) {
+            (BlockdevRef::Reference(n), true) => JsonRef::Reference(n).serialize(s),
+            (BlockdevRef::Definition(d), true) => JsonRef::Definition(d).serialize(s),
+            (BlockdevRef::Reference(n), false) => WireRef::Reference(n).serialize(s),
+            (BlockdevRef::Definition(d), false) => WireRef::Definition(d).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockdevRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(match JsonRef::deserialize(d)? {
+                JsonRef::Reference(n) => BlockdevRef::Reference(n),
+                JsonRef::Definition(o) => BlockdevRef::Definition(o),
+            })
+        } else {
+            Ok(match WireRef::deserialize(d)? {
+                WireRef::Reference(n) => BlockdevRef::Reference(n),
+                WireRef::Definition(o) => BlockdevRef::Definition(o),
+            })
+        }
+    }
+}
+
+/// One file the broker opened for a `file` node, matched by `filename`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFd {
+    /// The `filename` exactly as it appears in the options (or, for backing
+    /// files, as resolved against the image's directory).
+    pub filename: String,
+    /// Index of the fd among the fds attached to the message.
+    pub fd_index: u32,
+}
+
+/// Requests from the broker to block-proc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlockRequest {
+    /// `blockdev-add`: create a node (and its inline children).
+    AddNode {
+        /// The options as the QMP client gave them.
+        options: BlockdevOptions,
+        /// The opened files, by filename.
+        files: Vec<FileFd>,
+    },
+    /// `blockdev-del`: remove a node that nothing uses.
+    DelNode {
+        /// Node name.
+        node_name: String,
+    },
+    /// `query-named-block-nodes`.
+    QueryNodes,
+    /// `query-blockstats` (per node).
+    QueryStats,
+    /// Export a node as a vhost-user-blk device on the listening socket
+    /// attached as fd 0.
+    AddExport {
+        /// Export id.
+        id: String,
+        /// Node to export.
+        node_name: String,
+        /// Number of virtqueues.
+        num_queues: u16,
+        /// Allow writes (the node must be writable too).
+        writable: bool,
+        /// Serial reported by VIRTIO_BLK_T_GET_ID (at most 20 bytes used).
+        serial: String,
+        /// Logical block size (512 or 4096).
+        logical_block_size: u32,
+    },
+    /// Remove an export and close its socket.
+    DelExport {
+        /// Export id.
+        id: String,
+    },
+}
+
+/// Replies of block-proc to [`BlockRequest`]s (errors travel as the
+/// envelope's flat error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlockReply {
+    /// The request succeeded and returns nothing.
+    Done,
+    /// `AddNode` needs more files (backing files found in image headers);
+    /// the broker opens them read-only and re-sends `AddNode`.
+    NeedFiles {
+        /// Paths to open, resolved as QEMU would.
+        filenames: Vec<String>,
+    },
+    /// Answer to `QueryNodes`.
+    Nodes(Vec<NodeInfo>),
+    /// Answer to `QueryStats`.
+    Stats(Vec<NodeStats>),
+}
+
+/// Asynchronous events from block-proc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlockEvent {
+    /// A vhost-user frontend connected to an export.
+    ExportConnected {
+        /// Export id.
+        id: String,
+    },
+    /// The frontend of an export disconnected.
+    ExportDisconnected {
+        /// Export id.
+        id: String,
+    },
+    /// An I/O error happened on a node (QEMU `BLOCK_IO_ERROR`).
+    IoError {
+        /// Node name.
+        node_name: String,
+        /// `read` or `write` or `flush`.
+        operation: String,
+        /// errno description.
+        reason: String,
+    },
+}
+
+/// Image information (QEMU `ImageInfo`, the subset bulkhead knows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// File name.
+    pub filename: String,
+    /// Format (`raw`, `qcow2`, `file`, `null-co`).
+    pub format: String,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Allocated bytes on the host, if known.
+    pub actual_size: Option<u64>,
+    /// Cluster size (qcow2).
+    pub cluster_size: Option<u64>,
+    /// Backing file name, if any.
+    pub backing_filename: Option<String>,
+    /// Backing image, if any.
+    pub backing_image: Option<Box<ImageInfo>>,
+}
+
+/// One node as `query-named-block-nodes` reports it (QEMU
+/// `BlockDeviceInfo`; the throttle members are all zero).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name.
+    pub node_name: String,
+    /// Driver name.
+    pub drv: String,
+    /// Read-only.
+    pub ro: bool,
+    /// File name of the node (the image's file name for formats).
+    pub file: String,
+    /// Backing file name, if any.
+    pub backing_file: Option<String>,
+    /// Depth of the backing chain.
+    pub backing_file_depth: u32,
+    /// `off`, `on` or `unmap`.
+    pub detect_zeroes: String,
+    /// O_DIRECT in use.
+    pub cache_direct: bool,
+    /// Flushes ignored.
+    pub cache_no_flush: bool,
+    /// Image description.
+    pub image: ImageInfo,
+    /// Whether a parent (node or export) holds this node.
+    pub in_use: bool,
+}
+
+/// Per-node I/O statistics (QEMU `BlockDeviceStats` subset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoStats {
+    /// Bytes read.
+    pub rd_bytes: u64,
+    /// Bytes written.
+    pub wr_bytes: u64,
+    /// Bytes discarded.
+    pub unmap_bytes: u64,
+    /// Read operations.
+    pub rd_operations: u64,
+    /// Write operations.
+    pub wr_operations: u64,
+    /// Flush operations.
+    pub flush_operations: u64,
+    /// Discard operations.
+    pub unmap_operations: u64,
+    /// Time spent reading, ns.
+    pub rd_total_time_ns: u64,
+    /// Time spent writing, ns.
+    pub wr_total_time_ns: u64,
+    /// Time spent flushing, ns.
+    pub flush_total_time_ns: u64,
+    /// Time spent discarding, ns.
+    pub unmap_total_time_ns: u64,
+    /// Failed reads.
+    pub failed_rd_operations: u64,
+    /// Failed writes.
+    pub failed_wr_operations: u64,
+    /// Failed flushes.
+    pub failed_flush_operations: u64,
+    /// Failed discards.
+    pub failed_unmap_operations: u64,
+    /// Requests rejected as invalid.
+    pub invalid_rd_operations: u64,
+    /// Requests rejected as invalid.
+    pub invalid_wr_operations: u64,
+}
+
+/// Statistics of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Node name.
+    pub node_name: String,
+    /// Highest offset written + 1.
+    pub wr_highest_offset: u64,
+    /// Counters.
+    pub stats: IoStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blockdev_options_roundtrip_through_bincode() {
+        let opts = BlockdevOptions::Qcow2(Qcow2Options {
+            node_name: Some("disk0".into()),
+            discard: Some(DiscardMode::Unmap),
+            cache: None,
+            read_only: Some(false),
+            auto_read_only: None,
+            force_share: None,
+            detect_zeroes: None,
+            file: Some(BlockdevRef::Reference("f0".into())),
+            backing: Some(None),
+            lazy_refcounts: None,
+            pass_discard_request: None,
+            cache_size: None,
+        });
+        let req = BlockRequest::AddNode { options: opts, files: vec![] };
+        let bytes = bincode::serialize(&req).unwrap();
+        let back: BlockRequest = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, req);
+    }
+}

@@ -1,0 +1,32 @@
+//! The broker ↔ net-proc channel.
+//!
+//! net-proc serves vhost-user-net backends; until its devices land, its
+//! channel carries the liveness check the supervisor uses.
+
+use serde::{Deserialize, Serialize};
+
+/// Requests the broker sends to net-proc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetRequest {
+    /// Answer with [`NetReply::Alive`] (supervisor health check).
+    Ping,
+}
+
+/// Replies of net-proc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetReply {
+    /// net-proc is alive and serving.
+    Alive,
+}
+
+/// Events net-proc reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetEvent {
+    /// A backend's link changed state.
+    LinkChanged {
+        /// The netdev id.
+        id: String,
+        /// True when up.
+        up: bool,
+    },
+}

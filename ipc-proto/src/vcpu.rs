@@ -1,0 +1,280 @@
+//! The broker ↔ vcpu-proc channel: VM creation, lifecycle control and the
+//! guest's lifecycle events.
+//!
+//! File descriptors travel beside a request in the frame; a request refers
+//! to them by [`FdSlot`], their index in that frame's fd list.
+
+use serde::{Deserialize, Serialize};
+
+/// Index of an fd in the fd list of the frame that carries the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdSlot(pub u8);
+
+/// Where the 16550 UART's bytes go and come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SerialConfig {
+    /// Output discarded, no input (`-serial null`).
+    Null,
+    /// A byte stream: output written to `output`, input read from `input`
+    /// if any (`-serial stdio`, `-serial file:PATH`).
+    Stream {
+        /// Where guest output goes.
+        output: FdSlot,
+        /// Where guest input comes from.
+        input: Option<FdSlot>,
+    },
+    /// A listening Unix socket; vcpu-proc accepts one client at a time
+    /// (`-serial unix:PATH,server=on,wait=off`).
+    Listener(FdSlot),
+}
+
+/// Everything vcpu-proc needs to build the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// `/dev/kvm`, opened by the broker.
+    pub kvm: FdSlot,
+    /// Guest RAM: a memfd of `mem_size` bytes, sealed against shrinking.
+    pub memory: FdSlot,
+    /// Guest RAM size in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// The kernel image (bzImage or ELF); `None` boots the built-in test guest.
+    pub kernel: Option<FdSlot>,
+    /// The initial ramdisk.
+    pub initrd: Option<FdSlot>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// The serial port backend.
+    pub serial: SerialConfig,
+    /// `-S`: stay in `prelaunch` until `cont`.
+    pub start_paused: bool,
+    /// `-no-shutdown`: a guest shutdown pauses the VM instead of ending it.
+    pub no_shutdown: bool,
+    /// `-no-reboot`: a guest reset is treated as a shutdown.
+    pub no_reboot: bool,
+}
+
+/// QEMU's RunState values (QAPI `RunState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    /// QEMU's `debug`.
+    Debug,
+    /// QEMU's `inmigrate`.
+    Inmigrate,
+    /// QEMU's `internal-error`: the guest crashed or its vCPU worker died.
+    InternalError,
+    /// QEMU's `io-error`.
+    IoError,
+    /// QEMU's `paused`.
+    Paused,
+    /// QEMU's `postmigrate`.
+    Postmigrate,
+    /// QEMU's `prelaunch`: created with `-S`, never run.
+    Prelaunch,
+    /// QEMU's `finish-migrate`.
+    FinishMigrate,
+    /// QEMU's `restore-vm`.
+    RestoreVm,
+    /// QEMU's `running`.
+    Running,
+    /// QEMU's `save-vm`.
+    SaveVm,
+    /// QEMU's `shutdown`: the guest powered off (with `-no-shutdown`).
+    Shutdown,
+    /// QEMU's `suspended`.
+    Suspended,
+    /// QEMU's `watchdog`.
+    Watchdog,
+    /// QEMU's `guest-panicked`.
+    GuestPanicked,
+    /// QEMU's `colo`.
+    Colo,
+}
+
+impl RunState {
+    /// The name QMP uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Debug => "debug",
+            RunState::Inmigrate => "inmigrate",
+            RunState::InternalError => "internal-error",
+            RunState::IoError => "io-error",
+            RunState::Paused => "paused",
+            RunState::Postmigrate => "postmigrate",
+            RunState::Prelaunch => "prelaunch",
+            RunState::FinishMigrate => "finish-migrate",
+            RunState::RestoreVm => "restore-vm",
+            RunState::Running => "running",
+            RunState::SaveVm => "save-vm",
+            RunState::Shutdown => "shutdown",
+            RunState::Suspended => "suspended",
+            RunState::Watchdog => "watchdog",
+            RunState::GuestPanicked => "guest-panicked",
+            RunState::Colo => "colo",
+        }
+    }
+
+    /// Every value, in QAPI order (for the schema).
+    pub const ALL: [RunState; 16] = [
+        RunState::Debug,
+        RunState::Inmigrate,
+        RunState::InternalError,
+        RunState::IoError,
+        RunState::Paused,
+        RunState::Postmigrate,
+        RunState::Prelaunch,
+        RunState::FinishMigrate,
+        RunState::RestoreVm,
+        RunState::Running,
+        RunState::SaveVm,
+        RunState::Shutdown,
+        RunState::Suspended,
+        RunState::Watchdog,
+        RunState::GuestPanicked,
+        RunState::Colo,
+    ];
+}
+
+/// QEMU's ShutdownCause values (the `reason` of SHUTDOWN and RESET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShutdownCause {
+    /// `none`.
+    None,
+    /// `host-error`.
+    HostError,
+    /// `host-qmp-quit`.
+    HostQmpQuit,
+    /// `host-qmp-system-reset`.
+    HostQmpSystemReset,
+    /// `host-signal`.
+    HostSignal,
+    /// `host-ui`.
+    HostUi,
+    /// `guest-shutdown`.
+    GuestShutdown,
+    /// `guest-reset`.
+    GuestReset,
+    /// `guest-panic`.
+    GuestPanic,
+    /// `subsystem-reset`.
+    SubsystemReset,
+    /// `snapshot-load`.
+    SnapshotLoad,
+}
+
+impl ShutdownCause {
+    /// The name QMP uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownCause::None => "none",
+            ShutdownCause::HostError => "host-error",
+            ShutdownCause::HostQmpQuit => "host-qmp-quit",
+            ShutdownCause::HostQmpSystemReset => "host-qmp-system-reset",
+            ShutdownCause::HostSignal => "host-signal",
+            ShutdownCause::HostUi => "host-ui",
+            ShutdownCause::GuestShutdown => "guest-shutdown",
+            ShutdownCause::GuestReset => "guest-reset",
+            ShutdownCause::GuestPanic => "guest-panic",
+            ShutdownCause::SubsystemReset => "subsystem-reset",
+            ShutdownCause::SnapshotLoad => "snapshot-load",
+        }
+    }
+
+    /// True for causes that originate in the guest (the events' `guest` field).
+    pub fn is_guest(self) -> bool {
+        matches!(
+            self,
+            ShutdownCause::GuestShutdown | ShutdownCause::GuestReset | ShutdownCause::GuestPanic
+        )
+    }
+}
+
+/// The VM's run status (`query-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// True when the vCPUs run.
+    pub running: bool,
+    /// True when single-stepping (always false: not supported).
+    pub singlestep: bool,
+    /// The run state.
+    pub status: RunState,
+}
+
+/// One vCPU as `query-cpus-fast` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuInfo {
+    /// Index of the vCPU.
+    pub cpu_index: u32,
+    /// Host thread id of the vCPU thread.
+    pub thread_id: i64,
+    /// Socket, core and thread ids (`props`).
+    pub socket_id: u32,
+    /// Core within the socket.
+    pub core_id: u32,
+    /// Thread within the core.
+    pub thread_in_core: u32,
+}
+
+/// Requests the broker sends to vcpu-proc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum VcpuRequest {
+    /// Build the VM (memory, kernel, vCPUs, devices); it starts running
+    /// unless `start_paused`. Fds: per [`VmConfig`]'s slots.
+    CreateVm(VmConfig),
+    /// Resume the vCPUs (`cont`).
+    Cont,
+    /// Pause the vCPUs (`stop`).
+    Stop,
+    /// Report [`StatusInfo`].
+    QueryStatus,
+    /// Reset the machine (`system_reset`).
+    SystemReset,
+    /// Press the ACPI power button (`system_powerdown`).
+    SystemPowerdown,
+    /// Report every vCPU (`query-cpus-fast`).
+    QueryCpus,
+}
+
+/// Replies of vcpu-proc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum VcpuReply {
+    /// The request was carried out.
+    Done,
+    /// Answer to [`VcpuRequest::QueryStatus`].
+    Status(StatusInfo),
+    /// Answer to [`VcpuRequest::QueryCpus`].
+    Cpus(Vec<CpuInfo>),
+}
+
+/// Events vcpu-proc reports; the broker turns them into QMP events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum VcpuEvent {
+    /// The vCPUs stopped (QMP `STOP`).
+    Stopped,
+    /// The vCPUs resumed (QMP `RESUME`).
+    Resumed,
+    /// The machine reset (QMP `RESET`).
+    Reset {
+        /// Why.
+        reason: ShutdownCause,
+    },
+    /// The guest or host shut the machine down (QMP `SHUTDOWN`).
+    Shutdown {
+        /// Why.
+        reason: ShutdownCause,
+    },
+    /// The power button was pressed (QMP `POWERDOWN`).
+    Powerdown,
+    /// The guest crashed (KVM internal error, failed entry, triple fault
+    /// without reset); the VM is in `internal-error`.
+    GuestCrashed {
+        /// A human description: exit reason, RIP and instruction bytes.
+        detail: String,
+    },
+    /// The guest wrote `code` to the debug-exit port; the VM has ended.
+    DebugExit {
+        /// The value written.
+        code: u32,
+    },
+}
