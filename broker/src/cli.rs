@@ -1,0 +1,348 @@
+//! The command line, in QEMU's syntax (`-qmp unix:PATH,server=on,wait=off`,
+//! `-m 128M`, `-smp 4`, ...). QEMU's single-dash long options and
+//! `key=value,key=value` suboptions are not something clap parses, so this
+//! small parser is written by hand.
+
+use std::path::PathBuf;
+
+/// Errors in the command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    /// An option that bulkhead does not know.
+    #[error("{0}: invalid option")]
+    UnknownOption(String),
+    /// An option given without its value.
+    #[error("{0}: requires an argument")]
+    MissingValue(String),
+    /// A value that does not parse.
+    #[error("{option}: {reason}")]
+    BadValue {
+        /// The option.
+        option: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+/// Result of command-line parsing.
+pub type Result<T> = std::result::Result<T, CliError>;
+
+/// Where the guest's serial port goes (`-serial`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialSpec {
+    /// `-serial stdio`: the broker's stdin and stdout.
+    Stdio,
+    /// `-serial file:PATH`: output appended to a file.
+    File(PathBuf),
+    /// `-serial unix:PATH,server=on,wait=off`: a listening socket.
+    Unix(PathBuf),
+    /// `-serial null`: discarded.
+    Null,
+}
+
+/// Everything the command line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Unix socket paths to serve QMP on (`-qmp`).
+    pub qmp: Vec<PathBuf>,
+    /// `-name`.
+    pub name: Option<String>,
+    /// Guest RAM in bytes (`-m`, default 128 MiB).
+    pub mem_size: u64,
+    /// vCPUs (`-smp`, default 1).
+    pub cpus: u8,
+    /// `-kernel`; `None` boots the built-in test guest.
+    pub kernel: Option<PathBuf>,
+    /// `-initrd`.
+    pub initrd: Option<PathBuf>,
+    /// `-append`.
+    pub append: String,
+    /// `-serial` (default stdio, as QEMU's `-nographic`).
+    pub serial: SerialSpec,
+    /// `-S`.
+    pub start_paused: bool,
+    /// `-no-shutdown`.
+    pub no_shutdown: bool,
+    /// `-no-reboot`.
+    pub no_reboot: bool,
+    /// `-sandbox on|off` (default on).
+    pub sandbox: bool,
+    /// Directory holding the worker executables (`-worker-dir`, default:
+    /// beside the broker's executable).
+    pub worker_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            qmp: Vec::new(),
+            name: None,
+            mem_size: 128 << 20,
+            cpus: 1,
+            kernel: None,
+            initrd: None,
+            append: String::new(),
+            serial: SerialSpec::Stdio,
+            start_paused: false,
+            no_shutdown: false,
+            no_reboot: false,
+            sandbox: true,
+            worker_dir: None,
+        }
+    }
+}
+
+/// The largest `-smp` accepted.
+pub const MAX_CPUS: u8 = 64;
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Config> {
+    let mut cfg = Config::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        // QEMU accepts `--opt` as well as `-opt`.
+        let opt = arg
+            .strip_prefix("--")
+            .map(|o| format!("-{o}"))
+            .unwrap_or_else(|| arg.clone());
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| CliError::MissingValue(opt.clone()))
+        };
+        match opt.as_str() {
+            "-qmp" => cfg.qmp.push(parse_qmp(&value()?)?),
+            "-name" => cfg.name = Some(parse_name(&value()?)),
+            "-m" => cfg.mem_size = parse_mem(&value()?)?,
+            "-smp" => cfg.cpus = parse_smp(&value()?)?,
+            "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
+            "-initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
+            "-append" => cfg.append = value()?,
+            "-serial" => cfg.serial = parse_serial(&value()?)?,
+            "-S" => cfg.start_paused = true,
+            "-no-shutdown" => cfg.no_shutdown = true,
+            "-no-reboot" => cfg.no_reboot = true,
+            "-sandbox" => cfg.sandbox = parse_on_off("-sandbox", &value()?)?,
+            "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
+            // Implied by what bulkhead is: KVM always, never a display.
+            "-enable-kvm" | "-nographic" | "-nodefaults" => {}
+            _ => return Err(CliError::UnknownOption(arg.clone())),
+        }
+    }
+    Ok(cfg)
+}
+
+fn bad(option: &str, reason: impl Into<String>) -> CliError {
+    CliError::BadValue {
+        option: option.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Splits `a,b=c,d=e` into the first element and key/value pairs.
+fn suboptions(s: &str) -> (&str, Vec<(&str, &str)>) {
+    let mut parts = s.split(',');
+    let first = parts.next().unwrap_or("");
+    let kv = parts
+        .map(|p| p.split_once('=').unwrap_or((p, "on")))
+        .collect();
+    (first, kv)
+}
+
+fn parse_on_off(option: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(bad(option, format!("'{v}' is not on or off"))),
+    }
+}
+
+fn parse_qmp(s: &str) -> Result<PathBuf> {
+    let (first, kv) = suboptions(s);
+    let path = first.strip_prefix("unix:").ok_or_else(|| {
+        bad(
+            "-qmp",
+            format!("'{first}': only unix:PATH sockets are supported"),
+        )
+    })?;
+    if path.is_empty() {
+        return Err(bad("-qmp", "empty socket path"));
+    }
+    for (k, v) in kv {
+        match k {
+            "server" if parse_on_off("-qmp", v)? => {}
+            "server" => return Err(bad("-qmp", "a client socket (server=off) is not supported")),
+            "wait" if !parse_on_off("-qmp", v)? => {}
+            "wait" => return Err(bad("-qmp", "wait=on is not supported; use wait=off")),
+            _ => return Err(bad("-qmp", format!("unknown suboption '{k}'"))),
+        }
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn parse_name(s: &str) -> String {
+    let (first, kv) = suboptions(s);
+    kv.iter()
+        .find(|(k, _)| *k == "guest")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| first.strip_prefix("guest=").unwrap_or(first).to_string())
+}
+
+/// QEMU's `-m` syntax: a number with an optional K/M/G/T suffix, MiB when
+/// there is none; also `size=...`.
+pub fn parse_mem(s: &str) -> Result<u64> {
+    let (first, kv) = suboptions(s);
+    let v = kv
+        .iter()
+        .find(|(k, _)| *k == "size")
+        .map(|(_, v)| *v)
+        .unwrap_or(first.strip_prefix("size=").unwrap_or(first));
+    let (digits, mult) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'B' => 1,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad("-m", format!("invalid size suffix in '{v}'"))),
+            };
+            (&v[..i], m)
+        }
+        _ => (v, 1u64 << 20),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| bad("-m", format!("invalid size '{v}'")))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| bad("-m", format!("size '{v}' too large")))?;
+    if bytes < (2 << 20) {
+        return Err(bad("-m", "at least 2 MiB of RAM is needed"));
+    }
+    if bytes % 4096 != 0 {
+        return Err(bad("-m", "size must be a multiple of 4 KiB"));
+    }
+    Ok(bytes)
+}
+
+fn parse_smp(s: &str) -> Result<u8> {
+    let (first, kv) = suboptions(s);
+    let v = kv
+        .iter()
+        .find(|(k, _)| *k == "cpus")
+        .map(|(_, v)| *v)
+        .unwrap_or(first.strip_prefix("cpus=").unwrap_or(first));
+    match v.parse::<u8>() {
+        Ok(n) if (1..=MAX_CPUS).contains(&n) => Ok(n),
+        _ => Err(bad(
+            "-smp",
+            format!("'{v}': CPU count must be 1 to {MAX_CPUS}"),
+        )),
+    }
+}
+
+fn parse_serial(s: &str) -> Result<SerialSpec> {
+    let (first, kv) = suboptions(s);
+    match first {
+        "stdio" => Ok(SerialSpec::Stdio),
+        "null" | "none" => Ok(SerialSpec::Null),
+        _ => {
+            if let Some(p) = first.strip_prefix("file:") {
+                Ok(SerialSpec::File(PathBuf::from(p)))
+            } else if let Some(p) = first.strip_prefix("unix:") {
+                for (k, v) in kv {
+                    match k {
+                        "server" if parse_on_off("-serial", v)? => {}
+                        "wait" if !parse_on_off("-serial", v)? => {}
+                        _ => {
+                            return Err(bad(
+                                "-serial",
+                                format!("unsupported suboption '{k}={v}' (use server=on,wait=off)"),
+                            ))
+                        }
+                    }
+                }
+                Ok(SerialSpec::Unix(PathBuf::from(p)))
+            } else {
+                Err(bad("-serial", format!("'{s}' is not a supported backend")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn full_command_line_parses() {
+        let c = parse(&args(
+            "-qmp unix:/tmp/a.sock,server=on,wait=off -qmp unix:/tmp/b.sock,server=on,wait=off \
+             -name guest=vm1,debug-threads=on -m 256M -smp 4 -S -no-shutdown -serial null",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.qmp,
+            vec![PathBuf::from("/tmp/a.sock"), PathBuf::from("/tmp/b.sock")]
+        );
+        assert_eq!(c.name.as_deref(), Some("vm1"));
+        assert_eq!(c.mem_size, 256 << 20);
+        assert_eq!(c.cpus, 4);
+        assert!(c.start_paused && c.no_shutdown);
+        assert_eq!(c.serial, SerialSpec::Null);
+    }
+
+    #[test]
+    fn memory_sizes_follow_qemu_syntax() {
+        assert_eq!(parse_mem("64").unwrap(), 64 << 20);
+        assert_eq!(parse_mem("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_mem("size=512M").unwrap(), 512 << 20);
+        assert!(parse_mem("12Q").is_err());
+        assert!(parse_mem("1").is_err());
+        assert!(parse_mem("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn unknown_option_is_rejected() {
+        assert_eq!(
+            parse(&args("-frobnicate")),
+            Err(CliError::UnknownOption("-frobnicate".into()))
+        );
+    }
+
+    #[test]
+    fn missing_value_is_rejected() {
+        assert_eq!(parse(&args("-m")), Err(CliError::MissingValue("-m".into())));
+    }
+
+    #[test]
+    fn qmp_client_mode_is_rejected() {
+        assert!(parse(&args("-qmp unix:/x,server=off")).is_err());
+        assert!(parse(&args("-qmp tcp:localhost:4444")).is_err());
+    }
+
+    #[test]
+    fn serial_backends_parse() {
+        assert_eq!(
+            parse_serial("file:/tmp/s").unwrap(),
+            SerialSpec::File("/tmp/s".into())
+        );
+        assert_eq!(
+            parse_serial("unix:/tmp/s,server=on,wait=off").unwrap(),
+            SerialSpec::Unix("/tmp/s".into())
+        );
+        assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn smp_bounds_are_checked() {
+        assert_eq!(parse_smp("cpus=2").unwrap(), 2);
+        assert!(parse_smp("0").is_err());
+        assert!(parse_smp("65").is_err());
+    }
+}

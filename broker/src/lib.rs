@@ -1,0 +1,19 @@
+//! The Bulkhead broker: the only process a user starts.
+//!
+//! Crate map:
+//! - [`cli`]: QEMU-style command line (`-qmp`, `-m`, `-smp`, `-kernel`, ...).
+//! - [`qmp`]: the QMP server: sockets, sessions, negotiation, the command
+//!   registry and schema, events.
+//! - [`commands`]: one type per QMP command, each declared once.
+//! - [`machine`]: the VM's desired state and the handle commands use to
+//!   reach the workers.
+//! - [`workers`]: spawning, linking (request/reply correlation) and
+//!   supervising the worker processes.
+//! - [`run`]: start-up and orderly shutdown.
+
+pub mod cli;
+pub mod commands;
+pub mod machine;
+pub mod qmp;
+pub mod run;
+pub mod workers;

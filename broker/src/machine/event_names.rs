@@ -1,0 +1,15 @@
+//! Names of the QMP events bulkhead adds itself (QMP's downstream-extension
+//! prefix `__org.bulkhead_`). QEMU's own events (STOP, RESUME, RESET,
+//! SHUTDOWN, POWERDOWN, ...) keep QEMU's names.
+
+/// A worker process exited. Data: `worker` ("vcpu", "block", "net"),
+/// `pid`, either `exit-code` or `signal` (e.g. "SIGKILL"), and `action`
+/// ("restart", "guest-crashed" or "none").
+pub const WORKER_EXITED: &str = "__org.bulkhead_WORKER_EXITED";
+
+/// A worker was restarted and brought back to the desired state. Data:
+/// `worker`, `pid`, `restarts` (count so far), `downtime-ms`.
+pub const WORKER_RESTARTED: &str = "__org.bulkhead_WORKER_RESTARTED";
+
+/// The guest crashed (KVM internal error, failed VM entry). Data: `detail`.
+pub const GUEST_CRASHED: &str = "__org.bulkhead_GUEST_CRASHED";

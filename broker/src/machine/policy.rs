@@ -1,0 +1,256 @@
+//! Bringing workers up and applying each one's policy when it exits:
+//! block-proc and net-proc restart with capped backoff and are brought back
+//! to the desired state; a dead vcpu-proc is a guest crash (status
+//! `internal-error`) while the broker keeps answering QMP.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use ipc_proto::envelope::error_chain;
+use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
+use ipc_proto::{FlatError, WorkerKind};
+use serde_json::{json, Value};
+
+use super::{event_names, lock, vm_setup, BlockLink, Machine, VcpuLink, Worker};
+use crate::workers::link::WorkerLink;
+use crate::workers::spawn::{default_worker_dir, spawn_worker, SpawnedWorker};
+use crate::workers::supervisor::{ExitStatus, WorkerExit};
+
+/// Capped exponential backoff between restarts of a crashing worker: the
+/// first restart is immediate, each quick successive crash doubles the
+/// delay up to [`Backoff::MAX`]; a worker that stayed up for
+/// [`Backoff::STABLE`] starts over.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    delay: Duration,
+    last: Option<Instant>,
+    /// Restarts so far.
+    pub restarts: u64,
+}
+
+impl Backoff {
+    /// The longest delay between restarts.
+    pub const MAX: Duration = Duration::from_secs(2);
+    /// Uptime after which a crash counts as the first again.
+    pub const STABLE: Duration = Duration::from_secs(10);
+    const FIRST: Duration = Duration::from_millis(20);
+
+    /// The delay before the next restart, at `now`.
+    pub fn next_delay(&mut self, now: Instant) -> Duration {
+        let recent = self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::STABLE);
+        self.delay = match (recent, self.delay.is_zero()) {
+            (false, _) => Duration::ZERO,
+            (true, true) => Self::FIRST,
+            (true, false) => (self.delay * 2).min(Self::MAX),
+        };
+        self.last = Some(now);
+        self.restarts += 1;
+        self.delay
+    }
+}
+
+/// Errors of bringing a worker up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The process could not be spawned.
+    #[error("cannot spawn the {0} worker")]
+    Spawn(&'static str, #[source] crate::workers::spawn::SpawnError),
+    /// The handshake failed.
+    #[error("the {0} worker failed its handshake")]
+    Handshake(&'static str, #[source] ipc_proto::worker::StartupError),
+    /// Resources could not be prepared.
+    #[error("cannot prepare the VM")]
+    Setup(#[from] vm_setup::SetupError),
+    /// The worker refused the configuration.
+    #[error("the {0} worker refused its configuration: {1}")]
+    Refused(&'static str, FlatError),
+    /// Thread or pidfd creation failed.
+    #[error("cannot supervise the {0} worker")]
+    Io(&'static str, #[source] std::io::Error),
+}
+
+fn worker_dir(m: &Machine) -> PathBuf {
+    m.config()
+        .worker_dir
+        .clone()
+        .unwrap_or_else(|| default_worker_dir().unwrap_or_default())
+}
+
+fn worker_args(m: &Machine) -> Vec<String> {
+    if m.config().sandbox {
+        Vec::new()
+    } else {
+        vec!["--no-sandbox".to_owned()]
+    }
+}
+
+/// Spawns `kind`, completes the handshake and starts its link.
+fn bring_up<R, P, E>(
+    m: &Arc<Machine>,
+    kind: WorkerKind,
+    on_event: impl Fn(&Machine, E) + Send + 'static,
+) -> Result<(SpawnedWorker, Arc<WorkerLink<R, P, E>>), StartError>
+where
+    R: serde::Serialize + Send + 'static,
+    P: serde::de::DeserializeOwned + Send + 'static,
+    E: serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut proc = spawn_worker(kind, &worker_dir(m), &worker_args(m))
+        .map_err(|e| StartError::Spawn(kind.name(), e))?;
+    let sock = proc.control.take().ok_or_else(|| {
+        StartError::Io(
+            kind.name(),
+            std::io::Error::other("control socket already taken"),
+        )
+    })?;
+    let (chan, _hello) = ipc_proto::worker::accept::<R, P, E>(sock, kind)
+        .map_err(|e| StartError::Handshake(kind.name(), e))?;
+    let weak: Weak<Machine> = Arc::downgrade(m);
+    let link = WorkerLink::start(kind, proc.pid, chan, move |e| {
+        if let Some(m) = weak.upgrade() {
+            on_event(&m, e);
+        }
+    })
+    .map_err(|e| StartError::Io(kind.name(), e))?;
+    Ok((proc, link))
+}
+
+/// Starts vcpu-proc and creates the VM in it. Returns the serial socket
+/// path to remove at exit, if the broker created one.
+pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
+    let prepared = vm_setup::prepare(m.config())?;
+    let (proc, link): (SpawnedWorker, Arc<VcpuLink>) =
+        bring_up(m, WorkerKind::Vcpu, |m: &Machine, e| m.on_vcpu_event(e))?;
+    let fds: Vec<_> = prepared.fds.iter().map(|f| f.as_fd()).collect();
+    match link.request(VcpuRequest::CreateVm(prepared.config.clone()), &fds) {
+        Ok(VcpuReply::Done) => {}
+        Ok(other) => return Err(StartError::Refused("vcpu", super::unexpected_reply(&other))),
+        Err(e) => return Err(StartError::Refused("vcpu", e)),
+    }
+    watch(m, &proc, WorkerKind::Vcpu)?;
+    *lock(&m.vcpu) = Some(Worker {
+        process: proc,
+        link,
+    });
+    Ok(prepared.serial_socket)
+}
+
+/// Starts block-proc (and replays the desired block state into it).
+pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
+    let (proc, link): (SpawnedWorker, Arc<BlockLink>) =
+        bring_up(m, WorkerKind::Block, |m: &Machine, e| m.on_block_event(e))?;
+    watch(m, &proc, WorkerKind::Block)?;
+    *lock(&m.block) = Some(Worker {
+        process: proc,
+        link,
+    });
+    Ok(())
+}
+
+fn watch(m: &Arc<Machine>, proc: &SpawnedWorker, kind: WorkerKind) -> Result<(), StartError> {
+    let weak = Arc::downgrade(m);
+    m.supervisor()
+        .watch(kind, proc.pid, &proc.pidfd, move |exit| {
+            if let Some(m) = weak.upgrade() {
+                on_exit(&m, exit);
+            }
+        })
+        .map_err(|e| StartError::Io(kind.name(), e))
+}
+
+/// How long to wait for a dead worker's last events.
+const LAST_EVENTS: Duration = Duration::from_millis(500);
+
+fn exit_data(exit: &WorkerExit, action: &str) -> Value {
+    let mut data = json!({"worker": exit.kind.name(), "pid": exit.pid, "action": action});
+    if let Some(map) = data.as_object_mut() {
+        match exit.status {
+            ExitStatus::Code(c) => map.insert("exit-code".into(), json!(c)),
+            ExitStatus::Signal(s) => map.insert("signal".into(), json!(ExitStatus::signal_name(s))),
+        };
+    }
+    data
+}
+
+/// Applies the exited worker's policy.
+fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
+    // Let the link deliver the worker's last events (a guest shutdown or
+    // debug exit) before judging the exit.
+    let vcpu_link = lock(&m.vcpu).as_ref().map(|w| w.link.clone());
+    let block_link = lock(&m.block).as_ref().map(|w| w.link.clone());
+    let link_closed = match exit.kind {
+        WorkerKind::Vcpu => vcpu_link.map(|l| l.wait_closed(LAST_EVENTS)),
+        WorkerKind::Block => block_link.map(|l| l.wait_closed(LAST_EVENTS)),
+        WorkerKind::Net => None,
+    };
+    tracing::debug!(
+        "{} link closed after exit: {link_closed:?}",
+        exit.kind.name()
+    );
+    if m.is_ending() {
+        return;
+    }
+    tracing::warn!(
+        "{} worker (pid {}) exited: {:?}",
+        exit.kind.name(),
+        exit.pid,
+        exit.status
+    );
+    match exit.kind {
+        WorkerKind::Vcpu => {
+            m.mark_vcpu_crashed();
+            let dead = lock(&m.vcpu).take();
+            drop(dead);
+            m.events().emit(
+                event_names::WORKER_EXITED,
+                Some(exit_data(&exit, "guest-crashed")),
+            );
+            m.events().emit("STOP", None);
+        }
+        WorkerKind::Block => {
+            m.events().emit(
+                event_names::WORKER_EXITED,
+                Some(exit_data(&exit, "restart")),
+            );
+            let down_since = Instant::now();
+            let stale = lock(&m.block).take();
+            drop(stale);
+            restart_block(m, down_since);
+        }
+        WorkerKind::Net => {
+            m.events()
+                .emit(event_names::WORKER_EXITED, Some(exit_data(&exit, "none")));
+        }
+    }
+}
+
+fn restart_block(m: &Arc<Machine>, down_since: Instant) {
+    loop {
+        let delay = lock(&m.restart).next_delay(Instant::now());
+        std::thread::sleep(delay);
+        if m.is_ending() {
+            return;
+        }
+        match start_block(m) {
+            Ok(()) => {
+                let pid = lock(&m.block).as_ref().map(|w| w.process.pid).unwrap_or(0);
+                let restarts = lock(&m.restart).restarts;
+                m.events().emit(
+                    event_names::WORKER_RESTARTED,
+                    Some(json!({
+                        "worker": "block",
+                        "pid": pid,
+                        "restarts": restarts,
+                        "downtime-ms": down_since.elapsed().as_millis() as u64,
+                    })),
+                );
+                return;
+            }
+            Err(e) => tracing::error!("restarting the block worker failed: {}", error_chain(&e)),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Opens what vcpu-proc may not open itself (it holds no authority):
+//! /dev/kvm, the guest-memory memfd, the kernel and initrd, the serial
+//! backend; and builds the `CreateVm` request with those fds attached.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+
+use crate::cli::{Config, SerialSpec};
+
+/// Errors of preparing the VM's resources.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A file could not be opened.
+    #[error("could not open '{0}'")]
+    Open(PathBuf, #[source] std::io::Error),
+    /// Guest memory could not be created.
+    #[error("could not allocate {0} bytes of guest memory")]
+    Memory(u64, #[source] std::io::Error),
+    /// The serial socket could not be created.
+    #[error("could not listen on serial socket '{0}'")]
+    SerialSocket(PathBuf, #[source] std::io::Error),
+}
+
+/// The request and the fds it refers to, in slot order.
+pub struct PreparedVm {
+    /// The VM configuration.
+    pub config: VmConfig,
+    /// The fds, indexed by [`FdSlot`].
+    pub fds: Vec<OwnedFd>,
+    /// A serial socket path the broker created and must remove at exit.
+    pub serial_socket: Option<PathBuf>,
+}
+
+struct Slots(Vec<OwnedFd>);
+
+impl Slots {
+    fn push(&mut self, fd: OwnedFd) -> FdSlot {
+        self.0.push(fd);
+        FdSlot((self.0.len() - 1) as u8)
+    }
+}
+
+/// Opens every resource `cfg` names.
+pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
+    let mut slots = Slots(Vec::new());
+    let kvm_path = Path::new("/dev/kvm");
+    let kvm = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(kvm_path)
+        .map_err(|e| SetupError::Open(kvm_path.into(), e))?;
+    let kvm = slots.push(kvm.into());
+    let memory = slots.push(guest_memory(cfg.mem_size)?);
+    let kernel = cfg
+        .kernel
+        .as_deref()
+        .map(open_ro)
+        .transpose()?
+        .map(|f| slots.push(f.into()));
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(open_ro)
+        .transpose()?
+        .map(|f| slots.push(f.into()));
+    let mut serial_socket = None;
+    let serial = match &cfg.serial {
+        SerialSpec::Null => SerialConfig::Null,
+        SerialSpec::Stdio => {
+            let out = dup_std(std::io::stdout().as_fd())?;
+            let inp = dup_std(std::io::stdin().as_fd())?;
+            SerialConfig::Stream {
+                output: slots.push(out),
+                input: Some(slots.push(inp)),
+            }
+        }
+        SerialSpec::File(p) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| SetupError::Open(p.clone(), e))?;
+            SerialConfig::Stream {
+                output: slots.push(f.into()),
+                input: None,
+            }
+        }
+        SerialSpec::Unix(p) => {
+            remove_stale_socket(p);
+            let l = UnixListener::bind(p).map_err(|e| SetupError::SerialSocket(p.clone(), e))?;
+            serial_socket = Some(p.clone());
+            SerialConfig::Listener(slots.push(l.into()))
+        }
+    };
+    let config = VmConfig {
+        kvm,
+        memory,
+        mem_size: cfg.mem_size,
+        cpus: cfg.cpus,
+        kernel,
+        initrd,
+        cmdline: cfg.append.clone(),
+        serial,
+        start_paused: cfg.start_paused,
+        no_shutdown: cfg.no_shutdown,
+        no_reboot: cfg.no_reboot,
+    };
+    Ok(PreparedVm {
+        config,
+        fds: slots.0,
+        serial_socket,
+    })
+}
+
+fn open_ro(p: &Path) -> Result<File, SetupError> {
+    File::open(p).map_err(|e| SetupError::Open(p.to_path_buf(), e))
+}
+
+fn dup_std(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, SetupError> {
+    fd.try_clone_to_owned()
+        .map_err(|e| SetupError::Open("<stdio>".into(), e))
+}
+
+/// Creates guest RAM: a memfd of `size` bytes that can be shared with the
+/// vhost-user backends, sealed so nobody can shrink it under the guest.
+pub fn guest_memory(size: u64) -> Result<OwnedFd, SetupError> {
+    let err = |e: nix::Error| SetupError::Memory(size, e.into());
+    let fd = memfd_create(
+        c"bulkhead-guest-ram",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(err)?;
+    nix::unistd::ftruncate(&fd, size as libc::off_t).map_err(err)?;
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )
+    .map_err(err)?;
+    Ok(fd)
+}
+
+/// Removes a leftover socket file at `p` (never a regular file).
+pub fn remove_stale_socket(p: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(p);
+    }
+}

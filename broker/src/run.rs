@@ -1,0 +1,166 @@
+//! Start-up and orderly shutdown of the broker: parse the command line,
+//! start the supervisor, the workers and the QMP server, then wait for a
+//! reason to end (quit, guest shutdown, debug exit, signal) and tear down:
+//! no worker and no socket file is left behind.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_proto::envelope::error_chain;
+
+use crate::cli;
+use crate::machine::{policy, vm_setup, ExitRequest, Machine};
+use crate::qmp::events::EventBus;
+use crate::qmp::server::{QmpListener, QmpServer};
+use crate::workers::supervisor::Supervisor;
+
+/// How long pending QMP output may take to flush at exit.
+const FLUSH_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Errors that end the broker before it serves.
+#[derive(Debug, thiserror::Error)]
+pub enum MainError {
+    /// Bad command line.
+    #[error("bulkhead")]
+    Cli(#[from] cli::CliError),
+    /// A QMP socket could not be created.
+    #[error("cannot listen on QMP socket '{0}'")]
+    QmpSocket(PathBuf, #[source] std::io::Error),
+    /// A worker could not be started.
+    #[error("cannot start the VM")]
+    Start(#[from] policy::StartError),
+    /// Threads, signals or the supervisor could not be set up.
+    #[error("cannot set up the broker")]
+    Io(#[from] std::io::Error),
+}
+
+impl MainError {
+    /// The process exit code for this failure class.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MainError::Cli(_) => 2,
+            MainError::QmpSocket(..) => 3,
+            MainError::Start(_) => 4,
+            MainError::Io(_) => 5,
+        }
+    }
+}
+
+/// Entry point: runs the broker with `args` (without the program name).
+pub fn main_with_args(args: Vec<String>) -> ExitCode {
+    init_logging();
+    match run(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{}", error_chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Errors only if a subscriber is already set (tests); nothing to do then.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Runs the broker; returns its exit status.
+pub fn run(args: &[String]) -> Result<u8, MainError> {
+    let config = cli::parse(args)?;
+    let (exit_tx, exit_rx) = channel();
+    install_signal_handlers(exit_tx.clone())?;
+    let listeners = bind_qmp(&config.qmp)?;
+    let supervisor = Supervisor::start()?;
+    let events = Arc::new(EventBus::new());
+    let machine = Machine::new(config, events, supervisor, exit_tx);
+    let mut created_sockets: Vec<PathBuf> = Vec::new();
+    let started = policy::start_block(&machine).and_then(|()| policy::start_vcpu(&machine));
+    match started {
+        Ok(serial) => created_sockets.extend(serial),
+        Err(e) => {
+            machine.stop_workers();
+            remove_sockets(
+                &listeners
+                    .iter()
+                    .filter_map(|l| l.path.clone())
+                    .collect::<Vec<_>>(),
+            );
+            return Err(e.into());
+        }
+    }
+    let server = QmpServer::start(listeners, machine.clone())?;
+    for p in &machine.config().qmp {
+        tracing::info!("QMP socket: {}", p.display());
+    }
+    // Wait for a reason to end.
+    let reason = exit_rx.recv().unwrap_or(ExitRequest::Quit);
+    tracing::info!("ending: {reason:?}");
+    machine.stop_workers();
+    server.shutdown(FLUSH_DEADLINE);
+    remove_sockets(&created_sockets);
+    Ok(reason.exit_status())
+}
+
+fn bind_qmp(paths: &[PathBuf]) -> Result<Vec<QmpListener>, MainError> {
+    let mut out: Vec<QmpListener> = Vec::new();
+    for p in paths {
+        vm_setup::remove_stale_socket(p);
+        match UnixListener::bind(p) {
+            Ok(l) => out.push(QmpListener {
+                listener: l,
+                path: Some(p.clone()),
+            }),
+            Err(e) => {
+                remove_sockets(
+                    &out.iter()
+                        .filter_map(|l| l.path.clone())
+                        .collect::<Vec<_>>(),
+                );
+                return Err(MainError::QmpSocket(p.clone(), e));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_sockets(paths: &[PathBuf]) {
+    for p in paths {
+        vm_setup::remove_stale_socket(p);
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP end the broker in order: a thread waits for
+/// them (they are blocked in every other thread) and sends the exit request.
+fn install_signal_handlers(exit_tx: Sender<ExitRequest>) -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    // Block in this (the main) thread before any other thread starts, so
+    // every thread inherits the mask and only the waiter receives them.
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(std::io::Error::from)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match set.wait() {
+                Ok(sig) => {
+                    tracing::info!("received {}", sig.as_str());
+                    let _ = exit_tx.send(ExitRequest::Signal(sig as i32));
+                }
+                Err(e) => tracing::error!("sigwait failed: {e}"),
+            }
+        })?;
+    Ok(())
+}

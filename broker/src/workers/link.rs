@@ -1,0 +1,217 @@
+//! A live connection to one worker process: requests get ids, a reader
+//! thread matches replies to the waiting callers and hands events to a
+//! callback. When the connection breaks, every waiting caller gets an
+//! error at once instead of hanging.
+
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use ipc_proto::envelope::error_chain;
+use ipc_proto::{BrokerMsg, Channel, FlatError, WorkerKind, WorkerMsg};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How long a caller waits for a worker's reply before giving up.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Pending<P> = Mutex<HashMap<u64, SyncSender<Result<P, FlatError>>>>;
+
+/// The broker's end of one worker's control channel.
+pub struct WorkerLink<R, P, E> {
+    kind: WorkerKind,
+    pid: u32,
+    chan: Arc<Channel<BrokerMsg<R>, WorkerMsg<P, E>>>,
+    pending: Arc<Pending<P>>,
+    next_id: AtomicU64,
+    broken: Arc<AtomicBool>,
+    closed: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl<R, P, E> WorkerLink<R, P, E>
+where
+    R: Serialize + Send + 'static,
+    P: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    /// Wraps an accepted channel and starts its reader thread, which calls
+    /// `on_event` for every event the worker sends.
+    pub fn start(
+        kind: WorkerKind,
+        pid: u32,
+        chan: Channel<BrokerMsg<R>, WorkerMsg<P, E>>,
+        on_event: impl Fn(E) + Send + 'static,
+    ) -> std::io::Result<Arc<Self>> {
+        let link = Arc::new(WorkerLink {
+            kind,
+            pid,
+            chan: Arc::new(chan),
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(1),
+            broken: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new((Mutex::new(false), Condvar::new())),
+        });
+        let closed = link.closed.clone();
+        let chan = link.chan.clone();
+        let pending = link.pending.clone();
+        let broken = link.broken.clone();
+        std::thread::Builder::new()
+            .name(format!("{}-link", kind.name()))
+            .spawn(move || {
+                let reason = loop {
+                    match chan.recv() {
+                        Ok((WorkerMsg::Reply { id, result }, _fds)) => {
+                            let waiter = lock(&pending).remove(&id);
+                            match waiter {
+                                // The caller may have timed out; nothing to do then.
+                                Some(tx) => drop(tx.try_send(result)),
+                                None => tracing::warn!(
+                                    "{} worker replied to unknown request {id}",
+                                    kind.name()
+                                ),
+                            }
+                        }
+                        Ok((WorkerMsg::Event(e), _fds)) => on_event(e),
+                        Err(e) if e.is_closed() => break "closed its control channel".to_owned(),
+                        Err(e) => break error_chain(&e),
+                    }
+                };
+                tracing::debug!("{} worker link ended: {reason}", kind.name());
+                broken.store(true, Ordering::SeqCst);
+                chan.shutdown();
+                for (_, tx) in lock(&pending).drain() {
+                    drop(tx.try_send(Err(worker_gone(kind))));
+                }
+                *lock(&closed.0) = true;
+                closed.1.notify_all();
+            })?;
+        Ok(link)
+    }
+
+    /// Sends `body` with `fds` and waits for the reply.
+    pub fn request(&self, body: R, fds: &[BorrowedFd<'_>]) -> Result<P, FlatError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(worker_gone(self.kind));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        lock(&self.pending).insert(id, tx);
+        if let Err(e) = self.chan.send(&BrokerMsg::Request { id, body }, fds) {
+            lock(&self.pending).remove(&id);
+            return Err(FlatError::generic(format!(
+                "cannot reach the {} worker: {}",
+                self.kind.name(),
+                error_chain(&e)
+            )));
+        }
+        // The reader may have failed every pending request between our
+        // insert and now; then our sender is gone and recv fails at once.
+        match rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(if self.broken.load(Ordering::SeqCst) {
+                    worker_gone(self.kind)
+                } else {
+                    FlatError::generic(format!("the {} worker did not answer", self.kind.name()))
+                })
+            }
+        }
+    }
+
+    /// The worker's pid (as the broker sees it).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// True once the channel has failed or closed.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the reader has seen the end of the channel (so every
+    /// event the worker sent before it exited has been delivered), at most
+    /// `timeout`. Returns true if it has.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let (m, cv) = &*self.closed;
+        let guard = lock(m);
+        let (done, _) = cv
+            .wait_timeout_while(guard, timeout, |closed| !*closed)
+            .unwrap_or_else(|p| p.into_inner());
+        *done
+    }
+
+    /// Closes the channel; the worker sees EOF and exits.
+    pub fn close(&self) {
+        self.chan.shutdown();
+    }
+}
+
+fn worker_gone(kind: WorkerKind) -> FlatError {
+    FlatError::generic(format!("the {} worker is not running", kind.name()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    type WorkerEnd = Channel<WorkerMsg<String, u32>, BrokerMsg<String>>;
+
+    fn pair() -> (
+        Arc<WorkerLink<String, String, u32>>,
+        WorkerEnd,
+        std::sync::mpsc::Receiver<u32>,
+    ) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (etx, erx) = std::sync::mpsc::channel();
+        let link = WorkerLink::start(WorkerKind::Block, 1, Channel::new(a), move |e| {
+            etx.send(e).unwrap()
+        })
+        .unwrap();
+        (link, Channel::new(b), erx)
+    }
+
+    #[test]
+    fn replies_are_matched_to_their_requests_and_events_delivered() {
+        let (link, worker, events) = pair();
+        let t = std::thread::spawn(move || {
+            let (BrokerMsg::Request { id, body }, _) = worker.recv().unwrap();
+            worker.send(&WorkerMsg::Event(5), &[]).unwrap();
+            worker
+                .send(
+                    &WorkerMsg::Reply {
+                        id,
+                        result: Ok(format!("re:{body}")),
+                    },
+                    &[],
+                )
+                .unwrap();
+            worker
+        });
+        assert_eq!(link.request("ping".into(), &[]).unwrap(), "re:ping");
+        assert_eq!(events.recv().unwrap(), 5);
+        drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn dead_worker_fails_waiting_request_instead_of_hanging() {
+        let (link, worker, _events) = pair();
+        let t = std::thread::spawn(move || {
+            let _ = worker.recv().unwrap();
+            drop(worker);
+        });
+        let err = link.request("ping".into(), &[]).unwrap_err();
+        t.join().unwrap();
+        assert_eq!(err.desc, "the block worker is not running");
+        assert!(link.is_broken());
+    }
+}

@@ -1,0 +1,167 @@
+//! Starting a worker process: its executable is found beside the broker's,
+//! its end of a socketpair becomes fd 3 (`--control-fd 3`), it gets a
+//! parent-death signal so it never outlives the broker, ignores the
+//! terminal's SIGINT (the broker handles that and stops the workers in
+//! order), and starts with a clean environment.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ipc_proto::WorkerKind;
+
+/// The fd number a worker finds its control socket at.
+pub const CONTROL_FD: i32 = 3;
+
+/// Environment variables passed through to workers; everything else is
+/// cleared.
+const KEPT_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "BULKHEAD_LOG"];
+
+/// Errors of spawning a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The worker executable does not exist beside the broker.
+    #[error("worker executable {0} not found")]
+    NotFound(PathBuf),
+    /// Creating the socketpair or pidfd, or exec, failed.
+    #[error("cannot start {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// A started worker: its pid, a pidfd to watch it, and the broker's end of
+/// its control socket. Dropping it kills the process (SIGKILL).
+#[derive(Debug)]
+pub struct SpawnedWorker {
+    /// What it is.
+    pub kind: WorkerKind,
+    /// Its pid.
+    pub pid: u32,
+    /// A pidfd referring to it (readable once it exits).
+    pub pidfd: OwnedFd,
+    /// The broker's end of the control socket.
+    pub control: Option<UnixStream>,
+}
+
+impl SpawnedWorker {
+    /// Sends `sig` to the worker through its pidfd (no pid-reuse race).
+    pub fn signal(&self, sig: i32) {
+        send_signal(&self.pidfd, sig);
+    }
+}
+
+impl Drop for SpawnedWorker {
+    fn drop(&mut self) {
+        send_signal(&self.pidfd, libc::SIGKILL);
+    }
+}
+
+/// Sends `sig` through `pidfd`; a process that already exited is not an error.
+pub fn send_signal(pidfd: &OwnedFd, sig: i32) {
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no
+    // siginfo and no flags; it touches no memory of ours.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+}
+
+/// The directory holding the broker's executable (and so the workers').
+pub fn default_worker_dir() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".")))
+}
+
+/// Spawns the `kind` worker from `dir` with `extra_args`.
+pub fn spawn_worker(
+    kind: WorkerKind,
+    dir: &Path,
+    extra_args: &[String],
+) -> Result<SpawnedWorker, SpawnError> {
+    let exe = dir.join(kind.executable());
+    if !exe.is_file() {
+        return Err(SpawnError::NotFound(exe));
+    }
+    let io_err = |e| SpawnError::Io(exe.clone(), e);
+    let (ours, theirs) = UnixStream::pair().map_err(io_err)?;
+    let theirs_fd = theirs.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--control-fd")
+        .arg(CONTROL_FD.to_string())
+        .args(extra_args)
+        .env_clear()
+        .envs(
+            KEPT_ENV
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (dup2, fcntl, prctl, signal, getppid,
+    // kill) on values captured by copy.
+    unsafe {
+        cmd.pre_exec(move || child_setup(theirs_fd, parent));
+    }
+    let child = cmd.spawn().map_err(io_err)?;
+    drop(theirs);
+    let pid = child.id();
+    // SAFETY: pidfd_open on our own child (not yet reaped: only we reap it,
+    // through the pidfd); it returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return Err(io_err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh fd returned by pidfd_open that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    // The Child handle is dropped without waiting: the supervisor reaps
+    // through the pidfd.
+    drop(child);
+    Ok(SpawnedWorker {
+        kind,
+        pid,
+        pidfd,
+        control: Some(ours),
+    })
+}
+
+/// Runs in the child between fork and exec.
+fn child_setup(control: i32, parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY (whole function): plain syscalls on integers, allowed after fork.
+    unsafe {
+        if control != CONTROL_FD {
+            if libc::dup2(control, CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The broker may have died between fork and prctl.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    Ok(())
+}
