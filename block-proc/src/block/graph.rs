@@ -1,0 +1,326 @@
+//! The named node graph: `blockdev-add` (with inline children), node-name
+//! uniqueness, reference counting, `blockdev-del` and the queries. Error
+//! messages are QEMU's, word for word.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::sync::Arc;
+
+use ipc_proto::block::{
+    BlockdevOptions, BlockdevRef, DetectZeroes, DiscardMode, NodeInfo, NodeStats,
+};
+
+use super::file::FileDriver;
+use super::null::NullDriver;
+use super::qcow2::{Qcow2Driver, Qcow2Error};
+use super::raw::{check_window, RawDriver};
+use super::{Driver, Node};
+
+/// Errors of graph operations; `Display` is QEMU's `desc`.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// `node-name` already taken.
+    #[error("Duplicate nodes with node-name='{0}'")]
+    Duplicate(String),
+    /// A reference names no node.
+    #[error("Cannot find device='{0}' nor node-name='{0}'")]
+    NoSuchRef(String),
+    /// `blockdev-del` of an unknown node.
+    #[error("Failed to find node with node-name='{0}'")]
+    NotFound(String),
+    /// The node has parents.
+    #[error("Block device {0} is in use")]
+    InUse(String),
+    /// The file could not be used.
+    #[error("Could not open '{filename}': {reason}")]
+    Open {
+        /// File name.
+        filename: String,
+        /// strerror text.
+        reason: String,
+    },
+    /// Files the broker must open and pass before the node can be added.
+    #[error("missing files: {0:?}")]
+    NeedFiles(Vec<String>),
+    /// Any other option error (QEMU wording where one exists).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result of graph operations.
+pub type Result<T> = std::result::Result<T, GraphError>;
+
+/// strerror text of an io::Error, as QEMU prints it.
+pub fn strerror(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// The block graph of one block-proc.
+#[derive(Default)]
+pub struct Graph {
+    nodes: BTreeMap<String, Arc<Node>>,
+    next_auto: u32,
+}
+
+struct Common {
+    read_only: bool,
+    discard_unmap: bool,
+    detect_zeroes: DetectZeroes,
+    direct: bool,
+    no_flush: bool,
+}
+
+fn common(o: &BlockdevOptions, parent_ro: bool) -> Common {
+    macro_rules! c {
+        ($x:expr) => {
+            Common {
+                read_only: parent_ro || $x.read_only.unwrap_or(false),
+                discard_unmap: $x.discard == Some(DiscardMode::Unmap),
+                detect_zeroes: $x.detect_zeroes.unwrap_or(DetectZeroes::Off),
+                direct: $x.cache.and_then(|c| c.direct).unwrap_or(false),
+                no_flush: $x.cache.and_then(|c| c.no_flush).unwrap_or(false),
+            }
+        };
+    }
+    match o {
+        BlockdevOptions::File(x) => c!(x),
+        BlockdevOptions::Raw(x) => c!(x),
+        BlockdevOptions::Qcow2(x) => c!(x),
+        BlockdevOptions::NullCo(x) => c!(x),
+    }
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Look a node up.
+    pub fn get(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.get(name).cloned()
+    }
+
+    /// Add a node (and its inline children) from `blockdev-add` options.
+    /// `files` holds the fds the broker opened, by file name. On error
+    /// nothing is added.
+    pub fn add(&mut self, options: &BlockdevOptions, mut files: HashMap<String, File>) -> Result<String> {
+        let Some(name) = options.node_name() else {
+            return Err(GraphError::Invalid(
+                "An explicit node-name is required for blockdev-add".into(),
+            ));
+        };
+        if self.nodes.contains_key(name) {
+            return Err(GraphError::Duplicate(name.to_string()));
+        }
+        let mut created = Vec::new();
+        match self.build(options, false, &mut files, &mut created) {
+            Ok(node) => Ok(node.name.clone()),
+            Err(e) => {
+                for n in created.iter().rev() {
+                    if let Some(node) = self.nodes.remove(n) {
+                        for c in node.driver.children() {
+                            if let Some(cn) = self.nodes.get(&c) {
+                                cn.release();
+                            }
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn child(
+        &mut self,
+        r: &Option<BlockdevRef>,
+        parent_ro: bool,
+        files: &mut HashMap<String, File>,
+        created: &mut Vec<String>,
+    ) -> Result<Arc<Node>> {
+        let node = match r {
+            None => {
+                return Err(GraphError::Invalid(
+                    "A block device must be specified for \"file\"".into(),
+                ))
+            }
+            Some(BlockdevRef::Reference(n)) => self
+                .nodes
+                .get(n)
+                .cloned()
+                .ok_or_else(|| GraphError::NoSuchRef(n.clone()))?,
+            Some(BlockdevRef::Definition(d)) => self.build(d, parent_ro, files, created)?,
+        };
+        if !parent_ro && node.read_only {
+            return Err(GraphError::Invalid(format!(
+                "Block node is read-only: '{}' cannot be used by a writable parent",
+                node.name
+            )));
+        }
+        Ok(node)
+    }
+
+    fn build(
+        &mut self,
+        o: &BlockdevOptions,
+        parent_ro: bool,
+        files: &mut HashMap<String, File>,
+        created: &mut Vec<String>,
+    ) -> Result<Arc<Node>> {
+        let name = match o.node_name() {
+            Some(n) => {
+                if self.nodes.contains_key(n) {
+                    return Err(GraphError::Duplicate(n.to_string()));
+                }
+                n.to_string()
+            }
+            None => {
+                self.next_auto += 1;
+                format!("#block{:03}", self.next_auto)
+            }
+        };
+        let c = common(o, parent_ro);
+        let driver: Box<dyn Driver> = match o {
+            BlockdevOptions::File(f) => {
+                let file = files.remove(&f.filename).ok_or_else(|| GraphError::Open {
+                    filename: f.filename.clone(),
+                    reason: "No such file or directory".into(),
+                })?;
+                let d = FileDriver::new(file, f.filename.clone(), c.direct).map_err(|e| {
+                    GraphError::Open {
+                        filename: f.filename.clone(),
+                        reason: strerror(&e),
+                    }
+                })?;
+                Box::new(d)
+            }
+            BlockdevOptions::Raw(r) => {
+                let child = self.child(&r.file, c.read_only, files, created)?;
+                let size = check_window(r.offset.unwrap_or(0), r.size, child.size())
+                    .map_err(GraphError::Invalid)?;
+                child.acquire();
+                Box::new(RawDriver::new(child, r.offset.unwrap_or(0), size))
+            }
+            BlockdevOptions::Qcow2(q) => {
+                let child = self.child(&q.file, c.read_only, files, created)?;
+                let (file, fname, direct) = {
+                    let info = child.driver.image_info();
+                    let fd = dup_child_file(&child)?;
+                    (fd, info.filename, child.cache_direct)
+                };
+                let use_header = match &q.backing {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(_)) => {
+                        return Err(GraphError::Invalid(
+                            "Backing nodes given by reference or definition are not supported; the backing chain comes from the image header".into(),
+                        ))
+                    }
+                };
+                let d = Qcow2Driver::open(
+                    child.clone(),
+                    file,
+                    &fname,
+                    !c.read_only,
+                    direct,
+                    use_header,
+                    files,
+                )
+                .map_err(|e| match e {
+                    Qcow2Error::NeedFiles(f) => GraphError::NeedFiles(f),
+                    Qcow2Error::Open(m) => GraphError::Invalid(m),
+                })?;
+                child.acquire();
+                Box::new(d)
+            }
+            BlockdevOptions::NullCo(n) => Box::new(NullDriver::new(
+                n.size.unwrap_or(NullDriver::DEFAULT_SIZE),
+            )),
+        };
+        let mut node = Node::new(name.clone(), driver, c.read_only);
+        node.discard_unmap = c.discard_unmap;
+        node.detect_zeroes = c.detect_zeroes;
+        node.cache_direct = c.direct;
+        node.cache_no_flush = c.no_flush;
+        let node = Arc::new(node);
+        self.nodes.insert(name.clone(), node.clone());
+        created.push(name);
+        Ok(node)
+    }
+
+    /// `blockdev-del`: remove a node nothing uses, and its implicit
+    /// (auto-named) children that become unused.
+    pub fn del(&mut self, name: &str) -> Result<()> {
+        let node = self
+            .nodes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GraphError::NotFound(name.to_string()))?;
+        if node.in_use() {
+            return Err(GraphError::InUse(name.to_string()));
+        }
+        self.nodes.remove(name);
+        for c in node.driver.children() {
+            if let Some(cn) = self.nodes.get(&c).cloned() {
+                cn.release();
+                if c.starts_with('#') && !cn.in_use() {
+                    self.del(&c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `query-named-block-nodes`.
+    pub fn query_nodes(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let image = n.driver.image_info();
+                NodeInfo {
+                    node_name: n.name.clone(),
+                    drv: n.driver.drv().to_string(),
+                    ro: n.read_only,
+                    file: image.filename.clone(),
+                    backing_file: image.backing_filename.clone(),
+                    backing_file_depth: u32::from(image.backing_filename.is_some()),
+                    detect_zeroes: n.detect_zeroes.as_str().to_string(),
+                    cache_direct: n.cache_direct,
+                    cache_no_flush: n.cache_no_flush,
+                    image,
+                    in_use: n.in_use(),
+                }
+            })
+            .collect()
+    }
+
+    /// `query-blockstats` for every node.
+    pub fn query_stats(&self) -> Vec<NodeStats> {
+        self.nodes
+            .values()
+            .map(|n| NodeStats {
+                node_name: n.name.clone(),
+                wr_highest_offset: n.stats.wr_highest_offset(),
+                stats: n.stats.snapshot(),
+            })
+            .collect()
+    }
+}
+
+fn dup_child_file(child: &Node) -> Result<File> {
+    let info = child.driver.image_info();
+    let fd = child
+        .driver
+        .as_file()
+        .ok_or_else(|| GraphError::Invalid(format!(
+            "'{}' must be a file node to hold an image",
+            child.name
+        )))?;
+    fd.try_clone().map_err(|e| GraphError::Open {
+        filename: info.filename,
+        reason: strerror(&e),
+    })
+}

@@ -1,0 +1,172 @@
+//! The block layer: nodes built from already-open files, their drivers and
+//! the node graph. Nothing here knows about virtio or vhost-user.
+//!
+//! - [`graph`]: the named node graph (`blockdev-add`/`-del`, queries).
+//! - [`file`], [`raw`], [`qcow2`], [`null`]: the drivers.
+//! - [`iobuf`]: aligned bounce buffers and guest-buffer helpers.
+//! - [`stats`]: per-node I/O accounting.
+
+pub mod file;
+pub mod graph;
+pub mod iobuf;
+pub mod null;
+pub mod qcow2;
+pub mod raw;
+pub mod stats;
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipc_proto::block::{DetectZeroes, ImageInfo};
+use vm_memory::VolatileSlice;
+
+pub use graph::{Graph, GraphError};
+pub use stats::Stats;
+
+/// Guest (or test) buffers one request reads into or writes from.
+pub type Bufs<'a, 'b> = &'a [VolatileSlice<'b>];
+
+/// What every block driver does. Offsets and lengths are already checked
+/// against [`Driver::size`] by the caller.
+pub trait Driver: Send + Sync {
+    /// QEMU's driver name (`file`, `raw`, ...).
+    fn drv(&self) -> &'static str;
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+    /// Fill `bufs` from `offset`; bytes past the end of the data read as zero.
+    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()>;
+    /// Write `bufs` at `offset`.
+    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()>;
+    /// Make written data durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Discard a range (advisory).
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Write zeroes to a range, unmapping it if `unmap` allows.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// Image description for queries.
+    fn image_info(&self) -> ImageInfo;
+    /// Names of child nodes in the graph (for reference counting).
+    fn children(&self) -> Vec<String>;
+    /// The open file, for protocol drivers (format drivers open their own
+    /// handle on it).
+    fn as_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+}
+
+/// One named node of the graph.
+pub struct Node {
+    /// Node name (user given or generated `#blockN`).
+    pub name: String,
+    /// The driver instance.
+    pub driver: Box<dyn Driver>,
+    /// Opened read-only.
+    pub read_only: bool,
+    /// Discards passed down (`discard=unmap`).
+    pub discard_unmap: bool,
+    /// Zero-write detection mode.
+    pub detect_zeroes: DetectZeroes,
+    /// O_DIRECT in use.
+    pub cache_direct: bool,
+    /// Flushes ignored.
+    pub cache_no_flush: bool,
+    /// I/O counters.
+    pub stats: Stats,
+    /// Number of parents (nodes and exports) holding this node.
+    users: AtomicUsize,
+}
+
+impl Node {
+    /// Wrap a driver as a node.
+    pub fn new(name: String, driver: Box<dyn Driver>, read_only: bool) -> Self {
+        Node {
+            name,
+            driver,
+            read_only,
+            discard_unmap: false,
+            detect_zeroes: DetectZeroes::Off,
+            cache_direct: false,
+            cache_no_flush: false,
+            stats: Stats::default(),
+            users: AtomicUsize::new(0),
+        }
+    }
+
+    /// Record a new parent.
+    pub fn acquire(&self) {
+        self.users.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Drop a parent.
+    pub fn release(&self) {
+        // Saturating: a release without acquire is a bug, not a wrap-around.
+        let _ = self
+            .users
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
+    }
+
+    /// Whether a parent holds this node.
+    pub fn in_use(&self) -> bool {
+        self.users.load(Ordering::SeqCst) > 0
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.driver.size()
+    }
+
+    /// Read with accounting.
+    pub fn read(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.driver.read(bufs, offset);
+        self.stats.account_read(len, t, r.is_ok());
+        r
+    }
+
+    /// Write with accounting (and zero detection when enabled).
+    pub fn write(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = if self.detect_zeroes != DetectZeroes::Off && iobuf::all_zero(bufs) {
+            let unmap = self.detect_zeroes == DetectZeroes::Unmap && self.discard_unmap;
+            self.driver.write_zeroes(offset, len, unmap)
+        } else {
+            self.driver.write(bufs, offset)
+        };
+        self.stats.account_write(offset, len, t, r.is_ok());
+        r
+    }
+
+    /// Flush with accounting.
+    pub fn flush(&self) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = if self.cache_no_flush {
+            Ok(())
+        } else {
+            self.driver.flush()
+        };
+        self.stats.account_flush(t, r.is_ok());
+        r
+    }
+
+    /// Discard with accounting; a no-op unless `discard=unmap`.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = if self.discard_unmap {
+            self.driver.discard(offset, len)
+        } else {
+            Ok(())
+        };
+        self.stats.account_discard(len, t, r.is_ok());
+        r
+    }
+
+    /// Write zeroes with accounting.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self
+            .driver
+            .write_zeroes(offset, len, unmap && self.discard_unmap);
+        self.stats.account_write(offset, len, t, r.is_ok());
+        r
+    }
+}

@@ -1,0 +1,250 @@
+//! The `qcow2` driver, on the `imago` crate (built with its `sync` feature,
+//! so every imago call is a plain blocking call).
+//!
+//! The image file comes from the `file` child node (its fd is duplicated
+//! for imago). Backing files named in the image header are never opened by
+//! path: they must be among the files the broker passed; a missing one is
+//! reported as [`Qcow2Error::NeedFiles`] so the broker can open and re-send.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{FormatAccess, StorageOpenOptions};
+use ipc_proto::block::ImageInfo;
+
+use super::{Bufs, Driver, Node};
+
+type ImgFile = imago::file::File;
+
+/// Errors opening a qcow2 image.
+#[derive(Debug, thiserror::Error)]
+pub enum Qcow2Error {
+    /// Files that must be opened by the broker first.
+    #[error("missing backing files: {0:?}")]
+    NeedFiles(Vec<String>),
+    /// The image could not be opened (QEMU-like message).
+    #[error("{0}")]
+    Open(String),
+}
+
+/// Result of qcow2 operations.
+pub type Result<T> = std::result::Result<T, Qcow2Error>;
+
+/// A qcow2 node.
+pub struct Qcow2Driver {
+    img: RwLock<FormatAccess<ImgFile>>,
+    child: Arc<Node>,
+    size: u64,
+    filename: String,
+    backing: Option<String>,
+}
+
+fn open_err(e: io::Error) -> Qcow2Error {
+    let msg = e.to_string();
+    if msg.contains("magic") || msg.contains("not in qcow2") {
+        return Qcow2Error::Open("Image is not in qcow2 format".into());
+    }
+    Qcow2Error::Open(format!("Could not open image: {msg}"))
+}
+
+fn storage(file: File, name: &str, writable: bool, direct: bool) -> Result<ImgFile> {
+    let opts = StorageOpenOptions::new()
+        .filename(name)
+        .write(writable)
+        .direct(direct);
+    ImgFile::from_open_file(file, opts).map_err(open_err)
+}
+
+/// Resolve a backing file name as QEMU does: relative to the image's
+/// directory.
+pub fn resolve_backing(image: &str, backing: &str) -> String {
+    if backing.starts_with('/') {
+        return backing.to_string();
+    }
+    match Path::new(image).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(backing).display().to_string(),
+        _ => backing.to_string(),
+    }
+}
+
+fn is_qcow2(file: &File) -> bool {
+    let mut magic = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb"
+}
+
+/// Open one image of a backing chain (read-only), recursively.
+fn open_backing(
+    name: &str,
+    format: Option<&str>,
+    files: &mut HashMap<String, File>,
+) -> Result<FormatAccess<ImgFile>> {
+    let Some(file) = files.remove(name) else {
+        return Err(Qcow2Error::NeedFiles(vec![name.to_string()]));
+    };
+    let qcow = match format {
+        Some("qcow2") => true,
+        Some(_) => false,
+        None => is_qcow2(&file),
+    };
+    let st = storage(file, name, false, false)?;
+    if !qcow {
+        let raw = Raw::open_image(st, false).map_err(open_err)?;
+        return Ok(FormatAccess::new(raw));
+    }
+    let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, false).map_err(open_err)?;
+    attach_backing(&mut q, name, files)?;
+    Ok(FormatAccess::new(q))
+}
+
+fn attach_backing(q: &mut Qcow2<ImgFile>, name: &str, files: &mut HashMap<String, File>) -> Result<()> {
+    if q.requires_external_data_file() {
+        return Err(Qcow2Error::Open(
+            "External data files are not supported".into(),
+        ));
+    }
+    q.set_data_file(None);
+    let backing = match q.implicit_backing_file() {
+        Some(b) => {
+            let path = resolve_backing(name, b);
+            let fmt = q.implicit_backing_format().cloned();
+            Some(open_backing(&path, fmt.as_deref(), files)?)
+        }
+        None => None,
+    };
+    q.set_backing(backing);
+    Ok(())
+}
+
+impl Qcow2Driver {
+    /// Open the image held by the `file` node `child`. `backing`: `None` =
+    /// from the header (files from `files`), `Some(false)` = no backing.
+    pub fn open(
+        child: Arc<Node>,
+        file: File,
+        filename: &str,
+        writable: bool,
+        direct: bool,
+        use_header_backing: bool,
+        files: &mut HashMap<String, File>,
+    ) -> Result<Self> {
+        if !is_qcow2(&file) {
+            return Err(Qcow2Error::Open("Image is not in qcow2 format".into()));
+        }
+        let st = storage(file, filename, writable, direct)?;
+        let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
+        let backing = q.implicit_backing_file().cloned();
+        if use_header_backing {
+            attach_backing(&mut q, filename, files)?;
+        } else {
+            q.set_data_file(None);
+            q.set_backing(None);
+        }
+        let img = FormatAccess::new(q);
+        let size = img.size();
+        Ok(Qcow2Driver {
+            img: RwLock::new(img),
+            child,
+            size,
+            filename: filename.to_string(),
+            backing: if use_header_backing { backing } else { None },
+        })
+    }
+
+    fn lock_err() -> io::Error {
+        io::Error::from_raw_os_error(libc::EIO)
+    }
+}
+
+impl Driver for Qcow2Driver {
+    fn drv(&self) -> &'static str {
+        "qcow2"
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        let mut v = IoVectorMut::with_capacity(bufs.len());
+        for b in bufs {
+            // SAFETY: the slice covers guest (or test) memory that stays mapped
+            // for this call; the guest does not access a buffer it handed to
+            // the device until the request completes.
+            let s = unsafe { std::slice::from_raw_parts_mut(b.ptr_guard_mut().as_ptr(), b.len()) };
+            v.push_ioslice(IoSliceMut::new(s));
+        }
+        let img = self.img.read().map_err(|_| Self::lock_err())?;
+        img.readv(v, offset)
+    }
+    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        let mut v = IoVector::with_capacity(bufs.len());
+        for b in bufs {
+            // SAFETY: as in read; the device only reads these bytes.
+            let s = unsafe { std::slice::from_raw_parts(b.ptr_guard().as_ptr(), b.len()) };
+            v.push_ioslice(IoSlice::new(s));
+        }
+        let img = self.img.read().map_err(|_| Self::lock_err())?;
+        img.writev(v, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        let img = self.img.read().map_err(|_| Self::lock_err())?;
+        img.flush()?;
+        img.sync()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut img = self.img.write().map_err(|_| Self::lock_err())?;
+        match img.discard_to_any(offset, len) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            r => r,
+        }
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        if unmap {
+            let mut img = self.img.write().map_err(|_| Self::lock_err())?;
+            return img.discard_to_zero(offset, len);
+        }
+        let img = self.img.read().map_err(|_| Self::lock_err())?;
+        img.write_zeroes(offset, len)
+    }
+    fn image_info(&self) -> ImageInfo {
+        let c = self.child.driver.image_info();
+        ImageInfo {
+            filename: self.filename.clone(),
+            format: "qcow2".into(),
+            virtual_size: self.size,
+            actual_size: c.actual_size,
+            cluster_size: None,
+            backing_filename: self.backing.clone(),
+            backing_image: None,
+        }
+    }
+    fn children(&self) -> Vec<String> {
+        vec![self.child.name.clone()]
+    }
+}
+
+impl Drop for Qcow2Driver {
+    fn drop(&mut self) {
+        if let Ok(img) = self.img.read() {
+            if let Err(e) = img.flush() {
+                tracing::warn!("flushing qcow2 image {} failed: {e}", self.filename);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_names_resolve_relative_to_image_directory() {
+        assert_eq!(resolve_backing("/img/top.qcow2", "base.raw"), "/img/base.raw");
+        assert_eq!(resolve_backing("/img/top.qcow2", "/abs/b"), "/abs/b");
+        assert_eq!(resolve_backing("top.qcow2", "b"), "b");
+    }
+}

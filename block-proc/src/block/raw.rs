@@ -1,0 +1,94 @@
+//! The `raw` driver: a window (`offset`, `size`) onto a child node.
+
+use std::io;
+use std::sync::Arc;
+
+use ipc_proto::block::ImageInfo;
+
+use super::{Bufs, Driver, Node};
+
+/// A raw format node over a protocol node.
+pub struct RawDriver {
+    child: Arc<Node>,
+    offset: u64,
+    size: u64,
+}
+
+/// Why a raw window is invalid, with QEMU's wording.
+pub fn check_window(offset: u64, size: Option<u64>, child_size: u64) -> Result<u64, String> {
+    if offset > child_size {
+        return Err(format!(
+            "Offset ({offset}) cannot be greater than size of the containing file ({child_size})"
+        ));
+    }
+    match size {
+        Some(s) if offset.checked_add(s).is_none_or(|e| e > child_size) => Err(format!(
+            "The sum of offset ({offset}) and size ({s}) has to be smaller or equal to the  actual size of the containing file ({child_size})"
+        )),
+        Some(s) => Ok(s),
+        None => Ok(child_size - offset),
+    }
+}
+
+impl RawDriver {
+    /// Wrap `child` with the window `[offset, offset + size)`, already
+    /// checked by [`check_window`].
+    pub fn new(child: Arc<Node>, offset: u64, size: u64) -> Self {
+        RawDriver { child, offset, size }
+    }
+}
+
+impl Driver for RawDriver {
+    fn drv(&self) -> &'static str {
+        "raw"
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        self.child.driver.read(bufs, self.offset + offset)
+    }
+    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        self.child.driver.write(bufs, self.offset + offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.child.driver.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.child.driver.discard(self.offset + offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.child.driver.write_zeroes(self.offset + offset, len, unmap)
+    }
+    fn image_info(&self) -> ImageInfo {
+        let c = self.child.driver.image_info();
+        ImageInfo {
+            filename: c.filename,
+            format: "raw".into(),
+            virtual_size: self.size,
+            actual_size: c.actual_size,
+            cluster_size: None,
+            backing_filename: None,
+            backing_image: None,
+        }
+    }
+    fn children(&self) -> Vec<String> {
+        vec![self.child.name.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_window_past_end_is_rejected_with_qemu_wording() {
+        let e = check_window(2_000_000, None, 1_048_576).unwrap_err();
+        assert_eq!(
+            e,
+            "Offset (2000000) cannot be greater than size of the containing file (1048576)"
+        );
+        assert_eq!(check_window(4096, None, 8192), Ok(4096));
+        assert!(check_window(4096, Some(8192), 8192).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! block-proc: Bulkhead's block worker.
+//!
+//! Crate map:
+//! - [`block`]: the block layer (nodes, drivers `file`/`raw`/`qcow2`/`null-co`,
+//!   the node graph, statistics). No virtio, no vhost-user.
+//! - [`virtio_blk`]: virtio-blk request parsing and execution on a node,
+//!   config space and feature bits (device logic, transport-independent).
+//! - [`vring`]: the backend side of a split virtqueue over guest memory, with
+//!   every guest-written field validated.
+//! - [`inflight`]: vhost-user inflight I/O tracking (split layout) and the
+//!   resubmission order after a reconnect.
+//! - [`vhost`]: the vhost-user-blk backend: protocol handler, guest memory
+//!   map, one worker thread per queue, the export listener.
+//! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
+//! - [`standalone`]: `--standalone` mode for tests and benchmarks.
+//! - [`ratelimit`]: rate limiting for guest-triggerable logs.
+
+pub mod block;
+pub mod inflight;
+pub mod ratelimit;
+pub mod server;
+pub mod standalone;
+pub mod vhost;
+pub mod virtio_blk;
+pub mod vring;
