@@ -4,7 +4,8 @@
 //! 0xe0000..0x100000, XSDT → APIC), or from the MP table if there is no ACPI,
 //! then wakes each AP with INIT-SIPI-SIPI. APs enter at the real-mode
 //! trampoline (0x8000), switch straight to long mode and print
-//! `cpu N online (apic id X)`. PASS when all of them arrived.
+//! `cpu N online (apic id X)`. PASS when all of them arrived; FAIL if
+//! neither table exists or an AP does not start.
 
 #![no_std]
 #![no_main]
@@ -38,10 +39,10 @@ fn main() -> ! {
     let source = match machine.source {
         acpi::Source::Madt => "ACPI MADT",
         acpi::Source::MpTable => "MP table",
-        acpi::Source::None => "no firmware table",
+        acpi::Source::None => fail!("neither an ACPI MADT nor an MP table lists the cpus"),
     };
     let bsp = apic::lapic_id();
-    println!("{} cpus listed by the {}; boot cpu apic id {}", machine.cpus, source, bsp);
+    println!("{} cpus listed in the {}; boot cpu apic id {}", machine.cpus, source, bsp);
     if machine.truncated {
         println!("more cpus listed than supported ({}); starting the first ones", guest_rt::entry::MAX_CPUS);
     }
