@@ -1,0 +1,59 @@
+//! The request loop of net-proc.
+
+use ipc_proto::net::{NetEvent, NetReply, NetRequest};
+use ipc_proto::worker::WorkerChannel;
+use ipc_proto::{BrokerMsg, ChannelError, WorkerMsg};
+
+/// Serves requests until the broker closes the channel (a clean end).
+pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), ChannelError> {
+    loop {
+        let (msg, _fds) = match chan.recv() {
+            Ok(m) => m,
+            Err(e) if e.is_closed() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match msg {
+            BrokerMsg::Request { id, body } => {
+                let result = match body {
+                    NetRequest::Ping => Ok(NetReply::Alive),
+                };
+                chan.send(&WorkerMsg::Reply { id, result }, &[])?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use ipc_proto::Channel;
+
+    use super::*;
+
+    #[test]
+    fn ping_is_answered_and_eof_ends_cleanly() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let broker: Channel<BrokerMsg<NetRequest>, WorkerMsg<NetReply, NetEvent>> = Channel::new(a);
+        let worker = Channel::new(b);
+        let t = std::thread::spawn(move || serve(&worker));
+        broker
+            .send(
+                &BrokerMsg::Request {
+                    id: 3,
+                    body: NetRequest::Ping,
+                },
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            broker.recv().unwrap().0,
+            WorkerMsg::Reply {
+                id: 3,
+                result: Ok(NetReply::Alive)
+            }
+        );
+        drop(broker);
+        assert!(t.join().unwrap().is_ok());
+    }
+}
