@@ -9,6 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
+use std::sync::{Mutex, OnceLock};
 
 use ipc_proto::WorkerKind;
 
@@ -81,8 +83,58 @@ pub fn default_worker_dir() -> std::io::Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(".")))
 }
 
-/// Spawns the `kind` worker from `dir` with `extra_args`.
+type SpawnJob = (
+    WorkerKind,
+    PathBuf,
+    Vec<String>,
+    SyncSender<Result<SpawnedWorker, SpawnError>>,
+);
+
+/// The spawner thread's queue. `PR_SET_PDEATHSIG` fires when the *thread*
+/// that forked the child exits, not the process; so every worker is forked
+/// by this one thread, which lives as long as the broker.
+static SPAWNER: OnceLock<Mutex<Sender<SpawnJob>>> = OnceLock::new();
+
+fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = channel::<SpawnJob>();
+        let started = std::thread::Builder::new()
+            .name("spawner".into())
+            .spawn(move || {
+                for (kind, dir, args, reply) in rx {
+                    let _ = reply.send(spawn_here(kind, &dir, &args));
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!("cannot start the spawner thread: {e}");
+        }
+        Mutex::new(tx)
+    })
+}
+
+/// Spawns the `kind` worker from `dir` with `extra_args` (on the spawner
+/// thread, see [`SPAWNER`]).
 pub fn spawn_worker(
+    kind: WorkerKind,
+    dir: &Path,
+    extra_args: &[String],
+) -> Result<SpawnedWorker, SpawnError> {
+    let (tx, rx) = sync_channel(1);
+    let gone = || {
+        SpawnError::Io(
+            dir.join(kind.executable()),
+            std::io::Error::other("spawner thread is gone"),
+        )
+    };
+    spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((kind, dir.to_path_buf(), extra_args.to_vec(), tx))
+        .map_err(|_| gone())?;
+    rx.recv().map_err(|_| gone())?
+}
+
+fn spawn_here(
     kind: WorkerKind,
     dir: &Path,
     extra_args: &[String],
