@@ -186,14 +186,15 @@ impl QueueInflight {
     }
 
     /// Rebuild the queue position after a (re)connect, given the used index
-    /// currently in guest memory and the ring size.
-    pub fn recover(&mut self, used_idx_mem: u16, ring_size: u16) -> Recovery {
+    /// currently in guest memory, the ring size and the frontend's base
+    /// (used as is when the region is fresh).
+    pub fn recover(&mut self, used_idx_mem: u16, ring_size: u16, base: u16) -> Recovery {
         if self.ld16(8) == 0 {
             // Fresh region: nothing to recover.
             self.st16(8, INFLIGHT_VERSION);
             self.st16(10, self.desc_num);
             self.st16(14, used_idx_mem);
-            return Recovery { next_avail: used_idx_mem, resubmit: Vec::new() };
+            return Recovery { next_avail: base, resubmit: Vec::new() };
         }
         if self.ld16(14) != used_idx_mem {
             // Crashed between publishing the used index and clearing the
@@ -235,14 +236,14 @@ mod tests {
         let (r, _f, size) = InflightRegion::create(2, 8).unwrap();
         assert_eq!(size, 2 * queue_region_size(8) as u64);
         let mut q = r.queue(1).unwrap();
-        assert_eq!(q.recover(5, 8), Recovery { next_avail: 5, resubmit: vec![] });
+        assert_eq!(q.recover(5, 8, 5), Recovery { next_avail: 5, resubmit: vec![] });
     }
 
     #[test]
     fn unfinished_heads_are_resubmitted_in_counter_order() {
         let (r, f, size) = InflightRegion::create(1, 8).unwrap();
         let mut q = r.queue(0).unwrap();
-        q.recover(0, 8);
+        q.recover(0, 8, 0);
         q.get(5);
         q.get(2);
         q.get(7);
@@ -251,18 +252,18 @@ mod tests {
         // "Crash": map the same file again as a new process would.
         let r2 = InflightRegion::map(&f, 0, size, 1, 8).unwrap();
         let mut q2 = r2.queue(0).unwrap();
-        assert_eq!(q2.recover(1, 8), Recovery { next_avail: 3, resubmit: vec![5, 7] });
+        assert_eq!(q2.recover(1, 8, 0), Recovery { next_avail: 3, resubmit: vec![5, 7] });
     }
 
     #[test]
     fn crash_after_used_index_publish_clears_last_head() {
         let (r, _f, _) = InflightRegion::create(1, 8).unwrap();
         let mut q = r.queue(0).unwrap();
-        q.recover(0, 8);
+        q.recover(0, 8, 0);
         q.get(3);
         q.pre_put(3);
         // used->idx became 1 in guest memory but post_put never ran.
         let mut q2 = r.queue(0).unwrap();
-        assert_eq!(q2.recover(1, 8), Recovery { next_avail: 1, resubmit: vec![] });
+        assert_eq!(q2.recover(1, 8, 0), Recovery { next_avail: 1, resubmit: vec![] });
     }
 }

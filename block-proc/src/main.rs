@@ -1,1 +1,48 @@
-fn main() {}
+//! block-proc entry point: `--control-fd N` (spawned by the broker) or
+//! `--standalone ...` (tests and benchmarks).
+
+use std::process::ExitCode;
+
+use ipc_proto::WorkerKind;
+
+/// Why block-proc stopped.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("start-up failed")]
+    Startup(#[from] ipc_proto::worker::StartupError),
+    #[error("serving the broker failed")]
+    Server(#[from] block_proc::server::ServerError),
+    #[error("standalone mode failed")]
+    Standalone(#[from] block_proc::standalone::StandaloneError),
+}
+
+fn run() -> Result<(), MainError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--standalone") {
+        return Ok(block_proc::standalone::run(&args)?);
+    }
+    let fd = ipc_proto::worker::control_fd_from_args(args)?;
+    let chan = ipc_proto::worker::connect(WorkerKind::Block, fd)?;
+    Ok(block_proc::server::run(chan)?)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("block-proc: {}", ipc_proto::envelope::error_chain(&e));
+            match e {
+                MainError::Startup(_) => ExitCode::from(2),
+                MainError::Server(_) => ExitCode::from(3),
+                MainError::Standalone(_) => ExitCode::from(4),
+            }
+        }
+    }
+}

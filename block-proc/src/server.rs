@@ -1,1 +1,155 @@
-//! placeholder
+//! The broker IPC loop: receive [`BlockRequest`]s, answer each with a
+//! [`BlockReply`] or a flat error, and forward export events as
+//! [`BlockEvent`]s. One `match` without a catch-all arm, so a new request
+//! does not compile until it is handled here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest};
+use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
+use ipc_proto::worker::WorkerChannel;
+use ipc_proto::FlatError;
+
+use crate::block::{Graph, GraphError};
+use crate::vhost::export::{Export, ExportEvent};
+use crate::virtio_blk::BlkConfig;
+
+/// Errors that end the server loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The control channel failed.
+    #[error("control channel failed")]
+    Channel(#[source] ipc_proto::ChannelError),
+}
+
+/// Result of the server loop.
+pub type Result<T> = std::result::Result<T, ServerError>;
+
+/// The channel type block-proc uses.
+pub type BlockChannel = WorkerChannel<BlockRequest, BlockReply, BlockEvent>;
+
+/// Block-proc's state: the node graph and the exports.
+pub struct Server {
+    graph: Graph,
+    exports: BTreeMap<String, Export>,
+    events: mpsc::Sender<ExportEvent>,
+}
+
+impl From<GraphError> for FlatError {
+    fn from(e: GraphError) -> Self {
+        FlatError::generic(e.to_string())
+    }
+}
+
+impl Server {
+    /// A server whose export events go to `events`.
+    pub fn new(events: mpsc::Sender<ExportEvent>) -> Self {
+        Server { graph: Graph::new(), exports: BTreeMap::new(), events }
+    }
+
+    /// The node graph.
+    pub fn graph(&mut self) -> &mut Graph {
+        &mut self.graph
+    }
+
+    /// Handle one request with the fds that came with it.
+    pub fn handle(&mut self, req: BlockRequest, fds: Vec<OwnedFd>) -> std::result::Result<BlockReply, FlatError> {
+        match req {
+            BlockRequest::AddNode { options, files } => {
+                let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+                let mut map = HashMap::new();
+                for f in files {
+                    let fd = usize::try_from(f.fd_index)
+                        .ok()
+                        .and_then(|i| slots.get_mut(i))
+                        .and_then(Option::take)
+                        .ok_or_else(|| FlatError::generic(format!("no fd passed for '{}'", f.filename)))?;
+                    map.insert(f.filename, File::from(fd));
+                }
+                match self.graph.add(&options, map) {
+                    Ok(_) => Ok(BlockReply::Done),
+                    Err(GraphError::NeedFiles(filenames)) => Ok(BlockReply::NeedFiles { filenames }),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            BlockRequest::DelNode { node_name } => {
+                self.graph.del(&node_name)?;
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::QueryNodes => Ok(BlockReply::Nodes(self.graph.query_nodes())),
+            BlockRequest::QueryStats => Ok(BlockReply::Stats(self.graph.query_stats())),
+            BlockRequest::AddExport { id, node_name, num_queues, writable, serial, logical_block_size } => {
+                if self.exports.contains_key(&id) {
+                    return Err(FlatError::generic(format!("Block export id '{id}' is already in use")));
+                }
+                let node = self
+                    .graph
+                    .get(&node_name)
+                    .ok_or_else(|| FlatError::from(GraphError::NoSuchRef(node_name.clone())))?;
+                if writable && node.read_only {
+                    return Err(FlatError::generic(format!(
+                        "Block node is read-only: '{node_name}' cannot be exported writable"
+                    )));
+                }
+                if !matches!(logical_block_size, 512 | 4096) || num_queues == 0 || num_queues > 64 {
+                    return Err(FlatError::generic("Invalid export parameters"));
+                }
+                let listener = fds
+                    .into_iter()
+                    .next()
+                    .map(UnixListener::from)
+                    .ok_or_else(|| FlatError::generic("no listening socket passed for the export"))?;
+                let cfg = BlkConfig::new(&node, num_queues, writable, &serial, logical_block_size);
+                let export = Export::start(id.clone(), listener, node, cfg, Some(self.events.clone()))
+                    .map_err(|e| FlatError::generic(format!("Could not start export '{id}': {e}")))?;
+                self.exports.insert(id, export);
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::DelExport { id } => {
+                let e = self
+                    .exports
+                    .remove(&id)
+                    .ok_or_else(|| FlatError::generic(format!("Export '{id}' is not found")))?;
+                e.stop();
+                Ok(BlockReply::Done)
+            }
+        }
+    }
+}
+
+/// Serve the broker until the channel closes.
+pub fn run(chan: BlockChannel) -> Result<()> {
+    let chan = Arc::new(chan);
+    let (tx, rx) = mpsc::channel::<ExportEvent>();
+    let ev_chan = chan.clone();
+    std::thread::spawn(move || {
+        for e in rx {
+            let ev = match e {
+                ExportEvent::Connected(id) => BlockEvent::ExportConnected { id },
+                ExportEvent::Disconnected(id) => BlockEvent::ExportDisconnected { id },
+            };
+            if ev_chan.send(&WorkerMsg::Event(ev), &[]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut server = Server::new(tx);
+    loop {
+        let (msg, fds) = match chan.recv() {
+            Ok(m) => m,
+            Err(e) if e.is_closed() => return Ok(()),
+            Err(e) => return Err(ServerError::Channel(e)),
+        };
+        match msg {
+            BrokerMsg::Request { id, body } => {
+                let result = server.handle(body, fds);
+                chan.send(&WorkerMsg::Reply { id, result }, &[]).map_err(ServerError::Channel)?;
+            }
+        }
+    }
+}

@@ -1,1 +1,144 @@
-//! placeholder
+//! `--standalone`: run one vhost-user-blk export without a broker, like
+//! `qemu-storage-daemon --blockdev ... --export type=vhost-user-blk`. Only
+//! here does block-proc open files itself (tests and benchmarks).
+//!
+//! ```text
+//! block-proc --standalone --socket PATH --blockdev JSON [--blockdev JSON ...]
+//!            [--num-queues N] [--serial S] [--read-only] [--block-size 512|4096]
+//! ```
+//! The last `--blockdev` is exported.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
+
+use ipc_proto::block::BlockdevOptions;
+
+use crate::block::{Graph, GraphError};
+use crate::vhost::export::Export;
+use crate::virtio_blk::BlkConfig;
+
+/// Errors of standalone mode.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    /// Bad command line.
+    #[error("usage: {0}")]
+    Usage(String),
+    /// Bad `--blockdev` JSON.
+    #[error("invalid --blockdev")]
+    Json(#[source] serde_json::Error),
+    /// A file could not be opened.
+    #[error("Could not open '{0}'")]
+    Open(String, #[source] std::io::Error),
+    /// The graph refused the node.
+    #[error("{0}")]
+    Graph(#[from] GraphError),
+    /// The socket could not be created.
+    #[error("cannot listen on {0}")]
+    Socket(String, #[source] std::io::Error),
+}
+
+/// Result of standalone mode.
+pub type Result<T> = std::result::Result<T, StandaloneError>;
+
+/// Parsed command line.
+#[derive(Debug, Default)]
+pub struct Args {
+    socket: String,
+    blockdevs: Vec<String>,
+    num_queues: u16,
+    serial: String,
+    read_only: bool,
+    block_size: u32,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut a = Args { num_queues: 1, block_size: 512, serial: "bulkhead".into(), ..Default::default() };
+    let mut it = args.iter();
+    let usage = |m: &str| StandaloneError::Usage(m.to_string());
+    while let Some(x) = it.next() {
+        let mut val = || it.next().cloned().ok_or_else(|| usage(&format!("{x} needs a value")));
+        match x.as_str() {
+            "--standalone" => {}
+            "--socket" => a.socket = val()?,
+            "--blockdev" => a.blockdevs.push(val()?),
+            "--num-queues" => a.num_queues = val()?.parse().map_err(|_| usage("--num-queues N"))?,
+            "--serial" => a.serial = val()?,
+            "--block-size" => a.block_size = val()?.parse().map_err(|_| usage("--block-size N"))?,
+            "--read-only" => a.read_only = true,
+            other => return Err(usage(&format!("unknown argument {other}"))),
+        }
+    }
+    if a.socket.is_empty() || a.blockdevs.is_empty() {
+        return Err(usage("--socket PATH and --blockdev JSON are required"));
+    }
+    Ok(a)
+}
+
+fn open(path: &str, ro: bool, direct: bool) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(!ro);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).map_err(|e| StandaloneError::Open(path.to_string(), e))
+}
+
+/// Add a node, opening the files it names (and any backing files).
+pub fn add_node(graph: &mut Graph, opts: &BlockdevOptions) -> Result<String> {
+    let mut extra: Vec<String> = Vec::new();
+    loop {
+        let mut files = HashMap::new();
+        for (name, ro, direct) in opts.filenames() {
+            files.insert(name.clone(), open(&name, ro, direct)?);
+        }
+        for name in &extra {
+            files.insert(name.clone(), open(name, true, false)?);
+        }
+        match graph.add(opts, files) {
+            Err(GraphError::NeedFiles(more)) if more.iter().all(|m| !extra.contains(m)) => extra.extend(more),
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// Run standalone mode until killed.
+pub fn run(args: &[String]) -> Result<()> {
+    let a = parse(args)?;
+    let mut graph = Graph::new();
+    let mut last = String::new();
+    for b in &a.blockdevs {
+        let opts: BlockdevOptions = serde_json::from_str(b).map_err(StandaloneError::Json)?;
+        last = add_node(&mut graph, &opts)?;
+    }
+    let node = graph
+        .get(&last)
+        .ok_or_else(|| StandaloneError::Usage("no node to export".into()))?;
+    let _ = std::fs::remove_file(&a.socket);
+    let listener = UnixListener::bind(&a.socket).map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
+    let _export = Export::start("standalone".into(), listener, node, cfg, None)
+        .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    tracing::info!("serving {} on {}", last, a.socket);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_args_parse_with_defaults() {
+        let v: Vec<String> = ["--standalone", "--socket", "/tmp/s", "--blockdev", "{}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let a = parse(&v).unwrap();
+        assert_eq!(a.num_queues, 1);
+        assert_eq!(a.socket, "/tmp/s");
+        assert!(parse(&v[..2]).is_err());
+    }
+}

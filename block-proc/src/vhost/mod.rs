@@ -1,1 +1,21 @@
-//! placeholder
+//! The vhost-user-blk backend: an adapter from the vhost-user protocol to
+//! the device logic in [`crate::virtio_blk`] and the block layer.
+//!
+//! Why not `vhost-user-backend`'s `VhostUserHandler`: in 0.24 its
+//! `get_inflight_fd`/`set_inflight_fd` are fixed to "unsupported" and its
+//! `VhostUserBackend` trait has no hook for them, and it hides the queue
+//! state a resubmission needs. So [`backend::BlkBackend`] implements the
+//! `vhost` crate's `VhostUserBackendReqHandlerMut` itself (the `vhost`
+//! crate still does all message parsing, validation and REPLY_ACK), around
+//! its own queue state and one worker thread per queue.
+//!
+//! - [`memory`]: guest memory from SET_MEM_TABLE, frontend-VA translation.
+//! - [`queue`]: a queue's worker thread (kick → process → used → call),
+//!   inflight bookkeeping and resubmission.
+//! - [`backend`]: the protocol handler.
+//! - [`export`]: the listening socket and connection loop of one export.
+
+pub mod backend;
+pub mod export;
+pub mod memory;
+pub mod queue;

@@ -1,0 +1,396 @@
+//! The vhost-user protocol handler of one vhost-user-blk export
+//! (`VhostUserBackendReqHandlerMut`; the `vhost` crate parses and
+//! validates the messages and implements REPLY_ACK).
+//!
+//! Queue lifecycle: a queue runs (has a worker thread) once it has memory,
+//! ring addresses, a kick fd and — when `VHOST_USER_F_PROTOCOL_FEATURES`
+//! is negotiated — has been enabled. GET_VRING_BASE stops it and returns
+//! its avail position. Changing memory or the call fd restarts running
+//! queues at their current position.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{Backend, Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
+use vhost::VhostUserMemoryRegionBase;
+
+use super::memory::MemoryTable;
+use super::queue::{QueueParams, QueueWorker};
+use crate::block::Node;
+use crate::inflight::InflightRegion;
+use crate::virtio_blk::{feat, BlkConfig, CONFIG_LEN};
+use crate::vring::VringConfig;
+
+#[derive(Default)]
+struct QueueSlot {
+    size: u16,
+    /// Frontend virtual addresses: desc, used, avail.
+    addr: Option<(u64, u64, u64)>,
+    base: u16,
+    kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+    worker: Option<QueueWorker>,
+}
+
+/// vhost-user-blk backend state of one export connection.
+pub struct BlkBackend {
+    node: Arc<Node>,
+    blk: Arc<BlkConfig>,
+    acked_features: u64,
+    acked_protocol: u64,
+    mem: Option<MemoryTable>,
+    queues: Vec<QueueSlot>,
+    inflight: Option<InflightRegion>,
+}
+
+fn io_err(msg: &'static str) -> VuError {
+    VuError::InvalidOperation(msg)
+}
+
+impl BlkBackend {
+    /// A backend exporting `node` as described by `blk`.
+    pub fn new(node: Arc<Node>, blk: BlkConfig) -> Self {
+        let n = usize::from(blk.num_queues);
+        BlkBackend {
+            node,
+            blk: Arc::new(blk),
+            acked_features: 0,
+            acked_protocol: 0,
+            mem: None,
+            queues: (0..n).map(|_| QueueSlot::default()).collect(),
+            inflight: None,
+        }
+    }
+
+    /// The device description.
+    pub fn config(&self) -> &BlkConfig {
+        &self.blk
+    }
+
+    /// Forget the connection: stop every queue and drop all per-connection
+    /// state (the frontend re-sends everything when it reconnects).
+    pub fn disconnect(&mut self) {
+        for q in &mut self.queues {
+            if let Some(w) = q.worker.take() {
+                w.stop();
+            }
+            *q = QueueSlot::default();
+        }
+        self.mem = None;
+        self.inflight = None;
+        self.acked_features = 0;
+        self.acked_protocol = 0;
+    }
+
+    fn slot(&mut self, index: u32) -> VuResult<&mut QueueSlot> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i))
+            .ok_or(VuError::InvalidParam)
+    }
+
+    fn stop_queue(&mut self, i: usize) {
+        if let Some(q) = self.queues.get_mut(i) {
+            if let Some(w) = q.worker.take() {
+                q.base = w.stop();
+            }
+        }
+    }
+
+    fn maybe_start(&mut self, i: usize) {
+        let proto = self.acked_features & feat::PROTOCOL_FEATURES != 0;
+        let event_idx = self.acked_features & feat::EVENT_IDX != 0;
+        let Some(mem) = self.mem.clone() else { return };
+        let inflight = self
+            .inflight
+            .as_ref()
+            .and_then(|r| u16::try_from(i).ok().and_then(|q| r.queue(q)));
+        let Some(q) = self.queues.get_mut(i) else { return };
+        if q.worker.is_some() || q.size == 0 || (proto && !q.enabled) {
+            return;
+        }
+        let (Some((d, u, a)), Some(kick)) = (q.addr, q.kick.as_ref()) else {
+            return;
+        };
+        let (Some(desc), Some(used), Some(avail)) =
+            (mem.va_to_gpa(d), mem.va_to_gpa(u), mem.va_to_gpa(a))
+        else {
+            crate::warn_ratelimited!("queue {i}: ring address outside the memory table");
+            return;
+        };
+        let (Ok(kick), call) = (kick.try_clone(), q.call.as_ref().and_then(|c| c.try_clone().ok())) else {
+            return;
+        };
+        let params = QueueParams {
+            index: u16::try_from(i).unwrap_or(u16::MAX),
+            ring: VringConfig { size: q.size, desc, avail, used },
+            base: q.base,
+            event_idx,
+            mem: mem.mem.clone(),
+            node: self.node.clone(),
+            blk: self.blk.clone(),
+            kick,
+            call,
+            inflight,
+        };
+        match QueueWorker::start(params) {
+            Ok(w) => q.worker = Some(w),
+            Err(e) => tracing::error!("queue {i}: cannot start worker thread: {e}"),
+        }
+    }
+
+    fn restart_running(&mut self) {
+        let running: Vec<usize> = (0..self.queues.len())
+            .filter(|&i| self.queues[i].worker.is_some())
+            .collect();
+        for &i in &running {
+            self.stop_queue(i);
+        }
+        for i in running {
+            self.maybe_start(i);
+        }
+    }
+}
+
+impl Drop for BlkBackend {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for BlkBackend {
+    fn set_owner(&mut self) -> VuResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VuResult<()> {
+        self.disconnect();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VuResult<()> {
+        self.disconnect();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VuResult<u64> {
+        Ok(self.blk.features())
+    }
+
+    fn set_features(&mut self, features: u64) -> VuResult<()> {
+        if features & !self.blk.features() != 0 {
+            return Err(VuError::InvalidParam);
+        }
+        self.acked_features = features;
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        let table = MemoryTable::new(ctx, files).map_err(|e| {
+            crate::warn_ratelimited!("SET_MEM_TABLE rejected: {e}");
+            VuError::InvalidParam
+        })?;
+        self.mem = Some(table);
+        self.restart_running();
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
+        let max = u32::from(self.blk.max_queue_size);
+        if num == 0 || num > max || !num.is_power_of_two() {
+            return Err(VuError::InvalidParam);
+        }
+        let q = self.slot(index)?;
+        if q.worker.is_some() {
+            return Err(io_err("queue is running"));
+        }
+        q.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VuResult<()> {
+        let q = self.slot(index)?;
+        if q.worker.is_some() {
+            return Err(io_err("queue is running"));
+        }
+        q.addr = Some((descriptor, used, available));
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        let q = self.slot(index)?;
+        if q.worker.is_some() {
+            return Err(io_err("queue is running"));
+        }
+        q.base = u16::try_from(base & 0xffff).map_err(|_| VuError::InvalidParam)?;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+        self.slot(index)?;
+        self.stop_queue(i);
+        let q = self.slot(index)?;
+        q.kick = None;
+        Ok(VhostUserVringState::new(index, u32::from(q.base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let i = usize::from(index);
+        self.stop_queue(i);
+        self.slot(u32::from(index))?.kick = fd;
+        self.maybe_start(i);
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let i = usize::from(index);
+        let running = self.slot(u32::from(index))?.worker.is_some();
+        self.stop_queue(i);
+        self.slot(u32::from(index))?.call = fd;
+        if running {
+            self.maybe_start(i);
+        }
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        self.slot(u32::from(index))?;
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        self.acked_protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VuResult<u64> {
+        Ok(u64::from(self.blk.num_queues))
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+        self.slot(index)?.enabled = enable;
+        if enable {
+            self.maybe_start(i);
+        } else {
+            self.stop_queue(i);
+        }
+        Ok(())
+    }
+
+    fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
+        let space = self.blk.config_space();
+        let start = usize::try_from(offset).map_err(|_| VuError::InvalidParam)?;
+        let len = usize::try_from(size).map_err(|_| VuError::InvalidParam)?;
+        let end = start.checked_add(len).ok_or(VuError::InvalidParam)?;
+        if end > CONFIG_LEN {
+            return Err(VuError::InvalidParam);
+        }
+        Ok(space[start..end].to_vec())
+    }
+
+    fn set_config(&mut self, _offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> VuResult<()> {
+        Err(io_err("virtio-blk config space is read-only"))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
+        Err(io_err("not a GPU device"))
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VuResult<File> {
+        Err(io_err("shared objects not supported"))
+    }
+
+    fn get_inflight_fd(&mut self, inflight: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
+        let nq = inflight.num_queues.min(self.blk.num_queues);
+        let (region, file, size) = InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
+            crate::warn_ratelimited!("GET_INFLIGHT_FD failed: {e}");
+            VuError::InvalidParam
+        })?;
+        self.inflight = Some(region);
+        Ok((VhostUserInflight::new(size, 0, nq, inflight.queue_size), file))
+    }
+
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {
+        let region = InflightRegion::map(
+            &file,
+            inflight.mmap_offset,
+            inflight.mmap_size,
+            inflight.num_queues,
+            inflight.queue_size,
+        )
+        .map_err(|e| {
+            crate::warn_ratelimited!("SET_INFLIGHT_FD failed: {e}");
+            VuError::InvalidParam
+        })?;
+        self.inflight = Some(region);
+        Ok(())
+    }
+
+    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
+        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _region: &VhostUserSingleMemoryRegion,
+        _fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
+        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+    }
+
+    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
+        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VuResult<Option<File>> {
+        Err(io_err("device state transfer not supported"))
+    }
+
+    fn check_device_state(&mut self) -> VuResult<()> {
+        Err(io_err("device state transfer not supported"))
+    }
+
+    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
+        Err(io_err("no shared memory regions"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
+        Err(io_err("dirty logging not supported"))
+    }
+}
