@@ -58,7 +58,14 @@ pub struct Machine {
     pub source: Source,
     /// More CPUs were listed than `MAX_CPUS`.
     pub truncated: bool,
+    /// IOAPICs listed by the MADT: (MMIO address, first GSI).
+    pub ioapics: [(u32, u32); MAX_IOAPICS],
+    /// Number of valid entries in `ioapics`.
+    pub ioapic_count: usize,
 }
+
+/// Most IOAPICs recorded from the MADT.
+pub const MAX_IOAPICS: usize = 4;
 
 impl Machine {
     fn add_cpu(&mut self, id: u8) {
@@ -125,6 +132,12 @@ fn parse_madt(madt: u64, m: &mut Machine) {
                 let flags = read32(p + 4);
                 if flags & 1 != 0 {
                     m.add_cpu(read8(p + 3));
+                }
+            }
+            1 if elen >= 12 => {
+                if m.ioapic_count < MAX_IOAPICS {
+                    m.ioapics[m.ioapic_count] = (read32(p + 4), read32(p + 8));
+                    m.ioapic_count += 1;
                 }
             }
             2 if elen >= 10 => {
@@ -195,6 +208,8 @@ pub fn discover() -> Machine {
         irq0_gsi: None,
         source: Source::None,
         truncated: false,
+        ioapics: [(0, 0); MAX_IOAPICS],
+        ioapic_count: 0,
     };
     if let Some(madt) = find_table(b"APIC") {
         parse_madt(madt, &mut m);
@@ -210,4 +225,73 @@ pub fn discover() -> Machine {
     m.cpus = 0;
     m.add_cpu(crate::apic::lapic_id());
     m
+}
+
+/// An ACPI Generic Address Structure (the parts test guests use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gas {
+    /// Address space: 0 = system memory, 1 = system I/O.
+    pub space: u8,
+    /// Address in that space.
+    pub address: u64,
+}
+
+impl Gas {
+    fn at(addr: u64) -> Option<Gas> {
+        let g = Gas {
+            space: read8(addr),
+            address: read64(addr + 4),
+        };
+        if g.address == 0 || g.space > 1 {
+            None
+        } else {
+            Some(g)
+        }
+    }
+
+    /// Writes a byte to the register.
+    pub fn write8(&self, value: u8) {
+        if self.space == 1 {
+            crate::port::outb(self.address as u16, value);
+        } else {
+            // SAFETY: the FADT names this byte as a register; the first
+            // 4 GiB are identity-mapped (the FADT only names such addresses
+            // on the machines the guests run on).
+            unsafe { core::ptr::write_volatile(self.address as *mut u8, value) };
+        }
+    }
+}
+
+impl core::fmt::Display for Gas {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.space {
+            1 => write!(f, "port {:#x}", self.address),
+            _ => write!(f, "mmio {:#x}", self.address),
+        }
+    }
+}
+
+/// The FADT registers the test guests use.
+pub struct Fadt {
+    /// RESET_REG and RESET_VALUE, if the reset register is supported.
+    pub reset: Option<(Gas, u8)>,
+    /// SLEEP_CONTROL_REG (hardware-reduced ACPI), if present.
+    pub sleep_control: Option<Gas>,
+}
+
+/// Reads the FADT, if there is one.
+pub fn fadt() -> Option<Fadt> {
+    let t = find_table(b"FACP")?;
+    let len = u64::from(read32(t + 4));
+    let flags = if len >= 116 { read32(t + 112) } else { 0 };
+    let reset = if len >= 129 && flags & (1 << 10) != 0 {
+        Gas::at(t + 116).map(|g| (g, read8(t + 128)))
+    } else {
+        None
+    };
+    let sleep_control = if len >= 256 { Gas::at(t + 244) } else { None };
+    Some(Fadt {
+        reset,
+        sleep_control,
+    })
 }

@@ -89,11 +89,16 @@ pub fn send_ipi(apic_id: u8, icr_low: u32) {
     }
 }
 
-fn ioapic_write(reg: u32, value: u32) {
-    // SAFETY: IOREGSEL/IOWIN are identity-mapped IOAPIC registers.
-    unsafe { core::ptr::write_volatile(IOAPIC_BASE as *mut u32, reg) };
+fn ioapic_write_at(base: usize, reg: u32, value: u32) {
+    // SAFETY: IOREGSEL/IOWIN are identity-mapped IOAPIC registers at `base`
+    // (the platform's IOAPIC or one the MADT lists).
+    unsafe { core::ptr::write_volatile(base as *mut u32, reg) };
     // SAFETY: as above.
-    unsafe { core::ptr::write_volatile((IOAPIC_BASE + 0x10) as *mut u32, value) };
+    unsafe { core::ptr::write_volatile((base + 0x10) as *mut u32, value) };
+}
+
+fn ioapic_write(reg: u32, value: u32) {
+    ioapic_write_at(IOAPIC_BASE, reg, value);
 }
 
 fn ioapic_read(reg: u32) -> u32 {
@@ -120,15 +125,20 @@ pub enum Trigger {
 /// Routes IOAPIC `pin` to `vector` on APIC ID `dest`, fixed delivery,
 /// active high, unmasked.
 pub fn ioapic_route(pin: u8, vector: u8, trigger: Trigger, dest: u8) {
+    ioapic_route_at(IOAPIC_BASE, pin, vector, trigger, dest);
+}
+
+/// Like [`ioapic_route`] for the IOAPIC at `base`.
+pub fn ioapic_route_at(base: usize, pin: u8, vector: u8, trigger: Trigger, dest: u8) {
     let reg = 0x10 + 2 * u32::from(pin);
     let mut low = u32::from(vector);
     match trigger {
         Trigger::Edge => {}
         Trigger::Level => low |= 1 << 15,
     }
-    ioapic_write(reg, LVT_MASKED);
-    ioapic_write(reg + 1, u32::from(dest) << 24);
-    ioapic_write(reg, low);
+    ioapic_write_at(base, reg, LVT_MASKED);
+    ioapic_write_at(base, reg + 1, u32::from(dest) << 24);
+    ioapic_write_at(base, reg, low);
 }
 
 /// Masks IOAPIC `pin`.

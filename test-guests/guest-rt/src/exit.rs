@@ -1,6 +1,7 @@
 //! Ending a test: the verdict line, the debug-exit port, ACPI power-off and
 //! the reset paths.
 
+use crate::acpi::Gas;
 use crate::port::{inb, outb};
 
 /// Debug-exit port (isa-debug-exit compatible).
@@ -41,14 +42,35 @@ macro_rules! fail {
     ($($arg:tt)*) => { $crate::exit::fail(format_args!($($arg)*)) };
 }
 
-/// Requests S5 through the ACPI sleep control register.
-pub fn acpi_poweroff() {
-    outb(ACPI_SLEEP_CONTROL, SLEEP_S5);
+/// The ACPI sleep control register: the FADT's SLEEP_CONTROL_REG, or port
+/// 0x600 (platform.md) if there is no FADT or it names none.
+pub fn sleep_control_reg() -> Gas {
+    crate::acpi::fadt()
+        .and_then(|f| f.sleep_control)
+        .unwrap_or(Gas {
+            space: 1,
+            address: u64::from(ACPI_SLEEP_CONTROL),
+        })
 }
 
-/// Requests a reset through the ACPI reset register.
-pub fn acpi_reset() {
-    outb(ACPI_RESET_REG, ACPI_RESET_VALUE);
+/// The ACPI reset register and value: the FADT's RESET_REG/RESET_VALUE, or
+/// 0x0f to port 0x602 (platform.md) if there is no FADT or it names none.
+pub fn reset_reg() -> (Gas, u8) {
+    crate::acpi::fadt().and_then(|f| f.reset).unwrap_or((
+        Gas {
+            space: 1,
+            address: u64::from(ACPI_RESET_REG),
+        },
+        ACPI_RESET_VALUE,
+    ))
+}
+
+/// Requests S5 through the ACPI sleep control register; returns the
+/// register used (for reports) if the machine is still running.
+pub fn acpi_poweroff() -> Gas {
+    let reg = sleep_control_reg();
+    reg.write8(SLEEP_S5);
+    reg
 }
 
 /// Requests a reset through the i8042 controller (pulse the reset line).

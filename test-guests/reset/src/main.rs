@@ -3,8 +3,8 @@
 //!
 //! A magic value and a boot counter live at [`STATE_ADDR`] (8 MiB), outside
 //! the guest image; guest RAM survives a reset. Boot 1 resets through the
-//! i8042 (0xfe to port 0x64), boot 2 through the ACPI reset register (0x0f to
-//! port 0x602), boot 3 by a triple fault (empty IDT, then `ud2`), and boot 4
+//! i8042 (0xfe to port 0x64), boot 2 through the ACPI reset register (the
+//! FADT's RESET_REG, else 0x0f to port 0x602), boot 3 by a triple fault (empty IDT, then `ud2`), and boot 4
 //! prints the boots seen and passes. A reset request that does not take
 //! effect fails the test.
 
@@ -37,7 +37,11 @@ fn write_state(word: usize, value: u64) {
 
 fn main() -> ! {
     println!("Bulkhead test guest: reset");
-    let boot = if read_state(0) == MAGIC { read_state(1) + 1 } else { 1 };
+    let boot = if read_state(0) == MAGIC {
+        read_state(1) + 1
+    } else {
+        1
+    };
     write_state(0, MAGIC);
     write_state(1, boot);
     println!("boot {}", boot);
@@ -50,8 +54,12 @@ fn main() -> ! {
             fail!("the i8042 reset did not happen");
         }
         2 => {
-            println!("resetting via the ACPI reset register (0x0f to port 0x602)");
-            exit::acpi_reset();
+            let (reg, value) = exit::reset_reg();
+            println!(
+                "resetting via the ACPI reset register ({:#x} to {})",
+                value, reg
+            );
+            reg.write8(value);
             exit::settle(SETTLE_READS);
             write_state(0, 0);
             fail!("the ACPI reset register did not reset");

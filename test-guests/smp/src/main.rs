@@ -42,9 +42,15 @@ fn main() -> ! {
         acpi::Source::None => fail!("neither an ACPI MADT nor an MP table lists the cpus"),
     };
     let bsp = apic::lapic_id();
-    println!("{} cpus listed in the {}; boot cpu apic id {}", machine.cpus, source, bsp);
+    println!(
+        "{} cpus listed in the {}; boot cpu apic id {}",
+        machine.cpus, source, bsp
+    );
     if machine.truncated {
-        println!("more cpus listed than supported ({}); starting the first ones", guest_rt::entry::MAX_CPUS);
+        println!(
+            "more cpus listed than supported ({}); starting the first ones",
+            guest_rt::entry::MAX_CPUS
+        );
     }
     if !machine.apic_ids[..machine.cpus].contains(&bsp) {
         fail!("the boot cpu (apic id {}) is not in the {}", bsp, source);

@@ -62,7 +62,12 @@ fn check_stamps(what: &str, stamps: &[AtomicU64; TICKS]) -> (u64, u64) {
     for (i, s) in stamps.iter().enumerate() {
         let t = s.load(Ordering::SeqCst);
         if i > 0 && t <= prev {
-            fail!("{}: TSC did not advance between interrupts {} and {}", what, i - 1, i);
+            fail!(
+                "{}: TSC did not advance between interrupts {} and {}",
+                what,
+                i - 1,
+                i
+            );
         }
         prev = t;
     }
