@@ -119,6 +119,9 @@ fn main() {
     if !hello.is_file() {
         fail(&format!("{} was not produced", hello.display()));
     }
-    println!("cargo:rustc-env=BULKHEAD_TEST_GUEST_DIR={}", out_dir.display());
+    println!(
+        "cargo:rustc-env=BULKHEAD_TEST_GUEST_DIR={}",
+        out_dir.display()
+    );
     println!("cargo:rustc-env=BULKHEAD_HELLO_GUEST={}", hello.display());
 }
