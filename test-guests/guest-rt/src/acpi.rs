@@ -100,7 +100,7 @@ pub fn find_table(sig: &[u8; 4]) -> Option<u64> {
         (u64::from(read32(rsdp + 16)), 4)
     };
     let len = u64::from(read32(root + 4));
-    if len < 36 || len > 0x10000 {
+    if !(36..=0x10000).contains(&len) {
         return None;
     }
     let mut p = root + 36;
@@ -134,16 +134,12 @@ fn parse_madt(madt: u64, m: &mut Machine) {
                     m.add_cpu(read8(p + 3));
                 }
             }
-            1 if elen >= 12 => {
-                if m.ioapic_count < MAX_IOAPICS {
-                    m.ioapics[m.ioapic_count] = (read32(p + 4), read32(p + 8));
-                    m.ioapic_count += 1;
-                }
+            1 if elen >= 12 && m.ioapic_count < MAX_IOAPICS => {
+                m.ioapics[m.ioapic_count] = (read32(p + 4), read32(p + 8));
+                m.ioapic_count += 1;
             }
-            2 if elen >= 10 => {
-                if read8(p + 3) == 0 {
-                    m.irq0_gsi = Some(read32(p + 4));
-                }
+            2 if elen >= 10 && read8(p + 3) == 0 => {
+                m.irq0_gsi = Some(read32(p + 4));
             }
             9 if elen >= 16 => {
                 let flags = read32(p + 8);
@@ -171,7 +167,7 @@ fn find_mp_floating(start: u64, end: u64) -> Option<u64> {
 
 fn parse_mp(m: &mut Machine) -> bool {
     let ebda = u64::from(read16(0x40e)) << 4;
-    let fp = (if ebda >= 0x8_0000 && ebda < 0xa_0000 {
+    let fp = (if (0x8_0000..0xa_0000).contains(&ebda) {
         find_mp_floating(ebda, ebda + 1024)
     } else {
         None

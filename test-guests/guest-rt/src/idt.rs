@@ -35,8 +35,7 @@ pub struct Frame {
 /// The spurious-interrupt vector programmed into the LAPIC.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
-const NONE: AtomicUsize = AtomicUsize::new(0);
-static HANDLERS: [AtomicUsize; 256] = [NONE; 256];
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
 static EXCEPTION_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 #[repr(C, align(16))]

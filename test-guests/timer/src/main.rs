@@ -37,9 +37,8 @@ const WATCHDOG_LAPIC_TICKS: u32 = 100;
 static LAPIC_TICKS: AtomicU32 = AtomicU32::new(0);
 static PIT_TICKS: AtomicU32 = AtomicU32::new(0);
 static PIT_VECTOR_SEEN: AtomicU32 = AtomicU32::new(0);
-const ZERO: AtomicU64 = AtomicU64::new(0);
-static LAPIC_TSC: [AtomicU64; TICKS] = [ZERO; TICKS];
-static PIT_TSC: [AtomicU64; TICKS] = [ZERO; TICKS];
+static LAPIC_TSC: [AtomicU64; TICKS] = [const { AtomicU64::new(0) }; TICKS];
+static PIT_TSC: [AtomicU64; TICKS] = [const { AtomicU64::new(0) }; TICKS];
 
 fn on_lapic_timer(_vector: u8) {
     let n = LAPIC_TICKS.fetch_add(1, Ordering::SeqCst) as usize;
