@@ -1,1 +1,28 @@
-//! placeholder
+//! vhost-user-harness: a vhost-user frontend that needs no VM, for testing
+//! and benchmarking vhost-user-blk backends (block-proc and
+//! qemu-storage-daemon alike).
+//!
+//! Crate map:
+//! - [`error`]: the harness's error type.
+//! - [`memory`]: "guest" memory in a memfd, shared with the backend through
+//!   SET_MEM_TABLE.
+//! - [`ring`]: the driver side of a split virtqueue built by hand: free
+//!   descriptor list, avail publication with EVENT_IDX kick suppression,
+//!   used-ring harvesting, and raw (malicious) descriptor writes.
+//! - [`frontend`]: connection set-up with the `vhost` crate's `Frontend`
+//!   (features, protocol features, memory table, inflight region, rings),
+//!   also after the backend restarted.
+//! - [`blk`]: virtio-blk requests (read, write, flush, discard, write
+//!   zeroes, get-id) on top of the frontend, synchronous and pipelined.
+//! - [`process`]: starting backends (block-proc standalone,
+//!   qemu-storage-daemon) and waiting for their socket.
+
+pub mod blk;
+pub mod error;
+pub mod frontend;
+pub mod memory;
+pub mod process;
+pub mod ring;
+
+pub use blk::{BlkDevice, BlkOptions, Completion, Request};
+pub use error::{HarnessError, Result};
