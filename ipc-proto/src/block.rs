@@ -144,7 +144,7 @@ driver_options!(
     NullOptions {
         /// Virtual size in bytes (QEMU default 1 GiB).
         size: Option<u64>,
-        /// Accepted and ignored.
+        /// Time every read and write takes, in ns.
         latency_ns: Option<u64>,
         /// Reads return zeroes (always the case here).
         read_zeroes: Option<bool>,

@@ -264,6 +264,32 @@ impl BlkDevice {
         self.data_base + self.stride * (q as u64 * u64::from(self.opts.slots) + u64::from(slot))
     }
 
+    /// Guest address of a slot's request header (status byte at +32, data
+    /// at +4096).
+    pub fn slot_addr(&self, q: usize, slot: u16) -> u64 {
+        self.slot_base(q, slot)
+    }
+
+    /// Per queue, how many descriptors the inflight region marks as in
+    /// flight (split layout: `mmap_size / num_queues` bytes per queue,
+    /// 16-byte header, 16-byte descriptor states with `inflight` first).
+    pub fn inflight_marked(&self) -> Result<Vec<usize>> {
+        let Some((info, file)) = &self.inflight else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; usize::try_from(info.mmap_size).unwrap_or(0)];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, info.mmap_offset)?;
+        let nq = usize::from(info.num_queues.max(1));
+        let stride = buf.len() / nq;
+        Ok((0..nq)
+            .map(|q| {
+                (0..usize::from(info.queue_size))
+                    .filter(|i| buf.get(q * stride + 16 + 16 * i) == Some(&1))
+                    .count()
+            })
+            .collect())
+    }
+
     /// Guest address of a slot's data buffer.
     pub fn slot_data_addr(&self, q: usize, slot: u16) -> u64 {
         self.slot_base(q, slot) + 4096

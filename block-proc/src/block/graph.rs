@@ -236,9 +236,10 @@ impl Graph {
                 child.acquire();
                 Box::new(d)
             }
-            BlockdevOptions::NullCo(n) => Box::new(NullDriver::new(
-                n.size.unwrap_or(NullDriver::DEFAULT_SIZE),
-            )),
+            BlockdevOptions::NullCo(n) => Box::new(
+                NullDriver::new(n.size.unwrap_or(NullDriver::DEFAULT_SIZE))
+                    .with_latency_ns(n.latency_ns.unwrap_or(0)),
+            ),
         };
         let mut node = Node::new(name.clone(), driver, c.read_only);
         node.discard_unmap = c.discard_unmap;

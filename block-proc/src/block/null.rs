@@ -9,6 +9,7 @@ use super::{iobuf, Bufs, Driver};
 /// A node with no storage.
 pub struct NullDriver {
     size: u64,
+    latency: std::time::Duration,
 }
 
 impl NullDriver {
@@ -17,7 +18,19 @@ impl NullDriver {
 
     /// A null device of `size` bytes.
     pub fn new(size: u64) -> Self {
-        NullDriver { size }
+        NullDriver { size, latency: std::time::Duration::ZERO }
+    }
+
+    /// Add QEMU's `latency-ns`: every read and write takes this long.
+    pub fn with_latency_ns(mut self, ns: u64) -> Self {
+        self.latency = std::time::Duration::from_nanos(ns);
+        self
+    }
+
+    fn delay(&self) {
+        if !self.latency.is_zero() {
+            std::thread::sleep(self.latency);
+        }
     }
 }
 
@@ -29,10 +42,12 @@ impl Driver for NullDriver {
         self.size
     }
     fn read(&self, bufs: Bufs<'_, '_>, _offset: u64) -> io::Result<()> {
+        self.delay();
         iobuf::zero_from(bufs, 0);
         Ok(())
     }
     fn write(&self, _bufs: Bufs<'_, '_>, _offset: u64) -> io::Result<()> {
+        self.delay();
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {

@@ -1,0 +1,137 @@
+//! Malformed descriptor chains: block-proc answers an error status or
+//! stops the offending queue, and never dies; other queues keep working
+//! and a new connection gets a working device again.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vhost_user_harness::blk::{S_IOERR, S_OK};
+use vhost_user_harness::ring::{RawDesc, F_NEXT, F_WRITE};
+use vhost_user_harness::{BlkDevice, HarnessError};
+use vm_memory::{Bytes, GuestAddress};
+
+fn alive(bp: &vhost_user_harness::process::Backend) -> bool {
+    let pid = bp.pid().unwrap() as i32;
+    // A zombie would still answer kill(0); check /proc state too.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+/// Header for a read of sector 0 in the slot, status byte reset.
+fn prepare(dev: &BlkDevice, q: usize, slot: u16, ty: u32) -> (u64, u64, u64) {
+    let base = dev.slot_addr(q, slot);
+    let m = &dev.mem().mem;
+    m.write_obj(ty, GuestAddress(base)).unwrap();
+    m.write_obj(0u64, GuestAddress(base + 8)).unwrap();
+    m.write_obj(0xffu8, GuestAddress(base + 32)).unwrap();
+    (base, base + 32, base + 4096)
+}
+
+fn status(dev: &BlkDevice, addr: u64) -> u8 {
+    dev.mem().mem.read_obj::<u8>(GuestAddress(addr)).unwrap()
+}
+
+fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
+    RawDesc { addr, len, flags, next }
+}
+
+fn setup(name: &str) -> (vhost_user_harness::process::Backend, BlkDevice, std::path::PathBuf) {
+    let img = raw_image(&format!("{name}.raw"), 1 << 20);
+    let sock = tmp(&format!("{name}.sock"));
+    let bp = start(&sock, &raw_json(&img), &["--num-queues", "2"]);
+    let dev = connect(&sock, 2);
+    (bp, dev, sock)
+}
+
+#[test]
+fn descriptor_loop_stops_the_queue_but_not_the_process() {
+    let (bp, mut dev, sock) = setup("loop");
+    let slot = dev.take_slot(0).unwrap();
+    let (h, st, _) = prepare(&dev, 0, slot, 0);
+    dev.submit_raw(0, &[(100, d(h, 16, F_NEXT, 101)), (101, d(st, 1, F_WRITE | F_NEXT, 100))], 100)
+        .unwrap();
+    dev.kick_now(0).unwrap();
+    let r = dev.wait_timeout(0, Duration::from_millis(300));
+    assert!(matches!(r, Err(HarnessError::Timeout)));
+    assert!(alive(&bp));
+    assert_eq!(dev.read(1, 0, 512).unwrap().0, S_OK);
+    drop(dev);
+    let mut fresh = connect(&sock, 2);
+    assert_eq!(fresh.read(0, 0, 512).unwrap().0, S_OK);
+}
+
+#[test]
+fn head_index_out_of_range_stops_the_queue_but_not_the_process() {
+    let (bp, mut dev, _sock) = setup("head");
+    dev.publish_raw_head(0, 4000).unwrap();
+    dev.kick_now(0).unwrap();
+    assert!(matches!(dev.wait_timeout(0, Duration::from_millis(300)), Err(HarnessError::Timeout)));
+    assert!(alive(&bp));
+    assert_eq!(dev.read(1, 0, 512).unwrap().0, S_OK);
+}
+
+#[test]
+fn data_address_outside_guest_memory_answers_ioerr() {
+    let (bp, mut dev, _sock) = setup("oob");
+    let slot = dev.take_slot(0).unwrap();
+    let (h, st, _) = prepare(&dev, 0, slot, 0);
+    dev.submit_raw(
+        0,
+        &[(100, d(h, 16, F_NEXT, 101)), (101, d(1 << 40, 4096, F_WRITE | F_NEXT, 102)), (102, d(st, 1, F_WRITE, 0))],
+        100,
+    )
+    .unwrap();
+    dev.kick_now(0).unwrap();
+    let c = dev.wait(0).unwrap();
+    assert_eq!(c[0].head, 100);
+    assert_eq!(status(&dev, st), S_IOERR);
+    assert!(alive(&bp));
+    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+}
+
+#[test]
+fn huge_length_and_short_header_answer_ioerr() {
+    let (bp, mut dev, _sock) = setup("huge");
+    let slot = dev.take_slot(0).unwrap();
+    let (h, st, data) = prepare(&dev, 0, slot, 0);
+    dev.submit_raw(
+        0,
+        &[(100, d(h, 16, F_NEXT, 101)), (101, d(data, u32::MAX, F_WRITE | F_NEXT, 102)), (102, d(st, 1, F_WRITE, 0))],
+        100,
+    )
+    .unwrap();
+    dev.kick_now(0).unwrap();
+    dev.wait(0).unwrap();
+    assert_eq!(status(&dev, st), S_IOERR);
+    let (h, st, _) = prepare(&dev, 0, slot, 0);
+    dev.submit_raw(0, &[(110, d(h, 8, F_NEXT, 111)), (111, d(st, 1, F_WRITE, 0))], 110).unwrap();
+    dev.kick_now(0).unwrap();
+    dev.wait(0).unwrap();
+    assert_eq!(status(&dev, st), S_IOERR);
+    let (h, st, _) = prepare(&dev, 0, slot, 0);
+    dev.submit_raw(0, &[(120, d(h, 16, F_WRITE | F_NEXT, 121)), (121, d(st, 1, F_WRITE, 0))], 120)
+        .unwrap();
+    dev.kick_now(0).unwrap();
+    dev.wait(0).unwrap();
+    assert_eq!(status(&dev, st), S_IOERR);
+    assert!(alive(&bp));
+}
+
+#[test]
+fn chain_without_status_byte_completes_with_zero_length() {
+    let (bp, mut dev, _sock) = setup("nostatus");
+    let slot = dev.take_slot(0).unwrap();
+    let (h, _, _) = prepare(&dev, 0, slot, 0);
+    dev.submit_raw(0, &[(100, d(h, 16, 0, 0))], 100).unwrap();
+    dev.kick_now(0).unwrap();
+    let c = dev.wait(0).unwrap();
+    assert_eq!((c[0].head, c[0].used_len), (100, 0));
+    dev.submit_raw(0, &[(101, d(h, 0, F_WRITE, 0))], 101).unwrap();
+    dev.kick_now(0).unwrap();
+    let c = dev.wait(0).unwrap();
+    assert_eq!((c[0].head, c[0].used_len), (101, 0));
+    assert!(alive(&bp));
+    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+}
