@@ -1,0 +1,145 @@
+//! The controller: applies run-state transitions to the machine — pauses
+//! and resumes the vCPUs, resets the machine, presses the power button —
+//! and emits the resulting events. Requests from the broker and from vCPU
+//! threads both come through here, one at a time.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipc_proto::envelope::error_chain;
+use ipc_proto::vcpu::{CpuInfo, StatusInfo, VcpuEvent};
+
+use crate::devices::ged::EVENT_POWER_BUTTON;
+use crate::runstate::{Input, RunStateError, RunStateMachine};
+use crate::vm::Vm;
+use crate::warn_limited;
+
+/// How long vCPUs get to leave the guest when paused.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where events go.
+pub trait EventSink: Send + Sync {
+    /// Emits one event.
+    fn emit(&self, event: VcpuEvent);
+}
+
+/// The machine and its run state.
+pub struct Controller {
+    vm: Vm,
+    rsm: RunStateMachine,
+    sink: Box<dyn EventSink>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("vm", &self.vm)
+            .field("rsm", &self.rsm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Takes over a freshly built (parked) VM and starts it unless the run
+    /// state says otherwise.
+    pub fn start(vm: Vm, rsm: RunStateMachine, sink: Box<dyn EventSink>) -> Self {
+        let c = Controller { vm, rsm, sink };
+        if c.rsm.is_running() {
+            c.vm.sync.resume();
+        }
+        c
+    }
+
+    /// `query-status`.
+    pub fn status(&self) -> StatusInfo {
+        StatusInfo {
+            running: self.rsm.is_running(),
+            singlestep: false,
+            status: self.rsm.state(),
+        }
+    }
+
+    /// `query-cpus-fast`.
+    pub fn cpus(&self) -> Vec<CpuInfo> {
+        self.vm
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, v)| CpuInfo {
+                cpu_index: i as u32,
+                thread_id: v.tid.load(Ordering::SeqCst),
+                socket_id: 0,
+                core_id: i as u32,
+                thread_in_core: 0,
+            })
+            .collect()
+    }
+
+    /// The machine (for extensions: buses, memory, virtio devices).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Pauses every vCPU; false if some did not stop in time.
+    fn pause_all(&self) -> bool {
+        self.vm.sync.request_pause();
+        self.vm.kick_all();
+        self.vm.sync.wait_parked(self.vm.vcpus.len(), PAUSE_TIMEOUT)
+    }
+
+    fn reset_machine(&mut self) -> Result<(), String> {
+        self.vm.reset_irqchips().map_err(|e| error_chain(&e))?;
+        self.vm
+            .ged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
+        let entry = self.vm.load_guest().map_err(|e| error_chain(&e))?;
+        self.vm.sync.new_epoch(entry);
+        Ok(())
+    }
+
+    /// Applies `input`; refused inputs change nothing.
+    pub fn handle(&mut self, input: Input) -> Result<(), RunStateError> {
+        let out = self.rsm.step(input)?;
+        if (!out.run || out.reset) && !self.pause_all() {
+            self.crash("vCPUs did not stop within 5 s".into(), out.events);
+            return Ok(());
+        }
+        if out.reset {
+            if let Err(detail) = self.reset_machine() {
+                self.crash(format!("machine reset failed: {detail}"), out.events);
+                return Ok(());
+            }
+        }
+        if out.powerdown {
+            let r = self
+                .vm
+                .ged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .notify(EVENT_POWER_BUTTON);
+            if let Err(e) = r {
+                warn_limited!("cannot raise the GED interrupt: {e}");
+            }
+        }
+        for e in out.events {
+            self.sink.emit(e);
+        }
+        if out.run {
+            self.vm.sync.resume();
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, detail: String, before: Vec<VcpuEvent>) {
+        for e in before {
+            self.sink.emit(e);
+        }
+        if let Ok(out) = self.rsm.step(Input::Crash(detail)) {
+            for e in out.events {
+                self.sink.emit(e);
+            }
+        }
+    }
+}

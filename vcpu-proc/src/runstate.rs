@@ -1,0 +1,270 @@
+//! The VM's run-state machine, QEMU's rules without the machinery: each
+//! input yields the events to emit, whether to reset the machine and
+//! whether the vCPUs run afterwards.
+
+use ipc_proto::vcpu::{RunState, ShutdownCause, VcpuEvent};
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// QMP `stop`.
+    Stop,
+    /// QMP `cont`.
+    Cont,
+    /// QMP `system_reset`.
+    SystemReset,
+    /// QMP `system_powerdown` (the power button).
+    Powerdown,
+    /// The guest reset the machine.
+    GuestReset,
+    /// The guest powered off.
+    GuestShutdown,
+    /// The guest wrote to the debug-exit port.
+    DebugExit(u32),
+    /// The guest or a vCPU thread failed.
+    Crash(String),
+}
+
+/// What to do about an input.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outcome {
+    /// Events to emit, in order.
+    pub events: Vec<VcpuEvent>,
+    /// Reload the kernel and reset the vCPUs and devices.
+    pub reset: bool,
+    /// Press the power button.
+    pub powerdown: bool,
+    /// The vCPUs run after this input.
+    pub run: bool,
+}
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunStateError {
+    /// `cont` after a shutdown or crash.
+    #[error("Resetting the Virtual Machine is required")]
+    NeedsReset,
+}
+
+/// The run state and the options that steer it.
+#[derive(Debug, Clone)]
+pub struct RunStateMachine {
+    state: RunState,
+    no_shutdown: bool,
+    no_reboot: bool,
+}
+
+impl RunStateMachine {
+    /// A new machine: `prelaunch` when `start_paused`, else `running`.
+    pub fn new(start_paused: bool, no_shutdown: bool, no_reboot: bool) -> Self {
+        RunStateMachine {
+            state: if start_paused {
+                RunState::Prelaunch
+            } else {
+                RunState::Running
+            },
+            no_shutdown,
+            no_reboot,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    /// True when the vCPUs run.
+    pub fn is_running(&self) -> bool {
+        self.state == RunState::Running
+    }
+
+    fn needs_reset(&self) -> bool {
+        matches!(
+            self.state,
+            RunState::Shutdown | RunState::InternalError | RunState::GuestPanicked
+        )
+    }
+
+    fn stop_into(&mut self, state: RunState, out: &mut Outcome) {
+        if self.state == RunState::Running {
+            out.events.push(VcpuEvent::Stopped);
+        }
+        self.state = state;
+        out.run = false;
+    }
+
+    fn shutdown(&mut self, reason: ShutdownCause, out: &mut Outcome) {
+        out.events.push(VcpuEvent::Shutdown { reason });
+        if self.no_shutdown {
+            self.stop_into(RunState::Shutdown, out);
+        } else {
+            // The VM ends: the broker exits on this event.
+            self.state = RunState::Shutdown;
+            out.run = false;
+        }
+    }
+
+    /// Applies `input`.
+    pub fn step(&mut self, input: Input) -> Result<Outcome, RunStateError> {
+        let mut out = Outcome {
+            run: self.is_running(),
+            ..Outcome::default()
+        };
+        let guest = matches!(
+            input,
+            Input::GuestReset | Input::GuestShutdown | Input::DebugExit(_) | Input::Crash(_)
+        );
+        if guest && self.needs_reset() {
+            // A late request from another vCPU after the VM already ended.
+            return Ok(out);
+        }
+        match input {
+            Input::Stop => {
+                if self.is_running() {
+                    self.stop_into(RunState::Paused, &mut out);
+                }
+            }
+            Input::Cont => {
+                if self.needs_reset() {
+                    return Err(RunStateError::NeedsReset);
+                }
+                if !self.is_running() {
+                    self.state = RunState::Running;
+                    out.events.push(VcpuEvent::Resumed);
+                }
+                out.run = true;
+            }
+            Input::SystemReset => {
+                out.events.push(VcpuEvent::Reset {
+                    reason: ShutdownCause::HostQmpSystemReset,
+                });
+                out.reset = true;
+                if !self.is_running() {
+                    self.state = RunState::Prelaunch;
+                }
+            }
+            Input::Powerdown => {
+                out.events.push(VcpuEvent::Powerdown);
+                out.powerdown = true;
+            }
+            Input::GuestReset => {
+                if self.no_reboot {
+                    self.shutdown(ShutdownCause::GuestReset, &mut out);
+                } else {
+                    out.events.push(VcpuEvent::Reset {
+                        reason: ShutdownCause::GuestReset,
+                    });
+                    out.reset = true;
+                }
+            }
+            Input::GuestShutdown => self.shutdown(ShutdownCause::GuestShutdown, &mut out),
+            Input::DebugExit(code) => {
+                out.events.push(VcpuEvent::DebugExit { code });
+                self.state = RunState::Shutdown;
+                out.run = false;
+            }
+            Input::Crash(detail) => {
+                out.events.push(VcpuEvent::GuestCrashed { detail });
+                self.stop_into(RunState::InternalError, &mut out);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m() -> RunStateMachine {
+        RunStateMachine::new(false, false, false)
+    }
+
+    #[test]
+    fn stop_emits_once_and_pauses() {
+        let mut s = m();
+        assert_eq!(
+            s.step(Input::Stop).unwrap().events,
+            vec![VcpuEvent::Stopped]
+        );
+        assert_eq!(s.state(), RunState::Paused);
+        let again = s.step(Input::Stop).unwrap();
+        assert!(again.events.is_empty());
+        assert!(!again.run);
+    }
+
+    #[test]
+    fn cont_from_prelaunch_resumes_and_cont_while_running_is_silent() {
+        let mut s = RunStateMachine::new(true, false, false);
+        assert_eq!(s.state(), RunState::Prelaunch);
+        let o = s.step(Input::Cont).unwrap();
+        assert_eq!(o.events, vec![VcpuEvent::Resumed]);
+        assert!(o.run);
+        assert!(s.step(Input::Cont).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn guest_shutdown_with_no_shutdown_emits_shutdown_then_stop() {
+        let mut s = RunStateMachine::new(false, true, false);
+        let o = s.step(Input::GuestShutdown).unwrap();
+        assert_eq!(
+            o.events,
+            vec![
+                VcpuEvent::Shutdown {
+                    reason: ShutdownCause::GuestShutdown
+                },
+                VcpuEvent::Stopped
+            ]
+        );
+        assert_eq!(s.state(), RunState::Shutdown);
+        assert_eq!(s.step(Input::Cont), Err(RunStateError::NeedsReset));
+    }
+
+    #[test]
+    fn guest_reset_with_no_reboot_is_a_shutdown() {
+        let mut s = RunStateMachine::new(false, false, true);
+        let o = s.step(Input::GuestReset).unwrap();
+        assert_eq!(
+            o.events,
+            vec![VcpuEvent::Shutdown {
+                reason: ShutdownCause::GuestReset
+            }]
+        );
+        assert!(!o.reset);
+    }
+
+    #[test]
+    fn guest_reset_keeps_running() {
+        let mut s = m();
+        let o = s.step(Input::GuestReset).unwrap();
+        assert!(o.reset && o.run);
+        assert_eq!(s.state(), RunState::Running);
+    }
+
+    #[test]
+    fn system_reset_of_a_stopped_vm_goes_to_prelaunch() {
+        let mut s = m();
+        s.step(Input::Stop).unwrap();
+        let o = s.step(Input::SystemReset).unwrap();
+        assert!(o.reset && !o.run);
+        assert_eq!(s.state(), RunState::Prelaunch);
+    }
+
+    #[test]
+    fn crash_is_internal_error_and_later_guest_inputs_are_ignored() {
+        let mut s = m();
+        let o = s.step(Input::Crash("x".into())).unwrap();
+        assert_eq!(o.events[0], VcpuEvent::GuestCrashed { detail: "x".into() });
+        assert_eq!(s.state(), RunState::InternalError);
+        assert!(s.step(Input::GuestReset).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn system_reset_after_crash_allows_cont() {
+        let mut s = m();
+        s.step(Input::Crash("x".into())).unwrap();
+        s.step(Input::SystemReset).unwrap();
+        assert_eq!(s.state(), RunState::Prelaunch);
+        assert!(s.step(Input::Cont).unwrap().run);
+    }
+}

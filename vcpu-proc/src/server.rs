@@ -1,0 +1,147 @@
+//! The IPC server: serves the broker's [`VcpuRequest`]s on the control
+//! channel and forwards vCPU-originated inputs to the controller.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use ipc_proto::envelope::error_chain;
+use ipc_proto::vcpu::{VcpuEvent, VcpuReply, VcpuRequest};
+use ipc_proto::worker::WorkerChannel;
+use ipc_proto::{BrokerMsg, ChannelError, FlatError, WorkerMsg};
+
+use crate::control::{Controller, EventSink};
+use crate::runstate::{Input, RunStateMachine};
+use crate::vm::{FdTable, Vm};
+
+/// vcpu-proc's end of the control channel.
+pub type VcpuChannel = WorkerChannel<VcpuRequest, VcpuReply, VcpuEvent>;
+
+/// Errors that end the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The channel broke (not a clean close).
+    #[error("control channel failed")]
+    Channel(#[source] ChannelError),
+}
+
+/// Result of serving.
+pub type Result<T> = std::result::Result<T, ServerError>;
+
+struct ChannelSink(Arc<VcpuChannel>);
+
+impl EventSink for ChannelSink {
+    fn emit(&self, event: VcpuEvent) {
+        if let Err(e) = self.0.send(&WorkerMsg::Event(event), &[]) {
+            tracing::warn!("cannot send event: {}", error_chain(&e));
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Controller>>;
+
+fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Controller> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn no_vm() -> FlatError {
+    FlatError::generic("the VM has not been created")
+}
+
+struct Server {
+    channel: Arc<VcpuChannel>,
+    controller: Option<Shared>,
+}
+
+impl Server {
+    fn create_vm(
+        &mut self,
+        cfg: ipc_proto::vcpu::VmConfig,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> std::result::Result<VcpuReply, FlatError> {
+        if self.controller.is_some() {
+            return Err(FlatError::generic("the VM already exists"));
+        }
+        let (tx, rx) = mpsc::channel::<Input>();
+        let vm = Vm::create(&cfg, FdTable::new(fds), tx).map_err(|e| {
+            FlatError::generic(format!("cannot create the VM: {}", error_chain(&e)))
+        })?;
+        let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot);
+        let sink = Box::new(ChannelSink(self.channel.clone()));
+        let controller = Arc::new(Mutex::new(Controller::start(vm, rsm, sink)));
+        let c = controller.clone();
+        std::thread::Builder::new()
+            .name("vm-control".into())
+            .spawn(move || {
+                for input in rx {
+                    if let Err(e) = lock(&c).handle(input) {
+                        tracing::warn!("guest request refused: {e}");
+                    }
+                }
+            })
+            .map_err(|e| FlatError::generic(format!("cannot start the controller: {e}")))?;
+        self.controller = Some(controller);
+        Ok(VcpuReply::Done)
+    }
+
+    fn with_vm(
+        &self,
+        f: impl FnOnce(&mut Controller) -> std::result::Result<VcpuReply, FlatError>,
+    ) -> std::result::Result<VcpuReply, FlatError> {
+        let c = self.controller.as_ref().ok_or_else(no_vm)?;
+        f(&mut lock(c))
+    }
+
+    fn handle(
+        &mut self,
+        req: VcpuRequest,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> std::result::Result<VcpuReply, FlatError> {
+        let step = |input: Input| {
+            move |c: &mut Controller| {
+                c.handle(input)
+                    .map(|_| VcpuReply::Done)
+                    .map_err(|e| FlatError::generic(e.to_string()))
+            }
+        };
+        match req {
+            VcpuRequest::CreateVm(cfg) => self.create_vm(cfg, fds),
+            VcpuRequest::Cont => self.with_vm(step(Input::Cont)),
+            VcpuRequest::Stop => self.with_vm(step(Input::Stop)),
+            VcpuRequest::SystemReset => self.with_vm(step(Input::SystemReset)),
+            VcpuRequest::SystemPowerdown => self.with_vm(step(Input::Powerdown)),
+            VcpuRequest::QueryStatus => self.with_vm(|c| Ok(VcpuReply::Status(c.status()))),
+            VcpuRequest::QueryCpus => self.with_vm(|c| Ok(VcpuReply::Cpus(c.cpus()))),
+        }
+    }
+}
+
+/// Serves `channel` until the broker closes it.
+pub fn serve(channel: VcpuChannel) -> Result<()> {
+    let mut server = Server {
+        channel: Arc::new(channel),
+        controller: None,
+    };
+    loop {
+        let (msg, fds) = match server.channel.recv() {
+            Ok(m) => m,
+            Err(e) if e.is_closed() => return Ok(()),
+            Err(ChannelError::Codec(e)) => {
+                tracing::warn!("ignoring an undecodable request: {e}");
+                continue;
+            }
+            Err(e) => return Err(ServerError::Channel(e)),
+        };
+        match msg {
+            BrokerMsg::Request { id, body } => {
+                let result = server.handle(body, fds);
+                let reply = WorkerMsg::Reply { id, result };
+                if let Err(e) = server.channel.send(&reply, &[]) {
+                    if e.is_closed() {
+                        return Ok(());
+                    }
+                    return Err(ServerError::Channel(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Building the machine from a [`VmConfig`]: KVM VM, guest memory, in-kernel
+//! irqchip and PIT with QEMU's GSI routing, the buses and platform devices,
+//! the firmware tables, the kernel and the (parked) vCPU threads.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::acpi::{self, VirtioMmioDevice};
+use crate::bus::{Bus, BusError};
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::ged::Ged;
+use crate::devices::i8042::I8042;
+use crate::devices::irq::{IrqError, IrqLine};
+use crate::devices::serial::{self, SerialDevice, SerialIrq, SerialOut};
+use crate::layout;
+use crate::loader::{self, BootSource, KernelImage};
+use crate::memory::{self, GuestMemoryMmap};
+use crate::regs::EntryPoint;
+use crate::vcpu::{self, ActionSender, InitialState, VcpuSync, VcpuThread};
+use crate::{cpuid, mptable, paging, regs};
+
+const IOAPIC_PINS: u32 = 24;
+const TID_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of building the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A slot names no fd of the frame, or one already used.
+    #[error("fd slot {0} is missing or used twice")]
+    FdSlot(u8),
+    /// The configuration is invalid.
+    #[error("invalid VM configuration: {0}")]
+    Config(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error("guest memory")]
+    Memory(#[from] memory::MemoryError),
+    /// The kernel could not be loaded.
+    #[error("kernel loading")]
+    Loader(#[from] loader::LoaderError),
+    /// The ACPI tables could not be written.
+    #[error("ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
+    /// Boot structures could not be written.
+    #[error("cannot write boot structures to guest memory")]
+    BootMemory(#[source] vm_memory::GuestMemoryError),
+    /// A device could not be registered.
+    #[error("device registration")]
+    Bus(#[from] BusError),
+    /// An interrupt line could not be created.
+    #[error("interrupt line")]
+    Irq(#[from] IrqError),
+    /// vCPU register setup failed.
+    #[error("vCPU setup")]
+    Regs(#[from] regs::RegsError),
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+    /// A vCPU thread did not start in time.
+    #[error("vCPU threads did not start")]
+    ThreadStart,
+}
+
+/// Result of VM building.
+pub type Result<T> = std::result::Result<T, VmError>;
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// The fds of a `CreateVm` frame, each taken at most once.
+#[derive(Debug)]
+pub struct FdTable(Vec<Option<OwnedFd>>);
+
+impl FdTable {
+    /// Wraps the frame's fds.
+    pub fn new(fds: Vec<OwnedFd>) -> Self {
+        FdTable(fds.into_iter().map(Some).collect())
+    }
+
+    /// Takes the fd of `slot`.
+    pub fn take(&mut self, slot: FdSlot) -> Result<OwnedFd> {
+        self.0
+            .get_mut(usize::from(slot.0))
+            .and_then(Option::take)
+            .ok_or(VmError::FdSlot(slot.0))
+    }
+}
+
+/// A vCPU thread as the controller sees it.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    /// The thread (never joined: vCPU threads live as long as the process).
+    pub thread: JoinHandle<()>,
+    /// Its host tid.
+    pub tid: Arc<AtomicI64>,
+}
+
+/// The built machine.
+pub struct Vm {
+    /// The VM fd.
+    pub fd: Arc<VmFd>,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Port-I/O bus.
+    pub io: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// The Generic Event Device.
+    pub ged: Arc<Mutex<Ged>>,
+    /// The kernel etc., for reloading on reset.
+    pub boot: BootSource,
+    /// vCPU control.
+    pub sync: Arc<VcpuSync>,
+    /// The vCPU threads.
+    pub vcpus: Vec<VcpuHandle>,
+    /// virtio-mmio devices declared in the DSDT.
+    pub virtio: Vec<VirtioMmioDevice>,
+    irqchips: Vec<kvm_irqchip>,
+    _kvm: Kvm,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("cpus", &self.cpus)
+            .field("io", &self.io)
+            .field("mmio", &self.mmio)
+            .finish_non_exhaustive()
+    }
+}
+
+/// QEMU's PC routing: GSI 0 → PIC pin 0 and IOAPIC pin 2 (the PIT),
+/// GSI 1..15 → PIC and IOAPIC pin n, GSI 16..23 → IOAPIC pin n.
+fn gsi_routing() -> Result<KvmIrqRouting> {
+    let entry = |gsi: u32, chip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = chip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    let mut entries = Vec::new();
+    for gsi in 0..16 {
+        if gsi == 2 {
+            continue;
+        }
+        let (chip, pin) = if gsi < 8 {
+            (KVM_IRQCHIP_PIC_MASTER, gsi)
+        } else {
+            (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
+        };
+        entries.push(entry(gsi, chip, pin));
+    }
+    for gsi in 0..IOAPIC_PINS {
+        match gsi {
+            0 => entries.push(entry(0, KVM_IRQCHIP_IOAPIC, 2)),
+            2 => {}
+            n => entries.push(entry(n, KVM_IRQCHIP_IOAPIC, n)),
+        }
+    }
+    KvmIrqRouting::from_entries(&entries).map_err(|_| VmError::Config("GSI routing table"))
+}
+
+fn platform_setup(vm: &VmFd) -> Result<()> {
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.set_gsi_routing(&gsi_routing()?)
+        .map_err(kvm_err("KVM_SET_GSI_ROUTING"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))
+}
+
+fn snapshot_irqchips(vm: &VmFd) -> Result<Vec<kvm_irqchip>> {
+    [
+        KVM_IRQCHIP_PIC_MASTER,
+        KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQCHIP_IOAPIC,
+    ]
+    .into_iter()
+    .map(|chip_id| {
+        let mut c = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut c).map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        Ok(c)
+    })
+    .collect()
+}
+
+fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> Result<()> {
+    let irq = SerialIrq(Some(IrqLine::new(vm, layout::COM1_GSI)?));
+    let (out, input, listener) = match cfg {
+        SerialConfig::Null => (SerialOut::Null, None, None),
+        SerialConfig::Stream { output, input } => {
+            let out = SerialOut::File(Arc::new(File::from(fds.take(*output)?)));
+            let input = input.map(|s| fds.take(s)).transpose()?;
+            (out, input, None)
+        }
+        SerialConfig::Listener(slot) => {
+            let listener = UnixListener::from(fds.take(*slot)?);
+            let client = Arc::new(Mutex::new(None));
+            (
+                SerialOut::Client(client.clone()),
+                None,
+                Some((listener, client)),
+            )
+        }
+    };
+    let dev = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
+    io.insert(u64::from(layout::COM1_PORT), 8, dev.clone())?;
+    if let Some(input) = input {
+        serial::spawn_stream_input(dev.clone(), input).map_err(VmError::Thread)?;
+    }
+    if let Some((listener, client)) = listener {
+        serial::spawn_listener(dev, listener, client).map_err(VmError::Thread)?;
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Builds the VM; its vCPUs are parked until [`VcpuSync::resume`].
+    pub fn create(cfg: &VmConfig, mut fds: FdTable, actions: ActionSender) -> Result<Vm> {
+        if cfg.cpus == 0 || cfg.cpus > 254 {
+            return Err(VmError::Config("cpus must be 1..=254"));
+        }
+        vcpu::install_kick_handler().map_err(VmError::Thread)?;
+        // SAFETY: the broker opened /dev/kvm for us and passed the fd to
+        // this process alone; Kvm takes ownership of it.
+        let kvm = unsafe {
+            <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+                fds.take(cfg.kvm)?,
+            ))
+        };
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mem = memory::map_guest_memory(File::from(fds.take(cfg.memory)?), cfg.mem_size)?;
+        memory::register_with_kvm(&vm, &mem)?;
+        platform_setup(&vm)?;
+        let irqchips = snapshot_irqchips(&vm)?;
+
+        let io = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        setup_serial(&vm, &io, &cfg.serial, &mut fds)?;
+        io.insert(
+            u64::from(layout::I8042_DATA_PORT),
+            5,
+            Arc::new(Mutex::new(I8042)),
+        )?;
+        io.insert(
+            u64::from(layout::DEBUG_EXIT_PORT),
+            4,
+            Arc::new(Mutex::new(DebugExit)),
+        )?;
+        io.insert(
+            u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+            3,
+            Arc::new(Mutex::new(AcpiPm)),
+        )?;
+        let ged_irq = Arc::new(IrqLine::new(&vm, layout::GED_GSI)?);
+        let ged = Arc::new(Mutex::new(Ged::new(Some(ged_irq))));
+        mmio.insert(layout::GED_ADDR, layout::GED_SIZE, ged.clone())?;
+
+        let kernel = match cfg.kernel {
+            Some(slot) => KernelImage::File(File::from(fds.take(slot)?)),
+            None => KernelImage::Bytes(crate::builtin_guest::hello()),
+        };
+        let initrd = cfg
+            .initrd
+            .map(|s| fds.take(s).map(File::from))
+            .transpose()?;
+        let boot = BootSource {
+            kernel,
+            initrd,
+            cmdline: cfg.cmdline.clone(),
+            mem_size: cfg.mem_size,
+        };
+        let mut machine = Vm {
+            fd: Arc::new(vm),
+            mem,
+            cpus: cfg.cpus,
+            io,
+            mmio,
+            ged,
+            boot,
+            sync: Arc::new(VcpuSync::new(EntryPoint { rip: 0, rsi: 0 })),
+            vcpus: Vec::new(),
+            virtio: Vec::new(),
+            irqchips,
+            _kvm: kvm,
+        };
+        let entry = machine.load_guest()?;
+        machine.sync.new_epoch(entry);
+        machine.spawn_vcpus(&supported, actions)?;
+        Ok(machine)
+    }
+
+    /// Writes the boot structures and the kernel into memory; returns the
+    /// boot CPU's entry.
+    pub fn load_guest(&mut self) -> Result<EntryPoint> {
+        let mem = &self.mem;
+        for (i, e) in crate::gdt::BOOT_GDT.iter().enumerate() {
+            vm_memory::Bytes::write_obj(
+                mem,
+                *e,
+                vm_memory::GuestAddress(layout::GDT_START + 8 * i as u64),
+            )
+            .map_err(VmError::BootMemory)?;
+        }
+        vm_memory::Bytes::write_obj(mem, 0u64, vm_memory::GuestAddress(layout::IDT_START))
+            .map_err(VmError::BootMemory)?;
+        paging::write_boot_page_tables(mem).map_err(VmError::BootMemory)?;
+        mptable::write(mem, self.cpus).map_err(VmError::BootMemory)?;
+        acpi::write_tables(mem, self.cpus, &self.virtio)?;
+        Ok(loader::load(mem, &mut self.boot)?)
+    }
+
+    /// Restores the interrupt controllers to their power-on state.
+    pub fn reset_irqchips(&self) -> Result<()> {
+        for c in &self.irqchips {
+            self.fd.set_irqchip(c).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_vcpus(
+        &mut self,
+        supported: &kvm_bindings::CpuId,
+        actions: ActionSender,
+    ) -> Result<()> {
+        for i in 0..u32::from(self.cpus) {
+            let vcpu = self
+                .fd
+                .create_vcpu(u64::from(i))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter(&mut cpuid, i, u32::from(self.cpus));
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&vcpu)?;
+            regs::setup_lint(&vcpu)?;
+            let initial = InitialState {
+                lapic: vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?,
+                events: kvm_bindings::kvm_vcpu_events::default(),
+            };
+            let tid = Arc::new(AtomicI64::new(0));
+            let t = VcpuThread {
+                index: i,
+                vcpu,
+                sync: self.sync.clone(),
+                io: self.io.clone(),
+                mmio: self.mmio.clone(),
+                mem: self.mem.clone(),
+                actions: actions.clone(),
+                initial,
+                tid: tid.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || t.run())
+                .map_err(VmError::Thread)?;
+            self.vcpus.push(VcpuHandle { thread, tid });
+        }
+        let deadline = Instant::now() + TID_WAIT;
+        while self.vcpus.iter().any(|v| v.tid.load(Ordering::SeqCst) == 0) {
+            if Instant::now() > deadline {
+                return Err(VmError::ThreadStart);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Kicks every vCPU thread out of `KVM_RUN`.
+    pub fn kick_all(&self) {
+        use std::os::unix::thread::JoinHandleExt;
+        for v in &self.vcpus {
+            vcpu::kick(v.thread.as_pthread_t());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_sends_gsi0_to_ioapic_pin2_and_skips_gsi2() {
+        let r = gsi_routing().unwrap();
+        let e = r.as_slice();
+        let ioapic: Vec<(u32, u32)> = e
+            .iter()
+            .filter(|x| {
+                // SAFETY: every entry was built as an irqchip entry.
+                let chip = unsafe { x.u.irqchip.irqchip };
+                chip == KVM_IRQCHIP_IOAPIC
+            })
+            // SAFETY: as above.
+            .map(|x| (x.gsi, unsafe { x.u.irqchip.pin }))
+            .collect();
+        assert!(ioapic.contains(&(0, 2)));
+        assert!(!ioapic.iter().any(|(g, _)| *g == 2));
+        assert!(ioapic.contains(&(13, 13)));
+    }
+
+    #[test]
+    fn fd_slots_are_taken_once() {
+        let f = File::open("/dev/null").unwrap();
+        let mut t = FdTable::new(vec![OwnedFd::from(f)]);
+        assert!(t.take(FdSlot(0)).is_ok());
+        assert!(matches!(t.take(FdSlot(0)), Err(VmError::FdSlot(0))));
+        assert!(matches!(t.take(FdSlot(5)), Err(VmError::FdSlot(5))));
+    }
+}

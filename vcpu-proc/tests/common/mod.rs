@@ -1,0 +1,340 @@
+//! Test fixture: starts the built vcpu-proc as the broker would (socketpair
+//! control channel, handshake, `CreateVm` with /dev/kvm, a sealed memfd and a
+//! serial pipe) and collects its replies, events and serial output.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VcpuEvent, VcpuReply, VcpuRequest, VmConfig};
+use ipc_proto::{BrokerMsg, Channel, FlatError, WorkerKind, WorkerMsg};
+
+/// Generous: the nested KVM of the CI machines is slow.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+type BrokerChannel = Channel<BrokerMsg<VcpuRequest>, WorkerMsg<VcpuReply, VcpuEvent>>;
+
+/// Where the test guests are.
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(name)
+}
+
+/// Panics with a clear message when /dev/kvm is unusable.
+pub fn require_kvm() -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/kvm")
+        .unwrap_or_else(|e| panic!("this test needs /dev/kvm (read-write): {e}"))
+}
+
+/// A sealed memfd of `size` bytes, as the broker creates guest RAM.
+pub fn guest_memfd(size: u64) -> OwnedFd {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        c"guest-ram",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    nix::unistd::ftruncate(&fd, size as i64).unwrap();
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
+    fd
+}
+
+/// A memfd holding `bytes` (a kernel image).
+pub fn image_memfd(bytes: &[u8]) -> OwnedFd {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(c"kernel", MFdFlags::MFD_CLOEXEC).unwrap();
+    let mut f = File::from(fd);
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+    OwnedFd::from(f)
+}
+
+/// The kernel to boot.
+pub enum Kernel {
+    /// vcpu-proc's built-in guest.
+    Builtin,
+    /// A file.
+    Path(PathBuf),
+    /// An in-memory image.
+    Bytes(Vec<u8>),
+}
+
+/// VM options.
+pub struct Opts {
+    pub kernel: Kernel,
+    pub initrd: Option<PathBuf>,
+    pub cpus: u8,
+    pub mem_mib: u64,
+    pub cmdline: String,
+    pub start_paused: bool,
+    pub no_shutdown: bool,
+    pub no_reboot: bool,
+    pub serial_input: bool,
+}
+
+impl Opts {
+    /// Defaults for test guest `name`.
+    pub fn guest(name: &str) -> Self {
+        Opts {
+            kernel: Kernel::Path(guest(name)),
+            initrd: None,
+            cpus: 1,
+            mem_mib: 64,
+            cmdline: String::new(),
+            start_paused: false,
+            no_shutdown: false,
+            no_reboot: false,
+            serial_input: false,
+        }
+    }
+}
+
+/// A running vcpu-proc.
+pub struct Vmm {
+    child: Child,
+    channel: Arc<BrokerChannel>,
+    replies: Receiver<(u64, Result<VcpuReply, FlatError>)>,
+    events: Receiver<VcpuEvent>,
+    serial: Arc<Mutex<Vec<u8>>>,
+    serial_in: Option<File>,
+    next_id: u64,
+    pub create_result: Result<VcpuReply, FlatError>,
+}
+
+impl Vmm {
+    /// Starts vcpu-proc and sends `CreateVm`.
+    pub fn start(opts: Opts) -> Vmm {
+        let kvm = require_kvm();
+        let (broker_end, worker_end) = UnixStream::pair().unwrap();
+        let child_fd = worker_end.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcpu-proc"));
+        cmd.arg("--control-fd").arg(child_fd.to_string());
+        // SAFETY: the closure only calls fcntl, which is async-signal-safe,
+        // on an fd number that is open in the parent at fork time.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn vcpu-proc");
+        drop(worker_end);
+        let (channel, hello) = ipc_proto::worker::accept::<VcpuRequest, VcpuReply, VcpuEvent>(
+            broker_end,
+            WorkerKind::Vcpu,
+        )
+        .expect("handshake");
+        assert_eq!(hello.kind, WorkerKind::Vcpu);
+        let channel = Arc::new(channel);
+        let (rtx, replies) = mpsc::channel();
+        let (etx, events) = mpsc::channel();
+        let reader = channel.clone();
+        std::thread::spawn(move || loop {
+            match reader.recv() {
+                Ok((WorkerMsg::Reply { id, result }, _)) => {
+                    if rtx.send((id, result)).is_err() {
+                        return;
+                    }
+                }
+                Ok((WorkerMsg::Event(e), _)) => {
+                    if etx.send(e).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        });
+
+        let mem = guest_memfd(opts.mem_mib << 20);
+        let (serial_r, serial_w) = nix::unistd::pipe().unwrap();
+        let serial = Arc::new(Mutex::new(Vec::new()));
+        let sink = serial.clone();
+        std::thread::spawn(move || {
+            let mut f = File::from(serial_r);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut fds: Vec<OwnedFd> = vec![OwnedFd::from(kvm), mem, serial_w];
+        let kernel = match &opts.kernel {
+            Kernel::Builtin => None,
+            Kernel::Path(p) => {
+                let f = File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                fds.push(OwnedFd::from(f));
+                Some(FdSlot(fds.len() as u8 - 1))
+            }
+            Kernel::Bytes(b) => {
+                fds.push(image_memfd(b));
+                Some(FdSlot(fds.len() as u8 - 1))
+            }
+        };
+        let initrd = opts.initrd.as_ref().map(|p| {
+            fds.push(OwnedFd::from(File::open(p).unwrap()));
+            FdSlot(fds.len() as u8 - 1)
+        });
+        let mut serial_in = None;
+        let input = if opts.serial_input {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            fds.push(r);
+            serial_in = Some(File::from(w));
+            Some(FdSlot(fds.len() as u8 - 1))
+        } else {
+            None
+        };
+        let cfg = VmConfig {
+            kvm: FdSlot(0),
+            memory: FdSlot(1),
+            mem_size: opts.mem_mib << 20,
+            cpus: opts.cpus,
+            kernel,
+            initrd,
+            cmdline: opts.cmdline.clone(),
+            serial: SerialConfig::Stream {
+                output: FdSlot(2),
+                input,
+            },
+            start_paused: opts.start_paused,
+            no_shutdown: opts.no_shutdown,
+            no_reboot: opts.no_reboot,
+        };
+        let mut vmm = Vmm {
+            child,
+            channel,
+            replies,
+            events,
+            serial,
+            serial_in,
+            next_id: 1,
+            create_result: Ok(VcpuReply::Done),
+        };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        vmm.create_result = vmm.request_with_fds(VcpuRequest::CreateVm(cfg), &borrowed);
+        drop(borrowed);
+        drop(fds);
+        vmm
+    }
+
+    fn request_with_fds(
+        &mut self,
+        req: VcpuRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<VcpuReply, FlatError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.channel
+            .send(&BrokerMsg::Request { id, body: req }, fds)
+            .unwrap();
+        let (rid, result) = self
+            .replies
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("no reply; serial:\n{}", self.serial_text()));
+        assert_eq!(rid, id);
+        result
+    }
+
+    /// Sends `req` and returns the reply.
+    pub fn request(&mut self, req: VcpuRequest) -> Result<VcpuReply, FlatError> {
+        self.request_with_fds(req, &[])
+    }
+
+    /// Everything the guest printed so far.
+    pub fn serial_text(&self) -> String {
+        String::from_utf8_lossy(&self.serial.lock().unwrap()).into_owned()
+    }
+
+    /// Waits for the next event.
+    pub fn next_event(&self) -> VcpuEvent {
+        match self.events.recv_timeout(TIMEOUT) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "no event within {TIMEOUT:?}; serial:\n{}",
+                    self.serial_text()
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("vcpu-proc went away; serial:\n{}", self.serial_text())
+            }
+        }
+    }
+
+    /// True if no event arrives within `wait`.
+    pub fn no_event_within(&self, wait: Duration) -> Option<VcpuEvent> {
+        self.events.recv_timeout(wait).ok()
+    }
+
+    /// Waits until the serial output contains `needle`.
+    pub fn wait_serial(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.serial_text().contains(needle) {
+            if Instant::now() > deadline {
+                panic!(
+                    "{needle:?} not seen on serial; got:\n{}",
+                    self.serial_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Types `bytes` into the serial input.
+    pub fn type_serial(&mut self, bytes: &[u8]) {
+        let f = self
+            .serial_in
+            .as_mut()
+            .expect("serial_input was not requested");
+        std::io::Write::write_all(f, bytes).unwrap();
+    }
+
+    /// The status reply.
+    pub fn status(&mut self) -> ipc_proto::vcpu::StatusInfo {
+        match self.request(VcpuRequest::QueryStatus) {
+            Ok(VcpuReply::Status(s)) => s,
+            other => panic!("unexpected status reply {other:?}"),
+        }
+    }
+
+    /// The id of the channel's reader side (kept for symmetry).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.channel.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The test guests under vcpu-proc: verdicts, lifecycle events and run
+//! states. Every test here needs /dev/kvm (read-write) and fails with a
+//! message saying so when it is missing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Kernel, Opts, Vmm, TIMEOUT};
+use ipc_proto::vcpu::{RunState, ShutdownCause, VcpuEvent, VcpuReply, VcpuRequest};
+
+fn started(opts: Opts) -> Vmm {
+    let vmm = Vmm::start(opts);
+    assert_eq!(vmm.create_result, Ok(VcpuReply::Done));
+    vmm
+}
+
+#[test]
+fn hand_assembled_guest_reports_its_debug_exit_code() {
+    let code = vcpu_proc::builtin_guest::print_and_exit_code("tiny guest\n", 0x42);
+    let mut opts = Opts::guest("unused");
+    opts.kernel = Kernel::Bytes(vcpu_proc::builtin_guest::elf_from_code(&code));
+    let vmm = started(opts);
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0x42 });
+    assert!(vmm.serial_text().contains("tiny guest"));
+}
+
+#[test]
+fn builtin_guest_boots_without_a_kernel_fd() {
+    let mut opts = Opts::guest("unused");
+    opts.kernel = Kernel::Builtin;
+    opts.serial_input = true;
+    let mut vmm = started(opts);
+    vmm.wait_serial("ello", TIMEOUT);
+    // The test-guest hello echoes until it reads "exit"; the hand-assembled
+    // fallback exits at once and ignores the input.
+    vmm.type_serial(b"exit\r");
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    vmm.wait_serial("VERDICT: PASS hello", TIMEOUT);
+}
+
+#[test]
+fn hello_guest_echoes_serial_input_and_passes() {
+    let mut opts = Opts::guest("hello");
+    opts.serial_input = true;
+    let mut vmm = started(opts);
+    vmm.wait_serial("type 'exit'", TIMEOUT);
+    vmm.type_serial(b"abc\rexit\r");
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    let out = vmm.serial_text();
+    assert!(out.contains("abc"), "{out}");
+    assert!(out.contains("VERDICT: PASS hello"), "{out}");
+}
+
+#[test]
+fn smp_guest_starts_four_cpus_and_query_cpus_lists_four_threads() {
+    let mut opts = Opts::guest("smp");
+    opts.cpus = 4;
+    let mut vmm = started(opts);
+    let cpus = match vmm.request(VcpuRequest::QueryCpus) {
+        Ok(VcpuReply::Cpus(c)) => c,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cpus.len(), 4);
+    let mut tids: Vec<i64> = cpus.iter().map(|c| c.thread_id).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    assert_eq!(tids.len(), 4);
+    assert!(tids.iter().all(|t| *t > 0));
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    let out = vmm.serial_text();
+    assert!(out.contains("all 4 cpus online"), "{out}");
+    assert!(out.contains("VERDICT: PASS smp"), "{out}");
+}
+
+#[test]
+fn timer_guest_sees_lapic_and_pit_interrupts() {
+    let vmm = started(Opts::guest("timer"));
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    let out = vmm.serial_text();
+    assert!(out.contains("VERDICT: PASS timer"), "{out}");
+}
+
+#[test]
+fn reset_guest_survives_i8042_acpi_and_triple_fault_resets() {
+    let vmm = started(Opts::guest("reset"));
+    for _ in 0..3 {
+        assert_eq!(
+            vmm.next_event(),
+            VcpuEvent::Reset {
+                reason: ShutdownCause::GuestReset
+            }
+        );
+    }
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    let out = vmm.serial_text();
+    assert!(out.contains("VERDICT: PASS reset"), "{out}");
+}
+
+#[test]
+fn no_reboot_turns_a_guest_reset_into_a_shutdown() {
+    let mut opts = Opts::guest("reset");
+    opts.no_reboot = true;
+    let mut vmm = started(opts);
+    assert_eq!(
+        vmm.next_event(),
+        VcpuEvent::Shutdown {
+            reason: ShutdownCause::GuestReset
+        }
+    );
+    assert_eq!(vmm.status().status, RunState::Shutdown);
+}
+
+#[test]
+fn poweroff_guest_shuts_the_machine_down() {
+    let mut vmm = started(Opts::guest("poweroff"));
+    assert_eq!(
+        vmm.next_event(),
+        VcpuEvent::Shutdown {
+            reason: ShutdownCause::GuestShutdown
+        }
+    );
+    assert!(vmm.no_event_within(Duration::from_millis(300)).is_none());
+    assert!(!vmm.status().running);
+}
+
+#[test]
+fn no_shutdown_reports_shutdown_then_stop_and_status_shutdown() {
+    let mut opts = Opts::guest("poweroff");
+    opts.no_shutdown = true;
+    let mut vmm = started(opts);
+    assert_eq!(
+        vmm.next_event(),
+        VcpuEvent::Shutdown {
+            reason: ShutdownCause::GuestShutdown
+        }
+    );
+    assert_eq!(vmm.next_event(), VcpuEvent::Stopped);
+    let st = vmm.status();
+    assert_eq!(st.status, RunState::Shutdown);
+    assert!(!st.running);
+    let err = vmm.request(VcpuRequest::Cont).unwrap_err();
+    assert!(err
+        .desc
+        .contains("Resetting the Virtual Machine is required"));
+}
+
+#[test]
+fn power_button_makes_the_shutdown_guest_power_off() {
+    let mut vmm = started(Opts::guest("shutdown"));
+    vmm.wait_serial("waiting for power button", TIMEOUT);
+    assert_eq!(
+        vmm.request(VcpuRequest::SystemPowerdown),
+        Ok(VcpuReply::Done)
+    );
+    assert_eq!(vmm.next_event(), VcpuEvent::Powerdown);
+    assert_eq!(
+        vmm.next_event(),
+        VcpuEvent::Shutdown {
+            reason: ShutdownCause::GuestShutdown
+        }
+    );
+    assert!(vmm.serial_text().contains("power button pressed"));
+}
+
+#[test]
+fn crash_guest_is_reported_with_its_rip_and_internal_error() {
+    let mut vmm = started(Opts::guest("crash"));
+    let detail = match vmm.next_event() {
+        VcpuEvent::GuestCrashed { detail } => detail,
+        other => panic!("expected a crash, got {other:?}"),
+    };
+    assert!(detail.contains("RIP 0x"), "{detail}");
+    assert!(detail.contains("bytes at RIP"), "{detail}");
+    assert_eq!(vmm.next_event(), VcpuEvent::Stopped);
+    assert_eq!(vmm.status().status, RunState::InternalError);
+}
+
+#[test]
+fn start_paused_stays_in_prelaunch_until_cont() {
+    let mut opts = Opts::guest("timer");
+    opts.start_paused = true;
+    let mut vmm = started(opts);
+    let st = vmm.status();
+    assert_eq!(st.status, RunState::Prelaunch);
+    assert!(!st.running);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(vmm.serial_text().is_empty());
+    assert_eq!(vmm.request(VcpuRequest::Cont), Ok(VcpuReply::Done));
+    assert_eq!(vmm.next_event(), VcpuEvent::Resumed);
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+}
+
+#[test]
+fn stop_and_cont_emit_events_only_on_change() {
+    let mut opts = Opts::guest("hello");
+    opts.serial_input = true;
+    let mut vmm = started(opts);
+    vmm.wait_serial("type 'exit'", TIMEOUT);
+    assert_eq!(vmm.request(VcpuRequest::Stop), Ok(VcpuReply::Done));
+    assert_eq!(vmm.next_event(), VcpuEvent::Stopped);
+    assert_eq!(vmm.status().status, RunState::Paused);
+    assert_eq!(vmm.request(VcpuRequest::Stop), Ok(VcpuReply::Done));
+    assert_eq!(vmm.request(VcpuRequest::Cont), Ok(VcpuReply::Done));
+    assert_eq!(vmm.next_event(), VcpuEvent::Resumed);
+    assert_eq!(vmm.request(VcpuRequest::Cont), Ok(VcpuReply::Done));
+    assert_eq!(vmm.status().status, RunState::Running);
+    vmm.type_serial(b"exit\r");
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+}
+
+#[test]
+fn system_reset_reboots_the_guest_from_its_entry() {
+    let mut opts = Opts::guest("hello");
+    opts.serial_input = true;
+    let mut vmm = started(opts);
+    vmm.wait_serial("type 'exit'", TIMEOUT);
+    assert_eq!(vmm.request(VcpuRequest::SystemReset), Ok(VcpuReply::Done));
+    assert_eq!(
+        vmm.next_event(),
+        VcpuEvent::Reset {
+            reason: ShutdownCause::HostQmpSystemReset
+        }
+    );
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while vmm
+        .serial_text()
+        .matches("Bulkhead test guest: hello")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            vmm.serial_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vmm.wait_serial("type 'exit'", TIMEOUT);
+    assert_eq!(vmm.status().status, RunState::Running);
+}
+
+#[test]
+fn requests_before_create_vm_are_refused_and_bad_slots_fail_creation() {
+    let mut opts = Opts::guest("hello");
+    opts.cpus = 0;
+    let mut vmm = Vmm::start(opts);
+    let err = vmm.create_result.clone().unwrap_err();
+    assert!(err.desc.contains("cpus"), "{}", err.desc);
+    let err = vmm.request(VcpuRequest::QueryStatus).unwrap_err();
+    assert!(err.desc.contains("not been created"), "{}", err.desc);
+}
