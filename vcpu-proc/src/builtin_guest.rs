@@ -1,11 +1,6 @@
-//! The guest booted when the broker passes no kernel, and a tiny ELF
+//! The guest booted when the broker passes no kernel (the `hello` test
+//! guest, built by this crate's build script and embedded), and a tiny ELF
 //! builder for hand-assembled 64-bit guests (used by tests).
-//!
-//! Until the test-guest build lands in this crate's build script, the
-//! default guest is a hand-assembled program that prints a greeting and a
-//! verdict on COM1 and writes 0 to the debug-exit port.
-
-use std::sync::LazyLock;
 
 /// Guest-physical load address of [`elf_from_code`] images.
 pub const LOAD_ADDR: u64 = crate::layout::HIMEM_START;
@@ -70,21 +65,21 @@ pub fn print_and_exit_code(msg: &str, exit_code: u8) -> Vec<u8> {
     c
 }
 
-static HELLO: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    elf_from_code(&print_and_exit_code(
-        "Hello from the Bulkhead built-in guest\nVERDICT: PASS hello\n",
-        0,
-    ))
-});
+static HELLO: &[u8] = include_bytes!(env!("BULKHEAD_HELLO_GUEST"));
 
 /// The default guest image.
 pub fn hello() -> &'static [u8] {
-    &HELLO
+    HELLO
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_hello_is_an_elf() {
+        assert_eq!(&hello()[..4], b"\x7fELF");
+    }
 
     #[test]
     fn elf_header_names_entry_after_headers() {

@@ -31,9 +31,8 @@ fn builtin_guest_boots_without_a_kernel_fd() {
     opts.kernel = Kernel::Builtin;
     opts.serial_input = true;
     let mut vmm = started(opts);
-    vmm.wait_serial("ello", TIMEOUT);
-    // The test-guest hello echoes until it reads "exit"; the hand-assembled
-    // fallback exits at once and ignores the input.
+    vmm.wait_serial("Bulkhead test guest: hello", TIMEOUT);
+    vmm.wait_serial("type 'exit'", TIMEOUT);
     vmm.type_serial(b"exit\r");
     assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
     vmm.wait_serial("VERDICT: PASS hello", TIMEOUT);
