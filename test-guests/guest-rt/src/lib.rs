@@ -16,6 +16,7 @@
 //! - [`acpi`]: RSDP/MADT and MP table parsing
 //! - [`smp`]: INIT-SIPI-SIPI AP start-up
 //! - [`mem`]: `memcpy` and friends
+//! - [`virtio`]: virtio-mmio transport and split virtqueue
 
 #![no_std]
 
@@ -28,6 +29,7 @@ pub mod mem;
 pub mod port;
 pub mod serial;
 pub mod smp;
+pub mod virtio;
 
 extern "Rust" {
     fn guest_rt_name() -> &'static str;
