@@ -34,7 +34,6 @@ fn on_exception(vector: u8, frame: &Frame) {
 }
 
 fn main() -> ! {
-    println!("Bulkhead test guest: crash");
     idt::set_exception_hook(on_exception);
     println!("about to crash");
     // SAFETY: `xgetbv` with ECX = 0 reads XCR0 or raises #UD, which the hook

@@ -3,8 +3,8 @@
 //! A test guest is a `#![no_std]`, `#![no_main]` binary that calls
 //! [`guest!`] with its name and main function. The runtime boots it (from the
 //! 64-bit ELF entry or the PVH entry), sets up serial, the IDT and the local
-//! APIC, prints nothing by itself, and turns panics and CPU exceptions into a
-//! `VERDICT: FAIL` line plus a debug-exit.
+//! APIC, prints the banner `Bulkhead test guest: <name>`, and turns panics
+//! and CPU exceptions into a `VERDICT: FAIL` line plus a debug-exit.
 //!
 //! Modules:
 //! - [`entry`]: boot assembly, GDT, page tables, stacks, AP trampoline
@@ -61,6 +61,9 @@ macro_rules! guest {
 #[no_mangle]
 extern "C" fn guest_rt_start() -> ! {
     serial::init();
+    // The banner comes first, before the slower set-up, so that the time to
+    // the first serial byte measures the boot path alone.
+    println!("Bulkhead test guest: {}", guest_name());
     idt::init();
     apic::lapic_init();
     // SAFETY: `guest!` defines `guest_rt_main` in every guest binary.

@@ -16,7 +16,6 @@ guest_rt::guest!("hello", main);
 fn on_serial(_vector: u8) {}
 
 fn main() -> ! {
-    println!("Bulkhead test guest: hello");
     idt::set_handler(SERIAL_VECTOR, on_serial);
     ioapic_route(serial::COM1_GSI, SERIAL_VECTOR, Trigger::Edge, lapic_id());
     serial::enable_rx_interrupt();

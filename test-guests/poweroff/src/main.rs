@@ -15,7 +15,6 @@ guest_rt::guest!("poweroff", main);
 const SETTLE_READS: u32 = 20_000;
 
 fn main() -> ! {
-    println!("Bulkhead test guest: poweroff");
     let reg = exit::sleep_control_reg();
     println!("powering off via {}", reg);
     reg.write8(exit::SLEEP_S5);

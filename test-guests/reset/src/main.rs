@@ -36,7 +36,6 @@ fn write_state(word: usize, value: u64) {
 }
 
 fn main() -> ! {
-    println!("Bulkhead test guest: reset");
     let boot = if read_state(0) == MAGIC {
         read_state(1) + 1
     } else {

@@ -64,7 +64,6 @@ fn read_event(ged: &Ged) -> u32 {
 }
 
 fn main() -> ! {
-    println!("Bulkhead test guest: shutdown");
     let machine = acpi::discover();
     let ioapics = &machine.ioapics[..machine.ioapic_count];
     let sleep = exit::sleep_control_reg();

@@ -34,7 +34,6 @@ fn ap_main(cpu: usize, apic_id: u8) -> ! {
 }
 
 fn main() -> ! {
-    println!("Bulkhead test guest: smp");
     let machine = acpi::discover();
     let source = match machine.source {
         acpi::Source::Madt => "ACPI MADT",

@@ -91,7 +91,6 @@ fn pit_stop() {
 }
 
 fn main() -> ! {
-    println!("Bulkhead test guest: timer");
     let machine = acpi::discover();
     let me = lapic_id();
 
