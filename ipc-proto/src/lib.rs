@@ -14,6 +14,8 @@
 //!   connects.
 //! - [`worker`]: the worker side of start-up (control fd from the command
 //!   line, parent-death signal, handshake).
+//! - [`sandbox`] (feature `sandbox`): what every worker applies to itself
+//!   before it touches guest-controlled data.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
@@ -24,6 +26,8 @@ pub mod envelope;
 pub mod frame;
 pub mod handshake;
 pub mod net;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 pub mod vcpu;
 pub mod worker;
 
