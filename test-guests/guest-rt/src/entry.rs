@@ -120,12 +120,13 @@ common64:
     movq %rax, %cr3
     movq $guest_rt_bsp_stack_top, %rsp
     xorl %ebp, %ebp
-    movq $__bss_start, %rdi
+    movq $__bss_start, %rdi       /* link.ld aligns both ends to 16 */
     movq $__bss_end, %rcx
     subq %rdi, %rcx
+    shrq $3, %rcx
     xorl %eax, %eax
     cld
-    rep stosb
+    rep stosq
     call guest_rt_start
 1:
     cli
