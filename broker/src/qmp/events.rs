@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use super::wire::event_line;
+
 /// How many serialized messages may wait for one session.
 pub const SESSION_QUEUE_DEPTH: usize = 4096;
 
@@ -20,9 +22,13 @@ pub struct Subscription {
     pub overflowed: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Called when a subscriber's queue overflows (the session disconnects).
+pub type OverflowHook = Box<dyn Fn() + Send + Sync>;
+
 struct Subscriber {
     tx: SyncSender<Arc<str>>,
     overflowed: Arc<std::sync::atomic::AtomicBool>,
+    on_overflow: Option<OverflowHook>,
 }
 
 /// Delivers events to every subscribed session.
@@ -41,24 +47,35 @@ impl EventBus {
     pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = sync_channel(SESSION_QUEUE_DEPTH);
         let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.lock().push(Subscriber {
-            tx,
-            overflowed: overflowed.clone(),
-        });
+        self.lock().push(Subscriber { tx, overflowed: overflowed.clone(), on_overflow: None });
         Subscription { rx, overflowed }
+    }
+
+    /// Subscribes a session that merges events into its own output queue
+    /// `tx` (shared with its replies). If the queue is full when an event
+    /// arrives, the session is dropped from the bus, `on_overflow` runs
+    /// (the session disconnects) and the returned flag is set.
+    pub fn subscribe_sender(
+        &self,
+        tx: SyncSender<Arc<str>>,
+        on_overflow: OverflowHook,
+    ) -> Arc<std::sync::atomic::AtomicBool> {
+        let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.lock().push(Subscriber { tx, overflowed: overflowed.clone(), on_overflow: Some(on_overflow) });
+        overflowed
     }
 
     /// Emits `event` with optional `data` to every subscriber, stamped with
     /// the current time as QEMU does (`{"seconds", "microseconds"}`).
     pub fn emit(&self, event: &str, data: Option<Value>) {
-        let line: Arc<str> = event_json(event, data, SystemTime::now())
-            .to_string()
-            .into();
+        let line: Arc<str> = event_line(event, data.as_ref(), SystemTime::now()).into();
         self.lock().retain(|s| match s.tx.try_send(line.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                s.overflowed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                s.overflowed.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(hook) = &s.on_overflow {
+                    hook();
+                }
                 false
             }
             Err(TrySendError::Disconnected(_)) => false,
@@ -70,7 +87,8 @@ impl EventBus {
     }
 }
 
-/// Builds an event object as QMP sends it.
+/// Builds an event object as QMP sends it (the bus itself writes the line
+/// directly in QEMU's member order, see [`event_line`]).
 pub fn event_json(event: &str, data: Option<Value>, at: SystemTime) -> Value {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut obj = json!({

@@ -1,0 +1,58 @@
+//! One type per QMP command, each declared once (name, arguments, return,
+//! doc, flags, handler: see [`crate::qmp::registry::Command`]), and the
+//! events the broker emits. [`registry`] lists them all; dispatch,
+//! validation, `query-commands` and `query-qmp-schema` derive from it.
+//!
+//! - [`control`]: the protocol itself (negotiation, version, introspection).
+//! - [`machine`]: the VM's life cycle and vCPUs.
+//! - [`events`]: the event declarations.
+
+pub mod control;
+pub mod events;
+pub mod machine;
+
+use crate::qmp::registry::Registry;
+
+/// Every command and event of the broker.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<control::QmpCapabilities>();
+    r.register::<control::QueryVersion>();
+    r.register::<control::QueryCommands>();
+    r.register::<control::QueryQmpSchema>();
+    r.register::<control::Ping>();
+    r.register::<machine::QueryName>();
+    r.register::<machine::QueryStatus>();
+    r.register::<machine::Stop>();
+    r.register::<machine::Cont>();
+    r.register::<machine::Quit>();
+    r.register::<machine::SystemReset>();
+    r.register::<machine::SystemPowerdown>();
+    r.register::<machine::QueryCpusFast>();
+    r.register::<machine::Cpu>();
+    events::declare(&mut r);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_builds_without_duplicates_and_has_the_protocol_commands() {
+        let r = registry();
+        for name in ["qmp_capabilities", "query-version", "query-commands", "query-qmp-schema", "quit"] {
+            assert!(r.get(name).is_some(), "{name} missing");
+        }
+        assert!(r.get("qmp_capabilities").unwrap().in_negotiation);
+        assert_eq!(r.commands().iter().filter(|c| c.in_negotiation).count(), 1);
+        assert!(r.get("__org.bulkhead_ping").unwrap().allow_oob);
+    }
+
+    #[test]
+    fn every_command_has_a_doc() {
+        for c in registry().commands() {
+            assert!(!c.doc.is_empty(), "{} has no doc", c.name);
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The command registry. Every QMP command is one type implementing
+//! [`Command`]: its name, doc, argument and return types, flags and
+//! handler, declared once. Dispatch, argument validation, `query-commands`
+//! and `query-qmp-schema` are all derived from these declarations, and so
+//! are the events ([`Registry::event`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::error::{QmpError, Result};
+use super::schema::{validate_args, Introspector, QapiType, SchemaType};
+use crate::machine::Machine;
+
+/// Per-session state commands may read or change.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    negotiated: AtomicBool,
+    oob: AtomicBool,
+    default_cpu: AtomicU32,
+}
+
+impl SessionState {
+    /// True once `qmp_capabilities` succeeded.
+    pub fn negotiated(&self) -> bool {
+        self.negotiated.load(Ordering::SeqCst)
+    }
+
+    /// True if the session enabled out-of-band execution.
+    pub fn oob(&self) -> bool {
+        self.oob.load(Ordering::SeqCst)
+    }
+
+    /// Leaves negotiation mode, with or without OOB.
+    pub fn negotiate(&self, oob: bool) {
+        self.oob.store(oob, Ordering::SeqCst);
+        self.negotiated.store(true, Ordering::SeqCst);
+    }
+
+    /// The session's default CPU (the `cpu` command).
+    pub fn default_cpu(&self) -> u32 {
+        self.default_cpu.load(Ordering::SeqCst)
+    }
+
+    /// Sets the default CPU.
+    pub fn set_default_cpu(&self, index: u32) {
+        self.default_cpu.store(index, Ordering::SeqCst);
+    }
+}
+
+/// What a handler can reach.
+pub struct Ctx<'a> {
+    /// The VM.
+    pub machine: &'a Machine,
+    /// The calling session.
+    pub session: &'a SessionState,
+    /// The registry (for the introspection commands).
+    pub registry: &'a Registry,
+}
+
+/// One QMP command, declared once.
+pub trait Command: 'static {
+    /// The wire name.
+    const NAME: &'static str;
+    /// One-paragraph documentation.
+    const DOC: &'static str;
+    /// May run out-of-band (`exec-oob`): must be quick and never block.
+    const ALLOW_OOB: bool = false;
+    /// Available in capabilities-negotiation mode (only `qmp_capabilities`).
+    const IN_NEGOTIATION: bool = false;
+    /// The arguments (serde with `deny_unknown_fields`, kebab-case names).
+    type Args: DeserializeOwned + QapiType;
+    /// The return value.
+    type Ret: Serialize + QapiType;
+    /// Carries the command out.
+    fn run(args: Self::Args, ctx: &Ctx<'_>) -> Result<Self::Ret>;
+}
+
+type Handler = fn(Map<String, Value>, &Ctx<'_>) -> Result<Value>;
+
+/// A registered command.
+pub struct CommandEntry {
+    /// The wire name.
+    pub name: &'static str,
+    /// Its documentation.
+    pub doc: &'static str,
+    /// OOB-capable.
+    pub allow_oob: bool,
+    /// Available before negotiation.
+    pub in_negotiation: bool,
+    /// Argument type.
+    pub args: SchemaType,
+    /// Return type.
+    pub ret: SchemaType,
+    handler: Handler,
+}
+
+impl CommandEntry {
+    /// Validates `args` with QEMU's messages, then runs the handler.
+    pub fn call(&self, args: Map<String, Value>, ctx: &Ctx<'_>) -> Result<Value> {
+        validate_args(&args, &self.args).map_err(QmpError::generic)?;
+        (self.handler)(args, ctx)
+    }
+}
+
+/// A registered event.
+pub struct EventEntry {
+    /// The wire name.
+    pub name: &'static str,
+    /// Its documentation.
+    pub doc: &'static str,
+    /// The type of its `data`.
+    pub data: SchemaType,
+}
+
+fn typed_handler<C: Command>(args: Map<String, Value>, ctx: &Ctx<'_>) -> Result<Value> {
+    // Validation has already given QEMU's messages for every mismatch the
+    // schema can describe; a serde error here means the declaration and
+    // the Rust type disagree.
+    let a: C::Args = serde_json::from_value(Value::Object(args))
+        .map_err(|e| QmpError::generic(format!("internal error: arguments of {}: {e}", C::NAME)))?;
+    let ret = C::run(a, ctx)?;
+    serde_json::to_value(ret)
+        .map_err(|e| QmpError::generic(format!("internal error: reply of {}: {e}", C::NAME)))
+}
+
+/// Every command and event the broker knows.
+#[derive(Default)]
+pub struct Registry {
+    commands: Vec<CommandEntry>,
+    index: HashMap<&'static str, usize>,
+    events: Vec<EventEntry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds command `C`. Panics on a duplicate name (a programming error
+    /// caught by the first test that builds the registry).
+    pub fn register<C: Command>(&mut self) {
+        assert!(!self.index.contains_key(C::NAME), "command {} declared twice", C::NAME);
+        self.index.insert(C::NAME, self.commands.len());
+        self.commands.push(CommandEntry {
+            name: C::NAME,
+            doc: C::DOC,
+            allow_oob: C::ALLOW_OOB,
+            in_negotiation: C::IN_NEGOTIATION,
+            args: C::Args::schema(),
+            ret: C::Ret::schema(),
+            handler: typed_handler::<C>,
+        });
+    }
+
+    /// Declares event `name` whose data has type `T`.
+    pub fn event<T: QapiType>(&mut self, name: &'static str, doc: &'static str) {
+        self.events.push(EventEntry { name, doc, data: T::schema() });
+    }
+
+    /// The command called `name`.
+    pub fn get(&self, name: &str) -> Option<&CommandEntry> {
+        self.index.get(name).and_then(|&i| self.commands.get(i))
+    }
+
+    /// All commands, in declaration order.
+    pub fn commands(&self) -> &[CommandEntry] {
+        &self.commands
+    }
+
+    /// All events, in declaration order.
+    pub fn events(&self) -> &[EventEntry] {
+        &self.events
+    }
+
+    /// The `query-qmp-schema` entries.
+    pub fn introspect(&self) -> Vec<Value> {
+        let mut i = Introspector::new();
+        for c in &self.commands {
+            i.command(c.name, &c.args, &c.ret, c.allow_oob);
+        }
+        for e in &self.events {
+            i.event(e.name, &e.data);
+        }
+        i.finish()
+    }
+}

@@ -1,0 +1,207 @@
+//! One QMP client. Its reader thread splits the byte stream into messages;
+//! out-of-band requests (`exec-oob`, once the session enabled "oob") run
+//! right there, every other message goes in order to the session's
+//! dispatcher thread, which checks it, runs it and queues the reply. Both
+//! write into the session's output queue, which the server's writer thread
+//! drains together with the events.
+//!
+//! Negotiation follows QEMU: until `qmp_capabilities` succeeds, only it is
+//! available and everything else answers `CommandNotFound` "Expecting
+//! capabilities negotiation with 'qmp_capabilities'"; events start
+//! flowing once negotiation is done.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::error::QmpError;
+use super::json_stream::{Item, JsonStream};
+use super::registry::{Ctx, Registry, SessionState};
+use super::wire::{self, Request};
+use crate::machine::Machine;
+
+/// How many in-band requests may wait for the dispatcher before the reader
+/// stops reading (back-pressure on a client that pipelines without limit).
+pub const REQUEST_QUEUE_DEPTH: usize = 64;
+
+/// The marker the session puts in its output queue after its last reply:
+/// the writer flushes and closes when it sees it. (No real message is empty.)
+pub const CLOSE: &str = "";
+
+/// One connected client.
+pub struct Session {
+    state: SessionState,
+    machine: Arc<Machine>,
+    registry: Arc<Registry>,
+    out: SyncSender<Arc<str>>,
+    stream: UnixStream,
+    closing: AtomicBool,
+}
+
+/// What the reader hands the dispatcher.
+pub enum Work {
+    /// A parsed message.
+    Message(Value),
+    /// A JSON error, answered without id.
+    JsonError(String),
+}
+
+impl Session {
+    /// A session on `stream` whose output goes to `out`.
+    pub fn new(
+        stream: UnixStream,
+        machine: Arc<Machine>,
+        registry: Arc<Registry>,
+        out: SyncSender<Arc<str>>,
+    ) -> Self {
+        Session { state: SessionState::default(), machine, registry, out, stream, closing: AtomicBool::new(false) }
+    }
+
+    /// The session's negotiation state and settings.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Stops the session: no further request runs, reading ends; the
+    /// dispatcher then queues [`CLOSE`] after the reply in progress.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        // Fails only if the peer is already gone; then reading ends anyway.
+        let _ = self.stream.shutdown(std::net::Shutdown::Read);
+    }
+
+    /// Ends the connection at once (both directions).
+    pub fn abort(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn send(&self, line: String) -> bool {
+        self.queue(line.into())
+    }
+
+    /// Queues `line` for the writer; false once the writer is gone.
+    pub fn queue(&self, line: Arc<str>) -> bool {
+        self.out.send(line).is_ok()
+    }
+
+    /// The reader loop: runs until EOF or error, then drops `work` so the
+    /// dispatcher finishes.
+    pub fn read_loop(self: &Arc<Self>, mut input: UnixStream, work: SyncSender<Work>) {
+        let mut stream = JsonStream::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut items: Vec<Item> = Vec::new();
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("QMP session read failed: {e}");
+                    return;
+                }
+            };
+            stream.feed(&buf[..n], &mut items);
+            for item in items.drain(..) {
+                let w = match item {
+                    Ok(v) if self.state.oob() && wire::is_oob(&v) => {
+                        if !self.answer(v) {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(v) => Work::Message(v),
+                    Err(desc) => Work::JsonError(desc),
+                };
+                if work.send(w).is_err() || self.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The dispatcher loop: answers each message in order; ends when the
+    /// reader is done, queueing [`CLOSE`] last.
+    pub fn dispatch_loop(self: &Arc<Self>, work: Receiver<Work>) {
+        for w in work {
+            if self.closing.load(Ordering::SeqCst) {
+                break;
+            }
+            let sent = match w {
+                Work::Message(v) => self.answer(v),
+                Work::JsonError(desc) => self.send(wire::reply_err(&QmpError::generic(desc), None)),
+            };
+            if !sent {
+                return;
+            }
+        }
+        let _ = self.out.send(CLOSE.into());
+    }
+
+    /// Answers one message and queues the reply; subscribes the session
+    /// to events when the message completed negotiation. False once the
+    /// output queue is gone (the connection ended).
+    pub fn answer(self: &Arc<Self>, v: Value) -> bool {
+        let was_negotiated = self.state.negotiated();
+        let line = match wire::parse_request(v, self.state.oob()) {
+            Ok(req) => {
+                let id = req.id.clone();
+                match self.dispatch(req) {
+                    Ok(ret) => wire::reply_ok(&ret, id.as_ref()),
+                    Err(e) => wire::reply_err(&e, id.as_ref()),
+                }
+            }
+            Err((id, e)) => wire::reply_err(&e, id.as_ref()),
+        };
+        // The reply goes first: events follow it.
+        let sent = self.send(line);
+        if sent && !was_negotiated && self.state.negotiated() {
+            let me = Arc::downgrade(self);
+            self.machine.events().subscribe_sender(
+                self.out.clone(),
+                Box::new(move || {
+                    if let Some(s) = me.upgrade() {
+                        tracing::warn!("QMP client too slow: its event queue overflowed; disconnecting it");
+                        s.abort();
+                    }
+                }),
+            );
+        }
+        sent
+    }
+
+    fn dispatch(&self, req: Request) -> Result<Value, QmpError> {
+        let entry = self.registry.get(&req.name);
+        let ctx = Ctx { machine: &self.machine, session: &self.state, registry: &self.registry };
+        if !self.state.negotiated() {
+            return match entry {
+                Some(e) if e.in_negotiation => e.call(req.args, &ctx).map_err(negotiation_error),
+                Some(_) | None => Err(negotiation_error(QmpError::command_not_found(""))),
+            };
+        }
+        let Some(entry) = entry else {
+            return Err(QmpError::command_not_found(format!("The command {} has not been found", req.name)));
+        };
+        if req.oob && !entry.allow_oob {
+            return Err(QmpError::generic(format!("The command {} does not support OOB", req.name)));
+        }
+        entry.call(req.args, &ctx)
+    }
+}
+
+/// QEMU replaces every CommandNotFound in negotiation mode with a hint.
+fn negotiation_error(e: QmpError) -> QmpError {
+    match e.class {
+        ipc_proto::ErrorClass::CommandNotFound => {
+            QmpError::command_not_found("Expecting capabilities negotiation with 'qmp_capabilities'")
+        }
+        ipc_proto::ErrorClass::GenericError
+        | ipc_proto::ErrorClass::DeviceNotFound
+        | ipc_proto::ErrorClass::DeviceNotActive
+        | ipc_proto::ErrorClass::KVMMissingCap => e,
+    }
+}
