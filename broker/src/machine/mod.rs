@@ -6,6 +6,7 @@
 //! - [`policy`]: what happens when a worker exits (restart with backoff, or
 //!   guest crash).
 
+pub mod block_state;
 pub mod event_names;
 pub mod policy;
 pub mod vm_setup;
