@@ -4,7 +4,7 @@
 //!
 //! [`enter`] runs, in this order (each step needs the privileges the
 //! previous ones still hold):
-//! 1. new mount, ipc, uts, net and cgroup namespaces; the worker is put in
+//! 1. new mount, ipc, uts and net namespaces; the worker is put in
 //!    a fresh pid namespace by the broker's spawner (see
 //!    [`namespaces::spawn_in_new_pid_ns`]), as a process cannot move itself;
 //! 2. the root pivoted into an empty, read-only tmpfs;

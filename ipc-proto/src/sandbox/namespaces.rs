@@ -1,5 +1,7 @@
-//! Namespaces and the empty root: the worker's own mount, ipc, uts, net and
-//! cgroup namespaces, and a root pivoted into an empty read-only tmpfs.
+//! Namespaces and the empty root: the worker's own mount, ipc, uts and net
+//! namespaces, and a root pivoted into an empty read-only tmpfs. (No cgroup
+//! namespace: with no /proc and no cgroupfs in the empty root it would hide
+//! nothing, and the systemd unit need not allow it.)
 //!
 //! A pid namespace cannot be entered by the worker itself (`unshare` with
 //! `CLONE_NEWPID` only moves future children), so the broker's spawner
@@ -31,11 +33,7 @@ pub fn thread_count() -> Result<usize> {
 /// namespace: a pending pid namespace for children makes the kernel refuse
 /// new threads (EINVAL), and seccomp forbids new processes anyway.
 pub fn unshare_all(kind: WorkerKind) -> Result<()> {
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWCGROUP;
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
     // SAFETY: unshare takes flags only; the process is single-threaded
     // (checked by the caller).
     if unsafe { libc::unshare(flags) } != 0 {
