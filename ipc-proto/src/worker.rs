@@ -43,6 +43,9 @@ pub type Result<T> = std::result::Result<T, StartupError>;
 /// The worker's end of its control channel.
 pub type WorkerChannel<R, P, E> = Channel<WorkerMsg<P, E>, BrokerMsg<R>>;
 
+/// The broker's end of a worker's control channel.
+pub type BrokerChannel<R, P, E> = Channel<BrokerMsg<R>, WorkerMsg<P, E>>;
+
 /// Finds `--control-fd N` in `args` and takes ownership of that fd.
 pub fn control_fd_from_args<I: IntoIterator<Item = String>>(args: I) -> Result<OwnedFd> {
     let mut it = args.into_iter();
@@ -111,7 +114,7 @@ where
 pub fn accept<R, P, E>(
     sock: UnixStream,
     expected: WorkerKind,
-) -> Result<(Channel<BrokerMsg<R>, WorkerMsg<P, E>>, Hello)>
+) -> Result<(BrokerChannel<R, P, E>, Hello)>
 where
     R: Serialize,
     P: DeserializeOwned,

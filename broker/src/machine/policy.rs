@@ -88,12 +88,15 @@ fn worker_args(m: &Machine) -> Vec<String> {
     }
 }
 
+/// A just-started worker: its process guard and its link.
+type LiveWorker<R, P, E> = (SpawnedWorker, Arc<WorkerLink<R, P, E>>);
+
 /// Spawns `kind`, completes the handshake and starts its link.
 fn bring_up<R, P, E>(
     m: &Arc<Machine>,
     kind: WorkerKind,
     on_event: impl Fn(&Machine, E) + Send + 'static,
-) -> Result<(SpawnedWorker, Arc<WorkerLink<R, P, E>>), StartError>
+) -> Result<LiveWorker<R, P, E>, StartError>
 where
     R: serde::Serialize + Send + 'static,
     P: serde::de::DeserializeOwned + Send + 'static,

@@ -188,32 +188,32 @@ fn spawn_here(
     })
 }
 
-/// Runs in the child between fork and exec.
+/// Runs in the child between fork and exec: only async-signal-safe calls.
 fn child_setup(control: i32, parent: libc::pid_t) -> std::io::Result<()> {
-    // SAFETY (whole function): plain syscalls on integers, allowed after fork.
-    unsafe {
-        if control != CONTROL_FD {
-            if libc::dup2(control, CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        } else if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
         }
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        // The broker may have died between fork and prctl.
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    };
+    if control != CONTROL_FD {
+        // SAFETY: dup2 on two fd numbers; `control` is open (inherited).
+        check(unsafe { libc::dup2(control, CONTROL_FD) })?;
+    } else {
+        // SAFETY: clears FD_CLOEXEC on an open fd; no memory involved.
+        check(unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) })?;
     }
+    let sig = libc::SIGKILL as libc::c_ulong;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) })?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        // The broker died between fork and prctl.
+        // SAFETY: _exit ends this forked child at once, as intended.
+        unsafe { libc::_exit(1) };
+    }
+    // SAFETY: sets SIGINT's disposition to ignore; no handler code involved.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     Ok(())
 }
