@@ -135,7 +135,8 @@ fn strerror(e: &std::io::Error) -> String {
 
 /// Opens `filename` as QEMU's `file` driver would.
 pub fn open_file(filename: &str, read_only: bool, direct: bool) -> Result<OwnedFd, FlatError> {
-    let fail = |reason: String| FlatError::generic(format!("Could not open '{filename}': {reason}"));
+    let fail =
+        |reason: String| FlatError::generic(format!("Could not open '{filename}': {reason}"));
     let mut o = OpenOptions::new();
     o.read(true).write(!read_only);
     if direct {
@@ -183,7 +184,9 @@ impl BlockState {
     /// True if `name` is a node the user created at the top level (the
     /// only kind `blockdev-del` removes).
     pub fn is_top_level(&self, name: &str) -> bool {
-        self.nodes.iter().any(|r| r.options.node_name() == Some(name))
+        self.nodes
+            .iter()
+            .any(|r| r.options.node_name() == Some(name))
     }
 
     /// The top-level records, in creation order.
@@ -212,7 +215,9 @@ impl BlockState {
             if let Some(n) = o.node_name() {
                 check_node_name(n)?;
                 if !taken.insert(n.to_owned()) {
-                    return Err(FlatError::generic(format!("Duplicate nodes with node-name='{n}'")));
+                    return Err(FlatError::generic(format!(
+                        "Duplicate nodes with node-name='{n}'"
+                    )));
                 }
             }
             if let BlockdevOptions::File(f) = o {
@@ -227,10 +232,13 @@ impl BlockState {
     }
 }
 
+/// How a request reaches block-proc (the machine's link or a new one).
+type SendFn<'s> = dyn Fn(BlockRequest, &[BorrowedFd<'_>]) -> Result<BlockReply, FlatError> + 's;
+
 /// Sends `AddNode` for `options` with `files`, opening the backing files
 /// block-proc asks for (read-only) until it is satisfied.
 fn send_add(
-    send: &dyn Fn(BlockRequest, &[BorrowedFd<'_>]) -> Result<BlockReply, FlatError>,
+    send: &SendFn<'_>,
     options: &BlockdevOptions,
     files: &mut Vec<(String, OwnedFd)>,
 ) -> Result<(), FlatError> {
@@ -319,7 +327,9 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
 /// Records an export created in block-proc (for the device helper: call it
 /// after `AddExport` succeeded, with the listening socket it was sent).
 pub fn record_export(m: &Machine, request: BlockRequest, listener: OwnedFd) {
-    lock(&state(m)).exports.push(ExportRecord { request, listener });
+    lock(&state(m))
+        .exports
+        .push(ExportRecord { request, listener });
 }
 
 /// Forgets export `id` (after `DelExport` succeeded).
@@ -351,7 +361,8 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
     for e in &st.exports {
         match link.request(e.request.clone(), &[e.listener.as_fd()])? {
             BlockReply::Done => {}
-            other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
+            other
+            @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
                 return Err(unexpected_reply(&other))
             }
         }
@@ -381,10 +392,22 @@ mod tests {
     fn node_names_follow_qemu_rules() {
         assert!(check_node_name("disk0").is_ok());
         assert!(check_node_name("a-b.c_d").is_ok());
-        assert_eq!(check_node_name("").unwrap_err().desc, "Invalid node-name: ''");
-        assert_eq!(check_node_name("#x").unwrap_err().desc, "Invalid node-name: '#x'");
-        assert_eq!(check_node_name("0a").unwrap_err().desc, "Invalid node-name: '0a'");
-        assert_eq!(check_node_name(&"a".repeat(32)).unwrap_err().desc, "Node name too long");
+        assert_eq!(
+            check_node_name("").unwrap_err().desc,
+            "Invalid node-name: ''"
+        );
+        assert_eq!(
+            check_node_name("#x").unwrap_err().desc,
+            "Invalid node-name: '#x'"
+        );
+        assert_eq!(
+            check_node_name("0a").unwrap_err().desc,
+            "Invalid node-name: '0a'"
+        );
+        assert_eq!(
+            check_node_name(&"a".repeat(32)).unwrap_err().desc,
+            "Node name too long"
+        );
     }
 
     #[test]
@@ -406,13 +429,19 @@ mod tests {
         let st = BlockState::default();
         let o = opts(serde_json::json!({"driver": "raw", "node-name": "a",
             "file": {"driver": "null-co", "node-name": "a"}}));
-        assert_eq!(st.prepare(&o).unwrap_err().desc, "Duplicate nodes with node-name='a'");
+        assert_eq!(
+            st.prepare(&o).unwrap_err().desc,
+            "Duplicate nodes with node-name='a'"
+        );
     }
 
     #[test]
     fn missing_file_gives_qemu_message() {
         let e = open_file("/nonexistent/x.img", false, false).unwrap_err();
-        assert_eq!(e.desc, "Could not open '/nonexistent/x.img': No such file or directory");
+        assert_eq!(
+            e.desc,
+            "Could not open '/nonexistent/x.img': No such file or directory"
+        );
     }
 
     #[test]
