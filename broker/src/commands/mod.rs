@@ -7,6 +7,7 @@
 //! - [`machine`]: the VM's life cycle and vCPUs.
 //! - [`events`]: the event declarations.
 
+pub mod block;
 pub mod control;
 pub mod events;
 pub mod machine;
@@ -30,6 +31,12 @@ pub fn registry() -> Registry {
     r.register::<machine::SystemPowerdown>();
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
+    r.register::<block::BlockdevAdd>();
+    r.register::<block::BlockdevDel>();
+    r.register::<block::XBlockdevDel>();
+    r.register::<block::QueryNamedBlockNodes>();
+    r.register::<block::QueryBlockstats>();
+    r.register::<block::QueryBlock>();
     events::declare(&mut r);
     r
 }
@@ -41,7 +48,13 @@ mod tests {
     #[test]
     fn registry_builds_without_duplicates_and_has_the_protocol_commands() {
         let r = registry();
-        for name in ["qmp_capabilities", "query-version", "query-commands", "query-qmp-schema", "quit"] {
+        for name in [
+            "qmp_capabilities",
+            "query-version",
+            "query-commands",
+            "query-qmp-schema",
+            "quit",
+        ] {
             assert!(r.get(name).is_some(), "{name} missing");
         }
         assert!(r.get("qmp_capabilities").unwrap().in_negotiation);
