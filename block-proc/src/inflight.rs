@@ -38,7 +38,9 @@ pub enum InflightError {
     #[error("inflight region mapping failed")]
     Map(#[source] std::io::Error),
     /// The frontend asked for an impossible geometry.
-    #[error("invalid inflight geometry: {num_queues} queues of size {queue_size}, {mmap_size} bytes")]
+    #[error(
+        "invalid inflight geometry: {num_queues} queues of size {queue_size}, {mmap_size} bytes"
+    )]
     Geometry {
         /// Queues.
         num_queues: u16,
@@ -67,13 +69,20 @@ pub struct InflightRegion {
 impl InflightRegion {
     /// Create a fresh zeroed region in a memfd (GET_INFLIGHT_FD).
     pub fn create(num_queues: u16, queue_size: u16) -> Result<(Self, File, u64)> {
-        let geom = || InflightError::Geometry { num_queues, queue_size, mmap_size: 0 };
+        let geom = || InflightError::Geometry {
+            num_queues,
+            queue_size,
+            mmap_size: 0,
+        };
         if num_queues == 0 || queue_size == 0 || !queue_size.is_power_of_two() {
             return Err(geom());
         }
         let size = queue_region_size(queue_size) * usize::from(num_queues);
-        let fd = nix::sys::memfd::memfd_create(c"bulkhead-inflight", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| InflightError::Map(e.into()))?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"bulkhead-inflight",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| InflightError::Map(e.into()))?;
         let file = File::from(fd);
         file.set_len(size as u64).map_err(InflightError::Map)?;
         let region = Self::map(&file, 0, size as u64, num_queues, queue_size)?;
@@ -84,10 +93,20 @@ impl InflightRegion {
     }
 
     /// Map a region the frontend sends back (SET_INFLIGHT_FD).
-    pub fn map(file: &File, offset: u64, size: u64, num_queues: u16, queue_size: u16) -> Result<Self> {
+    pub fn map(
+        file: &File,
+        offset: u64,
+        size: u64,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<Self> {
         let need = queue_region_size(queue_size) as u64 * u64::from(num_queues);
         if num_queues == 0 || queue_size == 0 || size < need {
-            return Err(InflightError::Geometry { num_queues, queue_size, mmap_size: size });
+            return Err(InflightError::Geometry {
+                num_queues,
+                queue_size,
+                mmap_size: size,
+            });
         }
         let dup = file.try_clone().map_err(InflightError::Map)?;
         let len = usize::try_from(size).map_err(|_| InflightError::Geometry {
@@ -97,7 +116,11 @@ impl InflightRegion {
         })?;
         let map = MmapRegion::from_file(FileOffset::new(dup, offset), len)
             .map_err(|e| InflightError::Map(std::io::Error::other(e.to_string())))?;
-        Ok(InflightRegion { map: Arc::new(map), num_queues, queue_size })
+        Ok(InflightRegion {
+            map: Arc::new(map),
+            num_queues,
+            queue_size,
+        })
     }
 
     /// Number of queues described.
@@ -110,7 +133,10 @@ impl InflightRegion {
     }
 
     fn store_u16(&self, q: u16, off: usize, v: u16) {
-        let _ = self.map.as_volatile_slice().store(v, self.base(q) + off, Ordering::Release);
+        let _ = self
+            .map
+            .as_volatile_slice()
+            .store(v, self.base(q) + off, Ordering::Release);
     }
 
     /// The tracker of queue `q` (None if out of range).
@@ -149,7 +175,10 @@ impl QueueInflight {
             .unwrap_or(0)
     }
     fn st16(&self, off: usize, v: u16) {
-        let _ = self.map.as_volatile_slice().store(v, self.base + off, Ordering::Release);
+        let _ = self
+            .map
+            .as_volatile_slice()
+            .store(v, self.base + off, Ordering::Release);
     }
     fn desc_off(&self, head: u16) -> usize {
         QUEUE_HEADER + DESC_STATE * usize::from(head)
@@ -179,7 +208,10 @@ impl QueueInflight {
     pub fn post_put(&self, head: u16, used_idx: u16) {
         if self.in_range(head) {
             let off = self.base + self.desc_off(head);
-            let _ = self.map.as_volatile_slice().store(0u8, off, Ordering::Release);
+            let _ = self
+                .map
+                .as_volatile_slice()
+                .store(0u8, off, Ordering::Release);
         }
         fence(Ordering::SeqCst);
         self.st16(14, used_idx);
@@ -194,7 +226,10 @@ impl QueueInflight {
             self.st16(8, INFLIGHT_VERSION);
             self.st16(10, self.desc_num);
             self.st16(14, used_idx_mem);
-            return Recovery { next_avail: base, resubmit: Vec::new() };
+            return Recovery {
+                next_avail: base,
+                resubmit: Vec::new(),
+            };
         }
         if self.ld16(14) != used_idx_mem {
             // Crashed between publishing the used index and clearing the
@@ -202,7 +237,10 @@ impl QueueInflight {
             let last = self.ld16(12);
             if self.in_range(last) {
                 let off = self.base + self.desc_off(last);
-                let _ = self.map.as_volatile_slice().store(0u8, off, Ordering::Release);
+                let _ = self
+                    .map
+                    .as_volatile_slice()
+                    .store(0u8, off, Ordering::Release);
             }
             fence(Ordering::SeqCst);
             self.st16(14, used_idx_mem);
@@ -236,7 +274,13 @@ mod tests {
         let (r, _f, size) = InflightRegion::create(2, 8).unwrap();
         assert_eq!(size, 2 * queue_region_size(8) as u64);
         let mut q = r.queue(1).unwrap();
-        assert_eq!(q.recover(5, 8, 5), Recovery { next_avail: 5, resubmit: vec![] });
+        assert_eq!(
+            q.recover(5, 8, 5),
+            Recovery {
+                next_avail: 5,
+                resubmit: vec![]
+            }
+        );
     }
 
     #[test]
@@ -252,7 +296,13 @@ mod tests {
         // "Crash": map the same file again as a new process would.
         let r2 = InflightRegion::map(&f, 0, size, 1, 8).unwrap();
         let mut q2 = r2.queue(0).unwrap();
-        assert_eq!(q2.recover(1, 8, 0), Recovery { next_avail: 3, resubmit: vec![5, 7] });
+        assert_eq!(
+            q2.recover(1, 8, 0),
+            Recovery {
+                next_avail: 3,
+                resubmit: vec![5, 7]
+            }
+        );
     }
 
     #[test]
@@ -264,6 +314,12 @@ mod tests {
         q.pre_put(3);
         // used->idx became 1 in guest memory but post_put never ran.
         let mut q2 = r.queue(0).unwrap();
-        assert_eq!(q2.recover(1, 8, 0), Recovery { next_avail: 1, resubmit: vec![] });
+        assert_eq!(
+            q2.recover(1, 8, 0),
+            Recovery {
+                next_avail: 1,
+                resubmit: vec![]
+            }
+        );
     }
 }

@@ -49,7 +49,11 @@ impl From<GraphError> for FlatError {
 impl Server {
     /// A server whose export events go to `events`.
     pub fn new(events: mpsc::Sender<ExportEvent>) -> Self {
-        Server { graph: Graph::new(), exports: BTreeMap::new(), events }
+        Server {
+            graph: Graph::new(),
+            exports: BTreeMap::new(),
+            events,
+        }
     }
 
     /// The node graph.
@@ -58,7 +62,11 @@ impl Server {
     }
 
     /// Handle one request with the fds that came with it.
-    pub fn handle(&mut self, req: BlockRequest, fds: Vec<OwnedFd>) -> std::result::Result<BlockReply, FlatError> {
+    pub fn handle(
+        &mut self,
+        req: BlockRequest,
+        fds: Vec<OwnedFd>,
+    ) -> std::result::Result<BlockReply, FlatError> {
         match req {
             BlockRequest::AddNode { options, files } => {
                 let mut slots: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
@@ -68,12 +76,16 @@ impl Server {
                         .ok()
                         .and_then(|i| slots.get_mut(i))
                         .and_then(Option::take)
-                        .ok_or_else(|| FlatError::generic(format!("no fd passed for '{}'", f.filename)))?;
+                        .ok_or_else(|| {
+                            FlatError::generic(format!("no fd passed for '{}'", f.filename))
+                        })?;
                     map.insert(f.filename, File::from(fd));
                 }
                 match self.graph.add(&options, map) {
                     Ok(_) => Ok(BlockReply::Done),
-                    Err(GraphError::NeedFiles(filenames)) => Ok(BlockReply::NeedFiles { filenames }),
+                    Err(GraphError::NeedFiles(filenames)) => {
+                        Ok(BlockReply::NeedFiles { filenames })
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -83,9 +95,18 @@ impl Server {
             }
             BlockRequest::QueryNodes => Ok(BlockReply::Nodes(self.graph.query_nodes())),
             BlockRequest::QueryStats => Ok(BlockReply::Stats(self.graph.query_stats())),
-            BlockRequest::AddExport { id, node_name, num_queues, writable, serial, logical_block_size } => {
+            BlockRequest::AddExport {
+                id,
+                node_name,
+                num_queues,
+                writable,
+                serial,
+                logical_block_size,
+            } => {
                 if self.exports.contains_key(&id) {
-                    return Err(FlatError::generic(format!("Block export id '{id}' is already in use")));
+                    return Err(FlatError::generic(format!(
+                        "Block export id '{id}' is already in use"
+                    )));
                 }
                 let node = self
                     .graph
@@ -103,10 +124,15 @@ impl Server {
                     .into_iter()
                     .next()
                     .map(UnixListener::from)
-                    .ok_or_else(|| FlatError::generic("no listening socket passed for the export"))?;
+                    .ok_or_else(|| {
+                        FlatError::generic("no listening socket passed for the export")
+                    })?;
                 let cfg = BlkConfig::new(&node, num_queues, writable, &serial, logical_block_size);
-                let export = Export::start(id.clone(), listener, node, cfg, Some(self.events.clone()))
-                    .map_err(|e| FlatError::generic(format!("Could not start export '{id}': {e}")))?;
+                let export =
+                    Export::start(id.clone(), listener, node, cfg, Some(self.events.clone()))
+                        .map_err(|e| {
+                            FlatError::generic(format!("Could not start export '{id}': {e}"))
+                        })?;
                 self.exports.insert(id, export);
                 Ok(BlockReply::Done)
             }
@@ -148,7 +174,8 @@ pub fn run(chan: BlockChannel) -> Result<()> {
         match msg {
             BrokerMsg::Request { id, body } => {
                 let result = server.handle(body, fds);
-                chan.send(&WorkerMsg::Reply { id, result }, &[]).map_err(ServerError::Channel)?;
+                chan.send(&WorkerMsg::Reply { id, result }, &[])
+                    .map_err(ServerError::Channel)?;
             }
         }
     }

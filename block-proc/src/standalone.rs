@@ -54,11 +54,20 @@ pub struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let mut a = Args { num_queues: 1, block_size: 512, serial: "bulkhead".into(), ..Default::default() };
+    let mut a = Args {
+        num_queues: 1,
+        block_size: 512,
+        serial: "bulkhead".into(),
+        ..Default::default()
+    };
     let mut it = args.iter();
     let usage = |m: &str| StandaloneError::Usage(m.to_string());
     while let Some(x) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| usage(&format!("{x} needs a value")));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| usage(&format!("{x} needs a value")))
+        };
         match x.as_str() {
             "--standalone" => {}
             "--socket" => a.socket = val()?,
@@ -82,7 +91,8 @@ fn open(path: &str, ro: bool, direct: bool) -> Result<File> {
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path).map_err(|e| StandaloneError::Open(path.to_string(), e))
+    o.open(path)
+        .map_err(|e| StandaloneError::Open(path.to_string(), e))
 }
 
 /// Add a node, opening the files it names (and any backing files).
@@ -97,7 +107,9 @@ pub fn add_node(graph: &mut Graph, opts: &BlockdevOptions) -> Result<String> {
             files.insert(name.clone(), open(name, true, false)?);
         }
         match graph.add(opts, files) {
-            Err(GraphError::NeedFiles(more)) if more.iter().all(|m| !extra.contains(m)) => extra.extend(more),
+            Err(GraphError::NeedFiles(more)) if more.iter().all(|m| !extra.contains(m)) => {
+                extra.extend(more)
+            }
             r => return Ok(r?),
         }
     }
@@ -116,7 +128,8 @@ pub fn run(args: &[String]) -> Result<()> {
         .get(&last)
         .ok_or_else(|| StandaloneError::Usage("no node to export".into()))?;
     let _ = std::fs::remove_file(&a.socket);
-    let listener = UnixListener::bind(&a.socket).map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    let listener =
+        UnixListener::bind(&a.socket).map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
     let _export = Export::start("standalone".into(), listener, node, cfg, None)
         .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;

@@ -205,7 +205,11 @@ fn parse<'m>(mem: &'m Mem, descs: &[Desc]) -> Result<Parsed<'m>, Option<Volatile
     let mut inn = Vec::with_capacity(wr.len());
     for (i, d) in wr.iter().enumerate() {
         let s = map(mem, d).ok_or(Some(status))?;
-        let s = if i == last { s.subslice(0, s.len() - 1).map_err(|_| Some(status))? } else { s };
+        let s = if i == last {
+            s.subslice(0, s.len() - 1).map_err(|_| Some(status))?
+        } else {
+            s
+        };
         if i > last {
             continue;
         }
@@ -213,7 +217,12 @@ fn parse<'m>(mem: &'m Mem, descs: &[Desc]) -> Result<Parsed<'m>, Option<Volatile
             inn.push(s);
         }
     }
-    Ok(Parsed { out, inn, status, hdr })
+    Ok(Parsed {
+        out,
+        inn,
+        status,
+        hdr,
+    })
 }
 
 fn finish(status_slice: &VolatileSlice<'_>, status: u8, data_in: usize) -> Completion {
@@ -227,7 +236,10 @@ fn finish(status_slice: &VolatileSlice<'_>, status: u8, data_in: usize) -> Compl
 /// Process one request chain against `node`.
 pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Completion {
     if descs.len() > cfg.seg_max() as usize + 2 {
-        warn_ratelimited!("virtio-blk: request with {} descriptors rejected", descs.len());
+        warn_ratelimited!(
+            "virtio-blk: request with {} descriptors rejected",
+            descs.len()
+        );
     }
     let p = match parse(mem, descs) {
         Ok(p) => p,
@@ -237,7 +249,10 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
         }
         Err(None) => {
             warn_ratelimited!("virtio-blk: request without a status byte dropped");
-            return Completion { used_len: 0, status: None };
+            return Completion {
+                used_len: 0,
+                status: None,
+            };
         }
     };
     if descs.len() > cfg.seg_max() as usize + 2 {
@@ -263,11 +278,18 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
                 return finish(&p.status, S_IOERR, 0);
             }
             let off = sector * 512;
-            let r = if write { node.write(bufs, off, len) } else { node.read(bufs, off, len) };
+            let r = if write {
+                node.write(bufs, off, len)
+            } else {
+                node.read(bufs, off, len)
+            };
             match r {
                 Ok(()) => finish(&p.status, S_OK, if write { 0 } else { in_len as usize }),
                 Err(e) => {
-                    warn_ratelimited!("virtio-blk: {} at {off} failed: {e}", if write { "write" } else { "read" });
+                    warn_ratelimited!(
+                        "virtio-blk: {} at {off} failed: {e}",
+                        if write { "write" } else { "read" }
+                    );
                     finish(&p.status, S_IOERR, 0)
                 }
             }
@@ -300,7 +322,9 @@ fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) 
         return finish(&p.status, S_IOERR, 0);
     }
     iobuf::gather(&p.out, &mut seg);
-    let sector = u64::from_le_bytes([seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7]]);
+    let sector = u64::from_le_bytes([
+        seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
+    ]);
     let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
     let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
     let unmap = flags & 1 != 0;
@@ -314,7 +338,11 @@ fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) 
         return finish(&p.status, S_IOERR, 0);
     }
     let (off, len) = (sector * 512, u64::from(num) * 512);
-    let r = if discard { node.discard(off, len) } else { node.write_zeroes(off, len, unmap) };
+    let r = if discard {
+        node.discard(off, len)
+    } else {
+        node.write_zeroes(off, len, unmap)
+    };
     match r {
         Ok(()) => finish(&p.status, S_OK, 0),
         Err(e) => {
@@ -348,9 +376,24 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::IN, 2048);
         let d = [
-            Desc { addr: 0x100, len: 16, flags: 0, next: 0 },
-            Desc { addr: 0x1000, len: 512, flags: VRING_DESC_F_WRITE, next: 0 },
-            Desc { addr: 0x2000, len: 1, flags: VRING_DESC_F_WRITE, next: 0 },
+            Desc {
+                addr: 0x100,
+                len: 16,
+                flags: 0,
+                next: 0,
+            },
+            Desc {
+                addr: 0x1000,
+                len: 512,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
+            Desc {
+                addr: 0x2000,
+                len: 1,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
         ];
         let c = process(&node, &cfg, &mem, &d);
         assert_eq!(c.status, Some(S_IOERR));
@@ -362,12 +405,33 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::GET_ID, 0);
         let d = [
-            Desc { addr: 0x100, len: 16, flags: 0, next: 0 },
-            Desc { addr: 0x1000, len: 20, flags: VRING_DESC_F_WRITE, next: 0 },
-            Desc { addr: 0x2000, len: 1, flags: VRING_DESC_F_WRITE, next: 0 },
+            Desc {
+                addr: 0x100,
+                len: 16,
+                flags: 0,
+                next: 0,
+            },
+            Desc {
+                addr: 0x1000,
+                len: 20,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
+            Desc {
+                addr: 0x2000,
+                len: 1,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
         ];
         let c = process(&node, &cfg, &mem, &d);
-        assert_eq!(c, Completion { used_len: 21, status: Some(S_OK) });
+        assert_eq!(
+            c,
+            Completion {
+                used_len: 21,
+                status: Some(S_OK)
+            }
+        );
         let mut id = [0u8; 8];
         mem.read_slice(&mut id, GuestAddress(0x1000)).unwrap();
         assert_eq!(&id, b"serial-1");
@@ -378,9 +442,24 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::IN, 0);
         let d = [
-            Desc { addr: 0x100, len: 16, flags: 0, next: 0 },
-            Desc { addr: 1 << 40, len: 512, flags: VRING_DESC_F_WRITE, next: 0 },
-            Desc { addr: 0x2000, len: 1, flags: VRING_DESC_F_WRITE, next: 0 },
+            Desc {
+                addr: 0x100,
+                len: 16,
+                flags: 0,
+                next: 0,
+            },
+            Desc {
+                addr: 1 << 40,
+                len: 512,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
+            Desc {
+                addr: 0x2000,
+                len: 1,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
         ];
         assert_eq!(process(&node, &cfg, &mem, &d).status, Some(S_IOERR));
     }
@@ -389,8 +468,19 @@ mod tests {
     fn chain_without_writable_status_is_dropped_without_status() {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::IN, 0);
-        let d = [Desc { addr: 0x100, len: 16, flags: 0, next: 0 }];
-        assert_eq!(process(&node, &cfg, &mem, &d), Completion { used_len: 0, status: None });
+        let d = [Desc {
+            addr: 0x100,
+            len: 16,
+            flags: 0,
+            next: 0,
+        }];
+        assert_eq!(
+            process(&node, &cfg, &mem, &d),
+            Completion {
+                used_len: 0,
+                status: None
+            }
+        );
     }
 
     #[test]
@@ -398,8 +488,18 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, 77, 0);
         let d = [
-            Desc { addr: 0x100, len: 16, flags: 0, next: 0 },
-            Desc { addr: 0x2000, len: 1, flags: VRING_DESC_F_WRITE, next: 0 },
+            Desc {
+                addr: 0x100,
+                len: 16,
+                flags: 0,
+                next: 0,
+            },
+            Desc {
+                addr: 0x2000,
+                len: 1,
+                flags: VRING_DESC_F_WRITE,
+                next: 0,
+            },
         ];
         assert_eq!(process(&node, &cfg, &mem, &d).status, Some(S_UNSUPP));
     }

@@ -206,7 +206,9 @@ impl Vring {
             mem.read_slice(&mut raw, GuestAddress(a))
                 .map_err(|_| VringError::BadRingAddress(a))?;
             let d = Desc {
-                addr: u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]),
+                addr: u64::from_le_bytes([
+                    raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+                ]),
                 len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
                 flags: u16::from_le_bytes([raw[12], raw[13]]),
                 next: u16::from_le_bytes([raw[14], raw[15]]),
@@ -287,15 +289,44 @@ mod tests {
     }
 
     fn ring() -> Vring {
-        Vring::new(VringConfig { size: 8, desc: 0x1000, avail: 0x2000, used: 0x3000 }, 0, true)
+        Vring::new(
+            VringConfig {
+                size: 8,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000,
+            },
+            0,
+            true,
+        )
     }
 
     #[test]
     fn chain_with_loop_is_rejected() {
         let m = mem();
         let r = ring();
-        write_desc(&m, 0x1000, 0, Desc { addr: 0x8000, len: 16, flags: VRING_DESC_F_NEXT, next: 1 });
-        write_desc(&m, 0x1000, 1, Desc { addr: 0x8000, len: 16, flags: VRING_DESC_F_NEXT, next: 0 });
+        write_desc(
+            &m,
+            0x1000,
+            0,
+            Desc {
+                addr: 0x8000,
+                len: 16,
+                flags: VRING_DESC_F_NEXT,
+                next: 1,
+            },
+        );
+        write_desc(
+            &m,
+            0x1000,
+            1,
+            Desc {
+                addr: 0x8000,
+                len: 16,
+                flags: VRING_DESC_F_NEXT,
+                next: 0,
+            },
+        );
         let mut v = Vec::new();
         assert_eq!(r.chain(&m, 0, &mut v), Err(VringError::ChainTooLong));
     }
@@ -304,7 +335,17 @@ mod tests {
     fn chain_with_out_of_range_next_is_rejected() {
         let m = mem();
         let r = ring();
-        write_desc(&m, 0x1000, 0, Desc { addr: 0x8000, len: 16, flags: VRING_DESC_F_NEXT, next: 99 });
+        write_desc(
+            &m,
+            0x1000,
+            0,
+            Desc {
+                addr: 0x8000,
+                len: 16,
+                flags: VRING_DESC_F_NEXT,
+                next: 99,
+            },
+        );
         let mut v = Vec::new();
         assert_eq!(r.chain(&m, 0, &mut v), Err(VringError::BadIndex(99)));
     }

@@ -42,7 +42,13 @@ pub fn qcow2_image(name: &str, size: &str) -> PathBuf {
 
 /// `qemu-img check` passes.
 pub fn qemu_img_check(p: &Path) -> bool {
-    Command::new("qemu-img").arg("check").arg("-q").arg(p).status().unwrap().success()
+    Command::new("qemu-img")
+        .arg("check")
+        .arg("-q")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success()
 }
 
 /// JSON blockdev options of a raw node over a file.
@@ -68,10 +74,19 @@ pub fn start(sock: &Path, blockdev: &str, extra: &[&str]) -> Backend {
 
 /// Connect the harness.
 pub fn connect(sock: &Path, num_queues: u16) -> BlkDevice {
-    BlkDevice::connect(sock, BlkOptions { num_queues, ..Default::default() }).unwrap()
+    BlkDevice::connect(
+        sock,
+        BlkOptions {
+            num_queues,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A deterministic data pattern.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    (0..len as u64).map(|i| ((i.wrapping_mul(31) + seed * 7919) % 251) as u8).collect()
+    (0..len as u64)
+        .map(|i| ((i.wrapping_mul(31) + seed * 7919) % 251) as u8)
+        .collect()
 }

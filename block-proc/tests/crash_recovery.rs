@@ -28,7 +28,14 @@ fn sigkill_mid_flight_loses_no_write_and_resubmits_inflight_requests() {
     for q in 0..2usize {
         for k in 0..16u64 {
             let i = 16 + q as u64 * 16 + k;
-            dev.submit(q, Request::Write { sector: i * 2048, data: &pattern(MIB, i) }).unwrap();
+            dev.submit(
+                q,
+                Request::Write {
+                    sector: i * 2048,
+                    data: &pattern(MIB, i),
+                },
+            )
+            .unwrap();
         }
         dev.kick(q).unwrap();
     }
@@ -67,7 +74,14 @@ fn request_executing_at_the_crash_is_resubmitted_and_completed() {
     let mut bp = start(&sock, json, &[]);
     let mut dev = connect(&sock, 1);
     for k in 0..4u64 {
-        dev.submit(0, Request::Write { sector: k, data: &pattern(512, k) }).unwrap();
+        dev.submit(
+            0,
+            Request::Write {
+                sector: k,
+                data: &pattern(512, k),
+            },
+        )
+        .unwrap();
     }
     dev.kick(0).unwrap();
     let mut marked = vec![0];

@@ -18,7 +18,16 @@ fn opts(json: &str) -> BlockdevOptions {
 fn files(paths: &[&std::path::Path]) -> HashMap<String, File> {
     paths
         .iter()
-        .map(|p| (p.display().to_string(), std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap()))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(p)
+                    .unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -48,27 +57,46 @@ fn unknown_member_is_rejected() {
 fn flat_reference_to_existing_node_and_qemu_error_wording() {
     let img = raw_image("g-flat.raw", 1 << 20);
     let mut g = Graph::new();
-    let f = opts(&format!(r#"{{"driver":"file","node-name":"f","filename":"{}"}}"#, img.display()));
+    let f = opts(&format!(
+        r#"{{"driver":"file","node-name":"f","filename":"{}"}}"#,
+        img.display()
+    ));
     g.add(&f, files(&[&img])).unwrap();
     assert_eq!(
         g.add(&f, files(&[&img])).unwrap_err().to_string(),
         "Duplicate nodes with node-name='f'"
     );
-    g.add(&opts(r#"{"driver":"raw","node-name":"d","file":"f"}"#), HashMap::new()).unwrap();
+    g.add(
+        &opts(r#"{"driver":"raw","node-name":"d","file":"f"}"#),
+        HashMap::new(),
+    )
+    .unwrap();
     assert_eq!(
-        g.add(&opts(r#"{"driver":"raw","node-name":"d2","file":"nosuch"}"#), HashMap::new())
-            .unwrap_err()
-            .to_string(),
+        g.add(
+            &opts(r#"{"driver":"raw","node-name":"d2","file":"nosuch"}"#),
+            HashMap::new()
+        )
+        .unwrap_err()
+        .to_string(),
         "Cannot find device='nosuch' nor node-name='nosuch'"
     );
     assert_eq!(
-        g.add(&opts(r#"{"driver":"raw","node-name":"d3","file":"f","offset":2000000}"#), HashMap::new())
-            .unwrap_err()
-            .to_string(),
+        g.add(
+            &opts(r#"{"driver":"raw","node-name":"d3","file":"f","offset":2000000}"#),
+            HashMap::new()
+        )
+        .unwrap_err()
+        .to_string(),
         "Offset (2000000) cannot be greater than size of the containing file (1048576)"
     );
-    assert_eq!(g.del("f").unwrap_err().to_string(), "Block device f is in use");
-    assert_eq!(g.del("zz").unwrap_err().to_string(), "Failed to find node with node-name='zz'");
+    assert_eq!(
+        g.del("f").unwrap_err().to_string(),
+        "Block device f is in use"
+    );
+    assert_eq!(
+        g.del("zz").unwrap_err().to_string(),
+        "Failed to find node with node-name='zz'"
+    );
     g.del("d").unwrap();
     g.del("f").unwrap();
     assert!(g.query_nodes().is_empty());
@@ -78,9 +106,15 @@ fn flat_reference_to_existing_node_and_qemu_error_wording() {
 fn missing_file_reports_could_not_open() {
     let mut g = Graph::new();
     let e = g
-        .add(&opts(r#"{"driver":"file","node-name":"g","filename":"/nope"}"#), HashMap::new())
+        .add(
+            &opts(r#"{"driver":"file","node-name":"g","filename":"/nope"}"#),
+            HashMap::new(),
+        )
         .unwrap_err();
-    assert_eq!(e.to_string(), "Could not open '/nope': No such file or directory");
+    assert_eq!(
+        e.to_string(),
+        "Could not open '/nope': No such file or directory"
+    );
 }
 
 #[test]
@@ -118,14 +152,25 @@ fn qcow2_backing_file_is_requested_then_opened_from_passed_fd() {
     let mut fs = files(&[&top]);
     fs.insert(base.display().to_string(), File::open(&base).unwrap());
     g.add(&o, fs).unwrap();
-    let disk = g.query_nodes().into_iter().find(|n| n.node_name == "disk0").unwrap();
-    assert_eq!(disk.backing_file.as_deref(), Some(base.display().to_string().as_str()));
+    let disk = g
+        .query_nodes()
+        .into_iter()
+        .find(|n| n.node_name == "disk0")
+        .unwrap();
+    assert_eq!(
+        disk.backing_file.as_deref(),
+        Some(base.display().to_string().as_str())
+    );
 }
 
 #[test]
 fn null_co_defaults_and_stats_start_at_zero() {
     let mut g = Graph::new();
-    g.add(&opts(r#"{"driver":"null-co","node-name":"n"}"#), HashMap::new()).unwrap();
+    g.add(
+        &opts(r#"{"driver":"null-co","node-name":"n"}"#),
+        HashMap::new(),
+    )
+    .unwrap();
     let n = &g.query_nodes()[0];
     assert_eq!(n.image.virtual_size, 1 << 30);
     assert_eq!(n.file, "null-co://");

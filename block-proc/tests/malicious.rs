@@ -34,10 +34,21 @@ fn status(dev: &BlkDevice, addr: u64) -> u8 {
 }
 
 fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
-    RawDesc { addr, len, flags, next }
+    RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    }
 }
 
-fn setup(name: &str) -> (vhost_user_harness::process::Backend, BlkDevice, std::path::PathBuf) {
+fn setup(
+    name: &str,
+) -> (
+    vhost_user_harness::process::Backend,
+    BlkDevice,
+    std::path::PathBuf,
+) {
     let img = raw_image(&format!("{name}.raw"), 1 << 20);
     let sock = tmp(&format!("{name}.sock"));
     let bp = start(&sock, &raw_json(&img), &["--num-queues", "2"]);
@@ -50,8 +61,15 @@ fn descriptor_loop_stops_the_queue_but_not_the_process() {
     let (bp, mut dev, sock) = setup("loop");
     let slot = dev.take_slot(0).unwrap();
     let (h, st, _) = prepare(&dev, 0, slot, 0);
-    dev.submit_raw(0, &[(100, d(h, 16, F_NEXT, 101)), (101, d(st, 1, F_WRITE | F_NEXT, 100))], 100)
-        .unwrap();
+    dev.submit_raw(
+        0,
+        &[
+            (100, d(h, 16, F_NEXT, 101)),
+            (101, d(st, 1, F_WRITE | F_NEXT, 100)),
+        ],
+        100,
+    )
+    .unwrap();
     dev.kick_now(0).unwrap();
     let r = dev.wait_timeout(0, Duration::from_millis(300));
     assert!(matches!(r, Err(HarnessError::Timeout)));
@@ -67,7 +85,10 @@ fn head_index_out_of_range_stops_the_queue_but_not_the_process() {
     let (bp, mut dev, _sock) = setup("head");
     dev.publish_raw_head(0, 4000).unwrap();
     dev.kick_now(0).unwrap();
-    assert!(matches!(dev.wait_timeout(0, Duration::from_millis(300)), Err(HarnessError::Timeout)));
+    assert!(matches!(
+        dev.wait_timeout(0, Duration::from_millis(300)),
+        Err(HarnessError::Timeout)
+    ));
     assert!(alive(&bp));
     assert_eq!(dev.read(1, 0, 512).unwrap().0, S_OK);
 }
@@ -79,7 +100,11 @@ fn data_address_outside_guest_memory_answers_ioerr() {
     let (h, st, _) = prepare(&dev, 0, slot, 0);
     dev.submit_raw(
         0,
-        &[(100, d(h, 16, F_NEXT, 101)), (101, d(1 << 40, 4096, F_WRITE | F_NEXT, 102)), (102, d(st, 1, F_WRITE, 0))],
+        &[
+            (100, d(h, 16, F_NEXT, 101)),
+            (101, d(1 << 40, 4096, F_WRITE | F_NEXT, 102)),
+            (102, d(st, 1, F_WRITE, 0)),
+        ],
         100,
     )
     .unwrap();
@@ -98,7 +123,11 @@ fn huge_length_and_short_header_answer_ioerr() {
     let (h, st, data) = prepare(&dev, 0, slot, 0);
     dev.submit_raw(
         0,
-        &[(100, d(h, 16, F_NEXT, 101)), (101, d(data, u32::MAX, F_WRITE | F_NEXT, 102)), (102, d(st, 1, F_WRITE, 0))],
+        &[
+            (100, d(h, 16, F_NEXT, 101)),
+            (101, d(data, u32::MAX, F_WRITE | F_NEXT, 102)),
+            (102, d(st, 1, F_WRITE, 0)),
+        ],
         100,
     )
     .unwrap();
@@ -106,13 +135,25 @@ fn huge_length_and_short_header_answer_ioerr() {
     dev.wait(0).unwrap();
     assert_eq!(status(&dev, st), S_IOERR);
     let (h, st, _) = prepare(&dev, 0, slot, 0);
-    dev.submit_raw(0, &[(110, d(h, 8, F_NEXT, 111)), (111, d(st, 1, F_WRITE, 0))], 110).unwrap();
+    dev.submit_raw(
+        0,
+        &[(110, d(h, 8, F_NEXT, 111)), (111, d(st, 1, F_WRITE, 0))],
+        110,
+    )
+    .unwrap();
     dev.kick_now(0).unwrap();
     dev.wait(0).unwrap();
     assert_eq!(status(&dev, st), S_IOERR);
     let (h, st, _) = prepare(&dev, 0, slot, 0);
-    dev.submit_raw(0, &[(120, d(h, 16, F_WRITE | F_NEXT, 121)), (121, d(st, 1, F_WRITE, 0))], 120)
-        .unwrap();
+    dev.submit_raw(
+        0,
+        &[
+            (120, d(h, 16, F_WRITE | F_NEXT, 121)),
+            (121, d(st, 1, F_WRITE, 0)),
+        ],
+        120,
+    )
+    .unwrap();
     dev.kick_now(0).unwrap();
     dev.wait(0).unwrap();
     assert_eq!(status(&dev, st), S_IOERR);
@@ -128,7 +169,8 @@ fn chain_without_status_byte_completes_with_zero_length() {
     dev.kick_now(0).unwrap();
     let c = dev.wait(0).unwrap();
     assert_eq!((c[0].head, c[0].used_len), (100, 0));
-    dev.submit_raw(0, &[(101, d(h, 0, F_WRITE, 0))], 101).unwrap();
+    dev.submit_raw(0, &[(101, d(h, 0, F_WRITE, 0))], 101)
+        .unwrap();
     dev.kick_now(0).unwrap();
     let c = dev.wait(0).unwrap();
     assert_eq!((c[0].head, c[0].used_len), (101, 0));

@@ -14,7 +14,10 @@ fn raw_image_write_then_read_returns_the_same_bytes() {
     let sock = tmp("rw.sock");
     let _bp = start(&sock, &raw_json(&img), &[]);
     let mut dev = connect(&sock, 1);
-    for (i, (sector, len)) in [(0u64, 4096usize), (8, 512), (1000, 65536), (32760, 4096)].iter().enumerate() {
+    for (i, (sector, len)) in [(0u64, 4096usize), (8, 512), (1000, 65536), (32760, 4096)]
+        .iter()
+        .enumerate()
+    {
         let data = pattern(*len, i as u64);
         assert_eq!(dev.write(0, *sector, &data).unwrap(), S_OK);
         let (st, back) = dev.read(0, *sector, *len as u32).unwrap();
@@ -22,7 +25,10 @@ fn raw_image_write_then_read_returns_the_same_bytes() {
         assert_eq!(back, data);
     }
     let on_disk = std::fs::read(&img).unwrap();
-    assert_eq!(&on_disk[1000 * 512..1000 * 512 + 65536], &pattern(65536, 2)[..]);
+    assert_eq!(
+        &on_disk[1000 * 512..1000 * 512 + 65536],
+        &pattern(65536, 2)[..]
+    );
 }
 
 #[test]
@@ -66,8 +72,14 @@ fn multiqueue_requests_complete_on_every_queue() {
     let mut dev = connect(&sock, 4);
     for q in 0..4usize {
         for k in 0..8u64 {
-            dev.submit(q, Request::Write { sector: (q as u64 * 8 + k) * 8, data: &pattern(4096, q as u64 * 8 + k) })
-                .unwrap();
+            dev.submit(
+                q,
+                Request::Write {
+                    sector: (q as u64 * 8 + k) * 8,
+                    data: &pattern(4096, q as u64 * 8 + k),
+                },
+            )
+            .unwrap();
         }
         dev.kick(q).unwrap();
     }
@@ -97,15 +109,40 @@ fn flush_discard_and_write_zeroes_succeed_and_zeroes_read_back() {
     let mut dev = connect(&sock, 1);
     assert_eq!(dev.write(0, 0, &pattern(1 << 20, 9)).unwrap(), S_OK);
     assert_eq!(dev.flush(0).unwrap(), S_OK);
-    let c = dev.run(0, Request::WriteZeroes { sector: 8, num: 8, unmap: false }).unwrap();
+    let c = dev
+        .run(
+            0,
+            Request::WriteZeroes {
+                sector: 8,
+                num: 8,
+                unmap: false,
+            },
+        )
+        .unwrap();
     assert_eq!(c.status, Some(S_OK));
-    let c = dev.run(0, Request::Discard { sector: 1024, num: 1024 }).unwrap();
+    let c = dev
+        .run(
+            0,
+            Request::Discard {
+                sector: 1024,
+                num: 1024,
+            },
+        )
+        .unwrap();
     assert_eq!(c.status, Some(S_OK));
     let (_, back) = dev.read(0, 0, 16 * 512).unwrap();
     assert_eq!(&back[..4096], &pattern(1 << 20, 9)[..4096]);
     assert!(back[4096..8192].iter().all(|&b| b == 0));
     assert_eq!(&back[8192..], &pattern(1 << 20, 9)[8192..16 * 512]);
-    let c = dev.run(0, Request::Discard { sector: u64::MAX / 1024, num: 8 }).unwrap();
+    let c = dev
+        .run(
+            0,
+            Request::Discard {
+                sector: u64::MAX / 1024,
+                num: 8,
+            },
+        )
+        .unwrap();
     assert_eq!(c.status, Some(S_IOERR));
 }
 
@@ -128,14 +165,21 @@ fn read_only_export_offers_ro_and_rejects_writes() {
 fn get_id_returns_serial_and_config_space_describes_the_disk() {
     let img = raw_image("id.raw", 3 << 20);
     let sock = tmp("id.sock");
-    let _bp = start(&sock, &raw_json(&img), &["--serial", "bulkhead-disk-7", "--num-queues", "2"]);
+    let _bp = start(
+        &sock,
+        &raw_json(&img),
+        &["--serial", "bulkhead-disk-7", "--num-queues", "2"],
+    );
     let mut dev = connect(&sock, 2);
     let (st, id) = dev.get_id(1).unwrap();
     assert_eq!(st, S_OK);
     assert_eq!(&id[..15], b"bulkhead-disk-7");
     assert!(id[15..].iter().all(|&b| b == 0));
     let cfg = dev.config(60).unwrap();
-    assert_eq!(u64::from_le_bytes(cfg[0..8].try_into().unwrap()), (3 << 20) / 512);
+    assert_eq!(
+        u64::from_le_bytes(cfg[0..8].try_into().unwrap()),
+        (3 << 20) / 512
+    );
     assert_eq!(u32::from_le_bytes(cfg[20..24].try_into().unwrap()), 512);
     assert_eq!(u16::from_le_bytes(cfg[34..36].try_into().unwrap()), 2);
 }

@@ -234,7 +234,9 @@ impl BlockdevOptions {
                 parent_ro || o.read_only.unwrap_or(false),
                 o.cache.and_then(|c| c.direct).unwrap_or(false),
             )),
-            BlockdevOptions::Raw(o) => child(&o.file, parent_ro || o.read_only.unwrap_or(false), out),
+            BlockdevOptions::Raw(o) => {
+                child(&o.file, parent_ro || o.read_only.unwrap_or(false), out)
+            }
             BlockdevOptions::Qcow2(o) => {
                 let ro = parent_ro || o.read_only.unwrap_or(false);
                 child(&o.file, ro, out);
@@ -548,7 +550,10 @@ mod tests {
             pass_discard_request: None,
             cache_size: None,
         });
-        let req = BlockRequest::AddNode { options: opts, files: vec![] };
+        let req = BlockRequest::AddNode {
+            options: opts,
+            files: vec![],
+        };
         let bytes = bincode::serialize(&req).unwrap();
         let back: BlockRequest = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, req);

@@ -46,7 +46,8 @@ pub const S_IOERR: u8 = 1;
 pub const S_UNSUPP: u8 = 2;
 
 /// virtio-blk feature bits the harness asks for.
-pub const BLK_FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 14);
+pub const BLK_FEATURES: u64 =
+    (1 << 1) | (1 << 2) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 14);
 /// VIRTIO_BLK_F_RO.
 pub const F_RO: u64 = 1 << 5;
 
@@ -202,18 +203,26 @@ impl BlkDevice {
         let event_idx = self.conn.features & F_EVENT_IDX != 0;
         let avail = self.conn.queue_num()?;
         if u64::from(self.opts.num_queues) > avail {
-            return Err(HarnessError::Invalid(format!("backend offers {avail} queues")));
+            return Err(HarnessError::Invalid(format!(
+                "backend offers {avail} queues"
+            )));
         }
         self.conn.set_memory(&self.mem)?;
         let saved = self.inflight.take();
-        self.inflight = self
-            .conn
-            .set_inflight(saved, self.opts.num_queues, self.opts.queue_size)?;
+        self.inflight =
+            self.conn
+                .set_inflight(saved, self.opts.num_queues, self.opts.queue_size)?;
         for (i, q) in self.queues.iter_mut().enumerate() {
             q.ring.set_event_idx(event_idx);
-            let r = RingAddrs { size: q.ring.size, desc: q.ring.desc, avail: q.ring.avail, used: q.ring.used };
+            let r = RingAddrs {
+                size: q.ring.size,
+                desc: q.ring.desc,
+                avail: q.ring.avail,
+                used: q.ring.used,
+            };
             let base = q.ring.avail_idx();
-            self.conn.setup_queue(&self.mem, i, r, base, &q.kick, &q.call)?;
+            self.conn
+                .setup_queue(&self.mem, i, r, base, &q.kick, &q.call)?;
             q.kicked_at = base;
         }
         Ok(())
@@ -222,7 +231,11 @@ impl BlkDevice {
     /// Reconnect (same memory, rings and inflight region) to a backend that
     /// was restarted on the same socket path.
     pub fn reconnect(&mut self) -> Result<()> {
-        let fe = connect_retry(&self.socket, u64::from(self.opts.num_queues), self.opts.timeout)?;
+        let fe = connect_retry(
+            &self.socket,
+            u64::from(self.opts.num_queues),
+            self.opts.timeout,
+        )?;
         self.conn = Connection::negotiate(fe, self.opts.features)?;
         self.setup()
     }
@@ -314,7 +327,9 @@ impl BlkDevice {
     }
 
     fn queue(&mut self, q: usize) -> Result<&mut Queue> {
-        self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))
+        self.queues
+            .get_mut(q)
+            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))
     }
 
     /// Put a request in slot `slot` of queue `q` on the avail ring (no
@@ -326,7 +341,9 @@ impl BlkDevice {
         let me = |e: vm_memory::GuestMemoryError| HarnessError::Memory(e.to_string());
         let (ty, sector) = match r {
             Request::Read { sector, .. } => (req::IN, sector),
-            Request::Write { sector, .. } | Request::WriteInPlace { sector, .. } => (req::OUT, sector),
+            Request::Write { sector, .. } | Request::WriteInPlace { sector, .. } => {
+                (req::OUT, sector)
+            }
             Request::Flush => (req::FLUSH, 0),
             Request::GetId => (req::GET_ID, 0),
             Request::Discard { .. } => (req::DISCARD, 0),
@@ -337,21 +354,62 @@ impl BlkDevice {
         hdr[8..].copy_from_slice(&sector.to_le_bytes());
         m.write_slice(&hdr, GuestAddress(base)).map_err(me)?;
         m.write_obj(0xffu8, GuestAddress(base + 32)).map_err(me)?;
-        let h = Buf { addr: base, len: 16, write: false };
-        let st = Buf { addr: base + 32, len: 1, write: true };
+        let h = Buf {
+            addr: base,
+            len: 16,
+            write: false,
+        };
+        let st = Buf {
+            addr: base + 32,
+            len: 1,
+            write: true,
+        };
         let bufs: Vec<Buf> = match r {
-            Request::Read { len, .. } => vec![h, Buf { addr: data, len, write: true }, st],
+            Request::Read { len, .. } => vec![
+                h,
+                Buf {
+                    addr: data,
+                    len,
+                    write: true,
+                },
+                st,
+            ],
             Request::Write { data: d, .. } => {
-                let len = u32::try_from(d.len()).map_err(|_| HarnessError::Invalid("too long".into()))?;
+                let len =
+                    u32::try_from(d.len()).map_err(|_| HarnessError::Invalid("too long".into()))?;
                 if len > self.opts.slot_size {
                     return Err(HarnessError::Invalid("request larger than a slot".into()));
                 }
                 m.write_slice(d, GuestAddress(data)).map_err(me)?;
-                vec![h, Buf { addr: data, len, write: false }, st]
+                vec![
+                    h,
+                    Buf {
+                        addr: data,
+                        len,
+                        write: false,
+                    },
+                    st,
+                ]
             }
-            Request::WriteInPlace { len, .. } => vec![h, Buf { addr: data, len, write: false }, st],
+            Request::WriteInPlace { len, .. } => vec![
+                h,
+                Buf {
+                    addr: data,
+                    len,
+                    write: false,
+                },
+                st,
+            ],
             Request::Flush => vec![h, st],
-            Request::GetId => vec![h, Buf { addr: data, len: 20, write: true }, st],
+            Request::GetId => vec![
+                h,
+                Buf {
+                    addr: data,
+                    len: 20,
+                    write: true,
+                },
+                st,
+            ],
             Request::Discard { sector, num } | Request::WriteZeroes { sector, num, .. } => {
                 let flags = u32::from(matches!(r, Request::WriteZeroes { unmap: true, .. }));
                 let mut seg = [0u8; 16];
@@ -359,10 +417,21 @@ impl BlkDevice {
                 seg[8..12].copy_from_slice(&num.to_le_bytes());
                 seg[12..].copy_from_slice(&flags.to_le_bytes());
                 m.write_slice(&seg, GuestAddress(base + 16)).map_err(me)?;
-                vec![h, Buf { addr: base + 16, len: 16, write: false }, st]
+                vec![
+                    h,
+                    Buf {
+                        addr: base + 16,
+                        len: 16,
+                        write: false,
+                    },
+                    st,
+                ]
             }
         };
-        let queue = self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
         let head = queue.ring.add(&self.mem.mem, &bufs)?;
         queue.head_slot.insert(head, Some(slot));
         Ok(head)
@@ -370,7 +439,10 @@ impl BlkDevice {
 
     /// Take a free request slot of queue `q`.
     pub fn take_slot(&mut self, q: usize) -> Result<u16> {
-        self.queue(q)?.free_slots.pop().ok_or(HarnessError::QueueFull(q))
+        self.queue(q)?
+            .free_slots
+            .pop()
+            .ok_or(HarnessError::QueueFull(q))
     }
 
     /// Submit a request in a fresh slot (no kick).
@@ -387,7 +459,10 @@ impl BlkDevice {
 
     /// Write raw descriptors and publish `head` (malformed chains).
     pub fn submit_raw(&mut self, q: usize, descs: &[(u16, RawDesc)], head: u16) -> Result<()> {
-        let queue = self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
         queue.ring.add_raw(&self.mem.mem, descs, head)?;
         queue.head_slot.insert(head, None);
         Ok(())
@@ -395,13 +470,19 @@ impl BlkDevice {
 
     /// Publish a head index as is (e.g. out of range).
     pub fn publish_raw_head(&mut self, q: usize, head: u16) -> Result<()> {
-        let queue = self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
         queue.ring.publish_head(&self.mem.mem, head)
     }
 
     /// Kick queue `q` if the device asked for it.
     pub fn kick(&mut self, q: usize) -> Result<()> {
-        let queue = self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
         let need = queue.ring.needs_kick(&self.mem.mem, queue.kicked_at)?;
         queue.kicked_at = queue.ring.avail_idx();
         if need {
@@ -425,7 +506,10 @@ impl BlkDevice {
 
     fn harvest(&mut self, q: usize, out: &mut Vec<Completion>) -> Result<()> {
         loop {
-            let queue = self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+            let queue = self
+                .queues
+                .get_mut(q)
+                .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
             let Some((head, used_len)) = queue.ring.pop_used(&self.mem.mem)? else {
                 return Ok(());
             };
@@ -442,7 +526,13 @@ impl BlkDevice {
                 ),
                 None => None,
             };
-            out.push(Completion { queue: q, head, slot, status, used_len });
+            out.push(Completion {
+                queue: q,
+                head,
+                slot,
+                status,
+                used_len,
+            });
         }
     }
 
@@ -455,7 +545,10 @@ impl BlkDevice {
             if !out.is_empty() {
                 return Ok(out);
             }
-            let queue = self.queues.get_mut(q).ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+            let queue = self
+                .queues
+                .get_mut(q)
+                .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
             queue.ring.arm_interrupt(&self.mem.mem)?;
             if queue.ring.has_used(&self.mem.mem)? {
                 continue;
@@ -499,13 +592,21 @@ impl BlkDevice {
     /// Read; returns status and data.
     pub fn read(&mut self, q: usize, sector: u64, len: u32) -> Result<(u8, Vec<u8>)> {
         let c = self.run(q, Request::Read { sector, len })?;
-        let slot = c.slot.ok_or_else(|| HarnessError::Invalid("no slot".into()))?;
-        Ok((c.status.unwrap_or(0xff), self.slot_data(q, slot, len as usize)?))
+        let slot = c
+            .slot
+            .ok_or_else(|| HarnessError::Invalid("no slot".into()))?;
+        Ok((
+            c.status.unwrap_or(0xff),
+            self.slot_data(q, slot, len as usize)?,
+        ))
     }
 
     /// Write; returns status.
     pub fn write(&mut self, q: usize, sector: u64, data: &[u8]) -> Result<u8> {
-        Ok(self.run(q, Request::Write { sector, data })?.status.unwrap_or(0xff))
+        Ok(self
+            .run(q, Request::Write { sector, data })?
+            .status
+            .unwrap_or(0xff))
     }
 
     /// Flush; returns status.
@@ -516,7 +617,9 @@ impl BlkDevice {
     /// GET_ID; returns status and the 20 id bytes.
     pub fn get_id(&mut self, q: usize) -> Result<(u8, Vec<u8>)> {
         let c = self.run(q, Request::GetId)?;
-        let slot = c.slot.ok_or_else(|| HarnessError::Invalid("no slot".into()))?;
+        let slot = c
+            .slot
+            .ok_or_else(|| HarnessError::Invalid("no slot".into()))?;
         Ok((c.status.unwrap_or(0xff), self.slot_data(q, slot, 20)?))
     }
 

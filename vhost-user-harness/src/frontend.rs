@@ -79,7 +79,11 @@ impl Connection {
                 fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
         }
-        Ok(Connection { fe, features, protocol })
+        Ok(Connection {
+            fe,
+            features,
+            protocol,
+        })
     }
 
     /// Number of queues the backend supports (1 without MQ).
@@ -93,7 +97,9 @@ impl Connection {
     /// Read `len` bytes of config space.
     pub fn config(&mut self, len: u32) -> Result<Vec<u8>> {
         let buf = vec![0u8; len as usize];
-        let (_, payload) = self.fe.get_config(0, len, VhostUserConfigFlags::WRITABLE, &buf)?;
+        let (_, payload) = self
+            .fe
+            .get_config(0, len, VhostUserConfigFlags::WRITABLE, &buf)?;
         Ok(payload)
     }
 
@@ -112,7 +118,10 @@ impl Connection {
         num_queues: u16,
         queue_size: u16,
     ) -> Result<Option<(VhostUserInflight, File)>> {
-        if !self.protocol.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
+        if !self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
             return Ok(None);
         }
         let (info, file) = match saved {

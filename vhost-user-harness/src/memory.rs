@@ -21,8 +21,11 @@ pub struct GuestMem {
 impl GuestMem {
     /// Create `size` bytes of zeroed shared memory.
     pub fn new(size: u64) -> Result<Self> {
-        let fd = nix::sys::memfd::memfd_create(c"harness-guest-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(std::io::Error::from)?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"harness-guest-ram",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
         let file = File::from(fd);
         file.set_len(size)?;
         let len = usize::try_from(size).map_err(|_| HarnessError::Invalid("memory size".into()))?;
@@ -30,7 +33,8 @@ impl GuestMem {
             .map_err(|e| HarnessError::Memory(e.to_string()))?;
         let region = GuestRegionMmap::new(region, GuestAddress(0))
             .ok_or_else(|| HarnessError::Memory("region".into()))?;
-        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|e| HarnessError::Memory(e.to_string()))?;
+        let mem = GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|e| HarnessError::Memory(e.to_string()))?;
         Ok(GuestMem { mem, file, size })
     }
 

@@ -20,7 +20,10 @@ impl Backend {
         let _ = std::fs::remove_file(socket);
         cmd.stdin(Stdio::null());
         let child = cmd.spawn()?;
-        let b = Backend { child: Some(child), socket: socket.to_path_buf() };
+        let b = Backend {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+        };
         let start = Instant::now();
         while !socket.exists() {
             if start.elapsed() > Duration::from_secs(10) {
@@ -32,7 +35,12 @@ impl Backend {
     }
 
     /// block-proc `--standalone` exporting the last of `blockdevs`.
-    pub fn block_proc(bin: &Path, socket: &Path, blockdevs: &[String], extra: &[&str]) -> Result<Self> {
+    pub fn block_proc(
+        bin: &Path,
+        socket: &Path,
+        blockdevs: &[String],
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.arg("--standalone").arg("--socket").arg(socket);
         for b in blockdevs {
@@ -44,7 +52,13 @@ impl Backend {
 
     /// qemu-storage-daemon exporting node `node` of `blockdevs` (QEMU
     /// `-blockdev` dotted syntax or JSON) as vhost-user-blk.
-    pub fn qsd(socket: &Path, blockdevs: &[String], node: &str, num_queues: u16, writable: bool) -> Result<Self> {
+    pub fn qsd(
+        socket: &Path,
+        blockdevs: &[String],
+        node: &str,
+        num_queues: u16,
+        writable: bool,
+    ) -> Result<Self> {
         let mut cmd = Command::new("qemu-storage-daemon");
         for b in blockdevs {
             cmd.arg("--blockdev").arg(b);
@@ -73,7 +87,11 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_file(&self.socket);
+        // A backend killed on purpose leaves its socket path to the one
+        // restarted on it; only a running backend's socket is cleaned up.
+        if self.child.is_some() {
+            self.kill();
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }

@@ -120,8 +120,12 @@ impl DriverRing {
             .map_err(Self::mem_err)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         fence(Ordering::Release);
-        mem.store(self.avail_idx.to_le(), GuestAddress(self.avail + 2), Ordering::Release)
-            .map_err(Self::mem_err)
+        mem.store(
+            self.avail_idx.to_le(),
+            GuestAddress(self.avail + 2),
+            Ordering::Release,
+        )
+        .map_err(Self::mem_err)
     }
 
     /// Add a chain of buffers; returns its head (not yet kicked).
@@ -148,12 +152,18 @@ impl DriverRing {
 
     /// Write raw descriptors at chosen indexes (taken out of the free list)
     /// and publish `head`: for malformed chains.
-    pub fn add_raw(&mut self, mem: &GuestMemoryMmap<()>, descs: &[(u16, RawDesc)], head: u16) -> Result<()> {
+    pub fn add_raw(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        descs: &[(u16, RawDesc)],
+        head: u16,
+    ) -> Result<()> {
         for (i, d) in descs {
             self.free.retain(|f| f != i);
             self.write_desc(mem, *i, *d)?;
         }
-        self.chains.insert(head, descs.iter().map(|d| d.0).collect());
+        self.chains
+            .insert(head, descs.iter().map(|d| d.0).collect());
         self.publish(mem, head)
     }
 
@@ -168,26 +178,38 @@ impl DriverRing {
         fence(Ordering::SeqCst);
         if self.event_idx {
             let ev: u16 = mem
-                .load(GuestAddress(self.used + 4 + 8 * u64::from(self.size)), Ordering::Acquire)
+                .load(
+                    GuestAddress(self.used + 4 + 8 * u64::from(self.size)),
+                    Ordering::Acquire,
+                )
                 .map_err(Self::mem_err)?;
             return Ok(need_event(u16::from_le(ev), self.avail_idx, old_avail));
         }
-        let flags: u16 = mem.load(GuestAddress(self.used), Ordering::Acquire).map_err(Self::mem_err)?;
+        let flags: u16 = mem
+            .load(GuestAddress(self.used), Ordering::Acquire)
+            .map_err(Self::mem_err)?;
         Ok(u16::from_le(flags) & 1 == 0)
     }
 
     /// Take the next used element, freeing its descriptors.
     pub fn pop_used(&mut self, mem: &GuestMemoryMmap<()>) -> Result<Option<(u16, u32)>> {
-        let idx: u16 = mem.load(GuestAddress(self.used + 2), Ordering::Acquire).map_err(Self::mem_err)?;
+        let idx: u16 = mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .map_err(Self::mem_err)?;
         if u16::from_le(idx) == self.last_used {
             return Ok(None);
         }
         fence(Ordering::Acquire);
         let slot = u64::from(self.last_used % self.size);
-        let id: u32 = mem.read_obj(GuestAddress(self.used + 4 + 8 * slot)).map_err(Self::mem_err)?;
-        let len: u32 = mem.read_obj(GuestAddress(self.used + 8 + 8 * slot)).map_err(Self::mem_err)?;
+        let id: u32 = mem
+            .read_obj(GuestAddress(self.used + 4 + 8 * slot))
+            .map_err(Self::mem_err)?;
+        let len: u32 = mem
+            .read_obj(GuestAddress(self.used + 8 + 8 * slot))
+            .map_err(Self::mem_err)?;
         self.last_used = self.last_used.wrapping_add(1);
-        let head = u16::try_from(u32::from_le(id)).map_err(|_| HarnessError::Invalid("used id".into()))?;
+        let head =
+            u16::try_from(u32::from_le(id)).map_err(|_| HarnessError::Invalid("used id".into()))?;
         if let Some(chain) = self.chains.remove(&head) {
             self.free.extend(chain);
         }
@@ -210,7 +232,9 @@ impl DriverRing {
 
     /// Used elements not yet harvested exist.
     pub fn has_used(&self, mem: &GuestMemoryMmap<()>) -> Result<bool> {
-        let idx: u16 = mem.load(GuestAddress(self.used + 2), Ordering::Acquire).map_err(Self::mem_err)?;
+        let idx: u16 = mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .map_err(Self::mem_err)?;
         Ok(u16::from_le(idx) != self.last_used)
     }
 }

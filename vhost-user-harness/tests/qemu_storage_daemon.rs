@@ -13,7 +13,9 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    (0..len as u64).map(|i| ((i.wrapping_mul(31) + seed * 7919) % 251) as u8).collect()
+    (0..len as u64)
+        .map(|i| ((i.wrapping_mul(31) + seed * 7919) % 251) as u8)
+        .collect()
 }
 
 fn qsd(name: &str, size: u64, queues: u16) -> (Backend, PathBuf, PathBuf) {
@@ -37,7 +39,14 @@ fn qsd(name: &str, size: u64, queues: u16) -> (Backend, PathBuf, PathBuf) {
 #[test]
 fn harness_round_trips_data_through_qemu_storage_daemon() {
     let (_b, sock, img) = qsd("rt", 8 << 20, 2);
-    let mut dev = BlkDevice::connect(&sock, BlkOptions { num_queues: 2, ..Default::default() }).unwrap();
+    let mut dev = BlkDevice::connect(
+        &sock,
+        BlkOptions {
+            num_queues: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(dev.capacity().unwrap(), (8 << 20) / 512);
     for q in 0..2usize {
         let data = pattern(65536, q as u64);
@@ -48,7 +57,10 @@ fn harness_round_trips_data_through_qemu_storage_daemon() {
     }
     assert_eq!(dev.flush(0).unwrap(), S_OK);
     let on_disk = std::fs::read(&img).unwrap();
-    assert_eq!(&on_disk[1024 * 512..1024 * 512 + 65536], &pattern(65536, 1)[..]);
+    assert_eq!(
+        &on_disk[1024 * 512..1024 * 512 + 65536],
+        &pattern(65536, 1)[..]
+    );
 }
 
 #[test]
@@ -56,7 +68,14 @@ fn harness_pipelines_requests_and_gets_id_from_qemu_storage_daemon() {
     let (_b, sock, _img) = qsd("pipe", 8 << 20, 1);
     let mut dev = BlkDevice::connect(&sock, BlkOptions::default()).unwrap();
     for k in 0..32u64 {
-        dev.submit(0, Request::Write { sector: k * 8, data: &pattern(4096, k) }).unwrap();
+        dev.submit(
+            0,
+            Request::Write {
+                sector: k * 8,
+                data: &pattern(4096, k),
+            },
+        )
+        .unwrap();
     }
     dev.kick(0).unwrap();
     let mut done = 0;
@@ -71,7 +90,16 @@ fn harness_pipelines_requests_and_gets_id_from_qemu_storage_daemon() {
     }
     let (st, _) = dev.get_id(0).unwrap();
     assert!(st == S_OK || st == S_UNSUPP);
-    let c = dev.run(0, Request::WriteZeroes { sector: 0, num: 8, unmap: false }).unwrap();
+    let c = dev
+        .run(
+            0,
+            Request::WriteZeroes {
+                sector: 0,
+                num: 8,
+                unmap: false,
+            },
+        )
+        .unwrap();
     assert_eq!(c.status, Some(S_OK));
     assert!(dev.read(0, 0, 4096).unwrap().1.iter().all(|&b| b == 0));
 }

@@ -56,8 +56,8 @@ impl FileDriver {
 
     fn is_aligned(&self, bufs: Bufs<'_, '_>, offset: u64, len: usize) -> bool {
         !self.direct
-            || (offset % DIRECT_ALIGN as u64 == 0
-                && len % DIRECT_ALIGN == 0
+            || (offset.is_multiple_of(DIRECT_ALIGN as u64)
+                && len.is_multiple_of(DIRECT_ALIGN)
                 && iobuf::aligned(bufs, DIRECT_ALIGN))
     }
 
@@ -94,7 +94,8 @@ pub fn rw_full(fd: RawFd, iov: &mut [libc::iovec], mut offset: u64, write: bool)
             continue;
         }
         let cnt = libc::c_int::try_from((iov.len() - idx).min(1024)).unwrap_or(1024);
-        let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let ptr = iov[idx..].as_ptr();
         let n = if write {
             // SAFETY: ptr/cnt describe iovecs pointing at memory the caller keeps
@@ -141,7 +142,8 @@ pub fn rw_full(fd: RawFd, iov: &mut [libc::iovec], mut offset: u64, write: bool)
 }
 
 fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let l = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: plain syscall on an fd we own; no memory is passed.
     let r = unsafe { libc::fallocate(fd, mode, off, l) };
@@ -169,7 +171,10 @@ impl Driver for FileDriver {
         let (start, blen) = Self::bounce_range(offset, len);
         let mut b = AlignedBuf::new(blen)?;
         let s = b.as_mut_slice();
-        let mut iov = [libc::iovec { iov_base: s.as_mut_ptr().cast(), iov_len: blen }];
+        let mut iov = [libc::iovec {
+            iov_base: s.as_mut_ptr().cast(),
+            iov_len: blen,
+        }];
         rw_full(self.file.as_raw_fd(), &mut iov, start, false)?;
         let skip = usize::try_from(offset - start).unwrap_or(0);
         iobuf::scatter(bufs, &b.as_slice()[skip..skip + len]);
@@ -182,11 +187,17 @@ impl Driver for FileDriver {
             let mut iov = iobuf::iovecs(bufs);
             return rw_full(self.file.as_raw_fd(), &mut iov, offset, true);
         }
-        let _g = self.rmw.lock().map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+        let _g = self
+            .rmw
+            .lock()
+            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
         let (start, blen) = Self::bounce_range(offset, len);
         let mut b = AlignedBuf::new(blen)?;
         let s = b.as_mut_slice();
-        let mut iov = [libc::iovec { iov_base: s.as_mut_ptr().cast(), iov_len: blen }];
+        let mut iov = [libc::iovec {
+            iov_base: s.as_mut_ptr().cast(),
+            iov_len: blen,
+        }];
         rw_full(self.file.as_raw_fd(), &mut iov, start, false)?;
         let skip = usize::try_from(offset - start).unwrap_or(0);
         iobuf::gather(bufs, &mut b.as_mut_slice()[skip..skip + len]);
@@ -196,7 +207,10 @@ impl Driver for FileDriver {
             .unwrap_or(blen)
             .min(blen);
         let wlen = if self.direct { blen } else { wlen };
-        let mut iov = [libc::iovec { iov_base: s.as_mut_ptr().cast(), iov_len: wlen }];
+        let mut iov = [libc::iovec {
+            iov_base: s.as_mut_ptr().cast(),
+            iov_len: wlen,
+        }];
         rw_full(self.file.as_raw_fd(), &mut iov, start, true)
     }
 

@@ -107,7 +107,11 @@ impl Graph {
     /// Add a node (and its inline children) from `blockdev-add` options.
     /// `files` holds the fds the broker opened, by file name. On error
     /// nothing is added.
-    pub fn add(&mut self, options: &BlockdevOptions, mut files: HashMap<String, File>) -> Result<String> {
+    pub fn add(
+        &mut self,
+        options: &BlockdevOptions,
+        mut files: HashMap<String, File>,
+    ) -> Result<String> {
         let Some(name) = options.node_name() else {
             return Err(GraphError::Invalid(
                 "An explicit node-name is required for blockdev-add".into(),
@@ -313,13 +317,12 @@ impl Graph {
 
 fn dup_child_file(child: &Node) -> Result<File> {
     let info = child.driver.image_info();
-    let fd = child
-        .driver
-        .as_file()
-        .ok_or_else(|| GraphError::Invalid(format!(
+    let fd = child.driver.as_file().ok_or_else(|| {
+        GraphError::Invalid(format!(
             "'{}' must be a file node to hold an image",
             child.name
-        )))?;
+        ))
+    })?;
     fd.try_clone().map_err(|e| GraphError::Open {
         filename: info.filename,
         reason: strerror(&e),

@@ -62,8 +62,9 @@ pub fn total_len(bufs: &[VolatileSlice<'_>]) -> usize {
 
 /// Whether every buffer's address and length are multiples of `align`.
 pub fn aligned(bufs: &[VolatileSlice<'_>], align: usize) -> bool {
-    bufs.iter()
-        .all(|b| (b.ptr_guard().as_ptr() as usize) % align == 0 && b.len() % align == 0)
+    bufs.iter().all(|b| {
+        (b.ptr_guard().as_ptr() as usize).is_multiple_of(align) && b.len().is_multiple_of(align)
+    })
 }
 
 /// Whether all buffers hold only zero bytes.

@@ -18,7 +18,10 @@ impl NullDriver {
 
     /// A null device of `size` bytes.
     pub fn new(size: u64) -> Self {
-        NullDriver { size, latency: std::time::Duration::ZERO }
+        NullDriver {
+            size,
+            latency: std::time::Duration::ZERO,
+        }
     }
 
     /// Add QEMU's `latency-ns`: every read and write takes this long.

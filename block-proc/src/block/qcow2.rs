@@ -102,7 +102,11 @@ fn open_backing(
     Ok(FormatAccess::new(q))
 }
 
-fn attach_backing(q: &mut Qcow2<ImgFile>, name: &str, files: &mut HashMap<String, File>) -> Result<()> {
+fn attach_backing(
+    q: &mut Qcow2<ImgFile>,
+    name: &str,
+    files: &mut HashMap<String, File>,
+) -> Result<()> {
     if q.requires_external_data_file() {
         return Err(Qcow2Error::Open(
             "External data files are not supported".into(),
@@ -243,7 +247,10 @@ mod tests {
 
     #[test]
     fn backing_names_resolve_relative_to_image_directory() {
-        assert_eq!(resolve_backing("/img/top.qcow2", "base.raw"), "/img/base.raw");
+        assert_eq!(
+            resolve_backing("/img/top.qcow2", "base.raw"),
+            "/img/base.raw"
+        );
         assert_eq!(resolve_backing("/img/top.qcow2", "/abs/b"), "/abs/b");
         assert_eq!(resolve_backing("top.qcow2", "b"), "b");
     }

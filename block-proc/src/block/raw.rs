@@ -34,7 +34,11 @@ impl RawDriver {
     /// Wrap `child` with the window `[offset, offset + size)`, already
     /// checked by [`check_window`].
     pub fn new(child: Arc<Node>, offset: u64, size: u64) -> Self {
-        RawDriver { child, offset, size }
+        RawDriver {
+            child,
+            offset,
+            size,
+        }
     }
 }
 
@@ -58,7 +62,9 @@ impl Driver for RawDriver {
         self.child.driver.discard(self.offset + offset, len)
     }
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.child.driver.write_zeroes(self.offset + offset, len, unmap)
+        self.child
+            .driver
+            .write_zeroes(self.offset + offset, len, unmap)
     }
     fn image_info(&self) -> ImageInfo {
         let c = self.child.driver.image_info();

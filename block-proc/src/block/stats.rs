@@ -64,7 +64,14 @@ impl Stats {
 
     /// Count a flush.
     pub fn account_flush(&self, t: Instant, ok: bool) {
-        add(if ok { &self.flush_ops } else { &self.flush_failed }, 1);
+        add(
+            if ok {
+                &self.flush_ops
+            } else {
+                &self.flush_failed
+            },
+            1,
+        );
         add(&self.flush_ns, ns_since(t));
     }
 
@@ -81,7 +88,14 @@ impl Stats {
 
     /// Count a request rejected before it reached the driver.
     pub fn account_invalid(&self, write: bool) {
-        add(if write { &self.wr_invalid } else { &self.rd_invalid }, 1);
+        add(
+            if write {
+                &self.wr_invalid
+            } else {
+                &self.rd_invalid
+            },
+            1,
+        );
     }
 
     /// Highest written offset + 1.

@@ -16,7 +16,9 @@ use vhost::vhost_user::message::{
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
     VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
-use vhost::vhost_user::{Backend, Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
+use vhost::vhost_user::{
+    Backend, Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut,
+};
 use vhost::VhostUserMemoryRegionBase;
 
 use super::memory::MemoryTable;
@@ -111,7 +113,9 @@ impl BlkBackend {
             .inflight
             .as_ref()
             .and_then(|r| u16::try_from(i).ok().and_then(|q| r.queue(q)));
-        let Some(q) = self.queues.get_mut(i) else { return };
+        let Some(q) = self.queues.get_mut(i) else {
+            return;
+        };
         if q.worker.is_some() || q.size == 0 || (proto && !q.enabled) {
             return;
         }
@@ -124,12 +128,20 @@ impl BlkBackend {
             crate::warn_ratelimited!("queue {i}: ring address outside the memory table");
             return;
         };
-        let (Ok(kick), call) = (kick.try_clone(), q.call.as_ref().and_then(|c| c.try_clone().ok())) else {
+        let (Ok(kick), call) = (
+            kick.try_clone(),
+            q.call.as_ref().and_then(|c| c.try_clone().ok()),
+        ) else {
             return;
         };
         let params = QueueParams {
             index: u16::try_from(i).unwrap_or(u16::MAX),
-            ring: VringConfig { size: q.size, desc, avail, used },
+            ring: VringConfig {
+                size: q.size,
+                desc,
+                avail,
+                used,
+            },
             base: q.base,
             event_idx,
             mem: mem.mem.clone(),
@@ -305,7 +317,12 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         Ok(())
     }
 
-    fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<Vec<u8>> {
         let space = self.blk.config_space();
         let start = usize::try_from(offset).map_err(|_| VuError::InvalidParam)?;
         let len = usize::try_from(size).map_err(|_| VuError::InvalidParam)?;
@@ -316,7 +333,12 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         Ok(space[start..end].to_vec())
     }
 
-    fn set_config(&mut self, _offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> VuResult<()> {
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<()> {
         Err(io_err("virtio-blk config space is read-only"))
     }
 
@@ -330,14 +352,21 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         Err(io_err("shared objects not supported"))
     }
 
-    fn get_inflight_fd(&mut self, inflight: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
+    fn get_inflight_fd(
+        &mut self,
+        inflight: &VhostUserInflight,
+    ) -> VuResult<(VhostUserInflight, File)> {
         let nq = inflight.num_queues.min(self.blk.num_queues);
-        let (region, file, size) = InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
-            crate::warn_ratelimited!("GET_INFLIGHT_FD failed: {e}");
-            VuError::InvalidParam
-        })?;
+        let (region, file, size) =
+            InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
+                crate::warn_ratelimited!("GET_INFLIGHT_FD failed: {e}");
+                VuError::InvalidParam
+            })?;
         self.inflight = Some(region);
-        Ok((VhostUserInflight::new(size, 0, nq, inflight.queue_size), file))
+        Ok((
+            VhostUserInflight::new(size, 0, nq, inflight.queue_size),
+            file,
+        ))
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {

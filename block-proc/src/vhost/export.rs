@@ -43,14 +43,20 @@ impl Export {
         cfg: BlkConfig,
         events: Option<Sender<ExportEvent>>,
     ) -> std::io::Result<Self> {
-        let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?);
+        let stop = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
         let backend = Arc::new(Mutex::new(BlkBackend::new(node.clone(), cfg)));
         let st = stop.clone();
         node.acquire();
         let handle = std::thread::Builder::new()
             .name(format!("export-{id}"))
             .spawn(move || serve(id, listener, backend, st, events))?;
-        Ok(Export { node, stop, handle: Some(handle) })
+        Ok(Export {
+            node,
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// Stop serving (disconnects the frontend) and release the node.
@@ -76,7 +82,10 @@ impl Drop for Export {
 /// Wait until `fd` is readable or `stop` fires; true when stopping.
 fn wait(fd: std::os::fd::BorrowedFd<'_>, stop: &EventFd) -> bool {
     loop {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => return fds[1].revents().is_some_and(|r| !r.is_empty()),
             Err(nix::errno::Errno::EINTR) => continue,
@@ -108,7 +117,9 @@ fn serve(
                 continue;
             }
         };
-        let Ok(watch) = stream.try_clone() else { continue };
+        let Ok(watch) = stream.try_clone() else {
+            continue;
+        };
         tracing::info!("export {id}: frontend connected");
         send(ExportEvent::Connected(id.clone()));
         let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
@@ -118,8 +129,11 @@ fn serve(
             }
             if let Err(e) = handler.handle_request() {
                 match e {
-                    vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage => {}
-                    e => crate::warn_ratelimited!("export {id}: vhost-user error, dropping connection: {e}"),
+                    vhost::vhost_user::Error::Disconnected
+                    | vhost::vhost_user::Error::PartialMessage => {}
+                    e => crate::warn_ratelimited!(
+                        "export {id}: vhost-user error, dropping connection: {e}"
+                    ),
                 }
                 break false;
             }

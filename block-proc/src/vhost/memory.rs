@@ -55,12 +55,21 @@ impl MemoryTable {
             }
             let m = MmapRegion::from_file(FileOffset::new(f, r.mmap_offset), size)
                 .map_err(|e| MemoryError::Map(e.to_string()))?;
-            let g = GuestRegionMmap::new(m, GuestAddress(r.guest_phys_addr)).ok_or(MemoryError::Invalid)?;
+            let g = GuestRegionMmap::new(m, GuestAddress(r.guest_phys_addr))
+                .ok_or(MemoryError::Invalid)?;
             mapped.push(g);
-            table.push(Region { gpa: r.guest_phys_addr, size: r.memory_size, uva: r.user_addr });
+            table.push(Region {
+                gpa: r.guest_phys_addr,
+                size: r.memory_size,
+                uva: r.user_addr,
+            });
         }
-        let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Map(e.to_string()))?;
-        Ok(MemoryTable { mem: Arc::new(mem), regions: table })
+        let mem =
+            GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Map(e.to_string()))?;
+        Ok(MemoryTable {
+            mem: Arc::new(mem),
+            regions: table,
+        })
     }
 
     /// Translate a frontend virtual address to a guest physical address.

@@ -87,7 +87,10 @@ fn signal(f: &Option<File>) {
 
 impl Ctx {
     fn fail(&mut self, e: VringError) {
-        warn_ratelimited!("virtio-blk queue {}: guest broke the ring protocol, queue stopped: {e}", self.p.index);
+        warn_ratelimited!(
+            "virtio-blk queue {}: guest broke the ring protocol, queue stopped: {e}",
+            self.p.index
+        );
         self.broken = true;
     }
 
@@ -138,12 +141,21 @@ impl Ctx {
         self.ring.set_next_used(used);
         let size = self.ring.size();
         let base = self.p.base;
-        let Some(rec) = self.p.inflight.as_mut().map(|i| i.recover(used, size, base)) else {
+        let Some(rec) = self
+            .p
+            .inflight
+            .as_mut()
+            .map(|i| i.recover(used, size, base))
+        else {
             return Ok(());
         };
         self.ring.set_next_avail(rec.next_avail);
         if !rec.resubmit.is_empty() {
-            tracing::info!("queue {}: resubmitting {} inflight requests", self.p.index, rec.resubmit.len());
+            tracing::info!(
+                "queue {}: resubmitting {} inflight requests",
+                self.p.index,
+                rec.resubmit.len()
+            );
             for head in rec.resubmit {
                 self.handle(head, false)?;
             }
@@ -155,10 +167,19 @@ impl Ctx {
 
 fn run(p: QueueParams, mut stop: File) -> u16 {
     let ring = Vring::new(p.ring, p.base, p.event_idx);
-    let mut ctx = Ctx { ring, p, descs: Vec::with_capacity(64), broken: false };
+    let mut ctx = Ctx {
+        ring,
+        p,
+        descs: Vec::with_capacity(64),
+        broken: false,
+    };
     if let Err(e) = ctx.start() {
         ctx.fail(e);
     }
+    // The call fd may have changed (or arrived after the kick, as QEMU
+    // sends it): one spurious interrupt is harmless, a lost one stalls the
+    // driver.
+    signal(&ctx.p.call);
     // Requests may already be waiting (kick sent before we started).
     if !ctx.broken {
         if let Err(e) = ctx.drain() {
