@@ -19,7 +19,10 @@ pub enum QmpCapability {
 
 impl QapiType for QmpCapability {
     fn schema() -> SchemaType {
-        SchemaType::Enum { name: "QMPCapability", values: vec!["oob"] }
+        SchemaType::Enum {
+            name: "QMPCapability",
+            values: vec!["oob"],
+        }
     }
 }
 
@@ -57,7 +60,10 @@ impl Command for QmpCapabilities {
                 "Capabilities negotiation is already complete, command ignored",
             ));
         }
-        let oob = args.enable.unwrap_or_default().contains(&QmpCapability::Oob);
+        let oob = args
+            .enable
+            .unwrap_or_default()
+            .contains(&QmpCapability::Oob);
         ctx.session.negotiate(oob);
         Ok(Empty {})
     }
@@ -78,7 +84,11 @@ impl QapiType for VersionTriple {
     fn schema() -> SchemaType {
         SchemaType::Object {
             name: "VersionTriple",
-            members: vec![member::<i64>("major"), member::<i64>("minor"), member::<i64>("micro")],
+            members: vec![
+                member::<i64>("major"),
+                member::<i64>("minor"),
+                member::<i64>("micro"),
+            ],
         }
     }
 }
@@ -106,14 +116,22 @@ pub struct QueryVersion;
 
 impl Command for QueryVersion {
     const NAME: &'static str = "query-version";
-    const DOC: &'static str = "Return the QEMU version bulkhead is compatible with, and bulkhead's \
+    const DOC: &'static str =
+        "Return the QEMU version bulkhead is compatible with, and bulkhead's \
         own version as `package`.";
     type Args = Empty;
     type Ret = VersionInfo;
 
     fn run(_: Empty, _: &Ctx<'_>) -> Result<VersionInfo> {
         let (major, minor, micro) = QEMU_VERSION;
-        Ok(VersionInfo { qemu: VersionTriple { major, minor, micro }, package: PACKAGE.into() })
+        Ok(VersionInfo {
+            qemu: VersionTriple {
+                major,
+                minor,
+                micro,
+            },
+            package: PACKAGE.into(),
+        })
     }
 }
 
@@ -126,7 +144,10 @@ pub struct CommandInfo {
 
 impl QapiType for CommandInfo {
     fn schema() -> SchemaType {
-        SchemaType::Object { name: "CommandInfo", members: vec![member::<String>("name")] }
+        SchemaType::Object {
+            name: "CommandInfo",
+            members: vec![member::<String>("name")],
+        }
     }
 }
 
@@ -140,7 +161,14 @@ impl Command for QueryCommands {
     type Ret = Vec<CommandInfo>;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<CommandInfo>> {
-        Ok(ctx.registry.commands().iter().map(|c| CommandInfo { name: c.name.into() }).collect())
+        Ok(ctx
+            .registry
+            .commands()
+            .iter()
+            .map(|c| CommandInfo {
+                name: c.name.into(),
+            })
+            .collect())
     }
 }
 

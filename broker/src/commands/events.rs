@@ -82,7 +82,10 @@ pub struct GuestCrashedData;
 
 impl QapiType for GuestCrashedData {
     fn schema() -> SchemaType {
-        SchemaType::Object { name: "GuestCrashedData", members: vec![member::<String>("detail")] }
+        SchemaType::Object {
+            name: "GuestCrashedData",
+            members: vec![member::<String>("detail")],
+        }
     }
 }
 
@@ -94,6 +97,9 @@ pub fn declare(r: &mut Registry) {
     r.event::<CauseData>("SHUTDOWN", "The machine shut down (or is about to).");
     r.event::<Empty>("POWERDOWN", "The ACPI power button was pressed.");
     r.event::<WorkerExitedData>(event_names::WORKER_EXITED, "A worker process exited.");
-    r.event::<WorkerRestartedData>(event_names::WORKER_RESTARTED, "A worker was restarted and restored.");
+    r.event::<WorkerRestartedData>(
+        event_names::WORKER_RESTARTED,
+        "A worker was restarted and restored.",
+    );
     r.event::<GuestCrashedData>(event_names::GUEST_CRASHED, "The guest crashed.");
 }

@@ -26,7 +26,10 @@ pub struct NameInfo {
 
 impl QapiType for NameInfo {
     fn schema() -> SchemaType {
-        SchemaType::Object { name: "NameInfo", members: vec![optional::<String>("name")] }
+        SchemaType::Object {
+            name: "NameInfo",
+            members: vec![optional::<String>("name")],
+        }
     }
 }
 
@@ -40,7 +43,9 @@ impl Command for QueryName {
     type Ret = NameInfo;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<NameInfo> {
-        Ok(NameInfo { name: ctx.machine.name().map(String::from) })
+        Ok(NameInfo {
+            name: ctx.machine.name().map(String::from),
+        })
     }
 }
 
@@ -49,7 +54,10 @@ pub struct RunStateEnum;
 
 impl QapiType for RunStateEnum {
     fn schema() -> SchemaType {
-        SchemaType::Enum { name: "RunState", values: RunState::ALL.iter().map(|s| s.as_str()).collect() }
+        SchemaType::Enum {
+            name: "RunState",
+            values: RunState::ALL.iter().map(|s| s.as_str()).collect(),
+        }
     }
 }
 
@@ -68,7 +76,11 @@ impl QapiType for StatusInfo {
     fn schema() -> SchemaType {
         SchemaType::Object {
             name: "StatusInfo",
-            members: vec![member::<bool>("running"), member::<bool>("singlestep"), member::<RunStateEnum>("status")],
+            members: vec![
+                member::<bool>("running"),
+                member::<bool>("singlestep"),
+                member::<RunStateEnum>("status"),
+            ],
         }
     }
 }
@@ -85,7 +97,11 @@ impl Command for QueryStatus {
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<StatusInfo> {
         let s = ctx.machine.query_status()?;
-        Ok(StatusInfo { running: s.running, singlestep: s.singlestep, status: s.status.as_str() })
+        Ok(StatusInfo {
+            running: s.running,
+            singlestep: s.singlestep,
+            status: s.status.as_str(),
+        })
     }
 }
 
@@ -193,7 +209,10 @@ pub struct SysEmuTarget;
 
 impl QapiType for SysEmuTarget {
     fn schema() -> SchemaType {
-        SchemaType::Enum { name: "SysEmuTarget", values: vec!["x86_64"] }
+        SchemaType::Enum {
+            name: "SysEmuTarget",
+            values: vec!["x86_64"],
+        }
     }
 }
 
@@ -240,7 +259,9 @@ impl Command for QueryCpusFast {
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<CpuInfoFast>> {
         let cpus = match ctx.machine.vcpu_request(VcpuRequest::QueryCpus)? {
             VcpuReply::Cpus(c) => c,
-            other @ (VcpuReply::Done | VcpuReply::Status(_)) => return Err(unexpected_reply(&other).into()),
+            other @ (VcpuReply::Done | VcpuReply::Status(_)) => {
+                return Err(unexpected_reply(&other).into())
+            }
         };
         Ok(cpus
             .into_iter()
@@ -269,7 +290,10 @@ pub struct CpuArgs {
 
 impl QapiType for CpuArgs {
     fn schema() -> SchemaType {
-        SchemaType::Object { name: "CpuArgs", members: vec![member::<i64>("index")] }
+        SchemaType::Object {
+            name: "CpuArgs",
+            members: vec![member::<i64>("index")],
+        }
     }
 }
 

@@ -19,17 +19,26 @@ pub type Result<T> = std::result::Result<T, QmpError>;
 impl QmpError {
     /// A `GenericError`.
     pub fn generic(desc: impl Into<String>) -> Self {
-        QmpError { class: ErrorClass::GenericError, desc: desc.into() }
+        QmpError {
+            class: ErrorClass::GenericError,
+            desc: desc.into(),
+        }
     }
 
     /// A `CommandNotFound` error.
     pub fn command_not_found(desc: impl Into<String>) -> Self {
-        QmpError { class: ErrorClass::CommandNotFound, desc: desc.into() }
+        QmpError {
+            class: ErrorClass::CommandNotFound,
+            desc: desc.into(),
+        }
     }
 }
 
 impl From<FlatError> for QmpError {
     fn from(e: FlatError) -> Self {
-        QmpError { class: e.class, desc: e.desc }
+        QmpError {
+            class: e.class,
+            desc: e.desc,
+        }
     }
 }

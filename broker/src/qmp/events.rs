@@ -47,7 +47,11 @@ impl EventBus {
     pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = sync_channel(SESSION_QUEUE_DEPTH);
         let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.lock().push(Subscriber { tx, overflowed: overflowed.clone(), on_overflow: None });
+        self.lock().push(Subscriber {
+            tx,
+            overflowed: overflowed.clone(),
+            on_overflow: None,
+        });
         Subscription { rx, overflowed }
     }
 
@@ -61,7 +65,11 @@ impl EventBus {
         on_overflow: OverflowHook,
     ) -> Arc<std::sync::atomic::AtomicBool> {
         let overflowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.lock().push(Subscriber { tx, overflowed: overflowed.clone(), on_overflow: Some(on_overflow) });
+        self.lock().push(Subscriber {
+            tx,
+            overflowed: overflowed.clone(),
+            on_overflow: Some(on_overflow),
+        });
         overflowed
     }
 
@@ -72,7 +80,8 @@ impl EventBus {
         self.lock().retain(|s| match s.tx.try_send(line.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                s.overflowed.store(true, std::sync::atomic::Ordering::Relaxed);
+                s.overflowed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Some(hook) = &s.on_overflow {
                     hook();
                 }

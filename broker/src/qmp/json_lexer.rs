@@ -47,7 +47,10 @@ pub struct Token {
 enum State {
     Start,
     /// Inside a string opened by `quote`; `escape` after a backslash.
-    Str { quote: u8, escape: bool },
+    Str {
+        quote: u8,
+        escape: bool,
+    },
     /// After `-`.
     Minus,
     /// After a leading `0` (or `-0`).
@@ -82,7 +85,12 @@ pub struct Lexer {
 
 impl Default for Lexer {
     fn default() -> Self {
-        Lexer { state: State::Start, text: Vec::new(), len: 0, discard: false }
+        Lexer {
+            state: State::Start,
+            text: Vec::new(),
+            len: 0,
+            discard: false,
+        }
     }
 }
 
@@ -119,7 +127,10 @@ impl Lexer {
 
     fn take(&mut self, kind: TokenKind) -> Token {
         self.len = 0;
-        Token { kind, text: std::mem::take(&mut self.text) }
+        Token {
+            kind,
+            text: std::mem::take(&mut self.text),
+        }
     }
 
     fn single(&self, kind: TokenKind, b: u8) -> Token {
@@ -153,7 +164,10 @@ impl Lexer {
                 State::Str { quote, escape } => {
                     if escape {
                         self.push(b);
-                        self.state = State::Str { quote, escape: false };
+                        self.state = State::Str {
+                            quote,
+                            escape: false,
+                        };
                     } else if b == quote {
                         self.push(b);
                         self.state = State::Start;
@@ -161,7 +175,10 @@ impl Lexer {
                         emit(self, t);
                     } else if b == b'\\' {
                         self.push(b);
-                        self.state = State::Str { quote, escape: true };
+                        self.state = State::Str {
+                            quote,
+                            escape: true,
+                        };
                     } else if b < 0x20 {
                         self.error(b, emit);
                     } else {
@@ -258,7 +275,10 @@ impl Lexer {
             b' ' | b'\t' | b'\n' | b'\r' => return,
             b'"' | b'\'' => {
                 self.push(b);
-                self.state = State::Str { quote: b, escape: false };
+                self.state = State::Str {
+                    quote: b,
+                    escape: false,
+                };
                 return;
             }
             b'-' => {
@@ -304,7 +324,9 @@ mod tests {
     fn lex(input: &[u8]) -> Vec<(TokenKind, String)> {
         let mut out = Vec::new();
         let mut l = Lexer::new();
-        l.feed(input, &mut |_, t| out.push((t.kind, String::from_utf8_lossy(&t.text).into_owned())));
+        l.feed(input, &mut |_, t| {
+            out.push((t.kind, String::from_utf8_lossy(&t.text).into_owned()))
+        });
         out
     }
 
@@ -315,7 +337,10 @@ mod tests {
         let kinds: Vec<_> = toks.iter().map(|t| t.0).collect();
         assert_eq!(
             kinds,
-            [LCurly, Str, Colon, Str, Comma, Str, Colon, LSquare, Int, Comma, Float, Comma, Keyword, RSquare, RCurly]
+            [
+                LCurly, Str, Colon, Str, Comma, Str, Colon, LSquare, Int, Comma, Float, Comma,
+                Keyword, RSquare, RCurly
+            ]
         );
         assert_eq!(toks[3].1, "'x'");
         assert_eq!(toks[8].1, "-1");
@@ -329,7 +354,9 @@ mod tests {
         for cut in 0..input.len() {
             let mut out = Vec::new();
             let mut l = Lexer::new();
-            let mut f = |_: &mut Lexer, t: Token| out.push((t.kind, String::from_utf8_lossy(&t.text).into_owned()));
+            let mut f = |_: &mut Lexer, t: Token| {
+                out.push((t.kind, String::from_utf8_lossy(&t.text).into_owned()))
+            };
             l.feed(&input[..cut], &mut f);
             l.feed(&input[cut..], &mut f);
             assert_eq!(out, whole, "cut at {cut}");
@@ -347,7 +374,13 @@ mod tests {
     #[test]
     fn recovery_skips_to_a_structural_character() {
         let toks = lex(b"@abc\"def\" {");
-        assert_eq!(toks, vec![(TokenKind::Error, "@".into()), (TokenKind::LCurly, "{".into())]);
+        assert_eq!(
+            toks,
+            vec![
+                (TokenKind::Error, "@".into()),
+                (TokenKind::LCurly, "{".into())
+            ]
+        );
     }
 
     #[test]

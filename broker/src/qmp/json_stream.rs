@@ -84,7 +84,10 @@ impl JsonStream {
             TokenKind::LSquare => self.brackets += 1,
             TokenKind::RSquare => self.brackets -= 1,
             TokenKind::Error if !self.skipping => {
-                out.push(Err(format!("JSON parse error, stray '{}'", String::from_utf8_lossy(&tok.text))));
+                out.push(Err(format!(
+                    "JSON parse error, stray '{}'",
+                    String::from_utf8_lossy(&tok.text)
+                )));
                 self.reset(lexer);
                 return;
             }
@@ -139,13 +142,19 @@ type PResult<T> = Result<T, String>;
 
 impl Parser<'_> {
     fn next(&mut self) -> PResult<&Token> {
-        let t = self.tokens.get(self.pos).ok_or_else(|| "premature EOI".to_owned())?;
+        let t = self
+            .tokens
+            .get(self.pos)
+            .ok_or_else(|| "premature EOI".to_owned())?;
         self.pos += 1;
         Ok(t)
     }
 
     fn peek_kind(&self) -> PResult<TokenKind> {
-        self.tokens.get(self.pos).map(|t| t.kind).ok_or_else(|| "premature EOI".to_owned())
+        self.tokens
+            .get(self.pos)
+            .map(|t| t.kind)
+            .ok_or_else(|| "premature EOI".to_owned())
     }
 
     fn value(&mut self) -> PResult<Value> {
@@ -166,7 +175,10 @@ impl Parser<'_> {
                     b"true" => Ok(Value::Bool(true)),
                     b"false" => Ok(Value::Bool(false)),
                     b"null" => Ok(Value::Null),
-                    other => Err(format!("invalid keyword '{}'", String::from_utf8_lossy(other))),
+                    other => Err(format!(
+                        "invalid keyword '{}'",
+                        String::from_utf8_lossy(other)
+                    )),
                 }
             }
             TokenKind::RCurly
@@ -229,7 +241,10 @@ fn number(text: &[u8]) -> Number {
     if let Ok(u) = s.parse::<u64>() {
         return Number::from(u);
     }
-    s.parse::<f64>().ok().and_then(Number::from_f64).unwrap_or_else(|| Number::from(0))
+    s.parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .unwrap_or_else(|| Number::from(0))
 }
 
 fn hex4(s: &[u8]) -> Option<u32> {
@@ -265,7 +280,12 @@ fn decode_string(text: &[u8]) -> PResult<String> {
             b'r' => '\r',
             b't' => '\t',
             b'u' => {
-                let bad = || format!("\\u{} is not a valid Unicode character", String::from_utf8_lossy(&body[i..]));
+                let bad = || {
+                    format!(
+                        "\\u{} is not a valid Unicode character",
+                        String::from_utf8_lossy(&body[i..])
+                    )
+                };
                 let hi = hex4(&body[i..]).ok_or_else(bad)?;
                 let mut cp = hi;
                 let mut used = 4;
@@ -313,7 +333,14 @@ mod tests {
     #[test]
     fn several_messages_in_one_chunk_come_out_in_order() {
         let out = feed(br#"{"a": 1}{"b": [2]} {'c': "x"}"#);
-        assert_eq!(out, vec![Ok(json!({"a": 1})), Ok(json!({"b": [2]})), Ok(json!({"c": "x"}))]);
+        assert_eq!(
+            out,
+            vec![
+                Ok(json!({"a": 1})),
+                Ok(json!({"b": [2]})),
+                Ok(json!({"c": "x"}))
+            ]
+        );
     }
 
     #[test]
@@ -336,18 +363,42 @@ mod tests {
     #[test]
     fn qemu_parse_error_messages() {
         assert_eq!(feed(b"@")[0], Err("JSON parse error, stray '@'".into()));
-        assert_eq!(feed(b"{\"a\": tru}")[0], Err("JSON parse error, invalid keyword 'tru'".into()));
-        assert_eq!(feed(b"{\"a\" 1}")[0], Err("JSON parse error, missing : in object pair".into()));
-        assert_eq!(feed(b"{1:2}")[0], Err("JSON parse error, key is not a string in object".into()));
-        assert_eq!(feed(b"{\"a\": \"\\q\"}")[0], Err("JSON parse error, invalid escape sequence in string".into()));
-        assert_eq!(feed(b"{\"a\": 1]")[0], Err("JSON parse error, expected separator in dict".into()));
-        assert_eq!(feed(b"[1}")[0], Err("JSON parse error, expected separator in list".into()));
-        assert_eq!(feed(b"}")[0], Err("JSON parse error, expecting value".into()));
+        assert_eq!(
+            feed(b"{\"a\": tru}")[0],
+            Err("JSON parse error, invalid keyword 'tru'".into())
+        );
+        assert_eq!(
+            feed(b"{\"a\" 1}")[0],
+            Err("JSON parse error, missing : in object pair".into())
+        );
+        assert_eq!(
+            feed(b"{1:2}")[0],
+            Err("JSON parse error, key is not a string in object".into())
+        );
+        assert_eq!(
+            feed(b"{\"a\": \"\\q\"}")[0],
+            Err("JSON parse error, invalid escape sequence in string".into())
+        );
+        assert_eq!(
+            feed(b"{\"a\": 1]")[0],
+            Err("JSON parse error, expected separator in dict".into())
+        );
+        assert_eq!(
+            feed(b"[1}")[0],
+            Err("JSON parse error, expected separator in list".into())
+        );
+        assert_eq!(
+            feed(b"}")[0],
+            Err("JSON parse error, expecting value".into())
+        );
     }
 
     #[test]
     fn top_level_scalars_are_messages() {
-        assert_eq!(feed(b"1 \"s\" null "), vec![Ok(json!(1)), Ok(json!("s")), Ok(Value::Null)]);
+        assert_eq!(
+            feed(b"1 \"s\" null "),
+            vec![Ok(json!(1)), Ok(json!("s")), Ok(Value::Null)]
+        );
     }
 
     #[test]
@@ -364,24 +415,46 @@ mod tests {
     fn unicode_escapes_decode_including_surrogate_pairs() {
         let out = feed(br#"["\u00e9\ud83d\ude00", "\u12"]"#);
         assert_eq!(out.len(), 1);
-        assert!(out[0].as_ref().unwrap_err().contains("is not a valid Unicode character"));
+        assert!(out[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("is not a valid Unicode character"));
         let ok = feed(br#"["\u00e9\ud83d\ude00"]"#);
         assert_eq!(ok[0], Ok(json!(["é😀"])));
     }
 
     #[test]
     fn too_deep_nesting_gives_one_error_and_stream_recovers() {
-        let deep = format!("{}{}", "[".repeat(MAX_NESTING + 5), "]".repeat(MAX_NESTING + 5));
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_NESTING + 5),
+            "]".repeat(MAX_NESTING + 5)
+        );
         let out = feed(format!("{deep}{{\"ok\": 1}}").as_bytes());
-        assert_eq!(out, vec![Err("JSON nesting depth limit exceeded".into()), Ok(json!({"ok": 1}))]);
+        assert_eq!(
+            out,
+            vec![
+                Err("JSON nesting depth limit exceeded".into()),
+                Ok(json!({"ok": 1}))
+            ]
+        );
     }
 
     #[test]
     fn oversized_message_gives_one_error_and_stream_recovers() {
-        let big = format!("{{\"id\": \"{}\", \"x\": [1, 2]}}{{\"ok\": 1}}", "a".repeat(MAX_MESSAGE + 10));
+        let big = format!(
+            "{{\"id\": \"{}\", \"x\": [1, 2]}}{{\"ok\": 1}}",
+            "a".repeat(MAX_MESSAGE + 10)
+        );
         let out = feed(big.as_bytes());
-        let short: Vec<_> = out.iter().map(|r| r.as_ref().map(|v| v.to_string().len())).collect();
-        assert_eq!(short, vec![Err(&"JSON token size limit exceeded".to_owned()), Ok(8)]);
+        let short: Vec<_> = out
+            .iter()
+            .map(|r| r.as_ref().map(|v| v.to_string().len()))
+            .collect();
+        assert_eq!(
+            short,
+            vec![Err(&"JSON token size limit exceeded".to_owned()), Ok(8)]
+        );
     }
 
     #[test]
@@ -390,11 +463,20 @@ mod tests {
         let mut out = Vec::new();
         s.feed(b"{\"id\": [", &mut out);
         for _ in 0..(MAX_MESSAGE / 900) {
-            s.feed(&b"\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\", ".repeat(16), &mut out);
+            s.feed(
+                &b"\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\", ".repeat(16),
+                &mut out,
+            );
         }
         s.feed(b"1]}{\"ok\": true}", &mut out);
-        let short: Vec<_> = out.iter().map(|r| r.as_ref().map(|v| v.to_string().len())).collect();
-        assert_eq!(short, vec![Err(&"JSON token size limit exceeded".to_owned()), Ok(11)]);
+        let short: Vec<_> = out
+            .iter()
+            .map(|r| r.as_ref().map(|v| v.to_string().len()))
+            .collect();
+        assert_eq!(
+            short,
+            vec![Err(&"JSON token size limit exceeded".to_owned()), Ok(11)]
+        );
     }
 
     #[test]

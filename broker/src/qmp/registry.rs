@@ -144,7 +144,11 @@ impl Registry {
     /// Adds command `C`. Panics on a duplicate name (a programming error
     /// caught by the first test that builds the registry).
     pub fn register<C: Command>(&mut self) {
-        assert!(!self.index.contains_key(C::NAME), "command {} declared twice", C::NAME);
+        assert!(
+            !self.index.contains_key(C::NAME),
+            "command {} declared twice",
+            C::NAME
+        );
         self.index.insert(C::NAME, self.commands.len());
         self.commands.push(CommandEntry {
             name: C::NAME,
@@ -159,7 +163,11 @@ impl Registry {
 
     /// Declares event `name` whose data has type `T`.
     pub fn event<T: QapiType>(&mut self, name: &'static str, doc: &'static str) {
-        self.events.push(EventEntry { name, doc, data: T::schema() });
+        self.events.push(EventEntry {
+            name,
+            doc,
+            data: T::schema(),
+        });
     }
 
     /// The command called `name`.

@@ -110,12 +110,20 @@ pub trait QapiType {
 
 /// A required member of type `T`.
 pub fn member<T: QapiType>(name: &'static str) -> Member {
-    Member { name, ty: T::schema(), optional: false }
+    Member {
+        name,
+        ty: T::schema(),
+        optional: false,
+    }
 }
 
 /// An optional member of type `T` (an `Option<T>` field).
 pub fn optional<T: QapiType>(name: &'static str) -> Member {
-    Member { name, ty: T::schema(), optional: true }
+    Member {
+        name,
+        ty: T::schema(),
+        optional: true,
+    }
 }
 
 macro_rules! builtin {
@@ -151,7 +159,10 @@ pub struct Empty {}
 
 impl QapiType for Empty {
     fn schema() -> SchemaType {
-        SchemaType::Object { name: "Empty", members: Vec::new() }
+        SchemaType::Object {
+            name: "Empty",
+            members: Vec::new(),
+        }
     }
 }
 
@@ -185,7 +196,10 @@ fn check_members(obj: &Map<String, Value>, members: &[Member], prefix: &str) -> 
             Some(v) => check(v, &m.ty, &full, m.name)?,
         }
     }
-    if let Some(extra) = obj.keys().find(|k| !members.iter().any(|m| m.name == k.as_str())) {
+    if let Some(extra) = obj
+        .keys()
+        .find(|k| !members.iter().any(|m| m.name == k.as_str()))
+    {
         return Err(format!("Parameter '{}' is unexpected", join(prefix, extra)));
     }
     Ok(())
@@ -274,7 +288,8 @@ impl Introspector {
     /// Adds an event entry.
     pub fn event(&mut self, name: &str, data: &SchemaType) {
         let arg_type = self.type_name(data);
-        self.entries.push(json!({"name": name, "meta-type": "event", "arg-type": arg_type}));
+        self.entries
+            .push(json!({"name": name, "meta-type": "event", "arg-type": arg_type}));
     }
 
     /// The entries.
@@ -307,7 +322,8 @@ impl Introspector {
             SchemaType::Builtin(b) => {
                 let n = b.name().to_owned();
                 self.names.insert(key, n.clone());
-                self.entries.push(json!({"name": n, "meta-type": "builtin", "json-type": b.json_type()}));
+                self.entries
+                    .push(json!({"name": n, "meta-type": "builtin", "json-type": b.json_type()}));
                 n
             }
             SchemaType::Object { members, .. } => {
@@ -324,21 +340,24 @@ impl Introspector {
                         }
                     })
                     .collect();
-                self.entries.push(json!({"name": n, "meta-type": "object", "members": ms}));
+                self.entries
+                    .push(json!({"name": n, "meta-type": "object", "members": ms}));
                 n
             }
             SchemaType::Enum { values, .. } => {
                 let n = self.fresh();
                 self.names.insert(key, n.clone());
                 let ms: Vec<Value> = values.iter().map(|v| json!({"name": v})).collect();
-                self.entries.push(json!({"name": n, "meta-type": "enum", "members": ms, "values": values}));
+                self.entries
+                    .push(json!({"name": n, "meta-type": "enum", "members": ms, "values": values}));
                 n
             }
             SchemaType::Array(elem) => {
                 let e = self.type_name(elem);
                 let n = format!("[{e}]");
                 self.names.insert(key, n.clone());
-                self.entries.push(json!({"name": n, "meta-type": "array", "element-type": e}));
+                self.entries
+                    .push(json!({"name": n, "meta-type": "array", "element-type": e}));
                 n
             }
         }
@@ -352,14 +371,20 @@ mod tests {
     struct Inner;
     impl QapiType for Inner {
         fn schema() -> SchemaType {
-            SchemaType::Object { name: "Inner", members: vec![member::<i64>("size"), optional::<String>("note")] }
+            SchemaType::Object {
+                name: "Inner",
+                members: vec![member::<i64>("size"), optional::<String>("note")],
+            }
         }
     }
 
     struct Kind;
     impl QapiType for Kind {
         fn schema() -> SchemaType {
-            SchemaType::Enum { name: "Kind", values: vec!["a", "b"] }
+            SchemaType::Enum {
+                name: "Kind",
+                values: vec!["a", "b"],
+            }
         }
     }
 
@@ -388,13 +413,22 @@ mod tests {
     #[test]
     fn valid_arguments_pass() {
         let v = json!({"node-name": "x", "threshold": 5, "children": [{"size": 1}], "kind": "a", "ratio": 1});
-        assert_eq!(validate_args(v.as_object().unwrap(), &Args::schema()), Ok(()));
+        assert_eq!(
+            validate_args(v.as_object().unwrap(), &Args::schema()),
+            Ok(())
+        );
     }
 
     #[test]
     fn missing_and_unexpected_members_use_qemu_wording() {
-        assert_eq!(err(json!({"threshold": 1})), "Parameter 'node-name' is missing");
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "foo": 1})), "Parameter 'foo' is unexpected");
+        assert_eq!(
+            err(json!({"threshold": 1})),
+            "Parameter 'node-name' is missing"
+        );
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "foo": 1})),
+            "Parameter 'foo' is unexpected"
+        );
         assert_eq!(
             err(json!({"node-name": "x", "threshold": 1, "children": [{"size": 1, "foo": 2}]})),
             "Parameter 'children[0].foo' is unexpected"
@@ -403,28 +437,55 @@ mod tests {
 
     #[test]
     fn type_errors_use_qemu_wording() {
-        assert_eq!(err(json!({"node-name": 1})), "Invalid parameter type for 'node-name', expected: string");
-        assert_eq!(err(json!({"node-name": "x", "threshold": "a"})), "Parameter 'threshold' expects uint64");
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "flat": null})), "Invalid parameter type for 'flat', expected: boolean");
+        assert_eq!(
+            err(json!({"node-name": 1})),
+            "Invalid parameter type for 'node-name', expected: string"
+        );
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": "a"})),
+            "Parameter 'threshold' expects uint64"
+        );
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "flat": null})),
+            "Invalid parameter type for 'flat', expected: boolean"
+        );
         assert_eq!(
             err(json!({"node-name": "x", "threshold": 1, "children": [{"size": 1.5}]})),
             "Invalid parameter type for 'children[0].size', expected: integer"
         );
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "children": {}})), "Invalid parameter type for 'children', expected: array");
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "children": [3]})), "Invalid parameter type for 'children[0]', expected: object");
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "ratio": "1"})), "Invalid parameter type for 'ratio', expected: number");
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "children": {}})),
+            "Invalid parameter type for 'children', expected: array"
+        );
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "children": [3]})),
+            "Invalid parameter type for 'children[0]', expected: object"
+        );
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "ratio": "1"})),
+            "Invalid parameter type for 'ratio', expected: number"
+        );
     }
 
     #[test]
     fn enum_errors_use_qemu_wording() {
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "kind": "z"})), "Parameter 'kind' does not accept value 'z'");
-        assert_eq!(err(json!({"node-name": "x", "threshold": 1, "kinds": ["z"]})), "Parameter 'null' does not accept value 'z'");
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "kind": "z"})),
+            "Parameter 'kind' does not accept value 'z'"
+        );
+        assert_eq!(
+            err(json!({"node-name": "x", "threshold": 1, "kinds": ["z"]})),
+            "Parameter 'null' does not accept value 'z'"
+        );
     }
 
     #[test]
     fn negative_uint64_is_accepted_like_qemu() {
         let v = json!({"node-name": "x", "threshold": -5});
-        assert_eq!(validate_args(v.as_object().unwrap(), &Args::schema()), Ok(()));
+        assert_eq!(
+            validate_args(v.as_object().unwrap(), &Args::schema()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -433,7 +494,10 @@ mod tests {
         i.command("c", &Args::schema(), &Empty::schema(), true);
         i.event("E", &Inner::schema());
         let entries = i.finish();
-        let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = entries
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
         let mut uniq = names.clone();
         uniq.sort();
         uniq.dedup();
@@ -447,7 +511,12 @@ mod tests {
                     assert!(names.contains(&t.as_str().unwrap()), "{t} undefined");
                 }
             }
-            for m in e.get("members").and_then(Value::as_array).into_iter().flatten() {
+            for m in e
+                .get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(t) = m.get("type") {
                     assert!(names.contains(&t.as_str().unwrap()), "{t} undefined");
                 }

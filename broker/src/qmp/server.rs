@@ -87,7 +87,12 @@ impl QmpServer {
                     .spawn(move || accept_loop(&shared, &l.listener, &wake_rx))?,
             );
         }
-        Ok(QmpServer { shared, paths, wake: Mutex::new(Some(wake_tx)), accept_threads: Mutex::new(threads) })
+        Ok(QmpServer {
+            shared,
+            paths,
+            wake: Mutex::new(Some(wake_tx)),
+            accept_threads: Mutex::new(threads),
+        })
     }
 
     /// Stops accepting, lets every session flush what it has queued for at
@@ -116,7 +121,12 @@ impl QmpServer {
             if now >= until {
                 break;
             }
-            sessions = self.shared.ended.wait_timeout(sessions, until - now).unwrap_or_else(|p| p.into_inner()).0;
+            sessions = self
+                .shared
+                .ended
+                .wait_timeout(sessions, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         for live in sessions.values() {
             live.session.abort();
@@ -166,14 +176,25 @@ fn start_session(shared: &Arc<Shared>, stream: UnixStream) -> std::io::Result<()
     let (work_tx, work_rx) = sync_channel::<Work>(REQUEST_QUEUE_DEPTH);
     let reader_stream = stream.try_clone()?;
     let writer_stream = stream.try_clone()?;
-    let session = Arc::new(Session::new(stream, shared.machine.clone(), shared.registry.clone(), out_tx));
+    let session = Arc::new(Session::new(
+        stream,
+        shared.machine.clone(),
+        shared.registry.clone(),
+        out_tx,
+    ));
     // The greeting is the first thing in the queue.
     let greeting: Arc<str> = wire::greeting().into();
     if !session.queue(greeting) {
         return Ok(());
     }
-    lock(&shared.sessions).insert(id, Live { session: session.clone() });
-    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| std::thread::Builder::new().name(name).spawn(f);
+    lock(&shared.sessions).insert(
+        id,
+        Live {
+            session: session.clone(),
+        },
+    );
+    let spawn =
+        |name: String, f: Box<dyn FnOnce() + Send>| std::thread::Builder::new().name(name).spawn(f);
     let s = session.clone();
     let sh = shared.clone();
     let writer = spawn(
@@ -189,12 +210,18 @@ fn start_session(shared: &Arc<Shared>, stream: UnixStream) -> std::io::Result<()
         return Err(e);
     }
     let s = session.clone();
-    if let Err(e) = spawn(format!("qmp-disp-{id}"), Box::new(move || s.dispatch_loop(work_rx))) {
+    if let Err(e) = spawn(
+        format!("qmp-disp-{id}"),
+        Box::new(move || s.dispatch_loop(work_rx)),
+    ) {
         session.abort();
         return Err(e);
     }
     let s = session.clone();
-    if let Err(e) = spawn(format!("qmp-rd-{id}"), Box::new(move || s.read_loop(reader_stream, work_tx))) {
+    if let Err(e) = spawn(
+        format!("qmp-rd-{id}"),
+        Box::new(move || s.read_loop(reader_stream, work_tx)),
+    ) {
         session.abort();
         return Err(e);
     }
@@ -227,7 +254,10 @@ fn write_loop(session: &Session, stream: UnixStream, rx: Receiver<Arc<str>>) {
             let _ = w.flush();
             break;
         }
-        if w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\r\n")).is_err() {
+        if w.write_all(line.as_bytes())
+            .and_then(|()| w.write_all(b"\r\n"))
+            .is_err()
+        {
             break;
         }
         buf_lines += 1;

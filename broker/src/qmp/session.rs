@@ -58,7 +58,14 @@ impl Session {
         registry: Arc<Registry>,
         out: SyncSender<Arc<str>>,
     ) -> Self {
-        Session { state: SessionState::default(), machine, registry, out, stream, closing: AtomicBool::new(false) }
+        Session {
+            state: SessionState::default(),
+            machine,
+            registry,
+            out,
+            stream,
+            closing: AtomicBool::new(false),
+        }
     }
 
     /// The session's negotiation state and settings.
@@ -157,26 +164,33 @@ impl Session {
             }
             Err((id, e)) => wire::reply_err(&e, id.as_ref()),
         };
-        // The reply goes first: events follow it.
-        let sent = self.send(line);
-        if sent && !was_negotiated && self.state.negotiated() {
+        if !was_negotiated && self.state.negotiated() {
+            // Subscribe before the reply leaves: once the client has the
+            // reply, it must not miss any event (as in QEMU, an event may
+            // then come before the reply).
             let me = Arc::downgrade(self);
             self.machine.events().subscribe_sender(
                 self.out.clone(),
                 Box::new(move || {
                     if let Some(s) = me.upgrade() {
-                        tracing::warn!("QMP client too slow: its event queue overflowed; disconnecting it");
+                        tracing::warn!(
+                            "QMP client too slow: its event queue overflowed; disconnecting it"
+                        );
                         s.abort();
                     }
                 }),
             );
         }
-        sent
+        self.send(line)
     }
 
     fn dispatch(&self, req: Request) -> Result<Value, QmpError> {
         let entry = self.registry.get(&req.name);
-        let ctx = Ctx { machine: &self.machine, session: &self.state, registry: &self.registry };
+        let ctx = Ctx {
+            machine: &self.machine,
+            session: &self.state,
+            registry: &self.registry,
+        };
         if !self.state.negotiated() {
             return match entry {
                 Some(e) if e.in_negotiation => e.call(req.args, &ctx).map_err(negotiation_error),
@@ -184,10 +198,16 @@ impl Session {
             };
         }
         let Some(entry) = entry else {
-            return Err(QmpError::command_not_found(format!("The command {} has not been found", req.name)));
+            return Err(QmpError::command_not_found(format!(
+                "The command {} has not been found",
+                req.name
+            )));
         };
         if req.oob && !entry.allow_oob {
-            return Err(QmpError::generic(format!("The command {} does not support OOB", req.name)));
+            return Err(QmpError::generic(format!(
+                "The command {} does not support OOB",
+                req.name
+            )));
         }
         entry.call(req.args, &ctx)
     }
@@ -196,9 +216,9 @@ impl Session {
 /// QEMU replaces every CommandNotFound in negotiation mode with a hint.
 fn negotiation_error(e: QmpError) -> QmpError {
     match e.class {
-        ipc_proto::ErrorClass::CommandNotFound => {
-            QmpError::command_not_found("Expecting capabilities negotiation with 'qmp_capabilities'")
-        }
+        ipc_proto::ErrorClass::CommandNotFound => QmpError::command_not_found(
+            "Expecting capabilities negotiation with 'qmp_capabilities'",
+        ),
         ipc_proto::ErrorClass::GenericError
         | ipc_proto::ErrorClass::DeviceNotFound
         | ipc_proto::ErrorClass::DeviceNotActive

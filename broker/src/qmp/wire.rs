@@ -20,7 +20,11 @@ pub const PACKAGE: &str = concat!("bulkhead ", env!("CARGO_PKG_VERSION"));
 struct QemuFormatter;
 
 impl serde_json::ser::Formatter for QemuFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -28,7 +32,11 @@ impl serde_json::ser::Formatter for QemuFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -73,7 +81,11 @@ pub fn reply_ok(ret: &Value, id: Option<&Value>) -> String {
 
 /// An error reply: `{"id": ..., "error": {"class": ..., "desc": ...}}`.
 pub fn reply_err(err: &QmpError, id: Option<&Value>) -> String {
-    let body = format!("{{\"class\": {}, \"desc\": {}}}", to_json(err.class.as_str()), to_json(&err.desc));
+    let body = format!(
+        "{{\"class\": {}, \"desc\": {}}}",
+        to_json(err.class.as_str()),
+        to_json(&err.desc)
+    );
     match id {
         Some(id) => format!("{{\"id\": {}, \"error\": {body}}}", to_json(id)),
         None => format!("{{\"error\": {body}}}"),
@@ -144,9 +156,22 @@ pub fn parse_request(v: Value, allow_oob: bool) -> Result<Request, (Option<Value
         _ => Map::new(),
     };
     match (exec, exec_oob) {
-        (Some(_), Some(_)) => fail(id, "QMP input member 'execute' clashes with 'exec-oob'".into()),
-        (Some(Value::String(name)), None) => Ok(Request { id, name, args, oob: false }),
-        (None, Some(Value::String(name))) => Ok(Request { id, name, args, oob: true }),
+        (Some(_), Some(_)) => fail(
+            id,
+            "QMP input member 'execute' clashes with 'exec-oob'".into(),
+        ),
+        (Some(Value::String(name)), None) => Ok(Request {
+            id,
+            name,
+            args,
+            oob: false,
+        }),
+        (None, Some(Value::String(name))) => Ok(Request {
+            id,
+            name,
+            args,
+            oob: true,
+        }),
         _ => fail(id, "QMP input lacks member 'execute'".into()),
     }
 }
@@ -159,7 +184,10 @@ mod tests {
 
     #[test]
     fn output_uses_qemu_spacing() {
-        assert_eq!(to_json(&json!({"a": [1, 2], "b": {"c": null}})), r#"{"a": [1, 2], "b": {"c": null}}"#);
+        assert_eq!(
+            to_json(&json!({"a": [1, 2], "b": {"c": null}})),
+            r#"{"a": [1, 2], "b": {"c": null}}"#
+        );
     }
 
     #[test]
@@ -167,15 +195,27 @@ mod tests {
         let g: Value = serde_json::from_str(&greeting()).unwrap();
         assert_eq!(g["QMP"]["version"]["qemu"]["major"], 10);
         assert_eq!(g["QMP"]["capabilities"], json!(["oob"]));
-        assert!(g["QMP"]["version"]["package"].as_str().unwrap().starts_with("bulkhead "));
+        assert!(g["QMP"]["version"]["package"]
+            .as_str()
+            .unwrap()
+            .starts_with("bulkhead "));
     }
 
     #[test]
     fn replies_put_members_in_qemu_order() {
-        assert_eq!(reply_ok(&json!({}), Some(&json!([1]))), r#"{"return": {}, "id": [1]}"#);
+        assert_eq!(
+            reply_ok(&json!({}), Some(&json!([1]))),
+            r#"{"return": {}, "id": [1]}"#
+        );
         let e = QmpError::generic("x");
-        assert_eq!(reply_err(&e, Some(&json!(1))), r#"{"id": 1, "error": {"class": "GenericError", "desc": "x"}}"#);
-        assert_eq!(reply_err(&e, None), r#"{"error": {"class": "GenericError", "desc": "x"}}"#);
+        assert_eq!(
+            reply_err(&e, Some(&json!(1))),
+            r#"{"id": 1, "error": {"class": "GenericError", "desc": "x"}}"#
+        );
+        assert_eq!(
+            reply_err(&e, None),
+            r#"{"error": {"class": "GenericError", "desc": "x"}}"#
+        );
     }
 
     #[test]
@@ -194,11 +234,26 @@ mod tests {
     #[test]
     fn top_level_checks_give_qemu_messages() {
         assert_eq!(err_of(json!([1]), false), "QMP input must be a JSON object");
-        assert_eq!(err_of(json!({"arguments": {}}), false), "QMP input lacks member 'execute'");
-        assert_eq!(err_of(json!({"execute": 1}), false), "QMP input member 'execute' must be a string");
-        assert_eq!(err_of(json!({"execute": "x", "arguments": []}), false), "QMP input member 'arguments' must be an object");
-        assert_eq!(err_of(json!({"execute": "x", "foo": 1}), false), "QMP input member 'foo' is unexpected");
-        assert_eq!(err_of(json!({"exec-oob": "x"}), false), "QMP input member 'exec-oob' is unexpected");
+        assert_eq!(
+            err_of(json!({"arguments": {}}), false),
+            "QMP input lacks member 'execute'"
+        );
+        assert_eq!(
+            err_of(json!({"execute": 1}), false),
+            "QMP input member 'execute' must be a string"
+        );
+        assert_eq!(
+            err_of(json!({"execute": "x", "arguments": []}), false),
+            "QMP input member 'arguments' must be an object"
+        );
+        assert_eq!(
+            err_of(json!({"execute": "x", "foo": 1}), false),
+            "QMP input member 'foo' is unexpected"
+        );
+        assert_eq!(
+            err_of(json!({"exec-oob": "x"}), false),
+            "QMP input member 'exec-oob' is unexpected"
+        );
         assert_eq!(
             err_of(json!({"exec-oob": "x", "execute": "x"}), true),
             "QMP input member 'execute' clashes with 'exec-oob'"
@@ -207,7 +262,8 @@ mod tests {
 
     #[test]
     fn error_keeps_the_id() {
-        let (id, _) = parse_request(json!({"execute": "x", "foo": 1, "id": {"a": 1}}), false).unwrap_err();
+        let (id, _) =
+            parse_request(json!({"execute": "x", "foo": 1, "id": {"a": 1}}), false).unwrap_err();
         assert_eq!(id, Some(json!({"a": 1})));
     }
 
