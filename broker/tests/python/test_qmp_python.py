@@ -1,0 +1,143 @@
+"""bulkhead's QMP as QEMU's own Python client library (qemu.qmp) and
+qmp-shell see it.
+
+Run (after building bulkhead and its workers, e.g. `cargo build -p broker
+-p vcpu-proc -p block-proc`):
+
+    python3 -m venv .venv && .venv/bin/pip install qemu.qmp pytest
+    BULKHEAD_BIN=target/debug/bulkhead .venv/bin/pytest broker/tests/python
+
+BULKHEAD_BIN defaults to target/debug/bulkhead in the repository; the
+worker executables must sit beside it. Needs /dev/kvm.
+"""
+
+import asyncio
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+from qemu.qmp import EventListener, ExecuteError, QMPClient
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+BIN = pathlib.Path(os.environ.get("BULKHEAD_BIN", REPO / "target" / "debug" / "bulkhead"))
+
+
+@pytest.fixture
+def bulkhead():
+    """Starts bulkhead on a private QMP socket; yields the socket path."""
+    assert os.path.exists("/dev/kvm"), "these tests need /dev/kvm"
+    assert BIN.exists(), f"{BIN} not built (set BULKHEAD_BIN)"
+    tmp = tempfile.mkdtemp(prefix="bulkhead-py-")
+    sock = os.path.join(tmp, "q.sock")
+    proc = subprocess.Popen(
+        [str(BIN), "-qmp", f"unix:{sock},server=on,wait=off", "-serial", "null"],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        assert proc.poll() is None, f"bulkhead exited: {proc.returncode}"
+        assert time.monotonic() < deadline, "QMP socket never appeared"
+        time.sleep(0.01)
+    yield sock
+    proc.kill()
+    proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def connected(sock):
+    client = QMPClient("bulkhead-test")
+    await client.connect(sock)
+    return client
+
+
+def test_qmpclient_accepts_greeting_and_negotiates(bulkhead):
+    async def go():
+        client = await connected(bulkhead)
+        greeting = client.greeting
+        await client.disconnect()
+        return greeting
+
+    greeting = run(go())
+    version = greeting.QMP.version
+    assert version["qemu"]["major"] == 10
+    assert version["package"].startswith("bulkhead ")
+    assert list(greeting.QMP.capabilities) == ["oob"]
+
+
+def test_query_version_status_and_commands_execute(bulkhead):
+    async def go():
+        client = await connected(bulkhead)
+        out = (
+            await client.execute("query-version"),
+            await client.execute("query-status"),
+            await client.execute("query-commands"),
+        )
+        await client.disconnect()
+        return out
+
+    version, status, commands = run(go())
+    assert version["qemu"]["major"] == 10
+    assert status == {"running": True, "singlestep": False, "status": "running"}
+    names = {c["name"] for c in commands}
+    assert {"qmp_capabilities", "query-status", "stop", "cont", "quit"} <= names
+
+
+def test_errors_surface_as_execute_error_with_qemu_class(bulkhead):
+    async def go():
+        client = await connected(bulkhead)
+        errors = []
+        for cmd, args in (("no-such-command", None), ("cpu", {"index": "x"})):
+            try:
+                await client.execute(cmd, args)
+            except ExecuteError as e:
+                errors.append((e.error_class, e.error.error.desc))
+        await client.disconnect()
+        return errors
+
+    assert run(go()) == [
+        ("CommandNotFound", "The command no-such-command has not been found"),
+        ("GenericError", "Invalid parameter type for 'index', expected: integer"),
+    ]
+
+
+def test_stop_and_cont_events_reach_the_event_listener(bulkhead):
+    async def go():
+        client = await connected(bulkhead)
+        listener = EventListener(("STOP", "RESUME"))
+        client.register_listener(listener)
+        await client.execute("stop")
+        stop = await listener.get()
+        paused = await client.execute("query-status")
+        await client.execute("cont")
+        resume = await listener.get()
+        client.remove_listener(listener)
+        await client.disconnect()
+        return stop, paused, resume
+
+    stop, paused, resume = run(go())
+    assert stop["event"] == "STOP"
+    assert "seconds" in stop["timestamp"]
+    assert paused["status"] == "paused"
+    assert resume["event"] == "RESUME"
+
+
+def test_qmp_shell_runs_commands_from_stdin(bulkhead):
+    shell = shutil.which("qmp-shell") or str(pathlib.Path(os.sys.executable).parent / "qmp-shell")
+    out = subprocess.run(
+        [shell, bulkhead],
+        input="query-status\nquery-name\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert '"status": "running"' in out.stdout
+    assert '"return": {}' in out.stdout
