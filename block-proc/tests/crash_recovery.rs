@@ -102,6 +102,31 @@ fn request_executing_at_the_crash_is_resubmitted_and_completed() {
 }
 
 #[test]
+fn qcow2_writes_acknowledged_before_sigkill_survive_and_image_stays_consistent() {
+    let img = qcow2_image("crash.qcow2", "64M");
+    let sock = tmp("crashq.sock");
+    let json = qcow2_json(&img);
+    let mut bp = start(&sock, &json, &[]);
+    let mut dev = connect(&sock, 1);
+    for i in 0..32u64 {
+        assert_eq!(dev.write(0, i * 1000, &pattern(8192, i)).unwrap(), S_OK);
+    }
+    bp.kill();
+    let _bp2 = start(&sock, &json, &[]);
+    dev.reconnect().unwrap();
+    for i in 0..32u64 {
+        assert_eq!(
+            dev.read(0, i * 1000, 8192).unwrap().1,
+            pattern(8192, i),
+            "write {i} lost"
+        );
+    }
+    drop(dev);
+    drop(_bp2);
+    assert!(qemu_img_check(&img));
+}
+
+#[test]
 fn restart_with_idle_queues_resumes_service() {
     let img = raw_image("idle.raw", 4 << 20);
     let sock = tmp("idle.sock");

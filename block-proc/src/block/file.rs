@@ -86,7 +86,17 @@ pub fn file_size(file: &File) -> io::Result<u64> {
 
 /// `preadv`/`pwritev` until all of `iov` is transferred. A read hitting end
 /// of file zero-fills the rest.
-pub fn rw_full(fd: RawFd, iov: &mut [libc::iovec], mut offset: u64, write: bool) -> io::Result<()> {
+///
+/// # Safety
+///
+/// Every iovec must point at memory that stays valid (and, for reads,
+/// writable) for `iov_len` bytes during the call.
+unsafe fn rw_full(
+    fd: RawFd,
+    iov: &mut [libc::iovec],
+    mut offset: u64,
+    write: bool,
+) -> io::Result<()> {
     let mut idx = 0;
     while idx < iov.len() {
         if iov[idx].iov_len == 0 {
@@ -98,8 +108,8 @@ pub fn rw_full(fd: RawFd, iov: &mut [libc::iovec], mut offset: u64, write: bool)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let ptr = iov[idx..].as_ptr();
         let n = if write {
-            // SAFETY: ptr/cnt describe iovecs pointing at memory the caller keeps
-            // mapped for the duration of the call.
+            // SAFETY: ptr/cnt describe iovecs pointing at memory the caller
+            // guarantees valid for the duration of the call.
             unsafe { libc::pwritev(fd, ptr, cnt, off) }
         } else {
             // SAFETY: as above; the kernel writes only inside the iovecs.
@@ -166,7 +176,8 @@ impl Driver for FileDriver {
         let len = iobuf::total_len(bufs);
         if self.is_aligned(bufs, offset, len) {
             let mut iov = iobuf::iovecs(bufs);
-            return rw_full(self.file.as_raw_fd(), &mut iov, offset, false);
+            // SAFETY: the iovecs point into `bufs`, borrowed for this call.
+            return unsafe { rw_full(self.file.as_raw_fd(), &mut iov, offset, false) };
         }
         let (start, blen) = Self::bounce_range(offset, len);
         let mut b = AlignedBuf::new(blen)?;
@@ -175,7 +186,8 @@ impl Driver for FileDriver {
             iov_base: s.as_mut_ptr().cast(),
             iov_len: blen,
         }];
-        rw_full(self.file.as_raw_fd(), &mut iov, start, false)?;
+        // SAFETY: the iovec points into the bounce buffer `b`, alive here.
+        unsafe { rw_full(self.file.as_raw_fd(), &mut iov, start, false) }?;
         let skip = usize::try_from(offset - start).unwrap_or(0);
         iobuf::scatter(bufs, &b.as_slice()[skip..skip + len]);
         Ok(())
@@ -185,7 +197,8 @@ impl Driver for FileDriver {
         let len = iobuf::total_len(bufs);
         if self.is_aligned(bufs, offset, len) {
             let mut iov = iobuf::iovecs(bufs);
-            return rw_full(self.file.as_raw_fd(), &mut iov, offset, true);
+            // SAFETY: the iovecs point into `bufs`, borrowed for this call.
+            return unsafe { rw_full(self.file.as_raw_fd(), &mut iov, offset, true) };
         }
         let _g = self
             .rmw
@@ -198,7 +211,8 @@ impl Driver for FileDriver {
             iov_base: s.as_mut_ptr().cast(),
             iov_len: blen,
         }];
-        rw_full(self.file.as_raw_fd(), &mut iov, start, false)?;
+        // SAFETY: the iovec points into the bounce buffer `b`, alive here.
+        unsafe { rw_full(self.file.as_raw_fd(), &mut iov, start, false) }?;
         let skip = usize::try_from(offset - start).unwrap_or(0);
         iobuf::gather(bufs, &mut b.as_mut_slice()[skip..skip + len]);
         let s = b.as_mut_slice();
@@ -211,7 +225,8 @@ impl Driver for FileDriver {
             iov_base: s.as_mut_ptr().cast(),
             iov_len: wlen,
         }];
-        rw_full(self.file.as_raw_fd(), &mut iov, start, true)
+        // SAFETY: the iovec points into the bounce buffer `b`, alive here.
+        unsafe { rw_full(self.file.as_raw_fd(), &mut iov, start, true) }
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -307,6 +322,38 @@ mod tests {
         let mut back = vec![0u8; 1000];
         d.read(&[iobuf::slice_of(&mut back)], 513).unwrap();
         assert_eq!(back, vec![0xabu8; 1000]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn direct_file_driver_handles_unaligned_requests_through_bounce_buffers() {
+        use std::os::unix::fs::OpenOptionsExt;
+        // /tmp may be tmpfs (no O_DIRECT); use the crate directory's disk.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target-direct-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        let d = FileDriver::new(f, "x".into(), true).unwrap();
+        let mut data = vec![0x5au8; 700];
+        d.write(&[iobuf::slice_of(&mut data)], 4000).unwrap();
+        let mut aligned = AlignedBuf::new(8192).unwrap();
+        d.read(&[iobuf::slice_of(aligned.as_mut_slice())], 0)
+            .unwrap();
+        let a = aligned.as_slice();
+        assert!(a[..4000].iter().all(|&b| b == 0));
+        assert!(a[4000..4700].iter().all(|&b| b == 0x5a));
+        assert!(a[4700..].iter().all(|&b| b == 0));
+        let mut back = vec![0u8; 700];
+        d.read(&[iobuf::slice_of(&mut back)], 4000).unwrap();
+        assert_eq!(back, vec![0x5au8; 700]);
         std::fs::remove_file(path).unwrap();
     }
 

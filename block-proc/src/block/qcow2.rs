@@ -5,6 +5,13 @@
 //! for imago). Backing files named in the image header are never opened by
 //! path: they must be among the files the broker passed; a missing one is
 //! reported as [`Qcow2Error::NeedFiles`] so the broker can open and re-send.
+//!
+//! Crash-only: block-proc may be SIGKILLed at any time, and a write the
+//! guest saw acknowledged must survive that (the page cache keeps the file
+//! data, but imago caches L2 tables and refcount blocks in memory). So
+//! every modifying request writes imago's dirty metadata back to the file
+//! before it completes (`flush`, no fsync; cheap when nothing is dirty).
+//! Only a host crash needs the guest's FLUSH (fdatasync).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -192,7 +199,8 @@ impl Driver for Qcow2Driver {
             v.push_ioslice(IoSlice::new(s));
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
-        img.writev(v, offset)
+        img.writev(v, offset)?;
+        img.flush()
     }
     fn flush(&self) -> io::Result<()> {
         let img = self.img.read().map_err(|_| Self::lock_err())?;
@@ -204,15 +212,18 @@ impl Driver for Qcow2Driver {
         match img.discard_to_any(offset, len) {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
             r => r,
-        }
+        }?;
+        img.flush()
     }
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         if unmap {
             let mut img = self.img.write().map_err(|_| Self::lock_err())?;
-            return img.discard_to_zero(offset, len);
+            img.discard_to_zero(offset, len)?;
+            return img.flush();
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
-        img.write_zeroes(offset, len)
+        img.write_zeroes(offset, len)?;
+        img.flush()
     }
     fn image_info(&self) -> ImageInfo {
         let c = self.child.driver.image_info();

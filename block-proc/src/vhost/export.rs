@@ -120,7 +120,7 @@ fn serve(
         let Ok(watch) = stream.try_clone() else {
             continue;
         };
-        tracing::info!("export {id}: frontend connected");
+        tracing::debug!("export {id}: frontend connected");
         send(ExportEvent::Connected(id.clone()));
         let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
         let stopping = loop {
@@ -141,7 +141,7 @@ fn serve(
         if let Ok(mut b) = backend.lock() {
             b.disconnect();
         }
-        tracing::info!("export {id}: frontend disconnected");
+        tracing::debug!("export {id}: frontend disconnected");
         send(ExportEvent::Disconnected(id.clone()));
         if stopping {
             return;
