@@ -1,0 +1,173 @@
+//! block-proc under a broker: the control channel handshake, AddNode with
+//! passed fds, QEMU error wording through FlatError, AddExport with a
+//! passed listening socket, reference counting, queries and statistics.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command};
+
+use common::*;
+use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest, BlockdevOptions, FileFd};
+use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
+use ipc_proto::worker::BrokerChannel;
+use ipc_proto::{FlatError, WorkerKind};
+use vhost_user_harness::blk::S_OK;
+
+type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
+
+struct Worker {
+    child: Child,
+    chan: Chan,
+    next: u64,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn() -> Worker {
+    let (broker, worker) = UnixStream::pair().unwrap();
+    nix::fcntl::fcntl(
+        &worker,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&worker);
+    let child = Command::new(bin())
+        .arg("--control-fd")
+        .arg(fd.to_string())
+        .spawn()
+        .unwrap();
+    drop(worker);
+    let (chan, hello) = ipc_proto::worker::accept(broker, WorkerKind::Block).unwrap();
+    assert_eq!(hello.pid, child.id());
+    Worker {
+        child,
+        chan,
+        next: 1,
+    }
+}
+
+impl Worker {
+    fn call(
+        &mut self,
+        body: BlockRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<BlockReply, FlatError> {
+        let id = self.next;
+        self.next += 1;
+        self.chan
+            .send(&BrokerMsg::Request { id, body }, fds)
+            .unwrap();
+        loop {
+            match self.chan.recv().unwrap().0 {
+                WorkerMsg::Reply { id: rid, result } => {
+                    assert_eq!(rid, id);
+                    return result;
+                }
+                WorkerMsg::Event(_) => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn broker_builds_graph_exports_it_and_queries_stats_over_ipc() {
+    let img = raw_image("ipc.raw", 2 << 20);
+    let mut w = spawn();
+    let options: BlockdevOptions = serde_json::from_str(&raw_json(&img)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    let add = BlockRequest::AddNode {
+        options: options.clone(),
+        files: files.clone(),
+    };
+    assert_eq!(w.call(add.clone(), &[file.as_fd()]), Ok(BlockReply::Done));
+    assert_eq!(
+        w.call(add, &[file.as_fd()]).unwrap_err().desc,
+        "Duplicate nodes with node-name='disk0'"
+    );
+
+    let sock = tmp("ipc.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let export = BlockRequest::AddExport {
+        id: "e0".into(),
+        node_name: "disk0".into(),
+        num_queues: 2,
+        writable: true,
+        serial: "ipc".into(),
+        logical_block_size: 512,
+    };
+    assert_eq!(w.call(export, &[listener.as_fd()]), Ok(BlockReply::Done));
+    drop(listener);
+
+    let mut dev = connect(&sock, 2);
+    assert_eq!(dev.write(1, 16, &pattern(4096, 1)).unwrap(), S_OK);
+    assert_eq!(dev.read(0, 16, 4096).unwrap().1, pattern(4096, 1));
+
+    let Ok(BlockReply::Stats(stats)) = w.call(BlockRequest::QueryStats, &[]) else {
+        panic!("no stats");
+    };
+    let disk = stats.iter().find(|s| s.node_name == "disk0").unwrap();
+    assert_eq!((disk.stats.wr_operations, disk.stats.wr_bytes), (1, 4096));
+    assert_eq!((disk.stats.rd_operations, disk.stats.rd_bytes), (1, 4096));
+    assert_eq!(disk.wr_highest_offset, 16 * 512 + 4096);
+
+    let Ok(BlockReply::Nodes(nodes)) = w.call(BlockRequest::QueryNodes, &[]) else {
+        panic!("no nodes");
+    };
+    assert!(nodes
+        .iter()
+        .any(|n| n.node_name == "disk0" && n.in_use && n.drv == "raw"));
+
+    let del = BlockRequest::DelNode {
+        node_name: "disk0".into(),
+    };
+    assert_eq!(
+        w.call(del.clone(), &[]).unwrap_err().desc,
+        "Block device disk0 is in use"
+    );
+    drop(dev);
+    assert_eq!(
+        w.call(BlockRequest::DelExport { id: "e0".into() }, &[]),
+        Ok(BlockReply::Done)
+    );
+    assert_eq!(w.call(del, &[]), Ok(BlockReply::Done));
+    let Ok(BlockReply::Nodes(nodes)) = w.call(BlockRequest::QueryNodes, &[]) else {
+        panic!("no nodes");
+    };
+    assert!(nodes.is_empty());
+}
+
+#[test]
+fn add_node_without_its_file_fd_reports_could_not_open() {
+    let mut w = spawn();
+    let options: BlockdevOptions =
+        serde_json::from_str(r#"{"driver":"file","node-name":"f","filename":"/nope"}"#).unwrap();
+    let err = w
+        .call(
+            BlockRequest::AddNode {
+                options,
+                files: vec![],
+            },
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.desc,
+        "Could not open '/nope': No such file or directory"
+    );
+}
