@@ -511,3 +511,36 @@ fn idle_client_that_never_reads_does_not_stall_others() {
     idle.event("STOP");
     idle.event("RESUME");
 }
+
+#[test]
+fn stuck_client_is_disconnected_when_its_queue_overflows_and_others_go_on() {
+    let b = Bulkhead::start(&[]);
+    let mut stuck = b.client();
+    let mut active = b.client();
+    // Far more events than the session queue plus the socket buffer hold.
+    let pairs = broker::qmp::events::SESSION_QUEUE_DEPTH * 2;
+    let mut batch = String::new();
+    for _ in 0..pairs {
+        batch.push_str(r#"{"execute": "stop"}{"execute": "cont"}"#);
+    }
+    // Write from another thread while this one reads: the active client
+    // must keep reading, or it would be a stuck client too.
+    let mut w = active.stream.try_clone().unwrap();
+    let writer =
+        std::thread::spawn(move || std::io::Write::write_all(&mut w, batch.as_bytes()).unwrap());
+    for _ in 0..pairs * 2 {
+        assert_eq!(active.reply()["return"], json!({}));
+    }
+    writer.join().unwrap();
+    active.events.clear();
+    assert!(active.ok("query-version").is_object());
+    // The stuck client gets what was already buffered, then end of stream.
+    let mut received = 0usize;
+    while stuck.try_recv().is_some() {
+        received += 1;
+    }
+    assert!(
+        received < pairs * 2,
+        "stuck client was disconnected before it got every event"
+    );
+}
