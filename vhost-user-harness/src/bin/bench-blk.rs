@@ -3,7 +3,7 @@
 //! that file, all through the same harness and access patterns.
 //!
 //! ```text
-//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--direct]
+//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct]
 //! ```
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -17,7 +17,7 @@ use vhost_user_harness::{BlkDevice, BlkOptions, HarnessError, Request};
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
-    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--direct]")]
+    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct]")]
     Usage,
     #[error("harness")]
     Harness(#[from] HarnessError),
@@ -206,6 +206,7 @@ struct Args {
     direct: bool,
     rounds: u32,
     only: Option<usize>,
+    host_file: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args> {
@@ -213,10 +214,11 @@ fn parse() -> Result<Args> {
         bp: PathBuf::new(),
         file: PathBuf::new(),
         format: "raw".into(),
-        secs: 1.0,
+        secs: 0.7,
         direct: false,
         rounds: 2,
         only: None,
+        host_file: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -232,6 +234,7 @@ fn parse() -> Result<Args> {
                     .map_err(|_| BenchError::Usage)?
             }
             "--direct" => a.direct = true,
+            "--host-file" => a.host_file = Some(it.next().ok_or(BenchError::Usage)?.into()),
             "--rounds" => {
                 a.rounds = it
                     .next()
@@ -337,19 +340,25 @@ fn run() -> Result<()> {
         Some(i) => all.get(i).copied().into_iter().collect(),
         None => all.to_vec(),
     };
-    // Both backends run side by side and each workload is measured on
-    // block-proc, qsd and the host back to back, `rounds` times keeping the
-    // best, so background load on a shared machine hits all three alike.
-    let _b1 = start_bp(&a, &sock_bp)?;
-    let _b2 = start_qsd(&a, &sock_qsd)?;
-    let mut bp = BlkDevice::connect(&sock_bp, opts())?;
-    let mut qsd = BlkDevice::connect(&sock_qsd, opts())?;
-    let size = bp.capacity()? * 512;
-    let file_size = std::fs::metadata(&a.file)?.len().min(size);
+    // One backend at a time (two writers on one qcow2 image would corrupt
+    // it); each workload is measured on block-proc, qsd and the host back
+    // to back, `rounds` times keeping the best, so background load on a
+    // shared machine hits all three alike.
+    let size = {
+        let _b = start_bp(&a, &sock_bp)?;
+        let mut dev = BlkDevice::connect(&sock_bp, opts())?;
+        dev.capacity()? * 512
+    };
+    // Host writes at random offsets would wreck a qcow2 container, so the
+    // host baseline may run on another file (the raw image with the same
+    // data) given by --host-file.
+    let host_file = a.host_file.clone().unwrap_or_else(|| a.file.clone());
+    let file_size = std::fs::metadata(&host_file)?.len().min(size);
     println!(
-        "format={} file={} O_DIRECT={} ({}s per measurement, best of {}; host = one-thread pread/pwrite loop, qd1)",
+        "format={} file={} host-file={} O_DIRECT={} ({}s per measurement, best of {}; host = one-thread pread/pwrite loop, qd1)",
         a.format,
         a.file.display(),
+        host_file.display(),
         a.direct,
         a.secs,
         a.rounds
@@ -361,9 +370,17 @@ fn run() -> Result<()> {
     for w in works {
         let (mut rb, mut rq, mut rh) = (0f64, 0f64, 0f64);
         for _ in 0..a.rounds {
-            rb = rb.max(run_device(&mut bp, size, w, a.secs)?);
-            rq = rq.max(run_device(&mut qsd, size, w, a.secs)?);
-            rh = rh.max(run_host(&a.file, file_size, w, a.secs, a.direct)?);
+            {
+                let _b = start_bp(&a, &sock_bp)?;
+                let mut dev = BlkDevice::connect(&sock_bp, opts())?;
+                rb = rb.max(run_device(&mut dev, size, w, a.secs)?);
+            }
+            {
+                let _b = start_qsd(&a, &sock_qsd)?;
+                let mut dev = BlkDevice::connect(&sock_qsd, opts())?;
+                rq = rq.max(run_device(&mut dev, size, w, a.secs)?);
+            }
+            rh = rh.max(run_host(&host_file, file_size, w, a.secs, a.direct)?);
         }
         println!(
             "{:<18} {:>15} {:>15} {:>15} {:>8.2} {:>8.2}",
@@ -375,8 +392,6 @@ fn run() -> Result<()> {
             rb / rh
         );
     }
-    drop(bp);
-    drop(_b1);
     let gaps = recovery_gap(&a, &sock_bp)?;
     println!(
         "recovery gap (SIGKILL block-proc -> first request completed by the new process): median {:.1} ms, min {:.1} ms, max {:.1} ms",
