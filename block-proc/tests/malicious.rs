@@ -177,3 +177,33 @@ fn chain_without_status_byte_completes_with_zero_length() {
     assert!(alive(&bp));
     assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
 }
+
+#[test]
+fn invalid_vhost_user_requests_are_refused_and_the_backend_stays_up() {
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::VhostBackend;
+    use vhost_user_harness::frontend::{connect_retry, Connection, F_EVENT_IDX, F_VERSION_1};
+
+    let img = raw_image("proto.raw", 1 << 20);
+    let sock = tmp("proto.sock");
+    let bp = start(&sock, &raw_json(&img), &[]);
+    let fe = connect_retry(&sock, 1, Duration::from_secs(10)).unwrap();
+    let mut c = Connection::negotiate(fe, F_EVENT_IDX | F_VERSION_1).unwrap();
+    assert!(c.fe.set_vring_num(0, 3).is_err());
+    assert!(c.fe.set_vring_num(0, 65535).is_err());
+    assert!(c.fe.set_vring_base(7, 0).is_err());
+    assert!(c
+        .fe
+        .get_config(
+            56,
+            8,
+            vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+            &[0u8; 8]
+        )
+        .is_err());
+    assert!(c.fe.set_features(1 << 63).is_err());
+    drop(c);
+    assert!(alive(&bp));
+    let mut dev = connect(&sock, 1);
+    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+}
