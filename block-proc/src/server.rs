@@ -158,6 +158,15 @@ pub fn run(chan: BlockChannel) -> Result<()> {
             let ev = match e {
                 ExportEvent::Connected(id) => BlockEvent::ExportConnected { id },
                 ExportEvent::Disconnected(id) => BlockEvent::ExportDisconnected { id },
+                ExportEvent::IoError {
+                    node_name,
+                    operation,
+                    reason,
+                } => BlockEvent::IoError {
+                    node_name,
+                    operation: operation.to_string(),
+                    reason,
+                },
             };
             if ev_chan.send(&WorkerMsg::Event(ev), &[]).is_err() {
                 return;

@@ -144,13 +144,33 @@ impl BlkConfig {
     }
 }
 
+/// A host I/O failure behind an IOERR status (QEMU's `BLOCK_IO_ERROR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoFailure {
+    /// `read`, `write`, `flush` or `discard`.
+    pub operation: &'static str,
+    /// strerror text.
+    pub reason: String,
+}
+
 /// What the queue must do with a processed chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     /// Bytes written into device-writable buffers (used element length).
     pub used_len: u32,
     /// The status written (None when no status byte was available).
     pub status: Option<u8>,
+    /// The host error, when the status is IOERR because the I/O failed.
+    pub failure: Option<IoFailure>,
+}
+
+fn failed(status: &VolatileSlice<'_>, operation: &'static str, e: &std::io::Error) -> Completion {
+    let mut c = finish(status, S_IOERR, 0);
+    c.failure = Some(IoFailure {
+        operation,
+        reason: crate::block::graph::strerror(e),
+    });
+    c
 }
 
 struct Parsed<'m> {
@@ -230,6 +250,7 @@ fn finish(status_slice: &VolatileSlice<'_>, status: u8, data_in: usize) -> Compl
     Completion {
         used_len: u32::try_from(data_in + 1).unwrap_or(u32::MAX),
         status: Some(status),
+        failure: None,
     }
 }
 
@@ -252,6 +273,7 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
             return Completion {
                 used_len: 0,
                 status: None,
+                failure: None,
             };
         }
     };
@@ -286,11 +308,9 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
             match r {
                 Ok(()) => finish(&p.status, S_OK, if write { 0 } else { in_len as usize }),
                 Err(e) => {
-                    warn_ratelimited!(
-                        "virtio-blk: {} at {off} failed: {e}",
-                        if write { "write" } else { "read" }
-                    );
-                    finish(&p.status, S_IOERR, 0)
+                    let op = if write { "write" } else { "read" };
+                    warn_ratelimited!("virtio-blk: {op} at {off} failed: {e}");
+                    failed(&p.status, op, &e)
                 }
             }
         }
@@ -298,7 +318,7 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
             Ok(()) => finish(&p.status, S_OK, 0),
             Err(e) => {
                 warn_ratelimited!("virtio-blk: flush failed: {e}");
-                finish(&p.status, S_IOERR, 0)
+                failed(&p.status, "flush", &e)
             }
         },
         req::GET_ID => {
@@ -347,7 +367,7 @@ fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) 
         Ok(()) => finish(&p.status, S_OK, 0),
         Err(e) => {
             warn_ratelimited!("virtio-blk: discard/write-zeroes failed: {e}");
-            finish(&p.status, S_IOERR, 0)
+            failed(&p.status, if discard { "discard" } else { "write" }, &e)
         }
     }
 }
@@ -429,7 +449,8 @@ mod tests {
             c,
             Completion {
                 used_len: 21,
-                status: Some(S_OK)
+                status: Some(S_OK),
+                failure: None
             }
         );
         let mut id = [0u8; 8];
@@ -478,7 +499,8 @@ mod tests {
             process(&node, &cfg, &mem, &d),
             Completion {
                 used_len: 0,
-                status: None
+                status: None,
+                failure: None
             }
         );
     }

@@ -21,6 +21,7 @@ struct Worker {
     child: Child,
     chan: Chan,
     next: u64,
+    events: Vec<BlockEvent>,
 }
 
 impl Drop for Worker {
@@ -50,6 +51,7 @@ fn spawn() -> Worker {
         child,
         chan,
         next: 1,
+        events: Vec::new(),
     }
 }
 
@@ -70,7 +72,7 @@ impl Worker {
                     assert_eq!(rid, id);
                     return result;
                 }
-                WorkerMsg::Event(_) => {}
+                WorkerMsg::Event(e) => self.events.push(e),
             }
         }
     }
@@ -170,4 +172,53 @@ fn add_node_without_its_file_fd_reports_could_not_open() {
         err.desc,
         "Could not open '/nope': No such file or directory"
     );
+}
+
+#[test]
+fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
+    let img = raw_image("ipc-ro.raw", 1 << 20);
+    let mut w = spawn();
+    let options: BlockdevOptions = serde_json::from_str(&raw_json(&img)).unwrap();
+    // The node is writable but the fd only allows reading: writes fail on the host.
+    let file = std::fs::File::open(&img).unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    assert_eq!(
+        w.call(BlockRequest::AddNode { options, files }, &[file.as_fd()]),
+        Ok(BlockReply::Done)
+    );
+    let sock = tmp("ipc-ro.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let export = BlockRequest::AddExport {
+        id: "e1".into(),
+        node_name: "disk0".into(),
+        num_queues: 1,
+        writable: true,
+        serial: "x".into(),
+        logical_block_size: 512,
+    };
+    assert_eq!(w.call(export, &[listener.as_fd()]), Ok(BlockReply::Done));
+    let mut dev = connect(&sock, 1);
+    assert_eq!(
+        dev.write(0, 0, &pattern(512, 1)).unwrap(),
+        vhost_user_harness::blk::S_IOERR
+    );
+    let want = BlockEvent::IoError {
+        node_name: "disk0".into(),
+        operation: "write".into(),
+        reason: "Bad file descriptor".into(),
+    };
+    w.chan
+        .socket()
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    while !w.events.contains(&want) {
+        let (msg, _) = w.chan.recv().unwrap();
+        if let WorkerMsg::Event(e) = msg {
+            w.events.push(e);
+        }
+    }
 }

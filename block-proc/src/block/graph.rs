@@ -50,11 +50,13 @@ pub enum GraphError {
 /// Result of graph operations.
 pub type Result<T> = std::result::Result<T, GraphError>;
 
-/// strerror text of an io::Error, as QEMU prints it.
+/// strerror text of an io::Error, as QEMU prints it (the C library's
+/// wording, without Rust's " (os error N)" suffix).
 pub fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-        None => e.to_string(),
+    let s = e.to_string();
+    match (e.raw_os_error(), s.rfind(" (os error ")) {
+        (Some(_), Some(i)) => s[..i].to_string(),
+        _ => s,
     }
 }
 
@@ -327,4 +329,17 @@ fn dup_child_file(child: &Node) -> Result<File> {
         filename: info.filename,
         reason: strerror(&e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strerror_uses_the_c_library_wording() {
+        let e = std::io::Error::from_raw_os_error(libc::EBADF);
+        assert_eq!(strerror(&e), "Bad file descriptor");
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(strerror(&e), "No such file or directory");
+    }
 }

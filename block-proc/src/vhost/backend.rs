@@ -9,6 +9,7 @@
 //! queues at their current position.
 
 use std::fs::File;
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use vhost::vhost_user::message::{
@@ -21,6 +22,7 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 
+use super::export::ExportEvent;
 use super::memory::MemoryTable;
 use super::queue::{QueueParams, QueueWorker};
 use crate::block::Node;
@@ -49,6 +51,7 @@ pub struct BlkBackend {
     mem: Option<MemoryTable>,
     queues: Vec<QueueSlot>,
     inflight: Option<InflightRegion>,
+    events: Option<Sender<ExportEvent>>,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -56,8 +59,9 @@ fn io_err(msg: &'static str) -> VuError {
 }
 
 impl BlkBackend {
-    /// A backend exporting `node` as described by `blk`.
-    pub fn new(node: Arc<Node>, blk: BlkConfig) -> Self {
+    /// A backend exporting `node` as described by `blk`, reporting I/O
+    /// failures to `events`.
+    pub fn new(node: Arc<Node>, blk: BlkConfig, events: Option<Sender<ExportEvent>>) -> Self {
         let n = usize::from(blk.num_queues);
         BlkBackend {
             node,
@@ -67,6 +71,7 @@ impl BlkBackend {
             mem: None,
             queues: (0..n).map(|_| QueueSlot::default()).collect(),
             inflight: None,
+            events,
         }
     }
 
@@ -150,6 +155,7 @@ impl BlkBackend {
             kick,
             call,
             inflight,
+            events: self.events.clone(),
         };
         match QueueWorker::start(params) {
             Ok(w) => q.worker = Some(w),

@@ -25,6 +25,15 @@ pub enum ExportEvent {
     Connected(String),
     /// The frontend disconnected.
     Disconnected(String),
+    /// A request failed on the host (rate limited per queue).
+    IoError {
+        /// Node name.
+        node_name: String,
+        /// `read`, `write`, `flush` or `discard`.
+        operation: &'static str,
+        /// strerror text.
+        reason: String,
+    },
 }
 
 /// A running export.
@@ -46,7 +55,11 @@ impl Export {
         let stop = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
-        let backend = Arc::new(Mutex::new(BlkBackend::new(node.clone(), cfg)));
+        let backend = Arc::new(Mutex::new(BlkBackend::new(
+            node.clone(),
+            cfg,
+            events.clone(),
+        )));
         let st = stop.clone();
         node.acquire();
         let handle = std::thread::Builder::new()

@@ -18,8 +18,12 @@ use std::thread::JoinHandle;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use std::sync::mpsc::Sender;
+
+use super::export::ExportEvent;
 use crate::block::Node;
 use crate::inflight::QueueInflight;
+use crate::ratelimit::RateLimit;
 use crate::virtio_blk::{self, BlkConfig};
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use crate::warn_ratelimited;
@@ -46,6 +50,8 @@ pub struct QueueParams {
     pub call: Option<File>,
     /// Inflight tracker of this queue, if the frontend set one.
     pub inflight: Option<QueueInflight>,
+    /// Where host I/O failures are reported (rate limited).
+    pub events: Option<Sender<ExportEvent>>,
 }
 
 /// A running queue thread.
@@ -77,6 +83,7 @@ struct Ctx {
     p: QueueParams,
     descs: Vec<Desc>,
     broken: bool,
+    error_events: RateLimit,
 }
 
 fn signal(f: &Option<File>) {
@@ -102,6 +109,15 @@ impl Ctx {
         }
         self.ring.chain(&self.p.mem, head, &mut self.descs)?;
         let c = virtio_blk::process(&self.p.node, &self.p.blk, &self.p.mem, &self.descs);
+        if let (Some(f), Some(tx)) = (c.failure, self.p.events.as_ref()) {
+            if self.error_events.allow() {
+                let _ = tx.send(ExportEvent::IoError {
+                    node_name: self.p.node.name.clone(),
+                    operation: f.operation,
+                    reason: f.reason,
+                });
+            }
+        }
         if let Some(inf) = self.p.inflight.as_ref() {
             inf.pre_put(head);
         }
@@ -172,6 +188,7 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
         p,
         descs: Vec::with_capacity(64),
         broken: false,
+        error_events: RateLimit::new(),
     };
     if let Err(e) = ctx.start() {
         ctx.fail(e);
