@@ -249,3 +249,32 @@ fn requests_before_create_vm_are_refused_and_bad_slots_fail_creation() {
     let err = vmm.request(VcpuRequest::QueryStatus).unwrap_err();
     assert!(err.desc.contains("not been created"), "{}", err.desc);
 }
+
+#[test]
+fn serial_socket_serves_one_client_and_drops_output_without_one() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = std::env::temp_dir().join(format!("bulkhead-serial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("com1.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut opts = Opts::guest("hello");
+    opts.serial_listener = Some(listener);
+    let vmm = started(opts);
+    let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut writer = client.try_clone().unwrap();
+    // Output printed before the client connected may be lost; typed input
+    // is echoed, which proves both directions.
+    writer.write_all(b"ping\r").unwrap();
+    let mut reader = BufReader::new(client);
+    let mut line = String::new();
+    while !line.contains("ping") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "client EOF");
+    }
+    writer.write_all(b"exit\r").unwrap();
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    let _ = std::fs::remove_dir_all(&dir);
+}

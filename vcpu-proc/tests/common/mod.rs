@@ -83,6 +83,8 @@ pub struct Opts {
     pub no_shutdown: bool,
     pub no_reboot: bool,
     pub serial_input: bool,
+    /// Serve the serial port on this listening socket instead of the pipe.
+    pub serial_listener: Option<std::os::unix::net::UnixListener>,
 }
 
 impl Opts {
@@ -98,6 +100,7 @@ impl Opts {
             no_shutdown: false,
             no_reboot: false,
             serial_input: false,
+            serial_listener: None,
         }
     }
 }
@@ -116,7 +119,7 @@ pub struct Vmm {
 
 impl Vmm {
     /// Starts vcpu-proc and sends `CreateVm`.
-    pub fn start(opts: Opts) -> Vmm {
+    pub fn start(mut opts: Opts) -> Vmm {
         let kvm = require_kvm();
         let (broker_end, worker_end) = UnixStream::pair().unwrap();
         let child_fd = worker_end.as_raw_fd();
@@ -200,6 +203,16 @@ impl Vmm {
         } else {
             None
         };
+        let serial_cfg = match opts.serial_listener.take() {
+            Some(l) => {
+                fds.push(OwnedFd::from(l));
+                SerialConfig::Listener(FdSlot(fds.len() as u8 - 1))
+            }
+            None => SerialConfig::Stream {
+                output: FdSlot(2),
+                input,
+            },
+        };
         let cfg = VmConfig {
             kvm: FdSlot(0),
             memory: FdSlot(1),
@@ -208,10 +221,7 @@ impl Vmm {
             kernel,
             initrd,
             cmdline: opts.cmdline.clone(),
-            serial: SerialConfig::Stream {
-                output: FdSlot(2),
-                input,
-            },
+            serial: serial_cfg,
             start_paused: opts.start_paused,
             no_shutdown: opts.no_shutdown,
             no_reboot: opts.no_reboot,
@@ -275,6 +285,11 @@ impl Vmm {
                 panic!("vcpu-proc went away; serial:\n{}", self.serial_text())
             }
         }
+    }
+
+    /// Every event received so far, without waiting.
+    pub fn drain_events(&self) -> Vec<VcpuEvent> {
+        self.events.try_iter().collect()
     }
 
     /// True if no event arrives within `wait`.
