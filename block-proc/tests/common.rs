@@ -14,13 +14,41 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_block-proc"))
 }
 
-/// A unique temp path for this test process.
-pub fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("bp-it-{}-{name}", std::process::id()))
+/// A temp path removed when dropped.
+pub struct Tmp(PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Tmp {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Tmp {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A unique temp path for this test process, removed when dropped.
+pub fn tmp(name: &str) -> Tmp {
+    Tmp(std::env::temp_dir().join(format!("bp-it-{}-{name}", std::process::id())))
 }
 
 /// A zero-filled raw image of `size` bytes.
-pub fn raw_image(name: &str, size: u64) -> PathBuf {
+pub fn raw_image(name: &str, size: u64) -> Tmp {
     let p = tmp(name);
     let f = std::fs::File::create(&p).unwrap();
     f.set_len(size).unwrap();
@@ -28,7 +56,7 @@ pub fn raw_image(name: &str, size: u64) -> PathBuf {
 }
 
 /// A qcow2 image made by qemu-img.
-pub fn qcow2_image(name: &str, size: &str) -> PathBuf {
+pub fn qcow2_image(name: &str, size: &str) -> Tmp {
     let p = tmp(name);
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])

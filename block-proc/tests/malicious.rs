@@ -42,13 +42,7 @@ fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
     }
 }
 
-fn setup(
-    name: &str,
-) -> (
-    vhost_user_harness::process::Backend,
-    BlkDevice,
-    std::path::PathBuf,
-) {
+fn setup(name: &str) -> (vhost_user_harness::process::Backend, BlkDevice, Tmp) {
     let img = raw_image(&format!("{name}.raw"), 1 << 20);
     let sock = tmp(&format!("{name}.sock"));
     let bp = start(&sock, &raw_json(&img), &["--num-queues", "2"]);

@@ -12,6 +12,15 @@ fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("harness-qsd-{}-{name}", std::process::id()))
 }
 
+/// Removes a file when dropped.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     (0..len as u64)
         .map(|i| ((i.wrapping_mul(31) + seed * 7919) % 251) as u8)
@@ -39,6 +48,7 @@ fn qsd(name: &str, size: u64, queues: u16) -> (Backend, PathBuf, PathBuf) {
 #[test]
 fn harness_round_trips_data_through_qemu_storage_daemon() {
     let (_b, sock, img) = qsd("rt", 8 << 20, 2);
+    let _cleanup = Cleanup(img.clone());
     let mut dev = BlkDevice::connect(
         &sock,
         BlkOptions {
@@ -65,7 +75,8 @@ fn harness_round_trips_data_through_qemu_storage_daemon() {
 
 #[test]
 fn harness_pipelines_requests_and_gets_id_from_qemu_storage_daemon() {
-    let (_b, sock, _img) = qsd("pipe", 8 << 20, 1);
+    let (_b, sock, img) = qsd("pipe", 8 << 20, 1);
+    let _cleanup = Cleanup(img);
     let mut dev = BlkDevice::connect(&sock, BlkOptions::default()).unwrap();
     for k in 0..32u64 {
         dev.submit(
