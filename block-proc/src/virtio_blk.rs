@@ -525,4 +525,37 @@ mod tests {
         ];
         assert_eq!(process(&node, &cfg, &mem, &d).status, Some(S_UNSUPP));
     }
+
+    #[test]
+    fn random_descriptor_chains_never_panic() {
+        let (node, cfg, mem) = setup();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let n = (rnd() % 5) as usize;
+            let descs: Vec<Desc> = (0..n)
+                .map(|_| Desc {
+                    addr: match rnd() % 4 {
+                        0 => rnd(),
+                        _ => rnd() % (1 << 20),
+                    },
+                    len: match rnd() % 4 {
+                        0 => rnd() as u32,
+                        1 => 0,
+                        _ => (rnd() % 8192) as u32,
+                    },
+                    flags: (rnd() % 4) as u16,
+                    next: 0,
+                })
+                .collect();
+            let _ = mem.write_obj((rnd() % 16) as u32, GuestAddress(rnd() % (1 << 20) & !3));
+            let c = process(&node, &cfg, &mem, &descs);
+            assert!(c.status.is_some() || c.used_len == 0);
+        }
+    }
 }

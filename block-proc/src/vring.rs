@@ -377,4 +377,36 @@ mod tests {
         assert!(need_event(0, 1, 0));
         assert!(!need_event(5, 3, 2));
     }
+
+    #[test]
+    fn random_rings_never_panic() {
+        let m = mem();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut out = Vec::new();
+        for _ in 0..2_000 {
+            for _ in 0..64 {
+                let _ = m.write_obj(rnd(), GuestAddress(0x1000 + (rnd() % 0x3000) & !7));
+            }
+            let mut r = ring();
+            for _ in 0..16 {
+                match r.pop(&m) {
+                    Ok(Some(h)) => {
+                        if r.chain(&m, h, &mut out).is_ok() {
+                            assert!(out.len() <= 8);
+                            let _ = r.add_used(&m, h, 1);
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let _ = r.needs_notification(&m);
+            let _ = r.enable_notification(&m);
+        }
+    }
 }

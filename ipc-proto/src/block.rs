@@ -17,6 +17,20 @@
 //! qcow2 image's backing chain is opened the same way: if block-proc finds a
 //! backing file it has no fd for, it answers [`BlockReply::NeedFiles`] and
 //! the broker re-sends `AddNode` with those files added.
+//!
+//! Exports: the broker creates and keeps the vhost-user listening socket and
+//! passes it (fd 0) with [`BlockRequest::AddExport`]. block-proc accepts one
+//! frontend at a time on it and serves another after a disconnect.
+//!
+//! Restart: a killed block-proc holds no state worth saving. The broker
+//! starts a new one and replays, in creation order, every `AddNode` it
+//! recorded (with its files, re-passed) and every `AddExport` (with the same
+//! listening socket, so the path the frontend reconnects to never changes).
+//! The frontend (vcpu-proc) then reconnects and re-sends features, memory
+//! table, the inflight region it got once from GET_INFLIGHT_FD (via
+//! SET_INFLIGHT_FD, before the rings) and the rings; block-proc resubmits
+//! the requests the region shows unfinished. On a virtio device reset the
+//! frontend must drop that region and get a fresh one.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
