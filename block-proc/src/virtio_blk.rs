@@ -553,7 +553,7 @@ mod tests {
                     next: 0,
                 })
                 .collect();
-            let _ = mem.write_obj((rnd() % 16) as u32, GuestAddress(rnd() % (1 << 20) & !3));
+            let _ = mem.write_obj((rnd() % 16) as u32, GuestAddress((rnd() % (1 << 20)) & !3));
             let c = process(&node, &cfg, &mem, &descs);
             assert!(c.status.is_some() || c.used_len == 0);
         }

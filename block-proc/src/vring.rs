@@ -391,7 +391,7 @@ mod tests {
         let mut out = Vec::new();
         for _ in 0..2_000 {
             for _ in 0..64 {
-                let _ = m.write_obj(rnd(), GuestAddress(0x1000 + (rnd() % 0x3000) & !7));
+                let _ = m.write_obj(rnd(), GuestAddress((0x1000 + (rnd() % 0x3000)) & !7));
             }
             let mut r = ring();
             for _ in 0..16 {
