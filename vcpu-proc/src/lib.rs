@@ -35,6 +35,7 @@ pub mod regs;
 pub mod runstate;
 pub mod server;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 use std::path::PathBuf;

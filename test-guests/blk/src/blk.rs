@@ -1,0 +1,202 @@
+//! virtio-blk on top of [`crate::virtio`]: one request at a time (header,
+//! data, status descriptors), capacity from the config space, and the
+//! write / flush / read-back / verify pass the guests run.
+
+use core::ptr::{addr_of, addr_of_mut};
+
+use guest_rt::apic::{self, ioapic_route, lapic_id, Trigger};
+use guest_rt::{idt, port, println};
+
+use crate::pattern::{self, Mismatch, SECTOR, WORDS};
+use crate::virtio::{Device, SetupError, GSI_BASE};
+
+/// virtio device type of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// VIRTIO_BLK_F_RO.
+pub const F_RO: u64 = 1 << 5;
+/// VIRTIO_BLK_F_FLUSH.
+pub const F_FLUSH: u64 = 1 << 9;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const S_OK: u8 = 0;
+
+/// Sectors written and verified per pass.
+pub const SECTORS: u64 = 64;
+/// Sectors per request.
+pub const PER_REQUEST: usize = 8;
+
+/// Interrupt vector of the device.
+const VECTOR: u8 = 0x30;
+/// Fallback wake-up tick (LAPIC timer, 10 ms at KVM's 1 GHz bus / 16).
+const TICK_VECTOR: u8 = 0x31;
+const TICK_COUNT: u32 = 625_000;
+
+#[repr(C, align(4096))]
+struct Data([[u64; WORDS]; PER_REQUEST]);
+
+#[repr(C)]
+struct Header {
+    kind: u32,
+    reserved: u32,
+    sector: u64,
+}
+
+static mut DATA: Data = Data([[0; WORDS]; PER_REQUEST]);
+static mut HEADER: Header = Header {
+    kind: 0,
+    reserved: 0,
+    sector: 0,
+};
+static mut STATUS: u8 = 0xff;
+
+/// Why a pass failed.
+#[derive(Debug, Clone, Copy)]
+pub enum PassError {
+    /// A request completed with a non-OK status.
+    Status {
+        /// Request type.
+        kind: u32,
+        /// First sector.
+        sector: u64,
+        /// Status byte.
+        status: u8,
+    },
+    /// Read-back data differs.
+    Data {
+        /// Sector.
+        sector: u64,
+        /// What differs.
+        mismatch: Mismatch,
+    },
+}
+
+/// A virtio-blk device.
+pub struct Blk {
+    dev: Device,
+    /// Capacity in 512-byte sectors.
+    pub capacity: u64,
+}
+
+fn on_interrupt(_vector: u8) {}
+
+fn wait() {
+    port::wait_for_interrupt();
+}
+
+impl Blk {
+    /// Probes virtio-mmio slot `slot` and sets the device up; routes its
+    /// interrupt and starts the fallback tick.
+    pub fn init(slot: u32) -> Result<Blk, SetupError> {
+        idt::set_handler(VECTOR, on_interrupt);
+        idt::set_handler(TICK_VECTOR, on_interrupt);
+        ioapic_route(GSI_BASE + slot as u8, VECTOR, Trigger::Edge, lapic_id());
+        apic::timer_periodic(TICK_VECTOR, TICK_COUNT);
+        let dev = Device::init(slot, VIRTIO_ID_BLOCK, F_FLUSH)?;
+        let capacity = dev.config_u64(0);
+        Ok(Blk { dev, capacity })
+    }
+
+    /// Features negotiated.
+    pub fn features(&self) -> u64 {
+        self.dev.features
+    }
+
+    fn request(&mut self, kind: u32, sector: u64, bytes: u32) -> u8 {
+        // SAFETY: single-threaded driver; the previous request completed,
+        // so the device no longer uses the header and status buffers.
+        unsafe {
+            addr_of_mut!(HEADER).write_volatile(Header {
+                kind,
+                reserved: 0,
+                sector,
+            })
+        };
+        // SAFETY: as above.
+        unsafe { addr_of_mut!(STATUS).write_volatile(0xff) };
+        let hdr = addr_of!(HEADER) as u64;
+        let data = addr_of!(DATA) as u64;
+        let status = addr_of!(STATUS) as u64;
+        let hdr_desc = (hdr, core::mem::size_of::<Header>() as u32, false);
+        let status_desc = (status, 1, true);
+        if bytes == 0 {
+            self.dev.submit(&[hdr_desc, status_desc], &mut wait);
+        } else {
+            let data_desc = (data, bytes, kind == T_IN);
+            self.dev
+                .submit(&[hdr_desc, data_desc, status_desc], &mut wait);
+        }
+        // SAFETY: the device wrote the status before publishing the used
+        // element.
+        unsafe { addr_of!(STATUS).read_volatile() }
+    }
+
+    fn data() -> &'static mut [[u64; WORDS]; PER_REQUEST] {
+        // SAFETY: single-threaded driver; the buffer is only handed to the
+        // device inside `request`, which waits for completion.
+        unsafe { &mut (*addr_of_mut!(DATA)).0 }
+    }
+
+    fn checked(&mut self, kind: u32, sector: u64, bytes: u32) -> Result<(), PassError> {
+        match self.request(kind, sector, bytes) {
+            S_OK => Ok(()),
+            status => Err(PassError::Status {
+                kind,
+                sector,
+                status,
+            }),
+        }
+    }
+
+    /// Writes the patterns of `pass` to sectors `[start, start + SECTORS)`,
+    /// flushes (if offered), reads them back and verifies them.
+    pub fn run_pass(&mut self, start: u64, pass: u64) -> Result<(), PassError> {
+        let bytes = (PER_REQUEST * SECTOR) as u32;
+        let mut s = start;
+        while s < start + SECTORS {
+            for (i, sec) in Self::data().iter_mut().enumerate() {
+                pattern::fill(sec, s + i as u64, pass);
+            }
+            self.checked(T_OUT, s, bytes)?;
+            s += PER_REQUEST as u64;
+        }
+        if self.features() & F_FLUSH != 0 {
+            self.checked(T_FLUSH, 0, 0)?;
+        }
+        let mut s = start;
+        while s < start + SECTORS {
+            for sec in Self::data().iter_mut() {
+                sec.fill(0);
+            }
+            self.checked(T_IN, s, bytes)?;
+            for (i, sec) in Self::data().iter().enumerate() {
+                let sector = s + i as u64;
+                pattern::check(sec, sector, pass)
+                    .map_err(|mismatch| PassError::Data { sector, mismatch })?;
+            }
+            s += PER_REQUEST as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Sets up slot 0 and prints what it found; fails the test on error.
+pub fn setup() -> Blk {
+    let blk = match Blk::init(0) {
+        Ok(b) => b,
+        Err(e) => guest_rt::fail!("virtio-blk set-up: {:?}", e),
+    };
+    println!(
+        "blk: capacity {} sectors, features {:#x}",
+        blk.capacity,
+        blk.features()
+    );
+    if blk.capacity < SECTORS {
+        guest_rt::fail!("disk too small: {} sectors", blk.capacity);
+    }
+    if blk.features() & F_RO != 0 {
+        guest_rt::fail!("disk is read-only");
+    }
+    blk
+}

@@ -1,0 +1,28 @@
+//! `blk`: probes virtio-mmio slot 0 for a virtio-blk device, then runs
+//! [`PASSES`] passes of write / flush / read back / verify over
+//! `blk::SECTORS` sectors and reports `VERDICT: PASS blk` (exit 0) or
+//! `VERDICT: FAIL blk: ...` (exit 1). After the passes the disk holds the
+//! pattern of the last pass (see `pattern.rs`), which a host test can check.
+
+#![no_std]
+#![no_main]
+
+use blk::blk::setup;
+use guest_rt::println;
+
+/// Passes run before the verdict.
+pub const PASSES: u64 = 3;
+
+guest_rt::guest!("blk", main);
+
+fn main() -> ! {
+    println!("Bulkhead test guest: blk");
+    let mut disk = setup();
+    for pass in 1..=PASSES {
+        if let Err(e) = disk.run_pass(0, pass) {
+            guest_rt::fail!("pass {}: {:?}", pass, e);
+        }
+        println!("blk: pass {} ok", pass);
+    }
+    guest_rt::exit::pass()
+}
