@@ -486,4 +486,33 @@ mod tests {
         assert_eq!(out[1], Err("JSON parse error, expecting value".into()));
         assert_eq!(out[2], Ok(json!({"b": 2})));
     }
+
+    #[test]
+    fn random_bytes_never_panic_and_a_control_character_resynchronises() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut s = JsonStream::new();
+        let mut out = Vec::new();
+        for _ in 0..2000 {
+            let mut chunk = [0u8; 97];
+            for b in chunk.iter_mut() {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                // Bias towards JSON's own characters so that deep and odd
+                // structures are produced, not only stray bytes.
+                let pick = (seed >> 33) as usize;
+                let alphabet = b"{}[]\"',:0123456789-.eEtrufalsn \n\xff";
+                *b = alphabet[pick % alphabet.len()];
+            }
+            s.feed(&chunk, &mut out);
+            out.clear();
+        }
+        // Whatever state the garbage left: close any string with a
+        // control character, then close every open structure.
+        s.feed(b"\n", &mut out);
+        s.feed(&b"]}".repeat(MAX_NESTING + 1), &mut out);
+        out.clear();
+        s.feed(br#"{"ok": 1}"#, &mut out);
+        assert_eq!(out.last(), Some(&Ok(json!({"ok": 1}))));
+    }
 }
