@@ -1,0 +1,373 @@
+//! The `blk` test guests on a virtio-mmio disk served by the real block-proc
+//! (`--standalone`) over vhost-user, the VM built through vcpu-proc's
+//! library (`Vm::create`, then `VirtioMmioDevice::new_vhost_user_blk` on its
+//! MMIO bus), including SIGKILLing block-proc while the guest runs.
+//!
+//! Needs /dev/kvm and a built block-proc binary: next to this test's
+//! target directory (`cargo build -p block-proc` with the same
+//! CARGO_TARGET_DIR) or named by `BULKHEAD_BLOCK_PROC`. Fails with a clear
+//! message when either is missing.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
+use vcpu_proc::runstate::Input;
+use vcpu_proc::virtio::{VhostUserBlkParams, VirtioEvent, VirtioMmioDevice};
+use vcpu_proc::vm::{FdTable, Vm};
+
+/// Generous: guest code is very slow on the nested KVM of the CI machines.
+const TIMEOUT: Duration = Duration::from_secs(180);
+const MEM_SIZE: u64 = 64 << 20;
+const IMAGE_SECTORS: u64 = 4096;
+
+fn guest(name: &str) -> PathBuf {
+    Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(name)
+}
+
+fn block_proc_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
+        return PathBuf::from(p);
+    }
+    // <target>/debug/deps/virtio_blk-HASH → <target>/debug/block-proc
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("block-proc"))
+        .unwrap();
+    assert!(
+        p.exists(),
+        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
+        p.display()
+    );
+    p
+}
+
+struct BlockProc(Child);
+
+impl BlockProc {
+    fn start(image: &Path, sock: &Path) -> Self {
+        let _ = std::fs::remove_file(sock);
+        let json = format!(
+            r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}"#,
+            image.display()
+        );
+        let child = Command::new(block_proc_bin())
+            .arg("--standalone")
+            .arg("--socket")
+            .arg(sock)
+            .arg("--blockdev")
+            .arg(json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        BlockProc(child)
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no chance to clean up, as in a crash.
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for BlockProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn connect(sock: &Path) -> UnixStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to {}: {e}",
+                    sock.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("bulkhead-vblk-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
+}
+
+/// Serial output, collected line by line.
+#[derive(Clone, Default)]
+struct Serial(Arc<Mutex<Vec<String>>>);
+
+impl Serial {
+    fn spawn(read: OwnedFd) -> Self {
+        let s = Serial::default();
+        let lines = s.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(File::from(read)).lines() {
+                let Ok(line) = line else { return };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        s
+    }
+
+    fn has(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.has(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on serial; got:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Number of completed `pass N ok` lines.
+    fn passes(&self) -> usize {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.starts_with("pass ") && l.ends_with(" ok"))
+            .count()
+    }
+
+    fn wait_passes(&self, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.passes() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} passes; serial:\n{}",
+                self.text()
+            );
+            assert!(!self.has("VERDICT: FAIL"), "{}", self.text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+struct Machine {
+    vm: Vm,
+    actions: Receiver<Input>,
+    serial: Serial,
+    disk: VirtioMmioDevice,
+    events: Receiver<VirtioEvent>,
+}
+
+fn boot(guest_name: &str, sock: &Path) -> Machine {
+    let kvm: OwnedFd = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/kvm")
+        .unwrap_or_else(|e| panic!("this test needs /dev/kvm (read-write): {e}"))
+        .into();
+    let mem = nix::sys::memfd::memfd_create(c"guest-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .unwrap();
+    nix::unistd::ftruncate(&mem, MEM_SIZE as i64).unwrap();
+    let kernel: OwnedFd = File::open(guest(guest_name))
+        .unwrap_or_else(|e| panic!("test guest {guest_name} not built: {e}"))
+        .into();
+    let (serial_r, serial_w) = nix::unistd::pipe().unwrap();
+    let cfg = VmConfig {
+        kvm: FdSlot(0),
+        memory: FdSlot(1),
+        mem_size: MEM_SIZE,
+        cpus: 1,
+        kernel: Some(FdSlot(2)),
+        initrd: None,
+        cmdline: String::new(),
+        serial: SerialConfig::Stream {
+            output: FdSlot(3),
+            input: None,
+        },
+        start_paused: false,
+        no_shutdown: false,
+        no_reboot: false,
+    };
+    let serial = Serial::spawn(serial_r);
+    let (tx, actions) = channel();
+    let vm = Vm::create(&cfg, FdTable::new(vec![kvm, mem, kernel, serial_w]), tx).unwrap();
+    let (etx, events) = channel();
+    let disk = VirtioMmioDevice::new_vhost_user_blk(VhostUserBlkParams {
+        id: "disk0".into(),
+        slot: 0,
+        socket: connect(sock),
+        mem: vm.mem.clone(),
+        vm: &vm.fd,
+        bus: &vm.mmio,
+        events: etx,
+        num_queues: 1,
+        queue_size: 128,
+    })
+    .unwrap();
+    vm.sync.resume();
+    Machine {
+        vm,
+        actions,
+        serial,
+        disk,
+        events,
+    }
+}
+
+impl Machine {
+    /// Waits for the guest's debug-exit code.
+    fn exit_code(&self) -> u32 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.actions.recv_timeout(left) {
+                Ok(Input::DebugExit(code)) => return code,
+                Ok(Input::Crash(why)) => panic!("guest crashed: {why}\n{}", self.serial.text()),
+                Ok(_) => {}
+                Err(e) => panic!("no debug exit ({e}); serial:\n{}", self.serial.text()),
+            }
+        }
+    }
+
+    fn event(&self) -> VirtioEvent {
+        self.events.recv_timeout(TIMEOUT).unwrap()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.vm.sync.request_pause();
+        self.vm.kick_all();
+    }
+}
+
+fn image(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.raw");
+    File::create(&p)
+        .unwrap()
+        .set_len(IMAGE_SECTORS * 512)
+        .unwrap();
+    p
+}
+
+/// Word `i` of the guest's pattern of `(sector, pass)` (see
+/// test-guests/blk/src/pattern.rs).
+fn pattern_word(sector: u64, pass: u64, i: usize) -> u64 {
+    let mix = |sector: u64, pass: u64, i: u64| {
+        let mut x = sector
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(pass.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+            .wrapping_add(i);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^ (x >> 32)
+    };
+    match i {
+        0 => 0x314b_4c42_4448_4b42,
+        1 => sector,
+        2 => pass,
+        _ => mix(sector, pass, i as u64),
+    }
+}
+
+fn assert_image_holds_pass(image: &Path, sectors: u64, pass: u64) {
+    let f = File::open(image).unwrap();
+    for s in 0..sectors {
+        let mut b = [0u8; 512];
+        f.read_exact_at(&mut b, s * 512).unwrap();
+        let words: Vec<u64> = b
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let sum = (0..63).fold(0u64, |a, i| a.wrapping_add(pattern_word(s, pass, i)));
+        for (i, w) in words.iter().enumerate().take(63) {
+            assert_eq!(*w, pattern_word(s, pass, i), "sector {s} word {i}");
+        }
+        assert_eq!(words[63], sum, "sector {s} checksum");
+    }
+}
+
+#[test]
+fn blk_guest_passes_on_block_proc_and_its_writes_reach_the_image() {
+    let dir = temp_dir("pass");
+    let img = image(&dir.0);
+    let sock = dir.0.join("blk.sock");
+    let _backend = BlockProc::start(&img, &sock);
+    let m = boot("blk", &sock);
+    assert_eq!(m.exit_code(), 0, "serial:\n{}", m.serial.text());
+    m.serial.wait_for("VERDICT: PASS blk");
+    // The guest's last pass (3) over sectors 0..64.
+    assert_image_holds_pass(&img, 64, 3);
+}
+
+#[test]
+fn blk_guest_passes_when_block_proc_is_killed_and_replaced_mid_run() {
+    let dir = temp_dir("kill");
+    let img = image(&dir.0);
+    let sock = dir.0.join("blk.sock");
+    let mut backend = BlockProc::start(&img, &sock);
+    let m = boot("blk", &sock);
+    m.serial.wait_for("blk: capacity");
+    backend.kill();
+    assert_eq!(m.event(), VirtioEvent::Disconnected { id: "disk0".into() });
+    assert!(!m.disk.is_connected());
+    let _backend2 = BlockProc::start(&img, &sock);
+    m.disk.reconnect(connect(&sock)).unwrap();
+    assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
+    assert_eq!(m.exit_code(), 0, "serial:\n{}", m.serial.text());
+    m.serial.wait_for("VERDICT: PASS blk");
+    assert_image_holds_pass(&img, 64, 3);
+}
+
+#[test]
+fn blk_loop_guest_never_fails_across_repeated_block_proc_kills() {
+    let dir = temp_dir("chaos");
+    let img = image(&dir.0);
+    let sock = dir.0.join("blk.sock");
+    let mut backend = BlockProc::start(&img, &sock);
+    let m = boot("blk-loop", &sock);
+    m.serial.wait_passes(1);
+    for round in 0..3 {
+        backend.kill();
+        assert_eq!(
+            m.event(),
+            VirtioEvent::Disconnected { id: "disk0".into() },
+            "round {round}"
+        );
+        backend = BlockProc::start(&img, &sock);
+        m.disk.reconnect(connect(&sock)).unwrap();
+        assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
+        // At least one whole pass on the new backend.
+        m.serial.wait_passes(m.serial.passes() + 2);
+    }
+}
