@@ -245,9 +245,14 @@ impl VhostUserDevice {
             return Ok(());
         };
         self.link(conn)?;
-        // A completion the dead backend published without signalling.
         if self.active.is_some() {
+            // A completion the dead backend published without signalling.
             let _ = self.call.write(1);
+            // A kick the dead backend consumed without taking the request:
+            // make the new one scan its avail rings.
+            for k in &self.kicks {
+                let _ = k.write(1);
+            }
         }
         let _ = self.events.send(VirtioEvent::Reconnected {
             id: self.id.clone(),

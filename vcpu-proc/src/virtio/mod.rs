@@ -33,7 +33,8 @@ use crate::bus::{Bus, BusDevice, BusError};
 use crate::devices::GuestAction;
 use crate::layout;
 use crate::memory::GuestMemoryMmap;
-use device::{DeviceKind, DeviceParts, VhostUserDevice};
+pub use device::DeviceKind;
+use device::{DeviceParts, VhostUserDevice};
 use mmio::{MmioTransport, VirtioBackend};
 use reconnect::Link;
 use vhost_user::{Connection, VhostUserError};
@@ -130,8 +131,8 @@ impl<B: VirtioBackend> BusDevice for MmioTransport<B> {
     }
 }
 
-/// How to attach a vhost-user-blk device.
-pub struct VhostUserBlkParams<'a> {
+/// How to attach a vhost-user device.
+pub struct VhostUserParams<'a> {
     /// Device id (QMP `id`), used in events and logs.
     pub id: String,
     /// virtio-mmio slot (0..8): address and GSI follow from it.
@@ -151,6 +152,9 @@ pub struct VhostUserBlkParams<'a> {
     /// Largest queue size offered to the guest (power of two).
     pub queue_size: u16,
 }
+
+/// How to attach a vhost-user-blk device.
+pub type VhostUserBlkParams<'a> = VhostUserParams<'a>;
 
 type Transport = MmioTransport<VhostUserDevice>;
 
@@ -180,7 +184,9 @@ impl VirtioMmioDevice {
         Self::new_vhost_user(p, kind)
     }
 
-    fn new_vhost_user(p: VhostUserBlkParams<'_>, kind: DeviceKind) -> Result<Self> {
+    /// Attaches a vhost-user backend of any device type (`kind`: virtio
+    /// device type and config space size) as virtio-mmio device `slot`.
+    pub fn new_vhost_user(p: VhostUserParams<'_>, kind: DeviceKind) -> Result<Self> {
         if p.slot >= layout::VIRTIO_MMIO_SLOTS {
             return Err(VirtioError::BadSlot(p.slot));
         }
@@ -215,6 +221,7 @@ impl VirtioMmioDevice {
             kicks.push(evt);
         }
         let link: Link = Arc::default();
+        let kind_type = kind.device_type;
         let dev = VhostUserDevice::new(DeviceParts {
             id: p.id.clone(),
             kind,
@@ -234,7 +241,7 @@ impl VirtioMmioDevice {
         tracing::info!(
             "virtio-mmio device {} (vhost-user, type {}) at {base:#x}, GSI {gsi}, {num_queues} queues",
             p.id,
-            VIRTIO_ID_BLOCK
+            kind_type
         );
         Ok(VirtioMmioDevice {
             id: p.id,
@@ -262,6 +269,15 @@ impl VirtioMmioDevice {
     /// The GSI.
     pub fn gsi(&self) -> u32 {
         layout::VIRTIO_MMIO_GSI_BASE + self.slot
+    }
+
+    /// The device as the DSDT declares it (`LNRO0005`).
+    pub fn acpi_device(&self) -> crate::acpi::VirtioMmioDevice {
+        crate::acpi::VirtioMmioDevice {
+            base: self.base(),
+            size: layout::VIRTIO_MMIO_SIZE,
+            gsi: self.gsi(),
+        }
     }
 
     /// True while the backend connection is believed alive (it turns

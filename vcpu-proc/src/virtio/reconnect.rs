@@ -13,12 +13,15 @@
 //! replays the whole session: SET_OWNER, features, protocol features, and
 //! if the driver had the device live: SET_FEATURES, SET_MEM_TABLE from the
 //! guest memfd, SET_INFLIGHT_FD with the region kept from the first start,
-//! and per enabled queue SET_VRING_NUM/BASE/ADDR/KICK/CALL/ENABLE. The base
+//! and per enabled queue SET_VRING_NUM/BASE/ADDR/CALL/KICK/ENABLE. The base
 //! is the used index read from guest memory (what QEMU restores when it
 //! cannot ask a dead backend for GET_VRING_BASE, "virtio_queue_restore_
 //! last_avail_idx"); the backend adds the heads its inflight region still
-//! marks as in flight and resubmits them. A final pulse of the call eventfd
-//! delivers any completion whose interrupt the dead backend never sent.
+//! marks as in flight and resubmits them. Finally the call eventfd is
+//! pulsed (a completion whose interrupt the dead backend never sent) and
+//! so is every kick eventfd (a kick the dead backend read but never acted
+//! on: the guest would otherwise wait forever for a request the new
+//! backend has no reason to look at).
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;

@@ -1,15 +1,17 @@
 //! End-to-end tests of the vhost-user virtio-mmio device without vCPUs:
 //! a real KVM VM (for the ioeventfds and the irqfd), guest memory in a
-//! memfd, and a real vhost-user-blk backend (`qemu-storage-daemon`). The
+//! memfd, and a real vhost-user-blk backend (`qemu-storage-daemon`, the
+//! reference, and block-proc, which also tracks inflight I/O). The
 //! test plays the guest driver: it programs the transport registers,
 //! builds the split ring in guest memory and kicks through the queue's
 //! ioeventfd (written directly, as KVM would on a QueueNotify write).
 //!
-//! Needs /dev/kvm and qemu-storage-daemon; fails with a clear message when
-//! either is missing.
+//! Needs /dev/kvm, qemu-storage-daemon and a built block-proc binary
+//! (`cargo build -p block-proc` with the same CARGO_TARGET_DIR, or
+//! `BULKHEAD_BLOCK_PROC`); fails with a clear message when one is missing.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,24 +48,73 @@ impl Drop for Backend {
     }
 }
 
+/// Which vhost-user-blk backend serves the disk.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// qemu-storage-daemon: the reference backend (no inflight tracking).
+    Qsd,
+    /// block-proc `--standalone` (inflight tracking).
+    BlockProc,
+}
+
+fn block_proc_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
+        return PathBuf::from(p);
+    }
+    // <target>/debug/deps/vcpu_proc-HASH → <target>/debug/block-proc
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("block-proc"))
+        .unwrap();
+    assert!(
+        p.exists(),
+        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
+        p.display()
+    );
+    p
+}
+
 fn start_backend(image: &Path, sock: &Path) -> Backend {
+    start(Kind::Qsd, image, sock)
+}
+
+fn start(kind: Kind, image: &Path, sock: &Path) -> Backend {
     let _ = std::fs::remove_file(sock);
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=file0,filename={}",
-            image.display()
-        ))
-        .arg("--blockdev")
-        .arg("driver=raw,node-name=disk0,file=file0")
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
-            sock.display()
-        ))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("this test needs qemu-storage-daemon (Debian qemu-utils) in PATH");
+    let mut cmd = match kind {
+        Kind::Qsd => {
+            let mut c = Command::new("qemu-storage-daemon");
+            c.arg("--blockdev")
+                .arg(format!(
+                    "driver=file,node-name=file0,filename={}",
+                    image.display()
+                ))
+                .arg("--blockdev")
+                .arg("driver=raw,node-name=disk0,file=file0")
+                .arg("--export")
+                .arg(format!(
+                    "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
+                    sock.display()
+                ));
+            c
+        }
+        Kind::BlockProc => {
+            let mut c = Command::new(block_proc_bin());
+            c.arg("--standalone")
+                .arg("--socket")
+                .arg(sock)
+                .arg("--blockdev")
+                .arg(format!(
+                    r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}"#,
+                    image.display()
+                ));
+            c
+        }
+    };
+    let child = cmd.stdout(Stdio::null()).spawn().unwrap_or_else(|e| {
+        panic!("cannot start {kind:?} (qemu-storage-daemon comes with Debian qemu-utils): {e}")
+    });
     Backend { child }
 }
 
@@ -281,6 +332,14 @@ impl<'a> Driver<'a> {
     }
 }
 
+fn inflight_inode(dev: &VirtioMmioDevice) -> Option<u64> {
+    dev.with_transport(|t| {
+        t.backend()
+            .inflight()
+            .map(|b| b.file().metadata().unwrap().ino())
+    })
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add((i * 7) as u8)).collect()
 }
@@ -307,13 +366,13 @@ fn vhost_user_blk_write_flush_read_reaches_the_image() {
     assert!(dev.is_connected());
 }
 
-#[test]
-fn request_kicked_while_the_backend_is_down_completes_after_reconnect() {
-    let fx = fixture("reconnect");
-    let mut backend = start_backend(&fx.image, &fx.sock);
+fn kick_during_outage(kind: Kind, name: &str) {
+    let fx = fixture(name);
+    let mut backend = start(kind, &fx.image, &fx.sock);
     let (dev, rx) = attach(&fx);
     let mut d = Driver::init(&fx, &dev);
     assert_eq!(d.write_sectors(0, &pattern(1, 512)), 0);
+    let inflight_before = inflight_inode(&dev);
 
     // Kill the backend: the watcher reports it, the device stays usable.
     backend.child.kill().unwrap();
@@ -330,13 +389,14 @@ fn request_kicked_while_the_backend_is_down_completes_after_reconnect() {
     d.fx.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
     d.post(1, 16, 1024);
 
-    let _backend2 = start_backend(&fx.image, &fx.sock);
+    let _backend2 = start(kind, &fx.image, &fx.sock);
     dev.reconnect(connect(&fx.sock)).unwrap();
     assert_eq!(
         rx.recv_timeout(WAIT).unwrap(),
         VirtioEvent::Reconnected { id: "disk0".into() }
     );
     assert!(dev.is_connected());
+    assert_eq!(inflight_inode(&dev), inflight_before, "same inflight memfd");
     assert_eq!(d.complete(), 0);
     let (s, back) = d.read_sectors(16, 1024);
     assert_eq!(s, 0);
@@ -344,6 +404,34 @@ fn request_kicked_while_the_backend_is_down_completes_after_reconnect() {
     let (s, first) = d.read_sectors(0, 512);
     assert_eq!(s, 0);
     assert_eq!(first, pattern(1, 512));
+}
+
+#[test]
+fn request_kicked_while_qsd_is_down_completes_after_reconnect() {
+    kick_during_outage(Kind::Qsd, "reconnect-qsd");
+}
+
+#[test]
+fn request_kicked_while_block_proc_is_down_completes_after_reconnect() {
+    kick_during_outage(Kind::BlockProc, "reconnect-bp");
+}
+
+#[test]
+fn block_proc_inflight_memfd_is_kept_and_handed_to_the_new_backend() {
+    let fx = fixture("inflight-kept");
+    let mut backend = start(Kind::BlockProc, &fx.image, &fx.sock);
+    let (dev, rx) = attach(&fx);
+    let mut d = Driver::init(&fx, &dev);
+    assert_eq!(d.write_sectors(0, &pattern(4, 512)), 0);
+    let before = inflight_inode(&dev);
+    assert!(before.is_some(), "block-proc offers INFLIGHT_SHMFD");
+    backend.child.kill().unwrap();
+    backend.child.wait().unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+    let _backend2 = start(Kind::BlockProc, &fx.image, &fx.sock);
+    dev.reconnect(connect(&fx.sock)).unwrap();
+    assert_eq!(inflight_inode(&dev), before);
+    assert_eq!(d.write_sectors(1, &pattern(6, 512)), 0);
 }
 
 #[test]
@@ -395,4 +483,39 @@ fn reconnect_to_a_backend_with_other_features_is_refused() {
     let r = dev.reconnect(connect(&fx.sock));
     assert!(matches!(r, Err(VirtioError::FeaturesChanged { .. })));
     assert!(!dev.is_connected());
+}
+
+#[test]
+fn driver_ok_while_disconnected_starts_the_queues_on_reconnect() {
+    let fx = fixture("late");
+    let mut backend = start_backend(&fx.image, &fx.sock);
+    let (dev, rx) = attach(&fx);
+    backend.child.kill().unwrap();
+    backend.child.wait().unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+
+    // The guest brings the device up while nobody serves it.
+    let mut d = Driver::init(&fx, &dev);
+    let data = pattern(7, 512);
+    d.fx.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    d.post(1, 2, 512);
+
+    let _backend2 = start_backend(&fx.image, &fx.sock);
+    dev.reconnect(connect(&fx.sock)).unwrap();
+    assert_eq!(d.complete(), 0);
+    let (s, back) = d.read_sectors(2, 512);
+    assert_eq!(s, 0);
+    assert_eq!(back, data);
+}
+
+#[test]
+fn guest_reset_drops_the_inflight_buffer() {
+    let fx = fixture("reset-inflight");
+    let _b = start(Kind::BlockProc, &fx.image, &fx.sock);
+    let (dev, _rx) = attach(&fx);
+    let mut d = Driver::init(&fx, &dev);
+    assert_eq!(d.write_sectors(0, &pattern(2, 512)), 0);
+    assert!(inflight_inode(&dev).is_some());
+    d.wr(reg::STATUS, 0);
+    assert_eq!(inflight_inode(&dev), None);
 }

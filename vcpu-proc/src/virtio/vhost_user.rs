@@ -5,8 +5,9 @@
 //! [`Connection::handshake`] runs the session set-up (SET_OWNER, features,
 //! protocol features, queue number); [`Connection::start`] hands the live
 //! device to the backend (SET_FEATURES, SET_MEM_TABLE, SET_INFLIGHT_FD,
-//! then per queue SET_VRING_NUM/BASE/ADDR/KICK/CALL/ENABLE), in the order
-//! QEMU's `vhost_dev_start` uses. The same sequence replays a live device
+//! then per queue SET_VRING_NUM/BASE/ADDR/CALL/KICK/ENABLE), in the order
+//! QEMU's `vhost_dev_start` uses (its guest notifiers, hence the call fd,
+//! are set up before the kick fd). The same sequence replays a live device
 //! onto a freshly restarted backend (see `reconnect.rs`).
 //!
 //! Every request runs with the calling thread's signals blocked: a vCPU
@@ -404,13 +405,15 @@ impl Connection {
                 "SET_VRING_ADDR",
                 self.frontend.set_vring_addr(q.index, &data),
             )?;
-            req(
-                "SET_VRING_KICK",
-                self.frontend.set_vring_kick(q.index, q.kick),
-            )?;
+            // The call fd first: a backend may serve a pending kick as soon
+            // as it has the kick fd, and must be able to signal then.
             req(
                 "SET_VRING_CALL",
                 self.frontend.set_vring_call(q.index, q.call),
+            )?;
+            req(
+                "SET_VRING_KICK",
+                self.frontend.set_vring_kick(q.index, q.kick),
             )?;
             req(
                 "SET_VRING_ENABLE",
