@@ -169,6 +169,7 @@ fn crash_guest_is_reported_with_its_rip_and_internal_error() {
         VcpuEvent::GuestCrashed { detail } => detail,
         other => panic!("expected a crash, got {other:?}"),
     };
+    eprintln!("crash detail: {detail}");
     assert!(detail.contains("RIP 0x"), "{detail}");
     assert!(detail.contains("bytes at RIP"), "{detail}");
     assert_eq!(vmm.next_event(), VcpuEvent::Stopped);
