@@ -357,7 +357,7 @@ fn blk_loop_guest_never_fails_across_repeated_block_proc_kills() {
     let mut backend = BlockProc::start(&img, &sock);
     let m = boot("blk-loop", &sock);
     m.serial.wait_passes(1);
-    for round in 0..3 {
+    for round in 0..8 {
         backend.kill();
         assert_eq!(
             m.event(),

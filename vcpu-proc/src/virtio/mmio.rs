@@ -258,7 +258,9 @@ impl<B: VirtioBackend> MmioTransport<B> {
             .and_then(|i| self.queues.get_mut(i))
     }
 
-    fn reset(&mut self) {
+    /// Resets the device as a status write of 0 does (also used for a
+    /// machine reset).
+    pub fn reset(&mut self) {
         self.backend.reset();
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
@@ -661,6 +663,18 @@ mod tests {
         assert_eq!(rd(&mut t, reg::STATUS), 0);
         assert_eq!(t.backend().resets, 1);
         assert_eq!(t.queues()[0], QueueConfig::default());
+    }
+
+    #[test]
+    fn machine_reset_stops_a_live_device() {
+        let mut t = transport();
+        negotiate(&mut t, F_VERSION_1);
+        setup_queue(&mut t, 0, 128, 0x10000);
+        wr(&mut t, reg::STATUS, ALL_OK);
+        t.reset();
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 0);
+        assert_eq!(t.backend().resets, 1);
     }
 
     #[test]

@@ -297,6 +297,12 @@ impl VirtioMmioDevice {
         self.lock().backend_mut().reconnect(socket)
     }
 
+    /// Resets the device (machine reset): the backend's queues stop, the
+    /// inflight buffer is dropped, the guest must set the device up again.
+    pub fn reset(&self) {
+        self.lock().reset();
+    }
+
     /// The device status register as the guest set it.
     pub fn status(&self) -> u32 {
         self.lock().status()
