@@ -328,6 +328,13 @@ fn blk_guest_passes_on_block_proc_and_its_writes_reach_the_image() {
     m.serial.wait_for("VERDICT: PASS blk");
     // The guest's last pass (3) over sectors 0..64.
     assert_image_holds_pass(&img, 64, 3);
+    // Completions were signalled through the irqfd on GSI 5.
+    assert!(
+        !m.serial.has("blk: 0 device interrupts"),
+        "{}",
+        m.serial.text()
+    );
+    m.serial.wait_for(" device interrupts");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! write / flush / read-back / verify pass the guests run.
 
 use core::ptr::{addr_of, addr_of_mut};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use guest_rt::apic::{self, ioapic_route, lapic_id, Trigger};
 use guest_rt::{idt, port, println};
@@ -79,7 +80,19 @@ pub struct Blk {
     pub capacity: u64,
 }
 
-fn on_interrupt(_vector: u8) {}
+/// Device interrupts received (the irqfd path works when this grows).
+static DEVICE_INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+fn on_device_interrupt(_vector: u8) {
+    DEVICE_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn on_tick(_vector: u8) {}
+
+/// Device interrupts received so far.
+pub fn device_interrupts() -> u32 {
+    DEVICE_INTERRUPTS.load(Ordering::Relaxed)
+}
 
 fn wait() {
     port::wait_for_interrupt();
@@ -89,8 +102,8 @@ impl Blk {
     /// Probes virtio-mmio slot `slot` and sets the device up; routes its
     /// interrupt and starts the fallback tick.
     pub fn init(slot: u32) -> Result<Blk, SetupError> {
-        idt::set_handler(VECTOR, on_interrupt);
-        idt::set_handler(TICK_VECTOR, on_interrupt);
+        idt::set_handler(VECTOR, on_device_interrupt);
+        idt::set_handler(TICK_VECTOR, on_tick);
         ioapic_route(GSI_BASE + slot as u8, VECTOR, Trigger::Edge, lapic_id());
         apic::timer_periodic(TICK_VECTOR, TICK_COUNT);
         let dev = Device::init(slot, VIRTIO_ID_BLOCK, F_FLUSH)?;

@@ -24,5 +24,6 @@ fn main() -> ! {
         }
         println!("blk: pass {} ok", pass);
     }
+    println!("blk: {} device interrupts", blk::blk::device_interrupts());
     guest_rt::exit::pass()
 }
