@@ -13,6 +13,7 @@
 //! - [`vhost_user`]: one vhost-user session (the `vhost` crate's frontend).
 //! - [`inflight`]: the inflight-I/O buffer kept across backend crashes.
 //! - [`reconnect`]: hang-up watching and the replay after a reconnect.
+//! - [`registry`]: the VM's devices by id.
 //!
 //! The public handle is [`VirtioMmioDevice`].
 
@@ -20,6 +21,7 @@ pub mod device;
 pub mod inflight;
 pub mod mmio;
 pub mod reconnect;
+pub mod registry;
 pub mod vhost_user;
 
 use std::os::unix::net::UnixStream;
@@ -37,6 +39,7 @@ pub use device::DeviceKind;
 use device::{DeviceParts, VhostUserDevice};
 use mmio::{MmioTransport, VirtioBackend};
 use reconnect::Link;
+pub use registry::VirtioDevices;
 use vhost_user::{Connection, VhostUserError};
 
 /// Virtio device type of a block device.
@@ -113,6 +116,12 @@ pub enum VirtioError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// No device has this id.
+    #[error("no virtio device '{0}'")]
+    NoDevice(String),
+    /// A device with this id exists.
+    #[error("duplicate virtio device id '{0}'")]
+    DuplicateId(String),
     /// The MMIO window is taken.
     #[error("cannot place the device on the MMIO bus")]
     Bus(#[source] BusError),

@@ -519,3 +519,24 @@ fn guest_reset_drops_the_inflight_buffer() {
     d.wr(reg::STATUS, 0);
     assert_eq!(inflight_inode(&dev), None);
 }
+
+#[test]
+fn registry_reconnects_a_device_by_id_and_lists_it_for_the_dsdt() {
+    let fx = fixture("registry");
+    let mut backend = start_backend(&fx.image, &fx.sock);
+    let (dev, rx) = attach(&fx);
+    let mut reg = VirtioDevices::new();
+    reg.add(dev).unwrap();
+    let acpi = reg.acpi_devices();
+    assert_eq!(acpi.len(), 1);
+    assert_eq!(
+        (acpi[0].base, acpi[0].size, acpi[0].gsi),
+        (0xd000_0000, 0x1000, 5)
+    );
+    backend.child.kill().unwrap();
+    backend.child.wait().unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+    let _b2 = start_backend(&fx.image, &fx.sock);
+    reg.reconnect("disk0", connect(&fx.sock)).unwrap();
+    assert!(reg.get("disk0").unwrap().is_connected());
+}

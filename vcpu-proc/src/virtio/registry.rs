@@ -1,0 +1,77 @@
+//! The VM's virtio-mmio devices by id: what vcpu-proc's request handlers
+//! need (attach at CreateVm, reconnect by id, reset all on a machine
+//! reset, the DSDT list) in one place.
+
+use std::os::unix::net::UnixStream;
+
+use super::{Result, VirtioError, VirtioMmioDevice};
+use crate::acpi;
+
+/// The virtio-mmio devices of one VM.
+#[derive(Debug, Default)]
+pub struct VirtioDevices {
+    devices: Vec<VirtioMmioDevice>,
+}
+
+impl VirtioDevices {
+    /// No devices.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an attached device; its id must be unused (a taken slot is
+    /// already refused by the MMIO bus when the device is attached).
+    pub fn add(&mut self, dev: VirtioMmioDevice) -> Result<()> {
+        if self.get(dev.id()).is_some() {
+            return Err(VirtioError::DuplicateId(dev.id().to_string()));
+        }
+        self.devices.push(dev);
+        Ok(())
+    }
+
+    /// The device `id`.
+    pub fn get(&self, id: &str) -> Option<&VirtioMmioDevice> {
+        self.devices.iter().find(|d| d.id() == id)
+    }
+
+    /// Hands device `id` to a new backend connected on `socket`.
+    pub fn reconnect(&self, id: &str, socket: UnixStream) -> Result<()> {
+        self.get(id)
+            .ok_or_else(|| VirtioError::NoDevice(id.to_string()))?
+            .reconnect(socket)
+    }
+
+    /// Resets every device (machine reset).
+    pub fn reset_all(&self) {
+        self.devices.iter().for_each(VirtioMmioDevice::reset);
+    }
+
+    /// The devices as the DSDT declares them.
+    pub fn acpi_devices(&self) -> Vec<acpi::VirtioMmioDevice> {
+        self.devices
+            .iter()
+            .map(VirtioMmioDevice::acpi_device)
+            .collect()
+    }
+
+    /// Every device.
+    pub fn iter(&self) -> impl Iterator<Item = &VirtioMmioDevice> {
+        self.devices.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_of_an_unknown_id_is_refused() {
+        let r = VirtioDevices::new();
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(matches!(
+            r.reconnect("nope", a),
+            Err(VirtioError::NoDevice(id)) if id == "nope"
+        ));
+        assert!(r.acpi_devices().is_empty());
+    }
+}
