@@ -540,3 +540,32 @@ fn registry_reconnects_a_device_by_id_and_lists_it_for_the_dsdt() {
     reg.reconnect("disk0", connect(&fx.sock)).unwrap();
     assert!(reg.get("disk0").unwrap().is_connected());
 }
+
+#[test]
+fn ring_outside_guest_ram_sets_device_needs_reset_and_keeps_the_backend() {
+    let fx = fixture("badring");
+    let _b = start_backend(&fx.image, &fx.sock);
+    let (dev, _rx) = attach(&fx);
+    let base = dev.base();
+    let wr = |off: u64, v: u32| {
+        fx.bus.write(base + off, &v.to_le_bytes());
+    };
+    let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    wr(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    wr(reg::DRIVER_FEATURES_SEL, 1);
+    wr(reg::DRIVER_FEATURES, 1);
+    wr(reg::STATUS, s);
+    wr(reg::QUEUE_SEL, 0);
+    wr(reg::QUEUE_NUM, u32::from(QSIZE));
+    wr(reg::QUEUE_DESC_LOW, 0xc000_0000); // beyond the 16 MiB of RAM
+    wr(reg::QUEUE_AVAIL_LOW, AVAIL as u32);
+    wr(reg::QUEUE_USED_LOW, USED as u32);
+    wr(reg::QUEUE_READY, 1);
+    wr(reg::STATUS, s | status::DRIVER_OK);
+    assert_ne!(dev.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert!(dev.is_connected());
+    // The driver resets and sets the device up properly.
+    wr(reg::STATUS, 0);
+    let mut d = Driver::init(&fx, &dev);
+    assert_eq!(d.write_sectors(0, &pattern(8, 512)), 0);
+}
