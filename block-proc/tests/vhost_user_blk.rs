@@ -197,31 +197,6 @@ fn out_of_range_and_unaligned_reads_answer_ioerr() {
 }
 
 #[test]
-fn direct_io_export_serves_aligned_and_unaligned_requests() {
-    // O_DIRECT needs a real file system; the target directory is on disk.
-    let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target-bp-direct-{}.raw", std::process::id()));
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
-    let sock = tmp("direct.sock");
-    let json = format!(
-        r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}","cache":{{"direct":true}}}}}}"#,
-        img.display()
-    );
-    let bp = start(&sock, &json, &[]);
-    let mut dev = connect(&sock, 1);
-    assert_eq!(dev.write(0, 8, &pattern(8192, 3)).unwrap(), S_OK);
-    assert_eq!(dev.write(0, 1, &pattern(512, 4)).unwrap(), S_OK);
-    assert_eq!(dev.read(0, 8, 8192).unwrap().1, pattern(8192, 3));
-    assert_eq!(dev.read(0, 1, 512).unwrap().1, pattern(512, 4));
-    drop(dev);
-    drop(bp);
-    std::fs::remove_file(img).unwrap();
-}
-
-#[test]
 fn qcow2_overlay_reads_backing_data_and_keeps_writes_in_the_overlay() {
     let base = raw_image("base.raw", 4 << 20);
     std::fs::write(&base, pattern(4 << 20, 11)).unwrap();

@@ -326,38 +326,6 @@ mod tests {
     }
 
     #[test]
-    fn direct_file_driver_handles_unaligned_requests_through_bounce_buffers() {
-        use std::os::unix::fs::OpenOptionsExt;
-        // /tmp may be tmpfs (no O_DIRECT); use the crate directory's disk.
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../target-direct-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
-        let d = FileDriver::new(f, "x".into(), true).unwrap();
-        let mut data = vec![0x5au8; 700];
-        d.write(&[iobuf::slice_of(&mut data)], 4000).unwrap();
-        let mut aligned = AlignedBuf::new(8192).unwrap();
-        d.read(&[iobuf::slice_of(aligned.as_mut_slice())], 0)
-            .unwrap();
-        let a = aligned.as_slice();
-        assert!(a[..4000].iter().all(|&b| b == 0));
-        assert!(a[4000..4700].iter().all(|&b| b == 0x5a));
-        assert!(a[4700..].iter().all(|&b| b == 0));
-        let mut back = vec![0u8; 700];
-        d.read(&[iobuf::slice_of(&mut back)], 4000).unwrap();
-        assert_eq!(back, vec![0x5au8; 700]);
-        std::fs::remove_file(path).unwrap();
-    }
-
-    #[test]
     fn file_driver_read_past_eof_zero_fills() {
         let (f, path) = temp_file(512);
         let d = FileDriver::new(f, "x".into(), false).unwrap();

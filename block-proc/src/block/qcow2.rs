@@ -80,9 +80,14 @@ pub fn resolve_backing(image: &str, backing: &str) -> String {
     }
 }
 
+/// Whether the file starts with the qcow2 magic (read through an aligned
+/// buffer, so it works on `O_DIRECT` files too).
 fn is_qcow2(file: &File) -> bool {
-    let mut magic = [0u8; 4];
-    std::os::unix::fs::FileExt::read_exact_at(file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb"
+    let Ok(mut buf) = super::iobuf::AlignedBuf::new(super::iobuf::DIRECT_ALIGN) else {
+        return false;
+    };
+    let b = buf.as_mut_slice();
+    std::os::unix::fs::FileExt::read_at(file, b, 0).is_ok_and(|n| n >= 4) && b[..4] == *b"QFI\xfb"
 }
 
 /// Open one image of a backing chain (read-only), recursively.
