@@ -9,8 +9,10 @@
 //! Crash-only: block-proc may be SIGKILLed at any time, and a write the
 //! guest saw acknowledged must survive that (the page cache keeps the file
 //! data, but imago caches L2 tables and refcount blocks in memory). So
-//! every modifying request writes imago's dirty metadata back to the file
-//! before it completes (`flush`, no fsync; cheap when nothing is dirty).
+//! every modifying request that may change metadata (a write that is not a
+//! pure overwrite of allocated clusters, a discard, write zeroes) writes
+//! imago's dirty metadata back to the file before it completes (`flush`, no
+//! fsync).
 //! Only a host crash needs the guest's FLUSH (fdatasync).
 
 use std::collections::HashMap;
@@ -137,6 +139,20 @@ fn attach_backing(
     Ok(())
 }
 
+/// Whether writing `[offset, offset + len)` only overwrites clusters that
+/// are already allocated and writable in the top image (no metadata
+/// change).
+fn overwrites_in_place(img: &FormatAccess<ImgFile>, offset: u64, len: u64) -> bool {
+    let (mut off, end) = (offset, offset.saturating_add(len));
+    while off < end {
+        match img.get_mapping(off, end - off) {
+            Ok((imago::Mapping::Raw { writable: true, .. }, n)) if n > 0 => off += n,
+            _ => return false,
+        }
+    }
+    true
+}
+
 impl Qcow2Driver {
     /// Open the image held by the `file` node `child`. `backing`: `None` =
     /// from the header (files from `files`), `Some(false)` = no backing.
@@ -204,7 +220,12 @@ impl Driver for Qcow2Driver {
             v.push_ioslice(IoSlice::new(s));
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
+        let in_place = overwrites_in_place(&img, offset, v.len());
         img.writev(v, offset)?;
+        if in_place {
+            // No metadata changed: nothing to write back.
+            return Ok(());
+        }
         img.flush()
     }
     fn flush(&self) -> io::Result<()> {
