@@ -147,6 +147,9 @@ pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
     let (proc, link): (SpawnedWorker, Arc<BlockLink>) =
         bring_up(m, WorkerKind::Block, |m: &Machine, e| m.on_block_event(e))?;
     watch(m, &proc, WorkerKind::Block)?;
+    // Replay before publishing the link, so no QMP command reaches a
+    // half-restored worker.
+    super::block_state::replay_on(m, &link).map_err(|e| StartError::Refused("block", e))?;
     *lock(&m.block) = Some(Worker {
         process: proc,
         link,
