@@ -5,11 +5,11 @@
 use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use guest_rt::apic::{self, ioapic_route, lapic_id, Trigger};
-use guest_rt::{idt, port, println};
+use guest_rt::apic::{self, ioapic_route, ioapic_route_at, lapic_id, Trigger};
+use guest_rt::{acpi, idt, port, println};
 
 use crate::pattern::{self, Mismatch, SECTOR, WORDS};
-use crate::virtio::{Device, SetupError, GSI_BASE};
+use crate::virtio::{self, Device, SetupError, Transport, GSI_BASE};
 
 /// virtio device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -98,15 +98,62 @@ fn wait() {
     port::wait_for_interrupt();
 }
 
+/// Pins per IOAPIC assumed when mapping a GSI to an IOAPIC from the MADT.
+const IOAPIC_PINS: u32 = 24;
+
+/// Routes the interrupt of microvm's transport `index` to [`VECTOR`].
+///
+/// QEMU's microvm wires transport `i` to GSI `base + i`: base 24 with its
+/// second IOAPIC (listed in the MADT with GSI base 24), else 16 with ACPI,
+/// else 5. Returns the GSI, or `None` if no IOAPIC serves it (completions
+/// are then found by the fallback tick).
+fn route_microvm(index: u32) -> Option<u32> {
+    let machine = acpi::discover();
+    let ioapics = &machine.ioapics[..machine.ioapic_count];
+    let gsi = if ioapics.iter().any(|&(_, base)| base == 24) {
+        24 + index
+    } else if ioapics.is_empty() {
+        u32::from(GSI_BASE) + index
+    } else {
+        16 + index
+    };
+    let &(addr, base) = ioapics
+        .iter()
+        .find(|&&(_, base)| (base..base + IOAPIC_PINS).contains(&gsi))?;
+    let pin = (gsi - base) as u8;
+    ioapic_route_at(addr as usize, pin, VECTOR, Trigger::Edge, lapic_id());
+    Some(gsi)
+}
+
 impl Blk {
-    /// Probes virtio-mmio slot `slot` and sets the device up; routes its
-    /// interrupt and starts the fallback tick.
-    pub fn init(slot: u32) -> Result<Blk, SetupError> {
+    /// Finds the first virtio-blk device (Bulkhead's slots, then QEMU
+    /// microvm's transports) and sets it up; routes its interrupt and
+    /// starts the fallback tick.
+    pub fn init() -> Result<Blk, SetupError> {
         idt::set_handler(VECTOR, on_device_interrupt);
         idt::set_handler(TICK_VECTOR, on_tick);
-        ioapic_route(GSI_BASE + slot as u8, VECTOR, Trigger::Edge, lapic_id());
+        let transport = virtio::find(VIRTIO_ID_BLOCK).ok_or(SetupError::NotFound)?;
+        match transport {
+            Transport::Bulkhead(slot) => {
+                ioapic_route(GSI_BASE + slot as u8, VECTOR, Trigger::Edge, lapic_id());
+                println!("blk: virtio-blk in Bulkhead slot {}", slot);
+            }
+            Transport::Microvm(index) => match route_microvm(index) {
+                Some(gsi) => println!(
+                    "blk: virtio-blk at microvm transport {} ({:#x}), GSI {}",
+                    index,
+                    transport.base(),
+                    gsi
+                ),
+                None => println!(
+                    "blk: virtio-blk at microvm transport {} ({:#x}), no IOAPIC for its GSI",
+                    index,
+                    transport.base()
+                ),
+            },
+        }
         apic::timer_periodic(TICK_VECTOR, TICK_COUNT);
-        let dev = Device::init(slot, VIRTIO_ID_BLOCK, F_FLUSH)?;
+        let dev = Device::init(transport, VIRTIO_ID_BLOCK, F_FLUSH)?;
         let capacity = dev.config_u64(0);
         Ok(Blk { dev, capacity })
     }
@@ -133,6 +180,10 @@ impl Blk {
         let status = addr_of!(STATUS) as u64;
         let hdr_desc = (hdr, core::mem::size_of::<Header>() as u32, false);
         let status_desc = (status, 1, true);
+        // The interrupt is routed edge-triggered: acknowledge any status left
+        // from the previous completion (QEMU raises a level line that stays
+        // high until acknowledged), so this completion makes a new edge.
+        self.dev.ack_interrupt();
         if bytes == 0 {
             self.dev.submit(&[hdr_desc, status_desc], &mut wait);
         } else {
@@ -194,9 +245,10 @@ impl Blk {
     }
 }
 
-/// Sets up slot 0 and prints what it found; fails the test on error.
+/// Finds and sets up the disk and prints what it found; fails the test on
+/// error.
 pub fn setup() -> Blk {
-    let blk = match Blk::init(0) {
+    let blk = match Blk::init() {
         Ok(b) => b,
         Err(e) => guest_rt::fail!("virtio-blk set-up: {:?}", e),
     };

@@ -1,4 +1,5 @@
-//! `blk`: probes virtio-mmio slot 0 for a virtio-blk device, then runs
+//! `blk`: finds the first virtio-blk device (Bulkhead's virtio-mmio slots,
+//! then QEMU microvm's transports; see `virtio::find`), then runs
 //! [`PASSES`] passes of write / flush / read back / verify over
 //! `blk::SECTORS` sectors and reports `VERDICT: PASS blk` (exit 0) or
 //! `VERDICT: FAIL blk: ...` (exit 1). After the passes the disk holds the
@@ -16,7 +17,6 @@ pub const PASSES: u64 = 3;
 guest_rt::guest!("blk", main);
 
 fn main() -> ! {
-    println!("Bulkhead test guest: blk");
     let mut disk = setup();
     for pass in 1..=PASSES {
         if let Err(e) = disk.run_pass(0, pass) {

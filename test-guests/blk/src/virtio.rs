@@ -1,6 +1,10 @@
 //! A minimal virtio-mmio (version 2) driver with one split virtqueue in
 //! static, page-aligned guest memory.
 //!
+//! [`find`] looks for a device first in Bulkhead's slots (`docs/platform.md`:
+//! `0xd000_0000 + 0x1000 * i`, GSI 5 + i), then in QEMU microvm's transports
+//! (`0xfeb0_0000 + 0x200 * i`), so the same guest runs on both.
+//!
 //! Completion is detected by polling the used ring; while waiting, the CPU
 //! halts until an interrupt (the device's GSI through the IOAPIC, or a slow
 //! LAPIC timer tick as a safety net), so a waiting guest does not burn the
@@ -15,6 +19,15 @@ pub const MMIO_BASE: usize = 0xd000_0000;
 pub const MMIO_SIZE: usize = 0x1000;
 /// GSI of device 0.
 pub const GSI_BASE: u8 = 5;
+/// Bulkhead's virtio-mmio slots.
+pub const SLOTS: u32 = 8;
+
+/// QEMU microvm's first virtio-mmio transport.
+pub const MICROVM_MMIO_BASE: usize = 0xfeb0_0000;
+/// Distance between microvm's transports.
+pub const MICROVM_MMIO_STRIDE: usize = 0x200;
+/// Most transports microvm creates (24 with its second IOAPIC, else 8).
+pub const MICROVM_TRANSPORTS: u32 = 24;
 
 /// "virt".
 pub const MAGIC: u32 = 0x7472_6976;
@@ -118,11 +131,45 @@ static mut USED: Used = Used {
     avail_event: 0,
 };
 
+/// Where a virtio-mmio device was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Bulkhead's slot `i` (GSI 5 + i).
+    Bulkhead(u32),
+    /// QEMU microvm's transport `i`.
+    Microvm(u32),
+}
+
+impl Transport {
+    /// Base address of the register window.
+    pub fn base(self) -> usize {
+        match self {
+            Transport::Bulkhead(slot) => MMIO_BASE + MMIO_SIZE * slot as usize,
+            Transport::Microvm(i) => MICROVM_MMIO_BASE + MICROVM_MMIO_STRIDE * i as usize,
+        }
+    }
+}
+
+/// The first virtio-mmio device of type `device_id`: Bulkhead's slots
+/// first, then microvm's transports. Only the magic and device id
+/// registers are read, and the scan stops at the first match, so on
+/// Bulkhead (disk in slot 0) nothing beyond that slot is touched.
+pub fn find(device_id: u32) -> Option<Transport> {
+    let bulkhead = (0..SLOTS).map(Transport::Bulkhead);
+    let microvm = (0..MICROVM_TRANSPORTS).map(Transport::Microvm);
+    bulkhead.chain(microvm).find(|t| {
+        let base = t.base();
+        rd(base, REG_MAGIC) == MAGIC && rd(base, REG_DEVICE_ID) == device_id
+    })
+}
+
 /// Why probing or set-up failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetupError {
+    /// No virtio-mmio device of the wanted type anywhere.
+    NotFound,
     /// No virtio-mmio device at the slot.
-    NoDevice(u32),
+    NoDevice(Transport),
     /// Not transport version 2.
     Version(u32),
     /// Another device type.
@@ -158,12 +205,12 @@ fn wr(base: usize, reg: usize, v: u32) {
 }
 
 impl Device {
-    /// Probes slot `slot` for device type `device_id`, negotiates
+    /// Probes `transport` for device type `device_id`, negotiates
     /// VERSION_1 plus whatever of `wanted` is offered, and sets up queue 0.
-    pub fn init(slot: u32, device_id: u32, wanted: u64) -> Result<Device, SetupError> {
-        let base = MMIO_BASE + MMIO_SIZE * slot as usize;
+    pub fn init(transport: Transport, device_id: u32, wanted: u64) -> Result<Device, SetupError> {
+        let base = transport.base();
         if rd(base, REG_MAGIC) != MAGIC {
-            return Err(SetupError::NoDevice(slot));
+            return Err(SetupError::NoDevice(transport));
         }
         let version = rd(base, REG_VERSION);
         if version != 2 {

@@ -12,7 +12,6 @@ use guest_rt::println;
 guest_rt::guest!("blk-loop", main);
 
 fn main() -> ! {
-    println!("Bulkhead test guest: blk-loop");
     let mut disk = setup();
     let mut pass = 1u64;
     loop {
