@@ -10,10 +10,13 @@
 //! - [`workers`]: spawning, linking (request/reply correlation) and
 //!   supervising the worker processes.
 //! - [`run`]: start-up and orderly shutdown.
+//! - [`systemd`]: readiness/status/watchdog notifications, socket
+//!   activation and journal-friendly logs.
 
 pub mod cli;
 pub mod commands;
 pub mod machine;
 pub mod qmp;
 pub mod run;
+pub mod systemd;
 pub mod workers;

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use ipc_proto::envelope::error_chain;
 
-use crate::cli;
 use crate::machine::{policy, vm_setup, ExitRequest, Machine};
 use crate::qmp::events::EventBus;
 use crate::qmp::server::{QmpListener, QmpServer};
 use crate::workers::supervisor::Supervisor;
+use crate::{cli, commands, systemd};
 
 /// How long pending QMP output may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_millis(500);
@@ -36,6 +36,12 @@ pub enum MainError {
     /// Threads, signals or the supervisor could not be set up.
     #[error("cannot set up the broker")]
     Io(#[from] std::io::Error),
+    /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
+    #[error("{}", .0.desc)]
+    Blockdev(#[from] crate::qmp::error::QmpError),
+    /// The systemd environment is malformed.
+    #[error("systemd integration failed")]
+    Systemd(#[from] systemd::SystemdError),
 }
 
 impl MainError {
@@ -46,6 +52,8 @@ impl MainError {
             MainError::QmpSocket(..) => 3,
             MainError::Start(_) => 4,
             MainError::Io(_) => 5,
+            MainError::Blockdev(_) => 1,
+            MainError::Systemd(_) => 6,
         }
     }
 }
@@ -66,49 +74,96 @@ fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // Errors only if a subscriber is already set (tests); nothing to do then.
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // Errors only if a subscriber is already set (tests); nothing to do then.
+    let _ = if systemd::logs_to_journal() {
+        fmt.event_format(systemd::JournalFormat).try_init()
+    } else {
+        fmt.try_init()
+    };
 }
 
 /// Runs the broker; returns its exit status.
 pub fn run(args: &[String]) -> Result<u8, MainError> {
+    // Socket activation edits the environment: before any thread starts.
+    let activated = systemd::listen_fds()?;
+    let notifier = systemd::Notifier::from_env()?;
     let config = cli::parse(args)?;
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;
-    let listeners = bind_qmp(&config.qmp)?;
+    let mut listeners = bind_qmp(&config.qmp)?;
+    listeners.extend(activated.into_iter().map(|a| QmpListener {
+        listener: a.listener,
+        path: None,
+    }));
     let supervisor = Supervisor::start()?;
     let events = Arc::new(EventBus::new());
     let machine = Machine::new(config, events, supervisor, exit_tx);
     let mut created_sockets: Vec<PathBuf> = Vec::new();
-    let started = policy::start_block(&machine).and_then(|()| policy::start_vcpu(&machine));
+    let started = policy::start_block(&machine)
+        .map_err(MainError::from)
+        .and_then(|()| commands::block::apply_config(&machine).map_err(MainError::from))
+        .and_then(|()| policy::start_vcpu(&machine).map_err(MainError::from));
     match started {
         Ok(serial) => created_sockets.extend(serial),
         Err(e) => {
             machine.stop_workers();
-            remove_sockets(
-                &listeners
-                    .iter()
-                    .filter_map(|l| l.path.clone())
-                    .collect::<Vec<_>>(),
-            );
-            return Err(e.into());
+            let paths: Vec<PathBuf> = listeners.iter().filter_map(|l| l.path.clone()).collect();
+            remove_sockets(&paths);
+            return Err(e);
         }
     }
     let server = QmpServer::start(listeners, machine.clone())?;
     for p in &machine.config().qmp {
         tracing::info!("QMP socket: {}", p.display());
     }
+    let _watchdog = match &notifier {
+        Some(n) => start_systemd(n, &machine)?,
+        None => None,
+    };
     // Wait for a reason to end.
     let reason = exit_rx.recv().unwrap_or(ExitRequest::Quit);
     tracing::info!("ending: {reason:?}");
+    if let Some(n) = &notifier {
+        log_notify_error(n.stopping());
+    }
     machine.stop_workers();
     server.shutdown(FLUSH_DEADLINE);
     remove_sockets(&created_sockets);
     Ok(reason.exit_status())
+}
+
+/// Tells systemd the broker is ready, keeps STATUS= current and starts the
+/// watchdog pings if the unit asked for them.
+fn start_systemd(
+    n: &systemd::Notifier,
+    machine: &Arc<Machine>,
+) -> Result<Option<systemd::Watchdog>, MainError> {
+    let status = n.try_clone()?;
+    machine.set_status_hook(Box::new(move |text: &str| {
+        log_notify_error(status.status(text))
+    }));
+    log_notify_error(n.status(if machine.config().start_paused {
+        "prelaunch"
+    } else {
+        "running"
+    }));
+    log_notify_error(n.ready());
+    let Some(interval) = systemd::watchdog_interval() else {
+        return Ok(None);
+    };
+    let m = Arc::downgrade(machine);
+    let health = move || m.upgrade().is_some_and(|m| m.is_responsive());
+    Ok(Some(systemd::Watchdog::start(n, interval, health)?))
+}
+
+fn log_notify_error(r: Result<(), systemd::SystemdError>) {
+    if let Err(e) = r {
+        tracing::warn!("systemd notification failed: {}", error_chain(&e));
+    }
 }
 
 fn bind_qmp(paths: &[PathBuf]) -> Result<Vec<QmpListener>, MainError> {

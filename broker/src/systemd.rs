@@ -115,7 +115,8 @@ impl Notifier {
         self.notify("WATCHDOG=1")
     }
 
-    fn try_clone(&self) -> Result<Notifier> {
+    /// A second handle on the same notification socket (for other threads).
+    pub fn try_clone(&self) -> Result<Notifier> {
         Ok(Notifier {
             sock: self.sock.try_clone().map_err(SystemdError::Send)?,
             addr: self.addr.clone(),

@@ -78,7 +78,13 @@ pub struct Machine {
     /// Set when the broker is ending: worker exits are expected then.
     ending: AtomicBool,
     pub(crate) restart: Mutex<policy::Backoff>,
+    /// Told a short state description on every run-state change (systemd's
+    /// `STATUS=`).
+    status_hook: std::sync::OnceLock<StatusHook>,
 }
+
+/// Receives a short description of the VM's state when it changes.
+pub type StatusHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Machine {
     /// Creates the machine; [`Machine::start_workers`] brings it up.
@@ -98,6 +104,7 @@ impl Machine {
             vcpu_crashed: AtomicBool::new(false),
             ending: AtomicBool::new(false),
             restart: Mutex::new(policy::Backoff::default()),
+            status_hook: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,13 +212,47 @@ impl Machine {
 
     pub(crate) fn mark_vcpu_crashed(&self) {
         self.vcpu_crashed.store(true, Ordering::SeqCst);
+        self.report_status("guest crashed (vCPU worker died)");
+    }
+
+    /// Sets the hook told about state changes (once; later calls are ignored).
+    pub fn set_status_hook(&self, hook: StatusHook) {
+        let _ = self.status_hook.set(hook);
+    }
+
+    fn report_status(&self, text: &str) {
+        if let Some(h) = self.status_hook.get() {
+            h(text);
+        }
+    }
+
+    /// True when the broker's shared state is not wedged: its locks can be
+    /// taken within a second (the systemd watchdog's health check).
+    pub fn is_responsive(&self) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let free = self.vcpu.try_lock().is_ok() && self.block.try_lock().is_ok();
+            if free {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Turns a vcpu-proc event into QMP events and exit requests.
     pub(crate) fn on_vcpu_event(&self, ev: VcpuEvent) {
         match ev {
-            VcpuEvent::Stopped => self.events.emit("STOP", None),
-            VcpuEvent::Resumed => self.events.emit("RESUME", None),
+            VcpuEvent::Stopped => {
+                self.events.emit("STOP", None);
+                self.report_status("paused");
+            }
+            VcpuEvent::Resumed => {
+                self.events.emit("RESUME", None);
+                self.report_status("running");
+            }
             VcpuEvent::Reset { reason } => self.events.emit(
                 "RESET",
                 Some(json!({"guest": reason.is_guest(), "reason": reason.as_str()})),
@@ -221,6 +262,7 @@ impl Machine {
                     "SHUTDOWN",
                     Some(json!({"guest": reason.is_guest(), "reason": reason.as_str()})),
                 );
+                self.report_status("guest shut down");
                 if !self.config.no_shutdown {
                     self.request_exit(ExitRequest::GuestShutdown);
                 }
@@ -228,6 +270,7 @@ impl Machine {
             VcpuEvent::Powerdown => self.events.emit("POWERDOWN", None),
             VcpuEvent::GuestCrashed { detail } => {
                 tracing::error!("guest crashed: {detail}");
+                self.report_status("guest crashed");
                 self.events
                     .emit(event_names::GUEST_CRASHED, Some(json!({"detail": detail})));
             }
