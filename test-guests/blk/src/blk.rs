@@ -105,17 +105,17 @@ const IOAPIC_PINS: u32 = 24;
 ///
 /// QEMU's microvm wires transport `i` to GSI `base + i`: base 24 with its
 /// second IOAPIC (listed in the MADT with GSI base 24), else 16 with ACPI,
-/// else 5. Returns the GSI, or `None` if no IOAPIC serves it (completions
-/// are then found by the fallback tick).
+/// else 5 (no MADT). Returns the GSI, or `None` if no IOAPIC serves it
+/// (completions are then found by the fallback tick).
 fn route_microvm(index: u32) -> Option<u32> {
     let machine = acpi::discover();
-    let ioapics = &machine.ioapics[..machine.ioapic_count];
-    let gsi = if ioapics.iter().any(|&(_, base)| base == 24) {
-        24 + index
-    } else if ioapics.is_empty() {
-        u32::from(GSI_BASE) + index
-    } else {
-        16 + index
+    // Without a MADT (microvm with acpi=off): the one IOAPIC at its default
+    // address, GSIs from 0.
+    let default = [(apic::IOAPIC_BASE as u32, 0)];
+    let (ioapics, gsi) = match &machine.ioapics[..machine.ioapic_count] {
+        [] => (&default[..], u32::from(GSI_BASE) + index),
+        listed if listed.iter().any(|&(_, base)| base == 24) => (listed, 24 + index),
+        listed => (listed, 16 + index),
     };
     let &(addr, base) = ioapics
         .iter()
