@@ -234,6 +234,38 @@ fn blockdev_del_refuses_a_node_another_node_uses() {
 }
 
 #[test]
+fn deleting_a_node_frees_its_named_inline_children() {
+    let b = Bulkhead::start(&[]);
+    let mut q = b.client();
+    add_ok(
+        &mut q,
+        json!({"driver": "raw", "node-name": "r0",
+               "file": {"driver": "null-co", "node-name": "inner"}}),
+    );
+    assert_eq!(
+        q.execute("blockdev-del", json!({"node-name": "r0"})),
+        json!({"return": {}})
+    );
+    assert!(nodes(&mut q).is_empty(), "inner goes with its parent");
+    add_ok(&mut q, json!({"driver": "null-co", "node-name": "inner"}));
+}
+
+#[test]
+fn drive_lists_its_auto_named_file_node_after_the_format_node() {
+    let dir = common::TempDir::new();
+    let raw = dir.0.join("a.img");
+    std::fs::File::create(&raw).unwrap().set_len(4096).unwrap();
+    let drive = format!("file={},format=raw,if=none,id=d0", raw.display());
+    let b = Bulkhead::start(&["-drive", &drive]);
+    let mut q = b.client();
+    let list = nodes(&mut q);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["node-name"], "d0");
+    assert_eq!(list[1]["drv"], "file");
+    assert!(list[1]["node-name"].as_str().unwrap().starts_with("#block"));
+}
+
+#[test]
 fn query_blockstats_lists_nodes_with_qemu_counters() {
     let b = Bulkhead::start(&[]);
     let img = raw_image(&b, "r.img", 1 << 20);

@@ -556,16 +556,12 @@ fn query_nodes(m: &Machine) -> Result<Vec<NodeInfo>> {
     }
 }
 
-/// Sorts `items` in node creation order (QEMU's order), nodes the broker
-/// did not name (auto-named children) last.
+/// Sorts `items` in node creation order (QEMU's order). Nodes the broker
+/// did not name (auto-named inline children, backing files) count as the
+/// oldest, in block-proc's order.
 fn creation_order<T>(m: &Machine, items: &mut [T], name: impl Fn(&T) -> &str) {
     let order = lock(&block_state::state(m)).node_names();
-    items.sort_by_key(|i| {
-        order
-            .iter()
-            .position(|n| n == name(i))
-            .unwrap_or(usize::MAX)
-    });
+    items.sort_by_key(|i| order.iter().position(|n| n == name(i)).map_or(0, |p| p + 1));
 }
 
 /// Arguments of `query-named-block-nodes`.

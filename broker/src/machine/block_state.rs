@@ -320,7 +320,28 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             return Err(unexpected_reply(&other))
         }
     }
-    st.nodes.retain(|r| r.options.node_name() != Some(name));
+    // QEMU frees a deleted node's inline children with it (named ones
+    // too) unless another node uses them; parents before children.
+    if let Some(pos) = st
+        .nodes
+        .iter()
+        .position(|r| r.options.node_name() == Some(name))
+    {
+        let rec = st.nodes.remove(pos);
+        let mut inline = Vec::new();
+        let _ = walk_post_order::<()>(&rec.options, &mut |o| {
+            inline.extend(o.node_name().filter(|n| *n != name).map(String::from));
+            Ok(())
+        });
+        for child in inline.iter().rev() {
+            let req = BlockRequest::DelNode {
+                node_name: child.clone(),
+            };
+            if let Err(e) = m.block_request(req) {
+                tracing::debug!("inline child {child} of {name} stays: {}", e.desc);
+            }
+        }
+    }
     Ok(())
 }
 
