@@ -404,3 +404,32 @@ pub fn kick(thread: libc::pthread_t) {
         warn_limited!("cannot kick vCPU thread: error {rc}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync() -> Arc<VcpuSync> {
+        Arc::new(VcpuSync::new(EntryPoint { rip: 0, rsi: 0 }))
+    }
+
+    #[test]
+    fn wait_parked_times_out_when_a_vcpu_never_parks() {
+        assert!(!sync().wait_parked(1, Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn dead_threads_count_as_parked() {
+        let s = sync();
+        drop(DeadGuard(s.clone()));
+        assert!(s.wait_parked(1, Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn new_epoch_carries_the_entry_point() {
+        let s = sync();
+        s.new_epoch(EntryPoint { rip: 7, rsi: 9 });
+        let st = s.lock();
+        assert_eq!((st.epoch, st.entry.rip, st.entry.rsi), (1, 7, 9));
+    }
+}

@@ -328,9 +328,18 @@ impl Vmm {
         }
     }
 
-    /// The id of the channel's reader side (kept for symmetry).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Closes the control channel as a dying broker would and returns
+    /// how vcpu-proc exited.
+    pub fn close_and_wait(&mut self) -> std::process::ExitStatus {
+        self.channel.shutdown();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "vcpu-proc did not exit on EOF");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
