@@ -38,7 +38,7 @@ pub enum MainError {
     Io(#[from] std::io::Error),
     /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
     #[error("{}", .0.desc)]
-    Blockdev(#[from] crate::qmp::error::QmpError),
+    Blockdev(crate::qmp::error::QmpError),
     /// The systemd environment is malformed.
     #[error("systemd integration failed")]
     Systemd(#[from] systemd::SystemdError),
@@ -105,7 +105,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let mut created_sockets: Vec<PathBuf> = Vec::new();
     let started = policy::start_block(&machine)
         .map_err(MainError::from)
-        .and_then(|()| commands::block::apply_config(&machine).map_err(MainError::from))
+        .and_then(|()| commands::block::apply_config(&machine).map_err(MainError::Blockdev))
         .and_then(|()| policy::start_vcpu(&machine).map_err(MainError::from));
     match started {
         Ok(serial) => created_sockets.extend(serial),
