@@ -204,6 +204,31 @@ fn platform_setup(vm: &VmFd) -> Result<()> {
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))
 }
 
+/// Programs the in-kernel 8259 pair as a PC BIOS leaves it (vectors 0x08 and
+/// 0x70, every line masked), so a guest that never touches the PIC does not
+/// take ExtINT interrupts on exception vectors through LINT0.
+fn bios_pic_setup(vm: &VmFd) -> Result<()> {
+    for (chip_id, irq_base) in [
+        (KVM_IRQCHIP_PIC_MASTER, 0x08),
+        (KVM_IRQCHIP_PIC_SLAVE, 0x70),
+    ] {
+        let mut c = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut c).map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        // SAFETY: chip_id selects a PIC, so `pic` is the union member KVM filled.
+        let mut pic = unsafe { c.chip.pic };
+        pic.imr = 0xff;
+        pic.irq_base = irq_base;
+        pic.init4 = 1;
+        pic.init_state = 0;
+        c.chip.pic = pic;
+        vm.set_irqchip(&c).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+    }
+    Ok(())
+}
+
 fn snapshot_irqchips(vm: &VmFd) -> Result<Vec<kvm_irqchip>> {
     [
         KVM_IRQCHIP_PIC_MASTER,
@@ -273,6 +298,7 @@ impl Vm {
         let mem = memory::map_guest_memory(File::from(fds.take(cfg.memory)?), cfg.mem_size)?;
         memory::register_with_kvm(&vm, &mem)?;
         platform_setup(&vm)?;
+        bios_pic_setup(&vm)?;
         let irqchips = snapshot_irqchips(&vm)?;
 
         let io = Arc::new(Bus::new());
