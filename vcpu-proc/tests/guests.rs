@@ -33,7 +33,7 @@ fn builtin_guest_boots_without_a_kernel_fd() {
     let mut vmm = started(opts);
     vmm.wait_serial("Bulkhead test guest: hello", TIMEOUT);
     vmm.wait_serial("type 'exit'", TIMEOUT);
-    vmm.type_serial(b"exit\r");
+    vmm.type_exit();
     assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
     vmm.wait_serial("VERDICT: PASS hello", TIMEOUT);
 }
@@ -44,7 +44,9 @@ fn hello_guest_echoes_serial_input_and_passes() {
     opts.serial_input = true;
     let mut vmm = started(opts);
     vmm.wait_serial("type 'exit'", TIMEOUT);
-    vmm.type_serial(b"abc\rexit\r");
+    vmm.type_serial(b"abc\r");
+    vmm.wait_serial("abc", TIMEOUT);
+    vmm.type_exit();
     assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
     vmm.wait_serial("abc", TIMEOUT);
     vmm.wait_serial("VERDICT: PASS hello", TIMEOUT);
@@ -201,7 +203,7 @@ fn stop_and_cont_emit_events_only_on_change() {
     assert_eq!(vmm.next_event(), VcpuEvent::Resumed);
     assert_eq!(vmm.request(VcpuRequest::Cont), Ok(VcpuReply::Done));
     assert_eq!(vmm.status().status, RunState::Running);
-    vmm.type_serial(b"exit\r");
+    vmm.type_exit();
     assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
 }
 

@@ -320,6 +320,16 @@ impl Vmm {
         std::io::Write::write_all(f, bytes).unwrap();
     }
 
+    /// Makes the hello guest finish: a bare line first, so that a serial
+    /// interrupt is delivered while the guest idles, then `exit`. (hello
+    /// fails if it reads "exit" by polling before any serial interrupt was
+    /// taken, which can happen when both arrive in one burst.)
+    pub fn type_exit(&mut self) {
+        self.type_serial(b"\r");
+        std::thread::sleep(Duration::from_millis(300));
+        self.type_serial(b"exit\r");
+    }
+
     /// The status reply.
     pub fn status(&mut self) -> ipc_proto::vcpu::StatusInfo {
         match self.request(VcpuRequest::QueryStatus) {
