@@ -300,3 +300,32 @@ fn vcpu_proc_exits_cleanly_when_the_broker_closes_the_channel() {
     let status = vmm.close_and_wait();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn system_reset_after_the_end_reboots_all_four_cpus_on_cont() {
+    let mut opts = Opts::guest("smp");
+    opts.cpus = 4;
+    let mut vmm = started(opts);
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    vmm.wait_serial("all 4 cpus online", TIMEOUT);
+    assert_eq!(vmm.request(VcpuRequest::SystemReset), Ok(VcpuReply::Done));
+    assert_eq!(
+        vmm.next_event(),
+        VcpuEvent::Reset {
+            reason: ShutdownCause::HostQmpSystemReset
+        }
+    );
+    assert_eq!(vmm.status().status, RunState::Prelaunch);
+    assert_eq!(vmm.request(VcpuRequest::Cont), Ok(VcpuReply::Done));
+    assert_eq!(vmm.next_event(), VcpuEvent::Resumed);
+    assert_eq!(vmm.next_event(), VcpuEvent::DebugExit { code: 0 });
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while vmm.serial_text().matches("all 4 cpus online").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            vmm.serial_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
