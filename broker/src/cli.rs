@@ -74,6 +74,20 @@ pub struct Config {
     pub worker_dir: Option<PathBuf>,
     /// Block nodes from `-blockdev` and `-drive`, in command-line order.
     pub blockdevs: Vec<BlockdevSpec>,
+    /// `-device` options (`device_add` properties), in command-line order.
+    pub devices: Vec<Map<String, Value>>,
+    /// `-chardev socket,id=ID,path=PATH` (client sockets for vhost-user).
+    pub chardevs: Vec<ChardevSpec>,
+}
+
+/// One `-chardev socket,id=ID,path=PATH`: a Unix socket the broker
+/// connects to (a vhost-user backend's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChardevSpec {
+    /// `id`.
+    pub id: String,
+    /// `path`.
+    pub path: PathBuf,
 }
 
 /// One `-blockdev` or `-drive`: the `blockdev-add` arguments it stands for.
@@ -104,6 +118,8 @@ impl Default for Config {
             sandbox: true,
             worker_dir: None,
             blockdevs: Vec::new(),
+            devices: Vec::new(),
+            chardevs: Vec::new(),
         }
     }
 }
@@ -157,6 +173,14 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     text,
                     options,
                 });
+            }
+            "-device" => cfg.devices.push(parse_device(&value()?)?),
+            "-chardev" => {
+                let c = parse_chardev(&value()?)?;
+                if cfg.chardevs.iter().any(|x| x.id == c.id) {
+                    return Err(bad("-chardev", format!("duplicate chardev id '{}'", c.id)));
+                }
+                cfg.chardevs.push(c);
             }
             // Implied by what bulkhead is: KVM always, never a display.
             "-enable-kvm" | "-nographic" | "-nodefaults" => {}
@@ -517,6 +541,41 @@ pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
     Ok(top)
 }
 
+/// `-device DRIVER,prop=value,...` or `-device {"driver": ...}`: the
+/// properties `device_add` takes (checked when applied).
+pub fn parse_device(s: &str) -> Result<Map<String, Value>> {
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str::<Map<String, Value>>(s)
+            .map_err(|e| bad("-device", format!("JSON parse error, {e}")));
+    }
+    Ok(keyval_pairs("-device", s, Some("driver"))?
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect())
+}
+
+/// `-chardev socket,id=ID,path=PATH`: only client Unix sockets.
+pub fn parse_chardev(s: &str) -> Result<ChardevSpec> {
+    let o = "-chardev";
+    let (mut backend, mut id, mut path) = (None, None, None);
+    for (k, v) in keyval_pairs(o, s, Some("backend"))? {
+        match k.as_str() {
+            "backend" => backend = Some(v),
+            "id" => id = Some(v),
+            "path" => path = Some(PathBuf::from(v)),
+            "server" if !parse_on_off(o, &v)? => {}
+            "reconnect" | "reconnect-ms" => {}
+            _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
+        }
+    }
+    if backend.as_deref() != Some("socket") {
+        return Err(bad(o, "only 'socket' chardevs (client, path=) are supported"));
+    }
+    let id = id.ok_or_else(|| bad(o, "Parameter 'id' is missing"))?;
+    let path = path.ok_or_else(|| bad(o, "chardev: socket: no addr provided"))?;
+    Ok(ChardevSpec { id, path })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +683,30 @@ mod tests {
         assert!(parse_blockdev("driver=file,size=-1").is_err());
         assert!(parse_blockdev("driver=file,file=x,file.driver=y").is_err());
         assert!(parse_blockdev("{not json").is_err());
+    }
+
+    #[test]
+    fn device_and_chardev_options_parse() {
+        let c = parse(&args(
+            "-chardev socket,id=c0,path=/s.sock -device virtio-blk-device,drive=d0,id=vda \
+             -device vhost-user-blk,chardev=c0,id=vdb",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.chardevs,
+            vec![ChardevSpec {
+                id: "c0".into(),
+                path: "/s.sock".into()
+            }]
+        );
+        assert_eq!(
+            Value::Object(c.devices[0].clone()),
+            serde_json::json!({"driver": "virtio-blk-device", "drive": "d0", "id": "vda"})
+        );
+        assert_eq!(c.devices[1]["chardev"], "c0");
+        assert!(parse_chardev("pty,id=x").is_err());
+        assert!(parse_chardev("socket,id=x").is_err());
+        assert!(parse_chardev("socket,id=x,path=/p,server=on").is_err());
     }
 
     #[test]

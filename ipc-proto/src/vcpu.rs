@@ -55,6 +55,31 @@ pub struct VmConfig {
     pub no_reboot: bool,
 }
 
+/// The kind of device a vhost-user backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VhostUserKind {
+    /// virtio-blk (device type 2).
+    Block,
+}
+
+/// A virtio-mmio device whose queues a vhost-user backend serves. The
+/// broker connects the socket (vcpu-proc opens nothing) and passes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostUserDeviceConfig {
+    /// Device id (QMP `id`).
+    pub id: String,
+    /// virtio-mmio slot: base `0xd000_0000 + 0x1000 * slot`, GSI `5 + slot`.
+    pub slot: u32,
+    /// The device type.
+    pub kind: VhostUserKind,
+    /// The socket, already connected to the backend.
+    pub socket: FdSlot,
+    /// Queues wanted (capped by what the backend serves).
+    pub num_queues: u16,
+    /// Largest queue size offered to the guest (a power of two).
+    pub queue_size: u16,
+}
+
 /// QEMU's RunState values (QAPI `RunState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunState {
@@ -234,6 +259,26 @@ pub enum VcpuRequest {
     SystemPowerdown,
     /// Report every vCPU (`query-cpus-fast`).
     QueryCpus,
+    /// [`VcpuRequest::CreateVm`] with vhost-user devices attached before
+    /// the firmware tables are written and before any vCPU runs. Fds: per
+    /// the config's and the devices' slots.
+    CreateVmWithDevices {
+        /// The VM.
+        config: VmConfig,
+        /// Its devices, in slot order.
+        devices: Vec<VhostUserDeviceConfig>,
+    },
+    /// Attach a vhost-user device to a VM that has never run (`prelaunch`);
+    /// the ACPI tables are rewritten to list it. Refused once the guest ran.
+    AttachVhostUser(VhostUserDeviceConfig),
+    /// Hand device `id` to a restarted backend on `socket` (connected);
+    /// the session, the vrings and the inflight region are replayed.
+    ReconnectVhostUser {
+        /// Device id.
+        id: String,
+        /// The new connection.
+        socket: FdSlot,
+    },
 }
 
 /// Replies of vcpu-proc.
@@ -276,5 +321,16 @@ pub enum VcpuEvent {
     DebugExit {
         /// The value written.
         code: u32,
+    },
+    /// A vhost-user backend hung up; the device waits for
+    /// [`VcpuRequest::ReconnectVhostUser`] (the guest's requests wait too).
+    VhostUserDisconnected {
+        /// Device id.
+        id: String,
+    },
+    /// A new backend took over device `id`.
+    VhostUserReconnected {
+        /// Device id.
+        id: String,
     },
 }

@@ -3,14 +3,17 @@
 //! and emits the resulting events. Requests from the broker and from vCPU
 //! threads both come through here, one at a time.
 
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use ipc_proto::envelope::error_chain;
-use ipc_proto::vcpu::{CpuInfo, StatusInfo, VcpuEvent};
+use ipc_proto::vcpu::{CpuInfo, RunState, StatusInfo, VcpuEvent, VhostUserDeviceConfig};
 
 use crate::devices::ged::EVENT_POWER_BUTTON;
 use crate::runstate::{Input, RunStateError, RunStateMachine};
+use crate::virtio::VirtioEvent;
 use crate::vm::Vm;
 use crate::warn_limited;
 
@@ -87,7 +90,35 @@ impl Controller {
         self.vm.sync.wait_parked(self.vm.vcpus.len(), PAUSE_TIMEOUT)
     }
 
+    /// Attaches a vhost-user device; only while the guest has never run
+    /// (`prelaunch`), since the DSDT that lists it is read at boot.
+    pub fn attach_vhost_user(
+        &mut self,
+        d: &VhostUserDeviceConfig,
+        socket: UnixStream,
+        events: Sender<VirtioEvent>,
+    ) -> Result<(), String> {
+        if self.rsm.state() != RunState::Prelaunch {
+            return Err(format!(
+                "Bus 'virtio-mmio-bus.{}' does not support hotplugging",
+                d.slot
+            ));
+        }
+        self.vm
+            .attach_vhost_user(d, socket, events)
+            .map_err(|e| error_chain(&e))
+    }
+
+    /// Hands device `id` to a restarted backend on `socket`.
+    pub fn reconnect_vhost_user(&self, id: &str, socket: UnixStream) -> Result<(), String> {
+        self.vm
+            .devices
+            .reconnect(id, socket)
+            .map_err(|e| error_chain(&e))
+    }
+
     fn reset_machine(&mut self) -> Result<(), String> {
+        self.vm.devices.reset_all();
         self.vm.reset_irqchips().map_err(|e| error_chain(&e))?;
         self.vm
             .ged

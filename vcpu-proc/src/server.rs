@@ -5,12 +5,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use ipc_proto::envelope::error_chain;
-use ipc_proto::vcpu::{VcpuEvent, VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::{VcpuEvent, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VmConfig};
 use ipc_proto::worker::WorkerChannel;
 use ipc_proto::{BrokerMsg, ChannelError, FlatError, WorkerMsg};
 
 use crate::control::{Controller, EventSink};
 use crate::runstate::{Input, RunStateMachine};
+use crate::virtio::VirtioEvent;
 use crate::vm::{FdTable, Vm};
 
 /// vcpu-proc's end of the control channel.
@@ -22,6 +23,9 @@ pub enum ServerError {
     /// The channel broke (not a clean close).
     #[error("control channel failed")]
     Channel(#[source] ChannelError),
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Result of serving.
@@ -47,22 +51,52 @@ fn no_vm() -> FlatError {
     FlatError::generic("the VM has not been created")
 }
 
+/// Forwards the virtio devices' connection events to the broker.
+fn spawn_virtio_forwarder(channel: Arc<VcpuChannel>) -> std::io::Result<mpsc::Sender<VirtioEvent>> {
+    let (tx, rx) = mpsc::channel::<VirtioEvent>();
+    let sink = ChannelSink(channel);
+    std::thread::Builder::new()
+        .name("virtio-events".into())
+        .spawn(move || {
+            for ev in rx {
+                sink.emit(match ev {
+                    VirtioEvent::Disconnected { id } => VcpuEvent::VhostUserDisconnected { id },
+                    VirtioEvent::Reconnected { id } => VcpuEvent::VhostUserReconnected { id },
+                });
+            }
+        })?;
+    Ok(tx)
+}
+
 struct Server {
     channel: Arc<VcpuChannel>,
     controller: Option<Shared>,
+    virtio_events: mpsc::Sender<VirtioEvent>,
+}
+
+fn one_socket(
+    fds: Vec<std::os::fd::OwnedFd>,
+    slot: ipc_proto::vcpu::FdSlot,
+) -> std::result::Result<std::os::unix::net::UnixStream, FlatError> {
+    FdTable::new(fds)
+        .take(slot)
+        .map(std::os::unix::net::UnixStream::from)
+        .map_err(|e| FlatError::generic(error_chain(&e)))
 }
 
 impl Server {
     fn create_vm(
         &mut self,
-        cfg: ipc_proto::vcpu::VmConfig,
+        cfg: VmConfig,
+        devices: &[VhostUserDeviceConfig],
         fds: Vec<std::os::fd::OwnedFd>,
     ) -> std::result::Result<VcpuReply, FlatError> {
         if self.controller.is_some() {
             return Err(FlatError::generic("the VM already exists"));
         }
         let (tx, rx) = mpsc::channel::<Input>();
-        let vm = Vm::create(&cfg, FdTable::new(fds), tx).map_err(|e| {
+        let events = self.virtio_events.clone();
+        let vm = Vm::create_with_devices(&cfg, devices, FdTable::new(fds), tx, events).map_err(|e| {
             FlatError::generic(format!("cannot create the VM: {}", error_chain(&e)))
         })?;
         let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot);
@@ -104,7 +138,27 @@ impl Server {
             }
         };
         match req {
-            VcpuRequest::CreateVm(cfg) => self.create_vm(cfg, fds),
+            VcpuRequest::CreateVm(cfg) => self.create_vm(cfg, &[], fds),
+            VcpuRequest::CreateVmWithDevices { config, devices } => {
+                self.create_vm(config, &devices, fds)
+            }
+            VcpuRequest::AttachVhostUser(d) => {
+                let socket = one_socket(fds, d.socket)?;
+                let events = self.virtio_events.clone();
+                self.with_vm(|c| {
+                    c.attach_vhost_user(&d, socket, events)
+                        .map(|()| VcpuReply::Done)
+                        .map_err(FlatError::generic)
+                })
+            }
+            VcpuRequest::ReconnectVhostUser { id, socket } => {
+                let socket = one_socket(fds, socket)?;
+                self.with_vm(|c| {
+                    c.reconnect_vhost_user(&id, socket)
+                        .map(|()| VcpuReply::Done)
+                        .map_err(FlatError::generic)
+                })
+            }
             VcpuRequest::Cont => self.with_vm(step(Input::Cont)),
             VcpuRequest::Stop => self.with_vm(step(Input::Stop)),
             VcpuRequest::SystemReset => self.with_vm(step(Input::SystemReset)),
@@ -117,9 +171,12 @@ impl Server {
 
 /// Serves `channel` until the broker closes it.
 pub fn serve(channel: VcpuChannel) -> Result<()> {
+    let channel = Arc::new(channel);
+    let virtio_events = spawn_virtio_forwarder(channel.clone()).map_err(ServerError::Thread)?;
     let mut server = Server {
-        channel: Arc::new(channel),
+        channel,
         controller: None,
+        virtio_events,
     };
     loop {
         let (msg, fds) = match server.channel.recv() {

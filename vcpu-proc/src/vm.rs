@@ -5,12 +5,14 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VhostUserDeviceConfig, VhostUserKind, VmConfig};
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
@@ -30,6 +32,9 @@ use crate::loader::{self, BootSource, KernelImage};
 use crate::memory::{self, GuestMemoryMmap};
 use crate::regs::EntryPoint;
 use crate::vcpu::{self, ActionSender, InitialState, VcpuSync, VcpuThread};
+use crate::virtio::{
+    VhostUserBlkParams, VirtioDevices, VirtioError, VirtioEvent, VirtioMmioDevice as MmioDevice,
+};
 use crate::{cpuid, mptable, paging, regs};
 
 const IOAPIC_PINS: u32 = 24;
@@ -80,6 +85,15 @@ pub enum VmError {
     /// A vCPU thread did not start in time.
     #[error("vCPU threads did not start")]
     ThreadStart,
+    /// A vhost-user device could not be attached.
+    #[error("cannot attach device '{id}'")]
+    Device {
+        /// Device id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: VirtioError,
+    },
 }
 
 /// Result of VM building.
@@ -139,6 +153,8 @@ pub struct Vm {
     pub vcpus: Vec<VcpuHandle>,
     /// virtio-mmio devices declared in the DSDT.
     pub virtio: Vec<VirtioMmioDevice>,
+    /// The vhost-user devices behind those virtio-mmio windows.
+    pub devices: VirtioDevices,
     irqchips: Vec<kvm_irqchip>,
     _kvm: Kvm,
 }
@@ -279,7 +295,21 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
 
 impl Vm {
     /// Builds the VM; its vCPUs are parked until [`VcpuSync::resume`].
-    pub fn create(cfg: &VmConfig, mut fds: FdTable, actions: ActionSender) -> Result<Vm> {
+    pub fn create(cfg: &VmConfig, fds: FdTable, actions: ActionSender) -> Result<Vm> {
+        let (events, _) = std::sync::mpsc::channel();
+        Self::create_with_devices(cfg, &[], fds, actions, events)
+    }
+
+    /// Builds the VM with vhost-user `devices` attached (their sockets are
+    /// slots of `fds`) before the firmware tables are written and before
+    /// any vCPU exists; their connection events go to `events`.
+    pub fn create_with_devices(
+        cfg: &VmConfig,
+        devices: &[VhostUserDeviceConfig],
+        mut fds: FdTable,
+        actions: ActionSender,
+        events: Sender<VirtioEvent>,
+    ) -> Result<Vm> {
         if cfg.cpus == 0 || cfg.cpus > 254 {
             return Err(VmError::Config("cpus must be 1..=254"));
         }
@@ -348,9 +378,14 @@ impl Vm {
             sync: Arc::new(VcpuSync::new(EntryPoint { rip: 0, rsi: 0 })),
             vcpus: Vec::new(),
             virtio: Vec::new(),
+            devices: VirtioDevices::new(),
             irqchips,
             _kvm: kvm,
         };
+        for d in devices {
+            let socket = UnixStream::from(fds.take(d.socket)?);
+            machine.add_device(d, socket, events.clone())?;
+        }
         let entry = machine.load_guest()?;
         machine.sync.new_epoch(entry);
         machine.spawn_vcpus(&supported, actions)?;
@@ -375,6 +410,53 @@ impl Vm {
         mptable::write(mem, self.cpus).map_err(VmError::BootMemory)?;
         acpi::write_tables(mem, self.cpus, &self.virtio)?;
         Ok(loader::load(mem, &mut self.boot)?)
+    }
+
+    /// Attaches a vhost-user device on `socket` (connected to its backend)
+    /// and lists it for the DSDT; the tables are written later.
+    fn add_device(
+        &mut self,
+        d: &VhostUserDeviceConfig,
+        socket: UnixStream,
+        events: Sender<VirtioEvent>,
+    ) -> Result<()> {
+        let err = |source| VmError::Device {
+            id: d.id.clone(),
+            source,
+        };
+        if self.devices.get(&d.id).is_some() {
+            return Err(err(VirtioError::DuplicateId(d.id.clone())));
+        }
+        let params = VhostUserBlkParams {
+            id: d.id.clone(),
+            slot: d.slot,
+            socket,
+            mem: self.mem.clone(),
+            vm: &self.fd,
+            bus: &self.mmio,
+            events,
+            num_queues: d.num_queues,
+            queue_size: d.queue_size,
+        };
+        let dev = match d.kind {
+            VhostUserKind::Block => MmioDevice::new_vhost_user_blk(params).map_err(err)?,
+        };
+        self.devices.add(dev).map_err(err)?;
+        self.virtio = self.devices.acpi_devices();
+        Ok(())
+    }
+
+    /// Attaches a vhost-user device to a VM whose guest has not run yet
+    /// and rewrites the ACPI tables so the DSDT lists it.
+    pub fn attach_vhost_user(
+        &mut self,
+        d: &VhostUserDeviceConfig,
+        socket: UnixStream,
+        events: Sender<VirtioEvent>,
+    ) -> Result<()> {
+        self.add_device(d, socket, events)?;
+        acpi::write_tables(&self.mem, self.cpus, &self.virtio)?;
+        Ok(())
     }
 
     /// Restores the interrupt controllers to their power-on state.

@@ -927,13 +927,32 @@ pub struct QueryBlock;
 impl Command for QueryBlock {
     const NAME: &'static str = "query-block";
     const DOC: &'static str =
-        "List the block devices (BlockInfo); empty until devices are attached.";
+        "List the block devices (BlockInfo): every virtio-blk-device and its node.";
     type Args = Empty;
     type Ret = Vec<BlockInfo>;
 
-    fn run(_: Empty, _ctx: &Ctx<'_>) -> Result<Vec<BlockInfo>> {
-        // Block devices (BlockBackends) come with device_add.
-        Ok(Vec::new())
+    fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<BlockInfo>> {
+        let devs = crate::machine::devices::block_devices(ctx.machine);
+        if devs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes = query_nodes(ctx.machine)?;
+        Ok(devs
+            .into_iter()
+            .map(|(id, node)| BlockInfo {
+                device: String::new(),
+                qdev: Some(format!("/machine/peripheral/{id}")),
+                kind: "unknown".into(),
+                removable: false,
+                locked: false,
+                inserted: nodes
+                    .iter()
+                    .find(|n| n.node_name == node)
+                    .map(|n| BlockDeviceInfo::from_node(n, false)),
+                tray_open: None,
+                io_status: Some("ok".into()),
+            })
+            .collect())
     }
 }
 

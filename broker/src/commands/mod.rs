@@ -6,9 +6,11 @@
 //! - [`control`]: the protocol itself (negotiation, version, introspection).
 //! - [`machine`]: the VM's life cycle and vCPUs.
 //! - [`events`]: the event declarations.
+//! - [`device`]: `device_add` / `device_del` and the device events.
 
 pub mod block;
 pub mod control;
+pub mod device;
 pub mod events;
 pub mod machine;
 
@@ -37,7 +39,10 @@ pub fn registry() -> Registry {
     r.register::<block::QueryNamedBlockNodes>();
     r.register::<block::QueryBlockstats>();
     r.register::<block::QueryBlock>();
+    r.register::<device::DeviceAdd>();
+    r.register::<device::DeviceDel>();
     events::declare(&mut r);
+    device::declare_events(&mut r);
     r
 }
 

@@ -13,3 +13,11 @@ pub const WORKER_RESTARTED: &str = "__org.bulkhead_WORKER_RESTARTED";
 
 /// The guest crashed (KVM internal error, failed VM entry). Data: `detail`.
 pub const GUEST_CRASHED: &str = "__org.bulkhead_GUEST_CRASHED";
+
+/// A device's vhost-user backend went away (its worker died or hung up);
+/// the guest's requests wait. Data: `id`.
+pub const DEVICE_BACKEND_LOST: &str = "__org.bulkhead_DEVICE_BACKEND_LOST";
+
+/// A device is served by a backend again; requests in flight at the loss
+/// were resubmitted. Data: `id`, `downtime-ms`.
+pub const DEVICE_BACKEND_RESTORED: &str = "__org.bulkhead_DEVICE_BACKEND_RESTORED";

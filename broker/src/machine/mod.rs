@@ -5,8 +5,10 @@
 //!   kernel, serial) and builds vcpu-proc's `CreateVm` request.
 //! - [`policy`]: what happens when a worker exits (restart with backoff, or
 //!   guest crash).
+//! - [`devices`]: the guest devices and their vhost-user backends.
 
 pub mod block_state;
+pub mod devices;
 pub mod event_names;
 pub mod policy;
 pub mod vm_setup;
@@ -78,6 +80,8 @@ pub struct Machine {
     /// Set when the broker is ending: worker exits are expected then.
     ending: AtomicBool,
     pub(crate) restart: Mutex<policy::Backoff>,
+    /// The desired guest devices.
+    pub(crate) devices: Mutex<devices::DeviceState>,
     /// Told a short state description on every run-state change (systemd's
     /// `STATUS=`).
     status_hook: std::sync::OnceLock<StatusHook>,
@@ -104,6 +108,7 @@ impl Machine {
             vcpu_crashed: AtomicBool::new(false),
             ending: AtomicBool::new(false),
             restart: Mutex::new(policy::Backoff::default()),
+            devices: Mutex::new(devices::DeviceState::default()),
             status_hook: std::sync::OnceLock::new(),
         })
     }
@@ -133,15 +138,18 @@ impl Machine {
         &self.supervisor
     }
 
-    /// Sends `req` to vcpu-proc and waits for its reply.
+    /// Sends `req` to vcpu-proc and waits for its reply. The first `cont`
+    /// of a `-S` machine first attaches the devices added in `prelaunch`.
     pub fn vcpu_request(&self, req: VcpuRequest) -> Result<VcpuReply, FlatError> {
-        let link = lock(&self.vcpu).as_ref().map(|w| w.link.clone());
-        match link {
-            Some(l) => l.request(req, &[]),
-            None => Err(FlatError::generic(
-                "the guest has crashed: its vCPU worker is not running",
-            )),
+        let cont = matches!(req, VcpuRequest::Cont);
+        if cont {
+            devices::attach_pending(self)?;
         }
+        let reply = self.vcpu_request_with_fds(req, &[])?;
+        if cont {
+            devices::mark_launched(self);
+        }
+        Ok(reply)
     }
 
     /// Sends `req` to block-proc and waits for its reply.
@@ -243,7 +251,7 @@ impl Machine {
     }
 
     /// Turns a vcpu-proc event into QMP events and exit requests.
-    pub(crate) fn on_vcpu_event(&self, ev: VcpuEvent) {
+    pub(crate) fn on_vcpu_event(self: &Arc<Self>, ev: VcpuEvent) {
         match ev {
             VcpuEvent::Stopped => {
                 self.events.emit("STOP", None);
@@ -275,6 +283,8 @@ impl Machine {
                     .emit(event_names::GUEST_CRASHED, Some(json!({"detail": detail})));
             }
             VcpuEvent::DebugExit { code } => self.request_exit(ExitRequest::DebugExit(code)),
+            VcpuEvent::VhostUserDisconnected { id } => devices::on_disconnected(self, &id),
+            VcpuEvent::VhostUserReconnected { id } => devices::on_reconnected(self, &id),
         }
     }
 

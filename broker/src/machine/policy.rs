@@ -13,7 +13,7 @@ use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
 use ipc_proto::{FlatError, WorkerKind};
 use serde_json::{json, Value};
 
-use super::{event_names, lock, vm_setup, BlockLink, Machine, VcpuLink, Worker};
+use super::{devices, event_names, lock, vm_setup, BlockLink, Machine, VcpuLink, Worker};
 use crate::workers::link::WorkerLink;
 use crate::workers::spawn::{default_worker_dir, spawn_worker, SpawnedWorker};
 use crate::workers::supervisor::{ExitStatus, WorkerExit};
@@ -68,6 +68,9 @@ pub enum StartError {
     /// The worker refused the configuration.
     #[error("the {0} worker refused its configuration: {1}")]
     Refused(&'static str, FlatError),
+    /// A `-device` could not be created or connected.
+    #[error("{}", .0.desc)]
+    Device(FlatError),
     /// Thread or pidfd creation failed.
     #[error("cannot supervise the {0} worker")]
     Io(&'static str, #[source] std::io::Error),
@@ -95,7 +98,7 @@ type LiveWorker<R, P, E> = (SpawnedWorker, Arc<WorkerLink<R, P, E>>);
 fn bring_up<R, P, E>(
     m: &Arc<Machine>,
     kind: WorkerKind,
-    on_event: impl Fn(&Machine, E) + Send + 'static,
+    on_event: impl Fn(&Arc<Machine>, E) + Send + 'static,
 ) -> Result<LiveWorker<R, P, E>, StartError>
 where
     R: serde::Serialize + Send + 'static,
@@ -122,17 +125,41 @@ where
     Ok((proc, link))
 }
 
-/// Starts vcpu-proc and creates the VM in it. Returns the serial socket
-/// path to remove at exit, if the broker created one.
+/// Starts vcpu-proc and creates the VM in it, with the `-device` devices
+/// (attached at creation, or before the first `cont` with `-S`). Returns
+/// the serial socket path to remove at exit, if the broker created one.
 pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
+    devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
     let (proc, link): (SpawnedWorker, Arc<VcpuLink>) =
-        bring_up(m, WorkerKind::Vcpu, |m: &Machine, e| m.on_vcpu_event(e))?;
-    let fds: Vec<_> = prepared.fds.iter().map(|f| f.as_fd()).collect();
-    match link.request(VcpuRequest::CreateVm(prepared.config.clone()), &fds) {
+        bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| m.on_vcpu_event(e))?;
+    let start_paused = prepared.config.start_paused;
+    let pending = if start_paused {
+        Vec::new()
+    } else {
+        devices::connect_pending(m, prepared.fds.len()).map_err(StartError::Device)?
+    };
+    let mut fds: Vec<_> = prepared.fds.iter().map(|f| f.as_fd()).collect();
+    fds.extend(pending.iter().map(|(_, s)| s.as_fd()));
+    let ids: Vec<String> = pending.iter().map(|(c, _)| c.id.clone()).collect();
+    let req = if pending.is_empty() {
+        VcpuRequest::CreateVm(prepared.config.clone())
+    } else {
+        VcpuRequest::CreateVmWithDevices {
+            config: prepared.config.clone(),
+            devices: pending.iter().map(|(c, _)| c.clone()).collect(),
+        }
+    };
+    match link.request(req, &fds) {
         Ok(VcpuReply::Done) => {}
         Ok(other) => return Err(StartError::Refused("vcpu", super::unexpected_reply(&other))),
         Err(e) => return Err(StartError::Refused("vcpu", e)),
+    }
+    drop(fds);
+    drop(pending);
+    devices::mark_attached(m, &ids);
+    if !start_paused {
+        devices::mark_launched(m);
     }
     watch(m, &proc, WorkerKind::Vcpu)?;
     *lock(&m.vcpu) = Some(Worker {
@@ -145,7 +172,7 @@ pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
 /// Starts block-proc (and replays the desired block state into it).
 pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
     let (proc, link): (SpawnedWorker, Arc<BlockLink>) =
-        bring_up(m, WorkerKind::Block, |m: &Machine, e| m.on_block_event(e))?;
+        bring_up(m, WorkerKind::Block, |m: &Arc<Machine>, e| m.on_block_event(e))?;
     watch(m, &proc, WorkerKind::Block)?;
     // Replay before publishing the link, so no QMP command reaches a
     // half-restored worker.
@@ -223,6 +250,7 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
                 Some(exit_data(&exit, "restart")),
             );
             let down_since = Instant::now();
+            devices::on_block_exit(m);
             let stale = lock(&m.block).take();
             drop(stale);
             restart_block(m, down_since);
@@ -254,6 +282,7 @@ fn restart_block(m: &Arc<Machine>, down_since: Instant) {
                         "downtime-ms": down_since.elapsed().as_millis() as u64,
                     })),
                 );
+                devices::reconnect_exports(m);
                 return;
             }
             Err(e) => tracing::error!("restarting the block worker failed: {}", error_chain(&e)),

@@ -1,0 +1,753 @@
+//! The desired guest devices: every `-device` and `device_add`, the
+//! vhost-user backend serving it, and its virtio-mmio slot.
+//!
+//! vcpu-proc opens nothing, so the broker makes every connection:
+//! - a `virtio-blk-device` (`drive=NODE`) is a block-proc export of the
+//!   node on a listening socket the broker creates (an abstract Unix socket
+//!   with a random name) and keeps ([`block_state::record_export`]), so a
+//!   restarted block-proc gets the same listener; the broker connects to it
+//!   and passes the connected fd to vcpu-proc;
+//! - a `vhost-user-blk` (`chardev=ID`, `-chardev socket,id=ID,path=P`) is
+//!   an external backend (qemu-storage-daemon, ...): the broker connects to
+//!   the path.
+//!
+//! Devices exist in vcpu-proc before the guest first runs (they must be in
+//! the DSDT it reads at boot): the command line's go into the VM at
+//! creation, or, with `-S`, like every `device_add` in `prelaunch`, are
+//! attached just before the first `cont`. Until then `device_del` simply
+//! forgets them. Once the guest has run, the virtio-mmio bus takes no
+//! hotplug, as in QEMU.
+//!
+//! Crash recovery: when block-proc dies every device on an export is
+//! reported lost; after the restart and the replay of nodes and exports
+//! (`policy::restart_block`), [`reconnect_exports`] connects each device
+//! again and sends `ReconnectVhostUser`, retrying without a deadline with
+//! a capped backoff until it succeeds or a newer restart takes over. An
+//! external backend that hangs up is reconnected the same way.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions};
+use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind};
+use ipc_proto::{ErrorClass, FlatError};
+use serde_json::{json, Map, Value};
+
+use super::{block_state, event_names, lock, unexpected_reply, Machine};
+use crate::cli::ChardevSpec;
+
+/// QEMU's virtio-blk device for a virtio-mmio bus.
+pub const VIRTIO_BLK: &str = "virtio-blk-device";
+/// QEMU's vhost-user-blk device for a virtio-mmio bus.
+pub const VHOST_USER_BLK: &str = "vhost-user-blk";
+/// Accepted as another spelling of [`VHOST_USER_BLK`].
+pub const VHOST_USER_BLK_ALIAS: &str = "vhost-user-blk-device";
+/// virtio-mmio slots of the platform (docs/platform.md).
+pub const SLOTS: u32 = 8;
+const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Longest pause between two reconnection attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(5);
+
+/// Where a device's vhost-user backend is.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A block-proc export of `drive` on a listener the broker keeps.
+    Export {
+        /// The node exported.
+        drive: String,
+        /// The export's id in block-proc.
+        export_id: String,
+        /// The listener's address.
+        addr: SocketAddr,
+    },
+    /// An external backend listening at `path` (`-chardev socket`).
+    External {
+        /// The chardev id.
+        chardev: String,
+        /// The socket path.
+        path: PathBuf,
+    },
+}
+
+/// A `-device` / `device_add` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// `id`.
+    pub id: String,
+    /// `driver`.
+    pub driver: &'static str,
+    /// `drive` (virtio-blk-device).
+    pub drive: Option<String>,
+    /// `chardev` (vhost-user-blk).
+    pub chardev: Option<String>,
+    /// `bus=virtio-mmio-bus.N`.
+    pub slot: Option<u32>,
+    /// `num-queues`.
+    pub num_queues: u16,
+    /// `queue-size`.
+    pub queue_size: u16,
+    /// `serial`.
+    pub serial: String,
+    /// `logical_block_size`.
+    pub logical_block_size: u32,
+}
+
+/// One device of the desired state.
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    /// The device as given.
+    pub spec: DeviceSpec,
+    /// Its backend.
+    pub backend: Backend,
+    /// Its virtio-mmio slot.
+    pub slot: u32,
+    /// True once vcpu-proc has it.
+    pub attached: bool,
+}
+
+/// The broker's desired devices.
+#[derive(Debug, Default)]
+pub struct DeviceState {
+    devices: Vec<DeviceRecord>,
+    /// True once the guest has run (devices can no longer come or go).
+    launched: bool,
+    /// When each device lost its backend (for the downtime).
+    lost: HashMap<String, Instant>,
+    /// Bumped on every block-proc restart; a reconnect loop of an older
+    /// restart gives up.
+    generation: u64,
+}
+
+impl DeviceState {
+    /// The devices, in creation order.
+    pub fn devices(&self) -> &[DeviceRecord] {
+        &self.devices
+    }
+}
+
+fn generic(desc: impl Into<String>) -> FlatError {
+    FlatError::generic(desc)
+}
+
+fn prop_str(driver: &str, key: &str, v: &Value) -> Result<String, FlatError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(generic(format!(
+            "Invalid parameter type for '{driver}.{key}', expected: string"
+        ))),
+    }
+}
+
+fn prop_uint(driver: &str, key: &str, v: &Value, max: u64) -> Result<u64, FlatError> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse::<u64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n <= max => Ok(n),
+        Some(n) => Err(generic(format!(
+            "Property {driver}.{key} doesn't take value {n} (maximum: {max})"
+        ))),
+        None => Err(generic(format!(
+            "Parameter '{key}' expects uint{}",
+            if max > u64::from(u16::MAX) { 32 } else { 16 }
+        ))),
+    }
+}
+
+/// QEMU's `id_wellformed`.
+fn id_wellformed(id: &str) -> bool {
+    let mut c = id.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic())
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
+}
+
+/// Validates `device_add` / `-device` properties with QEMU's messages.
+pub fn parse_spec(props: &Map<String, Value>) -> Result<DeviceSpec, FlatError> {
+    let driver = match props.get("driver") {
+        None => return Err(generic("Parameter 'driver' is missing")),
+        Some(v) => prop_str("device", "driver", v)?,
+    };
+    let driver: &'static str = match driver.as_str() {
+        VIRTIO_BLK => VIRTIO_BLK,
+        VHOST_USER_BLK | VHOST_USER_BLK_ALIAS => VHOST_USER_BLK,
+        other => {
+            return Err(generic(format!(
+                "'{other}' is not a valid device model name"
+            )))
+        }
+    };
+    let mut spec = DeviceSpec {
+        id: String::new(),
+        driver,
+        drive: None,
+        chardev: None,
+        slot: None,
+        num_queues: 1,
+        queue_size: DEFAULT_QUEUE_SIZE,
+        serial: String::new(),
+        logical_block_size: 512,
+    };
+    for (k, v) in props {
+        match (k.as_str(), driver) {
+            ("driver", _) => {}
+            ("id", _) => spec.id = prop_str(driver, k, v)?,
+            ("bus", _) => {
+                let bus = prop_str(driver, k, v)?;
+                let slot = bus
+                    .strip_prefix("virtio-mmio-bus.")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| *n < SLOTS)
+                    .ok_or_else(|| generic(format!("Bus '{bus}' not found")))?;
+                spec.slot = Some(slot);
+            }
+            ("drive", VIRTIO_BLK) => spec.drive = Some(prop_str(driver, k, v)?),
+            ("chardev", VHOST_USER_BLK) => spec.chardev = Some(prop_str(driver, k, v)?),
+            ("num-queues", _) => spec.num_queues = prop_uint(driver, k, v, 16)? as u16,
+            ("queue-size", _) => spec.queue_size = prop_uint(driver, k, v, 1024)? as u16,
+            ("serial", VIRTIO_BLK) => spec.serial = prop_str(driver, k, v)?,
+            ("logical_block_size", VIRTIO_BLK) => {
+                spec.logical_block_size = prop_uint(driver, k, v, u64::from(u32::MAX))? as u32
+            }
+            _ => {
+                return Err(generic(format!("Property '{driver}.{k}' not found")));
+            }
+        }
+    }
+    if spec.id.is_empty() {
+        return Err(generic(
+            "Parameter 'id' is missing (bulkhead needs an id to manage the device)",
+        ));
+    }
+    if !id_wellformed(&spec.id) {
+        return Err(generic("Parameter 'id' expects an identifier"));
+    }
+    if spec.num_queues == 0 {
+        return Err(generic("num-queues property must be larger than 0"));
+    }
+    if !spec.queue_size.is_power_of_two() || spec.queue_size < 2 {
+        return Err(generic(format!(
+            "invalid queue-size property ({}), must be a power of 2",
+            spec.queue_size
+        )));
+    }
+    if !matches!(spec.logical_block_size, 512 | 4096) {
+        return Err(generic(format!(
+            "Property {driver}.logical_block_size doesn't take value {} (must be 512 or 4096)",
+            spec.logical_block_size
+        )));
+    }
+    match driver {
+        VIRTIO_BLK if spec.drive.is_none() => Err(generic("drive property not set")),
+        VHOST_USER_BLK if spec.chardev.is_none() => Err(generic("chardev is mandatory")),
+        _ => Ok(spec),
+    }
+}
+
+fn node_read_only(o: &BlockdevOptions) -> bool {
+    match o {
+        BlockdevOptions::File(x) => x.read_only,
+        BlockdevOptions::Raw(x) => x.read_only,
+        BlockdevOptions::Qcow2(x) => x.read_only,
+        BlockdevOptions::NullCo(x) => x.read_only,
+    }
+    .unwrap_or(false)
+}
+
+/// A random abstract socket address for an export's listener.
+fn export_addr(id: &str) -> Result<SocketAddr, FlatError> {
+    use std::hash::BuildHasher;
+    let salt = std::collections::hash_map::RandomState::new().hash_one((id, Instant::now()));
+    let name = format!("bulkhead-{}-{id}-{salt:016x}", std::process::id());
+    SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| generic(format!("cannot name the vhost-user socket of '{id}': {e}")))
+}
+
+/// Creates the export of `drive` in block-proc (and records it).
+fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend, FlatError> {
+    let read_only = {
+        let shared = block_state::state(m);
+        let st = lock(&shared);
+        match st.find(drive) {
+            Some(o) => node_read_only(o),
+            None => {
+                return Err(generic(format!(
+                    "Property '{}.drive' can't find value '{drive}'",
+                    spec.driver
+                )))
+            }
+        }
+    };
+    let export_id = format!("device.{}", spec.id);
+    let addr = export_addr(&spec.id)?;
+    let listener = UnixListener::bind_addr(&addr)
+        .map_err(|e| generic(format!("cannot create the vhost-user socket: {e}")))?;
+    let request = BlockRequest::AddExport {
+        id: export_id.clone(),
+        node_name: drive.to_owned(),
+        num_queues: spec.num_queues,
+        writable: !read_only,
+        serial: spec.serial.clone(),
+        logical_block_size: spec.logical_block_size,
+    };
+    match m.block_request_with_fds(request.clone(), &[listener.as_fd()])? {
+        BlockReply::Done => {}
+        other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
+            return Err(unexpected_reply(&other))
+        }
+    }
+    block_state::record_export(m, request, listener.into());
+    Ok(Backend::Export {
+        drive: drive.to_owned(),
+        export_id,
+        addr,
+    })
+}
+
+fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
+    match m.block_request(BlockRequest::DelExport {
+        id: export_id.to_owned(),
+    })? {
+        BlockReply::Done => {}
+        other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
+            return Err(unexpected_reply(&other))
+        }
+    }
+    block_state::forget_export(m, export_id);
+    Ok(())
+}
+
+/// Connects a new socket to `backend`.
+fn connect(backend: &Backend) -> std::io::Result<UnixStream> {
+    match backend {
+        Backend::Export { addr, .. } => UnixStream::connect_addr(addr),
+        Backend::External { path, .. } => UnixStream::connect(path),
+    }
+}
+
+fn hotplug_error(slot: u32) -> FlatError {
+    generic(format!(
+        "Bus 'virtio-mmio-bus.{slot}' does not support hotplugging"
+    ))
+}
+
+/// `device_add` / `-device`: validates, creates the backend and records
+/// the device; vcpu-proc gets it at VM creation or before the first `cont`.
+pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
+    let spec = parse_spec(props)?;
+    let mut st = lock(&m.devices);
+    if st.devices.iter().any(|d| d.spec.id == spec.id) {
+        return Err(generic(format!("Duplicate device ID '{}'", spec.id)));
+    }
+    let used: Vec<u32> = st.devices.iter().map(|d| d.slot).collect();
+    let slot = match spec.slot {
+        Some(s) if used.contains(&s) => {
+            return Err(generic(format!(
+                "Bus 'virtio-mmio-bus.{s}' does not have a free slot"
+            )))
+        }
+        Some(s) => s,
+        None => (0..SLOTS)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| generic(format!("No 'virtio-bus' bus found for device '{}'", spec.driver)))?,
+    };
+    if st.launched {
+        return Err(hotplug_error(slot));
+    }
+    let backend = match (&spec.drive, &spec.chardev) {
+        (Some(drive), _) => {
+            if let Some(d) = st.devices.iter().find(
+                |d| matches!(&d.backend, Backend::Export { drive: x, .. } if x == drive),
+            ) {
+                return Err(generic(format!(
+                    "Drive '{drive}' is already in use by device '{}'",
+                    d.spec.id
+                )));
+            }
+            create_export(m, &spec, drive)?
+        }
+        (None, Some(chardev)) => {
+            let path = m
+                .config()
+                .chardevs
+                .iter()
+                .find(|c| c.id == *chardev)
+                .map(|c: &ChardevSpec| c.path.clone())
+                .ok_or_else(|| {
+                    generic(format!(
+                        "Property '{}.chardev' can't find value '{chardev}'",
+                        spec.driver
+                    ))
+                })?;
+            Backend::External {
+                chardev: chardev.clone(),
+                path,
+            }
+        }
+        (None, None) => return Err(generic("drive property not set")),
+    };
+    st.devices.push(DeviceRecord {
+        spec,
+        backend,
+        slot,
+        attached: false,
+    });
+    Ok(())
+}
+
+/// `device_del`: only before the guest first ran.
+pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
+    let mut st = lock(&m.devices);
+    let Some(i) = st.devices.iter().position(|d| d.spec.id == id) else {
+        return Err(FlatError {
+            class: ErrorClass::DeviceNotFound,
+            desc: format!("Device '{id}' not found"),
+        });
+    };
+    if st.launched || st.devices[i].attached {
+        return Err(hotplug_error(st.devices[i].slot));
+    }
+    if let Backend::Export { export_id, .. } = &st.devices[i].backend {
+        remove_export(m, export_id)?;
+    }
+    st.devices.remove(i);
+    drop(st);
+    let path = format!("/machine/peripheral/{id}");
+    m.events().emit(
+        "DEVICE_DELETED",
+        Some(json!({"path": format!("{path}/virtio-backend")})),
+    );
+    m.events()
+        .emit("DEVICE_DELETED", Some(json!({"device": id, "path": path})));
+    Ok(())
+}
+
+/// Applies the command line's `-device` options (after the `-blockdev`s).
+pub fn apply_config(m: &Machine) -> Result<(), FlatError> {
+    for props in &m.config().devices {
+        add(m, props).map_err(|e| generic(format!("-device: {}", e.desc)))?;
+    }
+    Ok(())
+}
+
+/// The devices not yet in vcpu-proc, each with a fresh connection to its
+/// backend, as vcpu-proc's device configurations (socket slots numbered
+/// from `first_slot`).
+pub fn connect_pending(
+    m: &Machine,
+    first_slot: usize,
+) -> Result<Vec<(VhostUserDeviceConfig, UnixStream)>, FlatError> {
+    let st = lock(&m.devices);
+    let mut out = Vec::new();
+    for d in st.devices.iter().filter(|d| !d.attached) {
+        let socket = connect(&d.backend).map_err(|e| {
+            generic(format!(
+                "cannot connect device '{}' to its vhost-user backend: {e}",
+                d.spec.id
+            ))
+        })?;
+        let slot = u8::try_from(first_slot + out.len())
+            .map_err(|_| generic("too many file descriptors for one request"))?;
+        out.push((
+            VhostUserDeviceConfig {
+                id: d.spec.id.clone(),
+                slot: d.slot,
+                kind: VhostUserKind::Block,
+                socket: FdSlot(slot),
+                num_queues: d.spec.num_queues,
+                queue_size: d.spec.queue_size,
+            },
+            socket,
+        ));
+    }
+    Ok(out)
+}
+
+/// Marks the devices `ids` as attached in vcpu-proc.
+pub fn mark_attached(m: &Machine, ids: &[String]) {
+    let mut st = lock(&m.devices);
+    for d in st.devices.iter_mut().filter(|d| ids.contains(&d.spec.id)) {
+        d.attached = true;
+    }
+}
+
+/// Records that the guest has run: devices can no longer come or go.
+pub fn mark_launched(m: &Machine) {
+    lock(&m.devices).launched = true;
+}
+
+/// Before the first `cont`: attaches every pending device to vcpu-proc.
+pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
+    if lock(&m.devices).launched {
+        return Ok(());
+    }
+    for (cfg, socket) in connect_pending(m, 0)? {
+        let id = cfg.id.clone();
+        let mut one = cfg;
+        one.socket = FdSlot(0);
+        match m.vcpu_request_with_fds(VcpuRequest::AttachVhostUser(one), &[socket.as_fd()])? {
+            VcpuReply::Done => mark_attached(m, &[id]),
+            other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => {
+                return Err(unexpected_reply(&other))
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Machine {
+    /// Sends `req` with `fds` attached to vcpu-proc and waits for its reply.
+    pub fn vcpu_request_with_fds(
+        &self,
+        req: VcpuRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<VcpuReply, FlatError> {
+        let link = lock(&self.vcpu).as_ref().map(|w| w.link.clone());
+        match link {
+            Some(l) => l.request(req, fds),
+            None => Err(generic(
+                "the guest has crashed: its vCPU worker is not running",
+            )),
+        }
+    }
+}
+
+/// The block devices for `query-block`: (device id, node name).
+pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
+    lock(&m.devices)
+        .devices
+        .iter()
+        .filter_map(|d| match &d.backend {
+            Backend::Export { drive, .. } => Some((d.spec.id.clone(), drive.clone())),
+            Backend::External { .. } => None,
+        })
+        .collect()
+}
+
+/// Reports device `id` as having lost its backend (once per outage).
+pub fn report_lost(m: &Machine, id: &str) {
+    let fresh = {
+        let mut st = lock(&m.devices);
+        match st.lost.entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Instant::now());
+                true
+            }
+        }
+    };
+    if fresh {
+        m.events()
+            .emit(event_names::DEVICE_BACKEND_LOST, Some(json!({"id": id})));
+    }
+}
+
+/// block-proc died: every attached device on an export lost its backend.
+pub fn on_block_exit(m: &Machine) {
+    let ids: Vec<String> = lock(&m.devices)
+        .devices
+        .iter()
+        .filter(|d| d.attached && matches!(d.backend, Backend::Export { .. }))
+        .map(|d| d.spec.id.clone())
+        .collect();
+    for id in ids {
+        report_lost(m, &id);
+    }
+}
+
+/// vcpu-proc saw device `id`'s backend hang up.
+pub fn on_disconnected(m: &Arc<Machine>, id: &str) {
+    tracing::warn!("device {id}: vhost-user backend disconnected");
+    report_lost(m, id);
+    let external = lock(&m.devices)
+        .devices
+        .iter()
+        .find(|d| d.spec.id == id)
+        .is_some_and(|d| matches!(d.backend, Backend::External { .. }));
+    if external {
+        let generation = lock(&m.devices).generation;
+        spawn_reconnect(m, vec![id.to_owned()], generation);
+    }
+}
+
+/// vcpu-proc has device `id` on a new backend.
+pub fn on_reconnected(m: &Machine, id: &str) {
+    let since = lock(&m.devices).lost.remove(id);
+    let downtime = since.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+    tracing::info!("device {id}: vhost-user backend restored after {downtime} ms");
+    m.events().emit(
+        event_names::DEVICE_BACKEND_RESTORED,
+        Some(json!({"id": id, "downtime-ms": downtime})),
+    );
+}
+
+/// After a block-proc restart and replay: reconnects every attached
+/// device on an export (in a thread of its own).
+pub fn reconnect_exports(m: &Arc<Machine>) {
+    let (ids, generation) = {
+        let mut st = lock(&m.devices);
+        st.generation += 1;
+        let ids: Vec<String> = st
+            .devices
+            .iter()
+            .filter(|d| d.attached && matches!(d.backend, Backend::Export { .. }))
+            .map(|d| d.spec.id.clone())
+            .collect();
+        (ids, st.generation)
+    };
+    if !ids.is_empty() {
+        spawn_reconnect(m, ids, generation);
+    }
+}
+
+fn spawn_reconnect(m: &Arc<Machine>, ids: Vec<String>, generation: u64) {
+    let weak = Arc::downgrade(m);
+    let r = std::thread::Builder::new()
+        .name("vu-reconnect".into())
+        .spawn(move || {
+            for id in ids {
+                reconnect_loop(&weak, &id, generation);
+            }
+        });
+    if let Err(e) = r {
+        tracing::error!("cannot start the reconnect thread: {e}");
+    }
+}
+
+/// Connects device `id` again until vcpu-proc accepts the new backend,
+/// the device or the machine is gone, or a newer restart takes over.
+fn reconnect_loop(weak: &std::sync::Weak<Machine>, id: &str, generation: u64) {
+    let mut delay = RECONNECT_FIRST_DELAY;
+    loop {
+        let Some(m) = weak.upgrade() else { return };
+        if m.is_ending() {
+            return;
+        }
+        let backend = {
+            let st = lock(&m.devices);
+            if st.generation != generation {
+                return;
+            }
+            match st.devices.iter().find(|d| d.spec.id == id) {
+                Some(d) => d.backend.clone(),
+                None => return,
+            }
+        };
+        let attempt = connect(&backend)
+            .map_err(|e| generic(format!("connect: {e}")))
+            .and_then(|s| {
+                let req = VcpuRequest::ReconnectVhostUser {
+                    id: id.to_owned(),
+                    socket: FdSlot(0),
+                };
+                m.vcpu_request_with_fds(req, &[s.as_fd()])
+            });
+        match attempt {
+            Ok(VcpuReply::Done) => return,
+            Ok(other) => {
+                tracing::error!("device {id}: {}", unexpected_reply(&other).desc);
+                return;
+            }
+            Err(e) => {
+                if lock(&m.vcpu).is_none() {
+                    return;
+                }
+                tracing::warn!("device {id}: reconnecting failed, will retry: {}", e.desc);
+            }
+        }
+        drop(m);
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn err(v: Value) -> String {
+        parse_spec(&props(v)).unwrap_err().desc
+    }
+
+    #[test]
+    fn virtio_blk_properties_parse_with_defaults() {
+        let s = parse_spec(&props(
+            json!({"driver": "virtio-blk-device", "drive": "d0", "id": "vda"}),
+        ))
+        .unwrap();
+        assert_eq!(s.driver, VIRTIO_BLK);
+        assert_eq!(s.drive.as_deref(), Some("d0"));
+        assert_eq!((s.num_queues, s.queue_size, s.logical_block_size), (1, 256, 512));
+        let s = parse_spec(&props(json!({"driver": "virtio-blk-device", "drive": "d0",
+            "id": "vda", "num-queues": "2", "queue-size": 128, "serial": "abc",
+            "bus": "virtio-mmio-bus.3"})))
+        .unwrap();
+        assert_eq!((s.num_queues, s.queue_size, s.slot), (2, 128, Some(3)));
+        assert_eq!(s.serial, "abc");
+    }
+
+    #[test]
+    fn bad_properties_give_qemu_messages() {
+        assert_eq!(err(json!({"id": "x"})), "Parameter 'driver' is missing");
+        assert_eq!(
+            err(json!({"driver": "e1000", "id": "x"})),
+            "'e1000' is not a valid device model name"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x", "foo": 1})),
+            "Property 'virtio-blk-device.foo' not found"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "id": "x"})),
+            "drive property not set"
+        );
+        assert_eq!(
+            err(json!({"driver": "vhost-user-blk", "id": "x"})),
+            "chardev is mandatory"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "0x"})),
+            "Parameter 'id' expects an identifier"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x", "bus": "pci.0"})),
+            "Bus 'pci.0' not found"
+        );
+        assert!(err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x",
+            "queue-size": 100}))
+        .contains("power of 2"));
+    }
+
+    #[test]
+    fn vhost_user_blk_takes_a_chardev_and_both_spellings() {
+        for d in ["vhost-user-blk", "vhost-user-blk-device"] {
+            let s = parse_spec(&props(json!({"driver": d, "chardev": "c0", "id": "vdb"})))
+                .unwrap();
+            assert_eq!(s.driver, VHOST_USER_BLK);
+            assert_eq!(s.chardev.as_deref(), Some("c0"));
+        }
+        assert_eq!(
+            err(json!({"driver": "vhost-user-blk", "chardev": "c0", "id": "x", "drive": "d"})),
+            "Property 'vhost-user-blk.drive' not found"
+        );
+    }
+
+    #[test]
+    fn export_addresses_are_abstract_and_distinct() {
+        let a = export_addr("vda").unwrap();
+        let b = export_addr("vda").unwrap();
+        assert!(a.as_abstract_name().is_some());
+        assert_ne!(a.as_abstract_name(), b.as_abstract_name());
+    }
+}

@@ -1,0 +1,209 @@
+//! Helpers of the disk tests (`disk_*.rs`): test-guest paths, images,
+//! the serial log of a guest, the host-side check of the guest's sector
+//! patterns, `qemu-img`, and a pidof for block-proc.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Guest code is very slow on the nested KVM of the development machines.
+pub const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Image size (the guests use the first 64 sectors).
+pub const IMAGE_BYTES: u64 = 4 << 20;
+/// Sectors the `blk` guests write.
+pub const GUEST_SECTORS: u64 = 64;
+
+/// The ELF of test guest `name` (built by vcpu-proc's build script).
+pub fn guest(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-guests/x86_64-unknown-linux-gnu/release")
+        .join(name);
+    assert!(
+        p.exists(),
+        "test guest {} missing (build vcpu-proc or run scripts/build-guests)",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// A zero-filled raw image.
+pub fn raw_image(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.raw");
+    File::create(&p).unwrap().set_len(IMAGE_BYTES).unwrap();
+    p
+}
+
+/// A qcow2 image made by `qemu-img create`.
+pub fn qcow2_image(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&p)
+        .arg(IMAGE_BYTES.to_string())
+        .output()
+        .expect("qemu-img is needed");
+    assert!(out.status.success(), "qemu-img create: {out:?}");
+    p
+}
+
+/// `qemu-img check` passes on `img`.
+pub fn assert_qemu_img_check(img: &Path, format: &str) {
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", format])
+        .arg(img)
+        .output()
+        .expect("qemu-img is needed");
+    assert!(
+        out.status.success(),
+        "qemu-img check failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The guest-visible contents of `img` (qcow2 converted to raw).
+pub fn raw_view(img: &Path, format: &str) -> PathBuf {
+    if format == "raw" {
+        return img.to_path_buf();
+    }
+    let out_path = img.with_extension("view.raw");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-U", "-f", format, "-O", "raw"])
+        .arg(img)
+        .arg(&out_path)
+        .output()
+        .expect("qemu-img is needed");
+    assert!(out.status.success(), "qemu-img convert: {out:?}");
+    out_path
+}
+
+/// Word `i` of the guests' pattern of `(sector, pass)`
+/// (test-guests/blk/src/pattern.rs).
+pub fn pattern_word(sector: u64, pass: u64, i: usize) -> u64 {
+    let mix = |sector: u64, pass: u64, i: u64| {
+        let mut x = sector
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(pass.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+            .wrapping_add(i);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^ (x >> 32)
+    };
+    match i {
+        0 => 0x314b_4c42_4448_4b42,
+        1 => sector,
+        2 => pass,
+        _ => mix(sector, pass, i as u64),
+    }
+}
+
+/// True if sector `s` of `raw` holds the pattern of `pass`.
+pub fn sector_holds(raw: &Path, s: u64, pass: u64) -> bool {
+    let f = File::open(raw).unwrap();
+    let mut b = [0u8; 512];
+    f.read_exact_at(&mut b, s * 512).unwrap();
+    let words: Vec<u64> = b
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let sum = (0..63).fold(0u64, |a, i| a.wrapping_add(pattern_word(s, pass, i)));
+    (0..63).all(|i| words[i] == pattern_word(s, pass, i)) && words[63] == sum
+}
+
+/// Every guest sector of `raw` holds the pattern of `pass`.
+pub fn assert_image_holds_pass(raw: &Path, pass: u64) {
+    for s in 0..GUEST_SECTORS {
+        assert!(sector_holds(raw, s, pass), "sector {s} does not hold pass {pass}");
+    }
+}
+
+/// The serial log the broker writes (`-serial file:PATH`).
+pub struct SerialLog(pub PathBuf);
+
+impl SerialLog {
+    /// The log so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+
+    /// True if a line contains `needle`.
+    pub fn has(&self, needle: &str) -> bool {
+        self.text().contains(needle)
+    }
+
+    /// Waits for `needle`, failing on a FAIL verdict or a timeout.
+    pub fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + GUEST_TIMEOUT;
+        loop {
+            let t = self.text();
+            if t.contains(needle) {
+                return;
+            }
+            assert!(!t.contains("VERDICT: FAIL"), "guest failed:\n{t}");
+            assert!(Instant::now() < deadline, "no {needle:?} on serial:\n{t}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Completed passes of `blk-loop` (`pass N ok` lines).
+    pub fn passes(&self) -> u64 {
+        self.text()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pass ")?.strip_suffix(" ok")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Waits until at least `n` passes completed.
+    pub fn wait_passes(&self, n: u64) {
+        let deadline = Instant::now() + GUEST_TIMEOUT;
+        while self.passes() < n {
+            let t = self.text();
+            assert!(!t.contains("VERDICT: FAIL"), "guest failed:\n{t}");
+            assert!(Instant::now() < deadline, "fewer than {n} passes:\n{t}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The pid of `broker`'s block-proc child, if one runs.
+pub fn block_proc_pid(broker: u32) -> Option<i32> {
+    for t in std::fs::read_dir(format!("/proc/{broker}/task")).ok()?.flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in list.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if comm.trim() == "block-proc" {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// SIGKILLs `pid`.
+pub fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "bulkhead did not exit in {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
