@@ -207,3 +207,10 @@ pub fn wait_exit_within(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A zero-filled raw image named `name` in `dir`.
+pub fn raw_image_named(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    File::create(&p).unwrap().set_len(IMAGE_BYTES).unwrap();
+    p
+}
