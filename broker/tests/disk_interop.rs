@@ -1,0 +1,88 @@
+//! Interop: bulkhead's vhost-user-blk frontend on qemu-storage-daemon's
+//! vhost-user-blk export instead of block-proc (`-chardev socket` +
+//! `-device vhost-user-blk`, the broker connecting to the daemon's socket).
+//! The `blk` guest passes and its writes reach the image. Needs /dev/kvm
+//! and qemu-storage-daemon.
+
+mod common;
+mod disk_common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Bulkhead;
+use disk_common::*;
+
+/// qemu-storage-daemon, killed on drop.
+struct Qsd(Child);
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_qsd(img: &Path, format: &str, sock: &Path) -> Qsd {
+    let child = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=f,filename={}",
+            img.display()
+        ))
+        .arg("--blockdev")
+        .arg(format!("driver={format},node-name=d,file=f"))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path={},writable=on",
+            sock.display()
+        ))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon is needed");
+    let qsd = Qsd(child);
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no qsd socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    qsd
+}
+
+fn run_on_qsd(format: &str) {
+    let dir = common::TempDir::new();
+    let img = match format {
+        "raw" => raw_image(&dir.0),
+        _ => qcow2_image(&dir.0),
+    };
+    let sock = dir.0.join("qsd.sock");
+    let _qsd = start_qsd(&img, format, &sock);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let mut b = Bulkhead::start(&[
+        "-kernel",
+        &guest("blk"),
+        "-m",
+        "64M",
+        "-serial",
+        &format!("file:{}", serial.0.display()),
+        "-chardev",
+        &format!("socket,id=c0,path={}", sock.display()),
+        "-device",
+        "vhost-user-blk,chardev=c0,id=vdb",
+    ]);
+    let status = wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "serial:\n{}", serial.text());
+    assert!(serial.has("VERDICT: PASS blk"), "{}", serial.text());
+    assert_image_holds_pass(&raw_view(&img, format), 3);
+}
+
+#[test]
+fn blk_guest_passes_on_qemu_storage_daemon_raw_export() {
+    run_on_qsd("raw");
+}
+
+#[test]
+fn blk_guest_passes_on_qemu_storage_daemon_qcow2_export() {
+    run_on_qsd("qcow2");
+}
