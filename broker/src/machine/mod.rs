@@ -10,6 +10,7 @@
 pub mod block_state;
 pub mod devices;
 pub mod event_names;
+pub mod fdsets;
 pub mod policy;
 pub mod vm_setup;
 

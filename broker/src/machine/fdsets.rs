@@ -1,0 +1,428 @@
+//! File descriptor sets, as QEMU's monitor keeps them (`add-fd`,
+//! `remove-fd`, `query-fdsets`) and the `/dev/fdset/N` file names that open
+//! a copy of one of their fds instead of a path (QEMU's `qemu_open`).
+//!
+//! A management layer passes already-opened files over QMP, so the broker
+//! needs no access to the paths itself. The table is process-wide and
+//! shared by every QMP session, as QEMU's `mon_fdsets`: [`FdSets::global`].
+//!
+//! Differences from QEMU, on purpose: an fd removed with `remove-fd` is
+//! closed at once (QEMU defers it while the VM is paused), and a set
+//! disappears as soon as its last fd is removed (QEMU keeps an empty set
+//! listed while a node still uses a copy of one of its fds); copies already
+//! handed out stay valid either way.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::{LazyLock, Mutex};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+/// The prefix that names an fd set instead of a path.
+pub const FDSET_PREFIX: &str = "/dev/fdset/";
+
+/// What can go wrong with an fd set; the messages are QEMU's.
+#[derive(Debug, thiserror::Error)]
+pub enum FdsetError {
+    /// `add-fd` with a negative `fdset-id`.
+    #[error("Parameter 'fdset-id' expects a non-negative value")]
+    NegativeId,
+    /// `remove-fd` of a set or fd that does not exist (`what` is
+    /// `fdset-id:N` or `fdset-id:N, fd:M`).
+    #[error("File descriptor named '{what}' not found")]
+    NotFound {
+        /// The set (and fd) asked for.
+        what: String,
+    },
+    /// A `/dev/fdset/` name whose rest is not a file descriptor number.
+    #[error("Could not parse fdset {path}")]
+    BadName {
+        /// The whole file name.
+        path: String,
+    },
+    /// A `/dev/fdset/N` name for a set that does not exist.
+    #[error("Failed to find fdset /dev/fdset/{id}")]
+    NoSuchSet {
+        /// The set's id.
+        id: i64,
+    },
+    /// No fd of the set was opened with the access mode asked for.
+    #[error("Failed to find file descriptor with matching flags=0x{flags:x}")]
+    NoMatchingFd {
+        /// The open flags asked for.
+        flags: i32,
+    },
+    /// An fd of the set could not be inspected or copied.
+    #[error("Failed to dup() given file descriptor (flags=0x{flags:x})")]
+    Dup {
+        /// The open flags asked for.
+        flags: i32,
+        /// The system error.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+/// Result of an fd-set operation.
+pub type Result<T> = std::result::Result<T, FdsetError>;
+
+/// One fd of a set.
+#[derive(Debug)]
+struct SetFd {
+    fd: OwnedFd,
+    opaque: Option<String>,
+}
+
+/// What `add-fd` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    /// The set the fd went into.
+    pub fdset_id: i64,
+    /// The fd's number in the broker.
+    pub fd: i64,
+}
+
+/// One fd as `query-fdsets` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdInfo {
+    /// The fd's number in the broker.
+    pub fd: i64,
+    /// The text given with `add-fd`.
+    pub opaque: Option<String>,
+}
+
+/// One set as `query-fdsets` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetInfo {
+    /// The set's id.
+    pub fdset_id: i64,
+    /// Its fds, oldest first.
+    pub fds: Vec<FdInfo>,
+}
+
+/// The fd sets.
+#[derive(Debug, Default)]
+pub struct FdSets {
+    /// Sets by id; each set's fds oldest first.
+    sets: Mutex<BTreeMap<i64, Vec<SetFd>>>,
+}
+
+static GLOBAL: LazyLock<FdSets> = LazyLock::new(FdSets::default);
+
+fn raw_number(fd: &OwnedFd) -> i64 {
+    i64::from(fd.as_raw_fd())
+}
+
+impl FdSets {
+    /// The broker's table, shared by every session.
+    pub fn global() -> &'static FdSets {
+        &GLOBAL
+    }
+
+    fn sets(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Vec<SetFd>>> {
+        self.sets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `add-fd`: puts `fd` into set `fdset_id` (created if needed), or
+    /// into a new set with the lowest free id when none is given.
+    pub fn add(&self, fd: OwnedFd, fdset_id: Option<i64>, opaque: Option<String>) -> Result<Added> {
+        let mut sets = self.sets();
+        let id = match fdset_id {
+            Some(id) if id < 0 => return Err(FdsetError::NegativeId),
+            Some(id) => id,
+            None => {
+                let mut free = 0;
+                while sets.contains_key(&free) {
+                    free += 1;
+                }
+                free
+            }
+        };
+        let number = raw_number(&fd);
+        sets.entry(id).or_default().push(SetFd { fd, opaque });
+        Ok(Added {
+            fdset_id: id,
+            fd: number,
+        })
+    }
+
+    /// `remove-fd`: closes fd `fd` of set `fdset_id`, or all of its fds;
+    /// a set left empty disappears.
+    pub fn remove(&self, fdset_id: i64, fd: Option<i64>) -> Result<()> {
+        let mut sets = self.sets();
+        let not_found = || FdsetError::NotFound {
+            what: match fd {
+                Some(fd) => format!("fdset-id:{fdset_id}, fd:{fd}"),
+                None => format!("fdset-id:{fdset_id}"),
+            },
+        };
+        let set = sets.get_mut(&fdset_id).ok_or_else(not_found)?;
+        match fd {
+            Some(n) => {
+                let i = set
+                    .iter()
+                    .position(|f| raw_number(&f.fd) == n)
+                    .ok_or_else(not_found)?;
+                set.remove(i);
+            }
+            None => set.clear(),
+        }
+        if set.is_empty() {
+            sets.remove(&fdset_id);
+        }
+        Ok(())
+    }
+
+    /// `query-fdsets`: every set, highest id first (QEMU's order), each
+    /// with its fds oldest first.
+    pub fn query(&self) -> Vec<SetInfo> {
+        self.sets()
+            .iter()
+            .rev()
+            .map(|(&fdset_id, fds)| SetInfo {
+                fdset_id,
+                fds: fds
+                    .iter()
+                    .map(|f| FdInfo {
+                        fd: raw_number(&f.fd),
+                        opaque: f.opaque.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// A new copy (close-on-exec) of the newest fd of set `fdset_id` whose
+    /// access mode is `flags & O_ACCMODE`, with the status flags of `flags`
+    /// (e.g. `O_DIRECT`) applied as QEMU's `qemu_dup_flags` does. The
+    /// status flags belong to the shared open file description, so they
+    /// change for the set's fd too, as in QEMU.
+    pub fn dup(&self, fdset_id: i64, flags: OFlag) -> Result<OwnedFd> {
+        let sets = self.sets();
+        let set = sets
+            .get(&fdset_id)
+            .ok_or(FdsetError::NoSuchSet { id: fdset_id })?;
+        let want = flags & OFlag::O_ACCMODE;
+        let dup_err = |source| FdsetError::Dup {
+            flags: flags.bits(),
+            source,
+        };
+        let mut found = None;
+        for f in set.iter().rev() {
+            let fl = fcntl(&f.fd, FcntlArg::F_GETFL).map_err(dup_err)?;
+            if OFlag::from_bits_retain(fl) & OFlag::O_ACCMODE == want {
+                found = Some(&f.fd);
+                break;
+            }
+        }
+        let fd = found.ok_or(FdsetError::NoMatchingFd {
+            flags: flags.bits(),
+        })?;
+        dup_with_flags(fd.as_fd(), flags).map_err(dup_err)
+    }
+
+    /// Opens `filename` through a set when it is a `/dev/fdset/N` name:
+    /// None for any other name.
+    pub fn open(&self, filename: &str, read_only: bool, direct: bool) -> Option<Result<OwnedFd>> {
+        let rest = filename.strip_prefix(FDSET_PREFIX)?;
+        let Some(id) = parse_fd_number(rest) else {
+            return Some(Err(FdsetError::BadName {
+                path: filename.to_owned(),
+            }));
+        };
+        let mut flags = if read_only {
+            OFlag::O_RDONLY
+        } else {
+            OFlag::O_RDWR
+        };
+        if direct {
+            flags |= OFlag::O_DIRECT;
+        }
+        Some(self.dup(id, flags))
+    }
+}
+
+/// `F_DUPFD_CLOEXEC`, then `F_SETFL` with `flags` (which ignores the
+/// access mode and creation bits).
+fn dup_with_flags(fd: BorrowedFd<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
+    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned `raw` as a new descriptor that
+    // nothing else owns.
+    let copy = unsafe { OwnedFd::from_raw_fd(raw) };
+    fcntl(&copy, FcntlArg::F_SETFL(flags & !OFlag::O_ACCMODE))?;
+    Ok(copy)
+}
+
+/// QEMU's `qemu_parse_fd`: `strtol` base 10 over the whole text (leading
+/// white space and a sign allowed), a value from 0 to `i32::MAX`.
+pub fn parse_fd_number(text: &str) -> Option<i64> {
+    let t = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let v: i64 = digits.parse().ok()?;
+    let v = if negative { -v } else { v };
+    (0..=i64::from(i32::MAX)).contains(&v).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn file(write: bool) -> OwnedFd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bulkhead-fdsets-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        drop(File::create(&path).unwrap());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        OwnedFd::from(f)
+    }
+
+    fn access_mode(fd: &OwnedFd) -> OFlag {
+        OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL).unwrap()) & OFlag::O_ACCMODE
+    }
+
+    #[test]
+    fn add_without_id_takes_the_lowest_free_id() {
+        let s = FdSets::default();
+        assert_eq!(s.add(file(true), Some(2), None).unwrap().fdset_id, 2);
+        assert_eq!(s.add(file(true), None, None).unwrap().fdset_id, 0);
+        assert_eq!(s.add(file(true), None, None).unwrap().fdset_id, 1);
+        assert_eq!(s.add(file(true), None, None).unwrap().fdset_id, 3);
+    }
+
+    #[test]
+    fn add_rejects_a_negative_id_with_qemu_message() {
+        let e = FdSets::default()
+            .add(file(true), Some(-1), None)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Parameter 'fdset-id' expects a non-negative value"
+        );
+    }
+
+    #[test]
+    fn query_lists_sets_highest_first_and_fds_oldest_first() {
+        let s = FdSets::default();
+        let a = s.add(file(true), Some(1), Some("x".into())).unwrap();
+        let b = s.add(file(true), Some(1), None).unwrap();
+        let c = s.add(file(true), Some(4), None).unwrap();
+        let q = s.query();
+        assert_eq!(q.iter().map(|i| i.fdset_id).collect::<Vec<_>>(), [4, 1]);
+        assert_eq!(q[0].fds[0].fd, c.fd);
+        assert_eq!(
+            q[1].fds,
+            [
+                FdInfo {
+                    fd: a.fd,
+                    opaque: Some("x".into())
+                },
+                FdInfo {
+                    fd: b.fd,
+                    opaque: None
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_one_fd_then_the_rest_drops_the_set() {
+        let s = FdSets::default();
+        let a = s.add(file(true), Some(3), None).unwrap();
+        s.add(file(true), Some(3), None).unwrap();
+        s.remove(3, Some(a.fd)).unwrap();
+        assert_eq!(s.query()[0].fds.len(), 1);
+        s.remove(3, None).unwrap();
+        assert!(s.query().is_empty());
+    }
+
+    #[test]
+    fn remove_of_unknown_set_or_fd_gives_qemu_messages() {
+        let s = FdSets::default();
+        s.add(file(true), Some(0), None).unwrap();
+        assert_eq!(
+            s.remove(42, None).unwrap_err().to_string(),
+            "File descriptor named 'fdset-id:42' not found"
+        );
+        assert_eq!(
+            s.remove(0, Some(99_999)).unwrap_err().to_string(),
+            "File descriptor named 'fdset-id:0, fd:99999' not found"
+        );
+    }
+
+    #[test]
+    fn open_dups_the_fd_whose_access_mode_matches() {
+        let s = FdSets::default();
+        s.add(file(false), Some(5), None).unwrap();
+        s.add(file(true), Some(5), None).unwrap();
+        let rw = s.open("/dev/fdset/5", false, false).unwrap().unwrap();
+        assert_eq!(access_mode(&rw), OFlag::O_RDWR);
+        let ro = s.open("/dev/fdset/5", true, false).unwrap().unwrap();
+        assert_eq!(access_mode(&ro), OFlag::O_RDONLY);
+        let fdflags = fcntl(rw.as_fd(), FcntlArg::F_GETFD).unwrap();
+        assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "copies are close-on-exec");
+    }
+
+    #[test]
+    fn open_refuses_a_read_only_fd_for_writing() {
+        let s = FdSets::default();
+        s.add(file(false), Some(7), None).unwrap();
+        let e = s.open("/dev/fdset/7", false, false).unwrap().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Failed to find file descriptor with matching flags=0x2"
+        );
+    }
+
+    #[test]
+    fn open_of_unknown_or_malformed_set_gives_qemu_messages() {
+        let s = FdSets::default();
+        assert_eq!(
+            s.open("/dev/fdset/009", false, false)
+                .unwrap()
+                .unwrap_err()
+                .to_string(),
+            "Failed to find fdset /dev/fdset/9"
+        );
+        for bad in [
+            "/dev/fdset/",
+            "/dev/fdset/x",
+            "/dev/fdset/7x",
+            "/dev/fdset/-1",
+        ] {
+            assert_eq!(
+                s.open(bad, false, false).unwrap().unwrap_err().to_string(),
+                format!("Could not parse fdset {bad}")
+            );
+        }
+        assert!(s.open("/tmp/x.img", false, false).is_none());
+    }
+
+    #[test]
+    fn fd_numbers_parse_as_strtol() {
+        assert_eq!(parse_fd_number("7"), Some(7));
+        assert_eq!(parse_fd_number(" 7"), Some(7));
+        assert_eq!(parse_fd_number("+7"), Some(7));
+        assert_eq!(parse_fd_number("-0"), Some(0));
+        assert_eq!(parse_fd_number("2147483648"), None);
+        assert_eq!(parse_fd_number("99999999999999999999"), None);
+        assert_eq!(parse_fd_number("7 "), None);
+    }
+}
