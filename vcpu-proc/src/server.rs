@@ -96,9 +96,10 @@ impl Server {
         }
         let (tx, rx) = mpsc::channel::<Input>();
         let events = self.virtio_events.clone();
-        let vm = Vm::create_with_devices(&cfg, devices, FdTable::new(fds), tx, events).map_err(|e| {
-            FlatError::generic(format!("cannot create the VM: {}", error_chain(&e)))
-        })?;
+        let vm =
+            Vm::create_with_devices(&cfg, devices, FdTable::new(fds), tx, events).map_err(|e| {
+                FlatError::generic(format!("cannot create the VM: {}", error_chain(&e)))
+            })?;
         let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot);
         let sink = Box::new(ChannelSink(self.channel.clone()));
         let controller = Arc::new(Mutex::new(Controller::start(vm, rsm, sink)));
