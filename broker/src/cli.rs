@@ -569,7 +569,10 @@ pub fn parse_chardev(s: &str) -> Result<ChardevSpec> {
         }
     }
     if backend.as_deref() != Some("socket") {
-        return Err(bad(o, "only 'socket' chardevs (client, path=) are supported"));
+        return Err(bad(
+            o,
+            "only 'socket' chardevs (client, path=) are supported",
+        ));
     }
     let id = id.ok_or_else(|| bad(o, "Parameter 'id' is missing"))?;
     let path = path.ok_or_else(|| bad(o, "chardev: socket: no addr provided"))?;

@@ -74,7 +74,11 @@ fn blk_loop_guest_survives_twenty_block_worker_kills_without_losing_a_write() {
         let restored = q.event("__org.bulkhead_DEVICE_BACKEND_RESTORED");
         assert_eq!(restored["data"]["id"], "vda", "kill {kill}");
         assert_eq!(q.ok("query-status")["status"], "running", "kill {kill}");
-        assert!(!serial.has("VERDICT: FAIL"), "kill {kill}:\n{}", serial.text());
+        assert!(
+            !serial.has("VERDICT: FAIL"),
+            "kill {kill}:\n{}",
+            serial.text()
+        );
     }
 
     // Progress after the last kill: two whole passes on the last worker.

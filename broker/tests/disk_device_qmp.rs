@@ -118,7 +118,11 @@ fn device_add_errors_use_qemu_messages() {
     ];
     for (args, want) in cases {
         let (class, desc) = Qmp::error_of(&device_add(&mut q, args.clone()));
-        assert_eq!((class.as_str(), desc.as_str()), ("GenericError", want), "{args}");
+        assert_eq!(
+            (class.as_str(), desc.as_str()),
+            ("GenericError", want),
+            "{args}"
+        );
     }
     let ok = json!({"driver": "virtio-blk-device", "drive": "d0", "id": "vda"});
     assert_eq!(device_add(&mut q, ok.clone()), json!({"return": {}}));

@@ -354,18 +354,23 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
             )))
         }
         Some(s) => s,
-        None => (0..SLOTS)
-            .find(|s| !used.contains(s))
-            .ok_or_else(|| generic(format!("No 'virtio-bus' bus found for device '{}'", spec.driver)))?,
+        None => (0..SLOTS).find(|s| !used.contains(s)).ok_or_else(|| {
+            generic(format!(
+                "No 'virtio-bus' bus found for device '{}'",
+                spec.driver
+            ))
+        })?,
     };
     if st.launched {
         return Err(hotplug_error(slot));
     }
     let backend = match (&spec.drive, &spec.chardev) {
         (Some(drive), _) => {
-            if let Some(d) = st.devices.iter().find(
-                |d| matches!(&d.backend, Backend::Export { drive: x, .. } if x == drive),
-            ) {
+            if let Some(d) = st
+                .devices
+                .iter()
+                .find(|d| matches!(&d.backend, Backend::Export { drive: x, .. } if x == drive))
+            {
                 return Err(generic(format!(
                     "Drive '{drive}' is already in use by device '{}'",
                     d.spec.id
@@ -572,8 +577,7 @@ pub fn on_disconnected(m: &Arc<Machine>, id: &str) {
         .find(|d| d.spec.id == id)
         .is_some_and(|d| matches!(d.backend, Backend::External { .. }));
     if external {
-        let generation = lock(&m.devices).generation;
-        spawn_reconnect(m, vec![id.to_owned()], generation);
+        spawn_reconnect(m, vec![id.to_owned()], None);
     }
 }
 
@@ -603,11 +607,13 @@ pub fn reconnect_exports(m: &Arc<Machine>) {
         (ids, st.generation)
     };
     if !ids.is_empty() {
-        spawn_reconnect(m, ids, generation);
+        spawn_reconnect(m, ids, Some(generation));
     }
 }
 
-fn spawn_reconnect(m: &Arc<Machine>, ids: Vec<String>, generation: u64) {
+/// Reconnects `ids` in a thread; with `generation`, the devices are on
+/// block-proc exports and a newer restart takes over.
+fn spawn_reconnect(m: &Arc<Machine>, ids: Vec<String>, generation: Option<u64>) {
     let weak = Arc::downgrade(m);
     let r = std::thread::Builder::new()
         .name("vu-reconnect".into())
@@ -622,17 +628,21 @@ fn spawn_reconnect(m: &Arc<Machine>, ids: Vec<String>, generation: u64) {
 }
 
 /// Connects device `id` again until vcpu-proc accepts the new backend,
-/// the device or the machine is gone, or a newer restart takes over.
-fn reconnect_loop(weak: &std::sync::Weak<Machine>, id: &str, generation: u64) {
+/// the device or the machine is gone, or (for a block-proc export) the
+/// block worker is down again: its restart starts a new round.
+fn reconnect_loop(weak: &std::sync::Weak<Machine>, id: &str, generation: Option<u64>) {
     let mut delay = RECONNECT_FIRST_DELAY;
     loop {
         let Some(m) = weak.upgrade() else { return };
         if m.is_ending() {
             return;
         }
+        if generation.is_some() && lock(&m.block).is_none() {
+            return;
+        }
         let backend = {
             let st = lock(&m.devices);
-            if st.generation != generation {
+            if generation.is_some_and(|g| g != st.generation) {
                 return;
             }
             match st.devices.iter().find(|d| d.spec.id == id) {
@@ -688,7 +698,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.driver, VIRTIO_BLK);
         assert_eq!(s.drive.as_deref(), Some("d0"));
-        assert_eq!((s.num_queues, s.queue_size, s.logical_block_size), (1, 256, 512));
+        assert_eq!(
+            (s.num_queues, s.queue_size, s.logical_block_size),
+            (1, 256, 512)
+        );
         let s = parse_spec(&props(json!({"driver": "virtio-blk-device", "drive": "d0",
             "id": "vda", "num-queues": "2", "queue-size": 128, "serial": "abc",
             "bus": "virtio-mmio-bus.3"})))
@@ -724,16 +737,17 @@ mod tests {
             err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x", "bus": "pci.0"})),
             "Bus 'pci.0' not found"
         );
-        assert!(err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x",
-            "queue-size": 100}))
+        assert!(err(
+            json!({"driver": "virtio-blk-device", "drive": "d", "id": "x",
+            "queue-size": 100})
+        )
         .contains("power of 2"));
     }
 
     #[test]
     fn vhost_user_blk_takes_a_chardev_and_both_spellings() {
         for d in ["vhost-user-blk", "vhost-user-blk-device"] {
-            let s = parse_spec(&props(json!({"driver": d, "chardev": "c0", "id": "vdb"})))
-                .unwrap();
+            let s = parse_spec(&props(json!({"driver": d, "chardev": "c0", "id": "vdb"}))).unwrap();
             assert_eq!(s.driver, VHOST_USER_BLK);
             assert_eq!(s.chardev.as_deref(), Some("c0"));
         }

@@ -132,7 +132,9 @@ pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
     devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
     let (proc, link): (SpawnedWorker, Arc<VcpuLink>) =
-        bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| m.on_vcpu_event(e))?;
+        bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| {
+            m.on_vcpu_event(e)
+        })?;
     let start_paused = prepared.config.start_paused;
     let pending = if start_paused {
         Vec::new()
@@ -172,7 +174,9 @@ pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
 /// Starts block-proc (and replays the desired block state into it).
 pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
     let (proc, link): (SpawnedWorker, Arc<BlockLink>) =
-        bring_up(m, WorkerKind::Block, |m: &Arc<Machine>, e| m.on_block_event(e))?;
+        bring_up(m, WorkerKind::Block, |m: &Arc<Machine>, e| {
+            m.on_block_event(e)
+        })?;
     watch(m, &proc, WorkerKind::Block)?;
     // Replay before publishing the link, so no QMP command reaches a
     // half-restored worker.

@@ -117,7 +117,10 @@ pub fn sector_holds(raw: &Path, s: u64, pass: u64) -> bool {
 /// Every guest sector of `raw` holds the pattern of `pass`.
 pub fn assert_image_holds_pass(raw: &Path, pass: u64) {
     for s in 0..GUEST_SECTORS {
-        assert!(sector_holds(raw, s, pass), "sector {s} does not hold pass {pass}");
+        assert!(
+            sector_holds(raw, s, pass),
+            "sector {s} does not hold pass {pass}"
+        );
     }
 }
 
@@ -153,7 +156,13 @@ impl SerialLog {
     pub fn passes(&self) -> u64 {
         self.text()
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("pass ")?.strip_suffix(" ok")?.parse().ok())
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("pass ")?
+                    .strip_suffix(" ok")?
+                    .parse()
+                    .ok()
+            })
             .max()
             .unwrap_or(0)
     }
@@ -172,9 +181,15 @@ impl SerialLog {
 
 /// The pid of `broker`'s block-proc child, if one runs.
 pub fn block_proc_pid(broker: u32) -> Option<i32> {
-    for t in std::fs::read_dir(format!("/proc/{broker}/task")).ok()?.flatten() {
+    for t in std::fs::read_dir(format!("/proc/{broker}/task"))
+        .ok()?
+        .flatten()
+    {
         let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in list.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        for c in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
             let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
             if comm.trim() == "block-proc" {
                 return Some(c);
@@ -203,7 +218,10 @@ pub fn wait_exit_within(
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(start.elapsed() < limit, "bulkhead did not exit in {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "bulkhead did not exit in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
