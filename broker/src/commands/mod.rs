@@ -6,12 +6,14 @@
 //! - [`control`]: the protocol itself (negotiation, version, introspection).
 //! - [`machine`]: the VM's life cycle and vCPUs.
 //! - [`events`]: the event declarations.
+//! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
 
 pub mod block;
 pub mod control;
 pub mod device;
 pub mod events;
+pub mod fdsets;
 pub mod machine;
 
 use crate::qmp::registry::Registry;
@@ -41,6 +43,11 @@ pub fn registry() -> Registry {
     r.register::<block::QueryBlock>();
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
+    r.register::<fdsets::GetFd>();
+    r.register::<fdsets::CloseFd>();
+    r.register::<fdsets::AddFd>();
+    r.register::<fdsets::RemoveFd>();
+    r.register::<fdsets::QueryFdsets>();
     events::declare(&mut r);
     device::declare_events(&mut r);
     r

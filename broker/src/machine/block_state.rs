@@ -133,7 +133,8 @@ fn strerror(e: &std::io::Error) -> String {
     }
 }
 
-/// Opens `filename` as QEMU's `file` driver would.
+/// Opens `filename` as QEMU's `file` driver would; a `/dev/fdset/N` name
+/// opens a copy of an fd passed with `add-fd` ([`super::fdsets`]).
 pub fn open_file(filename: &str, read_only: bool, direct: bool) -> Result<OwnedFd, FlatError> {
     let fail =
         |reason: String| FlatError::generic(format!("Could not open '{filename}': {reason}"));
@@ -142,7 +143,10 @@ pub fn open_file(filename: &str, read_only: bool, direct: bool) -> Result<OwnedF
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    let f = o.open(filename).map_err(|e| fail(strerror(&e)))?;
+    let f = match super::fdsets::FdSets::global().open(filename, read_only, direct) {
+        Some(r) => std::fs::File::from(r.map_err(|e| FlatError::generic(e.to_string()))?),
+        None => o.open(filename).map_err(|e| fail(strerror(&e)))?,
+    };
     let ft = f.metadata().map_err(|e| fail(strerror(&e)))?.file_type();
     if ft.is_dir() {
         return Err(fail("Is a directory".into()));

@@ -4,8 +4,10 @@
 //! and `query-qmp-schema` are all derived from these declarations, and so
 //! are the events ([`Registry::event`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,6 +23,12 @@ pub struct SessionState {
     negotiated: AtomicBool,
     oob: AtomicBool,
     default_cpu: AtomicU32,
+    /// File descriptors received with `getfd`, by name.
+    named_fds: Mutex<HashMap<String, OwnedFd>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SessionState {
@@ -49,6 +57,54 @@ impl SessionState {
     pub fn set_default_cpu(&self, index: u32) {
         self.default_cpu.store(index, Ordering::SeqCst);
     }
+
+    /// Keeps `fd` under `name` (`getfd`), closing the fd that had the name.
+    pub fn put_named_fd(&self, name: &str, fd: OwnedFd) {
+        let old = lock(&self.named_fds).insert(name.to_owned(), fd);
+        // The replaced fd closes here, outside the lock.
+        drop(old);
+    }
+
+    /// Takes the fd called `name` out of the session (`closefd` closes it;
+    /// a command that consumes a named fd keeps it). None if unknown.
+    pub fn take_named_fd(&self, name: &str) -> Option<OwnedFd> {
+        lock(&self.named_fds).remove(name)
+    }
+
+    /// The names of the session's fds, sorted.
+    pub fn named_fd_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.named_fds).keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// The file descriptors that came with the message being executed
+/// (SCM_RIGHTS on the QMP socket). A command takes what it needs; the rest
+/// are closed when the command is done, as QEMU does.
+#[derive(Debug, Default)]
+pub struct MessageFds(Mutex<VecDeque<OwnedFd>>);
+
+impl MessageFds {
+    /// The fds of one message, in the order they were sent.
+    pub fn new(fds: Vec<OwnedFd>) -> Self {
+        MessageFds(Mutex::new(fds.into()))
+    }
+
+    /// Takes the first fd not taken yet.
+    pub fn take(&self) -> Option<OwnedFd> {
+        lock(&self.0).pop_front()
+    }
+
+    /// How many fds are left.
+    pub fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    /// True if no fd is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What a handler can reach.
@@ -59,6 +115,8 @@ pub struct Ctx<'a> {
     pub session: &'a SessionState,
     /// The registry (for the introspection commands).
     pub registry: &'a Registry,
+    /// The fds passed with the message (`getfd`, `add-fd`).
+    pub fds: &'a MessageFds,
 }
 
 /// One QMP command, declared once.

@@ -5,28 +5,39 @@
 //! write into the session's output queue, which the server's writer thread
 //! drains together with the events.
 //!
+//! File descriptors passed with SCM_RIGHTS travel with the message they
+//! came with ([`MessageFds`]): `getfd` and `add-fd` executed from that
+//! message take them, the rest are closed once it has been answered.
+//!
 //! Negotiation follows QEMU: until `qmp_capabilities` succeeds, only it is
 //! available and everything else answers `CommandNotFound` "Expecting
 //! capabilities negotiation with 'qmp_capabilities'"; events start
 //! flowing once negotiation is done.
 
-use std::io::Read;
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
 
 use super::error::QmpError;
 use super::json_stream::{Item, JsonStream};
-use super::registry::{Ctx, Registry, SessionState};
+use super::registry::{Ctx, MessageFds, Registry, SessionState};
 use super::wire::{self, Request};
 use crate::machine::Machine;
 
 /// How many in-band requests may wait for the dispatcher before the reader
 /// stops reading (back-pressure on a client that pipelines without limit).
 pub const REQUEST_QUEUE_DEPTH: usize = 64;
+
+/// The most fds one read may carry (QEMU's `TCP_MAX_FDS`), and the most
+/// the reader keeps waiting for a message to complete; older ones beyond
+/// it are closed.
+pub const MAX_FDS: usize = 16;
 
 /// The marker the session puts in its output queue after its last reply:
 /// the writer flushes and closes when it sees it. (No real message is empty.)
@@ -44,8 +55,8 @@ pub struct Session {
 
 /// What the reader hands the dispatcher.
 pub enum Work {
-    /// A parsed message.
-    Message(Value),
+    /// A parsed message and the fds that came with it.
+    Message(Value, Vec<OwnedFd>),
     /// A JSON error, answered without id.
     JsonError(String),
 }
@@ -98,35 +109,55 @@ impl Session {
 
     /// The reader loop: runs until EOF or error, then drops `work` so the
     /// dispatcher finishes.
-    pub fn read_loop(self: &Arc<Self>, mut input: UnixStream, work: SyncSender<Work>) {
+    ///
+    /// Which message fds belong to: Linux ends a read on a stream socket
+    /// right after the data sent together with fds, so the fds of a read
+    /// go to the last message completed by it; if it completed none, they
+    /// wait for the next message to complete. (A client sends a message
+    /// and its fds in one `sendmsg`, as QEMU's clients do.)
+    pub fn read_loop(self: &Arc<Self>, input: UnixStream, work: SyncSender<Work>) {
         let mut stream = JsonStream::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut items: Vec<Item> = Vec::new();
+        let mut pending: Vec<OwnedFd> = Vec::new();
         loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            let (n, fresh) = match read_with_fds(&input, &mut buf) {
+                Ok((0, _)) => return,
+                Ok(r) => r,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::debug!("QMP session read failed: {e}");
                     return;
                 }
             };
             stream.feed(&buf[..n], &mut items);
-            for item in items.drain(..) {
+            let last = items.len().checked_sub(1);
+            let mut fresh = Some(fresh);
+            for (i, item) in items.drain(..).enumerate() {
+                let mut fds = std::mem::take(&mut pending);
+                if Some(i) == last {
+                    fds.extend(fresh.take().unwrap_or_default());
+                }
                 let w = match item {
                     Ok(v) if self.state.oob() && wire::is_oob(&v) => {
-                        if !self.answer(v) {
+                        if !self.answer(v, fds) {
                             return;
                         }
                         continue;
                     }
-                    Ok(v) => Work::Message(v),
+                    Ok(v) => Work::Message(v, fds),
+                    // fds sent with malformed JSON are closed here.
                     Err(desc) => Work::JsonError(desc),
                 };
                 if work.send(w).is_err() || self.closing.load(Ordering::SeqCst) {
                     return;
                 }
+            }
+            pending.extend(fresh.unwrap_or_default());
+            if pending.len() > MAX_FDS {
+                let excess = pending.len() - MAX_FDS;
+                tracing::warn!("QMP client sent fds without a message: closing {excess}");
+                pending.drain(..excess);
             }
         }
     }
@@ -139,7 +170,7 @@ impl Session {
                 break;
             }
             let sent = match w {
-                Work::Message(v) => self.answer(v),
+                Work::Message(v, fds) => self.answer(v, fds),
                 Work::JsonError(desc) => self.send(wire::reply_err(&QmpError::generic(desc), None)),
             };
             if !sent {
@@ -150,20 +181,26 @@ impl Session {
     }
 
     /// Answers one message and queues the reply; subscribes the session
-    /// to events when the message completed negotiation. False once the
-    /// output queue is gone (the connection ended).
-    pub fn answer(self: &Arc<Self>, v: Value) -> bool {
+    /// to events when the message completed negotiation. `fds` came with
+    /// the message; those the command does not take are closed. False once
+    /// the output queue is gone (the connection ended).
+    pub fn answer(self: &Arc<Self>, v: Value, fds: Vec<OwnedFd>) -> bool {
         let was_negotiated = self.state.negotiated();
+        let fds = MessageFds::new(fds);
         let line = match wire::parse_request(v, self.state.oob()) {
             Ok(req) => {
                 let id = req.id.clone();
-                match self.dispatch(req) {
+                match self.dispatch(req, &fds) {
                     Ok(ret) => wire::reply_ok(&ret, id.as_ref()),
                     Err(e) => wire::reply_err(&e, id.as_ref()),
                 }
             }
             Err((id, e)) => wire::reply_err(&e, id.as_ref()),
         };
+        if !fds.is_empty() {
+            tracing::debug!("closing {} fds the command did not use", fds.len());
+        }
+        drop(fds);
         if !was_negotiated && self.state.negotiated() {
             // Subscribe before the reply leaves: once the client has the
             // reply, it must not miss any event (as in QEMU, an event may
@@ -184,12 +221,13 @@ impl Session {
         self.send(line)
     }
 
-    fn dispatch(&self, req: Request) -> Result<Value, QmpError> {
+    fn dispatch(&self, req: Request, fds: &MessageFds) -> Result<Value, QmpError> {
         let entry = self.registry.get(&req.name);
         let ctx = Ctx {
             machine: &self.machine,
             session: &self.state,
             registry: &self.registry,
+            fds,
         };
         if !self.state.negotiated() {
             return match entry {
@@ -211,6 +249,33 @@ impl Session {
         }
         entry.call(req.args, &ctx)
     }
+}
+
+/// One `recvmsg`: the bytes read into `buf` and the fds that came with
+/// them (close-on-exec).
+fn read_with_fds(input: &UnixStream, buf: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let msg = recvmsg::<()>(
+        input.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel just installed `r` in this process for
+                // this message; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        tracing::warn!("QMP client sent more than {MAX_FDS} fds at once; the rest were closed");
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// QEMU replaces every CommandNotFound in negotiation mode with a hint.

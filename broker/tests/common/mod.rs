@@ -274,3 +274,39 @@ impl Qmp {
         )
     }
 }
+
+impl Qmp {
+    /// Writes `bytes` in one `sendmsg` with `fds` attached (SCM_RIGHTS).
+    pub fn send_with_fds(&mut self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+        use std::os::fd::AsRawFd;
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let iov = [std::io::IoSlice::new(bytes)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+        let n = nix::sys::socket::sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(n, bytes.len(), "short sendmsg");
+    }
+
+    /// Runs `name` with `args` (null for none), passing `fds` with the
+    /// message, and returns the whole reply.
+    pub fn execute_with_fds(
+        &mut self,
+        name: &str,
+        args: Value,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Value {
+        let msg = if args.is_null() {
+            json!({"execute": name})
+        } else {
+            json!({"execute": name, "arguments": args})
+        };
+        self.send_with_fds(msg.to_string().as_bytes(), fds);
+        self.reply()
+    }
+}
