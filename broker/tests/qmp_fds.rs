@@ -345,3 +345,39 @@ fn fds_sent_by_themselves_wait_for_the_next_message() {
     assert_eq!(q.reply(), json!({"return": {}}));
     assert_eq!(broker_holds(&b, &f), 1);
 }
+
+/// QEMU's Python library (`qemu.qmp`, `send_fd_scm`) sends each fd with a
+/// lone space, then the command in a separate write.
+#[test]
+fn fd_sent_with_a_lone_space_before_the_command_reaches_it() {
+    let b = Bulkhead::start(&[]);
+    let f = image(&b, "f", 512);
+    let mut q = b.client();
+    let fd = open_rw(&f);
+    q.send_with_fds(b" ", &[fd.as_fd()]);
+    let r = q.execute("add-fd", json!({"fdset-id": 1, "opaque": "lib"}));
+    let n = r["return"]["fd"].as_i64().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        q.ok("query-fdsets"),
+        json!([{"fds": [{"fd": n, "opaque": "lib"}], "fdset-id": 1}])
+    );
+}
+
+#[test]
+fn named_fds_are_closed_when_their_session_ends() {
+    let b = Bulkhead::start(&[]);
+    let f = image(&b, "f", 512);
+    let mut q = b.client();
+    let r = q.execute_with_fds("getfd", json!({"fdname": "a"}), &[open_rw(&f).as_fd()]);
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(broker_holds(&b, &f), 1);
+    drop(q);
+    let start = std::time::Instant::now();
+    while broker_holds(&b, &f) != 0 {
+        assert!(
+            start.elapsed() < common::TIMEOUT,
+            "the session's fd was never closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -113,8 +113,12 @@ impl Session {
     /// Which message fds belong to: Linux ends a read on a stream socket
     /// right after the data sent together with fds, so the fds of a read
     /// go to the last message completed by it; if it completed none, they
-    /// wait for the next message to complete. (A client sends a message
-    /// and its fds in one `sendmsg`, as QEMU's clients do.)
+    /// wait for the next message to complete. Both ways clients send fds
+    /// work: with the message in one `sendmsg` (libvirt), or with a lone
+    /// space just before it (QEMU's `qemu.qmp`). A client that pipelines
+    /// a message without fds right before a lone space with fds may see
+    /// them attached to the earlier message; QEMU's attachment is just as
+    /// timing-dependent there.
     pub fn read_loop(self: &Arc<Self>, input: UnixStream, work: SyncSender<Work>) {
         let mut stream = JsonStream::new();
         let mut buf = vec![0u8; 64 * 1024];
