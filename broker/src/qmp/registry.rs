@@ -70,13 +70,6 @@ impl SessionState {
     pub fn take_named_fd(&self, name: &str) -> Option<OwnedFd> {
         lock(&self.named_fds).remove(name)
     }
-
-    /// The names of the session's fds, sorted.
-    pub fn named_fd_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = lock(&self.named_fds).keys().cloned().collect();
-        v.sort();
-        v
-    }
 }
 
 /// The file descriptors that came with the message being executed
@@ -253,5 +246,38 @@ impl Registry {
             i.event(e.name, &e.data);
         }
         i.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn fd() -> OwnedFd {
+        nix::unistd::pipe().unwrap().0
+    }
+
+    #[test]
+    fn named_fd_is_replaced_by_a_new_one_of_the_same_name() {
+        let s = SessionState::default();
+        let (a, b) = (fd(), fd());
+        let b_raw = b.as_raw_fd();
+        s.put_named_fd("x", a);
+        s.put_named_fd("x", b);
+        assert_eq!(s.take_named_fd("x").map(|f| f.as_raw_fd()), Some(b_raw));
+        assert!(s.take_named_fd("x").is_none());
+    }
+
+    #[test]
+    fn message_fds_are_taken_in_the_order_sent() {
+        let (a, b) = (fd(), fd());
+        let (a_raw, b_raw) = (a.as_raw_fd(), b.as_raw_fd());
+        let m = MessageFds::new(vec![a, b]);
+        assert_eq!(m.take().map(|f| f.as_raw_fd()), Some(a_raw));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.take().map(|f| f.as_raw_fd()), Some(b_raw));
+        assert!(m.is_empty() && m.take().is_none());
     }
 }
