@@ -28,8 +28,8 @@ impl Rng {
     }
 }
 
-#[test]
-fn blk_loop_guest_survives_twenty_block_worker_kills_without_losing_a_write() {
+/// Runs the chaos scenario on an image of `format`.
+fn chaos(format: &str) {
     let seed = std::env::var("BULKHEAD_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -43,11 +43,14 @@ fn blk_loop_guest_survives_twenty_block_worker_kills_without_losing_a_write() {
     eprintln!("chaos seed: {seed} (set BULKHEAD_CHAOS_SEED to rerun)");
     let mut rng = Rng(seed);
     let dir = common::TempDir::new();
-    let img = raw_image(&dir.0);
+    let img = match format {
+        "raw" => raw_image(&dir.0),
+        _ => qcow2_image(&dir.0),
+    };
     let serial = SerialLog(dir.0.join("serial.log"));
-    let blockdev = json!({"driver": "raw", "node-name": "d0",
+    let blockdev = json!({"driver": format, "node-name": "d0",
         "file": {"driver": "file", "filename": img}});
-    let b = Bulkhead::start(&[
+    let mut b = Bulkhead::start(&[
         "-kernel",
         &guest("blk-loop"),
         "-m",
@@ -93,12 +96,27 @@ fn blk_loop_guest_survives_twenty_block_worker_kills_without_losing_a_write() {
     assert!(last > after_kills, "{log}");
     // Every sector holds the last verified pass, or the next one that was
     // being written when the guest stopped.
+    let raw = raw_view(&img, format);
     for s in 0..GUEST_SECTORS {
         assert!(
-            sector_holds(&img, s, last) || sector_holds(&img, s, last + 1),
+            sector_holds(&raw, s, last) || sector_holds(&raw, s, last + 1),
             "sector {s} holds neither pass {last} nor {}",
             last + 1
         );
     }
     assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
+    if format == "qcow2" {
+        assert_qemu_img_check(&img, "qcow2");
+    }
+}
+
+#[test]
+fn blk_loop_guest_survives_twenty_block_worker_kills_without_losing_a_write() {
+    chaos("raw");
+}
+
+#[test]
+fn blk_loop_guest_on_qcow2_survives_twenty_block_worker_kills_and_the_image_stays_consistent() {
+    chaos("qcow2");
 }
