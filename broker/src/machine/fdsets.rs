@@ -6,14 +6,18 @@
 //! needs no access to the paths itself. The table is process-wide and
 //! shared by every QMP session, as QEMU's `mon_fdsets`: [`FdSets::global`].
 //!
+//! `-add-fd fd=N,set=M` at start-up fills the sets from fds the broker
+//! inherited: [`FdSets::add_inherited`].
+//!
 //! Differences from QEMU, on purpose: an fd removed with `remove-fd` is
 //! closed at once (QEMU defers it while the VM is paused), and a set
 //! disappears as soon as its last fd is removed (QEMU keeps an empty set
 //! listed while a node still uses a copy of one of its fds); copies already
 //! handed out stay valid either way.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{LazyLock, Mutex};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -52,6 +56,12 @@ pub enum FdsetError {
         /// The open flags asked for.
         flags: i32,
     },
+    /// A `-add-fd` option QEMU refuses (the text is QEMU's).
+    #[error("{0}")]
+    BadOption(&'static str),
+    /// A `-add-fd` fd could not be copied.
+    #[error("error duplicating fd")]
+    DupInherited(#[source] nix::errno::Errno),
     /// An fd of the set could not be inspected or copied.
     #[error("Failed to dup() given file descriptor (flags=0x{flags:x})")]
     Dup {
@@ -242,6 +252,105 @@ impl FdSets {
     }
 }
 
+/// One `-add-fd` option: `fd=N,set=M[,opaque=S]` (absent numbers are
+/// None; QEMU's messages say they are required).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritedFd {
+    /// The inherited fd's number.
+    pub fd: Option<i64>,
+    /// The set to put its copy into.
+    pub set: Option<i64>,
+    /// Free text shown by `query-fdsets`.
+    pub opaque: Option<String>,
+}
+
+impl InheritedFd {
+    /// QEMU's checks of one option, in QEMU's order; the fd's number.
+    fn check(&self) -> Result<(RawFd, i64)> {
+        let fd = match self.fd {
+            Some(fd) if fd >= 0 => fd,
+            _ => {
+                return Err(FdsetError::BadOption(
+                    "fd option is required and must be non-negative",
+                ))
+            }
+        };
+        if fd <= i64::from(libc::STDERR_FILENO) {
+            return Err(FdsetError::BadOption("fd cannot be a standard I/O stream"));
+        }
+        const IN_USE: &str = "fd is not valid or already in use";
+        let raw = RawFd::try_from(fd).map_err(|_| FdsetError::BadOption(IN_USE))?;
+        // SAFETY: F_GETFD only reads the descriptor's flags; any number is
+        // acceptable (a closed one gives EBADF).
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+        // Fds inherited across exec() have FD_CLOEXEC clear; the broker's
+        // own fds have it set.
+        if flags == -1 || flags & libc::FD_CLOEXEC != 0 {
+            return Err(FdsetError::BadOption(IN_USE));
+        }
+        match self.set {
+            Some(set) if set >= 0 => Ok((raw, set)),
+            _ => Err(FdsetError::BadOption(
+                "set option is required and must be non-negative",
+            )),
+        }
+    }
+}
+
+impl FdSets {
+    /// `-add-fd`: checks every option as QEMU does, puts a close-on-exec
+    /// copy of each inherited fd into its set, then closes the inherited
+    /// fds. On error nothing is added and the inherited fds stay open.
+    ///
+    /// # Safety
+    ///
+    /// Each `fd` named must be an fd the broker inherited and that nothing
+    /// else in the process uses or will close: this function takes
+    /// ownership of it and closes it. Call it at start-up, before anything
+    /// else may reuse those numbers.
+    pub unsafe fn add_inherited(&self, opts: &[InheritedFd]) -> Result<()> {
+        let mut checked = Vec::with_capacity(opts.len());
+        for o in opts {
+            checked.push(o.check()?);
+        }
+        let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
+        for &(raw, _) in &checked {
+            if let Entry::Vacant(slot) = owned.entry(raw) {
+                // SAFETY: `raw` is open (checked above) and, by this
+                // function's contract, owned by nothing else; it is taken
+                // once.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                slot.insert(fd);
+            }
+        }
+        let mut copies = Vec::with_capacity(checked.len());
+        for (o, &(raw, set)) in opts.iter().zip(&checked) {
+            let Some(fd) = owned.get(&raw) else {
+                continue;
+            };
+            let copy = match fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(0)) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Give the inherited fds back to the caller unclosed.
+                    for fd in owned.into_values() {
+                        let _ = fd.into_raw_fd();
+                    }
+                    return Err(FdsetError::DupInherited(e));
+                }
+            };
+            // SAFETY: F_DUPFD_CLOEXEC just returned `copy` as a new
+            // descriptor that nothing else owns.
+            copies.push((unsafe { OwnedFd::from_raw_fd(copy) }, set, o.opaque.clone()));
+        }
+        for (fd, set, opaque) in copies {
+            self.add(fd, Some(set), opaque)?;
+        }
+        // The inherited fds close here, as QEMU's cleanup_add_fd does.
+        drop(owned);
+        Ok(())
+    }
+}
+
 /// `F_DUPFD_CLOEXEC`, then `F_SETFL` with `flags` (which ignores the
 /// access mode and creation bits).
 fn dup_with_flags(fd: BorrowedFd<'_>, flags: OFlag) -> nix::Result<OwnedFd> {
@@ -424,5 +533,78 @@ mod tests {
         assert_eq!(parse_fd_number("2147483648"), None);
         assert_eq!(parse_fd_number("99999999999999999999"), None);
         assert_eq!(parse_fd_number("7 "), None);
+    }
+
+    /// A descriptor like one inherited across exec(): FD_CLOEXEC clear.
+    fn inheritable() -> RawFd {
+        let f = file(true);
+        // SAFETY: plain dup of an open fd; the copy is the test's.
+        let raw = unsafe { libc::dup(f.as_raw_fd()) };
+        assert!(raw > 2);
+        raw
+    }
+
+    fn opt(fd: Option<i64>, set: Option<i64>) -> InheritedFd {
+        InheritedFd {
+            fd,
+            set,
+            opaque: None,
+        }
+    }
+
+    fn add_inherited_err(opts: &[InheritedFd]) -> String {
+        // SAFETY: the options name only fds these tests own and give away.
+        unsafe { FdSets::default().add_inherited(opts) }
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn add_inherited_checks_options_with_qemu_messages() {
+        assert_eq!(
+            add_inherited_err(&[opt(None, Some(1))]),
+            "fd option is required and must be non-negative"
+        );
+        assert_eq!(
+            add_inherited_err(&[opt(Some(2), Some(1))]),
+            "fd cannot be a standard I/O stream"
+        );
+        let own = file(true);
+        assert_eq!(
+            add_inherited_err(&[opt(Some(i64::from(own.as_raw_fd())), Some(1))]),
+            "fd is not valid or already in use"
+        );
+        let raw = inheritable();
+        assert_eq!(
+            add_inherited_err(&[opt(Some(i64::from(raw)), None)]),
+            "set option is required and must be non-negative"
+        );
+        // SAFETY: `raw` is the test's own fd and was not taken on error.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+
+    #[test]
+    fn add_inherited_puts_copies_in_each_set_and_closes_the_original() {
+        let raw = inheritable();
+        let s = FdSets::default();
+        let opts = [
+            opt(Some(i64::from(raw)), Some(1)),
+            InheritedFd {
+                opaque: Some("o".into()),
+                ..opt(Some(i64::from(raw)), Some(2))
+            },
+        ];
+        // SAFETY: `raw` is this test's own fd, given away here.
+        unsafe { s.add_inherited(&opts) }.unwrap();
+        let q = s.query();
+        assert_eq!(q.iter().map(|i| i.fdset_id).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(q[0].fds[0].opaque.as_deref(), Some("o"));
+        assert!(q.iter().all(|i| i.fds[0].fd != i64::from(raw)));
+        // SAFETY: F_GETFD only reads flags; the number may be closed.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+        assert!(
+            flags == -1 || flags & libc::FD_CLOEXEC != 0,
+            "the inherited fd is closed (its number may be reused by a CLOEXEC fd)"
+        );
     }
 }
