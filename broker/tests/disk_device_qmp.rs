@@ -164,3 +164,40 @@ fn device_add_and_del_while_running_fail_with_a_hotplug_error() {
     serial.wait_passes(1);
     assert_eq!(q.ok("query-block")[0]["inserted"]["node-name"], "d0");
 }
+
+#[test]
+fn system_reset_resets_the_disk_and_the_rebooted_guest_uses_it_again() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let blockdev = json!({"driver": "raw", "node-name": "d0",
+        "file": {"driver": "file", "filename": img}});
+    let b = Bulkhead::start(&[
+        "-kernel",
+        &guest("blk-loop"),
+        "-m",
+        "64M",
+        "-serial",
+        &format!("file:{}", serial.0.display()),
+        "-blockdev",
+        &blockdev.to_string(),
+        "-device",
+        "virtio-blk-device,drive=d0,id=vda",
+    ]);
+    let mut q = b.client();
+    serial.wait_passes(2);
+    q.ok("system_reset");
+    q.event("RESET");
+    // After the reboot the guest sets the disk up again and counts from 1.
+    let deadline = std::time::Instant::now() + GUEST_TIMEOUT;
+    loop {
+        let text = serial.text();
+        let boots: Vec<&str> = text.split("blk: capacity").collect();
+        if boots.len() >= 3 && boots[2].contains("pass 2 ok") {
+            break;
+        }
+        assert!(!text.contains("FAIL"), "{text}");
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

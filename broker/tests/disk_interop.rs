@@ -86,3 +86,39 @@ fn blk_guest_passes_on_qemu_storage_daemon_raw_export() {
 fn blk_guest_passes_on_qemu_storage_daemon_qcow2_export() {
     run_on_qsd("qcow2");
 }
+
+#[test]
+fn frontend_reconnects_to_a_restarted_qemu_storage_daemon_and_the_guest_goes_on() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let sock = dir.0.join("qsd.sock");
+    let qsd = start_qsd(&img, "raw", &sock);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = Bulkhead::start(&[
+        "-kernel",
+        &guest("blk-loop"),
+        "-m",
+        "64M",
+        "-serial",
+        &format!("file:{}", serial.0.display()),
+        "-chardev",
+        &format!("socket,id=c0,path={}", sock.display()),
+        "-device",
+        "vhost-user-blk,chardev=c0,id=vdb",
+    ]);
+    let mut q = b.client();
+    serial.wait_passes(2);
+    drop(qsd);
+    let _ = std::fs::remove_file(&sock);
+    let lost = q.event("__org.bulkhead_DEVICE_BACKEND_LOST");
+    assert_eq!(lost["data"]["id"], "vdb");
+    // The broker keeps trying while no daemon listens.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(q.ok("query-status")["status"], "running");
+    let _qsd = start_qsd(&img, "raw", &sock);
+    let restored = q.event("__org.bulkhead_DEVICE_BACKEND_RESTORED");
+    assert_eq!(restored["data"]["id"], "vdb");
+    let before = serial.passes();
+    serial.wait_passes(before + 2);
+    assert!(!serial.has("FAIL"), "{}", serial.text());
+}

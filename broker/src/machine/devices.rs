@@ -53,6 +53,8 @@ const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// Longest pause between two reconnection attempts.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(5);
+/// A failed reconnection is logged once every this many attempts.
+const RECONNECT_LOG_EVERY: u64 = 20;
 
 /// Where a device's vhost-user backend is.
 #[derive(Debug, Clone)]
@@ -632,7 +634,9 @@ fn spawn_reconnect(m: &Arc<Machine>, ids: Vec<String>, generation: Option<u64>) 
 /// block worker is down again: its restart starts a new round.
 fn reconnect_loop(weak: &std::sync::Weak<Machine>, id: &str, generation: Option<u64>) {
     let mut delay = RECONNECT_FIRST_DELAY;
+    let mut attempts: u64 = 0;
     loop {
+        attempts += 1;
         let Some(m) = weak.upgrade() else { return };
         if m.is_ending() {
             return;
@@ -669,7 +673,12 @@ fn reconnect_loop(weak: &std::sync::Weak<Machine>, id: &str, generation: Option<
                 if lock(&m.vcpu).is_none() {
                     return;
                 }
-                tracing::warn!("device {id}: reconnecting failed, will retry: {}", e.desc);
+                if attempts % RECONNECT_LOG_EVERY == 1 {
+                    tracing::warn!(
+                        "device {id}: reconnecting failed (attempt {attempts}), will retry: {}",
+                        e.desc
+                    );
+                }
             }
         }
         drop(m);
