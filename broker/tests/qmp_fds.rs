@@ -381,3 +381,36 @@ fn named_fds_are_closed_when_their_session_ends() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The status flags of the broker's fd `fd` (`/proc/PID/fdinfo`).
+fn broker_fd_flags(b: &Bulkhead, fd: i64) -> i32 {
+    let pid = b.child.as_ref().unwrap().id();
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let octal = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .unwrap()
+        .trim();
+    i32::from_str_radix(octal, 8).unwrap()
+}
+
+#[test]
+fn direct_node_through_dev_fdset_gets_o_direct_like_qemu_dup_flags() {
+    let b = Bulkhead::start(&[]);
+    let img = image(&b, "direct.img", 1 << 20);
+    let mut q = b.client();
+    let r = q.execute_with_fds("add-fd", json!({"fdset-id": 2}), &[open_rw(&img).as_fd()]);
+    let set_fd = r["return"]["fd"].as_i64().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(broker_fd_flags(&b, set_fd) & libc::O_DIRECT, 0);
+
+    let r = q.execute(
+        "blockdev-add",
+        json!({"driver": "raw", "node-name": "d0",
+               "file": {"driver": "file", "filename": "/dev/fdset/2",
+                        "cache": {"direct": true}}}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    // The copy shares the set's open file description, so O_DIRECT shows
+    // on the set's fd too (as in QEMU).
+    assert_ne!(broker_fd_flags(&b, set_fd) & libc::O_DIRECT, 0);
+}

@@ -62,11 +62,20 @@ pub enum FdsetError {
     /// A `-add-fd` fd could not be copied.
     #[error("error duplicating fd")]
     DupInherited(#[source] nix::errno::Errno),
-    /// An fd of the set could not be inspected or copied.
-    #[error("Failed to dup() given file descriptor (flags=0x{flags:x})")]
+    /// The status flags of an fd of the set could not be read.
+    #[error("Failed to read file status flags for fd={fd}")]
+    ReadFlags {
+        /// The set's fd.
+        fd: RawFd,
+        /// The system error.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// The matching fd of the set could not be copied.
+    #[error("Failed to dup() given file descriptor fd={fd}")]
     Dup {
-        /// The open flags asked for.
-        flags: i32,
+        /// The set's fd.
+        fd: RawFd,
         /// The system error.
         #[source]
         source: nix::errno::Errno,
@@ -213,13 +222,12 @@ impl FdSets {
             .get(&fdset_id)
             .ok_or(FdsetError::NoSuchSet { id: fdset_id })?;
         let want = flags & OFlag::O_ACCMODE;
-        let dup_err = |source| FdsetError::Dup {
-            flags: flags.bits(),
-            source,
-        };
         let mut found = None;
         for f in set.iter().rev() {
-            let fl = fcntl(&f.fd, FcntlArg::F_GETFL).map_err(dup_err)?;
+            let fl = fcntl(&f.fd, FcntlArg::F_GETFL).map_err(|source| FdsetError::ReadFlags {
+                fd: f.fd.as_raw_fd(),
+                source,
+            })?;
             if OFlag::from_bits_retain(fl) & OFlag::O_ACCMODE == want {
                 found = Some(&f.fd);
                 break;
@@ -228,7 +236,10 @@ impl FdSets {
         let fd = found.ok_or(FdsetError::NoMatchingFd {
             flags: flags.bits(),
         })?;
-        dup_with_flags(fd.as_fd(), flags).map_err(dup_err)
+        dup_with_flags(fd.as_fd(), flags).map_err(|source| FdsetError::Dup {
+            fd: fd.as_raw_fd(),
+            source,
+        })
     }
 
     /// Opens `filename` through a set when it is a `/dev/fdset/N` name:
