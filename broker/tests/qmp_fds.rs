@@ -414,3 +414,19 @@ fn direct_node_through_dev_fdset_gets_o_direct_like_qemu_dup_flags() {
     // on the set's fd too (as in QEMU).
     assert_ne!(broker_fd_flags(&b, set_fd) & libc::O_DIRECT, 0);
 }
+
+#[test]
+fn fds_sent_before_negotiation_are_refused_and_closed() {
+    let b = Bulkhead::start(&[]);
+    let f = image(&b, "f", 512);
+    let (mut q, _) = b.connect();
+    let r = q.execute_with_fds("getfd", json!({"fdname": "a"}), &[open_rw(&f).as_fd()]);
+    assert_eq!(
+        Qmp::error_of(&r),
+        (
+            "CommandNotFound".to_owned(),
+            "Expecting capabilities negotiation with 'qmp_capabilities'".to_owned()
+        )
+    );
+    assert_eq!(broker_holds(&b, &f), 0);
+}
