@@ -11,7 +11,8 @@
 //! 3. rlimits: no core files, bounded fds and threads;
 //! 4. capabilities: bounding and ambient sets cleared, securebits locked,
 //!    then the per-VM non-root uid/gid, then every remaining capability set
-//!    emptied and checked;
+//!    emptied and checked; the parent-death signal (cleared by the kernel
+//!    on the uid change) is set again;
 //! 5. `no_new_privs`;
 //! 6. a Landlock ruleset that handles every filesystem and network access
 //!    right and allows none, and scopes signals and abstract sockets;
@@ -168,6 +169,7 @@ pub fn enter(prepared: Prepared) -> Result<SandboxReport> {
     namespaces::pivot_to_empty_root()?;
     privileges::set_rlimits(cfg.max_fds, cfg.max_threads)?;
     privileges::drop_to(cfg.uid, cfg.gid)?;
+    privileges::rearm_parent_death_signal()?;
     privileges::set_no_new_privs()?;
     let landlock = lsm::restrict_all()?;
     seccomp::install(&prepared.filters, cfg.death_note_fd)?;

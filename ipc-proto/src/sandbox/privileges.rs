@@ -148,6 +148,17 @@ pub fn drop_to(uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Re-arms the parent-death signal (SIGKILL): the kernel clears it when the
+/// credentials change, and no worker may outlive its broker.
+pub fn rearm_parent_death_signal() -> Result<()> {
+    prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        "parent-death signal",
+    )
+    .map(|_| ())
+}
+
 /// Sets `no_new_privs`: no exec can ever grant privileges again.
 pub fn set_no_new_privs() -> Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "no_new_privs").map(|_| ())

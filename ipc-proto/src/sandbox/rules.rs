@@ -290,7 +290,14 @@ pub const BLOCK: &[Rule] = &[
     any(libc::SYS_fdatasync, "guest flush"),
     any(libc::SYS_fsync, "guest flush of metadata (qcow2)"),
     any(libc::SYS_fallocate, "discard and write-zeroes on files"),
-    any(libc::SYS_ftruncate, "growing qcow2 images"),
+    any(
+        libc::SYS_ftruncate,
+        "growing qcow2 images; sizing the inflight memfd",
+    ),
+    any(
+        libc::SYS_memfd_create,
+        "vhost-user GET_INFLIGHT_FD: the inflight region (strace of virtio_blk tests)",
+    ),
     any(
         libc::SYS_fstatfs,
         "alignment and filesystem checks of images",
