@@ -201,3 +201,27 @@ fn system_reset_resets_the_disk_and_the_rebooted_guest_uses_it_again() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_backend_that_never_answers_fails_cont_instead_of_wedging_qmp() {
+    let dir = common::TempDir::new();
+    let sock = dir.0.join("silent.sock");
+    // Accepts connections (in the backlog) and never says a word.
+    let _silent = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let b = Bulkhead::start(&[
+        "-S",
+        "-kernel",
+        &guest("blk"),
+        "-m",
+        "64M",
+        "-chardev",
+        &format!("socket,id=c0,path={}", sock.display()),
+        "-device",
+        "vhost-user-blk,chardev=c0,id=vdb",
+    ]);
+    let mut q = b.client();
+    let (class, desc) = Qmp::error_of(&q.execute("cont", Value::Null));
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("cannot attach device 'vdb'"), "{desc}");
+    assert_eq!(q.ok("query-status")["status"], "prelaunch");
+}

@@ -53,6 +53,9 @@ const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// Longest pause between two reconnection attempts.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(5);
+/// How long the broker lets vcpu-proc attach or reconnect a device before
+/// it hangs the socket up (see [`bounded`]).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A failed reconnection is logged once every this many attempts.
 const RECONNECT_LOG_EVERY: u64 = 20;
 
@@ -334,6 +337,39 @@ fn connect(backend: &Backend) -> std::io::Result<UnixStream> {
     }
 }
 
+/// Runs `f`, a request that makes vcpu-proc set a device up over
+/// `sockets`, and hangs those sockets up if it takes longer than
+/// [`HANDSHAKE_TIMEOUT`]: the frontend then sees end-of-file and answers
+/// with an error instead of waiting forever on a backend that never
+/// replies (which would wedge vcpu-proc's control thread, and QMP).
+pub fn bounded<T>(sockets: &[&UnixStream], f: impl FnOnce() -> T) -> T {
+    let copies: Vec<UnixStream> = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::Builder::new()
+        .name("vu-setup-watch".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                wait.recv_timeout(HANDSHAKE_TIMEOUT)
+            {
+                tracing::warn!(
+                    "a vhost-user backend did not answer within {HANDSHAKE_TIMEOUT:?}; hanging up"
+                );
+                for c in copies {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        });
+    if let Err(e) = &watchdog {
+        tracing::warn!("cannot watch a vhost-user set-up: {e}");
+    }
+    let r = f();
+    drop(done);
+    if let Ok(w) = watchdog {
+        let _ = w.join();
+    }
+    r
+}
+
 fn hotplug_error(slot: u32) -> FlatError {
     generic(format!(
         "Bus 'virtio-mmio-bus.{slot}' does not support hotplugging"
@@ -499,7 +535,10 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
         let id = cfg.id.clone();
         let mut one = cfg;
         one.socket = FdSlot(0);
-        match m.vcpu_request_with_fds(VcpuRequest::AttachVhostUser(one), &[socket.as_fd()])? {
+        let reply = bounded(&[&socket], || {
+            m.vcpu_request_with_fds(VcpuRequest::AttachVhostUser(one), &[socket.as_fd()])
+        });
+        match reply? {
             VcpuReply::Done => mark_attached(m, &[id]),
             other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => {
                 return Err(unexpected_reply(&other))
@@ -661,7 +700,7 @@ fn reconnect_loop(weak: &std::sync::Weak<Machine>, id: &str, generation: Option<
                     id: id.to_owned(),
                     socket: FdSlot(0),
                 };
-                m.vcpu_request_with_fds(req, &[s.as_fd()])
+                bounded(&[&s], || m.vcpu_request_with_fds(req, &[s.as_fd()]))
             });
         match attempt {
             Ok(VcpuReply::Done) => return,

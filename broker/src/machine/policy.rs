@@ -152,7 +152,9 @@ pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
             devices: pending.iter().map(|(c, _)| c.clone()).collect(),
         }
     };
-    match link.request(req, &fds) {
+    let sockets: Vec<&std::os::unix::net::UnixStream> = pending.iter().map(|(_, s)| s).collect();
+    let reply = devices::bounded(&sockets, || link.request(req, &fds));
+    match reply {
         Ok(VcpuReply::Done) => {}
         Ok(other) => return Err(StartError::Refused("vcpu", super::unexpected_reply(&other))),
         Err(e) => return Err(StartError::Refused("vcpu", e)),
