@@ -247,12 +247,19 @@ impl Qmp {
 
     /// Waits for event `name` (looking at events kept aside first).
     pub fn event(&mut self, name: &str) -> Value {
-        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+        self.event_where(name, |_| true)
+    }
+
+    /// Waits for event `name` whose `data` satisfies `pred` (looking at
+    /// events kept aside first).
+    pub fn event_where(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let matches = |e: &Value| e["event"] == name && pred(&e["data"]);
+        if let Some(i) = self.events.iter().position(matches) {
             return self.events.remove(i).unwrap();
         }
         loop {
             let v = self.recv();
-            if v["event"] == name {
+            if matches(&v) {
                 return v;
             }
             assert!(
