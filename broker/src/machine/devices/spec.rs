@@ -1,0 +1,238 @@
+//! `-device` / `device_add` properties: the drivers bulkhead has
+//! (`virtio-blk-device`, `vhost-user-blk`) and their properties, checked
+//! with QEMU's messages.
+
+use ipc_proto::FlatError;
+use serde_json::{Map, Value};
+
+use super::generic;
+
+/// QEMU's virtio-blk device for a virtio-mmio bus.
+pub const VIRTIO_BLK: &str = "virtio-blk-device";
+/// QEMU's vhost-user-blk device for a virtio-mmio bus.
+pub const VHOST_USER_BLK: &str = "vhost-user-blk";
+/// Accepted as another spelling of [`VHOST_USER_BLK`].
+pub const VHOST_USER_BLK_ALIAS: &str = "vhost-user-blk-device";
+/// virtio-mmio slots of the platform (docs/platform.md).
+pub const SLOTS: u32 = 8;
+const DEFAULT_QUEUE_SIZE: u16 = 256;
+
+/// A `-device` / `device_add` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// `id`.
+    pub id: String,
+    /// `driver`.
+    pub driver: &'static str,
+    /// `drive` (virtio-blk-device).
+    pub drive: Option<String>,
+    /// `chardev` (vhost-user-blk).
+    pub chardev: Option<String>,
+    /// `bus=virtio-mmio-bus.N`.
+    pub slot: Option<u32>,
+    /// `num-queues`.
+    pub num_queues: u16,
+    /// `queue-size`.
+    pub queue_size: u16,
+    /// `serial`.
+    pub serial: String,
+    /// `logical_block_size`.
+    pub logical_block_size: u32,
+}
+
+fn prop_str(driver: &str, key: &str, v: &Value) -> Result<String, FlatError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(generic(format!(
+            "Invalid parameter type for '{driver}.{key}', expected: string"
+        ))),
+    }
+}
+
+fn prop_uint(driver: &str, key: &str, v: &Value, max: u64) -> Result<u64, FlatError> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse::<u64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n <= max => Ok(n),
+        Some(n) => Err(generic(format!(
+            "Property {driver}.{key} doesn't take value {n} (maximum: {max})"
+        ))),
+        None => Err(generic(format!(
+            "Parameter '{key}' expects uint{}",
+            if max > u64::from(u16::MAX) { 32 } else { 16 }
+        ))),
+    }
+}
+
+/// QEMU's `id_wellformed`.
+fn id_wellformed(id: &str) -> bool {
+    let mut c = id.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic())
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
+}
+
+/// Validates `device_add` / `-device` properties with QEMU's messages.
+pub fn parse_spec(props: &Map<String, Value>) -> Result<DeviceSpec, FlatError> {
+    let driver = match props.get("driver") {
+        None => return Err(generic("Parameter 'driver' is missing")),
+        Some(v) => prop_str("device", "driver", v)?,
+    };
+    let driver: &'static str = match driver.as_str() {
+        VIRTIO_BLK => VIRTIO_BLK,
+        VHOST_USER_BLK | VHOST_USER_BLK_ALIAS => VHOST_USER_BLK,
+        other => {
+            return Err(generic(format!(
+                "'{other}' is not a valid device model name"
+            )))
+        }
+    };
+    let mut spec = DeviceSpec {
+        id: String::new(),
+        driver,
+        drive: None,
+        chardev: None,
+        slot: None,
+        num_queues: 1,
+        queue_size: DEFAULT_QUEUE_SIZE,
+        serial: String::new(),
+        logical_block_size: 512,
+    };
+    for (k, v) in props {
+        match (k.as_str(), driver) {
+            ("driver", _) => {}
+            ("id", _) => spec.id = prop_str(driver, k, v)?,
+            ("bus", _) => {
+                let bus = prop_str(driver, k, v)?;
+                let slot = bus
+                    .strip_prefix("virtio-mmio-bus.")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| *n < SLOTS)
+                    .ok_or_else(|| generic(format!("Bus '{bus}' not found")))?;
+                spec.slot = Some(slot);
+            }
+            ("drive", VIRTIO_BLK) => spec.drive = Some(prop_str(driver, k, v)?),
+            ("chardev", VHOST_USER_BLK) => spec.chardev = Some(prop_str(driver, k, v)?),
+            ("num-queues", _) => spec.num_queues = prop_uint(driver, k, v, 16)? as u16,
+            ("queue-size", _) => spec.queue_size = prop_uint(driver, k, v, 1024)? as u16,
+            ("serial", VIRTIO_BLK) => spec.serial = prop_str(driver, k, v)?,
+            ("logical_block_size", VIRTIO_BLK) => {
+                spec.logical_block_size = prop_uint(driver, k, v, u64::from(u32::MAX))? as u32
+            }
+            _ => {
+                return Err(generic(format!("Property '{driver}.{k}' not found")));
+            }
+        }
+    }
+    if spec.id.is_empty() {
+        return Err(generic(
+            "Parameter 'id' is missing (bulkhead needs an id to manage the device)",
+        ));
+    }
+    if !id_wellformed(&spec.id) {
+        return Err(generic("Parameter 'id' expects an identifier"));
+    }
+    if spec.num_queues == 0 {
+        return Err(generic("num-queues property must be larger than 0"));
+    }
+    if !spec.queue_size.is_power_of_two() || spec.queue_size < 2 {
+        return Err(generic(format!(
+            "invalid queue-size property ({}), must be a power of 2",
+            spec.queue_size
+        )));
+    }
+    if !matches!(spec.logical_block_size, 512 | 4096) {
+        return Err(generic(format!(
+            "Property {driver}.logical_block_size doesn't take value {} (must be 512 or 4096)",
+            spec.logical_block_size
+        )));
+    }
+    match driver {
+        VIRTIO_BLK if spec.drive.is_none() => Err(generic("drive property not set")),
+        VHOST_USER_BLK if spec.chardev.is_none() => Err(generic("chardev is mandatory")),
+        _ => Ok(spec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn props(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn err(v: Value) -> String {
+        parse_spec(&props(v)).unwrap_err().desc
+    }
+
+    #[test]
+    fn virtio_blk_properties_parse_with_defaults() {
+        let s = parse_spec(&props(
+            json!({"driver": "virtio-blk-device", "drive": "d0", "id": "vda"}),
+        ))
+        .unwrap();
+        assert_eq!(s.driver, VIRTIO_BLK);
+        assert_eq!(s.drive.as_deref(), Some("d0"));
+        assert_eq!(
+            (s.num_queues, s.queue_size, s.logical_block_size),
+            (1, 256, 512)
+        );
+        let s = parse_spec(&props(json!({"driver": "virtio-blk-device", "drive": "d0",
+            "id": "vda", "num-queues": "2", "queue-size": 128, "serial": "abc",
+            "bus": "virtio-mmio-bus.3"})))
+        .unwrap();
+        assert_eq!((s.num_queues, s.queue_size, s.slot), (2, 128, Some(3)));
+        assert_eq!(s.serial, "abc");
+    }
+
+    #[test]
+    fn bad_properties_give_qemu_messages() {
+        assert_eq!(err(json!({"id": "x"})), "Parameter 'driver' is missing");
+        assert_eq!(
+            err(json!({"driver": "e1000", "id": "x"})),
+            "'e1000' is not a valid device model name"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x", "foo": 1})),
+            "Property 'virtio-blk-device.foo' not found"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "id": "x"})),
+            "drive property not set"
+        );
+        assert_eq!(
+            err(json!({"driver": "vhost-user-blk", "id": "x"})),
+            "chardev is mandatory"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "0x"})),
+            "Parameter 'id' expects an identifier"
+        );
+        assert_eq!(
+            err(json!({"driver": "virtio-blk-device", "drive": "d", "id": "x", "bus": "pci.0"})),
+            "Bus 'pci.0' not found"
+        );
+        assert!(err(
+            json!({"driver": "virtio-blk-device", "drive": "d", "id": "x",
+            "queue-size": 100})
+        )
+        .contains("power of 2"));
+    }
+
+    #[test]
+    fn vhost_user_blk_takes_a_chardev_and_both_spellings() {
+        for d in ["vhost-user-blk", "vhost-user-blk-device"] {
+            let s = parse_spec(&props(json!({"driver": d, "chardev": "c0", "id": "vdb"}))).unwrap();
+            assert_eq!(s.driver, VHOST_USER_BLK);
+            assert_eq!(s.chardev.as_deref(), Some("c0"));
+        }
+        assert_eq!(
+            err(json!({"driver": "vhost-user-blk", "chardev": "c0", "id": "x", "drive": "d"})),
+            "Property 'vhost-user-blk.drive' not found"
+        );
+    }
+}
