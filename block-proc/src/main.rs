@@ -14,6 +14,8 @@ enum MainError {
     Server(#[from] block_proc::server::ServerError),
     #[error("standalone mode failed")]
     Standalone(#[from] block_proc::standalone::StandaloneError),
+    #[error("cannot enter the sandbox")]
+    Sandbox(#[from] ipc_proto::sandbox::SandboxError),
 }
 
 fn run() -> Result<(), MainError> {
@@ -21,8 +23,16 @@ fn run() -> Result<(), MainError> {
     if args.iter().any(|a| a == "--standalone") {
         return Ok(block_proc::standalone::run(&args)?);
     }
+    // The seccomp filter is compiled before the handshake, the sandbox
+    // entered right after it: before any guest-controlled data arrives.
+    let sandbox = ipc_proto::sandbox::Sandbox::from_args(WorkerKind::Block, &args)?;
     let fd = ipc_proto::worker::control_fd_from_args(args)?;
     let chan = ipc_proto::worker::connect(WorkerKind::Block, fd)?;
+    if let Some(report) = sandbox.enter()? {
+        if let Some(w) = report.landlock.warning() {
+            tracing::warn!("{w}");
+        }
+    }
     Ok(block_proc::server::run(chan)?)
 }
 
@@ -42,6 +52,7 @@ fn main() -> ExitCode {
                 MainError::Startup(_) => ExitCode::from(2),
                 MainError::Server(_) => ExitCode::from(3),
                 MainError::Standalone(_) => ExitCode::from(4),
+                MainError::Sandbox(_) => ExitCode::from(5),
             }
         }
     }

@@ -11,13 +11,33 @@ use std::process::ExitCode;
 
 use ipc_proto::envelope::error_chain;
 use ipc_proto::net::{NetEvent, NetReply, NetRequest};
+use ipc_proto::sandbox::Sandbox;
 use ipc_proto::worker::{connect, control_fd_from_args};
 use ipc_proto::WorkerKind;
 
 /// Runs the worker with the process's arguments.
 pub fn main_with_args(args: Vec<String>) -> ExitCode {
+    let sandbox = match Sandbox::from_args(WorkerKind::Net, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("net-proc: {}", error_chain(&e));
+            return ExitCode::from(3);
+        }
+    };
     let result = control_fd_from_args(args.into_iter().skip(1))
         .and_then(|fd| connect::<NetRequest, NetReply, NetEvent>(WorkerKind::Net, fd));
+    let result = result
+        .map_err(|e| error_chain(&e))
+        .and_then(|chan| match sandbox.enter() {
+            Ok(Some(report)) => {
+                if let Some(w) = report.landlock.warning() {
+                    eprintln!("net-proc: {w}");
+                }
+                Ok(chan)
+            }
+            Ok(None) => Ok(chan),
+            Err(e) => Err(error_chain(&e)),
+        });
     match result {
         Ok(chan) => match serve::serve(&chan) {
             Ok(()) => ExitCode::SUCCESS,
@@ -27,7 +47,7 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("net-proc: {}", error_chain(&e));
+            eprintln!("net-proc: {e}");
             ExitCode::from(2)
         }
     }

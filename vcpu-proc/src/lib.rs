@@ -58,6 +58,9 @@ pub enum MainError {
     /// Dumping the ACPI tables failed.
     #[error("cannot dump the ACPI tables")]
     Dump(#[source] std::io::Error),
+    /// The sandbox could not be set up.
+    #[error("cannot enter the sandbox")]
+    Sandbox(#[from] ipc_proto::sandbox::SandboxError),
 }
 
 impl MainError {
@@ -68,6 +71,7 @@ impl MainError {
             MainError::Startup(_) => 3,
             MainError::Server(_) => 4,
             MainError::Dump(_) => 5,
+            MainError::Sandbox(_) => 6,
         }
     }
 }
@@ -95,9 +99,17 @@ pub fn run(args: Vec<String>) -> Result<(), MainError> {
         acpi::dump_tables(&PathBuf::from(dir), cpus, &devices).map_err(MainError::Dump)?;
         return Ok(());
     }
+    // The seccomp filter is compiled before the handshake, the sandbox
+    // entered right after it: before any guest-controlled data arrives.
+    let sandbox = ipc_proto::sandbox::Sandbox::from_args(WorkerKind::Vcpu, &args)?;
     let fd = ipc_proto::worker::control_fd_from_args(args)?;
     let channel =
         ipc_proto::worker::connect::<VcpuRequest, VcpuReply, VcpuEvent>(WorkerKind::Vcpu, fd)?;
+    if let Some(report) = sandbox.enter()? {
+        if let Some(w) = report.landlock.warning() {
+            tracing::warn!("{w}");
+        }
+    }
     server::serve(channel)?;
     Ok(())
 }

@@ -17,6 +17,13 @@ use ipc_proto::WorkerKind;
 /// The fd number a worker finds its control socket at.
 pub const CONTROL_FD: i32 = 3;
 
+/// The fd number a sandboxed worker finds its death-note pipe at.
+pub const DEATH_NOTE_FD: i32 = 4;
+
+/// Per-VM unprivileged uid/gid of sandboxed workers (placeholder: the
+/// broker should derive one per VM, e.g. from `-run-with user=`).
+pub const SANDBOX_UID: u32 = 61_000;
+
 /// Environment variables passed through to workers; everything else is
 /// cleared.
 const KEPT_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "BULKHEAD_LOG"];
@@ -44,6 +51,10 @@ pub struct SpawnedWorker {
     pub pidfd: OwnedFd,
     /// The broker's end of the control socket.
     pub control: Option<UnixStream>,
+    /// The read end of its death-note pipe (sandboxed workers only): after
+    /// the exit, `ipc_proto::sandbox::death_note::read_note` names the
+    /// forbidden syscall that killed it, if that is how it died.
+    pub death_note: Option<OwnedFd>,
 }
 
 impl SpawnedWorker {
@@ -147,10 +158,32 @@ fn spawn_here(
     let (ours, theirs) = UnixStream::pair().map_err(io_err)?;
     let theirs_fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
+    let sandboxed = !extra_args.iter().any(|a| a == "--no-sandbox");
+
+    let (note_r, note_w) = if sandboxed {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()))?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let note_fd = note_w.as_ref().map_or(-1, |w| w.as_raw_fd());
     let mut cmd = Command::new(&exe);
-    cmd.arg("--control-fd")
-        .arg(CONTROL_FD.to_string())
-        .args(extra_args)
+    cmd.arg("--control-fd").arg(CONTROL_FD.to_string());
+    if sandboxed {
+        cmd.args(
+            ipc_proto::sandbox::SandboxArgs {
+                uid: SANDBOX_UID,
+                gid: SANDBOX_UID,
+                max_fds: ipc_proto::sandbox::args::DEFAULT_MAX_FDS,
+                max_threads: ipc_proto::sandbox::args::DEFAULT_MAX_THREADS,
+                death_note_fd: Some(DEATH_NOTE_FD),
+                seccomp_log: std::env::var_os("BULKHEAD_SECCOMP_LOG").is_some(),
+            }
+            .to_args(),
+        );
+    }
+    cmd.args(extra_args)
         .env_clear()
         .envs(
             KEPT_ENV
@@ -164,10 +197,16 @@ fn spawn_here(
     // only async-signal-safe functions (dup2, fcntl, prctl, signal, getppid,
     // kill) on values captured by copy.
     unsafe {
-        cmd.pre_exec(move || child_setup(theirs_fd, parent));
+        cmd.pre_exec(move || child_setup(theirs_fd, note_fd, parent));
     }
-    let child = cmd.spawn().map_err(io_err)?;
+    let child = if sandboxed {
+        ipc_proto::sandbox::namespaces::spawn_in_new_pid_ns(&mut cmd)
+    } else {
+        cmd.spawn()
+    }
+    .map_err(io_err)?;
     drop(theirs);
+    drop(note_w);
     let pid = child.id();
     // SAFETY: pidfd_open on our own child (not yet reaped: only we reap it,
     // through the pidfd); it returns a new fd or -1.
@@ -185,11 +224,12 @@ fn spawn_here(
         pid,
         pidfd,
         control: Some(ours),
+        death_note: note_r,
     })
 }
 
 /// Runs in the child between fork and exec: only async-signal-safe calls.
-fn child_setup(control: i32, parent: libc::pid_t) -> std::io::Result<()> {
+fn child_setup(control: i32, note: i32, parent: libc::pid_t) -> std::io::Result<()> {
     let check = |rc: libc::c_int| {
         if rc < 0 {
             Err(std::io::Error::last_os_error())
@@ -197,18 +237,27 @@ fn child_setup(control: i32, parent: libc::pid_t) -> std::io::Result<()> {
             Ok(())
         }
     };
-    if control != CONTROL_FD {
-        // SAFETY: dup2 on two fd numbers; `control` is open (inherited).
-        check(unsafe { libc::dup2(control, CONTROL_FD) })?;
-    } else {
-        // SAFETY: clears FD_CLOEXEC on an open fd; no memory involved.
-        check(unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) })?;
+    // Move both out of the way first, so neither target number clobbers
+    // the other's source; the copies are close-on-exec.
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an open fd; no memory involved.
+    let control_high = unsafe { libc::fcntl(control, libc::F_DUPFD_CLOEXEC, 10) };
+    check(control_high)?;
+    // SAFETY: dup2 on two fd numbers; clears close-on-exec on the target.
+    check(unsafe { libc::dup2(control_high, CONTROL_FD) })?;
+    if note >= 0 {
+        // SAFETY: as above.
+        let note_high = unsafe { libc::fcntl(note, libc::F_DUPFD_CLOEXEC, 10) };
+        check(note_high)?;
+        // SAFETY: as above.
+        check(unsafe { libc::dup2(note_high, DEATH_NOTE_FD) })?;
     }
     let sig = libc::SIGKILL as libc::c_ulong;
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) })?;
+    // In a new pid namespace the parent is outside it: getppid() is 0.
     // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != parent {
+    let ppid = unsafe { libc::getppid() };
+    if ppid != parent && ppid != 0 {
         // The broker died between fork and prctl.
         // SAFETY: _exit ends this forked child at once, as intended.
         unsafe { libc::_exit(1) };
