@@ -277,6 +277,10 @@ pub const VCPU: &[Rule] = &[
         libc::SYS_pread64,
         "reading kernel/initrd fds into guest memory",
     ),
+    any(
+        libc::SYS_setsockopt,
+        "vhost-user frontend: SO_RCVTIMEO/SO_SNDTIMEO on backend sockets (seccomp log of the disk tests)",
+    ),
 ];
 
 /// block-proc: image I/O through given fds, vhost-user-blk backends.
