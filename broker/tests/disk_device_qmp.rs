@@ -225,3 +225,22 @@ fn a_backend_that_never_answers_fails_cont_instead_of_wedging_qmp() {
     assert!(desc.contains("cannot attach device 'vdb'"), "{desc}");
     assert_eq!(q.ok("query-status")["status"], "prelaunch");
 }
+
+#[test]
+fn a_node_under_a_device_cannot_be_deleted() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let b = start_paused(&dir.0.join("serial.log"), &guest("blk"));
+    let mut q = b.client();
+    add_raw_node(&mut q, "d0", &img);
+    let r = device_add(
+        &mut q,
+        json!({"driver": "virtio-blk-device", "drive": "d0", "id": "vda"}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    let (class, desc) = Qmp::error_of(&q.execute("blockdev-del", json!({"node-name": "d0"})));
+    assert_eq!(class, "GenericError");
+    // QEMU says "Node d0 is in use" for a node under a device; block-proc
+    // words every "in use" refusal as QEMU does for a node under a node.
+    assert!(desc.ends_with("d0 is in use"), "{desc}");
+}
