@@ -66,6 +66,7 @@ fn chaos(format: &str) {
     let mut q = b.client();
     serial.wait_passes(1);
 
+    let mut downtimes = Vec::new();
     for kill in 0..KILLS {
         std::thread::sleep(Duration::from_millis(20 + rng.below(281)));
         let pid = block_proc_pid(broker).expect("block-proc runs");
@@ -76,6 +77,7 @@ fn chaos(format: &str) {
         assert_eq!(lost["data"]["id"], "vda");
         let restored = q.event("__org.bulkhead_DEVICE_BACKEND_RESTORED");
         assert_eq!(restored["data"]["id"], "vda", "kill {kill}");
+        downtimes.push(restored["data"]["downtime-ms"].as_u64().unwrap_or(0));
         assert_eq!(q.ok("query-status")["status"], "running", "kill {kill}");
         assert!(
             !serial.has("VERDICT: FAIL"),
@@ -84,6 +86,8 @@ fn chaos(format: &str) {
         );
     }
 
+    // Information only (restarts back off while the worker keeps dying).
+    eprintln!("{format}: device downtimes (ms): {downtimes:?}");
     // Progress after the last kill: two whole passes on the last worker.
     let after_kills = serial.passes();
     serial.wait_passes(after_kills + 2);
