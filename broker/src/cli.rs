@@ -69,6 +69,9 @@ pub struct Config {
     pub no_reboot: bool,
     /// `-sandbox on|off` (default on).
     pub sandbox: bool,
+    /// `-run-with user=NAME|UID[:GID]`: the identity sandboxed workers run
+    /// as (default: one derived from the broker's pid, unique per VM).
+    pub run_with_user: Option<String>,
     /// Directory holding the worker executables (`-worker-dir`, default:
     /// beside the broker's executable).
     pub worker_dir: Option<PathBuf>,
@@ -116,6 +119,7 @@ impl Default for Config {
             no_shutdown: false,
             no_reboot: false,
             sandbox: true,
+            run_with_user: None,
             worker_dir: None,
             blockdevs: Vec::new(),
             devices: Vec::new(),
@@ -155,6 +159,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-no-shutdown" => cfg.no_shutdown = true,
             "-no-reboot" => cfg.no_reboot = true,
             "-sandbox" => cfg.sandbox = parse_on_off("-sandbox", &value()?)?,
+            "-run-with" => cfg.run_with_user = Some(parse_run_with(&value()?)?),
             "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
             "-blockdev" => {
                 let text = value()?;
@@ -213,6 +218,22 @@ fn parse_on_off(option: &str, v: &str) -> Result<bool> {
         "off" | "no" | "false" => Ok(false),
         _ => Err(bad(option, format!("'{v}' is not on or off"))),
     }
+}
+
+fn parse_run_with(s: &str) -> Result<String> {
+    let mut user = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("user", v)) if !v.is_empty() => user = Some(v.to_owned()),
+            _ => {
+                return Err(bad(
+                    "-run-with",
+                    format!("unsupported suboption '{part}' (use user=NAME)"),
+                ))
+            }
+        }
+    }
+    user.ok_or_else(|| bad("-run-with", "user=NAME is required"))
 }
 
 fn parse_qmp(s: &str) -> Result<PathBuf> {
@@ -645,6 +666,18 @@ mod tests {
             SerialSpec::Unix("/tmp/s".into())
         );
         assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn run_with_user_is_parsed() {
+        assert_eq!(
+            parse(&args("-run-with user=vm1"))
+                .unwrap()
+                .run_with_user
+                .as_deref(),
+            Some("vm1")
+        );
+        assert!(parse(&args("-run-with chroot=/x")).is_err());
     }
 
     #[test]

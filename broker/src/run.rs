@@ -92,6 +92,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let activated = systemd::listen_fds()?;
     let notifier = systemd::Notifier::from_env()?;
     let config = cli::parse(args)?;
+    let worker_sandbox = policy::resolve_sandbox(&config)?;
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;
     let mut listeners = bind_qmp(&config.qmp)?;
@@ -101,7 +102,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     }));
     let supervisor = Supervisor::start()?;
     let events = Arc::new(EventBus::new());
-    let machine = Machine::new(config, events, supervisor, exit_tx);
+    let machine = Machine::new(config, worker_sandbox, events, supervisor, exit_tx);
     let mut created_sockets: Vec<PathBuf> = Vec::new();
     let started = policy::start_block(&machine)
         .map_err(MainError::from)

@@ -86,6 +86,7 @@ pub struct Machine {
     /// Told a short state description on every run-state change (systemd's
     /// `STATUS=`).
     status_hook: std::sync::OnceLock<StatusHook>,
+    worker_sandbox: crate::workers::spawn::WorkerSandbox,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -95,11 +96,13 @@ impl Machine {
     /// Creates the machine; [`Machine::start_workers`] brings it up.
     pub fn new(
         config: Config,
+        worker_sandbox: crate::workers::spawn::WorkerSandbox,
         events: Arc<EventBus>,
         supervisor: Arc<Supervisor>,
         exit_tx: Sender<ExitRequest>,
     ) -> Arc<Self> {
         Arc::new(Machine {
+            worker_sandbox,
             config,
             events,
             supervisor,
@@ -117,6 +120,11 @@ impl Machine {
     /// The configuration the broker was started with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// How this VM's workers are sandboxed (and as whom).
+    pub fn worker_sandbox(&self) -> crate::workers::spawn::WorkerSandbox {
+        self.worker_sandbox
     }
 
     /// The VM's name (`-name`).

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 use super::{devices, event_names, lock, vm_setup, BlockLink, Machine, VcpuLink, Worker};
 use crate::workers::link::WorkerLink;
-use crate::workers::spawn::{default_worker_dir, spawn_worker, SpawnedWorker};
+use crate::workers::spawn::{
+    default_worker_dir, spawn_worker, SandboxIdentity, SpawnedWorker, WorkerSandbox,
+};
 use crate::workers::supervisor::{ExitStatus, WorkerExit};
 
 /// Capped exponential backoff between restarts of a crashing worker: the
@@ -71,6 +73,9 @@ pub enum StartError {
     /// A `-device` could not be created or connected.
     #[error("{}", .0.desc)]
     Device(FlatError),
+    /// `-run-with user=` names no usable identity.
+    #[error("-run-with: {0}")]
+    Identity(String),
     /// Thread or pidfd creation failed.
     #[error("cannot supervise the {0} worker")]
     Io(&'static str, #[source] std::io::Error),
@@ -83,11 +88,55 @@ fn worker_dir(m: &Machine) -> PathBuf {
         .unwrap_or_else(|| default_worker_dir().unwrap_or_default())
 }
 
-fn worker_args(m: &Machine) -> Vec<String> {
-    if m.config().sandbox {
-        Vec::new()
-    } else {
-        vec!["--no-sandbox".to_owned()]
+/// Where uids of VMs without `-run-with user=` start: the broker's pid is
+/// added, so VMs running at the same time never share an identity.
+pub const AUTO_UID_BASE: u32 = 1_000_000;
+
+/// How this VM's workers are sandboxed: off, as `-run-with user=`'s
+/// identity (a name from the user database or `UID[:GID]`), or as an
+/// identity unique to this broker.
+pub fn resolve_sandbox(cfg: &crate::cli::Config) -> Result<WorkerSandbox, StartError> {
+    if !cfg.sandbox {
+        return Ok(WorkerSandbox::Off);
+    }
+    let id = match cfg.run_with_user.as_deref() {
+        None => {
+            let uid = AUTO_UID_BASE + std::process::id();
+            SandboxIdentity { uid, gid: uid }
+        }
+        Some(spec) => parse_identity(spec)?,
+    };
+    if id.uid == 0 || id.gid == 0 {
+        return Err(StartError::Identity(format!(
+            "'{}' is root; workers must not run as root",
+            cfg.run_with_user.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(WorkerSandbox::On(id))
+}
+
+fn parse_identity(spec: &str) -> Result<SandboxIdentity, StartError> {
+    let (u, g) = spec
+        .split_once(':')
+        .map_or((spec, None), |(u, g)| (u, Some(g)));
+    if let Ok(uid) = u.parse::<u32>() {
+        let gid = match g {
+            Some(g) => g
+                .parse::<u32>()
+                .map_err(|_| StartError::Identity(format!("invalid gid '{g}'")))?,
+            None => uid,
+        };
+        return Ok(SandboxIdentity { uid, gid });
+    }
+    match nix::unistd::User::from_name(u) {
+        Ok(Some(user)) => Ok(SandboxIdentity {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }),
+        Ok(None) => Err(StartError::Identity(format!("user '{u}' not found"))),
+        Err(e) => Err(StartError::Identity(format!(
+            "cannot look up user '{u}': {e}"
+        ))),
     }
 }
 
@@ -105,7 +154,7 @@ where
     P: serde::de::DeserializeOwned + Send + 'static,
     E: serde::de::DeserializeOwned + Send + 'static,
 {
-    let mut proc = spawn_worker(kind, &worker_dir(m), &worker_args(m))
+    let mut proc = spawn_worker(kind, &worker_dir(m), m.worker_sandbox())
         .map_err(|e| StartError::Spawn(kind.name(), e))?;
     let sock = proc.control.take().ok_or_else(|| {
         StartError::Io(
@@ -204,15 +253,34 @@ fn watch(m: &Arc<Machine>, proc: &SpawnedWorker, kind: WorkerKind) -> Result<(),
 /// How long to wait for a dead worker's last events.
 const LAST_EVENTS: Duration = Duration::from_millis(500);
 
-fn exit_data(exit: &WorkerExit, action: &str) -> Value {
+fn exit_data(
+    exit: &WorkerExit,
+    action: &str,
+    note: Option<ipc_proto::sandbox::DeathNote>,
+) -> Value {
     let mut data = json!({"worker": exit.kind.name(), "pid": exit.pid, "action": action});
     if let Some(map) = data.as_object_mut() {
+        if let Some(n) = note {
+            tracing::error!("{} worker killed: {n}", exit.kind.name());
+            map.insert(
+                "syscall".into(),
+                json!(n
+                    .name()
+                    .map_or_else(|| n.syscall.to_string(), str::to_owned)),
+            );
+        }
         match exit.status {
             ExitStatus::Code(c) => map.insert("exit-code".into(), json!(c)),
             ExitStatus::Signal(s) => map.insert("signal".into(), json!(ExitStatus::signal_name(s))),
         };
     }
     data
+}
+
+/// The forbidden syscall that killed `proc`, if that is how it died.
+fn death_note(proc: Option<&SpawnedWorker>) -> Option<ipc_proto::sandbox::DeathNote> {
+    proc.and_then(|p| p.death_note.as_ref())
+        .and_then(ipc_proto::sandbox::death_note::read_note)
 }
 
 /// Applies the exited worker's policy.
@@ -243,17 +311,19 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
         WorkerKind::Vcpu => {
             m.mark_vcpu_crashed();
             let dead = lock(&m.vcpu).take();
+            let note = death_note(dead.as_ref().map(|w| &w.process));
             drop(dead);
             m.events().emit(
                 event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "guest-crashed")),
+                Some(exit_data(&exit, "guest-crashed", note)),
             );
             m.events().emit("STOP", None);
         }
         WorkerKind::Block => {
+            let note = death_note(lock(&m.block).as_ref().map(|w| &w.process));
             m.events().emit(
                 event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "restart")),
+                Some(exit_data(&exit, "restart", note)),
             );
             let down_since = Instant::now();
             devices::on_block_exit(m);
@@ -262,8 +332,10 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
             restart_block(m, down_since);
         }
         WorkerKind::Net => {
-            m.events()
-                .emit(event_names::WORKER_EXITED, Some(exit_data(&exit, "none")));
+            m.events().emit(
+                event_names::WORKER_EXITED,
+                Some(exit_data(&exit, "none", None)),
+            );
         }
     }
 }
@@ -293,5 +365,65 @@ fn restart_block(m: &Arc<Machine>, down_since: Instant) {
             }
             Err(e) => tracing::error!("restarting the block worker failed: {}", error_chain(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_identity_parses_with_and_without_gid() {
+        assert_eq!(
+            parse_identity("4000").unwrap(),
+            SandboxIdentity {
+                uid: 4000,
+                gid: 4000
+            }
+        );
+        assert_eq!(
+            parse_identity("4000:5000").unwrap(),
+            SandboxIdentity {
+                uid: 4000,
+                gid: 5000
+            }
+        );
+        assert!(parse_identity("4000:x").is_err());
+        assert!(parse_identity("no-such-user-bulkhead").is_err());
+    }
+
+    #[test]
+    fn named_identity_comes_from_the_user_database() {
+        assert_eq!(parse_identity("nobody").unwrap().uid, 65534);
+    }
+
+    #[test]
+    fn root_identity_and_sandbox_off_are_resolved() {
+        let mut cfg = crate::cli::Config {
+            run_with_user: Some("0".into()),
+            ..Default::default()
+        };
+        assert!(resolve_sandbox(&cfg).is_err());
+        cfg.run_with_user = None;
+        let WorkerSandbox::On(id) = resolve_sandbox(&cfg).unwrap() else {
+            panic!("sandbox off")
+        };
+        assert_eq!(id.uid, AUTO_UID_BASE + std::process::id());
+        cfg.sandbox = false;
+        assert_eq!(resolve_sandbox(&cfg).unwrap(), WorkerSandbox::Off);
+    }
+
+    #[test]
+    fn backoff_restarts_at_once_then_doubles_up_to_the_cap() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        assert_eq!(b.next_delay(t), Duration::ZERO);
+        assert_eq!(b.next_delay(t), Duration::from_millis(20));
+        assert_eq!(b.next_delay(t), Duration::from_millis(40));
+        for _ in 0..20 {
+            b.next_delay(t);
+        }
+        assert_eq!(b.next_delay(t), Backoff::MAX);
+        assert_eq!(b.next_delay(t + Backoff::STABLE * 2), Duration::ZERO);
     }
 }

@@ -20,9 +20,25 @@ pub const CONTROL_FD: i32 = 3;
 /// The fd number a sandboxed worker finds its death-note pipe at.
 pub const DEATH_NOTE_FD: i32 = 4;
 
-/// Per-VM unprivileged uid/gid of sandboxed workers (placeholder: the
-/// broker should derive one per VM, e.g. from `-run-with user=`).
-pub const SANDBOX_UID: u32 = 61_000;
+/// The unprivileged identity a VM's sandboxed workers run as. Each VM gets
+/// its own, so tenants' workers cannot signal or ptrace each other and do
+/// not share an `RLIMIT_NPROC` budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxIdentity {
+    /// The uid.
+    pub uid: u32,
+    /// The gid.
+    pub gid: u32,
+}
+
+/// How a worker is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerSandbox {
+    /// Sandboxed as this identity (the default).
+    On(SandboxIdentity),
+    /// `-sandbox off`: no sandbox (debugging only; the worker warns loudly).
+    Off,
+}
 
 /// Environment variables passed through to workers; everything else is
 /// cleared.
@@ -97,7 +113,7 @@ pub fn default_worker_dir() -> std::io::Result<PathBuf> {
 type SpawnJob = (
     WorkerKind,
     PathBuf,
-    Vec<String>,
+    WorkerSandbox,
     SyncSender<Result<SpawnedWorker, SpawnError>>,
 );
 
@@ -112,8 +128,8 @@ fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
         let started = std::thread::Builder::new()
             .name("spawner".into())
             .spawn(move || {
-                for (kind, dir, args, reply) in rx {
-                    let _ = reply.send(spawn_here(kind, &dir, &args));
+                for (kind, dir, sandbox, reply) in rx {
+                    let _ = reply.send(spawn_here(kind, &dir, sandbox));
                 }
             });
         if let Err(e) = started {
@@ -123,12 +139,12 @@ fn spawner() -> &'static Mutex<Sender<SpawnJob>> {
     })
 }
 
-/// Spawns the `kind` worker from `dir` with `extra_args` (on the spawner
-/// thread, see [`SPAWNER`]).
+/// Spawns the `kind` worker from `dir` (on the spawner thread, see
+/// [`SPAWNER`]).
 pub fn spawn_worker(
     kind: WorkerKind,
     dir: &Path,
-    extra_args: &[String],
+    sandbox: WorkerSandbox,
 ) -> Result<SpawnedWorker, SpawnError> {
     let (tx, rx) = sync_channel(1);
     let gone = || {
@@ -140,7 +156,7 @@ pub fn spawn_worker(
     spawner()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .send((kind, dir.to_path_buf(), extra_args.to_vec(), tx))
+        .send((kind, dir.to_path_buf(), sandbox, tx))
         .map_err(|_| gone())?;
     rx.recv().map_err(|_| gone())?
 }
@@ -148,7 +164,7 @@ pub fn spawn_worker(
 fn spawn_here(
     kind: WorkerKind,
     dir: &Path,
-    extra_args: &[String],
+    sandbox: WorkerSandbox,
 ) -> Result<SpawnedWorker, SpawnError> {
     let exe = dir.join(kind.executable());
     if !exe.is_file() {
@@ -158,7 +174,7 @@ fn spawn_here(
     let (ours, theirs) = UnixStream::pair().map_err(io_err)?;
     let theirs_fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
-    let sandboxed = !extra_args.iter().any(|a| a == "--no-sandbox");
+    let sandboxed = matches!(sandbox, WorkerSandbox::On(_));
 
     let (note_r, note_w) = if sandboxed {
         let (r, w) =
@@ -170,11 +186,11 @@ fn spawn_here(
     let note_fd = note_w.as_ref().map_or(-1, |w| w.as_raw_fd());
     let mut cmd = Command::new(&exe);
     cmd.arg("--control-fd").arg(CONTROL_FD.to_string());
-    if sandboxed {
+    if let WorkerSandbox::On(id) = sandbox {
         cmd.args(
             ipc_proto::sandbox::SandboxArgs {
-                uid: SANDBOX_UID,
-                gid: SANDBOX_UID,
+                uid: id.uid,
+                gid: id.gid,
                 max_fds: ipc_proto::sandbox::args::DEFAULT_MAX_FDS,
                 max_threads: ipc_proto::sandbox::args::DEFAULT_MAX_THREADS,
                 death_note_fd: Some(DEATH_NOTE_FD),
@@ -183,8 +199,10 @@ fn spawn_here(
             .to_args(),
         );
     }
-    cmd.args(extra_args)
-        .env_clear()
+    if sandbox == WorkerSandbox::Off {
+        cmd.arg(ipc_proto::sandbox::args::NO_SANDBOX_FLAG);
+    }
+    cmd.env_clear()
         .envs(
             KEPT_ENV
                 .iter()
