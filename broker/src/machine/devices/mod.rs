@@ -317,13 +317,12 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
     }
     st.devices.remove(i);
     drop(st);
-    let path = format!("/machine/peripheral/{id}");
+    // virtio-blk-device is the VirtIODevice itself (no PCI proxy with a
+    // virtio-backend child), so QEMU emits one event.
     m.events().emit(
         "DEVICE_DELETED",
-        Some(json!({"path": format!("{path}/virtio-backend")})),
+        Some(json!({"device": id, "path": format!("/machine/peripheral/{id}")})),
     );
-    m.events()
-        .emit("DEVICE_DELETED", Some(json!({"device": id, "path": path})));
     Ok(())
 }
 
