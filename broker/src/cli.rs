@@ -69,6 +69,8 @@ pub struct Config {
     pub no_reboot: bool,
     /// `-sandbox on|off` (default on).
     pub sandbox: bool,
+    /// `-add-fd fd=N,set=M[,opaque=S]`: inherited fds put into fd sets.
+    pub add_fds: Vec<crate::machine::fdsets::InheritedFd>,
     /// `-run-with user=NAME|UID[:GID]`: the identity sandboxed workers run
     /// as (default: one derived from the broker's pid, unique per VM).
     pub run_with_user: Option<String>,
@@ -120,6 +122,7 @@ impl Default for Config {
             no_reboot: false,
             sandbox: true,
             run_with_user: None,
+            add_fds: Vec::new(),
             worker_dir: None,
             blockdevs: Vec::new(),
             devices: Vec::new(),
@@ -159,6 +162,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-no-shutdown" => cfg.no_shutdown = true,
             "-no-reboot" => cfg.no_reboot = true,
             "-sandbox" => cfg.sandbox = parse_on_off("-sandbox", &value()?)?,
+            "-add-fd" => cfg.add_fds.push(parse_add_fd(&value()?)?),
             "-run-with" => cfg.run_with_user = Some(parse_run_with(&value()?)?),
             "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
             "-blockdev" => {
@@ -218,6 +222,29 @@ fn parse_on_off(option: &str, v: &str) -> Result<bool> {
         "off" | "no" | "false" => Ok(false),
         _ => Err(bad(option, format!("'{v}' is not on or off"))),
     }
+}
+
+/// `fd=N,set=M[,opaque=S]`; missing numbers are left to the fd-set
+/// checks, which answer with QEMU's messages.
+fn parse_add_fd(s: &str) -> Result<crate::machine::fdsets::InheritedFd> {
+    let mut out = crate::machine::fdsets::InheritedFd {
+        fd: None,
+        set: None,
+        opaque: None,
+    };
+    let num = |k: &str, v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| bad("-add-fd", format!("'{k}' expects a number, got '{v}'")))
+    };
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("fd", v)) => out.fd = Some(num("fd", v)?),
+            Some(("set", v)) => out.set = Some(num("set", v)?),
+            Some(("opaque", v)) => out.opaque = Some(v.to_owned()),
+            _ => return Err(bad("-add-fd", format!("unknown suboption '{part}'"))),
+        }
+    }
+    Ok(out)
 }
 
 fn parse_run_with(s: &str) -> Result<String> {
@@ -666,6 +693,16 @@ mod tests {
             SerialSpec::Unix("/tmp/s".into())
         );
         assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn add_fd_options_are_parsed() {
+        let c = parse(&args("-add-fd fd=5,set=2,opaque=img -add-fd set=1")).unwrap();
+        assert_eq!(c.add_fds[0].fd, Some(5));
+        assert_eq!(c.add_fds[0].set, Some(2));
+        assert_eq!(c.add_fds[0].opaque.as_deref(), Some("img"));
+        assert_eq!(c.add_fds[1].fd, None);
+        assert!(parse(&args("-add-fd fd=x,set=1")).is_err());
     }
 
     #[test]

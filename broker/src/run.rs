@@ -39,6 +39,9 @@ pub enum MainError {
     /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
     #[error("{}", .0.desc)]
     Blockdev(crate::qmp::error::QmpError),
+    /// An `-add-fd` is invalid (QEMU's message).
+    #[error("-add-fd")]
+    AddFd(#[source] crate::machine::fdsets::FdsetError),
     /// The systemd environment is malformed.
     #[error("systemd integration failed")]
     Systemd(#[from] systemd::SystemdError),
@@ -54,6 +57,7 @@ impl MainError {
             MainError::Io(_) => 5,
             MainError::Blockdev(_) => 1,
             MainError::Systemd(_) => 6,
+            MainError::AddFd(_) => 1,
         }
     }
 }
@@ -92,6 +96,12 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let activated = systemd::listen_fds()?;
     let notifier = systemd::Notifier::from_env()?;
     let config = cli::parse(args)?;
+    // SAFETY: the `-add-fd` fds are inherited and nothing else in the
+    // broker uses them; no thread has started and no fd was opened since
+    // the process began (besides the activated sockets, which are not
+    // named by `-add-fd`: the fd-set checks refuse fds already taken).
+    unsafe { crate::machine::fdsets::FdSets::global().add_inherited(&config.add_fds) }
+        .map_err(MainError::AddFd)?;
     let worker_sandbox = policy::resolve_sandbox(&config)?;
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;

@@ -430,3 +430,73 @@ fn fds_sent_before_negotiation_are_refused_and_closed() {
     );
     assert_eq!(broker_holds(&b, &f), 0);
 }
+
+#[test]
+fn add_fd_on_the_command_line_feeds_a_blockdev_through_dev_fdset() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let img = dir.0.join("inherited.img");
+    File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    let fd = open_rw(&img);
+    // The path disappears: only the inherited fd reaches the image.
+    std::fs::remove_file(&img).unwrap();
+    let raw = fd.as_raw_fd();
+    let sock = dir.0.join("q.sock");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .args(["-serial", "null", "-m", "32M", "-add-fd", "fd=20,set=7,opaque=disk"])
+        .args(["-blockdev", r#"{"driver":"raw","node-name":"d0","file":{"driver":"file","filename":"/dev/fdset/7"}}"#])
+        .stdin(std::process::Stdio::null());
+    // SAFETY: dup2 in the forked child before exec; `raw` is open.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 20) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let b = Bulkhead {
+        child: Some(child),
+        sock: sock.clone(),
+        dir: common::TempDir::new(),
+    };
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QMP socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut c = b.client();
+    let sets = c.ok("query-fdsets");
+    assert_eq!(sets[0]["fdset-id"], json!(7), "{sets}");
+    assert_eq!(sets[0]["fds"][0]["opaque"], "disk");
+    let nodes = c.ok("query-named-block-nodes");
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node-name"] == "d0"),
+        "{nodes}"
+    );
+    drop(dir);
+}
+
+#[test]
+fn add_fd_of_a_closed_fd_aborts_start_up_with_qemu_message() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["-serial", "null", "-add-fd", "fd=77,set=1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("-add-fd"), "{err}");
+}
