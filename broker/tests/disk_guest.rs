@@ -72,3 +72,34 @@ fn blk_guest_passes_on_a_qcow2_drive_and_qemu_img_check_is_clean() {
     assert_qemu_img_check(&img, "qcow2");
     assert_image_holds_pass(&raw_view(&img, "qcow2"), 3);
 }
+
+#[test]
+fn device_of_a_block_worker_restarted_in_prelaunch_works_after_cont() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let blockdev = json!({"driver": "raw", "node-name": "d0",
+        "file": {"driver": "file", "filename": img}});
+    let mut b = Bulkhead::start(&[
+        "-S",
+        "-kernel",
+        &guest("blk"),
+        "-m",
+        "64M",
+        "-serial",
+        &format!("file:{}", serial.0.display()),
+        "-blockdev",
+        &blockdev.to_string(),
+        "-device",
+        "virtio-blk-device,drive=d0,id=vda",
+    ]);
+    let mut q = b.client();
+    let broker = b.child.as_ref().unwrap().id();
+    sigkill(block_proc_pid(broker).expect("block-proc runs"));
+    q.event("__org.bulkhead_WORKER_RESTARTED");
+    q.ok("cont");
+    let status = wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "serial:\n{}", serial.text());
+    assert!(serial.has("VERDICT: PASS blk"), "{}", serial.text());
+    assert_image_holds_pass(&img, 3);
+}
