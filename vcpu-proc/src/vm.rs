@@ -1,6 +1,9 @@
 //! Building the machine from a [`VmConfig`]: KVM VM, guest memory, in-kernel
 //! irqchip and PIT with QEMU's GSI routing, the buses and platform devices,
-//! the firmware tables, the kernel and the (parked) vCPU threads.
+//! the vhost-user virtio-mmio devices (on sockets the broker connected),
+//! the firmware tables, the kernel and the (parked) vCPU threads. A device
+//! attached later ([`Vm::attach_vhost_user`], before the guest first runs)
+//! rewrites the ACPI tables so the DSDT lists it.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
