@@ -7,6 +7,7 @@
 //! - [`commands`]: one type per QMP command, each declared once.
 //! - [`machine`]: the VM's desired state and the handle commands use to
 //!   reach the workers.
+//! - [`privileges`]: the capabilities the broker keeps once workers are up.
 //! - [`workers`]: spawning, linking (request/reply correlation) and
 //!   supervising the worker processes.
 //! - [`run`]: start-up and orderly shutdown.
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod commands;
 pub mod machine;
+pub mod privileges;
 pub mod qmp;
 pub mod run;
 pub mod systemd;

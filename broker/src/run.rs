@@ -39,6 +39,9 @@ pub enum MainError {
     /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
     #[error("{}", .0.desc)]
     Blockdev(crate::qmp::error::QmpError),
+    /// Dropping capabilities failed.
+    #[error("cannot drop privileges")]
+    Privileges(#[source] ipc_proto::sandbox::SandboxError),
     /// An `-add-fd` is invalid (QEMU's message).
     #[error("-add-fd")]
     AddFd(#[source] crate::machine::fdsets::FdsetError),
@@ -58,6 +61,7 @@ impl MainError {
             MainError::Blockdev(_) => 1,
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
+            MainError::Privileges(_) => 7,
         }
     }
 }
@@ -127,6 +131,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
             return Err(e);
         }
     }
+    crate::privileges::drop_unneeded().map_err(MainError::Privileges)?;
     let server = QmpServer::start(listeners, machine.clone())?;
     for p in &machine.config().qmp {
         tracing::info!("QMP socket: {}", p.display());

@@ -199,3 +199,32 @@ fn restarted_block_worker_is_not_killed_when_its_spawning_thread_ends() {
         "restarted block-proc died with its spawning thread"
     );
 }
+
+#[test]
+fn broker_keeps_only_spawning_capabilities_and_still_restarts_sandboxed_workers() {
+    let b = Bulkhead::start(&["-m", "32M"]);
+    let mut c = b.client();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker_pid(&b))).unwrap();
+    // CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP, CAP_SYS_ADMIN.
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+        assert_eq!(line, format!("{set}:\t00000000002001e0"), "{status}");
+    }
+    let old = worker_pid(&b, "block-proc");
+    signal(old, libc::SIGKILL);
+    let r = c.event_where("__org.bulkhead_WORKER_RESTARTED", |d| {
+        d["worker"] == "block"
+    });
+    let new = r["data"]["pid"].as_u64().unwrap() as u32;
+    // The worker enters its sandbox right after its handshake; poll.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{new}/status")).unwrap();
+        if st.contains("Seccomp:\t2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarted worker not sandboxed: {st}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(c.ok("query-status")["running"].as_bool().unwrap());
+}

@@ -106,6 +106,55 @@ fn capset_empty() -> Result<()> {
     Ok(())
 }
 
+/// Narrows this process's capabilities to `keep` (capability numbers): every
+/// other one leaves the bounding, ambient, inheritable, permitted and
+/// effective sets. Used by the broker once its workers are up: it still
+/// needs to spawn sandboxed workers (namespaces, uid change, signals to
+/// them) but nothing else.
+pub fn keep_only(keep: &[u32]) -> Result<()> {
+    for cap in 0..64u32 {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(SandboxError::Sys("drop the bounding set", err));
+        }
+    }
+    prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        "clear ambient capabilities",
+    )?;
+    let mask = keep.iter().fold([0u32; 2], |mut m, &c| {
+        if let Some(w) = m.get_mut((c / 32) as usize) {
+            *w |= 1 << (c % 32);
+        }
+        m
+    });
+    let mut data = capget()?;
+    for (d, m) in data.iter_mut().zip(mask) {
+        d.effective &= m;
+        d.permitted &= m;
+        d.inheritable = 0;
+    }
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads the header and two CapData words, all ours.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    if rc != 0 {
+        return Err(SandboxError::last_os("capset"));
+    }
+    Ok(())
+}
+
 /// Becomes `uid`/`gid` with no supplementary groups and no capability in
 /// any set (bounding, ambient, inheritable, permitted, effective).
 pub fn drop_to(uid: u32, gid: u32) -> Result<()> {
