@@ -20,14 +20,28 @@ use crate::workers::spawn::{
 };
 use crate::workers::supervisor::{ExitStatus, WorkerExit};
 
-/// Capped exponential backoff between restarts of a crashing worker: the
-/// first restart is immediate, each quick successive crash doubles the
-/// delay up to [`Backoff::MAX`]; a worker that stayed up for
-/// [`Backoff::STABLE`] starts over.
+/// Why a worker is being restarted, for the backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Killed from outside (SIGKILL: an operator, a chaos test, the OOM
+    /// killer): not the worker's fault, restart at once.
+    Killed,
+    /// It failed by itself (exit status, crash signal, SIGSYS) or could not
+    /// be started: the sign of a crash loop.
+    Failed,
+}
+
+/// Restart pacing. A killed worker is restarted at once — its downtime is
+/// guest I/O downtime — unless kills come faster than
+/// [`Backoff::BURST`] per [`Backoff::STABLE`]; a worker that fails by
+/// itself is restarted at once the first time, then with a delay that
+/// doubles from 20 ms up to [`Backoff::MAX`] while it keeps failing within
+/// [`Backoff::STABLE`] of its previous restart.
 #[derive(Debug, Default)]
 pub struct Backoff {
     delay: Duration,
     last: Option<Instant>,
+    recent: std::collections::VecDeque<Instant>,
     /// Restarts so far.
     pub restarts: u64,
 }
@@ -35,21 +49,33 @@ pub struct Backoff {
 impl Backoff {
     /// The longest delay between restarts.
     pub const MAX: Duration = Duration::from_secs(2);
-    /// Uptime after which a crash counts as the first again.
+    /// Uptime after which a failure counts as the first again.
     pub const STABLE: Duration = Duration::from_secs(10);
+    /// Immediate restarts of killed workers allowed per [`Backoff::STABLE`].
+    pub const BURST: usize = 100;
     const FIRST: Duration = Duration::from_millis(20);
 
-    /// The delay before the next restart, at `now`.
-    pub fn next_delay(&mut self, now: Instant) -> Duration {
+    /// The delay before the next restart, at `now`, for a worker that
+    /// ended because of `cause`.
+    pub fn next_delay(&mut self, now: Instant, cause: Cause) -> Duration {
         let recent = self
             .last
             .is_some_and(|t| now.duration_since(t) < Self::STABLE);
-        self.delay = match (recent, self.delay.is_zero()) {
-            (false, _) => Duration::ZERO,
-            (true, true) => Self::FIRST,
-            (true, false) => (self.delay * 2).min(Self::MAX),
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Self::STABLE)
+        {
+            self.recent.pop_front();
+        }
+        let flooded = self.recent.len() >= Self::BURST;
+        self.delay = match (cause, recent, flooded, self.delay.is_zero()) {
+            (Cause::Killed, _, false, _) | (Cause::Failed, false, _, _) => Duration::ZERO,
+            (_, _, _, true) => Self::FIRST,
+            (_, _, _, false) => (self.delay * 2).min(Self::MAX),
         };
         self.last = Some(now);
+        self.recent.push_back(now);
         self.restarts += 1;
         self.delay
     }
@@ -329,7 +355,11 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
             devices::on_block_exit(m);
             let stale = lock(&m.block).take();
             drop(stale);
-            restart_block(m, down_since);
+            let cause = match exit.status {
+                ExitStatus::Signal(libc::SIGKILL) => Cause::Killed,
+                ExitStatus::Signal(_) | ExitStatus::Code(_) => Cause::Failed,
+            };
+            restart_block(m, down_since, cause);
         }
         WorkerKind::Net => {
             m.events().emit(
@@ -340,9 +370,12 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
     }
 }
 
-fn restart_block(m: &Arc<Machine>, down_since: Instant) {
+fn restart_block(m: &Arc<Machine>, down_since: Instant, cause: Cause) {
+    let mut cause = cause;
     loop {
-        let delay = lock(&m.restart).next_delay(Instant::now());
+        let delay = lock(&m.restart).next_delay(Instant::now(), cause);
+        // A restart that itself fails is the worker's (or the host's) fault.
+        cause = Cause::Failed;
         std::thread::sleep(delay);
         if m.is_ending() {
             return;
@@ -414,16 +447,33 @@ mod tests {
     }
 
     #[test]
-    fn backoff_restarts_at_once_then_doubles_up_to_the_cap() {
+    fn failing_worker_restarts_at_once_then_doubles_up_to_the_cap() {
         let mut b = Backoff::default();
         let t = Instant::now();
-        assert_eq!(b.next_delay(t), Duration::ZERO);
-        assert_eq!(b.next_delay(t), Duration::from_millis(20));
-        assert_eq!(b.next_delay(t), Duration::from_millis(40));
+        assert_eq!(b.next_delay(t, Cause::Failed), Duration::ZERO);
+        assert_eq!(b.next_delay(t, Cause::Failed), Duration::from_millis(20));
+        assert_eq!(b.next_delay(t, Cause::Failed), Duration::from_millis(40));
         for _ in 0..20 {
-            b.next_delay(t);
+            b.next_delay(t, Cause::Failed);
         }
-        assert_eq!(b.next_delay(t), Backoff::MAX);
-        assert_eq!(b.next_delay(t + Backoff::STABLE * 2), Duration::ZERO);
+        assert_eq!(b.next_delay(t, Cause::Failed), Backoff::MAX);
+        assert_eq!(
+            b.next_delay(t + Backoff::STABLE * 2, Cause::Failed),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn killed_worker_restarts_at_once_until_kills_flood() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        for _ in 0..Backoff::BURST {
+            assert_eq!(b.next_delay(t, Cause::Killed), Duration::ZERO);
+        }
+        assert_eq!(b.next_delay(t, Cause::Killed), Duration::from_millis(20));
+        assert_eq!(
+            b.next_delay(t + Backoff::STABLE * 2, Cause::Killed),
+            Duration::ZERO
+        );
     }
 }
