@@ -118,6 +118,7 @@ pub const KVM_IOCTLS: &[u64] = &[
     0x4004ae8b, // KVM_SET_SIGNAL_MASK
     0xae9a,     // KVM_NMI
     0x4004ae86, // KVM_INTERRUPT
+    0xc018ae85, // KVM_TRANSLATE: crash reports read the bytes at RIP
     0xaea3,     // KVM_GET_TSC_KHZ
     0xaea2,     // KVM_SET_TSC_KHZ
     FIONBIO,    // non-blocking serial/vhost-user sockets
