@@ -42,6 +42,8 @@ fn spawn() -> Worker {
     let child = Command::new(bin())
         .arg("--control-fd")
         .arg(fd.to_string())
+        // Sandboxed as under the broker (the tests run as root).
+        .args(["--sandbox-uid", "61002"])
         .spawn()
         .unwrap();
     drop(worker);

@@ -125,6 +125,9 @@ impl Vmm {
         let child_fd = worker_end.as_raw_fd();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcpu-proc"));
         cmd.arg("--control-fd").arg(child_fd.to_string());
+        // Sandboxed as under the broker (the tests run as root), so the
+        // guests also prove vcpu-proc's seccomp allowlist.
+        cmd.args(["--sandbox-uid", "61001"]);
         // SAFETY: the closure only calls fcntl, which is async-signal-safe,
         // on an fd number that is open in the parent at fork time.
         unsafe {
