@@ -13,7 +13,10 @@ fn require_iasl() {
 }
 
 fn dump(cpus: u8) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulkhead-acpi-{}-{cpus}", std::process::id()));
+    // One directory per call: tests run in parallel and remove their own.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("bulkhead-acpi-{}-{cpus}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let st = Command::new(env!("CARGO_BIN_EXE_vcpu-proc"))
         .arg("--dump-acpi")
