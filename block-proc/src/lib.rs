@@ -13,11 +13,9 @@
 //!   map, one worker thread per queue, the export listener.
 //! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
 //! - [`standalone`]: `--standalone` mode for tests and benchmarks.
-//! - [`ratelimit`]: rate limiting for guest-triggerable logs.
 
 pub mod block;
 pub mod inflight;
-pub mod ratelimit;
 pub mod server;
 pub mod standalone;
 pub mod vhost;

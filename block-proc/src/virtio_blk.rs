@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use crate::block::{iobuf, Node};
 use crate::vring::{Desc, Mem};
-use crate::warn_ratelimited;
+use ipc_proto::warn_limited;
 
 /// `VIRTIO_BLK_T_*` request types.
 pub mod req {
@@ -257,7 +257,7 @@ fn finish(status_slice: &VolatileSlice<'_>, status: u8, data_in: usize) -> Compl
 /// Process one request chain against `node`.
 pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Completion {
     if descs.len() > cfg.seg_max() as usize + 2 {
-        warn_ratelimited!(
+        warn_limited!(
             "virtio-blk: request with {} descriptors rejected",
             descs.len()
         );
@@ -265,11 +265,11 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
     let p = match parse(mem, descs) {
         Ok(p) => p,
         Err(Some(status)) => {
-            warn_ratelimited!("virtio-blk: malformed request chain");
+            warn_limited!("virtio-blk: malformed request chain");
             return finish(&status, S_IOERR, 0);
         }
         Err(None) => {
-            warn_ratelimited!("virtio-blk: request without a status byte dropped");
+            warn_limited!("virtio-blk: request without a status byte dropped");
             return Completion {
                 used_len: 0,
                 status: None,
@@ -309,7 +309,7 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
                 Ok(()) => finish(&p.status, S_OK, if write { 0 } else { in_len as usize }),
                 Err(e) => {
                     let op = if write { "write" } else { "read" };
-                    warn_ratelimited!("virtio-blk: {op} at {off} failed: {e}");
+                    warn_limited!("virtio-blk: {op} at {off} failed: {e}");
                     failed(&p.status, op, &e)
                 }
             }
@@ -317,7 +317,7 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
         req::FLUSH => match node.flush() {
             Ok(()) => finish(&p.status, S_OK, 0),
             Err(e) => {
-                warn_ratelimited!("virtio-blk: flush failed: {e}");
+                warn_limited!("virtio-blk: flush failed: {e}");
                 failed(&p.status, "flush", &e)
             }
         },
@@ -366,7 +366,7 @@ fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) 
     match r {
         Ok(()) => finish(&p.status, S_OK, 0),
         Err(e) => {
-            warn_ratelimited!("virtio-blk: discard/write-zeroes failed: {e}");
+            warn_limited!("virtio-blk: discard/write-zeroes failed: {e}");
             failed(&p.status, if discard { "discard" } else { "write" }, &e)
         }
     }

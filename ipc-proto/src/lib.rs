@@ -16,6 +16,7 @@
 //!   line, parent-death signal, handshake).
 //! - [`sandbox`] (feature `sandbox`): what every worker applies to itself
 //!   before it touches guest-controlled data.
+//! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
@@ -26,6 +27,7 @@ pub mod envelope;
 pub mod frame;
 pub mod handshake;
 pub mod net;
+pub mod ratelimit;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod vcpu;

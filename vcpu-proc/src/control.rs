@@ -15,7 +15,7 @@ use crate::devices::ged::EVENT_POWER_BUTTON;
 use crate::runstate::{Input, RunStateError, RunStateMachine};
 use crate::virtio::VirtioEvent;
 use crate::vm::Vm;
-use crate::warn_limited;
+use ipc_proto::warn_limited;
 
 /// How long vCPUs get to leave the guest when paused.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -16,7 +16,6 @@
 //! - [`acpi`]: RSDP/XSDT/FADT/MADT/DSDT; [`mptable`]: the MP table.
 //! - [`bus`]: port-I/O and MMIO buses of devices by address range.
 //! - [`devices`]: serial, i8042, debug-exit, ACPI PM registers, GED, irq lines.
-//! - [`ratelimit`]: rate-limited logging for guest-triggered messages.
 
 pub mod acpi;
 pub mod builtin_guest;
@@ -30,7 +29,6 @@ pub mod loader;
 pub mod memory;
 pub mod mptable;
 pub mod paging;
-pub mod ratelimit;
 pub mod regs;
 pub mod runstate;
 pub mod server;

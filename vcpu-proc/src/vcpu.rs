@@ -27,7 +27,7 @@ use crate::memory::GuestMemoryMmap;
 use crate::paging;
 use crate::regs::{self, EntryPoint};
 use crate::runstate::Input;
-use crate::warn_limited;
+use ipc_proto::warn_limited;
 
 thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };

@@ -130,7 +130,7 @@ impl BlkBackend {
         let (Some(desc), Some(used), Some(avail)) =
             (mem.va_to_gpa(d), mem.va_to_gpa(u), mem.va_to_gpa(a))
         else {
-            crate::warn_ratelimited!("queue {i}: ring address outside the memory table");
+            ipc_proto::warn_limited!("queue {i}: ring address outside the memory table");
             return;
         };
         let (Ok(kick), call) = (
@@ -216,7 +216,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
         let table = MemoryTable::new(ctx, files).map_err(|e| {
-            crate::warn_ratelimited!("SET_MEM_TABLE rejected: {e}");
+            ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
             VuError::InvalidParam
         })?;
         self.mem = Some(table);
@@ -365,7 +365,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         let nq = inflight.num_queues.min(self.blk.num_queues);
         let (region, file, size) =
             InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
-                crate::warn_ratelimited!("GET_INFLIGHT_FD failed: {e}");
+                ipc_proto::warn_limited!("GET_INFLIGHT_FD failed: {e}");
                 VuError::InvalidParam
             })?;
         self.inflight = Some(region);
@@ -384,7 +384,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             inflight.queue_size,
         )
         .map_err(|e| {
-            crate::warn_ratelimited!("SET_INFLIGHT_FD failed: {e}");
+            ipc_proto::warn_limited!("SET_INFLIGHT_FD failed: {e}");
             VuError::InvalidParam
         })?;
         self.inflight = Some(region);

@@ -144,7 +144,7 @@ fn serve(
                 match e {
                     vhost::vhost_user::Error::Disconnected
                     | vhost::vhost_user::Error::PartialMessage => {}
-                    e => crate::warn_ratelimited!(
+                    e => ipc_proto::warn_limited!(
                         "export {id}: vhost-user error, dropping connection: {e}"
                     ),
                 }

@@ -30,10 +30,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::export::ExportEvent;
 use crate::block::Node;
 use crate::inflight::QueueInflight;
-use crate::ratelimit::RateLimit;
 use crate::virtio_blk::{self, BlkConfig, Completion};
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
-use crate::warn_ratelimited;
+use ipc_proto::ratelimit::RateLimit;
+use ipc_proto::warn_limited;
 
 /// Most I/O threads per queue (started on demand, up to the number of
 /// requests in flight).
@@ -129,7 +129,7 @@ impl Shared {
     }
 
     fn fail(&self, st: &mut RingState, e: VringError) {
-        warn_ratelimited!(
+        warn_limited!(
             "virtio-blk queue {}: guest broke the ring protocol, queue stopped: {e}",
             self.index
         );
@@ -308,7 +308,7 @@ impl Pool {
             match t {
                 Ok(t) => self.threads.push(t),
                 Err(e) => {
-                    warn_ratelimited!("queue {}: cannot start I/O thread: {e}", self.shared.index);
+                    warn_limited!("queue {}: cannot start I/O thread: {e}", self.shared.index);
                     return;
                 }
             }

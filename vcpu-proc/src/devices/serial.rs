@@ -17,7 +17,7 @@ use vm_superio::Serial;
 use crate::bus::BusDevice;
 use crate::devices::irq::IrqLine;
 use crate::devices::GuestAction;
-use crate::warn_limited;
+use ipc_proto::warn_limited;
 
 const INPUT_BUF: usize = 256;
 const FIFO_FULL_BACKOFF: Duration = Duration::from_millis(2);

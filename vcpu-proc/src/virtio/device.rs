@@ -14,7 +14,7 @@ use super::reconnect::{link_up, used_index, Link, Watcher};
 use super::vhost_user::{Connection, QueueStart, VhostUserError};
 use super::{Result, VirtioError, VirtioEvent};
 use crate::memory::GuestMemoryMmap;
-use crate::warn_limited;
+use ipc_proto::warn_limited;
 
 /// Fixed properties of a vhost-user device.
 #[derive(Debug, Clone)]

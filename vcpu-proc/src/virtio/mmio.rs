@@ -23,7 +23,7 @@
 //! change, cleared by InterruptACK.
 
 use crate::devices::{le_value, GuestAction};
-use crate::warn_limited;
+use ipc_proto::warn_limited;
 
 /// "virt" in little endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;

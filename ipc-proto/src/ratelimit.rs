@@ -1,10 +1,14 @@
-//! Rate limiting for logs a guest can trigger: at most a burst of messages
-//! per interval per call site, then silence until the interval passes.
+//! Rate limiting for logs a guest can trigger (a guest must not be able to
+//! flood the host's journal): at most [`RateLimit::BURST`] messages per
+//! [`RateLimit::WINDOW_SECS`] per call site, then silence until the window
+//! passes. Every worker logs guest-triggered conditions through
+//! [`warn_limited!`](crate::warn_limited).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A per-call-site log limiter.
+#[derive(Debug)]
 pub struct RateLimit {
     window_start: AtomicU64,
     count: AtomicU64,
@@ -45,10 +49,10 @@ impl Default for RateLimit {
     }
 }
 
-/// Log a warning at most [`RateLimit::BURST`] times per window from this
-/// call site.
+/// `tracing::warn!`, at most [`RateLimit::BURST`] times per window from
+/// this call site. The calling crate must depend on `tracing`.
 #[macro_export]
-macro_rules! warn_ratelimited {
+macro_rules! warn_limited {
     ($($arg:tt)*) => {{
         static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
         if LIMIT.allow() {
