@@ -144,6 +144,10 @@ impl Server {
                 e.stop();
                 Ok(BlockReply::Done)
             }
+            #[cfg(feature = "test-hooks")]
+            BlockRequest::TestEscape(e) => ipc_proto::sandbox::escape::attempt(e)
+                .into_reply()
+                .map(|()| BlockReply::Done),
         }
     }
 }

@@ -403,6 +403,12 @@ pub enum BlockRequest {
         /// Export id.
         id: String,
     },
+    /// Test hooks only: run an escape attempt inside the sandboxed worker.
+    /// Replies [`BlockReply::Done`] if it worked, else the error of
+    /// [`crate::sandbox::escape::Outcome::into_reply`] (or no reply at all:
+    /// seccomp kills the worker).
+    #[cfg(feature = "sandbox-test-hooks")]
+    TestEscape(crate::sandbox::escape::Escape),
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the

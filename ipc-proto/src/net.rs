@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub enum NetRequest {
     /// Answer with [`NetReply::Alive`] (supervisor health check).
     Ping,
+    /// Test hooks only: run an escape attempt inside the sandboxed worker
+    /// (answered by [`NetReply::EscapeOutcome`], or not at all: seccomp
+    /// kills the worker).
+    #[cfg(feature = "sandbox-test-hooks")]
+    TestEscape(crate::sandbox::escape::Escape),
 }
 
 /// Replies of net-proc.
@@ -17,6 +22,9 @@ pub enum NetRequest {
 pub enum NetReply {
     /// net-proc is alive and serving.
     Alive,
+    /// Answer to [`NetRequest::TestEscape`].
+    #[cfg(feature = "sandbox-test-hooks")]
+    EscapeOutcome(crate::sandbox::escape::Outcome),
 }
 
 /// Events net-proc reports.

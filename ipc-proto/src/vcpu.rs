@@ -279,6 +279,12 @@ pub enum VcpuRequest {
         /// The new connection.
         socket: FdSlot,
     },
+    /// Test hooks only: run an escape attempt inside the sandboxed worker.
+    /// Replies [`VcpuReply::Done`] if it worked, else the error of
+    /// [`crate::sandbox::escape::Outcome::into_reply`] (or no reply at all:
+    /// seccomp kills the worker).
+    #[cfg(feature = "sandbox-test-hooks")]
+    TestEscape(crate::sandbox::escape::Escape),
 }
 
 /// Replies of vcpu-proc.

@@ -16,6 +16,10 @@ pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(),
             BrokerMsg::Request { id, body } => {
                 let result = match body {
                     NetRequest::Ping => Ok(NetReply::Alive),
+                    #[cfg(feature = "test-hooks")]
+                    NetRequest::TestEscape(e) => Ok(NetReply::EscapeOutcome(
+                        ipc_proto::sandbox::escape::attempt(e),
+                    )),
                 };
                 chan.send(&WorkerMsg::Reply { id, result }, &[])?;
             }

@@ -166,6 +166,10 @@ impl Server {
             VcpuRequest::SystemPowerdown => self.with_vm(step(Input::Powerdown)),
             VcpuRequest::QueryStatus => self.with_vm(|c| Ok(VcpuReply::Status(c.status()))),
             VcpuRequest::QueryCpus => self.with_vm(|c| Ok(VcpuReply::Cpus(c.cpus()))),
+            #[cfg(feature = "test-hooks")]
+            VcpuRequest::TestEscape(e) => ipc_proto::sandbox::escape::attempt(e)
+                .into_reply()
+                .map(|()| VcpuReply::Done),
         }
     }
 }

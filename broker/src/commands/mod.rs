@@ -8,6 +8,8 @@
 //! - [`events`]: the event declarations.
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
+//! - [`test_hooks`] (feature `test-hooks`, never in release builds):
+//!   escape attempts inside the sandboxed workers.
 
 pub mod block;
 pub mod control;
@@ -15,6 +17,8 @@ pub mod device;
 pub mod events;
 pub mod fdsets;
 pub mod machine;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use crate::qmp::registry::Registry;
 
@@ -48,6 +52,8 @@ pub fn registry() -> Registry {
     r.register::<fdsets::AddFd>();
     r.register::<fdsets::RemoveFd>();
     r.register::<fdsets::QueryFdsets>();
+    #[cfg(feature = "test-hooks")]
+    r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);
     device::declare_events(&mut r);
     r

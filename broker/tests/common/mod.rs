@@ -33,6 +33,7 @@ fn build_workers() {
         let target_dir = profile_dir.parent().expect("profile dir has a parent");
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "vcpu-proc", "-p", "block-proc"])
+            .args(["--features", "test-hooks"])
             .env("CARGO_TARGET_DIR", target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");

@@ -36,6 +36,35 @@ pub enum Outcome {
     Escaped,
 }
 
+/// Start of the error message a worker replies with when an attempt was
+/// blocked (on channels whose replies have no variant for an outcome).
+const BLOCKED_PREFIX: &str = "escape attempt blocked with errno ";
+
+impl Outcome {
+    /// The outcome as a plain reply: `Ok(())` if the attempt worked, else
+    /// an error that [`Outcome::from_reply_error`] reads back.
+    pub fn into_reply(self) -> std::result::Result<(), crate::FlatError> {
+        match self {
+            Outcome::Escaped => Ok(()),
+            Outcome::Blocked(errno) => Err(crate::FlatError::generic(format!(
+                "{BLOCKED_PREFIX}{errno} ({})",
+                std::io::Error::from_raw_os_error(errno)
+            ))),
+        }
+    }
+
+    /// Reads back a [`Outcome::Blocked`] from an error message made by
+    /// [`Outcome::into_reply`]; `None` for any other error.
+    pub fn from_reply_error(desc: &str) -> Option<Self> {
+        let rest = desc.strip_prefix(BLOCKED_PREFIX)?;
+        let digits: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        digits.parse().ok().map(Outcome::Blocked)
+    }
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -154,4 +183,20 @@ fn forbidden_syscall() -> Outcome {
         return Outcome::Blocked(errno());
     }
     Outcome::Escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_outcome_survives_the_plain_reply() {
+        let e = Outcome::Blocked(libc::EPERM).into_reply().unwrap_err();
+        assert_eq!(
+            Outcome::from_reply_error(&e.desc),
+            Some(Outcome::Blocked(libc::EPERM))
+        );
+        assert_eq!(Outcome::Escaped.into_reply(), Ok(()));
+        assert_eq!(Outcome::from_reply_error("some other error"), None);
+    }
 }
