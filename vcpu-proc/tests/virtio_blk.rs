@@ -280,40 +280,27 @@ fn image(dir: &Path) -> PathBuf {
     p
 }
 
-/// Word `i` of the guest's pattern of `(sector, pass)` (see
-/// test-guests/blk/src/pattern.rs).
-fn pattern_word(sector: u64, pass: u64, i: usize) -> u64 {
-    let mix = |sector: u64, pass: u64, i: u64| {
-        let mut x = sector
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add(pass.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
-            .wrapping_add(i);
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x ^ (x >> 32)
-    };
-    match i {
-        0 => 0x314b_4c42_4448_4b42,
-        1 => sector,
-        2 => pass,
-        _ => mix(sector, pass, i as u64),
+/// The guests' sector pattern, the very source the `blk` guests use.
+#[path = "../../test-guests/blk/src/pattern.rs"]
+#[allow(dead_code)]
+mod pattern;
+
+/// Sector `s` of the open image `f`, as the pattern's words.
+fn read_sector_words(f: &File, s: u64) -> [u64; pattern::WORDS] {
+    let mut b = [0u8; pattern::SECTOR];
+    f.read_exact_at(&mut b, s * pattern::SECTOR as u64).unwrap();
+    let mut words = [0u64; pattern::WORDS];
+    for (w, c) in words.iter_mut().zip(b.chunks_exact(8)) {
+        *w = u64::from_le_bytes(c.try_into().unwrap());
     }
+    words
 }
 
 fn assert_image_holds_pass(image: &Path, sectors: u64, pass: u64) {
     let f = File::open(image).unwrap();
     for s in 0..sectors {
-        let mut b = [0u8; 512];
-        f.read_exact_at(&mut b, s * 512).unwrap();
-        let words: Vec<u64> = b
-            .chunks(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let sum = (0..63).fold(0u64, |a, i| a.wrapping_add(pattern_word(s, pass, i)));
-        for (i, w) in words.iter().enumerate().take(63) {
-            assert_eq!(*w, pattern_word(s, pass, i), "sector {s} word {i}");
-        }
-        assert_eq!(words[63], sum, "sector {s} checksum");
+        let words = read_sector_words(&f, s);
+        assert_eq!(pattern::check(&words, s, pass), Ok(()), "sector {s}");
     }
 }
 
