@@ -233,3 +233,37 @@ fn vcpu_worker_cannot_ptrace_the_broker() {
 fn vcpu_worker_forbidden_syscall_is_killed_and_named() {
     vcpu_escape_fails(ESCAPES[4].0, ESCAPES[4].1);
 }
+
+/// Release builds (`cargo build --release`: no dev-dependencies, no
+/// features asked for) must not turn any test hook on: the feature graph
+/// of a normal build names none.
+#[test]
+fn a_normal_build_enables_no_test_hook() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--workspace",
+            "--offline",
+            "-e",
+            "normal,build,features",
+            "-f",
+            "{p} {f}",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("cannot run cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        tree.contains("ipc-proto"),
+        "unexpected cargo tree output: {tree}"
+    );
+    assert!(
+        !tree.contains("test-hooks"),
+        "a test hook is on in a normal build:\n{tree}"
+    );
+}
