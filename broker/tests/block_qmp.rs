@@ -389,30 +389,11 @@ fn failing_blockdev_aborts_start_up_with_qemu_message() {
     );
 }
 
-/// Children of `pid` (all threads) with their `comm`.
-fn children(pid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in list
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-        {
-            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-            out.push((c, comm.trim().to_owned()));
-        }
-    }
-    out
-}
-
 fn block_proc_pid(b: &Bulkhead) -> u32 {
     let broker = b.child.as_ref().unwrap().id();
     let start = Instant::now();
     loop {
-        if let Some((pid, _)) = children(broker)
+        if let Some((pid, _)) = common::children(broker)
             .into_iter()
             .find(|(_, c)| c == "block-proc")
         {

@@ -8,31 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Bulkhead, TIMEOUT};
+use common::{broker_pid, children, Bulkhead, TIMEOUT};
 use serde_json::json;
-
-/// (pid, comm) of every child process of `pid`.
-fn children(pid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let Ok(s) = std::fs::read_to_string(t.path().join("children")) else {
-            continue;
-        };
-        for k in s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()) {
-            if let Ok(c) = std::fs::read_to_string(format!("/proc/{k}/comm")) {
-                out.push((k, c.trim().to_owned()));
-            }
-        }
-    }
-    out
-}
-
-fn broker_pid(b: &Bulkhead) -> u32 {
-    b.child.as_ref().unwrap().id()
-}
 
 /// Every worker's pid, once both vcpu-proc and block-proc are up.
 fn worker_pids(b: &Bulkhead) -> Vec<u32> {

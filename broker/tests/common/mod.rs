@@ -51,6 +51,30 @@ pub fn require_kvm() {
     );
 }
 
+/// (pid, comm) of every child process of `pid` (the broker's workers).
+pub fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("children")) else {
+            continue;
+        };
+        for k in s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()) {
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{k}/comm")) {
+                out.push((k, c.trim().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The pid of a running broker.
+pub fn broker_pid(b: &Bulkhead) -> u32 {
+    b.child.as_ref().unwrap().id()
+}
+
 /// A private directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
