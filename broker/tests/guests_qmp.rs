@@ -9,7 +9,9 @@ use common::{Bulkhead, Qmp};
 use disk_common::{guest, SerialLog, GUEST_TIMEOUT};
 use serde_json::json;
 
-/// Starts `guest_name` with `extra` options and its serial output in a file.
+/// Starts `guest_name` with `extra` options and its serial output in a
+/// file. It starts paused (`-S`) and runs once the client listens, so no
+/// event of an early guest action is missed.
 fn boot(guest_name: &str, extra: &[&str]) -> (Bulkhead, SerialLog, Qmp) {
     let dir = common::TempDir::new();
     let log_path = dir.0.join("serial.log");
@@ -22,10 +24,13 @@ fn boot(guest_name: &str, extra: &[&str]) -> (Bulkhead, SerialLog, Qmp) {
         serial.as_str(),
         "-m",
         "64M",
+        "-S",
     ];
     args.extend_from_slice(extra);
     let b = Bulkhead::start(&args);
-    let c = b.client();
+    let mut c = b.client();
+    assert_eq!(c.ok("cont"), json!({}));
+    c.event("RESUME");
     // Keep the directory (and the log) as long as the broker.
     std::mem::forget(dir);
     (b, SerialLog(log_path), c)
