@@ -114,9 +114,21 @@ pub fn e820_map(mem_size: u64) -> Vec<boot_e820_entry> {
     map
 }
 
-/// Loads the kernel, command line, initrd and zero page into `mem` and
-/// returns where the boot CPU starts.
-pub fn load(mem: &GuestMemoryMmap, src: &mut BootSource) -> Result<EntryPoint> {
+/// The `virtio_mmio.device=SIZE@BASE:GSI` options that tell a Linux built
+/// with `VIRTIO_MMIO_CMDLINE_DEVICES` where the virtio-mmio devices are
+/// (kernels without it find them in the DSDT as `LNRO0005`).
+pub fn virtio_mmio_cmdline(devices: &[crate::acpi::VirtioMmioDevice]) -> String {
+    devices
+        .iter()
+        .map(|d| format!("virtio_mmio.device={}K@{:#x}:{}", d.size / 1024, d.base, d.gsi))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Loads the kernel, the command line (`src.cmdline`, then `extra` if not
+/// empty), the initrd and the zero page into `mem` and returns where the
+/// boot CPU starts.
+pub fn load(mem: &GuestMemoryMmap, src: &mut BootSource, extra: &str) -> Result<EntryPoint> {
     let (rip, mut params) = match &mut src.kernel {
         KernelImage::File(f) => load_kernel(mem, f)?,
         KernelImage::Bytes(b) => load_kernel(mem, &mut Cursor::new(*b))?,
@@ -124,15 +136,16 @@ pub fn load(mem: &GuestMemoryMmap, src: &mut BootSource) -> Result<EntryPoint> {
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
 
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(LoaderError::Cmdline)?;
-    if !src.cmdline.is_empty() {
-        cmdline
-            .insert_str(&src.cmdline)
-            .map_err(LoaderError::Cmdline)?;
+    for part in [src.cmdline.as_str(), extra] {
+        if !part.is_empty() {
+            cmdline.insert_str(part).map_err(LoaderError::Cmdline)?;
+        }
     }
     loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
         .map_err(LoaderError::Kernel)?;
     params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = src.cmdline.len() as u32 + 1;
+    let text = cmdline.as_cstring().map_err(LoaderError::Cmdline)?;
+    params.hdr.cmdline_size = text.as_bytes_with_nul().len() as u32;
 
     if let Some(initrd) = &mut src.initrd {
         let (addr, size) = load_initrd(mem, initrd, src.mem_size, params.hdr.initrd_addr_max)?;
@@ -216,6 +229,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn virtio_devices_become_virtio_mmio_device_options() {
+        let devs = [
+            crate::acpi::VirtioMmioDevice { base: 0xd000_0000, size: 0x1000, gsi: 5 },
+            crate::acpi::VirtioMmioDevice { base: 0xd000_1000, size: 0x1000, gsi: 6 },
+        ];
+        assert_eq!(
+            virtio_mmio_cmdline(&devs),
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(virtio_mmio_cmdline(&[]), "");
+    }
+
+    #[test]
     fn e820_of_256m_has_low_reserved_and_high_ram() {
         let map = e820_map(256 << 20);
         let ram: Vec<(u64, u64)> = map
@@ -245,7 +271,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             mem_size: 4 << 20,
         };
-        let entry = load(&mem, &mut src).unwrap();
+        let entry = load(&mem, &mut src, "").unwrap();
         assert!(entry.rip >= layout::HIMEM_START);
         let mut cl = [0u8; 13];
         mem.read_slice(&mut cl, GuestAddress(layout::CMDLINE_START))
@@ -263,6 +289,6 @@ mod tests {
             cmdline: String::new(),
             mem_size: 4 << 20,
         };
-        assert!(load(&mem, &mut src).is_err());
+        assert!(load(&mem, &mut src, "").is_err());
     }
 }

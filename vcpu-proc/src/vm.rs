@@ -412,7 +412,8 @@ impl Vm {
         paging::write_boot_page_tables(mem).map_err(VmError::BootMemory)?;
         mptable::write(mem, self.cpus).map_err(VmError::BootMemory)?;
         acpi::write_tables(mem, self.cpus, &self.virtio)?;
-        Ok(loader::load(mem, &mut self.boot)?)
+        let extra = loader::virtio_mmio_cmdline(&self.virtio);
+        Ok(loader::load(mem, &mut self.boot, &extra)?)
     }
 
     /// Attaches a vhost-user device on `socket` (connected to its backend)
@@ -450,7 +451,8 @@ impl Vm {
     }
 
     /// Attaches a vhost-user device to a VM whose guest has not run yet
-    /// and rewrites the ACPI tables so the DSDT lists it.
+    /// and loads the guest again, so the DSDT and the kernel command line
+    /// (`virtio_mmio.device=`) list it.
     pub fn attach_vhost_user(
         &mut self,
         d: &VhostUserDeviceConfig,
@@ -458,7 +460,8 @@ impl Vm {
         events: Sender<VirtioEvent>,
     ) -> Result<()> {
         self.add_device(d, socket, events)?;
-        acpi::write_tables(&self.mem, self.cpus, &self.virtio)?;
+        let entry = self.load_guest()?;
+        self.sync.new_epoch(entry);
         Ok(())
     }
 
