@@ -120,7 +120,14 @@ pub fn e820_map(mem_size: u64) -> Vec<boot_e820_entry> {
 pub fn virtio_mmio_cmdline(devices: &[crate::acpi::VirtioMmioDevice]) -> String {
     devices
         .iter()
-        .map(|d| format!("virtio_mmio.device={}K@{:#x}:{}", d.size / 1024, d.base, d.gsi))
+        .map(|d| {
+            format!(
+                "virtio_mmio.device={}K@{:#x}:{}",
+                d.size / 1024,
+                d.base,
+                d.gsi
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -231,8 +238,16 @@ mod tests {
     #[test]
     fn virtio_devices_become_virtio_mmio_device_options() {
         let devs = [
-            crate::acpi::VirtioMmioDevice { base: 0xd000_0000, size: 0x1000, gsi: 5 },
-            crate::acpi::VirtioMmioDevice { base: 0xd000_1000, size: 0x1000, gsi: 6 },
+            crate::acpi::VirtioMmioDevice {
+                base: 0xd000_0000,
+                size: 0x1000,
+                gsi: 5,
+            },
+            crate::acpi::VirtioMmioDevice {
+                base: 0xd000_1000,
+                size: 0x1000,
+                gsi: 6,
+            },
         ];
         assert_eq!(
             virtio_mmio_cmdline(&devs),
