@@ -52,14 +52,6 @@ pub fn sti() {
     unsafe { asm!("sti", options(nomem, nostack)) };
 }
 
-/// Opens a one-instruction interrupt window (`sti; nop; cli`) so that an
-/// interrupt already pending is delivered before the caller goes on.
-pub fn drain_pending_interrupts() {
-    // SAFETY: interrupts are enabled for exactly one instruction; the
-    // handlers are installed by the runtime before any guest code runs.
-    unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
-}
-
 /// Enables interrupts and halts until one arrives (atomically: `sti; hlt`),
 /// then disables them again.
 pub fn wait_for_interrupt() {
