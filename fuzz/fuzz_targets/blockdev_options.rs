@@ -24,7 +24,8 @@ fn wire_round_trip(o: &BlockdevOptions) {
 fuzz_target!(|data: &[u8]| {
     if let Ok(o) = serde_json::from_slice::<BlockdevOptions>(data) {
         let json = serde_json::to_vec(&o).expect("options serialize");
-        let back: BlockdevOptions = serde_json::from_slice(&json).expect("serialized options parse");
+        let back: BlockdevOptions =
+            serde_json::from_slice(&json).expect("serialized options parse");
         assert_eq!(back, o, "JSON round trip changed the options");
         wire_round_trip(&o);
     }

@@ -52,7 +52,9 @@ fn read_some(driver: Qcow2Driver) {
     let mut buf = vec![0u8; READ_LEN as usize];
     for off in [0, size / 2, size.saturating_sub(READ_LEN)] {
         let len = READ_LEN.min(size - off);
-        let Ok(n) = usize::try_from(len) else { continue };
+        let Ok(n) = usize::try_from(len) else {
+            continue;
+        };
         let slices = [VolatileSlice::from(&mut buf[..n])];
         let _ = node.read(&slices, off, len);
     }

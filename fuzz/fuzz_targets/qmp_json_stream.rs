@@ -19,7 +19,9 @@ fn pieces<'a>(ctl: &'a [u8], body: &'a [u8]) -> Vec<&'a [u8]> {
     let mut rest = body;
     let mut i = 0;
     while !rest.is_empty() {
-        let want = ctl.get(i % ctl.len().max(1)).map_or(1, |&b| usize::from(b) + 1);
+        let want = ctl
+            .get(i % ctl.len().max(1))
+            .map_or(1, |&b| usize::from(b) + 1);
         let n = want.min(rest.len());
         out.push(&rest[..n]);
         rest = &rest[n..];
@@ -53,5 +55,9 @@ fuzz_target!(|data: &[u8]| {
     let whole: [&[u8]; 1] = [body];
 
     assert_eq!(lex(&chunked), lex(&whole), "lexer depends on chunking");
-    assert_eq!(split(&chunked), split(&whole), "splitter depends on chunking");
+    assert_eq!(
+        split(&chunked),
+        split(&whole),
+        "splitter depends on chunking"
+    );
 });

@@ -74,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
         if ring.chain(&mem, head, &mut chain).is_err() {
             break;
         }
-        assert!(chain.len() <= usize::from(cfg.size), "chain longer than the queue");
+        assert!(
+            chain.len() <= usize::from(cfg.size),
+            "chain longer than the queue"
+        );
         let done = process(&node, &blk, &mem, &chain);
         assert!(done.status.is_some() || done.used_len == 0);
         if ring.add_used(&mem, head, done.used_len).is_err() {
