@@ -11,6 +11,7 @@ pub mod graph;
 pub mod iobuf;
 pub mod null;
 pub mod qcow2;
+pub mod qcow2_header;
 pub mod raw;
 pub mod stats;
 

@@ -106,6 +106,9 @@ fn open_backing(
         Some(_) => false,
         None => is_qcow2(&file),
     };
+    if qcow {
+        super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
+    }
     let st = storage(file, name, false, false)?;
     if !qcow {
         let raw = Raw::open_image(st, false).map_err(open_err)?;
@@ -168,6 +171,7 @@ impl Qcow2Driver {
         if !is_qcow2(&file) {
             return Err(Qcow2Error::Open("Image is not in qcow2 format".into()));
         }
+        super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
         let st = storage(file, filename, writable, direct)?;
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
         let backing = q.implicit_backing_file().cloned();
