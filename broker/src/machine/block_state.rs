@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions, BlockdevRef, FileFd};
 use ipc_proto::FlatError;
@@ -48,18 +48,12 @@ pub struct BlockState {
     exports: Vec<ExportRecord>,
 }
 
-type Shared = Arc<Mutex<BlockState>>;
-
-static STATES: LazyLock<Mutex<HashMap<usize, Shared>>> = LazyLock::new(Default::default);
+/// The desired block state, shared by the commands and the restart path.
+pub type Shared = Arc<Mutex<BlockState>>;
 
 /// The desired block state of `m`.
-///
-/// TODO(lead): move this into a `Machine` field
-/// (`pub(crate) block_state: Mutex<BlockState>`); the table keyed by the
-/// machine's address only exists because this file may not add one.
 pub fn state(m: &Machine) -> Shared {
-    let key = m as *const Machine as usize;
-    lock(&STATES).entry(key).or_default().clone()
+    m.block_state.clone()
 }
 
 impl Machine {

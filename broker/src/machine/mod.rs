@@ -87,6 +87,9 @@ pub struct Machine {
     /// `STATUS=`).
     status_hook: std::sync::OnceLock<StatusHook>,
     worker_sandbox: crate::workers::spawn::WorkerSandbox,
+    /// The block graph and exports the user asked for (replayed into a
+    /// restarted block-proc).
+    pub(crate) block_state: block_state::Shared,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -103,6 +106,7 @@ impl Machine {
     ) -> Arc<Self> {
         Arc::new(Machine {
             worker_sandbox,
+            block_state: Default::default(),
             config,
             events,
             supervisor,
