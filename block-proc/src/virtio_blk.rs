@@ -379,6 +379,18 @@ mod tests {
     use crate::vring::VRING_DESC_F_WRITE;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
+    /// A descriptor of a chain in these tests (chained by position, so
+    /// `next` is unused): device-readable, or device-writable.
+    fn desc(addr: u64, len: u32, writable: bool) -> Desc {
+        let flags = if writable { VRING_DESC_F_WRITE } else { 0 };
+        Desc {
+            addr,
+            len,
+            flags,
+            next: 0,
+        }
+    }
+
     fn setup() -> (Node, BlkConfig, Mem) {
         let node = Node::new("n".into(), Box::new(NullDriver::new(1 << 20)), false);
         let cfg = BlkConfig::new(&node, 1, true, "serial-1", 512);
@@ -396,24 +408,9 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::IN, 2048);
         let d = [
-            Desc {
-                addr: 0x100,
-                len: 16,
-                flags: 0,
-                next: 0,
-            },
-            Desc {
-                addr: 0x1000,
-                len: 512,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
+            desc(0x100, 16, false),
+            desc(0x1000, 512, true),
+            desc(0x2000, 1, true),
         ];
         let c = process(&node, &cfg, &mem, &d);
         assert_eq!(c.status, Some(S_IOERR));
@@ -425,24 +422,9 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::GET_ID, 0);
         let d = [
-            Desc {
-                addr: 0x100,
-                len: 16,
-                flags: 0,
-                next: 0,
-            },
-            Desc {
-                addr: 0x1000,
-                len: 20,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
+            desc(0x100, 16, false),
+            desc(0x1000, 20, true),
+            desc(0x2000, 1, true),
         ];
         let c = process(&node, &cfg, &mem, &d);
         assert_eq!(
@@ -463,24 +445,9 @@ mod tests {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::IN, 0);
         let d = [
-            Desc {
-                addr: 0x100,
-                len: 16,
-                flags: 0,
-                next: 0,
-            },
-            Desc {
-                addr: 1 << 40,
-                len: 512,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
+            desc(0x100, 16, false),
+            desc(1 << 40, 512, true),
+            desc(0x2000, 1, true),
         ];
         assert_eq!(process(&node, &cfg, &mem, &d).status, Some(S_IOERR));
     }
@@ -489,12 +456,7 @@ mod tests {
     fn chain_without_writable_status_is_dropped_without_status() {
         let (node, cfg, mem) = setup();
         hdr(&mem, req::IN, 0);
-        let d = [Desc {
-            addr: 0x100,
-            len: 16,
-            flags: 0,
-            next: 0,
-        }];
+        let d = [desc(0x100, 16, false)];
         assert_eq!(
             process(&node, &cfg, &mem, &d),
             Completion {
@@ -509,20 +471,7 @@ mod tests {
     fn unknown_type_answers_unsupp() {
         let (node, cfg, mem) = setup();
         hdr(&mem, 77, 0);
-        let d = [
-            Desc {
-                addr: 0x100,
-                len: 16,
-                flags: 0,
-                next: 0,
-            },
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: VRING_DESC_F_WRITE,
-                next: 0,
-            },
-        ];
+        let d = [desc(0x100, 16, false), desc(0x2000, 1, true)];
         assert_eq!(process(&node, &cfg, &mem, &d).status, Some(S_UNSUPP));
     }
 
