@@ -10,7 +10,6 @@ mod disk_common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Bulkhead;
 use disk_common::*;
 use serde_json::json;
 
@@ -48,20 +47,7 @@ fn chaos(format: &str) {
         _ => qcow2_image(&dir.0),
     };
     let serial = SerialLog(dir.0.join("serial.log"));
-    let blockdev = json!({"driver": format, "node-name": "d0",
-        "file": {"driver": "file", "filename": img}});
-    let mut b = Bulkhead::start(&[
-        "-kernel",
-        &guest("blk-loop"),
-        "-m",
-        "64M",
-        "-serial",
-        &format!("file:{}", serial.0.display()),
-        "-blockdev",
-        &blockdev.to_string(),
-        "-device",
-        "virtio-blk-device,drive=d0,id=vda",
-    ]);
+    let mut b = start_with_disk(&[], "blk-loop", format, &img, &serial);
     let broker = b.child.as_ref().unwrap().id();
     let mut q = b.client();
     serial.wait_passes(1);

@@ -130,20 +130,7 @@ fn device_add_and_del_while_running_fail_with_a_hotplug_error() {
     let dir = common::TempDir::new();
     let img = raw_image(&dir.0);
     let serial = SerialLog(dir.0.join("serial.log"));
-    let blockdev = json!({"driver": "raw", "node-name": "d0",
-        "file": {"driver": "file", "filename": img}});
-    let b = Bulkhead::start(&[
-        "-kernel",
-        &guest("blk-loop"),
-        "-m",
-        "64M",
-        "-serial",
-        &format!("file:{}", serial.0.display()),
-        "-blockdev",
-        &blockdev.to_string(),
-        "-device",
-        "virtio-blk-device,drive=d0,id=vda",
-    ]);
+    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
     let mut q = b.client();
     add_raw_node(&mut q, "d1", &raw_image_named(&b.dir.0, "second.raw"));
     let (class, desc) = Qmp::error_of(&device_add(
@@ -165,20 +152,7 @@ fn system_reset_resets_the_disk_and_the_rebooted_guest_uses_it_again() {
     let dir = common::TempDir::new();
     let img = raw_image(&dir.0);
     let serial = SerialLog(dir.0.join("serial.log"));
-    let blockdev = json!({"driver": "raw", "node-name": "d0",
-        "file": {"driver": "file", "filename": img}});
-    let b = Bulkhead::start(&[
-        "-kernel",
-        &guest("blk-loop"),
-        "-m",
-        "64M",
-        "-serial",
-        &format!("file:{}", serial.0.display()),
-        "-blockdev",
-        &blockdev.to_string(),
-        "-device",
-        "virtio-blk-device,drive=d0,id=vda",
-    ]);
+    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
     let mut q = b.client();
     serial.wait_passes(2);
     q.ok("system_reset");

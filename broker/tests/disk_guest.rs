@@ -78,21 +78,7 @@ fn device_of_a_block_worker_restarted_in_prelaunch_works_after_cont() {
     let dir = common::TempDir::new();
     let img = raw_image(&dir.0);
     let serial = SerialLog(dir.0.join("serial.log"));
-    let blockdev = json!({"driver": "raw", "node-name": "d0",
-        "file": {"driver": "file", "filename": img}});
-    let mut b = Bulkhead::start(&[
-        "-S",
-        "-kernel",
-        &guest("blk"),
-        "-m",
-        "64M",
-        "-serial",
-        &format!("file:{}", serial.0.display()),
-        "-blockdev",
-        &blockdev.to_string(),
-        "-device",
-        "virtio-blk-device,drive=d0,id=vda",
-    ]);
+    let mut b = start_with_disk(&["-S"], "blk", "raw", &img, &serial);
     let mut q = b.client();
     let broker = b.child.as_ref().unwrap().id();
     sigkill(block_proc_pid(broker).expect("block-proc runs"));

@@ -30,6 +30,37 @@ pub fn guest(name: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Starts bulkhead with `extra` options (e.g. `-S`), then `guest_name` on
+/// one disk: device `vda` over node `d0` of `format` on the image `img`,
+/// its serial output in `serial`.
+pub fn start_with_disk(
+    extra: &[&str],
+    guest_name: &str,
+    format: &str,
+    img: &Path,
+    serial: &SerialLog,
+) -> crate::common::Bulkhead {
+    let blockdev = serde_json::json!({"driver": format, "node-name": "d0",
+        "file": {"driver": "file", "filename": img}});
+    let kernel = guest(guest_name);
+    let serial = format!("file:{}", serial.0.display());
+    let blockdev = blockdev.to_string();
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend_from_slice(&[
+        "-kernel",
+        &kernel,
+        "-m",
+        "64M",
+        "-serial",
+        &serial,
+        "-blockdev",
+        &blockdev,
+        "-device",
+        "virtio-blk-device,drive=d0,id=vda",
+    ]);
+    crate::common::Bulkhead::start(&args)
+}
+
 /// A zero-filled raw image.
 pub fn raw_image(dir: &Path) -> PathBuf {
     let p = dir.join("disk.raw");
