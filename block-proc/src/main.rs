@@ -15,7 +15,7 @@ enum MainError {
     #[error("standalone mode failed")]
     Standalone(#[from] block_proc::standalone::StandaloneError),
     #[error("cannot enter the sandbox")]
-    Sandbox(#[from] ipc_proto::sandbox::SandboxError),
+    Sandbox(#[from] sandbox::SandboxError),
 }
 
 fn run() -> Result<(), MainError> {
@@ -25,7 +25,7 @@ fn run() -> Result<(), MainError> {
     }
     // The seccomp filter is compiled before the handshake, the sandbox
     // entered right after it: before any guest-controlled data arrives.
-    let sandbox = ipc_proto::sandbox::Sandbox::from_args(WorkerKind::Block, &args)?;
+    let sandbox = sandbox::Sandbox::from_args(WorkerKind::Block, &args)?;
     let fd = ipc_proto::worker::control_fd_from_args(args)?;
     let chan = ipc_proto::worker::connect(WorkerKind::Block, fd)?;
     if let Some(report) = sandbox.enter()? {

@@ -145,7 +145,7 @@ impl Server {
                 Ok(BlockReply::Done)
             }
             #[cfg(feature = "test-hooks")]
-            BlockRequest::TestEscape(e) => ipc_proto::sandbox::escape::attempt(e)
+            BlockRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
                 .map(|()| BlockReply::Done),
         }

@@ -17,10 +17,10 @@ const CAP_SYS_ADMIN: u32 = 21;
 
 /// Drops every capability but [`KEPT`]. A broker started without privilege
 /// has nothing to drop and this does nothing harmful.
-pub fn drop_unneeded() -> Result<(), ipc_proto::sandbox::SandboxError> {
+pub fn drop_unneeded() -> Result<(), sandbox::SandboxError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    ipc_proto::sandbox::privileges::keep_only(KEPT)
+    sandbox::privileges::keep_only(KEPT)
 }

@@ -41,7 +41,7 @@ pub enum MainError {
     Blockdev(crate::qmp::error::QmpError),
     /// Dropping capabilities failed.
     #[error("cannot drop privileges")]
-    Privileges(#[source] ipc_proto::sandbox::SandboxError),
+    Privileges(#[source] sandbox::SandboxError),
     /// An `-add-fd` is invalid (QEMU's message).
     #[error("-add-fd")]
     AddFd(#[source] crate::machine::fdsets::FdsetError),

@@ -405,10 +405,10 @@ pub enum BlockRequest {
     },
     /// Test hooks only: run an escape attempt inside the sandboxed worker.
     /// Replies [`BlockReply::Done`] if it worked, else the error of
-    /// [`crate::sandbox::escape::Outcome::into_reply`] (or no reply at all:
+    /// [`crate::escape::Outcome::into_reply`] (or no reply at all:
     /// seccomp kills the worker).
-    #[cfg(feature = "sandbox-test-hooks")]
-    TestEscape(crate::sandbox::escape::Escape),
+    #[cfg(feature = "test-hooks")]
+    TestEscape(crate::escape::Escape),
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the

@@ -14,8 +14,8 @@
 //!   connects.
 //! - [`worker`]: the worker side of start-up (control fd from the command
 //!   line, parent-death signal, handshake).
-//! - [`sandbox`] (feature `sandbox`): what every worker applies to itself
-//!   before it touches guest-controlled data.
+//! - [`escape`] (feature `test-hooks`): the escape-attempt messages of the
+//!   sandbox tests (the sandbox itself is the `sandbox` crate).
 //! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
@@ -24,12 +24,12 @@ pub mod block;
 pub mod channel;
 pub mod codec;
 pub mod envelope;
+#[cfg(feature = "test-hooks")]
+pub mod escape;
 pub mod frame;
 pub mod handshake;
 pub mod net;
 pub mod ratelimit;
-#[cfg(feature = "sandbox")]
-pub mod sandbox;
 pub mod vcpu;
 pub mod worker;
 

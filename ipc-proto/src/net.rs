@@ -13,8 +13,8 @@ pub enum NetRequest {
     /// Test hooks only: run an escape attempt inside the sandboxed worker
     /// (answered by [`NetReply::EscapeOutcome`], or not at all: seccomp
     /// kills the worker).
-    #[cfg(feature = "sandbox-test-hooks")]
-    TestEscape(crate::sandbox::escape::Escape),
+    #[cfg(feature = "test-hooks")]
+    TestEscape(crate::escape::Escape),
 }
 
 /// Replies of net-proc.
@@ -23,8 +23,8 @@ pub enum NetReply {
     /// net-proc is alive and serving.
     Alive,
     /// Answer to [`NetRequest::TestEscape`].
-    #[cfg(feature = "sandbox-test-hooks")]
-    EscapeOutcome(crate::sandbox::escape::Outcome),
+    #[cfg(feature = "test-hooks")]
+    EscapeOutcome(crate::escape::Outcome),
 }
 
 /// Events net-proc reports.

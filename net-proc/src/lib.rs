@@ -11,9 +11,9 @@ use std::process::ExitCode;
 
 use ipc_proto::envelope::error_chain;
 use ipc_proto::net::{NetEvent, NetReply, NetRequest};
-use ipc_proto::sandbox::Sandbox;
 use ipc_proto::worker::{connect, control_fd_from_args};
 use ipc_proto::WorkerKind;
+use sandbox::Sandbox;
 
 /// Runs the worker with the process's arguments.
 pub fn main_with_args(args: Vec<String>) -> ExitCode {

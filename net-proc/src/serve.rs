@@ -17,9 +17,9 @@ pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(),
                 let result = match body {
                     NetRequest::Ping => Ok(NetReply::Alive),
                     #[cfg(feature = "test-hooks")]
-                    NetRequest::TestEscape(e) => Ok(NetReply::EscapeOutcome(
-                        ipc_proto::sandbox::escape::attempt(e),
-                    )),
+                    NetRequest::TestEscape(e) => {
+                        Ok(NetReply::EscapeOutcome(sandbox::escape::attempt(e)))
+                    }
                 };
                 chan.send(&WorkerMsg::Reply { id, result }, &[])?;
             }

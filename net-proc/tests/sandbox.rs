@@ -12,11 +12,11 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command};
 
 use ipc_proto::net::{NetEvent, NetReply, NetRequest};
-use ipc_proto::sandbox::args::{DEFAULT_MAX_FDS, DEFAULT_MAX_THREADS};
-use ipc_proto::sandbox::escape::{Escape, Outcome};
-use ipc_proto::sandbox::{death_note, namespaces, SandboxArgs};
 use ipc_proto::worker::BrokerChannel;
 use ipc_proto::{BrokerMsg, FlatError, WorkerKind, WorkerMsg};
+use sandbox::args::{DEFAULT_MAX_FDS, DEFAULT_MAX_THREADS};
+use sandbox::escape::{Escape, Outcome};
+use sandbox::{death_note, namespaces, SandboxArgs};
 
 struct Worker {
     child: Child,

@@ -58,7 +58,7 @@ pub enum MainError {
     Dump(#[source] std::io::Error),
     /// The sandbox could not be set up.
     #[error("cannot enter the sandbox")]
-    Sandbox(#[from] ipc_proto::sandbox::SandboxError),
+    Sandbox(#[from] sandbox::SandboxError),
 }
 
 impl MainError {
@@ -99,7 +99,7 @@ pub fn run(args: Vec<String>) -> Result<(), MainError> {
     }
     // The seccomp filter is compiled before the handshake, the sandbox
     // entered right after it: before any guest-controlled data arrives.
-    let sandbox = ipc_proto::sandbox::Sandbox::from_args(WorkerKind::Vcpu, &args)?;
+    let sandbox = sandbox::Sandbox::from_args(WorkerKind::Vcpu, &args)?;
     let fd = ipc_proto::worker::control_fd_from_args(args)?;
     let channel =
         ipc_proto::worker::connect::<VcpuRequest, VcpuReply, VcpuEvent>(WorkerKind::Vcpu, fd)?;

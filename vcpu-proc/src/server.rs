@@ -167,7 +167,7 @@ impl Server {
             VcpuRequest::QueryStatus => self.with_vm(|c| Ok(VcpuReply::Status(c.status()))),
             VcpuRequest::QueryCpus => self.with_vm(|c| Ok(VcpuReply::Cpus(c.cpus()))),
             #[cfg(feature = "test-hooks")]
-            VcpuRequest::TestEscape(e) => ipc_proto::sandbox::escape::attempt(e)
+            VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
                 .map(|()| VcpuReply::Done),
         }

@@ -10,9 +10,9 @@
 //! worker-exit handling follows (event, restart or guest crash).
 
 use ipc_proto::block::{BlockReply, BlockRequest};
-use ipc_proto::sandbox::escape::{Escape, Outcome};
 use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
 use ipc_proto::FlatError;
+use sandbox::escape::{Escape, Outcome};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::unexpected_reply;

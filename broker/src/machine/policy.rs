@@ -279,11 +279,7 @@ fn watch(m: &Arc<Machine>, proc: &SpawnedWorker, kind: WorkerKind) -> Result<(),
 /// How long to wait for a dead worker's last events.
 const LAST_EVENTS: Duration = Duration::from_millis(500);
 
-fn exit_data(
-    exit: &WorkerExit,
-    action: &str,
-    note: Option<ipc_proto::sandbox::DeathNote>,
-) -> Value {
+fn exit_data(exit: &WorkerExit, action: &str, note: Option<sandbox::DeathNote>) -> Value {
     let mut data = json!({"worker": exit.kind.name(), "pid": exit.pid, "action": action});
     if let Some(map) = data.as_object_mut() {
         if let Some(n) = note {
@@ -304,9 +300,9 @@ fn exit_data(
 }
 
 /// The forbidden syscall that killed `proc`, if that is how it died.
-fn death_note(proc: Option<&SpawnedWorker>) -> Option<ipc_proto::sandbox::DeathNote> {
+fn death_note(proc: Option<&SpawnedWorker>) -> Option<sandbox::DeathNote> {
     proc.and_then(|p| p.death_note.as_ref())
-        .and_then(ipc_proto::sandbox::death_note::read_note)
+        .and_then(sandbox::death_note::read_note)
 }
 
 /// Applies the exited worker's policy.

@@ -68,7 +68,7 @@ pub struct SpawnedWorker {
     /// The broker's end of the control socket.
     pub control: Option<UnixStream>,
     /// The read end of its death-note pipe (sandboxed workers only): after
-    /// the exit, `ipc_proto::sandbox::death_note::read_note` names the
+    /// the exit, `sandbox::death_note::read_note` names the
     /// forbidden syscall that killed it, if that is how it died.
     pub death_note: Option<OwnedFd>,
 }
@@ -188,11 +188,11 @@ fn spawn_here(
     cmd.arg("--control-fd").arg(CONTROL_FD.to_string());
     if let WorkerSandbox::On(id) = sandbox {
         cmd.args(
-            ipc_proto::sandbox::SandboxArgs {
+            sandbox::SandboxArgs {
                 uid: id.uid,
                 gid: id.gid,
-                max_fds: ipc_proto::sandbox::args::DEFAULT_MAX_FDS,
-                max_threads: ipc_proto::sandbox::args::DEFAULT_MAX_THREADS,
+                max_fds: sandbox::args::DEFAULT_MAX_FDS,
+                max_threads: sandbox::args::DEFAULT_MAX_THREADS,
                 death_note_fd: Some(DEATH_NOTE_FD),
                 seccomp_log: std::env::var_os("BULKHEAD_SECCOMP_LOG").is_some(),
             }
@@ -200,7 +200,7 @@ fn spawn_here(
         );
     }
     if sandbox == WorkerSandbox::Off {
-        cmd.arg(ipc_proto::sandbox::args::NO_SANDBOX_FLAG);
+        cmd.arg(sandbox::args::NO_SANDBOX_FLAG);
     }
     cmd.env_clear()
         .envs(
@@ -218,7 +218,7 @@ fn spawn_here(
         cmd.pre_exec(move || child_setup(theirs_fd, note_fd, parent));
     }
     let child = if sandboxed {
-        ipc_proto::sandbox::namespaces::spawn_in_new_pid_ns(&mut cmd)
+        sandbox::namespaces::spawn_in_new_pid_ns(&mut cmd)
     } else {
         cmd.spawn()
     }

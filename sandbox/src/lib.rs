@@ -28,7 +28,7 @@
 
 pub mod args;
 pub mod death_note;
-#[cfg(feature = "sandbox-test-hooks")]
+#[cfg(feature = "test-hooks")]
 pub mod escape;
 pub mod lsm;
 pub mod namespaces;
@@ -39,7 +39,7 @@ pub mod syscall_names;
 
 use std::os::fd::RawFd;
 
-use crate::handshake::WorkerKind;
+use ipc_proto::WorkerKind;
 
 pub use args::{Sandbox, SandboxArgs};
 pub use death_note::DeathNote;
@@ -96,7 +96,7 @@ pub enum SeccompMode {
     Log,
     /// No seccomp filter at all (test hooks only: shows that the other
     /// layers stop escapes on their own).
-    #[cfg(feature = "sandbox-test-hooks")]
+    #[cfg(feature = "test-hooks")]
     Off,
 }
 

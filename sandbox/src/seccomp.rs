@@ -24,7 +24,7 @@ use seccompiler::{
 use super::death_note::DeathNote;
 use super::rules::{self, ArgMatch, Rule};
 use super::{syscall_names, Result, SandboxError, SeccompMode};
-use crate::handshake::WorkerKind;
+use ipc_proto::WorkerKind;
 
 /// The death-note fd the SIGSYS handler writes to (-1: none).
 static NOTE_FD: AtomicI32 = AtomicI32::new(-1);
@@ -102,7 +102,7 @@ pub fn compile(kind: WorkerKind, mode: SeccompMode) -> Result<CompiledFilters> {
     let mismatch = match mode {
         SeccompMode::Enforce => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
-        #[cfg(feature = "sandbox-test-hooks")]
+        #[cfg(feature = "test-hooks")]
         SeccompMode::Off => {
             return Ok(CompiledFilters {
                 allowlist: None,

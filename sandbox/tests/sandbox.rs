@@ -15,9 +15,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use ipc_proto::sandbox::escape::{self, Escape, Outcome};
-use ipc_proto::sandbox::{self, death_note, namespaces, SandboxConfig, SeccompMode};
 use ipc_proto::WorkerKind;
+use sandbox::escape::{self, Escape, Outcome};
+use sandbox::{self, death_note, namespaces, SandboxConfig, SeccompMode};
 
 const PROBE_ENV: &str = "BULKHEAD_SANDBOX_PROBE";
 const NOTE_FD: i32 = 4;

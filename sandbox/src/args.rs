@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 
 use super::death_note::DEATH_NOTE_FD_FLAG;
 use super::{prepare, Prepared, Result, SandboxConfig, SandboxError, SandboxReport, SeccompMode};
-use crate::handshake::WorkerKind;
+use ipc_proto::WorkerKind;
 
 /// `--no-sandbox`.
 pub const NO_SANDBOX_FLAG: &str = "--no-sandbox";

@@ -7,7 +7,7 @@
 //! Numbers come from `libc::SYS_*`; ioctl requests from the kernel headers
 //! (`linux/kvm.h`, `linux/fs.h`, `linux/if_tun.h`) for x86_64.
 
-use crate::handshake::WorkerKind;
+use ipc_proto::WorkerKind;
 
 /// Which calls of a syscall a rule allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +337,7 @@ pub fn for_kind(kind: WorkerKind) -> &'static [Rule] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::syscall_names;
+    use crate::syscall_names;
 
     fn all_rules() -> impl Iterator<Item = &'static Rule> {
         COMMON.iter().chain(VCPU).chain(BLOCK).chain(NET)

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command};
 
-use crate::handshake::WorkerKind;
+use ipc_proto::WorkerKind;
 
 use super::{Result, SandboxError};
 
