@@ -833,11 +833,13 @@ impl Command for QueryBlockstats {
             return Ok(Vec::new());
         }
         let m = ctx.machine;
-        let mut stats = match m.block_request(BlockRequest::QueryStats)? {
-            BlockReply::Stats(s) => s,
-            other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)) => {
-                return Err(unexpected_reply(&other).into())
-            }
+        // Counted across block-proc restarts: never backwards.
+        let mut stats = match m.block_query(BlockRequest::QueryStats)? {
+            (generation, BlockReply::Stats(s)) => lock(&m.stats).apply(generation, s),
+            (
+                _,
+                other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)),
+            ) => return Err(unexpected_reply(&other).into()),
         };
         let nodes = query_nodes(m)?;
         let drv = |name: &str| {
