@@ -225,7 +225,12 @@ impl Machine {
             let (generation, link) = self.block_worker_until(deadline)?;
             match link.call(req.clone(), &[], deadline) {
                 Ok(reply) => return reply.map(|r| (generation, r)),
-                Err(crate::workers::link::LinkError::Gone(_)) => continue,
+                Err(crate::workers::link::LinkError::Gone(_)) => {
+                    // Its reader may not have seen the end yet: no spinning.
+                    if !link.is_broken() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -64,7 +64,8 @@ impl Liveness for ipc_proto::net::NetRequest {
     }
 }
 
-type Pending<P> = Mutex<HashMap<u64, SyncSender<Result<P, FlatError>>>>;
+/// The waiting callers: the worker's answer, or why there is none.
+type Pending<P> = Mutex<HashMap<u64, SyncSender<Result<Result<P, FlatError>, LinkError>>>>;
 
 /// The broker's end of one worker's control channel.
 pub struct WorkerLink<R, P, E> {
@@ -117,7 +118,7 @@ where
                             let waiter = lock(&pending).remove(&id);
                             match waiter {
                                 // The caller may have timed out; nothing to do then.
-                                Some(tx) => drop(tx.try_send(result)),
+                                Some(tx) => drop(tx.try_send(Ok(result))),
                                 None => tracing::warn!(
                                     "{} worker replied to unknown request {id}",
                                     kind.name()
@@ -133,7 +134,7 @@ where
                 broken.store(true, Ordering::SeqCst);
                 chan.shutdown();
                 for (_, tx) in lock(&pending).drain() {
-                    drop(tx.try_send(Err(worker_gone(kind))));
+                    drop(tx.try_send(Err(LinkError::Gone(kind.name()))));
                 }
                 *lock(&closed.0) = true;
                 closed.1.notify_all();
@@ -164,7 +165,13 @@ where
         lock(&self.pending).insert(id, tx);
         if let Err(e) = self.chan.send(&BrokerMsg::Request { id, body }, fds) {
             lock(&self.pending).remove(&id);
-            if self.broken.load(Ordering::SeqCst) {
+            // A socket that fails to send is a peer that is gone (EPIPE,
+            // ECONNRESET), whether or not the reader noticed yet.
+            let dead_socket = matches!(
+                e,
+                ipc_proto::ChannelError::Frame(ipc_proto::frame::FrameError::Io(_))
+            );
+            if dead_socket || self.broken.load(Ordering::SeqCst) {
                 return Err(LinkError::Gone(name));
             }
             return Err(LinkError::Send(name, error_chain(&e)));
@@ -172,7 +179,7 @@ where
         // The reader may have failed every pending request between our
         // insert and now; then our sender is gone and recv fails at once.
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(r) => Ok(r),
+            Ok(r) => r,
             Err(_) => {
                 lock(&self.pending).remove(&id);
                 Err(if self.broken.load(Ordering::SeqCst) {
@@ -229,10 +236,6 @@ where
         self.call(R::ping(), &[], Instant::now() + timeout)
             .map(drop)
     }
-}
-
-fn worker_gone(kind: WorkerKind) -> FlatError {
-    LinkError::Gone(kind.name()).into()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
