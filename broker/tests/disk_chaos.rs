@@ -84,25 +84,7 @@ fn chaos(format: &str) {
         assert!(r.backwards.is_empty(), "poller {i}: {:?}", r.backwards);
     }
     // Progress after the last kill: two whole passes on the last worker.
-    let after_kills = serial.passes();
-    serial.wait_passes(after_kills + 2);
-    q.ok("stop");
-    // Let requests already handed to block-proc finish.
-    std::thread::sleep(Duration::from_millis(300));
-    let last = serial.passes();
-    let log = serial.text();
-    assert!(!log.contains("FAIL"), "{log}");
-    assert!(last > after_kills, "{log}");
-    // Every sector holds the last verified pass, or the next one that was
-    // being written when the guest stopped.
-    let raw = raw_view(&img, format);
-    for s in 0..GUEST_SECTORS {
-        assert!(
-            sector_holds(&raw, s, last) || sector_holds(&raw, s, last + 1),
-            "sector {s} holds neither pass {last} nor {}",
-            last + 1
-        );
-    }
+    assert_progress_and_image(&mut q, &serial, &img, format);
     assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
     wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
     if format == "qcow2" {

@@ -342,3 +342,32 @@ fn poll(sock: &Path, stop: &std::sync::atomic::AtomicBool) -> PollReport {
     }
     report
 }
+
+/// After a disturbance of the `blk-loop` guest on `img`: it completes two
+/// more whole passes, is stopped, never reported a failure, and every
+/// sector holds the last verified pass (or the next one, being written
+/// when the guest stopped).
+pub fn assert_progress_and_image(
+    q: &mut crate::common::Qmp,
+    serial: &SerialLog,
+    img: &Path,
+    format: &str,
+) {
+    let after = serial.passes();
+    serial.wait_passes(after + 2);
+    q.ok("stop");
+    // Let requests already handed to block-proc finish.
+    std::thread::sleep(Duration::from_millis(300));
+    let last = serial.passes();
+    let log = serial.text();
+    assert!(!log.contains("FAIL"), "{log}");
+    assert!(last > after, "{log}");
+    let raw = raw_view(img, format);
+    for s in 0..GUEST_SECTORS {
+        assert!(
+            sector_holds(&raw, s, last) || sector_holds(&raw, s, last + 1),
+            "sector {s} holds neither pass {last} nor {}",
+            last + 1
+        );
+    }
+}
