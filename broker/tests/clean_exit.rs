@@ -14,10 +14,15 @@ use serde_json::json;
 
 fn become_subreaper() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
+}
+
+/// Sends `sig` to `pid`.
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid of a process this test started (or its child).
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0);
 }
 
 /// True while `pid` exists (a zombie too), as `kill -0` sees it.
@@ -54,8 +59,7 @@ fn assert_no_worker_outlives(extra: &[&str], end: impl FnOnce(&Bulkhead)) {
         .find(|(_, c)| c == "block-proc")
         .map(|(p, _)| p)
         .unwrap();
-    // SAFETY: kill on the pid of a child of the broker this test started.
-    assert_eq!(unsafe { libc::kill(block as i32, libc::SIGKILL) }, 0);
+    signal(block, libc::SIGKILL);
     let r = q.event_where("__org.bulkhead_WORKER_RESTARTED", |d| {
         d["worker"] == "block"
     });
@@ -81,18 +85,13 @@ fn after_quit_no_former_worker_pid_exists() {
 #[test]
 fn after_sigterm_no_former_worker_pid_exists() {
     assert_no_worker_outlives(&[], |b| {
-        // SAFETY: kill on the broker this test started.
-        assert_eq!(
-            unsafe { libc::kill(broker_pid(b) as i32, libc::SIGTERM) },
-            0
-        );
+        signal(broker_pid(b), libc::SIGTERM);
     });
 }
 
 #[test]
 fn after_sigint_no_former_worker_pid_exists_even_unsandboxed() {
     assert_no_worker_outlives(&["-sandbox", "off"], |b| {
-        // SAFETY: kill on the broker this test started.
-        assert_eq!(unsafe { libc::kill(broker_pid(b) as i32, libc::SIGINT) }, 0);
+        signal(broker_pid(b), libc::SIGINT);
     });
 }
