@@ -226,3 +226,45 @@ fn hung_vcpu_worker_is_killed_and_reported_as_a_guest_crash() {
     );
     assert_eq!(q.ok("query-status")["status"], "internal-error");
 }
+
+#[test]
+fn blockdev_add_and_del_sent_right_after_a_kill_wait_for_the_restart_and_apply() {
+    let b = Bulkhead::start(&["-m", "32M", "-sandbox", "off"]);
+    let mut q = b.client();
+    for i in 0..10u64 {
+        let pid = block_procs(&b)[0];
+        sigkill(pid as i32);
+        let name = format!("n{i}");
+        let r = q.execute(
+            "blockdev-add",
+            json!({"driver": "null-co", "node-name": name}),
+        );
+        assert_eq!(r, json!({"return": {}}), "add {i}");
+        q.event_where(RESTARTED, |d| d["restarts"] == json!(i + 1));
+    }
+    let nodes = q.ok("query-named-block-nodes");
+    for i in 0..10 {
+        let name = format!("n{i}");
+        assert!(
+            nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["node-name"] == name),
+            "{name} missing: {nodes}"
+        );
+    }
+    let pid = block_procs(&b)[0];
+    sigkill(pid as i32);
+    let r = q.execute("blockdev-del", json!({"node-name": "n3"}));
+    assert_eq!(r, json!({"return": {}}));
+    let nodes = q.ok("query-named-block-nodes");
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["node-name"] != "n3"),
+        "{nodes}"
+    );
+}

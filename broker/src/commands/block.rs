@@ -264,7 +264,7 @@ pub fn parse_options(map: Map<String, Value>) -> Result<BlockdevOptions> {
 /// command and the command line (`-blockdev`, `-drive`) take.
 pub fn blockdev_add(m: &Machine, map: Map<String, Value>) -> Result<()> {
     let o = parse_options(map)?;
-    block_state::add_node(m, o)?;
+    m.across_block_restarts(|| block_state::add_node(m, o.clone()))?;
     Ok(())
 }
 
@@ -324,7 +324,8 @@ impl Command for BlockdevDel {
     type Ret = Empty;
 
     fn run(args: BlockdevDelArgs, ctx: &Ctx<'_>) -> Result<Empty> {
-        block_state::del_node(ctx.machine, &args.node_name)?;
+        let m = ctx.machine;
+        m.across_block_restarts(|| block_state::del_node(m, &args.node_name))?;
         Ok(Empty {})
     }
 }

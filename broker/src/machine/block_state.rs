@@ -285,8 +285,6 @@ fn send_add(
 /// name: checks names, opens the files, creates the nodes in block-proc and
 /// records them.
 pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), FlatError> {
-    // Let a restart in progress replay (it needs the state) before we hold it.
-    m.await_block_worker()?;
     let shared = state(m);
     let mut st = lock(&shared);
     let mut files = st.prepare(&options)?;
@@ -297,7 +295,6 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), FlatError> 
 
 /// `blockdev-del`: removes a top-level node nothing uses.
 pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
-    m.await_block_worker()?;
     let shared = state(m);
     let mut st = lock(&shared);
     if !st.is_top_level(name) {

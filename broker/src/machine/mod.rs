@@ -206,12 +206,32 @@ impl Machine {
         }
     }
 
-    /// Waits (at most the worker timeout) until block-proc is up: what a
-    /// state-changing block command does before it takes the block state,
-    /// so a restart in progress can replay first.
-    pub fn await_block_worker(&self) -> Result<(), FlatError> {
-        self.block_worker_until(Instant::now() + self.worker_timeout())
-            .map(drop)
+    /// Runs `op`, a state-changing block operation, on a live block-proc:
+    /// a restart in progress is waited for, and if the worker died or was
+    /// replaced while `op` ran, `op` runs again on its successor, all
+    /// within one worker timeout. Running it again never duplicates it:
+    /// the desired block state changes only when `op` succeeds, and a
+    /// restarted worker is rebuilt from that state. `op` must take the
+    /// block state itself (the restart's replay needs it between attempts).
+    pub fn across_block_restarts<T>(
+        &self,
+        op: impl Fn() -> Result<T, FlatError>,
+    ) -> Result<T, FlatError> {
+        let deadline = Instant::now() + self.worker_timeout();
+        loop {
+            let (generation, link) = self.block_worker_until(deadline)?;
+            let err = match op() {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let replaced = lock(&self.block)
+                .as_ref()
+                .is_none_or(|w| w.generation != generation);
+            if !(replaced || link.is_broken()) || Instant::now() >= deadline {
+                return Err(err);
+            }
+            tracing::info!("block worker restarted during a command; running it again");
+        }
     }
 
     /// Sends a query (a request without side effects) to block-proc and

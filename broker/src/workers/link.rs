@@ -171,7 +171,11 @@ where
                 e,
                 ipc_proto::ChannelError::Frame(ipc_proto::frame::FrameError::Io(_))
             );
-            if dead_socket || self.broken.load(Ordering::SeqCst) {
+            if dead_socket {
+                // Unusable from now on; the reader fails the waiting callers.
+                self.broken.store(true, Ordering::SeqCst);
+            }
+            if self.broken.load(Ordering::SeqCst) {
                 return Err(LinkError::Gone(name));
             }
             return Err(LinkError::Send(name, error_chain(&e)));
