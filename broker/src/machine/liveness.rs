@@ -6,7 +6,8 @@
 //! SIGKILLed; its exit then takes the crash path of its kind (block-proc
 //! restarted and replayed, vcpu-proc a guest crash), with `"reason":
 //! "hung"` in `__org.bulkhead_WORKER_EXITED`. A worker stopped for less
-//! than the timeout answers the ping late and is left alone.
+//! than the timeout answers the ping late and is left alone, and so is one
+//! busy with a set-up request (see [`crate::workers::link::SETUP_EXTRA`]).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -70,9 +71,13 @@ where
         let Some((generation, link, pid)) = current else {
             continue;
         };
+        let busy = link.setting_up();
         match link.ping(timeout) {
             // An exit is the supervisor's to handle.
             Ok(()) | Err(LinkError::Gone(_)) => {}
+            // Busy with a set-up request that has its own deadline; once
+            // that has passed, a hung worker fails the next ping.
+            Err(_) if busy || link.setting_up() => {}
             Err(e @ (LinkError::NoAnswer(..) | LinkError::Send(..))) => {
                 let slot = lock(slot(&m));
                 let still_current = slot.as_ref().filter(|w| w.generation == generation);

@@ -77,7 +77,18 @@ pub struct WorkerLink<R, P, E> {
     broken: Arc<AtomicBool>,
     closed: Arc<(Mutex<bool>, Condvar)>,
     timeout: Duration,
+    /// Set-up requests in flight (see [`SETUP_EXTRA`]).
+    setups: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Extra time a set-up request gets: one that hands the worker fds (VM
+/// creation, a vhost-user device attached or reconnected, a node or
+/// export opened). Setting up a vhost-user connection waits for its
+/// backend, which the broker bounds separately (and vcpu-proc's own
+/// vhost-user replies wait up to 10 s), so such a request may keep the
+/// worker's loop busy longer than the worker timeout without it being
+/// hung; the liveness check leaves a worker alone while one is in flight.
+pub const SETUP_EXTRA: Duration = Duration::from_secs(10);
 
 impl<R, P, E> WorkerLink<R, P, E>
 where
@@ -104,6 +115,7 @@ where
             broken: Arc::new(AtomicBool::new(false)),
             closed: Arc::new((Mutex::new(false), Condvar::new())),
             timeout,
+            setups: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
         let closed = link.closed.clone();
         let chan = link.chan.clone();
@@ -144,8 +156,21 @@ where
 
     /// Sends `body` with `fds` and waits for the reply, at most the
     /// link's timeout.
+    /// A request with fds is a set-up request and gets [`SETUP_EXTRA`] more.
     pub fn request(&self, body: R, fds: &[BorrowedFd<'_>]) -> Result<P, FlatError> {
-        self.call(body, fds, Instant::now() + self.timeout)?
+        if fds.is_empty() {
+            return self.call(body, fds, Instant::now() + self.timeout)?;
+        }
+        self.setups.fetch_add(1, Ordering::SeqCst);
+        let r = self.call(body, fds, Instant::now() + self.timeout + SETUP_EXTRA);
+        self.setups.fetch_sub(1, Ordering::SeqCst);
+        r?
+    }
+
+    /// True while a set-up request is in flight: the worker's loop may be
+    /// busy with it (bounded by its own deadline) without being hung.
+    pub fn setting_up(&self) -> bool {
+        self.setups.load(Ordering::SeqCst) > 0
     }
 
     /// Sends `body` with `fds` and waits for the worker's answer until
