@@ -15,6 +15,8 @@
 //! same schema functions and QEMU's messages; then the arguments are
 //! deserialised into ipc-proto's [`BlockdevOptions`].
 
+use std::time::Instant;
+
 use ipc_proto::block::{
     BlockReply, BlockRequest, BlockdevOptions, BlockdevRef, NodeInfo, NodeStats,
 };
@@ -549,7 +551,12 @@ impl BlockDeviceInfo {
 }
 
 fn query_nodes(m: &Machine) -> Result<Vec<NodeInfo>> {
-    match m.block_request(BlockRequest::QueryNodes)? {
+    query_nodes_until(m, Instant::now() + m.worker_timeout())
+}
+
+/// The nodes, asked of block-proc by `deadline` (waiting for a restart).
+fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<NodeInfo>> {
+    match m.block_query_until(BlockRequest::QueryNodes, deadline)?.1 {
         BlockReply::Nodes(n) => Ok(n),
         other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_)) => {
             Err(unexpected_reply(&other).into())
@@ -835,14 +842,16 @@ impl Command for QueryBlockstats {
         }
         let m = ctx.machine;
         // Counted across block-proc restarts: never backwards.
-        let mut stats = match m.block_query(BlockRequest::QueryStats)? {
+        // One deadline for both questions.
+        let deadline = Instant::now() + m.worker_timeout();
+        let mut stats = match m.block_query_until(BlockRequest::QueryStats, deadline)? {
             (generation, BlockReply::Stats(s)) => lock(&m.stats).apply(generation, s),
             (
                 _,
                 other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)),
             ) => return Err(unexpected_reply(&other).into()),
         };
-        let nodes = query_nodes(m)?;
+        let nodes = query_nodes_until(m, deadline)?;
         let drv = |name: &str| {
             nodes
                 .iter()

@@ -240,7 +240,16 @@ impl Machine {
     /// answers is asked again once restarted, all within one worker
     /// timeout: clients polling during restarts see no error.
     pub fn block_query(&self, req: BlockRequest) -> Result<(u64, BlockReply), FlatError> {
-        let deadline = Instant::now() + self.worker_timeout();
+        self.block_query_until(req, Instant::now() + self.worker_timeout())
+    }
+
+    /// [`Machine::block_query`] within `deadline` (a command that asks
+    /// several questions shares one deadline among them).
+    pub fn block_query_until(
+        &self,
+        req: BlockRequest,
+        deadline: Instant,
+    ) -> Result<(u64, BlockReply), FlatError> {
         loop {
             let (generation, link) = self.block_worker_until(deadline)?;
             match link.call(req.clone(), &[], deadline) {
