@@ -310,6 +310,9 @@ fn publish<L: Send + Sync + 'static>(
     Ok(())
 }
 
+/// The longest uninterrupted sleep of a restart's backoff.
+const STEP: Duration = Duration::from_millis(20);
+
 /// How long to wait for a dead worker's last events.
 const LAST_EVENTS: Duration = Duration::from_millis(500);
 
@@ -458,7 +461,11 @@ fn restart_block(m: &Arc<Machine>, down_since: Instant, cause: Cause) {
         let delay = lock(&m.restart).next_delay(Instant::now(), cause);
         // A restart that itself fails is the worker's (or the host's) fault.
         cause = Cause::Failed;
-        std::thread::sleep(delay);
+        // In steps, so an ending broker does not wait out the backoff.
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !m.is_ending() {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()).min(STEP));
+        }
         if m.is_ending() {
             return;
         }

@@ -81,14 +81,23 @@ pub struct WorkerLink<R, P, E> {
     setups: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Extra time a set-up request gets: one that hands the worker fds (VM
-/// creation, a vhost-user device attached or reconnected, a node or
-/// export opened). Setting up a vhost-user connection waits for its
-/// backend, which the broker bounds separately (and vcpu-proc's own
-/// vhost-user replies wait up to 10 s), so such a request may keep the
-/// worker's loop busy longer than the worker timeout without it being
-/// hung; the liveness check leaves a worker alone while one is in flight.
+/// Extra time a set-up request to vcpu-proc gets: one that hands it fds
+/// (VM creation, a vhost-user device attached or reconnected). Setting up
+/// a vhost-user connection waits for its backend, which the broker bounds
+/// separately (and vcpu-proc's own vhost-user replies wait up to 10 s), so
+/// such a request may keep its loop busy longer than the worker timeout
+/// without it being hung; the liveness check leaves vcpu-proc alone while
+/// one is in flight. block-proc and net-proc wait for nothing outside
+/// themselves: their requests all get the plain worker timeout.
 pub const SETUP_EXTRA: Duration = Duration::from_secs(10);
+
+/// The extra time set-up requests to a `kind` worker get.
+fn setup_extra(kind: WorkerKind) -> Duration {
+    match kind {
+        WorkerKind::Vcpu => SETUP_EXTRA,
+        WorkerKind::Block | WorkerKind::Net => Duration::ZERO,
+    }
+}
 
 impl<R, P, E> WorkerLink<R, P, E>
 where
@@ -156,13 +165,15 @@ where
 
     /// Sends `body` with `fds` and waits for the reply, at most the
     /// link's timeout.
-    /// A request with fds is a set-up request and gets [`SETUP_EXTRA`] more.
+    /// A request with fds to vcpu-proc is a set-up request and gets
+    /// [`SETUP_EXTRA`] more.
     pub fn request(&self, body: R, fds: &[BorrowedFd<'_>]) -> Result<P, FlatError> {
-        if fds.is_empty() {
+        let extra = setup_extra(self.kind);
+        if fds.is_empty() || extra.is_zero() {
             return self.call(body, fds, Instant::now() + self.timeout)?;
         }
         self.setups.fetch_add(1, Ordering::SeqCst);
-        let r = self.call(body, fds, Instant::now() + self.timeout + SETUP_EXTRA);
+        let r = self.call(body, fds, Instant::now() + self.timeout + extra);
         self.setups.fetch_sub(1, Ordering::SeqCst);
         r?
     }
