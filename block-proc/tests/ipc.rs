@@ -159,6 +159,8 @@ fn broker_builds_graph_exports_it_and_queries_stats_over_ipc() {
 #[test]
 fn add_node_without_its_file_fd_reports_could_not_open() {
     let mut w = spawn();
+    // The liveness ping is answered from the IPC loop.
+    assert_eq!(w.call(BlockRequest::Ping, &[]), Ok(BlockReply::Done));
     let options: BlockdevOptions =
         serde_json::from_str(r#"{"driver":"file","node-name":"f","filename":"/nope"}"#).unwrap();
     let err = w

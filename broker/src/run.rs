@@ -1,7 +1,8 @@
 //! Start-up and orderly shutdown of the broker: parse the command line,
 //! start the supervisor, the workers and the QMP server, then wait for a
 //! reason to end (quit, guest shutdown, debug exit, signal) and tear down:
-//! no worker and no socket file is left behind.
+//! no worker and no socket file is left behind (every worker is reaped
+//! before the broker exits, on every path that started one).
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -131,14 +132,26 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
             return Err(e);
         }
     }
-    crate::privileges::drop_unneeded().map_err(MainError::Privileges)?;
-    let server = QmpServer::start(listeners, machine.clone())?;
-    for p in &machine.config().qmp {
-        tracing::info!("QMP socket: {}", p.display());
-    }
-    let _watchdog = match &notifier {
-        Some(n) => start_systemd(n, &machine)?,
-        None => None,
+    let serving = (|| {
+        crate::privileges::drop_unneeded().map_err(MainError::Privileges)?;
+        let server = QmpServer::start(listeners, machine.clone())?;
+        for p in &machine.config().qmp {
+            tracing::info!("QMP socket: {}", p.display());
+        }
+        let watchdog = match &notifier {
+            Some(n) => start_systemd(n, &machine)?,
+            None => None,
+        };
+        Ok::<_, MainError>((server, watchdog))
+    })();
+    // A fatal error after the workers started still stops and reaps them.
+    let (server, _watchdog) = match serving {
+        Ok(s) => s,
+        Err(e) => {
+            machine.stop_workers();
+            remove_sockets(&created_sockets);
+            return Err(e);
+        }
     };
     // Wait for a reason to end.
     let reason = exit_rx.recv().unwrap_or(ExitRequest::Quit);

@@ -382,6 +382,9 @@ pub enum BlockRequest {
     QueryNodes,
     /// `query-blockstats` (per node).
     QueryStats,
+    /// The broker's liveness check: answered with [`BlockReply::Done`]
+    /// straight from the IPC loop.
+    Ping,
     /// Export a node as a vhost-user-blk device on the listening socket
     /// attached as fd 0.
     AddExport {

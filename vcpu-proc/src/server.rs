@@ -166,6 +166,7 @@ impl Server {
             VcpuRequest::SystemPowerdown => self.with_vm(step(Input::Powerdown)),
             VcpuRequest::QueryStatus => self.with_vm(|c| Ok(VcpuReply::Status(c.status()))),
             VcpuRequest::QueryCpus => self.with_vm(|c| Ok(VcpuReply::Cpus(c.cpus()))),
+            VcpuRequest::Ping => Ok(VcpuReply::Done),
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()

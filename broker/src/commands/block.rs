@@ -15,6 +15,8 @@
 //! same schema functions and QEMU's messages; then the arguments are
 //! deserialised into ipc-proto's [`BlockdevOptions`].
 
+use std::time::Instant;
+
 use ipc_proto::block::{
     BlockReply, BlockRequest, BlockdevOptions, BlockdevRef, NodeInfo, NodeStats,
 };
@@ -264,7 +266,7 @@ pub fn parse_options(map: Map<String, Value>) -> Result<BlockdevOptions> {
 /// command and the command line (`-blockdev`, `-drive`) take.
 pub fn blockdev_add(m: &Machine, map: Map<String, Value>) -> Result<()> {
     let o = parse_options(map)?;
-    block_state::add_node(m, o)?;
+    m.across_block_restarts(|| block_state::add_node(m, o.clone()))?;
     Ok(())
 }
 
@@ -324,7 +326,8 @@ impl Command for BlockdevDel {
     type Ret = Empty;
 
     fn run(args: BlockdevDelArgs, ctx: &Ctx<'_>) -> Result<Empty> {
-        block_state::del_node(ctx.machine, &args.node_name)?;
+        let m = ctx.machine;
+        m.across_block_restarts(|| block_state::del_node(m, &args.node_name))?;
         Ok(Empty {})
     }
 }
@@ -548,7 +551,12 @@ impl BlockDeviceInfo {
 }
 
 fn query_nodes(m: &Machine) -> Result<Vec<NodeInfo>> {
-    match m.block_request(BlockRequest::QueryNodes)? {
+    query_nodes_until(m, Instant::now() + m.worker_timeout())
+}
+
+/// The nodes, asked of block-proc by `deadline` (waiting for a restart).
+fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<NodeInfo>> {
+    match m.block_query_until(BlockRequest::QueryNodes, deadline)?.1 {
         BlockReply::Nodes(n) => Ok(n),
         other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_)) => {
             Err(unexpected_reply(&other).into())
@@ -833,13 +841,17 @@ impl Command for QueryBlockstats {
             return Ok(Vec::new());
         }
         let m = ctx.machine;
-        let mut stats = match m.block_request(BlockRequest::QueryStats)? {
-            BlockReply::Stats(s) => s,
-            other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)) => {
-                return Err(unexpected_reply(&other).into())
-            }
+        // Counted across block-proc restarts: never backwards.
+        // One deadline for both questions.
+        let deadline = Instant::now() + m.worker_timeout();
+        let mut stats = match m.block_query_until(BlockRequest::QueryStats, deadline)? {
+            (generation, BlockReply::Stats(s)) => lock(&m.stats).apply(generation, s),
+            (
+                _,
+                other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)),
+            ) => return Err(unexpected_reply(&other).into()),
         };
-        let nodes = query_nodes(m)?;
+        let nodes = query_nodes_until(m, deadline)?;
         let drv = |name: &str| {
             nodes
                 .iter()

@@ -359,6 +359,7 @@ pub fn forget_export(m: &Machine, id: &str) {
         | BlockRequest::DelNode { .. }
         | BlockRequest::QueryNodes
         | BlockRequest::QueryStats
+        | BlockRequest::Ping
         | BlockRequest::DelExport { .. } => true,
         #[cfg(feature = "test-hooks")]
         BlockRequest::TestEscape(_) => true,
