@@ -14,7 +14,8 @@
 //!
 //! A guest that breaks the ring protocol (bad ring address, head or chain
 //! index out of range, chain loops) gets its queue marked broken: the queue
-//! stops touching the ring and only waits to be stopped. Other queues and
+//! takes no new requests and only waits to be stopped, but the requests it
+//! had already taken still complete and are published. Other queues and
 //! the process go on.
 
 use std::fs::File;
@@ -152,10 +153,11 @@ impl Shared {
                 });
             }
         }
+        // A broken queue still publishes the requests it took before the
+        // guest broke the ring: they ran, and a driver waiting on them
+        // (or its inflight record) must see them finish. Only taking new
+        // requests stops.
         let mut st = self.lock();
-        if st.broken {
-            return;
-        }
         if let Some(inf) = st.inflight.as_ref() {
             inf.pre_put(head);
         }
@@ -172,7 +174,13 @@ impl Shared {
         match r {
             Ok(true) => signal(&self.call),
             Ok(false) => {}
-            Err(e) => self.fail(&mut st, e),
+            Err(e) => {
+                if !st.broken {
+                    self.fail(&mut st, e);
+                }
+                // The element may be published; let the driver look.
+                signal(&self.call);
+            }
         }
     }
 
