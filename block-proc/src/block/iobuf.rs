@@ -110,6 +110,45 @@ pub fn scatter(bufs: &[VolatileSlice<'_>], data: &[u8]) {
     }
 }
 
+/// Copy bytes `[pos, pos + out.len())` of the concatenated buffers into
+/// `out` (bytes past their end are left alone).
+pub fn gather_at(bufs: &[VolatileSlice<'_>], mut pos: usize, out: &mut [u8]) {
+    let mut done = 0;
+    for b in bufs {
+        if done == out.len() {
+            return;
+        }
+        if pos >= b.len() {
+            pos -= b.len();
+            continue;
+        }
+        let n = (b.len() - pos).min(out.len() - done);
+        if let Ok(sub) = b.subslice(pos, n) {
+            sub.copy_to(&mut out[done..done + n]);
+        }
+        done += n;
+        pos = 0;
+    }
+}
+
+/// Copy `data` into the concatenated buffers from their byte `pos` on.
+pub fn scatter_at(bufs: &[VolatileSlice<'_>], mut pos: usize, data: &[u8]) {
+    let mut done = 0;
+    for b in bufs {
+        if done == data.len() {
+            return;
+        }
+        if pos >= b.len() {
+            pos -= b.len();
+            continue;
+        }
+        let n = (b.len() - pos).min(data.len() - done);
+        let _ = b.write_slice(&data[done..done + n], pos);
+        done += n;
+        pos = 0;
+    }
+}
+
 /// Fill the buffers with zeroes from byte `from` (of the concatenation) on.
 pub fn zero_from(bufs: &[VolatileSlice<'_>], from: usize) {
     let mut pos = 0;
@@ -173,6 +212,12 @@ mod tests {
         let mut out = [0u8; 8];
         gather(&bufs, &mut out);
         assert_eq!(&out, b"abcdefgh");
+        let mut mid = [0u8; 4];
+        gather_at(&bufs, 2, &mut mid);
+        assert_eq!(&mid, b"cdef");
+        scatter_at(&bufs, 2, b"WXYZ");
+        gather(&bufs, &mut out);
+        assert_eq!(&out, b"abWXYZgh");
         zero_from(&bufs, 2);
         gather(&bufs, &mut out);
         assert_eq!(&out, b"ab\0\0\0\0\0\0");
