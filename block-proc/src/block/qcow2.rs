@@ -12,13 +12,18 @@
 //! every modifying request that may change metadata (a write that is not a
 //! pure overwrite of allocated clusters, a discard, write zeroes) writes
 //! imago's dirty metadata back to the file before it completes (`flush`, no
-//! fsync).
+//! fsync). A pure overwrite may have found its clusters mapped only in
+//! imago's cache, by another request that has not written that back yet;
+//! so while any metadata-changing request is between its change and its
+//! write-back, overwrites write the metadata back too (see
+//! `Qcow2Driver::unflushed`).
 //! Only a host crash needs the guest's FLUSH (fdatasync).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
@@ -52,6 +57,27 @@ pub struct Qcow2Driver {
     size: u64,
     filename: String,
     backing: Option<String>,
+    /// Metadata-changing requests that have started and not yet written
+    /// imago's metadata back. An overwrite completing while this is not
+    /// zero may depend on their unwritten mappings, so it flushes too.
+    unflushed: AtomicUsize,
+}
+
+/// Counts a metadata-changing request in [`Qcow2Driver::unflushed`] from
+/// before its change until its write-back is done.
+struct Unflushed<'a>(&'a AtomicUsize);
+
+impl<'a> Unflushed<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Unflushed(n)
+    }
+}
+
+impl Drop for Unflushed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn open_err(e: io::Error) -> Qcow2Error {
@@ -189,6 +215,7 @@ impl Qcow2Driver {
             size,
             filename: filename.to_string(),
             backing: if use_header_backing { backing } else { None },
+            unflushed: AtomicUsize::new(0),
         })
     }
 
@@ -224,12 +251,19 @@ impl Driver for Qcow2Driver {
             v.push_ioslice(IoSlice::new(s));
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
-        let in_place = overwrites_in_place(&img, offset, v.len());
-        img.writev(v, offset)?;
-        if in_place {
-            // No metadata changed: nothing to write back.
-            return Ok(());
+        if overwrites_in_place(&img, offset, v.len()) {
+            img.writev(v, offset)?;
+            // This request changed no metadata, but the mapping it used
+            // may be another request's, not yet written back: then write
+            // it back before completing (SeqCst pairs with the increment
+            // made before that request changed the mapping).
+            if self.unflushed.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            return img.flush();
         }
+        let _pending = Unflushed::new(&self.unflushed);
+        img.writev(v, offset)?;
         img.flush()
     }
     fn flush(&self) -> io::Result<()> {
@@ -252,6 +286,7 @@ impl Driver for Qcow2Driver {
             return img.flush();
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
+        let _pending = Unflushed::new(&self.unflushed);
         img.write_zeroes(offset, len)?;
         img.flush()
     }
