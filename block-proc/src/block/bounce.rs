@@ -134,6 +134,51 @@ impl Drop for BounceBuf<'_> {
     }
 }
 
+/// The same budget for a driver whose library allocates its own bounce
+/// buffers (imago, for `qcow2` over an `O_DIRECT` file): the driver cuts
+/// an unaligned request into pieces of at most [`BOUNCE_CHUNK`] bytes and
+/// holds one permit while the library moves each piece, so at most
+/// `budget / BOUNCE_CHUNK` pieces are bounced at once.
+pub struct BouncePermits {
+    free: Mutex<usize>,
+    returned: Condvar,
+}
+
+/// One held [`BouncePermits`] permit; returned when dropped.
+pub struct BouncePermit<'a>(&'a BouncePermits);
+
+impl Default for BouncePermits {
+    fn default() -> Self {
+        BouncePermits {
+            free: Mutex::new((BOUNCE_BUDGET / BOUNCE_CHUNK).max(1)),
+            returned: Condvar::new(),
+        }
+    }
+}
+
+impl BouncePermits {
+    fn free(&self) -> MutexGuard<'_, usize> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait for a permit. Callers hold at most one at a time.
+    pub fn acquire(&self) -> BouncePermit<'_> {
+        let mut free = self.free();
+        while *free == 0 {
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        BouncePermit(self)
+    }
+}
+
+impl Drop for BouncePermit<'_> {
+    fn drop(&mut self) {
+        *self.0.free() += 1;
+        self.0.returned.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,6 +149,33 @@ pub fn scatter_at(bufs: &[VolatileSlice<'_>], mut pos: usize, data: &[u8]) {
     }
 }
 
+/// Cut the concatenated buffers into consecutive pieces of at most `max`
+/// bytes each (`max` > 0).
+pub fn split<'b>(bufs: &[VolatileSlice<'b>], max: usize) -> Vec<Vec<VolatileSlice<'b>>> {
+    let mut pieces = Vec::new();
+    let mut cur: Vec<VolatileSlice<'b>> = Vec::new();
+    let mut room = max;
+    for b in bufs {
+        let mut off = 0;
+        while off < b.len() {
+            let n = (b.len() - off).min(room);
+            if let Ok(sub) = b.subslice(off, n) {
+                cur.push(sub);
+            }
+            off += n;
+            room -= n;
+            if room == 0 {
+                pieces.push(std::mem::take(&mut cur));
+                room = max;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        pieces.push(cur);
+    }
+    pieces
+}
+
 /// Fill the buffers with zeroes from byte `from` (of the concatenation) on.
 pub fn zero_from(bufs: &[VolatileSlice<'_>], from: usize) {
     let mut pos = 0;
@@ -218,6 +245,18 @@ mod tests {
         scatter_at(&bufs, 2, b"WXYZ");
         gather(&bufs, &mut out);
         assert_eq!(&out, b"abWXYZgh");
+        let pieces = split(&bufs, 3);
+        let lens: Vec<Vec<usize>> = pieces
+            .iter()
+            .map(|p| p.iter().map(|b| b.len()).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![3], vec![3], vec![2]]);
+        let pieces = split(&bufs, 4);
+        let lens: Vec<Vec<usize>> = pieces
+            .iter()
+            .map(|p| p.iter().map(|b| b.len()).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![3, 1], vec![4]]);
         zero_from(&bufs, 2);
         gather(&bufs, &mut out);
         assert_eq!(&out, b"ab\0\0\0\0\0\0");
