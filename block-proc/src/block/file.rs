@@ -11,13 +11,13 @@
 //!    bounce chunks of the node's pool (fixed budget, one chunk per request
 //!    at a time; read-modify-write of the partial end blocks for writes).
 //!    Aligned requests go straight to guest memory.
-//! 3. **Engine** ([`FileDriver::transfer`]): the one place data moves between
+//! 3. **Engine** (`FileDriver::transfer`): the one place data moves between
 //!    memory and the file (`preadv`/`pwritev` on the calling I/O thread).
 //!
 //! Writes never grow the file: a bounce write of the partial last block of
 //! a file whose size is not a multiple of [`DIRECT_ALIGN`] writes only up to
 //! the end of the file (that tail with `O_DIRECT` briefly cleared, see
-//! [`FileDriver::write_tail`]).
+//! `FileDriver::write_tail`).
 
 use std::fs::File;
 use std::io;

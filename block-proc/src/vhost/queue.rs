@@ -36,9 +36,17 @@ use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use ipc_proto::ratelimit::RateLimit;
 use ipc_proto::warn_limited;
 
-/// Most I/O threads per queue (started on demand, up to the number of
-/// requests in flight).
-pub const POOL_MAX_THREADS: usize = 64;
+/// Most I/O threads of one export, shared out evenly among its queues
+/// (each queue starts its threads on demand, up to the number of its
+/// requests in flight, and has at least one). Bounds block-proc's thread
+/// count (and stack memory) per disk whatever the guest does; further
+/// requests wait in the queue's pool.
+pub const EXPORT_MAX_IO_THREADS: usize = 64;
+
+/// I/O threads of each queue of an export with `num_queues` queues.
+pub fn io_threads_per_queue(num_queues: u16) -> usize {
+    (EXPORT_MAX_IO_THREADS / usize::from(num_queues.max(1))).max(1)
+}
 
 /// Everything a queue needs.
 pub struct QueueParams {
@@ -306,7 +314,8 @@ impl Pool {
 
     /// Make sure there is a thread for each request in flight.
     fn grow(&mut self, busy: usize) {
-        while self.threads.len() < busy.min(POOL_MAX_THREADS) {
+        let max = io_threads_per_queue(self.shared.blk.num_queues);
+        while self.threads.len() < busy.min(max) {
             let s = self.shared.clone();
             let rx = self.rx.clone();
             let t = std::thread::Builder::new()
@@ -447,4 +456,23 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
     pool.shutdown();
     let next = shared.lock().ring.next_avail();
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_threads_are_shared_out_among_queues_within_the_export_limit() {
+        assert_eq!(io_threads_per_queue(1), EXPORT_MAX_IO_THREADS);
+        assert_eq!(io_threads_per_queue(16), EXPORT_MAX_IO_THREADS / 16);
+        assert_eq!(io_threads_per_queue(0), EXPORT_MAX_IO_THREADS);
+        assert_eq!(io_threads_per_queue(u16::MAX), 1);
+        for n in 1..=256u16 {
+            assert!(
+                io_threads_per_queue(n) * usize::from(n)
+                    <= EXPORT_MAX_IO_THREADS.max(usize::from(n))
+            );
+        }
+    }
 }
