@@ -454,3 +454,38 @@ fn unaligned_multi_mib_requests_round_trip_on_raw_and_qcow2() {
     std::fs::remove_file(raw).unwrap();
     std::fs::remove_file(q).unwrap();
 }
+
+#[test]
+fn concurrent_unaligned_multi_mib_requests_are_correct_and_share_the_budget() {
+    use block_proc::block::bounce::BOUNCE_BUDGET;
+    const THREADS: u64 = 20;
+    const LEN: usize = 2 << 20;
+    let path = disk_path("concurrent.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(THREADS * (4 << 20))
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .unwrap();
+    let d = FileDriver::new(f, "x".into(), true).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let d = &d;
+            s.spawn(move || {
+                let off = t * (4 << 20) + 512 * (t + 1);
+                let mut data = pattern(LEN, t);
+                d.write(&[iobuf::slice_of(&mut data)], off).unwrap();
+                let mut back = vec![0u8; LEN];
+                d.read(&[iobuf::slice_of(&mut back)], off).unwrap();
+                assert!(back == pattern(LEN, t), "thread {t}: data differs");
+            });
+        }
+    });
+    let peak = d.bounce_pool().peak_bytes();
+    assert!(peak <= BOUNCE_BUDGET, "{peak} bounce bytes lent at once");
+    std::fs::remove_file(path).unwrap();
+}
