@@ -275,6 +275,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn region_larger_than_its_file_is_refused() {
+        let (_r, f, size) = InflightRegion::create(1, 8).unwrap();
+        assert!(InflightRegion::map(&f, 0, size, 1, 8).is_ok());
+        f.set_len(size - 1).unwrap();
+        assert!(matches!(
+            InflightRegion::map(&f, 0, size, 1, 8),
+            Err(InflightError::Geometry { .. })
+        ));
+        f.set_len(size).unwrap();
+        assert!(InflightRegion::map(&f, 64, size, 1, 8).is_err());
+    }
+
+    #[test]
     fn fresh_region_recovers_nothing() {
         let (r, _f, size) = InflightRegion::create(2, 8).unwrap();
         assert_eq!(size, 2 * queue_region_size(8) as u64);
