@@ -12,13 +12,24 @@
 //! every modifying request that may change metadata (a write that is not a
 //! pure overwrite of allocated clusters, a discard, write zeroes) writes
 //! imago's dirty metadata back to the file before it completes (`flush`, no
-//! fsync).
+//! fsync). A pure overwrite may have found its clusters mapped only in
+//! imago's cache, by another request that has not written that back yet;
+//! so while any metadata-changing request is between its change and its
+//! write-back, overwrites write the metadata back too (see
+//! `Qcow2Driver::unflushed`).
 //! Only a host crash needs the guest's FLUSH (fdatasync).
+//!
+//! Over an `O_DIRECT` file imago bounces unaligned requests through
+//! buffers of its own; such a request is cut into pieces of at most
+//! [`BOUNCE_CHUNK`] bytes, each moved under a permit of the node's
+//! [`BouncePermits`], so the node's bounce memory stays within the same
+//! budget as the `file` driver's.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
@@ -27,6 +38,8 @@ use imago::raw::Raw;
 use imago::{FormatAccess, StorageOpenOptions};
 use ipc_proto::block::ImageInfo;
 
+use super::bounce::{BouncePermits, BOUNCE_CHUNK};
+use super::iobuf;
 use super::{Bufs, Driver, Node};
 
 type ImgFile = imago::file::File;
@@ -52,6 +65,32 @@ pub struct Qcow2Driver {
     size: u64,
     filename: String,
     backing: Option<String>,
+    /// Request alignment (offset and length) and buffer alignment below
+    /// which imago bounces (1 without `O_DIRECT`).
+    align: (usize, usize),
+    /// Bounce budget of unaligned requests (imago allocates the buffers).
+    permits: BouncePermits,
+    /// Metadata-changing requests that have started and not yet written
+    /// imago's metadata back. An overwrite completing while this is not
+    /// zero may depend on their unwritten mappings, so it flushes too.
+    unflushed: AtomicUsize,
+}
+
+/// Counts a metadata-changing request in [`Qcow2Driver::unflushed`] from
+/// before its change until its write-back is done.
+struct Unflushed<'a>(&'a AtomicUsize);
+
+impl<'a> Unflushed<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Unflushed(n)
+    }
+}
+
+impl Drop for Unflushed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn open_err(e: io::Error) -> Qcow2Error {
@@ -183,28 +222,54 @@ impl Qcow2Driver {
         }
         let img = FormatAccess::new(q);
         let size = img.size();
+        let align = (img.req_align(), img.mem_align());
         Ok(Qcow2Driver {
             img: RwLock::new(img),
             child,
             size,
             filename: filename.to_string(),
             backing: if use_header_backing { backing } else { None },
+            unflushed: AtomicUsize::new(0),
+            align,
+            permits: BouncePermits::default(),
         })
     }
 
     fn lock_err() -> io::Error {
         io::Error::from_raw_os_error(libc::EIO)
     }
-}
 
-impl Driver for Qcow2Driver {
-    fn drv(&self) -> &'static str {
-        "qcow2"
+    /// Whether imago would bounce this request (`O_DIRECT` and unaligned).
+    fn bounces(&self, bufs: Bufs<'_, '_>, offset: u64) -> bool {
+        let (req, mem) = self.align;
+        let len = iobuf::total_len(bufs);
+        !(offset.is_multiple_of(req as u64)
+            && len.is_multiple_of(req.max(mem))
+            && iobuf::aligned(bufs, mem))
     }
-    fn size(&self) -> u64 {
-        self.size
+
+    /// Run `op` on the request, or, when imago would bounce it, on pieces
+    /// of at most [`BOUNCE_CHUNK`] bytes each under a bounce permit, so
+    /// the bounce memory of this node stays within its budget.
+    fn in_pieces(
+        &self,
+        bufs: Bufs<'_, '_>,
+        offset: u64,
+        op: impl Fn(Bufs<'_, '_>, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if !self.bounces(bufs, offset) {
+            return op(bufs, offset);
+        }
+        let mut off = offset;
+        for piece in iobuf::split(bufs, BOUNCE_CHUNK) {
+            let _permit = self.permits.acquire();
+            op(&piece, off)?;
+            off += iobuf::total_len(&piece) as u64;
+        }
+        Ok(())
     }
-    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+
+    fn read_piece(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         let mut v = IoVectorMut::with_capacity(bufs.len());
         for b in bufs {
             // SAFETY: the slice covers guest (or test) memory that stays mapped
@@ -216,21 +281,44 @@ impl Driver for Qcow2Driver {
         let img = self.img.read().map_err(|_| Self::lock_err())?;
         img.readv(v, offset)
     }
-    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+
+    fn write_piece(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         let mut v = IoVector::with_capacity(bufs.len());
         for b in bufs {
-            // SAFETY: as in read; the device only reads these bytes.
+            // SAFETY: as in read_piece; the device only reads these bytes.
             let s = unsafe { std::slice::from_raw_parts(b.ptr_guard().as_ptr(), b.len()) };
             v.push_ioslice(IoSlice::new(s));
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
-        let in_place = overwrites_in_place(&img, offset, v.len());
-        img.writev(v, offset)?;
-        if in_place {
-            // No metadata changed: nothing to write back.
-            return Ok(());
+        if overwrites_in_place(&img, offset, v.len()) {
+            img.writev(v, offset)?;
+            // This request changed no metadata, but the mapping it used
+            // may be another request's, not yet written back: then write
+            // it back before completing (SeqCst pairs with the increment
+            // made before that request changed the mapping).
+            if self.unflushed.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            return img.flush();
         }
+        let _pending = Unflushed::new(&self.unflushed);
+        img.writev(v, offset)?;
         img.flush()
+    }
+}
+
+impl Driver for Qcow2Driver {
+    fn drv(&self) -> &'static str {
+        "qcow2"
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        self.in_pieces(bufs, offset, |b, o| self.read_piece(b, o))
+    }
+    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        self.in_pieces(bufs, offset, |b, o| self.write_piece(b, o))
     }
     fn flush(&self) -> io::Result<()> {
         let img = self.img.read().map_err(|_| Self::lock_err())?;
@@ -252,6 +340,7 @@ impl Driver for Qcow2Driver {
             return img.flush();
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
+        let _pending = Unflushed::new(&self.unflushed);
         img.write_zeroes(offset, len)?;
         img.flush()
     }
