@@ -16,7 +16,11 @@
 //! [`BlockRequest::AddNode`], listed in [`FileFd`] by the same filename. A
 //! qcow2 image's backing chain is opened the same way: if block-proc finds a
 //! backing file it has no fd for, it answers [`BlockReply::NeedFiles`] and
-//! the broker re-sends `AddNode` with those files added.
+//! the broker re-sends `AddNode` with those files added. The broker reads
+//! the backing chain from the image headers itself and passes it with the
+//! first `AddNode`; it answers `NeedFiles` only with files of the chain it
+//! read (re-reading the headers), and refuses (and logs) any other name: a
+//! compromised block-proc cannot make the broker open a file for it.
 //!
 //! Exports: the broker creates and keeps the vhost-user listening socket and
 //! passes it (fd 0) with [`BlockRequest::AddExport`]. block-proc accepts one
@@ -65,6 +69,18 @@ impl DetectZeroes {
             DetectZeroes::Unmap => "unmap",
         }
     }
+}
+
+/// QEMU's `OnOffAuto` (the `file` driver's `locking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnOffAuto {
+    /// On.
+    On,
+    /// Off.
+    Off,
+    /// Decided by the implementation (for `locking`: on).
+    Auto,
 }
 
 /// Cache options (QEMU `BlockdevCacheOptions`).
@@ -118,8 +134,10 @@ driver_options!(
     FileOptions {
         /// Path of the file; the broker opens it and passes the fd.
         filename: String,
-        /// Image locking (`on`, `off`, `auto`); accepted and ignored.
-        locking: Option<String>,
+        /// Image locking: QEMU's OFD lock bytes, taken by the broker on
+        /// the fd it opens (`auto`, the default, and `on` take them; `off`
+        /// does not).
+        locking: Option<OnOffAuto>,
         /// AIO backend (`threads`, `native`, `io_uring`); accepted and ignored.
         aio: Option<String>,
     }
@@ -418,7 +436,9 @@ pub enum BlockReply {
     /// The request succeeded and returns nothing.
     Done,
     /// `AddNode` needs more files (backing files found in image headers);
-    /// the broker opens them read-only and re-sends `AddNode`.
+    /// the broker opens them read-only and re-sends `AddNode` if, and only
+    /// if, they belong to the backing chain it read from the headers
+    /// itself.
     NeedFiles {
         /// Paths to open, resolved as QEMU would.
         filenames: Vec<String>,

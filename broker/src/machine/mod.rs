@@ -11,6 +11,7 @@ pub mod block_state;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
+pub mod images;
 pub mod policy;
 pub mod vm_setup;
 
