@@ -302,3 +302,27 @@ fn images_are_opened_as_the_run_with_user() {
         json!({"return": {}})
     );
 }
+
+#[test]
+fn a_backing_file_outside_the_directories_works_when_named_explicitly() {
+    let vms = TempDir::new();
+    let (vm1, vm2) = (vms.0.join("vm1"), vms.0.join("vm2"));
+    std::fs::create_dir_all(&vm1).unwrap();
+    std::fs::create_dir_all(&vm2).unwrap();
+    let base = raw(&vm2, "base.raw");
+    let top = overlay(&vm1, "top.qcow2", base.to_str().unwrap());
+    let b = Bulkhead::start(&[]);
+    let mut q = b.client();
+    let mut o = qcow2_over("t0", &top);
+    o["backing"] = json!({"driver": "raw",
+                          "file": {"driver": "file", "filename": base}});
+    assert_eq!(q.execute("blockdev-add", o), json!({"return": {}}));
+    let list = q.ok("query-named-block-nodes");
+    let t0 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "t0")
+        .unwrap();
+    assert_eq!(t0["backing_file"], json!(base.display().to_string()));
+}

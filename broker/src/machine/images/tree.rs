@@ -46,6 +46,8 @@ pub enum ChainTop {
 struct Inherited {
     read_only: bool,
     force_share: bool,
+    /// Below a qcow2 node's `backing`.
+    backing: bool,
 }
 
 macro_rules! common {
@@ -53,6 +55,7 @@ macro_rules! common {
         Inherited {
             read_only: $p.read_only || $o.read_only.unwrap_or(false),
             force_share: $p.force_share || $o.force_share.unwrap_or(false),
+            backing: $p.backing,
         }
     };
 }
@@ -63,6 +66,7 @@ pub fn file_uses(o: &BlockdevOptions) -> Result<Vec<FileUse>, TreeError> {
     let top = Inherited {
         read_only: false,
         force_share: false,
+        backing: false,
     };
     collect(o, top, &mut out, &mut Vec::new())?;
     Ok(out)
@@ -75,6 +79,7 @@ pub fn chain_tops(o: &BlockdevOptions) -> Vec<ChainTop> {
     let top = Inherited {
         read_only: false,
         force_share: false,
+        backing: false,
     };
     // Option errors are reported by file_uses; this walk only lists.
     let _ = collect(o, top, &mut Vec::new(), &mut tops);
@@ -100,11 +105,14 @@ fn collect(
             }
             let locks = match f.locking.unwrap_or(OnOffAuto::Auto) {
                 OnOffAuto::Off => None,
-                OnOffAuto::On | OnOffAuto::Auto => Some(match (inh.read_only, inh.force_share) {
-                    (false, _) => Perms::WRITER,
-                    (true, false) => Perms::READER,
-                    (true, true) => Perms::SHARED_READER,
-                }),
+                OnOffAuto::On | OnOffAuto::Auto => {
+                    Some(match (inh.backing, inh.read_only, inh.force_share) {
+                        (true, _, _) => Perms::BACKING,
+                        (false, false, _) => Perms::WRITER,
+                        (false, true, false) => Perms::READER,
+                        (false, true, true) => Perms::SHARED_READER,
+                    })
+                }
             };
             out.push(FileUse {
                 filename: f.filename.clone(),
@@ -134,6 +142,7 @@ fn collect(
                 Some(b) => {
                     let backing = Inherited {
                         read_only: true,
+                        backing: true,
                         ..inh
                     };
                     child(b.as_ref(), backing, out, tops)?;
