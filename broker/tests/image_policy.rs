@@ -326,3 +326,19 @@ fn a_backing_file_outside_the_directories_works_when_named_explicitly() {
         .unwrap();
     assert_eq!(t0["backing_file"], json!(base.display().to_string()));
 }
+
+#[test]
+fn a_missing_backing_file_gives_qemu_message() {
+    let b = Bulkhead::start(&[]);
+    let top = overlay(&b.dir.0, "top.qcow2", "gone.raw");
+    let mut q = b.client();
+    let r = q.execute("blockdev-add", qcow2_over("t0", &top));
+    // qemu-storage-daemon says the same for this image.
+    assert_eq!(
+        error_desc(&r),
+        format!(
+            "Could not open backing file: Could not open '{}': No such file or directory",
+            b.dir.0.join("gone.raw").display()
+        )
+    );
+}
