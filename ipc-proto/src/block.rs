@@ -14,13 +14,14 @@
 //! opens `filename` itself (with `O_DIRECT` when `cache.direct` is true,
 //! read-only when the node is read-only) and passes the fd with
 //! [`BlockRequest::AddNode`], listed in [`FileFd`] by the same filename. A
-//! qcow2 image's backing chain is opened the same way: if block-proc finds a
-//! backing file it has no fd for, it answers [`BlockReply::NeedFiles`] and
-//! the broker re-sends `AddNode` with those files added. The broker reads
-//! the backing chain from the image headers itself and passes it with the
-//! first `AddNode`; it answers `NeedFiles` only with files of the chain it
-//! read (re-reading the headers), and refuses (and logs) any other name: a
-//! compromised block-proc cannot make the broker open a file for it.
+//! qcow2 image's backing chain is read from the image headers by the broker
+//! itself, opened read-only (under the broker's open policy) and passed
+//! with the same first `AddNode`, each file under its resolved name. If
+//! block-proc still finds a backing file it has no fd for (the header
+//! changed since the broker read it), it answers [`BlockReply::NeedFiles`];
+//! the broker never opens a name it did not read itself, so it refuses the
+//! request, logs it and fails the `blockdev-add`: a compromised block-proc
+//! cannot make the broker open a file for it.
 //!
 //! Exports: the broker creates and keeps the vhost-user listening socket and
 //! passes it (fd 0) with [`BlockRequest::AddExport`]. block-proc accepts one
@@ -435,10 +436,10 @@ pub enum BlockRequest {
 pub enum BlockReply {
     /// The request succeeded and returns nothing.
     Done,
-    /// `AddNode` needs more files (backing files found in image headers);
-    /// the broker opens them read-only and re-sends `AddNode` if, and only
-    /// if, they belong to the backing chain it read from the headers
-    /// itself.
+    /// `AddNode` needs files it was not given (backing files found in image
+    /// headers). The broker has already passed every file of the chain it
+    /// read, so it opens nothing for this: it logs the names and fails the
+    /// `blockdev-add` with them.
     NeedFiles {
         /// Paths to open, resolved as QEMU would.
         filenames: Vec<String>,
