@@ -663,6 +663,19 @@ mod tests {
         );
     }
 
+    /// A log writer into a shared buffer.
+    struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogSink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn record(chain: &[&str]) -> NodeRecord {
         NodeRecord {
             options: opts(serde_json::json!({"driver": "null-co", "node-name": "n"})),
@@ -673,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_asking_for_a_file_outside_the_chain_is_refused() {
+    fn a_worker_asking_for_a_file_outside_the_chain_is_refused_and_logged() {
         let opened = std::cell::Cell::new(0);
         let send = |_: BlockRequest, _: &[BorrowedFd<'_>]| {
             opened.set(opened.get() + 1);
@@ -681,7 +694,20 @@ mod tests {
                 filenames: vec!["/etc/shadow".into()],
             })
         };
-        let e = send_add(&send, &record(&["/img/base.raw"])).unwrap_err();
+        let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        let e = tracing::subscriber::with_default(subscriber, || {
+            send_add(&send, &record(&["/img/base.raw"])).unwrap_err()
+        });
+        let text = String::from_utf8(lock(&log).clone()).unwrap();
+        assert!(
+            text.contains("WARN") && text.contains("asked for '/etc/shadow'"),
+            "log: {text}"
+        );
         assert_eq!(
             e.desc,
             "Could not open backing file: '/etc/shadow' is not in the backing chain read \
