@@ -277,8 +277,17 @@ fn a_timed_out_blockdev_del_is_not_resurrected_by_the_replay() {
 
 #[test]
 fn images_are_opened_as_the_run_with_user() {
-    const UID: u32 = 4_000_321;
-    let b = Bulkhead::start(&["-run-with", &format!("user={UID}")]);
+    let user = format!("user={RUN_WITH_UID}");
+    opened_as_the_run_with_user(&["-run-with", &user]);
+    // QEMU's -run-with user= applies without a sandbox too.
+    opened_as_the_run_with_user(&["-sandbox", "off", "-run-with", &user]);
+}
+
+const RUN_WITH_UID: u32 = 4_000_321;
+
+fn opened_as_the_run_with_user(args: &[&str]) {
+    const UID: u32 = RUN_WITH_UID;
+    let b = Bulkhead::start(args);
     let mine = raw(&b.dir.0, "mine.raw");
     let roots = raw(&b.dir.0, "roots.raw");
     nix::unistd::chown(&mine, Some(UID.into()), Some(UID.into())).unwrap();

@@ -123,19 +123,32 @@ impl Machine {
     }
 }
 
-/// The identity images are opened with: `-run-with user=`'s, when the
-/// workers are sandboxed as it. Without `-run-with user=` the broker opens
-/// as itself: the per-VM automatic uid owns no files, so file permissions
-/// checked against it would refuse every image.
-fn identity(m: &Machine) -> Option<Identity> {
-    m.config().run_with_user.as_ref()?;
-    match m.worker_sandbox() {
-        crate::workers::spawn::WorkerSandbox::On(id) => Some(Identity {
-            uid: id.uid,
-            gid: id.gid,
-        }),
-        crate::workers::spawn::WorkerSandbox::Off => None,
+/// The identity images are opened with: `-run-with user=`'s (with or
+/// without `-sandbox off`, as QEMU's `-run-with user=` applies to every
+/// open). Without `-run-with user=` the broker opens as itself: the per-VM
+/// automatic uid owns no files, so file permissions checked against it
+/// would refuse every image.
+fn identity(m: &Machine) -> Result<Option<Identity>, FlatError> {
+    if m.config().run_with_user.is_none() {
+        return Ok(None);
     }
+    let id = match m.worker_sandbox() {
+        crate::workers::spawn::WorkerSandbox::On(id) => id,
+        crate::workers::spawn::WorkerSandbox::Off => {
+            // The same resolution as the workers' (name or UID[:GID]).
+            let mut cfg = m.config().clone();
+            cfg.sandbox = true;
+            match super::policy::resolve_sandbox(&cfg) {
+                Ok(crate::workers::spawn::WorkerSandbox::On(id)) => id,
+                Ok(crate::workers::spawn::WorkerSandbox::Off) => return Ok(None),
+                Err(e) => return Err(FlatError::generic(e.to_string())),
+            }
+        }
+    };
+    Ok(Some(Identity {
+        uid: id.uid,
+        gid: id.gid,
+    }))
 }
 
 /// Walks `o` and its inline children in creation order (children first),
@@ -394,7 +407,7 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
         (st.ops.clone(), dirs, st.referenced_files(&options))
     };
     let opener = Opener {
-        identity: identity(m),
+        identity: identity(m)?,
         dirs,
         existing: &existing,
     };
