@@ -431,7 +431,7 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
         }
         Err(e) => {
             if timed_out(&e) {
-                undo_add(m, &rec.options);
+                undo_add(&|r, f| m.block_request_with_fds(r, f), &rec.options);
             }
             Err(e.into())
         }
@@ -441,7 +441,7 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
 /// After an `AddNode` that got no answer: deletes whatever the worker may
 /// still create, so the worker converges on the desired state (which does
 /// not have the node). Requests are handled in order, so these follow it.
-fn undo_add(m: &Machine, options: &BlockdevOptions) {
+fn undo_add(send: &SendFn<'_>, options: &BlockdevOptions) {
     let mut names = Vec::new();
     let _ = walk_post_order::<()>(options, &mut |o| {
         names.extend(o.node_name().map(String::from));
@@ -451,7 +451,7 @@ fn undo_add(m: &Machine, options: &BlockdevOptions) {
         let req = BlockRequest::DelNode {
             node_name: n.clone(),
         };
-        match m.block_request(req) {
+        match send(req, &[]) {
             Ok(_) => {}
             Err(e) if timed_out(&e) => {
                 tracing::warn!("block worker still silent; node '{n}' is deleted when it answers");
@@ -728,6 +728,31 @@ mod tests {
         );
         // Asked once, answered with a refusal: nothing was opened or re-sent.
         assert_eq!(opened.get(), 1);
+    }
+
+    #[test]
+    fn an_unanswered_add_is_undone_top_node_first() {
+        let sent = std::cell::RefCell::new(Vec::new());
+        let send = |r: BlockRequest, _: &[BorrowedFd<'_>]| {
+            if let BlockRequest::DelNode { node_name } = r {
+                sent.borrow_mut().push(node_name);
+            }
+            Ok(BlockReply::Done)
+        };
+        let o = opts(serde_json::json!({"driver": "qcow2", "node-name": "q",
+            "file": {"driver": "file", "node-name": "f", "filename": "/x"}}));
+        undo_add(&send, &o);
+        assert_eq!(*sent.borrow(), ["q", "f"]);
+        // A worker still silent: the first DelNode is queued, no more sent.
+        sent.borrow_mut().clear();
+        let silent = |r: BlockRequest, _: &[BorrowedFd<'_>]| {
+            if let BlockRequest::DelNode { node_name } = r {
+                sent.borrow_mut().push(node_name);
+            }
+            Err(FlatError::generic("the block worker did not answer"))
+        };
+        undo_add(&silent, &o);
+        assert_eq!(*sent.borrow(), ["q"]);
     }
 
     #[test]
