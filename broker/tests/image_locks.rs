@@ -112,17 +112,32 @@ fn an_image_qemu_storage_daemon_writes_is_refused_with_qemu_message() {
     assert_eq!(Qmp::error_of(&r).1, "Failed to get shared \"write\" lock");
     // On the command line, QEMU's hint follows.
     let blockdev = qcow2_over("d0", &img).to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args([
-            "-qmp",
-            &format!("unix:{}/q.sock,server=on,wait=off", dir.0.display()),
-        ])
-        .args(["-serial", "null", "-blockdev", &blockdev])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut child = Peer(
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args([
+                "-qmp",
+                &format!("unix:{}/q.sock,server=on,wait=off", dir.0.display()),
+            ])
+            .args(["-serial", "null", "-blockdev", &blockdev])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "bulkhead started on a locked image"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(
         err.contains(&format!(
             "-blockdev {blockdev}: Failed to get \"write\" lock\nIs another process using the \
