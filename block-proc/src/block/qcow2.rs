@@ -36,7 +36,7 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{FormatAccess, StorageOpenOptions};
-use ipc_proto::block::ImageInfo;
+use ipc_proto::block::{BlockdevOptions, BlockdevRef, ImageInfo};
 
 use super::bounce::{BouncePermits, BOUNCE_CHUNK};
 use super::iobuf;
@@ -158,6 +158,113 @@ fn open_backing(
     Ok(FormatAccess::new(q))
 }
 
+/// Where a qcow2 node's backing image comes from.
+pub enum BackingSource<'a> {
+    /// Named by the image header (the broker passes the chain it read).
+    Header,
+    /// `"backing": null`: none.
+    None,
+    /// An inline definition (`"backing": {...}`), opened read-only from
+    /// the files the broker passed for it.
+    Inline(&'a BlockdevOptions),
+}
+
+/// The filename of an inline backing definition's image, and its format.
+fn inline_image(def: &BlockdevOptions) -> Result<(&str, bool)> {
+    let unsupported = || {
+        Qcow2Error::Open(
+            "Backing nodes must be defined inline as file, raw or qcow2 over a file node".into(),
+        )
+    };
+    fn file_of(r: &Option<BlockdevRef>) -> Option<&str> {
+        match r {
+            Some(BlockdevRef::Definition(d)) => match &**d {
+                BlockdevOptions::File(f) => Some(f.filename.as_str()),
+                BlockdevOptions::Raw(_)
+                | BlockdevOptions::Qcow2(_)
+                | BlockdevOptions::NullCo(_) => None,
+            },
+            Some(BlockdevRef::Reference(_)) | None => None,
+        }
+    }
+    match def {
+        BlockdevOptions::File(f) => Ok((&f.filename, false)),
+        BlockdevOptions::Raw(r) if r.offset.is_none() && r.size.is_none() => {
+            Ok((file_of(&r.file).ok_or_else(unsupported)?, false))
+        }
+        BlockdevOptions::Qcow2(q) => Ok((file_of(&q.file).ok_or_else(unsupported)?, true)),
+        BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) => Err(unsupported()),
+    }
+}
+
+/// Opens an inline backing definition (read-only), with its own backing
+/// as it says.
+fn open_inline(
+    def: &BlockdevOptions,
+    files: &mut HashMap<String, File>,
+) -> Result<FormatAccess<ImgFile>> {
+    let (name, qcow) = inline_image(def)?;
+    let source = match def {
+        BlockdevOptions::Qcow2(q) => match &q.backing {
+            None => BackingSource::Header,
+            Some(None) => BackingSource::None,
+            Some(Some(BlockdevRef::Definition(d))) => BackingSource::Inline(d),
+            Some(Some(BlockdevRef::Reference(_))) => {
+                return Err(Qcow2Error::Open(
+                    "Backing nodes given by reference are not supported; define them inline".into(),
+                ))
+            }
+        },
+        BlockdevOptions::File(_) | BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) => {
+            BackingSource::None
+        }
+    };
+    if !qcow {
+        return open_backing(name, Some("raw"), files);
+    }
+    let Some(file) = files.remove(name) else {
+        return Err(Qcow2Error::NeedFiles(vec![name.to_string()]));
+    };
+    super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
+    let st = storage(file, name, false, false)?;
+    let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, false).map_err(open_err)?;
+    set_backing(&mut q, name, source, files)?;
+    Ok(FormatAccess::new(q))
+}
+
+/// Gives `q` (the image `name`) its backing image from `source`; returns
+/// the backing file's name.
+fn set_backing(
+    q: &mut Qcow2<ImgFile>,
+    name: &str,
+    source: BackingSource<'_>,
+    files: &mut HashMap<String, File>,
+) -> Result<Option<String>> {
+    match source {
+        BackingSource::Header => {
+            let b = q.implicit_backing_file().cloned();
+            attach_backing(q, name, files)?;
+            Ok(b)
+        }
+        BackingSource::None => {
+            q.set_data_file(None);
+            q.set_backing(None);
+            Ok(None)
+        }
+        BackingSource::Inline(def) => {
+            if q.requires_external_data_file() {
+                return Err(Qcow2Error::Open(
+                    "External data files are not supported".into(),
+                ));
+            }
+            q.set_data_file(None);
+            let b = inline_image(def)?.0.to_owned();
+            q.set_backing(Some(open_inline(def, files)?));
+            Ok(Some(b))
+        }
+    }
+}
+
 fn attach_backing(
     q: &mut Qcow2<ImgFile>,
     name: &str,
@@ -196,15 +303,15 @@ fn overwrites_in_place(img: &FormatAccess<ImgFile>, offset: u64, len: u64) -> bo
 }
 
 impl Qcow2Driver {
-    /// Open the image held by the `file` node `child`. `backing`: `None` =
-    /// from the header (files from `files`), `Some(false)` = no backing.
+    /// Open the image held by the `file` node `child`, its backing image
+    /// from `backing` (files from `files`).
     pub fn open(
         child: Arc<Node>,
         file: File,
         filename: &str,
         writable: bool,
         direct: bool,
-        use_header_backing: bool,
+        backing: BackingSource<'_>,
         files: &mut HashMap<String, File>,
     ) -> Result<Self> {
         if !is_qcow2(&file) {
@@ -213,13 +320,7 @@ impl Qcow2Driver {
         super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
         let st = storage(file, filename, writable, direct)?;
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
-        let backing = q.implicit_backing_file().cloned();
-        if use_header_backing {
-            attach_backing(&mut q, filename, files)?;
-        } else {
-            q.set_data_file(None);
-            q.set_backing(None);
-        }
+        let backing = set_backing(&mut q, filename, backing, files)?;
         let img = FormatAccess::new(q);
         let size = img.size();
         let align = (img.req_align(), img.mem_align());
@@ -228,7 +329,7 @@ impl Qcow2Driver {
             child,
             size,
             filename: filename.to_string(),
-            backing: if use_header_backing { backing } else { None },
+            backing,
             unflushed: AtomicUsize::new(0),
             align,
             permits: BouncePermits::default(),

@@ -13,6 +13,7 @@ pub mod block_state;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
+pub mod images;
 pub mod liveness;
 pub mod policy;
 pub mod stats_carry;
