@@ -401,4 +401,8 @@ fn open_session(socket: UnixStream, p: &SessionParams) -> Result<(Session, Opene
 }
 
 #[cfg(test)]
+mod fake_backend;
+#[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
