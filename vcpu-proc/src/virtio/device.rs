@@ -59,6 +59,9 @@ pub struct VhostUserDevice {
     shared: Arc<Mutex<Shared>>,
     needs_reset: Arc<AtomicBool>,
     active: Option<Activation>,
+    /// A reconnection is replaying the live queues on `session` (the link
+    /// is not up yet, but requests must follow the replay in order).
+    replaying: bool,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -155,7 +158,16 @@ impl VhostUserDevice {
             shared: Arc::default(),
             needs_reset: Arc::default(),
             active: None,
+            replaying: false,
         }
+    }
+
+    /// The session if it is worth sending requests to: connected, or
+    /// replaying after a reconnection. A session whose backend went away
+    /// gets nothing (its requests would only fail).
+    fn live_session(&self) -> Option<&Session> {
+        let session = self.session.as_ref()?;
+        (self.replaying || reconnect::lock(&self.link).connected).then_some(session)
     }
 
     /// The kick eventfds (one per queue).
@@ -214,7 +226,7 @@ impl VhostUserDevice {
     /// reconnect: rings continue from the used index in guest memory.
     /// A refusal marks the device as needing a reset.
     fn post_start(&self, resume: bool) -> Option<Pending<std::result::Result<(), VhostUserError>>> {
-        let session = self.session.as_ref()?;
+        let session = self.live_session()?;
         let active = self.active.as_ref()?;
         let specs = self.specs(active, resume);
         let dup = || -> std::io::Result<(Vec<EventFd>, EventFd)> {
@@ -299,6 +311,7 @@ impl VhostUserDevice {
             self.config_changed = true;
         }
         self.session = Some(session);
+        self.replaying = true;
         if self.active.is_some() && !self.resumable(opened.inflight) {
             tracing::warn!(
                 "vhost-user device {}: requests were outstanding when the backend went away and                  it kept no inflight record: not resuming the rings (a request could complete                  twice); the driver must reset the device",
@@ -337,6 +350,7 @@ impl VhostUserDevice {
     /// Marks the new connection up once its replay succeeded, pulses the
     /// call and kick eventfds, and reports the reconnection.
     pub fn finish_reconnect(&mut self) {
+        self.replaying = false;
         link_up(&self.link);
         if self.active.is_some() {
             // A completion the dead backend published without signalling.
@@ -355,6 +369,7 @@ impl VhostUserDevice {
     /// Drops the session whose replay failed (the device stays
     /// disconnected).
     pub fn drop_session(&mut self) {
+        self.replaying = false;
         self.session = None;
         reconnect::lock(&self.link).connected = false;
     }
@@ -494,7 +509,7 @@ impl VirtioBackend for VhostUserDevice {
         let Ok(off) = u32::try_from(offset) else {
             return;
         };
-        if let Some(session) = &self.session {
+        if let Some(session) = self.live_session() {
             let id = self.id.clone();
             let data = data.to_vec();
             // Not waited for: the write is in order with later requests.
@@ -551,9 +566,16 @@ impl VirtioBackend for VhostUserDevice {
 
     fn reset(&mut self) {
         let active = self.active.take();
-        reconnect::lock(&self.link).rings.clear();
+        {
+            let mut link = reconnect::lock(&self.link);
+            link.rings.clear();
+            // Whatever was outstanding on the old rings is gone with them.
+            if link.outstanding_at_loss.is_some() {
+                link.outstanding_at_loss = Some(false);
+            }
+        }
         self.needs_reset.store(false, Ordering::SeqCst);
-        if let (Some(active), Some(session)) = (active, &self.session) {
+        if let (Some(active), Some(session)) = (active, self.live_session()) {
             let ready: Vec<usize> = self.specs(&active, false).iter().map(|q| q.index).collect();
             if !ready.is_empty() {
                 let id = self.id.clone();

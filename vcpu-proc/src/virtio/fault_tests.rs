@@ -100,26 +100,25 @@ fn requests_completed_out_of_order_by_a_backend_without_inflight_are_not_resumed
         rx.recv_timeout(WAIT).unwrap(),
         VirtioEvent::Reconnected { id: "disk0".into() }
     );
-    // Resuming at the used index (1) would hand B to the new backend a
-    // second time and A never.
-    assert_eq!(
-        second.vring_bases(),
-        vec![],
-        "rings resumed; requests: {:?}",
-        second.codes()
-    );
     assert_ne!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
     assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
 
     // The driver resets the device and sets it up again: the new backend
-    // gets the fresh rings from position 0.
+    // gets the fresh rings from position 0, and got nothing before them —
+    // resuming the old rings at the used index (1) would have handed B to
+    // it a second time and A never.
     d.wr(reg::STATUS, 0);
     fx.mem
         .write_slice(&[0u8; 0x3000], GuestAddress(DESC))
         .unwrap();
     let _d = Driver::init(&fx, &dev);
     second.wait_started(1);
-    assert_eq!(second.vring_bases(), vec![(0, 0)]);
+    assert_eq!(
+        second.vring_bases(),
+        vec![(0, 0)],
+        "requests: {:?}",
+        second.codes()
+    );
 }
 
 #[test]
@@ -142,6 +141,7 @@ fn a_backend_without_inflight_that_left_nothing_outstanding_resumes_at_the_used_
     let (ours, theirs) = UnixStream::pair().unwrap();
     let second = FakeBackend::spawn(theirs);
     dev.reconnect(ours).unwrap();
+    second.wait_started(1);
     assert_eq!(second.vring_bases(), vec![(0, 1)]);
     assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
 }
@@ -219,4 +219,33 @@ fn a_stopped_backend_blocks_neither_config_reads_nor_a_device_reset_and_a_new_on
     assert_eq!(s, 0);
     assert_eq!(back, data);
     assert_eq!(d.write_sectors(4, &pattern(4, 512)), 0);
+}
+
+#[test]
+fn a_device_reset_during_the_outage_lets_the_new_rings_resume_on_a_backend_without_inflight() {
+    let fx = fixture("ooo-reset");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let first = FakeBackend::spawn(theirs);
+    let (dev, rx) = attach_socket(&fx, ours);
+    let d = Driver::init(&fx, &dev);
+    first.wait_started(1);
+    write_chain(&fx, 0, 0, 0);
+    write_chain(&fx, 4, 8, 1);
+    publish(&fx, &[0, 4]);
+    complete_as(&fx, 0, 4, 1);
+    first.crash();
+    rx.recv_timeout(WAIT).unwrap();
+    // The guest gives up on the old rings and starts over meanwhile.
+    d.wr(reg::STATUS, 0);
+    fx.mem
+        .write_slice(&[0u8; 0x3000], GuestAddress(DESC))
+        .unwrap();
+    let d = Driver::init(&fx, &dev);
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let second = FakeBackend::spawn(theirs);
+    dev.reconnect(ours).unwrap();
+    second.wait_started(1);
+    assert_eq!(second.vring_bases(), vec![(0, 0)]);
+    assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
 }
