@@ -254,32 +254,34 @@ impl VhostUserDevice {
         let epoch = shared_lock(&shared).epoch;
         let needs_reset = self.needs_reset.clone();
         let (num_queues, max_size) = (self.num_queues, self.queue_max_size);
-        Some(session.post(move |conn: &mut Connection| {
-            let r = start(
-                conn,
-                &StartJob {
-                    id: &id,
-                    features,
-                    mem: &mem,
-                    shared: &shared,
-                    epoch,
-                    num_queues,
-                    max_size,
-                    specs: &specs,
-                    kicks: &kicks,
-                    call: &call,
-                    resume,
-                },
-            );
-            if let Err(e) = &r {
-                request_failed(&id, conn, e);
-                if !e.connection_lost() {
-                    needs_reset.store(true, Ordering::SeqCst);
-                    let _ = call.write(1);
+        Some(
+            session.post("the start of the queues", move |conn: &mut Connection| {
+                let r = start(
+                    conn,
+                    &StartJob {
+                        id: &id,
+                        features,
+                        mem: &mem,
+                        shared: &shared,
+                        epoch,
+                        num_queues,
+                        max_size,
+                        specs: &specs,
+                        kicks: &kicks,
+                        call: &call,
+                        resume,
+                    },
+                );
+                if let Err(e) = &r {
+                    request_failed(&id, conn, e);
+                    if !e.connection_lost() {
+                        needs_reset.store(true, Ordering::SeqCst);
+                        let _ = call.write(1);
+                    }
                 }
-            }
-            r
-        }))
+                r
+            }),
+        )
     }
 
     /// Reports DEVICE_NEEDS_RESET to the driver (with a config interrupt).
@@ -513,7 +515,7 @@ impl VirtioBackend for VhostUserDevice {
             let id = self.id.clone();
             let data = data.to_vec();
             // Not waited for: the write is in order with later requests.
-            drop(session.post(move |conn: &mut Connection| {
+            drop(session.post("SET_CONFIG", move |conn: &mut Connection| {
                 if let Err(e) = conn.set_config(off, &data) {
                     request_failed(&id, conn, &e);
                 }
@@ -582,16 +584,17 @@ impl VirtioBackend for VhostUserDevice {
                 // Waited for (bounded by the request deadline): the
                 // driver may reuse the rings' memory once the reset
                 // returns.
-                let stopped = session.post(move |conn: &mut Connection| {
-                    for i in ready {
-                        if let Err(e) = conn.stop_queue(i) {
-                            request_failed(&id, conn, &e);
-                            if e.connection_lost() {
-                                return;
+                let stopped =
+                    session.post("the stop of the queues", move |conn: &mut Connection| {
+                        for i in ready {
+                            if let Err(e) = conn.stop_queue(i) {
+                                request_failed(&id, conn, &e);
+                                if e.connection_lost() {
+                                    return;
+                                }
                             }
                         }
-                    }
-                });
+                    });
                 if stopped.wait().is_none() {
                     warn_limited!(
                         "vhost-user device {}: the queues did not stop; hanging up",

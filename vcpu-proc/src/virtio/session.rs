@@ -86,7 +86,12 @@ impl Busy {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A request for the session thread: what it is (for the deadline's
+/// log line) and what to do.
+struct Job {
+    op: &'static str,
+    run: Box<dyn FnOnce(&mut Connection) + Send>,
+}
 
 /// A result the session thread will deliver.
 #[derive(Debug)]
@@ -174,8 +179,8 @@ impl Session {
                     }
                 };
                 for job in rx {
-                    busy.begin("a request");
-                    job(&mut conn);
+                    busy.begin(job.op);
+                    (job.run)(&mut conn);
                     busy.end();
                 }
                 conn.shutdown();
@@ -197,18 +202,22 @@ impl Session {
         }
     }
 
-    /// Queues `f` on the session thread; its result comes back through
-    /// the returned [`Pending`] (which may be dropped: the request still
-    /// runs, in order with the others).
+    /// Queues `f` (named `op` in logs) on the session thread; its result
+    /// comes back through the returned [`Pending`] (which may be dropped:
+    /// the request still runs, in order with the others).
     pub fn post<T: Send + 'static>(
         &self,
+        op: &'static str,
         f: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> Pending<T> {
         let (tx, rx) = mpsc::channel();
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Box::new(move |c: &mut Connection| {
-                let _ = tx.send(f(c));
-            }));
+            let _ = jobs.send(Job {
+                op,
+                run: Box::new(move |c: &mut Connection| {
+                    let _ = tx.send(f(c));
+                }),
+            });
         }
         Pending(rx)
     }
