@@ -20,6 +20,11 @@ use ipc_proto::warn_limited;
 /// How long vCPUs get to leave the guest when paused.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+// A vCPU waiting for a device reset (bounded by the vhost-user request
+// deadline) must still park within the pause limit.
+const _: () =
+    assert!(crate::virtio::session::REQUEST_DEADLINE.as_millis() < PAUSE_TIMEOUT.as_millis());
+
 /// Where events go.
 pub trait EventSink: Send + Sync {
     /// Emits one event.
