@@ -11,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,6 +47,7 @@ pub type Logged = (u32, Vec<u8>);
 /// A running fake backend on one connection.
 pub struct FakeBackend {
     log: Arc<Mutex<Vec<Logged>>>,
+    stalled: Arc<AtomicBool>,
     socket: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
@@ -54,14 +56,22 @@ impl FakeBackend {
     /// Serves `socket` on a thread of its own.
     pub fn spawn(socket: UnixStream) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (l, st) = (log.clone(), stalled.clone());
         let s = socket.try_clone().unwrap();
-        let thread = std::thread::spawn(move || serve(s, &l));
+        let thread = std::thread::spawn(move || serve(s, &l, &st));
         FakeBackend {
             log,
+            stalled,
             socket,
             thread: Some(thread),
         }
+    }
+
+    /// From now on, reads and answers nothing (a hung backend): the next
+    /// request that waits for a reply waits forever.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     /// Every request so far.
@@ -132,7 +142,7 @@ fn reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
     s.write_all(&msg)
 }
 
-fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>) {
+fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool) {
     let features = VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     let protocol = VhostUserProtocolFeatures::CONFIG.bits();
     let mut bases = std::collections::HashMap::<u32, u32>::new();
@@ -140,6 +150,12 @@ fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>) {
         let mut hdr = [0u8; HEADER];
         // Attached fds are dropped by a plain read; the fake needs none.
         if s.read_exact(&mut hdr).is_err() {
+            return;
+        }
+        if stalled.load(Ordering::SeqCst) {
+            // Hung: wait for the frontend to hang up.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
             return;
         }
         let code = u32_at(&hdr, 0);

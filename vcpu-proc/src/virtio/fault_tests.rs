@@ -249,3 +249,50 @@ fn a_device_reset_during_the_outage_lets_the_new_rings_resume_on_a_backend_witho
     assert_eq!(second.vring_bases(), vec![(0, 0)]);
     assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
 }
+
+#[test]
+fn a_machine_reset_with_two_hung_backends_costs_one_deadline_not_two() {
+    let fx = fixture("two-hung");
+    let mut reg = super::VirtioDevices::new();
+    let mut fakes = Vec::new();
+    let mut events = Vec::new();
+    for slot in 0..2u32 {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        fakes.push(FakeBackend::spawn(theirs));
+        let (tx, rx) = channel();
+        events.push(rx);
+        let dev = super::VirtioMmioDevice::new_vhost_user_blk(super::VhostUserBlkParams {
+            id: format!("disk{slot}"),
+            slot,
+            socket: ours,
+            mem: fx.mem.clone(),
+            vm: &fx.vm,
+            bus: &fx.bus,
+            events: tx,
+            num_queues: 1,
+            queue_size: 128,
+        })
+        .unwrap();
+        reg.add(dev).unwrap();
+    }
+    for (i, id) in ["disk0", "disk1"].iter().enumerate() {
+        let _ = Driver::init(&fx, reg.get(id).unwrap());
+        fakes[i].wait_started(1);
+        fakes[i].stall();
+    }
+    let t = std::time::Instant::now();
+    reg.reset_all();
+    let took = t.elapsed();
+    // Each stop waits for GET_VRING_BASE until the deadline hangs it up.
+    assert!(took >= REQUEST_DEADLINE, "{took:?}");
+    assert!(
+        took < REQUEST_DEADLINE * 2,
+        "devices reset one after the other: {took:?}"
+    );
+    for (rx, id) in events.iter().zip(["disk0", "disk1"]) {
+        assert_eq!(
+            rx.recv_timeout(WAIT).unwrap(),
+            VirtioEvent::Disconnected { id: id.into() }
+        );
+    }
+}
