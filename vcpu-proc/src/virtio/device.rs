@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::inflight::InflightBuffer;
 use super::mmio::{Activation, VirtioBackend, TRANSPORT_FEATURE_MASK};
-use super::reconnect::{self, link_up, outstanding, used_index, Link, RingAddrs};
+use super::reconnect::{self, ambiguous, link_up, used_index, Link, RingAddrs};
 use super::session::{Opened, Pending, Session};
 use super::vhost_user::{vring_config, Connection, QueueStart, VhostUserError};
 use super::{Result, VirtioError, VirtioEvent};
@@ -316,7 +316,9 @@ impl VhostUserDevice {
         self.replaying = true;
         if self.active.is_some() && !self.resumable(opened.inflight) {
             tracing::warn!(
-                "vhost-user device {}: requests were outstanding when the backend went away and                  it kept no inflight record: not resuming the rings (a request could complete                  twice); the driver must reset the device",
+                "vhost-user device {}: the backend went away with requests outstanding that may \
+                 have completed out of order, and kept no inflight record: not resuming the rings \
+                 (a request could complete twice); the driver must reset the device",
                 self.id
             );
             self.active = None;
@@ -336,17 +338,17 @@ impl VhostUserDevice {
 
     /// True when resuming the live rings from the used index cannot
     /// complete a request twice: the new backend takes over the kept
-    /// inflight record, or nothing was outstanding when the old backend
-    /// went away.
+    /// inflight record, or the rings were unambiguous when the old backend
+    /// went away (see `reconnect.rs`).
     fn resumable(&self, backend_tracks_inflight: bool) -> bool {
         if backend_tracks_inflight && shared_lock(&self.shared).inflight.is_some() {
             return true;
         }
         let link = reconnect::lock(&self.link);
-        let was_outstanding = link
-            .outstanding_at_loss
-            .unwrap_or_else(|| outstanding(&self.mem, &link.rings));
-        !was_outstanding
+        let ambiguous_at_loss = link
+            .ambiguous_at_loss
+            .unwrap_or_else(|| ambiguous(&self.mem, &link.rings));
+        !ambiguous_at_loss
     }
 
     /// Marks the new connection up once its replay succeeded, pulses the
@@ -529,6 +531,7 @@ impl VirtioBackend for VhostUserDevice {
             .iter()
             .filter(|q| q.ready)
             .map(|q| RingAddrs {
+                size: q.size,
                 avail: q.avail,
                 used: q.used,
             })
@@ -572,8 +575,8 @@ impl VirtioBackend for VhostUserDevice {
             let mut link = reconnect::lock(&self.link);
             link.rings.clear();
             // Whatever was outstanding on the old rings is gone with them.
-            if link.outstanding_at_loss.is_some() {
-                link.outstanding_at_loss = Some(false);
+            if link.ambiguous_at_loss.is_some() {
+                link.ambiguous_at_loss = Some(false);
             }
         }
         self.needs_reset.store(false, Ordering::SeqCst);

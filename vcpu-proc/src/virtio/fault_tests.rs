@@ -296,3 +296,28 @@ fn a_machine_reset_with_two_hung_backends_costs_one_deadline_not_two() {
         );
     }
 }
+
+#[test]
+fn one_request_outstanding_after_in_order_completions_resumes_at_the_used_index() {
+    let fx = fixture("one-outstanding");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let first = FakeBackend::spawn(theirs);
+    let (dev, rx) = attach_socket(&fx, ours);
+    let d = Driver::init(&fx, &dev);
+    first.wait_started(1);
+    // A completes, then the backend dies with B (its only request) in
+    // flight: B is exactly the avail position at the used index.
+    write_chain(&fx, 0, 0, 0);
+    write_chain(&fx, 4, 8, 1);
+    publish(&fx, &[0, 4]);
+    complete_as(&fx, 0, 0, 0);
+    first.crash();
+    rx.recv_timeout(WAIT).unwrap();
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let second = FakeBackend::spawn(theirs);
+    dev.reconnect(ours).unwrap();
+    second.wait_started(1);
+    assert_eq!(second.vring_bases(), vec![(0, 1)]);
+    assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+}

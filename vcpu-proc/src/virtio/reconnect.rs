@@ -7,8 +7,8 @@
 //! [`super::session::REQUEST_DEADLINE`], the watcher shuts the socket down,
 //! which ends the blocked request with an error. When the socket hangs up
 //! — the backend died, a request found the stream broken, or the deadline
-//! passed — the link is marked down, the rings' indices at that moment are
-//! noted (see [`LinkState::outstanding_at_loss`]) and a
+//! passed — the link is marked down, the rings as they are at that moment
+//! checked (see [`LinkState::ambiguous_at_loss`]) and a
 //! [`VirtioEvent::Disconnected`] goes to vcpu-proc's owner, which asks the
 //! broker for a new backend. The device stays on the guest's bus the whole
 //! time: the guest's kicks collect in the ioeventfds, its config reads are
@@ -28,13 +28,17 @@
 //! on: the guest would otherwise wait forever for a request the new
 //! backend has no reason to look at).
 //!
-//! Resuming from the used index is exact only when the new backend gets
-//! the inflight region of the old one, or when nothing was outstanding
-//! when the old one went away. Otherwise (a backend without inflight
-//! tracking that completes out of order) some requests past the used index
-//! may have completed already and some before it may not: resuming would
-//! complete a request twice and lose another. The device then does not
-//! resume its rings; it reports DEVICE_NEEDS_RESET so that the driver
+//! Resuming from the used index is exact only when the completed requests
+//! are exactly the avail positions before it. The new backend makes it
+//! exact if it gets the inflight region of the old one (it resubmits what
+//! is marked there). Without one, it is exact when nothing was outstanding
+//! when the old backend went away, or one request was and every
+//! completion still visible in the used ring matches the avail ring
+//! position for position (a driver with one request at a time). Otherwise
+//! (several outstanding, or completions out of order) some requests past
+//! the used index may have completed and some before it may not: resuming
+//! would complete a request twice and lose another. The device then does
+//! not resume its rings; it reports DEVICE_NEEDS_RESET so that the driver
 //! starts it again (QEMU resumes from the used index regardless).
 
 use std::os::fd::AsFd;
@@ -62,27 +66,53 @@ pub struct LinkState {
     /// Rings of the live queues (avail, used; guest physical), for the
     /// snapshot taken when the backend goes away.
     pub rings: Vec<RingAddrs>,
-    /// Whether some live ring had requests outstanding (avail index past
-    /// the used index) when the last connection was lost; None while
-    /// connected or when the loss was not seen by a watcher.
-    pub outstanding_at_loss: Option<bool>,
+    /// Whether resuming some live ring from its used index could complete
+    /// a request twice, as the rings were when the last connection was
+    /// lost (see [`ambiguous`]); None while connected or when the loss
+    /// was not seen by a watcher.
+    pub ambiguous_at_loss: Option<bool>,
 }
 
 /// Where one live queue's rings are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingAddrs {
+    /// Queue size.
+    pub size: u16,
     /// Available ring (guest physical).
     pub avail: u64,
     /// Used ring (guest physical).
     pub used: u64,
 }
 
-/// True when some ring in `rings` has requests the backend has not
-/// completed (avail index != used index, as guest memory holds them).
-pub fn outstanding(mem: &GuestMemoryMmap, rings: &[RingAddrs]) -> bool {
-    rings
-        .iter()
-        .any(|r| avail_index(mem, r.avail) != used_index(mem, r.used))
+/// True when resuming some ring in `rings` from its used index could
+/// complete a request twice (or never) for a backend that kept no
+/// inflight record: more than one request outstanding, or one and a
+/// completion in the used ring that does not match the avail ring at the
+/// same position.
+pub fn ambiguous(mem: &GuestMemoryMmap, rings: &[RingAddrs]) -> bool {
+    rings.iter().any(|r| ring_ambiguous(mem, r))
+}
+
+fn ring_ambiguous(mem: &GuestMemoryMmap, r: &RingAddrs) -> bool {
+    let (Some(avail), Some(used)) = (avail_index(mem, r.avail), used_index(mem, r.used)) else {
+        return true;
+    };
+    match avail.wrapping_sub(used) {
+        0 => false,
+        1 => {
+            let n = r.size.max(1);
+            // Positions whose slots still hold their entries in both
+            // rings: the last n - 1 completions (fewer on a young ring).
+            let back = (n - 1).min(used);
+            (1..=back).any(|k| {
+                let pos = used.wrapping_sub(k) % n;
+                let a = mem.read_obj::<u16>(GuestAddress(r.avail + 4 + 2 * u64::from(pos)));
+                let u = mem.read_obj::<u32>(GuestAddress(r.used + 4 + 8 * u64::from(pos)));
+                !matches!((a, u), (Ok(a), Ok(u)) if u32::from(a) == u)
+            })
+        }
+        _ => true,
+    }
 }
 
 /// The shared, lockable link state.
@@ -98,7 +128,7 @@ pub fn link_up(link: &Link) -> u64 {
     let mut s = lock(link);
     s.generation += 1;
     s.connected = true;
-    s.outstanding_at_loss = None;
+    s.ambiguous_at_loss = None;
     s.generation
 }
 
@@ -158,7 +188,7 @@ impl Watcher {
                     }
                     if s.generation == p.generation && s.connected {
                         s.connected = false;
-                        s.outstanding_at_loss = Some(outstanding(&p.mem, &s.rings));
+                        s.ambiguous_at_loss = Some(ambiguous(&p.mem, &s.rings));
                         drop(s);
                         tracing::warn!("vhost-user device {}: backend disconnected", p.id);
                         let _ = p.events.send(VirtioEvent::Disconnected { id: p.id });
@@ -369,29 +399,73 @@ mod tests {
         assert!(lock(&link).connected);
     }
 
+    const RING: RingAddrs = RingAddrs {
+        size: 4,
+        avail: 0x1000,
+        used: 0x2000,
+    };
+
+    /// Sets ring `RING` up: `avail` heads published, `used` heads
+    /// completed (in that order).
+    fn ring(m: &GuestMemoryMmap, avail: &[u16], used: &[u16]) {
+        for (i, h) in avail.iter().enumerate() {
+            let slot = (i % 4) as u64;
+            m.write_obj(*h, GuestAddress(RING.avail + 4 + 2 * slot))
+                .unwrap();
+        }
+        m.write_obj(avail.len() as u16, GuestAddress(RING.avail + 2))
+            .unwrap();
+        for (i, h) in used.iter().enumerate() {
+            let slot = (i % 4) as u64;
+            m.write_obj(u32::from(*h), GuestAddress(RING.used + 4 + 8 * slot))
+                .unwrap();
+        }
+        m.write_obj(used.len() as u16, GuestAddress(RING.used + 2))
+            .unwrap();
+    }
+
     #[test]
-    fn the_loss_notes_whether_requests_were_outstanding() {
+    fn rings_are_ambiguous_only_when_resuming_could_repeat_a_request() {
         let m = mem();
-        // Ring 0: avail idx 2, used idx 1 (one outstanding); ring 1 idle.
-        m.write_obj(2u16, GuestAddress(0x1002)).unwrap();
-        m.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+        let cases: [(&[u16], &[u16], bool); 6] = [
+            (&[], &[], false),
+            (&[0, 1, 2], &[0, 1, 2], false),
+            // One outstanding after in-order completions (head reused).
+            (&[0, 0, 0, 0, 0], &[0, 0, 0, 0], false),
+            (&[0, 1, 2], &[0, 1], false),
+            // B (head 1) completed before A (head 0).
+            (&[0, 1], &[1], true),
+            // Two outstanding: which of them a backend took is unknown.
+            (&[0, 1, 2], &[0], true),
+        ];
+        for (avail, used, want) in cases {
+            ring(&m, avail, used);
+            assert_eq!(
+                ambiguous(&m, &[RING]),
+                want,
+                "avail {avail:?} used {used:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_loss_notes_whether_resuming_would_be_ambiguous() {
+        let m = mem();
+        ring(&m, &[0, 1], &[1]);
         let link: Link = Arc::default();
-        let busy_ring = RingAddrs {
-            avail: 0x1000,
-            used: 0x2000,
-        };
         let idle_ring = RingAddrs {
+            size: 4,
             avail: 0x3000,
             used: 0x4000,
         };
-        for (rings, want) in [(vec![idle_ring], false), (vec![idle_ring, busy_ring], true)] {
+        for (rings, want) in [(vec![idle_ring], false), (vec![idle_ring, RING], true)] {
             let (a, b) = UnixStream::pair().unwrap();
             let g = link_up(&link);
             lock(&link).rings = rings;
             let w = watch(a, g, &link, m.clone());
             drop(b);
             w.rx.recv_timeout(WAIT).unwrap();
-            assert_eq!(lock(&link).outstanding_at_loss, Some(want));
+            assert_eq!(lock(&link).ambiguous_at_loss, Some(want));
         }
     }
 
