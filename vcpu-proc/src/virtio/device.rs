@@ -62,6 +62,9 @@ pub struct VhostUserDevice {
     /// A reconnection is replaying the live queues on `session` (the link
     /// is not up yet, but requests must follow the replay in order).
     replaying: bool,
+    /// Bumped by every adopted session: a reconnection finishes or
+    /// abandons only its own.
+    adopted: u64,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -131,9 +134,15 @@ fn request_failed(id: &str, conn: &Connection, e: &VhostUserError) {
 pub enum Adopted {
     /// Nothing to replay: the device is up.
     Up,
-    /// The live queues are being replayed; wait, then
-    /// [`VhostUserDevice::finish_reconnect`].
-    Replaying(Pending<std::result::Result<(), VhostUserError>>),
+    /// The live queues are being replayed on session `token`; wait, then
+    /// [`VhostUserDevice::finish_reconnect`] or
+    /// [`VhostUserDevice::drop_session`] with the token.
+    Replaying {
+        /// The replay's result.
+        replay: Pending<std::result::Result<(), VhostUserError>>,
+        /// The adopted session.
+        token: u64,
+    },
 }
 
 impl VhostUserDevice {
@@ -159,6 +168,7 @@ impl VhostUserDevice {
             needs_reset: Arc::default(),
             active: None,
             replaying: false,
+            adopted: 0,
         }
     }
 
@@ -314,6 +324,8 @@ impl VhostUserDevice {
         }
         self.session = Some(session);
         self.replaying = true;
+        self.adopted += 1;
+        let token = self.adopted;
         if self.active.is_some() && !self.resumable(opened.inflight) {
             tracing::warn!(
                 "vhost-user device {}: the backend went away with requests outstanding that may \
@@ -324,13 +336,13 @@ impl VhostUserDevice {
             self.active = None;
             reconnect::lock(&self.link).rings.clear();
             self.raise_needs_reset();
-            self.finish_reconnect();
+            self.finish_reconnect(token);
             return Ok(Adopted::Up);
         }
         match self.post_start(true) {
-            Some(p) => Ok(Adopted::Replaying(p)),
+            Some(replay) => Ok(Adopted::Replaying { replay, token }),
             None => {
-                self.finish_reconnect();
+                self.finish_reconnect(token);
                 Ok(Adopted::Up)
             }
         }
@@ -351,9 +363,13 @@ impl VhostUserDevice {
         !ambiguous_at_loss
     }
 
-    /// Marks the new connection up once its replay succeeded, pulses the
-    /// call and kick eventfds, and reports the reconnection.
-    pub fn finish_reconnect(&mut self) {
+    /// Marks the new connection (session `token`) up once its replay
+    /// succeeded, pulses the call and kick eventfds, and reports the
+    /// reconnection. Nothing if a newer session was adopted meanwhile.
+    pub fn finish_reconnect(&mut self, token: u64) {
+        if token != self.adopted {
+            return;
+        }
         self.replaying = false;
         link_up(&self.link);
         if self.active.is_some() {
@@ -370,9 +386,12 @@ impl VhostUserDevice {
         });
     }
 
-    /// Drops the session whose replay failed (the device stays
-    /// disconnected).
-    pub fn drop_session(&mut self) {
+    /// Drops session `token` whose replay failed (the device stays
+    /// disconnected). Nothing if a newer session was adopted meanwhile.
+    pub fn drop_session(&mut self, token: u64) {
+        if token != self.adopted {
+            return;
+        }
         self.replaying = false;
         self.session = None;
         reconnect::lock(&self.link).connected = false;

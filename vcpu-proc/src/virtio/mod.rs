@@ -329,7 +329,7 @@ impl VirtioMmioDevice {
         let params = self.lock().backend().session_params();
         let (session, opened) = open_session(socket, &params)?;
         let adopted = self.lock().backend_mut().adopt(session, opened)?;
-        let Adopted::Replaying(replay) = adopted else {
+        let Adopted::Replaying { replay, token } = adopted else {
             return Ok(());
         };
         match replay.wait() {
@@ -338,15 +338,15 @@ impl VirtioMmioDevice {
             // connection stays.
             Some(Err(e)) if !e.connection_lost() => {}
             Some(Err(e)) => {
-                self.lock().backend_mut().drop_session();
+                self.lock().backend_mut().drop_session(token);
                 return Err(VirtioError::Frontend(e));
             }
             None => {
-                self.lock().backend_mut().drop_session();
+                self.lock().backend_mut().drop_session(token);
                 return Err(VirtioError::ReplayTimedOut);
             }
         }
-        self.lock().backend_mut().finish_reconnect();
+        self.lock().backend_mut().finish_reconnect(token);
         Ok(())
     }
 
