@@ -34,13 +34,15 @@ fn answers(q: &mut common::Qmp, name: &str) -> Value {
     let t = Instant::now();
     let r = q.execute(name, Value::Null);
     let took = t.elapsed();
+    // Information only.
+    eprintln!("{name}: answered in {took:?}");
     assert!(
         took < ANSWER_WITHIN,
-        "{name} took {took:?} with block-proc stopped: {r}"
+        "{name} took {took:?}: {r}"
     );
     r.get("return")
         .cloned()
-        .unwrap_or_else(|| panic!("{name} failed with block-proc stopped: {r}"))
+        .unwrap_or_else(|| panic!("{name} failed: {r}"))
 }
 
 #[test]
