@@ -36,10 +36,7 @@ fn answers(q: &mut common::Qmp, name: &str) -> Value {
     let took = t.elapsed();
     // Information only.
     eprintln!("{name}: answered in {took:?}");
-    assert!(
-        took < ANSWER_WITHIN,
-        "{name} took {took:?}: {r}"
-    );
+    assert!(took < ANSWER_WITHIN, "{name} took {took:?}: {r}");
     r.get("return")
         .cloned()
         .unwrap_or_else(|| panic!("{name} failed: {r}"))

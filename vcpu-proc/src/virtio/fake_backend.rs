@@ -109,6 +109,11 @@ impl FakeBackend {
         self.log().iter().map(|(r, _)| *r).collect()
     }
 
+    /// Closes the connection (the fake stays for its log).
+    pub fn hang_up(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Dies as a crashed backend does: the connection closes.
     pub fn crash(mut self) {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
