@@ -598,7 +598,6 @@ impl VirtioBackend for VhostUserDevice {
                 link.ambiguous_at_loss = Some(false);
             }
         }
-        self.needs_reset.store(false, Ordering::SeqCst);
         if let (Some(active), Some(session)) = (active, self.live_session()) {
             let ready: Vec<usize> = self.specs(&active, false).iter().map(|q| q.index).collect();
             if !ready.is_empty() {
@@ -626,6 +625,8 @@ impl VirtioBackend for VhostUserDevice {
                 }
             }
         }
+        // After the stop: a start queued before it may have failed.
+        self.needs_reset.store(false, Ordering::SeqCst);
         // The rings the region described are gone.
         let mut sh = shared_lock(&self.shared);
         sh.epoch += 1;
