@@ -39,6 +39,27 @@ struct Shared {
     /// Bumped by every reset: a request posted before it must not store
     /// an inflight buffer after it.
     epoch: u64,
+    /// The config space as last fetched (guest reads are served from it).
+    config: Vec<u8>,
+    /// The config content changed since the guest last read it (the
+    /// config generation advances).
+    config_changed: bool,
+    /// A config change the driver has not been interrupted for.
+    config_irq: bool,
+}
+
+impl Shared {
+    /// Takes `fresh` as the config space; true if it differs (a fetch of
+    /// another size is ignored).
+    fn refresh_config(&mut self, fresh: Vec<u8>) -> bool {
+        if fresh.len() != self.config.len() || fresh == self.config {
+            return false;
+        }
+        self.config = fresh;
+        self.config_changed = true;
+        self.config_irq = true;
+        true
+    }
 }
 
 /// The vhost-user side of one virtio-mmio device.
@@ -51,8 +72,6 @@ pub struct VhostUserDevice {
     features: u64,
     num_queues: u16,
     queue_max_size: u16,
-    config: Vec<u8>,
-    config_changed: bool,
     mem: GuestMemoryMmap,
     kicks: Vec<EventFd>,
     call: EventFd,
@@ -159,12 +178,13 @@ impl VhostUserDevice {
             features,
             num_queues: p.num_queues,
             queue_max_size: p.queue_max_size,
-            config: p.opened.config,
-            config_changed: false,
             mem: p.mem,
             kicks: p.kicks,
             call: p.call,
-            shared: Arc::default(),
+            shared: Arc::new(Mutex::new(Shared {
+                config: p.opened.config,
+                ..Shared::default()
+            })),
             needs_reset: Arc::default(),
             active: None,
             replaying: false,
@@ -264,6 +284,7 @@ impl VhostUserDevice {
         let epoch = shared_lock(&shared).epoch;
         let needs_reset = self.needs_reset.clone();
         let (num_queues, max_size) = (self.num_queues, self.queue_max_size);
+        let config_len = self.kind.config_len;
         Some(
             session.post("the start of the queues", move |conn: &mut Connection| {
                 let r = start(
@@ -280,6 +301,7 @@ impl VhostUserDevice {
                         kicks: &kicks,
                         call: &call,
                         resume,
+                        config_len,
                     },
                 );
                 if let Err(e) = &r {
@@ -318,9 +340,8 @@ impl VhostUserDevice {
                 offered: opened.queue_num,
             });
         }
-        if opened.config.len() == self.config.len() && opened.config != self.config {
-            self.config = opened.config;
-            self.config_changed = true;
+        if shared_lock(&self.shared).refresh_config(opened.config) {
+            let _ = self.call.write(1);
         }
         self.session = Some(session);
         self.replaying = true;
@@ -429,6 +450,7 @@ struct StartJob<'a> {
     kicks: &'a [EventFd],
     call: &'a EventFd,
     resume: bool,
+    config_len: u32,
 }
 
 /// Hands the live device to the backend (runs on the session thread).
@@ -476,7 +498,16 @@ fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), Vho
             }
         }
     }
-    conn.start(j.features, j.mem, inflight.as_deref(), &queues)
+    conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
+    if !j.resume {
+        // The backend may have changed its config space since the guest
+        // read it (fetched at attach and at each reconnection).
+        let fresh = conn.get_config(j.config_len)?;
+        if shared_lock(j.shared).refresh_config(fresh) {
+            let _ = j.call.write(1);
+        }
+    }
+    Ok(())
 }
 
 /// `e` and its causes on one line.
@@ -513,22 +544,31 @@ impl VirtioBackend for VhostUserDevice {
         let range = usize::try_from(offset)
             .ok()
             .and_then(|o| Some(o..o.checked_add(data.len())?));
-        match range.and_then(|r| self.config.get(r)) {
+        let mut sh = shared_lock(&self.shared);
+        match range.and_then(|r| sh.config.get(r)) {
             Some(src) => data.copy_from_slice(src),
             None => data.fill(0),
         }
-        std::mem::take(&mut self.config_changed)
+        std::mem::take(&mut sh.config_changed)
+    }
+
+    fn take_config_interrupt(&mut self) -> bool {
+        std::mem::take(&mut shared_lock(&self.shared).config_irq)
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let range = usize::try_from(offset)
             .ok()
             .and_then(|o| Some(o..o.checked_add(data.len())?));
-        let Some(dst) = range.and_then(|r| self.config.get_mut(r)) else {
-            warn_limited!("vhost-user device {}: config write out of range", self.id);
-            return;
-        };
-        dst.copy_from_slice(data);
+        {
+            let mut sh = shared_lock(&self.shared);
+            let Some(dst) = range.and_then(|r| sh.config.get_mut(r)) else {
+                drop(sh);
+                warn_limited!("vhost-user device {}: config write out of range", self.id);
+                return;
+            };
+            dst.copy_from_slice(data);
+        }
         let Ok(off) = u32::try_from(offset) else {
             return;
         };

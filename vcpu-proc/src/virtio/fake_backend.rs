@@ -11,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ pub mod req {
     pub const GET_CONFIG: u32 = 24;
 }
 
-/// Capacity the fake reports (sectors).
+/// Capacity the fake reports at first (sectors).
 pub const CAPACITY: u64 = 2048;
 
 const HEADER: usize = 12;
@@ -48,6 +48,7 @@ pub type Logged = (u32, Vec<u8>);
 pub struct FakeBackend {
     log: Arc<Mutex<Vec<Logged>>>,
     stalled: Arc<AtomicBool>,
+    capacity: Arc<AtomicU64>,
     socket: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
@@ -57,12 +58,14 @@ impl FakeBackend {
     pub fn spawn(socket: UnixStream) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
-        let (l, st) = (log.clone(), stalled.clone());
+        let capacity = Arc::new(AtomicU64::new(CAPACITY));
+        let (l, st, cap) = (log.clone(), stalled.clone(), capacity.clone());
         let s = socket.try_clone().unwrap();
-        let thread = std::thread::spawn(move || serve(s, &l, &st));
+        let thread = std::thread::spawn(move || serve(s, &l, &st, &cap));
         FakeBackend {
             log,
             stalled,
+            capacity,
             socket,
             thread: Some(thread),
         }
@@ -72,6 +75,11 @@ impl FakeBackend {
     /// request that waits for a reply waits forever.
     pub fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// The capacity GET_CONFIG reports from now on (a resized disk).
+    pub fn set_capacity(&self, sectors: u64) {
+        self.capacity.store(sectors, Ordering::SeqCst);
     }
 
     /// Every request so far.
@@ -147,7 +155,7 @@ fn reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
     s.write_all(&msg)
 }
 
-fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool) {
+fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool, capacity: &AtomicU64) {
     let features = VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     let protocol = VhostUserProtocolFeatures::CONFIG.bits();
     let mut bases = std::collections::HashMap::<u32, u32>::new();
@@ -177,7 +185,7 @@ fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool) {
                 let size = u32_at(&payload, 4) as usize;
                 let mut body = payload[..HEADER.min(payload.len())].to_vec();
                 let mut config = vec![0u8; size];
-                let cap = CAPACITY.to_le_bytes();
+                let cap = capacity.load(Ordering::SeqCst).to_le_bytes();
                 let n = cap.len().min(size);
                 config[..n].copy_from_slice(&cap[..n]);
                 body.extend_from_slice(&config);

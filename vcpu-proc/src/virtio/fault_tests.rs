@@ -338,3 +338,29 @@ fn one_request_outstanding_after_in_order_completions_resumes_at_the_used_index(
     assert_eq!(second.vring_bases(), vec![(0, 1)]);
     assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
 }
+
+#[test]
+fn the_config_space_is_fetched_again_when_the_driver_starts_the_device() {
+    let fx = fixture("config-refresh");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let backend = FakeBackend::spawn(theirs);
+    let (dev, _rx) = attach_socket(&fx, ours);
+    let base = dev.base();
+    let capacity = || {
+        let mut lo = [0u8; 4];
+        fx.bus.read(base + reg::CONFIG, &mut lo);
+        u32::from_le_bytes(lo)
+    };
+    assert_eq!(u64::from(capacity()), super::fake_backend::CAPACITY);
+    // The disk grows; reads are answered from the cache meanwhile.
+    backend.set_capacity(4096);
+    assert_eq!(u64::from(capacity()), super::fake_backend::CAPACITY);
+    let d = Driver::init(&fx, &dev);
+    backend.wait_started(1);
+    let deadline = std::time::Instant::now() + WAIT;
+    while capacity() != 4096 {
+        assert!(std::time::Instant::now() < deadline, "config not refreshed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
+}

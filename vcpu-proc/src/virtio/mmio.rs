@@ -175,6 +175,9 @@ pub trait VirtioBackend: Send {
     /// refused the queues, asynchronously): the transport then reports
     /// DEVICE_NEEDS_RESET with a config-change interrupt.
     fn needs_reset(&self) -> bool;
+    /// True once per config change the device noticed by itself (the
+    /// transport latches the config-change interrupt status).
+    fn take_config_interrupt(&mut self) -> bool;
     /// Stops the device (status 0 written).
     fn reset(&mut self);
 }
@@ -278,8 +281,12 @@ impl<B: VirtioBackend> MmioTransport<B> {
         self.shm_sel = 0;
     }
 
-    /// Latches a failure the device reported after DRIVER_OK.
-    fn poll_needs_reset(&mut self) {
+    /// Latches a failure the device reported after DRIVER_OK, and a
+    /// config change it noticed.
+    fn poll_backend(&mut self) {
+        if self.backend.take_config_interrupt() {
+            self.notify_config_change();
+        }
         if self.status & status::DRIVER_OK != 0
             && self.status & status::DEVICE_NEEDS_RESET == 0
             && self.backend.needs_reset()
@@ -291,7 +298,7 @@ impl<B: VirtioBackend> MmioTransport<B> {
 
     fn read_reg(&mut self, offset: u64) -> u32 {
         if offset == reg::STATUS || offset == reg::INTERRUPT_STATUS {
-            self.poll_needs_reset();
+            self.poll_backend();
         }
         match offset {
             reg::MAGIC => MAGIC_VALUE,
@@ -479,6 +486,7 @@ mod tests {
         resets: usize,
         refuse: bool,
         failed_later: bool,
+        config_irq: bool,
         changed: bool,
     }
 
@@ -510,6 +518,9 @@ mod tests {
         }
         fn needs_reset(&self) -> bool {
             self.failed_later
+        }
+        fn take_config_interrupt(&mut self) -> bool {
+            std::mem::take(&mut self.config_irq)
         }
         fn reset(&mut self) {
             self.resets += 1;
@@ -760,6 +771,17 @@ mod tests {
         assert_eq!(b, [4, 5]);
         t.write(reg::CONFIG + 8, &[0xaa]);
         assert_eq!(t.backend().config[8], 0xaa);
+    }
+
+    #[test]
+    fn a_config_change_the_device_noticed_raises_the_config_interrupt() {
+        let mut t = transport();
+        let g = rd(&mut t, reg::CONFIG_GENERATION);
+        t.backend_mut().config_irq = true;
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_CONFIG);
+        assert_ne!(rd(&mut t, reg::CONFIG_GENERATION), g);
+        wr(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 0);
     }
 
     #[test]
