@@ -6,12 +6,15 @@
 //! - [`policy`]: what happens when a worker exits (restart with backoff, or
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
+//! - [`start_gate`]: whether start-up is over, for commands that arrive
+//!   before the workers are up.
 
 pub mod block_state;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
 pub mod policy;
+pub mod start_gate;
 pub mod vm_setup;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +93,8 @@ pub struct Machine {
     /// The block graph and exports the user asked for (replayed into a
     /// restarted block-proc).
     pub(crate) block_state: block_state::Shared,
+    /// Open once the workers are up (QMP greets before that).
+    start_gate: start_gate::StartGate,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -118,6 +123,7 @@ impl Machine {
             restart: Mutex::new(policy::Backoff::default()),
             devices: Mutex::new(devices::DeviceState::default()),
             status_hook: std::sync::OnceLock::new(),
+            start_gate: start_gate::StartGate::default(),
         })
     }
 
@@ -144,6 +150,11 @@ impl Machine {
     /// The event bus QMP sessions subscribe to.
     pub fn events(&self) -> &Arc<EventBus> {
         &self.events
+    }
+
+    /// Whether start-up is over; commands that need the VM wait on it.
+    pub fn start_gate(&self) -> &start_gate::StartGate {
+        &self.start_gate
     }
 
     /// The supervisor watching the workers.
