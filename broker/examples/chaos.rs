@@ -334,21 +334,38 @@ fn block_proc_pid(broker: u32) -> Option<i32> {
     None
 }
 
-fn signal(pid: i32, sig: i32) {
+fn signal(pid: i32, sig: i32) -> Result<(), String> {
     // SAFETY: kill() with plain integers; it touches no memory of ours.
-    unsafe { libc::kill(pid, sig) };
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Gone already (the broker replaced it): nothing to signal.
+        Some(libc::ESRCH) if sig == libc::SIGCONT => Ok(()),
+        _ => Err(format!(
+            "cannot send signal {sig} to block-proc (pid {pid}): {e} (run as root, like the tests)"
+        )),
+    }
 }
 
-/// Waits for the device's backend to come back; returns its downtime (ms)
-/// as the broker measured it.
-fn wait_restored(events: &Receiver<Value>, counters: &mut EventCounts) -> Result<u64, String> {
+/// A `DEVICE_BACKEND_RESTORED`: the downtime the broker measured, and when
+/// (the event's timestamp).
+#[derive(Clone, Copy)]
+struct Restored {
+    ms: u64,
+    at: SystemTime,
+}
+
+/// Waits for the device's backend to come back.
+fn wait_restored(events: &Receiver<Value>, counters: &mut EventCounts) -> Result<Restored, String> {
     let until = Instant::now() + RESTORE_TIMEOUT;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
             Ok(v) => {
-                if let Some(ms) = counters.note(&v) {
-                    return Ok(ms);
+                if let Some(r) = counters.note(&v) {
+                    return Ok(r);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -368,12 +385,19 @@ struct EventCounts {
 }
 
 impl EventCounts {
-    /// Records `v`; returns the downtime if it is a restore.
-    fn note(&mut self, v: &Value) -> Option<u64> {
+    /// Records `v`; returns it if it is a restore.
+    fn note(&mut self, v: &Value) -> Option<Restored> {
         match v["event"].as_str().unwrap_or_default() {
             "__org.bulkhead_DEVICE_BACKEND_LOST" => self.lost += 1,
             "__org.bulkhead_DEVICE_BACKEND_RESTORED" => {
-                return Some(v["data"]["downtime-ms"].as_u64().unwrap_or(0))
+                let ts = &v["timestamp"];
+                let at = UNIX_EPOCH
+                    + Duration::from_secs(ts["seconds"].as_u64().unwrap_or(0))
+                    + Duration::from_micros(ts["microseconds"].as_u64().unwrap_or(0));
+                return Some(Restored {
+                    ms: v["data"]["downtime-ms"].as_u64().unwrap_or(0),
+                    at,
+                });
             }
             "BLOCK_IO_ERROR" => self.io_errors += 1,
             "__org.bulkhead_GUEST_CRASHED" => self.crashes += 1,
@@ -383,7 +407,7 @@ impl EventCounts {
     }
 
     /// Takes every event already queued.
-    fn drain(&mut self, events: &Receiver<Value>) -> Vec<u64> {
+    fn drain(&mut self, events: &Receiver<Value>) -> Vec<Restored> {
         let mut restored = Vec::new();
         while let Ok(v) = events.try_recv() {
             restored.extend(self.note(&v));
@@ -594,8 +618,8 @@ fn chaos(o: &Opts, vm: &mut Vm, load: &Arc<Load>, out: &mut Outcome) -> Result<(
                     "fault {}/{total}: SIGKILL block-proc (pid {pid})",
                     n + 1
                 ));
-                signal(pid, libc::SIGKILL);
-                let ms = wait_restored(&events, &mut counts)?;
+                signal(pid, libc::SIGKILL)?;
+                let ms = wait_restored(&events, &mut counts)?.ms;
                 out.kills += 1;
                 out.downtimes.push(ms);
                 out.kill_downtimes.push(ms);
@@ -611,21 +635,27 @@ fn chaos(o: &Opts, vm: &mut Vm, load: &Arc<Load>, out: &mut Outcome) -> Result<(
                     o.stop_ms
                 ));
                 let stopped = Instant::now();
-                signal(pid, libc::SIGSTOP);
+                let stopped_at = SystemTime::now();
+                signal(pid, libc::SIGSTOP)?;
                 std::thread::sleep(Duration::from_millis(o.stop_ms));
                 let lost_before = counts.lost;
                 let restored = counts.drain(&events);
                 if counts.lost > lost_before || !restored.is_empty() {
-                    // The broker judged it hung and replaced it.
-                    let ms = match restored.first() {
-                        Some(&ms) => ms,
+                    // The broker judged it hung and replaced it: the device
+                    // was down from the stop until the replacement served it.
+                    let r = match restored.first() {
+                        Some(&r) => r,
                         None => wait_restored(&events, &mut counts)?,
                     };
+                    let down = r.at.duration_since(stopped_at).unwrap_or_default();
                     out.hangs_replaced += 1;
-                    out.downtimes.push(stopped.elapsed().as_millis() as u64);
-                    say(format!("the broker replaced the hung block-proc; device back ({ms} ms without a backend)"));
+                    out.downtimes.push(down.as_millis() as u64);
+                    say(format!(
+                        "the broker replaced the hung block-proc: device back {} ms after the stop",
+                        down.as_millis()
+                    ));
                 } else {
-                    signal(pid, libc::SIGCONT);
+                    signal(pid, libc::SIGCONT)?;
                     out.downtimes.push(stopped.elapsed().as_millis() as u64);
                     say(format!(
                         "SIGCONT block-proc after {} ms",
