@@ -81,3 +81,56 @@ fn broker_answers_while_a_device_backend_stalls_start_up_then_reports_the_start_
     assert_eq!(status.code(), Some(4), "start-up failure exit status");
     assert!(!b.sock.exists(), "QMP socket file removed at exit");
 }
+
+#[test]
+fn replies_keep_request_order_when_broker_only_commands_follow_worker_commands() {
+    // The reader answers broker-only commands itself only while nothing
+    // is in progress: pipelined behind commands that go through
+    // vcpu-proc, they must still be answered after them.
+    let b = Bulkhead::start(&[]);
+    let mut q = b.client();
+    let mut batch = String::new();
+    for i in 0..40 {
+        let cmd = if i % 2 == 0 {
+            "query-status"
+        } else {
+            "query-version"
+        };
+        batch.push_str(&json!({"execute": cmd, "id": i}).to_string());
+    }
+    q.send_raw(batch.as_bytes());
+    for i in 0..40 {
+        let r = q.reply();
+        assert_eq!(r["id"], i, "reply out of order: {r}");
+        assert!(r.get("return").is_some(), "{r}");
+    }
+}
+
+#[test]
+fn qmp_session_threads_run_with_the_brokers_reduced_capabilities() {
+    // The QMP server starts before the main thread drops its capabilities
+    // (they are per thread): its threads must drop them themselves.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (nothing to drop otherwise)");
+        return;
+    }
+    let b = Bulkhead::start(&["-m", "32M"]);
+    let _q = b.client();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", common::broker_pid(&b))).unwrap();
+    let mut seen = 0;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("qmp-") {
+            continue;
+        }
+        seen += 1;
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+            // CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP, CAP_SYS_ADMIN.
+            assert_eq!(line, format!("{set}:\t00000000002001e0"), "thread {comm}");
+        }
+    }
+    // The accept thread and one session's reader, dispatcher and writer.
+    assert!(seen >= 4, "QMP threads found: {seen}");
+}
