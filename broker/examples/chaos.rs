@@ -220,6 +220,11 @@ fn load_client(sock: PathBuf, load: Arc<Load>, first: usize) {
         i += 1;
         load.requests.fetch_add(1, Ordering::Relaxed);
         match q.call(cmd, Value::Null) {
+            // The guest runs all along: any other status is a wrong answer.
+            Ok(v) if cmd == "query-status" && v["return"]["status"] != "running" => {
+                eprintln!("chaos: {cmd}: {v}");
+                load.errors.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(v) if v.get("return").is_some() => {}
             Ok(v) => {
                 let desc = v["error"]["desc"].as_str().unwrap_or_default();
