@@ -8,6 +8,8 @@
 //! - [`devices`]: the guest devices and their vhost-user backends.
 //! - [`liveness`]: the ping that finds hung workers.
 //! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
+//! - [`start_gate`]: whether start-up is over, for commands that arrive
+//!   before the workers are up.
 
 pub mod block_state;
 pub mod devices;
@@ -16,6 +18,7 @@ pub mod fdsets;
 pub mod images;
 pub mod liveness;
 pub mod policy;
+pub mod start_gate;
 pub mod stats_carry;
 pub mod vm_setup;
 
@@ -112,6 +115,8 @@ pub struct Machine {
     hung: Mutex<Vec<u32>>,
     /// Block statistics carried across block-proc lifetimes.
     pub(crate) stats: Mutex<stats_carry::StatsCarry>,
+    /// Open once the workers are up (QMP greets before that).
+    start_gate: start_gate::StartGate,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -145,6 +150,7 @@ impl Machine {
             next_generation: AtomicU64::new(1),
             hung: Mutex::new(Vec::new()),
             stats: Mutex::new(stats_carry::StatsCarry::default()),
+            start_gate: start_gate::StartGate::default(),
         });
         liveness::start(&m);
         m
@@ -289,6 +295,11 @@ impl Machine {
     /// The event bus QMP sessions subscribe to.
     pub fn events(&self) -> &Arc<EventBus> {
         &self.events
+    }
+
+    /// Whether start-up is over; commands that need the VM wait on it.
+    pub fn start_gate(&self) -> &start_gate::StartGate {
+        &self.start_gate
     }
 
     /// The supervisor watching the workers.
