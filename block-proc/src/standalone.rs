@@ -6,17 +6,18 @@
 //! block-proc --standalone --socket PATH --blockdev JSON [--blockdev JSON ...]
 //!            [--num-queues N] [--serial S] [--read-only] [--block-size 512|4096]
 //! ```
-//! The last `--blockdev` is exported.
+//! The last `--blockdev` is exported. The socket is made mode 0600 and a
+//! peer running as another user (not root) is hung up on (`SO_PEERCRED`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 
 use ipc_proto::block::BlockdevOptions;
 
 use crate::block::{Graph, GraphError};
-use crate::vhost::export::Export;
+use crate::vhost::export::{Export, Source};
 use crate::virtio_blk::BlkConfig;
 
 /// Errors of standalone mode.
@@ -130,8 +131,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_file(&a.socket);
     let listener =
         UnixListener::bind(&a.socket).map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    // Only our own user may connect (the export also checks each peer's
+    // uid, in case the mode is loosened).
+    std::fs::set_permissions(&a.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
-    let _export = Export::start("standalone".into(), listener, node, cfg, None)
+    let _export = Export::start("standalone".into(), Source::Listener(listener), node, cfg, None)
         .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     tracing::info!("serving {} on {}", last, a.socket);
     loop {

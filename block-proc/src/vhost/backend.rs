@@ -52,6 +52,9 @@ pub struct BlkBackend {
     queues: Vec<QueueSlot>,
     inflight: Option<InflightRegion>,
     events: Option<Sender<ExportEvent>>,
+    /// Set when a request answered through REPLY_ACK was refused (see
+    /// [`BlkBackend::take_refusal`]).
+    refused: bool,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -72,6 +75,7 @@ impl BlkBackend {
             queues: (0..n).map(|_| QueueSlot::default()).collect(),
             inflight: None,
             events,
+            refused: false,
         }
     }
 
@@ -93,6 +97,22 @@ impl BlkBackend {
         self.inflight = None;
         self.acked_features = 0;
         self.acked_protocol = 0;
+    }
+
+    /// True (once) if the last failed request was refused by this handler
+    /// in a request the `vhost` crate answers with REPLY_ACK: the frontend
+    /// got its failed ack and the stream is in step, so the connection can
+    /// stay. Requests answered with data (GET_*) are not counted: a refusal
+    /// there leaves the frontend waiting for a reply it will never get.
+    pub fn take_refusal(&mut self) -> bool {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// Runs `f`, a request answered with REPLY_ACK, noting a refusal.
+    fn acked<T>(&mut self, f: impl FnOnce(&mut Self) -> VuResult<T>) -> VuResult<T> {
+        let r = f(self);
+        self.refused = r.is_err();
+        r
     }
 
     fn slot(&mut self, index: u32) -> VuResult<&mut QueueSlot> {
@@ -202,11 +222,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
-        if features & !self.blk.features() != 0 {
-            return Err(VuError::InvalidParam);
-        }
-        self.acked_features = features;
-        Ok(())
+        self.acked(|b| {
+            if features & !b.blk.features() != 0 {
+                return Err(VuError::InvalidParam);
+            }
+            b.acked_features = features;
+            Ok(())
+        })
     }
 
     fn set_mem_table(
@@ -215,26 +237,30 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
-        let table = MemoryTable::new(ctx, files).map_err(|e| {
-            ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
-            VuError::InvalidParam
-        })?;
-        self.mem = Some(table);
-        self.restart_running();
-        Ok(None)
+        self.acked(|b| {
+            let table = MemoryTable::new(ctx, files).map_err(|e| {
+                ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
+                VuError::InvalidParam
+            })?;
+            b.mem = Some(table);
+            b.restart_running();
+            Ok(None)
+        })
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        let max = u32::from(self.blk.max_queue_size);
-        if num == 0 || num > max || !num.is_power_of_two() {
-            return Err(VuError::InvalidParam);
-        }
-        let q = self.slot(index)?;
-        if q.worker.is_some() {
-            return Err(io_err("queue is running"));
-        }
-        q.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
-        Ok(())
+        self.acked(|b| {
+            let max = u32::from(b.blk.max_queue_size);
+            if num == 0 || num > max || !num.is_power_of_two() {
+                return Err(VuError::InvalidParam);
+            }
+            let q = b.slot(index)?;
+            if q.worker.is_some() {
+                return Err(io_err("queue is running"));
+            }
+            q.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
+            Ok(())
+        })
     }
 
     fn set_vring_addr(
@@ -246,21 +272,25 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
-        let q = self.slot(index)?;
-        if q.worker.is_some() {
-            return Err(io_err("queue is running"));
-        }
-        q.addr = Some((descriptor, used, available));
-        Ok(())
+        self.acked(|b| {
+            let q = b.slot(index)?;
+            if q.worker.is_some() {
+                return Err(io_err("queue is running"));
+            }
+            q.addr = Some((descriptor, used, available));
+            Ok(())
+        })
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
-        let q = self.slot(index)?;
-        if q.worker.is_some() {
-            return Err(io_err("queue is running"));
-        }
-        q.base = u16::try_from(base & 0xffff).map_err(|_| VuError::InvalidParam)?;
-        Ok(())
+        self.acked(|b| {
+            let q = b.slot(index)?;
+            if q.worker.is_some() {
+                return Err(io_err("queue is running"));
+            }
+            q.base = u16::try_from(base & 0xffff).map_err(|_| VuError::InvalidParam)?;
+            Ok(())
+        })
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
@@ -273,27 +303,33 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let i = usize::from(index);
-        self.stop_queue(i);
-        self.slot(u32::from(index))?.kick = fd;
-        self.maybe_start(i);
-        Ok(())
+        self.acked(|b| {
+            let i = usize::from(index);
+            b.stop_queue(i);
+            b.slot(u32::from(index))?.kick = fd;
+            b.maybe_start(i);
+            Ok(())
+        })
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let i = usize::from(index);
-        let running = self.slot(u32::from(index))?.worker.is_some();
-        self.stop_queue(i);
-        self.slot(u32::from(index))?.call = fd;
-        if running {
-            self.maybe_start(i);
-        }
-        Ok(())
+        self.acked(|b| {
+            let i = usize::from(index);
+            let running = b.slot(u32::from(index))?.worker.is_some();
+            b.stop_queue(i);
+            b.slot(u32::from(index))?.call = fd;
+            if running {
+                b.maybe_start(i);
+            }
+            Ok(())
+        })
     }
 
     fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        self.slot(u32::from(index))?;
-        Ok(())
+        self.acked(|b| {
+            b.slot(u32::from(index))?;
+            Ok(())
+        })
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
@@ -313,14 +349,16 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
-        self.slot(index)?.enabled = enable;
-        if enable {
-            self.maybe_start(i);
-        } else {
-            self.stop_queue(i);
-        }
-        Ok(())
+        self.acked(|b| {
+            let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+            b.slot(index)?.enabled = enable;
+            if enable {
+                b.maybe_start(i);
+            } else {
+                b.stop_queue(i);
+            }
+            Ok(())
+        })
     }
 
     fn get_config(
@@ -345,13 +383,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> VuResult<()> {
-        Err(io_err("virtio-blk config space is read-only"))
+        self.acked(|_| Err(io_err("virtio-blk config space is read-only")))
     }
 
     fn set_backend_req_fd(&mut self, _backend: Backend) {}
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
-        Err(io_err("not a GPU device"))
+        self.acked(|_| Err(io_err("not a GPU device")))
     }
 
     fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VuResult<File> {
@@ -376,19 +414,21 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {
-        let region = InflightRegion::map(
-            &file,
-            inflight.mmap_offset,
-            inflight.mmap_size,
-            inflight.num_queues,
-            inflight.queue_size,
-        )
-        .map_err(|e| {
-            ipc_proto::warn_limited!("SET_INFLIGHT_FD failed: {e}");
-            VuError::InvalidParam
-        })?;
-        self.inflight = Some(region);
-        Ok(())
+        self.acked(|b| {
+            let region = InflightRegion::map(
+                &file,
+                inflight.mmap_offset,
+                inflight.mmap_size,
+                inflight.num_queues,
+                inflight.queue_size,
+            )
+            .map_err(|e| {
+                ipc_proto::warn_limited!("SET_INFLIGHT_FD failed: {e}");
+                VuError::InvalidParam
+            })?;
+            b.inflight = Some(region);
+            Ok(())
+        })
     }
 
     fn get_max_mem_slots(&mut self) -> VuResult<u64> {
@@ -401,11 +441,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _fd: File,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
-        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+        self.acked(|_| Err(io_err("CONFIGURE_MEM_SLOTS not negotiated")))
     }
 
     fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
-        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+        self.acked(|_| Err(io_err("CONFIGURE_MEM_SLOTS not negotiated")))
     }
 
     fn set_device_state_fd(

@@ -32,13 +32,11 @@ pub struct NodeRecord {
     files: Vec<(String, OwnedFd)>,
 }
 
-/// One vhost-user export: the request that created it and its listening
-/// socket.
+/// One vhost-user export: the request that created it (its connections
+/// are socketpairs the device helper hands over, fresh after a restart).
 pub struct ExportRecord {
     /// The `AddExport` request.
     pub request: BlockRequest,
-    /// The listening socket passed with it.
-    pub listener: OwnedFd,
 }
 
 /// The broker's desired block state.
@@ -344,11 +342,9 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
 }
 
 /// Records an export created in block-proc (for the device helper: call it
-/// after `AddExport` succeeded, with the listening socket it was sent).
-pub fn record_export(m: &Machine, request: BlockRequest, listener: OwnedFd) {
-    lock(&state(m))
-        .exports
-        .push(ExportRecord { request, listener });
+/// after `AddExport` succeeded).
+pub fn record_export(m: &Machine, request: BlockRequest) {
+    lock(&state(m)).exports.push(ExportRecord { request });
 }
 
 /// Forgets export `id` (after `DelExport` succeeded).
@@ -359,7 +355,8 @@ pub fn forget_export(m: &Machine, id: &str) {
         | BlockRequest::DelNode { .. }
         | BlockRequest::QueryNodes
         | BlockRequest::QueryStats
-        | BlockRequest::DelExport { .. } => true,
+        | BlockRequest::DelExport { .. }
+        | BlockRequest::AttachExportConnection { .. } => true,
         #[cfg(feature = "test-hooks")]
         BlockRequest::TestEscape(_) => true,
     });
@@ -380,7 +377,7 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
         })?;
     }
     for e in &st.exports {
-        match link.request(e.request.clone(), &[e.listener.as_fd()])? {
+        match link.request(e.request.clone(), &[])? {
             BlockReply::Done => {}
             other
             @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
