@@ -136,8 +136,14 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::set_permissions(&a.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
-    let _export = Export::start("standalone".into(), Source::Listener(listener), node, cfg, None)
-        .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    let _export = Export::start(
+        "standalone".into(),
+        Source::Listener(listener),
+        node,
+        cfg,
+        None,
+    )
+    .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     tracing::info!("serving {} on {}", last, a.socket);
     loop {
         std::thread::park();

@@ -104,9 +104,53 @@ pub struct DeviceState {
     lost: HashMap<String, Instant>,
     /// Devices with a reconnect round running.
     reconnecting: HashSet<String>,
-    /// Devices whose running round must try once more after it succeeds
-    /// (their backend was reported gone while it ran).
-    again: HashSet<String>,
+    /// The broker's copy of the socket each device's frontend uses (the
+    /// same socket as vcpu-proc's, not a new connection): whether it hung
+    /// up tells a current loss from a late report about an older
+    /// connection.
+    conns: HashMap<String, UnixStream>,
+}
+
+impl DeviceState {
+    /// Keeps `socket` (a copy) as device `id`'s current connection; the
+    /// one it replaces is shut down, so its backend side ends for sure.
+    fn keep_conn(&mut self, id: &str, socket: &UnixStream) {
+        let copy = match socket.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("device {id}: cannot keep a copy of its socket: {e}");
+                return;
+            }
+        };
+        if let Some(old) = self.conns.insert(id.to_owned(), copy) {
+            let _ = old.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// True unless device `id`'s current connection is known and alive.
+    fn conn_lost(&self, id: &str) -> bool {
+        self.conns.get(id).is_none_or(hung_up)
+    }
+}
+
+/// True if `s` has hung up (either side), without waiting.
+fn hung_up(s: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(
+        s.as_fd(),
+        PollFlags::POLLIN | PollFlags::from_bits_retain(libc::POLLRDHUP),
+    )];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| {
+            r.intersects(
+                PollFlags::POLLHUP
+                    | PollFlags::POLLERR
+                    | PollFlags::POLLNVAL
+                    | PollFlags::from_bits_retain(libc::POLLRDHUP),
+            )
+        }),
+        Err(_) => true,
+    }
 }
 
 impl DeviceState {
@@ -214,10 +258,9 @@ fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
             };
             match m.block_request_with_fds(req, &[theirs.as_fd()])? {
                 BlockReply::Done => Ok(ours),
-                other
-                @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
-                    Err(unexpected_reply(&other))
-                }
+                other @ (BlockReply::NeedFiles { .. }
+                | BlockReply::Nodes(_)
+                | BlockReply::Stats(_)) => Err(unexpected_reply(&other)),
             }
         }
         Backend::External { path, .. } => UnixStream::connect(path)
@@ -371,7 +414,10 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
             drop(st);
             if let Backend::Export { export_id, .. } = &backend {
                 if let Err(e) = remove_export(m, export_id) {
-                    tracing::warn!("export {export_id} stays after a refused device_add: {}", e.desc);
+                    tracing::warn!(
+                        "export {export_id} stays after a refused device_add: {}",
+                        e.desc
+                    );
                 }
             }
             Err(hotplug_error(rec.slot))
@@ -387,11 +433,7 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
 pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
     let export_id = {
         let mut st = lock(&m.devices);
-        let Some(i) = st
-            .devices
-            .iter()
-            .position(|d| d.spec.id == id && d.ready)
-        else {
+        let Some(i) = st.devices.iter().position(|d| d.spec.id == id && d.ready) else {
             return Err(FlatError {
                 class: ErrorClass::DeviceNotFound,
                 desc: format!("Device '{id}' not found"),
@@ -458,6 +500,7 @@ pub fn connect_pending(
                 d.spec.id, e.desc
             ))
         })?;
+        lock(&m.devices).keep_conn(&d.spec.id, &socket);
         let slot = u8::try_from(first_slot + out.len())
             .map_err(|_| generic("too many file descriptors for one request"))?;
         out.push((
@@ -500,6 +543,10 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
         let reply = bounded(&[&socket], || {
             m.vcpu_request_with_fds(VcpuRequest::AttachVhostUser(one), &[socket.as_fd()])
         });
+        if reply.is_err() {
+            // Not left half-open: its export would wait on it.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         match reply? {
             VcpuReply::Done => mark_attached(m, &[id]),
             other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => {

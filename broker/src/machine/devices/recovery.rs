@@ -54,8 +54,13 @@ pub fn on_block_exit(m: &Machine) {
 }
 
 /// vcpu-proc saw device `id`'s backend hang up: reconnect it (an export
-/// through a fresh socketpair, an external backend at its path).
+/// through a fresh socketpair, an external backend at its path). A late
+/// report about a connection already replaced is ignored.
 pub fn on_disconnected(m: &Arc<Machine>, id: &str) {
+    if !lock(&m.devices).conn_lost(id) {
+        tracing::debug!("device {id}: a hang-up of an older connection was reported");
+        return;
+    }
     tracing::warn!("device {id}: vhost-user backend disconnected");
     report_lost(m, id);
     start_round(m, id);
@@ -89,58 +94,56 @@ pub fn reconnect_exports(m: &Arc<Machine>) {
     }
 }
 
-/// Starts the reconnect round of device `id` in a thread of its own, or,
-/// if one runs, has it connect once more when it is done (the connection
-/// it made may be the one that was just reported gone). One round per
-/// device at a time: two would take turns replacing each other's
-/// connection.
+/// Starts the reconnect round of device `id` in a thread of its own,
+/// unless one runs already (it checks, when it has connected, that its
+/// connection is still up). One round per device at a time: two would
+/// take turns replacing each other's connection.
 fn start_round(m: &Arc<Machine>, id: &str) {
     {
         let mut st = lock(&m.devices);
-        if st.reconnecting.contains(id) {
-            st.again.insert(id.to_owned());
+        if !st.reconnecting.insert(id.to_owned()) {
             return;
         }
-        st.reconnecting.insert(id.to_owned());
     }
     let weak = Arc::downgrade(m);
     let owned = id.to_owned();
     let r = std::thread::Builder::new()
         .name("vu-reconnect".into())
         .spawn(move || {
-            reconnect_loop(&weak, &owned);
+            if !reconnect_loop(&weak, &owned) {
+                return;
+            }
             if let Some(m) = weak.upgrade() {
-                let mut st = lock(&m.devices);
-                st.reconnecting.remove(&owned);
-                st.again.remove(&owned);
+                lock(&m.devices).reconnecting.remove(&owned);
             }
         });
     if let Err(e) = r {
         tracing::error!("cannot start the reconnect thread: {e}");
-        let mut st = lock(&m.devices);
-        st.reconnecting.remove(id);
-        st.again.remove(id);
+        lock(&m.devices).reconnecting.remove(id);
     }
 }
 
 /// Connects device `id` again until vcpu-proc accepts the new backend
-/// (and no new loss was reported meanwhile), or the device, the machine
+/// (and that connection is still up; then the round is over and false is
+/// returned), or the device, the machine
 /// or vcpu-proc is gone. While block-proc restarts, attempts fail at once
 /// and are retried.
-fn reconnect_loop(weak: &Weak<Machine>, id: &str) {
+fn reconnect_loop(weak: &Weak<Machine>, id: &str) -> bool {
     let mut delay = RECONNECT_FIRST_DELAY;
     let mut attempts: u64 = 0;
     loop {
         attempts += 1;
-        let Some(m) = weak.upgrade() else { return };
+        let Some(m) = weak.upgrade() else {
+            return true;
+        };
         if m.is_ending() || lock(&m.vcpu).is_none() {
-            return;
+            return true;
         }
         let backend = {
             let st = lock(&m.devices);
             match st.devices.iter().find(|d| d.spec.id == id && d.attached) {
                 Some(d) => d.backend.clone(),
-                None => return,
+                None => return true,
             }
         };
         let attempt = connect(&m, &backend).and_then(|s| {
@@ -148,23 +151,30 @@ fn reconnect_loop(weak: &Weak<Machine>, id: &str) {
                 id: id.to_owned(),
                 socket: FdSlot(0),
             };
-            bounded(&[&s], || m.vcpu_request_with_fds(req, &[s.as_fd()]))
+            bounded(&[&s], || m.vcpu_request_with_fds(req, &[s.as_fd()])).map(|r| (r, s))
         });
         match attempt {
-            Ok(VcpuReply::Done) => {
-                if !lock(&m.devices).again.remove(id) {
-                    return;
+            Ok((VcpuReply::Done, s)) => {
+                let mut st = lock(&m.devices);
+                st.keep_conn(id, &s);
+                // A hang-up reported while this round ran was let pass:
+                // if it was about this connection, go on.
+                if !st.conn_lost(id) {
+                    // Under the same lock: a hang-up reported from now on
+                    // starts a new round.
+                    st.reconnecting.remove(id);
+                    return false;
                 }
-                delay = RECONNECT_FIRST_DELAY;
-                continue;
+                drop(st);
+                report_lost(&m, id);
             }
-            Ok(other) => {
+            Ok((other, _)) => {
                 tracing::error!("device {id}: {}", unexpected_reply(&other).desc);
-                return;
+                return true;
             }
             Err(e) => {
                 if lock(&m.vcpu).is_none() {
-                    return;
+                    return true;
                 }
                 if attempts % RECONNECT_LOG_EVERY == 1 {
                     tracing::warn!(
