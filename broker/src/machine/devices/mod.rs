@@ -136,18 +136,13 @@ impl DeviceState {
 /// True if `s` has hung up (either side), without waiting.
 fn hung_up(s: &UnixStream) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(
-        s.as_fd(),
-        PollFlags::POLLIN | PollFlags::from_bits_retain(libc::POLLRDHUP),
-    )];
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(s.as_fd(), rdhup)];
     match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => fds[0].revents().is_some_and(|r| {
-            r.intersects(
-                PollFlags::POLLHUP
-                    | PollFlags::POLLERR
-                    | PollFlags::POLLNVAL
-                    | PollFlags::from_bits_retain(libc::POLLRDHUP),
-            )
+        // nix has no POLLRDHUP flag: `revents` is None exactly when it
+        // (the only bit asked for that nix does not know) is set.
+        Ok(_) => fds[0].revents().is_none_or(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
         }),
         Err(_) => true,
     }
