@@ -117,6 +117,18 @@ fn start_paused(serial: &SerialLog, img0: &std::path::Path, img1: &std::path::Pa
     ])
 }
 
+/// block-proc's pid, once the broker has started it.
+fn wait_block_proc(broker: u32) -> i32 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(p) = block_proc_pid(broker) {
+            return p;
+        }
+        assert!(start.elapsed() < common::TIMEOUT, "no block-proc");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn signal(pid: i32, s: Signal) {
     kill(Pid::from_raw(pid), s).unwrap();
 }
@@ -160,8 +172,9 @@ fn qmp_and_vcpu_events_go_on_while_device_add_waits_and_a_late_add_is_undone() {
     let serial = SerialLog(dir.0.join("serial.log"));
     let b = start_paused(&serial, &img0, &img1);
     let broker = common::broker_pid(&b);
-    let block = block_proc_pid(broker).expect("block-proc runs");
     let mut q = b.client();
+    // (Started by now: the client waited for the -blockdev nodes.)
+    let block = wait_block_proc(broker);
     signal(block, Signal::SIGSTOP);
     let adding = device_add_in_background(&b, "vdb", "d1");
     std::thread::sleep(Duration::from_millis(300));
@@ -169,8 +182,11 @@ fn qmp_and_vcpu_events_go_on_while_device_add_waits_and_a_late_add_is_undone() {
         !adding.is_finished(),
         "device_add did not wait on the worker"
     );
-    // The device lists and their lock are free: these answer at once
-    // (before the worker request could time out).
+    // The device lists and their lock are free: these answer at once,
+    // well before the worker request could time out (30 s).
+    q.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let r = q.execute("device_del", json!({"id": "vdb"}));
     assert_eq!(Qmp::error_of(&r).1, "Device 'vdb' not found");
     let r = q.execute(
@@ -205,8 +221,9 @@ fn device_add_whose_worker_request_times_out_leaves_no_export_behind() {
     let serial = SerialLog(dir.0.join("serial.log"));
     let b = start_paused(&serial, &img0, &img1);
     let broker = common::broker_pid(&b);
-    let block = block_proc_pid(broker).expect("block-proc runs");
     let mut q = b.client();
+    // (Started by now: the client waited for the -blockdev nodes.)
+    let block = wait_block_proc(broker);
     signal(block, Signal::SIGSTOP);
     let adding = device_add_in_background(&b, "vdb", "d1");
     // Past the broker's 30 s wait for the AddExport reply, the worker
