@@ -28,6 +28,8 @@ fn reply_as(sock: &std::path::Path, uid: Option<u32>) -> bool {
     // SAFETY: the child only makes raw system calls on memory prepared
     // above, then _exits.
     match unsafe { nix::unistd::fork() }.unwrap() {
+        // SAFETY: async-signal-safe system calls on `addr`, `hdr` and a
+        // stack buffer, all valid for the lengths given.
         nix::unistd::ForkResult::Child => unsafe {
             if let Some(u) = uid {
                 let u = libc::c_long::from(u as i32);
