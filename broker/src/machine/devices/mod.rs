@@ -581,3 +581,40 @@ pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_kept_connection_is_lost_once_either_side_hangs_up() {
+        let mut st = DeviceState::default();
+        assert!(st.conn_lost("vda"), "unknown connections count as lost");
+        // The backend side closes.
+        let (ours, backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &ours);
+        assert!(!st.conn_lost("vda"));
+        drop(backend);
+        assert!(st.conn_lost("vda"));
+        // The frontend (same socket as the kept copy) shuts it down.
+        let (ours, _backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &ours);
+        assert!(!st.conn_lost("vda"));
+        ours.shutdown(std::net::Shutdown::Both).unwrap();
+        assert!(st.conn_lost("vda"));
+    }
+
+    #[test]
+    fn a_replaced_connection_is_shut_down_for_its_backend() {
+        let mut st = DeviceState::default();
+        let (old, mut old_backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &old);
+        drop(old);
+        let (new, _new_backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &new);
+        let mut buf = [0u8; 1];
+        assert_eq!(old_backend.read(&mut buf).unwrap(), 0, "no EOF");
+        assert!(!st.conn_lost("vda"));
+    }
+}
