@@ -2,7 +2,8 @@
 //! nothing up: block-proc's exports have no socket (the broker hands each
 //! connection over as a socketpair), so no other local process can reach
 //! one; QMP and vcpu-proc's events go on while a `device_add` waits on a
-//! stopped block worker, and a `device_add` that fails that way (a
+//! stopped block worker (an external disk's loss is reported meanwhile),
+//! and a `device_add` that fails that way (a
 //! timeout, or the guest started meanwhile) leaves no export behind.
 //! Needs /dev/kvm.
 
@@ -92,7 +93,48 @@ fn exports_have_no_socket_and_only_the_qmp_socket_listens() {
     }
 }
 
-fn start_paused(serial: &SerialLog, img0: &std::path::Path, img1: &std::path::Path) -> Bulkhead {
+/// qemu-storage-daemon exporting `img` at `sock`, killed on drop.
+struct Qsd(std::process::Child);
+
+impl Qsd {
+    fn start(img: &std::path::Path, sock: &std::path::Path) -> Qsd {
+        let child = std::process::Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=f,filename={}",
+                img.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
+                sock.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon is needed");
+        let qsd = Qsd(child);
+        let start = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < common::TIMEOUT, "no qsd socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        qsd
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_paused(
+    serial: &SerialLog,
+    img0: &std::path::Path,
+    img1: &std::path::Path,
+    extra: &[&str],
+) -> Bulkhead {
     let d = |name: &str, img: &std::path::Path| {
         json!({"driver": "raw", "node-name": name,
                "file": {"driver": "file", "filename": img}})
@@ -102,7 +144,7 @@ fn start_paused(serial: &SerialLog, img0: &std::path::Path, img1: &std::path::Pa
     // `hello` idles (echoing serial input) until told to exit.
     let kernel = guest("hello");
     let serial = format!("file:{}", serial.0.display());
-    Bulkhead::start(&[
+    let mut args = vec![
         "-S",
         "-kernel",
         &kernel,
@@ -114,7 +156,9 @@ fn start_paused(serial: &SerialLog, img0: &std::path::Path, img1: &std::path::Pa
         &d0,
         "-blockdev",
         &d1,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Bulkhead::start(&args)
 }
 
 /// block-proc's pid, once the broker has started it.
@@ -170,7 +214,22 @@ fn qmp_and_vcpu_events_go_on_while_device_add_waits_and_a_late_add_is_undone() {
         raw_image_named(&dir.0, "1.raw"),
     );
     let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_paused(&serial, &img0, &img1);
+    // An external disk too, whose daemon goes away while device_add waits.
+    let qsd_img = raw_image_named(&dir.0, "2.raw");
+    let qsd_sock = dir.0.join("qsd.sock");
+    let qsd = Qsd::start(&qsd_img, &qsd_sock);
+    let chardev = format!("socket,id=c0,path={}", qsd_sock.display());
+    let b = start_paused(
+        &serial,
+        &img0,
+        &img1,
+        &[
+            "-chardev",
+            &chardev,
+            "-device",
+            "vhost-user-blk,chardev=c0,id=vdx",
+        ],
+    );
     let broker = common::broker_pid(&b);
     let mut q = b.client();
     // (Started by now: the client waited for the -blockdev nodes.)
@@ -199,13 +258,19 @@ fn qmp_and_vcpu_events_go_on_while_device_add_waits_and_a_late_add_is_undone() {
     q.ok("cont");
     q.event("RESUME");
     assert_eq!(q.ok("query-status")["status"], "running");
+    // vcpu-proc's report of the lost external backend gets through (its
+    // link reader needs the device state).
+    drop(qsd);
+    let lost = q.event("__org.bulkhead_DEVICE_BACKEND_LOST");
+    assert_eq!(lost["data"]["id"], "vdx");
+    assert_eq!(q.ok("query-status")["status"], "running");
     assert!(!adding.is_finished());
     // The export is made only now, after the guest started: undone.
     signal(block, Signal::SIGCONT);
     let r = adding.join().unwrap();
     assert_eq!(
         Qmp::error_of(&r).1,
-        "Bus 'virtio-mmio-bus.0' does not support hotplugging"
+        "Bus 'virtio-mmio-bus.1' does not support hotplugging"
     );
     assert_eq!(q.ok("query-block"), json!([]));
     assert_d1_unused(&mut q);
@@ -219,7 +284,7 @@ fn device_add_whose_worker_request_times_out_leaves_no_export_behind() {
         raw_image_named(&dir.0, "1.raw"),
     );
     let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_paused(&serial, &img0, &img1);
+    let b = start_paused(&serial, &img0, &img1, &[]);
     let broker = common::broker_pid(&b);
     let mut q = b.client();
     // (Started by now: the client waited for the -blockdev nodes.)
