@@ -3,9 +3,9 @@
 //! connection over as a socketpair), so no other local process can reach
 //! one; QMP and vcpu-proc's events go on while a `device_add` waits on a
 //! stopped block worker (an external disk's loss is reported meanwhile),
-//! and a `device_add` that fails that way (a
-//! timeout, or the guest started meanwhile) leaves no export behind.
-//! Needs /dev/kvm.
+//! and a `device_add` that fails that way (a timeout, or the guest started
+//! meanwhile) leaves no export behind. Needs /dev/kvm and
+//! qemu-storage-daemon.
 
 mod common;
 mod disk_common;
