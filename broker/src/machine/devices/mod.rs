@@ -451,6 +451,9 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         match (&removed, i) {
             (Ok(()), Some(i)) => {
                 st.devices.remove(i);
+                if let Some(c) = st.conns.remove(id) {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
             }
             (Err(_), Some(i)) => st.devices[i].ready = true,
             (_, None) => {}
