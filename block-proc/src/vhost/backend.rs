@@ -55,6 +55,9 @@ pub struct BlkBackend {
     /// Set when a request answered through REPLY_ACK was refused (see
     /// [`BlkBackend::take_refusal`]).
     refused: bool,
+    /// Set when the connection must end although the request was answered
+    /// (see [`BlkBackend::take_hang_up`]).
+    hang_up: bool,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -76,6 +79,7 @@ impl BlkBackend {
             inflight: None,
             events,
             refused: false,
+            hang_up: false,
         }
     }
 
@@ -106,6 +110,13 @@ impl BlkBackend {
     /// there leaves the frontend waiting for a reply it will never get.
     pub fn take_refusal(&mut self) -> bool {
         std::mem::take(&mut self.refused)
+    }
+
+    /// True (once) if the last request was answered in a form the frontend
+    /// may not be able to read (a refused GET_CONFIG): the connection must
+    /// end.
+    pub fn take_hang_up(&mut self) -> bool {
+        std::mem::take(&mut self.hang_up)
     }
 
     /// Runs `f`, a request answered with REPLY_ACK, noting a refusal.
@@ -368,13 +379,22 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
         let space = self.blk.config_space();
-        let start = usize::try_from(offset).map_err(|_| VuError::InvalidParam)?;
-        let len = usize::try_from(size).map_err(|_| VuError::InvalidParam)?;
-        let end = start.checked_add(len).ok_or(VuError::InvalidParam)?;
-        if end > CONFIG_LEN {
-            return Err(VuError::InvalidParam);
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(size).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= CONFIG_LEN);
+        match range {
+            Some(r) => Ok(space[r].to_vec()),
+            None => {
+                // The `vhost` crate answers with a zero-size payload (the
+                // spec's error reply), which its own frontend — vcpu-proc's
+                // — cannot read: it waits for the payload it asked for.
+                // Hang up instead of leaving it waiting.
+                self.hang_up = true;
+                Err(VuError::InvalidParam)
+            }
         }
-        Ok(space[start..end].to_vec())
     }
 
     fn set_config(

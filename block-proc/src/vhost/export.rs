@@ -13,7 +13,8 @@
 //!
 //! A request the handler refuses (an unsupported SET_CONFIG, a bad ring
 //! size, ...) is answered with a failed REPLY_ACK and the connection stays;
-//! only a broken or out-of-step stream ends it.
+//! only a broken or out-of-step stream ends it, or a refused GET_CONFIG
+//! (whose zero-size error reply the `vhost` crate's frontend cannot read).
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -276,7 +277,20 @@ impl Server {
             if wait(&[watch.as_fd()], &self.stop).is_none() {
                 return true;
             }
-            if let Err(e) = handler.handle_request() {
+            let handled = handler.handle_request();
+            let hang_up = self
+                .backend
+                .lock()
+                .map(|mut b| b.take_hang_up())
+                .unwrap_or(false);
+            if handled.is_ok() && hang_up {
+                ipc_proto::warn_limited!(
+                    "export {}: GET_CONFIG out of range, dropping connection",
+                    self.id
+                );
+                return false;
+            }
+            if let Err(e) = handled {
                 let refused = self
                     .backend
                     .lock()
