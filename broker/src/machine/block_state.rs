@@ -326,18 +326,10 @@ impl BlockState {
             .iter()
             .filter(|r| r.options.node_name() != Some(name))
             .any(|r| refers_to(&r.options, name))
-            || self.exports.iter().any(|e| match &e.request {
-                BlockRequest::AddExport { node_name, .. } => node_name == name,
-                BlockRequest::AddNode { .. }
-                | BlockRequest::DelNode { .. }
-                | BlockRequest::QueryNodes
-                | BlockRequest::QueryStats
-                | BlockRequest::Ping
-                | BlockRequest::DelExport { .. }
-                | BlockRequest::AttachExportConnection { .. } => false,
-                #[cfg(feature = "test-hooks")]
-                BlockRequest::TestEscape(_) => false,
-            })
+            || self
+                .exports
+                .iter()
+                .any(|e| e.id_and_node().is_some_and(|(_, n)| n == name))
     }
 }
 
@@ -545,6 +537,25 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
     inline
 }
 
+impl ExportRecord {
+    /// The export's id and node (`None` if the record holds another
+    /// request, which the device helper never records).
+    fn id_and_node(&self) -> Option<(&str, &str)> {
+        match &self.request {
+            BlockRequest::AddExport { id, node_name, .. } => Some((id, node_name)),
+            BlockRequest::AddNode { .. }
+            | BlockRequest::DelNode { .. }
+            | BlockRequest::QueryNodes
+            | BlockRequest::QueryStats
+            | BlockRequest::Ping
+            | BlockRequest::DelExport { .. }
+            | BlockRequest::AttachExportConnection { .. } => None,
+            #[cfg(feature = "test-hooks")]
+            BlockRequest::TestEscape(_) => None,
+        }
+    }
+}
+
 /// Records an export created in block-proc (for the device helper: call it
 /// after `AddExport` succeeded).
 pub fn record_export(m: &Machine, request: BlockRequest) {
@@ -553,18 +564,9 @@ pub fn record_export(m: &Machine, request: BlockRequest) {
 
 /// Forgets export `id` (after `DelExport` succeeded).
 pub fn forget_export(m: &Machine, id: &str) {
-    lock(&state(m)).exports.retain(|e| match &e.request {
-        BlockRequest::AddExport { id: i, .. } => i != id,
-        BlockRequest::AddNode { .. }
-        | BlockRequest::DelNode { .. }
-        | BlockRequest::QueryNodes
-        | BlockRequest::QueryStats
-        | BlockRequest::Ping
-        | BlockRequest::DelExport { .. }
-        | BlockRequest::AttachExportConnection { .. } => true,
-        #[cfg(feature = "test-hooks")]
-        BlockRequest::TestEscape(_) => true,
-    });
+    lock(&state(m))
+        .exports
+        .retain(|e| e.id_and_node().is_none_or(|(i, _)| i != id));
 }
 
 /// Brings a freshly restarted block-proc, reached through `link`, back to

@@ -139,24 +139,11 @@ pub fn reap_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
         if rc <= 0 {
             return false;
         }
-        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
-        // SAFETY: waitid(P_PIDFD) writes only into `info`, which is large
-        // enough; WNOHANG: it never blocks.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                info.as_mut_ptr(),
-                libc::WEXITED | libc::WNOHANG,
-            )
-        };
-        if rc != 0 {
+        match super::supervisor::wait_pidfd(pidfd, libc::WNOHANG) {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
             // ECHILD: someone else (the supervisor) reaped it first.
-            return std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
-        }
-        // SAFETY: waitid succeeded and filled `info` (zeroed before).
-        if unsafe { info.assume_init().si_pid() } != 0 {
-            return true;
+            Err(e) => return e.raw_os_error() == Some(libc::ECHILD),
         }
         // Readable but not yet waitable (its last threads still exiting).
         if Instant::now() >= deadline {

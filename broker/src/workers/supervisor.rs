@@ -154,8 +154,10 @@ impl Supervisor {
     }
 }
 
-/// Reaps the process behind `pidfd` and returns how it ended.
-fn reap(pidfd: &OwnedFd) -> ExitStatus {
+/// `waitid(P_PIDFD, WEXITED | extra_flags)` on `pidfd`: the child's
+/// siginfo once it has been reaped, `Ok(None)` when `WNOHANG` found it
+/// still running.
+pub fn wait_pidfd(pidfd: &OwnedFd, extra_flags: i32) -> std::io::Result<Option<libc::siginfo_t>> {
     let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
     // SAFETY: waitid(P_PIDFD) writes only into `info`, which is large enough.
     let rc = unsafe {
@@ -163,14 +165,25 @@ fn reap(pidfd: &OwnedFd) -> ExitStatus {
             libc::P_PIDFD,
             pidfd.as_raw_fd() as libc::id_t,
             info.as_mut_ptr(),
-            libc::WEXITED,
+            libc::WEXITED | extra_flags,
         )
     };
     if rc != 0 {
-        return ExitStatus::Code(-1);
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: waitid succeeded and filled `info` (zeroed before, so fully initialised).
     let info = unsafe { info.assume_init() };
+    // SAFETY: siginfo from waitid: si_pid is valid (0 when WNOHANG found
+    // nothing to reap).
+    let reaped = unsafe { info.si_pid() } != 0;
+    Ok(reaped.then_some(info))
+}
+
+/// Reaps the process behind `pidfd` and returns how it ended.
+fn reap(pidfd: &OwnedFd) -> ExitStatus {
+    let Ok(Some(info)) = wait_pidfd(pidfd, 0) else {
+        return ExitStatus::Code(-1);
+    };
     // SAFETY: for SIGCHLD-style siginfo from waitid, si_status is valid.
     let status = unsafe { info.si_status() };
     if info.si_code == libc::CLD_EXITED {
