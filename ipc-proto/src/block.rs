@@ -67,6 +67,31 @@ impl DetectZeroes {
     }
 }
 
+/// The `file` driver's I/O engine (QEMU `BlockdevAioOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockdevAio {
+    /// A pool of threads doing blocking `preadv`/`pwritev`.
+    #[serde(rename = "threads")]
+    Threads,
+    /// Linux AIO (`io_submit`); QEMU requires `cache.direct=on` for it.
+    #[serde(rename = "native")]
+    Native,
+    /// One io_uring per queue.
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl BlockdevAio {
+    /// QEMU's name of the engine.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockdevAio::Threads => "threads",
+            BlockdevAio::Native => "native",
+            BlockdevAio::IoUring => "io_uring",
+        }
+    }
+}
+
 /// Cache options (QEMU `BlockdevCacheOptions`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -120,8 +145,9 @@ driver_options!(
         filename: String,
         /// Image locking (`on`, `off`, `auto`); accepted and ignored.
         locking: Option<String>,
-        /// AIO backend (`threads`, `native`, `io_uring`); accepted and ignored.
-        aio: Option<String>,
+        /// I/O engine (`threads`, `native`, `io_uring`); none: the fastest
+        /// the host supports.
+        aio: Option<BlockdevAio>,
     }
 );
 

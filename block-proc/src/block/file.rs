@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use ipc_proto::block::ImageInfo;
 
+use super::aio::{self, Engine};
 use super::iobuf::{self, AlignedBuf, DIRECT_ALIGN};
 use super::{Bufs, Driver};
 
@@ -24,6 +25,7 @@ pub struct FileDriver {
     direct: bool,
     size: u64,
     rmw: Mutex<()>,
+    engine: Engine,
 }
 
 impl FileDriver {
@@ -36,7 +38,14 @@ impl FileDriver {
             direct,
             size,
             rmw: Mutex::new(()),
+            engine: Engine::Threads,
         })
+    }
+
+    /// Run I/O with `engine` (`aio=`); [`FileDriver::new`] uses threads.
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// The file (for format drivers that need their own handle).
@@ -292,6 +301,25 @@ impl Driver for FileDriver {
 
     fn as_file(&self) -> Option<&File> {
         Some(&self.file)
+    }
+
+    fn aio(&self) -> Option<aio::FileAio> {
+        (self.engine != Engine::Threads).then(|| aio::FileAio {
+            engine: self.engine,
+            fd: self.file.as_raw_fd(),
+        })
+    }
+
+    /// The dispatch point to the engine: requests that need no bounce
+    /// buffer go to it as they are.
+    fn aio_target(&self, op: &aio::Op<'_, '_>) -> Option<aio::Target> {
+        let as_is = match *op {
+            aio::Op::Read { bufs, offset } | aio::Op::Write { bufs, offset } => {
+                self.is_aligned(bufs, offset, iobuf::total_len(bufs))
+            }
+            aio::Op::Flush | aio::Op::Discard { .. } => true,
+        };
+        self.engine.target(self.file.as_raw_fd(), op, as_is)
     }
 }
 

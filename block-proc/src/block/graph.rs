@@ -10,6 +10,7 @@ use ipc_proto::block::{
     BlockdevOptions, BlockdevRef, DetectZeroes, DiscardMode, NodeInfo, NodeStats,
 };
 
+use super::aio::Engine;
 use super::file::FileDriver;
 use super::null::NullDriver;
 use super::qcow2::{Qcow2Driver, Qcow2Error};
@@ -195,13 +196,15 @@ impl Graph {
                     filename: f.filename.clone(),
                     reason: "No such file or directory".into(),
                 })?;
+                let engine =
+                    Engine::resolve(f.aio, c.direct).map_err(|e| GraphError::Invalid(e.to_string()))?;
                 let d = FileDriver::new(file, f.filename.clone(), c.direct).map_err(|e| {
                     GraphError::Open {
                         filename: f.filename.clone(),
                         reason: strerror(&e),
                     }
                 })?;
-                Box::new(d)
+                Box::new(d.with_engine(engine))
             }
             BlockdevOptions::Raw(r) => {
                 let child = self.child(&r.file, c.read_only, files, created)?;

@@ -12,6 +12,14 @@
 //! region sit behind one mutex held only for ring bookkeeping, never
 //! during I/O. Stopping (GET_VRING_BASE) waits for every started request.
 //!
+//! With an io_uring engine under the node (`aio=io_uring`, see
+//! `block/aio/`), the queue has its own ring: the requests of a kick that
+//! the engine can run as they are go to the ring together (one
+//! `io_uring_enter`), the queue thread waits on the ring fd beside the
+//! kick, and reaps completions in batches (one used-ring update and at most
+//! one interrupt per batch); the rest still goes to the pool. If the ring
+//! cannot be set up, the queue runs on the pool alone.
+//!
 //! A guest that breaks the ring protocol (bad ring address, head or chain
 //! index out of range, chain loops) gets its queue marked broken: the queue
 //! stops touching the ring and only waits to be stopped. Other queues and
@@ -19,7 +27,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -28,8 +36,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::export::ExportEvent;
+use crate::block::aio::uring::Ring;
+use crate::block::aio::Engine;
 use crate::block::Node;
 use crate::inflight::QueueInflight;
+use crate::virtio_blk::aio::AsyncReq;
 use crate::virtio_blk::{self, BlkConfig, Completion};
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use ipc_proto::ratelimit::RateLimit;
@@ -117,6 +128,31 @@ struct Job {
     descs: Vec<Desc>,
 }
 
+/// A queue's io_uring; each request carries its head and completion data.
+type AioRing = Ring<(u16, AsyncReq)>;
+
+/// Finished ring requests, before they are completed on the ring.
+type Reaped = Vec<((u16, AsyncReq), io::Result<()>)>;
+
+/// The queue's ring, when the node's engine is io_uring and the ring can
+/// be set up here; else the queue runs on its pool.
+fn open_ring(shared: &Shared) -> Option<AioRing> {
+    let aio = shared.node.driver.aio()?;
+    match aio.engine {
+        Engine::Threads => None,
+        Engine::IoUring => match Ring::new(aio.fd) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn_limited!(
+                    "queue {}: cannot set up io_uring ({e}); using the thread pool",
+                    shared.index
+                );
+                None
+            }
+        },
+    }
+}
+
 fn signal(f: &Option<File>) {
     if let Some(mut f) = f.as_ref() {
         let _ = f.write(&1u64.to_ne_bytes());
@@ -143,37 +179,61 @@ impl Shared {
     }
 
     fn complete(&self, head: u16, c: Completion) {
-        if let (Some(f), Some(tx)) = (c.failure, self.events.as_ref()) {
-            if self.error_events.allow() {
-                let _ = tx.send(ExportEvent::IoError {
-                    node_name: self.node.name.clone(),
-                    operation: f.operation,
-                    reason: f.reason,
-                });
-            }
-        }
+        self.complete_all([(head, c)]);
+    }
+
+    /// Publish completions under one lock, with at most one interrupt.
+    fn complete_all(&self, done: impl IntoIterator<Item = (u16, Completion)>) {
         let mut st = self.lock();
-        if st.broken {
+        let mut any = false;
+        for (head, c) in done {
+            if let (Some(f), Some(tx)) = (c.failure, self.events.as_ref()) {
+                if self.error_events.allow() {
+                    let _ = tx.send(ExportEvent::IoError {
+                        node_name: self.node.name.clone(),
+                        operation: f.operation,
+                        reason: f.reason,
+                    });
+                }
+            }
+            if st.broken {
+                return;
+            }
+            if let Some(inf) = st.inflight.as_ref() {
+                inf.pre_put(head);
+            }
+            let r = st.ring.add_used(&self.mem, head, c.used_len);
+            if let Err(e) = r {
+                return self.fail(&mut st, e);
+            }
+            let used = st.ring.next_used();
+            if let Some(inf) = st.inflight.as_ref() {
+                inf.post_put(head, used);
+            }
+            any = true;
+        }
+        if !any {
             return;
         }
-        if let Some(inf) = st.inflight.as_ref() {
-            inf.pre_put(head);
-        }
-        let r = st
-            .ring
-            .add_used(&self.mem, head, c.used_len)
-            .and_then(|()| {
-                let used = st.ring.next_used();
-                if let Some(inf) = st.inflight.as_ref() {
-                    inf.post_put(head, used);
-                }
-                st.ring.needs_notification(&self.mem)
-            });
-        match r {
+        match st.ring.needs_notification(&self.mem) {
             Ok(true) => signal(&self.call),
             Ok(false) => {}
             Err(e) => self.fail(&mut st, e),
         }
+    }
+
+    /// Complete what the ring finished.
+    fn complete_reaped(&self, reaped: &mut Reaped) {
+        if reaped.is_empty() {
+            return;
+        }
+        let done = reaped.drain(..).map(|((head, r), res)| {
+            (
+                head,
+                virtio_blk::aio::complete(&self.node, &self.mem, &r, res),
+            )
+        });
+        self.complete_all(done);
     }
 
     /// Take every available request from the ring.
@@ -353,24 +413,77 @@ fn io_thread(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
     }
 }
 
+/// Where a queue's requests run.
+struct Engines {
+    pool: Pool,
+    ring: Option<AioRing>,
+    reaped: Reaped,
+}
+
+impl Engines {
+    fn ring_busy(&self) -> usize {
+        self.ring.as_ref().map_or(0, AioRing::in_flight)
+    }
+
+    /// Hand `j` to the ring if the node's engine takes it as it is, else
+    /// to the pool.
+    fn submit(&mut self, shared: &Shared, j: Job) {
+        if let Some(ring) = self.ring.as_mut() {
+            if let Some((r, target, iov)) =
+                virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, &j.descs)
+            {
+                // SAFETY: the iovecs point into guest memory mapped by
+                // `shared.mem`, which the queue thread holds until the
+                // ring has returned every request (run() waits for them
+                // before it returns; dropping the ring waits too).
+                unsafe { ring.push(target, iov, (j.head, r)) };
+                return;
+            }
+        }
+        self.pool.submit(j);
+    }
+
+    /// Submit what was pushed and complete what is already finished.
+    fn flush(&mut self, shared: &Shared) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        if let Err(e) = ring.submit() {
+            warn_limited!("queue {}: io_uring submit failed: {e}", shared.index);
+        }
+        ring.reap(&mut self.reaped);
+        shared.complete_reaped(&mut self.reaped);
+    }
+
+    /// Wait for every request of the ring and the pool.
+    fn wait_all(&mut self, shared: &Shared) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.wait_all(&mut self.reaped);
+            shared.complete_reaped(&mut self.reaped);
+        }
+        shared.wait_idle();
+    }
+}
+
 /// Take and run everything the ring offers until it is empty with
 /// notifications re-enabled.
-fn drain(shared: &Shared, pool: &mut Pool, batch: &mut Vec<Job>) {
+fn drain(shared: &Shared, eng: &mut Engines, batch: &mut Vec<Job>) {
     loop {
         shared.pop_all(batch);
         if batch.is_empty() {
             if !shared.rearm() {
+                eng.flush(shared);
                 return;
             }
             continue;
         }
-        if batch.len() == 1 && *shared.busy() == 0 {
+        if batch.len() == 1 && *shared.busy() == 0 && eng.ring_busy() == 0 {
             if let Some(j) = batch.pop() {
                 shared.execute(j.head, &j.descs);
             }
         } else {
             for j in batch.drain(..) {
-                pool.submit(j);
+                eng.submit(shared, j);
             }
         }
     }
@@ -400,22 +513,33 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
     // sends it): one spurious interrupt is harmless, a lost one stalls the
     // driver.
     signal(&shared.call);
-    let mut pool = Pool::new(&shared);
+    let mut eng = Engines {
+        pool: Pool::new(&shared),
+        ring: open_ring(&shared),
+        reaped: Vec::new(),
+    };
     let mut batch = Vec::new();
     // Requests may already be waiting (kicked before we started).
-    drain(&shared, &mut pool, &mut batch);
+    drain(&shared, &mut eng, &mut batch);
     let mut buf = [0u8; 8];
     loop {
-        let (kick_ready, stop_ready) = {
-            let mut fds = [
+        let ring_fd = eng.ring.as_ref().map(AsRawFd::as_raw_fd);
+        let (kick_ready, stop_ready, ring_ready) = {
+            // SAFETY: the ring fd stays open while `eng.ring` lives, which
+            // outlasts this poll.
+            let ring_fd = ring_fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+            let mut fds = vec![
                 PollFd::new(kick.as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             ];
+            if let Some(fd) = ring_fd.filter(|_| eng.ring_busy() > 0) {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            let ready = |f: Option<&PollFd<'_>>| {
+                f.and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
+            };
             match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds[1].revents().is_some_and(|r| !r.is_empty()),
-                ),
+                Ok(_) => (ready(fds.first()), ready(fds.get(1)), ready(fds.get(2))),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::error!("queue {}: poll failed: {e}", shared.index);
@@ -427,16 +551,19 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
             let _ = stop.read(&mut buf);
             break;
         }
+        if ring_ready {
+            eng.flush(&shared);
+        }
         if kick_ready {
             if (&kick).read(&mut buf).is_err() {
                 // Spurious wakeup or a bad fd: avoid spinning on a broken fd.
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            drain(&shared, &mut pool, &mut batch);
+            drain(&shared, &mut eng, &mut batch);
         }
     }
-    shared.wait_idle();
-    pool.shutdown();
+    eng.wait_all(&shared);
+    eng.pool.shutdown();
     let next = shared.lock().ring.next_avail();
     next
 }
