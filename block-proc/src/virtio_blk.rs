@@ -370,7 +370,7 @@ fn rw_valid(cfg: &BlkConfig, sector: u64, len: u64, write: bool) -> bool {
         .checked_mul(512)
         .and_then(|o| o.checked_add(len))
         .is_some_and(|end| end <= cfg.capacity * 512);
-    len % 512 == 0 && len <= MAX_REQUEST_BYTES && range_ok && !(write && cfg.read_only)
+    len.is_multiple_of(512) && len <= MAX_REQUEST_BYTES && range_ok && !(write && cfg.read_only)
 }
 
 fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) -> Completion {

@@ -196,8 +196,8 @@ impl Graph {
                     filename: f.filename.clone(),
                     reason: "No such file or directory".into(),
                 })?;
-                let engine =
-                    Engine::resolve(f.aio, c.direct).map_err(|e| GraphError::Invalid(e.to_string()))?;
+                let engine = Engine::resolve(f.aio, c.direct)
+                    .map_err(|e| GraphError::Invalid(e.to_string()))?;
                 let d = FileDriver::new(file, f.filename.clone(), c.direct).map_err(|e| {
                     GraphError::Open {
                         filename: f.filename.clone(),

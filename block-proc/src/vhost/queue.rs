@@ -535,9 +535,8 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
             if let Some(fd) = ring_fd.filter(|_| eng.ring_busy() > 0) {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
-            let ready = |f: Option<&PollFd<'_>>| {
-                f.and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
-            };
+            let ready =
+                |f: Option<&PollFd<'_>>| f.and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => (ready(fds.first()), ready(fds.get(1)), ready(fds.get(2))),
                 Err(nix::errno::Errno::EINTR) => continue,

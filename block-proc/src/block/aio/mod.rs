@@ -263,7 +263,13 @@ mod tests {
             .unwrap();
         assert_eq!(t.op, HostOp::PunchHole { offset: 8, len: 4 });
         let shifted = Op::Discard { offset: 8, len: 4 }.shifted(100).unwrap();
-        assert!(matches!(shifted, Op::Discard { offset: 108, len: 4 }));
+        assert!(matches!(
+            shifted,
+            Op::Discard {
+                offset: 108,
+                len: 4
+            }
+        ));
         assert!(Op::Discard {
             offset: u64::MAX,
             len: 1

@@ -170,7 +170,11 @@ impl<T> Ring<T> {
             let Some(&idx) = self.backlog.front() else {
                 return;
             };
-            let Some(entry) = self.slots.get(idx).and_then(Option::as_ref).map(|p| sqe(p, idx))
+            let Some(entry) = self
+                .slots
+                .get(idx)
+                .and_then(Option::as_ref)
+                .map(|p| sqe(p, idx))
             else {
                 self.backlog.pop_front();
                 continue;

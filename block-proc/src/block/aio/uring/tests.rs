@@ -105,16 +105,23 @@ fn ring_runs_many_requests_at_once_and_returns_each_token() {
     let mut bufs: Vec<AlignedBuf> = (0..n).map(|_| AlignedBuf::new(4096).unwrap()).collect();
     for (i, b) in bufs.iter_mut().enumerate() {
         b.as_mut_slice().fill(i as u8);
-        let t = target(&f, HostOp::Writev {
-            offset: i as u64 * 4096,
-        });
+        let t = target(
+            &f,
+            HostOp::Writev {
+                offset: i as u64 * 4096,
+            },
+        );
         // SAFETY: `bufs` outlives the wait below.
         unsafe { ring.push(t, vec![iov(b.as_mut_slice())], i as u32) };
     }
     ring.submit().unwrap();
     let mut out = Vec::new();
     ring.wait_all(&mut out);
-    let bad: Vec<_> = out.iter().filter(|(_, r)| r.is_err()).map(|(t, _)| *t).collect();
+    let bad: Vec<_> = out
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(t, _)| *t)
+        .collect();
     assert!(bad.is_empty(), "{bad:?}");
     let mut toks: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
     toks.sort_unstable();
