@@ -215,6 +215,15 @@ impl Graph {
             }
             BlockdevOptions::Qcow2(q) => {
                 let child = self.child(&q.file, c.read_only, files, created)?;
+                if child
+                    .driver
+                    .aio()
+                    .is_some_and(|a| a.engine == Engine::IoUring)
+                {
+                    tracing::info!(
+                        "qcow2 node '{name}': image I/O runs on the thread pool (the qcow2 driver is synchronous); io_uring serves raw and file exports"
+                    );
+                }
                 let (file, fname, direct) = {
                     let info = child.driver.image_info();
                     let fd = dup_child_file(&child)?;
