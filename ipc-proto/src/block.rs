@@ -145,8 +145,8 @@ driver_options!(
         filename: String,
         /// Image locking (`on`, `off`, `auto`); accepted and ignored.
         locking: Option<String>,
-        /// I/O engine (`threads`, `native`, `io_uring`); none: the fastest
-        /// the host supports.
+        /// I/O engine (`threads`, `native`, `io_uring`); none: io_uring
+        /// with `cache.direct=on` when the host has it, else threads.
         aio: Option<BlockdevAio>,
     }
 );
