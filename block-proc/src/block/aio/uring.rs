@@ -216,8 +216,15 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Append the finished requests to `out` (does not block).
+    /// Append the finished requests to `out` (does not block); hand what
+    /// they made ready (resubmissions, backlog) to the kernel.
     pub fn reap(&mut self, out: &mut Vec<(T, io::Result<()>)>) {
+        self.collect(out);
+        let _ = self.submit();
+    }
+
+    /// [`Ring::reap`] without the submission.
+    fn collect(&mut self, out: &mut Vec<(T, io::Result<()>)>) {
         out.append(&mut self.ready);
         let mut cqes = Vec::new();
         for c in self.ring.completion() {
@@ -233,7 +240,6 @@ impl<T> Ring<T> {
             }
         }
         self.fill();
-        let _ = self.submit();
     }
 
     /// Apply one CQE to its slot: the finished request, or None when the
@@ -282,7 +288,8 @@ impl<T> Ring<T> {
     pub fn wait_all(&mut self, out: &mut Vec<(T, io::Result<()>)>) {
         out.append(&mut self.ready);
         while self.in_flight() > 0 {
-            self.reap(out);
+            // One io_uring_enter submits what is queued and waits.
+            self.collect(out);
             if self.in_flight() == 0 {
                 return;
             }
