@@ -143,9 +143,10 @@ fn blk_guest_does_its_io_on_an_io_uring_drive_inside_the_sandbox() {
     // The guest's passes completed on the ring of its queue, in a
     // block-proc under its seccomp filter (mode 2) with no_new_privs, and
     // that block-proc is the first one (not restarted after a kill).
-    // A pass is at least a write, a flush and a read.
+    // A pass is at least a flush and a read (the guest waits for each
+    // request, and lone writes run without the ring).
     let n = ring_completions(pid).expect("the queue has an io_uring");
-    assert!(n >= 6, "{n} ring completions");
+    assert!(n >= 4, "{n} ring completions");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("Seccomp:\t2"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");

@@ -28,6 +28,13 @@ pub struct AsyncReq {
     start: Instant,
 }
 
+impl AsyncReq {
+    /// What kind of request it is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
 /// The request in `descs` for the node's engine, or None to run it with
 /// [`super::process`].
 pub fn prepare(
