@@ -5,9 +5,9 @@
 //! order, the requests the inflight region shows unfinished.
 //!
 //! Execution: a lone request is run on the queue thread itself, which
-//! waits for it (lowest latency at queue depth 1; on the ring, except
-//! writes); when a kick brings several, they go to the
-//! queue's pool of I/O threads and complete in any order, as virtio
+//! waits for it (lowest latency at queue depth 1; on the ring below,
+//! except writes); when a kick brings several, they go to the queue's
+//! pool of I/O threads (or its ring) and complete in any order, as virtio
 //! allows, so a deep queue keeps several host I/Os in flight (that is what
 //! matters with `O_DIRECT` on real disks). The ring and the inflight
 //! region sit behind one mutex held only for ring bookkeeping, never
