@@ -25,8 +25,13 @@ fn disk(name: &str, size: u64) -> PathBuf {
 }
 
 fn json(img: &std::path::Path, aio: &str, direct: bool) -> String {
+    let aio = if aio.is_empty() {
+        String::new()
+    } else {
+        format!(r#""aio":"{aio}","#)
+    };
     format!(
-        r#"{{"driver":"raw","node-name":"disk0","discard":"unmap","file":{{"driver":"file","filename":"{}","aio":"{aio}","cache":{{"direct":{direct}}}}}}}"#,
+        r#"{{"driver":"raw","node-name":"disk0","discard":"unmap","file":{{"driver":"file","filename":"{}",{aio}"cache":{{"direct":{direct}}}}}}}"#,
         img.display()
     )
 }
@@ -168,6 +173,21 @@ fn aio_threads_serves_the_same_queue_without_a_ring() {
     drop(dev);
     drop(bp);
     std::fs::remove_file(img).unwrap();
+}
+
+#[test]
+fn without_aio_a_direct_file_gets_io_uring_and_a_buffered_one_threads() {
+    for (direct, ring) in [(true, true), (false, false)] {
+        let img = disk(&format!("default-{direct}.raw"), 4 << 20);
+        let sock = tmp(&format!("default-{direct}.sock"));
+        let bp = start(&sock, &json(&img, "", direct), &[]);
+        let mut dev = connect(&sock, 1);
+        assert_eq!(dev.read(0, 0, 4096).unwrap().0, S_OK);
+        assert_eq!(ring_completions(&bp).is_some(), ring, "direct={direct}");
+        drop(dev);
+        drop(bp);
+        std::fs::remove_file(img).unwrap();
+    }
 }
 
 #[test]
