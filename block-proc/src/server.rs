@@ -95,6 +95,7 @@ impl Server {
             }
             BlockRequest::QueryNodes => Ok(BlockReply::Nodes(self.graph.query_nodes())),
             BlockRequest::QueryStats => Ok(BlockReply::Stats(self.graph.query_stats())),
+            BlockRequest::Ping => Ok(BlockReply::Done),
             BlockRequest::AddExport {
                 id,
                 node_name,

@@ -159,6 +159,8 @@ fn broker_builds_graph_exports_it_and_queries_stats_over_ipc() {
 #[test]
 fn add_node_without_its_file_fd_reports_could_not_open() {
     let mut w = spawn();
+    // The liveness ping is answered from the IPC loop.
+    assert_eq!(w.call(BlockRequest::Ping, &[]), Ok(BlockReply::Done));
     let options: BlockdevOptions =
         serde_json::from_str(r#"{"driver":"file","node-name":"f","filename":"/nope"}"#).unwrap();
     let err = w
@@ -223,4 +225,59 @@ fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
             w.events.push(e);
         }
     }
+}
+
+#[test]
+fn sandboxed_direct_write_of_the_partial_last_block_keeps_the_file_size() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // On the disk: a tmpfs /tmp refuses O_DIRECT.
+    let img = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bp-ipc-tail-{}.raw", std::process::id()));
+    let len = (1 << 20) + 1024;
+    std::fs::write(&img, vec![0x11u8; len]).unwrap();
+    let mut w = spawn();
+    let json = format!(
+        r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}","cache":{{"direct":true}}}}}}"#,
+        img.display()
+    );
+    let options: BlockdevOptions = serde_json::from_str(&json).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&img)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    assert_eq!(
+        w.call(BlockRequest::AddNode { options, files }, &[file.as_fd()]),
+        Ok(BlockReply::Done)
+    );
+    let sock = tmp("ipc-tail.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let export = BlockRequest::AddExport {
+        id: "e2".into(),
+        node_name: "disk0".into(),
+        num_queues: 1,
+        writable: true,
+        serial: "x".into(),
+        logical_block_size: 512,
+    };
+    assert_eq!(w.call(export, &[listener.as_fd()]), Ok(BlockReply::Done));
+    let mut dev = connect(&sock, 1);
+    let last = (len as u64 / 512) - 1;
+    assert_eq!(dev.write(0, last, &pattern(512, 7)).unwrap(), S_OK);
+    assert_eq!(dev.read(0, last, 512).unwrap().1, pattern(512, 7));
+    // Still alive (the sandbox allowed the tail write) and not grown.
+    assert_eq!(dev.read(0, 0, 4096).unwrap().0, S_OK);
+    assert!(w.child.try_wait().unwrap().is_none());
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), len as u64);
+    let back = std::fs::read(&img).unwrap();
+    assert_eq!(&back[len - 512..], &pattern(512, 7)[..]);
+    assert!(back[..len - 512].iter().all(|&b| b == 0x11));
+    drop(dev);
+    std::fs::remove_file(img).unwrap();
 }

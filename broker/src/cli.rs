@@ -4,6 +4,7 @@
 //! small parser is written by hand.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -74,6 +75,10 @@ pub struct Config {
     /// `-run-with user=NAME|UID[:GID]`: the identity sandboxed workers run
     /// as (default: one derived from the broker's pid, unique per VM).
     pub run_with_user: Option<String>,
+    /// `-x-bulkhead-image-dir DIR` (repeatable): directory trees backing
+    /// files named in image headers may come from, besides the directories
+    /// of the images the user named.
+    pub image_dirs: Vec<PathBuf>,
     /// Directory holding the worker executables (`-worker-dir`, default:
     /// beside the broker's executable).
     pub worker_dir: Option<PathBuf>,
@@ -83,7 +88,17 @@ pub struct Config {
     pub devices: Vec<Map<String, Value>>,
     /// `-chardev socket,id=ID,path=PATH` (client sockets for vhost-user).
     pub chardevs: Vec<ChardevSpec>,
+    /// `-__org.bulkhead-worker-timeout SECONDS`: how long a worker may
+    /// take to answer a request or a liveness ping before it is declared
+    /// hung (default [`DEFAULT_WORKER_TIMEOUT`]).
+    pub worker_timeout: Duration,
 }
+
+/// The worker timeout without `-__org.bulkhead-worker-timeout`.
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The option naming the worker timeout (QEMU's downstream-prefix style).
+pub const WORKER_TIMEOUT_OPTION: &str = "-__org.bulkhead-worker-timeout";
 
 /// One `-chardev socket,id=ID,path=PATH`: a Unix socket the broker
 /// connects to (a vhost-user backend's).
@@ -124,9 +139,11 @@ impl Default for Config {
             run_with_user: None,
             add_fds: Vec::new(),
             worker_dir: None,
+            image_dirs: Vec::new(),
             blockdevs: Vec::new(),
             devices: Vec::new(),
             chardevs: Vec::new(),
+            worker_timeout: DEFAULT_WORKER_TIMEOUT,
         }
     }
 }
@@ -165,6 +182,8 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-add-fd" => cfg.add_fds.push(parse_add_fd(&value()?)?),
             "-run-with" => cfg.run_with_user = Some(parse_run_with(&value()?)?),
             "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
+            WORKER_TIMEOUT_OPTION => cfg.worker_timeout = parse_worker_timeout(&value()?)?,
+            "-x-bulkhead-image-dir" => cfg.image_dirs.push(PathBuf::from(value()?)),
             "-blockdev" => {
                 let text = value()?;
                 let options = parse_blockdev(&text)?;
@@ -245,6 +264,18 @@ fn parse_add_fd(s: &str) -> Result<crate::machine::fdsets::InheritedFd> {
         }
     }
     Ok(out)
+}
+
+/// Seconds, with a fraction if wanted (`5`, `0.5`), from 0.1 to 3600.
+fn parse_worker_timeout(s: &str) -> Result<Duration> {
+    let o = WORKER_TIMEOUT_OPTION;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| bad(o, format!("'{s}' is not a number of seconds")))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(bad(o, format!("{s} is out of range (0.1 to 3600 seconds)")));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_run_with(s: &str) -> Result<String> {
@@ -711,6 +742,26 @@ mod tests {
         assert_eq!(c.add_fds[0].opaque.as_deref(), Some("img"));
         assert_eq!(c.add_fds[1].fd, None);
         assert!(parse(&args("-add-fd fd=x,set=1")).is_err());
+    }
+
+    #[test]
+    fn worker_timeout_takes_seconds_and_rejects_nonsense() {
+        assert_eq!(
+            parse(&args("")).unwrap().worker_timeout,
+            DEFAULT_WORKER_TIMEOUT
+        );
+        let c = parse(&args("-__org.bulkhead-worker-timeout 2.5")).unwrap();
+        assert_eq!(c.worker_timeout, Duration::from_millis(2500));
+        for v in ["0", "-1", "x", "nan", "3601", "inf"] {
+            let e = parse(&args(&format!("-__org.bulkhead-worker-timeout {v}")));
+            assert!(matches!(e, Err(CliError::BadValue { .. })), "{v}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn image_dirs_are_collected_in_order() {
+        let c = parse(&args("-x-bulkhead-image-dir /a -x-bulkhead-image-dir /b")).unwrap();
+        assert_eq!(c.image_dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 
     #[test]

@@ -14,9 +14,14 @@
 //! opens `filename` itself (with `O_DIRECT` when `cache.direct` is true,
 //! read-only when the node is read-only) and passes the fd with
 //! [`BlockRequest::AddNode`], listed in [`FileFd`] by the same filename. A
-//! qcow2 image's backing chain is opened the same way: if block-proc finds a
-//! backing file it has no fd for, it answers [`BlockReply::NeedFiles`] and
-//! the broker re-sends `AddNode` with those files added.
+//! qcow2 image's backing chain is read from the image headers by the broker
+//! itself, opened read-only (under the broker's open policy) and passed
+//! with the same first `AddNode`, each file under its resolved name. If
+//! block-proc still finds a backing file it has no fd for (the header
+//! changed since the broker read it), it answers [`BlockReply::NeedFiles`];
+//! the broker never opens a name it did not read itself, so it refuses the
+//! request, logs it and fails the `blockdev-add`: a compromised block-proc
+//! cannot make the broker open a file for it.
 //!
 //! Exports: the broker creates and keeps the vhost-user listening socket and
 //! passes it (fd 0) with [`BlockRequest::AddExport`]. block-proc accepts one
@@ -92,6 +97,18 @@ impl BlockdevAio {
     }
 }
 
+/// QEMU's `OnOffAuto` (the `file` driver's `locking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnOffAuto {
+    /// On.
+    On,
+    /// Off.
+    Off,
+    /// Decided by the implementation (for `locking`: on).
+    Auto,
+}
+
 /// Cache options (QEMU `BlockdevCacheOptions`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -143,8 +160,10 @@ driver_options!(
     FileOptions {
         /// Path of the file; the broker opens it and passes the fd.
         filename: String,
-        /// Image locking (`on`, `off`, `auto`); accepted and ignored.
-        locking: Option<String>,
+        /// Image locking: QEMU's OFD lock bytes, taken by the broker on
+        /// the fd it opens (`auto`, the default, and `on` take them; `off`
+        /// does not).
+        locking: Option<OnOffAuto>,
         /// I/O engine (`threads`, `native`, `io_uring`); none: io_uring
         /// with `cache.direct=on` when the host has it, else threads.
         aio: Option<BlockdevAio>,
@@ -408,6 +427,9 @@ pub enum BlockRequest {
     QueryNodes,
     /// `query-blockstats` (per node).
     QueryStats,
+    /// The broker's liveness check: answered with [`BlockReply::Done`]
+    /// straight from the IPC loop.
+    Ping,
     /// Export a node as a vhost-user-blk device on the listening socket
     /// attached as fd 0.
     AddExport {
@@ -443,8 +465,10 @@ pub enum BlockRequest {
 pub enum BlockReply {
     /// The request succeeded and returns nothing.
     Done,
-    /// `AddNode` needs more files (backing files found in image headers);
-    /// the broker opens them read-only and re-sends `AddNode`.
+    /// `AddNode` needs files it was not given (backing files found in image
+    /// headers). The broker has already passed every file of the chain it
+    /// read, so it opens nothing for this: it logs the names and fails the
+    /// `blockdev-add` with them.
     NeedFiles {
         /// Paths to open, resolved as QEMU would.
         filenames: Vec<String>,

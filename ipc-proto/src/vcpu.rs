@@ -259,6 +259,9 @@ pub enum VcpuRequest {
     SystemPowerdown,
     /// Report every vCPU (`query-cpus-fast`).
     QueryCpus,
+    /// The broker's liveness check: answered with [`VcpuReply::Done`]
+    /// straight from the IPC loop, without touching the VM.
+    Ping,
     /// [`VcpuRequest::CreateVm`] with vhost-user devices attached before
     /// the firmware tables are written and before any vCPU runs. Fds: per
     /// the config's and the devices' slots.

@@ -4,16 +4,20 @@
 //! - [`graph`]: the named node graph (`blockdev-add`/`-del`, queries).
 //! - [`file`], [`raw`], [`qcow2`], [`null`]: the drivers.
 //! - [`aio`]: the `file` driver's I/O engines (thread pool, io_uring).
-//! - [`iobuf`]: aligned bounce buffers and guest-buffer helpers.
+//! - [`iobuf`]: aligned buffers and guest-buffer helpers.
+//! - [`bounce`]: the budgeted bounce-buffer pool of an `O_DIRECT` file.
+//! - [`range_lock`]: byte-range locks over data-modifying requests.
 //! - [`stats`]: per-node I/O accounting.
 
 pub mod aio;
+pub mod bounce;
 pub mod file;
 pub mod graph;
 pub mod iobuf;
 pub mod null;
 pub mod qcow2;
 pub mod qcow2_header;
+pub mod range_lock;
 pub mod raw;
 pub mod stats;
 

@@ -15,6 +15,8 @@
 //! same schema functions and QEMU's messages; then the arguments are
 //! deserialised into ipc-proto's [`BlockdevOptions`].
 
+use std::time::Instant;
+
 use ipc_proto::block::{
     BlockReply, BlockRequest, BlockdevOptions, BlockdevRef, NodeInfo, NodeStats,
 };
@@ -263,18 +265,37 @@ pub fn parse_options(map: Map<String, Value>) -> Result<BlockdevOptions> {
 /// `blockdev-add` with the arguments as a JSON object: the path both the
 /// command and the command line (`-blockdev`, `-drive`) take.
 pub fn blockdev_add(m: &Machine, map: Map<String, Value>) -> Result<()> {
-    let o = parse_options(map)?;
-    block_state::add_node(m, o)?;
-    Ok(())
+    blockdev_add_hinted(m, map).map_err(|(e, _)| e)
+}
+
+/// [`blockdev_add`], keeping QEMU's hint line for the command line.
+fn blockdev_add_hinted(
+    m: &Machine,
+    map: Map<String, Value>,
+) -> std::result::Result<(), (QmpError, Option<String>)> {
+    let o = parse_options(map).map_err(|e| (e, None))?;
+    // The hint of the last attempt (a restart of block-proc runs it again).
+    let hint = std::cell::RefCell::new(None);
+    m.across_block_restarts(|| {
+        block_state::add_node(m, o.clone()).map_err(|e| {
+            *hint.borrow_mut() = e.hint;
+            e.error
+        })
+    })
+    .map_err(|e| (e.into(), hint.take()))
 }
 
 /// Applies the command line's `-blockdev` and `-drive` options, in order.
-/// The error is QEMU's `OPTION VALUE: message`.
+/// The error is QEMU's `OPTION VALUE: message`, and its hint on the next
+/// line when QEMU prints one.
 pub fn apply_config(m: &Machine) -> std::result::Result<(), QmpError> {
     for spec in &m.config().blockdevs {
-        blockdev_add(m, spec.options.clone()).map_err(|e| QmpError {
+        blockdev_add_hinted(m, spec.options.clone()).map_err(|(e, hint)| QmpError {
             class: e.class,
-            desc: format!("{} {}: {}", spec.option, spec.text, e.desc),
+            desc: match hint {
+                Some(h) => format!("{} {}: {}\n{h}", spec.option, spec.text, e.desc),
+                None => format!("{} {}: {}", spec.option, spec.text, e.desc),
+            },
         })?;
     }
     Ok(())
@@ -324,7 +345,8 @@ impl Command for BlockdevDel {
     type Ret = Empty;
 
     fn run(args: BlockdevDelArgs, ctx: &Ctx<'_>) -> Result<Empty> {
-        block_state::del_node(ctx.machine, &args.node_name)?;
+        let m = ctx.machine;
+        m.across_block_restarts(|| block_state::del_node(m, &args.node_name))?;
         Ok(Empty {})
     }
 }
@@ -548,7 +570,12 @@ impl BlockDeviceInfo {
 }
 
 fn query_nodes(m: &Machine) -> Result<Vec<NodeInfo>> {
-    match m.block_request(BlockRequest::QueryNodes)? {
+    query_nodes_until(m, Instant::now() + m.worker_timeout())
+}
+
+/// The nodes, asked of block-proc by `deadline` (waiting for a restart).
+fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<NodeInfo>> {
+    match m.block_query_until(BlockRequest::QueryNodes, deadline)?.1 {
         BlockReply::Nodes(n) => Ok(n),
         other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_)) => {
             Err(unexpected_reply(&other).into())
@@ -833,13 +860,17 @@ impl Command for QueryBlockstats {
             return Ok(Vec::new());
         }
         let m = ctx.machine;
-        let mut stats = match m.block_request(BlockRequest::QueryStats)? {
-            BlockReply::Stats(s) => s,
-            other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)) => {
-                return Err(unexpected_reply(&other).into())
-            }
+        // Counted across block-proc restarts: never backwards.
+        // One deadline for both questions.
+        let deadline = Instant::now() + m.worker_timeout();
+        let mut stats = match m.block_query_until(BlockRequest::QueryStats, deadline)? {
+            (generation, BlockReply::Stats(s)) => lock(&m.stats).apply(generation, s),
+            (
+                _,
+                other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)),
+            ) => return Err(unexpected_reply(&other).into()),
         };
-        let nodes = query_nodes(m)?;
+        let nodes = query_nodes_until(m, deadline)?;
         let drv = |name: &str| {
             nodes
                 .iter()

@@ -54,6 +54,8 @@ impl QapiType for WorkerExitedData {
                 member::<i64>("pid"),
                 optional::<i64>("exit-code"),
                 optional::<String>("signal"),
+                optional::<String>("syscall"),
+                optional::<String>("reason"),
                 member::<String>("action"),
             ],
         }

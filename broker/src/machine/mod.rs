@@ -6,17 +6,26 @@
 //! - [`policy`]: what happens when a worker exits (restart with backoff, or
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
+//! - [`liveness`]: the ping that finds hung workers.
+//! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
+//! - [`start_gate`]: whether start-up is over, for commands that arrive
+//!   before the workers are up.
 
 pub mod block_state;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
+pub mod images;
+pub mod liveness;
 pub mod policy;
+pub mod start_gate;
+pub mod stats_carry;
 pub mod vm_setup;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest};
 use ipc_proto::vcpu::{RunState, StatusInfo, VcpuEvent, VcpuReply, VcpuRequest};
@@ -62,11 +71,17 @@ impl ExitRequest {
 
 /// A running worker: the process guard and its link.
 pub struct Worker<L> {
-    /// The process (killed on drop).
+    /// The process (killed and reaped on drop).
     pub process: SpawnedWorker,
     /// The control channel.
     pub link: Arc<L>,
+    /// Which publication this is: exits of any other are not this slot's.
+    pub generation: u64,
 }
+
+/// How long an ending broker lets its workers exit by themselves (their
+/// control channels closed) before it SIGKILLs them.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The VM: configuration, workers and the event bus.
 pub struct Machine {
@@ -90,6 +105,18 @@ pub struct Machine {
     /// The block graph and exports the user asked for (replayed into a
     /// restarted block-proc).
     pub(crate) block_state: block_state::Shared,
+    /// Signalled (with `block`'s mutex) when a block worker is published
+    /// or the broker starts ending.
+    block_ready: Condvar,
+    /// Held by the exit handler that restarts block-proc: one at a time.
+    pub(crate) restart_owner: Mutex<()>,
+    next_generation: AtomicU64,
+    /// Pids the liveness check killed as hung (for their exit event).
+    hung: Mutex<Vec<u32>>,
+    /// Block statistics carried across block-proc lifetimes.
+    pub(crate) stats: Mutex<stats_carry::StatsCarry>,
+    /// Open once the workers are up (QMP greets before that).
+    start_gate: start_gate::StartGate,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -104,7 +131,7 @@ impl Machine {
         supervisor: Arc<Supervisor>,
         exit_tx: Sender<ExitRequest>,
     ) -> Arc<Self> {
-        Arc::new(Machine {
+        let m = Arc::new(Machine {
             worker_sandbox,
             block_state: Default::default(),
             config,
@@ -118,7 +145,131 @@ impl Machine {
             restart: Mutex::new(policy::Backoff::default()),
             devices: Mutex::new(devices::DeviceState::default()),
             status_hook: std::sync::OnceLock::new(),
-        })
+            block_ready: Condvar::new(),
+            restart_owner: Mutex::new(()),
+            next_generation: AtomicU64::new(1),
+            hung: Mutex::new(Vec::new()),
+            stats: Mutex::new(stats_carry::StatsCarry::default()),
+            start_gate: start_gate::StartGate::default(),
+        });
+        liveness::start(&m);
+        m
+    }
+
+    /// How long a worker may take to answer a request or a ping
+    /// (`-__org.bulkhead-worker-timeout`).
+    pub fn worker_timeout(&self) -> Duration {
+        self.config.worker_timeout
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Wakes the callers waiting for a block worker.
+    pub(crate) fn worker_published(&self) {
+        let _guard = lock(&self.block);
+        self.block_ready.notify_all();
+    }
+
+    /// Records that `pid` is being killed because it hung.
+    pub(crate) fn mark_hung(&self, pid: u32) {
+        lock(&self.hung).push(pid);
+    }
+
+    /// True (once) if `pid` was killed as hung.
+    pub(crate) fn take_hung(&self, pid: u32) -> bool {
+        let mut hung = lock(&self.hung);
+        let before = hung.len();
+        hung.retain(|p| *p != pid);
+        hung.len() != before
+    }
+
+    /// Waits until a block worker is published and serving, at most until
+    /// `deadline`; returns its generation and link.
+    fn block_worker_until(&self, deadline: Instant) -> Result<(u64, Arc<BlockLink>), FlatError> {
+        let mut slot = lock(&self.block);
+        loop {
+            if let Some(w) = slot.as_ref().filter(|w| !w.link.is_broken()) {
+                return Ok((w.generation, w.link.clone()));
+            }
+            if self.is_ending() {
+                return Err(FlatError::generic("the VM is shutting down"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FlatError::generic(format!(
+                    "the block worker is restarting and did not come back within {:?}",
+                    self.worker_timeout()
+                )));
+            }
+            // A broken link is replaced without a notification to us:
+            // look again at least every 20 ms.
+            slot = self
+                .block_ready
+                .wait_timeout(slot, left.min(Duration::from_millis(20)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Runs `op`, a state-changing block operation, on a live block-proc:
+    /// a restart in progress is waited for, and if the worker died or was
+    /// replaced while `op` ran, `op` runs again on its successor, all
+    /// within one worker timeout. Running it again never duplicates it:
+    /// the desired block state changes only when `op` succeeds, and a
+    /// restarted worker is rebuilt from that state. `op` must take the
+    /// block state itself (the restart's replay needs it between attempts).
+    pub fn across_block_restarts<T>(
+        &self,
+        op: impl Fn() -> Result<T, FlatError>,
+    ) -> Result<T, FlatError> {
+        let deadline = Instant::now() + self.worker_timeout();
+        loop {
+            let (generation, link) = self.block_worker_until(deadline)?;
+            let err = match op() {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let replaced = lock(&self.block)
+                .as_ref()
+                .is_none_or(|w| w.generation != generation);
+            if !(replaced || link.is_broken()) || Instant::now() >= deadline {
+                return Err(err);
+            }
+            tracing::info!("block worker restarted during a command; running it again");
+        }
+    }
+
+    /// Sends a query (a request without side effects) to block-proc and
+    /// returns the reply with the generation of the worker that gave it. A
+    /// restart in progress is waited for, and a worker that dies before it
+    /// answers is asked again once restarted, all within one worker
+    /// timeout: clients polling during restarts see no error.
+    pub fn block_query(&self, req: BlockRequest) -> Result<(u64, BlockReply), FlatError> {
+        self.block_query_until(req, Instant::now() + self.worker_timeout())
+    }
+
+    /// [`Machine::block_query`] within `deadline` (a command that asks
+    /// several questions shares one deadline among them).
+    pub fn block_query_until(
+        &self,
+        req: BlockRequest,
+        deadline: Instant,
+    ) -> Result<(u64, BlockReply), FlatError> {
+        loop {
+            let (generation, link) = self.block_worker_until(deadline)?;
+            match link.call(req.clone(), &[], deadline) {
+                Ok(reply) => return reply.map(|r| (generation, r)),
+                Err(crate::workers::link::LinkError::Gone(_)) => {
+                    // Its reader may not have seen the end yet: no spinning.
+                    if !link.is_broken() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The configuration the broker was started with.
@@ -146,6 +297,11 @@ impl Machine {
         &self.events
     }
 
+    /// Whether start-up is over; commands that need the VM wait on it.
+    pub fn start_gate(&self) -> &start_gate::StartGate {
+        &self.start_gate
+    }
+
     /// The supervisor watching the workers.
     pub fn supervisor(&self) -> &Arc<Supervisor> {
         &self.supervisor
@@ -165,8 +321,21 @@ impl Machine {
         Ok(reply)
     }
 
-    /// Sends `req` to block-proc and waits for its reply.
+    /// Sends `req` to block-proc and waits for its reply. Queries go
+    /// through [`Machine::block_query`] (they wait for a restarting worker);
+    /// other requests fail at once while the worker is down.
     pub fn block_request(&self, req: BlockRequest) -> Result<BlockReply, FlatError> {
+        match req {
+            BlockRequest::QueryNodes | BlockRequest::QueryStats | BlockRequest::Ping => {
+                return self.block_query(req).map(|(_, r)| r)
+            }
+            BlockRequest::AddNode { .. }
+            | BlockRequest::DelNode { .. }
+            | BlockRequest::AddExport { .. }
+            | BlockRequest::DelExport { .. } => {}
+            #[cfg(feature = "test-hooks")]
+            BlockRequest::TestEscape(_) => {}
+        }
         let link = lock(&self.block).as_ref().map(|w| w.link.clone());
         match link {
             Some(l) => l.request(req, &[]),
@@ -215,20 +384,32 @@ impl Machine {
         self.ending.load(Ordering::SeqCst)
     }
 
-    /// Marks the broker as ending and stops every worker (closing their
-    /// channels, then SIGKILL through the guards).
+    /// Marks the broker as ending and stops every worker: their channels
+    /// are closed, each gets [`STOP_GRACE`] in all to exit by itself, then
+    /// SIGKILL; every one is reaped before this returns, so no former
+    /// worker pid exists once the broker's exit status is available.
     pub fn stop_workers(&self) {
         self.ending.store(true, Ordering::SeqCst);
+        // A restart in progress sees `ending` and publishes nothing more;
+        // wait for it, so its worker is stopped here too.
+        let owner = lock(&self.restart_owner);
         let vcpu = lock(&self.vcpu).take();
         let block = lock(&self.block).take();
+        self.worker_published();
         if let Some(w) = &vcpu {
             w.link.close();
         }
         if let Some(w) = &block {
             w.link.close();
         }
-        drop(vcpu);
-        drop(block);
+        let deadline = Instant::now() + STOP_GRACE;
+        for process in [vcpu.map(|w| w.process), block.map(|w| w.process)]
+            .into_iter()
+            .flatten()
+        {
+            process.stop(deadline.saturating_duration_since(Instant::now()));
+        }
+        drop(owner);
     }
 
     pub(crate) fn mark_vcpu_crashed(&self) {

@@ -188,10 +188,26 @@ where
             std::io::Error::other("control socket already taken"),
         )
     })?;
+    // A worker that never says hello is hung like any other: the
+    // handshake gets the same deadline as every request.
+    let timeout = m.config().worker_timeout;
+    sock.set_read_timeout(Some(timeout))
+        .and_then(|()| sock.set_write_timeout(Some(timeout)))
+        .map_err(|e| StartError::Io(kind.name(), e))?;
+    let handshake = sock
+        .try_clone()
+        .map_err(|e| StartError::Io(kind.name(), e))?;
     let (chan, _hello) = ipc_proto::worker::accept::<R, P, E>(sock, kind)
         .map_err(|e| StartError::Handshake(kind.name(), e))?;
+    // From here on the link's reader waits for as long as the worker lives;
+    // each request carries its own deadline.
+    handshake
+        .set_read_timeout(None)
+        .and_then(|()| handshake.set_write_timeout(None))
+        .map_err(|e| StartError::Io(kind.name(), e))?;
+    drop(handshake);
     let weak: Weak<Machine> = Arc::downgrade(m);
-    let link = WorkerLink::start(kind, proc.pid, chan, move |e| {
+    let link = WorkerLink::start(kind, proc.pid, chan, timeout, move |e| {
         if let Some(m) = weak.upgrade() {
             on_event(&m, e);
         }
@@ -200,16 +216,28 @@ where
     Ok((proc, link))
 }
 
-/// Starts vcpu-proc and creates the VM in it, with the `-device` devices
-/// (attached at creation, or before the first `cont` with `-S`). Returns
-/// the serial socket path to remove at exit, if the broker created one.
-pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
+/// A spawned vcpu-proc that completed its handshake, not yet given a VM.
+pub type SpawnedVcpu = (SpawnedWorker, Arc<VcpuLink>);
+
+/// Spawns vcpu-proc and completes its handshake: the part of its start
+/// that needs nothing from block-proc, so it runs while block-proc starts.
+pub fn spawn_vcpu(m: &Arc<Machine>) -> Result<SpawnedVcpu, StartError> {
+    bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| {
+        m.on_vcpu_event(e)
+    })
+}
+
+/// Creates the VM in `spawned` (from [`spawn_vcpu`]), with the `-device`
+/// devices (attached at creation, or before the first `cont` with `-S`).
+/// Configuration errors come before spawn errors. Returns the serial
+/// socket path to remove at exit, if the broker created one.
+pub fn start_vcpu(
+    m: &Arc<Machine>,
+    spawned: Result<SpawnedVcpu, StartError>,
+) -> Result<Option<PathBuf>, StartError> {
     devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
-    let (proc, link): (SpawnedWorker, Arc<VcpuLink>) =
-        bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| {
-            m.on_vcpu_event(e)
-        })?;
+    let (proc, link) = spawned?;
     let start_paused = prepared.config.start_paused;
     let pending = if start_paused {
         Vec::new()
@@ -240,11 +268,7 @@ pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
     if !start_paused {
         devices::mark_launched(m);
     }
-    watch(m, &proc, WorkerKind::Vcpu)?;
-    *lock(&m.vcpu) = Some(Worker {
-        process: proc,
-        link,
-    });
+    publish(m, &m.vcpu, proc, link, WorkerKind::Vcpu)?;
     Ok(prepared.serial_socket)
 }
 
@@ -254,34 +278,67 @@ pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
         bring_up(m, WorkerKind::Block, |m: &Arc<Machine>, e| {
             m.on_block_event(e)
         })?;
-    watch(m, &proc, WorkerKind::Block)?;
     // Replay before publishing the link, so no QMP command reaches a
-    // half-restored worker.
+    // half-restored worker. A worker that fails it is dropped here (killed
+    // and reaped) and was never watched: its exit starts nothing.
     super::block_state::replay_on(m, &link).map_err(|e| StartError::Refused("block", e))?;
-    *lock(&m.block) = Some(Worker {
-        process: proc,
+    publish(m, &m.block, proc, link, WorkerKind::Block)
+}
+
+/// Makes a brought-up worker the current one of its slot, with a new
+/// generation, wakes the callers waiting for it, and only then watches it:
+/// the supervisor reports exits of published workers only.
+fn publish<L: Send + Sync + 'static>(
+    m: &Arc<Machine>,
+    slot: &std::sync::Mutex<Option<Worker<L>>>,
+    process: SpawnedWorker,
+    link: Arc<L>,
+    kind: WorkerKind,
+) -> Result<(), StartError> {
+    let generation = m.next_generation();
+    let pid = process.pid;
+    let pidfd = process
+        .pidfd
+        .try_clone()
+        .map_err(|e| StartError::Io(kind.name(), e))?;
+    *lock(slot) = Some(Worker {
+        process,
         link,
+        generation,
     });
+    m.worker_published();
+    let weak = Arc::downgrade(m);
+    let watched = m.supervisor().watch(kind, pid, &pidfd, move |exit| {
+        if let Some(m) = weak.upgrade() {
+            on_exit(&m, exit, generation);
+        }
+    });
+    if let Err(e) = watched {
+        // Unwatched it must not serve: take it back (dropping kills it).
+        let stale = lock(slot).take();
+        drop(stale);
+        return Err(StartError::Io(kind.name(), e));
+    }
     Ok(())
 }
 
-fn watch(m: &Arc<Machine>, proc: &SpawnedWorker, kind: WorkerKind) -> Result<(), StartError> {
-    let weak = Arc::downgrade(m);
-    m.supervisor()
-        .watch(kind, proc.pid, &proc.pidfd, move |exit| {
-            if let Some(m) = weak.upgrade() {
-                on_exit(&m, exit);
-            }
-        })
-        .map_err(|e| StartError::Io(kind.name(), e))
-}
+/// The longest uninterrupted sleep of a restart's backoff.
+const STEP: Duration = Duration::from_millis(20);
 
 /// How long to wait for a dead worker's last events.
 const LAST_EVENTS: Duration = Duration::from_millis(500);
 
-fn exit_data(exit: &WorkerExit, action: &str, note: Option<sandbox::DeathNote>) -> Value {
+fn exit_data(
+    exit: &WorkerExit,
+    action: &str,
+    note: Option<sandbox::DeathNote>,
+    hung: bool,
+) -> Value {
     let mut data = json!({"worker": exit.kind.name(), "pid": exit.pid, "action": action});
     if let Some(map) = data.as_object_mut() {
+        if hung {
+            map.insert("reason".into(), json!("hung"));
+        }
         if let Some(n) = note {
             tracing::error!("{} worker killed: {n}", exit.kind.name());
             map.insert(
@@ -305,16 +362,32 @@ fn death_note(proc: Option<&SpawnedWorker>) -> Option<sandbox::DeathNote> {
         .and_then(sandbox::death_note::read_note)
 }
 
-/// Applies the exited worker's policy.
-fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
+/// The link of the worker in `slot` if it is still generation `generation`.
+fn current_link<L>(slot: &std::sync::Mutex<Option<Worker<L>>>, generation: u64) -> Option<Arc<L>> {
+    lock(slot)
+        .as_ref()
+        .filter(|w| w.generation == generation)
+        .map(|w| w.link.clone())
+}
+
+/// Applies the exited worker's policy. `generation` is the one the worker
+/// was published with: the exit of a worker that is no longer the current
+/// one (already replaced, or stopped by the broker) changes nothing.
+fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
     // Let the link deliver the worker's last events (a guest shutdown or
     // debug exit) before judging the exit.
-    let vcpu_link = lock(&m.vcpu).as_ref().map(|w| w.link.clone());
-    let block_link = lock(&m.block).as_ref().map(|w| w.link.clone());
     let link_closed = match exit.kind {
-        WorkerKind::Vcpu => vcpu_link.map(|l| l.wait_closed(LAST_EVENTS)),
-        WorkerKind::Block => block_link.map(|l| l.wait_closed(LAST_EVENTS)),
-        WorkerKind::Net => None,
+        WorkerKind::Vcpu => current_link(&m.vcpu, generation).map(|l| l.wait_closed(LAST_EVENTS)),
+        WorkerKind::Block => current_link(&m.block, generation).map(|l| l.wait_closed(LAST_EVENTS)),
+        WorkerKind::Net => Some(true),
+    };
+    let Some(link_closed) = link_closed else {
+        tracing::debug!(
+            "{} worker (pid {}) exited after it was replaced or stopped",
+            exit.kind.name(),
+            exit.pid
+        );
+        return;
     };
     tracing::debug!(
         "{} link closed after exit: {link_closed:?}",
@@ -323,36 +396,62 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
     if m.is_ending() {
         return;
     }
+    let hung = m.take_hung(exit.pid);
     tracing::warn!(
-        "{} worker (pid {}) exited: {:?}",
+        "{} worker (pid {}) exited{}: {:?}",
         exit.kind.name(),
         exit.pid,
+        if hung { " (killed as hung)" } else { "" },
         exit.status
     );
     match exit.kind {
         WorkerKind::Vcpu => {
+            let dead = {
+                let mut slot = lock(&m.vcpu);
+                if slot.as_ref().map(|w| w.generation) != Some(generation) {
+                    return;
+                }
+                slot.take()
+            };
             m.mark_vcpu_crashed();
-            let dead = lock(&m.vcpu).take();
             let note = death_note(dead.as_ref().map(|w| &w.process));
             drop(dead);
             m.events().emit(
                 event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "guest-crashed", note)),
+                Some(exit_data(&exit, "guest-crashed", note, hung)),
             );
+            if hung {
+                m.events().emit(
+                    event_names::GUEST_CRASHED,
+                    Some(json!({"detail": "the vCPU worker hung and was killed"})),
+                );
+            }
             m.events().emit("STOP", None);
         }
         WorkerKind::Block => {
-            let note = death_note(lock(&m.block).as_ref().map(|w| &w.process));
+            // The one restart owner: a restart in progress finishes (its
+            // worker published and watched) before this exit is judged.
+            let _owner = lock(&m.restart_owner);
+            if m.is_ending() {
+                return;
+            }
+            let note = {
+                let slot = lock(&m.block);
+                if slot.as_ref().map(|w| w.generation) != Some(generation) {
+                    return;
+                }
+                death_note(slot.as_ref().map(|w| &w.process))
+            };
             m.events().emit(
                 event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "restart", note)),
+                Some(exit_data(&exit, "restart", note, hung)),
             );
             let down_since = Instant::now();
             devices::on_block_exit(m);
             let stale = lock(&m.block).take();
             drop(stale);
             let cause = match exit.status {
-                ExitStatus::Signal(libc::SIGKILL) => Cause::Killed,
+                ExitStatus::Signal(libc::SIGKILL) if !hung => Cause::Killed,
                 ExitStatus::Signal(_) | ExitStatus::Code(_) => Cause::Failed,
             };
             restart_block(m, down_since, cause);
@@ -360,19 +459,25 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit) {
         WorkerKind::Net => {
             m.events().emit(
                 event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "none", None)),
+                Some(exit_data(&exit, "none", None, hung)),
             );
         }
     }
 }
 
+/// Brings block-proc back; runs on the exit handler that owns the restart
+/// until a worker is published (or the broker ends).
 fn restart_block(m: &Arc<Machine>, down_since: Instant, cause: Cause) {
     let mut cause = cause;
     loop {
         let delay = lock(&m.restart).next_delay(Instant::now(), cause);
         // A restart that itself fails is the worker's (or the host's) fault.
         cause = Cause::Failed;
-        std::thread::sleep(delay);
+        // In steps, so an ending broker does not wait out the backoff.
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !m.is_ending() {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()).min(STEP));
+        }
         if m.is_ending() {
             return;
         }
@@ -400,6 +505,56 @@ fn restart_block(m: &Arc<Machine>, down_since: Instant, cause: Cause) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zombie children of this process whose command is `comm`.
+    fn zombie_children(comm: &str) -> usize {
+        let mut n = 0;
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for pid in list.split_whitespace() {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
+                if stat.contains(&format!("({comm})")) && state == Some("Z") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn fifty_failed_bring_ups_leave_no_zombie() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("bulkhead-handshake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("block-proc");
+        // Exits before its handshake: the broker's accept fails.
+        std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = crate::cli::Config {
+            worker_dir: Some(dir.clone()),
+            sandbox: false,
+            ..Default::default()
+        };
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let m = Machine::new(
+            cfg,
+            WorkerSandbox::Off,
+            Arc::new(crate::qmp::events::EventBus::new()),
+            crate::workers::supervisor::Supervisor::start().unwrap(),
+            tx,
+        );
+        for i in 0..50 {
+            let r = start_block(&m);
+            assert!(matches!(r, Err(StartError::Handshake(..))), "{i}: {r:?}");
+        }
+        assert_eq!(zombie_children("block-proc"), 0);
+        assert!(lock(&m.block).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn numeric_identity_parses_with_and_without_gid() {

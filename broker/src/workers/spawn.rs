@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ipc_proto::WorkerKind;
 
@@ -56,7 +57,9 @@ pub enum SpawnError {
 }
 
 /// A started worker: its pid, a pidfd to watch it, and the broker's end of
-/// its control socket. Dropping it kills the process (SIGKILL).
+/// its control socket. Dropping it kills the process (SIGKILL) and reaps
+/// it, so a worker dropped after a failed handshake or replay never stays
+/// behind as a zombie.
 #[derive(Debug)]
 pub struct SpawnedWorker {
     /// What it is.
@@ -80,9 +83,86 @@ impl SpawnedWorker {
     }
 }
 
+impl SpawnedWorker {
+    /// Ends the worker in order: waits up to `grace` for it to exit by
+    /// itself (its control channel closed), then SIGKILLs it; either way it
+    /// is reaped before this returns (bounded by [`KILL_REAP_WAIT`] after
+    /// the SIGKILL).
+    pub fn stop(self, grace: Duration) {
+        if !reap_within(&self.pidfd, grace) {
+            tracing::warn!(
+                "{} worker (pid {}) did not exit within {grace:?}; killing it",
+                self.kind.name(),
+                self.pid
+            );
+        }
+        // Drop sends SIGKILL (a no-op once it exited) and reaps.
+    }
+}
+
+/// How long dropping a worker waits for the kernel to finish a SIGKILLed
+/// worker before giving up on reaping it (a task stuck in uninterruptible
+/// sleep; the supervisor still reaps it once it exits).
+pub const KILL_REAP_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for SpawnedWorker {
     fn drop(&mut self) {
         send_signal(&self.pidfd, libc::SIGKILL);
+        if !reap_within(&self.pidfd, KILL_REAP_WAIT) {
+            tracing::error!(
+                "{} worker (pid {}) did not die within {KILL_REAP_WAIT:?} of SIGKILL",
+                self.kind.name(),
+                self.pid
+            );
+        }
+    }
+}
+
+/// Waits up to `timeout` for the process behind `pidfd` to exit and reaps
+/// it. True once it is gone: reaped here, or already reaped elsewhere (the
+/// supervisor).
+pub fn reap_within(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd; poll writes only its `revents`.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if rc <= 0 {
+            return false;
+        }
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: waitid(P_PIDFD) writes only into `info`, which is large
+        // enough; WNOHANG: it never blocks.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                info.as_mut_ptr(),
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if rc != 0 {
+            // ECHILD: someone else (the supervisor) reaped it first.
+            return std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+        }
+        // SAFETY: waitid succeeded and filled `info` (zeroed before).
+        if unsafe { info.assume_init().si_pid() } != 0 {
+            return true;
+        }
+        // Readable but not yet waitable (its last threads still exiting).
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -230,7 +310,12 @@ fn spawn_here(
     // through the pidfd); it returns a new fd or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if raw < 0 {
-        return Err(io_err(std::io::Error::last_os_error()));
+        let err = std::io::Error::last_os_error();
+        // Without a pidfd nothing could watch or reap it: end it here.
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(io_err(err));
     }
     // SAFETY: `raw` is a fresh fd returned by pidfd_open that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };

@@ -252,3 +252,122 @@ pub fn raw_image_named(dir: &Path, name: &str) -> PathBuf {
     File::create(&p).unwrap().set_len(IMAGE_BYTES).unwrap();
     p
 }
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+/// What one polling client saw.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    /// Replies received.
+    pub replies: u64,
+    /// Every error reply, with the command that got it.
+    pub errors: Vec<(String, serde_json::Value)>,
+    /// The longest wait for a reply.
+    pub slowest: Duration,
+    /// Counters of `query-blockstats` that went backwards.
+    pub backwards: Vec<String>,
+}
+
+/// QMP clients, each on its own connection and thread, polling
+/// `query-block` and `query-blockstats` (per node) as management tools
+/// do, until [`QueryPollers::stop`].
+pub struct QueryPollers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<PollReport>>,
+}
+
+impl QueryPollers {
+    /// Starts `clients` pollers on `sock`.
+    pub fn start(sock: &Path, clients: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let sock = sock.to_path_buf();
+                std::thread::spawn(move || poll(&sock, &stop))
+            })
+            .collect();
+        QueryPollers { stop, threads }
+    }
+
+    /// Stops the pollers and returns what each saw.
+    pub fn stop(self) -> Vec<PollReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+fn poll(sock: &Path, stop: &std::sync::atomic::AtomicBool) -> PollReport {
+    use std::collections::HashMap;
+    let (mut q, _) = crate::common::Qmp::connect(sock);
+    q.negotiate();
+    let mut report = PollReport::default();
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let block_stats = serde_json::json!({"query-nodes": true});
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for (cmd, args) in [
+            ("query-block", serde_json::Value::Null),
+            ("query-blockstats", block_stats.clone()),
+        ] {
+            let start = Instant::now();
+            let r = q.execute(cmd, args);
+            report.slowest = report.slowest.max(start.elapsed());
+            report.replies += 1;
+            q.events.clear();
+            if r.get("error").is_some() {
+                report.errors.push((cmd.to_owned(), r));
+                continue;
+            }
+            if cmd != "query-blockstats" {
+                continue;
+            }
+            for node in r["return"].as_array().into_iter().flatten() {
+                let name = node["node-name"].as_str().unwrap_or_default().to_owned();
+                for (k, v) in node["stats"].as_object().into_iter().flatten() {
+                    let Some(v) = v.as_u64() else { continue };
+                    let prev = last.insert((name.clone(), k.clone()), v).unwrap_or(0);
+                    if v < prev {
+                        report.backwards.push(format!("{name}.{k}: {prev} -> {v}"));
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    report
+}
+
+/// After a disturbance of the `blk-loop` guest on `img`: it completes two
+/// more whole passes, is stopped, never reported a failure, and every
+/// sector holds the last verified pass (or the next one, being written
+/// when the guest stopped).
+pub fn assert_progress_and_image(
+    q: &mut crate::common::Qmp,
+    serial: &SerialLog,
+    img: &Path,
+    format: &str,
+) {
+    let after = serial.passes();
+    serial.wait_passes(after + 2);
+    q.ok("stop");
+    // Let requests already handed to block-proc finish.
+    std::thread::sleep(Duration::from_millis(300));
+    let last = serial.passes();
+    let log = serial.text();
+    assert!(!log.contains("FAIL"), "{log}");
+    assert!(last > after, "{log}");
+    let raw = raw_view(img, format);
+    for s in 0..GUEST_SECTORS {
+        assert!(
+            sector_holds(&raw, s, last) || sector_holds(&raw, s, last + 1),
+            "sector {s} holds neither pass {last} nor {}",
+            last + 1
+        );
+    }
+}
