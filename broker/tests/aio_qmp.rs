@@ -68,7 +68,14 @@ fn bad_aio_settings_get_the_messages_qemu_storage_daemon_gives() {
         "aio=native was specified, but is not supported in this build."
     );
     // The engines it has are taken, and the failed attempts left nothing.
+    // (One image each: a second writable node on the same image would be
+    // refused its "write" lock, as in QEMU.)
     for (i, aio) in ["io_uring", "threads"].iter().enumerate() {
+        let img = b.dir.0.join(format!("aio-{aio}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
         let opts = json!({"driver": "raw", "node-name": format!("d{i}"),
             "file": {"driver": "file", "filename": img, "aio": aio,
                      "cache": {"direct": true}}});
