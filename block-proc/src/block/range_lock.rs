@@ -13,8 +13,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 /// The ranges held on one file.
 #[derive(Default)]
 pub struct RangeLock {
-    held: Mutex<Vec<(u64, u64)>>,
+    held: Mutex<Held>,
     released: Condvar,
+}
+
+/// The held ranges and how many lockers wait for one of them.
+#[derive(Default)]
+struct Held {
+    ranges: Vec<(u64, u64)>,
+    /// Waiting lockers: a release wakes them only when there are some
+    /// (a condition variable's notify is a syscall even with no waiter,
+    /// and every write, discard and write-zeroes releases a range).
+    waiters: usize,
 }
 
 /// A held range; released when dropped.
@@ -35,7 +45,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 }
 
 impl RangeLock {
-    fn held(&self) -> MutexGuard<'_, Vec<(u64, u64)>> {
+    fn held(&self) -> MutexGuard<'_, Held> {
         // A panic while holding the list cannot leave it inconsistent (each
         // change is one push or one swap_remove).
         self.held.lock().unwrap_or_else(|p| p.into_inner())
@@ -45,10 +55,12 @@ impl RangeLock {
     pub fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
         let range = (start, end.max(start + 1));
         let mut held = self.held();
-        while held.iter().any(|&h| overlaps(h, range)) {
+        while held.ranges.iter().any(|&h| overlaps(h, range)) {
+            held.waiters += 1;
             held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+            held.waiters -= 1;
         }
-        held.push(range);
+        held.ranges.push(range);
         RangeGuard { lock: self, range }
     }
 
@@ -56,10 +68,10 @@ impl RangeLock {
     pub fn try_lock_owned(self: &Arc<Self>, start: u64, end: u64) -> Option<OwnedRangeGuard> {
         let range = (start, end.max(start + 1));
         let mut held = self.held();
-        if held.iter().any(|&h| overlaps(h, range)) {
+        if held.ranges.iter().any(|&h| overlaps(h, range)) {
             return None;
         }
-        held.push(range);
+        held.ranges.push(range);
         Some(OwnedRangeGuard {
             lock: self.clone(),
             range,
@@ -68,16 +80,19 @@ impl RangeLock {
 
     fn release(&self, range: (u64, u64)) {
         let mut held = self.held();
-        if let Some(i) = held.iter().position(|&h| h == range) {
-            held.swap_remove(i);
+        if let Some(i) = held.ranges.iter().position(|&h| h == range) {
+            held.ranges.swap_remove(i);
         }
+        let wake = held.waiters > 0;
         drop(held);
-        self.released.notify_all();
+        if wake {
+            self.released.notify_all();
+        }
     }
 
     /// Number of ranges held (tests).
     pub fn held_count(&self) -> usize {
-        self.held().len()
+        self.held().ranges.len()
     }
 }
 
