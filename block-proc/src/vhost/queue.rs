@@ -446,21 +446,19 @@ impl Pool {
         }
     }
 
-    fn submit(&mut self, job: Job) {
+    /// Hand `job` to an I/O thread; when none can be started it is given
+    /// back, counted busy, for the queue thread to run (then
+    /// [`Shared::job_done`]).
+    fn submit(&mut self, job: Job) -> Option<Job> {
         let busy = {
             let mut b = self.shared.busy();
             *b += 1;
             *b
         };
         self.grow(busy);
-        let rejected = match self.tx.as_ref() {
+        match self.tx.as_ref() {
             Some(tx) if !self.threads.is_empty() => tx.send(job).err().map(|e| e.0),
             _ => Some(job),
-        };
-        if let Some(job) = rejected {
-            // No I/O thread: run it here.
-            self.run_here(job);
-            self.shared.job_done();
         }
     }
 
@@ -523,7 +521,17 @@ impl Engines {
                 return;
             }
         }
-        self.pool.submit(j);
+        if let Some(j) = self.pool.submit(j) {
+            // No I/O thread: run it here, but only once the ring is empty.
+            // Its requests may hold the range or `fd_mode` this one waits
+            // for, and only this thread reaps them.
+            if let Some(ring) = self.ring.as_mut() {
+                ring.wait_all(&mut self.reaped);
+                shared.complete_reaped(&mut self.reaped);
+            }
+            self.pool.run_here(j);
+            shared.job_done();
+        }
     }
 
     /// Run a lone request on this thread, waiting for it (lowest latency
