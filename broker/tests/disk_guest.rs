@@ -152,3 +152,32 @@ fn blk_guest_does_its_io_on_an_io_uring_drive_inside_the_sandbox() {
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     assert!(!serial.has("FAIL"), "{}", serial.text());
 }
+
+#[test]
+fn guest_writing_its_config_space_keeps_its_disk_and_its_connection() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let mut b = start_with_disk(&["-S"], "blk-config-write", "raw", &img, &serial);
+    let mut q = b.client();
+    q.ok("cont");
+    // Every message until the broker ends with the guest's debug exit.
+    let mut seen: Vec<serde_json::Value> = q.events.drain(..).collect();
+    while let Some(v) = q.try_recv() {
+        seen.push(v);
+    }
+    let status = wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
+    let log = serial.text();
+    assert!(log.contains("config space written"), "{log}");
+    assert!(log.contains("VERDICT: PASS blk-config-write"), "{log}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_image_holds_pass(&img, 3);
+    // The backend refused the write and kept the connection: the device
+    // never lost its backend.
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["event"] == "__org.bulkhead_DEVICE_BACKEND_LOST"),
+        "{seen:?}"
+    );
+}

@@ -23,14 +23,19 @@
 //! request, logs it and fails the `blockdev-add`: a compromised block-proc
 //! cannot make the broker open a file for it.
 //!
-//! Exports: the broker creates and keeps the vhost-user listening socket and
-//! passes it (fd 0) with [`BlockRequest::AddExport`]. block-proc accepts one
-//! frontend at a time on it and serves another after a disconnect.
+//! Exports: [`BlockRequest::AddExport`] creates an export with no socket at
+//! all; nothing can connect to it. Each frontend connection is one end of
+//! a socketpair the broker creates: it passes one end (fd 0) with
+//! [`BlockRequest::AttachExportConnection`] and the other to the frontend
+//! (vcpu-proc). block-proc serves one connection of an export at a time;
+//! a connection attached while another is served waits until that one
+//! ends (an older waiting one is dropped). So no other local process can
+//! reach an export, and no listener exists to take over.
 //!
 //! Restart: a killed block-proc holds no state worth saving. The broker
 //! starts a new one and replays, in creation order, every `AddNode` it
-//! recorded (with its files, re-passed) and every `AddExport` (with the same
-//! listening socket, so the path the frontend reconnects to never changes).
+//! recorded (with its files, re-passed) and every `AddExport`, then hands
+//! every device a fresh socketpair.
 //! The frontend (vcpu-proc) then reconnects and re-sends features, memory
 //! table, the inflight region it got once from GET_INFLIGHT_FD (via
 //! SET_INFLIGHT_FD, before the rings) and the rings; block-proc resubmits
@@ -430,8 +435,8 @@ pub enum BlockRequest {
     /// The broker's liveness check: answered with [`BlockReply::Done`]
     /// straight from the IPC loop.
     Ping,
-    /// Export a node as a vhost-user-blk device on the listening socket
-    /// attached as fd 0.
+    /// Export a node as a vhost-user-blk device (no fd: connections come
+    /// with [`BlockRequest::AttachExportConnection`]).
     AddExport {
         /// Export id.
         id: String,
@@ -446,8 +451,15 @@ pub enum BlockRequest {
         /// Logical block size (512 or 4096).
         logical_block_size: u32,
     },
-    /// Remove an export and close its socket.
+    /// Remove an export and close its connections.
     DelExport {
+        /// Export id.
+        id: String,
+    },
+    /// Serve the connected socket attached as fd 0 (one end of a
+    /// socketpair whose other end the broker gives the frontend) as a
+    /// frontend connection of export `id`.
+    AttachExportConnection {
         /// Export id.
         id: String,
     },

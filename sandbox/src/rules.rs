@@ -319,7 +319,8 @@ pub const IO_URING_REGISTER_OPS: &[u64] = &[
 //   for calls made through a ring; the access itself is not gained.
 // vcpu-proc and net-proc get none of the three syscalls.
 
-/// block-proc: image I/O through given fds, vhost-user-blk backends.
+/// block-proc: image I/O through given fds, vhost-user-blk backends on
+/// connections the broker hands over (no listener: no `accept4`).
 pub const BLOCK: &[Rule] = &[
     any(
         libc::SYS_io_uring_setup,
@@ -357,10 +358,6 @@ pub const BLOCK: &[Rule] = &[
         "alignment and filesystem checks of images",
     ),
     one_of(libc::SYS_ioctl, 1, BLOCK_IOCTLS, "block devices as images"),
-    any(
-        libc::SYS_accept4,
-        "vhost-user frontends on a given listener",
-    ),
     any(libc::SYS_timerfd_create, "I/O throttling timers"),
     any(libc::SYS_timerfd_settime, "I/O throttling timers"),
 ];

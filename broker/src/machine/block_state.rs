@@ -62,13 +62,11 @@ impl NodeRecord {
     }
 }
 
-/// One vhost-user export: the request that created it and its listening
-/// socket.
+/// One vhost-user export: the request that created it (its connections
+/// are socketpairs the device helper hands over, fresh after a restart).
 pub struct ExportRecord {
     /// The `AddExport` request.
     pub request: BlockRequest,
-    /// The listening socket passed with it.
-    pub listener: OwnedFd,
 }
 
 /// The broker's desired block state.
@@ -335,7 +333,8 @@ impl BlockState {
                 | BlockRequest::QueryNodes
                 | BlockRequest::QueryStats
                 | BlockRequest::Ping
-                | BlockRequest::DelExport { .. } => false,
+                | BlockRequest::DelExport { .. }
+                | BlockRequest::AttachExportConnection { .. } => false,
                 #[cfg(feature = "test-hooks")]
                 BlockRequest::TestEscape(_) => false,
             })
@@ -547,11 +546,9 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
 }
 
 /// Records an export created in block-proc (for the device helper: call it
-/// after `AddExport` succeeded, with the listening socket it was sent).
-pub fn record_export(m: &Machine, request: BlockRequest, listener: OwnedFd) {
-    lock(&state(m))
-        .exports
-        .push(ExportRecord { request, listener });
+/// after `AddExport` succeeded).
+pub fn record_export(m: &Machine, request: BlockRequest) {
+    lock(&state(m)).exports.push(ExportRecord { request });
 }
 
 /// Forgets export `id` (after `DelExport` succeeded).
@@ -563,7 +560,8 @@ pub fn forget_export(m: &Machine, id: &str) {
         | BlockRequest::QueryNodes
         | BlockRequest::QueryStats
         | BlockRequest::Ping
-        | BlockRequest::DelExport { .. } => true,
+        | BlockRequest::DelExport { .. }
+        | BlockRequest::AttachExportConnection { .. } => true,
         #[cfg(feature = "test-hooks")]
         BlockRequest::TestEscape(_) => true,
     });
@@ -586,13 +584,7 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             .iter()
             .map(NodeRecord::share)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut exports = Vec::new();
-        for e in &st.exports {
-            let fd = e.listener.try_clone().map_err(|err| {
-                FlatError::generic(format!("cannot pass an export socket: {}", strerror(&err)))
-            })?;
-            exports.push((e.request.clone(), fd));
-        }
+        let exports: Vec<BlockRequest> = st.exports.iter().map(|e| e.request.clone()).collect();
         (nodes, exports)
     };
     let send = |r: BlockRequest, f: &[BorrowedFd<'_>]| link.request(r, f);
@@ -602,8 +594,8 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             FlatError::generic(format!("cannot restore block node '{name}': {}", e.desc))
         })?;
     }
-    for (request, listener) in exports {
-        match link.request(request, &[listener.as_fd()])? {
+    for request in exports {
+        match link.request(request, &[])? {
             BlockReply::Done => {}
             other
             @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {

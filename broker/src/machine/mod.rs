@@ -332,7 +332,8 @@ impl Machine {
             BlockRequest::AddNode { .. }
             | BlockRequest::DelNode { .. }
             | BlockRequest::AddExport { .. }
-            | BlockRequest::DelExport { .. } => {}
+            | BlockRequest::DelExport { .. }
+            | BlockRequest::AttachExportConnection { .. } => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }
