@@ -10,6 +10,8 @@ use crate::block::{iobuf, Node};
 use crate::vring::{Desc, Mem};
 use ipc_proto::warn_limited;
 
+pub mod aio;
+
 /// `VIRTIO_BLK_T_*` request types.
 pub mod req {
     /// Read.
@@ -177,6 +179,7 @@ struct Parsed<'m> {
     out: Vec<VolatileSlice<'m>>,
     inn: Vec<VolatileSlice<'m>>,
     status: VolatileSlice<'m>,
+    status_addr: GuestAddress,
     hdr: [u8; 16],
 }
 
@@ -199,6 +202,8 @@ fn parse<'m>(mem: &'m Mem, descs: &[Desc]) -> Result<Parsed<'m>, Option<Volatile
     let Ok(status) = ls.subslice(ls.len() - 1, 1) else {
         return Err(None);
     };
+    // The mapping above covers addr..addr+len, so this cannot overflow.
+    let status_addr = GuestAddress(wr[last].addr + u64::from(wr[last].len) - 1);
     if wr.iter().any(|d| !d.is_write()) {
         // Readable after writable: not a valid virtio request layout.
         return Err(Some(status));
@@ -241,6 +246,7 @@ fn parse<'m>(mem: &'m Mem, descs: &[Desc]) -> Result<Parsed<'m>, Option<Volatile
         out,
         inn,
         status,
+        status_addr,
         hdr,
     })
 }
@@ -291,11 +297,7 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
             let write = ty == req::OUT;
             let len = if write { out_len } else { in_len };
             let bufs = if write { &p.out } else { &p.inn };
-            let range_ok = sector
-                .checked_mul(512)
-                .and_then(|o| o.checked_add(len))
-                .is_some_and(|end| end <= cfg.capacity * 512);
-            if len % 512 != 0 || len > MAX_REQUEST_BYTES || !range_ok || (write && cfg.read_only) {
+            if !rw_valid(cfg, sector, len, write) {
                 node.stats.account_invalid(write);
                 return finish(&p.status, S_IOERR, 0);
             }
@@ -336,10 +338,12 @@ pub fn process(node: &Node, cfg: &BlkConfig, mem: &Mem, descs: &[Desc]) -> Compl
     }
 }
 
-fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) -> Completion {
+/// The checked range of a discard or write-zeroes request (offset, length,
+/// unmap flag), or the status to answer.
+fn discard_range(cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) -> Result<(u64, u64, bool), u8> {
     let mut seg = [0u8; 16];
     if iobuf::total_len(&p.out) != 16 {
-        return finish(&p.status, S_IOERR, 0);
+        return Err(S_IOERR);
     }
     iobuf::gather(&p.out, &mut seg);
     let sector = u64::from_le_bytes([
@@ -349,15 +353,31 @@ fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) 
     let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
     let unmap = flags & 1 != 0;
     if (discard && flags != 0) || (!discard && flags & !1 != 0) {
-        return finish(&p.status, S_UNSUPP, 0);
+        return Err(S_UNSUPP);
     }
     let in_range = sector
         .checked_add(u64::from(num))
         .is_some_and(|end| end <= cfg.capacity);
     if num > MAX_DISCARD_SECTORS || !in_range {
-        return finish(&p.status, S_IOERR, 0);
+        return Err(S_IOERR);
     }
-    let (off, len) = (sector * 512, u64::from(num) * 512);
+    Ok((sector * 512, u64::from(num) * 512, unmap))
+}
+
+/// Whether a read or write of `len` bytes at `sector` may run.
+fn rw_valid(cfg: &BlkConfig, sector: u64, len: u64, write: bool) -> bool {
+    let range_ok = sector
+        .checked_mul(512)
+        .and_then(|o| o.checked_add(len))
+        .is_some_and(|end| end <= cfg.capacity * 512);
+    len.is_multiple_of(512) && len <= MAX_REQUEST_BYTES && range_ok && !(write && cfg.read_only)
+}
+
+fn discard_or_zero(node: &Node, cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) -> Completion {
+    let (off, len, unmap) = match discard_range(cfg, p, discard) {
+        Ok(r) => r,
+        Err(status) => return finish(&p.status, status, 0),
+    };
     let r = if discard {
         node.discard(off, len)
     } else {

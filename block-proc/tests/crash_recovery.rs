@@ -187,8 +187,20 @@ fn qcow2_write_completed_into_a_cluster_another_write_is_allocating_survives_sig
         )
         .unwrap();
         dev.kick_now(0).unwrap();
-        while dev.inflight_marked().unwrap()[0] == 0 {
+        // On a loaded machine A may finish before this thread looks: then
+        // this attempt cannot race, go on with the next region (spinning
+        // for a mark that already came and went would never end).
+        let looking = std::time::Instant::now();
+        while dev.inflight_marked().unwrap()[0] == 0
+            && looking.elapsed() < std::time::Duration::from_secs(2)
+        {
             std::hint::spin_loop();
+        }
+        if dev.inflight_marked().unwrap()[0] == 0 {
+            while dev.pending(0) > 0 {
+                dev.wait(0).unwrap();
+            }
+            continue;
         }
         std::thread::sleep(std::time::Duration::from_micros(100 * (attempt % 8)));
         let b = dev.run(

@@ -9,6 +9,10 @@ mod common;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
+use std::os::fd::AsRawFd;
+
+use block_proc::block::aio::uring::Ring;
+use block_proc::block::aio::{Engine, Op};
 use block_proc::block::file::FileDriver;
 use block_proc::block::iobuf::{self, AlignedBuf};
 use block_proc::block::Driver;
@@ -111,14 +115,36 @@ fn direct_file(name: &str, len: u64, fill: u8) -> (PathBuf, std::fs::File) {
     (path, f)
 }
 
-#[test]
-fn unaligned_write_racing_write_zeroes_of_neighbouring_sectors_keeps_both() {
-    // Sector 0 is written (read-modify-write of block 0 through a bounce
-    // buffer) while sectors 1..8 of the same block are zeroed: whatever
-    // the order, sector 0 must hold the write and sectors 1..8 zeroes.
-    let (path, f) = direct_file("rmw-race.img", 1 << 20, 0xaa);
-    let d = std::sync::Arc::new(FileDriver::new(f, "x".into(), true).unwrap());
+/// What races the read-modify-write of sector 0 in
+/// [`assert_rmw_of_sector_0_keeps_a_racing_change_of_its_block`].
+#[derive(Clone, Copy)]
+enum Neighbour {
+    /// WRITE_ZEROES of sectors 1..8 (synchronous path).
+    WriteZeroes,
+    /// An aligned write of the whole block with 0x22 on an io_uring, as a
+    /// queue submits it: the target (with the range and `fd_mode` guards
+    /// it holds until completion) from `aio_target`, or the synchronous
+    /// write when the driver cannot hand it over as it is now.
+    RingWrite,
+}
+
+/// Sector 0 is written with 0x11 (read-modify-write of block 0 through a
+/// bounce buffer) while `neighbour` changes the rest of the same block:
+/// whatever the order, sector 0 holds one of the writes and sectors 1..8
+/// what the neighbour wrote, never the stale 0xaa the RMW read.
+fn assert_rmw_of_sector_0_keeps_a_racing_change_of_its_block(name: &str, neighbour: Neighbour) {
+    let (path, f) = direct_file(name, 1 << 20, 0xaa);
+    let d = FileDriver::new(f, "x".into(), true).unwrap();
+    let d = std::sync::Arc::new(match neighbour {
+        Neighbour::WriteZeroes => d,
+        Neighbour::RingWrite => d.with_engine(Engine::IoUring),
+    });
+    let (rest, sector0) = match neighbour {
+        Neighbour::WriteZeroes => (0x00u8, [0x11u8, 0x11]),
+        Neighbour::RingWrite => (0x22, [0x11, 0x22]),
+    };
     let stale = std::sync::atomic::AtomicUsize::new(0);
+    let on_ring = std::sync::atomic::AtomicUsize::new(0);
     for round in 0..2000u64 {
         let block = round % 256 * 4096;
         let barrier = std::sync::Barrier::new(2);
@@ -128,9 +154,33 @@ fn unaligned_write_racing_write_zeroes_of_neighbouring_sectors_keeps_both() {
                 barrier.wait();
                 d.write(&[iobuf::slice_of(&mut data)], block).unwrap();
             });
-            s.spawn(|| {
-                barrier.wait();
-                d.write_zeroes(block + 512, 3584, false).unwrap();
+            s.spawn(|| match neighbour {
+                Neighbour::WriteZeroes => {
+                    barrier.wait();
+                    d.write_zeroes(block + 512, 3584, false).unwrap();
+                }
+                Neighbour::RingWrite => {
+                    let mut ring = Ring::<()>::new(d.file().as_raw_fd()).unwrap();
+                    let mut buf = AlignedBuf::new(4096).unwrap();
+                    buf.as_mut_slice().fill(0x22);
+                    let bufs = [iobuf::slice_of(buf.as_mut_slice())];
+                    barrier.wait();
+                    let op = Op::Write {
+                        bufs: &bufs,
+                        offset: block,
+                    };
+                    let Some(target) = d.aio_target(&op) else {
+                        return d.write(&bufs, block).unwrap();
+                    };
+                    on_ring.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // SAFETY: `buf` outlives wait_all, which returns only
+                    // once the ring has given the request back.
+                    unsafe { ring.push(target, iobuf::iovecs(&bufs), ()) };
+                    let mut done = Vec::new();
+                    ring.wait_all(&mut done);
+                    assert_eq!(done.len(), 1);
+                    done.pop().unwrap().1.unwrap();
+                }
             });
         });
         let mut back = AlignedBuf::new(4096).unwrap();
@@ -138,10 +188,10 @@ fn unaligned_write_racing_write_zeroes_of_neighbouring_sectors_keeps_both() {
             .unwrap();
         let b = back.as_slice();
         assert!(
-            b[..512].iter().all(|&x| x == 0x11),
-            "round {round}: write lost"
+            b[..512].iter().all(|&x| x == sector0[0]) || b[..512].iter().all(|&x| x == sector0[1]),
+            "round {round}: sector 0 holds neither write"
         );
-        if b[512..].iter().any(|&x| x != 0) {
+        if b[512..].iter().any(|&x| x != rest) {
             stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // Refill the block for the next round.
@@ -151,7 +201,95 @@ fn unaligned_write_racing_write_zeroes_of_neighbouring_sectors_keeps_both() {
             .unwrap();
     }
     let stale = stale.into_inner();
-    assert_eq!(stale, 0, "{stale} rounds put stale bytes back over zeroes");
+    assert_eq!(
+        stale, 0,
+        "{stale} rounds put stale bytes back over the neighbour's"
+    );
+    if let Neighbour::RingWrite = neighbour {
+        // Enough neighbour writes must really have gone to the ring (the
+        // rest found the block held by the RMW and went the synchronous way).
+        let n = on_ring.into_inner();
+        assert!(
+            n >= 100,
+            "only {n} of 2000 neighbour writes ran on the ring"
+        );
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn unaligned_write_racing_write_zeroes_of_neighbouring_sectors_keeps_both() {
+    assert_rmw_of_sector_0_keeps_a_racing_change_of_its_block(
+        "rmw-race.img",
+        Neighbour::WriteZeroes,
+    );
+}
+
+#[test]
+fn unaligned_write_racing_an_io_uring_write_of_its_block_keeps_both() {
+    assert_rmw_of_sector_0_keeps_a_racing_change_of_its_block(
+        "rmw-race-uring.img",
+        Neighbour::RingWrite,
+    );
+}
+
+#[test]
+fn ring_targets_hold_their_block_and_fd_mode_until_dropped_and_never_pass_the_end() {
+    let len = 2 * 4096 + 1000;
+    let (path, f) = direct_file("ring-hold.img", len, 0x77);
+    let d = FileDriver::new(f, "x".into(), true)
+        .unwrap()
+        .with_engine(Engine::IoUring);
+    let d = std::sync::Arc::new(d);
+    let mut buf = AlignedBuf::new(4096).unwrap();
+    let bufs = [iobuf::slice_of(buf.as_mut_slice())];
+    let write = |offset| Op::Write {
+        bufs: &bufs,
+        offset,
+    };
+    // The partial last block: an aligned write there would grow the file.
+    assert!(d.aio_target(&write(8192)).is_none());
+    let read = d
+        .aio_target(&Op::Read {
+            bufs: &bufs,
+            offset: 0,
+        })
+        .expect("an aligned read goes to the ring");
+    let w = d
+        .aio_target(&write(0))
+        .expect("reads take no range: the block is free for a write");
+    assert!(
+        d.aio_target(&write(0)).is_none(),
+        "a second write of a block held by a ring write"
+    );
+    assert!(d
+        .aio_target(&Op::Discard {
+            offset: 512,
+            len: 512
+        })
+        .is_none());
+    drop(w);
+    drop(d.aio_target(&write(0)).expect("the block was released"));
+    // A tail write clears O_DIRECT on the file: it must wait until no ring
+    // request is in flight (here: the read target not yet completed).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut tail = vec![0x43u8; 472];
+            d.write(&[iobuf::slice_of(&mut tail)], len - 472).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "O_DIRECT was toggled while a ring request was in flight"
+        );
+        drop(read);
+    });
+    assert!(done.into_inner());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    let back = std::fs::read(&path).unwrap();
+    assert!(back[(len - 472) as usize..].iter().all(|&b| b == 0x43));
     std::fs::remove_file(path).unwrap();
 }
 

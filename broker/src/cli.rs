@@ -553,13 +553,14 @@ pub fn parse_blockdev(s: &str) -> Result<Map<String, Value>> {
 }
 
 /// `-drive file=PATH,format=raw|qcow2,if=none,id=ID[,readonly=on]
-/// [,cache.direct=on][,cache=none|writeback|...]`: a `file` node under a
-/// format node named `ID`.
+/// [,cache.direct=on][,cache=none|writeback|...][,aio=threads|native|io_uring]`:
+/// a `file` node under a format node named `ID`.
 pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
     let o = "-drive";
     let (mut file, mut format, mut id) = (None, None, None);
     let (mut ro, mut direct, mut no_flush) = (false, false, false);
     let mut extra = Map::new();
+    let mut aio = None;
     for (k, v) in keyval_pairs(o, s, Some("file"))? {
         match k.as_str() {
             "file" => file = Some(v),
@@ -588,6 +589,10 @@ pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
             "discard" | "detect-zeroes" => {
                 extra.insert(k, Value::String(v));
             }
+            "aio" => match v.as_str() {
+                "threads" | "native" | "io_uring" => aio = Some(v),
+                _ => return Err(bad(o, "invalid aio option")),
+            },
             _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
         }
     }
@@ -607,6 +612,9 @@ pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
     proto.insert("driver".into(), "file".into());
     proto.insert("filename".into(), file.into());
     proto.insert("cache".into(), cache.clone());
+    if let Some(a) = aio {
+        proto.insert("aio".into(), a.into());
+    }
     let mut top = Map::new();
     top.insert("driver".into(), format.into());
     top.insert("node-name".into(), id.into());
@@ -848,5 +856,16 @@ mod tests {
         assert!(parse_drive("file=/x.img,format=raw,if=virtio,id=d").is_err());
         assert!(parse_drive("file=/x.img,if=none,id=d").is_err());
         assert!(parse_drive("file=/x.img,format=raw,if=none").is_err());
+    }
+
+    #[test]
+    fn drive_aio_goes_to_the_file_node_and_bad_values_get_qemus_message() {
+        let d = parse_drive("file=/x.img,format=raw,if=none,id=d0,aio=io_uring").unwrap();
+        assert_eq!(d["file"]["aio"], "io_uring");
+        assert!(d.get("aio").is_none());
+        let d = parse_drive("file=/x.img,format=raw,if=none,id=d0").unwrap();
+        assert!(d["file"].get("aio").is_none());
+        let e = parse_drive("file=/x.img,format=raw,if=none,id=d0,aio=foo").unwrap_err();
+        assert!(e.to_string().ends_with("invalid aio option"), "{e}");
     }
 }

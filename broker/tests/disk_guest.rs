@@ -90,6 +90,69 @@ fn device_of_a_block_worker_restarted_in_prelaunch_works_after_cont() {
     assert_image_holds_pass(&img, 3);
 }
 
+/// Completions posted by `pid`'s io_uring instances (`CqTail` in fdinfo),
+/// or None when it has no ring.
+fn ring_completions(pid: i32) -> Option<u64> {
+    let mut total = None;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let link = std::fs::read_link(e.path()).unwrap_or_default();
+        if link.to_string_lossy() != "anon_inode:[io_uring]" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let tail = info
+            .lines()
+            .find_map(|l| l.strip_prefix("CqTail:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        *total.get_or_insert(0) += tail;
+    }
+    total
+}
+
+#[test]
+fn blk_guest_does_its_io_on_an_io_uring_drive_inside_the_sandbox() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let drive = format!(
+        "file={},format=raw,if=none,id=d0,aio=io_uring,cache.direct=on",
+        img.display()
+    );
+    let kernel = guest("blk-loop");
+    let log = format!("file:{}", serial.0.display());
+    let b = common::Bulkhead::start(&[
+        "-kernel",
+        &kernel,
+        "-m",
+        "64M",
+        "-serial",
+        &log,
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-device,drive=d0,id=vda",
+    ]);
+    let broker = b.child.as_ref().unwrap().id();
+    serial.wait_for("pass 2 ok");
+    let pid = block_proc_pid(broker).expect("block-proc runs");
+    // The guest's passes completed on the ring of its queue, in a
+    // block-proc under its seccomp filter (mode 2) with no_new_privs, and
+    // that block-proc is the first one (not restarted after a kill).
+    // A pass is at least a flush and a read (the guest waits for each
+    // request, and lone writes run without the ring).
+    let n = ring_completions(pid).expect("the queue has an io_uring");
+    assert!(n >= 4, "{n} ring completions");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(!serial.has("FAIL"), "{}", serial.text());
+}
+
 #[test]
 fn guest_writing_its_config_space_keeps_its_disk_and_its_connection() {
     let dir = common::TempDir::new();

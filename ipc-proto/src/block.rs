@@ -77,6 +77,31 @@ impl DetectZeroes {
     }
 }
 
+/// The `file` driver's I/O engine (QEMU `BlockdevAioOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockdevAio {
+    /// A pool of threads doing blocking `preadv`/`pwritev`.
+    #[serde(rename = "threads")]
+    Threads,
+    /// Linux AIO (`io_submit`); QEMU requires `cache.direct=on` for it.
+    #[serde(rename = "native")]
+    Native,
+    /// One io_uring per queue.
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl BlockdevAio {
+    /// QEMU's name of the engine.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockdevAio::Threads => "threads",
+            BlockdevAio::Native => "native",
+            BlockdevAio::IoUring => "io_uring",
+        }
+    }
+}
+
 /// QEMU's `OnOffAuto` (the `file` driver's `locking`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -144,8 +169,9 @@ driver_options!(
         /// the fd it opens (`auto`, the default, and `on` take them; `off`
         /// does not).
         locking: Option<OnOffAuto>,
-        /// AIO backend (`threads`, `native`, `io_uring`); accepted and ignored.
-        aio: Option<String>,
+        /// I/O engine (`threads`, `native`, `io_uring`); none: io_uring
+        /// with `cache.direct=on` when the host has it, else threads.
+        aio: Option<BlockdevAio>,
     }
 );
 

@@ -12,7 +12,10 @@
 //!    at a time; read-modify-write of the partial end blocks for writes).
 //!    Aligned requests go straight to guest memory.
 //! 3. **Engine** (`FileDriver::transfer`): the one place data moves between
-//!    memory and the file (`preadv`/`pwritev` on the calling I/O thread).
+//!    memory and the file on the synchronous path (`preadv`/`pwritev` on
+//!    the calling I/O thread). With `aio=io_uring`, a request that needs no
+//!    bounce buffer goes to the queue's ring instead (`aio_target`), owning
+//!    the same range and `fd_mode` guards until the ring completes it.
 //!
 //! Writes never grow the file: a bounce write of the partial last block of
 //! a file whose size is not a multiple of [`DIRECT_ALIGN`] writes only up to
@@ -22,10 +25,13 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard};
 
 use ipc_proto::block::ImageInfo;
 
+use super::aio::{self, Engine};
 use super::bounce::{BouncePool, BOUNCE_CHUNK};
 use super::iobuf::{self, DIRECT_ALIGN};
 use super::range_lock::RangeLock;
@@ -37,12 +43,16 @@ pub struct FileDriver {
     filename: String,
     direct: bool,
     size: u64,
-    ranges: RangeLock,
+    engine: Engine,
+    /// Shared (`Arc`) so a ring request can own its guard until it
+    /// completes.
+    ranges: Arc<RangeLock>,
     bounce: BouncePool,
     /// Held shared by every transfer and exclusively while `O_DIRECT` is
     /// cleared for a tail write (the flag belongs to the open file, so no
-    /// other transfer may run meanwhile).
-    fd_mode: RwLock<()>,
+    /// other transfer may run meanwhile). Ring requests own a shared
+    /// guard from submission to completion (`aio_target`).
+    fd_mode: Arc<RwLock<()>>,
 }
 
 /// Where the bytes of a bounce write come from.
@@ -72,10 +82,6 @@ fn iovec(buf: &mut [u8]) -> [libc::iovec; 1] {
     }]
 }
 
-fn eio() -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO)
-}
-
 impl FileDriver {
     /// Wrap an open file. `direct` says whether it was opened `O_DIRECT`.
     pub fn new(file: File, filename: String, direct: bool) -> io::Result<Self> {
@@ -85,10 +91,17 @@ impl FileDriver {
             filename,
             direct,
             size,
-            ranges: RangeLock::default(),
+            engine: Engine::Threads,
+            ranges: Arc::default(),
             bounce: BouncePool::default(),
-            fd_mode: RwLock::new(()),
+            fd_mode: Arc::new(RwLock::new(())),
         })
+    }
+
+    /// Run I/O with `engine` (`aio=`); [`FileDriver::new`] uses threads.
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// The file (for format drivers that need their own handle).
@@ -118,8 +131,8 @@ impl FileDriver {
                 && iobuf::aligned(bufs, DIRECT_ALIGN))
     }
 
-    fn shared_mode(&self) -> io::Result<RwLockReadGuard<'_, ()>> {
-        self.fd_mode.read().map_err(|_| eio())
+    fn shared_mode(&self) -> RwLockReadGuard<'_, ()> {
+        self.fd_mode.read()
     }
 
     /// **Engine dispatch point**: every transfer of this driver between
@@ -134,7 +147,7 @@ impl FileDriver {
     /// Every iovec must point at memory that stays valid (and, for reads,
     /// writable) for `iov_len` bytes during the call.
     unsafe fn transfer(&self, iov: &mut [libc::iovec], offset: u64, write: bool) -> io::Result<()> {
-        let _mode = self.shared_mode()?;
+        let _mode = self.shared_mode();
         // SAFETY: forwarded from this function's contract.
         unsafe { rw_full(self.file.as_raw_fd(), iov, offset, write) }
     }
@@ -170,7 +183,7 @@ impl FileDriver {
         if data.is_empty() {
             return Ok(());
         }
-        let _excl = self.fd_mode.write().map_err(|_| eio())?;
+        let _excl = self.fd_mode.write();
         let fd = self.file.as_raw_fd();
         // SAFETY: fcntl with integer arguments on an fd we own.
         let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -374,7 +387,7 @@ impl Driver for FileDriver {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let (start, end) = widen(offset, len);
         let _range = self.ranges.lock(start, end);
-        let _mode = self.shared_mode()?;
+        let _mode = self.shared_mode();
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match fallocate(self.file.as_raw_fd(), mode, offset, len) {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
@@ -391,7 +404,7 @@ impl Driver for FileDriver {
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
         };
         let done = {
-            let _mode = self.shared_mode()?;
+            let _mode = self.shared_mode();
             fallocate(self.file.as_raw_fd(), mode, offset, len).is_ok()
         };
         if done {
@@ -424,6 +437,63 @@ impl Driver for FileDriver {
 
     fn as_file(&self) -> Option<&File> {
         Some(&self.file)
+    }
+
+    fn aio(&self) -> Option<aio::FileAio> {
+        (self.engine != Engine::Threads).then(|| aio::FileAio {
+            engine: self.engine,
+            fd: self.file.as_raw_fd(),
+        })
+    }
+
+    /// The dispatch point to the asynchronous engine: a request that needs
+    /// no bounce buffer (and, for a write, ends inside the file) goes to
+    /// the engine as it is, owning what the synchronous path would hold
+    /// around `transfer`, until the engine completes it: a shared
+    /// `fd_mode` guard (so `write_tail` never flips `O_DIRECT` under it)
+    /// and, for a write or discard, its range widened to whole blocks.
+    /// Both are only tried, never waited for: the caller is the queue
+    /// thread that reaps the ring, and a range held by a request on its
+    /// own ring would never be released. When either is taken, None: the
+    /// synchronous path runs the request on an I/O thread and waits there.
+    fn aio_target(&self, op: &aio::Op<'_, '_>) -> Option<aio::Target> {
+        if self.engine == Engine::Threads {
+            return None;
+        }
+        let (as_is, range) = match *op {
+            aio::Op::Read { bufs, offset } => {
+                (self.is_aligned(bufs, offset, iobuf::total_len(bufs)), None)
+            }
+            aio::Op::Write { bufs, offset } => {
+                let len = iobuf::total_len(bufs);
+                let inside = offset
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= self.size);
+                (
+                    inside && self.is_aligned(bufs, offset, len),
+                    Some(widen(offset, len as u64)),
+                )
+            }
+            aio::Op::Flush => (true, None),
+            aio::Op::Discard { offset, len } => (true, Some(widen(offset, len))),
+        };
+        if !as_is {
+            return None;
+        }
+        // Same order as the synchronous path: range, then mode.
+        let range = match range {
+            Some((start, end)) => Some(self.ranges.try_lock_owned(start, end)?),
+            None => None,
+        };
+        let mode = match op {
+            aio::Op::Flush => None,
+            aio::Op::Read { .. } | aio::Op::Write { .. } | aio::Op::Discard { .. } => {
+                Some(self.fd_mode.try_read_arc()?)
+            }
+        };
+        let mut target = self.engine.target(self.file.as_raw_fd(), op, true)?;
+        target.hold = Some(Box::new((range, mode)));
+        Some(target)
     }
 }
 

@@ -10,6 +10,7 @@ use ipc_proto::block::{
     BlockdevOptions, BlockdevRef, DetectZeroes, DiscardMode, NodeInfo, NodeStats,
 };
 
+use super::aio::Engine;
 use super::file::FileDriver;
 use super::null::NullDriver;
 use super::qcow2::{BackingSource, Qcow2Driver, Qcow2Error};
@@ -195,13 +196,15 @@ impl Graph {
                     filename: f.filename.clone(),
                     reason: "No such file or directory".into(),
                 })?;
+                let engine = Engine::resolve(f.aio, c.direct)
+                    .map_err(|e| GraphError::Invalid(e.to_string()))?;
                 let d = FileDriver::new(file, f.filename.clone(), c.direct).map_err(|e| {
                     GraphError::Open {
                         filename: f.filename.clone(),
                         reason: strerror(&e),
                     }
                 })?;
-                Box::new(d)
+                Box::new(d.with_engine(engine))
             }
             BlockdevOptions::Raw(r) => {
                 let child = self.child(&r.file, c.read_only, files, created)?;
@@ -212,6 +215,15 @@ impl Graph {
             }
             BlockdevOptions::Qcow2(q) => {
                 let child = self.child(&q.file, c.read_only, files, created)?;
+                if child
+                    .driver
+                    .aio()
+                    .is_some_and(|a| a.engine == Engine::IoUring)
+                {
+                    tracing::info!(
+                        "qcow2 node '{name}': image I/O runs on the thread pool (the qcow2 driver is synchronous); io_uring serves raw and file exports"
+                    );
+                }
                 let (file, fname, direct) = {
                     let info = child.driver.image_info();
                     let fd = dup_child_file(&child)?;

@@ -3,11 +3,13 @@
 //!
 //! - [`graph`]: the named node graph (`blockdev-add`/`-del`, queries).
 //! - [`file`], [`raw`], [`qcow2`], [`null`]: the drivers.
+//! - [`aio`]: the `file` driver's I/O engines (thread pool, io_uring).
 //! - [`iobuf`]: aligned buffers and guest-buffer helpers.
 //! - [`bounce`]: the budgeted bounce-buffer pool of an `O_DIRECT` file.
 //! - [`range_lock`]: byte-range locks over data-modifying requests.
 //! - [`stats`]: per-node I/O accounting.
 
+pub mod aio;
 pub mod bounce;
 pub mod file;
 pub mod graph;
@@ -55,6 +57,16 @@ pub trait Driver: Send + Sync {
     /// The open file, for protocol drivers (format drivers open their own
     /// handle on it).
     fn as_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+    /// The asynchronous engine of the `file` node this node's I/O lands
+    /// on, with its fd; None: requests run through the methods above.
+    fn aio(&self) -> Option<aio::FileAio> {
+        None
+    }
+    /// `op` as one host I/O for that engine, when this driver can run it
+    /// as it is; None: the synchronous methods run it.
+    fn aio_target(&self, _op: &aio::Op<'_, '_>) -> Option<aio::Target> {
         None
     }
 }
@@ -163,6 +175,39 @@ impl Node {
         };
         self.stats.account_discard(len, t, r.is_ok());
         r
+    }
+
+    /// `op` as one host I/O for the asynchronous engine; None: run it with
+    /// the methods above. Writes under zero detection, flushes with
+    /// `cache.no-flush` and discards without `discard=unmap` stay there
+    /// (they look at the data or need no I/O).
+    pub fn aio_target(&self, op: &aio::Op<'_, '_>) -> Option<aio::Target> {
+        match op {
+            aio::Op::Write { .. } if self.detect_zeroes != DetectZeroes::Off => None,
+            aio::Op::Flush if self.cache_no_flush => None,
+            aio::Op::Discard { .. } if !self.discard_unmap => None,
+            aio::Op::Read { .. }
+            | aio::Op::Write { .. }
+            | aio::Op::Flush
+            | aio::Op::Discard { .. } => self.driver.aio_target(op),
+        }
+    }
+
+    /// Account a request the asynchronous engine ran, started at `t`.
+    pub fn account_aio(
+        &self,
+        kind: aio::Kind,
+        offset: u64,
+        len: u64,
+        t: std::time::Instant,
+        ok: bool,
+    ) {
+        match kind {
+            aio::Kind::Read => self.stats.account_read(len, t, ok),
+            aio::Kind::Write => self.stats.account_write(offset, len, t, ok),
+            aio::Kind::Flush => self.stats.account_flush(t, ok),
+            aio::Kind::Discard => self.stats.account_discard(len, t, ok),
+        }
     }
 
     /// Write zeroes with accounting.

@@ -81,6 +81,12 @@ impl Driver for RawDriver {
     fn children(&self) -> Vec<String> {
         vec![self.child.name.clone()]
     }
+    fn aio(&self) -> Option<super::aio::FileAio> {
+        self.child.driver.aio()
+    }
+    fn aio_target(&self, op: &super::aio::Op<'_, '_>) -> Option<super::aio::Target> {
+        self.child.driver.aio_target(&op.shifted(self.offset)?)
+    }
 }
 
 #[cfg(test)]

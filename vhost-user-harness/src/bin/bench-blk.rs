@@ -1,12 +1,14 @@
-//! bench-blk: side-by-side vhost-user-blk numbers for block-proc and
-//! qemu-storage-daemon on the same image, plus the host's own file I/O on
-//! that file, all through the same harness and access patterns.
+//! bench-blk: side-by-side vhost-user-blk numbers for block-proc with each
+//! of its I/O engines (`aio=io_uring`, `aio=threads`) and
+//! qemu-storage-daemon (`aio=io_uring`, its fastest) on the same image,
+//! all through the same harness and access patterns, plus `fio` with
+//! io_uring at the same queue depth on the same file (the host's own
+//! ceiling).
 //!
 //! ```text
 //! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct]
 //! ```
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ enum BenchError {
     Io(#[from] std::io::Error),
     #[error("request failed with status {0}")]
     Status(u8),
+    #[error("fio: {0}")]
+    Fio(String),
 }
 
 type Result<T> = std::result::Result<T, BenchError>;
@@ -157,35 +161,41 @@ fn run_device(dev: &mut BlkDevice, size: u64, w: Work, secs: f64) -> Result<f64>
     Ok(ops as f64 / el)
 }
 
-/// The host's own pread/pwrite loop with the same pattern (QD1, one thread).
-fn run_host(file: &Path, size: u64, w: Work, secs: f64, direct: bool) -> Result<f64> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true).write(true);
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
+/// fio with io_uring, the same block size, pattern and queue depth, on
+/// the file itself; ops per second.
+fn run_fio(file: &Path, size: u64, w: Work, secs: f64, direct: bool) -> Result<f64> {
+    let rw = match (w.write(), w.random()) {
+        (false, true) => "randread",
+        (true, true) => "randwrite",
+        (false, false) => "read",
+        (true, false) => "write",
+    };
+    let out = std::process::Command::new("fio")
+        .arg("--name=bench")
+        .arg(format!("--filename={}", file.display()))
+        .arg("--ioengine=io_uring")
+        .arg(format!("--direct={}", u8::from(direct)))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={}", w.bs()))
+        .arg(format!("--iodepth={}", w.qd()))
+        .arg(format!("--size={size}"))
+        .arg(format!("--runtime={}ms", (secs * 1000.0) as u64))
+        .arg("--time_based")
+        .arg("--norandommap")
+        .arg("--output-format=json")
+        .output()
+        .map_err(|e| BenchError::Fio(format!("cannot run fio (scripts/setup installs it): {e}")))?;
+    if !out.status.success() {
+        return Err(BenchError::Fio(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
-    let f = o.open(file)?;
-    let layout = std::alloc::Layout::from_size_align(w.bs() as usize, 4096)
-        .map_err(|_| BenchError::Usage)?;
-    let mut buf = vec![0xa5u8; w.bs() as usize + 4096];
-    let shift = buf.as_ptr().align_offset(4096);
-    let b = &mut buf[shift..shift + layout.size()];
-    let mut off = Offsets::new(size, w);
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let mut ops = 0u64;
-    while Instant::now() < end {
-        for _ in 0..16 {
-            let o = off.next();
-            if w.write() {
-                f.write_all_at(b, o)?;
-            } else {
-                f.read_exact_at(b, o)?;
-            }
-            ops += 1;
-        }
-    }
-    Ok(ops as f64 / start.elapsed().as_secs_f64())
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| BenchError::Fio(format!("bad JSON output: {e}")))?;
+    let dir = if w.write() { "write" } else { "read" };
+    v["jobs"][0][dir]["iops"]
+        .as_f64()
+        .ok_or_else(|| BenchError::Fio("no iops in the output".into()))
 }
 
 fn opts() -> BlkOptions {
@@ -259,10 +269,12 @@ fn parse() -> Result<Args> {
     Ok(a)
 }
 
-fn start_bp(a: &Args, sock: &Path) -> Result<Backend> {
+/// block-proc with the file driver's `aio` engine (`None`: its default).
+fn start_bp(a: &Args, sock: &Path, aio: Option<&str>) -> Result<Backend> {
     let direct = if a.direct { "true" } else { "false" };
+    let aio = aio.map(|x| format!(r#""aio":"{x}","#)).unwrap_or_default();
     let json = format!(
-        r#"{{"driver":"{}","node-name":"d","file":{{"driver":"file","filename":"{}","cache":{{"direct":{direct}}}}}}}"#,
+        r#"{{"driver":"{}","node-name":"d","file":{{"driver":"file","filename":"{}",{aio}"cache":{{"direct":{direct}}}}}}}"#,
         a.format,
         a.file.display()
     );
@@ -275,7 +287,7 @@ fn start_qsd(a: &Args, sock: &Path) -> Result<Backend> {
         sock,
         &[
             format!(
-                "driver=file,node-name=f,filename={},cache.direct={direct}",
+                "driver=file,node-name=f,filename={},cache.direct={direct},aio=io_uring",
                 a.file.display()
             ),
             format!("driver={},node-name=d,file=f", a.format),
@@ -295,7 +307,7 @@ fn fmt(w: Work, ops: f64) -> String {
 }
 
 fn recovery_gap(a: &Args, sock: &Path) -> Result<Vec<f64>> {
-    let mut bp = start_bp(a, sock)?;
+    let mut bp = start_bp(a, sock, None)?;
     let mut dev = BlkDevice::connect(sock, opts())?;
     let mut gaps = Vec::new();
     for _ in 0..5 {
@@ -309,7 +321,7 @@ fn recovery_gap(a: &Args, sock: &Path) -> Result<Vec<f64>> {
         bp.kill();
         let t0 = Instant::now();
         drop(bp);
-        bp = start_bp(a, sock)?;
+        bp = start_bp(a, sock, None)?;
         dev.reconnect()?;
         dev.run(
             0,
@@ -341,21 +353,20 @@ fn run() -> Result<()> {
         None => all.to_vec(),
     };
     // One backend at a time (two writers on one qcow2 image would corrupt
-    // it); each workload is measured on block-proc, qsd and the host back
-    // to back, `rounds` times keeping the best, so background load on a
-    // shared machine hits all three alike.
+    // it); each workload is measured on every contender back to back,
+    // `rounds` times keeping the best, so background load on a shared
+    // machine hits all alike.
     let size = {
-        let _b = start_bp(&a, &sock_bp)?;
+        let _b = start_bp(&a, &sock_bp, None)?;
         let mut dev = BlkDevice::connect(&sock_bp, opts())?;
         dev.capacity()? * 512
     };
-    // Host writes at random offsets would wreck a qcow2 container, so the
-    // host baseline may run on another file (the raw image with the same
-    // data) given by --host-file.
+    // fio's random writes would wreck a qcow2 container, so it may run on
+    // another file (the raw image with the same data) given by --host-file.
     let host_file = a.host_file.clone().unwrap_or_else(|| a.file.clone());
     let file_size = std::fs::metadata(&host_file)?.len().min(size);
     println!(
-        "format={} file={} host-file={} O_DIRECT={} ({}s per measurement, best of {}; host = one-thread pread/pwrite loop, qd1)",
+        "format={} file={} fio-file={} O_DIRECT={} ({}s per measurement, best of {}; qsd and fio with aio=io_uring)",
         a.format,
         a.file.display(),
         host_file.display(),
@@ -364,32 +375,36 @@ fn run() -> Result<()> {
         a.rounds
     );
     println!(
-        "{:<18} {:>15} {:>15} {:>15} {:>8} {:>8}",
-        "workload", "block-proc", "qsd", "host", "bp/qsd", "bp/host"
+        "{:<18} {:>15} {:>15} {:>15} {:>15} {:>8} {:>8} {:>8}",
+        "workload", "bp io_uring", "bp threads", "qsd", "fio", "/fio", "/qsd", "/threads"
     );
+    let bp_run = |aio: &str, w: Work| -> Result<f64> {
+        let _b = start_bp(&a, &sock_bp, Some(aio))?;
+        let mut dev = BlkDevice::connect(&sock_bp, opts())?;
+        run_device(&mut dev, size, w, a.secs)
+    };
     for w in works {
-        let (mut rb, mut rq, mut rh) = (0f64, 0f64, 0f64);
+        let (mut ru, mut rt, mut rq, mut rf) = (0f64, 0f64, 0f64, 0f64);
         for _ in 0..a.rounds {
-            {
-                let _b = start_bp(&a, &sock_bp)?;
-                let mut dev = BlkDevice::connect(&sock_bp, opts())?;
-                rb = rb.max(run_device(&mut dev, size, w, a.secs)?);
-            }
+            ru = ru.max(bp_run("io_uring", w)?);
+            rt = rt.max(bp_run("threads", w)?);
             {
                 let _b = start_qsd(&a, &sock_qsd)?;
                 let mut dev = BlkDevice::connect(&sock_qsd, opts())?;
                 rq = rq.max(run_device(&mut dev, size, w, a.secs)?);
             }
-            rh = rh.max(run_host(&host_file, file_size, w, a.secs, a.direct)?);
+            rf = rf.max(run_fio(&host_file, file_size, w, a.secs, a.direct)?);
         }
         println!(
-            "{:<18} {:>15} {:>15} {:>15} {:>8.2} {:>8.2}",
+            "{:<18} {:>15} {:>15} {:>15} {:>15} {:>8.2} {:>8.2} {:>8.2}",
             w.name(),
-            fmt(w, rb),
+            fmt(w, ru),
+            fmt(w, rt),
             fmt(w, rq),
-            fmt(w, rh),
-            rb / rq,
-            rb / rh
+            fmt(w, rf),
+            ru / rf,
+            ru / rq,
+            ru / rt
         );
     }
     let gaps = recovery_gap(&a, &sock_bp)?;
