@@ -37,6 +37,9 @@ pub enum MainError {
     /// Threads, signals or the supervisor could not be set up.
     #[error("cannot set up the broker")]
     Io(#[from] std::io::Error),
+    /// `-m` is more than the host can provide (QEMU's message).
+    #[error("bulkhead")]
+    Memory(#[from] crate::machine::host_memory::TooLarge),
     /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
     #[error("{}", .0.desc)]
     Blockdev(crate::qmp::error::QmpError),
@@ -60,6 +63,7 @@ impl MainError {
             MainError::Start(_) => 4,
             MainError::Io(_) => 5,
             MainError::Blockdev(_) => 1,
+            MainError::Memory(_) => 1,
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
             MainError::Privileges(_) => 7,
@@ -80,19 +84,7 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
 }
 
 fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // Errors only if a subscriber is already set (tests); nothing to do then.
-    let _ = if systemd::logs_to_journal() {
-        fmt.event_format(systemd::JournalFormat).try_init()
-    } else {
-        fmt.try_init()
-    };
+    ipc_proto::logging::init();
 }
 
 /// Runs the broker; returns its exit status.
@@ -101,6 +93,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let activated = systemd::listen_fds()?;
     let notifier = systemd::Notifier::from_env()?;
     let config = cli::parse(args)?;
+    crate::machine::host_memory::check(config.mem_size)?;
     // SAFETY: the `-add-fd` fds are inherited and nothing else in the
     // broker uses them; no thread has started and no fd was opened since
     // the process began (besides the activated sockets, which are not

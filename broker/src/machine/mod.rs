@@ -7,12 +7,16 @@
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
 //! - [`liveness`]: the ping that finds hung workers.
+//! - [`host_memory`]: whether the host can provide `-m`.
+//! - [`host_tids`]: host thread ids of a worker's threads.
 //! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
 
 pub mod block_state;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
+pub mod host_memory;
+pub mod host_tids;
 pub mod liveness;
 pub mod policy;
 pub mod stats_carry;
@@ -293,6 +297,11 @@ impl Machine {
     /// The supervisor watching the workers.
     pub fn supervisor(&self) -> &Arc<Supervisor> {
         &self.supervisor
+    }
+
+    /// The host pid of the current vcpu-proc, if one runs.
+    pub fn vcpu_pid(&self) -> Option<u32> {
+        lock(&self.vcpu).as_ref().map(|w| w.process.pid)
     }
 
     /// Sends `req` to vcpu-proc and waits for its reply. The first `cont`

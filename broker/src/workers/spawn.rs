@@ -43,7 +43,7 @@ pub enum WorkerSandbox {
 
 /// Environment variables passed through to workers; everything else is
 /// cleared.
-const KEPT_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "BULKHEAD_LOG"];
+const KEPT_ENV: &[&str] = &["RUST_BACKTRACE", "BULKHEAD_LOG", "JOURNAL_STREAM"];
 
 /// Errors of spawning a worker.
 #[derive(Debug, thiserror::Error)]

@@ -119,11 +119,21 @@ impl Bulkhead {
             "null".to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("cannot start bulkhead");
+        Self::start_with(
+            Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+                .args(&args)
+                .stdin(Stdio::null()),
+            sock,
+            dir,
+        )
+    }
+
+    /// Starts `cmd` (a bulkhead command line serving QMP on `sock`, in
+    /// `dir`) and waits until the socket accepts connections.
+    pub fn start_with(cmd: &mut Command, sock: PathBuf, dir: TempDir) -> Self {
+        require_kvm();
+        build_workers();
+        let child = cmd.spawn().expect("cannot start bulkhead");
         let mut b = Bulkhead {
             child: Some(child),
             sock,
