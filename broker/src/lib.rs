@@ -7,6 +7,7 @@
 //! - [`commands`]: one type per QMP command, each declared once.
 //! - [`machine`]: the VM's desired state and the handle commands use to
 //!   reach the workers.
+//! - [`process_setup`]: `-daemonize`, `-pidfile`, `-D`, `-msg`, `-name process=`.
 //! - [`privileges`]: the capabilities the broker keeps once workers are up.
 //! - [`workers`]: spawning, linking (request/reply correlation) and
 //!   supervising the worker processes.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod machine;
 pub mod privileges;
+pub mod process_setup;
 pub mod qmp;
 pub mod run;
 pub mod systemd;

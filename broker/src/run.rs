@@ -17,7 +17,7 @@ use crate::machine::{policy, vm_setup, ExitRequest, Machine};
 use crate::qmp::events::EventBus;
 use crate::qmp::server::{QmpListener, QmpServer};
 use crate::workers::supervisor::Supervisor;
-use crate::{cli, commands, systemd};
+use crate::{cli, commands, process_setup, systemd};
 
 /// How long pending QMP output may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_millis(500);
@@ -40,6 +40,9 @@ pub enum MainError {
     /// `-m` is more than the host can provide (QEMU's message).
     #[error("bulkhead")]
     Memory(#[from] crate::machine::host_memory::TooLarge),
+    /// `-daemonize`, `-pidfile`, `-D` failed (QEMU's message).
+    #[error("bulkhead")]
+    Process(#[from] process_setup::ProcessError),
     /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
     #[error("{}", .0.desc)]
     Blockdev(crate::qmp::error::QmpError),
@@ -64,6 +67,7 @@ impl MainError {
             MainError::Io(_) => 5,
             MainError::Blockdev(_) => 1,
             MainError::Memory(_) => 1,
+            MainError::Process(_) => 1,
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
             MainError::Privileges(_) => 7,
@@ -73,18 +77,17 @@ impl MainError {
 
 /// Entry point: runs the broker with `args` (without the program name).
 pub fn main_with_args(args: Vec<String>) -> ExitCode {
-    init_logging();
     match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{}", error_chain(&e));
+            let msg = error_chain(&e);
+            // A `-daemonize` parent prints it; else it is ours to print.
+            if !process_setup::report_failure(e.exit_code(), &msg) {
+                eprintln!("{msg}");
+            }
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-fn init_logging() {
-    ipc_proto::logging::init();
 }
 
 /// Runs the broker; returns its exit status.
@@ -93,7 +96,14 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let activated = systemd::listen_fds()?;
     let notifier = systemd::Notifier::from_env()?;
     let config = cli::parse(args)?;
+    if let Some(text) = &config.print_and_exit {
+        print!("{text}");
+        return Ok(0);
+    }
     crate::machine::host_memory::check(config.mem_size)?;
+    // Before any thread: -D, -daemonize (forks), -pidfile, -name process=.
+    let _pidfile = process_setup::apply(&config)?;
+    ipc_proto::logging::init();
     // SAFETY: the `-add-fd` fds are inherited and nothing else in the
     // broker uses them; no thread has started and no fd was opened since
     // the process began (besides the activated sockets, which are not
@@ -146,6 +156,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
             return Err(e);
         }
     };
+    process_setup::report_ready();
     // Wait for a reason to end.
     let reason = exit_rx.recv().unwrap_or(ExitRequest::Quit);
     tracing::info!("ending: {reason:?}");

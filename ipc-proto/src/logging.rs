@@ -3,7 +3,8 @@
 //! colours only on a terminal, and when stderr is the journal
 //! ([`logs_to_journal`]) the [`JournalFormat`]: `<N>target: message`, no
 //! timestamps (the journal adds its own) and no colours. Workers inherit
-//! the broker's stderr and `JOURNAL_STREAM`.
+//! the broker's stderr and `JOURNAL_STREAM`. Other lines carry a
+//! timestamp only with `-msg timestamp=on` ([`TIMESTAMP_ENV`]), as QEMU's.
 
 use std::io::IsTerminal;
 
@@ -15,8 +16,13 @@ use tracing_subscriber::registry::LookupSpan;
 /// The environment variable holding the log filter.
 pub const FILTER_ENV: &str = "BULKHEAD_LOG";
 
+/// Set to `on` (by the broker for `-msg timestamp=on`, inherited by the
+/// workers): log lines carry timestamps, as QEMU's messages then do.
+pub const TIMESTAMP_ENV: &str = "BULKHEAD_LOG_TIMESTAMP";
+
 /// Installs the process's log subscriber (does nothing if one is set).
 pub fn init() {
+    let timestamps = std::env::var_os(TIMESTAMP_ENV).is_some_and(|v| v == "on");
     let filter = tracing_subscriber::EnvFilter::try_from_env(FILTER_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let journal = logs_to_journal();
@@ -27,8 +33,10 @@ pub fn init() {
     // Errors only if a subscriber is already set (tests); nothing to do then.
     let _ = if journal {
         fmt.event_format(JournalFormat).try_init()
-    } else {
+    } else if timestamps {
         fmt.try_init()
+    } else {
+        fmt.without_time().try_init()
     };
 }
 

@@ -6,6 +6,7 @@
 //! - [`control`]: the protocol itself (negotiation, version, introspection).
 //! - [`machine`]: the VM's life cycle and vCPUs.
 //! - [`events`]: the event declarations.
+//! - [`introspection`]: what the machine is (`query-uuid`).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
@@ -16,6 +17,7 @@ pub mod control;
 pub mod device;
 pub mod events;
 pub mod fdsets;
+pub mod introspection;
 pub mod machine;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
@@ -39,6 +41,7 @@ pub fn registry() -> Registry {
     r.register::<machine::SystemPowerdown>();
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
+    r.register::<introspection::QueryUuid>();
     r.register::<block::BlockdevAdd>();
     r.register::<block::BlockdevDel>();
     r.register::<block::XBlockdevDel>();

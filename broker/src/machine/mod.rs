@@ -7,6 +7,7 @@
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
 //! - [`liveness`]: the ping that finds hung workers.
+//! - [`no_vm`]: the run state of `-machine none` (no guest, no vcpu-proc).
 //! - [`host_memory`]: whether the host can provide `-m`.
 //! - [`host_tids`]: host thread ids of a worker's threads.
 //! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
@@ -18,6 +19,7 @@ pub mod fdsets;
 pub mod host_memory;
 pub mod host_tids;
 pub mod liveness;
+pub mod no_vm;
 pub mod policy;
 pub mod stats_carry;
 pub mod vm_setup;
@@ -115,6 +117,8 @@ pub struct Machine {
     hung: Mutex<Vec<u32>>,
     /// Block statistics carried across block-proc lifetimes.
     pub(crate) stats: Mutex<stats_carry::StatsCarry>,
+    /// `-machine none`: the run state, in place of vcpu-proc.
+    no_vm: Option<no_vm::NoVm>,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -129,7 +133,10 @@ impl Machine {
         supervisor: Arc<Supervisor>,
         exit_tx: Sender<ExitRequest>,
     ) -> Arc<Self> {
+        let no_vm = (config.machine == crate::cli::MachineType::None)
+            .then(|| no_vm::NoVm::new(config.start_paused));
         let m = Arc::new(Machine {
+            no_vm,
             worker_sandbox,
             block_state: Default::default(),
             config,
@@ -307,6 +314,9 @@ impl Machine {
     /// Sends `req` to vcpu-proc and waits for its reply. The first `cont`
     /// of a `-S` machine first attaches the devices added in `prelaunch`.
     pub fn vcpu_request(&self, req: VcpuRequest) -> Result<VcpuReply, FlatError> {
+        if let Some(vm) = &self.no_vm {
+            return vm.request(req, |e| self.on_no_vm_event(e));
+        }
         let cont = matches!(req, VcpuRequest::Cont);
         if cont {
             devices::attach_pending(self)?;
@@ -476,6 +486,26 @@ impl Machine {
             VcpuEvent::DebugExit { code } => self.request_exit(ExitRequest::DebugExit(code)),
             VcpuEvent::VhostUserDisconnected { id } => devices::on_disconnected(self, &id),
             VcpuEvent::VhostUserReconnected { id } => devices::on_reconnected(self, &id),
+        }
+    }
+
+    /// Events of `-machine none`'s run state.
+    fn on_no_vm_event(&self, ev: VcpuEvent) {
+        match ev {
+            VcpuEvent::Stopped => self.events.emit("STOP", None),
+            VcpuEvent::Resumed => self.events.emit("RESUME", None),
+            VcpuEvent::Reset { reason } => self.events.emit(
+                "RESET",
+                Some(json!({"guest": reason.is_guest(), "reason": reason.as_str()})),
+            ),
+            VcpuEvent::Powerdown => self.events.emit("POWERDOWN", None),
+            VcpuEvent::Shutdown { .. }
+            | VcpuEvent::GuestCrashed { .. }
+            | VcpuEvent::DebugExit { .. }
+            | VcpuEvent::VhostUserDisconnected { .. }
+            | VcpuEvent::VhostUserReconnected { .. } => {
+                tracing::warn!("machine 'none': unexpected event {ev:?}")
+            }
         }
     }
 

@@ -220,6 +220,10 @@ where
 /// (attached at creation, or before the first `cont` with `-S`). Returns
 /// the serial socket path to remove at exit, if the broker created one.
 pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
+    if m.config().machine == crate::cli::MachineType::None {
+        // No guest: the monitor alone (see `no_vm`).
+        return Ok(None);
+    }
     devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
     let (proc, link): (SpawnedWorker, Arc<VcpuLink>) =

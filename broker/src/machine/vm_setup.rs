@@ -110,6 +110,8 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         start_paused: cfg.start_paused,
         no_shutdown: cfg.no_shutdown,
         no_reboot: cfg.no_reboot,
+        cpu: cfg.cpu.clone(),
+        thread_names: cfg.debug_threads,
     };
     Ok(PreparedVm {
         config,
