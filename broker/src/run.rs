@@ -4,7 +4,6 @@
 //! no worker and no socket file is left behind (every worker is reaped
 //! before the broker exits, on every path that started one).
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, Sender};
@@ -29,8 +28,8 @@ pub enum MainError {
     #[error("bulkhead")]
     Cli(#[from] cli::CliError),
     /// A QMP socket could not be created.
-    #[error("cannot listen on QMP socket '{0}'")]
-    QmpSocket(PathBuf, #[source] std::io::Error),
+    #[error("bulkhead")]
+    QmpSocket(#[from] crate::monitor_sockets::MonitorSocketError),
     /// A worker could not be started.
     #[error("cannot start the VM")]
     Start(#[from] policy::StartError),
@@ -62,7 +61,7 @@ impl MainError {
     pub fn exit_code(&self) -> u8 {
         match self {
             MainError::Cli(_) => 2,
-            MainError::QmpSocket(..) => 3,
+            MainError::QmpSocket(_) => 3,
             MainError::Start(_) => 4,
             MainError::Io(_) => 5,
             MainError::Blockdev(_) => 1,
@@ -113,10 +112,11 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let worker_sandbox = policy::resolve_sandbox(&config)?;
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;
-    let mut listeners = bind_qmp(&config.qmp)?;
+    let mut listeners = crate::monitor_sockets::bind_all(&config.qmp)?;
     listeners.extend(activated.into_iter().map(|a| QmpListener {
         listener: a.listener,
         path: None,
+        first: None,
     }));
     let supervisor = Supervisor::start()?;
     let events = Arc::new(EventBus::new());
@@ -139,7 +139,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
         crate::privileges::drop_unneeded().map_err(MainError::Privileges)?;
         let server = QmpServer::start(listeners, machine.clone())?;
         for p in &machine.config().qmp {
-            tracing::info!("QMP socket: {}", p.display());
+            tracing::info!("QMP socket: {:?}", p.socket);
         }
         let watchdog = match &notifier {
             Some(n) => start_systemd(n, &machine)?,
@@ -197,28 +197,6 @@ fn log_notify_error(r: Result<(), systemd::SystemdError>) {
     if let Err(e) = r {
         tracing::warn!("systemd notification failed: {}", error_chain(&e));
     }
-}
-
-fn bind_qmp(paths: &[PathBuf]) -> Result<Vec<QmpListener>, MainError> {
-    let mut out: Vec<QmpListener> = Vec::new();
-    for p in paths {
-        vm_setup::remove_stale_socket(p);
-        match UnixListener::bind(p) {
-            Ok(l) => out.push(QmpListener {
-                listener: l,
-                path: Some(p.clone()),
-            }),
-            Err(e) => {
-                remove_sockets(
-                    &out.iter()
-                        .filter_map(|l| l.path.clone())
-                        .collect::<Vec<_>>(),
-                );
-                return Err(MainError::QmpSocket(p.clone(), e));
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn remove_sockets(paths: &[PathBuf]) {

@@ -43,10 +43,12 @@ pub enum CliError {
 pub mod cpu;
 mod help;
 mod keyval;
+pub mod monitors;
 pub mod qemu_opts;
 
 use keyval::keyval_pairs;
 pub use keyval::{parse_blockdev, parse_device, parse_drive};
+pub use monitors::{MonitorSocket, MonitorSpec};
 pub use qemu_opts::MachineType;
 
 /// Result of command-line parsing.
@@ -68,8 +70,8 @@ pub enum SerialSpec {
 /// Everything the command line says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Unix socket paths to serve QMP on (`-qmp`).
-    pub qmp: Vec<PathBuf>,
+    /// QMP monitors (`-qmp`, `-chardev ...,server=on` + `-mon`).
+    pub qmp: Vec<MonitorSpec>,
     /// `-name`.
     pub name: Option<String>,
     /// Guest RAM in bytes (`-m`, default 128 MiB).
@@ -203,6 +205,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let mut cfg = Config::default();
     let (mut serial_given, mut nodefaults, mut kvm_accel) = (false, false, None);
     let (mut machine_accel, mut accel_option) = (false, false);
+    let (mut servers, mut mons, mut chardev_ids) = (Vec::new(), Vec::<String>::new(), Vec::new());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -216,7 +219,15 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 .ok_or_else(|| CliError::MissingValue(opt.clone()))
         };
         match opt.as_str() {
-            "-qmp" => cfg.qmp.push(parse_qmp(&value()?)?),
+            "-qmp" => cfg.qmp.push(monitors::parse_qmp(&value()?)?),
+            "-mon" => mons.push(monitors::parse_mon(&value()?)?),
+            "-monitor" => {
+                return Err(bad(
+                    "-monitor",
+                    "bulkhead has no human monitor console; use -qmp (HMP commands run \
+                     through human-monitor-command)",
+                ))
+            }
             "-name" => {
                 let n = qemu_opts::parse_name(&value()?)?;
                 cfg.name = n.guest;
@@ -229,7 +240,14 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
             "-append" => cfg.append = value()?,
             "-serial" => {
-                cfg.serial = parse_serial(&value()?)?;
+                let v = value()?;
+                if serial_given {
+                    return Err(bad(
+                        "-serial",
+                        format!("'{v}': bulkhead has one serial port (COM1), already given"),
+                    ));
+                }
+                cfg.serial = parse_serial(&v)?;
                 serial_given = true;
             }
             "-S" => cfg.start_paused = true,
@@ -260,11 +278,24 @@ pub fn parse(args: &[String]) -> Result<Config> {
             }
             "-device" => cfg.devices.push(parse_device(&value()?)?),
             "-chardev" => {
-                let c = parse_chardev(&value()?)?;
-                if cfg.chardevs.iter().any(|x| x.id == c.id) {
-                    return Err(bad("-chardev", format!("duplicate chardev id '{}'", c.id)));
+                let v = value()?;
+                let id = match monitors::parse_server_chardev(&v)? {
+                    Some(server) => {
+                        let id = server.id.clone();
+                        servers.push(server);
+                        id
+                    }
+                    None => {
+                        let c = parse_chardev(&v)?;
+                        let id = c.id.clone();
+                        cfg.chardevs.push(c);
+                        id
+                    }
+                };
+                if chardev_ids.contains(&id) {
+                    return Err(bad("-chardev", format!("duplicate chardev id '{id}'")));
                 }
-                cfg.chardevs.push(c);
+                chardev_ids.push(id);
             }
             "-help" | "-h" => cfg.print_and_exit = Some(help::usage()),
             "-version" => cfg.print_and_exit = Some(help::version()),
@@ -318,6 +349,20 @@ pub fn parse(args: &[String]) -> Result<Config> {
             _ => return Err(CliError::UnknownOption(arg.clone())),
         }
     }
+    name_anonymous_devices(&mut cfg.devices);
+    for id in &mons {
+        let i = servers
+            .iter()
+            .position(|s: &monitors::ServerChardev| &s.id == id)
+            .ok_or_else(|| bad("-mon", format!("chardev \"{id}\" not found")))?;
+        cfg.qmp.push(servers.remove(i).monitor);
+    }
+    if let Some(s) = servers.first() {
+        return Err(bad(
+            "-chardev",
+            format!("server chardev '{}' is used by no -mon (bulkhead serves only QMP monitors on server sockets)", s.id),
+        ));
+    }
     if machine_accel && accel_option {
         return Err(CliError::Plain(
             "The -accel and \"-machine accel=\" options are incompatible".into(),
@@ -331,6 +376,27 @@ pub fn parse(args: &[String]) -> Result<Config> {
         cfg.serial = SerialSpec::Null;
     }
     Ok(cfg)
+}
+
+/// QEMU accepts `-device` without `id=` and names the device itself;
+/// bulkhead gives such a device the first free `anon-deviceN` id (the
+/// id `query-block` and `device_del` then use).
+fn name_anonymous_devices(devices: &mut [Map<String, Value>]) {
+    let used: Vec<String> = devices
+        .iter()
+        .filter_map(|d| d.get("id").and_then(Value::as_str).map(String::from))
+        .collect();
+    let mut n = 0;
+    for d in devices.iter_mut().filter(|d| !d.contains_key("id")) {
+        let id = loop {
+            let id = format!("anon-device{n}");
+            n += 1;
+            if !used.contains(&id) {
+                break id;
+            }
+        };
+        d.insert("id".into(), Value::String(id));
+    }
 }
 
 pub(super) fn bad(option: &str, reason: impl Into<String>) -> CliError {
@@ -407,29 +473,6 @@ fn parse_run_with(s: &str) -> Result<String> {
         }
     }
     user.ok_or_else(|| bad("-run-with", "user=NAME is required"))
-}
-
-fn parse_qmp(s: &str) -> Result<PathBuf> {
-    let (first, kv) = suboptions(s);
-    let path = first.strip_prefix("unix:").ok_or_else(|| {
-        bad(
-            "-qmp",
-            format!("'{first}': only unix:PATH sockets are supported"),
-        )
-    })?;
-    if path.is_empty() {
-        return Err(bad("-qmp", "empty socket path"));
-    }
-    for (k, v) in kv {
-        match k {
-            "server" if parse_on_off("-qmp", v)? => {}
-            "server" => return Err(bad("-qmp", "a client socket (server=off) is not supported")),
-            "wait" if !parse_on_off("-qmp", v)? => {}
-            "wait" => return Err(bad("-qmp", "wait=on is not supported; use wait=off")),
-            _ => return Err(bad("-qmp", format!("unknown suboption '{k}'"))),
-        }
-    }
-    Ok(PathBuf::from(path))
 }
 
 /// QEMU's `-m` syntax: a number with an optional K/M/G/T suffix, MiB when
@@ -555,15 +598,34 @@ mod tests {
              -name guest=vm1,debug-threads=on -m 256M -smp 4 -S -no-shutdown -serial null",
         ))
         .unwrap();
+        let paths: Vec<_> = c.qmp.iter().map(|m| m.socket.clone()).collect();
         assert_eq!(
-            c.qmp,
-            vec![PathBuf::from("/tmp/a.sock"), PathBuf::from("/tmp/b.sock")]
+            paths,
+            vec![
+                MonitorSocket::Path("/tmp/a.sock".into()),
+                MonitorSocket::Path("/tmp/b.sock".into())
+            ]
         );
         assert_eq!(c.name.as_deref(), Some("vm1"));
         assert_eq!(c.mem_size, 256 << 20);
         assert_eq!(c.cpus, 4);
         assert!(c.start_paused && c.no_shutdown);
         assert_eq!(c.serial, SerialSpec::Null);
+    }
+
+    #[test]
+    fn devices_without_id_get_free_generated_ids() {
+        let c = parse(&args(
+            "-device virtio-blk-device,drive=a -device virtio-blk-device,drive=b,id=anon-device1 \
+             -device virtio-blk-device,drive=c",
+        ))
+        .unwrap();
+        let ids: Vec<_> = c
+            .devices
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["anon-device0", "anon-device1", "anon-device2"]);
     }
 
     #[test]

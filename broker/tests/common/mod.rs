@@ -105,7 +105,7 @@ pub struct Bulkhead {
 }
 
 impl Bulkhead {
-    /// Starts `bulkhead -qmp unix:SOCK,server=on,wait=off -serial null EXTRA...`
+    /// Starts `bulkhead -qmp unix:SOCK,server=on,wait=off [-serial null] EXTRA...`
     /// and waits until the socket accepts connections.
     pub fn start(extra: &[&str]) -> Self {
         require_kvm();
@@ -115,9 +115,11 @@ impl Bulkhead {
         let mut args = vec![
             "-qmp".to_owned(),
             format!("unix:{},server=on,wait=off", sock.display()),
-            "-serial".to_owned(),
-            "null".to_owned(),
         ];
+        // One serial port: the test's, else none.
+        if !extra.contains(&"-serial") {
+            args.extend(["-serial".to_owned(), "null".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start_with(
             Command::new(env!("CARGO_BIN_EXE_bulkhead"))
