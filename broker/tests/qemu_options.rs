@@ -173,11 +173,12 @@ const REFUSED: &[(&[&str], &str, bool)] = &[
 #[test]
 fn options_bulkhead_lacks_are_refused_with_qemu_messages() {
     for (opts, msg, qemu_refuses) in REFUSED {
-        let out = Command::new(BIN)
-            .args(["-serial", "null"])
-            .args(*opts)
-            .output()
-            .unwrap();
+        let serial: &[&str] = if opts.contains(&"-serial") {
+            &[]
+        } else {
+            &["-serial", "null"]
+        };
+        let out = Command::new(BIN).args(serial).args(*opts).output().unwrap();
         assert!(!out.status.success(), "{opts:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim_end(), format!("bulkhead: {msg}"), "{opts:?}");
