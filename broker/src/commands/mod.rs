@@ -7,6 +7,7 @@
 //! - [`machine`]: the VM's life cycle and vCPUs.
 //! - [`events`]: the event declarations.
 //! - [`introspection`]: what the machine is (`query-uuid`).
+//! - [`hmp`]: `human-monitor-command` (HMP through QMP).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
@@ -17,6 +18,7 @@ pub mod control;
 pub mod device;
 pub mod events;
 pub mod fdsets;
+pub mod hmp;
 pub mod introspection;
 pub mod machine;
 #[cfg(feature = "test-hooks")]
@@ -42,6 +44,7 @@ pub fn registry() -> Registry {
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
     r.register::<introspection::QueryUuid>();
+    r.register::<hmp::HumanMonitorCommand>();
     r.register::<block::BlockdevAdd>();
     r.register::<block::BlockdevDel>();
     r.register::<block::XBlockdevDel>();
