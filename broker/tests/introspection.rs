@@ -69,6 +69,7 @@ fn probes_qemu_answers_alike_get_qemus_answers() {
         json!({"execute": "qom-list-properties", "arguments": {"typename": "frob"}}),
         json!({"execute": "qom-get", "arguments": {"path": "/nope", "property": "type"}}),
         json!({"execute": "query-uuid"}),
+        json!({"execute": "query-command-line-options", "arguments": {"option": "frob"}}),
     ];
     let b = Bulkhead::start(&["-M", "none", "-S"]);
     let mut q = b.client();
@@ -128,6 +129,14 @@ fn probes_answer_what_bulkhead_has() {
     );
     let r = q.execute("qom-get", json!({"path": "/machine", "property": "type"}));
     assert_eq!(r["return"], "microvm-machine");
+    let r = q.execute("query-command-line-options", json!({"option": "name"}));
+    let params: Vec<&str> = r["return"][0]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["guest", "process", "debug-threads"]);
     let r = q.execute("qom-list", json!({"path": "/machine"}));
     assert!(r["return"]
         .as_array()

@@ -292,3 +292,77 @@ simple_query!(
     Vec<Value>,
     |_ctx| Ok(Vec::new())
 );
+
+#[rustfmt::skip]
+/// (option, [(parameter, type)]) of every option with suboptions bulkhead
+/// accepts, as `query-command-line-options` lists them.
+const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
+    ("machine", &[("type", "string"), ("accel", "string")]),
+    ("accel", &[("accel", "string")]),
+    ("name", &[("guest", "string"), ("process", "string"), ("debug-threads", "boolean")]),
+    ("msg", &[("timestamp", "boolean"), ("guest-name", "boolean")]),
+    ("overcommit", &[("mem-lock", "boolean"), ("cpu-pm", "boolean")]),
+    ("rtc", &[("base", "string"), ("clock", "string")]),
+    ("boot-opts", &[("strict", "boolean"), ("menu", "boolean")]),
+    ("smp-opts", &[("cpus", "number")]),
+    ("memory", &[("size", "size")]),
+    ("drive", &[
+        ("file", "string"), ("format", "string"), ("if", "string"), ("id", "string"),
+        ("readonly", "boolean"), ("cache", "string"), ("cache.direct", "boolean"),
+        ("cache.no-flush", "boolean"), ("discard", "string"), ("detect-zeroes", "string"),
+        ("media", "string"),
+    ]),
+    ("chardev", &[
+        ("backend", "string"), ("id", "string"), ("path", "string"), ("fd", "string"),
+        ("server", "boolean"), ("wait", "boolean"),
+    ]),
+    ("mon", &[("chardev", "string"), ("mode", "string"), ("pretty", "boolean"), ("id", "string")]),
+    ("add-fd", &[("fd", "number"), ("set", "number"), ("opaque", "string")]),
+    ("run-with", &[("user", "string")]),
+    ("sandbox", &[("enable", "boolean")]),
+];
+
+/// Arguments of `query-command-line-options`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandLineOptionsArgs {
+    /// Only this option.
+    pub option: Option<String>,
+}
+
+impl QapiType for CommandLineOptionsArgs {
+    fn schema() -> SchemaType {
+        SchemaType::Object {
+            name: "CommandLineOptionsArgs",
+            members: vec![optional::<String>("option")],
+        }
+    }
+}
+
+/// `query-command-line-options`.
+pub struct QueryCommandLineOptions;
+
+impl Command for QueryCommandLineOptions {
+    const NAME: &'static str = "query-command-line-options";
+    const DOC: &'static str = "Return the suboptions of the command-line options bulkhead accepts.";
+    type Args = CommandLineOptionsArgs;
+    type Ret = Vec<Value>;
+
+    fn run(args: CommandLineOptionsArgs, _: &Ctx<'_>) -> Result<Vec<Value>> {
+        let list: Vec<Value> = OPTION_PARAMETERS
+            .iter()
+            .filter(|(o, _)| args.option.as_deref().is_none_or(|want| want == *o))
+            .map(|(o, params)| {
+                let p: Vec<Value> = params
+                    .iter()
+                    .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
+                    .collect();
+                serde_json::json!({"option": o, "parameters": p})
+            })
+            .collect();
+        match (&args.option, list.is_empty()) {
+            (Some(o), true) => Err(QmpError::generic(format!("invalid option name: {o}"))),
+            _ => Ok(list),
+        }
+    }
+}

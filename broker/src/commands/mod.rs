@@ -55,6 +55,7 @@ pub fn registry() -> Registry {
     r.register::<introspection::QueryTpmTypes>();
     r.register::<introspection::QuerySevCapabilities>();
     r.register::<introspection::QueryMigrateCapabilities>();
+    r.register::<introspection::QueryCommandLineOptions>();
     r.register::<hmp::HumanMonitorCommand>();
     r.register::<qom::QomListTypes>();
     r.register::<qom::DeviceListProperties>();
