@@ -450,3 +450,71 @@ fn cpu_model_and_features_reach_the_guest_as_qemu_gives_them() {
         "{host:?}"
     );
 }
+
+#[test]
+fn memory_backend_objects_back_guest_ram_as_qemu_names_them() {
+    let dir = TempDir::new();
+    let file = dir.0.join("ram");
+    // A file backend: the guest's RAM is that file.
+    let b = Bulkhead::start(&[
+        "-object",
+        &format!(
+            "memory-backend-file,id=m,size=64M,mem-path={},share=on",
+            file.display()
+        ),
+        "-machine",
+        "microvm,memory-backend=m",
+    ]);
+    b.client().ok("query-status");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
+    drop(b);
+    // libvirt's JSON spelling, with -m agreeing.
+    let b = Bulkhead::start(&[
+        "-object",
+        r#"{"qom-type":"memory-backend-ram","id":"microvm.ram","size":67108864}"#,
+        "-M",
+        "microvm,memory-backend=microvm.ram",
+        "-m",
+        "64",
+    ]);
+    b.client().ok("query-status");
+    for (args, msg) in [
+        (
+            &[
+                "-object",
+                "memory-backend-ram,id=r,size=64M",
+                "-M",
+                "microvm,memory-backend=r",
+                "-m",
+                "128",
+            ][..],
+            "bulkhead: Machine memory size does not match the size of the memory backend",
+        ),
+        (
+            &[
+                "-object",
+                "memory-backend-file,id=r,size=64M,mem-path=/tmp",
+                "-M",
+                "microvm,memory-backend=r",
+            ][..],
+            "bulkhead: -object: memory-backend-file: share=off is not supported",
+        ),
+        (
+            &["-object", "memory-backend-ram,id=r,size=64M"][..],
+            "bulkhead: -object: 'r' is used by nothing",
+        ),
+        (
+            &["-M", "microvm,memory-backend=x"][..],
+            "bulkhead: Memory backend 'x' not found",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["-serial", "null"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(msg), "{args:?}: {err}");
+    }
+}

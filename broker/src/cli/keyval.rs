@@ -60,7 +60,7 @@ const BOOL_KEYS: [&str; 8] = [
 const INT_KEYS: [&str; 4] = ["offset", "size", "cache-size", "latency-ns"];
 
 /// QEMU's size syntax: a number with an optional k/M/G/T/P/E suffix.
-fn parse_size(v: &str) -> Option<u64> {
+pub(super) fn parse_size(v: &str) -> Option<u64> {
     let (digits, shift) = match v.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_lowercase() {

@@ -43,6 +43,7 @@ pub enum CliError {
 pub mod cpu;
 mod help;
 mod keyval;
+pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
 
@@ -110,6 +111,8 @@ pub struct Config {
     pub chardevs: Vec<ChardevSpec>,
     /// `-machine`/`-M`.
     pub machine: MachineType,
+    /// `-object memory-backend-*` named by `-machine memory-backend=`.
+    pub memory_backend: Option<memory_backend::MemoryBackend>,
     /// `-cpu`.
     pub cpu: ipc_proto::vcpu::CpuModel,
     /// `-name process=`: the broker's process name.
@@ -184,6 +187,7 @@ impl Default for Config {
             chardevs: Vec::new(),
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
             machine: MachineType::Microvm,
+            memory_backend: None,
             cpu: Default::default(),
             process_name: None,
             debug_threads: false,
@@ -206,6 +210,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let (mut serial_given, mut nodefaults, mut kvm_accel) = (false, false, None);
     let (mut machine_accel, mut accel_option) = (false, false);
     let (mut servers, mut mons, mut chardev_ids) = (Vec::new(), Vec::<String>::new(), Vec::new());
+    let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -234,7 +239,11 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 cfg.process_name = n.process;
                 cfg.debug_threads = n.debug_threads;
             }
-            "-m" => cfg.mem_size = parse_mem(&value()?)?,
+            "-m" => {
+                cfg.mem_size = parse_mem(&value()?)?;
+                mem_given = true;
+            }
+            "-object" => objects.push(memory_backend::parse_object(&value()?)?),
             "-smp" => cfg.cpus = parse_smp(&value()?)?,
             "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
             "-initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
@@ -304,8 +313,9 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 if v == "help" || v == "?" {
                     cfg.print_and_exit = Some(help::machines());
                 } else {
-                    let (m, accel) = qemu_opts::parse_machine(&opt, &v)?;
+                    let (m, accel, backend) = qemu_opts::parse_machine(&opt, &v)?;
                     cfg.machine = m;
+                    backend_id = backend.or(backend_id);
                     machine_accel |= accel;
                 }
             }
@@ -350,6 +360,26 @@ pub fn parse(args: &[String]) -> Result<Config> {
         }
     }
     name_anonymous_devices(&mut cfg.devices);
+    if let Some(id) = backend_id {
+        let i = objects
+            .iter()
+            .position(|o: &memory_backend::MemoryBackend| o.id == id)
+            .ok_or_else(|| CliError::Plain(format!("Memory backend '{id}' not found")))?;
+        let b = objects.remove(i);
+        if mem_given && b.size != cfg.mem_size {
+            return Err(CliError::Plain(
+                "Machine memory size does not match the size of the memory backend".into(),
+            ));
+        }
+        cfg.mem_size = parse_mem(&format!("{}B", b.size))?;
+        cfg.memory_backend = Some(b);
+    }
+    if let Some(o) = objects.first() {
+        return Err(bad(
+            "-object",
+            format!("'{}' is used by nothing: bulkhead uses a memory backend only as -machine memory-backend=", o.id),
+        ));
+    }
     for id in &mons {
         let i = servers
             .iter()

@@ -47,11 +47,12 @@ fn accel_list(option: &str, value: &str, list: &str) -> Result<()> {
     Ok(())
 }
 
-/// `-machine TYPE[,accel=kvm]` / `-M`; also says whether `accel=` was
-/// given.
-pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool)> {
+/// `-machine TYPE[,accel=kvm][,memory-backend=ID]` / `-M`; also says
+/// whether `accel=` was given and which memory backend is named.
+pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool, Option<String>)> {
     let mut machine = None;
     let mut accel = false;
+    let mut backend = None;
     for (k, v) in keyval_pairs(option, s, Some("type"))? {
         match k.as_str() {
             "type" => {
@@ -69,6 +70,7 @@ pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool)> {
                 accel_list(option, s, &v)?;
                 accel = true;
             }
+            "memory-backend" => backend = Some(v),
             _ => {
                 let t = match machine {
                     Some(MachineType::None) => "none",
@@ -78,7 +80,7 @@ pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool)> {
             }
         }
     }
-    Ok((machine.unwrap_or_default(), accel))
+    Ok((machine.unwrap_or_default(), accel, backend))
 }
 
 /// `-accel kvm` (one accelerator per option, QEMU tries them in order).
@@ -267,15 +269,15 @@ mod tests {
     fn machine_types_and_accel_follow_qemu() {
         assert_eq!(
             parse_machine("-M", "microvm").unwrap(),
-            (MachineType::Microvm, false)
+            (MachineType::Microvm, false, None)
         );
         assert_eq!(
             parse_machine("-machine", "none,accel=kvm:tcg").unwrap(),
-            (MachineType::None, true)
+            (MachineType::None, true, None)
         );
         assert_eq!(
-            parse_machine("-M", "type=microvm,accel=kvm").unwrap(),
-            (MachineType::Microvm, true)
+            parse_machine("-M", "type=microvm,accel=kvm,memory-backend=r").unwrap(),
+            (MachineType::Microvm, true, Some("r".into()))
         );
         assert_eq!(
             parse_machine("-M", "pc").unwrap_err().to_string(),

@@ -32,6 +32,10 @@ const TYPES: &[(&str, Option<&str>, bool)] = &[
     ("virtio-mmio", Some("sys-bus-device"), false),
     ("ioapic", Some("sys-bus-device"), false),
     ("isa-device", Some("device"), true),
+    ("memory-backend", Some("object"), true),
+    ("memory-backend-ram", Some("memory-backend"), false),
+    ("memory-backend-memfd", Some("memory-backend"), false),
+    ("memory-backend-file", Some("memory-backend"), false),
     ("isa-serial", Some("isa-device"), false),
 ];
 
@@ -174,6 +178,20 @@ fn properties(typename: &str) -> Vec<Value> {
             v
         }
         "isa-serial" => vec![prop("iobase", "uint32", ""), prop("irq", "uint32", "")],
+        t if is_a(t, "memory-backend") => crate::cli::memory_backend::TYPES
+            .iter()
+            .find(|(n, _)| *n == t)
+            .map(|(_, props)| {
+                props
+                    .iter()
+                    .map(|p| match *p {
+                        "size" => prop(p, "int", "Size of the memory region (ex: 500M)"),
+                        "share" => prop(p, "bool", "Mark the memory as private to QEMU or shared"),
+                        _ => prop(p, "string", "File to be used for memory-backend-file"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         t if is_a(t, "x86_64-cpu") => crate::cli::cpu::feature_names()
             .map(|f| prop(f, "bool", ""))
             .collect(),
