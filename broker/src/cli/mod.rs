@@ -543,20 +543,46 @@ pub fn parse_mem(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
+/// `-smp [cpus=]N[,maxcpus=N][,sockets=1][,dies=1][,clusters=1]
+/// [,cores=N][,threads=1]`: bulkhead's topology is one socket of N cores
+/// with one thread each (what its CPUID describes), without CPU hot-plug;
+/// another topology is refused rather than ignored.
 fn parse_smp(s: &str) -> Result<u8> {
-    let (first, kv) = suboptions(s);
-    let v = kv
-        .iter()
-        .find(|(k, _)| *k == "cpus")
-        .map(|(_, v)| *v)
-        .unwrap_or(first.strip_prefix("cpus=").unwrap_or(first));
-    match v.parse::<u8>() {
-        Ok(n) if (1..=MAX_CPUS).contains(&n) => Ok(n),
-        _ => Err(bad(
-            "-smp",
-            format!("'{v}': CPU count must be 1 to {MAX_CPUS}"),
-        )),
+    let o = "-smp";
+    let mut cpus = None;
+    let mut topo: Vec<(String, String)> = Vec::new();
+    for (k, v) in keyval_pairs(o, s, Some("cpus"))? {
+        match k.as_str() {
+            "cpus" => cpus = Some(v),
+            "maxcpus" | "sockets" | "dies" | "clusters" | "cores" | "threads" => topo.push((k, v)),
+            _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
+        }
     }
+    let v = cpus.unwrap_or_else(|| {
+        topo.iter()
+            .find(|(k, _)| k == "cores")
+            .map_or("1".into(), |(_, v)| v.clone())
+    });
+    let n = match v.parse::<u8>() {
+        Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+        _ => return Err(bad(o, format!("'{v}': CPU count must be 1 to {MAX_CPUS}"))),
+    };
+    for (k, val) in &topo {
+        let want = match k.as_str() {
+            "maxcpus" | "cores" => n.to_string(),
+            _ => "1".to_owned(),
+        };
+        if *val != want {
+            return Err(bad(
+                o,
+                format!(
+                    "{k}={val}: bulkhead's topology is one socket of {n} cores with one thread each \
+                     and no CPU hot-plug ({k}={want})"
+                ),
+            ));
+        }
+    }
+    Ok(n)
 }
 
 fn parse_serial(s: &str) -> Result<SerialSpec> {
@@ -739,6 +765,14 @@ mod tests {
     #[test]
     fn smp_bounds_are_checked() {
         assert_eq!(parse_smp("cpus=2").unwrap(), 2);
+        assert_eq!(parse_smp("1,sockets=1,cores=1,threads=1").unwrap(), 1);
+        assert_eq!(
+            parse_smp("4,sockets=1,cores=4,threads=1,maxcpus=4").unwrap(),
+            4
+        );
+        assert!(parse_smp("2,sockets=2,cores=1,threads=1").is_err());
+        assert!(parse_smp("2,maxcpus=4").is_err());
+        assert!(parse_smp("2,frob=1").is_err());
         assert!(parse_smp("0").is_err());
         assert!(parse_smp("65").is_err());
     }
