@@ -518,3 +518,64 @@ fn memory_backend_objects_back_guest_ram_as_qemu_names_them() {
         assert!(err.starts_with(msg), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn serial_port_through_a_chardev_as_qemu_and_libvirt_write_it() {
+    let dir = TempDir::new();
+    for (i, how) in ["-serial", "-device"].iter().enumerate() {
+        let log = dir.0.join(format!("serial{i}.log"));
+        let chardev = format!("file,id=ser0,path={}", log.display());
+        let target = if *how == "-serial" {
+            "chardev:ser0".to_owned()
+        } else {
+            "isa-serial,chardev=ser0,id=serial0,index=0".to_owned()
+        };
+        let opts = ["-chardev", chardev.as_str(), how, target.as_str()];
+        let b = Bulkhead::start(&opts);
+        let mut q = b.client();
+        q.ok("query-status");
+        // The built-in hello guest prints its banner on COM1.
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Bulkhead test guest")
+        {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{how}: no guest output in {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(b);
+        assert!(qemu_accepts(&opts), "QEMU refused {opts:?}");
+    }
+    for (args, msg) in [
+        (
+            &["-chardev", "pty,id=p", "-serial", "chardev:p"][..],
+            "bulkhead: -chardev: 'pty' chardevs are not supported by bulkhead",
+        ),
+        (
+            &["-serial", "chardev:nope"][..],
+            "bulkhead: chardev 'nope' not found",
+        ),
+        (
+            &["-chardev", "null,id=n"][..],
+            "bulkhead: -chardev: 'n' is used by nothing",
+        ),
+        (
+            &[
+                "-chardev",
+                "null,id=n",
+                "-device",
+                "isa-serial,chardev=n,index=1",
+            ][..],
+            "bulkhead: -device: isa-serial: bulkhead has one UART",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(msg), "{args:?}: {err}");
+    }
+}

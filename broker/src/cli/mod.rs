@@ -46,6 +46,7 @@ mod keyval;
 pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
+mod serial_chardev;
 
 use keyval::keyval_pairs;
 pub use keyval::{parse_blockdev, parse_device, parse_drive};
@@ -211,6 +212,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let (mut machine_accel, mut accel_option) = (false, false);
     let (mut servers, mut mons, mut chardev_ids) = (Vec::new(), Vec::<String>::new(), Vec::new());
     let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
+    let (mut serial_chardevs, mut serial_from) = (Vec::<(String, SerialSpec)>::new(), None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -256,7 +258,10 @@ pub fn parse(args: &[String]) -> Result<Config> {
                         format!("'{v}': bulkhead has one serial port (COM1), already given"),
                     ));
                 }
-                cfg.serial = parse_serial(&v)?;
+                match v.strip_prefix("chardev:") {
+                    Some(id) => serial_from = Some(id.to_owned()),
+                    None => cfg.serial = parse_serial(&v)?,
+                }
                 serial_given = true;
             }
             "-S" => cfg.start_paused = true,
@@ -285,20 +290,39 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     options,
                 });
             }
-            "-device" => cfg.devices.push(parse_device(&value()?)?),
+            "-device" => {
+                let d = parse_device(&value()?)?;
+                if d.get("driver").and_then(Value::as_str) == Some("isa-serial") {
+                    if serial_given {
+                        return Err(bad(
+                            "-device",
+                            "isa-serial: bulkhead has one serial port (COM1), already given",
+                        ));
+                    }
+                    serial_from = Some(serial_chardev::parse_isa_serial(&d)?);
+                    serial_given = true;
+                } else {
+                    cfg.devices.push(d);
+                }
+            }
             "-chardev" => {
                 let v = value()?;
-                let id = match monitors::parse_server_chardev(&v)? {
-                    Some(server) => {
-                        let id = server.id.clone();
-                        servers.push(server);
-                        id
-                    }
-                    None => {
-                        let c = parse_chardev(&v)?;
-                        let id = c.id.clone();
-                        cfg.chardevs.push(c);
-                        id
+                let id = if let Some((id, spec)) = serial_chardev::parse(&v)? {
+                    serial_chardevs.push((id.clone(), spec));
+                    id
+                } else {
+                    match monitors::parse_server_chardev(&v)? {
+                        Some(server) => {
+                            let id = server.id.clone();
+                            servers.push(server);
+                            id
+                        }
+                        None => {
+                            let c = parse_chardev(&v)?;
+                            let id = c.id.clone();
+                            cfg.chardevs.push(c);
+                            id
+                        }
                     }
                 };
                 if chardev_ids.contains(&id) {
@@ -360,6 +384,34 @@ pub fn parse(args: &[String]) -> Result<Config> {
         }
     }
     name_anonymous_devices(&mut cfg.devices);
+    if let Some(id) = serial_from {
+        if let Some(i) = serial_chardevs.iter().position(|(c, _)| *c == id) {
+            cfg.serial = serial_chardevs.remove(i).1;
+        } else if let Some(i) = servers.iter().position(|s| s.id == id) {
+            cfg.serial = match servers.remove(i).monitor {
+                MonitorSpec {
+                    socket: MonitorSocket::Path(p),
+                    wait: false,
+                } => SerialSpec::Unix(p),
+                _ => {
+                    return Err(bad(
+                        "-serial",
+                        format!(
+                            "chardev '{id}': a serial socket must be path=...,server=on,wait=off"
+                        ),
+                    ))
+                }
+            };
+        } else {
+            return Err(CliError::Plain(format!("chardev '{id}' not found")));
+        }
+    }
+    if let Some((id, _)) = serial_chardevs.first() {
+        return Err(bad(
+            "-chardev",
+            format!("'{id}' is used by nothing (-serial chardev:{id} or -device isa-serial,chardev={id})"),
+        ));
+    }
     if let Some(id) = backend_id {
         let i = objects
             .iter()
