@@ -71,6 +71,12 @@ pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool, Option
                 accel = true;
             }
             "memory-backend" => backend = Some(v),
+            // Neither machine has USB: usb=off states it.
+            "usb" => {
+                if parse_on_off(option, &v)? {
+                    return Err(at(option, s, "usb=on: bulkhead's machines have no USB"));
+                }
+            }
             _ => {
                 let t = match machine {
                     Some(MachineType::None) => "none",
@@ -290,6 +296,8 @@ mod tests {
             "Property 'microvm-machine.foo' not found"
         );
         assert!(parse_machine("-M", "microvm,accel=tcg").is_err());
+        assert!(parse_machine("-M", "microvm,usb=off").is_ok());
+        assert!(parse_machine("-M", "microvm,usb=on").is_err());
         assert!(parse_accel("kvm").unwrap());
         assert!(!parse_accel("tcg").unwrap());
         assert_eq!(

@@ -117,7 +117,10 @@ impl Bulkhead {
             format!("unix:{},server=on,wait=off", sock.display()),
         ];
         // One serial port: the test's, else none.
-        if !extra.iter().any(|a| *a == "-serial" || a.starts_with("isa-serial")) {
+        if !extra
+            .iter()
+            .any(|a| *a == "-serial" || a.starts_with("isa-serial"))
+        {
             args.extend(["-serial".to_owned(), "null".to_owned()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
