@@ -82,6 +82,7 @@ fn qemu_accepts(opts: &[&str]) -> bool {
 const ACCEPTED: &[(&[&str], bool)] = &[
     (&["-machine", "microvm"], true),
     (&["-M", "microvm,accel=kvm"], true),
+    (&["-M", "microvm,usb=off"], true),
     (&["-M", "none"], true),
     (&["-machine", "type=none,accel=kvm:tcg"], true),
     (&["-accel", "kvm"], true),
