@@ -37,7 +37,8 @@ pub enum InflightError {
     /// The region could not be created or mapped.
     #[error("inflight region mapping failed")]
     Map(#[source] std::io::Error),
-    /// The frontend asked for an impossible geometry.
+    /// The frontend asked for an impossible geometry, or a region larger
+    /// than its file.
     #[error(
         "invalid inflight geometry: {num_queues} queues of size {queue_size}, {mmap_size} bytes"
     )]
@@ -101,7 +102,11 @@ impl InflightRegion {
         queue_size: u16,
     ) -> Result<Self> {
         let need = queue_region_size(queue_size) as u64 * u64::from(num_queues);
-        if num_queues == 0 || queue_size == 0 || size < need {
+        if num_queues == 0
+            || queue_size == 0
+            || size < need
+            || !crate::vhost::memory::file_covers(file, offset, size)
+        {
             return Err(InflightError::Geometry {
                 num_queues,
                 queue_size,
@@ -268,6 +273,19 @@ impl QueueInflight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_larger_than_its_file_is_refused() {
+        let (_r, f, size) = InflightRegion::create(1, 8).unwrap();
+        assert!(InflightRegion::map(&f, 0, size, 1, 8).is_ok());
+        f.set_len(size - 1).unwrap();
+        assert!(matches!(
+            InflightRegion::map(&f, 0, size, 1, 8),
+            Err(InflightError::Geometry { .. })
+        ));
+        f.set_len(size).unwrap();
+        assert!(InflightRegion::map(&f, 64, size, 1, 8).is_err());
+    }
 
     #[test]
     fn fresh_region_recovers_nothing() {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use ipc_proto::worker::WorkerChannel;
 use ipc_proto::FlatError;
 
 use crate::block::{Graph, GraphError};
-use crate::vhost::export::{Export, ExportEvent};
+use crate::vhost::export::{Export, ExportEvent, Source};
 use crate::virtio_blk::BlkConfig;
 
 /// Errors that end the server loop.
@@ -121,19 +121,15 @@ impl Server {
                 if !matches!(logical_block_size, 512 | 4096) || num_queues == 0 || num_queues > 64 {
                     return Err(FlatError::generic("Invalid export parameters"));
                 }
-                let listener = fds
-                    .into_iter()
-                    .next()
-                    .map(UnixListener::from)
-                    .ok_or_else(|| {
-                        FlatError::generic("no listening socket passed for the export")
-                    })?;
                 let cfg = BlkConfig::new(&node, num_queues, writable, &serial, logical_block_size);
-                let export =
-                    Export::start(id.clone(), listener, node, cfg, Some(self.events.clone()))
-                        .map_err(|e| {
-                            FlatError::generic(format!("Could not start export '{id}': {e}"))
-                        })?;
+                let export = Export::start(
+                    id.clone(),
+                    Source::Attached,
+                    node,
+                    cfg,
+                    Some(self.events.clone()),
+                )
+                .map_err(|e| FlatError::generic(format!("Could not start export '{id}': {e}")))?;
                 self.exports.insert(id, export);
                 Ok(BlockReply::Done)
             }
@@ -145,12 +141,39 @@ impl Server {
                 e.stop();
                 Ok(BlockReply::Done)
             }
+            BlockRequest::AttachExportConnection { id } => {
+                let export = self
+                    .exports
+                    .get(&id)
+                    .ok_or_else(|| FlatError::generic(format!("Export '{id}' is not found")))?;
+                let fd = fds.into_iter().next().ok_or_else(|| {
+                    FlatError::generic("no connected socket passed for the export")
+                })?;
+                let stream = connected_stream(fd).map_err(|e| {
+                    FlatError::generic(format!("Export '{id}': bad connection socket: {e}"))
+                })?;
+                export.attach(stream).map_err(|e| {
+                    FlatError::generic(format!("Export '{id}': cannot attach a connection: {e}"))
+                })?;
+                Ok(BlockReply::Done)
+            }
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
                 .map(|()| BlockReply::Done),
         }
     }
+}
+
+/// `fd` as a stream socket (anything else is refused here: the vhost-user
+/// handler would only fail on it later, less clearly). `fstat` is what
+/// the sandbox allows for this.
+fn connected_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
+    let st = nix::sys::stat::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other("not a socket"));
+    }
+    Ok(UnixStream::from(fd))
 }
 
 /// Serve the broker until the channel closes.

@@ -6,17 +6,18 @@
 //! block-proc --standalone --socket PATH --blockdev JSON [--blockdev JSON ...]
 //!            [--num-queues N] [--serial S] [--read-only] [--block-size 512|4096]
 //! ```
-//! The last `--blockdev` is exported.
+//! The last `--blockdev` is exported. The socket is made mode 0600 and a
+//! peer running as another user (not root) is hung up on (`SO_PEERCRED`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 
 use ipc_proto::block::BlockdevOptions;
 
 use crate::block::{Graph, GraphError};
-use crate::vhost::export::Export;
+use crate::vhost::export::{Export, Source};
 use crate::virtio_blk::BlkConfig;
 
 /// Errors of standalone mode.
@@ -115,6 +116,24 @@ pub fn add_node(graph: &mut Graph, opts: &BlockdevOptions) -> Result<String> {
     }
 }
 
+/// Listens on `path` with mode 0600: only our own user may connect (the
+/// export also checks each peer's uid, in case the mode is loosened).
+/// Bound under a temporary name and renamed into place, so the socket
+/// never appears with a wider mode.
+fn private_listener(path: &str) -> Result<UnixListener> {
+    let fail = |e| StandaloneError::Socket(path.to_owned(), e);
+    let tmp = format!("{path}.{}.tmp", std::process::id());
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(fail)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    Ok(listener)
+}
+
 /// Run standalone mode until killed.
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
@@ -127,12 +146,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let node = graph
         .get(&last)
         .ok_or_else(|| StandaloneError::Usage("no node to export".into()))?;
-    let _ = std::fs::remove_file(&a.socket);
-    let listener =
-        UnixListener::bind(&a.socket).map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    let listener = private_listener(&a.socket)?;
     let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
-    let _export = Export::start("standalone".into(), listener, node, cfg, None)
-        .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    let _export = Export::start(
+        "standalone".into(),
+        Source::Listener(listener),
+        node,
+        cfg,
+        None,
+    )
+    .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     tracing::info!("serving {} on {}", last, a.socket);
     loop {
         std::thread::park();

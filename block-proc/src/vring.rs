@@ -90,6 +90,44 @@ pub struct Vring {
     signalled_used: Option<Wrapping<u16>>,
 }
 
+impl VringConfig {
+    /// Read the chain starting at `head` into `out` (cleared first). Needs
+    /// no ring state, so an I/O thread can read its request's chain
+    /// without the queue's lock.
+    pub fn read_chain(&self, mem: &Mem, head: u16, out: &mut Vec<Desc>) -> Result<()> {
+        out.clear();
+        let mut idx = head;
+        loop {
+            if idx >= self.size {
+                return Err(VringError::BadIndex(idx));
+            }
+            if out.len() >= usize::from(self.size) {
+                return Err(VringError::ChainTooLong);
+            }
+            let a = self.desc + 16 * u64::from(idx);
+            let mut raw = [0u8; 16];
+            mem.read_slice(&mut raw, GuestAddress(a))
+                .map_err(|_| VringError::BadRingAddress(a))?;
+            let d = Desc {
+                addr: u64::from_le_bytes([
+                    raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+                ]),
+                len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
+                flags: u16::from_le_bytes([raw[12], raw[13]]),
+                next: u16::from_le_bytes([raw[14], raw[15]]),
+            };
+            if d.flags & VRING_DESC_F_INDIRECT != 0 {
+                return Err(VringError::Indirect);
+            }
+            out.push(d);
+            if d.flags & VRING_DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            idx = d.next;
+        }
+    }
+}
+
 fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
@@ -192,36 +230,12 @@ impl Vring {
 
     /// Read the chain starting at `head` into `out` (cleared first).
     pub fn chain(&self, mem: &Mem, head: u16, out: &mut Vec<Desc>) -> Result<()> {
-        out.clear();
-        let mut idx = head;
-        loop {
-            if idx >= self.cfg.size {
-                return Err(VringError::BadIndex(idx));
-            }
-            if out.len() >= usize::from(self.cfg.size) {
-                return Err(VringError::ChainTooLong);
-            }
-            let a = self.cfg.desc + 16 * u64::from(idx);
-            let mut raw = [0u8; 16];
-            mem.read_slice(&mut raw, GuestAddress(a))
-                .map_err(|_| VringError::BadRingAddress(a))?;
-            let d = Desc {
-                addr: u64::from_le_bytes([
-                    raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
-                ]),
-                len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
-                flags: u16::from_le_bytes([raw[12], raw[13]]),
-                next: u16::from_le_bytes([raw[14], raw[15]]),
-            };
-            if d.flags & VRING_DESC_F_INDIRECT != 0 {
-                return Err(VringError::Indirect);
-            }
-            out.push(d);
-            if d.flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(());
-            }
-            idx = d.next;
-        }
+        self.cfg.read_chain(mem, head, out)
+    }
+
+    /// The ring's addresses and size.
+    pub fn config(&self) -> VringConfig {
+        self.cfg
     }
 
     /// Write a used element and publish the new used index.

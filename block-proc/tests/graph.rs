@@ -178,3 +178,59 @@ fn null_co_defaults_and_stats_start_at_zero() {
     assert_eq!(s.node_name, "n");
     assert_eq!(s.stats.rd_operations, 0);
 }
+
+#[test]
+fn inline_backing_definition_replaces_the_header_chain() {
+    let base = raw_image("g-inline-base.raw", 4 << 20);
+    let top = tmp("g-inline-top.qcow2");
+    // The header names a file that does not exist; the inline definition
+    // wins, as in QEMU.
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "/nonexistent/b.raw",
+        ])
+        .arg(&top)
+        .arg("4M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = opts(&format!(
+        r#"{{"driver":"qcow2","node-name":"disk0",
+            "file":{{"driver":"file","filename":"{}"}},
+            "backing":{{"driver":"raw","file":{{"driver":"file","filename":"{}"}}}}}}"#,
+        top.display(),
+        base.display()
+    ));
+    let mut g = Graph::new();
+    let mut fs = files(&[&top]);
+    fs.insert(base.display().to_string(), File::open(&base).unwrap());
+    g.add(&o, fs).unwrap();
+    let disk = g
+        .query_nodes()
+        .into_iter()
+        .find(|n| n.node_name == "disk0")
+        .unwrap();
+    assert_eq!(
+        disk.backing_file.as_deref(),
+        Some(base.display().to_string().as_str())
+    );
+    // A backing node by reference is refused with a clear message.
+    let o = opts(&format!(
+        r#"{{"driver":"qcow2","node-name":"disk1",
+            "file":{{"driver":"file","filename":"{}"}},"backing":"disk0"}}"#,
+        top.display()
+    ));
+    let e = g.add(&o, files(&[&top])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Backing nodes given by reference are not supported; define the backing image inline"
+    );
+}

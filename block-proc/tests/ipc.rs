@@ -1,11 +1,12 @@
 //! block-proc under a broker: the control channel handshake, AddNode with
-//! passed fds, QEMU error wording through FlatError, AddExport with a
-//! passed listening socket, reference counting, queries and statistics.
+//! passed fds, QEMU error wording through FlatError, AddExport and its
+//! connections handed over as socketpairs, reference counting, queries
+//! and statistics.
 
 mod common;
 
 use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
 
 use common::*;
@@ -14,6 +15,7 @@ use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
 use ipc_proto::worker::BrokerChannel;
 use ipc_proto::{FlatError, WorkerKind};
 use vhost_user_harness::blk::S_OK;
+use vhost_user_harness::{BlkDevice, BlkOptions};
 
 type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
 
@@ -58,6 +60,20 @@ fn spawn() -> Worker {
 }
 
 impl Worker {
+    /// Hands export `id` one end of a new socketpair and sets the harness
+    /// up on the other.
+    fn attach(&mut self, id: &str, num_queues: u16) -> BlkDevice {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let req = BlockRequest::AttachExportConnection { id: id.into() };
+        assert_eq!(self.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
+        drop(theirs);
+        let opts = BlkOptions {
+            num_queues,
+            ..Default::default()
+        };
+        BlkDevice::from_stream(ours, opts).unwrap()
+    }
+
     fn call(
         &mut self,
         body: BlockRequest,
@@ -104,9 +120,6 @@ fn broker_builds_graph_exports_it_and_queries_stats_over_ipc() {
         "Duplicate nodes with node-name='disk0'"
     );
 
-    let sock = tmp("ipc.sock");
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).unwrap();
     let export = BlockRequest::AddExport {
         id: "e0".into(),
         node_name: "disk0".into(),
@@ -115,10 +128,9 @@ fn broker_builds_graph_exports_it_and_queries_stats_over_ipc() {
         serial: "ipc".into(),
         logical_block_size: 512,
     };
-    assert_eq!(w.call(export, &[listener.as_fd()]), Ok(BlockReply::Done));
-    drop(listener);
+    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
 
-    let mut dev = connect(&sock, 2);
+    let mut dev = w.attach("e0", 2);
     assert_eq!(dev.write(1, 16, &pattern(4096, 1)).unwrap(), S_OK);
     assert_eq!(dev.read(0, 16, 4096).unwrap().1, pattern(4096, 1));
 
@@ -193,9 +205,6 @@ fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
         w.call(BlockRequest::AddNode { options, files }, &[file.as_fd()]),
         Ok(BlockReply::Done)
     );
-    let sock = tmp("ipc-ro.sock");
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).unwrap();
     let export = BlockRequest::AddExport {
         id: "e1".into(),
         node_name: "disk0".into(),
@@ -204,8 +213,8 @@ fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
         serial: "x".into(),
         logical_block_size: 512,
     };
-    assert_eq!(w.call(export, &[listener.as_fd()]), Ok(BlockReply::Done));
-    let mut dev = connect(&sock, 1);
+    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
+    let mut dev = w.attach("e1", 1);
     assert_eq!(
         dev.write(0, 0, &pattern(512, 1)).unwrap(),
         vhost_user_harness::blk::S_IOERR
@@ -225,4 +234,173 @@ fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
             w.events.push(e);
         }
     }
+}
+
+/// An export with its node, served to connections attached over IPC.
+fn exported(w: &mut Worker, img: &std::path::Path, id: &str) -> std::fs::File {
+    let options: BlockdevOptions = serde_json::from_str(&raw_json(img)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    let add = BlockRequest::AddNode { options, files };
+    assert_eq!(w.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
+    let export = BlockRequest::AddExport {
+        id: id.into(),
+        node_name: "disk0".into(),
+        num_queues: 1,
+        writable: true,
+        serial: "x".into(),
+        logical_block_size: 512,
+    };
+    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
+    file
+}
+
+#[test]
+fn export_has_no_socket_and_serves_only_connections_the_broker_attaches() {
+    let img = raw_image("ipc-attach.raw", 1 << 20);
+    let mut w = spawn();
+    let _file = exported(&mut w, &img, "e2");
+    // block-proc has no Unix socket but its control channel and the
+    // attached connections: nothing listens, nothing to connect to.
+    let listening = listening_unix_inodes();
+    let pid = w.child.id();
+    assert!(
+        socket_inodes_of(pid).iter().all(|i| !listening.contains(i)),
+        "block-proc has a listening Unix socket"
+    );
+    // A connection to an unknown export, or without its fd, is refused.
+    let (_a, b) = UnixStream::pair().unwrap();
+    let req = BlockRequest::AttachExportConnection { id: "nope".into() };
+    assert_eq!(
+        w.call(req, &[b.as_fd()]).unwrap_err().desc,
+        "Export 'nope' is not found"
+    );
+    let req = BlockRequest::AttachExportConnection { id: "e2".into() };
+    assert_eq!(
+        w.call(req, &[]).unwrap_err().desc,
+        "no connected socket passed for the export"
+    );
+    let req = BlockRequest::AttachExportConnection { id: "e2".into() };
+    assert_eq!(
+        w.call(req, &[_file.as_fd()]).unwrap_err().desc,
+        "Export 'e2': bad connection socket: not a socket"
+    );
+    // The first connection works; a second one waits until it ends.
+    let mut dev = w.attach("e2", 1);
+    assert_eq!(dev.write(0, 0, &pattern(512, 3)).unwrap(), S_OK);
+    drop(dev);
+    let mut dev = w.attach("e2", 1);
+    assert_eq!(dev.read(0, 0, 512).unwrap().1, pattern(512, 3));
+}
+
+#[test]
+fn refused_set_config_keeps_the_connection() {
+    let img = raw_image("ipc-setcfg.raw", 1 << 20);
+    let mut w = spawn();
+    let _file = exported(&mut w, &img, "e3");
+    let mut dev = w.attach("e3", 1);
+    assert_eq!(dev.write(0, 0, &pattern(512, 5)).unwrap(), S_OK);
+    // virtio-blk's config space is read-only here: SET_CONFIG gets a
+    // failed REPLY_ACK ...
+    let err = dev.set_config(0, &[1, 2, 3, 4]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            vhost_user_harness::HarnessError::VhostUser(vhost::Error::VhostUserProtocol(
+                vhost::vhost_user::Error::BackendInternalError
+            ))
+        ),
+        "{err}"
+    );
+    // ... and the connection still serves requests.
+    assert_eq!(dev.read(0, 0, 512).unwrap().1, pattern(512, 5));
+    assert_eq!(dev.write(0, 1, &pattern(512, 6)).unwrap(), S_OK);
+    let cfg = dev.config(8).unwrap();
+    assert_eq!(u64::from_le_bytes(cfg[..8].try_into().unwrap()), 2048);
+}
+
+/// Inodes of the listening Unix sockets of the host (`/proc/net/unix`,
+/// flag `__SO_ACCEPTCON`).
+fn listening_unix_inodes() -> Vec<String> {
+    let t = std::fs::read_to_string("/proc/net/unix").unwrap();
+    t.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            (flags & 0x10000 != 0).then(|| f.get(6).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+/// Inodes of the sockets process `pid` holds.
+fn socket_inodes_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn sandboxed_direct_write_of_the_partial_last_block_keeps_the_file_size() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // On the disk: a tmpfs /tmp refuses O_DIRECT.
+    let img = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bp-ipc-tail-{}.raw", std::process::id()));
+    let len = (1 << 20) + 1024;
+    std::fs::write(&img, vec![0x11u8; len]).unwrap();
+    let mut w = spawn();
+    let json = format!(
+        r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}","cache":{{"direct":true}}}}}}"#,
+        img.display()
+    );
+    let options: BlockdevOptions = serde_json::from_str(&json).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&img)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    assert_eq!(
+        w.call(BlockRequest::AddNode { options, files }, &[file.as_fd()]),
+        Ok(BlockReply::Done)
+    );
+    let export = BlockRequest::AddExport {
+        id: "e2".into(),
+        node_name: "disk0".into(),
+        num_queues: 1,
+        writable: true,
+        serial: "x".into(),
+        logical_block_size: 512,
+    };
+    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
+    let mut dev = w.attach("e2", 1);
+    let last = (len as u64 / 512) - 1;
+    assert_eq!(dev.write(0, last, &pattern(512, 7)).unwrap(), S_OK);
+    assert_eq!(dev.read(0, last, 512).unwrap().1, pattern(512, 7));
+    // Still alive (the sandbox allowed the tail write) and not grown.
+    assert_eq!(dev.read(0, 0, 4096).unwrap().0, S_OK);
+    assert!(w.child.try_wait().unwrap().is_none());
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), len as u64);
+    let back = std::fs::read(&img).unwrap();
+    assert_eq!(&back[len - 512..], &pattern(512, 7)[..]);
+    assert!(back[..len - 512].iter().all(|&b| b == 0x11));
+    drop(dev);
+    std::fs::remove_file(img).unwrap();
 }

@@ -201,3 +201,129 @@ fn invalid_vhost_user_requests_are_refused_and_the_backend_stays_up() {
     let mut dev = connect(&sock, 1);
     assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
 }
+
+/// An empty-or-small memfd for a hostile frontend.
+fn memfd(len: u64) -> std::fs::File {
+    let fd =
+        nix::sys::memfd::memfd_create(c"hostile", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    let f = std::fs::File::from(fd);
+    f.set_len(len).unwrap();
+    f
+}
+
+#[test]
+fn requests_taken_before_the_queue_broke_still_complete() {
+    // Two slow requests are running on the I/O threads when the guest
+    // publishes a head out of range: the queue stops taking requests, but
+    // the two it had taken are published.
+    let sock = tmp("brokencompl.sock");
+    let json = r#"{"driver":"null-co","node-name":"n","size":1048576,"latency-ns":300000000}"#;
+    let bp = start(&sock, json, &[]);
+    let mut dev = connect(&sock, 1);
+    for k in 0..2u64 {
+        dev.submit(
+            0,
+            vhost_user_harness::Request::Write {
+                sector: k,
+                data: &pattern(512, k),
+            },
+        )
+        .unwrap();
+    }
+    dev.kick_now(0).unwrap();
+    dev.publish_raw_head(0, 4000).unwrap();
+    dev.kick_now(0).unwrap();
+    let mut done = Vec::new();
+    while done.len() < 2 {
+        match dev.wait_timeout(0, Duration::from_secs(3)) {
+            Ok(c) => done.extend(c),
+            Err(e) => panic!("only {} of 2 taken requests completed: {e}", done.len()),
+        }
+    }
+    assert!(done.iter().all(|c| c.status == Some(S_OK)));
+    assert!(alive(&bp));
+}
+
+#[test]
+fn mem_table_region_larger_than_its_file_is_refused_and_the_backend_stays_up() {
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    use vhost_user_harness::frontend::{connect_retry, Connection, F_EVENT_IDX, F_VERSION_1};
+    use vmm_sys_util::eventfd::EventFd;
+
+    let img = raw_image("memtab.raw", 1 << 20);
+    let sock = tmp("memtab.sock");
+    let bp = start(&sock, &raw_json(&img), &[]);
+    let fe = connect_retry(&sock, 1, Duration::from_secs(10)).unwrap();
+    let mut c = Connection::negotiate(fe, F_EVENT_IDX | F_VERSION_1).unwrap();
+    // 64 KiB of memfd announced as 16 MiB of guest memory.
+    let f = memfd(64 << 10);
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: 16 << 20,
+        userspace_addr: 0x7000_0000_0000,
+        mmap_offset: 0,
+        mmap_handle: std::os::fd::AsRawFd::as_raw_fd(&f),
+    };
+    let refused = c.fe.set_mem_table(&[region]).is_err();
+    // Rings in the part past the end of the file: touching them would
+    // raise SIGBUS in the backend.
+    let va = 0x7000_0000_0000u64 + (8 << 20);
+    let kick = EventFd::new(0).unwrap();
+    let call = EventFd::new(0).unwrap();
+    let _ = c.fe.set_vring_num(0, 128);
+    let _ = c.fe.set_vring_base(0, 0);
+    let _ = c.fe.set_vring_addr(
+        0,
+        &VringConfigData {
+            queue_max_size: 128,
+            queue_size: 128,
+            flags: 0,
+            desc_table_addr: va,
+            used_ring_addr: va + 8192,
+            avail_ring_addr: va + 4096,
+            log_addr: None,
+        },
+    );
+    let _ = c.fe.set_vring_call(0, &call);
+    let _ = c.fe.set_vring_kick(0, &kick);
+    let _ = c.fe.set_vring_enable(0, true);
+    let _ = kick.write(1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        alive(&bp),
+        "block-proc died (SIGBUS) on a short memory file"
+    );
+    assert!(
+        refused,
+        "SET_MEM_TABLE past the end of the memfd was accepted"
+    );
+    drop(c);
+    let mut dev = connect(&sock, 1);
+    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+}
+
+#[test]
+fn inflight_region_larger_than_its_file_is_refused_and_the_backend_stays_up() {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::VhostUserInflight;
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost_user_harness::frontend::{connect_retry, Connection, F_EVENT_IDX, F_VERSION_1};
+
+    let img = raw_image("inflsz.raw", 1 << 20);
+    let sock = tmp("inflsz.sock");
+    let bp = start(&sock, &raw_json(&img), &[]);
+    let fe = connect_retry(&sock, 1, Duration::from_secs(10)).unwrap();
+    let mut c = Connection::negotiate(fe, F_EVENT_IDX | F_VERSION_1).unwrap();
+    let f = memfd(0);
+    let info = VhostUserInflight::new(1 << 20, 0, 1, 128);
+    let refused = c.fe.set_inflight_fd(&info, f.as_raw_fd()).is_err();
+    assert!(alive(&bp));
+    assert!(
+        refused,
+        "SET_INFLIGHT_FD past the end of the memfd was accepted"
+    );
+    drop(c);
+    let mut dev = connect(&sock, 1);
+    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+}

@@ -224,3 +224,49 @@ fn qcow2_overlay_reads_backing_data_and_keeps_writes_in_the_overlay() {
     assert_eq!(std::fs::read(&base).unwrap(), pattern(4 << 20, 11));
     assert!(qemu_img_check(&top));
 }
+
+#[test]
+fn deep_queues_on_every_queue_start_no_more_io_threads_than_the_export_limit() {
+    use block_proc::vhost::queue::EXPORT_MAX_IO_THREADS;
+
+    let sock = tmp("threads.sock");
+    let json = r#"{"driver":"null-co","node-name":"n","size":1048576,"latency-ns":50000000}"#;
+    let bp = start(&sock, json, &["--num-queues", "4"]);
+    let mut dev = connect(&sock, 4);
+    let pid = bp.pid().unwrap();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    let mut most = before;
+    for _ in 0..3 {
+        for q in 0..4usize {
+            for k in 0..32u64 {
+                dev.submit(
+                    q,
+                    Request::Read {
+                        sector: k,
+                        len: 512,
+                    },
+                )
+                .unwrap();
+            }
+            dev.kick(q).unwrap();
+        }
+        for q in 0..4usize {
+            while dev.pending(q) > 0 {
+                most = most.max(threads());
+                assert!(dev.wait(q).unwrap().iter().all(|c| c.status == Some(S_OK)));
+            }
+        }
+    }
+    // Four queue threads were there before; I/O threads came on demand.
+    let started = most - before;
+    eprintln!("{started} I/O threads for 4 queues x 32 requests in flight");
+    assert!(
+        started <= EXPORT_MAX_IO_THREADS,
+        "{started} I/O threads started, limit {EXPORT_MAX_IO_THREADS}"
+    );
+}

@@ -1,5 +1,7 @@
 //! Start-up and orderly shutdown of the broker: parse the command line,
-//! start the supervisor, the workers and the QMP server, then wait for a
+//! start the supervisor and the QMP server (clients are greeted at once;
+//! commands that need the VM wait for its start gate), then the workers
+//! (vcpu-proc's spawn overlaps block-proc's start), then wait for a
 //! reason to end (quit, guest shutdown, debug exit, signal) and tear down:
 //! no worker and no socket file is left behind (every worker is reaped
 //! before the broker exits, on every path that started one).
@@ -121,37 +123,41 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let supervisor = Supervisor::start()?;
     let events = Arc::new(EventBus::new());
     let machine = Machine::new(config, worker_sandbox, events, supervisor, exit_tx);
-    let mut created_sockets: Vec<PathBuf> = Vec::new();
-    let started = policy::start_block(&machine)
-        .map_err(MainError::from)
-        .and_then(|()| commands::block::apply_config(&machine).map_err(MainError::Blockdev))
-        .and_then(|()| policy::start_vcpu(&machine).map_err(MainError::from));
-    match started {
-        Ok(serial) => created_sockets.extend(serial),
-        Err(e) => {
-            machine.stop_workers();
-            let paths: Vec<PathBuf> = listeners.iter().filter_map(|l| l.path.clone()).collect();
-            remove_sockets(&paths);
-            return Err(e);
-        }
-    }
-    let serving = (|| {
-        crate::privileges::drop_unneeded().map_err(MainError::Privileges)?;
-        let server = QmpServer::start(listeners, machine.clone())?;
-        for p in &machine.config().qmp {
-            tracing::info!("QMP socket: {:?}", p.socket);
-        }
-        let watchdog = match &notifier {
-            Some(n) => start_systemd(n, &machine)?,
-            None => None,
-        };
-        Ok::<_, MainError>((server, watchdog))
-    })();
-    // A fatal error after the workers started still stops and reaps them.
-    let (server, _watchdog) = match serving {
+    // Greet as soon as the monitor can answer: commands that need the VM
+    // wait for the start gate while the workers come up.
+    let qmp_paths: Vec<PathBuf> = listeners.iter().filter_map(|l| l.path.clone()).collect();
+    let server = match QmpServer::start(listeners, machine.clone()) {
         Ok(s) => s,
         Err(e) => {
+            remove_sockets(&qmp_paths);
+            return Err(e.into());
+        }
+    };
+    let started = start_workers(&machine).and_then(|serial| {
+        crate::privileges::drop_unneeded()
+            .map(|()| serial)
+            .map_err(MainError::Privileges)
+    });
+    let created_sockets: Vec<PathBuf> = match started {
+        Ok(serial) => serial.into_iter().collect(),
+        Err(e) => {
+            machine.start_gate().fail(error_chain(&e));
             machine.stop_workers();
+            server.shutdown(FLUSH_DEADLINE);
+            return Err(e);
+        }
+    };
+    machine.start_gate().open();
+    for p in &machine.config().qmp {
+        tracing::info!("QMP socket: {:?}", p.socket);
+    }
+    let _watchdog = match notifier.as_ref().map(|n| start_systemd(n, &machine)) {
+        Some(Ok(w)) => w,
+        None => None,
+        // A fatal error after the workers started still stops and reaps them.
+        Some(Err(e)) => {
+            machine.stop_workers();
+            server.shutdown(FLUSH_DEADLINE);
             remove_sockets(&created_sockets);
             return Err(e);
         }
@@ -167,6 +173,41 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     server.shutdown(FLUSH_DEADLINE);
     remove_sockets(&created_sockets);
     Ok(reason.exit_status())
+}
+
+/// Brings the workers up: vcpu-proc is spawned and completes its handshake
+/// on a second thread while block-proc starts and the `-blockdev`s are
+/// applied on this one; then the VM is created in vcpu-proc (its devices
+/// connect to block-proc's exports). Errors come in the order of a
+/// sequential start: block-proc's, the `-blockdev`s', then vcpu-proc's.
+fn start_workers(machine: &Arc<Machine>) -> Result<Option<PathBuf>, MainError> {
+    // `-machine none`: no guest, so no vcpu-proc (see `no_vm`).
+    let has_vm = machine.config().machine != cli::MachineType::None;
+    let vcpu = if has_vm {
+        let m = machine.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("vcpu-start".into())
+                .spawn(move || policy::spawn_vcpu(&m))?,
+        )
+    } else {
+        None
+    };
+    let block = policy::start_block(machine)
+        .map_err(MainError::from)
+        .and_then(|()| commands::block::apply_config(machine).map_err(MainError::Blockdev));
+    let vcpu = match vcpu {
+        Some(t) => Some(
+            t.join()
+                .map_err(|_| std::io::Error::other("the vcpu start-up thread panicked"))?,
+        ),
+        None => None,
+    };
+    block?;
+    match vcpu {
+        Some(v) => Ok(policy::start_vcpu(machine, v)?),
+        None => Ok(None),
+    }
 }
 
 /// Tells systemd the broker is ready, keeps STATUS= current and starts the

@@ -89,3 +89,32 @@ fn device_of_a_block_worker_restarted_in_prelaunch_works_after_cont() {
     assert!(serial.has("VERDICT: PASS blk"), "{}", serial.text());
     assert_image_holds_pass(&img, 3);
 }
+
+#[test]
+fn guest_writing_its_config_space_keeps_its_disk_and_its_connection() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let mut b = start_with_disk(&["-S"], "blk-config-write", "raw", &img, &serial);
+    let mut q = b.client();
+    q.ok("cont");
+    // Every message until the broker ends with the guest's debug exit.
+    let mut seen: Vec<serde_json::Value> = q.events.drain(..).collect();
+    while let Some(v) = q.try_recv() {
+        seen.push(v);
+    }
+    let status = wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
+    let log = serial.text();
+    assert!(log.contains("config space written"), "{log}");
+    assert!(log.contains("VERDICT: PASS blk-config-write"), "{log}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_image_holds_pass(&img, 3);
+    // The backend refused the write and kept the connection: the device
+    // never lost its backend.
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["event"] == "__org.bulkhead_DEVICE_BACKEND_LOST"),
+        "{seen:?}"
+    );
+}

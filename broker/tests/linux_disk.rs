@@ -58,7 +58,9 @@ fn linux_command_line_names_the_virtio_mmio_disk() {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let text = log.text();
-        let cmdline = text.lines().find(|l| l.contains("Command line:"));
+        // Only whole lines: the guest may be in the middle of printing one.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let cmdline = whole.lines().find(|l| l.contains("Command line:"));
         if let Some(line) = cmdline {
             assert!(line.contains(want), "{line}");
             assert!(line.contains("console=ttyS0"), "{line}");

@@ -14,18 +14,28 @@
 //! opens `filename` itself (with `O_DIRECT` when `cache.direct` is true,
 //! read-only when the node is read-only) and passes the fd with
 //! [`BlockRequest::AddNode`], listed in [`FileFd`] by the same filename. A
-//! qcow2 image's backing chain is opened the same way: if block-proc finds a
-//! backing file it has no fd for, it answers [`BlockReply::NeedFiles`] and
-//! the broker re-sends `AddNode` with those files added.
+//! qcow2 image's backing chain is read from the image headers by the broker
+//! itself, opened read-only (under the broker's open policy) and passed
+//! with the same first `AddNode`, each file under its resolved name. If
+//! block-proc still finds a backing file it has no fd for (the header
+//! changed since the broker read it), it answers [`BlockReply::NeedFiles`];
+//! the broker never opens a name it did not read itself, so it refuses the
+//! request, logs it and fails the `blockdev-add`: a compromised block-proc
+//! cannot make the broker open a file for it.
 //!
-//! Exports: the broker creates and keeps the vhost-user listening socket and
-//! passes it (fd 0) with [`BlockRequest::AddExport`]. block-proc accepts one
-//! frontend at a time on it and serves another after a disconnect.
+//! Exports: [`BlockRequest::AddExport`] creates an export with no socket at
+//! all; nothing can connect to it. Each frontend connection is one end of
+//! a socketpair the broker creates: it passes one end (fd 0) with
+//! [`BlockRequest::AttachExportConnection`] and the other to the frontend
+//! (vcpu-proc). block-proc serves one connection of an export at a time;
+//! a connection attached while another is served waits until that one
+//! ends (an older waiting one is dropped). So no other local process can
+//! reach an export, and no listener exists to take over.
 //!
 //! Restart: a killed block-proc holds no state worth saving. The broker
 //! starts a new one and replays, in creation order, every `AddNode` it
-//! recorded (with its files, re-passed) and every `AddExport` (with the same
-//! listening socket, so the path the frontend reconnects to never changes).
+//! recorded (with its files, re-passed) and every `AddExport`, then hands
+//! every device a fresh socketpair.
 //! The frontend (vcpu-proc) then reconnects and re-sends features, memory
 //! table, the inflight region it got once from GET_INFLIGHT_FD (via
 //! SET_INFLIGHT_FD, before the rings) and the rings; block-proc resubmits
@@ -65,6 +75,18 @@ impl DetectZeroes {
             DetectZeroes::Unmap => "unmap",
         }
     }
+}
+
+/// QEMU's `OnOffAuto` (the `file` driver's `locking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnOffAuto {
+    /// On.
+    On,
+    /// Off.
+    Off,
+    /// Decided by the implementation (for `locking`: on).
+    Auto,
 }
 
 /// Cache options (QEMU `BlockdevCacheOptions`).
@@ -118,8 +140,10 @@ driver_options!(
     FileOptions {
         /// Path of the file; the broker opens it and passes the fd.
         filename: String,
-        /// Image locking (`on`, `off`, `auto`); accepted and ignored.
-        locking: Option<String>,
+        /// Image locking: QEMU's OFD lock bytes, taken by the broker on
+        /// the fd it opens (`auto`, the default, and `on` take them; `off`
+        /// does not).
+        locking: Option<OnOffAuto>,
         /// AIO backend (`threads`, `native`, `io_uring`); accepted and ignored.
         aio: Option<String>,
     }
@@ -385,8 +409,8 @@ pub enum BlockRequest {
     /// The broker's liveness check: answered with [`BlockReply::Done`]
     /// straight from the IPC loop.
     Ping,
-    /// Export a node as a vhost-user-blk device on the listening socket
-    /// attached as fd 0.
+    /// Export a node as a vhost-user-blk device (no fd: connections come
+    /// with [`BlockRequest::AttachExportConnection`]).
     AddExport {
         /// Export id.
         id: String,
@@ -401,8 +425,15 @@ pub enum BlockRequest {
         /// Logical block size (512 or 4096).
         logical_block_size: u32,
     },
-    /// Remove an export and close its socket.
+    /// Remove an export and close its connections.
     DelExport {
+        /// Export id.
+        id: String,
+    },
+    /// Serve the connected socket attached as fd 0 (one end of a
+    /// socketpair whose other end the broker gives the frontend) as a
+    /// frontend connection of export `id`.
+    AttachExportConnection {
         /// Export id.
         id: String,
     },
@@ -420,8 +451,10 @@ pub enum BlockRequest {
 pub enum BlockReply {
     /// The request succeeded and returns nothing.
     Done,
-    /// `AddNode` needs more files (backing files found in image headers);
-    /// the broker opens them read-only and re-sends `AddNode`.
+    /// `AddNode` needs files it was not given (backing files found in image
+    /// headers). The broker has already passed every file of the chain it
+    /// read, so it opens nothing for this: it logs the names and fails the
+    /// `blockdev-add` with them.
     NeedFiles {
         /// Paths to open, resolved as QEMU would.
         filenames: Vec<String>,

@@ -284,7 +284,8 @@ pub const VCPU: &[Rule] = &[
     ),
 ];
 
-/// block-proc: image I/O through given fds, vhost-user-blk backends.
+/// block-proc: image I/O through given fds, vhost-user-blk backends on
+/// connections the broker hands over (no listener: no `accept4`).
 pub const BLOCK: &[Rule] = &[
     any(libc::SYS_pread64, "image reads"),
     any(libc::SYS_pwrite64, "image writes"),
@@ -308,10 +309,6 @@ pub const BLOCK: &[Rule] = &[
         "alignment and filesystem checks of images",
     ),
     one_of(libc::SYS_ioctl, 1, BLOCK_IOCTLS, "block devices as images"),
-    any(
-        libc::SYS_accept4,
-        "vhost-user frontends on a given listener",
-    ),
     any(libc::SYS_timerfd_create, "I/O throttling timers"),
     any(libc::SYS_timerfd_settime, "I/O throttling timers"),
 ];

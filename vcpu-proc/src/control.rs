@@ -6,6 +6,7 @@
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_proto::envelope::error_chain;
@@ -13,12 +14,17 @@ use ipc_proto::vcpu::{CpuInfo, RunState, StatusInfo, VcpuEvent, VhostUserDeviceC
 
 use crate::devices::ged::EVENT_POWER_BUTTON;
 use crate::runstate::{Input, RunStateError, RunStateMachine};
-use crate::virtio::VirtioEvent;
+use crate::virtio::{VirtioEvent, VirtioMmioDevice};
 use crate::vm::Vm;
 use ipc_proto::warn_limited;
 
 /// How long vCPUs get to leave the guest when paused.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+// A vCPU waiting for a device reset (bounded by the vhost-user request
+// deadline) must still park within the pause limit.
+const _: () =
+    assert!(crate::virtio::session::REQUEST_DEADLINE.as_millis() < PAUSE_TIMEOUT.as_millis());
 
 /// Where events go.
 pub trait EventSink: Send + Sync {
@@ -109,12 +115,10 @@ impl Controller {
             .map_err(|e| error_chain(&e))
     }
 
-    /// Hands device `id` to a restarted backend on `socket`.
-    pub fn reconnect_vhost_user(&self, id: &str, socket: UnixStream) -> Result<(), String> {
-        self.vm
-            .devices
-            .reconnect(id, socket)
-            .map_err(|e| error_chain(&e))
+    /// Device `id`, for a reconnection that runs without the controller
+    /// (its handshake and replay wait for the backend).
+    pub fn vhost_user_device(&self, id: &str) -> Result<Arc<VirtioMmioDevice>, String> {
+        self.vm.devices.shared(id).map_err(|e| error_chain(&e))
     }
 
     fn reset_machine(&mut self) -> Result<(), String> {

@@ -85,6 +85,38 @@ fn one_socket(
 }
 
 impl Server {
+    /// Reconnects device `dev` on a thread of its own and answers request
+    /// `id` from there: the handshake and the replay wait for the backend
+    /// (bounded by the request deadline), and other requests — a
+    /// `query-status`, a `stop` — must not wait behind them.
+    fn serve_reconnect(
+        &self,
+        id: u64,
+        dev: String,
+        socket: ipc_proto::vcpu::FdSlot,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> std::result::Result<(), FlatError> {
+        let socket = one_socket(fds, socket)?;
+        let c = self.controller.as_ref().ok_or_else(no_vm)?;
+        let device = lock(c)
+            .vhost_user_device(&dev)
+            .map_err(FlatError::generic)?;
+        let channel = self.channel.clone();
+        std::thread::Builder::new()
+            .name("vu-reconnect".into())
+            .spawn(move || {
+                let result = device
+                    .reconnect(socket)
+                    .map(|()| VcpuReply::Done)
+                    .map_err(|e| FlatError::generic(error_chain(&e)));
+                if let Err(e) = channel.send(&WorkerMsg::Reply { id, result }, &[]) {
+                    tracing::warn!("cannot send a reply: {}", error_chain(&e));
+                }
+            })
+            .map_err(|e| FlatError::generic(format!("cannot start the reconnection: {e}")))?;
+        Ok(())
+    }
+
     fn create_vm(
         &mut self,
         cfg: VmConfig,
@@ -126,11 +158,13 @@ impl Server {
         f(&mut lock(c))
     }
 
+    /// Serves request `id`; `Ok(None)` when its own thread answers later.
     fn handle(
         &mut self,
+        id: u64,
         req: VcpuRequest,
         fds: Vec<std::os::fd::OwnedFd>,
-    ) -> std::result::Result<VcpuReply, FlatError> {
+    ) -> std::result::Result<Option<VcpuReply>, FlatError> {
         let step = |input: Input| {
             move |c: &mut Controller| {
                 c.handle(input)
@@ -138,7 +172,7 @@ impl Server {
                     .map_err(|e| FlatError::generic(e.to_string()))
             }
         };
-        match req {
+        let reply = match req {
             VcpuRequest::CreateVm(cfg) => self.create_vm(cfg, &[], fds),
             VcpuRequest::CreateVmWithDevices { config, devices } => {
                 self.create_vm(config, &devices, fds)
@@ -152,13 +186,9 @@ impl Server {
                         .map_err(FlatError::generic)
                 })
             }
-            VcpuRequest::ReconnectVhostUser { id, socket } => {
-                let socket = one_socket(fds, socket)?;
-                self.with_vm(|c| {
-                    c.reconnect_vhost_user(&id, socket)
-                        .map(|()| VcpuReply::Done)
-                        .map_err(FlatError::generic)
-                })
+            VcpuRequest::ReconnectVhostUser { id: dev, socket } => {
+                self.serve_reconnect(id, dev, socket, fds)?;
+                return Ok(None);
             }
             VcpuRequest::Cont => self.with_vm(step(Input::Cont)),
             VcpuRequest::Stop => self.with_vm(step(Input::Stop)),
@@ -171,7 +201,8 @@ impl Server {
             VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
                 .map(|()| VcpuReply::Done),
-        }
+        };
+        reply.map(Some)
     }
 }
 
@@ -196,7 +227,12 @@ pub fn serve(channel: VcpuChannel) -> Result<()> {
         };
         match msg {
             BrokerMsg::Request { id, body } => {
-                let result = server.handle(body, fds);
+                let result = match server.handle(id, body, fds) {
+                    Ok(Some(reply)) => Ok(reply),
+                    // Answered later, by the request's own thread.
+                    Ok(None) => continue,
+                    Err(e) => Err(e),
+                };
                 let reply = WorkerMsg::Reply { id, result };
                 if let Err(e) = server.channel.send(&reply, &[]) {
                     if e.is_closed() {

@@ -9,11 +9,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::message::VhostUserInflight;
+use vhost::vhost_user::Frontend;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -160,12 +162,25 @@ pub struct BlkDevice {
     inflight: Option<(VhostUserInflight, File)>,
     data_base: u64,
     stride: u64,
-    socket: PathBuf,
+    /// The socket path, when connected by path (for [`BlkDevice::reconnect`]).
+    socket: Option<PathBuf>,
 }
 
 impl BlkDevice {
     /// Connect to the backend at `socket` and set everything up.
     pub fn connect(socket: &Path, opts: BlkOptions) -> Result<Self> {
+        let fe = connect_retry(socket, u64::from(opts.num_queues), opts.timeout)?;
+        Self::over(fe, Some(socket.to_path_buf()), opts)
+    }
+
+    /// Set everything up over `stream`, an already connected socket (one
+    /// end of a socketpair whose other end the backend serves).
+    pub fn from_stream(stream: UnixStream, opts: BlkOptions) -> Result<Self> {
+        let fe = Frontend::from_stream(stream, u64::from(opts.num_queues));
+        Self::over(fe, None, opts)
+    }
+
+    fn over(fe: Frontend, socket: Option<PathBuf>, opts: BlkOptions) -> Result<Self> {
         let rb = ring_bytes(opts.queue_size);
         let rings = rb * u64::from(opts.num_queues);
         let data_base = rings.div_ceil(1 << 20) * (1 << 20);
@@ -183,7 +198,6 @@ impl BlkDevice {
                 kicked_at: 0,
             });
         }
-        let fe = connect_retry(socket, u64::from(opts.num_queues), opts.timeout)?;
         let conn = Connection::negotiate(fe, opts.features)?;
         let mut dev = BlkDevice {
             conn,
@@ -193,7 +207,7 @@ impl BlkDevice {
             inflight: None,
             data_base,
             stride,
-            socket: socket.to_path_buf(),
+            socket,
         };
         dev.setup()?;
         Ok(dev)
@@ -231,11 +245,12 @@ impl BlkDevice {
     /// Reconnect (same memory, rings and inflight region) to a backend that
     /// was restarted on the same socket path.
     pub fn reconnect(&mut self) -> Result<()> {
-        let fe = connect_retry(
-            &self.socket,
-            u64::from(self.opts.num_queues),
-            self.opts.timeout,
-        )?;
+        let Some(socket) = &self.socket else {
+            return Err(HarnessError::Invalid(
+                "connected over a socketpair: no path to reconnect to".into(),
+            ));
+        };
+        let fe = connect_retry(socket, u64::from(self.opts.num_queues), self.opts.timeout)?;
         self.conn = Connection::negotiate(fe, self.opts.features)?;
         self.setup()
     }
@@ -261,6 +276,11 @@ impl BlkDevice {
         let mut b = [0u8; 8];
         b.copy_from_slice(&c[..8]);
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// SET_CONFIG: write `data` at `offset` of the config space.
+    pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        self.conn.set_config(offset, data)
     }
 
     /// The guest memory.

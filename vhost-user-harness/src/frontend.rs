@@ -103,6 +103,13 @@ impl Connection {
         Ok(payload)
     }
 
+    /// Write `data` at `offset` of config space (SET_CONFIG).
+    pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        self.fe
+            .set_config(offset, VhostUserConfigFlags::WRITABLE, data)?;
+        Ok(())
+    }
+
     /// SET_MEM_TABLE with the harness memory.
     pub fn set_memory(&mut self, mem: &GuestMem) -> Result<()> {
         self.fe.set_mem_table(&[mem.region_info()?])?;

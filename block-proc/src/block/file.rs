@@ -1,20 +1,34 @@
 //! The `file` driver: a regular file (or block device) the broker opened.
 //!
-//! With `cache.direct=on` the broker opens the file with `O_DIRECT`; then
-//! every request whose offset, length and buffers are aligned to
-//! [`DIRECT_ALIGN`] goes straight to `preadv`/`pwritev` on guest memory, and
-//! any other goes through an aligned bounce buffer (read-modify-write for
-//! writes, serialised by a lock so two unaligned writes sharing a block do
-//! not lose each other's bytes).
+//! Layers of one request, top to bottom:
+//! 1. **Range lock** ([`RangeLock`]): every data-modifying request (write,
+//!    discard, write zeroes) holds its byte range, widened to whole
+//!    [`DIRECT_ALIGN`] blocks, while it runs, so a read-modify-write of a
+//!    partial block is exclusive against anything else touching the block.
+//! 2. **Bounce buffers** ([`BouncePool`]): with `cache.direct=on` the broker
+//!    opens the file `O_DIRECT`; a request whose offset, length or guest
+//!    buffers are not aligned to [`DIRECT_ALIGN`] is moved through aligned
+//!    bounce chunks of the node's pool (fixed budget, one chunk per request
+//!    at a time; read-modify-write of the partial end blocks for writes).
+//!    Aligned requests go straight to guest memory.
+//! 3. **Engine** (`FileDriver::transfer`): the one place data moves between
+//!    memory and the file (`preadv`/`pwritev` on the calling I/O thread).
+//!
+//! Writes never grow the file: a bounce write of the partial last block of
+//! a file whose size is not a multiple of [`DIRECT_ALIGN`] writes only up to
+//! the end of the file (that tail with `O_DIRECT` briefly cleared, see
+//! `FileDriver::write_tail`).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use ipc_proto::block::ImageInfo;
 
-use super::iobuf::{self, AlignedBuf, DIRECT_ALIGN};
+use super::bounce::{BouncePool, BOUNCE_CHUNK};
+use super::iobuf::{self, DIRECT_ALIGN};
+use super::range_lock::RangeLock;
 use super::{Bufs, Driver};
 
 /// A node over an open file.
@@ -23,7 +37,43 @@ pub struct FileDriver {
     filename: String,
     direct: bool,
     size: u64,
-    rmw: Mutex<()>,
+    ranges: RangeLock,
+    bounce: BouncePool,
+    /// Held shared by every transfer and exclusively while `O_DIRECT` is
+    /// cleared for a tail write (the flag belongs to the open file, so no
+    /// other transfer may run meanwhile).
+    fd_mode: RwLock<()>,
+}
+
+/// Where the bytes of a bounce write come from.
+#[derive(Clone, Copy)]
+enum Source<'a, 'b> {
+    /// The request's buffers.
+    Bufs(Bufs<'a, 'b>),
+    /// Zeroes (the write-zeroes fallback).
+    Zeroes,
+}
+
+/// `[offset, offset + len)` widened to whole direct-I/O blocks.
+fn widen(offset: u64, len: u64) -> (u64, u64) {
+    let a = DIRECT_ALIGN as u64;
+    let end = offset.saturating_add(len);
+    (offset / a * a, end.div_ceil(a).saturating_mul(a))
+}
+
+fn to_usize(v: u64) -> io::Result<usize> {
+    usize::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn iovec(buf: &mut [u8]) -> [libc::iovec; 1] {
+    [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }]
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
 }
 
 impl FileDriver {
@@ -35,7 +85,9 @@ impl FileDriver {
             filename,
             direct,
             size,
-            rmw: Mutex::new(()),
+            ranges: RangeLock::default(),
+            bounce: BouncePool::default(),
+            fd_mode: RwLock::new(()),
         })
     }
 
@@ -54,6 +106,11 @@ impl FileDriver {
         self.direct
     }
 
+    /// The bounce-buffer pool (its budget and the most it ever lent).
+    pub fn bounce_pool(&self) -> &BouncePool {
+        &self.bounce
+    }
+
     fn is_aligned(&self, bufs: Bufs<'_, '_>, offset: u64, len: usize) -> bool {
         !self.direct
             || (offset.is_multiple_of(DIRECT_ALIGN as u64)
@@ -61,11 +118,123 @@ impl FileDriver {
                 && iobuf::aligned(bufs, DIRECT_ALIGN))
     }
 
-    fn bounce_range(offset: u64, len: usize) -> (u64, usize) {
+    fn shared_mode(&self) -> io::Result<RwLockReadGuard<'_, ()>> {
+        self.fd_mode.read().map_err(|_| eio())
+    }
+
+    /// **Engine dispatch point**: every transfer of this driver between
+    /// memory and the file goes through here, already range-locked and
+    /// bounced as needed by the layers above. Today: `preadv`/`pwritev`
+    /// on the calling I/O thread. An engine must hold `fd_mode` shared
+    /// from submission to completion. A read past the end of the file
+    /// zero-fills.
+    ///
+    /// # Safety
+    ///
+    /// Every iovec must point at memory that stays valid (and, for reads,
+    /// writable) for `iov_len` bytes during the call.
+    unsafe fn transfer(&self, iov: &mut [libc::iovec], offset: u64, write: bool) -> io::Result<()> {
+        let _mode = self.shared_mode()?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { rw_full(self.file.as_raw_fd(), iov, offset, write) }
+    }
+
+    /// Transfer a whole bounce (or other plain) buffer.
+    fn transfer_buf(&self, buf: &mut [u8], offset: u64, write: bool) -> io::Result<()> {
+        // SAFETY: the iovec covers `buf`, borrowed mutably for the call.
+        unsafe { self.transfer(&mut iovec(buf), offset, write) }
+    }
+
+    /// Write `data` (a whole number of blocks at the block-aligned
+    /// `offset`) but never past the end of the file.
+    fn write_clamped(&self, data: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if end <= self.size {
+            return self.transfer_buf(data, offset, true);
+        }
+        let keep = to_usize(self.size.saturating_sub(offset))?.min(data.len());
+        if !self.direct {
+            return self.transfer_buf(&mut data[..keep], offset, true);
+        }
+        // The aligned part directly, the partial last block without
+        // O_DIRECT (which cannot write less than a block).
+        let whole = keep / DIRECT_ALIGN * DIRECT_ALIGN;
+        self.transfer_buf(&mut data[..whole], offset, true)?;
+        self.write_tail(&data[whole..keep], offset + whole as u64)
+    }
+
+    /// Write the bytes of the partial last block of an `O_DIRECT` file:
+    /// clear `O_DIRECT` on the file (all other transfers excluded), write
+    /// through the page cache, set it again.
+    fn write_tail(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let _excl = self.fd_mode.write().map_err(|_| eio())?;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl with integer arguments on an fd we own.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if fl < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_DIRECT) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = std::os::unix::fs::FileExt::write_all_at(&self.file, data, offset);
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, fl) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        r
+    }
+
+    /// Read through bounce chunks, one at a time.
+    fn bounce_read(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let (start, end) = widen(offset, len);
+        let mut chunk = self.bounce.take()?;
+        let mut cs = start;
+        while cs < end {
+            let n = to_usize((end - cs).min(BOUNCE_CHUNK as u64))?;
+            let b = &mut chunk.as_mut_slice()[..n];
+            self.transfer_buf(b, cs, false)?;
+            let lo = cs.max(offset);
+            let hi = (cs + n as u64).min(offset + len);
+            let data = &b[to_usize(lo - cs)?..to_usize(hi - cs)?];
+            iobuf::scatter_at(bufs, to_usize(lo - offset)?, data);
+            cs += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Write through bounce chunks, one at a time, reading the partial
+    /// first and last blocks first. The caller holds the widened range.
+    fn bounce_write(&self, src: Source<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
         let a = DIRECT_ALIGN as u64;
-        let start = offset / a * a;
-        let end = (offset + len as u64).div_ceil(a) * a;
-        (start, usize::try_from(end - start).unwrap_or(usize::MAX))
+        let (start, end) = widen(offset, len);
+        let mut chunk = self.bounce.take()?;
+        let mut cs = start;
+        while cs < end {
+            let n = to_usize((end - cs).min(BOUNCE_CHUNK as u64))?;
+            let ce = cs + n as u64;
+            let b = &mut chunk.as_mut_slice()[..n];
+            let lo = cs.max(offset);
+            let hi = ce.min(offset + len);
+            if lo > cs {
+                self.transfer_buf(&mut b[..DIRECT_ALIGN], cs, false)?;
+            }
+            if hi < ce && (n > DIRECT_ALIGN || lo == cs) {
+                self.transfer_buf(&mut b[n - DIRECT_ALIGN..], ce - a, false)?;
+            }
+            let dst = &mut b[to_usize(lo - cs)?..to_usize(hi - cs)?];
+            match src {
+                Source::Bufs(bufs) => iobuf::gather_at(bufs, to_usize(lo - offset)?, dst),
+                Source::Zeroes => dst.fill(0),
+            }
+            self.write_clamped(b, cs)?;
+            cs = ce;
+        }
+        Ok(())
     }
 }
 
@@ -177,56 +346,21 @@ impl Driver for FileDriver {
         if self.is_aligned(bufs, offset, len) {
             let mut iov = iobuf::iovecs(bufs);
             // SAFETY: the iovecs point into `bufs`, borrowed for this call.
-            return unsafe { rw_full(self.file.as_raw_fd(), &mut iov, offset, false) };
+            return unsafe { self.transfer(&mut iov, offset, false) };
         }
-        let (start, blen) = Self::bounce_range(offset, len);
-        let mut b = AlignedBuf::new(blen)?;
-        let s = b.as_mut_slice();
-        let mut iov = [libc::iovec {
-            iov_base: s.as_mut_ptr().cast(),
-            iov_len: blen,
-        }];
-        // SAFETY: the iovec points into the bounce buffer `b`, alive here.
-        unsafe { rw_full(self.file.as_raw_fd(), &mut iov, start, false) }?;
-        let skip = usize::try_from(offset - start).unwrap_or(0);
-        iobuf::scatter(bufs, &b.as_slice()[skip..skip + len]);
-        Ok(())
+        self.bounce_read(bufs, offset, len as u64)
     }
 
     fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         let len = iobuf::total_len(bufs);
+        let (start, end) = widen(offset, len as u64);
+        let _range = self.ranges.lock(start, end);
         if self.is_aligned(bufs, offset, len) {
             let mut iov = iobuf::iovecs(bufs);
             // SAFETY: the iovecs point into `bufs`, borrowed for this call.
-            return unsafe { rw_full(self.file.as_raw_fd(), &mut iov, offset, true) };
+            return unsafe { self.transfer(&mut iov, offset, true) };
         }
-        let _g = self
-            .rmw
-            .lock()
-            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
-        let (start, blen) = Self::bounce_range(offset, len);
-        let mut b = AlignedBuf::new(blen)?;
-        let s = b.as_mut_slice();
-        let mut iov = [libc::iovec {
-            iov_base: s.as_mut_ptr().cast(),
-            iov_len: blen,
-        }];
-        // SAFETY: the iovec points into the bounce buffer `b`, alive here.
-        unsafe { rw_full(self.file.as_raw_fd(), &mut iov, start, false) }?;
-        let skip = usize::try_from(offset - start).unwrap_or(0);
-        iobuf::gather(bufs, &mut b.as_mut_slice()[skip..skip + len]);
-        let s = b.as_mut_slice();
-        // Do not extend the file past its size with the bounce tail.
-        let wlen = usize::try_from((self.size.max(offset + len as u64)).saturating_sub(start))
-            .unwrap_or(blen)
-            .min(blen);
-        let wlen = if self.direct { blen } else { wlen };
-        let mut iov = [libc::iovec {
-            iov_base: s.as_mut_ptr().cast(),
-            iov_len: wlen,
-        }];
-        // SAFETY: the iovec points into the bounce buffer `b`, alive here.
-        unsafe { rw_full(self.file.as_raw_fd(), &mut iov, start, true) }
+        self.bounce_write(Source::Bufs(bufs), offset, len as u64)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -238,6 +372,9 @@ impl Driver for FileDriver {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (start, end) = widen(offset, len);
+        let _range = self.ranges.lock(start, end);
+        let _mode = self.shared_mode()?;
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match fallocate(self.file.as_raw_fd(), mode, offset, len) {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
@@ -246,27 +383,22 @@ impl Driver for FileDriver {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
+        let (start, end) = widen(offset, len);
+        let _range = self.ranges.lock(start, end);
         let mode = if unmap {
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
         } else {
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
         };
-        if fallocate(fd, mode, offset, len).is_ok() {
+        let done = {
+            let _mode = self.shared_mode()?;
+            fallocate(self.file.as_raw_fd(), mode, offset, len).is_ok()
+        };
+        if done {
             return Ok(());
         }
-        // Fallback: write zeroes in chunks.
-        let chunk = 1 << 20;
-        let mut zero = AlignedBuf::new(chunk)?;
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let n = usize::try_from((end - pos).min(chunk as u64)).unwrap_or(chunk);
-            let vs = iobuf::slice_of(&mut zero.as_mut_slice()[..n]);
-            self.write(&[vs], pos)?;
-            pos += n as u64;
-        }
-        Ok(())
+        // Fallback: write zeroes through the bounce chunks.
+        self.bounce_write(Source::Zeroes, offset, len)
     }
 
     fn image_info(&self) -> ImageInfo {

@@ -12,7 +12,7 @@ use ipc_proto::block::{
 
 use super::file::FileDriver;
 use super::null::NullDriver;
-use super::qcow2::{Qcow2Driver, Qcow2Error};
+use super::qcow2::{BackingSource, Qcow2Driver, Qcow2Error};
 use super::raw::{check_window, RawDriver};
 use super::{Driver, Node};
 
@@ -217,12 +217,13 @@ impl Graph {
                     let fd = dup_child_file(&child)?;
                     (fd, info.filename, child.cache_direct)
                 };
-                let use_header = match &q.backing {
-                    None => true,
-                    Some(None) => false,
-                    Some(Some(_)) => {
+                let backing = match &q.backing {
+                    None => BackingSource::Header,
+                    Some(None) => BackingSource::None,
+                    Some(Some(BlockdevRef::Definition(d))) => BackingSource::Inline(d),
+                    Some(Some(BlockdevRef::Reference(_))) => {
                         return Err(GraphError::Invalid(
-                            "Backing nodes given by reference or definition are not supported; the backing chain comes from the image header".into(),
+                            "Backing nodes given by reference are not supported; define the backing image inline".into(),
                         ))
                     }
                 };
@@ -232,7 +233,7 @@ impl Graph {
                     &fname,
                     !c.read_only,
                     direct,
-                    use_header,
+                    backing,
                     files,
                 )
                 .map_err(|e| match e {

@@ -110,6 +110,72 @@ pub fn scatter(bufs: &[VolatileSlice<'_>], data: &[u8]) {
     }
 }
 
+/// Copy bytes `[pos, pos + out.len())` of the concatenated buffers into
+/// `out` (bytes past their end are left alone).
+pub fn gather_at(bufs: &[VolatileSlice<'_>], mut pos: usize, out: &mut [u8]) {
+    let mut done = 0;
+    for b in bufs {
+        if done == out.len() {
+            return;
+        }
+        if pos >= b.len() {
+            pos -= b.len();
+            continue;
+        }
+        let n = (b.len() - pos).min(out.len() - done);
+        if let Ok(sub) = b.subslice(pos, n) {
+            sub.copy_to(&mut out[done..done + n]);
+        }
+        done += n;
+        pos = 0;
+    }
+}
+
+/// Copy `data` into the concatenated buffers from their byte `pos` on.
+pub fn scatter_at(bufs: &[VolatileSlice<'_>], mut pos: usize, data: &[u8]) {
+    let mut done = 0;
+    for b in bufs {
+        if done == data.len() {
+            return;
+        }
+        if pos >= b.len() {
+            pos -= b.len();
+            continue;
+        }
+        let n = (b.len() - pos).min(data.len() - done);
+        let _ = b.write_slice(&data[done..done + n], pos);
+        done += n;
+        pos = 0;
+    }
+}
+
+/// Cut the concatenated buffers into consecutive pieces of at most `max`
+/// bytes each (`max` > 0).
+pub fn split<'b>(bufs: &[VolatileSlice<'b>], max: usize) -> Vec<Vec<VolatileSlice<'b>>> {
+    let mut pieces = Vec::new();
+    let mut cur: Vec<VolatileSlice<'b>> = Vec::new();
+    let mut room = max;
+    for b in bufs {
+        let mut off = 0;
+        while off < b.len() {
+            let n = (b.len() - off).min(room);
+            if let Ok(sub) = b.subslice(off, n) {
+                cur.push(sub);
+            }
+            off += n;
+            room -= n;
+            if room == 0 {
+                pieces.push(std::mem::take(&mut cur));
+                room = max;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        pieces.push(cur);
+    }
+    pieces
+}
+
 /// Fill the buffers with zeroes from byte `from` (of the concatenation) on.
 pub fn zero_from(bufs: &[VolatileSlice<'_>], from: usize) {
     let mut pos = 0;
@@ -173,6 +239,24 @@ mod tests {
         let mut out = [0u8; 8];
         gather(&bufs, &mut out);
         assert_eq!(&out, b"abcdefgh");
+        let mut mid = [0u8; 4];
+        gather_at(&bufs, 2, &mut mid);
+        assert_eq!(&mid, b"cdef");
+        scatter_at(&bufs, 2, b"WXYZ");
+        gather(&bufs, &mut out);
+        assert_eq!(&out, b"abWXYZgh");
+        let pieces = split(&bufs, 3);
+        let lens: Vec<Vec<usize>> = pieces
+            .iter()
+            .map(|p| p.iter().map(|b| b.len()).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![3], vec![3], vec![2]]);
+        let pieces = split(&bufs, 4);
+        let lens: Vec<Vec<usize>> = pieces
+            .iter()
+            .map(|p| p.iter().map(|b| b.len()).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![3, 1], vec![4]]);
         zero_from(&bufs, 2);
         gather(&bufs, &mut out);
         assert_eq!(&out, b"ab\0\0\0\0\0\0");

@@ -3,15 +3,19 @@
 //!
 //! - [`graph`]: the named node graph (`blockdev-add`/`-del`, queries).
 //! - [`file`], [`raw`], [`qcow2`], [`null`]: the drivers.
-//! - [`iobuf`]: aligned bounce buffers and guest-buffer helpers.
+//! - [`iobuf`]: aligned buffers and guest-buffer helpers.
+//! - [`bounce`]: the budgeted bounce-buffer pool of an `O_DIRECT` file.
+//! - [`range_lock`]: byte-range locks over data-modifying requests.
 //! - [`stats`]: per-node I/O accounting.
 
+pub mod bounce;
 pub mod file;
 pub mod graph;
 pub mod iobuf;
 pub mod null;
 pub mod qcow2;
 pub mod qcow2_header;
+pub mod range_lock;
 pub mod raw;
 pub mod stats;
 

@@ -12,21 +12,34 @@
 //! every modifying request that may change metadata (a write that is not a
 //! pure overwrite of allocated clusters, a discard, write zeroes) writes
 //! imago's dirty metadata back to the file before it completes (`flush`, no
-//! fsync).
+//! fsync). A pure overwrite may have found its clusters mapped only in
+//! imago's cache, by another request that has not written that back yet;
+//! so while any metadata-changing request is between its change and its
+//! write-back, overwrites write the metadata back too (see
+//! `Qcow2Driver::unflushed`).
 //! Only a host crash needs the guest's FLUSH (fdatasync).
+//!
+//! Over an `O_DIRECT` file imago bounces unaligned requests through
+//! buffers of its own; such a request is cut into pieces of at most
+//! [`BOUNCE_CHUNK`] bytes, each moved under a permit of the node's
+//! [`BouncePermits`], so the node's bounce memory stays within the same
+//! budget as the `file` driver's.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{FormatAccess, StorageOpenOptions};
-use ipc_proto::block::ImageInfo;
+use ipc_proto::block::{BlockdevOptions, BlockdevRef, ImageInfo};
 
+use super::bounce::{BouncePermits, BOUNCE_CHUNK};
+use super::iobuf;
 use super::{Bufs, Driver, Node};
 
 type ImgFile = imago::file::File;
@@ -52,6 +65,32 @@ pub struct Qcow2Driver {
     size: u64,
     filename: String,
     backing: Option<String>,
+    /// Request alignment (offset and length) and buffer alignment below
+    /// which imago bounces (1 without `O_DIRECT`).
+    align: (usize, usize),
+    /// Bounce budget of unaligned requests (imago allocates the buffers).
+    permits: BouncePermits,
+    /// Metadata-changing requests that have started and not yet written
+    /// imago's metadata back. An overwrite completing while this is not
+    /// zero may depend on their unwritten mappings, so it flushes too.
+    unflushed: AtomicUsize,
+}
+
+/// Counts a metadata-changing request in [`Qcow2Driver::unflushed`] from
+/// before its change until its write-back is done.
+struct Unflushed<'a>(&'a AtomicUsize);
+
+impl<'a> Unflushed<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Unflushed(n)
+    }
+}
+
+impl Drop for Unflushed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn open_err(e: io::Error) -> Qcow2Error {
@@ -119,6 +158,113 @@ fn open_backing(
     Ok(FormatAccess::new(q))
 }
 
+/// Where a qcow2 node's backing image comes from.
+pub enum BackingSource<'a> {
+    /// Named by the image header (the broker passes the chain it read).
+    Header,
+    /// `"backing": null`: none.
+    None,
+    /// An inline definition (`"backing": {...}`), opened read-only from
+    /// the files the broker passed for it.
+    Inline(&'a BlockdevOptions),
+}
+
+/// The filename of an inline backing definition's image, and its format.
+fn inline_image(def: &BlockdevOptions) -> Result<(&str, bool)> {
+    let unsupported = || {
+        Qcow2Error::Open(
+            "Backing nodes must be defined inline as file, raw or qcow2 over a file node".into(),
+        )
+    };
+    fn file_of(r: &Option<BlockdevRef>) -> Option<&str> {
+        match r {
+            Some(BlockdevRef::Definition(d)) => match &**d {
+                BlockdevOptions::File(f) => Some(f.filename.as_str()),
+                BlockdevOptions::Raw(_)
+                | BlockdevOptions::Qcow2(_)
+                | BlockdevOptions::NullCo(_) => None,
+            },
+            Some(BlockdevRef::Reference(_)) | None => None,
+        }
+    }
+    match def {
+        BlockdevOptions::File(f) => Ok((&f.filename, false)),
+        BlockdevOptions::Raw(r) if r.offset.is_none() && r.size.is_none() => {
+            Ok((file_of(&r.file).ok_or_else(unsupported)?, false))
+        }
+        BlockdevOptions::Qcow2(q) => Ok((file_of(&q.file).ok_or_else(unsupported)?, true)),
+        BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) => Err(unsupported()),
+    }
+}
+
+/// Opens an inline backing definition (read-only), with its own backing
+/// as it says.
+fn open_inline(
+    def: &BlockdevOptions,
+    files: &mut HashMap<String, File>,
+) -> Result<FormatAccess<ImgFile>> {
+    let (name, qcow) = inline_image(def)?;
+    let source = match def {
+        BlockdevOptions::Qcow2(q) => match &q.backing {
+            None => BackingSource::Header,
+            Some(None) => BackingSource::None,
+            Some(Some(BlockdevRef::Definition(d))) => BackingSource::Inline(d),
+            Some(Some(BlockdevRef::Reference(_))) => {
+                return Err(Qcow2Error::Open(
+                    "Backing nodes given by reference are not supported; define them inline".into(),
+                ))
+            }
+        },
+        BlockdevOptions::File(_) | BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) => {
+            BackingSource::None
+        }
+    };
+    if !qcow {
+        return open_backing(name, Some("raw"), files);
+    }
+    let Some(file) = files.remove(name) else {
+        return Err(Qcow2Error::NeedFiles(vec![name.to_string()]));
+    };
+    super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
+    let st = storage(file, name, false, false)?;
+    let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, false).map_err(open_err)?;
+    set_backing(&mut q, name, source, files)?;
+    Ok(FormatAccess::new(q))
+}
+
+/// Gives `q` (the image `name`) its backing image from `source`; returns
+/// the backing file's name.
+fn set_backing(
+    q: &mut Qcow2<ImgFile>,
+    name: &str,
+    source: BackingSource<'_>,
+    files: &mut HashMap<String, File>,
+) -> Result<Option<String>> {
+    match source {
+        BackingSource::Header => {
+            let b = q.implicit_backing_file().cloned();
+            attach_backing(q, name, files)?;
+            Ok(b)
+        }
+        BackingSource::None => {
+            q.set_data_file(None);
+            q.set_backing(None);
+            Ok(None)
+        }
+        BackingSource::Inline(def) => {
+            if q.requires_external_data_file() {
+                return Err(Qcow2Error::Open(
+                    "External data files are not supported".into(),
+                ));
+            }
+            q.set_data_file(None);
+            let b = inline_image(def)?.0.to_owned();
+            q.set_backing(Some(open_inline(def, files)?));
+            Ok(Some(b))
+        }
+    }
+}
+
 fn attach_backing(
     q: &mut Qcow2<ImgFile>,
     name: &str,
@@ -157,15 +303,15 @@ fn overwrites_in_place(img: &FormatAccess<ImgFile>, offset: u64, len: u64) -> bo
 }
 
 impl Qcow2Driver {
-    /// Open the image held by the `file` node `child`. `backing`: `None` =
-    /// from the header (files from `files`), `Some(false)` = no backing.
+    /// Open the image held by the `file` node `child`, its backing image
+    /// from `backing` (files from `files`).
     pub fn open(
         child: Arc<Node>,
         file: File,
         filename: &str,
         writable: bool,
         direct: bool,
-        use_header_backing: bool,
+        backing: BackingSource<'_>,
         files: &mut HashMap<String, File>,
     ) -> Result<Self> {
         if !is_qcow2(&file) {
@@ -174,37 +320,57 @@ impl Qcow2Driver {
         super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
         let st = storage(file, filename, writable, direct)?;
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
-        let backing = q.implicit_backing_file().cloned();
-        if use_header_backing {
-            attach_backing(&mut q, filename, files)?;
-        } else {
-            q.set_data_file(None);
-            q.set_backing(None);
-        }
+        let backing = set_backing(&mut q, filename, backing, files)?;
         let img = FormatAccess::new(q);
         let size = img.size();
+        let align = (img.req_align(), img.mem_align());
         Ok(Qcow2Driver {
             img: RwLock::new(img),
             child,
             size,
             filename: filename.to_string(),
-            backing: if use_header_backing { backing } else { None },
+            backing,
+            unflushed: AtomicUsize::new(0),
+            align,
+            permits: BouncePermits::default(),
         })
     }
 
     fn lock_err() -> io::Error {
         io::Error::from_raw_os_error(libc::EIO)
     }
-}
 
-impl Driver for Qcow2Driver {
-    fn drv(&self) -> &'static str {
-        "qcow2"
+    /// Whether imago would bounce this request (`O_DIRECT` and unaligned).
+    fn bounces(&self, bufs: Bufs<'_, '_>, offset: u64) -> bool {
+        let (req, mem) = self.align;
+        let len = iobuf::total_len(bufs);
+        !(offset.is_multiple_of(req as u64)
+            && len.is_multiple_of(req.max(mem))
+            && iobuf::aligned(bufs, mem))
     }
-    fn size(&self) -> u64 {
-        self.size
+
+    /// Run `op` on the request, or, when imago would bounce it, on pieces
+    /// of at most [`BOUNCE_CHUNK`] bytes each under a bounce permit, so
+    /// the bounce memory of this node stays within its budget.
+    fn in_pieces(
+        &self,
+        bufs: Bufs<'_, '_>,
+        offset: u64,
+        op: impl Fn(Bufs<'_, '_>, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if !self.bounces(bufs, offset) {
+            return op(bufs, offset);
+        }
+        let mut off = offset;
+        for piece in iobuf::split(bufs, BOUNCE_CHUNK) {
+            let _permit = self.permits.acquire();
+            op(&piece, off)?;
+            off += iobuf::total_len(&piece) as u64;
+        }
+        Ok(())
     }
-    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+
+    fn read_piece(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         let mut v = IoVectorMut::with_capacity(bufs.len());
         for b in bufs {
             // SAFETY: the slice covers guest (or test) memory that stays mapped
@@ -216,21 +382,44 @@ impl Driver for Qcow2Driver {
         let img = self.img.read().map_err(|_| Self::lock_err())?;
         img.readv(v, offset)
     }
-    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+
+    fn write_piece(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         let mut v = IoVector::with_capacity(bufs.len());
         for b in bufs {
-            // SAFETY: as in read; the device only reads these bytes.
+            // SAFETY: as in read_piece; the device only reads these bytes.
             let s = unsafe { std::slice::from_raw_parts(b.ptr_guard().as_ptr(), b.len()) };
             v.push_ioslice(IoSlice::new(s));
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
-        let in_place = overwrites_in_place(&img, offset, v.len());
-        img.writev(v, offset)?;
-        if in_place {
-            // No metadata changed: nothing to write back.
-            return Ok(());
+        if overwrites_in_place(&img, offset, v.len()) {
+            img.writev(v, offset)?;
+            // This request changed no metadata, but the mapping it used
+            // may be another request's, not yet written back: then write
+            // it back before completing (SeqCst pairs with the increment
+            // made before that request changed the mapping).
+            if self.unflushed.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            return img.flush();
         }
+        let _pending = Unflushed::new(&self.unflushed);
+        img.writev(v, offset)?;
         img.flush()
+    }
+}
+
+impl Driver for Qcow2Driver {
+    fn drv(&self) -> &'static str {
+        "qcow2"
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        self.in_pieces(bufs, offset, |b, o| self.read_piece(b, o))
+    }
+    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        self.in_pieces(bufs, offset, |b, o| self.write_piece(b, o))
     }
     fn flush(&self) -> io::Result<()> {
         let img = self.img.read().map_err(|_| Self::lock_err())?;
@@ -252,6 +441,7 @@ impl Driver for Qcow2Driver {
             return img.flush();
         }
         let img = self.img.read().map_err(|_| Self::lock_err())?;
+        let _pending = Unflushed::new(&self.unflushed);
         img.write_zeroes(offset, len)?;
         img.flush()
     }

@@ -52,6 +52,12 @@ pub struct BlkBackend {
     queues: Vec<QueueSlot>,
     inflight: Option<InflightRegion>,
     events: Option<Sender<ExportEvent>>,
+    /// Set when a request answered through REPLY_ACK was refused (see
+    /// [`BlkBackend::take_refusal`]).
+    refused: bool,
+    /// Set when the connection must end although the request was answered
+    /// (see [`BlkBackend::take_hang_up`]).
+    hang_up: bool,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -72,6 +78,8 @@ impl BlkBackend {
             queues: (0..n).map(|_| QueueSlot::default()).collect(),
             inflight: None,
             events,
+            refused: false,
+            hang_up: false,
         }
     }
 
@@ -93,6 +101,29 @@ impl BlkBackend {
         self.inflight = None;
         self.acked_features = 0;
         self.acked_protocol = 0;
+    }
+
+    /// True (once) if the last failed request was refused by this handler
+    /// in a request the `vhost` crate answers with REPLY_ACK: the frontend
+    /// got its failed ack and the stream is in step, so the connection can
+    /// stay. Requests answered with data (GET_*) are not counted: a refusal
+    /// there leaves the frontend waiting for a reply it will never get.
+    pub fn take_refusal(&mut self) -> bool {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// True (once) if the last request was answered in a form the frontend
+    /// may not be able to read (a refused GET_CONFIG): the connection must
+    /// end.
+    pub fn take_hang_up(&mut self) -> bool {
+        std::mem::take(&mut self.hang_up)
+    }
+
+    /// Runs `f`, a request answered with REPLY_ACK, noting a refusal.
+    fn acked<T>(&mut self, f: impl FnOnce(&mut Self) -> VuResult<T>) -> VuResult<T> {
+        let r = f(self);
+        self.refused = r.is_err();
+        r
     }
 
     fn slot(&mut self, index: u32) -> VuResult<&mut QueueSlot> {
@@ -202,11 +233,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
-        if features & !self.blk.features() != 0 {
-            return Err(VuError::InvalidParam);
-        }
-        self.acked_features = features;
-        Ok(())
+        self.acked(|b| {
+            if features & !b.blk.features() != 0 {
+                return Err(VuError::InvalidParam);
+            }
+            b.acked_features = features;
+            Ok(())
+        })
     }
 
     fn set_mem_table(
@@ -215,26 +248,30 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
-        let table = MemoryTable::new(ctx, files).map_err(|e| {
-            ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
-            VuError::InvalidParam
-        })?;
-        self.mem = Some(table);
-        self.restart_running();
-        Ok(None)
+        self.acked(|b| {
+            let table = MemoryTable::new(ctx, files).map_err(|e| {
+                ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
+                VuError::InvalidParam
+            })?;
+            b.mem = Some(table);
+            b.restart_running();
+            Ok(None)
+        })
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        let max = u32::from(self.blk.max_queue_size);
-        if num == 0 || num > max || !num.is_power_of_two() {
-            return Err(VuError::InvalidParam);
-        }
-        let q = self.slot(index)?;
-        if q.worker.is_some() {
-            return Err(io_err("queue is running"));
-        }
-        q.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
-        Ok(())
+        self.acked(|b| {
+            let max = u32::from(b.blk.max_queue_size);
+            if num == 0 || num > max || !num.is_power_of_two() {
+                return Err(VuError::InvalidParam);
+            }
+            let q = b.slot(index)?;
+            if q.worker.is_some() {
+                return Err(io_err("queue is running"));
+            }
+            q.size = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
+            Ok(())
+        })
     }
 
     fn set_vring_addr(
@@ -246,21 +283,25 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
-        let q = self.slot(index)?;
-        if q.worker.is_some() {
-            return Err(io_err("queue is running"));
-        }
-        q.addr = Some((descriptor, used, available));
-        Ok(())
+        self.acked(|b| {
+            let q = b.slot(index)?;
+            if q.worker.is_some() {
+                return Err(io_err("queue is running"));
+            }
+            q.addr = Some((descriptor, used, available));
+            Ok(())
+        })
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
-        let q = self.slot(index)?;
-        if q.worker.is_some() {
-            return Err(io_err("queue is running"));
-        }
-        q.base = u16::try_from(base & 0xffff).map_err(|_| VuError::InvalidParam)?;
-        Ok(())
+        self.acked(|b| {
+            let q = b.slot(index)?;
+            if q.worker.is_some() {
+                return Err(io_err("queue is running"));
+            }
+            q.base = u16::try_from(base & 0xffff).map_err(|_| VuError::InvalidParam)?;
+            Ok(())
+        })
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
@@ -273,27 +314,33 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let i = usize::from(index);
-        self.stop_queue(i);
-        self.slot(u32::from(index))?.kick = fd;
-        self.maybe_start(i);
-        Ok(())
+        self.acked(|b| {
+            let i = usize::from(index);
+            b.stop_queue(i);
+            b.slot(u32::from(index))?.kick = fd;
+            b.maybe_start(i);
+            Ok(())
+        })
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let i = usize::from(index);
-        let running = self.slot(u32::from(index))?.worker.is_some();
-        self.stop_queue(i);
-        self.slot(u32::from(index))?.call = fd;
-        if running {
-            self.maybe_start(i);
-        }
-        Ok(())
+        self.acked(|b| {
+            let i = usize::from(index);
+            let running = b.slot(u32::from(index))?.worker.is_some();
+            b.stop_queue(i);
+            b.slot(u32::from(index))?.call = fd;
+            if running {
+                b.maybe_start(i);
+            }
+            Ok(())
+        })
     }
 
     fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        self.slot(u32::from(index))?;
-        Ok(())
+        self.acked(|b| {
+            b.slot(u32::from(index))?;
+            Ok(())
+        })
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
@@ -313,14 +360,16 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
-        self.slot(index)?.enabled = enable;
-        if enable {
-            self.maybe_start(i);
-        } else {
-            self.stop_queue(i);
-        }
-        Ok(())
+        self.acked(|b| {
+            let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+            b.slot(index)?.enabled = enable;
+            if enable {
+                b.maybe_start(i);
+            } else {
+                b.stop_queue(i);
+            }
+            Ok(())
+        })
     }
 
     fn get_config(
@@ -330,13 +379,22 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
         let space = self.blk.config_space();
-        let start = usize::try_from(offset).map_err(|_| VuError::InvalidParam)?;
-        let len = usize::try_from(size).map_err(|_| VuError::InvalidParam)?;
-        let end = start.checked_add(len).ok_or(VuError::InvalidParam)?;
-        if end > CONFIG_LEN {
-            return Err(VuError::InvalidParam);
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(size).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= CONFIG_LEN);
+        match range {
+            Some(r) => Ok(space[r].to_vec()),
+            None => {
+                // The `vhost` crate answers with a zero-size payload (the
+                // spec's error reply), which its own frontend — vcpu-proc's
+                // — cannot read: it waits for the payload it asked for.
+                // Hang up instead of leaving it waiting.
+                self.hang_up = true;
+                Err(VuError::InvalidParam)
+            }
         }
-        Ok(space[start..end].to_vec())
     }
 
     fn set_config(
@@ -345,13 +403,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> VuResult<()> {
-        Err(io_err("virtio-blk config space is read-only"))
+        self.acked(|_| Err(io_err("virtio-blk config space is read-only")))
     }
 
     fn set_backend_req_fd(&mut self, _backend: Backend) {}
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
-        Err(io_err("not a GPU device"))
+        self.acked(|_| Err(io_err("not a GPU device")))
     }
 
     fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VuResult<File> {
@@ -376,19 +434,21 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {
-        let region = InflightRegion::map(
-            &file,
-            inflight.mmap_offset,
-            inflight.mmap_size,
-            inflight.num_queues,
-            inflight.queue_size,
-        )
-        .map_err(|e| {
-            ipc_proto::warn_limited!("SET_INFLIGHT_FD failed: {e}");
-            VuError::InvalidParam
-        })?;
-        self.inflight = Some(region);
-        Ok(())
+        self.acked(|b| {
+            let region = InflightRegion::map(
+                &file,
+                inflight.mmap_offset,
+                inflight.mmap_size,
+                inflight.num_queues,
+                inflight.queue_size,
+            )
+            .map_err(|e| {
+                ipc_proto::warn_limited!("SET_INFLIGHT_FD failed: {e}");
+                VuError::InvalidParam
+            })?;
+            b.inflight = Some(region);
+            Ok(())
+        })
     }
 
     fn get_max_mem_slots(&mut self) -> VuResult<u64> {
@@ -401,11 +461,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         _fd: File,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
-        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+        self.acked(|_| Err(io_err("CONFIGURE_MEM_SLOTS not negotiated")))
     }
 
     fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
-        Err(io_err("CONFIGURE_MEM_SLOTS not negotiated"))
+        self.acked(|_| Err(io_err("CONFIGURE_MEM_SLOTS not negotiated")))
     }
 
     fn set_device_state_fd(

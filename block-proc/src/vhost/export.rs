@@ -1,17 +1,31 @@
-//! One vhost-user-blk export: a thread that accepts frontend connections
-//! on a listening Unix socket (one at a time) and serves vhost-user
-//! messages until the frontend goes away, then waits for the next one —
-//! this is how a restarted frontend, or the same frontend after a
-//! block-proc restart, reconnects.
+//! One vhost-user-blk export: a thread that serves one frontend
+//! connection at a time and, when it ends, takes the next.
+//!
+//! Where connections come from ([`Source`]):
+//! - under the broker, only from [`Export::attach`]: the broker hands over
+//!   one end of a socketpair per connection (`AttachExportConnection`), so
+//!   there is no socket anyone else could connect to. A connection attached
+//!   while another is served waits until that one ends (the frontend drops
+//!   its old connection before it uses a new one); of several waiting, only
+//!   the newest is kept.
+//! - in `--standalone` mode, from a listening socket: a peer whose uid is
+//!   neither ours nor root's (`SO_PEERCRED`) is hung up on at once.
+//!
+//! A request the handler refuses (an unsupported SET_CONFIG, a bad ring
+//! size, ...) is answered with a failed REPLY_ACK and the connection stays;
+//! only a broken or out-of-step stream ends it, or a refused GET_CONFIG
+//! (whose zero-size error reply the `vhost` crate's frontend cannot read).
 
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use vhost::vhost_user::BackendReqHandler;
 
 use super::backend::BlkBackend;
@@ -36,40 +50,86 @@ pub enum ExportEvent {
     },
 }
 
+/// Where an export's frontend connections come from.
+pub enum Source {
+    /// Only from [`Export::attach`] (under the broker).
+    Attached,
+    /// Accepted on a listening socket, from peers running as our uid or
+    /// root (`--standalone`).
+    Listener(UnixListener),
+}
+
+/// Connections attached but not served yet, and the eventfd that says so.
+struct Inbox {
+    waiting: Mutex<VecDeque<UnixStream>>,
+    ready: EventFd,
+}
+
 /// A running export.
 pub struct Export {
     node: Arc<Node>,
     stop: Arc<EventFd>,
+    inbox: Arc<Inbox>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Export {
-    /// Serve `node` on `listener`.
+    /// Serve `node` to the frontends that come from `source`.
     pub fn start(
         id: String,
-        listener: UnixListener,
+        source: Source,
         node: Arc<Node>,
         cfg: BlkConfig,
         events: Option<Sender<ExportEvent>>,
     ) -> std::io::Result<Self> {
-        let stop = Arc::new(EventFd::from_flags(
-            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-        )?);
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        let stop = Arc::new(EventFd::from_flags(flags)?);
+        let inbox = Arc::new(Inbox {
+            waiting: Mutex::new(VecDeque::new()),
+            ready: EventFd::from_flags(flags)?,
+        });
         let backend = Arc::new(Mutex::new(BlkBackend::new(
             node.clone(),
             cfg,
             events.clone(),
         )));
-        let st = stop.clone();
+        let server = Server {
+            id: id.clone(),
+            source,
+            inbox: inbox.clone(),
+            backend,
+            stop: stop.clone(),
+            events,
+        };
         node.acquire();
         let handle = std::thread::Builder::new()
             .name(format!("export-{id}"))
-            .spawn(move || serve(id, listener, backend, st, events))?;
+            .spawn(move || server.run());
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                node.release();
+                return Err(e);
+            }
+        };
         Ok(Export {
             node,
             stop,
+            inbox,
             handle: Some(handle),
         })
+    }
+
+    /// Queues `stream` (a connected socket whose peer is the frontend) as
+    /// the next connection to serve; a connection still waiting is dropped.
+    pub fn attach(&self, stream: UnixStream) -> std::io::Result<()> {
+        {
+            let mut q = self.inbox.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            q.clear();
+            q.push_back(stream);
+        }
+        self.inbox.ready.write(1)?;
+        Ok(())
     }
 
     /// Stop serving (disconnects the frontend) and release the node.
@@ -92,72 +152,173 @@ impl Drop for Export {
     }
 }
 
-/// Wait until `fd` is readable or `stop` fires; true when stopping.
-fn wait(fd: std::os::fd::BorrowedFd<'_>, stop: &EventFd) -> bool {
+/// Waits until one of `fds` is readable; returns the readable ones, or
+/// None when `stop` fires (or polling fails).
+fn wait(fds: &[std::os::fd::BorrowedFd<'_>], stop: &EventFd) -> Option<Vec<bool>> {
     loop {
-        let mut fds = [
-            PollFd::new(fd, PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => return fds[1].revents().is_some_and(|r| !r.is_empty()),
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        polled.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+        match poll(&mut polled, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready: Vec<bool> = polled
+                    .iter()
+                    .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                    .collect();
+                if ready.last().copied().unwrap_or(true) {
+                    return None;
+                }
+                return Some(ready[..fds.len()].to_vec());
+            }
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return true,
+            Err(_) => return None,
         }
     }
 }
 
-fn serve(
+/// True if the peer of `s` runs as our effective uid or as root.
+fn peer_allowed(s: &UnixStream) -> std::io::Result<bool> {
+    let cred = getsockopt(s, PeerCredentials)?;
+    let me = nix::unistd::geteuid().as_raw();
+    Ok(cred.uid() == me || cred.uid() == 0)
+}
+
+/// The export's thread.
+struct Server {
     id: String,
-    listener: UnixListener,
+    source: Source,
+    inbox: Arc<Inbox>,
     backend: Arc<Mutex<BlkBackend>>,
     stop: Arc<EventFd>,
     events: Option<Sender<ExportEvent>>,
-) {
-    let send = |e: ExportEvent| {
-        if let Some(tx) = &events {
+}
+
+impl Server {
+    fn send(&self, e: ExportEvent) {
+        if let Some(tx) = &self.events {
             let _ = tx.send(e);
         }
-    };
-    loop {
-        if wait(listener.as_fd(), &stop) {
-            return;
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!("export {id}: accept failed: {e}");
+    }
+
+    /// The next attached connection, if one waits.
+    fn take_attached(&self) -> Option<UnixStream> {
+        // Reset the eventfd first: an attach after this read re-arms it.
+        let _ = self.inbox.ready.read();
+        self.inbox
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    /// Waits for the next connection; None when stopping.
+    fn next_connection(&self) -> Option<UnixStream> {
+        loop {
+            if let Some(s) = self.take_attached() {
+                return Some(s);
+            }
+            let listener = match &self.source {
+                Source::Listener(l) => Some(l),
+                Source::Attached => None,
+            };
+            let mut fds = vec![self.inbox.ready.as_fd()];
+            fds.extend(listener.map(|l| l.as_fd()));
+            let ready = wait(&fds, &self.stop)?;
+            let Some(l) = listener.filter(|_| ready.get(1).copied().unwrap_or(false)) else {
                 continue;
+            };
+            match l.accept() {
+                Ok((s, _)) => match peer_allowed(&s) {
+                    Ok(true) => return Some(s),
+                    Ok(false) => {
+                        ipc_proto::warn_limited!(
+                            "export {}: refused a connection from another user",
+                            self.id
+                        );
+                    }
+                    Err(e) => {
+                        ipc_proto::warn_limited!(
+                            "export {}: cannot check a connection's peer, refused: {e}",
+                            self.id
+                        );
+                    }
+                },
+                Err(e) => ipc_proto::warn_limited!("export {}: accept failed: {e}", self.id),
             }
-        };
+        }
+    }
+
+    fn run(self) {
+        while let Some(stream) = self.next_connection() {
+            let stopping = self.serve(stream);
+            if let Ok(mut b) = self.backend.lock() {
+                b.disconnect();
+            }
+            tracing::debug!("export {}: frontend disconnected", self.id);
+            self.send(ExportEvent::Disconnected(self.id.clone()));
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Serves one connection until it ends (false) or the export stops
+    /// (true).
+    fn serve(&self, stream: UnixStream) -> bool {
         let Ok(watch) = stream.try_clone() else {
-            continue;
+            return false;
         };
-        tracing::debug!("export {id}: frontend connected");
-        send(ExportEvent::Connected(id.clone()));
-        let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
-        let stopping = loop {
-            if wait(watch.as_fd(), &stop) {
-                break true;
+        tracing::debug!("export {}: frontend connected", self.id);
+        self.send(ExportEvent::Connected(self.id.clone()));
+        let mut handler = BackendReqHandler::from_stream(stream, self.backend.clone());
+        loop {
+            if wait(&[watch.as_fd()], &self.stop).is_none() {
+                return true;
             }
-            if let Err(e) = handler.handle_request() {
+            let handled = handler.handle_request();
+            let hang_up = self
+                .backend
+                .lock()
+                .map(|mut b| b.take_hang_up())
+                .unwrap_or(false);
+            if handled.is_ok() && hang_up {
+                ipc_proto::warn_limited!(
+                    "export {}: GET_CONFIG out of range, dropping connection",
+                    self.id
+                );
+                return false;
+            }
+            if let Err(e) = handled {
+                let refused = self
+                    .backend
+                    .lock()
+                    .map(|mut b| b.take_refusal())
+                    .unwrap_or(false);
                 match e {
+                    // Answered with a failed REPLY_ACK (or, without
+                    // REPLY_ACK, not answered at all, as the protocol
+                    // says): the stream is still in step.
+                    vhost::vhost_user::Error::InvalidParam
+                    | vhost::vhost_user::Error::InvalidOperation(_)
+                        if refused =>
+                    {
+                        ipc_proto::warn_limited!(
+                            "export {}: vhost-user request refused: {e}",
+                            self.id
+                        );
+                        continue;
+                    }
                     vhost::vhost_user::Error::Disconnected
                     | vhost::vhost_user::Error::PartialMessage => {}
                     e => ipc_proto::warn_limited!(
-                        "export {id}: vhost-user error, dropping connection: {e}"
+                        "export {}: vhost-user error, dropping connection: {e}",
+                        self.id
                     ),
                 }
-                break false;
+                return false;
             }
-        };
-        if let Ok(mut b) = backend.lock() {
-            b.disconnect();
-        }
-        tracing::debug!("export {id}: frontend disconnected");
-        send(ExportEvent::Disconnected(id.clone()));
-        if stopping {
-            return;
         }
     }
 }

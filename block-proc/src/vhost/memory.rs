@@ -20,6 +20,26 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("mapping a memory region failed: {0}")]
     Map(String),
+    /// The region reaches past the end of its file (touching it would
+    /// raise SIGBUS).
+    #[error("memory region [{offset:#x}, +{size:#x}) is larger than its file")]
+    PastEndOfFile {
+        /// `mmap_offset` of the region.
+        offset: u64,
+        /// `memory_size` of the region.
+        size: u64,
+    },
+}
+
+/// Whether `[offset, offset + len)` lies inside `file`, which must be a
+/// regular file (a memfd, tmpfs or hugetlbfs file). Mapping past the end
+/// of a file succeeds but the first access there raises SIGBUS, so every
+/// mapping of a file the frontend sends is checked with this first.
+pub fn file_covers(file: &File, offset: u64, len: u64) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    meta.file_type().is_file() && offset.checked_add(len).is_some_and(|end| end <= meta.len())
 }
 
 /// Result of memory operations.
@@ -52,6 +72,12 @@ impl MemoryTable {
             let size = usize::try_from(r.memory_size).map_err(|_| MemoryError::Invalid)?;
             if size == 0 || r.guest_phys_addr.checked_add(r.memory_size).is_none() {
                 return Err(MemoryError::Invalid);
+            }
+            if !file_covers(&f, r.mmap_offset, r.memory_size) {
+                return Err(MemoryError::PastEndOfFile {
+                    offset: r.mmap_offset,
+                    size: r.memory_size,
+                });
             }
             let m = MmapRegion::from_file(FileOffset::new(f, r.mmap_offset), size)
                 .map_err(|e| MemoryError::Map(e.to_string()))?;

@@ -14,7 +14,8 @@
 //!
 //! A guest that breaks the ring protocol (bad ring address, head or chain
 //! index out of range, chain loops) gets its queue marked broken: the queue
-//! stops touching the ring and only waits to be stopped. Other queues and
+//! takes no new requests and only waits to be stopped, but the requests it
+//! had already taken still complete and are published. Other queues and
 //! the process go on.
 
 use std::fs::File;
@@ -35,9 +36,17 @@ use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use ipc_proto::ratelimit::RateLimit;
 use ipc_proto::warn_limited;
 
-/// Most I/O threads per queue (started on demand, up to the number of
-/// requests in flight).
-pub const POOL_MAX_THREADS: usize = 64;
+/// Most I/O threads of one export, shared out evenly among its queues
+/// (each queue starts its threads on demand, up to the number of its
+/// requests in flight, and has at least one). Bounds block-proc's thread
+/// count (and stack memory) per disk whatever the guest does; further
+/// requests wait in the queue's pool.
+pub const EXPORT_MAX_IO_THREADS: usize = 64;
+
+/// I/O threads of each queue of an export with `num_queues` queues.
+pub fn io_threads_per_queue(num_queues: u16) -> usize {
+    (EXPORT_MAX_IO_THREADS / usize::from(num_queues.max(1))).max(1)
+}
 
 /// Everything a queue needs.
 pub struct QueueParams {
@@ -95,6 +104,13 @@ struct RingState {
     ring: Vring,
     inflight: Option<QueueInflight>,
     broken: bool,
+    /// Requests taken from the ring and not completed yet. A driver
+    /// following the protocol never has more than the ring size; a guest
+    /// republishing heads could make it grow without end, so taking stops
+    /// there until completions bring it down.
+    taken: usize,
+    /// Taking stopped at the limit; the next completion wakes the queue.
+    stalled: bool,
 }
 
 /// State shared by the queue thread and its I/O threads.
@@ -103,6 +119,7 @@ struct Shared {
     mem: Arc<Mem>,
     node: Arc<Node>,
     blk: Arc<BlkConfig>,
+    ring_cfg: VringConfig,
     call: Option<File>,
     events: Option<Sender<ExportEvent>>,
     error_events: RateLimit,
@@ -110,11 +127,16 @@ struct Shared {
     /// Requests handed to the pool and not yet completed.
     busy: Mutex<usize>,
     idle: Condvar,
+    /// Written when a completion ends a stall (taking may resume).
+    resume: EventFd,
 }
 
+/// A request taken from the ring: only its head. The chain is read by
+/// the thread that runs it, so requests waiting for a thread hold no
+/// descriptor lists (whose total a hostile guest could make quadratic in
+/// the ring size by sharing descriptors between chains).
 struct Job {
     head: u16,
-    descs: Vec<Desc>,
 }
 
 fn signal(f: &Option<File>) {
@@ -136,8 +158,24 @@ impl Shared {
         st.broken = true;
     }
 
-    /// Run one request and complete it.
-    fn execute(&self, head: u16, descs: &[Desc]) {
+    /// One taken request is finished (completed or dropped).
+    fn untake(&self, st: &mut RingState) {
+        st.taken = st.taken.saturating_sub(1);
+        if st.stalled {
+            st.stalled = false;
+            let _ = self.resume.write(1);
+        }
+    }
+
+    /// Run one request and complete it; `descs` is scratch space.
+    fn execute(&self, head: u16, descs: &mut Vec<Desc>) {
+        if let Err(e) = self.ring_cfg.read_chain(&self.mem, head, descs) {
+            // No status byte can be trusted: the request is dropped.
+            let mut st = self.lock();
+            self.fail(&mut st, e);
+            self.untake(&mut st);
+            return;
+        }
         let c = virtio_blk::process(&self.node, &self.blk, &self.mem, descs);
         self.complete(head, c);
     }
@@ -152,10 +190,12 @@ impl Shared {
                 });
             }
         }
+        // A broken queue still publishes the requests it took before the
+        // guest broke the ring: they ran, and a driver waiting on them
+        // (or its inflight record) must see them finish. Only taking new
+        // requests stops.
         let mut st = self.lock();
-        if st.broken {
-            return;
-        }
+        self.untake(&mut st);
         if let Some(inf) = st.inflight.as_ref() {
             inf.pre_put(head);
         }
@@ -172,37 +212,46 @@ impl Shared {
         match r {
             Ok(true) => signal(&self.call),
             Ok(false) => {}
-            Err(e) => self.fail(&mut st, e),
+            Err(e) => {
+                if !st.broken {
+                    self.fail(&mut st, e);
+                }
+                // The element may be published; let the driver look.
+                signal(&self.call);
+            }
         }
     }
 
-    /// Take every available request from the ring.
+    /// Take every available request from the ring, up to the ring size in
+    /// flight.
     fn pop_all(&self, out: &mut Vec<Job>) {
         let mut st = self.lock();
         if st.broken {
             return;
         }
         loop {
+            if st.taken >= usize::from(st.ring.size()) {
+                st.stalled = true;
+                return;
+            }
             let head = match st.ring.pop(&self.mem) {
                 Ok(Some(h)) => h,
                 Ok(None) => return,
                 Err(e) => return self.fail(&mut st, e),
             };
+            st.taken += 1;
             if let Some(inf) = st.inflight.as_mut() {
                 inf.get(head);
             }
-            let mut descs = Vec::new();
-            if let Err(e) = st.ring.chain(&self.mem, head, &mut descs) {
-                return self.fail(&mut st, e);
-            }
-            out.push(Job { head, descs });
+            out.push(Job { head });
         }
     }
 
-    /// Re-enable notifications; true when new requests arrived meanwhile.
+    /// Re-enable notifications; true when new requests arrived meanwhile
+    /// and may be taken now.
     fn rearm(&self) -> bool {
         let mut st = self.lock();
-        if st.broken {
+        if st.broken || st.stalled {
             return false;
         }
         match st.ring.enable_notification(&self.mem) {
@@ -253,16 +302,8 @@ impl Shared {
                 return;
             };
             st.ring.set_next_avail(rec.next_avail);
-            let mut jobs = Vec::new();
-            for head in rec.resubmit {
-                let mut descs = Vec::new();
-                if let Err(e) = st.ring.chain(&self.mem, head, &mut descs) {
-                    self.fail(st, e);
-                    return;
-                }
-                jobs.push(Job { head, descs });
-            }
-            jobs
+            st.taken += rec.resubmit.len();
+            rec.resubmit
         };
         if !resubmit.is_empty() {
             tracing::info!(
@@ -271,8 +312,9 @@ impl Shared {
                 resubmit.len()
             );
         }
-        for j in resubmit {
-            self.execute(j.head, &j.descs);
+        let mut descs = Vec::new();
+        for head in resubmit {
+            self.execute(head, &mut descs);
         }
     }
 }
@@ -283,6 +325,8 @@ struct Pool {
     rx: Arc<Mutex<Receiver<Job>>>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// Chain scratch space of the queue thread.
+    descs: Vec<Desc>,
 }
 
 impl Pool {
@@ -293,12 +337,14 @@ impl Pool {
             rx: Arc::new(Mutex::new(rx)),
             shared: shared.clone(),
             threads: Vec::new(),
+            descs: Vec::new(),
         }
     }
 
     /// Make sure there is a thread for each request in flight.
     fn grow(&mut self, busy: usize) {
-        while self.threads.len() < busy.min(POOL_MAX_THREADS) {
+        let max = io_threads_per_queue(self.shared.blk.num_queues);
+        while self.threads.len() < busy.min(max) {
             let s = self.shared.clone();
             let rx = self.rx.clone();
             let t = std::thread::Builder::new()
@@ -328,9 +374,14 @@ impl Pool {
         };
         if let Some(job) = rejected {
             // No I/O thread: run it here.
-            self.shared.execute(job.head, &job.descs);
+            self.run_here(job);
             self.shared.job_done();
         }
+    }
+
+    /// Run a request on the queue thread.
+    fn run_here(&mut self, job: Job) {
+        self.shared.execute(job.head, &mut self.descs);
     }
 
     fn shutdown(mut self) {
@@ -342,19 +393,21 @@ impl Pool {
 }
 
 fn io_thread(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
+    let mut descs = Vec::new();
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             rx.recv()
         };
         let Ok(job) = job else { return };
-        shared.execute(job.head, &job.descs);
+        shared.execute(job.head, &mut descs);
         shared.job_done();
     }
 }
 
 /// Take and run everything the ring offers until it is empty with
-/// notifications re-enabled.
+/// notifications re-enabled, or taking stalled at the in-flight limit
+/// (then the completion that ends the stall writes `resume`).
 fn drain(shared: &Shared, pool: &mut Pool, batch: &mut Vec<Job>) {
     loop {
         shared.pop_all(batch);
@@ -366,7 +419,7 @@ fn drain(shared: &Shared, pool: &mut Pool, batch: &mut Vec<Job>) {
         }
         if batch.len() == 1 && *shared.busy() == 0 {
             if let Some(j) = batch.pop() {
-                shared.execute(j.head, &j.descs);
+                pool.run_here(j);
             }
         } else {
             for j in batch.drain(..) {
@@ -379,11 +432,19 @@ fn drain(shared: &Shared, pool: &mut Pool, batch: &mut Vec<Job>) {
 fn run(p: QueueParams, mut stop: File) -> u16 {
     let kick = p.kick;
     let base = p.base;
+    let resume = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("queue {}: cannot create an eventfd: {e}", p.index);
+            return base;
+        }
+    };
     let shared = Arc::new(Shared {
         index: p.index,
         mem: p.mem,
         node: p.node,
         blk: p.blk,
+        ring_cfg: p.ring,
         call: p.call,
         events: p.events,
         error_events: RateLimit::new(),
@@ -391,9 +452,12 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
             ring: Vring::new(p.ring, p.base, p.event_idx),
             inflight: p.inflight,
             broken: false,
+            taken: 0,
+            stalled: false,
         }),
         busy: Mutex::new(0),
         idle: Condvar::new(),
+        resume,
     });
     shared.recover(base);
     // The call fd may have changed (or arrived after the kick, as QEMU
@@ -406,16 +470,15 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
     drain(&shared, &mut pool, &mut batch);
     let mut buf = [0u8; 8];
     loop {
-        let (kick_ready, stop_ready) = {
+        let (kick_ready, stop_ready, resume_ready) = {
             let mut fds = [
                 PollFd::new(kick.as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(shared.resume.as_fd(), PollFlags::POLLIN),
             ];
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
             match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (
-                    fds[0].revents().is_some_and(|r| !r.is_empty()),
-                    fds[1].revents().is_some_and(|r| !r.is_empty()),
-                ),
+                Ok(_) => (ready(&fds[0]), ready(&fds[1]), ready(&fds[2])),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::error!("queue {}: poll failed: {e}", shared.index);
@@ -427,11 +490,14 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
             let _ = stop.read(&mut buf);
             break;
         }
-        if kick_ready {
-            if (&kick).read(&mut buf).is_err() {
-                // Spurious wakeup or a bad fd: avoid spinning on a broken fd.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+        if resume_ready {
+            let _ = shared.resume.read();
+        }
+        if kick_ready && (&kick).read(&mut buf).is_err() {
+            // Spurious wakeup or a bad fd: avoid spinning on a broken fd.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if kick_ready || resume_ready {
             drain(&shared, &mut pool, &mut batch);
         }
     }
@@ -439,4 +505,100 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
     pool.shutdown();
     let next = shared.lock().ring.next_avail();
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::null::NullDriver;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    fn shared(mem: &Arc<Mem>, size: u16) -> Shared {
+        let node = Arc::new(Node::new(
+            "n".into(),
+            Box::new(NullDriver::new(1 << 20)),
+            false,
+        ));
+        let blk = Arc::new(BlkConfig::new(&node, 1, true, "s", 512));
+        let ring = VringConfig {
+            size,
+            desc: 0x1000,
+            avail: 0x2000,
+            used: 0x3000,
+        };
+        Shared {
+            index: 0,
+            mem: mem.clone(),
+            node,
+            blk,
+            ring_cfg: ring,
+            call: None,
+            events: None,
+            error_events: RateLimit::new(),
+            state: Mutex::new(RingState {
+                ring: Vring::new(ring, 0, false),
+                inflight: None,
+                broken: false,
+                taken: 0,
+                stalled: false,
+            }),
+            busy: Mutex::new(0),
+            idle: Condvar::new(),
+            resume: EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    /// The guest offers head 0 `n` more times (avail index now `idx`).
+    fn offer(m: &Mem, idx: &mut u16, n: u16, size: u16) {
+        for _ in 0..n {
+            let slot = u64::from(*idx % size);
+            m.write_obj(0u16, GuestAddress(0x2000 + 4 + 2 * slot))
+                .unwrap();
+            *idx = idx.wrapping_add(1);
+        }
+        m.write_obj(*idx, GuestAddress(0x2002)).unwrap();
+    }
+
+    #[test]
+    fn a_guest_republishing_heads_gets_no_more_than_the_ring_size_taken() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let s = shared(&mem, 8);
+        let mut idx = 0u16;
+        let mut jobs = Vec::new();
+        offer(&mem, &mut idx, 8, 8);
+        s.pop_all(&mut jobs);
+        assert_eq!(jobs.len(), 8);
+        // The same head again, although none completed: not taken.
+        offer(&mem, &mut idx, 8, 8);
+        s.pop_all(&mut jobs);
+        assert_eq!(jobs.len(), 8);
+        assert!(!s.rearm(), "a stalled queue must wait for a completion");
+        assert!(s.resume.read().is_err(), "woken before any completion");
+        // One completes: the queue is woken and takes exactly one more.
+        s.complete(
+            0,
+            Completion {
+                used_len: 0,
+                status: None,
+                failure: None,
+            },
+        );
+        assert_eq!(s.resume.read().unwrap(), 1);
+        s.pop_all(&mut jobs);
+        assert_eq!(jobs.len(), 9);
+    }
+
+    #[test]
+    fn io_threads_are_shared_out_among_queues_within_the_export_limit() {
+        assert_eq!(io_threads_per_queue(1), EXPORT_MAX_IO_THREADS);
+        assert_eq!(io_threads_per_queue(16), EXPORT_MAX_IO_THREADS / 16);
+        assert_eq!(io_threads_per_queue(0), EXPORT_MAX_IO_THREADS);
+        assert_eq!(io_threads_per_queue(u16::MAX), 1);
+        for n in 1..=256u16 {
+            assert!(
+                io_threads_per_queue(n) * usize::from(n)
+                    <= EXPORT_MAX_IO_THREADS.max(usize::from(n))
+            );
+        }
+    }
 }

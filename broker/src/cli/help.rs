@@ -60,6 +60,7 @@ Process:\n\
 -run-with user=NAME|UID[:GID]  the identity of the sandboxed workers\n\
 -sandbox on|off the workers' sandbox (default on)\n\
 -worker-dir DIR where the worker executables are (default: beside bulkhead)\n\
+-x-bulkhead-image-dir DIR  a directory tree backing files may be opened from (repeatable)\n\
 -__org.bulkhead-worker-timeout SECONDS  hung-worker deadline (default 5)\n",
     );
     s

@@ -101,6 +101,10 @@ pub struct Config {
     /// `-run-with user=NAME|UID[:GID]`: the identity sandboxed workers run
     /// as (default: one derived from the broker's pid, unique per VM).
     pub run_with_user: Option<String>,
+    /// `-x-bulkhead-image-dir DIR` (repeatable): directory trees backing
+    /// files named in image headers may come from, besides the directories
+    /// of the images the user named.
+    pub image_dirs: Vec<PathBuf>,
     /// Directory holding the worker executables (`-worker-dir`, default:
     /// beside the broker's executable).
     pub worker_dir: Option<PathBuf>,
@@ -183,6 +187,7 @@ impl Default for Config {
             run_with_user: None,
             add_fds: Vec::new(),
             worker_dir: None,
+            image_dirs: Vec::new(),
             blockdevs: Vec::new(),
             devices: Vec::new(),
             chardevs: Vec::new(),
@@ -272,6 +277,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-run-with" => cfg.run_with_user = Some(parse_run_with(&value()?)?),
             "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
             WORKER_TIMEOUT_OPTION => cfg.worker_timeout = parse_worker_timeout(&value()?)?,
+            "-x-bulkhead-image-dir" => cfg.image_dirs.push(PathBuf::from(value()?)),
             "-blockdev" => {
                 let text = value()?;
                 let options = parse_blockdev(&text)?;
@@ -800,6 +806,12 @@ mod tests {
             let e = parse(&args(&format!("-__org.bulkhead-worker-timeout {v}")));
             assert!(matches!(e, Err(CliError::BadValue { .. })), "{v}: {e:?}");
         }
+    }
+
+    #[test]
+    fn image_dirs_are_collected_in_order() {
+        let c = parse(&args("-x-bulkhead-image-dir /a -x-bulkhead-image-dir /b")).unwrap();
+        assert_eq!(c.image_dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 
     #[test]

@@ -265,18 +265,37 @@ pub fn parse_options(map: Map<String, Value>) -> Result<BlockdevOptions> {
 /// `blockdev-add` with the arguments as a JSON object: the path both the
 /// command and the command line (`-blockdev`, `-drive`) take.
 pub fn blockdev_add(m: &Machine, map: Map<String, Value>) -> Result<()> {
-    let o = parse_options(map)?;
-    m.across_block_restarts(|| block_state::add_node(m, o.clone()))?;
-    Ok(())
+    blockdev_add_hinted(m, map).map_err(|(e, _)| e)
+}
+
+/// [`blockdev_add`], keeping QEMU's hint line for the command line.
+fn blockdev_add_hinted(
+    m: &Machine,
+    map: Map<String, Value>,
+) -> std::result::Result<(), (QmpError, Option<String>)> {
+    let o = parse_options(map).map_err(|e| (e, None))?;
+    // The hint of the last attempt (a restart of block-proc runs it again).
+    let hint = std::cell::RefCell::new(None);
+    m.across_block_restarts(|| {
+        block_state::add_node(m, o.clone()).map_err(|e| {
+            *hint.borrow_mut() = e.hint;
+            e.error
+        })
+    })
+    .map_err(|e| (e.into(), hint.take()))
 }
 
 /// Applies the command line's `-blockdev` and `-drive` options, in order.
-/// The error is QEMU's `OPTION VALUE: message`.
+/// The error is QEMU's `OPTION VALUE: message`, and its hint on the next
+/// line when QEMU prints one.
 pub fn apply_config(m: &Machine) -> std::result::Result<(), QmpError> {
     for spec in &m.config().blockdevs {
-        blockdev_add(m, spec.options.clone()).map_err(|e| QmpError {
+        blockdev_add_hinted(m, spec.options.clone()).map_err(|(e, hint)| QmpError {
             class: e.class,
-            desc: format!("{} {}: {}", spec.option, spec.text, e.desc),
+            desc: match hint {
+                Some(h) => format!("{} {}: {}\n{h}", spec.option, spec.text, e.desc),
+                None => format!("{} {}: {}", spec.option, spec.text, e.desc),
+            },
         })?;
     }
     Ok(())

@@ -48,6 +48,7 @@ pub struct QmpCapabilities;
 
 impl Command for QmpCapabilities {
     const NAME: &'static str = "qmp_capabilities";
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "Enable QMP capabilities and leave capabilities-negotiation mode. \
         Must be the first command of a session; `enable` may list \"oob\".";
     const IN_NEGOTIATION: bool = true;
@@ -116,6 +117,7 @@ pub struct QueryVersion;
 
 impl Command for QueryVersion {
     const NAME: &'static str = "query-version";
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str =
         "Return the QEMU version bulkhead is compatible with, and bulkhead's \
         own version as `package`.";
@@ -156,6 +158,7 @@ pub struct QueryCommands;
 
 impl Command for QueryCommands {
     const NAME: &'static str = "query-commands";
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "List the QMP commands available.";
     type Args = Empty;
     type Ret = Vec<CommandInfo>;
@@ -177,6 +180,7 @@ pub struct QueryQmpSchema;
 
 impl Command for QueryQmpSchema {
     const NAME: &'static str = "query-qmp-schema";
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "Return the QMP wire schema: commands, events and the types they \
         use, as QEMU's SchemaInfo entries.";
     type Args = Empty;
@@ -193,6 +197,7 @@ pub struct Ping;
 
 impl Command for Ping {
     const NAME: &'static str = "__org.bulkhead_ping";
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "Bulkhead extension: return {} immediately. May run out-of-band \
         (exec-oob), bypassing commands in progress.";
     const ALLOW_OOB: bool = true;

@@ -33,6 +33,8 @@ pub struct QueryUuid;
 
 impl Command for QueryUuid {
     const NAME: &'static str = "query-uuid";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "Return the machine's UUID (-uuid; all zeros without one).";
     type Args = Empty;
     type Ret = UuidInfo;
@@ -58,6 +60,8 @@ macro_rules! simple_query {
 
         impl Command for $ty {
             const NAME: &'static str = $name;
+            // Answered from the command line and static tables.
+            const BROKER_ONLY: bool = true;
             const DOC: &'static str = $doc;
             type Args = Empty;
             type Ret = $ret;
@@ -344,6 +348,8 @@ pub struct QueryCommandLineOptions;
 
 impl Command for QueryCommandLineOptions {
     const NAME: &'static str = "query-command-line-options";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "Return the suboptions of the command-line options bulkhead accepts.";
     type Args = CommandLineOptionsArgs;
     type Ret = Vec<Value>;

@@ -38,6 +38,7 @@ pub struct QueryName;
 
 impl Command for QueryName {
     const NAME: &'static str = "query-name";
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "Return the guest name given with -name (absent if none).";
     type Args = Empty;
     type Ret = NameInfo;

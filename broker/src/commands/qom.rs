@@ -108,6 +108,8 @@ pub struct QomListTypes;
 
 impl Command for QomListTypes {
     const NAME: &'static str = "qom-list-types";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "List the QOM types bulkhead has (machines, CPU models, devices).";
     type Args = ListTypesArgs;
     type Ret = Vec<ObjectTypeInfo>;
@@ -205,6 +207,8 @@ pub struct DeviceListProperties;
 
 impl Command for DeviceListProperties {
     const NAME: &'static str = "device-list-properties";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "List the properties a device type has in bulkhead.";
     type Args = TypenameArgs;
     type Ret = Vec<Value>;
@@ -229,6 +233,8 @@ pub struct QomListProperties;
 
 impl Command for QomListProperties {
     const NAME: &'static str = "qom-list-properties";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "List the properties of a QOM type bulkhead has.";
     type Args = TypenameArgs;
     type Ret = Vec<Value>;
@@ -300,6 +306,8 @@ pub struct QomList;
 
 impl Command for QomList {
     const NAME: &'static str = "qom-list";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str = "List the properties of an object (/, /machine and its containers).";
     type Args = PathArgs;
     type Ret = Vec<Value>;
@@ -337,6 +345,8 @@ pub struct QomGet;
 
 impl Command for QomGet {
     const NAME: &'static str = "qom-get";
+    // Answered from the command line and static tables.
+    const BROKER_ONLY: bool = true;
     const DOC: &'static str =
         "Read a property of an object (the `type` of /, /machine and its containers).";
     type Args = QomGetArgs;

@@ -1,24 +1,30 @@
 //! The desired block state: every node the user created (`blockdev-add`,
 //! `-blockdev`, `-drive`) in creation order, with the files the broker
 //! opened for it, and every vhost-user export. block-proc never opens a
-//! path: the broker opens each `filename` itself (`O_RDONLY` or `O_RDWR`
-//! from `read-only`, `O_DIRECT` from `cache.direct`) and passes the fds
-//! with [`BlockRequest::AddNode`]. The fds stay open here, so a restarted
-//! block-proc is brought back by [`replay`] without reopening anything.
+//! path: the broker opens each `filename` itself and the backing chain it
+//! reads from the image headers ([`super::images`]: what may be opened, as
+//! whom, with which locks) and passes the fds with
+//! [`BlockRequest::AddNode`]. The fds stay open here (and with them the
+//! image locks), so a restarted block-proc is brought back by [`replay_on`]
+//! without reopening anything.
 //!
-//! The state lives beside the [`Machine`] (a process-wide table keyed by
-//! the machine's address) because `Machine` has no field for it yet; see
-//! [`state`].
+//! Locking: the state's mutex is held only to read or change the records,
+//! never across a file open or a worker request, so queries stay
+//! responsive while a worker is slow. Graph changes (add, delete, replay)
+//! are serialised by a second mutex ([`BlockState`]'s `ops`), which
+//! readers never take.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions, BlockdevRef, FileFd};
+use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions, BlockdevRef, FileFd, OnOffAuto};
 use ipc_proto::FlatError;
 
+use super::images::files::{ExistingFile, Opener};
+use super::images::open::Identity;
+use super::images::policy::ImageDirs;
 use super::{lock, unexpected_reply, BlockLink, Machine};
 
 /// The longest node name QEMU accepts.
@@ -30,15 +36,37 @@ pub struct NodeRecord {
     pub options: BlockdevOptions,
     /// Opened files by filename (backing files included).
     files: Vec<(String, OwnedFd)>,
+    /// The backing file names the broker read from the headers.
+    chain: Vec<String>,
+    /// Real paths of the files the user named.
+    named: Vec<PathBuf>,
 }
 
-/// One vhost-user export: the request that created it and its listening
-/// socket.
+impl NodeRecord {
+    /// A copy sharing the same open file descriptions (for a replay that
+    /// runs without the state lock).
+    fn share(&self) -> Result<NodeRecord, FlatError> {
+        let mut files = Vec::with_capacity(self.files.len());
+        for (n, fd) in &self.files {
+            let fd = fd.try_clone().map_err(|e| {
+                FlatError::generic(format!("cannot pass '{n}' again: {}", strerror(&e)))
+            })?;
+            files.push((n.clone(), fd));
+        }
+        Ok(NodeRecord {
+            options: self.options.clone(),
+            files,
+            chain: self.chain.clone(),
+            named: self.named.clone(),
+        })
+    }
+}
+
+/// One vhost-user export: the request that created it (its connections
+/// are socketpairs the device helper hands over, fresh after a restart).
 pub struct ExportRecord {
     /// The `AddExport` request.
     pub request: BlockRequest,
-    /// The listening socket passed with it.
-    pub listener: OwnedFd,
 }
 
 /// The broker's desired block state.
@@ -46,6 +74,10 @@ pub struct ExportRecord {
 pub struct BlockState {
     nodes: Vec<NodeRecord>,
     exports: Vec<ExportRecord>,
+    /// Held by add, delete and replay from before their worker request
+    /// until the record is updated: serialises graph changes without
+    /// blocking readers of the state.
+    ops: Arc<Mutex<()>>,
 }
 
 /// The desired block state, shared by the commands and the restart path.
@@ -54,6 +86,22 @@ pub type Shared = Arc<Mutex<BlockState>>;
 /// The desired block state of `m`.
 pub fn state(m: &Machine) -> Shared {
     m.block_state.clone()
+}
+
+/// A `blockdev-add` error with QEMU's hint line (printed after the message
+/// on the command line; QMP replies carry only the message, as QEMU's).
+#[derive(Debug)]
+pub struct AddError {
+    /// The error.
+    pub error: FlatError,
+    /// QEMU's hint, if it has one for this error.
+    pub hint: Option<String>,
+}
+
+impl From<FlatError> for AddError {
+    fn from(error: FlatError) -> Self {
+        AddError { error, hint: None }
+    }
 }
 
 impl Machine {
@@ -73,24 +121,63 @@ impl Machine {
     }
 }
 
+/// The identity images are opened with: `-run-with user=`'s (with or
+/// without `-sandbox off`, as QEMU's `-run-with user=` applies to every
+/// open). Without `-run-with user=` the broker opens as itself: the per-VM
+/// automatic uid owns no files, so file permissions checked against it
+/// would refuse every image.
+fn identity(m: &Machine) -> Result<Option<Identity>, FlatError> {
+    if m.config().run_with_user.is_none() {
+        return Ok(None);
+    }
+    let id = match m.worker_sandbox() {
+        crate::workers::spawn::WorkerSandbox::On(id) => id,
+        crate::workers::spawn::WorkerSandbox::Off => {
+            // The same resolution as the workers' (name or UID[:GID]).
+            let mut cfg = m.config().clone();
+            cfg.sandbox = true;
+            match super::policy::resolve_sandbox(&cfg) {
+                Ok(crate::workers::spawn::WorkerSandbox::On(id)) => id,
+                Ok(crate::workers::spawn::WorkerSandbox::Off) => return Ok(None),
+                Err(e) => return Err(FlatError::generic(e.to_string())),
+            }
+        }
+    };
+    Ok(Some(Identity {
+        uid: id.uid,
+        gid: id.gid,
+    }))
+}
+
 /// Walks `o` and its inline children in creation order (children first),
 /// calling `f` on each definition.
 pub fn walk_post_order<'a, E>(
     o: &'a BlockdevOptions,
     f: &mut dyn FnMut(&'a BlockdevOptions) -> Result<(), E>,
 ) -> Result<(), E> {
-    let children: [Option<&'a BlockdevRef>; 2] = match o {
-        BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) => [None, None],
-        BlockdevOptions::Raw(r) => [r.file.as_ref(), None],
-        BlockdevOptions::Qcow2(q) => [q.file.as_ref(), q.backing.as_ref().and_then(Option::as_ref)],
-    };
-    for c in children.into_iter().flatten() {
+    for c in children(o).into_iter().flatten() {
         match c {
             BlockdevRef::Definition(d) => walk_post_order(d, f)?,
             BlockdevRef::Reference(_) => {}
         }
     }
     f(o)
+}
+
+fn children(o: &BlockdevOptions) -> [Option<&BlockdevRef>; 2] {
+    match o {
+        BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) => [None, None],
+        BlockdevOptions::Raw(r) => [r.file.as_ref(), None],
+        BlockdevOptions::Qcow2(q) => [q.file.as_ref(), q.backing.as_ref().and_then(Option::as_ref)],
+    }
+}
+
+/// Whether `o` or one of its inline children refers to node `name`.
+fn refers_to(o: &BlockdevOptions, name: &str) -> bool {
+    children(o).into_iter().flatten().any(|c| match c {
+        BlockdevRef::Reference(n) => n == name,
+        BlockdevRef::Definition(d) => refers_to(d, name),
+    })
 }
 
 /// The node name of `o`'s `file` child, when it has a name the broker knows.
@@ -121,34 +208,7 @@ pub fn check_node_name(name: &str) -> Result<(), FlatError> {
 
 /// QEMU's strerror text for an I/O error.
 fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
-        None => e.to_string(),
-    }
-}
-
-/// Opens `filename` as QEMU's `file` driver would; a `/dev/fdset/N` name
-/// opens a copy of an fd passed with `add-fd` ([`super::fdsets`]).
-pub fn open_file(filename: &str, read_only: bool, direct: bool) -> Result<OwnedFd, FlatError> {
-    let fail =
-        |reason: String| FlatError::generic(format!("Could not open '{filename}': {reason}"));
-    let mut o = OpenOptions::new();
-    o.read(true).write(!read_only);
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    let f = match super::fdsets::FdSets::global().open(filename, read_only, direct) {
-        Some(r) => std::fs::File::from(r.map_err(|e| FlatError::generic(e.to_string()))?),
-        None => o.open(filename).map_err(|e| fail(strerror(&e)))?,
-    };
-    let ft = f.metadata().map_err(|e| fail(strerror(&e)))?.file_type();
-    if ft.is_dir() {
-        return Err(fail("Is a directory".into()));
-    }
-    if !(ft.is_file() || ft.is_block_device()) {
-        return Err(fail("not a regular file or block device".into()));
-    }
-    Ok(OwnedFd::from(f))
+    super::images::open::strerror(e)
 }
 
 impl BlockState {
@@ -167,11 +227,15 @@ impl BlockState {
 
     /// The options of the named node `name` (top-level or inline).
     pub fn find(&self, name: &str) -> Option<&BlockdevOptions> {
+        self.find_with_record(name).map(|(o, _)| o)
+    }
+
+    fn find_with_record(&self, name: &str) -> Option<(&BlockdevOptions, &NodeRecord)> {
         let mut found = None;
         for r in &self.nodes {
             let _ = walk_post_order::<()>(&r.options, &mut |o| {
                 if o.node_name() == Some(name) {
-                    found = Some(o);
+                    found = Some((o, r));
                 }
                 Ok(())
             });
@@ -197,18 +261,10 @@ impl BlockState {
         &self.exports
     }
 
-    /// Checks node names (well-formed, unique) and opens the files of a new
-    /// tree, in QEMU's order: children first, each node's name before its
-    /// file.
-    fn prepare(&self, options: &BlockdevOptions) -> Result<Vec<(String, OwnedFd)>, FlatError> {
+    /// Checks the node names of a new tree: well-formed and unique (QEMU's
+    /// order: children first).
+    fn check_names(&self, options: &BlockdevOptions) -> Result<(), FlatError> {
         let mut taken: HashSet<String> = self.node_names().into_iter().collect();
-        // Read-only and O_DIRECT as inherited from the parents.
-        let modes: HashMap<String, (bool, bool)> = options
-            .filenames()
-            .into_iter()
-            .map(|(name, ro, direct)| (name, (ro, direct)))
-            .collect();
-        let mut files: Vec<(String, OwnedFd)> = Vec::new();
         walk_post_order(options, &mut |o| {
             if let Some(n) = o.node_name() {
                 check_node_name(n)?;
@@ -218,86 +274,208 @@ impl BlockState {
                     )));
                 }
             }
-            if let BlockdevOptions::File(f) = o {
-                if !files.iter().any(|(name, _)| *name == f.filename) {
-                    let (ro, direct) = modes.get(&f.filename).copied().unwrap_or((false, false));
-                    files.push((f.filename.clone(), open_file(&f.filename, ro, direct)?));
-                }
-            }
             Ok(())
-        })?;
-        Ok(files)
+        })
+    }
+
+    /// The existing file nodes `options` refers to as the image of a qcow2
+    /// node whose backing chain the broker must read.
+    fn referenced_files(&self, options: &BlockdevOptions) -> HashMap<String, ExistingFile> {
+        let mut out = HashMap::new();
+        for top in super::images::tree::chain_tops(options) {
+            let super::images::tree::ChainTop::Node(name) = top else {
+                continue;
+            };
+            let Some((BlockdevOptions::File(f), rec)) = self.find_with_record(&name) else {
+                continue;
+            };
+            let fd = rec
+                .files
+                .iter()
+                .find(|(n, _)| *n == f.filename)
+                .and_then(|(_, fd)| fd.try_clone().ok());
+            if let Some(fd) = fd {
+                let locking = f.locking != Some(OnOffAuto::Off);
+                let filename = f.filename.clone();
+                out.insert(
+                    name,
+                    ExistingFile {
+                        filename,
+                        fd,
+                        locking,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// The VM's image directories: `-x-bulkhead-image-dir` and those of
+    /// every image the user named for an existing node.
+    fn image_dirs(&self, trees: &[PathBuf]) -> ImageDirs {
+        let mut dirs = ImageDirs::with_trees(trees);
+        for p in self.nodes.iter().flat_map(|r| &r.named) {
+            dirs.allow_dir_of(p);
+        }
+        dirs
+    }
+
+    /// Whether another node or an export uses top-level node `name`.
+    fn in_use(&self, name: &str) -> bool {
+        self.nodes
+            .iter()
+            .filter(|r| r.options.node_name() != Some(name))
+            .any(|r| refers_to(&r.options, name))
+            || self.exports.iter().any(|e| match &e.request {
+                BlockRequest::AddExport { node_name, .. } => node_name == name,
+                BlockRequest::AddNode { .. }
+                | BlockRequest::DelNode { .. }
+                | BlockRequest::QueryNodes
+                | BlockRequest::QueryStats
+                | BlockRequest::Ping
+                | BlockRequest::DelExport { .. }
+                | BlockRequest::AttachExportConnection { .. } => false,
+                #[cfg(feature = "test-hooks")]
+                BlockRequest::TestEscape(_) => false,
+            })
     }
 }
 
 /// How a request reaches block-proc (the machine's link or a new one).
 type SendFn<'s> = dyn Fn(BlockRequest, &[BorrowedFd<'_>]) -> Result<BlockReply, FlatError> + 's;
 
-/// Sends `AddNode` for `options` with `files`, opening the backing files
-/// block-proc asks for (read-only) until it is satisfied.
-fn send_add(
-    send: &SendFn<'_>,
-    options: &BlockdevOptions,
-    files: &mut Vec<(String, OwnedFd)>,
-) -> Result<(), FlatError> {
-    loop {
-        let slots: Vec<FileFd> = files
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| FileFd {
-                filename: name.clone(),
-                fd_index: u32::try_from(i).unwrap_or(u32::MAX),
-            })
-            .collect();
-        let fds: Vec<BorrowedFd<'_>> = files.iter().map(|(_, fd)| fd.as_fd()).collect();
-        let req = BlockRequest::AddNode {
-            options: options.clone(),
-            files: slots,
-        };
-        match send(req, &fds)? {
-            BlockReply::Done => return Ok(()),
-            BlockReply::NeedFiles { filenames } => {
-                let fresh: Vec<String> = filenames
-                    .into_iter()
-                    .filter(|n| !files.iter().any(|(f, _)| f == n))
-                    .collect();
-                if fresh.is_empty() {
-                    return Err(FlatError::generic(
-                        "internal error: the block worker asked again for files it was given",
-                    ));
+/// Sends `AddNode` for `rec` with its files. block-proc has every file of
+/// the chain the broker read; if it asks for another, the broker refuses
+/// (and logs it): it opens nothing a worker names.
+fn send_add(send: &SendFn<'_>, rec: &NodeRecord) -> Result<(), FlatError> {
+    let slots: Vec<FileFd> = rec
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| FileFd {
+            filename: name.clone(),
+            fd_index: u32::try_from(i).unwrap_or(u32::MAX),
+        })
+        .collect();
+    let fds: Vec<BorrowedFd<'_>> = rec.files.iter().map(|(_, fd)| fd.as_fd()).collect();
+    let req = BlockRequest::AddNode {
+        options: rec.options.clone(),
+        files: slots,
+    };
+    match send(req, &fds)? {
+        BlockReply::Done => Ok(()),
+        BlockReply::NeedFiles { filenames } => {
+            let node = rec.options.node_name().unwrap_or_default();
+            for name in &filenames {
+                if rec.chain.contains(name) {
+                    return Err(FlatError::generic(format!(
+                        "internal error: the block worker asked again for '{name}'"
+                    )));
                 }
-                drop(fds);
-                for name in fresh {
-                    let fd = open_file(&name, true, false).map_err(|e| {
-                        FlatError::generic(format!("Could not open backing file: {}", e.desc))
-                    })?;
-                    files.push((name, fd));
-                }
+                tracing::warn!(
+                    "block worker asked for '{name}' (node '{node}'), which is not in the \
+                     backing chain the broker read from the image headers; refused"
+                );
             }
-            other @ (BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
-                return Err(unexpected_reply(&other))
+            Err(FlatError::generic(format!(
+                "Could not open backing file: '{}' is not in the backing chain read from the \
+                 image header",
+                filenames.join("', '")
+            )))
+        }
+        other @ (BlockReply::Nodes(_) | BlockReply::Stats(_)) => Err(unexpected_reply(&other)),
+    }
+}
+
+/// The error [`crate::workers::link::WorkerLink::request`] gives when the
+/// worker is alive but did not answer in time: the request may still be
+/// carried out later.
+fn timed_out(e: &FlatError) -> bool {
+    // The text of `workers::link::LinkError::Timeout` for block-proc.
+    e.desc.starts_with("the block worker did not answer")
+}
+
+/// `blockdev-add` of an already validated tree whose top-level node has a
+/// name: checks names, opens the files (as the VM's identity, under the
+/// open policy, with QEMU's locks), creates the nodes in block-proc and
+/// records them.
+pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
+    let shared = state(m);
+    let (ops, dirs, existing) = {
+        let st = lock(&shared);
+        st.check_names(&options)?;
+        let dirs = st.image_dirs(&m.config().image_dirs);
+        (st.ops.clone(), dirs, st.referenced_files(&options))
+    };
+    let opener = Opener {
+        identity: identity(m)?,
+        dirs,
+        existing: &existing,
+    };
+    let tree = opener.open_tree(&options).map_err(|e| AddError {
+        error: FlatError::generic(e.to_string()),
+        hint: e.hint(),
+    })?;
+    let _ops = lock(&ops);
+    // Another add may have taken a name while the files were opened.
+    lock(&shared).check_names(&options)?;
+    let rec = NodeRecord {
+        options,
+        files: tree.files,
+        chain: tree.chain,
+        named: tree.named,
+    };
+    match send_add(&|r, f| m.block_request_with_fds(r, f), &rec) {
+        Ok(()) => {
+            lock(&shared).nodes.push(rec);
+            Ok(())
+        }
+        Err(e) => {
+            if timed_out(&e) {
+                undo_add(&|r, f| m.block_request_with_fds(r, f), &rec.options);
             }
+            Err(e.into())
         }
     }
 }
 
-/// `blockdev-add` of an already validated tree whose top-level node has a
-/// name: checks names, opens the files, creates the nodes in block-proc and
-/// records them.
-pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), FlatError> {
-    let shared = state(m);
-    let mut st = lock(&shared);
-    let mut files = st.prepare(&options)?;
-    send_add(&|r, f| m.block_request_with_fds(r, f), &options, &mut files)?;
-    st.nodes.push(NodeRecord { options, files });
-    Ok(())
+/// After an `AddNode` that got no answer: deletes whatever the worker may
+/// still create, so the worker converges on the desired state (which does
+/// not have the node). Requests are handled in order, so these follow it.
+fn undo_add(send: &SendFn<'_>, options: &BlockdevOptions) {
+    let mut names = Vec::new();
+    let _ = walk_post_order::<()>(options, &mut |o| {
+        names.extend(o.node_name().map(String::from));
+        Ok(())
+    });
+    for n in names.iter().rev() {
+        let req = BlockRequest::DelNode {
+            node_name: n.clone(),
+        };
+        match send(req, &[]) {
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {
+                tracing::warn!("block worker still silent; node '{n}' is deleted when it answers");
+                return;
+            }
+            Err(e) => tracing::debug!("undoing node '{n}': {}", e.desc),
+        }
+    }
 }
 
-/// `blockdev-del`: removes a top-level node nothing uses.
+/// `blockdev-del`: removes a top-level node nothing uses. If block-proc
+/// does not answer in time, the node is removed from the desired state all
+/// the same (the deletion is queued in the worker, and a restarted worker
+/// never gets the node back).
 pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
     let shared = state(m);
-    let mut st = lock(&shared);
-    if !st.is_top_level(name) {
+    let ops = lock(&shared).ops.clone();
+    let _ops = lock(&ops);
+    let (top, in_use) = {
+        let st = lock(&shared);
+        (st.is_top_level(name), st.in_use(name))
+    };
+    if !top {
         let exists = match m.block_request(BlockRequest::QueryNodes)? {
             BlockReply::Nodes(n) => n.iter().any(|i| i.node_name == name),
             other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_)) => {
@@ -310,45 +488,67 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             format!("Failed to find node with node-name='{name}'")
         }));
     }
-    match m.block_request(BlockRequest::DelNode {
-        node_name: name.to_owned(),
-    })? {
-        BlockReply::Done => {}
-        other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
-            return Err(unexpected_reply(&other))
-        }
+    if in_use {
+        return Err(FlatError::generic(format!("Block device {name} is in use")));
     }
-    // QEMU frees a deleted node's inline children with it (named ones
-    // too) unless another node uses them; parents before children.
-    if let Some(pos) = st
-        .nodes
-        .iter()
-        .position(|r| r.options.node_name() == Some(name))
-    {
-        let rec = st.nodes.remove(pos);
-        let mut inline = Vec::new();
-        let _ = walk_post_order::<()>(&rec.options, &mut |o| {
-            inline.extend(o.node_name().filter(|n| *n != name).map(String::from));
-            Ok(())
-        });
-        for child in inline.iter().rev() {
-            let req = BlockRequest::DelNode {
-                node_name: child.clone(),
-            };
-            if let Err(e) = m.block_request(req) {
-                tracing::debug!("inline child {child} of {name} stays: {}", e.desc);
-            }
+    let answer = m.block_request(BlockRequest::DelNode {
+        node_name: name.to_owned(),
+    });
+    match answer {
+        Ok(BlockReply::Done) => {}
+        Ok(
+            other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)),
+        ) => return Err(unexpected_reply(&other)),
+        Err(e) if timed_out(&e) => {
+            tracing::warn!("block worker did not answer blockdev-del of '{name}'; node forgotten");
+            forget_node(m, name);
+            return Err(FlatError::generic(format!(
+                "{}; node '{name}' is deleted once it does",
+                e.desc
+            )));
+        }
+        Err(e) => return Err(e),
+    }
+    for child in forget_node(m, name) {
+        let req = BlockRequest::DelNode {
+            node_name: child.clone(),
+        };
+        if let Err(e) = m.block_request(req) {
+            tracing::debug!("inline child {child} of {name} stays: {}", e.desc);
         }
     }
     Ok(())
 }
 
+/// Drops top-level node `name` from the desired state (closing its files
+/// and so its locks) and returns its named inline children, parents
+/// before children: QEMU frees them with it unless another node uses them.
+fn forget_node(m: &Machine, name: &str) -> Vec<String> {
+    let rec = {
+        let shared = state(m);
+        let mut st = lock(&shared);
+        match st
+            .nodes
+            .iter()
+            .position(|r| r.options.node_name() == Some(name))
+        {
+            Some(pos) => st.nodes.remove(pos),
+            None => return Vec::new(),
+        }
+    };
+    let mut inline = Vec::new();
+    let _ = walk_post_order::<()>(&rec.options, &mut |o| {
+        inline.extend(o.node_name().filter(|n| *n != name).map(String::from));
+        Ok(())
+    });
+    inline.reverse();
+    inline
+}
+
 /// Records an export created in block-proc (for the device helper: call it
-/// after `AddExport` succeeded, with the listening socket it was sent).
-pub fn record_export(m: &Machine, request: BlockRequest, listener: OwnedFd) {
-    lock(&state(m))
-        .exports
-        .push(ExportRecord { request, listener });
+/// after `AddExport` succeeded).
+pub fn record_export(m: &Machine, request: BlockRequest) {
+    lock(&state(m)).exports.push(ExportRecord { request });
 }
 
 /// Forgets export `id` (after `DelExport` succeeded).
@@ -360,7 +560,8 @@ pub fn forget_export(m: &Machine, id: &str) {
         | BlockRequest::QueryNodes
         | BlockRequest::QueryStats
         | BlockRequest::Ping
-        | BlockRequest::DelExport { .. } => true,
+        | BlockRequest::DelExport { .. }
+        | BlockRequest::AttachExportConnection { .. } => true,
         #[cfg(feature = "test-hooks")]
         BlockRequest::TestEscape(_) => true,
     });
@@ -369,19 +570,32 @@ pub fn forget_export(m: &Machine, id: &str) {
 /// Brings a freshly restarted block-proc, reached through `link`, back to
 /// the desired state: every node, then every export, in creation order.
 /// Call it before the new link is published in `Machine::block`, so no QMP
-/// command reaches the worker half-replayed.
+/// command reaches the worker half-replayed. The state lock is held only
+/// to copy the records (their fds share the same open file descriptions,
+/// so the image locks stay as they are).
 pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
     let shared = state(m);
-    let mut st = lock(&shared);
+    let ops = lock(&shared).ops.clone();
+    let _ops = lock(&ops);
+    let (nodes, exports) = {
+        let st = lock(&shared);
+        let nodes = st
+            .nodes
+            .iter()
+            .map(NodeRecord::share)
+            .collect::<Result<Vec<_>, _>>()?;
+        let exports: Vec<BlockRequest> = st.exports.iter().map(|e| e.request.clone()).collect();
+        (nodes, exports)
+    };
     let send = |r: BlockRequest, f: &[BorrowedFd<'_>]| link.request(r, f);
-    for rec in st.nodes.iter_mut() {
+    for rec in &nodes {
         let name = rec.options.node_name().unwrap_or_default().to_owned();
-        send_add(&send, &rec.options, &mut rec.files).map_err(|e| {
+        send_add(&send, rec).map_err(|e| {
             FlatError::generic(format!("cannot restore block node '{name}': {}", e.desc))
         })?;
     }
-    for e in &st.exports {
-        match link.request(e.request.clone(), &[e.listener.as_fd()])? {
+    for request in exports {
+        match link.request(request, &[])? {
             BlockReply::Done => {}
             other
             @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
@@ -447,35 +661,104 @@ mod tests {
     }
 
     #[test]
-    fn prepare_rejects_duplicates_within_one_tree() {
+    fn duplicate_names_within_one_tree_are_refused() {
         let st = BlockState::default();
         let o = opts(serde_json::json!({"driver": "raw", "node-name": "a",
             "file": {"driver": "null-co", "node-name": "a"}}));
         assert_eq!(
-            st.prepare(&o).unwrap_err().desc,
+            st.check_names(&o).unwrap_err().desc,
             "Duplicate nodes with node-name='a'"
         );
     }
 
-    #[test]
-    fn missing_file_gives_qemu_message() {
-        let e = open_file("/nonexistent/x.img", false, false).unwrap_err();
-        assert_eq!(
-            e.desc,
-            "Could not open '/nonexistent/x.img': No such file or directory"
-        );
+    /// A log writer into a shared buffer.
+    struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogSink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record(chain: &[&str]) -> NodeRecord {
+        NodeRecord {
+            options: opts(serde_json::json!({"driver": "null-co", "node-name": "n"})),
+            files: Vec::new(),
+            chain: chain.iter().map(|s| s.to_string()).collect(),
+            named: Vec::new(),
+        }
     }
 
     #[test]
-    fn read_only_open_gives_a_read_only_fd() {
-        let dir = std::env::temp_dir().join(format!("bq-ro-{}", std::process::id()));
-        std::fs::write(&dir, b"x").unwrap();
-        let fd = open_file(dir.to_str().unwrap(), true, false).unwrap();
-        let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
-        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY);
-        let fd = open_file(dir.to_str().unwrap(), false, false).unwrap();
-        let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
-        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR);
-        std::fs::remove_file(&dir).unwrap();
+    fn a_worker_asking_for_a_file_outside_the_chain_is_refused_and_logged() {
+        let opened = std::cell::Cell::new(0);
+        let send = |_: BlockRequest, _: &[BorrowedFd<'_>]| {
+            opened.set(opened.get() + 1);
+            Ok(BlockReply::NeedFiles {
+                filenames: vec!["/etc/shadow".into()],
+            })
+        };
+        let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        let e = tracing::subscriber::with_default(subscriber, || {
+            send_add(&send, &record(&["/img/base.raw"])).unwrap_err()
+        });
+        let text = String::from_utf8(lock(&log).clone()).unwrap();
+        assert!(
+            text.contains("WARN") && text.contains("asked for '/etc/shadow'"),
+            "log: {text}"
+        );
+        assert_eq!(
+            e.desc,
+            "Could not open backing file: '/etc/shadow' is not in the backing chain read \
+             from the image header"
+        );
+        // Asked once, answered with a refusal: nothing was opened or re-sent.
+        assert_eq!(opened.get(), 1);
+    }
+
+    #[test]
+    fn an_unanswered_add_is_undone_top_node_first() {
+        let sent = std::cell::RefCell::new(Vec::new());
+        let send = |r: BlockRequest, _: &[BorrowedFd<'_>]| {
+            if let BlockRequest::DelNode { node_name } = r {
+                sent.borrow_mut().push(node_name);
+            }
+            Ok(BlockReply::Done)
+        };
+        let o = opts(serde_json::json!({"driver": "qcow2", "node-name": "q",
+            "file": {"driver": "file", "node-name": "f", "filename": "/x"}}));
+        undo_add(&send, &o);
+        assert_eq!(*sent.borrow(), ["q", "f"]);
+        // A worker still silent: the first DelNode is queued, no more sent.
+        sent.borrow_mut().clear();
+        let silent = |r: BlockRequest, _: &[BorrowedFd<'_>]| {
+            if let BlockRequest::DelNode { node_name } = r {
+                sent.borrow_mut().push(node_name);
+            }
+            Err(FlatError::generic("the block worker did not answer"))
+        };
+        undo_add(&silent, &o);
+        assert_eq!(*sent.borrow(), ["q"]);
+    }
+
+    #[test]
+    fn a_node_used_by_another_or_by_an_export_is_in_use() {
+        let mut st = BlockState::default();
+        st.nodes.push(record(&[]));
+        assert!(!st.in_use("n"));
+        let mut r = record(&[]);
+        r.options = opts(serde_json::json!({"driver": "raw", "node-name": "r", "file": "n"}));
+        st.nodes.push(r);
+        assert!(st.in_use("n"));
+        assert!(!st.in_use("r"));
     }
 }

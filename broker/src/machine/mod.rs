@@ -11,6 +11,8 @@
 //! - [`host_memory`]: whether the host can provide `-m`.
 //! - [`host_tids`]: host thread ids of a worker's threads.
 //! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
+//! - [`start_gate`]: whether start-up is over, for commands that arrive
+//!   before the workers are up.
 
 pub mod block_state;
 pub mod devices;
@@ -18,9 +20,11 @@ pub mod event_names;
 pub mod fdsets;
 pub mod host_memory;
 pub mod host_tids;
+pub mod images;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
+pub mod start_gate;
 pub mod stats_carry;
 pub mod vm_setup;
 
@@ -119,6 +123,8 @@ pub struct Machine {
     pub(crate) stats: Mutex<stats_carry::StatsCarry>,
     /// `-machine none`: the run state, in place of vcpu-proc.
     no_vm: Option<no_vm::NoVm>,
+    /// Open once the workers are up (QMP greets before that).
+    start_gate: start_gate::StartGate,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -155,6 +161,7 @@ impl Machine {
             next_generation: AtomicU64::new(1),
             hung: Mutex::new(Vec::new()),
             stats: Mutex::new(stats_carry::StatsCarry::default()),
+            start_gate: start_gate::StartGate::default(),
         });
         liveness::start(&m);
         m
@@ -301,6 +308,11 @@ impl Machine {
         &self.events
     }
 
+    /// Whether start-up is over; commands that need the VM wait on it.
+    pub fn start_gate(&self) -> &start_gate::StartGate {
+        &self.start_gate
+    }
+
     /// The supervisor watching the workers.
     pub fn supervisor(&self) -> &Arc<Supervisor> {
         &self.supervisor
@@ -339,7 +351,8 @@ impl Machine {
             BlockRequest::AddNode { .. }
             | BlockRequest::DelNode { .. }
             | BlockRequest::AddExport { .. }
-            | BlockRequest::DelExport { .. } => {}
+            | BlockRequest::DelExport { .. }
+            | BlockRequest::AttachExportConnection { .. } => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }

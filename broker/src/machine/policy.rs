@@ -216,20 +216,28 @@ where
     Ok((proc, link))
 }
 
-/// Starts vcpu-proc and creates the VM in it, with the `-device` devices
-/// (attached at creation, or before the first `cont` with `-S`). Returns
-/// the serial socket path to remove at exit, if the broker created one.
-pub fn start_vcpu(m: &Arc<Machine>) -> Result<Option<PathBuf>, StartError> {
-    if m.config().machine == crate::cli::MachineType::None {
-        // No guest: the monitor alone (see `no_vm`).
-        return Ok(None);
-    }
+/// A spawned vcpu-proc that completed its handshake, not yet given a VM.
+pub type SpawnedVcpu = (SpawnedWorker, Arc<VcpuLink>);
+
+/// Spawns vcpu-proc and completes its handshake: the part of its start
+/// that needs nothing from block-proc, so it runs while block-proc starts.
+pub fn spawn_vcpu(m: &Arc<Machine>) -> Result<SpawnedVcpu, StartError> {
+    bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| {
+        m.on_vcpu_event(e)
+    })
+}
+
+/// Creates the VM in `spawned` (from [`spawn_vcpu`]), with the `-device`
+/// devices (attached at creation, or before the first `cont` with `-S`).
+/// Configuration errors come before spawn errors. Returns the serial
+/// socket path to remove at exit, if the broker created one.
+pub fn start_vcpu(
+    m: &Arc<Machine>,
+    spawned: Result<SpawnedVcpu, StartError>,
+) -> Result<Option<PathBuf>, StartError> {
     devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
-    let (proc, link): (SpawnedWorker, Arc<VcpuLink>) =
-        bring_up(m, WorkerKind::Vcpu, |m: &Arc<Machine>, e| {
-            m.on_vcpu_event(e)
-        })?;
+    let (proc, link) = spawned?;
     let start_paused = prepared.config.start_paused;
     let pending = if start_paused {
         Vec::new()

@@ -122,6 +122,11 @@ pub trait Command: 'static {
     const ALLOW_OOB: bool = false;
     /// Available in capabilities-negotiation mode (only `qmp_capabilities`).
     const IN_NEGOTIATION: bool = false;
+    /// Answered by the broker from its own state, never waiting for a
+    /// worker: runs while the workers are still starting, and may run on
+    /// the session's reader thread when nothing else is in progress. Every
+    /// other command waits for start-up to end.
+    const BROKER_ONLY: bool = false;
     /// The arguments (serde with `deny_unknown_fields`, kebab-case names).
     type Args: DeserializeOwned + QapiType;
     /// The return value.
@@ -142,6 +147,8 @@ pub struct CommandEntry {
     pub allow_oob: bool,
     /// Available before negotiation.
     pub in_negotiation: bool,
+    /// Needs no worker (see [`Command::BROKER_ONLY`]).
+    pub broker_only: bool,
     /// Argument type.
     pub args: SchemaType,
     /// Return type.
@@ -206,6 +213,7 @@ impl Registry {
             doc: C::DOC,
             allow_oob: C::ALLOW_OOB,
             in_negotiation: C::IN_NEGOTIATION,
+            broker_only: C::BROKER_ONLY,
             args: C::Args::schema(),
             ret: C::Ret::schema(),
             handler: typed_handler::<C>,

@@ -140,6 +140,17 @@ impl QmpServer {
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, wake: &OwnedFd) {
+    // Capabilities are per thread and this one starts before the main
+    // thread drops its own (the server greets while the workers start):
+    // drop them here too, so the session threads spawned from here never
+    // run a command with more than the running broker keeps.
+    if let Err(e) = crate::privileges::drop_unneeded() {
+        tracing::error!(
+            "QMP: cannot drop privileges, not serving: {}",
+            ipc_proto::envelope::error_chain(&e)
+        );
+        return;
+    }
     loop {
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),

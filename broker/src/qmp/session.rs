@@ -9,6 +9,12 @@
 //! came with ([`MessageFds`]): `getfd` and `add-fd` executed from that
 //! message take them, the rest are closed once it has been answered.
 //!
+//! Commands that need the VM wait for start-up to end (the greeting goes
+//! out before the workers are up); broker-only commands
+//! ([`super::registry::Command::BROKER_ONLY`]) never wait, and when the
+//! dispatcher is idle the reader answers them itself, saving a thread
+//! hand-off per round trip while keeping replies in order.
+//!
 //! Negotiation follows QEMU: until `qmp_capabilities` succeeds, only it is
 //! available and everything else answers `CommandNotFound` "Expecting
 //! capabilities negotiation with 'qmp_capabilities'"; events start
@@ -17,7 +23,7 @@
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -28,6 +34,7 @@ use super::error::QmpError;
 use super::json_stream::{Item, JsonStream};
 use super::registry::{Ctx, MessageFds, Registry, SessionState};
 use super::wire::{self, Request};
+use crate::machine::start_gate::START_WAIT;
 use crate::machine::Machine;
 
 /// How many in-band requests may wait for the dispatcher before the reader
@@ -51,6 +58,8 @@ pub struct Session {
     out: SyncSender<Arc<str>>,
     stream: UnixStream,
     closing: AtomicBool,
+    /// In-band messages handed to the dispatcher and not answered yet.
+    in_dispatch: AtomicUsize,
 }
 
 /// What the reader hands the dispatcher.
@@ -76,6 +85,7 @@ impl Session {
             out,
             stream,
             closing: AtomicBool::new(false),
+            in_dispatch: AtomicUsize::new(0),
         }
     }
 
@@ -149,10 +159,23 @@ impl Session {
                         }
                         continue;
                     }
+                    // Nothing in progress: replies stay in order when
+                    // the reader answers a quick command itself. Only
+                    // the reader adds to `in_dispatch`, so 0 stays 0.
+                    Ok(v)
+                        if self.in_dispatch.load(Ordering::SeqCst) == 0
+                            && self.is_broker_only(&v) =>
+                    {
+                        if !self.answer(v, fds) {
+                            return;
+                        }
+                        continue;
+                    }
                     Ok(v) => Work::Message(v, fds),
                     // fds sent with malformed JSON are closed here.
                     Err(desc) => Work::JsonError(desc),
                 };
+                self.in_dispatch.fetch_add(1, Ordering::SeqCst);
                 if work.send(w).is_err() || self.closing.load(Ordering::SeqCst) {
                     return;
                 }
@@ -177,6 +200,9 @@ impl Session {
                 Work::Message(v, fds) => self.answer(v, fds),
                 Work::JsonError(desc) => self.send(wire::reply_err(&QmpError::generic(desc), None)),
             };
+            // After the reply is queued: the reader may answer the next
+            // message itself once this reaches 0.
+            self.in_dispatch.fetch_sub(1, Ordering::SeqCst);
             if !sent {
                 return;
             }
@@ -225,6 +251,14 @@ impl Session {
         self.send(line)
     }
 
+    /// True if `v` executes a command that never waits for a worker.
+    fn is_broker_only(&self, v: &Value) -> bool {
+        v.get("execute")
+            .and_then(Value::as_str)
+            .and_then(|name| self.registry.get(name))
+            .is_some_and(|e| e.broker_only)
+    }
+
     fn dispatch(&self, req: Request, fds: &MessageFds) -> Result<Value, QmpError> {
         let entry = self.registry.get(&req.name);
         let ctx = Ctx {
@@ -250,6 +284,12 @@ impl Session {
                 "The command {} does not support OOB",
                 req.name
             )));
+        }
+        if !entry.broker_only {
+            self.machine
+                .start_gate()
+                .wait(START_WAIT)
+                .map_err(QmpError::from)?;
         }
         entry.call(req.args, &ctx)
     }

@@ -163,10 +163,14 @@ impl Bulkhead {
         Qmp::connect(&self.sock)
     }
 
-    /// Connects and negotiates capabilities.
+    /// Connects, negotiates capabilities and waits for the end of
+    /// start-up (the greeting comes before the workers are up;
+    /// `query-status` waits for them), so a test begins with the VM
+    /// started.
     pub fn client(&self) -> Qmp {
         let (mut q, _) = self.connect();
         q.negotiate();
+        q.execute("query-status", Value::Null);
         q
     }
 

@@ -125,7 +125,15 @@ fn route_microvm(index: u32) -> Option<u32> {
     Some(gsi)
 }
 
+/// Offset of virtio-blk's `writeback` config field.
+pub const CONFIG_WRITEBACK: usize = 32;
+
 impl Blk {
+    /// Writes `v` to the config space's `writeback` byte.
+    pub fn write_writeback(&self, v: u8) {
+        self.dev.config_write_u8(CONFIG_WRITEBACK, v);
+    }
+
     /// Finds the first virtio-blk device (Bulkhead's slots, then QEMU
     /// microvm's transports) and sets it up; routes its interrupt and
     /// starts the fallback tick.

@@ -284,6 +284,13 @@ impl Device {
         (u64::from(hi) << 32) | u64::from(lo)
     }
 
+    /// Writes one byte of the config space (as a driver changing, e.g.,
+    /// virtio-blk's `writeback` field does).
+    pub fn config_write_u8(&self, offset: usize, v: u8) {
+        // SAFETY: as in `rd`; config space starts at `REG_CONFIG`.
+        unsafe { write_volatile((self.base + REG_CONFIG + offset) as *mut u8, v) }
+    }
+
     /// The device status register.
     pub fn status(&self) -> u32 {
         rd(self.base, REG_STATUS)

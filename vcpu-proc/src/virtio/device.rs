@@ -1,17 +1,23 @@
 //! A virtio device served by a vhost-user backend: the [`VirtioBackend`]
 //! behind a virtio-mmio transport. It owns the per-device eventfds (one
 //! kick ioeventfd per queue, one call irqfd), the inflight buffer, the
-//! cached config space and the current connection, and turns the guest's
-//! DRIVER_OK / reset into vhost-user session changes.
+//! cached config space and the current session, and turns the guest's
+//! DRIVER_OK / reset / config accesses into requests on the session thread
+//! (`session.rs`): config reads are answered from the cache, config writes
+//! and activations are queued without waiting, and only a reset waits for
+//! its queues to stop — bounded by the request deadline.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::inflight::InflightBuffer;
 use super::mmio::{Activation, VirtioBackend, TRANSPORT_FEATURE_MASK};
-use super::reconnect::{link_up, used_index, Link, Watcher};
-use super::vhost_user::{Connection, QueueStart, VhostUserError};
+use super::reconnect::{self, ambiguous, link_up, used_index, Link, RingAddrs};
+use super::session::{Opened, Pending, Session};
+use super::vhost_user::{vring_config, Connection, QueueStart, VhostUserError};
 use super::{Result, VirtioError, VirtioEvent};
 use crate::memory::GuestMemoryMmap;
 use ipc_proto::warn_limited;
@@ -25,30 +31,66 @@ pub struct DeviceKind {
     pub config_len: u32,
 }
 
+/// State the session thread's requests update.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The inflight buffer kept for the backend.
+    inflight: Option<Arc<InflightBuffer>>,
+    /// Bumped by every reset: a request posted before it must not store
+    /// an inflight buffer after it.
+    epoch: u64,
+    /// The config space as last fetched (guest reads are served from it).
+    config: Vec<u8>,
+    /// The config content changed since the guest last read it (the
+    /// config generation advances).
+    config_changed: bool,
+    /// A config change the driver has not been interrupted for.
+    config_irq: bool,
+}
+
+impl Shared {
+    /// Takes `fresh` as the config space; true if it differs (a fetch of
+    /// another size is ignored).
+    fn refresh_config(&mut self, fresh: Vec<u8>) -> bool {
+        if fresh.len() != self.config.len() || fresh == self.config {
+            return false;
+        }
+        self.config = fresh;
+        self.config_changed = true;
+        self.config_irq = true;
+        true
+    }
+}
+
 /// The vhost-user side of one virtio-mmio device.
 pub struct VhostUserDevice {
     id: String,
     kind: DeviceKind,
-    conn: Option<Connection>,
-    watcher: Option<Watcher>,
+    session: Option<Session>,
     link: Link,
     events: Sender<VirtioEvent>,
     features: u64,
     num_queues: u16,
     queue_max_size: u16,
-    config: Vec<u8>,
     mem: GuestMemoryMmap,
     kicks: Vec<EventFd>,
     call: EventFd,
-    inflight: Option<InflightBuffer>,
+    shared: Arc<Mutex<Shared>>,
+    needs_reset: Arc<AtomicBool>,
     active: Option<Activation>,
+    /// A reconnection is replaying the live queues on `session` (the link
+    /// is not up yet, but requests must follow the replay in order).
+    replaying: bool,
+    /// Bumped by every adopted session: a reconnection finishes or
+    /// abandons only its own.
+    adopted: u64,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VhostUserDevice")
             .field("id", &self.id)
-            .field("connected", &self.conn.is_some())
+            .field("session", &self.session.is_some())
             .field("active", &self.active.is_some())
             .finish()
     }
@@ -60,8 +102,10 @@ pub struct DeviceParts {
     pub id: String,
     /// Device type and config size.
     pub kind: DeviceKind,
-    /// The handshaken first connection.
-    pub conn: Connection,
+    /// The first session, handshaken.
+    pub session: Session,
+    /// What the handshake found.
+    pub opened: Opened,
     /// Link state shared with the watchers and the public handle.
     pub link: Link,
     /// Where disconnection events go.
@@ -78,33 +122,82 @@ pub struct DeviceParts {
     pub call: EventFd,
 }
 
+/// One live queue as the start request needs it (owned: it crosses to the
+/// session thread).
+#[derive(Debug, Clone, Copy)]
+struct QueueSpec {
+    index: usize,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    base: u16,
+}
+
+fn shared_lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Logs a failed request; a lost connection is hung up (its watcher then
+/// reports it).
+fn request_failed(id: &str, conn: &Connection, e: &VhostUserError) {
+    warn_limited!("vhost-user device {id}: {}", error_chain(e));
+    if e.connection_lost() {
+        conn.shutdown();
+    }
+}
+
+/// What [`VhostUserDevice::adopt`] leaves to do once the transport lock is
+/// released.
+#[derive(Debug)]
+pub enum Adopted {
+    /// Nothing to replay: the device is up.
+    Up,
+    /// The live queues are being replayed on session `token`; wait, then
+    /// [`VhostUserDevice::finish_reconnect`] or
+    /// [`VhostUserDevice::drop_session`] with the token.
+    Replaying {
+        /// The replay's result.
+        replay: Pending<std::result::Result<(), VhostUserError>>,
+        /// The adopted session.
+        token: u64,
+    },
+}
+
 impl VhostUserDevice {
-    /// Builds the device on its first connection and starts watching it.
-    pub fn new(p: DeviceParts) -> Result<Self> {
-        let mut conn = p.conn;
-        let config = conn
-            .get_config(p.kind.config_len)
-            .map_err(VirtioError::Frontend)?;
-        let features = conn.device_features() & TRANSPORT_FEATURE_MASK;
-        let mut dev = VhostUserDevice {
+    /// Builds the device on its first session.
+    pub fn new(p: DeviceParts) -> Self {
+        let features = p.opened.device_features & TRANSPORT_FEATURE_MASK;
+        link_up(&p.link);
+        VhostUserDevice {
             id: p.id,
             kind: p.kind,
-            conn: None,
-            watcher: None,
+            session: Some(p.session),
             link: p.link,
             events: p.events,
             features,
             num_queues: p.num_queues,
             queue_max_size: p.queue_max_size,
-            config,
             mem: p.mem,
             kicks: p.kicks,
             call: p.call,
-            inflight: None,
+            shared: Arc::new(Mutex::new(Shared {
+                config: p.opened.config,
+                ..Shared::default()
+            })),
+            needs_reset: Arc::default(),
             active: None,
-        };
-        dev.link(conn)?;
-        Ok(dev)
+            replaying: false,
+            adopted: 0,
+        }
+    }
+
+    /// The session if it is worth sending requests to: connected, or
+    /// replaying after a reconnection. A session whose backend went away
+    /// gets nothing (its requests would only fail).
+    fn live_session(&self) -> Option<&Session> {
+        let session = self.session.as_ref()?;
+        (self.replaying || reconnect::lock(&self.link).connected).then_some(session)
     }
 
     /// The kick eventfds (one per queue).
@@ -118,133 +211,188 @@ impl VhostUserDevice {
     }
 
     /// The inflight buffer kept for the backend, if any.
-    pub fn inflight(&self) -> Option<&InflightBuffer> {
-        self.inflight.as_ref()
+    pub fn inflight(&self) -> Option<Arc<InflightBuffer>> {
+        shared_lock(&self.shared).inflight.clone()
     }
 
-    /// Marks `conn` as the live connection and watches it.
-    fn link(&mut self, conn: Connection) -> Result<()> {
-        let handle = conn.watch_handle().map_err(VirtioError::Frontend)?;
-        let generation = link_up(&self.link);
-        let watcher = Watcher::start(
-            self.id.clone(),
-            handle,
-            generation,
-            self.link.clone(),
-            self.events.clone(),
-        )
-        .map_err(VirtioError::Thread)?;
-        self.watcher = Some(watcher);
-        self.conn = Some(conn);
-        Ok(())
-    }
-
-    /// Handles a failed request: a lost connection is shut down (its
-    /// watcher then reports it); a refusal is only logged.
-    fn failed(&mut self, e: &VhostUserError) {
-        warn_limited!("vhost-user device {}: {}", self.id, error_chain(e));
-        if e.connection_lost() {
-            if let Some(c) = self.conn.take() {
-                c.shutdown();
-            }
+    /// Device id, queue count, config size, link, event sink and memory:
+    /// what opening a new session for this device needs.
+    pub fn session_params(&self) -> SessionParams {
+        SessionParams {
+            id: self.id.clone(),
+            num_queues: self.num_queues,
+            config_len: self.kind.config_len,
+            link: self.link.clone(),
+            events: self.events.clone(),
+            mem: self.mem.clone(),
         }
     }
 
-    /// Hands the live device to the backend. `resume` is true after a
-    /// reconnect: rings continue from the used index in guest memory.
-    fn start(&mut self, resume: bool) -> std::result::Result<(), VhostUserError> {
-        let (Some(conn), Some(active)) = (self.conn.as_mut(), self.active.as_ref()) else {
-            return Ok(());
-        };
-        if self.inflight.is_none() {
-            self.inflight = conn.get_inflight(self.num_queues, self.queue_max_size)?;
-        }
-        let mut queues = Vec::new();
-        for (i, q) in active.queues.iter().enumerate() {
-            if !q.ready {
-                continue;
-            }
-            let Some(kick) = self.kicks.get(i) else {
-                continue;
-            };
-            let base = if resume {
-                used_index(&self.mem, q.used).unwrap_or(0)
-            } else {
-                0
-            };
-            if resume {
-                let pending = u16::try_from(i)
-                    .ok()
-                    .and_then(|n| self.inflight.as_ref().map(|b| b.pending(n)));
-                if let Some(Ok(n)) = pending {
-                    tracing::info!(
-                        "vhost-user device {}: queue {i} resumes at {base}, {n} requests in flight",
-                        self.id
-                    );
-                }
-            }
-            queues.push(QueueStart {
-                index: i,
+    /// The live queues' rings, as the start request and the loss snapshot
+    /// see them.
+    fn specs(&self, active: &Activation, resume: bool) -> Vec<QueueSpec> {
+        active
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(i, q)| q.ready && *i < self.kicks.len())
+            .map(|(index, q)| QueueSpec {
+                index,
                 size: q.size,
-                max_size: self.queue_max_size,
                 desc: q.desc,
                 avail: q.avail,
                 used: q.used,
-                base,
-                kick,
-                call: &self.call,
-            });
-        }
-        conn.start(
-            active.driver_features,
-            &self.mem,
-            self.inflight.as_ref(),
-            &queues,
+                base: if resume {
+                    used_index(&self.mem, q.used).unwrap_or(0)
+                } else {
+                    0
+                },
+            })
+            .collect()
+    }
+
+    /// Queues the start of the live device on the session: features,
+    /// memory, inflight region, queues. `resume` is true after a
+    /// reconnect: rings continue from the used index in guest memory.
+    /// A refusal marks the device as needing a reset.
+    fn post_start(&self, resume: bool) -> Option<Pending<std::result::Result<(), VhostUserError>>> {
+        let session = self.live_session()?;
+        let active = self.active.as_ref()?;
+        let specs = self.specs(active, resume);
+        let dup = || -> std::io::Result<(Vec<EventFd>, EventFd)> {
+            let kicks = specs
+                .iter()
+                .map(|q| self.kicks[q.index].try_clone())
+                .collect::<std::io::Result<Vec<_>>>()?;
+            Ok((kicks, self.call.try_clone()?))
+        };
+        let (kicks, call) = match dup() {
+            Ok(fds) => fds,
+            Err(e) => {
+                warn_limited!(
+                    "vhost-user device {}: cannot duplicate an eventfd: {e}",
+                    self.id
+                );
+                self.raise_needs_reset();
+                return None;
+            }
+        };
+        let id = self.id.clone();
+        let features = active.driver_features;
+        let mem = self.mem.clone();
+        let shared = self.shared.clone();
+        let epoch = shared_lock(&shared).epoch;
+        let needs_reset = self.needs_reset.clone();
+        let (num_queues, max_size) = (self.num_queues, self.queue_max_size);
+        let config_len = self.kind.config_len;
+        Some(
+            session.post("the start of the queues", move |conn: &mut Connection| {
+                let r = start(
+                    conn,
+                    &StartJob {
+                        id: &id,
+                        features,
+                        mem: &mem,
+                        shared: &shared,
+                        epoch,
+                        num_queues,
+                        max_size,
+                        specs: &specs,
+                        kicks: &kicks,
+                        call: &call,
+                        resume,
+                        config_len,
+                    },
+                );
+                if let Err(e) = &r {
+                    request_failed(&id, conn, e);
+                    if !e.connection_lost() {
+                        needs_reset.store(true, Ordering::SeqCst);
+                        let _ = call.write(1);
+                    }
+                }
+                r
+            }),
         )
     }
 
-    /// Replays the session onto a new connection (see `reconnect.rs`).
-    pub fn reconnect(&mut self, stream: std::os::unix::net::UnixStream) -> Result<()> {
-        self.watcher = None;
-        if let Some(old) = self.conn.take() {
-            old.shutdown();
-        }
-        let mut conn =
-            Connection::handshake(stream, self.num_queues).map_err(VirtioError::Frontend)?;
-        let offered = conn.device_features() & TRANSPORT_FEATURE_MASK;
+    /// Reports DEVICE_NEEDS_RESET to the driver (with a config interrupt).
+    fn raise_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        let _ = self.call.write(1);
+    }
+
+    /// Takes `session` (handshaken with a restarted backend, see
+    /// `reconnect.rs`) as the device's connection and queues the replay of
+    /// the live queues. Refuses a backend with other features or fewer
+    /// queues. The previous session, if any, ends here.
+    pub fn adopt(&mut self, session: Session, opened: Opened) -> Result<Adopted> {
+        let offered = opened.device_features & TRANSPORT_FEATURE_MASK;
         if offered != self.features {
-            conn.shutdown();
             return Err(VirtioError::FeaturesChanged {
                 before: self.features,
                 after: offered,
             });
         }
-        if conn.queue_num() < self.num_queues {
-            conn.shutdown();
+        if opened.queue_num < self.num_queues {
             return Err(VirtioError::TooFewQueues {
                 wanted: self.num_queues,
-                offered: conn.queue_num(),
+                offered: opened.queue_num,
             });
         }
-        match conn.get_config(self.kind.config_len) {
-            Ok(c) if c.len() == self.config.len() => self.config = c,
-            Ok(_) => {}
-            Err(e) => {
-                conn.shutdown();
-                return Err(VirtioError::Frontend(e));
+        if shared_lock(&self.shared).refresh_config(opened.config) {
+            let _ = self.call.write(1);
+        }
+        self.session = Some(session);
+        self.replaying = true;
+        self.adopted += 1;
+        let token = self.adopted;
+        if self.active.is_some() && !self.resumable(opened.inflight) {
+            tracing::warn!(
+                "vhost-user device {}: the backend went away with requests outstanding that may \
+                 have completed out of order, and kept no inflight record: not resuming the rings \
+                 (a request could complete twice); the driver must reset the device",
+                self.id
+            );
+            self.active = None;
+            reconnect::lock(&self.link).rings.clear();
+            self.raise_needs_reset();
+            self.finish_reconnect(token);
+            return Ok(Adopted::Up);
+        }
+        match self.post_start(true) {
+            Some(replay) => Ok(Adopted::Replaying { replay, token }),
+            None => {
+                self.finish_reconnect(token);
+                Ok(Adopted::Up)
             }
         }
-        self.conn = Some(conn);
-        if let Err(e) = self.start(true) {
-            if let Some(c) = self.conn.take() {
-                c.shutdown();
-            }
-            return Err(VirtioError::Frontend(e));
+    }
+
+    /// True when resuming the live rings from the used index cannot
+    /// complete a request twice: the new backend takes over the kept
+    /// inflight record, or the rings were unambiguous when the old backend
+    /// went away (see `reconnect.rs`).
+    fn resumable(&self, backend_tracks_inflight: bool) -> bool {
+        if backend_tracks_inflight && shared_lock(&self.shared).inflight.is_some() {
+            return true;
         }
-        let Some(conn) = self.conn.take() else {
-            return Ok(());
-        };
-        self.link(conn)?;
+        let link = reconnect::lock(&self.link);
+        let ambiguous_at_loss = link
+            .ambiguous_at_loss
+            .unwrap_or_else(|| ambiguous(&self.mem, &link.rings));
+        !ambiguous_at_loss
+    }
+
+    /// Marks the new connection (session `token`) up once its replay
+    /// succeeded, pulses the call and kick eventfds, and reports the
+    /// reconnection. Nothing if a newer session was adopted meanwhile.
+    pub fn finish_reconnect(&mut self, token: u64) {
+        if token != self.adopted {
+            return;
+        }
+        self.replaying = false;
+        link_up(&self.link);
         if self.active.is_some() {
             // A completion the dead backend published without signalling.
             let _ = self.call.write(1);
@@ -257,8 +405,109 @@ impl VhostUserDevice {
         let _ = self.events.send(VirtioEvent::Reconnected {
             id: self.id.clone(),
         });
-        Ok(())
     }
+
+    /// Drops session `token` whose replay failed (the device stays
+    /// disconnected). Nothing if a newer session was adopted meanwhile.
+    pub fn drop_session(&mut self, token: u64) {
+        if token != self.adopted {
+            return;
+        }
+        self.replaying = false;
+        self.session = None;
+        reconnect::lock(&self.link).connected = false;
+    }
+}
+
+/// What opening a session for a device needs (see
+/// [`VhostUserDevice::session_params`]).
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// Device id.
+    pub id: String,
+    /// Queues of the device.
+    pub num_queues: u16,
+    /// Config space size.
+    pub config_len: u32,
+    /// The device's link state.
+    pub link: Link,
+    /// Where connection events go.
+    pub events: Sender<VirtioEvent>,
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+}
+
+/// The start request's inputs, on the session thread.
+struct StartJob<'a> {
+    id: &'a str,
+    features: u64,
+    mem: &'a GuestMemoryMmap,
+    shared: &'a Mutex<Shared>,
+    epoch: u64,
+    num_queues: u16,
+    max_size: u16,
+    specs: &'a [QueueSpec],
+    kicks: &'a [EventFd],
+    call: &'a EventFd,
+    resume: bool,
+    config_len: u32,
+}
+
+/// Hands the live device to the backend (runs on the session thread).
+fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), VhostUserError> {
+    let kept = shared_lock(j.shared).inflight.clone();
+    let inflight = match kept {
+        Some(b) => Some(b),
+        None => {
+            let fresh = conn.get_inflight(j.num_queues, j.max_size)?.map(Arc::new);
+            let mut sh = shared_lock(j.shared);
+            if sh.epoch == j.epoch {
+                sh.inflight.clone_from(&fresh);
+            }
+            fresh
+        }
+    };
+    let queues: Vec<QueueStart<'_>> = j
+        .specs
+        .iter()
+        .zip(j.kicks)
+        .map(|(q, kick)| QueueStart {
+            index: q.index,
+            size: q.size,
+            max_size: j.max_size,
+            desc: q.desc,
+            avail: q.avail,
+            used: q.used,
+            base: q.base,
+            kick,
+            call: j.call,
+        })
+        .collect();
+    if j.resume {
+        for q in &queues {
+            let pending = u16::try_from(q.index)
+                .ok()
+                .and_then(|n| inflight.as_ref().map(|b| b.pending(n)));
+            if let Some(Ok(n)) = pending {
+                tracing::info!(
+                    "vhost-user device {}: queue {} resumes at {}, {n} requests in flight",
+                    j.id,
+                    q.index,
+                    q.base
+                );
+            }
+        }
+    }
+    conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
+    if !j.resume {
+        // The backend may have changed its config space since the guest
+        // read it (fetched at attach and at each reconnection).
+        let fresh = conn.get_config(j.config_len)?;
+        if shared_lock(j.shared).refresh_config(fresh) {
+            let _ = j.call.write(1);
+        }
+    }
+    Ok(())
 }
 
 /// `e` and its causes on one line.
@@ -291,79 +540,136 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) -> bool {
-        let mut changed = false;
-        if let Some(conn) = self.conn.as_mut() {
-            match conn.get_config(self.kind.config_len) {
-                Ok(c) if c.len() == self.config.len() => {
-                    changed = c != self.config;
-                    self.config = c;
-                }
-                Ok(_) => warn_limited!("vhost-user device {}: short config space", self.id),
-                Err(e) => self.failed(&e),
-            }
-        }
+        // From the cache: a guest config read never waits for the backend.
         let range = usize::try_from(offset)
             .ok()
             .and_then(|o| Some(o..o.checked_add(data.len())?));
-        match range.and_then(|r| self.config.get(r)) {
+        let mut sh = shared_lock(&self.shared);
+        match range.and_then(|r| sh.config.get(r)) {
             Some(src) => data.copy_from_slice(src),
             None => data.fill(0),
         }
-        changed
+        std::mem::take(&mut sh.config_changed)
+    }
+
+    fn take_config_interrupt(&mut self) -> bool {
+        std::mem::take(&mut shared_lock(&self.shared).config_irq)
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let range = usize::try_from(offset)
             .ok()
             .and_then(|o| Some(o..o.checked_add(data.len())?));
-        let Some(dst) = range.and_then(|r| self.config.get_mut(r)) else {
-            warn_limited!("vhost-user device {}: config write out of range", self.id);
-            return;
-        };
-        dst.copy_from_slice(data);
+        {
+            let mut sh = shared_lock(&self.shared);
+            let Some(dst) = range.and_then(|r| sh.config.get_mut(r)) else {
+                drop(sh);
+                warn_limited!("vhost-user device {}: config write out of range", self.id);
+                return;
+            };
+            dst.copy_from_slice(data);
+        }
         let Ok(off) = u32::try_from(offset) else {
             return;
         };
-        if let Some(conn) = self.conn.as_mut() {
-            if let Err(e) = conn.set_config(off, data) {
-                self.failed(&e);
-            }
+        if let Some(session) = self.live_session() {
+            let id = self.id.clone();
+            let data = data.to_vec();
+            // Not waited for: the write is in order with later requests.
+            drop(session.post("SET_CONFIG", move |conn: &mut Connection| {
+                if let Err(e) = conn.set_config(off, &data) {
+                    request_failed(&id, conn, &e);
+                }
+            }));
         }
     }
 
     fn activate(&mut self, activation: &Activation) -> bool {
-        self.active = Some(activation.clone());
-        match self.start(false) {
-            Ok(()) => true,
-            Err(e) if e.connection_lost() => {
-                // Replayed when the backend comes back.
-                self.failed(&e);
-                true
+        let rings: Vec<RingAddrs> = activation
+            .queues
+            .iter()
+            .filter(|q| q.ready)
+            .map(|q| RingAddrs {
+                size: q.size,
+                avail: q.avail,
+                used: q.used,
+            })
+            .collect();
+        // Checked here so that a bad ring is refused at once.
+        for (index, q) in activation.queues.iter().enumerate() {
+            if !q.ready || index >= self.kicks.len() {
+                continue;
             }
-            Err(e) => {
-                self.failed(&e);
-                self.active = None;
-                false
+            let check = QueueStart {
+                index,
+                size: q.size,
+                max_size: self.queue_max_size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                base: 0,
+                kick: &self.kicks[index],
+                call: &self.call,
+            };
+            if let Err(e) = vring_config(&self.mem, &check) {
+                warn_limited!("vhost-user device {}: {}", self.id, error_chain(&e));
+                return false;
             }
         }
+        self.active = Some(activation.clone());
+        self.needs_reset.store(false, Ordering::SeqCst);
+        reconnect::lock(&self.link).rings = rings;
+        // Not waited for; while disconnected, replayed on reconnection.
+        drop(self.post_start(false));
+        true
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     fn reset(&mut self) {
-        if let (Some(active), Some(_)) = (self.active.take(), self.conn.as_ref()) {
-            for (i, q) in active.queues.iter().enumerate() {
-                if !q.ready {
-                    continue;
-                }
-                let Some(conn) = self.conn.as_mut() else {
-                    break;
-                };
-                if let Err(e) = conn.stop_queue(i) {
-                    self.failed(&e);
+        let active = self.active.take();
+        {
+            let mut link = reconnect::lock(&self.link);
+            link.rings.clear();
+            // Whatever was outstanding on the old rings is gone with them.
+            if link.ambiguous_at_loss.is_some() {
+                link.ambiguous_at_loss = Some(false);
+            }
+        }
+        if let (Some(active), Some(session)) = (active, self.live_session()) {
+            let ready: Vec<usize> = self.specs(&active, false).iter().map(|q| q.index).collect();
+            if !ready.is_empty() {
+                let id = self.id.clone();
+                // Waited for (bounded by the request deadline): the
+                // driver may reuse the rings' memory once the reset
+                // returns.
+                let stopped =
+                    session.post("the stop of the queues", move |conn: &mut Connection| {
+                        for i in ready {
+                            if let Err(e) = conn.stop_queue(i) {
+                                request_failed(&id, conn, &e);
+                                if e.connection_lost() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                if stopped.wait().is_none() {
+                    warn_limited!(
+                        "vhost-user device {}: the queues did not stop; hanging up",
+                        self.id
+                    );
+                    session.shutdown();
                 }
             }
         }
-        self.active = None;
+        // After the stop: a start queued before it may have failed.
+        self.needs_reset.store(false, Ordering::SeqCst);
         // The rings the region described are gone.
-        self.inflight = None;
+        let mut sh = shared_lock(&self.shared);
+        sh.epoch += 1;
+        sh.inflight = None;
     }
 }

@@ -171,6 +171,13 @@ pub trait VirtioBackend: Send {
     /// Starts the device (DRIVER_OK). False if it could not: the transport
     /// then reports DEVICE_NEEDS_RESET.
     fn activate(&mut self, activation: &Activation) -> bool;
+    /// True when the device failed after DRIVER_OK (e.g. the backend
+    /// refused the queues, asynchronously): the transport then reports
+    /// DEVICE_NEEDS_RESET with a config-change interrupt.
+    fn needs_reset(&self) -> bool;
+    /// True once per config change the device noticed by itself (the
+    /// transport latches the config-change interrupt status).
+    fn take_config_interrupt(&mut self) -> bool;
     /// Stops the device (status 0 written).
     fn reset(&mut self);
 }
@@ -274,7 +281,25 @@ impl<B: VirtioBackend> MmioTransport<B> {
         self.shm_sel = 0;
     }
 
+    /// Latches a failure the device reported after DRIVER_OK, and a
+    /// config change it noticed.
+    fn poll_backend(&mut self) {
+        if self.backend.take_config_interrupt() {
+            self.notify_config_change();
+        }
+        if self.status & status::DRIVER_OK != 0
+            && self.status & status::DEVICE_NEEDS_RESET == 0
+            && self.backend.needs_reset()
+        {
+            self.status |= status::DEVICE_NEEDS_RESET;
+            self.notify_config_change();
+        }
+    }
+
     fn read_reg(&mut self, offset: u64) -> u32 {
+        if offset == reg::STATUS || offset == reg::INTERRUPT_STATUS {
+            self.poll_backend();
+        }
         match offset {
             reg::MAGIC => MAGIC_VALUE,
             reg::VERSION => MMIO_VERSION,
@@ -460,6 +485,8 @@ mod tests {
         activations: Vec<Activation>,
         resets: usize,
         refuse: bool,
+        failed_later: bool,
+        config_irq: bool,
         changed: bool,
     }
 
@@ -488,6 +515,12 @@ mod tests {
         fn activate(&mut self, activation: &Activation) -> bool {
             self.activations.push(activation.clone());
             !self.refuse
+        }
+        fn needs_reset(&self) -> bool {
+            self.failed_later
+        }
+        fn take_config_interrupt(&mut self) -> bool {
+            std::mem::take(&mut self.config_irq)
         }
         fn reset(&mut self) {
             self.resets += 1;
@@ -615,6 +648,25 @@ mod tests {
     }
 
     #[test]
+    fn a_device_failing_after_driver_ok_reports_needs_reset_with_a_config_interrupt() {
+        let mut t = transport();
+        negotiate(&mut t, F_VERSION_1);
+        setup_queue(&mut t, 0, 128, 0x10000);
+        wr(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(rd(&mut t, reg::STATUS), ALL_OK);
+        t.backend_mut().failed_later = true;
+        assert_eq!(
+            rd(&mut t, reg::INTERRUPT_STATUS),
+            INT_VRING | INT_CONFIG,
+            "config interrupt"
+        );
+        assert_eq!(rd(&mut t, reg::STATUS), ALL_OK | status::DEVICE_NEEDS_RESET);
+        wr(&mut t, reg::STATUS, 0);
+        t.backend_mut().failed_later = false;
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+    }
+
+    #[test]
     fn driver_ok_with_a_non_power_of_two_queue_is_refused() {
         let mut t = transport();
         negotiate(&mut t, F_VERSION_1);
@@ -719,6 +771,17 @@ mod tests {
         assert_eq!(b, [4, 5]);
         t.write(reg::CONFIG + 8, &[0xaa]);
         assert_eq!(t.backend().config[8], 0xaa);
+    }
+
+    #[test]
+    fn a_config_change_the_device_noticed_raises_the_config_interrupt() {
+        let mut t = transport();
+        let g = rd(&mut t, reg::CONFIG_GENERATION);
+        t.backend_mut().config_irq = true;
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_CONFIG);
+        assert_ne!(rd(&mut t, reg::CONFIG_GENERATION), g);
+        wr(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 0);
     }
 
     #[test]

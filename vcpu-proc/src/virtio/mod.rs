@@ -11,6 +11,8 @@
 //! - [`mmio`]: the transport register state machine (no KVM, no sockets).
 //! - [`device`]: the vhost-user device behind a transport.
 //! - [`vhost_user`]: one vhost-user session (the `vhost` crate's frontend).
+//! - [`session`]: the thread that owns a connection, and the request
+//!   deadline.
 //! - [`inflight`]: the inflight-I/O buffer kept across backend crashes.
 //! - [`reconnect`]: hang-up watching and the replay after a reconnect.
 //! - [`registry`]: the VM's devices by id.
@@ -22,6 +24,7 @@ pub mod inflight;
 pub mod mmio;
 pub mod reconnect;
 pub mod registry;
+pub mod session;
 pub mod vhost_user;
 
 use std::os::unix::net::UnixStream;
@@ -36,11 +39,12 @@ use crate::devices::GuestAction;
 use crate::layout;
 use crate::memory::GuestMemoryMmap;
 pub use device::DeviceKind;
-use device::{DeviceParts, VhostUserDevice};
+use device::{Adopted, DeviceParts, SessionParams, VhostUserDevice};
 use mmio::{MmioTransport, VirtioBackend};
-use reconnect::Link;
+use reconnect::{next_generation, Link, WatchParams};
 pub use registry::VirtioDevices;
-use vhost_user::{Connection, VhostUserError};
+use session::{Opened, Session, SessionError};
+use vhost_user::VhostUserError;
 
 /// Virtio device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -82,6 +86,12 @@ pub enum VirtioError {
     /// A vhost-user request failed.
     #[error("vhost-user session")]
     Frontend(#[source] VhostUserError),
+    /// The session could not be opened (or its handshake failed).
+    #[error("vhost-user session")]
+    Session(#[source] SessionError),
+    /// The replay after a reconnection did not finish within the deadline.
+    #[error("the backend did not take the live queues within the deadline")]
+    ReplayTimedOut,
     /// The backend does not offer VIRTIO_F_VERSION_1.
     #[error("the backend does not offer VIRTIO_F_VERSION_1")]
     NotModern,
@@ -207,12 +217,22 @@ impl VirtioMmioDevice {
         }
         let base = Self::base_of(p.slot);
         let gsi = layout::VIRTIO_MMIO_GSI_BASE + p.slot;
-        let conn = Connection::handshake(p.socket, p.num_queues).map_err(VirtioError::Frontend)?;
-        if conn.device_features() & mmio::F_VERSION_1 == 0 {
-            conn.shutdown();
+        let link: Link = Arc::default();
+        let (session, opened) = open_session(
+            p.socket,
+            &SessionParams {
+                id: p.id.clone(),
+                num_queues: p.num_queues,
+                config_len: kind.config_len,
+                link: link.clone(),
+                events: p.events.clone(),
+                mem: p.mem.clone(),
+            },
+        )?;
+        if opened.device_features & mmio::F_VERSION_1 == 0 {
             return Err(VirtioError::NotModern);
         }
-        let num_queues = conn.queue_num().min(p.num_queues).max(1);
+        let num_queues = opened.queue_num.min(p.num_queues).max(1);
         let call = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         p.vm.register_irqfd(&call, gsi)
             .map_err(|source| VirtioError::Kvm {
@@ -229,12 +249,12 @@ impl VirtioMmioDevice {
                 })?;
             kicks.push(evt);
         }
-        let link: Link = Arc::default();
         let kind_type = kind.device_type;
         let dev = VhostUserDevice::new(DeviceParts {
             id: p.id.clone(),
             kind,
-            conn,
+            session,
+            opened,
             link: link.clone(),
             events: p.events,
             num_queues,
@@ -242,7 +262,7 @@ impl VirtioMmioDevice {
             mem: p.mem,
             kicks,
             call,
-        })?;
+        });
         let inner = Arc::new(Mutex::new(MmioTransport::new(dev)));
         p.bus
             .insert(base, layout::VIRTIO_MMIO_SIZE, inner.clone())
@@ -301,9 +321,33 @@ impl VirtioMmioDevice {
 
     /// Hands the device to a new backend on `socket` (already connected)
     /// and replays the session, including the live queues and the
-    /// inflight buffer. On error the device stays disconnected.
+    /// inflight buffer. On error the device stays disconnected. The
+    /// handshake and the replay run on the new session's thread, each
+    /// request bounded by the deadline, without the transport lock: the
+    /// guest's vCPUs keep using the device meanwhile.
     pub fn reconnect(&self, socket: UnixStream) -> Result<()> {
-        self.lock().backend_mut().reconnect(socket)
+        let params = self.lock().backend().session_params();
+        let (session, opened) = open_session(socket, &params)?;
+        let adopted = self.lock().backend_mut().adopt(session, opened)?;
+        let Adopted::Replaying { replay, token } = adopted else {
+            return Ok(());
+        };
+        match replay.wait() {
+            Some(Ok(())) => {}
+            // Refused: the device reports DEVICE_NEEDS_RESET, the
+            // connection stays.
+            Some(Err(e)) if !e.connection_lost() => {}
+            Some(Err(e)) => {
+                self.lock().backend_mut().drop_session(token);
+                return Err(VirtioError::Frontend(e));
+            }
+            None => {
+                self.lock().backend_mut().drop_session(token);
+                return Err(VirtioError::ReplayTimedOut);
+            }
+        }
+        self.lock().backend_mut().finish_reconnect(token);
+        Ok(())
     }
 
     /// Resets the device (machine reset): the backend's queues stop, the
@@ -343,5 +387,22 @@ impl VirtioMmioDevice {
     }
 }
 
+/// Opens a session for the device `p` describes on `socket`.
+fn open_session(socket: UnixStream, p: &SessionParams) -> Result<(Session, Opened)> {
+    Session::open(socket, p.num_queues, p.config_len, |busy| WatchParams {
+        id: p.id.clone(),
+        generation: next_generation(&p.link),
+        link: p.link.clone(),
+        events: p.events.clone(),
+        busy,
+        mem: p.mem.clone(),
+    })
+    .map_err(VirtioError::Session)
+}
+
+#[cfg(test)]
+mod fake_backend;
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

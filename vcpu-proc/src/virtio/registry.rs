@@ -3,6 +3,7 @@
 //! reset, the DSDT list) in one place.
 
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use super::{Result, VirtioError, VirtioMmioDevice};
 use crate::acpi;
@@ -10,7 +11,7 @@ use crate::acpi;
 /// The virtio-mmio devices of one VM.
 #[derive(Debug, Default)]
 pub struct VirtioDevices {
-    devices: Vec<VirtioMmioDevice>,
+    devices: Vec<Arc<VirtioMmioDevice>>,
 }
 
 impl VirtioDevices {
@@ -25,38 +26,57 @@ impl VirtioDevices {
         if self.get(dev.id()).is_some() {
             return Err(VirtioError::DuplicateId(dev.id().to_string()));
         }
-        self.devices.push(dev);
+        self.devices.push(Arc::new(dev));
         Ok(())
     }
 
     /// The device `id`.
     pub fn get(&self, id: &str) -> Option<&VirtioMmioDevice> {
-        self.devices.iter().find(|d| d.id() == id)
+        self.devices.iter().find(|d| d.id() == id).map(|d| &**d)
+    }
+
+    /// The device `id`, as a handle that outlives a borrow of the registry
+    /// (a reconnection runs on a thread of its own).
+    pub fn shared(&self, id: &str) -> Result<Arc<VirtioMmioDevice>> {
+        self.devices
+            .iter()
+            .find(|d| d.id() == id)
+            .cloned()
+            .ok_or_else(|| VirtioError::NoDevice(id.to_string()))
     }
 
     /// Hands device `id` to a new backend connected on `socket`.
     pub fn reconnect(&self, id: &str, socket: UnixStream) -> Result<()> {
-        self.get(id)
-            .ok_or_else(|| VirtioError::NoDevice(id.to_string()))?
-            .reconnect(socket)
+        self.shared(id)?.reconnect(socket)
     }
 
-    /// Resets every device (machine reset).
+    /// Resets every device (machine reset), all at once: a device whose
+    /// backend does not answer costs one request deadline, not one each.
     pub fn reset_all(&self) {
-        self.devices.iter().for_each(VirtioMmioDevice::reset);
+        match self.devices.as_slice() {
+            [] => {}
+            [one] => one.reset(),
+            many => std::thread::scope(|s| {
+                for d in many {
+                    let spawned = std::thread::Builder::new()
+                        .name("vu-reset".into())
+                        .spawn_scoped(s, move || d.reset());
+                    if spawned.is_err() {
+                        d.reset();
+                    }
+                }
+            }),
+        }
     }
 
     /// The devices as the DSDT declares them.
     pub fn acpi_devices(&self) -> Vec<acpi::VirtioMmioDevice> {
-        self.devices
-            .iter()
-            .map(VirtioMmioDevice::acpi_device)
-            .collect()
+        self.devices.iter().map(|d| d.acpi_device()).collect()
     }
 
     /// Every device.
     pub fn iter(&self) -> impl Iterator<Item = &VirtioMmioDevice> {
-        self.devices.iter()
+        self.devices.iter().map(|d| &**d)
     }
 }
 

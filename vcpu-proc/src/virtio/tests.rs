@@ -26,19 +26,19 @@ use super::*;
 use crate::bus::Bus;
 use crate::memory::{map_guest_memory, register_with_kvm};
 
-const MEM_SIZE: u64 = 16 << 20;
-const QSIZE: u16 = 16;
-const DESC: u64 = 0x10000;
-const AVAIL: u64 = 0x11000;
-const USED: u64 = 0x12000;
-const HDR: u64 = 0x20000;
-const DATA: u64 = 0x10_0000;
-const STATUS_BYTE: u64 = 0x23000;
-const IMAGE_SECTORS: u64 = 2048;
-const WAIT: Duration = Duration::from_secs(30);
+pub(super) const MEM_SIZE: u64 = 16 << 20;
+pub(super) const QSIZE: u16 = 16;
+pub(super) const DESC: u64 = 0x10000;
+pub(super) const AVAIL: u64 = 0x11000;
+pub(super) const USED: u64 = 0x12000;
+pub(super) const HDR: u64 = 0x20000;
+pub(super) const DATA: u64 = 0x10_0000;
+pub(super) const STATUS_BYTE: u64 = 0x23000;
+pub(super) const IMAGE_SECTORS: u64 = 2048;
+pub(super) const WAIT: Duration = Duration::from_secs(30);
 
-struct Backend {
-    child: Child,
+pub(super) struct Backend {
+    pub(super) child: Child,
 }
 
 impl Drop for Backend {
@@ -50,7 +50,7 @@ impl Drop for Backend {
 
 /// Which vhost-user-blk backend serves the disk.
 #[derive(Clone, Copy, Debug)]
-enum Kind {
+pub(super) enum Kind {
     /// qemu-storage-daemon: the reference backend (no inflight tracking).
     Qsd,
     /// block-proc `--standalone` (inflight tracking).
@@ -80,7 +80,7 @@ fn start_backend(image: &Path, sock: &Path) -> Backend {
     start(Kind::Qsd, image, sock)
 }
 
-fn start(kind: Kind, image: &Path, sock: &Path) -> Backend {
+pub(super) fn start(kind: Kind, image: &Path, sock: &Path) -> Backend {
     let _ = std::fs::remove_file(sock);
     let mut cmd = match kind {
         Kind::Qsd => {
@@ -118,7 +118,7 @@ fn start(kind: Kind, image: &Path, sock: &Path) -> Backend {
     Backend { child }
 }
 
-fn connect(sock: &Path) -> UnixStream {
+pub(super) fn connect(sock: &Path) -> UnixStream {
     let deadline = Instant::now() + WAIT;
     loop {
         match UnixStream::connect(sock) {
@@ -132,14 +132,14 @@ fn connect(sock: &Path) -> UnixStream {
     }
 }
 
-struct Fixture {
-    dir: PathBuf,
-    image: PathBuf,
-    sock: PathBuf,
+pub(super) struct Fixture {
+    pub(super) dir: PathBuf,
+    pub(super) image: PathBuf,
+    pub(super) sock: PathBuf,
     _kvm: Kvm,
-    vm: VmFd,
-    mem: GuestMemoryMmap,
-    bus: Bus,
+    pub(super) vm: VmFd,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) bus: Bus,
 }
 
 impl Drop for Fixture {
@@ -148,7 +148,7 @@ impl Drop for Fixture {
     }
 }
 
-fn fixture(name: &str) -> Fixture {
+pub(super) fn fixture(name: &str) -> Fixture {
     let dir = std::env::temp_dir().join(format!("bulkhead-virtio-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -177,12 +177,20 @@ fn fixture(name: &str) -> Fixture {
     }
 }
 
-fn attach(fx: &Fixture) -> (VirtioMmioDevice, Receiver<VirtioEvent>) {
+pub(super) fn attach(fx: &Fixture) -> (VirtioMmioDevice, Receiver<VirtioEvent>) {
+    attach_socket(fx, connect(&fx.sock))
+}
+
+/// Attaches device `disk0` on an already connected `socket`.
+pub(super) fn attach_socket(
+    fx: &Fixture,
+    socket: UnixStream,
+) -> (VirtioMmioDevice, Receiver<VirtioEvent>) {
     let (tx, rx) = channel();
     let dev = VirtioMmioDevice::new_vhost_user_blk(VhostUserBlkParams {
         id: "disk0".into(),
         slot: 0,
-        socket: connect(&fx.sock),
+        socket,
         mem: fx.mem.clone(),
         vm: &fx.vm,
         bus: &fx.bus,
@@ -195,7 +203,7 @@ fn attach(fx: &Fixture) -> (VirtioMmioDevice, Receiver<VirtioEvent>) {
 }
 
 /// The test's guest driver, talking to the device through the bus.
-struct Driver<'a> {
+pub(super) struct Driver<'a> {
     fx: &'a Fixture,
     dev: &'a VirtioMmioDevice,
     next_avail: u16,
@@ -203,17 +211,17 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    fn rd(&self, off: u64) -> u32 {
+    pub(super) fn rd(&self, off: u64) -> u32 {
         let mut b = [0u8; 4];
         self.fx.bus.read(self.dev.base() + off, &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn wr(&self, off: u64, v: u32) {
+    pub(super) fn wr(&self, off: u64, v: u32) {
         self.fx.bus.write(self.dev.base() + off, &v.to_le_bytes());
     }
 
-    fn init(fx: &'a Fixture, dev: &'a VirtioMmioDevice) -> Self {
+    pub(super) fn init(fx: &'a Fixture, dev: &'a VirtioMmioDevice) -> Self {
         let d = Driver {
             fx,
             dev,
@@ -247,14 +255,14 @@ impl<'a> Driver<'a> {
         d
     }
 
-    fn capacity(&self) -> u64 {
+    pub(super) fn capacity(&self) -> u64 {
         let lo = self.rd(reg::CONFIG);
         let hi = self.rd(reg::CONFIG + 4);
         (u64::from(hi) << 32) | u64::from(lo)
     }
 
     /// Posts a request; does not wait.
-    fn post(&mut self, kind: u32, sector: u64, data_len: u32) {
+    pub(super) fn post(&mut self, kind: u32, sector: u64, data_len: u32) {
         let m = &self.fx.mem;
         m.write_obj(kind, GuestAddress(HDR)).unwrap();
         m.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
@@ -291,7 +299,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Waits for the posted request; returns its status byte.
-    fn complete(&mut self) -> u8 {
+    pub(super) fn complete(&mut self) -> u8 {
         let deadline = Instant::now() + WAIT;
         loop {
             let used: u16 = self.fx.mem.read_obj(GuestAddress(USED + 2)).unwrap();
@@ -305,13 +313,13 @@ impl<'a> Driver<'a> {
         self.fx.mem.read_obj(GuestAddress(STATUS_BYTE)).unwrap()
     }
 
-    fn write_sectors(&mut self, sector: u64, data: &[u8]) -> u8 {
+    pub(super) fn write_sectors(&mut self, sector: u64, data: &[u8]) -> u8 {
         self.fx.mem.write_slice(data, GuestAddress(DATA)).unwrap();
         self.post(1, sector, data.len() as u32);
         self.complete()
     }
 
-    fn read_sectors(&mut self, sector: u64, len: usize) -> (u8, Vec<u8>) {
+    pub(super) fn read_sectors(&mut self, sector: u64, len: usize) -> (u8, Vec<u8>) {
         self.fx
             .mem
             .write_slice(&vec![0u8; len], GuestAddress(DATA))
@@ -340,7 +348,7 @@ fn inflight_inode(dev: &VirtioMmioDevice) -> Option<u64> {
     })
 }
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
+pub(super) fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add((i * 7) as u8)).collect()
 }
 

@@ -10,16 +10,12 @@
 //! are set up before the kick fd). The same sequence replays a live device
 //! onto a freshly restarted backend (see `reconnect.rs`).
 //!
-//! Every request runs with the calling thread's signals blocked: a vCPU
-//! thread can be kicked with a signal at any time, and an `EINTR` in the
-//! middle of a request/reply exchange would leave the stream out of step.
-//! A stuck backend is bounded by a receive timeout instead.
+//! A connection is used only by its session thread (`session.rs`), never
+//! by a vCPU thread; the session's watcher bounds every request.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow};
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
     VhostUserVirtioFeatures,
@@ -31,9 +27,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::inflight::{InflightBuffer, InflightError};
 use crate::memory::GuestMemoryMmap;
-
-/// How long a request may wait for the backend's reply.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Protocol features this frontend uses when the backend offers them.
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
@@ -138,23 +131,6 @@ fn req<T>(op: &'static str, r: vhost::Result<T>) -> Result<T> {
     r.map_err(|source| VhostUserError::Request { op, source })
 }
 
-/// Blocks the calling thread's signals for the duration of one request.
-struct SignalGuard(Option<SigSet>);
-
-impl SignalGuard {
-    fn new() -> Self {
-        SignalGuard(SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK).ok())
-    }
-}
-
-impl Drop for SignalGuard {
-    fn drop(&mut self) {
-        if let Some(old) = self.0.take() {
-            let _ = old.thread_set_mask();
-        }
-    }
-}
-
 /// One queue as handed to the backend.
 #[derive(Debug)]
 pub struct QueueStart<'a> {
@@ -234,17 +210,25 @@ pub fn memory_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionIn
         .collect()
 }
 
+/// The backend's view of queue `q`: its rings as our host addresses, if
+/// each lies inside guest RAM.
+pub fn vring_config(mem: &GuestMemoryMmap, q: &QueueStart<'_>) -> Result<VringConfigData> {
+    let n = u64::from(q.size);
+    Ok(VringConfigData {
+        queue_max_size: q.max_size,
+        queue_size: q.size,
+        flags: 0,
+        desc_table_addr: host_range(mem, q.index, q.desc, 16 * n)?,
+        used_ring_addr: host_range(mem, q.index, q.used, 6 + 8 * n)?,
+        avail_ring_addr: host_range(mem, q.index, q.avail, 6 + 2 * n)?,
+        log_addr: None,
+    })
+}
+
 impl Connection {
     /// Runs the session set-up on a connected stream: SET_OWNER,
     /// GET_FEATURES, GET/SET_PROTOCOL_FEATURES and GET_QUEUE_NUM.
     pub fn handshake(stream: UnixStream, max_queues: u16) -> Result<Self> {
-        let _sig = SignalGuard::new();
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .map_err(VhostUserError::Socket)?;
-        stream
-            .set_write_timeout(Some(REPLY_TIMEOUT))
-            .map_err(VhostUserError::Socket)?;
         let handle = stream.try_clone().map_err(VhostUserError::Socket)?;
         let mut frontend = Frontend::from_stream(stream, u64::from(max_queues));
         req("SET_OWNER", frontend.set_owner())?;
@@ -295,6 +279,12 @@ impl Connection {
         self.protocol
     }
 
+    /// True when the backend tracks inflight I/O (INFLIGHT_SHMFD).
+    pub fn tracks_inflight(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
     /// Shuts the socket down so the backend (and our watcher) see EOF.
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
@@ -313,7 +303,6 @@ impl Connection {
                 "VHOST_USER_PROTOCOL_F_CONFIG",
             ));
         }
-        let _sig = SignalGuard::new();
         let buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
         let (_, data) = req(
             "GET_CONFIG",
@@ -330,7 +319,6 @@ impl Connection {
                 "VHOST_USER_PROTOCOL_F_CONFIG",
             ));
         }
-        let _sig = SignalGuard::new();
         req(
             "SET_CONFIG",
             self.frontend
@@ -351,7 +339,6 @@ impl Connection {
         {
             return Ok(None);
         }
-        let _sig = SignalGuard::new();
         let ask = VhostUserInflight::new(0, 0, num_queues, queue_size);
         let (info, file) = req("GET_INFLIGHT_FD", self.frontend.get_inflight_fd(&ask))?;
         InflightBuffer::new(file, info)
@@ -367,7 +354,6 @@ impl Connection {
         inflight: Option<&InflightBuffer>,
         queues: &[QueueStart<'_>],
     ) -> Result<()> {
-        let _sig = SignalGuard::new();
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         req(
             "SET_FEATURES",
@@ -383,16 +369,7 @@ impl Connection {
             )?;
         }
         for q in queues {
-            let n = u64::from(q.size);
-            let data = VringConfigData {
-                queue_max_size: q.max_size,
-                queue_size: q.size,
-                flags: 0,
-                desc_table_addr: host_range(mem, q.index, q.desc, 16 * n)?,
-                used_ring_addr: host_range(mem, q.index, q.used, 6 + 8 * n)?,
-                avail_ring_addr: host_range(mem, q.index, q.avail, 6 + 2 * n)?,
-                log_addr: None,
-            };
+            let data = vring_config(mem, q)?;
             req(
                 "SET_VRING_NUM",
                 self.frontend.set_vring_num(q.index, q.size),
@@ -426,7 +403,6 @@ impl Connection {
     /// Stops queue `index` (SET_VRING_ENABLE 0, GET_VRING_BASE) and
     /// returns the backend's avail position.
     pub fn stop_queue(&mut self, index: usize) -> Result<u16> {
-        let _sig = SignalGuard::new();
         req(
             "SET_VRING_ENABLE",
             self.frontend.set_vring_enable(index, false),

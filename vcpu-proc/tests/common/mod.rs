@@ -114,6 +114,7 @@ pub struct Vmm {
     serial: Arc<Mutex<Vec<u8>>>,
     serial_in: Option<File>,
     next_id: u64,
+    early: std::collections::HashMap<u64, Result<VcpuReply, FlatError>>,
     pub create_result: Result<VcpuReply, FlatError>,
 }
 
@@ -239,6 +240,7 @@ impl Vmm {
             serial,
             serial_in,
             next_id: 1,
+            early: std::collections::HashMap::new(),
             create_result: Ok(VcpuReply::Done),
         };
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
@@ -248,22 +250,42 @@ impl Vmm {
         vmm
     }
 
-    fn request_with_fds(
+    /// Sends `req` with `fds` and returns its reply.
+    pub fn request_with_fds(
         &mut self,
         req: VcpuRequest,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<VcpuReply, FlatError> {
+        let id = self.send(req, fds);
+        self.reply_to(id, TIMEOUT)
+            .unwrap_or_else(|| panic!("no reply; serial:\n{}", self.serial_text()))
+    }
+
+    /// Sends `req` with `fds` without waiting; returns its request id.
+    pub fn send(&mut self, req: VcpuRequest, fds: &[std::os::fd::BorrowedFd<'_>]) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.channel
             .send(&BrokerMsg::Request { id, body: req }, fds)
             .unwrap();
-        let (rid, result) = self
-            .replies
-            .recv_timeout(TIMEOUT)
-            .unwrap_or_else(|_| panic!("no reply; serial:\n{}", self.serial_text()));
-        assert_eq!(rid, id);
-        result
+        id
+    }
+
+    /// The reply to request `id` if it arrives within `wait` (replies to
+    /// other requests that arrive first are kept for their callers).
+    pub fn reply_to(&mut self, id: u64, wait: Duration) -> Option<Result<VcpuReply, FlatError>> {
+        if let Some(r) = self.early.remove(&id) {
+            return Some(r);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (rid, result) = self.replies.recv_timeout(left).ok()?;
+            if rid == id {
+                return Some(result);
+            }
+            self.early.insert(rid, result);
+        }
     }
 
     /// Sends `req` and returns the reply.

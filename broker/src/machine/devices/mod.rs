@@ -3,10 +3,10 @@
 //!
 //! vcpu-proc opens nothing, so the broker makes every connection:
 //! - a `virtio-blk-device` (`drive=NODE`) is a block-proc export of the
-//!   node on a listening socket the broker creates (an abstract Unix socket
-//!   with a random name) and keeps ([`block_state::record_export`]), so a
-//!   restarted block-proc gets the same listener; the broker connects to it
-//!   and passes the connected fd to vcpu-proc;
+//!   node, which has no socket of its own: for each connection the broker
+//!   creates a socketpair, hands one end to block-proc
+//!   (`AttachExportConnection`) and the other to vcpu-proc. No listener
+//!   exists, so no other local process can reach the export;
 //! - a `vhost-user-blk` (`chardev=ID`, `-chardev socket,id=ID,path=P`) is
 //!   an external backend (qemu-storage-daemon, ...): the broker connects to
 //!   the path.
@@ -18,20 +18,26 @@
 //! forgets them. Once the guest has run, the virtio-mmio bus takes no
 //! hotplug, as in QEMU.
 //!
-//! Crash recovery: when block-proc dies every device on an export is
-//! reported lost; after the restart and the replay of nodes and exports
-//! (`policy::restart_block`), [`reconnect_exports`] connects each device
-//! again and sends `ReconnectVhostUser`, retrying without a deadline with
-//! a capped backoff until it succeeds or a newer restart takes over. An
-//! external backend that hangs up is reconnected the same way.
+//! Locking: `m.devices` is never held across a worker request or a
+//! connect (vcpu-proc's link reader needs it for its events). `device_add`
+//! reserves the id, slot and drive first (a [`DeviceRecord`] that is not
+//! `ready`), makes the export, then completes the record or, on failure
+//! (a timeout included), removes the export again and the reservation.
+//!
+//! Crash recovery: when vcpu-proc reports a device's backend gone, or
+//! block-proc dies (every device on an export is then reported lost, and
+//! after the restart and the replay of nodes and exports
+//! [`reconnect_exports`] makes sure each lost one is being reconnected),
+//! one reconnect round per device connects it again and sends
+//! `ReconnectVhostUser`, retrying without a deadline with a capped backoff
+//! until it succeeds or the device or the machine is gone.
 //!
 //! - [`spec`]: the drivers and their properties (QEMU's messages).
 //! - [`recovery`]: loss/restore events and the reconnect rounds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -56,14 +62,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where a device's vhost-user backend is.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// A block-proc export of `drive` on a listener the broker keeps.
+    /// A block-proc export of `drive` (connections are socketpairs).
     Export {
         /// The node exported.
         drive: String,
         /// The export's id in block-proc.
         export_id: String,
-        /// The listener's address.
-        addr: SocketAddr,
     },
     /// An external backend listening at `path` (`-chardev socket`).
     External {
@@ -85,6 +89,9 @@ pub struct DeviceRecord {
     pub slot: u32,
     /// True once vcpu-proc has it.
     pub attached: bool,
+    /// False while `device_add` is still creating the backend (the id,
+    /// slot and drive are reserved, nothing else sees the device yet).
+    pub ready: bool,
 }
 
 /// The broker's desired devices.
@@ -95,9 +102,50 @@ pub struct DeviceState {
     launched: bool,
     /// When each device lost its backend (for the downtime).
     lost: HashMap<String, Instant>,
-    /// Bumped on every block-proc restart; a reconnect loop of an older
-    /// restart gives up.
-    generation: u64,
+    /// Devices with a reconnect round running.
+    reconnecting: HashSet<String>,
+    /// The broker's copy of the socket each device's frontend uses (the
+    /// same socket as vcpu-proc's, not a new connection): whether it hung
+    /// up tells a current loss from a late report about an older
+    /// connection.
+    conns: HashMap<String, UnixStream>,
+}
+
+impl DeviceState {
+    /// Keeps `socket` (a copy) as device `id`'s current connection; the
+    /// one it replaces is shut down, so its backend side ends for sure.
+    fn keep_conn(&mut self, id: &str, socket: &UnixStream) {
+        let copy = match socket.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("device {id}: cannot keep a copy of its socket: {e}");
+                return;
+            }
+        };
+        if let Some(old) = self.conns.insert(id.to_owned(), copy) {
+            let _ = old.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// True unless device `id`'s current connection is known and alive.
+    fn conn_lost(&self, id: &str) -> bool {
+        self.conns.get(id).is_none_or(hung_up)
+    }
+}
+
+/// True if `s` has hung up (either side), without waiting.
+fn hung_up(s: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(s.as_fd(), rdhup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        // nix has no POLLRDHUP flag: `revents` is None exactly when it
+        // (the only bit asked for that nix does not know) is set.
+        Ok(_) => fds[0].revents().is_none_or(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        }),
+        Err(_) => true,
+    }
 }
 
 impl DeviceState {
@@ -121,16 +169,9 @@ fn node_read_only(o: &BlockdevOptions) -> bool {
     .unwrap_or(false)
 }
 
-/// A random abstract socket address for an export's listener.
-fn export_addr(id: &str) -> Result<SocketAddr, FlatError> {
-    use std::hash::BuildHasher;
-    let salt = std::collections::hash_map::RandomState::new().hash_one((id, Instant::now()));
-    let name = format!("bulkhead-{}-{id}-{salt:016x}", std::process::id());
-    SocketAddr::from_abstract_name(name.as_bytes())
-        .map_err(|e| generic(format!("cannot name the vhost-user socket of '{id}': {e}")))
-}
-
-/// Creates the export of `drive` in block-proc (and records it).
+/// Creates the export of `drive` in block-proc (and records it). On an
+/// error (a timeout included) nothing of it stays: an export block-proc
+/// may still have made is removed again.
 fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend, FlatError> {
     let read_only = {
         let shared = block_state::state(m);
@@ -146,9 +187,6 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         }
     };
     let export_id = format!("device.{}", spec.id);
-    let addr = export_addr(&spec.id)?;
-    let listener = UnixListener::bind_addr(&addr)
-        .map_err(|e| generic(format!("cannot create the vhost-user socket: {e}")))?;
     let request = BlockRequest::AddExport {
         id: export_id.clone(),
         node_name: drive.to_owned(),
@@ -157,18 +195,35 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         serial: spec.serial.clone(),
         logical_block_size: spec.logical_block_size,
     };
-    match m.block_request_with_fds(request.clone(), &[listener.as_fd()])? {
-        BlockReply::Done => {}
+    let reply = m.block_request(request.clone()).and_then(|r| match r {
+        BlockReply::Done => Ok(()),
         other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
-            return Err(unexpected_reply(&other))
+            Err(unexpected_reply(&other))
         }
+    });
+    if let Err(e) = reply {
+        undo_export(m, &export_id);
+        return Err(e);
     }
-    block_state::record_export(m, request, listener.into());
+    block_state::record_export(m, request);
     Ok(Backend::Export {
         drive: drive.to_owned(),
         export_id,
-        addr,
     })
+}
+
+/// After a failed `AddExport`: removes the export in case block-proc made
+/// it anyway (a reply that timed out). block-proc answers in order, so
+/// this request runs after the `AddExport`.
+fn undo_export(m: &Machine, export_id: &str) {
+    let del = BlockRequest::DelExport {
+        id: export_id.to_owned(),
+    };
+    match m.block_request(del) {
+        Ok(_) => tracing::warn!("export {export_id}: removed after a failed device_add"),
+        // Most often "not found": it was never made.
+        Err(e) => tracing::debug!("export {export_id}: not removed: {}", e.desc),
+    }
 }
 
 fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
@@ -184,11 +239,27 @@ fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
     Ok(())
 }
 
-/// Connects a new socket to `backend`.
-fn connect(backend: &Backend) -> std::io::Result<UnixStream> {
+/// A new connection to `backend`, for vcpu-proc: for an export, one end
+/// of a fresh socketpair whose other end block-proc now serves; for an
+/// external backend, a socket connected to its path. Never call it with
+/// `m.devices` held (it waits on block-proc).
+fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
     match backend {
-        Backend::Export { addr, .. } => UnixStream::connect_addr(addr),
-        Backend::External { path, .. } => UnixStream::connect(path),
+        Backend::Export { export_id, .. } => {
+            let (ours, theirs) = UnixStream::pair()
+                .map_err(|e| generic(format!("cannot create a vhost-user socketpair: {e}")))?;
+            let req = BlockRequest::AttachExportConnection {
+                id: export_id.clone(),
+            };
+            match m.block_request_with_fds(req, &[theirs.as_fd()])? {
+                BlockReply::Done => Ok(ours),
+                other @ (BlockReply::NeedFiles { .. }
+                | BlockReply::Nodes(_)
+                | BlockReply::Stats(_)) => Err(unexpected_reply(&other)),
+            }
+        }
+        Backend::External { path, .. } => UnixStream::connect(path)
+            .map_err(|e| generic(format!("cannot connect to {}: {e}", path.display()))),
     }
 }
 
@@ -231,10 +302,17 @@ fn hotplug_error(slot: u32) -> FlatError {
     ))
 }
 
-/// `device_add` / `-device`: validates, creates the backend and records
-/// the device; vcpu-proc gets it at VM creation or before the first `cont`.
-pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
-    let spec = parse_spec(props)?;
+/// What `device_add` found free for a new device.
+enum Plan {
+    /// An export of this drive.
+    Export(String),
+    /// An external backend.
+    External(Backend),
+}
+
+/// Checks `spec` against the devices and reserves its id, slot and drive
+/// (a record that is not ready yet).
+fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
     let mut st = lock(&m.devices);
     if st.devices.iter().any(|d| d.spec.id == spec.id) {
         return Err(generic(format!("Duplicate device ID '{}'", spec.id)));
@@ -257,7 +335,7 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
     if st.launched {
         return Err(hotplug_error(slot));
     }
-    let backend = match (&spec.drive, &spec.chardev) {
+    let (plan, backend) = match (&spec.drive, &spec.chardev) {
         (Some(drive), _) => {
             if let Some(d) = st
                 .devices
@@ -269,7 +347,11 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
                     d.spec.id
                 )));
             }
-            create_export(m, &spec, drive)?
+            let backend = Backend::Export {
+                drive: drive.clone(),
+                export_id: format!("device.{}", spec.id),
+            };
+            (Plan::Export(drive.clone()), backend)
         }
         (None, Some(chardev)) => {
             let path = m
@@ -284,39 +366,100 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
                         spec.driver
                     ))
                 })?;
-            Backend::External {
+            let backend = Backend::External {
                 chardev: chardev.clone(),
                 path,
-            }
+            };
+            (Plan::External(backend.clone()), backend)
         }
         (None, None) => return Err(generic("drive property not set")),
     };
     st.devices.push(DeviceRecord {
-        spec,
+        spec: spec.clone(),
         backend,
         slot,
         attached: false,
+        ready: false,
     });
-    Ok(())
+    Ok(plan)
+}
+
+/// `device_add` / `-device`: validates, creates the backend and records
+/// the device; vcpu-proc gets it at VM creation or before the first `cont`.
+pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
+    let spec = parse_spec(props)?;
+    let plan = reserve(m, &spec)?;
+    let made = match &plan {
+        Plan::Export(drive) => create_export(m, &spec, drive),
+        Plan::External(b) => Ok(b.clone()),
+    };
+    let mut st = lock(&m.devices);
+    let Some(i) = st.devices.iter().position(|d| d.spec.id == spec.id) else {
+        return Err(generic("internal error: a reserved device disappeared"));
+    };
+    match made {
+        Ok(backend) if !st.launched => {
+            st.devices[i].backend = backend;
+            st.devices[i].ready = true;
+            Ok(())
+        }
+        // The guest started while the export was made: too late for it.
+        Ok(backend) => {
+            let rec = st.devices.remove(i);
+            drop(st);
+            if let Backend::Export { export_id, .. } = &backend {
+                if let Err(e) = remove_export(m, export_id) {
+                    tracing::warn!(
+                        "export {export_id} stays after a refused device_add: {}",
+                        e.desc
+                    );
+                }
+            }
+            Err(hotplug_error(rec.slot))
+        }
+        Err(e) => {
+            st.devices.remove(i);
+            Err(e)
+        }
+    }
 }
 
 /// `device_del`: only before the guest first ran.
 pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
-    let mut st = lock(&m.devices);
-    let Some(i) = st.devices.iter().position(|d| d.spec.id == id) else {
-        return Err(FlatError {
-            class: ErrorClass::DeviceNotFound,
-            desc: format!("Device '{id}' not found"),
-        });
+    let export_id = {
+        let mut st = lock(&m.devices);
+        let Some(i) = st.devices.iter().position(|d| d.spec.id == id && d.ready) else {
+            return Err(FlatError {
+                class: ErrorClass::DeviceNotFound,
+                desc: format!("Device '{id}' not found"),
+            });
+        };
+        if st.launched || st.devices[i].attached {
+            return Err(hotplug_error(st.devices[i].slot));
+        }
+        // Not ready again while its export goes: no `cont` attaches it.
+        st.devices[i].ready = false;
+        match &st.devices[i].backend {
+            Backend::Export { export_id, .. } => Some(export_id.clone()),
+            Backend::External { .. } => None,
+        }
     };
-    if st.launched || st.devices[i].attached {
-        return Err(hotplug_error(st.devices[i].slot));
+    let removed = export_id.map_or(Ok(()), |e| remove_export(m, &e));
+    {
+        let mut st = lock(&m.devices);
+        let i = st.devices.iter().position(|d| d.spec.id == id);
+        match (&removed, i) {
+            (Ok(()), Some(i)) => {
+                st.devices.remove(i);
+                if let Some(c) = st.conns.remove(id) {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            (Err(_), Some(i)) => st.devices[i].ready = true,
+            (_, None) => {}
+        }
     }
-    if let Backend::Export { export_id, .. } = &st.devices[i].backend {
-        remove_export(m, export_id)?;
-    }
-    st.devices.remove(i);
-    drop(st);
+    removed?;
     // virtio-blk-device is the VirtIODevice itself (no PCI proxy with a
     // virtio-backend child), so QEMU emits one event.
     m.events().emit(
@@ -341,15 +484,21 @@ pub fn connect_pending(
     m: &Machine,
     first_slot: usize,
 ) -> Result<Vec<(VhostUserDeviceConfig, UnixStream)>, FlatError> {
-    let st = lock(&m.devices);
+    let pending: Vec<DeviceRecord> = lock(&m.devices)
+        .devices
+        .iter()
+        .filter(|d| d.ready && !d.attached)
+        .cloned()
+        .collect();
     let mut out = Vec::new();
-    for d in st.devices.iter().filter(|d| !d.attached) {
-        let socket = connect(&d.backend).map_err(|e| {
+    for d in pending {
+        let socket = connect(m, &d.backend).map_err(|e| {
             generic(format!(
-                "cannot connect device '{}' to its vhost-user backend: {e}",
-                d.spec.id
+                "cannot connect device '{}' to its vhost-user backend: {}",
+                d.spec.id, e.desc
             ))
         })?;
+        lock(&m.devices).keep_conn(&d.spec.id, &socket);
         let slot = u8::try_from(first_slot + out.len())
             .map_err(|_| generic("too many file descriptors for one request"))?;
         out.push((
@@ -392,6 +541,10 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
         let reply = bounded(&[&socket], || {
             m.vcpu_request_with_fds(VcpuRequest::AttachVhostUser(one), &[socket.as_fd()])
         });
+        if reply.is_err() {
+            // Not left half-open: its export would wait on it.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         match reply? {
             VcpuReply::Done => mark_attached(m, &[id]),
             other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => {
@@ -424,6 +577,7 @@ pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
     lock(&m.devices)
         .devices
         .iter()
+        .filter(|d| d.ready)
         .filter_map(|d| match &d.backend {
             Backend::Export { drive, .. } => Some((d.spec.id.clone(), drive.clone())),
             Backend::External { .. } => None,
@@ -434,12 +588,36 @@ pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
-    fn export_addresses_are_abstract_and_distinct() {
-        let a = export_addr("vda").unwrap();
-        let b = export_addr("vda").unwrap();
-        assert!(a.as_abstract_name().is_some());
-        assert_ne!(a.as_abstract_name(), b.as_abstract_name());
+    fn a_kept_connection_is_lost_once_either_side_hangs_up() {
+        let mut st = DeviceState::default();
+        assert!(st.conn_lost("vda"), "unknown connections count as lost");
+        // The backend side closes.
+        let (ours, backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &ours);
+        assert!(!st.conn_lost("vda"));
+        drop(backend);
+        assert!(st.conn_lost("vda"));
+        // The frontend (same socket as the kept copy) shuts it down.
+        let (ours, _backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &ours);
+        assert!(!st.conn_lost("vda"));
+        ours.shutdown(std::net::Shutdown::Both).unwrap();
+        assert!(st.conn_lost("vda"));
+    }
+
+    #[test]
+    fn a_replaced_connection_is_shut_down_for_its_backend() {
+        let mut st = DeviceState::default();
+        let (old, mut old_backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &old);
+        drop(old);
+        let (new, _new_backend) = UnixStream::pair().unwrap();
+        st.keep_conn("vda", &new);
+        let mut buf = [0u8; 1];
+        assert_eq!(old_backend.read(&mut buf).unwrap(), 0, "no EOF");
+        assert!(!st.conn_lost("vda"));
     }
 }

@@ -1,6 +1,7 @@
 //! Crash recovery of the devices' backends: loss and restore events, and
-//! the reconnect rounds — after a block-proc restart for the devices on its
-//! exports, on a hang-up for external backends — that retry without a
+//! the reconnect rounds — on every hang-up vcpu-proc reports (a block-proc
+//! export or an external backend), and after a block-proc restart for the
+//! devices on its exports still without a backend — that retry without a
 //! deadline with a capped backoff.
 
 use std::os::fd::AsFd;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest};
 use serde_json::json;
 
-use super::{bounded, connect, generic, Backend};
+use super::{bounded, connect, Backend};
 use crate::machine::{event_names, lock, unexpected_reply, Machine};
 
 /// Longest pause between two reconnection attempts.
@@ -37,7 +38,9 @@ pub fn report_lost(m: &Machine, id: &str) {
     }
 }
 
-/// block-proc died: every attached device on an export lost its backend.
+/// block-proc died: every attached device on an export lost its backend
+/// (vcpu-proc reports each too; [`reconnect_exports`] catches any it did
+/// not).
 pub fn on_block_exit(m: &Machine) {
     let ids: Vec<String> = lock(&m.devices)
         .devices
@@ -50,18 +53,17 @@ pub fn on_block_exit(m: &Machine) {
     }
 }
 
-/// vcpu-proc saw device `id`'s backend hang up.
+/// vcpu-proc saw device `id`'s backend hang up: reconnect it (an export
+/// through a fresh socketpair, an external backend at its path). A late
+/// report about a connection already replaced is ignored.
 pub fn on_disconnected(m: &Arc<Machine>, id: &str) {
+    if !lock(&m.devices).conn_lost(id) {
+        tracing::debug!("device {id}: a hang-up of an older connection was reported");
+        return;
+    }
     tracing::warn!("device {id}: vhost-user backend disconnected");
     report_lost(m, id);
-    let external = lock(&m.devices)
-        .devices
-        .iter()
-        .find(|d| d.spec.id == id)
-        .is_some_and(|d| matches!(d.backend, Backend::External { .. }));
-    if external {
-        spawn_reconnect(m, vec![id.to_owned()], None);
-    }
+    start_round(m, id);
 }
 
 /// vcpu-proc has device `id` on a new backend.
@@ -75,84 +77,104 @@ pub fn on_reconnected(m: &Machine, id: &str) {
     );
 }
 
-/// After a block-proc restart and replay: reconnects every attached
-/// device on an export (in a thread of its own).
+/// After a block-proc restart and replay: makes sure every attached device
+/// on an export that is still without its backend is being reconnected.
 pub fn reconnect_exports(m: &Arc<Machine>) {
-    let (ids, generation) = {
-        let mut st = lock(&m.devices);
-        st.generation += 1;
-        let ids: Vec<String> = st
-            .devices
+    let ids: Vec<String> = {
+        let st = lock(&m.devices);
+        st.devices
             .iter()
             .filter(|d| d.attached && matches!(d.backend, Backend::Export { .. }))
+            .filter(|d| st.lost.contains_key(&d.spec.id))
             .map(|d| d.spec.id.clone())
-            .collect();
-        (ids, st.generation)
+            .collect()
     };
-    if !ids.is_empty() {
-        spawn_reconnect(m, ids, Some(generation));
+    for id in ids {
+        start_round(m, &id);
     }
 }
 
-/// Reconnects `ids` in a thread; with `generation`, the devices are on
-/// block-proc exports and a newer restart takes over.
-fn spawn_reconnect(m: &Arc<Machine>, ids: Vec<String>, generation: Option<u64>) {
+/// Starts the reconnect round of device `id` in a thread of its own,
+/// unless one runs already (it checks, when it has connected, that its
+/// connection is still up). One round per device at a time: two would
+/// take turns replacing each other's connection.
+fn start_round(m: &Arc<Machine>, id: &str) {
+    {
+        let mut st = lock(&m.devices);
+        if !st.reconnecting.insert(id.to_owned()) {
+            return;
+        }
+    }
     let weak = Arc::downgrade(m);
+    let owned = id.to_owned();
     let r = std::thread::Builder::new()
         .name("vu-reconnect".into())
         .spawn(move || {
-            for id in ids {
-                reconnect_loop(&weak, &id, generation);
+            if !reconnect_loop(&weak, &owned) {
+                return;
+            }
+            if let Some(m) = weak.upgrade() {
+                lock(&m.devices).reconnecting.remove(&owned);
             }
         });
     if let Err(e) = r {
         tracing::error!("cannot start the reconnect thread: {e}");
+        lock(&m.devices).reconnecting.remove(id);
     }
 }
 
-/// Connects device `id` again until vcpu-proc accepts the new backend,
-/// the device or the machine is gone, or (for a block-proc export) the
-/// block worker is down again: its restart starts a new round.
-fn reconnect_loop(weak: &Weak<Machine>, id: &str, generation: Option<u64>) {
+/// Connects device `id` again until vcpu-proc accepts the new backend
+/// (and that connection is still up; then the round is over and false is
+/// returned), or the device, the machine
+/// or vcpu-proc is gone. While block-proc restarts, attempts fail at once
+/// and are retried.
+fn reconnect_loop(weak: &Weak<Machine>, id: &str) -> bool {
     let mut delay = RECONNECT_FIRST_DELAY;
     let mut attempts: u64 = 0;
     loop {
         attempts += 1;
-        let Some(m) = weak.upgrade() else { return };
-        if m.is_ending() {
-            return;
-        }
-        if generation.is_some() && lock(&m.block).is_none() {
-            return;
+        let Some(m) = weak.upgrade() else {
+            return true;
+        };
+        if m.is_ending() || lock(&m.vcpu).is_none() {
+            return true;
         }
         let backend = {
             let st = lock(&m.devices);
-            if generation.is_some_and(|g| g != st.generation) {
-                return;
-            }
-            match st.devices.iter().find(|d| d.spec.id == id) {
+            match st.devices.iter().find(|d| d.spec.id == id && d.attached) {
                 Some(d) => d.backend.clone(),
-                None => return,
+                None => return true,
             }
         };
-        let attempt = connect(&backend)
-            .map_err(|e| generic(format!("connect: {e}")))
-            .and_then(|s| {
-                let req = VcpuRequest::ReconnectVhostUser {
-                    id: id.to_owned(),
-                    socket: FdSlot(0),
-                };
-                bounded(&[&s], || m.vcpu_request_with_fds(req, &[s.as_fd()]))
-            });
+        let attempt = connect(&m, &backend).and_then(|s| {
+            let req = VcpuRequest::ReconnectVhostUser {
+                id: id.to_owned(),
+                socket: FdSlot(0),
+            };
+            bounded(&[&s], || m.vcpu_request_with_fds(req, &[s.as_fd()])).map(|r| (r, s))
+        });
         match attempt {
-            Ok(VcpuReply::Done) => return,
-            Ok(other) => {
+            Ok((VcpuReply::Done, s)) => {
+                let mut st = lock(&m.devices);
+                st.keep_conn(id, &s);
+                // A hang-up reported while this round ran was let pass:
+                // if it was about this connection, go on.
+                if !st.conn_lost(id) {
+                    // Under the same lock: a hang-up reported from now on
+                    // starts a new round.
+                    st.reconnecting.remove(id);
+                    return false;
+                }
+                drop(st);
+                report_lost(&m, id);
+            }
+            Ok((other, _)) => {
                 tracing::error!("device {id}: {}", unexpected_reply(&other).desc);
-                return;
+                return true;
             }
             Err(e) => {
                 if lock(&m.vcpu).is_none() {
-                    return;
+                    return true;
                 }
                 if attempts % RECONNECT_LOG_EVERY == 1 {
                     tracing::warn!(

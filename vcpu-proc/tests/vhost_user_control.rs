@@ -1,0 +1,172 @@
+//! vcpu-proc's control channel while a vhost-user backend hangs: a
+//! reconnection to a stopped block-proc (SIGSTOP: the connection lands in
+//! its listen backlog, nothing answers) runs on a thread of its own, so a
+//! `query-status` sent after it is answered at once; the reconnection
+//! itself fails at the request deadline, and succeeds on a replacement
+//! backend, after which the `blk` guest passes.
+//!
+//! Needs /dev/kvm and a built block-proc binary (next to this test's target
+//! directory, or named by `BULKHEAD_BLOCK_PROC`).
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Opts, Vmm, TIMEOUT};
+use ipc_proto::vcpu::{
+    FdSlot, RunState, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn block_proc_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
+        return PathBuf::from(p);
+    }
+    // <target>/debug/deps/vhost_user_control-HASH → <target>/debug/block-proc
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("block-proc"))
+        .unwrap();
+    assert!(
+        p.exists(),
+        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
+        p.display()
+    );
+    p
+}
+
+struct BlockProc(Child);
+
+impl BlockProc {
+    fn start(image: &Path, sock: &Path) -> Self {
+        let _ = std::fs::remove_file(sock);
+        let json = format!(
+            r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}"#,
+            image.display()
+        );
+        let child = Command::new(block_proc_bin())
+            .args(["--standalone", "--socket"])
+            .arg(sock)
+            .arg("--blockdev")
+            .arg(json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        BlockProc(child)
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.0.id() as i32), s).unwrap();
+    }
+}
+
+impl Drop for BlockProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn connect(sock: &Path) -> UnixStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to {}: {e}",
+                    sock.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn reconnect(vmm: &mut Vmm, sock: &UnixStream) -> u64 {
+    vmm.send(
+        VcpuRequest::ReconnectVhostUser {
+            id: "disk0".into(),
+            socket: FdSlot(0),
+        },
+        &[sock.as_fd()],
+    )
+}
+
+#[test]
+fn query_status_answers_while_a_reconnection_waits_for_a_stopped_backend() {
+    let dir = TempDir(std::env::temp_dir().join(format!("bulkhead-vuctl-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let img = dir.0.join("disk.raw");
+    File::create(&img).unwrap().set_len(4096 * 512).unwrap();
+    let sock = dir.0.join("blk.sock");
+    let backend = BlockProc::start(&img, &sock);
+    let mut vmm = Vmm::start(Opts {
+        start_paused: true,
+        ..Opts::guest("blk")
+    });
+    vmm.create_result.clone().expect("VM created");
+    let first = connect(&sock);
+    let attach = VcpuRequest::AttachVhostUser(VhostUserDeviceConfig {
+        id: "disk0".into(),
+        slot: 0,
+        kind: VhostUserKind::Block,
+        socket: FdSlot(0),
+        num_queues: 1,
+        queue_size: 128,
+    });
+    vmm.request_with_fds(attach, &[first.as_fd()])
+        .expect("attached");
+    drop(first);
+
+    backend.signal(Signal::SIGSTOP);
+    let stuck = connect(&sock);
+    let rid = reconnect(&mut vmm, &stuck);
+    drop(stuck);
+    let sid = vmm.send(VcpuRequest::QueryStatus, &[]);
+    let Some(status) = vmm.reply_to(sid, Duration::from_secs(2)) else {
+        // Unblock the old code before failing.
+        backend.signal(Signal::SIGKILL);
+        panic!("query-status waited for a reconnection to a stopped backend");
+    };
+    match status {
+        Ok(VcpuReply::Status(s)) => assert_eq!(s.status, RunState::Prelaunch),
+        other => panic!("unexpected status reply {other:?}"),
+    }
+    let r = vmm
+        .reply_to(rid, Duration::from_secs(20))
+        .expect("the reconnection is answered once its deadline passes");
+    assert!(r.is_err(), "{r:?}");
+
+    // A replacement backend takes the device; the guest runs on it.
+    backend.signal(Signal::SIGKILL);
+    drop(backend);
+    let _backend = BlockProc::start(&img, &sock);
+    let fresh = connect(&sock);
+    let rid = reconnect(&mut vmm, &fresh);
+    drop(fresh);
+    let r = vmm.reply_to(rid, TIMEOUT).expect("reconnection answered");
+    assert!(matches!(r, Ok(VcpuReply::Done)), "{r:?}");
+    assert!(matches!(
+        vmm.request(VcpuRequest::Cont),
+        Ok(VcpuReply::Done)
+    ));
+    vmm.wait_serial("VERDICT: PASS blk", TIMEOUT * 3);
+}
