@@ -1,5 +1,7 @@
 //! Start-up and orderly shutdown of the broker: parse the command line,
-//! start the supervisor and the QMP server (clients are greeted at once;
+//! bind the QMP sockets (waiting for the first client of each `wait=on`
+//! one, as QEMU: nothing of the VM exists before it connected), start
+//! the supervisor and the QMP server (clients are greeted at once;
 //! commands that need the VM wait for its start gate), then the workers
 //! (vcpu-proc's spawn overlaps block-proc's start), then wait for a
 //! reason to end (quit, guest shutdown, debug exit, signal) and tear down:
