@@ -37,13 +37,8 @@ fn run() -> Result<(), MainError> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ipc_proto::logging::init();
+    tracing::debug!("block-proc starting");
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,6 +7,8 @@
 //! - [`commands`]: one type per QMP command, each declared once.
 //! - [`machine`]: the VM's desired state and the handle commands use to
 //!   reach the workers.
+//! - [`process_setup`]: `-daemonize`, `-pidfile`, `-D`, `-msg`, `-name process=`.
+//! - [`monitor_sockets`]: the QMP monitors' sockets (path, inherited fd, `wait=on`).
 //! - [`privileges`]: the capabilities the broker keeps once workers are up.
 //! - [`workers`]: spawning, linking (request/reply correlation) and
 //!   supervising the worker processes.
@@ -17,7 +19,9 @@
 pub mod cli;
 pub mod commands;
 pub mod machine;
+pub mod monitor_sockets;
 pub mod privileges;
+pub mod process_setup;
 pub mod qmp;
 pub mod run;
 pub mod systemd;

@@ -1,12 +1,13 @@
 //! Start-up and orderly shutdown of the broker: parse the command line,
-//! start the supervisor and the QMP server (clients are greeted at once;
+//! bind the QMP sockets (waiting for the first client of each `wait=on`
+//! one, as QEMU: nothing of the VM exists before it connected), start
+//! the supervisor and the QMP server (clients are greeted at once;
 //! commands that need the VM wait for its start gate), then the workers
 //! (vcpu-proc's spawn overlaps block-proc's start), then wait for a
 //! reason to end (quit, guest shutdown, debug exit, signal) and tear down:
 //! no worker and no socket file is left behind (every worker is reaped
 //! before the broker exits, on every path that started one).
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, Sender};
@@ -19,7 +20,7 @@ use crate::machine::{policy, vm_setup, ExitRequest, Machine};
 use crate::qmp::events::EventBus;
 use crate::qmp::server::{QmpListener, QmpServer};
 use crate::workers::supervisor::Supervisor;
-use crate::{cli, commands, systemd};
+use crate::{cli, commands, process_setup, systemd};
 
 /// How long pending QMP output may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_millis(500);
@@ -31,14 +32,20 @@ pub enum MainError {
     #[error("bulkhead")]
     Cli(#[from] cli::CliError),
     /// A QMP socket could not be created.
-    #[error("cannot listen on QMP socket '{0}'")]
-    QmpSocket(PathBuf, #[source] std::io::Error),
+    #[error("bulkhead")]
+    QmpSocket(#[from] crate::monitor_sockets::MonitorSocketError),
     /// A worker could not be started.
     #[error("cannot start the VM")]
     Start(#[from] policy::StartError),
     /// Threads, signals or the supervisor could not be set up.
     #[error("cannot set up the broker")]
     Io(#[from] std::io::Error),
+    /// `-m` is more than the host can provide (QEMU's message).
+    #[error("bulkhead")]
+    Memory(#[from] crate::machine::host_memory::TooLarge),
+    /// `-daemonize`, `-pidfile`, `-D` failed (QEMU's message).
+    #[error("bulkhead")]
+    Process(#[from] process_setup::ProcessError),
     /// A `-blockdev` or `-drive` could not be applied (QEMU's message).
     #[error("{}", .0.desc)]
     Blockdev(crate::qmp::error::QmpError),
@@ -58,10 +65,12 @@ impl MainError {
     pub fn exit_code(&self) -> u8 {
         match self {
             MainError::Cli(_) => 2,
-            MainError::QmpSocket(..) => 3,
+            MainError::QmpSocket(_) => 3,
             MainError::Start(_) => 4,
             MainError::Io(_) => 5,
             MainError::Blockdev(_) => 1,
+            MainError::Memory(_) => 1,
+            MainError::Process(_) => 1,
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
             MainError::Privileges(_) => 7,
@@ -71,30 +80,17 @@ impl MainError {
 
 /// Entry point: runs the broker with `args` (without the program name).
 pub fn main_with_args(args: Vec<String>) -> ExitCode {
-    init_logging();
     match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{}", error_chain(&e));
+            let msg = error_chain(&e);
+            // A `-daemonize` parent prints it; else it is ours to print.
+            if !process_setup::report_failure(e.exit_code(), &msg) {
+                eprintln!("{msg}");
+            }
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // Errors only if a subscriber is already set (tests); nothing to do then.
-    let _ = if systemd::logs_to_journal() {
-        fmt.event_format(systemd::JournalFormat).try_init()
-    } else {
-        fmt.try_init()
-    };
 }
 
 /// Runs the broker; returns its exit status.
@@ -103,6 +99,14 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let activated = systemd::listen_fds()?;
     let notifier = systemd::Notifier::from_env()?;
     let config = cli::parse(args)?;
+    if let Some(text) = &config.print_and_exit {
+        print!("{text}");
+        return Ok(0);
+    }
+    crate::machine::host_memory::check(config.mem_size)?;
+    // Before any thread: -D, -daemonize (forks), -pidfile, -name process=.
+    let _pidfile = process_setup::apply(&config)?;
+    ipc_proto::logging::init();
     // SAFETY: the `-add-fd` fds are inherited and nothing else in the
     // broker uses them; no thread has started and no fd was opened since
     // the process began (besides the activated sockets, which are not
@@ -112,10 +116,11 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let worker_sandbox = policy::resolve_sandbox(&config)?;
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;
-    let mut listeners = bind_qmp(&config.qmp)?;
+    let mut listeners = crate::monitor_sockets::bind_all(&config.qmp)?;
     listeners.extend(activated.into_iter().map(|a| QmpListener {
         listener: a.listener,
         path: None,
+        first: None,
     }));
     let supervisor = Supervisor::start()?;
     let events = Arc::new(EventBus::new());
@@ -146,7 +151,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     };
     machine.start_gate().open();
     for p in &machine.config().qmp {
-        tracing::info!("QMP socket: {}", p.display());
+        tracing::info!("QMP socket: {:?}", p.socket);
     }
     let _watchdog = match notifier.as_ref().map(|n| start_systemd(n, &machine)) {
         Some(Ok(w)) => w,
@@ -159,6 +164,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
             return Err(e);
         }
     };
+    process_setup::report_ready();
     // Wait for a reason to end.
     let reason = exit_rx.recv().unwrap_or(ExitRequest::Quit);
     tracing::info!("ending: {reason:?}");
@@ -177,18 +183,33 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
 /// connect to block-proc's exports). Errors come in the order of a
 /// sequential start: block-proc's, the `-blockdev`s', then vcpu-proc's.
 fn start_workers(machine: &Arc<Machine>) -> Result<Option<PathBuf>, MainError> {
-    let m = machine.clone();
-    let vcpu = std::thread::Builder::new()
-        .name("vcpu-start".into())
-        .spawn(move || policy::spawn_vcpu(&m))?;
+    // `-machine none`: no guest, so no vcpu-proc (see `no_vm`).
+    let has_vm = machine.config().machine != cli::MachineType::None;
+    let vcpu = if has_vm {
+        let m = machine.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("vcpu-start".into())
+                .spawn(move || policy::spawn_vcpu(&m))?,
+        )
+    } else {
+        None
+    };
     let block = policy::start_block(machine)
         .map_err(MainError::from)
         .and_then(|()| commands::block::apply_config(machine).map_err(MainError::Blockdev));
-    let vcpu = vcpu
-        .join()
-        .map_err(|_| std::io::Error::other("the vcpu start-up thread panicked"))?;
+    let vcpu = match vcpu {
+        Some(t) => Some(
+            t.join()
+                .map_err(|_| std::io::Error::other("the vcpu start-up thread panicked"))?,
+        ),
+        None => None,
+    };
     block?;
-    Ok(policy::start_vcpu(machine, vcpu)?)
+    match vcpu {
+        Some(v) => Ok(policy::start_vcpu(machine, v)?),
+        None => Ok(None),
+    }
 }
 
 /// Tells systemd the broker is ready, keeps STATUS= current and starts the
@@ -219,28 +240,6 @@ fn log_notify_error(r: Result<(), systemd::SystemdError>) {
     if let Err(e) = r {
         tracing::warn!("systemd notification failed: {}", error_chain(&e));
     }
-}
-
-fn bind_qmp(paths: &[PathBuf]) -> Result<Vec<QmpListener>, MainError> {
-    let mut out: Vec<QmpListener> = Vec::new();
-    for p in paths {
-        vm_setup::remove_stale_socket(p);
-        match UnixListener::bind(p) {
-            Ok(l) => out.push(QmpListener {
-                listener: l,
-                path: Some(p.clone()),
-            }),
-            Err(e) => {
-                remove_sockets(
-                    &out.iter()
-                        .filter_map(|l| l.path.clone())
-                        .collect::<Vec<_>>(),
-                );
-                return Err(MainError::QmpSocket(p.clone(), e));
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn remove_sockets(paths: &[PathBuf]) {

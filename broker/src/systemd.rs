@@ -19,11 +19,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
-
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
@@ -338,60 +333,7 @@ fn take_fds(first: RawFd, names: Vec<Option<String>>) -> Result<Vec<ActivatedSoc
 
 // ---- journald-friendly logs ---------------------------------------------------
 
-/// True when stderr is connected to the journal (`JOURNAL_STREAM` names
-/// stderr's device and inode).
-pub fn logs_to_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes into `st`, which is large enough.
-    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: fstat succeeded, so `st` is initialised.
-    let st = unsafe { st.assume_init() };
-    v.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino)
-}
-
-/// A `tracing` line format for the journal: `<N>target: message fields`,
-/// where `<N>` is the syslog priority journald reads (error 3, warn 4,
-/// info 6, debug/trace 7); the journal adds its own timestamps.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct JournalFormat;
-
-/// The syslog priority of a `tracing` level.
-pub fn syslog_priority(level: &Level) -> u8 {
-    match *level {
-        Level::ERROR => 3,
-        Level::WARN => 4,
-        Level::INFO => 6,
-        Level::DEBUG | Level::TRACE => 7,
-    }
-}
-
-impl<S, N> FormatEvent<S, N> for JournalFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        let meta = event.metadata();
-        write!(
-            writer,
-            "<{}>{}: ",
-            syslog_priority(meta.level()),
-            meta.target()
-        )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
-    }
-}
+pub use ipc_proto::logging::{logs_to_journal, syslog_priority, JournalFormat};
 
 #[cfg(test)]
 mod tests {
@@ -399,6 +341,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+    use tracing::Level;
 
     fn recv_all(sock: &UnixDatagram, n: usize) -> Vec<String> {
         let mut buf = [0u8; 512];

@@ -108,7 +108,7 @@ fn guest_poweroff_with_no_shutdown_stops_in_shutdown_state() {
     c.event("STOP");
     assert_eq!(
         c.ok("query-status"),
-        json!({"running": false, "singlestep": false, "status": "shutdown"})
+        json!({"running": false, "status": "shutdown"})
     );
     // QEMU: the machine must be reset before it can run again.
     let (class, _) = Qmp::error_of(&c.execute("cont", json!({})));

@@ -26,7 +26,7 @@ fn status_asked_right_after_the_greeting_is_the_started_vms() {
     assert!(greeting["QMP"]["version"].is_object(), "{greeting}");
     assert_eq!(
         q.ok("query-status"),
-        json!({"running": true, "singlestep": false, "status": "running"})
+        json!({"running": true, "status": "running"})
     );
 }
 
@@ -133,4 +133,67 @@ fn qmp_session_threads_run_with_the_brokers_reduced_capabilities() {
     }
     // The accept thread and one session's reader, dispatcher and writer.
     assert!(seen >= 4, "QMP threads found: {seen}");
+}
+
+#[test]
+fn introspection_probes_answer_while_start_up_is_stalled_and_hmp_waits_for_it() {
+    // libvirt's probes answer from the command line alone (BROKER_ONLY):
+    // they must not wait for the workers; HMP runs worker commands, so it
+    // waits for start-up like they do.
+    let dir = common::TempDir::new();
+    let backend = dir.0.join("stalled.sock");
+    let _listener = UnixListener::bind(&backend).unwrap();
+    let mut b = Bulkhead::start(&[
+        "-uuid",
+        "12345678-1234-1234-1234-123456789abc",
+        "-chardev",
+        &format!("socket,id=c0,path={}", backend.display()),
+        "-device",
+        "vhost-user-blk,chardev=c0,id=vdb",
+    ]);
+    let (mut q, _) = early_client(&b);
+    assert_eq!(
+        q.ok("query-uuid"),
+        json!({"UUID": "12345678-1234-1234-1234-123456789abc"})
+    );
+    assert_eq!(q.ok("query-target"), json!({"arch": "x86_64"}));
+    assert!(q
+        .ok("query-machines")
+        .as_array()
+        .is_some_and(|m| !m.is_empty()));
+    assert!(q.ok("query-cpu-definitions").as_array().is_some());
+    assert!(q.ok("qom-list-types").as_array().is_some());
+    assert_eq!(
+        q.execute("qom-get", json!({"path": "/machine", "property": "type"}))["return"],
+        "microvm-machine"
+    );
+    assert!(
+        b.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "start-up ended before the stalled backend's deadline"
+    );
+    let r = q.execute(
+        "human-monitor-command",
+        json!({"command-line": "info status"}),
+    );
+    assert_eq!(r["error"]["class"], "GenericError", "{r}");
+    let desc = r["error"]["desc"].as_str().unwrap_or_default();
+    assert!(desc.starts_with("the VM could not be started"), "{r}");
+    assert_eq!(b.wait_exit().code(), Some(4));
+}
+
+#[test]
+fn machine_none_greets_early_and_its_run_state_works_after_the_gate() {
+    let b = Bulkhead::start(&["-M", "none", "-S"]);
+    let (mut q, _) = early_client(&b);
+    assert_eq!(q.ok("query-status")["status"], "prelaunch");
+    assert_eq!(q.ok("query-cpus-fast"), json!([]));
+    assert_eq!(q.ok("cont"), json!({}));
+    q.event("RESUME");
+    assert_eq!(q.ok("query-status")["status"], "running");
+    assert!(
+        !common::children(common::broker_pid(&b))
+            .iter()
+            .any(|(_, c)| c == "vcpu-proc"),
+        "-M none started a vcpu-proc"
+    );
 }

@@ -111,7 +111,7 @@ fn killed_vcpu_worker_is_a_guest_crash_and_broker_still_answers_and_quits() {
     assert_eq!(exited["data"]["action"], "guest-crashed");
     assert_eq!(
         c.ok("query-status"),
-        json!({"running": false, "singlestep": false, "status": "internal-error"})
+        json!({"running": false, "status": "internal-error"})
     );
     let cont = c.execute("cont", json!({}));
     assert_eq!(cont["error"]["class"], "GenericError", "{cont}");

@@ -28,6 +28,7 @@ pub mod envelope;
 pub mod escape;
 pub mod frame;
 pub mod handshake;
+pub mod logging;
 pub mod net;
 pub mod ratelimit;
 pub mod vcpu;

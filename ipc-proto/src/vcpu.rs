@@ -53,6 +53,68 @@ pub struct VmConfig {
     pub no_shutdown: bool,
     /// `-no-reboot`: a guest reset is treated as a shutdown.
     pub no_reboot: bool,
+    /// `-cpu`: the CPU model the guest sees in CPUID.
+    pub cpu: CpuModel,
+    /// `-name debug-threads=on`: vCPU threads are named `CPU N/KVM`, as
+    /// QEMU's (otherwise they carry the process's name, as QEMU's).
+    pub thread_names: bool,
+}
+
+/// The CPU model of `-cpu`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuModel {
+    /// The named model.
+    pub base: CpuBase,
+    /// `+feature` / `-feature` edits, applied after the model (a feature
+    /// KVM cannot give stays off).
+    pub features: Vec<CpuFeature>,
+}
+
+/// The named CPU models bulkhead has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuBase {
+    /// `host` (and `max`, the same under KVM): everything KVM supports.
+    Host,
+    /// `qemu64`: QEMU's qemu64 model (AMD vendor, family 15, its feature
+    /// set), within what KVM supports.
+    Qemu64,
+}
+
+/// A CPUID register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuidReg {
+    /// EAX.
+    Eax,
+    /// EBX.
+    Ebx,
+    /// ECX.
+    Ecx,
+    /// EDX.
+    Edx,
+}
+
+/// One CPUID feature bit turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuFeature {
+    /// CPUID leaf.
+    pub leaf: u32,
+    /// Sub-leaf (ECX input).
+    pub subleaf: u32,
+    /// Register.
+    pub reg: CpuidReg,
+    /// Bit number.
+    pub bit: u8,
+    /// On (`+feat`) or off (`-feat`).
+    pub on: bool,
+}
+
+impl Default for CpuModel {
+    fn default() -> Self {
+        CpuModel {
+            base: CpuBase::Host,
+            features: Vec::new(),
+        }
+    }
 }
 
 /// The kind of device a vhost-user backend serves.

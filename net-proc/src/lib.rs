@@ -17,10 +17,12 @@ use sandbox::Sandbox;
 
 /// Runs the worker with the process's arguments.
 pub fn main_with_args(args: Vec<String>) -> ExitCode {
+    ipc_proto::logging::init();
+    tracing::debug!("net-proc starting");
     let sandbox = match Sandbox::from_args(WorkerKind::Net, &args) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("net-proc: {}", error_chain(&e));
+            tracing::error!("net-proc: {}", error_chain(&e));
             return ExitCode::from(3);
         }
     };
@@ -31,7 +33,7 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
         .and_then(|chan| match sandbox.enter() {
             Ok(Some(report)) => {
                 if let Some(w) = report.landlock.warning() {
-                    eprintln!("net-proc: {w}");
+                    tracing::warn!("net-proc: {w}");
                 }
                 Ok(chan)
             }
@@ -42,12 +44,12 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
         Ok(chan) => match serve::serve(&chan) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("net-proc: {}", error_chain(&e));
+                tracing::error!("net-proc: {}", error_chain(&e));
                 ExitCode::from(1)
             }
         },
         Err(e) => {
-            eprintln!("net-proc: {e}");
+            tracing::error!("net-proc: {e}");
             ExitCode::from(2)
         }
     }

@@ -21,6 +21,7 @@ pub mod acpi;
 pub mod builtin_guest;
 pub mod bus;
 pub mod control;
+pub mod cpu_model;
 pub mod cpuid;
 pub mod devices;
 pub mod gdt;

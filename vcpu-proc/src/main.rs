@@ -3,17 +3,12 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    ipc_proto::logging::init();
+    tracing::debug!("vcpu-proc starting");
     match vcpu_proc::run(std::env::args().collect()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vcpu-proc: {}", ipc_proto::envelope::error_chain(&e));
+            tracing::error!("vcpu-proc: {}", ipc_proto::envelope::error_chain(&e));
             ExitCode::from(e.exit_code())
         }
     }

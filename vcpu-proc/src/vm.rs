@@ -391,7 +391,7 @@ impl Vm {
         }
         let entry = machine.load_guest()?;
         machine.sync.new_epoch(entry);
-        machine.spawn_vcpus(&supported, actions)?;
+        machine.spawn_vcpus(&supported, &cfg.cpu, cfg.thread_names, actions)?;
         Ok(machine)
     }
 
@@ -476,6 +476,8 @@ impl Vm {
     fn spawn_vcpus(
         &mut self,
         supported: &kvm_bindings::CpuId,
+        model: &ipc_proto::vcpu::CpuModel,
+        thread_names: bool,
         actions: ActionSender,
     ) -> Result<()> {
         for i in 0..u32::from(self.cpus) {
@@ -485,6 +487,12 @@ impl Vm {
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let mut cpuid = supported.clone();
             cpuid::filter(&mut cpuid, i, u32::from(self.cpus));
+            let warnings = crate::cpu_model::apply(&mut cpuid, model);
+            if i == 0 {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+            }
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             regs::setup_msrs(&vcpu)?;
             regs::setup_lint(&vcpu)?;
@@ -505,7 +513,13 @@ impl Vm {
                 tid: tid.clone(),
             };
             let thread = std::thread::Builder::new()
-                .name(format!("vcpu{i}"))
+                // QEMU's names: `CPU N/KVM` with debug-threads=on, else
+                // the process's own name.
+                .name(if thread_names {
+                    format!("CPU {i}/KVM")
+                } else {
+                    "vcpu-proc".to_owned()
+                })
                 .spawn(move || t.run())
                 .map_err(VmError::Thread)?;
             self.vcpus.push(VcpuHandle { thread, tid });

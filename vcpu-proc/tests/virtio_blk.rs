@@ -217,6 +217,8 @@ fn boot(guest_name: &str, sock: &Path) -> Machine {
         start_paused: false,
         no_shutdown: false,
         no_reboot: false,
+        cpu: Default::default(),
+        thread_names: false,
     };
     let serial = Serial::spawn(serial_r);
     let (tx, actions) = channel();

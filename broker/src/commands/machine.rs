@@ -62,26 +62,20 @@ impl QapiType for RunStateEnum {
     }
 }
 
-/// Reply of `query-status`.
+/// Reply of `query-status` (QEMU 10's: `singlestep` was removed in 10.0).
 #[derive(Debug, Serialize)]
 pub struct StatusInfo {
-    /// True when the vCPUs run.
-    pub running: bool,
-    /// Always false.
-    pub singlestep: bool,
     /// The run state.
     pub status: &'static str,
+    /// True when the vCPUs run.
+    pub running: bool,
 }
 
 impl QapiType for StatusInfo {
     fn schema() -> SchemaType {
         SchemaType::Object {
             name: "StatusInfo",
-            members: vec![
-                member::<bool>("running"),
-                member::<bool>("singlestep"),
-                member::<RunStateEnum>("status"),
-            ],
+            members: vec![member::<RunStateEnum>("status"), member::<bool>("running")],
         }
     }
 }
@@ -99,9 +93,8 @@ impl Command for QueryStatus {
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<StatusInfo> {
         let s = ctx.machine.query_status()?;
         Ok(StatusInfo {
-            running: s.running,
-            singlestep: s.singlestep,
             status: s.status.as_str(),
+            running: s.running,
         })
     }
 }
@@ -264,20 +257,27 @@ impl Command for QueryCpusFast {
                 return Err(unexpected_reply(&other).into())
             }
         };
-        Ok(cpus
-            .into_iter()
-            .map(|c| CpuInfoFast {
-                cpu_index: i64::from(c.cpu_index),
-                qom_path: format!("/machine/unattached/device[{}]", c.cpu_index),
-                thread_id: c.thread_id,
-                props: CpuInstanceProperties {
-                    socket_id: i64::from(c.socket_id),
-                    core_id: i64::from(c.core_id),
-                    thread_id: i64::from(c.thread_in_core),
-                },
-                target: "x86_64",
+        // vcpu-proc knows its threads' ids in its own pid namespace only.
+        let pid = ctx.machine.vcpu_pid();
+        cpus.into_iter()
+            .map(|c| {
+                let host = pid.and_then(|p| crate::machine::host_tids::host_tid(p, c.thread_id));
+                let thread_id = host.ok_or_else(|| {
+                    QmpError::generic(format!("vCPU {} has no thread any more", c.cpu_index))
+                })?;
+                Ok(CpuInfoFast {
+                    cpu_index: i64::from(c.cpu_index),
+                    qom_path: format!("/machine/unattached/device[{}]", c.cpu_index),
+                    thread_id,
+                    props: CpuInstanceProperties {
+                        socket_id: i64::from(c.socket_id),
+                        core_id: i64::from(c.core_id),
+                        thread_id: i64::from(c.thread_in_core),
+                    },
+                    target: "x86_64",
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

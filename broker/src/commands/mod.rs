@@ -6,6 +6,9 @@
 //! - [`control`]: the protocol itself (negotiation, version, introspection).
 //! - [`machine`]: the VM's life cycle and vCPUs.
 //! - [`events`]: the event declarations.
+//! - [`introspection`]: what the machine is (`query-uuid`).
+//! - [`qom`]: QOM types and objects as libvirt probes them.
+//! - [`hmp`]: `human-monitor-command` (HMP through QMP).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
@@ -16,7 +19,10 @@ pub mod control;
 pub mod device;
 pub mod events;
 pub mod fdsets;
+pub mod hmp;
+pub mod introspection;
 pub mod machine;
+pub mod qom;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
@@ -39,6 +45,23 @@ pub fn registry() -> Registry {
     r.register::<machine::SystemPowerdown>();
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
+    r.register::<introspection::QueryUuid>();
+    r.register::<introspection::QueryTarget>();
+    r.register::<introspection::QueryKvm>();
+    r.register::<introspection::QueryMachines>();
+    r.register::<introspection::QueryCpuDefinitions>();
+    r.register::<introspection::QueryIothreads>();
+    r.register::<introspection::QueryTpmModels>();
+    r.register::<introspection::QueryTpmTypes>();
+    r.register::<introspection::QuerySevCapabilities>();
+    r.register::<introspection::QueryMigrateCapabilities>();
+    r.register::<introspection::QueryCommandLineOptions>();
+    r.register::<hmp::HumanMonitorCommand>();
+    r.register::<qom::QomListTypes>();
+    r.register::<qom::DeviceListProperties>();
+    r.register::<qom::QomListProperties>();
+    r.register::<qom::QomList>();
+    r.register::<qom::QomGet>();
     r.register::<block::BlockdevAdd>();
     r.register::<block::BlockdevDel>();
     r.register::<block::XBlockdevDel>();

@@ -7,6 +7,9 @@
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
 //! - [`liveness`]: the ping that finds hung workers.
+//! - [`no_vm`]: the run state of `-machine none` (no guest, no vcpu-proc).
+//! - [`host_memory`]: whether the host can provide `-m`.
+//! - [`host_tids`]: host thread ids of a worker's threads.
 //! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
 //! - [`start_gate`]: whether start-up is over, for commands that arrive
 //!   before the workers are up.
@@ -15,8 +18,11 @@ pub mod block_state;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
+pub mod host_memory;
+pub mod host_tids;
 pub mod images;
 pub mod liveness;
+pub mod no_vm;
 pub mod policy;
 pub mod start_gate;
 pub mod stats_carry;
@@ -115,6 +121,8 @@ pub struct Machine {
     hung: Mutex<Vec<u32>>,
     /// Block statistics carried across block-proc lifetimes.
     pub(crate) stats: Mutex<stats_carry::StatsCarry>,
+    /// `-machine none`: the run state, in place of vcpu-proc.
+    no_vm: Option<no_vm::NoVm>,
     /// Open once the workers are up (QMP greets before that).
     start_gate: start_gate::StartGate,
 }
@@ -131,7 +139,10 @@ impl Machine {
         supervisor: Arc<Supervisor>,
         exit_tx: Sender<ExitRequest>,
     ) -> Arc<Self> {
+        let no_vm = (config.machine == crate::cli::MachineType::None)
+            .then(|| no_vm::NoVm::new(config.start_paused));
         let m = Arc::new(Machine {
+            no_vm,
             worker_sandbox,
             block_state: Default::default(),
             config,
@@ -307,9 +318,17 @@ impl Machine {
         &self.supervisor
     }
 
+    /// The host pid of the current vcpu-proc, if one runs.
+    pub fn vcpu_pid(&self) -> Option<u32> {
+        lock(&self.vcpu).as_ref().map(|w| w.process.pid)
+    }
+
     /// Sends `req` to vcpu-proc and waits for its reply. The first `cont`
     /// of a `-S` machine first attaches the devices added in `prelaunch`.
     pub fn vcpu_request(&self, req: VcpuRequest) -> Result<VcpuReply, FlatError> {
+        if let Some(vm) = &self.no_vm {
+            return vm.request(req, |e| self.on_no_vm_event(e));
+        }
         let cont = matches!(req, VcpuRequest::Cont);
         if cont {
             devices::attach_pending(self)?;
@@ -480,6 +499,26 @@ impl Machine {
             VcpuEvent::DebugExit { code } => self.request_exit(ExitRequest::DebugExit(code)),
             VcpuEvent::VhostUserDisconnected { id } => devices::on_disconnected(self, &id),
             VcpuEvent::VhostUserReconnected { id } => devices::on_reconnected(self, &id),
+        }
+    }
+
+    /// Events of `-machine none`'s run state.
+    fn on_no_vm_event(&self, ev: VcpuEvent) {
+        match ev {
+            VcpuEvent::Stopped => self.events.emit("STOP", None),
+            VcpuEvent::Resumed => self.events.emit("RESUME", None),
+            VcpuEvent::Reset { reason } => self.events.emit(
+                "RESET",
+                Some(json!({"guest": reason.is_guest(), "reason": reason.as_str()})),
+            ),
+            VcpuEvent::Powerdown => self.events.emit("POWERDOWN", None),
+            VcpuEvent::Shutdown { .. }
+            | VcpuEvent::GuestCrashed { .. }
+            | VcpuEvent::DebugExit { .. }
+            | VcpuEvent::VhostUserDisconnected { .. }
+            | VcpuEvent::VhostUserReconnected { .. } => {
+                tracing::warn!("machine 'none': unexpected event {ev:?}")
+            }
         }
     }
 

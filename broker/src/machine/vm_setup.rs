@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use std::os::unix::fs::OpenOptionsExt;
 
 use crate::cli::{Config, SerialSpec};
 
@@ -56,7 +57,10 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         .open(kvm_path)
         .map_err(|e| SetupError::Open(kvm_path.into(), e))?;
     let kvm = slots.push(kvm.into());
-    let memory = slots.push(guest_memory(cfg.mem_size)?);
+    let memory = slots.push(match &cfg.memory_backend {
+        Some(b) => backend_memory(b)?,
+        None => guest_memory(cfg.mem_size)?,
+    });
     let kernel = cfg
         .kernel
         .as_deref()
@@ -110,6 +114,8 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         start_paused: cfg.start_paused,
         no_shutdown: cfg.no_shutdown,
         no_reboot: cfg.no_reboot,
+        cpu: cfg.cpu.clone(),
+        thread_names: cfg.debug_threads,
     };
     Ok(PreparedVm {
         config,
@@ -145,6 +151,34 @@ pub fn guest_memory(size: u64) -> Result<OwnedFd, SetupError> {
     )
     .map_err(err)?;
     Ok(fd)
+}
+
+/// Guest RAM from `-object memory-backend-*`: a memfd for `-ram` and
+/// `-memfd`; for `-file`, the file `mem-path` names (sized to the backend)
+/// or, if it is a directory, a new unlinked file in it (as QEMU).
+fn backend_memory(b: &crate::cli::memory_backend::MemoryBackend) -> Result<OwnedFd, SetupError> {
+    use crate::cli::memory_backend::BackendKind;
+    let BackendKind::File(path) = &b.kind else {
+        return guest_memory(b.size);
+    };
+    let open = |custom: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(custom == 0)
+            .truncate(false)
+            .custom_flags(custom)
+            .open(path)
+    };
+    let file = if path.is_dir() {
+        open(libc::O_TMPFILE)
+    } else {
+        open(0)
+    }
+    .map_err(|e| SetupError::Open(path.clone(), e))?;
+    file.set_len(b.size)
+        .map_err(|e| SetupError::Memory(b.size, e))?;
+    Ok(OwnedFd::from(file))
 }
 
 /// Removes a leftover socket file at `p` (never a regular file).

@@ -32,6 +32,8 @@ pub struct QmpListener {
     pub listener: UnixListener,
     /// Its path, removed at shutdown if the broker created it.
     pub path: Option<PathBuf>,
+    /// A client accepted before the server started (`wait=on`).
+    pub first: Option<UnixStream>,
 }
 
 struct Live {
@@ -76,8 +78,11 @@ impl QmpServer {
         let wake_rx = Arc::new(wake_rx);
         let mut threads = Vec::new();
         let mut paths = Vec::new();
-        for l in listeners {
+        for mut l in listeners {
             paths.extend(l.path.clone());
+            if let Some(first) = l.first.take() {
+                start_session(&shared, first)?;
+            }
             l.listener.set_nonblocking(true)?;
             let shared = shared.clone();
             let wake_rx = wake_rx.clone();

@@ -43,7 +43,12 @@ pub enum WorkerSandbox {
 
 /// Environment variables passed through to workers; everything else is
 /// cleared.
-const KEPT_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "BULKHEAD_LOG"];
+const KEPT_ENV: &[&str] = &[
+    "RUST_BACKTRACE",
+    "BULKHEAD_LOG",
+    "JOURNAL_STREAM",
+    ipc_proto::logging::TIMESTAMP_ENV,
+];
 
 /// Errors of spawning a worker.
 #[derive(Debug, thiserror::Error)]

@@ -105,7 +105,7 @@ pub struct Bulkhead {
 }
 
 impl Bulkhead {
-    /// Starts `bulkhead -qmp unix:SOCK,server=on,wait=off -serial null EXTRA...`
+    /// Starts `bulkhead -qmp unix:SOCK,server=on,wait=off [-serial null] EXTRA...`
     /// and waits until the socket accepts connections.
     pub fn start(extra: &[&str]) -> Self {
         require_kvm();
@@ -115,15 +115,30 @@ impl Bulkhead {
         let mut args = vec![
             "-qmp".to_owned(),
             format!("unix:{},server=on,wait=off", sock.display()),
-            "-serial".to_owned(),
-            "null".to_owned(),
         ];
+        // One serial port: the test's, else none.
+        if !extra
+            .iter()
+            .any(|a| *a == "-serial" || a.starts_with("isa-serial"))
+        {
+            args.extend(["-serial".to_owned(), "null".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("cannot start bulkhead");
+        Self::start_with(
+            Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+                .args(&args)
+                .stdin(Stdio::null()),
+            sock,
+            dir,
+        )
+    }
+
+    /// Starts `cmd` (a bulkhead command line serving QMP on `sock`, in
+    /// `dir`) and waits until the socket accepts connections.
+    pub fn start_with(cmd: &mut Command, sock: PathBuf, dir: TempDir) -> Self {
+        require_kvm();
+        build_workers();
+        let child = cmd.spawn().expect("cannot start bulkhead");
         let mut b = Bulkhead {
             child: Some(child),
             sock,

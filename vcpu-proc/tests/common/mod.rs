@@ -229,6 +229,8 @@ impl Vmm {
             start_paused: opts.start_paused,
             no_shutdown: opts.no_shutdown,
             no_reboot: opts.no_reboot,
+            cpu: Default::default(),
+            thread_names: false,
         };
         let mut vmm = Vmm {
             child,

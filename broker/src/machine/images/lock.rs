@@ -200,6 +200,17 @@ mod tests {
         std::fs::File::open(p).unwrap()
     }
 
+    /// Locks `f` once the closed descriptions' locks are gone: a child
+    /// another test forks keeps a copy of every open fd until it execs, so
+    /// a lock may outlive its close by that long.
+    fn lock_after_close(f: &std::fs::File, perms: Perms) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(e) = lock_image(f.as_fd(), perms) {
+            assert!(std::time::Instant::now() < deadline, "{e}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_writer_excludes_writers_and_readers_but_not_backing_users() {
         let (p, w) = file("w");
@@ -214,7 +225,7 @@ mod tests {
         // Closing the writer's description frees the image.
         drop(w);
         let again = reopen(&p);
-        lock_image(again.as_fd(), Perms::READER).unwrap();
+        lock_after_close(&again, Perms::READER);
         std::fs::remove_file(&p).unwrap();
     }
 
@@ -229,7 +240,7 @@ mod tests {
         drop((r1, r2));
         // w's failed attempt released its bytes: another writer gets in.
         let w2 = reopen(&p);
-        lock_image(w2.as_fd(), Perms::WRITER).unwrap();
+        lock_after_close(&w2, Perms::WRITER);
         drop(w);
         std::fs::remove_file(&p).unwrap();
     }

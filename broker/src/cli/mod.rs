@@ -17,6 +17,19 @@ pub enum CliError {
     /// An option given without its value.
     #[error("{0}: requires an argument")]
     MissingValue(String),
+    /// QEMU's message, as QEMU prints it (no option prefix).
+    #[error("{0}")]
+    Plain(String),
+    /// QEMU's "OPTION VALUE: message" form.
+    #[error("{option} {value}: {reason}")]
+    At {
+        /// The option.
+        option: String,
+        /// Its value as given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A value that does not parse.
     #[error("{option}: {reason}")]
     BadValue {
@@ -26,6 +39,19 @@ pub enum CliError {
         reason: String,
     },
 }
+
+pub mod cpu;
+mod help;
+mod keyval;
+pub mod memory_backend;
+pub mod monitors;
+pub mod qemu_opts;
+mod serial_chardev;
+
+use keyval::keyval_pairs;
+pub use keyval::{parse_blockdev, parse_device, parse_drive};
+pub use monitors::{MonitorSocket, MonitorSpec};
+pub use qemu_opts::MachineType;
 
 /// Result of command-line parsing.
 pub type Result<T> = std::result::Result<T, CliError>;
@@ -46,8 +72,8 @@ pub enum SerialSpec {
 /// Everything the command line says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Unix socket paths to serve QMP on (`-qmp`).
-    pub qmp: Vec<PathBuf>,
+    /// QMP monitors (`-qmp`, `-chardev ...,server=on` + `-mon`).
+    pub qmp: Vec<MonitorSpec>,
     /// `-name`.
     pub name: Option<String>,
     /// Guest RAM in bytes (`-m`, default 128 MiB).
@@ -88,6 +114,28 @@ pub struct Config {
     pub devices: Vec<Map<String, Value>>,
     /// `-chardev socket,id=ID,path=PATH` (client sockets for vhost-user).
     pub chardevs: Vec<ChardevSpec>,
+    /// `-machine`/`-M`.
+    pub machine: MachineType,
+    /// `-object memory-backend-*` named by `-machine memory-backend=`.
+    pub memory_backend: Option<memory_backend::MemoryBackend>,
+    /// `-cpu`.
+    pub cpu: ipc_proto::vcpu::CpuModel,
+    /// `-name process=`: the broker's process name.
+    pub process_name: Option<String>,
+    /// `-name debug-threads=on`.
+    pub debug_threads: bool,
+    /// `-uuid` (lower case), for `query-uuid`.
+    pub uuid: Option<String>,
+    /// `-msg timestamp=on`: timestamps on log lines and messages.
+    pub msg_timestamp: bool,
+    /// `-daemonize`.
+    pub daemonize: bool,
+    /// `-pidfile`.
+    pub pidfile: Option<PathBuf>,
+    /// `-D`: the log file (stderr of every process goes there).
+    pub log_file: Option<PathBuf>,
+    /// `-help`, `-version`, `-machine help`, ...: print this and exit 0.
+    pub print_and_exit: Option<String>,
     /// `-__org.bulkhead-worker-timeout SECONDS`: how long a worker may
     /// take to answer a request or a liveness ping before it is declared
     /// hung (default [`DEFAULT_WORKER_TIMEOUT`]).
@@ -144,6 +192,17 @@ impl Default for Config {
             devices: Vec::new(),
             chardevs: Vec::new(),
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
+            machine: MachineType::Microvm,
+            memory_backend: None,
+            cpu: Default::default(),
+            process_name: None,
+            debug_threads: false,
+            uuid: None,
+            msg_timestamp: false,
+            daemonize: false,
+            pidfile: None,
+            log_file: None,
+            print_and_exit: None,
         }
     }
 }
@@ -154,6 +213,11 @@ pub const MAX_CPUS: u8 = 64;
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Config> {
     let mut cfg = Config::default();
+    let (mut serial_given, mut nodefaults, mut kvm_accel) = (false, false, None);
+    let (mut machine_accel, mut accel_option) = (false, false);
+    let (mut servers, mut mons, mut chardev_ids) = (Vec::new(), Vec::<String>::new(), Vec::new());
+    let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
+    let (mut serial_chardevs, mut serial_from) = (Vec::<(String, SerialSpec)>::new(), None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -167,14 +231,44 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 .ok_or_else(|| CliError::MissingValue(opt.clone()))
         };
         match opt.as_str() {
-            "-qmp" => cfg.qmp.push(parse_qmp(&value()?)?),
-            "-name" => cfg.name = Some(parse_name(&value()?)),
-            "-m" => cfg.mem_size = parse_mem(&value()?)?,
+            "-qmp" => cfg.qmp.push(monitors::parse_qmp(&value()?)?),
+            "-mon" => mons.push(monitors::parse_mon(&value()?)?),
+            "-monitor" => {
+                return Err(bad(
+                    "-monitor",
+                    "bulkhead has no human monitor console; use -qmp (HMP commands run \
+                     through human-monitor-command)",
+                ))
+            }
+            "-name" => {
+                let n = qemu_opts::parse_name(&value()?)?;
+                cfg.name = n.guest;
+                cfg.process_name = n.process;
+                cfg.debug_threads = n.debug_threads;
+            }
+            "-m" => {
+                cfg.mem_size = parse_mem(&value()?)?;
+                mem_given = true;
+            }
+            "-object" => objects.push(memory_backend::parse_object(&value()?)?),
             "-smp" => cfg.cpus = parse_smp(&value()?)?,
             "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
             "-initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
             "-append" => cfg.append = value()?,
-            "-serial" => cfg.serial = parse_serial(&value()?)?,
+            "-serial" => {
+                let v = value()?;
+                if serial_given {
+                    return Err(bad(
+                        "-serial",
+                        format!("'{v}': bulkhead has one serial port (COM1), already given"),
+                    ));
+                }
+                match v.strip_prefix("chardev:") {
+                    Some(id) => serial_from = Some(id.to_owned()),
+                    None => cfg.serial = parse_serial(&v)?,
+                }
+                serial_given = true;
+            }
             "-S" => cfg.start_paused = true,
             "-no-shutdown" => cfg.no_shutdown = true,
             "-no-reboot" => cfg.no_reboot = true,
@@ -202,23 +296,198 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     options,
                 });
             }
-            "-device" => cfg.devices.push(parse_device(&value()?)?),
-            "-chardev" => {
-                let c = parse_chardev(&value()?)?;
-                if cfg.chardevs.iter().any(|x| x.id == c.id) {
-                    return Err(bad("-chardev", format!("duplicate chardev id '{}'", c.id)));
+            "-device" => {
+                let d = parse_device(&value()?)?;
+                if d.get("driver").and_then(Value::as_str) == Some("isa-serial") {
+                    if serial_given {
+                        return Err(bad(
+                            "-device",
+                            "isa-serial: bulkhead has one serial port (COM1), already given",
+                        ));
+                    }
+                    serial_from = Some(serial_chardev::parse_isa_serial(&d)?);
+                    serial_given = true;
+                } else {
+                    cfg.devices.push(d);
                 }
-                cfg.chardevs.push(c);
             }
-            // Implied by what bulkhead is: KVM always, never a display.
-            "-enable-kvm" | "-nographic" | "-nodefaults" => {}
+            "-chardev" => {
+                let v = value()?;
+                let id = if let Some((id, spec)) = serial_chardev::parse(&v)? {
+                    serial_chardevs.push((id.clone(), spec));
+                    id
+                } else {
+                    match monitors::parse_server_chardev(&v)? {
+                        Some(server) => {
+                            let id = server.id.clone();
+                            servers.push(server);
+                            id
+                        }
+                        None => {
+                            let c = parse_chardev(&v)?;
+                            let id = c.id.clone();
+                            cfg.chardevs.push(c);
+                            id
+                        }
+                    }
+                };
+                if chardev_ids.contains(&id) {
+                    return Err(bad("-chardev", format!("duplicate chardev id '{id}'")));
+                }
+                chardev_ids.push(id);
+            }
+            "-help" | "-h" => cfg.print_and_exit = Some(help::usage()),
+            "-version" => cfg.print_and_exit = Some(help::version()),
+            "-machine" | "-M" => {
+                let v = value()?;
+                if v == "help" || v == "?" {
+                    cfg.print_and_exit = Some(help::machines());
+                } else {
+                    let (m, accel, backend) = qemu_opts::parse_machine(&opt, &v)?;
+                    cfg.machine = m;
+                    backend_id = backend.or(backend_id);
+                    machine_accel |= accel;
+                }
+            }
+            "-accel" => {
+                let v = value()?;
+                if v == "help" {
+                    cfg.print_and_exit = Some(help::accels());
+                } else {
+                    let kvm = qemu_opts::parse_accel(&v)?;
+                    kvm_accel = Some(kvm_accel.unwrap_or(false) || kvm);
+                    accel_option = true;
+                }
+            }
+            "-enable-kvm" => kvm_accel = Some(true),
+            "-cpu" => {
+                let v = value()?;
+                if v == "help" || v == "?" {
+                    cfg.print_and_exit = Some(help::cpus());
+                } else {
+                    cfg.cpu = cpu::parse(&v)?;
+                }
+            }
+            "-display" => qemu_opts::parse_display(&value()?)?,
+            // QEMU's -nographic: serial (and monitor) on stdio.
+            "-nographic" => {
+                if !serial_given {
+                    cfg.serial = SerialSpec::Stdio;
+                }
+            }
+            "-nodefaults" => nodefaults = true,
+            // bulkhead reads no configuration file: nothing to skip.
+            "-no-user-config" => {}
+            "-daemonize" => cfg.daemonize = true,
+            "-pidfile" => cfg.pidfile = Some(PathBuf::from(value()?)),
+            "-D" => cfg.log_file = Some(PathBuf::from(value()?)),
+            "-msg" => cfg.msg_timestamp = qemu_opts::parse_msg(&value()?)?.0,
+            "-uuid" => cfg.uuid = Some(qemu_opts::parse_uuid(&value()?)?),
+            "-overcommit" => qemu_opts::parse_overcommit(&value()?)?,
+            "-rtc" => qemu_opts::parse_rtc(&value()?)?,
+            "-boot" => qemu_opts::parse_boot(&value()?)?,
             _ => return Err(CliError::UnknownOption(arg.clone())),
         }
+    }
+    name_anonymous_devices(&mut cfg.devices);
+    if let Some(id) = serial_from {
+        if let Some(i) = serial_chardevs.iter().position(|(c, _)| *c == id) {
+            cfg.serial = serial_chardevs.remove(i).1;
+        } else if let Some(i) = servers.iter().position(|s| s.id == id) {
+            cfg.serial = match servers.remove(i).monitor {
+                MonitorSpec {
+                    socket: MonitorSocket::Path(p),
+                    wait: false,
+                } => SerialSpec::Unix(p),
+                _ => {
+                    return Err(bad(
+                        "-serial",
+                        format!(
+                            "chardev '{id}': a serial socket must be path=...,server=on,wait=off"
+                        ),
+                    ))
+                }
+            };
+        } else {
+            return Err(CliError::Plain(format!("chardev '{id}' not found")));
+        }
+    }
+    if let Some((id, _)) = serial_chardevs.first() {
+        return Err(bad(
+            "-chardev",
+            format!("'{id}' is used by nothing (-serial chardev:{id} or -device isa-serial,chardev={id})"),
+        ));
+    }
+    if let Some(id) = backend_id {
+        let i = objects
+            .iter()
+            .position(|o: &memory_backend::MemoryBackend| o.id == id)
+            .ok_or_else(|| CliError::Plain(format!("Memory backend '{id}' not found")))?;
+        let b = objects.remove(i);
+        if mem_given && b.size != cfg.mem_size {
+            return Err(CliError::Plain(
+                "Machine memory size does not match the size of the memory backend".into(),
+            ));
+        }
+        cfg.mem_size = parse_mem(&format!("{}B", b.size))?;
+        cfg.memory_backend = Some(b);
+    }
+    if let Some(o) = objects.first() {
+        return Err(bad(
+            "-object",
+            format!("'{}' is used by nothing: bulkhead uses a memory backend only as -machine memory-backend=", o.id),
+        ));
+    }
+    for id in &mons {
+        let i = servers
+            .iter()
+            .position(|s: &monitors::ServerChardev| &s.id == id)
+            .ok_or_else(|| bad("-mon", format!("chardev \"{id}\" not found")))?;
+        cfg.qmp.push(servers.remove(i).monitor);
+    }
+    if let Some(s) = servers.first() {
+        return Err(bad(
+            "-chardev",
+            format!("server chardev '{}' is used by no -mon (bulkhead serves only QMP monitors on server sockets)", s.id),
+        ));
+    }
+    if machine_accel && accel_option {
+        return Err(CliError::Plain(
+            "The -accel and \"-machine accel=\" options are incompatible".into(),
+        ));
+    }
+    if kvm_accel == Some(false) {
+        return Err(bad("-accel", "bulkhead has only the kvm accelerator"));
+    }
+    // QEMU's default serial port is on stdio; -nodefaults removes it.
+    if nodefaults && !serial_given {
+        cfg.serial = SerialSpec::Null;
     }
     Ok(cfg)
 }
 
-fn bad(option: &str, reason: impl Into<String>) -> CliError {
+/// QEMU accepts `-device` without `id=` and names the device itself;
+/// bulkhead gives such a device the first free `anon-deviceN` id (the
+/// id `query-block` and `device_del` then use).
+fn name_anonymous_devices(devices: &mut [Map<String, Value>]) {
+    let used: Vec<String> = devices
+        .iter()
+        .filter_map(|d| d.get("id").and_then(Value::as_str).map(String::from))
+        .collect();
+    let mut n = 0;
+    for d in devices.iter_mut().filter(|d| !d.contains_key("id")) {
+        let id = loop {
+            let id = format!("anon-device{n}");
+            n += 1;
+            if !used.contains(&id) {
+                break id;
+            }
+        };
+        d.insert("id".into(), Value::String(id));
+    }
+}
+
+pub(super) fn bad(option: &str, reason: impl Into<String>) -> CliError {
     CliError::BadValue {
         option: option.into(),
         reason: reason.into(),
@@ -235,7 +504,7 @@ fn suboptions(s: &str) -> (&str, Vec<(&str, &str)>) {
     (first, kv)
 }
 
-fn parse_on_off(option: &str, v: &str) -> Result<bool> {
+pub(super) fn parse_on_off(option: &str, v: &str) -> Result<bool> {
     match v {
         "on" | "yes" | "true" => Ok(true),
         "off" | "no" | "false" => Ok(false),
@@ -294,37 +563,6 @@ fn parse_run_with(s: &str) -> Result<String> {
     user.ok_or_else(|| bad("-run-with", "user=NAME is required"))
 }
 
-fn parse_qmp(s: &str) -> Result<PathBuf> {
-    let (first, kv) = suboptions(s);
-    let path = first.strip_prefix("unix:").ok_or_else(|| {
-        bad(
-            "-qmp",
-            format!("'{first}': only unix:PATH sockets are supported"),
-        )
-    })?;
-    if path.is_empty() {
-        return Err(bad("-qmp", "empty socket path"));
-    }
-    for (k, v) in kv {
-        match k {
-            "server" if parse_on_off("-qmp", v)? => {}
-            "server" => return Err(bad("-qmp", "a client socket (server=off) is not supported")),
-            "wait" if !parse_on_off("-qmp", v)? => {}
-            "wait" => return Err(bad("-qmp", "wait=on is not supported; use wait=off")),
-            _ => return Err(bad("-qmp", format!("unknown suboption '{k}'"))),
-        }
-    }
-    Ok(PathBuf::from(path))
-}
-
-fn parse_name(s: &str) -> String {
-    let (first, kv) = suboptions(s);
-    kv.iter()
-        .find(|(k, _)| *k == "guest")
-        .map(|(_, v)| v.to_string())
-        .unwrap_or_else(|| first.strip_prefix("guest=").unwrap_or(first).to_string())
-}
-
 /// QEMU's `-m` syntax: a number with an optional K/M/G/T suffix, MiB when
 /// there is none; also `size=...`.
 pub fn parse_mem(s: &str) -> Result<u64> {
@@ -363,20 +601,46 @@ pub fn parse_mem(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
+/// `-smp [cpus=]N[,maxcpus=N][,sockets=1][,dies=1][,clusters=1]
+/// [,cores=N][,threads=1]`: bulkhead's topology is one socket of N cores
+/// with one thread each (what its CPUID describes), without CPU hot-plug;
+/// another topology is refused rather than ignored.
 fn parse_smp(s: &str) -> Result<u8> {
-    let (first, kv) = suboptions(s);
-    let v = kv
-        .iter()
-        .find(|(k, _)| *k == "cpus")
-        .map(|(_, v)| *v)
-        .unwrap_or(first.strip_prefix("cpus=").unwrap_or(first));
-    match v.parse::<u8>() {
-        Ok(n) if (1..=MAX_CPUS).contains(&n) => Ok(n),
-        _ => Err(bad(
-            "-smp",
-            format!("'{v}': CPU count must be 1 to {MAX_CPUS}"),
-        )),
+    let o = "-smp";
+    let mut cpus = None;
+    let mut topo: Vec<(String, String)> = Vec::new();
+    for (k, v) in keyval_pairs(o, s, Some("cpus"))? {
+        match k.as_str() {
+            "cpus" => cpus = Some(v),
+            "maxcpus" | "sockets" | "dies" | "clusters" | "cores" | "threads" => topo.push((k, v)),
+            _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
+        }
     }
+    let v = cpus.unwrap_or_else(|| {
+        topo.iter()
+            .find(|(k, _)| k == "cores")
+            .map_or("1".into(), |(_, v)| v.clone())
+    });
+    let n = match v.parse::<u8>() {
+        Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+        _ => return Err(bad(o, format!("'{v}': CPU count must be 1 to {MAX_CPUS}"))),
+    };
+    for (k, val) in &topo {
+        let want = match k.as_str() {
+            "maxcpus" | "cores" => n.to_string(),
+            _ => "1".to_owned(),
+        };
+        if *val != want {
+            return Err(bad(
+                o,
+                format!(
+                    "{k}={val}: bulkhead's topology is one socket of {n} cores with one thread each \
+                     and no CPU hot-plug ({k}={want})"
+                ),
+            ));
+        }
+    }
+    Ok(n)
 }
 
 fn parse_serial(s: &str) -> Result<SerialSpec> {
@@ -406,239 +670,6 @@ fn parse_serial(s: &str) -> Result<SerialSpec> {
             }
         }
     }
-}
-
-/// Splits QEMU's `key=value,...` syntax, where `,,` is a literal comma.
-/// A first element without `=` is returned under `implied_key`.
-fn keyval_pairs(option: &str, s: &str, implied_key: Option<&str>) -> Result<Vec<(String, String)>> {
-    let mut items: Vec<String> = vec![String::new()];
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ',' if chars.peek() == Some(&',') => {
-                chars.next();
-                if let Some(i) = items.last_mut() {
-                    i.push(',');
-                }
-            }
-            ',' => items.push(String::new()),
-            c => {
-                if let Some(i) = items.last_mut() {
-                    i.push(c);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        match item.split_once('=') {
-            Some((k, v)) if !k.is_empty() => out.push((k.to_owned(), v.to_owned())),
-            None if i == 0 && implied_key.is_some() && !item.is_empty() => {
-                out.push((implied_key.unwrap_or_default().to_owned(), item));
-            }
-            _ => return Err(bad(option, format!("Invalid parameter '{item}'"))),
-        }
-    }
-    Ok(out)
-}
-
-/// `BlockdevOptions` members whose keyval strings are booleans.
-const BOOL_KEYS: [&str; 8] = [
-    "read-only",
-    "auto-read-only",
-    "force-share",
-    "direct",
-    "no-flush",
-    "lazy-refcounts",
-    "pass-discard-request",
-    "read-zeroes",
-];
-
-/// `BlockdevOptions` members whose keyval strings are sizes or integers.
-const INT_KEYS: [&str; 4] = ["offset", "size", "cache-size", "latency-ns"];
-
-/// QEMU's size syntax: a number with an optional k/M/G/T/P/E suffix.
-fn parse_size(v: &str) -> Option<u64> {
-    let (digits, shift) = match v.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_lowercase() {
-                'b' => 0,
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                'p' => 50,
-                'e' => 60,
-                _ => return None,
-            };
-            (&v[..i], shift)
-        }
-        _ => (v, 0),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
-}
-
-/// Converts one keyval string to the JSON type the member has.
-fn keyval_value(option: &str, path: &str, leaf: &str, v: String) -> Result<Value> {
-    if BOOL_KEYS.contains(&leaf) {
-        return match v.as_str() {
-            "on" | "yes" | "true" | "y" => Ok(Value::Bool(true)),
-            "off" | "no" | "false" | "n" => Ok(Value::Bool(false)),
-            _ => Err(bad(
-                option,
-                format!("Parameter '{path}' expects 'on' or 'off'"),
-            )),
-        };
-    }
-    if INT_KEYS.contains(&leaf) {
-        return parse_size(&v).map(Value::from).ok_or_else(|| {
-            bad(
-                option,
-                format!("Parameter '{path}' expects a non-negative number below 2^64"),
-            )
-        });
-    }
-    if leaf == "backing" && v.is_empty() {
-        return Ok(Value::Null);
-    }
-    Ok(Value::String(v))
-}
-
-/// QEMU's dotted keyval form (`driver=qcow2,file.driver=file,...`) as a
-/// JSON object.
-fn keyval_object(option: &str, pairs: Vec<(String, String)>) -> Result<Map<String, Value>> {
-    let mut root = Map::new();
-    for (key, v) in pairs {
-        let parts: Vec<&str> = key.split('.').collect();
-        let (leaf, parents) = match parts.split_last() {
-            Some((l, p)) if !l.is_empty() && p.iter().all(|x| !x.is_empty()) => (*l, p),
-            _ => return Err(bad(option, format!("Invalid parameter '{key}'"))),
-        };
-        let mut cur = &mut root;
-        for (i, p) in parents.iter().enumerate() {
-            let entry = cur
-                .entry((*p).to_owned())
-                .or_insert_with(|| Value::Object(Map::new()));
-            cur = match entry {
-                Value::Object(m) => m,
-                _ => {
-                    let path = parents[..=i].join(".");
-                    return Err(bad(
-                        option,
-                        format!("Parameter '{path}' used inconsistently"),
-                    ));
-                }
-            };
-        }
-        if cur.contains_key(leaf) {
-            return Err(bad(
-                option,
-                format!("Parameter '{key}' used inconsistently"),
-            ));
-        }
-        let value = keyval_value(option, &key, leaf, v)?;
-        cur.insert(leaf.to_owned(), value);
-    }
-    Ok(root)
-}
-
-/// `-blockdev`: JSON (`{"driver": ...}`) or dotted keyval
-/// (`driver=file,node-name=f0,filename=/x.img`), same result.
-pub fn parse_blockdev(s: &str) -> Result<Map<String, Value>> {
-    if s.trim_start().starts_with('{') {
-        return serde_json::from_str::<Map<String, Value>>(s)
-            .map_err(|e| bad("-blockdev", format!("JSON parse error, {e}")));
-    }
-    keyval_object("-blockdev", keyval_pairs("-blockdev", s, Some("driver"))?)
-}
-
-/// `-drive file=PATH,format=raw|qcow2,if=none,id=ID[,readonly=on]
-/// [,cache.direct=on][,cache=none|writeback|...][,aio=threads|native|io_uring]`:
-/// a `file` node under a format node named `ID`.
-pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
-    let o = "-drive";
-    let (mut file, mut format, mut id) = (None, None, None);
-    let (mut ro, mut direct, mut no_flush) = (false, false, false);
-    let mut extra = Map::new();
-    let mut aio = None;
-    for (k, v) in keyval_pairs(o, s, Some("file"))? {
-        match k.as_str() {
-            "file" => file = Some(v),
-            "format" => format = Some(v),
-            "id" => id = Some(v),
-            "if" if v == "none" => {}
-            "if" => {
-                return Err(bad(
-                    o,
-                    format!("if={v} is not supported; use if=none and -device"),
-                ))
-            }
-            "media" if v == "disk" => {}
-            "readonly" | "read-only" => ro = parse_on_off(o, &v)?,
-            "cache.direct" => direct = parse_on_off(o, &v)?,
-            "cache.no-flush" => no_flush = parse_on_off(o, &v)?,
-            "cache" => {
-                (direct, no_flush) = match v.as_str() {
-                    "none" => (true, false),
-                    "writeback" | "writethrough" => (false, false),
-                    "directsync" => (true, false),
-                    "unsafe" => (false, true),
-                    _ => return Err(bad(o, format!("invalid cache option '{v}'"))),
-                }
-            }
-            "discard" | "detect-zeroes" => {
-                extra.insert(k, Value::String(v));
-            }
-            "aio" => match v.as_str() {
-                "threads" | "native" | "io_uring" => aio = Some(v),
-                _ => return Err(bad(o, "invalid aio option")),
-            },
-            _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
-        }
-    }
-    let file = file.ok_or_else(|| bad(o, "file= is required"))?;
-    let id = id.ok_or_else(|| bad(o, "id= is required (bulkhead drives are if=none)"))?;
-    let format = format.ok_or_else(|| {
-        bad(
-            o,
-            "format= is required (bulkhead does not probe image formats)",
-        )
-    })?;
-    if !matches!(format.as_str(), "raw" | "qcow2") {
-        return Err(bad(o, format!("'{format}' invalid format")));
-    }
-    let cache = serde_json::json!({"direct": direct, "no-flush": no_flush});
-    let mut proto = Map::new();
-    proto.insert("driver".into(), "file".into());
-    proto.insert("filename".into(), file.into());
-    proto.insert("cache".into(), cache.clone());
-    if let Some(a) = aio {
-        proto.insert("aio".into(), a.into());
-    }
-    let mut top = Map::new();
-    top.insert("driver".into(), format.into());
-    top.insert("node-name".into(), id.into());
-    top.insert("cache".into(), cache);
-    if ro {
-        top.insert("read-only".into(), Value::Bool(true));
-        proto.insert("read-only".into(), Value::Bool(true));
-    }
-    top.extend(extra);
-    top.insert("file".into(), Value::Object(proto));
-    Ok(top)
-}
-
-/// `-device DRIVER,prop=value,...` or `-device {"driver": ...}`: the
-/// properties `device_add` takes (checked when applied).
-pub fn parse_device(s: &str) -> Result<Map<String, Value>> {
-    if s.trim_start().starts_with('{') {
-        return serde_json::from_str::<Map<String, Value>>(s)
-            .map_err(|e| bad("-device", format!("JSON parse error, {e}")));
-    }
-    Ok(keyval_pairs("-device", s, Some("driver"))?
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect())
 }
 
 /// `-chardev socket,id=ID,path=PATH`: only client Unix sockets.
@@ -681,15 +712,34 @@ mod tests {
              -name guest=vm1,debug-threads=on -m 256M -smp 4 -S -no-shutdown -serial null",
         ))
         .unwrap();
+        let paths: Vec<_> = c.qmp.iter().map(|m| m.socket.clone()).collect();
         assert_eq!(
-            c.qmp,
-            vec![PathBuf::from("/tmp/a.sock"), PathBuf::from("/tmp/b.sock")]
+            paths,
+            vec![
+                MonitorSocket::Path("/tmp/a.sock".into()),
+                MonitorSocket::Path("/tmp/b.sock".into())
+            ]
         );
         assert_eq!(c.name.as_deref(), Some("vm1"));
         assert_eq!(c.mem_size, 256 << 20);
         assert_eq!(c.cpus, 4);
         assert!(c.start_paused && c.no_shutdown);
         assert_eq!(c.serial, SerialSpec::Null);
+    }
+
+    #[test]
+    fn devices_without_id_get_free_generated_ids() {
+        let c = parse(&args(
+            "-device virtio-blk-device,drive=a -device virtio-blk-device,drive=b,id=anon-device1 \
+             -device virtio-blk-device,drive=c",
+        ))
+        .unwrap();
+        let ids: Vec<_> = c
+            .devices
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["anon-device0", "anon-device1", "anon-device2"]);
     }
 
     #[test]
@@ -779,26 +829,16 @@ mod tests {
     #[test]
     fn smp_bounds_are_checked() {
         assert_eq!(parse_smp("cpus=2").unwrap(), 2);
+        assert_eq!(parse_smp("1,sockets=1,cores=1,threads=1").unwrap(), 1);
+        assert_eq!(
+            parse_smp("4,sockets=1,cores=4,threads=1,maxcpus=4").unwrap(),
+            4
+        );
+        assert!(parse_smp("2,sockets=2,cores=1,threads=1").is_err());
+        assert!(parse_smp("2,maxcpus=4").is_err());
+        assert!(parse_smp("2,frob=1").is_err());
         assert!(parse_smp("0").is_err());
         assert!(parse_smp("65").is_err());
-    }
-
-    #[test]
-    fn blockdev_json_and_dotted_forms_give_the_same_options() {
-        let json = parse_blockdev(
-            r#"{"driver":"qcow2","node-name":"d0","read-only":true,"file":{"driver":"file","filename":"/x,y.img"}}"#,
-        )
-        .unwrap();
-        let dotted = parse_blockdev(
-            "driver=qcow2,node-name=d0,read-only=on,file.driver=file,file.filename=/x,,y.img",
-        )
-        .unwrap();
-        assert_eq!(json, dotted);
-        let implied = parse_blockdev("null-co,node-name=n0,size=1M").unwrap();
-        assert_eq!(
-            Value::Object(implied),
-            serde_json::json!({"driver": "null-co", "node-name": "n0", "size": 1048576})
-        );
     }
 
     #[test]
@@ -807,14 +847,6 @@ mod tests {
         assert_eq!(c.blockdevs.len(), 2);
         assert_eq!(c.blockdevs[0].option, "-blockdev");
         assert_eq!(c.blockdevs[1].options["node-name"], "d1");
-    }
-
-    #[test]
-    fn bad_blockdev_values_are_rejected() {
-        assert!(parse_blockdev("driver=file,read-only=maybe").is_err());
-        assert!(parse_blockdev("driver=file,size=-1").is_err());
-        assert!(parse_blockdev("driver=file,file=x,file.driver=y").is_err());
-        assert!(parse_blockdev("{not json").is_err());
     }
 
     #[test]
@@ -839,33 +871,5 @@ mod tests {
         assert!(parse_chardev("pty,id=x").is_err());
         assert!(parse_chardev("socket,id=x").is_err());
         assert!(parse_chardev("socket,id=x,path=/p,server=on").is_err());
-    }
-
-    #[test]
-    fn drive_makes_a_format_node_over_a_file_node() {
-        let d =
-            parse_drive("file=/x.img,format=qcow2,if=none,id=disk0,readonly=on,cache.direct=on")
-                .unwrap();
-        assert_eq!(
-            Value::Object(d),
-            serde_json::json!({"driver": "qcow2", "node-name": "disk0", "read-only": true,
-                "cache": {"direct": true, "no-flush": false},
-                "file": {"driver": "file", "filename": "/x.img", "read-only": true,
-                         "cache": {"direct": true, "no-flush": false}}})
-        );
-        assert!(parse_drive("file=/x.img,format=raw,if=virtio,id=d").is_err());
-        assert!(parse_drive("file=/x.img,if=none,id=d").is_err());
-        assert!(parse_drive("file=/x.img,format=raw,if=none").is_err());
-    }
-
-    #[test]
-    fn drive_aio_goes_to_the_file_node_and_bad_values_get_qemus_message() {
-        let d = parse_drive("file=/x.img,format=raw,if=none,id=d0,aio=io_uring").unwrap();
-        assert_eq!(d["file"]["aio"], "io_uring");
-        assert!(d.get("aio").is_none());
-        let d = parse_drive("file=/x.img,format=raw,if=none,id=d0").unwrap();
-        assert!(d["file"].get("aio").is_none());
-        let e = parse_drive("file=/x.img,format=raw,if=none,id=d0,aio=foo").unwrap_err();
-        assert!(e.to_string().ends_with("invalid aio option"), "{e}");
     }
 }

@@ -1,0 +1,104 @@
+//! The guest's serial port through a character device, as QEMU and
+//! libvirt write it: `-chardev null|stdio|file,id=ID[,path=]` (or a
+//! `socket,...,server=on,wait=off`) with `-serial chardev:ID` or
+//! `-device isa-serial,chardev=ID[,id=][,index=0]`. bulkhead has one UART
+//! (COM1), so only index 0; `pty` chardevs are refused (not yet there).
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use super::{bad, keyval_pairs, CliError, Result, SerialSpec};
+
+/// A `-chardev` that can back the serial port: (id, what it is), or
+/// `None` if it is a socket (handled elsewhere).
+pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
+    let o = "-chardev";
+    let pairs = keyval_pairs(o, s, Some("backend"))?;
+    let backend = pairs
+        .iter()
+        .find(|(k, _)| k == "backend")
+        .map_or(String::new(), |(_, v)| v.clone());
+    let backend = backend.as_str();
+    let spec = match backend {
+        "socket" => return Ok(None),
+        "null" => SerialSpec::Null,
+        "stdio" => SerialSpec::Stdio,
+        "file" => SerialSpec::File(PathBuf::new()),
+        "pty" | "serial" | "tty" | "parallel" | "pipe" | "udp" | "ringbuf" | "memory" | "vc"
+        | "spicevmc" | "spiceport" | "qemu-vdagent" | "dbus" => {
+            return Err(bad(o, format!("'{backend}' chardevs are not supported by bulkhead (null, stdio, file, socket are)")))
+        }
+        _ => return Err(bad(o, format!("Parameter 'backend' does not accept value '{backend}'"))),
+    };
+    let (mut id, mut path) = (None, None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "backend" => {}
+            "id" => id = Some(v),
+            "path" if backend == "file" => path = Some(PathBuf::from(v)),
+            "signal" if backend == "stdio" && v == "on" => {}
+            _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
+        }
+    }
+    let id = id.ok_or_else(|| bad(o, "Parameter 'id' is missing"))?;
+    let spec = match spec {
+        SerialSpec::File(_) => SerialSpec::File(
+            path.ok_or_else(|| CliError::Plain("chardev: file: no filename given".into()))?,
+        ),
+        other => other,
+    };
+    Ok(Some((id, spec)))
+}
+
+/// `-device isa-serial,chardev=ID[,id=][,index=0]`: the chardev id.
+pub fn parse_isa_serial(props: &Map<String, Value>) -> Result<String> {
+    let o = "-device";
+    let mut chardev = None;
+    for (k, v) in props {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match (k.as_str(), text.as_str()) {
+            ("driver", _) | ("id", _) | ("index", "0") | ("iobase", "0x3f8" | "1016") => {}
+            ("irq", "4") => {}
+            ("chardev", _) => chardev = Some(text),
+            ("index", _) => {
+                return Err(bad(o, "isa-serial: bulkhead has one UART (COM1, index=0)"))
+            }
+            _ => {
+                return Err(bad(
+                    o,
+                    format!("isa-serial: property '{k}' is not supported"),
+                ))
+            }
+        }
+    }
+    chardev.ok_or_else(|| bad(o, "isa-serial: Property 'chardev' is required"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_chardevs_parse_and_pty_is_refused() {
+        assert_eq!(
+            parse("null,id=s").unwrap(),
+            Some(("s".into(), SerialSpec::Null))
+        );
+        assert_eq!(
+            parse("file,id=s,path=/tmp/x").unwrap(),
+            Some(("s".into(), SerialSpec::File("/tmp/x".into())))
+        );
+        assert_eq!(parse("socket,id=s,path=/x").unwrap(), None);
+        assert!(parse("pty,id=s").is_err());
+        assert!(parse("file,id=s").is_err());
+        let props: Map<String, Value> = serde_json::from_str(
+            r#"{"driver":"isa-serial","chardev":"c","id":"serial0","index":"0"}"#,
+        )
+        .unwrap();
+        assert_eq!(parse_isa_serial(&props).unwrap(), "c");
+    }
+}

@@ -1,0 +1,146 @@
+//! The introspection commands libvirt probes, answered with what bulkhead
+//! has; where QEMU 10 has the same thing (`-M none`), the same answer or
+//! error. Needs /dev/kvm and qemu-system-x86_64.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use common::{Bulkhead, Qmp};
+use serde_json::{json, Value};
+
+/// QEMU 10's replies (`return` or `error`) to `cmds` on `-M none,accel=kvm`.
+fn qemu(cmds: &[Value]) -> Vec<Value> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "none,accel=kvm",
+            "-S",
+            "-display",
+            "none",
+            "-qmp",
+            "stdio",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 is installed (scripts/setup)");
+    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
+    for c in cmds {
+        input.push_str(&c.to_string());
+        input.push('\n');
+    }
+    input.push_str("{\"execute\":\"quit\"}\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let replies: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
+        .skip(1)
+        .collect();
+    child.wait().unwrap();
+    replies[..cmds.len()].to_vec()
+}
+
+fn ours(q: &mut Qmp, cmds: &[Value]) -> Vec<Value> {
+    cmds.iter()
+        .map(|c| {
+            let mut r = q.request(c.clone());
+            r.as_object_mut().unwrap().remove("id");
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn probes_qemu_answers_alike_get_qemus_answers() {
+    let cmds = [
+        json!({"execute": "query-target"}),
+        json!({"execute": "query-kvm"}),
+        json!({"execute": "query-iothreads"}),
+        json!({"execute": "query-sev-capabilities"}),
+        json!({"execute": "device-list-properties", "arguments": {"typename": "frob"}}),
+        json!({"execute": "qom-list-properties", "arguments": {"typename": "frob"}}),
+        json!({"execute": "qom-get", "arguments": {"path": "/nope", "property": "type"}}),
+        json!({"execute": "query-uuid"}),
+        json!({"execute": "query-command-line-options", "arguments": {"option": "frob"}}),
+    ];
+    let b = Bulkhead::start(&["-M", "none", "-S"]);
+    let mut q = b.client();
+    assert_eq!(ours(&mut q, &cmds), qemu(&cmds));
+}
+
+#[test]
+fn probes_answer_what_bulkhead_has() {
+    let b = Bulkhead::start(&[]);
+    let mut q = b.client();
+    let machines = q.ok("query-machines");
+    let names: Vec<&str> = machines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["microvm", "none"]);
+    assert_eq!(machines[0]["is-default"], true);
+    let cpus = q.ok("query-cpu-definitions");
+    let models: Vec<&str> = cpus
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["host", "max", "qemu64"]);
+    assert_eq!(q.ok("query-tpm-models"), json!([]));
+    assert_eq!(q.ok("query-tpm-types"), json!([]));
+    assert_eq!(q.ok("query-migrate-capabilities"), json!([]));
+    let r = q.execute("qom-list-types", json!({"implements": "virtio-device"}));
+    let types: Vec<&str> = r["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["virtio-blk-device", "vhost-user-blk"]);
+    let r = q.execute(
+        "device-list-properties",
+        json!({"typename": "virtio-blk-device"}),
+    );
+    let props: Vec<&str> = r["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(props, ["drive", "serial", "num-queues", "queue-size"]);
+    let r = q.execute(
+        "device-list-properties",
+        json!({"typename": "virtio-device"}),
+    );
+    assert_eq!(
+        Qmp::error_of(&r).1,
+        "Parameter 'typename' expects a non-abstract device type"
+    );
+    let r = q.execute("qom-get", json!({"path": "/machine", "property": "type"}));
+    assert_eq!(r["return"], "microvm-machine");
+    let r = q.execute("query-command-line-options", json!({"option": "name"}));
+    let params: Vec<&str> = r["return"][0]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["guest", "process", "debug-threads"]);
+    let r = q.execute("qom-list", json!({"path": "/machine"}));
+    assert!(r["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "peripheral"));
+}
