@@ -22,7 +22,6 @@
 //! is harmless.) It reads the L1 table, every allocated L2 table and the
 //! refblocks once.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -196,19 +195,30 @@ pub fn repair_refcounts(file: &File) -> Result<usize> {
     let reftable = read_table(file, rt_off, (rt_clusters * cluster / 8) as usize)?;
     let l1 = read_table(file, l1_off, l1_size)?;
 
-    let mut referenced = BTreeSet::from([0u64]);
-    referenced.extend((0..rt_clusters).map(|i| rt_off / cluster + i));
-    referenced.extend((0..(l1_size as u64 * 8).div_ceil(cluster)).map(|i| l1_off / cluster + i));
-    referenced.extend(
-        reftable
-            .iter()
-            .map(|e| e & OFFSET_MASK)
-            .filter(|&o| o != 0)
-            .map(|o| o / cluster),
-    );
+    let mut fix = Fixer {
+        rc: Refcounts {
+            cluster_bits,
+            refcount_bits: 1 << refcount_order,
+            reftable,
+        },
+        file,
+        block: None,
+        repaired: 0,
+    };
+    fix.mark(0)?;
+    for i in 0..rt_clusters {
+        fix.mark(rt_off / cluster + i)?;
+    }
+    for i in 0..(l1_size as u64 * 8).div_ceil(cluster) {
+        fix.mark(l1_off / cluster + i)?;
+    }
+    let refblocks: Vec<u64> = fix.rc.reftable.iter().map(|e| e & OFFSET_MASK).collect();
+    for rb in refblocks.into_iter().filter(|&o| o != 0) {
+        fix.mark(rb / cluster)?;
+    }
     let data_refcounted = incompat & INCOMPAT_DATA_FILE == 0;
     for l2_off in l1.iter().map(|e| e & OFFSET_MASK).filter(|&o| o != 0) {
-        referenced.insert(l2_off / cluster);
+        fix.mark(l2_off / cluster)?;
         if !data_refcounted {
             continue;
         }
@@ -216,38 +226,50 @@ pub fn repair_refcounts(file: &File) -> Result<usize> {
             // A compressed cluster's refcounts are set when it is written
             // (imago does not write them); skip them.
             if e & L2_COMPRESSED == 0 && e & OFFSET_MASK != 0 {
-                referenced.insert((e & OFFSET_MASK) / cluster);
+                fix.mark((e & OFFSET_MASK) / cluster)?;
             }
         }
+    }
+    fix.write_back()?;
+    Ok(fix.repaired)
+}
+
+/// Sets refcounts to 1 where they are 0, one refblock in memory at a time
+/// (referenced clusters come roughly in file order).
+struct Fixer<'a> {
+    rc: Refcounts,
+    file: &'a File,
+    /// The refblock in memory: its offset, contents and whether changed.
+    block: Option<(u64, Vec<u8>, bool)>,
+    repaired: usize,
+}
+
+impl Fixer<'_> {
+    /// Gives `cluster` (which the image references) refcount 1 if it has 0.
+    fn mark(&mut self, cluster: u64) -> Result<()> {
+        let (rb, i) = self.rc.locate(cluster)?;
+        if self.block.as_ref().is_none_or(|b| b.0 != rb) {
+            self.write_back()?;
+            let size = 1usize << self.rc.cluster_bits;
+            self.block = Some((rb, read_span(self.file, rb, size)?, false));
+        }
+        if let Some((_, block, dirty)) = self.block.as_mut() {
+            if self.rc.is_zero(block, i) {
+                self.rc.set_one(block, i);
+                *dirty = true;
+                self.repaired += 1;
+            }
+        }
+        Ok(())
     }
 
-    let rc = Refcounts {
-        cluster_bits,
-        refcount_bits: 1 << refcount_order,
-        reftable,
-    };
-    let mut blocks: HashMap<u64, (Vec<u8>, bool)> = HashMap::new();
-    let mut repaired = 0;
-    for c in referenced {
-        let (rb, i) = rc.locate(c)?;
-        let entry = match blocks.entry(rb) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert((read_span(file, rb, cluster as usize)?, false))
-            }
-        };
-        if rc.is_zero(&entry.0, i) {
-            rc.set_one(&mut entry.0, i);
-            entry.1 = true;
-            repaired += 1;
+    /// Writes the refblock in memory back if it changed.
+    fn write_back(&mut self) -> Result<()> {
+        if let Some((rb, block, true)) = self.block.take() {
+            write_span(self.file, rb, &block)?;
         }
+        Ok(())
     }
-    for (rb, (block, dirty)) in blocks {
-        if dirty {
-            write_span(file, rb, &block)?;
-        }
-    }
-    Ok(repaired)
 }
 
 #[cfg(test)]
