@@ -266,8 +266,9 @@ fn qemu_img_check_output(img: &std::path::Path) -> std::process::Output {
 }
 
 /// Sets the on-disk refcount of the L2 table that L1 entry 0 of the qcow2
-/// image `img` (16-bit refcounts, cluster below 512 KiB clusters' first
-/// refblock) points at to 0; returns that cluster's index.
+/// image `img` points at to 0; returns that cluster's index. Assumes
+/// 16-bit refcounts and that the first refblock covers that cluster (true
+/// for a small fresh image).
 fn drop_refcount_of_first_l2_table(img: &std::path::Path) -> u64 {
     use std::os::unix::fs::FileExt;
     const MASK: u64 = 0x00ff_ffff_ffff_fe00;

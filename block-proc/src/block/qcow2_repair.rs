@@ -99,8 +99,8 @@ fn read_table(file: &File, off: u64, n: usize) -> Result<Vec<u64>> {
     Ok((0..n).map(|i| be64(&raw, i * 8)).collect())
 }
 
-/// Where a cluster's refcount lives: refblock `index` in the reftable and
-/// entry `entry` in that refblock.
+/// The image's refcount geometry and refcount table: where a cluster's
+/// refcount lives and how an entry is encoded.
 struct Refcounts {
     cluster_bits: u32,
     refcount_bits: u32,
