@@ -17,6 +17,7 @@ pub mod iobuf;
 pub mod null;
 pub mod qcow2;
 pub mod qcow2_header;
+pub mod qcow2_repair;
 pub mod range_lock;
 pub mod raw;
 pub mod stats;

@@ -18,6 +18,9 @@
 //! write-back, overwrites write the metadata back too (see
 //! `Qcow2Driver::unflushed`).
 //! Only a host crash needs the guest's FLUSH (fdatasync).
+//! imago can still leave a table entry in the file before the refcount of
+//! the cluster it points at; a writable open first repairs such refcounts
+//! (`qcow2_repair`), so a restart never allocates a referenced cluster.
 //!
 //! Over an `O_DIRECT` file imago bounces unaligned requests through
 //! buffers of its own; such a request is cut into pieces of at most
@@ -318,6 +321,15 @@ impl Qcow2Driver {
             return Err(Qcow2Error::Open("Image is not in qcow2 format".into()));
         }
         super::qcow2_header::check_file(&file).map_err(Qcow2Error::Open)?;
+        if writable {
+            // A killed block-proc may have left references to clusters
+            // whose refcount imago had not written yet (see qcow2_repair).
+            let n = super::qcow2_repair::repair_refcounts(&file)
+                .map_err(|e| Qcow2Error::Open(format!("Could not open image: {e}")))?;
+            if n > 0 {
+                tracing::warn!("{filename}: repaired {n} missing qcow2 refcounts");
+            }
+        }
         let st = storage(file, filename, writable, direct)?;
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
         let backing = set_backing(&mut q, filename, backing, files)?;
