@@ -1,5 +1,5 @@
 //! `-serial pty` / `-chardev pty`: the broker opens a pseudo-terminal pair
-//! once, keeps both ends for the VM's life (so a respawned vcpu-proc gets
+//! once, keeps both ends for the broker's life (a second `prepare` gets
 //! the same `/dev/pts/N`), and gives vcpu-proc the master as the serial's
 //! byte stream; a user opens the slave, as with QEMU, which prints
 //! `char device redirected to /dev/pts/N (label X)` on stderr.
