@@ -144,3 +144,53 @@ fn probes_answer_what_bulkhead_has() {
         .iter()
         .any(|p| p["name"] == "peripheral"));
 }
+
+#[test]
+fn cpu_model_expansion_answers_as_qemu_for_bulkheads_models() {
+    let errors = [
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "full", "model": {"name": "frob"}}}),
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "bogus", "model": {"name": "host"}}}),
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "static", "model": {"name": "host", "props": {"frob": true}}}}),
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "static", "model": {"name": "host", "props": {"sse3": "x"}}}}),
+    ];
+    let b = Bulkhead::start(&["-M", "none", "-S"]);
+    let mut q = b.client();
+    assert_eq!(ours(&mut q, &errors), qemu(&errors));
+    // Each feature bulkhead reports has QEMU's value for the same model and
+    // props (QEMU lists more properties; bulkhead lists the features it knows).
+    let expansions = [
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "full", "model": {"name": "qemu64"}}}),
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "static", "model": {"name": "qemu64", "props": {"popcnt": true, "sse3": false}}}}),
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "full", "model": {"name": "host", "props": {"avx": false}}}}),
+        json!({"execute": "query-cpu-model-expansion", "arguments": {"type": "static", "model": {"name": "max"}}}),
+    ];
+    let theirs = qemu(&expansions);
+    let mine = ours(&mut q, &expansions);
+    for (m, t) in mine.iter().zip(&theirs) {
+        assert_eq!(m["return"]["model"]["name"], t["return"]["model"]["name"]);
+        let props = m["return"]["model"]["props"].as_object().unwrap();
+        assert!(props.len() > 100, "{m}");
+        // Where bulkhead's host vCPU differs from QEMU's (the expansion tells
+        // the truth about bulkhead's): QEMU adds ERMS and FSRM from the host's
+        // own CPUID when KVM does not report them, and drops TOPOEXT.
+        let known = ["erms", "fsrm", "topoext"];
+        let differ: Vec<String> = props
+            .iter()
+            .filter(|(k, v)| t["return"]["model"]["props"][k.as_str()] != **v)
+            .filter(|(k, _)| {
+                m["return"]["model"]["name"] == "qemu64" || !known.contains(&k.as_str())
+            })
+            .map(|(k, v)| {
+                format!(
+                    "{k}: ours {v}, QEMU {}",
+                    t["return"]["model"]["props"][k.as_str()]
+                )
+            })
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{}: {differ:?}",
+            m["return"]["model"]["name"]
+        );
+    }
+}

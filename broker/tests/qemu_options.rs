@@ -553,8 +553,8 @@ fn serial_port_through_a_chardev_as_qemu_and_libvirt_write_it() {
     }
     for (args, msg) in [
         (
-            &["-chardev", "pty,id=p", "-serial", "chardev:p"][..],
-            "bulkhead: -chardev: 'pty' chardevs are not supported by bulkhead",
+            &["-chardev", "vc,id=p", "-serial", "chardev:p"][..],
+            "bulkhead: -chardev: 'vc' chardevs are not supported by bulkhead",
         ),
         (
             &["-serial", "chardev:nope"][..],

@@ -60,6 +60,42 @@ pub fn apply(cpuid: &mut CpuId, model: &CpuModel) -> Vec<String> {
     warnings
 }
 
+/// The CPUID leaves of `model` for one vCPU, by the code vCPUs are built
+/// with, from KVM's supported set (a fresh `/dev/kvm`). With `as_defined`,
+/// the model as QEMU's `query-cpu-model-expansion` reports it: qemu64's
+/// leaf-1 and 0x8000_0001 features as the model defines them, even those
+/// KVM lacks (which a vCPU does not get); without, what a vCPU sees.
+pub fn expand(model: &CpuModel, as_defined: bool) -> std::io::Result<Vec<kvm_cpuid_entry2>> {
+    let os = |e: kvm_ioctls::Error| std::io::Error::from_raw_os_error(e.errno());
+    let kvm = kvm_ioctls::Kvm::new().map_err(os)?;
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(os)?;
+    let mut entries = supported.as_slice().to_vec();
+    if as_defined && model.base == CpuBase::Qemu64 {
+        for e in entries
+            .iter_mut()
+            .filter(|e| e.function == 1 || e.function == 0x8000_0001)
+        {
+            (e.ecx, e.edx) = (!0, !0);
+        }
+    }
+    crate::cpuid::filter_entries(&mut entries, 0, 1);
+    apply_entries(&mut entries, model);
+    Ok(entries)
+}
+
+/// Whether CPUID `leaf` (subleaf 0) has bit `bit` of `r` set in `entries`.
+pub fn has(entries: &[kvm_cpuid_entry2], leaf: u32, r: CpuidReg, bit: u8) -> bool {
+    entries
+        .iter()
+        .find(|e| e.function == leaf && e.index == 0)
+        .is_some_and(|e| {
+            let mut e = *e;
+            *reg(&mut e, r) & (1 << bit) != 0
+        })
+}
+
 fn reg(e: &mut kvm_cpuid_entry2, r: CpuidReg) -> &mut u32 {
     match r {
         CpuidReg::Eax => &mut e.eax,

@@ -67,6 +67,9 @@ pub enum SerialSpec {
     Unix(PathBuf),
     /// `-serial null`: discarded.
     Null,
+    /// `-serial pty` / `-chardev pty,id=LABEL`: a pseudo-terminal the
+    /// broker opens; the label is QEMU's (`serial0`, or the chardev id).
+    Pty(String),
 }
 
 /// Everything the command line says.
@@ -648,6 +651,7 @@ fn parse_serial(s: &str) -> Result<SerialSpec> {
     match first {
         "stdio" => Ok(SerialSpec::Stdio),
         "null" | "none" => Ok(SerialSpec::Null),
+        "pty" => Ok(SerialSpec::Pty("serial0".into())),
         _ => {
             if let Some(p) = first.strip_prefix("file:") {
                 Ok(SerialSpec::File(PathBuf::from(p)))
@@ -781,7 +785,11 @@ mod tests {
             parse_serial("unix:/tmp/s,server=on,wait=off").unwrap(),
             SerialSpec::Unix("/tmp/s".into())
         );
-        assert!(parse_serial("pty").is_err());
+        assert_eq!(
+            parse_serial("pty").unwrap(),
+            SerialSpec::Pty("serial0".into())
+        );
+        assert!(parse_serial("tcp:127.0.0.1:4444").is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The guest's serial port through a character device, as QEMU and
-//! libvirt write it: `-chardev null|stdio|file,id=ID[,path=]` (or a
+//! libvirt write it: `-chardev null|stdio|file|pty,id=ID[,path=]` (or a
 //! `socket,...,server=on,wait=off`) with `-serial chardev:ID` or
 //! `-device isa-serial,chardev=ID[,id=][,index=0]`. bulkhead has one UART
-//! (COM1), so only index 0; `pty` chardevs are refused (not yet there).
+//! (COM1), so only index 0.
 
 use std::path::PathBuf;
 
@@ -25,9 +25,10 @@ pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
         "null" => SerialSpec::Null,
         "stdio" => SerialSpec::Stdio,
         "file" => SerialSpec::File(PathBuf::new()),
-        "pty" | "serial" | "tty" | "parallel" | "pipe" | "udp" | "ringbuf" | "memory" | "vc"
+        "pty" => SerialSpec::Pty(String::new()),
+        "serial" | "tty" | "parallel" | "pipe" | "udp" | "ringbuf" | "memory" | "vc"
         | "spicevmc" | "spiceport" | "qemu-vdagent" | "dbus" => {
-            return Err(bad(o, format!("'{backend}' chardevs are not supported by bulkhead (null, stdio, file, socket are)")))
+            return Err(bad(o, format!("'{backend}' chardevs are not supported by bulkhead (null, stdio, file, pty, socket are)")))
         }
         _ => return Err(bad(o, format!("Parameter 'backend' does not accept value '{backend}'"))),
     };
@@ -46,6 +47,7 @@ pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
         SerialSpec::File(_) => SerialSpec::File(
             path.ok_or_else(|| CliError::Plain("chardev: file: no filename given".into()))?,
         ),
+        SerialSpec::Pty(_) => SerialSpec::Pty(id.clone()),
         other => other,
     };
     Ok(Some((id, spec)))
@@ -83,7 +85,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serial_chardevs_parse_and_pty_is_refused() {
+    fn serial_chardevs_parse_with_their_labels() {
         assert_eq!(
             parse("null,id=s").unwrap(),
             Some(("s".into(), SerialSpec::Null))
@@ -93,7 +95,11 @@ mod tests {
             Some(("s".into(), SerialSpec::File("/tmp/x".into())))
         );
         assert_eq!(parse("socket,id=s,path=/x").unwrap(), None);
-        assert!(parse("pty,id=s").is_err());
+        assert_eq!(
+            parse("pty,id=charserial0").unwrap(),
+            Some(("charserial0".into(), SerialSpec::Pty("charserial0".into())))
+        );
+        assert!(parse("pty,id=s,path=/x").is_err());
         assert!(parse("file,id=s").is_err());
         let props: Map<String, Value> = serde_json::from_str(
             r#"{"driver":"isa-serial","chardev":"c","id":"serial0","index":"0"}"#,

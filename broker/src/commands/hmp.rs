@@ -291,6 +291,10 @@ fn info_chardev(ctx: &Ctx<'_>) -> String {
     let serial = match &cfg.serial {
         SerialSpec::Stdio => "stdio".to_owned(),
         SerialSpec::Null => "null".to_owned(),
+        SerialSpec::Pty(_) => match crate::machine::serial_pty::path() {
+            Some(p) => format!("pty:{}", p.display()),
+            None => "pty".to_owned(),
+        },
         SerialSpec::File(p) => format!("file:{}", p.display()),
         SerialSpec::Unix(p) => format!("unix:{},server=on", p.display()),
     };

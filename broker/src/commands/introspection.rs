@@ -1,6 +1,6 @@
 //! What the machine and bulkhead are, as libvirt and other tools probe
 //! them: `query-uuid`, `query-target`, `query-kvm`, `query-machines`,
-//! `query-cpu-definitions`, `query-iothreads`, `query-tpm-models`,
+//! `query-cpu-definitions`, `query-cpu-model-expansion`, `query-iothreads`, `query-tpm-models`,
 //! `query-tpm-types`, `query-sev-capabilities`, `query-migrate-capabilities`
 //! — each answering what bulkhead has.
 
@@ -370,5 +370,147 @@ impl Command for QueryCommandLineOptions {
             (Some(o), true) => Err(QmpError::generic(format!("invalid option name: {o}"))),
             _ => Ok(list),
         }
+    }
+}
+
+/// `query-cpu-model-expansion`'s `type` (QEMU's CpuModelExpansionType).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpansionType {
+    /// As the static model `base` plus every feature.
+    Static,
+    /// As the model itself plus every feature.
+    Full,
+}
+
+impl QapiType for ExpansionType {
+    fn schema() -> SchemaType {
+        SchemaType::Enum {
+            name: "CpuModelExpansionType",
+            values: vec!["static", "full"],
+        }
+    }
+}
+
+/// A CPU model and property changes (QEMU's CpuModelInfo).
+#[derive(Debug, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuModelInfo {
+    /// The model.
+    pub name: String,
+    /// Feature name → on/off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub props: Option<serde_json::Map<String, Value>>,
+}
+
+impl QapiType for CpuModelInfo {
+    fn schema() -> SchemaType {
+        SchemaType::Object {
+            name: "CpuModelInfo",
+            members: vec![member::<String>("name"), optional::<Value>("props")],
+        }
+    }
+}
+
+/// Arguments of `query-cpu-model-expansion`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuModelExpansionArgs {
+    /// How to expand.
+    #[serde(rename = "type")]
+    pub kind: ExpansionType,
+    /// What to expand.
+    pub model: CpuModelInfo,
+}
+
+impl QapiType for CpuModelExpansionArgs {
+    fn schema() -> SchemaType {
+        SchemaType::Object {
+            name: "CpuModelExpansionArgs",
+            members: vec![
+                member::<ExpansionType>("type"),
+                member::<CpuModelInfo>("model"),
+            ],
+        }
+    }
+}
+
+/// Reply of `query-cpu-model-expansion` (QEMU's CpuModelExpansionInfo).
+#[derive(Debug, Serialize)]
+pub struct CpuModelExpansionInfo {
+    /// The expanded model.
+    pub model: CpuModelInfo,
+}
+
+impl QapiType for CpuModelExpansionInfo {
+    fn schema() -> SchemaType {
+        SchemaType::Object {
+            name: "CpuModelExpansionInfo",
+            members: vec![member::<CpuModelInfo>("model")],
+        }
+    }
+}
+
+/// `query-cpu-model-expansion`.
+pub struct QueryCpuModelExpansion;
+
+impl Command for QueryCpuModelExpansion {
+    const NAME: &'static str = "query-cpu-model-expansion";
+    // Answered by the broker from KVM's supported CPUID (a fresh /dev/kvm)
+    // through the code vCPUs are built with.
+    const BROKER_ONLY: bool = true;
+    const DOC: &'static str =
+        "Expand a CPU model (host, max, qemu64) with props into every feature bulkhead knows, on or off.";
+    type Args = CpuModelExpansionArgs;
+    type Ret = CpuModelExpansionInfo;
+
+    fn run(args: CpuModelExpansionArgs, _: &Ctx<'_>) -> Result<CpuModelExpansionInfo> {
+        let name = args.model.name.as_str();
+        if !crate::cli::cpu::MODELS.iter().any(|(m, _)| *m == name) {
+            return Err(QmpError::generic(format!("CPU model '{name}' not found")));
+        }
+        let mut spec = String::from(name);
+        for (prop, v) in args.model.props.iter().flatten() {
+            if crate::cli::cpu::feature(prop).is_none() {
+                return Err(QmpError::generic(format!(
+                    "Property '{name}-x86_64-cpu.{prop}' not found"
+                )));
+            }
+            let Some(on) = v.as_bool() else {
+                return Err(QmpError::generic(format!(
+                    "Invalid parameter type for 'model.props.{prop}', expected: boolean"
+                )));
+            };
+            spec.push_str(&format!(",{prop}={}", if on { "on" } else { "off" }));
+        }
+        let model = crate::cli::cpu::parse(&spec).map_err(|e| QmpError::generic(e.to_string()))?;
+        let entries = vcpu_proc::cpu_model::expand(&model, true)
+            .map_err(|e| QmpError::generic(format!("/dev/kvm: {e}")))?;
+        let props: serde_json::Map<String, Value> = crate::cli::cpu::feature_names()
+            // The guest OS sets OSXSAVE; QEMU has no property for it.
+            .filter(|f| *f != "osxsave")
+            // A static expansion names each feature once, as QEMU does.
+            .filter(|f| {
+                matches!(args.kind, ExpansionType::Full)
+                    || !["sse3", "sse4-1", "sse4-2", "xd"].contains(f)
+            })
+            .filter_map(|f| {
+                let (leaf, reg, bit) = crate::cli::cpu::feature(f)?;
+                Some((
+                    f.to_string(),
+                    Value::Bool(vcpu_proc::cpu_model::has(&entries, leaf, reg, bit)),
+                ))
+            })
+            .collect();
+        let name = match args.kind {
+            ExpansionType::Static => "base".to_string(),
+            ExpansionType::Full => args.model.name,
+        };
+        Ok(CpuModelExpansionInfo {
+            model: CpuModelInfo {
+                name,
+                props: Some(props),
+            },
+        })
     }
 }

@@ -50,6 +50,7 @@ pub fn registry() -> Registry {
     r.register::<introspection::QueryKvm>();
     r.register::<introspection::QueryMachines>();
     r.register::<introspection::QueryCpuDefinitions>();
+    r.register::<introspection::QueryCpuModelExpansion>();
     r.register::<introspection::QueryIothreads>();
     r.register::<introspection::QueryTpmModels>();
     r.register::<introspection::QueryTpmTypes>();

@@ -24,6 +24,7 @@ pub mod images;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
+pub mod serial_pty;
 pub mod start_gate;
 pub mod stats_carry;
 pub mod vm_setup;

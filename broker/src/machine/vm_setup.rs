@@ -23,6 +23,9 @@ pub enum SetupError {
     /// Guest memory could not be created.
     #[error("could not allocate {0} bytes of guest memory")]
     Memory(u64, #[source] std::io::Error),
+    /// The serial pty could not be opened.
+    #[error(transparent)]
+    Pty(#[from] super::serial_pty::PtyError),
     /// The serial socket could not be created.
     #[error("could not listen on serial socket '{0}'")]
     SerialSocket(PathBuf, #[source] std::io::Error),
@@ -101,6 +104,10 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
             serial_socket = Some(p.clone());
             SerialConfig::Listener(slots.push(l.into()))
         }
+        SerialSpec::Pty(label) => SerialConfig::Stream {
+            output: slots.push(super::serial_pty::master(label)?),
+            input: Some(slots.push(super::serial_pty::master(label)?)),
+        },
     };
     let config = VmConfig {
         kvm,

@@ -139,13 +139,26 @@ fn feed(dev: &Mutex<SerialDevice>, mut bytes: &[u8]) {
     }
 }
 
-fn pump(dev: &Mutex<SerialDevice>, mut input: impl Read) {
+fn pump<R: Read + std::os::fd::AsFd>(dev: &Mutex<SerialDevice>, mut input: R) {
     let mut buf = [0u8; INPUT_BUF];
     loop {
         match input.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => feed(dev, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A non-blocking input (the broker's pty master): wait for data.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [nix::poll::PollFd::new(
+                    std::os::fd::AsFd::as_fd(&input),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                if let Err(e) = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                    if e != nix::errno::Errno::EINTR {
+                        warn_limited!("serial input poll failed: {e}");
+                        return;
+                    }
+                }
+            }
             Err(e) => {
                 warn_limited!("serial input read failed: {e}");
                 return;
