@@ -13,92 +13,14 @@ mod common;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::block_proc::{connect, BlockProc, TempDir};
 use common::{Opts, Vmm, TIMEOUT};
 use ipc_proto::vcpu::{
     FdSlot, RunState, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-fn block_proc_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
-        return PathBuf::from(p);
-    }
-    // <target>/debug/deps/vhost_user_control-HASH → <target>/debug/block-proc
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("block-proc"))
-        .unwrap();
-    assert!(
-        p.exists(),
-        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
-        p.display()
-    );
-    p
-}
-
-struct BlockProc(Child);
-
-impl BlockProc {
-    fn start(image: &Path, sock: &Path) -> Self {
-        let _ = std::fs::remove_file(sock);
-        let json = format!(
-            r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}"#,
-            image.display()
-        );
-        let child = Command::new(block_proc_bin())
-            .args(["--standalone", "--socket"])
-            .arg(sock)
-            .arg("--blockdev")
-            .arg(json)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        BlockProc(child)
-    }
-
-    fn signal(&self, s: Signal) {
-        kill(Pid::from_raw(self.0.id() as i32), s).unwrap();
-    }
-}
-
-impl Drop for BlockProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn connect(sock: &Path) -> UnixStream {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match UnixStream::connect(sock) {
-            Ok(s) => return s,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "cannot connect to {}: {e}",
-                    sock.display()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use nix::sys::signal::Signal;
 
 fn reconnect(vmm: &mut Vmm, sock: &UnixStream) -> u64 {
     vmm.send(

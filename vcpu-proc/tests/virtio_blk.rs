@@ -8,17 +8,18 @@
 //! CARGO_TARGET_DIR) or named by `BULKHEAD_BLOCK_PROC`. Fails with a clear
 //! message when either is missing.
 
+mod common;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::block_proc::{connect, BlockProc, TempDir};
 use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
 use vcpu_proc::runstate::Input;
 use vcpu_proc::virtio::{VhostUserBlkParams, VirtioEvent, VirtioMmioDevice};
@@ -31,85 +32,6 @@ const IMAGE_SECTORS: u64 = 4096;
 
 fn guest(name: &str) -> PathBuf {
     Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(name)
-}
-
-fn block_proc_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
-        return PathBuf::from(p);
-    }
-    // <target>/debug/deps/virtio_blk-HASH → <target>/debug/block-proc
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("block-proc"))
-        .unwrap();
-    assert!(
-        p.exists(),
-        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
-        p.display()
-    );
-    p
-}
-
-struct BlockProc(Child);
-
-impl BlockProc {
-    fn start(image: &Path, sock: &Path) -> Self {
-        let _ = std::fs::remove_file(sock);
-        let json = format!(
-            r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}"#,
-            image.display()
-        );
-        let child = Command::new(block_proc_bin())
-            .arg("--standalone")
-            .arg("--socket")
-            .arg(sock)
-            .arg("--blockdev")
-            .arg(json)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        BlockProc(child)
-    }
-
-    fn kill(&mut self) {
-        // SIGKILL: no chance to clean up, as in a crash.
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for BlockProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn connect(sock: &Path) -> UnixStream {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match UnixStream::connect(sock) {
-            Ok(s) => return s,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "cannot connect to {}: {e}",
-                    sock.display()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn temp_dir(name: &str) -> TempDir {

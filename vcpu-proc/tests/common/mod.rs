@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod block_proc;
+
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -1,0 +1,100 @@
+//! A standalone block-proc serving one raw image on a path socket, for
+//! the tests that give vcpu-proc a real vhost-user-blk backend.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::TIMEOUT;
+
+/// The block-proc binary built beside this test (or `BULKHEAD_BLOCK_PROC`).
+pub fn block_proc_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
+        return PathBuf::from(p);
+    }
+    // <target>/debug/deps/TEST-HASH → <target>/debug/block-proc
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("block-proc"))
+        .unwrap();
+    assert!(
+        p.exists(),
+        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
+        p.display()
+    );
+    p
+}
+
+/// A running standalone block-proc (killed on drop).
+pub struct BlockProc(Child);
+
+impl BlockProc {
+    /// Serves `image` (raw) as node `disk0` on `sock`.
+    pub fn start(image: &Path, sock: &Path) -> Self {
+        let _ = std::fs::remove_file(sock);
+        let json = format!(
+            r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}"#,
+            image.display()
+        );
+        let child = Command::new(block_proc_bin())
+            .args(["--standalone", "--socket"])
+            .arg(sock)
+            .arg("--blockdev")
+            .arg(json)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        BlockProc(child)
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// Sends `s` (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.0.id() as i32), s).unwrap();
+    }
+}
+
+impl Drop for BlockProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connects to `sock`, retrying until block-proc listens.
+pub fn connect(sock: &Path) -> UnixStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to {}: {e}",
+                    sock.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
