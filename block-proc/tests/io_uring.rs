@@ -15,8 +15,6 @@ use vhost_user_harness::blk::S_OK;
 use vhost_user_harness::process::Backend;
 use vhost_user_harness::Request;
 
-const MIB: usize = 1 << 20;
-
 fn disk(name: &str, size: u64) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bp-uring-{}-{name}", std::process::id()));
@@ -223,49 +221,6 @@ fn sigkill_with_requests_on_the_ring_loses_no_write() {
     let img = disk("crash.raw", 96 << 20);
     let sock = tmp("crash.sock");
     let json = json(&img, "io_uring", true);
-    let mut bp = start(&sock, &json, &["--num-queues", "2"]);
-    let mut dev = connect(&sock, 2);
-    assert!(dev.has_inflight());
-    for i in 0..16u64 {
-        assert_eq!(dev.write(0, i * 2048, &pattern(MIB, i)).unwrap(), S_OK);
-    }
-    for q in 0..2usize {
-        for k in 0..16u64 {
-            let i = 16 + q as u64 * 16 + k;
-            dev.submit(
-                q,
-                Request::Write {
-                    sector: i * 2048,
-                    data: &pattern(MIB, i),
-                },
-            )
-            .unwrap();
-        }
-        dev.kick(q).unwrap();
-    }
-    let mut marked = vec![0];
-    for _ in 0..100_000 {
-        marked = dev.inflight_marked().unwrap();
-        if marked.iter().sum::<usize>() > 0 {
-            break;
-        }
-    }
-    bp.kill();
-    eprintln!("inflight marks at the crash: {marked:?}");
-    let _bp2 = start(&sock, &json, &["--num-queues", "2"]);
-    dev.reconnect().unwrap();
-    let mut acked = Vec::new();
-    for q in 0..2usize {
-        while dev.pending(q) > 0 {
-            acked.extend(dev.wait(q).unwrap());
-        }
-    }
-    assert!(acked.iter().all(|c| c.status == Some(S_OK)));
-    assert_eq!(acked.len(), 32);
-    for i in 0..48u64 {
-        let (st, back) = dev.read(1, i * 2048, MIB as u32).unwrap();
-        assert_eq!(st, S_OK);
-        assert!(back == pattern(MIB, i), "region {i} lost its data");
-    }
+    sigkill_mid_flight_round(&sock, &json);
     std::fs::remove_file(img).unwrap();
 }
