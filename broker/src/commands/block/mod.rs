@@ -1,0 +1,21 @@
+//! Block-graph commands, with QEMU's semantics and messages. The nodes live
+//! in block-proc; the broker validates, opens the files and keeps the desired
+//! state ([`crate::machine::block_state`]).
+//!
+//! - [`options`] — `BlockdevOptions` (blockdev-add's arguments) and their checks.
+//! - [`nodes`] — `blockdev-add`, `blockdev-del`, `x-blockdev-del`.
+//! - [`info`] — `query-named-block-nodes` and the node/image info types.
+//! - [`stats`] — `query-blockstats`.
+//! - [`query_block`] — `query-block`.
+
+pub mod info;
+pub mod nodes;
+pub mod options;
+pub mod query_block;
+pub mod stats;
+
+pub use info::*;
+pub use nodes::*;
+pub use options::*;
+pub use query_block::*;
+pub use stats::*;
