@@ -459,14 +459,20 @@ impl Driver for Qcow2Driver {
     }
     fn image_info(&self) -> ImageInfo {
         let c = self.child.driver.image_info();
+        let header = self
+            .child
+            .driver
+            .as_file()
+            .and_then(super::qcow2_info::read);
         ImageInfo {
             filename: self.filename.clone(),
             format: "qcow2".into(),
             virtual_size: self.size,
             actual_size: c.actual_size,
-            cluster_size: None,
+            cluster_size: header.as_ref().map(|h| h.0),
             backing_filename: self.backing.clone(),
             backing_image: None,
+            format_specific: header.map(|h| ipc_proto::block::FormatSpecific::Qcow2(h.1)),
         }
     }
     fn children(&self) -> Vec<String> {
