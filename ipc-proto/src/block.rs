@@ -590,6 +590,8 @@ pub struct NodeInfo {
     pub image: ImageInfo,
     /// Whether a parent (node or export) holds this node.
     pub in_use: bool,
+    /// The node's `file` child (generated names included), if it has one.
+    pub file_child: Option<String>,
 }
 
 /// Per-node I/O statistics (QEMU `BlockDeviceStats` subset).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::*;
-use crate::machine::{block_state, lock, unexpected_reply};
+use crate::machine::{lock, unexpected_reply};
 use crate::qmp::error::Result;
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, Member, QapiType, SchemaType};
@@ -263,12 +263,13 @@ impl Command for QueryBlockstats {
                 .map(|n| n.drv.as_str())
         };
         creation_order(m, &mut stats, |s| &s.node_name);
-        let st = block_state::state(m);
-        let st = lock(&st);
         // A node's statistics with its `file` child's as `parent`.
         let with_parent = |s: &NodeStats| {
             let mut out = node_stats(s, drv(&s.node_name));
-            let child = st.find(&s.node_name).and_then(block_state::file_child_name);
+            let child = nodes
+                .iter()
+                .find(|n| n.node_name == s.node_name)
+                .and_then(|n| n.file_child.as_deref());
             out.parent = child
                 .and_then(|c| stats.iter().find(|x| x.node_name == c))
                 .map(|c| Box::new(node_stats(c, drv(&c.node_name))));
