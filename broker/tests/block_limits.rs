@@ -460,3 +460,54 @@ fn throttle_and_write_threshold_survive_a_block_proc_sigkill_and_act_on_the_gues
         .all(|e| e["event"] != "BLOCK_WRITE_THRESHOLD"));
     assert!(!serial.has("VERDICT: FAIL"), "{}", serial.text());
 }
+
+/// The guest's I/O shows at the `file` node below its raw or qcow2 node
+/// (it stayed at 0 before), and qcow2's metadata writes count there too.
+fn file_node_counts_guest_io(format: &str) {
+    let dir = common::TempDir::new();
+    let img = match format {
+        "raw" => raw_image(&dir.0),
+        _ => qcow2_image(&dir.0),
+    };
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", format, &img, &serial);
+    let mut q = b.client();
+    serial.wait_passes(2);
+    let dev = q.ok("query-blockstats")[0].clone();
+    let (top, file) = (&dev["stats"], &dev["parent"]["stats"]);
+    eprintln!("{format}: device {top}\nfile {file}");
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    assert!(n(top, "wr_operations") >= 16, "{top}");
+    assert!(
+        n(file, "wr_operations") >= n(top, "wr_operations"),
+        "{file}"
+    );
+    assert!(n(file, "rd_operations") > 0, "{file}");
+    assert!(n(file, "wr_bytes") >= n(top, "wr_bytes"), "{file}");
+    if format == "raw" {
+        assert_eq!(n(file, "wr_highest_offset"), 32768);
+    } else {
+        // Data clusters lie after the header and tables.
+        assert!(n(file, "wr_highest_offset") > 32768, "{file}");
+    }
+    // The same counters through query-nodes.
+    let nodes = q.execute("query-blockstats", json!({"query-nodes": true}))["return"].clone();
+    let file_node = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node-name"] == dev["parent"]["node-name"])
+        .unwrap()
+        .clone();
+    assert!(n(&file_node["stats"], "wr_operations") >= n(file, "wr_operations"));
+}
+
+#[test]
+fn guest_io_on_raw_is_counted_at_its_file_node() {
+    file_node_counts_guest_io("raw");
+}
+
+#[test]
+fn guest_io_on_qcow2_is_counted_at_its_file_node_metadata_included() {
+    file_node_counts_guest_io("qcow2");
+}

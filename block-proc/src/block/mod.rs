@@ -5,6 +5,7 @@
 //! - [`file`], [`raw`], [`qcow2`], [`null`]: the drivers.
 //! - [`aio`]: the `file` driver's I/O engines (thread pool, io_uring).
 //! - [`iobuf`]: aligned buffers and guest-buffer helpers.
+//! - [`counted_storage`]: imago's storage counted at the qcow2 node's file node.
 //! - [`bounce`]: the budgeted bounce-buffer pool of an `O_DIRECT` file.
 //! - [`range_lock`]: byte-range locks over data-modifying requests.
 //! - [`stats`]: per-node I/O accounting.
@@ -13,6 +14,7 @@
 
 pub mod aio;
 pub mod bounce;
+pub mod counted_storage;
 pub mod file;
 pub mod graph;
 pub mod iobuf;
