@@ -146,18 +146,26 @@ fn limit(i: usize, avg: u64, max: u64, len: u64) -> ThrottleConfig {
 /// completion times (from the start) of those done by then, after
 /// waiting for the rest.
 fn drive(dev: &mut BlkDevice, write: bool, len: u32, secs: f64) -> Vec<f64> {
+    drive_with(dev, secs, |_| {
+        if write {
+            Request::WriteInPlace { sector: 0, len }
+        } else {
+            Request::Read { sector: 0, len }
+        }
+    })
+}
+
+/// As [`drive`], with the requests `make` builds (from a counter).
+fn drive_with(dev: &mut BlkDevice, secs: f64, make: impl Fn(u64) -> Request<'static>) -> Vec<f64> {
+    let mut i = 0u64;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut done = Vec::new();
     loop {
         let now = Instant::now();
         while now < end && dev.pending(0) < 16 {
-            let r = if write {
-                Request::WriteInPlace { sector: 0, len }
-            } else {
-                Request::Read { sector: 0, len }
-            };
-            dev.submit(0, r).unwrap();
+            dev.submit(0, make(i)).unwrap();
+            i += 1;
         }
         dev.kick(0).unwrap();
         if dev.pending(0) == 0 {
@@ -207,6 +215,26 @@ fn write_bps_limit_is_held_within_five_percent_and_spares_reads() {
     assert!(
         reads > 100,
         "reads were throttled by a write limit: {reads}"
+    );
+}
+
+#[test]
+fn write_zeroes_count_as_writes_of_their_range() {
+    let mut w = spawn();
+    let mut dev = w.null_export("n0", "e0");
+    let mut c = limit(BPS_TOTAL, 0, 0, 1);
+    c.buckets[2].avg = 1 << 20; // bps_wr: 1 MiB/s
+    w.throttle("e0", "e0", Some(c));
+    let n = drive_with(&mut dev, 5.0, |i| Request::WriteZeroes {
+        sector: (i % 64) * 128,
+        num: 128,
+        unmap: false,
+    })
+    .len() as f64;
+    assert_within_5_percent(
+        "write-zeroes bytes/s",
+        n * 65536.0 / 5.0,
+        f64::from(1 << 20),
     );
 }
 

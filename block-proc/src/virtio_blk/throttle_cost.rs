@@ -1,7 +1,7 @@
 //! What a request costs the export's throttle group: reads and writes
-//! count their data bytes (QEMU meters them at the BlockBackend, as here
-//! at the export); flush, discard, write-zeroes and get-id are not
-//! metered.
+//! count their data bytes, write-zeroes its range as a write (QEMU meters
+//! them at the BlockBackend, as here at the export); flush, discard and
+//! get-id are not metered, as in QEMU.
 
 use super::{iobuf, parse, req};
 use crate::throttle::gate::Cost;
@@ -22,6 +22,15 @@ pub fn request_cost(mem: &Mem, descs: &[Desc]) -> Cost {
             write: true,
             bytes: iobuf::total_len(&p.out) as u64,
         },
+        req::WRITE_ZEROES if iobuf::total_len(&p.out) == 16 => {
+            let mut seg = [0u8; 16];
+            iobuf::gather(&p.out, &mut seg);
+            let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            Cost::Io {
+                write: true,
+                bytes: u64::from(num) * 512,
+            }
+        }
         _ => Cost::Free,
     }
 }
