@@ -511,3 +511,85 @@ fn guest_io_on_raw_is_counted_at_its_file_node() {
 fn guest_io_on_qcow2_is_counted_at_its_file_node_metadata_included() {
     file_node_counts_guest_io("qcow2");
 }
+
+#[test]
+fn a_throttle_group_shared_by_two_devices_shows_one_config_as_in_qemu_and_survives_a_kill() {
+    let dir = common::TempDir::new();
+    let (img0, img1) = (raw_image(&dir.0), dir.0.join("disk1.raw"));
+    std::fs::File::create(&img1)
+        .unwrap()
+        .set_len(IMAGE_BYTES)
+        .unwrap();
+    let two = |a: &Path, b: &Path| {
+        let mut v = drive_args(a, "raw", "");
+        v.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=d1,format=raw", b.display()),
+            "-device".into(),
+            "virtio-blk-device,drive=d1,id=vdb".into(),
+        ]);
+        v
+    };
+    let mut qemu = Qemu::system(&dir.0, &two(&copy_of(&img0), &copy_of(&img1)));
+    let b = bulkhead(&two(&img0, &img1));
+    let mut q = b.client();
+    let summary = |v: Value| -> Vec<Value> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| json!([d["device"], d["inserted"]["iops"], d["inserted"]["group"]]))
+            .collect()
+    };
+    for (id, extra) in [
+        ("vda", json!({"iops": 100, "group": "g"})),
+        ("vdb", json!({"iops": 7, "group": "g"})),
+    ] {
+        let a = throttle_args(json!({ "id": id }), extra);
+        assert_eq!(
+            q.execute("block_set_io_throttle", a.clone()),
+            json!({"return": {}})
+        );
+        assert_eq!(
+            qemu.qmp.execute("block_set_io_throttle", a),
+            json!({"return": {}})
+        );
+    }
+    // The last setting is the group's, for both members.
+    let ours = summary(q.ok("query-block"));
+    assert_eq!(ours, summary(qemu.qmp.ok("query-block")));
+    assert_eq!(ours, vec![json!(["d0", 7, "g"]), json!(["d1", 7, "g"])]);
+    kill_block_proc(&b, &mut q);
+    assert_eq!(summary(q.ok("query-block")), ours);
+    // One member leaves; the other keeps the group's limits.
+    let off = throttle_args(json!({"id": "vdb"}), json!({}));
+    assert_eq!(
+        q.execute("block_set_io_throttle", off.clone()),
+        json!({"return": {}})
+    );
+    qemu.qmp.execute("block_set_io_throttle", off);
+    assert_eq!(
+        summary(q.ok("query-block")),
+        summary(qemu.qmp.ok("query-block"))
+    );
+}
+
+#[test]
+fn a_deleted_nodes_threshold_does_not_stop_a_restart() {
+    let b = bulkhead(&[]);
+    let mut q = b.client();
+    let add = json!({"driver": "null-co", "node-name": "n1"});
+    assert_eq!(q.execute("blockdev-add", add), json!({"return": {}}));
+    let t = json!({"node-name": "n1", "write-threshold": 4096});
+    assert_eq!(
+        q.execute("block-set-write-threshold", t),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        q.execute("blockdev-del", json!({"node-name": "n1"})),
+        json!({"return": {}})
+    );
+    kill_block_proc(&b, &mut q);
+    let add = json!({"driver": "null-co", "node-name": "n1"});
+    assert_eq!(q.execute("blockdev-add", add), json!({"return": {}}));
+    assert_eq!(q.ok("query-named-block-nodes")[0]["write_threshold"], 0);
+}

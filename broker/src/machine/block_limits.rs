@@ -82,27 +82,53 @@ impl Limits {
         }
     }
 
+    /// Forget the thresholds of deleted nodes.
+    pub fn forget_nodes(&mut self, node: &str, children: &[String]) {
+        self.thresholds.remove(node);
+        for c in children {
+            self.thresholds.remove(c);
+        }
+    }
+
     /// Forget device `id` (its export is gone).
     pub fn forget_device(&mut self, device: &str) {
         self.devices.remove(device);
     }
 
-    /// The requests that bring a fresh block-proc to these limits.
-    fn requests(&self) -> Vec<BlockRequest> {
-        let throttles = self.devices.iter().map(|(d, t)| BlockRequest::SetThrottle {
-            id: export_id(d),
-            group: t.group.clone(),
-            config: Some(t.config),
+    /// The requests that bring a fresh block-proc to these limits, each
+    /// with the record it comes from.
+    fn requests(&self) -> Vec<(Record, BlockRequest)> {
+        let throttles = self.devices.iter().map(|(d, t)| {
+            let req = BlockRequest::SetThrottle {
+                id: export_id(d),
+                group: t.group.clone(),
+                config: Some(t.config),
+            };
+            (Record::Device(d.clone()), req)
         });
-        let thresholds = self
-            .thresholds
-            .iter()
-            .map(|(n, &t)| BlockRequest::SetWriteThreshold {
+        let thresholds = self.thresholds.iter().map(|(n, &t)| {
+            let req = BlockRequest::SetWriteThreshold {
                 node_name: n.clone(),
                 threshold: t,
-            });
+            };
+            (Record::Threshold(n.clone()), req)
+        });
         throttles.chain(thresholds).collect()
     }
+
+    fn forget(&mut self, r: &Record) {
+        match r {
+            Record::Device(d) => self.forget_device(d),
+            Record::Threshold(n) => self.set_threshold(n, 0),
+        }
+    }
+}
+
+/// Which record a replayed request comes from.
+#[derive(Debug)]
+enum Record {
+    Device(String),
+    Threshold(String),
 }
 
 fn done(r: BlockReply) -> Result<(), FlatError> {
@@ -148,11 +174,19 @@ pub fn export_added(m: &Machine, device: &str, drive: &str) {
 }
 
 /// Brings a restarted block-proc (through `link`, after its nodes and
-/// exports) to the recorded limits.
+/// exports) to the recorded limits. A limit the worker refuses (its node
+/// or export is gone) is logged and forgotten rather than failing the
+/// restart; a dead link fails it, as the node replay does.
 pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
     let reqs = lock(&block_state::state(m)).limits.requests();
-    for r in reqs {
-        done(link.request(r, &[])?)?;
+    for (rec, r) in reqs {
+        if let Err(e) = link.request(r, &[]).and_then(done) {
+            if link.is_broken() {
+                return Err(e);
+            }
+            tracing::warn!("limit not restored, forgotten: {rec:?}: {}", e.desc);
+            lock(&block_state::state(m)).limits.forget(&rec);
+        }
     }
     Ok(())
 }
@@ -183,7 +217,7 @@ mod tests {
         assert_eq!(l.throttle("a").unwrap().config.buckets[0].avg, 200);
         assert_eq!(l.throttle("b").unwrap().config.buckets[0].avg, 100);
         l.set_threshold("n", 4096);
-        let reqs = l.requests();
+        let reqs: Vec<BlockRequest> = l.requests().into_iter().map(|(_, r)| r).collect();
         assert_eq!(reqs.len(), 4);
         assert!(reqs.contains(&BlockRequest::SetWriteThreshold {
             node_name: "n".into(),

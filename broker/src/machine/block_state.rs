@@ -536,6 +536,7 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
         Ok(())
     });
     inline.reverse();
+    lock(&state(m)).limits.forget_nodes(name, &inline);
     inline
 }
 
