@@ -381,7 +381,7 @@ fn kill_block_proc(b: &Bulkhead, q: &mut Qmp) {
 }
 
 #[test]
-fn throttle_and_write_threshold_survive_a_block_proc_sigkill_and_act_on_the_guest() {
+fn throttle_and_write_threshold_survive_block_proc_sigkills_and_act_on_the_guest() {
     let dir = common::TempDir::new();
     let img = raw_image(&dir.0);
     let serial = SerialLog(dir.0.join("serial.log"));
@@ -443,6 +443,15 @@ fn throttle_and_write_threshold_survive_a_block_proc_sigkill_and_act_on_the_gues
     eprintln!("guest ops in 5 s at iops=5: {n}");
     assert!(n <= 5 * 5 * 105 / 100 + 2, "{n} ops in 5 s");
     assert!(n >= 5 * 5 * 80 / 100, "the guest did only {n} ops in 5 s");
+    // Three more kills while the throttled guest runs: it sees no error,
+    // keeps going, and the limit is still there each time.
+    let passes = serial.passes();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        kill_block_proc(&b, &mut q);
+        assert_eq!(q.ok("query-block")[0]["inserted"]["iops"], 5);
+    }
+    serial.wait_passes(passes + 1);
     // Off: the guest runs faster than the old limit.
     let off = throttle_args(json!({"id": "vda"}), json!({}));
     assert_eq!(
