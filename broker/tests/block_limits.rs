@@ -602,3 +602,33 @@ fn a_deleted_nodes_threshold_does_not_stop_a_restart() {
     assert_eq!(q.execute("blockdev-add", add), json!({"return": {}}));
     assert_eq!(q.ok("query-named-block-nodes")[0]["write_threshold"], 0);
 }
+
+#[test]
+fn guest_reads_on_the_io_uring_ring_are_counted_at_the_file_node() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let kernel = guest("blk-loop");
+    let mut all = s(&["-kernel", &kernel, "-m", "64M", "-serial"]);
+    all.push(format!("file:{}", serial.0.display()));
+    all.extend(drive_args(&img, "raw", ",aio=io_uring,cache.direct=on"));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let b = Bulkhead::start(&all);
+    let mut q = b.client();
+    serial.wait_passes(2);
+    let dev = q.ok("query-blockstats")[0].clone();
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    let (top, file) = (&dev["stats"], &dev["parent"]["stats"]);
+    // Lone reads run on the ring (block-proc's engine path), writes
+    // directly: both reach the file node's counters.
+    assert!(n(top, "rd_operations") >= 16, "{top}");
+    assert!(
+        n(file, "rd_operations") >= n(top, "rd_operations"),
+        "{file}"
+    );
+    assert!(
+        n(file, "wr_operations") >= n(top, "wr_operations"),
+        "{file}"
+    );
+    assert_eq!(n(file, "wr_highest_offset"), 32768);
+}
