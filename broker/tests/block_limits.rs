@@ -293,6 +293,21 @@ fn drive_throttling_options_show_as_qemu_shows_them_and_bad_ones_fail_start_up()
     for k in ["bps", "iops", "iops_max", "iops_max_length", "group"] {
         assert_eq!(ours[k], theirs[k], "{k}");
     }
+    // HMP's `info block` prints them in QEMU's line.
+    let line = |out: Value| -> String {
+        out["return"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("I/O throttling"))
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned()
+    };
+    let hmp = json!({"command-line": "info block"});
+    let ours = line(q.execute("human-monitor-command", hmp.clone()));
+    assert_eq!(ours, line(qemu.qmp.execute("human-monitor-command", hmp)));
+    assert!(ours.contains("iops_max=50 "), "{ours}");
     drop(q);
     drop(b);
     // An invalid combination stops start-up with QEMU's message.
