@@ -229,6 +229,8 @@ fn block_set_io_throttle_answers_as_qemu_and_query_block_shows_the_limits() {
         assert_eq!(ours, theirs, "{c}");
         assert!(ours.get("class").is_some(), "{c} was accepted");
     }
+    // (qemu-storage-daemon 10 has no block_set_io_throttle: it answers
+    // CommandNotFound, so qemu-system-x86_64 is the reference here.)
     // Accepted settings show in query-block as QEMU shows them, by the
     // `device` name, the id and the QOM path.
     for (id, extra) in [
