@@ -13,11 +13,13 @@
 //!   map, one worker thread per queue, the export listener.
 //! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
 //! - [`standalone`]: `--standalone` mode for tests and benchmarks.
+//! - [`throttle`]: I/O throttle groups (leaky buckets) and the queues' gate.
 
 pub mod block;
 pub mod inflight;
 pub mod server;
 pub mod standalone;
+pub mod throttle;
 pub mod vhost;
 pub mod virtio_blk;
 pub mod vring;

@@ -16,6 +16,7 @@ use ipc_proto::worker::WorkerChannel;
 use ipc_proto::FlatError;
 
 use crate::block::{Graph, GraphError};
+use crate::throttle::{Member, Registry};
 use crate::vhost::export::{Export, ExportEvent, Source};
 use crate::virtio_blk::BlkConfig;
 
@@ -38,6 +39,9 @@ pub struct Server {
     graph: Graph,
     exports: BTreeMap<String, Export>,
     events: mpsc::Sender<ExportEvent>,
+    /// Throttle groups, and each export's membership.
+    throttle: Registry,
+    throttle_members: HashMap<String, Arc<Member>>,
 }
 
 impl From<GraphError> for FlatError {
@@ -53,6 +57,8 @@ impl Server {
             graph: Graph::new(),
             exports: BTreeMap::new(),
             events,
+            throttle: Registry::default(),
+            throttle_members: HashMap::new(),
         }
     }
 
@@ -122,6 +128,7 @@ impl Server {
                     return Err(FlatError::generic("Invalid export parameters"));
                 }
                 let cfg = BlkConfig::new(&node, num_queues, writable, &serial, logical_block_size);
+                let member = cfg.throttle.clone();
                 let export = Export::start(
                     id.clone(),
                     Source::Attached,
@@ -130,6 +137,7 @@ impl Server {
                     Some(self.events.clone()),
                 )
                 .map_err(|e| FlatError::generic(format!("Could not start export '{id}': {e}")))?;
+                self.throttle_members.insert(id.clone(), member);
                 self.exports.insert(id, export);
                 Ok(BlockReply::Done)
             }
@@ -139,6 +147,9 @@ impl Server {
                     .remove(&id)
                     .ok_or_else(|| FlatError::generic(format!("Export '{id}' is not found")))?;
                 e.stop();
+                if let Some(m) = self.throttle_members.remove(&id) {
+                    self.throttle.set(&m, "", None);
+                }
                 Ok(BlockReply::Done)
             }
             BlockRequest::AttachExportConnection { id } => {
@@ -155,6 +166,25 @@ impl Server {
                 export.attach(stream).map_err(|e| {
                     FlatError::generic(format!("Export '{id}': cannot attach a connection: {e}"))
                 })?;
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::SetThrottle { id, group, config } => {
+                let member = self
+                    .throttle_members
+                    .get(&id)
+                    .ok_or_else(|| FlatError::generic(format!("Export '{id}' is not found")))?;
+                self.throttle.set(member, &group, config);
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::SetWriteThreshold {
+                node_name,
+                threshold,
+            } => {
+                let node = self
+                    .graph
+                    .get(&node_name)
+                    .ok_or_else(|| FlatError::from(GraphError::NotFound(node_name.clone())))?;
+                node.write_threshold.set(threshold, self.events.clone());
                 Ok(BlockReply::Done)
             }
             #[cfg(feature = "test-hooks")]
@@ -195,6 +225,7 @@ pub fn run(chan: BlockChannel) -> Result<()> {
                     operation: operation.to_string(),
                     reason,
                 },
+                ExportEvent::Block(ev) => ev,
             };
             if ev_chan.send(&WorkerMsg::Event(ev), &[]).is_err() {
                 return;

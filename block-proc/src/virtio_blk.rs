@@ -11,6 +11,7 @@ use crate::vring::{Desc, Mem};
 use ipc_proto::warn_limited;
 
 pub mod aio;
+pub mod throttle_cost;
 
 /// `VIRTIO_BLK_T_*` request types.
 pub mod req {
@@ -85,6 +86,9 @@ pub struct BlkConfig {
     pub serial: [u8; 20],
     /// Logical block size.
     pub blk_size: u32,
+    /// The export's throttle group membership (shared with the server,
+    /// which changes it with `block_set_io_throttle`).
+    pub throttle: std::sync::Arc<crate::throttle::Member>,
 }
 
 impl BlkConfig {
@@ -101,6 +105,7 @@ impl BlkConfig {
             read_only: !writable || node.read_only,
             serial: s,
             blk_size,
+            throttle: std::sync::Arc::default(),
         }
     }
 

@@ -50,7 +50,7 @@ fn device_added_in_prelaunch_is_found_by_the_guest_after_cont() {
     );
     assert_eq!(r, json!({"return": {}}));
     let blocks = q.ok("query-block");
-    assert_eq!(blocks[0]["qdev"], "/machine/peripheral/vda");
+    assert_eq!(blocks[0]["qdev"], "vda");
     assert_eq!(blocks[0]["inserted"]["node-name"], "d0");
     q.ok("cont");
     let status = wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);

@@ -469,6 +469,24 @@ pub enum BlockRequest {
     /// seccomp kills the worker).
     #[cfg(feature = "test-hooks")]
     TestEscape(crate::escape::Escape),
+    /// `block_set_io_throttle`: make export `id` a member of throttle
+    /// group `group` and set the group's limits (they apply to every
+    /// member); `config: None` takes the export out of its group.
+    SetThrottle {
+        /// Export id.
+        id: String,
+        /// Throttle group name.
+        group: String,
+        /// The group's limits, or None to stop throttling the export.
+        config: Option<ThrottleConfig>,
+    },
+    /// `block-set-write-threshold`: `threshold` 0 disables.
+    SetWriteThreshold {
+        /// Node name.
+        node_name: String,
+        /// Offset in bytes on the node.
+        threshold: u64,
+    },
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the
@@ -492,7 +510,7 @@ pub enum BlockReply {
 }
 
 /// Asynchronous events from block-proc.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlockEvent {
     /// A vhost-user frontend connected to an export.
     ExportConnected {
@@ -513,6 +531,16 @@ pub enum BlockEvent {
         /// errno description.
         reason: String,
     },
+    /// A write reached past a node's write threshold, which is now
+    /// cleared (QEMU `BLOCK_WRITE_THRESHOLD`).
+    WriteThreshold {
+        /// Node name.
+        node_name: String,
+        /// Bytes written past the threshold.
+        amount_exceeded: u64,
+        /// The threshold that was crossed.
+        write_threshold: u64,
+    },
 }
 
 /// Image information (QEMU `ImageInfo`, the subset bulkhead knows).
@@ -532,6 +560,8 @@ pub struct ImageInfo {
     pub backing_filename: Option<String>,
     /// Backing image, if any.
     pub backing_image: Option<Box<ImageInfo>>,
+    /// Driver-specific image data (QEMU `ImageInfoSpecific`).
+    pub format_specific: Option<FormatSpecific>,
 }
 
 /// One node as `query-named-block-nodes` reports it (QEMU
@@ -560,6 +590,8 @@ pub struct NodeInfo {
     pub image: ImageInfo,
     /// Whether a parent (node or export) holds this node.
     pub in_use: bool,
+    /// The node's `file` child (generated names included), if it has one.
+    pub file_child: Option<String>,
 }
 
 /// Per-node I/O statistics (QEMU `BlockDeviceStats` subset).
@@ -610,6 +642,54 @@ pub struct NodeStats {
     pub wr_highest_offset: u64,
     /// Counters.
     pub stats: IoStats,
+}
+
+/// QEMU's `ImageInfoSpecific`, for the drivers that have one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FormatSpecific {
+    /// `{"type": "file", "data": {}}`.
+    File,
+    /// qcow2 header facts.
+    Qcow2(Qcow2Specific),
+}
+
+/// QEMU's `ImageInfoSpecificQCow2` (what the header says).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qcow2Specific {
+    /// `0.10` (version 2) or `1.1` (version 3).
+    pub compat: String,
+    /// Lazy refcounts (version 3 only).
+    pub lazy_refcounts: Option<bool>,
+    /// Marked corrupt (version 3 only).
+    pub corrupt: Option<bool>,
+    /// Subclusters (version 3 only).
+    pub extended_l2: Option<bool>,
+    /// Refcount width in bits.
+    pub refcount_bits: u32,
+    /// `zlib` or `zstd`.
+    pub compression_type: String,
+}
+
+/// One leaky bucket's limits (QEMU `LeakyBucket` configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleBucket {
+    /// Sustained rate per second (0: unlimited).
+    pub avg: u64,
+    /// Burst rate per second (0: none).
+    pub max: u64,
+    /// Seconds a burst at `max` may last.
+    pub burst_length: u64,
+}
+
+/// A throttle group's limits: buckets in QEMU's order (bps total, read,
+/// write; iops total, read, write) and the I/O size an operation counts
+/// as (0: every request is one operation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleConfig {
+    /// The six buckets.
+    pub buckets: [ThrottleBucket; 6],
+    /// `iops_size`.
+    pub op_size: u64,
 }
 
 #[cfg(test)]

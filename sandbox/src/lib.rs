@@ -171,6 +171,7 @@ pub fn enter(prepared: Prepared) -> Result<SandboxReport> {
     privileges::drop_to(cfg.uid, cfg.gid)?;
     privileges::rearm_parent_death_signal()?;
     privileges::set_no_new_privs()?;
+    privileges::bound_malloc_arenas();
     let landlock = lsm::restrict_all()?;
     seccomp::install(&prepared.filters, cfg.death_note_fd)?;
     Ok(SandboxReport {

@@ -208,6 +208,19 @@ pub fn rearm_parent_death_signal() -> Result<()> {
     .map(|_| ())
 }
 
+/// Fixes glibc's malloc arena limit. Without it, the thread that would
+/// create the ninth arena asks glibc for the CPU count, which opens
+/// `/sys/devices/system/cpu/online`: inside the sandbox that `openat` is
+/// refused by seccomp and kills the worker (seen with block-proc's I/O
+/// thread pool at queue depth 16). 8 is glibc's own first limit.
+pub fn bound_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called
+    // while the process is single-threaded, before the sandbox.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+    }
+}
+
 /// Sets `no_new_privs`: no exec can ever grant privileges again.
 pub fn set_no_new_privs() -> Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "no_new_privs").map(|_| ())

@@ -428,6 +428,7 @@ impl Driver for FileDriver {
             cluster_size: None,
             backing_filename: None,
             backing_image: None,
+            format_specific: Some(ipc_proto::block::FormatSpecific::File),
         }
     }
 

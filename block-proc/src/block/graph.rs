@@ -312,6 +312,7 @@ impl Graph {
                     cache_no_flush: n.cache_no_flush,
                     image,
                     in_use: n.in_use(),
+                    file_child: n.driver.children().into_iter().next(),
                 }
             })
             .collect()

@@ -5,22 +5,28 @@
 //! - [`file`], [`raw`], [`qcow2`], [`null`]: the drivers.
 //! - [`aio`]: the `file` driver's I/O engines (thread pool, io_uring).
 //! - [`iobuf`]: aligned buffers and guest-buffer helpers.
+//! - [`counted_storage`]: imago's storage counted at the qcow2 node's file node.
 //! - [`bounce`]: the budgeted bounce-buffer pool of an `O_DIRECT` file.
 //! - [`range_lock`]: byte-range locks over data-modifying requests.
 //! - [`stats`]: per-node I/O accounting.
+//! - [`write_threshold`]: `block-set-write-threshold`'s one-shot threshold.
+//! - [`qcow2_info`]: cluster size and format-specific data for queries.
 
 pub mod aio;
 pub mod bounce;
+pub mod counted_storage;
 pub mod file;
 pub mod graph;
 pub mod iobuf;
 pub mod null;
 pub mod qcow2;
 pub mod qcow2_header;
+pub mod qcow2_info;
 pub mod qcow2_repair;
 pub mod range_lock;
 pub mod raw;
 pub mod stats;
+pub mod write_threshold;
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +76,17 @@ pub trait Driver: Send + Sync {
     fn aio_target(&self, _op: &aio::Op<'_, '_>) -> Option<aio::Target> {
         None
     }
+    /// Count, at the child node it landed on, a request the asynchronous
+    /// engine ran for this node (`offset` is this node's).
+    fn account_child_aio(
+        &self,
+        _kind: aio::Kind,
+        _offset: u64,
+        _len: u64,
+        _t: std::time::Instant,
+        _ok: bool,
+    ) {
+    }
 }
 
 /// One named node of the graph.
@@ -90,6 +107,8 @@ pub struct Node {
     pub cache_no_flush: bool,
     /// I/O counters.
     pub stats: Stats,
+    /// `block-set-write-threshold`.
+    pub write_threshold: write_threshold::WriteThreshold,
     /// Number of parents (nodes and exports) holding this node.
     users: AtomicUsize,
 }
@@ -106,6 +125,7 @@ impl Node {
             cache_direct: false,
             cache_no_flush: false,
             stats: Stats::default(),
+            write_threshold: Default::default(),
             users: AtomicUsize::new(0),
         }
     }
@@ -150,7 +170,7 @@ impl Node {
         } else {
             self.driver.write(bufs, offset)
         };
-        self.stats.account_write(offset, len, t, r.is_ok());
+        self.account_write(offset, len, t, r.is_ok());
         r
     }
 
@@ -205,10 +225,17 @@ impl Node {
     ) {
         match kind {
             aio::Kind::Read => self.stats.account_read(len, t, ok),
-            aio::Kind::Write => self.stats.account_write(offset, len, t, ok),
+            aio::Kind::Write => self.account_write(offset, len, t, ok),
             aio::Kind::Flush => self.stats.account_flush(t, ok),
             aio::Kind::Discard => self.stats.account_discard(len, t, ok),
         }
+        self.driver.account_child_aio(kind, offset, len, t, ok);
+    }
+
+    /// Count a write on this node and check its write threshold.
+    pub fn account_write(&self, offset: u64, len: u64, t: std::time::Instant, ok: bool) {
+        self.write_threshold.check(&self.name, offset, len);
+        self.stats.account_write(offset, len, t, ok);
     }
 
     /// Write zeroes with accounting.
@@ -217,7 +244,7 @@ impl Node {
         let r = self
             .driver
             .write_zeroes(offset, len, unmap && self.discard_unmap);
-        self.stats.account_write(offset, len, t, r.is_ok());
+        self.account_write(offset, len, t, r.is_ok());
         r
     }
 }

@@ -71,6 +71,7 @@ impl Driver for NullDriver {
             cluster_size: None,
             backing_filename: None,
             backing_image: None,
+            format_specific: None,
         }
     }
     fn children(&self) -> Vec<String> {

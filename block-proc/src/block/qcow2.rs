@@ -45,7 +45,7 @@ use super::bounce::{BouncePermits, BOUNCE_CHUNK};
 use super::iobuf;
 use super::{Bufs, Driver, Node};
 
-type ImgFile = imago::file::File;
+type ImgFile = super::counted_storage::Counted;
 
 /// Errors opening a qcow2 image.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,9 @@ fn storage(file: File, name: &str, writable: bool, direct: bool) -> Result<ImgFi
         .filename(name)
         .write(writable)
         .direct(direct);
-    ImgFile::from_open_file(file, opts).map_err(open_err)
+    imago::file::File::from_open_file(file, opts)
+        .map(ImgFile::new)
+        .map_err(open_err)
 }
 
 /// Resolve a backing file name as QEMU does: relative to the image's
@@ -330,7 +332,7 @@ impl Qcow2Driver {
                 tracing::warn!("{filename}: repaired {n} missing qcow2 refcounts");
             }
         }
-        let st = storage(file, filename, writable, direct)?;
+        let st = storage(file, filename, writable, direct)?.counted_at(child.clone());
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
         let backing = set_backing(&mut q, filename, backing, files)?;
         let img = FormatAccess::new(q);
@@ -459,14 +461,20 @@ impl Driver for Qcow2Driver {
     }
     fn image_info(&self) -> ImageInfo {
         let c = self.child.driver.image_info();
+        let header = self
+            .child
+            .driver
+            .as_file()
+            .and_then(super::qcow2_info::read);
         ImageInfo {
             filename: self.filename.clone(),
             format: "qcow2".into(),
             virtual_size: self.size,
             actual_size: c.actual_size,
-            cluster_size: None,
+            cluster_size: header.as_ref().map(|h| h.0),
             backing_filename: self.backing.clone(),
             backing_image: None,
+            format_specific: header.map(|h| ipc_proto::block::FormatSpecific::Qcow2(h.1)),
         }
     }
     fn children(&self) -> Vec<String> {

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use ipc_proto::block::ImageInfo;
 
-use super::{Bufs, Driver, Node};
+use std::time::Instant;
+
+use super::aio::Kind;
+use super::{iobuf, Bufs, Driver, Node};
 
 /// A raw format node over a protocol node.
 pub struct RawDriver {
@@ -49,22 +52,49 @@ impl Driver for RawDriver {
     fn size(&self) -> u64 {
         self.size
     }
+    // The child's I/O is counted at the child too (its statistics and
+    // write threshold), without its node options: they are this node's.
     fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
-        self.child.driver.read(bufs, self.offset + offset)
+        let t = Instant::now();
+        let r = self.child.driver.read(bufs, self.offset + offset);
+        self.child
+            .stats
+            .account_read(iobuf::total_len(bufs) as u64, t, r.is_ok());
+        r
     }
     fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
-        self.child.driver.write(bufs, self.offset + offset)
+        let t = Instant::now();
+        let r = self.child.driver.write(bufs, self.offset + offset);
+        let len = iobuf::total_len(bufs) as u64;
+        self.child
+            .account_write(self.offset + offset, len, t, r.is_ok());
+        r
     }
     fn flush(&self) -> io::Result<()> {
-        self.child.driver.flush()
+        let t = Instant::now();
+        let r = self.child.driver.flush();
+        self.child.stats.account_flush(t, r.is_ok());
+        r
     }
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.child.driver.discard(self.offset + offset, len)
+        let t = Instant::now();
+        let r = self.child.driver.discard(self.offset + offset, len);
+        self.child.stats.account_discard(len, t, r.is_ok());
+        r
     }
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.child
+        let t = Instant::now();
+        let r = self
+            .child
             .driver
-            .write_zeroes(self.offset + offset, len, unmap)
+            .write_zeroes(self.offset + offset, len, unmap);
+        self.child
+            .account_write(self.offset + offset, len, t, r.is_ok());
+        r
+    }
+    fn account_child_aio(&self, kind: Kind, offset: u64, len: u64, t: Instant, ok: bool) {
+        self.child
+            .account_aio(kind, self.offset + offset, len, t, ok);
     }
     fn image_info(&self) -> ImageInfo {
         let c = self.child.driver.image_info();
@@ -76,6 +106,7 @@ impl Driver for RawDriver {
             cluster_size: None,
             backing_filename: None,
             backing_image: None,
+            format_specific: None,
         }
     }
     fn children(&self) -> Vec<String> {

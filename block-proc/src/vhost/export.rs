@@ -48,6 +48,8 @@ pub enum ExportEvent {
         /// strerror text.
         reason: String,
     },
+    /// A block-layer event that is not an export's (write thresholds).
+    Block(ipc_proto::block::BlockEvent),
 }
 
 /// Where an export's frontend connections come from.

@@ -42,6 +42,7 @@ use crate::block::aio::uring::Ring;
 use crate::block::aio::{Engine, Kind};
 use crate::block::Node;
 use crate::inflight::QueueInflight;
+use crate::throttle::gate::{Cost, Gate};
 use crate::virtio_blk::aio::AsyncReq;
 use crate::virtio_blk::{self, BlkConfig, Completion};
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
@@ -586,9 +587,10 @@ impl Engines {
 /// Take and run everything the ring offers until it is empty with
 /// notifications re-enabled, or taking stalled at the in-flight limit
 /// (then the completion that ends the stall writes `resume`).
-fn drain(shared: &Shared, eng: &mut Engines, batch: &mut Vec<Job>) {
+fn drain(shared: &Shared, eng: &mut Engines, batch: &mut Vec<Job>, gate: &mut Gate<Job>) {
     loop {
         shared.pop_all(batch);
+        gate.admit(&shared.blk.throttle, batch, |j| throttle_cost(shared, j));
         if batch.is_empty() {
             if !shared.rearm() {
                 eng.flush(shared);
@@ -606,6 +608,30 @@ fn drain(shared: &Shared, eng: &mut Engines, batch: &mut Vec<Job>) {
             }
         }
     }
+}
+
+/// What `j` costs the export's throttle group (its chain read once more
+/// by the thread that runs it).
+fn throttle_cost(shared: &Shared, j: &Job) -> Cost {
+    let mut descs = Vec::new();
+    match shared.ring_cfg.read_chain(&shared.mem, j.head, &mut descs) {
+        Ok(()) => virtio_blk::throttle_cost::request_cost(&shared.mem, &descs),
+        Err(_) => Cost::Free,
+    }
+}
+
+/// Run the throttled requests whose turn came (all of them when `all`).
+fn release_throttled(shared: &Shared, eng: &mut Engines, gate: &mut Gate<Job>, all: bool) {
+    let mut batch = Vec::new();
+    if all {
+        gate.release_all(&mut batch);
+    } else {
+        gate.release(&shared.blk.throttle, &mut batch);
+    }
+    for j in batch {
+        eng.submit(shared, j);
+    }
+    eng.flush(shared);
 }
 
 fn run(p: QueueParams, mut stop: File) -> u16 {
@@ -649,8 +675,9 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
         reaped: Vec::new(),
     };
     let mut batch = Vec::new();
+    let mut gate = Gate::default();
     // Requests may already be waiting (kicked before we started).
-    drain(&shared, &mut eng, &mut batch);
+    drain(&shared, &mut eng, &mut batch, &mut gate);
     let mut buf = [0u8; 8];
     loop {
         let ring_fd = eng.ring.as_ref().map(AsRawFd::as_raw_fd);
@@ -668,7 +695,12 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
             }
             let ready =
                 |f: Option<&PollFd<'_>>| f.and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
-            match poll(&mut fds, PollTimeout::NONE) {
+            let timeout = gate.timeout().map_or(PollTimeout::NONE, |t| {
+                // Rounded up: waking early only polls again.
+                let ms = t.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            });
+            match poll(&mut fds, timeout) {
                 Ok(_) => (
                     ready(fds.first()),
                     ready(fds.get(1)),
@@ -696,10 +728,14 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
             // Spurious wakeup or a bad fd: avoid spinning on a broken fd.
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        if gate.due() {
+            release_throttled(&shared, &mut eng, &mut gate, false);
+        }
         if kick_ready || resume_ready {
-            drain(&shared, &mut eng, &mut batch);
+            drain(&shared, &mut eng, &mut batch, &mut gate);
         }
     }
+    release_throttled(&shared, &mut eng, &mut gate, true);
     eng.wait_all(&shared);
     eng.pool.shutdown();
     let next = shared.lock().ring.next_avail();

@@ -191,6 +191,18 @@ pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
             "discard" | "detect-zeroes" => {
                 extra.insert(k, Value::String(v));
             }
+            k if k.starts_with("throttling.") => {
+                let key = &k["throttling.".len()..];
+                let value = match crate::commands::block::throttle::drive_key(key) {
+                    Some(true) => Value::from(
+                        v.parse::<u64>()
+                            .map_err(|_| bad(o, format!("Parameter '{k}' expects a number")))?,
+                    ),
+                    Some(false) => Value::String(v),
+                    None => return Err(bad(o, format!("Invalid parameter '{k}'"))),
+                };
+                extra.insert(k.to_string(), value);
+            }
             "aio" => match v.as_str() {
                 "threads" | "native" | "io_uring" => aio = Some(v),
                 _ => return Err(bad(o, "invalid aio option")),

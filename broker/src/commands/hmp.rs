@@ -224,13 +224,45 @@ fn info_block(ctx: &Ctx<'_>) -> Result<String> {
         if cache["no-flush"].as_bool().unwrap_or(false) {
             mode.push_str(", ignore flushes");
         }
-        parts.push(format!(
+        let mut part = format!(
             "{name}: {} ({}{ro})\n    Attached to:      {qdev}\n    Cache mode:       {mode}\n",
             i["file"].as_str().unwrap_or(""),
             i["drv"].as_str().unwrap_or(""),
-        ));
+        );
+        part.push_str(&io_throttling(i));
+        parts.push(part);
     }
     Ok(parts.join("\n"))
+}
+
+/// QEMU's `I/O throttling:` line of a throttled device ("" otherwise).
+fn io_throttling(i: &Value) -> String {
+    let n = |k: &str| i[k].as_i64().unwrap_or(0);
+    let rates = ["bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"];
+    if rates.iter().all(|k| n(k) == 0) {
+        return String::new();
+    }
+    let fields = [
+        "bps",
+        "bps_rd",
+        "bps_wr",
+        "bps_max",
+        "bps_rd_max",
+        "bps_wr_max",
+        "iops",
+        "iops_rd",
+        "iops_wr",
+        "iops_max",
+        "iops_rd_max",
+        "iops_wr_max",
+        "iops_size",
+    ];
+    let values: Vec<String> = fields.iter().map(|k| format!("{k}={}", n(k))).collect();
+    format!(
+        "    I/O throttling:   {} group={}\n",
+        values.join(" "),
+        i["group"].as_str().unwrap_or("")
+    )
 }
 
 fn info_blockstats(ctx: &Ctx<'_>) -> Result<String> {

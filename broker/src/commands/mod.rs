@@ -69,6 +69,12 @@ pub fn registry() -> Registry {
     r.register::<block::QueryNamedBlockNodes>();
     r.register::<block::QueryBlockstats>();
     r.register::<block::QueryBlock>();
+    r.register::<block::BlockSetIoThrottle>();
+    r.register::<block::BlockSetWriteThreshold>();
+    r.event::<block::WriteThresholdData>(
+        "BLOCK_WRITE_THRESHOLD",
+        "A write went past a node's write threshold (now cleared).",
+    );
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     r.register::<fdsets::GetFd>();

@@ -78,6 +78,8 @@ pub struct BlockState {
     /// until the record is updated: serialises graph changes without
     /// blocking readers of the state.
     ops: Arc<Mutex<()>>,
+    /// Throttling and write thresholds ([`super::block_limits`]).
+    pub limits: super::block_limits::Limits,
 }
 
 /// The desired block state, shared by the commands and the restart path.
@@ -534,6 +536,7 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
         Ok(())
     });
     inline.reverse();
+    lock(&state(m)).limits.forget_nodes(name, &inline);
     inline
 }
 
@@ -549,7 +552,9 @@ impl ExportRecord {
             | BlockRequest::QueryStats
             | BlockRequest::Ping
             | BlockRequest::DelExport { .. }
-            | BlockRequest::AttachExportConnection { .. } => None,
+            | BlockRequest::AttachExportConnection { .. }
+            | BlockRequest::SetThrottle { .. }
+            | BlockRequest::SetWriteThreshold { .. } => None,
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => None,
         }
@@ -564,9 +569,13 @@ pub fn record_export(m: &Machine, request: BlockRequest) {
 
 /// Forgets export `id` (after `DelExport` succeeded).
 pub fn forget_export(m: &Machine, id: &str) {
-    lock(&state(m))
-        .exports
+    let shared = state(m);
+    let mut st = lock(&shared);
+    st.exports
         .retain(|e| e.id_and_node().is_none_or(|(i, _)| i != id));
+    if let Some(device) = id.strip_prefix("device.") {
+        st.limits.forget_device(device);
+    }
 }
 
 /// Brings a freshly restarted block-proc, reached through `link`, back to
@@ -605,7 +614,7 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             }
         }
     }
-    Ok(())
+    super::block_limits::replay_on(m, link)
 }
 
 /// [`replay_on`] through the link currently in `m` (for a restart path that

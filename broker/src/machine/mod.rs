@@ -14,6 +14,7 @@
 //! - [`start_gate`]: whether start-up is over, for commands that arrive
 //!   before the workers are up.
 
+pub mod block_limits;
 pub mod block_state;
 pub mod devices;
 pub mod event_names;
@@ -353,7 +354,9 @@ impl Machine {
             | BlockRequest::DelNode { .. }
             | BlockRequest::AddExport { .. }
             | BlockRequest::DelExport { .. }
-            | BlockRequest::AttachExportConnection { .. } => {}
+            | BlockRequest::AttachExportConnection { .. }
+            | BlockRequest::SetThrottle { .. }
+            | BlockRequest::SetWriteThreshold { .. } => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }
@@ -546,6 +549,21 @@ impl Machine {
                     "reason": reason,
                 })),
             ),
+            BlockEvent::WriteThreshold {
+                node_name,
+                amount_exceeded,
+                write_threshold,
+            } => {
+                block_limits::threshold_crossed(self, &node_name);
+                self.events.emit(
+                    "BLOCK_WRITE_THRESHOLD",
+                    Some(json!({
+                        "node-name": node_name,
+                        "amount-exceeded": amount_exceeded,
+                        "write-threshold": write_threshold,
+                    })),
+                )
+            }
         }
     }
 }

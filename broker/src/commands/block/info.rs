@@ -3,10 +3,12 @@
 
 use std::time::Instant;
 
-use ipc_proto::block::{BlockReply, BlockRequest, NodeInfo};
+use ipc_proto::block::{BlockReply, BlockRequest, FormatSpecific, NodeInfo};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::machine::block_limits::Throttle;
 use crate::machine::{block_state, lock, unexpected_reply, Machine};
 use crate::qmp::error::Result;
 use crate::qmp::registry::{Command, Ctx};
@@ -62,6 +64,9 @@ pub struct ImageInfo {
     /// The backing image (absent with `flat`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backing_image: Option<Box<ImageInfo>>,
+    /// QEMU's `ImageInfoSpecific` (`{"type": ..., "data": {...}}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format_specific: Option<Value>,
 }
 
 impl QapiType for ImageInfo {
@@ -86,6 +91,7 @@ impl QapiType for ImageInfo {
                     },
                     optional: true,
                 },
+                optional::<Value>("format-specific"),
             ],
         }
     }
@@ -108,9 +114,85 @@ impl ImageInfo {
                     .as_ref()
                     .map(|b| Box::new(Self::from_proto(b, false)))
             },
+            format_specific: i.format_specific.as_ref().map(format_specific),
         }
     }
 }
+
+/// QEMU's `ImageInfoSpecific` for block-proc's description.
+fn format_specific(f: &FormatSpecific) -> Value {
+    match f {
+        FormatSpecific::File => json!({"type": "file", "data": {}}),
+        FormatSpecific::Qcow2(q) => {
+            let mut data = Map::new();
+            data.insert("compat".into(), json!(q.compat));
+            if let Some(v) = q.lazy_refcounts {
+                data.insert("lazy-refcounts".into(), json!(v));
+            }
+            if let Some(v) = q.corrupt {
+                data.insert("corrupt".into(), json!(v));
+            }
+            if let Some(v) = q.extended_l2 {
+                data.insert("extended-l2".into(), json!(v));
+            }
+            data.insert("refcount-bits".into(), json!(q.refcount_bits));
+            data.insert("compression-type".into(), json!(q.compression_type));
+            json!({"type": "qcow2", "data": data})
+        }
+    }
+}
+
+/// The optional throttle members of QEMU's `BlockDeviceInfo`, present
+/// only for a throttled device's `inserted` (as QEMU shows them).
+#[derive(Debug, Clone, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct ThrottleExtra {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bps_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bps_rd_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bps_wr_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_rd_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_wr_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bps_max_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bps_rd_max_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bps_wr_max_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_max_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_rd_max_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_wr_max_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iops_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// The names of [`ThrottleExtra`]'s members, for the schema.
+const THROTTLE_EXTRA: [&str; 13] = [
+    "bps_max",
+    "bps_rd_max",
+    "bps_wr_max",
+    "iops_max",
+    "iops_rd_max",
+    "iops_wr_max",
+    "bps_max_length",
+    "bps_rd_max_length",
+    "bps_wr_max_length",
+    "iops_max_length",
+    "iops_rd_max_length",
+    "iops_wr_max_length",
+    "iops_size",
+];
 
 /// QEMU's `BlockDeviceInfo`.
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +235,9 @@ pub struct BlockDeviceInfo {
     pub cache: BlockdevCacheInfo,
     /// Write threshold (0: none).
     pub write_threshold: i64,
+    /// Burst limits and group of a throttled device.
+    #[serde(flatten)]
+    pub throttle: ThrottleExtra,
 }
 
 impl QapiType for BlockDeviceInfo {
@@ -178,7 +263,11 @@ impl QapiType for BlockDeviceInfo {
                 member::<ImageInfo>("image"),
                 member::<BlockdevCacheInfo>("cache"),
                 member::<i64>("write_threshold"),
-            ],
+            ]
+            .into_iter()
+            .chain(THROTTLE_EXTRA.iter().map(|m| optional::<i64>(m)))
+            .chain([optional::<String>("group")])
+            .collect(),
         }
     }
 }
@@ -209,7 +298,49 @@ impl BlockDeviceInfo {
                 no_flush: n.cache_no_flush,
             },
             write_threshold: 0,
+            throttle: ThrottleExtra::default(),
         }
+    }
+
+    /// With the node's write threshold from the broker's desired state.
+    pub fn with_threshold(mut self, m: &Machine) -> Self {
+        let t = lock(&block_state::state(m))
+            .limits
+            .threshold(&self.node_name);
+        self.write_threshold = i64::try_from(t).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// With a throttled device's limits, as QEMU's `inserted` shows them.
+    pub fn with_throttle(mut self, t: Option<&Throttle>) -> Self {
+        let Some(t) = t else { return self };
+        let b = &t.config.buckets;
+        let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        self.bps = v(b[0].avg);
+        self.bps_rd = v(b[1].avg);
+        self.bps_wr = v(b[2].avg);
+        self.iops = v(b[3].avg);
+        self.iops_rd = v(b[4].avg);
+        self.iops_wr = v(b[5].avg);
+        let max = |i: usize| (b[i].max != 0).then_some(b[i].max);
+        let len = |i: usize| (b[i].max != 0).then_some(b[i].burst_length);
+        self.throttle = ThrottleExtra {
+            bps_max: max(0),
+            bps_rd_max: max(1),
+            bps_wr_max: max(2),
+            iops_max: max(3),
+            iops_rd_max: max(4),
+            iops_wr_max: max(5),
+            bps_max_length: len(0),
+            bps_rd_max_length: len(1),
+            bps_wr_max_length: len(2),
+            iops_max_length: len(3),
+            iops_rd_max_length: len(4),
+            iops_wr_max_length: len(5),
+            iops_size: (t.config.op_size != 0).then_some(t.config.op_size),
+            group: Some(t.group.clone()),
+        };
+        self
     }
 }
 
@@ -269,7 +400,7 @@ impl Command for QueryNamedBlockNodes {
         let flat = args.flat.unwrap_or(false);
         Ok(nodes
             .iter()
-            .map(|n| BlockDeviceInfo::from_node(n, flat))
+            .map(|n| BlockDeviceInfo::from_node(n, flat).with_threshold(ctx.machine))
             .collect())
     }
 }

@@ -7,15 +7,21 @@
 //! - [`info`] — `query-named-block-nodes` and the node/image info types.
 //! - [`stats`] — `query-blockstats`.
 //! - [`query_block`] — `query-block`.
+//! - [`throttle`] — `block_set_io_throttle`, `-drive throttling.*`.
+//! - [`write_threshold`] — `block-set-write-threshold`.
 
 pub mod info;
 pub mod nodes;
 pub mod options;
 pub mod query_block;
 pub mod stats;
+pub mod throttle;
+pub mod write_threshold;
 
 pub use info::*;
 pub use nodes::*;
 pub use options::*;
 pub use query_block::*;
 pub use stats::*;
+pub use throttle::*;
+pub use write_threshold::*;

@@ -282,7 +282,18 @@ fn blockdev_add_hinted(
 /// line when QEMU prints one.
 pub fn apply_config(m: &Machine) -> std::result::Result<(), QmpError> {
     for spec in &m.config().blockdevs {
-        blockdev_add_hinted(m, spec.options.clone()).map_err(|(e, hint)| QmpError {
+        let mut options = spec.options.clone();
+        let id = options
+            .get("node-name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let throttling = super::throttle::take_drive_throttling(&mut options, &id)
+            .map_err(|e| QmpError::generic(format!("{} {}: {e}", spec.option, spec.text)))?;
+        if let Some(t) = throttling {
+            super::throttle::record_drive(m, &id, t);
+        }
+        blockdev_add_hinted(m, options).map_err(|(e, hint)| QmpError {
             class: e.class,
             desc: match hint {
                 Some(h) => format!("{} {}: {}\n{h}", spec.option, spec.text, e.desc),

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::*;
+use crate::machine::{block_state, lock};
 use crate::qmp::error::Result;
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
@@ -78,19 +79,24 @@ impl Command for QueryBlock {
         if devs.is_empty() {
             return Ok(Vec::new());
         }
-        let nodes = query_nodes(ctx.machine)?;
+        let m = ctx.machine;
+        let nodes = query_nodes(m)?;
+        let limits = |id: &str| lock(&block_state::state(m)).limits.throttle(id);
         Ok(devs
             .into_iter()
             .map(|(id, node)| BlockInfo {
-                device: String::new(),
-                qdev: Some(format!("/machine/peripheral/{id}")),
+                // QEMU: the `-drive` id, or "" for a device's own backend.
+                device: backend_name(m, &node),
+                // QEMU 10 names the device by its id when it has one.
+                qdev: Some(id.clone()),
                 kind: "unknown".into(),
                 removable: false,
                 locked: false,
-                inserted: nodes
-                    .iter()
-                    .find(|n| n.node_name == node)
-                    .map(|n| BlockDeviceInfo::from_node(n, false)),
+                inserted: nodes.iter().find(|n| n.node_name == node).map(|n| {
+                    BlockDeviceInfo::from_node(n, false)
+                        .with_threshold(m)
+                        .with_throttle(limits(&id).as_ref())
+                }),
                 tray_open: None,
                 io_status: Some("ok".into()),
             })

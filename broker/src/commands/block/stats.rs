@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::*;
-use crate::machine::{block_state, lock, unexpected_reply};
+use crate::machine::{lock, unexpected_reply};
 use crate::qmp::error::Result;
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, Member, QapiType, SchemaType};
@@ -147,6 +147,9 @@ pub struct BlockStats {
     /// Device name (absent for nodes without a device).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The guest device's id (device entries only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qdev: Option<String>,
     /// Node name.
     #[serde(rename = "node-name", skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -218,6 +221,7 @@ fn node_stats(n: &NodeStats, drv: Option<&str>) -> BlockStats {
     });
     BlockStats {
         device: None,
+        qdev: None,
         node_name: Some(n.node_name.clone()),
         stats: BlockDeviceStats::from_node(n),
         parent: None,
@@ -235,11 +239,12 @@ impl Command for QueryBlockstats {
     type Ret = Vec<BlockStats>;
 
     fn run(args: QueryBlockstatsArgs, ctx: &Ctx<'_>) -> Result<Vec<BlockStats>> {
-        if !args.query_nodes.unwrap_or(false) {
-            // One entry per device; devices come with device_add.
+        let m = ctx.machine;
+        let query_nodes = args.query_nodes.unwrap_or(false);
+        let devs = crate::machine::devices::block_devices(m);
+        if !query_nodes && devs.is_empty() {
             return Ok(Vec::new());
         }
-        let m = ctx.machine;
         // Counted across block-proc restarts: never backwards.
         // One deadline for both questions.
         let deadline = Instant::now() + m.worker_timeout();
@@ -258,17 +263,38 @@ impl Command for QueryBlockstats {
                 .map(|n| n.drv.as_str())
         };
         creation_order(m, &mut stats, |s| &s.node_name);
-        let st = block_state::state(m);
-        let st = lock(&st);
-        Ok(stats
+        // A node's statistics with its `file` child's as `parent`.
+        let with_parent = |s: &NodeStats| {
+            let mut out = node_stats(s, drv(&s.node_name));
+            let child = nodes
+                .iter()
+                .find(|n| n.node_name == s.node_name)
+                .and_then(|n| n.file_child.as_deref());
+            out.parent = child
+                .and_then(|c| stats.iter().find(|x| x.node_name == c))
+                .map(|c| Box::new(node_stats(c, drv(&c.node_name))));
+            out
+        };
+        if query_nodes {
+            return Ok(stats.iter().map(with_parent).collect());
+        }
+        // One entry per device, as QEMU's per BlockBackend: the guest's
+        // I/O, counted at the exported node, and that node's `file` child
+        // as `parent`. QEMU's backends account invalid and failed requests.
+        Ok(devs
             .iter()
-            .map(|s| {
-                let mut out = node_stats(s, drv(&s.node_name));
-                let child = st.find(&s.node_name).and_then(block_state::file_child_name);
-                out.parent = child
-                    .and_then(|c| stats.iter().find(|x| x.node_name == c))
-                    .map(|c| Box::new(node_stats(c, drv(&c.node_name))));
-                out
+            .filter_map(|(qdev, node)| {
+                let s = stats.iter().find(|s| &s.node_name == node)?;
+                let mut out = with_parent(s);
+                out.device = Some(super::throttle::backend_name(m, node));
+                out.qdev = Some(qdev.clone());
+                out.stats
+                    .0
+                    .insert("account_invalid".into(), Value::Bool(true));
+                out.stats
+                    .0
+                    .insert("account_failed".into(), Value::Bool(true));
+                Some(out)
             })
             .collect())
     }

@@ -206,6 +206,7 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         return Err(e);
     }
     block_state::record_export(m, request);
+    super::block_limits::export_added(m, &spec.id, drive);
     Ok(Backend::Export {
         drive: drive.to_owned(),
         export_id,
