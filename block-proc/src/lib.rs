@@ -13,11 +13,13 @@
 //!   map, one worker thread per queue, the export listener.
 //! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
 //! - [`standalone`]: `--standalone` mode for tests and benchmarks.
+//! - [`trace`]: block-proc's trace points.
 
 pub mod block;
 pub mod inflight;
 pub mod server;
 pub mod standalone;
+pub mod trace;
 pub mod vhost;
 pub mod virtio_blk;
 pub mod vring;
