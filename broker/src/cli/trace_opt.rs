@@ -90,7 +90,7 @@ impl TraceOptions {
 }
 
 /// An I/O error as QEMU's messages say it (`strerror`, no "(os error N)").
-fn io_reason(e: &std::io::Error) -> String {
+pub fn io_reason(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error") {
         Some(i) => text[..i].to_owned(),

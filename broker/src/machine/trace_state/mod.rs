@@ -27,13 +27,12 @@ use crate::cli::trace_opt::{TraceOp, TraceOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum TraceStateError {
     /// `-trace file=` cannot be opened (QEMU's message).
-    #[error("Error opening logfile {}", .path.display())]
+    #[error("Error opening logfile {}: {reason}", .path.display())]
     OpenFile {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (`strerror`'s text, as QEMU prints it).
+        reason: String,
     },
 }
 
@@ -102,9 +101,9 @@ impl TraceState {
             .append(true)
             .open(path)
             .map(Some)
-            .map_err(|source| TraceStateError::OpenFile {
+            .map_err(|e| TraceStateError::OpenFile {
                 path: path.clone(),
-                source,
+                reason: crate::cli::trace_opt::io_reason(&e),
             })
     }
 
