@@ -122,6 +122,8 @@ fn block_proc_sigkilled_comes_back_with_the_same_points_enabled() {
         json!({"name": "virtio_blk_complete", "enable": true}),
     );
     assert_eq!(r["return"], json!({}), "{r}");
+    let r = set(&mut q, json!({"name": "worker_*", "enable": true}));
+    assert_eq!(r["return"], json!({}), "{r}");
     wait_for_lines(&trace, 0, &["block-proc: virtio_blk_complete"]);
 
     let old = block_proc_pid(broker_pid(&b)).expect("block-proc runs");
@@ -130,6 +132,15 @@ fn block_proc_sigkilled_comes_back_with_the_same_points_enabled() {
         d["worker"] == "block"
     });
     assert_ne!(restarted["data"]["pid"], json!(old));
+    // The broker's own points: the exit and the restart.
+    wait_for_lines(
+        &trace,
+        0,
+        &[
+            &format!("broker: worker_exit worker=\"block\" pid={old} "),
+            "broker: worker_restart worker=\"block\" pid=",
+        ],
+    );
     q.event_where("__org.bulkhead_DEVICE_BACKEND_RESTORED", |d| {
         d["id"] == "vda"
     });

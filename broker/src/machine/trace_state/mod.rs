@@ -375,3 +375,46 @@ fn query(call: &Call<'_>) -> Option<Vec<PointState>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(pattern: &str, enable: bool) -> TraceOp {
+        TraceOp {
+            pattern: pattern.into(),
+            enable,
+            origin: "test".into(),
+        }
+    }
+
+    fn point(name: &str) -> PointState {
+        PointState {
+            name: name.into(),
+            per_vcpu: false,
+            vcpus: VcpuMask::NONE,
+        }
+    }
+
+    #[test]
+    fn command_line_operations_apply_in_order_to_each_learned_catalog() {
+        let mut inner = Inner {
+            startup: vec![op("virtio_*", true), op("virtio_mmio_read", false)],
+            ..Inner::default()
+        };
+        learn(
+            &mut inner,
+            Process::Vcpu,
+            &[
+                point("virtio_mmio_read"),
+                point("virtio_mmio_write"),
+                point("kvm_exit_io_in"),
+            ],
+        );
+        learn(&mut inner, Process::Block, &[point("virtio_blk_request")]);
+        let names =
+            |p| -> Vec<String> { enabled_of(&inner, p).into_iter().map(|e| e.name).collect() };
+        assert_eq!(names(Process::Vcpu), ["virtio_mmio_write"]);
+        assert_eq!(names(Process::Block), ["virtio_blk_request"]);
+    }
+}
