@@ -189,7 +189,7 @@ fn command_line_enable_writes_per_vcpu_kvm_exits_through_the_log() {
     let deadline = Instant::now() + GUEST_TIMEOUT;
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("vcpu-proc: kvm_exit_io_out vcpu=0 port=1016 size=1") {
+        if text.contains("vcpu-proc: kvm_exit_io_out vcpu=0 port=1016 data=[") {
             assert!(!text.contains("kvm_exit_io_in"), "{text}");
             break;
         }

@@ -11,11 +11,11 @@ ipc_proto::trace_points! {
     /// A port-I/O read exit.
     vcpu kvm_exit_io_in(port, size);
     /// A port-I/O write exit.
-    vcpu kvm_exit_io_out(port, size, value);
+    vcpu kvm_exit_io_out(port, data);
     /// An MMIO read exit.
     vcpu kvm_exit_mmio_read(addr, size);
     /// An MMIO write exit.
-    vcpu kvm_exit_mmio_write(addr, size, value);
+    vcpu kvm_exit_mmio_write(addr, data);
     /// An exit that only resumes the vCPU (HLT, interrupt window, ...).
     vcpu kvm_exit_other(reason);
     /// A triple fault (KVM_EXIT_SHUTDOWN): the guest resets.

@@ -307,7 +307,7 @@ impl VcpuThread {
                 return Next::Continue;
             }
             VcpuExit::IoOut(port, data) => {
-                trace_point!(trace::kvm_exit_io_out(self.index, port, data.len(), data));
+                trace_point!(trace::kvm_exit_io_out(self.index, port, data));
                 return action(self.io.write(u64::from(port), data));
             }
             VcpuExit::MmioRead(addr, data) => {
@@ -319,12 +319,7 @@ impl VcpuThread {
                 return Next::Continue;
             }
             VcpuExit::MmioWrite(addr, data) => {
-                trace_point!(trace::kvm_exit_mmio_write(
-                    self.index,
-                    addr,
-                    data.len(),
-                    data
-                ));
+                trace_point!(trace::kvm_exit_mmio_write(self.index, addr, data));
                 let access = self.mmio.write(addr, data);
                 if access == Access::Unhandled {
                     warn_limited!("guest write to unassigned MMIO {addr:#x}");
