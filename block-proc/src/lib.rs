@@ -14,12 +14,14 @@
 //! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
 //! - [`standalone`]: `--standalone` mode for tests and benchmarks.
 //! - [`throttle`]: I/O throttle groups (leaky buckets) and the queues' gate.
+//! - [`trace`]: block-proc's trace points.
 
 pub mod block;
 pub mod inflight;
 pub mod server;
 pub mod standalone;
 pub mod throttle;
+pub mod trace;
 pub mod vhost;
 pub mod virtio_blk;
 pub mod vring;

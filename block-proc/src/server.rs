@@ -13,10 +13,11 @@ use std::sync::Arc;
 use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest};
 use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
 use ipc_proto::worker::WorkerChannel;
-use ipc_proto::FlatError;
+use ipc_proto::{trace_point, FlatError};
 
 use crate::block::{Graph, GraphError};
 use crate::throttle::{Member, Registry};
+use crate::trace;
 use crate::vhost::export::{Export, ExportEvent, Source};
 use crate::virtio_blk::BlkConfig;
 
@@ -102,6 +103,9 @@ impl Server {
             BlockRequest::QueryNodes => Ok(BlockReply::Nodes(self.graph.query_nodes())),
             BlockRequest::QueryStats => Ok(BlockReply::Stats(self.graph.query_stats())),
             BlockRequest::Ping => Ok(BlockReply::Done),
+            BlockRequest::Trace(t) => {
+                ipc_proto::trace::serve(crate::trace::POINTS, t, fds).map(BlockReply::Trace)
+            }
             BlockRequest::AddExport {
                 id,
                 node_name,
@@ -241,7 +245,9 @@ pub fn run(chan: BlockChannel) -> Result<()> {
         };
         match msg {
             BrokerMsg::Request { id, body } => {
+                trace_point!(trace::block_ipc_request(id, body));
                 let result = server.handle(body, fds);
+                trace_point!(trace::block_ipc_reply(id, result.is_ok()));
                 chan.send(&WorkerMsg::Reply { id, result }, &[])
                     .map_err(ServerError::Channel)?;
             }

@@ -13,6 +13,7 @@
 //! - [`workers`]: spawning, linking (request/reply correlation) and
 //!   supervising the worker processes.
 //! - [`run`]: start-up and orderly shutdown.
+//! - [`trace`]: the broker's trace points.
 //! - [`systemd`]: readiness/status/watchdog notifications, socket
 //!   activation and journal-friendly logs.
 
@@ -25,4 +26,5 @@ pub mod process_setup;
 pub mod qmp;
 pub mod run;
 pub mod systemd;
+pub mod trace;
 pub mod workers;

@@ -58,6 +58,9 @@ pub enum MainError {
     /// The systemd environment is malformed.
     #[error("systemd integration failed")]
     Systemd(#[from] systemd::SystemdError),
+    /// `-trace file=` cannot be opened (QEMU's message).
+    #[error("bulkhead")]
+    Trace(#[from] crate::machine::trace_state::TraceStateError),
 }
 
 impl MainError {
@@ -73,6 +76,7 @@ impl MainError {
             MainError::Process(_) => 1,
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
+            MainError::Trace(_) => 1,
             MainError::Privileges(_) => 7,
         }
     }
@@ -104,6 +108,7 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
         return Ok(0);
     }
     crate::machine::host_memory::check(config.mem_size)?;
+    let trace_file = crate::machine::trace_state::TraceState::open_file(&config.trace)?;
     // Before any thread: -D, -daemonize (forks), -pidfile, -name process=.
     let _pidfile = process_setup::apply(&config)?;
     ipc_proto::logging::init();
@@ -125,6 +130,9 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     let supervisor = Supervisor::start()?;
     let events = Arc::new(EventBus::new());
     let machine = Machine::new(config, worker_sandbox, events, supervisor, exit_tx);
+    if let Some(f) = trace_file {
+        machine.trace().set_file(f);
+    }
     // Greet as soon as the monitor can answer: commands that need the VM
     // wait for the start gate while the workers come up.
     let qmp_paths: Vec<PathBuf> = listeners.iter().filter_map(|l| l.path.clone()).collect();
@@ -150,6 +158,9 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
         }
     };
     machine.start_gate().open();
+    for (origin, name) in machine.trace().unknown_startup_names() {
+        eprintln!("bulkhead: {origin}: warning: trace event '{name}' does not exist");
+    }
     for p in &machine.config().qmp {
         tracing::info!("QMP socket: {:?}", p.socket);
     }

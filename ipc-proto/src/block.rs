@@ -435,6 +435,9 @@ pub enum BlockRequest {
     /// The broker's liveness check: answered with [`BlockReply::Done`]
     /// straight from the IPC loop.
     Ping,
+    /// Trace points: their states, or the states the broker wants
+    /// (with `to_file`, the frame's first fd is the trace file).
+    Trace(crate::trace::TraceRequest),
     /// Export a node as a vhost-user-blk device (no fd: connections come
     /// with [`BlockRequest::AttachExportConnection`]).
     AddExport {
@@ -495,6 +498,8 @@ pub enum BlockRequest {
 pub enum BlockReply {
     /// The request succeeded and returns nothing.
     Done,
+    /// Answer to a `Trace` request: the process's trace points.
+    Trace(crate::trace::TraceReply),
     /// `AddNode` needs files it was not given (backing files found in image
     /// headers). The broker has already passed every file of the chain it
     /// read, so it opens nothing for this: it logs the names and fails the

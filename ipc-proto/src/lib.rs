@@ -17,6 +17,8 @@
 //! - [`escape`] (feature `test-hooks`): the escape-attempt messages of the
 //!   sandbox tests (the sandbox itself is the `sandbox` crate).
 //! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
+//! - [`trace`]: trace points (declared once per process), their state and
+//!   the trace messages every channel carries.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
@@ -31,6 +33,7 @@ pub mod handshake;
 pub mod logging;
 pub mod net;
 pub mod ratelimit;
+pub mod trace;
 pub mod vcpu;
 pub mod worker;
 

@@ -25,6 +25,11 @@ pub fn init() {
     let timestamps = std::env::var_os(TIMESTAMP_ENV).is_some_and(|v| v == "on");
     let filter = tracing_subscriber::EnvFilter::try_from_env(FILTER_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Enabled trace points are always written (their state is the filter).
+    let filter = match format!("{}=info", crate::trace::sink::TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let journal = logs_to_journal();
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum NetRequest {
     /// Answer with [`NetReply::Alive`] (supervisor health check).
     Ping,
+    /// Trace points: their states, or the states the broker wants
+    /// (with `to_file`, the frame's first fd is the trace file).
+    Trace(crate::trace::TraceRequest),
     /// Test hooks only: run an escape attempt inside the sandboxed worker
     /// (answered by [`NetReply::EscapeOutcome`], or not at all: seccomp
     /// kills the worker).
@@ -22,6 +25,8 @@ pub enum NetRequest {
 pub enum NetReply {
     /// net-proc is alive and serving.
     Alive,
+    /// Answer to a `Trace` request: the process's trace points.
+    Trace(crate::trace::TraceReply),
     /// Answer to [`NetRequest::TestEscape`].
     #[cfg(feature = "test-hooks")]
     EscapeOutcome(crate::escape::Outcome),

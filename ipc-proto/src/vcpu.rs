@@ -324,6 +324,9 @@ pub enum VcpuRequest {
     /// The broker's liveness check: answered with [`VcpuReply::Done`]
     /// straight from the IPC loop, without touching the VM.
     Ping,
+    /// Trace points: their states, or the states the broker wants
+    /// (with `to_file`, the frame's first fd is the trace file).
+    Trace(crate::trace::TraceRequest),
     /// [`VcpuRequest::CreateVm`] with vhost-user devices attached before
     /// the firmware tables are written and before any vCPU runs. Fds: per
     /// the config's and the devices' slots.
@@ -357,6 +360,8 @@ pub enum VcpuRequest {
 pub enum VcpuReply {
     /// The request was carried out.
     Done,
+    /// Answer to a `Trace` request: the process's trace points.
+    Trace(crate::trace::TraceReply),
     /// Answer to [`VcpuRequest::QueryStatus`].
     Status(StatusInfo),
     /// Answer to [`VcpuRequest::QueryCpus`].

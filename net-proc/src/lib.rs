@@ -4,8 +4,10 @@
 //!
 //! Crate map:
 //! - [`serve`]: the request loop (one exhaustive match per request).
+//! - [`trace`]: net-proc's trace points.
 
 pub mod serve;
+pub mod trace;
 
 use std::process::ExitCode;
 

@@ -2,25 +2,32 @@
 
 use ipc_proto::net::{NetEvent, NetReply, NetRequest};
 use ipc_proto::worker::WorkerChannel;
-use ipc_proto::{BrokerMsg, ChannelError, WorkerMsg};
+use ipc_proto::{trace_point, BrokerMsg, ChannelError, WorkerMsg};
+
+use crate::trace;
 
 /// Serves requests until the broker closes the channel (a clean end).
 pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), ChannelError> {
     loop {
-        let (msg, _fds) = match chan.recv() {
+        let (msg, fds) = match chan.recv() {
             Ok(m) => m,
             Err(e) if e.is_closed() => return Ok(()),
             Err(e) => return Err(e),
         };
         match msg {
             BrokerMsg::Request { id, body } => {
+                trace_point!(trace::net_ipc_request(id, body));
                 let result = match body {
                     NetRequest::Ping => Ok(NetReply::Alive),
+                    NetRequest::Trace(t) => {
+                        ipc_proto::trace::serve(crate::trace::POINTS, t, fds).map(NetReply::Trace)
+                    }
                     #[cfg(feature = "test-hooks")]
                     NetRequest::TestEscape(e) => {
                         Ok(NetReply::EscapeOutcome(sandbox::escape::attempt(e)))
                     }
                 };
+                trace_point!(trace::net_ipc_reply(id, result.is_ok()));
                 chan.send(&WorkerMsg::Reply { id, result }, &[])?;
             }
         }

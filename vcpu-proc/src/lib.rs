@@ -14,6 +14,8 @@
 //!   [`builtin_guest`]: the default guest and a tiny ELF builder.
 //! - [`regs`], [`gdt`], [`paging`], [`cpuid`]: boot CPU state.
 //! - [`acpi`]: RSDP/XSDT/FADT/MADT/DSDT; [`mptable`]: the MP table.
+//! - [`trace`]: vcpu-proc's trace points (KVM exits per vCPU, virtio-mmio,
+//!   vhost-user frontend, IPC).
 //! - [`bus`]: port-I/O and MMIO buses of devices by address range.
 //! - [`devices`]: serial, i8042, debug-exit, ACPI PM registers, GED, irq lines.
 
@@ -33,6 +35,7 @@ pub mod paging;
 pub mod regs;
 pub mod runstate;
 pub mod server;
+pub mod trace;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

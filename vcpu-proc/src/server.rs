@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use ipc_proto::envelope::error_chain;
 use ipc_proto::vcpu::{VcpuEvent, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VmConfig};
 use ipc_proto::worker::WorkerChannel;
-use ipc_proto::{BrokerMsg, ChannelError, FlatError, WorkerMsg};
+use ipc_proto::{trace_point, BrokerMsg, ChannelError, FlatError, WorkerMsg};
 
 use crate::control::{Controller, EventSink};
 use crate::runstate::{Input, RunStateMachine};
+use crate::trace;
 use crate::virtio::VirtioEvent;
 use crate::vm::{FdTable, Vm};
 
@@ -197,6 +198,9 @@ impl Server {
             VcpuRequest::QueryStatus => self.with_vm(|c| Ok(VcpuReply::Status(c.status()))),
             VcpuRequest::QueryCpus => self.with_vm(|c| Ok(VcpuReply::Cpus(c.cpus()))),
             VcpuRequest::Ping => Ok(VcpuReply::Done),
+            VcpuRequest::Trace(t) => {
+                ipc_proto::trace::serve(crate::trace::POINTS, t, fds).map(VcpuReply::Trace)
+            }
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
@@ -227,12 +231,14 @@ pub fn serve(channel: VcpuChannel) -> Result<()> {
         };
         match msg {
             BrokerMsg::Request { id, body } => {
+                trace_point!(trace::vcpu_ipc_request(id, body));
                 let result = match server.handle(id, body, fds) {
                     Ok(Some(reply)) => Ok(reply),
                     // Answered later, by the request's own thread.
                     Ok(None) => continue,
                     Err(e) => Err(e),
                 };
+                trace_point!(trace::vcpu_ipc_reply(id, result.is_ok()));
                 let reply = WorkerMsg::Reply { id, result };
                 if let Err(e) = server.channel.send(&reply, &[]) {
                     if e.is_closed() {

@@ -27,7 +27,8 @@ use crate::memory::GuestMemoryMmap;
 use crate::paging;
 use crate::regs::{self, EntryPoint};
 use crate::runstate::Input;
-use ipc_proto::warn_limited;
+use crate::trace;
+use ipc_proto::{trace_point, warn_limited};
 
 thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
@@ -299,15 +300,18 @@ impl VcpuThread {
         };
         let what = match exit {
             VcpuExit::IoIn(port, data) => {
+                trace_point!(trace::kvm_exit_io_in(self.index, port, data.len()));
                 if self.io.read(u64::from(port), data) == Access::Unhandled {
                     data.fill(0xff);
                 }
                 return Next::Continue;
             }
             VcpuExit::IoOut(port, data) => {
+                trace_point!(trace::kvm_exit_io_out(self.index, port, data));
                 return action(self.io.write(u64::from(port), data));
             }
             VcpuExit::MmioRead(addr, data) => {
+                trace_point!(trace::kvm_exit_mmio_read(self.index, addr, data.len()));
                 if self.mmio.read(addr, data) == Access::Unhandled {
                     warn_limited!("guest read of unassigned MMIO {addr:#x}");
                     data.fill(0xff);
@@ -315,20 +319,30 @@ impl VcpuThread {
                 return Next::Continue;
             }
             VcpuExit::MmioWrite(addr, data) => {
+                trace_point!(trace::kvm_exit_mmio_write(self.index, addr, data));
                 let access = self.mmio.write(addr, data);
                 if access == Access::Unhandled {
                     warn_limited!("guest write to unassigned MMIO {addr:#x}");
                 }
                 return action(access);
             }
-            VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => return Next::Continue,
-            VcpuExit::Shutdown => return Next::Action(Input::GuestReset),
-            VcpuExit::SystemEvent(kind, _) => match kind {
-                KVM_SYSTEM_EVENT_SHUTDOWN => return Next::Action(Input::GuestShutdown),
-                KVM_SYSTEM_EVENT_RESET => return Next::Action(Input::GuestReset),
-                KVM_SYSTEM_EVENT_CRASH => "guest reported a crash".to_string(),
-                other => format!("unknown KVM system event {other}"),
-            },
+            e @ (VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen) => {
+                trace_point!(trace::kvm_exit_other(self.index, e));
+                return Next::Continue;
+            }
+            VcpuExit::Shutdown => {
+                trace_point!(trace::kvm_exit_shutdown(self.index));
+                return Next::Action(Input::GuestReset);
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                trace_point!(trace::kvm_exit_system_event(self.index, kind));
+                match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => return Next::Action(Input::GuestShutdown),
+                    KVM_SYSTEM_EVENT_RESET => return Next::Action(Input::GuestReset),
+                    KVM_SYSTEM_EVENT_CRASH => "guest reported a crash".to_string(),
+                    other => format!("unknown KVM system event {other}"),
+                }
+            }
             VcpuExit::FailEntry(reason, cpu) => {
                 format!("KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu})")
             }
@@ -341,6 +355,7 @@ impl VcpuThread {
             }
             other => format!("unexpected exit {other:?}"),
         };
+        trace_point!(trace::kvm_exit_error(self.index, what));
         Next::Action(Input::Crash(self.describe(&what)))
     }
 

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use ipc_proto::trace_point;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -27,6 +28,7 @@ use super::memory::MemoryTable;
 use super::queue::{QueueParams, QueueWorker};
 use crate::block::Node;
 use crate::inflight::InflightRegion;
+use crate::trace::vhost_user_backend_msg as vu_msg;
 use crate::virtio_blk::{feat, BlkConfig, CONFIG_LEN};
 use crate::vring::VringConfig;
 
@@ -215,24 +217,29 @@ impl Drop for BlkBackend {
 
 impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_owner(&mut self) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_OWNER", ()));
         Ok(())
     }
 
     fn reset_owner(&mut self) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "RESET_OWNER", ()));
         self.disconnect();
         Ok(())
     }
 
     fn reset_device(&mut self) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "RESET_DEVICE", ()));
         self.disconnect();
         Ok(())
     }
 
     fn get_features(&mut self) -> VuResult<u64> {
+        trace_point!(vu_msg(self.node.name, "GET_FEATURES", ()));
         Ok(self.blk.features())
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_FEATURES", features));
         self.acked(|b| {
             if features & !b.blk.features() != 0 {
                 return Err(VuError::InvalidParam);
@@ -248,6 +255,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        trace_point!(vu_msg(self.node.name, "SET_MEM_TABLE", ctx.len()));
         self.acked(|b| {
             let table = MemoryTable::new(ctx, files).map_err(|e| {
                 ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
@@ -260,6 +268,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_NUM", (index, num)));
         self.acked(|b| {
             let max = u32::from(b.blk.max_queue_size);
             if num == 0 || num > max || !num.is_power_of_two() {
@@ -283,6 +292,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_ADDR", index));
         self.acked(|b| {
             let q = b.slot(index)?;
             if q.worker.is_some() {
@@ -294,6 +304,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_BASE", (index, base)));
         self.acked(|b| {
             let q = b.slot(index)?;
             if q.worker.is_some() {
@@ -305,6 +316,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        trace_point!(vu_msg(self.node.name, "GET_VRING_BASE", index));
         let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
         self.slot(index)?;
         self.stop_queue(i);
@@ -314,6 +326,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_KICK", index));
         self.acked(|b| {
             let i = usize::from(index);
             b.stop_queue(i);
@@ -324,6 +337,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_CALL", index));
         self.acked(|b| {
             let i = usize::from(index);
             let running = b.slot(u32::from(index))?.worker.is_some();
@@ -337,6 +351,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_ERR", index));
         self.acked(|b| {
             b.slot(u32::from(index))?;
             Ok(())
@@ -344,6 +359,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
+        trace_point!(vu_msg(self.node.name, "GET_PROTOCOL_FEATURES", ()));
         Ok(VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
@@ -351,15 +367,18 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_PROTOCOL_FEATURES", features));
         self.acked_protocol = features;
         Ok(())
     }
 
     fn get_queue_num(&mut self) -> VuResult<u64> {
+        trace_point!(vu_msg(self.node.name, "GET_QUEUE_NUM", ()));
         Ok(u64::from(self.blk.num_queues))
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_VRING_ENABLE", (index, enable)));
         self.acked(|b| {
             let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
             b.slot(index)?.enabled = enable;
@@ -378,6 +397,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
+        trace_point!(vu_msg(self.node.name, "GET_CONFIG", offset));
         let space = self.blk.config_space();
         let range = usize::try_from(offset)
             .ok()
@@ -399,10 +419,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
 
     fn set_config(
         &mut self,
-        _offset: u32,
+        offset: u32,
         _buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_CONFIG", offset));
         self.acked(|_| Err(io_err("virtio-blk config space is read-only")))
     }
 
@@ -420,6 +441,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         &mut self,
         inflight: &VhostUserInflight,
     ) -> VuResult<(VhostUserInflight, File)> {
+        trace_point!(vu_msg(self.node.name, "GET_INFLIGHT_FD", ()));
         let nq = inflight.num_queues.min(self.blk.num_queues);
         let (region, file, size) =
             InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
@@ -434,6 +456,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {
+        trace_point!(vu_msg(self.node.name, "SET_INFLIGHT_FD", ()));
         self.acked(|b| {
             let region = InflightRegion::map(
                 &file,

@@ -34,6 +34,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use ipc_proto::trace_point;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -43,6 +44,7 @@ use crate::block::aio::{Engine, Kind};
 use crate::block::Node;
 use crate::inflight::QueueInflight;
 use crate::throttle::gate::{Cost, Gate};
+use crate::trace;
 use crate::virtio_blk::aio::AsyncReq;
 use crate::virtio_blk::{self, BlkConfig, Completion};
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
@@ -255,6 +257,13 @@ impl Shared {
                 }
             }
             self.untake(&mut st);
+            trace_point!(trace::virtio_blk_complete(
+                self.node.name,
+                self.index,
+                head,
+                c.status,
+                c.used_len
+            ));
             if let Some(inf) = st.inflight.as_ref() {
                 inf.pre_put(head);
             }
@@ -329,6 +338,7 @@ impl Shared {
             if let Some(inf) = st.inflight.as_mut() {
                 inf.get(head);
             }
+            trace_point!(trace::virtio_blk_request(self.node.name, self.index, head));
             out.push(Job { head });
         }
     }

@@ -56,6 +56,7 @@ Process:\n\
 -pidfile FILE   write the broker's pid to FILE\n\
 -D LOGFILE      write every process's log and messages to LOGFILE\n\
 -msg timestamp=on|off  timestamps on log lines and messages\n\
+-trace [enable=]PATTERN,events=FILE,file=FILE  enable trace points; where they go\n\
 -add-fd fd=N,set=M[,opaque=S]  an inherited fd in fd set M\n\
 -run-with user=NAME|UID[:GID]  the identity of the sandboxed workers\n\
 -sandbox on|off the workers' sandbox (default on)\n\

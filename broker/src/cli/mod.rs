@@ -47,6 +47,7 @@ pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
 mod serial_chardev;
+pub mod trace_opt;
 
 use keyval::keyval_pairs;
 pub use keyval::{parse_blockdev, parse_device, parse_drive};
@@ -131,6 +132,8 @@ pub struct Config {
     pub uuid: Option<String>,
     /// `-msg timestamp=on`: timestamps on log lines and messages.
     pub msg_timestamp: bool,
+    /// `-trace`: trace points enabled at start and the trace file.
+    pub trace: trace_opt::TraceOptions,
     /// `-daemonize`.
     pub daemonize: bool,
     /// `-pidfile`.
@@ -202,6 +205,7 @@ impl Default for Config {
             debug_threads: false,
             uuid: None,
             msg_timestamp: false,
+            trace: Default::default(),
             daemonize: false,
             pidfile: None,
             log_file: None,
@@ -385,6 +389,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-pidfile" => cfg.pidfile = Some(PathBuf::from(value()?)),
             "-D" => cfg.log_file = Some(PathBuf::from(value()?)),
             "-msg" => cfg.msg_timestamp = qemu_opts::parse_msg(&value()?)?.0,
+            "-trace" => cfg.trace.parse(&value()?)?,
             "-uuid" => cfg.uuid = Some(qemu_opts::parse_uuid(&value()?)?),
             "-overcommit" => qemu_opts::parse_overcommit(&value()?)?,
             "-rtc" => qemu_opts::parse_rtc(&value()?)?,

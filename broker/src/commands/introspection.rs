@@ -324,6 +324,7 @@ const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
     ("add-fd", &[("fd", "number"), ("set", "number"), ("opaque", "string")]),
     ("run-with", &[("user", "string")]),
     ("sandbox", &[("enable", "boolean")]),
+    ("trace", &[("file", "string"), ("events", "string"), ("enable", "string")]),
 ];
 
 /// Arguments of `query-command-line-options`.

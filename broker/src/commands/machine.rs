@@ -12,7 +12,9 @@ use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
 fn vcpu_done(ctx: &Ctx<'_>, req: VcpuRequest) -> Result<Empty> {
     match ctx.machine.vcpu_request(req)? {
         VcpuReply::Done => Ok(Empty {}),
-        other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => Err(unexpected_reply(&other).into()),
+        other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_) | VcpuReply::Trace(_)) => {
+            Err(unexpected_reply(&other).into())
+        }
     }
 }
 
@@ -253,7 +255,7 @@ impl Command for QueryCpusFast {
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<CpuInfoFast>> {
         let cpus = match ctx.machine.vcpu_request(VcpuRequest::QueryCpus)? {
             VcpuReply::Cpus(c) => c,
-            other @ (VcpuReply::Done | VcpuReply::Status(_)) => {
+            other @ (VcpuReply::Done | VcpuReply::Status(_) | VcpuReply::Trace(_)) => {
                 return Err(unexpected_reply(&other).into())
             }
         };

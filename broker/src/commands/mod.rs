@@ -11,6 +11,8 @@
 //! - [`hmp`]: `human-monitor-command` (HMP through QMP).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
+//! - [`trace`]: `trace-event-get-state` / `trace-event-set-state`.
+//! - [`gic`]: `query-gic-capabilities` (none on x86).
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
 //!   escape attempts inside the sandboxed workers.
 
@@ -19,12 +21,14 @@ pub mod control;
 pub mod device;
 pub mod events;
 pub mod fdsets;
+pub mod gic;
 pub mod hmp;
 pub mod introspection;
 pub mod machine;
 pub mod qom;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+pub mod trace;
 
 use crate::qmp::registry::Registry;
 
@@ -82,6 +86,9 @@ pub fn registry() -> Registry {
     r.register::<fdsets::AddFd>();
     r.register::<fdsets::RemoveFd>();
     r.register::<fdsets::QueryFdsets>();
+    r.register::<trace::TraceEventGetState>();
+    r.register::<trace::TraceEventSetState>();
+    r.register::<gic::QueryGicCapabilities>();
     #[cfg(feature = "test-hooks")]
     r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);

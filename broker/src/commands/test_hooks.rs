@@ -170,7 +170,9 @@ impl Command for XTestEscape {
             TestWorker::Vcpu => outcome(ctx.machine.vcpu_request(VcpuRequest::TestEscape(e)).map(
                 |r| match r {
                     VcpuReply::Done => None,
-                    other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => Some(other),
+                    other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_) | VcpuReply::Trace(_)) => {
+                        Some(other)
+                    }
                 },
             )),
             TestWorker::Block => outcome(
@@ -180,7 +182,8 @@ impl Command for XTestEscape {
                         BlockReply::Done => None,
                         other @ (BlockReply::NeedFiles { .. }
                         | BlockReply::Nodes(_)
-                        | BlockReply::Stats(_)) => Some(other),
+                        | BlockReply::Stats(_)
+                        | BlockReply::Trace(_)) => Some(other),
                     }),
             ),
         }

@@ -134,9 +134,10 @@ enum Record {
 fn done(r: BlockReply) -> Result<(), FlatError> {
     match r {
         BlockReply::Done => Ok(()),
-        other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
-            Err(unexpected_reply(&other))
-        }
+        other @ (BlockReply::NeedFiles { .. }
+        | BlockReply::Nodes(_)
+        | BlockReply::Stats(_)
+        | BlockReply::Trace(_)) => Err(unexpected_reply(&other)),
     }
 }
 

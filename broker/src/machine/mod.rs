@@ -13,6 +13,8 @@
 //! - [`stats_carry`]: block statistics carried across block-proc lifetimes.
 //! - [`start_gate`]: whether start-up is over, for commands that arrive
 //!   before the workers are up.
+//! - [`trace_state`]: the trace points wanted on (desired state, replayed
+//!   into restarted workers) and the `trace-event-*` rules.
 
 pub mod block_limits;
 pub mod block_state;
@@ -28,6 +30,7 @@ pub mod policy;
 pub mod serial_pty;
 pub mod start_gate;
 pub mod stats_carry;
+pub mod trace_state;
 pub mod vm_setup;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,6 +130,8 @@ pub struct Machine {
     no_vm: Option<no_vm::NoVm>,
     /// Open once the workers are up (QMP greets before that).
     start_gate: start_gate::StartGate,
+    /// The trace points wanted on, in every process.
+    trace: trace_state::TraceState,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -143,7 +148,9 @@ impl Machine {
     ) -> Arc<Self> {
         let no_vm = (config.machine == crate::cli::MachineType::None)
             .then(|| no_vm::NoVm::new(config.start_paused));
+        let trace = trace_state::TraceState::new(&config.trace);
         let m = Arc::new(Machine {
+            trace,
             no_vm,
             worker_sandbox,
             block_state: Default::default(),
@@ -347,9 +354,10 @@ impl Machine {
     /// other requests fail at once while the worker is down.
     pub fn block_request(&self, req: BlockRequest) -> Result<BlockReply, FlatError> {
         match req {
-            BlockRequest::QueryNodes | BlockRequest::QueryStats | BlockRequest::Ping => {
-                return self.block_query(req).map(|(_, r)| r)
-            }
+            BlockRequest::QueryNodes
+            | BlockRequest::QueryStats
+            | BlockRequest::Ping
+            | BlockRequest::Trace(_) => return self.block_query(req).map(|(_, r)| r),
             BlockRequest::AddNode { .. }
             | BlockRequest::DelNode { .. }
             | BlockRequest::AddExport { .. }

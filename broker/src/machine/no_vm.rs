@@ -71,6 +71,9 @@ impl NoVm {
             | VcpuRequest::ReconnectVhostUser { .. } => Err(FlatError::generic(
                 "machine type 'none' has no guest to attach devices to",
             )),
+            VcpuRequest::Trace(_) => {
+                Err(FlatError::generic("machine type 'none' has no vCPU worker"))
+            }
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(_) => {
                 Err(FlatError::generic("machine type 'none' has no vCPU worker"))

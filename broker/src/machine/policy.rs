@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use ipc_proto::envelope::error_chain;
 use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
-use ipc_proto::{FlatError, WorkerKind};
+use ipc_proto::{trace_point, FlatError, WorkerKind};
 use serde_json::{json, Value};
 
 use super::{devices, event_names, lock, vm_setup, BlockLink, Machine, VcpuLink, Worker};
+use crate::trace;
 use crate::workers::link::WorkerLink;
 use crate::workers::spawn::{
     default_worker_dir, spawn_worker, SandboxIdentity, SpawnedWorker, WorkerSandbox,
@@ -238,6 +239,8 @@ pub fn start_vcpu(
     devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
     let (proc, link) = spawned?;
+    // Before the VM exists, so its first exits are traced already.
+    super::trace_state::replay_vcpu(m, &link);
     let start_paused = prepared.config.start_paused;
     let pending = if start_paused {
         Vec::new()
@@ -282,7 +285,11 @@ pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
     // half-restored worker. A worker that fails it is dropped here (killed
     // and reaped) and was never watched: its exit starts nothing.
     super::block_state::replay_on(m, &link).map_err(|e| StartError::Refused("block", e))?;
-    publish(m, &m.block, proc, link, WorkerKind::Block)
+    publish(m, &m.block, proc, link.clone(), WorkerKind::Block)?;
+    // After publishing, under the trace state's lock: a trace-event-set-state
+    // that ran meanwhile found this worker or is replayed here.
+    super::trace_state::replay_block(m, &link);
+    Ok(())
 }
 
 /// Makes a brought-up worker the current one of its slot, with a new
@@ -397,6 +404,7 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
         return;
     }
     let hung = m.take_hung(exit.pid);
+    trace_point!(trace::worker_exit(exit.kind.name(), exit.pid, exit.status));
     tracing::warn!(
         "{} worker (pid {}) exited{}: {:?}",
         exit.kind.name(),
@@ -485,6 +493,7 @@ fn restart_block(m: &Arc<Machine>, down_since: Instant, cause: Cause) {
             Ok(()) => {
                 let pid = lock(&m.block).as_ref().map(|w| w.process.pid).unwrap_or(0);
                 let restarts = lock(&m.restart).restarts;
+                trace_point!(trace::worker_restart("block", pid, restarts));
                 m.events().emit(
                     event_names::WORKER_RESTARTED,
                     Some(json!({

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
+use ipc_proto::trace_point;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
 
@@ -36,6 +37,7 @@ use super::registry::{Ctx, MessageFds, Registry, SessionState};
 use super::wire::{self, Request};
 use crate::machine::start_gate::START_WAIT;
 use crate::machine::Machine;
+use crate::trace;
 
 /// How many in-band requests may wait for the dispatcher before the reader
 /// stops reading (back-pressure on a client that pipelines without limit).
@@ -220,7 +222,16 @@ impl Session {
         let line = match wire::parse_request(v, self.state.oob()) {
             Ok(req) => {
                 let id = req.id.clone();
-                match self.dispatch(req, &fds) {
+                trace_point!(trace::qmp_command_in(req.name, id));
+                let name = trace::qmp_command_done::POINT
+                    .is_enabled()
+                    .then(|| req.name.clone());
+                let reply = self.dispatch(req, &fds);
+                trace_point!(trace::qmp_command_done(
+                    name.unwrap_or_default(),
+                    reply.is_ok()
+                ));
+                match reply {
                     Ok(ret) => wire::reply_ok(&ret, id.as_ref()),
                     Err(e) => wire::reply_err(&e, id.as_ref()),
                 }

@@ -14,9 +14,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ipc_proto::envelope::error_chain;
-use ipc_proto::{BrokerMsg, Channel, FlatError, WorkerKind, WorkerMsg};
+use ipc_proto::{trace_point, BrokerMsg, Channel, FlatError, WorkerKind, WorkerMsg};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::trace;
 
 /// Why a request got no reply from the worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +138,7 @@ where
                 let reason = loop {
                     match chan.recv() {
                         Ok((WorkerMsg::Reply { id, result }, _fds)) => {
+                            trace_point!(trace::broker_ipc_reply(kind.name(), id, result.is_ok()));
                             let waiter = lock(&pending).remove(&id);
                             match waiter {
                                 // The caller may have timed out; nothing to do then.
@@ -197,6 +200,7 @@ where
             return Err(LinkError::Gone(name));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        trace_point!(trace::broker_ipc_request(name, id));
         let (tx, rx) = sync_channel(1);
         lock(&self.pending).insert(id, tx);
         if let Err(e) = self.chan.send(&BrokerMsg::Request { id, body }, fds) {

@@ -23,7 +23,11 @@
 //! change, cleared by InterruptACK.
 
 use crate::devices::{le_value, GuestAction};
-use ipc_proto::warn_limited;
+use crate::trace::{
+    virtio_mmio_read as mmio_read, virtio_mmio_status as mmio_status,
+    virtio_mmio_write as mmio_write,
+};
+use ipc_proto::{trace_point, warn_limited};
 
 /// "virt" in little endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -408,6 +412,7 @@ impl<B: VirtioBackend> MmioTransport<B> {
     }
 
     fn write_status(&mut self, v: u32) {
+        trace_point!(mmio_status(self.backend.device_type(), self.status, v));
         if v == 0 {
             self.reset();
             return;
@@ -457,11 +462,13 @@ impl<B: VirtioBackend> MmioTransport<B> {
             return;
         }
         let v = self.read_reg(offset);
+        trace_point!(mmio_read(self.backend.device_type(), offset, v));
         data.copy_from_slice(&v.to_le_bytes());
     }
 
     /// A guest write at `offset` within the device window.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestAction> {
+        trace_point!(mmio_write(self.backend.device_type(), offset, data));
         if offset >= reg::CONFIG {
             self.backend.write_config(offset - reg::CONFIG, data);
             return None;

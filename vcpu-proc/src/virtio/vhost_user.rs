@@ -16,6 +16,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
+use ipc_proto::trace_point;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
     VhostUserVirtioFeatures,
@@ -27,6 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::inflight::{InflightBuffer, InflightError};
 use crate::memory::GuestMemoryMmap;
+use crate::trace;
 
 /// Protocol features this frontend uses when the backend offers them.
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
@@ -128,6 +130,7 @@ impl VhostUserError {
 pub type Result<T> = std::result::Result<T, VhostUserError>;
 
 fn req<T>(op: &'static str, r: vhost::Result<T>) -> Result<T> {
+    trace_point!(trace::vhost_user_frontend_msg(op, r.is_ok()));
     r.map_err(|source| VhostUserError::Request { op, source })
 }
 

@@ -252,7 +252,10 @@ impl Command for QueryBlockstats {
             (generation, BlockReply::Stats(s)) => lock(&m.stats).apply(generation, s),
             (
                 _,
-                other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_)),
+                other @ (BlockReply::Done
+                | BlockReply::NeedFiles { .. }
+                | BlockReply::Nodes(_)
+                | BlockReply::Trace(_)),
             ) => return Err(unexpected_reply(&other).into()),
         };
         let nodes = query_nodes_until(m, deadline)?;
