@@ -15,6 +15,7 @@
 //! - [`regs`], [`gdt`], [`paging`], [`cpuid`]: boot CPU state.
 //! - [`acpi`]: RSDP/XSDT/FADT/MADT/DSDT; [`mptable`]: the MP table.
 //! - [`bus`]: port-I/O and MMIO buses of devices by address range.
+//! - [`dump`]: `dump-guest-memory`, the ELF core of RAM and registers.
 //! - [`devices`]: serial, i8042, debug-exit, ACPI PM registers, GED, irq lines.
 
 pub mod acpi;
@@ -24,6 +25,7 @@ pub mod control;
 pub mod cpu_model;
 pub mod cpuid;
 pub mod devices;
+pub mod dump;
 pub mod gdt;
 pub mod layout;
 pub mod loader;
