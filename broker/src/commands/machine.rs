@@ -12,7 +12,10 @@ use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
 fn vcpu_done(ctx: &Ctx<'_>, req: VcpuRequest) -> Result<Empty> {
     match ctx.machine.vcpu_request(req)? {
         VcpuReply::Done => Ok(Empty {}),
-        other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_)) => Err(unexpected_reply(&other).into()),
+        other @ (VcpuReply::Status(_)
+        | VcpuReply::Cpus(_)
+        | VcpuReply::DumpStarted { .. }
+        | VcpuReply::DumpProgress { .. }) => Err(unexpected_reply(&other).into()),
     }
 }
 
@@ -109,6 +112,7 @@ impl Command for Stop {
     type Ret = Empty;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
+        super::dump::refuse_while_dumping(ctx)?;
         vcpu_done(ctx, VcpuRequest::Stop)
     }
 }
@@ -123,6 +127,7 @@ impl Command for Cont {
     type Ret = Empty;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
+        super::dump::refuse_while_dumping(ctx)?;
         vcpu_done(ctx, VcpuRequest::Cont)
     }
 }
@@ -253,9 +258,10 @@ impl Command for QueryCpusFast {
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<CpuInfoFast>> {
         let cpus = match ctx.machine.vcpu_request(VcpuRequest::QueryCpus)? {
             VcpuReply::Cpus(c) => c,
-            other @ (VcpuReply::Done | VcpuReply::Status(_)) => {
-                return Err(unexpected_reply(&other).into())
-            }
+            other @ (VcpuReply::Done
+            | VcpuReply::Status(_)
+            | VcpuReply::DumpStarted { .. }
+            | VcpuReply::DumpProgress { .. }) => return Err(unexpected_reply(&other).into()),
         };
         // vcpu-proc knows its threads' ids in its own pid namespace only.
         let pid = ctx.machine.vcpu_pid();

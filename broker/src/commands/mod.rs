@@ -10,6 +10,7 @@
 //! - [`qom`]: QOM types and objects as libvirt probes them.
 //! - [`hmp`]: `human-monitor-command` (HMP through QMP).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
+//! - [`dump`]: `dump-guest-memory`, `query-dump` and its capability.
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
 //!   escape attempts inside the sandboxed workers.
@@ -17,6 +18,7 @@
 pub mod block;
 pub mod control;
 pub mod device;
+pub mod dump;
 pub mod events;
 pub mod fdsets;
 pub mod hmp;
@@ -76,10 +78,14 @@ pub fn registry() -> Registry {
     r.register::<fdsets::AddFd>();
     r.register::<fdsets::RemoveFd>();
     r.register::<fdsets::QueryFdsets>();
+    r.register::<dump::DumpGuestMemory>();
+    r.register::<dump::QueryDump>();
+    r.register::<dump::QueryDumpGuestMemoryCapability>();
     #[cfg(feature = "test-hooks")]
     r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);
     device::declare_events(&mut r);
+    dump::declare_events(&mut r);
     r
 }
 

@@ -88,6 +88,9 @@ impl Dumps {
             .take(req.fd)
             .map(File::from)
             .map_err(|e| FlatError::generic(e.to_string()))?;
+        // The controller's lock first: a dump that just ended releases it
+        // only once it has resumed the VM and cleared `running`.
+        let mut c = lock(controller);
         if self.running.swap(true, Ordering::SeqCst) {
             return Err(FlatError::generic(IN_PROGRESS));
         }
@@ -99,7 +102,6 @@ impl Dumps {
             ));
         }
         let (layout, mem) = {
-            let mut c = lock(controller);
             let ram: Vec<Block> = c
                 .vm()
                 .mem
@@ -125,6 +127,7 @@ impl Dumps {
                 }
             }
         };
+        drop(c);
         let total = layout.total();
         self.progress.store(0, Ordering::SeqCst);
         let progress = self.progress.clone();
@@ -135,15 +138,18 @@ impl Dumps {
                 let mut out = writer::Output::new(file);
                 let result = writer::write_core(&mut out, &layout, &mem, &progress);
                 drop(out);
-                drop(guard);
+                // Under the controller's lock: QEMU's order (DUMP_COMPLETED,
+                // then RESUME), and the next dump starts after both.
+                let mut c = lock(&controller);
                 sink.emit(VcpuEvent::DumpCompleted {
                     completed: progress.load(Ordering::SeqCst),
                     total,
                     error: result.err().map(|e| e.to_string()),
                 });
-                if let Err(e) = lock(&controller).handle(Input::DumpEnd) {
+                if let Err(e) = c.handle(Input::DumpEnd) {
                     tracing::warn!("cannot resume after the dump: {e}");
                 }
+                drop(guard);
             })
             .map_err(|e| FlatError::generic(format!("cannot start the dump: {e}")))?;
         Ok(VcpuReply::DumpStarted { total })
