@@ -1,73 +1,11 @@
-//! `dump`: the guest of the `dump-guest-memory` tests. It writes a known
-//! 4 KiB page at guest-physical 0x0600_0000 (a 32-byte banner, then byte
-//! `i` = `(i * 7 + 3) & 0xff`), loads known values into R12, R13 and R14,
-//! prints where everything is, and halts with interrupts off for good: the
-//! VM keeps running, the vCPU's registers stay put, so a core's notes can
-//! be checked against them.
-//!
-//! Serial lines (the tests parse them):
-//! - `marker at 0x6000000`
-//! - `halt loop at 0xA..0xB r12=0x.. r13=0x.. r14=0x..` (RIP is in
-//!   `[A, B)` while halted).
+//! `dump`: writes the marker page and halts with known registers (see the
+//! crate's library).
 
 #![no_std]
 #![no_main]
 
-use guest_rt::println;
-
 guest_rt::guest!("dump", main);
 
-/// Guest-physical address of the marker page.
-const MARKER_GPA: usize = 0x0600_0000;
-const BANNER: &[u8; 32] = b"BULKHEAD DUMP MARKER 0123456789\n";
-const R12: u64 = 0x1234_5678_9abc_def0;
-const R13: u64 = 0x0bad_cafe_dead_beef;
-const R14: u64 = MARKER_GPA as u64;
-
-core::arch::global_asm!(
-    ".global dump_halt",
-    "dump_halt:",
-    "mov r12, rdi",
-    "mov r13, rsi",
-    "mov r14, rdx",
-    "cli",
-    ".global dump_halt_loop",
-    "dump_halt_loop:",
-    "hlt",
-    "jmp dump_halt_loop",
-    ".global dump_halt_end",
-    "dump_halt_end:",
-);
-
-extern "C" {
-    fn dump_halt(r12: u64, r13: u64, r14: u64) -> !;
-    static dump_halt_loop: u8;
-    static dump_halt_end: u8;
-}
-
 fn main() -> ! {
-    let page = MARKER_GPA as *mut u8;
-    for i in 0..4096usize {
-        let b = if i < BANNER.len() {
-            BANNER[i]
-        } else {
-            (i.wrapping_mul(7).wrapping_add(3) & 0xff) as u8
-        };
-        // SAFETY: the boot page tables identity-map the first 4 GiB and
-        // the tests give the guest more than 96 MiB + 4 KiB of RAM, which
-        // nothing else uses.
-        unsafe { page.add(i).write_volatile(b) };
-    }
-    println!("marker at {:#x}", MARKER_GPA);
-    // Only the addresses of the two labels are taken.
-    let (start, end) = (
-        core::ptr::addr_of!(dump_halt_loop) as u64,
-        core::ptr::addr_of!(dump_halt_end) as u64,
-    );
-    println!(
-        "halt loop at {:#x}..{:#x} r12={:#x} r13={:#x} r14={:#x}",
-        start, end, R12, R13, R14
-    );
-    // SAFETY: dump_halt only sets registers and halts; it never returns.
-    unsafe { dump_halt(R12, R13, R14) }
+    dump::mark_and_halt()
 }
