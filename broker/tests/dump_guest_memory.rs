@@ -573,3 +573,40 @@ fn detached_dump_to_an_fd_pipe_shows_progress_completes_and_a_killed_vcpu_proc_f
     );
     assert!(after.contains("vCPU worker is not running"), "{after}");
 }
+
+#[test]
+fn dump_files_are_created_as_the_run_with_user() {
+    const UID: u32 = 4_000_322;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let user = format!("user={UID}");
+    let b = Bulkhead::start(&["-run-with", &user]);
+    let mut c = b.client();
+    let closed = b.dir.0.join("closed");
+    let open = b.dir.0.join("open");
+    for (d, mode) in [(&closed, 0o755), (&open, 0o777)] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let refused = closed.join("core");
+    assert_eq!(
+        error(
+            &mut c,
+            "dump-guest-memory",
+            json!({"paging": false, "protocol": format!("file:{}", refused.display())})
+        ),
+        format!(
+            "Could not create '{}': Permission denied",
+            refused.display()
+        )
+    );
+    let core = open.join("core");
+    let r = dump(
+        &mut c,
+        json!({"paging": false, "protocol": format!("file:{}", core.display()),
+               "begin": 0, "length": 4096}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    let meta = std::fs::metadata(&core).unwrap();
+    assert_eq!(meta.uid(), UID);
+    assert_eq!(meta.mode() & 0o777, 0o400, "QEMU creates the core S_IRUSR");
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::MachineType;
 use crate::machine::dump::{DumpQueryResult, IN_PROGRESS};
-use crate::machine::images::open::strerror;
+use crate::machine::images::open::{as_identity, strerror};
 use crate::machine::unexpected_reply;
 use crate::qmp::error::{QmpError, Result};
 use crate::qmp::registry::{Command, Ctx};
@@ -169,17 +169,25 @@ fn open_output(ctx: &Ctx<'_>, protocol: &str) -> Result<OwnedFd> {
         });
     }
     if let Some(path) = protocol.strip_prefix("file:") {
-        return OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o400)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map(OwnedFd::from)
-            .map_err(|e| {
-                QmpError::generic(format!("Could not create '{path}': {}", strerror(&e)))
-            });
+        // As the VM's `-run-with user=` identity, like the images.
+        let identity = crate::machine::block_state::identity(ctx.machine)?;
+        let opened = as_identity(identity, || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o400)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+        })
+        .ok_or_else(|| {
+            QmpError::generic(format!(
+                "Could not create '{path}': cannot take the VM's identity"
+            ))
+        })?;
+        return opened.map(OwnedFd::from).map_err(|e| {
+            QmpError::generic(format!("Could not create '{path}': {}", strerror(&e)))
+        });
     }
     Err(QmpError::generic(
         "parameter 'protocol' must start with 'file:' or 'fd:'",
