@@ -536,6 +536,25 @@ fn detached_dump_to_an_fd_pipe_shows_progress_completes_and_a_killed_vcpu_proc_f
     assert_eq!(core.phys(MARKER_GPA, 4096), marker_page());
     check_registers(&core, 1, rip);
 
+    // A reader gone before the dump: the write fails, the VM resumes.
+    let (r, w) = pipe();
+    drop(r);
+    getfd(&mut c, "gone", w);
+    assert_eq!(
+        error(
+            &mut c,
+            "dump-guest-memory",
+            json!({"paging": false, "protocol": "fd:gone"})
+        ),
+        "dump: failed to write elf header: Broken pipe"
+    );
+    let failed = c.event_where("DUMP_COMPLETED", |d| d["result"]["status"] == "failed");
+    assert_eq!(failed["data"]["result"]["completed"], json!(0));
+    assert_eq!(
+        c.ok("query-status"),
+        json!({"status": "running", "running": true})
+    );
+
     // A second detached dump, never read, and vcpu-proc SIGKILLed under it.
     let (_reader, w) = pipe();
     getfd(&mut c, "stuck", w);
