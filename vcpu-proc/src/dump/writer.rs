@@ -197,3 +197,86 @@ fn write_block(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    use vm_memory::Bytes;
+
+    const SIZE: u64 = 4 << 20;
+
+    fn memfd(size: u64) -> File {
+        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let f = File::from(fd);
+        f.set_len(size).unwrap();
+        f
+    }
+
+    const PAGES: [(u64, u8); 2] = [(1 << 20, 0xa5), (SIZE - 4096, 0x3c)];
+
+    /// 4 MiB of RAM with data only in `pages`.
+    fn guest_with(pages: &[(u64, u8)]) -> (GuestMemoryMmap, Layout, Vec<u8>) {
+        let mem = crate::memory::map_guest_memory(memfd(SIZE), SIZE).unwrap();
+        let mut expect = vec![0u8; SIZE as usize];
+        for &(at, byte) in pages {
+            mem.write_slice(&[byte; 4096], GuestAddress(at)).unwrap();
+            expect[at as usize..at as usize + 4096].fill(byte);
+        }
+        let block = Block { gpa: 0, len: SIZE };
+        let layout = Layout::new(vec![block], &[], &[]);
+        let mut file = layout.head.clone();
+        file.extend_from_slice(&expect);
+        (mem, layout, file)
+    }
+
+    fn guest() -> (GuestMemoryMmap, Layout, Vec<u8>) {
+        guest_with(&PAGES)
+    }
+
+    #[test]
+    fn a_regular_file_gets_the_same_bytes_with_untouched_ram_left_sparse() {
+        sparse_file_round(guest());
+        // Untouched RAM at the very end: the file still covers it.
+        sparse_file_round(guest_with(&PAGES[..1]));
+    }
+
+    fn sparse_file_round((mem, layout, expect): (GuestMemoryMmap, Layout, Vec<u8>)) {
+        let out = memfd(0);
+        let mut o = Output::new(out.try_clone().unwrap());
+        assert!(o.sparse);
+        let progress = AtomicU64::new(0);
+        write_core(&mut o, &layout, &mem, &progress).unwrap();
+        assert_eq!(progress.load(Ordering::SeqCst), SIZE);
+        let mut got = Vec::new();
+        let mut out = out;
+        out.seek(SeekFrom::Start(0)).unwrap();
+        out.read_to_end(&mut got).unwrap();
+        assert!(got == expect, "the file differs from head + RAM");
+        let allocated = out.metadata().unwrap().blocks() * 512;
+        assert!(allocated < SIZE / 2, "{allocated} bytes allocated");
+    }
+
+    #[test]
+    fn a_pipe_gets_zeros_written_for_untouched_ram() {
+        let (mem, layout, expect) = guest();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut o = Output::new(File::from(w));
+        assert!(!o.sparse);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            File::from(r).read_to_end(&mut got).unwrap();
+            got
+        });
+        write_core(&mut o, &layout, &mem, &AtomicU64::new(0)).unwrap();
+        drop(o);
+        assert!(reader.join().unwrap() == expect);
+    }
+
+    #[test]
+    fn a_file_with_bytes_past_the_position_is_never_skipped_over() {
+        let f = memfd(1 << 20);
+        assert!(!Output::new(f).sparse);
+    }
+}
