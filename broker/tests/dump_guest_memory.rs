@@ -502,7 +502,9 @@ fn detached_dump_to_an_fd_pipe_shows_progress_completes_and_a_killed_vcpu_proc_f
         c.ok("query-status"),
         json!({"status": "save-vm", "running": false})
     );
-    for cmd in ["stop", "cont"] {
+    // QEMU 10 refuses stop and cont here; its system_reset aborts QEMU, so
+    // bulkhead refuses that too.
+    for cmd in ["stop", "cont", "system_reset"] {
         assert_eq!(error(&mut c, cmd, json!({})), IN_PROGRESS);
     }
     assert_eq!(

@@ -125,7 +125,8 @@ pub fn declare_events(r: &mut crate::qmp::registry::Registry) {
     );
 }
 
-/// QEMU's refusal of `stop`/`cont` while a dump runs.
+/// QEMU's refusal of `stop`/`cont` while a dump runs (also used for
+/// `system_reset`, which QEMU 10 does not survive during a dump).
 pub fn refuse_while_dumping(ctx: &Ctx<'_>) -> Result<()> {
     if ctx.machine.dump.is_active() {
         return Err(QmpError::generic(IN_PROGRESS));

@@ -158,6 +158,9 @@ impl Command for SystemReset {
     type Ret = Empty;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
+        // A reset would reload guest RAM under a running dump (QEMU 10
+        // aborts there); refused like stop/cont.
+        super::dump::refuse_while_dumping(ctx)?;
         vcpu_done(ctx, VcpuRequest::SystemReset)
     }
 }
