@@ -131,8 +131,9 @@ impl Dumps {
         let total = layout.total();
         self.progress.store(0, Ordering::SeqCst);
         let progress = self.progress.clone();
+        let shared = controller.clone();
         let controller = controller.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("dump".into())
             .spawn(move || {
                 let mut out = writer::Output::new(file);
@@ -150,8 +151,14 @@ impl Dumps {
                     tracing::warn!("cannot resume after the dump: {e}");
                 }
                 drop(guard);
-            })
-            .map_err(|e| FlatError::generic(format!("cannot start the dump: {e}")))?;
+            });
+        if let Err(e) = spawned {
+            // The closure (and the slot guard) is gone; resume the VM.
+            if let Err(e) = lock(&shared).handle(Input::DumpEnd) {
+                tracing::warn!("cannot resume after a failed dump: {e}");
+            }
+            return Err(FlatError::generic(format!("cannot start the dump: {e}")));
+        }
         Ok(VcpuReply::DumpStarted { total })
     }
 }
