@@ -631,3 +631,46 @@ fn dump_files_are_created_as_the_run_with_user() {
     assert_eq!(meta.uid(), UID);
     assert_eq!(meta.mode() & 0o777, 0o400, "QEMU creates the core S_IRUSR");
 }
+
+#[test]
+fn file_dev_fdset_dumps_into_the_sets_write_only_fd_as_qemu() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let b = Bulkhead::start(&[]);
+    let mut c = b.client();
+    let open = |name: &str, read: bool| {
+        std::fs::OpenOptions::new()
+            .read(read)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(b.dir.0.join(name))
+            .unwrap()
+    };
+    // Old bytes QEMU's O_TRUNC open drops.
+    std::fs::write(b.dir.0.join("wo.core"), [0xee; 100_000]).unwrap();
+    let (rw, wo) = (open("rw.core", true), open("wo.core", false));
+    for (set, f) in [(1, &rw), (2, &wo)] {
+        let r = c.execute_with_fds("add-fd", json!({"fdset-id": set}), &[f.as_fd()]);
+        assert_eq!(r["return"]["fdset-id"], json!(set), "{r}");
+    }
+    let args = |p: &str| json!({"paging": false, "protocol": p, "begin": 0, "length": 4096});
+    for (p, want) in [
+        (
+            "file:/dev/fdset/1",
+            "Failed to find file descriptor with matching flags=0x241",
+        ),
+        ("file:/dev/fdset/7", "Failed to find fdset /dev/fdset/7"),
+        ("file:/dev/fdset/x", "Could not parse fdset /dev/fdset/x"),
+    ] {
+        assert_eq!(error(&mut c, "dump-guest-memory", args(p)), want);
+    }
+    assert_eq!(
+        dump(&mut c, args("file:/dev/fdset/2")),
+        json!({"return": {}})
+    );
+    let core = Core::from_file(&b.dir.0.join("wo.core"));
+    assert_eq!((core.loads[0].paddr, core.loads[0].filesz), (0, 4096));
+    let len = std::fs::metadata(b.dir.0.join("wo.core")).unwrap().len();
+    assert_eq!(len, core.loads[0].offset + 4096, "truncated first");
+}

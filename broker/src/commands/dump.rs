@@ -1,7 +1,7 @@
 //! `dump-guest-memory`, `query-dump` and
 //! `query-dump-guest-memory-capability`, with QEMU 10's arguments, checks
-//! and messages. The broker opens the output (or takes the `getfd` fd) and
-//! hands it to vcpu-proc, which writes the ELF core
+//! and messages. The broker opens the output (or takes the `getfd` fd, or
+//! copies a `/dev/fdset/N` fd) and hands it to vcpu-proc, which writes the ELF core
 //! (`vcpu_proc::dump`); [`crate::machine::dump`] keeps the state.
 
 use std::fs::{File, OpenOptions};
@@ -9,10 +9,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use ipc_proto::vcpu::{DumpFilter, DumpRequest, FdSlot, VcpuReply, VcpuRequest};
+use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::MachineType;
 use crate::machine::dump::{DumpQueryResult, IN_PROGRESS};
+use crate::machine::fdsets::{parse_fd_number, FdSets};
 use crate::machine::images::open::{as_identity, strerror};
 use crate::machine::unexpected_reply;
 use crate::qmp::error::{QmpError, Result};
@@ -170,6 +172,9 @@ fn open_output(ctx: &Ctx<'_>, protocol: &str) -> Result<OwnedFd> {
         });
     }
     if let Some(path) = protocol.strip_prefix("file:") {
+        if let Some(rest) = path.strip_prefix("/dev/fdset/") {
+            return open_fdset(path, rest);
+        }
         // As the VM's `-run-with user=` identity, like the images.
         let identity = crate::machine::block_state::identity(ctx.machine)?;
         let opened = as_identity(identity, || {
@@ -193,6 +198,21 @@ fn open_output(ctx: &Ctx<'_>, protocol: &str) -> Result<OwnedFd> {
     Err(QmpError::generic(
         "parameter 'protocol' must start with 'file:' or 'fd:'",
     ))
+}
+
+/// `file:/dev/fdset/N`: a copy of the set's write-only fd (QEMU matches
+/// the access mode of its O_WRONLY|O_CREAT|O_TRUNC open), truncated as
+/// QEMU's `qemu_open` does for O_TRUNC.
+fn open_fdset(path: &str, id: &str) -> Result<OwnedFd> {
+    let id = parse_fd_number(id)
+        .ok_or_else(|| QmpError::generic(format!("Could not parse fdset {path}")))?;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
+    let fd = FdSets::global()
+        .dup(id, flags)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    nix::unistd::ftruncate(&fd, 0)
+        .map_err(|e| QmpError::generic(format!("Could not create '{path}': {}", e.desc())))?;
+    Ok(fd)
 }
 
 /// `dump-guest-memory`.
