@@ -369,6 +369,9 @@ fn dump_of_a_running_guest_holds_its_ram_marker_and_registers_as_readelf_and_gdb
     );
 
     // QEMU 10's answers for bad input (same inputs, same words).
+    // Every event of the dumps so far is in once query-status answers.
+    c.ok("query-status");
+    c.events.clear();
     // Each case its own file: a refused dump may leave its (mode 0400) file.
     let f = "F";
     let cases = [
@@ -438,6 +441,15 @@ fn dump_of_a_running_guest_holds_its_ram_marker_and_registers_as_readelf_and_gdb
             "{args}"
         );
     }
+    // The range errors come after the VM stopped, as in QEMU: two rounds
+    // of STOP and RESUME.
+    c.ok("query-status");
+    let names: Vec<&str> = c
+        .events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["STOP", "RESUME", "STOP", "RESUME"]);
     // win-dmp needs the guest's vmcoreinfo note, which a guest without a
     // vmcoreinfo device never has: QEMU fails the dump with an event.
     let win = format!("file:{}", dir.join("win.core").display());

@@ -96,12 +96,14 @@ impl Dumps {
         }
         let guard = Running(self.running.clone());
         let filter = req.filter.map(|f| (f.begin, f.length));
-        if matches!(filter, Some((_, 0))) {
-            return Err(FlatError::generic(
-                "parameter 'length' expects a non-zero size",
-            ));
-        }
-        let (layout, mem) = {
+        // Stopped first, as QEMU: its range errors come between STOP and
+        // RESUME.
+        c.handle(Input::DumpBegin)
+            .map_err(|e| FlatError::generic(e.to_string()))?;
+        let prepared = (|| {
+            if matches!(filter, Some((_, 0))) {
+                return Err("parameter 'length' expects a non-zero size".to_string());
+            }
             let ram: Vec<Block> = c
                 .vm()
                 .mem
@@ -113,20 +115,20 @@ impl Dumps {
                 .collect();
             let blocks = elf::filter_blocks(&ram, filter);
             if blocks.is_empty() {
-                return Err(FlatError::generic("dump: no guest memory to dump"));
+                return Err("dump: no guest memory to dump".to_string());
             }
-            c.handle(Input::DumpBegin)
-                .map_err(|e| FlatError::generic(e.to_string()))?;
-            match prepare(&c, &ram, blocks, req.paging, filter) {
-                Ok(layout) => (layout, c.vm().mem.clone()),
-                Err(e) => {
-                    if let Err(e) = c.handle(Input::DumpEnd) {
-                        tracing::warn!("cannot resume after a failed dump: {e}");
-                    }
-                    return Err(FlatError::generic(e));
+            prepare(&c, &ram, blocks, req.paging, filter)
+        })();
+        let layout = match prepared {
+            Ok(layout) => layout,
+            Err(e) => {
+                if let Err(e) = c.handle(Input::DumpEnd) {
+                    tracing::warn!("cannot resume after a failed dump: {e}");
                 }
+                return Err(FlatError::generic(e));
             }
         };
+        let mem = c.vm().mem.clone();
         drop(c);
         let total = layout.total();
         self.progress.store(0, Ordering::SeqCst);
