@@ -57,7 +57,7 @@ fn boot(mem: &str, cpus: &str) -> (Bulkhead, Qmp, (u64, u64)) {
     ]);
     std::mem::forget(dir);
     let log = SerialLog(log_path);
-    log.wait_for("r14=");
+    log.wait_for("halted");
     let text = log.text();
     let line = text
         .lines()

@@ -6,8 +6,8 @@
 //!
 //! Serial lines (the tests and `scripts/bench-dump` parse them):
 //! - `marker at 0x6000000`
-//! - `halt loop at 0xA..0xB r12=0x.. r13=0x.. r14=0x..` (RIP is in
-//!   `[A, B)` while halted).
+//! - `halt loop at 0xA..0xB r12=0x.. r13=0x.. r14=0x..`, then `halted`
+//!   once R12-R14 hold those values; from then on RIP is in `[A, B)`.
 
 #![no_std]
 
@@ -20,6 +20,9 @@ const R12: u64 = 0x1234_5678_9abc_def0;
 const R13: u64 = 0x0bad_cafe_dead_beef;
 const R14: u64 = MARKER_GPA as u64;
 
+// Sets the registers, prints `halted` straight to COM1 (no register of
+// the three touched), then halts for good. RIP stays in
+// [dump_halt_print, dump_halt_end) from the first byte of `halted` on.
 core::arch::global_asm!(
     ".global dump_halt",
     "dump_halt:",
@@ -27,17 +30,31 @@ core::arch::global_asm!(
     "mov r13, rsi",
     "mov r14, rdx",
     "cli",
+    "lea rsi, [rip + dump_halted_msg]",
+    "mov dx, 0x3f8",
+    ".global dump_halt_print",
+    "dump_halt_print:",
+    "mov al, byte ptr [rsi]",
+    "test al, al",
+    "jz dump_halt_loop",
+    "out dx, al",
+    "inc rsi",
+    "jmp dump_halt_print",
     ".global dump_halt_loop",
     "dump_halt_loop:",
     "hlt",
     "jmp dump_halt_loop",
     ".global dump_halt_end",
     "dump_halt_end:",
+    ".section .rodata",
+    "dump_halted_msg:",
+    ".asciz \"halted\\r\\n\"",
+    ".text",
 );
 
 extern "C" {
     fn dump_halt(r12: u64, r13: u64, r14: u64) -> !;
-    static dump_halt_loop: u8;
+    static dump_halt_print: u8;
     static dump_halt_end: u8;
 }
 
@@ -58,7 +75,7 @@ pub fn mark_and_halt() -> ! {
     println!("marker at {:#x}", MARKER_GPA);
     // Only the addresses of the two labels are taken.
     let (start, end) = (
-        core::ptr::addr_of!(dump_halt_loop) as u64,
+        core::ptr::addr_of!(dump_halt_print) as u64,
         core::ptr::addr_of!(dump_halt_end) as u64,
     );
     println!(
