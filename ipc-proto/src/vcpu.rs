@@ -353,6 +353,35 @@ pub enum VcpuRequest {
     /// seccomp kills the worker).
     #[cfg(feature = "test-hooks")]
     TestEscape(crate::escape::Escape),
+    /// Start writing an ELF core of the guest to the fd in `fd`
+    /// (`dump-guest-memory`): the VM is stopped (`save-vm`) while the
+    /// registers are captured and the memory written, then resumed if it
+    /// ran. Replies [`VcpuReply::DumpStarted`] at once; the end comes as
+    /// [`VcpuEvent::DumpCompleted`].
+    DumpGuestMemory(DumpRequest),
+    /// Report the running dump's progress ([`VcpuReply::DumpProgress`]).
+    QueryDump,
+}
+
+/// What `dump-guest-memory` asks of vcpu-proc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpRequest {
+    /// Where the core goes (a file or pipe the broker opened or got).
+    pub fd: FdSlot,
+    /// `paging`: PT_LOAD segments carry the guest's virtual addresses,
+    /// found by walking its page tables.
+    pub paging: bool,
+    /// `begin`/`length`: only guest-physical `[begin, begin + length)`.
+    pub filter: Option<DumpFilter>,
+}
+
+/// The guest-physical range of a filtered dump, as QMP gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpFilter {
+    /// First guest-physical address.
+    pub begin: i64,
+    /// Length in bytes.
+    pub length: i64,
 }
 
 /// Replies of vcpu-proc.
@@ -366,6 +395,18 @@ pub enum VcpuReply {
     Status(StatusInfo),
     /// Answer to [`VcpuRequest::QueryCpus`].
     Cpus(Vec<CpuInfo>),
+    /// Answer to [`VcpuRequest::DumpGuestMemory`]: the dump runs; `total`
+    /// bytes of guest memory will be written.
+    DumpStarted {
+        /// Guest memory bytes the dump covers.
+        total: u64,
+    },
+    /// Answer to [`VcpuRequest::QueryDump`]: guest memory bytes written so
+    /// far (0 when no dump runs).
+    DumpProgress {
+        /// Bytes written.
+        completed: u64,
+    },
 }
 
 /// Events vcpu-proc reports; the broker turns them into QMP events.
@@ -408,5 +449,14 @@ pub enum VcpuEvent {
     VhostUserReconnected {
         /// Device id.
         id: String,
+    },
+    /// The dump ended (QMP `DUMP_COMPLETED`), before the VM resumes.
+    DumpCompleted {
+        /// Guest memory bytes written.
+        completed: u64,
+        /// Guest memory bytes the dump covers.
+        total: u64,
+        /// Why it failed, if it did.
+        error: Option<String>,
     },
 }

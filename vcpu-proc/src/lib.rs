@@ -17,6 +17,7 @@
 //! - [`trace`]: vcpu-proc's trace points (KVM exits per vCPU, virtio-mmio,
 //!   vhost-user frontend, IPC).
 //! - [`bus`]: port-I/O and MMIO buses of devices by address range.
+//! - [`dump`]: `dump-guest-memory`, the ELF core of RAM and registers.
 //! - [`devices`]: serial, i8042, debug-exit, ACPI PM registers, GED, irq lines.
 
 pub mod acpi;
@@ -26,6 +27,7 @@ pub mod control;
 pub mod cpu_model;
 pub mod cpuid;
 pub mod devices;
+pub mod dump;
 pub mod gdt;
 pub mod layout;
 pub mod loader;

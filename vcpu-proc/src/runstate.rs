@@ -23,6 +23,10 @@ pub enum Input {
     DebugExit(u32),
     /// The guest or a vCPU thread failed.
     Crash(String),
+    /// `dump-guest-memory` starts: a running VM stops into `save-vm`.
+    DumpBegin,
+    /// The dump ended: a VM the dump stopped (`save-vm`) runs again.
+    DumpEnd,
 }
 
 /// What to do about an input.
@@ -167,6 +171,19 @@ impl RunStateMachine {
                 out.events.push(VcpuEvent::GuestCrashed { detail });
                 self.stop_into(RunState::InternalError, &mut out);
             }
+            Input::DumpBegin => {
+                if self.is_running() {
+                    self.stop_into(RunState::SaveVm, &mut out);
+                }
+                out.run = false;
+            }
+            Input::DumpEnd => {
+                if self.state == RunState::SaveVm {
+                    self.state = RunState::Running;
+                    out.events.push(VcpuEvent::Resumed);
+                    out.run = true;
+                }
+            }
         }
         Ok(out)
     }
@@ -178,6 +195,29 @@ mod tests {
 
     fn m() -> RunStateMachine {
         RunStateMachine::new(false, false, false)
+    }
+
+    #[test]
+    fn a_dump_stops_a_running_vm_into_save_vm_and_resumes_it() {
+        let mut s = m();
+        let o = s.step(Input::DumpBegin).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Stopped], false));
+        assert_eq!(s.state(), RunState::SaveVm);
+        let o = s.step(Input::DumpEnd).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
+        assert_eq!(s.state(), RunState::Running);
+    }
+
+    #[test]
+    fn a_dump_leaves_a_paused_vm_paused() {
+        let mut s = m();
+        s.step(Input::Stop).unwrap();
+        let o = s.step(Input::DumpBegin).unwrap();
+        assert!(o.events.is_empty());
+        assert_eq!(s.state(), RunState::Paused);
+        let o = s.step(Input::DumpEnd).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Paused);
     }
 
     #[test]

@@ -73,6 +73,7 @@ struct Server {
     channel: Arc<VcpuChannel>,
     controller: Option<Shared>,
     virtio_events: mpsc::Sender<VirtioEvent>,
+    dumps: crate::dump::Dumps,
 }
 
 fn one_socket(
@@ -201,6 +202,12 @@ impl Server {
             VcpuRequest::Trace(t) => {
                 ipc_proto::trace::serve(crate::trace::POINTS, t, fds).map(VcpuReply::Trace)
             }
+            VcpuRequest::DumpGuestMemory(d) => {
+                let c = self.controller.as_ref().ok_or_else(no_vm)?;
+                let sink = Arc::new(ChannelSink(self.channel.clone()));
+                self.dumps.start(c, d, fds, sink)
+            }
+            VcpuRequest::QueryDump => Ok(self.dumps.progress()),
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
@@ -218,6 +225,7 @@ pub fn serve(channel: VcpuChannel) -> Result<()> {
         channel,
         controller: None,
         virtio_events,
+        dumps: Default::default(),
     };
     loop {
         let (msg, fds) = match server.channel.recv() {

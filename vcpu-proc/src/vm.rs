@@ -132,6 +132,9 @@ pub struct VcpuHandle {
     pub thread: JoinHandle<()>,
     /// Its host tid.
     pub tid: Arc<AtomicI64>,
+    /// A second handle on the vCPU (a dup of its fd) to read its registers
+    /// while it is parked (`dump-guest-memory`).
+    pub view: kvm_ioctls::VcpuFd,
 }
 
 /// The built machine.
@@ -294,6 +297,21 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
         serial::spawn_listener(dev, listener, client).map_err(VmError::Thread)?;
     }
     Ok(())
+}
+
+/// A second `VcpuFd` on `vcpu`'s vCPU, from a dup of its fd.
+fn vcpu_view(vm: &VmFd, vcpu: &kvm_ioctls::VcpuFd) -> Result<kvm_ioctls::VcpuFd> {
+    use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
+    // SAFETY: `vcpu` owns its fd and outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(vcpu.as_raw_fd()) }
+        .try_clone_to_owned()
+        .map_err(|e| VmError::Kvm {
+            what: "dup of a vCPU fd",
+            source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EBADF)),
+        })?;
+    // SAFETY: `fd` is a vCPU fd of `vm`, owned here and handed over.
+    unsafe { vm.create_vcpu_from_rawfd(fd.into_raw_fd()) }
+        .map_err(kvm_err("KVM_CREATE_VCPU (view)"))
 }
 
 impl Vm {
@@ -501,6 +519,7 @@ impl Vm {
                 events: kvm_bindings::kvm_vcpu_events::default(),
             };
             let tid = Arc::new(AtomicI64::new(0));
+            let view = vcpu_view(&self.fd, &vcpu)?;
             let t = VcpuThread {
                 index: i,
                 vcpu,
@@ -522,7 +541,7 @@ impl Vm {
                 })
                 .spawn(move || t.run())
                 .map_err(VmError::Thread)?;
-            self.vcpus.push(VcpuHandle { thread, tid });
+            self.vcpus.push(VcpuHandle { thread, tid, view });
         }
         let deadline = Instant::now() + TID_WAIT;
         while self.vcpus.iter().any(|v| v.tid.load(Ordering::SeqCst) == 0) {

@@ -12,9 +12,11 @@ use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
 fn vcpu_done(ctx: &Ctx<'_>, req: VcpuRequest) -> Result<Empty> {
     match ctx.machine.vcpu_request(req)? {
         VcpuReply::Done => Ok(Empty {}),
-        other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_) | VcpuReply::Trace(_)) => {
-            Err(unexpected_reply(&other).into())
-        }
+        other @ (VcpuReply::Status(_)
+        | VcpuReply::Cpus(_)
+        | VcpuReply::Trace(_)
+        | VcpuReply::DumpStarted { .. }
+        | VcpuReply::DumpProgress { .. }) => Err(unexpected_reply(&other).into()),
     }
 }
 
@@ -111,6 +113,7 @@ impl Command for Stop {
     type Ret = Empty;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
+        super::dump::refuse_while_dumping(ctx)?;
         vcpu_done(ctx, VcpuRequest::Stop)
     }
 }
@@ -125,6 +128,7 @@ impl Command for Cont {
     type Ret = Empty;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
+        super::dump::refuse_while_dumping(ctx)?;
         vcpu_done(ctx, VcpuRequest::Cont)
     }
 }
@@ -155,6 +159,9 @@ impl Command for SystemReset {
     type Ret = Empty;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
+        // A reset would reload guest RAM under a running dump (QEMU 10
+        // aborts there); refused like stop/cont.
+        super::dump::refuse_while_dumping(ctx)?;
         vcpu_done(ctx, VcpuRequest::SystemReset)
     }
 }
@@ -255,9 +262,11 @@ impl Command for QueryCpusFast {
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<CpuInfoFast>> {
         let cpus = match ctx.machine.vcpu_request(VcpuRequest::QueryCpus)? {
             VcpuReply::Cpus(c) => c,
-            other @ (VcpuReply::Done | VcpuReply::Status(_) | VcpuReply::Trace(_)) => {
-                return Err(unexpected_reply(&other).into())
-            }
+            other @ (VcpuReply::Done
+            | VcpuReply::Status(_)
+            | VcpuReply::Trace(_)
+            | VcpuReply::DumpStarted { .. }
+            | VcpuReply::DumpProgress { .. }) => return Err(unexpected_reply(&other).into()),
         };
         // vcpu-proc knows its threads' ids in its own pid namespace only.
         let pid = ctx.machine.vcpu_pid();

@@ -10,6 +10,7 @@
 //! - [`qom`]: QOM types and objects as libvirt probes them.
 //! - [`hmp`]: `human-monitor-command` (HMP through QMP).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
+//! - [`dump`]: `dump-guest-memory`, `query-dump` and its capability.
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`trace`]: `trace-event-get-state` / `trace-event-set-state`.
 //! - [`gic`]: `query-gic-capabilities` (none on x86).
@@ -19,6 +20,7 @@
 pub mod block;
 pub mod control;
 pub mod device;
+pub mod dump;
 pub mod events;
 pub mod fdsets;
 pub mod gic;
@@ -89,10 +91,14 @@ pub fn registry() -> Registry {
     r.register::<trace::TraceEventGetState>();
     r.register::<trace::TraceEventSetState>();
     r.register::<gic::QueryGicCapabilities>();
+    r.register::<dump::DumpGuestMemory>();
+    r.register::<dump::QueryDump>();
+    r.register::<dump::QueryDumpGuestMemoryCapability>();
     #[cfg(feature = "test-hooks")]
     r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);
     device::declare_events(&mut r);
+    dump::declare_events(&mut r);
     r
 }
 

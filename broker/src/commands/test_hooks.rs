@@ -170,9 +170,11 @@ impl Command for XTestEscape {
             TestWorker::Vcpu => outcome(ctx.machine.vcpu_request(VcpuRequest::TestEscape(e)).map(
                 |r| match r {
                     VcpuReply::Done => None,
-                    other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_) | VcpuReply::Trace(_)) => {
-                        Some(other)
-                    }
+                    other @ (VcpuReply::Status(_)
+                    | VcpuReply::Cpus(_)
+                    | VcpuReply::Trace(_)
+                    | VcpuReply::DumpStarted { .. }
+                    | VcpuReply::DumpProgress { .. }) => Some(other),
                 },
             )),
             TestWorker::Block => outcome(

@@ -128,7 +128,7 @@ impl Machine {
 /// open). Without `-run-with user=` the broker opens as itself: the per-VM
 /// automatic uid owns no files, so file permissions checked against it
 /// would refuse every image.
-fn identity(m: &Machine) -> Result<Option<Identity>, FlatError> {
+pub(crate) fn identity(m: &Machine) -> Result<Option<Identity>, FlatError> {
     if m.config().run_with_user.is_none() {
         return Ok(None);
     }

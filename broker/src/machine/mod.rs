@@ -19,6 +19,7 @@
 pub mod block_limits;
 pub mod block_state;
 pub mod devices;
+pub mod dump;
 pub mod event_names;
 pub mod fdsets;
 pub mod host_memory;
@@ -132,6 +133,8 @@ pub struct Machine {
     start_gate: start_gate::StartGate,
     /// The trace points wanted on, in every process.
     trace: trace_state::TraceState,
+    /// `dump-guest-memory`'s state (`query-dump`).
+    pub(crate) dump: dump::DumpTracker,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -171,6 +174,7 @@ impl Machine {
             hung: Mutex::new(Vec::new()),
             stats: Mutex::new(stats_carry::StatsCarry::default()),
             start_gate: start_gate::StartGate::default(),
+            dump: dump::DumpTracker::default(),
         });
         liveness::start(&m);
         m
@@ -511,6 +515,11 @@ impl Machine {
             VcpuEvent::DebugExit { code } => self.request_exit(ExitRequest::DebugExit(code)),
             VcpuEvent::VhostUserDisconnected { id } => devices::on_disconnected(self, &id),
             VcpuEvent::VhostUserReconnected { id } => devices::on_reconnected(self, &id),
+            VcpuEvent::DumpCompleted {
+                completed,
+                total,
+                error,
+            } => self.dump.finish(&self.events, completed, total, error),
         }
     }
 
@@ -528,7 +537,8 @@ impl Machine {
             | VcpuEvent::GuestCrashed { .. }
             | VcpuEvent::DebugExit { .. }
             | VcpuEvent::VhostUserDisconnected { .. }
-            | VcpuEvent::VhostUserReconnected { .. } => {
+            | VcpuEvent::VhostUserReconnected { .. }
+            | VcpuEvent::DumpCompleted { .. } => {
                 tracing::warn!("machine 'none': unexpected event {ev:?}")
             }
         }

@@ -65,6 +65,10 @@ impl NoVm {
             }
             VcpuRequest::QueryCpus => Ok(VcpuReply::Cpus(Vec::new())),
             VcpuRequest::Ping => Ok(VcpuReply::Done),
+            VcpuRequest::QueryDump => Ok(VcpuReply::DumpProgress { completed: 0 }),
+            VcpuRequest::DumpGuestMemory(_) => {
+                Err(FlatError::generic("dump: no guest memory to dump"))
+            }
             VcpuRequest::CreateVm(_)
             | VcpuRequest::CreateVmWithDevices { .. }
             | VcpuRequest::AttachVhostUser(_)

@@ -422,6 +422,7 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
                 slot.take()
             };
             m.mark_vcpu_crashed();
+            m.dump.worker_died(m.events());
             let note = death_note(dead.as_ref().map(|w| &w.process));
             drop(dead);
             m.events().emit(

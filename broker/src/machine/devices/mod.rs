@@ -551,9 +551,11 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
         }
         match reply? {
             VcpuReply::Done => mark_attached(m, &[id]),
-            other @ (VcpuReply::Status(_) | VcpuReply::Cpus(_) | VcpuReply::Trace(_)) => {
-                return Err(unexpected_reply(&other))
-            }
+            other @ (VcpuReply::Status(_)
+            | VcpuReply::Cpus(_)
+            | VcpuReply::Trace(_)
+            | VcpuReply::DumpStarted { .. }
+            | VcpuReply::DumpProgress { .. }) => return Err(unexpected_reply(&other)),
         }
     }
     Ok(())

@@ -134,6 +134,16 @@ impl Drop for FsIdentity {
     }
 }
 
+/// Runs `f` (an open) with `identity`'s fsuid/fsgid on this thread, or as
+/// the broker when `None`; `None` back if the identity cannot be taken.
+pub fn as_identity<T>(identity: Option<Identity>, f: impl FnOnce() -> T) -> Option<T> {
+    let _guard = match identity {
+        Some(id) => Some(FsIdentity::take(id)?),
+        None => None,
+    };
+    Some(f())
+}
+
 /// Opens `path` read-only or read-write (and `O_DIRECT` if `direct`) for
 /// `purpose`, as `identity` when given. A `/dev/fdset/N` name opens a copy
 /// of an fd passed with `add-fd`.
