@@ -1,6 +1,8 @@
 //! block-proc: Bulkhead's block worker.
 //!
 //! Crate map:
+//! - [`bitmaps`]: dirty bitmaps (in broker-owned memory) and the qcow2
+//!   bitmaps extension.
 //! - [`block`]: the block layer (nodes, drivers `file`/`raw`/`qcow2`/`null-co`,
 //!   the node graph, statistics). No virtio, no vhost-user.
 //! - [`virtio_blk`]: virtio-blk request parsing and execution on a node,
@@ -14,6 +16,7 @@
 //! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
 //! - [`standalone`]: `--standalone` mode for tests and benchmarks.
 
+pub mod bitmaps;
 pub mod block;
 pub mod inflight;
 pub mod server;

@@ -56,6 +56,20 @@ impl Server {
         }
     }
 
+    /// The broker closed the channel (quit): stops the exports, then
+    /// stores every node's persistent bitmaps, as QEMU does at close.
+    pub fn close(&mut self) {
+        for (_, e) in std::mem::take(&mut self.exports) {
+            e.stop();
+        }
+        for n in self.graph.all() {
+            if let Err(e) = n.flush() {
+                tracing::warn!("flushing '{}' before storing bitmaps: {e}", n.name);
+            }
+            n.bitmaps.store(&n.name);
+        }
+    }
+
     /// The node graph.
     pub fn graph(&mut self) -> &mut Graph {
         &mut self.graph
@@ -157,6 +171,9 @@ impl Server {
                 })?;
                 Ok(BlockReply::Done)
             }
+            BlockRequest::Bitmap(r) => {
+                crate::bitmaps::requests::handle(&self.graph, r, fds).map(BlockReply::Bitmap)
+            }
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
@@ -205,7 +222,10 @@ pub fn run(chan: BlockChannel) -> Result<()> {
     loop {
         let (msg, fds) = match chan.recv() {
             Ok(m) => m,
-            Err(e) if e.is_closed() => return Ok(()),
+            Err(e) if e.is_closed() => {
+                server.close();
+                return Ok(());
+            }
             Err(e) => return Err(ServerError::Channel(e)),
         };
         match msg {

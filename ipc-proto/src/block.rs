@@ -469,6 +469,8 @@ pub enum BlockRequest {
     /// seccomp kills the worker).
     #[cfg(feature = "test-hooks")]
     TestEscape(crate::escape::Escape),
+    /// Dirty bitmaps (`block-dirty-bitmap-*`); attached memory as fd 0.
+    Bitmap(crate::bitmaps::BitmapRequest),
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the
@@ -489,6 +491,8 @@ pub enum BlockReply {
     Nodes(Vec<NodeInfo>),
     /// Answer to `QueryStats`.
     Stats(Vec<NodeStats>),
+    /// Answer to a [`BlockRequest::Bitmap`].
+    Bitmap(crate::bitmaps::BitmapReply),
 }
 
 /// Asynchronous events from block-proc.

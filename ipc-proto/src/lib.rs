@@ -16,10 +16,12 @@
 //!   line, parent-death signal, handshake).
 //! - [`escape`] (feature `test-hooks`): the escape-attempt messages of the
 //!   sandbox tests (the sandbox itself is the `sandbox` crate).
+//! - [`bitmaps`]: dirty-bitmap requests (inside the block channel's enums).
 //! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
+pub mod bitmaps;
 pub mod block;
 pub mod channel;
 pub mod codec;

@@ -1,0 +1,246 @@
+//! Persistent dirty bitmaps in qcow2 images, checked against QEMU's own
+//! tools: a bitmap bulkhead stores is listed by `qemu-img info` with its
+//! name, granularity and flags, the image stays `qemu-img check` clean,
+//! and a bitmap `qemu-img bitmap` / `qemu-io` wrote is loaded with its
+//! dirty granules.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::process::Command;
+
+use block_proc::block::Graph;
+use common::*;
+use ipc_proto::bitmaps::{BitmapInfo, BitmapReply, BitmapRequest, BitmapSource};
+use ipc_proto::block::BlockdevOptions;
+use vm_memory::VolatileSlice;
+
+fn open(g: &mut Graph, img: &std::path::Path) {
+    let o: BlockdevOptions = serde_json::from_str(&qcow2_json(img)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let files: HashMap<String, File> = [(img.display().to_string(), f)].into();
+    g.add(&o, files).unwrap();
+}
+
+fn memfd(bytes: u64) -> OwnedFd {
+    let fd = nix::sys::memfd::memfd_create(c"bm", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    nix::unistd::ftruncate(&fd, bytes as i64).unwrap();
+    fd
+}
+
+fn req(g: &Graph, r: BitmapRequest, fds: Vec<OwnedFd>) -> Result<BitmapReply, String> {
+    block_proc::bitmaps::requests::handle(g, r, fds).map_err(|e| e.desc)
+}
+
+/// `Check` then `Attach` as the broker does.
+fn add(g: &Graph, name: &str, granularity: Option<u32>, persistent: bool, source: BitmapSource) {
+    let BitmapReply::Sized {
+        node,
+        granularity,
+        bytes,
+    } = req(
+        g,
+        BitmapRequest::Check {
+            node: "disk0".into(),
+            name: name.into(),
+            granularity,
+            persistent,
+        },
+        vec![],
+    )
+    .unwrap()
+    else {
+        panic!("Check answers Sized")
+    };
+    req(
+        g,
+        BitmapRequest::Attach {
+            node,
+            name: name.into(),
+            granularity,
+            persistent,
+            recording: true,
+            inconsistent: false,
+            source,
+        },
+        vec![memfd(bytes)],
+    )
+    .unwrap();
+}
+
+fn query(g: &Graph) -> Vec<BitmapInfo> {
+    match req(g, BitmapRequest::Query, vec![]).unwrap() {
+        BitmapReply::List(l) => l,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn write(g: &Graph, offset: u64, len: usize) {
+    let n = g.get("disk0").unwrap();
+    let mut data = vec![0xa5u8; len];
+    // SAFETY: `data` outlives the slice and nothing else accesses it.
+    let s = unsafe { VolatileSlice::new(data.as_mut_ptr(), len) };
+    n.write(&[s], offset, len as u64).unwrap();
+}
+
+fn info_bitmaps(img: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["format-specific"]["data"]["bitmaps"].clone()
+}
+
+#[test]
+fn stored_bitmaps_are_listed_by_qemu_img_and_the_image_stays_clean() {
+    let img = qcow2_image("bm-store.qcow2", "64M");
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    add(&g, "incr0", None, true, BitmapSource::Empty);
+    add(&g, "fine", Some(4096), true, BitmapSource::Empty);
+    add(&g, "temp", None, false, BitmapSource::Empty);
+    write(&g, 0, 4096);
+    write(&g, 10 << 20, 200 << 10);
+    let q = query(&g);
+    let count = |n: &str| q.iter().find(|b| b.name == n).unwrap().count;
+    assert_eq!(count("incr0"), 5 * 65536);
+    assert_eq!(count("fine"), 4096 + (200 << 10));
+    req(
+        &g,
+        BitmapRequest::SetRecording {
+            node: "disk0".into(),
+            name: "fine".into(),
+            recording: false,
+        },
+        vec![],
+    )
+    .unwrap();
+    g.del("disk0").unwrap();
+    drop(g);
+
+    let b = info_bitmaps(&img);
+    let list = b.as_array().expect("qemu-img info lists bitmaps");
+    assert_eq!(list.len(), 2, "{b}");
+    let fine = list.iter().find(|x| x["name"] == "fine").unwrap();
+    assert_eq!(fine["granularity"], 4096);
+    assert_eq!(fine["flags"], serde_json::json!([]));
+    let incr = list.iter().find(|x| x["name"] == "incr0").unwrap();
+    assert_eq!(incr["granularity"], 65536);
+    assert_eq!(incr["flags"], serde_json::json!(["auto"]));
+    assert!(qemu_img_check(&img), "qemu-img check after storing");
+
+    // Reopened: both come back with their counts, and a second store
+    // (after more writes) frees the first one's clusters.
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    let BitmapReply::Found(found) = req(
+        &g,
+        BitmapRequest::ImageBitmaps {
+            node: "disk0".into(),
+        },
+        vec![],
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|f| !f.in_use));
+    for f in &found {
+        add(&g, &f.name, Some(f.granularity), true, BitmapSource::Image);
+    }
+    let q = query(&g);
+    let count = |n: &str| q.iter().find(|b| b.name == n).unwrap().count;
+    assert_eq!(count("incr0"), 5 * 65536);
+    assert_eq!(count("fine"), 4096 + (200 << 10));
+    write(&g, 30 << 20, 1);
+    g.del("disk0").unwrap();
+    assert!(
+        qemu_img_check(&img),
+        "qemu-img check after the second store"
+    );
+    assert_eq!(info_bitmaps(&img).as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_bitmap_qemu_wrote_is_loaded_with_its_dirty_granules() {
+    let img = qcow2_image("bm-load.qcow2", "16M");
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add", "-g", "65536"])
+        .arg(&img)
+        .arg("from-qemu")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("qemu-io")
+        .args(["-c", "write 1M 64k", "-c", "write 5M 1"])
+        .arg(&img)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    let BitmapReply::Found(found) = req(
+        &g,
+        BitmapRequest::ImageBitmaps {
+            node: "disk0".into(),
+        },
+        vec![],
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(found.len(), 1);
+    assert!(found[0].auto && !found[0].in_use);
+    add(&g, "from-qemu", Some(65536), true, BitmapSource::Image);
+    assert_eq!(query(&g)[0].count, 2 * 65536);
+    // While open for writing the image says "in use", as QEMU's does.
+    let b = info_bitmaps(&img);
+    assert!(
+        b[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "in-use"),
+        "{b}"
+    );
+    g.del("disk0").unwrap();
+    let b = info_bitmaps(&img);
+    assert_eq!(b[0]["flags"], serde_json::json!(["auto"]));
+    assert!(qemu_img_check(&img));
+}
+
+#[test]
+fn removing_the_last_persistent_bitmap_removes_the_extension() {
+    let img = qcow2_image("bm-remove.qcow2", "16M");
+    Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("gone")
+        .status()
+        .unwrap();
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    add(&g, "gone", Some(65536), true, BitmapSource::Image);
+    req(
+        &g,
+        BitmapRequest::Remove {
+            node: "disk0".into(),
+            name: "gone".into(),
+        },
+        vec![],
+    )
+    .unwrap();
+    g.del("disk0").unwrap();
+    assert!(info_bitmaps(&img).is_null());
+    assert!(qemu_img_check(&img));
+}
