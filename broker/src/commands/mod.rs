@@ -69,6 +69,12 @@ pub fn registry() -> Registry {
     r.register::<block::QueryNamedBlockNodes>();
     r.register::<block::QueryBlockstats>();
     r.register::<block::QueryBlock>();
+    r.register::<block::BlockDirtyBitmapAddCmd>();
+    r.register::<block::BlockDirtyBitmapRemove>();
+    r.register::<block::BlockDirtyBitmapClear>();
+    r.register::<block::BlockDirtyBitmapEnable>();
+    r.register::<block::BlockDirtyBitmapDisable>();
+    r.register::<block::BlockDirtyBitmapMergeCmd>();
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     r.register::<fdsets::GetFd>();

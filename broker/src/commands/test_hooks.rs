@@ -180,7 +180,8 @@ impl Command for XTestEscape {
                         BlockReply::Done => None,
                         other @ (BlockReply::NeedFiles { .. }
                         | BlockReply::Nodes(_)
-                        | BlockReply::Stats(_)) => Some(other),
+                        | BlockReply::Stats(_)
+                        | BlockReply::Bitmap(_)) => Some(other),
                     }),
             ),
         }

@@ -78,6 +78,15 @@ pub struct BlockState {
     /// until the record is updated: serialises graph changes without
     /// blocking readers of the state.
     ops: Arc<Mutex<()>>,
+    /// The dirty bitmaps and their memory.
+    pub(super) bitmaps: super::bitmaps::Bitmaps,
+}
+
+impl BlockState {
+    /// The lock serialising graph changes (and bitmap changes with them).
+    pub(super) fn ops(&self) -> Arc<Mutex<()>> {
+        self.ops.clone()
+    }
 }
 
 /// The desired block state, shared by the commands and the restart path.
@@ -375,7 +384,7 @@ fn send_add(send: &SendFn<'_>, rec: &NodeRecord) -> Result<(), FlatError> {
                 filenames.join("', '")
             )))
         }
-        other @ (BlockReply::Nodes(_) | BlockReply::Stats(_)) => Err(unexpected_reply(&other)),
+        other @ (BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
     }
 }
 
@@ -419,7 +428,9 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
     };
     match send_add(&|r, f| m.block_request_with_fds(r, f), &rec) {
         Ok(()) => {
+            let options = rec.options.clone();
             lock(&shared).nodes.push(rec);
+            super::bitmaps::load_image_bitmaps(m, &options);
             Ok(())
         }
         Err(e) => {
@@ -470,7 +481,7 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
     if !top {
         let exists = match m.block_request(BlockRequest::QueryNodes)? {
             BlockReply::Nodes(n) => n.iter().any(|i| i.node_name == name),
-            other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_)) => {
+            other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
                 return Err(unexpected_reply(&other))
             }
         };
@@ -489,7 +500,7 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
     match answer {
         Ok(BlockReply::Done) => {}
         Ok(
-            other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)),
+            other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)),
         ) => return Err(unexpected_reply(&other)),
         Err(e) if timed_out(&e) => {
             tracing::warn!("block worker did not answer blockdev-del of '{name}'; node forgotten");
@@ -534,6 +545,9 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
         Ok(())
     });
     inline.reverse();
+    let mut gone = inline.clone();
+    gone.push(name.to_owned());
+    lock(&state(m)).bitmaps.forget_nodes(&gone);
     inline
 }
 
@@ -549,7 +563,8 @@ impl ExportRecord {
             | BlockRequest::QueryStats
             | BlockRequest::Ping
             | BlockRequest::DelExport { .. }
-            | BlockRequest::AttachExportConnection { .. } => None,
+            | BlockRequest::AttachExportConnection { .. }
+            | BlockRequest::Bitmap(_) => None,
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => None,
         }
@@ -596,11 +611,12 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             FlatError::generic(format!("cannot restore block node '{name}': {}", e.desc))
         })?;
     }
+    super::bitmaps::replay_on(m, link)?;
     for request in exports {
         match link.request(request, &[])? {
             BlockReply::Done => {}
             other
-            @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_)) => {
+            @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
                 return Err(unexpected_reply(&other))
             }
         }

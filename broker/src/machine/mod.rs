@@ -14,6 +14,7 @@
 //! - [`start_gate`]: whether start-up is over, for commands that arrive
 //!   before the workers are up.
 
+pub mod bitmaps;
 pub mod block_state;
 pub mod devices;
 pub mod event_names;
@@ -353,7 +354,8 @@ impl Machine {
             | BlockRequest::DelNode { .. }
             | BlockRequest::AddExport { .. }
             | BlockRequest::DelExport { .. }
-            | BlockRequest::AttachExportConnection { .. } => {}
+            | BlockRequest::AttachExportConnection { .. }
+            | BlockRequest::Bitmap(_) => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }

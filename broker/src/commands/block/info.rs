@@ -153,6 +153,9 @@ pub struct BlockDeviceInfo {
     pub cache: BlockdevCacheInfo,
     /// Write threshold (0: none).
     pub write_threshold: i64,
+    /// Dirty bitmaps of the node (absent when it has none).
+    #[serde(rename = "dirty-bitmaps", skip_serializing_if = "Option::is_none")]
+    pub dirty_bitmaps: Option<Vec<BlockDirtyInfo>>,
 }
 
 impl QapiType for BlockDeviceInfo {
@@ -178,6 +181,7 @@ impl QapiType for BlockDeviceInfo {
                 member::<ImageInfo>("image"),
                 member::<BlockdevCacheInfo>("cache"),
                 member::<i64>("write_threshold"),
+                optional::<Vec<BlockDirtyInfo>>("dirty-bitmaps"),
             ],
         }
     }
@@ -209,6 +213,7 @@ impl BlockDeviceInfo {
                 no_flush: n.cache_no_flush,
             },
             write_threshold: 0,
+            dirty_bitmaps: None,
         }
     }
 }
@@ -221,7 +226,7 @@ pub(super) fn query_nodes(m: &Machine) -> Result<Vec<NodeInfo>> {
 pub(super) fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<NodeInfo>> {
     match m.block_query_until(BlockRequest::QueryNodes, deadline)?.1 {
         BlockReply::Nodes(n) => Ok(n),
-        other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_)) => {
+        other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
             Err(unexpected_reply(&other).into())
         }
     }
@@ -267,9 +272,11 @@ impl Command for QueryNamedBlockNodes {
         creation_order(ctx.machine, &mut nodes, |n| &n.node_name);
         nodes.reverse();
         let flat = args.flat.unwrap_or(false);
-        Ok(nodes
+        let mut infos: Vec<BlockDeviceInfo> = nodes
             .iter()
             .map(|n| BlockDeviceInfo::from_node(n, flat))
-            .collect())
+            .collect();
+        fill_dirty_bitmaps(ctx.machine, &mut infos)?;
+        Ok(infos)
     }
 }

@@ -7,13 +7,16 @@
 //! - [`info`] — `query-named-block-nodes` and the node/image info types.
 //! - [`stats`] — `query-blockstats`.
 //! - [`query_block`] — `query-block`.
+//! - [`bitmaps`] — `block-dirty-bitmap-*` and the queries' `dirty-bitmaps`.
 
+pub mod bitmaps;
 pub mod info;
 pub mod nodes;
 pub mod options;
 pub mod query_block;
 pub mod stats;
 
+pub use bitmaps::*;
 pub use info::*;
 pub use nodes::*;
 pub use options::*;

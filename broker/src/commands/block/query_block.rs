@@ -79,7 +79,7 @@ impl Command for QueryBlock {
             return Ok(Vec::new());
         }
         let nodes = query_nodes(ctx.machine)?;
-        Ok(devs
+        let mut infos: Vec<BlockInfo> = devs
             .into_iter()
             .map(|(id, node)| BlockInfo {
                 device: String::new(),
@@ -94,6 +94,8 @@ impl Command for QueryBlock {
                 tray_open: None,
                 io_status: Some("ok".into()),
             })
-            .collect())
+            .collect();
+        fill_dirty_bitmaps(ctx.machine, infos.iter_mut().filter_map(|i| i.inserted.as_mut()))?;
+        Ok(infos)
     }
 }
