@@ -244,3 +244,78 @@ fn removing_the_last_persistent_bitmap_removes_the_extension() {
     assert!(info_bitmaps(&img).is_null());
     assert!(qemu_img_check(&img));
 }
+
+/// A bitmap on node `node` (not persistent, recording).
+fn add_on(g: &Graph, node: &str, name: &str, granularity: u32) {
+    let BitmapReply::Sized { node, bytes, .. } = req(
+        g,
+        BitmapRequest::Check {
+            node: node.into(),
+            name: name.into(),
+            granularity: Some(granularity),
+            persistent: false,
+        },
+        vec![],
+    )
+    .unwrap() else {
+        panic!()
+    };
+    req(
+        g,
+        BitmapRequest::Attach {
+            node,
+            name: name.into(),
+            granularity,
+            persistent: false,
+            recording: true,
+            inconsistent: false,
+            source: BitmapSource::Empty,
+        },
+        vec![memfd(bytes)],
+    )
+    .unwrap();
+}
+
+#[test]
+fn bitmaps_on_protocol_nodes_see_writes_made_through_their_parents() {
+    // raw with an offset over a file: the file's bitmap sees the shifted range.
+    let img = raw_image("bm-lower.raw", 4 << 20);
+    let mut g = Graph::new();
+    let o: BlockdevOptions = serde_json::from_str(&format!(
+        r#"{{"driver":"raw","node-name":"disk0","offset":1048576,"file":{{"driver":"file","node-name":"f0","filename":"{}"}}}}"#,
+        img.display()
+    ))
+    .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    add_on(&g, "f0", "under-raw", 65536);
+    write(&g, 4096, 512);
+    let q = query(&g);
+    let b = q.iter().find(|b| b.name == "under-raw").unwrap();
+    assert_eq!(b.count, 65536);
+
+    // qcow2 over a file: where a guest write lands is imago's, so the
+    // file's bitmap is marked whole rather than missing the write.
+    let img = qcow2_image("bm-lower.qcow2", "4M");
+    let mut g = Graph::new();
+    let o: BlockdevOptions = serde_json::from_str(&format!(
+        r#"{{"driver":"qcow2","node-name":"disk0","file":{{"driver":"file","node-name":"f0","filename":"{}"}}}}"#,
+        img.display()
+    ))
+    .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    add_on(&g, "f0", "under-qcow2", 65536);
+    assert_eq!(query(&g)[0].count, 0);
+    let file_size = std::fs::metadata(&img).unwrap().len();
+    write(&g, 0, 512);
+    assert_eq!(query(&g)[0].count, file_size.div_ceil(65536) * 65536);
+}

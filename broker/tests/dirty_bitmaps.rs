@@ -7,7 +7,6 @@
 //! qemu-storage-daemon.
 
 mod common;
-#[allow(dead_code)]
 mod disk_common;
 
 use std::path::Path;
@@ -51,11 +50,27 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     let serial = SerialLog(dir.0.join("serial.log"));
     let b = start_with_disk(&["-S"], "blk-loop", "qcow2", &img, &serial);
     let mut q = b.client();
-    ok(&mut q, "block-dirty-bitmap-add", json!({"node": "d0", "name": "fine", "granularity": 512}));
-    ok(&mut q, "block-dirty-bitmap-add", json!({"node": "vda", "name": "coarse"}));
-    ok(&mut q, "block-dirty-bitmap-add", json!({"node": "d0", "name": "off", "disabled": true}));
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "fine", "granularity": 512}),
+    );
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "vda", "name": "coarse"}),
+    );
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "off", "disabled": true}),
+    );
     let frozen = json!({"node": "d0", "name": "frozen"});
-    ok(&mut q, "block-dirty-bitmap-add", json!({"node": "d0", "name": "frozen", "granularity": 4096}));
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "frozen", "granularity": 4096}),
+    );
     let f = bitmap(&mut q, "d0", "fine");
     assert_eq!(f["count"], 0);
     assert_eq!(f["recording"], true);
@@ -68,7 +83,10 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     assert_eq!(bitmap(&mut q, "d0", "fine")["count"], GUEST_BYTES);
     assert_eq!(bitmap(&mut q, "d0", "frozen")["count"], GUEST_BYTES);
     let coarse = bitmap(&mut q, "d0", "coarse");
-    assert_eq!(coarse["granularity"], 65536, "qcow2 default: the cluster size");
+    assert_eq!(
+        coarse["granularity"], 65536,
+        "qcow2 default: the cluster size"
+    );
     assert_eq!(coarse["count"], 65536);
     assert_eq!(bitmap(&mut q, "d0", "off")["count"], 0);
     // query-block shows them under inserted.
@@ -79,11 +97,19 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["frozen", "off", "coarse", "fine"], "newest first, as QEMU");
+    assert_eq!(
+        names,
+        ["frozen", "off", "coarse", "fine"],
+        "newest first, as QEMU"
+    );
 
     // A disabled bitmap keeps what it counted; a cleared one counts anew.
     ok(&mut q, "block-dirty-bitmap-disable", frozen.clone());
-    ok(&mut q, "block-dirty-bitmap-clear", json!({"node": "d0", "name": "fine"}));
+    ok(
+        &mut q,
+        "block-dirty-bitmap-clear",
+        json!({"node": "d0", "name": "fine"}),
+    );
     let p = serial.passes();
     serial.wait_passes(p + 2);
     assert_eq!(bitmap(&mut q, "d0", "fine")["count"], GUEST_BYTES);
@@ -98,7 +124,10 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let fz = bitmap(&mut q, "d0", "frozen");
-    assert_eq!(fz["count"], GUEST_BYTES, "counted writes lost in the kill: {fz}");
+    assert_eq!(
+        fz["count"], GUEST_BYTES,
+        "counted writes lost in the kill: {fz}"
+    );
     assert_eq!(fz["recording"], false);
     let p = serial.passes();
     serial.wait_passes(p + 2);
@@ -107,7 +136,11 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     assert_eq!(bitmap(&mut q, "d0", "frozen")["count"], GUEST_BYTES);
 
     // Merge (by name and by {node, name}) after the restart.
-    ok(&mut q, "block-dirty-bitmap-clear", json!({"node": "d0", "name": "off"}));
+    ok(
+        &mut q,
+        "block-dirty-bitmap-clear",
+        json!({"node": "d0", "name": "off"}),
+    );
     ok(
         &mut q,
         "block-dirty-bitmap-merge",
@@ -115,7 +148,11 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     );
     // "off" has the default 64 KiB granularity: one granule.
     assert_eq!(bitmap(&mut q, "d0", "off")["count"], 65536);
-    ok(&mut q, "block-dirty-bitmap-remove", json!({"node": "d0", "name": "off"}));
+    ok(
+        &mut q,
+        "block-dirty-bitmap-remove",
+        json!({"node": "d0", "name": "off"}),
+    );
     assert_eq!(bitmaps_of(&mut q, "d0").len(), 3);
     assert!(!serial.has("VERDICT: FAIL"));
 }
@@ -126,7 +163,10 @@ fn qsd(img: &Path, sock: &Path) -> (Child, Qmp) {
         "file": {"driver": "file", "filename": img}});
     let child = Command::new("qemu-storage-daemon")
         .arg("--chardev")
-        .arg(format!("socket,id=m,path={},server=on,wait=off", sock.display()))
+        .arg(format!(
+            "socket,id=m,path={},server=on,wait=off",
+            sock.display()
+        ))
         .args(["--monitor", "chardev=m", "--blockdev"])
         .arg(blockdev.to_string())
         .stdout(Stdio::null())
@@ -211,41 +251,130 @@ fn a_persistent_bitmap_survives_quit_and_qemu_loads_it_with_the_same_count() {
 fn error_cases() -> Vec<(&'static str, Value)> {
     let long = "x".repeat(1024);
     vec![
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "dup"})),
-        ("block-dirty-bitmap-add", json!({"node": "nope", "name": "x"})),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "dup"}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "nope", "name": "x"}),
+        ),
         ("block-dirty-bitmap-add", json!({"node": "d0", "name": ""})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "granularity": 256})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "granularity": 3000})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "granularity": 0})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "granularity": 4294967296u64})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "granularity": -1})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "granularity": "x"})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": "g", "persistent": "yes"})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": long.clone(), "persistent": true})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "name": long})),
-        ("block-dirty-bitmap-add", json!({"node": "f0", "name": "p", "persistent": true})),
-        ("block-dirty-bitmap-add", json!({"node": "d0", "bogus": 1, "name": "x"})),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "granularity": 256}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "granularity": 3000}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "granularity": 0}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "granularity": 4294967296u64}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "granularity": -1}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "granularity": "x"}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": "g", "persistent": "yes"}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": long.clone(), "persistent": true}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "name": long}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "f0", "name": "p", "persistent": true}),
+        ),
+        (
+            "block-dirty-bitmap-add",
+            json!({"node": "d0", "bogus": 1, "name": "x"}),
+        ),
         ("block-dirty-bitmap-add", json!({"node": "d0"})),
-        ("block-dirty-bitmap-remove", json!({"node": "d0", "name": "zz"})),
-        ("block-dirty-bitmap-remove", json!({"node": "zz", "name": "zz"})),
-        ("block-dirty-bitmap-clear", json!({"node": "d0", "name": "zz"})),
-        ("block-dirty-bitmap-enable", json!({"node": "zz", "name": "dup"})),
-        ("block-dirty-bitmap-disable", json!({"node": "d0", "name": "zz"})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "zz", "bitmaps": ["dup"]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": ["zz"]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": [{"node": "zz", "name": "dup"}]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": [{"name": "dup"}]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": [{"node": "d0", "name": "dup", "x": 1}]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": [1]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": "dup"})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup", "bitmaps": [{"node": "n0", "name": "small"}]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "dup"})),
+        (
+            "block-dirty-bitmap-remove",
+            json!({"node": "d0", "name": "zz"}),
+        ),
+        (
+            "block-dirty-bitmap-remove",
+            json!({"node": "zz", "name": "zz"}),
+        ),
+        (
+            "block-dirty-bitmap-clear",
+            json!({"node": "d0", "name": "zz"}),
+        ),
+        (
+            "block-dirty-bitmap-enable",
+            json!({"node": "zz", "name": "dup"}),
+        ),
+        (
+            "block-dirty-bitmap-disable",
+            json!({"node": "d0", "name": "zz"}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "zz", "bitmaps": ["dup"]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": ["zz"]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": [{"node": "zz", "name": "dup"}]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": [{"name": "dup"}]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": [{"node": "d0", "name": "dup", "x": 1}]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": [1]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": "dup"}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup", "bitmaps": [{"node": "n0", "name": "small"}]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "dup"}),
+        ),
     ]
 }
 
 fn errors_of(q: &mut Qmp) -> Vec<(String, String)> {
-    ok(q, "block-dirty-bitmap-add", json!({"node": "d0", "name": "dup"}));
-    ok(q, "block-dirty-bitmap-add", json!({"node": "n0", "name": "small", "granularity": 512}));
+    ok(
+        q,
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "dup"}),
+    );
+    ok(
+        q,
+        "block-dirty-bitmap-add",
+        json!({"node": "n0", "name": "small", "granularity": 512}),
+    );
     error_cases()
         .into_iter()
         .map(|(cmd, args)| {
@@ -261,7 +390,10 @@ fn bitmap_argument_errors_match_qemu_storage_daemon() {
     let dir = common::TempDir::new();
     let img = qcow2_image(&dir.0);
     let raw = dir.0.join("f.raw");
-    std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let extra = [
         json!({"driver": "file", "node-name": "f0", "filename": raw}),
         json!({"driver": "null-co", "node-name": "n0", "size": 1049088}),

@@ -28,6 +28,11 @@ pub struct DirtyBitmap {
     /// Loaded with the in-use flag set (content lost; only removable).
     pub inconsistent: bool,
     recording: AtomicBool,
+    /// Clears so far (bumped after the bits are cleared).
+    epoch: AtomicU64,
+    /// `epoch + 1` as of which [`DirtyBitmap::fill`] set every bit (and
+    /// nothing was cleared since): a repeated fill costs two loads.
+    full_at: AtomicU64,
     shift: u32,
     bits: u64,
     mem: SharedWords,
@@ -50,6 +55,8 @@ impl DirtyBitmap {
             persistent,
             inconsistent: false,
             recording: AtomicBool::new(recording),
+            epoch: AtomicU64::new(0),
+            full_at: AtomicU64::new(0),
             shift: granularity.trailing_zeros(),
             bits: size.div_ceil(u64::from(granularity)),
             mem,
@@ -119,6 +126,8 @@ impl DirtyBitmap {
             let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
             word.fetch_and(!mask, Ordering::Relaxed);
         }
+        // After the bits: a fill racing with this is not taken as full.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Whether granule `i` is dirty.
@@ -160,13 +169,19 @@ impl DirtyBitmap {
         for w in self.words() {
             w.store(0, Ordering::Relaxed);
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Sets every granule (a bitmap whose content is unknown).
     pub fn fill(&self) {
-        if self.bits > 0 {
-            self.set_bits(0, self.bits - 1);
+        // Full as of the epoch read before the bits were set: a clear
+        // finishing meanwhile bumps the epoch, so this is not believed.
+        let e = self.epoch.load(Ordering::SeqCst);
+        if self.bits == 0 || self.full_at.load(Ordering::SeqCst) == e + 1 {
+            return;
         }
+        self.set_bits(0, self.bits - 1);
+        self.full_at.store(e + 1, Ordering::SeqCst);
     }
 
     /// `self |= src` (of the same node size; any granularity).
@@ -264,6 +279,20 @@ mod tests {
         assert_eq!(b.count(), 131072);
         b.mark(10 << 20, 4096);
         assert_eq!(b.count(), 131072);
+    }
+
+    #[test]
+    fn a_fill_after_a_clear_sets_the_bits_again() {
+        let b = bm(1 << 20, 65536);
+        b.fill();
+        assert_eq!(b.count(), 1 << 20);
+        b.clear();
+        b.fill();
+        assert_eq!(b.count(), 1 << 20);
+        b.clear_range(0, 3);
+        assert_eq!(b.count(), (1 << 20) - 4 * 65536);
+        b.fill();
+        assert_eq!(b.count(), 1 << 20);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod requests;
 pub mod shm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -35,18 +35,46 @@ pub struct NodeBitmaps {
     /// Newest first, as QEMU lists them.
     list: RwLock<Vec<Arc<DirtyBitmap>>>,
     image: Mutex<Option<ImageDir>>,
+    /// The child this node's data lands on, if its drivers write it
+    /// directly (not through the child's [`crate::block::Node`] methods),
+    /// and where: `Some(shift)` at `offset + shift` (raw), `None`
+    /// anywhere (qcow2: the host offset of a guest write is imago's).
+    lower: OnceLock<(Arc<crate::block::Node>, Option<u64>)>,
 }
 
 impl NodeBitmaps {
     /// Marks `[offset, offset + len)` dirty in every recording bitmap.
     #[inline]
     pub fn mark(&self, offset: u64, len: u64) {
-        if !self.any.load(Ordering::Relaxed) {
-            return;
+        if self.any.load(Ordering::Relaxed) {
+            for b in self.list.read().iter() {
+                b.mark(offset, len);
+            }
         }
-        for b in self.list.read().iter() {
-            b.mark(offset, len);
+        if let Some((child, shift)) = self.lower.get() {
+            match shift {
+                Some(s) => child.bitmaps.mark(offset.saturating_add(*s), len),
+                None => child.bitmaps.mark_all(),
+            }
         }
+    }
+
+    /// Marks everything in every recording bitmap (a write somewhere this
+    /// node cannot place; over-reporting is safe, forgetting is not).
+    pub fn mark_all(&self) {
+        if self.any.load(Ordering::Relaxed) {
+            for b in self.list.read().iter().filter(|b| b.recording()) {
+                b.fill();
+            }
+        }
+        if let Some((child, _)) = self.lower.get() {
+            child.bitmaps.mark_all();
+        }
+    }
+
+    /// Records the child a driver writes directly (see `lower`).
+    pub fn set_lower(&self, child: Arc<crate::block::Node>, shift: Option<u64>) {
+        let _ = self.lower.set((child, shift));
     }
 
     /// The bitmap called `name`.

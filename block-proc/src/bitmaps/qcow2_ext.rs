@@ -110,9 +110,12 @@ fn corrupt(m: impl Into<String>) -> ExtError {
     ExtError::Corrupt(m.into())
 }
 
-/// The header extensions of `head` from `start`: (type, data offset,
-/// length), and the offset of the end marker.
-fn extensions(head: &[u8], start: usize) -> Result<(Vec<(u32, usize, usize)>, usize)> {
+/// One header extension: type, data offset, data length.
+type Ext = (u32, usize, usize);
+
+/// The header extensions of `head` from `start`, and the offset of the
+/// end marker.
+fn extensions(head: &[u8], start: usize) -> Result<(Vec<Ext>, usize)> {
     let mut at = start;
     let mut out = Vec::new();
     loop {
@@ -256,7 +259,7 @@ impl ImageDir {
             let t = be64(&raw, i * 8);
             let off = t & TABLE_OFFSET_MASK;
             if t & TABLE_RESERVED_MASK != 0
-                || (off != 0 && (t & TABLE_ALL_ONES != 0 || off % cluster != 0))
+                || (off != 0 && (t & TABLE_ALL_ONES != 0 || !off.is_multiple_of(cluster)))
             {
                 return Err(corrupt(format!(
                     "Could not read bitmap_table table from image for bitmap '{name}': Invalid argument"

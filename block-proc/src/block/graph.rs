@@ -195,7 +195,7 @@ impl Graph {
             }
         };
         let c = common(o, parent_ro);
-        let mut image_bitmaps = None;
+        let (mut image_bitmaps, mut lower) = (None, None);
         let driver: Box<dyn Driver> = match o {
             BlockdevOptions::File(f) => {
                 let file = files.remove(&f.filename).ok_or_else(|| GraphError::Open {
@@ -217,6 +217,7 @@ impl Graph {
                 let size = check_window(r.offset.unwrap_or(0), r.size, child.size())
                     .map_err(GraphError::Invalid)?;
                 child.acquire();
+                lower = Some((child.clone(), Some(r.offset.unwrap_or(0))));
                 Box::new(RawDriver::new(child, r.offset.unwrap_or(0), size))
             }
             BlockdevOptions::Qcow2(q) => {
@@ -269,6 +270,7 @@ impl Graph {
                     })?;
                 }
                 image_bitmaps = Some(bitmap_dir);
+                lower = Some((child.clone(), None));
                 child.acquire();
                 Box::new(d)
             }
@@ -284,6 +286,9 @@ impl Graph {
         node.cache_no_flush = c.no_flush;
         if let Some(d) = image_bitmaps {
             node.bitmaps.set_image(d);
+        }
+        if let Some((child, shift)) = lower {
+            node.bitmaps.set_lower(child, shift);
         }
         let node = Arc::new(node);
         self.nodes.insert(name.clone(), node.clone());

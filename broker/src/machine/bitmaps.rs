@@ -85,7 +85,9 @@ fn bitmap_memory(bytes: u64) -> Result<OwnedFd, FlatError> {
     nix::unistd::ftruncate(&fd, len).map_err(fail)?;
     fcntl(
         &fd,
-        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
     )
     .map_err(fail)?;
     Ok(fd)
@@ -175,7 +177,11 @@ pub fn add(m: &Machine, a: &AddBitmap) -> Result<(), FlatError> {
         inconsistent: false,
         memory: bitmap_memory(bytes)?,
     };
-    done(send(m, rec.attach(BitmapSource::Empty), &[rec.memory.as_fd()])?)?;
+    done(send(
+        m,
+        rec.attach(BitmapSource::Empty),
+        &[rec.memory.as_fd()],
+    )?)?;
     lock(&shared).bitmaps.list.push(rec);
     Ok(())
 }
@@ -208,7 +214,12 @@ pub fn remove(m: &Machine, node: &str, name: &str) -> Result<(), FlatError> {
 }
 
 /// `block-dirty-bitmap-enable` / `-disable`.
-pub fn set_recording(m: &Machine, node: &str, name: &str, recording: bool) -> Result<(), FlatError> {
+pub fn set_recording(
+    m: &Machine,
+    node: &str,
+    name: &str,
+    recording: bool,
+) -> Result<(), FlatError> {
     let node = resolve_node(m, node);
     let req = BitmapRequest::SetRecording {
         node: node.clone(),
@@ -216,7 +227,11 @@ pub fn set_recording(m: &Machine, node: &str, name: &str, recording: bool) -> Re
         recording,
     };
     change(m, req, |b| {
-        for r in b.list.iter_mut().filter(|r| r.node == node && r.name == name) {
+        for r in b
+            .list
+            .iter_mut()
+            .filter(|r| r.node == node && r.name == name)
+        {
             r.recording = recording;
         }
     })
@@ -314,11 +329,20 @@ fn load_one(m: &Machine, node: &str, f: &ipc_proto::bitmaps::ImageBitmap) -> Res
         memory: bitmap_memory(bytes)?,
     };
     if let Err(e) = send(m, rec.attach(BitmapSource::Image), &[rec.memory.as_fd()]).and_then(done) {
-        tracing::warn!("bitmap '{}' of '{}': {}; marked inconsistent", rec.name, rec.node, e.desc);
+        tracing::warn!(
+            "bitmap '{}' of '{}': {}; marked inconsistent",
+            rec.name,
+            rec.node,
+            e.desc
+        );
         rec.inconsistent = true;
         rec.recording = false;
         rec.memory = bitmap_memory(bytes)?;
-        done(send(m, rec.attach(BitmapSource::Image), &[rec.memory.as_fd()])?)?;
+        done(send(
+            m,
+            rec.attach(BitmapSource::Image),
+            &[rec.memory.as_fd()],
+        )?)?;
     }
     lock(&state(m)).bitmaps.list.push(rec);
     Ok(())

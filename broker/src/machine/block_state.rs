@@ -384,7 +384,9 @@ fn send_add(send: &SendFn<'_>, rec: &NodeRecord) -> Result<(), FlatError> {
                 filenames.join("', '")
             )))
         }
-        other @ (BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+        other @ (BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
+            Err(unexpected_reply(&other))
+        }
     }
 }
 
@@ -481,9 +483,10 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
     if !top {
         let exists = match m.block_request(BlockRequest::QueryNodes)? {
             BlockReply::Nodes(n) => n.iter().any(|i| i.node_name == name),
-            other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
-                return Err(unexpected_reply(&other))
-            }
+            other @ (BlockReply::Done
+            | BlockReply::NeedFiles { .. }
+            | BlockReply::Stats(_)
+            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
         };
         return Err(FlatError::generic(if exists {
             format!("Node {name} is not owned by the monitor")
@@ -500,7 +503,10 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
     match answer {
         Ok(BlockReply::Done) => {}
         Ok(
-            other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)),
+            other @ (BlockReply::NeedFiles { .. }
+            | BlockReply::Nodes(_)
+            | BlockReply::Stats(_)
+            | BlockReply::Bitmap(_)),
         ) => return Err(unexpected_reply(&other)),
         Err(e) if timed_out(&e) => {
             tracing::warn!("block worker did not answer blockdev-del of '{name}'; node forgotten");
@@ -615,10 +621,10 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
     for request in exports {
         match link.request(request, &[])? {
             BlockReply::Done => {}
-            other
-            @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
-                return Err(unexpected_reply(&other))
-            }
+            other @ (BlockReply::NeedFiles { .. }
+            | BlockReply::Nodes(_)
+            | BlockReply::Stats(_)
+            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
         }
     }
     Ok(())

@@ -233,7 +233,7 @@ fn check(v: &Value, ty: &SchemaType, full: &str, name: &str) -> Result<(), Strin
                     if !(v.is_u64() || v.is_i64()) {
                         return Err(format!("Parameter '{full}' expects uint64"));
                     }
-                    if !v.as_u64().is_some_and(|x| x <= u64::from(u32::MAX)) {
+                    if v.as_u64().is_none_or(|x| x > u64::from(u32::MAX)) {
                         return Err(format!("Parameter '{full}' expects uint32_t"));
                     }
                     true

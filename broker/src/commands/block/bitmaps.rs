@@ -133,7 +133,8 @@ pub struct BlockDirtyBitmapAddCmd;
 
 impl Command for BlockDirtyBitmapAddCmd {
     const NAME: &'static str = "block-dirty-bitmap-add";
-    const DOC: &'static str = "Create a dirty bitmap on a node (persistent: stored in its qcow2 image).";
+    const DOC: &'static str =
+        "Create a dirty bitmap on a node (persistent: stored in its qcow2 image).";
     type Args = BlockDirtyBitmapAdd;
     type Ret = Empty;
 

@@ -226,9 +226,10 @@ pub(super) fn query_nodes(m: &Machine) -> Result<Vec<NodeInfo>> {
 pub(super) fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<NodeInfo>> {
     match m.block_query_until(BlockRequest::QueryNodes, deadline)?.1 {
         BlockReply::Nodes(n) => Ok(n),
-        other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
-            Err(unexpected_reply(&other).into())
-        }
+        other @ (BlockReply::Done
+        | BlockReply::NeedFiles { .. }
+        | BlockReply::Stats(_)
+        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other).into()),
     }
 }
 

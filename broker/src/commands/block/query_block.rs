@@ -95,7 +95,10 @@ impl Command for QueryBlock {
                 io_status: Some("ok".into()),
             })
             .collect();
-        fill_dirty_bitmaps(ctx.machine, infos.iter_mut().filter_map(|i| i.inserted.as_mut()))?;
+        fill_dirty_bitmaps(
+            ctx.machine,
+            infos.iter_mut().filter_map(|i| i.inserted.as_mut()),
+        )?;
         Ok(infos)
     }
 }

@@ -247,7 +247,10 @@ impl Command for QueryBlockstats {
             (generation, BlockReply::Stats(s)) => lock(&m.stats).apply(generation, s),
             (
                 _,
-                other @ (BlockReply::Done | BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Bitmap(_)),
+                other @ (BlockReply::Done
+                | BlockReply::NeedFiles { .. }
+                | BlockReply::Nodes(_)
+                | BlockReply::Bitmap(_)),
             ) => return Err(unexpected_reply(&other).into()),
         };
         let nodes = query_nodes_until(m, deadline)?;

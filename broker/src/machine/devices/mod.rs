@@ -197,9 +197,10 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
     };
     let reply = m.block_request(request.clone()).and_then(|r| match r {
         BlockReply::Done => Ok(()),
-        other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
-            Err(unexpected_reply(&other))
-        }
+        other @ (BlockReply::NeedFiles { .. }
+        | BlockReply::Nodes(_)
+        | BlockReply::Stats(_)
+        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
     });
     if let Err(e) = reply {
         undo_export(m, &export_id);
@@ -231,9 +232,10 @@ fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
         id: export_id.to_owned(),
     })? {
         BlockReply::Done => {}
-        other @ (BlockReply::NeedFiles { .. } | BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => {
-            return Err(unexpected_reply(&other))
-        }
+        other @ (BlockReply::NeedFiles { .. }
+        | BlockReply::Nodes(_)
+        | BlockReply::Stats(_)
+        | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
     }
     block_state::forget_export(m, export_id);
     Ok(())
@@ -255,7 +257,8 @@ fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
                 BlockReply::Done => Ok(ours),
                 other @ (BlockReply::NeedFiles { .. }
                 | BlockReply::Nodes(_)
-                | BlockReply::Stats(_) | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+                | BlockReply::Stats(_)
+                | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
             }
         }
         Backend::External { path, .. } => UnixStream::connect(path)
