@@ -58,7 +58,7 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     ok(
         &mut q,
         "block-dirty-bitmap-add",
-        json!({"node": "vda", "name": "coarse"}),
+        json!({"node": "d0", "name": "coarse"}),
     );
     ok(
         &mut q,
@@ -144,7 +144,7 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     ok(
         &mut q,
         "block-dirty-bitmap-merge",
-        json!({"node": "d0", "target": "off", "bitmaps": ["frozen", {"node": "vda", "name": "fine"}]}),
+        json!({"node": "d0", "target": "off", "bitmaps": ["frozen", {"node": "d0", "name": "fine"}]}),
     );
     // "off" has the default 64 KiB granularity: one granule.
     assert_eq!(bitmap(&mut q, "d0", "off")["count"], 65536);

@@ -133,18 +133,9 @@ fn sized(r: BitmapReply) -> Result<(String, u32, u64), FlatError> {
     }
 }
 
-/// The node a `node` argument names: a device id stands for its node, as
-/// QEMU's `bdrv_lookup_bs` accepts both.
-pub fn resolve_node(m: &Machine, node: &str) -> String {
-    super::devices::block_devices(m)
-        .into_iter()
-        .find(|(id, _)| id == node)
-        .map_or_else(|| node.to_string(), |(_, n)| n)
-}
-
 /// What `block-dirty-bitmap-add` asks for.
 pub struct AddBitmap {
-    /// Node (or device) name.
+    /// Node name (a `-drive` id is its node's name).
     pub node: String,
     /// Bitmap name.
     pub name: String,
@@ -162,7 +153,7 @@ pub fn add(m: &Machine, a: &AddBitmap) -> Result<(), FlatError> {
     let ops = lock(&shared).ops();
     let _ops = lock(&ops);
     let check = BitmapRequest::Check {
-        node: resolve_node(m, &a.node),
+        node: a.node.clone(),
         name: a.name.clone(),
         granularity: a.granularity,
         persistent: a.persistent,
@@ -203,7 +194,7 @@ pub fn change(
 
 /// `block-dirty-bitmap-remove`.
 pub fn remove(m: &Machine, node: &str, name: &str) -> Result<(), FlatError> {
-    let node = resolve_node(m, node);
+    let node = node.to_string();
     let req = BitmapRequest::Remove {
         node: node.clone(),
         name: name.to_string(),
@@ -220,7 +211,7 @@ pub fn set_recording(
     name: &str,
     recording: bool,
 ) -> Result<(), FlatError> {
-    let node = resolve_node(m, node);
+    let node = node.to_string();
     let req = BitmapRequest::SetRecording {
         node: node.clone(),
         name: name.to_string(),
@@ -240,7 +231,7 @@ pub fn set_recording(
 /// `block-dirty-bitmap-clear`.
 pub fn clear(m: &Machine, node: &str, name: &str) -> Result<(), FlatError> {
     let req = BitmapRequest::Clear {
-        node: resolve_node(m, node),
+        node: node.to_string(),
         name: name.to_string(),
     };
     change(m, req, |_| {})
@@ -254,12 +245,12 @@ pub fn merge(
     sources: Vec<(String, String)>,
 ) -> Result<(), FlatError> {
     let req = BitmapRequest::Merge {
-        node: resolve_node(m, node),
+        node: node.to_string(),
         target: target.to_string(),
         sources: sources
             .into_iter()
             .map(|(n, name)| ipc_proto::bitmaps::BitmapRef {
-                node: resolve_node(m, &n),
+                node: n,
                 name,
             })
             .collect(),

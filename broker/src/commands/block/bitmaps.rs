@@ -16,7 +16,7 @@ use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockDirtyBitmapAdd {
-    /// Node or device.
+    /// Node name.
     pub node: String,
     /// Bitmap name.
     pub name: String,
@@ -50,7 +50,7 @@ impl QapiType for BlockDirtyBitmapAdd {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockDirtyBitmap {
-    /// Node or device.
+    /// Node name.
     pub node: String,
     /// Bitmap name.
     pub name: String,
@@ -69,7 +69,7 @@ impl QapiType for BlockDirtyBitmap {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockDirtyBitmapMerge {
-    /// Node or device of the target.
+    /// Node of the target.
     pub node: String,
     /// Target bitmap.
     pub target: String,
