@@ -422,3 +422,69 @@ fn bitmap_argument_errors_match_qemu_storage_daemon() {
         assert_eq!(o, t, "{case:?}");
     }
 }
+
+/// The commands an inconsistent bitmap refuses, and the query of it.
+fn inconsistent_view(q: &mut Qmp) -> Vec<Value> {
+    let b = json!({"node": "d0", "name": "b"});
+    let mut out = vec![bitmap(q, "d0", "b")];
+    ok(q, "block-dirty-bitmap-add", json!({"node": "d0", "name": "c"}));
+    for (cmd, args) in [
+        ("block-dirty-bitmap-clear", b.clone()),
+        ("block-dirty-bitmap-enable", b.clone()),
+        ("block-dirty-bitmap-disable", b.clone()),
+        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "c", "bitmaps": ["b"]})),
+        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "b", "bitmaps": ["c"]})),
+    ] {
+        out.push(q.execute(cmd, args));
+    }
+    out
+}
+
+#[test]
+fn a_bitmap_left_in_use_by_a_killed_broker_is_inconsistent_as_qemu_shows_it() {
+    let dir = common::TempDir::new();
+    let img = qcow2_image(&dir.0);
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("b")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let blockdev = json!({"driver": "qcow2", "node-name": "d0",
+        "file": {"driver": "file", "filename": img}})
+    .to_string();
+    let args = ["-machine", "none", "-blockdev", &blockdev];
+    let mut b = Bulkhead::start(&args);
+    let mut q = b.client();
+    let loaded = bitmap(&mut q, "d0", "b");
+    assert_eq!(loaded["recording"], true);
+    assert!(loaded.get("inconsistent").is_none(), "{loaded}");
+    let worker = block_proc_pid(broker_pid(&b)).expect("block-proc runs");
+    b.child.as_mut().unwrap().kill().unwrap();
+    b.wait_exit();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{worker}")).exists() {
+        assert!(Instant::now() < deadline, "block-proc outlived its broker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let theirs = {
+        let (mut child, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
+        let v = inconsistent_view(&mut qq);
+        qq.execute("quit", Value::Null);
+        let _ = child.wait();
+        v
+    };
+    assert_eq!(theirs[0]["inconsistent"], true, "{}", theirs[0]);
+    let mut b = Bulkhead::start(&args);
+    let mut q = b.client();
+    let ours = inconsistent_view(&mut q);
+    assert_eq!(ours, theirs);
+    // Removing it is allowed, and takes it out of the image.
+    ok(&mut q, "block-dirty-bitmap-remove", json!({"node": "d0", "name": "b"}));
+    ok(&mut q, "quit", Value::Null);
+    b.wait_exit();
+    assert!(qemu_img_bitmaps(&img).is_null(), "{}", qemu_img_bitmaps(&img));
+    assert_qemu_img_check(&img, "qcow2");
+}
