@@ -427,13 +427,23 @@ fn bitmap_argument_errors_match_qemu_storage_daemon() {
 fn inconsistent_view(q: &mut Qmp) -> Vec<Value> {
     let b = json!({"node": "d0", "name": "b"});
     let mut out = vec![bitmap(q, "d0", "b")];
-    ok(q, "block-dirty-bitmap-add", json!({"node": "d0", "name": "c"}));
+    ok(
+        q,
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "c"}),
+    );
     for (cmd, args) in [
         ("block-dirty-bitmap-clear", b.clone()),
         ("block-dirty-bitmap-enable", b.clone()),
         ("block-dirty-bitmap-disable", b.clone()),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "c", "bitmaps": ["b"]})),
-        ("block-dirty-bitmap-merge", json!({"node": "d0", "target": "b", "bitmaps": ["c"]})),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "c", "bitmaps": ["b"]}),
+        ),
+        (
+            "block-dirty-bitmap-merge",
+            json!({"node": "d0", "target": "b", "bitmaps": ["c"]}),
+        ),
     ] {
         out.push(q.execute(cmd, args));
     }
@@ -482,9 +492,17 @@ fn a_bitmap_left_in_use_by_a_killed_broker_is_inconsistent_as_qemu_shows_it() {
     let ours = inconsistent_view(&mut q);
     assert_eq!(ours, theirs);
     // Removing it is allowed, and takes it out of the image.
-    ok(&mut q, "block-dirty-bitmap-remove", json!({"node": "d0", "name": "b"}));
+    ok(
+        &mut q,
+        "block-dirty-bitmap-remove",
+        json!({"node": "d0", "name": "b"}),
+    );
     ok(&mut q, "quit", Value::Null);
     b.wait_exit();
-    assert!(qemu_img_bitmaps(&img).is_null(), "{}", qemu_img_bitmaps(&img));
+    assert!(
+        qemu_img_bitmaps(&img).is_null(),
+        "{}",
+        qemu_img_bitmaps(&img)
+    );
     assert_qemu_img_check(&img, "qcow2");
 }

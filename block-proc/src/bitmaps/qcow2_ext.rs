@@ -148,27 +148,27 @@ impl ImageDir {
     /// imago opens it). An extension without the autoclear bit was left by
     /// a program without bitmap support: its bitmaps are ignored, as QEMU
     /// does.
+    /// A header that is not a valid qcow2 one yields no bitmaps (the
+    /// qcow2 driver's open reports it).
     pub fn read(file: File, writable: bool) -> Result<ImageDir> {
         let probe = read_span(&file, 0, 104)?;
         let cluster_bits = be32(&probe, 20);
-        if !(9..=21).contains(&cluster_bits) {
-            return Err(corrupt(format!("cluster_bits {cluster_bits}")));
-        }
-        let head = read_span(&file, 0, 1usize << cluster_bits)?;
-        let version = be32(&head, 4);
         let mut dir = ImageDir {
             file,
             writable,
             cluster_bits,
-            version,
+            version: be32(&probe, 4),
             entries: Vec::new(),
             directory: None,
             stale: Vec::new(),
         };
-        if version < 3 {
+        if probe[..4] != *b"QFI\xfb" || !(9..=21).contains(&cluster_bits) || dir.version < 3 {
             return Ok(dir);
         }
-        let (exts, _) = extensions(&head, header_len(&head))?;
+        let head = read_span(&dir.file, 0, 1usize << cluster_bits)?;
+        let Ok((exts, _)) = extensions(&head, header_len(&head)) else {
+            return Ok(dir);
+        };
         let Some(&(_, at, len)) = exts.iter().find(|e| e.0 == EXT_BITMAPS) else {
             return Ok(dir);
         };

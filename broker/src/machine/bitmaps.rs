@@ -249,10 +249,7 @@ pub fn merge(
         target: target.to_string(),
         sources: sources
             .into_iter()
-            .map(|(n, name)| ipc_proto::bitmaps::BitmapRef {
-                node: n,
-                name,
-            })
+            .map(|(n, name)| ipc_proto::bitmaps::BitmapRef { node: n, name })
             .collect(),
     };
     change(m, req, |_| {})
