@@ -404,3 +404,64 @@ fn sandboxed_direct_write_of_the_partial_last_block_keeps_the_file_size() {
     drop(dev);
     std::fs::remove_file(img).unwrap();
 }
+
+/// Dirty-bitmap memory as the broker makes it: a memfd of `bytes`.
+fn bitmap_memory(bytes: u64) -> std::fs::File {
+    let fd = nix::sys::memfd::memfd_create(c"bitmap", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    nix::unistd::ftruncate(&fd, bytes as i64).unwrap();
+    std::fs::File::from(fd)
+}
+
+fn attach_bitmap(w: &mut Worker, mem: &std::fs::File, source: ipc_proto::bitmaps::BitmapSource) {
+    let req = BlockRequest::Bitmap(ipc_proto::bitmaps::BitmapRequest::Attach {
+        node: "disk0".into(),
+        name: "b".into(),
+        granularity: 512,
+        persistent: false,
+        recording: true,
+        inconsistent: false,
+        source,
+    });
+    assert_eq!(
+        w.call(req, &[mem.as_fd()]),
+        Ok(BlockReply::Bitmap(ipc_proto::bitmaps::BitmapReply::Done))
+    );
+}
+
+#[test]
+fn every_acknowledged_write_is_in_the_bitmap_memory_after_a_sigkill() {
+    use std::os::unix::fs::FileExt;
+    let img = raw_image("ipc-bitmap.raw", 1 << 20);
+    let mut w = spawn();
+    let _file = exported(&mut w, &img, "e1");
+    let mem = bitmap_memory((1 << 20) / 512 / 8);
+    attach_bitmap(&mut w, &mem, ipc_proto::bitmaps::BitmapSource::Empty);
+    let mut dev = w.attach("e1", 1);
+    let sectors = [0u64, 7, 8, 63, 64, 1000, 2047];
+    for &s in &sectors {
+        assert_eq!(dev.write(0, s, &pattern(512, s)).unwrap(), S_OK);
+    }
+    // Killed right after the last acknowledgement: nothing is flushed or
+    // handed back, the memory alone holds the marks.
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    let mut bits = vec![0u8; (1 << 20) / 512 / 8];
+    mem.read_exact_at(&mut bits, 0).unwrap();
+    for s in 0..2048u64 {
+        let set = bits[(s / 8) as usize] & (1 << (s % 8)) != 0;
+        assert_eq!(set, sectors.contains(&s), "sector {s}");
+    }
+
+    // A new worker given the same memory counts them.
+    let mut w = spawn();
+    let _file = exported(&mut w, &img, "e1");
+    attach_bitmap(&mut w, &mem, ipc_proto::bitmaps::BitmapSource::Keep);
+    let q = w.call(
+        BlockRequest::Bitmap(ipc_proto::bitmaps::BitmapRequest::Query),
+        &[],
+    );
+    let Ok(BlockReply::Bitmap(ipc_proto::bitmaps::BitmapReply::List(l))) = q else {
+        panic!("{q:?}")
+    };
+    assert_eq!(l[0].count, sectors.len() as u64 * 512);
+}
