@@ -394,9 +394,26 @@ fn bitmap_argument_errors_match_qemu_storage_daemon() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
+    let ro = dir.0.join("ro.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&ro)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&ro)
+        .arg("b")
+        .status()
+        .unwrap();
+    assert!(st.success());
     let extra = [
         json!({"driver": "file", "node-name": "f0", "filename": raw}),
         json!({"driver": "null-co", "node-name": "n0", "size": 1049088}),
+        json!({"driver": "qcow2", "node-name": "r0", "read-only": true,
+            "file": {"driver": "file", "filename": ro}}),
     ];
     let theirs = {
         let sock = dir.0.join("qsd.sock");

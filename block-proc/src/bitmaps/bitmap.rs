@@ -27,6 +27,9 @@ pub struct DirtyBitmap {
     pub persistent: bool,
     /// Loaded with the in-use flag set (content lost; only removable).
     pub inconsistent: bool,
+    /// Loaded from a read-only image: cannot be cleared, merged into or
+    /// removed.
+    pub readonly: bool,
     recording: AtomicBool,
     /// Clears so far (bumped after the bits are cleared).
     epoch: AtomicU64,
@@ -54,6 +57,7 @@ impl DirtyBitmap {
             size,
             persistent,
             inconsistent: false,
+            readonly: false,
             recording: AtomicBool::new(recording),
             epoch: AtomicU64::new(0),
             full_at: AtomicU64::new(0),

@@ -30,10 +30,27 @@ fn lookup(graph: &Graph, node: &str, name: &str) -> Result<(Arc<Node>, Arc<Dirty
     Ok((n, b))
 }
 
-/// QEMU's `bdrv_dirty_bitmap_check` (bitmaps here are never busy or
-/// read-only: no job holds them and a read-only node's are not loaded).
-fn usable(b: &DirtyBitmap) -> Result<()> {
-    if b.inconsistent {
+/// What [`check`] lets through (QEMU's `BDRV_BITMAP_*` check flags).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Allow {
+    /// Anything but busy, read-only or inconsistent (`DEFAULT`).
+    Nothing,
+    /// Read-only bitmaps too (`ALLOW_RO`).
+    ReadOnly,
+    /// Inconsistent bitmaps too (`BUSY | RO`: removal).
+    Inconsistent,
+}
+
+/// QEMU's `bdrv_dirty_bitmap_check` (no job holds a bitmap here, so none
+/// is busy).
+fn check(b: &DirtyBitmap, allow: Allow) -> Result<()> {
+    if b.readonly && allow != Allow::ReadOnly {
+        return Err(err(format!(
+            "Bitmap '{}' is readonly and cannot be modified",
+            b.name
+        )));
+    }
+    if b.inconsistent && allow != Allow::Inconsistent {
         return Err(err(format!(
             "Bitmap '{}' is inconsistent and cannot be used",
             b.name
@@ -159,6 +176,11 @@ pub fn handle(graph: &Graph, req: BitmapRequest, fds: Vec<OwnedFd>) -> Result<Bi
             let mut b =
                 DirtyBitmap::new(name.clone(), granularity, size, persistent, recording, mem);
             b.inconsistent = inconsistent;
+            // QEMU marks the bitmaps it loads from a read-only image so.
+            b.readonly = persistent
+                && n.read_only
+                && n.bitmaps
+                    .with_image(|d| d.is_some_and(|d| d.entry(&name).is_some()));
             match source {
                 BitmapSource::Empty | BitmapSource::Keep => {}
                 BitmapSource::Image if inconsistent => {}
@@ -171,13 +193,14 @@ pub fn handle(graph: &Graph, req: BitmapRequest, fds: Vec<OwnedFd>) -> Result<Bi
             Ok(BitmapReply::Done)
         }
         BitmapRequest::Remove { node, name } => {
-            let (n, _) = lookup(graph, &node, &name)?;
+            let (n, b) = lookup(graph, &node, &name)?;
+            check(&b, Allow::Inconsistent)?;
             n.bitmaps.remove(&name);
             Ok(BitmapReply::Done)
         }
         BitmapRequest::Clear { node, name } => {
             let (_, b) = lookup(graph, &node, &name)?;
-            usable(&b)?;
+            check(&b, Allow::Nothing)?;
             b.clear();
             Ok(BitmapReply::Done)
         }
@@ -187,7 +210,7 @@ pub fn handle(graph: &Graph, req: BitmapRequest, fds: Vec<OwnedFd>) -> Result<Bi
             recording,
         } => {
             let (_, b) = lookup(graph, &node, &name)?;
-            usable(&b)?;
+            check(&b, Allow::ReadOnly)?;
             b.set_recording(recording);
             Ok(BitmapReply::Done)
         }
@@ -197,11 +220,11 @@ pub fn handle(graph: &Graph, req: BitmapRequest, fds: Vec<OwnedFd>) -> Result<Bi
             sources,
         } => {
             let (_, t) = lookup(graph, &node, &target)?;
-            usable(&t)?;
+            check(&t, Allow::Nothing)?;
             let mut srcs = Vec::with_capacity(sources.len());
             for s in &sources {
                 let (_, b) = lookup(graph, &s.node, &s.name)?;
-                usable(&b)?;
+                check(&b, Allow::ReadOnly)?;
                 if b.size != t.size {
                     return Err(err(format!(
                         "Bitmaps are of different sizes (destination size is {}, source size is {}) and can't be merged",
