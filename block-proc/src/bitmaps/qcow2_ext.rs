@@ -192,7 +192,7 @@ impl ImageDir {
             return Err(corrupt("bitmaps_ext: invalid bitmap directory offset"));
         }
         let raw = read_span(&dir.file, offset, size as usize)?;
-        dir.entries = parse_directory(&raw, nb)?;
+        dir.entries = parse_directory(&raw, nb, cluster_bits)?;
         dir.stale = dir
             .entries
             .iter()
@@ -431,7 +431,7 @@ fn entry_len(name: &str) -> usize {
 }
 
 /// Parses `nb` directory entries from `raw` with QEMU's checks.
-fn parse_directory(raw: &[u8], nb: usize) -> Result<Vec<DirEntry>> {
+fn parse_directory(raw: &[u8], nb: usize, cluster_bits: u32) -> Result<Vec<DirEntry>> {
     let mut at = 0;
     let mut out = Vec::with_capacity(nb);
     while at < raw.len() {
@@ -463,6 +463,7 @@ fn parse_directory(raw: &[u8], nb: usize) -> Result<Vec<DirEntry>> {
         let bad = e.table_size == 0
             || e.table_offset == 0
             || e.table_size > MAX_TABLE_SIZE
+            || u64::from(e.table_size) << cluster_bits > MAX_PHYS_SIZE
             || !(9..=31).contains(&e.granularity_bits)
             || e.flags & !(FLAG_IN_USE | FLAG_AUTO) != 0
             || name_size > MAX_NAME
@@ -524,9 +525,9 @@ mod tests {
         ];
         let raw = serialize_directory(&e);
         assert_eq!(raw.len() % 8, 0);
-        assert_eq!(parse_directory(&raw, 2).unwrap(), e);
-        assert!(parse_directory(&raw, 1).is_err());
-        assert!(parse_directory(&raw, 3).is_err());
+        assert_eq!(parse_directory(&raw, 2, 16).unwrap(), e);
+        assert!(parse_directory(&raw, 1, 16).is_err());
+        assert!(parse_directory(&raw, 3, 16).is_err());
     }
 
     #[test]
@@ -539,12 +540,18 @@ mod tests {
             granularity_bits: 16,
         }]);
         raw[17] = 8;
-        assert!(parse_directory(&raw, 1)
+        assert!(parse_directory(&raw, 1, 16)
             .unwrap_err()
             .to_string()
             .contains("constraints"));
         raw[17] = 16;
+        raw[8..12].copy_from_slice(&0x2001u32.to_be_bytes());
+        assert!(
+            parse_directory(&raw, 1, 16).is_err(),
+            "more than 512 MiB of bitmap"
+        );
+        raw[8..12].copy_from_slice(&1u32.to_be_bytes());
         raw[20..24].copy_from_slice(&5u32.to_be_bytes());
-        assert!(parse_directory(&raw, 1).is_err());
+        assert!(parse_directory(&raw, 1, 16).is_err());
     }
 }

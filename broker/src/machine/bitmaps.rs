@@ -70,9 +70,18 @@ impl Bitmaps {
     }
 }
 
+/// The most bitmap memory the broker creates for one bitmap (the size
+/// comes from block-proc): 8 GiB, a 32 TiB disk at 512-byte granularity.
+const MAX_BITMAP_BYTES: u64 = 8 << 30;
+
 /// Bitmap memory of `bytes`: a memfd sealed at that size, so block-proc
 /// can neither shrink it (its successor's mapping would fault) nor grow it.
 fn bitmap_memory(bytes: u64) -> Result<OwnedFd, FlatError> {
+    if bytes > MAX_BITMAP_BYTES {
+        return Err(FlatError::generic(
+            "Too much space will be occupied by the bitmap. Use larger granularity",
+        ));
+    }
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let fail = |e: nix::Error| FlatError::generic(format!("cannot create bitmap memory: {e}"));
