@@ -48,8 +48,13 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     let dir = common::TempDir::new();
     let img = qcow2_image(&dir.0);
     let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&["-S"], "blk-loop", "qcow2", &img, &serial);
+    let mut b = start_with_disk(&["-S"], "blk-loop", "qcow2", &img, &serial);
     let mut q = b.client();
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "d0", "name": "kept", "granularity": 512, "persistent": true}),
+    );
     ok(
         &mut q,
         "block-dirty-bitmap-add",
@@ -99,7 +104,7 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
         .collect();
     assert_eq!(
         names,
-        ["frozen", "off", "coarse", "fine"],
+        ["frozen", "off", "coarse", "fine", "kept"],
         "newest first, as QEMU"
     );
 
@@ -153,8 +158,21 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
         "block-dirty-bitmap-remove",
         json!({"node": "d0", "name": "off"}),
     );
-    assert_eq!(bitmaps_of(&mut q, "d0").len(), 3);
+    assert_eq!(bitmaps_of(&mut q, "d0").len(), 4);
     assert!(!serial.has("VERDICT: FAIL"));
+
+    // The persistent one, through the kill and the restarted worker's
+    // image, is stored at quit and QEMU reads the same count.
+    assert_eq!(bitmap(&mut q, "d0", "kept")["count"], GUEST_BYTES);
+    ok(&mut q, "quit", Value::Null);
+    b.wait_exit();
+    assert_qemu_img_check(&img, "qcow2");
+    let (mut child, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
+    let theirs = bitmap(&mut qq, "d0", "kept");
+    assert_eq!(theirs["count"], GUEST_BYTES, "{theirs}");
+    assert!(theirs.get("inconsistent").is_none(), "{theirs}");
+    qq.execute("quit", Value::Null);
+    let _ = child.wait();
 }
 
 /// qemu-storage-daemon serving `img` as node `d0`, its QMP on `sock`.
