@@ -119,26 +119,33 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     serial.wait_passes(p + 2);
     assert_eq!(bitmap(&mut q, "d0", "fine")["count"], GUEST_BYTES);
 
-    // SIGKILL block-proc: the frozen bitmap (which no write after the
-    // kill can refill) still has every write counted before it.
-    let pid = block_proc_pid(broker_pid(&b)).expect("block-proc runs");
-    sigkill(pid);
-    let deadline = Instant::now() + GUEST_TIMEOUT;
-    while block_proc_pid(broker_pid(&b)).is_none_or(|p| p == pid) {
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(20));
+    // SIGKILL block-proc, three times: the frozen bitmap (which no write
+    // after a kill can refill) still has every write counted before it,
+    // and the recording ones go on counting.
+    for round in 0..3 {
+        let pid = block_proc_pid(broker_pid(&b)).expect("block-proc runs");
+        sigkill(pid);
+        let deadline = Instant::now() + GUEST_TIMEOUT;
+        while block_proc_pid(broker_pid(&b)).is_none_or(|p| p == pid) {
+            assert!(Instant::now() < deadline, "block-proc not restarted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let fz = bitmap(&mut q, "d0", "frozen");
+        assert_eq!(
+            fz["count"], GUEST_BYTES,
+            "round {round}: counted writes lost in the kill: {fz}"
+        );
+        assert_eq!(fz["recording"], false);
+        ok(
+            &mut q,
+            "block-dirty-bitmap-clear",
+            json!({"node": "d0", "name": "fine"}),
+        );
+        let p = serial.passes();
+        serial.wait_passes(p + 2);
+        assert_eq!(bitmap(&mut q, "d0", "fine")["count"], GUEST_BYTES);
+        assert_eq!(bitmap(&mut q, "d0", "off")["count"], 0);
     }
-    let fz = bitmap(&mut q, "d0", "frozen");
-    assert_eq!(
-        fz["count"], GUEST_BYTES,
-        "counted writes lost in the kill: {fz}"
-    );
-    assert_eq!(fz["recording"], false);
-    let p = serial.passes();
-    serial.wait_passes(p + 2);
-    assert_eq!(bitmap(&mut q, "d0", "fine")["count"], GUEST_BYTES);
-    assert_eq!(bitmap(&mut q, "d0", "off")["count"], 0);
-    assert_eq!(bitmap(&mut q, "d0", "frozen")["count"], GUEST_BYTES);
 
     // Merge (by name and by {node, name}) after the restart.
     ok(
