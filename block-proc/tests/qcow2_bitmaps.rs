@@ -319,3 +319,47 @@ fn bitmaps_on_protocol_nodes_see_writes_made_through_their_parents() {
     write(&g, 0, 512);
     assert_eq!(query(&g)[0].count, file_size.div_ceil(65536) * 65536);
 }
+
+#[test]
+fn bitmaps_are_stored_and_loaded_through_an_o_direct_file() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // On the disk: a tmpfs /tmp refuses O_DIRECT.
+    let img = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bm-direct-{}.qcow2", std::process::id()));
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let json = format!(
+        r#"{{"driver":"qcow2","node-name":"disk0","file":{{"driver":"file","filename":"{}","cache":{{"direct":true}}}}}}"#,
+        img.display()
+    );
+    let open_direct = |g: &mut Graph| {
+        let o: BlockdevOptions = serde_json::from_str(&json).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&img)
+            .unwrap();
+        g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    };
+    let mut g = Graph::new();
+    open_direct(&mut g);
+    add(&g, "d", Some(4096), true, BitmapSource::Empty);
+    write(&g, 3 << 20, 8192);
+    g.del("disk0").unwrap();
+    assert!(qemu_img_check(&img));
+    assert_eq!(info_bitmaps(&img)[0]["name"], "d");
+
+    let mut g = Graph::new();
+    open_direct(&mut g);
+    add(&g, "d", Some(4096), true, BitmapSource::Image);
+    assert_eq!(query(&g)[0].count, 8192);
+    g.del("disk0").unwrap();
+    assert!(qemu_img_check(&img));
+    let _ = std::fs::remove_file(&img);
+}
