@@ -363,3 +363,46 @@ fn bitmaps_are_stored_and_loaded_through_an_o_direct_file() {
     assert!(qemu_img_check(&img));
     let _ = std::fs::remove_file(&img);
 }
+
+#[test]
+fn storing_into_a_full_small_cluster_image_adds_refcount_blocks_cleanly() {
+    // 512-byte clusters: one refcount block covers 128 KiB; the image
+    // qemu-io filled has little room left under its blocks, and 200
+    // bitmaps (data, table: 400 clusters) need a new refcount block.
+    let img = tmp("bm-small-clusters.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=512"])
+        .arg(&img)
+        .arg("2M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("qemu-io")
+        .args(["-c", "write -P 0x5a 0 2M"])
+        .arg(&img)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = std::fs::metadata(&img).unwrap().len();
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    for i in 0..200 {
+        add(&g, &format!("b{i}"), Some(512), true, BitmapSource::Empty);
+    }
+    write(&g, 0, 2 << 20);
+    g.del("disk0").unwrap();
+    assert!(std::fs::metadata(&img).unwrap().len() > before);
+    assert!(qemu_img_check(&img), "qemu-img check after storing");
+    let b = info_bitmaps(&img);
+    assert_eq!(b.as_array().unwrap().len(), 200);
+
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    for i in 0..200 {
+        add(&g, &format!("b{i}"), Some(512), true, BitmapSource::Image);
+    }
+    assert!(query(&g).iter().all(|b| b.count == 2 << 20));
+    g.del("disk0").unwrap();
+    assert!(qemu_img_check(&img), "qemu-img check after storing again");
+}
