@@ -512,7 +512,10 @@ fn a_bitmap_left_in_use_by_a_killed_broker_is_inconsistent_as_qemu_shows_it() {
     let loaded = bitmap(&mut q, "d0", "b");
     assert_eq!(loaded["recording"], true);
     assert!(loaded.get("inconsistent").is_none(), "{loaded}");
+    // Stopped first, so the worker cannot see its channel close and store
+    // the bitmaps before the parent-death SIGKILL reaches it.
     let worker = block_proc_pid(broker_pid(&b)).expect("block-proc runs");
+    signal(worker, nix::sys::signal::Signal::SIGSTOP);
     b.child.as_mut().unwrap().kill().unwrap();
     b.wait_exit();
     let deadline = Instant::now() + Duration::from_secs(10);
