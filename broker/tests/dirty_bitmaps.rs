@@ -551,3 +551,38 @@ fn a_bitmap_left_in_use_by_a_killed_broker_is_inconsistent_as_qemu_shows_it() {
     );
     assert_qemu_img_check(&img, "qcow2");
 }
+
+#[test]
+fn blockdev_del_stores_persistent_bitmaps_and_blockdev_add_loads_them() {
+    let b = Bulkhead::start(&["-machine", "none"]);
+    let img = qcow2_image(&b.dir.0);
+    let node = json!({"driver": "qcow2", "node-name": "n1",
+        "file": {"driver": "file", "filename": img}});
+    let mut q = b.client();
+    ok(&mut q, "blockdev-add", node.clone());
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "n1", "name": "p", "persistent": true, "disabled": true, "granularity": 8192}),
+    );
+    ok(
+        &mut q,
+        "block-dirty-bitmap-add",
+        json!({"node": "n1", "name": "t"}),
+    );
+    ok(&mut q, "blockdev-del", json!({"node-name": "n1"}));
+    let listed = qemu_img_bitmaps(&img);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["name"], "p");
+    assert_eq!(listed[0]["granularity"], 8192);
+    assert_eq!(listed[0]["flags"], json!([]), "disabled: no auto flag");
+    assert_qemu_img_check(&img, "qcow2");
+
+    ok(&mut q, "blockdev-add", node);
+    let all = bitmaps_of(&mut q, "n1");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["name"], "p");
+    assert_eq!(all[0]["recording"], false);
+    assert_eq!(all[0]["persistent"], true);
+    assert_eq!(all[0]["granularity"], 8192);
+}
