@@ -406,3 +406,83 @@ fn storing_into_a_full_small_cluster_image_adds_refcount_blocks_cleanly() {
     g.del("disk0").unwrap();
     assert!(qemu_img_check(&img), "qemu-img check after storing again");
 }
+
+#[test]
+fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
+    use block_proc::bitmaps::bitmap::{words_for, DirtyBitmap};
+    use block_proc::bitmaps::qcow2_ext::ImageDir;
+    use block_proc::bitmaps::shm::SharedWords;
+    use std::io::Write;
+
+    // A valid image with two stored bitmaps (one with data), as bytes.
+    let img = qcow2_image("bm-mutate.qcow2", "4M");
+    for (name, g) in [("a", "65536"), ("b", "512")] {
+        let st = Command::new("qemu-img")
+            .args(["bitmap", "--add", "-g", g])
+            .arg(&img)
+            .arg(name)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let st = Command::new("qemu-io")
+        .args(["-c", "write 0 1M"])
+        .arg(&img)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let original = std::fs::read(&img).unwrap();
+    let dir = ImageDir::read(File::open(&img).unwrap(), false).unwrap();
+    assert_eq!(dir.entries.len(), 2);
+    // Where the mutations go: the header cluster, the directory and the
+    // tables (what the extension code parses).
+    let mut spots: Vec<u64> = vec![0];
+    spots.extend(dir.entries.iter().map(|e| e.table_offset));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..300 {
+        let mut data = original.clone();
+        for _ in 0..1 + rnd() % 4 {
+            let base = spots[(rnd() % spots.len() as u64) as usize] as usize;
+            let at = if base == 0 {
+                (rnd() % 1024) as usize
+            } else {
+                base + (rnd() % 64) as usize
+            };
+            if at < data.len() {
+                data[at] = rnd() as u8;
+            }
+        }
+        let fd =
+            nix::sys::memfd::memfd_create(c"mutant", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let mut f = File::from(fd);
+        f.write_all(&data).unwrap();
+        let Ok(mut d) = ImageDir::read(f.try_clone().unwrap(), true) else {
+            continue;
+        };
+        let _ = d.mark_in_use();
+        let mut bitmaps = Vec::new();
+        for e in d.entries.clone() {
+            let g = 1u32 << e.granularity_bits;
+            let words = words_for(4 << 20, g);
+            let mem = memfd(words * 8);
+            let b = DirtyBitmap::new(
+                e.name.clone(),
+                g,
+                4 << 20,
+                true,
+                true,
+                SharedWords::map(&mem, words as usize).unwrap(),
+            );
+            let _ = d.load(&e.name, &b);
+            bitmaps.push(std::sync::Arc::new(b));
+        }
+        let _ = d.store(&bitmaps);
+    }
+}

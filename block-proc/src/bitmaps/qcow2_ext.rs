@@ -87,6 +87,9 @@ pub struct DirEntry {
     pub flags: u32,
     /// log2 of the granularity.
     pub granularity_bits: u8,
+    /// Offset of the entry in the directory it was read from (its name
+    /// may not be UTF-8, so its length is not the name's).
+    pub dir_pos: u64,
 }
 
 /// The bitmaps of a qcow2 image as found when its node was opened, with
@@ -135,12 +138,14 @@ fn extensions(head: &[u8], start: usize) -> Result<(Vec<Ext>, usize)> {
     }
 }
 
-fn header_len(head: &[u8]) -> usize {
-    if be32(head, 4) >= 3 {
-        be32(head, 100) as usize
-    } else {
-        72
-    }
+/// The version 3 header's fixed part, which QEMU requires at least.
+const V3_HEADER_MIN: usize = 104;
+
+/// The header length a version 3 image states, if it is one QEMU accepts
+/// (at least the fixed part, within `head`).
+fn header_len(head: &[u8]) -> Option<usize> {
+    let n = be32(head, 100) as usize;
+    (be32(head, 4) >= 3 && (V3_HEADER_MIN..=head.len()).contains(&n)).then_some(n)
 }
 
 impl ImageDir {
@@ -162,11 +167,18 @@ impl ImageDir {
             directory: None,
             stale: Vec::new(),
         };
-        if probe[..4] != *b"QFI\xfb" || !(9..=21).contains(&cluster_bits) || dir.version < 3 {
+        if probe[..4] != *b"QFI\xfb" || !(9..=21).contains(&cluster_bits) {
+            // Not an image this can touch (the qcow2 open refuses it).
+            dir.cluster_bits = 16;
+            dir.version = 0;
+            dir.writable = false;
+            return Ok(dir);
+        }
+        if dir.version < 3 {
             return Ok(dir);
         }
         let head = read_span(&dir.file, 0, 1usize << cluster_bits)?;
-        let Ok((exts, _)) = extensions(&head, header_len(&head)) else {
+        let Some(Ok((exts, _))) = header_len(&head).map(|h| extensions(&head, h)) else {
             return Ok(dir);
         };
         let Some(&(_, at, len)) = exts.iter().find(|e| e.0 == EXT_BITMAPS) else {
@@ -215,11 +227,9 @@ impl ImageDir {
         let Some((offset, _)) = self.directory else {
             return Ok(());
         };
-        let mut at = 0u64;
         for e in &mut self.entries {
             e.flags |= FLAG_IN_USE;
-            write_span(&self.file, offset + at + 12, &e.flags.to_be_bytes())?;
-            at += entry_len(&e.name) as u64;
+            write_span(&self.file, offset + e.dir_pos + 12, &e.flags.to_be_bytes())?;
         }
         let head = read_span(&self.file, 88, 8)?;
         let autoclear = be64(&head, 0) | AUTOCLEAR_BITMAPS;
@@ -323,6 +333,11 @@ impl ImageDir {
             }
             entries.push(self.write_bitmap(&mut rc, b)?);
         }
+        let mut pos = 0;
+        for e in &mut entries {
+            e.dir_pos = pos;
+            pos += entry_len(&e.name) as u64;
+        }
         let dir = serialize_directory(&entries);
         let dir_at = if dir.is_empty() {
             0
@@ -369,6 +384,7 @@ impl ImageDir {
             table_size: n as u32,
             flags: if b.recording() { FLAG_AUTO } else { 0 },
             granularity_bits: b.granularity.trailing_zeros() as u8,
+            dir_pos: 0,
         })
     }
 
@@ -376,12 +392,13 @@ impl ImageDir {
     /// (or without it when no bitmap is left) and sets or clears the
     /// autoclear bit; the backing file name moves behind the extensions.
     fn write_extension(&self, head: &[u8], nb: usize, size: u64, offset: u64) -> Result<()> {
-        let hlen = header_len(head);
+        let hlen = header_len(head).ok_or_else(|| corrupt("invalid header length"))?;
         let (exts, end) = extensions(head, hlen)?;
-        let backing_off = be64(head, 8) as usize;
+        let backing_off = usize::try_from(be64(head, 8)).unwrap_or(usize::MAX);
         let backing_len = be32(head, 16) as usize;
+        let backing_end = backing_off.saturating_add(backing_len);
         let backing = if backing_off != 0 {
-            head.get(backing_off..backing_off + backing_len)
+            head.get(backing_off..backing_end)
                 .ok_or_else(|| corrupt("backing file name outside the first cluster"))?
                 .to_vec()
         } else {
@@ -408,7 +425,13 @@ impl ImageDir {
             out[8..16].copy_from_slice(&at.to_be_bytes());
             out.extend_from_slice(&backing);
         }
-        let old_end = (end + 8).max(backing_off + backing_len);
+        // What the old extensions and name took, to be zeroed where the
+        // new ones are shorter (a backing name lies within `head`).
+        let old_end = if backing_off != 0 {
+            (end + 8).max(backing_end)
+        } else {
+            end + 8
+        };
         if out.len() > head.len() {
             return Err(corrupt("header extensions exceed the first cluster"));
         }
@@ -459,6 +482,7 @@ fn parse_directory(raw: &[u8], nb: usize, cluster_bits: u32) -> Result<Vec<DirEn
             flags: be32(raw, at + 12),
             granularity_bits: raw[at + 17],
             name,
+            dir_pos: at as u64,
         };
         let bad = e.table_size == 0
             || e.table_offset == 0
@@ -514,6 +538,7 @@ mod tests {
                 table_size: 1,
                 flags: FLAG_AUTO,
                 granularity_bits: 16,
+                dir_pos: 0,
             },
             DirEntry {
                 name: "a-longer-name".into(),
@@ -521,6 +546,7 @@ mod tests {
                 table_size: 2,
                 flags: FLAG_IN_USE,
                 granularity_bits: 9,
+                dir_pos: 32,
             },
         ];
         let raw = serialize_directory(&e);
@@ -538,6 +564,7 @@ mod tests {
             table_size: 1,
             flags: 0,
             granularity_bits: 16,
+            dir_pos: 0,
         }]);
         raw[17] = 8;
         assert!(parse_directory(&raw, 1, 16)

@@ -26,7 +26,15 @@ pub struct Refcounts<'a> {
     blocks: BTreeMap<u64, (Vec<u8>, bool)>,
     /// Where the next free-cluster search starts.
     cursor: u64,
+    /// Clusters the file holds (and this allocated past it): clusters
+    /// after it are free in a consistent image, so a search that finds
+    /// none there stops instead of walking a corrupt refcount table.
+    end: u64,
 }
+
+/// Clusters past the end of the file a search may find in use (refcount
+/// blocks this placed) before it calls the refcounts corrupt.
+const SLACK: u64 = 64;
 
 impl<'a> Refcounts<'a> {
     /// Reads the refcount table the header (`head`, the first cluster)
@@ -56,6 +64,7 @@ impl<'a> Refcounts<'a> {
             reftable_dirty: false,
             blocks: BTreeMap::new(),
             cursor: 1,
+            end: file.metadata()?.len().div_ceil(cluster),
         })
     }
 
@@ -173,6 +182,11 @@ impl<'a> Refcounts<'a> {
     pub fn alloc(&mut self, n: u64) -> Result<u64> {
         let mut start = self.cursor;
         'search: loop {
+            if start > self.end + SLACK {
+                return Err(ExtError::Corrupt(
+                    "refcounts claim clusters past the end of the file".into(),
+                ));
+            }
             for k in 0..n {
                 if !self.is_free(start + k)? {
                     start += k + 1;
@@ -184,6 +198,7 @@ impl<'a> Refcounts<'a> {
         for k in 0..n {
             self.set(start + k, 1)?;
         }
+        self.end = self.end.max(start + n);
         if n > 0 && start == self.cursor {
             self.cursor = start + n;
         }
