@@ -486,3 +486,33 @@ fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
         let _ = d.store(&bitmaps);
     }
 }
+
+#[test]
+fn a_failed_blockdev_add_leaves_the_image_bitmaps_as_they_were() {
+    let img = qcow2_image("bm-failed-add.qcow2", "4M");
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("b")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The qcow2 child opens (and marks its bitmaps in use), then the raw
+    // parent's window is refused and the whole tree is rolled back.
+    let o: BlockdevOptions = serde_json::from_str(&format!(
+        r#"{{"driver":"raw","node-name":"top","offset":1048576,"size":8388608,"file":{{"driver":"qcow2","node-name":"disk0","file":{{"driver":"file","filename":"{}"}}}}}}"#,
+        img.display()
+    ))
+    .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut g = Graph::new();
+    assert!(g.add(&o, [(img.display().to_string(), f)].into()).is_err());
+    drop(g);
+    let b = info_bitmaps(&img);
+    assert_eq!(b[0]["flags"], serde_json::json!(["auto"]), "{b}");
+    assert!(qemu_img_check(&img));
+}

@@ -113,6 +113,16 @@ impl NodeBitmaps {
         f(self.image.lock().as_mut())
     }
 
+    /// The node is dropped without being used (a failed `blockdev-add`):
+    /// the image's entries get back the flags they had at open.
+    pub fn abandon(&self, node: &str) {
+        if let Some(dir) = self.image.lock().as_mut() {
+            if let Err(e) = dir.restore_flags() {
+                tracing::warn!("bitmaps of '{node}' left in use: {e}");
+            }
+        }
+    }
+
     /// Stores the persistent bitmaps in the image (at close; QEMU logs a
     /// failure and closes all the same, and so does this).
     pub fn store(&self, node: &str) {

@@ -237,6 +237,26 @@ impl ImageDir {
         Ok(())
     }
 
+    /// Undoes [`ImageDir::mark_in_use`] for an image closed unused: each
+    /// entry gets back the `in_use` flag it had at open.
+    pub fn restore_flags(&mut self) -> Result<()> {
+        let Some((offset, _)) = self.directory else {
+            return Ok(());
+        };
+        if !self.writable {
+            return Ok(());
+        }
+        for i in 0..self.entries.len() {
+            let stale = self.in_use_at_open(&self.entries[i].name);
+            let e = &mut self.entries[i];
+            if !stale {
+                e.flags &= !FLAG_IN_USE;
+            }
+            write_span(&self.file, offset + e.dir_pos + 12, &e.flags.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Whether entry `name` was in use when the image was opened (its
     /// data is stale: QEMU's "inconsistent").
     pub fn in_use_at_open(&self, name: &str) -> bool {

@@ -134,6 +134,7 @@ impl Graph {
             Err(e) => {
                 for n in created.iter().rev() {
                     if let Some(node) = self.nodes.remove(n) {
+                        node.bitmaps.abandon(n);
                         for c in node.driver.children() {
                             if let Some(cn) = self.nodes.get(&c) {
                                 cn.release();
