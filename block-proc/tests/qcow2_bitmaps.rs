@@ -483,7 +483,7 @@ fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
             let _ = d.load(&e.name, &b);
             bitmaps.push(std::sync::Arc::new(b));
         }
-        let _ = d.store(&bitmaps);
+        let _ = d.store(&bitmaps, &[]);
     }
 }
 
@@ -514,5 +514,30 @@ fn a_failed_blockdev_add_leaves_the_image_bitmaps_as_they_were() {
     drop(g);
     let b = info_bitmaps(&img);
     assert_eq!(b[0]["flags"], serde_json::json!(["auto"]), "{b}");
+    assert!(qemu_img_check(&img));
+}
+
+#[test]
+fn a_stored_bitmap_never_attached_stays_in_the_image_marked_in_use() {
+    // As when the broker could not attach it: the guest's writes went
+    // untracked, so it must stay, stale (QEMU: inconsistent), not vanish.
+    let img = qcow2_image("bm-unattached.qcow2", "4M");
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("b")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut g = Graph::new();
+    open(&mut g, &img);
+    add(&g, "mine", None, true, BitmapSource::Empty);
+    write(&g, 0, 4096);
+    g.del("disk0").unwrap();
+    let b = info_bitmaps(&img);
+    let list = b.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{b}");
+    let old = list.iter().find(|x| x["name"] == "b").unwrap();
+    assert_eq!(old["flags"], serde_json::json!(["in-use", "auto"]), "{b}");
     assert!(qemu_img_check(&img));
 }

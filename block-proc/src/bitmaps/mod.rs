@@ -35,6 +35,9 @@ pub struct NodeBitmaps {
     /// Newest first, as QEMU lists them.
     list: RwLock<Vec<Arc<DirtyBitmap>>>,
     image: Mutex<Option<ImageDir>>,
+    /// Bitmaps removed (`block-dirty-bitmap-remove`): their image entries
+    /// go at the next store.
+    removed: Mutex<Vec<String>>,
     /// The child this node's data lands on, if its drivers write it
     /// directly (not through the child's [`crate::block::Node`] methods),
     /// and where: `Some(shift)` at `offset + shift` (raw), `None`
@@ -89,6 +92,7 @@ impl NodeBitmaps {
 
     /// Adds a bitmap (newest first).
     pub fn attach(&self, b: Arc<DirtyBitmap>) {
+        self.removed.lock().retain(|n| *n != b.name);
         let mut l = self.list.write();
         l.insert(0, b);
         self.any.store(true, Ordering::SeqCst);
@@ -96,6 +100,7 @@ impl NodeBitmaps {
 
     /// Removes bitmap `name`; false if there is none.
     pub fn remove(&self, name: &str) -> bool {
+        self.removed.lock().push(name.to_string());
         let mut l = self.list.write();
         let before = l.len();
         l.retain(|b| b.name != name);
@@ -134,7 +139,8 @@ impl NodeBitmaps {
         if !dir.writable() || (dir.entries.is_empty() && !bitmaps.iter().any(|b| b.persistent)) {
             return;
         }
-        match dir.store(&bitmaps) {
+        let removed = self.removed.lock().clone();
+        match dir.store(&bitmaps, &removed) {
             Ok(()) => tracing::debug!("stored the persistent bitmaps of '{node}'"),
             Err(e) => tracing::error!("Failed to store bitmaps of '{node}': {e}"),
         }

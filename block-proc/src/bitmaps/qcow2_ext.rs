@@ -307,10 +307,10 @@ impl ImageDir {
     }
 
     /// Writes the persistent bitmaps among `bitmaps` into the image,
-    /// replacing the extension found at open (an inconsistent bitmap keeps
-    /// its old entry, still in use; a bitmap no longer attached is
-    /// dropped). Call only while nothing else writes the image.
-    pub fn store(&mut self, bitmaps: &[Arc<DirtyBitmap>]) -> Result<()> {
+    /// replacing the extension found at open (an inconsistent bitmap, or
+    /// one never attached, keeps its old entry, in use; one in `removed`
+    /// is dropped). Call only while nothing else writes the image.
+    pub fn store(&mut self, bitmaps: &[Arc<DirtyBitmap>], removed: &[String]) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
@@ -318,10 +318,13 @@ impl ImageDir {
         let head = read_span(&self.file, 0, cluster as usize)?;
         let file = self.file.try_clone()?;
         let mut rc = Refcounts::load(&file, &head, self.cluster_bits)?;
-        let kept = |e: &DirEntry| {
-            bitmaps
-                .iter()
-                .any(|b| b.persistent && b.inconsistent && b.name == e.name)
+        // An old entry stays as it is (its clusters kept, in use) when its
+        // bitmap is inconsistent, or when it was never attached and not
+        // removed: writes went untracked, so its data is stale, as QEMU
+        // would mark it; dropping it would lose it.
+        let kept = |e: &DirEntry| match bitmaps.iter().find(|b| b.name == e.name) {
+            Some(b) => b.persistent && b.inconsistent,
+            None => !removed.contains(&e.name),
         };
         for e in self.entries.iter().filter(|e| !kept(e)) {
             let raw = read_span(&self.file, e.table_offset, e.table_size as usize * 8)?;
@@ -352,6 +355,13 @@ impl ImageDir {
                 continue;
             }
             entries.push(self.write_bitmap(&mut rc, b)?);
+        }
+        for e in self.entries.iter().filter(|e| kept(e)) {
+            if !bitmaps.iter().any(|b| b.name == e.name) {
+                let mut e = e.clone();
+                e.flags |= FLAG_IN_USE;
+                entries.push(e);
+            }
         }
         let mut pos = 0;
         for e in &mut entries {
