@@ -1,6 +1,8 @@
 //! block-proc: Bulkhead's block worker.
 //!
 //! Crate map:
+//! - [`bitmaps`]: dirty bitmaps (in broker-owned memory) and the qcow2
+//!   bitmaps extension.
 //! - [`block`]: the block layer (nodes, drivers `file`/`raw`/`qcow2`/`null-co`,
 //!   the node graph, statistics). No virtio, no vhost-user.
 //! - [`virtio_blk`]: virtio-blk request parsing and execution on a node,
@@ -16,6 +18,7 @@
 //! - [`throttle`]: I/O throttle groups (leaky buckets) and the queues' gate.
 //! - [`trace`]: block-proc's trace points.
 
+pub mod bitmaps;
 pub mod block;
 pub mod inflight;
 pub mod server;

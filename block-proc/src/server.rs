@@ -63,6 +63,20 @@ impl Server {
         }
     }
 
+    /// The broker closed the channel (quit): stops the exports, then
+    /// stores every node's persistent bitmaps, as QEMU does at close.
+    pub fn close(&mut self) {
+        for (_, e) in std::mem::take(&mut self.exports) {
+            e.stop();
+        }
+        for n in self.graph.all() {
+            if let Err(e) = n.flush() {
+                tracing::warn!("flushing '{}' before storing bitmaps: {e}", n.name);
+            }
+            n.bitmaps.store(&n.name);
+        }
+    }
+
     /// The node graph.
     pub fn graph(&mut self) -> &mut Graph {
         &mut self.graph
@@ -191,6 +205,9 @@ impl Server {
                 node.write_threshold.set(threshold, self.events.clone());
                 Ok(BlockReply::Done)
             }
+            BlockRequest::Bitmap(r) => {
+                crate::bitmaps::requests::handle(&self.graph, r, fds).map(BlockReply::Bitmap)
+            }
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
@@ -240,7 +257,10 @@ pub fn run(chan: BlockChannel) -> Result<()> {
     loop {
         let (msg, fds) = match chan.recv() {
             Ok(m) => m,
-            Err(e) if e.is_closed() => return Ok(()),
+            Err(e) if e.is_closed() => {
+                server.close();
+                return Ok(());
+            }
             Err(e) => return Err(ServerError::Channel(e)),
         };
         match msg {

@@ -404,3 +404,112 @@ fn sandboxed_direct_write_of_the_partial_last_block_keeps_the_file_size() {
     drop(dev);
     std::fs::remove_file(img).unwrap();
 }
+
+/// Dirty-bitmap memory as the broker makes it: a memfd of `bytes`.
+fn bitmap_memory(bytes: u64) -> std::fs::File {
+    let fd = nix::sys::memfd::memfd_create(c"bitmap", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    nix::unistd::ftruncate(&fd, bytes as i64).unwrap();
+    std::fs::File::from(fd)
+}
+
+fn attach_bitmap(w: &mut Worker, mem: &std::fs::File, source: ipc_proto::bitmaps::BitmapSource) {
+    let req = BlockRequest::Bitmap(ipc_proto::bitmaps::BitmapRequest::Attach {
+        node: "disk0".into(),
+        name: "b".into(),
+        granularity: 512,
+        persistent: false,
+        recording: true,
+        inconsistent: false,
+        source,
+    });
+    assert_eq!(
+        w.call(req, &[mem.as_fd()]),
+        Ok(BlockReply::Bitmap(ipc_proto::bitmaps::BitmapReply::Done))
+    );
+}
+
+/// Node `disk0` (raw over file, `aio` as given) of `img`, exported as `id`.
+fn exported_aio(w: &mut Worker, img: &std::path::Path, id: &str, aio: &str) -> std::fs::File {
+    let options: BlockdevOptions = serde_json::from_str(&format!(
+        r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}","aio":"{aio}"}}}}"#,
+        img.display()
+    ))
+    .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    let add = BlockRequest::AddNode { options, files };
+    assert_eq!(w.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
+    let export = BlockRequest::AddExport {
+        id: id.into(),
+        node_name: "disk0".into(),
+        num_queues: 1,
+        writable: true,
+        serial: "x".into(),
+        logical_block_size: 512,
+    };
+    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
+    file
+}
+
+#[test]
+fn every_acknowledged_write_is_in_the_bitmap_memory_after_a_sigkill() {
+    // Both engines: the thread pool (Node::write) and io_uring
+    // (Node::aio_target) mark before they submit.
+    for aio in ["threads", "io_uring"] {
+        acknowledged_writes_survive_in_bitmap_memory(aio);
+    }
+}
+
+fn acknowledged_writes_survive_in_bitmap_memory(aio: &str) {
+    use std::os::unix::fs::FileExt;
+    let img = raw_image(&format!("ipc-bitmap-{aio}.raw"), 1 << 20);
+    let mut w = spawn();
+    let _file = exported_aio(&mut w, &img, "e1", aio);
+    let mem = bitmap_memory((1 << 20) / 512 / 8);
+    attach_bitmap(&mut w, &mem, ipc_proto::bitmaps::BitmapSource::Empty);
+    let mut dev = w.attach("e1", 1);
+    let sectors = [0u64, 7, 8, 63, 64, 1000, 2047];
+    // One kick for all (queue depth > 1: with io_uring they go through
+    // the ring, not the lone-request path).
+    let data: Vec<Vec<u8>> = sectors.iter().map(|&s| pattern(512, s)).collect();
+    for (&sector, d) in sectors.iter().zip(&data) {
+        let r = vhost_user_harness::blk::Request::Write { sector, data: d };
+        dev.submit(0, r).unwrap();
+    }
+    dev.kick(0).unwrap();
+    let mut done = Vec::new();
+    while done.len() < sectors.len() {
+        done.extend(dev.wait(0).unwrap());
+    }
+    assert!(done.iter().all(|c| c.status == Some(S_OK)), "{done:?}");
+    // Killed right after the last acknowledgement: nothing is flushed or
+    // handed back, the memory alone holds the marks.
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    let mut bits = vec![0u8; (1 << 20) / 512 / 8];
+    mem.read_exact_at(&mut bits, 0).unwrap();
+    for s in 0..2048u64 {
+        let set = bits[(s / 8) as usize] & (1 << (s % 8)) != 0;
+        assert_eq!(set, sectors.contains(&s), "{aio}: sector {s}");
+    }
+
+    // A new worker given the same memory counts them.
+    let mut w = spawn();
+    let _file = exported_aio(&mut w, &img, "e1", aio);
+    attach_bitmap(&mut w, &mem, ipc_proto::bitmaps::BitmapSource::Keep);
+    let q = w.call(
+        BlockRequest::Bitmap(ipc_proto::bitmaps::BitmapRequest::Query),
+        &[],
+    );
+    let Ok(BlockReply::Bitmap(ipc_proto::bitmaps::BitmapReply::List(l))) = q else {
+        panic!("{q:?}")
+    };
+    assert_eq!(l[0].count, sectors.len() as u64 * 512);
+}

@@ -490,6 +490,8 @@ pub enum BlockRequest {
         /// Offset in bytes on the node.
         threshold: u64,
     },
+    /// Dirty bitmaps (`block-dirty-bitmap-*`); attached memory as fd 0.
+    Bitmap(crate::bitmaps::BitmapRequest),
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the
@@ -512,6 +514,8 @@ pub enum BlockReply {
     Nodes(Vec<NodeInfo>),
     /// Answer to `QueryStats`.
     Stats(Vec<NodeStats>),
+    /// Answer to a [`BlockRequest::Bitmap`].
+    Bitmap(crate::bitmaps::BitmapReply),
 }
 
 /// Asynchronous events from block-proc.

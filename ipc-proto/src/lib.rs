@@ -16,12 +16,14 @@
 //!   line, parent-death signal, handshake).
 //! - [`escape`] (feature `test-hooks`): the escape-attempt messages of the
 //!   sandbox tests (the sandbox itself is the `sandbox` crate).
+//! - [`bitmaps`]: dirty-bitmap requests (inside the block channel's enums).
 //! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
 //! - [`trace`]: trace points (declared once per process), their state and
 //!   the trace messages every channel carries.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
+pub mod bitmaps;
 pub mod block;
 pub mod channel;
 pub mod codec;

@@ -102,6 +102,11 @@ impl Graph {
         Self::default()
     }
 
+    /// Every node, by name.
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.values().cloned().collect()
+    }
+
     /// Look a node up.
     pub fn get(&self, name: &str) -> Option<Arc<Node>> {
         self.nodes.get(name).cloned()
@@ -129,6 +134,7 @@ impl Graph {
             Err(e) => {
                 for n in created.iter().rev() {
                     if let Some(node) = self.nodes.remove(n) {
+                        node.bitmaps.abandon(n);
                         for c in node.driver.children() {
                             if let Some(cn) = self.nodes.get(&c) {
                                 cn.release();
@@ -190,6 +196,7 @@ impl Graph {
             }
         };
         let c = common(o, parent_ro);
+        let (mut image_bitmaps, mut lower) = (None, None);
         let driver: Box<dyn Driver> = match o {
             BlockdevOptions::File(f) => {
                 let file = files.remove(&f.filename).ok_or_else(|| GraphError::Open {
@@ -211,6 +218,7 @@ impl Graph {
                 let size = check_window(r.offset.unwrap_or(0), r.size, child.size())
                     .map_err(GraphError::Invalid)?;
                 child.acquire();
+                lower = Some((child.clone(), Some(r.offset.unwrap_or(0))));
                 Box::new(RawDriver::new(child, r.offset.unwrap_or(0), size))
             }
             BlockdevOptions::Qcow2(q) => {
@@ -239,6 +247,11 @@ impl Graph {
                         ))
                     }
                 };
+                let mut bitmap_dir = crate::bitmaps::qcow2_ext::ImageDir::read(
+                    dup_child_file(&child)?,
+                    !c.read_only,
+                )
+                .map_err(|e| GraphError::Invalid(format!("Could not open '{fname}': {e}")))?;
                 let d = Qcow2Driver::open(
                     child.clone(),
                     file,
@@ -252,6 +265,13 @@ impl Graph {
                     Qcow2Error::NeedFiles(f) => GraphError::NeedFiles(f),
                     Qcow2Error::Open(m) => GraphError::Invalid(m),
                 })?;
+                if !c.read_only {
+                    bitmap_dir.mark_in_use().map_err(|e| {
+                        GraphError::Invalid(format!("Could not open '{fname}': {e}"))
+                    })?;
+                }
+                image_bitmaps = Some(bitmap_dir);
+                lower = Some((child.clone(), None));
                 child.acquire();
                 Box::new(d)
             }
@@ -265,6 +285,12 @@ impl Graph {
         node.detect_zeroes = c.detect_zeroes;
         node.cache_direct = c.direct;
         node.cache_no_flush = c.no_flush;
+        if let Some(d) = image_bitmaps {
+            node.bitmaps.set_image(d);
+        }
+        if let Some((child, shift)) = lower {
+            node.bitmaps.set_lower(child, shift);
+        }
         let node = Arc::new(node);
         self.nodes.insert(name.clone(), node.clone());
         created.push(name);
@@ -282,6 +308,7 @@ impl Graph {
         if node.in_use() {
             return Err(GraphError::InUse(name.to_string()));
         }
+        node.bitmaps.store(name);
         self.nodes.remove(name);
         for c in node.driver.children() {
             if let Some(cn) = self.nodes.get(&c).cloned() {

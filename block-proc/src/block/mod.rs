@@ -109,6 +109,8 @@ pub struct Node {
     pub stats: Stats,
     /// `block-set-write-threshold`.
     pub write_threshold: write_threshold::WriteThreshold,
+    /// Dirty bitmaps, marked before every data-modifying request.
+    pub bitmaps: crate::bitmaps::NodeBitmaps,
     /// Number of parents (nodes and exports) holding this node.
     users: AtomicUsize,
 }
@@ -126,6 +128,7 @@ impl Node {
             cache_no_flush: false,
             stats: Stats::default(),
             write_threshold: Default::default(),
+            bitmaps: Default::default(),
             users: AtomicUsize::new(0),
         }
     }
@@ -163,6 +166,7 @@ impl Node {
 
     /// Write with accounting (and zero detection when enabled).
     pub fn write(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        self.bitmaps.mark(offset, len);
         let t = std::time::Instant::now();
         let r = if self.detect_zeroes != DetectZeroes::Off && iobuf::all_zero(bufs) {
             let unmap = self.detect_zeroes == DetectZeroes::Unmap && self.discard_unmap;
@@ -190,6 +194,7 @@ impl Node {
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let t = std::time::Instant::now();
         let r = if self.discard_unmap {
+            self.bitmaps.mark(offset, len);
             self.driver.discard(offset, len)
         } else {
             Ok(())
@@ -203,6 +208,7 @@ impl Node {
     /// `cache.no-flush` and discards without `discard=unmap` stay there
     /// (they look at the data or need no I/O).
     pub fn aio_target(&self, op: &aio::Op<'_, '_>) -> Option<aio::Target> {
+        self.mark_dirty(op);
         match op {
             aio::Op::Write { .. } if self.detect_zeroes != DetectZeroes::Off => None,
             aio::Op::Flush if self.cache_no_flush => None,
@@ -240,6 +246,7 @@ impl Node {
 
     /// Write zeroes with accounting.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.bitmaps.mark(offset, len);
         let t = std::time::Instant::now();
         let r = self
             .driver

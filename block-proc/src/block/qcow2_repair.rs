@@ -38,7 +38,7 @@ pub enum RepairError {
     Corrupt(String),
 }
 
-type Result<T> = std::result::Result<T, RepairError>;
+pub(crate) type Result<T> = std::result::Result<T, RepairError>;
 
 /// Offset bits of L1, L2 and reftable entries.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -49,7 +49,7 @@ const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 
 /// Reads `len` bytes at `off` through an aligned buffer (the file may be
 /// `O_DIRECT`); bytes past the end of the file read as zero.
-fn read_span(file: &File, off: u64, len: usize) -> Result<Vec<u8>> {
+pub(crate) fn read_span(file: &File, off: u64, len: usize) -> Result<Vec<u8>> {
     let a = DIRECT_ALIGN as u64;
     let start = off / a * a;
     let end = (off + len as u64).div_ceil(a) * a;
@@ -68,7 +68,7 @@ fn read_span(file: &File, off: u64, len: usize) -> Result<Vec<u8>> {
 
 /// Writes `data` at `off` by read-modify-write of the aligned blocks that
 /// hold it.
-fn write_span(file: &File, off: u64, data: &[u8]) -> Result<()> {
+pub(crate) fn write_span(file: &File, off: u64, data: &[u8]) -> Result<()> {
     let a = DIRECT_ALIGN as u64;
     let start = off / a * a;
     let end = (off + data.len() as u64).div_ceil(a) * a;
@@ -81,13 +81,13 @@ fn write_span(file: &File, off: u64, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(x)
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
     let mut x = [0u8; 4];
     x.copy_from_slice(&b[at..at + 4]);
     u32::from_be_bytes(x)

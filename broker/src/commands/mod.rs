@@ -81,6 +81,12 @@ pub fn registry() -> Registry {
         "BLOCK_WRITE_THRESHOLD",
         "A write went past a node's write threshold (now cleared).",
     );
+    r.register::<block::BlockDirtyBitmapAddCmd>();
+    r.register::<block::BlockDirtyBitmapRemove>();
+    r.register::<block::BlockDirtyBitmapClear>();
+    r.register::<block::BlockDirtyBitmapEnable>();
+    r.register::<block::BlockDirtyBitmapDisable>();
+    r.register::<block::BlockDirtyBitmapMergeCmd>();
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     r.register::<fdsets::GetFd>();

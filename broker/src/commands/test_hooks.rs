@@ -185,7 +185,8 @@ impl Command for XTestEscape {
                         other @ (BlockReply::NeedFiles { .. }
                         | BlockReply::Nodes(_)
                         | BlockReply::Stats(_)
-                        | BlockReply::Trace(_)) => Some(other),
+                        | BlockReply::Trace(_)
+                        | BlockReply::Bitmap(_)) => Some(other),
                     }),
             ),
         }

@@ -137,7 +137,8 @@ fn done(r: BlockReply) -> Result<(), FlatError> {
         other @ (BlockReply::NeedFiles { .. }
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
-        | BlockReply::Trace(_)) => Err(unexpected_reply(&other)),
+        | BlockReply::Trace(_)
+        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
     }
 }
 

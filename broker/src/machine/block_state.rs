@@ -80,6 +80,15 @@ pub struct BlockState {
     ops: Arc<Mutex<()>>,
     /// Throttling and write thresholds ([`super::block_limits`]).
     pub limits: super::block_limits::Limits,
+    /// The dirty bitmaps and their memory.
+    pub(super) bitmaps: super::bitmaps::Bitmaps,
+}
+
+impl BlockState {
+    /// The lock serialising graph changes (and bitmap changes with them).
+    pub(super) fn ops(&self) -> Arc<Mutex<()>> {
+        self.ops.clone()
+    }
 }
 
 /// The desired block state, shared by the commands and the restart path.
@@ -377,9 +386,10 @@ fn send_add(send: &SendFn<'_>, rec: &NodeRecord) -> Result<(), FlatError> {
                 filenames.join("', '")
             )))
         }
-        other @ (BlockReply::Nodes(_) | BlockReply::Stats(_) | BlockReply::Trace(_)) => {
-            Err(unexpected_reply(&other))
-        }
+        other @ (BlockReply::Nodes(_)
+        | BlockReply::Stats(_)
+        | BlockReply::Trace(_)
+        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
     }
 }
 
@@ -423,7 +433,9 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
     };
     match send_add(&|r, f| m.block_request_with_fds(r, f), &rec) {
         Ok(()) => {
+            let options = rec.options.clone();
             lock(&shared).nodes.push(rec);
+            super::bitmaps::load_image_bitmaps(m, &options);
             Ok(())
         }
         Err(e) => {
@@ -477,7 +489,8 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             other @ (BlockReply::Done
             | BlockReply::NeedFiles { .. }
             | BlockReply::Stats(_)
-            | BlockReply::Trace(_)) => return Err(unexpected_reply(&other)),
+            | BlockReply::Trace(_)
+            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
         };
         return Err(FlatError::generic(if exists {
             format!("Node {name} is not owned by the monitor")
@@ -497,7 +510,8 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             other @ (BlockReply::NeedFiles { .. }
             | BlockReply::Nodes(_)
             | BlockReply::Stats(_)
-            | BlockReply::Trace(_)),
+            | BlockReply::Trace(_)
+            | BlockReply::Bitmap(_)),
         ) => return Err(unexpected_reply(&other)),
         Err(e) if timed_out(&e) => {
             tracing::warn!("block worker did not answer blockdev-del of '{name}'; node forgotten");
@@ -543,6 +557,9 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
     });
     inline.reverse();
     lock(&state(m)).limits.forget_nodes(name, &inline);
+    let mut gone = inline.clone();
+    gone.push(name.to_owned());
+    lock(&state(m)).bitmaps.forget_nodes(&gone);
     inline
 }
 
@@ -561,7 +578,8 @@ impl ExportRecord {
             | BlockRequest::DelExport { .. }
             | BlockRequest::AttachExportConnection { .. }
             | BlockRequest::SetThrottle { .. }
-            | BlockRequest::SetWriteThreshold { .. } => None,
+            | BlockRequest::SetWriteThreshold { .. }
+            | BlockRequest::Bitmap(_) => None,
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => None,
         }
@@ -612,13 +630,15 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             FlatError::generic(format!("cannot restore block node '{name}': {}", e.desc))
         })?;
     }
+    super::bitmaps::replay_on(m, link)?;
     for request in exports {
         match link.request(request, &[])? {
             BlockReply::Done => {}
             other @ (BlockReply::NeedFiles { .. }
             | BlockReply::Nodes(_)
             | BlockReply::Stats(_)
-            | BlockReply::Trace(_)) => return Err(unexpected_reply(&other)),
+            | BlockReply::Trace(_)
+            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
         }
     }
     super::block_limits::replay_on(m, link)

@@ -16,6 +16,7 @@
 //! - [`trace_state`]: the trace points wanted on (desired state, replayed
 //!   into restarted workers) and the `trace-event-*` rules.
 
+pub mod bitmaps;
 pub mod block_limits;
 pub mod block_state;
 pub mod devices;
@@ -368,7 +369,8 @@ impl Machine {
             | BlockRequest::DelExport { .. }
             | BlockRequest::AttachExportConnection { .. }
             | BlockRequest::SetThrottle { .. }
-            | BlockRequest::SetWriteThreshold { .. } => {}
+            | BlockRequest::SetWriteThreshold { .. }
+            | BlockRequest::Bitmap(_) => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }

@@ -20,6 +20,8 @@ pub enum Builtin {
     Int,
     /// `uint64` (introspected as `int`, as QEMU does).
     Uint64,
+    /// `uint32` (introspected as `int`).
+    Uint32,
     /// `bool`.
     Bool,
     /// `number` (any JSON number).
@@ -35,7 +37,7 @@ impl Builtin {
     pub fn name(self) -> &'static str {
         match self {
             Builtin::Str => "str",
-            Builtin::Int | Builtin::Uint64 => "int",
+            Builtin::Int | Builtin::Uint64 | Builtin::Uint32 => "int",
             Builtin::Bool => "bool",
             Builtin::Number => "number",
             Builtin::Any => "any",
@@ -47,7 +49,7 @@ impl Builtin {
     pub fn json_type(self) -> &'static str {
         match self {
             Builtin::Str => "string",
-            Builtin::Int | Builtin::Uint64 => "int",
+            Builtin::Int | Builtin::Uint64 | Builtin::Uint32 => "int",
             Builtin::Bool => "boolean",
             Builtin::Number => "number",
             Builtin::Any => "value",
@@ -59,7 +61,7 @@ impl Builtin {
     fn expected(self) -> &'static str {
         match self {
             Builtin::Str => "string",
-            Builtin::Int | Builtin::Uint64 => "integer",
+            Builtin::Int | Builtin::Uint64 | Builtin::Uint32 => "integer",
             Builtin::Bool => "boolean",
             Builtin::Number => "number",
             Builtin::Any => "any",
@@ -140,6 +142,7 @@ builtin! {
     String => Builtin::Str,
     i64 => Builtin::Int,
     u64 => Builtin::Uint64,
+    u32 => Builtin::Uint32,
     bool => Builtin::Bool,
     f64 => Builtin::Number,
     Value => Builtin::Any,
@@ -221,6 +224,17 @@ fn check(v: &Value, ty: &SchemaType, full: &str, name: &str) -> Result<(), Strin
                     // QEMU accepts negative values for uint64 (compatibility).
                     if !(v.is_u64() || v.is_i64()) {
                         return Err(format!("Parameter '{full}' expects uint64"));
+                    }
+                    true
+                }
+                Builtin::Uint32 => {
+                    // As QEMU: read as uint64 (negative values wrap), then
+                    // range-checked.
+                    if !(v.is_u64() || v.is_i64()) {
+                        return Err(format!("Parameter '{full}' expects uint64"));
+                    }
+                    if v.as_u64().is_none_or(|x| x > u64::from(u32::MAX)) {
+                        return Err(format!("Parameter '{full}' expects uint32_t"));
                     }
                     true
                 }

@@ -238,6 +238,9 @@ pub struct BlockDeviceInfo {
     /// Burst limits and group of a throttled device.
     #[serde(flatten)]
     pub throttle: ThrottleExtra,
+    /// Dirty bitmaps of the node (absent when it has none).
+    #[serde(rename = "dirty-bitmaps", skip_serializing_if = "Option::is_none")]
+    pub dirty_bitmaps: Option<Vec<BlockDirtyInfo>>,
 }
 
 impl QapiType for BlockDeviceInfo {
@@ -263,6 +266,7 @@ impl QapiType for BlockDeviceInfo {
                 member::<ImageInfo>("image"),
                 member::<BlockdevCacheInfo>("cache"),
                 member::<i64>("write_threshold"),
+                optional::<Vec<BlockDirtyInfo>>("dirty-bitmaps"),
             ]
             .into_iter()
             .chain(THROTTLE_EXTRA.iter().map(|m| optional::<i64>(m)))
@@ -299,6 +303,7 @@ impl BlockDeviceInfo {
             },
             write_threshold: 0,
             throttle: ThrottleExtra::default(),
+            dirty_bitmaps: None,
         }
     }
 
@@ -355,7 +360,8 @@ pub(super) fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<No
         other @ (BlockReply::Done
         | BlockReply::NeedFiles { .. }
         | BlockReply::Stats(_)
-        | BlockReply::Trace(_)) => Err(unexpected_reply(&other).into()),
+        | BlockReply::Trace(_)
+        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other).into()),
     }
 }
 
@@ -399,9 +405,11 @@ impl Command for QueryNamedBlockNodes {
         creation_order(ctx.machine, &mut nodes, |n| &n.node_name);
         nodes.reverse();
         let flat = args.flat.unwrap_or(false);
-        Ok(nodes
+        let mut infos: Vec<BlockDeviceInfo> = nodes
             .iter()
             .map(|n| BlockDeviceInfo::from_node(n, flat).with_threshold(ctx.machine))
-            .collect())
+            .collect();
+        fill_dirty_bitmaps(ctx.machine, &mut infos)?;
+        Ok(infos)
     }
 }

@@ -9,7 +9,9 @@
 //! - [`query_block`] — `query-block`.
 //! - [`throttle`] — `block_set_io_throttle`, `-drive throttling.*`.
 //! - [`write_threshold`] — `block-set-write-threshold`.
+//! - [`bitmaps`] — `block-dirty-bitmap-*` and the queries' `dirty-bitmaps`.
 
+pub mod bitmaps;
 pub mod info;
 pub mod nodes;
 pub mod options;
@@ -18,6 +20,7 @@ pub mod stats;
 pub mod throttle;
 pub mod write_threshold;
 
+pub use bitmaps::*;
 pub use info::*;
 pub use nodes::*;
 pub use options::*;

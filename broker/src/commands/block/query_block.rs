@@ -82,7 +82,7 @@ impl Command for QueryBlock {
         let m = ctx.machine;
         let nodes = query_nodes(m)?;
         let limits = |id: &str| lock(&block_state::state(m)).limits.throttle(id);
-        Ok(devs
+        let mut infos: Vec<BlockInfo> = devs
             .into_iter()
             .map(|(id, node)| BlockInfo {
                 // QEMU: the `-drive` id, or "" for a device's own backend.
@@ -100,6 +100,11 @@ impl Command for QueryBlock {
                 tray_open: None,
                 io_status: Some("ok".into()),
             })
-            .collect())
+            .collect();
+        fill_dirty_bitmaps(
+            ctx.machine,
+            infos.iter_mut().filter_map(|i| i.inserted.as_mut()),
+        )?;
+        Ok(infos)
     }
 }

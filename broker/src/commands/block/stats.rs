@@ -255,7 +255,8 @@ impl Command for QueryBlockstats {
                 other @ (BlockReply::Done
                 | BlockReply::NeedFiles { .. }
                 | BlockReply::Nodes(_)
-                | BlockReply::Trace(_)),
+                | BlockReply::Trace(_)
+                | BlockReply::Bitmap(_)),
             ) => return Err(unexpected_reply(&other).into()),
         };
         let nodes = query_nodes_until(m, deadline)?;

@@ -200,7 +200,8 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         other @ (BlockReply::NeedFiles { .. }
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
-        | BlockReply::Trace(_)) => Err(unexpected_reply(&other)),
+        | BlockReply::Trace(_)
+        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
     });
     if let Err(e) = reply {
         undo_export(m, &export_id);
@@ -236,7 +237,8 @@ fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
         other @ (BlockReply::NeedFiles { .. }
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
-        | BlockReply::Trace(_)) => return Err(unexpected_reply(&other)),
+        | BlockReply::Trace(_)
+        | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
     }
     block_state::forget_export(m, export_id);
     Ok(())
@@ -259,7 +261,8 @@ fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
                 other @ (BlockReply::NeedFiles { .. }
                 | BlockReply::Nodes(_)
                 | BlockReply::Stats(_)
-                | BlockReply::Trace(_)) => Err(unexpected_reply(&other)),
+                | BlockReply::Trace(_)
+                | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
             }
         }
         Backend::External { path, .. } => UnixStream::connect(path)
