@@ -23,6 +23,7 @@
 pub mod block;
 pub mod channel;
 pub mod codec;
+pub mod cpu_topology;
 pub mod envelope;
 #[cfg(feature = "test-hooks")]
 pub mod escape;

@@ -68,20 +68,47 @@ impl Controller {
         }
     }
 
-    /// `query-cpus-fast`.
+    /// `query-cpus-fast`: the plugged CPUs by slot.
     pub fn cpus(&self) -> Vec<CpuInfo> {
-        self.vm
+        let mut cpus: Vec<CpuInfo> = self
+            .vm
             .vcpus
             .iter()
-            .enumerate()
-            .map(|(i, v)| CpuInfo {
-                cpu_index: i as u32,
-                thread_id: v.tid.load(Ordering::SeqCst),
-                socket_id: 0,
-                core_id: i as u32,
-                thread_in_core: 0,
+            .map(|v| {
+                let ids = self.vm.topology.ids(v.slot);
+                CpuInfo {
+                    cpu_index: v.slot,
+                    thread_id: v.tid.load(Ordering::SeqCst),
+                    socket_id: ids.socket,
+                    core_id: ids.core,
+                    thread_in_core: ids.thread,
+                }
             })
-            .collect()
+            .collect();
+        cpus.sort_by_key(|c| c.cpu_index);
+        cpus
+    }
+
+    /// `device_add` of a CPU: plugs slot `slot`.
+    pub fn plug_cpu(&mut self, slot: u32) -> Result<(), String> {
+        crate::hotplug::vcpus::plug(&mut self.vm, slot).map_err(|e| error_chain(&e))
+    }
+
+    /// `device_del` of a CPU: asks the guest to eject slot `slot`.
+    pub fn unplug_cpu(&mut self, slot: u32) -> Result<(), String> {
+        crate::hotplug::vcpus::request_unplug(&mut self.vm, slot).map_err(|e| error_chain(&e))
+    }
+
+    /// The guest ejected slot `slot`: its vCPU ends; the broker is told.
+    pub fn eject_cpu(&mut self, slot: u32) {
+        if crate::hotplug::vcpus::finish_eject(&mut self.vm, slot) {
+            self.sink.emit(VcpuEvent::CpuEjected { slot });
+        }
+    }
+
+    /// The guest's CPU ejects, for the server's eject thread (once).
+    pub fn take_cpu_ejects(&mut self) -> Option<std::sync::mpsc::Receiver<u32>> {
+        self.vm.take_cpu_ejects()
     }
 
     /// The machine (for extensions: buses, memory, virtio devices).

@@ -135,6 +135,7 @@ impl Server {
         let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot);
         let sink = Box::new(ChannelSink(self.channel.clone()));
         let controller = Arc::new(Mutex::new(Controller::start(vm, rsm, sink)));
+        self.start_cpu_ejects(&controller)?;
         let c = controller.clone();
         std::thread::Builder::new()
             .name("vm-control".into())
@@ -148,6 +149,16 @@ impl Server {
             .map_err(|e| FlatError::generic(format!("cannot start the controller: {e}")))?;
         self.controller = Some(controller);
         Ok(VcpuReply::Done)
+    }
+
+    /// Serves the guest's CPU ejects on their own thread.
+    fn start_cpu_ejects(&self, controller: &Shared) -> std::result::Result<(), FlatError> {
+        let Some(ejects) = lock(controller).take_cpu_ejects() else {
+            return Ok(());
+        };
+        let c = controller.clone();
+        crate::hotplug::spawn_eject_thread(ejects, move |slot| lock(&c).eject_cpu(slot))
+            .map_err(|e| FlatError::generic(format!("cannot start the CPU eject thread: {e}")))
     }
 
     fn with_vm(
@@ -197,6 +208,16 @@ impl Server {
             VcpuRequest::QueryStatus => self.with_vm(|c| Ok(VcpuReply::Status(c.status()))),
             VcpuRequest::QueryCpus => self.with_vm(|c| Ok(VcpuReply::Cpus(c.cpus()))),
             VcpuRequest::Ping => Ok(VcpuReply::Done),
+            VcpuRequest::PlugCpu { slot } => self.with_vm(|c| {
+                c.plug_cpu(slot)
+                    .map(|()| VcpuReply::Done)
+                    .map_err(FlatError::generic)
+            }),
+            VcpuRequest::UnplugCpu { slot } => self.with_vm(|c| {
+                c.unplug_cpu(slot)
+                    .map(|()| VcpuReply::Done)
+                    .map_err(FlatError::generic)
+            }),
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()

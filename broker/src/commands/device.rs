@@ -38,6 +38,10 @@ impl Command for DeviceAdd {
     type Ret = Empty;
 
     fn run(args: DeviceAddArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        if let Some(r) = super::cpu_hotplug::device_add(ctx.machine, &args.0) {
+            return r.map(|()| Empty {});
+        }
+        super::cpu_hotplug::check_id_free_of_cpus(ctx.machine, &args.0)?;
         devices::add(ctx.machine, &args.0)?;
         Ok(Empty {})
     }
@@ -71,6 +75,9 @@ impl Command for DeviceDel {
     type Ret = Empty;
 
     fn run(args: DeviceDelArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        if let Some(r) = super::cpu_hotplug::device_del(ctx.machine, &args.id) {
+            return r.map(|()| Empty {});
+        }
         devices::del(ctx.machine, &args.id)?;
         Ok(Empty {})
     }

@@ -11,11 +11,13 @@
 //! - [`hmp`]: `human-monitor-command` (HMP through QMP).
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`device`]: `device_add` / `device_del` and the device events.
+//! - [`cpu_hotplug`]: `query-hotpluggable-cpus`, `device_add`/`device_del` of CPUs.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
 //!   escape attempts inside the sandboxed workers.
 
 pub mod block;
 pub mod control;
+pub mod cpu_hotplug;
 pub mod device;
 pub mod events;
 pub mod fdsets;
@@ -71,6 +73,7 @@ pub fn registry() -> Registry {
     r.register::<block::QueryBlock>();
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
+    cpu_hotplug::register(&mut r);
     r.register::<fdsets::GetFd>();
     r.register::<fdsets::CloseFd>();
     r.register::<fdsets::AddFd>();

@@ -15,6 +15,7 @@
 //!   before the workers are up.
 
 pub mod block_state;
+pub mod cpu_slots;
 pub mod devices;
 pub mod event_names;
 pub mod fdsets;
@@ -124,6 +125,8 @@ pub struct Machine {
     pub(crate) stats: Mutex<stats_carry::StatsCarry>,
     /// `-machine none`: the run state, in place of vcpu-proc.
     no_vm: Option<no_vm::NoVm>,
+    /// Which possible-CPU slots hold a CPU (CPU hotplug).
+    pub(crate) cpu_slots: Mutex<cpu_slots::CpuSlots>,
     /// Open once the workers are up (QMP greets before that).
     start_gate: start_gate::StartGate,
 }
@@ -144,6 +147,7 @@ impl Machine {
             .then(|| no_vm::NoVm::new(config.start_paused));
         let m = Arc::new(Machine {
             no_vm,
+            cpu_slots: Mutex::new(cpu_slots::CpuSlots::boot(u32::from(config.cpus))),
             worker_sandbox,
             block_state: Default::default(),
             config,
@@ -299,9 +303,14 @@ impl Machine {
         self.config.name.as_deref()
     }
 
-    /// The number of vCPUs (`-smp`).
+    /// The number of vCPUs present at start (`-smp`).
     pub fn cpu_count(&self) -> u32 {
         u32::from(self.config.cpus)
+    }
+
+    /// Whether CPU `index` (`cpu-index`) is plugged now.
+    pub fn cpu_present(&self, index: u32) -> bool {
+        cpu_slots::lock(self).is_plugged(index)
     }
 
     /// The event bus QMP sessions subscribe to.
@@ -500,6 +509,7 @@ impl Machine {
             VcpuEvent::DebugExit { code } => self.request_exit(ExitRequest::DebugExit(code)),
             VcpuEvent::VhostUserDisconnected { id } => devices::on_disconnected(self, &id),
             VcpuEvent::VhostUserReconnected { id } => devices::on_reconnected(self, &id),
+            VcpuEvent::CpuEjected { slot } => cpu_slots::on_ejected(self, slot),
         }
     }
 
@@ -517,7 +527,8 @@ impl Machine {
             | VcpuEvent::GuestCrashed { .. }
             | VcpuEvent::DebugExit { .. }
             | VcpuEvent::VhostUserDisconnected { .. }
-            | VcpuEvent::VhostUserReconnected { .. } => {
+            | VcpuEvent::VhostUserReconnected { .. }
+            | VcpuEvent::CpuEjected { .. } => {
                 tracing::warn!("machine 'none': unexpected event {ev:?}")
             }
         }

@@ -71,6 +71,9 @@ impl NoVm {
             | VcpuRequest::ReconnectVhostUser { .. } => Err(FlatError::generic(
                 "machine type 'none' has no guest to attach devices to",
             )),
+            VcpuRequest::PlugCpu { .. } | VcpuRequest::UnplugCpu { .. } => Err(FlatError::generic(
+                "machine does not support hot-plugging CPUs",
+            )),
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(_) => {
                 Err(FlatError::generic("machine type 'none' has no vCPU worker"))
