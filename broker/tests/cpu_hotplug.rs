@@ -354,3 +354,60 @@ fn bad_smp_topologies_end_the_broker_with_qemus_message() {
         );
     }
 }
+
+#[test]
+fn cpu_plugged_before_the_guest_runs_is_listed_enabled_in_the_madt() {
+    // QEMU builds its tables when the firmware reads them, after `cont`:
+    // a CPU added in prelaunch is an ordinary present CPU to the guest.
+    let dir = common::TempDir::new();
+    let log = SerialLog(dir.0.join("serial.log"));
+    let serial = format!("file:{}", log.0.display());
+    let kernel = guest("smp");
+    let mut b = Bulkhead::start(&[
+        "-kernel",
+        kernel.as_str(),
+        "-serial",
+        serial.as_str(),
+        "-cpu",
+        "qemu64",
+        "-smp",
+        "1,maxcpus=4",
+        "-S",
+    ]);
+    let mut q = b.client();
+    let r = q.execute("device_add", cpu_add(0, 3, "late")["arguments"].clone());
+    assert_eq!(r["return"], json!({}), "{r}");
+    assert_eq!(q.ok("cont"), json!({}));
+    let status =
+        disk_common::wait_exit_within(b.child.as_mut().unwrap(), disk_common::GUEST_TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{}", log.text());
+    assert!(log.has("2 cpus listed in the ACPI MADT"), "{}", log.text());
+    assert!(log.has("online (apic id 3)"), "{}", log.text());
+}
+
+#[test]
+fn after_vcpu_proc_dies_device_add_fails_and_the_slots_stay_as_they_were() {
+    let b = Bulkhead::start(&["-smp", "1,maxcpus=4", "-cpu", "qemu64"]);
+    let mut q = b.client();
+    let r = q.execute("device_add", cpu_add(0, 1, "c1")["arguments"].clone());
+    assert_eq!(r["return"], json!({}), "{r}");
+    let before = q.ok("query-hotpluggable-cpus");
+    let vcpu = common::children(common::broker_pid(&b))
+        .into_iter()
+        .find(|(_, name)| name == "vcpu-proc")
+        .map(|(pid, _)| pid)
+        .expect("a vcpu-proc worker");
+    disk_common::sigkill(vcpu as i32);
+    let exited = q.event_where("__org.bulkhead_WORKER_EXITED", |d| d["worker"] == "vcpu");
+    assert_eq!(exited["data"]["action"], "guest-crashed");
+    let r = q.execute("device_add", cpu_add(0, 2, "c2")["arguments"].clone());
+    assert!(r.get("error").is_some(), "{r}");
+    assert_eq!(q.ok("query-hotpluggable-cpus"), before);
+    // The failed add left neither its slot nor its id behind.
+    let r = q.execute("device_add", cpu_add(0, 2, "c2")["arguments"].clone());
+    assert_ne!(
+        Qmp::error_of(&r).1,
+        "Duplicate device ID 'c2'",
+        "the id of a failed add stays free"
+    );
+}

@@ -91,7 +91,8 @@ impl Controller {
 
     /// `device_add` of a CPU: plugs slot `slot`.
     pub fn plug_cpu(&mut self, slot: u32) -> Result<(), String> {
-        crate::hotplug::vcpus::plug(&mut self.vm, slot).map_err(|e| error_chain(&e))
+        let prelaunch = self.rsm.state() == RunState::Prelaunch;
+        crate::hotplug::vcpus::plug(&mut self.vm, slot, prelaunch).map_err(|e| error_chain(&e))
     }
 
     /// `device_del` of a CPU: asks the guest to eject slot `slot`.

@@ -470,11 +470,17 @@ impl Vm {
         vm_memory::Bytes::write_obj(mem, 0u64, vm_memory::GuestAddress(layout::IDT_START))
             .map_err(VmError::BootMemory)?;
         paging::write_boot_page_tables(mem).map_err(VmError::BootMemory)?;
-        let cpus = self.possible_cpus();
-        mptable::write(mem, &cpus).map_err(VmError::BootMemory)?;
-        acpi::write_tables(mem, &cpus, &self.virtio)?;
+        self.write_cpu_tables()?;
         let extra = loader::virtio_mmio_cmdline(&self.virtio);
         Ok(loader::load(mem, &mut self.boot, &extra)?)
+    }
+
+    /// Writes the MP table and the ACPI tables for the CPUs plugged now.
+    pub fn write_cpu_tables(&self) -> Result<()> {
+        let cpus = self.possible_cpus();
+        mptable::write(&self.mem, &cpus).map_err(VmError::BootMemory)?;
+        acpi::write_tables(&self.mem, &cpus, &self.virtio)?;
+        Ok(())
     }
 
     /// Attaches a vhost-user device on `socket` (connected to its backend)

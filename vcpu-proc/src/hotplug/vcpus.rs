@@ -84,8 +84,10 @@ fn notify_guest(vm: &Vm) {
 }
 
 /// Plugs a CPU into `slot`: a new vCPU in wait-for-SIPI, then the insert
-/// event and the GED interrupt.
-pub fn plug(vm: &mut Vm, slot: u32) -> Result<(), HotplugError> {
+/// event and the GED interrupt. Before the guest first ran (`prelaunch`)
+/// the firmware tables are written again, so they list it enabled, as
+/// QEMU's (built when the firmware reads them) do.
+pub fn plug(vm: &mut Vm, slot: u32, prelaunch: bool) -> Result<(), HotplugError> {
     if slot >= vm.topology.max_cpus {
         return Err(HotplugError::NoSlot(slot));
     }
@@ -95,6 +97,16 @@ pub fn plug(vm: &mut Vm, slot: u32) -> Result<(), HotplugError> {
     vm.spawn_vcpu(slot).map_err(HotplugError::Vcpu)?;
     vm.wait_vcpu_tids().map_err(HotplugError::Vcpu)?;
     vm.cpu_regs().plug(slot, true);
+    if prelaunch {
+        // The CPU is plugged either way: a failed rewrite only leaves it
+        // announced by the insert event alone.
+        if let Err(e) = vm.write_cpu_tables() {
+            tracing::warn!(
+                "firmware tables not rewritten for CPU slot {slot}: {}",
+                ipc_proto::envelope::error_chain(&e)
+            );
+        }
+    }
     notify_guest(vm);
     Ok(())
 }
