@@ -218,6 +218,11 @@ fn hotplugged_cpu_runs_code_in_the_guest_and_is_ejected_on_device_del() {
         json!({})
     );
     log.wait_for("cpu slot 2 online (apic id 2)");
+    let ost = q.event("ACPI_DEVICE_OST");
+    assert_eq!(
+        ost["data"],
+        json!({"info": {"device": "c2", "slot": "2", "slot-type": "CPU", "source": 1, "status": 0}})
+    );
     let cpus = q.ok("query-cpus-fast");
     let new = cpus
         .as_array()

@@ -425,4 +425,13 @@ pub enum VcpuEvent {
         /// Possible-CPU slot.
         slot: u32,
     },
+    /// The guest's `_OST` for the CPU of `slot` (QMP `ACPI_DEVICE_OST`).
+    CpuOst {
+        /// Possible-CPU slot.
+        slot: u32,
+        /// The OST source event.
+        source: u32,
+        /// The OST status.
+        status: u32,
+    },
 }

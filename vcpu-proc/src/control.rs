@@ -100,15 +100,32 @@ impl Controller {
         crate::hotplug::vcpus::request_unplug(&mut self.vm, slot).map_err(|e| error_chain(&e))
     }
 
-    /// The guest ejected slot `slot`: its vCPU ends; the broker is told.
-    pub fn eject_cpu(&mut self, slot: u32) {
-        if crate::hotplug::vcpus::finish_eject(&mut self.vm, slot) {
-            self.sink.emit(VcpuEvent::CpuEjected { slot });
+    /// What the guest did through the CPU hotplug registers: an eject ends
+    /// the slot's vCPU; the broker is told of it and of OST statuses.
+    pub fn guest_cpu_report(&mut self, msg: crate::hotplug::registers::GuestCpuMsg) {
+        use crate::hotplug::registers::GuestCpuMsg;
+        match msg {
+            GuestCpuMsg::Eject(slot) => {
+                if crate::hotplug::vcpus::finish_eject(&mut self.vm, slot) {
+                    self.sink.emit(VcpuEvent::CpuEjected { slot });
+                }
+            }
+            GuestCpuMsg::Ost {
+                slot,
+                source,
+                status,
+            } => self.sink.emit(VcpuEvent::CpuOst {
+                slot,
+                source,
+                status,
+            }),
         }
     }
 
-    /// The guest's CPU ejects, for the server's eject thread (once).
-    pub fn take_cpu_ejects(&mut self) -> Option<std::sync::mpsc::Receiver<u32>> {
+    /// The guest's CPU hotplug reports, for the server's thread (once).
+    pub fn take_cpu_ejects(
+        &mut self,
+    ) -> Option<std::sync::mpsc::Receiver<crate::hotplug::registers::GuestCpuMsg>> {
         self.vm.take_cpu_ejects()
     }
 

@@ -157,7 +157,7 @@ impl Server {
             return Ok(());
         };
         let c = controller.clone();
-        crate::hotplug::spawn_eject_thread(ejects, move |slot| lock(&c).eject_cpu(slot))
+        crate::hotplug::spawn_eject_thread(ejects, move |msg| lock(&c).guest_cpu_report(msg))
             .map_err(|e| FlatError::generic(format!("cannot start the CPU eject thread: {e}")))
     }
 

@@ -180,7 +180,7 @@ pub struct Vm {
     /// a vCPU id twice), with their power-on state.
     pub(crate) parked_vcpus: std::collections::HashMap<u32, (kvm_ioctls::VcpuFd, InitialState)>,
     /// The guest's ejects, until the server starts their thread.
-    cpu_ejects: Option<std::sync::mpsc::Receiver<u32>>,
+    cpu_ejects: Option<std::sync::mpsc::Receiver<crate::hotplug::registers::GuestCpuMsg>>,
     vcpu_setup: Option<VcpuSetup>,
     irqchips: Vec<kvm_irqchip>,
     _kvm: Kvm,
@@ -551,7 +551,9 @@ impl Vm {
     }
 
     /// The guest's CPU ejects (once: the server's eject thread takes them).
-    pub fn take_cpu_ejects(&mut self) -> Option<std::sync::mpsc::Receiver<u32>> {
+    pub fn take_cpu_ejects(
+        &mut self,
+    ) -> Option<std::sync::mpsc::Receiver<crate::hotplug::registers::GuestCpuMsg>> {
         self.cpu_ejects.take()
     }
 

@@ -238,9 +238,55 @@ pub fn device_del(m: &Machine, name: &str) -> Option<Result<()>> {
     Some(r.map_err(Into::into))
 }
 
-/// Registers the commands of this module.
+/// QEMU's ACPISlotType.
+pub struct AcpiSlotType;
+
+impl QapiType for AcpiSlotType {
+    fn schema() -> SchemaType {
+        SchemaType::Enum {
+            name: "ACPISlotType",
+            values: vec!["DIMM", "CPU"],
+        }
+    }
+}
+
+/// QEMU's ACPIOSTInfo.
+pub struct AcpiOstInfo;
+
+impl QapiType for AcpiOstInfo {
+    fn schema() -> SchemaType {
+        SchemaType::Object {
+            name: "ACPIOSTInfo",
+            members: vec![
+                optional::<String>("device"),
+                member::<String>("slot"),
+                member::<AcpiSlotType>("slot-type"),
+                member::<i64>("source"),
+                member::<i64>("status"),
+            ],
+        }
+    }
+}
+
+/// Data of `ACPI_DEVICE_OST`.
+pub struct AcpiDeviceOstData;
+
+impl QapiType for AcpiDeviceOstData {
+    fn schema() -> SchemaType {
+        SchemaType::Object {
+            name: "ACPI_DEVICE_OST_arg",
+            members: vec![member::<AcpiOstInfo>("info")],
+        }
+    }
+}
+
+/// Registers the commands and events of this module.
 pub fn register(r: &mut crate::qmp::registry::Registry) {
     r.register::<QueryHotpluggableCpus>();
+    r.event::<AcpiDeviceOstData>(
+        "ACPI_DEVICE_OST",
+        "The guest's _OST for a hot-plugged or unplugged CPU.",
+    );
 }
 
 #[cfg(test)]

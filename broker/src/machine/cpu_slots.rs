@@ -135,6 +135,22 @@ impl CpuSlots {
     }
 }
 
+/// The guest's `_OST` for the CPU of `slot`: QEMU's `ACPI_DEVICE_OST`.
+pub fn on_ost(m: &Machine, slot: u32, source: u32, status: u32) {
+    let id = lock(m).get(slot).and_then(|r| r.id.clone());
+    let mut info = json!({
+        "slot": slot.to_string(),
+        "slot-type": "CPU",
+        "source": source,
+        "status": status,
+    });
+    if let Some(id) = id {
+        info["device"] = json!(id);
+    }
+    m.events()
+        .emit("ACPI_DEVICE_OST", Some(json!({ "info": info })));
+}
+
 /// Checks `device_add`'s topology ids with QEMU's messages (its
 /// `x86_cpu_pre_plug`) and returns the slot. `None` is an id not given
 /// (QEMU's -1).

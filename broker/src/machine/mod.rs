@@ -510,6 +510,11 @@ impl Machine {
             VcpuEvent::VhostUserDisconnected { id } => devices::on_disconnected(self, &id),
             VcpuEvent::VhostUserReconnected { id } => devices::on_reconnected(self, &id),
             VcpuEvent::CpuEjected { slot } => cpu_slots::on_ejected(self, slot),
+            VcpuEvent::CpuOst {
+                slot,
+                source,
+                status,
+            } => cpu_slots::on_ost(self, slot, source, status),
         }
     }
 
@@ -528,7 +533,8 @@ impl Machine {
             | VcpuEvent::DebugExit { .. }
             | VcpuEvent::VhostUserDisconnected { .. }
             | VcpuEvent::VhostUserReconnected { .. }
-            | VcpuEvent::CpuEjected { .. } => {
+            | VcpuEvent::CpuEjected { .. }
+            | VcpuEvent::CpuOst { .. } => {
                 tracing::warn!("machine 'none': unexpected event {ev:?}")
             }
         }

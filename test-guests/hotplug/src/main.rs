@@ -7,7 +7,9 @@
 //! present CPUs, then loops: "next CPU with an event" (command 0); for an
 //! insert event it clears the event, reads the CPU's APIC id (command 3)
 //! and starts it with INIT-SIPI-SIPI; the new CPU prints
-//! `cpu slot N online (apic id X)`. For a remove event it clears the event
+//! `cpu slot N online (apic id X)`, and the boot CPU reports `_OST`
+//! (device check, success) through the OST registers. For a remove event it
+//! clears the event
 //! and ejects the (halted) CPU, then checks the slot reads as empty and
 //! prints `cpu slot N ejected`. It runs until the VM ends.
 
@@ -36,7 +38,13 @@ const REMOVE: u8 = 1 << 2;
 const EJECT: u8 = 1 << 3;
 
 const CMD_NEXT_EVENT: u8 = 0;
+const CMD_OST_EVENT: u8 = 1;
+const CMD_OST_STATUS: u8 = 2;
 const CMD_CPU_ID: u8 = 3;
+/// ACPI `_OST` source event: device check (the insert notification).
+const OST_DEVICE_CHECK: u32 = 1;
+/// ACPI `_OST` status: success.
+const OST_SUCCESS: u32 = 0;
 
 /// Polls to wait per SIPI (each a LAPIC read, i.e. one VM exit).
 const SPINS_PER_SIPI: u32 = 200_000;
@@ -91,6 +99,14 @@ fn plugged(slot: u32) {
     while ONLINE.load(Ordering::SeqCst) != index + 1 {
         port::pause();
     }
+    // What the DSDT's `_OST` does after a device check: OST event, then
+    // OST status (QEMU's ACPI_DEVICE_OST).
+    select(slot);
+    port::outb(COMMAND, CMD_OST_EVENT);
+    port::outl(DATA, OST_DEVICE_CHECK);
+    port::outb(COMMAND, CMD_OST_STATUS);
+    port::outl(DATA, OST_SUCCESS);
+    println!("cpu slot {} _OST: device check, success", slot);
 }
 
 fn eject_requested(slot: u32) {

@@ -52,20 +52,36 @@ pub struct SlotState {
     pub ost_status: u32,
 }
 
+/// What the guest did through the block that must leave the vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestCpuMsg {
+    /// It ejected the CPU of this slot (after an unplug request).
+    Eject(u32),
+    /// It wrote an `_OST` status (QEMU's `ACPI_DEVICE_OST`).
+    Ost {
+        /// The slot.
+        slot: u32,
+        /// The OST event (source) written before.
+        source: u32,
+        /// The status.
+        status: u32,
+    },
+}
+
 /// The register block of every possible CPU.
 #[derive(Debug)]
 pub struct CpuHotplugRegs {
     slots: Vec<SlotState>,
     selector: u32,
     command: u8,
-    /// Where an eject (the guest's acknowledgement) is reported: the slot.
-    ejects: Option<Sender<u32>>,
+    /// Where ejects and OST statuses are reported.
+    reports: Option<Sender<GuestCpuMsg>>,
 }
 
 impl CpuHotplugRegs {
     /// The block for CPUs with `apic_ids`, the first `present` of which
-    /// are plugged; ejects are reported on `ejects`.
-    pub fn new(apic_ids: &[u32], present: u32, ejects: Option<Sender<u32>>) -> Self {
+    /// are plugged; ejects and OST statuses are reported on `reports`.
+    pub fn new(apic_ids: &[u32], present: u32, reports: Option<Sender<GuestCpuMsg>>) -> Self {
         let slots = apic_ids
             .iter()
             .enumerate()
@@ -79,7 +95,7 @@ impl CpuHotplugRegs {
             slots,
             selector: 0,
             command: CMD_NEXT_EVENT,
-            ejects,
+            reports,
         }
     }
 
@@ -152,11 +168,24 @@ impl CpuHotplugRegs {
             FLAGS => self.write_flags(value as u8),
             COMMAND => self.write_command(value as u8),
             DATA => {
-                let command = self.command;
+                let (command, slot) = (self.command, self.selector);
+                let reports = self.reports.clone();
                 if let Some(s) = self.selected() {
                     match command {
                         CMD_OST_EVENT => s.ost_event = value,
-                        CMD_OST_STATUS => s.ost_status = value,
+                        CMD_OST_STATUS => {
+                            s.ost_status = value;
+                            let msg = GuestCpuMsg::Ost {
+                                slot,
+                                source: s.ost_event,
+                                status: value,
+                            };
+                            if let Some(tx) = reports {
+                                // Ignoring the error: the receiver lives as
+                                // long as the VM.
+                                let _ = tx.send(msg);
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -167,7 +196,7 @@ impl CpuHotplugRegs {
 
     fn write_flags(&mut self, v: u8) {
         let slot = self.selector;
-        let ejects = self.ejects.clone();
+        let reports = self.reports.clone();
         let Some(s) = self.selected() else { return };
         if v & FLAG_INSERT != 0 {
             s.inserting = false;
@@ -180,9 +209,9 @@ impl CpuHotplugRegs {
                 return;
             }
             (s.present, s.inserting, s.removing) = (false, false, false);
-            if let Some(tx) = ejects {
+            if let Some(tx) = reports {
                 // Ignoring the error: the receiver lives as long as the VM.
-                let _ = tx.send(slot);
+                let _ = tx.send(GuestCpuMsg::Eject(slot));
             }
         }
     }
@@ -230,7 +259,7 @@ impl BusDevice for CpuHotplugRegs {
 mod tests {
     use super::*;
 
-    fn regs(present: u32) -> (CpuHotplugRegs, std::sync::mpsc::Receiver<u32>) {
+    fn regs(present: u32) -> (CpuHotplugRegs, std::sync::mpsc::Receiver<GuestCpuMsg>) {
         let (tx, rx) = std::sync::mpsc::channel();
         (CpuHotplugRegs::new(&[0, 1, 2, 3], present, Some(tx)), rx)
     }
@@ -290,7 +319,7 @@ mod tests {
         assert_eq!(rd(&mut r, 4, 1), 0b101);
         wr(&mut r, 4, 0b100, 1);
         wr(&mut r, 4, 0b1000, 1);
-        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Ok(GuestCpuMsg::Eject(1)));
         assert!(!r.is_present(1));
         wr(&mut r, 4, 0b1000, 1);
         wr(&mut r, 0, 0, 4);
@@ -300,8 +329,8 @@ mod tests {
     }
 
     #[test]
-    fn ost_writes_are_kept_per_cpu() {
-        let (mut r, _) = regs(2);
+    fn ost_writes_are_kept_per_cpu_and_the_status_is_reported() {
+        let (mut r, rx) = regs(2);
         wr(&mut r, 0, 1, 4);
         wr(&mut r, 5, 1, 1);
         wr(&mut r, 8, 0x103, 4);
@@ -310,6 +339,14 @@ mod tests {
         assert_eq!(
             (r.slots()[1].ost_event, r.slots()[1].ost_status),
             (0x103, 0x80)
+        );
+        assert_eq!(
+            rx.try_recv(),
+            Ok(GuestCpuMsg::Ost {
+                slot: 1,
+                source: 0x103,
+                status: 0x80
+            })
         );
     }
 }

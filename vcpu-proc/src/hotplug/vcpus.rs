@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use kvm_ioctls::VcpuFd;
 
+use super::registers::GuestCpuMsg;
 use crate::devices::ged::EVENT_CPU_HOTPLUG;
 use crate::vcpu::InitialState;
 use crate::vm::{Vm, VmError};
@@ -149,17 +150,18 @@ pub fn finish_eject(vm: &mut Vm, slot: u32) -> bool {
     true
 }
 
-/// Serves the ejects the register block reports, one at a time, with
-/// `eject` (which ends the vCPU and tells the broker).
+/// Serves what the register block reports (ejects, OST statuses), one at
+/// a time, with `serve` (which ends an ejected vCPU and tells the broker),
+/// off the vCPU thread that wrote the register.
 pub fn spawn_eject_thread(
-    ejects: Receiver<u32>,
-    mut eject: impl FnMut(u32) + Send + 'static,
+    reports: Receiver<GuestCpuMsg>,
+    mut serve: impl FnMut(GuestCpuMsg) + Send + 'static,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("cpu-eject".into())
         .spawn(move || {
-            for slot in ejects {
-                eject(slot);
+            for msg in reports {
+                serve(msg);
             }
         })
         .map(|_| ())
