@@ -121,6 +121,14 @@ fn query_hotpluggable_cpus_matches_qemu_pc_for_smp_1_maxcpus_4() {
     let mut q = b.client();
     assert_eq!(ours(&mut q, &cmds), theirs);
     assert_eq!(theirs[0]["return"].as_array().unwrap().len(), 4);
+    let machines = q.ok("query-machines");
+    let microvm = machines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "microvm")
+        .unwrap();
+    assert_eq!(microvm["hotpluggable-cpus"], true, "{microvm}");
     let qemu_cpus = qemu(
         "1,maxcpus=4",
         &[cpu_add(0, 1, "c1"), json!({"execute": "query-cpus-fast"})],

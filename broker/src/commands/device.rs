@@ -33,7 +33,8 @@ impl Command for DeviceAdd {
     const NAME: &'static str = "device_add";
     const DOC: &'static str = "Add a device (virtio-blk-device with drive=NODE, or \
         vhost-user-blk with chardev=ID) while the guest has not run yet (-S, prelaunch); \
-        the virtio-mmio bus takes no hotplug.";
+        the virtio-mmio bus takes no hotplug. A CPU (driver=MODEL-x86_64-cpu with \
+        socket-id/die-id/core-id/thread-id) is hot-plugged while the guest runs.";
     type Args = DeviceAddArgs;
     type Ret = Empty;
 
@@ -70,7 +71,8 @@ pub struct DeviceDel;
 impl Command for DeviceDel {
     const NAME: &'static str = "device_del";
     const DOC: &'static str = "Remove a device added before the guest ran (emits \
-        DEVICE_DELETED); a device the guest has seen cannot be unplugged.";
+        DEVICE_DELETED); a device the guest has seen cannot be unplugged. A CPU (by id \
+        or QOM path) is ejected by the guest on request, then DEVICE_DELETED.";
     type Args = DeviceDelArgs;
     type Ret = Empty;
 
