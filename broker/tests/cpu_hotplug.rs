@@ -254,7 +254,7 @@ fn hotplugged_cpu_runs_code_in_the_guest_and_is_ejected_on_device_del() {
         ev["data"],
         json!({"device": "c2", "path": "/machine/peripheral/c2"})
     );
-    assert!(log.has("cpu slot 2 ejected"), "{}", log.text());
+    log.wait_for("cpu slot 2 ejected");
     assert_eq!(q.ok("query-cpus-fast").as_array().unwrap().len(), 1);
     assert_eq!(
         Qmp::error_of(&q.execute("cpu", json!({"index": 2}))).1,
