@@ -424,3 +424,27 @@ fn after_vcpu_proc_dies_device_add_fails_and_the_slots_stay_as_they_were() {
         "the id of a failed add stays free"
     );
 }
+
+#[test]
+fn a_hotplugged_cpu_stays_present_across_system_reset() {
+    let (_b, log, mut q) = boot_hotplug_guest("1,maxcpus=4");
+    let r = q.execute("device_add", cpu_add(0, 1, "c1")["arguments"].clone());
+    assert_eq!(r["return"], json!({}), "{r}");
+    log.wait_for("cpu slot 1 online (apic id 1)");
+    assert_eq!(q.ok("system_reset"), json!({}));
+    let start = std::time::Instant::now();
+    while !log.has("4 possible cpus, 2 present") {
+        assert!(
+            start.elapsed() < disk_common::GUEST_TIMEOUT,
+            "{}",
+            log.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cpus = q.ok("query-cpus-fast");
+    assert_eq!(cpus.as_array().unwrap().len(), 2, "{cpus}");
+    assert_eq!(
+        q.ok("query-hotpluggable-cpus")[2]["qom-path"],
+        "/machine/peripheral/c1"
+    );
+}
