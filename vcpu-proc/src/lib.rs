@@ -47,7 +47,9 @@ use ipc_proto::vcpu::{VcpuEvent, VcpuReply, VcpuRequest};
 #[derive(Debug, thiserror::Error)]
 pub enum MainError {
     /// Bad command line.
-    #[error("usage: vcpu-proc --control-fd N | vcpu-proc --dump-acpi DIR [--cpus N]")]
+    #[error(
+        "usage: vcpu-proc --control-fd N | vcpu-proc --dump-acpi DIR [--cpus N] [--maxcpus M]"
+    )]
     Usage,
     /// Start-up (control fd, handshake) failed.
     #[error("start-up failed")]
@@ -100,7 +102,7 @@ pub fn run(args: Vec<String>) -> Result<(), MainError> {
             Some(v) => v.parse().map_err(|_| MainError::Usage)?,
             None => cpus,
         };
-        if max_cpus < cpus || max_cpus == 0 || max_cpus > 254 {
+        if cpus == 0 || max_cpus < cpus || max_cpus > 254 {
             return Err(MainError::Usage);
         }
         let possible = hotplug::PossibleCpus::at_start(
