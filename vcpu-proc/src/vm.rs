@@ -341,9 +341,13 @@ impl Vm {
             return Err(VmError::Config("cpus must be 1..=254"));
         }
         let t = cfg.topology;
+        let product = [t.dies, t.cores, t.threads]
+            .iter()
+            .try_fold(t.sockets, |acc, n| acc.checked_mul(*n));
         if u32::from(cfg.cpus) > t.max_cpus
             || t.max_cpus == 0
-            || t.sockets * t.dies * t.cores * t.threads != t.max_cpus
+            || t.max_cpus > 255
+            || product != Some(t.max_cpus)
             || t.apic_id(t.max_cpus - 1) >= 255
         {
             return Err(VmError::Config(

@@ -228,7 +228,9 @@ impl CpuHotplugRegs {
         let start = self.selector;
         let mut i = start;
         loop {
-            let s = &self.slots[i as usize];
+            let Some(s) = self.slots.get(i as usize) else {
+                return;
+            };
             if s.inserting || s.removing {
                 self.selector = i;
                 return;
