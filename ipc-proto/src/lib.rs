@@ -27,6 +27,7 @@ pub mod bitmaps;
 pub mod block;
 pub mod channel;
 pub mod codec;
+pub mod cpu_topology;
 pub mod envelope;
 #[cfg(feature = "test-hooks")]
 pub mod escape;

@@ -37,8 +37,10 @@ pub struct VmConfig {
     pub memory: FdSlot,
     /// Guest RAM size in bytes.
     pub mem_size: u64,
-    /// Number of vCPUs.
+    /// Number of vCPUs present at start (slots `0..cpus`).
     pub cpus: u8,
+    /// `-smp`'s topology: the possible CPUs and their APIC ids.
+    pub topology: crate::cpu_topology::CpuTopology,
     /// The kernel image (bzImage or ELF); `None` boots the built-in test guest.
     pub kernel: Option<FdSlot>,
     /// The initial ramdisk.
@@ -347,6 +349,19 @@ pub enum VcpuRequest {
         /// The new connection.
         socket: FdSlot,
     },
+    /// Plug the CPU of possible-CPU slot `slot` while the guest runs: a
+    /// new vCPU parked in wait-for-SIPI, announced to the guest through
+    /// the ACPI CPU hotplug registers (insert event) and the GED.
+    PlugCpu {
+        /// Possible-CPU slot (`cpu-index`).
+        slot: u32,
+    },
+    /// Ask the guest to eject the CPU of `slot` (remove event); it is
+    /// gone when [`VcpuEvent::CpuEjected`] arrives.
+    UnplugCpu {
+        /// Possible-CPU slot.
+        slot: u32,
+    },
     /// Test hooks only: run an escape attempt inside the sandboxed worker.
     /// Replies [`VcpuReply::Done`] if it worked, else the error of
     /// [`crate::escape::Outcome::into_reply`] (or no reply at all:
@@ -458,5 +473,20 @@ pub enum VcpuEvent {
         total: u64,
         /// Why it failed, if it did.
         error: Option<String>,
+    },
+    /// The guest ejected the CPU of `slot` (after an unplug request); its
+    /// vCPU has stopped.
+    CpuEjected {
+        /// Possible-CPU slot.
+        slot: u32,
+    },
+    /// The guest's `_OST` for the CPU of `slot` (QMP `ACPI_DEVICE_OST`).
+    CpuOst {
+        /// Possible-CPU slot.
+        slot: u32,
+        /// The OST source event.
+        source: u32,
+        /// The OST status.
+        status: u32,
     },
 }

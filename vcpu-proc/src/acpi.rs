@@ -1,8 +1,10 @@
 //! Firmware tables built with rust-vmm `acpi_tables`: RSDP at 0xe0000, then
 //! XSDT, FADT (hardware-reduced, with the sleep and reset registers), MADT
-//! (LAPICs, IOAPIC, the PIT's interrupt source override, LINT1 NMI) and a
-//! DSDT holding COM1, the power button, the Generic Event Device, the `_S5_`
-//! package and the virtio-mmio devices (`LNRO0005`).
+//! (a LAPIC per possible CPU — enabled if present, else online-capable —,
+//! IOAPIC, the PIT's interrupt source override, LINT1 NMI) and a DSDT
+//! holding COM1, the power button, the Generic Event Device, the CPU
+//! hotplug registers and processor devices ([`crate::hotplug::aml`]), the
+//! `_S5_` package and the virtio-mmio devices (`LNRO0005`).
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -13,6 +15,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
+use crate::hotplug::PossibleCpus;
 use crate::layout;
 use crate::memory::GuestMemoryMmap;
 
@@ -22,6 +25,10 @@ const OEM_REVISION: u32 = 1;
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 const MADT_PCAT_COMPAT: u32 = 1;
 const IOAPIC_ID: u8 = 0;
+const LAPIC_ENABLED: u8 = 1 << 0;
+/// ACPI 6.3: a disabled LAPIC that can be brought online (hot-plugged);
+/// Linux ignores disabled LAPICs without it in a MADT of revision 5.
+const LAPIC_ONLINE_CAPABLE: u8 = 1 << 1;
 
 /// A virtio-mmio device to declare in the DSDT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +72,8 @@ fn aml_bytes(a: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT body (AML) for `devices`.
-pub fn dsdt_aml(devices: &[VirtioMmioDevice]) -> Vec<u8> {
+/// The DSDT body (AML) for `cpus` and `devices`.
+pub fn dsdt_aml(cpus: &PossibleCpus, devices: &[VirtioMmioDevice]) -> Vec<u8> {
     let mut out = Vec::new();
     aml::Device::new(
         "_SB_.COM1".into(),
@@ -96,6 +103,8 @@ pub fn dsdt_aml(devices: &[VirtioMmioDevice]) -> Vec<u8> {
     let ged_base = layout::GED_ADDR as usize;
     let ged_size = layout::GED_SIZE as usize;
     let power_button = crate::devices::ged::EVENT_POWER_BUTTON;
+    let cpu_hotplug = crate::devices::ged::EVENT_CPU_HOTPLUG;
+    let scan = aml::MethodCall::new(crate::hotplug::aml::SCAN_METHOD.into(), vec![]);
     aml::Device::new(
         "_SB_.GED_".into(),
         vec![
@@ -125,7 +134,8 @@ pub fn dsdt_aml(devices: &[VirtioMmioDevice]) -> Vec<u8> {
                 vec![aml::FieldEntry::Named(*b"GDAT", 8)],
             ),
             // _EVT: Local0 = GDAT (read-to-clear); if the power-button bit
-            // is set, Notify(\_SB_.PWRB, 0x80).
+            // is set, Notify(\_SB_.PWRB, 0x80); if the CPU hotplug bit is
+            // set, \_SB_.CPUS.CSCN().
             &aml::Method::new(
                 "_EVT".into(),
                 1,
@@ -137,11 +147,15 @@ pub fn dsdt_aml(devices: &[VirtioMmioDevice]) -> Vec<u8> {
                         &aml::Equal::new(&aml::Local(1), &power_button),
                         vec![&aml::Notify::new(&aml::Path::new("\\_SB_.PWRB"), &0x80u8)],
                     ),
+                    &aml::And::new(&aml::Local(1), &aml::Local(0), &cpu_hotplug),
+                    &aml::If::new(&aml::Equal::new(&aml::Local(1), &cpu_hotplug), vec![&scan]),
                 ],
             ),
         ],
     )
     .to_aml_bytes(&mut out);
+
+    out.extend_from_slice(&crate::hotplug::aml::cpus_aml(&cpus.apic_ids));
 
     aml::Name::new(
         "_S5_".into(),
@@ -184,20 +198,26 @@ fn sdt(sig: &[u8; 4], revision: u8) -> Sdt {
     Sdt::new(*sig, 36, revision, OEM_ID, OEM_TABLE_ID, OEM_REVISION)
 }
 
-fn dsdt(devices: &[VirtioMmioDevice]) -> Vec<u8> {
+fn dsdt(cpus: &PossibleCpus, devices: &[VirtioMmioDevice]) -> Vec<u8> {
     let mut t = sdt(b"DSDT", 6);
-    t.append_slice(&dsdt_aml(devices));
+    t.append_slice(&dsdt_aml(cpus, devices));
     t.update_checksum();
     t.as_slice().to_vec()
 }
 
-fn madt(cpus: u8) -> Vec<u8> {
+fn madt(cpus: &PossibleCpus) -> Vec<u8> {
     let mut t = sdt(b"APIC", 5);
     t.append_slice(&(layout::LAPIC_ADDR as u32).to_le_bytes());
     t.append_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-    for i in 0..cpus {
-        // Processor Local APIC: uid, APIC id, enabled.
-        t.append_slice(&[0, 8, i, i, 1, 0, 0, 0]);
+    for (i, (&apic_id, &present)) in cpus.apic_ids.iter().zip(&cpus.present).enumerate() {
+        // Processor Local APIC: uid (= slot, the processor device's
+        // _UID), APIC id, flags.
+        let flags = if present {
+            LAPIC_ENABLED
+        } else {
+            LAPIC_ONLINE_CAPABLE
+        };
+        t.append_slice(&[0, 8, i as u8, apic_id as u8, flags, 0, 0, 0]);
     }
     let mut ioapic = vec![1, 12, IOAPIC_ID, 0];
     ioapic.extend_from_slice(&(layout::IOAPIC_ADDR as u32).to_le_bytes());
@@ -244,12 +264,12 @@ fn align16(v: u64) -> u64 {
 }
 
 /// Builds every table with its address (RSDP first).
-pub fn build_tables(cpus: u8, devices: &[VirtioMmioDevice]) -> Result<Vec<Table>> {
+pub fn build_tables(cpus: &PossibleCpus, devices: &[VirtioMmioDevice]) -> Result<Vec<Table>> {
     let rsdp_len = Rsdp::len() as u64;
     let xsdt_addr = align16(layout::RSDP_START + rsdp_len);
     let xsdt_len = 36 + 3 * 8;
     let dsdt_addr = align16(xsdt_addr + xsdt_len);
-    let dsdt = dsdt(devices);
+    let dsdt = dsdt(cpus, devices);
     let fadt_addr = align16(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align16(fadt_addr + fadt.len() as u64);
@@ -279,7 +299,11 @@ pub fn build_tables(cpus: u8, devices: &[VirtioMmioDevice]) -> Result<Vec<Table>
 }
 
 /// Writes the tables into guest memory.
-pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[VirtioMmioDevice]) -> Result<()> {
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    cpus: &PossibleCpus,
+    devices: &[VirtioMmioDevice],
+) -> Result<()> {
     for t in build_tables(cpus, devices)? {
         mem.write_slice(&t.bytes, GuestAddress(t.addr))
             .map_err(AcpiError::Memory)?;
@@ -290,7 +314,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[VirtioMmioDevice
 /// Writes each table to `dir/<NAME>.dat` (for `iasl -d`).
 pub fn dump_tables(
     dir: &std::path::Path,
-    cpus: u8,
+    cpus: &PossibleCpus,
     devices: &[VirtioMmioDevice],
 ) -> std::io::Result<Vec<std::path::PathBuf>> {
     let tables = build_tables(cpus, devices).map_err(std::io::Error::other)?;
@@ -319,7 +343,7 @@ mod tests {
             size: layout::VIRTIO_MMIO_SIZE,
             gsi: layout::VIRTIO_MMIO_GSI_BASE,
         }];
-        for t in build_tables(4, &dev).unwrap() {
+        for t in build_tables(&PossibleCpus::flat(4), &dev).unwrap() {
             if t.name == "RSDP" {
                 assert!(checksum_ok(&t.bytes[..20]));
                 assert!(checksum_ok(&t.bytes));
@@ -332,18 +356,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn madt_has_one_lapic_per_cpu() {
-        let m = madt(4);
+    fn lapics(m: &[u8]) -> Vec<(u8, u8, u8)> {
         let mut off = 44;
-        let mut lapics = 0;
+        let mut out = Vec::new();
         while off < m.len() {
             if m[off] == 0 {
-                lapics += 1;
+                out.push((m[off + 2], m[off + 3], m[off + 4]));
             }
             off += m[off + 1] as usize;
         }
-        assert_eq!(lapics, 4);
+        out
+    }
+
+    #[test]
+    fn madt_has_one_lapic_per_cpu() {
+        assert_eq!(lapics(&madt(&PossibleCpus::flat(4))).len(), 4);
+    }
+
+    #[test]
+    fn madt_lists_possible_cpus_online_capable_with_topology_apic_ids() {
+        let t = ipc_proto::cpu_topology::CpuTopology {
+            max_cpus: 6,
+            sockets: 2,
+            dies: 1,
+            cores: 3,
+            threads: 1,
+        };
+        let l = lapics(&madt(&PossibleCpus::at_start(&t, 2)));
+        assert_eq!(
+            l,
+            [
+                (0, 0, 1),
+                (1, 1, 1),
+                (2, 2, 2),
+                (3, 4, 2),
+                (4, 5, 2),
+                (5, 6, 2)
+            ]
+        );
     }
 
     #[test]
@@ -353,7 +403,7 @@ mod tests {
             size: 0x1000,
             gsi: 5,
         }];
-        let d = dsdt_aml(&dev);
+        let d = dsdt_aml(&PossibleCpus::flat(1), &dev);
         let has = |s: &[u8]| d.windows(s.len()).any(|w| w == s);
         assert!(has(b"ACPI0013"));
         assert!(has(b"LNRO0005"));
@@ -363,6 +413,6 @@ mod tests {
 
     #[test]
     fn tables_fit_for_many_cpus() {
-        assert!(build_tables(254, &[]).is_ok());
+        assert!(build_tables(&PossibleCpus::flat(254), &[]).is_ok());
     }
 }

@@ -68,20 +68,65 @@ impl Controller {
         }
     }
 
-    /// `query-cpus-fast`.
+    /// `query-cpus-fast`: the plugged CPUs by slot.
     pub fn cpus(&self) -> Vec<CpuInfo> {
-        self.vm
+        let mut cpus: Vec<CpuInfo> = self
+            .vm
             .vcpus
             .iter()
-            .enumerate()
-            .map(|(i, v)| CpuInfo {
-                cpu_index: i as u32,
-                thread_id: v.tid.load(Ordering::SeqCst),
-                socket_id: 0,
-                core_id: i as u32,
-                thread_in_core: 0,
+            .map(|v| {
+                let ids = self.vm.topology.ids(v.slot);
+                CpuInfo {
+                    cpu_index: v.slot,
+                    thread_id: v.tid.load(Ordering::SeqCst),
+                    socket_id: ids.socket,
+                    core_id: ids.core,
+                    thread_in_core: ids.thread,
+                }
             })
-            .collect()
+            .collect();
+        cpus.sort_by_key(|c| c.cpu_index);
+        cpus
+    }
+
+    /// `device_add` of a CPU: plugs slot `slot`.
+    pub fn plug_cpu(&mut self, slot: u32) -> Result<(), String> {
+        let prelaunch = self.rsm.state() == RunState::Prelaunch;
+        crate::hotplug::vcpus::plug(&mut self.vm, slot, prelaunch).map_err(|e| error_chain(&e))
+    }
+
+    /// `device_del` of a CPU: asks the guest to eject slot `slot`.
+    pub fn unplug_cpu(&mut self, slot: u32) -> Result<(), String> {
+        crate::hotplug::vcpus::request_unplug(&mut self.vm, slot).map_err(|e| error_chain(&e))
+    }
+
+    /// What the guest did through the CPU hotplug registers: an eject ends
+    /// the slot's vCPU; the broker is told of it and of OST statuses.
+    pub fn guest_cpu_report(&mut self, msg: crate::hotplug::registers::GuestCpuMsg) {
+        use crate::hotplug::registers::GuestCpuMsg;
+        match msg {
+            GuestCpuMsg::Eject(slot) => {
+                if crate::hotplug::vcpus::finish_eject(&mut self.vm, slot) {
+                    self.sink.emit(VcpuEvent::CpuEjected { slot });
+                }
+            }
+            GuestCpuMsg::Ost {
+                slot,
+                source,
+                status,
+            } => self.sink.emit(VcpuEvent::CpuOst {
+                slot,
+                source,
+                status,
+            }),
+        }
+    }
+
+    /// The guest's CPU hotplug reports, for the server's thread (once).
+    pub fn take_cpu_ejects(
+        &mut self,
+    ) -> Option<std::sync::mpsc::Receiver<crate::hotplug::registers::GuestCpuMsg>> {
+        self.vm.take_cpu_ejects()
     }
 
     /// The machine (for extensions: buses, memory, virtio devices).

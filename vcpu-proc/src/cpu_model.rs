@@ -80,7 +80,11 @@ pub fn expand(model: &CpuModel, as_defined: bool) -> std::io::Result<Vec<kvm_cpu
             (e.ecx, e.edx) = (!0, !0);
         }
     }
-    crate::cpuid::filter_entries(&mut entries, 0, 1);
+    crate::cpuid::filter_entries(
+        &mut entries,
+        0,
+        &ipc_proto::cpu_topology::CpuTopology::flat(1),
+    );
     apply_entries(&mut entries, model);
     Ok(entries)
 }

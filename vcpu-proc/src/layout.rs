@@ -66,6 +66,8 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_CMD_PORT: u16 = 0x64;
 /// Debug-exit port.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// QEMU's ACPI CPU hotplug register block (12 bytes; ICH9's port).
+pub const CPU_HOTPLUG_PORT: u16 = 0x0cd8;
 /// ACPI sleep control register.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// ACPI sleep status register.

@@ -29,6 +29,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod dump;
 pub mod gdt;
+pub mod hotplug;
 pub mod layout;
 pub mod loader;
 pub mod memory;
@@ -51,7 +52,9 @@ use ipc_proto::vcpu::{VcpuEvent, VcpuReply, VcpuRequest};
 #[derive(Debug, thiserror::Error)]
 pub enum MainError {
     /// Bad command line.
-    #[error("usage: vcpu-proc --control-fd N | vcpu-proc --dump-acpi DIR [--cpus N]")]
+    #[error(
+        "usage: vcpu-proc --control-fd N | vcpu-proc --dump-acpi DIR [--cpus N] [--maxcpus M]"
+    )]
     Usage,
     /// Start-up (control fd, handshake) failed.
     #[error("start-up failed")]
@@ -100,7 +103,18 @@ pub fn run(args: Vec<String>) -> Result<(), MainError> {
                 gsi: layout::VIRTIO_MMIO_GSI_BASE + i,
             })
             .collect();
-        acpi::dump_tables(&PathBuf::from(dir), cpus, &devices).map_err(MainError::Dump)?;
+        let max_cpus = match arg_value(&args, "--maxcpus") {
+            Some(v) => v.parse().map_err(|_| MainError::Usage)?,
+            None => cpus,
+        };
+        if cpus == 0 || max_cpus < cpus || max_cpus > 254 {
+            return Err(MainError::Usage);
+        }
+        let possible = hotplug::PossibleCpus::at_start(
+            &ipc_proto::cpu_topology::CpuTopology::flat(max_cpus),
+            cpus,
+        );
+        acpi::dump_tables(&PathBuf::from(dir), &possible, &devices).map_err(MainError::Dump)?;
         return Ok(());
     }
     // The seccomp filter is compiled before the handshake, the sandbox

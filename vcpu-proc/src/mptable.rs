@@ -1,10 +1,12 @@
 //! The Intel MultiProcessor table (spec 1.4) for kernels without ACPI:
 //! floating pointer at 0x9fc00, then the configuration table with one
-//! processor entry per vCPU, the ISA bus, the IOAPIC, the ISA interrupts
+//! processor entry per possible CPU (enabled if present, with its
+//! topology APIC id), the ISA bus, the IOAPIC, the ISA interrupts
 //! (IRQ 0 on IOAPIC pin 2, like the MADT's override) and the LINT pins.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
+use crate::hotplug::PossibleCpus;
 use crate::layout;
 use crate::memory::GuestMemoryMmap;
 
@@ -30,13 +32,13 @@ fn intsrc(kind: u8, entry_type: u8, src_irq: u8, dst_apic: u8, dst_pin: u8) -> [
 }
 
 /// The floating pointer followed by the configuration table, for `cpus`.
-pub fn build(cpus: u8) -> Vec<u8> {
+pub fn build(cpus: &PossibleCpus) -> Vec<u8> {
     let table_addr = layout::MPTABLE_START + 16;
     let mut entries = Vec::new();
     let mut count: u16 = 0;
-    for i in 0..cpus {
-        let flags = CPU_ENABLED | if i == 0 { CPU_BSP } else { 0 };
-        entries.extend_from_slice(&[0, i, APIC_VERSION, flags]);
+    for (i, (&apic_id, &present)) in cpus.apic_ids.iter().zip(&cpus.present).enumerate() {
+        let flags = if present { CPU_ENABLED } else { 0 } | if i == 0 { CPU_BSP } else { 0 };
+        entries.extend_from_slice(&[0, apic_id as u8, APIC_VERSION, flags]);
         entries.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
         entries.extend_from_slice(&CPU_FEATURES.to_le_bytes());
         entries.extend_from_slice(&[0; 8]);
@@ -87,7 +89,7 @@ pub fn build(cpus: u8) -> Vec<u8> {
 }
 
 /// Writes the MP table for `cpus` at its platform address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), GuestMemoryError> {
+pub fn write(mem: &GuestMemoryMmap, cpus: &PossibleCpus) -> Result<(), GuestMemoryError> {
     mem.write_slice(&build(cpus), GuestAddress(layout::MPTABLE_START))
 }
 
@@ -101,7 +103,7 @@ mod tests {
 
     #[test]
     fn pointer_and_table_checksum_to_zero() {
-        let t = build(4);
+        let t = build(&PossibleCpus::flat(4));
         assert_eq!(&t[..4], b"_MP_");
         assert_eq!(sum(&t[..16]), 0);
         let len = u16::from_le_bytes([t[20], t[21]]) as usize;
@@ -112,12 +114,16 @@ mod tests {
 
     #[test]
     fn one_processor_entry_per_cpu_and_only_cpu0_is_bsp() {
-        let t = build(3);
-        let procs: Vec<&[u8]> = t[16 + 44..16 + 44 + 60].chunks(20).collect();
+        let t = build(&PossibleCpus::at_start(
+            &ipc_proto::cpu_topology::CpuTopology::flat(4),
+            3,
+        ));
+        let procs: Vec<&[u8]> = t[16 + 44..16 + 44 + 80].chunks(20).collect();
         assert!(procs.iter().all(|p| p[0] == 0));
         assert_eq!(
             procs.iter().map(|p| p[3]).collect::<Vec<_>>(),
-            vec![3, 1, 1]
+            vec![3, 1, 1, 0],
+            "the fourth, possible but absent, is disabled"
         );
     }
 }

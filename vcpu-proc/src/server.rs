@@ -137,6 +137,7 @@ impl Server {
         let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot);
         let sink = Box::new(ChannelSink(self.channel.clone()));
         let controller = Arc::new(Mutex::new(Controller::start(vm, rsm, sink)));
+        self.start_cpu_ejects(&controller)?;
         let c = controller.clone();
         std::thread::Builder::new()
             .name("vm-control".into())
@@ -150,6 +151,16 @@ impl Server {
             .map_err(|e| FlatError::generic(format!("cannot start the controller: {e}")))?;
         self.controller = Some(controller);
         Ok(VcpuReply::Done)
+    }
+
+    /// Serves the guest's CPU ejects on their own thread.
+    fn start_cpu_ejects(&self, controller: &Shared) -> std::result::Result<(), FlatError> {
+        let Some(ejects) = lock(controller).take_cpu_ejects() else {
+            return Ok(());
+        };
+        let c = controller.clone();
+        crate::hotplug::spawn_eject_thread(ejects, move |msg| lock(&c).guest_cpu_report(msg))
+            .map_err(|e| FlatError::generic(format!("cannot start the CPU eject thread: {e}")))
     }
 
     fn with_vm(
@@ -208,6 +219,16 @@ impl Server {
                 self.dumps.start(c, d, fds, sink)
             }
             VcpuRequest::QueryDump => Ok(self.dumps.progress()),
+            VcpuRequest::PlugCpu { slot } => self.with_vm(|c| {
+                c.plug_cpu(slot)
+                    .map(|()| VcpuReply::Done)
+                    .map_err(FlatError::generic)
+            }),
+            VcpuRequest::UnplugCpu { slot } => self.with_vm(|c| {
+                c.unplug_cpu(slot)
+                    .map(|()| VcpuReply::Done)
+                    .map_err(FlatError::generic)
+            }),
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()

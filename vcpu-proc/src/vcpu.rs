@@ -124,6 +124,19 @@ impl VcpuSync {
         s.entry = entry;
     }
 
+    /// Wakes parked threads so they see an unplug request.
+    pub fn wake_all(&self) {
+        let _s = self.lock();
+        self.cv.notify_all();
+    }
+
+    /// Forgets a dead thread that was removed (CPU hot-unplug), so it no
+    /// longer counts for [`VcpuSync::wait_parked`].
+    pub fn forget_dead(&self) {
+        let mut s = self.lock();
+        s.dead = s.dead.saturating_sub(1);
+    }
+
     /// Waits until all `n` threads are parked or dead; false on timeout.
     pub fn wait_parked(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -157,7 +170,7 @@ pub struct InitialState {
 
 /// Everything a vCPU thread owns.
 pub struct VcpuThread {
-    /// Index (= APIC id).
+    /// Possible-CPU slot (`cpu-index`); slot 0 is the boot CPU.
     pub index: u32,
     /// The vCPU.
     pub vcpu: VcpuFd,
@@ -175,6 +188,8 @@ pub struct VcpuThread {
     pub initial: InitialState,
     /// Where this thread publishes its host tid.
     pub tid: Arc<AtomicI64>,
+    /// Set to end the thread (CPU hot-unplug); it leaves its vCPU there.
+    pub unplug: Arc<crate::hotplug::Unplug>,
 }
 
 enum Next {
@@ -204,6 +219,12 @@ impl VcpuThread {
         let actions = self.actions.clone();
         let sync = self.sync.clone();
         let result = catch_unwind(AssertUnwindSafe(|| self.run_loop()));
+        if result.is_ok() {
+            // Unplugged: the vCPU is kept for a later plug of this slot.
+            KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+            self.unplug.park(self.vcpu, self.initial);
+            return;
+        }
         if let Err(panic) = result {
             let msg = panic
                 .downcast_ref::<&str>()
@@ -216,6 +237,7 @@ impl VcpuThread {
         }
     }
 
+    /// Runs the vCPU until it is unplugged.
     fn run_loop(&mut self) {
         let run_ptr: *mut kvm_run = self.vcpu.get_kvm_run();
         KVM_RUN.with(|p| p.set(run_ptr));
@@ -226,10 +248,13 @@ impl VcpuThread {
                 if !s.run {
                     s.parked += 1;
                     self.sync.cv.notify_all();
-                    while !s.run {
+                    while !s.run && !self.unplug.is_requested() {
                         s = self.sync.cv.wait(s).unwrap_or_else(|p| p.into_inner());
                     }
                     s.parked -= 1;
+                }
+                if self.unplug.is_requested() {
+                    return;
                 }
                 (epoch != Some(s.epoch)).then(|| {
                     epoch = Some(s.epoch);

@@ -30,6 +30,7 @@ use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
 use crate::devices::irq::{IrqError, IrqLine};
 use crate::devices::serial::{self, SerialDevice, SerialIrq, SerialOut};
+use crate::hotplug::{CpuHotplugRegs, PossibleCpus, Unplug};
 use crate::layout;
 use crate::loader::{self, BootSource, KernelImage};
 use crate::memory::{self, GuestMemoryMmap};
@@ -39,6 +40,7 @@ use crate::virtio::{
     VhostUserBlkParams, VirtioDevices, VirtioError, VirtioEvent, VirtioMmioDevice as MmioDevice,
 };
 use crate::{cpuid, mptable, paging, regs};
+use ipc_proto::cpu_topology::CpuTopology;
 
 const IOAPIC_PINS: u32 = 24;
 const TID_WAIT: Duration = Duration::from_secs(10);
@@ -135,6 +137,18 @@ pub struct VcpuHandle {
     /// A second handle on the vCPU (a dup of its fd) to read its registers
     /// while it is parked (`dump-guest-memory`).
     pub view: kvm_ioctls::VcpuFd,
+    /// Its possible-CPU slot (`cpu-index`).
+    pub slot: u32,
+    /// Ends it for a CPU hot-unplug.
+    pub unplug: Arc<Unplug>,
+}
+
+/// What every vCPU, also a hot-plugged one, is built from.
+struct VcpuSetup {
+    supported: kvm_bindings::CpuId,
+    model: ipc_proto::vcpu::CpuModel,
+    thread_names: bool,
+    actions: ActionSender,
 }
 
 /// The built machine.
@@ -161,6 +175,16 @@ pub struct Vm {
     pub virtio: Vec<VirtioMmioDevice>,
     /// The vhost-user devices behind those virtio-mmio windows.
     pub devices: VirtioDevices,
+    /// `-smp`'s topology of the possible CPUs.
+    pub topology: CpuTopology,
+    /// The ACPI CPU hotplug registers (which slots hold a CPU).
+    pub cpu_hotplug: Arc<Mutex<CpuHotplugRegs>>,
+    /// vCPUs of unplugged slots, kept for a later plug (KVM cannot create
+    /// a vCPU id twice), with their power-on state.
+    pub(crate) parked_vcpus: std::collections::HashMap<u32, (kvm_ioctls::VcpuFd, InitialState)>,
+    /// The guest's ejects, until the server starts their thread.
+    cpu_ejects: Option<std::sync::mpsc::Receiver<crate::hotplug::registers::GuestCpuMsg>>,
+    vcpu_setup: Option<VcpuSetup>,
     irqchips: Vec<kvm_irqchip>,
     _kvm: Kvm,
 }
@@ -334,6 +358,20 @@ impl Vm {
         if cfg.cpus == 0 || cfg.cpus > 254 {
             return Err(VmError::Config("cpus must be 1..=254"));
         }
+        let t = cfg.topology;
+        let product = [t.dies, t.cores, t.threads]
+            .iter()
+            .try_fold(t.sockets, |acc, n| acc.checked_mul(*n));
+        if u32::from(cfg.cpus) > t.max_cpus
+            || t.max_cpus == 0
+            || t.max_cpus > 255
+            || product != Some(t.max_cpus)
+            || t.apic_id(t.max_cpus - 1) >= 255
+        {
+            return Err(VmError::Config(
+                "the topology does not fit cpus and maxcpus (APIC ids below 255)",
+            ));
+        }
         vcpu::install_kick_handler().map_err(VmError::Thread)?;
         // SAFETY: the broker opened /dev/kvm for us and passed the fd to
         // this process alone; Kvm takes ownership of it.
@@ -373,6 +411,18 @@ impl Vm {
         let ged_irq = Arc::new(IrqLine::new(&vm, layout::GED_GSI)?);
         let ged = Arc::new(Mutex::new(Ged::new(Some(ged_irq))));
         mmio.insert(layout::GED_ADDR, layout::GED_SIZE, ged.clone())?;
+        let (eject_tx, cpu_ejects) = std::sync::mpsc::channel();
+        let apic_ids: Vec<u32> = (0..t.max_cpus).map(|i| t.apic_id(i)).collect();
+        let cpu_hotplug = Arc::new(Mutex::new(CpuHotplugRegs::new(
+            &apic_ids,
+            u32::from(cfg.cpus),
+            Some(eject_tx),
+        )));
+        io.insert(
+            u64::from(layout::CPU_HOTPLUG_PORT),
+            crate::hotplug::registers::REG_LEN,
+            cpu_hotplug.clone(),
+        )?;
 
         let kernel = match cfg.kernel {
             Some(slot) => KernelImage::File(File::from(fds.take(slot)?)),
@@ -400,6 +450,11 @@ impl Vm {
             vcpus: Vec::new(),
             virtio: Vec::new(),
             devices: VirtioDevices::new(),
+            topology: t,
+            cpu_hotplug,
+            parked_vcpus: std::collections::HashMap::new(),
+            cpu_ejects: Some(cpu_ejects),
+            vcpu_setup: None,
             irqchips,
             _kvm: kvm,
         };
@@ -409,7 +464,16 @@ impl Vm {
         }
         let entry = machine.load_guest()?;
         machine.sync.new_epoch(entry);
-        machine.spawn_vcpus(&supported, &cfg.cpu, cfg.thread_names, actions)?;
+        machine.vcpu_setup = Some(VcpuSetup {
+            supported,
+            model: cfg.cpu.clone(),
+            thread_names: cfg.thread_names,
+            actions,
+        });
+        for slot in 0..u32::from(cfg.cpus) {
+            machine.spawn_vcpu(slot)?;
+        }
+        machine.wait_vcpu_tids()?;
         Ok(machine)
     }
 
@@ -428,10 +492,17 @@ impl Vm {
         vm_memory::Bytes::write_obj(mem, 0u64, vm_memory::GuestAddress(layout::IDT_START))
             .map_err(VmError::BootMemory)?;
         paging::write_boot_page_tables(mem).map_err(VmError::BootMemory)?;
-        mptable::write(mem, self.cpus).map_err(VmError::BootMemory)?;
-        acpi::write_tables(mem, self.cpus, &self.virtio)?;
+        self.write_cpu_tables()?;
         let extra = loader::virtio_mmio_cmdline(&self.virtio);
         Ok(loader::load(mem, &mut self.boot, &extra)?)
+    }
+
+    /// Writes the MP table and the ACPI tables for the CPUs plugged now.
+    pub fn write_cpu_tables(&self) -> Result<()> {
+        let cpus = self.possible_cpus();
+        mptable::write(&self.mem, &cpus).map_err(VmError::BootMemory)?;
+        acpi::write_tables(&self.mem, &cpus, &self.virtio)?;
+        Ok(())
     }
 
     /// Attaches a vhost-user device on `socket` (connected to its backend)
@@ -491,58 +562,92 @@ impl Vm {
         Ok(())
     }
 
-    fn spawn_vcpus(
+    /// The possible CPUs and which of them are plugged now.
+    pub fn possible_cpus(&self) -> PossibleCpus {
+        PossibleCpus::from_regs(&self.cpu_regs())
+    }
+
+    /// The CPU hotplug registers.
+    pub fn cpu_regs(&self) -> std::sync::MutexGuard<'_, CpuHotplugRegs> {
+        self.cpu_hotplug.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The guest's CPU ejects (once: the server's eject thread takes them).
+    pub fn take_cpu_ejects(
         &mut self,
-        supported: &kvm_bindings::CpuId,
-        model: &ipc_proto::vcpu::CpuModel,
-        thread_names: bool,
-        actions: ActionSender,
-    ) -> Result<()> {
-        for i in 0..u32::from(self.cpus) {
-            let vcpu = self
-                .fd
-                .create_vcpu(u64::from(i))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut cpuid = supported.clone();
-            cpuid::filter(&mut cpuid, i, u32::from(self.cpus));
-            let warnings = crate::cpu_model::apply(&mut cpuid, model);
-            if i == 0 {
-                for w in warnings {
-                    tracing::warn!("{w}");
+    ) -> Option<std::sync::mpsc::Receiver<crate::hotplug::registers::GuestCpuMsg>> {
+        self.cpu_ejects.take()
+    }
+
+    /// Starts the vCPU thread of possible-CPU `slot` (KVM vCPU id = its
+    /// APIC id), reusing the vCPU an unplug of that slot left.
+    pub(crate) fn spawn_vcpu(&mut self, slot: u32) -> Result<()> {
+        let Some(setup) = &self.vcpu_setup else {
+            return Err(VmError::Config("vCPU setup missing"));
+        };
+        let apic_id = self.topology.apic_id(slot);
+        let (vcpu, initial) = match self.parked_vcpus.remove(&slot) {
+            Some(parked) => parked,
+            None => {
+                let vcpu = self
+                    .fd
+                    .create_vcpu(u64::from(apic_id))
+                    .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+                let mut cpuid = setup.supported.clone();
+                cpuid::filter(&mut cpuid, apic_id, &self.topology);
+                let warnings = crate::cpu_model::apply(&mut cpuid, &setup.model);
+                if slot == 0 {
+                    for w in warnings {
+                        tracing::warn!("{w}");
+                    }
                 }
+                vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+                regs::setup_msrs(&vcpu)?;
+                regs::setup_lint(&vcpu)?;
+                let initial = InitialState {
+                    lapic: vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?,
+                    events: kvm_bindings::kvm_vcpu_events::default(),
+                };
+                (vcpu, initial)
             }
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            regs::setup_msrs(&vcpu)?;
-            regs::setup_lint(&vcpu)?;
-            let initial = InitialState {
-                lapic: vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?,
-                events: kvm_bindings::kvm_vcpu_events::default(),
-            };
-            let tid = Arc::new(AtomicI64::new(0));
-            let view = vcpu_view(&self.fd, &vcpu)?;
-            let t = VcpuThread {
-                index: i,
-                vcpu,
-                sync: self.sync.clone(),
-                io: self.io.clone(),
-                mmio: self.mmio.clone(),
-                mem: self.mem.clone(),
-                actions: actions.clone(),
-                initial,
-                tid: tid.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                // QEMU's names: `CPU N/KVM` with debug-threads=on, else
-                // the process's own name.
-                .name(if thread_names {
-                    format!("CPU {i}/KVM")
-                } else {
-                    "vcpu-proc".to_owned()
-                })
-                .spawn(move || t.run())
-                .map_err(VmError::Thread)?;
-            self.vcpus.push(VcpuHandle { thread, tid, view });
-        }
+        };
+        let tid = Arc::new(AtomicI64::new(0));
+        let unplug = Arc::new(Unplug::default());
+        let view = vcpu_view(&self.fd, &vcpu)?;
+        let t = VcpuThread {
+            index: slot,
+            vcpu,
+            sync: self.sync.clone(),
+            io: self.io.clone(),
+            mmio: self.mmio.clone(),
+            mem: self.mem.clone(),
+            actions: setup.actions.clone(),
+            initial,
+            tid: tid.clone(),
+            unplug: unplug.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            // QEMU's names: `CPU N/KVM` with debug-threads=on, else
+            // the process's own name.
+            .name(if setup.thread_names {
+                format!("CPU {slot}/KVM")
+            } else {
+                "vcpu-proc".to_owned()
+            })
+            .spawn(move || t.run())
+            .map_err(VmError::Thread)?;
+        self.vcpus.push(VcpuHandle {
+            thread,
+            tid,
+            slot,
+            unplug,
+            view,
+        });
+        Ok(())
+    }
+
+    /// Waits until every vCPU thread published its tid.
+    pub(crate) fn wait_vcpu_tids(&self) -> Result<()> {
         let deadline = Instant::now() + TID_WAIT;
         while self.vcpus.iter().any(|v| v.tid.load(Ordering::SeqCst) == 0) {
             if Instant::now() > deadline {

@@ -13,16 +13,25 @@ fn require_iasl() {
 }
 
 fn dump(cpus: u8) -> PathBuf {
+    dump_with(cpus, cpus)
+}
+
+fn dump_with(cpus: u8, maxcpus: u8) -> PathBuf {
     // One directory per call: tests run in parallel and remove their own.
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("bulkhead-acpi-{}-{cpus}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "bulkhead-acpi-{}-{cpus}-{maxcpus}-{n}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let st = Command::new(env!("CARGO_BIN_EXE_vcpu-proc"))
         .arg("--dump-acpi")
         .arg(&dir)
         .arg("--cpus")
         .arg(cpus.to_string())
+        .arg("--maxcpus")
+        .arg(maxcpus.to_string())
         .status()
         .unwrap();
     assert!(st.success());
@@ -137,8 +146,47 @@ fn rsdp_points_at_the_xsdt_and_checksums() {
     assert_eq!(sum(&rsdp[..20]), 0);
     assert_eq!(sum(&rsdp), 0);
     let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
-    let tables = vcpu_proc::acpi::build_tables(1, &[]).unwrap();
+    let tables =
+        vcpu_proc::acpi::build_tables(&vcpu_proc::hotplug::PossibleCpus::flat(1), &[]).unwrap();
     let xsdt = tables.iter().find(|t| t.name == "XSDT").unwrap();
     assert_eq!(xsdt_addr, xsdt.addr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hotpluggable_cpus_are_online_capable_in_the_madt_and_scanned_by_the_dsdt() {
+    require_iasl();
+    let dir = dump_with(1, 4);
+    let out = iasl(&dir, &["-d", "apic.dat", "dsdt.dat"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let madt = std::fs::read_to_string(dir.join("apic.dsl")).unwrap();
+    assert_eq!(madt.matches("[Processor Local APIC]").count(), 4, "{madt}");
+    assert_eq!(madt.matches("Processor Enabled : 1").count(), 1, "{madt}");
+    assert_eq!(
+        madt.matches("Runtime Online Capable : 1").count(),
+        3,
+        "{madt}"
+    );
+    let out = iasl(&dir, &["dsdt.dsl"]);
+    let t = text(&out);
+    assert!(t.contains("0 Errors, 0 Warnings"), "{t}");
+    let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+    for needle in [
+        "OperationRegion (PRST, SystemIO, 0x0CD8, 0x0C)",
+        "\\_SB.CPUS.CSCN ()",
+        "\"ACPI0010\"",
+        "Device (C003)",
+        "Notify (C003, Arg1)",
+    ] {
+        assert!(
+            dsl.contains(needle),
+            "{needle} missing from the DSDT:\n{dsl}"
+        );
+    }
+    assert_eq!(
+        dsl.matches("Method (_EJ0").count(),
+        3,
+        "no _EJ0 for the boot CPU"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

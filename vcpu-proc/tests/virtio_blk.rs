@@ -129,6 +129,7 @@ fn boot(guest_name: &str, sock: &Path) -> Machine {
         memory: FdSlot(1),
         mem_size: MEM_SIZE,
         cpus: 1,
+        topology: ipc_proto::cpu_topology::CpuTopology::flat(1),
         kernel: Some(FdSlot(2)),
         initrd: None,
         cmdline: String::new(),

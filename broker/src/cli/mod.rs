@@ -47,6 +47,7 @@ pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
 mod serial_chardev;
+pub mod smp;
 pub mod trace_opt;
 
 use keyval::keyval_pairs;
@@ -82,8 +83,13 @@ pub struct Config {
     pub name: Option<String>,
     /// Guest RAM in bytes (`-m`, default 128 MiB).
     pub mem_size: u64,
-    /// vCPUs (`-smp`, default 1).
+    /// vCPUs present at start (`-smp`, default 1).
     pub cpus: u8,
+    /// `-smp`'s topology of the possible CPUs (`maxcpus`).
+    pub topology: ipc_proto::cpu_topology::CpuTopology,
+    /// `-cpu`'s model name (`host`, `max`, `qemu64`): the CPU's QOM type
+    /// is `NAME-x86_64-cpu`.
+    pub cpu_model_name: String,
     /// `-kernel`; `None` boots the built-in test guest.
     pub kernel: Option<PathBuf>,
     /// `-initrd`.
@@ -182,6 +188,8 @@ impl Default for Config {
             name: None,
             mem_size: 128 << 20,
             cpus: 1,
+            topology: ipc_proto::cpu_topology::CpuTopology::flat(1),
+            cpu_model_name: "host".into(),
             kernel: None,
             initrd: None,
             append: String::new(),
@@ -258,7 +266,10 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 mem_given = true;
             }
             "-object" => objects.push(memory_backend::parse_object(&value()?)?),
-            "-smp" => cfg.cpus = parse_smp(&value()?)?,
+            "-smp" => {
+                let smp = smp::parse(&value()?)?;
+                (cfg.cpus, cfg.topology) = (smp.cpus, smp.topology);
+            }
             "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
             "-initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
             "-append" => cfg.append = value()?,
@@ -373,6 +384,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     cfg.print_and_exit = Some(help::cpus());
                 } else {
                     cfg.cpu = cpu::parse(&v)?;
+                    cfg.cpu_model_name = v.split(',').next().unwrap_or("host").to_owned();
                 }
             }
             "-display" => qemu_opts::parse_display(&value()?)?,
@@ -609,48 +621,6 @@ pub fn parse_mem(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-/// `-smp [cpus=]N[,maxcpus=N][,sockets=1][,dies=1][,clusters=1]
-/// [,cores=N][,threads=1]`: bulkhead's topology is one socket of N cores
-/// with one thread each (what its CPUID describes), without CPU hot-plug;
-/// another topology is refused rather than ignored.
-fn parse_smp(s: &str) -> Result<u8> {
-    let o = "-smp";
-    let mut cpus = None;
-    let mut topo: Vec<(String, String)> = Vec::new();
-    for (k, v) in keyval_pairs(o, s, Some("cpus"))? {
-        match k.as_str() {
-            "cpus" => cpus = Some(v),
-            "maxcpus" | "sockets" | "dies" | "clusters" | "cores" | "threads" => topo.push((k, v)),
-            _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
-        }
-    }
-    let v = cpus.unwrap_or_else(|| {
-        topo.iter()
-            .find(|(k, _)| k == "cores")
-            .map_or("1".into(), |(_, v)| v.clone())
-    });
-    let n = match v.parse::<u8>() {
-        Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
-        _ => return Err(bad(o, format!("'{v}': CPU count must be 1 to {MAX_CPUS}"))),
-    };
-    for (k, val) in &topo {
-        let want = match k.as_str() {
-            "maxcpus" | "cores" => n.to_string(),
-            _ => "1".to_owned(),
-        };
-        if *val != want {
-            return Err(bad(
-                o,
-                format!(
-                    "{k}={val}: bulkhead's topology is one socket of {n} cores with one thread each \
-                     and no CPU hot-plug ({k}={want})"
-                ),
-            ));
-        }
-    }
-    Ok(n)
-}
-
 fn parse_serial(s: &str) -> Result<SerialSpec> {
     let (first, kv) = suboptions(s);
     match first {
@@ -837,21 +807,6 @@ mod tests {
             Some("vm1")
         );
         assert!(parse(&args("-run-with chroot=/x")).is_err());
-    }
-
-    #[test]
-    fn smp_bounds_are_checked() {
-        assert_eq!(parse_smp("cpus=2").unwrap(), 2);
-        assert_eq!(parse_smp("1,sockets=1,cores=1,threads=1").unwrap(), 1);
-        assert_eq!(
-            parse_smp("4,sockets=1,cores=4,threads=1,maxcpus=4").unwrap(),
-            4
-        );
-        assert!(parse_smp("2,sockets=2,cores=1,threads=1").is_err());
-        assert!(parse_smp("2,maxcpus=4").is_err());
-        assert!(parse_smp("2,frob=1").is_err());
-        assert!(parse_smp("0").is_err());
-        assert!(parse_smp("65").is_err());
     }
 
     #[test]

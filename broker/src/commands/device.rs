@@ -33,11 +33,16 @@ impl Command for DeviceAdd {
     const NAME: &'static str = "device_add";
     const DOC: &'static str = "Add a device (virtio-blk-device with drive=NODE, or \
         vhost-user-blk with chardev=ID) while the guest has not run yet (-S, prelaunch); \
-        the virtio-mmio bus takes no hotplug.";
+        the virtio-mmio bus takes no hotplug. A CPU (driver=MODEL-x86_64-cpu with \
+        socket-id/die-id/core-id/thread-id) is hot-plugged while the guest runs.";
     type Args = DeviceAddArgs;
     type Ret = Empty;
 
     fn run(args: DeviceAddArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        if let Some(r) = super::cpu_hotplug::device_add(ctx.machine, &args.0) {
+            return r.map(|()| Empty {});
+        }
+        super::cpu_hotplug::check_id_free_of_cpus(ctx.machine, &args.0)?;
         devices::add(ctx.machine, &args.0)?;
         Ok(Empty {})
     }
@@ -66,11 +71,15 @@ pub struct DeviceDel;
 impl Command for DeviceDel {
     const NAME: &'static str = "device_del";
     const DOC: &'static str = "Remove a device added before the guest ran (emits \
-        DEVICE_DELETED); a device the guest has seen cannot be unplugged.";
+        DEVICE_DELETED); a device the guest has seen cannot be unplugged. A CPU (by id \
+        or QOM path) is ejected by the guest on request, then DEVICE_DELETED.";
     type Args = DeviceDelArgs;
     type Ret = Empty;
 
     fn run(args: DeviceDelArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        if let Some(r) = super::cpu_hotplug::device_del(ctx.machine, &args.id) {
+            return r.map(|()| Empty {});
+        }
         devices::del(ctx.machine, &args.id)?;
         Ok(Empty {})
     }

@@ -79,7 +79,7 @@ impl Command for HumanMonitorCommand {
     fn run(args: HmpArgs, ctx: &Ctx<'_>) -> Result<String> {
         if let Some(i) = args.cpu_index {
             match u32::try_from(i) {
-                Ok(i) if i < ctx.machine.cpu_count() => ctx.session.set_default_cpu(i),
+                Ok(i) if ctx.machine.cpu_present(i) => ctx.session.set_default_cpu(i),
                 _ => return Err(QmpError::generic("Invalid CPU index")),
             }
         }

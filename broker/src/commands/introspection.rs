@@ -182,7 +182,8 @@ simple_query!(
             name: "microvm",
             is_default: true,
             cpu_max: i64::from(crate::cli::MAX_CPUS),
-            hotpluggable_cpus: false,
+            // `-smp maxcpus` + device_add of CPUs (commands/cpu_hotplug.rs).
+            hotpluggable_cpus: true,
             numa_mem_supported: false,
             deprecated: false,
             default_cpu_type: Some("host-x86_64-cpu"),

@@ -187,10 +187,26 @@ impl Command for SystemPowerdown {
 pub struct CpuInstanceProperties {
     /// Socket.
     pub socket_id: i64,
-    /// Core within the socket.
+    /// Die within the socket (QEMU reports it with more than one die).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub die_id: Option<i64>,
+    /// Core within the die.
     pub core_id: i64,
     /// Thread within the core.
     pub thread_id: i64,
+}
+
+impl CpuInstanceProperties {
+    /// The properties of possible-CPU `slot` in topology `t`.
+    pub fn of(t: &ipc_proto::cpu_topology::CpuTopology, slot: u32) -> Self {
+        let ids = t.ids(slot);
+        CpuInstanceProperties {
+            socket_id: i64::from(ids.socket),
+            die_id: (t.dies > 1).then_some(i64::from(ids.die)),
+            core_id: i64::from(ids.core),
+            thread_id: i64::from(ids.thread),
+        }
+    }
 }
 
 impl QapiType for CpuInstanceProperties {
@@ -200,6 +216,7 @@ impl QapiType for CpuInstanceProperties {
             members: vec![
                 optional::<i64>("node-id"),
                 optional::<i64>("socket-id"),
+                optional::<i64>("die-id"),
                 optional::<i64>("core-id"),
                 optional::<i64>("thread-id"),
             ],
@@ -270,6 +287,7 @@ impl Command for QueryCpusFast {
         };
         // vcpu-proc knows its threads' ids in its own pid namespace only.
         let pid = ctx.machine.vcpu_pid();
+        let topology = ctx.machine.config().topology;
         cpus.into_iter()
             .map(|c| {
                 let host = pid.and_then(|p| crate::machine::host_tids::host_tid(p, c.thread_id));
@@ -278,13 +296,9 @@ impl Command for QueryCpusFast {
                 })?;
                 Ok(CpuInfoFast {
                     cpu_index: i64::from(c.cpu_index),
-                    qom_path: format!("/machine/unattached/device[{}]", c.cpu_index),
+                    qom_path: crate::commands::cpu_hotplug::qom_path(ctx.machine, c.cpu_index),
                     thread_id,
-                    props: CpuInstanceProperties {
-                        socket_id: i64::from(c.socket_id),
-                        core_id: i64::from(c.core_id),
-                        thread_id: i64::from(c.thread_in_core),
-                    },
+                    props: CpuInstanceProperties::of(&topology, c.cpu_index),
                     target: "x86_64",
                 })
             })
@@ -320,7 +334,7 @@ impl Command for Cpu {
 
     fn run(args: CpuArgs, ctx: &Ctx<'_>) -> Result<Empty> {
         match u32::try_from(args.index) {
-            Ok(i) if i < ctx.machine.cpu_count() => {
+            Ok(i) if ctx.machine.cpu_present(i) => {
                 ctx.session.set_default_cpu(i);
                 Ok(Empty {})
             }

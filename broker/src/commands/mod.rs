@@ -14,11 +14,13 @@
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`trace`]: `trace-event-get-state` / `trace-event-set-state`.
 //! - [`gic`]: `query-gic-capabilities` (none on x86).
+//! - [`cpu_hotplug`]: `query-hotpluggable-cpus`, `device_add`/`device_del` of CPUs.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
 //!   escape attempts inside the sandboxed workers.
 
 pub mod block;
 pub mod control;
+pub mod cpu_hotplug;
 pub mod device;
 pub mod dump;
 pub mod events;
@@ -89,6 +91,7 @@ pub fn registry() -> Registry {
     r.register::<block::BlockDirtyBitmapMergeCmd>();
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
+    cpu_hotplug::register(&mut r);
     r.register::<fdsets::GetFd>();
     r.register::<fdsets::CloseFd>();
     r.register::<fdsets::AddFd>();

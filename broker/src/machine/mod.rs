@@ -19,6 +19,7 @@
 pub mod bitmaps;
 pub mod block_limits;
 pub mod block_state;
+pub mod cpu_slots;
 pub mod devices;
 pub mod dump;
 pub mod event_names;
@@ -130,6 +131,8 @@ pub struct Machine {
     pub(crate) stats: Mutex<stats_carry::StatsCarry>,
     /// `-machine none`: the run state, in place of vcpu-proc.
     no_vm: Option<no_vm::NoVm>,
+    /// Which possible-CPU slots hold a CPU (CPU hotplug).
+    pub(crate) cpu_slots: Mutex<cpu_slots::CpuSlots>,
     /// Open once the workers are up (QMP greets before that).
     start_gate: start_gate::StartGate,
     /// The trace points wanted on, in every process.
@@ -156,6 +159,7 @@ impl Machine {
         let m = Arc::new(Machine {
             trace,
             no_vm,
+            cpu_slots: Mutex::new(cpu_slots::CpuSlots::boot(u32::from(config.cpus))),
             worker_sandbox,
             block_state: Default::default(),
             config,
@@ -312,9 +316,14 @@ impl Machine {
         self.config.name.as_deref()
     }
 
-    /// The number of vCPUs (`-smp`).
+    /// The number of vCPUs present at start (`-smp`).
     pub fn cpu_count(&self) -> u32 {
         u32::from(self.config.cpus)
+    }
+
+    /// Whether CPU `index` (`cpu-index`) is plugged now.
+    pub fn cpu_present(&self, index: u32) -> bool {
+        cpu_slots::lock(self).is_plugged(index)
     }
 
     /// The event bus QMP sessions subscribe to.
@@ -522,6 +531,12 @@ impl Machine {
                 total,
                 error,
             } => self.dump.finish(&self.events, completed, total, error),
+            VcpuEvent::CpuEjected { slot } => cpu_slots::on_ejected(self, slot),
+            VcpuEvent::CpuOst {
+                slot,
+                source,
+                status,
+            } => cpu_slots::on_ost(self, slot, source, status),
         }
     }
 
@@ -540,7 +555,9 @@ impl Machine {
             | VcpuEvent::DebugExit { .. }
             | VcpuEvent::VhostUserDisconnected { .. }
             | VcpuEvent::VhostUserReconnected { .. }
-            | VcpuEvent::DumpCompleted { .. } => {
+            | VcpuEvent::DumpCompleted { .. }
+            | VcpuEvent::CpuEjected { .. }
+            | VcpuEvent::CpuOst { .. } => {
                 tracing::warn!("machine 'none': unexpected event {ev:?}")
             }
         }

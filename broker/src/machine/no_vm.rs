@@ -78,6 +78,9 @@ impl NoVm {
             VcpuRequest::Trace(_) => {
                 Err(FlatError::generic("machine type 'none' has no vCPU worker"))
             }
+            VcpuRequest::PlugCpu { .. } | VcpuRequest::UnplugCpu { .. } => Err(FlatError::generic(
+                "machine does not support hot-plugging CPUs",
+            )),
             #[cfg(feature = "test-hooks")]
             VcpuRequest::TestEscape(_) => {
                 Err(FlatError::generic("machine type 'none' has no vCPU worker"))

@@ -114,6 +114,7 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         memory,
         mem_size: cfg.mem_size,
         cpus: cfg.cpus,
+        topology: cfg.topology,
         kernel,
         initrd,
         cmdline: cfg.append.clone(),

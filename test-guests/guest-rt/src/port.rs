@@ -29,6 +29,16 @@ pub fn outl(port: u16, value: u32) {
     };
 }
 
+/// Reads a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     let lo: u32;

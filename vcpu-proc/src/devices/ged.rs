@@ -1,6 +1,7 @@
 //! The Generic Event Device: a one-byte, read-to-clear event register
-//! (bit 1 = power button) whose setting raises GSI 13; the DSDT's `_EVT`
-//! method reads it and notifies the power button device.
+//! (bit 1 = power button, bit 3 = CPU hotplug) whose setting raises GSI
+//! 13; the DSDT's `_EVT` method reads it and notifies the power button
+//! device or scans the CPU hotplug registers.
 
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use crate::devices::GuestAction;
 
 /// Power-button event bit.
 pub const EVENT_POWER_BUTTON: u8 = 1 << 1;
+/// CPU hotplug event bit (QEMU's `ACPI_GED_CPU_HOTPLUG_EVT`): `_EVT`
+/// calls `\_SB.CPUS.CSCN`.
+pub const EVENT_CPU_HOTPLUG: u8 = 1 << 3;
 
 /// The GED register and its interrupt line.
 #[derive(Debug)]

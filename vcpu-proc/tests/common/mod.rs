@@ -224,6 +224,7 @@ impl Vmm {
             memory: FdSlot(1),
             mem_size: opts.mem_mib << 20,
             cpus: opts.cpus,
+            topology: ipc_proto::cpu_topology::CpuTopology::flat(u32::from(opts.cpus)),
             kernel,
             initrd,
             cmdline: opts.cmdline.clone(),

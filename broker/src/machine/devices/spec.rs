@@ -68,7 +68,7 @@ fn prop_uint(driver: &str, key: &str, v: &Value, max: u64) -> Result<u64, FlatEr
 }
 
 /// QEMU's `id_wellformed`.
-fn id_wellformed(id: &str) -> bool {
+pub(crate) fn id_wellformed(id: &str) -> bool {
     let mut c = id.chars();
     c.next().is_some_and(|f| f.is_ascii_alphabetic())
         && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
