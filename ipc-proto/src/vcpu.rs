@@ -23,8 +23,9 @@ pub enum SerialConfig {
         /// Where guest input comes from.
         input: Option<FdSlot>,
     },
-    /// A listening Unix socket; vcpu-proc accepts one client at a time
-    /// (`-serial unix:PATH,server=on,wait=off`).
+    /// A listening socket (Unix or TCP) the broker bound; vcpu-proc
+    /// accepts one client at a time (`-serial unix:PATH,server=on,wait=off`,
+    /// `-serial tcp:HOST:PORT,server=on,wait=off`).
     Listener(FdSlot),
 }
 

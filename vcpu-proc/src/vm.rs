@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::Sender;
@@ -276,7 +275,7 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
             (out, input, None)
         }
         SerialConfig::Listener(slot) => {
-            let listener = UnixListener::from(fds.take(*slot)?);
+            let listener = fds.take(*slot)?;
             let client = Arc::new(Mutex::new(None));
             (
                 SerialOut::Client(client.clone()),

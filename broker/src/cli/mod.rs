@@ -47,10 +47,11 @@ pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
 mod serial_chardev;
+pub mod serial_tcp;
 
 use keyval::keyval_pairs;
 pub use keyval::{parse_blockdev, parse_device, parse_drive};
-pub use monitors::{MonitorSocket, MonitorSpec};
+pub use monitors::{HmpSpec, MonitorSocket, MonitorSpec};
 pub use qemu_opts::MachineType;
 
 /// Result of command-line parsing.
@@ -70,6 +71,12 @@ pub enum SerialSpec {
     /// `-serial pty` / `-chardev pty,id=LABEL`: a pseudo-terminal the
     /// broker opens; the label is QEMU's (`serial0`, or the chardev id).
     Pty(String),
+    /// `-serial tcp:...` / `-chardev socket,host=,port=`: a TCP socket the
+    /// broker connects or listens on.
+    Tcp(serial_tcp::TcpSerial),
+    /// `-serial mon:stdio`, `-nographic`: stdio shared by the serial port
+    /// and a human monitor, switched with Ctrl-a c (QEMU's mux).
+    MonStdio,
 }
 
 /// Everything the command line says.
@@ -77,6 +84,9 @@ pub enum SerialSpec {
 pub struct Config {
     /// QMP monitors (`-qmp`, `-chardev ...,server=on` + `-mon`).
     pub qmp: Vec<MonitorSpec>,
+    /// Human monitors (`-monitor`, `-mon mode=readline`) besides the one
+    /// `SerialSpec::MonStdio` muxes with the serial port.
+    pub hmp: Vec<HmpSpec>,
     /// `-name`.
     pub name: Option<String>,
     /// Guest RAM in bytes (`-m`, default 128 MiB).
@@ -176,6 +186,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             qmp: Vec::new(),
+            hmp: Vec::new(),
             name: None,
             mem_size: 128 << 20,
             cpus: 1,
@@ -218,9 +229,11 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let mut cfg = Config::default();
     let (mut serial_given, mut nodefaults, mut kvm_accel) = (false, false, None);
     let (mut machine_accel, mut accel_option) = (false, false);
-    let (mut servers, mut mons, mut chardev_ids) = (Vec::new(), Vec::<String>::new(), Vec::new());
+    let (mut servers, mut mons, mut chardev_ids) =
+        (Vec::new(), Vec::<(String, bool)>::new(), Vec::new());
     let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
     let (mut serial_chardevs, mut serial_from) = (Vec::<(String, SerialSpec)>::new(), None);
+    let (mut nographic, mut monitor_given) = (false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -235,13 +248,13 @@ pub fn parse(args: &[String]) -> Result<Config> {
         };
         match opt.as_str() {
             "-qmp" => cfg.qmp.push(monitors::parse_qmp(&value()?)?),
-            "-mon" => mons.push(monitors::parse_mon(&value()?)?),
+            "-mon" => {
+                mons.push(monitors::parse_mon(&value()?)?);
+                monitor_given = true;
+            }
             "-monitor" => {
-                return Err(bad(
-                    "-monitor",
-                    "bulkhead has no human monitor console; use -qmp (HMP commands run \
-                     through human-monitor-command)",
-                ))
+                cfg.hmp.extend(monitors::parse_monitor(&value()?)?);
+                monitor_given = true;
             }
             "-name" => {
                 let n = qemu_opts::parse_name(&value()?)?;
@@ -372,12 +385,8 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 }
             }
             "-display" => qemu_opts::parse_display(&value()?)?,
-            // QEMU's -nographic: serial (and monitor) on stdio.
-            "-nographic" => {
-                if !serial_given {
-                    cfg.serial = SerialSpec::Stdio;
-                }
-            }
+            // QEMU's -nographic: serial and monitor on stdio (see below).
+            "-nographic" => nographic = true,
             "-nodefaults" => nodefaults = true,
             // bulkhead reads no configuration file: nothing to skip.
             "-no-user-config" => {}
@@ -393,6 +402,41 @@ pub fn parse(args: &[String]) -> Result<Config> {
         }
     }
     name_anonymous_devices(&mut cfg.devices);
+    monitor_given |= !cfg.qmp.is_empty();
+    let mut control_mons = Vec::new();
+    for (id, readline) in mons {
+        if !readline {
+            control_mons.push(id);
+            continue;
+        }
+        if let Some(i) = serial_chardevs
+            .iter()
+            .position(|(c, s)| *c == id && *s == SerialSpec::Stdio)
+        {
+            serial_chardevs.remove(i);
+            if serial_from.as_deref() == Some(id.as_str()) {
+                serial_from = None;
+                cfg.serial = SerialSpec::MonStdio;
+            } else {
+                cfg.hmp.push(HmpSpec::Stdio);
+            }
+        } else if let Some(i) = servers.iter().position(|s| s.id == id) {
+            match servers.remove(i).monitor {
+                MonitorSpec {
+                    socket: MonitorSocket::Path(p),
+                    wait: false,
+                } => cfg.hmp.push(HmpSpec::Unix(p)),
+                _ => {
+                    return Err(bad(
+                        "-mon",
+                        format!("chardev '{id}': {} (and path=)", monitors::NO_WAIT),
+                    ))
+                }
+            }
+        } else {
+            return Err(bad("-mon", format!("chardev \"{id}\" not found")));
+        }
+    }
     if let Some(id) = serial_from {
         if let Some(i) = serial_chardevs.iter().position(|(c, _)| *c == id) {
             cfg.serial = serial_chardevs.remove(i).1;
@@ -441,7 +485,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             format!("'{}' is used by nothing: bulkhead uses a memory backend only as -machine memory-backend=", o.id),
         ));
     }
-    for id in &mons {
+    for id in &control_mons {
         let i = servers
             .iter()
             .position(|s: &monitors::ServerChardev| &s.id == id)
@@ -462,11 +506,56 @@ pub fn parse(args: &[String]) -> Result<Config> {
     if kvm_accel == Some(false) {
         return Err(bad("-accel", "bulkhead has only the kvm accelerator"));
     }
-    // QEMU's default serial port is on stdio; -nodefaults removes it.
-    if nodefaults && !serial_given {
-        cfg.serial = SerialSpec::Null;
+    if !serial_given {
+        cfg.serial = default_serial(nodefaults, nographic, monitor_given, &cfg.hmp);
+    }
+    let stdio_users = cfg.hmp.iter().filter(|h| **h == HmpSpec::Stdio).count()
+        + usize::from(matches!(
+            cfg.serial,
+            SerialSpec::Stdio | SerialSpec::MonStdio
+        ));
+    let stdio_msg = "cannot use stdio by multiple character devices";
+    if stdio_users > 1 && serial_given {
+        return Err(CliError::At {
+            option: "-serial".into(),
+            value: "stdio".into(),
+            reason: stdio_msg.into(),
+        });
+    } else if stdio_users > 1 {
+        return Err(CliError::Plain(stdio_msg.into()));
+    }
+    if cfg.daemonize {
+        if nographic {
+            return Err(CliError::Plain(
+                "-nographic cannot be used with -daemonize".into(),
+            ));
+        }
+        let stdio = "cannot use stdio with -daemonize";
+        if cfg.serial == SerialSpec::MonStdio {
+            return Err(bad("-serial mon:stdio", stdio));
+        }
+        if cfg.hmp.contains(&HmpSpec::Stdio) {
+            return Err(bad("-monitor stdio", stdio));
+        }
     }
     Ok(cfg)
+}
+
+/// The serial port without `-serial`: as QEMU, `-nographic` puts it on
+/// stdio, muxed with a human monitor unless a monitor was given
+/// (`-qmp`, `-monitor`, `-mon`); `-nodefaults` removes it. Otherwise
+/// bulkhead's default is stdio (QEMU's is a graphical console bulkhead
+/// does not have), or none when `-monitor stdio` already holds stdio.
+fn default_serial(nodefaults: bool, nographic: bool, monitor: bool, hmp: &[HmpSpec]) -> SerialSpec {
+    if nodefaults {
+        SerialSpec::Null
+    } else if nographic && !monitor {
+        SerialSpec::MonStdio
+    } else if !nographic && hmp.contains(&HmpSpec::Stdio) {
+        SerialSpec::Null
+    } else {
+        SerialSpec::Stdio
+    }
 }
 
 /// QEMU accepts `-device` without `id=` and names the device itself;
@@ -652,7 +741,11 @@ fn parse_serial(s: &str) -> Result<SerialSpec> {
         "stdio" => Ok(SerialSpec::Stdio),
         "null" | "none" => Ok(SerialSpec::Null),
         "pty" => Ok(SerialSpec::Pty("serial0".into())),
+        "mon:stdio" => Ok(SerialSpec::MonStdio),
         _ => {
+            if first.starts_with("tcp:") {
+                return Ok(SerialSpec::Tcp(serial_tcp::parse_tcp(s)?));
+            }
             if let Some(p) = first.strip_prefix("file:") {
                 Ok(SerialSpec::File(PathBuf::from(p)))
             } else if let Some(p) = first.strip_prefix("unix:") {
@@ -789,7 +882,12 @@ mod tests {
             parse_serial("pty").unwrap(),
             SerialSpec::Pty("serial0".into())
         );
-        assert!(parse_serial("tcp:127.0.0.1:4444").is_err());
+        assert!(matches!(
+            parse_serial("tcp:127.0.0.1:4444").unwrap(),
+            SerialSpec::Tcp(t) if t.port == 4444 && !t.server
+        ));
+        assert_eq!(parse_serial("mon:stdio").unwrap(), SerialSpec::MonStdio);
+        assert!(parse_serial("mon:vc").is_err());
     }
 
     #[test]

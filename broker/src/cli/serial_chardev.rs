@@ -8,20 +8,23 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::{bad, keyval_pairs, CliError, Result, SerialSpec};
+use super::monitors::legacy_pairs;
+use super::{bad, serial_tcp, CliError, Result, SerialSpec};
 
 /// A `-chardev` that can back the serial port: (id, what it is), or
-/// `None` if it is a socket (handled elsewhere).
+/// `None` if it is a Unix socket (handled elsewhere).
 pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
     let o = "-chardev";
-    let pairs = keyval_pairs(o, s, Some("backend"))?;
+    let pairs = legacy_pairs(o, s, Some("backend"))?;
     let backend = pairs
         .iter()
         .find(|(k, _)| k == "backend")
         .map_or(String::new(), |(_, v)| v.clone());
     let backend = backend.as_str();
     let spec = match backend {
-        "socket" => return Ok(None),
+        "socket" => {
+            return Ok(serial_tcp::parse_chardev(s, &pairs)?.map(|(id, t)| (id, SerialSpec::Tcp(t))))
+        }
         "null" => SerialSpec::Null,
         "stdio" => SerialSpec::Stdio,
         "file" => SerialSpec::File(PathBuf::new()),
@@ -39,6 +42,9 @@ pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
             "id" => id = Some(v),
             "path" if backend == "file" => path = Some(PathBuf::from(v)),
             "signal" if backend == "stdio" && v == "on" => {}
+            // Shared by the serial port and a readline monitor (QEMU's
+            // explicit spelling of `-serial mon:stdio`).
+            "mux" if backend == "stdio" && v == "on" => {}
             _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
         }
     }

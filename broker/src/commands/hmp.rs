@@ -297,6 +297,9 @@ fn info_chardev(ctx: &Ctx<'_>) -> String {
         },
         SerialSpec::File(p) => format!("file:{}", p.display()),
         SerialSpec::Unix(p) => format!("unix:{},server=on", p.display()),
+        SerialSpec::Tcp(t) if t.server => format!("tcp:{},server=on", t.address()),
+        SerialSpec::Tcp(t) => format!("tcp:{}", t.address()),
+        SerialSpec::MonStdio => "mux:stdio".to_owned(),
     };
     out.push_str(&format!("serial0: filename={serial}\n"));
     for c in &cfg.chardevs {

@@ -29,6 +29,10 @@ pub enum SetupError {
     /// The serial socket could not be created.
     #[error("could not listen on serial socket '{0}'")]
     SerialSocket(PathBuf, #[source] std::io::Error),
+    /// The broker's end of a serial backend it serves itself (TCP, muxed
+    /// stdio) is missing or could not be duplicated.
+    #[error("serial backend {0}")]
+    SerialBackend(&'static str, #[source] std::io::Error),
 }
 
 /// The request and the fds it refers to, in slot order.
@@ -103,6 +107,34 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
             let l = UnixListener::bind(p).map_err(|e| SetupError::SerialSocket(p.clone(), e))?;
             serial_socket = Some(p.clone());
             SerialConfig::Listener(slots.push(l.into()))
+        }
+        SerialSpec::Tcp(_) => {
+            let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+            let (server, fd) = crate::chardev::tcp::socket()
+                .unwrap_or_else(|| Err(missing()))
+                .map_err(|e| SetupError::SerialBackend("tcp", e))?;
+            if server {
+                SerialConfig::Listener(slots.push(fd))
+            } else {
+                let input = fd
+                    .try_clone()
+                    .map_err(|e| SetupError::SerialBackend("tcp", e))?;
+                SerialConfig::Stream {
+                    output: slots.push(fd),
+                    input: Some(slots.push(input)),
+                }
+            }
+        }
+        SerialSpec::MonStdio => {
+            let end = || {
+                crate::chardev::mux::guest_end()
+                    .unwrap_or_else(|| Err(std::io::Error::from(std::io::ErrorKind::NotFound)))
+                    .map_err(|e| SetupError::SerialBackend("mon:stdio", e))
+            };
+            SerialConfig::Stream {
+                output: slots.push(end()?),
+                input: Some(slots.push(end()?)),
+            }
         }
         SerialSpec::Pty(label) => SerialConfig::Stream {
             output: slots.push(super::serial_pty::master(label)?),
