@@ -105,6 +105,10 @@ const ACCEPTED: &[(&[&str], bool)] = &[
     (&["-uuid", "8c6a0c6b-1e5c-4c47-9f5c-2e3f4a5b6c7d"], true),
     (&["-m", "64"], true),
     (&["-smp", "2"], true),
+    (&["-nographic"], true),
+    (&["-serial", "mon:stdio"], true),
+    (&["-monitor", "stdio"], true),
+    (&["-monitor", "none"], true),
 ];
 
 #[test]
@@ -164,6 +168,12 @@ const REFUSED: &[(&[&str], &str, bool)] = &[
     (&["-bogus"], "-bogus: invalid option", true),
     (&["-m"], "-m: requires an argument", true),
     (&["-daemonize", "-serial", "stdio"], "-serial stdio: cannot use stdio with -daemonize", true),
+    (&["-daemonize", "-serial", "mon:stdio"], "-serial mon:stdio: cannot use stdio with -daemonize", true),
+    (&["-daemonize", "-monitor", "stdio"], "-monitor stdio: cannot use stdio with -daemonize", true),
+    (&["-daemonize", "-nographic"], "-nographic cannot be used with -daemonize", true),
+    (&["-serial", "stdio", "-monitor", "stdio"], "-serial stdio: cannot use stdio by multiple character devices", true),
+    (&["-serial", "tcp:127.0.0.1:1"], "-serial tcp:127.0.0.1:1: Failed to connect to '127.0.0.1:1': Connection refused", true),
+    (&["-chardev", "socket,id=s,host=127.0.0.1,port=1", "-serial", "chardev:s"], "-chardev socket,id=s,host=127.0.0.1,port=1: Failed to connect to '127.0.0.1:1': Connection refused", true),
     (&["-accel", "tcg"], "-accel: bulkhead has only the kvm accelerator", false),
     (&["-overcommit", "mem-lock=on"], "-overcommit mem-lock=on: mem-lock=on is not supported by bulkhead", false),
     (&["-rtc", "base=localtime"], "-rtc base=localtime: base=localtime is not supported: bulkhead's guest has no RTC (only base=utc, clock=host)", false),
@@ -578,5 +588,92 @@ fn serial_port_through_a_chardev_as_qemu_and_libvirt_write_it() {
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with(msg), "{args:?}: {err}");
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads from `s` until `want` has arrived.
+fn read_until(s: &mut impl std::io::Read, want: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before {want:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
+    // Server: the broker listens, a client talks to the guest.
+    for chardev in [false, true] {
+        let port = free_port();
+        let spec = format!("tcp:127.0.0.1:{port},server=on,wait=off");
+        let dev = format!("socket,id=ser0,host=127.0.0.1,port={port},server=on,wait=off");
+        let opts: Vec<&str> = if chardev {
+            vec!["-chardev", &dev, "-serial", "chardev:ser0"]
+        } else {
+            vec!["-serial", &spec]
+        };
+        let b = Bulkhead::start(&opts);
+        let mut q = b.client();
+        q.ok("query-status");
+        for _ in 0..2 {
+            // One client after another.
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            s.write_all(b"ping\r").unwrap();
+            read_until(&mut s, "ping\r\n");
+        }
+        drop(b);
+        assert!(qemu_accepts(&opts), "QEMU refused {opts:?}");
+    }
+    // Client: the broker connects to a listener; the guest's banner
+    // arrives there and input is echoed back.
+    for chardev in [false, true] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let spec = format!("tcp:127.0.0.1:{port}");
+        let dev = format!("socket,id=ser0,host=127.0.0.1,port={port}");
+        let opts: Vec<&str> = if chardev {
+            vec!["-chardev", &dev, "-serial", "chardev:ser0"]
+        } else {
+            vec!["-serial", &spec]
+        };
+        let b = Bulkhead::start(&opts);
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        read_until(&mut s, "Bulkhead test guest");
+        s.write_all(b"pong\r").unwrap();
+        read_until(&mut s, "pong\r\n");
+        drop(b);
+    }
+    for (args, msg) in [
+        (
+            &["-serial", "tcp:127.0.0.1:4444,server=on"][..],
+            "add wait=off",
+        ),
+        (&["-serial", "tcp:127.0.0.1"][..], "no port given"),
+        (
+            &["-monitor", "unix:/tmp/x.sock,server=on"][..],
+            "add wait=off",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: {err}");
     }
 }

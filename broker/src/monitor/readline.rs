@@ -14,7 +14,8 @@ const MAX_LINE: usize = 4095;
 const MAX_HISTORY: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Esc {
+/// Where an escape sequence is.
+enum Keys {
     Normal,
     Esc,
     Csi,
@@ -28,7 +29,7 @@ pub struct LineEditor {
     cursor: usize,
     shown: Vec<u8>,
     shown_cursor: usize,
-    esc: Esc,
+    esc: Keys,
     esc_param: u32,
     history: Vec<Vec<u8>>,
     hist_entry: Option<usize>,
@@ -48,7 +49,7 @@ impl LineEditor {
             cursor: 0,
             shown: Vec::new(),
             shown_cursor: 0,
-            esc: Esc::Normal,
+            esc: Keys::Normal,
             esc_param: 0,
             history: Vec::new(),
             hist_entry: None,
@@ -60,36 +61,36 @@ impl LineEditor {
     pub fn prompt_shown(&mut self) {
         self.shown.clear();
         self.shown_cursor = 0;
-        self.esc = Esc::Normal;
+        self.esc = Keys::Normal;
     }
 
     /// Handles one input byte, appending what the terminal must show to
     /// `out`; returns a line when Enter completes one.
     pub fn feed(&mut self, byte: u8, out: &mut Vec<u8>) -> Option<String> {
         match self.esc {
-            Esc::Normal => match byte {
+            Keys::Normal => match byte {
                 1 => self.cursor = 0,
                 4 => self.delete(),
                 5 => self.cursor = self.buf.len(),
                 8 | 127 => self.backspace(),
                 11 => self.buf.truncate(self.cursor),
                 10 | 13 => return Some(self.enter(out)),
-                27 => self.esc = Esc::Esc,
+                27 => self.esc = Keys::Esc,
                 b if b >= 32 => self.insert(b),
                 _ => {}
             },
-            Esc::Esc => {
+            Keys::Esc => {
                 self.esc = match byte {
                     b'[' => {
                         self.esc_param = 0;
-                        Esc::Csi
+                        Keys::Csi
                     }
-                    b'O' => Esc::Ss3,
-                    _ => Esc::Normal,
+                    b'O' => Keys::Ss3,
+                    _ => Keys::Normal,
                 }
             }
-            Esc::Csi => {
-                self.esc = Esc::Normal;
+            Keys::Csi => {
+                self.esc = Keys::Normal;
                 match byte {
                     b'A' | b'F' => self.up(),
                     b'B' | b'E' => self.down(),
@@ -100,7 +101,7 @@ impl LineEditor {
                             .esc_param
                             .saturating_mul(10)
                             .saturating_add(u32::from(byte - b'0'));
-                        self.esc = Esc::Csi;
+                        self.esc = Keys::Csi;
                     }
                     b'~' => match self.esc_param {
                         1 => self.cursor = 0,
@@ -111,8 +112,8 @@ impl LineEditor {
                     _ => {}
                 }
             }
-            Esc::Ss3 => {
-                self.esc = Esc::Normal;
+            Keys::Ss3 => {
+                self.esc = Keys::Normal;
                 match byte {
                     b'F' => self.cursor = self.buf.len(),
                     b'H' => self.cursor = 0,
