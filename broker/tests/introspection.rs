@@ -194,3 +194,33 @@ fn cpu_model_expansion_answers_as_qemu_for_bulkheads_models() {
         );
     }
 }
+
+#[test]
+fn cpu_definitions_list_the_features_kvm_lacks_as_qemu_does() {
+    let cmd = [json!({"execute": "query-cpu-definitions"})];
+    let b = Bulkhead::start(&["-M", "none", "-S"]);
+    let mut q = b.client();
+    let unavailable = |reply: &Value, model: &str| -> Vec<String> {
+        let mut v: Vec<String> = reply["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == model)
+            .unwrap_or_else(|| panic!("no {model} in {reply}"))["unavailable-features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (ours, theirs) = (&ours(&mut q, &cmd)[0], &qemu(&cmd)[0]);
+    for model in ["host", "max", "qemu64"] {
+        assert_eq!(
+            unavailable(ours, model),
+            unavailable(theirs, model),
+            "{model}"
+        );
+    }
+}
