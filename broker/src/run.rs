@@ -119,8 +119,16 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     unsafe { crate::machine::fdsets::FdSets::global().add_inherited(&config.add_fds) }
         .map_err(MainError::AddFd)?;
     let worker_sandbox = policy::resolve_sandbox(&config)?;
-    if let cli::SerialSpec::Tcp(t) = &config.serial {
-        crate::chardev::tcp::open(t)?;
+    // Serial backends the broker serves are opened before the monitors,
+    // as QEMU's chardevs: `query-chardev` names the pty from the start.
+    match &config.serial {
+        cli::SerialSpec::Tcp(t) => crate::chardev::tcp::open(t)?,
+        cli::SerialSpec::Pty(label) => {
+            drop(crate::machine::serial_pty::master(label).map_err(|e| {
+                MainError::Start(policy::StartError::from(vm_setup::SetupError::from(e)))
+            })?)
+        }
+        _ => {}
     }
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;

@@ -109,6 +109,17 @@ const ACCEPTED: &[(&[&str], bool)] = &[
     (&["-serial", "mon:stdio"], true),
     (&["-monitor", "stdio"], true),
     (&["-monitor", "none"], true),
+    (&["-object", "secret,id=sec0,data=letmein,format=raw"], true),
+    (&["-M", "microvm,dump-guest-core=off"], true),
+    (&["-audiodev", "none,id=audio0"], true),
+    (&["-audiodev", r#"{"id":"audio1","driver":"none"}"#], true),
+    (
+        &[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ],
+        true,
+    ),
 ];
 
 #[test]
@@ -175,6 +186,12 @@ const REFUSED: &[(&[&str], &str, bool)] = &[
     (&["-serial", "tcp:127.0.0.1:1"], "-serial tcp:127.0.0.1:1: Failed to connect to '127.0.0.1:1': Connection refused", true),
     (&["-chardev", "socket,id=s,host=127.0.0.1,port=1", "-serial", "chardev:s"], "-chardev socket,id=s,host=127.0.0.1,port=1: Failed to connect to '127.0.0.1:1': Connection refused", true),
     (&["-accel", "tcg"], "-accel: bulkhead has only the kvm accelerator", false),
+    (&["-object", "secret,id=s"], "Either 'file' or 'data' must be provided", true),
+    (&["-object", "secret,id=s,file=/nonexist"], "Unable to read /nonexist: Failed to open file \u{201c}/nonexist\u{201d}: No such file or directory", true),
+    (&["-object", "secret,id=s,data=x,keyid=m"], "-object: secret: keyid= (a secret encrypted with another) is not supported by bulkhead", false),
+    (&["-M", "microvm,dump-guest-core=on"], "-machine: dump-guest-core=on: bulkhead's sandboxed workers write no core dumps at all (dump-guest-core=off, or -sandbox off)", false),
+    (&["-sandbox", "on,spawn=allow"], "-sandbox on,spawn=allow: spawn=allow: bulkhead's sandboxed workers never get this (only spawn=deny)", false),
+    (&["-audiodev", "pa,id=a"], "-audiodev pa,id=a: audiodev driver 'pa': bulkhead has no audio device (only driver=none)", false),
     (&["-overcommit", "mem-lock=on"], "-overcommit mem-lock=on: mem-lock=on is not supported by bulkhead", false),
     (&["-rtc", "base=localtime"], "-rtc base=localtime: base=localtime is not supported: bulkhead's guest has no RTC (only base=utc, clock=host)", false),
     (&["-boot", "order=c"], "-boot order=c: order=c is not supported: bulkhead boots only -kernel, without firmware", false),
@@ -675,5 +692,46 @@ fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(msg), "{args:?}: {err}");
+    }
+}
+
+/// True if the mapping of `size` bytes in `pid`'s smaps carries the
+/// `dd` (MADV_DONTDUMP) flag.
+fn ram_is_dontdump(pid: u32, size: u64) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_ram = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    in_ram = b - a == size;
+                    continue;
+                }
+            }
+        }
+        if in_ram && line.starts_with("VmFlags:") {
+            return line.split_whitespace().any(|f| f == "dd");
+        }
+    }
+    panic!("no {size}-byte mapping in vcpu-proc {pid}");
+}
+
+#[test]
+fn dump_guest_core_off_leaves_guest_ram_out_of_core_dumps() {
+    for (opts, want) in [
+        (&["-M", "microvm,dump-guest-core=off"][..], true),
+        (&[][..], false),
+    ] {
+        let mut args = vec!["-m", "96"];
+        args.extend(opts);
+        let b = Bulkhead::start(&args);
+        let mut q = b.client();
+        q.ok("query-status");
+        let vcpu = common::children(common::broker_pid(&b))
+            .into_iter()
+            .find(|(_, comm)| comm == "vcpu-proc")
+            .expect("vcpu-proc runs")
+            .0;
+        assert_eq!(ram_is_dontdump(vcpu, 96 << 20), want, "{opts:?}");
     }
 }

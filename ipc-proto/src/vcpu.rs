@@ -59,6 +59,9 @@ pub struct VmConfig {
     /// `-name debug-threads=on`: vCPU threads are named `CPU N/KVM`, as
     /// QEMU's (otherwise they carry the process's name, as QEMU's).
     pub thread_names: bool,
+    /// `-machine dump-guest-core=off`: guest RAM is left out of
+    /// vcpu-proc's core dumps (MADV_DONTDUMP), as QEMU does.
+    pub no_dump_guest_core: bool,
 }
 
 /// The CPU model of `-cpu`.

@@ -329,6 +329,9 @@ impl Vm {
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mem = memory::map_guest_memory(File::from(fds.take(cfg.memory)?), cfg.mem_size)?;
         memory::register_with_kvm(&vm, &mem)?;
+        if cfg.no_dump_guest_core {
+            memory::exclude_from_core_dumps(&mem)?;
+        }
         platform_setup(&vm)?;
         bios_pic_setup(&vm)?;
         let irqchips = snapshot_irqchips(&vm)?;

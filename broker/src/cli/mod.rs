@@ -46,6 +46,7 @@ mod keyval;
 pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
+pub mod secret;
 mod serial_chardev;
 pub mod serial_tcp;
 
@@ -133,6 +134,12 @@ pub struct Config {
     pub memory_backend: Option<memory_backend::MemoryBackend>,
     /// `-cpu`.
     pub cpu: ipc_proto::vcpu::CpuModel,
+    /// `-machine dump-guest-core=off`: guest RAM stays out of core dumps.
+    pub no_dump_guest_core: bool,
+    /// `-object secret`: secrets kept for the VM's life.
+    pub secrets: Vec<secret::Secret>,
+    /// `-audiodev none,id=`: the ids (bulkhead has no audio device).
+    pub audiodevs: Vec<String>,
     /// `-name process=`: the broker's process name.
     pub process_name: Option<String>,
     /// `-name debug-threads=on`.
@@ -209,6 +216,9 @@ impl Default for Config {
             machine: MachineType::Microvm,
             memory_backend: None,
             cpu: Default::default(),
+            no_dump_guest_core: false,
+            secrets: Vec::new(),
+            audiodevs: Vec::new(),
             process_name: None,
             debug_threads: false,
             uuid: None,
@@ -234,6 +244,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
     let (mut serial_chardevs, mut serial_from) = (Vec::<(String, SerialSpec)>::new(), None);
     let (mut nographic, mut monitor_given) = (false, false);
+    let mut dump_guest_core = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -266,7 +277,16 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 cfg.mem_size = parse_mem(&value()?)?;
                 mem_given = true;
             }
-            "-object" => objects.push(memory_backend::parse_object(&value()?)?),
+            "-object" => {
+                let v = value()?;
+                let pairs = memory_backend::object_pairs(&v)?;
+                if pairs.iter().any(|(k, t)| k == "qom-type" && t == "secret") {
+                    cfg.secrets.push(secret::parse(&v, &pairs)?);
+                } else {
+                    objects.push(memory_backend::parse_object(&v)?);
+                }
+            }
+            "-audiodev" => cfg.audiodevs.push(qemu_opts::parse_audiodev(&value()?)?),
             "-smp" => cfg.cpus = parse_smp(&value()?)?,
             "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
             "-initrd" => cfg.initrd = Some(PathBuf::from(value()?)),
@@ -288,7 +308,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-S" => cfg.start_paused = true,
             "-no-shutdown" => cfg.no_shutdown = true,
             "-no-reboot" => cfg.no_reboot = true,
-            "-sandbox" => cfg.sandbox = parse_on_off("-sandbox", &value()?)?,
+            "-sandbox" => cfg.sandbox = qemu_opts::parse_sandbox(&value()?)?,
             "-add-fd" => cfg.add_fds.push(parse_add_fd(&value()?)?),
             "-run-with" => cfg.run_with_user = Some(parse_run_with(&value()?)?),
             "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
@@ -359,7 +379,8 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 if v == "help" || v == "?" {
                     cfg.print_and_exit = Some(help::machines());
                 } else {
-                    let (m, accel, backend) = qemu_opts::parse_machine(&opt, &v)?;
+                    let (m, accel, backend, dump) = qemu_opts::parse_machine(&opt, &v)?;
+                    dump_guest_core = dump.or(dump_guest_core);
                     cfg.machine = m;
                     backend_id = backend.or(backend_id);
                     machine_accel |= accel;
@@ -498,6 +519,26 @@ pub fn parse(args: &[String]) -> Result<Config> {
             format!("server chardev '{}' is used by no -mon (bulkhead serves only QMP monitors on server sockets)", s.id),
         ));
     }
+    // QEMU's default is on; bulkhead's sandboxed workers are never
+    // dumpable (their credentials change), so `on` cannot be kept there.
+    cfg.no_dump_guest_core = dump_guest_core == Some(false);
+    if dump_guest_core == Some(true) && cfg.sandbox {
+        return Err(bad(
+            "-machine",
+            "dump-guest-core=on: bulkhead's sandboxed workers write no core dumps at all \
+             (dump-guest-core=off, or -sandbox off)",
+        ));
+    }
+    let mut secret_ids: Vec<&str> = cfg.secrets.iter().map(|s| s.id.as_str()).collect();
+    secret_ids.extend(objects.iter().map(|o| o.id.as_str()));
+    secret_ids.extend(cfg.memory_backend.iter().map(|o| o.id.as_str()));
+    secret_ids.sort_unstable();
+    if let Some(w) = secret_ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(CliError::Plain(format!(
+            "attempt to add duplicate property '{}' to object (type 'container')",
+            w[0]
+        )));
+    }
     if machine_accel && accel_option {
         return Err(CliError::Plain(
             "The -accel and \"-machine accel=\" options are incompatible".into(),
@@ -525,7 +566,9 @@ pub fn parse(args: &[String]) -> Result<Config> {
         return Err(CliError::Plain(stdio_msg.into()));
     }
     if cfg.daemonize {
-        if nographic {
+        // QEMU refuses -nographic with -daemonize only while a default
+        // port would land on stdio; -nodefaults (libvirt's probe) has none.
+        if nographic && !nodefaults {
             return Err(CliError::Plain(
                 "-nographic cannot be used with -daemonize".into(),
             ));

@@ -332,7 +332,7 @@ simple_query!(
 /// (option, [(parameter, type)]) of every option with suboptions bulkhead
 /// accepts, as `query-command-line-options` lists them.
 const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
-    ("machine", &[("type", "string"), ("accel", "string")]),
+    ("machine", &[("type", "string"), ("accel", "string"), ("dump-guest-core", "boolean")]),
     ("accel", &[("accel", "string")]),
     ("name", &[("guest", "string"), ("process", "string"), ("debug-threads", "boolean")]),
     ("msg", &[("timestamp", "boolean"), ("guest-name", "boolean")]),
@@ -349,12 +349,16 @@ const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
     ]),
     ("chardev", &[
         ("backend", "string"), ("id", "string"), ("path", "string"), ("fd", "string"),
-        ("server", "boolean"), ("wait", "boolean"),
+        ("server", "boolean"), ("wait", "boolean"), ("host", "string"), ("port", "string"),
+        ("mux", "boolean"),
     ]),
     ("mon", &[("chardev", "string"), ("mode", "string"), ("pretty", "boolean"), ("id", "string")]),
     ("add-fd", &[("fd", "number"), ("set", "number"), ("opaque", "string")]),
     ("run-with", &[("user", "string")]),
-    ("sandbox", &[("enable", "boolean")]),
+    ("sandbox", &[
+        ("enable", "boolean"), ("obsolete", "string"), ("elevateprivileges", "string"),
+        ("spawn", "string"), ("resourcecontrol", "string"),
+    ]),
 ];
 
 /// Arguments of `query-command-line-options`.

@@ -15,6 +15,7 @@
 //!   escape attempts inside the sandboxed workers.
 
 pub mod block;
+pub mod chardev;
 pub mod control;
 pub mod device;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod fdsets;
 pub mod hmp;
 pub mod introspection;
 pub mod machine;
+pub mod migration;
 pub mod qom;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
@@ -45,6 +47,8 @@ pub fn registry() -> Registry {
     r.register::<machine::SystemPowerdown>();
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
+    r.register::<migration::MigrateSetCapabilities>();
+    r.register::<chardev::QueryChardev>();
     r.register::<introspection::QueryUuid>();
     r.register::<introspection::QueryTarget>();
     r.register::<introspection::QueryKvm>();

@@ -155,6 +155,7 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         no_reboot: cfg.no_reboot,
         cpu: cfg.cpu.clone(),
         thread_names: cfg.debug_threads,
+        no_dump_guest_core: cfg.no_dump_guest_core,
     };
     Ok(PreparedVm {
         config,
