@@ -298,11 +298,14 @@ fn fixed_object(ctx: &Ctx<'_>, path: &str) -> Option<Vec<(&'static str, String)>
             ("machine", format!("child<{}>", machine_type(ctx))),
         ]),
         "/objects" => Some(vec![("type", "string".into())]),
+        // QEMU 10's properties of a `secret`, in its order.
         p if secret_at(ctx, p).is_some() => Some(vec![
             ("type", "string".into()),
-            ("loaded", "bool".into()),
+            ("iv", "string".into()),
+            ("keyid", "string".into()),
             ("format", "QCryptoSecretFormat".into()),
             ("file", "string".into()),
+            ("data", "string".into()),
         ]),
         "/machine" => Some(vec![
             ("type", "string".into()),
@@ -392,8 +395,14 @@ impl Command for QomGet {
         if let Some(s) = secret_at(ctx, args.path.trim_end_matches('/')) {
             return Ok(match args.property.as_str() {
                 "type" => json!("secret"),
-                "loaded" => json!(true),
+                // bulkhead refuses encrypted secrets: never an iv or key.
+                "iv" | "keyid" => json!(""),
                 "format" => json!("raw"),
+                // As QEMU: the text given as `data=` (empty for `file=`).
+                "data" => json!(match &s.file {
+                    Some(_) => String::new(),
+                    None => String::from_utf8_lossy(s.bytes()).into_owned(),
+                }),
                 "file" => json!(s
                     .file
                     .as_ref()
