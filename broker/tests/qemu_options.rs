@@ -635,15 +635,26 @@ fn read_until(s: &mut impl std::io::Read, want: &str) {
 #[test]
 fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
     // Server: the broker listens, a client talks to the guest.
+    let server_opts = |chardev: bool, port: u16| -> Vec<String> {
+        let opts = if chardev {
+            vec![
+                "-chardev".into(),
+                format!("socket,id=ser0,host=127.0.0.1,port={port},server=on,wait=off"),
+                "-serial".into(),
+                "chardev:ser0".into(),
+            ]
+        } else {
+            vec![
+                "-serial".into(),
+                format!("tcp:127.0.0.1:{port},server=on,wait=off"),
+            ]
+        };
+        opts
+    };
     for chardev in [false, true] {
         let port = free_port();
-        let spec = format!("tcp:127.0.0.1:{port},server=on,wait=off");
-        let dev = format!("socket,id=ser0,host=127.0.0.1,port={port},server=on,wait=off");
-        let opts: Vec<&str> = if chardev {
-            vec!["-chardev", &dev, "-serial", "chardev:ser0"]
-        } else {
-            vec!["-serial", &spec]
-        };
+        let owned = server_opts(chardev, port);
+        let opts: Vec<&str> = owned.iter().map(String::as_str).collect();
         let b = Bulkhead::start(&opts);
         let mut q = b.client();
         q.ok("query-status");
@@ -655,6 +666,10 @@ fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
             read_until(&mut s, "ping\r\n");
         }
         drop(b);
+        // On another port: the killed broker's workers may hold the first
+        // a moment longer.
+        let owned = server_opts(chardev, free_port());
+        let opts: Vec<&str> = owned.iter().map(String::as_str).collect();
         assert!(qemu_accepts(&opts), "QEMU refused {opts:?}");
     }
     // Client: the broker connects to a listener; the guest's banner
@@ -677,6 +692,39 @@ fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
         read_until(&mut s, "pong\r\n");
         drop(b);
     }
+    // A port already taken: QEMU's message, word for word.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!(
+        "tcp:127.0.0.1:{},server=on,wait=off",
+        taken.local_addr().unwrap().port()
+    );
+    let first_line = |bin: &str, prefix: &str| {
+        let out = Command::new(bin)
+            .args([
+                "-M",
+                "none",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-serial",
+                &spec,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bin} took a port in use");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .next()
+            .unwrap_or("")
+            .strip_prefix(prefix)
+            .map(String::from)
+    };
+    let ours = first_line(BIN, "bulkhead: ");
+    assert!(ours.is_some());
+    assert_eq!(
+        ours,
+        first_line("qemu-system-x86_64", "qemu-system-x86_64: ")
+    );
     for (args, msg) in [
         (
             &["-serial", "tcp:127.0.0.1:4444,server=on"][..],

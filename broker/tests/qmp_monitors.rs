@@ -139,6 +139,15 @@ fn monitors_bulkhead_lacks_are_refused() {
             "bulkhead: -mon: chardev 'm': bulkhead's human monitor socket does not hold the guest",
         ),
         (
+            &[
+                "-chardev",
+                "socket,id=m,host=127.0.0.1,port=4444,server=on,wait=off",
+                "-mon",
+                "chardev=m",
+            ][..],
+            "bulkhead: -mon: chardev 'm': bulkhead's monitors listen on Unix sockets (path=) only",
+        ),
+        (
             &["-mon", "chardev=nope"][..],
             "bulkhead: -mon: chardev \"nope\" not found",
         ),

@@ -20,7 +20,7 @@ pub enum ChardevError {
         reason: String,
     },
     /// QEMU's message for a TCP server that cannot listen.
-    #[error("{origin}: Failed to bind socket: {reason}")]
+    #[error("{origin}: Failed to find an available port: {reason}")]
     Bind {
         /// The option as given.
         origin: String,

@@ -426,6 +426,12 @@ pub fn parse(args: &[String]) -> Result<Config> {
     monitor_given |= !cfg.qmp.is_empty();
     let mut control_mons = Vec::new();
     for (id, readline) in mons {
+        if serial_chardevs
+            .iter()
+            .any(|(c, s)| *c == id && matches!(s, SerialSpec::Tcp(_)))
+        {
+            return Err(mon_missing(&id, &serial_chardevs));
+        }
         if !readline {
             control_mons.push(id);
             continue;
@@ -455,7 +461,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 }
             }
         } else {
-            return Err(bad("-mon", format!("chardev \"{id}\" not found")));
+            return Err(mon_missing(&id, &serial_chardevs));
         }
     }
     if let Some(id) = serial_from {
@@ -510,7 +516,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
         let i = servers
             .iter()
             .position(|s: &monitors::ServerChardev| &s.id == id)
-            .ok_or_else(|| bad("-mon", format!("chardev \"{id}\" not found")))?;
+            .ok_or_else(|| mon_missing(id, &serial_chardevs))?;
         cfg.qmp.push(servers.remove(i).monitor);
     }
     if let Some(s) = servers.first() {
@@ -582,6 +588,22 @@ pub fn parse(args: &[String]) -> Result<Config> {
         }
     }
     Ok(cfg)
+}
+
+/// Why `-mon chardev=ID` found no monitor socket: QEMU's "not found", or
+/// that ID is a TCP socket (bulkhead's monitors listen on Unix sockets).
+fn mon_missing(id: &str, serial_chardevs: &[(String, SerialSpec)]) -> CliError {
+    if serial_chardevs
+        .iter()
+        .any(|(c, s)| c == id && matches!(s, SerialSpec::Tcp(_)))
+    {
+        bad(
+            "-mon",
+            format!("chardev '{id}': bulkhead's monitors listen on Unix sockets (path=) only"),
+        )
+    } else {
+        bad("-mon", format!("chardev \"{id}\" not found"))
+    }
 }
 
 /// The serial port without `-serial`: as QEMU, `-nographic` puts it on
