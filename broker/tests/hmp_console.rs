@@ -160,7 +160,14 @@ fn muxed_session(t: &mut Term) -> String {
     let mut monitor = Vec::new();
     t.send(b"\x01c");
     monitor.extend(t.expect(PROMPT));
-    for line in ["info status", "stop", "info status", "cont", "foo"] {
+    for line in [
+        "info status",
+        "stop",
+        "info status",
+        "cont",
+        "foo",
+        "info chardev",
+    ] {
         t.send(format!("{line}\r").as_bytes());
         monitor.extend(t.expect(PROMPT));
     }

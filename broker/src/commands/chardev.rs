@@ -79,9 +79,13 @@ pub fn chardevs(ctx: &Ctx<'_>) -> Vec<ChardevInfo> {
             format!("tcp:{},server=on", t.address()),
         ),
         SerialSpec::Tcp(t) => ("serial0".to_owned(), format!("tcp:{}", t.address())),
-        SerialSpec::MonStdio => ("serial0".to_owned(), "mux:stdio".to_owned()),
+        // QEMU's mux is a chardev over its stdio chardev, `serial0-base`.
+        SerialSpec::MonStdio => ("serial0".to_owned(), "mux".to_owned()),
     };
     out.push(dev(label, serial));
+    if cfg.serial == SerialSpec::MonStdio {
+        out.push(dev("serial0-base".into(), "stdio".into()));
+    }
     for c in &cfg.chardevs {
         out.push(dev(c.id.clone(), format!("unix:{}", c.path.display())));
     }
