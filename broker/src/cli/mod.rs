@@ -301,7 +301,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 }
                 match v.strip_prefix("chardev:") {
                     Some(id) => serial_from = Some(id.to_owned()),
-                    None => cfg.serial = parse_serial(&v)?,
+                    None => cfg.serial = serial_chardev::parse_serial(&v)?,
                 }
                 serial_given = true;
             }
@@ -430,7 +430,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             .iter()
             .any(|(c, s)| *c == id && matches!(s, SerialSpec::Tcp(_)))
         {
-            return Err(mon_missing(&id, &serial_chardevs));
+            return Err(serial_chardev::mon_missing(&id, &serial_chardevs));
         }
         if !readline {
             control_mons.push(id);
@@ -461,7 +461,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 }
             }
         } else {
-            return Err(mon_missing(&id, &serial_chardevs));
+            return Err(serial_chardev::mon_missing(&id, &serial_chardevs));
         }
     }
     if let Some(id) = serial_from {
@@ -516,7 +516,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
         let i = servers
             .iter()
             .position(|s: &monitors::ServerChardev| &s.id == id)
-            .ok_or_else(|| mon_missing(id, &serial_chardevs))?;
+            .ok_or_else(|| serial_chardev::mon_missing(id, &serial_chardevs))?;
         cfg.qmp.push(servers.remove(i).monitor);
     }
     if let Some(s) = servers.first() {
@@ -554,7 +554,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
         return Err(bad("-accel", "bulkhead has only the kvm accelerator"));
     }
     if !serial_given {
-        cfg.serial = default_serial(nodefaults, nographic, monitor_given, &cfg.hmp);
+        cfg.serial = serial_chardev::default_serial(nodefaults, nographic, monitor_given, &cfg.hmp);
     }
     let stdio_users = cfg.hmp.iter().filter(|h| **h == HmpSpec::Stdio).count()
         + usize::from(matches!(
@@ -590,39 +590,6 @@ pub fn parse(args: &[String]) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Why `-mon chardev=ID` found no monitor socket: QEMU's "not found", or
-/// that ID is a TCP socket (bulkhead's monitors listen on Unix sockets).
-fn mon_missing(id: &str, serial_chardevs: &[(String, SerialSpec)]) -> CliError {
-    if serial_chardevs
-        .iter()
-        .any(|(c, s)| c == id && matches!(s, SerialSpec::Tcp(_)))
-    {
-        bad(
-            "-mon",
-            format!("chardev '{id}': bulkhead's monitors listen on Unix sockets (path=) only"),
-        )
-    } else {
-        bad("-mon", format!("chardev \"{id}\" not found"))
-    }
-}
-
-/// The serial port without `-serial`: as QEMU, `-nographic` puts it on
-/// stdio, muxed with a human monitor unless a monitor was given
-/// (`-qmp`, `-monitor`, `-mon`); `-nodefaults` removes it. Otherwise
-/// bulkhead's default is stdio (QEMU's is a graphical console bulkhead
-/// does not have), or none when `-monitor stdio` already holds stdio.
-fn default_serial(nodefaults: bool, nographic: bool, monitor: bool, hmp: &[HmpSpec]) -> SerialSpec {
-    if nodefaults {
-        SerialSpec::Null
-    } else if nographic && !monitor {
-        SerialSpec::MonStdio
-    } else if !nographic && hmp.contains(&HmpSpec::Stdio) {
-        SerialSpec::Null
-    } else {
-        SerialSpec::Stdio
-    }
-}
-
 /// QEMU accepts `-device` without `id=` and names the device itself;
 /// bulkhead gives such a device the first free `anon-deviceN` id (the
 /// id `query-block` and `device_del` then use).
@@ -652,7 +619,7 @@ pub(super) fn bad(option: &str, reason: impl Into<String>) -> CliError {
 }
 
 /// Splits `a,b=c,d=e` into the first element and key/value pairs.
-fn suboptions(s: &str) -> (&str, Vec<(&str, &str)>) {
+pub(super) fn suboptions(s: &str) -> (&str, Vec<(&str, &str)>) {
     let mut parts = s.split(',');
     let first = parts.next().unwrap_or("");
     let kv = parts
@@ -800,40 +767,6 @@ fn parse_smp(s: &str) -> Result<u8> {
     Ok(n)
 }
 
-fn parse_serial(s: &str) -> Result<SerialSpec> {
-    let (first, kv) = suboptions(s);
-    match first {
-        "stdio" => Ok(SerialSpec::Stdio),
-        "null" | "none" => Ok(SerialSpec::Null),
-        "pty" => Ok(SerialSpec::Pty("serial0".into())),
-        "mon:stdio" => Ok(SerialSpec::MonStdio),
-        _ => {
-            if first.starts_with("tcp:") {
-                return Ok(SerialSpec::Tcp(serial_tcp::parse_tcp(s)?));
-            }
-            if let Some(p) = first.strip_prefix("file:") {
-                Ok(SerialSpec::File(PathBuf::from(p)))
-            } else if let Some(p) = first.strip_prefix("unix:") {
-                for (k, v) in kv {
-                    match k {
-                        "server" if parse_on_off("-serial", v)? => {}
-                        "wait" if !parse_on_off("-serial", v)? => {}
-                        _ => {
-                            return Err(bad(
-                                "-serial",
-                                format!("unsupported suboption '{k}={v}' (use server=on,wait=off)"),
-                            ))
-                        }
-                    }
-                }
-                Ok(SerialSpec::Unix(PathBuf::from(p)))
-            } else {
-                Err(bad("-serial", format!("'{s}' is not a supported backend")))
-            }
-        }
-    }
-}
-
 /// `-chardev socket,id=ID,path=PATH`: only client Unix sockets.
 pub fn parse_chardev(s: &str) -> Result<ChardevSpec> {
     let o = "-chardev";
@@ -931,28 +864,6 @@ mod tests {
     fn qmp_client_mode_is_rejected() {
         assert!(parse(&args("-qmp unix:/x,server=off")).is_err());
         assert!(parse(&args("-qmp tcp:localhost:4444")).is_err());
-    }
-
-    #[test]
-    fn serial_backends_parse() {
-        assert_eq!(
-            parse_serial("file:/tmp/s").unwrap(),
-            SerialSpec::File("/tmp/s".into())
-        );
-        assert_eq!(
-            parse_serial("unix:/tmp/s,server=on,wait=off").unwrap(),
-            SerialSpec::Unix("/tmp/s".into())
-        );
-        assert_eq!(
-            parse_serial("pty").unwrap(),
-            SerialSpec::Pty("serial0".into())
-        );
-        assert!(matches!(
-            parse_serial("tcp:127.0.0.1:4444").unwrap(),
-            SerialSpec::Tcp(t) if t.port == 4444 && !t.server
-        ));
-        assert_eq!(parse_serial("mon:stdio").unwrap(), SerialSpec::MonStdio);
-        assert!(parse_serial("mon:vc").is_err());
     }
 
     #[test]
