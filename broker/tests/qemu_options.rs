@@ -726,10 +726,6 @@ fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
         first_line("qemu-system-x86_64", "qemu-system-x86_64: ")
     );
     for (args, msg) in [
-        (
-            &["-serial", "tcp:127.0.0.1:4444,server=on"][..],
-            "add wait=off",
-        ),
         (&["-serial", "tcp:127.0.0.1"][..], "no port given"),
         (
             &["-monitor", "unix:/tmp/x.sock,server=on"][..],
@@ -782,4 +778,66 @@ fn dump_guest_core_off_leaves_guest_ram_out_of_core_dumps() {
             .0;
         assert_eq!(ram_is_dontdump(vcpu, 96 << 20), want, "{opts:?}");
     }
+}
+
+/// The first stderr line of `cmd` (its stderr piped), then kills it.
+fn first_stderr_line(cmd: &mut Command) -> (std::process::Child, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (child, line.trim_end().to_owned())
+}
+
+#[test]
+fn serial_tcp_server_waits_for_its_first_client_as_qemu() {
+    let dir = TempDir::new();
+    let qmp = dir.0.join("q.sock");
+    let port = free_port();
+    let spec = format!("tcp:127.0.0.1:{port},server=on");
+    let (mut b, line) = first_stderr_line(
+        Command::new(BIN)
+            .args(["-m", "64", "-serial", &spec, "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdin(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !qmp.exists(),
+        "the VM was set up before the serial client came"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The guest starts once the client is there: its banner reaches it.
+    read_until(&mut s, "Bulkhead test guest");
+    s.write_all(b"ping\r").unwrap();
+    read_until(&mut s, "ping\r\n");
+    assert!(qmp_quit(&qmp));
+    let _ = b.wait();
+
+    let (mut q, theirs) = first_stderr_line(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-serial",
+            ])
+            .arg(format!("tcp:127.0.0.1:{},server=on", free_port()))
+            .stdin(Stdio::null()),
+    );
+    let _ = q.kill();
+    let _ = q.wait();
+    let norm = |l: &str, prefix: &str| {
+        l.strip_prefix(prefix)
+            .unwrap_or(l)
+            .replace(|c: char| c.is_ascii_digit(), "N")
+    };
+    assert_eq!(
+        norm(&line, "bulkhead: "),
+        norm(&theirs, "qemu-system-x86_64: ")
+    );
 }

@@ -27,6 +27,15 @@ pub enum SerialConfig {
     /// accepts one client at a time (`-serial unix:PATH,server=on,wait=off`,
     /// `-serial tcp:HOST:PORT,server=on,wait=off`).
     Listener(FdSlot),
+    /// A listening socket whose first client the broker already accepted
+    /// (QEMU's `server=on` with its default `wait=on`: the guest starts
+    /// only once a client is there); later clients as for `Listener`.
+    ListenerWithClient {
+        /// The listening socket.
+        listener: FdSlot,
+        /// The first client's connection.
+        client: FdSlot,
+    },
 }
 
 /// Everything vcpu-proc needs to build the VM.

@@ -280,7 +280,20 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
             (
                 SerialOut::Client(client.clone()),
                 None,
-                Some((listener, client)),
+                Some((listener, client, None)),
+            )
+        }
+        SerialConfig::ListenerWithClient {
+            listener,
+            client: first,
+        } => {
+            let listener = fds.take(*listener)?;
+            let first = File::from(fds.take(*first)?);
+            let client = Arc::new(Mutex::new(None));
+            (
+                SerialOut::Client(client.clone()),
+                None,
+                Some((listener, client, Some(first))),
             )
         }
     };
@@ -289,8 +302,8 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
     if let Some(input) = input {
         serial::spawn_stream_input(dev.clone(), input).map_err(VmError::Thread)?;
     }
-    if let Some((listener, client)) = listener {
-        serial::spawn_listener(dev, listener, client).map_err(VmError::Thread)?;
+    if let Some((listener, client, first)) = listener {
+        serial::spawn_listener(dev, listener, client, first).map_err(VmError::Thread)?;
     }
     Ok(())
 }

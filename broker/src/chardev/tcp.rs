@@ -7,13 +7,16 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use super::{os_text, ChardevError};
 use crate::cli::serial_tcp::TcpSerial;
 
 /// The open socket: (listening?, fd).
 static SOCKET: OnceLock<(bool, OwnedFd)> = OnceLock::new();
+
+/// A `wait=on` server's first client, until vcpu-proc takes it.
+static FIRST_CLIENT: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
 /// Connects or binds `t` (once per broker).
 pub fn open(t: &TcpSerial) -> Result<(), ChardevError> {
@@ -22,12 +25,25 @@ pub fn open(t: &TcpSerial) -> Result<(), ChardevError> {
     }
     let addr = (t.host_or_default(), t.port);
     let fd: OwnedFd = if t.server {
-        TcpListener::bind(addr)
-            .map_err(|e| ChardevError::Bind {
-                origin: t.origin.clone(),
-                reason: os_text(&e),
-            })?
-            .into()
+        let l = TcpListener::bind(addr).map_err(|e| ChardevError::Bind {
+            origin: t.origin.clone(),
+            reason: os_text(&e),
+        })?;
+        if t.wait {
+            // QEMU's line, then nothing of the VM exists until a client
+            // connected (as QEMU, which waits at this chardev).
+            eprintln!(
+                "bulkhead: {}: info: QEMU waiting for connection on: disconnected:tcp:{},server=on",
+                t.origin,
+                t.address()
+            );
+            let (client, _) = l.accept().map_err(|e| ChardevError::Io {
+                what: "the serial socket's first client",
+                source: e,
+            })?;
+            *FIRST_CLIENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.into());
+        }
+        l.into()
     } else {
         let s = TcpStream::connect(addr).map_err(|e| ChardevError::Connect {
             origin: t.origin.clone(),
@@ -42,6 +58,15 @@ pub fn open(t: &TcpSerial) -> Result<(), ChardevError> {
     };
     let _ = SOCKET.set((t.server, fd));
     Ok(())
+}
+
+/// The first client a `wait=on` server accepted (taken: vcpu-proc owns
+/// it from then on).
+pub fn take_first_client() -> Option<OwnedFd> {
+    FIRST_CLIENT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
 }
 
 /// A dup of the socket [`open`] made: (listening?, fd); `None` before.

@@ -50,7 +50,7 @@ Display, serial and monitors:\n\
 -display none   (bulkhead has no display)\n\
 -nographic      serial port and human monitor on stdio (Ctrl-a c switches)\n\
 -serial stdio|null|none|pty|mon:stdio|file:PATH|unix:PATH,server=on,wait=off\n\
--serial tcp:[HOST]:PORT[,server=on,wait=off]|chardev:ID\n\
+-serial tcp:[HOST]:PORT[,server=on[,wait=off]]|chardev:ID\n\
 -monitor stdio|none|unix:PATH,server=on,wait=off  a human monitor (HMP, readline)\n\
 -qmp unix:PATH,server=on,wait=off  a QMP monitor socket (repeatable)\n\n\
 Process:\n\

@@ -3,7 +3,8 @@
 //! `-chardev socket,id=ID,host=HOST,port=PORT[,server=on,wait=off]` with
 //! `-serial chardev:ID`. Without `server=on` the broker connects to
 //! HOST:PORT; with it, the broker listens there and the guest's COM1
-//! talks to one client at a time. The broker owns the socket (the workers
+//! talks to one client at a time; without `wait=off` (QEMU's default
+//! `wait=on`) the VM starts only once the first client has connected. The broker owns the socket (the workers
 //! have no network); vcpu-proc gets the connected stream or the
 //! listening socket.
 
@@ -20,6 +21,9 @@ pub struct TcpSerial {
     pub port: u16,
     /// Listen (`server=on`) rather than connect.
     pub server: bool,
+    /// A server's `wait` (QEMU's default on): start the guest only once a
+    /// first client has connected.
+    pub wait: bool,
     /// The option as given (`-serial tcp:...`), for QEMU's messages.
     pub origin: String,
 }
@@ -93,23 +97,12 @@ fn build(o: &str, s: &str, host: &str, port: &str, kv: &[(String, String)]) -> R
     let port = port
         .parse::<u16>()
         .map_err(|_| bad(o, format!("'{s}': '{port}' is not a port number")))?;
-    let server = match server_wait(o, kv)? {
-        None => false,
-        Some(false) => true,
-        Some(true) => {
-            return Err(bad(
-                o,
-                format!(
-                    "'{s}': bulkhead's serial socket does not hold the guest until a client \
-                     connects (QEMU's wait=on default); add wait=off"
-                ),
-            ))
-        }
-    };
+    let wait = server_wait(o, kv)?;
     Ok(TcpSerial {
         host: host.to_owned(),
         port,
-        server,
+        server: wait.is_some(),
+        wait: wait.unwrap_or(false),
         origin: format!("{o} {s}"),
     })
 }
@@ -129,7 +122,9 @@ mod tests {
         assert_eq!((t.host_or_default(), t.server), ("0.0.0.0", true));
         let t = parse_tcp("tcp:[::1]:4444,server,nowait").unwrap();
         assert_eq!(t.host, "::1");
-        assert!(parse_tcp("tcp:127.0.0.1:4444,server=on").is_err());
+        let t = parse_tcp("tcp:127.0.0.1:4444,server=on").unwrap();
+        assert!(t.server && t.wait, "QEMU's wait=on default");
+        assert!(!parse_tcp("tcp::4444,server=on,wait=off").unwrap().wait);
         assert!(parse_tcp("tcp:127.0.0.1").is_err());
         assert!(parse_tcp("tcp:127.0.0.1:http").is_err());
         assert!(parse_tcp("tcp:127.0.0.1:1,nodelay=on").is_err());

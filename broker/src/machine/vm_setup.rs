@@ -114,7 +114,14 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
                 .unwrap_or_else(|| Err(missing()))
                 .map_err(|e| SetupError::SerialBackend("tcp", e))?;
             if server {
-                SerialConfig::Listener(slots.push(fd))
+                let listener = slots.push(fd);
+                match crate::chardev::tcp::take_first_client() {
+                    Some(c) => SerialConfig::ListenerWithClient {
+                        listener,
+                        client: slots.push(c),
+                    },
+                    None => SerialConfig::Listener(listener),
+                }
             } else {
                 let input = fd
                     .try_clone()

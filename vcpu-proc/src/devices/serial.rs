@@ -187,16 +187,33 @@ fn accept(listener: &OwnedFd) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Starts a thread serving `listener`: one client at a time, its bytes are
-/// input and `client` (the UART's output sink) points at it while connected.
+/// Starts a thread serving `listener`: one client at a time (`first`, if
+/// the broker accepted one already, then each accepted one), its bytes
+/// are input and `client` (the UART's output sink) points at it while
+/// connected.
 pub fn spawn_listener(
     dev: Arc<Mutex<SerialDevice>>,
     listener: OwnedFd,
     client: Arc<Mutex<Option<File>>>,
+    first: Option<File>,
 ) -> io::Result<()> {
+    // The first client is the output sink before any vCPU runs, so the
+    // guest's first bytes reach it.
+    let mut first_reader = match first {
+        Some(f) => {
+            let reader = f.try_clone()?;
+            *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+            Some(reader)
+        }
+        None => None,
+    };
     std::thread::Builder::new()
         .name("serial-listen".into())
         .spawn(move || loop {
+            if let Some(reader) = first_reader.take() {
+                pump(&dev, reader);
+                *client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             let stream = match accept(&listener) {
                 Ok(s) => s,
                 Err(e) => {
