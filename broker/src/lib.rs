@@ -8,6 +8,9 @@
 //! - [`machine`]: the VM's desired state and the handle commands use to
 //!   reach the workers.
 //! - [`process_setup`]: `-daemonize`, `-pidfile`, `-D`, `-msg`, `-name process=`.
+//! - [`chardev`]: serial backends the broker serves itself (TCP, stdio
+//!   muxed with a human monitor).
+//! - [`monitor`]: human monitors (HMP readline) on stdio and Unix sockets.
 //! - [`monitor_sockets`]: the QMP monitors' sockets (path, inherited fd, `wait=on`).
 //! - [`privileges`]: the capabilities the broker keeps once workers are up.
 //! - [`workers`]: spawning, linking (request/reply correlation) and
@@ -17,9 +20,11 @@
 //! - [`systemd`]: readiness/status/watchdog notifications, socket
 //!   activation and journal-friendly logs.
 
+pub mod chardev;
 pub mod cli;
 pub mod commands;
 pub mod machine;
+pub mod monitor;
 pub mod monitor_sockets;
 pub mod privileges;
 pub mod process_setup;

@@ -55,6 +55,10 @@ pub enum MainError {
     /// An `-add-fd` is invalid (QEMU's message).
     #[error("-add-fd")]
     AddFd(#[source] crate::machine::fdsets::FdsetError),
+    /// A serial backend the broker serves (TCP) could not be opened
+    /// (QEMU's message).
+    #[error("bulkhead")]
+    Chardev(#[from] crate::chardev::ChardevError),
     /// The systemd environment is malformed.
     #[error("systemd integration failed")]
     Systemd(#[from] systemd::SystemdError),
@@ -77,6 +81,7 @@ impl MainError {
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
             MainError::Trace(_) => 1,
+            MainError::Chardev(_) => 1,
             MainError::Privileges(_) => 7,
         }
     }
@@ -119,6 +124,17 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     unsafe { crate::machine::fdsets::FdSets::global().add_inherited(&config.add_fds) }
         .map_err(MainError::AddFd)?;
     let worker_sandbox = policy::resolve_sandbox(&config)?;
+    // Serial backends the broker serves are opened before the monitors,
+    // as QEMU's chardevs: `query-chardev` names the pty from the start.
+    match &config.serial {
+        cli::SerialSpec::Tcp(t) => crate::chardev::tcp::open(t)?,
+        cli::SerialSpec::Pty(label) => {
+            drop(crate::machine::serial_pty::master(label).map_err(|e| {
+                MainError::Start(policy::StartError::from(vm_setup::SetupError::from(e)))
+            })?)
+        }
+        _ => {}
+    }
     let (exit_tx, exit_rx) = channel();
     install_signal_handlers(exit_tx.clone())?;
     let mut listeners = crate::monitor_sockets::bind_all(&config.qmp)?;
@@ -135,7 +151,20 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
     }
     // Greet as soon as the monitor can answer: commands that need the VM
     // wait for the start gate while the workers come up.
-    let qmp_paths: Vec<PathBuf> = listeners.iter().filter_map(|l| l.path.clone()).collect();
+    let mut qmp_paths: Vec<PathBuf> = listeners.iter().filter_map(|l| l.path.clone()).collect();
+    // Human monitors: on stdio (alone or muxed with the serial port; the
+    // guard restores the terminal at exit) and on Unix sockets.
+    let human = crate::chardev::mux::start(&machine)
+        .map_err(MainError::from)
+        .and_then(|t| Ok((t, crate::monitor::serve_sockets(&machine)?)));
+    let (_terminal, hmp_paths) = match human {
+        Ok(h) => h,
+        Err(e) => {
+            remove_sockets(&qmp_paths);
+            return Err(e);
+        }
+    };
+    qmp_paths.extend(hmp_paths.iter().cloned());
     let server = match QmpServer::start(listeners, machine.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -149,11 +178,12 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
             .map_err(MainError::Privileges)
     });
     let created_sockets: Vec<PathBuf> = match started {
-        Ok(serial) => serial.into_iter().collect(),
+        Ok(serial) => serial.into_iter().chain(hmp_paths).collect(),
         Err(e) => {
             machine.start_gate().fail(error_chain(&e));
             machine.stop_workers();
             server.shutdown(FLUSH_DEADLINE);
+            remove_sockets(&hmp_paths);
             return Err(e);
         }
     };

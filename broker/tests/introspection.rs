@@ -12,7 +12,13 @@ use serde_json::{json, Value};
 
 /// QEMU 10's replies (`return` or `error`) to `cmds` on `-M none,accel=kvm`.
 fn qemu(cmds: &[Value]) -> Vec<Value> {
+    qemu_with(&[], cmds)
+}
+
+/// The same, with `extra` options.
+fn qemu_with(extra: &[&str], cmds: &[Value]) -> Vec<Value> {
     let mut child = Command::new("qemu-system-x86_64")
+        .args(extra)
         .args([
             "-M",
             "none,accel=kvm",
@@ -193,4 +199,54 @@ fn cpu_model_expansion_answers_as_qemu_for_bulkheads_models() {
             m["return"]["model"]["name"]
         );
     }
+}
+
+#[test]
+fn cpu_definitions_list_the_features_kvm_lacks_as_qemu_does() {
+    let cmd = [json!({"execute": "query-cpu-definitions"})];
+    let b = Bulkhead::start(&["-M", "none", "-S"]);
+    let mut q = b.client();
+    let unavailable = |reply: &Value, model: &str| -> Vec<String> {
+        let mut v: Vec<String> = reply["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == model)
+            .unwrap_or_else(|| panic!("no {model} in {reply}"))["unavailable-features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (ours, theirs) = (&ours(&mut q, &cmd)[0], &qemu(&cmd)[0]);
+    for model in ["host", "max", "qemu64"] {
+        assert_eq!(
+            unavailable(ours, model),
+            unavailable(theirs, model),
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn secret_objects_are_kept_and_shown_in_qom_as_qemu_shows_them() {
+    let secret = ["-object", "secret,id=sec0,data=letmein,format=raw"];
+    let mut cmds = vec![
+        json!({"execute": "qom-list", "arguments": {"path": "/objects"}}),
+        json!({"execute": "qom-list", "arguments": {"path": "/objects/sec0"}}),
+        json!({"execute": "qom-list", "arguments": {"path": "/objects/nope"}}),
+    ];
+    for p in ["type", "iv", "keyid", "format", "file", "data"] {
+        cmds.push(
+            json!({"execute": "qom-get", "arguments": {"path": "/objects/sec0", "property": p}}),
+        );
+    }
+    let mut args = vec!["-M", "none", "-S"];
+    args.extend(secret);
+    let b = Bulkhead::start(&args);
+    let mut q = b.client();
+    assert_eq!(ours(&mut q, &cmds), qemu_with(&secret, &cmds));
 }

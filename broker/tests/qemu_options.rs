@@ -106,6 +106,21 @@ const ACCEPTED: &[(&[&str], bool)] = &[
     (&["-uuid", "8c6a0c6b-1e5c-4c47-9f5c-2e3f4a5b6c7d"], true),
     (&["-m", "64"], true),
     (&["-smp", "2"], true),
+    (&["-nographic"], true),
+    (&["-serial", "mon:stdio"], true),
+    (&["-monitor", "stdio"], true),
+    (&["-monitor", "none"], true),
+    (&["-object", "secret,id=sec0,data=letmein,format=raw"], true),
+    (&["-M", "microvm,dump-guest-core=off"], true),
+    (&["-audiodev", "none,id=audio0"], true),
+    (&["-audiodev", r#"{"id":"audio1","driver":"none"}"#], true),
+    (
+        &[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ],
+        true,
+    ),
 ];
 
 #[test]
@@ -166,7 +181,19 @@ const REFUSED: &[(&[&str], &str, bool)] = &[
     (&["-bogus"], "-bogus: invalid option", true),
     (&["-m"], "-m: requires an argument", true),
     (&["-daemonize", "-serial", "stdio"], "-serial stdio: cannot use stdio with -daemonize", true),
+    (&["-daemonize", "-serial", "mon:stdio"], "-serial mon:stdio: cannot use stdio with -daemonize", true),
+    (&["-daemonize", "-monitor", "stdio"], "-monitor stdio: cannot use stdio with -daemonize", true),
+    (&["-daemonize", "-nographic"], "-nographic cannot be used with -daemonize", true),
+    (&["-serial", "stdio", "-monitor", "stdio"], "-serial stdio: cannot use stdio by multiple character devices", true),
+    (&["-serial", "tcp:127.0.0.1:1"], "-serial tcp:127.0.0.1:1: Failed to connect to '127.0.0.1:1': Connection refused", true),
+    (&["-chardev", "socket,id=s,host=127.0.0.1,port=1", "-serial", "chardev:s"], "-chardev socket,id=s,host=127.0.0.1,port=1: Failed to connect to '127.0.0.1:1': Connection refused", true),
     (&["-accel", "tcg"], "-accel: bulkhead has only the kvm accelerator", false),
+    (&["-object", "secret,id=s"], "Either 'file' or 'data' must be provided", true),
+    (&["-object", "secret,id=s,file=/nonexist"], "Unable to read /nonexist: Failed to open file \u{201c}/nonexist\u{201d}: No such file or directory", true),
+    (&["-object", "secret,id=s,data=x,keyid=m"], "-object: secret: keyid= (a secret encrypted with another) is not supported by bulkhead", false),
+    (&["-M", "microvm,dump-guest-core=on"], "-machine: dump-guest-core=on: bulkhead's sandboxed workers write no core dumps at all (dump-guest-core=off, or -sandbox off)", false),
+    (&["-sandbox", "on,spawn=allow"], "-sandbox on,spawn=allow: spawn=allow: bulkhead's sandboxed workers never get this (only spawn=deny)", false),
+    (&["-audiodev", "pa,id=a"], "-audiodev pa,id=a: audiodev driver 'pa': bulkhead has no audio device (only driver=none)", false),
     (&["-overcommit", "mem-lock=on"], "-overcommit mem-lock=on: mem-lock=on is not supported by bulkhead", false),
     (&["-rtc", "base=localtime"], "-rtc base=localtime: base=localtime is not supported: bulkhead's guest has no RTC (only base=utc, clock=host)", false),
     (&["-boot", "order=c"], "-boot order=c: order=c is not supported: bulkhead boots only -kernel, without firmware", false),
@@ -581,4 +608,238 @@ fn serial_port_through_a_chardev_as_qemu_and_libvirt_write_it() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with(msg), "{args:?}: {err}");
     }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads from `s` until `want` has arrived.
+fn read_until(s: &mut impl std::io::Read, want: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before {want:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn serial_port_on_tcp_as_server_and_client_in_qemus_spellings() {
+    // Server: the broker listens, a client talks to the guest.
+    let server_opts = |chardev: bool, port: u16| -> Vec<String> {
+        let opts = if chardev {
+            vec![
+                "-chardev".into(),
+                format!("socket,id=ser0,host=127.0.0.1,port={port},server=on,wait=off"),
+                "-serial".into(),
+                "chardev:ser0".into(),
+            ]
+        } else {
+            vec![
+                "-serial".into(),
+                format!("tcp:127.0.0.1:{port},server=on,wait=off"),
+            ]
+        };
+        opts
+    };
+    for chardev in [false, true] {
+        let port = free_port();
+        let owned = server_opts(chardev, port);
+        let opts: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let b = Bulkhead::start(&opts);
+        let mut q = b.client();
+        q.ok("query-status");
+        for _ in 0..2 {
+            // One client after another.
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            s.write_all(b"ping\r").unwrap();
+            read_until(&mut s, "ping\r\n");
+        }
+        drop(b);
+        // On another port: the killed broker's workers may hold the first
+        // a moment longer.
+        let owned = server_opts(chardev, free_port());
+        let opts: Vec<&str> = owned.iter().map(String::as_str).collect();
+        assert!(qemu_accepts(&opts), "QEMU refused {opts:?}");
+    }
+    // Client: the broker connects to a listener; the guest's banner
+    // arrives there and input is echoed back.
+    for chardev in [false, true] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let spec = format!("tcp:127.0.0.1:{port}");
+        let dev = format!("socket,id=ser0,host=127.0.0.1,port={port}");
+        let opts: Vec<&str> = if chardev {
+            vec!["-chardev", &dev, "-serial", "chardev:ser0"]
+        } else {
+            vec!["-serial", &spec]
+        };
+        let b = Bulkhead::start(&opts);
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        read_until(&mut s, "Bulkhead test guest");
+        s.write_all(b"pong\r").unwrap();
+        read_until(&mut s, "pong\r\n");
+        drop(b);
+    }
+    // A port already taken: QEMU's message, word for word.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!(
+        "tcp:127.0.0.1:{},server=on,wait=off",
+        taken.local_addr().unwrap().port()
+    );
+    let first_line = |bin: &str, prefix: &str| {
+        let out = Command::new(bin)
+            .args([
+                "-M",
+                "none",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-serial",
+                &spec,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bin} took a port in use");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .next()
+            .unwrap_or("")
+            .strip_prefix(prefix)
+            .map(String::from)
+    };
+    let ours = first_line(BIN, "bulkhead: ");
+    assert!(ours.is_some());
+    assert_eq!(
+        ours,
+        first_line("qemu-system-x86_64", "qemu-system-x86_64: ")
+    );
+    for (args, msg) in [
+        (&["-serial", "tcp:127.0.0.1"][..], "no port given"),
+        (
+            &["-monitor", "unix:/tmp/x.sock,server=on"][..],
+            "add wait=off",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+}
+
+/// True if the mapping of `size` bytes in `pid`'s smaps carries the
+/// `dd` (MADV_DONTDUMP) flag.
+fn ram_is_dontdump(pid: u32, size: u64) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_ram = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    in_ram = b - a == size;
+                    continue;
+                }
+            }
+        }
+        if in_ram && line.starts_with("VmFlags:") {
+            return line.split_whitespace().any(|f| f == "dd");
+        }
+    }
+    panic!("no {size}-byte mapping in vcpu-proc {pid}");
+}
+
+#[test]
+fn dump_guest_core_off_leaves_guest_ram_out_of_core_dumps() {
+    for (opts, want) in [
+        (&["-M", "microvm,dump-guest-core=off"][..], true),
+        (&[][..], false),
+    ] {
+        let mut args = vec!["-m", "96"];
+        args.extend(opts);
+        let b = Bulkhead::start(&args);
+        let mut q = b.client();
+        q.ok("query-status");
+        let vcpu = common::children(common::broker_pid(&b))
+            .into_iter()
+            .find(|(_, comm)| comm == "vcpu-proc")
+            .expect("vcpu-proc runs")
+            .0;
+        assert_eq!(ram_is_dontdump(vcpu, 96 << 20), want, "{opts:?}");
+    }
+}
+
+/// The first stderr line of `cmd` (its stderr piped), then kills it.
+fn first_stderr_line(cmd: &mut Command) -> (std::process::Child, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (child, line.trim_end().to_owned())
+}
+
+#[test]
+fn serial_tcp_server_waits_for_its_first_client_as_qemu() {
+    let dir = TempDir::new();
+    let qmp = dir.0.join("q.sock");
+    let port = free_port();
+    let spec = format!("tcp:127.0.0.1:{port},server=on");
+    let (mut b, line) = first_stderr_line(
+        Command::new(BIN)
+            .args(["-m", "64", "-serial", &spec, "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdin(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !qmp.exists(),
+        "the VM was set up before the serial client came"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The guest starts once the client is there: its banner reaches it.
+    read_until(&mut s, "Bulkhead test guest");
+    s.write_all(b"ping\r").unwrap();
+    read_until(&mut s, "ping\r\n");
+    assert!(qmp_quit(&qmp));
+    let _ = b.wait();
+
+    let (mut q, theirs) = first_stderr_line(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-serial",
+            ])
+            .arg(format!("tcp:127.0.0.1:{},server=on", free_port()))
+            .stdin(Stdio::null()),
+    );
+    let _ = q.kill();
+    let _ = q.wait();
+    let norm = |l: &str, prefix: &str| {
+        l.strip_prefix(prefix)
+            .unwrap_or(l)
+            .replace(|c: char| c.is_ascii_digit(), "N")
+    };
+    assert_eq!(
+        norm(&line, "bulkhead: "),
+        norm(&theirs, "qemu-system-x86_64: ")
+    );
 }

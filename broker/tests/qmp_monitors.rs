@@ -126,17 +126,26 @@ fn chardev_on_an_inherited_listening_fd_is_a_qmp_monitor() {
 fn monitors_bulkhead_lacks_are_refused() {
     for (args, msg) in [
         (
-            &["-monitor", "stdio"][..],
-            "bulkhead: -monitor: bulkhead has no human monitor console",
+            &["-monitor", "vc"][..],
+            "bulkhead: -monitor: 'vc': only unix:PATH sockets are supported",
         ),
         (
             &[
                 "-chardev",
-                "socket,id=m,path=/tmp/x,server=on,wait=off",
+                "socket,id=m,path=/tmp/x,server=on",
                 "-mon",
                 "chardev=m,mode=readline",
             ][..],
-            "bulkhead: -mon: mode=readline: bulkhead has no human monitor console",
+            "bulkhead: -mon: chardev 'm': bulkhead's human monitor socket does not hold the guest",
+        ),
+        (
+            &[
+                "-chardev",
+                "socket,id=m,host=127.0.0.1,port=4444,server=on,wait=off",
+                "-mon",
+                "chardev=m",
+            ][..],
+            "bulkhead: -mon: chardev 'm': bulkhead's monitors listen on Unix sockets (path=) only",
         ),
         (
             &["-mon", "chardev=nope"][..],

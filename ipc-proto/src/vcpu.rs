@@ -23,9 +23,19 @@ pub enum SerialConfig {
         /// Where guest input comes from.
         input: Option<FdSlot>,
     },
-    /// A listening Unix socket; vcpu-proc accepts one client at a time
-    /// (`-serial unix:PATH,server=on,wait=off`).
+    /// A listening socket (Unix or TCP) the broker bound; vcpu-proc
+    /// accepts one client at a time (`-serial unix:PATH,server=on,wait=off`,
+    /// `-serial tcp:HOST:PORT,server=on,wait=off`).
     Listener(FdSlot),
+    /// A listening socket whose first client the broker already accepted
+    /// (QEMU's `server=on` with its default `wait=on`: the guest starts
+    /// only once a client is there); later clients as for `Listener`.
+    ListenerWithClient {
+        /// The listening socket.
+        listener: FdSlot,
+        /// The first client's connection.
+        client: FdSlot,
+    },
 }
 
 /// Everything vcpu-proc needs to build the VM.
@@ -60,6 +70,9 @@ pub struct VmConfig {
     /// `-name debug-threads=on`: vCPU threads are named `CPU N/KVM`, as
     /// QEMU's (otherwise they carry the process's name, as QEMU's).
     pub thread_names: bool,
+    /// `-machine dump-guest-core=off`: guest RAM is left out of
+    /// vcpu-proc's core dumps (MADV_DONTDUMP), as QEMU does.
+    pub no_dump_guest_core: bool,
 }
 
 /// The CPU model of `-cpu`.

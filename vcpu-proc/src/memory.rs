@@ -36,6 +36,9 @@ pub enum MemoryError {
     /// KVM refused a memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION failed")]
     Register(#[source] kvm_ioctls::Error),
+    /// madvise(MADV_DONTDUMP) failed.
+    #[error("cannot leave guest memory out of core dumps")]
+    DontDump(#[source] std::io::Error),
 }
 
 /// Result of memory operations.
@@ -92,6 +95,23 @@ pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
         // SAFETY: the region is a live mapping owned by `mem`, which the VM
         // keeps alive for as long as the VM fd exists, and slots do not overlap.
         unsafe { vm.set_user_memory_region(desc) }.map_err(MemoryError::Register)?;
+    }
+    Ok(())
+}
+
+/// `-machine dump-guest-core=off`: leaves every region of `mem` out of
+/// this process's core dumps, as QEMU does for its guest RAM.
+pub fn exclude_from_core_dumps(mem: &GuestMemoryMmap) -> Result<()> {
+    for region in mem.iter() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| MemoryError::BadSize(region.len()))?;
+        // SAFETY: `host..host+len` is a live mapping owned by `mem`;
+        // MADV_DONTDUMP only changes which pages a core dump writes.
+        let rc = unsafe { libc::madvise(host.cast(), usize_of(region.len()), libc::MADV_DONTDUMP) };
+        if rc != 0 {
+            return Err(MemoryError::DontDump(std::io::Error::last_os_error()));
+        }
     }
     Ok(())
 }

@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::Sender;
@@ -303,12 +302,25 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
             (out, input, None)
         }
         SerialConfig::Listener(slot) => {
-            let listener = UnixListener::from(fds.take(*slot)?);
+            let listener = fds.take(*slot)?;
             let client = Arc::new(Mutex::new(None));
             (
                 SerialOut::Client(client.clone()),
                 None,
-                Some((listener, client)),
+                Some((listener, client, None)),
+            )
+        }
+        SerialConfig::ListenerWithClient {
+            listener,
+            client: first,
+        } => {
+            let listener = fds.take(*listener)?;
+            let first = File::from(fds.take(*first)?);
+            let client = Arc::new(Mutex::new(None));
+            (
+                SerialOut::Client(client.clone()),
+                None,
+                Some((listener, client, Some(first))),
             )
         }
     };
@@ -317,8 +329,8 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
     if let Some(input) = input {
         serial::spawn_stream_input(dev.clone(), input).map_err(VmError::Thread)?;
     }
-    if let Some((listener, client)) = listener {
-        serial::spawn_listener(dev, listener, client).map_err(VmError::Thread)?;
+    if let Some((listener, client, first)) = listener {
+        serial::spawn_listener(dev, listener, client, first).map_err(VmError::Thread)?;
     }
     Ok(())
 }
@@ -386,6 +398,9 @@ impl Vm {
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mem = memory::map_guest_memory(File::from(fds.take(cfg.memory)?), cfg.mem_size)?;
         memory::register_with_kvm(&vm, &mem)?;
+        if cfg.no_dump_guest_core {
+            memory::exclude_from_core_dumps(&mem)?;
+        }
         platform_setup(&vm)?;
         bios_pic_setup(&vm)?;
         let irqchips = snapshot_irqchips(&vm)?;

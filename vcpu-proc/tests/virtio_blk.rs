@@ -142,6 +142,7 @@ fn boot(guest_name: &str, sock: &Path) -> Machine {
         no_reboot: false,
         cpu: Default::default(),
         thread_names: false,
+        no_dump_guest_core: false,
     };
     let serial = Serial::spawn(serial_r);
     let (tx, actions) = channel();

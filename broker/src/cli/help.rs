@@ -48,8 +48,10 @@ Boot:\n\
 -append CMDLINE the kernel command line\n\n\
 Display, serial and monitors:\n\
 -display none   (bulkhead has no display)\n\
--nographic      serial port on stdio\n\
--serial stdio|null|none|file:PATH|unix:PATH,server=on,wait=off\n\
+-nographic      serial port and human monitor on stdio (Ctrl-a c switches)\n\
+-serial stdio|null|none|pty|mon:stdio|file:PATH|unix:PATH,server=on,wait=off\n\
+-serial tcp:[HOST]:PORT[,server=on[,wait=off]]|chardev:ID\n\
+-monitor stdio|none|unix:PATH,server=on,wait=off  a human monitor (HMP, readline)\n\
 -qmp unix:PATH,server=on,wait=off  a QMP monitor socket (repeatable)\n\n\
 Process:\n\
 -daemonize      detach once the VM is set up and its sockets exist\n\

@@ -42,6 +42,25 @@ pub const TYPES: [(&str, &[&str]); 3] = [
     ("memory-backend-file", &["size", "share", "mem-path"]),
 ];
 
+/// An `-object`'s properties, from keyval (`TYPE,id=...`) or JSON.
+pub fn object_pairs(s: &str) -> Result<Vec<(String, String)>> {
+    object_pairs_as("-object", s, "qom-type")
+}
+
+/// An option's properties from keyval (its first element under
+/// `implied`) or JSON (libvirt writes both).
+pub fn object_pairs_as(option: &str, s: &str, implied: &str) -> Result<Vec<(String, String)>> {
+    if s.trim_start().starts_with('{') {
+        Ok(serde_json::from_str::<Map<String, Value>>(s)
+            .map_err(|e| bad(option, format!("JSON parse error, {e}")))?
+            .into_iter()
+            .map(|(k, v)| (k, as_text(&v)))
+            .collect())
+    } else {
+        keyval_pairs(option, s, Some(implied))
+    }
+}
+
 fn as_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -52,15 +71,7 @@ fn as_text(v: &Value) -> String {
 /// Parses `-object`.
 pub fn parse_object(s: &str) -> Result<MemoryBackend> {
     let o = "-object";
-    let pairs: Vec<(String, String)> = if s.trim_start().starts_with('{') {
-        serde_json::from_str::<Map<String, Value>>(s)
-            .map_err(|e| bad(o, format!("JSON parse error, {e}")))?
-            .into_iter()
-            .map(|(k, v)| (k, as_text(&v)))
-            .collect()
-    } else {
-        keyval_pairs(o, s, Some("qom-type"))?
-    };
+    let pairs = object_pairs(s)?;
     let (mut ty, mut id, mut size, mut share, mut path) = (None, None, None, None, None);
     for (k, v) in pairs {
         match k.as_str() {

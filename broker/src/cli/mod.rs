@@ -46,13 +46,15 @@ mod keyval;
 pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
+pub mod secret;
 mod serial_chardev;
+pub mod serial_tcp;
 pub mod smp;
 pub mod trace_opt;
 
 use keyval::keyval_pairs;
 pub use keyval::{parse_blockdev, parse_device, parse_drive};
-pub use monitors::{MonitorSocket, MonitorSpec};
+pub use monitors::{HmpSpec, MonitorSocket, MonitorSpec};
 pub use qemu_opts::MachineType;
 
 /// Result of command-line parsing.
@@ -72,6 +74,12 @@ pub enum SerialSpec {
     /// `-serial pty` / `-chardev pty,id=LABEL`: a pseudo-terminal the
     /// broker opens; the label is QEMU's (`serial0`, or the chardev id).
     Pty(String),
+    /// `-serial tcp:...` / `-chardev socket,host=,port=`: a TCP socket the
+    /// broker connects or listens on.
+    Tcp(serial_tcp::TcpSerial),
+    /// `-serial mon:stdio`, `-nographic`: stdio shared by the serial port
+    /// and a human monitor, switched with Ctrl-a c (QEMU's mux).
+    MonStdio,
 }
 
 /// Everything the command line says.
@@ -79,6 +87,9 @@ pub enum SerialSpec {
 pub struct Config {
     /// QMP monitors (`-qmp`, `-chardev ...,server=on` + `-mon`).
     pub qmp: Vec<MonitorSpec>,
+    /// Human monitors (`-monitor`, `-mon mode=readline`) besides the one
+    /// `SerialSpec::MonStdio` muxes with the serial port.
+    pub hmp: Vec<HmpSpec>,
     /// `-name`.
     pub name: Option<String>,
     /// Guest RAM in bytes (`-m`, default 128 MiB).
@@ -130,6 +141,12 @@ pub struct Config {
     pub memory_backend: Option<memory_backend::MemoryBackend>,
     /// `-cpu`.
     pub cpu: ipc_proto::vcpu::CpuModel,
+    /// `-machine dump-guest-core=off`: guest RAM stays out of core dumps.
+    pub no_dump_guest_core: bool,
+    /// `-object secret`: secrets kept for the VM's life.
+    pub secrets: Vec<secret::Secret>,
+    /// `-audiodev none,id=`: the ids (bulkhead has no audio device).
+    pub audiodevs: Vec<String>,
     /// `-name process=`: the broker's process name.
     pub process_name: Option<String>,
     /// `-name debug-threads=on`.
@@ -185,6 +202,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             qmp: Vec::new(),
+            hmp: Vec::new(),
             name: None,
             mem_size: 128 << 20,
             cpus: 1,
@@ -209,6 +227,9 @@ impl Default for Config {
             machine: MachineType::Microvm,
             memory_backend: None,
             cpu: Default::default(),
+            no_dump_guest_core: false,
+            secrets: Vec::new(),
+            audiodevs: Vec::new(),
             process_name: None,
             debug_threads: false,
             uuid: None,
@@ -230,9 +251,12 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let mut cfg = Config::default();
     let (mut serial_given, mut nodefaults, mut kvm_accel) = (false, false, None);
     let (mut machine_accel, mut accel_option) = (false, false);
-    let (mut servers, mut mons, mut chardev_ids) = (Vec::new(), Vec::<String>::new(), Vec::new());
+    let (mut servers, mut mons, mut chardev_ids) =
+        (Vec::new(), Vec::<(String, bool)>::new(), Vec::new());
     let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
     let (mut serial_chardevs, mut serial_from) = (Vec::<(String, SerialSpec)>::new(), None);
+    let (mut nographic, mut monitor_given) = (false, false);
+    let mut dump_guest_core = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // QEMU accepts `--opt` as well as `-opt`.
@@ -247,13 +271,13 @@ pub fn parse(args: &[String]) -> Result<Config> {
         };
         match opt.as_str() {
             "-qmp" => cfg.qmp.push(monitors::parse_qmp(&value()?)?),
-            "-mon" => mons.push(monitors::parse_mon(&value()?)?),
+            "-mon" => {
+                mons.push(monitors::parse_mon(&value()?)?);
+                monitor_given = true;
+            }
             "-monitor" => {
-                return Err(bad(
-                    "-monitor",
-                    "bulkhead has no human monitor console; use -qmp (HMP commands run \
-                     through human-monitor-command)",
-                ))
+                cfg.hmp.extend(monitors::parse_monitor(&value()?)?);
+                monitor_given = true;
             }
             "-name" => {
                 let n = qemu_opts::parse_name(&value()?)?;
@@ -265,7 +289,16 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 cfg.mem_size = parse_mem(&value()?)?;
                 mem_given = true;
             }
-            "-object" => objects.push(memory_backend::parse_object(&value()?)?),
+            "-object" => {
+                let v = value()?;
+                let pairs = memory_backend::object_pairs(&v)?;
+                if pairs.iter().any(|(k, t)| k == "qom-type" && t == "secret") {
+                    cfg.secrets.push(secret::parse(&v, &pairs)?);
+                } else {
+                    objects.push(memory_backend::parse_object(&v)?);
+                }
+            }
+            "-audiodev" => cfg.audiodevs.push(qemu_opts::parse_audiodev(&value()?)?),
             "-smp" => {
                 let smp = smp::parse(&value()?)?;
                 (cfg.cpus, cfg.topology) = (smp.cpus, smp.topology);
@@ -283,14 +316,14 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 }
                 match v.strip_prefix("chardev:") {
                     Some(id) => serial_from = Some(id.to_owned()),
-                    None => cfg.serial = parse_serial(&v)?,
+                    None => cfg.serial = serial_chardev::parse_serial(&v)?,
                 }
                 serial_given = true;
             }
             "-S" => cfg.start_paused = true,
             "-no-shutdown" => cfg.no_shutdown = true,
             "-no-reboot" => cfg.no_reboot = true,
-            "-sandbox" => cfg.sandbox = parse_on_off("-sandbox", &value()?)?,
+            "-sandbox" => cfg.sandbox = qemu_opts::parse_sandbox(&value()?)?,
             "-add-fd" => cfg.add_fds.push(parse_add_fd(&value()?)?),
             "-run-with" => cfg.run_with_user = Some(parse_run_with(&value()?)?),
             "-worker-dir" => cfg.worker_dir = Some(PathBuf::from(value()?)),
@@ -361,7 +394,8 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 if v == "help" || v == "?" {
                     cfg.print_and_exit = Some(help::machines());
                 } else {
-                    let (m, accel, backend) = qemu_opts::parse_machine(&opt, &v)?;
+                    let (m, accel, backend, dump) = qemu_opts::parse_machine(&opt, &v)?;
+                    dump_guest_core = dump.or(dump_guest_core);
                     cfg.machine = m;
                     backend_id = backend.or(backend_id);
                     machine_accel |= accel;
@@ -388,12 +422,8 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 }
             }
             "-display" => qemu_opts::parse_display(&value()?)?,
-            // QEMU's -nographic: serial (and monitor) on stdio.
-            "-nographic" => {
-                if !serial_given {
-                    cfg.serial = SerialSpec::Stdio;
-                }
-            }
+            // QEMU's -nographic: serial and monitor on stdio (see below).
+            "-nographic" => nographic = true,
             "-nodefaults" => nodefaults = true,
             // bulkhead reads no configuration file: nothing to skip.
             "-no-user-config" => {}
@@ -410,6 +440,47 @@ pub fn parse(args: &[String]) -> Result<Config> {
         }
     }
     name_anonymous_devices(&mut cfg.devices);
+    monitor_given |= !cfg.qmp.is_empty();
+    let mut control_mons = Vec::new();
+    for (id, readline) in mons {
+        if serial_chardevs
+            .iter()
+            .any(|(c, s)| *c == id && matches!(s, SerialSpec::Tcp(_)))
+        {
+            return Err(serial_chardev::mon_missing(&id, &serial_chardevs));
+        }
+        if !readline {
+            control_mons.push(id);
+            continue;
+        }
+        if let Some(i) = serial_chardevs
+            .iter()
+            .position(|(c, s)| *c == id && *s == SerialSpec::Stdio)
+        {
+            serial_chardevs.remove(i);
+            if serial_from.as_deref() == Some(id.as_str()) {
+                serial_from = None;
+                cfg.serial = SerialSpec::MonStdio;
+            } else {
+                cfg.hmp.push(HmpSpec::Stdio);
+            }
+        } else if let Some(i) = servers.iter().position(|s| s.id == id) {
+            match servers.remove(i).monitor {
+                MonitorSpec {
+                    socket: MonitorSocket::Path(p),
+                    wait: false,
+                } => cfg.hmp.push(HmpSpec::Unix(p)),
+                _ => {
+                    return Err(bad(
+                        "-mon",
+                        format!("chardev '{id}': {} (and path=)", monitors::NO_WAIT),
+                    ))
+                }
+            }
+        } else {
+            return Err(serial_chardev::mon_missing(&id, &serial_chardevs));
+        }
+    }
     if let Some(id) = serial_from {
         if let Some(i) = serial_chardevs.iter().position(|(c, _)| *c == id) {
             cfg.serial = serial_chardevs.remove(i).1;
@@ -458,11 +529,11 @@ pub fn parse(args: &[String]) -> Result<Config> {
             format!("'{}' is used by nothing: bulkhead uses a memory backend only as -machine memory-backend=", o.id),
         ));
     }
-    for id in &mons {
+    for id in &control_mons {
         let i = servers
             .iter()
             .position(|s: &monitors::ServerChardev| &s.id == id)
-            .ok_or_else(|| bad("-mon", format!("chardev \"{id}\" not found")))?;
+            .ok_or_else(|| serial_chardev::mon_missing(id, &serial_chardevs))?;
         cfg.qmp.push(servers.remove(i).monitor);
     }
     if let Some(s) = servers.first() {
@@ -470,6 +541,26 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-chardev",
             format!("server chardev '{}' is used by no -mon (bulkhead serves only QMP monitors on server sockets)", s.id),
         ));
+    }
+    // QEMU's default is on; bulkhead's sandboxed workers are never
+    // dumpable (their credentials change), so `on` cannot be kept there.
+    cfg.no_dump_guest_core = dump_guest_core == Some(false);
+    if dump_guest_core == Some(true) && cfg.sandbox {
+        return Err(bad(
+            "-machine",
+            "dump-guest-core=on: bulkhead's sandboxed workers write no core dumps at all \
+             (dump-guest-core=off, or -sandbox off)",
+        ));
+    }
+    let mut secret_ids: Vec<&str> = cfg.secrets.iter().map(|s| s.id.as_str()).collect();
+    secret_ids.extend(objects.iter().map(|o| o.id.as_str()));
+    secret_ids.extend(cfg.memory_backend.iter().map(|o| o.id.as_str()));
+    secret_ids.sort_unstable();
+    if let Some(w) = secret_ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(CliError::Plain(format!(
+            "attempt to add duplicate property '{}' to object (type 'container')",
+            w[0]
+        )));
     }
     if machine_accel && accel_option {
         return Err(CliError::Plain(
@@ -479,9 +570,39 @@ pub fn parse(args: &[String]) -> Result<Config> {
     if kvm_accel == Some(false) {
         return Err(bad("-accel", "bulkhead has only the kvm accelerator"));
     }
-    // QEMU's default serial port is on stdio; -nodefaults removes it.
-    if nodefaults && !serial_given {
-        cfg.serial = SerialSpec::Null;
+    if !serial_given {
+        cfg.serial = serial_chardev::default_serial(nodefaults, nographic, monitor_given, &cfg.hmp);
+    }
+    let stdio_users = cfg.hmp.iter().filter(|h| **h == HmpSpec::Stdio).count()
+        + usize::from(matches!(
+            cfg.serial,
+            SerialSpec::Stdio | SerialSpec::MonStdio
+        ));
+    let stdio_msg = "cannot use stdio by multiple character devices";
+    if stdio_users > 1 && serial_given {
+        return Err(CliError::At {
+            option: "-serial".into(),
+            value: "stdio".into(),
+            reason: stdio_msg.into(),
+        });
+    } else if stdio_users > 1 {
+        return Err(CliError::Plain(stdio_msg.into()));
+    }
+    if cfg.daemonize {
+        // QEMU refuses -nographic with -daemonize only while a default
+        // port would land on stdio; -nodefaults (libvirt's probe) has none.
+        if nographic && !nodefaults {
+            return Err(CliError::Plain(
+                "-nographic cannot be used with -daemonize".into(),
+            ));
+        }
+        let stdio = "cannot use stdio with -daemonize";
+        if cfg.serial == SerialSpec::MonStdio {
+            return Err(bad("-serial mon:stdio", stdio));
+        }
+        if cfg.hmp.contains(&HmpSpec::Stdio) {
+            return Err(bad("-monitor stdio", stdio));
+        }
     }
     Ok(cfg)
 }
@@ -515,7 +636,7 @@ pub(super) fn bad(option: &str, reason: impl Into<String>) -> CliError {
 }
 
 /// Splits `a,b=c,d=e` into the first element and key/value pairs.
-fn suboptions(s: &str) -> (&str, Vec<(&str, &str)>) {
+pub(super) fn suboptions(s: &str) -> (&str, Vec<(&str, &str)>) {
     let mut parts = s.split(',');
     let first = parts.next().unwrap_or("");
     let kv = parts
@@ -621,36 +742,6 @@ pub fn parse_mem(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-fn parse_serial(s: &str) -> Result<SerialSpec> {
-    let (first, kv) = suboptions(s);
-    match first {
-        "stdio" => Ok(SerialSpec::Stdio),
-        "null" | "none" => Ok(SerialSpec::Null),
-        "pty" => Ok(SerialSpec::Pty("serial0".into())),
-        _ => {
-            if let Some(p) = first.strip_prefix("file:") {
-                Ok(SerialSpec::File(PathBuf::from(p)))
-            } else if let Some(p) = first.strip_prefix("unix:") {
-                for (k, v) in kv {
-                    match k {
-                        "server" if parse_on_off("-serial", v)? => {}
-                        "wait" if !parse_on_off("-serial", v)? => {}
-                        _ => {
-                            return Err(bad(
-                                "-serial",
-                                format!("unsupported suboption '{k}={v}' (use server=on,wait=off)"),
-                            ))
-                        }
-                    }
-                }
-                Ok(SerialSpec::Unix(PathBuf::from(p)))
-            } else {
-                Err(bad("-serial", format!("'{s}' is not a supported backend")))
-            }
-        }
-    }
-}
-
 /// `-chardev socket,id=ID,path=PATH`: only client Unix sockets.
 pub fn parse_chardev(s: &str) -> Result<ChardevSpec> {
     let o = "-chardev";
@@ -748,23 +839,6 @@ mod tests {
     fn qmp_client_mode_is_rejected() {
         assert!(parse(&args("-qmp unix:/x,server=off")).is_err());
         assert!(parse(&args("-qmp tcp:localhost:4444")).is_err());
-    }
-
-    #[test]
-    fn serial_backends_parse() {
-        assert_eq!(
-            parse_serial("file:/tmp/s").unwrap(),
-            SerialSpec::File("/tmp/s".into())
-        );
-        assert_eq!(
-            parse_serial("unix:/tmp/s,server=on,wait=off").unwrap(),
-            SerialSpec::Unix("/tmp/s".into())
-        );
-        assert_eq!(
-            parse_serial("pty").unwrap(),
-            SerialSpec::Pty("serial0".into())
-        );
-        assert!(parse_serial("tcp:127.0.0.1:4444").is_err());
     }
 
     #[test]

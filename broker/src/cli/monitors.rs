@@ -30,7 +30,7 @@ pub struct MonitorSpec {
 
 /// Server options common to `-qmp` and `-chardev socket`: `server` and
 /// `wait` (`nowait` is the legacy `wait=off`). Returns `wait`.
-fn server_wait(option: &str, kv: &[(String, String)]) -> Result<Option<bool>> {
+pub(super) fn server_wait(option: &str, kv: &[(String, String)]) -> Result<Option<bool>> {
     let mut server = false;
     let mut wait = None;
     for (k, v) in kv {
@@ -48,7 +48,11 @@ fn server_wait(option: &str, kv: &[(String, String)]) -> Result<Option<bool>> {
 }
 
 /// Splits QEMU's legacy bare flags (`server`, `nowait`) into `key=on`.
-fn legacy_pairs(option: &str, s: &str, implied: Option<&str>) -> Result<Vec<(String, String)>> {
+pub(super) fn legacy_pairs(
+    option: &str,
+    s: &str,
+    implied: Option<&str>,
+) -> Result<Vec<(String, String)>> {
     let fixed: Vec<String> = s
         .split(',')
         .map(|p| match p {
@@ -134,26 +138,58 @@ pub fn parse_server_chardev(s: &str) -> Result<Option<ServerChardev>> {
     }))
 }
 
-/// `-mon chardev=ID[,mode=control][,pretty=off]`: the chardev's id.
-pub fn parse_mon(s: &str) -> Result<String> {
+/// A human (HMP, readline) monitor: `-monitor`, `-mon mode=readline`,
+/// `-serial mon:stdio`, `-nographic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HmpSpec {
+    /// On the broker's stdin/stdout (alone; the muxed form is
+    /// [`super::SerialSpec::MonStdio`]).
+    Stdio,
+    /// On a Unix socket the broker listens on, one client at a time.
+    Unix(PathBuf),
+}
+
+/// `-monitor stdio|none|unix:PATH,server=on,wait=off` (`None`: `none`).
+pub fn parse_monitor(s: &str) -> Result<Option<HmpSpec>> {
+    let o = "-monitor";
+    match s {
+        "stdio" => return Ok(Some(HmpSpec::Stdio)),
+        "none" => return Ok(None),
+        _ => {}
+    }
+    let m = parse_qmp(s).map_err(|e| match e {
+        CliError::BadValue { reason, .. } => bad(o, reason),
+        other => other,
+    })?;
+    match m {
+        MonitorSpec {
+            socket: MonitorSocket::Path(p),
+            wait: false,
+        } => Ok(Some(HmpSpec::Unix(p))),
+        _ => Err(bad(o, format!("'{s}': {NO_WAIT}"))),
+    }
+}
+
+/// Why a human monitor's server socket must say `wait=off`.
+pub const NO_WAIT: &str = "bulkhead's human monitor socket does not hold the guest until a \
+    client connects (QEMU's wait=on default); add wait=off";
+
+/// `-mon chardev=ID[,mode=control|readline][,pretty=off]`: the chardev's
+/// id, and true for `mode=readline` (a human monitor).
+pub fn parse_mon(s: &str) -> Result<(String, bool)> {
     let o = "-mon";
-    let mut chardev = None;
+    let (mut chardev, mut readline) = (None, false);
     for (k, v) in keyval_pairs(o, s, Some("chardev"))? {
         match (k.as_str(), v.as_str()) {
             ("chardev", _) => chardev = Some(v),
             ("mode", "control") | ("pretty", "off") | ("id", _) => {}
-            ("mode", "readline") => {
-                return Err(bad(
-                    o,
-                    "mode=readline: bulkhead has no human monitor console; HMP commands \
-                     run through QMP's human-monitor-command",
-                ))
-            }
+            ("mode", "readline") => readline = true,
             ("pretty", _) => return Err(bad(o, "pretty=on is not supported")),
             _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
         }
     }
-    chardev.ok_or_else(|| bad(o, "Parameter 'chardev' is missing"))
+    let id = chardev.ok_or_else(|| bad(o, "Parameter 'chardev' is missing"))?;
+    Ok((id, readline))
 }
 
 #[cfg(test)]
@@ -196,7 +232,25 @@ mod tests {
                 .wait
         );
         assert_eq!(parse_server_chardev("socket,id=c0,path=/s").unwrap(), None);
-        assert_eq!(parse_mon("chardev=mon0,mode=control").unwrap(), "mon0");
-        assert!(parse_mon("chardev=mon0,mode=readline").is_err());
+        assert_eq!(
+            parse_mon("chardev=mon0,mode=control").unwrap(),
+            ("mon0".into(), false)
+        );
+        assert_eq!(
+            parse_mon("chardev=mon0,mode=readline").unwrap(),
+            ("mon0".into(), true)
+        );
+    }
+
+    #[test]
+    fn human_monitor_spellings_parse() {
+        assert_eq!(parse_monitor("stdio").unwrap(), Some(HmpSpec::Stdio));
+        assert_eq!(parse_monitor("none").unwrap(), None);
+        assert_eq!(
+            parse_monitor("unix:/h.sock,server=on,wait=off").unwrap(),
+            Some(HmpSpec::Unix("/h.sock".into()))
+        );
+        assert!(parse_monitor("unix:/h.sock,server=on").is_err());
+        assert!(parse_monitor("vc").is_err());
     }
 }

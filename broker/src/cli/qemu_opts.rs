@@ -47,12 +47,17 @@ fn accel_list(option: &str, value: &str, list: &str) -> Result<()> {
     Ok(())
 }
 
-/// `-machine TYPE[,accel=kvm][,memory-backend=ID]` / `-M`; also says
-/// whether `accel=` was given and which memory backend is named.
-pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool, Option<String>)> {
+/// What `-machine` says.
+pub type MachineOpts = (MachineType, bool, Option<String>, Option<bool>);
+
+/// `-machine TYPE[,accel=kvm][,memory-backend=ID][,dump-guest-core=]` /
+/// `-M`: the type, whether `accel=` was given, the memory backend named,
+/// and `dump-guest-core` if given.
+pub fn parse_machine(option: &str, s: &str) -> Result<MachineOpts> {
     let mut machine = None;
     let mut accel = false;
     let mut backend = None;
+    let mut dump = None;
     for (k, v) in keyval_pairs(option, s, Some("type"))? {
         match k.as_str() {
             "type" => {
@@ -71,6 +76,7 @@ pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool, Option
                 accel = true;
             }
             "memory-backend" => backend = Some(v),
+            "dump-guest-core" => dump = Some(parse_on_off(option, &v)?),
             // Neither machine has USB: usb=off states it.
             "usb" => {
                 if parse_on_off(option, &v)? {
@@ -86,7 +92,70 @@ pub fn parse_machine(option: &str, s: &str) -> Result<(MachineType, bool, Option
             }
         }
     }
-    Ok((machine.unwrap_or_default(), accel, backend))
+    Ok((machine.unwrap_or_default(), accel, backend, dump))
+}
+
+/// `-sandbox on[,obsolete=deny][,elevateprivileges=deny][,spawn=deny]
+/// [,resourcecontrol=deny]` or `-sandbox off`: whether the workers are
+/// sandboxed. QEMU's suboptions deny syscall groups to QEMU's one process;
+/// bulkhead's guest-facing code runs in the workers, whose seccomp
+/// allowlist already denies every one of these groups (no obsolete
+/// syscalls, no set*id, no fork/exec, no scheduler or affinity changes),
+/// so `deny` is what they get; `allow` (or `children`) is refused, as the
+/// workers never get those. The broker itself is not filtered: it must
+/// start and restart the workers.
+pub fn parse_sandbox(s: &str) -> Result<bool> {
+    let o = "-sandbox";
+    let mut on = None;
+    for (k, v) in keyval_pairs(o, s, Some("enable"))? {
+        match k.as_str() {
+            "enable" => on = Some(parse_on_off(o, &v)?),
+            "obsolete" | "elevateprivileges" | "spawn" | "resourcecontrol" => match v.as_str() {
+                "deny" => {}
+                "allow" | "children" => {
+                    return Err(at(
+                        o,
+                        s,
+                        format!(
+                            "{k}={v}: bulkhead's sandboxed workers never get this (only {k}=deny)"
+                        ),
+                    ))
+                }
+                _ => return Err(at(o, s, format!("invalid argument for {k}"))),
+            },
+            _ => return Err(at(o, s, format!("Invalid parameter '{k}'"))),
+        }
+    }
+    let on = on.ok_or_else(|| at(o, s, "Parameter 'enable' is missing"))?;
+    if !on && s.contains(',') {
+        return Err(at(o, s, "the suboptions need the sandbox on"));
+    }
+    Ok(on)
+}
+
+/// `-audiodev none,id=ID` (keyval or JSON): accepted, as bulkhead has no
+/// audio device for it to serve (QEMU's `none` driver discards audio);
+/// every other driver is refused. Returns the id.
+pub fn parse_audiodev(s: &str) -> Result<String> {
+    let o = "-audiodev";
+    let pairs = super::memory_backend::object_pairs_as(o, s, "driver")?;
+    let (mut driver, mut id) = (None, None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "driver" => driver = Some(v),
+            "id" => id = Some(v),
+            _ => return Err(at(o, s, format!("Invalid parameter '{k}'"))),
+        }
+    }
+    let driver = driver.ok_or_else(|| at(o, s, "Parameter 'driver' is missing"))?;
+    if driver != "none" {
+        return Err(at(
+            o,
+            s,
+            format!("audiodev driver '{driver}': bulkhead has no audio device (only driver=none)"),
+        ));
+    }
+    id.ok_or_else(|| at(o, s, "Parameter 'id' is missing"))
 }
 
 /// `-accel kvm` (one accelerator per option, QEMU tries them in order).
@@ -275,15 +344,15 @@ mod tests {
     fn machine_types_and_accel_follow_qemu() {
         assert_eq!(
             parse_machine("-M", "microvm").unwrap(),
-            (MachineType::Microvm, false, None)
+            (MachineType::Microvm, false, None, None)
         );
         assert_eq!(
             parse_machine("-machine", "none,accel=kvm:tcg").unwrap(),
-            (MachineType::None, true, None)
+            (MachineType::None, true, None, None)
         );
         assert_eq!(
             parse_machine("-M", "type=microvm,accel=kvm,memory-backend=r").unwrap(),
-            (MachineType::Microvm, true, Some("r".into()))
+            (MachineType::Microvm, true, Some("r".into()), None)
         );
         assert_eq!(
             parse_machine("-M", "pc").unwrap_err().to_string(),
@@ -298,6 +367,27 @@ mod tests {
         assert!(parse_machine("-M", "microvm,accel=tcg").is_err());
         assert!(parse_machine("-M", "microvm,usb=off").is_ok());
         assert!(parse_machine("-M", "microvm,usb=on").is_err());
+        assert_eq!(
+            parse_machine("-M", "microvm,dump-guest-core=off")
+                .unwrap()
+                .3,
+            Some(false)
+        );
+        assert!(parse_sandbox(
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        )
+        .unwrap());
+        assert!(!parse_sandbox("off").unwrap());
+        assert!(parse_sandbox("on,spawn=allow").is_err());
+        assert!(parse_sandbox("off,spawn=deny").is_err());
+        assert!(parse_sandbox("on,frob=deny").is_err());
+        assert_eq!(parse_audiodev("none,id=a").unwrap(), "a");
+        assert_eq!(
+            parse_audiodev(r#"{"id":"audio1","driver":"none"}"#).unwrap(),
+            "audio1"
+        );
+        assert!(parse_audiodev("pa,id=a").is_err());
+        assert!(parse_audiodev("none").is_err());
         assert!(parse_accel("kvm").unwrap());
         assert!(!parse_accel("tcg").unwrap());
         assert_eq!(

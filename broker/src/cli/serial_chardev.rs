@@ -2,26 +2,30 @@
 //! libvirt write it: `-chardev null|stdio|file|pty,id=ID[,path=]` (or a
 //! `socket,...,server=on,wait=off`) with `-serial chardev:ID` or
 //! `-device isa-serial,chardev=ID[,id=][,index=0]`. bulkhead has one UART
-//! (COM1), so only index 0.
+//! (COM1), so only index 0. Also `-serial`'s own backends and the
+//! default serial port (`-nographic`, `-nodefaults`, `-monitor stdio`).
 
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::{bad, keyval_pairs, CliError, Result, SerialSpec};
+use super::monitors::legacy_pairs;
+use super::{bad, parse_on_off, serial_tcp, suboptions, CliError, HmpSpec, Result, SerialSpec};
 
 /// A `-chardev` that can back the serial port: (id, what it is), or
-/// `None` if it is a socket (handled elsewhere).
+/// `None` if it is a Unix socket (handled elsewhere).
 pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
     let o = "-chardev";
-    let pairs = keyval_pairs(o, s, Some("backend"))?;
+    let pairs = legacy_pairs(o, s, Some("backend"))?;
     let backend = pairs
         .iter()
         .find(|(k, _)| k == "backend")
         .map_or(String::new(), |(_, v)| v.clone());
     let backend = backend.as_str();
     let spec = match backend {
-        "socket" => return Ok(None),
+        "socket" => {
+            return Ok(serial_tcp::parse_chardev(s, &pairs)?.map(|(id, t)| (id, SerialSpec::Tcp(t))))
+        }
         "null" => SerialSpec::Null,
         "stdio" => SerialSpec::Stdio,
         "file" => SerialSpec::File(PathBuf::new()),
@@ -39,6 +43,9 @@ pub fn parse(s: &str) -> Result<Option<(String, SerialSpec)>> {
             "id" => id = Some(v),
             "path" if backend == "file" => path = Some(PathBuf::from(v)),
             "signal" if backend == "stdio" && v == "on" => {}
+            // Shared by the serial port and a readline monitor (QEMU's
+            // explicit spelling of `-serial mon:stdio`).
+            "mux" if backend == "stdio" && v == "on" => {}
             _ => return Err(bad(o, format!("Invalid parameter '{k}'"))),
         }
     }
@@ -80,6 +87,78 @@ pub fn parse_isa_serial(props: &Map<String, Value>) -> Result<String> {
     chardev.ok_or_else(|| bad(o, "isa-serial: Property 'chardev' is required"))
 }
 
+/// Why `-mon chardev=ID` found no monitor socket: QEMU's "not found", or
+/// that ID is a TCP socket (bulkhead's monitors listen on Unix sockets).
+pub(super) fn mon_missing(id: &str, serial_chardevs: &[(String, SerialSpec)]) -> CliError {
+    if serial_chardevs
+        .iter()
+        .any(|(c, s)| c == id && matches!(s, SerialSpec::Tcp(_)))
+    {
+        bad(
+            "-mon",
+            format!("chardev '{id}': bulkhead's monitors listen on Unix sockets (path=) only"),
+        )
+    } else {
+        bad("-mon", format!("chardev \"{id}\" not found"))
+    }
+}
+
+/// The serial port without `-serial`: as QEMU, `-nographic` puts it on
+/// stdio, muxed with a human monitor unless a monitor was given
+/// (`-qmp`, `-monitor`, `-mon`); `-nodefaults` removes it. Otherwise
+/// bulkhead's default is stdio (QEMU's is a graphical console bulkhead
+/// does not have), or none when `-monitor stdio` already holds stdio.
+pub(super) fn default_serial(
+    nodefaults: bool,
+    nographic: bool,
+    monitor: bool,
+    hmp: &[HmpSpec],
+) -> SerialSpec {
+    if nodefaults {
+        SerialSpec::Null
+    } else if nographic && !monitor {
+        SerialSpec::MonStdio
+    } else if !nographic && hmp.contains(&HmpSpec::Stdio) {
+        SerialSpec::Null
+    } else {
+        SerialSpec::Stdio
+    }
+}
+
+pub(super) fn parse_serial(s: &str) -> Result<SerialSpec> {
+    let (first, kv) = suboptions(s);
+    match first {
+        "stdio" => Ok(SerialSpec::Stdio),
+        "null" | "none" => Ok(SerialSpec::Null),
+        "pty" => Ok(SerialSpec::Pty("serial0".into())),
+        "mon:stdio" => Ok(SerialSpec::MonStdio),
+        _ => {
+            if first.starts_with("tcp:") {
+                return Ok(SerialSpec::Tcp(serial_tcp::parse_tcp(s)?));
+            }
+            if let Some(p) = first.strip_prefix("file:") {
+                Ok(SerialSpec::File(PathBuf::from(p)))
+            } else if let Some(p) = first.strip_prefix("unix:") {
+                for (k, v) in kv {
+                    match k {
+                        "server" if parse_on_off("-serial", v)? => {}
+                        "wait" if !parse_on_off("-serial", v)? => {}
+                        _ => {
+                            return Err(bad(
+                                "-serial",
+                                format!("unsupported suboption '{k}={v}' (use server=on,wait=off)"),
+                            ))
+                        }
+                    }
+                }
+                Ok(SerialSpec::Unix(PathBuf::from(p)))
+            } else {
+                Err(bad("-serial", format!("'{s}' is not a supported backend")))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +185,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parse_isa_serial(&props).unwrap(), "c");
+    }
+
+    #[test]
+    fn serial_backends_parse() {
+        assert_eq!(
+            parse_serial("file:/tmp/s").unwrap(),
+            SerialSpec::File("/tmp/s".into())
+        );
+        assert_eq!(
+            parse_serial("unix:/tmp/s,server=on,wait=off").unwrap(),
+            SerialSpec::Unix("/tmp/s".into())
+        );
+        assert_eq!(
+            parse_serial("pty").unwrap(),
+            SerialSpec::Pty("serial0".into())
+        );
+        assert!(matches!(
+            parse_serial("tcp:127.0.0.1:4444").unwrap(),
+            SerialSpec::Tcp(t) if t.port == 4444 && !t.server
+        ));
+        assert_eq!(parse_serial("mon:stdio").unwrap(), SerialSpec::MonStdio);
+        assert!(parse_serial("mon:vc").is_err());
     }
 }

@@ -6,7 +6,6 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::cli::{MonitorSocket, SerialSpec};
 use crate::qmp::error::{QmpError, Result};
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, QapiType, SchemaType};
@@ -311,30 +310,10 @@ fn info_cpus(ctx: &Ctx<'_>) -> Result<String> {
 }
 
 fn info_chardev(ctx: &Ctx<'_>) -> String {
-    let cfg = ctx.machine.config();
-    let mut out = String::new();
-    for (i, m) in cfg.qmp.iter().enumerate() {
-        let f = match &m.socket {
-            MonitorSocket::Path(p) => format!("unix:{},server=on", p.display()),
-            MonitorSocket::Fd(fd) => format!("fd={fd},server=on"),
-        };
-        out.push_str(&format!("compat_monitor{i}: filename={f}\n"));
-    }
-    let serial = match &cfg.serial {
-        SerialSpec::Stdio => "stdio".to_owned(),
-        SerialSpec::Null => "null".to_owned(),
-        SerialSpec::Pty(_) => match crate::machine::serial_pty::path() {
-            Some(p) => format!("pty:{}", p.display()),
-            None => "pty".to_owned(),
-        },
-        SerialSpec::File(p) => format!("file:{}", p.display()),
-        SerialSpec::Unix(p) => format!("unix:{},server=on", p.display()),
-    };
-    out.push_str(&format!("serial0: filename={serial}\n"));
-    for c in &cfg.chardevs {
-        out.push_str(&format!("{}: filename=unix:{}\n", c.id, c.path.display()));
-    }
-    out
+    super::chardev::chardevs(ctx)
+        .iter()
+        .map(|c| format!("{}: filename={}\n", c.label, c.filename))
+        .collect()
 }
 
 /// The device tree of bulkhead's microvm (docs/platform.md).

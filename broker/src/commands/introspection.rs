@@ -245,18 +245,49 @@ simple_query!(
     "query-cpu-definitions",
     "Return the CPU models -cpu accepts: host, max, qemu64.",
     Vec<CpuDefinitionInfo>,
-    |_ctx| Ok(crate::cli::cpu::MODELS
+    |_ctx| crate::cli::cpu::MODELS
         .iter()
-        .map(|(name, _)| CpuDefinitionInfo {
-            name,
-            typename: format!("{name}-x86_64-cpu"),
-            is_static: false,
-            migration_safe: *name == "qemu64",
-            deprecated: false,
-            unavailable_features: Vec::new(),
+        .map(|(name, _)| {
+            Ok(CpuDefinitionInfo {
+                name,
+                typename: format!("{name}-x86_64-cpu"),
+                is_static: false,
+                migration_safe: *name == "qemu64",
+                deprecated: false,
+                unavailable_features: unavailable_features(name)?,
+            })
         })
-        .collect())
+        .collect()
 );
+
+/// The features `model` defines that a vCPU here does not get (KVM
+/// lacks them), by QEMU's canonical names: the model as defined against
+/// what the vCPU code builds from KVM's supported set.
+fn unavailable_features(model: &str) -> Result<Vec<String>> {
+    let model = crate::cli::cpu::parse(model).map_err(|e| QmpError::generic(e.to_string()))?;
+    let kvm = |e: std::io::Error| QmpError::generic(format!("/dev/kvm: {e}"));
+    let defined = vcpu_proc::cpu_model::expand(&model, true).map_err(kvm)?;
+    let real = vcpu_proc::cpu_model::expand(&model, false).map_err(kvm)?;
+    Ok(canonical_features()
+        .filter(|f| {
+            crate::cli::cpu::feature(f).is_some_and(|(leaf, reg, bit)| {
+                vcpu_proc::cpu_model::has(&defined, leaf, reg, bit)
+                    && !vcpu_proc::cpu_model::has(&real, leaf, reg, bit)
+            })
+        })
+        .map(String::from)
+        .collect())
+}
+
+/// Feature names as QEMU reports them: each once (no aliases such as
+/// `sse3` for `pni`), without `osxsave` (the guest OS sets it; QEMU has
+/// no property for it).
+fn canonical_features() -> impl Iterator<Item = &'static str> {
+    crate::cli::cpu::feature_names().filter(|f| *f != "osxsave" && !FEATURE_ALIASES.contains(f))
+}
+
+/// Second names of features QEMU lists under another name.
+const FEATURE_ALIASES: [&str; 4] = ["sse3", "sse4-1", "sse4-2", "xd"];
 
 simple_query!(
     QueryIothreads,
@@ -302,7 +333,7 @@ simple_query!(
 /// (option, [(parameter, type)]) of every option with suboptions bulkhead
 /// accepts, as `query-command-line-options` lists them.
 const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
-    ("machine", &[("type", "string"), ("accel", "string")]),
+    ("machine", &[("type", "string"), ("accel", "string"), ("dump-guest-core", "boolean")]),
     ("accel", &[("accel", "string")]),
     ("name", &[("guest", "string"), ("process", "string"), ("debug-threads", "boolean")]),
     ("msg", &[("timestamp", "boolean"), ("guest-name", "boolean")]),
@@ -319,12 +350,16 @@ const OPTION_PARAMETERS: &[(&str, &[(&str, &str)])] = &[
     ]),
     ("chardev", &[
         ("backend", "string"), ("id", "string"), ("path", "string"), ("fd", "string"),
-        ("server", "boolean"), ("wait", "boolean"),
+        ("server", "boolean"), ("wait", "boolean"), ("host", "string"), ("port", "string"),
+        ("mux", "boolean"),
     ]),
     ("mon", &[("chardev", "string"), ("mode", "string"), ("pretty", "boolean"), ("id", "string")]),
     ("add-fd", &[("fd", "number"), ("set", "number"), ("opaque", "string")]),
     ("run-with", &[("user", "string")]),
-    ("sandbox", &[("enable", "boolean")]),
+    ("sandbox", &[
+        ("enable", "boolean"), ("obsolete", "string"), ("elevateprivileges", "string"),
+        ("spawn", "string"), ("resourcecontrol", "string"),
+    ]),
     ("trace", &[("file", "string"), ("events", "string"), ("enable", "string")]),
 ];
 
@@ -492,10 +527,7 @@ impl Command for QueryCpuModelExpansion {
             // The guest OS sets OSXSAVE; QEMU has no property for it.
             .filter(|f| *f != "osxsave")
             // A static expansion names each feature once, as QEMU does.
-            .filter(|f| {
-                matches!(args.kind, ExpansionType::Full)
-                    || !["sse3", "sse4-1", "sse4-2", "xd"].contains(f)
-            })
+            .filter(|f| matches!(args.kind, ExpansionType::Full) || !FEATURE_ALIASES.contains(f))
             .filter_map(|f| {
                 let (leaf, reg, bit) = crate::cli::cpu::feature(f)?;
                 Some((

@@ -19,6 +19,7 @@
 //!   escape attempts inside the sandboxed workers.
 
 pub mod block;
+pub mod chardev;
 pub mod control;
 pub mod cpu_hotplug;
 pub mod device;
@@ -29,6 +30,7 @@ pub mod gic;
 pub mod hmp;
 pub mod introspection;
 pub mod machine;
+pub mod migration;
 pub mod qom;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
@@ -53,6 +55,8 @@ pub fn registry() -> Registry {
     r.register::<machine::SystemPowerdown>();
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
+    r.register::<migration::MigrateSetCapabilities>();
+    r.register::<chardev::QueryChardev>();
     r.register::<introspection::QueryUuid>();
     r.register::<introspection::QueryTarget>();
     r.register::<introspection::QueryKvm>();

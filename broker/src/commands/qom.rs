@@ -275,11 +275,37 @@ fn machine_type(ctx: &Ctx<'_>) -> &'static str {
 }
 
 /// The object tree: (path, [(property, type)]).
-fn object(ctx: &Ctx<'_>, path: &str) -> Option<Vec<(&'static str, String)>> {
+fn object(ctx: &Ctx<'_>, path: &str) -> Option<Vec<(String, String)>> {
+    let mut props: Vec<(String, String)> = fixed_object(ctx, path)?
+        .into_iter()
+        .map(|(n, t)| (n.to_owned(), t))
+        .collect();
+    // `-object secret`s are children of /objects, as in QEMU.
+    if path.trim_end_matches('/') == "/objects" {
+        for s in &ctx.machine.config().secrets {
+            props.push((s.id.clone(), "child<secret>".into()));
+        }
+    }
+    Some(props)
+}
+
+/// The paths every bulkhead VM has, and each secret's.
+fn fixed_object(ctx: &Ctx<'_>, path: &str) -> Option<Vec<(&'static str, String)>> {
     match path.trim_end_matches('/') {
         "" => Some(vec![
             ("type", "string".into()),
+            ("objects", "child<container>".into()),
             ("machine", format!("child<{}>", machine_type(ctx))),
+        ]),
+        "/objects" => Some(vec![("type", "string".into())]),
+        // QEMU 10's properties of a `secret`, in its order.
+        p if secret_at(ctx, p).is_some() => Some(vec![
+            ("type", "string".into()),
+            ("iv", "string".into()),
+            ("keyid", "string".into()),
+            ("format", "QCryptoSecretFormat".into()),
+            ("file", "string".into()),
+            ("data", "string".into()),
         ]),
         "/machine" => Some(vec![
             ("type", "string".into()),
@@ -292,6 +318,12 @@ fn object(ctx: &Ctx<'_>, path: &str) -> Option<Vec<(&'static str, String)>> {
         }
         _ => None,
     }
+}
+
+/// The `-object secret` at `/objects/ID`.
+fn secret_at<'a>(ctx: &'a Ctx<'_>, path: &str) -> Option<&'a crate::cli::secret::Secret> {
+    let id = path.strip_prefix("/objects/")?;
+    ctx.machine.config().secrets.iter().find(|s| s.id == id)
 }
 
 fn not_found(path: &str) -> QmpError {
@@ -359,6 +391,29 @@ impl Command for QomGet {
                 "Property '{}.{}' not found",
                 args.path, args.property
             )));
+        }
+        if let Some(s) = secret_at(ctx, args.path.trim_end_matches('/')) {
+            return Ok(match args.property.as_str() {
+                "type" => json!("secret"),
+                // bulkhead refuses encrypted secrets: never an iv or key.
+                "iv" | "keyid" => json!(""),
+                "format" => json!("raw"),
+                // As QEMU: the text given as `data=` (empty for `file=`).
+                "data" => json!(match &s.file {
+                    Some(_) => String::new(),
+                    None => String::from_utf8_lossy(s.bytes()).into_owned(),
+                }),
+                "file" => json!(s
+                    .file
+                    .as_ref()
+                    .map_or(String::new(), |f| f.display().to_string())),
+                other => {
+                    return Err(QmpError::generic(format!(
+                        "Property '{}.{other}' not found",
+                        args.path
+                    )))
+                }
+            });
         }
         match (args.path.trim_end_matches('/'), args.property.as_str()) {
             ("/machine", "type") => Ok(json!(machine_type(ctx))),

@@ -29,6 +29,10 @@ pub enum SetupError {
     /// The serial socket could not be created.
     #[error("could not listen on serial socket '{0}'")]
     SerialSocket(PathBuf, #[source] std::io::Error),
+    /// The broker's end of a serial backend it serves itself (TCP, muxed
+    /// stdio) is missing or could not be duplicated.
+    #[error("serial backend {0}")]
+    SerialBackend(&'static str, #[source] std::io::Error),
 }
 
 /// The request and the fds it refers to, in slot order.
@@ -104,6 +108,41 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
             serial_socket = Some(p.clone());
             SerialConfig::Listener(slots.push(l.into()))
         }
+        SerialSpec::Tcp(_) => {
+            let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+            let (server, fd) = crate::chardev::tcp::socket()
+                .unwrap_or_else(|| Err(missing()))
+                .map_err(|e| SetupError::SerialBackend("tcp", e))?;
+            if server {
+                let listener = slots.push(fd);
+                match crate::chardev::tcp::take_first_client() {
+                    Some(c) => SerialConfig::ListenerWithClient {
+                        listener,
+                        client: slots.push(c),
+                    },
+                    None => SerialConfig::Listener(listener),
+                }
+            } else {
+                let input = fd
+                    .try_clone()
+                    .map_err(|e| SetupError::SerialBackend("tcp", e))?;
+                SerialConfig::Stream {
+                    output: slots.push(fd),
+                    input: Some(slots.push(input)),
+                }
+            }
+        }
+        SerialSpec::MonStdio => {
+            let end = || {
+                crate::chardev::mux::guest_end()
+                    .unwrap_or_else(|| Err(std::io::Error::from(std::io::ErrorKind::NotFound)))
+                    .map_err(|e| SetupError::SerialBackend("mon:stdio", e))
+            };
+            SerialConfig::Stream {
+                output: slots.push(end()?),
+                input: Some(slots.push(end()?)),
+            }
+        }
         SerialSpec::Pty(label) => SerialConfig::Stream {
             output: slots.push(super::serial_pty::master(label)?),
             input: Some(slots.push(super::serial_pty::master(label)?)),
@@ -124,6 +163,7 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         no_reboot: cfg.no_reboot,
         cpu: cfg.cpu.clone(),
         thread_names: cfg.debug_threads,
+        no_dump_guest_core: cfg.no_dump_guest_core,
     };
     Ok(PreparedVm {
         config,

@@ -19,7 +19,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The worker executables live beside `bulkhead`, but `cargo test -p broker`
 /// builds only the broker: build them once per test binary.
-fn build_workers() {
+pub fn build_workers() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let bin = Path::new(env!("CARGO_BIN_EXE_bulkhead"));

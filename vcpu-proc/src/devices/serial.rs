@@ -1,14 +1,14 @@
 //! COM1: vm-superio's 16550 UART on an irqfd, and its backends — a byte
-//! stream (output fd, optional input fd), a listening Unix socket (one
-//! client at a time; output is dropped while none is connected) or null.
+//! stream (output fd, optional input fd), a listening socket (Unix or TCP,
+//! bound by the broker; one client at a time; output is dropped while none
+//! is connected) or null.
 //!
 //! Input is bounded: a reader thread holds at most one buffer and feeds the
 //! UART's FIFO only as space frees up.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub enum SerialOut {
     /// Written to a file or pipe.
     File(Arc<File>),
     /// Written to the connected socket client, dropped while none.
-    Client(Arc<Mutex<Option<UnixStream>>>),
+    Client(Arc<Mutex<Option<File>>>),
 }
 
 impl Write for SerialOut {
@@ -175,18 +175,47 @@ pub fn spawn_stream_input(dev: Arc<Mutex<SerialDevice>>, input: OwnedFd) -> io::
         .map(|_| ())
 }
 
-/// Starts a thread serving `listener`: one client at a time, its bytes are
-/// input and `client` (the UART's output sink) points at it while connected.
+/// Accepts one connection on a listening socket of any family (the
+/// broker binds Unix and TCP ones).
+fn accept(listener: &OwnedFd) -> io::Result<File> {
+    let fd = nix::sys::socket::accept4(
+        listener.as_raw_fd(),
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: accept4 just returned this new fd; nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Starts a thread serving `listener`: one client at a time (`first`, if
+/// the broker accepted one already, then each accepted one), its bytes
+/// are input and `client` (the UART's output sink) points at it while
+/// connected.
 pub fn spawn_listener(
     dev: Arc<Mutex<SerialDevice>>,
-    listener: UnixListener,
-    client: Arc<Mutex<Option<UnixStream>>>,
+    listener: OwnedFd,
+    client: Arc<Mutex<Option<File>>>,
+    first: Option<File>,
 ) -> io::Result<()> {
+    // The first client is the output sink before any vCPU runs, so the
+    // guest's first bytes reach it.
+    let mut first_reader = match first {
+        Some(f) => {
+            let reader = f.try_clone()?;
+            *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+            Some(reader)
+        }
+        None => None,
+    };
     std::thread::Builder::new()
         .name("serial-listen".into())
         .spawn(move || loop {
-            let stream = match listener.accept() {
-                Ok((s, _)) => s,
+            if let Some(reader) = first_reader.take() {
+                pump(&dev, reader);
+                *client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            let stream = match accept(&listener) {
+                Ok(s) => s,
                 Err(e) => {
                     warn_limited!("serial socket accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
@@ -215,8 +244,8 @@ mod tests {
         let slot = Arc::new(Mutex::new(None));
         let mut dev = SerialDevice::new(SerialIrq(None), SerialOut::Client(slot.clone()));
         dev.write(THR, b"x");
-        let (a, mut b) = UnixStream::pair().unwrap();
-        *slot.lock().unwrap() = Some(a);
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        *slot.lock().unwrap() = Some(File::from(OwnedFd::from(a)));
         dev.write(THR, b"y");
         let mut got = [0u8; 1];
         b.read_exact(&mut got).unwrap();

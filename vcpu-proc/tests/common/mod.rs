@@ -234,6 +234,7 @@ impl Vmm {
             no_reboot: opts.no_reboot,
             cpu: Default::default(),
             thread_names: false,
+            no_dump_guest_core: false,
         };
         let mut vmm = Vmm {
             child,
