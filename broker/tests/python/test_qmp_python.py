@@ -187,7 +187,10 @@ def test_hmp_info_block_names_the_disk_as_qemu_prints_it(tmp_path):
             return text
 
         text = run(go())
-        assert text.startswith(f"d0: {img} (raw)\r\n"), text
+        # QEMU 10 prints "d0 (#block176): ..." (device, then node name);
+        # bulkhead's node of `-drive id=d0` is named d0.
+        assert text.startswith(f"d0 (d0): {img} (raw)\r\n"), text
+        assert "    Attached to:      vda\r\n" in text
         assert "    Cache mode:       writeback\r\n" in text
     finally:
         proc.kill()
