@@ -16,6 +16,7 @@
 
 pub mod block;
 pub mod inflight;
+pub mod jobs;
 pub mod server;
 pub mod standalone;
 pub mod vhost;

@@ -38,6 +38,8 @@ pub struct Server {
     graph: Graph,
     exports: BTreeMap<String, Export>,
     events: mpsc::Sender<ExportEvent>,
+    jobs: crate::jobs::Jobs,
+    job_events: Option<mpsc::Sender<ipc_proto::block_jobs::JobEvent>>,
 }
 
 impl From<GraphError> for FlatError {
@@ -53,7 +55,15 @@ impl Server {
             graph: Graph::new(),
             exports: BTreeMap::new(),
             events,
+            jobs: crate::jobs::Jobs::default(),
+            job_events: None,
         }
+    }
+
+    /// Where job events go.
+    pub fn with_job_events(mut self, tx: mpsc::Sender<ipc_proto::block_jobs::JobEvent>) -> Self {
+        self.job_events = Some(tx);
+        self
     }
 
     /// The node graph.
@@ -157,6 +167,22 @@ impl Server {
                 })?;
                 Ok(BlockReply::Done)
             }
+            BlockRequest::StartJob(spec) => {
+                let tx = self
+                    .job_events
+                    .clone()
+                    .ok_or_else(|| FlatError::generic("block jobs need the broker's channel"))?;
+                self.jobs
+                    .start(spec, &self.graph, tx)
+                    .map_err(|e| FlatError::generic(e.to_string()))?;
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::JobControl { id, op } => {
+                self.jobs
+                    .control(&id, op)
+                    .map_err(|e| FlatError::generic(e.to_string()))?;
+                Ok(BlockReply::Done)
+            }
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
@@ -201,7 +227,19 @@ pub fn run(chan: BlockChannel) -> Result<()> {
             }
         }
     });
-    let mut server = Server::new(tx);
+    let (jtx, jrx) = mpsc::channel();
+    let job_chan = chan.clone();
+    std::thread::spawn(move || {
+        for e in jrx {
+            if job_chan
+                .send(&WorkerMsg::Event(BlockEvent::Job(e)), &[])
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut server = Server::new(tx).with_job_events(jtx);
     loop {
         let (msg, fds) = match chan.recv() {
             Ok(m) => m,

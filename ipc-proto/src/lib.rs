@@ -21,6 +21,7 @@
 //!   request, reply and event enums (one channel per capability).
 
 pub mod block;
+pub mod block_jobs;
 pub mod channel;
 pub mod codec;
 pub mod envelope;

@@ -8,14 +8,17 @@
 //! - [`bounce`]: the budgeted bounce-buffer pool of an `O_DIRECT` file.
 //! - [`range_lock`]: byte-range locks over data-modifying requests.
 //! - [`stats`]: per-node I/O accounting.
+//! - [`hooks`]: requests in flight and drain, job taps, pivot redirects.
 
 pub mod aio;
 pub mod bounce;
 pub mod file;
 pub mod graph;
+pub mod hooks;
 pub mod iobuf;
 pub mod null;
 pub mod qcow2;
+pub mod qcow2_backing;
 pub mod qcow2_header;
 pub mod qcow2_repair;
 pub mod range_lock;
@@ -70,6 +73,10 @@ pub trait Driver: Send + Sync {
     fn aio_target(&self, _op: &aio::Op<'_, '_>) -> Option<aio::Target> {
         None
     }
+    /// The qcow2 driver, for the jobs that work on backing chains.
+    fn as_qcow2(&self) -> Option<&qcow2::Qcow2Driver> {
+        None
+    }
 }
 
 /// One named node of the graph.
@@ -92,6 +99,8 @@ pub struct Node {
     pub stats: Stats,
     /// Number of parents (nodes and exports) holding this node.
     users: AtomicUsize,
+    /// Requests in flight, drain, job tap and pivot redirect.
+    pub hooks: hooks::Hooks,
 }
 
 impl Node {
@@ -107,6 +116,7 @@ impl Node {
             cache_no_flush: false,
             stats: Stats::default(),
             users: AtomicUsize::new(0),
+            hooks: hooks::Hooks::default(),
         }
     }
 
@@ -130,19 +140,48 @@ impl Node {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.driver.size()
+        match self.hooks.redirect() {
+            Some(to) => to.size(),
+            None => self.driver.size(),
+        }
+    }
+
+    /// The node this node's requests reach (itself, or the node it was
+    /// pivoted to).
+    pub fn resolved(self: &std::sync::Arc<Self>) -> std::sync::Arc<Node> {
+        match self.hooks.redirect() {
+            Some(to) => to.resolved(),
+            None => self.clone(),
+        }
     }
 
     /// Read with accounting.
     pub fn read(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.read(bufs, offset, len);
+        }
         let t = std::time::Instant::now();
         let r = self.driver.read(bufs, offset);
         self.stats.account_read(len, t, r.is_ok());
         r
     }
 
-    /// Write with accounting (and zero detection when enabled).
+    /// Write with accounting (and zero detection when enabled), through
+    /// the job tap if one is set.
     pub fn write(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.write(bufs, offset, len);
+        }
+        match self.hooks.tap() {
+            Some(tap) => tap.write(offset, len, &mut || self.write_untapped(bufs, offset, len)),
+            None => self.write_untapped(bufs, offset, len),
+        }
+    }
+
+    /// A write past the tap (a job's own copy into the node).
+    pub fn write_untapped(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
         let t = std::time::Instant::now();
         let r = if self.detect_zeroes != DetectZeroes::Off && iobuf::all_zero(bufs) {
             let unmap = self.detect_zeroes == DetectZeroes::Unmap && self.discard_unmap;
@@ -156,6 +195,10 @@ impl Node {
 
     /// Flush with accounting.
     pub fn flush(&self) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.flush();
+        }
         let t = std::time::Instant::now();
         let r = if self.cache_no_flush {
             Ok(())
@@ -168,11 +211,17 @@ impl Node {
 
     /// Discard with accounting; a no-op unless `discard=unmap`.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.discard(offset, len);
+        }
         let t = std::time::Instant::now();
-        let r = if self.discard_unmap {
-            self.driver.discard(offset, len)
-        } else {
+        let r = if !self.discard_unmap {
             Ok(())
+        } else if let Some(tap) = self.hooks.tap() {
+            tap.write(offset, len, &mut || self.driver.discard(offset, len))
+        } else {
+            self.driver.discard(offset, len)
         };
         self.stats.account_discard(len, t, r.is_ok());
         r
@@ -183,7 +232,10 @@ impl Node {
     /// `cache.no-flush` and discards without `discard=unmap` stay there
     /// (they look at the data or need no I/O).
     pub fn aio_target(&self, op: &aio::Op<'_, '_>) -> Option<aio::Target> {
-        match op {
+        if !self.hooks.enter_async() {
+            return None;
+        }
+        let t = match op {
             aio::Op::Write { .. } if self.detect_zeroes != DetectZeroes::Off => None,
             aio::Op::Flush if self.cache_no_flush => None,
             aio::Op::Discard { .. } if !self.discard_unmap => None,
@@ -191,7 +243,11 @@ impl Node {
             | aio::Op::Write { .. }
             | aio::Op::Flush
             | aio::Op::Discard { .. } => self.driver.aio_target(op),
+        };
+        if t.is_none() {
+            self.hooks.leave();
         }
+        t
     }
 
     /// Account a request the asynchronous engine ran, started at `t`.
@@ -203,6 +259,7 @@ impl Node {
         t: std::time::Instant,
         ok: bool,
     ) {
+        self.hooks.leave();
         match kind {
             aio::Kind::Read => self.stats.account_read(len, t, ok),
             aio::Kind::Write => self.stats.account_write(offset, len, t, ok),
@@ -213,10 +270,18 @@ impl Node {
 
     /// Write zeroes with accounting.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.write_zeroes(offset, len, unmap);
+        }
         let t = std::time::Instant::now();
-        let r = self
-            .driver
-            .write_zeroes(offset, len, unmap && self.discard_unmap);
+        let unmap = unmap && self.discard_unmap;
+        let r = match self.hooks.tap() {
+            Some(tap) => tap.write(offset, len, &mut || {
+                self.driver.write_zeroes(offset, len, unmap)
+            }),
+            None => self.driver.write_zeroes(offset, len, unmap),
+        };
         self.stats.account_write(offset, len, t, r.is_ok());
         r
     }

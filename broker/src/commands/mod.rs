@@ -69,6 +69,7 @@ pub fn registry() -> Registry {
     r.register::<block::QueryNamedBlockNodes>();
     r.register::<block::QueryBlockstats>();
     r.register::<block::QueryBlock>();
+    block::jobs::register(&mut r);
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     r.register::<fdsets::GetFd>();

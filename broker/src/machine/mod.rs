@@ -21,6 +21,7 @@ pub mod fdsets;
 pub mod host_memory;
 pub mod host_tids;
 pub mod images;
+pub mod jobs;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
@@ -112,6 +113,8 @@ pub struct Machine {
     /// The block graph and exports the user asked for (replayed into a
     /// restarted block-proc).
     pub(crate) block_state: block_state::Shared,
+    /// Block jobs (their desired state, replayed with the block state).
+    pub(crate) jobs: jobs::JobTable,
     /// Signalled (with `block`'s mutex) when a block worker is published
     /// or the broker starts ending.
     block_ready: Condvar,
@@ -146,6 +149,7 @@ impl Machine {
             no_vm,
             worker_sandbox,
             block_state: Default::default(),
+            jobs: Default::default(),
             config,
             events,
             supervisor,
@@ -353,7 +357,9 @@ impl Machine {
             | BlockRequest::DelNode { .. }
             | BlockRequest::AddExport { .. }
             | BlockRequest::DelExport { .. }
-            | BlockRequest::AttachExportConnection { .. } => {}
+            | BlockRequest::AttachExportConnection { .. }
+            | BlockRequest::StartJob(_)
+            | BlockRequest::JobControl { .. } => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }
@@ -546,6 +552,7 @@ impl Machine {
                     "reason": reason,
                 })),
             ),
+            BlockEvent::Job(e) => self.jobs.push(e),
         }
     }
 }

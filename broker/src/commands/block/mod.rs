@@ -7,8 +7,10 @@
 //! - [`info`] — `query-named-block-nodes` and the node/image info types.
 //! - [`stats`] — `query-blockstats`.
 //! - [`query_block`] — `query-block`.
+//! - [`jobs`] — block-stream, blockdev-mirror, the job verbs and queries.
 
 pub mod info;
+pub mod jobs;
 pub mod nodes;
 pub mod options;
 pub mod query_block;
