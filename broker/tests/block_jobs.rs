@@ -36,15 +36,59 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf) {
     let mid = dir.join("mid.qcow2");
     let top = dir.join("top.qcow2");
     let size = CHAIN_BYTES.to_string();
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&base), &size]);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", p(&base), "-F", "qcow2", p(&mid)]);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", p(&mid), "-F", "qcow2", p(&top)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x11 0 24M", p(&base)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x22 4M 8M", p(&mid)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x33 10M 1M", p(&top)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x44 20M 3M", p(&mid)]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&base), &size],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            p(&base),
+            "-F",
+            "qcow2",
+            p(&mid),
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            p(&mid),
+            "-F",
+            "qcow2",
+            p(&top),
+        ],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x11 0 24M", p(&base)],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x22 4M 8M", p(&mid)],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x33 10M 1M", p(&top)],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x44 20M 3M", p(&mid)],
+    );
     let flat = dir.join("flat.raw");
-    run("qemu-img", &["convert", "-U", "-O", "raw", p(&top), p(&flat)]);
+    run(
+        "qemu-img",
+        &["convert", "-U", "-O", "raw", p(&top), p(&flat)],
+    );
     (top, flat)
 }
 
@@ -54,7 +98,10 @@ fn overlay_guest_sectors(img: &Path, format: &str, flat: &Path) {
     use std::os::unix::fs::FileExt;
     let view = raw_view(img, format);
     let mut b = vec![0u8; (GUEST_SECTORS * 512) as usize];
-    std::fs::File::open(&view).unwrap().read_exact_at(&mut b, 0).unwrap();
+    std::fs::File::open(&view)
+        .unwrap()
+        .read_exact_at(&mut b, 0)
+        .unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(flat).unwrap();
     f.write_all_at(&b, 0).unwrap();
 }
@@ -117,7 +164,11 @@ fn stream_of_a_three_image_chain_flattens_it_while_the_guest_verifies_its_disk()
     let serial = SerialLog(dir.0.join("serial.log"));
     let (b, mut q) = start(&top, "qcow2", &serial);
     // Slow enough that the guest does passes during the job.
-    ok(&mut q, "block-stream", json!({"device": "d0", "speed": 16 << 20}));
+    ok(
+        &mut q,
+        "block-stream",
+        json!({"device": "d0", "speed": 16 << 20}),
+    );
     let st = q.event_where("JOB_STATUS_CHANGE", |d| d["status"] == "running");
     assert_eq!(st["data"]["id"], "d0", "job-id defaults to the device");
     let passes = serial.passes();
@@ -130,7 +181,10 @@ fn stream_of_a_three_image_chain_flattens_it_while_the_guest_verifies_its_disk()
     assert!(serial.passes() > passes);
     quit(b, q);
     let i = info(&top);
-    assert!(i.get("backing-filename").is_none(), "still has a backing file: {i}");
+    assert!(
+        i.get("backing-filename").is_none(),
+        "still has a backing file: {i}"
+    );
     assert_qemu_img_check(&top, "qcow2");
     overlay_guest_sectors(&top, "qcow2", &flat);
     qemu_img_compare(&flat, &top);
@@ -144,8 +198,15 @@ fn stream_to_a_base_keeps_the_base_and_drops_the_middle_image() {
     let serial = SerialLog(dir.0.join("serial.log"));
     let (b, mut q) = start(&top, "qcow2", &serial);
     let e = q.execute("block-stream", json!({"device": "d0", "base": "nope"}));
-    assert_eq!(common::Qmp::error_of(&e).1, "Can't find 'nope' in the backing chain");
-    ok(&mut q, "block-stream", json!({"device": "d0", "job-id": "s", "base": p(&base)}));
+    assert_eq!(
+        common::Qmp::error_of(&e).1,
+        "Can't find 'nope' in the backing chain"
+    );
+    ok(
+        &mut q,
+        "block-stream",
+        json!({"device": "d0", "job-id": "s", "base": p(&base)}),
+    );
     q.event("BLOCK_JOB_COMPLETED");
     assert_progress_and_image(&mut q, &serial, &top, "qcow2");
     quit(b, q);
@@ -163,13 +224,31 @@ fn mirror_and_complete(format: &str, sync: &str) {
     let dir = common::TempDir::new();
     let img = qcow2_image(&dir.0);
     let target = dir.0.join(format!("target.{format}"));
-    run("qemu-img", &["create", "-q", "-f", format, p(&target), &IMAGE_BYTES.to_string()]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            format,
+            p(&target),
+            &IMAGE_BYTES.to_string(),
+        ],
+    );
     let serial = SerialLog(dir.0.join("serial.log"));
     let (b, mut q) = start(&img, "qcow2", &serial);
-    ok(&mut q, "blockdev-add", json!({"driver": format, "node-name": "t0",
-        "file": {"driver": "file", "filename": p(&target)}}));
-    ok(&mut q, "blockdev-mirror", json!({"device": "d0", "target": "t0", "sync": sync,
-        "job-id": "m"}));
+    ok(
+        &mut q,
+        "blockdev-add",
+        json!({"driver": format, "node-name": "t0",
+        "file": {"driver": "file", "filename": p(&target)}}),
+    );
+    ok(
+        &mut q,
+        "blockdev-mirror",
+        json!({"device": "d0", "target": "t0", "sync": sync,
+        "job-id": "m"}),
+    );
     let ready = q.event("BLOCK_JOB_READY");
     assert_eq!(ready["data"]["type"], "mirror");
     let j = job(&mut q, "m").unwrap();
@@ -212,16 +291,37 @@ fn mirror_top_to_a_raw_target_pivots_the_device_at_complete() {
 fn cancel_before_ready_leaves_the_device_on_its_source_and_after_ready_gives_a_consistent_copy() {
     let dir = common::TempDir::new();
     let img = qcow2_image(&dir.0);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 1M 3M", p(&img)]);
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1M 3M", p(&img)],
+    );
     let target = dir.0.join("target.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&target), &IMAGE_BYTES.to_string()]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            p(&target),
+            &IMAGE_BYTES.to_string(),
+        ],
+    );
     let serial = SerialLog(dir.0.join("serial.log"));
     let (b, mut q) = start(&img, "qcow2", &serial);
-    ok(&mut q, "blockdev-add", json!({"driver": "qcow2", "node-name": "t0",
-        "file": {"driver": "file", "filename": p(&target)}}));
+    ok(
+        &mut q,
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "t0",
+        "file": {"driver": "file", "filename": p(&target)}}),
+    );
     // 64 KiB/s: never ready within the test.
-    ok(&mut q, "blockdev-mirror", json!({"device": "d0", "target": "t0", "sync": "full",
-        "job-id": "slow", "speed": 65536}));
+    ok(
+        &mut q,
+        "blockdev-mirror",
+        json!({"device": "d0", "target": "t0", "sync": "full",
+        "job-id": "slow", "speed": 65536}),
+    );
     std::thread::sleep(Duration::from_millis(500));
     ok(&mut q, "block-job-cancel", json!({"device": "slow"}));
     let c = q.event("BLOCK_JOB_CANCELLED");
@@ -229,8 +329,12 @@ fn cancel_before_ready_leaves_the_device_on_its_source_and_after_ready_gives_a_c
     assert!(c["data"]["offset"].as_u64().unwrap() < IMAGE_BYTES);
     assert_eq!(device_node(&mut q), "d0");
     // Cancel after READY: a consistent copy, the device stays.
-    ok(&mut q, "blockdev-mirror", json!({"device": "d0", "target": "t0", "sync": "full",
-        "job-id": "fast"}));
+    ok(
+        &mut q,
+        "blockdev-mirror",
+        json!({"device": "d0", "target": "t0", "sync": "full",
+        "job-id": "fast"}),
+    );
     q.event("BLOCK_JOB_READY");
     q.ok("stop");
     std::thread::sleep(Duration::from_millis(300));
@@ -241,10 +345,18 @@ fn cancel_before_ready_leaves_the_device_on_its_source_and_after_ready_gives_a_c
     assert_eq!(device_node(&mut q), "d0");
     q.ok("cont");
     // A forced cancel of a ready mirror ends cancelled.
-    ok(&mut q, "blockdev-mirror", json!({"device": "d0", "target": "t0", "sync": "full",
-        "job-id": "forced"}));
+    ok(
+        &mut q,
+        "blockdev-mirror",
+        json!({"device": "d0", "target": "t0", "sync": "full",
+        "job-id": "forced"}),
+    );
     q.event("BLOCK_JOB_READY");
-    ok(&mut q, "block-job-cancel", json!({"device": "forced", "force": true}));
+    ok(
+        &mut q,
+        "block-job-cancel",
+        json!({"device": "forced", "force": true}),
+    );
     q.event_where("BLOCK_JOB_CANCELLED", |d| d["device"] == "forced");
     assert_progress_and_image(&mut q, &serial, &img, "qcow2");
     quit(b, q);
@@ -256,8 +368,12 @@ fn pause_holds_a_stream_resume_continues_it_and_speed_shows_in_progress() {
     let (top, _flat) = chain(&dir.0);
     let serial = SerialLog(dir.0.join("serial.log"));
     let (b, mut q) = start(&top, "qcow2", &serial);
-    ok(&mut q, "block-stream", json!({"device": "d0", "job-id": "s", "speed": 2 << 20,
-        "auto-finalize": false, "auto-dismiss": false}));
+    ok(
+        &mut q,
+        "block-stream",
+        json!({"device": "d0", "job-id": "s", "speed": 2 << 20,
+        "auto-finalize": false, "auto-dismiss": false}),
+    );
     std::thread::sleep(Duration::from_millis(1000));
     let j = job(&mut q, "s").unwrap();
     assert_eq!(j["speed"], 2 << 20);
@@ -277,8 +393,15 @@ fn pause_holds_a_stream_resume_continues_it_and_speed_shows_in_progress() {
     assert_eq!(j["status"], "paused");
     ok(&mut q, "block-job-resume", json!({"device": "s"}));
     let e = q.execute("block-job-resume", json!({"device": "s"}));
-    assert_eq!(common::Qmp::error_of(&e).1, "Can't resume a job that was not paused");
-    ok(&mut q, "block-job-set-speed", json!({"device": "s", "speed": 0}));
+    assert_eq!(
+        common::Qmp::error_of(&e).1,
+        "Can't resume a job that was not paused"
+    );
+    ok(
+        &mut q,
+        "block-job-set-speed",
+        json!({"device": "s", "speed": 0}),
+    );
     // auto-finalize off: pending until job-finalize; then concluded until
     // dismissed.
     q.event("BLOCK_JOB_PENDING");
@@ -287,7 +410,10 @@ fn pause_holds_a_stream_resume_continues_it_and_speed_shows_in_progress() {
         common::Qmp::error_of(&e).1,
         "Job 's' in state 'pending' cannot accept command verb 'dismiss'"
     );
-    assert!(info(&top).get("backing-filename").is_some(), "finalized too early");
+    assert!(
+        info(&top).get("backing-filename").is_some(),
+        "finalized too early"
+    );
     ok(&mut q, "job-finalize", json!({"id": "s"}));
     q.event("BLOCK_JOB_COMPLETED");
     assert_eq!(job(&mut q, "s").unwrap()["status"], "concluded");
@@ -338,7 +464,17 @@ fn job_argument_errors_match_qemu_storage_daemon() {
     let dir = common::TempDir::new();
     let (top, _) = chain(&dir.0);
     let tgt = dir.0.join("tgt.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&tgt), &CHAIN_BYTES.to_string()]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            p(&tgt),
+            &CHAIN_BYTES.to_string(),
+        ],
+    );
     let nodes = [
         json!({"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": p(&top)}}),
         json!({"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": p(&tgt)}}),
@@ -349,7 +485,17 @@ fn job_argument_errors_match_qemu_storage_daemon() {
     std::fs::create_dir(&ours_dir).unwrap();
     let (top2, _) = chain(&ours_dir);
     let tgt2 = ours_dir.join("tgt.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&tgt2), &CHAIN_BYTES.to_string()]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            p(&tgt2),
+            &CHAIN_BYTES.to_string(),
+        ],
+    );
     let ours = [
         json!({"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": p(&top2)}}),
         json!({"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": p(&tgt2)}}),
@@ -366,21 +512,60 @@ fn job_argument_errors_match_qemu_storage_daemon() {
     let cases = [
         ("block-stream", json!({})),
         ("block-stream", json!({"device": "nope", "job-id": "j"})),
-        ("block-stream", json!({"device": "top", "job-id": "j", "base": "nope"})),
-        ("block-stream", json!({"device": "top", "job-id": "j", "base-node": "nope"})),
-        ("block-stream", json!({"device": "top", "job-id": "j", "base-node": "tgt"})),
-        ("block-stream", json!({"device": "top", "base": "x", "base-node": "y"})),
+        (
+            "block-stream",
+            json!({"device": "top", "job-id": "j", "base": "nope"}),
+        ),
+        (
+            "block-stream",
+            json!({"device": "top", "job-id": "j", "base-node": "nope"}),
+        ),
+        (
+            "block-stream",
+            json!({"device": "top", "job-id": "j", "base-node": "tgt"}),
+        ),
+        (
+            "block-stream",
+            json!({"device": "top", "base": "x", "base-node": "y"}),
+        ),
         ("block-stream", json!({"device": "top", "job-id": "1bad"})),
-        ("block-stream", json!({"device": "top", "job-id": "j", "on-error": "bogus"})),
-        ("block-stream", json!({"device": "top", "job-id": "j", "bogus": 1})),
+        (
+            "block-stream",
+            json!({"device": "top", "job-id": "j", "on-error": "bogus"}),
+        ),
+        (
+            "block-stream",
+            json!({"device": "top", "job-id": "j", "bogus": 1}),
+        ),
         ("blockdev-mirror", json!({"device": "top", "target": "tgt"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "tgt", "sync": "incremental", "job-id": "j"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "tgt", "sync": "full", "granularity": 1000, "job-id": "j"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "tgt", "sync": "full", "granularity": 256, "job-id": "j"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "nope", "sync": "full", "job-id": "j"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "top", "sync": "full", "job-id": "j"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "tgt", "sync": "full", "replaces": "nope", "job-id": "j"})),
-        ("blockdev-mirror", json!({"device": "top", "target": "tgt", "sync": "full", "buf-size": -1, "job-id": "j"})),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "tgt", "sync": "incremental", "job-id": "j"}),
+        ),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "tgt", "sync": "full", "granularity": 1000, "job-id": "j"}),
+        ),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "tgt", "sync": "full", "granularity": 256, "job-id": "j"}),
+        ),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "nope", "sync": "full", "job-id": "j"}),
+        ),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "top", "sync": "full", "job-id": "j"}),
+        ),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "tgt", "sync": "full", "replaces": "nope", "job-id": "j"}),
+        ),
+        (
+            "blockdev-mirror",
+            json!({"device": "top", "target": "tgt", "sync": "full", "buf-size": -1, "job-id": "j"}),
+        ),
         ("block-job-pause", json!({"device": "nope"})),
         ("block-job-resume", json!({"device": "nope"})),
         ("block-job-cancel", json!({"device": "nope"})),
@@ -397,12 +582,19 @@ fn job_argument_errors_match_qemu_storage_daemon() {
     for (cmd, args) in cases {
         let ours = common::Qmp::error_of(&q.execute(cmd, args.clone()));
         let theirs = common::Qmp::error_of(&qsd.q.execute(cmd, args.clone()));
-        assert_eq!(ours.0, theirs.0, "{cmd} {args}: class ({ours:?} vs {theirs:?})");
+        assert_eq!(
+            ours.0, theirs.0,
+            "{cmd} {args}: class ({ours:?} vs {theirs:?})"
+        );
         assert_eq!(ours.1, theirs.1, "{cmd} {args}: message");
     }
     // Verbs a running job refuses, and the busy node.
     for t in [&mut q, &mut qsd.q] {
-        ok(t, "block-stream", json!({"device": "top", "job-id": "s", "speed": 1024}));
+        ok(
+            t,
+            "block-stream",
+            json!({"device": "top", "job-id": "s", "speed": 1024}),
+        );
     }
     for (cmd, args) in [
         ("block-job-complete", json!({"device": "s"})),
@@ -414,7 +606,10 @@ fn job_argument_errors_match_qemu_storage_daemon() {
     ] {
         let ours = common::Qmp::error_of(&q.execute(cmd, args.clone()));
         let theirs = common::Qmp::error_of(&qsd.q.execute(cmd, args.clone()));
-        assert_eq!(ours.0, theirs.0, "{cmd} {args}: class ({ours:?} vs {theirs:?})");
+        assert_eq!(
+            ours.0, theirs.0,
+            "{cmd} {args}: class ({ours:?} vs {theirs:?})"
+        );
         assert_eq!(ours.1, theirs.1, "{cmd} {args}: message");
     }
     drop(b);

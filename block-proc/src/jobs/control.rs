@@ -124,6 +124,17 @@ impl Control {
         }
     }
 
+    /// How much to copy in one step: `max`, or less under a speed limit
+    /// (a tenth of a second's worth, in whole `unit`s), so the limit holds
+    /// from the first step on.
+    pub fn step(&self, max: u64, unit: u64) -> u64 {
+        let speed = self.lock().speed;
+        if speed == 0 {
+            return max;
+        }
+        (speed / 10 / unit * unit).clamp(unit, max.max(unit))
+    }
+
     /// Accounts `bytes` copied and sleeps as long as the speed limit
     /// asks (woken early by a control change).
     pub fn throttle(&self, bytes: u64) {

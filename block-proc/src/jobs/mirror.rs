@@ -339,7 +339,8 @@ impl Job {
                 Gate::Go => {}
             }
             let from = if checkpoint < self.size { cursor } else { 0 };
-            match self.dirty.take(from, self.chunk) {
+            let step = self.ctl.step(self.chunk, self.dirty.granularity());
+            match self.dirty.take(from, step) {
                 Some((off, len)) => {
                     let len = len.min(self.size.saturating_sub(off));
                     match copy(&self.source, &self.target, &mut buf, off, len, false) {

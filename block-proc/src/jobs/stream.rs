@@ -189,7 +189,7 @@ fn run(
         if let Gate::Cancel { .. } = ctl.gate() {
             return Ok(true);
         }
-        let end = (off + CHUNK).min(size);
+        let end = (off + ctl.step(CHUNK, 64 << 10)).min(size);
         let copied = {
             let _g = tap.lock.lock(off, end);
             copy_chunk(top, &mut buf, off, end, limit)
