@@ -32,6 +32,7 @@ pub enum Gate {
 pub struct Control {
     st: Mutex<Ctl>,
     cv: Condvar,
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -47,7 +48,19 @@ impl Control {
                 kicked: false,
             }),
             cv: Condvar::new(),
+            finished: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Called by the job thread just before it reports its end.
+    pub fn mark_finished(&self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the job thread reported its end.
+    pub fn finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Ctl> {

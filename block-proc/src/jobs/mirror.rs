@@ -161,6 +161,7 @@ pub fn start(
                     (Some(e), false)
                 }
             };
+            job.ctl.mark_finished();
             rep.send(JobEvent::Finished {
                 id: rep.id().to_owned(),
                 error,

@@ -37,6 +37,10 @@ pub enum JobError {
     /// A node is missing or unsuitable.
     #[error("{0}")]
     Invalid(String),
+    /// Finalize before the job's work ended (after a restart it runs
+    /// again first).
+    #[error("Job '{0}' has not finished its work yet")]
+    NotFinished(String),
     /// The job's final graph change failed.
     #[error("{0}")]
     Finalize(String),
@@ -236,6 +240,9 @@ impl Jobs {
             JobOp::Cancel { force } => job.ctl.cancel(force),
             JobOp::Complete => job.ctl.complete(),
             JobOp::Finalize { commit } => {
+                if !job.ctl.finished() {
+                    return Err(JobError::NotFinished(id.to_owned()));
+                }
                 // The thread has sent `Finished`: it ends right after.
                 if let Some(t) = job.thread.take() {
                     let _ = t.join();

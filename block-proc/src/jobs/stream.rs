@@ -154,6 +154,7 @@ pub fn start(
                 Ok(false) => (t.flush().err().map(|e| e.to_string()), false),
                 Err(e) => (Some(e), false),
             };
+            ctl.mark_finished();
             rep.send(JobEvent::Finished {
                 id: rep.id().to_owned(),
                 error,

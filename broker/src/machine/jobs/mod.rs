@@ -430,8 +430,10 @@ pub fn finalize(m: &Machine, id: &str) {
     let mut error = j.error.clone();
     match answer {
         Ok(_) => {}
-        Err(e) if worker_gone(&e) => {
-            tracing::info!("job {id}: finalize waits for the block worker's restart");
+        Err(e) if worker_gone(&e) || e.desc.contains("has not finished its work") => {
+            // A restarted worker runs the job again; its end finalizes.
+            tracing::info!("job {id}: finalize waits for the job's run in the restarted worker");
+            with_job(m, id, |r| r.worker_finished = false);
             return;
         }
         Err(e) => error = Some(e.desc),
