@@ -59,7 +59,10 @@ fn compare(a: &Path, b: &Path) {
         .args(["compare", "-U", p(a), p(b)])
         .output()
         .unwrap();
-    assert!(out.status.success(), "qemu-img compare {a:?} {b:?}: {out:?}");
+    assert!(
+        out.status.success(),
+        "qemu-img compare {a:?} {b:?}: {out:?}"
+    );
 }
 
 fn job(q: &mut common::Qmp, id: &str) -> Option<Value> {
@@ -88,20 +91,64 @@ fn stream_survives_ten_block_worker_kills_and_flattens_the_chain_exactly() {
     let base = dir.0.join("base.qcow2");
     let mid = dir.0.join("mid.qcow2");
     let top = dir.0.join("top.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&base), &DISK.to_string()]);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", p(&base), "-F", "qcow2", p(&mid)]);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", p(&mid), "-F", "qcow2", p(&top)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x61 0 30M", p(&base)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x62 3M 9M", p(&mid)]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x63 17M 5M", p(&mid)]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&base), &DISK.to_string()],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            p(&base),
+            "-F",
+            "qcow2",
+            p(&mid),
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            p(&mid),
+            "-F",
+            "qcow2",
+            p(&top),
+        ],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x61 0 30M", p(&base)],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x62 3M 9M", p(&mid)],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x63 17M 5M", p(&mid)],
+    );
     let flat = dir.0.join("flat.raw");
-    run("qemu-img", &["convert", "-U", "-O", "raw", p(&top), p(&flat)]);
+    run(
+        "qemu-img",
+        &["convert", "-U", "-O", "raw", p(&top), p(&flat)],
+    );
     let serial = SerialLog(dir.0.join("serial.log"));
     let mut b = start_with_disk(&[], "blk-loop", "qcow2", &top, &serial);
     let broker = b.child.as_ref().unwrap().id();
     let mut q = b.client();
     serial.wait_passes(1);
-    let r = q.execute("block-stream", json!({"device": "d0", "job-id": "s", "speed": 2 << 20}));
+    let r = q.execute(
+        "block-stream",
+        json!({"device": "d0", "job-id": "s", "speed": 2 << 20}),
+    );
     assert!(r.get("return").is_some(), "{r}");
     let mut offsets = Vec::new();
     for n in 0..KILLS {
@@ -127,7 +174,10 @@ fn stream_survives_ten_block_worker_kills_and_flattens_the_chain_exactly() {
     use std::os::unix::fs::FileExt;
     let view = raw_view(&top, "qcow2");
     let mut g = vec![0u8; (GUEST_SECTORS * 512) as usize];
-    std::fs::File::open(&view).unwrap().read_exact_at(&mut g, 0).unwrap();
+    std::fs::File::open(&view)
+        .unwrap()
+        .read_exact_at(&mut g, 0)
+        .unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&flat)
@@ -142,20 +192,35 @@ fn mirror_survives_kills_before_and_after_ready_and_pivots_onto_an_identical_cop
     let mut rng = Rng::new();
     let dir = common::TempDir::new();
     let img = dir.0.join("disk.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&img), &DISK.to_string()]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x71 1M 29M", p(&img)]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&img), &DISK.to_string()],
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x71 1M 29M", p(&img)],
+    );
     let target = dir.0.join("target.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p(&target), &DISK.to_string()]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&target), &DISK.to_string()],
+    );
     let serial = SerialLog(dir.0.join("serial.log"));
     let mut b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
     let broker = b.child.as_ref().unwrap().id();
     let mut q = b.client();
     serial.wait_passes(1);
-    let r = q.execute("blockdev-add", json!({"driver": "qcow2", "node-name": "t0",
-        "file": {"driver": "file", "filename": p(&target)}}));
+    let r = q.execute(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "t0",
+        "file": {"driver": "file", "filename": p(&target)}}),
+    );
     assert!(r.get("return").is_some(), "{r}");
-    let r = q.execute("blockdev-mirror", json!({"device": "d0", "target": "t0",
-        "sync": "full", "job-id": "m", "speed": 2 << 20}));
+    let r = q.execute(
+        "blockdev-mirror",
+        json!({"device": "d0", "target": "t0",
+        "sync": "full", "job-id": "m", "speed": 2 << 20}),
+    );
     assert!(r.get("return").is_some(), "{r}");
     // Before READY.
     for n in 0..KILLS / 2 {

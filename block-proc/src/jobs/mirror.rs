@@ -197,7 +197,8 @@ struct Job {
 }
 
 /// Copies `[off, off + len)` from `src` to `dst` (`compare`: only where
-/// they differ); the error says which side failed.
+/// they differ); returns the bytes written; the error says which side
+/// failed.
 fn copy(
     src: &Node,
     dst: &Node,
@@ -205,14 +206,16 @@ fn copy(
     off: u64,
     len: u64,
     compare: bool,
-) -> Result<(), (&'static str, io::Error)> {
+) -> Result<u64, (&'static str, io::Error)> {
     if len == 0 {
-        return Ok(());
+        return Ok(0);
     }
     if let Some(q) = src.driver.as_qcow2() {
         if let Ok((Allocation::Unallocated, n)) = q.allocation(off, len) {
             if n >= len && !compare {
-                return dst.write_zeroes(off, len, false).map_err(|e| ("write", e));
+                dst.write_zeroes(off, len, false)
+                    .map_err(|e| ("write", e))?;
+                return Ok(len);
             }
         }
     }
@@ -227,14 +230,17 @@ fn copy(
             .read(&[slice_of(o)], off)
             .map_err(|e| ("read", e))?;
         if o == &*b {
-            return Ok(());
+            return Ok(0);
         }
     }
     let s = [slice_of(b)];
     if !compare && all_zero(&s) {
-        return dst.write_zeroes(off, len, false).map_err(|e| ("write", e));
+        dst.write_zeroes(off, len, false)
+            .map_err(|e| ("write", e))?;
+        return Ok(len);
     }
-    dst.write(&s, off, len).map_err(|e| ("write", e))
+    dst.write(&s, off, len).map_err(|e| ("write", e))?;
+    Ok(len)
 }
 
 impl Job {
@@ -319,16 +325,13 @@ impl Job {
                 return Ok(true);
             }
             let len = self.chunk.min(compare_to - at);
-            match copy(&self.source, &self.target, &mut buf, at, len, true) {
-                Ok(()) => at += len,
-                Err((op, e)) => {
-                    self.error(rep, at, len, op, e)?;
-                    at += len;
-                }
+            // Restoring what the crash may have lost: not throttled.
+            if let Err((op, e)) = copy(&self.source, &self.target, &mut buf, at, len, true) {
+                self.error(rep, at, len, op, e)?;
             }
-            self.ctl.throttle(len);
-            rep.progress(at.min(self.copied + at), self.size, first, false);
+            at += len;
         }
+        self.copied = first.min(self.size);
         // The first sweep, then new writes as they come.
         let mut cursor = first;
         let mut checkpoint = first;
@@ -345,7 +348,7 @@ impl Job {
                 Some((off, len)) => {
                     let len = len.min(self.size.saturating_sub(off));
                     match copy(&self.source, &self.target, &mut buf, off, len, false) {
-                        Ok(()) => self.copied += len,
+                        Ok(_) => self.copied += len,
                         Err((op, e)) => self.error(rep, off, len, op, e)?,
                     }
                     if checkpoint < self.size {

@@ -49,7 +49,7 @@ pub enum JobError {
 /// How often (bytes) a job reports a progress checkpoint at least.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// How often (time) a job reports progress at least.
-const CHECKPOINT_TIME: Duration = Duration::from_millis(200);
+const CHECKPOINT_TIME: Duration = Duration::from_millis(50);
 
 /// Sends a job's events, progress at most every [`CHECKPOINT_TIME`] or
 /// [`CHECKPOINT_BYTES`].

@@ -283,6 +283,7 @@ fn on_event(m: &Machine, ev: JobEvent) {
             len,
             checkpoint,
         } => {
+            tracing::debug!("job {id}: {offset}/{len}, checkpoint {checkpoint}");
             with_job(m, &id, |j| {
                 j.offset = offset;
                 j.len = len;
