@@ -25,7 +25,7 @@ use crate::block::range_lock::RangeLock;
 use crate::block::Node;
 
 /// Bytes looked at per step.
-const CHUNK: u64 = 1 << 20;
+const CHUNK: u64 = 8 << 20;
 
 /// Serialises guest writes against the job's copies.
 struct StreamTap {
