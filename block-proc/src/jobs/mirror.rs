@@ -244,6 +244,18 @@ fn copy(
 }
 
 impl Job {
+    /// Reports READY once.
+    fn mark_ready(&self, rep: &mut Reporter, checkpoint: u64) -> Result<(), String> {
+        if !self.ready.swap(true, Ordering::SeqCst) {
+            self.target.flush().map_err(|e| e.to_string())?;
+            self.progress(rep, checkpoint, true);
+            rep.send(JobEvent::Ready {
+                id: rep.id().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     fn progress(&self, rep: &mut Reporter, checkpoint: u64, force: bool) {
         let len = self.copied + self.dirty.dirty_bytes();
         rep.progress(self.copied, len, checkpoint, force);
@@ -342,8 +354,17 @@ impl Job {
                 }
                 Gate::Go => {}
             }
-            let from = if checkpoint < self.size { cursor } else { 0 };
             let step = self.ctl.step(self.chunk, self.dirty.granularity());
+            // In sync once the first sweep is done and what is dirty fits
+            // in one step (a busy guest keeps some data dirty all along;
+            // finalize copies the rest with the source drained).
+            if checkpoint >= self.size && self.dirty.dirty_bytes() <= step {
+                self.mark_ready(rep, checkpoint)?;
+                if self.ctl.completing() {
+                    return Ok(false);
+                }
+            }
+            let from = if checkpoint < self.size { cursor } else { 0 };
             match self.dirty.take(from, step) {
                 Some((off, len)) => {
                     let len = len.min(self.size.saturating_sub(off));
@@ -363,17 +384,7 @@ impl Job {
                     self.progress(rep, checkpoint, true);
                 }
                 None => {
-                    if !self.ready.swap(true, Ordering::SeqCst) {
-                        self.target.flush().map_err(|e| e.to_string())?;
-                        self.progress(rep, checkpoint, true);
-                        rep.send(JobEvent::Ready {
-                            id: rep.id().to_owned(),
-                        });
-                    }
-                    if self.ctl.completing() {
-                        return Ok(false);
-                    }
-                    if self.ctl.cancelled().is_some() {
+                    if self.ctl.cancelled().is_some() || self.ctl.completing() {
                         continue;
                     }
                     self.ctl.wait_kick(Duration::from_millis(100));
