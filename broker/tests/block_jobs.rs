@@ -176,6 +176,7 @@ fn stream_of_a_three_image_chain_flattens_it_while_the_guest_verifies_its_disk()
     assert_eq!(done["data"]["type"], "stream");
     assert_eq!(done["data"]["offset"], done["data"]["len"]);
     assert!(done["data"].get("error").is_none(), "{done}");
+    q.event_where("JOB_STATUS_CHANGE", |d| d["status"] == "null");
     assert!(job(&mut q, "d0").is_none(), "auto-dismissed");
     assert_progress_and_image(&mut q, &serial, &top, "qcow2");
     assert!(serial.passes() > passes);
@@ -416,6 +417,7 @@ fn pause_holds_a_stream_resume_continues_it_and_speed_shows_in_progress() {
     );
     ok(&mut q, "job-finalize", json!({"id": "s"}));
     q.event("BLOCK_JOB_COMPLETED");
+    q.event_where("JOB_STATUS_CHANGE", |d| d["status"] == "concluded");
     assert_eq!(job(&mut q, "s").unwrap()["status"], "concluded");
     ok(&mut q, "job-dismiss", json!({"id": "s"}));
     assert!(job(&mut q, "s").is_none());
