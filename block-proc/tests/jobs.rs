@@ -248,3 +248,55 @@ fn mirror_target_equals_the_source_a_writer_kept_changing() {
     source.write(&[slice_of(&mut b)], 0, BLOCK).unwrap();
     assert_eq!(read_all(&target)[..BLOCK as usize], b[..]);
 }
+
+#[test]
+fn mirror_sync_none_copies_only_what_is_written_after_it_started() {
+    let src = tmp("jobs-none-src.qcow2");
+    let dst = tmp("jobs-none-dst.qcow2");
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    qemu("qemu-img", &["create", "-q", "-f", "qcow2", s, "4M"]);
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 0xaa 0 4M", s]);
+    qemu("qemu-img", &["create", "-q", "-f", "qcow2", d, "4M"]);
+    let mut g = Graph::new();
+    let o: BlockdevOptions = serde_json::from_str(&qcow2_json(&src)).unwrap();
+    g.add(&o, files(&[&src])).unwrap();
+    let o: BlockdevOptions =
+        serde_json::from_str(&qcow2_json(&dst).replace("disk0", "tgt")).unwrap();
+    g.add(&o, files(&[&dst])).unwrap();
+    let source = g.get("disk0").unwrap();
+    let target = g.get("tgt").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut jobs = Jobs::default();
+    let spec = JobSpec {
+        id: "n".into(),
+        kind: JobKind::Mirror {
+            source: "disk0".into(),
+            target: "tgt".into(),
+            sync: MirrorSync::None,
+            granularity: 65536,
+            buf_size: 1 << 20,
+        },
+        speed: 0,
+        on_source_error: OnError::Report,
+        on_target_error: OnError::Report,
+        resume: None,
+    };
+    jobs.start(spec, &g, tx).unwrap();
+    let mut b = vec![0x55u8; 65536];
+    source.write(&[slice_of(&mut b)], 1 << 20, 65536).unwrap();
+    jobs.control("n", JobOp::Complete).unwrap();
+    let end = finished(&rx);
+    assert!(
+        matches!(end, JobEvent::Finished { error: None, .. }),
+        "{end:?}"
+    );
+    jobs.control("n", JobOp::Finalize { commit: false })
+        .unwrap();
+    let t = read_all(&target);
+    assert!(t[1 << 20..(1 << 20) + 65536].iter().all(|&x| x == 0x55));
+    assert!(
+        t[..1 << 20].iter().all(|&x| x == 0),
+        "sync=none copied old data"
+    );
+    assert!(t[(1 << 20) + 65536..].iter().all(|&x| x == 0));
+}
