@@ -21,6 +21,7 @@
 pub mod bitmaps;
 pub mod block;
 pub mod inflight;
+pub mod jobs;
 pub mod server;
 pub mod standalone;
 pub mod throttle;

@@ -43,6 +43,8 @@ pub struct Server {
     /// Throttle groups, and each export's membership.
     throttle: Registry,
     throttle_members: HashMap<String, Arc<Member>>,
+    jobs: crate::jobs::Jobs,
+    job_events: Option<mpsc::Sender<ipc_proto::block_jobs::JobEvent>>,
 }
 
 impl From<GraphError> for FlatError {
@@ -60,6 +62,8 @@ impl Server {
             events,
             throttle: Registry::default(),
             throttle_members: HashMap::new(),
+            jobs: crate::jobs::Jobs::default(),
+            job_events: None,
         }
     }
 
@@ -75,6 +79,12 @@ impl Server {
             }
             n.bitmaps.store(&n.name);
         }
+    }
+
+    /// Where job events go.
+    pub fn with_job_events(mut self, tx: mpsc::Sender<ipc_proto::block_jobs::JobEvent>) -> Self {
+        self.job_events = Some(tx);
+        self
     }
 
     /// The node graph.
@@ -208,6 +218,22 @@ impl Server {
             BlockRequest::Bitmap(r) => {
                 crate::bitmaps::requests::handle(&self.graph, r, fds).map(BlockReply::Bitmap)
             }
+            BlockRequest::StartJob(spec) => {
+                let tx = self
+                    .job_events
+                    .clone()
+                    .ok_or_else(|| FlatError::generic("block jobs need the broker's channel"))?;
+                self.jobs
+                    .start(spec, &self.graph, tx)
+                    .map_err(|e| FlatError::generic(e.to_string()))?;
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::JobControl { id, op } => {
+                self.jobs
+                    .control(&id, op)
+                    .map_err(|e| FlatError::generic(e.to_string()))?;
+                Ok(BlockReply::Done)
+            }
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(e) => sandbox::escape::attempt(e)
                 .into_reply()
@@ -253,7 +279,19 @@ pub fn run(chan: BlockChannel) -> Result<()> {
             }
         }
     });
-    let mut server = Server::new(tx);
+    let (jtx, jrx) = mpsc::channel();
+    let job_chan = chan.clone();
+    std::thread::spawn(move || {
+        for e in jrx {
+            if job_chan
+                .send(&WorkerMsg::Event(BlockEvent::Job(e)), &[])
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut server = Server::new(tx).with_job_events(jtx);
     loop {
         let (msg, fds) = match chan.recv() {
             Ok(m) => m,

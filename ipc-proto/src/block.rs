@@ -466,6 +466,15 @@ pub enum BlockRequest {
         /// Export id.
         id: String,
     },
+    /// Start a block job (see [`crate::block_jobs`]).
+    StartJob(crate::block_jobs::JobSpec),
+    /// Control a job block-proc runs.
+    JobControl {
+        /// Job id.
+        id: String,
+        /// The verb.
+        op: crate::block_jobs::JobOp,
+    },
     /// Test hooks only: run an escape attempt inside the sandboxed worker.
     /// Replies [`BlockReply::Done`] if it worked, else the error of
     /// [`crate::escape::Outcome::into_reply`] (or no reply at all:
@@ -550,6 +559,8 @@ pub enum BlockEvent {
         /// The threshold that was crossed.
         write_threshold: u64,
     },
+    /// A block job's progress, readiness, error or end.
+    Job(crate::block_jobs::JobEvent),
 }
 
 /// Image information (QEMU `ImageInfo`, the subset bulkhead knows).

@@ -25,6 +25,7 @@
 
 pub mod bitmaps;
 pub mod block;
+pub mod block_jobs;
 pub mod channel;
 pub mod codec;
 pub mod cpu_topology;

@@ -11,15 +11,18 @@
 //! - [`stats`]: per-node I/O accounting.
 //! - [`write_threshold`]: `block-set-write-threshold`'s one-shot threshold.
 //! - [`qcow2_info`]: cluster size and format-specific data for queries.
+//! - [`hooks`]: requests in flight and drain, job taps, pivot redirects.
 
 pub mod aio;
 pub mod bounce;
 pub mod counted_storage;
 pub mod file;
 pub mod graph;
+pub mod hooks;
 pub mod iobuf;
 pub mod null;
 pub mod qcow2;
+pub mod qcow2_backing;
 pub mod qcow2_header;
 pub mod qcow2_info;
 pub mod qcow2_repair;
@@ -87,6 +90,10 @@ pub trait Driver: Send + Sync {
         _ok: bool,
     ) {
     }
+    /// The qcow2 driver, for the jobs that work on backing chains.
+    fn as_qcow2(&self) -> Option<&qcow2::Qcow2Driver> {
+        None
+    }
 }
 
 /// One named node of the graph.
@@ -113,6 +120,8 @@ pub struct Node {
     pub bitmaps: crate::bitmaps::NodeBitmaps,
     /// Number of parents (nodes and exports) holding this node.
     users: AtomicUsize,
+    /// Requests in flight, drain, job tap and pivot redirect.
+    pub hooks: hooks::Hooks,
 }
 
 impl Node {
@@ -130,6 +139,7 @@ impl Node {
             write_threshold: Default::default(),
             bitmaps: Default::default(),
             users: AtomicUsize::new(0),
+            hooks: hooks::Hooks::default(),
         }
     }
 
@@ -153,19 +163,48 @@ impl Node {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.driver.size()
+        match self.hooks.redirect() {
+            Some(to) => to.size(),
+            None => self.driver.size(),
+        }
+    }
+
+    /// The node this node's requests reach (itself, or the node it was
+    /// pivoted to).
+    pub fn resolved(self: &std::sync::Arc<Self>) -> std::sync::Arc<Node> {
+        match self.hooks.redirect() {
+            Some(to) => to.resolved(),
+            None => self.clone(),
+        }
     }
 
     /// Read with accounting.
     pub fn read(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.read(bufs, offset, len);
+        }
         let t = std::time::Instant::now();
         let r = self.driver.read(bufs, offset);
         self.stats.account_read(len, t, r.is_ok());
         r
     }
 
-    /// Write with accounting (and zero detection when enabled).
+    /// Write with accounting (and zero detection when enabled), through
+    /// the job tap if one is set.
     pub fn write(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.write(bufs, offset, len);
+        }
+        match self.hooks.tap() {
+            Some(tap) => tap.write(offset, len, &mut || self.write_untapped(bufs, offset, len)),
+            None => self.write_untapped(bufs, offset, len),
+        }
+    }
+
+    /// A write past the tap (a job's own copy into the node).
+    pub fn write_untapped(&self, bufs: Bufs<'_, '_>, offset: u64, len: u64) -> io::Result<()> {
         self.bitmaps.mark(offset, len);
         let t = std::time::Instant::now();
         let r = if self.detect_zeroes != DetectZeroes::Off && iobuf::all_zero(bufs) {
@@ -180,6 +219,10 @@ impl Node {
 
     /// Flush with accounting.
     pub fn flush(&self) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.flush();
+        }
         let t = std::time::Instant::now();
         let r = if self.cache_no_flush {
             Ok(())
@@ -192,12 +235,20 @@ impl Node {
 
     /// Discard with accounting; a no-op unless `discard=unmap`.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.discard(offset, len);
+        }
         let t = std::time::Instant::now();
-        let r = if self.discard_unmap {
+        if self.discard_unmap {
             self.bitmaps.mark(offset, len);
-            self.driver.discard(offset, len)
-        } else {
+        }
+        let r = if !self.discard_unmap {
             Ok(())
+        } else if let Some(tap) = self.hooks.tap() {
+            tap.write(offset, len, &mut || self.driver.discard(offset, len))
+        } else {
+            self.driver.discard(offset, len)
         };
         self.stats.account_discard(len, t, r.is_ok());
         r
@@ -208,8 +259,11 @@ impl Node {
     /// `cache.no-flush` and discards without `discard=unmap` stay there
     /// (they look at the data or need no I/O).
     pub fn aio_target(&self, op: &aio::Op<'_, '_>) -> Option<aio::Target> {
+        if !self.hooks.enter_async() {
+            return None;
+        }
         self.mark_dirty(op);
-        match op {
+        let t = match op {
             aio::Op::Write { .. } if self.detect_zeroes != DetectZeroes::Off => None,
             aio::Op::Flush if self.cache_no_flush => None,
             aio::Op::Discard { .. } if !self.discard_unmap => None,
@@ -217,7 +271,11 @@ impl Node {
             | aio::Op::Write { .. }
             | aio::Op::Flush
             | aio::Op::Discard { .. } => self.driver.aio_target(op),
+        };
+        if t.is_none() {
+            self.hooks.leave();
         }
+        t
     }
 
     /// Account a request the asynchronous engine ran, started at `t`.
@@ -229,6 +287,7 @@ impl Node {
         t: std::time::Instant,
         ok: bool,
     ) {
+        self.hooks.leave();
         match kind {
             aio::Kind::Read => self.stats.account_read(len, t, ok),
             aio::Kind::Write => self.account_write(offset, len, t, ok),
@@ -246,11 +305,19 @@ impl Node {
 
     /// Write zeroes with accounting.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let _in = self.hooks.enter();
+        if let Some(to) = self.hooks.redirect() {
+            return to.write_zeroes(offset, len, unmap);
+        }
         self.bitmaps.mark(offset, len);
         let t = std::time::Instant::now();
-        let r = self
-            .driver
-            .write_zeroes(offset, len, unmap && self.discard_unmap);
+        let unmap = unmap && self.discard_unmap;
+        let r = match self.hooks.tap() {
+            Some(tap) => tap.write(offset, len, &mut || {
+                self.driver.write_zeroes(offset, len, unmap)
+            }),
+            None => self.driver.write_zeroes(offset, len, unmap),
+        };
         self.account_write(offset, len, t, r.is_ok());
         r
     }

@@ -67,7 +67,12 @@ pub struct Qcow2Driver {
     child: Arc<Node>,
     size: u64,
     filename: String,
-    backing: Option<String>,
+    backing: RwLock<Option<String>>,
+    /// Opened writable, with `O_DIRECT`.
+    mode: (bool, bool),
+    /// Copies of the files the node was opened with (its backing chain),
+    /// to reopen the image when a stream rewrites its backing link.
+    chain_files: Vec<(String, File)>,
     /// Request alignment (offset and length) and buffer alignment below
     /// which imago bounces (1 without `O_DIRECT`).
     align: (usize, usize),
@@ -332,6 +337,10 @@ impl Qcow2Driver {
                 tracing::warn!("{filename}: repaired {n} missing qcow2 refcounts");
             }
         }
+        let chain_files = files
+            .iter()
+            .filter_map(|(n, f)| Some((n.clone(), f.try_clone().ok()?)))
+            .collect();
         let st = storage(file, filename, writable, direct)?.counted_at(child.clone());
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
         let backing = set_backing(&mut q, filename, backing, files)?;
@@ -343,7 +352,9 @@ impl Qcow2Driver {
             child,
             size,
             filename: filename.to_string(),
-            backing,
+            backing: RwLock::new(backing),
+            mode: (writable, direct),
+            chain_files,
             unflushed: AtomicUsize::new(0),
             align,
             permits: BouncePermits::default(),
@@ -472,13 +483,155 @@ impl Driver for Qcow2Driver {
             virtual_size: self.size,
             actual_size: c.actual_size,
             cluster_size: header.as_ref().map(|h| h.0),
-            backing_filename: self.backing.clone(),
+            backing_filename: self.backing.read().ok().and_then(|b| b.clone()),
             backing_image: None,
             format_specific: header.map(|h| ipc_proto::block::FormatSpecific::Qcow2(h.1)),
         }
     }
     fn children(&self) -> Vec<String> {
         vec![self.child.name.clone()]
+    }
+    fn as_qcow2(&self) -> Option<&Qcow2Driver> {
+        Some(self)
+    }
+}
+
+/// Where the data of a range of a qcow2 node comes from, for a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Allocated in the top image (data, zeroes or compressed).
+    Top,
+    /// From backing image number `n` (1: the top's backing).
+    Backing(usize),
+    /// Nowhere: reads as zeroes.
+    Unallocated,
+}
+
+impl Qcow2Driver {
+    /// The backing chain's file names, the top's backing first, as the
+    /// headers name them (resolved against each image's directory).
+    pub fn chain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = self.filename.clone();
+        let mut next = self.backing.read().ok().and_then(|b| b.clone());
+        while let Some(b) = next.take() {
+            let path = resolve_backing(&cur, &b);
+            if out.contains(&path) {
+                break;
+            }
+            out.push(path.clone());
+            next = self
+                .chain_files
+                .iter()
+                .find(|(n, _)| *n == path)
+                .and_then(|(_, f)| super::qcow2_backing::backing_name(f).ok().flatten());
+            cur = path;
+        }
+        out
+    }
+
+    /// Whether chain file `path` holds a qcow2 image.
+    pub fn chain_is_qcow2(&self, path: &str) -> bool {
+        self.chain_files
+            .iter()
+            .find(|(n, _)| n == path)
+            .is_some_and(|(_, f)| is_qcow2(f))
+    }
+
+    /// Where `[offset, offset + len)` starts being mapped, and for how many
+    /// bytes that holds.
+    pub fn allocation(&self, offset: u64, len: u64) -> io::Result<(Allocation, u64)> {
+        let img = self.img.read().map_err(|_| Self::lock_err())?;
+        let mut layer: &FormatAccess<ImgFile> = &img;
+        let (mut off, mut max, mut depth) = (offset, len, 0usize);
+        loop {
+            let (m, n) = layer.get_shallow_mapping(off, max)?;
+            let n = n.min(max);
+            match m {
+                imago::ShallowMapping::Raw { .. }
+                | imago::ShallowMapping::Zero { explicit: true, .. }
+                | imago::ShallowMapping::Special { .. } => {
+                    let a = if depth == 0 {
+                        Allocation::Top
+                    } else {
+                        Allocation::Backing(depth)
+                    };
+                    return Ok((a, n.max(1)));
+                }
+                imago::ShallowMapping::Indirect {
+                    layer: l,
+                    offset: o,
+                    ..
+                } => {
+                    layer = l;
+                    off = o;
+                    max = n;
+                    depth += 1;
+                }
+                imago::ShallowMapping::Zero {
+                    explicit: false, ..
+                }
+                | imago::ShallowMapping::Eof { .. } => {
+                    return Ok((Allocation::Unallocated, if n == 0 { max } else { n }));
+                }
+                // imago's enum is non-exhaustive: a mapping this version
+                // does not know is data of this layer (copy it).
+                _ => {
+                    let a = if depth == 0 {
+                        Allocation::Top
+                    } else {
+                        Allocation::Backing(depth)
+                    };
+                    return Ok((a, n.max(1)));
+                }
+            }
+        }
+    }
+
+    /// Rewrites the image's backing link to `backing` (the name written
+    /// into the header, its resolved path among the chain's files, its
+    /// format), or none, and reopens the image on it. The caller has
+    /// copied into the top everything it would lose.
+    pub fn set_backing_file(&self, backing: Option<(&str, &str, &str)>) -> io::Result<()> {
+        let mut img = self.img.write().map_err(|_| Self::lock_err())?;
+        img.flush()?;
+        img.sync()?;
+        let file = self
+            .child
+            .driver
+            .as_file()
+            .ok_or_else(|| io::Error::other("the image is not on a file node"))?;
+        super::qcow2_backing::write_backing(file, backing.map(|(n, _, f)| (n, f)))?;
+        let (writable, direct) = self.mode;
+        let st = storage(file.try_clone()?, &self.filename, writable, direct)
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .counted_at(self.child.clone());
+        let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable)?;
+        let mut files: HashMap<String, File> = HashMap::new();
+        for (n, f) in &self.chain_files {
+            files.insert(n.clone(), f.try_clone()?);
+        }
+        let source = match backing {
+            None => BackingSource::None,
+            Some(_) => BackingSource::Header,
+        };
+        if let Some((name, path, _)) = backing {
+            // The header's name may be written differently from the path
+            // the broker opened: make the resolved name find that file.
+            let resolved = resolve_backing(&self.filename, name);
+            if resolved != path {
+                if let Some(f) = files.remove(path) {
+                    files.insert(resolved, f);
+                }
+            }
+        }
+        let name = set_backing(&mut q, &self.filename, source, &mut files)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        *img = FormatAccess::new(q);
+        if let Ok(mut b) = self.backing.write() {
+            *b = name;
+        }
+        Ok(())
     }
 }
 

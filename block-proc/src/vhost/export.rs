@@ -143,7 +143,7 @@ impl Export {
         let _ = self.stop.write(1);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
-            self.node.release();
+            self.node.resolved().release();
         }
     }
 }

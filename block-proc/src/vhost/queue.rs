@@ -559,10 +559,16 @@ impl Engines {
         if !shared.read_chain(j.head, descs) {
             return;
         }
-        let Some((r, target, iov)) =
-            virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs)
-                .filter(|(r, _, _)| r.kind() != Kind::Write)
-        else {
+        let prepared = match virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs)
+        {
+            Some((r, _, _)) if r.kind() == Kind::Write => {
+                // Not run on the ring after all: count it out of the node.
+                shared.node.hooks.leave();
+                None
+            }
+            p => p,
+        };
+        let Some((r, target, iov)) = prepared else {
             return shared.process(j.head, descs);
         };
         // SAFETY: as in `submit`; and wait_all returns only once the

@@ -93,6 +93,7 @@ pub fn registry() -> Registry {
     r.register::<block::BlockDirtyBitmapEnable>();
     r.register::<block::BlockDirtyBitmapDisable>();
     r.register::<block::BlockDirtyBitmapMergeCmd>();
+    block::jobs::register(&mut r);
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     cpu_hotplug::register(&mut r);

@@ -498,6 +498,9 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             format!("Failed to find node with node-name='{name}'")
         }));
     }
+    if let Some(refusal) = m.jobs.refuses_del(name) {
+        return Err(FlatError::generic(refusal));
+    }
     if in_use {
         return Err(FlatError::generic(format!("Block device {name} is in use")));
     }
@@ -579,7 +582,9 @@ impl ExportRecord {
             | BlockRequest::AttachExportConnection { .. }
             | BlockRequest::SetThrottle { .. }
             | BlockRequest::SetWriteThreshold { .. }
-            | BlockRequest::Bitmap(_) => None,
+            | BlockRequest::Bitmap(_)
+            | BlockRequest::StartJob(_)
+            | BlockRequest::JobControl { .. } => None,
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => None,
         }
@@ -590,6 +595,19 @@ impl ExportRecord {
 /// after `AddExport` succeeded).
 pub fn record_export(m: &Machine, request: BlockRequest) {
     lock(&state(m)).exports.push(ExportRecord { request });
+}
+
+/// Points every export of node `from` at node `to` (a mirror's pivot:
+/// block-proc already redirected `from`'s requests; a restarted one
+/// exports `to`).
+pub fn repoint_exports(m: &Machine, from: &str, to: &str) {
+    for e in lock(&state(m)).exports.iter_mut() {
+        if let BlockRequest::AddExport { node_name, .. } = &mut e.request {
+            if node_name == from {
+                *node_name = to.to_owned();
+            }
+        }
+    }
 }
 
 /// Forgets export `id` (after `DelExport` succeeded).
@@ -631,6 +649,7 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
         })?;
     }
     super::bitmaps::replay_on(m, link)?;
+    super::jobs::replay_on(m, link);
     for request in exports {
         match link.request(request, &[])? {
             BlockReply::Done => {}

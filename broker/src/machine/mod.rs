@@ -27,6 +27,7 @@ pub mod fdsets;
 pub mod host_memory;
 pub mod host_tids;
 pub mod images;
+pub mod jobs;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
@@ -119,6 +120,8 @@ pub struct Machine {
     /// The block graph and exports the user asked for (replayed into a
     /// restarted block-proc).
     pub(crate) block_state: block_state::Shared,
+    /// Block jobs (their desired state, replayed with the block state).
+    pub(crate) jobs: jobs::JobTable,
     /// Signalled (with `block`'s mutex) when a block worker is published
     /// or the broker starts ending.
     block_ready: Condvar,
@@ -162,6 +165,7 @@ impl Machine {
             cpu_slots: Mutex::new(cpu_slots::CpuSlots::boot(u32::from(config.cpus))),
             worker_sandbox,
             block_state: Default::default(),
+            jobs: Default::default(),
             config,
             events,
             supervisor,
@@ -379,7 +383,9 @@ impl Machine {
             | BlockRequest::AttachExportConnection { .. }
             | BlockRequest::SetThrottle { .. }
             | BlockRequest::SetWriteThreshold { .. }
-            | BlockRequest::Bitmap(_) => {}
+            | BlockRequest::Bitmap(_)
+            | BlockRequest::StartJob(_)
+            | BlockRequest::JobControl { .. } => {}
             #[cfg(feature = "test-hooks")]
             BlockRequest::TestEscape(_) => {}
         }
@@ -601,6 +607,7 @@ impl Machine {
                     })),
                 )
             }
+            BlockEvent::Job(e) => self.jobs.push(e),
         }
     }
 }

@@ -277,6 +277,7 @@ pub fn start_vcpu(
 
 /// Starts block-proc (and replays the desired block state into it).
 pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
+    super::jobs::start_thread(m);
     let (proc, link): (SpawnedWorker, Arc<BlockLink>) =
         bring_up(m, WorkerKind::Block, |m: &Arc<Machine>, e| {
             m.on_block_event(e)

@@ -10,9 +10,11 @@
 //! - [`throttle`] — `block_set_io_throttle`, `-drive throttling.*`.
 //! - [`write_threshold`] — `block-set-write-threshold`.
 //! - [`bitmaps`] — `block-dirty-bitmap-*` and the queries' `dirty-bitmaps`.
+//! - [`jobs`] — block-stream, blockdev-mirror, the job verbs and queries.
 
 pub mod bitmaps;
 pub mod info;
+pub mod jobs;
 pub mod nodes;
 pub mod options;
 pub mod query_block;

@@ -581,6 +581,18 @@ impl Machine {
     }
 }
 
+/// Makes every device on node `from` a device on node `to` (a mirror's
+/// pivot).
+pub fn repoint_drive(m: &Machine, from: &str, to: &str) {
+    for d in lock(&m.devices).devices.iter_mut() {
+        if let Backend::Export { drive, .. } = &mut d.backend {
+            if drive == from {
+                *drive = to.to_owned();
+            }
+        }
+    }
+}
+
 /// The block devices for `query-block`: (device id, node name).
 pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
     lock(&m.devices)
