@@ -43,7 +43,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::export::ExportEvent;
 use crate::block::aio::uring::Ring;
-use crate::block::aio::{Engine, Kind};
+use crate::block::aio::Engine;
 use crate::block::Node;
 use crate::inflight::QueueInflight;
 use crate::virtio_blk::aio::AsyncReq;
@@ -562,7 +562,7 @@ impl Engines {
                 return;
             }
             if let Some((r, target, iov)) =
-                virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs)
+                virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, true)
             {
                 // SAFETY: the iovecs point into guest memory mapped by
                 // `shared.mem`, which the queue thread holds until the
@@ -612,8 +612,7 @@ impl Engines {
             return;
         }
         let Some((r, target, iov)) =
-            virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs)
-                .filter(|(r, _, _)| r.kind() != Kind::Write)
+            virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, false)
         else {
             return shared.process(j.head, descs);
         };
