@@ -65,7 +65,7 @@ pub const EXPORT_MAX_IO_THREADS: usize = 64;
 /// within microseconds, and catching them here saves this thread a sleep
 /// and a wake-up per round trip (QEMU's IOThreads poll likewise, up to
 /// `poll-max-ns`, 32 us by default). Measured on 4k random reads
-/// (`scripts/bench-blk`): about +10 % at queue depth 32, but 5-10 % less
+/// (`scripts/bench-blk`): 5-10 % more at queue depth 32, but 5-15 % less
 /// at depth 1 (the driver's answer to a lone completion came too late to
 /// be caught, and the spin only delayed it), hence only after more than
 /// one completion; an idle queue never spins. The thread yields while it
@@ -574,7 +574,7 @@ impl Engines {
                 // queue thread parses the next ones. One io_uring_enter
                 // per kick kept the disk idle until the whole batch was
                 // issued (the block layer plugs a multi-SQE submission);
-                // at 4k random reads QD32 that was ~15 % slower here
+                // at 4k random reads QD32 that was 11-13 % slower here
                 // (fio submits one by one too).
                 if let Err(e) = ring.submit() {
                     warn_limited!("queue {}: io_uring submit failed: {e}", shared.index);
