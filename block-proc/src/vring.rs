@@ -198,6 +198,11 @@ impl Vring {
         Self::load_u16(mem, self.cfg.avail + 2)
     }
 
+    /// Whether the driver published requests not taken yet.
+    pub fn has_avail(&self, mem: &Mem) -> Result<bool> {
+        Ok(self.avail_idx(mem)? != self.next_avail.0)
+    }
+
     /// The used ring's `idx` as it is in guest memory.
     pub fn used_idx_in_memory(&self, mem: &Mem) -> Result<u16> {
         Self::load_u16(mem, self.cfg.used + 2)

@@ -59,15 +59,35 @@ impl Backend {
         num_queues: u16,
         writable: bool,
     ) -> Result<Self> {
+        Self::qsd_in(socket, blockdevs, node, num_queues, writable, false)
+    }
+
+    /// [`Backend::qsd`], with the export in its own IOThread when
+    /// `iothread` is set (QEMU's fast configuration: the IOThread polls
+    /// its event sources for up to `poll-max-ns`, 32 us by default,
+    /// before it sleeps; the main loop never polls).
+    pub fn qsd_in(
+        socket: &Path,
+        blockdevs: &[String],
+        node: &str,
+        num_queues: u16,
+        writable: bool,
+        iothread: bool,
+    ) -> Result<Self> {
         let mut cmd = Command::new("qemu-storage-daemon");
         for b in blockdevs {
             cmd.arg("--blockdev").arg(b);
         }
-        cmd.arg("--export").arg(format!(
+        let mut export = format!(
             "type=vhost-user-blk,id=e,node-name={node},addr.type=unix,addr.path={},writable={},num-queues={num_queues}",
             socket.display(),
             if writable { "on" } else { "off" }
-        ));
+        );
+        if iothread {
+            cmd.arg("--object").arg("iothread,id=bench-io");
+            export.push_str(",iothread=bench-io");
+        }
+        cmd.arg("--export").arg(export);
         Self::spawn(cmd, socket)
     }
 

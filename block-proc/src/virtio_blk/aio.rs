@@ -36,12 +36,15 @@ impl AsyncReq {
 }
 
 /// The request in `descs` for the node's engine, or None to run it with
-/// [`super::process`].
+/// [`super::process`]; writes only when `writes` is set (a caller running
+/// writes synchronously gets None for them before the node's guards are
+/// taken).
 pub fn prepare(
     node: &Node,
     cfg: &BlkConfig,
     mem: &Mem,
     descs: &[Desc],
+    writes: bool,
 ) -> Option<(AsyncReq, Target, Vec<libc::iovec>)> {
     if descs.len() > cfg.seg_max() as usize + 2 {
         return None;
@@ -53,6 +56,7 @@ pub fn prepare(
     ]);
     let start = Instant::now();
     let (op, offset, len, data_in) = match ty {
+        req::OUT if !writes => return None,
         req::IN | req::OUT => {
             let write = ty == req::OUT;
             let bufs = if write { &p.out } else { &p.inn };
@@ -153,6 +157,6 @@ mod tests {
                 next: 0,
             },
         ];
-        assert!(prepare(&node, &cfg, &mem, &d).is_none());
+        assert!(prepare(&node, &cfg, &mem, &d, true).is_none());
     }
 }

@@ -1,12 +1,13 @@
 //! bench-blk: side-by-side vhost-user-blk numbers for block-proc with each
 //! of its I/O engines (`aio=io_uring`, `aio=threads`) and
-//! qemu-storage-daemon (`aio=io_uring`, its fastest) on the same image,
-//! all through the same harness and access patterns, plus `fio` with
-//! io_uring at the same queue depth on the same file (the host's own
-//! ceiling).
+//! qemu-storage-daemon (`aio=io_uring`, its fastest, with the export in an
+//! IOThread, which polls like block-proc's queue threads; the main loop
+//! with `--qsd-main-loop`) on the same image, all through the same harness
+//! and access patterns, plus `fio` with io_uring at the same queue depth
+//! on the same file (the host's own ceiling).
 //!
 //! ```text
-//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct]
+//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use vhost_user_harness::{BlkDevice, BlkOptions, HarnessError, Request};
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
-    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct]")]
+    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop]")]
     Usage,
     #[error("harness")]
     Harness(#[from] HarnessError),
@@ -217,6 +218,7 @@ struct Args {
     rounds: u32,
     only: Option<usize>,
     host_file: Option<PathBuf>,
+    qsd_main_loop: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -229,6 +231,7 @@ fn parse() -> Result<Args> {
         rounds: 2,
         only: None,
         host_file: None,
+        qsd_main_loop: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -244,6 +247,7 @@ fn parse() -> Result<Args> {
                     .map_err(|_| BenchError::Usage)?
             }
             "--direct" => a.direct = true,
+            "--qsd-main-loop" => a.qsd_main_loop = true,
             "--host-file" => a.host_file = Some(it.next().ok_or(BenchError::Usage)?.into()),
             "--rounds" => {
                 a.rounds = it
@@ -283,7 +287,7 @@ fn start_bp(a: &Args, sock: &Path, aio: Option<&str>) -> Result<Backend> {
 
 fn start_qsd(a: &Args, sock: &Path) -> Result<Backend> {
     let direct = if a.direct { "on" } else { "off" };
-    Ok(Backend::qsd(
+    Ok(Backend::qsd_in(
         sock,
         &[
             format!(
@@ -295,6 +299,7 @@ fn start_qsd(a: &Args, sock: &Path) -> Result<Backend> {
         "d",
         1,
         true,
+        !a.qsd_main_loop,
     )?)
 }
 
@@ -384,17 +389,27 @@ fn run() -> Result<()> {
         run_device(&mut dev, size, w, a.secs)
     };
     for w in works {
-        let (mut ru, mut rt, mut rq, mut rf) = (0f64, 0f64, 0f64, 0f64);
-        for _ in 0..a.rounds {
-            ru = ru.max(bp_run("io_uring", w)?);
-            rt = rt.max(bp_run("threads", w)?);
-            {
-                let _b = start_qsd(&a, &sock_qsd)?;
-                let mut dev = BlkDevice::connect(&sock_qsd, opts())?;
-                rq = rq.max(run_device(&mut dev, size, w, a.secs)?);
+        // best[i]: contender i's best over the rounds. Each round starts
+        // with the next contender, so no one always runs first (or
+        // always right after fio) while the machine's load drifts.
+        let mut best = [0f64; 4];
+        for round in 0..a.rounds as usize {
+            for k in 0..4 {
+                let i = (round + k) % 4;
+                let r = match i {
+                    0 => bp_run("io_uring", w)?,
+                    1 => bp_run("threads", w)?,
+                    2 => {
+                        let _b = start_qsd(&a, &sock_qsd)?;
+                        let mut dev = BlkDevice::connect(&sock_qsd, opts())?;
+                        run_device(&mut dev, size, w, a.secs)?
+                    }
+                    _ => run_fio(&host_file, file_size, w, a.secs, a.direct)?,
+                };
+                best[i] = best[i].max(r);
             }
-            rf = rf.max(run_fio(&host_file, file_size, w, a.secs, a.direct)?);
         }
+        let (ru, rt, rq, rf) = (best[0], best[1], best[2], best[3]);
         println!(
             "{:<18} {:>15} {:>15} {:>15} {:>15} {:>8.2} {:>8.2} {:>8.2}",
             w.name(),

@@ -5,9 +5,8 @@
 //!   threads (`vhost/queue.rs`). Always available; the fallback.
 //! - [`Engine::IoUring`]: one ring per queue ([`uring::Ring`]), created by
 //!   the queue thread, with the image fd registered and the ring restricted
-//!   to the four operations below. A kick's requests are pushed together
-//!   and submitted with one `io_uring_enter`; completions are reaped in
-//!   batches.
+//!   to the four operations below. Each request is submitted as soon as
+//!   the queue thread has parsed it; completions are reaped in batches.
 //! - No `aio`: io_uring for `O_DIRECT` files when the process can set up
 //!   a ring, else threads ([`Engine::resolve`] says why).
 //! - `aio=native` (Linux AIO) is refused with QEMU's message for a build
