@@ -8,9 +8,9 @@
 mod common;
 mod disk_common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+use common::qemu::ours;
 use common::{Bulkhead, Qmp};
 use disk_common::{guest, SerialLog};
 use serde_json::{json, Value};
@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 /// QEMU 10's replies (`return` or `error`) to `cmds` on `-M pc` with
 /// `-smp SMP -cpu qemu64`, in prelaunch.
 fn qemu(smp: &str, cmds: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
+    common::qemu::replies(
+        &[
             "-M",
             "pc,accel=kvm",
             "-smp",
@@ -28,46 +28,9 @@ fn qemu(smp: &str, cmds: &[Value]) -> Vec<Value> {
             "qemu64",
             "-S",
             "-nodefaults",
-            "-display",
-            "none",
-            "-qmp",
-            "stdio",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
-    for c in cmds {
-        input.push_str(&c.to_string());
-        input.push('\n');
-    }
-    input.push_str("{\"execute\":\"quit\"}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let replies: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
-        .skip(1)
-        .collect();
-    child.wait().unwrap();
-    replies[..cmds.len()].to_vec()
-}
-
-fn ours(q: &mut Qmp, cmds: &[Value]) -> Vec<Value> {
-    cmds.iter()
-        .map(|c| {
-            let mut r = q.request(c.clone());
-            r.as_object_mut().unwrap().remove("id");
-            r
-        })
-        .collect()
+        ],
+        cmds,
+    )
 }
 
 /// Starts the `hotplug` guest with `-smp SMP -cpu qemu64` and its serial
