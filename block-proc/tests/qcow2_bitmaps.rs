@@ -13,7 +13,7 @@ use std::process::Command;
 
 use block_proc::block::Graph;
 use common::*;
-use ipc_proto::bitmaps::{BitmapInfo, BitmapReply, BitmapRequest, BitmapSource};
+use ipc_proto::bitmaps::{BitmapInfo, BitmapReply, BitmapRequest, BitmapSource, ImageBitmap};
 use ipc_proto::block::BlockdevOptions;
 use vm_memory::VolatileSlice;
 
@@ -36,6 +36,21 @@ fn memfd(bytes: u64) -> OwnedFd {
 
 fn req(g: &Graph, r: BitmapRequest, fds: Vec<OwnedFd>) -> Result<BitmapReply, String> {
     block_proc::bitmaps::requests::handle(g, r, fds).map_err(|e| e.desc)
+}
+
+/// The bitmaps stored in node `disk0`'s image (`ImageBitmaps`).
+fn image_bitmaps(g: &Graph) -> Vec<ImageBitmap> {
+    let BitmapReply::Found(found) = req(
+        g,
+        BitmapRequest::ImageBitmaps {
+            node: "disk0".into(),
+        },
+        vec![],
+    )
+    .unwrap() else {
+        panic!()
+    };
+    found
 }
 
 /// `Check` then `Attach` as the broker does.
@@ -142,16 +157,7 @@ fn stored_bitmaps_are_listed_by_qemu_img_and_the_image_stays_clean() {
     // (after more writes) frees the first one's clusters.
     let mut g = Graph::new();
     open(&mut g, &img);
-    let BitmapReply::Found(found) = req(
-        &g,
-        BitmapRequest::ImageBitmaps {
-            node: "disk0".into(),
-        },
-        vec![],
-    )
-    .unwrap() else {
-        panic!()
-    };
+    let found = image_bitmaps(&g);
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|f| !f.in_use));
     for f in &found {
@@ -189,16 +195,7 @@ fn a_bitmap_qemu_wrote_is_loaded_with_its_dirty_granules() {
     assert!(st.success());
     let mut g = Graph::new();
     open(&mut g, &img);
-    let BitmapReply::Found(found) = req(
-        &g,
-        BitmapRequest::ImageBitmaps {
-            node: "disk0".into(),
-        },
-        vec![],
-    )
-    .unwrap() else {
-        panic!()
-    };
+    let found = image_bitmaps(&g);
     assert_eq!(found.len(), 1);
     assert!(found[0].auto && !found[0].in_use);
     add(&g, "from-qemu", Some(65536), true, BitmapSource::Image);
