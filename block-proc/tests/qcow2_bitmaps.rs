@@ -18,7 +18,12 @@ use ipc_proto::block::BlockdevOptions;
 use vm_memory::VolatileSlice;
 
 fn open(g: &mut Graph, img: &std::path::Path) {
-    let o: BlockdevOptions = serde_json::from_str(&qcow2_json(img)).unwrap();
+    open_json(g, img, &qcow2_json(img));
+}
+
+/// Adds the node of blockdev options `json` over the file `img`.
+fn open_json(g: &mut Graph, img: &std::path::Path, json: &str) {
+    let o: BlockdevOptions = serde_json::from_str(json).unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -278,17 +283,11 @@ fn bitmaps_on_protocol_nodes_see_writes_made_through_their_parents() {
     // raw with an offset over a file: the file's bitmap sees the shifted range.
     let img = raw_image("bm-lower.raw", 4 << 20);
     let mut g = Graph::new();
-    let o: BlockdevOptions = serde_json::from_str(&format!(
+    let json = format!(
         r#"{{"driver":"raw","node-name":"disk0","offset":1048576,"file":{{"driver":"file","node-name":"f0","filename":"{}"}}}}"#,
         img.display()
-    ))
-    .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    );
+    open_json(&mut g, &img, &json);
     add_on(&g, "f0", "under-raw", 65536);
     write(&g, 4096, 512);
     let q = query(&g);
@@ -299,17 +298,11 @@ fn bitmaps_on_protocol_nodes_see_writes_made_through_their_parents() {
     // file's bitmap is marked whole rather than missing the write.
     let img = qcow2_image("bm-lower.qcow2", "4M");
     let mut g = Graph::new();
-    let o: BlockdevOptions = serde_json::from_str(&format!(
+    let json = format!(
         r#"{{"driver":"qcow2","node-name":"disk0","file":{{"driver":"file","node-name":"f0","filename":"{}"}}}}"#,
         img.display()
-    ))
-    .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    );
+    open_json(&mut g, &img, &json);
     add_on(&g, "f0", "under-qcow2", 65536);
     assert_eq!(query(&g)[0].count, 0);
     let file_size = std::fs::metadata(&img).unwrap().len();
