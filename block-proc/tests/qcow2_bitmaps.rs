@@ -58,6 +58,29 @@ fn image_bitmaps(g: &Graph) -> Vec<ImageBitmap> {
     found
 }
 
+/// `qemu-io ARGS IMG` (its output discarded), which must succeed.
+fn qemu_io(img: &std::path::Path, args: &[&str]) {
+    let st = Command::new("qemu-io")
+        .args(args)
+        .arg(img)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `qemu-img bitmap --add OPTS IMG NAME`, which must succeed.
+fn qemu_img_bitmap_add(img: &std::path::Path, name: &str, opts: &[&str]) {
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .args(opts)
+        .arg(img)
+        .arg(name)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// `Check` then `Attach` as the broker does.
 fn add(g: &Graph, name: &str, granularity: Option<u32>, persistent: bool, source: BitmapSource) {
     let BitmapReply::Sized {
@@ -184,20 +207,8 @@ fn stored_bitmaps_are_listed_by_qemu_img_and_the_image_stays_clean() {
 #[test]
 fn a_bitmap_qemu_wrote_is_loaded_with_its_dirty_granules() {
     let img = qcow2_image("bm-load.qcow2", "16M");
-    let st = Command::new("qemu-img")
-        .args(["bitmap", "--add", "-g", "65536"])
-        .arg(&img)
-        .arg("from-qemu")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let st = Command::new("qemu-io")
-        .args(["-c", "write 1M 64k", "-c", "write 5M 1"])
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img_bitmap_add(&img, "from-qemu", &["-g", "65536"]);
+    qemu_io(&img, &["-c", "write 1M 64k", "-c", "write 5M 1"]);
     let mut g = Graph::new();
     open(&mut g, &img);
     let found = image_bitmaps(&g);
@@ -367,13 +378,7 @@ fn storing_into_a_full_small_cluster_image_adds_refcount_blocks_cleanly() {
         .status()
         .unwrap();
     assert!(st.success());
-    let st = Command::new("qemu-io")
-        .args(["-c", "write -P 0x5a 0 2M"])
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_io(&img, &["-c", "write -P 0x5a 0 2M"]);
     let before = std::fs::metadata(&img).unwrap().len();
     let mut g = Graph::new();
     open(&mut g, &img);
@@ -407,21 +412,9 @@ fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
     // A valid image with two stored bitmaps (one with data), as bytes.
     let img = qcow2_image("bm-mutate.qcow2", "4M");
     for (name, g) in [("a", "65536"), ("b", "512")] {
-        let st = Command::new("qemu-img")
-            .args(["bitmap", "--add", "-g", g])
-            .arg(&img)
-            .arg(name)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        qemu_img_bitmap_add(&img, name, &["-g", g]);
     }
-    let st = Command::new("qemu-io")
-        .args(["-c", "write 0 1M"])
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_io(&img, &["-c", "write 0 1M"]);
     let original = std::fs::read(&img).unwrap();
     let dir = ImageDir::read(File::open(&img).unwrap(), false).unwrap();
     assert_eq!(dir.entries.len(), 2);
@@ -480,13 +473,7 @@ fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
 #[test]
 fn a_failed_blockdev_add_leaves_the_image_bitmaps_as_they_were() {
     let img = qcow2_image("bm-failed-add.qcow2", "4M");
-    let st = Command::new("qemu-img")
-        .args(["bitmap", "--add"])
-        .arg(&img)
-        .arg("b")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img_bitmap_add(&img, "b", &[]);
     // The qcow2 child opens (and marks its bitmaps in use), then the raw
     // parent's window is refused and the whole tree is rolled back.
     let o: BlockdevOptions = serde_json::from_str(&format!(
@@ -512,13 +499,7 @@ fn a_stored_bitmap_never_attached_stays_in_the_image_marked_in_use() {
     // As when the broker could not attach it: the guest's writes went
     // untracked, so it must stay, stale (QEMU: inconsistent), not vanish.
     let img = qcow2_image("bm-unattached.qcow2", "4M");
-    let st = Command::new("qemu-img")
-        .args(["bitmap", "--add"])
-        .arg(&img)
-        .arg("b")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img_bitmap_add(&img, "b", &[]);
     let mut g = Graph::new();
     open(&mut g, &img);
     add(&g, "mine", None, true, BitmapSource::Empty);
