@@ -1,7 +1,12 @@
 //! Shared helpers of block-proc's integration tests: temp files, images,
-//! starting block-proc standalone, data patterns.
+//! starting block-proc standalone or under the IPC channel ([`worker`]),
+//! data patterns.
 
 #![allow(dead_code)]
+
+// A path both as the `common` test target and as a module of the others.
+#[path = "common/worker.rs"]
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,57 +7,13 @@ mod common;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command};
 
+use common::worker::{spawn, Worker};
 use common::*;
 use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest, BlockdevOptions, FileFd};
-use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
-use ipc_proto::worker::BrokerChannel;
-use ipc_proto::{FlatError, WorkerKind};
+use ipc_proto::envelope::WorkerMsg;
 use vhost_user_harness::blk::S_OK;
 use vhost_user_harness::{BlkDevice, BlkOptions};
-
-type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
-
-struct Worker {
-    child: Child,
-    chan: Chan,
-    next: u64,
-    events: Vec<BlockEvent>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn() -> Worker {
-    let (broker, worker) = UnixStream::pair().unwrap();
-    nix::fcntl::fcntl(
-        &worker,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&worker);
-    let child = Command::new(bin())
-        .arg("--control-fd")
-        .arg(fd.to_string())
-        // Sandboxed as under the broker (the tests run as root).
-        .args(["--sandbox-uid", "61002"])
-        .spawn()
-        .unwrap();
-    drop(worker);
-    let (chan, hello) = ipc_proto::worker::accept(broker, WorkerKind::Block).unwrap();
-    assert_eq!(hello.pid, child.id());
-    Worker {
-        child,
-        chan,
-        next: 1,
-        events: Vec::new(),
-    }
-}
 
 impl Worker {
     /// Hands export `id` one end of a new socketpair and sets the harness
@@ -72,27 +28,6 @@ impl Worker {
             ..Default::default()
         };
         BlkDevice::from_stream(ours, opts).unwrap()
-    }
-
-    fn call(
-        &mut self,
-        body: BlockRequest,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<BlockReply, FlatError> {
-        let id = self.next;
-        self.next += 1;
-        self.chan
-            .send(&BrokerMsg::Request { id, body }, fds)
-            .unwrap();
-        loop {
-            match self.chan.recv().unwrap().0 {
-                WorkerMsg::Reply { id: rid, result } => {
-                    assert_eq!(rid, id);
-                    return result;
-                }
-                WorkerMsg::Event(e) => self.events.push(e),
-            }
-        }
     }
 }
 
@@ -238,7 +173,13 @@ fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
 
 /// An export with its node, served to connections attached over IPC.
 fn exported(w: &mut Worker, img: &std::path::Path, id: &str) -> std::fs::File {
-    let options: BlockdevOptions = serde_json::from_str(&raw_json(img)).unwrap();
+    exported_node(w, img, id, &raw_json(img))
+}
+
+/// Node `disk0` of `img` from the blockdev options `json` (the image's fd
+/// passed with it), exported as `id`; the image's file.
+fn exported_node(w: &mut Worker, img: &std::path::Path, id: &str, json: &str) -> std::fs::File {
+    let options: BlockdevOptions = serde_json::from_str(json).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -430,32 +371,11 @@ fn attach_bitmap(w: &mut Worker, mem: &std::fs::File, source: ipc_proto::bitmaps
 
 /// Node `disk0` (raw over file, `aio` as given) of `img`, exported as `id`.
 fn exported_aio(w: &mut Worker, img: &std::path::Path, id: &str, aio: &str) -> std::fs::File {
-    let options: BlockdevOptions = serde_json::from_str(&format!(
+    let json = format!(
         r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}","aio":"{aio}"}}}}"#,
         img.display()
-    ))
-    .unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
-    let files = vec![FileFd {
-        filename: img.display().to_string(),
-        fd_index: 0,
-    }];
-    let add = BlockRequest::AddNode { options, files };
-    assert_eq!(w.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
-    let export = BlockRequest::AddExport {
-        id: id.into(),
-        node_name: "disk0".into(),
-        num_queues: 1,
-        writable: true,
-        serial: "x".into(),
-        logical_block_size: 512,
-    };
-    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
-    file
+    );
+    exported_node(w, img, id, &json)
 }
 
 #[test]

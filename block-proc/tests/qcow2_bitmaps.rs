@@ -13,12 +13,17 @@ use std::process::Command;
 
 use block_proc::block::Graph;
 use common::*;
-use ipc_proto::bitmaps::{BitmapInfo, BitmapReply, BitmapRequest, BitmapSource};
+use ipc_proto::bitmaps::{BitmapInfo, BitmapReply, BitmapRequest, BitmapSource, ImageBitmap};
 use ipc_proto::block::BlockdevOptions;
 use vm_memory::VolatileSlice;
 
 fn open(g: &mut Graph, img: &std::path::Path) {
-    let o: BlockdevOptions = serde_json::from_str(&qcow2_json(img)).unwrap();
+    open_json(g, img, &qcow2_json(img));
+}
+
+/// Adds the node of blockdev options `json` over the file `img`.
+fn open_json(g: &mut Graph, img: &std::path::Path, json: &str) {
+    let o: BlockdevOptions = serde_json::from_str(json).unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -36,6 +41,44 @@ fn memfd(bytes: u64) -> OwnedFd {
 
 fn req(g: &Graph, r: BitmapRequest, fds: Vec<OwnedFd>) -> Result<BitmapReply, String> {
     block_proc::bitmaps::requests::handle(g, r, fds).map_err(|e| e.desc)
+}
+
+/// The bitmaps stored in node `disk0`'s image (`ImageBitmaps`).
+fn image_bitmaps(g: &Graph) -> Vec<ImageBitmap> {
+    let BitmapReply::Found(found) = req(
+        g,
+        BitmapRequest::ImageBitmaps {
+            node: "disk0".into(),
+        },
+        vec![],
+    )
+    .unwrap() else {
+        panic!()
+    };
+    found
+}
+
+/// `qemu-io ARGS IMG` (its output discarded), which must succeed.
+fn qemu_io(img: &std::path::Path, args: &[&str]) {
+    let st = Command::new("qemu-io")
+        .args(args)
+        .arg(img)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `qemu-img bitmap --add OPTS IMG NAME`, which must succeed.
+fn qemu_img_bitmap_add(img: &std::path::Path, name: &str, opts: &[&str]) {
+    let st = Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .args(opts)
+        .arg(img)
+        .arg(name)
+        .status()
+        .unwrap();
+    assert!(st.success());
 }
 
 /// `Check` then `Attach` as the broker does.
@@ -142,16 +185,7 @@ fn stored_bitmaps_are_listed_by_qemu_img_and_the_image_stays_clean() {
     // (after more writes) frees the first one's clusters.
     let mut g = Graph::new();
     open(&mut g, &img);
-    let BitmapReply::Found(found) = req(
-        &g,
-        BitmapRequest::ImageBitmaps {
-            node: "disk0".into(),
-        },
-        vec![],
-    )
-    .unwrap() else {
-        panic!()
-    };
+    let found = image_bitmaps(&g);
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|f| !f.in_use));
     for f in &found {
@@ -173,32 +207,11 @@ fn stored_bitmaps_are_listed_by_qemu_img_and_the_image_stays_clean() {
 #[test]
 fn a_bitmap_qemu_wrote_is_loaded_with_its_dirty_granules() {
     let img = qcow2_image("bm-load.qcow2", "16M");
-    let st = Command::new("qemu-img")
-        .args(["bitmap", "--add", "-g", "65536"])
-        .arg(&img)
-        .arg("from-qemu")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let st = Command::new("qemu-io")
-        .args(["-c", "write 1M 64k", "-c", "write 5M 1"])
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img_bitmap_add(&img, "from-qemu", &["-g", "65536"]);
+    qemu_io(&img, &["-c", "write 1M 64k", "-c", "write 5M 1"]);
     let mut g = Graph::new();
     open(&mut g, &img);
-    let BitmapReply::Found(found) = req(
-        &g,
-        BitmapRequest::ImageBitmaps {
-            node: "disk0".into(),
-        },
-        vec![],
-    )
-    .unwrap() else {
-        panic!()
-    };
+    let found = image_bitmaps(&g);
     assert_eq!(found.len(), 1);
     assert!(found[0].auto && !found[0].in_use);
     add(&g, "from-qemu", Some(65536), true, BitmapSource::Image);
@@ -281,17 +294,11 @@ fn bitmaps_on_protocol_nodes_see_writes_made_through_their_parents() {
     // raw with an offset over a file: the file's bitmap sees the shifted range.
     let img = raw_image("bm-lower.raw", 4 << 20);
     let mut g = Graph::new();
-    let o: BlockdevOptions = serde_json::from_str(&format!(
+    let json = format!(
         r#"{{"driver":"raw","node-name":"disk0","offset":1048576,"file":{{"driver":"file","node-name":"f0","filename":"{}"}}}}"#,
         img.display()
-    ))
-    .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    );
+    open_json(&mut g, &img, &json);
     add_on(&g, "f0", "under-raw", 65536);
     write(&g, 4096, 512);
     let q = query(&g);
@@ -302,17 +309,11 @@ fn bitmaps_on_protocol_nodes_see_writes_made_through_their_parents() {
     // file's bitmap is marked whole rather than missing the write.
     let img = qcow2_image("bm-lower.qcow2", "4M");
     let mut g = Graph::new();
-    let o: BlockdevOptions = serde_json::from_str(&format!(
+    let json = format!(
         r#"{{"driver":"qcow2","node-name":"disk0","file":{{"driver":"file","node-name":"f0","filename":"{}"}}}}"#,
         img.display()
-    ))
-    .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    g.add(&o, [(img.display().to_string(), f)].into()).unwrap();
+    );
+    open_json(&mut g, &img, &json);
     add_on(&g, "f0", "under-qcow2", 65536);
     assert_eq!(query(&g)[0].count, 0);
     let file_size = std::fs::metadata(&img).unwrap().len();
@@ -377,13 +378,7 @@ fn storing_into_a_full_small_cluster_image_adds_refcount_blocks_cleanly() {
         .status()
         .unwrap();
     assert!(st.success());
-    let st = Command::new("qemu-io")
-        .args(["-c", "write -P 0x5a 0 2M"])
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_io(&img, &["-c", "write -P 0x5a 0 2M"]);
     let before = std::fs::metadata(&img).unwrap().len();
     let mut g = Graph::new();
     open(&mut g, &img);
@@ -417,21 +412,9 @@ fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
     // A valid image with two stored bitmaps (one with data), as bytes.
     let img = qcow2_image("bm-mutate.qcow2", "4M");
     for (name, g) in [("a", "65536"), ("b", "512")] {
-        let st = Command::new("qemu-img")
-            .args(["bitmap", "--add", "-g", g])
-            .arg(&img)
-            .arg(name)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        qemu_img_bitmap_add(&img, name, &["-g", g]);
     }
-    let st = Command::new("qemu-io")
-        .args(["-c", "write 0 1M"])
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_io(&img, &["-c", "write 0 1M"]);
     let original = std::fs::read(&img).unwrap();
     let dir = ImageDir::read(File::open(&img).unwrap(), false).unwrap();
     assert_eq!(dir.entries.len(), 2);
@@ -490,13 +473,7 @@ fn corrupted_bitmap_metadata_is_refused_or_tolerated_never_a_panic() {
 #[test]
 fn a_failed_blockdev_add_leaves_the_image_bitmaps_as_they_were() {
     let img = qcow2_image("bm-failed-add.qcow2", "4M");
-    let st = Command::new("qemu-img")
-        .args(["bitmap", "--add"])
-        .arg(&img)
-        .arg("b")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img_bitmap_add(&img, "b", &[]);
     // The qcow2 child opens (and marks its bitmaps in use), then the raw
     // parent's window is refused and the whole tree is rolled back.
     let o: BlockdevOptions = serde_json::from_str(&format!(
@@ -522,13 +499,7 @@ fn a_stored_bitmap_never_attached_stays_in_the_image_marked_in_use() {
     // As when the broker could not attach it: the guest's writes went
     // untracked, so it must stay, stale (QEMU: inconsistent), not vanish.
     let img = qcow2_image("bm-unattached.qcow2", "4M");
-    let st = Command::new("qemu-img")
-        .args(["bitmap", "--add"])
-        .arg(&img)
-        .arg("b")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img_bitmap_add(&img, "b", &[]);
     let mut g = Graph::new();
     open(&mut g, &img);
     add(&g, "mine", None, true, BitmapSource::Empty);

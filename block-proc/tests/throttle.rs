@@ -12,85 +12,20 @@ mod common;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::worker::{spawn, Worker};
 use ipc_proto::block::{
     BlockEvent, BlockReply, BlockRequest, BlockdevOptions, ThrottleBucket, ThrottleConfig,
 };
-use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
-use ipc_proto::worker::BrokerChannel;
-use ipc_proto::{FlatError, WorkerKind};
 use vhost_user_harness::blk::{Request, S_OK};
 use vhost_user_harness::{BlkDevice, BlkOptions};
-
-type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
 
 const BPS_TOTAL: usize = 0;
 const OPS_TOTAL: usize = 3;
 const OPS_WRITE: usize = 5;
 
-struct Worker {
-    child: Child,
-    chan: Chan,
-    next: u64,
-    events: Vec<BlockEvent>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn() -> Worker {
-    let (broker, worker) = UnixStream::pair().unwrap();
-    nix::fcntl::fcntl(
-        &worker,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&worker);
-    let child = Command::new(bin())
-        .arg("--control-fd")
-        .arg(fd.to_string())
-        .args(["--sandbox-uid", "61002"])
-        .spawn()
-        .unwrap();
-    drop(worker);
-    let (chan, _) = ipc_proto::worker::accept(broker, WorkerKind::Block).unwrap();
-    Worker {
-        child,
-        chan,
-        next: 1,
-        events: Vec::new(),
-    }
-}
-
 impl Worker {
-    fn call(
-        &mut self,
-        body: BlockRequest,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<BlockReply, FlatError> {
-        let id = self.next;
-        self.next += 1;
-        self.chan
-            .send(&BrokerMsg::Request { id, body }, fds)
-            .unwrap();
-        loop {
-            match self.chan.recv().unwrap().0 {
-                WorkerMsg::Reply { id: rid, result } => {
-                    assert_eq!(rid, id);
-                    return result;
-                }
-                WorkerMsg::Event(e) => self.events.push(e),
-            }
-        }
-    }
-
     fn ok(&mut self, body: BlockRequest) {
         assert_eq!(self.call(body, &[]), Ok(BlockReply::Done));
     }

@@ -185,6 +185,17 @@ fn throttle_args(id: Value, extra: Value) -> Value {
     a
 }
 
+/// Node `name` in a `query-named-block-nodes` answer.
+fn node_named(nodes: &Value, name: &str) -> Value {
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in {nodes}"))
+        .clone()
+}
+
 fn class_and_desc(r: &Value) -> Value {
     r.get("error").cloned().unwrap_or_else(|| r.clone())
 }
@@ -357,14 +368,7 @@ fn block_set_write_threshold_errors_match_qemu_storage_daemon() {
         assert_eq!(ours, theirs, "{c}");
     }
     // Shown on the node, as qsd shows it.
-    let threshold = |v: Value| -> Value {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node-name"] == "n0")
-            .unwrap()["write_threshold"]
-            .clone()
-    };
+    let threshold = |v: Value| -> Value { node_named(&v, "n0")["write_threshold"].clone() };
     assert_eq!(
         threshold(q.ok("query-named-block-nodes")),
         threshold(qsd.qmp.ok("query-named-block-nodes"))
@@ -422,13 +426,7 @@ fn throttle_and_write_threshold_survive_block_proc_sigkills_and_act_on_the_guest
     // The broker brought both back with the worker.
     assert_eq!(q.ok("query-block")[0]["inserted"]["iops"], 5);
     assert_eq!(q.ok("query-block")[0]["inserted"]["group"], "vda");
-    let nodes = q.ok("query-named-block-nodes");
-    let f0 = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node-name"] == "f0")
-        .unwrap();
+    let f0 = node_named(&q.ok("query-named-block-nodes"), "f0");
     assert_eq!(f0["write_threshold"], 10000);
 
     // And they act in the new worker: the event comes once, with the
@@ -441,13 +439,7 @@ fn throttle_and_write_threshold_survive_block_proc_sigkills_and_act_on_the_guest
     );
     serial.wait_passes(1);
     // Cleared (one-shot), here and there.
-    let nodes = q.ok("query-named-block-nodes");
-    let f0 = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node-name"] == "f0")
-        .unwrap();
+    let f0 = node_named(&q.ok("query-named-block-nodes"), "f0");
     assert_eq!(f0["write_threshold"], 0);
     // The guest's reads and writes run at 5/s at most (over 5 s: the
     // limit, its tenth-of-a-second bucket and one request). This guest

@@ -8,18 +8,18 @@
 mod common;
 mod disk_common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+use common::qemu::ours;
 use common::{Bulkhead, Qmp};
-use disk_common::{guest, SerialLog};
+use disk_common::{start_guest, SerialLog};
 use serde_json::{json, Value};
 
 /// QEMU 10's replies (`return` or `error`) to `cmds` on `-M pc` with
 /// `-smp SMP -cpu qemu64`, in prelaunch.
 fn qemu(smp: &str, cmds: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
+    common::qemu::replies(
+        &[
             "-M",
             "pc,accel=kvm",
             "-smp",
@@ -28,70 +28,22 @@ fn qemu(smp: &str, cmds: &[Value]) -> Vec<Value> {
             "qemu64",
             "-S",
             "-nodefaults",
-            "-display",
-            "none",
-            "-qmp",
-            "stdio",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
-    for c in cmds {
-        input.push_str(&c.to_string());
-        input.push('\n');
-    }
-    input.push_str("{\"execute\":\"quit\"}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let replies: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
-        .skip(1)
-        .collect();
-    child.wait().unwrap();
-    replies[..cmds.len()].to_vec()
-}
-
-fn ours(q: &mut Qmp, cmds: &[Value]) -> Vec<Value> {
-    cmds.iter()
-        .map(|c| {
-            let mut r = q.request(c.clone());
-            r.as_object_mut().unwrap().remove("id");
-            r
-        })
-        .collect()
+        ],
+        cmds,
+    )
 }
 
 /// Starts the `hotplug` guest with `-smp SMP -cpu qemu64` and its serial
 /// output in a file; returns once it waits for hotplug events.
 fn boot_hotplug_guest(smp: &str) -> (Bulkhead, SerialLog, Qmp) {
     let dir = common::TempDir::new();
-    let log_path = dir.0.join("serial.log");
-    let serial = format!("file:{}", log_path.display());
-    let kernel = guest("hotplug");
-    let b = Bulkhead::start(&[
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-m",
-        "64M",
-        "-cpu",
-        "qemu64",
-        "-smp",
-        smp,
-    ]);
+    let (b, log) = start_guest(
+        &dir.0,
+        "hotplug",
+        &["-m", "64M", "-cpu", "qemu64", "-smp", smp],
+    );
     let c = b.client();
     std::mem::forget(dir);
-    let log = SerialLog(log_path);
     log.wait_for("waiting for hotplug events");
     (b, log, c)
 }
@@ -314,17 +266,7 @@ fn hotplugged_cpu_gets_its_topology_apic_id() {
 #[test]
 fn smp_guest_starts_only_the_present_cpus_of_maxcpus() {
     let dir = common::TempDir::new();
-    let log = SerialLog(dir.0.join("serial.log"));
-    let serial = format!("file:{}", log.0.display());
-    let kernel = guest("smp");
-    let mut b = Bulkhead::start(&[
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-smp",
-        "2,maxcpus=4",
-    ]);
+    let (mut b, log) = start_guest(&dir.0, "smp", &["-smp", "2,maxcpus=4"]);
     let status =
         disk_common::wait_exit_within(b.child.as_mut().unwrap(), disk_common::GUEST_TIMEOUT);
     assert_eq!(status.code(), Some(1), "{}", log.text());
@@ -373,20 +315,11 @@ fn cpu_plugged_before_the_guest_runs_is_listed_enabled_in_the_madt() {
     // QEMU builds its tables when the firmware reads them, after `cont`:
     // a CPU added in prelaunch is an ordinary present CPU to the guest.
     let dir = common::TempDir::new();
-    let log = SerialLog(dir.0.join("serial.log"));
-    let serial = format!("file:{}", log.0.display());
-    let kernel = guest("smp");
-    let mut b = Bulkhead::start(&[
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-cpu",
-        "qemu64",
-        "-smp",
-        "1,maxcpus=4",
-        "-S",
-    ]);
+    let (mut b, log) = start_guest(
+        &dir.0,
+        "smp",
+        &["-cpu", "qemu64", "-smp", "1,maxcpus=4", "-S"],
+    );
     let mut q = b.client();
     let r = q.execute("device_add", cpu_add(0, 3, "late")["arguments"].clone());
     assert_eq!(r["return"], json!({}), "{r}");

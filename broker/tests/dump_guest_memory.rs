@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{broker_pid, children, Bulkhead, Qmp, TIMEOUT};
-use disk_common::{guest, SerialLog};
+use disk_common::start_guest;
 use serde_json::{json, Value};
 
 const MARKER_GPA: u64 = 0x0600_0000;
@@ -42,21 +42,8 @@ fn marker_page() -> Vec<u8> {
 /// written its marker and halted; the halt loop's RIP range.
 fn boot(mem: &str, cpus: &str) -> (Bulkhead, Qmp, (u64, u64)) {
     let dir = common::TempDir::new();
-    let log_path = dir.0.join("serial.log");
-    let serial = format!("file:{}", log_path.display());
-    let kernel = guest("dump");
-    let b = Bulkhead::start(&[
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-m",
-        mem,
-        "-smp",
-        cpus,
-    ]);
+    let (b, log) = start_guest(&dir.0, "dump", &["-m", mem, "-smp", cpus]);
     std::mem::forget(dir);
-    let log = SerialLog(log_path);
     log.wait_for("halted");
     let text = log.text();
     let line = text

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-
 use common::Bulkhead;
 use serde_json::{json, Value};
 
@@ -31,37 +28,19 @@ impl OkWith for common::Qmp {
 
 /// QEMU 10's answers to `lines` on `-M none -S -name vm1` over QMP stdio.
 fn qemu_hmp(lines: &[&str]) -> Vec<String> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M", "none", "-S", "-name", "vm1", "-display", "none", "-qmp", "stdio",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
-    for l in lines {
-        input.push_str(
-            &json!({"execute": "human-monitor-command", "arguments": {"command-line": l}})
-                .to_string(),
-        );
-        input.push('\n');
-    }
-    input.push_str("{\"execute\":\"quit\"}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let replies: Vec<String> = out
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-        .filter_map(|v| v.get("return").and_then(Value::as_str).map(String::from))
+    let cmds: Vec<Value> = lines
+        .iter()
+        .map(|l| json!({"execute": "human-monitor-command", "arguments": {"command-line": l}}))
         .collect();
-    child.wait().unwrap();
-    replies
+    common::qemu::replies(&["-M", "none", "-S", "-name", "vm1"], &cmds)
+        .iter()
+        .map(|r| {
+            r["return"]
+                .as_str()
+                .unwrap_or_else(|| panic!("QEMU: {r}"))
+                .to_owned()
+        })
+        .collect()
 }
 
 #[test]

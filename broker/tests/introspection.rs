@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-
+use common::qemu::ours;
 use common::{Bulkhead, Qmp};
 use serde_json::{json, Value};
 
@@ -17,51 +15,9 @@ fn qemu(cmds: &[Value]) -> Vec<Value> {
 
 /// The same, with `extra` options.
 fn qemu_with(extra: &[&str], cmds: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(extra)
-        .args([
-            "-M",
-            "none,accel=kvm",
-            "-S",
-            "-display",
-            "none",
-            "-qmp",
-            "stdio",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
-    for c in cmds {
-        input.push_str(&c.to_string());
-        input.push('\n');
-    }
-    input.push_str("{\"execute\":\"quit\"}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let replies: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
-        .skip(1)
-        .collect();
-    child.wait().unwrap();
-    replies[..cmds.len()].to_vec()
-}
-
-fn ours(q: &mut Qmp, cmds: &[Value]) -> Vec<Value> {
-    cmds.iter()
-        .map(|c| {
-            let mut r = q.request(c.clone());
-            r.as_object_mut().unwrap().remove("id");
-            r
-        })
-        .collect()
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&["-M", "none,accel=kvm", "-S"]);
+    common::qemu::replies(&args, cmds)
 }
 
 #[test]

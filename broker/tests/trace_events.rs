@@ -9,9 +9,8 @@
 mod common;
 mod disk_common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use common::{broker_pid, Bulkhead, Qmp, TempDir};
@@ -256,32 +255,7 @@ fn vcpu_argument_selects_per_vcpu_points_with_the_reference_rules() {
 
 /// QEMU 10's replies (`return` or `error`) to `cmds` on `-M none`.
 fn qemu(cmds: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "none", "-S", "-display", "none", "-qmp", "stdio"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
-    for c in cmds {
-        input.push_str(&c.to_string());
-        input.push('\n');
-    }
-    input.push_str("{\"execute\":\"quit\"}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let replies: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
-        .skip(1)
-        .collect();
-    child.wait().unwrap();
-    replies[..cmds.len()].to_vec()
+    common::qemu::replies(&["-M", "none", "-S"], cmds)
 }
 
 #[test]

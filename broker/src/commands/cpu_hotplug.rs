@@ -213,18 +213,7 @@ fn add(
         }
         slots.reserve(slot, id);
     }
-    let r = m.vcpu_request(VcpuRequest::PlugCpu { slot });
-    let r = match r {
-        Ok(VcpuReply::Done) => Ok(()),
-        Ok(
-            other @ (VcpuReply::Status(_)
-            | VcpuReply::Cpus(_)
-            | VcpuReply::Trace(_)
-            | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }),
-        ) => Err(unexpected_reply(&other)),
-        Err(e) => Err(e),
-    };
+    let r = done(m.vcpu_request(VcpuRequest::PlugCpu { slot }));
     cpu_slots::lock(m).finish(slot, r.is_ok());
     r
 }
@@ -236,7 +225,13 @@ pub fn device_del(m: &Machine, name: &str) -> Option<Result<()>> {
     if slot == 0 {
         return Some(Err(FlatError::generic("Boot CPU is unpluggable").into()));
     }
-    let r = match m.vcpu_request(VcpuRequest::UnplugCpu { slot }) {
+    let r = done(m.vcpu_request(VcpuRequest::UnplugCpu { slot }));
+    Some(r.map_err(Into::into))
+}
+
+/// vcpu-proc's answer to a plug or unplug request: `Done`, or the error.
+fn done(r: std::result::Result<VcpuReply, FlatError>) -> std::result::Result<(), FlatError> {
+    match r {
         Ok(VcpuReply::Done) => Ok(()),
         Ok(
             other @ (VcpuReply::Status(_)
@@ -246,8 +241,7 @@ pub fn device_del(m: &Machine, name: &str) -> Option<Result<()>> {
             | VcpuReply::DumpProgress { .. }),
         ) => Err(unexpected_reply(&other)),
         Err(e) => Err(e),
-    };
-    Some(r.map_err(Into::into))
+    }
 }
 
 /// QEMU's ACPISlotType.

@@ -30,6 +30,21 @@ pub fn guest(name: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Starts bulkhead running test guest `guest_name` with its serial output
+/// in `dir/serial.log` (`-kernel GUEST -serial file:LOG EXTRA...`).
+pub fn start_guest(
+    dir: &Path,
+    guest_name: &str,
+    extra: &[&str],
+) -> (crate::common::Bulkhead, SerialLog) {
+    let log = SerialLog(dir.join("serial.log"));
+    let serial = format!("file:{}", log.0.display());
+    let kernel = guest(guest_name);
+    let mut args = vec!["-kernel", kernel.as_str(), "-serial", serial.as_str()];
+    args.extend_from_slice(extra);
+    (crate::common::Bulkhead::start(&args), log)
+}
+
 /// Starts bulkhead with `extra` options (e.g. `-S`), then `guest_name` on
 /// one disk: device `vda` over node `d0` of `format` on the image `img`,
 /// its serial output in `serial`.

@@ -177,8 +177,9 @@ pub struct ThrottleExtra {
     pub group: Option<String>,
 }
 
-/// The names of [`ThrottleExtra`]'s members, for the schema.
-const THROTTLE_EXTRA: [&str; 13] = [
+/// The names of [`ThrottleExtra`]'s members, for the schema (also the
+/// optional integers of `block_set_io_throttle`).
+pub(super) const THROTTLE_EXTRA: [&str; 13] = [
     "bps_max",
     "bps_rd_max",
     "bps_wr_max",

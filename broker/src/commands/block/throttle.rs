@@ -8,6 +8,7 @@ use ipc_proto::ErrorClass;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::info::THROTTLE_EXTRA;
 use crate::machine::block_limits::{self, Throttle};
 use crate::machine::{block_state, lock, Machine};
 use crate::qmp::error::{QmpError, Result};
@@ -74,23 +75,7 @@ impl QapiType for BlockIoThrottle {
     fn schema() -> SchemaType {
         let mut members = vec![optional::<String>("device"), optional::<String>("id")];
         members.extend(BUCKETS.iter().map(|b| member::<i64>(b)));
-        for m in [
-            "bps_max",
-            "bps_rd_max",
-            "bps_wr_max",
-            "iops_max",
-            "iops_rd_max",
-            "iops_wr_max",
-            "bps_max_length",
-            "bps_rd_max_length",
-            "bps_wr_max_length",
-            "iops_max_length",
-            "iops_rd_max_length",
-            "iops_wr_max_length",
-            "iops_size",
-        ] {
-            members.push(optional::<i64>(m));
-        }
+        members.extend(THROTTLE_EXTRA.iter().map(|m| optional::<i64>(m)));
         members.push(optional::<String>("group"));
         SchemaType::Object {
             name: "BlockIOThrottle",
