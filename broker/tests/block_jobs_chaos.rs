@@ -169,7 +169,7 @@ fn stream_survives_ten_block_worker_kills_and_flattens_the_chain_exactly() {
         .unwrap();
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(info.get("backing-filename").is_none(), "{info}");
-    assert_qemu_img_check(&top, "qcow2");
+    assert_qemu_img_check_after_kills(&top, "qcow2");
     // The original chain plus the guest's sectors.
     use std::os::unix::fs::FileExt;
     let view = raw_view(&top, "qcow2");
@@ -254,6 +254,6 @@ fn mirror_survives_kills_before_and_after_ready_and_pivots_onto_an_identical_cop
     assert_progress_and_image(&mut q, &serial, &target, "qcow2");
     assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
     wait_exit_within(b.child.as_mut().unwrap(), GUEST_TIMEOUT);
-    assert_qemu_img_check(&target, "qcow2");
-    assert_qemu_img_check(&img, "qcow2");
+    assert_qemu_img_check_after_kills(&target, "qcow2");
+    assert_qemu_img_check_after_kills(&img, "qcow2");
 }

@@ -573,7 +573,7 @@ impl Engines {
                 return;
             }
             if let Some((r, target, iov)) =
-                virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, true)
+                virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, false)
             {
                 // SAFETY: the iovecs point into guest memory mapped by
                 // `shared.mem`, which the queue thread holds until the
@@ -612,7 +612,8 @@ impl Engines {
     /// lone write runs directly: an asynchronous O_DIRECT write completes
     /// through the file system's workqueue, and at queue depth 1 that
     /// hop cost 10-25 % against `pwritev` (fio's io_uring against its
-    /// psync shows the same on ext4).
+    /// psync shows the same on ext4). So does a large read (see
+    /// [`virtio_blk::aio::LONE_RING_READ_MAX`]).
     fn run_alone(&mut self, shared: &Shared, j: Job) {
         self.completed += 1;
         let Some(ring) = self.ring.as_mut() else {
@@ -623,7 +624,7 @@ impl Engines {
             return;
         }
         let Some((r, target, iov)) =
-            virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, false)
+            virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, true)
         else {
             return shared.process(j.head, descs);
         };

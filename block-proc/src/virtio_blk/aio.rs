@@ -35,16 +35,22 @@ impl AsyncReq {
     }
 }
 
+/// The largest read a lone request (queue depth 1) sends to the ring;
+/// a larger one runs as the thread pool runs it. At queue depth 1 a big
+/// read gains nothing from the ring (one request either way) and
+/// measured no faster than `preadv`, so it takes the pool's path.
+pub const LONE_RING_READ_MAX: u64 = 64 << 10;
+
 /// The request in `descs` for the node's engine, or None to run it with
-/// [`super::process`]; writes only when `writes` is set (a caller running
-/// writes synchronously gets None for them before the node's guards are
-/// taken).
+/// [`super::process`]. With `lone` (a request run alone, waiting for it),
+/// writes and reads above [`LONE_RING_READ_MAX`] get None before the
+/// node's guards are taken: they run synchronously, as the pool runs them.
 pub fn prepare(
     node: &Node,
     cfg: &BlkConfig,
     mem: &Mem,
     descs: &[Desc],
-    writes: bool,
+    lone: bool,
 ) -> Option<(AsyncReq, Target, Vec<libc::iovec>)> {
     if descs.len() > cfg.seg_max() as usize + 2 {
         return None;
@@ -56,11 +62,14 @@ pub fn prepare(
     ]);
     let start = Instant::now();
     let (op, offset, len, data_in) = match ty {
-        req::OUT if !writes => return None,
+        req::OUT if lone => return None,
         req::IN | req::OUT => {
             let write = ty == req::OUT;
             let bufs = if write { &p.out } else { &p.inn };
             let len = iobuf::total_len(bufs) as u64;
+            if lone && len > LONE_RING_READ_MAX {
+                return None;
+            }
             if !rw_valid(cfg, sector, len, write) {
                 return None;
             }
@@ -157,6 +166,6 @@ mod tests {
                 next: 0,
             },
         ];
-        assert!(prepare(&node, &cfg, &mem, &d, true).is_none());
+        assert!(prepare(&node, &cfg, &mem, &d, false).is_none());
     }
 }
