@@ -199,4 +199,18 @@ fn block_resize_errors_match_qemu_storage_daemon() {
     assert_eq!(class, "GenericError");
     assert!(desc.contains("does not resize"), "{desc}");
     assert_eq!(size_of(&mut q, "q"), json!(1 << 20));
+
+    // Nor does it resize dirty bitmaps (QEMU does): a node with one (or
+    // over one) refuses rather than stop tracking writes past the bitmap.
+    let r = q.execute(
+        "block-dirty-bitmap-add",
+        json!({"node": "rf", "name": "b0"}),
+    );
+    assert_eq!(r["return"], json!({}), "{r}");
+    for node in ["r", "rf"] {
+        let r = q.execute("block_resize", json!({"node-name": node, "size": 4194304}));
+        let (_, desc) = Qmp::error_of(&r);
+        assert!(desc.contains("dirty bitmaps"), "{desc}");
+    }
+    assert_eq!(std::fs::metadata(&ours_img).unwrap().len(), 3145728);
 }

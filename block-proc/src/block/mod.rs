@@ -176,7 +176,16 @@ impl Node {
 
     /// `block_resize`: change the size of the node requests reach.
     pub fn resize(self: &std::sync::Arc<Self>, new_size: u64) -> Result<(), String> {
-        self.resolved().driver.resize(new_size)
+        let target = self.resolved();
+        // A dirty bitmap covers the size it was made with; growing under
+        // it would leave writes past its end untracked.
+        if !target.bitmaps.all().is_empty() {
+            return Err(format!(
+                "Cannot resize node '{}': it has dirty bitmaps, which bulkhead does not resize",
+                target.name
+            ));
+        }
+        target.driver.resize(new_size)
     }
 
     /// The node this node's requests reach (itself, or the node it was
