@@ -221,6 +221,11 @@ impl Server {
                     .get(&node_name)
                     .ok_or_else(|| FlatError::from(GraphError::NotFound(node_name.clone())))?;
                 node.resize(size).map_err(FlatError::generic)?;
+                // A spurious notice only makes a frontend re-read the
+                // config, so every export hears of it.
+                for e in self.exports.values() {
+                    e.config_changed();
+                }
                 Ok(BlockReply::Done)
             }
             BlockRequest::Bitmap(r) => {

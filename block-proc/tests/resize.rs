@@ -2,7 +2,8 @@
 //! channel, with a vhost-user harness on the node's export: the export's
 //! capacity (GET_CONFIG and the request range checks) follows the node's
 //! size at once, the file under a raw node is extended or truncated, and
-//! the nodes that cannot be resized say why.
+//! the nodes that cannot be resized say why. A frontend that gave a
+//! backend channel (`SET_BACKEND_REQ_FD`) gets CONFIG_CHANGE_MSG on it.
 
 mod common;
 
@@ -201,4 +202,74 @@ fn nodes_that_cannot_resize_say_why_and_stay_usable() {
     let e = w.resize("fixed", 4 << 20).unwrap_err();
     assert_eq!(e.desc, "Cannot resize fixed-size raw disks");
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), 2 << 20);
+}
+
+/// A frontend's handler of the backend channel that counts
+/// CONFIG_CHANGE_MSGs.
+#[derive(Default)]
+struct ConfigChanges(u32);
+
+impl vhost::vhost_user::VhostUserFrontendReqHandlerMut for ConfigChanges {
+    fn handle_config_change(&mut self) -> vhost::vhost_user::HandlerResult<u64> {
+        self.0 += 1;
+        Ok(0)
+    }
+}
+
+type Channel = vhost::vhost_user::FrontendReqHandler<std::sync::Mutex<ConfigChanges>>;
+
+/// A `vhost` crate frontend on a new connection to export `e0`, with
+/// CONFIG, REPLY_ACK and BACKEND_REQ acked and the backend channel passed.
+fn frontend_with_channel(w: &mut Worker) -> (vhost::vhost_user::Frontend, Channel) {
+    use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures as P};
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::VhostBackend;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let req = BlockRequest::AttachExportConnection { id: "e0".into() };
+    assert_eq!(w.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
+    let mut fe = vhost::vhost_user::Frontend::from_stream(ours, 1);
+    fe.set_owner().unwrap();
+    let offered = fe.get_features().unwrap();
+    fe.set_features(offered).unwrap();
+    let p = fe.get_protocol_features().unwrap();
+    assert!(p.contains(P::BACKEND_REQ), "{p:?}");
+    fe.set_protocol_features(P::CONFIG | P::REPLY_ACK | P::BACKEND_REQ)
+        .unwrap();
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let handler = Channel::new(std::sync::Arc::new(std::sync::Mutex::new(
+        ConfigChanges::default(),
+    )))
+    .unwrap();
+    fe.set_backend_request_fd(&handler.get_tx_raw_fd()).unwrap();
+    (fe, handler)
+}
+
+fn capacity(fe: &mut vhost::vhost_user::Frontend) -> u64 {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    let (_, c) = fe
+        .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+        .unwrap();
+    u64::from_le_bytes(c[..8].try_into().unwrap())
+}
+
+#[test]
+fn a_resize_sends_config_change_on_the_backend_channel_also_after_a_reconnection() {
+    let img = raw_image("notify.raw", 1 << 20);
+    let mut w = spawn();
+    let dev = w.export(&raw_json(&img), &img);
+    drop(dev);
+    let (mut fe, mut channel) = frontend_with_channel(&mut w);
+    assert_eq!(capacity(&mut fe), 2048);
+    assert_eq!(w.resize("disk0", 2 << 20), Ok(BlockReply::Done));
+    channel.handle_request().unwrap();
+    assert_eq!(capacity(&mut fe), 4096);
+
+    // A new connection passes a new channel, which the next resize uses.
+    drop(fe);
+    let (mut fe, mut channel2) = frontend_with_channel(&mut w);
+    assert_eq!(w.resize("disk0", 3 << 20), Ok(BlockReply::Done));
+    channel2.handle_request().unwrap();
+    assert_eq!(capacity(&mut fe), 6144);
+    drop(channel);
 }
