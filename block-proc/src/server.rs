@@ -215,6 +215,19 @@ impl Server {
                 node.write_threshold.set(threshold, self.events.clone());
                 Ok(BlockReply::Done)
             }
+            BlockRequest::ResizeNode { node_name, size } => {
+                let node = self
+                    .graph
+                    .get(&node_name)
+                    .ok_or_else(|| FlatError::from(GraphError::NotFound(node_name.clone())))?;
+                node.resize(size).map_err(FlatError::generic)?;
+                // A spurious notice only makes a frontend re-read the
+                // config, so every export hears of it.
+                for e in self.exports.values() {
+                    e.config_changed();
+                }
+                Ok(BlockReply::Done)
+            }
             BlockRequest::Bitmap(r) => {
                 crate::bitmaps::requests::handle(&self.graph, r, fds).map(BlockReply::Bitmap)
             }

@@ -72,10 +72,11 @@ pub const SIZE_MAX: u32 = 1 << 20;
 pub const MAX_DISCARD_SECTORS: u32 = (1 << 30) / 512;
 
 /// Static description of one exported device.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BlkConfig {
-    /// Capacity in 512-byte sectors.
-    pub capacity: u64,
+    /// The exported node: the capacity is its current size, read at
+    /// every request and GET_CONFIG (`block_resize` changes it live).
+    node: std::sync::Arc<Node>,
     /// Number of request queues.
     pub num_queues: u16,
     /// Queue size the device supports at most.
@@ -93,13 +94,19 @@ pub struct BlkConfig {
 
 impl BlkConfig {
     /// Describe an export of `node`.
-    pub fn new(node: &Node, num_queues: u16, writable: bool, serial: &str, blk_size: u32) -> Self {
+    pub fn new(
+        node: &std::sync::Arc<Node>,
+        num_queues: u16,
+        writable: bool,
+        serial: &str,
+        blk_size: u32,
+    ) -> Self {
         let mut s = [0u8; 20];
         let b = serial.as_bytes();
         let n = b.len().min(20);
         s[..n].copy_from_slice(&b[..n]);
         BlkConfig {
-            capacity: node.size() / 512,
+            node: node.clone(),
             num_queues: num_queues.max(1),
             max_queue_size: 1024,
             read_only: !writable || node.read_only,
@@ -107,6 +114,11 @@ impl BlkConfig {
             blk_size,
             throttle: std::sync::Arc::default(),
         }
+    }
+
+    /// Capacity in 512-byte sectors: the node's size now.
+    pub fn capacity(&self) -> u64 {
+        self.node.size() / 512
     }
 
     /// Maximum data segments per request (config `seg_max`).
@@ -135,7 +147,7 @@ impl BlkConfig {
     /// The config space (`struct virtio_blk_config`, little endian).
     pub fn config_space(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
-        c[0..8].copy_from_slice(&self.capacity.to_le_bytes());
+        c[0..8].copy_from_slice(&self.capacity().to_le_bytes());
         c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         c[12..16].copy_from_slice(&self.seg_max().to_le_bytes());
         c[20..24].copy_from_slice(&self.blk_size.to_le_bytes());
@@ -362,7 +374,7 @@ fn discard_range(cfg: &BlkConfig, p: &Parsed<'_>, discard: bool) -> Result<(u64,
     }
     let in_range = sector
         .checked_add(u64::from(num))
-        .is_some_and(|end| end <= cfg.capacity);
+        .is_some_and(|end| end <= cfg.capacity());
     if num > MAX_DISCARD_SECTORS || !in_range {
         return Err(S_IOERR);
     }
@@ -374,7 +386,7 @@ fn rw_valid(cfg: &BlkConfig, sector: u64, len: u64, write: bool) -> bool {
     let range_ok = sector
         .checked_mul(512)
         .and_then(|o| o.checked_add(len))
-        .is_some_and(|end| end <= cfg.capacity * 512);
+        .is_some_and(|end| end <= cfg.capacity() * 512);
     len.is_multiple_of(512) && len <= MAX_REQUEST_BYTES && range_ok && !(write && cfg.read_only)
 }
 
@@ -416,8 +428,12 @@ mod tests {
         }
     }
 
-    fn setup() -> (Node, BlkConfig, Mem) {
-        let node = Node::new("n".into(), Box::new(NullDriver::new(1 << 20)), false);
+    fn setup() -> (std::sync::Arc<Node>, BlkConfig, Mem) {
+        let node = std::sync::Arc::new(Node::new(
+            "n".into(),
+            Box::new(NullDriver::new(1 << 20)),
+            false,
+        ));
         let cfg = BlkConfig::new(&node, 1, true, "serial-1", 512);
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         (node, cfg, mem)

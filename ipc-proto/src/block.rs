@@ -499,6 +499,14 @@ pub enum BlockRequest {
         /// Offset in bytes on the node.
         threshold: u64,
     },
+    /// `block_resize`: set the size of node `node_name` (and of the
+    /// file under it); exports show the new capacity at once.
+    ResizeNode {
+        /// Node name.
+        node_name: String,
+        /// New size in bytes.
+        size: u64,
+    },
     /// Dirty bitmaps (`block-dirty-bitmap-*`); attached memory as fd 0.
     Bitmap(crate::bitmaps::BitmapRequest),
 }

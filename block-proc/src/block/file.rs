@@ -25,6 +25,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -33,6 +34,7 @@ use ipc_proto::block::ImageInfo;
 
 use super::aio::{self, Engine};
 use super::bounce::{BouncePool, BOUNCE_CHUNK};
+use super::graph::strerror;
 use super::iobuf::{self, DIRECT_ALIGN};
 use super::range_lock::RangeLock;
 use super::{Bufs, Driver};
@@ -42,7 +44,8 @@ pub struct FileDriver {
     file: File,
     filename: String,
     direct: bool,
-    size: u64,
+    /// Current size; changes only with [`Driver::resize`] (`block_resize`).
+    size: AtomicU64,
     engine: Engine,
     /// Shared (`Arc`) so a ring request can own its guard until it
     /// completes.
@@ -90,7 +93,7 @@ impl FileDriver {
             file,
             filename,
             direct,
-            size,
+            size: AtomicU64::new(size),
             engine: Engine::Threads,
             ranges: Arc::default(),
             bounce: BouncePool::default(),
@@ -162,10 +165,11 @@ impl FileDriver {
     /// `offset`) but never past the end of the file.
     fn write_clamped(&self, data: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset + data.len() as u64;
-        if end <= self.size {
+        let size = self.size.load(Ordering::Acquire);
+        if end <= size {
             return self.transfer_buf(data, offset, true);
         }
-        let keep = to_usize(self.size.saturating_sub(offset))?.min(data.len());
+        let keep = to_usize(size.saturating_sub(offset))?.min(data.len());
         if !self.direct {
             return self.transfer_buf(&mut data[..keep], offset, true);
         }
@@ -351,7 +355,22 @@ impl Driver for FileDriver {
     }
 
     fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn resize(&self, new_size: u64) -> Result<(), String> {
+        // A management resize (`block_resize`), not growth by guest
+        // writes: those stay inside the size (issue 14).
+        self.file.set_len(new_size).map_err(|e| {
+            format!(
+                "Failed to resize file '{}': {}",
+                self.filename,
+                strerror(&e)
+            )
+        })?;
         self.size
+            .store(file_size(&self.file).unwrap_or(new_size), Ordering::Release);
+        Ok(())
     }
 
     fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
@@ -423,7 +442,7 @@ impl Driver for FileDriver {
         ImageInfo {
             filename: self.filename.clone(),
             format: "file".into(),
-            virtual_size: self.size,
+            virtual_size: self.size(),
             actual_size: actual,
             cluster_size: None,
             backing_filename: None,
@@ -469,7 +488,7 @@ impl Driver for FileDriver {
                 let len = iobuf::total_len(bufs);
                 let inside = offset
                     .checked_add(len as u64)
-                    .is_some_and(|end| end <= self.size);
+                    .is_some_and(|end| end <= self.size());
                 (
                     inside && self.is_aligned(bufs, offset, len),
                     Some(widen(offset, len as u64)),

@@ -219,7 +219,12 @@ impl Graph {
                     .map_err(GraphError::Invalid)?;
                 child.acquire();
                 lower = Some((child.clone(), Some(r.offset.unwrap_or(0))));
-                Box::new(RawDriver::new(child, r.offset.unwrap_or(0), size))
+                Box::new(RawDriver::new(
+                    child,
+                    r.offset.unwrap_or(0),
+                    size,
+                    r.size.is_some(),
+                ))
             }
             BlockdevOptions::Qcow2(q) => {
                 let child = self.child(&q.file, c.read_only, files, created)?;

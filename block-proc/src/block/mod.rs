@@ -50,6 +50,11 @@ pub trait Driver: Send + Sync {
     fn drv(&self) -> &'static str;
     /// Virtual size in bytes.
     fn size(&self) -> u64;
+    /// Change the virtual size (`block_resize`); the error is QEMU's
+    /// message. Drivers that cannot resize keep this default.
+    fn resize(&self, _new_size: u64) -> Result<(), String> {
+        Err("Image format driver does not support resize".into())
+    }
     /// Fill `bufs` from `offset`; bytes past the end of the data read as zero.
     fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()>;
     /// Write `bufs` at `offset`.
@@ -167,6 +172,20 @@ impl Node {
             Some(to) => to.size(),
             None => self.driver.size(),
         }
+    }
+
+    /// `block_resize`: change the size of the node requests reach.
+    pub fn resize(self: &std::sync::Arc<Self>, new_size: u64) -> Result<(), String> {
+        let target = self.resolved();
+        // A dirty bitmap covers the size it was made with; growing under
+        // it would leave writes past its end untracked.
+        if !target.bitmaps.all().is_empty() {
+            return Err(format!(
+                "Cannot resize node '{}': it has dirty bitmaps, which bulkhead does not resize",
+                target.name
+            ));
+        }
+        target.driver.resize(new_size)
     }
 
     /// The node this node's requests reach (itself, or the node it was

@@ -440,6 +440,13 @@ impl Driver for Qcow2Driver {
     fn size(&self) -> u64 {
         self.size
     }
+    fn resize(&self, _new_size: u64) -> std::result::Result<(), String> {
+        Err(format!(
+            "Cannot resize qcow2 image '{}': bulkhead's qcow2 driver does not resize images \
+             (block_resize works on raw and file nodes)",
+            self.filename
+        ))
+    }
     fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         self.in_pieces(bufs, offset, |b, o| self.read_piece(b, o))
     }

@@ -1,6 +1,7 @@
 //! The `raw` driver: a window (`offset`, `size`) onto a child node.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ipc_proto::block::ImageInfo;
@@ -14,7 +15,10 @@ use super::{iobuf, Bufs, Driver, Node};
 pub struct RawDriver {
     child: Arc<Node>,
     offset: u64,
-    size: u64,
+    /// Current size (follows the child's on `block_resize`).
+    size: AtomicU64,
+    /// `size` was given: the window cannot be resized (QEMU's rule).
+    fixed: bool,
 }
 
 /// Why a raw window is invalid, with QEMU's wording.
@@ -36,11 +40,12 @@ pub fn check_window(offset: u64, size: Option<u64>, child_size: u64) -> Result<u
 impl RawDriver {
     /// Wrap `child` with the window `[offset, offset + size)`, already
     /// checked by [`check_window`].
-    pub fn new(child: Arc<Node>, offset: u64, size: u64) -> Self {
+    pub fn new(child: Arc<Node>, offset: u64, size: u64, fixed: bool) -> Self {
         RawDriver {
             child,
             offset,
-            size,
+            size: AtomicU64::new(size),
+            fixed,
         }
     }
 }
@@ -50,7 +55,18 @@ impl Driver for RawDriver {
         "raw"
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+    fn resize(&self, new_size: u64) -> Result<(), String> {
+        if self.fixed {
+            return Err("Cannot resize fixed-size raw disks".into());
+        }
+        let child_size = new_size
+            .checked_add(self.offset)
+            .ok_or_else(|| "Disk size too large for the chosen offset".to_string())?;
+        self.child.resize(child_size)?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
     }
     // The child's I/O is counted at the child too (its statistics and
     // write threshold), without its node options: they are this node's.
@@ -101,7 +117,7 @@ impl Driver for RawDriver {
         ImageInfo {
             filename: c.filename,
             format: "raw".into(),
-            virtual_size: self.size,
+            virtual_size: self.size(),
             actual_size: c.actual_size,
             cluster_size: None,
             backing_filename: None,

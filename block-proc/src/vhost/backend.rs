@@ -60,6 +60,9 @@ pub struct BlkBackend {
     /// Set when the connection must end although the request was answered
     /// (see [`BlkBackend::take_hang_up`]).
     hang_up: bool,
+    /// The backend→frontend channel (`SET_BACKEND_REQ_FD`) of this
+    /// connection; the frontend passes it again after a reconnection.
+    channel: Option<std::os::unix::net::UnixStream>,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -82,6 +85,29 @@ impl BlkBackend {
             events,
             refused: false,
             hang_up: false,
+            channel: None,
+        }
+    }
+
+    /// Takes `channel` (from `SET_BACKEND_REQ_FD`) if the frontend acked
+    /// `VHOST_USER_PROTOCOL_F_BACKEND_REQ`; false: refused.
+    pub fn set_channel(&mut self, channel: std::os::unix::net::UnixStream) -> bool {
+        let acked = VhostUserProtocolFeatures::from_bits_truncate(self.acked_protocol)
+            .contains(VhostUserProtocolFeatures::BACKEND_REQ);
+        if acked {
+            self.channel = Some(channel);
+        }
+        acked
+    }
+
+    /// Tells the frontend the config space changed (CONFIG_CHANGE_MSG),
+    /// if it gave a channel. A failed send drops the channel.
+    pub fn notify_config_change(&mut self) {
+        let Some(c) = &self.channel else { return };
+        trace_point!(vu_msg(self.node.name, "CONFIG_CHANGE_MSG", ()));
+        if let Err(e) = super::backend_channel::send_config_change(c) {
+            ipc_proto::warn_limited!("export of {}: {e}", self.node.name);
+            self.channel = None;
         }
     }
 
@@ -103,6 +129,7 @@ impl BlkBackend {
         self.inflight = None;
         self.acked_features = 0;
         self.acked_protocol = 0;
+        self.channel = None;
     }
 
     /// True (once) if the last failed request was refused by this handler
@@ -363,7 +390,8 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         Ok(VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
@@ -427,6 +455,8 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         self.acked(|_| Err(io_err("virtio-blk config space is read-only")))
     }
 
+    // Not reached: the export takes SET_BACKEND_REQ_FD before the crate
+    // (see `backend_channel`), whose `Backend` cannot send CONFIG_CHANGE.
     fn set_backend_req_fd(&mut self, _backend: Backend) {}
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {

@@ -29,6 +29,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use vhost::vhost_user::BackendReqHandler;
 
 use super::backend::BlkBackend;
+use super::backend_channel::{ack, peek_code, take_request, SET_BACKEND_REQ_FD};
 use crate::block::Node;
 use crate::virtio_blk::BlkConfig;
 
@@ -70,6 +71,7 @@ struct Inbox {
 /// A running export.
 pub struct Export {
     node: Arc<Node>,
+    backend: Arc<Mutex<BlkBackend>>,
     stop: Arc<EventFd>,
     inbox: Arc<Inbox>,
     handle: Option<JoinHandle<()>>,
@@ -99,7 +101,7 @@ impl Export {
             id: id.clone(),
             source,
             inbox: inbox.clone(),
-            backend,
+            backend: backend.clone(),
             stop: stop.clone(),
             events,
         };
@@ -116,6 +118,7 @@ impl Export {
         };
         Ok(Export {
             node,
+            backend,
             stop,
             inbox,
             handle: Some(handle),
@@ -132,6 +135,14 @@ impl Export {
         }
         self.inbox.ready.write(1)?;
         Ok(())
+    }
+
+    /// Tells the connected frontend, if it gave a backend channel, that
+    /// the config space (the capacity) changed.
+    pub fn config_changed(&self) {
+        if let Ok(mut b) = self.backend.lock() {
+            b.notify_config_change();
+        }
     }
 
     /// Stop serving (disconnects the frontend) and release the node.
@@ -266,6 +277,30 @@ impl Server {
         }
     }
 
+    /// Reads SET_BACKEND_REQ_FD (the `vhost` crate would hide the channel
+    /// from us, see `backend_channel`); false: the stream is out of step.
+    fn take_channel(&self, stream: &UnixStream) -> bool {
+        let (channel, need_reply) = match take_request(stream) {
+            Ok(r) => r,
+            Err(e) => {
+                ipc_proto::warn_limited!("export {}: {e}, dropping connection", self.id);
+                return false;
+            }
+        };
+        let ok = self
+            .backend
+            .lock()
+            .map(|mut b| b.set_channel(channel))
+            .unwrap_or(false);
+        if !ok {
+            ipc_proto::warn_limited!(
+                "export {}: SET_BACKEND_REQ_FD without VHOST_USER_PROTOCOL_F_BACKEND_REQ",
+                self.id
+            );
+        }
+        !need_reply || ack(stream, ok).is_ok()
+    }
+
     /// Serves one connection until it ends (false) or the export stops
     /// (true).
     fn serve(&self, stream: UnixStream) -> bool {
@@ -278,6 +313,12 @@ impl Server {
         loop {
             if wait(&[watch.as_fd()], &self.stop).is_none() {
                 return true;
+            }
+            if peek_code(&watch) == Some(SET_BACKEND_REQ_FD) {
+                if !self.take_channel(&watch) {
+                    return false;
+                }
+                continue;
             }
             let handled = handler.handle_request();
             let hang_up = self

@@ -16,6 +16,7 @@
 //! - [`export`]: the listening socket and connection loop of one export.
 
 pub mod backend;
+pub mod backend_channel;
 pub mod export;
 pub mod memory;
 pub mod queue;

@@ -142,7 +142,11 @@ mod tests {
 
     #[test]
     fn node_without_an_async_engine_leaves_every_request_to_process() {
-        let node = Node::new("n".into(), Box::new(NullDriver::new(1 << 20)), false);
+        let node = std::sync::Arc::new(Node::new(
+            "n".into(),
+            Box::new(NullDriver::new(1 << 20)),
+            false,
+        ));
         let cfg = BlkConfig::new(&node, 1, true, "s", 512);
         let mem: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         mem.write_obj(req::IN, GuestAddress(0x100)).unwrap();

@@ -83,6 +83,7 @@ pub fn registry() -> Registry {
     r.register::<block::QueryBlock>();
     r.register::<block::BlockSetIoThrottle>();
     r.register::<block::BlockSetWriteThreshold>();
+    r.register::<block::BlockResize>();
     r.event::<block::WriteThresholdData>(
         "BLOCK_WRITE_THRESHOLD",
         "A write went past a node's write threshold (now cleared).",

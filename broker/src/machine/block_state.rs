@@ -582,6 +582,7 @@ impl ExportRecord {
             | BlockRequest::AttachExportConnection { .. }
             | BlockRequest::SetThrottle { .. }
             | BlockRequest::SetWriteThreshold { .. }
+            | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => None,

@@ -383,6 +383,7 @@ impl Machine {
             | BlockRequest::AttachExportConnection { .. }
             | BlockRequest::SetThrottle { .. }
             | BlockRequest::SetWriteThreshold { .. }
+            | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => {}

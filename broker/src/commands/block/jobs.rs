@@ -129,7 +129,7 @@ fn job_id(given: Option<String>, device: &str) -> std::result::Result<String, Fl
 }
 
 /// Refuses a node another job uses, as QEMU does.
-fn not_busy(m: &Machine, node: &str) -> std::result::Result<(), FlatError> {
+pub(super) fn not_busy(m: &Machine, node: &str) -> std::result::Result<(), FlatError> {
     match m.jobs.refuses_del(node) {
         Some(_) => {
             let kind = m

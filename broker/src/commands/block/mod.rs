@@ -10,6 +10,7 @@
 //! - [`throttle`] — `block_set_io_throttle`, `-drive throttling.*`.
 //! - [`write_threshold`] — `block-set-write-threshold`.
 //! - [`bitmaps`] — `block-dirty-bitmap-*` and the queries' `dirty-bitmaps`.
+//! - [`resize`] — `block_resize`.
 //! - [`jobs`] — block-stream, blockdev-mirror, the job verbs and queries.
 
 pub mod bitmaps;
@@ -18,6 +19,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod options;
 pub mod query_block;
+pub mod resize;
 pub mod stats;
 pub mod throttle;
 pub mod write_threshold;
@@ -27,6 +29,7 @@ pub use info::*;
 pub use nodes::*;
 pub use options::*;
 pub use query_block::*;
+pub use resize::*;
 pub use stats::*;
 pub use throttle::*;
 pub use write_threshold::*;

@@ -1,0 +1,275 @@
+//! `ResizeNode` (the broker's `block_resize`) on block-proc under its IPC
+//! channel, with a vhost-user harness on the node's export: the export's
+//! capacity (GET_CONFIG and the request range checks) follows the node's
+//! size at once, the file under a raw node is extended or truncated, and
+//! the nodes that cannot be resized say why. A frontend that gave a
+//! backend channel (`SET_BACKEND_REQ_FD`) gets CONFIG_CHANGE_MSG on it.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command};
+
+use common::*;
+use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest, BlockdevOptions, FileFd};
+use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
+use ipc_proto::worker::BrokerChannel;
+use ipc_proto::{FlatError, WorkerKind};
+use vhost_user_harness::blk::{S_IOERR, S_OK};
+use vhost_user_harness::{BlkDevice, BlkOptions};
+
+type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
+
+struct Worker {
+    child: Child,
+    chan: Chan,
+    next: u64,
+    events: Vec<BlockEvent>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn() -> Worker {
+    let (broker, worker) = UnixStream::pair().unwrap();
+    nix::fcntl::fcntl(
+        &worker,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&worker);
+    let child = Command::new(bin())
+        .arg("--control-fd")
+        .arg(fd.to_string())
+        // Sandboxed as under the broker (the tests run as root).
+        .args(["--sandbox-uid", "61002"])
+        .spawn()
+        .unwrap();
+    drop(worker);
+    let (chan, hello) = ipc_proto::worker::accept(broker, WorkerKind::Block).unwrap();
+    assert_eq!(hello.pid, child.id());
+    Worker {
+        child,
+        chan,
+        next: 1,
+        events: Vec::new(),
+    }
+}
+
+impl Worker {
+    /// Hands export `id` one end of a new socketpair and sets the harness
+    /// up on the other.
+    fn attach(&mut self, id: &str, num_queues: u16) -> BlkDevice {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let req = BlockRequest::AttachExportConnection { id: id.into() };
+        assert_eq!(self.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
+        drop(theirs);
+        let opts = BlkOptions {
+            num_queues,
+            ..Default::default()
+        };
+        BlkDevice::from_stream(ours, opts).unwrap()
+    }
+
+    fn call(
+        &mut self,
+        body: BlockRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<BlockReply, FlatError> {
+        let id = self.next;
+        self.next += 1;
+        self.chan
+            .send(&BrokerMsg::Request { id, body }, fds)
+            .unwrap();
+        loop {
+            match self.chan.recv().unwrap().0 {
+                WorkerMsg::Reply { id: rid, result } => {
+                    assert_eq!(rid, id);
+                    return result;
+                }
+                WorkerMsg::Event(e) => self.events.push(e),
+            }
+        }
+    }
+
+    /// Node `disk0` from `json` over `img`, exported as `e0`, with a
+    /// harness connected to the export.
+    fn export(&mut self, json: &str, img: &std::path::Path) -> BlkDevice {
+        let options: BlockdevOptions = serde_json::from_str(json).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img)
+            .unwrap();
+        let files = vec![FileFd {
+            filename: img.display().to_string(),
+            fd_index: 0,
+        }];
+        let add = BlockRequest::AddNode { options, files };
+        assert_eq!(self.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
+        let export = BlockRequest::AddExport {
+            id: "e0".into(),
+            node_name: "disk0".into(),
+            num_queues: 1,
+            writable: true,
+            serial: "s".into(),
+            logical_block_size: 512,
+        };
+        assert_eq!(self.call(export, &[]), Ok(BlockReply::Done));
+        self.attach("e0", 1)
+    }
+
+    fn resize(&mut self, node: &str, size: u64) -> Result<BlockReply, FlatError> {
+        let req = BlockRequest::ResizeNode {
+            node_name: node.into(),
+            size,
+        };
+        self.call(req, &[])
+    }
+}
+
+#[test]
+fn growing_a_raw_node_extends_the_file_and_the_export_capacity_at_once() {
+    let img = raw_image("grow.raw", 1 << 20);
+    let mut w = spawn();
+    let mut dev = w.export(&raw_json(&img), &img);
+    assert_eq!(dev.capacity().unwrap(), (1 << 20) / 512);
+    let data = pattern(4096, 7);
+    assert_eq!(dev.write(0, 6000, &data).unwrap(), S_IOERR, "past the end");
+
+    assert_eq!(w.resize("disk0", 4 << 20), Ok(BlockReply::Done));
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 4 << 20);
+    assert_eq!(dev.capacity().unwrap(), (4 << 20) / 512, "GET_CONFIG");
+    assert_eq!(dev.write(0, 6000, &data).unwrap(), S_OK);
+    let (st, back) = dev.read(0, 6000, 4096).unwrap();
+    assert_eq!((st, back), (S_OK, data));
+
+    // The file node under it reports the new size too.
+    let Ok(BlockReply::Nodes(nodes)) = w.call(BlockRequest::QueryNodes, &[]) else {
+        panic!("query")
+    };
+    for n in &nodes {
+        assert_eq!(n.image.virtual_size, 4 << 20, "{}", n.node_name);
+    }
+}
+
+#[test]
+fn shrinking_a_raw_node_truncates_the_file_and_refuses_requests_past_it() {
+    let img = raw_image("shrink.raw", 4 << 20);
+    let mut w = spawn();
+    let mut dev = w.export(&raw_json(&img), &img);
+    assert_eq!(w.resize("disk0", 1 << 20), Ok(BlockReply::Done));
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 20);
+    assert_eq!(dev.capacity().unwrap(), (1 << 20) / 512);
+    assert_eq!(dev.read(0, 4096, 512).unwrap().0, S_IOERR);
+    assert_eq!(dev.read(0, 2047, 512).unwrap().0, S_OK);
+}
+
+#[test]
+fn nodes_that_cannot_resize_say_why_and_stay_usable() {
+    let img = qcow2_image("q.qcow2", "1M");
+    let mut w = spawn();
+    let mut dev = w.export(&qcow2_json(&img), &img);
+    let e = w.resize("disk0", 4 << 20).unwrap_err();
+    assert!(e.desc.contains("does not resize"), "{}", e.desc);
+    assert_eq!(dev.capacity().unwrap(), (1 << 20) / 512);
+    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+    let e = w.resize("nope", 4 << 20).unwrap_err();
+    assert!(e.desc.contains("nope"), "{}", e.desc);
+
+    let raw = raw_image("fixed.raw", 2 << 20);
+    let json = format!(
+        r#"{{"driver":"raw","node-name":"fixed","size":1048576,"file":{{"driver":"file","filename":"{}"}}}}"#,
+        raw.display()
+    );
+    let options: BlockdevOptions = serde_json::from_str(&json).unwrap();
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&raw)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: raw.display().to_string(),
+        fd_index: 0,
+    }];
+    let add = BlockRequest::AddNode { options, files };
+    assert_eq!(w.call(add, &[f.as_fd()]), Ok(BlockReply::Done));
+    let e = w.resize("fixed", 4 << 20).unwrap_err();
+    assert_eq!(e.desc, "Cannot resize fixed-size raw disks");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 2 << 20);
+}
+
+/// A frontend's handler of the backend channel that counts
+/// CONFIG_CHANGE_MSGs.
+#[derive(Default)]
+struct ConfigChanges(u32);
+
+impl vhost::vhost_user::VhostUserFrontendReqHandlerMut for ConfigChanges {
+    fn handle_config_change(&mut self) -> vhost::vhost_user::HandlerResult<u64> {
+        self.0 += 1;
+        Ok(0)
+    }
+}
+
+type Channel = vhost::vhost_user::FrontendReqHandler<std::sync::Mutex<ConfigChanges>>;
+
+/// A `vhost` crate frontend on a new connection to export `e0`, with
+/// CONFIG, REPLY_ACK and BACKEND_REQ acked and the backend channel passed.
+fn frontend_with_channel(w: &mut Worker) -> (vhost::vhost_user::Frontend, Channel) {
+    use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures as P};
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::VhostBackend;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let req = BlockRequest::AttachExportConnection { id: "e0".into() };
+    assert_eq!(w.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
+    let mut fe = vhost::vhost_user::Frontend::from_stream(ours, 1);
+    fe.set_owner().unwrap();
+    let offered = fe.get_features().unwrap();
+    fe.set_features(offered).unwrap();
+    let p = fe.get_protocol_features().unwrap();
+    assert!(p.contains(P::BACKEND_REQ), "{p:?}");
+    fe.set_protocol_features(P::CONFIG | P::REPLY_ACK | P::BACKEND_REQ)
+        .unwrap();
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let handler = Channel::new(std::sync::Arc::new(std::sync::Mutex::new(
+        ConfigChanges::default(),
+    )))
+    .unwrap();
+    fe.set_backend_request_fd(&handler.get_tx_raw_fd()).unwrap();
+    (fe, handler)
+}
+
+fn capacity(fe: &mut vhost::vhost_user::Frontend) -> u64 {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    let (_, c) = fe
+        .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+        .unwrap();
+    u64::from_le_bytes(c[..8].try_into().unwrap())
+}
+
+#[test]
+fn a_resize_sends_config_change_on_the_backend_channel_also_after_a_reconnection() {
+    let img = raw_image("notify.raw", 1 << 20);
+    let mut w = spawn();
+    let dev = w.export(&raw_json(&img), &img);
+    drop(dev);
+    let (mut fe, mut channel) = frontend_with_channel(&mut w);
+    assert_eq!(capacity(&mut fe), 2048);
+    assert_eq!(w.resize("disk0", 2 << 20), Ok(BlockReply::Done));
+    channel.handle_request().unwrap();
+    assert_eq!(capacity(&mut fe), 4096);
+
+    // A new connection passes a new channel, which the next resize uses.
+    drop(fe);
+    let (mut fe, mut channel2) = frontend_with_channel(&mut w);
+    assert_eq!(w.resize("disk0", 3 << 20), Ok(BlockReply::Done));
+    channel2.handle_request().unwrap();
+    assert_eq!(capacity(&mut fe), 6144);
+    drop(channel);
+}

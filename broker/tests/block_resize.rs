@@ -1,0 +1,216 @@
+//! `block_resize` on the real `bulkhead` with a guest doing verified I/O
+//! (`blk-loop`) on a raw disk: the node, its file and `query-block` show
+//! the new size, the guest keeps going, and the size (held by the file)
+//! survives a SIGKILL of block-proc. Argument errors are compared with
+//! `qemu-storage-daemon` on the same images and inputs. Needs /dev/kvm and
+//! qemu-storage-daemon.
+
+mod common;
+mod disk_common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Bulkhead, Qmp};
+use disk_common::*;
+use serde_json::{json, Value};
+
+/// qemu-storage-daemon with `args` and a QMP monitor; killed on drop.
+struct Qsd {
+    child: Child,
+    qmp: Qmp,
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qsd {
+    fn start(dir: &Path, args: &[String]) -> Qsd {
+        let sock = dir.join("qsd.sock");
+        let mut child = Command::new("qemu-storage-daemon")
+            .args([
+                "--chardev",
+                &format!("socket,path={},server=on,wait=off,id=m", sock.display()),
+                "--monitor",
+                "chardev=m",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon is needed");
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "qsd exited");
+            assert!(start.elapsed() < Duration::from_secs(30), "qsd QMP");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (mut qmp, _) = Qmp::connect(&sock);
+        qmp.negotiate();
+        Qsd { child, qmp }
+    }
+}
+
+fn virtual_size(q: &mut Qmp, device: &str) -> u64 {
+    let v = q.ok("query-block");
+    let d = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["qdev"] == device || d["device"] == device)
+        .unwrap_or_else(|| panic!("no {device} in {v}"));
+    d["inserted"]["image"]["virtual-size"].as_u64().unwrap()
+}
+
+fn error(r: &Value) -> Value {
+    r.get("error").cloned().unwrap_or_else(|| r.clone())
+}
+
+#[test]
+fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_block_proc_kill() {
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
+    let mut q = b.client();
+    serial.wait_passes(1);
+    assert_eq!(virtual_size(&mut q, "vda"), IMAGE_BYTES);
+
+    let bigger = IMAGE_BYTES * 2;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": bigger}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    assert_eq!(virtual_size(&mut q, "vda"), bigger);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), bigger);
+    let done = serial.passes();
+    serial.wait_passes(done + 2);
+
+    // The size is the file's: a restarted block-proc reads it back.
+    let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
+    sigkill(pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if block_proc_pid(common::broker_pid(&b)).is_some_and(|p| p != pid) {
+            let r = q.execute("query-block", json!({}));
+            if r.get("return").is_some() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "block-proc not restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(virtual_size(&mut q, "vda"), bigger);
+    let done = serial.passes();
+    serial.wait_passes(done + 2);
+
+    // Shrinking back is allowed on raw, as in QEMU.
+    let r = q.execute(
+        "block_resize",
+        json!({"node-name": "d0", "size": IMAGE_BYTES}),
+    );
+    assert_eq!(r["return"], json!({}), "{r}");
+    assert_eq!(virtual_size(&mut q, "vda"), IMAGE_BYTES);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), IMAGE_BYTES);
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+}
+
+#[test]
+fn block_resize_errors_match_qemu_storage_daemon() {
+    let dir = common::TempDir::new();
+    let ours_img = raw_image_named(&dir.0, "ours.raw");
+    let theirs_img = raw_image_named(&dir.0, "theirs.raw");
+    let q2 = |name: &str| {
+        let p = dir.0.join(name);
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&p)
+            .arg("1M")
+            .output()
+            .expect("qemu-img is needed");
+        assert!(out.status.success());
+        p
+    };
+    let (ours_q, theirs_q) = (q2("ours.qcow2"), q2("theirs.qcow2"));
+    let blockdevs = |raw: &Path, qcow2: &Path| -> Vec<String> {
+        vec![
+            "--blockdev".into(),
+            format!("driver=file,filename={},node-name=rf", raw.display()),
+            "--blockdev".into(),
+            "driver=raw,file=rf,node-name=r".into(),
+            "--blockdev".into(),
+            format!("driver=file,filename={},node-name=qf", qcow2.display()),
+            "--blockdev".into(),
+            "driver=qcow2,file=qf,node-name=q".into(),
+        ]
+    };
+    let mut qsd = Qsd::start(&dir.0, &blockdevs(&theirs_img, &theirs_q));
+    let ours_args: Vec<String> = blockdevs(&ours_img, &ours_q)
+        .into_iter()
+        .map(|a| a.replacen("--", "-", 1))
+        .collect();
+    let mut all: Vec<&str> = vec!["-S"];
+    all.extend(ours_args.iter().map(String::as_str));
+    let b = Bulkhead::start(&all);
+    let mut q = b.client();
+    for c in [
+        json!({"device": "nope", "size": 2097152}),
+        json!({"node-name": "nope", "size": 2097152}),
+        json!({"size": 2097152}),
+        json!({"device": "r", "size": 2097152}),
+        json!({"node-name": "r"}),
+        json!({"node-name": "r", "size": "x"}),
+        json!({"node-name": "r", "size": 1.5}),
+        json!({"node-name": "r", "size": -1}),
+        json!({"node-name": "r", "size": 1, "x": 1}),
+        json!({"node-name": "q", "size": 1000}),
+        json!({"node-name": "r", "size": 1000}),
+        json!({"node-name": "r", "size": 2097152}),
+        json!({"node-name": "rf", "size": 3145728}),
+    ] {
+        let ours = error(&q.execute("block_resize", c.clone()));
+        let theirs = error(&qsd.qmp.execute("block_resize", c.clone()));
+        assert_eq!(ours, theirs, "{c}");
+    }
+    assert_eq!(std::fs::metadata(&ours_img).unwrap().len(), 3145728);
+    let size_of = |q: &mut Qmp, node: &str| -> Value {
+        q.ok("query-named-block-nodes")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == node)
+            .unwrap()["image"]["virtual-size"]
+            .clone()
+    };
+    // Resizing the file under the raw node leaves the raw node's size as
+    // it was, in QEMU too.
+    for node in ["r", "rf"] {
+        assert_eq!(size_of(&mut q, node), size_of(&mut qsd.qmp, node), "{node}");
+    }
+
+    // Beyond QEMU's errors: bulkhead's qcow2 driver does not resize (QEMU
+    // does); it says so and leaves the image as it was.
+    let r = q.execute("block_resize", json!({"node-name": "q", "size": 4194304}));
+    let (class, desc) = Qmp::error_of(&r);
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("does not resize"), "{desc}");
+    assert_eq!(size_of(&mut q, "q"), json!(1 << 20));
+
+    // Nor does it resize dirty bitmaps (QEMU does): a node with one (or
+    // over one) refuses rather than stop tracking writes past the bitmap.
+    let r = q.execute(
+        "block-dirty-bitmap-add",
+        json!({"node": "rf", "name": "b0"}),
+    );
+    assert_eq!(r["return"], json!({}), "{r}");
+    for node in ["r", "rf"] {
+        let r = q.execute("block_resize", json!({"node-name": node, "size": 4194304}));
+        let (_, desc) = Qmp::error_of(&r);
+        assert!(desc.contains("dirty bitmaps"), "{desc}");
+    }
+    assert_eq!(std::fs::metadata(&ours_img).unwrap().len(), 3145728);
+}
