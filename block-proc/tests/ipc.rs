@@ -13,23 +13,6 @@ use common::*;
 use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest, BlockdevOptions, FileFd};
 use ipc_proto::envelope::WorkerMsg;
 use vhost_user_harness::blk::S_OK;
-use vhost_user_harness::{BlkDevice, BlkOptions};
-
-impl Worker {
-    /// Hands export `id` one end of a new socketpair and sets the harness
-    /// up on the other.
-    fn attach(&mut self, id: &str, num_queues: u16) -> BlkDevice {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let req = BlockRequest::AttachExportConnection { id: id.into() };
-        assert_eq!(self.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
-        drop(theirs);
-        let opts = BlkOptions {
-            num_queues,
-            ..Default::default()
-        };
-        BlkDevice::from_stream(ours, opts).unwrap()
-    }
-}
 
 #[test]
 fn broker_builds_graph_exports_it_and_queries_stats_over_ipc() {

@@ -9,94 +9,15 @@ mod common;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command};
 
+use common::worker::{spawn, Worker};
 use common::*;
-use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest, BlockdevOptions, FileFd};
-use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
-use ipc_proto::worker::BrokerChannel;
-use ipc_proto::{FlatError, WorkerKind};
+use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions, FileFd};
+use ipc_proto::FlatError;
 use vhost_user_harness::blk::{S_IOERR, S_OK};
-use vhost_user_harness::{BlkDevice, BlkOptions};
-
-type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
-
-struct Worker {
-    child: Child,
-    chan: Chan,
-    next: u64,
-    events: Vec<BlockEvent>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn() -> Worker {
-    let (broker, worker) = UnixStream::pair().unwrap();
-    nix::fcntl::fcntl(
-        &worker,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&worker);
-    let child = Command::new(bin())
-        .arg("--control-fd")
-        .arg(fd.to_string())
-        // Sandboxed as under the broker (the tests run as root).
-        .args(["--sandbox-uid", "61002"])
-        .spawn()
-        .unwrap();
-    drop(worker);
-    let (chan, hello) = ipc_proto::worker::accept(broker, WorkerKind::Block).unwrap();
-    assert_eq!(hello.pid, child.id());
-    Worker {
-        child,
-        chan,
-        next: 1,
-        events: Vec::new(),
-    }
-}
+use vhost_user_harness::BlkDevice;
 
 impl Worker {
-    /// Hands export `id` one end of a new socketpair and sets the harness
-    /// up on the other.
-    fn attach(&mut self, id: &str, num_queues: u16) -> BlkDevice {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let req = BlockRequest::AttachExportConnection { id: id.into() };
-        assert_eq!(self.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
-        drop(theirs);
-        let opts = BlkOptions {
-            num_queues,
-            ..Default::default()
-        };
-        BlkDevice::from_stream(ours, opts).unwrap()
-    }
-
-    fn call(
-        &mut self,
-        body: BlockRequest,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<BlockReply, FlatError> {
-        let id = self.next;
-        self.next += 1;
-        self.chan
-            .send(&BrokerMsg::Request { id, body }, fds)
-            .unwrap();
-        loop {
-            match self.chan.recv().unwrap().0 {
-                WorkerMsg::Reply { id: rid, result } => {
-                    assert_eq!(rid, id);
-                    return result;
-                }
-                WorkerMsg::Event(e) => self.events.push(e),
-            }
-        }
-    }
-
     /// Node `disk0` from `json` over `img`, exported as `e0`, with a
     /// harness connected to the export.
     fn export(&mut self, json: &str, img: &std::path::Path) -> BlkDevice {

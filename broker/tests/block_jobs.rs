@@ -19,76 +19,16 @@ use serde_json::{json, Value};
 /// Size of the chain's images.
 const CHAIN_BYTES: u64 = 32 << 20;
 
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(x: &Path) -> &str {
-    x.to_str().unwrap()
-}
-
 /// base ← mid ← top, each with data of its own (`qemu-io` patterns), and
 /// the flattened original (`qemu-img convert`).
 fn chain(dir: &Path) -> (PathBuf, PathBuf) {
-    let base = dir.join("base.qcow2");
-    let mid = dir.join("mid.qcow2");
-    let top = dir.join("top.qcow2");
-    let size = CHAIN_BYTES.to_string();
-    run(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", p(&base), &size],
-    );
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            p(&base),
-            "-F",
-            "qcow2",
-            p(&mid),
-        ],
-    );
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            p(&mid),
-            "-F",
-            "qcow2",
-            p(&top),
-        ],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x11 0 24M", p(&base)],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x22 4M 8M", p(&mid)],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x33 10M 1M", p(&top)],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x44 20M 3M", p(&mid)],
-    );
+    let (base, mid, top) = qcow2_chain(dir, CHAIN_BYTES);
+    qemu_io_write(&base, 0x11, "0 24M");
+    qemu_io_write(&mid, 0x22, "4M 8M");
+    qemu_io_write(&top, 0x33, "10M 1M");
+    qemu_io_write(&mid, 0x44, "20M 3M");
     let flat = dir.join("flat.raw");
-    run(
-        "qemu-img",
-        &["convert", "-U", "-O", "raw", p(&top), p(&flat)],
-    );
+    flatten(&top, &flat);
     (top, flat)
 }
 
@@ -104,19 +44,6 @@ fn overlay_guest_sectors(img: &Path, format: &str, flat: &Path) {
         .unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(flat).unwrap();
     f.write_all_at(&b, 0).unwrap();
-}
-
-fn qemu_img_compare(a: &Path, b: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-U", p(a), p(b)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img compare {a:?} {b:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn info(img: &Path) -> Value {
@@ -188,7 +115,7 @@ fn stream_of_a_three_image_chain_flattens_it_while_the_guest_verifies_its_disk()
     );
     assert_qemu_img_check(&top, "qcow2");
     overlay_guest_sectors(&top, "qcow2", &flat);
-    qemu_img_compare(&flat, &top);
+    assert_qemu_img_compare(&flat, &top);
 }
 
 #[test]
@@ -216,7 +143,7 @@ fn stream_to_a_base_keeps_the_base_and_drops_the_middle_image() {
     assert_eq!(i["backing-filename-format"], "qcow2");
     assert_qemu_img_check(&top, "qcow2");
     overlay_guest_sectors(&top, "qcow2", &flat);
-    qemu_img_compare(&flat, &top);
+    assert_qemu_img_compare(&flat, &top);
 }
 
 /// Mirrors `vda` (qcow2 `d0`) into a new `format` target with `sync`,
@@ -264,7 +191,7 @@ fn mirror_and_complete(format: &str, sync: &str) {
     let done = q.event("BLOCK_JOB_COMPLETED");
     assert!(done["data"].get("error").is_none(), "{done}");
     // At the pivot, source and target hold the same disk.
-    qemu_img_compare(&img, &target);
+    assert_qemu_img_compare(&img, &target);
     assert_eq!(device_node(&mut q), "t0", "the device runs on the target");
     q.ok("cont");
     // The guest goes on verifying, now on the target.
@@ -342,7 +269,7 @@ fn cancel_before_ready_leaves_the_device_on_its_source_and_after_ready_gives_a_c
     ok(&mut q, "block-job-cancel", json!({"device": "fast"}));
     let done = q.event("BLOCK_JOB_COMPLETED");
     assert_eq!(done["data"]["device"], "fast");
-    qemu_img_compare(&img, &target);
+    assert_qemu_img_compare(&img, &target);
     assert_eq!(device_node(&mut q), "d0");
     q.ok("cont");
     // A forced cancel of a ready mirror ends cancelled.

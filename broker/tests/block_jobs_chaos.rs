@@ -9,7 +9,6 @@
 mod common;
 mod disk_common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,26 +44,6 @@ impl Rng {
     }
 }
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
-}
-
-fn p(x: &Path) -> &str {
-    x.to_str().unwrap()
-}
-
-fn compare(a: &Path, b: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-U", p(a), p(b)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img compare {a:?} {b:?}: {out:?}"
-    );
-}
-
 fn job(q: &mut common::Qmp, id: &str) -> Option<Value> {
     let r = q.execute("query-block-jobs", Value::Null);
     r["return"]
@@ -88,58 +67,12 @@ fn kill_once(q: &mut common::Qmp, broker: u32, serial: &SerialLog, n: usize) {
 fn stream_survives_ten_block_worker_kills_and_flattens_the_chain_exactly() {
     let mut rng = Rng::new();
     let dir = common::TempDir::new();
-    let base = dir.0.join("base.qcow2");
-    let mid = dir.0.join("mid.qcow2");
-    let top = dir.0.join("top.qcow2");
-    run(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", p(&base), &DISK.to_string()],
-    );
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            p(&base),
-            "-F",
-            "qcow2",
-            p(&mid),
-        ],
-    );
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            p(&mid),
-            "-F",
-            "qcow2",
-            p(&top),
-        ],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x61 0 30M", p(&base)],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x62 3M 9M", p(&mid)],
-    );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x63 17M 5M", p(&mid)],
-    );
+    let (base, mid, top) = qcow2_chain(&dir.0, DISK);
+    qemu_io_write(&base, 0x61, "0 30M");
+    qemu_io_write(&mid, 0x62, "3M 9M");
+    qemu_io_write(&mid, 0x63, "17M 5M");
     let flat = dir.0.join("flat.raw");
-    run(
-        "qemu-img",
-        &["convert", "-U", "-O", "raw", p(&top), p(&flat)],
-    );
+    flatten(&top, &flat);
     let serial = SerialLog(dir.0.join("serial.log"));
     let mut b = start_with_disk(&[], "blk-loop", "qcow2", &top, &serial);
     let broker = b.child.as_ref().unwrap().id();
@@ -184,7 +117,7 @@ fn stream_survives_ten_block_worker_kills_and_flattens_the_chain_exactly() {
         .unwrap()
         .write_all_at(&g, 0)
         .unwrap();
-    compare(&flat, &top);
+    assert_qemu_img_compare(&flat, &top);
 }
 
 #[test]
@@ -196,10 +129,7 @@ fn mirror_survives_kills_before_and_after_ready_and_pivots_onto_an_identical_cop
         "qemu-img",
         &["create", "-q", "-f", "qcow2", p(&img), &DISK.to_string()],
     );
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x71 1M 29M", p(&img)],
-    );
+    qemu_io_write(&img, 0x71, "1M 29M");
     let target = dir.0.join("target.qcow2");
     run(
         "qemu-img",
@@ -245,7 +175,7 @@ fn mirror_survives_kills_before_and_after_ready_and_pivots_onto_an_identical_cop
     assert!(r.get("return").is_some(), "{r}");
     let done = q.event("BLOCK_JOB_COMPLETED");
     assert!(done["data"].get("error").is_none(), "{done}");
-    compare(&img, &target);
+    assert_qemu_img_compare(&img, &target);
     let blk = q.execute("query-block", Value::Null);
     assert_eq!(blk["return"][0]["inserted"]["node-name"], "t0", "{blk}");
     q.ok("cont");

@@ -1,6 +1,7 @@
 //! block-proc under the IPC control channel, as the broker drives it: the
 //! spawned worker and a blocking request/reply call that keeps events aside.
 
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
 
@@ -8,6 +9,7 @@ use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest};
 use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
 use ipc_proto::worker::BrokerChannel;
 use ipc_proto::{FlatError, WorkerKind};
+use vhost_user_harness::{BlkDevice, BlkOptions};
 
 /// The broker's end of the control channel.
 pub type Chan = BrokerChannel<BlockRequest, BlockReply, BlockEvent>;
@@ -57,6 +59,20 @@ pub fn spawn() -> Worker {
 }
 
 impl Worker {
+    /// Hands export `id` one end of a new socketpair and sets the harness
+    /// up on the other.
+    pub fn attach(&mut self, id: &str, num_queues: u16) -> BlkDevice {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let req = BlockRequest::AttachExportConnection { id: id.into() };
+        assert_eq!(self.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
+        drop(theirs);
+        let opts = BlkOptions {
+            num_queues,
+            ..Default::default()
+        };
+        BlkDevice::from_stream(ours, opts).unwrap()
+    }
+
     /// Sends `body` with `fds` and waits for its reply, keeping events
     /// that come first in `events`.
     pub fn call(

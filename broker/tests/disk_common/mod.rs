@@ -146,6 +146,10 @@ pub fn raw_view(img: &Path, format: &str) -> PathBuf {
     out_path
 }
 
+pub mod qemu_tools;
+#[allow(unused_imports)]
+pub use qemu_tools::*;
+
 /// The guests' sector pattern, the very source the `blk` guests use.
 #[path = "../../../test-guests/blk/src/pattern.rs"]
 #[allow(dead_code)]
