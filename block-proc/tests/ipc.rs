@@ -156,34 +156,7 @@ fn host_write_failure_answers_ioerr_and_emits_io_error_event() {
 
 /// An export with its node, served to connections attached over IPC.
 fn exported(w: &mut Worker, img: &std::path::Path, id: &str) -> std::fs::File {
-    exported_node(w, img, id, &raw_json(img))
-}
-
-/// Node `disk0` of `img` from the blockdev options `json` (the image's fd
-/// passed with it), exported as `id`; the image's file.
-fn exported_node(w: &mut Worker, img: &std::path::Path, id: &str, json: &str) -> std::fs::File {
-    let options: BlockdevOptions = serde_json::from_str(json).unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
-    let files = vec![FileFd {
-        filename: img.display().to_string(),
-        fd_index: 0,
-    }];
-    let add = BlockRequest::AddNode { options, files };
-    assert_eq!(w.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
-    let export = BlockRequest::AddExport {
-        id: id.into(),
-        node_name: "disk0".into(),
-        num_queues: 1,
-        writable: true,
-        serial: "x".into(),
-        logical_block_size: 512,
-    };
-    assert_eq!(w.call(export, &[]), Ok(BlockReply::Done));
-    file
+    w.export_node(img, id, &raw_json(img))
 }
 
 #[test]
@@ -358,7 +331,7 @@ fn exported_aio(w: &mut Worker, img: &std::path::Path, id: &str, aio: &str) -> s
         r#"{{"driver":"raw","node-name":"disk0","file":{{"driver":"file","filename":"{}","aio":"{aio}"}}}}"#,
         img.display()
     );
-    exported_node(w, img, id, &json)
+    w.export_node(img, id, &json)
 }
 
 #[test]

@@ -174,13 +174,14 @@ fn stream_never_overwrites_what_a_writer_put_into_the_top_during_the_job() {
     assert!(qemu_img_check(&top));
 }
 
-#[test]
-fn mirror_target_equals_the_source_a_writer_kept_changing() {
-    let src = tmp("jobs-src.qcow2");
-    let dst = tmp("jobs-dst.qcow2");
+/// A 4 MiB qcow2 source `disk0` filled by the `qemu-io` command `fill`
+/// and an empty 4 MiB qcow2 target `tgt`, both in one graph.
+fn mirror_pair(name: &str, fill: &str) -> (Graph, Arc<Node>, Arc<Node>) {
+    let src = tmp(&format!("{name}-src.qcow2"));
+    let dst = tmp(&format!("{name}-dst.qcow2"));
     let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
     qemu("qemu-img", &["create", "-q", "-f", "qcow2", s, "4M"]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 0xaa 0 3M", s]);
+    qemu("qemu-io", &["-f", "qcow2", "-c", fill, s]);
     qemu("qemu-img", &["create", "-q", "-f", "qcow2", d, "4M"]);
     let mut g = Graph::new();
     let o: BlockdevOptions = serde_json::from_str(&qcow2_json(&src)).unwrap();
@@ -190,6 +191,12 @@ fn mirror_target_equals_the_source_a_writer_kept_changing() {
     g.add(&o, files(&[&dst])).unwrap();
     let source = g.get("disk0").unwrap();
     let target = g.get("tgt").unwrap();
+    (g, source, target)
+}
+
+#[test]
+fn mirror_target_equals_the_source_a_writer_kept_changing() {
+    let (g, source, target) = mirror_pair("jobs", "write -P 0xaa 0 3M");
     let (tx, rx) = mpsc::channel();
     let mut jobs = Jobs::default();
     let spec = JobSpec {
@@ -251,20 +258,7 @@ fn mirror_target_equals_the_source_a_writer_kept_changing() {
 
 #[test]
 fn mirror_sync_none_copies_only_what_is_written_after_it_started() {
-    let src = tmp("jobs-none-src.qcow2");
-    let dst = tmp("jobs-none-dst.qcow2");
-    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
-    qemu("qemu-img", &["create", "-q", "-f", "qcow2", s, "4M"]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 0xaa 0 4M", s]);
-    qemu("qemu-img", &["create", "-q", "-f", "qcow2", d, "4M"]);
-    let mut g = Graph::new();
-    let o: BlockdevOptions = serde_json::from_str(&qcow2_json(&src)).unwrap();
-    g.add(&o, files(&[&src])).unwrap();
-    let o: BlockdevOptions =
-        serde_json::from_str(&qcow2_json(&dst).replace("disk0", "tgt")).unwrap();
-    g.add(&o, files(&[&dst])).unwrap();
-    let source = g.get("disk0").unwrap();
-    let target = g.get("tgt").unwrap();
+    let (g, source, target) = mirror_pair("jobs-none", "write -P 0xaa 0 4M");
     let (tx, rx) = mpsc::channel();
     let mut jobs = Jobs::default();
     let spec = JobSpec {

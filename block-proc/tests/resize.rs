@@ -21,27 +21,7 @@ impl Worker {
     /// Node `disk0` from `json` over `img`, exported as `e0`, with a
     /// harness connected to the export.
     fn export(&mut self, json: &str, img: &std::path::Path) -> BlkDevice {
-        let options: BlockdevOptions = serde_json::from_str(json).unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(img)
-            .unwrap();
-        let files = vec![FileFd {
-            filename: img.display().to_string(),
-            fd_index: 0,
-        }];
-        let add = BlockRequest::AddNode { options, files };
-        assert_eq!(self.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
-        let export = BlockRequest::AddExport {
-            id: "e0".into(),
-            node_name: "disk0".into(),
-            num_queues: 1,
-            writable: true,
-            serial: "s".into(),
-            logical_block_size: 512,
-        };
-        assert_eq!(self.call(export, &[]), Ok(BlockReply::Done));
+        self.export_node(img, "e0", json);
         self.attach("e0", 1)
     }
 

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
 
-use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest};
+use ipc_proto::block::{BlockEvent, BlockReply, BlockRequest, BlockdevOptions, FileFd};
 use ipc_proto::envelope::{BrokerMsg, WorkerMsg};
 use ipc_proto::worker::BrokerChannel;
 use ipc_proto::{FlatError, WorkerKind};
@@ -59,6 +59,33 @@ pub fn spawn() -> Worker {
 }
 
 impl Worker {
+    /// Node `disk0` of `img` from the blockdev options `json` (the image's fd
+    /// passed with it), exported as `id`; the image's file.
+    pub fn export_node(&mut self, img: &std::path::Path, id: &str, json: &str) -> std::fs::File {
+        let options: BlockdevOptions = serde_json::from_str(json).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img)
+            .unwrap();
+        let files = vec![FileFd {
+            filename: img.display().to_string(),
+            fd_index: 0,
+        }];
+        let add = BlockRequest::AddNode { options, files };
+        assert_eq!(self.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
+        let export = BlockRequest::AddExport {
+            id: id.into(),
+            node_name: "disk0".into(),
+            num_queues: 1,
+            writable: true,
+            serial: "x".into(),
+            logical_block_size: 512,
+        };
+        assert_eq!(self.call(export, &[]), Ok(BlockReply::Done));
+        file
+    }
+
     /// Hands export `id` one end of a new socketpair and sets the harness
     /// up on the other.
     pub fn attach(&mut self, id: &str, num_queues: u16) -> BlkDevice {
