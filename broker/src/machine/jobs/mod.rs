@@ -55,6 +55,10 @@ pub struct JobRecord {
     worker_cancelled: bool,
     /// A finalize to run once block-proc's work ends.
     finalize_requested: bool,
+    /// The job has let go of its nodes (its end is being reported): a
+    /// command sent after its BLOCK_JOB_COMPLETED/_CANCELLED finds them
+    /// free, as in QEMU, where the whole end runs before the next command.
+    released: bool,
 }
 
 impl JobRecord {
@@ -73,7 +77,7 @@ impl JobRecord {
 
     /// Whether the job still holds its nodes.
     fn live(&self) -> bool {
-        !matches!(self.status, Status::Concluded | Status::Null)
+        !self.released && !matches!(self.status, Status::Concluded | Status::Null)
     }
 
     /// Why `blockdev-del` of `node` is refused while this job runs.
@@ -252,6 +256,7 @@ pub fn create(
         worker_finished: false,
         worker_cancelled: false,
         finalize_requested: false,
+        released: false,
     });
     let started = m.across_block_restarts(|| {
         match m.block_request(BlockRequest::StartJob(spec.clone()))? {
@@ -449,6 +454,7 @@ pub fn finalize(m: &Machine, id: &str) {
     let j = with_job(m, id, |r| {
         r.error = error.clone();
         r.finalize_requested = false;
+        r.released = true;
         r.clone()
     })
     .unwrap_or(j);
