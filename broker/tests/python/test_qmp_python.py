@@ -21,6 +21,7 @@ import time
 
 import pytest
 from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp.protocol import ConnectError
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 BIN = pathlib.Path(os.environ.get("BULKHEAD_BIN", REPO / "target" / "debug" / "bulkhead"))
@@ -53,9 +54,19 @@ def run(coro):
 
 
 async def connected(sock):
-    client = QMPClient("bulkhead-test")
-    await client.connect(sock)
-    return client
+    # The socket's path exists from bind(2), a moment before listen(2)
+    # (Rust's UnixListener::bind does both): a connect in between is
+    # refused, so a refusal is retried for a while, as libvirt does.
+    deadline = time.monotonic() + 10
+    while True:
+        client = QMPClient("bulkhead-test")
+        try:
+            await client.connect(sock)
+            return client
+        except ConnectError as e:
+            if not isinstance(e.exc, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def test_qmpclient_accepts_greeting_and_negotiates(bulkhead):
