@@ -509,6 +509,17 @@ pub enum BlockRequest {
     },
     /// Dirty bitmaps (`block-dirty-bitmap-*`); attached memory as fd 0.
     Bitmap(crate::bitmaps::BitmapRequest),
+    /// Export a virtio-scsi controller as a vhost-user-scsi device.
+    AddScsiExport(crate::scsi::ScsiExportSpec),
+    /// Change a SCSI drive's medium or tray.
+    ScsiMedium {
+        /// Export id.
+        export_id: String,
+        /// The drive's QMP id.
+        device_id: String,
+        /// The change.
+        op: crate::scsi::MediumOp,
+    },
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the
@@ -569,6 +580,8 @@ pub enum BlockEvent {
     },
     /// A block job's progress, readiness, error or end.
     Job(crate::block_jobs::JobEvent),
+    /// The guest changed a SCSI drive's tray or lock.
+    Scsi(crate::scsi::ScsiEvent),
 }
 
 /// Image information (QEMU `ImageInfo`, the subset bulkhead knows).

@@ -17,6 +17,8 @@
 //! - [`escape`] (feature `test-hooks`): the escape-attempt messages of the
 //!   sandbox tests (the sandbox itself is the `sandbox` crate).
 //! - [`bitmaps`]: dirty-bitmap requests (inside the block channel's enums).
+//! - [`scsi`]: vhost-user-scsi exports, media and trays (inside the block
+//!   channel's enums).
 //! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
 //! - [`trace`]: trace points (declared once per process), their state and
 //!   the trace messages every channel carries.
@@ -37,6 +39,7 @@ pub mod handshake;
 pub mod logging;
 pub mod net;
 pub mod ratelimit;
+pub mod scsi;
 pub mod trace;
 pub mod vcpu;
 pub mod worker;

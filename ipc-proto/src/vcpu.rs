@@ -137,6 +137,10 @@ impl Default for CpuModel {
 pub enum VhostUserKind {
     /// virtio-blk (device type 2).
     Block,
+    /// virtio-scsi (device type 8).
+    Scsi,
+    /// virtio-net (device type 1).
+    Net,
 }
 
 /// A virtio-mmio device whose queues a vhost-user backend serves. The

@@ -584,6 +584,8 @@ impl ExportRecord {
             | BlockRequest::SetWriteThreshold { .. }
             | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
+            | BlockRequest::AddScsiExport(_)
+            | BlockRequest::ScsiMedium { .. }
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => None,
             #[cfg(feature = "test-hooks")]

@@ -385,6 +385,8 @@ impl Machine {
             | BlockRequest::SetWriteThreshold { .. }
             | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
+            | BlockRequest::AddScsiExport(_)
+            | BlockRequest::ScsiMedium { .. }
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => {}
             #[cfg(feature = "test-hooks")]
@@ -609,6 +611,7 @@ impl Machine {
                 )
             }
             BlockEvent::Job(e) => self.jobs.push(e),
+            BlockEvent::Scsi(e) => tracing::warn!("no SCSI drive is configured for {e:?}"),
         }
     }
 }

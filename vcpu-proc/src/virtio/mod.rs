@@ -72,6 +72,9 @@ pub enum VirtioEvent {
 /// Errors of virtio device set-up and reconnection.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
+    /// A device kind the frontend cannot drive yet.
+    #[error("this vcpu-proc has no {0:?} frontend")]
+    UnsupportedKind(ipc_proto::vcpu::VhostUserKind),
     /// The slot is outside the platform's virtio-mmio window.
     #[error("virtio-mmio slot {0} does not exist (0..{max})", max = layout::VIRTIO_MMIO_SLOTS)]
     BadSlot(u32),
