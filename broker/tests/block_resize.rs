@@ -70,6 +70,68 @@ fn error(r: &Value) -> Value {
     r.get("error").cloned().unwrap_or_else(|| r.clone())
 }
 
+/// SIGKILLs block-proc and waits until its successor answers.
+fn kill_block_proc_and_wait_restart(b: &Bulkhead, q: &mut Qmp) {
+    let pid = block_proc_pid(common::broker_pid(b)).expect("block-proc");
+    sigkill(pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != pid) {
+            let r = q.execute("query-block", json!({}));
+            if r.get("return").is_some() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "block-proc not restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The line the blk guests print when a config-change interrupt shows
+/// them a new capacity.
+fn config_change_line(bytes: u64) -> String {
+    format!("blk: config change, capacity {} sectors", bytes / 512)
+}
+
+#[test]
+fn a_running_guest_gets_a_config_interrupt_with_the_new_capacity_before_and_after_a_block_proc_kill(
+) {
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
+    let mut q = b.client();
+    serial.wait_passes(1);
+
+    // block-proc sends CONFIG_CHANGE_MSG on the backend request channel;
+    // vcpu-proc fetches the config space and interrupts the guest, which
+    // reads the capacity again. No reconnection is involved.
+    let bigger = IMAGE_BYTES * 2;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": bigger}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    serial.wait_for(&config_change_line(bigger));
+    assert!(
+        block_proc_pid(common::broker_pid(&b)).is_some(),
+        "block-proc is the first one"
+    );
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+
+    // The channel is set up again with the restarted backend.
+    kill_block_proc_and_wait_restart(&b, &mut q);
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+    let biggest = IMAGE_BYTES * 3;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": biggest}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    serial.wait_for(&config_change_line(biggest));
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+    let t = serial.text();
+    assert_eq!(t.matches("config change").count(), 2, "{t}");
+}
+
 #[test]
 fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_block_proc_kill() {
     common::require_kvm();
@@ -90,19 +152,7 @@ fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_bl
     serial.wait_passes(done + 2);
 
     // The size is the file's: a restarted block-proc reads it back.
-    let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
-    sigkill(pid);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if block_proc_pid(common::broker_pid(&b)).is_some_and(|p| p != pid) {
-            let r = q.execute("query-block", json!({}));
-            if r.get("return").is_some() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kill_block_proc_and_wait_restart(&b, &mut q);
     assert_eq!(virtual_size(&mut q, "vda"), bigger);
     let done = serial.passes();
     serial.wait_passes(done + 2);
