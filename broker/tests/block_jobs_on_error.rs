@@ -389,3 +389,43 @@ fn stream_on_error_ignore_skips_what_failed_and_ends_with_the_error_keeping_the_
 ) {
     compare(Kind::Stream, "ignore", ignore);
 }
+
+#[test]
+fn a_mirror_stopped_by_enospc_stays_paused_through_a_block_proc_kill_and_resumes_to_ready() {
+    let dir = common::TempDir::new();
+    let side = Side::new(&dir.0, "bulkhead", Kind::Mirror);
+    let b = common::Bulkhead::start(&["-S", "-m", "32M"]);
+    let mut q = b.client();
+    side.start_job(&mut q, "stop");
+    let mut seen = Vec::new();
+    events_until(&mut q, &mut seen, status("paused"));
+    let paused = json!(["paused", true, "nospace"]);
+    assert_eq!(job_state(&mut q), paused);
+
+    // The pause is the broker's: the restarted block-proc gets the job
+    // back paused, and it stays so.
+    let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
+    sigkill(pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !block_proc_pid(common::broker_pid(&b)).is_some_and(|p| p != pid) {
+        assert!(Instant::now() < deadline, "block-proc not restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(job_state(&mut q), paused);
+    // A job that ran again would have hit the full tmpfs again.
+    assert!(
+        !q.events.iter().any(|e| e["event"] == "BLOCK_JOB_ERROR"),
+        "{:?}",
+        q.events
+    );
+
+    side.tmpfs.resize("64M");
+    let r = q.execute("block-job-resume", json!({"device": "m"}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    events_until(&mut q, &mut seen, is("BLOCK_JOB_READY"));
+    let r = q.execute("block-job-cancel", json!({"device": "m"}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    events_until(&mut q, &mut seen, status("null"));
+    side.close_and_check(&mut q, &mut seen);
+}
