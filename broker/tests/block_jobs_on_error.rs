@@ -407,7 +407,7 @@ fn a_mirror_stopped_by_enospc_stays_paused_through_a_block_proc_kill_and_resumes
     let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
     sigkill(pid);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !block_proc_pid(common::broker_pid(&b)).is_some_and(|p| p != pid) {
+    while block_proc_pid(common::broker_pid(&b)).is_none_or(|p| p == pid) {
         assert!(Instant::now() < deadline, "block-proc not restarted");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -242,14 +242,6 @@ fn block_resize_errors_match_qemu_storage_daemon() {
         assert_eq!(size_of(&mut q, node), size_of(&mut qsd.qmp, node), "{node}");
     }
 
-    // Beyond QEMU's errors: bulkhead's qcow2 driver does not resize (QEMU
-    // does); it says so and leaves the image as it was.
-    let r = q.execute("block_resize", json!({"node-name": "q", "size": 4194304}));
-    let (class, desc) = Qmp::error_of(&r);
-    assert_eq!(class, "GenericError");
-    assert!(desc.contains("does not resize"), "{desc}");
-    assert_eq!(size_of(&mut q, "q"), json!(1 << 20));
-
     // Nor does it resize dirty bitmaps (QEMU does): a node with one (or
     // over one) refuses rather than stop tracking writes past the bitmap.
     let r = q.execute(
@@ -263,4 +255,111 @@ fn block_resize_errors_match_qemu_storage_daemon() {
         assert!(desc.contains("dirty bitmaps"), "{desc}");
     }
     assert_eq!(std::fs::metadata(&ours_img).unwrap().len(), 3145728);
+}
+
+/// `dir/base.qcow2` (4 MiB of data) under `dir/top.qcow2` (2 MiB).
+fn short_top_over_a_longer_base(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let (base, top) = (dir.join("base.qcow2"), dir.join("top.qcow2"));
+    let img = |args: &[&str]| {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "4M"]);
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 4M",
+            base.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+        "2M",
+    ]);
+    top
+}
+
+#[test]
+fn qcow2_grows_and_shrinks_as_in_qemu_storage_daemon_zero_filled_over_a_longer_backing() {
+    let dir = common::TempDir::new();
+    let ours = short_top_over_a_longer_base(&dir.0.join("ours"));
+    let theirs = short_top_over_a_longer_base(&dir.0.join("theirs"));
+    let node = |img: &Path| {
+        format!(
+            r#"{{"driver":"qcow2","node-name":"q","file":{{"driver":"file","filename":"{}"}}}}"#,
+            img.display()
+        )
+    };
+    let mut qsd = Qsd::start(&dir.0, &["--blockdev".into(), node(&theirs)]);
+    let b = Bulkhead::start(&["-S", "-blockdev", &node(&ours)]);
+    let mut q = b.client();
+    let size_of = |q: &mut Qmp| -> Value {
+        q.ok("query-named-block-nodes")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == "q")
+            .unwrap()["image"]["virtual-size"]
+            .clone()
+    };
+    // Grow past the base's data (which must not show through), shrink
+    // into the grown part, grow again.
+    for size in [6 << 20, 3 << 20, 5 << 20] {
+        let c = json!({"node-name": "q", "size": size});
+        let r = q.execute("block_resize", c.clone());
+        assert_eq!(r, qsd.qmp.execute("block_resize", c.clone()), "{c}");
+        assert_eq!(r["return"], json!({}), "{c}: {r}");
+        assert_eq!(size_of(&mut q), json!(size));
+    }
+    // The size is the image's: a restarted block-proc reads it back.
+    kill_block_proc_and_wait_restart(&b, &mut q);
+    assert_eq!(size_of(&mut q), json!(5 << 20));
+    assert_eq!(size_of(&mut qsd.qmp), json!(5 << 20));
+
+    assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    drop(b);
+    drop(qsd);
+    let check = |img: &Path| {
+        let out = Command::new("qemu-img")
+            .args(["check", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {out:?}", img.display());
+    };
+    check(&ours);
+    check(&theirs);
+    // Same contents: the base's data up to 2 MiB, zeroes after.
+    let out = Command::new("qemu-img")
+        .args(["compare", ours.to_str().unwrap(), theirs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0 2M 3M",
+            ours.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("Pattern verification failed"),
+        "{text}"
+    );
 }
