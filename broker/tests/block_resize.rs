@@ -363,3 +363,47 @@ fn qcow2_grows_and_shrinks_as_in_qemu_storage_daemon_zero_filled_over_a_longer_b
         "{text}"
     );
 }
+
+/// Beyond QEMU: QEMU 10 resizes an image with internal snapshots;
+/// bulkhead's qcow2 driver (imago) does not know them, so it refuses and
+/// leaves the image as it was.
+#[test]
+fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
+    let dir = common::TempDir::new();
+    let mut node = Vec::new();
+    for side in ["ours", "theirs"] {
+        let img = short_top_over_a_longer_base(&dir.0.join(side));
+        let out = Command::new("qemu-img")
+            .args(["snapshot", "-c", "s1", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        node.push(format!(
+            r#"{{"driver":"qcow2","node-name":"q","file":{{"driver":"file","filename":"{}"}}}}"#,
+            img.display()
+        ));
+    }
+    let mut qsd = Qsd::start(&dir.0, &["--blockdev".into(), node[1].clone()]);
+    let b = Bulkhead::start(&["-S", "-blockdev", &node[0]]);
+    let mut q = b.client();
+    let c = json!({"node-name": "q", "size": 4 << 20});
+    let theirs = qsd.qmp.execute("block_resize", c.clone());
+    assert_eq!(theirs["return"], json!({}), "{theirs}");
+    let (class, desc) = Qmp::error_of(&q.execute("block_resize", c));
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("internal snapshots"), "{desc}");
+    assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    drop(b);
+    let ours = dir.0.join("ours/top.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", ours.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["virtual-size"], json!(2 << 20), "{info}");
+    let out = Command::new("qemu-img")
+        .args(["check", ours.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

@@ -375,7 +375,14 @@ impl Qcow2Driver {
             ));
         }
         if self.snapshots() > 0 {
-            return Err("Can't resize an image which has snapshots".into());
+            // QEMU 10 resizes them (each snapshot keeps its own size);
+            // imago does not know internal snapshots, whose clusters a
+            // resize could free or rewrite.
+            return Err(format!(
+                "Cannot resize qcow2 image '{}': it has internal snapshots, which \
+                 bulkhead's qcow2 driver does not resize",
+                self.filename
+            ));
         }
         let failed = |e: io::Error| {
             format!(
