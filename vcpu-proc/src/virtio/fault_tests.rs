@@ -426,3 +426,29 @@ fn a_backend_without_backend_req_gets_no_channel_and_keeps_working() {
         backend.codes()
     );
 }
+
+#[test]
+fn the_backend_request_channel_is_set_up_again_with_a_reconnected_backend() {
+    let fx = fixture("config-change-reconnect");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let first = FakeBackend::spawn_with_backend_req(theirs);
+    let (dev, rx) = attach_socket(&fx, ours);
+    let d = Driver::init(&fx, &dev);
+    first.wait_started(1);
+    first.crash();
+    rx.recv_timeout(WAIT).unwrap();
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let second = FakeBackend::spawn_with_backend_req(theirs);
+    dev.reconnect(ours).unwrap();
+    second.wait_started(1);
+    d.wr(reg::INTERRUPT_ACK, d.rd(reg::INTERRUPT_STATUS));
+    second.set_capacity(4096);
+    assert_eq!(second.announce_config_change(true), Some(0));
+    let deadline = std::time::Instant::now() + WAIT;
+    while capacity_lo(&fx, dev.base()) != 4096 {
+        assert!(std::time::Instant::now() < deadline, "config not refetched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
+}
