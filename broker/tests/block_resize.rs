@@ -407,3 +407,32 @@ fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn a_qcow2_disk_grows_under_a_guest_doing_verified_io_which_sees_the_new_capacity() {
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let img = qcow2_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
+    let mut q = b.client();
+    serial.wait_passes(1);
+    // The resize waits for the guest's requests in flight, then runs
+    // alone; the guest goes on and is told.
+    let bigger = IMAGE_BYTES * 4;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": bigger}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    assert_eq!(virtual_size(&mut q, "vda"), bigger);
+    serial.wait_for(&config_change_line(bigger));
+    let done = serial.passes();
+    serial.wait_passes(done + 2);
+    assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    drop(b);
+    assert_qemu_img_check(&img, "qcow2");
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["virtual-size"], json!(bigger), "{info}");
+}
