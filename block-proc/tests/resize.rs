@@ -72,14 +72,23 @@ fn shrinking_a_raw_node_truncates_the_file_and_refuses_requests_past_it() {
 }
 
 #[test]
-fn nodes_that_cannot_resize_say_why_and_stay_usable() {
+fn a_qcow2_node_grows_and_its_export_serves_the_new_range() {
     let img = qcow2_image("q.qcow2", "1M");
     let mut w = spawn();
     let mut dev = w.export(&qcow2_json(&img), &img);
-    let e = w.resize("disk0", 4 << 20).unwrap_err();
-    assert!(e.desc.contains("does not resize"), "{}", e.desc);
-    assert_eq!(dev.capacity().unwrap(), (1 << 20) / 512);
-    assert_eq!(dev.read(0, 0, 512).unwrap().0, S_OK);
+    assert_eq!(w.resize("disk0", 4 << 20), Ok(BlockReply::Done));
+    assert_eq!(dev.capacity().unwrap(), (4 << 20) / 512);
+    let (st, data) = dev.read(0, 8191, 512).unwrap();
+    assert_eq!((st, data.iter().all(|b| *b == 0)), (S_OK, true));
+    let pattern = vec![0xa5u8; 4096];
+    assert_eq!(dev.write(0, 6144, &pattern).unwrap(), S_OK);
+    assert_eq!(dev.read(0, 6144, 4096).unwrap(), (S_OK, pattern));
+    assert_eq!(dev.read(0, 8192, 512).unwrap().0, S_IOERR);
+}
+
+#[test]
+fn nodes_that_cannot_resize_say_why_and_stay_usable() {
+    let mut w = spawn();
     let e = w.resize("nope", 4 << 20).unwrap_err();
     assert!(e.desc.contains("nope"), "{}", e.desc);
 

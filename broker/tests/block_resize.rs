@@ -70,6 +70,68 @@ fn error(r: &Value) -> Value {
     r.get("error").cloned().unwrap_or_else(|| r.clone())
 }
 
+/// SIGKILLs block-proc and waits until its successor answers.
+fn kill_block_proc_and_wait_restart(b: &Bulkhead, q: &mut Qmp) {
+    let pid = block_proc_pid(common::broker_pid(b)).expect("block-proc");
+    sigkill(pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != pid) {
+            let r = q.execute("query-block", json!({}));
+            if r.get("return").is_some() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "block-proc not restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The line the blk guests print when a config-change interrupt shows
+/// them a new capacity.
+fn config_change_line(bytes: u64) -> String {
+    format!("blk: config change, capacity {} sectors", bytes / 512)
+}
+
+#[test]
+fn a_running_guest_gets_a_config_interrupt_with_the_new_capacity_before_and_after_a_block_proc_kill(
+) {
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
+    let mut q = b.client();
+    serial.wait_passes(1);
+
+    // block-proc sends CONFIG_CHANGE_MSG on the backend request channel;
+    // vcpu-proc fetches the config space and interrupts the guest, which
+    // reads the capacity again. No reconnection is involved.
+    let bigger = IMAGE_BYTES * 2;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": bigger}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    serial.wait_for(&config_change_line(bigger));
+    assert!(
+        block_proc_pid(common::broker_pid(&b)).is_some(),
+        "block-proc is the first one"
+    );
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+
+    // The channel is set up again with the restarted backend.
+    kill_block_proc_and_wait_restart(&b, &mut q);
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+    let biggest = IMAGE_BYTES * 3;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": biggest}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    serial.wait_for(&config_change_line(biggest));
+    let done = serial.passes();
+    serial.wait_passes(done + 1);
+    let t = serial.text();
+    assert_eq!(t.matches("config change").count(), 2, "{t}");
+}
+
 #[test]
 fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_block_proc_kill() {
     common::require_kvm();
@@ -90,19 +152,7 @@ fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_bl
     serial.wait_passes(done + 2);
 
     // The size is the file's: a restarted block-proc reads it back.
-    let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
-    sigkill(pid);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if block_proc_pid(common::broker_pid(&b)).is_some_and(|p| p != pid) {
-            let r = q.execute("query-block", json!({}));
-            if r.get("return").is_some() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kill_block_proc_and_wait_restart(&b, &mut q);
     assert_eq!(virtual_size(&mut q, "vda"), bigger);
     let done = serial.passes();
     serial.wait_passes(done + 2);
@@ -192,14 +242,6 @@ fn block_resize_errors_match_qemu_storage_daemon() {
         assert_eq!(size_of(&mut q, node), size_of(&mut qsd.qmp, node), "{node}");
     }
 
-    // Beyond QEMU's errors: bulkhead's qcow2 driver does not resize (QEMU
-    // does); it says so and leaves the image as it was.
-    let r = q.execute("block_resize", json!({"node-name": "q", "size": 4194304}));
-    let (class, desc) = Qmp::error_of(&r);
-    assert_eq!(class, "GenericError");
-    assert!(desc.contains("does not resize"), "{desc}");
-    assert_eq!(size_of(&mut q, "q"), json!(1 << 20));
-
     // Nor does it resize dirty bitmaps (QEMU does): a node with one (or
     // over one) refuses rather than stop tracking writes past the bitmap.
     let r = q.execute(
@@ -213,4 +255,184 @@ fn block_resize_errors_match_qemu_storage_daemon() {
         assert!(desc.contains("dirty bitmaps"), "{desc}");
     }
     assert_eq!(std::fs::metadata(&ours_img).unwrap().len(), 3145728);
+}
+
+/// `dir/base.qcow2` (4 MiB of data) under `dir/top.qcow2` (2 MiB).
+fn short_top_over_a_longer_base(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let (base, top) = (dir.join("base.qcow2"), dir.join("top.qcow2"));
+    let img = |args: &[&str]| {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "4M"]);
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 4M",
+            base.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+        "2M",
+    ]);
+    top
+}
+
+#[test]
+fn qcow2_grows_and_shrinks_as_in_qemu_storage_daemon_zero_filled_over_a_longer_backing() {
+    let dir = common::TempDir::new();
+    let ours = short_top_over_a_longer_base(&dir.0.join("ours"));
+    let theirs = short_top_over_a_longer_base(&dir.0.join("theirs"));
+    let node = |img: &Path| {
+        format!(
+            r#"{{"driver":"qcow2","node-name":"q","file":{{"driver":"file","filename":"{}"}}}}"#,
+            img.display()
+        )
+    };
+    let mut qsd = Qsd::start(&dir.0, &["--blockdev".into(), node(&theirs)]);
+    let b = Bulkhead::start(&["-S", "-blockdev", &node(&ours)]);
+    let mut q = b.client();
+    let size_of = |q: &mut Qmp| -> Value {
+        q.ok("query-named-block-nodes")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == "q")
+            .unwrap()["image"]["virtual-size"]
+            .clone()
+    };
+    // Grow past the base's data (which must not show through), shrink
+    // into the grown part, grow again.
+    for size in [6 << 20, 3 << 20, 5 << 20] {
+        let c = json!({"node-name": "q", "size": size});
+        let r = q.execute("block_resize", c.clone());
+        assert_eq!(r, qsd.qmp.execute("block_resize", c.clone()), "{c}");
+        assert_eq!(r["return"], json!({}), "{c}: {r}");
+        assert_eq!(size_of(&mut q), json!(size));
+    }
+    // The size is the image's: a restarted block-proc reads it back.
+    kill_block_proc_and_wait_restart(&b, &mut q);
+    assert_eq!(size_of(&mut q), json!(5 << 20));
+    assert_eq!(size_of(&mut qsd.qmp), json!(5 << 20));
+
+    assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    drop(b);
+    drop(qsd);
+    let check = |img: &Path| {
+        let out = Command::new("qemu-img")
+            .args(["check", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {out:?}", img.display());
+    };
+    check(&ours);
+    check(&theirs);
+    // Same contents: the base's data up to 2 MiB, zeroes after.
+    let out = Command::new("qemu-img")
+        .args(["compare", ours.to_str().unwrap(), theirs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0 2M 3M",
+            ours.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("Pattern verification failed"),
+        "{text}"
+    );
+}
+
+/// Beyond QEMU: QEMU 10 resizes an image with internal snapshots;
+/// bulkhead's qcow2 driver (imago) does not know them, so it refuses and
+/// leaves the image as it was.
+#[test]
+fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
+    let dir = common::TempDir::new();
+    let mut node = Vec::new();
+    for side in ["ours", "theirs"] {
+        let img = short_top_over_a_longer_base(&dir.0.join(side));
+        let out = Command::new("qemu-img")
+            .args(["snapshot", "-c", "s1", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        node.push(format!(
+            r#"{{"driver":"qcow2","node-name":"q","file":{{"driver":"file","filename":"{}"}}}}"#,
+            img.display()
+        ));
+    }
+    let mut qsd = Qsd::start(&dir.0, &["--blockdev".into(), node[1].clone()]);
+    let b = Bulkhead::start(&["-S", "-blockdev", &node[0]]);
+    let mut q = b.client();
+    let c = json!({"node-name": "q", "size": 4 << 20});
+    let theirs = qsd.qmp.execute("block_resize", c.clone());
+    assert_eq!(theirs["return"], json!({}), "{theirs}");
+    let (class, desc) = Qmp::error_of(&q.execute("block_resize", c));
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("internal snapshots"), "{desc}");
+    assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    drop(b);
+    let ours = dir.0.join("ours/top.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", ours.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["virtual-size"], json!(2 << 20), "{info}");
+    let out = Command::new("qemu-img")
+        .args(["check", ours.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_qcow2_disk_grows_under_a_guest_doing_verified_io_which_sees_the_new_capacity() {
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let img = qcow2_image(&dir.0);
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
+    let mut q = b.client();
+    serial.wait_passes(1);
+    // The resize waits for the guest's requests in flight, then runs
+    // alone; the guest goes on and is told.
+    let bigger = IMAGE_BYTES * 4;
+    let r = q.execute("block_resize", json!({"node-name": "d0", "size": bigger}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    assert_eq!(virtual_size(&mut q, "vda"), bigger);
+    serial.wait_for(&config_change_line(bigger));
+    let done = serial.passes();
+    serial.wait_passes(done + 2);
+    assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
+    drop(b);
+    assert_qemu_img_check(&img, "qcow2");
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["virtual-size"], json!(bigger), "{info}");
 }

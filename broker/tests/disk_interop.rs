@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Bulkhead;
+use common::{Bulkhead, Qmp};
 use disk_common::*;
+use serde_json::json;
 
 /// qemu-storage-daemon, killed on drop.
 struct Qsd(Child);
@@ -25,7 +26,12 @@ impl Drop for Qsd {
 }
 
 fn start_qsd(img: &Path, format: &str, sock: &Path) -> Qsd {
+    start_qsd_with(img, format, sock, &[])
+}
+
+fn start_qsd_with(img: &Path, format: &str, sock: &Path, extra: &[String]) -> Qsd {
     let child = Command::new("qemu-storage-daemon")
+        .args(extra)
         .arg("--blockdev")
         .arg(format!(
             "driver=file,node-name=f,filename={}",
@@ -120,5 +126,53 @@ fn frontend_reconnects_to_a_restarted_qemu_storage_daemon_and_the_guest_goes_on(
     assert_eq!(restored["data"]["id"], "vdb");
     let before = serial.passes();
     serial.wait_passes(before + 2);
+    assert!(!serial.has("FAIL"), "{}", serial.text());
+}
+
+#[test]
+fn block_resize_on_qemu_storage_daemon_reaches_the_running_guest_as_a_config_interrupt() {
+    let dir = common::TempDir::new();
+    let img = raw_image(&dir.0);
+    let sock = dir.0.join("qsd.sock");
+    let mon = dir.0.join("qsd-qmp.sock");
+    let _qsd = start_qsd_with(
+        &img,
+        "raw",
+        &sock,
+        &[
+            "--chardev".into(),
+            format!("socket,path={},server=on,wait=off,id=m", mon.display()),
+            "--monitor".into(),
+            "chardev=m".into(),
+        ],
+    );
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = Bulkhead::start(&[
+        "-kernel",
+        &guest("blk-loop"),
+        "-m",
+        "64M",
+        "-serial",
+        &format!("file:{}", serial.0.display()),
+        "-chardev",
+        &format!("socket,id=c0,path={}", sock.display()),
+        "-device",
+        "vhost-user-blk,chardev=c0,id=vdb",
+    ]);
+    let _q = b.client();
+    serial.wait_passes(1);
+    let (mut qsd_qmp, _) = Qmp::connect(&mon);
+    qsd_qmp.negotiate();
+    // qemu-storage-daemon sends CONFIG_CHANGE_MSG on the channel our
+    // frontend gave it (libvhost-user's vu_config_change_msg).
+    let bigger = IMAGE_BYTES * 2;
+    let r = qsd_qmp.execute("block_resize", json!({"node-name": "d", "size": bigger}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    serial.wait_for(&format!(
+        "blk: config change, capacity {} sectors",
+        bigger / 512
+    ));
+    let before = serial.passes();
+    serial.wait_passes(before + 1);
     assert!(!serial.has("FAIL"), "{}", serial.text());
 }

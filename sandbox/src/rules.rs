@@ -282,6 +282,12 @@ pub const VCPU: &[Rule] = &[
         libc::SYS_setsockopt,
         "vhost-user frontend: SO_RCVTIMEO/SO_SNDTIMEO on backend sockets (seccomp log of the disk tests)",
     ),
+    one_of(
+        libc::SYS_socketpair,
+        0,
+        &[libc::AF_UNIX as u64],
+        "vhost-user frontend: the backend request channel (an anonymous AF_UNIX pair; reaches nothing)",
+    ),
 ];
 
 /// `io_uring_register` operations block-proc makes while it builds a

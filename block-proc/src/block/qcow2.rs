@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
@@ -65,7 +65,8 @@ pub type Result<T> = std::result::Result<T, Qcow2Error>;
 pub struct Qcow2Driver {
     img: RwLock<FormatAccess<ImgFile>>,
     child: Arc<Node>,
-    size: u64,
+    /// Virtual size (changed by `block_resize`).
+    size: AtomicU64,
     filename: String,
     backing: RwLock<Option<String>>,
     /// Opened writable, with `O_DIRECT`.
@@ -350,7 +351,7 @@ impl Qcow2Driver {
         Ok(Qcow2Driver {
             img: RwLock::new(img),
             child,
-            size,
+            size: AtomicU64::new(size),
             filename: filename.to_string(),
             backing: RwLock::new(backing),
             mode: (writable, direct),
@@ -359,6 +360,59 @@ impl Qcow2Driver {
             align,
             permits: BouncePermits::default(),
         })
+    }
+
+    /// `block_resize` through imago: growing maps the new range as zeroes
+    /// when a backing file could show through (QEMU zero-fills it too),
+    /// shrinking discards what lies past the new end. Under the image's
+    /// write lock, so no request runs meanwhile; the new size is in the
+    /// header, so a restarted block-proc reads it back.
+    fn resize_image(&self, new_size: u64) -> std::result::Result<(), String> {
+        if !self.mode.0 {
+            return Err(format!(
+                "Cannot resize qcow2 image '{}': it is read-only",
+                self.filename
+            ));
+        }
+        if self.snapshots() > 0 {
+            // QEMU 10 resizes them (each snapshot keeps its own size);
+            // imago does not know internal snapshots, whose clusters a
+            // resize could free or rewrite.
+            return Err(format!(
+                "Cannot resize qcow2 image '{}': it has internal snapshots, which \
+                 bulkhead's qcow2 driver does not resize",
+                self.filename
+            ));
+        }
+        let failed = |e: io::Error| {
+            format!(
+                "Failed to resize qcow2 image '{}': {}",
+                self.filename,
+                super::graph::strerror(&e)
+            )
+        };
+        let mut img = self.img.write().map_err(|_| failed(Self::lock_err()))?;
+        let has_backing = self.backing.read().map_or(true, |b| b.is_some());
+        let mode = if has_backing {
+            imago::format::PreallocateMode::Zero
+        } else {
+            imago::format::PreallocateMode::None
+        };
+        img.resize(new_size, mode).map_err(failed)?;
+        img.flush().map_err(failed)?;
+        img.sync().map_err(failed)?;
+        self.size.store(img.size(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Internal snapshots in the image (`nb_snapshots` of its header).
+    fn snapshots(&self) -> u32 {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 4];
+        match self.child.driver.as_file() {
+            Some(f) if f.read_exact_at(&mut b, 60).is_ok() => u32::from_be_bytes(b),
+            _ => 0,
+        }
     }
 
     fn lock_err() -> io::Error {
@@ -438,14 +492,10 @@ impl Driver for Qcow2Driver {
         "qcow2"
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
     }
-    fn resize(&self, _new_size: u64) -> std::result::Result<(), String> {
-        Err(format!(
-            "Cannot resize qcow2 image '{}': bulkhead's qcow2 driver does not resize images \
-             (block_resize works on raw and file nodes)",
-            self.filename
-        ))
+    fn resize(&self, new_size: u64) -> std::result::Result<(), String> {
+        self.resize_image(new_size)
     }
     fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         self.in_pieces(bufs, offset, |b, o| self.read_piece(b, o))
@@ -487,7 +537,7 @@ impl Driver for Qcow2Driver {
         ImageInfo {
             filename: self.filename.clone(),
             format: "qcow2".into(),
-            virtual_size: self.size,
+            virtual_size: self.size(),
             actual_size: c.actual_size,
             cluster_size: header.as_ref().map(|h| h.0),
             backing_filename: self.backing.read().ok().and_then(|b| b.clone()),

@@ -128,6 +128,12 @@ pub fn on_io_error(
     e: std::io::Error,
 ) -> Result<(), String> {
     let a = action(on, &e);
+    if a == Action::Stop {
+        // Paused before the event goes out: a resume sent as soon as the
+        // client sees the pause must find the job paused, or it is lost
+        // and the job stays paused.
+        ctl.set_paused(true);
+    }
     r.send(JobEvent::Error {
         id: r.id().to_owned(),
         operation: operation.to_owned(),
@@ -141,11 +147,7 @@ pub fn on_io_error(
     });
     match a {
         Action::Report => Err(crate::block::graph::strerror(&e)),
-        Action::Ignore => Ok(()),
-        Action::Stop => {
-            ctl.set_paused(true);
-            Ok(())
-        }
+        Action::Ignore | Action::Stop => Ok(()),
     }
 }
 

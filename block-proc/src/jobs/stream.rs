@@ -185,6 +185,13 @@ fn run(
     let size = top.size();
     let mut buf = buffer(CHUNK as usize).map_err(|e| e.to_string())?;
     let mut off = start;
+    // The first error `ignore` skipped: the job ends with it (so the
+    // backing link, still needed for the skipped ranges, is kept), and
+    // checkpoints stay before it (a restarted job copies it again).
+    let mut ignored: Option<(u64, String)> = None;
+    let checkpoint = |off: u64, ignored: &Option<(u64, String)>| {
+        ignored.as_ref().map_or(off, |(at, _)| off.min(*at))
+    };
     rep.progress(off, size, off, true);
     while off < size && limit > 0 {
         if let Gate::Cancel { .. } = ctl.gate() {
@@ -200,19 +207,26 @@ fn run(
                 off = end;
                 ctl.throttle(n);
             }
-            Err((op, e)) => {
+            Err(e) => {
                 let ignore = super::action(on_error, &e) == super::Action::Ignore;
-                on_io_error(rep, ctl, on_error, op, e)?;
+                let msg = crate::block::graph::strerror(&e);
+                // QEMU's stream reports every error as a read: the copy
+                // is one copy-on-read request.
+                on_io_error(rep, ctl, on_error, "read", e)?;
                 // ignore: skip the chunk; stop: retried after the resume.
                 if ignore {
+                    ignored.get_or_insert((off, msg));
                     off = end;
                 }
             }
         }
-        rep.progress(off, size, off, false);
+        rep.progress(off, size, checkpoint(off, &ignored), false);
     }
-    rep.progress(size, size, size, true);
-    Ok(false)
+    rep.progress(size, size, checkpoint(size, &ignored), true);
+    match ignored {
+        Some((_, e)) => Err(e),
+        None => Ok(false),
+    }
 }
 
 /// Copies the ranges of `[off, end)` the top lacks and an image above the
@@ -223,21 +237,21 @@ fn copy_chunk(
     off: u64,
     end: u64,
     limit: usize,
-) -> Result<u64, (&'static str, io::Error)> {
+) -> Result<u64, io::Error> {
     let Some(q) = top.driver.as_qcow2() else {
         return Ok(0);
     };
     let mut at = off;
     let mut copied = 0;
     while at < end {
-        let (a, n) = q.allocation(at, end - at).map_err(|e| ("read", e))?;
+        let (a, n) = q.allocation(at, end - at)?;
         let n = n.min(end - at);
         if let Allocation::Backing(d) = a {
             if d <= limit {
                 let b = &mut buf.as_mut_slice()[..n as usize];
                 let s = [slice_of(b)];
-                top.driver.read(&s, at).map_err(|e| ("read", e))?;
-                top.write_untapped(&s, at, n).map_err(|e| ("write", e))?;
+                top.driver.read(&s, at)?;
+                top.write_untapped(&s, at, n)?;
                 copied += n;
             }
         }

@@ -125,6 +125,9 @@ fn route_microvm(index: u32) -> Option<u32> {
     Some(gsi)
 }
 
+/// InterruptStatus bit: the configuration changed.
+const INT_CONFIG: u32 = 2;
+
 /// Offset of virtio-blk's `writeback` config field.
 pub const CONFIG_WRITEBACK: usize = 32;
 
@@ -191,7 +194,12 @@ impl Blk {
         // The interrupt is routed edge-triggered: acknowledge any status left
         // from the previous completion (QEMU raises a level line that stays
         // high until acknowledged), so this completion makes a new edge.
-        self.dev.ack_interrupt();
+        if self.dev.ack_interrupt() & INT_CONFIG != 0 {
+            // A config-change interrupt: read the capacity again, as
+            // Linux's virtblk_config_changed does.
+            self.capacity = self.dev.config_u64(0);
+            println!("blk: config change, capacity {} sectors", self.capacity);
+        }
         if bytes == 0 {
             self.dev.submit(&[hdr_desc, status_desc], &mut wait);
         } else {

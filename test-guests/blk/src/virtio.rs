@@ -342,11 +342,13 @@ impl Device {
         elem.len
     }
 
-    /// Acknowledges the interrupt status (as a real driver's handler does).
-    pub fn ack_interrupt(&self) {
+    /// Acknowledges the interrupt status (as a real driver's handler does)
+    /// and returns it.
+    pub fn ack_interrupt(&self) -> u32 {
         let s = rd(self.base, REG_INTERRUPT_STATUS);
         if s != 0 {
             wr(self.base, REG_INTERRUPT_ACK, s);
         }
+        s
     }
 }

@@ -169,7 +169,7 @@ impl VhostUserDevice {
     pub fn new(p: DeviceParts) -> Self {
         let features = p.opened.device_features & TRANSPORT_FEATURE_MASK;
         link_up(&p.link);
-        VhostUserDevice {
+        let dev = VhostUserDevice {
             id: p.id,
             kind: p.kind,
             session: Some(p.session),
@@ -189,7 +189,35 @@ impl VhostUserDevice {
             active: None,
             replaying: false,
             adopted: 0,
+        };
+        if let Some(session) = &dev.session {
+            dev.take_config_changes(session);
         }
+        dev
+    }
+
+    /// Sends the config spaces `session`'s backend announces
+    /// (CONFIG_CHANGE_MSG) to the cache, with a config-change interrupt
+    /// when they differ (the transport latches it when the driver reads
+    /// InterruptStatus).
+    fn take_config_changes(&self, session: &Session) {
+        let call = match self.call.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                warn_limited!(
+                    "vhost-user device {}: cannot duplicate the call eventfd, config changes \
+                     reach the guest only on a reconnect: {e}",
+                    self.id
+                );
+                return;
+            }
+        };
+        let shared = self.shared.clone();
+        session.config_sink().connect(move |fresh| {
+            if shared_lock(&shared).refresh_config(fresh) {
+                let _ = call.write(1);
+            }
+        });
     }
 
     /// The session if it is worth sending requests to: connected, or
@@ -343,6 +371,7 @@ impl VhostUserDevice {
         if shared_lock(&self.shared).refresh_config(opened.config) {
             let _ = self.call.write(1);
         }
+        self.take_config_changes(&session);
         self.session = Some(session);
         self.replaying = true;
         self.adopted += 1;

@@ -4,18 +4,23 @@
 //! guest memory directly. It offers VERSION_1, FLUSH and
 //! PROTOCOL_FEATURES with only the CONFIG protocol feature: no REPLY_ACK,
 //! no MQ and no inflight tracking, like a minimal third-party backend.
+//! [`FakeBackend::spawn_with_backend_req`] also offers BACKEND_REQ, keeps
+//! the channel the frontend hands over and sends CONFIG_CHANGE_MSG on it
+//! when the test says so.
 //!
 //! Written by hand (a few message codes over a stream) because the
 //! point is a backend that does exactly what the test says and nothing
 //! else.
 
-use std::io::{Read, Write};
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 
 /// vhost-user request codes the fake answers or the tests look for.
@@ -30,9 +35,14 @@ pub mod req {
     pub const SET_VRING_KICK: u32 = 12;
     /// GET_PROTOCOL_FEATURES.
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// SET_BACKEND_REQ_FD.
+    pub const SET_BACKEND_REQ_FD: u32 = 21;
     /// GET_CONFIG.
     pub const GET_CONFIG: u32 = 24;
 }
+
+/// The backend request channel, once the frontend handed it over.
+type Channel = Arc<Mutex<Option<UnixStream>>>;
 
 /// Capacity the fake reports at first (sectors).
 pub const CAPACITY: u64 = 2048;
@@ -49,6 +59,7 @@ pub struct FakeBackend {
     log: Arc<Mutex<Vec<Logged>>>,
     stalled: Arc<AtomicBool>,
     capacity: Arc<AtomicU64>,
+    channel: Channel,
     socket: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
@@ -56,19 +67,63 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Serves `socket` on a thread of its own.
     pub fn spawn(socket: UnixStream) -> Self {
+        Self::start(socket, false)
+    }
+
+    /// Like [`FakeBackend::spawn`], offering BACKEND_REQ too.
+    pub fn spawn_with_backend_req(socket: UnixStream) -> Self {
+        Self::start(socket, true)
+    }
+
+    fn start(socket: UnixStream, backend_req: bool) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(AtomicU64::new(CAPACITY));
-        let (l, st, cap) = (log.clone(), stalled.clone(), capacity.clone());
+        let channel: Channel = Arc::default();
+        let fake = Fake {
+            log: log.clone(),
+            stalled: stalled.clone(),
+            capacity: capacity.clone(),
+            channel: channel.clone(),
+            backend_req,
+        };
         let s = socket.try_clone().unwrap();
-        let thread = std::thread::spawn(move || serve(s, &l, &st, &cap));
+        let thread = std::thread::spawn(move || serve(s, &fake));
         FakeBackend {
             log,
             stalled,
             capacity,
+            channel,
             socket,
             thread: Some(thread),
         }
+    }
+
+    /// Sends CONFIG_CHANGE_MSG on the backend request channel (which the
+    /// frontend must have handed over); with `need_reply`, waits for the
+    /// frontend's REPLY_ACK and returns its value.
+    pub fn announce_config_change(&self, need_reply: bool) -> Option<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ch = loop {
+            if let Some(c) = self.channel.lock().unwrap().as_ref() {
+                break c.try_clone().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no channel: {:?}", self.codes());
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let flags: u32 = if need_reply { 0x1 | 0x8 } else { 0x1 };
+        let mut msg = 2u32.to_le_bytes().to_vec();
+        msg.extend_from_slice(&flags.to_le_bytes());
+        msg.extend_from_slice(&0u32.to_le_bytes());
+        ch.write_all(&msg).unwrap();
+        if !need_reply {
+            return None;
+        }
+        ch.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut ack = [0u8; HEADER + 8];
+        ch.read_exact(&mut ack).ok()?;
+        assert_eq!((u32_at(&ack, 0), u32_at(&ack, 4) & 0x4), (2, 0x4));
+        Some(u64::from_le_bytes(ack[HEADER..].try_into().ok()?))
     }
 
     /// From now on, reads and answers nothing (a hung backend): the next
@@ -155,16 +210,49 @@ fn reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
     s.write_all(&msg)
 }
 
-fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool, capacity: &AtomicU64) {
+/// What the serving thread shares with the test.
+struct Fake {
+    log: Arc<Mutex<Vec<Logged>>>,
+    stalled: Arc<AtomicBool>,
+    capacity: Arc<AtomicU64>,
+    channel: Channel,
+    backend_req: bool,
+}
+
+/// Reads a message header and the fds sent with it.
+fn recv_header(s: &mut UnixStream) -> Option<([u8; HEADER], Vec<OwnedFd>)> {
+    let mut hdr = [0u8; HEADER];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut hdr)];
+    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).ok()?;
+    let n = msg.bytes;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: SCM_RIGHTS gave us these fds; nothing else owns them.
+            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    s.read_exact(&mut hdr[n..]).ok()?;
+    Some((hdr, fds))
+}
+
+fn serve(mut s: UnixStream, f: &Fake) {
+    let (log, stalled, capacity) = (&f.log, &f.stalled, &f.capacity);
     let features = VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    let protocol = VhostUserProtocolFeatures::CONFIG.bits();
+    let mut protocol = VhostUserProtocolFeatures::CONFIG;
+    if f.backend_req {
+        protocol |= VhostUserProtocolFeatures::BACKEND_REQ;
+    }
+    let protocol = protocol.bits();
     let mut bases = std::collections::HashMap::<u32, u32>::new();
     loop {
-        let mut hdr = [0u8; HEADER];
-        // Attached fds are dropped by a plain read; the fake needs none.
-        if s.read_exact(&mut hdr).is_err() {
+        let Some((hdr, mut fds)) = recv_header(&mut s) else {
             return;
-        }
+        };
         if stalled.load(Ordering::SeqCst) {
             // Hung: wait for the frontend to hang up.
             let mut rest = Vec::new();
@@ -190,6 +278,12 @@ fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool, capa
                 config[..n].copy_from_slice(&cap[..n]);
                 body.extend_from_slice(&config);
                 reply(&mut s, code, &body)
+            }
+            req::SET_BACKEND_REQ_FD => {
+                if let Some(fd) = fds.pop() {
+                    *f.channel.lock().unwrap() = Some(UnixStream::from(fd));
+                }
+                Ok(())
             }
             req::SET_VRING_BASE => {
                 bases.insert(u32_at(&payload, 0), u32_at(&payload, 4));

@@ -364,3 +364,91 @@ fn the_config_space_is_fetched_again_when_the_driver_starts_the_device() {
     }
     assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
 }
+
+/// Reads the capacity's low word through the transport.
+fn capacity_lo(fx: &Fixture, base: u64) -> u32 {
+    let mut lo = [0u8; 4];
+    fx.bus.read(base + reg::CONFIG, &mut lo);
+    u32::from_le_bytes(lo)
+}
+
+#[test]
+fn a_config_change_message_refetches_the_config_and_raises_the_config_interrupt() {
+    let fx = fixture("config-change");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let backend = FakeBackend::spawn_with_backend_req(theirs);
+    let (dev, _rx) = attach_socket(&fx, ours);
+    let d = Driver::init(&fx, &dev);
+    backend.wait_started(1);
+    assert_eq!(
+        u64::from(capacity_lo(&fx, dev.base())),
+        super::fake_backend::CAPACITY
+    );
+    let generation = d.rd(reg::CONFIG_GENERATION);
+    d.wr(reg::INTERRUPT_ACK, d.rd(reg::INTERRUPT_STATUS));
+
+    // The backend asks for an acknowledgement: the frontend answers at
+    // once (0: handled), the GET_CONFIG follows on the session thread.
+    backend.set_capacity(4096);
+    assert_eq!(backend.announce_config_change(true), Some(0));
+    let deadline = std::time::Instant::now() + WAIT;
+    while capacity_lo(&fx, dev.base()) != 4096 {
+        assert!(std::time::Instant::now() < deadline, "config not refetched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
+    assert_ne!(d.rd(reg::CONFIG_GENERATION), generation);
+
+    // Without a reply asked, and again: each change reaches the driver.
+    d.wr(reg::INTERRUPT_ACK, super::mmio::INT_CONFIG);
+    backend.set_capacity(8192);
+    assert_eq!(backend.announce_config_change(false), None);
+    while capacity_lo(&fx, dev.base()) != 8192 {
+        assert!(std::time::Instant::now() < deadline, "config not refetched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
+}
+
+#[test]
+fn a_backend_without_backend_req_gets_no_channel_and_keeps_working() {
+    let fx = fixture("no-backend-req");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let backend = FakeBackend::spawn(theirs);
+    let (dev, _rx) = attach_socket(&fx, ours);
+    let _d = Driver::init(&fx, &dev);
+    backend.wait_started(1);
+    assert!(
+        !backend
+            .codes()
+            .contains(&super::fake_backend::req::SET_BACKEND_REQ_FD),
+        "{:?}",
+        backend.codes()
+    );
+}
+
+#[test]
+fn the_backend_request_channel_is_set_up_again_with_a_reconnected_backend() {
+    let fx = fixture("config-change-reconnect");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let first = FakeBackend::spawn_with_backend_req(theirs);
+    let (dev, rx) = attach_socket(&fx, ours);
+    let d = Driver::init(&fx, &dev);
+    first.wait_started(1);
+    first.crash();
+    rx.recv_timeout(WAIT).unwrap();
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let second = FakeBackend::spawn_with_backend_req(theirs);
+    dev.reconnect(ours).unwrap();
+    second.wait_started(1);
+    d.wr(reg::INTERRUPT_ACK, d.rd(reg::INTERRUPT_STATUS));
+    second.set_capacity(4096);
+    assert_eq!(second.announce_config_change(true), Some(0));
+    let deadline = std::time::Instant::now() + WAIT;
+    while capacity_lo(&fx, dev.base()) != 4096 {
+        assert!(std::time::Instant::now() < deadline, "config not refetched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(d.rd(reg::INTERRUPT_STATUS) & super::mmio::INT_CONFIG, 0);
+}

@@ -13,12 +13,14 @@
 //! - [`vhost_user`]: one vhost-user session (the `vhost` crate's frontend).
 //! - [`session`]: the thread that owns a connection, and the request
 //!   deadline.
+//! - [`backend_req`]: the backend→frontend channel (config changes).
 //! - [`inflight`]: the inflight-I/O buffer kept across backend crashes.
 //! - [`reconnect`]: hang-up watching and the replay after a reconnect.
 //! - [`registry`]: the VM's devices by id.
 //!
 //! The public handle is [`VirtioMmioDevice`].
 
+pub mod backend_req;
 pub mod device;
 pub mod inflight;
 pub mod mmio;

@@ -21,8 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ipc_proto::warn_limited;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::backend_req::{BackendChannel, BackendReqError, ConfigSink};
 use super::reconnect::{WatchParams, Watcher};
 use super::vhost_user::{Connection, VhostUserError};
 
@@ -93,6 +95,16 @@ struct Job {
     run: Box<dyn FnOnce(&mut Connection) + Send>,
 }
 
+/// The session's request queue: shared with its backend request channel,
+/// and emptied (None) when the session ends so that the thread ends too.
+type Jobs = Arc<Mutex<Option<Sender<Job>>>>;
+
+fn send_job(jobs: &Jobs, job: Job) {
+    if let Some(tx) = jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        let _ = tx.send(job);
+    }
+}
+
 /// A result the session thread will deliver.
 #[derive(Debug)]
 pub struct Pending<T>(Receiver<T>);
@@ -130,6 +142,9 @@ pub enum SessionError {
     /// The handshake failed (or hit the deadline).
     #[error("vhost-user handshake")]
     Handshake(#[source] VhostUserError),
+    /// The backend request channel could not be set up.
+    #[error("vhost-user handshake")]
+    BackendReq(#[source] BackendReqError),
     /// The session thread ended without an answer.
     #[error("the vhost-user session thread ended during the handshake")]
     Gone,
@@ -138,7 +153,8 @@ pub enum SessionError {
 /// A vhost-user connection served by its own thread.
 #[derive(Debug)]
 pub struct Session {
-    jobs: Option<Sender<Job>>,
+    jobs: Jobs,
+    config: Arc<ConfigSink>,
     socket: UnixStream,
     watcher: Option<Watcher>,
     thread: Option<JoinHandle<()>>,
@@ -160,18 +176,22 @@ impl Session {
         let params = watch(busy.clone());
         let id = params.id.clone();
         let watcher = Watcher::start(watched, params).map_err(SessionError::Start)?;
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let jobs: Jobs = Arc::new(Mutex::new(Some(tx)));
+        let config = Arc::new(ConfigSink::default());
+        let on_change = config_refresher(&jobs, &config, config_len, &id);
         let (opened_tx, opened_rx) = mpsc::channel();
+        let name = id.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vu-session-{id}"))
             .spawn(move || {
                 busy.begin("the handshake");
-                let r = handshake(stream, max_queues, config_len);
+                let r = handshake(stream, max_queues, config_len, &name, on_change);
                 busy.end();
-                let mut conn = match r {
-                    Ok((conn, opened)) => {
+                let (mut conn, _channel) = match r {
+                    Ok((conn, opened, channel)) => {
                         let _ = opened_tx.send(Ok(opened));
-                        conn
+                        (conn, channel)
                     }
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
@@ -187,14 +207,15 @@ impl Session {
             })
             .map_err(SessionError::Start)?;
         let session = Session {
-            jobs: Some(jobs),
+            jobs,
+            config,
             socket,
             watcher: Some(watcher),
             thread: Some(thread),
         };
         match opened_rx.recv_timeout(REQUEST_DEADLINE * 2) {
             Ok(Ok(opened)) => Ok((session, opened)),
-            Ok(Err(e)) => Err(SessionError::Handshake(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 session.shutdown();
                 Err(SessionError::Gone)
@@ -211,15 +232,22 @@ impl Session {
         f: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> Pending<T> {
         let (tx, rx) = mpsc::channel();
-        if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Job {
+        send_job(
+            &self.jobs,
+            Job {
                 op,
                 run: Box::new(move |c: &mut Connection| {
                     let _ = tx.send(f(c));
                 }),
-            });
-        }
+            },
+        );
         Pending(rx)
+    }
+
+    /// Where the config spaces the backend announces (CONFIG_CHANGE_MSG
+    /// on the backend request channel) are delivered.
+    pub fn config_sink(&self) -> &ConfigSink {
+        &self.config
     }
 
     /// Hangs the connection up: the current request fails, the watcher
@@ -229,17 +257,67 @@ impl Session {
     }
 }
 
+/// What a CONFIG_CHANGE_MSG does: queue a GET_CONFIG on the session
+/// thread and deliver its result to `sink`.
+fn config_refresher(
+    jobs: &Jobs,
+    sink: &Arc<ConfigSink>,
+    config_len: u32,
+    id: &str,
+) -> impl Fn() + Send + Sync + 'static {
+    let (jobs, sink, id) = (jobs.clone(), sink.clone(), id.to_string());
+    move || {
+        let (sink, id) = (sink.clone(), id.clone());
+        send_job(
+            &jobs,
+            Job {
+                op: "GET_CONFIG after a config change",
+                run: Box::new(
+                    move |conn: &mut Connection| match conn.get_config(config_len) {
+                        Ok(fresh) => sink.deliver(fresh),
+                        Err(e) => {
+                            warn_limited!(
+                                "vhost-user device {id}: {}",
+                                super::device::error_chain(&e)
+                            );
+                            if e.connection_lost() {
+                                conn.shutdown();
+                            }
+                        }
+                    },
+                ),
+            },
+        );
+    }
+}
+
+/// The session set-up: the vhost-user handshake, the backend request
+/// channel if the backend offers one (before GET_CONFIG, so no change
+/// after the first read is missed), and the config space.
 fn handshake(
     stream: UnixStream,
     max_queues: u16,
     config_len: u32,
-) -> Result<(Connection, Opened), VhostUserError> {
-    let mut conn = Connection::handshake(stream, max_queues)?;
+    id: &str,
+    on_config_change: impl Fn() + Send + Sync + 'static,
+) -> Result<(Connection, Opened, Option<BackendChannel>), SessionError> {
+    let mut conn = Connection::handshake(stream, max_queues).map_err(SessionError::Handshake)?;
+    let channel = if conn.has_backend_req() {
+        match BackendChannel::open(&mut conn, id, on_config_change) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                conn.shutdown();
+                return Err(SessionError::BackendReq(e));
+            }
+        }
+    } else {
+        None
+    };
     let config = match conn.get_config(config_len) {
         Ok(c) => c,
         Err(e) => {
             conn.shutdown();
-            return Err(e);
+            return Err(SessionError::Handshake(e));
         }
     };
     let opened = Opened {
@@ -248,7 +326,7 @@ fn handshake(
         inflight: conn.tracks_inflight(),
         config,
     };
-    Ok((conn, opened))
+    Ok((conn, opened, channel))
 }
 
 impl Drop for Session {
@@ -257,7 +335,7 @@ impl Drop for Session {
     /// current request fails at once on the shut-down socket).
     fn drop(&mut self) {
         self.watcher = None;
-        self.jobs = None;
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.shutdown();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -36,6 +36,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        | VhostUserProtocolFeatures::BACKEND_REQ
 }
 
 /// Errors of the vhost-user frontend.
@@ -286,6 +287,21 @@ impl Connection {
     pub fn tracks_inflight(&self) -> bool {
         self.protocol
             .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// True when the backend can send requests back (BACKEND_REQ).
+    pub fn has_backend_req(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::BACKEND_REQ)
+    }
+
+    /// Hands the backend its end of the backend request channel
+    /// (SET_BACKEND_REQ_FD).
+    pub fn set_backend_req_fd(&mut self, fd: &dyn AsRawFd) -> Result<()> {
+        req(
+            "SET_BACKEND_REQ_FD",
+            self.frontend.set_backend_request_fd(fd),
+        )
     }
 
     /// Shuts the socket down so the backend (and our watcher) see EOF.

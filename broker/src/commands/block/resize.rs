@@ -63,7 +63,7 @@ pub struct BlockResize;
 
 impl Command for BlockResize {
     const NAME: &'static str = "block_resize";
-    const DOC: &'static str = "Resize a block node (raw and file nodes; the file is \
+    const DOC: &'static str = "Resize a block node (raw, file and qcow2 nodes; the image is \
         truncated or extended) and show the new capacity to the guest.";
     type Args = BlockResizeArgs;
     type Ret = Empty;
