@@ -1,9 +1,11 @@
-//! A scripted vhost-user-blk backend for the frontend's tests: it answers
+//! A scripted vhost-user backend for the frontend's tests: it answers
 //! the handshake and records every request, but never touches the rings
 //! itself — the test plays its data path (completions in any order) on
-//! guest memory directly. It offers VERSION_1, FLUSH and
-//! PROTOCOL_FEATURES with only the CONFIG protocol feature: no REPLY_ACK,
-//! no MQ and no inflight tracking, like a minimal third-party backend.
+//! guest memory directly. By default a vhost-user-blk backend offering
+//! VERSION_1, FLUSH and PROTOCOL_FEATURES with only the CONFIG protocol
+//! feature: no REPLY_ACK, no MQ and no inflight tracking, like a minimal
+//! third-party backend; [`FakeBackend::spawn_offering`] offers other
+//! features (a net backend without CONFIG, ...).
 //!
 //! Written by hand (a few message codes over a stream) because the
 //! point is a backend that does exactly what the test says and nothing
@@ -22,6 +24,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 pub mod req {
     /// GET_FEATURES.
     pub const GET_FEATURES: u32 = 1;
+    /// SET_FEATURES.
+    pub const SET_FEATURES: u32 = 2;
     /// SET_VRING_BASE.
     pub const SET_VRING_BASE: u32 = 10;
     /// GET_VRING_BASE.
@@ -41,6 +45,24 @@ const HEADER: usize = 12;
 const VERSION_1: u64 = 1 << 32;
 const BLK_FLUSH: u64 = 1 << 9;
 
+/// What the fake offers in the handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer {
+    /// Virtio features (PROTOCOL_FEATURES is added).
+    pub features: u64,
+    /// Protocol features (without MQ: the fake answers no GET_QUEUE_NUM).
+    pub protocol: VhostUserProtocolFeatures,
+}
+
+impl Default for Offer {
+    fn default() -> Self {
+        Offer {
+            features: VERSION_1 | BLK_FLUSH,
+            protocol: VhostUserProtocolFeatures::CONFIG,
+        }
+    }
+}
+
 /// One request as received: code and payload.
 pub type Logged = (u32, Vec<u8>);
 
@@ -56,12 +78,17 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Serves `socket` on a thread of its own.
     pub fn spawn(socket: UnixStream) -> Self {
+        Self::spawn_offering(socket, Offer::default())
+    }
+
+    /// Serves `socket` on a thread of its own, offering `offer`.
+    pub fn spawn_offering(socket: UnixStream, offer: Offer) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(AtomicU64::new(CAPACITY));
         let (l, st, cap) = (log.clone(), stalled.clone(), capacity.clone());
         let s = socket.try_clone().unwrap();
-        let thread = std::thread::spawn(move || serve(s, &l, &st, &cap));
+        let thread = std::thread::spawn(move || serve(s, offer, &l, &st, &cap));
         FakeBackend {
             log,
             stalled,
@@ -85,6 +112,15 @@ impl FakeBackend {
     /// Every request so far.
     pub fn log(&self) -> Vec<Logged> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The value of every SET_FEATURES so far.
+    pub fn set_features(&self) -> Vec<u64> {
+        self.log()
+            .iter()
+            .filter(|(r, _)| *r == req::SET_FEATURES)
+            .map(|(_, p)| u64::from(u32_at(p, 0)) | u64::from(u32_at(p, 4)) << 32)
+            .collect()
     }
 
     /// The value of every SET_VRING_BASE so far (queue, base).
@@ -155,9 +191,15 @@ fn reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
     s.write_all(&msg)
 }
 
-fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool, capacity: &AtomicU64) {
-    let features = VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    let protocol = VhostUserProtocolFeatures::CONFIG.bits();
+fn serve(
+    mut s: UnixStream,
+    offer: Offer,
+    log: &Mutex<Vec<Logged>>,
+    stalled: &AtomicBool,
+    capacity: &AtomicU64,
+) {
+    let features = offer.features | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let protocol = offer.protocol.bits();
     let mut bases = std::collections::HashMap::<u32, u32>::new();
     loop {
         let mut hdr = [0u8; HEADER];

@@ -117,8 +117,9 @@ pub struct Opened {
     pub queue_num: u16,
     /// The backend tracks inflight I/O (INFLIGHT_SHMFD negotiated).
     pub inflight: bool,
-    /// The device config space.
-    pub config: Vec<u8>,
+    /// The device config space, if the backend serves one
+    /// (VHOST_USER_PROTOCOL_F_CONFIG).
+    pub config: Option<Vec<u8>>,
 }
 
 /// Errors of opening a session.
@@ -146,7 +147,8 @@ pub struct Session {
 
 impl Session {
     /// Starts the session thread and its watcher on `stream` and runs the
-    /// handshake and GET_CONFIG (`config_len` bytes) there, waiting at
+    /// handshake and GET_CONFIG (`config_len` bytes, when the backend
+    /// serves a config space) there, waiting at
     /// most about [`REQUEST_DEADLINE`] per request.
     pub fn open(
         stream: UnixStream,
@@ -235,12 +237,16 @@ fn handshake(
     config_len: u32,
 ) -> Result<(Connection, Opened), VhostUserError> {
     let mut conn = Connection::handshake(stream, max_queues)?;
-    let config = match conn.get_config(config_len) {
-        Ok(c) => c,
-        Err(e) => {
-            conn.shutdown();
-            return Err(e);
+    let config = if conn.serves_config() {
+        match conn.get_config(config_len) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                conn.shutdown();
+                return Err(e);
+            }
         }
+    } else {
+        None
     };
     let opened = Opened {
         device_features: conn.device_features(),
