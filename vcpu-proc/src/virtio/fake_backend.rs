@@ -52,6 +52,9 @@ pub struct Offer {
     pub features: u64,
     /// Protocol features (without MQ: the fake answers no GET_QUEUE_NUM).
     pub protocol: VhostUserProtocolFeatures,
+    /// The first bytes of the config space GET_CONFIG answers (a NIC's
+    /// mac and status); None: the capacity of a disk.
+    pub config: Option<[u8; 8]>,
 }
 
 impl Default for Offer {
@@ -59,6 +62,7 @@ impl Default for Offer {
         Offer {
             features: VERSION_1 | BLK_FLUSH,
             protocol: VhostUserProtocolFeatures::CONFIG,
+            config: None,
         }
     }
 }
@@ -227,7 +231,9 @@ fn serve(
                 let size = u32_at(&payload, 4) as usize;
                 let mut body = payload[..HEADER.min(payload.len())].to_vec();
                 let mut config = vec![0u8; size];
-                let cap = capacity.load(Ordering::SeqCst).to_le_bytes();
+                let cap = offer
+                    .config
+                    .unwrap_or(capacity.load(Ordering::SeqCst).to_le_bytes());
                 let n = cap.len().min(size);
                 config[..n].copy_from_slice(&cap[..n]);
                 body.extend_from_slice(&config);

@@ -29,6 +29,19 @@ fn net_offer() -> Offer {
     Offer {
         features: F_VERSION_1 | f::MRG_RXBUF | f::MTU,
         protocol: VhostUserProtocolFeatures::empty(),
+        config: None,
+    }
+}
+
+/// A backend serving its config space: `MAC`, link up or down.
+fn configured_offer(link_up: bool) -> Offer {
+    let mut c = [0u8; 8];
+    c[..6].copy_from_slice(&MAC);
+    c[6] = u8::from(link_up);
+    Offer {
+        features: F_VERSION_1 | f::MAC | f::STATUS,
+        protocol: VhostUserProtocolFeatures::CONFIG,
+        config: Some(c),
     }
 }
 
@@ -199,4 +212,32 @@ fn a_restarted_net_backend_with_other_features_is_refused() {
         dev.reconnect(ours),
         Err(super::VirtioError::FeaturesChanged { .. })
     ));
+}
+
+#[test]
+fn a_link_down_reported_by_the_backend_reaches_the_guest_as_a_config_interrupt() {
+    let fx = fixture("net-link");
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let first = FakeBackend::spawn_offering(theirs, configured_offer(true));
+    let (dev, rx) = attach_net(&fx, ours);
+    let link = || {
+        let mut st = [0u8; 2];
+        fx.bus.read(dev.base() + reg::CONFIG + 6, &mut st);
+        u16::from_le_bytes(st)
+    };
+    assert_eq!(link(), S_LINK_UP);
+    drive(&fx, &dev, F_VERSION_1 | f::MAC | f::STATUS);
+    first.wait_started(2);
+    let generation = rd(&fx, &dev, reg::CONFIG_GENERATION);
+    assert_eq!(rd(&fx, &dev, reg::INTERRUPT_STATUS) & INT_CONFIG, 0);
+    // The backend comes back with the link down (its config space says
+    // so): the guest gets a config interrupt and a new generation.
+    first.crash();
+    rx.recv_timeout(WAIT).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let _second = FakeBackend::spawn_offering(theirs, configured_offer(false));
+    dev.reconnect(ours).unwrap();
+    assert_ne!(rd(&fx, &dev, reg::INTERRUPT_STATUS) & INT_CONFIG, 0);
+    assert_eq!(link(), 0);
+    assert_ne!(rd(&fx, &dev, reg::CONFIG_GENERATION), generation);
 }
