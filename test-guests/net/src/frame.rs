@@ -84,7 +84,11 @@ pub fn data_len(seq: u32) -> usize {
 
 /// True if `data` is frame `seq`'s pattern.
 pub fn pattern_ok(seq: u32, data: &[u8]) -> bool {
-    data.len() == data_len(seq) && data.iter().enumerate().all(|(i, b)| *b == data_byte(seq, i))
+    data.len() == data_len(seq)
+        && data
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == data_byte(seq, i))
 }
 
 fn sum(kind: u8, seq: u32, data: &[u8]) -> u32 {

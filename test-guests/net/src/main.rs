@@ -82,7 +82,10 @@ fn main() -> ! {
         guest_rt::fail!("{} pings answered while the link was down", down.received);
     }
     if x.silent_link_changes != 0 {
-        guest_rt::fail!("{} link changes without a config interrupt", x.silent_link_changes);
+        guest_rt::fail!(
+            "{} link changes without a config interrupt",
+            x.silent_link_changes
+        );
     }
     guest_rt::exit::pass()
 }

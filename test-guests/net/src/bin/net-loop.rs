@@ -24,7 +24,11 @@ fn main() -> ! {
         Ok(n) => n,
         Err(e) => guest_rt::fail!("virtio-net set-up: {:?}", e),
     };
-    println!("net: virtio-net at {:#x}, features {:#x}", net.base(), net.features);
+    println!(
+        "net: virtio-net at {:#x}, features {:#x}",
+        net.base(),
+        net.features
+    );
     let mut x = Exchange::new(net);
     let mut n = 1u64;
     loop {
