@@ -247,3 +247,66 @@ pub fn link_scenario(qmp: &mut Qmp, serial: &SerialLog, echo: &Echo) {
     assert_eq!(c.pings, 2 * ROUND, "{c:?}");
     assert_eq!((c.duplicate, c.corrupt, c.while_down), (0, 0, 0), "{c:?}");
 }
+
+/// One `net-loop` round as the guest reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Round number.
+    pub n: u64,
+    /// Pings sent.
+    pub sent: u32,
+    /// Distinct pings answered.
+    pub received: u32,
+    /// Pings never answered.
+    pub lost: u32,
+    /// Answers seen twice.
+    pub duplicate: u32,
+    /// Damaged frames.
+    pub corrupt: u32,
+}
+
+/// The `net: round N: sent S received R lost L duplicate D corrupt C ...`
+/// lines of the serial log.
+pub fn rounds(serial: &SerialLog) -> Vec<Round> {
+    serial
+        .text()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("net: round ")?;
+            let (n, counts) = rest.split_once(':')?;
+            let w: Vec<&str> = counts.split_whitespace().collect();
+            let num = |key: &str| -> Option<u32> {
+                let i = w.iter().position(|x| *x == key)?;
+                w.get(i + 1)?.parse().ok()
+            };
+            Some(Round {
+                n: n.trim().parse().ok()?,
+                sent: num("sent")?,
+                received: num("received")?,
+                lost: num("lost")?,
+                duplicate: num("duplicate")?,
+                corrupt: num("corrupt")?,
+            })
+        })
+        .collect()
+}
+
+/// The pid of `broker`'s child named `comm`, if one runs.
+pub fn worker_pid(broker: u32, comm: &str) -> Option<i32> {
+    for t in std::fs::read_dir(format!("/proc/{broker}/task"))
+        .ok()?
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
+            let name = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if name.trim() == comm {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
