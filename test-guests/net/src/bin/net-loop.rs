@@ -24,9 +24,16 @@ fn main() -> ! {
         Ok(n) => n,
         Err(e) => guest_rt::fail!("virtio-net set-up: {:?}", e),
     };
+    let m = net.mac;
     println!(
-        "net: virtio-net at {:#x}, features {:#x}",
+        "net: virtio-net at {:#x}, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, features {:#x}",
         net.base(),
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
         net.features
     );
     let mut x = Exchange::new(net);
