@@ -64,10 +64,11 @@ fn main() -> ! {
     }
     total.print("total");
     println!(
-        "net: answered {} pings of peers, {} other frames, {} link changes, rx errors {}",
+        "net: answered {} pings of peers, {} other frames, {} link changes, {} packets in several buffers, rx errors {}",
         x.answered,
         x.other,
         x.link_changes,
+        x.net().merged,
         x.net().rx_errors
     );
     if total.lost != 0 || total.duplicate != 0 || total.corrupt != 0 {

@@ -1,8 +1,10 @@
 //! A virtio-net driver (virtio 1.2, 5.1) over `guest_rt::virtio`'s
 //! transport and split queues: receiveq 0 and transmitq 1 of
 //! [`QUEUE_SIZE`] entries, the 12-byte header of VERSION_1, merged
-//! receive buffers (MRG_RXBUF: a packet over several buffers is
-//! reassembled from `num_buffers`), the MAC and the link status from the
+//! receive buffers (MRG_RXBUF: receive buffers are [`RX_BUF_LEN`] bytes,
+//! smaller than a full frame on purpose, so a long packet comes in
+//! several buffers and is reassembled from `num_buffers`; without
+//! MRG_RXBUF each receive chain is two adjacent buffers), the MAC and the link status from the
 //! config space (STATUS: a change comes with a config interrupt, which
 //! the driver sees in InterruptStatus).
 //!
@@ -23,8 +25,10 @@ pub const F_STATUS: u64 = 1 << 16;
 pub const S_LINK_UP: u16 = 1;
 /// The virtio-net header with VERSION_1 (num_buffers included).
 pub const HDR_LEN: usize = 12;
-/// Bytes of one receive or transmit buffer.
+/// Bytes of one transmit buffer.
 pub const BUF_LEN: usize = 2048;
+/// Bytes of one receive buffer (less than a full frame: see above).
+pub const RX_BUF_LEN: usize = 1024;
 /// Largest packet the driver reassembles.
 pub const MAX_PACKET: usize = 4 * BUF_LEN;
 /// MAC used when the device has none (locally administered).
@@ -46,7 +50,10 @@ const N: usize = QUEUE_SIZE as usize;
 #[repr(C, align(4096))]
 struct Buffers([[u8; BUF_LEN]; N]);
 
-static mut RX_BUFS: Buffers = Buffers([[0; BUF_LEN]; N]);
+#[repr(C, align(4096))]
+struct RxBuffers([[u8; RX_BUF_LEN]; N]);
+
+static mut RX_BUFS: RxBuffers = RxBuffers([[0; RX_BUF_LEN]; N]);
 static mut TX_BUFS: Buffers = Buffers([[0; BUF_LEN]; N]);
 static mut PACKET: [u8; MAX_PACKET] = [0; MAX_PACKET];
 static RX_MEM: QueueMem = QueueMem::new();
@@ -90,6 +97,8 @@ pub struct Net {
     config_irq: bool,
     /// Packets longer than [`MAX_PACKET`] or with a bad `num_buffers`.
     pub rx_errors: u32,
+    /// Packets that came in more than one buffer (MRG_RXBUF).
+    pub merged: u32,
 }
 
 fn base_of(i: usize) -> usize {
@@ -109,7 +118,7 @@ pub fn find() -> Option<VirtioMmio> {
 
 fn rx_buf(b: usize) -> *mut u8 {
     // SAFETY: only the address of a static is taken.
-    unsafe { core::ptr::addr_of_mut!(RX_BUFS.0[b]) as *mut u8 }
+    unsafe { core::ptr::addr_of_mut!(RX_BUFS.0[b % N]) as *mut u8 }
 }
 
 fn tx_buf(b: usize) -> *mut u8 {
@@ -141,6 +150,7 @@ impl Net {
             link_up: true,
             config_irq: false,
             rx_errors: 0,
+            merged: 0,
         };
         if features & F_MAC != 0 {
             let mut mac = [0u8; 6];
@@ -151,7 +161,7 @@ impl Net {
         }
         net.link_up = net.read_link();
         dev.driver_ok();
-        for b in 0..N {
+        for b in (0..N).step_by(net.rx_chain()) {
             net.post_rx(b);
         }
         dev.notify(RX_QUEUE);
@@ -214,15 +224,28 @@ impl Net {
         })
     }
 
+    /// Receive buffers per chain: 1 with MRG_RXBUF, else 2 (a full
+    /// frame must fit in one chain).
+    fn rx_chain(&self) -> usize {
+        if self.features & F_MRG_RXBUF != 0 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Posts the receive chain starting at buffer `b`.
     fn post_rx(&mut self, b: usize) {
-        let chain = [Buffer {
-            addr: rx_buf(b) as u64,
-            len: BUF_LEN as u32,
+        let buf = |i: usize| Buffer {
+            addr: rx_buf(i) as u64,
+            len: RX_BUF_LEN as u32,
             device_writes: true,
-        }];
-        // One descriptor per buffer, as many buffers as descriptors: a
-        // free descriptor is always there.
-        if let Ok(head) = self.rx.submit(&chain) {
+        };
+        let pair = [buf(b), buf(b + 1)];
+        let chain = &pair[..self.rx_chain()];
+        // As many descriptors as buffers: a free descriptor is always
+        // there for a chain just taken off the used ring.
+        if let Ok(head) = self.rx.submit(chain) {
             self.rx_buf_of[usize::from(head)] = b as u8;
         }
     }
@@ -273,10 +296,10 @@ impl Net {
             return false;
         };
         let b = usize::from(self.rx_buf_of[usize::from(head)]);
-        let len = (len as usize).min(BUF_LEN);
+        let len = (len as usize).min(RX_BUF_LEN * self.rx_chain());
         let src = rx_buf(b);
-        // SAFETY: the device is done with buffer `b` (it is in the used
-        // ring); `len` is within it.
+        // SAFETY: the device is done with the chain at buffer `b` (it is
+        // in the used ring); its buffers are adjacent, `len` within them.
         let first = unsafe { core::slice::from_raw_parts(src, len) };
         let parts = if self.features & F_MRG_RXBUF != 0 && len >= HDR_LEN {
             usize::from(u16::from_le_bytes([first[10], first[11]]))
@@ -293,6 +316,9 @@ impl Net {
             total = body.len();
         }
         self.post_rx(b);
+        if parts > 1 {
+            self.merged += 1;
+        }
         // The other buffers of a merged packet (no header of their own).
         for _ in 1..parts.max(1) {
             let next = loop {
@@ -302,7 +328,7 @@ impl Net {
                 guest_rt::port::pause();
             };
             let nb = usize::from(self.rx_buf_of[usize::from(next.0)]);
-            let nlen = (next.1 as usize).min(BUF_LEN);
+            let nlen = (next.1 as usize).min(RX_BUF_LEN);
             // SAFETY: as for the first buffer.
             let part = unsafe { core::slice::from_raw_parts(rx_buf(nb), nlen) };
             if ok && total + nlen <= MAX_PACKET {

@@ -1,7 +1,8 @@
 //! An echo NIC: a minimal vhost-user-net backend, in the test process,
 //! that answers the `net` guests' pings (`test-guests/net/src/frame.rs`)
 //! itself — a PING taken from the transmitq comes back on the receiveq as
-//! a PONG from [`HOST_MAC`]. It offers VERSION_1 and MRG_RXBUF and no
+//! a PONG from [`HOST_MAC`], over as many receive buffers as it takes
+//! (MRG_RXBUF). It offers VERSION_1 and MRG_RXBUF and no
 //! protocol feature at all (no CONFIG, no MQ, no INFLIGHT_SHMFD, no
 //! REPLY_ACK), so the frontend builds the config space from `mac=` and
 //! resumes the rings from the used index after a crash.
@@ -165,7 +166,8 @@ impl Handler {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, stats) = (stop.clone(), self.stats.clone());
         let live = [live[0], live[1]];
-        let thread = std::thread::spawn(move || serve(mem, live, kicks, call, &s, &stats));
+        let merge = self.features & MRG_RXBUF != 0;
+        let thread = std::thread::spawn(move || serve(mem, merge, live, kicks, call, &s, &stats));
         self.worker = Some(Worker { stop, thread });
         Ok(())
     }
@@ -202,13 +204,55 @@ fn pop(mem: &GuestMemoryMmap, r: &mut Live) -> Option<u16> {
     Some(head)
 }
 
-fn push_used(mem: &GuestMemoryMmap, r: &mut Live, head: u16, len: u32) {
-    let e = r.used + 4 + 8 * u64::from(r.next_used % r.size);
-    let _ = mem.write_obj(u32::from(head), GuestAddress(e));
-    let _ = mem.write_obj(len, GuestAddress(e + 4));
-    r.next_used = r.next_used.wrapping_add(1);
+/// Publishes the completions `done` (head, bytes written) at once.
+fn push_used(mem: &GuestMemoryMmap, r: &mut Live, done: &[(u16, u32)]) {
+    for (head, len) in done {
+        let e = r.used + 4 + 8 * u64::from(r.next_used % r.size);
+        let _ = mem.write_obj(u32::from(*head), GuestAddress(e));
+        let _ = mem.write_obj(*len, GuestAddress(e + 4));
+        r.next_used = r.next_used.wrapping_add(1);
+    }
     fence(Ordering::Release);
     let _ = mem.write_obj(r.next_used, GuestAddress(r.used + 2));
+}
+
+/// Writes `reply` (header included) into receive chains: as many as it
+/// takes with MRG_RXBUF (`num_buffers` says how many), else one. False
+/// (nothing published) when the buffers run out.
+fn deliver(mem: &GuestMemoryMmap, rx: &mut Live, reply: &mut [u8], merge: bool) -> bool {
+    let start = rx.next_avail;
+    let mut done = Vec::new();
+    let mut off = 0;
+    while off < reply.len() && (merge || done.is_empty()) {
+        let Some(head) = pop(mem, rx) else {
+            rx.next_avail = start;
+            return false;
+        };
+        for (addr, len, writable) in read_chain(mem, rx, head) {
+            if writable && off < reply.len() {
+                let n = (len as usize).min(reply.len() - off);
+                done.push((head, addr, off, n));
+                off += n;
+            }
+        }
+    }
+    if off < reply.len() {
+        rx.next_avail = start;
+        return false;
+    }
+    let mut heads: Vec<(u16, u32)> = Vec::new();
+    for (head, _, _, n) in &done {
+        match heads.last_mut() {
+            Some((h, len)) if h == head => *len += *n as u32,
+            _ => heads.push((*head, *n as u32)),
+        }
+    }
+    reply[10..12].copy_from_slice(&(heads.len() as u16).to_le_bytes());
+    for (_, addr, at, n) in &done {
+        let _ = mem.write_slice(&reply[*at..at + n], GuestAddress(*addr));
+    }
+    push_used(mem, rx, &heads);
+    true
 }
 
 fn echo_of(bytes: &[u8]) -> Option<Vec<u8>> {
@@ -216,9 +260,8 @@ fn echo_of(bytes: &[u8]) -> Option<Vec<u8>> {
         frame::Parsed::Test(f) if f.kind == frame::PING => f,
         _ => return None,
     };
+    // num_buffers is set when the reply is placed.
     let mut out = vec![0u8; HDR_LEN + 2048];
-    // num_buffers = 1.
-    out[10] = 1;
     let n = frame::build_with(
         &mut out[HDR_LEN..],
         f.src,
@@ -234,6 +277,7 @@ fn echo_of(bytes: &[u8]) -> Option<Vec<u8>> {
 /// The worker: transmitted pings come back as pongs.
 fn serve(
     mem: GuestMemoryMmap,
+    merge: bool,
     mut live: [Live; 2],
     kicks: Vec<File>,
     call: File,
@@ -269,24 +313,15 @@ fn serve(
                     bytes.extend_from_slice(&b);
                 }
             }
-            push_used(&mem, &mut live[TX], head, 0);
-            let Some(reply) = echo_of(&bytes) else {
+            push_used(&mem, &mut live[TX], &[(head, 0)]);
+            let Some(mut reply) = echo_of(&bytes) else {
                 continue;
             };
-            let Some(rx_head) = pop(&mem, &mut live[RX]) else {
+            if deliver(&mem, &mut live[RX], &mut reply, merge) {
+                stats.echoed.fetch_add(1, Ordering::Relaxed);
+            } else {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let mut off = 0;
-            for (addr, len, writable) in read_chain(&mem, &live[RX], rx_head) {
-                if writable && off < reply.len() {
-                    let n = (len as usize).min(reply.len() - off);
-                    let _ = mem.write_slice(&reply[off..off + n], GuestAddress(addr));
-                    off += n;
-                }
             }
-            push_used(&mem, &mut live[RX], rx_head, off as u32);
-            stats.echoed.fetch_add(1, Ordering::Relaxed);
         }
         if work {
             signal();
