@@ -159,6 +159,9 @@ pub struct VhostUserDeviceConfig {
     pub num_queues: u16,
     /// Largest queue size offered to the guest (a power of two).
     pub queue_size: u16,
+    /// A NIC's `mac=`: the address vcpu-proc shows the guest when the
+    /// backend serves no config space (None for other kinds).
+    pub mac: Option<[u8; 6]>,
 }
 
 /// QEMU's RunState values (QAPI `RunState`).

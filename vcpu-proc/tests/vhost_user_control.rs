@@ -53,6 +53,7 @@ fn query_status_answers_while_a_reconnection_waits_for_a_stopped_backend() {
         socket: FdSlot(0),
         num_queues: 1,
         queue_size: 128,
+        mac: None,
     });
     vmm.request_with_fds(attach, &[first.as_fd()])
         .expect("attached");

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::inflight::InflightBuffer;
+use super::kind::DeviceKind;
 use super::mmio::{Activation, VirtioBackend, TRANSPORT_FEATURE_MASK};
 use super::reconnect::{self, ambiguous, link_up, used_index, Link, RingAddrs};
 use super::session::{Opened, Pending, Session};
@@ -21,15 +22,6 @@ use super::vhost_user::{vring_config, Connection, QueueStart, VhostUserError};
 use super::{Result, VirtioError, VirtioEvent};
 use crate::memory::GuestMemoryMmap;
 use ipc_proto::warn_limited;
-
-/// Fixed properties of a vhost-user device.
-#[derive(Debug, Clone)]
-pub struct DeviceKind {
-    /// Virtio device type.
-    pub device_type: u32,
-    /// Size of the config space fetched with GET_CONFIG.
-    pub config_len: u32,
-}
 
 /// State the session thread's requests update.
 #[derive(Debug, Default)]
@@ -69,7 +61,11 @@ pub struct VhostUserDevice {
     session: Option<Session>,
     link: Link,
     events: Sender<VirtioEvent>,
+    /// Features offered to the guest.
     features: u64,
+    /// Features the backend offered (the guest's choice is masked with
+    /// them before SET_FEATURES: bits the frontend adds stay here).
+    backend_features: u64,
     num_queues: u16,
     queue_max_size: u16,
     mem: GuestMemoryMmap,
@@ -106,6 +102,11 @@ pub struct DeviceParts {
     pub session: Session,
     /// What the handshake found.
     pub opened: Opened,
+    /// Features offered to the guest (the kind's shape of the backend's
+    /// offer, before the transport's mask).
+    pub features: u64,
+    /// The config space (the backend's, or built by the kind).
+    pub config: Vec<u8>,
     /// Link state shared with the watchers and the public handle.
     pub link: Link,
     /// Where disconnection events go.
@@ -167,7 +168,7 @@ pub enum Adopted {
 impl VhostUserDevice {
     /// Builds the device on its first session.
     pub fn new(p: DeviceParts) -> Self {
-        let features = p.opened.device_features & TRANSPORT_FEATURE_MASK;
+        let features = p.features & TRANSPORT_FEATURE_MASK;
         link_up(&p.link);
         let dev = VhostUserDevice {
             id: p.id,
@@ -176,13 +177,14 @@ impl VhostUserDevice {
             link: p.link,
             events: p.events,
             features,
+            backend_features: p.opened.device_features,
             num_queues: p.num_queues,
             queue_max_size: p.queue_max_size,
             mem: p.mem,
             kicks: p.kicks,
             call: p.call,
             shared: Arc::new(Mutex::new(Shared {
-                config: p.opened.config,
+                config: p.config,
                 ..Shared::default()
             })),
             needs_reset: Arc::default(),
@@ -306,7 +308,7 @@ impl VhostUserDevice {
             }
         };
         let id = self.id.clone();
-        let features = active.driver_features;
+        let features = active.driver_features & self.backend_features;
         let mem = self.mem.clone();
         let shared = self.shared.clone();
         let epoch = shared_lock(&shared).epoch;
@@ -355,21 +357,30 @@ impl VhostUserDevice {
     /// the live queues. Refuses a backend with other features or fewer
     /// queues. The previous session, if any, ends here.
     pub fn adopt(&mut self, session: Session, opened: Opened) -> Result<Adopted> {
-        let offered = opened.device_features & TRANSPORT_FEATURE_MASK;
+        let shape = self.kind.shape(
+            opened.device_features,
+            opened.config.is_some(),
+            self.num_queues,
+            opened.queue_num,
+        )?;
+        let offered = shape.features & TRANSPORT_FEATURE_MASK;
         if offered != self.features {
             return Err(VirtioError::FeaturesChanged {
                 before: self.features,
                 after: offered,
             });
         }
-        if opened.queue_num < self.num_queues {
+        if shape.queues < self.num_queues {
             return Err(VirtioError::TooFewQueues {
                 wanted: self.num_queues,
-                offered: opened.queue_num,
+                offered: shape.queues,
             });
         }
-        if shared_lock(&self.shared).refresh_config(opened.config) {
-            let _ = self.call.write(1);
+        self.backend_features = opened.device_features;
+        if let Some(config) = opened.config {
+            if shared_lock(&self.shared).refresh_config(config) {
+                let _ = self.call.write(1);
+            }
         }
         self.take_config_changes(&session);
         self.session = Some(session);
@@ -403,6 +414,9 @@ impl VhostUserDevice {
     /// inflight record, or the rings were unambiguous when the old backend
     /// went away (see `reconnect.rs`).
     fn resumable(&self, backend_tracks_inflight: bool) -> bool {
+        if self.kind.resumes_without_inflight() {
+            return true;
+        }
         if backend_tracks_inflight && shared_lock(&self.shared).inflight.is_some() {
             return true;
         }
@@ -528,7 +542,7 @@ fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), Vho
         }
     }
     conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
-    if !j.resume {
+    if !j.resume && conn.serves_config() {
         // The backend may have changed its config space since the guest
         // read it (fetched at attach and at each reconnection).
         let fresh = conn.get_config(j.config_len)?;

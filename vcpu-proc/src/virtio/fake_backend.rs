@@ -1,9 +1,11 @@
-//! A scripted vhost-user-blk backend for the frontend's tests: it answers
+//! A scripted vhost-user backend for the frontend's tests: it answers
 //! the handshake and records every request, but never touches the rings
 //! itself — the test plays its data path (completions in any order) on
-//! guest memory directly. It offers VERSION_1, FLUSH and
-//! PROTOCOL_FEATURES with only the CONFIG protocol feature: no REPLY_ACK,
-//! no MQ and no inflight tracking, like a minimal third-party backend.
+//! guest memory directly. By default a vhost-user-blk backend offering
+//! VERSION_1, FLUSH and PROTOCOL_FEATURES with only the CONFIG protocol
+//! feature: no REPLY_ACK, no MQ and no inflight tracking, like a minimal
+//! third-party backend; [`FakeBackend::spawn_offering`] offers other
+//! features (a net backend without CONFIG, ...).
 //! [`FakeBackend::spawn_with_backend_req`] also offers BACKEND_REQ, keeps
 //! the channel the frontend hands over and sends CONFIG_CHANGE_MSG on it
 //! when the test says so.
@@ -27,6 +29,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 pub mod req {
     /// GET_FEATURES.
     pub const GET_FEATURES: u32 = 1;
+    /// SET_FEATURES.
+    pub const SET_FEATURES: u32 = 2;
     /// SET_VRING_BASE.
     pub const SET_VRING_BASE: u32 = 10;
     /// GET_VRING_BASE.
@@ -51,6 +55,28 @@ const HEADER: usize = 12;
 const VERSION_1: u64 = 1 << 32;
 const BLK_FLUSH: u64 = 1 << 9;
 
+/// What the fake offers in the handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer {
+    /// Virtio features (PROTOCOL_FEATURES is added).
+    pub features: u64,
+    /// Protocol features (without MQ: the fake answers no GET_QUEUE_NUM).
+    pub protocol: VhostUserProtocolFeatures,
+    /// The first bytes of the config space GET_CONFIG answers (a NIC's
+    /// mac and status); None: the capacity of a disk.
+    pub config: Option<[u8; 8]>,
+}
+
+impl Default for Offer {
+    fn default() -> Self {
+        Offer {
+            features: VERSION_1 | BLK_FLUSH,
+            protocol: VhostUserProtocolFeatures::CONFIG,
+            config: None,
+        }
+    }
+}
+
 /// One request as received: code and payload.
 pub type Logged = (u32, Vec<u8>);
 
@@ -67,15 +93,18 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Serves `socket` on a thread of its own.
     pub fn spawn(socket: UnixStream) -> Self {
-        Self::start(socket, false)
+        Self::spawn_offering(socket, Offer::default())
     }
 
     /// Like [`FakeBackend::spawn`], offering BACKEND_REQ too.
     pub fn spawn_with_backend_req(socket: UnixStream) -> Self {
-        Self::start(socket, true)
+        let mut offer = Offer::default();
+        offer.protocol |= VhostUserProtocolFeatures::BACKEND_REQ;
+        Self::spawn_offering(socket, offer)
     }
 
-    fn start(socket: UnixStream, backend_req: bool) -> Self {
+    /// Serves `socket` on a thread of its own, offering `offer`.
+    pub fn spawn_offering(socket: UnixStream, offer: Offer) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(AtomicU64::new(CAPACITY));
@@ -85,10 +114,9 @@ impl FakeBackend {
             stalled: stalled.clone(),
             capacity: capacity.clone(),
             channel: channel.clone(),
-            backend_req,
         };
         let s = socket.try_clone().unwrap();
-        let thread = std::thread::spawn(move || serve(s, &fake));
+        let thread = std::thread::spawn(move || serve(s, offer, &fake));
         FakeBackend {
             log,
             stalled,
@@ -140,6 +168,15 @@ impl FakeBackend {
     /// Every request so far.
     pub fn log(&self) -> Vec<Logged> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The value of every SET_FEATURES so far.
+    pub fn set_features(&self) -> Vec<u64> {
+        self.log()
+            .iter()
+            .filter(|(r, _)| *r == req::SET_FEATURES)
+            .map(|(_, p)| u64::from(u32_at(p, 0)) | u64::from(u32_at(p, 4)) << 32)
+            .collect()
     }
 
     /// The value of every SET_VRING_BASE so far (queue, base).
@@ -216,7 +253,6 @@ struct Fake {
     stalled: Arc<AtomicBool>,
     capacity: Arc<AtomicU64>,
     channel: Channel,
-    backend_req: bool,
 }
 
 /// Reads a message header and the fds sent with it.
@@ -240,14 +276,10 @@ fn recv_header(s: &mut UnixStream) -> Option<([u8; HEADER], Vec<OwnedFd>)> {
     Some((hdr, fds))
 }
 
-fn serve(mut s: UnixStream, f: &Fake) {
+fn serve(mut s: UnixStream, offer: Offer, f: &Fake) {
     let (log, stalled, capacity) = (&f.log, &f.stalled, &f.capacity);
-    let features = VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    let mut protocol = VhostUserProtocolFeatures::CONFIG;
-    if f.backend_req {
-        protocol |= VhostUserProtocolFeatures::BACKEND_REQ;
-    }
-    let protocol = protocol.bits();
+    let features = offer.features | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let protocol = offer.protocol.bits();
     let mut bases = std::collections::HashMap::<u32, u32>::new();
     loop {
         let Some((hdr, mut fds)) = recv_header(&mut s) else {
@@ -273,7 +305,9 @@ fn serve(mut s: UnixStream, f: &Fake) {
                 let size = u32_at(&payload, 4) as usize;
                 let mut body = payload[..HEADER.min(payload.len())].to_vec();
                 let mut config = vec![0u8; size];
-                let cap = capacity.load(Ordering::SeqCst).to_le_bytes();
+                let cap = offer
+                    .config
+                    .unwrap_or(capacity.load(Ordering::SeqCst).to_le_bytes());
                 let n = cap.len().min(size);
                 config[..n].copy_from_slice(&cap[..n]);
                 body.extend_from_slice(&config);

@@ -125,12 +125,19 @@ pub const F_VERSION_1: u64 = 1 << 32;
 pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
 /// VIRTIO_F_RING_EVENT_IDX.
 pub const F_RING_EVENT_IDX: u64 = 1 << 29;
-/// Feature bits this transport can pass to the guest: the device-specific
-/// range (0..=23), indirect descriptors, event index and VERSION_1. Bits
-/// the transport would have to implement itself (packed rings, access
-/// platform, notification data, ring reset, ...) are masked.
+/// The device-specific feature ranges of the virtio spec (1.2, 2.2
+/// "Feature Bits"): bits 0 to 23 and 50 to 127 (of which a 64-bit word
+/// holds 50 to 63; virtio-net uses them, e.g. GUEST_USO4 54, HASH_REPORT
+/// 57, RSS 60, SPEED_DUPLEX 63). Bits 24 to 41 belong to the transport and
+/// 42 to 49 are reserved.
+pub const DEVICE_SPECIFIC_FEATURES: u64 = 0x00ff_ffff | (u64::MAX << 50);
+/// Feature bits this transport can pass to the guest: every
+/// device-specific bit, plus indirect descriptors, event index and
+/// VERSION_1. Transport bits it would have to implement itself (packed
+/// rings, access platform, notification data, ring reset, ...) and the
+/// reserved range are masked.
 pub const TRANSPORT_FEATURE_MASK: u64 =
-    0x00ff_ffff | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
+    DEVICE_SPECIFIC_FEATURES | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
 
 /// The guest-programmed configuration of one queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -495,6 +502,8 @@ mod tests {
         failed_later: bool,
         config_irq: bool,
         changed: bool,
+        /// Device features other than the default set.
+        features: Option<u64>,
     }
 
     impl VirtioBackend for Mock {
@@ -502,7 +511,8 @@ mod tests {
             2
         }
         fn device_features(&self) -> u64 {
-            F_VERSION_1 | (1 << 9) | (1 << 30) | (1 << 34)
+            self.features
+                .unwrap_or(F_VERSION_1 | (1 << 9) | (1 << 30) | (1 << 34))
         }
         fn num_queues(&self) -> u16 {
             2
@@ -598,6 +608,31 @@ mod tests {
         assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1);
         wr(&mut t, reg::DEVICE_FEATURES_SEL, 2);
         assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn device_specific_bits_50_to_63_reach_the_guest_and_reserved_ones_do_not() {
+        // virtio-net's GUEST_USO4 (54), HASH_REPORT (57), RSS (60),
+        // SPEED_DUPLEX (63); 42..=49 are reserved, 34 (packed) is a
+        // transport bit this transport does not implement.
+        let net_high = (1 << 54) | (1 << 57) | (1 << 60) | (1 << 63);
+        let mut t = MmioTransport::new(Mock {
+            features: Some(F_VERSION_1 | net_high | (1 << 34) | (1 << 45)),
+            ..Mock::default()
+        });
+        wr(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            u64::from(rd(&mut t, reg::DEVICE_FEATURES)) << 32,
+            F_VERSION_1 | net_high
+        );
+        negotiate(&mut t, F_VERSION_1 | (1 << 63) | (1 << 54));
+        assert_ne!(rd(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        let mut t = MmioTransport::new(Mock {
+            features: Some(F_VERSION_1 | (1 << 45)),
+            ..Mock::default()
+        });
+        negotiate(&mut t, F_VERSION_1 | (1 << 45));
+        assert_eq!(rd(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`session`]: the thread that owns a connection, and the request
 //!   deadline.
 //! - [`backend_req`]: the backend→frontend channel (config changes).
+//! - [`kind`]: what distinguishes one device kind (type, config space,
+//!   features, queues), [`net`] the virtio-net specifics.
 //! - [`inflight`]: the inflight-I/O buffer kept across backend crashes.
 //! - [`reconnect`]: hang-up watching and the replay after a reconnect.
 //! - [`registry`]: the VM's devices by id.
@@ -23,7 +25,9 @@
 pub mod backend_req;
 pub mod device;
 pub mod inflight;
+pub mod kind;
 pub mod mmio;
+pub mod net;
 pub mod reconnect;
 pub mod registry;
 pub mod session;
@@ -40,18 +44,14 @@ use crate::bus::{Bus, BusDevice, BusError};
 use crate::devices::GuestAction;
 use crate::layout;
 use crate::memory::GuestMemoryMmap;
-pub use device::DeviceKind;
 use device::{Adopted, DeviceParts, SessionParams, VhostUserDevice};
+pub use kind::{DeviceKind, VIRTIO_BLK_CONFIG_LEN, VIRTIO_ID_BLOCK, VIRTIO_ID_NET};
 use mmio::{MmioTransport, VirtioBackend};
 use reconnect::{next_generation, Link, WatchParams};
 pub use registry::VirtioDevices;
 use session::{Opened, Session, SessionError};
 use vhost_user::VhostUserError;
 
-/// Virtio device type of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
-/// Bytes of the virtio-blk config space fetched from the backend.
-pub const VIRTIO_BLK_CONFIG_LEN: u32 = 60;
 /// Default largest queue size offered to the guest.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 
@@ -201,15 +201,18 @@ impl VirtioMmioDevice {
     /// QueueNotify ioeventfd per queue and the irqfd of the slot's GSI,
     /// and puts the transport on `bus`.
     pub fn new_vhost_user_blk(p: VhostUserBlkParams<'_>) -> Result<Self> {
-        let kind = DeviceKind {
-            device_type: VIRTIO_ID_BLOCK,
-            config_len: VIRTIO_BLK_CONFIG_LEN,
-        };
-        Self::new_vhost_user(p, kind)
+        Self::new_vhost_user(p, DeviceKind::block())
     }
 
-    /// Attaches a vhost-user backend of any device type (`kind`: virtio
-    /// device type and config space size) as virtio-mmio device `slot`.
+    /// Attaches a vhost-user-net backend as virtio-net device `slot`
+    /// (`mac`: the address shown when the backend serves no config
+    /// space; see `net.rs`).
+    pub fn new_vhost_user_net(p: VhostUserParams<'_>, mac: Option<[u8; 6]>) -> Result<Self> {
+        Self::new_vhost_user(p, DeviceKind::net(mac))
+    }
+
+    /// Attaches a vhost-user backend of any device type (`kind`: its
+    /// per-kind description, `kind.rs`) as virtio-mmio device `slot`.
     pub fn new_vhost_user(p: VhostUserParams<'_>, kind: DeviceKind) -> Result<Self> {
         if p.slot >= layout::VIRTIO_MMIO_SLOTS {
             return Err(VirtioError::BadSlot(p.slot));
@@ -234,10 +237,21 @@ impl VirtioMmioDevice {
                 mem: p.mem.clone(),
             },
         )?;
-        if opened.device_features & mmio::F_VERSION_1 == 0 {
+        let shape = kind.shape(
+            opened.device_features,
+            opened.config.is_some(),
+            p.num_queues,
+            opened.queue_num,
+        )?;
+        if shape.features & mmio::F_VERSION_1 == 0 {
             return Err(VirtioError::NotModern);
         }
-        let num_queues = opened.queue_num.min(p.num_queues).max(1);
+        let Some(config) = opened.config.clone().or_else(|| kind.built_config(&shape)) else {
+            return Err(VirtioError::Frontend(VhostUserError::MissingFeature(
+                "VHOST_USER_PROTOCOL_F_CONFIG",
+            )));
+        };
+        let num_queues = shape.queues;
         let call = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         p.vm.register_irqfd(&call, gsi)
             .map_err(|source| VirtioError::Kvm {
@@ -260,6 +274,8 @@ impl VirtioMmioDevice {
             kind,
             session,
             opened,
+            features: shape.features,
+            config,
             link: link.clone(),
             events: p.events,
             num_queues,
@@ -409,5 +425,7 @@ fn open_session(socket: UnixStream, p: &SessionParams) -> Result<(Session, Opene
 mod fake_backend;
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod net_tests;
 #[cfg(test)]
 mod tests;

@@ -129,8 +129,9 @@ pub struct Opened {
     pub queue_num: u16,
     /// The backend tracks inflight I/O (INFLIGHT_SHMFD negotiated).
     pub inflight: bool,
-    /// The device config space.
-    pub config: Vec<u8>,
+    /// The device config space, if the backend serves one
+    /// (VHOST_USER_PROTOCOL_F_CONFIG).
+    pub config: Option<Vec<u8>>,
 }
 
 /// Errors of opening a session.
@@ -162,7 +163,8 @@ pub struct Session {
 
 impl Session {
     /// Starts the session thread and its watcher on `stream` and runs the
-    /// handshake and GET_CONFIG (`config_len` bytes) there, waiting at
+    /// handshake and GET_CONFIG (`config_len` bytes, when the backend
+    /// serves a config space) there, waiting at
     /// most about [`REQUEST_DEADLINE`] per request.
     pub fn open(
         stream: UnixStream,
@@ -313,12 +315,16 @@ fn handshake(
     } else {
         None
     };
-    let config = match conn.get_config(config_len) {
-        Ok(c) => c,
-        Err(e) => {
-            conn.shutdown();
-            return Err(SessionError::Handshake(e));
+    let config = if conn.serves_config() {
+        match conn.get_config(config_len) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                conn.shutdown();
+                return Err(SessionError::Handshake(e));
+            }
         }
+    } else {
+        None
     };
     let opened = Opened {
         device_features: conn.device_features(),

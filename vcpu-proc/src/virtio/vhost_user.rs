@@ -283,6 +283,11 @@ impl Connection {
         self.protocol
     }
 
+    /// True when the backend serves the config space (CONFIG).
+    pub fn serves_config(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
+    }
+
     /// True when the backend tracks inflight I/O (INFLIGHT_SHMFD).
     pub fn tracks_inflight(&self) -> bool {
         self.protocol

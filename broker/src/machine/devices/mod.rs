@@ -516,6 +516,7 @@ pub fn connect_pending(
                 socket: FdSlot(slot),
                 num_queues: d.spec.num_queues,
                 queue_size: d.spec.queue_size,
+                mac: None,
             },
             socket,
         ));

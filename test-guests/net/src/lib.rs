@@ -1,0 +1,19 @@
+//! Code of the `net` test guests: a virtio-net driver ([`virtio_net`]),
+//! the test frames ([`frame`], shared with the host tests) and the
+//! exchange ([`exchange`]: pings with sequence numbers, echo of the
+//! peers' pings, loss / duplicate / corruption counts, link watching).
+//!
+//! - `net`: a round of pings, then watches the link for a while (a host
+//!   test turns it off and on: `set_link`), pings while it is down and a
+//!   second round once it is up again; `VERDICT: PASS net` when every
+//!   ping of both rounds came back once and intact, and nothing was
+//!   answered while the link was down.
+//! - `net-loop`: rounds forever with a line of counts after each, for
+//!   chaos tests that kill the network backend meanwhile.
+
+#![no_std]
+
+pub mod clock;
+pub mod exchange;
+pub mod frame;
+pub mod virtio_net;

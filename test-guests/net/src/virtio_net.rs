@@ -1,0 +1,350 @@
+//! A virtio-net driver (virtio 1.2, 5.1) over `guest_rt::virtio`'s
+//! transport and split queues: receiveq 0 and transmitq 1 of
+//! [`QUEUE_SIZE`] entries, the 12-byte header of VERSION_1, merged
+//! receive buffers (MRG_RXBUF: receive buffers are [`RX_BUF_LEN`] bytes,
+//! smaller than a full frame on purpose, so a long packet comes in
+//! several buffers and is reassembled from `num_buffers`; without
+//! MRG_RXBUF each receive chain is two adjacent buffers), the MAC and the link status from the
+//! config space (STATUS: a change comes with a config interrupt, which
+//! the driver sees in InterruptStatus).
+//!
+//! The device is looked for in Bulkhead's slots, then QEMU microvm's
+//! transports, so the same guest runs on both.
+
+use guest_rt::virtio::{Buffer, QueueMem, SplitQueue, VirtioMmio, QUEUE_SIZE};
+
+/// Virtio device type of a network device.
+pub const DEVICE_ID_NET: u32 = 1;
+/// VIRTIO_NET_F_MAC.
+pub const F_MAC: u64 = 1 << 5;
+/// VIRTIO_NET_F_MRG_RXBUF.
+pub const F_MRG_RXBUF: u64 = 1 << 15;
+/// VIRTIO_NET_F_STATUS.
+pub const F_STATUS: u64 = 1 << 16;
+/// VIRTIO_NET_S_LINK_UP.
+pub const S_LINK_UP: u16 = 1;
+/// The virtio-net header with VERSION_1 (num_buffers included).
+pub const HDR_LEN: usize = 12;
+/// Bytes of one transmit buffer.
+pub const BUF_LEN: usize = 2048;
+/// Bytes of one receive buffer (less than a full frame: see above).
+pub const RX_BUF_LEN: usize = 1024;
+/// Largest packet the driver reassembles.
+pub const MAX_PACKET: usize = 4 * BUF_LEN;
+/// MAC used when the device has none (locally administered).
+pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x42, 0x48, 0x4e, 0x54, 0x01];
+
+const BULKHEAD_BASE: usize = 0xd000_0000;
+const BULKHEAD_STRIDE: usize = 0x1000;
+const BULKHEAD_SLOTS: usize = 8;
+const MICROVM_BASE: usize = 0xfeb0_0000;
+const MICROVM_STRIDE: usize = 0x200;
+const MICROVM_TRANSPORTS: usize = 24;
+const REG_CONFIG: usize = 0x100;
+const REG_CONFIG_GENERATION: usize = 0x0fc;
+const INT_CONFIG: u32 = 2;
+const RX_QUEUE: u16 = 0;
+const TX_QUEUE: u16 = 1;
+const N: usize = QUEUE_SIZE as usize;
+
+#[repr(C, align(4096))]
+struct Buffers([[u8; BUF_LEN]; N]);
+
+#[repr(C, align(4096))]
+struct RxBuffers([[u8; RX_BUF_LEN]; N]);
+
+static mut RX_BUFS: RxBuffers = RxBuffers([[0; RX_BUF_LEN]; N]);
+static mut TX_BUFS: Buffers = Buffers([[0; BUF_LEN]; N]);
+static mut PACKET: [u8; MAX_PACKET] = [0; MAX_PACKET];
+static RX_MEM: QueueMem = QueueMem::new();
+static TX_MEM: QueueMem = QueueMem::new();
+
+/// Why the device could not be set up.
+#[derive(Debug, Clone, Copy)]
+pub enum SetupError {
+    /// No virtio-net device anywhere.
+    NotFound,
+    /// The transport refused (features, queues).
+    Virtio(guest_rt::virtio::VirtioError),
+    /// A queue's memory was taken already.
+    QueueTaken,
+}
+
+/// A link status change the driver saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkChange {
+    /// The link is up now.
+    pub up: bool,
+    /// A config interrupt came with it.
+    pub interrupt: bool,
+}
+
+/// The driver.
+pub struct Net {
+    dev: VirtioMmio,
+    rx: SplitQueue,
+    tx: SplitQueue,
+    /// Receive buffer of each descriptor head.
+    rx_buf_of: [u8; N],
+    /// Transmit buffer of each descriptor head.
+    tx_buf_of: [u8; N],
+    tx_free: [bool; N],
+    /// The device's MAC (or [`DEFAULT_MAC`]).
+    pub mac: [u8; 6],
+    /// Negotiated features.
+    pub features: u64,
+    link_up: bool,
+    config_irq: bool,
+    /// Packets longer than [`MAX_PACKET`] or with a bad `num_buffers`.
+    pub rx_errors: u32,
+    /// Packets that came in more than one buffer (MRG_RXBUF).
+    pub merged: u32,
+}
+
+fn base_of(i: usize) -> usize {
+    if i < BULKHEAD_SLOTS {
+        BULKHEAD_BASE + BULKHEAD_STRIDE * i
+    } else {
+        MICROVM_BASE + MICROVM_STRIDE * (i - BULKHEAD_SLOTS)
+    }
+}
+
+/// The first virtio-net device.
+pub fn find() -> Option<VirtioMmio> {
+    (0..BULKHEAD_SLOTS + MICROVM_TRANSPORTS)
+        .filter_map(|i| VirtioMmio::at(base_of(i)).ok())
+        .find(|d| d.device_id() == DEVICE_ID_NET)
+}
+
+fn rx_buf(b: usize) -> *mut u8 {
+    // SAFETY: only the address of a static is taken.
+    unsafe { core::ptr::addr_of_mut!(RX_BUFS.0[b % N]) as *mut u8 }
+}
+
+fn tx_buf(b: usize) -> *mut u8 {
+    // SAFETY: only the address of a static is taken.
+    unsafe { core::ptr::addr_of_mut!(TX_BUFS.0[b]) as *mut u8 }
+}
+
+impl Net {
+    /// Finds the device, negotiates VERSION_1, MAC, STATUS and MRG_RXBUF,
+    /// sets both queues up, fills the receive queue and starts it.
+    pub fn setup() -> Result<Net, SetupError> {
+        let dev = find().ok_or(SetupError::NotFound)?;
+        let features = dev
+            .init(F_MAC | F_STATUS | F_MRG_RXBUF)
+            .map_err(SetupError::Virtio)?;
+        let rx = RX_MEM.take().ok_or(SetupError::QueueTaken)?;
+        let tx = TX_MEM.take().ok_or(SetupError::QueueTaken)?;
+        dev.setup_queue(RX_QUEUE, &rx).map_err(SetupError::Virtio)?;
+        dev.setup_queue(TX_QUEUE, &tx).map_err(SetupError::Virtio)?;
+        let mut net = Net {
+            dev,
+            rx,
+            tx,
+            rx_buf_of: [0; N],
+            tx_buf_of: [0; N],
+            tx_free: [true; N],
+            mac: DEFAULT_MAC,
+            features,
+            link_up: true,
+            config_irq: false,
+            rx_errors: 0,
+            merged: 0,
+        };
+        if features & F_MAC != 0 {
+            let mut mac = [0u8; 6];
+            for (i, b) in mac.iter_mut().enumerate() {
+                *b = net.config8(i);
+            }
+            net.mac = mac;
+        }
+        net.link_up = net.read_link();
+        dev.driver_ok();
+        for b in (0..N).step_by(net.rx_chain()) {
+            net.post_rx(b);
+        }
+        dev.notify(RX_QUEUE);
+        Ok(net)
+    }
+
+    /// The device's MMIO base.
+    pub fn base(&self) -> usize {
+        self.dev.base()
+    }
+
+    fn config8(&self, off: usize) -> u8 {
+        // SAFETY: the device's config space, identity mapped MMIO.
+        unsafe { core::ptr::read_volatile((self.dev.base() + REG_CONFIG + off) as *const u8) }
+    }
+
+    fn config16(&self, off: usize) -> u16 {
+        // SAFETY: as in `config8`; the field is 2-byte aligned.
+        unsafe { core::ptr::read_volatile((self.dev.base() + REG_CONFIG + off) as *const u16) }
+    }
+
+    fn generation(&self) -> u32 {
+        // SAFETY: a register of the device, identity mapped MMIO.
+        unsafe { core::ptr::read_volatile((self.dev.base() + REG_CONFIG_GENERATION) as *const u32) }
+    }
+
+    /// The status field (link up without VIRTIO_NET_F_STATUS).
+    fn read_link(&self) -> bool {
+        if self.features & F_STATUS == 0 {
+            return true;
+        }
+        loop {
+            let g = self.generation();
+            let s = self.config16(6);
+            if self.generation() == g {
+                return s & S_LINK_UP != 0;
+            }
+        }
+    }
+
+    /// The link as last seen.
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    /// Acknowledges the interrupt status and reports a link change (the
+    /// status field differs from the last one seen).
+    pub fn poll_link(&mut self) -> Option<LinkChange> {
+        if self.dev.ack_interrupt() & INT_CONFIG != 0 {
+            self.config_irq = true;
+        }
+        let up = self.read_link();
+        if up == self.link_up {
+            return None;
+        }
+        self.link_up = up;
+        Some(LinkChange {
+            up,
+            interrupt: core::mem::take(&mut self.config_irq),
+        })
+    }
+
+    /// Receive buffers per chain: 1 with MRG_RXBUF, else 2 (a full
+    /// frame must fit in one chain).
+    fn rx_chain(&self) -> usize {
+        if self.features & F_MRG_RXBUF != 0 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Posts the receive chain starting at buffer `b`.
+    fn post_rx(&mut self, b: usize) {
+        let buf = |i: usize| Buffer {
+            addr: rx_buf(i) as u64,
+            len: RX_BUF_LEN as u32,
+            device_writes: true,
+        };
+        let pair = [buf(b), buf(b + 1)];
+        let chain = &pair[..self.rx_chain()];
+        // As many descriptors as buffers: a free descriptor is always
+        // there for a chain just taken off the used ring.
+        if let Ok(head) = self.rx.submit(chain) {
+            self.rx_buf_of[usize::from(head)] = b as u8;
+        }
+    }
+
+    fn reclaim_tx(&mut self) {
+        while let Some((head, _)) = self.tx.poll_used() {
+            self.tx_free[usize::from(self.tx_buf_of[usize::from(head)])] = true;
+        }
+    }
+
+    /// Sends `frame` (an Ethernet frame without FCS); false if no
+    /// transmit buffer is free.
+    pub fn send(&mut self, frame: &[u8]) -> bool {
+        self.reclaim_tx();
+        let Some(b) = self.tx_free.iter().position(|f| *f) else {
+            return false;
+        };
+        if frame.len() + HDR_LEN > BUF_LEN {
+            return false;
+        }
+        let p = tx_buf(b);
+        // SAFETY: buffer `b` is free (not in the ring); the copy stays
+        // inside it.
+        unsafe {
+            core::ptr::write_bytes(p, 0, HDR_LEN);
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), p.add(HDR_LEN), frame.len());
+        }
+        let chain = [Buffer {
+            addr: p as u64,
+            len: (HDR_LEN + frame.len()) as u32,
+            device_writes: false,
+        }];
+        match self.tx.submit(&chain) {
+            Ok(head) => {
+                self.tx_free[b] = false;
+                self.tx_buf_of[usize::from(head)] = b as u8;
+                self.dev.notify(TX_QUEUE);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Receives one packet (the Ethernet frame, header stripped) into the
+    /// driver's packet buffer and passes it to `f`; false if none came.
+    pub fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+        let Some((head, len)) = self.rx.poll_used() else {
+            return false;
+        };
+        let b = usize::from(self.rx_buf_of[usize::from(head)]);
+        let len = (len as usize).min(RX_BUF_LEN * self.rx_chain());
+        let src = rx_buf(b);
+        // SAFETY: the device is done with the chain at buffer `b` (it is
+        // in the used ring); its buffers are adjacent, `len` within them.
+        let first = unsafe { core::slice::from_raw_parts(src, len) };
+        let parts = if self.features & F_MRG_RXBUF != 0 && len >= HDR_LEN {
+            usize::from(u16::from_le_bytes([first[10], first[11]]))
+        } else {
+            1
+        };
+        // SAFETY: PACKET is only used here, by this single-threaded driver.
+        let packet = unsafe { &mut *core::ptr::addr_of_mut!(PACKET) };
+        let mut total = 0;
+        let mut ok = len >= HDR_LEN && parts >= 1;
+        if ok {
+            let body = &first[HDR_LEN..];
+            packet[..body.len()].copy_from_slice(body);
+            total = body.len();
+        }
+        self.post_rx(b);
+        if parts > 1 {
+            self.merged += 1;
+        }
+        // The other buffers of a merged packet (no header of their own).
+        for _ in 1..parts.max(1) {
+            let next = loop {
+                if let Some(n) = self.rx.poll_used() {
+                    break n;
+                }
+                guest_rt::port::pause();
+            };
+            let nb = usize::from(self.rx_buf_of[usize::from(next.0)]);
+            let nlen = (next.1 as usize).min(RX_BUF_LEN);
+            // SAFETY: as for the first buffer.
+            let part = unsafe { core::slice::from_raw_parts(rx_buf(nb), nlen) };
+            if ok && total + nlen <= MAX_PACKET {
+                packet[total..total + nlen].copy_from_slice(part);
+                total += nlen;
+            } else {
+                ok = false;
+            }
+            self.post_rx(nb);
+        }
+        self.dev.notify(RX_QUEUE);
+        if ok {
+            f(&packet[..total]);
+        } else {
+            self.rx_errors += 1;
+        }
+        true
+    }
+}
