@@ -19,7 +19,7 @@ use crate::block::{Graph, GraphError};
 use crate::throttle::{Member, Registry};
 use crate::trace;
 use crate::vhost::export::{Export, ExportEvent, Source};
-use crate::virtio_blk::BlkConfig;
+use crate::virtio_blk::{BlkConfig, BlkDevice};
 
 /// Errors that end the server loop.
 #[derive(Debug, thiserror::Error)]
@@ -160,8 +160,7 @@ impl Server {
                 let export = Export::start(
                     id.clone(),
                     Source::Attached,
-                    node,
-                    cfg,
+                    Arc::new(BlkDevice::new(node, cfg)),
                     Some(self.events.clone()),
                 )
                 .map_err(|e| FlatError::generic(format!("Could not start export '{id}': {e}")))?;

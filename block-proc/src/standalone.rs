@@ -18,7 +18,7 @@ use ipc_proto::block::BlockdevOptions;
 
 use crate::block::{Graph, GraphError};
 use crate::vhost::export::{Export, Source};
-use crate::virtio_blk::BlkConfig;
+use crate::virtio_blk::{BlkConfig, BlkDevice};
 
 /// Errors of standalone mode.
 #[derive(Debug, thiserror::Error)]
@@ -151,8 +151,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let _export = Export::start(
         "standalone".into(),
         Source::Listener(listener),
-        node,
-        cfg,
+        std::sync::Arc::new(BlkDevice::new(node, cfg)),
         None,
     )
     .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
