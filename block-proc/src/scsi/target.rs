@@ -240,3 +240,204 @@ impl Targets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ipc_proto::scsi::{ScsiLunConfig, ScsiLunKind};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::block::null::NullDriver;
+    use crate::block::Node;
+    use crate::scsi::lun::Notifier;
+    use crate::vring::VRING_DESC_F_WRITE;
+
+    const HDR: u64 = 0x100;
+    const RESP: u64 = 0x1000;
+    const DATA: u64 = 0x2000;
+
+    fn targets() -> Targets {
+        let unit = |target, lun, id: &str| {
+            let cfg = ScsiLunConfig {
+                device_id: id.into(),
+                target,
+                lun,
+                kind: ScsiLunKind::Cd,
+                node_name: Some("n".into()),
+                writable: false,
+                tray_open: false,
+                locked: false,
+                serial: String::new(),
+                logical_block_size: 2048,
+            };
+            let node = Arc::new(Node::new(
+                "n".into(),
+                Box::new(NullDriver::new(1 << 20)),
+                true,
+            ));
+            let n = Notifier {
+                export_id: "scsi0".into(),
+                events: None,
+            };
+            Arc::new(Lun::new(cfg, Some(node), n))
+        };
+        Targets::new(vec![unit(0, 0, "cd0"), unit(2, 300, "cd1")])
+    }
+
+    fn d(addr: u64, len: u32, w: bool) -> Desc {
+        Desc {
+            addr,
+            len,
+            flags: if w { VRING_DESC_F_WRITE } else { 0 },
+            next: 0,
+        }
+    }
+
+    /// Run `cdb` at (target, lun) with `room` bytes of data-in; the
+    /// completion, response code, status, sense key/asc and the data.
+    fn cmd(
+        t: &Targets,
+        target: u8,
+        lun: u16,
+        cdb: &[u8],
+        room: u32,
+    ) -> (Completion, [u8; 4], Vec<u8>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut h = [0u8; CMD_REQ_LEN];
+        h[0] = 1;
+        h[1] = target;
+        h[2] = 0x40 | (lun >> 8) as u8;
+        h[3] = lun as u8;
+        h[19..19 + cdb.len()].copy_from_slice(cdb);
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        let mut descs = vec![
+            d(HDR, CMD_REQ_LEN as u32, false),
+            d(RESP, CMD_RESP_LEN as u32, true),
+        ];
+        if room > 0 {
+            descs.push(d(DATA, room, true));
+        }
+        let c = t.command(&mem, &descs);
+        let mut r = [0u8; CMD_RESP_LEN];
+        mem.read_slice(&mut r, GuestAddress(RESP)).unwrap();
+        let mut data = vec![0u8; room as usize];
+        mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+        (c, [r[11], r[10], r[14], r[24]], data)
+    }
+
+    #[test]
+    fn inquiry_through_the_chain_answers_good_with_data_and_residual() {
+        let t = targets();
+        let (c, r, data) = cmd(&t, 0, 0, &[0x12, 0, 0, 0, 36, 0], 64);
+        assert_eq!(r, [resp::OK, STATUS_GOOD, 0, 0]);
+        assert_eq!(c.used_len as usize, CMD_RESP_LEN + 36);
+        assert_eq!(data[0], 5);
+    }
+
+    #[test]
+    fn absent_targets_and_luns_answer_as_qemu() {
+        let t = targets();
+        assert_eq!(cmd(&t, 1, 0, &[0], 0).1[0], resp::BAD_TARGET);
+        // Target 2 exists (LUN 300): LUN 0 there is absent.
+        let (_, r, data) = cmd(&t, 2, 0, &[0x12, 0, 0, 0, 36, 0], 36);
+        assert_eq!((r[1], data[0]), (STATUS_GOOD, 0x7f));
+        assert_eq!(
+            cmd(&t, 2, 0, &[0], 0).1,
+            [resp::OK, STATUS_CHECK_CONDITION, 5, 0x25]
+        );
+        // REPORT LUNS lists LUN 0 and 300 at target 2.
+        let (_, r, data) = cmd(&t, 2, 0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0], 64);
+        assert_eq!(r[1], STATUS_GOOD);
+        assert_eq!(
+            &data[..24],
+            &[0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x41, 0x2c, 0, 0, 0, 0, 0, 0]
+        );
+        // An allocation length under 16 is invalid.
+        assert_eq!(
+            cmd(&t, 0, 0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], 8).1[3],
+            0x24
+        );
+    }
+
+    #[test]
+    fn a_logical_unit_reset_leaves_a_unit_attention() {
+        let t = targets();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut req = [0u8; 24];
+        req[4] = tmf::LOGICAL_UNIT_RESET as u8;
+        req[8] = 1;
+        mem.write_slice(&req, GuestAddress(HDR)).unwrap();
+        let c = t.control(&mem, &[d(HDR, 24, false), d(RESP, 1, true)]);
+        assert_eq!((c.used_len, c.status), (1, Some(resp::FUNCTION_COMPLETE)));
+        assert_eq!(
+            cmd(&t, 0, 0, &[0], 0).1,
+            [resp::OK, STATUS_CHECK_CONDITION, 6, 0x29]
+        );
+        assert_eq!(cmd(&t, 0, 0, &[0], 0).1, [resp::OK, STATUS_GOOD, 0, 0]);
+    }
+
+    #[test]
+    fn short_headers_fail_and_chains_without_a_response_area_are_dropped() {
+        let t = targets();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let c = t.command(
+            &mem,
+            &[d(HDR, 20, false), d(RESP, CMD_RESP_LEN as u32, true)],
+        );
+        assert_eq!(c.status, Some(resp::FAILURE));
+        let c = t.command(
+            &mem,
+            &[d(HDR, CMD_REQ_LEN as u32, false), d(RESP, 100, true)],
+        );
+        assert_eq!(c.used_len, 0);
+        let c = t.command(
+            &mem,
+            &[d(HDR, CMD_REQ_LEN as u32, false), d(1 << 40, 200, true)],
+        );
+        assert_eq!(c.used_len, 0);
+    }
+
+    #[test]
+    fn random_chains_and_cdbs_never_panic() {
+        let t = targets();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let mut h = [0u8; CMD_REQ_LEN];
+            h.iter_mut().for_each(|b| *b = rnd() as u8);
+            h[0] = 1;
+            h[1] = (rnd() % 3) as u8;
+            h[2] = 0;
+            h[3] = 0;
+            mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+            let n = (rnd() % 5) as usize;
+            let mut descs: Vec<Desc> = (0..n)
+                .map(|_| Desc {
+                    addr: rnd() % (1 << 20),
+                    len: match rnd() % 3 {
+                        0 => rnd() as u32,
+                        _ => (rnd() % 8192) as u32,
+                    },
+                    flags: (rnd() % 4) as u16,
+                    next: 0,
+                })
+                .collect();
+            if i % 2 == 0 {
+                descs.insert(0, d(HDR, CMD_REQ_LEN as u32, false));
+                descs.insert(1, d(RESP, CMD_RESP_LEN as u32, true));
+            }
+            let c = if i % 7 == 0 {
+                t.control(&mem, &descs)
+            } else {
+                t.command(&mem, &descs)
+            };
+            assert!(c.used_len as usize <= 1 << 20);
+        }
+    }
+}
