@@ -33,8 +33,14 @@ fn disc(name: &str, seed: u64) -> (Tmp, Vec<u8>) {
 
 /// Node `node` over `img`, read-only.
 fn add_disc(w: &mut Worker, img: &std::path::Path, node: &str) {
+    add_disc_with(w, img, node, "");
+}
+
+/// Node `node` over `img`, read-only, with `file_opts` (`"k":v,`) for
+/// its file node.
+fn add_disc_with(w: &mut Worker, img: &std::path::Path, node: &str, file_opts: &str) {
     let json = format!(
-        r#"{{"driver":"raw","node-name":"{node}","read-only":true,"file":{{"driver":"file","filename":"{}"}}}}"#,
+        r#"{{"driver":"raw","node-name":"{node}","read-only":true,"file":{{"driver":"file",{file_opts}"filename":"{}"}}}}"#,
         img.display()
     );
     let options: BlockdevOptions = serde_json::from_str(&json).unwrap();
@@ -161,6 +167,68 @@ fn cd_export_answers_inquiry_and_capacity_and_reads_the_disc() {
         dev.command(3, 0, &TUR, Data::None).unwrap().response,
         S_BAD_TARGET
     );
+}
+
+#[test]
+fn reads_on_the_io_uring_engine_return_the_disc_before_and_after_a_medium_change() {
+    let (img1, data1) = disc("scsi-ring1.iso", 11);
+    let (img2, data2) = disc("scsi-ring2.iso", 12);
+    let direct = r#""aio":"io_uring","cache":{"direct":true},"#;
+    let mut w = spawn();
+    add_disc_with(&mut w, &img1, "disc1", direct);
+    add_disc_with(&mut w, &img2, "disc2", direct);
+    export(&mut w, cd(Some("disc1"), false));
+    let mut dev = attach(&mut w);
+    let q = 2;
+    for (data, round) in [(&data1, 0), (&data2, 1)] {
+        // Aligned (ring) and unaligned (bounced, synchronous) reads, many
+        // in flight at once.
+        let reads: Vec<(u32, u16)> = (0..24u32)
+            .map(|k| (k * 10 + k % 2, 2 + (k % 3) as u16))
+            .collect();
+        let mut heads = std::collections::HashMap::new();
+        for &(lba, n) in &reads {
+            let mut cdb = [0u8; 10];
+            cdb[0] = 0x28;
+            cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+            cdb[7..9].copy_from_slice(&n.to_be_bytes());
+            let (h, _) = dev
+                .submit(q, 0, 0, &cdb, Data::In(u32::from(n) * 2048))
+                .unwrap();
+            heads.insert(h, (lba, n));
+        }
+        dev.kick(q).unwrap();
+        while dev.pending(q) > 0 {
+            for u in dev.wait(q).unwrap() {
+                let (lba, n) = heads[&u.head];
+                let r = dev.result(&u, u32::from(n) * 2048).unwrap();
+                assert_eq!(
+                    (r.response, r.status, r.resid),
+                    (S_OK, 0, 0),
+                    "round {round} lba {lba}"
+                );
+                assert_eq!(r.used_len, RESP_LEN + u32::from(n) * 2048);
+                let at = lba as usize * 2048;
+                assert!(
+                    r.data == data[at..at + usize::from(n) * 2048],
+                    "round {round} lba {lba}"
+                );
+            }
+        }
+        if round == 0 {
+            medium(&mut w, MediumOp::OpenTray);
+            medium(&mut w, MediumOp::Remove);
+            medium(
+                &mut w,
+                MediumOp::Insert {
+                    node_name: "disc2".into(),
+                },
+            );
+            medium(&mut w, MediumOp::CloseTray);
+            assert_eq!(sense(&mut dev, &TUR), (6, 0x3a, 0));
+            assert_eq!(sense(&mut dev, &TUR), (6, 0x28, 0));
+        }
+    }
 }
 
 #[test]

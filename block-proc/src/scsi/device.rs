@@ -14,9 +14,10 @@ use ipc_proto::scsi::MediumOp;
 use super::target::Targets;
 use super::virtio::SENSE_SIZE;
 use super::ScsiError;
+use crate::block::aio::{FileAio, Target};
 use crate::block::Node;
 use crate::throttle::Member;
-use crate::vhost::device::{DeviceModel, QueueRole, RequestHandler};
+use crate::vhost::device::{DeviceModel, Pending, QueueRole, RequestHandler};
 use crate::vhost::queue::io_threads_per_queue;
 use crate::virtio_blk::{feat, Completion};
 use crate::vring::{Desc, Mem};
@@ -57,6 +58,46 @@ impl RequestHandler for Queue {
             self.targets.control(mem, descs)
         } else {
             self.targets.command(mem, descs)
+        }
+    }
+
+    /// The engine of the first unit's medium that has one: a queue's ring
+    /// registers that file, so reads of that medium take the ring (after
+    /// a medium change, until the queue restarts, reads of the new one
+    /// run on the I/O threads).
+    fn aio(&self) -> Option<FileAio> {
+        if self.control {
+            return None;
+        }
+        self.targets
+            .luns()
+            .iter()
+            .find_map(|l| l.state().medium.as_ref().and_then(|m| m.driver.aio()))
+    }
+
+    fn prepare(
+        &self,
+        mem: &Mem,
+        descs: &[Desc],
+        lone: bool,
+        ring_fd: std::os::fd::RawFd,
+    ) -> Option<(Pending, Target, Vec<libc::iovec>)> {
+        if self.control {
+            return None;
+        }
+        super::aio::prepare(&self.targets, mem, descs, lone, ring_fd)
+            .map(|(r, t, i)| (Pending::Scsi(r), t, i))
+    }
+
+    fn complete(&self, mem: &Mem, r: &Pending, res: std::io::Result<()>) -> Completion {
+        match r {
+            Pending::Scsi(r) => super::aio::complete(mem, r, res),
+            // This handler only prepares SCSI reads.
+            Pending::Blk(_) => Completion {
+                used_len: 0,
+                status: None,
+                failure: None,
+            },
         }
     }
 

@@ -118,6 +118,16 @@ impl Lun {
         }
     }
 
+    /// The medium when the unit is ready and no unit attention waits (the
+    /// command may then skip the checks of [`super::commands::execute`]).
+    pub fn ready_without_attention(&self) -> Option<Arc<Node>> {
+        let st = self.state();
+        match (&st.medium, st.tray_open, st.unit_attention) {
+            (Some(m), false, None) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
     /// The unit attention `opcode` must report instead of running, if
     /// any (taking it). INQUIRY, REPORT LUNS, GET CONFIGURATION and GET
     /// EVENT STATUS NOTIFICATION never report one (SPC-4, MMC-6); REQUEST

@@ -11,9 +11,11 @@
 //!   commands, [`mmc`] the CD-ROM ones.
 //! - [`virtio`]: virtio-scsi request/response/TMF framing.
 //! - [`target`]: LUN addressing, REPORT LUNS, a chain end to end.
+//! - [`aio`]: READs on the node's io_uring engine.
 //! - [`device`]: the vhost-user device (config space, queues, medium ops).
 //! - [`spec`]: building a controller from the broker's `ScsiExportSpec`.
 
+pub mod aio;
 pub mod cdb;
 pub mod commands;
 pub mod device;

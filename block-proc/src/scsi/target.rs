@@ -53,6 +53,14 @@ impl Targets {
         self.luns.iter().find(|l| l.cfg.device_id == device_id)
     }
 
+    /// The unit a LUN field addresses, if it exists.
+    pub fn lun_at(&self, lun: &[u8]) -> Option<&Arc<Lun>> {
+        match self.address(lun) {
+            Addressed::Lun(l) => Some(l),
+            Addressed::TargetOnly(_) | Addressed::Nothing => None,
+        }
+    }
+
     fn address(&self, lun: &[u8]) -> Addressed<'_> {
         let Some((t, l)) = virtio::decode_lun(lun) else {
             return Addressed::Nothing;

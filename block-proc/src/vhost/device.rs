@@ -10,11 +10,21 @@
 use std::sync::Arc;
 
 use crate::block::aio::{FileAio, Target};
+use crate::scsi::aio::ScsiAsync;
 use crate::throttle::gate::Cost;
 use crate::throttle::Member;
 use crate::virtio_blk::aio::AsyncReq;
 use crate::virtio_blk::Completion;
 use crate::vring::{Desc, Mem};
+
+/// What the completion of a request given to the io_uring engine needs,
+/// per device.
+pub enum Pending {
+    /// A virtio-blk request.
+    Blk(AsyncReq),
+    /// A virtio-scsi READ.
+    Scsi(ScsiAsync),
+}
 
 /// The request logic of one queue.
 pub trait RequestHandler: Send + Sync + 'static {
@@ -29,17 +39,19 @@ pub trait RequestHandler: Send + Sync + 'static {
         None
     }
     /// The request in `descs` as one host I/O for [`RequestHandler::aio`]'s
-    /// engine, or None to run it with `process` (see `virtio_blk::aio`).
+    /// engine, whose ring has `ring_fd` registered, or None to run it with
+    /// `process` (see `virtio_blk::aio`, `scsi::aio`).
     fn prepare(
         &self,
         _mem: &Mem,
         _descs: &[Desc],
         _lone: bool,
-    ) -> Option<(AsyncReq, Target, Vec<libc::iovec>)> {
+        _ring_fd: std::os::fd::RawFd,
+    ) -> Option<(Pending, Target, Vec<libc::iovec>)> {
         None
     }
     /// Answer a request [`RequestHandler::prepare`] gave the engine.
-    fn complete(&self, _mem: &Mem, _r: &AsyncReq, _res: std::io::Result<()>) -> Completion {
+    fn complete(&self, _mem: &Mem, _r: &Pending, _res: std::io::Result<()>) -> Completion {
         Completion {
             used_len: 0,
             status: None,

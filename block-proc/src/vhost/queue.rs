@@ -42,6 +42,7 @@ use ipc_proto::trace_point;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::device::Pending;
 use super::device::RequestHandler;
 use super::export::ExportEvent;
 use crate::block::aio::uring::Ring;
@@ -49,7 +50,6 @@ use crate::block::aio::Engine;
 use crate::inflight::QueueInflight;
 use crate::throttle::gate::{Cost, Gate};
 use crate::trace;
-use crate::virtio_blk::aio::AsyncReq;
 use crate::virtio_blk::Completion;
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use ipc_proto::ratelimit::RateLimit;
@@ -194,10 +194,10 @@ struct Job {
 }
 
 /// A queue's io_uring; each request carries its head and completion data.
-type AioRing = Ring<(u16, AsyncReq)>;
+type AioRing = Ring<(u16, Pending)>;
 
 /// Finished ring requests, before they are completed on the ring.
-type Reaped = Vec<((u16, AsyncReq), io::Result<()>)>;
+type Reaped = Vec<((u16, Pending), io::Result<()>)>;
 
 /// The queue's ring, when the node's engine is io_uring and the ring can
 /// be set up here; else the queue runs on its pool.
@@ -595,7 +595,8 @@ impl Engines {
             if !shared.read_chain(j.head, descs) {
                 return;
             }
-            if let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, false) {
+            let fd = ring.registered_fd();
+            if let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, false, fd) {
                 // SAFETY: the iovecs point into guest memory mapped by
                 // `shared.mem`, which the queue thread holds until the
                 // ring has returned every request (run() waits for them
@@ -644,7 +645,8 @@ impl Engines {
         if !shared.read_chain(j.head, descs) {
             return;
         }
-        let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, true) else {
+        let fd = ring.registered_fd();
+        let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, true, fd) else {
             return shared.process(j.head, descs);
         };
         // SAFETY: as in `submit`; and wait_all returns only once the

@@ -10,7 +10,7 @@ use crate::block::aio::{FileAio, Target};
 use crate::block::Node;
 use crate::throttle::gate::Cost;
 use crate::throttle::Member;
-use crate::vhost::device::{DeviceModel, QueueRole, RequestHandler};
+use crate::vhost::device::{DeviceModel, Pending, QueueRole, RequestHandler};
 use crate::vhost::queue::io_threads_per_queue;
 use crate::vring::{Desc, Mem};
 
@@ -45,12 +45,22 @@ impl RequestHandler for BlkHandler {
         mem: &Mem,
         descs: &[Desc],
         lone: bool,
-    ) -> Option<(aio::AsyncReq, Target, Vec<libc::iovec>)> {
+        _ring_fd: std::os::fd::RawFd,
+    ) -> Option<(Pending, Target, Vec<libc::iovec>)> {
         aio::prepare(&self.node, &self.blk, mem, descs, lone)
+            .map(|(r, t, i)| (Pending::Blk(r), t, i))
     }
 
-    fn complete(&self, mem: &Mem, r: &aio::AsyncReq, res: std::io::Result<()>) -> Completion {
-        aio::complete(&self.node, mem, r, res)
+    fn complete(&self, mem: &Mem, r: &Pending, res: std::io::Result<()>) -> Completion {
+        match r {
+            Pending::Blk(r) => aio::complete(&self.node, mem, r, res),
+            // This handler only prepares virtio-blk requests.
+            Pending::Scsi(_) => Completion {
+                used_len: 0,
+                status: None,
+                failure: None,
+            },
+        }
     }
 
     fn throttle(&self) -> &Member {
