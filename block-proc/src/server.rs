@@ -231,6 +231,9 @@ impl Server {
                 for e in self.exports.values() {
                     e.config_changed();
                 }
+                for d in self.scsi.values() {
+                    d.capacity_changed(&node_name);
+                }
                 Ok(BlockReply::Done)
             }
             BlockRequest::Bitmap(r) => {

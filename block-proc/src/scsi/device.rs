@@ -179,6 +179,22 @@ impl ScsiDevice {
     }
 }
 
+impl ScsiDevice {
+    /// Node `node_name` was resized: its disks report CAPACITY DATA HAS
+    /// CHANGED, as QEMU's scsi-hd does (a CD's size is the disc's).
+    pub fn capacity_changed(&self, node_name: &str) {
+        for l in self.targets.luns() {
+            if l.is_cd() {
+                continue;
+            }
+            let mut st = l.state();
+            if st.medium.as_ref().is_some_and(|m| m.name == node_name) {
+                st.unit_attention = Some(super::sense::CAPACITY_CHANGED);
+            }
+        }
+    }
+}
+
 impl DeviceModel for ScsiDevice {
     fn name(&self) -> &str {
         &self.id

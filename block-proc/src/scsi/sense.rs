@@ -45,6 +45,8 @@ pub const SAVING_PARAMS_NOT_SUPPORTED: Sense = s(0x05, 0x39, 0x00);
 pub const ILLEGAL_REQ_REMOVAL_PREVENTED: Sense = s(0x05, 0x53, 0x02);
 /// UNIT ATTENTION, not ready to ready change, medium may have changed.
 pub const MEDIUM_CHANGED: Sense = s(0x06, 0x28, 0x00);
+/// UNIT ATTENTION, capacity data has changed.
+pub const CAPACITY_CHANGED: Sense = s(0x06, 0x2a, 0x09);
 /// UNIT ATTENTION, power on, reset, or bus device reset occurred.
 pub const RESET: Sense = s(0x06, 0x29, 0x00);
 /// UNIT ATTENTION, medium not present (the first half of a medium change,

@@ -149,7 +149,12 @@ impl Targets {
             data_out: &f.data_out,
         };
         let cdb_bytes = &f.header[19..CMD_REQ_LEN];
-        let outcome = match self.address(&f.header[..8]) {
+        let addressed = self.address(&f.header[..8]);
+        let device = match &addressed {
+            Addressed::Lun(l) => l.cfg.device_id.as_str(),
+            Addressed::TargetOnly(_) | Addressed::Nothing => "",
+        };
+        let outcome = match addressed {
             Addressed::Nothing => return answer(resp::BAD_TARGET, 0, &[], 0),
             Addressed::Lun(l) => match Cdb::parse(cdb_bytes) {
                 Ok(c) if c.opcode() == op::REPORT_LUNS => self.report_luns(l.cfg.target, &c, &io),
@@ -162,6 +167,22 @@ impl Targets {
             },
         };
         let check = |s: Sense| answer(resp::OK, STATUS_CHECK_CONDITION, &s.fixed(), 0);
+        let (response, status, key) = match &outcome {
+            Outcome::Good { .. } => (resp::OK, STATUS_GOOD, (0, 0, 0)),
+            Outcome::Check(s) => (resp::OK, STATUS_CHECK_CONDITION, (s.key, s.asc, s.ascq)),
+            Outcome::IoError(_) => {
+                let s = sense::IO_ERROR;
+                (resp::OK, STATUS_CHECK_CONDITION, (s.key, s.asc, s.ascq))
+            }
+            Outcome::Overrun => (resp::OVERRUN, STATUS_GOOD, (0, 0, 0)),
+        };
+        ipc_proto::trace_point!(crate::trace::scsi_command(
+            device,
+            cdb_bytes[0],
+            response,
+            status,
+            key
+        ));
         match outcome {
             Outcome::Good { data_in } => answer(resp::OK, STATUS_GOOD, &[], data_in),
             Outcome::Check(s) => check(s),
