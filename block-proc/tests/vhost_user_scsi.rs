@@ -488,3 +488,73 @@ fn bad_scsi_export_specs_and_medium_ops_are_refused_with_clear_errors() {
     assert!(w.call(req, &[]).is_err());
     assert_eq!(w.child.try_wait().unwrap(), None);
 }
+
+#[test]
+fn scsi_hd_writes_read_back_and_a_resize_is_a_capacity_unit_attention() {
+    let img = raw_image("scsi-hd.raw", 1 << 20);
+    let mut w = spawn();
+    let json = format!(
+        r#"{{"driver":"raw","node-name":"hd0","file":{{"driver":"file","filename":"{}"}}}}"#,
+        img.display()
+    );
+    let options: BlockdevOptions = serde_json::from_str(&json).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    let r = w.call(BlockRequest::AddNode { options, files }, &[file.as_fd()]);
+    assert_eq!(r, Ok(BlockReply::Done));
+    export(
+        &mut w,
+        ScsiLunConfig {
+            device_id: "hd0".into(),
+            kind: ScsiLunKind::Hd,
+            node_name: Some("hd0".into()),
+            writable: true,
+            logical_block_size: 512,
+            ..cd(None, false)
+        },
+    );
+    let mut dev = attach(&mut w);
+    let inq = dev
+        .command(0, 0, &[0x12, 0, 0, 0, 36, 0], Data::In(36))
+        .unwrap();
+    assert_eq!(
+        (inq.data[0], inq.data[1]),
+        (0, 0),
+        "direct access, not removable"
+    );
+    let data = pattern(4096, 21);
+    let w16 = [0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 8, 0, 0];
+    let r = dev.command(0, 0, &w16, Data::Out(&data)).unwrap();
+    assert_eq!((r.response, r.status), (S_OK, 0));
+    assert_eq!(
+        sense(&mut dev, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        (0, 0, 0)
+    );
+    let r = dev
+        .command(0, 0, &[0x28, 0, 0, 0, 0, 16, 0, 0, 8, 0], Data::In(4096))
+        .unwrap();
+    assert!(r.data == data);
+    let on_disk = std::fs::read(&img).unwrap();
+    assert!(on_disk[16 * 512..16 * 512 + 4096] == data[..]);
+    let resize = BlockRequest::ResizeNode {
+        node_name: "hd0".into(),
+        size: 2 << 20,
+    };
+    assert_eq!(w.call(resize, &[]), Ok(BlockReply::Done));
+    assert_eq!(
+        sense(&mut dev, &TUR),
+        (6, 0x2a, 9),
+        "capacity data has changed"
+    );
+    let cap = dev
+        .command(0, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], Data::In(8))
+        .unwrap();
+    assert_eq!(cap.data, [0, 0, 0x0f, 0xff, 0, 0, 2, 0]);
+}
