@@ -110,16 +110,20 @@ fn sense(dev: &mut ScsiDevice, cdb: &[u8]) -> (u8, u8, u8) {
     r.sense_key()
 }
 
-/// Events of kind ScsiEvent seen so far (a Ping flushes the channel).
-fn scsi_events(w: &mut Worker) -> Vec<ScsiEvent> {
-    assert_eq!(w.call(BlockRequest::Ping, &[]), Ok(BlockReply::Done));
-    w.events
-        .drain(..)
-        .filter_map(|e| match e {
+/// The next `n` ScsiEvents (they travel on the event thread, apart from
+/// replies: pinged for until they came, at most 10 s).
+fn scsi_events(w: &mut Worker, n: usize) -> Vec<ScsiEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < n && std::time::Instant::now() < deadline {
+        assert_eq!(w.call(BlockRequest::Ping, &[]), Ok(BlockReply::Done));
+        got.extend(w.events.drain(..).filter_map(|e| match e {
             BlockEvent::Scsi(s) => Some(s),
             _ => None,
-        })
-        .collect()
+        }));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    got
 }
 
 #[test]
@@ -301,7 +305,7 @@ fn guest_lock_and_eject_are_reported_and_a_locked_tray_refuses_eject() {
         device_id: "cd0".into(),
         open: true,
     };
-    assert_eq!(scsi_events(&mut w), vec![lock(true), lock(false), tray]);
+    assert_eq!(scsi_events(&mut w, 3), vec![lock(true), lock(false), tray]);
 }
 
 #[test]
