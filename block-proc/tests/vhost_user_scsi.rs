@@ -140,6 +140,11 @@ fn cd_export_answers_inquiry_and_capacity_and_reads_the_disc() {
         &[96, 0, 0, 0, 32, 0, 0, 0],
         "sense and cdb sizes"
     );
+    // The driver may write back the sizes it read; other values or
+    // fields are refused and the connection stays.
+    dev.set_config(20, &[96, 0, 0, 0, 32, 0, 0, 0]).unwrap();
+    assert!(dev.set_config(20, &[64, 0, 0, 0]).is_err());
+    assert!(dev.set_config(0, &[4, 0, 0, 0]).is_err());
     let inq = dev
         .command(0, 0, &[0x12, 0, 0, 0, 36, 0], Data::In(36))
         .unwrap();
@@ -561,4 +566,62 @@ fn scsi_hd_writes_read_back_and_a_resize_is_a_capacity_unit_attention() {
         .command(0, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], Data::In(8))
         .unwrap();
     assert_eq!(cap.data, [0, 0, 0x0f, 0xff, 0, 0, 2, 0]);
+}
+
+/// A null-co CD of `BLOCKS` blocks whose reads take 300 ms.
+fn add_slow_disc(w: &mut Worker) {
+    let json = format!(
+        r#"{{"driver":"null-co","node-name":"slow","size":{},"latency-ns":300000000,"read-zeroes":true}}"#,
+        BLOCKS * 2048
+    );
+    let options: BlockdevOptions = serde_json::from_str(&json).unwrap();
+    let r = w.call(
+        BlockRequest::AddNode {
+            options,
+            files: vec![],
+        },
+        &[],
+    );
+    assert_eq!(r, Ok(BlockReply::Done));
+}
+
+#[test]
+fn reads_executing_when_block_proc_is_killed_are_resubmitted_and_complete() {
+    let mut w = spawn();
+    add_slow_disc(&mut w);
+    export(&mut w, cd(Some("slow"), false));
+    let mut dev = attach(&mut w);
+    assert!(dev.has_inflight(), "the export offers an inflight region");
+    let q = 2;
+    for k in 0..4u32 {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&(k * 4).to_be_bytes());
+        cdb[8] = 2;
+        dev.submit(q, 0, 0, &cdb, Data::In(4096)).unwrap();
+    }
+    dev.kick(q).unwrap();
+    // Each read takes 300 ms: all four are executing now.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    assert_eq!(dev.pending(q), 4);
+    let mut w = spawn();
+    add_slow_disc(&mut w);
+    export(&mut w, cd(Some("slow"), false));
+    let s = pair(&mut w);
+    dev.reconnect_stream(s).unwrap();
+    let mut done = 0;
+    while dev.pending(q) > 0 {
+        for u in dev.wait(q).unwrap() {
+            let r = dev.result(&u, 4096).unwrap();
+            assert_eq!((r.response, r.status, r.resid), (S_OK, 0, 0));
+            assert_eq!(r.used_len, RESP_LEN + 4096);
+            done += 1;
+        }
+    }
+    assert_eq!(
+        done, 4,
+        "every read killed in flight completes after the restart"
+    );
 }
