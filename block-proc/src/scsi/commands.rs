@@ -99,8 +99,13 @@ fn run(lun: &Lun, cdb: &Cdb<'_>, io: &Io<'_, '_>) -> Result<Outcome, Sense> {
         op::MODE_SENSE_6 | op::MODE_SENSE_10 => sbc::mode_sense(lun, cdb, io),
         op::START_STOP_UNIT => mmc::start_stop_unit(lun, cdb),
         op::PREVENT_ALLOW => mmc::prevent_allow(lun, cdb),
-        op::GET_CONFIGURATION if lun.is_cd() => mmc::get_configuration(lun, cdb, io),
-        op::GET_EVENT_STATUS_NOTIFICATION if lun.is_cd() => mmc::event_status(lun, cdb, io),
+        // On a disk QEMU answers these two with 05/24/00 (its handlers
+        // refuse the field, not the opcode).
+        op::GET_CONFIGURATION | op::GET_EVENT_STATUS_NOTIFICATION if !lun.is_cd() => {
+            Err(sense::INVALID_FIELD)
+        }
+        op::GET_CONFIGURATION => mmc::get_configuration(lun, cdb, io),
+        op::GET_EVENT_STATUS_NOTIFICATION => mmc::event_status(lun, cdb, io),
         op::READ_TOC if lun.is_cd() => mmc::read_toc(lun, cdb, io),
         // REPORT LUNS is answered by the target before a LUN is chosen.
         _ => Err(sense::INVALID_OPCODE),
@@ -317,12 +322,17 @@ pub(crate) mod tests {
                 "{opc:#x}"
             );
         }
-        // MMC commands on a disk are unknown to it.
+        // READ TOC is unknown to a disk; GET CONFIGURATION and GESN are
+        // refused with 05/24/00, as QEMU's scsi-hd does.
         let h = lun(ScsiLunKind::Hd, Some(1 << 20));
         assert_eq!(
             run_in(&h, &[0x43, 0, 0, 0, 0, 0, 0, 0, 12, 0], 64).0,
             sense::INVALID_OPCODE.into()
         );
+        let gc = [0x46, 0, 0, 0, 0, 0, 0, 0, 40, 0];
+        assert_eq!(run_in(&h, &gc, 64).0, sense::INVALID_FIELD.into());
+        let gesn = [0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8, 0];
+        assert_eq!(run_in(&h, &gesn, 64).0, sense::INVALID_FIELD.into());
     }
 
     #[test]
