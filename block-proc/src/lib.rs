@@ -11,8 +11,10 @@
 //!   every guest-written field validated.
 //! - [`inflight`]: vhost-user inflight I/O tracking (split layout) and the
 //!   resubmission order after a reconnect.
-//! - [`vhost`]: the vhost-user-blk backend: protocol handler, guest memory
+//! - [`vhost`]: the vhost-user backend (virtio-blk and virtio-scsi): protocol handler, guest memory
 //!   map, one worker thread per queue, the export listener.
+//! - [`scsi`]: virtio-scsi: SCSI/MMC emulation (CD-ROM, disk) of the
+//!   vhost-user-scsi exports.
 //! - [`server`]: the broker IPC loop (`BlockRequest` → `BlockReply`).
 //! - [`standalone`]: `--standalone` mode for tests and benchmarks.
 //! - [`throttle`]: I/O throttle groups (leaky buckets) and the queues' gate.
@@ -22,6 +24,7 @@ pub mod bitmaps;
 pub mod block;
 pub mod inflight;
 pub mod jobs;
+pub mod scsi;
 pub mod server;
 pub mod standalone;
 pub mod throttle;

@@ -16,10 +16,11 @@ use ipc_proto::worker::WorkerChannel;
 use ipc_proto::{trace_point, FlatError};
 
 use crate::block::{Graph, GraphError};
+use crate::scsi::ScsiDevice;
 use crate::throttle::{Member, Registry};
 use crate::trace;
 use crate::vhost::export::{Export, ExportEvent, Source};
-use crate::virtio_blk::BlkConfig;
+use crate::virtio_blk::{BlkConfig, BlkDevice};
 
 /// Errors that end the server loop.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub type BlockChannel = WorkerChannel<BlockRequest, BlockReply, BlockEvent>;
 pub struct Server {
     graph: Graph,
     exports: BTreeMap<String, Export>,
+    /// The SCSI controllers among the exports (same ids).
+    scsi: HashMap<String, Arc<ScsiDevice>>,
     events: mpsc::Sender<ExportEvent>,
     /// Throttle groups, and each export's membership.
     throttle: Registry,
@@ -59,6 +62,7 @@ impl Server {
         Server {
             graph: Graph::new(),
             exports: BTreeMap::new(),
+            scsi: HashMap::new(),
             events,
             throttle: Registry::default(),
             throttle_members: HashMap::new(),
@@ -73,6 +77,7 @@ impl Server {
         for (_, e) in std::mem::take(&mut self.exports) {
             e.stop();
         }
+        self.scsi.clear();
         for n in self.graph.all() {
             if let Err(e) = n.flush() {
                 tracing::warn!("flushing '{}' before storing bitmaps: {e}", n.name);
@@ -160,8 +165,7 @@ impl Server {
                 let export = Export::start(
                     id.clone(),
                     Source::Attached,
-                    node,
-                    cfg,
+                    Arc::new(BlkDevice::new(node, cfg)),
                     Some(self.events.clone()),
                 )
                 .map_err(|e| FlatError::generic(format!("Could not start export '{id}': {e}")))?;
@@ -175,6 +179,7 @@ impl Server {
                     .remove(&id)
                     .ok_or_else(|| FlatError::generic(format!("Export '{id}' is not found")))?;
                 e.stop();
+                self.scsi.remove(&id);
                 if let Some(m) = self.throttle_members.remove(&id) {
                     self.throttle.set(&m, "", None);
                 }
@@ -226,14 +231,63 @@ impl Server {
                 for e in self.exports.values() {
                     e.config_changed();
                 }
+                for d in self.scsi.values() {
+                    d.capacity_changed(&node_name);
+                }
                 Ok(BlockReply::Done)
             }
             BlockRequest::Bitmap(r) => {
                 crate::bitmaps::requests::handle(&self.graph, r, fds).map(BlockReply::Bitmap)
             }
-            BlockRequest::AddScsiExport(_) | BlockRequest::ScsiMedium { .. } => Err(
-                FlatError::generic("this block-proc serves no vhost-user-scsi export"),
-            ),
+            BlockRequest::AddScsiExport(spec) => {
+                if self.exports.contains_key(&spec.id) {
+                    return Err(FlatError::generic(format!(
+                        "Block export id '{}' is already in use",
+                        spec.id
+                    )));
+                }
+                let dev = crate::scsi::spec::build(&spec, &self.graph, Some(self.events.clone()))
+                    .map_err(|e| FlatError::generic(e.to_string()))?;
+                let dev = Arc::new(dev);
+                let export = Export::start(
+                    spec.id.clone(),
+                    Source::Attached,
+                    dev.clone(),
+                    Some(self.events.clone()),
+                )
+                .map_err(|e| {
+                    FlatError::generic(format!("Could not start export '{}': {e}", spec.id))
+                })?;
+                self.scsi.insert(spec.id.clone(), dev);
+                self.exports.insert(spec.id, export);
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::ScsiMedium {
+                export_id,
+                device_id,
+                op,
+            } => {
+                let dev = self.scsi.get(&export_id).ok_or_else(|| {
+                    FlatError::generic(format!("Export '{export_id}' is not found"))
+                })?;
+                let node = match &op {
+                    ipc_proto::scsi::MediumOp::Insert { node_name } => {
+                        let n = self.graph.get(node_name).ok_or_else(|| {
+                            FlatError::from(GraphError::NoSuchRef(node_name.clone()))
+                        })?;
+                        n.acquire();
+                        Some(n)
+                    }
+                    ipc_proto::scsi::MediumOp::OpenTray
+                    | ipc_proto::scsi::MediumOp::CloseTray
+                    | ipc_proto::scsi::MediumOp::Remove
+                    | ipc_proto::scsi::MediumOp::EjectRequest
+                    | ipc_proto::scsi::MediumOp::SetLocked(_) => None,
+                };
+                dev.medium(&device_id, &op, node)
+                    .map_err(|e| FlatError::generic(e.to_string()))?;
+                Ok(BlockReply::Done)
+            }
             BlockRequest::StartJob(spec) => {
                 let tx = self
                     .job_events

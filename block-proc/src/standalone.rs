@@ -5,8 +5,11 @@
 //! ```text
 //! block-proc --standalone --socket PATH --blockdev JSON [--blockdev JSON ...]
 //!            [--num-queues N] [--serial S] [--read-only] [--block-size 512|4096]
+//!            [--scsi cd|hd]
 //! ```
-//! The last `--blockdev` is exported. The socket is made mode 0600 and a
+//! The last `--blockdev` is exported; with `--scsi`, as the only unit
+//! (target 0, LUN 0) of a vhost-user-scsi controller with N request
+//! queues. The socket is made mode 0600 and a
 //! peer running as another user (not root) is hung up on (`SO_PEERCRED`).
 
 use std::collections::HashMap;
@@ -17,8 +20,9 @@ use std::os::unix::net::UnixListener;
 use ipc_proto::block::BlockdevOptions;
 
 use crate::block::{Graph, GraphError};
+use crate::vhost::device::DeviceModel;
 use crate::vhost::export::{Export, Source};
-use crate::virtio_blk::BlkConfig;
+use crate::virtio_blk::{BlkConfig, BlkDevice};
 
 /// Errors of standalone mode.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,9 @@ pub enum StandaloneError {
     /// The graph refused the node.
     #[error("{0}")]
     Graph(#[from] GraphError),
+    /// Bad `--scsi` export.
+    #[error("{0}")]
+    Scsi(#[from] crate::scsi::ScsiError),
     /// The socket could not be created.
     #[error("cannot listen on {0}")]
     Socket(String, #[source] std::io::Error),
@@ -52,6 +59,7 @@ pub struct Args {
     serial: String,
     read_only: bool,
     block_size: u32,
+    scsi: Option<ipc_proto::scsi::ScsiLunKind>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -77,6 +85,13 @@ fn parse(args: &[String]) -> Result<Args> {
             "--serial" => a.serial = val()?,
             "--block-size" => a.block_size = val()?.parse().map_err(|_| usage("--block-size N"))?,
             "--read-only" => a.read_only = true,
+            "--scsi" => {
+                a.scsi = Some(match val()?.as_str() {
+                    "cd" => ipc_proto::scsi::ScsiLunKind::Cd,
+                    "hd" => ipc_proto::scsi::ScsiLunKind::Hd,
+                    _ => return Err(usage("--scsi cd|hd")),
+                })
+            }
             other => return Err(usage(&format!("unknown argument {other}"))),
         }
     }
@@ -147,19 +162,47 @@ pub fn run(args: &[String]) -> Result<()> {
         .get(&last)
         .ok_or_else(|| StandaloneError::Usage("no node to export".into()))?;
     let listener = private_listener(&a.socket)?;
-    let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
-    let _export = Export::start(
-        "standalone".into(),
-        Source::Listener(listener),
-        node,
-        cfg,
-        None,
-    )
-    .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
+    let dev: std::sync::Arc<dyn DeviceModel> = match a.scsi {
+        Some(kind) => std::sync::Arc::new(scsi_controller(&a, kind, &graph, &last)?),
+        None => {
+            let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
+            std::sync::Arc::new(BlkDevice::new(node, cfg))
+        }
+    };
+    let _export = Export::start("standalone".into(), Source::Listener(listener), dev, None)
+        .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     tracing::info!("serving {} on {}", last, a.socket);
     loop {
         std::thread::park();
     }
+}
+
+/// A controller with `node` as its only unit, of `kind`.
+fn scsi_controller(
+    a: &Args,
+    kind: ipc_proto::scsi::ScsiLunKind,
+    graph: &Graph,
+    node: &str,
+) -> Result<crate::scsi::ScsiDevice> {
+    use ipc_proto::scsi::{ScsiExportSpec, ScsiLunConfig, ScsiLunKind};
+    let cd = kind == ScsiLunKind::Cd;
+    let spec = ScsiExportSpec {
+        id: "standalone".into(),
+        num_request_queues: a.num_queues,
+        luns: vec![ScsiLunConfig {
+            device_id: "lun0".into(),
+            target: 0,
+            lun: 0,
+            kind,
+            node_name: Some(node.into()),
+            writable: !cd && !a.read_only,
+            tray_open: false,
+            locked: false,
+            serial: a.serial.clone(),
+            logical_block_size: if cd { 2048 } else { a.block_size },
+        }],
+    };
+    Ok(crate::scsi::spec::build(&spec, graph, None)?)
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use crate::block::{iobuf, Node};
 use crate::vring::{Desc, Mem};
 use ipc_proto::warn_limited;
 
+pub use handler::{BlkDevice, BlkHandler};
+
 pub mod aio;
+mod handler;
 pub mod throttle_cost;
 
 /// `VIRTIO_BLK_T_*` request types.
@@ -166,6 +169,8 @@ impl BlkConfig {
 /// A host I/O failure behind an IOERR status (QEMU's `BLOCK_IO_ERROR`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IoFailure {
+    /// The node the I/O failed on, when not the export's own (a SCSI LUN's).
+    pub node: Option<String>,
     /// `read`, `write`, `flush` or `discard`.
     pub operation: &'static str,
     /// strerror text.
@@ -186,6 +191,7 @@ pub struct Completion {
 fn failed(status: &VolatileSlice<'_>, operation: &'static str, e: &std::io::Error) -> Completion {
     let mut c = finish(status, S_IOERR, 0);
     c.failure = Some(IoFailure {
+        node: None,
         operation,
         reason: crate::block::graph::strerror(e),
     });

@@ -14,6 +14,8 @@
 //!   also after the backend restarted.
 //! - [`blk`]: virtio-blk requests (read, write, flush, discard, write
 //!   zeroes, get-id) on top of the frontend, synchronous and pipelined.
+//! - [`scsi`]: virtio-scsi commands (request queues) and task management
+//!   (control queue) on top of the frontend.
 //! - [`process`]: starting backends (block-proc standalone,
 //!   qemu-storage-daemon) and waiting for their socket.
 
@@ -23,6 +25,7 @@ pub mod frontend;
 pub mod memory;
 pub mod process;
 pub mod ring;
+pub mod scsi;
 
 pub use blk::{BlkDevice, BlkOptions, Completion, Request};
 pub use error::{HarnessError, Result};

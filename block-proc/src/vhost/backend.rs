@@ -1,4 +1,5 @@
-//! The vhost-user protocol handler of one vhost-user-blk export
+//! The vhost-user protocol handler of one export (virtio-blk or
+//! virtio-scsi: the device specifics come from its [`DeviceModel`])
 //! (`VhostUserBackendReqHandlerMut`; the `vhost` crate parses and
 //! validates the messages and implements REPLY_ACK).
 //!
@@ -23,13 +24,13 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 
+use super::device::{DeviceModel, QueueRole};
 use super::export::ExportEvent;
 use super::memory::MemoryTable;
 use super::queue::{QueueParams, QueueWorker};
-use crate::block::Node;
 use crate::inflight::InflightRegion;
 use crate::trace::vhost_user_backend_msg as vu_msg;
-use crate::virtio_blk::{feat, BlkConfig, CONFIG_LEN};
+use crate::virtio_blk::feat;
 use crate::vring::VringConfig;
 
 #[derive(Default)]
@@ -44,10 +45,9 @@ struct QueueSlot {
     worker: Option<QueueWorker>,
 }
 
-/// vhost-user-blk backend state of one export connection.
-pub struct BlkBackend {
-    node: Arc<Node>,
-    blk: Arc<BlkConfig>,
+/// vhost-user backend state of one export connection.
+pub struct VhostBackend {
+    dev: Arc<dyn DeviceModel>,
     acked_features: u64,
     acked_protocol: u64,
     mem: Option<MemoryTable>,
@@ -55,10 +55,10 @@ pub struct BlkBackend {
     inflight: Option<InflightRegion>,
     events: Option<Sender<ExportEvent>>,
     /// Set when a request answered through REPLY_ACK was refused (see
-    /// [`BlkBackend::take_refusal`]).
+    /// [`VhostBackend::take_refusal`]).
     refused: bool,
     /// Set when the connection must end although the request was answered
-    /// (see [`BlkBackend::take_hang_up`]).
+    /// (see [`VhostBackend::take_hang_up`]).
     hang_up: bool,
     /// The backend→frontend channel (`SET_BACKEND_REQ_FD`) of this
     /// connection; the frontend passes it again after a reconnection.
@@ -69,14 +69,12 @@ fn io_err(msg: &'static str) -> VuError {
     VuError::InvalidOperation(msg)
 }
 
-impl BlkBackend {
-    /// A backend exporting `node` as described by `blk`, reporting I/O
-    /// failures to `events`.
-    pub fn new(node: Arc<Node>, blk: BlkConfig, events: Option<Sender<ExportEvent>>) -> Self {
-        let n = usize::from(blk.num_queues);
-        BlkBackend {
-            node,
-            blk: Arc::new(blk),
+impl VhostBackend {
+    /// A backend serving `dev`, reporting I/O failures to `events`.
+    pub fn new(dev: Arc<dyn DeviceModel>, events: Option<Sender<ExportEvent>>) -> Self {
+        let n = usize::from(dev.num_queues());
+        VhostBackend {
+            dev,
             acked_features: 0,
             acked_protocol: 0,
             mem: None,
@@ -104,16 +102,16 @@ impl BlkBackend {
     /// if it gave a channel. A failed send drops the channel.
     pub fn notify_config_change(&mut self) {
         let Some(c) = &self.channel else { return };
-        trace_point!(vu_msg(self.node.name, "CONFIG_CHANGE_MSG", ()));
+        trace_point!(vu_msg(self.dev.name(), "CONFIG_CHANGE_MSG", ()));
         if let Err(e) = super::backend_channel::send_config_change(c) {
-            ipc_proto::warn_limited!("export of {}: {e}", self.node.name);
+            ipc_proto::warn_limited!("export of {}: {e}", self.dev.name());
             self.channel = None;
         }
     }
 
-    /// The device description.
-    pub fn config(&self) -> &BlkConfig {
-        &self.blk
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn DeviceModel> {
+        &self.dev
     }
 
     /// Forget the connection: stop every queue and drop all per-connection
@@ -199,8 +197,16 @@ impl BlkBackend {
         ) else {
             return;
         };
+        let index = u16::try_from(i).unwrap_or(u16::MAX);
+        let handler = match self.dev.queue(index) {
+            QueueRole::Requests(h) => h,
+            QueueRole::Idle => {
+                q.worker = Some(QueueWorker::idle(q.base));
+                return;
+            }
+        };
         let params = QueueParams {
-            index: u16::try_from(i).unwrap_or(u16::MAX),
+            index,
             ring: VringConfig {
                 size: q.size,
                 desc,
@@ -210,8 +216,7 @@ impl BlkBackend {
             base: q.base,
             event_idx,
             mem: mem.mem.clone(),
-            node: self.node.clone(),
-            blk: self.blk.clone(),
+            handler,
             kick,
             call,
             inflight,
@@ -236,39 +241,39 @@ impl BlkBackend {
     }
 }
 
-impl Drop for BlkBackend {
+impl Drop for VhostBackend {
     fn drop(&mut self) {
         self.disconnect();
     }
 }
 
-impl VhostUserBackendReqHandlerMut for BlkBackend {
+impl VhostUserBackendReqHandlerMut for VhostBackend {
     fn set_owner(&mut self) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_OWNER", ()));
+        trace_point!(vu_msg(self.dev.name(), "SET_OWNER", ()));
         Ok(())
     }
 
     fn reset_owner(&mut self) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "RESET_OWNER", ()));
+        trace_point!(vu_msg(self.dev.name(), "RESET_OWNER", ()));
         self.disconnect();
         Ok(())
     }
 
     fn reset_device(&mut self) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "RESET_DEVICE", ()));
+        trace_point!(vu_msg(self.dev.name(), "RESET_DEVICE", ()));
         self.disconnect();
         Ok(())
     }
 
     fn get_features(&mut self) -> VuResult<u64> {
-        trace_point!(vu_msg(self.node.name, "GET_FEATURES", ()));
-        Ok(self.blk.features())
+        trace_point!(vu_msg(self.dev.name(), "GET_FEATURES", ()));
+        Ok(self.dev.features())
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_FEATURES", features));
+        trace_point!(vu_msg(self.dev.name(), "SET_FEATURES", features));
         self.acked(|b| {
-            if features & !b.blk.features() != 0 {
+            if features & !b.dev.features() != 0 {
                 return Err(VuError::InvalidParam);
             }
             b.acked_features = features;
@@ -282,7 +287,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
-        trace_point!(vu_msg(self.node.name, "SET_MEM_TABLE", ctx.len()));
+        trace_point!(vu_msg(self.dev.name(), "SET_MEM_TABLE", ctx.len()));
         self.acked(|b| {
             let table = MemoryTable::new(ctx, files).map_err(|e| {
                 ipc_proto::warn_limited!("SET_MEM_TABLE rejected: {e}");
@@ -295,9 +300,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_NUM", (index, num)));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_NUM", (index, num)));
         self.acked(|b| {
-            let max = u32::from(b.blk.max_queue_size);
+            let max = u32::from(b.dev.max_queue_size());
             if num == 0 || num > max || !num.is_power_of_two() {
                 return Err(VuError::InvalidParam);
             }
@@ -319,7 +324,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_ADDR", index));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_ADDR", index));
         self.acked(|b| {
             let q = b.slot(index)?;
             if q.worker.is_some() {
@@ -331,7 +336,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_BASE", (index, base)));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_BASE", (index, base)));
         self.acked(|b| {
             let q = b.slot(index)?;
             if q.worker.is_some() {
@@ -343,7 +348,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
-        trace_point!(vu_msg(self.node.name, "GET_VRING_BASE", index));
+        trace_point!(vu_msg(self.dev.name(), "GET_VRING_BASE", index));
         let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
         self.slot(index)?;
         self.stop_queue(i);
@@ -353,7 +358,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_KICK", index));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_KICK", index));
         self.acked(|b| {
             let i = usize::from(index);
             b.stop_queue(i);
@@ -364,7 +369,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_CALL", index));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_CALL", index));
         self.acked(|b| {
             let i = usize::from(index);
             let running = b.slot(u32::from(index))?.worker.is_some();
@@ -378,7 +383,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_ERR", index));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_ERR", index));
         self.acked(|b| {
             b.slot(u32::from(index))?;
             Ok(())
@@ -386,7 +391,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
-        trace_point!(vu_msg(self.node.name, "GET_PROTOCOL_FEATURES", ()));
+        trace_point!(vu_msg(self.dev.name(), "GET_PROTOCOL_FEATURES", ()));
         Ok(VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
@@ -395,18 +400,18 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_PROTOCOL_FEATURES", features));
+        trace_point!(vu_msg(self.dev.name(), "SET_PROTOCOL_FEATURES", features));
         self.acked_protocol = features;
         Ok(())
     }
 
     fn get_queue_num(&mut self) -> VuResult<u64> {
-        trace_point!(vu_msg(self.node.name, "GET_QUEUE_NUM", ()));
-        Ok(u64::from(self.blk.num_queues))
+        trace_point!(vu_msg(self.dev.name(), "GET_QUEUE_NUM", ()));
+        Ok(u64::from(self.dev.num_queues()))
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_VRING_ENABLE", (index, enable)));
+        trace_point!(vu_msg(self.dev.name(), "SET_VRING_ENABLE", (index, enable)));
         self.acked(|b| {
             let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
             b.slot(index)?.enabled = enable;
@@ -425,13 +430,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
-        trace_point!(vu_msg(self.node.name, "GET_CONFIG", offset));
-        let space = self.blk.config_space();
+        trace_point!(vu_msg(self.dev.name(), "GET_CONFIG", offset));
+        let space = self.dev.config_space();
         let range = usize::try_from(offset)
             .ok()
             .zip(usize::try_from(size).ok())
             .and_then(|(start, len)| Some(start..start.checked_add(len)?))
-            .filter(|r| r.end <= CONFIG_LEN);
+            .filter(|r| r.end <= space.len());
         match range {
             Some(r) => Ok(space[r].to_vec()),
             None => {
@@ -448,11 +453,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_config(
         &mut self,
         offset: u32,
-        _buf: &[u8],
+        buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_CONFIG", offset));
-        self.acked(|_| Err(io_err("virtio-blk config space is read-only")))
+        trace_point!(vu_msg(self.dev.name(), "SET_CONFIG", offset));
+        self.acked(|b| b.dev.set_config(offset, buf).map_err(io_err))
     }
 
     // Not reached: the export takes SET_BACKEND_REQ_FD before the crate
@@ -471,8 +476,8 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         &mut self,
         inflight: &VhostUserInflight,
     ) -> VuResult<(VhostUserInflight, File)> {
-        trace_point!(vu_msg(self.node.name, "GET_INFLIGHT_FD", ()));
-        let nq = inflight.num_queues.min(self.blk.num_queues);
+        trace_point!(vu_msg(self.dev.name(), "GET_INFLIGHT_FD", ()));
+        let nq = inflight.num_queues.min(self.dev.num_queues());
         let (region, file, size) =
             InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
                 ipc_proto::warn_limited!("GET_INFLIGHT_FD failed: {e}");
@@ -486,7 +491,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VuResult<()> {
-        trace_point!(vu_msg(self.node.name, "SET_INFLIGHT_FD", ()));
+        trace_point!(vu_msg(self.dev.name(), "SET_INFLIGHT_FD", ()));
         self.acked(|b| {
             let region = InflightRegion::map(
                 &file,

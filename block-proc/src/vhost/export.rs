@@ -1,4 +1,4 @@
-//! One vhost-user-blk export: a thread that serves one frontend
+//! One vhost-user export (virtio-blk or virtio-scsi): a thread that serves one frontend
 //! connection at a time and, when it ends, takes the next.
 //!
 //! Where connections come from ([`Source`]):
@@ -28,10 +28,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use vhost::vhost_user::BackendReqHandler;
 
-use super::backend::BlkBackend;
+use super::backend::VhostBackend;
 use super::backend_channel::{ack, peek_code, take_request, SET_BACKEND_REQ_FD};
-use crate::block::Node;
-use crate::virtio_blk::BlkConfig;
+use super::device::DeviceModel;
 
 /// Connection events of an export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +48,8 @@ pub enum ExportEvent {
         /// strerror text.
         reason: String,
     },
-    /// A block-layer event that is not an export's (write thresholds).
+    /// A block-layer event that is not an export's (write thresholds,
+    /// what a guest changed on a SCSI drive).
     Block(ipc_proto::block::BlockEvent),
 }
 
@@ -70,20 +70,19 @@ struct Inbox {
 
 /// A running export.
 pub struct Export {
-    node: Arc<Node>,
-    backend: Arc<Mutex<BlkBackend>>,
+    dev: Arc<dyn DeviceModel>,
+    backend: Arc<Mutex<VhostBackend>>,
     stop: Arc<EventFd>,
     inbox: Arc<Inbox>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Export {
-    /// Serve `node` to the frontends that come from `source`.
+    /// Serve `dev` to the frontends that come from `source`.
     pub fn start(
         id: String,
         source: Source,
-        node: Arc<Node>,
-        cfg: BlkConfig,
+        dev: Arc<dyn DeviceModel>,
         events: Option<Sender<ExportEvent>>,
     ) -> std::io::Result<Self> {
         let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
@@ -92,11 +91,7 @@ impl Export {
             waiting: Mutex::new(VecDeque::new()),
             ready: EventFd::from_flags(flags)?,
         });
-        let backend = Arc::new(Mutex::new(BlkBackend::new(
-            node.clone(),
-            cfg,
-            events.clone(),
-        )));
+        let backend = Arc::new(Mutex::new(VhostBackend::new(dev.clone(), events.clone())));
         let server = Server {
             id: id.clone(),
             source,
@@ -105,19 +100,19 @@ impl Export {
             stop: stop.clone(),
             events,
         };
-        node.acquire();
+        dev.acquire();
         let handle = std::thread::Builder::new()
             .name(format!("export-{id}"))
             .spawn(move || server.run());
         let handle = match handle {
             Ok(h) => h,
             Err(e) => {
-                node.release();
+                dev.release();
                 return Err(e);
             }
         };
         Ok(Export {
-            node,
+            dev,
             backend,
             stop,
             inbox,
@@ -154,7 +149,7 @@ impl Export {
         let _ = self.stop.write(1);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
-            self.node.resolved().release();
+            self.dev.release();
         }
     }
 }
@@ -203,7 +198,7 @@ struct Server {
     id: String,
     source: Source,
     inbox: Arc<Inbox>,
-    backend: Arc<Mutex<BlkBackend>>,
+    backend: Arc<Mutex<VhostBackend>>,
     stop: Arc<EventFd>,
     events: Option<Sender<ExportEvent>>,
 }

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod backend_channel;
+pub mod device;
 pub mod export;
 pub mod memory;
 pub mod queue;

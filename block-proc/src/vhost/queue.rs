@@ -42,15 +42,15 @@ use ipc_proto::trace_point;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::device::Pending;
+use super::device::RequestHandler;
 use super::export::ExportEvent;
 use crate::block::aio::uring::Ring;
 use crate::block::aio::Engine;
-use crate::block::Node;
 use crate::inflight::QueueInflight;
 use crate::throttle::gate::{Cost, Gate};
 use crate::trace;
-use crate::virtio_blk::aio::AsyncReq;
-use crate::virtio_blk::{self, BlkConfig, Completion};
+use crate::virtio_blk::Completion;
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use ipc_proto::ratelimit::RateLimit;
 use ipc_proto::warn_limited;
@@ -96,10 +96,8 @@ pub struct QueueParams {
     pub event_idx: bool,
     /// Guest memory.
     pub mem: Arc<Mem>,
-    /// The exported node.
-    pub node: Arc<Node>,
-    /// Device description.
-    pub blk: Arc<BlkConfig>,
+    /// The device's request logic.
+    pub handler: Arc<dyn RequestHandler>,
     /// Kick eventfd.
     pub kick: File,
     /// Call eventfd.
@@ -112,8 +110,10 @@ pub struct QueueParams {
 
 /// A running queue.
 pub struct QueueWorker {
-    stop: EventFd,
-    handle: JoinHandle<u16>,
+    stop: Option<EventFd>,
+    handle: Option<JoinHandle<u16>>,
+    /// The avail index an idle queue gives back.
+    idle_base: u16,
 }
 
 impl QueueWorker {
@@ -122,16 +122,35 @@ impl QueueWorker {
         let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).map_err(io::Error::from)?;
         let stop2 = stop.as_fd().try_clone_to_owned()?;
         let handle = std::thread::Builder::new()
-            .name(format!("blk-q{}", p.index))
+            .name(format!("vu-q{}", p.index))
             .spawn(move || run(p, File::from(stop2)))?;
-        Ok(QueueWorker { stop, handle })
+        Ok(QueueWorker {
+            stop: Some(stop),
+            handle: Some(handle),
+            idle_base: 0,
+        })
+    }
+
+    /// A queue that takes no buffers ([`super::device::QueueRole::Idle`]):
+    /// no thread; stopping it gives `base` back unchanged.
+    pub fn idle(base: u16) -> Self {
+        QueueWorker {
+            stop: None,
+            handle: None,
+            idle_base: base,
+        }
     }
 
     /// Stop the queue (after its started requests complete); returns the
     /// next avail index (GET_VRING_BASE).
     pub fn stop(self) -> u16 {
-        let _ = self.stop.write(1);
-        self.handle.join().unwrap_or(0)
+        if let Some(s) = &self.stop {
+            let _ = s.write(1);
+        }
+        match self.handle {
+            Some(h) => h.join().unwrap_or(0),
+            None => self.idle_base,
+        }
     }
 }
 
@@ -153,8 +172,7 @@ struct RingState {
 struct Shared {
     index: u16,
     mem: Arc<Mem>,
-    node: Arc<Node>,
-    blk: Arc<BlkConfig>,
+    handler: Arc<dyn RequestHandler>,
     ring_cfg: VringConfig,
     call: Option<File>,
     events: Option<Sender<ExportEvent>>,
@@ -176,15 +194,15 @@ struct Job {
 }
 
 /// A queue's io_uring; each request carries its head and completion data.
-type AioRing = Ring<(u16, AsyncReq)>;
+type AioRing = Ring<(u16, Pending)>;
 
 /// Finished ring requests, before they are completed on the ring.
-type Reaped = Vec<((u16, AsyncReq), io::Result<()>)>;
+type Reaped = Vec<((u16, Pending), io::Result<()>)>;
 
 /// The queue's ring, when the node's engine is io_uring and the ring can
 /// be set up here; else the queue runs on its pool.
 fn open_ring(shared: &Shared) -> Option<AioRing> {
-    let aio = shared.node.driver.aio()?;
+    let aio = shared.handler.aio()?;
     match aio.engine {
         Engine::Threads => None,
         Engine::IoUring => match Ring::new(aio.fd) {
@@ -213,8 +231,9 @@ impl Shared {
 
     fn fail(&self, st: &mut RingState, e: VringError) {
         warn_limited!(
-            "virtio-blk queue {}: guest broke the ring protocol, queue stopped: {e}",
-            self.index
+            "vhost-user queue {} of {}: guest broke the ring protocol, queue stopped: {e}",
+            self.index,
+            self.handler.name()
         );
         st.broken = true;
     }
@@ -250,7 +269,7 @@ impl Shared {
 
     /// Run the request read into `descs` synchronously and complete it.
     fn process(&self, head: u16, descs: &[Desc]) {
-        let c = virtio_blk::process(&self.node, &self.blk, &self.mem, descs);
+        let c = self.handler.process(&self.mem, descs);
         self.complete(head, c);
     }
 
@@ -271,7 +290,10 @@ impl Shared {
             if let (Some(f), Some(tx)) = (c.failure, self.events.as_ref()) {
                 if self.error_events.allow() {
                     let _ = tx.send(ExportEvent::IoError {
-                        node_name: self.node.name.clone(),
+                        node_name: f
+                            .node
+                            .clone()
+                            .unwrap_or_else(|| self.handler.name().to_string()),
                         operation: f.operation,
                         reason: f.reason,
                     });
@@ -279,7 +301,7 @@ impl Shared {
             }
             self.untake(&mut st);
             trace_point!(trace::virtio_blk_complete(
-                self.node.name,
+                self.handler.name(),
                 self.index,
                 head,
                 c.status,
@@ -330,12 +352,9 @@ impl Shared {
         if n == 0 {
             return 0;
         }
-        let done = reaped.drain(..).map(|((head, r), res)| {
-            (
-                head,
-                virtio_blk::aio::complete(&self.node, &self.mem, &r, res),
-            )
-        });
+        let done = reaped
+            .drain(..)
+            .map(|((head, r), res)| (head, self.handler.complete(&self.mem, &r, res)));
         self.complete_all(done);
         n
     }
@@ -361,7 +380,11 @@ impl Shared {
             if let Some(inf) = st.inflight.as_mut() {
                 inf.get(head);
             }
-            trace_point!(trace::virtio_blk_request(self.node.name, self.index, head));
+            trace_point!(trace::virtio_blk_request(
+                self.handler.name(),
+                self.index,
+                head
+            ));
             out.push(Job { head });
         }
     }
@@ -482,12 +505,12 @@ impl Pool {
 
     /// Make sure there is a thread for each request in flight.
     fn grow(&mut self, busy: usize) {
-        let max = io_threads_per_queue(self.shared.blk.num_queues);
+        let max = self.shared.handler.io_threads();
         while self.threads.len() < busy.min(max) {
             let s = self.shared.clone();
             let rx = self.rx.clone();
             let t = std::thread::Builder::new()
-                .name(format!("blk-q{}-io{}", s.index, self.threads.len()))
+                .name(format!("vu-q{}-io{}", s.index, self.threads.len()))
                 .stack_size(256 << 10)
                 .spawn(move || io_thread(&s, &rx));
             match t {
@@ -572,9 +595,8 @@ impl Engines {
             if !shared.read_chain(j.head, descs) {
                 return;
             }
-            if let Some((r, target, iov)) =
-                virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, false)
-            {
+            let fd = ring.registered_fd();
+            if let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, false, fd) {
                 // SAFETY: the iovecs point into guest memory mapped by
                 // `shared.mem`, which the queue thread holds until the
                 // ring has returned every request (run() waits for them
@@ -623,9 +645,8 @@ impl Engines {
         if !shared.read_chain(j.head, descs) {
             return;
         }
-        let Some((r, target, iov)) =
-            virtio_blk::aio::prepare(&shared.node, &shared.blk, &shared.mem, descs, true)
-        else {
+        let fd = ring.registered_fd();
+        let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, true, fd) else {
             return shared.process(j.head, descs);
         };
         // SAFETY: as in `submit`; and wait_all returns only once the
@@ -667,7 +688,9 @@ impl Engines {
 fn drain(shared: &Shared, eng: &mut Engines, batch: &mut Vec<Job>, gate: &mut Gate<Job>) {
     loop {
         shared.pop_all(batch);
-        gate.admit(&shared.blk.throttle, batch, |j| throttle_cost(shared, j));
+        gate.admit(shared.handler.throttle(), batch, |j| {
+            throttle_cost(shared, j)
+        });
         if batch.is_empty() {
             eng.flush(shared);
             if eng.take_completed() >= POLL_AFTER && shared.poll_avail(AVAIL_POLL) {
@@ -696,7 +719,7 @@ fn drain(shared: &Shared, eng: &mut Engines, batch: &mut Vec<Job>, gate: &mut Ga
 fn throttle_cost(shared: &Shared, j: &Job) -> Cost {
     let mut descs = Vec::new();
     match shared.ring_cfg.read_chain(&shared.mem, j.head, &mut descs) {
-        Ok(()) => virtio_blk::throttle_cost::request_cost(&shared.mem, &descs),
+        Ok(()) => shared.handler.cost(&shared.mem, &descs),
         Err(_) => Cost::Free,
     }
 }
@@ -707,7 +730,7 @@ fn release_throttled(shared: &Shared, eng: &mut Engines, gate: &mut Gate<Job>, a
     if all {
         gate.release_all(&mut batch);
     } else {
-        gate.release(&shared.blk.throttle, &mut batch);
+        gate.release(shared.handler.throttle(), &mut batch);
     }
     for j in batch {
         eng.submit(shared, j);
@@ -728,8 +751,7 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
     let shared = Arc::new(Shared {
         index: p.index,
         mem: p.mem,
-        node: p.node,
-        blk: p.blk,
+        handler: p.handler,
         ring_cfg: p.ring,
         call: p.call,
         events: p.events,
@@ -830,6 +852,8 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
 mod tests {
     use super::*;
     use crate::block::null::NullDriver;
+    use crate::block::Node;
+    use crate::virtio_blk::BlkConfig;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn shared(mem: &Arc<Mem>, size: u16) -> Shared {
@@ -838,7 +862,9 @@ mod tests {
             Box::new(NullDriver::new(1 << 20)),
             false,
         ));
-        let blk = Arc::new(BlkConfig::new(&node, 1, true, "s", 512));
+        let blk = BlkConfig::new(&node, 1, true, "s", 512);
+        let handler: Arc<dyn RequestHandler> =
+            Arc::new(crate::virtio_blk::BlkHandler::new(node, Arc::new(blk)));
         let ring = VringConfig {
             size,
             desc: 0x1000,
@@ -848,8 +874,7 @@ mod tests {
         Shared {
             index: 0,
             mem: mem.clone(),
-            node,
-            blk,
+            handler,
             ring_cfg: ring,
             call: None,
             events: None,

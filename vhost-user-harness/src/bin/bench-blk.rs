@@ -6,8 +6,14 @@
 //! and access patterns, plus `fio` with io_uring at the same queue depth
 //! on the same file (the host's own ceiling).
 //!
+//! With `--cdrom` (or only that with `--cdrom-only`), the CD-ROM read
+//! path too: the same image as a `scsi-cd` of a vhost-user-scsi
+//! controller (READ(10) of 2048-byte blocks) beside block-proc's
+//! virtio-blk export of it (qemu-storage-daemon has no vhost-user-scsi
+//! export to compare with).
+//!
 //! ```text
-//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop]
+//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop] [--cdrom|--cdrom-only]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,12 +21,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use vhost_user_harness::process::Backend;
+use vhost_user_harness::scsi::{Data, ScsiDevice, ScsiOptions};
 use vhost_user_harness::{BlkDevice, BlkOptions, HarnessError, Request};
 
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
-    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop]")]
+    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop] [--cdrom|--cdrom-only]")]
     Usage,
     #[error("harness")]
     Harness(#[from] HarnessError),
@@ -219,6 +226,8 @@ struct Args {
     only: Option<usize>,
     host_file: Option<PathBuf>,
     qsd_main_loop: bool,
+    cdrom: bool,
+    blk: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -232,6 +241,8 @@ fn parse() -> Result<Args> {
         only: None,
         host_file: None,
         qsd_main_loop: false,
+        cdrom: false,
+        blk: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -248,6 +259,11 @@ fn parse() -> Result<Args> {
             }
             "--direct" => a.direct = true,
             "--qsd-main-loop" => a.qsd_main_loop = true,
+            "--cdrom" => a.cdrom = true,
+            "--cdrom-only" => {
+                a.cdrom = true;
+                a.blk = false;
+            }
             "--host-file" => a.host_file = Some(it.next().ok_or(BenchError::Usage)?.into()),
             "--rounds" => {
                 a.rounds = it
@@ -275,6 +291,10 @@ fn parse() -> Result<Args> {
 
 /// block-proc with the file driver's `aio` engine (`None`: its default).
 fn start_bp(a: &Args, sock: &Path, aio: Option<&str>) -> Result<Backend> {
+    start_bp_with(a, sock, aio, &[])
+}
+
+fn start_bp_with(a: &Args, sock: &Path, aio: Option<&str>, extra: &[&str]) -> Result<Backend> {
     let direct = if a.direct { "true" } else { "false" };
     let aio = aio.map(|x| format!(r#""aio":"{x}","#)).unwrap_or_default();
     let json = format!(
@@ -282,7 +302,90 @@ fn start_bp(a: &Args, sock: &Path, aio: Option<&str>) -> Result<Backend> {
         a.format,
         a.file.display()
     );
-    Ok(Backend::block_proc(&a.bp, sock, &[json], &[])?)
+    Ok(Backend::block_proc(&a.bp, sock, &[json], extra)?)
+}
+
+/// Run the read workload `w` as READ(10)s of 2048-byte blocks on a
+/// CD-ROM for `secs`; ops per second.
+fn run_cdrom(dev: &mut ScsiDevice, size: u64, w: Work, secs: f64) -> Result<f64> {
+    const Q: usize = 2;
+    let mut off = Offsets::new(size, w);
+    let len = u32::try_from(w.bs()).map_err(|_| BenchError::Usage)?;
+    let blocks = u16::try_from(w.bs() / 2048).map_err(|_| BenchError::Usage)?;
+    let submit = |dev: &mut ScsiDevice, o: u64| -> Result<()> {
+        let lba = u32::try_from(o / 2048).map_err(|_| BenchError::Usage)?;
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        dev.submit(Q, 0, 0, &cdb, Data::In(len))?;
+        Ok(())
+    };
+    for _ in 0..w.qd() {
+        let o = off.next();
+        submit(dev, o)?;
+    }
+    dev.kick(Q)?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut ops, mut outstanding, mut draining) = (0u64, w.qd(), false);
+    while outstanding > 0 {
+        for u in dev.wait(Q)? {
+            let r = dev.result(&u, 0)?;
+            if r.response != 0 || r.status != 0 {
+                return Err(BenchError::Status(r.status.max(r.response)));
+            }
+            ops += 1;
+            outstanding -= 1;
+            if !draining {
+                let o = off.next();
+                submit(dev, o)?;
+                outstanding += 1;
+            }
+        }
+        draining = draining || Instant::now() >= end;
+        dev.kick(Q)?;
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The CD-ROM read path beside block-proc's virtio-blk export of the
+/// same image, best of `rounds`, alternating who runs first.
+fn cdrom_section(a: &Args, sock: &Path, size: u64) -> Result<()> {
+    println!();
+    println!(
+        "CD-ROM read path (vhost-user-scsi scsi-cd, READ(10) of 2048-byte blocks) vs virtio-blk, block-proc default aio"
+    );
+    println!(
+        "{:<18} {:>15} {:>15} {:>8}",
+        "workload", "scsi-cd", "virtio-blk", "cd/blk"
+    );
+    for w in [Work::SeqRead1m, Work::RandRead4k(1), Work::RandRead4k(32)] {
+        let mut best = [0f64; 2];
+        for round in 0..a.rounds as usize {
+            for k in 0..2 {
+                let i = (round + k) % 2;
+                let r = if i == 0 {
+                    let _b = start_bp_with(a, sock, None, &["--scsi", "cd", "--read-only"])?;
+                    let mut dev = ScsiDevice::connect(sock, ScsiOptions::default())?;
+                    run_cdrom(&mut dev, size, w, a.secs)?
+                } else {
+                    let _b = start_bp_with(a, sock, None, &["--read-only"])?;
+                    let mut dev = BlkDevice::connect(sock, opts())?;
+                    run_device(&mut dev, size, w, a.secs)?
+                };
+                best[i] = best[i].max(r);
+            }
+        }
+        println!(
+            "{:<18} {:>15} {:>15} {:>8.2}",
+            w.name(),
+            fmt(w, best[0]),
+            fmt(w, best[1]),
+            best[0] / best[1]
+        );
+    }
+    Ok(())
 }
 
 fn start_qsd(a: &Args, sock: &Path) -> Result<Backend> {
@@ -366,6 +469,9 @@ fn run() -> Result<()> {
         let mut dev = BlkDevice::connect(&sock_bp, opts())?;
         dev.capacity()? * 512
     };
+    if !a.blk {
+        return cdrom_section(&a, &sock_bp, size);
+    }
     // fio's random writes would wreck a qcow2 container, so it may run on
     // another file (the raw image with the same data) given by --host-file.
     let host_file = a.host_file.clone().unwrap_or_else(|| a.file.clone());
@@ -429,6 +535,9 @@ fn run() -> Result<()> {
         gaps[0],
         gaps[gaps.len() - 1]
     );
+    if a.cdrom {
+        cdrom_section(&a, &sock_bp, size)?;
+    }
     Ok(())
 }
 

@@ -113,6 +113,12 @@ impl<T> Ring<T> {
         })
     }
 
+    /// The image fd the ring has registered (requests for another fd
+    /// fail with EBADF).
+    pub fn registered_fd(&self) -> RawFd {
+        self.registered
+    }
+
     /// Requests pushed and not yet returned.
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
