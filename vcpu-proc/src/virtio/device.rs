@@ -27,8 +27,16 @@ use ipc_proto::warn_limited;
 pub struct DeviceKind {
     /// Virtio device type.
     pub device_type: u32,
-    /// Size of the config space fetched with GET_CONFIG.
+    /// Size of the config space fetched with GET_CONFIG (0 when the
+    /// frontend provides the config space itself).
     pub config_len: u32,
+    /// The config space the frontend provides itself, from the queue count
+    /// and the largest queue size, for backends that serve no GET_CONFIG
+    /// (vhost-user-scsi, as QEMU does): it is never fetched, and a driver
+    /// write that would change it is refused. `None`: fetched.
+    pub frontend_config: Option<fn(u16, u16) -> Vec<u8>>,
+    /// Fewest queues the device works with (control queues included).
+    pub min_queues: u16,
 }
 
 /// State the session thread's requests update.
@@ -168,6 +176,10 @@ impl VhostUserDevice {
     /// Builds the device on its first session.
     pub fn new(p: DeviceParts) -> Self {
         let features = p.opened.device_features & TRANSPORT_FEATURE_MASK;
+        let config = match p.kind.frontend_config {
+            Some(make) => make(p.num_queues, p.queue_max_size),
+            None => p.opened.config,
+        };
         link_up(&p.link);
         VhostUserDevice {
             id: p.id,
@@ -182,7 +194,7 @@ impl VhostUserDevice {
             kicks: p.kicks,
             call: p.call,
             shared: Arc::new(Mutex::new(Shared {
-                config: p.opened.config,
+                config,
                 ..Shared::default()
             })),
             needs_reset: Arc::default(),
@@ -417,6 +429,27 @@ impl VhostUserDevice {
         self.session = None;
         reconnect::lock(&self.link).connected = false;
     }
+
+    /// A driver write to a config space the frontend provides: the backend
+    /// never sees it, so only a write that leaves the content as it is
+    /// (Linux writes virtio-scsi's `sense_size` and `cdb_size` at their
+    /// defaults) is taken; any other is refused as QEMU's vhost-scsi does,
+    /// and the driver reads the unchanged value back.
+    fn write_frontend_config(&mut self, offset: u64, data: &[u8]) {
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| Some(o..o.checked_add(data.len())?));
+        let sh = shared_lock(&self.shared);
+        match range.and_then(|r| sh.config.get(r)) {
+            Some(cur) if cur == data => {}
+            Some(_) => warn_limited!(
+                "vhost-user device {}: the driver changes config bytes at {offset:#x} to {data:?}; \
+                 the backend cannot take config changes, the write is refused",
+                self.id
+            ),
+            None => warn_limited!("vhost-user device {}: config write out of range", self.id),
+        }
+    }
 }
 
 /// What opening a session for a device needs (see
@@ -499,7 +532,7 @@ fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), Vho
         }
     }
     conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
-    if !j.resume {
+    if !j.resume && j.config_len > 0 {
         // The backend may have changed its config space since the guest
         // read it (fetched at attach and at each reconnection).
         let fresh = conn.get_config(j.config_len)?;
@@ -557,6 +590,10 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if self.kind.frontend_config.is_some() {
+            self.write_frontend_config(offset, data);
+            return;
+        }
         let range = usize::try_from(offset)
             .ok()
             .and_then(|o| Some(o..o.checked_add(data.len())?));

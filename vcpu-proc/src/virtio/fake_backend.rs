@@ -4,6 +4,9 @@
 //! guest memory directly. It offers VERSION_1, FLUSH and
 //! PROTOCOL_FEATURES with only the CONFIG protocol feature: no REPLY_ACK,
 //! no MQ and no inflight tracking, like a minimal third-party backend.
+//! [`FakeBackend::spawn_scsi`] plays a vhost-user-scsi backend instead:
+//! MQ with a queue count, and no CONFIG (such backends serve no
+//! GET_CONFIG).
 //!
 //! Written by hand (a few message codes over a stream) because the
 //! point is a backend that does exactly what the test says and nothing
@@ -30,6 +33,8 @@ pub mod req {
     pub const SET_VRING_KICK: u32 = 12;
     /// GET_PROTOCOL_FEATURES.
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// GET_QUEUE_NUM.
+    pub const GET_QUEUE_NUM: u32 = 17;
     /// GET_CONFIG.
     pub const GET_CONFIG: u32 = 24;
 }
@@ -40,6 +45,16 @@ pub const CAPACITY: u64 = 2048;
 const HEADER: usize = 12;
 const VERSION_1: u64 = 1 << 32;
 const BLK_FLUSH: u64 = 1 << 9;
+const SCSI_HOTPLUG: u64 = 1 << 1;
+const SCSI_CHANGE: u64 = 1 << 2;
+
+/// What the fake offers.
+#[derive(Clone, Copy)]
+struct Offer {
+    features: u64,
+    protocol: u64,
+    queue_num: u64,
+}
 
 /// One request as received: code and payload.
 pub type Logged = (u32, Vec<u8>);
@@ -56,12 +71,39 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Serves `socket` on a thread of its own.
     pub fn spawn(socket: UnixStream) -> Self {
+        Self::spawn_offering(
+            socket,
+            Offer {
+                features: VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+                protocol: VhostUserProtocolFeatures::CONFIG.bits(),
+                queue_num: 1,
+            },
+        )
+    }
+
+    /// A vhost-user-scsi backend serving `queues` virtqueues (MQ, no
+    /// CONFIG) with VIRTIO_SCSI_F_HOTPLUG and VIRTIO_SCSI_F_CHANGE.
+    pub fn spawn_scsi(socket: UnixStream, queues: u64) -> Self {
+        Self::spawn_offering(
+            socket,
+            Offer {
+                features: VERSION_1
+                    | SCSI_HOTPLUG
+                    | SCSI_CHANGE
+                    | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+                protocol: VhostUserProtocolFeatures::MQ.bits(),
+                queue_num: queues,
+            },
+        )
+    }
+
+    fn spawn_offering(socket: UnixStream, offer: Offer) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(AtomicU64::new(CAPACITY));
         let (l, st, cap) = (log.clone(), stalled.clone(), capacity.clone());
         let s = socket.try_clone().unwrap();
-        let thread = std::thread::spawn(move || serve(s, &l, &st, &cap));
+        let thread = std::thread::spawn(move || serve(s, offer, &l, &st, &cap));
         FakeBackend {
             log,
             stalled,
@@ -155,9 +197,18 @@ fn reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
     s.write_all(&msg)
 }
 
-fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool, capacity: &AtomicU64) {
-    let features = VERSION_1 | BLK_FLUSH | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    let protocol = VhostUserProtocolFeatures::CONFIG.bits();
+fn serve(
+    mut s: UnixStream,
+    offer: Offer,
+    log: &Mutex<Vec<Logged>>,
+    stalled: &AtomicBool,
+    capacity: &AtomicU64,
+) {
+    let Offer {
+        features,
+        protocol,
+        queue_num,
+    } = offer;
     let mut bases = std::collections::HashMap::<u32, u32>::new();
     loop {
         let mut hdr = [0u8; HEADER];
@@ -180,6 +231,7 @@ fn serve(mut s: UnixStream, log: &Mutex<Vec<Logged>>, stalled: &AtomicBool, capa
         let r = match code {
             req::GET_FEATURES => reply(&mut s, code, &features.to_le_bytes()),
             req::GET_PROTOCOL_FEATURES => reply(&mut s, code, &protocol.to_le_bytes()),
+            req::GET_QUEUE_NUM => reply(&mut s, code, &queue_num.to_le_bytes()),
             req::GET_CONFIG => {
                 // VhostUserConfig: offset, size, flags, then the bytes.
                 let size = u32_at(&payload, 4) as usize;

@@ -24,6 +24,7 @@ pub mod inflight;
 pub mod mmio;
 pub mod reconnect;
 pub mod registry;
+pub mod scsi;
 pub mod session;
 pub mod vhost_user;
 
@@ -202,6 +203,8 @@ impl VirtioMmioDevice {
         let kind = DeviceKind {
             device_type: VIRTIO_ID_BLOCK,
             config_len: VIRTIO_BLK_CONFIG_LEN,
+            frontend_config: None,
+            min_queues: 1,
         };
         Self::new_vhost_user(p, kind)
     }
@@ -212,7 +215,10 @@ impl VirtioMmioDevice {
         if p.slot >= layout::VIRTIO_MMIO_SLOTS {
             return Err(VirtioError::BadSlot(p.slot));
         }
-        if p.num_queues == 0 || p.queue_size == 0 || !p.queue_size.is_power_of_two() {
+        if p.num_queues < kind.min_queues.max(1)
+            || p.queue_size == 0
+            || !p.queue_size.is_power_of_two()
+        {
             return Err(VirtioError::BadQueues {
                 num_queues: p.num_queues,
                 queue_size: p.queue_size,
@@ -236,6 +242,12 @@ impl VirtioMmioDevice {
             return Err(VirtioError::NotModern);
         }
         let num_queues = opened.queue_num.min(p.num_queues).max(1);
+        if num_queues < kind.min_queues {
+            return Err(VirtioError::TooFewQueues {
+                wanted: kind.min_queues,
+                offered: num_queues,
+            });
+        }
         let call = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         p.vm.register_irqfd(&call, gsi)
             .map_err(|source| VirtioError::Kvm {

@@ -235,12 +235,16 @@ fn handshake(
     config_len: u32,
 ) -> Result<(Connection, Opened), VhostUserError> {
     let mut conn = Connection::handshake(stream, max_queues)?;
-    let config = match conn.get_config(config_len) {
-        Ok(c) => c,
-        Err(e) => {
-            conn.shutdown();
-            return Err(e);
-        }
+    // 0: the frontend provides the config space (see `DeviceKind`).
+    let config = match config_len {
+        0 => Vec::new(),
+        len => match conn.get_config(len) {
+            Ok(c) => c,
+            Err(e) => {
+                conn.shutdown();
+                return Err(e);
+            }
+        },
     };
     let opened = Opened {
         device_features: conn.device_features(),
