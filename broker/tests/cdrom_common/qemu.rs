@@ -25,6 +25,33 @@ impl Drop for Qemu {
 /// Starts QEMU's microvm on the `cdrom` guest with disc 1 in `cd0`; QMP
 /// on `dir/qmp.sock`, serial in `dir/serial.log`.
 pub fn start_qemu(dir: &Path, disc1: &Path) -> (Qemu, Qmp, SerialLog) {
+    start_qemu_with(dir, &device_args(disc1))
+}
+
+/// The options of QEMU's own vhost-user-scsi device on a backend
+/// listening on `sock` (guest RAM shared through a memfd), for the interop
+/// run of the `cdrom` guest on block-proc's vhost-user-scsi backend (the
+/// medium is then the backend's: give it a disc flagged LAST).
+pub fn vhost_user_scsi_args(sock: &Path) -> Vec<String> {
+    [
+        "-object",
+        "memory-backend-memfd,id=mem,size=64M,share=on",
+        "-M",
+        "memory-backend=mem",
+        "-chardev",
+        &format!("socket,id=vus,path={}", sock.display()),
+        "-device",
+        "vhost-user-scsi,chardev=vus,num_queues=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts QEMU's microvm on the `cdrom` guest with `devices` (the SCSI
+/// controller and its drive); QMP on `dir/qmp.sock`, serial in
+/// `dir/serial.log`.
+pub fn start_qemu_with(dir: &Path, devices: &[String]) -> (Qemu, Qmp, SerialLog) {
     let sock = dir.join("qmp.sock");
     let log = SerialLog(dir.join("serial.log"));
     let child = Command::new("qemu-system-x86_64")
@@ -53,7 +80,7 @@ pub fn start_qemu(dir: &Path, disc1: &Path) -> (Qemu, Qmp, SerialLog) {
         .arg(format!("file:{}", log.0.display()))
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .args(device_args(disc1))
+        .args(devices)
         .stdout(Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64 is installed (scripts/setup)");

@@ -180,20 +180,15 @@ impl Drive {
         must("START STOP UNIT (eject)", self.cmd(&[0x1b, 0, 0, 0, 0x02, 0], 0));
     }
 
-    /// GET EVENT STATUS NOTIFICATION, polled, media class.
-    pub fn media_event(&mut self) -> MediaStatus {
+    /// GET EVENT STATUS NOTIFICATION, polled, media class; `None` when a
+    /// unit attention answered instead (poll again).
+    pub fn media_event(&mut self) -> Option<MediaStatus> {
         let o = self.cmd(&[0x4a, 1, 0, 0, 1 << 4, 0, 0, 0, 8, 0], 8);
         let n = match o {
             Outcome::Good(n) => n,
             // A pending unit attention is reported by the next TEST UNIT
             // READY; poll again.
-            Outcome::Check(s) if s.key == UNIT_ATTENTION => {
-                return MediaStatus {
-                    event: MediaEvent::NoChange,
-                    tray_open: false,
-                    present: false,
-                }
-            }
+            Outcome::Check(s) if s.key == UNIT_ATTENTION => return None,
             o => guest_rt::fail!("GET EVENT STATUS NOTIFICATION: {:?}", o),
         };
         let d = self.hba.data();
@@ -209,11 +204,11 @@ impl Drive {
             3 => MediaEvent::MediaRemoval,
             c => MediaEvent::Other(c),
         };
-        MediaStatus {
+        Some(MediaStatus {
             event,
             tray_open: d[5] & 1 != 0,
             present: d[5] & 2 != 0,
-        }
+        })
     }
 }
 

@@ -67,7 +67,10 @@ fn wait_for_new_media(drive: &mut Drive, keep_locked: bool) {
         present: true,
     };
     loop {
-        let st = drive.media_event();
+        let Some(st) = drive.media_event() else {
+            scsi::sleep_ticks(POLL_TICKS);
+            continue;
+        };
         if (st.tray_open, st.present) != (last.tray_open, last.present) {
             println!(
                 "cdrom: tray {}, medium {}",
