@@ -140,7 +140,15 @@ impl Script<'_> {
         if c["execute"] == "query-block" {
             r = json!({"tray-state": tray_state(&r)});
         }
-        self.out.push(json!({"cmd": c, "reply": r}));
+        // The discs live in each run's own directory.
+        let mut shown = c;
+        if let Some(f) = shown["arguments"]["filename"].as_str() {
+            let base = Path::new(f)
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned());
+            shown["arguments"]["filename"] = json!(base);
+        }
+        self.out.push(json!({"cmd": shown, "reply": r}));
         r
     }
 
