@@ -7,7 +7,9 @@
 //! their transcripts are equal.
 //!
 //! The script: disc 1 is flagged KEEP_LOCKED, so the guest locks the tray
-//! and ignores eject requests: `eject` fails with QEMU's "locked" error
+//! and ignores eject requests (and REREAD: it reads the disc again and
+//! again until the first media event, which a test may use to disturb the
+//! backend while the guest reads): `eject` fails with QEMU's "locked" error
 //! and `eject force=true` takes the disc out. `blockdev-change-medium`
 //! puts disc 2 in; the guest reads it and locks again, this time honouring
 //! eject requests: the next `blockdev-change-medium` fails but asks the
@@ -34,7 +36,7 @@ pub mod disc;
 
 /// (tag, flags, blocks) of the three discs.
 pub const DISCS: [(u64, u64, u64); 3] = [
-    (11, disc::KEEP_LOCKED, 40),
+    (11, disc::KEEP_LOCKED | disc::REREAD, 40),
     (22, 0, 24),
     (33, disc::LAST, 70),
 ];
@@ -169,17 +171,17 @@ fn change_medium(disc: &Path) -> Value {
 /// Plays the scenario (module doc) on a machine running the `cdrom` guest
 /// on `discs[0]`; returns the transcript once the guest has passed.
 pub fn play(q: &mut Qmp, log: &SerialLog, discs: &[PathBuf]) -> Vec<Value> {
-    play_with(q, log, discs, &mut |_| {})
+    play_with(q, log, discs, &mut |_, _| {})
 }
 
 /// [`play`], calling `locked` once the guest has read disc 1 and locked
-/// the tray (e.g. to SIGKILL a worker there; what it waits for on `q`
-/// stays out of the transcript).
+/// the tray, while it reads disc 1 again and again (e.g. to SIGKILL a
+/// worker there; what it waits for on `q` stays out of the transcript).
 pub fn play_with(
     q: &mut Qmp,
     log: &SerialLog,
     discs: &[PathBuf],
-    locked: &mut dyn FnMut(&mut Qmp),
+    locked: &mut dyn FnMut(&mut Qmp, &SerialLog),
 ) -> Vec<Value> {
     let query = json!({"execute": "query-block"});
     let mut s = Script {
@@ -189,7 +191,7 @@ pub fn play_with(
     };
     s.log.wait_for("cdrom: disc 1: tag 11, 40 blocks ok");
     wait_count(s.log, "cdrom: tray locked", 1);
-    locked(s.q);
+    locked(s.q, s.log);
     s.cmd(query.clone());
     s.cmd(json!({"execute": "eject", "arguments": {"id": "cd0"}}));
     s.log.wait_for("cdrom: eject request ignored");

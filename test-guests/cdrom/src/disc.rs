@@ -3,7 +3,7 @@
 //!
 //! A 2048-byte block is 256 little-endian u64 words: word 0 = [`MAGIC`],
 //! word 1 = block number, word 2 = the disc's tag, word 3 = the disc's
-//! flags ([`LAST`], [`KEEP_LOCKED`]), words 4..255 = `mix(block, tag, i)`.
+//! flags ([`LAST`], [`KEEP_LOCKED`], [`REREAD`]), words 4..255 = `mix(block, tag, i)`.
 //! Every block of a disc carries the same tag and flags, so the guest
 //! knows from block 0 what the test wants it to do with this disc.
 
@@ -18,6 +18,9 @@ pub const LAST: u64 = 1;
 /// Flag: the guest ignores eject requests while this disc is in (the tray
 /// stays locked, so only a forced eject takes the disc out).
 pub const KEEP_LOCKED: u64 = 2;
+/// Flag: the guest reads this disc again and again (`disc N pass P ok`),
+/// polling media events between passes, until the first media event.
+pub const REREAD: u64 = 4;
 
 /// Word `i` (4..255) of `(block, tag)`.
 pub fn mix(block: u64, tag: u64, i: u64) -> u64 {

@@ -9,7 +9,10 @@
 //! 2. lock the tray (PREVENT ALLOW MEDIUM REMOVAL);
 //! 3. poll GET EVENT STATUS NOTIFICATION: on an eject request, unlock and
 //!    eject (START STOP UNIT) unless the disc is flagged KEEP_LOCKED; on
-//!    new media go back to 1 (the new disc must have another tag).
+//!    new media go back to 1 (the new disc must have another tag). A disc
+//!    flagged REREAD is read again between polls (`disc N pass P ok`)
+//!    until the first media event, so that a test can disturb the backend
+//!    while the guest reads.
 //!
 //! Every step prints a `cdrom: ...` line; any unexpected answer fails the
 //! test with `VERDICT: FAIL cdrom: ...`.
@@ -36,7 +39,7 @@ fn main() -> ! {
     };
     let mut drive = Drive::find(hba);
     let mut previous: Option<u64> = None;
-    for n in 1.. {
+    for n in 1u32.. {
         drive.wait_ready();
         let (blocks, size) = drive.capacity();
         if size != disc::BLOCK as u32 {
@@ -53,20 +56,45 @@ fn main() -> ! {
         }
         drive.prevent_removal(true);
         println!("cdrom: tray locked");
-        wait_for_new_media(&mut drive, flags & disc::KEEP_LOCKED != 0);
+        let d = Disc {
+            n,
+            blocks,
+            tag,
+            flags,
+        };
+        wait_for_new_media(&mut drive, &d);
     }
     guest_rt::exit::pass()
 }
 
+/// The disc in the drive.
+struct Disc {
+    n: u32,
+    blocks: u32,
+    tag: u64,
+    flags: u64,
+}
+
 /// Polls media events until new media is in, answering eject requests
-/// (unless `keep_locked`) and reporting tray changes.
-fn wait_for_new_media(drive: &mut Drive, keep_locked: bool) {
+/// (unless the disc is KEEP_LOCKED), reporting tray changes, and reading
+/// a REREAD disc again between polls until the first event.
+fn wait_for_new_media(drive: &mut Drive, disc: &Disc) {
+    let keep_locked = disc.flags & disc::KEEP_LOCKED != 0;
+    let mut rereading = disc.flags & disc::REREAD != 0;
+    let mut pass = 1;
     let mut last = MediaStatus {
         event: MediaEvent::NoChange,
         tray_open: false,
         present: true,
     };
     loop {
+        if rereading {
+            pass += 1;
+            if drive.read_disc(disc.blocks) != (disc.tag, disc.flags) {
+                guest_rt::fail!("disc {} changed without a media event", disc.n);
+            }
+            println!("cdrom: disc {} pass {} ok", disc.n, pass);
+        }
         let Some(st) = drive.media_event() else {
             scsi::sleep_ticks(POLL_TICKS);
             continue;
@@ -79,6 +107,9 @@ fn wait_for_new_media(drive: &mut Drive, keep_locked: bool) {
             );
         }
         last = st;
+        if st.event != MediaEvent::NoChange || st.tray_open || !st.present {
+            rereading = false;
+        }
         match st.event {
             MediaEvent::NoChange => {}
             MediaEvent::EjectRequest if keep_locked => {
