@@ -155,7 +155,9 @@ pub struct VhostUserDeviceConfig {
     pub kind: VhostUserKind,
     /// The socket, already connected to the backend.
     pub socket: FdSlot,
-    /// Queues wanted (capped by what the backend serves).
+    /// Queues wanted (capped by what the backend serves). For
+    /// [`VhostUserKind::Scsi`] every virtqueue counts: control, event and
+    /// the request queues (at least 3; QEMU's `num_queues` + 2).
     pub num_queues: u16,
     /// Largest queue size offered to the guest (a power of two).
     pub queue_size: u16,

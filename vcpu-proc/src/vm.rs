@@ -549,7 +549,7 @@ impl Vm {
         let dev = match d.kind {
             VhostUserKind::Block => MmioDevice::new_vhost_user_blk(params).map_err(err)?,
             VhostUserKind::Net => MmioDevice::new_vhost_user_net(params, d.mac).map_err(err)?,
-            VhostUserKind::Scsi => return Err(err(VirtioError::UnsupportedKind(d.kind))),
+            VhostUserKind::Scsi => MmioDevice::new_vhost_user_scsi(params).map_err(err)?,
         };
         self.devices.add(dev).map_err(err)?;
         self.virtio = self.devices.acpi_devices();

@@ -101,13 +101,13 @@ fn wait() {
 /// Pins per IOAPIC assumed when mapping a GSI to an IOAPIC from the MADT.
 const IOAPIC_PINS: u32 = 24;
 
-/// Routes the interrupt of microvm's transport `index` to [`VECTOR`].
+/// Routes the interrupt of microvm's transport `index` to `vector`.
 ///
 /// QEMU's microvm wires transport `i` to GSI `base + i`: base 24 with its
 /// second IOAPIC (listed in the MADT with GSI base 24), else 16 with ACPI,
 /// else 5 (no MADT). Returns the GSI, or `None` if no IOAPIC serves it
 /// (completions are then found by the fallback tick).
-fn route_microvm(index: u32) -> Option<u32> {
+pub fn route_microvm(index: u32, vector: u8) -> Option<u32> {
     let machine = acpi::discover();
     // Without a MADT (microvm with acpi=off): the one IOAPIC at its default
     // address, GSIs from 0.
@@ -121,7 +121,7 @@ fn route_microvm(index: u32) -> Option<u32> {
         .iter()
         .find(|&&(_, base)| (base..base + IOAPIC_PINS).contains(&gsi))?;
     let pin = (gsi - base) as u8;
-    ioapic_route_at(addr as usize, pin, VECTOR, Trigger::Edge, lapic_id());
+    ioapic_route_at(addr as usize, pin, vector, Trigger::Edge, lapic_id());
     Some(gsi)
 }
 
@@ -149,7 +149,7 @@ impl Blk {
                 ioapic_route(GSI_BASE + slot as u8, VECTOR, Trigger::Edge, lapic_id());
                 println!("blk: virtio-blk in Bulkhead slot {}", slot);
             }
-            Transport::Microvm(index) => match route_microvm(index) {
+            Transport::Microvm(index) => match route_microvm(index, VECTOR) {
                 Some(gsi) => println!(
                     "blk: virtio-blk at microvm transport {} ({:#x}), GSI {}",
                     index,

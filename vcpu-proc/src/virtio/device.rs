@@ -460,6 +460,27 @@ impl VhostUserDevice {
         self.session = None;
         reconnect::lock(&self.link).connected = false;
     }
+
+    /// A driver write to a config space the frontend provides: the backend
+    /// never sees it, so only a write that leaves the content as it is
+    /// (Linux writes virtio-scsi's `sense_size` and `cdb_size` at their
+    /// defaults) is taken; any other is refused as QEMU's vhost-scsi does,
+    /// and the driver reads the unchanged value back.
+    fn write_frontend_config(&mut self, offset: u64, data: &[u8]) {
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| Some(o..o.checked_add(data.len())?));
+        let sh = shared_lock(&self.shared);
+        match range.and_then(|r| sh.config.get(r)) {
+            Some(cur) if cur == data => {}
+            Some(_) => warn_limited!(
+                "vhost-user device {}: the driver changes config bytes at {offset:#x} to {data:?}; \
+                 the backend cannot take config changes, the write is refused",
+                self.id
+            ),
+            None => warn_limited!("vhost-user device {}: config write out of range", self.id),
+        }
+    }
 }
 
 /// What opening a session for a device needs (see
@@ -542,7 +563,7 @@ fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), Vho
         }
     }
     conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
-    if !j.resume && conn.serves_config() {
+    if !j.resume && conn.serves_config() && j.config_len > 0 {
         // The backend may have changed its config space since the guest
         // read it (fetched at attach and at each reconnection).
         let fresh = conn.get_config(j.config_len)?;
@@ -600,6 +621,10 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if !self.kind.fetches_config() {
+            self.write_frontend_config(offset, data);
+            return;
+        }
         let range = usize::try_from(offset)
             .ok()
             .and_then(|o| Some(o..o.checked_add(data.len())?));

@@ -39,6 +39,8 @@ pub mod req {
     pub const SET_VRING_KICK: u32 = 12;
     /// GET_PROTOCOL_FEATURES.
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// GET_QUEUE_NUM.
+    pub const GET_QUEUE_NUM: u32 = 17;
     /// SET_BACKEND_REQ_FD.
     pub const SET_BACKEND_REQ_FD: u32 = 21;
     /// GET_CONFIG.
@@ -60,7 +62,8 @@ const BLK_FLUSH: u64 = 1 << 9;
 pub struct Offer {
     /// Virtio features (PROTOCOL_FEATURES is added).
     pub features: u64,
-    /// Protocol features (without MQ: the fake answers no GET_QUEUE_NUM).
+    /// Protocol features (with MQ, GET_QUEUE_NUM answers the queue count
+    /// given to [`FakeBackend::spawn_scsi`], else 1).
     pub protocol: VhostUserProtocolFeatures,
     /// The first bytes of the config space GET_CONFIG answers (a NIC's
     /// mac and status); None: the capacity of a disk.
@@ -105,6 +108,22 @@ impl FakeBackend {
 
     /// Serves `socket` on a thread of its own, offering `offer`.
     pub fn spawn_offering(socket: UnixStream, offer: Offer) -> Self {
+        Self::spawn_serving(socket, offer, 1)
+    }
+
+    /// A vhost-user-scsi backend serving `queues` virtqueues (MQ, no
+    /// CONFIG) with VIRTIO_SCSI_F_HOTPLUG and VIRTIO_SCSI_F_CHANGE.
+    pub fn spawn_scsi(socket: UnixStream, queues: u64) -> Self {
+        let offer = Offer {
+            features: VERSION_1 | (1 << 1) | (1 << 2),
+            protocol: VhostUserProtocolFeatures::MQ,
+            config: None,
+        };
+        Self::spawn_serving(socket, offer, queues)
+    }
+
+    /// Serves `socket` offering `offer` and, with MQ, `queues` queues.
+    fn spawn_serving(socket: UnixStream, offer: Offer, queues: u64) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(AtomicU64::new(CAPACITY));
@@ -114,6 +133,7 @@ impl FakeBackend {
             stalled: stalled.clone(),
             capacity: capacity.clone(),
             channel: channel.clone(),
+            queues,
         };
         let s = socket.try_clone().unwrap();
         let thread = std::thread::spawn(move || serve(s, offer, &fake));
@@ -253,6 +273,8 @@ struct Fake {
     stalled: Arc<AtomicBool>,
     capacity: Arc<AtomicU64>,
     channel: Channel,
+    /// GET_QUEUE_NUM's answer.
+    queues: u64,
 }
 
 /// Reads a message header and the fds sent with it.
@@ -300,6 +322,7 @@ fn serve(mut s: UnixStream, offer: Offer, f: &Fake) {
         let r = match code {
             req::GET_FEATURES => reply(&mut s, code, &features.to_le_bytes()),
             req::GET_PROTOCOL_FEATURES => reply(&mut s, code, &protocol.to_le_bytes()),
+            req::GET_QUEUE_NUM => reply(&mut s, code, &f.queues.to_le_bytes()),
             req::GET_CONFIG => {
                 // VhostUserConfig: offset, size, flags, then the bytes.
                 let size = u32_at(&payload, 4) as usize;

@@ -7,6 +7,7 @@
 //! are the same for every kind (`device.rs`, `session.rs`, `reconnect.rs`).
 
 use super::net::{self, NetProfile};
+use super::scsi;
 use super::vhost_user::VhostUserError;
 use super::VirtioError;
 
@@ -39,6 +40,14 @@ pub enum Profile {
     Storage,
     /// A virtio-net device (`net.rs`).
     Net(NetProfile),
+    /// A virtio-scsi host (`scsi.rs`): the frontend provides the config
+    /// space itself, as QEMU's vhost-user-scsi does (queues of at most
+    /// `queue_size` entries), and needs a request queue beside the
+    /// control and event queues.
+    Scsi {
+        /// Largest queue size (the config's `seg_max` follows from it).
+        queue_size: u16,
+    },
 }
 
 /// The device as the guest sees it.
@@ -99,6 +108,34 @@ impl DeviceKind {
                 })
             }
             Profile::Net(n) => n.shape(offered, backend_config, wanted, served),
+            Profile::Scsi { queue_size } => {
+                if wanted < scsi::MIN_QUEUES {
+                    return Err(VirtioError::BadQueues {
+                        num_queues: wanted,
+                        queue_size: *queue_size,
+                    });
+                }
+                let queues = served.min(wanted);
+                if queues < scsi::MIN_QUEUES {
+                    return Err(VirtioError::TooFewQueues {
+                        wanted: scsi::MIN_QUEUES,
+                        offered: queues,
+                    });
+                }
+                Ok(Shape {
+                    features: offered,
+                    queues,
+                })
+            }
+        }
+    }
+
+    /// False when the frontend provides the config space itself and never
+    /// fetches it from the backend (nor forwards the driver's writes).
+    pub fn fetches_config(&self) -> bool {
+        match self.profile {
+            Profile::Storage | Profile::Net(_) => true,
+            Profile::Scsi { .. } => false,
         }
     }
 
@@ -108,6 +145,7 @@ impl DeviceKind {
         match &self.profile {
             Profile::Storage => None,
             Profile::Net(n) => Some(n.config(shape)),
+            Profile::Scsi { queue_size } => Some(scsi::config_space(shape.queues, *queue_size)),
         }
     }
 
@@ -117,7 +155,7 @@ impl DeviceKind {
     /// of the crash window, as a wire would.
     pub fn resumes_without_inflight(&self) -> bool {
         match self.profile {
-            Profile::Storage => false,
+            Profile::Storage | Profile::Scsi { .. } => false,
             Profile::Net(_) => true,
         }
     }

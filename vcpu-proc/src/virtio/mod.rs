@@ -30,6 +30,7 @@ pub mod mmio;
 pub mod net;
 pub mod reconnect;
 pub mod registry;
+pub mod scsi;
 pub mod session;
 pub mod vhost_user;
 

@@ -269,6 +269,10 @@ fn config_refresher(
 ) -> impl Fn() + Send + Sync + 'static {
     let (jobs, sink, id) = (jobs.clone(), sink.clone(), id.to_string());
     move || {
+        if config_len == 0 {
+            // The frontend provides this config space: nothing to fetch.
+            return;
+        }
         let (sink, id) = (sink.clone(), id.clone());
         send_job(
             &jobs,
@@ -315,7 +319,8 @@ fn handshake(
     } else {
         None
     };
-    let config = if conn.serves_config() {
+    // config_len 0: the frontend provides the config (`DeviceKind`).
+    let config = if conn.serves_config() && config_len > 0 {
         match conn.get_config(config_len) {
             Ok(c) => Some(c),
             Err(e) => {
