@@ -66,6 +66,8 @@ pub fn strerror(e: &std::io::Error) -> String {
 pub struct Graph {
     nodes: BTreeMap<String, Arc<Node>>,
     next_auto: u32,
+    /// Where nodes send their events (quorum reports).
+    events: Option<std::sync::mpsc::Sender<crate::vhost::export::ExportEvent>>,
 }
 
 struct Common {
@@ -93,6 +95,7 @@ fn common(o: &BlockdevOptions, parent_ro: bool) -> Common {
         BlockdevOptions::Raw(x) => c!(x),
         BlockdevOptions::Qcow2(x) => c!(x),
         BlockdevOptions::NullCo(x) => c!(x),
+        BlockdevOptions::Quorum(x) => c!(x),
     }
 }
 
@@ -100,6 +103,45 @@ impl Graph {
     /// An empty graph.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Send node events (quorum reports) to `events`.
+    pub fn set_events(
+        &mut self,
+        events: std::sync::mpsc::Sender<crate::vhost::export::ExportEvent>,
+    ) {
+        self.events = Some(events);
+    }
+
+    /// `x-blockdev-change` (see [`super::quorum::change`]).
+    pub fn change_child(
+        &mut self,
+        parent: &str,
+        child: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<()> {
+        let removed = super::quorum::change::change_child(&self.nodes, parent, child, node)
+            .map_err(GraphError::Invalid)?;
+        // A removed implicit child nothing else holds goes, as in QEMU.
+        if let Some(n) = removed.filter(|n| n.starts_with('#')) {
+            if self.nodes.get(&n).is_some_and(|c| !c.in_use()) {
+                self.del(&n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores a quorum's child names after a replay.
+    pub fn set_child_names(&mut self, parent: &str, names: Vec<String>, next: u32) -> Result<()> {
+        let node = self
+            .nodes
+            .get(parent)
+            .ok_or_else(|| GraphError::NotFound(parent.to_string()))?;
+        let q = node
+            .driver
+            .as_quorum()
+            .ok_or_else(|| GraphError::Invalid(format!("'{parent}' is not a quorum node")))?;
+        q.set_child_names(names, next).map_err(GraphError::Invalid)
     }
 
     /// Every node, by name.
@@ -279,6 +321,31 @@ impl Graph {
                 lower = Some((child.clone(), None));
                 child.acquire();
                 Box::new(d)
+            }
+            BlockdevOptions::Quorum(q) => {
+                let cfg = super::quorum::Config::check(q).map_err(GraphError::Invalid)?;
+                let mut kids = Vec::with_capacity(q.children.len());
+                for r in &q.children {
+                    kids.push(self.child(&Some(r.clone()), c.read_only, files, created)?);
+                }
+                let size = kids.first().map(|k| k.size()).unwrap_or(0);
+                if kids.iter().any(|k| k.size() != size) {
+                    // QEMU's quorum_co_getlength: children of different
+                    // sizes make the length an I/O error.
+                    return Err(GraphError::Invalid(
+                        "Could not refresh total sector count: Input/output error".into(),
+                    ));
+                }
+                for k in &kids {
+                    k.acquire();
+                }
+                Box::new(super::quorum::QuorumDriver::new(
+                    name.clone(),
+                    cfg,
+                    kids,
+                    size,
+                    self.events.clone(),
+                ))
             }
             BlockdevOptions::NullCo(n) => Box::new(
                 NullDriver::new(n.size.unwrap_or(NullDriver::DEFAULT_SIZE))

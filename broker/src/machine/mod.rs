@@ -31,6 +31,7 @@ pub mod jobs;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
+pub mod quorum_state;
 pub mod serial_pty;
 pub mod start_gate;
 pub mod stats_carry;
@@ -387,6 +388,8 @@ impl Machine {
             | BlockRequest::Bitmap(_)
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
+            | BlockRequest::ChangeChild { .. }
+            | BlockRequest::SetChildNames { .. }
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => {}
             #[cfg(feature = "test-hooks")]
@@ -612,6 +615,30 @@ impl Machine {
             }
             BlockEvent::Job(e) => self.jobs.push(e),
             BlockEvent::Scsi(e) => tracing::warn!("no SCSI drive is configured for {e:?}"),
+            BlockEvent::QuorumReportBad(r) => {
+                let mut data = json!({
+                    "type": r.op,
+                    "node-name": r.node_name,
+                    "sector": r.sector,
+                    "sectors-count": r.sectors_count,
+                });
+                if let Some(e) = r.error {
+                    data["error"] = json!(e);
+                }
+                self.events.emit("QUORUM_REPORT_BAD", Some(data))
+            }
+            BlockEvent::QuorumFailure {
+                reference,
+                sector,
+                sectors_count,
+            } => self.events.emit(
+                "QUORUM_FAILURE",
+                Some(json!({
+                    "reference": reference,
+                    "sector": sector,
+                    "sectors-count": sectors_count,
+                })),
+            ),
         }
     }
 }

@@ -1,0 +1,434 @@
+//! The `quorum` driver: one node over N children holding the same data.
+//! Reads in `quorum` mode read every child and vote on the content
+//! ([`vote`]); children that fail or are outvoted are reported with
+//! `QUORUM_REPORT_BAD`, a read no content wins fails with
+//! `QUORUM_FAILURE` and EIO. `fifo` reads the first child that succeeds.
+//! Writes, zero writes and flushes go to every child and succeed when at
+//! least `vote-threshold` children succeed. `x-blockdev-change` adds and
+//! removes children at run time ([`QuorumDriver::add_child`],
+//! [`QuorumDriver::remove_child`]); a request in flight holds the child
+//! list, so a change waits for it (the change's drain).
+//!
+//! - [`config`]: the options, checked with QEMU's messages.
+//! - [`vote`]: the read vote (pure, unit tested).
+
+pub mod change;
+pub mod config;
+pub mod vote;
+
+use std::io;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, RwLock};
+
+use ipc_proto::block::{BlockEvent, ImageInfo, QuorumReadPattern, QuorumReportBad};
+
+use super::graph::strerror;
+use super::{iobuf, Bufs, Driver, Node};
+use crate::vhost::export::ExportEvent;
+pub use config::Config;
+use vote::{sectors, vote, vote_error, Outcome};
+
+/// One child: its name under the quorum (`children.N`) and its node.
+#[derive(Clone)]
+pub struct Child {
+    /// `children.N`.
+    pub name: String,
+    /// The child node.
+    pub node: Arc<Node>,
+}
+
+/// The children and the index the next added child is named after
+/// (QEMU's `next_child_index`).
+struct Layout {
+    children: Vec<Child>,
+    next_index: u32,
+}
+
+/// A quorum node.
+pub struct QuorumDriver {
+    node_name: String,
+    cfg: Config,
+    size: u64,
+    layout: RwLock<Layout>,
+    events: Mutex<Option<Sender<ExportEvent>>>,
+}
+
+/// The operation a `QUORUM_REPORT_BAD` is about (QEMU `QuorumOpType`).
+#[derive(Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+    Flush,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+        }
+    }
+}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl QuorumDriver {
+    /// A quorum named `node_name` over `children` (already checked by
+    /// [`Config::check`] and of one size, `size`); events go to `events`.
+    pub fn new(
+        node_name: String,
+        cfg: Config,
+        children: Vec<Arc<Node>>,
+        size: u64,
+        events: Option<Sender<ExportEvent>>,
+    ) -> Self {
+        let next_index = u32::try_from(children.len()).unwrap_or(u32::MAX);
+        let children = children
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| Child {
+                name: format!("children.{i}"),
+                node,
+            })
+            .collect();
+        QuorumDriver {
+            node_name,
+            cfg,
+            size,
+            layout: RwLock::new(Layout {
+                children,
+                next_index,
+            }),
+            events: Mutex::new(events),
+        }
+    }
+
+    fn children_now(&self) -> Vec<Child> {
+        self.layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .children
+            .clone()
+    }
+
+    fn emit(&self, ev: BlockEvent) {
+        let tx = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = tx.as_ref() {
+            let _ = tx.send(ExportEvent::Block(ev));
+        }
+    }
+
+    fn report_bad(&self, op: Op, offset: u64, len: u64, child: &str, err: Option<&io::Error>) {
+        let (sector, sectors_count) = sectors(offset, len);
+        tracing::warn!(
+            "quorum '{}': child '{child}' bad on {} at sector {sector}+{sectors_count}{}",
+            self.node_name,
+            op.as_str(),
+            err.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        self.emit(BlockEvent::QuorumReportBad(QuorumReportBad {
+            op: op.as_str().into(),
+            error: err.map(strerror),
+            node_name: child.to_string(),
+            sector,
+            sectors_count,
+        }));
+    }
+
+    fn report_failure(&self, offset: u64, len: u64) {
+        let (sector, sectors_count) = sectors(offset, len);
+        tracing::warn!(
+            "quorum '{}': no quorum at sector {sector}+{sectors_count}",
+            self.node_name
+        );
+        self.emit(BlockEvent::QuorumFailure {
+            reference: self.node_name.clone(),
+            sector,
+            sectors_count,
+        });
+    }
+
+    fn read_quorum(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        let layout = self.layout.read().unwrap_or_else(|p| p.into_inner());
+        let len = iobuf::total_len(bufs);
+        let mut datas: Vec<Option<Vec<u8>>> = Vec::with_capacity(layout.children.len());
+        let mut errors = Vec::new();
+        for c in &layout.children {
+            let mut buf = vec![0u8; len];
+            match c
+                .node
+                .read(&[iobuf::slice_of(&mut buf)], offset, len as u64)
+            {
+                Ok(()) => datas.push(Some(buf)),
+                Err(e) => {
+                    self.report_bad(Op::Read, offset, len as u64, &c.node.name, Some(&e));
+                    errors.push(errno(&e));
+                    datas.push(None);
+                }
+            }
+        }
+        let reads: Vec<Option<&[u8]>> = datas.iter().map(|d| d.as_deref()).collect();
+        if reads.iter().filter(|r| r.is_some()).count() < self.cfg.threshold {
+            self.report_failure(offset, len as u64);
+            return Err(io::Error::from_raw_os_error(vote_error(&errors)));
+        }
+        if self.cfg.blkverify {
+            if let [Some(a), Some(b)] = reads[..] {
+                if let Some(at) = a.iter().zip(b).position(|(x, y)| x != y) {
+                    // QEMU exits here; a worker answers the request with
+                    // an error instead and keeps serving.
+                    tracing::error!(
+                        "quorum: offset={offset} bytes={len} contents mismatch at offset {}",
+                        offset + at as u64
+                    );
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+            }
+        }
+        match vote(&reads, self.cfg.threshold) {
+            Outcome::NoQuorum => {
+                self.report_failure(offset, len as u64);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            Outcome::Winner { winner, losers } => {
+                let good = reads[winner].unwrap_or_default();
+                iobuf::scatter(bufs, good);
+                for &l in &losers {
+                    let name = &layout.children[l].node.name;
+                    self.report_bad(Op::Read, offset, len as u64, name, None);
+                }
+                if self.cfg.rewrite_corrupted {
+                    let mut copy = good.to_vec();
+                    for &l in &losers {
+                        let child = &layout.children[l].node;
+                        // A correction attempt: its failure changes
+                        // nothing for this read (as in QEMU).
+                        if let Err(e) =
+                            child.write(&[iobuf::slice_of(&mut copy)], offset, len as u64)
+                        {
+                            tracing::warn!("quorum: rewriting '{}': {e}", child.name);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn read_fifo(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        let len = iobuf::total_len(bufs) as u64;
+        let mut last = io::Error::from_raw_os_error(libc::EIO);
+        for c in self.children_now() {
+            match c.node.read(bufs, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.report_bad(Op::Read, offset, len, &c.node.name, Some(&e));
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs a data-modifying request on every child; it succeeds if at
+    /// least the threshold did.
+    fn write_all(
+        &self,
+        offset: u64,
+        len: u64,
+        f: &dyn Fn(&Node) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let layout = self.layout.read().unwrap_or_else(|p| p.into_inner());
+        let mut errors = Vec::new();
+        for c in &layout.children {
+            if let Err(e) = f(&c.node) {
+                self.report_bad(Op::Write, offset, len, &c.node.name, Some(&e));
+                errors.push(errno(&e));
+            }
+        }
+        if layout.children.len() - errors.len() < self.cfg.threshold {
+            self.report_failure(offset, len);
+            return Err(io::Error::from_raw_os_error(vote_error(&errors)));
+        }
+        Ok(())
+    }
+
+    /// The `children.N` names, in child order.
+    pub fn child_names(&self) -> Vec<String> {
+        self.children_now().into_iter().map(|c| c.name).collect()
+    }
+
+    /// The child named `name`, if any.
+    pub fn child(&self, name: &str) -> Option<Child> {
+        self.children_now().into_iter().find(|c| c.name == name)
+    }
+
+    /// `blkverify=on` (no child can be added).
+    pub fn is_blkverify(&self) -> bool {
+        self.cfg.blkverify
+    }
+
+    /// The name the next added child gets.
+    pub fn next_child_name(&self) -> String {
+        let l = self.layout.read().unwrap_or_else(|p| p.into_inner());
+        format!("children.{}", l.next_index)
+    }
+
+    /// `x-blockdev-change` removing child `name` (which exists), once in
+    /// flight requests are done; the caller releases the returned node.
+    pub fn remove_child(&self, name: &str) -> Result<Arc<Node>, String> {
+        let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = l.children.iter().position(|c| c.name == name) else {
+            return Err(format!(
+                "Node '{}' does not have child '{name}'",
+                self.node_name
+            ));
+        };
+        if l.children.len() <= self.cfg.threshold {
+            return Err(format!(
+                "The number of children cannot be lower than the vote threshold {}",
+                self.cfg.threshold
+            ));
+        }
+        if l.next_index > 0 && name == format!("children.{}", l.next_index - 1) {
+            l.next_index -= 1;
+        }
+        Ok(l.children.remove(i).node)
+    }
+
+    /// `x-blockdev-change` adding `node` (the caller checked it has no
+    /// parent and makes no cycle, and acquires it); returns its name.
+    pub fn add_child(&self, node: Arc<Node>, quorum_ro: bool) -> Result<String, String> {
+        if self.cfg.blkverify {
+            return Err("Cannot add a child to a quorum in blkverify mode".into());
+        }
+        if !quorum_ro && node.read_only {
+            return Err(format!(
+                "Block node is read-only: '{}' cannot be used by a writable parent",
+                node.name
+            ));
+        }
+        if node.size() != self.size {
+            return Err(format!(
+                "Cannot add '{}' to quorum '{}': its size ({}) differs from the quorum's ({})",
+                node.name,
+                self.node_name,
+                node.size(),
+                self.size
+            ));
+        }
+        let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
+        if l.next_index == u32::MAX {
+            return Err("Too many children".into());
+        }
+        let name = format!("children.{}", l.next_index);
+        l.next_index += 1;
+        l.children.push(Child {
+            name: name.clone(),
+            node,
+        });
+        Ok(name)
+    }
+
+    /// Restores the child names and next index a replay must reproduce.
+    pub fn set_child_names(&self, names: Vec<String>, next_index: u32) -> Result<(), String> {
+        let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
+        if names.len() != l.children.len() {
+            return Err(format!(
+                "quorum '{}' has {} children, not {}",
+                self.node_name,
+                l.children.len(),
+                names.len()
+            ));
+        }
+        for (c, n) in l.children.iter_mut().zip(names) {
+            c.name = n;
+        }
+        l.next_index = next_index;
+        Ok(())
+    }
+}
+
+impl Driver for QuorumDriver {
+    fn drv(&self) -> &'static str {
+        "quorum"
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        match self.cfg.read_pattern {
+            QuorumReadPattern::Quorum => self.read_quorum(bufs, offset),
+            QuorumReadPattern::Fifo => self.read_fifo(bufs, offset),
+        }
+    }
+    fn write(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
+        let len = iobuf::total_len(bufs) as u64;
+        self.write_all(offset, len, &|n| n.write(bufs, offset, len))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.write_all(offset, len, &|n| n.write_zeroes(offset, len, unmap))
+    }
+    fn flush(&self) -> io::Result<()> {
+        let children = self.children_now();
+        let mut errors = Vec::new();
+        for c in &children {
+            if let Err(e) = c.node.flush() {
+                self.report_bad(Op::Flush, 0, 0, &c.node.name, Some(&e));
+                errors.push(errno(&e));
+            }
+        }
+        if children.len() - errors.len() < self.cfg.threshold {
+            return Err(io::Error::from_raw_os_error(vote_error(&errors)));
+        }
+        Ok(())
+    }
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        // QEMU's quorum has no discard: the request succeeds and no child
+        // discards (one that did alone would then be outvoted).
+        Ok(())
+    }
+    fn image_info(&self) -> ImageInfo {
+        let kids: Vec<String> = self
+            .children_now()
+            .iter()
+            .map(|c| {
+                let i = c.node.driver.image_info();
+                let file = format!(
+                    "{{\"driver\": \"file\", \"filename\": {}}}",
+                    serde_json::Value::String(i.filename.clone())
+                );
+                match c.node.driver.drv() {
+                    "file" => file,
+                    drv => format!("{{\"driver\": \"{drv}\", \"file\": {file}}}"),
+                }
+            })
+            .collect();
+        ImageInfo {
+            filename: format!(
+                "json:{{\"children\": [{}], \"driver\": \"quorum\", \"vote-threshold\": {}}}",
+                kids.join(", "),
+                self.cfg.threshold
+            ),
+            format: "quorum".into(),
+            virtual_size: self.size,
+            actual_size: None,
+            cluster_size: None,
+            backing_filename: None,
+            backing_image: None,
+            format_specific: None,
+        }
+    }
+    fn children(&self) -> Vec<String> {
+        self.children_now()
+            .into_iter()
+            .map(|c| c.node.name.clone())
+            .collect()
+    }
+    fn as_quorum(&self) -> Option<&QuorumDriver> {
+        Some(self)
+    }
+}
