@@ -1,0 +1,214 @@
+//! Quorum on the real `bulkhead`: three raw files under a `quorum` node
+//! that `blk-loop` writes and verifies. One child corrupted from the host
+//! is outvoted (the guest keeps reading correct data) and named by
+//! `QUORUM_REPORT_BAD`; `x-blockdev-change` swaps it for a fresh node and
+//! the change survives a SIGKILL of block-proc; two corrupted children
+//! give `QUORUM_FAILURE` and an I/O error to the guest, with block-proc
+//! alive. Option and `x-blockdev-change` errors are compared with
+//! `qemu-system-x86_64`. Needs /dev/kvm and QEMU.
+
+mod common;
+mod disk_common;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Qmp;
+use disk_common::*;
+use serde_json::{json, Value};
+
+/// Raw child `name` over file `dir/name.img`.
+fn raw_child(dir: &Path, name: &str) -> Value {
+    json!({"driver": "raw", "node-name": name,
+        "file": {"driver": "file", "filename": dir.join(format!("{name}.img"))}})
+}
+
+fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(format!("{name}.img"));
+    File::create(&p).unwrap().set_len(size).unwrap();
+    p
+}
+
+/// Overwrites the guest's sectors of `img` with `byte` until stopped.
+struct Corrupter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Corrupter {
+    fn start(img: &Path, byte: u8) -> Corrupter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let f = OpenOptions::new().write(true).open(img).unwrap();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let junk = vec![byte; (GUEST_SECTORS * 512) as usize];
+            while !s.load(Ordering::Relaxed) {
+                f.write_all_at(&junk, 0).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Corrupter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Corrupter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ok(q: &mut Qmp, cmd: &str, args: Value) {
+    let r = q.execute(cmd, args.clone());
+    assert_eq!(r["return"], json!({}), "{cmd} {args}: {r}");
+}
+
+fn desc(q: &mut Qmp, cmd: &str, args: Value) -> String {
+    Qmp::error_of(&q.execute(cmd, args)).1
+}
+
+fn wait_block_restart(b: &common::Bulkhead, q: &mut Qmp, old: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != old) {
+            let r = q.execute("query-named-block-nodes", json!({}));
+            if r.get("return").is_some() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "block-proc not restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_corrupted_child_is_outvoted_replaced_and_two_corrupted_fail_the_read_without_a_crash() {
+    common::require_kvm();
+    let dir = common::TempDir::new();
+    let d = &dir.0;
+    for n in ["a", "b", "c", "d"] {
+        image(d, n, IMAGE_BYTES);
+    }
+    let quorum = json!({"driver": "quorum", "node-name": "q0", "vote-threshold": 2,
+        "children": ["a", "b", "c"]});
+    let (ba, bb, bc) = (
+        raw_child(d, "a").to_string(),
+        raw_child(d, "b").to_string(),
+        raw_child(d, "c").to_string(),
+    );
+    let (qs, kernel) = (quorum.to_string(), guest("blk-loop"));
+    let serial = SerialLog(d.join("serial.log"));
+    let serial_arg = format!("file:{}", serial.0.display());
+    let b = common::Bulkhead::start(&[
+        "-kernel",
+        &kernel,
+        "-m",
+        "64M",
+        "-serial",
+        &serial_arg,
+        "-blockdev",
+        &ba,
+        "-blockdev",
+        &bb,
+        "-blockdev",
+        &bc,
+        "-blockdev",
+        &qs,
+        "-device",
+        "virtio-blk-device,drive=q0,id=vda",
+    ]);
+    let mut q = b.client();
+    serial.wait_passes(1);
+
+    // One child corrupted: outvoted and named; the guest's verified reads
+    // stay correct.
+    {
+        let _b = Corrupter::start(&d.join("b.img"), 0xb3);
+        let e = q.event("QUORUM_REPORT_BAD");
+        assert_eq!(e["data"]["node-name"], "b", "{e}");
+        assert_eq!(e["data"]["type"], "read", "{e}");
+        assert!(
+            e["data"].get("error").is_none(),
+            "outvoted, not failed: {e}"
+        );
+        let done = serial.passes();
+        serial.wait_passes(done + 3);
+    }
+    assert!(
+        !q.events.iter().any(|e| e["event"] == "QUORUM_FAILURE"),
+        "{:?}",
+        q.events
+    );
+
+    // Swap the bad child (children.1) for a fresh node (children.3, as
+    // QEMU numbers it).
+    let change = |q: &mut Qmp, args: Value| q.execute("x-blockdev-change", args);
+    let r = change(&mut q, json!({"parent": "q0", "child": "children.1"}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    ok(&mut q, "blockdev-add", raw_child(d, "d"));
+    let r = change(&mut q, json!({"parent": "q0", "node": "d"}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    let r = change(&mut q, json!({"parent": "q0", "node": "c"}));
+    assert_eq!(Qmp::error_of(&r).1, "The node c already has a parent");
+    let done = serial.passes();
+    serial.wait_passes(done + 2);
+
+    // The change is desired state: a restarted block-proc has [a, c, d]
+    // named children.0, children.2, children.3, not children.0-2 as a
+    // fresh quorum of three would be.
+    let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
+    sigkill(pid);
+    wait_block_restart(&b, &mut q, pid);
+    let done = serial.passes();
+    serial.wait_passes(done + 2);
+    let r = change(&mut q, json!({"parent": "q0", "child": "children.1"}));
+    assert_eq!(
+        Qmp::error_of(&r).1,
+        "Node 'q0' does not have child 'children.1'"
+    );
+    assert_eq!(
+        desc(&mut q, "blockdev-del", json!({"node-name": "d"})),
+        "Block device d is in use"
+    );
+    ok(&mut q, "blockdev-del", json!({"node-name": "b"}));
+
+    // Two corrupted children, differently: no quorum, an I/O error to the
+    // guest, block-proc still serving.
+    q.events.clear();
+    let _a = Corrupter::start(&d.join("a.img"), 0xa5);
+    let _c = Corrupter::start(&d.join("c.img"), 0x5a);
+    let e = q.event("QUORUM_FAILURE");
+    assert_eq!(e["data"]["reference"], "q0", "{e}");
+    assert!(e["data"]["sectors-count"].as_u64().unwrap() > 0, "{e}");
+    serial.wait_for("VERDICT: FAIL");
+    let text = serial.text();
+    // A read (kind 0) answered VIRTIO_BLK_S_IOERR (1), not wrong data.
+    assert!(
+        text.contains("Status { kind: 0") && text.contains("status: 1 }"),
+        "{text}"
+    );
+    // The guest's own failure ends the VM (debug exit 1 -> status 3);
+    // block-proc never died on the way.
+    let mut b = b;
+    let status = b.wait_exit();
+    assert_eq!(status.code(), Some(3), "{status}");
+    while let Some(v) = q.try_recv() {
+        q.events.push_back(v);
+    }
+    assert!(
+        !q.events
+            .iter()
+            .any(|e| e["event"] == "__org.bulkhead_WORKER_EXITED"),
+        "{:?}",
+        q.events
+    );
+}
