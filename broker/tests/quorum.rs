@@ -212,3 +212,166 @@ fn a_corrupted_child_is_outvoted_replaced_and_two_corrupted_fail_the_read_withou
         q.events
     );
 }
+
+/// The same `blockdev-add` and `x-blockdev-change` calls, good and bad,
+/// answered by bulkhead and by `qemu-system-x86_64 -M none`.
+#[test]
+fn quorum_options_and_x_blockdev_change_answer_as_qemu() {
+    let dir = common::TempDir::new();
+    let d = &dir.0;
+    for n in ["a", "b", "c", "d", "e", "g"] {
+        image(d, n, 1 << 20);
+    }
+    image(d, "big", 2 << 20);
+    let add = |v: Value| json!({"execute": "blockdev-add", "arguments": v});
+    let quorum = |extra: Value| {
+        let mut q = json!({"driver": "quorum", "node-name": "q0"});
+        for (k, v) in extra.as_object().unwrap() {
+            q[k] = v.clone();
+        }
+        add(q)
+    };
+    let change = |v: Value| json!({"execute": "x-blockdev-change", "arguments": v});
+    let abc = json!(["a", "b", "c"]);
+    let mut cmds: Vec<Value> = ["a", "b", "c", "d", "e", "big"]
+        .iter()
+        .map(|n| add(raw_child(d, n)))
+        .collect();
+    cmds.extend([
+        quorum(json!({"children": abc, "vote-threshold": 4})),
+        quorum(json!({"children": abc, "vote-threshold": 0})),
+        quorum(json!({"children": abc, "vote-threshold": -1})),
+        quorum(json!({"children": abc})),
+        quorum(json!({"vote-threshold": 1})),
+        quorum(json!({"children": [], "vote-threshold": 1})),
+        quorum(json!({"children": "a", "vote-threshold": 1})),
+        quorum(json!({"children": [5], "vote-threshold": 1})),
+        quorum(json!({"children": [{"driver": "file"}], "vote-threshold": 1})),
+        quorum(
+            json!({"children": ["a", {"driver": "file", "filename": "/x", "bogus": 1}],
+            "vote-threshold": 1}),
+        ),
+        quorum(json!({"children": abc, "vote-threshold": "x"})),
+        quorum(json!({"children": abc, "vote-threshold": 2, "blkverify": "x"})),
+        quorum(json!({"children": abc, "vote-threshold": 2, "read-pattern": "bogus"})),
+        quorum(json!({"children": abc, "vote-threshold": 2, "read-pattern": 5})),
+        quorum(json!({"children": abc, "vote-threshold": 2, "bogus": 1})),
+        quorum(json!({"children": abc, "vote-threshold": 2, "blkverify": true})),
+        quorum(json!({"children": ["a", "b"], "vote-threshold": 1, "blkverify": true})),
+        quorum(
+            json!({"children": ["a", "b"], "vote-threshold": 2, "blkverify": true,
+            "rewrite-corrupted": true}),
+        ),
+        quorum(json!({"children": ["a", "b", "zz"], "vote-threshold": 2})),
+        quorum(json!({"children": ["a", "big"], "vote-threshold": 1})),
+        quorum(json!({"children": abc, "vote-threshold": 2, "rewrite-corrupted": true})),
+        add(json!({"driver": "raw", "node-name": "top", "file": "q0"})),
+        change(json!({"parent": "q0"})),
+        change(json!({"parent": "q0", "child": "children.0", "node": "d"})),
+        change(json!({"parent": "nope", "child": "children.0"})),
+        change(json!({"child": "children.0"})),
+        change(json!({"parent": "q0", "child": "children.0", "x": 1})),
+        change(json!({"parent": "q0", "node": 5})),
+        change(json!({"parent": "q0", "child": "children.7"})),
+        change(json!({"parent": "q0", "child": "file"})),
+        change(json!({"parent": "q0", "node": "nope"})),
+        change(json!({"parent": "q0", "node": "b"})),
+        change(json!({"parent": "a", "node": "d"})),
+        change(json!({"parent": "a", "child": "file"})),
+        change(json!({"parent": "a", "child": "children.0"})),
+        change(json!({"parent": "q0", "node": "q0"})),
+        change(json!({"parent": "q0", "node": "top"})),
+        change(json!({"parent": "q0", "child": "children.1"})),
+        change(json!({"parent": "q0", "child": "children.1"})),
+        change(json!({"parent": "q0", "child": "children.0"})),
+        change(json!({"parent": "q0", "node": "d"})),
+        change(json!({"parent": "q0", "node": "e"})),
+        change(json!({"parent": "q0", "child": "children.3"})),
+        change(json!({"parent": "q0", "child": "children.4"})),
+        change(json!({"parent": "q0", "node": "e"})),
+        change(json!({"parent": "q0", "child": "children.4"})),
+        json!({"execute": "blockdev-del", "arguments": {"node-name": "d"}}),
+        json!({"execute": "blockdev-del", "arguments": {"node-name": "e"}}),
+        json!({"execute": "blockdev-del", "arguments": {"node-name": "b"}}),
+        // A missing file among inline children.
+        add(
+            json!({"driver": "quorum", "node-name": "q1", "vote-threshold": 2,
+            "children": [raw_child(d, "g"), raw_child(d, "f")]}),
+        ),
+        // Inline children; the named one removed is freed, as in QEMU.
+        add(
+            json!({"driver": "quorum", "node-name": "q1", "vote-threshold": 1,
+            "read-pattern": "fifo", "children": [raw_child(d, "g"), {"driver": "raw",
+            "node-name": "f", "file": {"driver": "file", "filename": d.join("e.img")}}]}),
+        ),
+        change(json!({"parent": "q1", "child": "children.1"})),
+        json!({"execute": "blockdev-del", "arguments": {"node-name": "f"}}),
+        change(json!({"parent": "q1", "child": "children.0"})),
+    ]);
+    let theirs = common::qemu::replies(&["-M", "none", "-S"], &cmds);
+    let b = common::Bulkhead::start(&[]);
+    let mut q = b.client();
+    let ours = common::qemu::ours(&mut q, &cmds);
+    for ((c, o), t) in cmds.iter().zip(&ours).zip(&theirs) {
+        assert_eq!(o, t, "{c}");
+    }
+}
+
+/// Where bulkhead refuses what QEMU 10 accepts and then ignores or
+/// breaks on, it says why.
+#[test]
+fn combinations_qemu_would_ignore_are_refused_with_a_reason() {
+    let dir = common::TempDir::new();
+    let d = &dir.0;
+    for n in ["a", "b", "big"] {
+        image(d, n, if n == "big" { 2 << 20 } else { 1 << 20 });
+    }
+    let b = common::Bulkhead::start(&[]);
+    let mut q = b.client();
+    for n in ["a", "b", "big"] {
+        ok(&mut q, "blockdev-add", raw_child(d, n));
+    }
+    let quorum = |extra: Value| {
+        let mut v = json!({"driver": "quorum", "node-name": "q0", "children": ["a", "b"],
+            "vote-threshold": 1, "read-pattern": "fifo"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let e = desc(
+        &mut q,
+        "blockdev-add",
+        quorum(json!({"rewrite-corrupted": true})),
+    );
+    assert!(
+        e.starts_with("rewrite-corrupted=on cannot be used with read-pattern=fifo"),
+        "{e}"
+    );
+    let e = desc(&mut q, "blockdev-add", quorum(json!({"blkverify": true})));
+    assert!(
+        e.starts_with("blkverify=on cannot be used with read-pattern=fifo"),
+        "{e}"
+    );
+    ok(&mut q, "blockdev-add", quorum(json!({})));
+    // QEMU takes a child of another size, then fails every length query.
+    let e = desc(
+        &mut q,
+        "x-blockdev-change",
+        json!({"parent": "q0", "node": "big"}),
+    );
+    assert_eq!(
+        e,
+        "Cannot add 'big' to quorum 'q0': its size (2097152) differs from the quorum's (1048576)"
+    );
+    let r = q.execute("query-named-block-nodes", json!({}));
+    let q0 = r["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "q0")
+        .unwrap()
+        .clone();
+    assert_eq!(q0["drv"], "quorum", "{q0}");
+    assert_eq!(q0["image"]["virtual-size"], 1 << 20, "{q0}");
+}
