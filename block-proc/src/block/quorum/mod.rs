@@ -16,6 +16,9 @@ pub mod change;
 pub mod config;
 pub mod vote;
 
+#[cfg(test)]
+mod tests;
+
 use std::io;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
