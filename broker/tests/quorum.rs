@@ -307,13 +307,29 @@ fn quorum_options_and_x_blockdev_change_answer_as_qemu() {
         change(json!({"parent": "q1", "child": "children.1"})),
         json!({"execute": "blockdev-del", "arguments": {"node-name": "f"}}),
         change(json!({"parent": "q1", "child": "children.0"})),
+        json!({"execute": "query-named-block-nodes"}),
     ]);
     let theirs = common::qemu::replies(&["-M", "none", "-S"], &cmds);
     let b = common::Bulkhead::start(&[]);
     let mut q = b.client();
     let ours = common::qemu::ours(&mut q, &cmds);
-    for ((c, o), t) in cmds.iter().zip(&ours).zip(&theirs) {
+    let n = cmds.len() - 1;
+    for ((c, o), t) in cmds[..n].iter().zip(&ours).zip(&theirs) {
         assert_eq!(o, t, "{c}");
+    }
+    // The quorum nodes as query-named-block-nodes shows them (after the
+    // changes: q0 over a and c, q1 over g).
+    let entry = |r: &Value, name: &str| {
+        r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node-name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {r}"))
+    };
+    for name in ["q0", "q1"] {
+        assert_eq!(entry(&ours[n], name), entry(&theirs[n], name), "{name}");
     }
 }
 

@@ -341,6 +341,7 @@ impl Graph {
                 }
                 Box::new(super::quorum::QuorumDriver::new(
                     name.clone(),
+                    q,
                     cfg,
                     kids,
                     size,
@@ -411,7 +412,11 @@ impl Graph {
                     cache_no_flush: n.cache_no_flush,
                     image,
                     in_use: n.in_use(),
-                    file_child: n.driver.children().into_iter().next(),
+                    // A quorum's children are `children.N`, not `file`.
+                    file_child: match n.driver.as_quorum() {
+                        Some(_) => None,
+                        None => n.driver.children().into_iter().next(),
+                    },
                 }
             })
             .collect()

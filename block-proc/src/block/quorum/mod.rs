@@ -23,7 +23,7 @@ use std::io;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
 
-use ipc_proto::block::{BlockEvent, ImageInfo, QuorumReadPattern, QuorumReportBad};
+use ipc_proto::block::{BlockEvent, ImageInfo, QuorumOptions, QuorumReadPattern, QuorumReportBad};
 
 use super::graph::strerror;
 use super::{iobuf, Bufs, Driver, Node};
@@ -51,6 +51,9 @@ struct Layout {
 pub struct QuorumDriver {
     node_name: String,
     cfg: Config,
+    /// The options the user gave besides the children, as QEMU lists them
+    /// in the node's `json:` file name (sorted, QEMU's spacing).
+    shown: Vec<(&'static str, String)>,
     size: u64,
     layout: RwLock<Layout>,
     events: Mutex<Option<Sender<ExportEvent>>>,
@@ -80,9 +83,11 @@ fn errno(e: &io::Error) -> i32 {
 
 impl QuorumDriver {
     /// A quorum named `node_name` over `children` (already checked by
-    /// [`Config::check`] and of one size, `size`); events go to `events`.
+    /// [`Config::check`] against `o` and of one size, `size`); events go
+    /// to `events`.
     pub fn new(
         node_name: String,
+        o: &QuorumOptions,
         cfg: Config,
         children: Vec<Arc<Node>>,
         size: u64,
@@ -97,9 +102,26 @@ impl QuorumDriver {
                 node,
             })
             .collect();
+        let mut shown = Vec::new();
+        let flag = |b: bool| if b { "true" } else { "false" }.to_string();
+        if let Some(b) = o.blkverify {
+            shown.push(("blkverify", flag(b)));
+        }
+        if let Some(p) = o.read_pattern {
+            let p = match p {
+                QuorumReadPattern::Quorum => "quorum",
+                QuorumReadPattern::Fifo => "fifo",
+            };
+            shown.push(("read-pattern", format!("\"{p}\"")));
+        }
+        if let Some(b) = o.rewrite_corrupted {
+            shown.push(("rewrite-corrupted", flag(b)));
+        }
+        shown.push(("vote-threshold", cfg.threshold.to_string()));
         QuorumDriver {
             node_name,
             cfg,
+            shown,
             size,
             layout: RwLock::new(Layout {
                 children,
@@ -355,6 +377,17 @@ impl QuorumDriver {
     }
 }
 
+/// The bucket QEMU's `QDict` puts `key` in; a QDict lists its members in
+/// bucket order, which is the order of the members in QEMU's `json:` file
+/// names (the hash is QEMU's `qdict.c` one, so our names read the same).
+fn qdict_bucket(key: &str) -> u32 {
+    let mut v = 0x238F_13AFu32.wrapping_mul(key.len() as u32);
+    for (i, b) in key.bytes().enumerate() {
+        v = v.wrapping_add(u32::from(b) << ((i * 5) % 24));
+    }
+    1_103_515_243u32.wrapping_mul(v).wrapping_add(12345) % 512
+}
+
 impl Driver for QuorumDriver {
     fn drv(&self) -> &'static str {
         "quorum"
@@ -410,15 +443,20 @@ impl Driver for QuorumDriver {
                 }
             })
             .collect();
+        let mut members: Vec<(&str, String)> = self.shown.clone();
+        members.push(("children", format!("[{}]", kids.join(", "))));
+        members.push(("driver", "\"quorum\"".into()));
+        members.sort_by_key(|(k, _)| qdict_bucket(k));
+        let body: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v}"))
+            .collect();
         ImageInfo {
-            filename: format!(
-                "json:{{\"children\": [{}], \"driver\": \"quorum\", \"vote-threshold\": {}}}",
-                kids.join(", "),
-                self.cfg.threshold
-            ),
+            filename: format!("json:{{{}}}", body.join(", ")),
             format: "quorum".into(),
             virtual_size: self.size,
-            actual_size: None,
+            // QEMU: a node with neither its own files nor a `file` child.
+            actual_size: Some(0),
             cluster_size: None,
             backing_filename: None,
             backing_image: None,

@@ -191,3 +191,23 @@ fn x_blockdev_change_numbers_children_as_qemu_and_keeps_the_threshold() {
     assert_eq!(s.read(4096).unwrap(), vec![0x11; 4096]);
     assert_eq!(s.events(), vec![]);
 }
+
+#[test]
+fn the_json_file_name_lists_members_in_qemus_order() {
+    let s = setup(
+        2,
+        json!({"vote-threshold": 1, "read-pattern": "fifo", "rewrite-corrupted": false}),
+    );
+    let name = s.graph.get("q").unwrap().driver.image_info().filename;
+    let order: Vec<usize> = [
+        "read-pattern",
+        "children",
+        "driver",
+        "rewrite-corrupted",
+        "vote-threshold",
+    ]
+    .iter()
+    .map(|k| name.find(&format!("\"{k}\"")).unwrap())
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{name}");
+}
