@@ -143,6 +143,8 @@ pub struct Machine {
     trace: trace_state::TraceState,
     /// `dump-guest-memory`'s state (`query-dump`).
     pub(crate) dump: dump::DumpTracker,
+    /// QEMU's rate limit of chatty events (the QUORUM_* events).
+    pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -160,6 +162,10 @@ impl Machine {
         let no_vm = (config.machine == crate::cli::MachineType::None)
             .then(|| no_vm::NoVm::new(config.start_paused));
         let trace = trace_state::TraceState::new(&config.trace);
+        let throttled_events = crate::qmp::event_throttle::EventThrottle::new(
+            events.clone(),
+            crate::qmp::event_throttle::PERIOD,
+        );
         let m = Arc::new(Machine {
             trace,
             no_vm,
@@ -185,6 +191,7 @@ impl Machine {
             stats: Mutex::new(stats_carry::StatsCarry::default()),
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
+            throttled_events,
         });
         liveness::start(&m);
         m
@@ -625,19 +632,22 @@ impl Machine {
                 if let Some(e) = r.error {
                     data["error"] = json!(e);
                 }
-                self.events.emit("QUORUM_REPORT_BAD", Some(data))
+                // Rate limited per node, as QEMU does.
+                self.throttled_events
+                    .emit("QUORUM_REPORT_BAD", &r.node_name, data)
             }
             BlockEvent::QuorumFailure {
                 reference,
                 sector,
                 sectors_count,
-            } => self.events.emit(
+            } => self.throttled_events.emit(
                 "QUORUM_FAILURE",
-                Some(json!({
+                "",
+                json!({
                     "reference": reference,
                     "sector": sector,
                     "sectors-count": sectors_count,
-                })),
+                }),
             ),
         }
     }
