@@ -321,6 +321,13 @@ fn quorum_options_and_x_blockdev_change_answer_as_qemu() {
         change(json!({"parent": "q1", "child": "children.1"})),
         json!({"execute": "blockdev-del", "arguments": {"node-name": "f"}}),
         change(json!({"parent": "q1", "child": "children.0"})),
+        add(
+            json!({"driver": "quorum", "node-name": "q2", "read-only": true,
+            "vote-threshold": 1, "rewrite-corrupted": true,
+            "children": [{"driver": "raw", "file": {"driver": "file",
+            "filename": d.join("d.img")}}]}),
+        ),
+        json!({"execute": "block_resize", "arguments": {"node-name": "q0", "size": 2097152}}),
         json!({"execute": "query-named-block-nodes"}),
     ]);
     let theirs = common::qemu::replies(&["-M", "none", "-S"], &cmds);

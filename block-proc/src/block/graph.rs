@@ -328,6 +328,10 @@ impl Graph {
                 for r in &q.children {
                     kids.push(self.child(&Some(r.clone()), c.read_only, files, created)?);
                 }
+                if c.read_only && cfg.rewrite_corrupted {
+                    // Rewriting needs write access to the children.
+                    return Err(GraphError::Invalid("Block node is read-only".into()));
+                }
                 let size = kids.first().map(|k| k.size()).unwrap_or(0);
                 if kids.iter().any(|k| k.size() != size) {
                     // QEMU's quorum_co_getlength: children of different
