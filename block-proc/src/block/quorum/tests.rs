@@ -211,3 +211,113 @@ fn the_json_file_name_lists_members_in_qemus_order() {
     .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{name}");
 }
+
+/// A child whose every request fails with EIO.
+struct Failing;
+
+impl crate::block::Driver for Failing {
+    fn drv(&self) -> &'static str {
+        "null-co"
+    }
+    fn size(&self) -> u64 {
+        SIZE
+    }
+    fn read(&self, _: crate::block::Bufs<'_, '_>, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn write(&self, _: crate::block::Bufs<'_, '_>, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn discard(&self, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn image_info(&self) -> ipc_proto::block::ImageInfo {
+        crate::block::null::NullDriver::new(SIZE).image_info()
+    }
+    fn children(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Quorum `q` over the file children of `s` and a failing child `bad`.
+fn with_failing_child(
+    s: &Setup,
+    threshold: i64,
+) -> (super::QuorumDriver, mpsc::Receiver<ExportEvent>) {
+    let (tx, rx) = mpsc::channel();
+    let o = match serde_json::from_value(json!({"driver": "quorum", "node-name": "q",
+        "children": ["c0", "c1", "bad"], "vote-threshold": threshold}))
+    .unwrap()
+    {
+        BlockdevOptions::Quorum(q) => q,
+        other => panic!("{other:?}"),
+    };
+    let cfg = super::Config::check(&o).unwrap();
+    let bad = std::sync::Arc::new(crate::block::Node::new(
+        "bad".into(),
+        Box::new(Failing),
+        false,
+    ));
+    let kids = vec![s.graph.get("c0").unwrap(), s.graph.get("c1").unwrap(), bad];
+    (
+        super::QuorumDriver::new("q".into(), &o, cfg, kids, SIZE, Some(tx)),
+        rx,
+    )
+}
+
+fn block_events(rx: &mpsc::Receiver<ExportEvent>) -> Vec<BlockEvent> {
+    rx.try_iter()
+        .filter_map(|e| match e {
+            ExportEvent::Block(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failing_child_is_reported_with_its_error_and_the_threshold_decides() {
+    use crate::block::Driver;
+    let s = setup(2, json!({"vote-threshold": 1}));
+    let (q, rx) = with_failing_child(&s, 2);
+    let mut buf = vec![0u8; 4096];
+    q.read(&[iobuf::slice_of(&mut buf)], 0).unwrap();
+    assert_eq!(buf, vec![0x11; 4096]);
+    let io_bad = |op: &str, sector, sectors_count| {
+        BlockEvent::QuorumReportBad(QuorumReportBad {
+            op: op.into(),
+            error: Some("Input/output error".into()),
+            node_name: "bad".into(),
+            sector,
+            sectors_count,
+        })
+    };
+    assert_eq!(block_events(&rx), vec![io_bad("read", 0, 8)]);
+    // Two of three writes succeed: enough for threshold 2.
+    q.write(&[iobuf::slice_of(&mut buf)], 4096).unwrap();
+    assert_eq!(block_events(&rx), vec![io_bad("write", 8, 8)]);
+    q.flush().unwrap();
+    assert_eq!(block_events(&rx), vec![io_bad("flush", 0, 0)]);
+
+    // Threshold 3: the write fails with the child's errno.
+    let (q, rx) = with_failing_child(&s, 3);
+    let e = q.write(&[iobuf::slice_of(&mut buf)], 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        block_events(&rx),
+        vec![
+            io_bad("write", 0, 8),
+            BlockEvent::QuorumFailure {
+                reference: "q".into(),
+                sector: 0,
+                sectors_count: 8
+            }
+        ]
+    );
+    assert_eq!(q.flush().unwrap_err().raw_os_error(), Some(libc::EIO));
+}
