@@ -98,14 +98,15 @@ fn a_corrupted_child_is_outvoted_replaced_and_two_corrupted_fail_the_read_withou
     for n in ["a", "b", "c", "d"] {
         image(d, n, IMAGE_BYTES);
     }
-    let quorum = json!({"driver": "quorum", "node-name": "q0", "vote-threshold": 2,
-        "children": ["a", "b", "c"]});
+    // The quorum in QEMU's dotted form (numbered keys make the list).
+    let quorum =
+        "driver=quorum,node-name=q0,vote-threshold=2,children.0=a,children.1=b,children.2=c";
     let (ba, bb, bc) = (
         raw_child(d, "a").to_string(),
         raw_child(d, "b").to_string(),
         raw_child(d, "c").to_string(),
     );
-    let (qs, kernel) = (quorum.to_string(), guest("blk-loop"));
+    let (qs, kernel) = (quorum, guest("blk-loop"));
     let serial = SerialLog(d.join("serial.log"));
     let serial_arg = format!("file:{}", serial.0.display());
     let b = common::Bulkhead::start(&[
