@@ -123,7 +123,7 @@ fn a_corrupted_child_is_outvoted_replaced_and_two_corrupted_fail_the_read_withou
         "-blockdev",
         &bc,
         "-blockdev",
-        &qs,
+        qs,
         "-device",
         "virtio-blk-device,drive=q0,id=vda",
     ]);
