@@ -204,8 +204,18 @@ fn a_corrupted_child_is_outvoted_replaced_and_two_corrupted_fail_the_read_withou
     let e = q.event("QUORUM_FAILURE");
     assert_eq!(e["data"]["reference"], "q0", "{e}");
     assert!(e["data"]["sectors-count"].as_u64().unwrap() > 0, "{e}");
-    serial.wait_for("VERDICT: FAIL");
-    let text = serial.text();
+    // The whole verdict line (the guest may still be writing it).
+    let deadline = Instant::now() + GUEST_TIMEOUT;
+    let text = loop {
+        let t = serial.text();
+        if t.split_once("VERDICT: FAIL")
+            .is_some_and(|(_, rest)| rest.contains('\n'))
+        {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no failure verdict:\n{t}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     // A read (kind 0) answered VIRTIO_BLK_S_IOERR (1), not wrong data.
     assert!(
         text.contains("Status { kind: 0") && text.contains("status: 1 }"),

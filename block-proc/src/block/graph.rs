@@ -46,6 +46,9 @@ pub enum GraphError {
     /// Any other option error (QEMU wording where one exists).
     #[error("{0}")]
     Invalid(String),
+    /// A quorum option or `x-blockdev-change` was refused.
+    #[error(transparent)]
+    Quorum(#[from] super::quorum::QuorumError),
 }
 
 /// Result of graph operations.
@@ -120,8 +123,7 @@ impl Graph {
         child: Option<&str>,
         node: Option<&str>,
     ) -> Result<()> {
-        let removed = super::quorum::change::change_child(&self.nodes, parent, child, node)
-            .map_err(GraphError::Invalid)?;
+        let removed = super::quorum::change::change_child(&self.nodes, parent, child, node)?;
         // A removed implicit child nothing else holds goes, as in QEMU.
         if let Some(n) = removed.filter(|n| n.starts_with('#')) {
             if self.nodes.get(&n).is_some_and(|c| !c.in_use()) {
@@ -140,8 +142,8 @@ impl Graph {
         let q = node
             .driver
             .as_quorum()
-            .ok_or_else(|| GraphError::Invalid(format!("'{parent}' is not a quorum node")))?;
-        q.set_child_names(names, next).map_err(GraphError::Invalid)
+            .ok_or_else(|| super::quorum::QuorumError::NotQuorum(parent.to_string()))?;
+        Ok(q.set_child_names(names, next)?)
     }
 
     /// Every node, by name.
@@ -323,22 +325,20 @@ impl Graph {
                 Box::new(d)
             }
             BlockdevOptions::Quorum(q) => {
-                let cfg = super::quorum::Config::check(q).map_err(GraphError::Invalid)?;
+                let cfg = super::quorum::Config::check(q)?;
                 let mut kids = Vec::with_capacity(q.children.len());
                 for r in &q.children {
                     kids.push(self.child(&Some(r.clone()), c.read_only, files, created)?);
                 }
                 if c.read_only && cfg.rewrite_corrupted {
                     // Rewriting needs write access to the children.
-                    return Err(GraphError::Invalid("Block node is read-only".into()));
+                    return Err(super::quorum::QuorumError::ReadOnlyRewrite.into());
                 }
                 let size = kids.first().map(|k| k.size()).unwrap_or(0);
                 if kids.iter().any(|k| k.size() != size) {
                     // QEMU's quorum_co_getlength: children of different
                     // sizes make the length an I/O error.
-                    return Err(GraphError::Invalid(
-                        "Could not refresh total sector count: Input/output error".into(),
-                    ));
+                    return Err(super::quorum::QuorumError::SizesDiffer.into());
                 }
                 for k in &kids {
                     k.acquire();

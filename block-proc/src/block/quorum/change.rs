@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::super::Node;
+use super::QuorumError;
 
 /// Whether `from` or a node below it is `target`.
 fn reaches(nodes: &BTreeMap<String, Arc<Node>>, from: &Node, target: &str) -> bool {
@@ -27,26 +28,27 @@ pub fn change_child(
     parent: &str,
     child: Option<&str>,
     node: Option<&str>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, QuorumError> {
     let p = nodes
         .get(parent)
-        .ok_or_else(|| format!("Cannot find device='{parent}' nor node-name='{parent}'"))?;
+        .ok_or_else(|| QuorumError::NoParent(parent.to_owned()))?;
     match (child, node) {
-        (Some(_), Some(_)) => Err("The parameters child and node are in conflict".into()),
-        (None, None) => Err("Either child or node must be specified".into()),
+        (Some(_), Some(_)) => Err(QuorumError::ChildAndNode),
+        (None, None) => Err(QuorumError::NeitherChildNorNode),
         (Some(c), None) => remove(p, parent, c).map(Some),
         (None, Some(n)) => add(nodes, p, parent, n).map(|()| None),
     }
 }
 
-fn remove(p: &Node, parent: &str, child: &str) -> Result<String, String> {
-    let missing = || format!("Node '{parent}' does not have child '{child}'");
+fn remove(p: &Node, parent: &str, child: &str) -> Result<String, QuorumError> {
+    let missing = || QuorumError::NoSuchChild {
+        parent: parent.to_owned(),
+        child: child.to_owned(),
+    };
     let Some(q) = p.driver.as_quorum() else {
         // raw and qcow2 nodes have one child, named `file`.
         if child == "file" && !p.driver.children().is_empty() {
-            return Err(format!(
-                "The node {parent} does not support removing a child"
-            ));
+            return Err(QuorumError::CannotRemove(parent.to_owned()));
         }
         return Err(missing());
     };
@@ -63,24 +65,25 @@ fn add(
     p: &Arc<Node>,
     parent: &str,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), QuorumError> {
     let new = nodes
         .get(name)
-        .ok_or_else(|| format!("Node '{name}' not found"))?;
+        .ok_or_else(|| QuorumError::NoNode(name.to_owned()))?;
     let Some(q) = p.driver.as_quorum() else {
-        return Err(format!("The node {parent} does not support adding a child"));
+        return Err(QuorumError::CannotAdd(parent.to_owned()));
     };
     if new.in_use() {
-        return Err(format!("The node {name} already has a parent"));
+        return Err(QuorumError::HasParent(name.to_owned()));
     }
     if q.is_blkverify() {
-        return Err("Cannot add a child to a quorum in blkverify mode".into());
+        return Err(QuorumError::BlkverifyAdd);
     }
     if reaches(nodes, new, parent) {
-        return Err(format!(
-            "Making '{name}' a {} child of '{parent}' would create a cycle",
-            q.next_child_name()
-        ));
+        return Err(QuorumError::Cycle {
+            node: name.to_owned(),
+            child: q.next_child_name(),
+            parent: parent.to_owned(),
+        });
     }
     q.add_child(new.clone(), p.read_only)?;
     new.acquire();

@@ -6,6 +6,8 @@
 
 use ipc_proto::block::{QuorumOptions, QuorumReadPattern};
 
+use super::QuorumError;
+
 /// A quorum's checked settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
@@ -21,20 +23,20 @@ pub struct Config {
 
 impl Config {
     /// Checks `o`; the error is QEMU's message.
-    pub fn check(o: &QuorumOptions) -> Result<Config, String> {
+    pub fn check(o: &QuorumOptions) -> Result<Config, QuorumError> {
         let Some(threshold) = o.vote_threshold else {
-            return Err("Parameter 'vote-threshold' is missing".into());
+            return Err(QuorumError::ThresholdMissing);
         };
         let n = o.children.len();
         if n < 1 {
-            return Err("Number of provided children must be 1 or more".into());
+            return Err(QuorumError::NoChildren);
         }
         if threshold < 1 {
-            return Err("Parameter 'vote-threshold' expects a value >= 1".into());
+            return Err(QuorumError::ThresholdTooLow);
         }
         let threshold = usize::try_from(threshold).unwrap_or(usize::MAX);
         if threshold > n {
-            return Err("threshold may not exceed children count".into());
+            return Err(QuorumError::ThresholdTooHigh);
         }
         let read_pattern = o.read_pattern.unwrap_or(QuorumReadPattern::Quorum);
         let blkverify = o.blkverify.unwrap_or(false);
@@ -42,18 +44,18 @@ impl Config {
         match read_pattern {
             QuorumReadPattern::Quorum => {
                 if blkverify && (n != 2 || threshold != 2) {
-                    return Err("blkverify=on can only be set if there are exactly two files and vote-threshold is 2".into());
+                    return Err(QuorumError::BlkverifyShape);
                 }
                 if rewrite_corrupted && blkverify {
-                    return Err("rewrite-corrupted=on cannot be used with blkverify=on".into());
+                    return Err(QuorumError::RewriteWithBlkverify);
                 }
             }
             QuorumReadPattern::Fifo => {
                 if rewrite_corrupted {
-                    return Err("rewrite-corrupted=on cannot be used with read-pattern=fifo (fifo reads never vote)".into());
+                    return Err(QuorumError::RewriteWithFifo);
                 }
                 if blkverify {
-                    return Err("blkverify=on cannot be used with read-pattern=fifo (fifo reads never compare)".into());
+                    return Err(QuorumError::BlkverifyWithFifo);
                 }
             }
         }
@@ -75,7 +77,7 @@ mod tests {
         let mut v = v;
         v["driver"] = "quorum".into();
         match serde_json::from_value(v).unwrap() {
-            BlockdevOptions::Quorum(q) => Config::check(&q),
+            BlockdevOptions::Quorum(q) => Config::check(&q).map_err(|e| e.to_string()),
             other => panic!("{other:?}"),
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod change;
 pub mod config;
+pub mod error;
 pub mod vote;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ use super::graph::strerror;
 use super::{iobuf, Bufs, Driver, Node};
 use crate::vhost::export::ExportEvent;
 pub use config::Config;
+pub use error::QuorumError;
 use vote::{sectors, vote, vote_error, Outcome};
 
 /// One child: its name under the quorum (`children.N`) and its node.
@@ -304,19 +306,16 @@ impl QuorumDriver {
 
     /// `x-blockdev-change` removing child `name` (which exists), once in
     /// flight requests are done; the caller releases the returned node.
-    pub fn remove_child(&self, name: &str) -> Result<Arc<Node>, String> {
+    pub fn remove_child(&self, name: &str) -> Result<Arc<Node>, QuorumError> {
         let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
         let Some(i) = l.children.iter().position(|c| c.name == name) else {
-            return Err(format!(
-                "Node '{}' does not have child '{name}'",
-                self.node_name
-            ));
+            return Err(QuorumError::NoSuchChild {
+                parent: self.node_name.clone(),
+                child: name.to_owned(),
+            });
         };
         if l.children.len() <= self.cfg.threshold {
-            return Err(format!(
-                "The number of children cannot be lower than the vote threshold {}",
-                self.cfg.threshold
-            ));
+            return Err(QuorumError::BelowThreshold(self.cfg.threshold));
         }
         if l.next_index > 0 && name == format!("children.{}", l.next_index - 1) {
             l.next_index -= 1;
@@ -326,28 +325,24 @@ impl QuorumDriver {
 
     /// `x-blockdev-change` adding `node` (the caller checked it has no
     /// parent and makes no cycle, and acquires it); returns its name.
-    pub fn add_child(&self, node: Arc<Node>, quorum_ro: bool) -> Result<String, String> {
+    pub fn add_child(&self, node: Arc<Node>, quorum_ro: bool) -> Result<String, QuorumError> {
         if self.cfg.blkverify {
-            return Err("Cannot add a child to a quorum in blkverify mode".into());
+            return Err(QuorumError::BlkverifyAdd);
         }
         if !quorum_ro && node.read_only {
-            return Err(format!(
-                "Block node is read-only: '{}' cannot be used by a writable parent",
-                node.name
-            ));
+            return Err(QuorumError::ReadOnlyChild(node.name.clone()));
         }
         if node.size() != self.size {
-            return Err(format!(
-                "Cannot add '{}' to quorum '{}': its size ({}) differs from the quorum's ({})",
-                node.name,
-                self.node_name,
-                node.size(),
-                self.size
-            ));
+            return Err(QuorumError::ChildSize {
+                node: node.name.clone(),
+                quorum: self.node_name.clone(),
+                size: node.size(),
+                expected: self.size,
+            });
         }
         let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
         if l.next_index == u32::MAX {
-            return Err("Too many children".into());
+            return Err(QuorumError::TooMany);
         }
         let name = format!("children.{}", l.next_index);
         l.next_index += 1;
@@ -359,15 +354,14 @@ impl QuorumDriver {
     }
 
     /// Restores the child names and next index a replay must reproduce.
-    pub fn set_child_names(&self, names: Vec<String>, next_index: u32) -> Result<(), String> {
+    pub fn set_child_names(&self, names: Vec<String>, next_index: u32) -> Result<(), QuorumError> {
         let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
         if names.len() != l.children.len() {
-            return Err(format!(
-                "quorum '{}' has {} children, not {}",
-                self.node_name,
-                l.children.len(),
-                names.len()
-            ));
+            return Err(QuorumError::NamesMismatch {
+                quorum: self.node_name.clone(),
+                has: l.children.len(),
+                given: names.len(),
+            });
         }
         for (c, n) in l.children.iter_mut().zip(names) {
             c.name = n;
