@@ -343,6 +343,13 @@ impl BlockState {
         dirs
     }
 
+    /// Whether an export serves node `name`.
+    pub(super) fn exported(&self, name: &str) -> bool {
+        self.exports
+            .iter()
+            .any(|e| e.id_and_node().is_some_and(|(_, n)| n == name))
+    }
+
     /// Whether another node or an export uses top-level node `name`.
     fn in_use(&self, name: &str) -> bool {
         self.nodes

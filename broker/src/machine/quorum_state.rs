@@ -160,6 +160,82 @@ fn record_change(
     freed
 }
 
+/// The node name a child reference or definition stands for.
+fn child_name(c: &BlockdevRef) -> Option<&str> {
+    match c {
+        BlockdevRef::Reference(n) => Some(n),
+        BlockdevRef::Definition(d) => d.node_name(),
+    }
+}
+
+/// QEMU's `quorum_recurse_can_replace`: `node` is a direct child of the
+/// quorum `quorum` and has no other parent (no other node, no export).
+pub fn can_replace(m: &Machine, quorum: &str, node: &str) -> bool {
+    let shared = state(m);
+    let mut st = lock(&shared);
+    let is_child = st
+        .nodes_mut()
+        .iter_mut()
+        .find_map(|r| find_quorum(&mut r.options, quorum))
+        .is_some_and(|q| q.children.iter().any(|c| child_name(c) == Some(node)));
+    if !is_child {
+        return false;
+    }
+    let mut parents = 0;
+    for r in st.nodes() {
+        let _ = walk_post_order::<()>(&r.options, &mut |o| {
+            parents += children(o)
+                .into_iter()
+                .filter(|c| child_name(c) == Some(node))
+                .count();
+            Ok(())
+        });
+    }
+    parents == 1 && !st.exported(node)
+}
+
+/// After a mirror with `replaces` completed: `target` holds `replaced`'s
+/// place among the quorum's children (same child name); a replaced inline
+/// definition is freed, as in QEMU.
+pub fn replaced_child(m: &Machine, quorum: &str, replaced: &str, target: &str) {
+    let freed = {
+        let shared = state(m);
+        let mut st = lock(&shared);
+        let Some(q) = st
+            .nodes_mut()
+            .iter_mut()
+            .find_map(|r| find_quorum(&mut r.options, quorum))
+        else {
+            tracing::warn!("mirror: quorum '{quorum}' is not in the desired state");
+            return;
+        };
+        let Some(c) = q
+            .children
+            .iter_mut()
+            .find(|c| child_name(c) == Some(replaced))
+        else {
+            return;
+        };
+        let old = std::mem::replace(c, BlockdevRef::Reference(target.to_owned()));
+        let mut freed = Vec::new();
+        if let BlockdevRef::Definition(d) = old {
+            let _ = walk_post_order::<()>(&d, &mut |o| {
+                freed.extend(o.node_name().map(String::from));
+                Ok(())
+            });
+        }
+        freed.reverse();
+        freed
+    };
+    for n in freed {
+        if let Err(e) = m.block_request(BlockRequest::DelNode {
+            node_name: n.clone(),
+        }) {
+            tracing::debug!("replaced quorum child '{n}' stays: {}", e.desc);
+        }
+    }
+}
+
 /// `x-blockdev-change` (serialised with the other graph changes).
 pub fn change(
     m: &Machine,

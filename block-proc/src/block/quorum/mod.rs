@@ -353,6 +353,23 @@ impl QuorumDriver {
         Ok(name)
     }
 
+    /// A mirror's pivot with `replaces`: node `old` gives its place (and
+    /// child name) to `new`, once requests in flight are done; the caller
+    /// moves the references.
+    pub fn replace_child(&self, old: &str, new: Arc<Node>) -> Result<(), QuorumError> {
+        let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
+        let c = l
+            .children
+            .iter_mut()
+            .find(|c| c.node.name == old)
+            .ok_or_else(|| QuorumError::NoSuchChild {
+                parent: self.node_name.clone(),
+                child: old.to_owned(),
+            })?;
+        c.node = new;
+        Ok(())
+    }
+
     /// Restores the child names and next index a replay must reproduce.
     pub fn set_child_names(&self, names: Vec<String>, next_index: u32) -> Result<(), QuorumError> {
         let mut l = self.layout.write().unwrap_or_else(|p| p.into_inner());
