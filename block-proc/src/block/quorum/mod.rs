@@ -181,14 +181,18 @@ impl QuorumDriver {
     fn read_quorum(&self, bufs: Bufs<'_, '_>, offset: u64) -> io::Result<()> {
         let layout = self.layout.read().unwrap_or_else(|p| p.into_inner());
         let len = iobuf::total_len(bufs);
-        let mut datas: Vec<Option<Vec<u8>>> = Vec::with_capacity(layout.children.len());
+        // Aligned buffers: an O_DIRECT child reads into them without a
+        // bounce copy.
+        let mut datas: Vec<Option<iobuf::AlignedBuf>> = Vec::with_capacity(layout.children.len());
         let mut errors = Vec::new();
         for c in &layout.children {
-            let mut buf = vec![0u8; len];
-            match c
-                .node
-                .read(&[iobuf::slice_of(&mut buf)], offset, len as u64)
-            {
+            let mut buf = iobuf::AlignedBuf::new(len)?;
+            let r = c.node.read(
+                &[iobuf::slice_of(&mut buf.as_mut_slice()[..len])],
+                offset,
+                len as u64,
+            );
+            match r {
                 Ok(()) => datas.push(Some(buf)),
                 Err(e) => {
                     self.report_bad(Op::Read, offset, len as u64, &c.node.name, Some(&e));
@@ -197,7 +201,10 @@ impl QuorumDriver {
                 }
             }
         }
-        let reads: Vec<Option<&[u8]>> = datas.iter().map(|d| d.as_deref()).collect();
+        let reads: Vec<Option<&[u8]>> = datas
+            .iter()
+            .map(|d| d.as_ref().map(|b| &b.as_slice()[..len]))
+            .collect();
         if reads.iter().filter(|r| r.is_some()).count() < self.cfg.threshold {
             self.report_failure(offset, len as u64);
             return Err(io::Error::from_raw_os_error(vote_error(&errors)));
@@ -227,15 +234,15 @@ impl QuorumDriver {
                     let name = &layout.children[l].node.name;
                     self.report_bad(Op::Read, offset, len as u64, name, None);
                 }
-                if self.cfg.rewrite_corrupted {
-                    let mut copy = good.to_vec();
+                if self.cfg.rewrite_corrupted && !losers.is_empty() {
+                    let mut copy = iobuf::AlignedBuf::new(len)?;
+                    copy.as_mut_slice()[..len].copy_from_slice(good);
                     for &l in &losers {
                         let child = &layout.children[l].node;
                         // A correction attempt: its failure changes
                         // nothing for this read (as in QEMU).
-                        if let Err(e) =
-                            child.write(&[iobuf::slice_of(&mut copy)], offset, len as u64)
-                        {
+                        let data = [iobuf::slice_of(&mut copy.as_mut_slice()[..len])];
+                        if let Err(e) = child.write(&data, offset, len as u64) {
                             tracing::warn!("quorum: rewriting '{}': {e}", child.name);
                         }
                     }
