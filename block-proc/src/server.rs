@@ -59,8 +59,10 @@ impl From<GraphError> for FlatError {
 impl Server {
     /// A server whose export events go to `events`.
     pub fn new(events: mpsc::Sender<ExportEvent>) -> Self {
+        let mut graph = Graph::new();
+        graph.set_events(events.clone());
         Server {
-            graph: Graph::new(),
+            graph,
             exports: BTreeMap::new(),
             scsi: HashMap::new(),
             events,
@@ -302,6 +304,23 @@ impl Server {
                 self.jobs
                     .control(&id, op)
                     .map_err(|e| FlatError::generic(e.to_string()))?;
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::ChangeChild {
+                parent,
+                child,
+                node,
+            } => {
+                self.graph
+                    .change_child(&parent, child.as_deref(), node.as_deref())?;
+                Ok(BlockReply::Done)
+            }
+            BlockRequest::SetChildNames {
+                parent,
+                names,
+                next_index,
+            } => {
+                self.graph.set_child_names(&parent, names, next_index)?;
                 Ok(BlockReply::Done)
             }
             #[cfg(feature = "test-hooks")]

@@ -215,6 +215,32 @@ driver_options!(
     }
 );
 
+/// How a quorum reads (QEMU `QuorumReadPattern`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuorumReadPattern {
+    /// Read every child and vote on the content.
+    Quorum,
+    /// Read the children in order; the first that succeeds answers.
+    Fifo,
+}
+
+driver_options!(
+    /// Options of the `quorum` driver (QEMU `BlockdevOptionsQuorum`).
+    QuorumOptions {
+        /// The children, by reference or inline definition.
+        children: Vec<BlockdevRef>,
+        /// Children that must agree for a read (or succeed for a write).
+        vote_threshold: Option<i64>,
+        /// Two children compared on every read (threshold 2).
+        blkverify: Option<bool>,
+        /// Rewrite the children outvoted on a read.
+        rewrite_corrupted: Option<bool>,
+        /// `quorum` (default) or `fifo`.
+        read_pattern: Option<QuorumReadPattern>,
+    }
+);
+
 /// Options of one block node (QEMU `BlockdevOptions`, union on `driver`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum BlockdevOptions {
@@ -226,6 +252,8 @@ pub enum BlockdevOptions {
     Qcow2(Qcow2Options),
     /// `null-co`.
     NullCo(NullOptions),
+    /// `quorum`.
+    Quorum(QuorumOptions),
 }
 
 /// A child node: defined inline or referenced by node name (QEMU
@@ -246,6 +274,7 @@ enum JsonOptions {
     Raw(RawOptions),
     Qcow2(Qcow2Options),
     NullCo(NullOptions),
+    Quorum(QuorumOptions),
 }
 
 /// Binary form: externally tagged.
@@ -255,6 +284,7 @@ enum WireOptions {
     Raw(RawOptions),
     Qcow2(Qcow2Options),
     NullCo(NullOptions),
+    Quorum(QuorumOptions),
 }
 
 impl BlockdevOptions {
@@ -265,6 +295,7 @@ impl BlockdevOptions {
             BlockdevOptions::Raw(o) => o.node_name.as_deref(),
             BlockdevOptions::Qcow2(o) => o.node_name.as_deref(),
             BlockdevOptions::NullCo(o) => o.node_name.as_deref(),
+            BlockdevOptions::Quorum(o) => o.node_name.as_deref(),
         }
     }
 
@@ -275,6 +306,7 @@ impl BlockdevOptions {
             BlockdevOptions::Raw(_) => "raw",
             BlockdevOptions::Qcow2(_) => "qcow2",
             BlockdevOptions::NullCo(_) => "null-co",
+            BlockdevOptions::Quorum(_) => "quorum",
         }
     }
 
@@ -309,6 +341,12 @@ impl BlockdevOptions {
                 }
             }
             BlockdevOptions::NullCo(_) => {}
+            BlockdevOptions::Quorum(o) => {
+                let ro = parent_ro || o.read_only.unwrap_or(false);
+                for c in &o.children {
+                    child(&Some(c.clone()), ro, out);
+                }
+            }
         }
     }
 }
@@ -320,6 +358,7 @@ impl From<JsonOptions> for BlockdevOptions {
             JsonOptions::Raw(o) => BlockdevOptions::Raw(o),
             JsonOptions::Qcow2(o) => BlockdevOptions::Qcow2(o),
             JsonOptions::NullCo(o) => BlockdevOptions::NullCo(o),
+            JsonOptions::Quorum(o) => BlockdevOptions::Quorum(o),
         }
     }
 }
@@ -331,6 +370,7 @@ impl From<WireOptions> for BlockdevOptions {
             WireOptions::Raw(o) => BlockdevOptions::Raw(o),
             WireOptions::Qcow2(o) => BlockdevOptions::Qcow2(o),
             WireOptions::NullCo(o) => BlockdevOptions::NullCo(o),
+            WireOptions::Quorum(o) => BlockdevOptions::Quorum(o),
         }
     }
 }
@@ -343,10 +383,12 @@ impl Serialize for BlockdevOptions {
             (BlockdevOptions::Raw(o), true) => JsonOptions::Raw(o).serialize(s),
             (BlockdevOptions::Qcow2(o), true) => JsonOptions::Qcow2(o).serialize(s),
             (BlockdevOptions::NullCo(o), true) => JsonOptions::NullCo(o).serialize(s),
+            (BlockdevOptions::Quorum(o), true) => JsonOptions::Quorum(o).serialize(s),
             (BlockdevOptions::File(o), false) => WireOptions::File(o).serialize(s),
             (BlockdevOptions::Raw(o), false) => WireOptions::Raw(o).serialize(s),
             (BlockdevOptions::Qcow2(o), false) => WireOptions::Qcow2(o).serialize(s),
             (BlockdevOptions::NullCo(o), false) => WireOptions::NullCo(o).serialize(s),
+            (BlockdevOptions::Quorum(o), false) => WireOptions::Quorum(o).serialize(s),
         }
     }
 }
@@ -520,6 +562,27 @@ pub enum BlockRequest {
         /// The change.
         op: crate::scsi::MediumOp,
     },
+    /// `x-blockdev-change`: remove child `child` (`children.N`) of node
+    /// `parent`, or add node `node` to it (exactly one of the two).
+    ChangeChild {
+        /// The parent node.
+        parent: String,
+        /// The child name to remove.
+        child: Option<String>,
+        /// The node to add.
+        node: Option<String>,
+    },
+    /// Restore a quorum's child names (`children.N`) and the index of the
+    /// next added child, after a replay re-created it with its current
+    /// children in order.
+    SetChildNames {
+        /// The quorum node.
+        parent: String,
+        /// One name per child, in order.
+        names: Vec<String>,
+        /// The index the next added child gets.
+        next_index: u32,
+    },
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the
@@ -582,6 +645,32 @@ pub enum BlockEvent {
     Job(crate::block_jobs::JobEvent),
     /// The guest changed a SCSI drive's tray or lock.
     Scsi(crate::scsi::ScsiEvent),
+    /// A quorum child failed or was outvoted (QEMU `QUORUM_REPORT_BAD`).
+    QuorumReportBad(QuorumReportBad),
+    /// A quorum could not reach its threshold (QEMU `QUORUM_FAILURE`).
+    QuorumFailure {
+        /// The quorum's node name.
+        reference: String,
+        /// First sector of the request.
+        sector: u64,
+        /// Sectors of the request.
+        sectors_count: u64,
+    },
+}
+
+/// Data of `QUORUM_REPORT_BAD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumReportBad {
+    /// `read`, `write` or `flush` (QEMU `QuorumOpType`).
+    pub op: String,
+    /// strerror text when the child failed (absent: it was outvoted).
+    pub error: Option<String>,
+    /// The child's node name.
+    pub node_name: String,
+    /// First sector of the request.
+    pub sector: u64,
+    /// Sectors of the request.
+    pub sectors_count: u64,
 }
 
 /// Image information (QEMU `ImageInfo`, the subset bulkhead knows).

@@ -60,6 +60,9 @@ pub enum JobKind {
         granularity: u64,
         /// Copy buffer size in bytes.
         buf_size: u64,
+        /// A child of the quorum `source` the target takes the place of
+        /// at completion (`replaces`); none: the source itself.
+        replaces: Option<String>,
     },
 }
 

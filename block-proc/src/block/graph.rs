@@ -46,6 +46,9 @@ pub enum GraphError {
     /// Any other option error (QEMU wording where one exists).
     #[error("{0}")]
     Invalid(String),
+    /// A quorum option or `x-blockdev-change` was refused.
+    #[error(transparent)]
+    Quorum(#[from] super::quorum::QuorumError),
 }
 
 /// Result of graph operations.
@@ -66,6 +69,8 @@ pub fn strerror(e: &std::io::Error) -> String {
 pub struct Graph {
     nodes: BTreeMap<String, Arc<Node>>,
     next_auto: u32,
+    /// Where nodes send their events (quorum reports).
+    events: Option<std::sync::mpsc::Sender<crate::vhost::export::ExportEvent>>,
 }
 
 struct Common {
@@ -93,6 +98,7 @@ fn common(o: &BlockdevOptions, parent_ro: bool) -> Common {
         BlockdevOptions::Raw(x) => c!(x),
         BlockdevOptions::Qcow2(x) => c!(x),
         BlockdevOptions::NullCo(x) => c!(x),
+        BlockdevOptions::Quorum(x) => c!(x),
     }
 }
 
@@ -100,6 +106,44 @@ impl Graph {
     /// An empty graph.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Send node events (quorum reports) to `events`.
+    pub fn set_events(
+        &mut self,
+        events: std::sync::mpsc::Sender<crate::vhost::export::ExportEvent>,
+    ) {
+        self.events = Some(events);
+    }
+
+    /// `x-blockdev-change` (see [`super::quorum::change`]).
+    pub fn change_child(
+        &mut self,
+        parent: &str,
+        child: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<()> {
+        let removed = super::quorum::change::change_child(&self.nodes, parent, child, node)?;
+        // A removed implicit child nothing else holds goes, as in QEMU.
+        if let Some(n) = removed.filter(|n| n.starts_with('#')) {
+            if self.nodes.get(&n).is_some_and(|c| !c.in_use()) {
+                self.del(&n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores a quorum's child names after a replay.
+    pub fn set_child_names(&mut self, parent: &str, names: Vec<String>, next: u32) -> Result<()> {
+        let node = self
+            .nodes
+            .get(parent)
+            .ok_or_else(|| GraphError::NotFound(parent.to_string()))?;
+        let q = node
+            .driver
+            .as_quorum()
+            .ok_or_else(|| super::quorum::QuorumError::NotQuorum(parent.to_string()))?;
+        Ok(q.set_child_names(names, next)?)
     }
 
     /// Every node, by name.
@@ -280,6 +324,34 @@ impl Graph {
                 child.acquire();
                 Box::new(d)
             }
+            BlockdevOptions::Quorum(q) => {
+                let cfg = super::quorum::Config::check(q)?;
+                let mut kids = Vec::with_capacity(q.children.len());
+                for r in &q.children {
+                    kids.push(self.child(&Some(r.clone()), c.read_only, files, created)?);
+                }
+                if c.read_only && cfg.rewrite_corrupted {
+                    // Rewriting needs write access to the children.
+                    return Err(super::quorum::QuorumError::ReadOnlyRewrite.into());
+                }
+                let size = kids.first().map(|k| k.size()).unwrap_or(0);
+                if kids.iter().any(|k| k.size() != size) {
+                    // QEMU's quorum_co_getlength: children of different
+                    // sizes make the length an I/O error.
+                    return Err(super::quorum::QuorumError::SizesDiffer.into());
+                }
+                for k in &kids {
+                    k.acquire();
+                }
+                Box::new(super::quorum::QuorumDriver::new(
+                    name.clone(),
+                    q,
+                    cfg,
+                    kids,
+                    size,
+                    self.events.clone(),
+                ))
+            }
             BlockdevOptions::NullCo(n) => Box::new(
                 NullDriver::new(n.size.unwrap_or(NullDriver::DEFAULT_SIZE))
                     .with_latency_ns(n.latency_ns.unwrap_or(0)),
@@ -344,7 +416,11 @@ impl Graph {
                     cache_no_flush: n.cache_no_flush,
                     image,
                     in_use: n.in_use(),
-                    file_child: n.driver.children().into_iter().next(),
+                    // A quorum's children are `children.N`, not `file`.
+                    file_child: match n.driver.as_quorum() {
+                        Some(_) => None,
+                        None => n.driver.children().into_iter().next(),
+                    },
                 }
             })
             .collect()

@@ -12,6 +12,7 @@
 //! - [`write_threshold`]: `block-set-write-threshold`'s one-shot threshold.
 //! - [`qcow2_info`]: cluster size and format-specific data for queries.
 //! - [`hooks`]: requests in flight and drain, job taps, pivot redirects.
+//! - [`quorum`]: the `quorum` driver, its vote and `x-blockdev-change`.
 
 pub mod aio;
 pub mod bounce;
@@ -26,6 +27,7 @@ pub mod qcow2_backing;
 pub mod qcow2_header;
 pub mod qcow2_info;
 pub mod qcow2_repair;
+pub mod quorum;
 pub mod range_lock;
 pub mod raw;
 pub mod stats;
@@ -97,6 +99,10 @@ pub trait Driver: Send + Sync {
     }
     /// The qcow2 driver, for the jobs that work on backing chains.
     fn as_qcow2(&self) -> Option<&qcow2::Qcow2Driver> {
+        None
+    }
+    /// The quorum driver, for `x-blockdev-change`.
+    fn as_quorum(&self) -> Option<&quorum::QuorumDriver> {
         None
     }
 }

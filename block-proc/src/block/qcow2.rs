@@ -193,7 +193,8 @@ fn inline_image(def: &BlockdevOptions) -> Result<(&str, bool)> {
                 BlockdevOptions::File(f) => Some(f.filename.as_str()),
                 BlockdevOptions::Raw(_)
                 | BlockdevOptions::Qcow2(_)
-                | BlockdevOptions::NullCo(_) => None,
+                | BlockdevOptions::NullCo(_)
+                | BlockdevOptions::Quorum(_) => None,
             },
             Some(BlockdevRef::Reference(_)) | None => None,
         }
@@ -204,7 +205,9 @@ fn inline_image(def: &BlockdevOptions) -> Result<(&str, bool)> {
             Ok((file_of(&r.file).ok_or_else(unsupported)?, false))
         }
         BlockdevOptions::Qcow2(q) => Ok((file_of(&q.file).ok_or_else(unsupported)?, true)),
-        BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) => Err(unsupported()),
+        BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) | BlockdevOptions::Quorum(_) => {
+            Err(unsupported())
+        }
     }
 }
 
@@ -226,9 +229,10 @@ fn open_inline(
                 ))
             }
         },
-        BlockdevOptions::File(_) | BlockdevOptions::Raw(_) | BlockdevOptions::NullCo(_) => {
-            BackingSource::None
-        }
+        BlockdevOptions::File(_)
+        | BlockdevOptions::Raw(_)
+        | BlockdevOptions::NullCo(_)
+        | BlockdevOptions::Quorum(_) => BackingSource::None,
     };
     if !qcow {
         return open_backing(name, Some("raw"), files);

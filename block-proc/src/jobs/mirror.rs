@@ -60,6 +60,8 @@ impl Tap for MirrorTap {
 pub struct Finish {
     source: Arc<Node>,
     target: Arc<Node>,
+    /// The quorum child the target replaces (`replaces`), if not the source.
+    replaces: Option<Arc<Node>>,
     dirty: Arc<Dirty>,
     ready: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
@@ -67,6 +69,13 @@ pub struct Finish {
 }
 
 impl Finish {
+    /// The target takes `child`'s place under the source quorum at the
+    /// pivot (None: the source's own place).
+    pub fn replacing(mut self, child: Option<Arc<Node>>) -> Self {
+        self.replaces = child;
+        self
+    }
+
     /// Whether the job uses node `name`.
     pub fn uses(&self, name: &str) -> bool {
         self.source.name == name || self.target.name == name
@@ -91,9 +100,23 @@ impl Finish {
         }
         self.source.hooks.set_tap(None);
         if commit && sync {
-            self.target.acquire();
-            self.source.release();
-            self.source.hooks.set_redirect(Some(self.target.clone()));
+            match &self.replaces {
+                Some(child) => {
+                    let q =
+                        self.source.driver.as_quorum().ok_or_else(|| {
+                            format!("mirror: '{}' is not a quorum", self.source.name)
+                        })?;
+                    q.replace_child(&child.name, self.target.clone())
+                        .map_err(|e| e.to_string())?;
+                    self.target.acquire();
+                    child.release();
+                }
+                None => {
+                    self.target.acquire();
+                    self.source.release();
+                    self.source.hooks.set_redirect(Some(self.target.clone()));
+                }
+            }
         }
         Ok(())
     }
@@ -174,6 +197,7 @@ pub fn start(
         Finish {
             source,
             target,
+            replaces: None,
             dirty,
             ready,
             failed,

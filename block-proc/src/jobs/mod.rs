@@ -207,11 +207,17 @@ impl Jobs {
                 let (t, f) = stream::start(&spec, top, ctl.clone(), rep)?;
                 (t, Finish::Stream(f))
             }
-            JobKind::Mirror { source, target, .. } => {
+            JobKind::Mirror {
+                source,
+                target,
+                replaces,
+                ..
+            } => {
                 let s = node(graph, source)?;
                 let t = node(graph, target)?;
+                let r = replaces.as_ref().map(|r| node(graph, r)).transpose()?;
                 let (t, f) = mirror::start(&spec, s, t, ctl.clone(), rep)?;
-                (t, Finish::Mirror(f))
+                (t, Finish::Mirror(f.replacing(r)))
             }
         };
         self.jobs.insert(

@@ -45,7 +45,9 @@ pub(super) fn keyval_pairs(
 }
 
 /// `BlockdevOptions` members whose keyval strings are booleans.
-const BOOL_KEYS: [&str; 8] = [
+const BOOL_KEYS: [&str; 10] = [
+    "blkverify",
+    "rewrite-corrupted",
     "read-only",
     "auto-read-only",
     "force-share",
@@ -91,6 +93,12 @@ fn keyval_value(option: &str, path: &str, leaf: &str, v: String) -> Result<Value
                 format!("Parameter '{path}' expects 'on' or 'off'"),
             )),
         };
+    }
+    if leaf == "vote-threshold" {
+        return v
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| bad(option, format!("Parameter '{path}' expects integer")));
     }
     if INT_KEYS.contains(&leaf) {
         return parse_size(&v).map(Value::from).ok_or_else(|| {
@@ -141,7 +149,42 @@ fn keyval_object(option: &str, pairs: Vec<(String, String)>) -> Result<Map<Strin
         let value = keyval_value(option, &key, leaf, v)?;
         cur.insert(leaf.to_owned(), value);
     }
+    for (k, v) in root.iter_mut() {
+        listify(option, k, v)?;
+    }
     Ok(root)
+}
+
+/// QEMU's keyval lists: an object whose keys are all indexes
+/// (`children.0`, `children.1`) is the list of its members, which must
+/// be numbered from 0 without gaps.
+fn listify(option: &str, path: &str, v: &mut Value) -> Result<()> {
+    let Value::Object(m) = v else { return Ok(()) };
+    for (k, c) in m.iter_mut() {
+        listify(option, &format!("{path}.{k}"), c)?;
+    }
+    let numeric = m
+        .keys()
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    if numeric == 0 {
+        return Ok(());
+    }
+    if numeric != m.len() {
+        return Err(bad(
+            option,
+            format!("Parameters '{path}.*' used inconsistently"),
+        ));
+    }
+    let mut items = Vec::with_capacity(m.len());
+    for i in 0..m.len() {
+        match m.remove(&i.to_string()) {
+            Some(x) => items.push(x),
+            None => return Err(bad(option, format!("Parameter '{path}.{i}' missing"))),
+        }
+    }
+    *v = Value::Array(items);
+    Ok(())
 }
 
 /// `-blockdev`: JSON (`{"driver": ...}`) or dotted keyval
@@ -286,6 +329,26 @@ mod tests {
             Value::Object(implied),
             serde_json::json!({"driver": "null-co", "node-name": "n0", "size": 1048576})
         );
+    }
+
+    #[test]
+    fn numbered_keys_make_lists_as_in_qemu() {
+        let q = parse_blockdev(
+            "driver=quorum,node-name=q0,children.0=a,children.1.driver=raw,children.1.file=f,vote-threshold=2,blkverify=off",
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(q),
+            serde_json::json!({"driver": "quorum", "node-name": "q0", "vote-threshold": 2,
+                "blkverify": false, "children": ["a", {"driver": "raw", "file": "f"}]})
+        );
+        let e = |s: &str| parse_blockdev(s).unwrap_err().to_string();
+        assert!(e("driver=quorum,children.0=a,children.2=b")
+            .ends_with("Parameter 'children.1' missing"));
+        assert!(e("driver=quorum,children.0=a,children.x=b")
+            .ends_with("Parameters 'children.*' used inconsistently"));
+        assert!(e("driver=quorum,children.0=a,vote-threshold=x")
+            .ends_with("Parameter 'vote-threshold' expects integer"));
     }
 
     #[test]

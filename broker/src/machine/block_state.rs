@@ -82,6 +82,8 @@ pub struct BlockState {
     pub limits: super::block_limits::Limits,
     /// The dirty bitmaps and their memory.
     pub(super) bitmaps: super::bitmaps::Bitmaps,
+    /// Quorum child names after `x-blockdev-change`.
+    pub(super) quorum: super::quorum_state::Layouts,
 }
 
 impl BlockState {
@@ -166,7 +168,7 @@ pub fn walk_post_order<'a, E>(
     o: &'a BlockdevOptions,
     f: &mut dyn FnMut(&'a BlockdevOptions) -> Result<(), E>,
 ) -> Result<(), E> {
-    for c in children(o).into_iter().flatten() {
+    for c in children(o) {
         match c {
             BlockdevRef::Definition(d) => walk_post_order(d, f)?,
             BlockdevRef::Reference(_) => {}
@@ -175,17 +177,22 @@ pub fn walk_post_order<'a, E>(
     f(o)
 }
 
-fn children(o: &BlockdevOptions) -> [Option<&BlockdevRef>; 2] {
+pub(super) fn children(o: &BlockdevOptions) -> Vec<&BlockdevRef> {
     match o {
-        BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) => [None, None],
-        BlockdevOptions::Raw(r) => [r.file.as_ref(), None],
-        BlockdevOptions::Qcow2(q) => [q.file.as_ref(), q.backing.as_ref().and_then(Option::as_ref)],
+        BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) => Vec::new(),
+        BlockdevOptions::Raw(r) => r.file.iter().collect(),
+        BlockdevOptions::Qcow2(q) => q
+            .file
+            .iter()
+            .chain(q.backing.as_ref().and_then(Option::as_ref))
+            .collect(),
+        BlockdevOptions::Quorum(q) => q.children.iter().collect(),
     }
 }
 
 /// Whether `o` or one of its inline children refers to node `name`.
 fn refers_to(o: &BlockdevOptions, name: &str) -> bool {
-    children(o).into_iter().flatten().any(|c| match c {
+    children(o).into_iter().any(|c| match c {
         BlockdevRef::Reference(n) => n == name,
         BlockdevRef::Definition(d) => refers_to(d, name),
     })
@@ -196,7 +203,7 @@ pub fn file_child_name(o: &BlockdevOptions) -> Option<&str> {
     let r = match o {
         BlockdevOptions::Raw(r) => r.file.as_ref(),
         BlockdevOptions::Qcow2(q) => q.file.as_ref(),
-        BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) => None,
+        BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) | BlockdevOptions::Quorum(_) => None,
     }?;
     match r {
         BlockdevRef::Reference(n) => Some(n),
@@ -267,6 +274,11 @@ impl BlockState {
         &self.nodes
     }
 
+    /// The top-level records, to change (`x-blockdev-change`).
+    pub(super) fn nodes_mut(&mut self) -> &mut [NodeRecord] {
+        &mut self.nodes
+    }
+
     /// The exports, in creation order.
     pub fn exports(&self) -> &[ExportRecord] {
         &self.exports
@@ -329,6 +341,13 @@ impl BlockState {
             dirs.allow_dir_of(p);
         }
         dirs
+    }
+
+    /// Whether an export serves node `name`.
+    pub(super) fn exported(&self, name: &str) -> bool {
+        self.exports
+            .iter()
+            .any(|e| e.id_and_node().is_some_and(|(_, n)| n == name))
     }
 
     /// Whether another node or an export uses top-level node `name`.
@@ -563,6 +582,7 @@ fn forget_node(m: &Machine, name: &str) -> Vec<String> {
     let mut gone = inline.clone();
     gone.push(name.to_owned());
     lock(&state(m)).bitmaps.forget_nodes(&gone);
+    lock(&state(m)).quorum.forget(&gone);
     inline
 }
 
@@ -586,6 +606,8 @@ impl ExportRecord {
             | BlockRequest::Bitmap(_)
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
+            | BlockRequest::ChangeChild { .. }
+            | BlockRequest::SetChildNames { .. }
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => None,
             #[cfg(feature = "test-hooks")]
@@ -645,12 +667,16 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
         (nodes, exports)
     };
     let send = |r: BlockRequest, f: &[BorrowedFd<'_>]| link.request(r, f);
-    for rec in &nodes {
+    for rec in super::quorum_state::replay_order(&nodes)
+        .into_iter()
+        .filter_map(|i| nodes.get(i))
+    {
         let name = rec.options.node_name().unwrap_or_default().to_owned();
         send_add(&send, rec).map_err(|e| {
             FlatError::generic(format!("cannot restore block node '{name}': {}", e.desc))
         })?;
     }
+    super::quorum_state::replay_on(m, link)?;
     super::bitmaps::replay_on(m, link)?;
     super::jobs::replay_on(m, link);
     for request in exports {

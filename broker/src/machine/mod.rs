@@ -31,6 +31,7 @@ pub mod jobs;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
+pub mod quorum_state;
 pub mod serial_pty;
 pub mod start_gate;
 pub mod stats_carry;
@@ -142,6 +143,8 @@ pub struct Machine {
     trace: trace_state::TraceState,
     /// `dump-guest-memory`'s state (`query-dump`).
     pub(crate) dump: dump::DumpTracker,
+    /// QEMU's rate limit of chatty events (the QUORUM_* events).
+    pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -159,6 +162,10 @@ impl Machine {
         let no_vm = (config.machine == crate::cli::MachineType::None)
             .then(|| no_vm::NoVm::new(config.start_paused));
         let trace = trace_state::TraceState::new(&config.trace);
+        let throttled_events = crate::qmp::event_throttle::EventThrottle::new(
+            events.clone(),
+            crate::qmp::event_throttle::PERIOD,
+        );
         let m = Arc::new(Machine {
             trace,
             no_vm,
@@ -184,6 +191,7 @@ impl Machine {
             stats: Mutex::new(stats_carry::StatsCarry::default()),
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
+            throttled_events,
         });
         liveness::start(&m);
         m
@@ -387,6 +395,8 @@ impl Machine {
             | BlockRequest::Bitmap(_)
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
+            | BlockRequest::ChangeChild { .. }
+            | BlockRequest::SetChildNames { .. }
             | BlockRequest::StartJob(_)
             | BlockRequest::JobControl { .. } => {}
             #[cfg(feature = "test-hooks")]
@@ -612,6 +622,33 @@ impl Machine {
             }
             BlockEvent::Job(e) => self.jobs.push(e),
             BlockEvent::Scsi(e) => tracing::warn!("no SCSI drive is configured for {e:?}"),
+            BlockEvent::QuorumReportBad(r) => {
+                let mut data = json!({
+                    "type": r.op,
+                    "node-name": r.node_name,
+                    "sector": r.sector,
+                    "sectors-count": r.sectors_count,
+                });
+                if let Some(e) = r.error {
+                    data["error"] = json!(e);
+                }
+                // Rate limited per node, as QEMU does.
+                self.throttled_events
+                    .emit("QUORUM_REPORT_BAD", &r.node_name, data)
+            }
+            BlockEvent::QuorumFailure {
+                reference,
+                sector,
+                sectors_count,
+            } => self.throttled_events.emit(
+                "QUORUM_FAILURE",
+                "",
+                json!({
+                    "reference": reference,
+                    "sector": sector,
+                    "sectors-count": sectors_count,
+                }),
+            ),
         }
     }
 }

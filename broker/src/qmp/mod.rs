@@ -12,8 +12,10 @@
 //!   execution.
 //! - [`server`]: listening sockets, per-session writer threads, shutdown.
 //! - [`events`]: fan-out of events to sessions through bounded queues.
+//! - [`event_throttle`]: QEMU's rate limit of chatty events.
 
 pub mod error;
+pub mod event_throttle;
 pub mod events;
 pub mod json_lexer;
 pub mod json_stream;

@@ -102,7 +102,8 @@ impl ImageInfo {
         ImageInfo {
             filename: i.filename.clone(),
             format: i.format.clone(),
-            dirty_flag: (i.format != "null-co").then_some(false),
+            // QEMU's drivers without bdrv_get_info have no dirty flag.
+            dirty_flag: (!matches!(i.format.as_str(), "null-co" | "quorum")).then_some(false),
             actual_size: i.actual_size,
             virtual_size: i.virtual_size,
             cluster_size: i.cluster_size,

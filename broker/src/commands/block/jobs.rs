@@ -365,15 +365,21 @@ impl Command for BlockdevMirror {
         if device == target {
             return Err(FlatError::generic("Can't mirror node into itself").into());
         }
+        let mut replaces = None;
         if let Some(r) = &a.replaces {
             lookup(m, r).map_err(|_| {
                 FlatError::generic(format!("Failed to find node with node-name='{r}'"))
             })?;
             if *r != device {
-                return Err(FlatError::generic(format!(
-                    "Cannot replace node '{r}': only the mirrored node '{device}' can be replaced"
-                ))
-                .into());
+                // QEMU's quorum rule: only a child of the mirrored quorum
+                // that no other parent uses.
+                if !crate::machine::quorum_state::can_replace(m, &device, r) {
+                    return Err(FlatError::generic(format!(
+                        "Cannot replace '{r}' by a node mirrored from '{device}', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data"
+                    ))
+                    .into());
+                }
+                replaces = Some(r.clone());
             }
         }
         if let Some(MirrorCopyMode::WriteBlocking) = a.copy_mode {
@@ -394,6 +400,7 @@ impl Command for BlockdevMirror {
                 sync,
                 granularity,
                 buf_size,
+                replaces,
             },
             speed,
             on_source_error: a.on_source_error.unwrap_or(BlockdevOnError::Report).wire(),

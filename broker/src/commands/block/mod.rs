@@ -12,6 +12,7 @@
 //! - [`bitmaps`] — `block-dirty-bitmap-*` and the queries' `dirty-bitmaps`.
 //! - [`resize`] — `block_resize`.
 //! - [`jobs`] — block-stream, blockdev-mirror, the job verbs and queries.
+//! - [`quorum`] — `x-blockdev-change`, `QUORUM_REPORT_BAD`, `QUORUM_FAILURE`.
 
 pub mod bitmaps;
 pub mod info;
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod options;
 pub mod query_block;
+pub mod quorum;
 pub mod resize;
 pub mod stats;
 pub mod throttle;

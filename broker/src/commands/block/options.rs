@@ -27,7 +27,7 @@ impl QapiType for BlockdevDriver {
     fn schema() -> SchemaType {
         SchemaType::Enum {
             name: "BlockdevDriver",
-            values: vec!["file", "null-co", "qcow2", "raw"],
+            values: vec!["file", "null-co", "qcow2", "quorum", "raw"],
         }
     }
 }
@@ -92,6 +92,18 @@ impl QapiType for BlockdevAioOptions {
     }
 }
 
+/// QEMU's `QuorumReadPattern`.
+pub struct QuorumReadPattern;
+
+impl QapiType for QuorumReadPattern {
+    fn schema() -> SchemaType {
+        SchemaType::Enum {
+            name: "QuorumReadPattern",
+            values: vec!["quorum", "fifo"],
+        }
+    }
+}
+
 /// A `BlockdevRef` or `BlockdevRefOrNull` alternate, checked by hand.
 fn alternate(name: &'static str, required: bool) -> Member {
     Member {
@@ -140,6 +152,13 @@ fn variant_members(driver: &str) -> Vec<Member> {
             optional::<u64>("latency-ns"),
             optional::<bool>("read-zeroes"),
         ],
+        "quorum" => vec![
+            optional::<bool>("blkverify"),
+            member::<Vec<Value>>("children"),
+            member::<i64>("vote-threshold"),
+            optional::<bool>("rewrite-corrupted"),
+            optional::<QuorumReadPattern>("read-pattern"),
+        ],
         _ => Vec::new(),
     }
 }
@@ -152,7 +171,7 @@ pub struct BlockdevAddArgs(pub Map<String, Value>);
 impl QapiType for BlockdevAddArgs {
     fn schema() -> SchemaType {
         let mut members = base_members();
-        for d in ["file", "null-co", "qcow2", "raw"] {
+        for d in ["file", "null-co", "qcow2", "quorum", "raw"] {
             for mut m in variant_members(d) {
                 if !members.iter().any(|x| x.name == m.name) {
                     m.optional = true;
@@ -216,6 +235,20 @@ pub fn validate_options(map: &Map<String, Value>, prefix: &str) -> std::result::
             }
         }
     }
+    // A quorum's children: each a node name or a definition.
+    for (i, c) in map
+        .get("children")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match c {
+            Value::String(_) => {}
+            Value::Object(child) => validate_options(child, &format!("{prefix}children[{i}]."))?,
+            _ => return Err("Invalid parameter type for 'null', expected: BlockdevRef".into()),
+        }
+    }
     Ok(())
 }
 
@@ -230,6 +263,16 @@ fn fix_null_backing(o: &mut BlockdevOptions, map: &Map<String, Value>) {
     match o {
         BlockdevOptions::File(_) | BlockdevOptions::NullCo(_) => {}
         BlockdevOptions::Raw(r) => child(r.file.as_mut(), "file"),
+        BlockdevOptions::Quorum(q) => {
+            let maps = map.get("children").and_then(Value::as_array);
+            for (i, c) in q.children.iter_mut().enumerate() {
+                if let (BlockdevRef::Definition(d), Some(Value::Object(m))) =
+                    (c, maps.and_then(|a| a.get(i)))
+                {
+                    fix_null_backing(d, m);
+                }
+            }
+        }
         BlockdevOptions::Qcow2(q) => {
             if map.get("backing") == Some(&Value::Null) {
                 q.backing = Some(None);

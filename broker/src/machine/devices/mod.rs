@@ -165,6 +165,7 @@ fn node_read_only(o: &BlockdevOptions) -> bool {
         BlockdevOptions::Raw(x) => x.read_only,
         BlockdevOptions::Qcow2(x) => x.read_only,
         BlockdevOptions::NullCo(x) => x.read_only,
+        BlockdevOptions::Quorum(x) => x.read_only,
     }
     .unwrap_or(false)
 }

@@ -151,6 +151,13 @@ fn collect(
             Ok(())
         }
         BlockdevOptions::NullCo(_) => Ok(()),
+        BlockdevOptions::Quorum(q) => {
+            let inh = common!(q, parent);
+            for c in &q.children {
+                child(Some(c), inh, out, tops)?;
+            }
+            Ok(())
+        }
     }
 }
 

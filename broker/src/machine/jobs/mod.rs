@@ -446,9 +446,20 @@ pub fn finalize(m: &Machine, id: &str) {
         Err(e) => error = Some(e.desc),
     }
     if commit && error.is_none() {
-        if let JobKind::Mirror { source, target, .. } = &j.spec.kind {
-            super::devices::repoint_drive(m, source, target);
-            super::block_state::repoint_exports(m, source, target);
+        if let JobKind::Mirror {
+            source,
+            target,
+            replaces,
+            ..
+        } = &j.spec.kind
+        {
+            match replaces {
+                Some(r) => super::quorum_state::replaced_child(m, source, r, target),
+                None => {
+                    super::devices::repoint_drive(m, source, target);
+                    super::block_state::repoint_exports(m, source, target);
+                }
+            }
         }
     }
     let j = with_job(m, id, |r| {
