@@ -23,6 +23,7 @@ pub mod block;
 pub mod inflight;
 pub mod jobs;
 pub mod server;
+pub mod snapshots;
 pub mod standalone;
 pub mod throttle;
 pub mod trace;

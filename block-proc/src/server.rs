@@ -231,6 +231,9 @@ impl Server {
             BlockRequest::Bitmap(r) => {
                 crate::bitmaps::requests::handle(&self.graph, r, fds).map(BlockReply::Bitmap)
             }
+            BlockRequest::Snapshot(r) => {
+                crate::snapshots::handle(&self.graph, r).map(BlockReply::Snapshot)
+            }
             BlockRequest::AddScsiExport(_) | BlockRequest::ScsiMedium { .. } => Err(
                 FlatError::generic("this block-proc serves no vhost-user-scsi export"),
             ),

@@ -345,6 +345,7 @@ impl Graph {
                     image,
                     in_use: n.in_use(),
                     file_child: n.driver.children().into_iter().next(),
+                    snapshots: crate::snapshots::list(n),
                 }
             })
             .collect()
