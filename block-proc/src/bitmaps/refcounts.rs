@@ -271,7 +271,11 @@ impl Refcounts<'_> {
             if let Some(b) = self.blocks.remove(from) {
                 self.blocks.insert(*to, (b.0, true));
             }
-            for e in self.reftable.iter_mut().filter(|e| **e & OFFSET_MASK == *from) {
+            for e in self
+                .reftable
+                .iter_mut()
+                .filter(|e| **e & OFFSET_MASK == *from)
+            {
                 *e = *to;
             }
         }

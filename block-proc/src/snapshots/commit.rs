@@ -70,8 +70,7 @@ impl Header {
         let head = read_span(file, 0, 1 << cluster_bits)?;
         if be32(&head, 4) >= 3 && be64(&head, 72) & INCOMPAT_UNSUPPORTED != 0 {
             return Err(SnapshotError::Failed(
-                "images with an external data file or extended L2 entries are not supported"
-                    .into(),
+                "images with an external data file or extended L2 entries are not supported".into(),
             ));
         }
         Ok(Header {

@@ -91,7 +91,10 @@ pub fn list(node: &Node) -> Vec<SnapshotInfo> {
 }
 
 /// Answers a snapshot request, with QEMU's messages.
-pub fn handle(graph: &Graph, req: SnapshotRequest) -> std::result::Result<SnapshotReply, FlatError> {
+pub fn handle(
+    graph: &Graph,
+    req: SnapshotRequest,
+) -> std::result::Result<SnapshotReply, FlatError> {
     match req {
         SnapshotRequest::Create {
             node,
@@ -102,7 +105,9 @@ pub fn handle(graph: &Graph, req: SnapshotRequest) -> std::result::Result<Snapsh
         } => {
             let n = find(graph, &node)?;
             if n.read_only {
-                return Err(FlatError::generic(format!("Device '{device}' is read only")));
+                return Err(FlatError::generic(format!(
+                    "Device '{device}' is read only"
+                )));
             }
             let Some(q) = n.driver.as_qcow2() else {
                 return Err(FlatError::generic(format!(
@@ -118,11 +123,28 @@ pub fn handle(graph: &Graph, req: SnapshotRequest) -> std::result::Result<Snapsh
                     "Failed to create snapshot '{name}' on device '{device}': {e}"
                 ))
             };
+            let exists = q.image_file().is_some_and(|f| {
+                commit::Header::read(f)
+                    .and_then(|h| commit::read_table(f, &h))
+                    .is_ok_and(|(t, _)| {
+                        table::find(&t, None, Some(&name))
+                            .is_some_and(|i| (t[i].date_sec, t[i].date_nsec) != date)
+                    })
+            });
+            if exists {
+                return Err(FlatError::generic(format!(
+                    "Snapshot with name '{name}' already exists on device '{device}'"
+                )));
+            }
             let _drained = n.hooks.drain();
             let start = Instant::now();
             q.rewrite_metadata(|file| {
                 let (entries, _) = commit::read_table(file, &commit::Header::read(file)?)?;
-                if table::find(&entries, None, Some(&name)).is_some() {
+                if let Some(i) = table::find(&entries, None, Some(&name)) {
+                    // The broker's retry after a restart: already done.
+                    if (entries[i].date_sec, entries[i].date_nsec) == date {
+                        return Ok(Ok(()));
+                    }
                     return Ok(Err(FlatError::generic(format!(
                         "Snapshot with name '{name}' already exists on device '{device}'"
                     ))));
@@ -140,7 +162,7 @@ pub fn handle(graph: &Graph, req: SnapshotRequest) -> std::result::Result<Snapsh
                     icount: Some(u64::MAX),
                     extra_rest: Vec::new(),
                 };
-                commit::create(file, sn, &mut no_hook).map(Ok)
+                commit::create(file, sn, &mut no_hook).map(|_| Ok(()))
             })
             .map_err(failed)??;
             tracing::info!(
@@ -188,9 +210,7 @@ pub fn handle(graph: &Graph, req: SnapshotRequest) -> std::result::Result<Snapsh
                     }
                 })
                 .map_err(|e: SnapshotError| {
-                    FlatError::generic(format!(
-                        "Failed to remove snapshot from snapshot list: {e}"
-                    ))
+                    FlatError::generic(format!("Failed to remove snapshot from snapshot list: {e}"))
                 })?
                 .ok_or_else(not_found)?;
             Ok(SnapshotReply::Deleted(sn.info()))

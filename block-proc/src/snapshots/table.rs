@@ -172,7 +172,9 @@ pub fn new_id(entries: &[Snapshot]) -> String {
 /// are given.
 pub fn find(entries: &[Snapshot], id: Option<&str>, name: Option<&str>) -> Option<usize> {
     entries.iter().position(|e| {
-        id.is_none_or(|i| e.id == i) && name.is_none_or(|n| e.name == n) && (id.is_some() || name.is_some())
+        id.is_none_or(|i| e.id == i)
+            && name.is_none_or(|n| e.name == n)
+            && (id.is_some() || name.is_some())
     })
 }
 

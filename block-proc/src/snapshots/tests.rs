@@ -28,7 +28,10 @@ fn run(cmd: &str, args: &[&str]) -> (i32, String) {
 }
 
 fn qemu_io(img: &Path, cmd: &str) {
-    let (rc, out) = run("qemu-io", &["-f", "qcow2", "-c", cmd, img.to_str().unwrap()]);
+    let (rc, out) = run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", cmd, img.to_str().unwrap()],
+    );
     assert_eq!(rc, 0, "{out}");
 }
 
@@ -43,7 +46,15 @@ fn image(d: &Path) -> PathBuf {
     let img = d.join("a.qcow2");
     let (rc, out) = run(
         "qemu-img",
-        &["create", "-f", "qcow2", "-o", "cluster_size=4096", img.to_str().unwrap(), "8M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            img.to_str().unwrap(),
+            "8M",
+        ],
     );
     assert_eq!(rc, 0, "{out}");
     qemu_io(&img, "write -P 0x11 0 3M");
@@ -79,12 +90,17 @@ fn no_hook(_: &'static str) -> Result<()> {
 
 fn table(img: &Path) -> Vec<Snapshot> {
     let f = open(img);
-    commit::read_table(&f, &Header::read(&f).unwrap()).unwrap().0
+    commit::read_table(&f, &Header::read(&f).unwrap())
+        .unwrap()
+        .0
 }
 
 fn read(img: &Path, off: &str, len: &str, pattern: u8) -> bool {
     let cmd = format!("read -P {pattern:#x} {off} {len}");
-    let (rc, out) = run("qemu-io", &["-f", "qcow2", "-c", &cmd, img.to_str().unwrap()]);
+    let (rc, out) = run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", &cmd, img.to_str().unwrap()],
+    );
     rc == 0 && !out.contains("Pattern verification failed")
 }
 
@@ -93,7 +109,10 @@ fn table_qemu_img_wrote_is_read() {
     let d = dir("read");
     let img = image(&d);
     for n in ["first", "second one"] {
-        assert_eq!(run("qemu-img", &["snapshot", "-c", n, img.to_str().unwrap()]).0, 0);
+        assert_eq!(
+            run("qemu-img", &["snapshot", "-c", n, img.to_str().unwrap()]).0,
+            0
+        );
     }
     let t = table(&img);
     assert_eq!(t.len(), 2);
@@ -107,7 +126,14 @@ fn table_qemu_img_wrote_is_read() {
 fn created_snapshot_is_listed_clean_and_restores_its_content() {
     let d = dir("create");
     let img = image(&d);
-    assert_eq!(run("qemu-img", &["snapshot", "-c", "old", img.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        run(
+            "qemu-img",
+            &["snapshot", "-c", "old", img.to_str().unwrap()]
+        )
+        .0,
+        0
+    );
     let sn = commit::create(&open(&img), snapshot("mine"), &mut no_hook).unwrap();
     assert_eq!(sn.id, "2");
     let (_, list) = run("qemu-img", &["snapshot", "-l", img.to_str().unwrap()]);
@@ -119,7 +145,14 @@ fn created_snapshot_is_listed_clean_and_restores_its_content() {
     qemu_io(&img, "write -P 0x44 0 4M");
     qemu_io(&img, "write -P 0x44 7M 4k");
     assert_eq!(check(&img).0, 0);
-    assert_eq!(run("qemu-img", &["snapshot", "-a", "mine", img.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        run(
+            "qemu-img",
+            &["snapshot", "-a", "mine", img.to_str().unwrap()]
+        )
+        .0,
+        0
+    );
     assert!(read(&img, "0", "1M", 0x11));
     assert!(read(&img, "1M", "64k", 0));
     assert!(read(&img, "6M", "64k", 0x22));
@@ -181,7 +214,10 @@ fn a_kill_at_any_step_of_create_or_delete_leaves_no_corruption() {
             };
             assert!(r.is_err(), "{step}");
             let (rc, out) = check(&img);
-            assert!(rc == 0 || rc == 3, "kill at '{step}' (delete {delete}): {out}");
+            assert!(
+                rc == 0 || rc == 3,
+                "kill at '{step}' (delete {delete}): {out}"
+            );
             let names: Vec<String> = table(&img).into_iter().map(|s| s.name).collect();
             let switched = k >= 3;
             let want: &[&str] = match (delete, switched) {
