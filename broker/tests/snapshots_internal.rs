@@ -32,14 +32,15 @@ fn img_tool(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// A copy of `img` with snapshot `name` applied, as raw.
-fn restored(img: &Path, name: &str, tag: &str) -> PathBuf {
+/// A copy of `img` with snapshot `name` applied, as raw (`leaks`: the
+/// image may hold leaked clusters, as kills leave them).
+fn restored(img: &Path, name: &str, tag: &str, leaks: bool) -> PathBuf {
     let copy = img.with_extension(format!("{tag}.qcow2"));
     std::fs::copy(img, &copy).unwrap();
     let (rc, out) = img_tool(&["snapshot", "-a", name, p(&copy)]);
     assert_eq!(rc, 0, "qemu-img snapshot -a {name}: {out}");
     let (rc, out) = img_tool(&["check", p(&copy)]);
-    assert_eq!(rc, 0, "check after -a {name}: {out}");
+    assert!(rc == 0 || (leaks && rc == 3), "check after -a {name}: {out}");
     raw_view(&copy, "qcow2")
 }
 
@@ -132,8 +133,8 @@ fn snapshot_taken_while_the_guest_writes_restores_its_moment_and_deletes_clean()
     assert!(list.contains("running") && list.contains("paused"), "{list}");
     let (rc, out) = img_tool(&["check", "-U", p(&img)]);
     assert_eq!(rc, 0, "{out}");
-    assert_eq!(std::fs::read(restored(&img, "paused", "p")).unwrap(), paused);
-    assert_point_in_time(&restored(&img, "running", "r"), before + 2);
+    assert_eq!(std::fs::read(restored(&img, "paused", "p", false)).unwrap(), paused);
+    assert_point_in_time(&restored(&img, "running", "r", false), before + 2);
 
     // Delete by name, then by id: QEMU's SnapshotInfo back.
     let r = q.execute(
@@ -182,6 +183,13 @@ fn block_proc_killed_during_snapshot_create_and_delete_never_corrupts_the_image(
     let mut kills = 0;
     let mut made = vec!["base".to_string()];
     for i in 0..10 {
+        // The guest writes between the kills (its writes copy what the
+        // snapshots share), and is paused during each, so the check right
+        // after the kill sees the file exactly as the kill left it.
+        q.ok("cont");
+        let now = serial.passes();
+        serial.wait_passes(now + 1);
+        q.ok("stop");
         let pid = block_proc_pid(common::broker_pid(&b)).expect("block-proc");
         let sock = b.sock.clone();
         let delete = i % 2 == 1 && !made.is_empty();
@@ -205,23 +213,22 @@ fn block_proc_killed_during_snapshot_create_and_delete_never_corrupts_the_image(
         kills += 1;
         let answer = sender.join().unwrap();
         // Killed or not, the file is never corrupt (leaks allowed).
-        assert_qemu_img_check_after_kills(&img, "qcow2");
+        let (rc, out) = img_tool(&["check", "-U", p(&img)]);
+        assert!(rc == 0 || rc == 3, "kill {i} ({answer}): {out}");
         wait_block_proc(&b, &mut q, pid);
         let names = snapshot_names(&mut q);
         if answer.get("return").is_some() {
             assert_eq!(names.contains(&format!("k{i}")), !delete, "{answer}");
         }
         made = names;
-        let now = serial.passes();
-        serial.wait_passes(now + 1);
     }
     assert_eq!(kills, 10);
-    q.ok("stop");
-    assert_qemu_img_check_after_kills(&img, "qcow2");
+    let (rc, out) = img_tool(&["check", "-U", p(&img)]);
+    assert!(rc == 0 || rc == 3, "{out}");
     // Every snapshot left restores to a moment of the guest's writes.
     let max = serial.passes() + 2;
     for (k, name) in made.iter().enumerate() {
-        assert_point_in_time(&restored(&img, name, &format!("k{k}")), max);
+        assert_point_in_time(&restored(&img, name, &format!("k{k}"), true), max);
     }
 }
 
