@@ -678,8 +678,9 @@ impl Qcow2Driver {
             )
             .into());
         }
+        // Written back, not synced: `f` syncs before anything depends on
+        // the order of these writes and its own.
         img.flush()?;
-        img.sync()?;
         let file = self
             .child
             .driver

@@ -139,10 +139,15 @@ fn root_node(m: &Machine, device: &str) -> Result<String> {
     Ok(device.to_owned())
 }
 
-/// The guest clock QEMU records (`QEMU_CLOCK_VIRTUAL`): here the time
-/// since the broker started (paused time included; bulkhead keeps no
-/// virtual clock of its own).
-fn vm_clock_nsec() -> u64 {
+/// The guest clock QEMU records (`QEMU_CLOCK_VIRTUAL`): 0 before the
+/// guest first ran (QEMU's too), else the time since the broker started
+/// (bulkhead keeps no virtual clock of its own, so paused time counts).
+fn vm_clock_nsec(m: &Machine) -> u64 {
+    if m.query_status()
+        .is_ok_and(|s| s.status == ipc_proto::vcpu::RunState::Prelaunch)
+    {
+        return 0;
+    }
     process_age().unwrap_or_default().as_nanos() as u64
 }
 
@@ -198,7 +203,7 @@ impl Command for BlockdevSnapshotInternalSync {
             device: a.device,
             name: a.name,
             date: (now.as_secs() as u32, now.subsec_micros() * 1000),
-            vm_clock_nsec: vm_clock_nsec(),
+            vm_clock_nsec: vm_clock_nsec(m),
         };
         // Idempotent: block-proc answers a repeated create whose snapshot
         // (same name and date) exists as done, so a worker restart in the
