@@ -252,8 +252,8 @@ fn block_proc_killed_during_snapshot_create_and_delete_never_corrupts_the_image(
 }
 
 /// The commands of the comparison with QEMU 10, on nodes `q0` (qcow2),
-/// `r0` (raw), `f0` (q0's file) and `ro0` (read-only qcow2 holding
-/// snapshot `pre`).
+/// `r0` (raw), `f0` (q0's file), `ro0` (read-only qcow2 holding
+/// snapshot `pre`) and `q1` (qcow2 with one-bit refcounts).
 fn comparison_commands() -> Vec<Value> {
     let c = |n: &str, a: Value| json!({"execute": n, "arguments": a});
     let mk = "blockdev-snapshot-internal-sync";
@@ -270,6 +270,7 @@ fn comparison_commands() -> Vec<Value> {
         c(mk, json!({"name": "x"})),
         c(mk, json!({"device": "q0", "name": "s2", "x": 1})),
         c(mk, json!({"device": "q0", "name": "a b/c"})),
+        c(mk, json!({"device": "q1", "name": "s1"})),
         c(del, json!({"device": "q0"})),
         c(del, json!({"device": "q0", "name": "zz"})),
         c(del, json!({"device": "q0", "id": "7"})),
@@ -312,6 +313,24 @@ fn snapshot_answers_and_errors_match_qemu() {
             assert_eq!(img_tool(&["create", "-q", "-f", kind, p(f), "4M"]).0, 0);
         }
         assert_eq!(img_tool(&["snapshot", "-c", "pre", p(&ro)]).0, 0);
+        // One-bit refcounts: no room for a second reference.
+        let narrow = dir.0.join(format!("{tag}-n.qcow2"));
+        let (rc, out) = img_tool(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=1",
+            p(&narrow),
+            "4M",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        let w = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write 0 64k", p(&narrow)])
+            .output()
+            .expect("qemu-io is needed");
+        assert!(w.status.success());
         [
             format!("driver=file,filename={},node-name=f0", q0.display()),
             "driver=qcow2,file=f0,node-name=q0".into(),
@@ -322,6 +341,8 @@ fn snapshot_answers_and_errors_match_qemu() {
                 ro.display()
             ),
             "driver=qcow2,file=f2,node-name=ro0,read-only=on".into(),
+            format!("driver=file,filename={},node-name=f3", narrow.display()),
+            "driver=qcow2,file=f3,node-name=q1".into(),
         ]
         .into_iter()
         .flat_map(|b| ["-blockdev".to_string(), b])

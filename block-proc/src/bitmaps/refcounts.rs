@@ -301,12 +301,20 @@ impl Refcounts<'_> {
         } else {
             (1u64 << self.refcount_bits) - 1
         };
-        let new = rc
-            .checked_add_signed(delta)
-            .filter(|v| *v <= max)
-            .ok_or_else(|| {
-                ExtError::Corrupt(format!("refcount of cluster {c} would be {rc}{delta:+}"))
-            })?;
+        let new = match rc.checked_add_signed(delta) {
+            // The refcount width has no room: QEMU's EINVAL.
+            Some(v) if v > max => {
+                return Err(ExtError::Io(std::io::Error::from_raw_os_error(
+                    libc::EINVAL,
+                )))
+            }
+            Some(v) => v,
+            None => {
+                return Err(ExtError::Corrupt(format!(
+                    "refcount of cluster {c} would be {rc}{delta:+}"
+                )))
+            }
+        };
         self.set(c, new)?;
         if new == 0 {
             self.cursor = self.cursor.min(c.max(1));

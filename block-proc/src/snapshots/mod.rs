@@ -30,8 +30,9 @@ use crate::block::Node;
 /// Errors of snapshot operations.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Reading or writing the image failed.
-    #[error("{0}")]
+    /// Reading or writing the image failed (the text as QEMU's
+    /// `strerror`, without Rust's "(os error N)").
+    #[error("{}", errno_text(.0))]
     Io(#[from] std::io::Error),
     /// The image's metadata is not what the specification allows.
     #[error("qcow2 image is corrupt: {0}")]
@@ -59,6 +60,14 @@ impl From<ExtError> for SnapshotError {
                 SnapshotError::Failed("no room in the refcount table for the snapshot".into())
             }
         }
+    }
+}
+
+fn errno_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) if e.raw_os_error().is_some() => s[..i].to_string(),
+        _ => s,
     }
 }
 

@@ -231,3 +231,28 @@ fn a_kill_at_any_step_of_create_or_delete_leaves_no_corruption() {
         }
     }
 }
+
+#[test]
+fn refcounts_too_narrow_for_a_snapshot_fail_as_qemu_and_leave_the_image_as_it_was() {
+    let d = dir("narrow");
+    let img = d.join("n.qcow2");
+    let (rc, out) = run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=1",
+            img.to_str().unwrap(),
+            "4M",
+        ],
+    );
+    assert_eq!(rc, 0, "{out}");
+    qemu_io(&img, "write -P 0x11 0 1M");
+    let e = commit::create(&open(&img), snapshot("s"), &mut no_hook).unwrap_err();
+    assert_eq!(e.to_string(), "Invalid argument");
+    assert!(table(&img).is_empty());
+    let (rc, out) = check(&img);
+    assert_eq!(rc, 0, "{out}");
+}
