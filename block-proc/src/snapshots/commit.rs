@@ -35,6 +35,9 @@ const COMPRESSED: u64 = 1 << 62;
 /// extended L2 entries.
 const INCOMPAT_UNSUPPORTED: u64 = (1 << 2) | (1 << 4);
 
+/// QEMU's largest L1 table (`QCOW_MAX_L1_SIZE`, 32 MiB), in entries.
+const MAX_L1_ENTRIES: u32 = (32 << 20) / 8;
+
 /// Where a kill is simulated in tests: each step's name, in order.
 pub type Checkpoint<'a> = &'a mut dyn FnMut(&'static str) -> Result<()>;
 
@@ -112,6 +115,13 @@ pub fn read_table(file: &File, h: &Header) -> Result<(Vec<Snapshot>, usize)> {
     Ok((table::parse(&raw, n)?, size))
 }
 
+fn read_l1(file: &File, off: u64, n: u32) -> Result<Vec<u64>> {
+    if n > MAX_L1_ENTRIES {
+        return Err(SnapshotError::Corrupt(format!("L1 table of {n} entries")));
+    }
+    read_u64s(file, off & OFFSET_MASK, n as usize)
+}
+
 fn read_u64s(file: &File, off: u64, n: usize) -> Result<Vec<u64>> {
     let raw = read_span(file, off, n * 8)?;
     Ok((0..n).map(|i| be64(&raw, i * 8)).collect())
@@ -158,7 +168,7 @@ impl<'a> Txn<'a> {
     fn open(file: &'a File) -> Result<Self> {
         let h = Header::read(file)?;
         let rc = Refcounts::load(file, &h.head, h.cluster_bits)?;
-        let active_l1 = read_u64s(file, h.l1_offset, h.l1_size as usize)?;
+        let active_l1 = read_l1(file, h.l1_offset, h.l1_size)?;
         let (entries, table_size) = read_table(file, &h)?;
         Ok(Txn {
             entries,
@@ -174,6 +184,12 @@ impl<'a> Txn<'a> {
 
     fn l2(&mut self, off: u64) -> Result<&Vec<u64>> {
         if !self.l2.contains_key(&off) {
+            // Only tables inside the file: memory stays within its size.
+            if off.saturating_add(self.h.cluster()) > self.file.metadata()?.len() {
+                return Err(SnapshotError::Corrupt(format!(
+                    "L2 table at {off:#x} is past the end of the file"
+                )));
+            }
             let n = (self.h.cluster() / 8) as usize;
             let t = read_u64s(self.file, off, n)?;
             self.l2.insert(off, t);
@@ -367,7 +383,7 @@ pub fn delete(file: &File, index: usize, hook: Checkpoint<'_>) -> Result<Snapsho
         return Err(SnapshotError::Failed("snapshot vanished".into()));
     }
     let sn = entries.remove(index);
-    let l1 = read_u64s(file, sn.l1_offset & OFFSET_MASK, sn.l1_size as usize)?;
+    let l1 = read_l1(file, sn.l1_offset, sn.l1_size)?;
     t.count_tree(&l1, -1)?;
     let bytes = u64::from(sn.l1_size) * 8;
     for k in 0..t.clusters(bytes) {

@@ -256,3 +256,18 @@ fn refcounts_too_narrow_for_a_snapshot_fail_as_qemu_and_leave_the_image_as_it_wa
     let (rc, out) = check(&img);
     assert_eq!(rc, 0, "{out}");
 }
+
+#[test]
+fn a_snapshot_entry_claiming_a_huge_l1_table_is_refused_not_allocated() {
+    let d = dir("huge");
+    let img = image(&d);
+    commit::create(&open(&img), snapshot("s"), &mut no_hook).unwrap();
+    let f = open(&img);
+    let h = Header::read(&f).unwrap();
+    // l1_size of the first entry: u32::MAX entries (32 GiB).
+    crate::block::qcow2_repair::write_span(&f, h.snapshots_offset + 8, &u32::MAX.to_be_bytes())
+        .unwrap();
+    let e = commit::delete(&f, 0, &mut no_hook).unwrap_err();
+    assert!(matches!(e, SnapshotError::Corrupt(_)), "{e}");
+    assert_eq!(table(&img).len(), 1);
+}
