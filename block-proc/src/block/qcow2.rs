@@ -691,6 +691,33 @@ impl Qcow2Driver {
         let autoclear = crate::block::qcow2_repair::read_span(file, 88, 8)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let out = f(file);
+        match self.reopen(file, backing.is_some()) {
+            Ok(q) => *img = q,
+            Err(e) => {
+                // The old instance's caches may describe metadata `f`
+                // replaced: serving I/O from them could corrupt the image.
+                // End as a SIGKILL would (which leaves the image sound,
+                // see `crate::snapshots`); the broker restarts block-proc
+                // and it opens the image afresh.
+                tracing::error!(
+                    "reopening {} after a metadata change failed: {e}",
+                    self.filename
+                );
+                std::process::abort();
+            }
+        }
+        if self.mode.0 && super::qcow2_header::is_v3(file) {
+            crate::block::qcow2_repair::write_span(file, 88, &autoclear)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        out
+    }
+}
+
+impl Qcow2Driver {
+    /// A fresh imago instance on `file`, with the header's backing or
+    /// none.
+    fn reopen(&self, file: &File, with_backing: bool) -> io::Result<FormatAccess<ImgFile>> {
         let (writable, direct) = self.mode;
         let st = storage(file.try_clone()?, &self.filename, writable, direct)
             .map_err(|e| io::Error::other(e.to_string()))?
@@ -700,18 +727,14 @@ impl Qcow2Driver {
         for (n, f) in &self.chain_files {
             files.insert(n.clone(), f.try_clone()?);
         }
-        let source = match backing {
-            None => BackingSource::None,
-            Some(_) => BackingSource::Header,
+        let source = if with_backing {
+            BackingSource::Header
+        } else {
+            BackingSource::None
         };
         set_backing(&mut q, &self.filename, source, &mut files)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        *img = FormatAccess::new(q);
-        if writable && super::qcow2_header::is_v3(file) {
-            crate::block::qcow2_repair::write_span(file, 88, &autoclear)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-        }
-        out
+        Ok(FormatAccess::new(q))
     }
 }
 
