@@ -271,3 +271,44 @@ fn a_snapshot_entry_claiming_a_huge_l1_table_is_refused_not_allocated() {
     assert!(matches!(e, SnapshotError::Corrupt(_)), "{e}");
     assert_eq!(table(&img).len(), 1);
 }
+
+/// Damaged metadata (random bytes in the header, the refcount and L1
+/// tables and the snapshot table) gives errors, never a panic.
+#[test]
+fn damaged_metadata_never_panics() {
+    let d = dir("damaged");
+    let base = image(&d);
+    commit::create(&open(&base), snapshot("a"), &mut no_hook).unwrap();
+    let clean = std::fs::read(&base).unwrap();
+    let h = Header::read(&open(&base)).unwrap();
+    let img = d.join("damaged.qcow2");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..150 {
+        let mut bytes = clean.clone();
+        for _ in 0..1 + next() % 8 {
+            let region = if next() % 2 == 0 {
+                0..64 * 1024
+            } else {
+                let t = h.snapshots_offset as usize;
+                t..t + 512
+            };
+            let at = region.start + (next() as usize) % (region.end - region.start);
+            if let Some(b) = bytes.get_mut(at) {
+                *b = next() as u8;
+            }
+        }
+        std::fs::write(&img, &bytes).unwrap();
+        let f = open(&img);
+        if let Ok(h) = Header::read(&f) {
+            let _ = commit::read_table(&f, &h);
+        }
+        let _ = commit::create(&f, snapshot("b"), &mut no_hook);
+        let _ = commit::delete(&f, 0, &mut no_hook);
+    }
+}
