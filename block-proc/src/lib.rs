@@ -26,6 +26,7 @@ pub mod inflight;
 pub mod jobs;
 pub mod scsi;
 pub mod server;
+pub mod snapshots;
 pub mod standalone;
 pub mod throttle;
 pub mod trace;

@@ -290,6 +290,9 @@ impl Server {
                     .map_err(|e| FlatError::generic(e.to_string()))?;
                 Ok(BlockReply::Done)
             }
+            BlockRequest::Snapshot(r) => {
+                crate::snapshots::handle(&self.graph, r).map(BlockReply::Snapshot)
+            }
             BlockRequest::StartJob(spec) => {
                 let tx = self
                     .job_events

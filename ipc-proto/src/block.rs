@@ -583,6 +583,8 @@ pub enum BlockRequest {
         /// The index the next added child gets.
         next_index: u32,
     },
+    /// qcow2 internal snapshots (`blockdev-snapshot-*-internal-sync`).
+    Snapshot(crate::snapshots::SnapshotRequest),
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the
@@ -607,6 +609,8 @@ pub enum BlockReply {
     Stats(Vec<NodeStats>),
     /// Answer to a [`BlockRequest::Bitmap`].
     Bitmap(crate::bitmaps::BitmapReply),
+    /// Answer to a [`BlockRequest::Snapshot`].
+    Snapshot(crate::snapshots::SnapshotReply),
 }
 
 /// Asynchronous events from block-proc.
@@ -722,6 +726,9 @@ pub struct NodeInfo {
     pub in_use: bool,
     /// The node's `file` child (generated names included), if it has one.
     pub file_child: Option<String>,
+    /// The image's internal snapshots (a writable qcow2 node's only, as
+    /// QEMU lists them).
+    pub snapshots: Vec<crate::snapshots::SnapshotInfo>,
 }
 
 /// Per-node I/O statistics (QEMU `BlockDeviceStats` subset).

@@ -40,6 +40,7 @@ pub mod logging;
 pub mod net;
 pub mod ratelimit;
 pub mod scsi;
+pub mod snapshots;
 pub mod trace;
 pub mod vcpu;
 pub mod worker;

@@ -22,6 +22,8 @@ pub struct Refcounts<'a> {
     refcount_bits: u32,
     rt_offset: u64,
     reftable: Vec<u64>,
+    /// The reftable as loaded (the refblocks live in the file).
+    loaded: Vec<u64>,
     reftable_dirty: bool,
     blocks: BTreeMap<u64, (Vec<u8>, bool)>,
     /// Where the next free-cluster search starts.
@@ -54,8 +56,9 @@ impl<'a> Refcounts<'a> {
         }
         let n = (rt_clusters * cluster / 8) as usize;
         let raw = read_span(file, rt_offset, n * 8)?;
-        let reftable = (0..n).map(|i| be64(&raw, i * 8)).collect();
+        let reftable: Vec<u64> = (0..n).map(|i| be64(&raw, i * 8)).collect();
         Ok(Refcounts {
+            loaded: reftable.clone(),
             file,
             cluster_bits,
             refcount_bits: 1 << refcount_order,
@@ -219,5 +222,103 @@ impl<'a> Refcounts<'a> {
             self.reftable_dirty = false;
         }
         Ok(())
+    }
+}
+
+/// Where [`Refcounts::write_back_shadowed`] put the refcount structures.
+pub struct Shadowed {
+    /// Offset of the new refcount table.
+    pub rt_offset: u64,
+    /// Its length in clusters (unchanged).
+    pub rt_clusters: u32,
+    /// Clusters of the old structures: still referenced by the header
+    /// until the caller switches it, then to be freed.
+    pub old: Vec<u64>,
+}
+
+impl Refcounts<'_> {
+    /// Writes every change without touching a live structure: changed
+    /// refblocks that the file's refcount table names go to new clusters,
+    /// with a new refcount table naming them (for the internal snapshots,
+    /// whose commit is one header write switching to them; see
+    /// `crate::snapshots`). Until that write the old structures stay
+    /// intact; after it, the caller frees `old` and writes back in place.
+    pub fn write_back_shadowed(&mut self) -> Result<Shadowed> {
+        let cluster = 1u64 << self.cluster_bits;
+        let rt_clusters = (self.reftable.len() as u64 * 8).div_ceil(cluster);
+        let new_rt = self.alloc(rt_clusters)?;
+        let live: std::collections::HashSet<u64> =
+            self.loaded.iter().map(|e| e & OFFSET_MASK).collect();
+        let mut moved: BTreeMap<u64, u64> = BTreeMap::new();
+        // Moving a refblock allocates, which may change another refblock:
+        // repeat until every changed live refblock has moved.
+        loop {
+            let pending: Vec<u64> = self
+                .blocks
+                .iter()
+                .filter(|(rb, (_, dirty))| *dirty && live.contains(rb) && !moved.contains_key(rb))
+                .map(|(rb, _)| *rb)
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            for rb in pending {
+                let to = self.alloc(1)?;
+                moved.insert(rb, to);
+            }
+        }
+        for (from, to) in &moved {
+            if let Some(b) = self.blocks.remove(from) {
+                self.blocks.insert(*to, (b.0, true));
+            }
+            for e in self
+                .reftable
+                .iter_mut()
+                .filter(|e| **e & OFFSET_MASK == *from)
+            {
+                *e = *to;
+            }
+        }
+        let mut old: Vec<u64> = moved.keys().copied().collect();
+        old.extend((0..rt_clusters).map(|k| self.rt_offset + k * cluster));
+        self.rt_offset = new_rt;
+        self.reftable_dirty = true;
+        self.write_back()?;
+        self.loaded = self.reftable.clone();
+        Ok(Shadowed {
+            rt_offset: new_rt,
+            rt_clusters: rt_clusters as u32,
+            old,
+        })
+    }
+
+    /// Adds `delta` to the refcount of the cluster at byte offset `off`.
+    pub fn add(&mut self, off: u64, delta: i64) -> Result<u64> {
+        let c = off >> self.cluster_bits;
+        let rc = self.get(c)?;
+        let max = if self.refcount_bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.refcount_bits) - 1
+        };
+        let new = match rc.checked_add_signed(delta) {
+            // The refcount width has no room: QEMU's EINVAL.
+            Some(v) if v > max => {
+                return Err(ExtError::Io(std::io::Error::from_raw_os_error(
+                    libc::EINVAL,
+                )))
+            }
+            Some(v) => v,
+            None => {
+                return Err(ExtError::Corrupt(format!(
+                    "refcount of cluster {c} would be {rc}{delta:+}"
+                )))
+            }
+        };
+        self.set(c, new)?;
+        if new == 0 {
+            self.cursor = self.cursor.min(c.max(1));
+        }
+        Ok(new)
     }
 }

@@ -421,6 +421,7 @@ impl Graph {
                         Some(_) => None,
                         None => n.driver.children().into_iter().next(),
                     },
+                    snapshots: crate::snapshots::list(n),
                 }
             })
             .collect()

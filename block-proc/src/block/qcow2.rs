@@ -83,6 +83,9 @@ pub struct Qcow2Driver {
     /// imago's metadata back. An overwrite completing while this is not
     /// zero may depend on their unwritten mappings, so it flushes too.
     unflushed: AtomicUsize,
+    /// The backing image is the one the header names (not an inline
+    /// definition).
+    backing_from_header: bool,
 }
 
 /// Counts a metadata-changing request in [`Qcow2Driver::unflushed`] from
@@ -348,6 +351,7 @@ impl Qcow2Driver {
             .collect();
         let st = storage(file, filename, writable, direct)?.counted_at(child.clone());
         let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable).map_err(open_err)?;
+        let backing_from_header = !matches!(backing, BackingSource::Inline(_));
         let backing = set_backing(&mut q, filename, backing, files)?;
         let img = FormatAccess::new(q);
         let size = img.size();
@@ -361,6 +365,7 @@ impl Qcow2Driver {
             mode: (writable, direct),
             chain_files,
             unflushed: AtomicUsize::new(0),
+            backing_from_header,
             align,
             permits: BouncePermits::default(),
         })
@@ -693,6 +698,97 @@ impl Qcow2Driver {
             *b = name;
         }
         Ok(())
+    }
+}
+
+impl Qcow2Driver {
+    /// Whether the node was opened writable.
+    pub fn writable(&self) -> bool {
+        self.mode.0
+    }
+
+    /// The image file (for reading metadata imago does not know, such
+    /// as the snapshot table).
+    pub fn image_file(&self) -> Option<&File> {
+        self.child.driver.as_file()
+    }
+
+    /// Runs `f` on the image file with imago's metadata written back and
+    /// no request inside imago (the caller has drained the node), then
+    /// opens the image afresh, so no cache of imago's keeps metadata `f`
+    /// changed (imago cannot reload a header whose snapshot fields
+    /// changed). Keeps the backing the node had: none, or the header's;
+    /// a node given an inline backing definition is refused.
+    pub fn rewrite_metadata<T, E: From<io::Error>>(
+        &self,
+        f: impl FnOnce(&File) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut img = self.img.write().map_err(|_| Self::lock_err())?;
+        let backing = self.backing.read().map_err(|_| Self::lock_err())?.clone();
+        if backing.is_some() && !self.backing_from_header {
+            return Err(io::Error::other(
+                "the node's backing was defined inline (only a header-named backing is kept \
+                 across internal snapshot changes)",
+            )
+            .into());
+        }
+        // Written back, not synced: `f` syncs before anything depends on
+        // the order of these writes and its own.
+        img.flush()?;
+        let file = self
+            .child
+            .driver
+            .as_file()
+            .ok_or_else(|| io::Error::other("the image is not on a file node"))?;
+        // imago's writable open clears the autoclear bits (the bitmaps
+        // extension's among them): keep them as they were.
+        let autoclear = crate::block::qcow2_repair::read_span(file, 88, 8)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let out = f(file);
+        match self.reopen(file, backing.is_some()) {
+            Ok(q) => *img = q,
+            Err(e) => {
+                // The old instance's caches may describe metadata `f`
+                // replaced: serving I/O from them could corrupt the image.
+                // End as a SIGKILL would (which leaves the image sound,
+                // see `crate::snapshots`); the broker restarts block-proc
+                // and it opens the image afresh.
+                tracing::error!(
+                    "reopening {} after a metadata change failed: {e}",
+                    self.filename
+                );
+                std::process::abort();
+            }
+        }
+        if self.mode.0 && super::qcow2_header::is_v3(file) {
+            crate::block::qcow2_repair::write_span(file, 88, &autoclear)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        out
+    }
+}
+
+impl Qcow2Driver {
+    /// A fresh imago instance on `file`, with the header's backing or
+    /// none.
+    fn reopen(&self, file: &File, with_backing: bool) -> io::Result<FormatAccess<ImgFile>> {
+        let (writable, direct) = self.mode;
+        let st = storage(file.try_clone()?, &self.filename, writable, direct)
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .counted_at(self.child.clone());
+        let mut q: Qcow2<ImgFile> = Qcow2::open_image(st, writable)?;
+        let mut files: HashMap<String, File> = HashMap::new();
+        for (n, f) in &self.chain_files {
+            files.insert(n.clone(), f.try_clone()?);
+        }
+        let source = if with_backing {
+            BackingSource::Header
+        } else {
+            BackingSource::None
+        };
+        set_backing(&mut q, &self.filename, source, &mut files)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(FormatAccess::new(q))
     }
 }
 

@@ -80,6 +80,15 @@ pub fn check_file(file: &File) -> Result<(), String> {
     check_extensions(&buf.as_mut_slice()[..n.min(cluster)])
 }
 
+/// Whether `file` holds a version 3 (or later) qcow2 header.
+pub fn is_v3(file: &File) -> bool {
+    let Ok(mut probe) = AlignedBuf::new(DIRECT_ALIGN) else {
+        return false;
+    };
+    file.read_at(probe.as_mut_slice(), 0).is_ok_and(|n| n >= 8)
+        && be32(probe.as_mut_slice(), 4).is_some_and(|v| v >= 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,6 +84,8 @@ pub fn registry() -> Registry {
     r.register::<block::BlockSetIoThrottle>();
     r.register::<block::BlockSetWriteThreshold>();
     r.register::<block::BlockResize>();
+    r.register::<block::BlockdevSnapshotInternalSync>();
+    r.register::<block::BlockdevSnapshotDeleteInternalSync>();
     r.event::<block::WriteThresholdData>(
         "BLOCK_WRITE_THRESHOLD",
         "A write went past a node's write threshold (now cleared).",

@@ -186,7 +186,8 @@ impl Command for XTestEscape {
                         | BlockReply::Nodes(_)
                         | BlockReply::Stats(_)
                         | BlockReply::Trace(_)
-                        | BlockReply::Bitmap(_)) => Some(other),
+                        | BlockReply::Bitmap(_)
+                        | BlockReply::Snapshot(_)) => Some(other),
                     }),
             ),
         }

@@ -109,7 +109,8 @@ fn bitmap_reply(r: BlockReply) -> Result<BitmapReply, FlatError> {
         | BlockReply::NeedFiles { .. }
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
-        | BlockReply::Trace(_)) => Err(unexpected_reply(&other)),
+        | BlockReply::Trace(_)
+        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
     }
 }
 

@@ -138,7 +138,8 @@ fn done(r: BlockReply) -> Result<(), FlatError> {
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
         | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
     }
 }
 

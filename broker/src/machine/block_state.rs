@@ -269,6 +269,12 @@ impl BlockState {
             .any(|r| r.options.node_name() == Some(name))
     }
 
+    /// QEMU's `bdrv_is_root_node`: a top-level node no node uses as a
+    /// child.
+    pub fn is_root(&self, name: &str) -> bool {
+        self.is_top_level(name) && !self.nodes.iter().any(|r| refers_to(&r.options, name))
+    }
+
     /// The top-level records, in creation order.
     pub fn nodes(&self) -> &[NodeRecord] {
         &self.nodes
@@ -408,7 +414,8 @@ fn send_add(send: &SendFn<'_>, rec: &NodeRecord) -> Result<(), FlatError> {
         other @ (BlockReply::Nodes(_)
         | BlockReply::Stats(_)
         | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
     }
 }
 
@@ -509,7 +516,8 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             | BlockReply::NeedFiles { .. }
             | BlockReply::Stats(_)
             | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
+            | BlockReply::Bitmap(_)
+            | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
         };
         return Err(FlatError::generic(if exists {
             format!("Node {name} is not owned by the monitor")
@@ -533,7 +541,8 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
             | BlockReply::Nodes(_)
             | BlockReply::Stats(_)
             | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)),
+            | BlockReply::Bitmap(_)
+            | BlockReply::Snapshot(_)),
         ) => return Err(unexpected_reply(&other)),
         Err(e) if timed_out(&e) => {
             tracing::warn!("block worker did not answer blockdev-del of '{name}'; node forgotten");
@@ -604,6 +613,7 @@ impl ExportRecord {
             | BlockRequest::SetWriteThreshold { .. }
             | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
+            | BlockRequest::Snapshot(_)
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
             | BlockRequest::ChangeChild { .. }
@@ -686,7 +696,8 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             | BlockReply::Nodes(_)
             | BlockReply::Stats(_)
             | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
+            | BlockReply::Bitmap(_)
+            | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
         }
     }
     super::block_limits::replay_on(m, link)

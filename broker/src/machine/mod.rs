@@ -393,6 +393,7 @@ impl Machine {
             | BlockRequest::SetWriteThreshold { .. }
             | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
+            | BlockRequest::Snapshot(_)
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
             | BlockRequest::ChangeChild { .. }

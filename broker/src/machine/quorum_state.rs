@@ -110,7 +110,8 @@ fn change_recorded(
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
         | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
     }
     let shared = state(m);
     let mut st = lock(&shared);
@@ -312,7 +313,8 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             | BlockReply::Nodes(_)
             | BlockReply::Stats(_)
             | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
+            | BlockReply::Bitmap(_)
+            | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
         }
     }
     Ok(())

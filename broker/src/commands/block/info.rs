@@ -67,6 +67,9 @@ pub struct ImageInfo {
     /// QEMU's `ImageInfoSpecific` (`{"type": ..., "data": {...}}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format_specific: Option<Value>,
+    /// Internal snapshots (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<super::snapshots_internal::SnapshotInfo>>,
 }
 
 impl QapiType for ImageInfo {
@@ -92,6 +95,7 @@ impl QapiType for ImageInfo {
                     optional: true,
                 },
                 optional::<Value>("format-specific"),
+                optional::<Vec<super::snapshots_internal::SnapshotInfo>>("snapshots"),
             ],
         }
     }
@@ -116,6 +120,7 @@ impl ImageInfo {
                     .map(|b| Box::new(Self::from_proto(b, false)))
             },
             format_specific: i.format_specific.as_ref().map(format_specific),
+            snapshots: None,
         }
     }
 }
@@ -297,7 +302,10 @@ impl BlockDeviceInfo {
             iops: 0,
             iops_rd: 0,
             iops_wr: 0,
-            image: ImageInfo::from_proto(&n.image, flat),
+            image: ImageInfo {
+                snapshots: super::snapshots_internal::image_snapshots(&n.snapshots),
+                ..ImageInfo::from_proto(&n.image, flat)
+            },
             cache: BlockdevCacheInfo {
                 writeback: true,
                 direct: n.cache_direct,
@@ -363,7 +371,8 @@ pub(super) fn query_nodes_until(m: &Machine, deadline: Instant) -> Result<Vec<No
         | BlockReply::NeedFiles { .. }
         | BlockReply::Stats(_)
         | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other).into()),
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other).into()),
     }
 }
 

@@ -256,7 +256,8 @@ impl Command for QueryBlockstats {
                 | BlockReply::NeedFiles { .. }
                 | BlockReply::Nodes(_)
                 | BlockReply::Trace(_)
-                | BlockReply::Bitmap(_)),
+                | BlockReply::Bitmap(_)
+                | BlockReply::Snapshot(_)),
             ) => return Err(unexpected_reply(&other).into()),
         };
         let nodes = query_nodes_until(m, deadline)?;

@@ -202,7 +202,8 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
         | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
     });
     if let Err(e) = reply {
         undo_export(m, &export_id);
@@ -239,7 +240,8 @@ fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
         | BlockReply::Nodes(_)
         | BlockReply::Stats(_)
         | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
     }
     block_state::forget_export(m, export_id);
     Ok(())
@@ -263,7 +265,8 @@ fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
                 | BlockReply::Nodes(_)
                 | BlockReply::Stats(_)
                 | BlockReply::Trace(_)
-                | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+                | BlockReply::Bitmap(_)
+                | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
             }
         }
         Backend::External { path, .. } => UnixStream::connect(path)

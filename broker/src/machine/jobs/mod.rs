@@ -265,7 +265,8 @@ pub fn create(
             | BlockReply::Nodes(_)
             | BlockReply::Stats(_)
             | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+            | BlockReply::Bitmap(_)
+            | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
         }
     });
     if let Err(e) = started {
