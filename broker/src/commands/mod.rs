@@ -95,6 +95,7 @@ pub fn registry() -> Registry {
     r.register::<block::BlockDirtyBitmapDisable>();
     r.register::<block::BlockDirtyBitmapMergeCmd>();
     block::jobs::register(&mut r);
+    block::media::register(&mut r);
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     cpu_hotplug::register(&mut r);

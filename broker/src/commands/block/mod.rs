@@ -12,10 +12,12 @@
 //! - [`bitmaps`] — `block-dirty-bitmap-*` and the queries' `dirty-bitmaps`.
 //! - [`resize`] — `block_resize`.
 //! - [`jobs`] — block-stream, blockdev-mirror, the job verbs and queries.
+//! - [`media`] — the tray and medium commands, `eject`, `DEVICE_TRAY_MOVED`.
 
 pub mod bitmaps;
 pub mod info;
 pub mod jobs;
+pub mod media;
 pub mod nodes;
 pub mod options;
 pub mod query_block;
