@@ -232,10 +232,8 @@ fn add_lun(m: &Machine, spec: &LunSpec) -> Result<(), FlatError> {
     let _ops = lock(&ops);
     let dup = lock(&m.media).lun(&spec.id).is_some();
     let (controller, launched) = {
+        // QEMU's order: the bus, then the id.
         let st = lock(&m.devices);
-        if dup || st.devices.iter().any(|d| d.spec.id == spec.id) {
-            return Err(generic(format!("Duplicate device ID '{}'", spec.id)));
-        }
         let ctrls: Vec<&super::DeviceRecord> = st
             .devices
             .iter()
@@ -250,6 +248,9 @@ fn add_lun(m: &Machine, spec: &LunSpec) -> Result<(), FlatError> {
                 .first()
                 .ok_or_else(|| generic(format!("No 'SCSI' bus found for device '{driver}'")))?,
         };
+        if dup || st.devices.iter().any(|d| d.spec.id == spec.id) {
+            return Err(generic(format!("Duplicate device ID '{}'", spec.id)));
+        }
         (ctrl.spec.id.clone(), st.launched || ctrl.attached)
     };
     if launched {
@@ -300,7 +301,24 @@ fn add_lun(m: &Machine, spec: &LunSpec) -> Result<(), FlatError> {
                     }
                 }
             };
-            if let Some(user) = node_user(m, &media, drive) {
+            // Drives that only read (CDs) may share a node, as QEMU's
+            // permissions allow; a disk may not.
+            let disk_user = lock(&m.devices)
+                .devices
+                .iter()
+                .find(|d| matches!(&d.backend, Backend::Export { drive: x, .. } if x == drive))
+                .map(|d| d.spec.id.clone());
+            let conflict = disk_user.or_else(|| {
+                media
+                    .luns()
+                    .iter()
+                    .find(|l| {
+                        l.config.node_name.as_deref() == Some(drive.as_str())
+                            && (spec.kind == ScsiLunKind::Hd || l.config.kind == ScsiLunKind::Hd)
+                    })
+                    .map(|l| l.config.device_id.clone())
+            });
+            if let Some(user) = conflict {
                 return Err(generic(format!(
                     "Drive '{drive}' is already in use by device '{user}'"
                 )));
