@@ -448,6 +448,11 @@ pub fn drop_owned_node(m: &Machine, name: &str) {
 /// Makes sure block-proc has controller `id`'s export (before its first
 /// connection); records it for replay. Holds the media lock of changes.
 pub fn ensure_export(m: &Machine, id: &str) -> Result<(), FlatError> {
+    // Reconnections (after a block-proc restart, which replays the export)
+    // never wait for a medium change in progress.
+    if lock(&m.media).exported(id) {
+        return Ok(());
+    }
     let ops = lock(&m.media).ops();
     let _ops = lock(&ops);
     if lock(&m.media).exported(id) {
