@@ -70,14 +70,16 @@ fn apply(m: &Machine, lun: &Lun, plan: Plan) -> Result<()> {
                 device_id: id.clone(),
                 op: step.op.clone(),
             };
-            match m.block_request(req)? {
-                BlockReply::Done => {}
+            // A worker restarted meanwhile got the state before this step
+            // (it is committed only once done): the step is sent again.
+            m.across_block_restarts(|| match m.block_request(req.clone())? {
+                BlockReply::Done => Ok(()),
                 other @ (BlockReply::NeedFiles { .. }
                 | BlockReply::Nodes(_)
                 | BlockReply::Stats(_)
                 | BlockReply::Trace(_)
-                | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other).into()),
-            }
+                | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+            })?;
         }
         lock(&m.media).commit(id, &step.op);
         scsi::refresh_export_record(m, &lun.controller);

@@ -465,14 +465,18 @@ pub fn ensure_export(m: &Machine, id: &str) -> Result<(), FlatError> {
         .map(|d| d.spec.num_queues)
         .ok_or_else(|| generic(format!("Device '{id}' not found")))?;
     let spec = lock(&m.media).export_spec(id, &export_id(id), queues);
-    match m.block_request(BlockRequest::AddScsiExport(spec.clone()))? {
-        BlockReply::Done => {}
-        other @ (BlockReply::NeedFiles { .. }
-        | BlockReply::Nodes(_)
-        | BlockReply::Stats(_)
-        | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)) => return Err(unexpected_reply(&other)),
-    }
+    // Recorded (for replay) only once made: a restarted worker gets it
+    // again here.
+    m.across_block_restarts(|| {
+        match m.block_request(BlockRequest::AddScsiExport(spec.clone()))? {
+            BlockReply::Done => Ok(()),
+            other @ (BlockReply::NeedFiles { .. }
+            | BlockReply::Nodes(_)
+            | BlockReply::Stats(_)
+            | BlockReply::Trace(_)
+            | BlockReply::Bitmap(_)) => Err(unexpected_reply(&other)),
+        }
+    })?;
     block_state::record_scsi_export(m, spec);
     lock(&m.media).set_exported(id, true);
     Ok(())
