@@ -542,6 +542,114 @@ pub fn not_a_block_device(m: &Machine, device: Option<&str>, id: Option<&str>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::media::on_event;
+    use ipc_proto::scsi::ScsiEvent;
+    use std::sync::Arc;
+
+    /// A machine without workers, with controller scsi0 (exported) and an
+    /// empty CD cd0 on it.
+    fn machine_with_cd() -> Arc<Machine> {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let m = Machine::new(
+            crate::cli::Config::default(),
+            crate::workers::spawn::WorkerSandbox::Off,
+            Arc::new(crate::qmp::events::EventBus::new()),
+            crate::workers::supervisor::Supervisor::start().unwrap(),
+            tx,
+        );
+        let spec = parse_controller(&props(json!({"driver": VIRTIO_SCSI, "id": "scsi0"}))).unwrap();
+        lock(&m.devices).devices.push(super::super::DeviceRecord {
+            spec,
+            backend: Backend::Scsi {
+                export_id: export_id("scsi0"),
+            },
+            slot: 0,
+            attached: true,
+            ready: true,
+        });
+        let mut media = lock(&m.media);
+        media.add(Lun {
+            controller: "scsi0".into(),
+            backend_name: String::new(),
+            config: ScsiLunConfig {
+                device_id: "cd0".into(),
+                target: 0,
+                lun: 0,
+                kind: ScsiLunKind::Cd,
+                node_name: None,
+                writable: false,
+                tray_open: false,
+                locked: false,
+                serial: String::new(),
+                logical_block_size: 2048,
+            },
+            owns_medium: false,
+            last_read_only: true,
+        });
+        media.set_exported("scsi0", true);
+        drop(media);
+        m
+    }
+
+    fn recorded(m: &Machine) -> ScsiLunConfig {
+        let shared = block_state::state(m);
+        let st = lock(&shared);
+        let spec = st
+            .exports()
+            .iter()
+            .find_map(|e| match &e.request {
+                BlockRequest::AddScsiExport(s) => Some(s.clone()),
+                _ => None,
+            })
+            .expect("the export is recorded");
+        spec.luns[0].clone()
+    }
+
+    #[test]
+    fn guest_tray_and_lock_changes_become_desired_state_and_one_event() {
+        let m = machine_with_cd();
+        let events = m.events().subscribe();
+        let tray = |open| ScsiEvent::TrayMoved {
+            export_id: export_id("scsi0"),
+            device_id: "cd0".into(),
+            open,
+        };
+        on_event(&m, tray(true));
+        // Reported again (e.g. by a restarted backend): no second event.
+        on_event(&m, tray(true));
+        on_event(
+            &m,
+            ScsiEvent::LockChanged {
+                export_id: export_id("scsi0"),
+                device_id: "cd0".into(),
+                locked: true,
+            },
+        );
+        let cd = lock(&m.media).lun("cd0").unwrap().config.clone();
+        assert!(cd.tray_open && cd.locked);
+        // What a restarted block-proc gets.
+        assert_eq!(recorded(&m), cd);
+        let got: Vec<Value> = events
+            .rx
+            .try_iter()
+            .map(|e| serde_json::from_str::<Value>(&e).unwrap())
+            .collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["event"], "DEVICE_TRAY_MOVED");
+        assert_eq!(
+            got[0]["data"],
+            json!({"device": "", "id": "cd0", "tray-open": true})
+        );
+        // An unknown drive is logged, not fatal.
+        on_event(
+            &m,
+            ScsiEvent::LockChanged {
+                export_id: export_id("scsi0"),
+                device_id: "cd9".into(),
+                locked: true,
+            },
+        );
+    }
 
     fn props(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
