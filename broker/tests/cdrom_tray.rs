@@ -115,6 +115,7 @@ fn normalized(mut v: Value) -> Value {
     fn walk(v: &mut Value) {
         match v {
             Value::String(s) if s.starts_with('#') => *s = "#".into(),
+            Value::String(s) => *s = hmp_names(s),
             Value::Array(a) => a.iter_mut().for_each(walk),
             Value::Object(o) => {
                 o.remove("timestamp");
@@ -125,6 +126,22 @@ fn normalized(mut v: Value) -> Value {
     }
     walk(&mut v);
     v
+}
+
+/// HMP's `info block` names a node `(#block123)` / `(#medium001)`, and
+/// a `-drive`'s node, which bulkhead names after the drive (`(drv1)`):
+/// all become `(#)`.
+fn hmp_names(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("(#").or_else(|| rest.find("(drv1)")) {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find(')').map_or(rest.len(), |e| i + e + 1);
+        out.push_str("(#)");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// QEMU's messages (replies and events, in order) for `cmds`.
@@ -370,6 +387,35 @@ fn scsi_drives_added_in_prelaunch_answer_as_qemu() {
         cmd("blockdev-close-tray", id("cd0")),
         cmd("blockdev-insert-medium", id("cd0")),
         cmd("query-named-block-nodes", Value::Null),
+    ];
+    compare_with_qemu(&cmds, &imgs);
+}
+
+#[test]
+fn hmp_eject_change_and_info_block_answer_as_qemu() {
+    let dir = TempDir::new();
+    let mut imgs = images(&dir.0);
+    let drive = disc(&dir.0, "drive.iso", 64 << 10, 6);
+    imgs.args.extend([
+        "-drive".to_owned(),
+        format!("if=none,id=drv1,media=cdrom,file={drive},format=raw"),
+        "-device".to_owned(),
+        "scsi-cd,drive=drv1,id=cd1".to_owned(),
+    ]);
+    let hmp = |line: &str| cmd("human-monitor-command", json!({"command-line": line}));
+    let cmds = vec![
+        hmp("info block"),
+        // HMP names the block backend: a `-drive` id.
+        hmp("eject cd0"),
+        hmp("eject -f drv1"),
+        hmp("info block"),
+        hmp(&format!("change drv1 {} raw read-only", imgs.c)),
+        hmp(&format!("change drv1 {}", imgs.missing)),
+        hmp("eject"),
+        hmp("change drv1"),
+        hmp("info block"),
+        hmp("help eject"),
+        hmp("help change"),
     ];
     compare_with_qemu(&cmds, &imgs);
 }

@@ -28,6 +28,7 @@ pub mod events;
 pub mod fdsets;
 pub mod gic;
 pub mod hmp;
+pub mod hmp_media;
 pub mod introspection;
 pub mod machine;
 pub mod migration;
