@@ -354,6 +354,7 @@ fn scsi_drives_added_in_prelaunch_answer_as_qemu() {
             json!({"driver": "scsi-cd", "id": "cd4", "drive": "m1", "scsi-id": 5, "lun": 3}),
         ),
         cmd("query-block", Value::Null),
+        cmd("query-blockstats", Value::Null),
         // An empty drive.
         cmd("blockdev-close-tray", id("cd2")),
         cmd("blockdev-open-tray", id("cd2")),
@@ -387,6 +388,7 @@ fn scsi_drives_added_in_prelaunch_answer_as_qemu() {
         cmd("blockdev-close-tray", id("cd0")),
         cmd("blockdev-insert-medium", id("cd0")),
         cmd("query-named-block-nodes", Value::Null),
+        cmd("query-blockstats", Value::Null),
     ];
     compare_with_qemu(&cmds, &imgs);
 }
