@@ -201,7 +201,8 @@ pub fn plan_insert(lun: &Lun, node: &str, plan: &mut Plan) -> Result<(), MediumE
     Ok(())
 }
 
-/// The broker's SCSI drives.
+/// The broker's SCSI drives. Lock order: `Machine::media` before
+/// `Machine::devices` where both are held.
 #[derive(Debug, Default)]
 pub struct MediaState {
     luns: Vec<Lun>,

@@ -509,7 +509,6 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         match (&removed, i) {
             (Ok(()), Some(i)) => {
                 st.devices.remove(i);
-                lock(&m.media).forget_block_device(id);
                 if let Some(c) = st.conns.remove(id) {
                     let _ = c.shutdown(std::net::Shutdown::Both);
                 }
@@ -519,6 +518,8 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         }
     }
     removed?;
+    // Not under `m.devices`: the media lock comes first where both are held.
+    lock(&m.media).forget_block_device(id);
     // virtio-blk-device is the VirtIODevice itself (no PCI proxy with a
     // virtio-backend child), so QEMU emits one event.
     m.events().emit(
