@@ -526,14 +526,28 @@ fn wait_locked(q: &mut Qmp, want: bool) {
     }
 }
 
-/// Starts the `cdrom` guest on controller scsi0 with drive cd0 reading disc
-/// `a` (m0), running.
-fn start_cdrom_guest(dir: &Path, imgs: &Images) -> (Bulkhead, Qmp) {
+/// Starts the `cdrom` guest, running, on controller scsi0 with one drive,
+/// cd0, reading a disc (node m0).
+fn start_cdrom_guest(dir: &Path) -> (Bulkhead, Qmp) {
     let log = SerialLog(dir.join("serial.log"));
     let serial = format!("file:{}", log.0.display());
     let kernel = guest("cdrom");
+    let a = disc(dir, "a.iso", 64 << 10, 1);
+    let file =
+        json!({"driver": "file", "filename": a, "node-name": "f1", "read-only": true}).to_string();
+    let raw =
+        json!({"driver": "raw", "file": "f1", "node-name": "m0", "read-only": true}).to_string();
     let mut args: Vec<&str> = vec!["-kernel", &kernel, "-m", "64M", "-serial", &serial];
-    args.extend(imgs.args.iter().map(String::as_str));
+    args.extend([
+        "-blockdev",
+        &file,
+        "-blockdev",
+        &raw,
+        "-device",
+        "virtio-scsi-device,id=scsi0",
+        "-device",
+        "scsi-cd,drive=m0,id=cd0",
+    ]);
     let b = Bulkhead::start(&args);
     let q = b.client();
     (b, q)
@@ -542,8 +556,7 @@ fn start_cdrom_guest(dir: &Path, imgs: &Images) -> (Bulkhead, Qmp) {
 #[test]
 fn guest_lock_refuses_eject_without_force_and_force_opens_the_tray() {
     let dir = TempDir::new();
-    let imgs = images(&dir.0);
-    let (_b, mut q) = start_cdrom_guest(&dir.0, &imgs);
+    let (_b, mut q) = start_cdrom_guest(&dir.0);
     // The cdrom guest locks the tray (PREVENT ALLOW MEDIUM REMOVAL).
     wait_locked(&mut q, true);
     let r = q.execute("eject", json!({"id": "cd0"}));
@@ -580,8 +593,7 @@ fn guest_lock_refuses_eject_without_force_and_force_opens_the_tray() {
 #[test]
 fn guest_medium_lock_and_tray_survive_a_block_proc_sigkill() {
     let dir = TempDir::new();
-    let imgs = images(&dir.0);
-    let (b, mut q) = start_cdrom_guest(&dir.0, &imgs);
+    let (b, mut q) = start_cdrom_guest(&dir.0);
     wait_locked(&mut q, true);
     let before = cd0(&mut q);
     kill_block_proc(&b, &mut q);
@@ -592,4 +604,33 @@ fn guest_medium_lock_and_tray_survive_a_block_proc_sigkill() {
     // The restarted backend has the lock too: eject is still refused.
     let r = q.execute("eject", json!({"id": "cd0"}));
     assert!(Qmp::error_of(&r).1.contains("is locked"), "{r}");
+}
+
+#[test]
+fn guest_change_medium_of_a_locked_drive_needs_force_and_moves_the_tray_twice() {
+    let dir = TempDir::new();
+    let (_b, mut q) = start_cdrom_guest(&dir.0);
+    let b = disc(&dir.0, "b.iso", 128 << 10, 2);
+    wait_locked(&mut q, true);
+    let r = q.execute(
+        "blockdev-change-medium",
+        json!({"id": "cd0", "filename": b, "format": "raw"}),
+    );
+    assert_eq!(
+        Qmp::error_of(&r).1,
+        "Device 'cd0' is locked and force was not specified, wait for tray to open and try \
+         again"
+    );
+    let r = q.execute(
+        "blockdev-change-medium",
+        json!({"id": "cd0", "filename": b, "format": "raw", "force": true}),
+    );
+    assert_eq!(r["return"], json!({}), "{r}");
+    let open = q.event("DEVICE_TRAY_MOVED");
+    assert_eq!(open["data"]["tray-open"], true);
+    let closed = q.event_where("DEVICE_TRAY_MOVED", |d| d["tray-open"] == false);
+    assert_eq!(closed["data"]["id"], "cd0");
+    let now = cd0(&mut q);
+    assert_eq!(now["inserted"]["file"], b.as_str(), "{now}");
+    assert_eq!(now["tray_open"], false);
 }
