@@ -331,6 +331,7 @@ fn tray_and_medium_commands_answer_as_qemu_with_their_events() {
 fn scsi_drives_added_in_prelaunch_answer_as_qemu() {
     let dir = TempDir::new();
     let imgs = images(&dir.0);
+    let qcow2 = qcow2_image(&dir.0);
     let id = |i: &str| json!({"id": i});
     let cmds = vec![
         cmd("device_add", json!({"driver": "scsi-cd", "id": "cd2"})),
@@ -389,6 +390,12 @@ fn scsi_drives_added_in_prelaunch_answer_as_qemu() {
         cmd("blockdev-insert-medium", id("cd0")),
         cmd("query-named-block-nodes", Value::Null),
         cmd("query-blockstats", Value::Null),
+        // No format: a qcow2 image is probed as qcow2.
+        cmd(
+            "blockdev-change-medium",
+            json!({"id": "cd0", "filename": qcow2}),
+        ),
+        cmd("query-block", Value::Null),
     ];
     compare_with_qemu(&cmds, &imgs);
 }
