@@ -615,3 +615,39 @@ pub fn register(r: &mut Registry) {
         "A drive's tray moved (tray-open tells where it is now).",
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::devices::scsi::test_machine_with_cd;
+
+    fn tray_events(sub: &crate::qmp::events::Subscription) -> Vec<Value> {
+        sub.rx
+            .try_iter()
+            .map(|e| serde_json::from_str::<Value>(&e).unwrap())
+            .filter(|e| e["event"] == "DEVICE_TRAY_MOVED")
+            .collect()
+    }
+
+    #[test]
+    fn before_the_export_exists_a_change_is_desired_state_with_its_event() {
+        let m = test_machine_with_cd(false);
+        let sub = m.events().subscribe();
+        let lun = lock(&m.media).lun("cd0").cloned().unwrap();
+        assert!(open_tray(&m, &lun, "cd0", false).unwrap());
+        assert!(lock(&m.media).lun("cd0").unwrap().config.tray_open);
+        assert_eq!(tray_events(&sub).len(), 1);
+    }
+
+    #[test]
+    fn a_step_block_proc_did_not_carry_out_is_not_committed() {
+        // The export exists but no block-proc answers.
+        let m = test_machine_with_cd(true);
+        let sub = m.events().subscribe();
+        let lun = lock(&m.media).lun("cd0").cloned().unwrap();
+        assert!(open_tray(&m, &lun, "cd0", false).is_err());
+        let now = lock(&m.media).lun("cd0").unwrap().config.clone();
+        assert_eq!(now, lun.config, "the desired state ran ahead of block-proc");
+        assert!(tray_events(&sub).is_empty());
+    }
+}

@@ -539,56 +539,67 @@ pub fn not_a_block_device(m: &Machine, device: Option<&str>, id: Option<&str>) -
     }
 }
 
+/// A machine without workers (for unit tests), with controller scsi0 and
+/// an empty, closed, unlocked CD cd0 on it; `exported`: block-proc is
+/// taken to have the controller's export.
+#[cfg(test)]
+pub(crate) fn test_machine_with_cd(exported: bool) -> std::sync::Arc<Machine> {
+    use std::sync::Arc;
+    let props = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let cfg = crate::cli::Config {
+        worker_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let m = Machine::new(
+        cfg,
+        crate::workers::spawn::WorkerSandbox::Off,
+        Arc::new(crate::qmp::events::EventBus::new()),
+        crate::workers::supervisor::Supervisor::start().unwrap(),
+        tx,
+    );
+    let spec = parse_controller(&props(json!({"driver": VIRTIO_SCSI, "id": "scsi0"}))).unwrap();
+    lock(&m.devices).devices.push(super::DeviceRecord {
+        spec,
+        backend: Backend::Scsi {
+            export_id: export_id("scsi0"),
+        },
+        slot: 0,
+        attached: true,
+        ready: true,
+    });
+    let mut media = lock(&m.media);
+    media.add(Lun {
+        controller: "scsi0".into(),
+        backend_name: String::new(),
+        config: ScsiLunConfig {
+            device_id: "cd0".into(),
+            target: 0,
+            lun: 0,
+            kind: ScsiLunKind::Cd,
+            node_name: None,
+            writable: false,
+            tray_open: false,
+            locked: false,
+            serial: String::new(),
+            logical_block_size: 2048,
+        },
+        owns_medium: false,
+        last_read_only: true,
+    });
+    media.set_exported("scsi0", exported);
+    drop(media);
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::machine::media::on_event;
     use ipc_proto::scsi::ScsiEvent;
-    use std::sync::Arc;
 
-    /// A machine without workers, with controller scsi0 (exported) and an
-    /// empty CD cd0 on it.
-    fn machine_with_cd() -> Arc<Machine> {
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let m = Machine::new(
-            crate::cli::Config::default(),
-            crate::workers::spawn::WorkerSandbox::Off,
-            Arc::new(crate::qmp::events::EventBus::new()),
-            crate::workers::supervisor::Supervisor::start().unwrap(),
-            tx,
-        );
-        let spec = parse_controller(&props(json!({"driver": VIRTIO_SCSI, "id": "scsi0"}))).unwrap();
-        lock(&m.devices).devices.push(super::super::DeviceRecord {
-            spec,
-            backend: Backend::Scsi {
-                export_id: export_id("scsi0"),
-            },
-            slot: 0,
-            attached: true,
-            ready: true,
-        });
-        let mut media = lock(&m.media);
-        media.add(Lun {
-            controller: "scsi0".into(),
-            backend_name: String::new(),
-            config: ScsiLunConfig {
-                device_id: "cd0".into(),
-                target: 0,
-                lun: 0,
-                kind: ScsiLunKind::Cd,
-                node_name: None,
-                writable: false,
-                tray_open: false,
-                locked: false,
-                serial: String::new(),
-                logical_block_size: 2048,
-            },
-            owns_medium: false,
-            last_read_only: true,
-        });
-        media.set_exported("scsi0", true);
-        drop(media);
-        m
+    fn machine_with_cd() -> std::sync::Arc<Machine> {
+        test_machine_with_cd(true)
     }
 
     fn recorded(m: &Machine) -> ScsiLunConfig {
