@@ -283,6 +283,12 @@ impl MediaState {
         }
     }
 
+    /// Whether block-proc has any controller's export (the guest can
+    /// change a tray or lock).
+    pub fn any_exported(&self) -> bool {
+        !self.exported.is_empty()
+    }
+
     /// Whether block-proc has `controller`'s export.
     pub fn exported(&self, controller: &str) -> bool {
         self.exported.contains(controller)

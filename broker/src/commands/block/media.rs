@@ -48,6 +48,24 @@ fn resolve(m: &Machine, device: Option<&str>, id: Option<&str>) -> Result<Target
     }
 }
 
+/// Applies every tray or lock change of the guest that block-proc has
+/// reported before now: a round trip on the block link, whose reader
+/// applies events in the order they come, before this reply. QEMU decides
+/// on the live lock; without this a command sent right after the guest
+/// locked the tray could find the report still unread.
+fn settle_guest_changes(m: &Machine) {
+    if !lock(&m.media).any_exported() {
+        return;
+    }
+    if let Err(e) = m.block_request(BlockRequest::Ping) {
+        // The command's own requests will fail the same way.
+        tracing::debug!(
+            "block-proc did not answer before a tray command: {}",
+            e.desc
+        );
+    }
+}
+
 /// The name QEMU's messages use: whichever of `device` and `id` was given.
 fn given<'a>(device: &'a Option<String>, id: &'a Option<String>) -> &'a str {
     device.as_deref().or(id.as_deref()).unwrap_or_default()
@@ -175,6 +193,7 @@ fn with_lun<T>(
 ) -> Result<T> {
     let ops = lock(&m.media).ops();
     let _ops = lock(&ops);
+    settle_guest_changes(m);
     let name = given(device, id);
     match resolve(m, device.as_deref(), id.as_deref())? {
         Target::Lun(l) => f(&l, name),
@@ -393,6 +412,7 @@ fn insert_cmd(
 ) -> Result<Empty> {
     let ops = lock(&m.media).ops();
     let _ops = lock(&ops);
+    settle_guest_changes(m);
     let target = resolve(m, device.as_deref(), id.as_deref())?;
     check_insertable(m, node)?;
     match target {
@@ -548,6 +568,7 @@ impl Command for BlockdevChangeMedium {
         let m = ctx.machine;
         let ops = lock(&m.media).ops();
         let _ops = lock(&ops);
+        settle_guest_changes(m);
         let name = given(&a.device, &a.id).to_owned();
         let target = resolve(m, a.device.as_deref(), a.id.as_deref())?;
         let read_only = match (a.read_only_mode.unwrap_or(ReadOnlyMode::Retain), &target) {
@@ -566,6 +587,9 @@ impl Command for BlockdevChangeMedium {
         };
         let id = lun.config.device_id.clone();
         let swapped = (|| -> Result<()> {
+            // As it is now: the guest may have locked it while the image
+            // was opened.
+            let lun = current(m, &id)?;
             let mut plan = Plan::default();
             media::plan_open(&lun, &name, a.force.unwrap_or(false), &mut plan)
                 .map_err(medium_error)?;
