@@ -348,6 +348,22 @@ fn scsi_drives_added_in_prelaunch_answer_as_qemu() {
         cmd("device_add", json!({"driver": "scsi-hd", "id": "hd9"})),
         cmd(
             "device_add",
+            json!({"driver": "scsi-cd", "id": "cd7", "channel": 1}),
+        ),
+        cmd(
+            "device_add",
+            json!({"driver": "scsi-cd", "id": "cd8", "channel": 0, "scsi-id": 300}),
+        ),
+        cmd(
+            "device_add",
+            json!({"driver": "scsi-cd", "id": "cd9", "lun": 20000}),
+        ),
+        cmd(
+            "device_add",
+            json!({"driver": "scsi-cd", "id": "cd6", "scsi-id": 0, "lun": 0}),
+        ),
+        cmd(
+            "device_add",
             json!({"driver": "scsi-cd", "id": "cd4", "drive": "m1", "scsi-id": 5, "lun": 3}),
         ),
         cmd("query-block", Value::Null),

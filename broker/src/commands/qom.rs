@@ -195,6 +195,7 @@ fn properties(typename: &str) -> Vec<Value> {
                 "str",
                 "Node name or ID of a block device to use as a backend",
             ),
+            prop("channel", "uint32", ""),
             prop("scsi-id", "uint32", ""),
             prop("lun", "uint32", ""),
             prop("serial", "str", ""),

@@ -201,6 +201,11 @@ pub fn parse_lun(driver: &'static str, props: &Map<String, Value>) -> Result<Lun
                 spec.lun = n as u16;
             }
             "serial" => spec.serial = prop_str(driver, k, v)?,
+            // virtio-scsi has one channel.
+            "channel" => match prop_uint(driver, k, v, u64::from(u32::MAX), 32)? {
+                0 => {}
+                n => return Err(generic(format!("bad scsi channel id: {n}"))),
+            },
             _ => return Err(generic(format!("Property '{driver}.{k}' not found"))),
         }
     }
@@ -728,6 +733,13 @@ mod tests {
                 json!({"driver": "scsi-cd", "id": "cd0", "bus": "scsi0"})
             ),
             "Bus 'scsi0' not found"
+        );
+        assert_eq!(
+            err(
+                SCSI_CD,
+                json!({"driver": "scsi-cd", "id": "cd0", "channel": 1})
+            ),
+            "bad scsi channel id: 1"
         );
         assert_eq!(
             err(SCSI_CD, json!({"driver": "scsi-cd", "id": "cd0", "foo": 1})),
