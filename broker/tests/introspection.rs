@@ -69,7 +69,10 @@ fn probes_answer_what_bulkhead_has() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["virtio-blk-device", "vhost-user-blk"]);
+    assert_eq!(
+        types,
+        ["virtio-blk-device", "vhost-user-blk", "virtio-scsi-device"]
+    );
     let r = q.execute(
         "device-list-properties",
         json!({"typename": "virtio-blk-device"}),

@@ -39,8 +39,10 @@ Standard options:\n\
 -boot strict=on,menu=off    (bulkhead boots only -kernel; other settings are refused)\n\n\
 Block and devices:\n\
 -blockdev OPTIONS  a block node (JSON or dotted keys)\n\
--drive file=PATH,format=raw|qcow2,if=none,id=ID[,readonly=on][,cache=...]\n\
+-drive file=PATH,format=raw|qcow2,if=none,id=ID[,readonly=on][,media=cdrom][,cache=...]\n\
 -device virtio-blk-device,drive=NODE[,id=ID] | vhost-user-blk,chardev=ID[,id=ID]\n\
+-device virtio-scsi-device,id=ID[,num_queues=N]  a SCSI controller (vhost-user-scsi)\n\
+-device scsi-cd,id=ID[,drive=NODE][,bus=CTRL.0][,scsi-id=T][,lun=L] | scsi-hd,drive=NODE,id=ID\n\
 -chardev socket,id=ID,path=PATH  a vhost-user backend's socket\n\n\
 Boot:\n\
 -kernel FILE    an ELF (PVH) or bzImage kernel (default: the built-in test guest)\n\

@@ -197,7 +197,7 @@ pub fn parse_blockdev(s: &str) -> Result<Map<String, Value>> {
     keyval_object("-blockdev", keyval_pairs("-blockdev", s, Some("driver"))?)
 }
 
-/// `-drive file=PATH,format=raw|qcow2,if=none,id=ID[,readonly=on]
+/// `-drive file=PATH,format=raw|qcow2,if=none,id=ID[,readonly=on][,media=disk|cdrom]
 /// [,cache.direct=on][,cache=none|writeback|...][,aio=threads|native|io_uring]`:
 /// a `file` node under a format node named `ID`.
 pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
@@ -219,6 +219,8 @@ pub fn parse_drive(s: &str) -> Result<Map<String, Value>> {
                 ))
             }
             "media" if v == "disk" => {}
+            // QEMU: a CD-ROM drive's medium is read-only.
+            "media" if v == "cdrom" => ro = true,
             "readonly" | "read-only" => ro = parse_on_off(o, &v)?,
             "cache.direct" => direct = parse_on_off(o, &v)?,
             "cache.no-flush" => no_flush = parse_on_off(o, &v)?,

@@ -47,6 +47,17 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("system_reset", "", "reset the system"),
 ];
 
+/// Every command's help line, sorted as QEMU's `help`.
+fn all_commands() -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut all: Vec<_> = COMMANDS
+        .iter()
+        .chain(super::hmp_media::COMMANDS)
+        .copied()
+        .collect();
+    all.sort_by_key(|(n, ..)| *n);
+    all
+}
+
 /// The `info` subcommands bulkhead has.
 const INFO: &[(&str, &str, &str)] = &[
     (
@@ -70,7 +81,7 @@ pub struct HumanMonitorCommand;
 impl Command for HumanMonitorCommand {
     const NAME: &'static str = "human-monitor-command";
     const DOC: &'static str = "Run an HMP command line (info status|version|name|block|\
-        blockstats|cpus|chardev|qtree|mtree, stop, cont, system_reset, system_powerdown, \
+        blockstats|cpus|chardev|qtree|mtree, stop, cont, system_reset, system_powerdown, eject, change, \
         quit, help) and return its text.";
     type Args = HmpArgs;
     type Ret = String;
@@ -116,6 +127,12 @@ fn run_line(line: &str, ctx: &Ctx<'_>) -> Result<String> {
             .map(|e| help_list(&[*e], "info "))
             .unwrap_or_default());
     }
+    if matches!(cmd, "eject" | "change") {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        if let Some(r) = super::hmp_media::run(cmd, &words, ctx) {
+            return r;
+        }
+    }
     match (cmd, arg) {
         ("", _) => Ok(String::new()),
         ("stop" | "s", None) => qmp(ctx, "stop").map(|_| String::new()),
@@ -123,9 +140,9 @@ fn run_line(line: &str, ctx: &Ctx<'_>) -> Result<String> {
         ("system_reset", None) => qmp(ctx, "system_reset").map(|_| String::new()),
         ("system_powerdown", None) => qmp(ctx, "system_powerdown").map(|_| String::new()),
         ("quit" | "q", None) => qmp(ctx, "quit").map(|_| String::new()),
-        ("help" | "?", None) => Ok(help_list(COMMANDS, "")),
+        ("help" | "?", None) => Ok(help_list(&all_commands(), "")),
         ("help" | "?", Some("info")) => Ok(help_list(INFO, "info ")),
-        ("help" | "?", Some(c)) => Ok(COMMANDS
+        ("help" | "?", Some(c)) => Ok(all_commands()
             .iter()
             .find(|(n, ..)| n.split('|').any(|x| x == c))
             .map(|e| help_list(&[*e], ""))
@@ -194,9 +211,27 @@ fn info_block(ctx: &Ctx<'_>) -> Result<String> {
     for d in devices.as_array().into_iter().flatten() {
         let dev = d["device"].as_str().unwrap_or("");
         let qdev = d["qdev"].as_str().unwrap_or("");
+        // QEMU's line for a drive with a tray.
+        let removable = if d["removable"].as_bool().unwrap_or(false) {
+            format!(
+                "    Removable device: {}locked, tray {}\n",
+                if d["locked"].as_bool().unwrap_or(false) {
+                    ""
+                } else {
+                    "not "
+                },
+                if d["tray_open"].as_bool().unwrap_or(false) {
+                    "open"
+                } else {
+                    "closed"
+                }
+            )
+        } else {
+            String::new()
+        };
         let Some(i) = d.get("inserted") else {
             parts.push(format!(
-                "{dev}: [not inserted]\n    Attached to:      {qdev}\n"
+                "{dev}: [not inserted]\n    Attached to:      {qdev}\n{removable}"
             ));
             continue;
         };
@@ -224,7 +259,7 @@ fn info_block(ctx: &Ctx<'_>) -> Result<String> {
             mode.push_str(", ignore flushes");
         }
         let mut part = format!(
-            "{name}: {} ({}{ro})\n    Attached to:      {qdev}\n    Cache mode:       {mode}\n",
+            "{name}: {} ({}{ro})\n    Attached to:      {qdev}\n{removable}    Cache mode:       {mode}\n",
             i["file"].as_str().unwrap_or(""),
             i["drv"].as_str().unwrap_or(""),
         );

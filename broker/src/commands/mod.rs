@@ -28,6 +28,7 @@ pub mod events;
 pub mod fdsets;
 pub mod gic;
 pub mod hmp;
+pub mod hmp_media;
 pub mod introspection;
 pub mod machine;
 pub mod migration;
@@ -98,6 +99,7 @@ pub fn registry() -> Registry {
     r.register::<block::BlockDirtyBitmapMergeCmd>();
     block::jobs::register(&mut r);
     block::quorum::register(&mut r);
+    block::media::register(&mut r);
     r.register::<device::DeviceAdd>();
     r.register::<device::DeviceDel>();
     cpu_hotplug::register(&mut r);

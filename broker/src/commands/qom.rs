@@ -28,6 +28,12 @@ const TYPES: &[(&str, Option<&str>, bool)] = &[
     ("virtio-device", Some("device"), true),
     ("virtio-blk-device", Some("virtio-device"), false),
     ("vhost-user-blk", Some("virtio-device"), false),
+    ("virtio-scsi-common", Some("virtio-device"), true),
+    ("virtio-scsi-device", Some("virtio-scsi-common"), false),
+    ("scsi-device", Some("device"), true),
+    ("scsi-disk-base", Some("scsi-device"), true),
+    ("scsi-cd", Some("scsi-disk-base"), false),
+    ("scsi-hd", Some("scsi-disk-base"), false),
     ("sys-bus-device", Some("device"), true),
     ("virtio-mmio", Some("sys-bus-device"), false),
     ("ioapic", Some("sys-bus-device"), false),
@@ -179,6 +185,21 @@ fn properties(typename: &str) -> Vec<Value> {
             v.extend(queue);
             v
         }
+        "virtio-scsi-device" => vec![
+            prop("num_queues", "uint32", ""),
+            prop("virtqueue_size", "uint32", ""),
+        ],
+        "scsi-cd" | "scsi-hd" => vec![
+            prop(
+                "drive",
+                "str",
+                "Node name or ID of a block device to use as a backend",
+            ),
+            prop("channel", "uint32", ""),
+            prop("scsi-id", "uint32", ""),
+            prop("lun", "uint32", ""),
+            prop("serial", "str", ""),
+        ],
         "isa-serial" => vec![prop("iobase", "uint32", ""), prop("irq", "uint32", "")],
         t if is_a(t, "memory-backend") => crate::cli::memory_backend::TYPES
             .iter()

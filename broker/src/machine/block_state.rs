@@ -307,6 +307,20 @@ impl BlockState {
         })
     }
 
+    /// [`BlockState::check_names`], or for a node a device opens itself
+    /// (`own`) only that its name is free.
+    fn check_new_names(&self, options: &BlockdevOptions, own: bool) -> Result<(), FlatError> {
+        if !own {
+            return self.check_names(options);
+        }
+        match options.node_name() {
+            Some(n) if self.node_names().iter().any(|x| x == n) => Err(FlatError::generic(
+                format!("Duplicate nodes with node-name='{n}'"),
+            )),
+            Some(_) | None => Ok(()),
+        }
+    }
+
     /// The existing file nodes `options` refers to as the image of a qcow2
     /// node whose backing chain the broker must read.
     fn referenced_files(&self, options: &BlockdevOptions) -> HashMap<String, ExistingFile> {
@@ -432,10 +446,20 @@ fn timed_out(e: &FlatError) -> bool {
 /// open policy, with QEMU's locks), creates the nodes in block-proc and
 /// records them.
 pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
+    add_checked_node(m, options, false)
+}
+
+/// [`add_node`] of a node a device opens itself (`blockdev-change-medium`):
+/// its name is the device's own `#...`, which users cannot give.
+pub fn add_own_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
+    add_checked_node(m, options, true)
+}
+
+fn add_checked_node(m: &Machine, options: BlockdevOptions, own: bool) -> Result<(), AddError> {
     let shared = state(m);
     let (ops, dirs, existing) = {
         let st = lock(&shared);
-        st.check_names(&options)?;
+        st.check_new_names(&options, own)?;
         let dirs = st.image_dirs(&m.config().image_dirs);
         (st.ops.clone(), dirs, st.referenced_files(&options))
     };
@@ -450,7 +474,7 @@ pub fn add_node(m: &Machine, options: BlockdevOptions) -> Result<(), AddError> {
     })?;
     let _ops = lock(&ops);
     // Another add may have taken a name while the files were opened.
-    lock(&shared).check_names(&options)?;
+    lock(&shared).check_new_names(&options, own)?;
     let rec = NodeRecord {
         options,
         files: tree.files,
@@ -527,6 +551,9 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
     }
     if let Some(refusal) = m.jobs.refuses_del(name) {
         return Err(FlatError::generic(refusal));
+    }
+    if lock(&m.media).user_of(name).is_some() {
+        return Err(FlatError::generic(format!("Node {name} is in use")));
     }
     if in_use {
         return Err(FlatError::generic(format!("Block device {name} is in use")));
@@ -630,6 +657,23 @@ impl ExportRecord {
 /// after `AddExport` succeeded).
 pub fn record_export(m: &Machine, request: BlockRequest) {
     lock(&state(m)).exports.push(ExportRecord { request });
+}
+
+/// Records the `AddScsiExport` of `spec.id`, replacing the one recorded
+/// (the SCSI media helper keeps it equal to the drives' desired state).
+pub fn record_scsi_export(m: &Machine, spec: ipc_proto::scsi::ScsiExportSpec) {
+    let shared = state(m);
+    let mut st = lock(&shared);
+    let old = st
+        .exports
+        .iter_mut()
+        .find(|e| matches!(&e.request, BlockRequest::AddScsiExport(s) if s.id == spec.id));
+    match old {
+        Some(e) => e.request = BlockRequest::AddScsiExport(spec),
+        None => st.exports.push(ExportRecord {
+            request: BlockRequest::AddScsiExport(spec),
+        }),
+    }
 }
 
 /// Points every export of node `from` at node `to` (a mirror's pivot:

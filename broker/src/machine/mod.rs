@@ -6,6 +6,7 @@
 //! - [`policy`]: what happens when a worker exits (restart with backoff, or
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
+//! - [`media`]: the SCSI drives' media, trays and guest locks.
 //! - [`liveness`]: the ping that finds hung workers.
 //! - [`no_vm`]: the run state of `-machine none` (no guest, no vcpu-proc).
 //! - [`host_memory`]: whether the host can provide `-m`.
@@ -29,6 +30,7 @@ pub mod host_tids;
 pub mod images;
 pub mod jobs;
 pub mod liveness;
+pub mod media;
 pub mod no_vm;
 pub mod policy;
 pub mod quorum_state;
@@ -114,6 +116,8 @@ pub struct Machine {
     pub(crate) restart: Mutex<policy::Backoff>,
     /// The desired guest devices.
     pub(crate) devices: Mutex<devices::DeviceState>,
+    /// The SCSI drives' media, trays and locks (desired state).
+    pub(crate) media: Mutex<media::MediaState>,
     /// Told a short state description on every run-state change (systemd's
     /// `STATUS=`).
     status_hook: std::sync::OnceLock<StatusHook>,
@@ -183,6 +187,7 @@ impl Machine {
             ending: AtomicBool::new(false),
             restart: Mutex::new(policy::Backoff::default()),
             devices: Mutex::new(devices::DeviceState::default()),
+            media: Mutex::new(media::MediaState::default()),
             status_hook: std::sync::OnceLock::new(),
             block_ready: Condvar::new(),
             restart_owner: Mutex::new(()),
@@ -622,7 +627,7 @@ impl Machine {
                 )
             }
             BlockEvent::Job(e) => self.jobs.push(e),
-            BlockEvent::Scsi(e) => tracing::warn!("no SCSI drive is configured for {e:?}"),
+            BlockEvent::Scsi(e) => media::on_event(self, e),
             BlockEvent::QuorumReportBad(r) => {
                 let mut data = json!({
                     "type": r.op,

@@ -13,10 +13,12 @@
 //! - [`resize`] — `block_resize`.
 //! - [`jobs`] — block-stream, blockdev-mirror, the job verbs and queries.
 //! - [`quorum`] — `x-blockdev-change`, `QUORUM_REPORT_BAD`, `QUORUM_FAILURE`.
+//! - [`media`] — the tray and medium commands, `eject`, `DEVICE_TRAY_MOVED`.
 
 pub mod bitmaps;
 pub mod info;
 pub mod jobs;
+pub mod media;
 pub mod nodes;
 pub mod options;
 pub mod query_block;

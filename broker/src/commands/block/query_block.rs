@@ -70,13 +70,15 @@ pub struct QueryBlock;
 impl Command for QueryBlock {
     const NAME: &'static str = "query-block";
     const DOC: &'static str =
-        "List the block devices (BlockInfo): every virtio-blk-device and its node.";
+        "List the block devices (BlockInfo): every virtio-blk-device and SCSI drive, \
+        its medium and tray.";
     type Args = Empty;
     type Ret = Vec<BlockInfo>;
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Vec<BlockInfo>> {
         let devs = crate::machine::devices::block_devices(ctx.machine);
-        if devs.is_empty() {
+        let luns = lock(&ctx.machine.media).luns().to_vec();
+        if devs.is_empty() && luns.is_empty() {
             return Ok(Vec::new());
         }
         let m = ctx.machine;
@@ -101,6 +103,32 @@ impl Command for QueryBlock {
                 io_status: Some("ok".into()),
             })
             .collect();
+        let lun_info = |l: crate::machine::media::Lun| BlockInfo {
+            device: l.backend_name.clone(),
+            qdev: Some(l.config.device_id.clone()),
+            kind: "unknown".into(),
+            removable: l.config.kind == ipc_proto::scsi::ScsiLunKind::Cd,
+            locked: l.config.locked,
+            inserted: l.config.node_name.as_ref().and_then(|node| {
+                nodes
+                    .iter()
+                    .find(|n| n.node_name == *node)
+                    .map(|n| BlockDeviceInfo::from_node(n, false).with_threshold(m))
+            }),
+            tray_open: (l.config.kind == ipc_proto::scsi::ScsiLunKind::Cd)
+                .then_some(l.config.tray_open),
+            io_status: Some("ok".into()),
+        };
+        infos.extend(luns.into_iter().map(lun_info));
+        // QEMU's order: a `-drive`'s backend from its creation, before the
+        // devices' own ones; these when their device was created.
+        {
+            let media = lock(&m.media);
+            infos.sort_by_key(|i| {
+                let id = i.qdev.as_deref().unwrap_or_default();
+                (i.device.is_empty(), media.block_position(id))
+            });
+        }
         fill_dirty_bitmaps(
             ctx.machine,
             infos.iter_mut().filter_map(|i| i.inserted.as_mut()),

@@ -241,7 +241,25 @@ impl Command for QueryBlockstats {
     fn run(args: QueryBlockstatsArgs, ctx: &Ctx<'_>) -> Result<Vec<BlockStats>> {
         let m = ctx.machine;
         let query_nodes = args.query_nodes.unwrap_or(false);
-        let devs = crate::machine::devices::block_devices(m);
+        // (backend name, device, node): the disks and the SCSI drives
+        // (an empty drive has no node), in query-block's order.
+        let mut devs: Vec<(String, String, Option<String>)> =
+            crate::machine::devices::block_devices(m)
+                .into_iter()
+                .map(|(qdev, node)| (super::throttle::backend_name(m, &node), qdev, Some(node)))
+                .collect();
+        {
+            let media = lock(&m.media);
+            devs.extend(media.luns().iter().map(|l| {
+                let c = &l.config;
+                (
+                    l.backend_name.clone(),
+                    c.device_id.clone(),
+                    c.node_name.clone(),
+                )
+            }));
+            devs.sort_by_key(|(device, qdev, _)| (device.is_empty(), media.block_position(qdev)));
+        }
         if !query_nodes && devs.is_empty() {
             return Ok(Vec::new());
         }
@@ -288,10 +306,24 @@ impl Command for QueryBlockstats {
         // as `parent`. QEMU's backends account invalid and failed requests.
         Ok(devs
             .iter()
-            .filter_map(|(qdev, node)| {
-                let s = stats.iter().find(|s| &s.node_name == node)?;
-                let mut out = with_parent(s);
-                out.device = Some(super::throttle::backend_name(m, node));
+            .filter_map(|(device, qdev, node)| {
+                let mut out = match node {
+                    Some(node) => with_parent(stats.iter().find(|s| &s.node_name == node)?),
+                    // A drive without a medium: its backend's zero counters.
+                    None => BlockStats {
+                        device: None,
+                        qdev: None,
+                        node_name: None,
+                        stats: BlockDeviceStats::from_node(&NodeStats {
+                            node_name: String::new(),
+                            wr_highest_offset: 0,
+                            stats: Default::default(),
+                        }),
+                        parent: None,
+                        driver_specific: None,
+                    },
+                };
+                out.device = Some(device.clone());
                 out.qdev = Some(qdev.clone());
                 out.stats
                     .0

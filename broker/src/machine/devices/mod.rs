@@ -34,6 +34,8 @@
 //!
 //! - [`spec`]: the drivers and their properties (QEMU's messages).
 //! - [`recovery`]: loss/restore events and the reconnect rounds.
+//! - [`scsi`]: the virtio-scsi controller and its drives (`scsi-cd`,
+//!   `scsi-hd`), one vhost-user-scsi export per controller.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -42,7 +44,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions};
-use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind};
+use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig};
 use ipc_proto::{ErrorClass, FlatError};
 use serde_json::{json, Map, Value};
 
@@ -50,6 +52,7 @@ use super::{block_state, lock, unexpected_reply, Machine};
 use crate::cli::ChardevSpec;
 
 pub mod recovery;
+pub mod scsi;
 pub mod spec;
 
 pub use recovery::{on_block_exit, on_disconnected, on_reconnected, reconnect_exports};
@@ -66,6 +69,12 @@ pub enum Backend {
     Export {
         /// The node exported.
         drive: String,
+        /// The export's id in block-proc.
+        export_id: String,
+    },
+    /// A block-proc vhost-user-scsi export of a controller's drives
+    /// (made at its first connection, see [`scsi`]).
+    Scsi {
         /// The export's id in block-proc.
         export_id: String,
     },
@@ -159,7 +168,7 @@ fn generic(desc: impl Into<String>) -> FlatError {
     FlatError::generic(desc)
 }
 
-fn node_read_only(o: &BlockdevOptions) -> bool {
+pub(crate) fn node_read_only(o: &BlockdevOptions) -> bool {
     match o {
         BlockdevOptions::File(x) => x.read_only,
         BlockdevOptions::Raw(x) => x.read_only,
@@ -252,8 +261,12 @@ fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
 /// external backend, a socket connected to its path. Never call it with
 /// `m.devices` held (it waits on block-proc).
 fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
+    if let Backend::Scsi { export_id } = backend {
+        let controller = export_id.strip_prefix("device.").unwrap_or(export_id);
+        scsi::ensure_export(m, controller)?;
+    }
     match backend {
-        Backend::Export { export_id, .. } => {
+        Backend::Export { export_id, .. } | Backend::Scsi { export_id } => {
             let (ours, theirs) = UnixStream::pair()
                 .map_err(|e| generic(format!("cannot create a vhost-user socketpair: {e}")))?;
             let req = BlockRequest::AttachExportConnection {
@@ -347,6 +360,13 @@ fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
         return Err(hotplug_error(slot));
     }
     let (plan, backend) = match (&spec.drive, &spec.chardev) {
+        // Its export is made at its first connection.
+        _ if spec.driver == scsi::VIRTIO_SCSI => {
+            let backend = Backend::Scsi {
+                export_id: scsi::export_id(&spec.id),
+            };
+            (Plan::External(backend.clone()), backend)
+        }
         (Some(drive), _) => {
             if let Some(d) = st
                 .devices
@@ -398,7 +418,26 @@ fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
 /// `device_add` / `-device`: validates, creates the backend and records
 /// the device; vcpu-proc gets it at VM creation or before the first `cont`.
 pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
-    let spec = parse_spec(props)?;
+    if let Some(r) = scsi::add(m, props) {
+        return r;
+    }
+    let spec = match props.get("driver").and_then(Value::as_str) {
+        Some(scsi::VIRTIO_SCSI) => scsi::parse_controller(props)?,
+        _ => parse_spec(props)?,
+    };
+    {
+        let media = lock(&m.media);
+        if media.lun(&spec.id).is_some() {
+            return Err(generic(format!("Duplicate device ID '{}'", spec.id)));
+        }
+        if let Some(l) = spec.drive.as_deref().and_then(|d| media.user_of(d)) {
+            return Err(generic(format!(
+                "Drive '{}' is already in use by device '{}'",
+                spec.drive.as_deref().unwrap_or_default(),
+                l.config.device_id
+            )));
+        }
+    }
     let plan = reserve(m, &spec)?;
     let made = match &plan {
         Plan::Export(drive) => create_export(m, &spec, drive),
@@ -410,8 +449,13 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
     };
     match made {
         Ok(backend) if !st.launched => {
+            let disk = matches!(backend, Backend::Export { .. });
             st.devices[i].backend = backend;
             st.devices[i].ready = true;
+            drop(st);
+            if disk {
+                lock(&m.media).note_block_device(&spec.id);
+            }
             Ok(())
         }
         // The guest started while the export was made: too late for it.
@@ -437,6 +481,9 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
 
 /// `device_del`: only before the guest first ran.
 pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
+    if let Some(r) = scsi::del_lun(m, id) {
+        return r;
+    }
     let export_id = {
         let mut st = lock(&m.devices);
         let Some(i) = st.devices.iter().position(|d| d.spec.id == id && d.ready) else {
@@ -452,10 +499,14 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         st.devices[i].ready = false;
         match &st.devices[i].backend {
             Backend::Export { export_id, .. } => Some(export_id.clone()),
-            Backend::External { .. } => None,
+            // Made at the first connection: there is none before.
+            Backend::Scsi { .. } | Backend::External { .. } => None,
         }
     };
     let removed = export_id.map_or(Ok(()), |e| remove_export(m, &e));
+    if removed.is_ok() {
+        scsi::forget_controller_luns(m, id);
+    }
     {
         let mut st = lock(&m.devices);
         let i = st.devices.iter().position(|d| d.spec.id == id);
@@ -471,6 +522,8 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         }
     }
     removed?;
+    // Not under `m.devices`: the media lock comes first where both are held.
+    lock(&m.media).forget_block_device(id);
     // virtio-blk-device is the VirtIODevice itself (no PCI proxy with a
     // virtio-backend child), so QEMU emits one event.
     m.events().emit(
@@ -512,13 +565,14 @@ pub fn connect_pending(
         lock(&m.devices).keep_conn(&d.spec.id, &socket);
         let slot = u8::try_from(first_slot + out.len())
             .map_err(|_| generic("too many file descriptors for one request"))?;
+        let (kind, num_queues) = scsi::frontend(&d.spec);
         out.push((
             VhostUserDeviceConfig {
                 id: d.spec.id.clone(),
                 slot: d.slot,
-                kind: VhostUserKind::Block,
+                kind,
                 socket: FdSlot(slot),
-                num_queues: d.spec.num_queues,
+                num_queues,
                 queue_size: d.spec.queue_size,
                 mac: None,
             },
@@ -606,7 +660,7 @@ pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
         .filter(|d| d.ready)
         .filter_map(|d| match &d.backend {
             Backend::Export { drive, .. } => Some((d.spec.id.clone(), drive.clone())),
-            Backend::External { .. } => None,
+            Backend::Scsi { .. } | Backend::External { .. } => None,
         })
         .collect()
 }

@@ -45,7 +45,9 @@ pub fn on_block_exit(m: &Machine) {
     let ids: Vec<String> = lock(&m.devices)
         .devices
         .iter()
-        .filter(|d| d.attached && matches!(d.backend, Backend::Export { .. }))
+        .filter(|d| {
+            d.attached && matches!(d.backend, Backend::Export { .. } | Backend::Scsi { .. })
+        })
         .map(|d| d.spec.id.clone())
         .collect();
     for id in ids {
@@ -84,7 +86,9 @@ pub fn reconnect_exports(m: &Arc<Machine>) {
         let st = lock(&m.devices);
         st.devices
             .iter()
-            .filter(|d| d.attached && matches!(d.backend, Backend::Export { .. }))
+            .filter(|d| {
+                d.attached && matches!(d.backend, Backend::Export { .. } | Backend::Scsi { .. })
+            })
             .filter(|d| st.lost.contains_key(&d.spec.id))
             .map(|d| d.spec.id.clone())
             .collect()
