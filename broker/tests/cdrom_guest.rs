@@ -6,20 +6,7 @@
 //! reads disc 1 over and over with the tray locked: it keeps reading, and
 //! the medium, tray and lock come back unchanged.
 //!
-//! WRITTEN AHEAD OF THE MERGE: it needs block-proc's vhost-user-scsi
-//! backend (branch `scsi`) and the broker's `virtio-scsi-device`/`scsi-cd`
-//! wiring and tray commands (branch `tray`), which are not on this branch.
-//! Remove the `#[ignore]`s once they are merged. Needs /dev/kvm and
-//! qemu-system-x86_64.
-//!
-//! On a trial merge of `cdrom` + `scsi` + `tray` (not committed) both
-//! pass, but not always: block-proc reports the guest's PREVENT ALLOW
-//! MEDIUM REMOVAL to the broker asynchronously (`ScsiEvent::LockChanged`
-//! after the command completed), so a `blockdev-change-medium`/`eject`
-//! sent right after the guest locked may find the broker still thinking
-//! the tray unlocked (it then succeeds where QEMU refuses), and a SIGKILL
-//! between the completion and the report loses the lock. QEMU decides on
-//! the live lock; these tests fail when the broker does not.
+//! Needs /dev/kvm and qemu-system-x86_64.
 
 mod cdrom_common;
 mod common;
@@ -58,7 +45,6 @@ fn broker_transcript(dir: &Path, locked: &mut dyn FnMut(&mut Qmp, &SerialLog, u3
 }
 
 #[test]
-#[ignore = "needs block-proc's vhost-user-scsi backend and the broker's scsi-cd wiring (branches scsi, tray)"]
 fn cdrom_guest_through_the_broker_gets_qemus_answers_to_eject_and_change_medium() {
     common::require_kvm();
     let reference = qemu_transcript(&common::TempDir::new().0);
@@ -67,7 +53,6 @@ fn cdrom_guest_through_the_broker_gets_qemus_answers_to_eject_and_change_medium(
 }
 
 #[test]
-#[ignore = "needs block-proc's vhost-user-scsi backend and the broker's scsi-cd wiring (branches scsi, tray)"]
 fn cdrom_guest_keeps_its_locked_tray_and_disc_across_a_block_proc_sigkill() {
     common::require_kvm();
     let reference = qemu_transcript(&common::TempDir::new().0);
