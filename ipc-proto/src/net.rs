@@ -18,6 +18,8 @@ pub enum NetRequest {
     /// kills the worker).
     #[cfg(feature = "test-hooks")]
     TestEscape(crate::escape::Escape),
+    /// A switch request (see [`crate::rocker`]).
+    Rocker(crate::rocker::RockerRequest),
 }
 
 /// Replies of net-proc.
@@ -30,6 +32,8 @@ pub enum NetReply {
     /// Answer to [`NetRequest::TestEscape`].
     #[cfg(feature = "test-hooks")]
     EscapeOutcome(crate::escape::Outcome),
+    /// Answer to [`NetRequest::Rocker`].
+    Rocker(crate::rocker::RockerReply),
 }
 
 /// Events net-proc reports.
