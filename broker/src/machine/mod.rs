@@ -31,6 +31,7 @@ pub mod jobs;
 pub mod liveness;
 pub mod no_vm;
 pub mod policy;
+pub mod rocker;
 pub mod serial_pty;
 pub mod start_gate;
 pub mod stats_carry;
@@ -142,6 +143,8 @@ pub struct Machine {
     trace: trace_state::TraceState,
     /// `dump-guest-memory`'s state (`query-dump`).
     pub(crate) dump: dump::DumpTracker,
+    /// The `-device rocker` switches and their net-proc.
+    pub(crate) rocker: rocker::RockerState,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -184,6 +187,7 @@ impl Machine {
             stats: Mutex::new(stats_carry::StatsCarry::default()),
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
+            rocker: Default::default(),
         });
         liveness::start(&m);
         m
@@ -451,7 +455,11 @@ impl Machine {
         let owner = lock(&self.restart_owner);
         let vcpu = lock(&self.vcpu).take();
         let block = lock(&self.block).take();
+        let net = self.rocker.take_worker();
         self.worker_published();
+        if let Some(w) = &net {
+            w.link.close();
+        }
         if let Some(w) = &vcpu {
             w.link.close();
         }
@@ -459,9 +467,13 @@ impl Machine {
             w.link.close();
         }
         let deadline = Instant::now() + STOP_GRACE;
-        for process in [vcpu.map(|w| w.process), block.map(|w| w.process)]
-            .into_iter()
-            .flatten()
+        for process in [
+            vcpu.map(|w| w.process),
+            block.map(|w| w.process),
+            net.map(|w| w.process),
+        ]
+        .into_iter()
+        .flatten()
         {
             process.stop(deadline.saturating_duration_since(Instant::now()));
         }
