@@ -125,7 +125,7 @@ impl Wire {
             };
             assert!(n >= 0, "{}", std::io::Error::last_os_error());
             let f = &buf[..n as usize];
-            if from.sll_pkttype != libc::PACKET_OUTGOING as u8
+            if from.sll_pkttype != libc::PACKET_OUTGOING
                 && f.len() >= 18
                 && f[12..14] == ETHERTYPE.to_be_bytes()
             {
