@@ -100,6 +100,13 @@ impl RockerState {
 /// command line has switches (otherwise net-proc is not started here).
 pub fn start(m: &Arc<Machine>) -> Result<(), StartError> {
     let cfg = &m.config().rocker;
+    for n in &cfg.netdevs {
+        if !cfg.switches.iter().any(|s| s.ports.contains(&n.id)) {
+            // QEMU's warning; such a TAP is not opened (nothing would
+            // read or write it).
+            eprintln!("bulkhead: warning: netdev {} has no peer", n.id);
+        }
+    }
     if cfg.switches.is_empty() {
         return Ok(());
     }
