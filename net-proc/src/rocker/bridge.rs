@@ -228,10 +228,4 @@ impl Bridge {
         }
         old.len()
     }
-
-    /// The flow with `cookie`, mutable (tests).
-    #[cfg(test)]
-    pub fn flow_mut(&mut self, cookie: u64) -> Option<&mut Flow> {
-        self.tables.flow_mut(cookie)
-    }
 }

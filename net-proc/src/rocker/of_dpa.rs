@@ -171,11 +171,6 @@ impl Tables {
         self.flows.remove(&cookie)
     }
 
-    /// The flow with `cookie`.
-    pub fn flow_mut(&mut self, cookie: u64) -> Option<&mut Flow> {
-        self.flows.get_mut(&cookie)
-    }
-
     /// Adds or replaces the group with `group.id`.
     pub fn add_group(&mut self, group: Group) {
         self.groups.insert(group.id, group);
