@@ -247,6 +247,7 @@ fn start_workers(machine: &Arc<Machine>) -> Result<Option<PathBuf>, MainError> {
         None => None,
     };
     block?;
+    crate::machine::rocker::start(machine)?;
     match vcpu {
         Some(v) => Ok(policy::start_vcpu(machine, v)?),
         None => Ok(None),

@@ -39,6 +39,7 @@ pub mod handshake;
 pub mod logging;
 pub mod net;
 pub mod ratelimit;
+pub mod rocker;
 pub mod scsi;
 pub mod snapshots;
 pub mod trace;

@@ -13,6 +13,9 @@ pub enum NetRequest {
     /// Trace points: their states, or the states the broker wants
     /// (with `to_file`, the frame's first fd is the trace file).
     Trace(crate::trace::TraceRequest),
+    /// A switch request (see [`crate::rocker`]). Before the test-only
+    /// variants: their presence must not shift the indices.
+    Rocker(crate::rocker::RockerRequest),
     /// Test hooks only: run an escape attempt inside the sandboxed worker
     /// (answered by [`NetReply::EscapeOutcome`], or not at all: seccomp
     /// kills the worker).
@@ -27,6 +30,8 @@ pub enum NetReply {
     Alive,
     /// Answer to a `Trace` request: the process's trace points.
     Trace(crate::trace::TraceReply),
+    /// Answer to [`NetRequest::Rocker`].
+    Rocker(crate::rocker::RockerReply),
     /// Answer to [`NetRequest::TestEscape`].
     #[cfg(feature = "test-hooks")]
     EscapeOutcome(crate::escape::Outcome),

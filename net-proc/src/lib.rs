@@ -5,7 +5,9 @@
 //! Crate map:
 //! - [`serve`]: the request loop (one exhaustive match per request).
 //! - [`trace`]: net-proc's trace points.
+//! - [`rocker`]: learning L2 switches over an OF-DPA pipeline.
 
+pub mod rocker;
 pub mod serve;
 pub mod trace;
 

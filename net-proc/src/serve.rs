@@ -8,6 +8,7 @@ use crate::trace;
 
 /// Serves requests until the broker closes the channel (a clean end).
 pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), ChannelError> {
+    let mut switches = crate::rocker::Switches::default();
     loop {
         let (msg, fds) = match chan.recv() {
             Ok(m) => m,
@@ -22,6 +23,10 @@ pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(),
                     NetRequest::Trace(t) => {
                         ipc_proto::trace::serve(crate::trace::POINTS, t, fds).map(NetReply::Trace)
                     }
+                    NetRequest::Rocker(r) => switches
+                        .handle(r, fds)
+                        .map(NetReply::Rocker)
+                        .map_err(Into::into),
                     #[cfg(feature = "test-hooks")]
                     NetRequest::TestEscape(e) => {
                         Ok(NetReply::EscapeOutcome(sandbox::escape::attempt(e)))

@@ -46,6 +46,7 @@ mod keyval;
 pub mod memory_backend;
 pub mod monitors;
 pub mod qemu_opts;
+pub mod rocker;
 pub mod secret;
 mod serial_chardev;
 pub mod serial_tcp;
@@ -135,6 +136,8 @@ pub struct Config {
     pub devices: Vec<Map<String, Value>>,
     /// `-chardev socket,id=ID,path=PATH` (client sockets for vhost-user).
     pub chardevs: Vec<ChardevSpec>,
+    /// `-device rocker` switches and the `-netdev tap` their ports name.
+    pub rocker: rocker::RockerConfig,
     /// `-machine`/`-M`.
     pub machine: MachineType,
     /// `-object memory-backend-*` named by `-machine memory-backend=`.
@@ -223,6 +226,7 @@ impl Default for Config {
             blockdevs: Vec::new(),
             devices: Vec::new(),
             chardevs: Vec::new(),
+            rocker: Default::default(),
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
             machine: MachineType::Microvm,
             memory_backend: None,
@@ -249,6 +253,7 @@ pub const MAX_CPUS: u8 = 64;
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Config> {
     let mut cfg = Config::default();
+    let mut rocker_texts: Vec<String> = Vec::new();
     let (mut serial_given, mut nodefaults, mut kvm_accel) = (false, false, None);
     let (mut machine_accel, mut accel_option) = (false, false);
     let (mut servers, mut mons, mut chardev_ids) =
@@ -347,9 +352,14 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     options,
                 });
             }
+            "-netdev" => cfg.rocker.add_netdev(&value()?)?,
             "-device" => {
-                let d = parse_device(&value()?)?;
-                if d.get("driver").and_then(Value::as_str) == Some("isa-serial") {
+                let text = value()?;
+                let d = parse_device(&text)?;
+                if d.get("driver").and_then(Value::as_str) == Some("rocker") {
+                    cfg.rocker.add_switch(&text, &d)?;
+                    rocker_texts.push(text);
+                } else if d.get("driver").and_then(Value::as_str) == Some("isa-serial") {
                     if serial_given {
                         return Err(bad(
                             "-device",
@@ -570,6 +580,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
     if kvm_accel == Some(false) {
         return Err(bad("-accel", "bulkhead has only the kvm accelerator"));
     }
+    cfg.rocker.check(&rocker_texts)?;
     if !serial_given {
         cfg.serial = serial_chardev::default_serial(nodefaults, nographic, monitor_given, &cfg.hmp);
     }

@@ -14,6 +14,7 @@
 //! - [`device`]: `device_add` / `device_del` and the device events.
 //! - [`trace`]: `trace-event-get-state` / `trace-event-set-state`.
 //! - [`gic`]: `query-gic-capabilities` (none on x86).
+//! - [`rocker`]: the host-side switches (`query-rocker*`).
 //! - [`cpu_hotplug`]: `query-hotpluggable-cpus`, `device_add`/`device_del` of CPUs.
 //! - [`test_hooks`] (feature `test-hooks`, never in release builds):
 //!   escape attempts inside the sandboxed workers.
@@ -33,6 +34,7 @@ pub mod introspection;
 pub mod machine;
 pub mod migration;
 pub mod qom;
+pub mod rocker;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 pub mod trace;
@@ -76,6 +78,10 @@ pub fn registry() -> Registry {
     r.register::<qom::QomListProperties>();
     r.register::<qom::QomList>();
     r.register::<qom::QomGet>();
+    r.register::<rocker::QueryRocker>();
+    r.register::<rocker::QueryRockerPorts>();
+    r.register::<rocker::QueryRockerOfDpaFlows>();
+    r.register::<rocker::QueryRockerOfDpaGroups>();
     r.register::<block::BlockdevAdd>();
     r.register::<block::BlockdevDel>();
     r.register::<block::XBlockdevDel>();

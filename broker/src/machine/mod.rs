@@ -34,6 +34,7 @@ pub mod media;
 pub mod no_vm;
 pub mod policy;
 pub mod quorum_state;
+pub mod rocker;
 pub mod serial_pty;
 pub mod start_gate;
 pub mod stats_carry;
@@ -149,6 +150,8 @@ pub struct Machine {
     pub(crate) dump: dump::DumpTracker,
     /// QEMU's rate limit of chatty events (the QUORUM_* events).
     pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
+    /// The `-device rocker` switches and their net-proc.
+    pub(crate) rocker: rocker::RockerState,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -197,6 +200,7 @@ impl Machine {
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
             throttled_events,
+            rocker: Default::default(),
         });
         liveness::start(&m);
         m
@@ -467,7 +471,11 @@ impl Machine {
         let owner = lock(&self.restart_owner);
         let vcpu = lock(&self.vcpu).take();
         let block = lock(&self.block).take();
+        let net = self.rocker.take_worker();
         self.worker_published();
+        if let Some(w) = &net {
+            w.link.close();
+        }
         if let Some(w) = &vcpu {
             w.link.close();
         }
@@ -475,9 +483,13 @@ impl Machine {
             w.link.close();
         }
         let deadline = Instant::now() + STOP_GRACE;
-        for process in [vcpu.map(|w| w.process), block.map(|w| w.process)]
-            .into_iter()
-            .flatten()
+        for process in [
+            vcpu.map(|w| w.process),
+            block.map(|w| w.process),
+            net.map(|w| w.process),
+        ]
+        .into_iter()
+        .flatten()
         {
             process.stop(deadline.saturating_duration_since(Instant::now()));
         }

@@ -171,7 +171,7 @@ fn parse_identity(spec: &str) -> Result<SandboxIdentity, StartError> {
 type LiveWorker<R, P, E> = (SpawnedWorker, Arc<WorkerLink<R, P, E>>);
 
 /// Spawns `kind`, completes the handshake and starts its link.
-fn bring_up<R, P, E>(
+pub(super) fn bring_up<R, P, E>(
     m: &Arc<Machine>,
     kind: WorkerKind,
     on_event: impl Fn(&Arc<Machine>, E) + Send + 'static,
@@ -296,7 +296,7 @@ pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
 /// Makes a brought-up worker the current one of its slot, with a new
 /// generation, wakes the callers waiting for it, and only then watches it:
 /// the supervisor reports exits of published workers only.
-fn publish<L: Send + Sync + 'static>(
+pub(super) fn publish<L: Send + Sync + 'static>(
     m: &Arc<Machine>,
     slot: &std::sync::Mutex<Option<Worker<L>>>,
     process: SpawnedWorker,
@@ -467,10 +467,12 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
             restart_block(m, down_since, cause);
         }
         WorkerKind::Net => {
-            m.events().emit(
-                event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "none", None, hung)),
-            );
+            let note = lock(&m.rocker.net)
+                .as_ref()
+                .filter(|w| w.generation == generation)
+                .and_then(|w| death_note(Some(&w.process)));
+            let data = exit_data(&exit, "restart", note, hung);
+            super::rocker::on_exit(m, &exit, generation, data);
         }
     }
 }

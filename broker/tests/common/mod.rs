@@ -26,7 +26,7 @@ pub fn build_workers() {
     BUILT.get_or_init(|| {
         let bin = Path::new(env!("CARGO_BIN_EXE_bulkhead"));
         let profile_dir = bin.parent().expect("bulkhead has a directory");
-        let have = ["vcpu-proc", "block-proc"]
+        let have = ["vcpu-proc", "block-proc", "net-proc"]
             .iter()
             .all(|w| profile_dir.join(w).exists());
         if std::env::var_os("BULKHEAD_TEST_NO_BUILD").is_some() && have {
@@ -34,14 +34,22 @@ pub fn build_workers() {
         }
         let target_dir = profile_dir.parent().expect("profile dir has a parent");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "vcpu-proc", "-p", "block-proc"])
-            .args(["--features", "test-hooks"])
-            .env("CARGO_TARGET_DIR", target_dir);
+        cmd.args([
+            "build",
+            "-p",
+            "vcpu-proc",
+            "-p",
+            "block-proc",
+            "-p",
+            "net-proc",
+        ])
+        .args(["--features", "test-hooks"])
+        .env("CARGO_TARGET_DIR", target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cannot run cargo to build the workers");
-        assert!(status.success(), "building vcpu-proc and block-proc failed");
+        assert!(status.success(), "building the workers failed");
     });
 }
 
