@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use ipc_proto::block::{BlockReply, BlockRequest, ThrottleConfig};
 use ipc_proto::FlatError;
 
-use super::{block_state, lock, unexpected_reply, BlockLink, Machine};
+use super::{block_state, lock, BlockLink, Machine};
 
 /// One device's throttling: its group and the group's limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,15 +132,7 @@ enum Record {
 }
 
 fn done(r: BlockReply) -> Result<(), FlatError> {
-    match r {
-        BlockReply::Done => Ok(()),
-        other @ (BlockReply::NeedFiles { .. }
-        | BlockReply::Nodes(_)
-        | BlockReply::Stats(_)
-        | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)
-        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
-    }
+    crate::machine::expect_done(r)
 }
 
 /// Sends `req` to block-proc (waiting for a restarting one), expecting

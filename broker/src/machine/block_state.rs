@@ -734,15 +734,7 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
     super::bitmaps::replay_on(m, link)?;
     super::jobs::replay_on(m, link);
     for request in exports {
-        match link.request(request, &[])? {
-            BlockReply::Done => {}
-            other @ (BlockReply::NeedFiles { .. }
-            | BlockReply::Nodes(_)
-            | BlockReply::Stats(_)
-            | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)
-            | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
-        }
+        crate::machine::expect_done(link.request(request, &[])?)?;
     }
     super::block_limits::replay_on(m, link)
 }

@@ -671,6 +671,20 @@ impl Machine {
     }
 }
 
+/// `Ok(())` for block-proc's [`BlockReply::Done`], else the
+/// unexpected-reply error (for requests that return nothing).
+pub fn expect_done(reply: BlockReply) -> Result<(), FlatError> {
+    match reply {
+        BlockReply::Done => Ok(()),
+        other @ (BlockReply::NeedFiles { .. }
+        | BlockReply::Nodes(_)
+        | BlockReply::Stats(_)
+        | BlockReply::Trace(_)
+        | BlockReply::Bitmap(_)
+        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
+    }
+}
+
 /// The error for a reply of the wrong kind (a worker bug, not user input).
 pub fn unexpected_reply<T: std::fmt::Debug>(reply: &T) -> FlatError {
     FlatError::generic(format!("internal error: unexpected worker reply {reply:?}"))

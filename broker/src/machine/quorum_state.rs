@@ -8,11 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions, BlockdevRef};
+use ipc_proto::block::{BlockRequest, BlockdevOptions, BlockdevRef};
 use ipc_proto::FlatError;
 
 use super::block_state::{children, state, walk_post_order, NodeRecord};
-use super::{lock, unexpected_reply, BlockLink, Machine};
+use super::{lock, BlockLink, Machine};
 
 /// A quorum's child names and the index of the next added child.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,15 +104,7 @@ fn change_recorded(
         child: child.map(String::from),
         node: node.map(String::from),
     };
-    match m.block_request(req)? {
-        BlockReply::Done => {}
-        other @ (BlockReply::NeedFiles { .. }
-        | BlockReply::Nodes(_)
-        | BlockReply::Stats(_)
-        | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)
-        | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
-    }
+    crate::machine::expect_done(m.block_request(req)?)?;
     let shared = state(m);
     let mut st = lock(&shared);
     let mut layouts = std::mem::take(&mut st.quorum);
@@ -307,15 +299,7 @@ pub fn replay_on(m: &Machine, link: &BlockLink) -> Result<(), FlatError> {
             names: l.names,
             next_index: l.next_index,
         };
-        match link.request(req, &[])? {
-            BlockReply::Done => {}
-            other @ (BlockReply::NeedFiles { .. }
-            | BlockReply::Nodes(_)
-            | BlockReply::Stats(_)
-            | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)
-            | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
-        }
+        crate::machine::expect_done(link.request(req, &[])?)?;
     }
     Ok(())
 }

@@ -6,13 +6,13 @@
 //! [`crate::machine::media`]; this module finds the drive, runs a plan's
 //! steps through block-proc and commits each.
 
-use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions};
+use ipc_proto::block::{BlockRequest, BlockdevOptions};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::machine::devices::scsi;
 use crate::machine::media::{self, Lun, MediumError, Plan};
-use crate::machine::{block_state, lock, unexpected_reply, Machine};
+use crate::machine::{block_state, lock, Machine};
 use crate::qmp::error::{QmpError, Result};
 use crate::qmp::registry::{Command, Ctx, Registry};
 use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
@@ -90,15 +90,7 @@ fn apply(m: &Machine, lun: &Lun, plan: Plan) -> Result<()> {
             };
             // A worker restarted meanwhile got the state before this step
             // (it is committed only once done): the step is sent again.
-            m.across_block_restarts(|| match m.block_request(req.clone())? {
-                BlockReply::Done => Ok(()),
-                other @ (BlockReply::NeedFiles { .. }
-                | BlockReply::Nodes(_)
-                | BlockReply::Stats(_)
-                | BlockReply::Trace(_)
-                | BlockReply::Bitmap(_)
-                | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
-            })?;
+            m.across_block_restarts(|| crate::machine::expect_done(m.block_request(req.clone())?))?;
         }
         lock(&m.media).commit(id, &step.op);
         scsi::refresh_export_record(m, &lun.controller);

@@ -205,15 +205,9 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         serial: spec.serial.clone(),
         logical_block_size: spec.logical_block_size,
     };
-    let reply = m.block_request(request.clone()).and_then(|r| match r {
-        BlockReply::Done => Ok(()),
-        other @ (BlockReply::NeedFiles { .. }
-        | BlockReply::Nodes(_)
-        | BlockReply::Stats(_)
-        | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)
-        | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
-    });
+    let reply = m
+        .block_request(request.clone())
+        .and_then(crate::machine::expect_done);
     if let Err(e) = reply {
         undo_export(m, &export_id);
         return Err(e);
@@ -241,17 +235,9 @@ fn undo_export(m: &Machine, export_id: &str) {
 }
 
 fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
-    match m.block_request(BlockRequest::DelExport {
+    crate::machine::expect_done(m.block_request(BlockRequest::DelExport {
         id: export_id.to_owned(),
-    })? {
-        BlockReply::Done => {}
-        other @ (BlockReply::NeedFiles { .. }
-        | BlockReply::Nodes(_)
-        | BlockReply::Stats(_)
-        | BlockReply::Trace(_)
-        | BlockReply::Bitmap(_)
-        | BlockReply::Snapshot(_)) => return Err(unexpected_reply(&other)),
-    }
+    })?)?;
     block_state::forget_export(m, export_id);
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! recorded `AddScsiExport` (replayed into a restarted block-proc) is kept
 //! equal to the desired state.
 
-use ipc_proto::block::{BlockReply, BlockRequest};
+use ipc_proto::block::BlockRequest;
 use ipc_proto::scsi::{ScsiLunConfig, ScsiLunKind};
 use ipc_proto::vcpu::VhostUserKind;
 use ipc_proto::{ErrorClass, FlatError};
@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use super::spec::{id_wellformed, DeviceSpec, SLOTS};
 use super::{generic, Backend};
 use crate::machine::media::Lun;
-use crate::machine::{block_state, lock, unexpected_reply, Machine};
+use crate::machine::{block_state, lock, Machine};
 
 /// QEMU's virtio-scsi controller for a virtio-mmio bus.
 pub const VIRTIO_SCSI: &str = "virtio-scsi-device";
@@ -473,15 +473,7 @@ pub fn ensure_export(m: &Machine, id: &str) -> Result<(), FlatError> {
     // Recorded (for replay) only once made: a restarted worker gets it
     // again here.
     m.across_block_restarts(|| {
-        match m.block_request(BlockRequest::AddScsiExport(spec.clone()))? {
-            BlockReply::Done => Ok(()),
-            other @ (BlockReply::NeedFiles { .. }
-            | BlockReply::Nodes(_)
-            | BlockReply::Stats(_)
-            | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)
-            | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
-        }
+        crate::machine::expect_done(m.block_request(BlockRequest::AddScsiExport(spec.clone()))?)
     })?;
     block_state::record_scsi_export(m, spec);
     lock(&m.media).set_exported(id, true);

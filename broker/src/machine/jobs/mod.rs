@@ -12,12 +12,12 @@ pub mod status;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, Weak};
 
-use ipc_proto::block::{BlockReply, BlockRequest};
+use ipc_proto::block::BlockRequest;
 use ipc_proto::block_jobs::{JobEvent, JobKind, JobOp, JobSpec, Resume};
 use ipc_proto::FlatError;
 use serde_json::{json, Value};
 
-use super::{lock, unexpected_reply, BlockLink, Machine};
+use super::{lock, BlockLink, Machine};
 pub use status::{verb_error, Status, Verb};
 
 /// One job as the user created it, with where it is.
@@ -259,15 +259,7 @@ pub fn create(
         released: false,
     });
     let started = m.across_block_restarts(|| {
-        match m.block_request(BlockRequest::StartJob(spec.clone()))? {
-            BlockReply::Done => Ok(()),
-            other @ (BlockReply::NeedFiles { .. }
-            | BlockReply::Nodes(_)
-            | BlockReply::Stats(_)
-            | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)
-            | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
-        }
+        crate::machine::expect_done(m.block_request(BlockRequest::StartJob(spec.clone()))?)
     });
     if let Err(e) = started {
         lock(&m.jobs.jobs).retain(|j| j.id() != id);
