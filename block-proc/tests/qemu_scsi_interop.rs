@@ -6,7 +6,10 @@
 //! for more request queues than the backend serves has its extra rings
 //! refused (QEMU goes on: it would only fail when the driver starts
 //! them). The `cdrom` test guest, booted on QEMU's device, reads and
-//! checks a whole disc through block-proc's backend.
+//! checks a whole disc through block-proc's backend, and sees a medium
+//! change made by block-proc's `--scsi-next` changer (eject request,
+//! the guest's unlock and eject, QEMU's two unit attentions, the new
+//! disc).
 //!
 //! Needs /dev/kvm, `qemu-system-x86_64` with microvm and qboot, and the
 //! test guests (built by vcpu-proc's build script or scripts/build-guests).
@@ -49,25 +52,36 @@ fn serve_cd(name: &str, queues: u16) -> (Backend, Tmp, Tmp, Tmp) {
 
 /// [`serve_cd`] on a disc of content `data`.
 fn serve_cd_image(name: &str, queues: u16, data: &[u8]) -> (Backend, Tmp, Tmp, Tmp) {
-    let img = tmp(&format!("{name}.iso"));
-    std::fs::write(&img, data).unwrap();
+    let (bp, mut imgs, sock, log) = serve_cd_changer(name, queues, &[data]);
+    (bp, imgs.remove(0), sock, log)
+}
+
+/// [`serve_cd`] with `discs[0]` in the drive and the others in
+/// block-proc's `--scsi-next` changer.
+fn serve_cd_changer(name: &str, queues: u16, discs: &[&[u8]]) -> (Backend, Vec<Tmp>, Tmp, Tmp) {
     let sock = tmp(&format!("{name}.sock"));
-    let json = format!(
-        r#"{{"driver":"raw","node-name":"cd","read-only":true,"file":{{"driver":"file","filename":"{}"}}}}"#,
-        img.display()
-    );
     let log = tmp(&format!("{name}.log"));
     let mut cmd = Command::new(bin());
     cmd.args(["--standalone", "--scsi", "cd", "--num-queues"])
         .arg(queues.to_string())
         .arg("--socket")
         .arg(&*sock)
-        .arg("--blockdev")
-        .arg(json)
         .env("BULKHEAD_LOG", "debug")
         .stderr(std::fs::File::create(&log).unwrap());
+    let mut imgs = Vec::new();
+    for (i, data) in discs.iter().enumerate() {
+        let img = tmp(&format!("{name}-{i}.iso"));
+        std::fs::write(&img, data).unwrap();
+        let json = format!(
+            r#"{{"driver":"raw","node-name":"cd{i}","read-only":true,"file":{{"driver":"file","filename":"{}"}}}}"#,
+            img.display()
+        );
+        cmd.arg(if i == 0 { "--blockdev" } else { "--scsi-next" })
+            .arg(json);
+        imgs.push(img);
+    }
     let bp = Backend::spawn(cmd, &sock).unwrap();
-    (bp, img, sock, log)
+    (bp, imgs, sock, log)
 }
 
 /// Starts QEMU paused with `vhost-user-scsi` on `sock`, lists its
@@ -272,5 +286,45 @@ fn cdrom_guest_on_qemus_vhost_user_scsi_reads_the_whole_disc_from_block_proc() {
     assert!(
         !log.contains("refused"),
         "a request of QEMU was refused:\n{log}"
+    );
+}
+
+#[test]
+fn cdrom_guest_on_qemus_vhost_user_scsi_sees_block_procs_medium_change_and_reads_the_new_disc() {
+    require_host();
+    // Disc 1: the guest reads it, locks the tray and polls media events;
+    // the changer asks it to eject, it unlocks and ejects, disc 2 goes in
+    // (unit attention + new-media event), the guest reads it and passes.
+    let d1 = guest_disc(40, 11, 0);
+    let d2 = guest_disc(90, 22, disc::LAST);
+    let (mut bp, _imgs, sock, log) = serve_cd_changer("qscsi-change", 1, &[&d1, &d2]);
+    let serial = tmp("qscsi-change.serial");
+    let (code, out) = qemu_cdrom_guest(&sock, &serial);
+    bp.kill();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let steps = [
+        "cdrom: disc 1: tag 11, 40 blocks ok",
+        "cdrom: tray locked",
+        "cdrom: eject request",
+        "cdrom: tray unlocked",
+        "cdrom: ejected",
+        "cdrom: new media",
+        "cdrom: unit attention (asc 0x3a ascq 0x00)",
+        "cdrom: unit attention (asc 0x28 ascq 0x00)",
+        "cdrom: disc 2: tag 22, 90 blocks ok",
+        "VERDICT: PASS cdrom",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let Some(i) = out[at..].find(step) else {
+            panic!("{step:?} missing (in order):\n{out}\n--- block-proc:\n{log}");
+        };
+        at += i + step.len();
+    }
+    assert_eq!(code, Some(1), "{out}");
+    assert!(log.contains("changer: loaded cd1"), "{log}");
+    assert!(
+        !log.contains("refused"),
+        "a request of QEMU or the changer was refused:\n{log}"
     );
 }
