@@ -710,3 +710,31 @@ fn opening_a_tray_the_guest_locked_is_refused_with_qemus_message_unless_unlocked
     assert_eq!(sense(&mut dev, &TUR), (6, 0x3a, 0));
     assert_eq!(w.child.try_wait().unwrap(), None);
 }
+
+#[test]
+fn a_guest_lock_that_completed_reaches_the_broker_even_if_block_proc_is_then_sigkilled() {
+    let (img, _) = disc("scsi-lockkill.iso", 11);
+    let mut w = spawn();
+    add_disc(&mut w, &img, "disc1");
+    export(&mut w, cd(Some("disc1"), false));
+    let mut dev = attach(&mut w);
+    assert_eq!(sense(&mut dev, &[0x1e, 0, 0, 0, 1, 0]), (0, 0, 0));
+    // SIGKILL right after the guest saw GOOD: the event is already in
+    // the channel, so the broker's replay will carry the lock.
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    let mut got = Vec::new();
+    while let Ok((msg, _)) = w.chan.recv() {
+        if let ipc_proto::envelope::WorkerMsg::Event(BlockEvent::Scsi(e)) = msg {
+            got.push(e);
+        }
+    }
+    assert_eq!(
+        got,
+        vec![ScsiEvent::LockChanged {
+            export_id: "scsi0".into(),
+            device_id: "cd0".into(),
+            locked: true,
+        }]
+    );
+}
