@@ -365,6 +365,14 @@ pub fn run(chan: BlockChannel) -> Result<()> {
                     reason,
                 },
                 ExportEvent::Block(ev) => ev,
+                ExportEvent::Acked(ev, written) => {
+                    if ev_chan.send(&WorkerMsg::Event(ev), &[]).is_err() {
+                        return;
+                    }
+                    // The waiter may have given up (its timeout).
+                    let _ = written.send(());
+                    continue;
+                }
             };
             if ev_chan.send(&WorkerMsg::Event(ev), &[]).is_err() {
                 return;

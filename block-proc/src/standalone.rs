@@ -5,11 +5,15 @@
 //! ```text
 //! block-proc --standalone --socket PATH --blockdev JSON [--blockdev JSON ...]
 //!            [--num-queues N] [--serial S] [--read-only] [--block-size 512|4096]
-//!            [--scsi cd|hd]
+//!            [--scsi cd|hd] [--scsi-next JSON ...]
 //! ```
 //! The last `--blockdev` is exported; with `--scsi`, as the only unit
 //! (target 0, LUN 0) of a vhost-user-scsi controller with N request
-//! queues. The socket is made mode 0600 and a
+//! queues. Each `--scsi-next` adds a disc to a changer (`--scsi cd`
+//! only): when the guest locks the tray and a disc is left, the drive
+//! asks the guest to eject; once the guest has opened the tray, the next
+//! disc goes in and the tray closes (a medium change without a broker,
+//! for interop tests on QEMU's frontend). The socket is made mode 0600 and a
 //! peer running as another user (not root) is hung up on (`SO_PEERCRED`).
 
 use std::collections::HashMap;
@@ -60,6 +64,7 @@ pub struct Args {
     read_only: bool,
     block_size: u32,
     scsi: Option<ipc_proto::scsi::ScsiLunKind>,
+    scsi_next: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -92,11 +97,15 @@ fn parse(args: &[String]) -> Result<Args> {
                     _ => return Err(usage("--scsi cd|hd")),
                 })
             }
+            "--scsi-next" => a.scsi_next.push(val()?),
             other => return Err(usage(&format!("unknown argument {other}"))),
         }
     }
     if a.socket.is_empty() || a.blockdevs.is_empty() {
         return Err(usage("--socket PATH and --blockdev JSON are required"));
+    }
+    if !a.scsi_next.is_empty() && a.scsi != Some(ipc_proto::scsi::ScsiLunKind::Cd) {
+        return Err(usage("--scsi-next needs --scsi cd"));
     }
     Ok(a)
 }
@@ -161,9 +170,21 @@ pub fn run(args: &[String]) -> Result<()> {
     let node = graph
         .get(&last)
         .ok_or_else(|| StandaloneError::Usage("no node to export".into()))?;
+    let mut next = Vec::new();
+    for b in &a.scsi_next {
+        let opts: BlockdevOptions = serde_json::from_str(b).map_err(StandaloneError::Json)?;
+        next.push(add_node(&mut graph, &opts)?);
+    }
     let listener = private_listener(&a.socket)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let events = (!next.is_empty()).then_some(tx);
+    let mut changer = None;
     let dev: std::sync::Arc<dyn DeviceModel> = match a.scsi {
-        Some(kind) => std::sync::Arc::new(scsi_controller(&a, kind, &graph, &last)?),
+        Some(kind) => {
+            let d = std::sync::Arc::new(scsi_controller(&a, kind, &graph, &last, events)?);
+            changer = Some(d.clone());
+            d
+        }
         None => {
             let cfg = BlkConfig::new(&node, a.num_queues, !a.read_only, &a.serial, a.block_size);
             std::sync::Arc::new(BlkDevice::new(node, cfg))
@@ -172,8 +193,70 @@ pub fn run(args: &[String]) -> Result<()> {
     let _export = Export::start("standalone".into(), Source::Listener(listener), dev, None)
         .map_err(|e| StandaloneError::Socket(a.socket.clone(), e))?;
     tracing::info!("serving {} on {}", last, a.socket);
+    if let Some(d) = changer.filter(|_| !next.is_empty()) {
+        run_changer(&d, &graph, next, rx);
+    }
     loop {
         std::thread::park();
+    }
+}
+
+/// The `--scsi-next` changer: answers the guest's lock with an eject
+/// request while discs are left, and loads the next disc once the guest
+/// opened the tray. Returns when no disc is left, dropping `rx`: the
+/// guest's later commands then wait for nobody.
+fn run_changer(
+    dev: &crate::scsi::ScsiDevice,
+    graph: &Graph,
+    next: Vec<String>,
+    rx: std::sync::mpsc::Receiver<crate::vhost::export::ExportEvent>,
+) {
+    use crate::vhost::export::ExportEvent;
+    use ipc_proto::block::BlockEvent;
+    use ipc_proto::scsi::{MediumOp, ScsiEvent};
+    let mut next = next.into_iter();
+    let mut disc = next.next();
+    let op = |op: MediumOp, node| {
+        if let Err(e) = dev.medium("lun0", &op, node) {
+            tracing::warn!("changer: {op:?} refused: {e}");
+        }
+    };
+    while let Some(name) = disc.as_deref() {
+        let ev = match rx.recv() {
+            Ok(ExportEvent::Acked(ev, written)) => {
+                let _ = written.send(());
+                ev
+            }
+            Ok(ExportEvent::Block(ev)) => ev,
+            Ok(ExportEvent::Connected(_) | ExportEvent::Disconnected(_))
+            | Ok(ExportEvent::IoError { .. }) => continue,
+            Err(_) => return,
+        };
+        let BlockEvent::Scsi(ev) = ev else {
+            continue;
+        };
+        match ev {
+            ScsiEvent::LockChanged { locked: true, .. } => op(MediumOp::EjectRequest, None),
+            ScsiEvent::LockChanged { locked: false, .. } => {}
+            ScsiEvent::TrayMoved { open: true, .. } => {
+                let Some(node) = graph.get(name) else {
+                    tracing::warn!("changer: node {name} is gone");
+                    return;
+                };
+                node.acquire();
+                op(MediumOp::Remove, None);
+                op(
+                    MediumOp::Insert {
+                        node_name: name.to_owned(),
+                    },
+                    Some(node),
+                );
+                op(MediumOp::CloseTray, None);
+                tracing::info!("changer: loaded {name}");
+                disc = next.next();
+            }
+            ScsiEvent::TrayMoved { open: false, .. } => {}
+        }
     }
 }
 
@@ -183,6 +266,7 @@ fn scsi_controller(
     kind: ipc_proto::scsi::ScsiLunKind,
     graph: &Graph,
     node: &str,
+    events: Option<std::sync::mpsc::Sender<crate::vhost::export::ExportEvent>>,
 ) -> Result<crate::scsi::ScsiDevice> {
     use ipc_proto::scsi::{ScsiExportSpec, ScsiLunConfig, ScsiLunKind};
     let cd = kind == ScsiLunKind::Cd;
@@ -202,7 +286,7 @@ fn scsi_controller(
             logical_block_size: if cd { 2048 } else { a.block_size },
         }],
     };
-    Ok(crate::scsi::spec::build(&spec, graph, None)?)
+    Ok(crate::scsi::spec::build(&spec, graph, events)?)
 }
 
 #[cfg(test)]
@@ -219,5 +303,18 @@ mod tests {
         assert_eq!(a.num_queues, 1);
         assert_eq!(a.socket, "/tmp/s");
         assert!(parse(&v[..2]).is_err());
+    }
+
+    #[test]
+    fn a_disc_changer_needs_a_scsi_cd() {
+        let v: Vec<String> = ["--socket", "/s", "--blockdev", "{}", "--scsi-next", "{}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = parse(&v).unwrap_err();
+        assert_eq!(e.to_string(), "usage: --scsi-next needs --scsi cd");
+        let mut cd = v.clone();
+        cd.extend(["--scsi".to_string(), "cd".to_string()]);
+        assert_eq!(parse(&cd).unwrap().scsi_next, vec!["{}".to_string()]);
     }
 }

@@ -625,3 +625,116 @@ fn reads_executing_when_block_proc_is_killed_are_resubmitted_and_complete() {
         "every read killed in flight completes after the restart"
     );
 }
+
+/// The next SCSI event already waiting on the broker's end of the
+/// channel (none: the worker has not written one yet); other events
+/// (the export's connection) are skipped.
+fn event_already_sent(w: &mut Worker) -> Option<BlockEvent> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(w.chan.socket().as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::ZERO).unwrap() == 0 {
+            return None;
+        }
+        match w.chan.recv().unwrap().0 {
+            ipc_proto::envelope::WorkerMsg::Event(e @ BlockEvent::Scsi(_)) => return Some(e),
+            ipc_proto::envelope::WorkerMsg::Event(_) => {}
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn guest_lock_and_eject_reach_the_broker_before_the_guest_sees_them_complete() {
+    let (img, _) = disc("scsi-order.iso", 8);
+    let mut w = spawn();
+    add_disc(&mut w, &img, "disc1");
+    export(&mut w, cd(Some("disc1"), false));
+    let mut dev = attach(&mut w);
+    let lock = |locked| {
+        BlockEvent::Scsi(ScsiEvent::LockChanged {
+            export_id: "scsi0".into(),
+            device_id: "cd0".into(),
+            locked,
+        })
+    };
+    // The broker decides `eject` on the lock it was told about: each
+    // change must be on its channel by the time the guest sees GOOD.
+    for k in 0..40 {
+        let locked = k % 2 == 0;
+        let cdb = [0x1e, 0, 0, 0, u8::from(locked), 0];
+        assert_eq!(sense(&mut dev, &cdb), (0, 0, 0));
+        assert_eq!(
+            event_already_sent(&mut w),
+            Some(lock(locked)),
+            "PREVENT ALLOW {k} completed before its event was sent"
+        );
+    }
+    assert_eq!(sense(&mut dev, &[0x1b, 0, 0, 0, 2, 0]), (0, 0, 0));
+    let tray = BlockEvent::Scsi(ScsiEvent::TrayMoved {
+        export_id: "scsi0".into(),
+        device_id: "cd0".into(),
+        open: true,
+    });
+    assert_eq!(event_already_sent(&mut w), Some(tray));
+}
+
+#[test]
+fn opening_a_tray_the_guest_locked_is_refused_with_qemus_message_unless_unlocked_first() {
+    let (img, _) = disc("scsi-backstop.iso", 10);
+    let mut w = spawn();
+    add_disc(&mut w, &img, "disc1");
+    export(&mut w, cd(Some("disc1"), false));
+    let mut dev = attach(&mut w);
+    // The guest locks; a broker that has not read the event yet thinks
+    // the drive unlocked and asks to open the tray.
+    assert_eq!(sense(&mut dev, &[0x1e, 0, 0, 0, 1, 0]), (0, 0, 0));
+    let open = BlockRequest::ScsiMedium {
+        export_id: "scsi0".into(),
+        device_id: "cd0".into(),
+        op: MediumOp::OpenTray,
+    };
+    let e = w.call(open.clone(), &[]).unwrap_err();
+    assert_eq!(
+        e.desc,
+        "Device 'cd0' is locked and force was not specified, wait for tray to open and try again"
+    );
+    // Nothing moved; the guest was asked to eject, as QEMU does.
+    assert_eq!(sense(&mut dev, &TUR), (0, 0, 0));
+    let gesn = [0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8, 0];
+    let r = dev.command(0, 0, &gesn, Data::In(8)).unwrap();
+    assert_eq!(r.data[4], 1, "eject requested");
+    // `force`: the broker unlocks, then opens.
+    medium(&mut w, MediumOp::SetLocked(false));
+    medium(&mut w, MediumOp::OpenTray);
+    assert_eq!(sense(&mut dev, &TUR), (6, 0x3a, 0));
+    assert_eq!(w.child.try_wait().unwrap(), None);
+}
+
+#[test]
+fn a_guest_lock_that_completed_reaches_the_broker_even_if_block_proc_is_then_sigkilled() {
+    let (img, _) = disc("scsi-lockkill.iso", 11);
+    let mut w = spawn();
+    add_disc(&mut w, &img, "disc1");
+    export(&mut w, cd(Some("disc1"), false));
+    let mut dev = attach(&mut w);
+    assert_eq!(sense(&mut dev, &[0x1e, 0, 0, 0, 1, 0]), (0, 0, 0));
+    // SIGKILL right after the guest saw GOOD: the event is already in
+    // the channel, so the broker's replay will carry the lock.
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    let mut got = Vec::new();
+    while let Ok((msg, _)) = w.chan.recv() {
+        if let ipc_proto::envelope::WorkerMsg::Event(BlockEvent::Scsi(e)) = msg {
+            got.push(e);
+        }
+    }
+    assert_eq!(
+        got,
+        vec![ScsiEvent::LockChanged {
+            export_id: "scsi0".into(),
+            device_id: "cd0".into(),
+            locked: true,
+        }]
+    );
+}

@@ -64,6 +64,9 @@ pub struct ScsiExportSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MediumOp {
     /// Open the tray (the broker has already decided the lock allows it).
+    /// If the guest's live lock disagrees (its `LockChanged` is still on
+    /// the way), block-proc refuses with QEMU's "is locked and force was
+    /// not specified" message and queues an eject request, as QEMU does.
     OpenTray,
     /// Close the tray.
     CloseTray,

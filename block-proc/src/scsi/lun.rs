@@ -2,14 +2,17 @@
 //! guest's lock, the unit attention waiting to be reported and the media
 //! event waiting for GET EVENT STATUS NOTIFICATION. The broker changes it
 //! with [`Lun::medium_op`]; the guest with START STOP UNIT and PREVENT
-//! ALLOW MEDIUM REMOVAL, which are reported back as [`ScsiEvent`]s.
+//! ALLOW MEDIUM REMOVAL, which are reported back as [`ScsiEvent`]s; such a
+//! command completes only once its event is written to the broker's link,
+//! and a broker `OpenTray` on a tray the guest locked is refused.
 //!
 //! A medium change is reported as QEMU's scsi-cd does: UNIT ATTENTION
 //! 06/3A/00 (medium not present) first, then, once that was reported,
 //! 06/28/00 (medium may have changed); and a "new media" event.
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ipc_proto::block::BlockEvent;
 use ipc_proto::scsi::{MediumOp, ScsiEvent, ScsiLunConfig, ScsiLunKind};
@@ -57,10 +60,33 @@ pub struct Notifier {
     pub events: Option<Sender<ExportEvent>>,
 }
 
+/// How long a guest command waits for its event to reach the broker's
+/// link (only a stuck link takes this long; the command completes then,
+/// and the broker's replay holds the state it last knew).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Notifier {
+    /// Sends `e` and returns once it is written to the broker's link (or
+    /// the link is gone): the guest's command completes only after its
+    /// event, so the broker never decides on a lock the guest has already
+    /// changed, and a SIGKILL after the completion cannot lose the event.
     fn send(&self, e: ScsiEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(ExportEvent::Block(BlockEvent::Scsi(e)));
+        let Some(tx) = &self.events else {
+            return;
+        };
+        let (written, done) = mpsc::channel();
+        if tx
+            .send(ExportEvent::Acked(BlockEvent::Scsi(e), written))
+            .is_err()
+        {
+            return;
+        }
+        if let Err(mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(DELIVERY_TIMEOUT) {
+            tracing::warn!(
+                "SCSI event of export {} not delivered in {:?}",
+                self.export_id,
+                DELIVERY_TIMEOUT
+            );
         }
     }
 }
@@ -253,6 +279,13 @@ impl Lun {
         match op {
             MediumOp::OpenTray => {
                 if !st.tray_open {
+                    if st.locked {
+                        // The broker's lock lagged the guest's (its event
+                        // is on the way): refuse as QEMU's do_open_tray
+                        // does without force, asking the guest to eject.
+                        st.eject_request = true;
+                        return Err(ScsiError::Locked(id()));
+                    }
                     Self::tray_moved(&mut st, true);
                 }
                 Ok(None)
@@ -294,5 +327,81 @@ impl Lun {
     /// Give the medium back (the export stops).
     pub fn take_medium(&self) -> Option<Arc<Node>> {
         self.state().medium.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::null::NullDriver;
+
+    /// A CD whose events go to the returned receiver (the server's event
+    /// thread in block-proc).
+    fn cd() -> (Arc<Lun>, mpsc::Receiver<ExportEvent>) {
+        let (tx, rx) = mpsc::channel();
+        let cfg = ScsiLunConfig {
+            device_id: "cd0".into(),
+            target: 0,
+            lun: 0,
+            kind: ScsiLunKind::Cd,
+            node_name: Some("n".into()),
+            writable: false,
+            tray_open: false,
+            locked: false,
+            serial: "S".into(),
+            logical_block_size: 2048,
+        };
+        let node = Arc::new(Node::new(
+            "n".into(),
+            Box::new(NullDriver::new(1 << 20)),
+            false,
+        ));
+        let notifier = Notifier {
+            export_id: "scsi0".into(),
+            events: Some(tx),
+        };
+        (Arc::new(Lun::new(cfg, Some(node), notifier)), rx)
+    }
+
+    /// Runs `change` on another thread (a queue thread): it must not
+    /// return before its event was written; returns the event.
+    fn waits_for_delivery(
+        lun: &Arc<Lun>,
+        rx: &mpsc::Receiver<ExportEvent>,
+        change: fn(&Lun),
+    ) -> ScsiEvent {
+        let (ret_tx, returned) = mpsc::channel();
+        let l = lun.clone();
+        let t = std::thread::spawn(move || {
+            change(&l);
+            let _ = ret_tx.send(());
+        });
+        let Ok(ExportEvent::Acked(BlockEvent::Scsi(ev), written)) = rx.recv() else {
+            panic!("no acknowledged SCSI event");
+        };
+        assert_eq!(
+            returned.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "the command completed before its event was on the broker's link"
+        );
+        written.send(()).unwrap();
+        returned.recv().unwrap();
+        t.join().unwrap();
+        ev
+    }
+
+    #[test]
+    fn the_guests_lock_and_eject_complete_only_once_their_events_are_written() {
+        let (l, rx) = cd();
+        let ev = waits_for_delivery(&l, &rx, |l| l.guest_lock(true));
+        assert!(matches!(ev, ScsiEvent::LockChanged { locked: true, .. }));
+        let ev = waits_for_delivery(&l, &rx, |l| l.guest_lock(false));
+        assert!(matches!(ev, ScsiEvent::LockChanged { locked: false, .. }));
+        let ev = waits_for_delivery(&l, &rx, |l| l.guest_load_eject(false).unwrap());
+        assert!(matches!(ev, ScsiEvent::TrayMoved { open: true, .. }));
+        // A link that is gone does not hold the guest up.
+        drop(rx);
+        l.guest_lock(true);
+        assert!(l.state().locked);
     }
 }

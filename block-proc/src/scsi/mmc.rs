@@ -312,4 +312,34 @@ mod tests {
         let (_, d) = run_in(&l, &[0x4a, 1, 0, 0, 0, 0, 0, 0, 8, 0], 8);
         assert_eq!(d, vec![0, 0, 0x80, 0x10]);
     }
+
+    #[test]
+    fn opening_a_tray_the_guest_locked_is_refused_with_qemus_message_and_asks_the_guest() {
+        let l = lun(ScsiLunKind::Cd, Some(300 * 2048));
+        // The guest locks; the broker, not yet told, asks to open.
+        assert_eq!(
+            run_in(&l, &[0x1e, 0, 0, 0, 1, 0], 0).0,
+            Outcome::Good { data_in: 0 }
+        );
+        let Err(e) = l.medium_op(&MediumOp::OpenTray, None) else {
+            panic!("a locked tray opened");
+        };
+        assert_eq!(e, crate::scsi::ScsiError::Locked("cd0".into()));
+        assert_eq!(
+            e.to_string(),
+            "Device 'cd0' is locked and force was not specified, wait for tray to open and try again"
+        );
+        assert!(!l.state().tray_open);
+        let (_, d) = run_in(&l, &GESN, 8);
+        assert_eq!(&d[4..6], &[MEC_EJECT_REQUESTED, MS_MEDIA_PRESENT]);
+        // `force`: the broker unlocks first, then the tray opens.
+        l.medium_op(&MediumOp::SetLocked(false), None).unwrap();
+        l.medium_op(&MediumOp::OpenTray, None).unwrap();
+        assert!(l.state().tray_open);
+        // An open tray opens again whatever the lock (nothing moves).
+        l.medium_op(&MediumOp::SetLocked(true), None).unwrap();
+        l.medium_op(&MediumOp::OpenTray, None).unwrap();
+        // Remove needs an open tray, not an unlocked drive (QEMU's rule).
+        assert!(l.medium_op(&MediumOp::Remove, None).unwrap().is_some());
+    }
 }

@@ -39,6 +39,13 @@ pub enum ScsiError {
     /// The medium can only change with the tray open.
     #[error("Tray of device '{0}' is not open")]
     TrayClosed(String),
+    /// The broker asked to open a tray the guest has locked (its view of
+    /// the lock lagged the guest's): QEMU's answer to an eject without
+    /// `force`; the guest was sent an eject request, as QEMU does.
+    #[error(
+        "Device '{0}' is locked and force was not specified, wait for tray to open and try again"
+    )]
+    Locked(String),
     /// Insert into a full drive.
     #[error("Device '{0}' already has a medium")]
     HasMedium(String),

@@ -33,7 +33,7 @@ use super::backend_channel::{ack, peek_code, take_request, SET_BACKEND_REQ_FD};
 use super::device::DeviceModel;
 
 /// Connection events of an export.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ExportEvent {
     /// A frontend connected.
     Connected(String),
@@ -51,6 +51,11 @@ pub enum ExportEvent {
     /// A block-layer event that is not an export's (write thresholds,
     /// what a guest changed on a SCSI drive).
     Block(ipc_proto::block::BlockEvent),
+    /// A block-layer event whose sender waits until it is on the broker's
+    /// link before the guest may see its cause complete (what a guest
+    /// changed on a SCSI drive): `()` is sent on the second field once the
+    /// event was written; the sender is dropped if it cannot be.
+    Acked(ipc_proto::block::BlockEvent, std::sync::mpsc::Sender<()>),
 }
 
 /// Where an export's frontend connections come from.
