@@ -675,6 +675,11 @@ impl Vm {
         Ok(())
     }
 
+    /// The /dev/kvm handle (the VM-state code asks it which MSRs to save).
+    pub fn kvm(&self) -> &Kvm {
+        &self._kvm
+    }
+
     /// Kicks every vCPU thread out of `KVM_RUN`.
     pub fn kick_all(&self) {
         use std::os::unix::thread::JoinHandleExt;

@@ -1,0 +1,232 @@
+//! One vCPU's architectural state, as KVM reads and writes it, and its
+//! `vcpu` section (`docs/vmstate-format.md`).
+//!
+//! The order of a restore follows what KVM needs (and what Firecracker and
+//! QEMU do): sregs before regs (the mode decides how RIP/RSP are taken),
+//! MSRs with the TSC first, the LAPIC before `MSR_IA32_TSC_DEADLINE` (KVM
+//! drops a deadline armed while the LAPIC timer is not in TSC-deadline
+//! mode), then events (a pending exception or NMI), MP state, debug regs.
+
+use ipc_proto::vmstate::{Reader, Section, VmStateError, Writer};
+use kvm_bindings::{
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::{kvm, msr_list, Result, StateError};
+
+/// `MSR_IA32_TSC`.
+pub const MSR_IA32_TSC: u32 = 0x10;
+/// `MSR_IA32_TSC_DEADLINE`.
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// One vCPU's state.
+pub struct VcpuState {
+    /// Possible-CPU slot.
+    pub slot: u32,
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segments, control registers, EFER, APIC base.
+    pub sregs: kvm_sregs,
+    /// x87/SSE/AVX state (the legacy 4 KiB XSAVE area).
+    pub xsave: kvm_xsave,
+    /// XCR0.
+    pub xcrs: kvm_xcrs,
+    /// The local APIC's registers.
+    pub lapic: kvm_lapic_state,
+    /// Pending exceptions, interrupts, NMIs, SMIs; interrupt shadow.
+    pub events: kvm_vcpu_events,
+    /// Runnable, halted, waiting for INIT/SIPI.
+    pub mp_state: kvm_mp_state,
+    /// DR0-3, DR6, DR7.
+    pub debugregs: kvm_debugregs,
+    /// (index, value) of every saveable MSR this vCPU could read.
+    pub msrs: Vec<(u32, u64)>,
+}
+
+impl Clone for VcpuState {
+    fn clone(&self) -> Self {
+        VcpuState {
+            // `kvm_xsave` ends in a zero-length array, so it has no `Clone`:
+            // copied through its bytes, which are all of it.
+            xsave: kvm_xsave::read_from_bytes(self.xsave.as_bytes())
+                .unwrap_or_else(|_| kvm_xsave::default()),
+            msrs: self.msrs.clone(),
+            ..*self
+        }
+    }
+}
+
+/// The MSRs KVM says a VMM should save (`KVM_GET_MSR_INDEX_LIST`).
+pub fn saved_msr_indices(kvm_fd: &Kvm) -> Result<Vec<u32>> {
+    let list = kvm_fd
+        .get_msr_index_list()
+        .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?;
+    Ok(list.as_slice().to_vec())
+}
+
+/// Reads `indices` from `vcpu`, leaving out those this vCPU refuses (an MSR
+/// KVM lists may belong to a feature its CPUID does not have).
+fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>> {
+    let mut wanted: Vec<u32> = indices.to_vec();
+    let mut read = Vec::with_capacity(wanted.len());
+    // Each round reads until the first refused MSR, which is dropped.
+    while !wanted.is_empty() {
+        let entries: Vec<kvm_msr_entry> = wanted
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = msr_list(&entries)?;
+        let n = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
+        read.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
+        let skip = (n + 1).min(wanted.len());
+        wanted.drain(..skip);
+    }
+    Ok(read)
+}
+
+fn write_msrs(vcpu: &VcpuFd, msrs: &[(u32, u64)]) -> Result<()> {
+    if msrs.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<kvm_msr_entry> = msrs
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let done = vcpu
+        .set_msrs(&msr_list(&entries)?)
+        .map_err(kvm("KVM_SET_MSRS"))?;
+    if done != entries.len() {
+        return Err(StateError::Msrs {
+            what: "KVM_SET_MSRS",
+            done,
+            wanted: entries.len(),
+            first_refused: entries[done].index,
+        });
+    }
+    Ok(())
+}
+
+impl VcpuState {
+    /// Reads the state of `vcpu` (parked) in slot `slot`.
+    pub fn capture(slot: u32, vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<Self> {
+        Ok(VcpuState {
+            slot,
+            regs: vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
+            sregs: vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
+            xsave: vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
+            xcrs: vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?,
+            lapic: vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?,
+            events: vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+            mp_state: vcpu.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?,
+            debugregs: vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?,
+            msrs: read_msrs(vcpu, msr_indices)?,
+        })
+    }
+
+    /// Writes this state into `vcpu` (parked), in the order the module doc
+    /// gives.
+    pub fn restore(&self, vcpu: &VcpuFd) -> Result<()> {
+        vcpu.set_sregs(&self.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
+        // SAFETY: `self.xsave` is a whole `kvm_xsave` (4 KiB) and KVM
+        // reads no more than that through KVM_SET_XSAVE.
+        unsafe { vcpu.set_xsave(&self.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        vcpu.set_xcrs(&self.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+        let (deadline, mut rest): (Vec<(u32, u64)>, Vec<(u32, u64)>) = self
+            .msrs
+            .iter()
+            .partition(|(i, _)| *i == MSR_IA32_TSC_DEADLINE);
+        // The TSC first: KVM derives other TSC-relative MSRs from it.
+        rest.sort_by_key(|(i, _)| *i != MSR_IA32_TSC);
+        write_msrs(vcpu, &rest)?;
+        vcpu.set_lapic(&self.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+        write_msrs(vcpu, &deadline)?;
+        vcpu.set_vcpu_events(&self.events)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+        vcpu.set_mp_state(self.mp_state)
+            .map_err(kvm("KVM_SET_MP_STATE"))?;
+        vcpu.set_debug_regs(&self.debugregs)
+            .map_err(kvm("KVM_SET_DEBUGREGS"))
+    }
+
+    /// The `vcpu` section payload.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut w = Writer::new();
+        w.u32(self.slot);
+        w.blob(self.regs.as_bytes())?;
+        w.blob(self.sregs.as_bytes())?;
+        w.blob(self.xsave.as_bytes())?;
+        w.blob(self.xcrs.as_bytes())?;
+        w.blob(self.lapic.as_bytes())?;
+        w.blob(self.events.as_bytes())?;
+        w.blob(self.mp_state.as_bytes())?;
+        w.blob(self.debugregs.as_bytes())?;
+        let n = u32::try_from(self.msrs.len()).map_err(|_| VmStateError::TooLarge("MSRs"))?;
+        w.u32(n);
+        for &(index, value) in &self.msrs {
+            w.u32(index).u64(value);
+        }
+        Ok(w.finish())
+    }
+
+    /// Reads a `vcpu` section.
+    pub fn decode(s: &Section<'_>) -> Result<Self> {
+        let mut r = Reader::new(s.payload);
+        let slot = r.u32("vcpu slot")?;
+        let state = VcpuState {
+            slot,
+            regs: kvm_struct(s, &mut r, "kvm_regs")?,
+            sregs: kvm_struct(s, &mut r, "kvm_sregs")?,
+            xsave: kvm_struct(s, &mut r, "kvm_xsave")?,
+            xcrs: kvm_struct(s, &mut r, "kvm_xcrs")?,
+            lapic: kvm_struct(s, &mut r, "kvm_lapic_state")?,
+            events: kvm_struct(s, &mut r, "kvm_vcpu_events")?,
+            mp_state: kvm_struct(s, &mut r, "kvm_mp_state")?,
+            debugregs: kvm_struct(s, &mut r, "kvm_debugregs")?,
+            msrs: {
+                let n = r.u32("MSR count")?;
+                // Each entry is 12 bytes: a count the payload cannot hold is
+                // refused before anything is allocated for it.
+                if u64::from(n) * 12 != r.remaining() as u64 {
+                    return Err(s
+                        .malformed(format!(
+                            "{n} MSRs announced, {} bytes of MSRs present",
+                            r.remaining()
+                        ))
+                        .into());
+                }
+                (0..n)
+                    .map(|_| Ok((r.u32("MSR index")?, r.u64("MSR value")?)))
+                    .collect::<std::result::Result<Vec<_>, VmStateError>>()?
+            },
+        };
+        Ok(state)
+    }
+}
+
+/// A KVM structure stored as a blob of exactly its size.
+pub(crate) fn kvm_struct<T: FromBytes>(
+    s: &Section<'_>,
+    r: &mut Reader<'_>,
+    name: &'static str,
+) -> Result<T> {
+    let blob = r.blob(name)?;
+    T::read_from_bytes(blob).map_err(|_| {
+        s.malformed(format!(
+            "{name} is {} bytes, expected {}",
+            blob.len(),
+            std::mem::size_of::<T>()
+        ))
+        .into()
+    })
+}

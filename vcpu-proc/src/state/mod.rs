@@ -1,0 +1,172 @@
+//! The VM's state outside RAM, captured into and restored from the
+//! VM-state file of `ipc_proto::vmstate` (`docs/vmstate-format.md`).
+//!
+//! - [`cpu`]: one vCPU (registers, XSAVE, XCRs, MSRs, LAPIC, events, MP
+//!   state, debug registers).
+//! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
+//!
+//! Both run on a paused VM (every vCPU parked): KVM serialises vCPU
+//! ioctls on the vCPU's own mutex, so the controller reads and writes a
+//! parked vCPU through its second handle ([`crate::vm::VcpuHandle::view`]),
+//! as `dump-guest-memory` does; only `KVM_RUN` is tied to the vCPU thread.
+//!
+//! A restore decodes and checks the whole file before it touches KVM, so a
+//! corrupt or foreign file leaves the VM as it was.
+
+pub mod cpu;
+pub mod platform;
+
+use ipc_proto::vmstate::{self, OwnedSection, SectionId, VmStateError};
+use kvm_bindings::Msrs;
+
+use crate::vm::Vm;
+use cpu::VcpuState;
+use platform::PlatformState;
+
+/// Why the VM state cannot be captured or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed")]
+    Kvm {
+        /// Which ioctl.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM read or wrote fewer MSRs than asked.
+    #[error("KVM {what} handled {done} of {wanted} MSRs (first refused: {first_refused:#x})")]
+    Msrs {
+        /// Which ioctl.
+        what: &'static str,
+        /// How many it handled.
+        done: usize,
+        /// How many were given.
+        wanted: usize,
+        /// The MSR it stopped at.
+        first_refused: u32,
+    },
+    /// An MSR list could not be built (more than KVM's maximum).
+    #[error("cannot build an MSR list of {0} entries")]
+    MsrList(usize),
+    /// The file is not a state this build can apply.
+    #[error(transparent)]
+    Format(#[from] VmStateError),
+    /// The file does not describe this VM.
+    #[error("the VM state does not match this VM: {0}")]
+    Mismatch(String),
+}
+
+/// Result of state capture and restore.
+pub type Result<T> = std::result::Result<T, StateError>;
+
+pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
+    move |source| StateError::Kvm { what, source }
+}
+
+/// Builds a KVM MSR list.
+pub(crate) fn msr_list(entries: &[kvm_bindings::kvm_msr_entry]) -> Result<Msrs> {
+    Msrs::from_entries(entries).map_err(|_| StateError::MsrList(entries.len()))
+}
+
+/// Everything of a VM this module saves, decoded.
+#[derive(Clone)]
+pub struct VmState {
+    /// One per plugged vCPU, in slot order.
+    pub vcpus: Vec<VcpuState>,
+    /// irqchip, PIT, clock.
+    pub platform: PlatformState,
+}
+
+impl VmState {
+    /// Reads the state of `vm`; every vCPU must be parked.
+    pub fn capture(vm: &Vm) -> Result<Self> {
+        let msrs = cpu::saved_msr_indices(vm.kvm())?;
+        let vcpus = vm
+            .vcpus
+            .iter()
+            .map(|v| VcpuState::capture(v.slot, &v.view, &msrs))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VmState {
+            vcpus,
+            platform: PlatformState::capture(&vm.fd)?,
+        })
+    }
+
+    /// Writes this state into `vm` (paused, same vCPU slots plugged): the
+    /// platform devices, then each vCPU, then kvm-clock.
+    pub fn restore(&self, vm: &Vm) -> Result<()> {
+        let mut slots: Vec<u32> = vm.vcpus.iter().map(|v| v.slot).collect();
+        let mut saved: Vec<u32> = self.vcpus.iter().map(|v| v.slot).collect();
+        slots.sort_unstable();
+        saved.sort_unstable();
+        if slots != saved {
+            return Err(StateError::Mismatch(format!(
+                "the state has vCPUs {saved:?}, the VM has {slots:?}"
+            )));
+        }
+        self.platform.restore_devices(&vm.fd)?;
+        for v in &vm.vcpus {
+            if let Some(s) = self.vcpus.iter().find(|s| s.slot == v.slot) {
+                s.restore(&v.view)?;
+            }
+        }
+        self.platform.restore_clock(&vm.fd)
+    }
+
+    /// The state as a VM-state file.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut sections = self
+            .vcpus
+            .iter()
+            .map(|v| {
+                Ok(OwnedSection {
+                    id: SectionId::Vcpu,
+                    payload: v.encode()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sections.extend(self.platform.encode()?);
+        Ok(vmstate::encode(&sections)?)
+    }
+
+    /// Reads a VM-state file; every section must be present once (a vCPU
+    /// section once per slot).
+    pub fn decode(file: &[u8]) -> Result<Self> {
+        let mut vcpus: Vec<VcpuState> = Vec::new();
+        let mut platform = platform::Builder::default();
+        for s in vmstate::decode(file)? {
+            match s.id {
+                SectionId::Vcpu => {
+                    let v = VcpuState::decode(&s)?;
+                    if vcpus.iter().any(|o| o.slot == v.slot) {
+                        return Err(s.malformed(format!("vCPU {} appears twice", v.slot)).into());
+                    }
+                    vcpus.push(v);
+                }
+                SectionId::Irqchip | SectionId::Pit | SectionId::Clock => platform.add(&s)?,
+            }
+        }
+        if vcpus.is_empty() {
+            return Err(StateError::Mismatch("the state has no vCPU".into()));
+        }
+        Ok(VmState {
+            vcpus,
+            platform: platform.finish()?,
+        })
+    }
+}
+
+/// Captures `vm` (paused) as a VM-state file.
+pub fn save(vm: &Vm) -> Result<Vec<u8>> {
+    VmState::capture(vm)?.encode()
+}
+
+/// Checks `file` whole, then restores it into `vm` (paused).
+pub fn load(vm: &Vm, file: &[u8]) -> Result<()> {
+    VmState::decode(file)?.restore(vm)
+}
+
+#[cfg(test)]
+mod tests;
