@@ -36,7 +36,9 @@ pub enum VmStateError {
     #[error("not a Bulkhead VM-state file (bad magic)")]
     BadMagic,
     /// The container version is not this build's.
-    #[error("VM-state format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "VM-state format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         /// In the file.
         found: u32,

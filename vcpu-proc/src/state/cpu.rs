@@ -22,6 +22,9 @@ pub const MSR_IA32_TSC: u32 = 0x10;
 /// `MSR_IA32_TSC_DEADLINE`.
 pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
+/// An MSR's index and value.
+pub type Msr = (u32, u64);
+
 /// One vCPU's state.
 pub struct VcpuState {
     /// Possible-CPU slot.
@@ -142,7 +145,7 @@ impl VcpuState {
         // reads no more than that through KVM_SET_XSAVE.
         unsafe { vcpu.set_xsave(&self.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
         vcpu.set_xcrs(&self.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
-        let (deadline, mut rest): (Vec<(u32, u64)>, Vec<(u32, u64)>) = self
+        let (deadline, mut rest): (Vec<Msr>, Vec<Msr>) = self
             .msrs
             .iter()
             .partition(|(i, _)| *i == MSR_IA32_TSC_DEADLINE);
