@@ -112,7 +112,10 @@ impl VmState {
                 s.restore(&v.view)?;
             }
         }
-        self.platform.restore_clock(&vm.fd)
+        self.platform.restore_clock(&vm.fd)?;
+        // A fresh VM's threads would otherwise boot their vCPUs on resume.
+        vm.sync.mark_restored(&slots);
+        Ok(())
     }
 
     /// The state as a VM-state file.

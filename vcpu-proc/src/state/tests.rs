@@ -17,11 +17,20 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Running {
     vm: Vm,
+    /// A dup of the guest-RAM memfd.
+    ram: File,
     serial: std::sync::mpsc::Receiver<u8>,
     seen: Vec<u8>,
 }
 
 fn start(guest: &str) -> Running {
+    let g = built(guest);
+    g.vm.sync.resume();
+    g
+}
+
+/// A VM of `guest` whose vCPUs have not run yet.
+fn built(guest: &str) -> Running {
     let kvm = File::options()
         .read(true)
         .write(true)
@@ -53,6 +62,7 @@ fn start(guest: &str) -> Running {
         thread_names: false,
         no_dump_guest_core: false,
     };
+    let ram = File::from(mem.try_clone().unwrap());
     let fds: Vec<OwnedFd> = vec![kvm.into(), mem, kernel.into(), wr];
     let (actions, _rx) = std::sync::mpsc::channel();
     // The receiver must outlive the VM: leak it into the test's lifetime.
@@ -68,9 +78,10 @@ fn start(guest: &str) -> Running {
             }
         }
     });
-    vm.sync.resume();
+    assert!(vm.sync.wait_parked(vm.vcpus.len(), TIMEOUT));
     Running {
         vm,
+        ram,
         serial,
         seen: Vec::new(),
     }
@@ -146,6 +157,27 @@ fn a_paused_guest_restored_after_its_registers_were_scribbled_runs_on() {
 
     g.vm.sync.resume();
     g.wait_serial("VERDICT: PASS timer");
+}
+
+#[test]
+fn a_guest_restored_into_a_fresh_vm_with_its_ram_continues_there() {
+    use std::os::unix::fs::FileExt;
+    let mut a = start("timer");
+    a.wait_serial("lapic timer: periodic");
+    a.pause();
+    let file = save(&a.vm).unwrap();
+    let mut ram = vec![0u8; 64 << 20];
+    a.ram.read_exact_at(&mut ram, 0).unwrap();
+
+    // B loaded the guest afresh at creation; it gets A's RAM and state.
+    let mut b = built("timer");
+    b.ram.write_all_at(&ram, 0).unwrap();
+    load(&b.vm, &file).unwrap();
+    b.vm.sync.resume();
+    b.wait_serial("VERDICT: PASS timer");
+    let out = String::from_utf8_lossy(&b.seen);
+    assert!(!out.contains("Bulkhead test guest"), "B booted: {out:?}");
+    assert!(out.contains("pit:"), "B continued the test: {out:?}");
 }
 
 #[test]
