@@ -141,8 +141,10 @@ impl VcpuState {
     pub fn restore(&self, vcpu: &VcpuFd) -> Result<()> {
         vcpu.set_sregs(&self.sregs).map_err(kvm("KVM_SET_SREGS"))?;
         vcpu.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
-        // SAFETY: `self.xsave` is a whole `kvm_xsave` (4 KiB) and KVM
-        // reads no more than that through KVM_SET_XSAVE.
+        // SAFETY: `self.xsave` is a whole `kvm_xsave` (4 KiB). KVM reads
+        // more only for dynamically enabled XSTATE features (AMX), which a
+        // process must request with ARCH_REQ_XCOMP_GUEST_PERM; vcpu-proc
+        // never does, so the guest's XSAVE state fits 4 KiB.
         unsafe { vcpu.set_xsave(&self.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
         vcpu.set_xcrs(&self.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
         let (deadline, mut rest): (Vec<Msr>, Vec<Msr>) = self

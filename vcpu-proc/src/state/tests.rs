@@ -24,13 +24,17 @@ struct Running {
 }
 
 fn start(guest: &str) -> Running {
-    let g = built(guest);
+    start_smp(guest, 1)
+}
+
+fn start_smp(guest: &str, cpus: u8) -> Running {
+    let g = built(guest, cpus);
     g.vm.sync.resume();
     g
 }
 
 /// A VM of `guest` whose vCPUs have not run yet.
-fn built(guest: &str) -> Running {
+fn built(guest: &str, cpus: u8) -> Running {
     let kvm = File::options()
         .read(true)
         .write(true)
@@ -46,8 +50,8 @@ fn built(guest: &str) -> Running {
         kvm: FdSlot(0),
         memory: FdSlot(1),
         mem_size: 64 << 20,
-        cpus: 1,
-        topology: CpuTopology::flat(1),
+        cpus,
+        topology: CpuTopology::flat(u32::from(cpus)),
         kernel: Some(FdSlot(2)),
         initrd: None,
         cmdline: String::new(),
@@ -170,7 +174,7 @@ fn a_guest_restored_into_a_fresh_vm_with_its_ram_continues_there() {
     a.ram.read_exact_at(&mut ram, 0).unwrap();
 
     // B loaded the guest afresh at creation; it gets A's RAM and state.
-    let mut b = built("timer");
+    let mut b = built("timer", 1);
     b.ram.write_all_at(&ram, 0).unwrap();
     load(&b.vm, &file).unwrap();
     b.vm.sync.resume();
@@ -230,5 +234,44 @@ fn a_state_missing_its_pit_section_is_refused() {
     assert_eq!(
         err.to_string(),
         "the VM state does not match this VM: the state has no pit section"
+    );
+}
+
+#[test]
+fn a_two_cpu_guest_moves_to_a_fresh_vm_with_both_vcpus() {
+    use std::os::unix::fs::FileExt;
+    let mut a = start_smp("timer", 2);
+    a.wait_serial("lapic timer: periodic");
+    a.pause();
+    let file = save(&a.vm).unwrap();
+    let state = VmState::decode(&file).unwrap();
+    let slots: Vec<u32> = state.vcpus.iter().map(|v| v.slot).collect();
+    assert_eq!(slots, [0, 1]);
+    let mut ram = vec![0u8; 64 << 20];
+    a.ram.read_exact_at(&mut ram, 0).unwrap();
+
+    let mut b = built("timer", 2);
+    b.ram.write_all_at(&ram, 0).unwrap();
+    load(&b.vm, &file).unwrap();
+    let restored = VmState::capture(&b.vm).unwrap();
+    let mp: Vec<u32> = restored.vcpus.iter().map(|v| v.mp_state.mp_state).collect();
+    let saved: Vec<u32> = state.vcpus.iter().map(|v| v.mp_state.mp_state).collect();
+    assert_eq!(mp, saved);
+    b.vm.sync.resume();
+    b.wait_serial("VERDICT: PASS timer");
+    assert!(!String::from_utf8_lossy(&b.seen).contains("Bulkhead test guest"));
+}
+
+#[test]
+fn a_state_of_two_vcpus_is_refused_by_a_one_vcpu_vm() {
+    let mut a = start_smp("timer", 2);
+    a.wait_serial("timer");
+    a.pause();
+    let file = save(&a.vm).unwrap();
+    let b = built("timer", 1);
+    let err = load(&b.vm, &file).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the VM state does not match this VM: the state has vCPUs [0, 1], the VM has [0]"
     );
 }
