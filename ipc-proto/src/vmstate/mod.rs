@@ -111,15 +111,18 @@ pub enum SectionId {
     Pit,
     /// kvm-clock (`KVM_GET_CLOCK`).
     Clock,
+    /// One virtio-mmio transport's registers; one section per device.
+    VirtioMmio,
 }
 
 impl SectionId {
     /// Every known section.
-    pub const ALL: [SectionId; 4] = [
+    pub const ALL: [SectionId; 5] = [
         SectionId::Vcpu,
         SectionId::Irqchip,
         SectionId::Pit,
         SectionId::Clock,
+        SectionId::VirtioMmio,
     ];
 
     /// The id on disk.
@@ -129,6 +132,7 @@ impl SectionId {
             SectionId::Irqchip => 2,
             SectionId::Pit => 3,
             SectionId::Clock => 4,
+            SectionId::VirtioMmio => 5,
         }
     }
 
@@ -136,7 +140,11 @@ impl SectionId {
     /// the one it writes.
     pub fn version(self) -> u32 {
         match self {
-            SectionId::Vcpu | SectionId::Irqchip | SectionId::Pit | SectionId::Clock => 1,
+            SectionId::Vcpu
+            | SectionId::Irqchip
+            | SectionId::Pit
+            | SectionId::Clock
+            | SectionId::VirtioMmio => 1,
         }
     }
 
@@ -156,6 +164,7 @@ impl std::fmt::Display for SectionId {
             SectionId::Irqchip => "irqchip",
             SectionId::Pit => "pit",
             SectionId::Clock => "clock",
+            SectionId::VirtioMmio => "virtio-mmio",
         })
     }
 }

@@ -4,6 +4,8 @@
 //! - [`cpu`]: one vCPU (registers, XSAVE, XCRs, MSRs, LAPIC, events, MP
 //!   state, debug registers).
 //! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
+//! - [`virtio`]: each virtio-mmio transport's registers (a device the
+//!   driver made live is refused on restore: its vrings are not saved yet).
 //!
 //! Both run on a paused VM (every vCPU parked): KVM serialises vCPU
 //! ioctls on the vCPU's own mutex, so the controller reads and writes a
@@ -15,6 +17,7 @@
 
 pub mod cpu;
 pub mod platform;
+pub mod virtio;
 
 use ipc_proto::vmstate::{self, OwnedSection, SectionId, VmStateError};
 use kvm_bindings::Msrs;
@@ -22,6 +25,7 @@ use kvm_bindings::Msrs;
 use crate::vm::Vm;
 use cpu::VcpuState;
 use platform::PlatformState;
+use virtio::DeviceState;
 
 /// Why the VM state cannot be captured or restored.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,8 @@ pub struct VmState {
     pub vcpus: Vec<VcpuState>,
     /// irqchip, PIT, clock.
     pub platform: PlatformState,
+    /// The virtio-mmio transports.
+    pub devices: Vec<DeviceState>,
 }
 
 impl VmState {
@@ -91,6 +97,7 @@ impl VmState {
         Ok(VmState {
             vcpus,
             platform: PlatformState::capture(&vm.fd)?,
+            devices: DeviceState::capture(&vm.devices),
         })
     }
 
@@ -106,12 +113,14 @@ impl VmState {
                 "the state has vCPUs {saved:?}, the VM has {slots:?}"
             )));
         }
+        DeviceState::check(&self.devices, &vm.devices)?;
         self.platform.restore_devices(&vm.fd)?;
         for v in &vm.vcpus {
             if let Some(s) = self.vcpus.iter().find(|s| s.slot == v.slot) {
                 s.restore(&v.view)?;
             }
         }
+        DeviceState::restore(&self.devices, &vm.devices)?;
         self.platform.restore_clock(&vm.fd)?;
         // A fresh VM's threads would otherwise boot their vCPUs on resume.
         vm.sync.mark_restored(&slots);
@@ -131,6 +140,9 @@ impl VmState {
             })
             .collect::<Result<Vec<_>>>()?;
         sections.extend(self.platform.encode()?);
+        for d in &self.devices {
+            sections.push(d.encode()?);
+        }
         Ok(vmstate::encode(&sections)?)
     }
 
@@ -139,6 +151,7 @@ impl VmState {
     pub fn decode(file: &[u8]) -> Result<Self> {
         let mut vcpus: Vec<VcpuState> = Vec::new();
         let mut platform = platform::Builder::default();
+        let mut devices: Vec<DeviceState> = Vec::new();
         for s in vmstate::decode(file)? {
             match s.id {
                 SectionId::Vcpu => {
@@ -149,6 +162,15 @@ impl VmState {
                     vcpus.push(v);
                 }
                 SectionId::Irqchip | SectionId::Pit | SectionId::Clock => platform.add(&s)?,
+                SectionId::VirtioMmio => {
+                    let d = DeviceState::decode(&s)?;
+                    if devices.iter().any(|o| o.id == d.id || o.slot == d.slot) {
+                        return Err(s
+                            .malformed(format!("device {} (slot {}) appears twice", d.id, d.slot))
+                            .into());
+                    }
+                    devices.push(d);
+                }
             }
         }
         if vcpus.is_empty() {
@@ -157,6 +179,7 @@ impl VmState {
         Ok(VmState {
             vcpus,
             platform: platform.finish()?,
+            devices,
         })
     }
 }

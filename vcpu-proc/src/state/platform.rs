@@ -143,7 +143,9 @@ impl Builder {
                 whole(s, &r)?;
                 once(&mut self.clock, s, clock)
             }
-            SectionId::Vcpu => Err(s.malformed("not a platform section").into()),
+            SectionId::Vcpu | SectionId::VirtioMmio => {
+                Err(s.malformed("not a platform section").into())
+            }
         }
     }
 
