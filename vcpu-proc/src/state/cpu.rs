@@ -2,7 +2,7 @@
 //! `vcpu` section (`docs/vmstate-format.md`).
 //!
 //! The order of a restore follows what KVM needs (and what Firecracker and
-//! QEMU do): sregs before regs (the mode decides how RIP/RSP are taken),
+//! QEMU do): the TSC rate first (KVM scales the TSC to it), sregs before regs (the mode decides how RIP/RSP are taken),
 //! MSRs with the TSC first, the LAPIC before `MSR_IA32_TSC_DEADLINE` (KVM
 //! drops a deadline armed while the LAPIC timer is not in TSC-deadline
 //! mode), then events (a pending exception or NMI), MP state, debug regs.
@@ -29,6 +29,8 @@ pub type Msr = (u32, u64);
 pub struct VcpuState {
     /// Possible-CPU slot.
     pub slot: u32,
+    /// The guest's TSC rate in kHz (`KVM_GET_TSC_KHZ`).
+    pub tsc_khz: u32,
     /// General registers.
     pub regs: kvm_regs,
     /// Segments, control registers, EFER, APIC base.
@@ -124,6 +126,7 @@ impl VcpuState {
     pub fn capture(slot: u32, vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<Self> {
         Ok(VcpuState {
             slot,
+            tsc_khz: vcpu.get_tsc_khz().map_err(kvm("KVM_GET_TSC_KHZ"))?,
             regs: vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
             sregs: vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
             xsave: vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
@@ -139,6 +142,13 @@ impl VcpuState {
     /// Writes this state into `vcpu` (parked), in the order the module doc
     /// gives.
     pub fn restore(&self, vcpu: &VcpuFd) -> Result<()> {
+        // The guest calibrated against this rate; on another host (or CPU)
+        // KVM scales the TSC to it, before the TSC value is written. A
+        // host that cannot scale refuses, and the restore fails.
+        if vcpu.get_tsc_khz().map_err(kvm("KVM_GET_TSC_KHZ"))? != self.tsc_khz {
+            vcpu.set_tsc_khz(self.tsc_khz)
+                .map_err(kvm("KVM_SET_TSC_KHZ"))?;
+        }
         vcpu.set_sregs(&self.sregs).map_err(kvm("KVM_SET_SREGS"))?;
         vcpu.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
         // SAFETY: `self.xsave` is a whole `kvm_xsave` (4 KiB). KVM reads
@@ -167,7 +177,7 @@ impl VcpuState {
     /// The `vcpu` section payload.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::new();
-        w.u32(self.slot);
+        w.u32(self.slot).u32(self.tsc_khz);
         w.blob(self.regs.as_bytes())?;
         w.blob(self.sregs.as_bytes())?;
         w.blob(self.xsave.as_bytes())?;
@@ -188,8 +198,10 @@ impl VcpuState {
     pub fn decode(s: &Section<'_>) -> Result<Self> {
         let mut r = Reader::new(s.payload);
         let slot = r.u32("vcpu slot")?;
+        let tsc_khz = r.u32("TSC rate")?;
         let state = VcpuState {
             slot,
+            tsc_khz,
             regs: kvm_struct(s, &mut r, "kvm_regs")?,
             sregs: kvm_struct(s, &mut r, "kvm_sregs")?,
             xsave: kvm_struct(s, &mut r, "kvm_xsave")?,
