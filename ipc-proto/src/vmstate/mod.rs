@@ -113,16 +113,19 @@ pub enum SectionId {
     Clock,
     /// One virtio-mmio transport's registers; one section per device.
     VirtioMmio,
+    /// COM1's 16550 registers and receive FIFO.
+    Serial,
 }
 
 impl SectionId {
     /// Every known section.
-    pub const ALL: [SectionId; 5] = [
+    pub const ALL: [SectionId; 6] = [
         SectionId::Vcpu,
         SectionId::Irqchip,
         SectionId::Pit,
         SectionId::Clock,
         SectionId::VirtioMmio,
+        SectionId::Serial,
     ];
 
     /// The id on disk.
@@ -133,6 +136,7 @@ impl SectionId {
             SectionId::Pit => 3,
             SectionId::Clock => 4,
             SectionId::VirtioMmio => 5,
+            SectionId::Serial => 6,
         }
     }
 
@@ -144,7 +148,8 @@ impl SectionId {
             | SectionId::Irqchip
             | SectionId::Pit
             | SectionId::Clock
-            | SectionId::VirtioMmio => 1,
+            | SectionId::VirtioMmio
+            | SectionId::Serial => 1,
         }
     }
 
@@ -165,6 +170,7 @@ impl std::fmt::Display for SectionId {
             SectionId::Pit => "pit",
             SectionId::Clock => "clock",
             SectionId::VirtioMmio => "virtio-mmio",
+            SectionId::Serial => "serial",
         })
     }
 }

@@ -4,6 +4,7 @@
 //! - [`cpu`]: one vCPU (registers, XSAVE, XCRs, MSRs, LAPIC, events, MP
 //!   state, debug registers).
 //! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
+//! - [`serial`]: COM1's registers and receive FIFO.
 //! - [`virtio`]: each virtio-mmio transport's registers (a device the
 //!   driver made live is refused on restore: its vrings are not saved yet).
 //!
@@ -17,6 +18,7 @@
 
 pub mod cpu;
 pub mod platform;
+pub mod serial;
 pub mod virtio;
 
 use ipc_proto::vmstate::{self, OwnedSection, SectionId, VmStateError};
@@ -26,6 +28,11 @@ use crate::vm::Vm;
 use cpu::VcpuState;
 use platform::PlatformState;
 use virtio::DeviceState;
+use vm_superio::serial::SerialState;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Why the VM state cannot be captured or restored.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +90,8 @@ pub struct VmState {
     pub platform: PlatformState,
     /// The virtio-mmio transports.
     pub devices: Vec<DeviceState>,
+    /// COM1.
+    pub serial: SerialState,
 }
 
 impl VmState {
@@ -98,6 +107,7 @@ impl VmState {
             vcpus,
             platform: PlatformState::capture(&vm.fd)?,
             devices: DeviceState::capture(&vm.devices),
+            serial: lock(&vm.serial).state(),
         })
     }
 
@@ -121,6 +131,9 @@ impl VmState {
             }
         }
         DeviceState::restore(&self.devices, &vm.devices)?;
+        lock(&vm.serial)
+            .restore(&self.serial)
+            .map_err(|e| StateError::Mismatch(e.to_string()))?;
         self.platform.restore_clock(&vm.fd)?;
         // A fresh VM's threads would otherwise boot their vCPUs on resume.
         vm.sync.mark_restored(&slots);
@@ -143,6 +156,7 @@ impl VmState {
         for d in &self.devices {
             sections.push(d.encode()?);
         }
+        sections.push(serial::encode(&self.serial)?);
         Ok(vmstate::encode(&sections)?)
     }
 
@@ -152,6 +166,7 @@ impl VmState {
         let mut vcpus: Vec<VcpuState> = Vec::new();
         let mut platform = platform::Builder::default();
         let mut devices: Vec<DeviceState> = Vec::new();
+        let mut uart: Option<SerialState> = None;
         for s in vmstate::decode(file)? {
             match s.id {
                 SectionId::Vcpu => {
@@ -171,6 +186,11 @@ impl VmState {
                     }
                     devices.push(d);
                 }
+                SectionId::Serial => {
+                    if uart.replace(serial::decode(&s)?).is_some() {
+                        return Err(s.malformed("the section appears twice").into());
+                    }
+                }
             }
         }
         if vcpus.is_empty() {
@@ -180,6 +200,8 @@ impl VmState {
             vcpus,
             platform: platform.finish()?,
             devices,
+            serial: uart
+                .ok_or_else(|| StateError::Mismatch("the state has no serial section".into()))?,
         })
     }
 }

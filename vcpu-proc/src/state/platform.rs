@@ -143,7 +143,7 @@ impl Builder {
                 whole(s, &r)?;
                 once(&mut self.clock, s, clock)
             }
-            SectionId::Vcpu | SectionId::VirtioMmio => {
+            SectionId::Vcpu | SectionId::VirtioMmio | SectionId::Serial => {
                 Err(s.malformed("not a platform section").into())
             }
         }

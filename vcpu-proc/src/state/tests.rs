@@ -177,6 +177,8 @@ fn a_guest_restored_into_a_fresh_vm_with_its_ram_continues_there() {
     let mut b = built("timer", 1);
     b.ram.write_all_at(&ram, 0).unwrap();
     load(&b.vm, &file).unwrap();
+    let saved = VmState::decode(&file).unwrap();
+    assert_eq!(lock(&b.vm.serial).state(), saved.serial, "COM1 restored");
     b.vm.sync.resume();
     b.wait_serial("VERDICT: PASS timer");
     let out = String::from_utf8_lossy(&b.seen);
