@@ -54,10 +54,12 @@ pub struct VcpuState {
 impl Clone for VcpuState {
     fn clone(&self) -> Self {
         VcpuState {
-            // `kvm_xsave` ends in a zero-length array, so it has no `Clone`:
-            // copied through its bytes, which are all of it.
-            xsave: kvm_xsave::read_from_bytes(self.xsave.as_bytes())
-                .unwrap_or_else(|_| kvm_xsave::default()),
+            // `kvm_xsave` ends in a zero-length array, so it has no `Clone`;
+            // the fixed region is all of its contents.
+            xsave: kvm_xsave {
+                region: self.xsave.region,
+                ..Default::default()
+            },
             msrs: self.msrs.clone(),
             ..*self
         }
