@@ -8,6 +8,7 @@
 //! mode), then events (a pending exception or NMI), MP state, debug regs.
 
 use ipc_proto::vmstate::{Reader, Section, VmStateError, Writer};
+use kvm_bindings::KVM_MAX_MSR_ENTRIES;
 use kvm_bindings::{
     kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
@@ -79,9 +80,11 @@ pub fn saved_msr_indices(kvm_fd: &Kvm) -> Result<Vec<u32>> {
 fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>> {
     let mut wanted: Vec<u32> = indices.to_vec();
     let mut read = Vec::with_capacity(wanted.len());
-    // Each round reads until the first refused MSR, which is dropped.
+    // Each round reads up to KVM's list size, until the first refused
+    // MSR, which is dropped.
     while !wanted.is_empty() {
-        let entries: Vec<kvm_msr_entry> = wanted
+        let chunk = wanted.len().min(KVM_MAX_MSR_ENTRIES);
+        let entries: Vec<kvm_msr_entry> = wanted[..chunk]
             .iter()
             .map(|&index| kvm_msr_entry {
                 index,
@@ -91,16 +94,18 @@ fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>> {
         let mut msrs = msr_list(&entries)?;
         let n = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
         read.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
-        let skip = (n + 1).min(wanted.len());
+        let skip = (n + 1).min(chunk);
         wanted.drain(..skip);
     }
     Ok(read)
 }
 
 fn write_msrs(vcpu: &VcpuFd, msrs: &[(u32, u64)]) -> Result<()> {
-    if msrs.is_empty() {
-        return Ok(());
-    }
+    msrs.chunks(KVM_MAX_MSR_ENTRIES)
+        .try_for_each(|chunk| write_msr_chunk(vcpu, chunk))
+}
+
+fn write_msr_chunk(vcpu: &VcpuFd, msrs: &[(u32, u64)]) -> Result<()> {
     let entries: Vec<kvm_msr_entry> = msrs
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
