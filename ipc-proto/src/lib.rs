@@ -22,6 +22,7 @@
 //! - [`ratelimit`]: rate-limited logging of guest-triggered conditions.
 //! - [`trace`]: trace points (declared once per process), their state and
 //!   the trace messages every channel carries.
+//! - [`vmstate`]: the versioned VM-state file (header, sections, CRC-32C).
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
@@ -44,6 +45,7 @@ pub mod scsi;
 pub mod snapshots;
 pub mod trace;
 pub mod vcpu;
+pub mod vmstate;
 pub mod worker;
 
 pub use channel::{Channel, ChannelError};

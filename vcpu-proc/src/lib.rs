@@ -38,6 +38,7 @@ pub mod paging;
 pub mod regs;
 pub mod runstate;
 pub mod server;
+pub mod state;
 pub mod trace;
 pub mod vcpu;
 pub mod virtio;

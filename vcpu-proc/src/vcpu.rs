@@ -78,6 +78,10 @@ pub struct SyncState {
     pub epoch: u64,
     /// Where the boot CPU starts in this epoch.
     pub entry: EntryPoint,
+    /// Slots whose vCPU state was restored from a VM-state file: their
+    /// thread takes the mark on its next pass and resumes the vCPU as it
+    /// is instead of booting it. Cleared by a new epoch (a reset boots).
+    pub restored: Vec<u32>,
 }
 
 /// The lock and condition variable around [`SyncState`].
@@ -97,6 +101,7 @@ impl VcpuSync {
                 dead: 0,
                 epoch: 0,
                 entry,
+                restored: Vec::new(),
             }),
             cv: Condvar::new(),
         }
@@ -122,6 +127,13 @@ impl VcpuSync {
         let mut s = self.lock();
         s.epoch += 1;
         s.entry = entry;
+        s.restored.clear();
+    }
+
+    /// Marks the vCPUs of `slots` as restored (their threads are paused):
+    /// they resume their state as it is rather than booting.
+    pub fn mark_restored(&self, slots: &[u32]) {
+        self.lock().restored = slots.to_vec();
     }
 
     /// Wakes parked threads so they see an unplug request.
@@ -256,10 +268,16 @@ impl VcpuThread {
                 if self.unplug.is_requested() {
                     return;
                 }
-                (epoch != Some(s.epoch)).then(|| {
-                    epoch = Some(s.epoch);
-                    s.entry
-                })
+                let restored = match s.restored.iter().position(|&x| x == self.index) {
+                    Some(i) => {
+                        s.restored.swap_remove(i);
+                        true
+                    }
+                    None => false,
+                };
+                let boot = epoch != Some(s.epoch) && !restored;
+                epoch = Some(s.epoch);
+                boot.then_some(s.entry)
             };
             if let Some(entry) = entry {
                 if let Err(e) = self.boot(entry) {
@@ -463,6 +481,14 @@ mod tests {
         let s = sync();
         drop(DeadGuard(s.clone()));
         assert!(s.wait_parked(1, Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn a_new_epoch_forgets_restored_vcpus() {
+        let s = sync();
+        s.mark_restored(&[0, 1]);
+        s.new_epoch(EntryPoint { rip: 7, rsi: 9 });
+        assert!(s.lock().restored.is_empty());
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct Vm {
     pub mmio: Arc<Bus>,
     /// The Generic Event Device.
     pub ged: Arc<Mutex<Ged>>,
+    /// COM1 (its registers are part of the VM state).
+    pub serial: Arc<Mutex<SerialDevice>>,
     /// The kernel etc., for reloading on reset.
     pub boot: BootSource,
     /// vCPU control.
@@ -292,8 +294,13 @@ fn snapshot_irqchips(vm: &VmFd) -> Result<Vec<kvm_irqchip>> {
     .collect()
 }
 
-fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> Result<()> {
-    let irq = SerialIrq(Some(IrqLine::new(vm, layout::COM1_GSI)?));
+fn setup_serial(
+    vm: &VmFd,
+    io: &Bus,
+    cfg: &SerialConfig,
+    fds: &mut FdTable,
+) -> Result<Arc<Mutex<SerialDevice>>> {
+    let irq = SerialIrq(Some(Arc::new(IrqLine::new(vm, layout::COM1_GSI)?)));
     let (out, input, listener) = match cfg {
         SerialConfig::Null => (SerialOut::Null, None, None),
         SerialConfig::Stream { output, input } => {
@@ -326,13 +333,14 @@ fn setup_serial(vm: &VmFd, io: &Bus, cfg: &SerialConfig, fds: &mut FdTable) -> R
     };
     let dev = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
     io.insert(u64::from(layout::COM1_PORT), 8, dev.clone())?;
+    let handle = dev.clone();
     if let Some(input) = input {
         serial::spawn_stream_input(dev.clone(), input).map_err(VmError::Thread)?;
     }
     if let Some((listener, client, first)) = listener {
         serial::spawn_listener(dev, listener, client, first).map_err(VmError::Thread)?;
     }
-    Ok(())
+    Ok(handle)
 }
 
 /// A second `VcpuFd` on `vcpu`'s vCPU, from a dup of its fd.
@@ -407,7 +415,7 @@ impl Vm {
 
         let io = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
-        setup_serial(&vm, &io, &cfg.serial, &mut fds)?;
+        let serial = setup_serial(&vm, &io, &cfg.serial, &mut fds)?;
         io.insert(
             u64::from(layout::I8042_DATA_PORT),
             5,
@@ -460,6 +468,7 @@ impl Vm {
             io,
             mmio,
             ged,
+            serial,
             boot,
             sync: Arc::new(VcpuSync::new(EntryPoint { rip: 0, rsi: 0 })),
             vcpus: Vec::new(),
@@ -673,6 +682,11 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
+    }
+
+    /// The /dev/kvm handle (the VM-state code asks it which MSRs to save).
+    pub fn kvm(&self) -> &Kvm {
+        &self._kvm
     }
 
     /// Kicks every vCPU thread out of `KVM_RUN`.

@@ -22,9 +22,10 @@ use ipc_proto::warn_limited;
 const INPUT_BUF: usize = 256;
 const FIFO_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
-/// The UART's interrupt: an irqfd line, or none (unit tests).
-#[derive(Debug)]
-pub struct SerialIrq(pub Option<IrqLine>);
+/// The UART's interrupt: an irqfd line, or none (unit tests). Shared so
+/// a UART rebuilt from saved state keeps the same line.
+#[derive(Debug, Clone)]
+pub struct SerialIrq(pub Option<Arc<IrqLine>>);
 
 impl vm_superio::Trigger for SerialIrq {
     type E = io::Error;
@@ -74,6 +75,8 @@ impl Write for SerialOut {
         Ok(())
     }
 }
+
+pub mod state;
 
 /// The UART on the I/O bus.
 pub struct SerialDevice {

@@ -489,6 +489,8 @@ impl<B: VirtioBackend> MmioTransport<B> {
     }
 }
 
+pub mod state;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,220 @@
+//! The VM's state outside RAM, captured into and restored from the
+//! VM-state file of `ipc_proto::vmstate` (`docs/vmstate-format.md`).
+//!
+//! - [`cpu`]: one vCPU (registers, XSAVE, XCRs, MSRs, LAPIC, events, MP
+//!   state, debug registers).
+//! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
+//! - [`serial`]: COM1's registers and receive FIFO.
+//! - [`virtio`]: each virtio-mmio transport's registers (a device the
+//!   driver made live is refused on restore: its vrings are not saved yet).
+//!
+//! Both run on a paused VM (every vCPU parked): KVM serialises vCPU
+//! ioctls on the vCPU's own mutex, so the controller reads and writes a
+//! parked vCPU through its second handle ([`crate::vm::VcpuHandle::view`]),
+//! as `dump-guest-memory` does; only `KVM_RUN` is tied to the vCPU thread.
+//!
+//! A restore decodes and checks the whole file before it touches KVM, so a
+//! corrupt or foreign file leaves the VM as it was.
+
+pub mod cpu;
+pub mod platform;
+pub mod serial;
+pub mod virtio;
+
+use ipc_proto::vmstate::{self, OwnedSection, SectionId, VmStateError};
+use kvm_bindings::Msrs;
+
+use crate::vm::Vm;
+use cpu::VcpuState;
+use platform::PlatformState;
+use virtio::DeviceState;
+use vm_superio::serial::SerialState;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why the VM state cannot be captured or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed")]
+    Kvm {
+        /// Which ioctl.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM read or wrote fewer MSRs than asked.
+    #[error("KVM {what} handled {done} of {wanted} MSRs (first refused: {first_refused:#x})")]
+    Msrs {
+        /// Which ioctl.
+        what: &'static str,
+        /// How many it handled.
+        done: usize,
+        /// How many were given.
+        wanted: usize,
+        /// The MSR it stopped at.
+        first_refused: u32,
+    },
+    /// An MSR list could not be built (more than KVM's maximum).
+    #[error("cannot build an MSR list of {0} entries")]
+    MsrList(usize),
+    /// The file is not a state this build can apply.
+    #[error(transparent)]
+    Format(#[from] VmStateError),
+    /// The file does not describe this VM.
+    #[error("the VM state does not match this VM: {0}")]
+    Mismatch(String),
+}
+
+/// Result of state capture and restore.
+pub type Result<T> = std::result::Result<T, StateError>;
+
+pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
+    move |source| StateError::Kvm { what, source }
+}
+
+/// Builds a KVM MSR list.
+pub(crate) fn msr_list(entries: &[kvm_bindings::kvm_msr_entry]) -> Result<Msrs> {
+    Msrs::from_entries(entries).map_err(|_| StateError::MsrList(entries.len()))
+}
+
+/// Everything of a VM this module saves, decoded.
+#[derive(Clone)]
+pub struct VmState {
+    /// One per plugged vCPU, in slot order.
+    pub vcpus: Vec<VcpuState>,
+    /// irqchip, PIT, clock.
+    pub platform: PlatformState,
+    /// The virtio-mmio transports.
+    pub devices: Vec<DeviceState>,
+    /// COM1.
+    pub serial: SerialState,
+}
+
+impl VmState {
+    /// Reads the state of `vm`; every vCPU must be parked.
+    pub fn capture(vm: &Vm) -> Result<Self> {
+        let msrs = cpu::saved_msr_indices(vm.kvm())?;
+        let vcpus = vm
+            .vcpus
+            .iter()
+            .map(|v| VcpuState::capture(v.slot, &v.view, &msrs))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VmState {
+            vcpus,
+            platform: PlatformState::capture(&vm.fd)?,
+            devices: DeviceState::capture(&vm.devices),
+            serial: lock(&vm.serial).state(),
+        })
+    }
+
+    /// Writes this state into `vm` (paused, same vCPU slots plugged): the
+    /// platform devices, then each vCPU, then kvm-clock.
+    pub fn restore(&self, vm: &Vm) -> Result<()> {
+        let mut slots: Vec<u32> = vm.vcpus.iter().map(|v| v.slot).collect();
+        let mut saved: Vec<u32> = self.vcpus.iter().map(|v| v.slot).collect();
+        slots.sort_unstable();
+        saved.sort_unstable();
+        if slots != saved {
+            return Err(StateError::Mismatch(format!(
+                "the state has vCPUs {saved:?}, the VM has {slots:?}"
+            )));
+        }
+        DeviceState::check(&self.devices, &vm.devices)?;
+        self.platform.restore_devices(&vm.fd)?;
+        for v in &vm.vcpus {
+            if let Some(s) = self.vcpus.iter().find(|s| s.slot == v.slot) {
+                s.restore(&v.view)?;
+            }
+        }
+        DeviceState::restore(&self.devices, &vm.devices)?;
+        lock(&vm.serial)
+            .restore(&self.serial)
+            .map_err(|e| StateError::Mismatch(e.to_string()))?;
+        self.platform.restore_clock(&vm.fd)?;
+        // A fresh VM's threads would otherwise boot their vCPUs on resume.
+        vm.sync.mark_restored(&slots);
+        Ok(())
+    }
+
+    /// The state as a VM-state file.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut sections = self
+            .vcpus
+            .iter()
+            .map(|v| {
+                Ok(OwnedSection {
+                    id: SectionId::Vcpu,
+                    payload: v.encode()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sections.extend(self.platform.encode()?);
+        for d in &self.devices {
+            sections.push(d.encode()?);
+        }
+        sections.push(serial::encode(&self.serial)?);
+        Ok(vmstate::encode(&sections)?)
+    }
+
+    /// Reads a VM-state file; every section must be present once (a vCPU
+    /// section once per slot).
+    pub fn decode(file: &[u8]) -> Result<Self> {
+        let mut vcpus: Vec<VcpuState> = Vec::new();
+        let mut platform = platform::Builder::default();
+        let mut devices: Vec<DeviceState> = Vec::new();
+        let mut uart: Option<SerialState> = None;
+        for s in vmstate::decode(file)? {
+            match s.id {
+                SectionId::Vcpu => {
+                    let v = VcpuState::decode(&s)?;
+                    if vcpus.iter().any(|o| o.slot == v.slot) {
+                        return Err(s.malformed(format!("vCPU {} appears twice", v.slot)).into());
+                    }
+                    vcpus.push(v);
+                }
+                SectionId::Irqchip | SectionId::Pit | SectionId::Clock => platform.add(&s)?,
+                SectionId::VirtioMmio => {
+                    let d = DeviceState::decode(&s)?;
+                    if devices.iter().any(|o| o.id == d.id || o.slot == d.slot) {
+                        return Err(s
+                            .malformed(format!("device {} (slot {}) appears twice", d.id, d.slot))
+                            .into());
+                    }
+                    devices.push(d);
+                }
+                SectionId::Serial => {
+                    if uart.replace(serial::decode(&s)?).is_some() {
+                        return Err(s.malformed("the section appears twice").into());
+                    }
+                }
+            }
+        }
+        if vcpus.is_empty() {
+            return Err(StateError::Mismatch("the state has no vCPU".into()));
+        }
+        Ok(VmState {
+            vcpus,
+            platform: platform.finish()?,
+            devices,
+            serial: uart
+                .ok_or_else(|| StateError::Mismatch("the state has no serial section".into()))?,
+        })
+    }
+}
+
+/// Captures `vm` (paused) as a VM-state file.
+pub fn save(vm: &Vm) -> Result<Vec<u8>> {
+    VmState::capture(vm)?.encode()
+}
+
+/// Checks `file` whole, then restores it into `vm` (paused).
+pub fn load(vm: &Vm, file: &[u8]) -> Result<()> {
+    VmState::decode(file)?.restore(vm)
+}
+
+#[cfg(test)]
+mod tests;

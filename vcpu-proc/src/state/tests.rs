@@ -1,0 +1,279 @@
+//! Capture and restore on a real VM running the `timer` test guest (needs
+//! /dev/kvm, as every vcpu-proc VM test).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use ipc_proto::cpu_topology::CpuTopology;
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
+use ipc_proto::vmstate::{SectionId, VmStateError};
+
+use super::*;
+use crate::vm::FdTable;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Running {
+    vm: Vm,
+    /// A dup of the guest-RAM memfd.
+    ram: File,
+    serial: std::sync::mpsc::Receiver<u8>,
+    seen: Vec<u8>,
+}
+
+fn start(guest: &str) -> Running {
+    start_smp(guest, 1)
+}
+
+fn start_smp(guest: &str, cpus: u8) -> Running {
+    let g = built(guest, cpus);
+    g.vm.sync.resume();
+    g
+}
+
+/// A VM of `guest` whose vCPUs have not run yet.
+fn built(guest: &str, cpus: u8) -> Running {
+    let kvm = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .expect("this test needs /dev/kvm");
+    let mem =
+        nix::sys::memfd::memfd_create(c"ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&mem, 64 << 20).unwrap();
+    let kernel = File::open(std::path::Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(guest))
+        .expect("test guest built");
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    let cfg = VmConfig {
+        kvm: FdSlot(0),
+        memory: FdSlot(1),
+        mem_size: 64 << 20,
+        cpus,
+        topology: CpuTopology::flat(u32::from(cpus)),
+        kernel: Some(FdSlot(2)),
+        initrd: None,
+        cmdline: String::new(),
+        serial: SerialConfig::Stream {
+            output: FdSlot(3),
+            input: None,
+        },
+        start_paused: false,
+        no_shutdown: false,
+        no_reboot: false,
+        cpu: Default::default(),
+        thread_names: false,
+        no_dump_guest_core: false,
+    };
+    let ram = File::from(mem.try_clone().unwrap());
+    let fds: Vec<OwnedFd> = vec![kvm.into(), mem, kernel.into(), wr];
+    let (actions, _rx) = std::sync::mpsc::channel();
+    // The receiver must outlive the VM: leak it into the test's lifetime.
+    std::mem::forget(_rx);
+    let vm = Vm::create(&cfg, FdTable::new(fds), actions).expect("VM built");
+    let (tx, serial) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = File::from(rd);
+        let mut b = [0u8; 256];
+        while let Ok(n) = f.read(&mut b) {
+            if n == 0 || b[..n].iter().any(|&x| tx.send(x).is_err()) {
+                break;
+            }
+        }
+    });
+    assert!(vm.sync.wait_parked(vm.vcpus.len(), TIMEOUT));
+    Running {
+        vm,
+        ram,
+        serial,
+        seen: Vec::new(),
+    }
+}
+
+impl Running {
+    fn wait_serial(&mut self, text: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !String::from_utf8_lossy(&self.seen).contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.serial.recv_timeout(left) {
+                Ok(b) => self.seen.push(b),
+                Err(_) => panic!(
+                    "no {text:?} on the serial port; got {:?}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// Pauses the guest and checks it had not finished yet (so what it
+    /// prints after the resume was computed on the restored state).
+    fn pause(&mut self) {
+        self.vm.sync.request_pause();
+        self.vm.kick_all();
+        assert!(self.vm.sync.wait_parked(self.vm.vcpus.len(), TIMEOUT));
+        while let Ok(b) = self.serial.recv_timeout(Duration::from_millis(50)) {
+            self.seen.push(b);
+        }
+        let seen = String::from_utf8_lossy(&self.seen);
+        assert!(!seen.contains("VERDICT"), "paused too late: {seen:?}");
+        self.seen.clear();
+    }
+}
+
+/// The vCPU sections and the irqchip, which do not move while the VM is
+/// paused (the TSC and kvm-clock do).
+fn still_parts(s: &VmState) -> Vec<Vec<u8>> {
+    use zerocopy::IntoBytes;
+    let mut out = Vec::new();
+    for v in &s.vcpus {
+        let mut v = v.clone();
+        v.msrs.retain(|(i, _)| *i != cpu::MSR_IA32_TSC);
+        out.push(v.encode().unwrap());
+    }
+    out.extend(s.platform.irqchips.iter().map(|c| c.as_bytes().to_vec()));
+    out
+}
+
+#[test]
+fn a_paused_guest_restored_after_its_registers_were_scribbled_runs_on() {
+    let mut g = start("timer");
+    g.wait_serial("timer");
+    g.pause();
+    let file = save(&g.vm).unwrap();
+    let before = VmState::decode(&file).unwrap();
+    assert!(before.vcpus[0].msrs.len() > 10, "saveable MSRs read");
+
+    // Scribble: a RIP and RSP the guest would crash on, a cleared LAPIC.
+    let view = &g.vm.vcpus[0].view;
+    let mut regs = view.get_regs().unwrap();
+    regs.rip = 0xdead_0000;
+    regs.rsp = 0;
+    view.set_regs(&regs).unwrap();
+    view.set_lapic(&Default::default()).unwrap();
+
+    load(&g.vm, &file).unwrap();
+    let after = VmState::capture(&g.vm).unwrap();
+    assert!(
+        still_parts(&before) == still_parts(&after),
+        "restore is byte-exact"
+    );
+
+    g.vm.sync.resume();
+    g.wait_serial("VERDICT: PASS timer");
+}
+
+#[test]
+fn a_guest_restored_into_a_fresh_vm_with_its_ram_continues_there() {
+    use std::os::unix::fs::FileExt;
+    let mut a = start("timer");
+    a.wait_serial("lapic timer: periodic");
+    a.pause();
+    let file = save(&a.vm).unwrap();
+    let mut ram = vec![0u8; 64 << 20];
+    a.ram.read_exact_at(&mut ram, 0).unwrap();
+
+    // B loaded the guest afresh at creation; it gets A's RAM and state.
+    let mut b = built("timer", 1);
+    b.ram.write_all_at(&ram, 0).unwrap();
+    load(&b.vm, &file).unwrap();
+    let saved = VmState::decode(&file).unwrap();
+    assert_eq!(lock(&b.vm.serial).state(), saved.serial, "COM1 restored");
+    b.vm.sync.resume();
+    b.wait_serial("VERDICT: PASS timer");
+    let out = String::from_utf8_lossy(&b.seen);
+    assert!(!out.contains("Bulkhead test guest"), "B booted: {out:?}");
+    assert!(out.contains("pit:"), "B continued the test: {out:?}");
+}
+
+#[test]
+fn a_corrupt_state_is_refused_and_leaves_the_vm_as_it_was() {
+    let mut g = start("timer");
+    g.wait_serial("timer");
+    g.pause();
+    let mut file = save(&g.vm).unwrap();
+    let before = VmState::capture(&g.vm).unwrap();
+    let n = file.len();
+    file[n / 2] ^= 0xff;
+    assert!(matches!(
+        load(&g.vm, &file),
+        Err(StateError::Format(VmStateError::Checksum { .. }))
+    ));
+    assert!(matches!(
+        load(&g.vm, &file[..n - 100]),
+        Err(StateError::Format(VmStateError::Truncated { .. }))
+    ));
+    let after = VmState::capture(&g.vm).unwrap();
+    assert!(still_parts(&before) == still_parts(&after));
+    g.vm.sync.resume();
+    g.wait_serial("VERDICT: PASS timer");
+}
+
+#[test]
+fn a_state_missing_its_pit_section_is_refused() {
+    let mut g = start("timer");
+    g.wait_serial("timer");
+    g.pause();
+    let state = VmState::capture(&g.vm).unwrap();
+    let mut sections: Vec<_> = state
+        .vcpus
+        .iter()
+        .map(|v| ipc_proto::vmstate::OwnedSection {
+            id: SectionId::Vcpu,
+            payload: v.encode().unwrap(),
+        })
+        .collect();
+    sections.extend(
+        state
+            .platform
+            .encode()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.id != SectionId::Pit),
+    );
+    let file = ipc_proto::vmstate::encode(&sections).unwrap();
+    let err = load(&g.vm, &file).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the VM state does not match this VM: the state has no pit section"
+    );
+}
+
+#[test]
+fn a_two_cpu_guest_moves_to_a_fresh_vm_with_both_vcpus() {
+    use std::os::unix::fs::FileExt;
+    let mut a = start_smp("timer", 2);
+    a.wait_serial("lapic timer: periodic");
+    a.pause();
+    let file = save(&a.vm).unwrap();
+    let state = VmState::decode(&file).unwrap();
+    let slots: Vec<u32> = state.vcpus.iter().map(|v| v.slot).collect();
+    assert_eq!(slots, [0, 1]);
+    let mut ram = vec![0u8; 64 << 20];
+    a.ram.read_exact_at(&mut ram, 0).unwrap();
+
+    let mut b = built("timer", 2);
+    b.ram.write_all_at(&ram, 0).unwrap();
+    load(&b.vm, &file).unwrap();
+    let restored = VmState::capture(&b.vm).unwrap();
+    let mp: Vec<u32> = restored.vcpus.iter().map(|v| v.mp_state.mp_state).collect();
+    let saved: Vec<u32> = state.vcpus.iter().map(|v| v.mp_state.mp_state).collect();
+    assert_eq!(mp, saved);
+    b.vm.sync.resume();
+    b.wait_serial("VERDICT: PASS timer");
+    assert!(!String::from_utf8_lossy(&b.seen).contains("Bulkhead test guest"));
+}
+
+#[test]
+fn a_state_of_two_vcpus_is_refused_by_a_one_vcpu_vm() {
+    let mut a = start_smp("timer", 2);
+    a.wait_serial("timer");
+    a.pause();
+    let file = save(&a.vm).unwrap();
+    let b = built("timer", 1);
+    let err = load(&b.vm, &file).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the VM state does not match this VM: the state has vCPUs [0, 1], the VM has [0]"
+    );
+}
