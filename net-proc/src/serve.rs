@@ -1,13 +1,28 @@
 //! The request loop of net-proc.
 
+use std::sync::mpsc;
+use std::sync::Arc;
+
 use ipc_proto::net::{NetEvent, NetReply, NetRequest};
 use ipc_proto::worker::WorkerChannel;
 use ipc_proto::{trace_point, BrokerMsg, ChannelError, WorkerMsg};
 
+use crate::nics::Nics;
 use crate::trace;
 
 /// Serves requests until the broker closes the channel (a clean end).
-pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), ChannelError> {
+pub fn serve(chan: WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), ChannelError> {
+    let chan = Arc::new(chan);
+    let (tx, rx) = mpsc::channel::<NetEvent>();
+    let ev_chan = chan.clone();
+    std::thread::spawn(move || {
+        for ev in rx {
+            if ev_chan.send(&WorkerMsg::Event(ev), &[]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut nics = Nics::new(tx);
     loop {
         let (msg, fds) = match chan.recv() {
             Ok(m) => m,
@@ -26,6 +41,14 @@ pub fn serve(chan: &WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(),
                     NetRequest::TestEscape(e) => {
                         Ok(NetReply::EscapeOutcome(sandbox::escape::attempt(e)))
                     }
+                    NetRequest::AddTapNetdev { id, vnet_hdr } => nics.add_tap(id, vnet_hdr, fds),
+                    NetRequest::RemoveNetdev { id } => nics.remove_netdev(&id),
+                    NetRequest::AddNic(spec) => nics.add_nic(spec),
+                    NetRequest::RemoveNic { id } => nics.remove_nic(&id),
+                    NetRequest::AttachNicConnection { id } => nics.attach(&id, fds),
+                    NetRequest::SetLink { id, up } => nics.set_link(&id, up),
+                    NetRequest::SetMac { id, mac } => nics.set_mac(&id, mac),
+                    NetRequest::QueryStats { id } => nics.stats(&id),
                 };
                 trace_point!(trace::net_ipc_reply(id, result.is_ok()));
                 chan.send(&WorkerMsg::Reply { id, result }, &[])?;
@@ -47,7 +70,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let broker: Channel<BrokerMsg<NetRequest>, WorkerMsg<NetReply, NetEvent>> = Channel::new(a);
         let worker = Channel::new(b);
-        let t = std::thread::spawn(move || serve(&worker));
+        let t = std::thread::spawn(move || serve(worker));
         broker
             .send(
                 &BrokerMsg::Request {
