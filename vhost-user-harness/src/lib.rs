@@ -14,6 +14,8 @@
 //!   also after the backend restarted.
 //! - [`blk`]: virtio-blk requests (read, write, flush, discard, write
 //!   zeroes, get-id) on top of the frontend, synchronous and pipelined.
+//! - [`net`]: virtio-net frames over tx/rx rings (vnet header, merged rx
+//!   buffers, raw chains, reconnection).
 //! - [`process`]: starting backends (block-proc standalone,
 //!   qemu-storage-daemon) and waiting for their socket.
 
@@ -21,8 +23,10 @@ pub mod blk;
 pub mod error;
 pub mod frontend;
 pub mod memory;
+pub mod net;
 pub mod process;
 pub mod ring;
 
 pub use blk::{BlkDevice, BlkOptions, Completion, Request};
+pub use net::{NetDevice, NetOptions};
 pub use error::{HarnessError, Result};
