@@ -28,5 +28,5 @@ pub mod process;
 pub mod ring;
 
 pub use blk::{BlkDevice, BlkOptions, Completion, Request};
-pub use net::{NetDevice, NetOptions};
 pub use error::{HarnessError, Result};
+pub use net::{NetDevice, NetOptions};

@@ -94,7 +94,7 @@ impl NetDevice {
         let mut base = rings.div_ceil(1 << 20) * (1 << 20);
         let mut queues = Vec::new();
         for q in 0..nq {
-            let slot_len = if q % 2 == 0 {
+            let slot_len = if q.is_multiple_of(2) {
                 u64::from(opts.rx_buf_len).div_ceil(64) * 64
             } else {
                 TX_SLOT

@@ -73,14 +73,17 @@ pub struct TapQueue {
 
 impl TapQueue {
     fn new(fd: OwnedFd, vnet_hdr: bool) -> Result<Self, TapError> {
-        let mut flags: libc::c_uint = 0;
-        // SAFETY: TUNGETIFF writes an `unsigned int` into `flags`, which
-        // outlives the call.
-        let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, &mut flags) };
+        // TUNGETIFF fills a whole `struct ifreq` (its request number says
+        // `unsigned int`, but the kernel copies the ifreq): name, then the
+        // flags at offset 16.
+        let mut ifr = [0u8; 40];
+        // SAFETY: the kernel writes at most sizeof(struct ifreq) = 40 bytes
+        // into `ifr`, which outlives the call.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, ifr.as_mut_ptr()) };
         if r < 0 {
             return Err(TapError::NotTap);
         }
-        let flags = flags as u16;
+        let flags = u16::from_ne_bytes([ifr[16], ifr[17]]);
         if flags & IFF_TAP == 0 {
             return Err(TapError::NotTap);
         }

@@ -154,7 +154,7 @@ struct Worker {
 
 impl Worker {
     fn is_rx(&self) -> bool {
-        self.p.index % 2 == 0
+        self.p.index.is_multiple_of(2)
     }
 
     fn pair(&self) -> usize {
@@ -216,6 +216,9 @@ impl Worker {
     /// bounds. None: the ring is empty (or its avail index is corrupt).
     fn pop(&mut self, writable: bool) -> Option<Chain> {
         let mem = self.p.mem.clone();
+        if !self.ring_sane() {
+            return None;
+        }
         let chain = self.q.pop_descriptor_chain(&*mem)?;
         let head = chain.head_index();
         let mut segs = Vec::new();
@@ -249,6 +252,27 @@ impl Worker {
             head,
             segs: ok.then_some(segs),
         })
+    }
+
+    /// False when the avail index claims more entries than the ring holds
+    /// (checked here so a broken driver costs one rate-limited warning,
+    /// not a log line per pop from `virtio-queue`).
+    fn ring_sane(&mut self) -> bool {
+        let Ok(avail) = self.q.avail_idx(&*self.p.mem, Ordering::Acquire) else {
+            return false;
+        };
+        let pending = avail.0.wrapping_sub(self.q.next_avail());
+        if pending > self.q.size() {
+            add(&self.p.stats.bad_chains, 1);
+            ipc_proto::warn_limited!(
+                "queue {}: avail index {} is {pending} entries ahead of a ring of {}",
+                self.p.index,
+                avail.0,
+                self.q.size()
+            );
+            return false;
+        }
+        true
     }
 
     fn add_used(&mut self, head: u16, len: u32) {
