@@ -63,11 +63,6 @@ pub enum NetRequest {
     /// Trace points: their states, or the states the broker wants
     /// (with `to_file`, the frame's first fd is the trace file).
     Trace(crate::trace::TraceRequest),
-    /// Test hooks only: run an escape attempt inside the sandboxed worker
-    /// (answered by [`NetReply::EscapeOutcome`], or not at all: seccomp
-    /// kills the worker).
-    #[cfg(feature = "test-hooks")]
-    TestEscape(crate::escape::Escape),
     /// A TAP netdev: the frame's fds are its queues' TAP fds (at least
     /// one; one per queue pair of a multiqueue TAP).
     AddTapNetdev {
@@ -116,6 +111,13 @@ pub enum NetRequest {
         /// The NIC id.
         id: String,
     },
+    // Last, so a worker built without the test hooks decodes every other
+    // variant alike.
+    /// Test hooks only: run an escape attempt inside the sandboxed worker
+    /// (answered by [`NetReply::EscapeOutcome`], or not at all: seccomp
+    /// kills the worker).
+    #[cfg(feature = "test-hooks")]
+    TestEscape(crate::escape::Escape),
 }
 
 /// Replies of net-proc.
@@ -125,13 +127,14 @@ pub enum NetReply {
     Alive,
     /// Answer to a `Trace` request: the process's trace points.
     Trace(crate::trace::TraceReply),
-    /// Answer to [`NetRequest::TestEscape`].
-    #[cfg(feature = "test-hooks")]
-    EscapeOutcome(crate::escape::Outcome),
     /// The request was carried out.
     Done,
     /// Answer to [`NetRequest::QueryStats`].
     Stats(NicStats),
+    // Last, as in the request enum.
+    /// Answer to [`NetRequest::TestEscape`].
+    #[cfg(feature = "test-hooks")]
+    EscapeOutcome(crate::escape::Outcome),
 }
 
 /// Events net-proc reports.

@@ -133,6 +133,9 @@ pub struct Config {
     pub blockdevs: Vec<BlockdevSpec>,
     /// `-device` options (`device_add` properties), in command-line order.
     pub devices: Vec<Map<String, Value>>,
+    /// `-netdev` (properties as `netdev_add` takes them, checked when
+    /// applied).
+    pub netdevs: Vec<Map<String, Value>>,
     /// `-chardev socket,id=ID,path=PATH` (client sockets for vhost-user).
     pub chardevs: Vec<ChardevSpec>,
     /// `-machine`/`-M`.
@@ -222,6 +225,7 @@ impl Default for Config {
             image_dirs: Vec::new(),
             blockdevs: Vec::new(),
             devices: Vec::new(),
+            netdevs: Vec::new(),
             chardevs: Vec::new(),
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
             machine: MachineType::Microvm,
@@ -347,6 +351,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     options,
                 });
             }
+            "-netdev" => cfg.netdevs.push(keyval::parse_netdev(&value()?)?),
             "-device" => {
                 let d = parse_device(&value()?)?;
                 if d.get("driver").and_then(Value::as_str) == Some("isa-serial") {

@@ -12,6 +12,7 @@
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`dump`]: `dump-guest-memory`, `query-dump` and its capability.
 //! - [`device`]: `device_add` / `device_del` and the device events.
+//! - [`net`]: `netdev_add`/`netdev_del`, `set_link`, `query-rx-filter`.
 //! - [`trace`]: `trace-event-get-state` / `trace-event-set-state`.
 //! - [`gic`]: `query-gic-capabilities` (none on x86).
 //! - [`cpu_hotplug`]: `query-hotpluggable-cpus`, `device_add`/`device_del` of CPUs.
@@ -31,6 +32,7 @@ pub mod hmp;
 pub mod introspection;
 pub mod machine;
 pub mod migration;
+pub mod net;
 pub mod qom;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
@@ -113,6 +115,7 @@ pub fn registry() -> Registry {
     r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);
     device::declare_events(&mut r);
+    net::register(&mut r);
     dump::declare_events(&mut r);
     r
 }

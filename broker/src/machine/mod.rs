@@ -6,6 +6,7 @@
 //! - [`policy`]: what happens when a worker exits (restart with backoff, or
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
+//! - [`netdevs`]: netdevs, net-proc's NICs and net-proc's life.
 //! - [`liveness`]: the ping that finds hung workers.
 //! - [`no_vm`]: the run state of `-machine none` (no guest, no vcpu-proc).
 //! - [`host_memory`]: whether the host can provide `-m`.
@@ -29,6 +30,7 @@ pub mod host_tids;
 pub mod images;
 pub mod jobs;
 pub mod liveness;
+pub mod netdevs;
 pub mod no_vm;
 pub mod policy;
 pub mod serial_pty;
@@ -57,6 +59,9 @@ use crate::workers::supervisor::Supervisor;
 pub type VcpuLink = WorkerLink<VcpuRequest, VcpuReply, VcpuEvent>;
 /// The link to block-proc.
 pub type BlockLink = WorkerLink<BlockRequest, BlockReply, BlockEvent>;
+/// The link to net-proc.
+pub type NetLink =
+    WorkerLink<ipc_proto::net::NetRequest, ipc_proto::net::NetReply, ipc_proto::net::NetEvent>;
 
 /// Why the broker should end, and with which exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +111,14 @@ pub struct Machine {
     exit_tx: Mutex<Sender<ExitRequest>>,
     pub(crate) vcpu: Mutex<Option<Worker<VcpuLink>>>,
     pub(crate) block: Mutex<Option<Worker<BlockLink>>>,
+    /// net-proc, once a TAP netdev asked for it.
+    pub(crate) net: Mutex<Option<Worker<NetLink>>>,
+    /// The desired netdevs and NICs (replayed into a restarted net-proc).
+    pub(crate) netdevs: Mutex<netdevs::NetState>,
+    /// Held while net-proc is started or restarted: one at a time.
+    pub(crate) net_start: Mutex<()>,
+    /// This machine, for what must start a worker from a `&Machine`.
+    me: std::sync::OnceLock<std::sync::Weak<Machine>>,
     /// Set once vcpu-proc died unexpectedly: the guest crashed.
     vcpu_crashed: AtomicBool,
     /// Set when the broker is ending: worker exits are expected then.
@@ -172,6 +185,10 @@ impl Machine {
             exit_tx: Mutex::new(exit_tx),
             vcpu: Mutex::new(None),
             block: Mutex::new(None),
+            net: Mutex::new(None),
+            netdevs: Mutex::new(netdevs::NetState::default()),
+            net_start: Mutex::new(()),
+            me: std::sync::OnceLock::new(),
             vcpu_crashed: AtomicBool::new(false),
             ending: AtomicBool::new(false),
             restart: Mutex::new(policy::Backoff::default()),
@@ -185,8 +202,14 @@ impl Machine {
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
         });
+        let _ = m.me.set(Arc::downgrade(&m));
         liveness::start(&m);
         m
+    }
+
+    /// This machine as an `Arc` (None while it is being dropped).
+    pub(crate) fn arc(&self) -> Option<Arc<Machine>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// How long a worker may take to answer a request or a ping
@@ -449,8 +472,10 @@ impl Machine {
         // A restart in progress sees `ending` and publishes nothing more;
         // wait for it, so its worker is stopped here too.
         let owner = lock(&self.restart_owner);
+        let net_owner = lock(&self.net_start);
         let vcpu = lock(&self.vcpu).take();
         let block = lock(&self.block).take();
+        let net = lock(&self.net).take();
         self.worker_published();
         if let Some(w) = &vcpu {
             w.link.close();
@@ -458,11 +483,17 @@ impl Machine {
         if let Some(w) = &block {
             w.link.close();
         }
+        if let Some(w) = &net {
+            w.link.close();
+        }
         let deadline = Instant::now() + STOP_GRACE;
-        for process in [vcpu.map(|w| w.process), block.map(|w| w.process)]
-            .into_iter()
-            .flatten()
-        {
+        let processes = [
+            vcpu.map(|w| w.process),
+            block.map(|w| w.process),
+            net.map(|w| w.process),
+        ];
+        drop(net_owner);
+        for process in processes.into_iter().flatten() {
             process.stop(deadline.saturating_duration_since(Instant::now()));
         }
         drop(owner);

@@ -171,7 +171,7 @@ fn parse_identity(spec: &str) -> Result<SandboxIdentity, StartError> {
 type LiveWorker<R, P, E> = (SpawnedWorker, Arc<WorkerLink<R, P, E>>);
 
 /// Spawns `kind`, completes the handshake and starts its link.
-fn bring_up<R, P, E>(
+pub(crate) fn bring_up<R, P, E>(
     m: &Arc<Machine>,
     kind: WorkerKind,
     on_event: impl Fn(&Arc<Machine>, E) + Send + 'static,
@@ -236,6 +236,7 @@ pub fn start_vcpu(
     m: &Arc<Machine>,
     spawned: Result<SpawnedVcpu, StartError>,
 ) -> Result<Option<PathBuf>, StartError> {
+    super::netdevs::apply_config(m).map_err(StartError::Device)?;
     devices::apply_config(m).map_err(StartError::Device)?;
     let prepared = vm_setup::prepare(m.config())?;
     let (proc, link) = spawned?;
@@ -296,7 +297,7 @@ pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
 /// Makes a brought-up worker the current one of its slot, with a new
 /// generation, wakes the callers waiting for it, and only then watches it:
 /// the supervisor reports exits of published workers only.
-fn publish<L: Send + Sync + 'static>(
+pub(crate) fn publish<L: Send + Sync + 'static>(
     m: &Arc<Machine>,
     slot: &std::sync::Mutex<Option<Worker<L>>>,
     process: SpawnedWorker,
@@ -336,7 +337,7 @@ const STEP: Duration = Duration::from_millis(20);
 /// How long to wait for a dead worker's last events.
 const LAST_EVENTS: Duration = Duration::from_millis(500);
 
-fn exit_data(
+pub(crate) fn exit_data(
     exit: &WorkerExit,
     action: &str,
     note: Option<sandbox::DeathNote>,
@@ -387,7 +388,7 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
     let link_closed = match exit.kind {
         WorkerKind::Vcpu => current_link(&m.vcpu, generation).map(|l| l.wait_closed(LAST_EVENTS)),
         WorkerKind::Block => current_link(&m.block, generation).map(|l| l.wait_closed(LAST_EVENTS)),
-        WorkerKind::Net => Some(true),
+        WorkerKind::Net => current_link(&m.net, generation).map(|l| l.wait_closed(LAST_EVENTS)),
     };
     let Some(link_closed) = link_closed else {
         tracing::debug!(
@@ -467,10 +468,8 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
             restart_block(m, down_since, cause);
         }
         WorkerKind::Net => {
-            m.events().emit(
-                event_names::WORKER_EXITED,
-                Some(exit_data(&exit, "none", None, hung)),
-            );
+            let note = death_note(lock(&m.net).as_ref().map(|w| &w.process));
+            super::netdevs::worker::on_exit(m, &exit, generation, hung, note);
         }
     }
 }
