@@ -420,3 +420,72 @@ fn a_tap_without_vnet_header_carries_bare_frames() {
     assert_eq!(&got[0][..HDR_LEN - 2], &[0u8; HDR_LEN - 2]);
     assert_eq!(&got[0][HDR_LEN..], &frame(SRC, 4, 100)[..]);
 }
+
+/// A frontend's handler of the backend channel that counts
+/// CONFIG_CHANGE_MSGs.
+#[derive(Default)]
+struct ConfigChanges(u32);
+
+impl vhost::vhost_user::VhostUserFrontendReqHandlerMut for ConfigChanges {
+    fn handle_config_change(&mut self) -> vhost::vhost_user::HandlerResult<u64> {
+        self.0 += 1;
+        Ok(0)
+    }
+}
+
+type BackendChannel = vhost::vhost_user::FrontendReqHandler<std::sync::Mutex<ConfigChanges>>;
+
+fn link_bit(fe: &mut vhost::vhost_user::Frontend) -> bool {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    let (_, c) = fe
+        .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+        .unwrap();
+    c[6] & 1 != 0
+}
+
+/// The guest learns of a link change: the config space's STATUS changes
+/// and the frontend gets CONFIG_CHANGE_MSG on its backend channel (which
+/// it turns into a config interrupt).
+#[test]
+fn set_link_sends_config_change_on_the_backend_channel_with_the_new_status() {
+    use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures as P};
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::VhostBackend;
+    let mut s = setup("chan", 1);
+    let mut fe = vhost::vhost_user::Frontend::from_stream(s.worker.connection("nic0"), 2);
+    fe.set_owner().unwrap();
+    let offered = fe.get_features().unwrap();
+    fe.set_features(offered).unwrap();
+    let p = fe.get_protocol_features().unwrap();
+    assert!(p.contains(P::BACKEND_REQ), "{p:?}");
+    assert!(
+        !p.contains(P::INFLIGHT_SHMFD),
+        "a net backend keeps no inflight region"
+    );
+    fe.set_protocol_features(P::CONFIG | P::REPLY_ACK | P::BACKEND_REQ)
+        .unwrap();
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(ConfigChanges::default()));
+    let mut channel = BackendChannel::new(counts.clone()).unwrap();
+    fe.set_backend_request_fd(&channel.get_tx_raw_fd()).unwrap();
+    assert!(link_bit(&mut fe));
+    for (n, up) in [(1, false), (2, true)] {
+        let req = NetRequest::SetLink {
+            id: "nic0".into(),
+            up,
+        };
+        assert_eq!(s.worker.call(req, &[]), Ok(NetReply::Done));
+        channel.handle_request().unwrap();
+        assert_eq!(counts.lock().unwrap().0, n);
+        assert_eq!(link_bit(&mut fe), up);
+    }
+    // Setting the state it already has sends nothing more.
+    let req = NetRequest::SetLink {
+        id: "nic0".into(),
+        up: true,
+    };
+    assert_eq!(s.worker.call(req, &[]), Ok(NetReply::Done));
+    s.worker.ping();
+    assert_eq!(counts.lock().unwrap().0, 2);
+}
