@@ -75,6 +75,22 @@ fn try_set_persist(fd: &std::os::fd::OwnedFd, on: bool) -> bool {
     unsafe { libc::ioctl(fd.as_raw_fd(), 0x4004_54cb as _, libc::c_ulong::from(on)) >= 0 }
 }
 
+/// net-proc under the broker runs sandboxed: seccomp filter, no new
+/// privileges, no capabilities (it enters the sandbox after its handshake).
+fn assert_sandboxed(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if st.contains("Seccomp:\t2") {
+            assert!(st.contains("NoNewPrivs:\t1"), "{st}");
+            assert!(st.contains("CapEff:\t0000000000000000"), "{st}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "net-proc not sandboxed: {st}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn iface_exists(name: &str) -> bool {
     std::path::Path::new(&format!("/sys/class/net/{name}")).exists()
 }
@@ -107,6 +123,7 @@ fn netdev_and_nic_in_prelaunch_with_qemu_macs_rx_filter_and_errors() {
     assert!(iface_exists(&tap));
     let pid = net_proc(&b).expect("net-proc started for the TAP");
     assert!(holds_tun(pid), "net-proc holds the TAP fd");
+    assert_sandboxed(pid);
     let r = q.execute(
         "netdev_add",
         json!({"type": "tap", "id": "n0", "ifname": tap}),
@@ -317,6 +334,7 @@ fn sigkilled_net_proc_is_restarted_with_its_taps_and_nics_replayed() {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert!(holds_tun(new), "the TAP was replayed into net-proc");
+        assert_sandboxed(new);
         // The NIC was replayed: net-proc knows it (set_link reaches it).
         ok(
             &mut q,
