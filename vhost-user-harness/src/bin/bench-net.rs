@@ -263,6 +263,13 @@ impl Worker {
         }
     }
 
+    fn stats(&mut self) -> Result<ipc_proto::net::NicStats, String> {
+        match self.call(NetRequest::QueryStats { id: "n".into() }, &[])? {
+            NetReply::Stats(s) => Ok(s),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
     /// The TAP and NIC replayed, and a connection for the NIC.
     fn setup(&mut self, tap: &OwnedFd) -> Result<UnixStream, String> {
         let fd = tap.try_clone().map_err(|e| e.to_string())?;
@@ -406,9 +413,17 @@ fn run() -> Result<(), String> {
         "{:<8} {:>14} {:>14} {:>14} {:>10} {:>10}",
         "frame", "net-proc tx", "net-proc rx", "kernel veth", "tx ratio", "rx ratio"
     );
+    let mut notes = Vec::new();
     for (len, label) in [(64usize, "64 B"), (1514, "1500 B"), (9014, "9000 B")] {
         let tx = tx_rate(&mut dev, &a.tap, len, a.secs)?;
+        let before = w.stats()?;
         let rx = rx_rate(&mut dev, &a.tap, len, a.secs)?;
+        let after = w.stats()?;
+        notes.push(format!(
+            "{label}: net-proc rx delivered {} frames, dropped {} (no guest buffers)",
+            after.rx_packets - before.rx_packets,
+            after.rx_dropped - before.rx_dropped
+        ));
         let peer = veth_rate(&a.veth.0, &a.veth.1, len, a.secs)?;
         let fmt = |pps: f64| {
             if len == 64 {
@@ -426,6 +441,9 @@ fn run() -> Result<(), String> {
             tx / peer,
             rx / peer
         );
+    }
+    for n in notes {
+        println!("{n}");
     }
     // Recovery gap: SIGKILL → replay → reconnect → first frame out.
     let sock = Packet::bind(&a.tap)?;
