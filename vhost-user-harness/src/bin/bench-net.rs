@@ -404,8 +404,10 @@ fn run() -> Result<(), String> {
     let a = args()?;
     let tap = open_tap(&a.tap)?;
     let mut w = Worker::spawn(&a.net_proc)?;
+    // Page-sized rx buffers, as Linux's mergeable rx buffers are.
     let opts = NetOptions {
         queue_size: 1024,
+        rx_buf_len: 4096,
         ..NetOptions::default()
     };
     let mut dev = NetDevice::from_stream(w.setup(&tap)?, opts).map_err(herr)?;
