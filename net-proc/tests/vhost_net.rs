@@ -28,6 +28,22 @@ fn host_seqs(sock: &PacketSocket, want: usize) -> Vec<u32> {
     seen
 }
 
+/// NIC `nic0`'s counters once `pred` holds (queue workers count right
+/// after the guest or the TAP saw the frame), or after 5 s.
+fn stats_until(
+    w: &mut common::Worker,
+    pred: impl Fn(&ipc_proto::net::NicStats) -> bool,
+) -> ipc_proto::net::NicStats {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let st = w.stats("nic0");
+        if pred(&st) || std::time::Instant::now() > deadline {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 struct Setup {
     _tap: HostTap,
     sock: PacketSocket,
@@ -57,7 +73,7 @@ fn frames_sent_by_the_guest_come_out_of_the_tap_in_order() {
     }
     let seen = host_seqs(&s.sock, 200);
     assert_eq!(seen, (0..200).collect::<Vec<_>>());
-    let st = s.worker.stats("nic0");
+    let st = stats_until(&mut s.worker, |st| st.tx_packets >= 200);
     assert_eq!(st.tx_packets, 200);
     assert_eq!(st.bad_chains, 0);
 }
@@ -88,7 +104,10 @@ fn frames_written_to_the_tap_arrive_in_rx_with_a_vnet_header_small_and_merged() 
             "frame {i}"
         );
     }
-    assert_eq!(s.worker.stats("nic0").rx_packets, 3);
+    assert_eq!(
+        stats_until(&mut s.worker, |st| st.rx_packets >= 3).rx_packets,
+        3
+    );
 }
 
 #[test]
@@ -133,7 +152,9 @@ fn link_down_stops_traffic_both_ways_and_link_up_resumes_it() {
     }
     assert!(host_seqs(&s.sock, 1).is_empty());
     assert!(dev.recv_timeout(0, Duration::from_millis(500)).is_err());
-    let st = s.worker.stats("nic0");
+    let st = stats_until(&mut s.worker, |st| {
+        st.tx_dropped >= 10 && st.rx_dropped >= 10
+    });
     assert_eq!((st.tx_packets, st.rx_packets), (0, 0));
     assert_eq!((st.tx_dropped, st.rx_dropped), (10, 10));
     let req = NetRequest::SetLink {
@@ -222,7 +243,7 @@ fn offloads_are_negotiated_and_a_partial_checksum_frame_reaches_the_tap() {
         .recv(T)
         .expect("the partial-checksum frame reaches the TAP");
     assert_eq!(&got[42..], b"offloaded checksum");
-    let st = s.worker.stats("nic0");
+    let st = stats_until(&mut s.worker, |st| st.tx_packets >= 1);
     assert_eq!((st.tx_packets, st.tx_dropped), (1, 0));
 }
 

@@ -72,6 +72,8 @@ struct Queue {
     kicked_at: u16,
     slots: u64,
     slot_len: u64,
+    /// Buffers of a merged rx frame harvested so far.
+    partial: Vec<Vec<u8>>,
 }
 
 /// A virtio-net device driven through vhost-user.
@@ -80,8 +82,6 @@ pub struct NetDevice {
     mem: GuestMem,
     queues: Vec<Queue>,
     opts: NetOptions,
-    /// Frames harvested from rx but not returned yet (merged buffers).
-    partial: Vec<Vec<u8>>,
 }
 
 impl NetDevice {
@@ -106,6 +106,7 @@ impl NetDevice {
                 kicked_at: 0,
                 slots: base,
                 slot_len,
+                partial: Vec::new(),
             });
             base += slot_len * u64::from(opts.queue_size);
         }
@@ -116,7 +117,6 @@ impl NetDevice {
             mem,
             queues,
             opts,
-            partial: Vec::new(),
         };
         dev.setup(false)?;
         Ok(dev)
@@ -328,15 +328,15 @@ impl NetDevice {
             let mut data = vec![0u8; len];
             mem.read_slice(&mut data, GuestAddress(addr))
                 .map_err(mem_err)?;
-            self.partial.push(data);
-            let first = &self.partial[0];
+            q.partial.push(data);
+            let first = &q.partial[0];
             let want = if mrg && first.len() >= HDR_LEN {
                 usize::from(u16::from_le_bytes([first[10], first[11]])).max(1)
             } else {
                 1
             };
-            if self.partial.len() >= want {
-                frames.push(std::mem::take(&mut self.partial).concat());
+            if q.partial.len() >= want {
+                frames.push(std::mem::take(&mut q.partial).concat());
             }
         }
         self.fill_rx(pair)?;
