@@ -99,13 +99,6 @@ pub enum NetRequest {
         /// True: up.
         up: bool,
     },
-    /// Set a NIC's MAC (the broker replays a MAC the guest wrote).
-    SetMac {
-        /// The NIC id.
-        id: String,
-        /// The MAC address.
-        mac: [u8; 6],
-    },
     /// A NIC's counters.
     QueryStats {
         /// The NIC id.

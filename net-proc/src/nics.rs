@@ -175,15 +175,6 @@ impl Nics {
         Ok(NetReply::Done)
     }
 
-    /// `SetMac`.
-    pub fn set_mac(&mut self, id: &str, mac: [u8; 6]) -> Result<NetReply, FlatError> {
-        let export = self.nic(id)?;
-        if let Ok(mut c) = export.nic().cfg.lock() {
-            c.mac = mac;
-        }
-        Ok(NetReply::Done)
-    }
-
     /// `QueryStats`.
     pub fn stats(&self, id: &str) -> Result<NetReply, FlatError> {
         Ok(NetReply::Stats(self.nic(id)?.nic().stats.snapshot()))

@@ -47,7 +47,6 @@ pub fn serve(chan: WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), 
                     NetRequest::RemoveNic { id } => nics.remove_nic(&id),
                     NetRequest::AttachNicConnection { id } => nics.attach(&id, fds),
                     NetRequest::SetLink { id, up } => nics.set_link(&id, up),
-                    NetRequest::SetMac { id, mac } => nics.set_mac(&id, mac),
                     NetRequest::QueryStats { id } => nics.stats(&id),
                 };
                 trace_point!(trace::net_ipc_reply(id, result.is_ok()));
