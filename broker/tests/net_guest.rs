@@ -67,7 +67,6 @@ fn the_net_guest_exchanges_frames_with_the_host_through_qemus_tap_and_sees_set_l
 }
 
 #[test]
-#[ignore = "needs net-proc's vhost-user-net backend and the broker's -netdev/-device wiring (helper \"net\")"]
 fn the_net_guest_exchanges_frames_with_the_host_through_bulkheads_tap_and_sees_set_link() {
     let tap = Tap::create("b");
     let echo = Echo::start(&tap);
@@ -108,7 +107,6 @@ fn a_damaged_test_frame_is_told_from_a_good_one() {
 /// after each, traffic resumes by itself (a later round loses nothing),
 /// QMP answers throughout, and no frame is ever damaged.
 #[test]
-#[ignore = "needs net-proc's vhost-user-net backend and the broker's -netdev/-device wiring (helper \"net\")"]
 fn net_loop_traffic_resumes_after_each_of_twenty_net_proc_kills() {
     const KILLS: usize = 20;
     let tap = Tap::create("c");
