@@ -177,10 +177,7 @@ impl Nics {
 
     /// Netdev `id` as a port of a switch: it must exist, have one queue
     /// and no NIC on it. (The caller checks no other switch has it.)
-    pub fn switch_port(
-        &self,
-        id: &str,
-    ) -> Result<Box<dyn crate::rocker::port::SwitchPort>, String> {
+    pub fn switch_port(&self, id: &str) -> Result<Arc<dyn Port>, String> {
         let port = self
             .netdevs
             .get(id)
@@ -191,7 +188,7 @@ impl Nics {
         if port.queues() != 1 {
             return Err(format!("netdev '{id}' has several queues"));
         }
-        Ok(Box::new(crate::rocker::port::NetdevPort::new(port.clone())))
+        Ok(port.clone())
     }
 
     /// `QueryStats`.

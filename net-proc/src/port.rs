@@ -1,7 +1,7 @@
 //! What a NIC backend's queues exchange frames with: a port. Today a port
-//! is a TAP netdev ([`crate::tap::Tap`]); the switch to come adds ports
-//! that are other NICs' backend queues, behind the same trait, so a NIC's
-//! queue workers never know what is on the other side.
+//! is a TAP netdev ([`crate::tap::Tap`]). The rocker switches take their
+//! ports through the same trait (`crate::rocker::port`); a NIC on a
+//! switch would be a port pair behind it, the queue workers unchanged.
 //!
 //! Frames cross a port with the 12-byte vnet header in front when
 //! [`Port::vnet_hdr`] is true, bare otherwise.

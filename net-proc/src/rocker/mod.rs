@@ -4,7 +4,8 @@
 //! - [`of_dpa`]: the flow and group tables and the pipeline walk.
 //! - [`bridge`]: the controller that programs them as Linux's rocker
 //!   driver does for a bridge (VLANs, groups, learning, ageing).
-//! - [`port`]: the port trait; netdevs (TAPs) and bare fds as ports.
+//! - [`port`]: netdevs ([`crate::port::Port`], the NICs' trait) as switch
+//!   ports, and bare fds as ports.
 //! - [`forward`]: a running switch and its forwarding thread.
 //!
 //! A switch's ports are netdevs net-proc holds (`crate::nics`), named by
@@ -21,6 +22,7 @@ pub mod port;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_proto::rocker::{RockerReply, RockerRequest, SwitchSpec};
@@ -28,7 +30,7 @@ use ipc_proto::FlatError;
 
 use self::bridge::{Bridge, INTERNAL_VLAN_BASE};
 use self::forward::Running;
-use self::port::SwitchPort;
+use crate::port::Port;
 
 /// Errors of switch requests.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,7 @@ impl From<RockerError> for FlatError {
 }
 
 /// Finds the port a switch's netdev id names (or says why it cannot be one).
-pub type PortLookup<'a> = dyn FnMut(&str) -> Result<Box<dyn SwitchPort>, String> + 'a;
+pub type PortLookup<'a> = dyn FnMut(&str) -> Result<Arc<dyn Port>, String> + 'a;
 
 struct Switch {
     running: Running,
@@ -118,7 +120,7 @@ impl Switches {
         if self.running.contains_key(&spec.name) {
             return Err(RockerError::Exists(spec.name));
         }
-        let mut ports: Vec<Box<dyn SwitchPort>> = Vec::with_capacity(spec.ports.len());
+        let mut ports: Vec<Arc<dyn Port>> = Vec::with_capacity(spec.ports.len());
         for (i, p) in spec.ports.iter().enumerate() {
             let taken = if spec.ports[..i].contains(p) {
                 Some(spec.name.as_str())
