@@ -106,6 +106,13 @@ pub enum NetRequest {
     },
     /// A switch request (see [`crate::rocker`]).
     Rocker(crate::rocker::RockerRequest),
+    /// A netdev joining a NIC to a switch port, without a host side: the
+    /// frame's two fds are the ends of a datagram socketpair (one frame
+    /// per datagram, no vnet header), the NIC's end first.
+    AddSwitchPortNetdev {
+        /// The netdev id.
+        id: String,
+    },
     // The test-only variants come last, so a worker built without the
     // test hooks decodes every other variant alike.
     /// Test hooks only: run an escape attempt inside the sandboxed worker

@@ -12,6 +12,7 @@ use ipc_proto::net::{NetEvent, NetReply, NicSpec};
 use ipc_proto::FlatError;
 
 use crate::port::Port;
+use crate::rocker::port::FdPort;
 use crate::tap::Tap;
 use crate::vhost::backend::Nic;
 use crate::vhost::export::Export;
@@ -29,12 +30,23 @@ struct Bound {
 /// Netdevs and NICs of this net-proc.
 pub struct Nics {
     netdevs: HashMap<String, Arc<dyn Port>>,
+    /// Switch-port netdevs: the switch's end (the NIC's is in `netdevs`).
+    switch_ends: HashMap<String, Arc<dyn Port>>,
     nics: HashMap<String, Bound>,
     events: Sender<NetEvent>,
 }
 
 fn err(msg: String) -> FlatError {
     FlatError::generic(msg)
+}
+
+/// Checks `fd` is a socket.
+fn is_socket(fd: &OwnedFd) -> std::io::Result<()> {
+    let st = nix::sys::stat::fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other("not a socket"));
+    }
+    Ok(())
 }
 
 /// Checks `fd` is a socket before it is served as a vhost-user connection.
@@ -51,6 +63,7 @@ impl Nics {
     pub fn new(events: Sender<NetEvent>) -> Self {
         Nics {
             netdevs: HashMap::new(),
+            switch_ends: HashMap::new(),
             nics: HashMap::new(),
             events,
         }
@@ -78,6 +91,34 @@ impl Nics {
         Ok(NetReply::Done)
     }
 
+    /// `AddSwitchPortNetdev`: `fds` are a datagram socketpair's ends, the
+    /// NIC's first.
+    pub fn add_switch_port(
+        &mut self,
+        id: String,
+        fds: Vec<OwnedFd>,
+    ) -> Result<NetReply, FlatError> {
+        if self.netdevs.contains_key(&id) {
+            return Err(err(format!("netdev '{id}' already exists")));
+        }
+        let [nic_end, switch_end]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| err(format!("netdev '{id}': a switch port takes two fds")))?;
+        for fd in [&nic_end, &switch_end] {
+            is_socket(fd).map_err(|e| err(format!("netdev '{id}': bad socket: {e}")))?;
+        }
+        self.netdevs
+            .insert(id.clone(), Arc::new(FdPort::new(nic_end)));
+        self.switch_ends
+            .insert(id, Arc::new(FdPort::new(switch_end)));
+        Ok(NetReply::Done)
+    }
+
+    /// Netdev `id` joins a NIC to a switch (both may use it).
+    pub fn is_switch_port(&self, id: &str) -> bool {
+        self.switch_ends.contains_key(id)
+    }
+
     /// `RemoveNetdev`.
     pub fn remove_netdev(&mut self, id: &str) -> Result<NetReply, FlatError> {
         if !self.netdevs.contains_key(id) {
@@ -87,6 +128,7 @@ impl Nics {
             return Err(err(format!("netdev '{id}' is used by NIC '{nic}'")));
         }
         self.netdevs.remove(id);
+        self.switch_ends.remove(id);
         Ok(NetReply::Done)
     }
 
@@ -178,6 +220,9 @@ impl Nics {
     /// Netdev `id` as a port of a switch: it must exist, have one queue
     /// and no NIC on it. (The caller checks no other switch has it.)
     pub fn switch_port(&self, id: &str) -> Result<Arc<dyn Port>, String> {
+        if let Some(end) = self.switch_ends.get(id) {
+            return Ok(end.clone());
+        }
         let port = self
             .netdevs
             .get(id)

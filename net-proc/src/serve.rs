@@ -57,9 +57,12 @@ pub fn serve(chan: WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), 
                         None => nics.remove_netdev(&id),
                     },
                     NetRequest::AddNic(spec) => match switches.using(&spec.netdev) {
-                        Some(sw) => Err(in_switch(&spec.netdev, sw)),
-                        None => nics.add_nic(spec),
+                        Some(sw) if !nics.is_switch_port(&spec.netdev) => {
+                            Err(in_switch(&spec.netdev, sw))
+                        }
+                        Some(_) | None => nics.add_nic(spec),
                     },
+                    NetRequest::AddSwitchPortNetdev { id } => nics.add_switch_port(id, fds),
                     NetRequest::RemoveNic { id } => nics.remove_nic(&id),
                     NetRequest::AttachNicConnection { id } => nics.attach(&id, fds),
                     NetRequest::SetLink { id, up } => nics.set_link(&id, up),

@@ -52,11 +52,11 @@ pub fn apply_config(m: &Machine) -> Result<(), FlatError> {
         for p in &s.ports {
             let is_tap = matches!(
                 lock(&m.netdevs).netdev(p).map(|n| &n.kind),
-                Some(NetdevKind::Tap { .. })
+                Some(NetdevKind::Tap { .. } | NetdevKind::SwitchPort { .. })
             );
             if !is_tap {
                 return Err(FlatError::generic(format!(
-                    "-device rocker,name={}: port netdev '{p}' is not a tap netdev",
+                    "-device rocker,name={}: port netdev '{p}' is not a tap or x-switch-port netdev",
                     s.name
                 )));
             }

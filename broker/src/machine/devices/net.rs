@@ -41,14 +41,15 @@ pub fn plan(
             spec.driver
         ))
     })?;
-    if taken || crate::machine::rocker::switch_on_netdev(m, netdev).is_some() {
+    let switch_port = matches!(n.kind, NetdevKind::SwitchPort { .. });
+    if taken || (!switch_port && crate::machine::rocker::switch_on_netdev(m, netdev).is_some()) {
         return Err(generic(format!(
             "Property '{}.netdev' can't take value '{netdev}', it's in use",
             spec.driver
         )));
     }
     Ok(match &n.kind {
-        NetdevKind::Tap { .. } => Backend::Nic {
+        NetdevKind::Tap { .. } | NetdevKind::SwitchPort { .. } => Backend::Nic {
             netdev: netdev.to_owned(),
         },
         NetdevKind::VhostUser { chardev, path, .. } => Backend::External {
@@ -63,6 +64,7 @@ pub fn queue_pairs(m: &Machine, netdev: &str) -> u16 {
     match lock(&m.netdevs).netdev(netdev).map(|n| &n.kind) {
         Some(NetdevKind::Tap { fds, .. }) => u16::try_from(fds.len()).unwrap_or(1).max(1),
         Some(NetdevKind::VhostUser { queues, .. }) => *queues,
+        Some(NetdevKind::SwitchPort { .. }) => 1,
         None => 1,
     }
 }

@@ -40,6 +40,12 @@ pub enum NetdevKind {
         /// The interface name.
         ifname: String,
     },
+    /// A switch port for a NIC (`x-switch-port`): a datagram socketpair,
+    /// the NIC's end first (kept for replays).
+    SwitchPort {
+        /// The two ends.
+        fds: Vec<OwnedFd>,
+    },
     /// An external vhost-user backend.
     VhostUser {
         /// The chardev id.
@@ -137,6 +143,17 @@ pub fn add(
                 ifname,
             }
         }
+        NetdevKindOptions::SwitchPort => {
+            let (a, b) = std::os::unix::net::UnixDatagram::pair()
+                .map_err(|e| generic(format!("cannot create a socketpair: {e}")))?;
+            for s in [&a, &b] {
+                s.set_nonblocking(true)
+                    .map_err(|e| generic(format!("cannot create a socketpair: {e}")))?;
+            }
+            NetdevKind::SwitchPort {
+                fds: vec![OwnedFd::from(a), OwnedFd::from(b)],
+            }
+        }
         NetdevKindOptions::VhostUser { chardev, queues } => {
             let path = m
                 .config()
@@ -152,12 +169,8 @@ pub fn add(
             }
         }
     };
-    if let NetdevKind::Tap { fds, vnet_hdr, .. } = &kind {
+    if let Some((req, fds)) = add_request(&o.id, &kind) {
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        let req = NetRequest::AddTapNetdev {
-            id: o.id.clone(),
-            vnet_hdr: *vnet_hdr,
-        };
         done(worker::request(m, req, &borrowed)?)?;
     }
     let mut st = lock(&m.netdevs);
@@ -179,7 +192,10 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
                 format!("Device '{id}' not found"),
             ));
         };
-        matches!(n.kind, NetdevKind::Tap { .. })
+        matches!(
+            n.kind,
+            NetdevKind::Tap { .. } | NetdevKind::SwitchPort { .. }
+        )
     };
     if let Some(dev) = super::devices::net::device_on_netdev(m, id) {
         return Err(generic(format!(
@@ -262,27 +278,40 @@ fn mac_changed(m: &Arc<Machine>, id: &str, mac: [u8; 6]) {
     );
 }
 
+/// The request creating netdev `id` in net-proc and its fds (duplicates),
+/// if net-proc has a part in it.
+fn add_request(id: &str, kind: &NetdevKind) -> Option<(NetRequest, Vec<OwnedFd>)> {
+    let dup = |fds: &[OwnedFd]| fds.iter().filter_map(|f| f.try_clone().ok()).collect();
+    match kind {
+        NetdevKind::Tap { fds, vnet_hdr, .. } => Some((
+            NetRequest::AddTapNetdev {
+                id: id.to_owned(),
+                vnet_hdr: *vnet_hdr,
+            },
+            dup(fds),
+        )),
+        NetdevKind::SwitchPort { fds } => Some((
+            NetRequest::AddSwitchPortNetdev { id: id.to_owned() },
+            dup(fds),
+        )),
+        NetdevKind::VhostUser { .. } => None,
+    }
+}
+
 /// Replays every TAP, NIC and switch into a freshly started net-proc.
 fn replay_on(m: &Machine, link: &NetLink) -> Result<(), FlatError> {
     let (taps, nics) = {
         let st = lock(&m.netdevs);
-        let taps: Vec<(String, bool, Vec<OwnedFd>)> = st
+        let taps: Vec<(NetRequest, Vec<OwnedFd>)> = st
             .netdevs
             .iter()
-            .filter_map(|n| match &n.kind {
-                NetdevKind::Tap { fds, vnet_hdr, .. } => Some((
-                    n.id.clone(),
-                    *vnet_hdr,
-                    fds.iter().filter_map(|f| f.try_clone().ok()).collect(),
-                )),
-                NetdevKind::VhostUser { .. } => None,
-            })
+            .filter_map(|n| add_request(&n.id, &n.kind))
             .collect();
         (taps, st.nics.clone())
     };
-    for (id, vnet_hdr, fds) in taps {
+    for (req, fds) in taps {
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        done(link.request(NetRequest::AddTapNetdev { id, vnet_hdr }, &borrowed)?)?;
+        done(link.request(req, &borrowed)?)?;
     }
     for spec in nics {
         done(link.request(NetRequest::AddNic(spec), &[])?)?;

@@ -29,6 +29,9 @@ pub enum NetdevKindOptions {
         /// `vnet_hdr` (default on).
         vnet_hdr: bool,
     },
+    /// `type=x-switch-port` (bulkhead's own): no host side; a NIC on it is
+    /// a port of the `-device rocker` switch that lists it.
+    SwitchPort,
     /// `type=vhost-user`: an external backend at a `-chardev socket`.
     VhostUser {
         /// `chardev`.
@@ -110,6 +113,12 @@ pub fn parse(props: &Map<String, Value>) -> Result<NetdevOptions, FlatError> {
     let kind = match ty.as_str() {
         "tap" => parse_tap(props)?,
         "vhost-user" => parse_vhost_user(props)?,
+        "x-switch-port" => {
+            if let Some(k) = props.keys().find(|k| !matches!(k.as_str(), "type" | "id")) {
+                return Err(generic(format!("Invalid parameter '{k}'")));
+            }
+            NetdevKindOptions::SwitchPort
+        }
         t if OTHER_TYPES.contains(&t) => {
             return Err(generic(format!(
                 "netdev type '{t}' is not supported by bulkhead (tap, vhost-user)"
@@ -227,6 +236,10 @@ mod tests {
                 queues: 1
             }
         );
+        let o = p(json!({"type": "x-switch-port", "id": "s"})).unwrap();
+        assert_eq!(o.kind, NetdevKindOptions::SwitchPort);
+        let e = p(json!({"type": "x-switch-port", "id": "s", "ifname": "t"})).unwrap_err();
+        assert_eq!(e.desc, "Invalid parameter 'ifname'");
     }
 
     #[test]
