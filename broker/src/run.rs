@@ -247,7 +247,9 @@ fn start_workers(machine: &Arc<Machine>) -> Result<Option<PathBuf>, MainError> {
         None => None,
     };
     block?;
-    crate::machine::rocker::start(machine)?;
+    // The netdevs (and the switches on them) before the NICs on them.
+    crate::machine::netdevs::apply_config(machine)
+        .map_err(|e| MainError::from(policy::StartError::Device(e)))?;
     match vcpu {
         Some(v) => Ok(policy::start_vcpu(machine, v)?),
         None => Ok(None),

@@ -67,7 +67,6 @@ fn the_net_guest_exchanges_frames_with_the_host_through_qemus_tap_and_sees_set_l
 }
 
 #[test]
-#[ignore = "needs net-proc's vhost-user-net backend and the broker's -netdev/-device wiring (helper \"net\")"]
 fn the_net_guest_exchanges_frames_with_the_host_through_bulkheads_tap_and_sees_set_link() {
     let tap = Tap::create("b");
     let echo = Echo::start(&tap);
@@ -108,7 +107,6 @@ fn a_damaged_test_frame_is_told_from_a_good_one() {
 /// after each, traffic resumes by itself (a later round loses nothing),
 /// QMP answers throughout, and no frame is ever damaged.
 #[test]
-#[ignore = "needs net-proc's vhost-user-net backend and the broker's -netdev/-device wiring (helper \"net\")"]
 fn net_loop_traffic_resumes_after_each_of_twenty_net_proc_kills() {
     const KILLS: usize = 20;
     let tap = Tap::create("c");
@@ -159,4 +157,83 @@ fn net_loop_traffic_resumes_after_each_of_twenty_net_proc_kills() {
         all.iter().map(|r| r.lost).sum::<u32>(),
         all.iter().map(|r| r.duplicate).sum::<u32>()
     );
+}
+
+/// The guest's learned MAC in switch `sw1`'s bridging table: (port, hits).
+fn learned_guest(qmp: &mut common::Qmp) -> Option<(u64, u64)> {
+    let r = qmp.execute(
+        "query-rocker-of-dpa-flows",
+        serde_json::json!({"name": "sw1", "tbl-id": 50}),
+    );
+    let flows = r["return"].as_array().cloned().unwrap_or_default();
+    flows
+        .iter()
+        .find(|f| f["mask"].get("eth-dst").is_none() && f["key"]["eth-dst"] == GUEST_MAC)
+        .map(|f| {
+            (
+                f["action"]["group-id"].as_u64().unwrap_or(0) & 0xffff,
+                f["hits"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// A guest NIC as a rocker port: `net-loop`'s NIC on an `x-switch-port`
+/// netdev and a TAP (a host process echoing) are the two ports of one
+/// switch. Pings cross the switch both ways, the bridging table learns
+/// the guest's MAC on port 1 with hits, and after a net-proc SIGKILL the
+/// netdevs, the NIC and the switch are replayed and traffic resumes.
+#[test]
+fn a_guest_nic_and_a_tap_on_one_rocker_switch_exchange_frames_and_survive_a_kill() {
+    let tap = Tap::create("r");
+    let echo = Echo::start(&tap);
+    let dir = TempDir::new();
+    let tap_netdev = format!("tap,id=p1,ifname={},script=no,downscript=no", tap.name);
+    let (vm, serial) = disk_common::start_guest(
+        &dir.0,
+        "net-loop",
+        &[
+            "-m",
+            "64",
+            "-netdev",
+            "x-switch-port,id=n0",
+            "-netdev",
+            &tap_netdev,
+            "-device",
+            &nic(),
+            "-device",
+            "rocker,name=sw1,len-ports=2,ports[0]=n0,ports[1]=p1",
+        ],
+    );
+    let broker = vm.child.as_ref().unwrap().id();
+    let mut qmp = vm.client();
+    let wait_clean_round_after = |n: u64| {
+        let deadline = std::time::Instant::now() + disk_common::GUEST_TIMEOUT;
+        loop {
+            let clean = rounds(&serial)
+                .iter()
+                .any(|r| r.n > n + 1 && r.sent > 0 && r.received == r.sent && r.corrupt == 0);
+            if clean {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no clean round after round {n}:\n{}",
+                serial.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_clean_round_after(0);
+    let (port, hits) = learned_guest(&mut qmp).expect("the guest's MAC is learned");
+    assert_eq!(port, 1, "learned on the NIC's port");
+    assert!(hits > 0, "the echo's frames to the guest hit its entry");
+    let last = rounds(&serial).last().map_or(0, |r| r.n);
+    let pid = worker_pid(broker, "net-proc").expect("net-proc runs");
+    disk_common::sigkill(pid);
+    wait_clean_round_after(last);
+    assert!(
+        learned_guest(&mut qmp).is_some(),
+        "relearned after the kill"
+    );
+    assert_eq!(echo.counts().corrupt, 0);
 }

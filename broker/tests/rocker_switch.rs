@@ -525,3 +525,48 @@ fn ten_sigkills_of_net_proc_each_leave_a_forwarding_switch() {
         gaps[gaps.len() - 1]
     );
 }
+
+/// A switch's ports are netdevs of the one netdev layer: a NIC cannot
+/// take one, `netdev_del` refuses one, and a free TAP netdev still takes
+/// a NIC beside the switch (one net-proc serves both).
+#[test]
+fn a_switch_port_netdev_is_refused_to_nics_and_netdev_del() {
+    let taps: Vec<Tap> = (0..3).map(|i| Tap::new("x", i)).collect();
+    let mut args = switch_args(&taps[..2]);
+    // A VM in prelaunch (device_add works), not `-machine none`.
+    args.drain(..2);
+    args.insert(0, "-S".into());
+    args.push("-netdev".into());
+    args.push(format!(
+        "tap,id=n0,ifname={},script=no,downscript=no",
+        taps[2].0
+    ));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Bulkhead::start(&argv);
+    let mut q = b.client();
+    let r = q.execute(
+        "device_add",
+        json!({"driver": "virtio-net-device", "netdev": "p0", "id": "nic0"}),
+    );
+    assert_eq!(
+        common::Qmp::error_of(&r).1,
+        "Property 'virtio-net-device.netdev' can't take value 'p0', it's in use"
+    );
+    let r = q.execute("netdev_del", json!({"id": "p1"}));
+    assert_eq!(
+        common::Qmp::error_of(&r).1,
+        "netdev 'p1' is a port of switch 'sw1'"
+    );
+    ret(
+        &mut q,
+        "device_add",
+        json!({"driver": "virtio-net-device", "netdev": "n0", "id": "nic1"}),
+    );
+    assert_eq!(
+        net_procs(&b).len(),
+        1,
+        "one net-proc for the switch and the NIC"
+    );
+    let ports = ret(&mut q, "query-rocker-ports", json!({"name": "sw1"}));
+    assert_eq!(ports.as_array().map(Vec::len), Some(2));
+}

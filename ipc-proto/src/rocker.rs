@@ -1,16 +1,17 @@
 //! The switch (QEMU's "rocker") part of the broker ↔ net-proc channel.
 //!
-//! net-proc runs learning L2 switches over an OF-DPA pipeline. The broker
-//! holds each switch's configuration (desired state) and the TAP fds of its
-//! ports, and replays both into a restarted net-proc with
+//! net-proc runs learning L2 switches over an OF-DPA pipeline whose ports
+//! are its netdevs. The broker holds each switch's configuration (desired
+//! state) and replays it, after the netdevs, into a restarted net-proc with
 //! [`RockerRequest::Create`]; learned entries are relearned from traffic.
 //! The table types are QEMU's `RockerOfDpaFlow*`/`RockerOfDpaGroup` with
 //! absent members as `None` (MACs as bytes, the broker formats them).
 
 use serde::{Deserialize, Serialize};
 
-/// A switch to create. The request's fds are the ports' TAP fds
-/// (`IFF_TAP|IFF_NO_PI`), one per port, in port order (pport 1 first).
+/// A switch to create. Its ports are netdevs net-proc already holds
+/// (`NetRequest::AddTapNetdev`/`AddSwitchPortNetdev`), named by id; the
+/// request carries no fds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchSpec {
     /// The switch name (`name=`).
@@ -26,9 +27,9 @@ pub struct SwitchSpec {
 /// Switch requests (carried by `NetRequest::Rocker`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RockerRequest {
-    /// Create a switch and start forwarding; fds: the ports' TAP fds.
+    /// Create a switch on its netdevs and start forwarding.
     Create(SwitchSpec),
-    /// Stop and remove a switch (its TAP fds are closed in net-proc).
+    /// Stop and remove a switch (its netdevs stay).
     Destroy {
         /// The switch name.
         name: String,

@@ -4,12 +4,23 @@
 //!
 //! Crate map:
 //! - [`serve`]: the request loop (one exhaustive match per request).
+//! - [`nics`]: the netdevs and NIC exports net-proc holds.
+//! - [`port`]: what a NIC's queues exchange frames with (a TAP today, a
+//!   switch port later).
+//! - [`tap`]: TAP netdevs (fds from the broker, offloads, vnet header).
+//! - [`virtio_net`]: the virtio-net device model (features, config space).
+//! - [`vhost`]: the vhost-user-net backend (protocol, queues, exports).
 //! - [`trace`]: net-proc's trace points.
 //! - [`rocker`]: learning L2 switches over an OF-DPA pipeline.
 
+pub mod nics;
+pub mod port;
 pub mod rocker;
 pub mod serve;
+pub mod tap;
 pub mod trace;
+pub mod vhost;
+pub mod virtio_net;
 
 use std::process::ExitCode;
 
@@ -45,7 +56,7 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
             Err(e) => Err(error_chain(&e)),
         });
     match result {
-        Ok(chan) => match serve::serve(&chan) {
+        Ok(chan) => match serve::serve(chan) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("net-proc: {}", error_chain(&e));

@@ -6,4 +6,6 @@ ipc_proto::trace_points! {
     point net_ipc_request(id, request);
     /// net-proc answered a broker request.
     point net_ipc_reply(id, ok);
+    /// A vhost-user message of a NIC's frontend.
+    point vhost_user_msg(nic, message, args);
 }

@@ -8,6 +8,10 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use ipc_proto::rocker::{RockerReply, RockerRequest, SwitchSpec};
+use std::sync::Arc;
+
+use net_proc::port::Port;
+use net_proc::rocker::port::FdPort;
 use net_proc::rocker::Switches;
 
 const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
@@ -34,6 +38,16 @@ fn wires(n: usize) -> (Vec<UnixDatagram>, Vec<OwnedFd>) {
     (host, switch)
 }
 
+/// Hands `fds` out as the ports a switch asks for, in order.
+fn given(fds: Vec<OwnedFd>) -> impl FnMut(&str) -> Result<Arc<dyn Port>, String> {
+    let mut fds = fds.into_iter();
+    move |id| {
+        fds.next()
+            .map(|fd| Arc::new(FdPort::new(fd)) as Arc<dyn Port>)
+            .ok_or_else(|| format!("netdev '{id}' not found"))
+    }
+}
+
 fn recv(h: &UnixDatagram) -> Option<u8> {
     let mut buf = [0u8; 128];
     h.recv(&mut buf).ok().map(|_| buf[14])
@@ -53,7 +67,7 @@ fn a_switch_forwards_between_its_ports_and_shows_what_it_learned() {
     let mut sw = Switches::default();
     let (host, fds) = wires(3);
     assert_eq!(
-        sw.handle(RockerRequest::Create(spec("sw1", 3)), fds)
+        sw.handle(RockerRequest::Create(spec("sw1", 3)), &mut given(fds))
             .unwrap(),
         RockerReply::Done
     );
@@ -68,7 +82,7 @@ fn a_switch_forwards_between_its_ports_and_shows_what_it_learned() {
                 name: "sw1".into(),
                 tbl_id: Some(50),
             },
-            Vec::new(),
+            &mut given(Vec::new()),
         )
         .unwrap()
     {
@@ -82,7 +96,10 @@ fn a_switch_forwards_between_its_ports_and_shows_what_it_learned() {
         .collect();
     assert_eq!(learned, vec![(A, 1), (B, 0)]);
     let ports = sw
-        .handle(RockerRequest::Ports { name: "sw1".into() }, Vec::new())
+        .handle(
+            RockerRequest::Ports { name: "sw1".into() },
+            &mut given(Vec::new()),
+        )
         .unwrap();
     assert!(matches!(ports, RockerReply::Ports(p) if p.len() == 3 && p.iter().all(|p| p.link_up)));
     let groups = sw
@@ -91,12 +108,15 @@ fn a_switch_forwards_between_its_ports_and_shows_what_it_learned() {
                 name: "sw1".into(),
                 group_type: Some(4),
             },
-            Vec::new(),
+            &mut given(Vec::new()),
         )
         .unwrap();
     assert!(matches!(groups, RockerReply::Groups(g) if g.len() == 1));
-    sw.handle(RockerRequest::Destroy { name: "sw1".into() }, Vec::new())
-        .unwrap();
+    sw.handle(
+        RockerRequest::Destroy { name: "sw1".into() },
+        &mut given(Vec::new()),
+    )
+    .unwrap();
     // Its ports are closed with it.
     assert!(host[0].send(&frame(B, A, 3)).is_err());
 }
@@ -109,39 +129,55 @@ fn bad_switch_requests_are_refused() {
             RockerRequest::Ports {
                 name: "nope".into(),
             },
-            Vec::new(),
+            &mut given(Vec::new()),
         )
         .unwrap_err();
     assert_eq!(e.to_string(), "rocker nope not found");
     let (_host, fds) = wires(1);
     let e = sw
-        .handle(RockerRequest::Create(spec("sw1", 2)), fds)
+        .handle(RockerRequest::Create(spec("sw1", 2)), &mut given(fds))
         .unwrap_err();
-    assert_eq!(e.to_string(), "switch sw1: 2 ports but 1 fds");
+    assert_eq!(
+        e.to_string(),
+        "switch sw1: port 'p1': netdev 'p1' not found"
+    );
     let (_host, fds) = wires(1);
-    sw.handle(RockerRequest::Create(spec("sw1", 1)), fds)
+    sw.handle(RockerRequest::Create(spec("sw1", 1)), &mut given(fds))
         .unwrap();
     let (_host2, fds) = wires(1);
     let e = sw
-        .handle(RockerRequest::Create(spec("sw1", 1)), fds)
+        .handle(RockerRequest::Create(spec("sw1", 1)), &mut given(fds))
         .unwrap_err();
     assert_eq!(e.to_string(), "sw1 already exists");
+    let (_host3, fds) = wires(1);
+    let e = sw
+        .handle(RockerRequest::Create(spec("sw2", 1)), &mut given(fds))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "switch sw2: port 'p0': already a port of switch sw1"
+    );
 }
 
 #[test]
 fn each_switch_gets_its_own_internal_vlan() {
     let mut sw = Switches::default();
     let (_h1, fds) = wires(1);
-    sw.handle(RockerRequest::Create(spec("a", 1)), fds).unwrap();
+    sw.handle(RockerRequest::Create(spec("a", 1)), &mut given(fds))
+        .unwrap();
     let (_h2, fds) = wires(1);
-    sw.handle(RockerRequest::Create(spec("b", 1)), fds).unwrap();
+    // Another netdev: a netdev is a port of one switch only.
+    let mut b = spec("b", 1);
+    b.ports = vec!["q0".into()];
+    sw.handle(RockerRequest::Create(b), &mut given(fds))
+        .unwrap();
     let vlan = |sw: &mut Switches, name: &str| match sw
         .handle(
             RockerRequest::Groups {
                 name: name.into(),
                 group_type: Some(0),
             },
-            Vec::new(),
+            &mut given(Vec::new()),
         )
         .unwrap()
     {

@@ -1,5 +1,5 @@
-//! net-proc's sandbox, end to end (the broker does not spawn net-proc
-//! yet): the built worker is started as the broker's spawner does (a new
+//! net-proc's sandbox, end to end (as the broker spawns it for a TAP
+//! netdev): the built worker is started as the broker's spawner does (a new
 //! pid namespace, a socketpair control channel, the sandbox flags and a
 //! death-note pipe), and after its handshake its `/proc` entries show the
 //! sandbox; escape attempts sent as `TestEscape` requests (feature

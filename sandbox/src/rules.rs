@@ -141,8 +141,6 @@ pub const TAP_IOCTLS: &[u64] = &[
     0x400454d0, // TUNSETOFFLOAD: offloads the guest negotiated
     0x400454d8, // TUNSETVNETHDRSZ: virtio-net header size
     0x800454d2, // TUNGETIFF: check the fd is a TAP
-    FIONBIO,    // non-blocking sockets
-    FIOCLEX,    // close-on-exec on received fds
 ];
 
 const FCNTL_CMDS: &[u64] = &[
@@ -369,13 +367,12 @@ pub const BLOCK: &[Rule] = &[
 ];
 
 /// net-proc: TAP fds and the vhost-user-net backend.
-pub const NET: &[Rule] = &[
-    one_of(libc::SYS_ioctl, 1, TAP_IOCTLS, "TAP offloads on given fds"),
-    any(
-        libc::SYS_accept4,
-        "vhost-user frontends on a given listener",
-    ),
-];
+pub const NET: &[Rule] = &[one_of(
+    libc::SYS_ioctl,
+    1,
+    TAP_IOCTLS,
+    "TAP checks, vnet header size and offloads on given fds",
+)];
 
 /// The kind's own rules (without [`COMMON`]).
 pub fn for_kind(kind: WorkerKind) -> &'static [Rule] {

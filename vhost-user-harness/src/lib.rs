@@ -16,6 +16,8 @@
 //!   zeroes, get-id) on top of the frontend, synchronous and pipelined.
 //! - [`scsi`]: virtio-scsi commands (request queues) and task management
 //!   (control queue) on top of the frontend.
+//! - [`net`]: virtio-net frames over tx/rx rings (vnet header, merged rx
+//!   buffers, raw chains, reconnection).
 //! - [`process`]: starting backends (block-proc standalone,
 //!   qemu-storage-daemon) and waiting for their socket.
 
@@ -23,9 +25,11 @@ pub mod blk;
 pub mod error;
 pub mod frontend;
 pub mod memory;
+pub mod net;
 pub mod process;
 pub mod ring;
 pub mod scsi;
 
 pub use blk::{BlkDevice, BlkOptions, Completion, Request};
 pub use error::{HarnessError, Result};
+pub use net::{NetDevice, NetOptions};

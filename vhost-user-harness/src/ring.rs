@@ -90,6 +90,19 @@ impl DriverRing {
         self.avail_idx
     }
 
+    /// The descriptor index the next one-buffer [`DriverRing::add`] uses.
+    pub fn next_free(&self) -> Option<u16> {
+        self.free.last().copied()
+    }
+
+    /// The device's used index as it stands in memory.
+    pub fn used_idx_in_memory(&self, mem: &GuestMemoryMmap<()>) -> Result<u16> {
+        let idx: u16 = mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .map_err(Self::mem_err)?;
+        Ok(u16::from_le(idx))
+    }
+
     /// Descriptors free.
     pub fn free_count(&self) -> usize {
         self.free.len()

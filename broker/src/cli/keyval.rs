@@ -300,6 +300,19 @@ pub fn parse_device(s: &str) -> Result<Map<String, Value>> {
         .collect())
 }
 
+/// `-netdev TYPE,id=ID,key=value,...` or `-netdev {"type": ...}`: the
+/// properties `netdev_add` takes (checked when applied).
+pub fn parse_netdev(s: &str) -> Result<Map<String, Value>> {
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str::<Map<String, Value>>(s)
+            .map_err(|e| bad("-netdev", format!("JSON parse error, {e}")));
+    }
+    Ok(keyval_pairs("-netdev", s, Some("type"))?
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

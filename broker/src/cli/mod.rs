@@ -134,9 +134,12 @@ pub struct Config {
     pub blockdevs: Vec<BlockdevSpec>,
     /// `-device` options (`device_add` properties), in command-line order.
     pub devices: Vec<Map<String, Value>>,
+    /// `-netdev` (properties as `netdev_add` takes them, checked when
+    /// applied).
+    pub netdevs: Vec<Map<String, Value>>,
     /// `-chardev socket,id=ID,path=PATH` (client sockets for vhost-user).
     pub chardevs: Vec<ChardevSpec>,
-    /// `-device rocker` switches and the `-netdev tap` their ports name.
+    /// `-device rocker` switches (their ports name `-netdev`s).
     pub rocker: rocker::RockerConfig,
     /// `-machine`/`-M`.
     pub machine: MachineType,
@@ -225,6 +228,7 @@ impl Default for Config {
             image_dirs: Vec::new(),
             blockdevs: Vec::new(),
             devices: Vec::new(),
+            netdevs: Vec::new(),
             chardevs: Vec::new(),
             rocker: Default::default(),
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
@@ -352,7 +356,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
                     options,
                 });
             }
-            "-netdev" => cfg.rocker.add_netdev(&value()?)?,
+            "-netdev" => cfg.netdevs.push(keyval::parse_netdev(&value()?)?),
             "-device" => {
                 let text = value()?;
                 let d = parse_device(&text)?;
@@ -580,7 +584,12 @@ pub fn parse(args: &[String]) -> Result<Config> {
     if kvm_accel == Some(false) {
         return Err(bad("-accel", "bulkhead has only the kvm accelerator"));
     }
-    cfg.rocker.check(&rocker_texts)?;
+    let netdev_ids: Vec<&str> = cfg
+        .netdevs
+        .iter()
+        .filter_map(|n| n.get("id").and_then(Value::as_str))
+        .collect();
+    cfg.rocker.check(&netdev_ids, &rocker_texts)?;
     if !serial_given {
         cfg.serial = serial_chardev::default_serial(nodefaults, nographic, monitor_given, &cfg.hmp);
     }

@@ -1,7 +1,5 @@
-//! `-device rocker` (a host-side switch) and the `-netdev tap` its ports
-//! name. Kept apart from the guest NIC's netdev layer so the two can be
-//! folded together: here a TAP netdev is only an interface name the
-//! broker opens (`machine::rocker`).
+//! `-device rocker` (a host-side switch). Its ports name netdevs of the
+//! one netdev layer (`-netdev`, `machine::netdevs`).
 //!
 //! Forms accepted, as QEMU: the reference era's
 //! `-device rocker,name=sw1,len-ports=2,ports[0]=p0,ports[1]=p1` and QEMU
@@ -10,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{keyval_pairs, CliError};
+use super::CliError;
 
 /// The most ports a switch has (QEMU's `ROCKER_FP_PORTS_MAX`).
 pub const MAX_PORTS: usize = 62;
@@ -18,15 +16,6 @@ pub const MAX_PORTS: usize = 62;
 pub const MAX_NAME_LEN: usize = 9;
 /// Seconds a learned MAC lives without traffic (the Linux bridge default).
 pub const DEFAULT_AGEING_SECS: u32 = 300;
-
-/// `-netdev tap,id=ID,ifname=IFNAME,script=no,downscript=no`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TapNetdev {
-    /// The netdev id.
-    pub id: String,
-    /// The host interface to attach to (created if missing, as QEMU).
-    pub ifname: String,
-}
 
 /// One `-device rocker`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +28,9 @@ pub struct SwitchConfig {
     pub ports: Vec<String>,
 }
 
-/// The switches and TAP netdevs of the command line.
+/// The switches of the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RockerConfig {
-    /// `-netdev tap` in command-line order.
-    pub netdevs: Vec<TapNetdev>,
     /// `-device rocker` in command-line order.
     pub switches: Vec<SwitchConfig>,
 }
@@ -57,53 +44,6 @@ fn at(text: &str, reason: impl Into<String>) -> CliError {
 }
 
 impl RockerConfig {
-    /// Parses one `-netdev` value.
-    pub fn add_netdev(&mut self, text: &str) -> Result<(), CliError> {
-        let netdev_err = |reason: String| CliError::At {
-            option: "-netdev".into(),
-            value: text.into(),
-            reason,
-        };
-        let pairs = keyval_pairs("-netdev", text, Some("type"))?;
-        let get = |k: &str| {
-            pairs
-                .iter()
-                .rev()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        };
-        let ty = get("type").unwrap_or_default();
-        if ty != "tap" {
-            return Err(netdev_err(format!(
-                "Parameter 'type' does not accept value '{ty}' (bulkhead's switch takes tap netdevs)"
-            )));
-        }
-        let id = get("id").ok_or_else(|| netdev_err("Parameter 'id' is missing".into()))?;
-        for (k, v) in &pairs {
-            match k.as_str() {
-                "type" | "id" | "ifname" => {}
-                "script" | "downscript" if v == "no" => {}
-                "script" | "downscript" => {
-                    return Err(netdev_err(format!(
-                        "'{k}={v}': bulkhead runs no network scripts (use {k}=no)"
-                    )))
-                }
-                other => return Err(netdev_err(format!("Invalid parameter '{other}'"))),
-            }
-        }
-        let ifname = get("ifname").ok_or_else(|| {
-            netdev_err("tap: 'ifname' is required (bulkhead does not pick interface names)".into())
-        })?;
-        if ifname.is_empty() || ifname.len() > 15 {
-            return Err(netdev_err(format!("invalid interface name '{ifname}'")));
-        }
-        if self.netdevs.iter().any(|n| n.id == id) {
-            return Err(netdev_err(format!("Duplicate ID '{id}' for netdev")));
-        }
-        self.netdevs.push(TapNetdev { id, ifname });
-        Ok(())
-    }
-
     /// Takes one `-device rocker` (its properties as `parse_device` gave
     /// them; `text` as given, for messages).
     pub fn add_switch(&mut self, text: &str, d: &Map<String, Value>) -> Result<(), CliError> {
@@ -227,12 +167,13 @@ impl RockerConfig {
         Ok(())
     }
 
-    /// Checks every port names a `-netdev` (they may come after the
-    /// `-device`, as in QEMU).
-    pub fn check(&self, texts: &[String]) -> Result<(), CliError> {
+    /// Checks every port names one of the `-netdev` ids `netdevs` (they
+    /// may come after the `-device`, as in QEMU). What kind of netdev it
+    /// is gets checked when the switch is created (`machine::rocker`).
+    pub fn check(&self, netdevs: &[&str], texts: &[String]) -> Result<(), CliError> {
         for (s, text) in self.switches.iter().zip(texts) {
             for p in &s.ports {
-                if !self.netdevs.iter().any(|n| &n.id == p) {
+                if !netdevs.contains(&p.as_str()) {
                     return Err(at(
                         text,
                         format!("Property 'rocker.ports' can't find value '{p}'"),
@@ -300,22 +241,10 @@ mod tests {
         assert!(e.to_string().contains("has no netdev"), "{e}");
         device(&mut c, r#"{"driver":"rocker","name":"sw1","ports":["x"]}"#).unwrap();
         let texts = vec![String::new(), "T".to_string()];
-        let e = c.check(&texts).unwrap_err();
+        let e = c.check(&["p0"], &texts).unwrap_err();
         assert_eq!(
             e.to_string(),
             "-device T: Property 'rocker.ports' can't find value 'x'"
         );
-    }
-
-    #[test]
-    fn tap_netdevs_need_an_ifname_and_no_scripts() {
-        let mut c = RockerConfig::default();
-        c.add_netdev("tap,id=p0,ifname=tap0,script=no,downscript=no")
-            .unwrap();
-        assert_eq!(c.netdevs[0].ifname, "tap0");
-        assert!(c.add_netdev("tap,id=p0,ifname=tap1").is_err());
-        assert!(c.add_netdev("tap,id=p1,ifname=tap1,script=/etc/x").is_err());
-        assert!(c.add_netdev("user,id=p2").is_err());
-        assert!(c.add_netdev("tap,id=p3").is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! - [`fdsets`]: fd passing (`getfd`, `add-fd`, fd sets).
 //! - [`dump`]: `dump-guest-memory`, `query-dump` and its capability.
 //! - [`device`]: `device_add` / `device_del` and the device events.
+//! - [`net`]: `netdev_add`/`netdev_del`, `set_link`, `query-rx-filter`.
 //! - [`trace`]: `trace-event-get-state` / `trace-event-set-state`.
 //! - [`gic`]: `query-gic-capabilities` (none on x86).
 //! - [`rocker`]: the host-side switches (`query-rocker*`).
@@ -33,6 +34,7 @@ pub mod hmp_media;
 pub mod introspection;
 pub mod machine;
 pub mod migration;
+pub mod net;
 pub mod qom;
 pub mod rocker;
 #[cfg(feature = "test-hooks")]
@@ -124,6 +126,7 @@ pub fn registry() -> Registry {
     r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);
     device::declare_events(&mut r);
+    net::register(&mut r);
     dump::declare_events(&mut r);
     r
 }

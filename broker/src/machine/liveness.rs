@@ -30,7 +30,7 @@ type Slot<L> = fn(&Machine) -> &Mutex<Option<Worker<L>>>;
 pub fn start(m: &Arc<Machine>) {
     spawn(m, WorkerKind::Vcpu, |m| &m.vcpu);
     spawn(m, WorkerKind::Block, |m| &m.block);
-    spawn(m, WorkerKind::Net, |m| &m.rocker.net);
+    spawn(m, WorkerKind::Net, |m| &m.net);
 }
 
 fn spawn<R, P, E>(m: &Arc<Machine>, kind: WorkerKind, slot: Slot<WorkerLink<R, P, E>>)

@@ -7,6 +7,7 @@
 //!   guest crash).
 //! - [`devices`]: the guest devices and their vhost-user backends.
 //! - [`media`]: the SCSI drives' media, trays and guest locks.
+//! - [`netdevs`]: netdevs, net-proc's NICs and net-proc's life.
 //! - [`liveness`]: the ping that finds hung workers.
 //! - [`no_vm`]: the run state of `-machine none` (no guest, no vcpu-proc).
 //! - [`host_memory`]: whether the host can provide `-m`.
@@ -31,6 +32,7 @@ pub mod images;
 pub mod jobs;
 pub mod liveness;
 pub mod media;
+pub mod netdevs;
 pub mod no_vm;
 pub mod policy;
 pub mod quorum_state;
@@ -61,6 +63,9 @@ use crate::workers::supervisor::Supervisor;
 pub type VcpuLink = WorkerLink<VcpuRequest, VcpuReply, VcpuEvent>;
 /// The link to block-proc.
 pub type BlockLink = WorkerLink<BlockRequest, BlockReply, BlockEvent>;
+/// The link to net-proc.
+pub type NetLink =
+    WorkerLink<ipc_proto::net::NetRequest, ipc_proto::net::NetReply, ipc_proto::net::NetEvent>;
 
 /// Why the broker should end, and with which exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,14 @@ pub struct Machine {
     exit_tx: Mutex<Sender<ExitRequest>>,
     pub(crate) vcpu: Mutex<Option<Worker<VcpuLink>>>,
     pub(crate) block: Mutex<Option<Worker<BlockLink>>>,
+    /// net-proc, once a TAP netdev asked for it.
+    pub(crate) net: Mutex<Option<Worker<NetLink>>>,
+    /// The desired netdevs and NICs (replayed into a restarted net-proc).
+    pub(crate) netdevs: Mutex<netdevs::NetState>,
+    /// Held while net-proc is started or restarted: one at a time.
+    pub(crate) net_start: Mutex<()>,
+    /// This machine, for what must start a worker from a `&Machine`.
+    me: std::sync::OnceLock<std::sync::Weak<Machine>>,
     /// Set once vcpu-proc died unexpectedly: the guest crashed.
     vcpu_crashed: AtomicBool,
     /// Set when the broker is ending: worker exits are expected then.
@@ -150,8 +163,6 @@ pub struct Machine {
     pub(crate) dump: dump::DumpTracker,
     /// QEMU's rate limit of chatty events (the QUORUM_* events).
     pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
-    /// The `-device rocker` switches and their net-proc.
-    pub(crate) rocker: rocker::RockerState,
 }
 
 /// Receives a short description of the VM's state when it changes.
@@ -186,6 +197,10 @@ impl Machine {
             exit_tx: Mutex::new(exit_tx),
             vcpu: Mutex::new(None),
             block: Mutex::new(None),
+            net: Mutex::new(None),
+            netdevs: Mutex::new(netdevs::NetState::default()),
+            net_start: Mutex::new(()),
+            me: std::sync::OnceLock::new(),
             vcpu_crashed: AtomicBool::new(false),
             ending: AtomicBool::new(false),
             restart: Mutex::new(policy::Backoff::default()),
@@ -200,10 +215,15 @@ impl Machine {
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
             throttled_events,
-            rocker: Default::default(),
         });
+        let _ = m.me.set(Arc::downgrade(&m));
         liveness::start(&m);
         m
+    }
+
+    /// This machine as an `Arc` (None while it is being dropped).
+    pub(crate) fn arc(&self) -> Option<Arc<Machine>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// How long a worker may take to answer a request or a ping
@@ -469,28 +489,28 @@ impl Machine {
         // A restart in progress sees `ending` and publishes nothing more;
         // wait for it, so its worker is stopped here too.
         let owner = lock(&self.restart_owner);
+        let net_owner = lock(&self.net_start);
         let vcpu = lock(&self.vcpu).take();
         let block = lock(&self.block).take();
-        let net = self.rocker.take_worker();
+        let net = lock(&self.net).take();
         self.worker_published();
-        if let Some(w) = &net {
-            w.link.close();
-        }
         if let Some(w) = &vcpu {
             w.link.close();
         }
         if let Some(w) = &block {
             w.link.close();
         }
+        if let Some(w) = &net {
+            w.link.close();
+        }
         let deadline = Instant::now() + STOP_GRACE;
-        for process in [
+        let processes = [
             vcpu.map(|w| w.process),
             block.map(|w| w.process),
             net.map(|w| w.process),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        ];
+        drop(net_owner);
+        for process in processes.into_iter().flatten() {
             process.stop(deadline.saturating_duration_since(Instant::now()));
         }
         drop(owner);

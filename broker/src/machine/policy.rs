@@ -171,7 +171,7 @@ fn parse_identity(spec: &str) -> Result<SandboxIdentity, StartError> {
 type LiveWorker<R, P, E> = (SpawnedWorker, Arc<WorkerLink<R, P, E>>);
 
 /// Spawns `kind`, completes the handshake and starts its link.
-pub(super) fn bring_up<R, P, E>(
+pub(crate) fn bring_up<R, P, E>(
     m: &Arc<Machine>,
     kind: WorkerKind,
     on_event: impl Fn(&Arc<Machine>, E) + Send + 'static,
@@ -296,7 +296,7 @@ pub fn start_block(m: &Arc<Machine>) -> Result<(), StartError> {
 /// Makes a brought-up worker the current one of its slot, with a new
 /// generation, wakes the callers waiting for it, and only then watches it:
 /// the supervisor reports exits of published workers only.
-pub(super) fn publish<L: Send + Sync + 'static>(
+pub(crate) fn publish<L: Send + Sync + 'static>(
     m: &Arc<Machine>,
     slot: &std::sync::Mutex<Option<Worker<L>>>,
     process: SpawnedWorker,
@@ -336,7 +336,7 @@ const STEP: Duration = Duration::from_millis(20);
 /// How long to wait for a dead worker's last events.
 const LAST_EVENTS: Duration = Duration::from_millis(500);
 
-fn exit_data(
+pub(crate) fn exit_data(
     exit: &WorkerExit,
     action: &str,
     note: Option<sandbox::DeathNote>,
@@ -387,7 +387,7 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
     let link_closed = match exit.kind {
         WorkerKind::Vcpu => current_link(&m.vcpu, generation).map(|l| l.wait_closed(LAST_EVENTS)),
         WorkerKind::Block => current_link(&m.block, generation).map(|l| l.wait_closed(LAST_EVENTS)),
-        WorkerKind::Net => Some(true),
+        WorkerKind::Net => current_link(&m.net, generation).map(|l| l.wait_closed(LAST_EVENTS)),
     };
     let Some(link_closed) = link_closed else {
         tracing::debug!(
@@ -467,12 +467,8 @@ fn on_exit(m: &Arc<Machine>, exit: WorkerExit, generation: u64) {
             restart_block(m, down_since, cause);
         }
         WorkerKind::Net => {
-            let note = lock(&m.rocker.net)
-                .as_ref()
-                .filter(|w| w.generation == generation)
-                .and_then(|w| death_note(Some(&w.process)));
-            let data = exit_data(&exit, "restart", note, hung);
-            super::rocker::on_exit(m, &exit, generation, data);
+            let note = death_note(lock(&m.net).as_ref().map(|w| &w.process));
+            super::netdevs::worker::on_exit(m, &exit, generation, hung, note);
         }
     }
 }

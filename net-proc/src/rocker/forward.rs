@@ -12,7 +12,8 @@ use ipc_proto::rocker::PortState;
 use ipc_proto::warn_limited;
 
 use super::bridge::Bridge;
-use super::port::SwitchPort;
+use super::port::{recv_frame, send_frame};
+use crate::port::Port;
 
 /// How long one poll waits (the stop flag and ageing are checked between).
 const TICK: Duration = Duration::from_millis(100);
@@ -24,7 +25,7 @@ const MAX_FRAME: usize = 65_536;
 /// What the forwarding thread and the queries share.
 struct Shared {
     bridge: Mutex<Bridge>,
-    ports: Vec<Box<dyn SwitchPort>>,
+    ports: Vec<Arc<dyn Port>>,
     link_up: Vec<AtomicBool>,
     stop: AtomicBool,
 }
@@ -40,7 +41,7 @@ impl Running {
     pub fn start(
         name: &str,
         bridge: Bridge,
-        ports: Vec<Box<dyn SwitchPort>>,
+        ports: Vec<Arc<dyn Port>>,
     ) -> std::io::Result<Running> {
         let link_up = ports.iter().map(|_| AtomicBool::new(true)).collect();
         let shared = Arc::new(Shared {
@@ -98,7 +99,7 @@ fn run(s: &Shared) {
         .ports
         .iter()
         .map(|p| libc::pollfd {
-            fd: p.rx_fd().as_raw_fd(),
+            fd: p.rx_fd(0).as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         })
@@ -141,7 +142,7 @@ fn run(s: &Shared) {
 
 /// Reads one frame from port index `i` and forwards it.
 fn receive(s: &Shared, i: usize, buf: &mut [u8]) {
-    let len = match s.ports[i].recv(buf) {
+    let len = match recv_frame(s.ports[i].as_ref(), buf) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
         Err(e) => {
@@ -158,7 +159,7 @@ fn receive(s: &Shared, i: usize, buf: &mut [u8]) {
             continue;
         };
         let o = pport as usize - 1;
-        match port.send(frame) {
+        match send_frame(port.as_ref(), frame) {
             Ok(_) => s.link_up[o].store(true, Ordering::Relaxed),
             // The interface is down (EIO) or its queue full: dropped, as
             // on a wire.

@@ -4,11 +4,13 @@
 //! - [`of_dpa`]: the flow and group tables and the pipeline walk.
 //! - [`bridge`]: the controller that programs them as Linux's rocker
 //!   driver does for a bridge (VLANs, groups, learning, ageing).
-//! - [`port`]: the port trait and its TAP implementation.
+//! - [`port`]: netdevs ([`crate::port::Port`], the NICs' trait) as switch
+//!   ports, and bare fds as ports.
 //! - [`forward`]: a running switch and its forwarding thread.
 //!
-//! The broker holds each switch's configuration and replays it with the
-//! ports' fds into a restarted net-proc: nothing here needs to outlive the
+//! A switch's ports are netdevs net-proc holds (`crate::nics`), named by
+//! id. The broker holds each switch's configuration and replays it after
+//! the netdevs into a restarted net-proc: nothing here needs to outlive the
 //! process.
 
 pub mod bridge;
@@ -20,7 +22,7 @@ pub mod port;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_proto::rocker::{RockerReply, RockerRequest, SwitchSpec};
@@ -28,7 +30,7 @@ use ipc_proto::FlatError;
 
 use self::bridge::{Bridge, INTERNAL_VLAN_BASE};
 use self::forward::Running;
-use self::port::{SwitchPort, TapPort};
+use crate::port::Port;
 
 /// Errors of switch requests.
 #[derive(Debug, thiserror::Error)]
@@ -39,15 +41,15 @@ pub enum RockerError {
     /// A switch has that name already.
     #[error("{0} already exists")]
     Exists(String),
-    /// The request carried another number of fds than the switch has ports.
-    #[error("switch {name}: {ports} ports but {fds} fds")]
-    FdCount {
+    /// A port's netdev cannot be used.
+    #[error("switch {name}: port '{port}': {reason}")]
+    Port {
         /// The switch.
         name: String,
-        /// Its ports.
-        ports: usize,
-        /// The fds received.
-        fds: usize,
+        /// The port's netdev id.
+        port: String,
+        /// Why.
+        reason: String,
     },
     /// The forwarding thread could not start.
     #[error("cannot start switch {0}")]
@@ -60,21 +62,30 @@ impl From<RockerError> for FlatError {
     }
 }
 
+/// Finds the port a switch's netdev id names (or says why it cannot be one).
+pub type PortLookup<'a> = dyn FnMut(&str) -> Result<Arc<dyn Port>, String> + 'a;
+
+struct Switch {
+    running: Running,
+    vlan_index: usize,
+    ports: Vec<String>,
+}
+
 /// net-proc's switches, by name.
 #[derive(Default)]
 pub struct Switches {
-    running: BTreeMap<String, (Running, usize)>,
+    running: BTreeMap<String, Switch>,
 }
 
 impl Switches {
-    /// Carries out `req`; `fds` are the request's fds.
+    /// Carries out `req`; `lookup` gives a new switch its ports.
     pub fn handle(
         &mut self,
         req: RockerRequest,
-        fds: Vec<OwnedFd>,
+        lookup: &mut PortLookup<'_>,
     ) -> Result<RockerReply, RockerError> {
         match req {
-            RockerRequest::Create(spec) => self.create(spec, fds).map(|()| RockerReply::Done),
+            RockerRequest::Create(spec) => self.create(spec, lookup).map(|()| RockerReply::Done),
             RockerRequest::Destroy { name } => self
                 .running
                 .remove(&name)
@@ -90,28 +101,46 @@ impl Switches {
         }
     }
 
+    /// The switch netdev `netdev` is a port of, if any.
+    pub fn using(&self, netdev: &str) -> Option<&str> {
+        self.running
+            .iter()
+            .find(|(_, s)| s.ports.iter().any(|p| p == netdev))
+            .map(|(name, _)| name.as_str())
+    }
+
     fn get(&self, name: &str) -> Result<&Running, RockerError> {
         self.running
             .get(name)
-            .map(|(r, _)| r)
+            .map(|s| &s.running)
             .ok_or_else(|| RockerError::NotFound(name.to_owned()))
     }
 
-    fn create(&mut self, spec: SwitchSpec, fds: Vec<OwnedFd>) -> Result<(), RockerError> {
+    fn create(&mut self, spec: SwitchSpec, lookup: &mut PortLookup<'_>) -> Result<(), RockerError> {
         if self.running.contains_key(&spec.name) {
             return Err(RockerError::Exists(spec.name));
         }
-        if fds.len() != spec.ports.len() {
-            return Err(RockerError::FdCount {
-                name: spec.name,
-                ports: spec.ports.len(),
-                fds: fds.len(),
-            });
+        let mut ports: Vec<Arc<dyn Port>> = Vec::with_capacity(spec.ports.len());
+        for (i, p) in spec.ports.iter().enumerate() {
+            let taken = if spec.ports[..i].contains(p) {
+                Some(spec.name.as_str())
+            } else {
+                self.using(p)
+            };
+            let port = match taken {
+                Some(sw) => Err(format!("already a port of switch {sw}")),
+                None => lookup(p),
+            };
+            ports.push(port.map_err(|reason| RockerError::Port {
+                name: spec.name.clone(),
+                port: p.clone(),
+                reason,
+            })?);
         }
         // One internal VLAN per switch (each is one bridge), from 0xf00
         // up in creation order, as the driver numbers bridges.
         let index = (0..)
-            .find(|i| !self.running.values().any(|(_, v)| v == i))
+            .find(|i| !self.running.values().any(|s| s.vlan_index == *i))
             .unwrap_or(0);
         let vlan = INTERNAL_VLAN_BASE + index as u16;
         let bridge = Bridge::new(
@@ -119,14 +148,17 @@ impl Switches {
             vlan,
             Duration::from_secs(u64::from(spec.ageing_secs)),
         );
-        let ports: Vec<Box<dyn SwitchPort>> = fds
-            .into_iter()
-            .map(|fd| Box::new(TapPort::new(fd)) as Box<dyn SwitchPort>)
-            .collect();
         let running = Running::start(&spec.name, bridge, ports)
             .map_err(|e| RockerError::Thread(spec.name.clone(), e))?;
         tracing::debug!("switch {} up with {} ports", spec.name, spec.ports.len());
-        self.running.insert(spec.name, (running, index));
+        self.running.insert(
+            spec.name,
+            Switch {
+                running,
+                vlan_index: index,
+                ports: spec.ports,
+            },
+        );
         Ok(())
     }
 }

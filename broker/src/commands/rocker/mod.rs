@@ -6,14 +6,13 @@
 
 pub mod types;
 
-use std::time::{Duration, Instant};
-
 use ipc_proto::net::{NetReply, NetRequest};
 use ipc_proto::rocker::{RockerReply, RockerRequest};
 use serde::Deserialize;
 
 use self::types::{RockerFlow, RockerGroup, RockerPort, RockerSwitch};
 use crate::cli::rocker::SwitchConfig;
+use crate::machine::netdevs;
 use crate::qmp::error::{QmpError, Result};
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, QapiType, SchemaType};
@@ -29,21 +28,16 @@ fn switch<'a>(ctx: &'a Ctx<'_>, name: &str) -> Result<&'a SwitchConfig> {
         .ok_or_else(|| QmpError::generic(format!("rocker {name} not found")))
 }
 
-/// Asks net-proc; while it is being restarted, waits for it (up to the
-/// worker timeout).
+/// Asks net-proc (while it is being restarted, the request waits for the
+/// restart and its replay).
 fn ask(ctx: &Ctx<'_>, req: RockerRequest) -> Result<RockerReply> {
-    let deadline = Instant::now() + ctx.machine.worker_timeout();
-    loop {
-        if let Some(link) = ctx.machine.rocker.link() {
-            return match link.request(NetRequest::Rocker(req), &[])? {
-                NetReply::Rocker(r) => Ok(r),
-                other => Err(crate::machine::unexpected_reply(&other).into()),
-            };
+    match netdevs::worker::request(ctx.machine, NetRequest::Rocker(req), &[])? {
+        NetReply::Rocker(r) => Ok(r),
+        other @ (NetReply::Alive | NetReply::Trace(_) | NetReply::Done | NetReply::Stats(_)) => {
+            Err(crate::machine::unexpected_reply(&other).into())
         }
-        if Instant::now() >= deadline || ctx.machine.is_ending() {
-            return Err(QmpError::generic("the net worker is not running"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        #[cfg(feature = "test-hooks")]
+        other @ NetReply::EscapeOutcome(_) => Err(crate::machine::unexpected_reply(&other).into()),
     }
 }
 

@@ -7,6 +7,9 @@
 //!   creates a socketpair, hands one end to block-proc
 //!   (`AttachExportConnection`) and the other to vcpu-proc. No listener
 //!   exists, so no other local process can reach the export;
+//! - a `virtio-net-device` (`netdev=ID`) on a TAP netdev is a net-proc
+//!   NIC, connected the same way (`AttachNicConnection`); on a
+//!   `vhost-user` netdev it is an external backend ([`net`]);
 //! - a `vhost-user-blk` (`chardev=ID`, `-chardev socket,id=ID,path=P`) is
 //!   an external backend (qemu-storage-daemon, ...): the broker connects to
 //!   the path.
@@ -44,18 +47,21 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions};
-use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig};
+use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind};
 use ipc_proto::{ErrorClass, FlatError};
 use serde_json::{json, Map, Value};
 
 use super::{block_state, lock, unexpected_reply, Machine};
 use crate::cli::ChardevSpec;
 
+pub mod net;
 pub mod recovery;
 pub mod scsi;
 pub mod spec;
 
-pub use recovery::{on_block_exit, on_disconnected, on_reconnected, reconnect_exports};
+pub use recovery::{
+    on_block_exit, on_disconnected, on_reconnected, reconnect_exports, reconnect_nics,
+};
 pub use spec::{parse_spec, DeviceSpec, SLOTS, VHOST_USER_BLK, VIRTIO_BLK};
 
 /// How long the broker lets vcpu-proc attach or reconnect a device before
@@ -65,6 +71,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where a device's vhost-user backend is.
 #[derive(Debug, Clone)]
 pub enum Backend {
+    /// A net-proc NIC (named as the device) on TAP netdev `netdev`
+    /// (connections are socketpairs).
+    Nic {
+        /// The netdev.
+        netdev: String,
+    },
     /// A block-proc export of `drive` (connections are socketpairs).
     Export {
         /// The node exported.
@@ -246,7 +258,7 @@ fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
 /// of a fresh socketpair whose other end block-proc now serves; for an
 /// external backend, a socket connected to its path. Never call it with
 /// `m.devices` held (it waits on block-proc).
-fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
+fn connect(m: &Machine, nic_id: &str, backend: &Backend) -> Result<UnixStream, FlatError> {
     if let Backend::Scsi { export_id } = backend {
         let controller = export_id.strip_prefix("device.").unwrap_or(export_id);
         scsi::ensure_export(m, controller)?;
@@ -268,6 +280,7 @@ fn connect(m: &Machine, backend: &Backend) -> Result<UnixStream, FlatError> {
                 | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
             }
         }
+        Backend::Nic { .. } => net::connect(m, nic_id),
         Backend::External { path, .. } => UnixStream::connect(path)
             .map_err(|e| generic(format!("cannot connect to {}: {e}", path.display()))),
     }
@@ -318,6 +331,8 @@ enum Plan {
     Export(String),
     /// An external backend.
     External(Backend),
+    /// A net-proc NIC on this TAP netdev, with this MAC.
+    Nic(String, [u8; 6]),
 }
 
 /// Checks `spec` against the devices and reserves its id, slot and drive
@@ -345,6 +360,7 @@ fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
     if st.launched {
         return Err(hotplug_error(slot));
     }
+    let mut spec = spec.clone();
     let (plan, backend) = match (&spec.drive, &spec.chardev) {
         // Its export is made at its first connection.
         _ if spec.driver == scsi::VIRTIO_SCSI => {
@@ -352,6 +368,22 @@ fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
                 export_id: scsi::export_id(&spec.id),
             };
             (Plan::External(backend.clone()), backend)
+        }
+        _ if spec.netdev.is_some() => {
+            let netdev = spec.netdev.clone().unwrap_or_default();
+            let taken = st
+                .devices
+                .iter()
+                .any(|d| d.spec.netdev.as_deref() == Some(&netdev));
+            let backend = net::plan(m, &spec, &netdev, taken)?;
+            let mac = net::default_mac(&st.devices, &spec);
+            spec.mac = Some(mac);
+            match backend {
+                Backend::Nic { .. } => (Plan::Nic(netdev, mac), backend),
+                Backend::External { .. } | Backend::Export { .. } | Backend::Scsi { .. } => {
+                    (Plan::External(backend.clone()), backend)
+                }
+            }
         }
         (Some(drive), _) => {
             if let Some(d) = st
@@ -392,7 +424,7 @@ fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
         (None, None) => return Err(generic("drive property not set")),
     };
     st.devices.push(DeviceRecord {
-        spec: spec.clone(),
+        spec,
         backend,
         slot,
         attached: false,
@@ -428,6 +460,13 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
     let made = match &plan {
         Plan::Export(drive) => create_export(m, &spec, drive),
         Plan::External(b) => Ok(b.clone()),
+        Plan::Nic(netdev, mac) => {
+            let mut s = spec.clone();
+            s.mac = Some(*mac);
+            net::create(m, &s, netdev, *mac).map(|()| Backend::Nic {
+                netdev: netdev.clone(),
+            })
+        }
     };
     let mut st = lock(&m.devices);
     let Some(i) = st.devices.iter().position(|d| d.spec.id == spec.id) else {
@@ -448,13 +487,17 @@ pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
         Ok(backend) => {
             let rec = st.devices.remove(i);
             drop(st);
-            if let Backend::Export { export_id, .. } = &backend {
-                if let Err(e) = remove_export(m, export_id) {
-                    tracing::warn!(
-                        "export {export_id} stays after a refused device_add: {}",
-                        e.desc
-                    );
-                }
+            let removed = match &backend {
+                Backend::Export { export_id, .. } => remove_export(m, export_id),
+                Backend::Nic { .. } => crate::machine::netdevs::remove_nic(m, &spec.id),
+                Backend::Scsi { .. } | Backend::External { .. } => Ok(()),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(
+                    "the backend of {} stays after a refused device_add: {}",
+                    spec.id,
+                    e.desc
+                );
             }
             Err(hotplug_error(rec.slot))
         }
@@ -483,13 +526,14 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         }
         // Not ready again while its export goes: no `cont` attaches it.
         st.devices[i].ready = false;
-        match &st.devices[i].backend {
-            Backend::Export { export_id, .. } => Some(export_id.clone()),
-            // Made at the first connection: there is none before.
-            Backend::Scsi { .. } | Backend::External { .. } => None,
-        }
+        st.devices[i].backend.clone()
     };
-    let removed = export_id.map_or(Ok(()), |e| remove_export(m, &e));
+    let removed = match &export_id {
+        Backend::Export { export_id, .. } => remove_export(m, export_id),
+        Backend::Nic { .. } => crate::machine::netdevs::remove_nic(m, id),
+        // Made at the first connection: there is none before.
+        Backend::Scsi { .. } | Backend::External { .. } => Ok(()),
+    };
     if removed.is_ok() {
         scsi::forget_controller_luns(m, id);
     }
@@ -542,7 +586,7 @@ pub fn connect_pending(
         .collect();
     let mut out = Vec::new();
     for d in pending {
-        let socket = connect(m, &d.backend).map_err(|e| {
+        let socket = connect(m, &d.spec.id, &d.backend).map_err(|e| {
             generic(format!(
                 "cannot connect device '{}' to its vhost-user backend: {}",
                 d.spec.id, e.desc
@@ -551,7 +595,11 @@ pub fn connect_pending(
         lock(&m.devices).keep_conn(&d.spec.id, &socket);
         let slot = u8::try_from(first_slot + out.len())
             .map_err(|_| generic("too many file descriptors for one request"))?;
-        let (kind, num_queues) = scsi::frontend(&d.spec);
+        let (kind, num_queues) = match &d.spec.netdev {
+            // rx and tx of each queue pair.
+            Some(n) => (VhostUserKind::Net, net::queue_pairs(m, n) * 2),
+            None => scsi::frontend(&d.spec),
+        };
         out.push((
             VhostUserDeviceConfig {
                 id: d.spec.id.clone(),
@@ -560,7 +608,7 @@ pub fn connect_pending(
                 socket: FdSlot(slot),
                 num_queues,
                 queue_size: d.spec.queue_size,
-                mac: None,
+                mac: d.spec.mac,
             },
             socket,
         ));
@@ -646,7 +694,7 @@ pub fn block_devices(m: &Machine) -> Vec<(String, String)> {
         .filter(|d| d.ready)
         .filter_map(|d| match &d.backend {
             Backend::Export { drive, .. } => Some((d.spec.id.clone(), drive.clone())),
-            Backend::Scsi { .. } | Backend::External { .. } => None,
+            Backend::Scsi { .. } | Backend::External { .. } | Backend::Nic { .. } => None,
         })
         .collect()
 }

@@ -98,6 +98,25 @@ pub fn reconnect_exports(m: &Arc<Machine>) {
     }
 }
 
+/// After a net-proc restart and replay: makes sure every attached NIC on
+/// a net-proc backend that is still without it is being reconnected.
+pub fn reconnect_nics(m: &Arc<Machine>) {
+    let ids: Vec<String> = {
+        let st = lock(&m.devices);
+        st.devices
+            .iter()
+            .filter(|d| d.attached && matches!(d.backend, Backend::Nic { .. }))
+            .map(|d| d.spec.id.clone())
+            .collect()
+    };
+    for id in ids {
+        // The restart hung every NIC up: reported lost even if vcpu-proc
+        // has not said so yet.
+        report_lost(m, &id);
+        start_round(m, &id);
+    }
+}
+
 /// Starts the reconnect round of device `id` in a thread of its own,
 /// unless one runs already (it checks, when it has connected, that its
 /// connection is still up). One round per device at a time: two would
@@ -150,7 +169,7 @@ fn reconnect_loop(weak: &Weak<Machine>, id: &str) -> bool {
                 None => return true,
             }
         };
-        let attempt = connect(&m, &backend).and_then(|s| {
+        let attempt = connect(&m, id, &backend).and_then(|s| {
             let req = VcpuRequest::ReconnectVhostUser {
                 id: id.to_owned(),
                 socket: FdSlot(0),

@@ -100,6 +100,9 @@ pub fn parse_controller(props: &Map<String, Value>) -> Result<DeviceSpec, FlatEr
         queue_size: QUEUE_SIZE,
         serial: String::new(),
         logical_block_size: 512,
+        netdev: None,
+        mac: None,
+        host_mtu: None,
     };
     for (k, v) in props {
         match k.as_str() {

@@ -1,6 +1,6 @@
 //! `-device` / `device_add` properties: the drivers bulkhead has
-//! (`virtio-blk-device`, `vhost-user-blk`) and their properties, checked
-//! with QEMU's messages.
+//! (`virtio-blk-device`, `vhost-user-blk`, `virtio-net-device`) and their
+//! properties, checked with QEMU's messages.
 
 use ipc_proto::FlatError;
 use serde_json::{Map, Value};
@@ -13,6 +13,8 @@ pub const VIRTIO_BLK: &str = "virtio-blk-device";
 pub const VHOST_USER_BLK: &str = "vhost-user-blk";
 /// Accepted as another spelling of [`VHOST_USER_BLK`].
 pub const VHOST_USER_BLK_ALIAS: &str = "vhost-user-blk-device";
+/// QEMU's virtio-net device for a virtio-mmio bus.
+pub const VIRTIO_NET: &str = "virtio-net-device";
 /// virtio-mmio slots of the platform (docs/platform.md).
 pub const SLOTS: u32 = 8;
 const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -38,6 +40,12 @@ pub struct DeviceSpec {
     pub serial: String,
     /// `logical_block_size`.
     pub logical_block_size: u32,
+    /// `netdev` (virtio-net-device).
+    pub netdev: Option<String>,
+    /// `mac` (virtio-net-device; the default is filled in when added).
+    pub mac: Option<[u8; 6]>,
+    /// `host_mtu` (virtio-net-device).
+    pub host_mtu: Option<u16>,
 }
 
 fn prop_str(driver: &str, key: &str, v: &Value) -> Result<String, FlatError> {
@@ -83,6 +91,7 @@ pub fn parse_spec(props: &Map<String, Value>) -> Result<DeviceSpec, FlatError> {
     let driver: &'static str = match driver.as_str() {
         VIRTIO_BLK => VIRTIO_BLK,
         VHOST_USER_BLK | VHOST_USER_BLK_ALIAS => VHOST_USER_BLK,
+        VIRTIO_NET => VIRTIO_NET,
         other => {
             return Err(generic(format!(
                 "'{other}' is not a valid device model name"
@@ -99,6 +108,9 @@ pub fn parse_spec(props: &Map<String, Value>) -> Result<DeviceSpec, FlatError> {
         queue_size: DEFAULT_QUEUE_SIZE,
         serial: String::new(),
         logical_block_size: 512,
+        netdev: None,
+        mac: None,
+        host_mtu: None,
     };
     for (k, v) in props {
         match (k.as_str(), driver) {
@@ -115,8 +127,31 @@ pub fn parse_spec(props: &Map<String, Value>) -> Result<DeviceSpec, FlatError> {
             }
             ("drive", VIRTIO_BLK) => spec.drive = Some(prop_str(driver, k, v)?),
             ("chardev", VHOST_USER_BLK) => spec.chardev = Some(prop_str(driver, k, v)?),
-            ("num-queues", _) => spec.num_queues = prop_uint(driver, k, v, 16)? as u16,
-            ("queue-size", _) => spec.queue_size = prop_uint(driver, k, v, 1024)? as u16,
+            ("num-queues", d) if d != VIRTIO_NET => {
+                spec.num_queues = prop_uint(driver, k, v, 16)? as u16
+            }
+            ("queue-size", d) if d != VIRTIO_NET => {
+                spec.queue_size = prop_uint(driver, k, v, 1024)? as u16
+            }
+            ("netdev", VIRTIO_NET) => spec.netdev = Some(prop_str(driver, k, v)?),
+            ("mac", VIRTIO_NET) => {
+                let text = prop_str(driver, k, v)?;
+                let mac = super::net::parse_mac(&text).ok_or_else(|| {
+                    generic(format!(
+                        "Property '{driver}.mac' doesn't take value '{text}'"
+                    ))
+                })?;
+                spec.mac = Some(mac);
+            }
+            ("host_mtu", VIRTIO_NET) => {
+                let mtu = prop_uint(driver, k, v, 65_535)?;
+                if mtu < 68 {
+                    return Err(generic(format!(
+                        "Property {driver}.host_mtu doesn't take value {mtu} (minimum: 68)"
+                    )));
+                }
+                spec.host_mtu = Some(mtu as u16);
+            }
             ("serial", VIRTIO_BLK) => spec.serial = prop_str(driver, k, v)?,
             ("logical_block_size", VIRTIO_BLK) => {
                 spec.logical_block_size = prop_uint(driver, k, v, u64::from(u32::MAX))? as u32
@@ -152,6 +187,11 @@ pub fn parse_spec(props: &Map<String, Value>) -> Result<DeviceSpec, FlatError> {
     match driver {
         VIRTIO_BLK if spec.drive.is_none() => Err(generic("drive property not set")),
         VHOST_USER_BLK if spec.chardev.is_none() => Err(generic("chardev is mandatory")),
+        // QEMU lets a NIC have no peer (it drops everything); bulkhead
+        // wants the netdev that gives it one.
+        VIRTIO_NET if spec.netdev.is_none() => Err(generic(
+            "netdev property not set (a virtio-net-device needs a netdev in bulkhead)",
+        )),
         _ => Ok(spec),
     }
 }
@@ -221,6 +261,30 @@ mod tests {
             "queue-size": 100})
         )
         .contains("power of 2"));
+    }
+
+    #[test]
+    fn virtio_net_takes_netdev_mac_and_host_mtu_with_qemu_messages() {
+        let s = parse_spec(&props(
+            json!({"driver": "virtio-net-device", "netdev": "n0",
+            "id": "nic0", "mac": "52:54:00:aa:bb:cc", "host_mtu": "9000"}),
+        ))
+        .unwrap();
+        assert_eq!(s.netdev.as_deref(), Some("n0"));
+        assert_eq!(s.mac, Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
+        assert_eq!(s.host_mtu, Some(9000));
+        assert_eq!(
+            err(json!({"driver": "virtio-net-device", "netdev": "n0", "id": "x", "mac": "zz"})),
+            "Property 'virtio-net-device.mac' doesn't take value 'zz'"
+        );
+        assert_eq!(
+            err(
+                json!({"driver": "virtio-net-device", "netdev": "n0", "id": "x",
+                "num-queues": 2})
+            ),
+            "Property 'virtio-net-device.num-queues' not found"
+        );
+        assert!(err(json!({"driver": "virtio-net-device", "id": "x"})).contains("netdev"));
     }
 
     #[test]

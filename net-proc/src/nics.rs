@@ -1,0 +1,243 @@
+//! What net-proc holds: netdevs (ports) and NIC exports bound to them, and
+//! the handling of each net-channel request about them.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use ipc_proto::net::{NetEvent, NetReply, NicSpec};
+use ipc_proto::FlatError;
+
+use crate::port::Port;
+use crate::rocker::port::FdPort;
+use crate::tap::Tap;
+use crate::vhost::backend::Nic;
+use crate::vhost::export::Export;
+use crate::vhost::stats::Counters;
+use crate::virtio_net::NetConfig;
+
+/// Most queue pairs a NIC may have.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+struct Bound {
+    netdev: String,
+    export: Export,
+}
+
+/// Netdevs and NICs of this net-proc.
+pub struct Nics {
+    netdevs: HashMap<String, Arc<dyn Port>>,
+    /// Switch-port netdevs: the switch's end (the NIC's is in `netdevs`).
+    switch_ends: HashMap<String, Arc<dyn Port>>,
+    nics: HashMap<String, Bound>,
+    events: Sender<NetEvent>,
+}
+
+fn err(msg: String) -> FlatError {
+    FlatError::generic(msg)
+}
+
+/// Checks `fd` is a socket.
+fn is_socket(fd: &OwnedFd) -> std::io::Result<()> {
+    let st = nix::sys::stat::fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other("not a socket"));
+    }
+    Ok(())
+}
+
+/// Checks `fd` is a socket before it is served as a vhost-user connection.
+fn connected_stream(fd: OwnedFd) -> std::io::Result<UnixStream> {
+    let st = nix::sys::stat::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other("not a socket"));
+    }
+    Ok(UnixStream::from(fd))
+}
+
+impl Nics {
+    /// Nothing yet; NIC events go to `events`.
+    pub fn new(events: Sender<NetEvent>) -> Self {
+        Nics {
+            netdevs: HashMap::new(),
+            switch_ends: HashMap::new(),
+            nics: HashMap::new(),
+            events,
+        }
+    }
+
+    fn nic(&self, id: &str) -> Result<&Export, FlatError> {
+        self.nics
+            .get(id)
+            .map(|b| &b.export)
+            .ok_or_else(|| err(format!("NIC '{id}' not found")))
+    }
+
+    /// `AddTapNetdev`.
+    pub fn add_tap(
+        &mut self,
+        id: String,
+        vnet_hdr: bool,
+        fds: Vec<OwnedFd>,
+    ) -> Result<NetReply, FlatError> {
+        if self.netdevs.contains_key(&id) {
+            return Err(err(format!("netdev '{id}' already exists")));
+        }
+        let tap = Tap::new(fds, vnet_hdr).map_err(|e| err(format!("netdev '{id}': {e}")))?;
+        self.netdevs.insert(id, Arc::new(tap));
+        Ok(NetReply::Done)
+    }
+
+    /// `AddSwitchPortNetdev`: `fds` are a datagram socketpair's ends, the
+    /// NIC's first.
+    pub fn add_switch_port(
+        &mut self,
+        id: String,
+        fds: Vec<OwnedFd>,
+    ) -> Result<NetReply, FlatError> {
+        if self.netdevs.contains_key(&id) {
+            return Err(err(format!("netdev '{id}' already exists")));
+        }
+        let [nic_end, switch_end]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| err(format!("netdev '{id}': a switch port takes two fds")))?;
+        for fd in [&nic_end, &switch_end] {
+            is_socket(fd).map_err(|e| err(format!("netdev '{id}': bad socket: {e}")))?;
+        }
+        self.netdevs
+            .insert(id.clone(), Arc::new(FdPort::new(nic_end)));
+        self.switch_ends
+            .insert(id, Arc::new(FdPort::new(switch_end)));
+        Ok(NetReply::Done)
+    }
+
+    /// Netdev `id` joins a NIC to a switch (both may use it).
+    pub fn is_switch_port(&self, id: &str) -> bool {
+        self.switch_ends.contains_key(id)
+    }
+
+    /// `RemoveNetdev`.
+    pub fn remove_netdev(&mut self, id: &str) -> Result<NetReply, FlatError> {
+        if !self.netdevs.contains_key(id) {
+            return Err(err(format!("netdev '{id}' not found")));
+        }
+        if let Some((nic, _)) = self.nics.iter().find(|(_, b)| b.netdev == id) {
+            return Err(err(format!("netdev '{id}' is used by NIC '{nic}'")));
+        }
+        self.netdevs.remove(id);
+        self.switch_ends.remove(id);
+        Ok(NetReply::Done)
+    }
+
+    /// `AddNic`.
+    pub fn add_nic(&mut self, spec: NicSpec) -> Result<NetReply, FlatError> {
+        if self.nics.contains_key(&spec.id) {
+            return Err(err(format!("NIC '{}' already exists", spec.id)));
+        }
+        let port = self
+            .netdevs
+            .get(&spec.netdev)
+            .ok_or_else(|| err(format!("netdev '{}' not found", spec.netdev)))?
+            .clone();
+        if spec.queue_pairs == 0 || spec.queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(err(format!(
+                "NIC '{}': queue pairs must be 1 to {MAX_QUEUE_PAIRS}, not {}",
+                spec.id, spec.queue_pairs
+            )));
+        }
+        if spec.mtu.is_some_and(|m| m < 68) {
+            return Err(err(format!("NIC '{}': MTU below 68", spec.id)));
+        }
+        let nic = Arc::new(Nic {
+            id: spec.id.clone(),
+            cfg: Mutex::new(NetConfig {
+                mac: spec.mac,
+                link_up: spec.link_up,
+                queue_pairs: spec.queue_pairs,
+                mtu: spec.mtu,
+                vnet_hdr: port.vnet_hdr(),
+            }),
+            link_up: Arc::new(AtomicBool::new(spec.link_up)),
+            stats: Arc::new(Counters::default()),
+            port,
+            events: Some(self.events.clone()),
+        });
+        let export =
+            Export::start(nic).map_err(|e| err(format!("NIC '{}': cannot start: {e}", spec.id)))?;
+        self.nics.insert(
+            spec.id,
+            Bound {
+                netdev: spec.netdev,
+                export,
+            },
+        );
+        Ok(NetReply::Done)
+    }
+
+    /// `RemoveNic`.
+    pub fn remove_nic(&mut self, id: &str) -> Result<NetReply, FlatError> {
+        self.nic(id)?;
+        self.nics.remove(id);
+        Ok(NetReply::Done)
+    }
+
+    /// `AttachNicConnection`.
+    pub fn attach(&mut self, id: &str, fds: Vec<OwnedFd>) -> Result<NetReply, FlatError> {
+        let export = self.nic(id)?;
+        let fd = fds
+            .into_iter()
+            .next()
+            .ok_or_else(|| err(format!("NIC '{id}': no connected socket passed")))?;
+        let stream = connected_stream(fd)
+            .map_err(|e| err(format!("NIC '{id}': bad connection socket: {e}")))?;
+        export
+            .attach(stream)
+            .map_err(|e| err(format!("NIC '{id}': cannot attach a connection: {e}")))?;
+        Ok(NetReply::Done)
+    }
+
+    /// `SetLink`: the queues see it at once, the frontend through a config
+    /// change.
+    pub fn set_link(&mut self, id: &str, up: bool) -> Result<NetReply, FlatError> {
+        let export = self.nic(id)?;
+        let old = export.nic().link_up.swap(up, Ordering::Relaxed);
+        if old != up {
+            if let Ok(mut c) = export.nic().cfg.lock() {
+                c.link_up = up;
+            }
+            export.config_changed();
+            let _ = self.events.send(NetEvent::LinkChanged {
+                id: id.to_string(),
+                up,
+            });
+        }
+        Ok(NetReply::Done)
+    }
+
+    /// Netdev `id` as a port of a switch: it must exist, have one queue
+    /// and no NIC on it. (The caller checks no other switch has it.)
+    pub fn switch_port(&self, id: &str) -> Result<Arc<dyn Port>, String> {
+        if let Some(end) = self.switch_ends.get(id) {
+            return Ok(end.clone());
+        }
+        let port = self
+            .netdevs
+            .get(id)
+            .ok_or_else(|| format!("netdev '{id}' not found"))?;
+        if let Some((nic, _)) = self.nics.iter().find(|(_, b)| b.netdev == id) {
+            return Err(format!("netdev '{id}' is used by NIC '{nic}'"));
+        }
+        if port.queues() != 1 {
+            return Err(format!("netdev '{id}' has several queues"));
+        }
+        Ok(port.clone())
+    }
+
+    /// `QueryStats`.
+    pub fn stats(&self, id: &str) -> Result<NetReply, FlatError> {
+        Ok(NetReply::Stats(self.nic(id)?.nic().stats.snapshot()))
+    }
+}

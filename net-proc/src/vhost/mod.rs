@@ -1,0 +1,17 @@
+//! The vhost-user-net backend: NIC exports served to vhost-user
+//! frontends over socketpair ends the broker attaches.
+//!
+//! - [`memory`]: guest memory from SET_MEM_TABLE, frontend-VA translation.
+//! - [`queue`]: a virtqueue's worker thread (tx: ring → port, rx: port →
+//!   ring), descriptor validation, drop counting.
+//! - [`stats`]: a NIC's counters.
+//! - [`backend`]: the protocol handler and the [`backend::Nic`] it serves.
+//! - [`backend_channel`]: SET_BACKEND_REQ_FD and CONFIG_CHANGE_MSG.
+//! - [`export`]: the connection loop of one NIC.
+
+pub mod backend;
+pub mod backend_channel;
+pub mod export;
+pub mod memory;
+pub mod queue;
+pub mod stats;

@@ -1,0 +1,497 @@
+//! `bench-net`: net-proc through the VM-less harness against the host
+//! kernel's own path, in one run. net-proc (spawned sandboxed, driven over
+//! its control channel as the broker does) serves a NIC on a TAP; the
+//! harness sends into its tx ring and an AF_PACKET socket on the TAP
+//! counts what comes out (tx), or the socket sends into the TAP and the
+//! harness counts what lands in its rx ring (rx). The peer is a veth pair
+//! with an AF_PACKET sender on one end and the same receiver on the other.
+//! Then the recovery gap: net-proc SIGKILLed → first frame forwarded by
+//! its successor (replay and reconnection included). Needs root.
+//!
+//! Usage: bench-net --net-proc PATH --tap NAME --veth A,B [--secs S]
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipc_proto::net::{NetEvent, NetReply, NetRequest, NicSpec};
+use ipc_proto::worker::BrokerChannel;
+use ipc_proto::{BrokerMsg, WorkerKind, WorkerMsg};
+use vhost_user_harness::net::{NetDevice, NetOptions, HDR_LEN};
+use vhost_user_harness::HarnessError;
+
+const ETHERTYPE: u16 = 0x88b5;
+
+type Chan = BrokerChannel<NetRequest, NetReply, NetEvent>;
+
+struct Args {
+    net_proc: String,
+    tap: String,
+    veth: (String, String),
+    secs: f64,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = std::env::args().skip(1);
+    let (mut net_proc, mut tap, mut veth, mut secs) = (None, None, None, 2.0);
+    while let Some(k) = a.next() {
+        let mut v = || a.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--net-proc" => net_proc = Some(v()?),
+            "--tap" => tap = Some(v()?),
+            "--veth" => {
+                let s = v()?;
+                let (x, y) = s.split_once(',').ok_or("--veth A,B")?;
+                veth = Some((x.to_owned(), y.to_owned()));
+            }
+            "--secs" => secs = v()?.parse().map_err(|_| "--secs S")?,
+            _ => return Err(format!("unknown argument {k}")),
+        }
+    }
+    Ok(Args {
+        net_proc: net_proc.ok_or("--net-proc PATH")?,
+        tap: tap.ok_or("--tap NAME")?,
+        veth: veth.ok_or("--veth A,B")?,
+        secs,
+    })
+}
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// Opens TAP `name` (IFF_VNET_HDR) and returns its fd.
+fn open_tap(name: &str) -> Result<OwnedFd, String> {
+    // SAFETY: open(2) of a constant path.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_err("/dev/net/tun"));
+    }
+    // SAFETY: just opened, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    req[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), 0x4004_54ca as _, req.as_mut_ptr()) } < 0 {
+        return Err(os_err("TUNSETIFF"));
+    }
+    Ok(fd)
+}
+
+/// An AF_PACKET socket on one interface, test EtherType.
+struct Packet {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl Packet {
+    fn bind(ifname: &str) -> Result<Packet, String> {
+        // SAFETY: socket() with constant arguments.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETHERTYPE.to_be()),
+            )
+        };
+        if fd < 0 {
+            return Err(os_err("AF_PACKET"));
+        }
+        // SAFETY: just created, owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        if ifindex == 0 {
+            return Err(format!("no interface {ifname}"));
+        }
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETHERTYPE.to_be();
+        sll.sll_ifindex = ifindex;
+        // SAFETY: bind reads `sll` with its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(os_err("bind"));
+        }
+        let buf: i32 = 32 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: setsockopt reads an int that outlives the call.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &buf as *const i32 as *const libc::c_void,
+                    4,
+                );
+            }
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: setsockopt reads a timeval that outlives the call.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        Ok(Packet { fd, ifindex })
+    }
+
+    fn send(&self, frame: &[u8]) -> bool {
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = self.ifindex;
+        sll.sll_halen = 6;
+        // SAFETY: sendto reads `frame` and `sll`, alive for the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        n == frame.len() as isize
+    }
+
+    /// One frame's length (0 on timeout).
+    fn recv(&self, buf: &mut [u8]) -> usize {
+        // SAFETY: recv writes at most buf.len() bytes into buf.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        n.max(0) as usize
+    }
+}
+
+fn frame(len: usize, seq: u32) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.resize(len, 0xa5);
+    f
+}
+
+/// Counts frames arriving on `sock` until `stop`.
+fn counter(
+    sock: Arc<Packet>,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::Relaxed) {
+            if sock.recv(&mut buf) > 0 {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+struct Worker {
+    child: Child,
+    chan: Chan,
+    next: u64,
+}
+
+impl Worker {
+    fn spawn(exe: &str) -> Result<Worker, String> {
+        let (broker, worker) = UnixStream::pair().map_err(|e| e.to_string())?;
+        nix::fcntl::fcntl(
+            &worker,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .arg("--control-fd")
+            .arg(worker.as_raw_fd().to_string())
+            .args(["--sandbox-uid", "61005"])
+            .spawn()
+            .map_err(|e| format!("{exe}: {e}"))?;
+        drop(worker);
+        let (chan, _) =
+            ipc_proto::worker::accept(broker, WorkerKind::Net).map_err(|e| e.to_string())?;
+        Ok(Worker {
+            child,
+            chan,
+            next: 1,
+        })
+    }
+
+    fn call(
+        &mut self,
+        body: NetRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<NetReply, String> {
+        let id = self.next;
+        self.next += 1;
+        self.chan
+            .send(&BrokerMsg::Request { id, body }, fds)
+            .map_err(|e| e.to_string())?;
+        loop {
+            match self.chan.recv().map_err(|e| e.to_string())?.0 {
+                WorkerMsg::Reply { id: r, result } if r == id => return result.map_err(|e| e.desc),
+                WorkerMsg::Reply { .. } | WorkerMsg::Event(_) => {}
+            }
+        }
+    }
+
+    fn stats(&mut self) -> Result<ipc_proto::net::NicStats, String> {
+        // (NetReply has test-hook variants when a workspace build turns
+        // them on, so no exhaustive match here.)
+        let reply = self.call(NetRequest::QueryStats { id: "n".into() }, &[])?;
+        if let NetReply::Stats(s) = reply {
+            return Ok(s);
+        }
+        Err(format!("unexpected reply {reply:?}"))
+    }
+
+    /// The TAP and NIC replayed, and a connection for the NIC.
+    fn setup(&mut self, tap: &OwnedFd) -> Result<UnixStream, String> {
+        let fd = tap.try_clone().map_err(|e| e.to_string())?;
+        self.call(
+            NetRequest::AddTapNetdev {
+                id: "t".into(),
+                vnet_hdr: true,
+            },
+            &[fd.as_fd()],
+        )?;
+        let spec = NicSpec {
+            id: "n".into(),
+            netdev: "t".into(),
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            queue_pairs: 1,
+            mtu: Some(9000),
+            link_up: true,
+        };
+        self.call(NetRequest::AddNic(spec), &[])?;
+        let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+        self.call(
+            NetRequest::AttachNicConnection { id: "n".into() },
+            &[theirs.as_fd()],
+        )?;
+        Ok(ours)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn herr(e: HarnessError) -> String {
+    e.to_string()
+}
+
+/// Harness tx → net-proc → TAP → AF_PACKET: frames/s received.
+fn tx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64, String> {
+    let sock = Arc::new(Packet::bind(tap)?);
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let t = counter(sock, stop.clone(), count.clone());
+    let f = frame(len, 0);
+    let hdr = [0u8; HDR_LEN];
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        dev.reap_tx(0).map_err(herr)?;
+        let mut queued = 0;
+        loop {
+            match dev.queue_tx(0, &hdr, &f) {
+                Ok(()) => queued += 1,
+                Err(HarnessError::QueueFull(_)) => break,
+                Err(e) => return Err(herr(e)),
+            }
+            if queued == 64 {
+                break;
+            }
+        }
+        dev.kick_tx(0).map_err(herr)?;
+        if queued == 0 {
+            std::thread::yield_now();
+        }
+    }
+    let n = count.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = t.join();
+    Ok(n as f64 / el)
+}
+
+/// AF_PACKET → TAP → net-proc → harness rx: frames/s received.
+fn rx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64, String> {
+    let sock = Arc::new(Packet::bind(tap)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let f = frame(len, 0);
+    let sender = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            sock.send(&f);
+        }
+    });
+    dev.fill_rx(0).map_err(herr)?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        match dev.recv_timeout(0, Duration::from_millis(100)) {
+            Ok(frames) => n += frames.len() as u64,
+            Err(HarnessError::Timeout) => {}
+            Err(e) => return Err(herr(e)),
+        }
+    }
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    // Drain what is left.
+    while dev.recv_timeout(0, Duration::from_millis(50)).is_ok() {}
+    Ok(n as f64 / el)
+}
+
+/// AF_PACKET on veth A → veth B → AF_PACKET: frames/s received.
+fn veth_rate(a: &str, b: &str, len: usize, secs: f64) -> Result<f64, String> {
+    let tx = Packet::bind(a)?;
+    let rx = Arc::new(Packet::bind(b)?);
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let t = counter(rx, stop.clone(), count.clone());
+    let f = frame(len, 0);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        for _ in 0..64 {
+            tx.send(&f);
+        }
+    }
+    let n = count.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = t.join();
+    Ok(n as f64 / el)
+}
+
+fn run() -> Result<(), String> {
+    let a = args()?;
+    let tap = open_tap(&a.tap)?;
+    let mut w = Worker::spawn(&a.net_proc)?;
+    // Page-sized rx buffers, as Linux's mergeable rx buffers are.
+    let opts = NetOptions {
+        queue_size: 1024,
+        rx_buf_len: 4096,
+        ..NetOptions::default()
+    };
+    let mut dev = NetDevice::from_stream(w.setup(&tap)?, opts).map_err(herr)?;
+    println!(
+        "{:<8} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "frame", "net-proc tx", "net-proc rx", "kernel veth", "tx ratio", "rx ratio"
+    );
+    let mut notes = Vec::new();
+    for (len, label) in [(64usize, "64 B"), (1514, "1500 B"), (9014, "9000 B")] {
+        let tx = tx_rate(&mut dev, &a.tap, len, a.secs)?;
+        let before = w.stats()?;
+        let rx = rx_rate(&mut dev, &a.tap, len, a.secs)?;
+        let after = w.stats()?;
+        notes.push(format!(
+            "{label}: net-proc rx delivered {} frames, dropped {} (no guest buffers)",
+            after.rx_packets - before.rx_packets,
+            after.rx_dropped - before.rx_dropped
+        ));
+        let peer = veth_rate(&a.veth.0, &a.veth.1, len, a.secs)?;
+        let fmt = |pps: f64| {
+            if len == 64 {
+                format!("{:.0} kpps", pps / 1e3)
+            } else {
+                format!("{:.2} Gbit/s", pps * len as f64 * 8.0 / 1e9)
+            }
+        };
+        println!(
+            "{:<8} {:>14} {:>14} {:>14} {:>9.2}x {:>9.2}x",
+            label,
+            fmt(tx),
+            fmt(rx),
+            fmt(peer),
+            tx / peer,
+            rx / peer
+        );
+    }
+    for n in notes {
+        println!("{n}");
+    }
+    // Recovery gap: SIGKILL → replay → reconnect → first frame out.
+    let sock = Packet::bind(&a.tap)?;
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let killed = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(w.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| e.to_string())?;
+        let _ = w.child.wait();
+        w = Worker::spawn(&a.net_proc)?;
+        dev.reconnect(w.setup(&tap)?).map_err(herr)?;
+        dev.send(0, &frame(64, 7)).map_err(herr)?;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            if sock.recv(&mut buf) > 0 {
+                break;
+            }
+            if killed.elapsed() > Duration::from_secs(10) {
+                return Err("no frame after the restart".into());
+            }
+        }
+        gaps.push(killed.elapsed().as_secs_f64() * 1e3);
+    }
+    gaps.sort_by(f64::total_cmp);
+    println!(
+        "recovery gap (SIGKILL -> first frame forwarded, spawn + replay + reconnect): \
+         median {:.1} ms, max {:.1} ms over {} kills",
+        gaps[gaps.len() / 2],
+        gaps[gaps.len() - 1],
+        gaps.len()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-net: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
