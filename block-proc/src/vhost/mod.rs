@@ -16,8 +16,8 @@
 //! - [`export`]: the listening socket and connection loop of one export.
 
 pub mod backend;
-pub mod backend_channel;
+pub use vhost_backend_common::backend_channel;
 pub mod device;
 pub mod export;
-pub mod memory;
+pub use vhost_backend_common::memory;
 pub mod queue;

@@ -10,8 +10,8 @@
 //! - [`export`]: the connection loop of one NIC.
 
 pub mod backend;
-pub mod backend_channel;
+pub use vhost_backend_common::backend_channel;
 pub mod export;
-pub mod memory;
+pub use vhost_backend_common::memory;
 pub mod queue;
 pub mod stats;

@@ -47,9 +47,11 @@ pub struct MemoryTable {
     regions: Vec<Region>,
 }
 
-/// Whether `[offset, offset + len)` lies inside `file`, a regular file:
-/// touching a mapping past a file's end raises SIGBUS.
-fn file_covers(file: &File, offset: u64, len: u64) -> bool {
+/// Whether `[offset, offset + len)` lies inside `file`, which must be a
+/// regular file (a memfd, tmpfs or hugetlbfs file). Mapping past the end
+/// of a file succeeds but the first access there raises SIGBUS, so every
+/// mapping of a file the frontend sends is checked with this first.
+pub fn file_covers(file: &File, offset: u64, len: u64) -> bool {
     let Ok(meta) = file.metadata() else {
         return false;
     };

@@ -1,7 +1,8 @@
 //! The backend→frontend channel (`VHOST_USER_PROTOCOL_F_BACKEND_REQ`):
-//! block-proc takes the socket the frontend passes with
+//! a backend takes the socket the frontend passes with
 //! `SET_BACKEND_REQ_FD` and sends `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`
-//! on it when a node's size changes.
+//! on it when its config space changes (block-proc: a node's size;
+//! net-proc: a NIC's link state).
 //!
 //! Written by hand: the `vhost` crate (0.18) hands the backend the channel
 //! only as its opaque `Backend`, whose senders cover shared objects and
@@ -97,7 +98,7 @@ pub fn ack(mut stream: &UnixStream, ok: bool) -> Result<(), ChannelError> {
 }
 
 /// Sends CONFIG_CHANGE_MSG without blocking (no reply asked: a frontend
-/// that does not read its channel never holds block-proc up).
+/// that does not read its channel never holds the backend up).
 pub fn send_config_change(channel: &UnixStream) -> Result<(), ChannelError> {
     let mut m = [0u8; 12];
     m[0..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());

@@ -1,0 +1,9 @@
+//! What Bulkhead's vhost-user backends share (workers never depend on
+//! each other, so block-proc and net-proc both take these from here):
+//! - [`memory`]: guest memory as the frontend shares it (SET_MEM_TABLE),
+//!   every region checked against its file before it is mapped.
+//! - [`backend_channel`]: the backend→frontend channel
+//!   (`VHOST_USER_PROTOCOL_F_BACKEND_REQ`) and CONFIG_CHANGE_MSG.
+
+pub mod backend_channel;
+pub mod memory;
