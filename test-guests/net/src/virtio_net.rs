@@ -218,6 +218,12 @@ impl Net {
             return None;
         }
         self.link_up = up;
+        // The change may have landed between the interrupt status read
+        // above and the config read: a device raises the config
+        // interrupt with the change, so it shows now.
+        if !self.config_irq && self.dev.ack_interrupt() & INT_CONFIG != 0 {
+            self.config_irq = true;
+        }
         Some(LinkChange {
             up,
             interrupt: core::mem::take(&mut self.config_irq),
