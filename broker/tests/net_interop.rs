@@ -56,12 +56,19 @@ impl Drop for Standalone {
 /// Waits until `serial` shows `n` rounds in a row that lost nothing and
 /// saw no duplicate or damaged frame.
 fn wait_clean_rounds(serial: &SerialLog, n: usize) {
+    wait_rounds(serial, n, 0);
+}
+
+/// Waits until `serial` shows `n` rounds in a row with at most `max_lost`
+/// pings unanswered each and no duplicate; no round may have seen a
+/// damaged frame.
+fn wait_rounds(serial: &SerialLog, n: usize, max_lost: u32) {
     let deadline = Instant::now() + GUEST_TIMEOUT;
     loop {
         let all = rounds(serial);
         let clean = all.windows(n).any(|w| {
             w.iter()
-                .all(|r| r.sent > 0 && r.received == r.sent && r.duplicate == 0)
+                .all(|r| r.sent > 0 && r.received + max_lost >= r.sent && r.duplicate == 0)
         });
         if clean {
             assert!(all.iter().all(|r| r.corrupt == 0), "{all:?}");
@@ -167,4 +174,76 @@ fn bulkheads_vhost_user_netdev_runs_the_net_guest_over_an_external_net_proc() {
         net_common::worker_pid(broker, "net-proc").is_none(),
         "the broker started a net-proc for an external backend"
     );
+}
+
+/// A Linux bridge joining TAPs, deleted on drop (the TAPs are deleted by
+/// their own guards).
+struct Bridge {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Bridge {
+    /// Bridge `bhbr<pid>` with `taps` as its ports, all up.
+    fn join(taps: &[&Tap]) -> Bridge {
+        let name = format!("bhbr{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        ip(&["link", "add", "name", &name, "type", "bridge"]);
+        let b = Bridge { name };
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", b.name),
+            "1",
+        );
+        for t in taps {
+            ip(&["link", "set", &t.name, "master", &b.name]);
+            ip(&["link", "set", &t.name, "up"]);
+        }
+        ip(&["link", "set", &b.name, "up"]);
+        b
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// Two bulkhead guests, each on its own TAP, the TAPs in one host bridge
+/// and nothing else on it: every ping a guest broadcasts can only be
+/// answered by the other guest, so answered rounds on both sides mean
+/// frames went both ways through both net-procs and the bridge. A few
+/// frames per round may be lost: each guest's receive queue (16 buffers
+/// of 1 KiB, long pongs take two) also holds the peer's pings, and a frame
+/// that finds no buffer is dropped, as on a wire.
+#[test]
+fn two_guests_on_taps_in_a_host_bridge_answer_each_others_pings() {
+    let tap_a = Tap::create("ba");
+    let tap_b = Tap::create("bb");
+    let _bridge = Bridge::join(&[&tap_a, &tap_b]);
+    let start = |tap: &Tap, mac: &str| {
+        let dir = TempDir::new();
+        let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name);
+        let nic = format!("virtio-net-device,netdev=n0,mac={mac},id=nic0");
+        let (vm, serial) = disk_common::start_guest(
+            &dir.0,
+            "net-loop",
+            &["-m", "64", "-netdev", &netdev, "-device", &nic],
+        );
+        (vm, serial, dir)
+    };
+    let (_vm_a, serial_a, _dir_a) = start(&tap_a, "52:54:00:12:34:56");
+    let (_vm_b, serial_b, _dir_b) = start(&tap_b, "52:54:00:12:34:57");
+    wait_rounds(&serial_a, 3, 5);
+    wait_rounds(&serial_b, 3, 5);
 }
