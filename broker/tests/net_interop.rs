@@ -95,14 +95,9 @@ fn socket_path(dir: &TempDir) -> PathBuf {
     dir.0.join("net.sock")
 }
 
-#[test]
-fn qemus_vhost_user_netdev_runs_the_net_guest_over_standalone_net_proc() {
-    common::require_kvm();
-    let tap = Tap::create("qi");
-    let echo = Echo::start(&tap);
-    let dir = TempDir::new();
-    let nsock = socket_path(&dir);
-    let _backend = Standalone::start(&nsock, &tap);
+/// QEMU (microvm, guest RAM in a shared memfd) running `guest_name` with
+/// its NIC on `-netdev vhost-user` over the backend's socket `nsock`.
+fn start_qemu(dir: TempDir, nsock: &Path, guest_name: &str) -> (Bulkhead, SerialLog) {
     let qmp = dir.0.join("q.sock");
     let serial = SerialLog(dir.0.join("serial.log"));
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -125,7 +120,7 @@ fn qemus_vhost_user_netdev_runs_the_net_guest_over_standalone_net_proc() {
         "-global",
         "virtio-mmio.force-legacy=false",
         "-kernel",
-        &guest("net-loop"),
+        &guest(guest_name),
         "-serial",
         &format!("file:{}", serial.0.display()),
         "-chardev",
@@ -138,9 +133,35 @@ fn qemus_vhost_user_netdev_runs_the_net_guest_over_standalone_net_proc() {
         &format!("unix:{},server=on,wait=off", qmp.display()),
     ])
     .stdin(Stdio::null());
-    let _vm = Bulkhead::start_with(&mut cmd, qmp, dir);
+    (Bulkhead::start_with(&mut cmd, qmp, dir), serial)
+}
+
+#[test]
+fn qemus_vhost_user_netdev_runs_the_net_guest_over_standalone_net_proc() {
+    common::require_kvm();
+    let tap = Tap::create("qi");
+    let echo = Echo::start(&tap);
+    let dir = TempDir::new();
+    let nsock = socket_path(&dir);
+    let _backend = Standalone::start(&nsock, &tap);
+    let (_vm, serial) = start_qemu(dir, &nsock, "net-loop");
     wait_clean_rounds(&serial, 3);
     assert_echo_saw_pings(&echo, 150);
+}
+
+/// The whole `net` scenario (two rounds around `set_link off`/`on`, which
+/// QEMU's frontend applies itself) on QEMU over net-proc: verdict PASS.
+#[test]
+fn the_net_guest_passes_its_link_scenario_on_qemu_over_standalone_net_proc() {
+    common::require_kvm();
+    let tap = Tap::create("ql");
+    let echo = Echo::start(&tap);
+    let dir = TempDir::new();
+    let nsock = socket_path(&dir);
+    let _backend = Standalone::start(&nsock, &tap);
+    let (vm, serial) = start_qemu(dir, &nsock, "net");
+    let mut qmp = vm.client();
+    net_common::link_scenario(&mut qmp, &serial, &echo);
 }
 
 #[test]
