@@ -268,3 +268,40 @@ fn two_guests_on_taps_in_a_host_bridge_answer_each_others_pings() {
     wait_rounds(&serial_a, 3, 5);
     wait_rounds(&serial_b, 3, 5);
 }
+
+/// Bad `--standalone` command lines get a clear message and exit status 2.
+#[test]
+fn standalone_net_proc_refuses_bad_arguments_with_a_clear_message() {
+    common::build_workers();
+    let bin = Path::new(env!("CARGO_BIN_EXE_bulkhead")).with_file_name("net-proc");
+    let dir = TempDir::new();
+    let sock = socket_path(&dir);
+    let sock = sock.to_str().expect("utf-8 path");
+    for (args, says) in [
+        (
+            vec!["--socket", sock],
+            "--socket PATH and --tap IFNAME are required",
+        ),
+        (
+            vec!["--socket", sock, "--tap", "t0", "--mac", "1:2"],
+            "--mac 1:2: not a MAC",
+        ),
+        (
+            vec!["--socket", sock, "--tap", "t0", "--queues", "2"],
+            "unknown argument --queues",
+        ),
+        (
+            vec!["--socket", "/nonexistent/x.sock", "--tap", "bhzz0"],
+            "cannot listen on /nonexistent/x.sock",
+        ),
+    ] {
+        let out = Command::new(&bin)
+            .arg("--standalone")
+            .args(&args)
+            .output()
+            .expect("run net-proc");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
