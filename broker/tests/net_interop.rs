@@ -9,12 +9,17 @@ mod common;
 mod disk_common;
 mod net_common;
 
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Bulkhead, TempDir};
 use disk_common::{guest, SerialLog, GUEST_TIMEOUT};
+use net_common::frame::{self, Parsed};
 use net_common::{rounds, Echo, Tap, GUEST_MAC};
 
 /// `net-proc --standalone` serving one NIC on a socket; killed on drop.
@@ -240,6 +245,111 @@ impl Drop for Bridge {
     }
 }
 
+/// An AF_PACKET socket seeing every frame of `ifname`, both directions.
+/// (`ETH_P_ALL`: a socket bound to one EtherType sees nothing of a bridge
+/// port, whose frames the bridge takes before protocol handlers.)
+fn sniff_socket(ifname: &str) -> OwnedFd {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a new socket we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let cname = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    assert!(ifindex != 0, "no interface {ifname}");
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the given size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: a timeval option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    assert_eq!(r, 0);
+    fd
+}
+
+/// Pongs seen, by (source, destination) MAC.
+type PongCounts = Arc<Mutex<HashMap<([u8; 6], [u8; 6]), usize>>>;
+
+/// Counts the pongs seen on a TAP (both directions), by (source,
+/// destination) MAC.
+struct PongSniffer {
+    stop: Arc<AtomicBool>,
+    seen: PongCounts,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PongSniffer {
+    fn start(tap: &Tap) -> PongSniffer {
+        let fd = sniff_socket(&tap.name);
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let (st, se) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !st.load(Ordering::SeqCst) {
+                // SAFETY: recv into our buffer (the socket has a timeout).
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let Ok(n) = usize::try_from(n) else {
+                    continue;
+                };
+                if let Parsed::Test(f) = frame::parse(&buf[..n]) {
+                    if f.kind == frame::PONG {
+                        *se.lock().unwrap().entry((f.src, f.dst)).or_insert(0) += 1;
+                    }
+                }
+            }
+        });
+        PongSniffer {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn pongs(&self, src: [u8; 6], dst: [u8; 6]) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(&(src, dst))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PongSniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Two bulkhead guests, each on its own TAP, the TAPs in one host bridge
 /// and nothing else on it: every ping a guest broadcasts can only be
 /// answered by the other guest, so answered rounds on both sides mean
@@ -252,6 +362,7 @@ fn two_guests_on_taps_in_a_host_bridge_answer_each_others_pings() {
     let tap_a = Tap::create("ba");
     let tap_b = Tap::create("bb");
     let _bridge = Bridge::join(&[&tap_a, &tap_b]);
+    let sniffer = PongSniffer::start(&tap_a);
     let start = |tap: &Tap, mac: &str| {
         let dir = TempDir::new();
         let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name);
@@ -263,10 +374,31 @@ fn two_guests_on_taps_in_a_host_bridge_answer_each_others_pings() {
         );
         (vm, serial, dir)
     };
+    let (mac_a, mac_b) = (
+        [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        [0x52, 0x54, 0, 0x12, 0x34, 0x57],
+    );
     let (_vm_a, serial_a, _dir_a) = start(&tap_a, "52:54:00:12:34:56");
     let (_vm_b, serial_b, _dir_b) = start(&tap_b, "52:54:00:12:34:57");
     wait_rounds(&serial_a, 3, 5);
     wait_rounds(&serial_b, 3, 5);
+    // The answers on the wire are the guests' own: B answers A, A answers B,
+    // and nothing else answers.
+    let (ab, ba) = (sniffer.pongs(mac_b, mac_a), sniffer.pongs(mac_a, mac_b));
+    assert!(ab >= 100 && ba >= 100, "pongs B→A {ab}, A→B {ba}");
+    let all: usize = sniffer.seen.lock().unwrap().values().sum();
+    assert_eq!(all, ab + ba, "{:?}", sniffer.seen.lock().unwrap());
+    for (name, serial) in [("A", &serial_a), ("B", &serial_b)] {
+        let r = rounds(serial);
+        eprintln!(
+            "guest {name}: {} rounds, sent {} received {} duplicate {}",
+            r.len(),
+            r.iter().map(|r| r.sent).sum::<u32>(),
+            r.iter().map(|r| r.received).sum::<u32>(),
+            r.iter().map(|r| r.duplicate).sum::<u32>()
+        );
+    }
+    eprintln!("pongs on A's TAP: B→A {ab}, A→B {ba}");
 }
 
 /// Bad `--standalone` command lines get a clear message and exit status 2.
