@@ -12,11 +12,13 @@
 //! - [`vhost`]: the vhost-user-net backend (protocol, queues, exports).
 //! - [`trace`]: net-proc's trace points.
 //! - [`rocker`]: learning L2 switches over an OF-DPA pipeline.
+//! - [`standalone`]: `--standalone` mode (one NIC on a listening socket).
 
 pub mod nics;
 pub mod port;
 pub mod rocker;
 pub mod serve;
+pub mod standalone;
 pub mod tap;
 pub mod trace;
 pub mod vhost;
@@ -34,6 +36,15 @@ use sandbox::Sandbox;
 pub fn main_with_args(args: Vec<String>) -> ExitCode {
     ipc_proto::logging::init();
     tracing::debug!("net-proc starting");
+    if args.iter().any(|a| a == "--standalone") {
+        return match standalone::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("net-proc: {}", error_chain(&e));
+                ExitCode::from(2)
+            }
+        };
+    }
     let sandbox = match Sandbox::from_args(WorkerKind::Net, &args) {
         Ok(s) => s,
         Err(e) => {

@@ -117,6 +117,11 @@ impl NetBackend {
         acked
     }
 
+    /// True once the frontend acked `VHOST_USER_F_PROTOCOL_FEATURES`.
+    pub fn protocol_features_acked(&self) -> bool {
+        self.acked_features & feat::PROTOCOL_FEATURES != 0
+    }
+
     /// Tells the frontend the config space changed, if it gave a channel.
     pub fn notify_config_change(&mut self) {
         let Some(c) = &self.channel else { return };

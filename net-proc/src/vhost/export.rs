@@ -16,10 +16,11 @@ use std::thread::JoinHandle;
 use ipc_proto::net::NetEvent;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use vhost::vhost_user::BackendReqHandler;
+use vhost::vhost_user::{BackendReqHandler, VhostUserBackendReqHandlerMut};
 
 use super::backend::{NetBackend, Nic};
 use super::backend_channel::{ack, peek_code, take_request, SET_BACKEND_REQ_FD};
+use super::early_enable;
 
 struct Inbox {
     waiting: Mutex<VecDeque<UnixStream>>,
@@ -182,6 +183,30 @@ impl Server {
         !need_reply || ack(stream, ok).is_ok()
     }
 
+    fn proto_acked(&self) -> bool {
+        self.backend
+            .lock()
+            .map(|b| b.protocol_features_acked())
+            .unwrap_or(true)
+    }
+
+    /// Applies an early SET_VRING_ENABLE (see [`early_enable`]).
+    fn early_enable(&self, stream: &UnixStream) -> bool {
+        let m = match early_enable::take(stream) {
+            Ok(m) => m,
+            Err(e) => {
+                ipc_proto::warn_limited!("NIC {}: {e}, dropping connection", self.nic.id);
+                return false;
+            }
+        };
+        let ok = self
+            .backend
+            .lock()
+            .map(|mut b| b.set_vring_enable(m.index, m.enable).is_ok())
+            .unwrap_or(false);
+        !m.need_reply || early_enable::ack(stream, ok).is_ok()
+    }
+
     /// Serves one connection until it ends (false) or the export stops
     /// (true).
     fn serve(&self, stream: UnixStream) -> bool {
@@ -195,6 +220,12 @@ impl Server {
         loop {
             if wait(&[watch.as_fd()], &self.stop).is_none() {
                 return true;
+            }
+            if peek_code(&watch) == Some(early_enable::SET_VRING_ENABLE) && !self.proto_acked() {
+                if !self.early_enable(&watch) {
+                    return false;
+                }
+                continue;
             }
             if peek_code(&watch) == Some(SET_BACKEND_REQ_FD) {
                 if !self.take_channel(&watch) {

@@ -8,9 +8,12 @@
 //! - [`backend`]: the protocol handler and the [`backend::Nic`] it serves.
 //! - [`backend_channel`]: SET_BACKEND_REQ_FD and CONFIG_CHANGE_MSG.
 //! - [`export`]: the connection loop of one NIC.
+//! - [`early_enable`]: SET_VRING_ENABLE before PROTOCOL_FEATURES is acked
+//!   (QEMU's virtio-net sends it).
 
 pub mod backend;
 pub use vhost_backend_common::backend_channel;
+pub mod early_enable;
 pub mod export;
 pub use vhost_backend_common::memory;
 pub mod queue;
