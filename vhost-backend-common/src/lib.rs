@@ -4,6 +4,8 @@
 //!   every region checked against its file before it is mapped.
 //! - [`backend_channel`]: the backend→frontend channel
 //!   (`VHOST_USER_PROTOCOL_F_BACKEND_REQ`) and CONFIG_CHANGE_MSG.
+//! - [`poll`]: an export thread's wait for its sockets or its stop.
 
 pub mod backend_channel;
 pub mod memory;
+pub mod poll;

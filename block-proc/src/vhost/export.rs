@@ -23,10 +23,10 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use vhost::vhost_user::BackendReqHandler;
+use vhost_backend_common::poll::wait;
 
 use super::backend::VhostBackend;
 use super::backend_channel::{ack, peek_code, take_request, SET_BACKEND_REQ_FD};
@@ -162,32 +162,6 @@ impl Export {
 impl Drop for Export {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// Waits until one of `fds` is readable; returns the readable ones, or
-/// None when `stop` fires (or polling fails).
-fn wait(fds: &[std::os::fd::BorrowedFd<'_>], stop: &EventFd) -> Option<Vec<bool>> {
-    loop {
-        let mut polled: Vec<PollFd<'_>> = fds
-            .iter()
-            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
-            .collect();
-        polled.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
-        match poll(&mut polled, PollTimeout::NONE) {
-            Ok(_) => {
-                let ready: Vec<bool> = polled
-                    .iter()
-                    .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-                    .collect();
-                if ready.last().copied().unwrap_or(true) {
-                    return None;
-                }
-                return Some(ready[..fds.len()].to_vec());
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None,
-        }
     }
 }
 

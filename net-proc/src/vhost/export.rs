@@ -8,15 +8,15 @@
 //! the connection stays; only a broken or out-of-step stream ends it.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ipc_proto::net::NetEvent;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhost::vhost_user::{BackendReqHandler, VhostUserBackendReqHandlerMut};
+use vhost_backend_common::poll::wait;
 
 use super::backend::{NetBackend, Nic};
 use super::backend_channel::{ack, peek_code, take_request, SET_BACKEND_REQ_FD};
@@ -93,31 +93,6 @@ impl Drop for Export {
         let _ = self.stop.write(1);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
-        }
-    }
-}
-
-/// Waits until one of `fds` is readable; None when `stop` fires.
-fn wait(fds: &[BorrowedFd<'_>], stop: &EventFd) -> Option<Vec<bool>> {
-    loop {
-        let mut polled: Vec<PollFd<'_>> = fds
-            .iter()
-            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
-            .collect();
-        polled.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
-        match poll(&mut polled, PollTimeout::NONE) {
-            Ok(_) => {
-                let ready: Vec<bool> = polled
-                    .iter()
-                    .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-                    .collect();
-                if ready.last().copied().unwrap_or(true) {
-                    return None;
-                }
-                return Some(ready[..fds.len()].to_vec());
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None,
         }
     }
 }
