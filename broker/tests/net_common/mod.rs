@@ -91,7 +91,13 @@ pub struct Echo {
 }
 
 fn packet_socket(ifname: &str) -> OwnedFd {
-    let proto = frame::ETHERTYPE.to_be();
+    bound_packet_socket(ifname, frame::ETHERTYPE)
+}
+
+/// An AF_PACKET raw socket bound to `ifname` for EtherType `ethertype`
+/// (`ETH_P_ALL`: every frame), with a 100 ms receive timeout.
+pub fn bound_packet_socket(ifname: &str, ethertype: u16) -> OwnedFd {
+    let proto = ethertype.to_be();
     // SAFETY: plain socket(2); the result is checked.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
     assert!(
