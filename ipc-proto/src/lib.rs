@@ -38,6 +38,7 @@ pub mod escape;
 pub mod frame;
 pub mod handshake;
 pub mod logging;
+pub mod migration;
 pub mod net;
 pub mod ratelimit;
 pub mod rocker;

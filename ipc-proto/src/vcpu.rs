@@ -73,6 +73,10 @@ pub struct VmConfig {
     /// `-machine dump-guest-core=off`: guest RAM is left out of
     /// vcpu-proc's core dumps (MADV_DONTDUMP), as QEMU does.
     pub no_dump_guest_core: bool,
+    /// `-incoming`: the guest is not loaded into RAM and the vCPUs do not
+    /// start; the VM waits in `inmigrate` for its RAM and state (an
+    /// incoming migration or `xen-load-devices-state`).
+    pub incoming: bool,
 }
 
 /// The CPU model of `-cpu`.
@@ -384,12 +388,6 @@ pub enum VcpuRequest {
         /// Possible-CPU slot.
         slot: u32,
     },
-    /// Test hooks only: run an escape attempt inside the sandboxed worker.
-    /// Replies [`VcpuReply::Done`] if it worked, else the error of
-    /// [`crate::escape::Outcome::into_reply`] (or no reply at all:
-    /// seccomp kills the worker).
-    #[cfg(feature = "test-hooks")]
-    TestEscape(crate::escape::Escape),
     /// Start writing an ELF core of the guest to the fd in `fd`
     /// (`dump-guest-memory`): the VM is stopped (`save-vm`) while the
     /// registers are captured and the memory written, then resumed if it
@@ -398,6 +396,15 @@ pub enum VcpuRequest {
     DumpGuestMemory(DumpRequest),
     /// Report the running dump's progress ([`VcpuReply::DumpProgress`]).
     QueryDump,
+    /// Device state save/load and live migration.
+    Migration(crate::migration::MigrationRequest),
+    /// Test hooks only: run an escape attempt inside the sandboxed worker.
+    /// Replies [`VcpuReply::Done`] if it worked, else the error of
+    /// [`crate::escape::Outcome::into_reply`] (or no reply at all:
+    /// seccomp kills the worker). Last, so the other variants' indexes do
+    /// not depend on the feature.
+    #[cfg(feature = "test-hooks")]
+    TestEscape(crate::escape::Escape),
 }
 
 /// What `dump-guest-memory` asks of vcpu-proc.
@@ -444,6 +451,8 @@ pub enum VcpuReply {
         /// Bytes written.
         completed: u64,
     },
+    /// Answer to [`crate::migration::MigrationRequest::Query`].
+    Migration(crate::migration::MigrationStats),
 }
 
 /// Events vcpu-proc reports; the broker turns them into QMP events.
@@ -511,4 +520,6 @@ pub enum VcpuEvent {
         /// The OST status.
         status: u32,
     },
+    /// A migration's progress (outgoing or incoming).
+    Migration(crate::migration::MigrationEvent),
 }

@@ -33,6 +33,7 @@ pub mod hotplug;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod migration;
 pub mod mptable;
 pub mod paging;
 pub mod regs;

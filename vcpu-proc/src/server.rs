@@ -74,6 +74,7 @@ struct Server {
     controller: Option<Shared>,
     virtio_events: mpsc::Sender<VirtioEvent>,
     dumps: crate::dump::Dumps,
+    migrations: crate::migration::Migrations,
 }
 
 fn one_socket(
@@ -219,6 +220,11 @@ impl Server {
                 self.dumps.start(c, d, fds, sink)
             }
             VcpuRequest::QueryDump => Ok(self.dumps.progress()),
+            VcpuRequest::Migration(m) => {
+                let sink = Arc::new(ChannelSink(self.channel.clone()));
+                self.migrations
+                    .serve(self.controller.as_ref(), m, fds, sink)
+            }
             VcpuRequest::PlugCpu { slot } => self.with_vm(|c| {
                 c.plug_cpu(slot)
                     .map(|()| VcpuReply::Done)
@@ -247,6 +253,7 @@ pub fn serve(channel: VcpuChannel) -> Result<()> {
         controller: None,
         virtio_events,
         dumps: Default::default(),
+        migrations: Default::default(),
     };
     loop {
         let (msg, fds) = match server.channel.recv() {

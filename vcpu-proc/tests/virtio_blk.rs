@@ -143,6 +143,7 @@ fn boot(guest_name: &str, sock: &Path) -> Machine {
         cpu: Default::default(),
         thread_names: false,
         no_dump_guest_core: false,
+        incoming: false,
     };
     let serial = Serial::spawn(serial_r);
     let (tx, actions) = channel();

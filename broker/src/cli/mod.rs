@@ -112,6 +112,9 @@ pub struct Config {
     pub serial: SerialSpec,
     /// `-S`.
     pub start_paused: bool,
+    /// `-incoming URI|defer`: the VM waits in `inmigrate` for its RAM and
+    /// state; the URI as given (`defer`: `migrate-incoming` names it).
+    pub incoming: Option<String>,
     /// `-no-shutdown`.
     pub no_shutdown: bool,
     /// `-no-reboot`.
@@ -219,6 +222,7 @@ impl Default for Config {
             append: String::new(),
             serial: SerialSpec::Stdio,
             start_paused: false,
+            incoming: None,
             no_shutdown: false,
             no_reboot: false,
             sandbox: true,
@@ -443,6 +447,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-no-user-config" => {}
             "-daemonize" => cfg.daemonize = true,
             "-pidfile" => cfg.pidfile = Some(PathBuf::from(value()?)),
+            "-incoming" => cfg.incoming = Some(value()?),
             "-D" => cfg.log_file = Some(PathBuf::from(value()?)),
             "-msg" => cfg.msg_timestamp = qemu_opts::parse_msg(&value()?)?.0,
             "-trace" => cfg.trace.parse(&value()?)?,

@@ -238,7 +238,8 @@ fn done(r: std::result::Result<VcpuReply, FlatError>) -> std::result::Result<(),
             | VcpuReply::Cpus(_)
             | VcpuReply::Trace(_)
             | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }),
+            | VcpuReply::DumpProgress { .. }
+            | VcpuReply::Migration(_)),
         ) => Err(unexpected_reply(&other)),
         Err(e) => Err(e),
     }

@@ -265,7 +265,8 @@ impl Command for DumpGuestMemory {
                 | VcpuReply::Status(_)
                 | VcpuReply::Cpus(_)
                 | VcpuReply::Trace(_)
-                | VcpuReply::DumpProgress { .. }),
+                | VcpuReply::DumpProgress { .. }
+                | VcpuReply::Migration(_)),
             ) => {
                 m.dump.refused();
                 return Err(unexpected_reply(&other).into());

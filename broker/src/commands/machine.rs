@@ -16,7 +16,8 @@ fn vcpu_done(ctx: &Ctx<'_>, req: VcpuRequest) -> Result<Empty> {
         | VcpuReply::Cpus(_)
         | VcpuReply::Trace(_)
         | VcpuReply::DumpStarted { .. }
-        | VcpuReply::DumpProgress { .. }) => Err(unexpected_reply(&other).into()),
+        | VcpuReply::DumpProgress { .. }
+        | VcpuReply::Migration(_)) => Err(unexpected_reply(&other).into()),
     }
 }
 
@@ -283,7 +284,8 @@ impl Command for QueryCpusFast {
             | VcpuReply::Status(_)
             | VcpuReply::Trace(_)
             | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }) => return Err(unexpected_reply(&other).into()),
+            | VcpuReply::DumpProgress { .. }
+            | VcpuReply::Migration(_)) => return Err(unexpected_reply(&other).into()),
         };
         // vcpu-proc knows its threads' ids in its own pid namespace only.
         let pid = ctx.machine.vcpu_pid();

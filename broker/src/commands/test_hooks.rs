@@ -174,7 +174,8 @@ impl Command for XTestEscape {
                     | VcpuReply::Cpus(_)
                     | VcpuReply::Trace(_)
                     | VcpuReply::DumpStarted { .. }
-                    | VcpuReply::DumpProgress { .. }) => Some(other),
+                    | VcpuReply::DumpProgress { .. }
+                    | VcpuReply::Migration(_)) => Some(other),
                 },
             )),
             TestWorker::Block => outcome(

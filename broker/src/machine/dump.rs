@@ -185,7 +185,8 @@ impl DumpTracker {
                 | VcpuReply::Status(_)
                 | VcpuReply::Cpus(_)
                 | VcpuReply::Trace(_)
-                | VcpuReply::DumpStarted { .. },
+                | VcpuReply::DumpStarted { .. }
+                | VcpuReply::Migration(_),
             )
             | Err(_) => now.completed,
         };

@@ -32,6 +32,7 @@ pub mod images;
 pub mod jobs;
 pub mod liveness;
 pub mod media;
+pub mod migration;
 pub mod netdevs;
 pub mod no_vm;
 pub mod policy;
@@ -161,6 +162,9 @@ pub struct Machine {
     trace: trace_state::TraceState,
     /// `dump-guest-memory`'s state (`query-dump`).
     pub(crate) dump: dump::DumpTracker,
+    /// Migration parameters, capabilities and the running migration.
+    #[allow(dead_code)] // read by the migration commands (issue 12), being built
+    pub(crate) migration: migration::MigrationState,
     /// QEMU's rate limit of chatty events (the QUORUM_* events).
     pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
 }
@@ -214,6 +218,7 @@ impl Machine {
             stats: Mutex::new(stats_carry::StatsCarry::default()),
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
+            migration: migration::MigrationState::default(),
             throttled_events,
         });
         let _ = m.me.set(Arc::downgrade(&m));
@@ -594,6 +599,7 @@ impl Machine {
                 source,
                 status,
             } => cpu_slots::on_ost(self, slot, source, status),
+            VcpuEvent::Migration(ev) => migration::on_event(self, ev),
         }
     }
 
@@ -614,7 +620,8 @@ impl Machine {
             | VcpuEvent::VhostUserReconnected { .. }
             | VcpuEvent::DumpCompleted { .. }
             | VcpuEvent::CpuEjected { .. }
-            | VcpuEvent::CpuOst { .. } => {
+            | VcpuEvent::CpuOst { .. }
+            | VcpuEvent::Migration(_) => {
                 tracing::warn!("machine 'none': unexpected event {ev:?}")
             }
         }

@@ -66,6 +66,9 @@ impl NoVm {
             VcpuRequest::QueryCpus => Ok(VcpuReply::Cpus(Vec::new())),
             VcpuRequest::Ping => Ok(VcpuReply::Done),
             VcpuRequest::QueryDump => Ok(VcpuReply::DumpProgress { completed: 0 }),
+            VcpuRequest::Migration(_) => Err(FlatError::generic(
+                "machine type 'none' has no guest to save or migrate",
+            )),
             VcpuRequest::DumpGuestMemory(_) => {
                 Err(FlatError::generic("dump: no guest memory to dump"))
             }

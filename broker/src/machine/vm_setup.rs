@@ -164,6 +164,7 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         cpu: cfg.cpu.clone(),
         thread_names: cfg.debug_threads,
         no_dump_guest_core: cfg.no_dump_guest_core,
+        incoming: cfg.incoming.is_some(),
     };
     Ok(PreparedVm {
         config,

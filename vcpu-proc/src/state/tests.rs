@@ -65,6 +65,7 @@ fn built(guest: &str, cpus: u8) -> Running {
         cpu: Default::default(),
         thread_names: false,
         no_dump_guest_core: false,
+        incoming: false,
     };
     let ram = File::from(mem.try_clone().unwrap());
     let fds: Vec<OwnedFd> = vec![kvm.into(), mem, kernel.into(), wr];

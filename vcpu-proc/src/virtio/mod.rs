@@ -24,6 +24,7 @@
 
 pub mod backend_req;
 pub mod device;
+pub mod dirty_log;
 pub mod inflight;
 pub mod kind;
 pub mod mmio;
@@ -78,6 +79,10 @@ pub enum VirtioError {
     /// A device kind the frontend cannot drive yet.
     #[error("this vcpu-proc has no {0:?} frontend")]
     UnsupportedKind(ipc_proto::vcpu::VhostUserKind),
+    /// A device whose backend cannot log its writes into guest RAM
+    /// (`VHOST_F_LOG_ALL`), so the device cannot be migrated live.
+    #[error("device '{0}' cannot log its writes to guest memory (vhost-user dirty logging)")]
+    NoDirtyLog(String),
     /// The slot is outside the platform's virtio-mmio window.
     #[error("virtio-mmio slot {0} does not exist (0..{max})", max = layout::VIRTIO_MMIO_SLOTS)]
     BadSlot(u32),

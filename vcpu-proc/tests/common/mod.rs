@@ -235,6 +235,7 @@ impl Vmm {
             cpu: Default::default(),
             thread_names: false,
             no_dump_guest_core: false,
+            incoming: false,
         };
         let mut vmm = Vmm {
             child,

@@ -651,7 +651,8 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
             | VcpuReply::Cpus(_)
             | VcpuReply::Trace(_)
             | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }) => return Err(unexpected_reply(&other)),
+            | VcpuReply::DumpProgress { .. }
+            | VcpuReply::Migration(_)) => return Err(unexpected_reply(&other)),
         }
     }
     Ok(())
