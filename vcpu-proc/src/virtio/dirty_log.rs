@@ -47,7 +47,7 @@ unsafe impl Sync for VhostLog {}
 impl VhostLog {
     /// Maps `size` bytes of the memfd `fd` (shared, read-write).
     pub fn map(fd: OwnedFd, size: u64) -> Result<Self, DirtyLogError> {
-        if size == 0 || size % 8 != 0 {
+        if size == 0 || !size.is_multiple_of(8) {
             return Err(DirtyLogError::BadSize(size));
         }
         let st = nix::sys::stat::fstat(fd.as_fd()).map_err(DirtyLogError::Map)?;
