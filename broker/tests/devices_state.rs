@@ -6,7 +6,9 @@
 //! banner again, the next tick after the last one) and passes. Corrupt,
 //! truncated, foreign and missing state files are refused with a clear
 //! error and start nothing; the errors QEMU 10 also gives are compared with
-//! `qemu-system-x86_64`. Needs /dev/kvm.
+//! `qemu-system-x86_64`. The restored broker takes the RAM file as
+//! `-object memory-backend-file` in one test and as `-mem-path` in the
+//! other. Needs /dev/kvm.
 
 mod common;
 mod disk_common;
@@ -55,6 +57,25 @@ fn start_ticker(mem: &MemFile, log: &SerialLog, extra: &[&str]) -> Bulkhead {
         object.as_str(),
         "-machine",
         "microvm,memory-backend=ram",
+    ];
+    args.extend_from_slice(extra);
+    Bulkhead::start(&args)
+}
+
+/// Starts `ticker` with its 64 MiB of RAM in `-mem-path FILE`.
+fn start_ticker_mem_path(mem: &MemFile, log: &SerialLog, extra: &[&str]) -> Bulkhead {
+    let kernel = guest("ticker");
+    let serial = format!("file:{}", log.0.display());
+    let path = mem.0.to_str().unwrap();
+    let mut args = vec![
+        "-kernel",
+        kernel.as_str(),
+        "-serial",
+        serial.as_str(),
+        "-m",
+        "64M",
+        "-mem-path",
+        path,
     ];
     args.extend_from_slice(extra);
     Bulkhead::start(&args)
@@ -197,7 +218,8 @@ fn bad_state_files_are_refused_and_start_nothing_then_the_good_one_runs_at_once(
 
     let log = SerialLog(dir.0.join("second.log"));
     // No -S: autostart, so a load that went through would start the guest.
-    let b = start_ticker(&mem, &log, &["-incoming", "defer"]);
+    // The same RAM file, as QEMU's -mem-path this time.
+    let b = start_ticker_mem_path(&mem, &log, &["-incoming", "defer"]);
     let mut q = b.client();
     assert_eq!(status(&mut q), "inmigrate");
     let mut other_version = good.clone();

@@ -959,4 +959,27 @@ mod tests {
         assert!(parse_chardev("socket,id=x").is_err());
         assert!(parse_chardev("socket,id=x,path=/p,server=on").is_err());
     }
+
+    #[test]
+    fn mem_path_is_the_machine_ram_backend_and_conflicts_with_memory_backend() {
+        let c = parse(&args("-m 64M -mem-path /dev/shm -mem-prealloc")).unwrap();
+        let b = c.memory_backend.unwrap();
+        assert_eq!(
+            (b.id.as_str(), b.kind, b.size),
+            (
+                "microvm.ram",
+                memory_backend::BackendKind::File("/dev/shm".into()),
+                64 << 20
+            )
+        );
+        assert!(c.mem_prealloc);
+        let e = parse(&args(
+            "-mem-path /dev/shm -object memory-backend-ram,id=m,size=64M -machine memory-backend=m",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'-mem-path' can't be used together with'-machine memory-backend'"
+        );
+    }
 }

@@ -314,3 +314,74 @@ pub fn remove_stale_socket(p: &Path) {
         let _ = std::fs::remove_file(p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::memory_backend::{BackendKind, MemoryBackend};
+
+    fn backend(path: &Path, size: u64) -> MemoryBackend {
+        MemoryBackend {
+            id: "ram".into(),
+            kind: BackendKind::File(path.into()),
+            size,
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bulkhead-vm-setup-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    #[test]
+    fn an_existing_memory_file_keeps_its_contents_and_its_size() {
+        let p = scratch("kept");
+        let mut bytes = vec![0u8; 3 << 20];
+        bytes[4096] = 0xaa;
+        bytes[(2 << 20) + 1] = 0x55;
+        std::fs::write(&p, &bytes).unwrap();
+        let fd = backend_memory(&backend(&p, 2 << 20)).unwrap();
+        drop(fd);
+        assert_eq!(std::fs::read(&p).unwrap(), bytes, "the file was changed");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_new_or_empty_memory_file_is_sized_and_a_smaller_one_refused_as_qemu() {
+        let p = scratch("new");
+        let _ = std::fs::remove_file(&p);
+        drop(backend_memory(&backend(&p, 1 << 20)).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        let err = backend_memory(&backend(&p, 4 << 20)).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "ram backing store size 0x100000 is too small for 'size' option 0x400000 plus 'offset' option 0x0"
+        );
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_directory_gets_an_unlinked_file_and_a_missing_path_qemus_error() {
+        let d = scratch("dir");
+        std::fs::create_dir_all(&d).unwrap();
+        let fd = backend_memory(&backend(&d, 1 << 20)).unwrap();
+        assert_eq!(File::from(fd).metadata().unwrap().len(), 1 << 20);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+        let missing = Path::new("/nonexistent/dir/ram");
+        let err = backend_memory(&backend(missing, 1 << 20)).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "can't open backing store /nonexistent/dir/ram for guest RAM"
+        );
+    }
+
+    #[test]
+    fn prealloc_allocates_the_whole_memfd() {
+        let fd = guest_memory(1 << 20).unwrap();
+        preallocate(&fd, 1 << 20).unwrap();
+        let st = nix::sys::stat::fstat(&fd).unwrap();
+        assert_eq!(st.st_blocks as u64 * 512, 1 << 20);
+    }
+}

@@ -133,14 +133,12 @@ fn check_live(m: &Machine, live: bool) -> Result<()> {
     if !live || m.query_status()?.running {
         return Ok(());
     }
-    let has_disks = crate::machine::block_state::state(m)
+    let no_disks = crate::machine::block_state::state(m)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .nodes()
-        .iter()
-        .next()
-        .is_some();
-    if has_disks {
+        .is_empty();
+    if !no_disks {
         return Err(QmpError::generic(
             "xen-save-devices-state: handing the disk images over (live, the default, on a \
              stopped VM) is not supported by bulkhead: give \"live\": false",
