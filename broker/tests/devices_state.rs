@@ -333,3 +333,24 @@ fn incoming_takes_defer_and_refuses_a_uri_it_cannot_listen_on() {
         assert!(err.contains(want), "{uri}: {err}");
     }
 }
+
+#[test]
+fn a_default_live_save_of_a_paused_vm_with_disks_is_refused_and_live_false_saves() {
+    let dir = TempDir::new();
+    let img = disk_common::raw_image(&dir.0);
+    let blockdev = json!({"driver": "raw", "node-name": "d0",
+        "file": {"driver": "file", "filename": img}})
+    .to_string();
+    let b = Bulkhead::start(&["-kernel", &guest("ticker"), "-S", "-blockdev", &blockdev]);
+    let mut q = b.client();
+    let state = dir.0.join("vm.state");
+    let desc = error_with(&mut q, "xen-save-devices-state", json!({"filename": state}));
+    assert!(desc.contains("\"live\": false"), "{desc}");
+    assert!(!state.exists(), "the refused save created its file");
+    ok_with(
+        &mut q,
+        "xen-save-devices-state",
+        json!({"filename": state, "live": false}),
+    );
+    assert!(std::fs::metadata(&state).unwrap().len() > 0);
+}

@@ -21,6 +21,7 @@ use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest};
 use nix::fcntl::OFlag;
 use serde::Deserialize;
 
+use crate::cli::MachineType;
 use crate::machine::fdsets::{parse_fd_number, FdSets};
 use crate::machine::images::open::{as_identity, strerror};
 use crate::machine::{unexpected_reply, Machine};
@@ -110,6 +111,16 @@ fn open(m: &Machine, path: &str, write: bool) -> Result<OwnedFd> {
         .map_err(|e| QmpError::generic(format!("Could not {action} '{path}': {}", strerror(&e))))
 }
 
+/// `-machine none` has no vCPU worker to hold a device state.
+fn refuse_without_guest(m: &Machine) -> Result<()> {
+    if m.config().machine == MachineType::None {
+        return Err(QmpError::generic(
+            "machine type 'none' has no guest to save or migrate",
+        ));
+    }
+    Ok(())
+}
+
 /// Sends `req` with `file` as its fd 0 and expects Done.
 fn request_with_file(m: &Machine, req: MigrationRequest, file: OwnedFd) -> Result<Empty> {
     let file = File::from(file);
@@ -163,6 +174,7 @@ impl Command for XenSaveDevicesState {
     fn run(a: SaveArgs, ctx: &Ctx<'_>) -> Result<Empty> {
         let m = ctx.machine;
         super::super::dump::refuse_while_dumping(ctx)?;
+        refuse_without_guest(m)?;
         check_live(m, a.live.unwrap_or(true))?;
         let fd = open(m, &a.filename, true)?;
         request_with_file(m, MigrationRequest::SaveDevicesState { fd: FdSlot(0) }, fd)
@@ -185,6 +197,7 @@ impl Command for XenLoadDevicesState {
     fn run(a: LoadArgs, ctx: &Ctx<'_>) -> Result<Empty> {
         let m = ctx.machine;
         super::super::dump::refuse_while_dumping(ctx)?;
+        refuse_without_guest(m)?;
         // QEMU checks the run state before it opens the file.
         if m.query_status()?.running {
             return Err(QmpError::generic(RUNNING));
