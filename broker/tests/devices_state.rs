@@ -266,6 +266,11 @@ fn bad_state_files_are_refused_and_start_nothing_then_the_good_one_runs_at_once(
             missing.display()
         )
     );
+    // A FIFO with no writer would hang vcpu-proc's read: refused at once.
+    let fifo = dir.0.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let desc = error_with(&mut q, "xen-load-devices-state", json!({"filename": fifo}));
+    assert!(desc.contains("not a regular file"), "{desc}");
     assert_eq!(status(&mut q), "inmigrate");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(log.text(), "", "a refused load started the guest");

@@ -89,7 +89,7 @@ fn open(m: &Machine, path: &str, write: bool) -> Result<OwnedFd> {
                 QmpError::generic(format!("Could not {action} '{path}': {}", e.desc()))
             })?;
         }
-        return Ok(fd);
+        return regular_only(path, action, fd);
     }
     let identity = crate::machine::block_state::identity(m)?;
     let opened = as_identity(identity, || {
@@ -99,16 +99,33 @@ fn open(m: &Machine, path: &str, write: bool) -> Result<OwnedFd> {
         } else {
             o.read(true);
         }
-        o.custom_flags(libc::O_CLOEXEC).open(path)
+        // Non-blocking: a FIFO must not hold the monitor in open(2).
+        o.custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
     })
     .ok_or_else(|| {
         QmpError::generic(format!(
             "Could not {action} '{path}': cannot take the VM's identity"
         ))
     })?;
-    opened
-        .map(OwnedFd::from)
-        .map_err(|e| QmpError::generic(format!("Could not {action} '{path}': {}", strerror(&e))))
+    let file = opened
+        .map_err(|e| QmpError::generic(format!("Could not {action} '{path}': {}", strerror(&e))))?;
+    regular_only(path, action, OwnedFd::from(file))
+}
+
+/// vcpu-proc reads and writes the file while it holds the VM: a FIFO,
+/// socket or device that never answers would hang it (and its liveness
+/// ping would then kill the guest), so only regular files are taken.
+fn regular_only(path: &str, action: &str, fd: OwnedFd) -> Result<OwnedFd> {
+    let st = nix::sys::stat::fstat(&fd)
+        .map_err(|e| QmpError::generic(format!("Could not {action} '{path}': {}", e.desc())))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(QmpError::generic(format!(
+            "Could not {action} '{path}': not a regular file (bulkhead keeps device state in \
+             regular files only)"
+        )));
+    }
+    Ok(fd)
 }
 
 /// `-machine none` has no vCPU worker to hold a device state.
