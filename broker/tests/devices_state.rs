@@ -363,3 +363,28 @@ fn a_default_live_save_of_a_paused_vm_with_disks_is_refused_and_live_false_saves
     );
     assert!(std::fs::metadata(&state).unwrap().len() > 0);
 }
+
+#[test]
+fn a_vcpu_proc_killed_after_a_load_is_a_guest_crash_and_the_broker_still_answers() {
+    let dir = TempDir::new();
+    let mem = MemFile::new(&dir);
+    let state = dir.0.join("ticker.state");
+    run_and_save(&dir, &mem, &state);
+    let log = SerialLog(dir.0.join("second.log"));
+    let b = start_ticker(&mem, &log, &["-incoming", "defer", "-S"]);
+    let mut q = b.client();
+    ok_with(&mut q, "xen-load-devices-state", json!({"filename": state}));
+    let vcpu = common::children(common::broker_pid(&b))
+        .into_iter()
+        .find(|(_, c)| c == "vcpu-proc")
+        .map(|(p, _)| p)
+        .expect("a vcpu-proc");
+    disk_common::sigkill(vcpu as i32);
+    let exited = q.event_where("__org.bulkhead_WORKER_EXITED", |d| d["worker"] == "vcpu");
+    assert_eq!(exited["data"]["action"], "guest-crashed");
+    assert_eq!(status(&mut q), "internal-error");
+    // The loaded state lived only in the killed process: nothing replays it.
+    let desc = error_with(&mut q, "xen-load-devices-state", json!({"filename": state}));
+    assert!(!desc.is_empty());
+    assert!(q.ok("query-version").is_object());
+}
