@@ -115,17 +115,24 @@ pub enum SectionId {
     VirtioMmio,
     /// COM1's 16550 registers and receive FIFO.
     Serial,
+    /// The Generic Event Device's latched events.
+    Ged,
+    /// The ACPI CPU hotplug register block (selector, command, each
+    /// possible CPU's flags and `_OST` values).
+    CpuHotplug,
 }
 
 impl SectionId {
     /// Every known section.
-    pub const ALL: [SectionId; 6] = [
+    pub const ALL: [SectionId; 8] = [
         SectionId::Vcpu,
         SectionId::Irqchip,
         SectionId::Pit,
         SectionId::Clock,
         SectionId::VirtioMmio,
         SectionId::Serial,
+        SectionId::Ged,
+        SectionId::CpuHotplug,
     ];
 
     /// The id on disk.
@@ -137,6 +144,8 @@ impl SectionId {
             SectionId::Clock => 4,
             SectionId::VirtioMmio => 5,
             SectionId::Serial => 6,
+            SectionId::Ged => 7,
+            SectionId::CpuHotplug => 8,
         }
     }
 
@@ -149,7 +158,9 @@ impl SectionId {
             | SectionId::Pit
             | SectionId::Clock
             | SectionId::VirtioMmio
-            | SectionId::Serial => 1,
+            | SectionId::Serial
+            | SectionId::Ged
+            | SectionId::CpuHotplug => 1,
         }
     }
 
@@ -171,6 +182,8 @@ impl std::fmt::Display for SectionId {
             SectionId::Clock => "clock",
             SectionId::VirtioMmio => "virtio-mmio",
             SectionId::Serial => "serial",
+            SectionId::Ged => "ged",
+            SectionId::CpuHotplug => "cpu-hotplug",
         })
     }
 }

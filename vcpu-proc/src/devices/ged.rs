@@ -37,6 +37,17 @@ impl Ged {
         }
     }
 
+    /// The latched events not yet read by the guest (saved state).
+    pub fn pending(&self) -> u8 {
+        self.pending
+    }
+
+    /// Sets the latched events (restored state). The interrupt is not
+    /// raised again: the restored IOAPIC already holds its state.
+    pub fn set_pending(&mut self, events: u8) {
+        self.pending = events;
+    }
+
     /// Clears pending events (machine reset).
     pub fn reset(&mut self) {
         self.pending = 0;

@@ -104,6 +104,35 @@ impl CpuHotplugRegs {
         &self.slots
     }
 
+    /// The selector and the command register (saved state).
+    pub fn selector_and_command(&self) -> (u32, u8) {
+        (self.selector, self.command)
+    }
+
+    /// Restores a saved block: `slots` must be this block's possible CPUs
+    /// (same count, same APIC ids), `command` one the block knows.
+    pub fn restore(
+        &mut self,
+        selector: u32,
+        command: u8,
+        slots: &[SlotState],
+    ) -> Result<(), String> {
+        if command > CMD_CPU_ID {
+            return Err(format!("command {command} is not one of the block's"));
+        }
+        let ids = |v: &[SlotState]| v.iter().map(|s| s.apic_id).collect::<Vec<_>>();
+        if ids(slots) != ids(&self.slots) {
+            return Err(format!(
+                "the saved possible CPUs have APIC ids {:?}, this VM's {:?}",
+                ids(slots),
+                ids(&self.slots)
+            ));
+        }
+        self.slots = slots.to_vec();
+        (self.selector, self.command) = (selector, command);
+        Ok(())
+    }
+
     /// Whether `slot` holds a plugged CPU.
     pub fn is_present(&self, slot: u32) -> bool {
         self.slots.get(slot as usize).is_some_and(|s| s.present)

@@ -5,6 +5,7 @@
 //!   state, debug registers).
 //! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
 //! - [`serial`]: COM1's registers and receive FIFO.
+//! - [`acpi`]: the GED's latched events and the CPU hotplug registers.
 //! - [`virtio`]: each virtio-mmio transport's registers (a device the
 //!   driver made live is refused on restore: its vrings are not saved yet).
 //!
@@ -16,6 +17,7 @@
 //! A restore decodes and checks the whole file before it touches KVM, so a
 //! corrupt or foreign file leaves the VM as it was.
 
+pub mod acpi;
 pub mod cpu;
 pub mod platform;
 pub mod serial;
@@ -92,6 +94,10 @@ pub struct VmState {
     pub devices: Vec<DeviceState>,
     /// COM1.
     pub serial: SerialState,
+    /// The GED's latched events.
+    pub ged: u8,
+    /// The CPU hotplug registers.
+    pub cpu_hotplug: acpi::CpuHotplugState,
 }
 
 impl VmState {
@@ -108,6 +114,16 @@ impl VmState {
             platform: PlatformState::capture(&vm.fd)?,
             devices: DeviceState::capture(&vm.devices),
             serial: lock(&vm.serial).state(),
+            ged: lock(&vm.ged).pending(),
+            cpu_hotplug: {
+                let regs = vm.cpu_regs();
+                let (selector, command) = regs.selector_and_command();
+                acpi::CpuHotplugState {
+                    selector,
+                    command,
+                    slots: regs.slots().to_vec(),
+                }
+            },
         })
     }
 
@@ -124,6 +140,44 @@ impl VmState {
             )));
         }
         DeviceState::check(&self.devices, &vm.devices)?;
+        let plugged: Vec<u32> = (0..self.cpu_hotplug.slots.len() as u32)
+            .filter(|&i| self.cpu_hotplug.slots[i as usize].present)
+            .collect();
+        if plugged != saved {
+            return Err(StateError::Mismatch(format!(
+                "the CPU hotplug registers have CPUs {plugged:?} plugged, the state vCPUs {saved:?}"
+            )));
+        }
+        // The hotplug block is checked (APIC ids) before any KVM write and
+        // written after the last one that can fail: `restore` either
+        // changes everything or nothing.
+        let mut regs = vm.cpu_regs();
+        let (selector, command) = regs.selector_and_command();
+        let before = regs.slots().to_vec();
+        regs.restore(
+            self.cpu_hotplug.selector,
+            self.cpu_hotplug.command,
+            &self.cpu_hotplug.slots,
+        )
+        .map_err(StateError::Mismatch)?;
+        drop(regs);
+        let undo = || {
+            if let Err(e) = vm.cpu_regs().restore(selector, command, &before) {
+                tracing::warn!("cannot put the CPU hotplug registers back: {e}");
+            }
+        };
+        if let Err(e) = self.restore_kvm(vm) {
+            undo();
+            return Err(e);
+        }
+        lock(&vm.ged).set_pending(self.ged);
+        // A fresh VM's threads would otherwise boot their vCPUs on resume.
+        vm.sync.mark_restored(&slots);
+        Ok(())
+    }
+
+    /// The KVM and emulated-device part of [`VmState::restore`].
+    fn restore_kvm(&self, vm: &Vm) -> Result<()> {
         self.platform.restore_devices(&vm.fd)?;
         for v in &vm.vcpus {
             if let Some(s) = self.vcpus.iter().find(|s| s.slot == v.slot) {
@@ -134,10 +188,7 @@ impl VmState {
         lock(&vm.serial)
             .restore(&self.serial)
             .map_err(|e| StateError::Mismatch(e.to_string()))?;
-        self.platform.restore_clock(&vm.fd)?;
-        // A fresh VM's threads would otherwise boot their vCPUs on resume.
-        vm.sync.mark_restored(&slots);
-        Ok(())
+        self.platform.restore_clock(&vm.fd)
     }
 
     /// The state as a VM-state file.
@@ -157,6 +208,8 @@ impl VmState {
             sections.push(d.encode()?);
         }
         sections.push(serial::encode(&self.serial)?);
+        sections.push(acpi::encode_ged(self.ged));
+        sections.push(acpi::encode_cpu_hotplug(&self.cpu_hotplug));
         Ok(vmstate::encode(&sections)?)
     }
 
@@ -167,6 +220,8 @@ impl VmState {
         let mut platform = platform::Builder::default();
         let mut devices: Vec<DeviceState> = Vec::new();
         let mut uart: Option<SerialState> = None;
+        let mut ged: Option<u8> = None;
+        let mut cpu_hotplug: Option<acpi::CpuHotplugState> = None;
         for s in vmstate::decode(file)? {
             match s.id {
                 SectionId::Vcpu => {
@@ -191,6 +246,16 @@ impl VmState {
                         return Err(s.malformed("the section appears twice").into());
                     }
                 }
+                SectionId::Ged => {
+                    if ged.replace(acpi::decode_ged(&s)?).is_some() {
+                        return Err(s.malformed("the section appears twice").into());
+                    }
+                }
+                SectionId::CpuHotplug => {
+                    if cpu_hotplug.replace(acpi::decode_cpu_hotplug(&s)?).is_some() {
+                        return Err(s.malformed("the section appears twice").into());
+                    }
+                }
             }
         }
         if vcpus.is_empty() {
@@ -202,6 +267,10 @@ impl VmState {
             devices,
             serial: uart
                 .ok_or_else(|| StateError::Mismatch("the state has no serial section".into()))?,
+            ged: ged.ok_or_else(|| StateError::Mismatch("the state has no ged section".into()))?,
+            cpu_hotplug: cpu_hotplug.ok_or_else(|| {
+                StateError::Mismatch("the state has no cpu-hotplug section".into())
+            })?,
         })
     }
 }

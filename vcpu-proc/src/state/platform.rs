@@ -143,9 +143,11 @@ impl Builder {
                 whole(s, &r)?;
                 once(&mut self.clock, s, clock)
             }
-            SectionId::Vcpu | SectionId::VirtioMmio | SectionId::Serial => {
-                Err(s.malformed("not a platform section").into())
-            }
+            SectionId::Vcpu
+            | SectionId::VirtioMmio
+            | SectionId::Serial
+            | SectionId::Ged
+            | SectionId::CpuHotplug => Err(s.malformed("not a platform section").into()),
         }
     }
 

@@ -278,3 +278,26 @@ fn a_state_of_two_vcpus_is_refused_by_a_one_vcpu_vm() {
         "the VM state does not match this VM: the state has vCPUs [0, 1], the VM has [0]"
     );
 }
+
+#[test]
+fn the_ged_events_and_cpu_hotplug_registers_move_to_a_fresh_vm() {
+    use crate::bus::BusDevice;
+    use crate::devices::ged::EVENT_CPU_HOTPLUG;
+    let a = built("timer", 2);
+    a.vm.ged.lock().unwrap().notify(EVENT_CPU_HOTPLUG).unwrap();
+    {
+        let mut regs = a.vm.cpu_regs();
+        regs.request_remove(1);
+        regs.write(0, &1u32.to_le_bytes()); // select CPU 1
+        regs.write(5, &[3]); // command: CPU id
+    }
+    let file = save(&a.vm).unwrap();
+    let b = built("timer", 2);
+    assert_ne!(b.vm.cpu_regs().selector_and_command(), (1, 3));
+    load(&b.vm, &file).unwrap();
+    assert_eq!(b.vm.ged.lock().unwrap().pending(), EVENT_CPU_HOTPLUG);
+    let regs = b.vm.cpu_regs();
+    assert_eq!(regs.selector_and_command(), (1, 3));
+    assert_eq!(regs.slots(), a.vm.cpu_regs().slots());
+    assert!(regs.slots()[1].removing);
+}
