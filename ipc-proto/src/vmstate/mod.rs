@@ -148,8 +148,9 @@ impl SectionId {
             | SectionId::Irqchip
             | SectionId::Pit
             | SectionId::Clock
-            | SectionId::VirtioMmio
             | SectionId::Serial => 1,
+            // 2: the vring state of live devices (GET_VRING_BASE).
+            SectionId::VirtioMmio => 2,
         }
     }
 
