@@ -240,3 +240,6 @@ impl VirtioDevices {
         self.each(VirtioMmioDevice::resume).into_iter().collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
