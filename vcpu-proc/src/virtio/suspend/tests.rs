@@ -23,7 +23,7 @@ fn live_device(fx: &Fixture) -> (VirtioMmioDevice, FakeBackend, Receiver<VirtioE
     let (ours, theirs) = UnixStream::pair().unwrap();
     let fake = FakeBackend::spawn(theirs);
     let (dev, rx) = attach_socket(fx, ours);
-    drop(Driver::init(fx, &dev));
+    let _driver = Driver::init(fx, &dev);
     fake.wait_started(1);
     fx.mem.write_obj(DONE, GuestAddress(AVAIL + 2)).unwrap();
     fx.mem.write_obj(DONE, GuestAddress(USED + 2)).unwrap();
