@@ -10,14 +10,21 @@
 //! - or continued on the same VM (`resume_all`), also after its
 //!   block-proc was SIGKILLed and replaced while the rings were stopped.
 //!
+//! And the `net-loop` guest, pinging an echo NIC (`common/net_echo.rs`),
+//! saved mid-traffic and moved into a fresh VM with a new echo NIC: its
+//! rounds go on losing nothing.
+//!
 //! Needs /dev/kvm and a built block-proc binary (see `virtio_blk.rs`).
 
 mod common;
+#[path = "common/net_echo.rs"]
+mod net_echo;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::block_proc::{connect, BlockProc, TempDir};
 use ipc_proto::vcpu::{FdSlot, SerialConfig, VhostUserDeviceConfig, VhostUserKind, VmConfig};
+use net_echo::EchoNic;
 use vcpu_proc::runstate::Input;
 use vcpu_proc::virtio::VirtioEvent;
 use vcpu_proc::vm::{FdTable, Vm};
@@ -107,9 +115,35 @@ struct Machine {
     _actions: Receiver<Input>,
 }
 
-/// A VM of the `blk-loop` guest with disk `disk0` on the block-proc at
-/// `sock`; its vCPUs have not run.
-fn build(sock: &Path) -> Machine {
+/// Disk `disk0` on slot 0.
+fn disk() -> VhostUserDeviceConfig {
+    VhostUserDeviceConfig {
+        id: "disk0".into(),
+        slot: 0,
+        kind: VhostUserKind::Block,
+        socket: FdSlot(0),
+        num_queues: 1,
+        queue_size: 128,
+        mac: None,
+    }
+}
+
+/// NIC `net0` on slot 0 (one queue pair).
+fn nic() -> VhostUserDeviceConfig {
+    VhostUserDeviceConfig {
+        id: "net0".into(),
+        slot: 0,
+        kind: VhostUserKind::Net,
+        socket: FdSlot(0),
+        num_queues: 2,
+        queue_size: 256,
+        mac: Some([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+    }
+}
+
+/// A VM of `guest` with `device` on the backend at the other end of
+/// `socket`; its vCPUs have not run.
+fn build(guest: &str, device: &VhostUserDeviceConfig, socket: UnixStream) -> Machine {
     let kvm: OwnedFd = OpenOptions::new()
         .read(true)
         .write(true)
@@ -121,9 +155,9 @@ fn build(sock: &Path) -> Machine {
         .unwrap();
     nix::unistd::ftruncate(&mem, MEM_SIZE as i64).unwrap();
     let ram = File::from(mem.try_clone().unwrap());
-    let guest = Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join("blk-loop");
-    let kernel: OwnedFd = File::open(&guest)
-        .unwrap_or_else(|e| panic!("test guest blk-loop not built: {e}"))
+    let path = Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(guest);
+    let kernel: OwnedFd = File::open(&path)
+        .unwrap_or_else(|e| panic!("test guest {guest} not built: {e}"))
         .into();
     let (serial_r, serial_w) = nix::unistd::pipe().unwrap();
     let cfg = VmConfig {
@@ -151,16 +185,7 @@ fn build(sock: &Path) -> Machine {
     let (tx, actions) = channel();
     let mut vm = Vm::create(&cfg, FdTable::new(vec![kvm, mem, kernel, serial_w]), tx).unwrap();
     let (etx, events) = channel();
-    let disk = VhostUserDeviceConfig {
-        id: "disk0".into(),
-        slot: 0,
-        kind: VhostUserKind::Block,
-        socket: FdSlot(0),
-        num_queues: 1,
-        queue_size: 128,
-        mac: None,
-    };
-    vm.attach_vhost_user(&disk, connect(sock), etx).unwrap();
+    vm.attach_vhost_user(device, socket, etx).unwrap();
     assert!(vm.sync.wait_parked(vm.vcpus.len(), TIMEOUT));
     Machine {
         vm,
@@ -178,12 +203,17 @@ impl Machine {
         assert!(self.vm.sync.wait_parked(self.vm.vcpus.len(), TIMEOUT));
     }
 
-    /// The avail and used index of the disk's queue 0 in guest RAM.
-    fn ring_indices(&self) -> (u16, u16) {
-        let d = self.vm.devices.get("disk0").unwrap();
-        let q = d.transport_regs().queues[0];
+    /// The avail and used index of queue `q` of device `id` in guest RAM.
+    fn ring_indices_of(&self, id: &str, q: usize) -> (u16, u16) {
+        let d = self.vm.devices.get(id).unwrap();
+        let q = d.transport_regs().queues[q];
         let rd = |gpa: u64| self.vm.mem.read_obj::<u16>(GuestAddress(gpa + 2)).unwrap();
         (rd(q.avail), rd(q.used))
+    }
+
+    /// The avail and used index of the disk's queue 0 in guest RAM.
+    fn ring_indices(&self) -> (u16, u16) {
+        self.ring_indices_of("disk0", 0)
     }
 
     /// Pauses the guest with its disk drained and checks that every
@@ -214,7 +244,7 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
     let img = image(&dir.0);
     let sock_a = dir.0.join("a.sock");
     let mut backend_a = BlockProc::start(&img, &sock_a);
-    let a = build(&sock_a);
+    let a = build("blk-loop", &disk(), connect(&sock_a));
     a.vm.sync.resume();
     a.serial.wait_pass(1);
     a.pause();
@@ -231,7 +261,7 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
 
     let sock_b = dir.0.join("b.sock");
     let _backend_b = BlockProc::start(&img, &sock_b);
-    let b = build(&sock_b);
+    let b = build("blk-loop", &disk(), connect(&sock_b));
     b.ram.write_all_at(&ram, 0).unwrap();
     vcpu_proc::state::load(&b.vm, &state).unwrap();
     assert!(!b.vm.devices.get("disk0").unwrap().is_suspended());
@@ -252,7 +282,7 @@ fn a_blk_guest_saved_mid_io_continues_on_the_same_vm_also_after_a_block_proc_kil
     let img = image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let mut backend = BlockProc::start(&img, &sock);
-    let m = build(&sock);
+    let m = build("blk-loop", &disk(), connect(&sock));
     m.vm.sync.resume();
     m.serial.wait_pass(1);
 
@@ -289,4 +319,79 @@ fn a_blk_guest_saved_mid_io_continues_on_the_same_vm_also_after_a_block_proc_kil
     m.serial.wait_pass(at + 2);
     m.assert_each_request_completed_once();
     drop(backend);
+}
+
+/// Pings of a `net-loop` round.
+const ROUND: u32 = 50;
+
+/// The `net: round N: sent S received R lost L duplicate D corrupt C ...`
+/// lines: (N, whether every ping of the round came back once, intact).
+fn rounds(serial: &str) -> Vec<(u64, bool)> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("net: round ")?;
+            let (n, counts) = rest.split_once(':')?;
+            let full = format!(" sent {ROUND} received {ROUND} lost 0 duplicate 0 corrupt 0 ");
+            Some((n.trim().parse().ok()?, counts.contains(&full)))
+        })
+        .collect()
+}
+
+/// Waits for a clean round after round `n`; returns its number.
+fn wait_clean_round_after(serial: &Serial, n: u64) -> u64 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = serial.text();
+        assert!(!text.contains("VERDICT: FAIL"), "{text}");
+        if let Some((m, _)) = rounds(&text).into_iter().find(|(m, c)| *m > n && *c) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clean round after {n}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_net_guest_saved_mid_traffic_continues_in_a_fresh_vm_on_a_new_backend() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let echo_a = EchoNic::spawn(theirs);
+    let a = build("net-loop", &nic(), ours);
+    a.vm.sync.resume();
+    wait_clean_round_after(&a.serial, 1);
+    a.pause();
+    let state = vcpu_proc::state::save(&a.vm).unwrap();
+    let last = rounds(&a.serial.text()).last().map_or(0, |r| r.0);
+    let mut ram = vec![0u8; MEM_SIZE as usize];
+    a.ram.read_exact_at(&mut ram, 0).unwrap();
+    echo_a.crash();
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let echo_b = EchoNic::spawn(theirs);
+    let b = build("net-loop", &nic(), ours);
+    b.ram.write_all_at(&ram, 0).unwrap();
+    vcpu_proc::state::load(&b.vm, &state).unwrap();
+    b.vm.sync.resume();
+    // Two clean rounds on B after the one A was in.
+    let n = wait_clean_round_after(&b.serial, last + 1);
+    wait_clean_round_after(&b.serial, n);
+    echo_b.wait_echoed(2 * u64::from(ROUND), TIMEOUT);
+    let text = b.serial.text();
+    assert!(
+        !text.contains("mac 52:54"),
+        "B booted the guest again:\n{text}"
+    );
+    // No queue has more completions than buffers the guest offered.
+    b.pause();
+    b.vm.devices.suspend_all().unwrap();
+    for q in 0..2 {
+        let (avail, used) = b.ring_indices_of("net0", q);
+        assert!(
+            avail.wrapping_sub(used) <= 256,
+            "queue {q}: avail index {avail}, used index {used}"
+        );
+    }
 }
