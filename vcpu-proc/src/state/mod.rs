@@ -71,8 +71,9 @@ pub enum StateError {
     /// The file does not describe this VM.
     #[error("the VM state does not match this VM: {0}")]
     Mismatch(String),
-    /// A live virtio device's rings could not be stopped for the save.
-    #[error("cannot save the virtio devices' vrings")]
+    /// A live virtio device's rings could not be stopped for a save or
+    /// started again at a restore.
+    #[error("the vrings of a live virtio device")]
     Virtio(#[source] crate::virtio::suspend::SuspendError),
 }
 

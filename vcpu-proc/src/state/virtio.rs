@@ -10,7 +10,7 @@
 use ipc_proto::vmstate::{OwnedSection, Reader, Section, SectionId, VmStateError, Writer};
 
 use super::{Result, StateError};
-use crate::virtio::mmio::state::TransportRegs;
+use crate::virtio::mmio::state::{TransportRegs, TransportStateError};
 use crate::virtio::mmio::{status, QueueConfig};
 use crate::virtio::suspend::{QueueVring, VringState};
 use crate::virtio::VirtioDevices;
@@ -82,7 +82,10 @@ impl DeviceState {
         for s in saved {
             if let Some(d) = devices.get(&s.id) {
                 d.restore_state(&s.regs, s.vrings.as_ref())
-                    .map_err(|e| StateError::Mismatch(crate::virtio::device::error_chain(&e)))?;
+                    .map_err(|e| match e {
+                        TransportStateError::Start(e) => StateError::Virtio(e),
+                        e => StateError::Mismatch(crate::virtio::device::error_chain(&e)),
+                    })?;
             }
         }
         Ok(())
