@@ -207,3 +207,44 @@ fn suspending_a_disconnected_live_device_is_refused_and_the_replay_restarts_it()
     fresh.wait_started(1);
     assert_eq!(fresh.vring_bases(), vec![(0, u32::from(DONE))]);
 }
+
+#[test]
+fn suspend_all_is_all_or_nothing() {
+    use super::super::{VhostUserBlkParams, VirtioDevices};
+    let fx = fixture("suspend-all");
+    let (disk0, fake0, _rx0) = live_device(&fx);
+    // A second live disk (the fakes never touch the rings, so it may
+    // share disk0's), whose backend then dies.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fake1 = FakeBackend::spawn(theirs);
+    let (tx, rx1) = std::sync::mpsc::channel();
+    let disk1 = VirtioMmioDevice::new_vhost_user_blk(VhostUserBlkParams {
+        id: "disk1".into(),
+        slot: 1,
+        socket: ours,
+        mem: fx.mem.clone(),
+        vm: &fx.vm,
+        bus: &fx.bus,
+        events: tx,
+        num_queues: 1,
+        queue_size: 128,
+    })
+    .unwrap();
+    let _driver = Driver::init(&fx, &disk1);
+    fake1.wait_started(1);
+    fake1.crash();
+    rx1.recv_timeout(WAIT).unwrap();
+    let mut devices = VirtioDevices::new();
+    devices.add(disk0).unwrap();
+    devices.add(disk1).unwrap();
+    let err = devices.suspend_all().unwrap_err();
+    assert!(
+        matches!(err, SuspendError::Disconnected(ref id) if id == "disk1"),
+        "{err}"
+    );
+    // disk0 was stopped, then started again at the same position.
+    assert!(!devices.get("disk0").unwrap().is_suspended());
+    assert_eq!(count(&fake0, req::GET_VRING_BASE), 1);
+    fake0.wait_started(2);
+    assert_eq!(fake0.vring_bases().last(), Some(&(0, u32::from(DONE))));
+}
