@@ -248,7 +248,9 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
     a.vm.sync.resume();
     a.serial.wait_pass(1);
     a.pause();
+    let t = Instant::now();
     let state = vcpu_proc::state::save(&a.vm).unwrap();
+    let save_took = t.elapsed();
     assert!(a.vm.devices.get("disk0").unwrap().is_suspended());
     let at = a.serial.last_pass();
     let (avail, used) = a.ring_indices();
@@ -263,7 +265,12 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
     let _backend_b = BlockProc::start(&img, &sock_b);
     let b = build("blk-loop", &disk(), connect(&sock_b));
     b.ram.write_all_at(&ram, 0).unwrap();
+    let t = Instant::now();
     vcpu_proc::state::load(&b.vm, &state).unwrap();
+    eprintln!(
+        "save (disk drained and stopped) {save_took:?}, load (disk started) {:?}",
+        t.elapsed()
+    );
     assert!(!b.vm.devices.get("disk0").unwrap().is_suspended());
     b.vm.sync.resume();
     // B did not boot: it continues the passes where A stopped.
