@@ -311,10 +311,7 @@ impl VhostUserDevice {
     /// memory, inflight region, queues, each ring at the avail position
     /// `from` gives (a fresh activation, a reconnection, a resume).
     /// A refusal marks the device as needing a reset.
-    fn post_start(
-        &self,
-        from: StartFrom<'_>,
-    ) -> Option<Pending<std::result::Result<(), VhostUserError>>> {
+    fn post_start(&self, from: StartFrom<'_>) -> Option<Started> {
         let resume = !matches!(from, StartFrom::Zero);
         let session = self.live_session()?;
         let active = self.active.as_ref()?;
