@@ -738,3 +738,36 @@ fn a_guest_lock_that_completed_reaches_the_broker_even_if_block_proc_is_then_sig
         }]
     );
 }
+
+#[test]
+fn get_vring_base_of_a_request_queue_answers_once_its_commands_completed() {
+    // The save of a VM stops each queue (GET_VRING_BASE): the virtio-scsi
+    // queues drain as the virtio-blk ones do (`tests/vring_stop.rs`).
+    let mut w = spawn();
+    add_slow_disc(&mut w);
+    export(&mut w, cd(Some("slow"), false));
+    let mut dev = attach(&mut w);
+    let q = 2;
+    for k in 0..4u32 {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&(k * 4).to_be_bytes());
+        cdb[8] = 2;
+        dev.submit(q, 0, 0, &cdb, Data::In(4096)).unwrap();
+    }
+    dev.kick(q).unwrap();
+    // Each read takes 300 ms: they are executing when the stop arrives.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let base = dev.stop_queue(q).unwrap();
+    // Answered after every command it took completed: their used
+    // elements are there already (no waiting).
+    let done = match base {
+        0 => Vec::new(),
+        _ => dev.wait_timeout(q, std::time::Duration::ZERO).unwrap(),
+    };
+    assert_eq!(done.len(), base as usize);
+    for u in &done {
+        let r = dev.result(u, 4096).unwrap();
+        assert_eq!((r.response, r.status), (S_OK, 0));
+    }
+}

@@ -263,6 +263,10 @@ impl Controller {
             self.sink.emit(e);
         }
         if out.run {
+            // Rings a save stopped start again before the guest runs.
+            if let Err(e) = self.vm.devices.resume_all() {
+                warn_limited!("{}", error_chain(&e));
+            }
             self.vm.sync.resume();
         }
         Ok(())

@@ -266,6 +266,16 @@ impl NetDevice {
         }
     }
 
+    /// Stops queue `q` (GET_VRING_BASE, as a VMM saving the device does):
+    /// the backend's avail position, and the used index in memory once
+    /// it answered.
+    pub fn stop_queue(&mut self, q: usize) -> Result<(u32, u16)> {
+        let base = self.conn.stop_queue(q)?;
+        let mem = self.mem.mem.clone();
+        let used = self.queue(q)?.ring.used_idx_in_memory(&mem)?;
+        Ok((base, used))
+    }
+
     /// Kicks pair `pair`'s tx ring (after [`NetDevice::queue_tx`]s).
     pub fn kick_tx(&mut self, pair: usize) -> Result<()> {
         self.kick(pair * 2 + 1)

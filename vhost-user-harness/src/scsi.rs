@@ -423,6 +423,12 @@ impl ScsiDevice {
         Ok(())
     }
 
+    /// Stops queue `q` (GET_VRING_BASE, as a VMM saving the device does)
+    /// and returns the backend's avail position.
+    pub fn stop_queue(&mut self, q: usize) -> Result<u32> {
+        self.conn.stop_queue(q)
+    }
+
     /// Wait for at least one completion on `q`.
     pub fn wait(&mut self, q: usize) -> Result<Vec<Used>> {
         self.wait_timeout(q, self.opts.timeout)

@@ -157,10 +157,11 @@ impl SectionId {
             | SectionId::Irqchip
             | SectionId::Pit
             | SectionId::Clock
-            | SectionId::VirtioMmio
             | SectionId::Serial
             | SectionId::Ged
             | SectionId::CpuHotplug => 1,
+            // 2: the vring state of live devices (GET_VRING_BASE).
+            SectionId::VirtioMmio => 2,
         }
     }
 

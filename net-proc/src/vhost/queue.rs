@@ -8,6 +8,12 @@
 //! short by a bad `next` or a loop is refused. A refused chain is returned
 //! with length 0 and counted; the queue carries on.
 //!
+//! Stopping (GET_VRING_BASE, also for a save of the VM state) needs no
+//! drain: a chain is completed (used) in the same step it is taken, and
+//! the worker looks at its stop eventfd only between steps, so the avail
+//! position it returns is always the used index in guest memory
+//! (`tests/vring_stop.rs`).
+//!
 //! Rx: a frame that finds no (or not enough) buffers is dropped and
 //! counted (`rx_dropped`); the port is read on regardless, so one guest
 //! queue that stops refilling never holds up the port or another queue.

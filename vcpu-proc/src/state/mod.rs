@@ -6,8 +6,12 @@
 //! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
 //! - [`serial`]: COM1's registers and receive FIFO.
 //! - [`acpi`]: the GED's latched events and the CPU hotplug registers.
-//! - [`virtio`]: each virtio-mmio transport's registers (a device the
-//!   driver made live is refused on restore: its vrings are not saved yet).
+//! - [`virtio`]: each virtio-mmio transport's registers and, for a live
+//!   device, its vring state (`crate::virtio::suspend`): a capture
+//!   suspends every live device's rings at its backend first and leaves
+//!   them suspended (the controller resumes them when the vCPUs run again,
+//!   or call `VirtioDevices::resume_all`); a restore starts them on the
+//!   backend at the saved positions.
 //!
 //! Both run on a paused VM (every vCPU parked): KVM serialises vCPU
 //! ioctls on the vCPU's own mutex, so the controller reads and writes a
@@ -69,6 +73,10 @@ pub enum StateError {
     /// The file does not describe this VM.
     #[error("the VM state does not match this VM: {0}")]
     Mismatch(String),
+    /// A live virtio device's rings could not be stopped for a save or
+    /// started again at a restore.
+    #[error("the vrings of a live virtio device")]
+    Virtio(#[source] crate::virtio::suspend::SuspendError),
 }
 
 /// Result of state capture and restore.
@@ -101,8 +109,12 @@ pub struct VmState {
 }
 
 impl VmState {
-    /// Reads the state of `vm`; every vCPU must be parked.
+    /// Reads the state of `vm`; every vCPU must be parked. The live virtio
+    /// devices are suspended first (their rings drained and stopped at
+    /// their backends; an interrupt that raises is then in the irqchip
+    /// state read below) and stay suspended.
     pub fn capture(vm: &Vm) -> Result<Self> {
+        vm.devices.suspend_all().map_err(StateError::Virtio)?;
         let msrs = cpu::saved_msr_indices(vm.kvm())?;
         let vcpus = vm
             .vcpus
@@ -112,7 +124,7 @@ impl VmState {
         Ok(VmState {
             vcpus,
             platform: PlatformState::capture(&vm.fd)?,
-            devices: DeviceState::capture(&vm.devices),
+            devices: DeviceState::capture(&vm.devices)?,
             serial: lock(&vm.serial).state(),
             ged: lock(&vm.ged).pending(),
             cpu_hotplug: {
@@ -275,7 +287,9 @@ impl VmState {
     }
 }
 
-/// Captures `vm` (paused) as a VM-state file.
+/// Captures `vm` (paused) as a VM-state file. Its live virtio devices are
+/// left suspended: resume them (`vm.devices.resume_all()`) when the VM
+/// continues here; the controller does so before the vCPUs run.
 pub fn save(vm: &Vm) -> Result<Vec<u8>> {
     VmState::capture(vm)?.encode()
 }

@@ -80,6 +80,14 @@ pub struct VhostUserDevice {
     /// Bumped by every adopted session: a reconnection finishes or
     /// abandons only its own.
     adopted: u64,
+    /// The live rings are stopped at the backend for a save
+    /// (`suspend.rs`): the avail index the backend gave back for each
+    /// queue (by queue index; 0 for a queue that is not ready). A
+    /// reconnection does not restart them; [`VhostUserDevice::resume`]
+    /// does.
+    suspended: Option<Vec<u16>>,
+    /// The vhost-user protocol features of the current session.
+    protocol_features: u64,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -123,6 +131,19 @@ pub struct DeviceParts {
     pub call: EventFd,
 }
 
+/// Where a start puts each live ring's avail position (SET_VRING_BASE).
+#[derive(Debug, Clone, Copy)]
+enum StartFrom<'a> {
+    /// A fresh activation: every ring starts at 0.
+    Zero,
+    /// After a reconnection: the used index in guest memory (the backend
+    /// adds what its inflight region still marks).
+    UsedIndex,
+    /// A resume or a restore: the avail index the backend gave back at
+    /// the suspension (by queue index).
+    Saved(&'a [u16]),
+}
+
 /// One live queue as the start request needs it (owned: it crosses to the
 /// session thread).
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +168,9 @@ fn request_failed(id: &str, conn: &Connection, e: &VhostUserError) {
         conn.shutdown();
     }
 }
+
+/// The result of a posted start of the rings.
+pub type Started = Pending<std::result::Result<(), VhostUserError>>;
 
 /// What [`VhostUserDevice::adopt`] leaves to do once the transport lock is
 /// released.
@@ -191,6 +215,8 @@ impl VhostUserDevice {
             active: None,
             replaying: false,
             adopted: 0,
+            suspended: None,
+            protocol_features: p.opened.protocol,
         };
         if let Some(session) = &dev.session {
             dev.take_config_changes(session);
@@ -260,7 +286,7 @@ impl VhostUserDevice {
 
     /// The live queues' rings, as the start request and the loss snapshot
     /// see them.
-    fn specs(&self, active: &Activation, resume: bool) -> Vec<QueueSpec> {
+    fn specs(&self, active: &Activation, from: StartFrom<'_>) -> Vec<QueueSpec> {
         active
             .queues
             .iter()
@@ -272,23 +298,24 @@ impl VhostUserDevice {
                 desc: q.desc,
                 avail: q.avail,
                 used: q.used,
-                base: if resume {
-                    used_index(&self.mem, q.used).unwrap_or(0)
-                } else {
-                    0
+                base: match from {
+                    StartFrom::Zero => 0,
+                    StartFrom::UsedIndex => used_index(&self.mem, q.used).unwrap_or(0),
+                    StartFrom::Saved(bases) => bases.get(index).copied().unwrap_or(0),
                 },
             })
             .collect()
     }
 
     /// Queues the start of the live device on the session: features,
-    /// memory, inflight region, queues. `resume` is true after a
-    /// reconnect: rings continue from the used index in guest memory.
+    /// memory, inflight region, queues, each ring at the avail position
+    /// `from` gives (a fresh activation, a reconnection, a resume).
     /// A refusal marks the device as needing a reset.
-    fn post_start(&self, resume: bool) -> Option<Pending<std::result::Result<(), VhostUserError>>> {
+    fn post_start(&self, from: StartFrom<'_>) -> Option<Started> {
+        let resume = !matches!(from, StartFrom::Zero);
         let session = self.live_session()?;
         let active = self.active.as_ref()?;
-        let specs = self.specs(active, resume);
+        let specs = self.specs(active, from);
         let dup = || -> std::io::Result<(Vec<EventFd>, EventFd)> {
             let kicks = specs
                 .iter()
@@ -377,6 +404,7 @@ impl VhostUserDevice {
             });
         }
         self.backend_features = opened.device_features;
+        self.protocol_features = opened.protocol;
         if let Some(config) = opened.config {
             if shared_lock(&self.shared).refresh_config(config) {
                 let _ = self.call.write(1);
@@ -387,6 +415,12 @@ impl VhostUserDevice {
         self.replaying = true;
         self.adopted += 1;
         let token = self.adopted;
+        if self.suspended.is_some() {
+            // Stopped for a save: the rings start again at the resume,
+            // from the positions the old backend gave back.
+            self.finish_reconnect(token);
+            return Ok(Adopted::Up);
+        }
         if self.active.is_some() && !self.resumable(opened.inflight) {
             tracing::warn!(
                 "vhost-user device {}: the backend went away with requests outstanding that may \
@@ -400,7 +434,7 @@ impl VhostUserDevice {
             self.finish_reconnect(token);
             return Ok(Adopted::Up);
         }
-        match self.post_start(true) {
+        match self.post_start(StartFrom::UsedIndex) {
             Some(replay) => Ok(Adopted::Replaying { replay, token }),
             None => {
                 self.finish_reconnect(token);
@@ -436,18 +470,23 @@ impl VhostUserDevice {
         }
         self.replaying = false;
         link_up(&self.link);
-        if self.active.is_some() {
-            // A completion the dead backend published without signalling.
-            let _ = self.call.write(1);
-            // A kick the dead backend consumed without taking the request:
-            // make the new one scan its avail rings.
-            for k in &self.kicks {
-                let _ = k.write(1);
-            }
+        if self.active.is_some() && self.suspended.is_none() {
+            self.pulse();
         }
         let _ = self.events.send(VirtioEvent::Reconnected {
             id: self.id.clone(),
         });
+    }
+
+    /// Pulses the call eventfd (a completion published without an
+    /// interrupt: the driver scans its used rings) and every kick eventfd
+    /// (a kick a previous backend consumed without taking the request:
+    /// the current one scans its avail rings).
+    pub fn pulse(&self) {
+        let _ = self.call.write(1);
+        for k in &self.kicks {
+            let _ = k.write(1);
+        }
     }
 
     /// Drops session `token` whose replay failed (the device stays
@@ -459,6 +498,56 @@ impl VhostUserDevice {
         self.replaying = false;
         self.session = None;
         reconnect::lock(&self.link).connected = false;
+    }
+
+    /// The rings of `activation`'s ready queues, each checked to lie in
+    /// guest RAM (as the backend will be told).
+    fn ring_addrs(
+        &self,
+        activation: &Activation,
+    ) -> std::result::Result<Vec<RingAddrs>, VhostUserError> {
+        let mut rings = Vec::new();
+        for (index, q) in activation.queues.iter().enumerate() {
+            if !q.ready {
+                continue;
+            }
+            rings.push(RingAddrs {
+                size: q.size,
+                avail: q.avail,
+                used: q.used,
+            });
+            let Some(kick) = self.kicks.get(index) else {
+                continue;
+            };
+            vring_config(
+                &self.mem,
+                &QueueStart {
+                    index,
+                    size: q.size,
+                    max_size: self.queue_max_size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                    base: 0,
+                    kick,
+                    call: &self.call,
+                },
+            )?;
+        }
+        Ok(rings)
+    }
+
+    /// Checks `activation`'s rings and takes it as the live device (its
+    /// start is posted by the caller).
+    fn take_activation(
+        &mut self,
+        activation: &Activation,
+    ) -> std::result::Result<(), VhostUserError> {
+        let rings = self.ring_addrs(activation)?;
+        self.active = Some(activation.clone());
+        self.needs_reset.store(false, Ordering::SeqCst);
+        reconnect::lock(&self.link).rings = rings;
+        Ok(())
     }
 
     /// A driver write to a config space the frontend provides: the backend
@@ -482,6 +571,8 @@ impl VhostUserDevice {
         }
     }
 }
+
+mod vrings;
 
 /// What opening a session for a device needs (see
 /// [`VhostUserDevice::session_params`]).
@@ -653,42 +744,12 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn activate(&mut self, activation: &Activation) -> bool {
-        let rings: Vec<RingAddrs> = activation
-            .queues
-            .iter()
-            .filter(|q| q.ready)
-            .map(|q| RingAddrs {
-                size: q.size,
-                avail: q.avail,
-                used: q.used,
-            })
-            .collect();
-        // Checked here so that a bad ring is refused at once.
-        for (index, q) in activation.queues.iter().enumerate() {
-            if !q.ready || index >= self.kicks.len() {
-                continue;
-            }
-            let check = QueueStart {
-                index,
-                size: q.size,
-                max_size: self.queue_max_size,
-                desc: q.desc,
-                avail: q.avail,
-                used: q.used,
-                base: 0,
-                kick: &self.kicks[index],
-                call: &self.call,
-            };
-            if let Err(e) = vring_config(&self.mem, &check) {
-                warn_limited!("vhost-user device {}: {}", self.id, error_chain(&e));
-                return false;
-            }
+        if let Err(e) = self.take_activation(activation) {
+            warn_limited!("vhost-user device {}: {}", self.id, error_chain(&e));
+            return false;
         }
-        self.active = Some(activation.clone());
-        self.needs_reset.store(false, Ordering::SeqCst);
-        reconnect::lock(&self.link).rings = rings;
         // Not waited for; while disconnected, replayed on reconnection.
-        drop(self.post_start(false));
+        drop(self.post_start(StartFrom::Zero));
         true
     }
 
@@ -707,7 +768,11 @@ impl VirtioBackend for VhostUserDevice {
             }
         }
         if let (Some(active), Some(session)) = (active, self.live_session()) {
-            let ready: Vec<usize> = self.specs(&active, false).iter().map(|q| q.index).collect();
+            let ready: Vec<usize> = self
+                .specs(&active, StartFrom::Zero)
+                .iter()
+                .map(|q| q.index)
+                .collect();
             if !ready.is_empty() {
                 let id = self.id.clone();
                 // Waited for (bounded by the request deadline): the
@@ -735,6 +800,8 @@ impl VirtioBackend for VhostUserDevice {
         }
         // After the stop: a start queued before it may have failed.
         self.needs_reset.store(false, Ordering::SeqCst);
+        // Whatever the rings were stopped for, they are gone.
+        self.suspended = None;
         // The rings the region described are gone.
         let mut sh = shared_lock(&self.shared);
         sh.epoch += 1;

@@ -39,6 +39,8 @@ pub mod req {
     pub const SET_VRING_KICK: u32 = 12;
     /// GET_PROTOCOL_FEATURES.
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// SET_VRING_ENABLE.
+    pub const SET_VRING_ENABLE: u32 = 18;
     /// GET_QUEUE_NUM.
     pub const GET_QUEUE_NUM: u32 = 17;
     /// SET_BACKEND_REQ_FD.
@@ -49,6 +51,10 @@ pub mod req {
 
 /// The backend request channel, once the frontend handed it over.
 type Channel = Arc<Mutex<Option<UnixStream>>>;
+
+/// Each queue's avail position (SET_VRING_BASE, or what the test says
+/// the backend took), which GET_VRING_BASE answers.
+type Positions = Arc<Mutex<std::collections::HashMap<u32, u32>>>;
 
 /// Capacity the fake reports at first (sectors).
 pub const CAPACITY: u64 = 2048;
@@ -89,6 +95,7 @@ pub struct FakeBackend {
     stalled: Arc<AtomicBool>,
     capacity: Arc<AtomicU64>,
     channel: Channel,
+    positions: Positions,
     socket: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
@@ -128,11 +135,13 @@ impl FakeBackend {
         let stalled = Arc::new(AtomicBool::new(false));
         let capacity = Arc::new(AtomicU64::new(CAPACITY));
         let channel: Channel = Arc::default();
+        let positions: Positions = Arc::default();
         let fake = Fake {
             log: log.clone(),
             stalled: stalled.clone(),
             capacity: capacity.clone(),
             channel: channel.clone(),
+            positions: positions.clone(),
             queues,
         };
         let s = socket.try_clone().unwrap();
@@ -142,9 +151,19 @@ impl FakeBackend {
             stalled,
             capacity,
             channel,
+            positions,
             socket,
             thread: Some(thread),
         }
+    }
+
+    /// The backend took the buffers of `queue` up to avail index `avail`
+    /// (what GET_VRING_BASE answers from now on).
+    pub fn took(&self, queue: u32, avail: u16) {
+        self.positions
+            .lock()
+            .unwrap()
+            .insert(queue, u32::from(avail));
     }
 
     /// Sends CONFIG_CHANGE_MSG on the backend request channel (which the
@@ -273,6 +292,7 @@ struct Fake {
     stalled: Arc<AtomicBool>,
     capacity: Arc<AtomicU64>,
     channel: Channel,
+    positions: Positions,
     /// GET_QUEUE_NUM's answer.
     queues: u64,
 }
@@ -302,7 +322,7 @@ fn serve(mut s: UnixStream, offer: Offer, f: &Fake) {
     let (log, stalled, capacity) = (&f.log, &f.stalled, &f.capacity);
     let features = offer.features | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     let protocol = offer.protocol.bits();
-    let mut bases = std::collections::HashMap::<u32, u32>::new();
+    let bases = &f.positions;
     loop {
         let Some((hdr, mut fds)) = recv_header(&mut s) else {
             return;
@@ -343,13 +363,17 @@ fn serve(mut s: UnixStream, offer: Offer, f: &Fake) {
                 Ok(())
             }
             req::SET_VRING_BASE => {
-                bases.insert(u32_at(&payload, 0), u32_at(&payload, 4));
+                bases
+                    .lock()
+                    .unwrap()
+                    .insert(u32_at(&payload, 0), u32_at(&payload, 4));
                 Ok(())
             }
             req::GET_VRING_BASE => {
                 let q = u32_at(&payload, 0);
                 let mut body = q.to_le_bytes().to_vec();
-                body.extend_from_slice(&bases.get(&q).copied().unwrap_or(0).to_le_bytes());
+                let base = bases.lock().unwrap().get(&q).copied().unwrap_or(0);
+                body.extend_from_slice(&base.to_le_bytes());
                 reply(&mut s, code, &body)
             }
             _ => Ok(()),

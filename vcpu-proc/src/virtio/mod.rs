@@ -19,6 +19,8 @@
 //! - [`inflight`]: the inflight-I/O buffer kept across backend crashes.
 //! - [`reconnect`]: hang-up watching and the replay after a reconnect.
 //! - [`registry`]: the VM's devices by id.
+//! - [`suspend`]: stopping live rings at the backend for a save and
+//!   starting them again (`suspend`/`resume`, the vring state).
 //!
 //! The public handle is [`VirtioMmioDevice`].
 
@@ -33,6 +35,7 @@ pub mod reconnect;
 pub mod registry;
 pub mod scsi;
 pub mod session;
+pub mod suspend;
 pub mod vhost_user;
 
 use std::os::unix::net::UnixStream;

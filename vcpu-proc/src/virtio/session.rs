@@ -129,6 +129,9 @@ pub struct Opened {
     pub queue_num: u16,
     /// The backend tracks inflight I/O (INFLIGHT_SHMFD negotiated).
     pub inflight: bool,
+    /// The negotiated vhost-user protocol features (saved with a live
+    /// device's vrings, `suspend.rs`).
+    pub protocol: u64,
     /// The device config space, if the backend serves one
     /// (VHOST_USER_PROTOCOL_F_CONFIG).
     pub config: Option<Vec<u8>>,
@@ -335,6 +338,7 @@ fn handshake(
         device_features: conn.device_features(),
         queue_num: conn.queue_num(),
         inflight: conn.tracks_inflight(),
+        protocol: conn.protocol().bits(),
         config,
     };
     Ok((conn, opened, channel))

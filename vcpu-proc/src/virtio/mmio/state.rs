@@ -1,16 +1,22 @@
 //! The transport's registers as state to save and restore (the
-//! `virtio-mmio` section of `docs/vmstate-format.md`).
+//! `virtio-mmio` section of `docs/vmstate-format.md`), and the restore of
+//! a live device: its registers, then its rings made live on the (new or
+//! same) backend with the saved avail positions (`suspend.rs` says how
+//! they were taken).
 //!
-//! Only a transport the driver has not made live yet (no DRIVER_OK) can be
-//! restored today: a live one also needs its backend's vrings restarted at
-//! the saved indices (`GET_VRING_BASE`/`SET_VRING_BASE`, inflight state),
-//! which is refused with a clear error rather than pretended.
+//! A restore over a device that is live (the same VM, e.g. a state loaded
+//! over a paused VM) first resets it — its rings stop at the backend, its
+//! inflight region is dropped — then applies the saved registers and
+//! starts the saved rings, as into a fresh VM.
 
-use super::{status, MmioTransport, QueueConfig, VirtioBackend};
-use crate::virtio::VirtioMmioDevice;
+use super::{status, Activation, MmioTransport, QueueConfig, VirtioBackend};
+use crate::virtio::reconnect::used_index;
+use crate::virtio::suspend::{SuspendError, VringState};
+use crate::virtio::vhost_user::VhostUserError;
+use crate::virtio::{Transport, VirtioMmioDevice};
 
 /// Why transport registers cannot be restored.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum TransportStateError {
     /// The saved device is a different device.
     #[error("virtio device {id}: the state is of device type {saved} with {saved_queues} queues, this one is type {have} with {have_queues}")]
@@ -38,9 +44,63 @@ pub enum TransportStateError {
         /// The device's maximum.
         max: u16,
     },
-    /// The saved device was live; its vrings cannot be restored yet.
-    #[error("virtio device {0}: restoring a live device (DRIVER_OK: its vring indices and inflight requests) is not implemented")]
-    Live(String),
+    /// The vring state does not have one entry per queue.
+    #[error("virtio device {id}: the vring state has {saved} queues, the transport {have}")]
+    VringCount {
+        /// Device id.
+        id: String,
+        /// Queues in the vring state.
+        saved: usize,
+        /// Queues of the transport.
+        have: usize,
+    },
+    /// The driver uses features this device does not offer.
+    #[error(
+        "virtio device {id}: the guest uses features {driver:#x}, this device offers {offered:#x}"
+    )]
+    Features {
+        /// Device id.
+        id: String,
+        /// The driver's features.
+        driver: u64,
+        /// This device's offer.
+        offered: u64,
+    },
+    /// This backend would be told other features than the saved one was.
+    #[error("virtio device {id}: the saved backend was told features {saved:#x}, this one would be told {have:#x}")]
+    BackendFeatures {
+        /// Device id.
+        id: String,
+        /// Told to the saved backend.
+        saved: u64,
+        /// What this backend would be told.
+        have: u64,
+    },
+    /// A saved ring does not lie in this VM's RAM.
+    #[error("virtio device {id}: a saved ring is unusable here")]
+    Ring {
+        /// Device id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: VhostUserError,
+    },
+    /// The used index in guest RAM is not the saved one: the RAM is not
+    /// the RAM saved with this state.
+    #[error("virtio device {id}: queue {queue}'s used index is {memory} in guest RAM, the state says {saved} (the RAM is not the one saved with this state)")]
+    UsedIndex {
+        /// Device id.
+        id: String,
+        /// Queue index.
+        queue: usize,
+        /// In the state.
+        saved: u16,
+        /// In guest RAM.
+        memory: u16,
+    },
+    /// The backend did not take the restored rings.
+    #[error("virtio device: the restored rings could not be started")]
+    Start(#[source] SuspendError),
 }
 
 /// The guest-visible registers of one transport.
@@ -107,14 +167,12 @@ impl<B: VirtioBackend> MmioTransport<B> {
                 max,
             });
         }
-        if r.status & status::DRIVER_OK != 0 {
-            return Err(TransportStateError::Live(id.to_string()));
-        }
         Ok(())
     }
 
     /// Puts the registers of `r` back (after [`MmioTransport::check_regs`]).
-    /// The device is not live in `r`, so the backend is only reset.
+    /// The backend is reset; making a live device live again on it is the
+    /// caller's (see [`VirtioMmioDevice::restore_state`]).
     pub fn restore_regs(&mut self, id: &str, r: &TransportRegs) -> Result<(), TransportStateError> {
         self.check_regs(id, r)?;
         self.reset();
@@ -142,14 +200,138 @@ impl VirtioMmioDevice {
         self.lock().regs()
     }
 
-    /// Checks that `r` can be restored into this device.
-    pub fn check_transport_regs(&self, r: &TransportRegs) -> Result<(), TransportStateError> {
-        self.lock().check_regs(&self.id, r)
+    /// Checks that `r` and, for a device that was live, `vrings` can be
+    /// restored into this device; changes nothing.
+    pub fn check_state(
+        &self,
+        r: &TransportRegs,
+        vrings: Option<&VringState>,
+    ) -> Result<(), TransportStateError> {
+        let t = self.lock();
+        t.check_regs(&self.id, r)?;
+        match vrings {
+            Some(v) => self.check_vrings(&t, r, v),
+            None => Ok(()),
+        }
     }
 
-    /// Restores the transport's registers (the VM is paused).
-    pub fn restore_transport_regs(&self, r: &TransportRegs) -> Result<(), TransportStateError> {
-        self.lock().restore_regs(&self.id, r)
+    /// The checks of a live device's state: same features for the
+    /// backend, rings inside this VM's RAM, used indices as saved.
+    fn check_vrings(
+        &self,
+        t: &Transport,
+        r: &TransportRegs,
+        v: &VringState,
+    ) -> Result<(), TransportStateError> {
+        let id = || self.id.clone();
+        if v.queues.len() != r.queues.len() {
+            return Err(TransportStateError::VringCount {
+                id: id(),
+                saved: v.queues.len(),
+                have: r.queues.len(),
+            });
+        }
+        let dev = t.backend();
+        let offered = dev.device_features();
+        if r.driver_features & !offered != 0 {
+            return Err(TransportStateError::Features {
+                id: id(),
+                driver: r.driver_features,
+                offered,
+            });
+        }
+        let have = dev.acked_features(r.driver_features);
+        if have != v.acked_features {
+            return Err(TransportStateError::BackendFeatures {
+                id: id(),
+                saved: v.acked_features,
+                have,
+            });
+        }
+        dev.check_activation(&activation(r))
+            .map_err(|source| TransportStateError::Ring { id: id(), source })?;
+        for (queue, (q, s)) in r.queues.iter().zip(&v.queues).enumerate() {
+            if !q.ready {
+                continue;
+            }
+            let memory =
+                used_index(dev.mem(), q.used).ok_or_else(|| TransportStateError::Ring {
+                    id: id(),
+                    source: VhostUserError::BadRing {
+                        queue,
+                        gpa: q.used,
+                        len: 4,
+                    },
+                })?;
+            if memory != s.used {
+                return Err(TransportStateError::UsedIndex {
+                    id: id(),
+                    queue,
+                    saved: s.used,
+                    memory,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the device (the VM is paused): its registers, and for a
+    /// device that was live, its rings started on the backend with
+    /// SET_VRING_BASE = the saved last avail index (the start of an
+    /// activation, `device.rs`), waiting for the backend to take them. A
+    /// device whose driver had it live (DRIVER_OK) while it was not live
+    /// on its backend reports DEVICE_NEEDS_RESET, as it did when saved.
+    pub fn restore_state(
+        &self,
+        r: &TransportRegs,
+        vrings: Option<&VringState>,
+    ) -> Result<(), TransportStateError> {
+        let started = {
+            let mut t = self.lock();
+            t.check_regs(&self.id, r)?;
+            if let Some(v) = vrings {
+                self.check_vrings(&t, r, v)?;
+            }
+            t.restore_regs(&self.id, r)?;
+            match vrings {
+                None => {
+                    if r.status & status::DRIVER_OK != 0 {
+                        t.backend().mark_needs_reset();
+                    }
+                    None
+                }
+                Some(v) => {
+                    let dev = t.backend_mut();
+                    if v.protocol_features != dev.protocol_features() {
+                        tracing::info!(
+                            "virtio device {}: the saved backend negotiated protocol features \
+                             {:#x}, this one {:#x} (nothing in flight: no state depends on them)",
+                            self.id,
+                            v.protocol_features,
+                            dev.protocol_features()
+                        );
+                    }
+                    let bases: Vec<u16> = v.queues.iter().map(|q| q.last_avail).collect();
+                    dev.restore_active(&activation(r), &bases)
+                        .map_err(|source| TransportStateError::Ring {
+                            id: self.id.clone(),
+                            source,
+                        })?
+                }
+            }
+        };
+        match started {
+            Some(s) => self.wait_started(s).map_err(TransportStateError::Start),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the driver set up, as the saved registers say.
+fn activation(r: &TransportRegs) -> Activation {
+    Activation {
+        driver_features: r.driver_features,
+        queues: r.queues.clone(),
     }
 }
 
@@ -239,17 +421,14 @@ mod tests {
     }
 
     #[test]
-    fn a_live_transport_state_is_refused_and_changes_nothing() {
+    fn a_live_transport_state_restores_its_registers_without_activating_the_backend() {
         let mut saved = programmed().regs();
         saved.status |= status::DRIVER_OK;
         let mut fresh = MmioTransport::new(Dev::default());
-        let before = fresh.regs();
-        assert_eq!(
-            fresh.restore_regs("d", &saved),
-            Err(TransportStateError::Live("d".into()))
-        );
-        assert_eq!(fresh.regs(), before);
-        assert_eq!(fresh.backend().resets, 0);
+        fresh.restore_regs("d", &saved).unwrap();
+        assert_eq!(fresh.regs(), saved);
+        // Reset once; activation is the device's (restore_state).
+        assert_eq!(fresh.backend().resets, 1);
     }
 
     #[test]
@@ -267,14 +446,14 @@ mod tests {
         ));
         let mut big = programmed().regs();
         big.queues[0].size = 128;
-        assert_eq!(
+        assert!(matches!(
             fresh.check_regs("d", &big),
             Err(TransportStateError::QueueSize {
-                id: "d".into(),
                 queue: 0,
                 size: 128,
-                max: 64
+                max: 64,
+                ..
             })
-        );
+        ));
     }
 }
