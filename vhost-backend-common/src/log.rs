@@ -310,6 +310,9 @@ mod tests {
             ring_log_addr(VhostUserVringAddrFlags::VHOST_VRING_F_LOG, 0x5000),
             Some(0x5000)
         );
-        assert_eq!(ring_log_addr(VhostUserVringAddrFlags::empty(), 0x5000), None);
+        assert_eq!(
+            ring_log_addr(VhostUserVringAddrFlags::empty(), 0x5000),
+            None
+        );
     }
 }
