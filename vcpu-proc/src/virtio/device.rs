@@ -6,6 +6,11 @@
 //! (`session.rs`): config reads are answered from the cache, config writes
 //! and activations are queued without waiting, and only a reset waits for
 //! its queues to stop — bounded by the request deadline.
+//!
+//! [`dirty`]: the backend's dirty logging while a migration runs.
+
+mod dirty;
+pub use dirty::LogChange;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -13,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dirty_log::VhostLog;
 use super::inflight::InflightBuffer;
 use super::kind::DeviceKind;
 use super::mmio::{Activation, VirtioBackend, TRANSPORT_FEATURE_MASK};
@@ -80,6 +86,9 @@ pub struct VhostUserDevice {
     /// Bumped by every adopted session: a reconnection finishes or
     /// abandons only its own.
     adopted: u64,
+    /// The dirty log while a migration runs: every start (also the replay
+    /// onto a restarted backend) hands it over (see [`dirty`]).
+    dirty_log: Option<Arc<VhostLog>>,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -191,6 +200,7 @@ impl VhostUserDevice {
             active: None,
             replaying: false,
             adopted: 0,
+            dirty_log: None,
         };
         if let Some(session) = &dev.session {
             dev.take_config_changes(session);
@@ -315,6 +325,7 @@ impl VhostUserDevice {
         let needs_reset = self.needs_reset.clone();
         let (num_queues, max_size) = (self.num_queues, self.queue_max_size);
         let config_len = self.kind.config_len;
+        let log = self.dirty_log.clone();
         Some(
             session.post("the start of the queues", move |conn: &mut Connection| {
                 let r = start(
@@ -332,6 +343,7 @@ impl VhostUserDevice {
                         call: &call,
                         resume,
                         config_len,
+                        log: log.as_deref(),
                     },
                 );
                 if let Err(e) = &r {
@@ -515,6 +527,8 @@ struct StartJob<'a> {
     call: &'a EventFd,
     resume: bool,
     config_len: u32,
+    /// The dirty log, while a migration runs.
+    log: Option<&'a VhostLog>,
 }
 
 /// Hands the live device to the backend (runs on the session thread).
@@ -562,7 +576,7 @@ fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), Vho
             }
         }
     }
-    conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
+    conn.start(j.features, j.mem, inflight.as_deref(), &queues, j.log)?;
     if !j.resume && conn.serves_config() && j.config_len > 0 {
         // The backend may have changed its config space since the guest
         // read it (fetched at attach and at each reconnection).

@@ -428,6 +428,8 @@ fn open_session(socket: UnixStream, p: &SessionParams) -> Result<(Session, Opene
 }
 
 #[cfg(test)]
+mod dirty_log_tests;
+#[cfg(test)]
 mod fake_backend;
 #[cfg(test)]
 mod fault_tests;

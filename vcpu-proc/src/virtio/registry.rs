@@ -71,18 +71,41 @@ impl VirtioDevices {
 
     /// Makes every device's backend log its writes into guest RAM in
     /// `log` (`VHOST_F_LOG_ALL` + `SET_LOG_BASE`), also after a
-    /// reconnection, until [`Self::stop_dirty_log`].
+    /// reconnection, until [`Self::stop_dirty_log`]. Refused, with nothing
+    /// changed, when a device's backend does not offer LOG_ALL; a backend
+    /// refusing the requests turns logging off again on every device.
+    /// Waits for the live devices' backends (each request bounded by the
+    /// session deadline); a backend lost meanwhile logs once it is
+    /// replaced (the replay carries the log).
     pub fn start_dirty_log(&self, log: &Arc<super::dirty_log::VhostLog>) -> Result<()> {
-        let _ = log;
-        match self.devices.first() {
-            None => Ok(()),
-            Some(d) => Err(VirtioError::NoDirtyLog(d.id().to_string())),
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| !d.lock().backend().can_log_dirty_pages())
+        {
+            return Err(VirtioError::NoDirtyLog(d.id().to_string()));
         }
+        let changes: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| d.lock().backend_mut().start_dirty_log(log.clone()))
+            .collect();
+        if let Err(e) = wait_all(changes) {
+            let _ = self.stop_dirty_log();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Ends dirty logging on every device (migration ended or cancelled).
+    /// Every device stops logging; the first backend refusal is returned.
     pub fn stop_dirty_log(&self) -> Result<()> {
-        Ok(())
+        let changes: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| d.lock().backend_mut().stop_dirty_log())
+            .collect();
+        wait_all(changes)
     }
 
     /// The devices as the DSDT declares them.
@@ -94,6 +117,22 @@ impl VirtioDevices {
     pub fn iter(&self) -> impl Iterator<Item = &VirtioMmioDevice> {
         self.devices.iter().map(|d| &**d)
     }
+}
+
+/// Waits for every change of dirty logging; the first refusal. A lost
+/// connection or a deadline is not one: the device's next backend gets
+/// the state the device keeps.
+fn wait_all(changes: Vec<Option<super::device::LogChange>>) -> Result<()> {
+    let mut first = Ok(());
+    for change in changes.into_iter().flatten() {
+        match change.wait() {
+            Some(Err(e)) if !e.connection_lost() && first.is_ok() => {
+                first = Err(VirtioError::Frontend(e));
+            }
+            Some(_) | None => {}
+        }
+    }
+    first
 }
 
 #[cfg(test)]
