@@ -199,3 +199,15 @@ fn a_log_region_larger_than_its_file_is_refused_and_the_export_carries_on() {
     assert_eq!(dev.read(0, 0, 4096).unwrap(), (S_OK, pattern(4096, 3)));
     bp.kill();
 }
+
+#[test]
+fn the_sandboxed_worker_maps_the_log_and_logs_reads() {
+    let img = raw_image("log-worker", 4 << 20);
+    let mut w = common::worker::spawn();
+    let _file = w.export_node(&img, "e0", &raw_json(&img));
+    let mut dev = w.attach("e0", 1);
+    assert_eq!(dev.write(0, 16, &pattern(8192, 4)).unwrap(), S_OK);
+    let log = HarnessLog::for_memory(dev.mem().size()).unwrap();
+    dev.set_dirty_log(Some(&log), true).unwrap();
+    assert_read_logged(&mut dev, &log, 16, 8192);
+}
