@@ -388,6 +388,7 @@ impl VhostUserDevice {
                 offered: shape.queues,
             });
         }
+        self.refuse_replacement_without_logging(opened.device_features)?;
         self.backend_features = opened.device_features;
         if let Some(config) = opened.config {
             if shared_lock(&self.shared).refresh_config(config) {

@@ -198,3 +198,23 @@ fn a_backend_replacing_a_lost_one_logs_while_logging_is_on_and_not_after() {
     assert!(log_bases(&third).is_empty());
     assert_eq!(ring_addrs(&third), vec![(0, 0, 0)]);
 }
+
+#[test]
+fn while_logging_a_replacement_backend_without_log_all_is_refused() {
+    let fx = fixture("dirty-replacement");
+    let (reg, first, rx) = devices(&fx, logging_offer());
+    let _d = Driver::init(&fx, reg.get("disk0").unwrap());
+    first.wait_started(1);
+    let log = new_log();
+    reg.start_dirty_log(&log).unwrap();
+    first.crash();
+    rx.recv_timeout(WAIT).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let second = FakeBackend::spawn(theirs);
+    assert!(matches!(
+        reg.reconnect("disk0", ours),
+        Err(VirtioError::NoDirtyLog(id)) if id == "disk0"
+    ));
+    assert!(!reg.get("disk0").unwrap().is_connected());
+    assert!(ring_addrs(&second).is_empty(), "{:?}", second.codes());
+}

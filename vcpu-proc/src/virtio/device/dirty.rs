@@ -17,6 +17,7 @@ use super::{request_failed, VhostUserDevice};
 use crate::virtio::dirty_log::VhostLog;
 use crate::virtio::session::Pending;
 use crate::virtio::vhost_user::{Connection, RingGpa, VhostUserError, LOG_ALL};
+use crate::virtio::VirtioError;
 
 /// The result of turning logging on or off on a live device.
 pub type LogChange = Pending<Result<(), VhostUserError>>;
@@ -25,6 +26,19 @@ impl VhostUserDevice {
     /// True when the backend offered `VHOST_F_LOG_ALL`.
     pub fn can_log_dirty_pages(&self) -> bool {
         self.backend_features & LOG_ALL != 0
+    }
+
+    /// While logging is on, a backend replacing a lost one must log too
+    /// (its writes would otherwise be missing from the migration): one
+    /// without LOG_ALL is refused and the device stays disconnected.
+    pub(super) fn refuse_replacement_without_logging(
+        &self,
+        offered: u64,
+    ) -> Result<(), VirtioError> {
+        if self.dirty_log.is_some() && offered & LOG_ALL == 0 {
+            return Err(VirtioError::NoDirtyLog(self.id.clone()));
+        }
+        Ok(())
     }
 
     /// The dirty log the backend is given, while logging is on.
