@@ -2,8 +2,9 @@
 //! block-proc standalone, the harness as a migrating frontend. With
 //! logging on, a read marks its data pages, the page of its status byte
 //! and the used ring's page — also when the data comes from an O_DIRECT
-//! io_uring read straight into guest RAM — and nothing else; with LOG_ALL
-//! off nothing is marked; a SET_LOG_BASE region larger than its file is
+//! io_uring read straight into guest RAM, also in the sandboxed worker —
+//! and nothing else; a virtio-scsi READ marks its response and data pages;
+//! with LOG_ALL off nothing is marked; a SET_LOG_BASE region larger than its file is
 //! refused without harm to the process.
 
 mod common;
@@ -210,4 +211,93 @@ fn the_sandboxed_worker_maps_the_log_and_logs_reads() {
     let log = HarnessLog::for_memory(dev.mem().size()).unwrap();
     dev.set_dirty_log(Some(&log), true).unwrap();
     assert_read_logged(&mut dev, &log, 16, 8192);
+}
+
+#[test]
+fn a_virtio_scsi_read_marks_its_response_data_and_used_ring_pages() {
+    use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions, FileFd};
+    use ipc_proto::scsi::{ScsiExportSpec, ScsiLunConfig, ScsiLunKind};
+    use std::os::fd::AsFd;
+    use vhost_user_harness::scsi::{Data, ScsiDevice, ScsiOptions};
+
+    let img = raw_image("log-scsi", 1 << 20);
+    std::fs::write(&*img, pattern(1 << 20, 5)).unwrap();
+    let mut w = common::worker::spawn();
+    let options: BlockdevOptions = serde_json::from_str(&format!(
+        r#"{{"driver":"raw","node-name":"hd0","file":{{"driver":"file","filename":"{}"}}}}"#,
+        img.display()
+    ))
+    .unwrap();
+    let file = std::fs::File::open(&img).unwrap();
+    let files = vec![FileFd {
+        filename: img.display().to_string(),
+        fd_index: 0,
+    }];
+    let add = BlockRequest::AddNode { options, files };
+    assert_eq!(w.call(add, &[file.as_fd()]), Ok(BlockReply::Done));
+    let spec = ScsiExportSpec {
+        id: "scsi0".into(),
+        num_request_queues: 1,
+        luns: vec![ScsiLunConfig {
+            device_id: "hd0".into(),
+            target: 0,
+            lun: 0,
+            kind: ScsiLunKind::Hd,
+            node_name: Some("hd0".into()),
+            writable: false,
+            tray_open: false,
+            locked: false,
+            serial: "s".into(),
+            logical_block_size: 512,
+        }],
+    };
+    assert_eq!(
+        w.call(BlockRequest::AddScsiExport(spec), &[]),
+        Ok(BlockReply::Done)
+    );
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let req = BlockRequest::AttachExportConnection { id: "scsi0".into() };
+    assert_eq!(w.call(req, &[theirs.as_fd()]), Ok(BlockReply::Done));
+    let opts = ScsiOptions {
+        slots: 4,
+        slot_size: 64 << 10,
+        ..Default::default()
+    };
+    let mut dev = ScsiDevice::from_stream(ours, opts).unwrap();
+    let log = HarnessLog::for_memory(dev.mem().size()).unwrap();
+    dev.set_dirty_log(Some(&log), true).unwrap();
+
+    // READ(10) of 16 blocks at LBA 8 on request queue 2.
+    let (head, slot) = dev
+        .submit(2, 0, 0, &[0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0], Data::In(8192))
+        .unwrap();
+    dev.kick(2).unwrap();
+    let used = loop {
+        if let Some(u) = dev.wait(2).unwrap().into_iter().find(|u| u.head == head) {
+            break u;
+        }
+    };
+    let r = dev.result(&used, 8192).unwrap();
+    assert_eq!((r.response, r.status), (0, 0));
+    assert!(r.data == pattern(1 << 20, 5)[8 * 512..8 * 512 + 8192]);
+    let marked: BTreeSet<u64> = log.pages().unwrap().into_iter().collect();
+    let base = dev.slot_addr(2, slot);
+    let ring = dev.ring_addrs(2);
+    let required: BTreeSet<u64> = pages_of(base + 256, 108)
+        .chain(pages_of(base + 4096, 8192))
+        .chain(pages_of(ring.used + 2, 2))
+        .collect();
+    assert!(
+        required.is_subset(&marked),
+        "missing pages: {:?}",
+        required.difference(&marked).collect::<Vec<_>>()
+    );
+    // Every queue's used ring may be written (the control queue's
+    // notification flags when the queues restarted with logging on).
+    let mut allowed = required.clone();
+    for q in 0..3 {
+        let r = dev.ring_addrs(q);
+        allowed.extend(pages_of(r.used, 6 + 8 * u64::from(r.size)));
+    }
+    assert!(marked.is_subset(&allowed), "{marked:?}");
 }

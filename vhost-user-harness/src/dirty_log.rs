@@ -17,6 +17,7 @@ use vhost::{VhostBackend, VhostUserDirtyLogRegion, VringConfigData};
 use crate::error::{HarnessError, Result};
 use crate::frontend::{Connection, RingAddrs};
 use crate::memory::GuestMem;
+use crate::ring::DriverRing;
 
 /// `VHOST_F_LOG_ALL`.
 pub const F_LOG_ALL: u64 = 1 << 26;
@@ -133,4 +134,31 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Where `r`'s rings are.
+pub fn ring_addrs(r: &DriverRing) -> RingAddrs {
+    RingAddrs {
+        size: r.size,
+        desc: r.desc,
+        avail: r.avail,
+        used: r.used,
+    }
+}
+
+/// What a device's `set_dirty_log` does over its connection: hands `log`
+/// over (SET_LOG_BASE) if given, and turns logging on (`on`) or off on
+/// every ring of `rings` (queue index order).
+pub fn set_dirty_log<'a>(
+    conn: &mut Connection,
+    mem: &GuestMem,
+    rings: impl Iterator<Item = &'a DriverRing>,
+    log: Option<&HarnessLog>,
+    on: bool,
+) -> Result<()> {
+    if let Some(log) = log {
+        conn.set_log_base(log)?;
+    }
+    let rings: Vec<(usize, RingAddrs)> = rings.map(ring_addrs).enumerate().collect();
+    conn.set_logging(on, mem, &rings)
 }

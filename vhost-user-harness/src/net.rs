@@ -15,7 +15,7 @@ use vhost::vhost_user::Frontend;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::dirty_log::HarnessLog;
+use crate::dirty_log::{self, HarnessLog};
 use crate::error::{HarnessError, Result};
 use crate::frontend::{Connection, RingAddrs, F_EVENT_IDX, F_VERSION_1};
 use crate::memory::GuestMem;
@@ -168,24 +168,13 @@ impl NetDevice {
     /// Hands `log` to the backend (SET_LOG_BASE) and turns logging on
     /// (`on`) or off on every queue (see [`crate::dirty_log`]).
     pub fn set_dirty_log(&mut self, log: Option<&HarnessLog>, on: bool) -> Result<()> {
-        if let Some(log) = log {
-            self.conn.set_log_base(log)?;
-        }
-        let rings: Vec<(usize, RingAddrs)> = (0..self.queues.len())
-            .map(|i| (i, self.ring_addrs(i)))
-            .collect();
-        self.conn.set_logging(on, &self.mem, &rings)
+        let rings = self.queues.iter().map(|q| &q.ring);
+        dirty_log::set_dirty_log(&mut self.conn, &self.mem, rings, log, on)
     }
 
     /// Where queue `q`'s rings are.
     pub fn ring_addrs(&self, q: usize) -> RingAddrs {
-        let r = &self.queues[q].ring;
-        RingAddrs {
-            size: r.size,
-            desc: r.desc,
-            avail: r.avail,
-            used: r.used,
-        }
+        dirty_log::ring_addrs(&self.queues[q].ring)
     }
 
     /// The guest-physical range of queue `q`'s buffers (slots).
