@@ -218,3 +218,20 @@ fn while_logging_a_replacement_backend_without_log_all_is_refused() {
     assert!(!reg.get("disk0").unwrap().is_connected());
     assert!(ring_addrs(&second).is_empty(), "{:?}", second.codes());
 }
+
+#[test]
+fn a_device_added_while_logging_logs_from_its_first_start() {
+    let fx = fixture("dirty-add");
+    let mut reg = VirtioDevices::new();
+    let log = new_log();
+    reg.start_dirty_log(&log).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fake = FakeBackend::spawn_offering(theirs, logging_offer());
+    let (dev, _rx) = attach_socket(&fx, ours);
+    reg.add(dev).unwrap();
+    let _d = Driver::init(&fx, reg.get("disk0").unwrap());
+    fake.wait_started(1);
+    assert_ne!(fake.set_features().last().unwrap() & LOG_ALL, 0);
+    assert_eq!(ring_addrs(&fake), vec![(0, 1, USED)]);
+    assert!(fake_marked_page_0(&log));
+}

@@ -3,8 +3,9 @@
 //! reset, the DSDT list) in one place.
 
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::dirty_log::VhostLog;
 use super::{Result, VirtioError, VirtioMmioDevice};
 use crate::acpi;
 
@@ -12,6 +13,9 @@ use crate::acpi;
 #[derive(Debug, Default)]
 pub struct VirtioDevices {
     devices: Vec<Arc<VirtioMmioDevice>>,
+    /// The dirty log while logging is on (a device added meanwhile logs
+    /// too).
+    logging: Mutex<Option<Arc<VhostLog>>>,
 }
 
 impl VirtioDevices {
@@ -22,9 +26,19 @@ impl VirtioDevices {
 
     /// Adds an attached device; its id must be unused (a taken slot is
     /// already refused by the MMIO bus when the device is attached).
+    /// While dirty logging is on, the device logs too (its backend must
+    /// offer LOG_ALL).
     pub fn add(&mut self, dev: VirtioMmioDevice) -> Result<()> {
         if self.get(dev.id()).is_some() {
             return Err(VirtioError::DuplicateId(dev.id().to_string()));
+        }
+        if let Some(log) = self.logging_now() {
+            let mut t = dev.lock();
+            if !t.backend().can_log_dirty_pages() {
+                return Err(VirtioError::NoDirtyLog(dev.id().to_string()));
+            }
+            // Not live yet: nothing is sent; its start carries the log.
+            drop(t.backend_mut().start_dirty_log(log));
         }
         self.devices.push(Arc::new(dev));
         Ok(())
@@ -77,7 +91,7 @@ impl VirtioDevices {
     /// Waits for the live devices' backends (each request bounded by the
     /// session deadline); a backend lost meanwhile logs once it is
     /// replaced (the replay carries the log).
-    pub fn start_dirty_log(&self, log: &Arc<super::dirty_log::VhostLog>) -> Result<()> {
+    pub fn start_dirty_log(&self, log: &Arc<VhostLog>) -> Result<()> {
         if let Some(d) = self
             .devices
             .iter()
@@ -94,12 +108,22 @@ impl VirtioDevices {
             let _ = self.stop_dirty_log();
             return Err(e);
         }
+        *self.logging_lock() = Some(log.clone());
         Ok(())
+    }
+
+    fn logging_lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<VhostLog>>> {
+        self.logging.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn logging_now(&self) -> Option<Arc<VhostLog>> {
+        self.logging_lock().clone()
     }
 
     /// Ends dirty logging on every device (migration ended or cancelled).
     /// Every device stops logging; the first backend refusal is returned.
     pub fn stop_dirty_log(&self) -> Result<()> {
+        *self.logging_lock() = None;
         let changes: Vec<_> = self
             .devices
             .iter()
