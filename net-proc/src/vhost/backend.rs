@@ -343,14 +343,17 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             let q = b.slot(index)?;
             if q.worker.is_some() {
                 // Dirty logging turned on or off on a live ring: only the
-                // log flag may change; the ring restarts where it is.
+                // log flag may change; while LOG_ALL is acked the ring
+                // restarts where it is, logging at the new address.
                 if q.addr != Some((descriptor, used, available)) {
                     return Err(io_err("queue is running"));
                 }
                 q.log_addr = log_addr;
-                let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
-                b.stop_queue(i);
-                b.maybe_start(i);
+                if b.acked_features & LOG_ALL != 0 {
+                    let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+                    b.stop_queue(i);
+                    b.maybe_start(i);
+                }
                 return Ok(());
             }
             q.addr = Some((descriptor, used, available));
