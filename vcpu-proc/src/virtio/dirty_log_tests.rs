@@ -235,3 +235,32 @@ fn a_device_added_while_logging_logs_from_its_first_start() {
     assert_eq!(ring_addrs(&fake), vec![(0, 1, USED)]);
     assert!(fake_marked_page_0(&log));
 }
+
+#[test]
+fn a_backend_that_never_answers_set_log_base_fails_the_start_and_is_replaced_without_logging() {
+    let fx = fixture("dirty-silent");
+    let (reg, first, rx) = devices(&fx, logging_offer());
+    let _d = Driver::init(&fx, reg.get("disk0").unwrap());
+    first.wait_started(1);
+    // What a backend answering SET_LOG_BASE otherwise than the `vhost`
+    // crate expects looks like: no reply.
+    first.stall();
+    let log = new_log();
+    let t = std::time::Instant::now();
+    assert!(reg.start_dirty_log(&log).is_err());
+    assert!(t.elapsed() < WAIT);
+    assert_eq!(
+        rx.recv_timeout(WAIT).unwrap(),
+        VirtioEvent::Disconnected { id: "disk0".into() }
+    );
+    assert!(reg
+        .get("disk0")
+        .unwrap()
+        .with_transport(|t| t.backend().dirty_log().is_none()));
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let second = FakeBackend::spawn_offering(theirs, logging_offer());
+    reg.reconnect("disk0", ours).unwrap();
+    second.wait_started(1);
+    assert!(second.set_features().iter().all(|f| f & LOG_ALL == 0));
+    assert!(log_bases(&second).is_empty());
+}

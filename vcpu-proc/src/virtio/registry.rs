@@ -86,11 +86,13 @@ impl VirtioDevices {
     /// Makes every device's backend log its writes into guest RAM in
     /// `log` (`VHOST_F_LOG_ALL` + `SET_LOG_BASE`), also after a
     /// reconnection, until [`Self::stop_dirty_log`]. Refused, with nothing
-    /// changed, when a device's backend does not offer LOG_ALL; a backend
-    /// refusing the requests turns logging off again on every device.
-    /// Waits for the live devices' backends (each request bounded by the
-    /// session deadline); a backend lost meanwhile logs once it is
-    /// replaced (the replay carries the log).
+    /// changed, when a device's backend does not offer LOG_ALL. Waits for
+    /// the live devices' backends (each request bounded by the session
+    /// deadline): Ok only once every one confirmed; a backend refusing,
+    /// lost or silent meanwhile turns logging off again on every device
+    /// (so its replacement starts without it) and fails the call. Once on,
+    /// a backend replacing a lost one logs too (the replay carries the
+    /// log).
     pub fn start_dirty_log(&self, log: &Arc<VhostLog>) -> Result<()> {
         if let Some(d) = self
             .devices
@@ -102,9 +104,12 @@ impl VirtioDevices {
         let changes: Vec<_> = self
             .devices
             .iter()
-            .map(|d| d.lock().backend_mut().start_dirty_log(log.clone()))
+            .map(|d| {
+                let change = d.lock().backend_mut().start_dirty_log(log.clone());
+                (d.id().to_string(), change)
+            })
             .collect();
-        if let Err(e) = wait_all(changes) {
+        if let Err(e) = wait_all(changes, true) {
             let _ = self.stop_dirty_log();
             return Err(e);
         }
@@ -127,9 +132,9 @@ impl VirtioDevices {
         let changes: Vec<_> = self
             .devices
             .iter()
-            .map(|d| d.lock().backend_mut().stop_dirty_log())
+            .map(|d| (d.id().to_string(), d.lock().backend_mut().stop_dirty_log()))
             .collect();
-        wait_all(changes)
+        wait_all(changes, false)
     }
 
     /// The devices as the DSDT declares them.
@@ -143,17 +148,27 @@ impl VirtioDevices {
     }
 }
 
-/// Waits for every change of dirty logging; the first refusal. A lost
-/// connection or a deadline is not one: the device's next backend gets
+/// Waits for every change of dirty logging (of the devices `ids`); the
+/// first failure. With `confirm` (turning logging on), a backend lost or
+/// past its deadline meanwhile is one too: logging is on only once every
+/// live backend said so (a backend that never answers SET_LOG_BASE — the
+/// `vhost` crate's frontend expects the reply its own backend sends, and
+/// some backends answer otherwise — must fail the migration, not stall
+/// it). Turning logging off, a lost backend is not: its replacement gets
 /// the state the device keeps.
-fn wait_all(changes: Vec<Option<super::device::LogChange>>) -> Result<()> {
+fn wait_all(changes: Vec<(String, Option<super::device::LogChange>)>, confirm: bool) -> Result<()> {
     let mut first = Ok(());
-    for change in changes.into_iter().flatten() {
-        match change.wait() {
-            Some(Err(e)) if !e.connection_lost() && first.is_ok() => {
-                first = Err(VirtioError::Frontend(e));
-            }
-            Some(_) | None => {}
+    for (id, change) in changes {
+        let Some(change) = change else { continue };
+        let failed = match change.wait() {
+            Some(Ok(())) => None,
+            Some(Err(e)) if confirm || !e.connection_lost() => Some(VirtioError::Frontend(e)),
+            Some(Err(_)) => None,
+            None if confirm => Some(VirtioError::DirtyLogNotConfirmed(id)),
+            None => None,
+        };
+        if let (Some(e), true) = (failed, first.is_ok()) {
+            first = Err(e);
         }
     }
     first
