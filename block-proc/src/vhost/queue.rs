@@ -24,6 +24,10 @@
 //! watches the avail ring for a few microseconds before it sleeps, so a
 //! driver that answers at once is served without a kick and a wake-up.
 //!
+//! While the frontend has dirty logging on (`super::log`), a request's
+//! writable buffers are logged when it completes, before its used
+//! element; the used-ring writes are logged by the ring (`crate::vring`).
+//!
 //! A guest that breaks the ring protocol (bad ring address, head or chain
 //! index out of range, chain loops) gets its queue marked broken: the queue
 //! takes no new requests and only waits to be stopped, but the requests it
