@@ -12,6 +12,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
+use vhost_backend_common::log::QueueLog;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest memory as block-proc maps it.
@@ -88,6 +89,8 @@ pub struct Vring {
     next_used: Wrapping<u16>,
     event_idx: bool,
     signalled_used: Option<Wrapping<u16>>,
+    /// While dirty logging is on: where the used-ring writes are logged.
+    log: Option<QueueLog>,
 }
 
 impl VringConfig {
@@ -141,6 +144,20 @@ impl Vring {
             next_used: Wrapping(next_avail),
             event_idx,
             signalled_used: None,
+            log: None,
+        }
+    }
+
+    /// The ring logging its used-ring writes in `log` (dirty logging on).
+    pub fn with_log(mut self, log: Option<QueueLog>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Logs a write of `len` bytes at `offset` of the used ring.
+    fn log_used(&self, offset: u64, len: u64) {
+        if let Some(l) = &self.log {
+            l.used(offset, len);
         }
     }
 
@@ -252,20 +269,25 @@ impl Vring {
         elem[4..].copy_from_slice(&len.to_le_bytes());
         mem.write_slice(&elem, GuestAddress(a))
             .map_err(|_| VringError::BadRingAddress(a))?;
+        self.log_used(4 + 8 * slot, 8);
         self.next_used += 1;
         fence(Ordering::Release);
-        Self::store_u16(mem, self.cfg.used + 2, self.next_used.0)
+        Self::store_u16(mem, self.cfg.used + 2, self.next_used.0)?;
+        self.log_used(2, 2);
+        Ok(())
     }
 
     /// With EVENT_IDX, ask to be kicked when the avail index passes the
     /// current position. Returns whether new buffers arrived meanwhile.
     pub fn enable_notification(&self, mem: &Mem) -> Result<bool> {
         if self.event_idx {
-            let a = self.cfg.used + 4 + 8 * u64::from(self.cfg.size);
-            Self::store_u16(mem, a, self.next_avail.0)?;
+            let off = 4 + 8 * u64::from(self.cfg.size);
+            Self::store_u16(mem, self.cfg.used + off, self.next_avail.0)?;
+            self.log_used(off, 2);
         } else {
             // Clear VRING_USED_F_NO_NOTIFY.
             Self::store_u16(mem, self.cfg.used, 0)?;
+            self.log_used(0, 2);
         }
         fence(Ordering::SeqCst);
         Ok(self.avail_idx(mem)? != self.next_avail.0)
@@ -389,6 +411,36 @@ mod tests {
         assert_eq!(m.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
         assert_eq!(m.read_obj::<u32>(GuestAddress(0x3004)).unwrap(), 3);
         assert_eq!(m.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 513);
+    }
+
+    #[test]
+    fn with_a_log_used_ring_writes_are_logged_at_the_log_address() {
+        use vhost_backend_common::log::{DirtyLog, LOG_ALL};
+        let f = std::fs::File::from(
+            nix::sys::memfd::memfd_create(c"l", nix::sys::memfd::MFdFlags::empty()).unwrap(),
+        );
+        f.set_len(4096).unwrap();
+        let log = std::sync::Arc::new(DirtyLog::map(f.try_clone().unwrap(), 0, 64).unwrap());
+        let m = mem();
+        // The frontend's log address for the used ring: page 0x30 (the
+        // ring's own address is not used for logging).
+        let q = QueueLog::new(LOG_ALL, Some(&log), Some(0x30_000));
+        let mut r = ring().with_log(q);
+        r.add_used(&m, 3, 513).unwrap();
+        let mut raw = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut raw, 0).unwrap();
+        assert_eq!(raw, [0, 0, 0, 0, 0, 0, 1, 0], "page 0x30 only");
+        // Without a log nothing is marked.
+        let f2 = std::fs::File::from(
+            nix::sys::memfd::memfd_create(c"l", nix::sys::memfd::MFdFlags::empty()).unwrap(),
+        );
+        f2.set_len(4096).unwrap();
+        let log2 = std::sync::Arc::new(DirtyLog::map(f2.try_clone().unwrap(), 0, 64).unwrap());
+        let mut r = ring().with_log(QueueLog::new(0, Some(&log2), Some(0x30_000)));
+        r.add_used(&m, 3, 513).unwrap();
+        r.enable_notification(&m).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&f2, &mut raw, 0).unwrap();
+        assert_eq!(raw, [0; 8]);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The `blk` test guests on a virtio-mmio disk served by the real block-proc
 //! (`--standalone`) over vhost-user, the VM built through vcpu-proc's
 //! library (`Vm::create`, then `VirtioMmioDevice::new_vhost_user_blk` on its
-//! MMIO bus), including SIGKILLing block-proc while the guest runs.
+//! MMIO bus), including SIGKILLing block-proc while the guest runs, and
+//! block-proc logging the guest's reads in the vhost-user dirty log while
+//! a migration would run (started through `VirtioDevices`), also after
+//! it was killed and replaced.
 //!
 //! Needs /dev/kvm and a built block-proc binary: next to this test's
 //! target directory (`cargo build -p block-proc` with the same
@@ -22,6 +25,8 @@ use std::time::{Duration, Instant};
 use common::block_proc::{connect, BlockProc, TempDir};
 use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
 use vcpu_proc::runstate::Input;
+use vcpu_proc::virtio::dirty_log::VhostLog;
+use vcpu_proc::virtio::registry::VirtioDevices;
 use vcpu_proc::virtio::{VhostUserBlkParams, VirtioEvent, VirtioMmioDevice};
 use vcpu_proc::vm::{FdTable, Vm};
 
@@ -105,7 +110,8 @@ struct Machine {
     vm: Vm,
     actions: Receiver<Input>,
     serial: Serial,
-    disk: VirtioMmioDevice,
+    /// disk0, in the registry the migration drives.
+    devices: VirtioDevices,
     events: Receiver<VirtioEvent>,
 }
 
@@ -161,12 +167,14 @@ fn boot(guest_name: &str, sock: &Path) -> Machine {
         queue_size: 128,
     })
     .unwrap();
+    let mut devices = VirtioDevices::new();
+    devices.add(disk).unwrap();
     vm.sync.resume();
     Machine {
         vm,
         actions,
         serial,
-        disk,
+        devices,
         events,
     }
 }
@@ -184,6 +192,10 @@ impl Machine {
                 Err(e) => panic!("no debug exit ({e}); serial:\n{}", self.serial.text()),
             }
         }
+    }
+
+    fn disk(&self) -> &VirtioMmioDevice {
+        self.devices.get("disk0").unwrap()
     }
 
     fn event(&self) -> VirtioEvent {
@@ -261,9 +273,9 @@ fn blk_guest_passes_when_block_proc_is_killed_and_replaced_mid_run() {
     m.serial.wait_for("blk: capacity");
     backend.kill();
     assert_eq!(m.event(), VirtioEvent::Disconnected { id: "disk0".into() });
-    assert!(!m.disk.is_connected());
+    assert!(!m.disk().is_connected());
     let _backend2 = BlockProc::start(&img, &sock);
-    m.disk.reconnect(connect(&sock)).unwrap();
+    m.disk().reconnect(connect(&sock)).unwrap();
     assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
     assert_eq!(m.exit_code(), 0, "serial:\n{}", m.serial.text());
     m.serial.wait_for("VERDICT: PASS blk");
@@ -286,9 +298,100 @@ fn blk_loop_guest_never_fails_across_repeated_block_proc_kills() {
             "round {round}"
         );
         backend = BlockProc::start(&img, &sock);
-        m.disk.reconnect(connect(&sock)).unwrap();
+        m.disk().reconnect(connect(&sock)).unwrap();
         assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
         // At least one whole pass on the new backend.
         m.serial.wait_passes(m.serial.passes() + 2);
     }
+}
+
+/// Where the `blk` guest's buffers are (it uses one data buffer, header
+/// and status byte, for every request), from the descriptors of queue 0
+/// it last wrote: (data address and length, status byte, used ring).
+fn guest_buffers(m: &Machine) -> ((u64, u64), u64, u64) {
+    let (desc, size, used) = m.disk().with_transport(|t| {
+        let q = t.queues()[0];
+        (q.desc, q.size, q.used)
+    });
+    let mem = &m.vm.mem;
+    let (mut data, mut status) = ((0, 0), 0);
+    for i in 0..u64::from(size) {
+        use vm_memory::{Bytes, GuestAddress};
+        let addr: u64 = mem.read_obj(GuestAddress(desc + 16 * i)).unwrap();
+        let len: u32 = mem.read_obj(GuestAddress(desc + 16 * i + 8)).unwrap();
+        if len == 1 {
+            status = addr;
+        } else if len > 16 && u64::from(len) > data.1 {
+            data = (addr, u64::from(len));
+        }
+    }
+    assert!(data.1 > 0 && status != 0, "no request seen in the ring");
+    (data, status, used)
+}
+
+/// The pages marked in `log` since the last call.
+fn marked(log: &VhostLog) -> std::collections::BTreeSet<u64> {
+    let mut pages = std::collections::BTreeSet::new();
+    log.take(|p| {
+        pages.insert(p);
+    });
+    pages
+}
+
+/// Two more passes of the guest: block-proc's reads into its data buffer
+/// mark every page of it, its status byte's page and the used ring's
+/// page, and nothing else.
+fn assert_reads_logged(m: &Machine, log: &VhostLog) {
+    const PAGE: u64 = 4096;
+    let ((data, len), status, used) = guest_buffers(m);
+    let _ = marked(log);
+    m.serial.wait_passes(m.serial.passes() + 2);
+    let got = marked(log);
+    let data_pages = data / PAGE..=(data + len - 1) / PAGE;
+    let mut want: std::collections::BTreeSet<u64> = data_pages.collect();
+    want.insert(status / PAGE);
+    want.insert((used + 2) / PAGE);
+    let ring_pages = used / PAGE..=(used + 6 + 8 * 256) / PAGE;
+    assert!(
+        want.is_subset(&got),
+        "not logged: {:?} (logged {got:?})",
+        want.difference(&got).collect::<Vec<_>>()
+    );
+    assert!(
+        got.iter()
+            .all(|p| want.contains(p) || ring_pages.contains(p)),
+        "logged pages block-proc did not write: {got:?}, wanted {want:?}"
+    );
+}
+
+#[test]
+fn block_proc_logs_the_guests_reads_while_logging_is_on_also_after_a_kill() {
+    let dir = temp_dir("dirty");
+    let img = image(&dir.0);
+    let sock = dir.0.join("blk.sock");
+    let mut backend = BlockProc::start(&img, &sock);
+    let m = boot("blk-loop", &sock);
+    m.serial.wait_passes(1);
+    let fd = nix::sys::memfd::memfd_create(c"log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    let size = ipc_proto::migration::dirty_log_size(MEM_SIZE);
+    nix::unistd::ftruncate(&fd, size as i64).unwrap();
+    let log = Arc::new(VhostLog::map(fd, size).unwrap());
+
+    m.devices.start_dirty_log(&log).unwrap();
+    assert_reads_logged(&m, &log);
+
+    // A block-proc killed during the migration: its replacement logs too.
+    backend.kill();
+    assert_eq!(m.event(), VirtioEvent::Disconnected { id: "disk0".into() });
+    let _backend2 = BlockProc::start(&img, &sock);
+    m.disk().reconnect(connect(&sock)).unwrap();
+    assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
+    assert_reads_logged(&m, &log);
+
+    // Logging off: the guest's reads go on, nothing is marked.
+    m.devices.stop_dirty_log().unwrap();
+    let _ = marked(&log);
+    m.serial.wait_passes(m.serial.passes() + 2);
+    assert_eq!(marked(&log), Default::default());
+    assert!(!m.serial.has("VERDICT: FAIL"), "{}", m.serial.text());
 }

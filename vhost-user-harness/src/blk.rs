@@ -19,6 +19,7 @@ use vhost::vhost_user::Frontend;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::dirty_log::{self, HarnessLog};
 use crate::error::{HarnessError, Result};
 use crate::frontend::{connect_retry, Connection, RingAddrs, F_EVENT_IDX, F_VERSION_1};
 use crate::memory::GuestMem;
@@ -253,6 +254,18 @@ impl BlkDevice {
         let fe = connect_retry(socket, u64::from(self.opts.num_queues), self.opts.timeout)?;
         self.conn = Connection::negotiate(fe, self.opts.features)?;
         self.setup()
+    }
+
+    /// Hands `log` to the backend (SET_LOG_BASE) and turns logging on
+    /// (`on`) or off on every queue (see [`crate::dirty_log`]).
+    pub fn set_dirty_log(&mut self, log: Option<&HarnessLog>, on: bool) -> Result<()> {
+        let rings = self.queues.iter().map(|q| &q.ring);
+        dirty_log::set_dirty_log(&mut self.conn, &self.mem, rings, log, on)
+    }
+
+    /// Where queue `q`'s rings are.
+    pub fn ring_addrs(&self, q: usize) -> RingAddrs {
+        dirty_log::ring_addrs(&self.queues[q].ring)
     }
 
     /// Acked virtio features.

@@ -73,7 +73,8 @@ impl Connection {
                 & (VhostUserProtocolFeatures::CONFIG
                     | VhostUserProtocolFeatures::MQ
                     | VhostUserProtocolFeatures::REPLY_ACK
-                    | VhostUserProtocolFeatures::INFLIGHT_SHMFD);
+                    | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+                    | VhostUserProtocolFeatures::LOG_SHMFD);
             fe.set_protocol_features(protocol)?;
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);

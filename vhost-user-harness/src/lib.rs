@@ -18,10 +18,13 @@
 //!   (control queue) on top of the frontend.
 //! - [`net`]: virtio-net frames over tx/rx rings (vnet header, merged rx
 //!   buffers, raw chains, reconnection).
+//! - [`dirty_log`]: the vhost-user dirty log (SET_LOG_BASE, LOG_ALL on a
+//!   live device) and the pages it marks.
 //! - [`process`]: starting backends (block-proc standalone,
 //!   qemu-storage-daemon) and waiting for their socket.
 
 pub mod blk;
+pub mod dirty_log;
 pub mod error;
 pub mod frontend;
 pub mod memory;

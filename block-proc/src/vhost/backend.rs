@@ -32,6 +32,7 @@ use crate::inflight::InflightRegion;
 use crate::trace::vhost_user_backend_msg as vu_msg;
 use crate::virtio_blk::feat;
 use crate::vring::VringConfig;
+use vhost_backend_common::log::{ring_log_addr, DirtyLog, QueueLog, LOG_ALL};
 
 #[derive(Default)]
 struct QueueSlot {
@@ -43,6 +44,8 @@ struct QueueSlot {
     call: Option<File>,
     enabled: bool,
     worker: Option<QueueWorker>,
+    /// The used ring's log address (SET_VRING_ADDR with VHOST_VRING_F_LOG).
+    log_addr: Option<u64>,
 }
 
 /// vhost-user backend state of one export connection.
@@ -63,6 +66,8 @@ pub struct VhostBackend {
     /// The backend→frontend channel (`SET_BACKEND_REQ_FD`) of this
     /// connection; the frontend passes it again after a reconnection.
     channel: Option<std::os::unix::net::UnixStream>,
+    /// The dirty log (SET_LOG_BASE); used while LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -84,6 +89,7 @@ impl VhostBackend {
             refused: false,
             hang_up: false,
             channel: None,
+            log: None,
         }
     }
 
@@ -128,6 +134,7 @@ impl VhostBackend {
         self.acked_features = 0;
         self.acked_protocol = 0;
         self.channel = None;
+        self.log = None;
     }
 
     /// True (once) if the last failed request was refused by this handler
@@ -172,6 +179,7 @@ impl VhostBackend {
         let proto = self.acked_features & feat::PROTOCOL_FEATURES != 0;
         let event_idx = self.acked_features & feat::EVENT_IDX != 0;
         let Some(mem) = self.mem.clone() else { return };
+        let (acked, log) = (self.acked_features, self.log.clone());
         let inflight = self
             .inflight
             .as_ref()
@@ -221,6 +229,7 @@ impl VhostBackend {
             call,
             inflight,
             events: self.events.clone(),
+            log: QueueLog::new(acked, log.as_ref(), q.log_addr),
         };
         match QueueWorker::start(params) {
             Ok(w) => q.worker = Some(w),
@@ -267,16 +276,20 @@ impl VhostUserBackendReqHandlerMut for VhostBackend {
 
     fn get_features(&mut self) -> VuResult<u64> {
         trace_point!(vu_msg(self.dev.name(), "GET_FEATURES", ()));
-        Ok(self.dev.features())
+        Ok(self.dev.features() | LOG_ALL)
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
         trace_point!(vu_msg(self.dev.name(), "SET_FEATURES", features));
         self.acked(|b| {
-            if features & !b.dev.features() != 0 {
+            if features & !(b.dev.features() | LOG_ALL) != 0 {
                 return Err(VuError::InvalidParam);
             }
+            let logging_changed = (b.acked_features ^ features) & LOG_ALL != 0;
             b.acked_features = features;
+            if logging_changed {
+                b.restart_running();
+            }
             Ok(())
         })
     }
@@ -318,19 +331,33 @@ impl VhostUserBackendReqHandlerMut for VhostBackend {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VuResult<()> {
         trace_point!(vu_msg(self.dev.name(), "SET_VRING_ADDR", index));
         self.acked(|b| {
+            let log_addr = ring_log_addr(flags, log);
             let q = b.slot(index)?;
             if q.worker.is_some() {
-                return Err(io_err("queue is running"));
+                // Dirty logging turned on or off on a live ring: only the
+                // log flag may change; while LOG_ALL is acked the ring
+                // restarts where it is, logging at the new address.
+                if q.addr != Some((descriptor, used, available)) {
+                    return Err(io_err("queue is running"));
+                }
+                q.log_addr = log_addr;
+                if b.acked_features & LOG_ALL != 0 {
+                    let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+                    b.stop_queue(i);
+                    b.maybe_start(i);
+                }
+                return Ok(());
             }
             q.addr = Some((descriptor, used, available));
+            q.log_addr = log_addr;
             Ok(())
         })
     }
@@ -396,7 +423,8 @@ impl VhostUserBackendReqHandlerMut for VhostBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
-            | VhostUserProtocolFeatures::BACKEND_REQ)
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::LOG_SHMFD)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
@@ -543,7 +571,18 @@ impl VhostUserBackendReqHandlerMut for VhostBackend {
         Err(io_err("no shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
-        Err(io_err("dirty logging not supported"))
+    // A refusal is not answered (the `vhost` crate sends the reply only on
+    // success): the connection ends, as for any request it cannot answer.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VuResult<()> {
+        trace_point!(vu_msg(self.dev.name(), "SET_LOG_BASE", log.mmap_size));
+        let map = DirtyLog::from_message(log, file).map_err(|e| {
+            ipc_proto::warn_limited!("SET_LOG_BASE rejected: {e}");
+            VuError::InvalidParam
+        })?;
+        self.log = Some(Arc::new(map));
+        if self.acked_features & LOG_ALL != 0 {
+            self.restart_running();
+        }
+        Ok(())
     }
 }

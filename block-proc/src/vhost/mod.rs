@@ -14,10 +14,12 @@
 //!   inflight bookkeeping and resubmission.
 //! - [`backend`]: the protocol handler.
 //! - [`export`]: the listening socket and connection loop of one export.
+//! - [`log`]: dirty logging of the buffers a request wrote (migration).
 
 pub mod backend;
 pub use vhost_backend_common::backend_channel;
 pub mod device;
 pub mod export;
+pub mod log;
 pub use vhost_backend_common::memory;
 pub mod queue;

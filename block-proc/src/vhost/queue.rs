@@ -24,6 +24,10 @@
 //! watches the avail ring for a few microseconds before it sleeps, so a
 //! driver that answers at once is served without a kick and a wake-up.
 //!
+//! While the frontend has dirty logging on (`super::log`), a request's
+//! writable buffers are logged when it completes, before its used
+//! element; the used-ring writes are logged by the ring (`crate::vring`).
+//!
 //! A guest that breaks the ring protocol (bad ring address, head or chain
 //! index out of range, chain loops) gets its queue marked broken: the queue
 //! takes no new requests and only waits to be stopped, but the requests it
@@ -45,6 +49,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::device::Pending;
 use super::device::RequestHandler;
 use super::export::ExportEvent;
+use super::log::{log_written, Written};
 use crate::block::aio::uring::Ring;
 use crate::block::aio::Engine;
 use crate::inflight::QueueInflight;
@@ -54,6 +59,7 @@ use crate::virtio_blk::Completion;
 use crate::vring::{Desc, Mem, Vring, VringConfig, VringError};
 use ipc_proto::ratelimit::RateLimit;
 use ipc_proto::warn_limited;
+use vhost_backend_common::log::QueueLog;
 
 /// Most I/O threads of one export, shared out evenly among its queues
 /// (each queue starts its threads on demand, up to the number of its
@@ -106,6 +112,8 @@ pub struct QueueParams {
     pub inflight: Option<QueueInflight>,
     /// Where host I/O failures are reported (rate limited).
     pub events: Option<Sender<ExportEvent>>,
+    /// The dirty log, while the frontend has logging on (`super::log`).
+    pub log: Option<QueueLog>,
 }
 
 /// A running queue.
@@ -183,6 +191,8 @@ struct Shared {
     idle: Condvar,
     /// Written when a completion ends a stall (taking may resume).
     resume: EventFd,
+    /// The dirty log, while logging is on.
+    log: Option<QueueLog>,
 }
 
 /// A request taken from the ring: only its head. The chain is read by
@@ -194,10 +204,10 @@ struct Job {
 }
 
 /// A queue's io_uring; each request carries its head and completion data.
-type AioRing = Ring<(u16, Pending)>;
+type AioRing = Ring<(u16, Pending, Written)>;
 
 /// Finished ring requests, before they are completed on the ring.
-type Reaped = Vec<((u16, Pending), io::Result<()>)>;
+type Reaped = Vec<((u16, Pending, Written), io::Result<()>)>;
 
 /// The queue's ring, when the node's engine is io_uring and the ring can
 /// be set up here; else the queue runs on its pool.
@@ -270,6 +280,9 @@ impl Shared {
     /// Run the request read into `descs` synchronously and complete it.
     fn process(&self, head: u16, descs: &[Desc]) {
         let c = self.handler.process(&self.mem, descs);
+        if let Some(log) = &self.log {
+            log_written(log, descs);
+        }
         self.complete(head, c);
     }
 
@@ -352,9 +365,13 @@ impl Shared {
         if n == 0 {
             return 0;
         }
-        let done = reaped
-            .drain(..)
-            .map(|((head, r), res)| (head, self.handler.complete(&self.mem, &r, res)));
+        let done = reaped.drain(..).map(|((head, r, written), res)| {
+            let c = self.handler.complete(&self.mem, &r, res);
+            if let Some(log) = &self.log {
+                written.log(log);
+            }
+            (head, c)
+        });
         self.complete_all(done);
         n
     }
@@ -597,11 +614,12 @@ impl Engines {
             }
             let fd = ring.registered_fd();
             if let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, false, fd) {
+                let written = Written::of(shared.log.as_ref(), descs);
                 // SAFETY: the iovecs point into guest memory mapped by
                 // `shared.mem`, which the queue thread holds until the
                 // ring has returned every request (run() waits for them
                 // before it returns; dropping the ring waits too).
-                unsafe { ring.push(target, iov, (j.head, r)) };
+                unsafe { ring.push(target, iov, (j.head, r, written)) };
                 // Each request goes to the kernel at once rather than with
                 // the rest of the kick: the disk starts on it while the
                 // queue thread parses the next ones. One io_uring_enter
@@ -649,9 +667,10 @@ impl Engines {
         let Some((r, target, iov)) = shared.handler.prepare(&shared.mem, descs, true, fd) else {
             return shared.process(j.head, descs);
         };
+        let written = Written::of(shared.log.as_ref(), descs);
         // SAFETY: as in `submit`; and wait_all returns only once the
         // ring has given the request back.
-        unsafe { ring.push(target, iov, (j.head, r)) };
+        unsafe { ring.push(target, iov, (j.head, r, written)) };
         ring.wait_all(&mut self.reaped);
         shared.complete_reaped(&mut self.reaped);
     }
@@ -757,7 +776,7 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
         events: p.events,
         error_events: RateLimit::new(),
         state: Mutex::new(RingState {
-            ring: Vring::new(p.ring, p.base, p.event_idx),
+            ring: Vring::new(p.ring, p.base, p.event_idx).with_log(p.log.clone()),
             inflight: p.inflight,
             broken: false,
             taken: 0,
@@ -766,6 +785,7 @@ fn run(p: QueueParams, mut stop: File) -> u16 {
         busy: Mutex::new(0),
         idle: Condvar::new(),
         resume,
+        log: p.log,
     });
     shared.recover(base);
     // The call fd may have changed (or arrived after the kick, as QEMU
@@ -889,6 +909,7 @@ mod tests {
             busy: Mutex::new(0),
             idle: Condvar::new(),
             resume: EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap(),
+            log: None,
         }
     }
 

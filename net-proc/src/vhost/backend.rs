@@ -36,6 +36,7 @@ use super::stats::Counters;
 use crate::port::Port;
 use crate::trace::vhost_user_msg as vu_msg;
 use crate::virtio_net::{feat, tap_offloads, NetConfig, CONFIG_LEN, MAX_QUEUE_SIZE};
+use vhost_backend_common::log::{ring_log_addr, DirtyLog, QueueLog, LOG_ALL};
 
 /// What a NIC keeps across connections: its description, link, counters,
 /// port, and where its events go.
@@ -72,6 +73,8 @@ struct QueueSlot {
     call: Option<File>,
     enabled: bool,
     worker: Option<QueueWorker>,
+    /// The used ring's log address (SET_VRING_ADDR with VHOST_VRING_F_LOG).
+    log_addr: Option<u64>,
 }
 
 /// vhost-user-net backend state of one connection.
@@ -84,6 +87,8 @@ pub struct NetBackend {
     refused: bool,
     hang_up: bool,
     channel: Option<std::os::unix::net::UnixStream>,
+    /// The dirty log (SET_LOG_BASE); used while LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
 }
 
 fn io_err(msg: &'static str) -> VuError {
@@ -103,6 +108,7 @@ impl NetBackend {
             refused: false,
             hang_up: false,
             channel: None,
+            log: None,
         }
     }
 
@@ -144,6 +150,7 @@ impl NetBackend {
         self.acked_features = 0;
         self.acked_protocol = 0;
         self.channel = None;
+        self.log = None;
     }
 
     /// True (once) if the last failed request was refused in a request
@@ -184,6 +191,7 @@ impl NetBackend {
         let mrg_rxbuf = self.acked_features & feat::MRG_RXBUF != 0;
         let Some(mem) = self.mem.clone() else { return };
         let nic = self.nic.clone();
+        let (acked, log) = (self.acked_features, self.log.clone());
         let Some(q) = self.queues.get_mut(i) else {
             return;
         };
@@ -218,6 +226,7 @@ impl NetBackend {
             stats: nic.stats.clone(),
             kick,
             call,
+            log: QueueLog::new(acked, log.as_ref(), q.log_addr),
         };
         match QueueWorker::start(params) {
             Ok(w) => q.worker = Some(w),
@@ -264,16 +273,20 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn get_features(&mut self) -> VuResult<u64> {
         trace_point!(vu_msg(self.nic.id, "GET_FEATURES", ()));
-        Ok(self.nic.config().features())
+        Ok(self.nic.config().features() | LOG_ALL)
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
         trace_point!(vu_msg(self.nic.id, "SET_FEATURES", features));
         self.acked(|b| {
-            if features & !b.nic.config().features() != 0 {
+            if features & !(b.nic.config().features() | LOG_ALL) != 0 {
                 return Err(VuError::InvalidParam);
             }
+            let logging_changed = (b.acked_features ^ features) & LOG_ALL != 0;
             b.acked_features = features;
+            if logging_changed {
+                b.restart_running();
+            }
             if let Err(e) = b.nic.port.set_offloads(tap_offloads(features)) {
                 ipc_proto::warn_limited!("NIC {}: TUNSETOFFLOAD failed: {e}", b.nic.id);
                 return Err(io_err("cannot set the netdev's offloads"));
@@ -318,19 +331,33 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VuResult<()> {
         trace_point!(vu_msg(self.nic.id, "SET_VRING_ADDR", index));
         self.acked(|b| {
+            let log_addr = ring_log_addr(flags, log);
             let q = b.slot(index)?;
             if q.worker.is_some() {
-                return Err(io_err("queue is running"));
+                // Dirty logging turned on or off on a live ring: only the
+                // log flag may change; while LOG_ALL is acked the ring
+                // restarts where it is, logging at the new address.
+                if q.addr != Some((descriptor, used, available)) {
+                    return Err(io_err("queue is running"));
+                }
+                q.log_addr = log_addr;
+                if b.acked_features & LOG_ALL != 0 {
+                    let i = usize::try_from(index).map_err(|_| VuError::InvalidParam)?;
+                    b.stop_queue(i);
+                    b.maybe_start(i);
+                }
+                return Ok(());
             }
             q.addr = Some((descriptor, used, available));
+            q.log_addr = log_addr;
             Ok(())
         })
     }
@@ -396,7 +423,8 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         Ok(VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::BACKEND_REQ)
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::LOG_SHMFD)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
@@ -533,7 +561,18 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         Err(io_err("no shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
-        Err(io_err("dirty logging not supported"))
+    // A refusal is not answered (the `vhost` crate sends the reply only on
+    // success): the connection ends, as for any request it cannot answer.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VuResult<()> {
+        trace_point!(vu_msg(self.nic.id, "SET_LOG_BASE", log.mmap_size));
+        let map = DirtyLog::from_message(log, file).map_err(|e| {
+            ipc_proto::warn_limited!("NIC {}: SET_LOG_BASE rejected: {e}", self.nic.id);
+            VuError::InvalidParam
+        })?;
+        self.log = Some(Arc::new(map));
+        if self.acked_features & LOG_ALL != 0 {
+            self.restart_running();
+        }
+        Ok(())
     }
 }

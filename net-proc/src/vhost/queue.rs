@@ -14,6 +14,12 @@
 //! position it returns is always the used index in guest memory
 //! (`tests/vring_stop.rs`).
 //!
+//! Dirty logging (a migration runs, `vhost_backend_common::log`): with a
+//! [`QueueLog`], every write into guest RAM is logged right after it is
+//! made: rx buffers (vnet header and frame), used elements and index, the
+//! notification flags / avail event. The tx side writes only the used
+//! ring.
+//!
 //! Rx: a frame that finds no (or not enough) buffers is dropped and
 //! counted (`rx_dropped`); the port is read on regardless, so one guest
 //! queue that stops refilling never holds up the port or another queue.
@@ -34,6 +40,7 @@ use super::memory::Mem;
 use super::stats::{add, Counters};
 use crate::port::Port;
 use crate::virtio_net::{HDR_LEN, MAX_FRAME, MAX_QUEUE_SIZE, NUM_BUFFERS_OFFSET};
+use vhost_backend_common::log::QueueLog;
 
 /// Frames moved per wake-up before the worker looks at its other fds.
 const BATCH: usize = 256;
@@ -75,6 +82,8 @@ pub struct QueueParams {
     pub kick: File,
     /// Call eventfd.
     pub call: Option<File>,
+    /// The dirty log, while the frontend has logging on.
+    pub log: Option<QueueLog>,
 }
 
 /// A running queue.
@@ -282,8 +291,27 @@ impl Worker {
     }
 
     fn add_used(&mut self, head: u16, len: u32) {
-        if let Err(e) = self.q.add_used(&*self.p.mem, head, len) {
-            ipc_proto::warn_limited!("queue {}: add_used failed: {e}", self.p.index);
+        let slot = self.q.next_used() % self.q.size().max(1);
+        match self.q.add_used(&*self.p.mem, head, len) {
+            Ok(()) => {
+                if let Some(log) = &self.p.log {
+                    log.used(4 + 8 * u64::from(slot), 8);
+                    log.used(2, 2);
+                }
+            }
+            Err(e) => ipc_proto::warn_limited!("queue {}: add_used failed: {e}", self.p.index),
+        }
+    }
+
+    /// Logs what turning notifications on or off wrote into the used ring
+    /// (the flags, or the avail event with EVENT_IDX).
+    fn log_notification(&self) {
+        if let Some(log) = &self.p.log {
+            if self.p.event_idx {
+                log.used(4 + 8 * u64::from(self.q.size()), 2);
+            } else {
+                log.used(0, 2);
+            }
         }
     }
 
@@ -302,6 +330,7 @@ impl Worker {
             if self.q.disable_notification(&*mem).is_err() {
                 return used;
             }
+            self.log_notification();
             while let Some(c) = self.pop(false) {
                 used = true;
                 self.tx_one(c);
@@ -310,7 +339,9 @@ impl Worker {
             // `true`: more arrived while notifications were off. A corrupt
             // avail index says so forever while popping yields nothing:
             // give up after a bounded number of rounds.
-            match self.q.enable_notification(&*mem) {
+            let more = self.q.enable_notification(&*mem);
+            self.log_notification();
+            match more {
                 Ok(true) if rounds < 64 => continue,
                 _ => return used,
             }
@@ -442,6 +473,9 @@ impl Worker {
                 {
                     add(&self.p.stats.bad_chains, 1);
                     break;
+                }
+                if let Some(log) = &self.p.log {
+                    log.data(s.addr, n as u64);
                 }
                 off += n;
                 written += n;

@@ -6,6 +6,11 @@
 //! (`session.rs`): config reads are answered from the cache, config writes
 //! and activations are queued without waiting, and only a reset waits for
 //! its queues to stop — bounded by the request deadline.
+//!
+//! [`dirty`]: the backend's dirty logging while a migration runs.
+
+mod dirty;
+pub use dirty::LogChange;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -13,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dirty_log::VhostLog;
 use super::inflight::InflightBuffer;
 use super::kind::DeviceKind;
 use super::mmio::{Activation, VirtioBackend, TRANSPORT_FEATURE_MASK};
@@ -88,6 +94,9 @@ pub struct VhostUserDevice {
     suspended: Option<Vec<u16>>,
     /// The vhost-user protocol features of the current session.
     protocol_features: u64,
+    /// The dirty log while a migration runs: every start (also the replay
+    /// onto a restarted backend) hands it over (see [`dirty`]).
+    dirty_log: Option<Arc<VhostLog>>,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -217,6 +226,7 @@ impl VhostUserDevice {
             adopted: 0,
             suspended: None,
             protocol_features: p.opened.protocol,
+            dirty_log: None,
         };
         if let Some(session) = &dev.session {
             dev.take_config_changes(session);
@@ -342,6 +352,7 @@ impl VhostUserDevice {
         let needs_reset = self.needs_reset.clone();
         let (num_queues, max_size) = (self.num_queues, self.queue_max_size);
         let config_len = self.kind.config_len;
+        let log = self.dirty_log.clone();
         Some(
             session.post("the start of the queues", move |conn: &mut Connection| {
                 let r = start(
@@ -359,6 +370,7 @@ impl VhostUserDevice {
                         call: &call,
                         resume,
                         config_len,
+                        log: log.as_deref(),
                     },
                 );
                 if let Err(e) = &r {
@@ -403,6 +415,7 @@ impl VhostUserDevice {
                 offered: shape.queues,
             });
         }
+        self.refuse_replacement_without_logging(opened.device_features)?;
         self.backend_features = opened.device_features;
         self.protocol_features = opened.protocol;
         if let Some(config) = opened.config {
@@ -606,6 +619,8 @@ struct StartJob<'a> {
     call: &'a EventFd,
     resume: bool,
     config_len: u32,
+    /// The dirty log, while a migration runs.
+    log: Option<&'a VhostLog>,
 }
 
 /// Hands the live device to the backend (runs on the session thread).
@@ -653,7 +668,7 @@ fn start(conn: &mut Connection, j: &StartJob<'_>) -> std::result::Result<(), Vho
             }
         }
     }
-    conn.start(j.features, j.mem, inflight.as_deref(), &queues)?;
+    conn.start(j.features, j.mem, inflight.as_deref(), &queues, j.log)?;
     if !j.resume && conn.serves_config() && j.config_len > 0 {
         // The backend may have changed its config space since the guest
         // read it (fetched at attach and at each reconnection).

@@ -31,6 +31,10 @@ pub mod req {
     pub const GET_FEATURES: u32 = 1;
     /// SET_FEATURES.
     pub const SET_FEATURES: u32 = 2;
+    /// SET_LOG_BASE (answered: the fake marks page 0 in the log it got).
+    pub const SET_LOG_BASE: u32 = 6;
+    /// SET_VRING_ADDR.
+    pub const SET_VRING_ADDR: u32 = 9;
     /// SET_VRING_BASE.
     pub const SET_VRING_BASE: u32 = 10;
     /// GET_VRING_BASE.
@@ -361,6 +365,13 @@ fn serve(mut s: UnixStream, offer: Offer, f: &Fake) {
                     *f.channel.lock().unwrap() = Some(UnixStream::from(fd));
                 }
                 Ok(())
+            }
+            req::SET_LOG_BASE => {
+                // Proves the fd is the frontend's log: page 0 marked.
+                if let Some(fd) = fds.pop() {
+                    let _ = std::os::unix::fs::FileExt::write_at(&std::fs::File::from(fd), &[1], 0);
+                }
+                reply(&mut s, code, &payload)
             }
             req::SET_VRING_BASE => {
                 bases

@@ -86,6 +86,10 @@ pub enum VirtioError {
     /// (`VHOST_F_LOG_ALL`), so the device cannot be migrated live.
     #[error("device '{0}' cannot log its writes to guest memory (vhost-user dirty logging)")]
     NoDirtyLog(String),
+    /// A device's backend did not confirm dirty logging (it refused, went
+    /// away or did not answer within the deadline while it was turned on).
+    #[error("device '{0}': the backend did not confirm vhost-user dirty logging in time")]
+    DirtyLogNotConfirmed(String),
     /// The slot is outside the platform's virtio-mmio window.
     #[error("virtio-mmio slot {0} does not exist (0..{max})", max = layout::VIRTIO_MMIO_SLOTS)]
     BadSlot(u32),
@@ -430,6 +434,8 @@ fn open_session(socket: UnixStream, p: &SessionParams) -> Result<(Session, Opene
     .map_err(VirtioError::Session)
 }
 
+#[cfg(test)]
+mod dirty_log_tests;
 #[cfg(test)]
 mod fake_backend;
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! reset, the DSDT list) in one place.
 
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::dirty_log::VhostLog;
 use super::{Result, VirtioError, VirtioMmioDevice};
 use crate::acpi;
 
@@ -12,6 +13,9 @@ use crate::acpi;
 #[derive(Debug, Default)]
 pub struct VirtioDevices {
     devices: Vec<Arc<VirtioMmioDevice>>,
+    /// The dirty log while logging is on (a device added meanwhile logs
+    /// too).
+    logging: Mutex<Option<Arc<VhostLog>>>,
 }
 
 impl VirtioDevices {
@@ -22,9 +26,19 @@ impl VirtioDevices {
 
     /// Adds an attached device; its id must be unused (a taken slot is
     /// already refused by the MMIO bus when the device is attached).
+    /// While dirty logging is on, the device logs too (its backend must
+    /// offer LOG_ALL).
     pub fn add(&mut self, dev: VirtioMmioDevice) -> Result<()> {
         if self.get(dev.id()).is_some() {
             return Err(VirtioError::DuplicateId(dev.id().to_string()));
+        }
+        if let Some(log) = self.logging_now() {
+            let mut t = dev.lock();
+            if !t.backend().can_log_dirty_pages() {
+                return Err(VirtioError::NoDirtyLog(dev.id().to_string()));
+            }
+            // Not live yet: nothing is sent; its start carries the log.
+            drop(t.backend_mut().start_dirty_log(log));
         }
         self.devices.push(Arc::new(dev));
         Ok(())
@@ -71,18 +85,56 @@ impl VirtioDevices {
 
     /// Makes every device's backend log its writes into guest RAM in
     /// `log` (`VHOST_F_LOG_ALL` + `SET_LOG_BASE`), also after a
-    /// reconnection, until [`Self::stop_dirty_log`].
-    pub fn start_dirty_log(&self, log: &Arc<super::dirty_log::VhostLog>) -> Result<()> {
-        let _ = log;
-        match self.devices.first() {
-            None => Ok(()),
-            Some(d) => Err(VirtioError::NoDirtyLog(d.id().to_string())),
+    /// reconnection, until [`Self::stop_dirty_log`]. Refused, with nothing
+    /// changed, when a device's backend does not offer LOG_ALL. Waits for
+    /// the live devices' backends (each request bounded by the session
+    /// deadline): Ok only once every one confirmed; a backend refusing,
+    /// lost or silent meanwhile turns logging off again on every device
+    /// (so its replacement starts without it) and fails the call. Once on,
+    /// a backend replacing a lost one logs too (the replay carries the
+    /// log).
+    pub fn start_dirty_log(&self, log: &Arc<VhostLog>) -> Result<()> {
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| !d.lock().backend().can_log_dirty_pages())
+        {
+            return Err(VirtioError::NoDirtyLog(d.id().to_string()));
         }
+        let changes: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| {
+                let change = d.lock().backend_mut().start_dirty_log(log.clone());
+                (d.id().to_string(), change)
+            })
+            .collect();
+        if let Err(e) = wait_all(changes, true) {
+            let _ = self.stop_dirty_log();
+            return Err(e);
+        }
+        *self.logging_lock() = Some(log.clone());
+        Ok(())
+    }
+
+    fn logging_lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<VhostLog>>> {
+        self.logging.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn logging_now(&self) -> Option<Arc<VhostLog>> {
+        self.logging_lock().clone()
     }
 
     /// Ends dirty logging on every device (migration ended or cancelled).
+    /// Every device stops logging; the first backend refusal is returned.
     pub fn stop_dirty_log(&self) -> Result<()> {
-        Ok(())
+        *self.logging_lock() = None;
+        let changes: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| (d.id().to_string(), d.lock().backend_mut().stop_dirty_log()))
+            .collect();
+        wait_all(changes, false)
     }
 
     /// The devices as the DSDT declares them.
@@ -94,6 +146,32 @@ impl VirtioDevices {
     pub fn iter(&self) -> impl Iterator<Item = &VirtioMmioDevice> {
         self.devices.iter().map(|d| &**d)
     }
+}
+
+/// Waits for every change of dirty logging (of the devices `ids`); the
+/// first failure. With `confirm` (turning logging on), a backend lost or
+/// past its deadline meanwhile is one too: logging is on only once every
+/// live backend said so (a backend that never answers SET_LOG_BASE — the
+/// `vhost` crate's frontend expects the reply its own backend sends, and
+/// some backends answer otherwise — must fail the migration, not stall
+/// it). Turning logging off, a lost backend is not: its replacement gets
+/// the state the device keeps.
+fn wait_all(changes: Vec<(String, Option<super::device::LogChange>)>, confirm: bool) -> Result<()> {
+    let mut first = Ok(());
+    for (id, change) in changes {
+        let Some(change) = change else { continue };
+        let failed = match change.wait() {
+            Some(Ok(())) => None,
+            Some(Err(e)) if confirm || !e.connection_lost() => Some(VirtioError::Frontend(e)),
+            Some(Err(_)) => None,
+            None if confirm => Some(VirtioError::DirtyLogNotConfirmed(id)),
+            None => None,
+        };
+        if let (Some(e), true) = (failed, first.is_ok()) {
+            first = Err(e);
+        }
+    }
+    first
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@
 //! are set up before the kick fd). The same sequence replays a live device
 //! onto a freshly restarted backend (see `reconnect.rs`).
 //!
+//! While a migration runs, [`Connection::start`] also hands over the
+//! dirty log (`VHOST_F_LOG_ALL` in SET_FEATURES, SET_LOG_BASE, the log
+//! flag and the used ring's guest address in each SET_VRING_ADDR), and
+//! [`Connection::set_dirty_log`] turns logging on or off on a live
+//! device (see `device/dirty.rs`).
+//!
 //! A connection is used only by its session thread (`session.rs`), never
 //! by a vCPU thread; the session's watcher bounds every request.
 
@@ -19,13 +25,14 @@ use std::os::unix::net::UnixStream;
 use ipc_proto::trace_point;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
-    VhostUserVirtioFeatures,
+    VhostUserVirtioFeatures, VhostUserVringAddrFlags,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dirty_log::VhostLog;
 use super::inflight::{InflightBuffer, InflightError};
 use crate::memory::GuestMemoryMmap;
 use crate::trace;
@@ -37,7 +44,12 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
         | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
+
+/// `VHOST_F_LOG_ALL`: the feature bit with which the frontend turns the
+/// backend's dirty logging on (never offered to the guest).
+pub const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
 /// Errors of the vhost-user frontend.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +170,21 @@ pub struct QueueStart<'a> {
     pub call: &'a EventFd,
 }
 
+/// A live ring's guest-physical addresses, for SET_VRING_ADDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingGpa {
+    /// Queue index.
+    pub index: usize,
+    /// Queue size.
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Used ring (also its log address while logging).
+    pub used: u64,
+}
+
 /// A handshaken vhost-user session.
 pub struct Connection {
     frontend: Frontend,
@@ -217,16 +244,44 @@ pub fn memory_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionIn
 /// The backend's view of queue `q`: its rings as our host addresses, if
 /// each lies inside guest RAM.
 pub fn vring_config(mem: &GuestMemoryMmap, q: &QueueStart<'_>) -> Result<VringConfigData> {
-    let n = u64::from(q.size);
+    ring_config(mem, q.max_size, &q.ring(), false)
+}
+
+/// SET_VRING_ADDR's view of ring `r`; with `log`, the backend logs its
+/// used-ring writes at the used ring's guest address (VHOST_VRING_F_LOG).
+pub fn ring_config(
+    mem: &GuestMemoryMmap,
+    max_size: u16,
+    r: &RingGpa,
+    log: bool,
+) -> Result<VringConfigData> {
+    let n = u64::from(r.size);
     Ok(VringConfigData {
-        queue_max_size: q.max_size,
-        queue_size: q.size,
-        flags: 0,
-        desc_table_addr: host_range(mem, q.index, q.desc, 16 * n)?,
-        used_ring_addr: host_range(mem, q.index, q.used, 6 + 8 * n)?,
-        avail_ring_addr: host_range(mem, q.index, q.avail, 6 + 2 * n)?,
-        log_addr: None,
+        queue_max_size: max_size,
+        queue_size: r.size,
+        flags: if log {
+            VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits()
+        } else {
+            0
+        },
+        desc_table_addr: host_range(mem, r.index, r.desc, 16 * n)?,
+        used_ring_addr: host_range(mem, r.index, r.used, 6 + 8 * n)?,
+        avail_ring_addr: host_range(mem, r.index, r.avail, 6 + 2 * n)?,
+        log_addr: log.then_some(r.used),
     })
+}
+
+impl QueueStart<'_> {
+    /// The ring's addresses.
+    pub fn ring(&self) -> RingGpa {
+        RingGpa {
+            index: self.index,
+            size: self.size,
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+        }
+    }
 }
 
 impl Connection {
@@ -370,21 +425,100 @@ impl Connection {
             .map_err(VhostUserError::Inflight)
     }
 
-    /// Starts the device: features, memory, inflight region, queues.
+    /// True when the backend can log its writes into guest RAM: it
+    /// offers LOG_ALL and LOG_SHMFD was negotiated.
+    pub fn logs_dirty_pages(&self) -> bool {
+        self.backend_features & LOG_ALL != 0
+            && self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD)
+    }
+
+    /// SET_LOG_BASE: the backend logs into `log` (its whole memfd).
+    fn set_log_base(&mut self, log: &VhostLog) -> Result<()> {
+        if !self.logs_dirty_pages() {
+            return Err(VhostUserError::MissingFeature(
+                "VHOST_F_LOG_ALL with VHOST_USER_PROTOCOL_F_LOG_SHMFD",
+            ));
+        }
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: log.size(),
+            mmap_offset: 0,
+            mmap_handle: log.fd().as_raw_fd(),
+        };
+        req("SET_LOG_BASE", self.frontend.set_log_base(0, Some(region)))
+    }
+
+    /// Turns dirty logging on (`log`: SET_LOG_BASE, SET_VRING_ADDR with
+    /// the log flag for each of `rings`, SET_FEATURES with LOG_ALL) or off
+    /// (None: SET_FEATURES without LOG_ALL, SET_VRING_ADDR without the
+    /// flag) on a live device whose driver features are
+    /// `driver_features`. Returns once the backend has taken every
+    /// request (without REPLY_ACK, a GET_FEATURES round trip behind them
+    /// makes sure, as QEMU does): from then on it logs, or no longer does.
+    pub fn set_dirty_log(
+        &mut self,
+        driver_features: u64,
+        log: Option<&VhostLog>,
+        mem: &GuestMemoryMmap,
+        max_size: u16,
+        rings: &[RingGpa],
+    ) -> Result<()> {
+        let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let base = (driver_features & !LOG_ALL) | proto_bit;
+        if let Some(log) = log {
+            self.set_log_base(log)?;
+            for r in rings {
+                let data = ring_config(mem, max_size, r, true)?;
+                req(
+                    "SET_VRING_ADDR",
+                    self.frontend.set_vring_addr(r.index, &data),
+                )?;
+            }
+            req("SET_FEATURES", self.frontend.set_features(base | LOG_ALL))?;
+            return self.barrier();
+        }
+        req("SET_FEATURES", self.frontend.set_features(base))?;
+        for r in rings {
+            let data = ring_config(mem, max_size, r, false)?;
+            req(
+                "SET_VRING_ADDR",
+                self.frontend.set_vring_addr(r.index, &data),
+            )?;
+        }
+        self.barrier()
+    }
+
+    /// Waits until the backend has handled every request sent so far:
+    /// with REPLY_ACK each was acknowledged already; without, a request
+    /// with a reply (GET_FEATURES) is answered only after them.
+    fn barrier(&mut self) -> Result<()> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            req("GET_FEATURES", self.frontend.get_features())?;
+        }
+        Ok(())
+    }
+
+    /// Starts the device: features, memory, inflight region, queues;
+    /// with `log`, with dirty logging on (a migration runs).
     pub fn start(
         &mut self,
         driver_features: u64,
         mem: &GuestMemoryMmap,
         inflight: Option<&InflightBuffer>,
         queues: &[QueueStart<'_>],
+        log: Option<&VhostLog>,
     ) -> Result<()> {
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let log_bit = if log.is_some() { LOG_ALL } else { 0 };
         req(
             "SET_FEATURES",
-            self.frontend.set_features(driver_features | proto_bit),
+            self.frontend
+                .set_features((driver_features & !LOG_ALL) | proto_bit | log_bit),
         )?;
         let table = memory_table(mem)?;
         req("SET_MEM_TABLE", self.frontend.set_mem_table(&table))?;
+        if let Some(log) = log {
+            self.set_log_base(log)?;
+        }
         if let Some(buf) = inflight {
             req(
                 "SET_INFLIGHT_FD",
@@ -393,7 +527,7 @@ impl Connection {
             )?;
         }
         for q in queues {
-            let data = vring_config(mem, q)?;
+            let data = ring_config(mem, q.max_size, &q.ring(), log.is_some())?;
             req(
                 "SET_VRING_NUM",
                 self.frontend.set_vring_num(q.index, q.size),

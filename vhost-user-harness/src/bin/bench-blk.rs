@@ -12,14 +12,20 @@
 //! virtio-blk export of it (qemu-storage-daemon has no vhost-user-scsi
 //! export to compare with).
 //!
+//! With `--dirty-log` (or only that with `--dirty-log-only`), the cost of
+//! vhost-user dirty logging: block-proc (default aio) with LOG_ALL and a
+//! log set through SET_LOG_BASE, as during a live migration, beside the
+//! same export with logging off.
+//!
 //! ```text
-//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop] [--cdrom|--cdrom-only]
+//! bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop] [--cdrom|--cdrom-only] [--dirty-log|--dirty-log-only]
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use vhost_user_harness::dirty_log::HarnessLog;
 use vhost_user_harness::process::Backend;
 use vhost_user_harness::scsi::{Data, ScsiDevice, ScsiOptions};
 use vhost_user_harness::{BlkDevice, BlkOptions, HarnessError, Request};
@@ -27,7 +33,7 @@ use vhost_user_harness::{BlkDevice, BlkOptions, HarnessError, Request};
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
-    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop] [--cdrom|--cdrom-only]")]
+    #[error("usage: bench-blk --block-proc BIN --file IMG --format raw|qcow2 [--secs S] [--rounds N] [--only I] [--host-file RAW] [--direct] [--qsd-main-loop] [--cdrom|--cdrom-only] [--dirty-log|--dirty-log-only]")]
     Usage,
     #[error("harness")]
     Harness(#[from] HarnessError),
@@ -228,6 +234,7 @@ struct Args {
     qsd_main_loop: bool,
     cdrom: bool,
     blk: bool,
+    dirty_log: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -243,6 +250,7 @@ fn parse() -> Result<Args> {
         qsd_main_loop: false,
         cdrom: false,
         blk: true,
+        dirty_log: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -262,6 +270,11 @@ fn parse() -> Result<Args> {
             "--cdrom" => a.cdrom = true,
             "--cdrom-only" => {
                 a.cdrom = true;
+                a.blk = false;
+            }
+            "--dirty-log" => a.dirty_log = true,
+            "--dirty-log-only" => {
+                a.dirty_log = true;
                 a.blk = false;
             }
             "--host-file" => a.host_file = Some(it.next().ok_or(BenchError::Usage)?.into()),
@@ -470,7 +483,13 @@ fn run() -> Result<()> {
         dev.capacity()? * 512
     };
     if !a.blk {
-        return cdrom_section(&a, &sock_bp, size);
+        if a.cdrom {
+            cdrom_section(&a, &sock_bp, size)?;
+        }
+        if a.dirty_log {
+            dirty_log_section(&a, &sock_bp, size, &works)?;
+        }
+        return Ok(());
     }
     // fio's random writes would wreck a qcow2 container, so it may run on
     // another file (the raw image with the same data) given by --host-file.
@@ -494,7 +513,7 @@ fn run() -> Result<()> {
         let mut dev = BlkDevice::connect(&sock_bp, opts())?;
         run_device(&mut dev, size, w, a.secs)
     };
-    for w in works {
+    for &w in &works {
         // best[i]: contender i's best over the rounds. Each round starts
         // with the next contender, so no one always runs first (or
         // always right after fio) while the machine's load drifts.
@@ -537,6 +556,51 @@ fn run() -> Result<()> {
     );
     if a.cdrom {
         cdrom_section(&a, &sock_bp, size)?;
+    }
+    if a.dirty_log {
+        dirty_log_section(&a, &sock_bp, size, &works)?;
+    }
+    Ok(())
+}
+
+/// block-proc (default aio) with vhost-user dirty logging off and on (as
+/// during a live migration: LOG_ALL, SET_LOG_BASE, logged used rings),
+/// best of `rounds`, alternating which runs first.
+fn dirty_log_section(a: &Args, sock: &Path, size: u64, works: &[Work]) -> Result<()> {
+    println!();
+    println!(
+        "vhost-user dirty logging (LOG_ALL + SET_LOG_BASE, as during a migration), block-proc default aio"
+    );
+    println!(
+        "{:<18} {:>15} {:>15} {:>8}",
+        "workload", "logging off", "logging on", "on/off"
+    );
+    for &w in works {
+        let mut best = [0f64; 2];
+        for round in 0..a.rounds as usize {
+            for k in 0..2 {
+                let i = (round + k) % 2;
+                let _b = start_bp(a, sock, None)?;
+                let mut dev = BlkDevice::connect(sock, opts())?;
+                let log = HarnessLog::for_memory(dev.mem().size())?;
+                if i == 1 {
+                    dev.set_dirty_log(Some(&log), true)?;
+                }
+                best[i] = best[i].max(run_device(&mut dev, size, w, a.secs)?);
+                if i == 1 && log.pages()?.is_empty() {
+                    return Err(BenchError::Harness(HarnessError::Invalid(
+                        "logging on, but nothing was logged".into(),
+                    )));
+                }
+            }
+        }
+        println!(
+            "{:<18} {:>15} {:>15} {:>8.2}",
+            w.name(),
+            fmt(w, best[0]),
+            fmt(w, best[1]),
+            best[1] / best[0]
+        );
     }
     Ok(())
 }
