@@ -62,6 +62,10 @@ pub enum RunStateError {
     /// `cont` after a shutdown or crash.
     #[error("Resetting the Virtual Machine is required")]
     NeedsReset,
+    /// `cont` while an outgoing migration holds the VM stopped (its
+    /// device state is being sent; running it now would fork the guest).
+    #[error("The VM is being migrated; wait for the migration to end or cancel it")]
+    Migrating,
 }
 
 /// The run state and the options that steer it.
@@ -148,6 +152,9 @@ impl RunStateMachine {
             Input::Cont => {
                 if self.needs_reset() {
                     return Err(RunStateError::NeedsReset);
+                }
+                if self.state == RunState::FinishMigrate {
+                    return Err(RunStateError::Migrating);
                 }
                 if !self.is_running() {
                     self.state = RunState::Running;
@@ -260,6 +267,17 @@ mod tests {
         let o = s.step(Input::MigrateEnd { completed: true }).unwrap();
         assert!(o.events.is_empty() && !o.run);
         assert_eq!(s.state(), RunState::Postmigrate);
+    }
+
+    #[test]
+    fn cont_is_refused_while_a_migration_holds_the_vm_stopped() {
+        let mut s = m();
+        s.step(Input::MigrateBegin).unwrap();
+        assert_eq!(s.step(Input::Cont), Err(RunStateError::Migrating));
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        s.step(Input::MigrateEnd { completed: true }).unwrap();
+        // After the migration QEMU lets the source run again.
+        assert!(s.step(Input::Cont).unwrap().run);
     }
 
     #[test]

@@ -225,6 +225,7 @@ pub fn start(
         controller: controller.clone(),
         vm: vm.fd.clone(),
         mem: vm.mem.clone(),
+        sync: vm.sync.clone(),
         vhost,
         out: Some(file),
         back,
@@ -256,6 +257,7 @@ struct Source {
     controller: Shared,
     vm: Arc<kvm_ioctls::VmFd>,
     mem: GuestMemoryMmap,
+    sync: Arc<crate::vcpu::VcpuSync>,
     vhost: Arc<VhostLog>,
     out: Option<File>,
     back: Option<File>,
@@ -327,6 +329,7 @@ impl Source {
         let layout = dirty::layout(&self.mem);
         let mut log = DirtyLog::start(self.vm.clone(), self.mem.clone(), self.vhost.clone())
             .map_err(|e| fail(&e))?;
+        let mut epoch = self.sync.epoch();
         let header = Header {
             flags: if self.back.is_some() { FLAG_ACK } else { 0 },
             layout: layout.clone(),
@@ -350,7 +353,7 @@ impl Source {
         loop {
             let (t0, b0) = (Instant::now(), w.written());
             self.send(&mut w, &mut dirty, true)?;
-            let new = log.sync(&mut dirty).map_err(|e| fail(&e))?;
+            let new = self.sync_dirty(&log, &mut dirty, &mut epoch)?;
             let now = Instant::now();
             let pass_secs = now.duration_since(t0).as_secs_f64();
             if w.written() > b0 && pass_secs > 0.0 {
@@ -390,7 +393,7 @@ impl Source {
         if !self.ctl.await_switchover() {
             return Err(Stop::Cancelled);
         }
-        log.sync(&mut dirty).map_err(|e| fail(&e))?;
+        self.sync_dirty(&log, &mut dirty, &mut epoch)?;
         log.stop().map_err(|e| fail(&e))?;
         self.send(&mut w, &mut dirty, false)?;
         w.end_of_ram().map_err(|e| self.err(&e))?;
@@ -406,6 +409,25 @@ impl Source {
             s.ram.remaining = 0;
         });
         Ok(())
+    }
+
+    /// Adds the pages written since the last sync to `dirty`; all RAM
+    /// after a machine reset (the kernel reloaded by the host is not in
+    /// KVM's log). Returns how many pages were new.
+    fn sync_dirty(
+        &self,
+        log: &DirtyLog,
+        dirty: &mut DirtyPages,
+        epoch: &mut u64,
+    ) -> Result<u64, Stop> {
+        let before = dirty.count();
+        log.sync(dirty).map_err(|e| fail(&e))?;
+        let now = self.sync.epoch();
+        if now != *epoch {
+            *epoch = now;
+            dirty.merge(&DirtyPages::all(&dirty::layout(&self.mem)));
+        }
+        Ok(dirty.count() - before)
     }
 
     /// Marks the start of pass `n` in the stream and in the statistics.

@@ -212,26 +212,26 @@ fn until_the_end(src: &mut Side) -> (MigrationStatus, Option<String>) {
 fn a_running_timer_guest_migrates_and_finishes_on_the_target_without_rebooting() {
     let mut src = side("timer", true);
     let mut dst = side("timer", false);
-    src.wait_serial("lapic timer: periodic");
+    src.wait_serial("test guest: timer");
     // The guest's test lasts ~0.2 s; an unoptimised build copies 64 MiB
     // more slowly than that, so the guest waits out pass 1 paused (a
-    // downtime limit of 0 waits for a clean pass), pages a backend writes
-    // meanwhile make pass 2 last ~50 ms at 8 MiB/s, and the guest runs
-    // during it; the limit raised then lets the migration stop it
-    // mid-test at the end of pass 2.
+    // downtime limit of 0 waits for a clean pass). 60 pages a backend
+    // writes meanwhile make pass 2 last ~100 ms at 2 MiB/s (51 pages per
+    // 100 ms window), and the guest runs during it; the limit raised at
+    // once lets the migration stop it mid-test at the end of pass 2.
     lock(&src.c).handle(Input::Stop).unwrap();
     let (a, b) = UnixStream::pair().unwrap();
     dst.incoming(b);
     let (log, backend) = log_fd();
     src.start(a, log, params(0, 0));
     src.wait_event(|e| *e == MigrationEvent::Pass { count: 1 });
-    src.serve(MigrationRequest::SetParams(params(0, 8 << 20)), Vec::new())
+    src.serve(MigrationRequest::SetParams(params(0, 2 << 20)), Vec::new())
         .unwrap();
-    scribble(&src, &backend, 9000, 100, 0x77);
+    scribble(&src, &backend, 9000, 60, 0x77);
     src.wait_event(|e| *e == MigrationEvent::Pass { count: 2 });
     lock(&src.c).handle(Input::Cont).unwrap();
     src.serve(
-        MigrationRequest::SetParams(params(300, 8 << 20)),
+        MigrationRequest::SetParams(params(300, 2 << 20)),
         Vec::new(),
     )
     .unwrap();
@@ -241,7 +241,9 @@ fn a_running_timer_guest_migrates_and_finishes_on_the_target_without_rebooting()
     let before = src.output();
     assert!(
         !before.contains("VERDICT"),
-        "finished on the source: {before:?}"
+        "finished on the source: {before:?} {:?} {:?}",
+        src.seen_events,
+        src.stats()
     );
     let stopped = src
         .seen_events
