@@ -108,12 +108,13 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
         .into());
     }
     let mut buf = vec![0u8; PAGE as usize];
+    let mut decoder = ram::PageDecoder::default();
     let (mut zero, mut whole) = (0u64, 0u64);
     loop {
         let rec = r.next(&mut buf)?;
         match rec {
             Record::ZeroPage { .. } | Record::Page { .. } | Record::Xbzrle { .. } => {
-                match ram::decode_page(&mem, &rec, &mut buf)? {
+                match decoder.decode(&mem, &rec, &mut buf)? {
                     PageSent::Zero => zero += 1,
                     PageSent::Whole => whole += 1,
                 }

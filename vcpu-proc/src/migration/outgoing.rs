@@ -183,6 +183,8 @@ pub fn start(
     params: MigrationParams,
     progress: Arc<Progress>,
 ) -> Result<Arc<Control>, FlatError> {
+    let encoder = ram::PageEncoder::new(&params)
+        .map_err(|e| FlatError::generic(format!("migration: {e}")))?;
     let c = lock(controller);
     let vm = c.vm();
     let layout = dirty::layout(&vm.mem);
@@ -230,6 +232,7 @@ pub fn start(
         out: Some(file),
         back,
         counts: Counts::default(),
+        encoder,
     };
     ctl.progress.set_status(MigrationStatus::Setup, None);
     let spawned = std::thread::Builder::new()
@@ -262,6 +265,7 @@ struct Source {
     out: Option<File>,
     back: Option<File>,
     counts: Counts,
+    encoder: ram::PageEncoder,
 }
 
 type Writer = StreamWriter<BufWriter<File>>;
@@ -450,7 +454,11 @@ impl Source {
                 self.mem
                     .read_slice(&mut page, GuestAddress(gpa))
                     .map_err(|e| fail(&e))?;
-                match ram::encode_page(w, gpa, &page).map_err(|e| self.err(&e))? {
+                match self
+                    .encoder
+                    .encode(w, gpa, &page)
+                    .map_err(|e| self.err(&e))?
+                {
                     PageSent::Zero => self.counts.duplicate += 1,
                     PageSent::Whole => self.counts.normal += 1,
                 }

@@ -1,9 +1,11 @@
-//! One RAM page in and out of the stream: [`encode_page`] picks the record
-//! for a page the source sends, [`decode_page`] applies a page record on
-//! the target. (XBZRLE deltas plug in here: one arm each.)
+//! One RAM page in and out of the stream: [`PageEncoder::encode`] picks
+//! the record for a page the source sends, [`PageDecoder::decode`] applies
+//! a page record on the target. XBZRLE plugs in here: its page cache is a
+//! field of each, its delta one arm of each function.
 
 use std::io::Write;
 
+use ipc_proto::migration::MigrationParams;
 use ipc_proto::migstream::{Record, StreamError, StreamWriter};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -31,6 +33,9 @@ pub enum RamError {
     /// Not a RAM record (caller bug).
     #[error("record '{0}' is not a RAM page")]
     NotAPage(&'static str),
+    /// The `xbzrle` capability, which this build cannot honour.
+    #[error("XBZRLE is not available in this vcpu-proc")]
+    XbzrleUnavailable,
 }
 
 /// How a page went out.
@@ -51,29 +56,57 @@ pub fn is_zero(page: &[u8]) -> bool {
     page.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
-/// Writes the page at `gpa` (its bytes in `page`) as the record that
-/// suits it.
-pub fn encode_page<W: Write>(
-    w: &mut StreamWriter<W>,
-    gpa: u64,
-    page: &[u8],
-) -> Result<PageSent, StreamError> {
-    if is_zero(page) {
-        w.zero_page(gpa)?;
-        Ok(PageSent::Zero)
-    } else {
-        w.page(gpa, page)?;
-        Ok(PageSent::Whole)
+/// The source's side of pages.
+#[derive(Debug)]
+pub struct PageEncoder {}
+
+impl PageEncoder {
+    /// An encoder for a migration with `params` (refuses what it cannot
+    /// do rather than ignore it).
+    pub fn new(params: &MigrationParams) -> Result<Self, RamError> {
+        if params.xbzrle {
+            return Err(RamError::XbzrleUnavailable);
+        }
+        Ok(PageEncoder {})
+    }
+
+    /// Writes the page at `gpa` (its bytes in `page`) as the record that
+    /// suits it.
+    pub fn encode<W: Write>(
+        &mut self,
+        w: &mut StreamWriter<W>,
+        gpa: u64,
+        page: &[u8],
+    ) -> Result<PageSent, StreamError> {
+        if is_zero(page) {
+            w.zero_page(gpa)?;
+            Ok(PageSent::Zero)
+        } else {
+            w.page(gpa, page)?;
+            Ok(PageSent::Whole)
+        }
     }
 }
 
-/// Applies a page record to guest RAM; `page` is the reader's buffer
-/// holding the record's bytes, and scratch for a zero page.
-pub fn decode_page(
-    mem: &GuestMemoryMmap,
-    record: &Record,
-    page: &mut [u8],
-) -> Result<PageSent, RamError> {
+/// The target's side of pages.
+#[derive(Debug, Default)]
+pub struct PageDecoder {}
+
+impl PageDecoder {
+    /// Applies a page record to guest RAM; `page` is the reader's
+    /// page-sized buffer holding the record's bytes, and scratch for a
+    /// zero page.
+    pub fn decode(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        record: &Record,
+        page: &mut [u8],
+    ) -> Result<PageSent, RamError> {
+        decode(mem, record, page)
+    }
+}
+
+fn decode(mem: &GuestMemoryMmap, record: &Record, page: &mut [u8]) -> Result<PageSent, RamError> {
     let access = |gpa: u64| move |source| RamError::Memory { gpa, source };
     match *record {
         Record::ZeroPage { gpa } => {
