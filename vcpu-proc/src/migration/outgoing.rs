@@ -174,8 +174,9 @@ fn no_delay(fd: &OwnedFd) {
 }
 
 /// Starts migrating the VM out over `stream`, with the vhost-user dirty
-/// log in the memfd `log`. Refuses (nothing started) when a device cannot
-/// log its writes.
+/// log in the memfd `log`. The thread hands the log to the devices (that
+/// may wait for their backends), so a device that cannot log its writes
+/// fails the migration in `setup`.
 pub fn start(
     controller: &Shared,
     stream: OwnedFd,
@@ -191,18 +192,9 @@ pub fn start(
     let vhost = VhostLog::map(log, dirty_log_size(layout.total()))
         .map(Arc::new)
         .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
-    vm.devices
-        .start_dirty_log(&vhost)
-        .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
-    let undo = |e: String| {
-        if let Err(s) = vm.devices.stop_dirty_log() {
-            tracing::warn!("cannot stop the devices' dirty log: {}", error_chain(&s));
-        }
-        FlatError::generic(e)
-    };
-    let dup = stream
-        .try_clone()
-        .map_err(|e| undo(format!("migration: cannot duplicate the stream fd: {e}")))?;
+    let dup = stream.try_clone().map_err(|e| {
+        FlatError::generic(format!("migration: cannot duplicate the stream fd: {e}"))
+    })?;
     no_delay(&stream);
     let ctl = Arc::new(Control {
         progress,
@@ -215,10 +207,9 @@ pub fn start(
     let ack = is_socket(&stream);
     let file = File::from(stream);
     let back = if ack {
-        Some(
-            file.try_clone()
-                .map_err(|e| undo(format!("migration: cannot duplicate the stream fd: {e}")))?,
-        )
+        Some(file.try_clone().map_err(|e| {
+            FlatError::generic(format!("migration: cannot duplicate the stream fd: {e}"))
+        })?)
     } else {
         None
     };
@@ -242,7 +233,7 @@ pub fn start(
         let e = format!("migration: cannot start its thread: {e}");
         ctl.progress
             .set_status(MigrationStatus::Failed, Some(e.clone()));
-        return Err(undo(e));
+        return Err(FlatError::generic(e));
     }
     Ok(ctl)
 }
@@ -331,6 +322,11 @@ impl Source {
     fn migrate(&mut self) -> Result<(), Stop> {
         let p = self.ctl.progress.clone();
         let layout = dirty::layout(&self.mem);
+        lock(&self.controller)
+            .vm()
+            .devices
+            .start_dirty_log(&self.vhost)
+            .map_err(|e| fail(&e))?;
         let mut log = DirtyLog::start(self.vm.clone(), self.mem.clone(), self.vhost.clone())
             .map_err(|e| fail(&e))?;
         let mut epoch = self.sync.epoch();
@@ -397,11 +393,14 @@ impl Source {
         if !self.ctl.await_switchover() {
             return Err(Stop::Cancelled);
         }
+        // The device state first: capturing it stops the devices' rings,
+        // so every backend write to RAM is in the log before the last
+        // sync takes it.
+        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
         self.sync_dirty(&log, &mut dirty, &mut epoch)?;
         log.stop().map_err(|e| fail(&e))?;
         self.send(&mut w, &mut dirty, false)?;
         w.end_of_ram().map_err(|e| self.err(&e))?;
-        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
         w.device_state(&state).map_err(|e| self.err(&e))?;
         w.end().map_err(|e| self.err(&e))?;
         let transferred = w.written();
