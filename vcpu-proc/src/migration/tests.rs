@@ -531,3 +531,46 @@ fn a_migration_asking_for_xbzrle_is_refused_while_this_build_cannot_encode_it() 
     assert_eq!(src.stats().status, MigrationStatus::None);
     assert_eq!(src.run_state(), RunState::Running);
 }
+
+#[test]
+fn a_paused_vm_migrated_into_a_file_loads_from_it_into_a_fresh_vm() {
+    let mut src = side("timer", true);
+    let mut dst = side("timer", false);
+    src.wait_serial("test guest: timer");
+    lock(&src.c).handle(Input::Stop).unwrap();
+    let path = std::env::temp_dir().join(format!("bulkhead-migstream-{}", std::process::id()));
+    let out = File::create(&path).unwrap();
+    let (log, _) = log_fd();
+    src.serve(
+        MigrationRequest::Start {
+            fd: FdSlot(0),
+            log: FdSlot(1),
+            params: params(300, 0),
+        },
+        vec![out.into(), log],
+    )
+    .unwrap();
+    // No way back from a file: no acknowledgement is waited for.
+    let (status, error) = until_the_end(&mut src);
+    assert_eq!((status, error), (MigrationStatus::Completed, None));
+    // Paused before, so no STOP from the migration; postmigrate after.
+    assert_eq!(src.run_state(), RunState::Postmigrate);
+
+    let file = File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        src.stats().ram.transferred,
+        "the file holds the whole stream"
+    );
+    dst.serve(
+        MigrationRequest::Incoming { fd: FdSlot(0) },
+        vec![file.into()],
+    )
+    .unwrap();
+    assert_eq!(dst.wait_status(MigrationStatus::Completed), None);
+    assert_eq!(src.ram(), dst.ram());
+    lock(&dst.c).handle(Input::Cont).unwrap();
+    dst.wait_serial("VERDICT: PASS timer");
+    assert!(!dst.output().contains("Bulkhead test guest"));
+}
