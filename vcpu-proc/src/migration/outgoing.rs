@@ -407,9 +407,14 @@ impl Source {
         p.update(|s| s.ram.transferred = transferred);
         self.wait_ack()?;
         let downtime = ms(stopped.elapsed());
+        let total_ms = p.elapsed_ms();
         p.update(|s| {
             s.downtime_ms = Some(downtime);
             s.ram.remaining = 0;
+            // QEMU's figure at completion: all bytes over the time after
+            // setup.
+            let transfer_ms = total_ms.saturating_sub(s.setup_time_ms).max(1);
+            s.ram.mbps = s.ram.transferred as f64 * 8.0 / transfer_ms as f64 / 1000.0;
         });
         Ok(())
     }

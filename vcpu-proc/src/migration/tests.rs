@@ -257,6 +257,7 @@ fn a_running_timer_guest_migrates_and_finishes_on_the_target_without_rebooting()
     assert!(s.ram.duplicate > 0 && s.ram.normal > 0, "{s:?}");
     assert_eq!(s.ram.total, RAM);
     assert!(s.downtime_ms.is_some() && s.total_time_ms >= s.setup_time_ms);
+    assert!(s.ram.mbps > 0.0, "{s:?}");
     let d = dst.stats();
     assert_eq!(d.status, MigrationStatus::Completed);
     assert_eq!(
