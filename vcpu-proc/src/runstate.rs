@@ -37,9 +37,10 @@ pub enum Input {
         /// The target has the VM.
         completed: bool,
     },
-    /// An incoming migration loaded RAM and state: a VM that never ran
-    /// (`prelaunch`, `inmigrate`) is now `paused` (the broker sends `cont`
-    /// when it autostarts, as QEMU).
+    /// An incoming migration loaded RAM and state: an `inmigrate` VM
+    /// leaves it (`paused` here; main's savestate version of this input,
+    /// with QEMU's autostart, supersedes this one on merge). A VM in any
+    /// other state is left as it is.
     IncomingDone,
 }
 
@@ -230,7 +231,7 @@ impl RunStateMachine {
                 }
             }
             Input::IncomingDone => {
-                if matches!(self.state, RunState::Prelaunch | RunState::Inmigrate) {
+                if self.state == RunState::Inmigrate {
                     self.state = RunState::Paused;
                 }
             }
@@ -303,18 +304,6 @@ mod tests {
         let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
         assert!(o.events.is_empty() && o.run);
         assert_eq!(s.state(), RunState::Running);
-    }
-
-    #[test]
-    fn an_incoming_migration_leaves_a_never_run_vm_paused() {
-        let mut s = RunStateMachine::new(true, false, false);
-        let o = s.step(Input::IncomingDone).unwrap();
-        assert!(o.events.is_empty() && !o.run);
-        assert_eq!(s.state(), RunState::Paused);
-        assert_eq!(
-            s.step(Input::Cont).unwrap().events,
-            vec![VcpuEvent::Resumed]
-        );
     }
 
     #[test]
