@@ -202,6 +202,11 @@ impl RunStateMachine {
                 }
                 out.run = false;
             }
+            Input::IncomingDone => {
+                if self.state == RunState::Inmigrate {
+                    self.state = RunState::Paused;
+                }
+            }
             Input::DumpEnd => {
                 if self.state == RunState::SaveVm {
                     self.state = RunState::Running;
@@ -228,11 +233,6 @@ impl RunStateMachine {
                     } else {
                         self.state = from;
                     }
-                }
-            }
-            Input::IncomingDone => {
-                if self.state == RunState::Inmigrate {
-                    self.state = RunState::Paused;
                 }
             }
         }
