@@ -577,3 +577,54 @@ fn a_paused_vm_migrated_into_a_file_loads_from_it_into_a_fresh_vm() {
     dst.wait_serial("VERDICT: PASS timer");
     assert!(!dst.output().contains("Bulkhead test guest"));
 }
+
+#[test]
+fn a_cancel_while_waiting_for_the_switchover_resumes_the_source() {
+    let mut src = side("timer", true);
+    let mut dst = side("timer", false);
+    src.wait_serial("test guest: timer");
+    let (a, b) = UnixStream::pair().unwrap();
+    dst.incoming(b);
+    let (log, _) = log_fd();
+    src.start(a, log, params(300, 0));
+    src.wait_event(|e| *e == MigrationEvent::ReadyForSwitchover);
+    assert_eq!(src.run_state(), RunState::FinishMigrate);
+    // The broker's disks failed to flush, say: it cancels.
+    src.serve(MigrationRequest::Cancel, Vec::new()).unwrap();
+    assert_eq!(src.wait_status(MigrationStatus::Cancelled), None);
+    assert_eq!(src.run_state(), RunState::Running);
+    // The controller emitted RESUME under the lock `run_state` waited for.
+    src.seen_events.extend(src.events.try_iter());
+    assert!(src.seen_events.contains(&VcpuEvent::Resumed));
+    assert!(src.serve(MigrationRequest::Switchover, Vec::new()).is_err());
+    assert!(dst.wait_status(MigrationStatus::Failed).is_some());
+    src.wait_serial("VERDICT: PASS timer");
+}
+
+#[test]
+fn a_migration_over_tcp_is_acknowledged_and_completes() {
+    let mut src = side("timer", true);
+    let mut dst = side("timer", false);
+    src.wait_serial("test guest: timer");
+    lock(&src.c).handle(Input::Stop).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (b, _) = listener.accept().unwrap();
+    dst.serve(MigrationRequest::Incoming { fd: FdSlot(0) }, vec![b.into()])
+        .unwrap();
+    let (log, _) = log_fd();
+    src.serve(
+        MigrationRequest::Start {
+            fd: FdSlot(0),
+            log: FdSlot(1),
+            params: params(300, 0),
+        },
+        vec![a.into(), log],
+    )
+    .unwrap();
+    assert_eq!(until_the_end(&mut src), (MigrationStatus::Completed, None));
+    assert_eq!(dst.wait_status(MigrationStatus::Completed), None);
+    assert_eq!(src.ram(), dst.ram());
+    lock(&dst.c).handle(Input::Cont).unwrap();
+    dst.wait_serial("VERDICT: PASS timer");
+}
