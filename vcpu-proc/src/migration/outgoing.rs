@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use ipc_proto::envelope::error_chain;
 use ipc_proto::migration::{dirty_log_size, MigrationEvent, MigrationParams, MigrationStatus};
 use ipc_proto::migstream::{Header, StreamWriter, ACK, FLAG_ACK};
+use ipc_proto::vcpu::RunState;
 use ipc_proto::FlatError;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -384,9 +385,18 @@ impl Source {
 
         // Converged: stop the guest and wait for the broker's disks.
         let stopped = Instant::now();
-        lock(&self.controller)
-            .handle(Input::MigrateBegin)
-            .map_err(|e| fail(&e))?;
+        {
+            let mut c = lock(&self.controller);
+            c.handle(Input::MigrateBegin).map_err(|e| fail(&e))?;
+            // A vCPU that did not park crashes the VM instead.
+            let state = c.status().status;
+            if state != RunState::FinishMigrate {
+                return Err(Stop::Failed(format!(
+                    "the VM did not stop for the switchover (it is {})",
+                    state.as_str()
+                )));
+            }
+        }
         p.set_status(MigrationStatus::Device, None);
         self.ctl.accept_switchover();
         p.emit(MigrationEvent::ReadyForSwitchover);
