@@ -98,12 +98,14 @@ impl Progress {
 
     /// Moves to `status` and emits `MIGRATION` (not when it is already
     /// there); a final status stops the clock. A final status other than
-    /// `none` (where every migration starts) is never left.
+    /// `none` (where every migration starts) is never left, and
+    /// `cancelling` only for a final one.
     pub fn set_status(&self, status: MigrationStatus, error: Option<String>) {
         {
             let mut g = self.lock();
             let was = g.stats.status;
-            if was == status || (was != MigrationStatus::None && is_final(was)) {
+            let cancelling = was == MigrationStatus::Cancelling && !is_final(status);
+            if was == status || cancelling || (was != MigrationStatus::None && is_final(was)) {
                 return;
             }
             g.stats.status = status;
@@ -161,6 +163,8 @@ mod tests {
         p.set_status(MigrationStatus::Setup, None);
         p.set_status(MigrationStatus::Active, None);
         p.set_status(MigrationStatus::Active, None); // no change, no event
+        p.set_status(MigrationStatus::Cancelling, None);
+        p.set_status(MigrationStatus::Device, None); // a cancel goes on
         p.set_status(MigrationStatus::Failed, Some("boom".into()));
         p.set_status(MigrationStatus::Completed, None); // ignored
         p.set_status(MigrationStatus::Cancelling, None); // ignored
@@ -170,6 +174,7 @@ mod tests {
             vec![
                 status(MigrationStatus::Setup, None),
                 status(MigrationStatus::Active, None),
+                status(MigrationStatus::Cancelling, None),
                 status(MigrationStatus::Failed, Some("boom")),
             ]
         );
