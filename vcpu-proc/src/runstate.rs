@@ -32,6 +32,16 @@ pub enum Input {
     SaveBegin,
     /// The state is written: a VM the save stopped runs again.
     SaveEnd,
+    /// An outgoing migration converged: the VM stops into
+    /// `finish-migrate` (from any state, as QEMU).
+    MigrateBegin,
+    /// The outgoing migration ended: `completed` → `postmigrate`;
+    /// otherwise a VM in `finish-migrate` goes back to the state it had
+    /// (running again if it ran).
+    MigrateEnd {
+        /// The target has the VM.
+        completed: bool,
+    },
     /// The VM's RAM and device state arrived (`xen-load-devices-state`
     /// or an incoming migration): an `inmigrate` VM leaves it as QEMU's
     /// incoming side does: it runs if autostart holds (no `-S`, or a
@@ -58,6 +68,10 @@ pub enum RunStateError {
     /// `cont` after a shutdown or crash.
     #[error("Resetting the Virtual Machine is required")]
     NeedsReset,
+    /// `cont` while an outgoing migration holds the VM stopped (its
+    /// device state is being sent; running it now would fork the guest).
+    #[error("The VM is being migrated; wait for the migration to end or cancel it")]
+    Migrating,
 }
 
 /// The run state and the options that steer it.
@@ -69,6 +83,8 @@ pub struct RunStateMachine {
     /// QEMU's `autostart`: run once the incoming state is in (`-S` clears
     /// it; `cont`/`stop` in `inmigrate` set/clear it).
     autostart: bool,
+    /// The state an outgoing migration stopped the VM from.
+    migrate_from: Option<RunState>,
 }
 
 impl RunStateMachine {
@@ -83,6 +99,7 @@ impl RunStateMachine {
             no_shutdown,
             no_reboot,
             autostart: !start_paused,
+            migrate_from: None,
         }
     }
 
@@ -158,6 +175,9 @@ impl RunStateMachine {
                 if self.needs_reset() {
                     return Err(RunStateError::NeedsReset);
                 }
+                if self.state == RunState::FinishMigrate {
+                    return Err(RunStateError::Migrating);
+                }
                 if !self.is_running() {
                     self.state = RunState::Running;
                     out.events.push(VcpuEvent::Resumed);
@@ -222,6 +242,27 @@ impl RunStateMachine {
                     out.run = true;
                 }
             }
+            Input::MigrateBegin => {
+                if self.state != RunState::FinishMigrate {
+                    self.migrate_from = Some(self.state);
+                    self.stop_into(RunState::FinishMigrate, &mut out);
+                }
+                out.run = false;
+            }
+            Input::MigrateEnd { completed } => {
+                if self.state == RunState::FinishMigrate {
+                    let from = self.migrate_from.take().unwrap_or(RunState::Paused);
+                    if completed {
+                        self.state = RunState::Postmigrate;
+                    } else if from == RunState::Running {
+                        self.state = RunState::Running;
+                        out.events.push(VcpuEvent::Resumed);
+                        out.run = true;
+                    } else {
+                        self.state = from;
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -243,6 +284,53 @@ mod tests {
         assert_eq!(s.state(), RunState::SaveVm);
         let o = s.step(Input::DumpEnd).unwrap();
         assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
+        assert_eq!(s.state(), RunState::Running);
+    }
+
+    #[test]
+    fn a_converged_migration_stops_into_finish_migrate_then_postmigrate() {
+        let mut s = m();
+        let o = s.step(Input::MigrateBegin).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Stopped], false));
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        let o = s.step(Input::MigrateEnd { completed: true }).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Postmigrate);
+    }
+
+    #[test]
+    fn cont_is_refused_while_a_migration_holds_the_vm_stopped() {
+        let mut s = m();
+        s.step(Input::MigrateBegin).unwrap();
+        assert_eq!(s.step(Input::Cont), Err(RunStateError::Migrating));
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        s.step(Input::MigrateEnd { completed: true }).unwrap();
+        // After the migration QEMU lets the source run again.
+        assert!(s.step(Input::Cont).unwrap().run);
+    }
+
+    #[test]
+    fn a_failed_migration_resumes_a_vm_that_ran_and_leaves_a_paused_one_paused() {
+        let mut s = m();
+        s.step(Input::MigrateBegin).unwrap();
+        let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
+        assert_eq!(s.state(), RunState::Running);
+
+        s.step(Input::Stop).unwrap();
+        let o = s.step(Input::MigrateBegin).unwrap();
+        assert!(o.events.is_empty());
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Paused);
+    }
+
+    #[test]
+    fn a_migration_that_fails_before_stopping_leaves_the_run_state_alone() {
+        let mut s = m();
+        let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
+        assert!(o.events.is_empty() && o.run);
         assert_eq!(s.state(), RunState::Running);
     }
 

@@ -300,4 +300,4 @@ pub fn load(vm: &Vm, file: &[u8]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

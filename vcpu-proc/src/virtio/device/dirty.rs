@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::{request_failed, VhostUserDevice};
+use super::{request_failed, StartFrom, VhostUserDevice};
 use crate::virtio::dirty_log::VhostLog;
 use crate::virtio::session::Pending;
 use crate::virtio::vhost_user::{Connection, RingGpa, VhostUserError, LOG_ALL};
@@ -64,7 +64,7 @@ impl VhostUserDevice {
         let session = self.live_session()?;
         let active = self.active.as_ref()?;
         let rings: Vec<RingGpa> = self
-            .specs(active, false)
+            .specs(active, StartFrom::Zero)
             .iter()
             .map(|q| RingGpa {
                 index: q.index,
