@@ -12,6 +12,7 @@ use ipc_proto::FlatError;
 use crate::control::{Controller, EventSink};
 
 pub mod devices_state;
+pub mod xbzrle;
 
 type Shared = Arc<Mutex<Controller>>;
 
