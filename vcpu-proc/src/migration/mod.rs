@@ -30,6 +30,11 @@ impl Migrations {
         sink: Arc<dyn EventSink>,
     ) -> Result<VcpuReply, FlatError> {
         let _ = sink;
+        if let MigrationRequest::SetParams(_) = req {
+            // No migration runs in this vcpu-proc: the next `Start`
+            // carries the parameters.
+            return Ok(VcpuReply::Done);
+        }
         let c = controller.ok_or_else(|| FlatError::generic("the VM has not been created"))?;
         match req {
             MigrationRequest::SaveDevicesState { fd } => devices_state::save(c, fds, fd),

@@ -1,6 +1,12 @@
 //! The migration commands: one file per concern. `capabilities.rs`
-//! `migrate-set-capabilities`.
+//! `migrate-set-capabilities` / `query-migrate-capabilities`;
+//! `parameters.rs` `migrate-set-parameters` / `query-migrate-parameters`;
+//! `cache_size.rs` `migrate-set-cache-size` / `query-migrate-cache-size`;
+//! `colo.rs` `x-colo-lost-heartbeat`.
 
+pub mod cache_size;
 pub mod capabilities;
+pub mod colo;
+pub mod parameters;
 
 pub use capabilities::MigrateSetCapabilities;
