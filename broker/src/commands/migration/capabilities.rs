@@ -97,12 +97,13 @@ fn honoured<'a>(s: &'a mut MigrationSettings, capability: &str) -> Option<&'a mu
     }
 }
 
-/// Sets `caps` in `s`: all or nothing.
+/// Sets `caps` in `s`, unless a migration is `running`: all or nothing.
 pub fn apply(
     s: &mut MigrationSettings,
     caps: &[CapabilityStatus],
+    running: bool,
 ) -> std::result::Result<(), String> {
-    if s.outgoing {
+    if running {
         return Err(MIGRATION_ACTIVE.into());
     }
     let mut new = *s;
@@ -134,8 +135,9 @@ impl Command for MigrateSetCapabilities {
     type Ret = Empty;
 
     fn run(args: SetCapabilitiesArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        let running = settings::outgoing_running(ctx.machine);
         settings::update(ctx.machine, |s| {
-            apply(s, &args.capabilities).map_err(FlatError::generic)
+            apply(s, &args.capabilities, running).map_err(FlatError::generic)
         })
         .map_err(QmpError::from)?;
         Ok(Empty {})
@@ -190,6 +192,7 @@ mod tests {
                 cap("events", true),
                 cap("multifd", false),
             ],
+            false,
         )
         .unwrap();
         assert!(s.xbzrle && s.events);
@@ -205,22 +208,24 @@ mod tests {
     #[test]
     fn a_refused_entry_changes_nothing() {
         let mut s = MigrationSettings::default();
-        let e = apply(&mut s, &[cap("xbzrle", true), cap("postcopy-ram", true)]).unwrap_err();
+        let e = apply(
+            &mut s,
+            &[cap("xbzrle", true), cap("postcopy-ram", true)],
+            false,
+        )
+        .unwrap_err();
         assert!(e.contains("'postcopy-ram' is not supported"), "{e}");
         assert!(!s.xbzrle);
     }
 
     #[test]
     fn nothing_changes_while_a_migration_runs() {
-        let mut s = MigrationSettings {
-            outgoing: true,
-            ..MigrationSettings::default()
-        };
+        let mut s = MigrationSettings::default();
         assert_eq!(
-            apply(&mut s, &[cap("xbzrle", true)]).unwrap_err(),
+            apply(&mut s, &[cap("xbzrle", true)], true).unwrap_err(),
             MIGRATION_ACTIVE
         );
-        assert_eq!(apply(&mut s, &[]).unwrap_err(), MIGRATION_ACTIVE);
+        assert_eq!(apply(&mut s, &[], true).unwrap_err(), MIGRATION_ACTIVE);
         assert!(!s.xbzrle);
     }
 }

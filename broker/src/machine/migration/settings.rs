@@ -34,7 +34,7 @@ pub struct MigrationSettings {
     pub events: bool,
     /// An outgoing migration runs: `migrate` sets it when it starts and
     /// clears it when the migration ends (completed, failed or
-    /// cancelled). Capabilities cannot change meanwhile, as in QEMU.
+    /// cancelled). Read through [`outgoing_running`].
     pub outgoing: bool,
 }
 
@@ -135,6 +135,12 @@ pub fn update(
     }
     *guard = new;
     Ok(())
+}
+
+/// Whether an outgoing migration runs (capabilities cannot change then,
+/// as in QEMU).
+pub fn outgoing_running(m: &Machine) -> bool {
+    current(m).outgoing
 }
 
 /// The current settings.
