@@ -116,6 +116,7 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
                 match ram::decode_page(&mem, &rec, &mut buf)? {
                     PageSent::Zero => zero += 1,
                     PageSent::Whole => whole += 1,
+                    PageSent::Delta | PageSent::Unchanged => {}
                 }
                 if (zero + whole) % 1024 == 0 {
                     let read = r.offset();

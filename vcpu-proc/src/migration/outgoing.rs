@@ -11,7 +11,10 @@
 //! the last dirty pages, the device state and the end go out, and the
 //! target's one-byte acknowledgement (on a socket) completes it: the VM
 //! stays stopped (`postmigrate`). A cancel or an error turns logging off
-//! and resumes a VM the migration stopped.
+//! and resumes a VM the migration stopped. With the `xbzrle` capability
+//! every page goes through an [`XbzrleEncoder`] (pages sent again go as
+//! deltas from the second pass on; its cache follows `xbzrle-cache-size`
+//! as it changes).
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
@@ -29,6 +32,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::dirty::{self, DirtyLog, DirtyPages, PAGE};
 use super::progress::{ms, Progress};
 use super::ram::{self, PageSent};
+use super::xbzrle::XbzrleEncoder;
 use super::{lock, Shared};
 use crate::memory::GuestMemoryMmap;
 use crate::runstate::Input;
@@ -229,6 +233,8 @@ pub fn start(
         out: Some(file),
         back,
         counts: Counts::default(),
+        xbzrle: None,
+        delta: Vec::new(),
     };
     ctl.progress.set_status(MigrationStatus::Setup, None);
     let spawned = std::thread::Builder::new()
@@ -260,6 +266,10 @@ struct Source {
     out: Option<File>,
     back: Option<File>,
     counts: Counts,
+    /// The `xbzrle` capability's state, when it is on.
+    xbzrle: Option<XbzrleEncoder>,
+    /// XBZRLE's output buffer.
+    delta: Vec<u8>,
 }
 
 type Writer = StreamWriter<BufWriter<File>>;
@@ -337,6 +347,13 @@ impl Source {
             .ok_or_else(|| Stop::Failed("the stream is gone".into()))?;
         let mut w = StreamWriter::start(BufWriter::with_capacity(BUFFER, file), &header)
             .map_err(|e| self.err(&e))?;
+        let params = self.ctl.params();
+        if params.xbzrle {
+            let x = XbzrleEncoder::new(params.xbzrle_cache_size, layout.total())
+                .map_err(|e| fail(&e))?;
+            p.update(|s| s.xbzrle = Some(x.stats()));
+            self.xbzrle = Some(x);
+        }
         let setup_ms = p.elapsed_ms();
         p.update(|s| s.setup_time_ms = setup_ms);
         p.set_status(MigrationStatus::Active, None);
@@ -392,6 +409,9 @@ impl Source {
         }
         log.sync(&mut dirty).map_err(|e| fail(&e))?;
         log.stop().map_err(|e| fail(&e))?;
+        if let Some(x) = self.xbzrle.as_mut() {
+            x.last_stage();
+        }
         self.send(&mut w, &mut dirty, false)?;
         w.end_of_ram().map_err(|e| self.err(&e))?;
         let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
@@ -409,8 +429,11 @@ impl Source {
     }
 
     /// Marks the start of pass `n` in the stream and in the statistics.
-    fn pass(&self, w: &mut Writer, n: u64) -> Result<(), Stop> {
+    fn pass(&mut self, w: &mut Writer, n: u64) -> Result<(), Stop> {
         w.pass(n).map_err(|e| self.err(&e))?;
+        if let Some(x) = self.xbzrle.as_mut() {
+            x.begin_pass(n);
+        }
         self.ctl.progress.update(|s| s.ram.dirty_sync_count = n);
         self.ctl.progress.emit(MigrationEvent::Pass { count: n });
         Ok(())
@@ -424,13 +447,18 @@ impl Source {
         let mut meter = Meter::new(w.written());
         while dirty.take(BATCH, &mut batch) {
             self.check()?;
+            self.resize_xbzrle()?;
             for &gpa in &batch {
                 self.mem
                     .read_slice(&mut page, GuestAddress(gpa))
                     .map_err(|e| fail(&e))?;
-                match ram::encode_page(w, gpa, &page).map_err(|e| self.err(&e))? {
+                let x = self.xbzrle.as_mut();
+                match ram::encode_page(w, gpa, &page, x, &mut self.delta)
+                    .map_err(|e| self.err(&e))?
+                {
                     PageSent::Zero => self.counts.duplicate += 1,
                     PageSent::Whole => self.counts.normal += 1,
+                    PageSent::Delta | PageSent::Unchanged => {}
                 }
             }
             let (c, written, remaining) = (self.counts, w.written(), dirty.count() * PAGE);
@@ -440,7 +468,9 @@ impl Source {
                 0
             };
             let rate = meter.tick(written, limit, &self.ctl)?;
+            let xbzrle = self.xbzrle.as_ref().map(XbzrleEncoder::stats);
             p.update(|s| {
+                s.xbzrle = xbzrle;
                 s.ram.transferred = written;
                 s.ram.remaining = remaining;
                 s.ram.duplicate = c.duplicate;
@@ -453,6 +483,16 @@ impl Source {
         }
         // The pass leaves the buffer (and the target sees progress).
         w.flush().map_err(|e| self.err(&e))
+    }
+
+    /// `xbzrle-cache-size` changed (`migrate-set-parameters`): a new
+    /// cache of that size, as QEMU's `xbzrle_cache_resize`.
+    fn resize_xbzrle(&mut self) -> Result<(), Stop> {
+        let size = self.ctl.params().xbzrle_cache_size;
+        match self.xbzrle.as_mut() {
+            Some(x) => x.resize(size).map_err(|e| fail(&e)),
+            None => Ok(()),
+        }
     }
 
     /// Waits for the target's acknowledgement (sockets only).

@@ -1,12 +1,14 @@
 //! One RAM page in and out of the stream: [`encode_page`] picks the record
-//! for a page the source sends, [`decode_page`] applies a page record on
-//! the target. (XBZRLE deltas plug in here: one arm each.)
+//! for a page the source sends (with the `xbzrle` capability, a delta
+//! against the page already sent when `super::xbzrle` finds one), and
+//! [`decode_page`] applies a page record on the target.
 
 use std::io::Write;
 
 use ipc_proto::migstream::{Record, StreamError, StreamWriter};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::xbzrle::{self, Encoded, XbzrleEncoder, XbzrleError};
 use crate::memory::GuestMemoryMmap;
 
 /// Why a page could not be applied.
@@ -22,11 +24,15 @@ pub enum RamError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    /// An XBZRLE page, which this build does not decode.
-    #[error("the stream holds an XBZRLE page ({gpa:#x}), which this vcpu-proc cannot decode")]
+    /// An XBZRLE delta that does not fit the page (the page is left as
+    /// it was).
+    #[error("bad XBZRLE delta for page {gpa:#x}")]
     Xbzrle {
         /// The page.
         gpa: u64,
+        /// What is wrong with it.
+        #[source]
+        source: XbzrleError,
     },
     /// Not a RAM record (caller bug).
     #[error("record '{0}' is not a RAM page")]
@@ -40,6 +46,11 @@ pub enum PageSent {
     Zero,
     /// Whole.
     Whole,
+    /// As an XBZRLE delta.
+    Delta,
+    /// Not at all: the target already holds these bytes (XBZRLE found
+    /// the page equal to the one sent last).
+    Unchanged,
 }
 
 /// A page of zeros to compare with.
@@ -51,19 +62,41 @@ pub fn is_zero(page: &[u8]) -> bool {
     page.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
-/// Writes the page at `gpa` (its bytes in `page`) as the record that
-/// suits it.
+/// Writes the page at `gpa` (its bytes in `page`, read once) as the
+/// record that suits it. With `xbzrle`, every page goes through its cache
+/// (`delta` is its scratch) so the cache keeps what the target holds.
 pub fn encode_page<W: Write>(
     w: &mut StreamWriter<W>,
     gpa: u64,
     page: &[u8],
+    xbzrle: Option<&mut XbzrleEncoder>,
+    delta: &mut Vec<u8>,
 ) -> Result<PageSent, StreamError> {
     if is_zero(page) {
         w.zero_page(gpa)?;
-        Ok(PageSent::Zero)
-    } else {
+        if let Some(x) = xbzrle {
+            x.zero_page(gpa);
+        }
+        return Ok(PageSent::Zero);
+    }
+    let Some(x) = xbzrle else {
         w.page(gpa, page)?;
-        Ok(PageSent::Whole)
+        return Ok(PageSent::Whole);
+    };
+    match x.encode(gpa, page, delta) {
+        Encoded::Unchanged => Ok(PageSent::Unchanged),
+        Encoded::Delta => {
+            let before = w.written();
+            w.xbzrle(gpa, delta)?;
+            // The record's header (the delta itself is counted already).
+            x.add_bytes((w.written() - before).saturating_sub(delta.len() as u64));
+            Ok(PageSent::Delta)
+        }
+        // The copy the cache took, not a second read of guest RAM.
+        Encoded::Whole(_) => {
+            w.page(gpa, delta)?;
+            Ok(PageSent::Whole)
+        }
     }
 }
 
@@ -93,7 +126,23 @@ pub fn decode_page(
                 .map_err(access(gpa))?;
             Ok(PageSent::Whole)
         }
-        Record::Xbzrle { gpa, .. } => Err(RamError::Xbzrle { gpa }),
+        Record::Xbzrle { gpa, len } => {
+            // The delta is checked whole before the page is written.
+            let mut target = [0u8; super::dirty::PAGE as usize];
+            mem.read_slice(&mut target, GuestAddress(gpa))
+                .map_err(access(gpa))?;
+            let delta = page.get(..len).ok_or(RamError::Xbzrle {
+                gpa,
+                source: XbzrleError::DeltaTooLong {
+                    len,
+                    page: page.len(),
+                },
+            })?;
+            xbzrle::apply(delta, &mut target).map_err(|source| RamError::Xbzrle { gpa, source })?;
+            mem.write_slice(&target, GuestAddress(gpa))
+                .map_err(access(gpa))?;
+            Ok(PageSent::Delta)
+        }
         Record::Pass { .. } | Record::EndOfRam | Record::DeviceState(_) | Record::End => {
             Err(RamError::NotAPage(record.name()))
         }

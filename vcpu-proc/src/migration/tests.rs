@@ -502,3 +502,6 @@ fn an_incoming_migration_into_a_vm_that_ran_is_refused() {
     );
     assert_eq!(src.stats().status, MigrationStatus::None);
 }
+
+#[path = "xbzrle/live_tests.rs"]
+mod xbzrle_live;
