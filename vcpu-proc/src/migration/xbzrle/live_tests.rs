@@ -147,3 +147,31 @@ fn pages_rewritten_pass_after_pass_go_as_deltas_and_cost_fewer_bytes() {
         off.transferred
     );
 }
+
+/// An XBZRLE record: kind 3, page address, delta length, delta.
+fn delta_record(v: &mut Vec<u8>, gpa: u64, delta: &[u8]) {
+    v.push(3);
+    v.extend(gpa.to_le_bytes());
+    v.extend((delta.len() as u32).to_le_bytes());
+    v.extend(delta);
+}
+
+#[test]
+fn a_target_applies_good_deltas_and_fails_on_a_bad_one_leaving_its_page_alone() {
+    let ours = dirty::layout(&lock(&side("timer", false).c).vm().mem);
+    let good = HOT_FIRST * 4096;
+    let bad = good + 4096;
+    let (dst, e) = feed(handmade(&ours, |v| {
+        // Byte 0 becomes 0xaa, then bytes 10..13 of the next page would
+        // be written by a delta whose second zero run is empty.
+        delta_record(v, good, &[0x00, 0x01, 0xaa]);
+        delta_record(v, bad, &[0x0a, 0x03, 1, 2, 3, 0x00, 0x01, 9]);
+    }));
+    assert_eq!(
+        e.as_deref(),
+        Some("bad XBZRLE delta for page 0x2001000: XBZRLE: empty run at byte 5")
+    );
+    let ram = dst.ram();
+    assert_eq!(ram[good as usize], 0xaa);
+    assert_eq!(&ram[bad as usize..bad as usize + 4096], &[0u8; 4096][..]);
+}
