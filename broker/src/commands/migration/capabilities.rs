@@ -2,7 +2,7 @@
 //! honours `xbzrle` (pages sent again go as XBZRLE deltas) and `events`
 //! (MIGRATION / MIGRATION_PASS); any other capability may be turned off
 //! (it is) but turning it on is refused. As in QEMU, nothing changes
-//! while an outgoing migration runs, and a list with one bad entry
+//! while a migration runs, and a list with one bad entry
 //! changes nothing.
 
 use ipc_proto::FlatError;
@@ -135,7 +135,7 @@ impl Command for MigrateSetCapabilities {
     type Ret = Empty;
 
     fn run(args: SetCapabilitiesArgs, ctx: &Ctx<'_>) -> Result<Empty> {
-        let running = settings::outgoing_running(ctx.machine);
+        let running = settings::migration_running(ctx.machine);
         settings::update(ctx.machine, |s| {
             apply(s, &args.capabilities, running).map_err(FlatError::generic)
         })

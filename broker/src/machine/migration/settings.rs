@@ -2,7 +2,7 @@
 //! 10's defaults and checks, and how a change reaches a running
 //! migration.
 
-use ipc_proto::migration::{MigrationParams, MigrationRequest};
+use ipc_proto::migration::{MigrationParams, MigrationRequest, MigrationStatus};
 use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
 use ipc_proto::FlatError;
 
@@ -32,10 +32,6 @@ pub struct MigrationSettings {
     pub xbzrle: bool,
     /// The `events` capability (MIGRATION / MIGRATION_PASS events).
     pub events: bool,
-    /// An outgoing migration runs: `migrate` sets it when it starts and
-    /// clears it when the migration ends (completed, failed or
-    /// cancelled). Read through [`outgoing_running`].
-    pub outgoing: bool,
 }
 
 impl Default for MigrationSettings {
@@ -46,7 +42,6 @@ impl Default for MigrationSettings {
             xbzrle_cache_size: DEFAULT_XBZRLE_CACHE_SIZE,
             xbzrle: false,
             events: false,
-            outgoing: false,
         }
     }
 }
@@ -137,10 +132,35 @@ pub fn update(
     Ok(())
 }
 
-/// Whether an outgoing migration runs (capabilities cannot change then,
-/// as in QEMU).
-pub fn outgoing_running(m: &Machine) -> bool {
-    current(m).outgoing
+/// Whether a migration runs in vcpu-proc, which streams it (capabilities
+/// cannot change then, as in QEMU). vcpu-proc serves one migration at a
+/// time, out or in, so an incoming one counts too (QEMU checks only its
+/// outgoing one). No vcpu-proc, or one that cannot answer, runs none.
+pub fn migration_running(m: &Machine) -> bool {
+    if m.vcpu_pid().is_none() {
+        return false;
+    }
+    match m.vcpu_request(VcpuRequest::Migration(MigrationRequest::Query)) {
+        Ok(VcpuReply::Migration(stats)) => match stats.status {
+            MigrationStatus::Setup
+            | MigrationStatus::Active
+            | MigrationStatus::Device
+            | MigrationStatus::Cancelling => true,
+            MigrationStatus::None
+            | MigrationStatus::Cancelled
+            | MigrationStatus::Completed
+            | MigrationStatus::Failed => false,
+        },
+        Ok(
+            VcpuReply::Done
+            | VcpuReply::Status(_)
+            | VcpuReply::Cpus(_)
+            | VcpuReply::Trace(_)
+            | VcpuReply::DumpStarted { .. }
+            | VcpuReply::DumpProgress { .. },
+        )
+        | Err(_) => false,
+    }
 }
 
 /// The current settings.
