@@ -100,23 +100,24 @@ pub fn cache_size_from_value(value: i64, ram: u64) -> Result<u64, String> {
     Ok(1 << (63 - v.leading_zeros()))
 }
 
+/// Serialises [`update`]s (one broker serves one machine), so changes
+/// reach vcpu-proc in the order they are stored, while the settings
+/// themselves stay locked only for a copy: the queries never wait for
+/// vcpu-proc.
+static UPDATES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Applies `change` to the settings. When the VM exists, vcpu-proc is
 /// sent the new parameters first (a running migration takes them; with
-/// none running it answers Done): if it refuses, nothing changes. The
-/// settings stay locked meanwhile, so concurrent changes reach vcpu-proc
-/// in the order they are stored.
+/// none running it answers Done): if it refuses, nothing changes.
 pub fn update(
     m: &Machine,
     change: impl FnOnce(&mut MigrationSettings) -> Result<(), FlatError>,
 ) -> Result<(), FlatError> {
-    let mut guard = m
-        .migration
-        .settings
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let mut new = *guard;
+    let _one_at_a_time = UPDATES.lock().unwrap_or_else(|p| p.into_inner());
+    let old = current(m);
+    let mut new = old;
     change(&mut new)?;
-    if new.params() != guard.params() && m.vcpu_pid().is_some() {
+    if new.params() != old.params() && m.vcpu_pid().is_some() {
         let req = VcpuRequest::Migration(MigrationRequest::SetParams(new.params()));
         match m.vcpu_request(req)? {
             VcpuReply::Done => {}
@@ -128,7 +129,10 @@ pub fn update(
             | VcpuReply::Migration(_)) => return Err(unexpected_reply(&other)),
         }
     }
-    *guard = new;
+    *m.migration
+        .settings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = new;
     Ok(())
 }
 
