@@ -37,9 +37,10 @@ pub enum Input {
         /// The target has the VM.
         completed: bool,
     },
-    /// An incoming migration loaded RAM and state: a VM that never ran
-    /// (`prelaunch`, `inmigrate`) is now `paused` (the broker sends `cont`
-    /// when it autostarts, as QEMU).
+    /// An incoming migration loaded RAM and state: an `inmigrate` VM
+    /// leaves it (`paused` here; main's savestate version of this input,
+    /// with QEMU's autostart, supersedes this one on merge). A VM in any
+    /// other state is left as it is.
     IncomingDone,
 }
 
@@ -62,6 +63,10 @@ pub enum RunStateError {
     /// `cont` after a shutdown or crash.
     #[error("Resetting the Virtual Machine is required")]
     NeedsReset,
+    /// `cont` while an outgoing migration holds the VM stopped (its
+    /// device state is being sent; running it now would fork the guest).
+    #[error("The VM is being migrated; wait for the migration to end or cancel it")]
+    Migrating,
 }
 
 /// The run state and the options that steer it.
@@ -149,6 +154,9 @@ impl RunStateMachine {
                 if self.needs_reset() {
                     return Err(RunStateError::NeedsReset);
                 }
+                if self.state == RunState::FinishMigrate {
+                    return Err(RunStateError::Migrating);
+                }
                 if !self.is_running() {
                     self.state = RunState::Running;
                     out.events.push(VcpuEvent::Resumed);
@@ -194,6 +202,11 @@ impl RunStateMachine {
                 }
                 out.run = false;
             }
+            Input::IncomingDone => {
+                if self.state == RunState::Inmigrate {
+                    self.state = RunState::Paused;
+                }
+            }
             Input::DumpEnd => {
                 if self.state == RunState::SaveVm {
                     self.state = RunState::Running;
@@ -220,11 +233,6 @@ impl RunStateMachine {
                     } else {
                         self.state = from;
                     }
-                }
-            }
-            Input::IncomingDone => {
-                if matches!(self.state, RunState::Prelaunch | RunState::Inmigrate) {
-                    self.state = RunState::Paused;
                 }
             }
         }
@@ -263,6 +271,17 @@ mod tests {
     }
 
     #[test]
+    fn cont_is_refused_while_a_migration_holds_the_vm_stopped() {
+        let mut s = m();
+        s.step(Input::MigrateBegin).unwrap();
+        assert_eq!(s.step(Input::Cont), Err(RunStateError::Migrating));
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        s.step(Input::MigrateEnd { completed: true }).unwrap();
+        // After the migration QEMU lets the source run again.
+        assert!(s.step(Input::Cont).unwrap().run);
+    }
+
+    #[test]
     fn a_failed_migration_resumes_a_vm_that_ran_and_leaves_a_paused_one_paused() {
         let mut s = m();
         s.step(Input::MigrateBegin).unwrap();
@@ -285,18 +304,6 @@ mod tests {
         let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
         assert!(o.events.is_empty() && o.run);
         assert_eq!(s.state(), RunState::Running);
-    }
-
-    #[test]
-    fn an_incoming_migration_leaves_a_never_run_vm_paused() {
-        let mut s = RunStateMachine::new(true, false, false);
-        let o = s.step(Input::IncomingDone).unwrap();
-        assert!(o.events.is_empty() && !o.run);
-        assert_eq!(s.state(), RunState::Paused);
-        assert_eq!(
-            s.step(Input::Cont).unwrap().events,
-            vec![VcpuEvent::Resumed]
-        );
     }
 
     #[test]

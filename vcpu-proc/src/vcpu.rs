@@ -130,6 +130,13 @@ impl VcpuSync {
         s.restored.clear();
     }
 
+    /// The boot epoch (a machine reset starts a new one; a migration
+    /// resends all RAM then, as the reset rewrote it from the host side,
+    /// where KVM's dirty log does not see writes).
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
     /// Marks the vCPUs of `slots` as restored (their threads are paused):
     /// they resume their state as it is rather than booting.
     pub fn mark_restored(&self, slots: &[u32]) {

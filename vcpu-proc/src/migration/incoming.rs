@@ -24,6 +24,8 @@ use crate::runstate::Input;
 
 /// Bytes the stream is read in.
 const BUFFER: usize = 1 << 20;
+/// How long the vCPUs get to be parked for the load.
+const PARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why an incoming migration failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum IncomingError {
     /// The VM has run meanwhile.
     #[error("the VM was started during the incoming migration")]
     Started,
+    /// A vCPU did not park.
+    #[error("the vCPUs did not stop within 5 s")]
+    NotParked,
 }
 
 /// Checks the VM can take an incoming migration and starts reading
@@ -108,12 +113,13 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
         .into());
     }
     let mut buf = vec![0u8; PAGE as usize];
+    let mut decoder = ram::PageDecoder::default();
     let (mut zero, mut whole) = (0u64, 0u64);
     loop {
         let rec = r.next(&mut buf)?;
         match rec {
             Record::ZeroPage { .. } | Record::Page { .. } | Record::Xbzrle { .. } => {
-                match ram::decode_page(&mem, &rec, &mut buf)? {
+                match decoder.decode(&mem, &rec, &mut buf)? {
                     PageSent::Zero => zero += 1,
                     PageSent::Whole => whole += 1,
                     PageSent::Delta | PageSent::Unchanged => {}
@@ -136,7 +142,13 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
                 if c.status().running {
                     return Err(IncomingError::Started);
                 }
-                crate::state::load(c.vm(), &state)?;
+                // A VM that does not run has its vCPUs parked; this waits
+                // for a thread still on its way there.
+                let vm = c.vm();
+                if !vm.sync.wait_parked(vm.vcpus.len(), PARK_TIMEOUT) {
+                    return Err(IncomingError::NotParked);
+                }
+                crate::state::load(vm, &state)?;
             }
             Record::End => break,
         }

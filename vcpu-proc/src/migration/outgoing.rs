@@ -11,10 +11,7 @@
 //! the last dirty pages, the device state and the end go out, and the
 //! target's one-byte acknowledgement (on a socket) completes it: the VM
 //! stays stopped (`postmigrate`). A cancel or an error turns logging off
-//! and resumes a VM the migration stopped. With the `xbzrle` capability
-//! every page goes through an [`XbzrleEncoder`] (pages sent again go as
-//! deltas from the second pass on; its cache follows `xbzrle-cache-size`
-//! as it changes).
+//! and resumes a VM the migration stopped.
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
@@ -26,13 +23,13 @@ use std::time::{Duration, Instant};
 use ipc_proto::envelope::error_chain;
 use ipc_proto::migration::{dirty_log_size, MigrationEvent, MigrationParams, MigrationStatus};
 use ipc_proto::migstream::{Header, StreamWriter, ACK, FLAG_ACK};
+use ipc_proto::vcpu::RunState;
 use ipc_proto::FlatError;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::dirty::{self, DirtyLog, DirtyPages, PAGE};
 use super::progress::{ms, Progress};
 use super::ram::{self, PageSent};
-use super::xbzrle::XbzrleEncoder;
 use super::{lock, Shared};
 use crate::memory::GuestMemoryMmap;
 use crate::runstate::Input;
@@ -178,8 +175,9 @@ fn no_delay(fd: &OwnedFd) {
 }
 
 /// Starts migrating the VM out over `stream`, with the vhost-user dirty
-/// log in the memfd `log`. Refuses (nothing started) when a device cannot
-/// log its writes.
+/// log in the memfd `log`. The thread hands the log to the devices (that
+/// may wait for their backends), so a device that cannot log its writes
+/// fails the migration in `setup`.
 pub fn start(
     controller: &Shared,
     stream: OwnedFd,
@@ -190,21 +188,14 @@ pub fn start(
     let c = lock(controller);
     let vm = c.vm();
     let layout = dirty::layout(&vm.mem);
+    let encoder = ram::PageEncoder::new(&params, layout.total())
+        .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
     let vhost = VhostLog::map(log, dirty_log_size(layout.total()))
         .map(Arc::new)
         .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
-    vm.devices
-        .start_dirty_log(&vhost)
-        .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
-    let undo = |e: String| {
-        if let Err(s) = vm.devices.stop_dirty_log() {
-            tracing::warn!("cannot stop the devices' dirty log: {}", error_chain(&s));
-        }
-        FlatError::generic(e)
-    };
-    let dup = stream
-        .try_clone()
-        .map_err(|e| undo(format!("migration: cannot duplicate the stream fd: {e}")))?;
+    let dup = stream.try_clone().map_err(|e| {
+        FlatError::generic(format!("migration: cannot duplicate the stream fd: {e}"))
+    })?;
     no_delay(&stream);
     let ctl = Arc::new(Control {
         progress,
@@ -217,10 +208,9 @@ pub fn start(
     let ack = is_socket(&stream);
     let file = File::from(stream);
     let back = if ack {
-        Some(
-            file.try_clone()
-                .map_err(|e| undo(format!("migration: cannot duplicate the stream fd: {e}")))?,
-        )
+        Some(file.try_clone().map_err(|e| {
+            FlatError::generic(format!("migration: cannot duplicate the stream fd: {e}"))
+        })?)
     } else {
         None
     };
@@ -229,12 +219,12 @@ pub fn start(
         controller: controller.clone(),
         vm: vm.fd.clone(),
         mem: vm.mem.clone(),
+        sync: vm.sync.clone(),
         vhost,
         out: Some(file),
         back,
         counts: Counts::default(),
-        xbzrle: None,
-        delta: Vec::new(),
+        encoder,
     };
     ctl.progress.set_status(MigrationStatus::Setup, None);
     let spawned = std::thread::Builder::new()
@@ -244,7 +234,7 @@ pub fn start(
         let e = format!("migration: cannot start its thread: {e}");
         ctl.progress
             .set_status(MigrationStatus::Failed, Some(e.clone()));
-        return Err(undo(e));
+        return Err(FlatError::generic(e));
     }
     Ok(ctl)
 }
@@ -262,14 +252,12 @@ struct Source {
     controller: Shared,
     vm: Arc<kvm_ioctls::VmFd>,
     mem: GuestMemoryMmap,
+    sync: Arc<crate::vcpu::VcpuSync>,
     vhost: Arc<VhostLog>,
     out: Option<File>,
     back: Option<File>,
     counts: Counts,
-    /// The `xbzrle` capability's state, when it is on.
-    xbzrle: Option<XbzrleEncoder>,
-    /// XBZRLE's output buffer.
-    delta: Vec<u8>,
+    encoder: ram::PageEncoder,
 }
 
 type Writer = StreamWriter<BufWriter<File>>;
@@ -335,8 +323,14 @@ impl Source {
     fn migrate(&mut self) -> Result<(), Stop> {
         let p = self.ctl.progress.clone();
         let layout = dirty::layout(&self.mem);
+        lock(&self.controller)
+            .vm()
+            .devices
+            .start_dirty_log(&self.vhost)
+            .map_err(|e| fail(&e))?;
         let mut log = DirtyLog::start(self.vm.clone(), self.mem.clone(), self.vhost.clone())
             .map_err(|e| fail(&e))?;
+        let mut epoch = self.sync.epoch();
         let header = Header {
             flags: if self.back.is_some() { FLAG_ACK } else { 0 },
             layout: layout.clone(),
@@ -347,13 +341,6 @@ impl Source {
             .ok_or_else(|| Stop::Failed("the stream is gone".into()))?;
         let mut w = StreamWriter::start(BufWriter::with_capacity(BUFFER, file), &header)
             .map_err(|e| self.err(&e))?;
-        let params = self.ctl.params();
-        if params.xbzrle {
-            let x = XbzrleEncoder::new(params.xbzrle_cache_size, layout.total())
-                .map_err(|e| fail(&e))?;
-            p.update(|s| s.xbzrle = Some(x.stats()));
-            self.xbzrle = Some(x);
-        }
         let setup_ms = p.elapsed_ms();
         p.update(|s| s.setup_time_ms = setup_ms);
         p.set_status(MigrationStatus::Active, None);
@@ -367,7 +354,7 @@ impl Source {
         loop {
             let (t0, b0) = (Instant::now(), w.written());
             self.send(&mut w, &mut dirty, true)?;
-            let new = log.sync(&mut dirty).map_err(|e| fail(&e))?;
+            let new = self.sync_dirty(&log, &mut dirty, &mut epoch)?;
             let now = Instant::now();
             let pass_secs = now.duration_since(t0).as_secs_f64();
             if w.written() > b0 && pass_secs > 0.0 {
@@ -398,42 +385,74 @@ impl Source {
 
         // Converged: stop the guest and wait for the broker's disks.
         let stopped = Instant::now();
-        lock(&self.controller)
-            .handle(Input::MigrateBegin)
-            .map_err(|e| fail(&e))?;
+        {
+            let mut c = lock(&self.controller);
+            c.handle(Input::MigrateBegin).map_err(|e| fail(&e))?;
+            // A vCPU that did not park crashes the VM instead.
+            let state = c.status().status;
+            if state != RunState::FinishMigrate {
+                return Err(Stop::Failed(format!(
+                    "the VM did not stop for the switchover (it is {})",
+                    state.as_str()
+                )));
+            }
+        }
         p.set_status(MigrationStatus::Device, None);
         self.ctl.accept_switchover();
         p.emit(MigrationEvent::ReadyForSwitchover);
         if !self.ctl.await_switchover() {
             return Err(Stop::Cancelled);
         }
-        log.sync(&mut dirty).map_err(|e| fail(&e))?;
+        // The device state first: capturing it stops the devices' rings,
+        // so every backend write to RAM is in the log before the last
+        // sync takes it.
+        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
+        self.sync_dirty(&log, &mut dirty, &mut epoch)?;
         log.stop().map_err(|e| fail(&e))?;
-        if let Some(x) = self.xbzrle.as_mut() {
-            x.last_stage();
-        }
+        self.encoder.last_stage();
         self.send(&mut w, &mut dirty, false)?;
         w.end_of_ram().map_err(|e| self.err(&e))?;
-        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
         w.device_state(&state).map_err(|e| self.err(&e))?;
         w.end().map_err(|e| self.err(&e))?;
         let transferred = w.written();
         p.update(|s| s.ram.transferred = transferred);
         self.wait_ack()?;
         let downtime = ms(stopped.elapsed());
+        let total_ms = p.elapsed_ms();
         p.update(|s| {
             s.downtime_ms = Some(downtime);
             s.ram.remaining = 0;
+            // QEMU's figure at completion: all bytes over the time after
+            // setup.
+            let transfer_ms = total_ms.saturating_sub(s.setup_time_ms).max(1);
+            s.ram.mbps = s.ram.transferred as f64 * 8.0 / transfer_ms as f64 / 1000.0;
         });
         Ok(())
+    }
+
+    /// Adds the pages written since the last sync to `dirty`; all RAM
+    /// after a machine reset (the kernel reloaded by the host is not in
+    /// KVM's log). Returns how many pages were new.
+    fn sync_dirty(
+        &self,
+        log: &DirtyLog,
+        dirty: &mut DirtyPages,
+        epoch: &mut u64,
+    ) -> Result<u64, Stop> {
+        let before = dirty.count();
+        log.sync(dirty).map_err(|e| fail(&e))?;
+        let now = self.sync.epoch();
+        if now != *epoch {
+            *epoch = now;
+            dirty.merge(&DirtyPages::all(&dirty::layout(&self.mem)));
+        }
+        Ok(dirty.count() - before)
     }
 
     /// Marks the start of pass `n` in the stream and in the statistics.
     fn pass(&mut self, w: &mut Writer, n: u64) -> Result<(), Stop> {
         w.pass(n).map_err(|e| self.err(&e))?;
-        if let Some(x) = self.xbzrle.as_mut() {
-            x.begin_pass(n);
-        }
+        self.encoder.begin_pass(n);
         self.ctl.progress.update(|s| s.ram.dirty_sync_count = n);
         self.ctl.progress.emit(MigrationEvent::Pass { count: n });
         Ok(())
@@ -447,13 +466,16 @@ impl Source {
         let mut meter = Meter::new(w.written());
         while dirty.take(BATCH, &mut batch) {
             self.check()?;
-            self.resize_xbzrle()?;
+            // A new `xbzrle-cache-size` (`migrate-set-parameters`).
+            let size = self.ctl.params().xbzrle_cache_size;
+            self.encoder.resize(size).map_err(|e| fail(&e))?;
             for &gpa in &batch {
                 self.mem
                     .read_slice(&mut page, GuestAddress(gpa))
                     .map_err(|e| fail(&e))?;
-                let x = self.xbzrle.as_mut();
-                match ram::encode_page(w, gpa, &page, x, &mut self.delta)
+                match self
+                    .encoder
+                    .encode(w, gpa, &page)
                     .map_err(|e| self.err(&e))?
                 {
                     PageSent::Zero => self.counts.duplicate += 1,
@@ -468,7 +490,7 @@ impl Source {
                 0
             };
             let rate = meter.tick(written, limit, &self.ctl)?;
-            let xbzrle = self.xbzrle.as_ref().map(XbzrleEncoder::stats);
+            let xbzrle = self.encoder.xbzrle_stats();
             p.update(|s| {
                 s.xbzrle = xbzrle;
                 s.ram.transferred = written;
@@ -483,16 +505,6 @@ impl Source {
         }
         // The pass leaves the buffer (and the target sees progress).
         w.flush().map_err(|e| self.err(&e))
-    }
-
-    /// `xbzrle-cache-size` changed (`migrate-set-parameters`): a new
-    /// cache of that size, as QEMU's `xbzrle_cache_resize`.
-    fn resize_xbzrle(&mut self) -> Result<(), Stop> {
-        let size = self.ctl.params().xbzrle_cache_size;
-        match self.xbzrle.as_mut() {
-            Some(x) => x.resize(size).map_err(|e| fail(&e)),
-            None => Ok(()),
-        }
     }
 
     /// Waits for the target's acknowledgement (sockets only).

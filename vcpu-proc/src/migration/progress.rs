@@ -131,3 +131,54 @@ impl Progress {
 pub fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Sender};
+
+    struct Sink(Mutex<Sender<VcpuEvent>>);
+
+    impl EventSink for Sink {
+        fn emit(&self, event: VcpuEvent) {
+            let _ = self.0.lock().unwrap().send(event);
+        }
+    }
+
+    fn status(s: MigrationStatus, error: Option<&str>) -> VcpuEvent {
+        VcpuEvent::Migration(MigrationEvent::Status {
+            status: s,
+            error: error.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn each_status_change_is_one_event_and_a_final_status_is_never_left() {
+        let (tx, rx) = channel();
+        let p = Progress::new(1 << 20, 4096, Arc::new(Sink(Mutex::new(tx))));
+        assert_eq!(p.snapshot().status, MigrationStatus::None);
+        assert_eq!(p.snapshot().ram.remaining, 1 << 20);
+        p.set_status(MigrationStatus::Setup, None);
+        p.set_status(MigrationStatus::Active, None);
+        p.set_status(MigrationStatus::Active, None); // no change, no event
+        p.set_status(MigrationStatus::Failed, Some("boom".into()));
+        p.set_status(MigrationStatus::Completed, None); // ignored
+        p.set_status(MigrationStatus::Cancelling, None); // ignored
+        let events: Vec<VcpuEvent> = rx.try_iter().collect();
+        assert_eq!(
+            events,
+            vec![
+                status(MigrationStatus::Setup, None),
+                status(MigrationStatus::Active, None),
+                status(MigrationStatus::Failed, Some("boom")),
+            ]
+        );
+        let s = p.snapshot();
+        assert_eq!(s.status, MigrationStatus::Failed);
+        assert_eq!(s.error.as_deref(), Some("boom"));
+        // The clock stopped at the end.
+        let t = s.total_time_ms;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(p.snapshot().total_time_ms, t);
+    }
+}
