@@ -61,7 +61,9 @@ fn probes_answer_what_bulkhead_has() {
     assert_eq!(models, ["host", "max", "qemu64"]);
     assert_eq!(q.ok("query-tpm-models"), json!([]));
     assert_eq!(q.ok("query-tpm-types"), json!([]));
-    assert_eq!(q.ok("query-migrate-capabilities"), json!([]));
+    let caps = q.ok("query-migrate-capabilities");
+    assert_eq!(caps.as_array().unwrap().len(), 22);
+    assert!(caps.as_array().unwrap().iter().all(|c| c["state"] == false));
     let r = q.execute("qom-list-types", json!({"implements": "virtio-device"}));
     let types: Vec<&str> = r["return"]
         .as_array()

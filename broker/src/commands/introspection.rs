@@ -1,8 +1,8 @@
 //! What the machine and bulkhead are, as libvirt and other tools probe
 //! them: `query-uuid`, `query-target`, `query-kvm`, `query-machines`,
 //! `query-cpu-definitions`, `query-cpu-model-expansion`, `query-iothreads`, `query-tpm-models`,
-//! `query-tpm-types`, `query-sev-capabilities`, `query-migrate-capabilities`
-//! — each answering what bulkhead has.
+//! `query-tpm-types`, `query-sev-capabilities` — each answering what
+//! bulkhead has.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -319,14 +319,6 @@ simple_query!(
     "Return SEV capabilities; bulkhead has none (QEMU's error).",
     Value,
     |_ctx| Err(QmpError::generic("SEV is not enabled in KVM"))
-);
-
-simple_query!(
-    QueryMigrateCapabilities,
-    "query-migrate-capabilities",
-    "Return the migration capabilities (none: bulkhead cannot migrate).",
-    Vec<Value>,
-    |_ctx| Ok(Vec::new())
 );
 
 #[rustfmt::skip]

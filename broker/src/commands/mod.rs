@@ -61,6 +61,12 @@ pub fn registry() -> Registry {
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
     r.register::<migration::MigrateSetCapabilities>();
+    r.register::<migration::capabilities::QueryMigrateCapabilities>();
+    r.register::<migration::parameters::MigrateSetParameters>();
+    r.register::<migration::parameters::QueryMigrateParameters>();
+    r.register::<migration::cache_size::MigrateSetCacheSize>();
+    r.register::<migration::cache_size::QueryMigrateCacheSize>();
+    r.register::<migration::colo::XColoLostHeartbeat>();
     r.register::<chardev::QueryChardev>();
     r.register::<introspection::QueryUuid>();
     r.register::<introspection::QueryTarget>();
@@ -72,7 +78,6 @@ pub fn registry() -> Registry {
     r.register::<introspection::QueryTpmModels>();
     r.register::<introspection::QueryTpmTypes>();
     r.register::<introspection::QuerySevCapabilities>();
-    r.register::<introspection::QueryMigrateCapabilities>();
     r.register::<introspection::QueryCommandLineOptions>();
     r.register::<hmp::HumanMonitorCommand>();
     r.register::<qom::QomListTypes>();

@@ -122,6 +122,7 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
                 match decoder.decode(&mem, &rec, &mut buf)? {
                     PageSent::Zero => zero += 1,
                     PageSent::Whole => whole += 1,
+                    PageSent::Delta | PageSent::Unchanged => {}
                 }
                 if (zero + whole) % 1024 == 0 {
                     let read = r.offset();

@@ -21,6 +21,7 @@ pub mod incoming;
 pub mod outgoing;
 pub mod progress;
 pub mod ram;
+pub mod xbzrle;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -185,11 +185,11 @@ pub fn start(
     params: MigrationParams,
     progress: Arc<Progress>,
 ) -> Result<Arc<Control>, FlatError> {
-    let encoder = ram::PageEncoder::new(&params)
-        .map_err(|e| FlatError::generic(format!("migration: {e}")))?;
     let c = lock(controller);
     let vm = c.vm();
     let layout = dirty::layout(&vm.mem);
+    let encoder = ram::PageEncoder::new(&params, layout.total())
+        .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
     let vhost = VhostLog::map(log, dirty_log_size(layout.total()))
         .map(Arc::new)
         .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
@@ -409,6 +409,7 @@ impl Source {
         let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
         self.sync_dirty(&log, &mut dirty, &mut epoch)?;
         log.stop().map_err(|e| fail(&e))?;
+        self.encoder.last_stage();
         self.send(&mut w, &mut dirty, false)?;
         w.end_of_ram().map_err(|e| self.err(&e))?;
         w.device_state(&state).map_err(|e| self.err(&e))?;
@@ -449,8 +450,9 @@ impl Source {
     }
 
     /// Marks the start of pass `n` in the stream and in the statistics.
-    fn pass(&self, w: &mut Writer, n: u64) -> Result<(), Stop> {
+    fn pass(&mut self, w: &mut Writer, n: u64) -> Result<(), Stop> {
         w.pass(n).map_err(|e| self.err(&e))?;
+        self.encoder.begin_pass(n);
         self.ctl.progress.update(|s| s.ram.dirty_sync_count = n);
         self.ctl.progress.emit(MigrationEvent::Pass { count: n });
         Ok(())
@@ -464,6 +466,9 @@ impl Source {
         let mut meter = Meter::new(w.written());
         while dirty.take(BATCH, &mut batch) {
             self.check()?;
+            // A new `xbzrle-cache-size` (`migrate-set-parameters`).
+            let size = self.ctl.params().xbzrle_cache_size;
+            self.encoder.resize(size).map_err(|e| fail(&e))?;
             for &gpa in &batch {
                 self.mem
                     .read_slice(&mut page, GuestAddress(gpa))
@@ -475,6 +480,7 @@ impl Source {
                 {
                     PageSent::Zero => self.counts.duplicate += 1,
                     PageSent::Whole => self.counts.normal += 1,
+                    PageSent::Delta | PageSent::Unchanged => {}
                 }
             }
             let (c, written, remaining) = (self.counts, w.written(), dirty.count() * PAGE);
@@ -484,7 +490,9 @@ impl Source {
                 0
             };
             let rate = meter.tick(written, limit, &self.ctl)?;
+            let xbzrle = self.encoder.xbzrle_stats();
             p.update(|s| {
+                s.xbzrle = xbzrle;
                 s.ram.transferred = written;
                 s.ram.remaining = remaining;
                 s.ram.duplicate = c.duplicate;

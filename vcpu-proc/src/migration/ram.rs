@@ -1,14 +1,16 @@
 //! One RAM page in and out of the stream: [`PageEncoder::encode`] picks
 //! the record for a page the source sends, [`PageDecoder::decode`] applies
-//! a page record on the target. XBZRLE plugs in here: its page cache is a
-//! field of each, its delta one arm of each function.
+//! a page record on the target. With the `xbzrle` capability the encoder
+//! holds an [`XbzrleEncoder`] (`super::xbzrle`) every page goes through,
+//! and a page sent before may go as a delta against it.
 
 use std::io::Write;
 
-use ipc_proto::migration::MigrationParams;
+use ipc_proto::migration::{MigrationParams, XbzrleStats};
 use ipc_proto::migstream::{Record, StreamError, StreamWriter};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::xbzrle::{self, Encoded, XbzrleEncoder, XbzrleError};
 use crate::memory::GuestMemoryMmap;
 
 /// Why a page could not be applied.
@@ -24,18 +26,22 @@ pub enum RamError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    /// An XBZRLE page, which this build does not decode.
-    #[error("the stream holds an XBZRLE page ({gpa:#x}), which this vcpu-proc cannot decode")]
+    /// An XBZRLE delta that does not fit the page (the page is left as
+    /// it was).
+    #[error("bad XBZRLE delta for page {gpa:#x}")]
     Xbzrle {
         /// The page.
         gpa: u64,
+        /// What is wrong with it.
+        #[source]
+        source: XbzrleError,
     },
     /// Not a RAM record (caller bug).
     #[error("record '{0}' is not a RAM page")]
     NotAPage(&'static str),
-    /// The `xbzrle` capability, which this build cannot honour.
-    #[error("XBZRLE is not available in this vcpu-proc")]
-    XbzrleUnavailable,
+    /// The XBZRLE cache could not be made (`xbzrle-cache-size`).
+    #[error("cannot set up XBZRLE")]
+    XbzrleCache(#[source] XbzrleError),
 }
 
 /// How a page went out.
@@ -45,6 +51,11 @@ pub enum PageSent {
     Zero,
     /// Whole.
     Whole,
+    /// As an XBZRLE delta.
+    Delta,
+    /// Not at all: the target already holds these bytes (XBZRLE found
+    /// the page equal to the one sent last).
+    Unchanged,
 }
 
 /// A page of zeros to compare with.
@@ -58,20 +69,63 @@ pub fn is_zero(page: &[u8]) -> bool {
 
 /// The source's side of pages.
 #[derive(Debug)]
-pub struct PageEncoder {}
+pub struct PageEncoder {
+    /// The `xbzrle` capability's cache and counters, when it is on.
+    xbzrle: Option<XbzrleEncoder>,
+    /// XBZRLE's output: a delta, or the page as cached.
+    delta: Vec<u8>,
+}
 
 impl PageEncoder {
-    /// An encoder for a migration with `params` (refuses what it cannot
-    /// do rather than ignore it).
-    pub fn new(params: &MigrationParams) -> Result<Self, RamError> {
-        if params.xbzrle {
-            return Err(RamError::XbzrleUnavailable);
-        }
-        Ok(PageEncoder {})
+    /// An encoder for a migration with `params` of a guest with
+    /// `ram_size` bytes of RAM.
+    pub fn new(params: &MigrationParams, ram_size: u64) -> Result<Self, RamError> {
+        let xbzrle = if params.xbzrle {
+            Some(
+                XbzrleEncoder::new(params.xbzrle_cache_size, ram_size)
+                    .map_err(RamError::XbzrleCache)?,
+            )
+        } else {
+            None
+        };
+        Ok(PageEncoder {
+            xbzrle,
+            delta: Vec::new(),
+        })
     }
 
-    /// Writes the page at `gpa` (its bytes in `page`) as the record that
-    /// suits it.
+    /// Pass `n` begins (XBZRLE's cache generation).
+    pub fn begin_pass(&mut self, n: u64) {
+        if let Some(x) = self.xbzrle.as_mut() {
+            x.begin_pass(n);
+        }
+    }
+
+    /// The guest is stopped: the last pages go out, the cache is no
+    /// longer updated.
+    pub fn last_stage(&mut self) {
+        if let Some(x) = self.xbzrle.as_mut() {
+            x.last_stage();
+        }
+    }
+
+    /// `xbzrle-cache-size` is now `size` (a new, empty cache if it
+    /// changed, as QEMU's `xbzrle_cache_resize`).
+    pub fn resize(&mut self, size: u64) -> Result<(), RamError> {
+        match self.xbzrle.as_mut() {
+            Some(x) => x.resize(size).map_err(RamError::XbzrleCache),
+            None => Ok(()),
+        }
+    }
+
+    /// `query-migrate`'s `xbzrle-cache`, when the capability is on.
+    pub fn xbzrle_stats(&self) -> Option<XbzrleStats> {
+        self.xbzrle.as_ref().map(XbzrleEncoder::stats)
+    }
+
+    /// Writes the page at `gpa` (its bytes in `page`, read once) as the
+    /// record that suits it. With XBZRLE every page goes through its
+    /// cache, so the cache keeps what the target holds.
     pub fn encode<W: Write>(
         &mut self,
         w: &mut StreamWriter<W>,
@@ -80,10 +134,29 @@ impl PageEncoder {
     ) -> Result<PageSent, StreamError> {
         if is_zero(page) {
             w.zero_page(gpa)?;
-            Ok(PageSent::Zero)
-        } else {
+            if let Some(x) = self.xbzrle.as_mut() {
+                x.zero_page(gpa);
+            }
+            return Ok(PageSent::Zero);
+        }
+        let Some(x) = self.xbzrle.as_mut() else {
             w.page(gpa, page)?;
-            Ok(PageSent::Whole)
+            return Ok(PageSent::Whole);
+        };
+        match x.encode(gpa, page, &mut self.delta) {
+            Encoded::Unchanged => Ok(PageSent::Unchanged),
+            Encoded::Delta => {
+                let before = w.written();
+                w.xbzrle(gpa, &self.delta)?;
+                // The record's header (the delta itself is counted already).
+                x.add_bytes((w.written() - before).saturating_sub(self.delta.len() as u64));
+                Ok(PageSent::Delta)
+            }
+            // The copy the cache took, not a second read of guest RAM.
+            Encoded::Whole(_) => {
+                w.page(gpa, &self.delta)?;
+                Ok(PageSent::Whole)
+            }
         }
     }
 }
@@ -126,7 +199,23 @@ fn decode(mem: &GuestMemoryMmap, record: &Record, page: &mut [u8]) -> Result<Pag
                 .map_err(access(gpa))?;
             Ok(PageSent::Whole)
         }
-        Record::Xbzrle { gpa, .. } => Err(RamError::Xbzrle { gpa }),
+        Record::Xbzrle { gpa, len } => {
+            // The delta is checked whole before the page is written.
+            let mut target = [0u8; 4096];
+            mem.read_slice(&mut target, GuestAddress(gpa))
+                .map_err(access(gpa))?;
+            let delta = page.get(..len).ok_or(RamError::Xbzrle {
+                gpa,
+                source: XbzrleError::DeltaTooLong {
+                    len,
+                    page: page.len(),
+                },
+            })?;
+            xbzrle::apply(delta, &mut target).map_err(|source| RamError::Xbzrle { gpa, source })?;
+            mem.write_slice(&target, GuestAddress(gpa))
+                .map_err(access(gpa))?;
+            Ok(PageSent::Delta)
+        }
         Record::Pass { .. } | Record::EndOfRam | Record::DeviceState(_) | Record::End => {
             Err(RamError::NotAPage(record.name()))
         }
@@ -184,7 +273,10 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         assert!(matches!(
             d.decode(&m, &Record::Xbzrle { gpa: 0, len: 3 }, &mut buf),
-            Err(RamError::Xbzrle { gpa: 0 })
+            Err(RamError::Xbzrle {
+                gpa: 0,
+                source: XbzrleError::EmptyRun { at: 1 }
+            })
         ));
         assert!(matches!(
             d.decode(&m, &Record::EndOfRam, &mut buf),
@@ -206,7 +298,7 @@ mod tests {
             xbzrle: false,
             xbzrle_cache_size: 0,
         };
-        let mut e = PageEncoder::new(&p).unwrap();
+        let mut e = PageEncoder::new(&p, 1 << 20).unwrap();
         let layout = ipc_proto::migstream::Layout {
             page_size: 4096,
             regions: vec![ipc_proto::migstream::Region {
@@ -223,6 +315,10 @@ mod tests {
         page[4095] = 1;
         assert_eq!(e.encode(&mut w, 0x1000, &page).unwrap(), PageSent::Whole);
         assert_eq!(w.written() - start, 9 + 9 + 4096);
-        assert!(PageEncoder::new(&MigrationParams { xbzrle: true, ..p }).is_err());
+        // XBZRLE with a cache smaller than a page is refused.
+        assert!(matches!(
+            PageEncoder::new(&MigrationParams { xbzrle: true, ..p }, 1 << 20),
+            Err(RamError::XbzrleCache(XbzrleError::CacheTooSmall { .. }))
+        ));
     }
 }

@@ -511,12 +511,13 @@ fn an_incoming_migration_into_a_vm_that_ran_is_refused() {
 }
 
 #[test]
-fn a_migration_asking_for_xbzrle_is_refused_while_this_build_cannot_encode_it() {
+fn a_migration_asking_for_xbzrle_with_a_cache_below_a_page_is_refused_before_it_starts() {
     let src = side("timer", true);
     let (a, _b) = UnixStream::pair().unwrap();
     let (log, _) = log_fd();
     let mut p = params(300, 0);
     p.xbzrle = true;
+    p.xbzrle_cache_size = 100;
     let err = src
         .serve(
             MigrationRequest::Start {
@@ -529,7 +530,7 @@ fn a_migration_asking_for_xbzrle_is_refused_while_this_build_cannot_encode_it() 
         .unwrap_err();
     assert_eq!(
         err.desc,
-        "migration: XBZRLE is not available in this vcpu-proc"
+        "migration: cannot set up XBZRLE: XBZRLE cache of 100 bytes is smaller than a page (4096)"
     );
     assert_eq!(src.stats().status, MigrationStatus::None);
     assert_eq!(src.run_state(), RunState::Running);
@@ -628,3 +629,6 @@ fn a_migration_over_tcp_is_acknowledged_and_completes() {
     lock(&dst.c).handle(Input::Cont).unwrap();
     dst.wait_serial("VERDICT: PASS timer");
 }
+
+#[path = "xbzrle/live_tests.rs"]
+mod xbzrle_live;

@@ -1,8 +1,14 @@
 //! The migration commands: one file per concern. `capabilities.rs`
-//! `migrate-set-capabilities`; `devices_state.rs` `xen-save-devices-state`
-//! and `xen-load-devices-state`.
+//! `migrate-set-capabilities` / `query-migrate-capabilities`;
+//! `parameters.rs` `migrate-set-parameters` / `query-migrate-parameters`;
+//! `cache_size.rs` `migrate-set-cache-size` / `query-migrate-cache-size`;
+//! `colo.rs` `x-colo-lost-heartbeat`; `devices_state.rs`
+//! `xen-save-devices-state` and `xen-load-devices-state`.
 
+pub mod cache_size;
 pub mod capabilities;
+pub mod colo;
 pub mod devices_state;
+pub mod parameters;
 
 pub use capabilities::MigrateSetCapabilities;
