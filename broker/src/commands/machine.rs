@@ -130,6 +130,14 @@ impl Command for Cont {
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
         super::dump::refuse_while_dumping(ctx)?;
+        // QEMU: while an incoming migration runs, `cont` only asks for the
+        // guest to start once it completes; after a migration (or a
+        // device-state load) it takes the disks back first.
+        let m = ctx.machine;
+        if crate::machine::migration::incoming::cont_while_waiting(m) {
+            return Ok(Empty {});
+        }
+        crate::machine::migration::disks::activate(m)?;
         vcpu_done(ctx, VcpuRequest::Cont)
     }
 }

@@ -61,6 +61,7 @@ pub fn registry() -> Registry {
     r.register::<machine::QueryCpusFast>();
     r.register::<machine::Cpu>();
     r.register::<migration::MigrateSetCapabilities>();
+    migration::query::register(&mut r);
     r.register::<chardev::QueryChardev>();
     r.register::<introspection::QueryUuid>();
     r.register::<introspection::QueryTarget>();
