@@ -138,7 +138,9 @@ impl Command for Cont {
             return Ok(Empty {});
         }
         crate::machine::migration::disks::activate(m)?;
-        vcpu_done(ctx, VcpuRequest::Cont)
+        let r = vcpu_done(ctx, VcpuRequest::Cont)?;
+        crate::machine::migration::incoming::mark_done(m);
+        Ok(r)
     }
 }
 

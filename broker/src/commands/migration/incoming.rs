@@ -77,7 +77,8 @@ impl Command for MigrateIncoming {
 /// Whether the VM is in `inmigrate` (QEMU refuses `migrate-incoming`
 /// otherwise, e.g. after a device-state load and `cont`).
 fn waiting_for_incoming(m: &Machine) -> Result<bool> {
-    Ok(m.query_status()?.status == ipc_proto::vcpu::RunState::Inmigrate)
+    let state = m.query_status()?.status;
+    Ok(incoming::awaiting(m) || state == ipc_proto::vcpu::RunState::Inmigrate)
 }
 
 /// Errors of `-incoming URI` at start-up (QEMU prints

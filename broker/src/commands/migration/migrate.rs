@@ -9,6 +9,7 @@
 use ipc_proto::vcpu::RunState;
 use serde::Deserialize;
 
+use crate::machine::migration::incoming;
 use crate::machine::migration::outgoing::{self, Destination};
 use crate::machine::migration::uri::{self, MigrationUri};
 use crate::qmp::error::{QmpError, Result};
@@ -70,7 +71,13 @@ impl Command for Migrate {
         if outgoing::is_running(crate::machine::lock(&m.migration.out).status) {
             return Err(QmpError::generic(outgoing::IN_PROGRESS));
         }
-        match m.query_status()?.status {
+        let state = m.query_status()?.status;
+        if incoming::awaiting(m) {
+            return Err(QmpError::generic(
+                "Guest is waiting for an incoming migration",
+            ));
+        }
+        match state {
             RunState::Inmigrate => {
                 return Err(QmpError::generic(
                     "Guest is waiting for an incoming migration",
@@ -97,7 +104,10 @@ impl Command for Migrate {
             | RunState::Colo => {}
         }
         let dest = match parsed {
-            MigrationUri::Fd(name) => Destination::Connected(named_fd(ctx, &name)?),
+            MigrationUri::Fd(name) => {
+                let fd = ctx.session.take_named_fd(&name);
+                Destination::Named(name, fd)
+            }
             other @ (MigrationUri::Unix(_) | MigrationUri::Tcp { .. }) => {
                 Destination::Connect(other)
             }

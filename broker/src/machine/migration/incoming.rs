@@ -33,6 +33,9 @@ pub struct Incoming {
     pub exit_on_error: bool,
     /// `migrate-incoming` succeeded once (or `-incoming URI` listened).
     pub started: bool,
+    /// The VM no longer waits for its state: the incoming migration
+    /// completed, or `cont` started it after a device-state load.
+    pub done: bool,
 }
 
 impl Incoming {
@@ -45,6 +48,7 @@ impl Incoming {
             autostart,
             exit_on_error: true,
             started: false,
+            done: false,
         }
     }
 
@@ -167,6 +171,18 @@ pub fn fail_running(m: &Machine, why: &str) {
     }
 }
 
+/// Whether the VM still waits for an incoming migration (QEMU's
+/// `inmigrate`): started with `-incoming` and not yet loaded and started.
+pub fn awaiting(m: &Machine) -> bool {
+    m.config().incoming.is_some() && !lock(&m.migration.inc).done
+}
+
+/// The VM was started (`cont`) or its incoming migration completed: it
+/// waits no more.
+pub fn mark_done(m: &Machine) {
+    lock(&m.migration.inc).done = true;
+}
+
 /// `cont` while an incoming migration runs: QEMU's autostart (the reply
 /// is at once; the guest starts when the migration completes). False if
 /// none runs (then `cont` is an ordinary one).
@@ -225,6 +241,7 @@ fn take_over(m: &Arc<Machine>) {
     let autostart = {
         let mut i = lock(&m.migration.inc);
         i.socket_address.clear();
+        i.done = true;
         i.autostart
     };
     let start = match disks::activate(m) {

@@ -6,7 +6,7 @@
 //! thread flushes and releases the disks and sends `Switchover`; a
 //! migration that fails or is cancelled after that takes them back.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use ipc_proto::migration::{dirty_log_size, MigrationEvent, MigrationRequest, MigrationStatus};
@@ -37,6 +37,10 @@ pub struct Outgoing {
     /// switchover (a flush failed): the `cancelled` that follows is a
     /// failure with this reason.
     pub fail_reason: Option<String>,
+    /// A copy of the stream's socket: `migrate_cancel` shuts it down, so
+    /// a vcpu-proc blocked writing to a stalled peer notices at once
+    /// (QEMU's `qemu_file_shutdown` in `migrate_fd_cancel`).
+    pub stream: Option<OwnedFd>,
 }
 
 impl Default for Outgoing {
@@ -47,6 +51,7 @@ impl Default for Outgoing {
             id: 0,
             vcpu_has_it: false,
             fail_reason: None,
+            stream: None,
         }
     }
 }
@@ -69,8 +74,8 @@ pub fn is_running(s: MigrationStatus) -> bool {
 pub enum Destination {
     /// `unix:` / `tcp:`.
     Connect(MigrationUri),
-    /// `fd:` (taken from the session's `getfd` fds).
-    Connected(OwnedFd),
+    /// `fd:NAME` with the session's `getfd` fd of that name, if any.
+    Named(String, Option<OwnedFd>),
 }
 
 /// Sets the status and emits `MIGRATION` if it changed. Returns false if
@@ -86,6 +91,9 @@ fn set_status(m: &Machine, id: Option<u64>, status: MigrationStatus, error: Opti
         }
         let changed = o.status != status;
         o.status = status;
+        if !is_running(status) {
+            o.stream = None;
+        }
         changed
     };
     if changed {
@@ -109,6 +117,12 @@ pub fn start(m: &Machine, dest: Destination) -> Result<(), FlatError> {
         o.id
     };
     emit_status(m, MigrationStatus::Setup);
+    if let Destination::Named(name, None) = &dest {
+        // QEMU looks the fd up after `setup`: the migration failed.
+        let e = format!("File descriptor named '{name}' has not been found");
+        set_status(m, Some(id), MigrationStatus::Failed, Some(e.clone()));
+        return Err(FlatError::generic(e));
+    }
     let me = m
         .arc()
         .ok_or_else(|| FlatError::generic("the VM is shutting down"))?;
@@ -121,7 +135,8 @@ pub fn start(m: &Machine, dest: Destination) -> Result<(), FlatError> {
 
 fn connect_and_start(m: &Arc<Machine>, id: u64, dest: Destination) {
     let fd = match dest {
-        Destination::Connected(fd) => fd,
+        Destination::Named(_, Some(fd)) => fd,
+        Destination::Named(_, None) => return,
         Destination::Connect(uri) => match transport::connect(&uri) {
             Ok(fd) => fd,
             Err(e) => {
@@ -152,6 +167,7 @@ fn send_start(m: &Machine, id: u64, fd: &OwnedFd) -> Result<(), FlatError> {
             return Ok(());
         }
         o.vcpu_has_it = true;
+        o.stream = fd.try_clone().ok();
     }
     let req = VcpuRequest::Migration(MigrationRequest::Start {
         fd: FdSlot(0),
@@ -206,14 +222,14 @@ pub fn cancel(m: &Machine) -> Result<(), FlatError> {
     if let Err(e) = disks::activate(m) {
         tracing::warn!("migration cancelled: disks not activated: {}", e.desc);
     }
-    match m.vcpu_request(VcpuRequest::Migration(MigrationRequest::Cancel)) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            // It ended meanwhile (its status event says how).
-            tracing::info!("migrate_cancel: {}", e.desc);
-            Ok(())
-        }
+    if let Err(e) = m.vcpu_request(VcpuRequest::Migration(MigrationRequest::Cancel)) {
+        // It ended meanwhile (its status event says how).
+        tracing::info!("migrate_cancel: {}", e.desc);
     }
+    if let Some(s) = lock(&m.migration.out).stream.take() {
+        let _ = nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+    Ok(())
 }
 
 /// vcpu-proc reported `ev` for the outgoing migration.
