@@ -130,17 +130,15 @@ impl Command for Cont {
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
         super::dump::refuse_while_dumping(ctx)?;
-        // QEMU: while an incoming migration runs, `cont` only asks for the
-        // guest to start once it completes; after a migration (or a
-        // device-state load) it takes the disks back first.
+        // QEMU: in `inmigrate`, `cont` only turns autostart on (vcpu-proc's
+        // run state); otherwise a VM after a migration or a device-state
+        // load takes its disks back before it runs.
         let m = ctx.machine;
-        if crate::machine::migration::incoming::cont_while_waiting(m) {
-            return Ok(Empty {});
+        if m.query_status()?.status == ipc_proto::vcpu::RunState::Inmigrate {
+            return vcpu_done(ctx, VcpuRequest::Cont);
         }
         crate::machine::migration::disks::activate(m)?;
-        let r = vcpu_done(ctx, VcpuRequest::Cont)?;
-        crate::machine::migration::incoming::mark_done(m);
-        Ok(r)
+        vcpu_done(ctx, VcpuRequest::Cont)
     }
 }
 

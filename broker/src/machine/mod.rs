@@ -183,8 +183,7 @@ impl Machine {
         let no_vm = (config.machine == crate::cli::MachineType::None)
             .then(|| no_vm::NoVm::new(config.start_paused));
         let trace = trace_state::TraceState::new(&config.trace);
-        let migration =
-            migration::MigrationState::new(config.incoming.is_some(), !config.start_paused);
+        let migration = migration::MigrationState::new(config.incoming.is_some());
         let throttled_events = crate::qmp::event_throttle::EventThrottle::new(
             events.clone(),
             crate::qmp::event_throttle::PERIOD,
@@ -564,6 +563,7 @@ impl Machine {
                 self.report_status("paused");
             }
             VcpuEvent::Resumed => {
+                migration::on_resumed(self);
                 self.events.emit("RESUME", None);
                 self.report_status("running");
             }

@@ -1,9 +1,10 @@
 //! The target side of a live migration: `-incoming URI` at start-up or
 //! `migrate-incoming` after `-incoming defer` listen (status `setup`), a
 //! thread accepts the one connection and hands it to vcpu-proc, whose
-//! events drive the status. At `completed` the disks are activated (the
-//! image locks taken) and the VM resumed unless `-S` (QEMU's autostart;
-//! `cont` while waiting turns it on); a failed incoming migration ends
+//! events drive the status. At `completed` vcpu-proc has left `inmigrate`
+//! by QEMU's autostart (running unless `-S`; `cont`/`stop` while waiting
+//! change it, in vcpu-proc's run-state machine) and the disks are
+//! activated (the image locks taken); a failed incoming migration ends
 //! the broker with status 1 unless `exit-on-error` is false, as QEMU.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -27,8 +28,6 @@ pub struct Incoming {
     pub error: Option<String>,
     /// Where it listens (`query-migrate`'s `socket-address`).
     pub socket_address: Vec<Value>,
-    /// Resume the guest once loaded (not `-S`, or `cont` while waiting).
-    pub autostart: bool,
     /// End the broker when the incoming migration fails.
     pub exit_on_error: bool,
     /// `migrate-incoming` succeeded once (or `-incoming URI` listened).
@@ -40,12 +39,11 @@ pub struct Incoming {
 
 impl Incoming {
     /// The state before any incoming migration.
-    pub fn new(autostart: bool) -> Self {
+    pub fn new() -> Self {
         Incoming {
             status: MigrationStatus::None,
             error: None,
             socket_address: Vec::new(),
-            autostart,
             exit_on_error: true,
             started: false,
             done: false,
@@ -60,7 +58,7 @@ impl Incoming {
 
 impl Default for Incoming {
     fn default() -> Self {
-        Incoming::new(true)
+        Incoming::new()
     }
 }
 
@@ -183,18 +181,6 @@ pub fn mark_done(m: &Machine) {
     lock(&m.migration.inc).done = true;
 }
 
-/// `cont` while an incoming migration runs: QEMU's autostart (the reply
-/// is at once; the guest starts when the migration completes). False if
-/// none runs (then `cont` is an ordinary one).
-pub fn cont_while_waiting(m: &Machine) -> bool {
-    let mut i = lock(&m.migration.inc);
-    if i.started && i.is_running() {
-        i.autostart = true;
-        return true;
-    }
-    false
-}
-
 /// vcpu-proc reported `ev` for the incoming migration.
 pub fn on_event(m: &Machine, ev: MigrationEvent) {
     match ev {
@@ -204,7 +190,7 @@ pub fn on_event(m: &Machine, ev: MigrationEvent) {
         } => {
             set_status(m, MigrationStatus::Completed, None);
             let Some(me) = m.arc() else { return };
-            // Not on the link's reader thread: Cont needs its reply.
+            // Not on the link's reader thread: Stop needs its reply.
             if let Err(e) = std::thread::Builder::new()
                 .name("migrate-in-end".into())
                 .spawn(move || take_over(&me))
@@ -234,29 +220,20 @@ pub fn on_event(m: &Machine, ev: MigrationEvent) {
     }
 }
 
-/// RAM and state are loaded: take the disks and start the guest (QEMU's
+/// RAM and state are loaded and vcpu-proc has left `inmigrate` (running
+/// with autostart, else paused): take the disks (QEMU's
 /// `process_incoming_migration_bh`). If an image lock cannot be taken the
-/// guest stays paused (QEMU reports the error and does not start it).
+/// guest is stopped, as QEMU leaves it paused then.
 fn take_over(m: &Arc<Machine>) {
-    let autostart = {
+    {
         let mut i = lock(&m.migration.inc);
         i.socket_address.clear();
         i.done = true;
-        i.autostart
-    };
-    let start = match disks::activate(m) {
-        Ok(()) => autostart,
-        Err(e) => {
-            tracing::error!("migration: cannot activate the disks: {}", e.desc);
-            false
+    }
+    if let Err(e) = disks::activate(m) {
+        tracing::error!("migration: cannot activate the disks: {}", e.desc);
+        if let Err(e) = m.vcpu_request(VcpuRequest::Stop) {
+            tracing::error!("migration: the guest could not be stopped: {}", e.desc);
         }
-    };
-    let req = if start {
-        VcpuRequest::Cont
-    } else {
-        VcpuRequest::Stop
-    };
-    if let Err(e) = m.vcpu_request(req) {
-        tracing::error!("migration: the guest could not be started: {}", e.desc);
     }
 }

@@ -51,11 +51,11 @@ pub struct MigrationState {
 impl MigrationState {
     /// The state of a machine started with (`incoming`) or without
     /// `-incoming`.
-    pub fn new(incoming: bool, autostart: bool) -> Self {
+    pub fn new(incoming: bool) -> Self {
         MigrationState {
             settings: Default::default(),
             out: Default::default(),
-            inc: Mutex::new(incoming::Incoming::new(autostart)),
+            inc: Mutex::new(incoming::Incoming::new()),
             disks_inactive: AtomicBool::new(incoming),
         }
     }
@@ -87,6 +87,18 @@ pub fn on_event(m: &Machine, ev: MigrationEvent) {
         incoming::on_event(m, ev);
     } else {
         outgoing::on_event(m, ev);
+    }
+}
+
+/// The guest runs (vcpu-proc's `RESUME`): a running guest has active
+/// disks (QEMU's invariant), whatever started it — autostart after an
+/// incoming migration or a device-state load, a source resuming after a
+/// failed or cancelled migration, `cont` in `postmigrate`. Only fcntl
+/// locks: safe on the link's reader thread.
+pub fn on_resumed(m: &Machine) {
+    incoming::mark_done(m);
+    if let Err(e) = disks::activate(m) {
+        tracing::error!("the guest runs without its image locks: {}", e.desc);
     }
 }
 
