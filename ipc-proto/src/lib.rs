@@ -23,6 +23,8 @@
 //! - [`trace`]: trace points (declared once per process), their state and
 //!   the trace messages every channel carries.
 //! - [`vmstate`]: the versioned VM-state file (header, sections, CRC-32C).
+//! - [`migstream`]: the live-migration stream (RAM layout, pages, device
+//!   state) and its checked reader.
 //! - [`vcpu`], [`block`], [`net`]: one module per channel, each with its own
 //!   request, reply and event enums (one channel per capability).
 
@@ -39,6 +41,7 @@ pub mod frame;
 pub mod handshake;
 pub mod logging;
 pub mod migration;
+pub mod migstream;
 pub mod net;
 pub mod ratelimit;
 pub mod rocker;

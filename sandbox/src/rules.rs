@@ -115,6 +115,7 @@ pub const KVM_IOCTLS: &[u64] = &[
     0x8080aea1, // KVM_GET_DEBUGREGS
     0x4080aea2, // KVM_SET_DEBUGREGS
     0xaead,     // KVM_KVMCLOCK_CTRL
+    0x4010ae42, // KVM_GET_DIRTY_LOG: live migration's dirty pages per RAM slot
     0x4004ae8b, // KVM_SET_SIGNAL_MASK
     0xae9a,     // KVM_NMI
     0x4004ae86, // KVM_INTERRUPT

@@ -81,19 +81,35 @@ fn usize_of(v: u64) -> usize {
 
 /// Registers every region of `mem` with KVM, one slot per region.
 pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
+    set_slots(vm, mem, 0)
+}
+
+/// Turns KVM's dirty-page logging (`KVM_MEM_LOG_DIRTY_PAGES`) on or off
+/// on every RAM slot [`register_with_kvm`] made (slot `i` is region `i`).
+pub fn set_dirty_logging(vm: &VmFd, mem: &GuestMemoryMmap, on: bool) -> Result<()> {
+    let flags = if on {
+        kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+    } else {
+        0
+    };
+    set_slots(vm, mem, flags)
+}
+
+fn set_slots(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|_| MemoryError::BadSize(region.len()))?;
         let desc = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: 0,
+            flags,
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
         // SAFETY: the region is a live mapping owned by `mem`, which the VM
-        // keeps alive for as long as the VM fd exists, and slots do not overlap.
+        // keeps alive for as long as the VM fd exists, and slots do not
+        // overlap (a slot registered again only changes its flags).
         unsafe { vm.set_user_memory_region(desc) }.map_err(MemoryError::Register)?;
     }
     Ok(())

@@ -27,6 +27,20 @@ pub enum Input {
     DumpBegin,
     /// The dump ended: a VM the dump stopped (`save-vm`) runs again.
     DumpEnd,
+    /// An outgoing migration converged: the VM stops into
+    /// `finish-migrate` (from any state, as QEMU).
+    MigrateBegin,
+    /// The outgoing migration ended: `completed` → `postmigrate`;
+    /// otherwise a VM in `finish-migrate` goes back to the state it had
+    /// (running again if it ran).
+    MigrateEnd {
+        /// The target has the VM.
+        completed: bool,
+    },
+    /// An incoming migration loaded RAM and state: a VM that never ran
+    /// (`prelaunch`, `inmigrate`) is now `paused` (the broker sends `cont`
+    /// when it autostarts, as QEMU).
+    IncomingDone,
 }
 
 /// What to do about an input.
@@ -56,6 +70,8 @@ pub struct RunStateMachine {
     state: RunState,
     no_shutdown: bool,
     no_reboot: bool,
+    /// The state an outgoing migration stopped the VM from.
+    migrate_from: Option<RunState>,
 }
 
 impl RunStateMachine {
@@ -69,6 +85,7 @@ impl RunStateMachine {
             },
             no_shutdown,
             no_reboot,
+            migrate_from: None,
         }
     }
 
@@ -184,6 +201,32 @@ impl RunStateMachine {
                     out.run = true;
                 }
             }
+            Input::MigrateBegin => {
+                if self.state != RunState::FinishMigrate {
+                    self.migrate_from = Some(self.state);
+                    self.stop_into(RunState::FinishMigrate, &mut out);
+                }
+                out.run = false;
+            }
+            Input::MigrateEnd { completed } => {
+                if self.state == RunState::FinishMigrate {
+                    let from = self.migrate_from.take().unwrap_or(RunState::Paused);
+                    if completed {
+                        self.state = RunState::Postmigrate;
+                    } else if from == RunState::Running {
+                        self.state = RunState::Running;
+                        out.events.push(VcpuEvent::Resumed);
+                        out.run = true;
+                    } else {
+                        self.state = from;
+                    }
+                }
+            }
+            Input::IncomingDone => {
+                if matches!(self.state, RunState::Prelaunch | RunState::Inmigrate) {
+                    self.state = RunState::Paused;
+                }
+            }
         }
         Ok(out)
     }
@@ -206,6 +249,54 @@ mod tests {
         let o = s.step(Input::DumpEnd).unwrap();
         assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
         assert_eq!(s.state(), RunState::Running);
+    }
+
+    #[test]
+    fn a_converged_migration_stops_into_finish_migrate_then_postmigrate() {
+        let mut s = m();
+        let o = s.step(Input::MigrateBegin).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Stopped], false));
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        let o = s.step(Input::MigrateEnd { completed: true }).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Postmigrate);
+    }
+
+    #[test]
+    fn a_failed_migration_resumes_a_vm_that_ran_and_leaves_a_paused_one_paused() {
+        let mut s = m();
+        s.step(Input::MigrateBegin).unwrap();
+        let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
+        assert_eq!(s.state(), RunState::Running);
+
+        s.step(Input::Stop).unwrap();
+        let o = s.step(Input::MigrateBegin).unwrap();
+        assert!(o.events.is_empty());
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Paused);
+    }
+
+    #[test]
+    fn a_migration_that_fails_before_stopping_leaves_the_run_state_alone() {
+        let mut s = m();
+        let o = s.step(Input::MigrateEnd { completed: false }).unwrap();
+        assert!(o.events.is_empty() && o.run);
+        assert_eq!(s.state(), RunState::Running);
+    }
+
+    #[test]
+    fn an_incoming_migration_leaves_a_never_run_vm_paused() {
+        let mut s = RunStateMachine::new(true, false, false);
+        let o = s.step(Input::IncomingDone).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Paused);
+        assert_eq!(
+            s.step(Input::Cont).unwrap().events,
+            vec![VcpuEvent::Resumed]
+        );
     }
 
     #[test]

@@ -217,4 +217,4 @@ pub fn load(vm: &Vm, file: &[u8]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

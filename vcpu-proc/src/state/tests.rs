@@ -15,12 +15,13 @@ use crate::vm::FdTable;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Running {
-    vm: Vm,
+/// A test VM (also used by `migration::tests`).
+pub(crate) struct Running {
+    pub(crate) vm: Vm,
     /// A dup of the guest-RAM memfd.
-    ram: File,
-    serial: std::sync::mpsc::Receiver<u8>,
-    seen: Vec<u8>,
+    pub(crate) ram: File,
+    pub(crate) serial: std::sync::mpsc::Receiver<u8>,
+    pub(crate) seen: Vec<u8>,
 }
 
 fn start(guest: &str) -> Running {
@@ -34,7 +35,7 @@ fn start_smp(guest: &str, cpus: u8) -> Running {
 }
 
 /// A VM of `guest` whose vCPUs have not run yet.
-fn built(guest: &str, cpus: u8) -> Running {
+pub(crate) fn built(guest: &str, cpus: u8) -> Running {
     let kvm = File::options()
         .read(true)
         .write(true)

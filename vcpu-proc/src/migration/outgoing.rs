@@ -1,0 +1,505 @@
+//! The source of a live migration: pre-copy on a thread of its own.
+//!
+//! Setup turns dirty logging on (KVM on every RAM slot, the vhost-user log
+//! in the devices) and writes the stream header; pass 1 sends all RAM
+//! (zero pages as zero records), each later pass the pages dirtied during
+//! the previous one, within `max-bandwidth`. Once the dirty RAM left fits
+//! `downtime-limit` at the measured bandwidth, the VM stops
+//! (`finish-migrate`), the status goes to `device` and the broker is told
+//! ([`MigrationEvent::ReadyForSwitchover`]); on its
+//! [`MigrationRequest::Switchover`](ipc_proto::migration::MigrationRequest)
+//! the last dirty pages, the device state and the end go out, and the
+//! target's one-byte acknowledgement (on a socket) completes it: the VM
+//! stays stopped (`postmigrate`). A cancel or an error turns logging off
+//! and resumes a VM the migration stopped.
+
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ipc_proto::envelope::error_chain;
+use ipc_proto::migration::{dirty_log_size, MigrationEvent, MigrationParams, MigrationStatus};
+use ipc_proto::migstream::{Header, StreamWriter, ACK, FLAG_ACK};
+use ipc_proto::FlatError;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::dirty::{self, DirtyLog, DirtyPages, PAGE};
+use super::progress::{ms, Progress};
+use super::ram::{self, PageSent};
+use super::{lock, Shared};
+use crate::memory::GuestMemoryMmap;
+use crate::runstate::Input;
+use crate::virtio::dirty_log::VhostLog;
+
+/// Pages taken from the dirty set at a time (cancel and rate checks run
+/// between batches).
+const BATCH: usize = 64;
+/// QEMU's rate-limit window.
+const WINDOW: Duration = Duration::from_millis(100);
+/// Bytes the stream is buffered in.
+const BUFFER: usize = 1 << 20;
+
+/// Where the migration is, as the dispatcher steers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copying,
+    AwaitingSwitchover,
+    SwitchingOver,
+}
+
+/// The running outgoing migration, shared with the dispatcher.
+#[derive(Debug)]
+pub struct Control {
+    /// Its statistics.
+    pub progress: Arc<Progress>,
+    params: Mutex<MigrationParams>,
+    cancel: AtomicBool,
+    phase: Mutex<Phase>,
+    wake: Condvar,
+    /// A dup of the stream, shut down on cancel so blocked writes return.
+    stream: OwnedFd,
+}
+
+impl Control {
+    /// New parameters (`migrate-set-parameters` while it runs).
+    pub fn set_params(&self, p: MigrationParams) {
+        *self.params.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    fn params(&self) -> MigrationParams {
+        *self.params.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The broker released the disks: send the rest.
+    pub fn switchover(&self) -> Result<(), FlatError> {
+        let mut p = self.phase();
+        if *p != Phase::AwaitingSwitchover {
+            return Err(FlatError::generic(
+                "the migration is not waiting for the switchover",
+            ));
+        }
+        *p = Phase::SwitchingOver;
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// `migrate_cancel`: the thread stops at its next check; a write
+    /// blocked on the stream returns (the socket is shut down).
+    pub fn cancel(&self) {
+        if self.cancel.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.progress.set_status(MigrationStatus::Cancelling, None);
+        // ENOTSOCK for a pipe or file: the thread sees the flag after its
+        // current write.
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+            nix::sys::socket::Shutdown::Both,
+        );
+        let _p = self.phase();
+        self.wake.notify_all();
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`; true when cancelled meanwhile.
+    fn sleep(&self, d: Duration) -> bool {
+        let p = self.phase();
+        if self.cancelled() {
+            return true;
+        }
+        drop(
+            self.wake
+                .wait_timeout(p, d)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.cancelled()
+    }
+
+    /// From now on a switchover is accepted (before the broker is told).
+    fn accept_switchover(&self) {
+        *self.phase() = Phase::AwaitingSwitchover;
+    }
+
+    /// Waits for the switchover; false when cancelled.
+    fn await_switchover(&self) -> bool {
+        let mut p = self.phase();
+        while *p == Phase::AwaitingSwitchover && !self.cancelled() {
+            p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        !self.cancelled()
+    }
+}
+
+/// Why the thread stopped early.
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+fn fail(e: &dyn std::error::Error) -> Stop {
+    Stop::Failed(error_chain(e))
+}
+
+fn is_socket(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd.as_fd())
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .unwrap_or(false)
+}
+
+/// Sets TCP_NODELAY when `fd` is a TCP socket (the stream's last small
+/// write must not wait for a delayed ACK); other fds refuse it, harmlessly.
+fn no_delay(fd: &OwnedFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: a plain setsockopt on an fd this function borrows, with a
+    // pointer to a c_int that outlives the call and its exact size.
+    let _ = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Starts migrating the VM out over `stream`, with the vhost-user dirty
+/// log in the memfd `log`. Refuses (nothing started) when a device cannot
+/// log its writes.
+pub fn start(
+    controller: &Shared,
+    stream: OwnedFd,
+    log: OwnedFd,
+    params: MigrationParams,
+    progress: Arc<Progress>,
+) -> Result<Arc<Control>, FlatError> {
+    let c = lock(controller);
+    let vm = c.vm();
+    let layout = dirty::layout(&vm.mem);
+    let vhost = VhostLog::map(log, dirty_log_size(layout.total()))
+        .map(Arc::new)
+        .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
+    vm.devices
+        .start_dirty_log(&vhost)
+        .map_err(|e| FlatError::generic(format!("migration: {}", error_chain(&e))))?;
+    let undo = |e: String| {
+        if let Err(s) = vm.devices.stop_dirty_log() {
+            tracing::warn!("cannot stop the devices' dirty log: {}", error_chain(&s));
+        }
+        FlatError::generic(e)
+    };
+    let dup = stream
+        .try_clone()
+        .map_err(|e| undo(format!("migration: cannot duplicate the stream fd: {e}")))?;
+    no_delay(&stream);
+    let ctl = Arc::new(Control {
+        progress,
+        params: Mutex::new(params),
+        cancel: AtomicBool::new(false),
+        phase: Mutex::new(Phase::Copying),
+        wake: Condvar::new(),
+        stream: dup,
+    });
+    let ack = is_socket(&stream);
+    let file = File::from(stream);
+    let back = if ack {
+        Some(
+            file.try_clone()
+                .map_err(|e| undo(format!("migration: cannot duplicate the stream fd: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let source = Source {
+        ctl: ctl.clone(),
+        controller: controller.clone(),
+        vm: vm.fd.clone(),
+        mem: vm.mem.clone(),
+        vhost,
+        out: Some(file),
+        back,
+        counts: Counts::default(),
+    };
+    ctl.progress.set_status(MigrationStatus::Setup, None);
+    let spawned = std::thread::Builder::new()
+        .name("migration-out".into())
+        .spawn(move || source.run());
+    if let Err(e) = spawned {
+        let e = format!("migration: cannot start its thread: {e}");
+        ctl.progress
+            .set_status(MigrationStatus::Failed, Some(e.clone()));
+        return Err(undo(e));
+    }
+    Ok(ctl)
+}
+
+/// Pages sent so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    duplicate: u64,
+    normal: u64,
+}
+
+/// The migration thread's own state.
+struct Source {
+    ctl: Arc<Control>,
+    controller: Shared,
+    vm: Arc<kvm_ioctls::VmFd>,
+    mem: GuestMemoryMmap,
+    vhost: Arc<VhostLog>,
+    out: Option<File>,
+    back: Option<File>,
+    counts: Counts,
+}
+
+type Writer = StreamWriter<BufWriter<File>>;
+
+/// Bandwidth over QEMU's 100 ms windows, and the rate limit.
+struct Meter {
+    start: Instant,
+    at_start: u64,
+}
+
+impl Meter {
+    fn new(written: u64) -> Self {
+        Meter {
+            start: Instant::now(),
+            at_start: written,
+        }
+    }
+
+    /// Ends the window when it is over (or its byte budget is spent and
+    /// the rest of it slept off); returns the window's bytes per second.
+    fn tick(&mut self, written: u64, limit: u64, ctl: &Control) -> Result<Option<f64>, Stop> {
+        let sent = written - self.at_start;
+        let mut elapsed = self.start.elapsed();
+        let budget = limit / 10;
+        if elapsed < WINDOW && (limit == 0 || sent < budget) {
+            return Ok(None);
+        }
+        if elapsed < WINDOW {
+            if ctl.sleep(WINDOW - elapsed) {
+                return Err(Stop::Cancelled);
+            }
+            elapsed = self.start.elapsed();
+        }
+        let rate = sent as f64 / elapsed.as_secs_f64();
+        *self = Meter::new(written);
+        Ok(Some(rate))
+    }
+}
+
+impl Source {
+    fn run(mut self) {
+        let result = self.migrate();
+        self.finish(result);
+    }
+
+    fn check(&self) -> Result<(), Stop> {
+        if self.ctl.cancelled() {
+            Err(Stop::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An error, unless it came from a cancel.
+    fn err(&self, e: &dyn std::error::Error) -> Stop {
+        if self.ctl.cancelled() {
+            Stop::Cancelled
+        } else {
+            fail(e)
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), Stop> {
+        let p = self.ctl.progress.clone();
+        let layout = dirty::layout(&self.mem);
+        let mut log = DirtyLog::start(self.vm.clone(), self.mem.clone(), self.vhost.clone())
+            .map_err(|e| fail(&e))?;
+        let header = Header {
+            flags: if self.back.is_some() { FLAG_ACK } else { 0 },
+            layout: layout.clone(),
+        };
+        let file = self
+            .out
+            .take()
+            .ok_or_else(|| Stop::Failed("the stream is gone".into()))?;
+        let mut w = StreamWriter::start(BufWriter::with_capacity(BUFFER, file), &header)
+            .map_err(|e| self.err(&e))?;
+        let setup_ms = p.elapsed_ms();
+        p.update(|s| s.setup_time_ms = setup_ms);
+        p.set_status(MigrationStatus::Active, None);
+
+        // Pass 1: everything.
+        let mut dirty = DirtyPages::all(&layout);
+        let mut passes = 1u64;
+        self.pass(&mut w, passes)?;
+        let mut bandwidth: Option<f64> = None;
+        let mut last_sync = Instant::now();
+        loop {
+            let (t0, b0) = (Instant::now(), w.written());
+            self.send(&mut w, &mut dirty, true)?;
+            let new = log.sync(&mut dirty).map_err(|e| fail(&e))?;
+            let now = Instant::now();
+            let pass_secs = now.duration_since(t0).as_secs_f64();
+            if w.written() > b0 && pass_secs > 0.0 {
+                bandwidth = Some((w.written() - b0) as f64 / pass_secs);
+            }
+            let rate = new as f64 / now.duration_since(last_sync).as_secs_f64().max(1e-6);
+            last_sync = now;
+            let remaining = dirty.count() * PAGE;
+            let limit_ms = self.ctl.params().downtime_limit_ms;
+            let expected_ms = bandwidth.map(|bw| (remaining as f64 * 1000.0 / bw) as u64);
+            // QEMU's test: nothing left, or less than the bandwidth moves
+            // within the downtime limit (strictly: a limit of 0 waits for
+            // a clean pass).
+            let fits =
+                bandwidth.is_some_and(|bw| (remaining as f64) < bw * limit_ms as f64 / 1000.0);
+            p.update(|s| {
+                s.ram.remaining = remaining;
+                s.ram.dirty_pages_rate = rate as u64;
+                s.expected_downtime_ms = expected_ms;
+            });
+            self.check()?;
+            if remaining == 0 || fits {
+                break;
+            }
+            passes += 1;
+            self.pass(&mut w, passes)?;
+        }
+
+        // Converged: stop the guest and wait for the broker's disks.
+        let stopped = Instant::now();
+        lock(&self.controller)
+            .handle(Input::MigrateBegin)
+            .map_err(|e| fail(&e))?;
+        p.set_status(MigrationStatus::Device, None);
+        self.ctl.accept_switchover();
+        p.emit(MigrationEvent::ReadyForSwitchover);
+        if !self.ctl.await_switchover() {
+            return Err(Stop::Cancelled);
+        }
+        log.sync(&mut dirty).map_err(|e| fail(&e))?;
+        log.stop().map_err(|e| fail(&e))?;
+        self.send(&mut w, &mut dirty, false)?;
+        w.end_of_ram().map_err(|e| self.err(&e))?;
+        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
+        w.device_state(&state).map_err(|e| self.err(&e))?;
+        w.end().map_err(|e| self.err(&e))?;
+        let transferred = w.written();
+        p.update(|s| s.ram.transferred = transferred);
+        self.wait_ack()?;
+        let downtime = ms(stopped.elapsed());
+        p.update(|s| {
+            s.downtime_ms = Some(downtime);
+            s.ram.remaining = 0;
+        });
+        Ok(())
+    }
+
+    /// Marks the start of pass `n` in the stream and in the statistics.
+    fn pass(&self, w: &mut Writer, n: u64) -> Result<(), Stop> {
+        w.pass(n).map_err(|e| self.err(&e))?;
+        self.ctl.progress.update(|s| s.ram.dirty_sync_count = n);
+        self.ctl.progress.emit(MigrationEvent::Pass { count: n });
+        Ok(())
+    }
+
+    /// Sends every page of `dirty`, rate-limited when `limited`.
+    fn send(&mut self, w: &mut Writer, dirty: &mut DirtyPages, limited: bool) -> Result<(), Stop> {
+        let p = self.ctl.progress.clone();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut page = vec![0u8; PAGE as usize];
+        let mut meter = Meter::new(w.written());
+        while dirty.take(BATCH, &mut batch) {
+            self.check()?;
+            for &gpa in &batch {
+                self.mem
+                    .read_slice(&mut page, GuestAddress(gpa))
+                    .map_err(|e| fail(&e))?;
+                match ram::encode_page(w, gpa, &page).map_err(|e| self.err(&e))? {
+                    PageSent::Zero => self.counts.duplicate += 1,
+                    PageSent::Whole => self.counts.normal += 1,
+                }
+            }
+            let (c, written, remaining) = (self.counts, w.written(), dirty.count() * PAGE);
+            let limit = if limited {
+                self.ctl.params().max_bandwidth
+            } else {
+                0
+            };
+            let rate = meter.tick(written, limit, &self.ctl)?;
+            p.update(|s| {
+                s.ram.transferred = written;
+                s.ram.remaining = remaining;
+                s.ram.duplicate = c.duplicate;
+                s.ram.normal = c.normal;
+                s.ram.normal_bytes = c.normal * PAGE;
+                if let Some(r) = rate {
+                    s.ram.mbps = r * 8.0 / 1e6;
+                }
+            });
+        }
+        // The pass leaves the buffer (and the target sees progress).
+        w.flush().map_err(|e| self.err(&e))
+    }
+
+    /// Waits for the target's acknowledgement (sockets only).
+    fn wait_ack(&mut self) -> Result<(), Stop> {
+        let Some(back) = self.back.as_mut() else {
+            return Ok(());
+        };
+        let mut b = [0u8; 1];
+        match back.read(&mut b) {
+            Ok(1) if b[0] == ACK => Ok(()),
+            Ok(1) => Err(Stop::Failed(format!(
+                "the target answered {:#04x} instead of its acknowledgement",
+                b[0]
+            ))),
+            Ok(_) => Err(if self.ctl.cancelled() {
+                Stop::Cancelled
+            } else {
+                Stop::Failed("the target closed the connection before loading the VM".into())
+            }),
+            Err(e) => Err(self.err(&e)),
+        }
+    }
+
+    /// Dirty logging off, the status, the run state.
+    fn finish(self, result: Result<(), Stop>) {
+        let p = &self.ctl.progress;
+        let mut c = lock(&self.controller);
+        if let Err(e) = c.vm().devices.stop_dirty_log() {
+            tracing::warn!("cannot stop the devices' dirty log: {}", error_chain(&e));
+        }
+        let completed = match result {
+            Ok(()) => {
+                p.set_status(MigrationStatus::Completed, None);
+                true
+            }
+            Err(Stop::Cancelled) => {
+                p.set_status(MigrationStatus::Cancelled, None);
+                false
+            }
+            Err(Stop::Failed(e)) => {
+                tracing::warn!("outgoing migration failed: {e}");
+                p.set_status(MigrationStatus::Failed, Some(e));
+                false
+            }
+        };
+        if let Err(e) = c.handle(Input::MigrateEnd { completed }) {
+            tracing::warn!("cannot end the migration's run state: {e}");
+        }
+    }
+}
