@@ -183,7 +183,8 @@ impl Machine {
         let no_vm = (config.machine == crate::cli::MachineType::None)
             .then(|| no_vm::NoVm::new(config.start_paused));
         let trace = trace_state::TraceState::new(&config.trace);
-        let migration = migration::MigrationState::new(config.incoming.is_some());
+        let migration =
+            migration::MigrationState::new(config.incoming.is_some(), !config.start_paused);
         let throttled_events = crate::qmp::event_throttle::EventThrottle::new(
             events.clone(),
             crate::qmp::event_throttle::PERIOD,

@@ -1,17 +1,17 @@
 //! The target side of a live migration: `-incoming URI` at start-up or
 //! `migrate-incoming` after `-incoming defer` listen (status `setup`), a
 //! thread accepts the one connection and hands it to vcpu-proc, whose
-//! events drive the status. At `completed` vcpu-proc has left `inmigrate`
-//! by QEMU's autostart (running unless `-S`; `cont`/`stop` while waiting
-//! change it, in vcpu-proc's run-state machine) and the disks are
-//! activated (the image locks taken); a failed incoming migration ends
-//! the broker with status 1 unless `exit-on-error` is false, as QEMU.
+//! events drive the status. At `completed` the disks are activated (the
+//! image locks taken) and the guest runs unless `-S` (QEMU's autostart;
+//! `cont`/`stop` while the migration runs set or clear it); a failed
+//! incoming migration ends the broker with status 1 unless
+//! `exit-on-error` is false, as QEMU.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use ipc_proto::migration::{MigrationEvent, MigrationRequest, MigrationStatus};
-use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::{FdSlot, RunState, VcpuReply, VcpuRequest};
 use ipc_proto::FlatError;
 use serde_json::Value;
 
@@ -32,6 +32,9 @@ pub struct Incoming {
     pub exit_on_error: bool,
     /// `migrate-incoming` succeeded once (or `-incoming URI` listened).
     pub started: bool,
+    /// QEMU's autostart: run the guest once it is loaded (no `-S`; `cont`
+    /// and `stop` while the migration runs set and clear it).
+    pub autostart: bool,
     /// The VM no longer waits for its state: the incoming migration
     /// completed, or `cont` started it after a device-state load.
     pub done: bool,
@@ -39,11 +42,12 @@ pub struct Incoming {
 
 impl Incoming {
     /// The state before any incoming migration.
-    pub fn new() -> Self {
+    pub fn new(autostart: bool) -> Self {
         Incoming {
             status: MigrationStatus::None,
             error: None,
             socket_address: Vec::new(),
+            autostart,
             exit_on_error: true,
             started: false,
             done: false,
@@ -58,7 +62,7 @@ impl Incoming {
 
 impl Default for Incoming {
     fn default() -> Self {
-        Incoming::new()
+        Incoming::new(true)
     }
 }
 
@@ -181,6 +185,19 @@ pub fn mark_done(m: &Machine) {
     lock(&m.migration.inc).done = true;
 }
 
+/// `cont` (`run`) or `stop` while an incoming migration runs: QEMU only
+/// sets or clears autostart (the reply is at once; the guest starts, or
+/// not, when the migration completes). False if none runs: then the
+/// command is an ordinary one.
+pub fn set_autostart_while_running(m: &Machine, run: bool) -> bool {
+    let mut i = lock(&m.migration.inc);
+    if i.started && i.is_running() {
+        i.autostart = run;
+        return true;
+    }
+    false
+}
+
 /// vcpu-proc reported `ev` for the incoming migration.
 pub fn on_event(m: &Machine, ev: MigrationEvent) {
     match ev {
@@ -220,20 +237,42 @@ pub fn on_event(m: &Machine, ev: MigrationEvent) {
     }
 }
 
-/// RAM and state are loaded and vcpu-proc has left `inmigrate` (running
-/// with autostart, else paused): take the disks (QEMU's
-/// `process_incoming_migration_bh`). If an image lock cannot be taken the
-/// guest is stopped, as QEMU leaves it paused then.
+/// RAM and state are loaded and vcpu-proc has left `inmigrate`: take the
+/// disks (QEMU's `process_incoming_migration_bh`), then bring the run
+/// state to what autostart says (vcpu-proc leaves the VM paused, or runs
+/// it by its own autostart; `cont`/`stop` during the migration were the
+/// broker's). If an image lock cannot be taken the guest stays paused, as
+/// QEMU leaves it.
 fn take_over(m: &Arc<Machine>) {
-    {
+    let autostart = {
         let mut i = lock(&m.migration.inc);
         i.socket_address.clear();
         i.done = true;
-    }
-    if let Err(e) = disks::activate(m) {
-        tracing::error!("migration: cannot activate the disks: {}", e.desc);
-        if let Err(e) = m.vcpu_request(VcpuRequest::Stop) {
-            tracing::error!("migration: the guest could not be stopped: {}", e.desc);
+        i.autostart
+    };
+    let run = match disks::activate(m) {
+        Ok(()) => autostart,
+        Err(e) => {
+            tracing::error!("migration: cannot activate the disks: {}", e.desc);
+            false
         }
+    };
+    let state = match m.query_status() {
+        Ok(s) => s.status,
+        Err(e) => {
+            tracing::error!("migration: no run state after loading: {}", e.desc);
+            return;
+        }
+    };
+    let req = match (run, state) {
+        (true, RunState::Paused) => VcpuRequest::Cont,
+        (false, RunState::Running) => VcpuRequest::Stop,
+        _ => return,
+    };
+    if let Err(e) = m.vcpu_request(req) {
+        tracing::error!(
+            "migration: the guest's run state stays {state:?}: {}",
+            e.desc
+        );
     }
 }

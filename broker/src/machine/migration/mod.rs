@@ -50,12 +50,12 @@ pub struct MigrationState {
 
 impl MigrationState {
     /// The state of a machine started with (`incoming`) or without
-    /// `-incoming`.
-    pub fn new(incoming: bool) -> Self {
+    /// `-incoming`, and with (`autostart`) or without `-S`.
+    pub fn new(incoming: bool, autostart: bool) -> Self {
         MigrationState {
             settings: Default::default(),
             out: Default::default(),
-            inc: Mutex::new(incoming::Incoming::new()),
+            inc: Mutex::new(incoming::Incoming::new(autostart)),
             disks_inactive: AtomicBool::new(incoming),
         }
     }
