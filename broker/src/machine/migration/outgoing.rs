@@ -265,6 +265,7 @@ pub fn on_event(m: &Machine, ev: MigrationEvent) {
 }
 
 fn on_status(m: &Machine, status: MigrationStatus, error: Option<String>) {
+    tracing::debug!("migration: vcpu-proc reports {status:?}");
     let (status, error) = match status {
         MigrationStatus::Cancelled => match lock(&m.migration.out).fail_reason.take() {
             Some(why) => (MigrationStatus::Failed, Some(why)),
@@ -301,6 +302,7 @@ fn on_status(m: &Machine, status: MigrationStatus, error: Option<String>) {
 /// The guest is stopped and RAM converged: flush and release the disks,
 /// then let vcpu-proc send the rest; on a flush error, fail the migration.
 fn switchover(m: &Arc<Machine>) {
+    tracing::debug!("migration: switchover: disks");
     if lock(&m.migration.out).status != MigrationStatus::Device {
         // Cancelled meanwhile: `cancel` sent Cancel.
         return;
@@ -316,6 +318,7 @@ fn switchover(m: &Arc<Machine>) {
             MigrationRequest::Cancel
         }
     };
+    tracing::debug!("migration: switchover: {req:?}");
     if let Err(e) = m.vcpu_request(VcpuRequest::Migration(req)) {
         tracing::warn!("migration: switchover: {}", e.desc);
         fail_running(m, &e.desc);

@@ -4,7 +4,7 @@
 //! QEMU's (`socket_connect`, `socket_listen`).
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use serde_json::{json, Value};
@@ -167,26 +167,17 @@ impl Listening {
         }
     }
 
-    /// Removes a Unix socket's path (after its connection came, or when
-    /// the broker ends).
+    /// Removes a Unix socket's path once its one connection came (no
+    /// second peer can connect to a socket nobody accepts on).
     pub fn remove_path(&self) {
         if let Listening::Unix(l) = self {
-            if let Some(p) = l
+            let path = l
                 .local_addr()
                 .ok()
-                .and_then(|a| a.as_pathname().map(Into::into))
-            {
-                let _: std::path::PathBuf = p;
+                .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
+            if let Some(p) = path {
                 let _ = std::fs::remove_file(p);
             }
-        }
-    }
-
-    /// The raw fd (for logs).
-    pub fn raw(&self) -> i32 {
-        match self {
-            Listening::Unix(l) => l.as_raw_fd(),
-            Listening::Tcp(l) => l.as_raw_fd(),
         }
     }
 }
