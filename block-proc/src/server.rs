@@ -290,6 +290,21 @@ impl Server {
                     .map_err(|e| FlatError::generic(e.to_string()))?;
                 Ok(BlockReply::Done)
             }
+            BlockRequest::FlushAll => {
+                for node in self.graph.all() {
+                    // Wait for the requests in flight, then flush (a flush
+                    // inside the drain would wait for the drain itself).
+                    drop(node.hooks.drain());
+                    node.flush().map_err(|e| {
+                        FlatError::generic(format!(
+                            "Failed to flush node '{}': {}",
+                            node.name,
+                            crate::block::graph::strerror(&e)
+                        ))
+                    })?;
+                }
+                Ok(BlockReply::Done)
+            }
             BlockRequest::Snapshot(r) => {
                 crate::snapshots::handle(&self.graph, r).map(BlockReply::Snapshot)
             }

@@ -65,6 +65,9 @@ pub enum MainError {
     /// `-trace file=` cannot be opened (QEMU's message).
     #[error("bulkhead")]
     Trace(#[from] crate::machine::trace_state::TraceStateError),
+    /// `-incoming URI` cannot listen (QEMU's message).
+    #[error("bulkhead")]
+    Incoming(#[from] commands::migration::incoming::StartupError),
 }
 
 impl MainError {
@@ -81,6 +84,7 @@ impl MainError {
             MainError::Systemd(_) => 6,
             MainError::AddFd(_) => 1,
             MainError::Trace(_) => 1,
+            MainError::Incoming(_) => 1,
             MainError::Chardev(_) => 1,
             MainError::Privileges(_) => 7,
         }
@@ -173,6 +177,8 @@ pub fn run(args: &[String]) -> Result<u8, MainError> {
         }
     };
     let started = start_workers(&machine).and_then(|serial| {
+        // `-incoming URI` listens once the VM exists, as QEMU.
+        commands::migration::incoming::listen_at_startup(&machine)?;
         crate::privileges::drop_unneeded()
             .map(|()| serial)
             .map_err(MainError::Privileges)

@@ -585,6 +585,10 @@ pub enum BlockRequest {
     },
     /// qcow2 internal snapshots (`blockdev-snapshot-*-internal-sync`).
     Snapshot(crate::snapshots::SnapshotRequest),
+    /// Drain and flush every node (a migration's switchover, before the
+    /// broker releases the image locks: QEMU's `bdrv_inactivate_all`
+    /// flushes first). Replies Done, or the first node's error.
+    FlushAll,
 }
 
 /// Replies of block-proc to [`BlockRequest`]s (errors travel as the

@@ -115,6 +115,10 @@ impl Command for Stop {
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
         super::dump::refuse_while_dumping(ctx)?;
+        // QEMU: during an incoming migration, `stop` clears autostart.
+        if crate::machine::migration::incoming::set_autostart_while_running(ctx.machine, false) {
+            return Ok(Empty {});
+        }
         vcpu_done(ctx, VcpuRequest::Stop)
     }
 }
@@ -130,6 +134,18 @@ impl Command for Cont {
 
     fn run(_: Empty, ctx: &Ctx<'_>) -> Result<Empty> {
         super::dump::refuse_while_dumping(ctx)?;
+        // QEMU: in `inmigrate`, `cont` only turns autostart on (the
+        // broker's during an incoming migration, else vcpu-proc's run
+        // state's); otherwise a VM after a migration or a device-state
+        // load takes its disks back before it runs.
+        let m = ctx.machine;
+        if crate::machine::migration::incoming::set_autostart_while_running(m, true) {
+            return Ok(Empty {});
+        }
+        if m.query_status()?.status == ipc_proto::vcpu::RunState::Inmigrate {
+            return vcpu_done(ctx, VcpuRequest::Cont);
+        }
+        crate::machine::migration::disks::activate(m)?;
         vcpu_done(ctx, VcpuRequest::Cont)
     }
 }

@@ -67,6 +67,7 @@ pub fn registry() -> Registry {
     r.register::<migration::cache_size::MigrateSetCacheSize>();
     r.register::<migration::cache_size::QueryMigrateCacheSize>();
     r.register::<migration::colo::XColoLostHeartbeat>();
+    migration::query::register(&mut r);
     r.register::<chardev::QueryChardev>();
     r.register::<introspection::QueryUuid>();
     r.register::<introspection::QueryTarget>();

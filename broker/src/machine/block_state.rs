@@ -275,6 +275,30 @@ impl BlockState {
         self.is_top_level(name) && !self.nodes.iter().any(|r| refers_to(&r.options, name))
     }
 
+    /// Every image file the broker holds, each with the locks an active
+    /// node takes on it (`None`: `locking=off`), for migration's
+    /// inactivation and activation: user-named files by their options,
+    /// backing files as backing users. The fds are copies sharing the open
+    /// file descriptions, which the locks belong to.
+    pub(crate) fn image_locks(&self) -> Vec<(String, OwnedFd, Option<super::images::lock::Perms>)> {
+        let mut out = Vec::new();
+        for r in &self.nodes {
+            let uses = super::images::tree::file_uses(&r.options).unwrap_or_default();
+            let locking = uses.iter().any(|u| u.locks.is_some());
+            for (name, fd) in &r.files {
+                let perms = match uses.iter().find(|u| u.filename == *name) {
+                    Some(u) => u.locks,
+                    None => locking.then_some(super::images::lock::Perms::BACKING),
+                };
+                match fd.try_clone() {
+                    Ok(fd) => out.push((name.clone(), fd, perms)),
+                    Err(e) => tracing::warn!("image '{name}': cannot copy its fd: {e}"),
+                }
+            }
+        }
+        out
+    }
+
     /// The top-level records, in creation order.
     pub fn nodes(&self) -> &[NodeRecord] {
         &self.nodes
@@ -467,6 +491,7 @@ fn add_checked_node(m: &Machine, options: BlockdevOptions, own: bool) -> Result<
         identity: identity(m)?,
         dirs,
         existing: &existing,
+        inactive: m.migration.disks_inactive(),
     };
     let tree = opener.open_tree(&options).map_err(|e| AddError {
         error: FlatError::generic(e.to_string()),
@@ -641,6 +666,7 @@ impl ExportRecord {
             | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
             | BlockRequest::Snapshot(_)
+            | BlockRequest::FlushAll
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
             | BlockRequest::ChangeChild { .. }

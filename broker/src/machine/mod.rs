@@ -163,7 +163,6 @@ pub struct Machine {
     /// `dump-guest-memory`'s state (`query-dump`).
     pub(crate) dump: dump::DumpTracker,
     /// Migration parameters, capabilities and the running migration.
-    #[allow(dead_code)] // read by the migration commands (issue 12), being built
     pub(crate) migration: migration::MigrationState,
     /// QEMU's rate limit of chatty events (the QUORUM_* events).
     pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
@@ -184,6 +183,8 @@ impl Machine {
         let no_vm = (config.machine == crate::cli::MachineType::None)
             .then(|| no_vm::NoVm::new(config.start_paused));
         let trace = trace_state::TraceState::new(&config.trace);
+        let migration =
+            migration::MigrationState::new(config.incoming.is_some(), !config.start_paused);
         let throttled_events = crate::qmp::event_throttle::EventThrottle::new(
             events.clone(),
             crate::qmp::event_throttle::PERIOD,
@@ -218,7 +219,7 @@ impl Machine {
             stats: Mutex::new(stats_carry::StatsCarry::default()),
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
-            migration: migration::MigrationState::default(),
+            migration,
             throttled_events,
         });
         let _ = m.me.set(Arc::downgrade(&m));
@@ -428,6 +429,7 @@ impl Machine {
             | BlockRequest::ResizeNode { .. }
             | BlockRequest::Bitmap(_)
             | BlockRequest::Snapshot(_)
+            | BlockRequest::FlushAll
             | BlockRequest::AddScsiExport(_)
             | BlockRequest::ScsiMedium { .. }
             | BlockRequest::ChangeChild { .. }
@@ -523,6 +525,7 @@ impl Machine {
 
     pub(crate) fn mark_vcpu_crashed(&self) {
         self.vcpu_crashed.store(true, Ordering::SeqCst);
+        migration::on_vcpu_died(self);
         self.report_status("guest crashed (vCPU worker died)");
     }
 
@@ -561,6 +564,7 @@ impl Machine {
                 self.report_status("paused");
             }
             VcpuEvent::Resumed => {
+                migration::on_resumed(self);
                 self.events.emit("RESUME", None);
                 self.report_status("running");
             }

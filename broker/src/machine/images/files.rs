@@ -81,6 +81,10 @@ pub struct Opener<'a> {
     pub dirs: ImageDirs,
     /// Existing file nodes referenced by name.
     pub existing: &'a HashMap<String, ExistingFile>,
+    /// Open without taking image locks (QEMU's inactive nodes: a
+    /// migration target before it takes over, a source after the
+    /// switchover); [`crate::machine::migration::disks`] takes them later.
+    pub inactive: bool,
 }
 
 impl Opener<'_> {
@@ -105,7 +109,7 @@ impl Opener<'_> {
                 Purpose::Named,
                 self.identity,
             )?;
-            if let Some(p) = u.locks {
+            if let Some(p) = u.locks.filter(|_| !self.inactive) {
                 lock::lock_image(f.fd.as_fd(), p).map_err(|error| FilesError::Locked {
                     error,
                     filename: u.filename.clone(),
@@ -171,7 +175,7 @@ impl Opener<'_> {
         self.dirs
             .check(f.real_path.as_deref())
             .map_err(|e| refuse(format!("Could not open '{name}': {e}")))?;
-        if locking {
+        if locking && !self.inactive {
             lock::lock_image(f.fd.as_fd(), Perms::BACKING).map_err(|e| e.to_string())?;
         }
         Ok((f.fd, f.dev_ino))
