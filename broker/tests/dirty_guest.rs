@@ -13,7 +13,7 @@ mod disk_common;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::{Bulkhead, TempDir};
@@ -37,14 +37,24 @@ impl Drop for Vm {
             let _ = q.kill();
             let _ = q.wait();
         }
+        let _ = std::fs::remove_file(&self.ram);
     }
+}
+
+/// Where guest RAM files go: tmpfs if there is one (a file on disk would
+/// be written back all the time), else `dir`.
+fn ram_path(dir: &TempDir) -> PathBuf {
+    let name = dir.0.file_name().unwrap().to_string_lossy().into_owned();
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() { shm } else { dir.0.as_path() };
+    base.join(format!("{name}-dirty-ram"))
 }
 
 impl Vm {
     /// Starts the guest with `append` as its command line, RAM in a file.
     fn start(qemu: bool, append: &str) -> Self {
         let dir = TempDir::new();
-        let ram = dir.0.join("ram");
+        let ram = ram_path(&dir);
         let log = SerialLog(dir.0.join("serial.log"));
         let object = format!(
             "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
