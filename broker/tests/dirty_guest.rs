@@ -11,131 +11,11 @@ mod common;
 mod dirty_common;
 mod disk_common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use common::{Bulkhead, TempDir};
-use dirty_common::{area, page_gen, verdict, wait_gen, PAGE};
-use disk_common::{guest, wait_exit_within, SerialLog, GUEST_TIMEOUT};
-
-const RAM: &str = "64M";
-
-/// A running `dirty` guest: bulkhead or QEMU, its RAM file and serial log.
-struct Vm {
-    bulkhead: Option<Bulkhead>,
-    qemu: Option<Child>,
-    log: SerialLog,
-    ram: PathBuf,
-    _dir: TempDir,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(mut q) = self.qemu.take() {
-            let _ = q.kill();
-            let _ = q.wait();
-        }
-        let _ = std::fs::remove_file(&self.ram);
-    }
-}
-
-/// Where guest RAM files go: tmpfs if there is one (a file on disk would
-/// be written back all the time), else `dir`.
-fn ram_path(dir: &TempDir) -> PathBuf {
-    let name = dir.0.file_name().unwrap().to_string_lossy().into_owned();
-    let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm } else { dir.0.as_path() };
-    base.join(format!("{name}-dirty-ram"))
-}
-
-impl Vm {
-    /// Starts the guest with `append` as its command line, RAM in a file.
-    fn start(qemu: bool, append: &str) -> Self {
-        let dir = TempDir::new();
-        let ram = ram_path(&dir);
-        let log = SerialLog(dir.0.join("serial.log"));
-        let object = format!(
-            "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
-            ram.display()
-        );
-        let serial = format!("file:{}", log.0.display());
-        let kernel = guest("dirty");
-        let (bulkhead, qemu) = if qemu {
-            let child = Command::new("qemu-system-x86_64")
-                .args(["-object", &object])
-                .args([
-                    "-M",
-                    "microvm,x-option-roms=off,isa-serial=on,rtc=off,pit=off,pic=off,memory-backend=ram",
-                    "-bios",
-                    "/usr/share/qemu/qboot.rom",
-                    "-enable-kvm",
-                    "-cpu",
-                    "qemu64,-pni",
-                    "-m",
-                    RAM,
-                    "-nodefaults",
-                    "-display",
-                    "none",
-                    "-no-reboot",
-                    "-device",
-                    "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                    "-serial",
-                    &serial,
-                    "-kernel",
-                    &kernel,
-                    "-append",
-                    append,
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("qemu-system-x86_64 is installed (scripts/setup)");
-            (None, Some(child))
-        } else {
-            let b = Bulkhead::start(&[
-                "-object",
-                &object,
-                "-machine",
-                "microvm,memory-backend=ram",
-                "-m",
-                RAM,
-                "-kernel",
-                &kernel,
-                "-serial",
-                &serial,
-                "-append",
-                append,
-            ]);
-            (Some(b), None)
-        };
-        Vm {
-            bulkhead,
-            qemu,
-            log,
-            ram,
-            _dir: dir,
-        }
-    }
-
-    /// The exit status of the VM (the guest's debug exit).
-    fn exit_code(&mut self) -> Option<i32> {
-        let child = match (&mut self.bulkhead, &mut self.qemu) {
-            (Some(b), _) => b.child.as_mut().unwrap(),
-            (None, Some(q)) => q,
-            (None, None) => unreachable!("a VM is bulkhead or QEMU"),
-        };
-        wait_exit_within(child, GUEST_TIMEOUT).code()
-    }
-
-    fn ram_file(&self) -> File {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.ram)
-            .unwrap()
-    }
-}
+use dirty_common::{area, page_gen, verdict, wait_gen, RamFile, Vm, Vmm, PAGE};
+use disk_common::SerialLog;
 
 /// Reads the page at guest-physical `addr` (RAM starts at file offset 0)
 /// until it is whole (not caught halfway through a rewrite).
@@ -169,8 +49,14 @@ fn named_page(line: &str) -> u64 {
     u64::from_str_radix(hex, 16).unwrap()
 }
 
-fn passes_untouched(qemu: bool) {
-    let mut vm = Vm::start(qemu, "dirty.rounds=3 dirty.rate=16 dirty.report=200");
+fn passes_untouched(vmm: Vmm) {
+    let ram = RamFile::new();
+    let mut vm = Vm::start(
+        vmm,
+        &ram,
+        "dirty.rounds=3 dirty.rate=16 dirty.report=200",
+        &[],
+    );
     let (start, end) = area(&vm.log);
     assert_eq!(verdict(&vm.log), "VERDICT: PASS dirty", "{}", vm.log.text());
     assert_eq!(vm.exit_code(), Some(1), "{}", vm.log.text());
@@ -184,19 +70,20 @@ fn passes_untouched(qemu: bool) {
         "{text}"
     );
     // The RAM file holds what the guest says: every page at gen 3.
-    let ram = vm.ram_file();
+    let ram = ram.open();
     for addr in (start..end).step_by(PAGE as usize * 97) {
         let (_, gen) = read_whole_page(&ram, addr);
         assert_eq!(gen, 3, "page {addr:#x}");
     }
 }
 
-fn catches_stale_page(qemu: bool) {
+fn catches_stale_page(vmm: Vmm) {
     // 16 MiB at 8 pages/ms: a pass every ~0.5 s.
-    let vm = Vm::start(qemu, "dirty.mb=16 dirty.rate=8 dirty.rounds=0");
+    let ram = RamFile::new();
+    let vm = Vm::start(vmm, &ram, "dirty.mb=16 dirty.rate=8 dirty.rounds=0", &[]);
     let area = area(&vm.log);
     wait_gen(&vm.log, 2);
-    let ram = vm.ram_file();
+    let ram = ram.open();
     let old: Vec<(u64, Vec<u8>, u64)> = victims(area)
         .into_iter()
         .map(|addr| {
@@ -235,20 +122,23 @@ fn finish_failed(mut vm: Vm) {
 
 #[test]
 fn dirty_guest_passes_when_nothing_touches_its_memory() {
-    passes_untouched(false);
+    passes_untouched(Vmm::Bulkhead);
 }
 
 #[test]
 fn dirty_guest_names_a_page_written_back_with_an_older_generation() {
-    catches_stale_page(false);
+    catches_stale_page(Vmm::Bulkhead);
 }
 
 #[test]
 fn idle_dirty_guest_names_a_damaged_word_on_its_next_read_only_pass() {
     // Rate 0: written once, then only read back (every 200 ms).
+    let ram = RamFile::new();
     let vm = Vm::start(
-        false,
+        Vmm::Bulkhead,
+        &ram,
         "dirty.mb=16 dirty.rate=0 dirty.verify=200 dirty.rounds=0",
+        &[],
     );
     let area = area(&vm.log);
     wait_gen(&vm.log, 1);
@@ -257,7 +147,7 @@ fn idle_dirty_guest_names_a_damaged_word_on_its_next_read_only_pass() {
     while passes(&vm.log) < 2 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let ram = vm.ram_file();
+    let ram = ram.open();
     let addr = victims(area)[1];
     let mut word = [0u8; 8];
     ram.read_exact_at(&mut word, addr + 100 * 8).unwrap();
@@ -280,17 +170,18 @@ fn idle_dirty_guest_names_a_damaged_word_on_its_next_read_only_pass() {
 
 #[test]
 fn dirty_guest_passes_under_qemu_microvm() {
-    passes_untouched(true);
+    passes_untouched(Vmm::Qemu);
 }
 
 #[test]
 fn dirty_guest_names_a_stale_page_under_qemu_microvm() {
-    catches_stale_page(true);
+    catches_stale_page(Vmm::Qemu);
 }
 
 #[test]
 fn dirty_guest_refuses_an_area_larger_than_its_ram() {
-    let mut vm = Vm::start(false, "dirty.mb=64");
+    let ram = RamFile::new();
+    let mut vm = Vm::start(Vmm::Bulkhead, &ram, "dirty.mb=64", &[]);
     let line = verdict(&vm.log);
     assert!(
         line.starts_with("VERDICT: FAIL dirty: dirty.mb=64: only 62 MiB of RAM above the image"),

@@ -5,9 +5,16 @@
 
 #![allow(dead_code)]
 
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::disk_common::{SerialLog, GUEST_TIMEOUT};
+use crate::common::{Bulkhead, Qmp, TempDir};
+use crate::disk_common::{guest, wait_exit_within, SerialLog, GUEST_TIMEOUT};
+
+/// Guest RAM of every VM here.
+pub const RAM: &str = "64M";
 
 /// Bytes per page of the guest's area.
 pub const PAGE: u64 = 4096;
@@ -106,4 +113,151 @@ pub fn page_gen(page: &[u8], addr: u64) -> Result<u64, String> {
         ));
     }
     Ok(word(page, 1))
+}
+
+/// Which VMM runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vmm {
+    /// The broker under test.
+    Bulkhead,
+    /// `qemu-system-x86_64 -M microvm`, the reference.
+    Qemu,
+}
+
+/// A guest-RAM file (a `memory-backend-file`), on tmpfs if there is one
+/// (a file on disk would be written back all the time); removed on drop.
+pub struct RamFile(pub PathBuf, TempDir);
+
+impl RamFile {
+    pub fn new() -> Self {
+        let dir = TempDir::new();
+        let name = dir.0.file_name().unwrap().to_string_lossy().into_owned();
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() { shm } else { dir.0.as_path() };
+        RamFile(base.join(format!("{name}-dirty-ram")), dir)
+    }
+
+    /// The file, open for reading and writing (guest-physical address =
+    /// file offset).
+    pub fn open(&self) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.0)
+            .unwrap()
+    }
+}
+
+impl Drop for RamFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A VM running the `dirty` guest with its RAM in a [`RamFile`], its
+/// serial output in `log`; killed on drop.
+pub struct Vm {
+    pub bulkhead: Option<Bulkhead>,
+    pub qemu: Option<Child>,
+    pub log: SerialLog,
+    pub dir: TempDir,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+    }
+}
+
+impl Vm {
+    /// Starts the guest on `vmm` with `append` as its command line, RAM in
+    /// `ram`, and `extra` options (e.g. `-incoming ...`).
+    pub fn start(vmm: Vmm, ram: &RamFile, append: &str, extra: &[&str]) -> Self {
+        let dir = TempDir::new();
+        let log = SerialLog(dir.0.join("serial.log"));
+        let object = format!(
+            "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
+            ram.0.display()
+        );
+        let serial = format!("file:{}", log.0.display());
+        let kernel = guest("dirty");
+        let mut args = vec![
+            "-object", &object, "-m", RAM, "-kernel", &kernel, "-serial", &serial, "-append",
+            append,
+        ];
+        args.extend_from_slice(extra);
+        let (bulkhead, qemu) = match vmm {
+            Vmm::Qemu => {
+                let qmp = format!(
+                    "unix:{},server=on,wait=off",
+                    dir.0.join("qmp.sock").display()
+                );
+                let child = Command::new("qemu-system-x86_64")
+                    .args([
+                        "-M",
+                        "microvm,x-option-roms=off,isa-serial=on,rtc=off,pit=off,pic=off,memory-backend=ram",
+                        "-bios",
+                        "/usr/share/qemu/qboot.rom",
+                        "-enable-kvm",
+                        "-cpu",
+                        "qemu64,-pni",
+                        "-nodefaults",
+                        "-display",
+                        "none",
+                        "-no-reboot",
+                        "-device",
+                        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                        "-qmp",
+                        &qmp,
+                    ])
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("qemu-system-x86_64 is installed (scripts/setup)");
+                (None, Some(child))
+            }
+            Vmm::Bulkhead => {
+                args.extend_from_slice(&["-machine", "microvm,memory-backend=ram"]);
+                (Some(Bulkhead::start(&args)), None)
+            }
+        };
+        Vm {
+            bulkhead,
+            qemu,
+            log,
+            dir,
+        }
+    }
+
+    /// A QMP client, capabilities negotiated.
+    pub fn client(&self) -> Qmp {
+        if let Some(b) = &self.bulkhead {
+            return b.client();
+        }
+        let sock = self.dir.0.join("qmp.sock");
+        let deadline = Instant::now() + GUEST_TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "QEMU's QMP socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (mut q, _) = Qmp::connect(&sock);
+        q.negotiate();
+        q
+    }
+
+    /// The exit status of the VM (the guest's debug exit).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let child = match (&mut self.bulkhead, &mut self.qemu) {
+            (Some(b), _) => b.child.as_mut().unwrap(),
+            (None, Some(q)) => q,
+            (None, None) => unreachable!("a VM is bulkhead or QEMU"),
+        };
+        wait_exit_within(child, GUEST_TIMEOUT).code()
+    }
 }
