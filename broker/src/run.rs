@@ -266,7 +266,9 @@ fn start_systemd(
     machine.set_status_hook(Box::new(move |text: &str| {
         log_notify_error(status.status(text))
     }));
-    log_notify_error(n.status(if machine.config().start_paused {
+    log_notify_error(n.status(if machine.config().incoming.is_some() {
+        "inmigrate"
+    } else if machine.config().start_paused {
         "prelaunch"
     } else {
         "running"

@@ -26,6 +26,17 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 const _: () =
     assert!(crate::virtio::session::REQUEST_DEADLINE.as_millis() < PAUSE_TIMEOUT.as_millis());
 
+/// Why `xen-load-devices-state` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The vCPUs run (QEMU's message).
+    #[error("Cannot update device state while vm is running")]
+    Running,
+    /// The file does not decode or does not fit this VM; the VM is as it was.
+    #[error("{0}")]
+    State(String),
+}
+
 /// Where events go.
 pub trait EventSink: Send + Sync {
     /// Emits one event.
@@ -174,9 +185,54 @@ impl Controller {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reset();
+        if self.rsm.state() == RunState::Inmigrate {
+            // The RAM is the incoming guest's: nothing is loaded into it.
+            return Ok(());
+        }
         let entry = self.vm.load_guest().map_err(|e| error_chain(&e))?;
         self.vm.sync.new_epoch(entry);
         Ok(())
+    }
+
+    /// `xen-save-devices-state`: a running VM is stopped into `save-vm`
+    /// for the capture and resumed after it, as QEMU; `write` gets the
+    /// VM-state file. Its error is returned after the VM runs again.
+    pub fn save_state(
+        &mut self,
+        write: impl FnOnce(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let before = self.rsm.state();
+        self.handle(Input::SaveBegin).map_err(|e| e.to_string())?;
+        let result =
+            if self.rsm.state() == RunState::InternalError && before != RunState::InternalError {
+                Err("vCPUs did not stop within 5 s".to_string())
+            } else {
+                crate::state::save(&self.vm)
+                    .map_err(|e| error_chain(&e))
+                    .and_then(|bytes| write(&bytes))
+            };
+        if let Err(e) = self.handle(Input::SaveEnd) {
+            warn_limited!("cannot resume after saving the device state: {e}");
+        }
+        result
+    }
+
+    /// `xen-load-devices-state`: refused while the VM runs (QEMU's
+    /// message); the whole file is checked before the first KVM write, so
+    /// a refused file leaves the VM as it was. A VM in `inmigrate` then
+    /// leaves it ([`Input::IncomingDone`]).
+    pub fn load_state(&mut self, file: &[u8]) -> Result<(), LoadError> {
+        if self.rsm.is_running() {
+            return Err(LoadError::Running);
+        }
+        // Every vCPU parked (a VM that is not running has them parked;
+        // this waits for a thread still on its way).
+        if !self.pause_all() {
+            return Err(LoadError::State("vCPUs did not stop within 5 s".into()));
+        }
+        crate::state::load(&self.vm, file).map_err(|e| LoadError::State(error_chain(&e)))?;
+        self.handle(Input::IncomingDone)
+            .map_err(|e| LoadError::State(e.to_string()))
     }
 
     /// Applies `input`; refused inputs change nothing.

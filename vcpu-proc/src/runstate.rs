@@ -27,6 +27,16 @@ pub enum Input {
     DumpBegin,
     /// The dump ended: a VM the dump stopped (`save-vm`) runs again.
     DumpEnd,
+    /// `xen-save-devices-state` starts: a running VM stops into `save-vm`
+    /// (QEMU's `vm_stop(RUN_STATE_SAVE_VM)`).
+    SaveBegin,
+    /// The state is written: a VM the save stopped runs again.
+    SaveEnd,
+    /// The VM's RAM and device state arrived (`xen-load-devices-state`
+    /// or an incoming migration): an `inmigrate` VM leaves it as QEMU's
+    /// incoming side does: it runs if autostart holds (no `-S`, or a
+    /// `cont` while in `inmigrate`), else it is `paused`.
+    IncomingDone,
 }
 
 /// What to do about an input.
@@ -56,6 +66,9 @@ pub struct RunStateMachine {
     state: RunState,
     no_shutdown: bool,
     no_reboot: bool,
+    /// QEMU's `autostart`: run once the incoming state is in (`-S` clears
+    /// it; `cont`/`stop` in `inmigrate` set/clear it).
+    autostart: bool,
 }
 
 impl RunStateMachine {
@@ -69,7 +82,17 @@ impl RunStateMachine {
             },
             no_shutdown,
             no_reboot,
+            autostart: !start_paused,
         }
+    }
+
+    /// The same machine waiting in `inmigrate` (`-incoming`) when
+    /// `incoming`; it leaves it on [`Input::IncomingDone`].
+    pub fn with_incoming(mut self, incoming: bool) -> Self {
+        if incoming {
+            self.state = RunState::Inmigrate;
+        }
+        self
     }
 
     /// The current state.
@@ -123,6 +146,9 @@ impl RunStateMachine {
             return Ok(out);
         }
         match input {
+            // QEMU's qmp_stop/qmp_cont in INMIGRATE only set autostart.
+            Input::Stop if self.state == RunState::Inmigrate => self.autostart = false,
+            Input::Cont if self.state == RunState::Inmigrate => self.autostart = true,
             Input::Stop => {
                 if self.is_running() {
                     self.stop_into(RunState::Paused, &mut out);
@@ -143,7 +169,8 @@ impl RunStateMachine {
                     reason: ShutdownCause::HostQmpSystemReset,
                 });
                 out.reset = true;
-                if !self.is_running() {
+                // QEMU keeps INMIGRATE (and RUNNING) across a reset.
+                if !self.is_running() && self.state != RunState::Inmigrate {
                     self.state = RunState::Prelaunch;
                 }
             }
@@ -171,13 +198,24 @@ impl RunStateMachine {
                 out.events.push(VcpuEvent::GuestCrashed { detail });
                 self.stop_into(RunState::InternalError, &mut out);
             }
-            Input::DumpBegin => {
+            Input::DumpBegin | Input::SaveBegin => {
                 if self.is_running() {
                     self.stop_into(RunState::SaveVm, &mut out);
                 }
                 out.run = false;
             }
-            Input::DumpEnd => {
+            Input::IncomingDone => {
+                if self.state == RunState::Inmigrate {
+                    if self.autostart {
+                        self.state = RunState::Running;
+                        out.events.push(VcpuEvent::Resumed);
+                        out.run = true;
+                    } else {
+                        self.state = RunState::Paused;
+                    }
+                }
+            }
+            Input::DumpEnd | Input::SaveEnd => {
                 if self.state == RunState::SaveVm {
                     self.state = RunState::Running;
                     out.events.push(VcpuEvent::Resumed);
@@ -218,6 +256,51 @@ mod tests {
         let o = s.step(Input::DumpEnd).unwrap();
         assert!(o.events.is_empty() && !o.run);
         assert_eq!(s.state(), RunState::Paused);
+    }
+
+    #[test]
+    fn an_incoming_vm_waits_in_inmigrate_and_cont_only_sets_autostart() {
+        let mut s = RunStateMachine::new(true, false, false).with_incoming(true);
+        assert_eq!(s.state(), RunState::Inmigrate);
+        let o = s.step(Input::Cont).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Inmigrate);
+        let o = s.step(Input::SystemReset).unwrap();
+        assert!(o.reset && !o.run);
+        assert_eq!(s.state(), RunState::Inmigrate);
+        let o = s.step(Input::IncomingDone).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
+        assert_eq!(s.state(), RunState::Running);
+    }
+
+    #[test]
+    fn stop_in_inmigrate_clears_autostart_so_the_loaded_vm_is_paused() {
+        let mut s = RunStateMachine::new(false, false, false).with_incoming(true);
+        let o = s.step(Input::Stop).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Inmigrate);
+        let o = s.step(Input::IncomingDone).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Paused);
+        assert!(s.step(Input::Cont).unwrap().run);
+    }
+
+    #[test]
+    fn incoming_done_outside_inmigrate_changes_nothing() {
+        let mut s = RunStateMachine::new(true, false, false);
+        let o = s.step(Input::IncomingDone).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Prelaunch);
+    }
+
+    #[test]
+    fn a_save_stops_a_running_vm_into_save_vm_and_resumes_it() {
+        let mut s = m();
+        let o = s.step(Input::SaveBegin).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Stopped], false));
+        assert_eq!(s.state(), RunState::SaveVm);
+        let o = s.step(Input::SaveEnd).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
     }
 
     #[test]

@@ -135,7 +135,8 @@ impl Server {
             Vm::create_with_devices(&cfg, devices, FdTable::new(fds), tx, events).map_err(|e| {
                 FlatError::generic(format!("cannot create the VM: {}", error_chain(&e)))
             })?;
-        let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot);
+        let rsm = RunStateMachine::new(cfg.start_paused, cfg.no_shutdown, cfg.no_reboot)
+            .with_incoming(cfg.incoming);
         let sink = Box::new(ChannelSink(self.channel.clone()));
         let controller = Arc::new(Mutex::new(Controller::start(vm, rsm, sink)));
         self.start_cpu_ejects(&controller)?;

@@ -486,8 +486,13 @@ impl Vm {
             let socket = UnixStream::from(fds.take(d.socket)?);
             machine.add_device(d, socket, events.clone())?;
         }
-        let entry = machine.load_guest()?;
-        machine.sync.new_epoch(entry);
+        // An incoming VM's RAM is the saved guest's (a memory file, or a
+        // migration to come): nothing is written into it, and its vCPUs
+        // wait for their saved state (`VcpuSync::mark_restored`).
+        if !cfg.incoming {
+            let entry = machine.load_guest()?;
+            machine.sync.new_epoch(entry);
+        }
         machine.vcpu_setup = Some(VcpuSetup {
             supported,
             model: cfg.cpu.clone(),

@@ -35,6 +35,24 @@ pub struct MemoryBackend {
     pub size: u64,
 }
 
+impl MemoryBackend {
+    /// QEMU's `-mem-path PATH`: the machine's RAM (`microvm.ram`) in a
+    /// file backend at `path` (a new unlinked file if it is a directory).
+    /// bulkhead maps it shared, as all its guest RAM (its workers map it
+    /// too), so the guest's writes reach a named file; QEMU's `-mem-path`
+    /// maps it private.
+    pub fn mem_path(path: PathBuf, size: u64) -> Self {
+        MemoryBackend {
+            id: DEFAULT_RAM_ID.into(),
+            kind: BackendKind::File(path),
+            size,
+        }
+    }
+}
+
+/// QEMU's id of microvm's RAM backend (`-mem-path`, `-m` alone).
+pub const DEFAULT_RAM_ID: &str = "microvm.ram";
+
 /// The QOM types `-object` accepts, with the properties each honours.
 pub const TYPES: [(&str, &[&str]); 3] = [
     ("memory-backend-ram", &["size", "share"]),

@@ -42,6 +42,7 @@ pub enum CliError {
 
 pub mod cpu;
 mod help;
+pub mod incoming;
 mod keyval;
 pub mod memory_backend;
 pub mod monitors;
@@ -148,6 +149,8 @@ pub struct Config {
     pub machine: MachineType,
     /// `-object memory-backend-*` named by `-machine memory-backend=`.
     pub memory_backend: Option<memory_backend::MemoryBackend>,
+    /// `-mem-prealloc`: guest RAM is allocated before the VM starts.
+    pub mem_prealloc: bool,
     /// `-cpu`.
     pub cpu: ipc_proto::vcpu::CpuModel,
     /// `-machine dump-guest-core=off`: guest RAM stays out of core dumps.
@@ -238,6 +241,7 @@ impl Default for Config {
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
             machine: MachineType::Microvm,
             memory_backend: None,
+            mem_prealloc: false,
             cpu: Default::default(),
             no_dump_guest_core: false,
             secrets: Vec::new(),
@@ -267,6 +271,7 @@ pub fn parse(args: &[String]) -> Result<Config> {
     let (mut servers, mut mons, mut chardev_ids) =
         (Vec::new(), Vec::<(String, bool)>::new(), Vec::new());
     let (mut objects, mut backend_id, mut mem_given) = (Vec::new(), None, false);
+    let mut mem_path: Option<PathBuf> = None;
     let (mut serial_chardevs, mut serial_from) = (Vec::<(String, SerialSpec)>::new(), None);
     let (mut nographic, mut monitor_given) = (false, false);
     let mut dump_guest_core = None;
@@ -298,6 +303,8 @@ pub fn parse(args: &[String]) -> Result<Config> {
                 cfg.process_name = n.process;
                 cfg.debug_threads = n.debug_threads;
             }
+            "-mem-path" => mem_path = Some(PathBuf::from(value()?)),
+            "-mem-prealloc" => cfg.mem_prealloc = true,
             "-m" => {
                 cfg.mem_size = parse_mem(&value()?)?;
                 mem_given = true;
@@ -447,7 +454,11 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-no-user-config" => {}
             "-daemonize" => cfg.daemonize = true,
             "-pidfile" => cfg.pidfile = Some(PathBuf::from(value()?)),
-            "-incoming" => cfg.incoming = Some(value()?),
+            "-incoming" => {
+                let uri = value()?;
+                incoming::check(&uri)?;
+                cfg.incoming = Some(uri);
+            }
             "-D" => cfg.log_file = Some(PathBuf::from(value()?)),
             "-msg" => cfg.msg_timestamp = qemu_opts::parse_msg(&value()?)?.0,
             "-trace" => cfg.trace.parse(&value()?)?,
@@ -527,6 +538,15 @@ pub fn parse(args: &[String]) -> Result<Config> {
             "-chardev",
             format!("'{id}' is used by nothing (-serial chardev:{id} or -device isa-serial,chardev={id})"),
         ));
+    }
+    if let Some(path) = mem_path {
+        if backend_id.is_some() {
+            // QEMU's message, its missing space included.
+            return Err(CliError::Plain(
+                "'-mem-path' can't be used together with'-machine memory-backend'".into(),
+            ));
+        }
+        cfg.memory_backend = Some(memory_backend::MemoryBackend::mem_path(path, cfg.mem_size));
     }
     if let Some(id) = backend_id {
         let i = objects

@@ -122,6 +122,8 @@ pub fn registry() -> Registry {
     r.register::<dump::DumpGuestMemory>();
     r.register::<dump::QueryDump>();
     r.register::<dump::QueryDumpGuestMemoryCapability>();
+    r.register::<migration::devices_state::XenSaveDevicesState>();
+    r.register::<migration::devices_state::XenLoadDevicesState>();
     #[cfg(feature = "test-hooks")]
     r.register::<test_hooks::XTestEscape>();
     events::declare(&mut r);

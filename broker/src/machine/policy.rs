@@ -241,7 +241,9 @@ pub fn start_vcpu(
     let (proc, link) = spawned?;
     // Before the VM exists, so its first exits are traced already.
     super::trace_state::replay_vcpu(m, &link);
-    let start_paused = prepared.config.start_paused;
+    // Devices join at the first `cont` of a `-S` VM; an incoming VM's
+    // must be there for its saved state to be loaded.
+    let start_paused = prepared.config.start_paused && !prepared.config.incoming;
     let pending = if start_paused {
         Vec::new()
     } else {

@@ -23,6 +23,22 @@ pub enum SetupError {
     /// Guest memory could not be created.
     #[error("could not allocate {0} bytes of guest memory")]
     Memory(u64, #[source] std::io::Error),
+    /// A memory backend's file could not be opened (QEMU's message).
+    #[error("can't open backing store {} for guest RAM", .0.display())]
+    BackingStore(PathBuf, #[source] std::io::Error),
+    /// A memory backend's file is smaller than the backend (QEMU's message).
+    #[error("{id} backing store size {len:#x} is too small for 'size' option {size:#x} plus 'offset' option 0x0")]
+    BackingTooSmall {
+        /// The backend's id.
+        id: String,
+        /// The file's size.
+        len: u64,
+        /// The backend's size.
+        size: u64,
+    },
+    /// `-mem-prealloc` failed.
+    #[error("preallocating memory failed")]
+    Prealloc(#[source] std::io::Error),
     /// The serial pty could not be opened.
     #[error(transparent)]
     Pty(#[from] super::serial_pty::PtyError),
@@ -64,10 +80,14 @@ pub fn prepare(cfg: &Config) -> Result<PreparedVm, SetupError> {
         .open(kvm_path)
         .map_err(|e| SetupError::Open(kvm_path.into(), e))?;
     let kvm = slots.push(kvm.into());
-    let memory = slots.push(match &cfg.memory_backend {
+    let memory = match &cfg.memory_backend {
         Some(b) => backend_memory(b)?,
         None => guest_memory(cfg.mem_size)?,
-    });
+    };
+    if cfg.mem_prealloc {
+        preallocate(&memory, cfg.mem_size)?;
+    }
+    let memory = slots.push(memory);
     let kernel = cfg
         .kernel
         .as_deref()
@@ -202,32 +222,89 @@ pub fn guest_memory(size: u64) -> Result<OwnedFd, SetupError> {
     Ok(fd)
 }
 
-/// Guest RAM from `-object memory-backend-*`: a memfd for `-ram` and
-/// `-memfd`; for `-file`, the file `mem-path` names (sized to the backend)
-/// or, if it is a directory, a new unlinked file in it (as QEMU).
+/// Guest RAM from `-object memory-backend-*` or `-mem-path`: a memfd for
+/// `-ram` and `-memfd`; for `-file`, the file `mem-path` names or, if it
+/// is a directory, a new unlinked file in it, as QEMU's `file_ram_alloc`:
+/// an empty file is sized to the backend; a non-empty one is never
+/// truncated nor extended (its contents are the guest's RAM: a restored
+/// VM's), and one smaller than the backend is refused.
 fn backend_memory(b: &crate::cli::memory_backend::MemoryBackend) -> Result<OwnedFd, SetupError> {
     use crate::cli::memory_backend::BackendKind;
     let BackendKind::File(path) = &b.kind else {
         return guest_memory(b.size);
     };
-    let open = |custom: i32| {
-        std::fs::OpenOptions::new()
+    let file = if path.is_dir() {
+        unlinked_file_in(path)
+    } else {
+        OpenOptions::new()
             .read(true)
             .write(true)
-            .create(custom == 0)
+            .create(true)
             .truncate(false)
-            .custom_flags(custom)
+            .custom_flags(libc::O_CLOEXEC)
             .open(path)
-    };
-    let file = if path.is_dir() {
-        open(libc::O_TMPFILE)
-    } else {
-        open(0)
     }
-    .map_err(|e| SetupError::Open(path.clone(), e))?;
-    file.set_len(b.size)
-        .map_err(|e| SetupError::Memory(b.size, e))?;
+    .map_err(|e| SetupError::BackingStore(path.clone(), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SetupError::BackingStore(path.clone(), e))?
+        .len();
+    if len == 0 {
+        file.set_len(b.size)
+            .map_err(|e| SetupError::Memory(b.size, e))?;
+    } else if len < b.size {
+        return Err(SetupError::BackingTooSmall {
+            id: b.id.clone(),
+            len,
+            size: b.size,
+        });
+    }
     Ok(OwnedFd::from(file))
+}
+
+/// A new file in `dir`, already unlinked: `O_TMPFILE`, or where the file
+/// system has none (older hugetlbfs), a uniquely named file removed at once.
+fn unlinked_file_in(dir: &Path) -> std::io::Result<File> {
+    let open = |p: &Path, flags: i32, create_new: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create_new)
+            .custom_flags(flags | libc::O_CLOEXEC)
+            .open(p)
+    };
+    match open(dir, libc::O_TMPFILE, false) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP)
+                || e.raw_os_error() == Some(libc::EISDIR) =>
+        {
+            for n in 0..1000u32 {
+                let p = dir.join(format!("bulkhead_back_mem.{}.{n}", std::process::id()));
+                match open(&p, 0, true) {
+                    Ok(f) => {
+                        std::fs::remove_file(&p)?;
+                        return Ok(f);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+/// `-mem-prealloc`: allocates every page of guest RAM now (the file's
+/// blocks), so the guest never faults for want of host memory later.
+pub fn preallocate(fd: &OwnedFd, size: u64) -> Result<(), SetupError> {
+    nix::fcntl::fallocate(
+        fd,
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        size as libc::off_t,
+    )
+    .map_err(|e| SetupError::Prealloc(e.into()))
 }
 
 /// Removes a leftover socket file at `p` (never a regular file).
