@@ -137,7 +137,7 @@ fn save_and_restore(vmm: Vmm) {
     src.exit_code();
     drop(src);
 
-    let dst = Vm::start(vmm, &ram, APPEND, &["-incoming", "defer"]);
+    let dst = Vm::start(vmm, &ram, APPEND, &["-incoming", "defer", "-S"]);
     let mut q = dst.client();
     let loaded = match vmm {
         Vmm::Bulkhead => q.execute("xen-load-devices-state", json!({ "filename": state })),
@@ -165,4 +165,9 @@ fn qemu_live_migration_over_unix_keeps_the_dirty_guest_verifying() {
 #[test]
 fn qemu_restore_from_a_file_keeps_the_dirty_guest_verifying() {
     save_and_restore(Vmm::Qemu);
+}
+
+#[test]
+fn bulkhead_restore_with_xen_load_devices_state_keeps_the_dirty_guest_verifying() {
+    save_and_restore(Vmm::Bulkhead);
 }
