@@ -259,7 +259,7 @@ impl Reporter {
         if self.every == 0 || t < self.next {
             return;
         }
-        self.next = t + self.every;
+        self.next = t.saturating_add(self.every);
         if self.idle {
             println!("dirty: at {} ms: idle at gen {}", t, walk.gen - 1);
         } else {
@@ -306,7 +306,7 @@ fn main() -> ! {
     };
     let mut report = Reporter {
         every: p.report_ms,
-        next: now_ms() + p.report_ms,
+        next: now_ms().saturating_add(p.report_ms),
         idle: false,
     };
     // Pass 1, as fast as possible.
@@ -326,7 +326,9 @@ fn main() -> ! {
     loop {
         let t = now_ms();
         if t != last {
-            credit = (credit + (t - last) * p.rate).min(p.rate * MAX_BURST_MS);
+            credit = credit
+                .saturating_add((t - last).saturating_mul(p.rate))
+                .min(p.rate.saturating_mul(MAX_BURST_MS));
             last = t;
         }
         report.poll(&walk);
@@ -348,7 +350,7 @@ fn main() -> ! {
 /// Rate 0: a read-only pass every `verify_ms`, nothing written.
 fn idle(walk: &mut Walk, report: &mut Reporter, p: &Params) -> ! {
     let mut passes = 1;
-    let mut next = now_ms() + p.verify_ms;
+    let mut next = now_ms().saturating_add(p.verify_ms);
     loop {
         report.poll(walk);
         if now_ms() >= next {
@@ -364,7 +366,7 @@ fn idle(walk: &mut Walk, report: &mut Reporter, p: &Params) -> ! {
             if passes == p.rounds {
                 finish(walk, report);
             }
-            next = now_ms() + p.verify_ms;
+            next = now_ms().saturating_add(p.verify_ms);
         }
         wait();
     }
