@@ -93,10 +93,9 @@ fn live_migration(vmm: Vmm) {
     area(&src.log);
     wait_gen(&src.log, 2);
     let uri = format!("unix:{}", src.dir.0.join("migrate.sock").display());
-    let dst = Vm::start(vmm, &dst_ram, APPEND, &["-incoming", &uri]);
+    let dst = Vm::start(vmm, &dst_ram, APPEND, &["-incoming", &uri, "-S"]);
     let mut dq = dst.client();
     let mut sq = src.client();
-    assert_eq!(status(&mut dq), "inmigrate");
     let r = sq.execute("migrate", json!({ "uri": uri }));
     assert_eq!(r["return"], json!({}), "{r}");
     let info = wait_completed(&mut sq);
@@ -105,6 +104,16 @@ fn live_migration(vmm: Vmm) {
         "{info}"
     );
     assert_eq!(status(&mut sq), "postmigrate");
+    let deadline = Instant::now() + GUEST_TIMEOUT;
+    while status(&mut dq) == "inmigrate" {
+        assert!(
+            Instant::now() < deadline,
+            "the destination never left inmigrate"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(status(&mut dq), "paused");
+    dq.ok("cont");
     let before = last_gen(&src.log);
     assert_goes_on(&dst, before);
     assert_eq!(status(&mut dq), "running");
