@@ -172,7 +172,11 @@ fn a_stopped_ticker_saved_and_loaded_into_a_new_broker_continues_after_cont() {
     assert_eq!(file_digest(&mem.0), ram, "the incoming VM wrote its RAM");
     assert_eq!(log.text(), "");
 
-    ok_with(&mut q, "xen-load-devices-state", json!({"filename": state}));
+    ok_with(
+        &mut q,
+        "xen-load-devices-state",
+        json!({"filename": state}),
+    );
     // -S: the incoming step ends paused, as QEMU's; cont resumes.
     assert_eq!(status(&mut q), "paused");
     ok_with(&mut q, "cont", Value::Null);
@@ -206,16 +210,8 @@ fn bad_state_files_are_refused_and_start_nothing_then_the_good_one_runs_at_once(
         ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
         ("corrupt", flipped(&good, good.len() / 2), "corrupt"),
         ("empty", Vec::new(), "truncated"),
-        (
-            "foreign",
-            b"QEVM\0\0\0\x03 not ours".to_vec(),
-            "not a Bulkhead VM-state file",
-        ),
-        (
-            "other-version",
-            other_version,
-            "format version 2 is not supported",
-        ),
+        ("foreign", b"QEVM\0\0\0\x03 not ours".to_vec(), "not a Bulkhead VM-state file"),
+        ("other-version", other_version, "format version 2 is not supported"),
         ("no-checksum", good[..good.len() - 4].to_vec(), ""),
     ];
     for (name, bytes, why) in bad {
@@ -230,11 +226,7 @@ fn bad_state_files_are_refused_and_start_nothing_then_the_good_one_runs_at_once(
     }
     let missing = dir.0.join("missing");
     assert_eq!(
-        error_with(
-            &mut q,
-            "xen-load-devices-state",
-            json!({"filename": missing})
-        ),
+        error_with(&mut q, "xen-load-devices-state", json!({"filename": missing})),
         format!(
             "Could not open '{}': No such file or directory",
             missing.display()
@@ -244,7 +236,11 @@ fn bad_state_files_are_refused_and_start_nothing_then_the_good_one_runs_at_once(
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(log.text(), "", "a refused load started the guest");
 
-    ok_with(&mut q, "xen-load-devices-state", json!({"filename": state}));
+    ok_with(
+        &mut q,
+        "xen-load-devices-state",
+        json!({"filename": state}),
+    );
     // Autostart: the incoming step ends running; cont changes nothing.
     q.event("RESUME");
     assert_eq!(status(&mut q), "running");
@@ -284,14 +280,7 @@ fn errors_and_inmigrate_behaviour_match_qemu() {
     let mut args = qemu_common.to_vec();
     args.extend(["-incoming", "defer"]);
     let peer = common::qemu::replies(&args, &incoming);
-    let b = Bulkhead::start(&[
-        "-kernel",
-        &guest("ticker"),
-        "-m",
-        "64M",
-        "-incoming",
-        "defer",
-    ]);
+    let b = Bulkhead::start(&["-kernel", &guest("ticker"), "-m", "64M", "-incoming", "defer"]);
     let mut q = b.client();
     assert_eq!(common::qemu::ours(&mut q, &incoming), peer);
 }
