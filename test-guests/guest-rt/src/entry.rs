@@ -63,6 +63,18 @@ guest_rt_pd:
     .set page, page + 1
     .endr
 
+    /* What the loader passed (guest_rt::bootinfo): RSI at the 64-bit
+       entry (the zero page), EBX at the PVH entry (hvm_start_info). In
+       .data, not .bss: stored before .bss is cleared. */
+    .section .data.bootinfo, "aw"
+    .p2align 3
+    .global guest_rt_zero_page
+guest_rt_zero_page:
+    .quad 0
+    .global guest_rt_pvh_start_info
+guest_rt_pvh_start_info:
+    .quad 0
+
     .section .stack, "aw", @nobits
     .p2align 12
 guest_rt_bsp_stack:
@@ -78,12 +90,14 @@ guest_rt_ap_stacks:
     .global _start
 _start:
     cli
+    movq %rsi, guest_rt_zero_page(%rip)
     jmp common64
 
     /* 32-bit protected-mode entry, paging off: used by PVH loaders (QEMU). */
     .code32
 pvh_entry32:
     cli
+    movl %ebx, guest_rt_pvh_start_info
     lgdt guest_rt_gdt_ptr
     movl $0x10, %eax
     movl %eax, %ds

@@ -14,6 +14,7 @@
 //! - [`idt`]: interrupt vectors and handlers
 //! - [`apic`]: LAPIC and IOAPIC
 //! - [`acpi`]: RSDP/MADT and MP table parsing
+//! - [`bootinfo`]: the kernel command line and RAM map the loader passed
 //! - [`smp`]: INIT-SIPI-SIPI AP start-up
 //! - [`mem`]: `memcpy` and friends
 //! - [`virtio`]: virtio-mmio transport and split virtqueue
@@ -22,6 +23,7 @@
 
 pub mod acpi;
 pub mod apic;
+pub mod bootinfo;
 pub mod entry;
 pub mod exit;
 pub mod idt;
