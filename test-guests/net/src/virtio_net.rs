@@ -11,6 +11,7 @@
 //! The device is looked for in Bulkhead's slots, then QEMU microvm's
 //! transports, so the same guest runs on both.
 
+use guest_rt::apic::{self, Trigger};
 use guest_rt::virtio::{Buffer, QueueMem, SplitQueue, VirtioMmio, QUEUE_SIZE};
 
 /// Virtio device type of a network device.
@@ -41,6 +42,10 @@ pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x42, 0x48, 0x4e, 0x54, 0x01];
 const BULKHEAD_BASE: usize = 0xd000_0000;
 const BULKHEAD_STRIDE: usize = 0x1000;
 const BULKHEAD_SLOTS: usize = 8;
+/// GSI of Bulkhead's slot 0 (docs/platform.md).
+const BULKHEAD_GSI_BASE: u32 = 5;
+/// Pins per IOAPIC assumed when mapping a GSI to an IOAPIC from the MADT.
+const IOAPIC_PINS: u32 = 24;
 const MICROVM_BASE: usize = 0xfeb0_0000;
 const MICROVM_STRIDE: usize = 0x200;
 const MICROVM_TRANSPORTS: usize = 24;
@@ -109,6 +114,8 @@ pub struct Net {
     rx_len: usize,
     /// `recv` leaves the receive queue's notification to [`Net::kick_rx`].
     rx_batched: bool,
+    /// A used receive chain taken by [`Net::rx_pending`], for `recv`.
+    rx_stash: Option<(u16, u32)>,
 }
 
 fn base_of(i: usize) -> usize {
@@ -172,6 +179,7 @@ impl Net {
             merged: 0,
             rx_len,
             rx_batched: false,
+            rx_stash: None,
         };
         if features & F_MAC != 0 {
             let mut mac = [0u8; 6];
@@ -192,6 +200,48 @@ impl Net {
     /// The device's MMIO base.
     pub fn base(&self) -> usize {
         self.dev.base()
+    }
+
+    /// Routes the device's interrupt to `vector` on this CPU (edge
+    /// triggered, so a waiter acknowledges it with
+    /// [`Net::ack_interrupt`]); returns its GSI, or None if no IOAPIC
+    /// serves it. Bulkhead's slot `i` is GSI 5 + i; QEMU microvm's
+    /// transport `i` is GSI 24 + i with its second IOAPIC, else 16 + i
+    /// with ACPI, else 5 + i.
+    pub fn route_interrupt(&self, vector: u8) -> Option<u32> {
+        let base = self.dev.base();
+        let (ioapics, gsi) = if base < MICROVM_BASE {
+            let slot = ((base - BULKHEAD_BASE) / BULKHEAD_STRIDE) as u32;
+            (None, BULKHEAD_GSI_BASE + slot)
+        } else {
+            let index = ((base - MICROVM_BASE) / MICROVM_STRIDE) as u32;
+            let m = guest_rt::acpi::discover();
+            let listed = m.ioapics;
+            let n = m.ioapic_count;
+            let gsi = match &listed[..n] {
+                [] => BULKHEAD_GSI_BASE + index,
+                l if l.iter().any(|&(_, b)| b == 24) => 24 + index,
+                _ => 16 + index,
+            };
+            (Some((listed, n)), gsi)
+        };
+        let (addr, first) = match ioapics {
+            Some((listed, n)) if n > 0 => *listed[..n]
+                .iter()
+                .find(|&&(_, b)| (b..b + IOAPIC_PINS).contains(&gsi))?,
+            Some(_) | None => (apic::IOAPIC_BASE as u32, 0),
+        };
+        let pin = (gsi - first) as u8;
+        apic::ioapic_route_at(addr as usize, pin, vector, Trigger::Edge, apic::lapic_id());
+        Some(gsi)
+    }
+
+    /// Reads and acknowledges the interrupt status (a config change is
+    /// kept for [`Net::poll_link`]).
+    pub fn ack_interrupt(&mut self) {
+        if self.dev.ack_interrupt() & INT_CONFIG != 0 {
+            self.config_irq = true;
+        }
     }
 
     fn config8(&self, off: usize) -> u8 {
@@ -337,6 +387,20 @@ impl Net {
         self.tx_free.iter().all(|f| *f)
     }
 
+    /// True if a transmit buffer is free.
+    pub fn tx_has_room(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx_free.iter().any(|f| *f)
+    }
+
+    /// True if a received packet waits for [`Net::recv`].
+    pub fn rx_pending(&mut self) -> bool {
+        if self.rx_stash.is_none() {
+            self.rx_stash = self.rx.poll_used();
+        }
+        self.rx_stash.is_some()
+    }
+
     /// With `on`, [`Net::recv`] returns buffers to the receive queue
     /// without notifying the device each time: the caller calls
     /// [`Net::kick_rx`] after a batch.
@@ -352,7 +416,7 @@ impl Net {
     /// Receives one packet (the Ethernet frame, header stripped) into the
     /// driver's packet buffer and passes it to `f`; false if none came.
     pub fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
-        let Some((head, len)) = self.rx.poll_used() else {
+        let Some((head, len)) = self.rx_stash.take().or_else(|| self.rx.poll_used()) else {
             return false;
         };
         let b = usize::from(self.rx_buf_of[usize::from(head)]);
