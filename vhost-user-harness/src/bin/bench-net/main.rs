@@ -278,17 +278,13 @@ fn rx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64,
     let end = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
     while Instant::now() < end {
-        match dev.recv_timeout(0, Duration::from_millis(100)) {
-            Ok(frames) => n += frames.len() as u64,
-            Err(HarnessError::Timeout) => {}
-            Err(e) => return Err(herr(e)),
-        }
+        n += dev.count_rx(0, Duration::from_millis(100)).map_err(herr)? as u64;
     }
     let el = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
     // Drain what is left.
-    while dev.recv_timeout(0, Duration::from_millis(50)).is_ok() {}
+    while dev.count_rx(0, Duration::from_millis(50)).map_err(herr)? > 0 {}
     Ok(n as f64 / el)
 }
 
