@@ -152,10 +152,12 @@ impl Machine {
     }
 }
 
-fn rx_packets(tap: &str) -> Result<u64, String> {
+/// Counter `stat` of interface `ifname` (`/sys/class/net/*/statistics`).
+pub fn if_stat(ifname: &str, stat: &str) -> Result<u64, String> {
     let path = Path::new("/sys/class/net")
-        .join(tap)
-        .join("statistics/rx_packets");
+        .join(ifname)
+        .join("statistics")
+        .join(stat);
     std::fs::read_to_string(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .trim()
@@ -197,13 +199,13 @@ fn done(ctrl: &Packet, within: Duration) -> Result<u64, String> {
 pub fn tx(tap: &str, len: usize, secs: f64) -> Result<Run, String> {
     let ctrl = Packet::bind(tap, CONTROL_ETHERTYPE)?;
     let ms = (secs * 1000.0) as u32;
-    let before = rx_packets(tap)?;
+    let before = if_stat(tap, "rx_packets")?;
     let start = Instant::now();
     order(&ctrl, OP_TX, len, ms)?;
     let sent = done(&ctrl, Duration::from_millis(u64::from(ms) + 5000))?;
     let el = start.elapsed().as_secs_f64();
     // The answer came through the TAP too.
-    let arrived = rx_packets(tap)?.saturating_sub(before + 1);
+    let arrived = if_stat(tap, "rx_packets")?.saturating_sub(before + 1);
     Ok(Run {
         pps: arrived as f64 / el,
         sent,

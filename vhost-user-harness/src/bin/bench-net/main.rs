@@ -25,10 +25,12 @@ use vhost_user_harness::HarnessError;
 
 mod guest;
 mod packet;
+mod switch;
 
 use packet::Packet;
 
-const ETHERTYPE: u16 = 0x88b5;
+/// The test frames' EtherType.
+pub const ETHERTYPE: u16 = 0x88b5;
 
 type Chan = BrokerChannel<NetRequest, NetReply, NetEvent>;
 
@@ -39,12 +41,20 @@ struct Args {
     secs: f64,
     /// bulkhead, qemu and the `net-gen` guest (the guest NIC ↔ TAP part).
     guest: Option<guest::Programs>,
+    /// Port to port: the switch's two TAPs and the bridge's two veth
+    /// host ends.
+    ports: Option<((String, String), (String, String))>,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = std::env::args().skip(1);
     let (mut net_proc, mut tap, mut veth, mut secs) = (None, None, None, 2.0);
     let (mut bulkhead, mut gen, mut qemu) = (None, None, "qemu-system-x86_64".to_owned());
+    let (mut switch, mut bridge) = (None, None);
+    let pair = |s: String, what: &str| -> Result<(String, String), String> {
+        let (x, y) = s.split_once(',').ok_or(format!("{what} A,B"))?;
+        Ok((x.to_owned(), y.to_owned()))
+    };
     while let Some(k) = a.next() {
         let mut v = || a.next().ok_or(format!("{k} needs a value"));
         match k.as_str() {
@@ -59,6 +69,8 @@ fn args() -> Result<Args, String> {
             "--bulkhead" => bulkhead = Some(v()?.into()),
             "--guest" => gen = Some(v()?.into()),
             "--qemu" => qemu = v()?,
+            "--switch-taps" => switch = Some(pair(v()?, "--switch-taps")?),
+            "--bridge-ports" => bridge = Some(pair(v()?, "--bridge-ports")?),
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -76,6 +88,11 @@ fn args() -> Result<Args, String> {
             (None, None) => None,
             _ => return Err("--bulkhead and --guest go together".into()),
         },
+        ports: match (switch, bridge) {
+            (Some(s), Some(b)) => Some((s, b)),
+            (None, None) => None,
+            _ => return Err("--switch-taps and --bridge-ports go together".into()),
+        },
     })
 }
 
@@ -85,7 +102,7 @@ pub fn os_err(what: &str) -> String {
 }
 
 /// Opens TAP `name` (IFF_VNET_HDR) and returns its fd.
-fn open_tap(name: &str) -> Result<OwnedFd, String> {
+pub fn open_tap(name: &str) -> Result<OwnedFd, String> {
     // SAFETY: open(2) of a constant path.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -103,7 +120,8 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-fn frame(len: usize, seq: u32) -> Vec<u8> {
+/// A test frame of `len` bytes (broadcast, EtherType [`ETHERTYPE`], `seq`).
+pub fn frame(len: usize, seq: u32) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
     f.extend_from_slice(&ETHERTYPE.to_be_bytes());
@@ -128,14 +146,16 @@ fn counter(
     })
 }
 
-struct Worker {
+/// A net-proc driven as the broker drives it.
+pub struct Worker {
     child: Child,
     chan: Chan,
     next: u64,
 }
 
 impl Worker {
-    fn spawn(exe: &str) -> Result<Worker, String> {
+    /// Spawns `exe` sandboxed.
+    pub fn spawn(exe: &str) -> Result<Worker, String> {
         let (broker, worker) = UnixStream::pair().map_err(|e| e.to_string())?;
         nix::fcntl::fcntl(
             &worker,
@@ -158,7 +178,8 @@ impl Worker {
         })
     }
 
-    fn call(
+    /// Sends `body` with `fds`; the reply.
+    pub fn call(
         &mut self,
         body: NetRequest,
         fds: &[std::os::fd::BorrowedFd<'_>],
@@ -326,10 +347,41 @@ fn fmt_rate(len: usize, pps: f64) -> String {
 
 fn run() -> Result<(), String> {
     let a = args()?;
+    if let Some((taps, ports)) = &a.ports {
+        port_to_port(&a, taps, ports)?;
+    }
     let veth = harness(&a)?;
     if let Some(p) = &a.guest {
         guests(&a, p, &veth)?;
     }
+    Ok(())
+}
+
+/// Port to port: net-proc's switch against the kernel's bridge.
+fn port_to_port(a: &Args, taps: &(String, String), ports: &(String, String)) -> Result<(), String> {
+    let w = switch::start_switch(&a.net_proc, &taps.0, &taps.1)?;
+    println!("port to port (broadcast frames in one port, counted out of the other):");
+    println!(
+        "{:<8} {:>14} {:>14} {:>10}   {}",
+        "frame", "net-proc sw", "kernel bridge", "ratio", "sent/out: switch, bridge"
+    );
+    for (len, label) in SIZES {
+        let sw = switch::blast(&taps.0, &taps.1, len, a.secs)?;
+        let br = switch::blast(&ports.0, &ports.1, len, a.secs)?;
+        println!(
+            "{:<8} {:>14} {:>14} {:>9.2}x   {}/{}, {}/{}",
+            label,
+            fmt_rate(len, sw.pps),
+            fmt_rate(len, br.pps),
+            sw.pps / br.pps,
+            sw.sent,
+            sw.arrived,
+            br.sent,
+            br.arrived
+        );
+    }
+    drop(w);
+    println!();
     Ok(())
 }
 
