@@ -362,8 +362,8 @@ fn port_to_port(a: &Args, taps: &(String, String), ports: &(String, String)) -> 
     let w = switch::start_switch(&a.net_proc, &taps.0, &taps.1)?;
     println!("port to port (broadcast frames in one port, counted out of the other):");
     println!(
-        "{:<8} {:>14} {:>14} {:>10}   {}",
-        "frame", "net-proc sw", "kernel bridge", "ratio", "sent/out: switch, bridge"
+        "{:<8} {:>14} {:>14} {:>10}   sent/out: switch, bridge",
+        "frame", "net-proc sw", "kernel bridge", "ratio"
     );
     for (len, label) in SIZES {
         let sw = switch::blast(&taps.0, &taps.1, len, a.secs)?;
