@@ -243,3 +243,50 @@ pub fn rx(tap: &str, len: usize, secs: f64) -> Result<Run, String> {
         arrived,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::gen_frame::*;
+
+    #[test]
+    fn control_frames_round_trip_and_other_frames_are_not_orders() {
+        let c = Control {
+            op: OP_TX,
+            size: 9014,
+            ms: 2000,
+            count: 0x0102_0304_0506,
+        };
+        let mut buf = [0u8; 64];
+        let n = control(&mut buf, [1; 6], [2; 6], &c).unwrap();
+        assert_eq!(n, CONTROL_LEN);
+        assert_eq!(parse_control(&buf[..n]), Some((c, [2; 6])));
+        assert!(control(&mut [0u8; 59], [1; 6], [2; 6], &c).is_none());
+        let mut data_frame = [0u8; 64];
+        data(&mut data_frame, [1; 6], [2; 6], 7);
+        assert_eq!(parse_control(&data_frame), None);
+        buf[14] = b'X';
+        assert_eq!(parse_control(&buf[..n]), None);
+    }
+
+    #[test]
+    fn data_frames_carry_their_sequence_number_and_length() {
+        let mut f = vec![0xa5u8; 1514];
+        data(&mut f, [1; 6], [2; 6], 0xdead_beef);
+        assert_eq!(parse_data(&f), Some(0xdead_beef));
+        // A frame cut short (or padded) no longer matches its size field.
+        assert_eq!(parse_data(&f[..1500]), None);
+        let mut c = [0u8; CONTROL_LEN];
+        control(
+            &mut c,
+            [1; 6],
+            [2; 6],
+            &Control {
+                op: OP_DATA,
+                size: 60,
+                ms: 0,
+                count: 0,
+            },
+        );
+        assert_eq!(parse_data(&c), None, "a control frame is not data");
+    }
+}
