@@ -1,13 +1,14 @@
 //! Trace points across processes, end to end: `trace-event-set-state`
 //! while the `blk-loop` guest runs makes block-proc and vcpu-proc write
 //! their lines (to `-trace file=` or through the log), disabling stops
-//! them, the state survives a block-proc SIGKILL, and the argument rules
+//! them, the state survives a block-proc or net-proc SIGKILL, and the argument rules
 //! and errors are QEMU's (QEMU 10 where it has the same shape, the
 //! reference's 2.8 rules for `vcpu`, which QEMU 10 removed). Needs
 //! /dev/kvm and qemu-system-x86_64.
 
 mod common;
 mod disk_common;
+mod net_common;
 
 use std::path::Path;
 use std::process::Command;
@@ -157,6 +158,84 @@ fn block_proc_sigkilled_comes_back_with_the_same_points_enabled() {
     wait_more_passes(&serial, 1);
     wait_for_lines(&trace, from, &["block-proc: virtio_blk_complete"]);
     assert!(!lines_from(&trace, from).contains("virtio_blk_request"));
+}
+
+/// net-proc of a `-S` broker with a TAP netdev and a NIC (the TAP is
+/// the broker's: it goes with it), tracing to `DIR/trace.log` with `-trace
+/// net_ipc_reply` from the command line.
+fn net_proc_with_trace_file(dir: &TempDir) -> (Bulkhead, std::path::PathBuf) {
+    let trace = dir.0.join("trace.log");
+    let tap = format!("bht{}", std::process::id() % 100_000);
+    let b = Bulkhead::start(&[
+        "-S",
+        "-trace",
+        &format!("file={}", trace.display()),
+        "-trace",
+        "net_ipc_reply",
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        "-device",
+        "virtio-net-device,netdev=n0,id=nic0",
+    ]);
+    (b, trace)
+}
+
+#[test]
+fn net_proc_gets_the_command_line_points_and_keeps_a_point_enabled_across_a_sigkill() {
+    let dir = TempDir::new();
+    let (b, trace) = net_proc_with_trace_file(&dir);
+    let mut q = b.client();
+    // The command line's point reached net-proc at its first start.
+    let r = get(&mut q, json!({"name": "net_ipc_*"}));
+    assert_eq!(
+        r["return"],
+        json!([
+            {"name": "net_ipc_reply", "state": "enabled", "vcpu": false},
+            {"name": "net_ipc_request", "state": "disabled", "vcpu": false},
+        ]),
+        "{r}"
+    );
+    wait_for_lines(&trace, 0, &["net-proc: net_ipc_reply "]);
+    let r = set(&mut q, json!({"name": "net_ipc_request", "enable": true}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    let r = q.execute("set_link", json!({"name": "nic0", "up": false}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    wait_for_lines(&trace, 0, &["net-proc: net_ipc_request "]);
+
+    let old = net_common::worker_pid(broker_pid(&b), "net-proc").expect("net-proc runs");
+    let from = len(&trace);
+    signal(old, Signal::SIGKILL);
+    let restarted = q.event_where("__org.bulkhead_WORKER_RESTARTED", |d| d["worker"] == "net");
+    assert_ne!(restarted["data"]["pid"], json!(old));
+    // The new net-proc answers with both points enabled, and writes them
+    // for the requests of its replay and for new ones.
+    let r = get(&mut q, json!({"name": "net_ipc_*"}));
+    assert_eq!(
+        r["return"],
+        json!([
+            {"name": "net_ipc_reply", "state": "enabled", "vcpu": false},
+            {"name": "net_ipc_request", "state": "enabled", "vcpu": false},
+        ]),
+        "{r}"
+    );
+    let r = q.execute("set_link", json!({"name": "nic0", "up": true}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    let text = wait_for_lines(
+        &trace,
+        from,
+        &["net-proc: net_ipc_request ", "net-proc: net_ipc_reply "],
+    );
+    assert!(
+        !text.contains("vhost_user_msg"),
+        "only the enabled points: {text}"
+    );
+    // Disabling reaches the new net-proc too.
+    let r = set(&mut q, json!({"name": "net_ipc_*", "enable": false}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    let settled = len(&trace);
+    let r = q.execute("set_link", json!({"name": "nic0", "up": false}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    assert_eq!(len(&trace), settled, "{}", lines_from(&trace, settled));
 }
 
 #[test]

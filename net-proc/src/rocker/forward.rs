@@ -1,6 +1,9 @@
 //! A running switch: its ports, its bridge, and the forwarding thread that
 //! polls every port, runs each frame through the pipeline and writes it to
-//! the output ports; it ages learned entries once a second.
+//! the output ports; it ages learned entries once a second. A readable
+//! port is read until it is empty (up to [`BATCH`] frames, so one busy
+//! port does not starve the others), into one buffer with a header slot
+//! in front: per frame one read, one write per output port, no allocation.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +15,9 @@ use ipc_proto::rocker::PortState;
 use ipc_proto::warn_limited;
 
 use super::bridge::Bridge;
-use super::port::{recv_frame, send_frame};
+use super::port::{recv_slotted, send_slotted};
 use crate::port::Port;
+use crate::tap::VNET_HDR_LEN;
 
 /// How long one poll waits (the stop flag and ageing are checked between).
 const TICK: Duration = Duration::from_millis(100);
@@ -21,6 +25,8 @@ const TICK: Duration = Duration::from_millis(100);
 const AGE_EVERY: Duration = Duration::from_secs(1);
 /// Largest frame read (jumbo frames included).
 const MAX_FRAME: usize = 65_536;
+/// Frames read from one port before the thread polls again.
+const BATCH: usize = 64;
 
 /// What the forwarding thread and the queries share.
 struct Shared {
@@ -93,7 +99,8 @@ fn lock(m: &Mutex<Bridge>) -> MutexGuard<'_, Bridge> {
 
 /// The forwarding loop.
 fn run(s: &Shared) {
-    let mut buf = vec![0u8; MAX_FRAME];
+    let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
+    let mut out = Vec::new();
     let mut last_age = Instant::now();
     let mut pfds: Vec<libc::pollfd> = s
         .ports
@@ -122,17 +129,22 @@ fn run(s: &Shared) {
             }
             continue;
         }
+        // One clock read per wake-up (learning keeps seconds).
+        let now = Instant::now();
         for (i, pfd) in pfds.iter_mut().enumerate() {
             let revents = std::mem::take(&mut pfd.revents);
             if revents & libc::POLLIN != 0 {
-                receive(s, i, &mut buf);
+                for _ in 0..BATCH {
+                    if !receive(s, i, &mut buf, &mut out, now) {
+                        break;
+                    }
+                }
             } else if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
                 s.link_up[i].store(false, Ordering::Relaxed);
                 // A TAP whose interface is gone: do not spin on it.
                 pfd.events = 0;
             }
         }
-        let now = Instant::now();
         if now.duration_since(last_age) >= AGE_EVERY {
             last_age = now;
             lock(&s.bridge).age(now);
@@ -140,26 +152,36 @@ fn run(s: &Shared) {
     }
 }
 
-/// Reads one frame from port index `i` and forwards it.
-fn receive(s: &Shared, i: usize, buf: &mut [u8]) {
-    let len = match recv_frame(s.ports[i].as_ref(), buf) {
+/// Reads one frame from port index `i` and forwards it; false when the
+/// port had none (or failed).
+fn receive(s: &Shared, i: usize, buf: &mut [u8], out: &mut Vec<u32>, now: Instant) -> bool {
+    let len = match recv_slotted(s.ports[i].as_ref(), buf) {
         Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
         Err(e) => {
             s.link_up[i].store(false, Ordering::Relaxed);
             warn_limited!("rocker: port {} read failed: {e}", i + 1);
-            return;
+            return false;
         }
     };
     s.link_up[i].store(true, Ordering::Relaxed);
-    let frame = &buf[..len];
-    let verdict = lock(&s.bridge).forward(frame, i as u32 + 1, Instant::now());
-    for pport in verdict.map(|v| v.out_pports).unwrap_or_default() {
-        let Some(port) = (pport as usize).checked_sub(1).and_then(|o| s.ports.get(o)) else {
+    out.clear();
+    {
+        let frame = &buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
+        if let Some(v) = lock(&s.bridge).forward(frame, i as u32 + 1, now) {
+            out.extend_from_slice(&v.out_pports);
+        }
+    }
+    // No offloads on a switch's ports: an all-zero header.
+    buf[..VNET_HDR_LEN].fill(0);
+    for &pport in out.iter() {
+        let Some(o) = (pport as usize).checked_sub(1) else {
             continue;
         };
-        let o = pport as usize - 1;
-        match send_frame(port.as_ref(), frame) {
+        let Some(port) = s.ports.get(o) else {
+            continue;
+        };
+        match send_slotted(port.as_ref(), buf, len) {
             Ok(_) => s.link_up[o].store(true, Ordering::Relaxed),
             // The interface is down (EIO) or its queue full: dropped, as
             // on a wire.
@@ -168,4 +190,5 @@ fn receive(s: &Shared, i: usize, buf: &mut [u8]) {
             }
         }
     }
+    true
 }

@@ -40,6 +40,34 @@ pub fn send_frame(port: &dyn Port, frame: &[u8]) -> io::Result<usize> {
     Ok(port.send(0, &out)?.saturating_sub(VNET_HDR_LEN))
 }
 
+/// Receives one frame from `port` into `buf` after its first
+/// [`VNET_HDR_LEN`] bytes (the header slot: a port with a vnet header
+/// reads its header there); returns the bare frame's length, which sits
+/// at `buf[VNET_HDR_LEN..]`. No copy: the forwarding path's reader.
+pub fn recv_slotted(port: &dyn Port, buf: &mut [u8]) -> io::Result<usize> {
+    if !port.vnet_hdr() {
+        return port.recv(0, &mut buf[VNET_HDR_LEN..]);
+    }
+    port.recv(0, buf)?.checked_sub(VNET_HDR_LEN).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame shorter than its vnet header",
+        )
+    })
+}
+
+/// Sends the bare frame of `len` bytes at `buf[VNET_HDR_LEN..]` out of
+/// `port`, with the header slot (zeroed by the caller) in front when the
+/// port carries vnet headers. No allocation, no copy.
+pub fn send_slotted(port: &dyn Port, buf: &[u8], len: usize) -> io::Result<usize> {
+    if !port.vnet_hdr() {
+        return port.send(0, &buf[VNET_HDR_LEN..VNET_HDR_LEN + len]);
+    }
+    Ok(port
+        .send(0, &buf[..VNET_HDR_LEN + len])?
+        .saturating_sub(VNET_HDR_LEN))
+}
+
 /// An fd where one read or write is one bare frame (a datagram socket, a
 /// TAP without vnet header): a one-queue [`Port`].
 #[derive(Debug)]
@@ -48,8 +76,17 @@ pub struct FdPort {
 }
 
 impl FdPort {
-    /// Takes over `fd`.
+    /// Takes over `fd` and makes it non-blocking (readers read until
+    /// `WouldBlock`; a peer that does not read loses frames, as on a
+    /// wire, instead of stopping the writer).
     pub fn new(fd: OwnedFd) -> FdPort {
+        let nonblocking = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).and_then(|fl| {
+            let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(fl))
+        });
+        if let Err(e) = nonblocking {
+            tracing::warn!("a switch port's fd stays blocking: {e}");
+        }
         FdPort { fd }
     }
 }

@@ -10,10 +10,14 @@
 //!   answered while the link was down.
 //! - `net-loop`: rounds forever with a line of counts after each, for
 //!   chaos tests that kill the network backend meanwhile.
+//! - `net-gen`: a traffic generator for benchmarks: on the host's orders
+//!   ([`gen_frame`]) it sends frames of a given size as fast as it can, or
+//!   counts the ones that arrive, for a given time, and reports the count.
 
 #![no_std]
 
 pub mod clock;
 pub mod exchange;
 pub mod frame;
+pub mod gen_frame;
 pub mod virtio_net;

@@ -11,6 +11,7 @@
 //! The device is looked for in Bulkhead's slots, then QEMU microvm's
 //! transports, so the same guest runs on both.
 
+use guest_rt::apic::{self, Trigger};
 use guest_rt::virtio::{Buffer, QueueMem, SplitQueue, VirtioMmio, QUEUE_SIZE};
 
 /// Virtio device type of a network device.
@@ -25,18 +26,26 @@ pub const F_STATUS: u64 = 1 << 16;
 pub const S_LINK_UP: u16 = 1;
 /// The virtio-net header with VERSION_1 (num_buffers included).
 pub const HDR_LEN: usize = 12;
-/// Bytes of one transmit buffer.
+/// Bytes of a buffer for one test frame (the exchange's frames).
 pub const BUF_LEN: usize = 2048;
+/// Bytes of one transmit buffer: a 9000-byte-MTU frame with its header.
+pub const TX_BUF_LEN: usize = 9216;
 /// Bytes of one receive buffer (less than a full frame: see above).
 pub const RX_BUF_LEN: usize = 1024;
-/// Largest packet the driver reassembles.
-pub const MAX_PACKET: usize = 4 * BUF_LEN;
+/// Largest receive buffer [`Net::setup_with`] takes.
+pub const RX_BUF_MAX: usize = 4096;
+/// Largest packet the driver reassembles (a 9000-byte-MTU frame).
+pub const MAX_PACKET: usize = TX_BUF_LEN;
 /// MAC used when the device has none (locally administered).
 pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x42, 0x48, 0x4e, 0x54, 0x01];
 
 const BULKHEAD_BASE: usize = 0xd000_0000;
 const BULKHEAD_STRIDE: usize = 0x1000;
 const BULKHEAD_SLOTS: usize = 8;
+/// GSI of Bulkhead's slot 0 (docs/platform.md).
+const BULKHEAD_GSI_BASE: u32 = 5;
+/// Pins per IOAPIC assumed when mapping a GSI to an IOAPIC from the MADT.
+const IOAPIC_PINS: u32 = 24;
 const MICROVM_BASE: usize = 0xfeb0_0000;
 const MICROVM_STRIDE: usize = 0x200;
 const MICROVM_TRANSPORTS: usize = 24;
@@ -48,13 +57,15 @@ const TX_QUEUE: u16 = 1;
 const N: usize = QUEUE_SIZE as usize;
 
 #[repr(C, align(4096))]
-struct Buffers([[u8; BUF_LEN]; N]);
+struct Buffers([[u8; TX_BUF_LEN]; N]);
 
+/// Room for `N` receive buffers of up to [`RX_BUF_MAX`] bytes, laid out
+/// back to back at the buffer length in use.
 #[repr(C, align(4096))]
-struct RxBuffers([[u8; RX_BUF_LEN]; N]);
+struct RxBuffers([u8; RX_BUF_MAX * N]);
 
-static mut RX_BUFS: RxBuffers = RxBuffers([[0; RX_BUF_LEN]; N]);
-static mut TX_BUFS: Buffers = Buffers([[0; BUF_LEN]; N]);
+static mut RX_BUFS: RxBuffers = RxBuffers([0; RX_BUF_MAX * N]);
+static mut TX_BUFS: Buffers = Buffers([[0; TX_BUF_LEN]; N]);
 static mut PACKET: [u8; MAX_PACKET] = [0; MAX_PACKET];
 static RX_MEM: QueueMem = QueueMem::new();
 static TX_MEM: QueueMem = QueueMem::new();
@@ -99,6 +110,12 @@ pub struct Net {
     pub rx_errors: u32,
     /// Packets that came in more than one buffer (MRG_RXBUF).
     pub merged: u32,
+    /// Bytes of each receive buffer.
+    rx_len: usize,
+    /// `recv` leaves the receive queue's notification to [`Net::kick_rx`].
+    rx_batched: bool,
+    /// A used receive chain taken by [`Net::rx_pending`], for `recv`.
+    rx_stash: Option<(u16, u32)>,
 }
 
 fn base_of(i: usize) -> usize {
@@ -116,9 +133,11 @@ pub fn find() -> Option<VirtioMmio> {
         .find(|d| d.device_id() == DEVICE_ID_NET)
 }
 
-fn rx_buf(b: usize) -> *mut u8 {
-    // SAFETY: only the address of a static is taken.
-    unsafe { core::ptr::addr_of_mut!(RX_BUFS.0[b % N]) as *mut u8 }
+/// Receive buffer `b` (of `len` bytes; buffers are back to back).
+fn rx_buf(b: usize, len: usize) -> *mut u8 {
+    // SAFETY: only the address of a static is taken; (b % N) * len stays
+    // inside it since len <= RX_BUF_MAX.
+    unsafe { (core::ptr::addr_of_mut!(RX_BUFS.0) as *mut u8).add((b % N) * len) }
 }
 
 fn tx_buf(b: usize) -> *mut u8 {
@@ -130,6 +149,13 @@ impl Net {
     /// Finds the device, negotiates VERSION_1, MAC, STATUS and MRG_RXBUF,
     /// sets both queues up, fills the receive queue and starts it.
     pub fn setup() -> Result<Net, SetupError> {
+        Self::setup_with(RX_BUF_LEN)
+    }
+
+    /// [`Net::setup`] with receive buffers of `rx_len` bytes (at most
+    /// [`RX_BUF_MAX`]; a Linux guest posts page-sized ones).
+    pub fn setup_with(rx_len: usize) -> Result<Net, SetupError> {
+        let rx_len = rx_len.clamp(HDR_LEN + 64, RX_BUF_MAX);
         let dev = find().ok_or(SetupError::NotFound)?;
         let features = dev
             .init(F_MAC | F_STATUS | F_MRG_RXBUF)
@@ -151,6 +177,9 @@ impl Net {
             config_irq: false,
             rx_errors: 0,
             merged: 0,
+            rx_len,
+            rx_batched: false,
+            rx_stash: None,
         };
         if features & F_MAC != 0 {
             let mut mac = [0u8; 6];
@@ -171,6 +200,48 @@ impl Net {
     /// The device's MMIO base.
     pub fn base(&self) -> usize {
         self.dev.base()
+    }
+
+    /// Routes the device's interrupt to `vector` on this CPU (edge
+    /// triggered, so a waiter acknowledges it with
+    /// [`Net::ack_interrupt`]); returns its GSI, or None if no IOAPIC
+    /// serves it. Bulkhead's slot `i` is GSI 5 + i; QEMU microvm's
+    /// transport `i` is GSI 24 + i with its second IOAPIC, else 16 + i
+    /// with ACPI, else 5 + i.
+    pub fn route_interrupt(&self, vector: u8) -> Option<u32> {
+        let base = self.dev.base();
+        let (ioapics, gsi) = if base < MICROVM_BASE {
+            let slot = ((base - BULKHEAD_BASE) / BULKHEAD_STRIDE) as u32;
+            (None, BULKHEAD_GSI_BASE + slot)
+        } else {
+            let index = ((base - MICROVM_BASE) / MICROVM_STRIDE) as u32;
+            let m = guest_rt::acpi::discover();
+            let listed = m.ioapics;
+            let n = m.ioapic_count;
+            let gsi = match &listed[..n] {
+                [] => BULKHEAD_GSI_BASE + index,
+                l if l.iter().any(|&(_, b)| b == 24) => 24 + index,
+                _ => 16 + index,
+            };
+            (Some((listed, n)), gsi)
+        };
+        let (addr, first) = match ioapics {
+            Some((listed, n)) if n > 0 => *listed[..n]
+                .iter()
+                .find(|&&(_, b)| (b..b + IOAPIC_PINS).contains(&gsi))?,
+            Some(_) | None => (apic::IOAPIC_BASE as u32, 0),
+        };
+        let pin = (gsi - first) as u8;
+        apic::ioapic_route_at(addr as usize, pin, vector, Trigger::Edge, apic::lapic_id());
+        Some(gsi)
+    }
+
+    /// Reads and acknowledges the interrupt status (a config change is
+    /// kept for [`Net::poll_link`]).
+    pub fn ack_interrupt(&mut self) {
+        if self.dev.ack_interrupt() & INT_CONFIG != 0 {
+            self.config_irq = true;
+        }
     }
 
     fn config8(&self, off: usize) -> u8 {
@@ -242,9 +313,10 @@ impl Net {
 
     /// Posts the receive chain starting at buffer `b`.
     fn post_rx(&mut self, b: usize) {
+        let len = self.rx_len;
         let buf = |i: usize| Buffer {
-            addr: rx_buf(i) as u64,
-            len: RX_BUF_LEN as u32,
+            addr: rx_buf(i, len) as u64,
+            len: len as u32,
             device_writes: true,
         };
         let pair = [buf(b), buf(b + 1)];
@@ -265,45 +337,92 @@ impl Net {
     /// Sends `frame` (an Ethernet frame without FCS); false if no
     /// transmit buffer is free.
     pub fn send(&mut self, frame: &[u8]) -> bool {
+        let queued = self.queue_tx(frame.len(), &mut |buf| buf.copy_from_slice(frame));
+        if queued {
+            self.kick_tx();
+        }
+        queued
+    }
+
+    /// Puts a frame of `len` bytes, written in place by `fill`, in the
+    /// transmit queue without notifying the device ([`Net::kick_tx`]
+    /// does); false if no transmit buffer is free or `len` is too long.
+    pub fn queue_tx(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> bool {
         self.reclaim_tx();
         let Some(b) = self.tx_free.iter().position(|f| *f) else {
             return false;
         };
-        if frame.len() + HDR_LEN > BUF_LEN {
+        if len + HDR_LEN > TX_BUF_LEN {
             return false;
         }
         let p = tx_buf(b);
-        // SAFETY: buffer `b` is free (not in the ring); the copy stays
-        // inside it.
-        unsafe {
-            core::ptr::write_bytes(p, 0, HDR_LEN);
-            core::ptr::copy_nonoverlapping(frame.as_ptr(), p.add(HDR_LEN), frame.len());
-        }
+        // SAFETY: buffer `b` is free (not in the ring) and TX_BUF_LEN long.
+        let buf = unsafe { core::slice::from_raw_parts_mut(p, HDR_LEN + len) };
+        buf[..HDR_LEN].fill(0);
+        fill(&mut buf[HDR_LEN..]);
         let chain = [Buffer {
             addr: p as u64,
-            len: (HDR_LEN + frame.len()) as u32,
+            len: (HDR_LEN + len) as u32,
             device_writes: false,
         }];
         match self.tx.submit(&chain) {
             Ok(head) => {
                 self.tx_free[b] = false;
                 self.tx_buf_of[usize::from(head)] = b as u8;
-                self.dev.notify(TX_QUEUE);
                 true
             }
             Err(_) => false,
         }
     }
 
+    /// Tells the device the transmit queue has new frames.
+    pub fn kick_tx(&self) {
+        self.dev.notify(TX_QUEUE);
+    }
+
+    /// True when every queued frame was sent (the transmit buffers are
+    /// all back).
+    pub fn tx_idle(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx_free.iter().all(|f| *f)
+    }
+
+    /// True if a transmit buffer is free.
+    pub fn tx_has_room(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx_free.iter().any(|f| *f)
+    }
+
+    /// True if a received packet waits for [`Net::recv`].
+    pub fn rx_pending(&mut self) -> bool {
+        if self.rx_stash.is_none() {
+            self.rx_stash = self.rx.poll_used();
+        }
+        self.rx_stash.is_some()
+    }
+
+    /// With `on`, [`Net::recv`] returns buffers to the receive queue
+    /// without notifying the device each time: the caller calls
+    /// [`Net::kick_rx`] after a batch.
+    pub fn batch_rx(&mut self, on: bool) {
+        self.rx_batched = on;
+    }
+
+    /// Tells the device the receive queue has new buffers.
+    pub fn kick_rx(&self) {
+        self.dev.notify(RX_QUEUE);
+    }
+
     /// Receives one packet (the Ethernet frame, header stripped) into the
     /// driver's packet buffer and passes it to `f`; false if none came.
     pub fn recv(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
-        let Some((head, len)) = self.rx.poll_used() else {
+        let Some((head, len)) = self.rx_stash.take().or_else(|| self.rx.poll_used()) else {
             return false;
         };
         let b = usize::from(self.rx_buf_of[usize::from(head)]);
-        let len = (len as usize).min(RX_BUF_LEN * self.rx_chain());
-        let src = rx_buf(b);
+        let rx_len = self.rx_len;
+        let len = (len as usize).min(rx_len * self.rx_chain());
+        let src = rx_buf(b, rx_len);
         // SAFETY: the device is done with the chain at buffer `b` (it is
         // in the used ring); its buffers are adjacent, `len` within them.
         let first = unsafe { core::slice::from_raw_parts(src, len) };
@@ -334,9 +453,9 @@ impl Net {
                 guest_rt::port::pause();
             };
             let nb = usize::from(self.rx_buf_of[usize::from(next.0)]);
-            let nlen = (next.1 as usize).min(RX_BUF_LEN);
+            let nlen = (next.1 as usize).min(rx_len);
             // SAFETY: as for the first buffer.
-            let part = unsafe { core::slice::from_raw_parts(rx_buf(nb), nlen) };
+            let part = unsafe { core::slice::from_raw_parts(rx_buf(nb, rx_len), nlen) };
             if ok && total + nlen <= MAX_PACKET {
                 packet[total..total + nlen].copy_from_slice(part);
                 total += nlen;
@@ -345,7 +464,9 @@ impl Net {
             }
             self.post_rx(nb);
         }
-        self.dev.notify(RX_QUEUE);
+        if !self.rx_batched {
+            self.dev.notify(RX_QUEUE);
+        }
         if ok {
             f(&packet[..total]);
         } else {

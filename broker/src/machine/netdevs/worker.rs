@@ -65,6 +65,7 @@ pub fn request_if_running(m: &Machine, req: NetRequest) -> Option<Result<NetRepl
 /// Spawns net-proc, replays the desired state into it and publishes it.
 fn start(m: &Arc<Machine>) -> Result<(), StartError> {
     let (proc, link) = policy::bring_up(m, WorkerKind::Net, |m: &Arc<Machine>, e| on_event(m, e))?;
+    crate::machine::trace_state::replay_net(m, &link);
     super::replay_on(m, &link).map_err(|e| StartError::Refused("net", e))?;
     policy::publish(m, &m.net, proc, link, WorkerKind::Net)
 }

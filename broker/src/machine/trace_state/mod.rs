@@ -3,7 +3,7 @@
 //! The broker learns each process's points (its catalog) from the process
 //! itself when it starts, applies the command line's `-trace` patterns to
 //! them, and sets the state in every process with `TraceRequest::Apply`;
-//! a restarted block-proc gets the same state again. The
+//! a restarted block-proc or net-proc gets the same state again. The
 //! `trace-event-*` commands are answered from here (the rules in
 //! [`query`]), with the states the live workers report.
 
@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ipc_proto::block::{BlockReply, BlockRequest};
+use ipc_proto::net::{NetReply, NetRequest};
 use ipc_proto::trace::{EnabledPoint, PointState, TraceReply, TraceRequest, VcpuMask};
 use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
 use ipc_proto::FlatError;
 
-use super::{lock, unexpected_reply, BlockLink, Machine, VcpuLink};
+use super::{lock, unexpected_reply, BlockLink, Machine, NetLink, VcpuLink};
 use crate::cli::trace_opt::{TraceOp, TraceOptions};
 
 /// Errors of the trace set-up.
@@ -46,6 +47,9 @@ pub enum Process {
     Vcpu,
     /// block-proc.
     Block,
+    /// net-proc (its points are known once it first started: a VM without
+    /// a netdev runs none).
+    Net,
 }
 
 /// A point as the broker knows it.
@@ -250,6 +254,15 @@ fn block_call(
     }
 }
 
+fn net_call(
+    link: &NetLink,
+) -> impl Fn(TraceRequest, &[BorrowedFd<'_>]) -> Result<TraceReply, FlatError> + '_ {
+    move |req, fds| match link.request(NetRequest::Trace(req), fds)? {
+        NetReply::Trace(r) => Ok(r),
+        other => Err(unexpected_reply(&other)),
+    }
+}
+
 /// Sets vcpu-proc's trace state (before its VM is created). A failure
 /// only loses trace lines: it is logged.
 pub fn replay_vcpu(m: &Machine, link: &VcpuLink) {
@@ -263,6 +276,14 @@ pub fn replay_vcpu(m: &Machine, link: &VcpuLink) {
 pub fn replay_block(m: &Machine, link: &BlockLink) {
     if let Err(e) = m.trace.replay(Process::Block, &block_call(link)) {
         tracing::warn!("cannot set block-proc's trace points: {}", e.desc);
+    }
+}
+
+/// Sets a (re)started net-proc's trace state, before it serves anything
+/// else. A failure only loses trace lines.
+pub fn replay_net(m: &Machine, link: &NetLink) {
+    if let Err(e) = m.trace.replay(Process::Net, &net_call(link)) {
+        tracing::warn!("cannot set net-proc's trace points: {}", e.desc);
     }
 }
 
@@ -286,6 +307,7 @@ impl Machine {
                 Process::Broker => Some(ipc_proto::trace::states(crate::trace::POINTS)),
                 Process::Vcpu => self.live_vcpu().and_then(|l| query(&vcpu_call(&l))),
                 Process::Block => self.live_block().and_then(|l| query(&block_call(&l))),
+                Process::Net => self.live_net().and_then(|l| query(&net_call(&l))),
             };
             match live {
                 Some(states) => out.extend(states.into_iter().map(|s| {
@@ -343,6 +365,11 @@ impl Machine {
                     Some(l) => send(&inner, process, &block_call(&l), false),
                     None => Ok(()),
                 },
+                // Likewise a restarting net-proc.
+                Process::Net => match self.live_net() {
+                    Some(l) => send(&inner, process, &net_call(&l), false),
+                    None => Ok(()),
+                },
             };
             if let Err(e) = sent {
                 tracing::info!("trace state of {process:?} not sent now: {}", e.desc);
@@ -360,6 +387,13 @@ impl Machine {
 
     fn live_block(&self) -> Option<Arc<BlockLink>> {
         lock(&self.block)
+            .as_ref()
+            .filter(|w| !w.link.is_broken())
+            .map(|w| w.link.clone())
+    }
+
+    fn live_net(&self) -> Option<Arc<NetLink>> {
+        lock(&self.net)
             .as_ref()
             .filter(|w| !w.link.is_broken())
             .map(|w| w.link.clone())

@@ -23,7 +23,14 @@ use ipc_proto::{BrokerMsg, WorkerKind, WorkerMsg};
 use vhost_user_harness::net::{NetDevice, NetOptions, HDR_LEN};
 use vhost_user_harness::HarnessError;
 
-const ETHERTYPE: u16 = 0x88b5;
+mod guest;
+mod packet;
+mod switch;
+
+use packet::Packet;
+
+/// The test frames' EtherType.
+pub const ETHERTYPE: u16 = 0x88b5;
 
 type Chan = BrokerChannel<NetRequest, NetReply, NetEvent>;
 
@@ -32,11 +39,22 @@ struct Args {
     tap: String,
     veth: (String, String),
     secs: f64,
+    /// bulkhead, qemu and the `net-gen` guest (the guest NIC ↔ TAP part).
+    guest: Option<guest::Programs>,
+    /// Port to port: the switch's two TAPs and the bridge's two veth
+    /// host ends.
+    ports: Option<((String, String), (String, String))>,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = std::env::args().skip(1);
     let (mut net_proc, mut tap, mut veth, mut secs) = (None, None, None, 2.0);
+    let (mut bulkhead, mut gen, mut qemu) = (None, None, "qemu-system-x86_64".to_owned());
+    let (mut switch, mut bridge) = (None, None);
+    let pair = |s: String, what: &str| -> Result<(String, String), String> {
+        let (x, y) = s.split_once(',').ok_or(format!("{what} A,B"))?;
+        Ok((x.to_owned(), y.to_owned()))
+    };
     while let Some(k) = a.next() {
         let mut v = || a.next().ok_or(format!("{k} needs a value"));
         match k.as_str() {
@@ -48,6 +66,11 @@ fn args() -> Result<Args, String> {
                 veth = Some((x.to_owned(), y.to_owned()));
             }
             "--secs" => secs = v()?.parse().map_err(|_| "--secs S")?,
+            "--bulkhead" => bulkhead = Some(v()?.into()),
+            "--guest" => gen = Some(v()?.into()),
+            "--qemu" => qemu = v()?,
+            "--switch-taps" => switch = Some(pair(v()?, "--switch-taps")?),
+            "--bridge-ports" => bridge = Some(pair(v()?, "--bridge-ports")?),
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -56,15 +79,30 @@ fn args() -> Result<Args, String> {
         tap: tap.ok_or("--tap NAME")?,
         veth: veth.ok_or("--veth A,B")?,
         secs,
+        guest: match (bulkhead, gen) {
+            (Some(bulkhead), Some(guest)) => Some(guest::Programs {
+                bulkhead,
+                qemu,
+                guest,
+            }),
+            (None, None) => None,
+            _ => return Err("--bulkhead and --guest go together".into()),
+        },
+        ports: match (switch, bridge) {
+            (Some(s), Some(b)) => Some((s, b)),
+            (None, None) => None,
+            _ => return Err("--switch-taps and --bridge-ports go together".into()),
+        },
     })
 }
 
-fn os_err(what: &str) -> String {
+/// `what` with the last OS error.
+pub fn os_err(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
 /// Opens TAP `name` (IFF_VNET_HDR) and returns its fd.
-fn open_tap(name: &str) -> Result<OwnedFd, String> {
+pub fn open_tap(name: &str) -> Result<OwnedFd, String> {
     // SAFETY: open(2) of a constant path.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -82,115 +120,8 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// An AF_PACKET socket on one interface, test EtherType.
-struct Packet {
-    fd: OwnedFd,
-    ifindex: i32,
-}
-
-impl Packet {
-    fn bind(ifname: &str) -> Result<Packet, String> {
-        // SAFETY: socket() with constant arguments.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETHERTYPE.to_be()),
-            )
-        };
-        if fd < 0 {
-            return Err(os_err("AF_PACKET"));
-        }
-        // SAFETY: just created, owned here.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-        if ifindex == 0 {
-            return Err(format!("no interface {ifname}"));
-        }
-        // SAFETY: sockaddr_ll is plain data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETHERTYPE.to_be();
-        sll.sll_ifindex = ifindex;
-        // SAFETY: bind reads `sll` with its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(os_err("bind"));
-        }
-        let buf: i32 = 32 << 20;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            // SAFETY: setsockopt reads an int that outlives the call.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &buf as *const i32 as *const libc::c_void,
-                    4,
-                );
-            }
-        }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: setsockopt reads a timeval that outlives the call.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        Ok(Packet { fd, ifindex })
-    }
-
-    fn send(&self, frame: &[u8]) -> bool {
-        // SAFETY: sockaddr_ll is plain data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = self.ifindex;
-        sll.sll_halen = 6;
-        // SAFETY: sendto reads `frame` and `sll`, alive for the call.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        n == frame.len() as isize
-    }
-
-    /// One frame's length (0 on timeout).
-    fn recv(&self, buf: &mut [u8]) -> usize {
-        // SAFETY: recv writes at most buf.len() bytes into buf.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        n.max(0) as usize
-    }
-}
-
-fn frame(len: usize, seq: u32) -> Vec<u8> {
+/// A test frame of `len` bytes (broadcast, EtherType [`ETHERTYPE`], `seq`).
+pub fn frame(len: usize, seq: u32) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
     f.extend_from_slice(&ETHERTYPE.to_be_bytes());
@@ -215,14 +146,16 @@ fn counter(
     })
 }
 
-struct Worker {
+/// A net-proc driven as the broker drives it.
+pub struct Worker {
     child: Child,
     chan: Chan,
     next: u64,
 }
 
 impl Worker {
-    fn spawn(exe: &str) -> Result<Worker, String> {
+    /// Spawns `exe` sandboxed.
+    pub fn spawn(exe: &str) -> Result<Worker, String> {
         let (broker, worker) = UnixStream::pair().map_err(|e| e.to_string())?;
         nix::fcntl::fcntl(
             &worker,
@@ -245,7 +178,8 @@ impl Worker {
         })
     }
 
-    fn call(
+    /// Sends `body` with `fds`; the reply.
+    pub fn call(
         &mut self,
         body: NetRequest,
         fds: &[std::os::fd::BorrowedFd<'_>],
@@ -314,7 +248,7 @@ fn herr(e: HarnessError) -> String {
 
 /// Harness tx → net-proc → TAP → AF_PACKET: frames/s received.
 fn tx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64, String> {
-    let sock = Arc::new(Packet::bind(tap)?);
+    let sock = Arc::new(Packet::bind(tap, ETHERTYPE)?);
     let (stop, count) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -351,7 +285,7 @@ fn tx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64,
 
 /// AF_PACKET → TAP → net-proc → harness rx: frames/s received.
 fn rx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64, String> {
-    let sock = Arc::new(Packet::bind(tap)?);
+    let sock = Arc::new(Packet::bind(tap, ETHERTYPE)?);
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let f = frame(len, 0);
@@ -365,24 +299,20 @@ fn rx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64,
     let end = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
     while Instant::now() < end {
-        match dev.recv_timeout(0, Duration::from_millis(100)) {
-            Ok(frames) => n += frames.len() as u64,
-            Err(HarnessError::Timeout) => {}
-            Err(e) => return Err(herr(e)),
-        }
+        n += dev.count_rx(0, Duration::from_millis(100)).map_err(herr)? as u64;
     }
     let el = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
     // Drain what is left.
-    while dev.recv_timeout(0, Duration::from_millis(50)).is_ok() {}
+    while dev.count_rx(0, Duration::from_millis(50)).map_err(herr)? > 0 {}
     Ok(n as f64 / el)
 }
 
 /// AF_PACKET on veth A → veth B → AF_PACKET: frames/s received.
 fn veth_rate(a: &str, b: &str, len: usize, secs: f64) -> Result<f64, String> {
-    let tx = Packet::bind(a)?;
-    let rx = Arc::new(Packet::bind(b)?);
+    let tx = Packet::bind(a, ETHERTYPE)?;
+    let rx = Arc::new(Packet::bind(b, ETHERTYPE)?);
     let (stop, count) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -403,8 +333,117 @@ fn veth_rate(a: &str, b: &str, len: usize, secs: f64) -> Result<f64, String> {
     Ok(n as f64 / el)
 }
 
+/// Frame sizes: (length without FCS, label).
+const SIZES: [(usize, &str); 3] = [(64, "64 B"), (1514, "1500 B"), (9014, "9000 B")];
+
+/// `pps` of `len`-byte frames as the table shows it.
+fn fmt_rate(len: usize, pps: f64) -> String {
+    if len == 64 {
+        format!("{:.0} kpps", pps / 1e3)
+    } else {
+        format!("{:.2} Gbit/s", pps * len as f64 * 8.0 / 1e9)
+    }
+}
+
 fn run() -> Result<(), String> {
     let a = args()?;
+    if let Some((taps, ports)) = &a.ports {
+        port_to_port(&a, taps, ports)?;
+    }
+    let veth = harness(&a)?;
+    if let Some(p) = &a.guest {
+        guests(&a, p, &veth)?;
+    }
+    Ok(())
+}
+
+/// Port to port: net-proc's switch against the kernel's bridge.
+fn port_to_port(a: &Args, taps: &(String, String), ports: &(String, String)) -> Result<(), String> {
+    let w = switch::start_switch(&a.net_proc, &taps.0, &taps.1)?;
+    println!("port to port (broadcast frames in one port, counted out of the other):");
+    println!(
+        "{:<8} {:>14} {:>14} {:>10}   sent/out: switch, bridge",
+        "frame", "net-proc sw", "kernel bridge", "ratio"
+    );
+    for (len, label) in SIZES {
+        let sw = switch::blast(&taps.0, &taps.1, len, a.secs)?;
+        let br = switch::blast(&ports.0, &ports.1, len, a.secs)?;
+        println!(
+            "{:<8} {:>14} {:>14} {:>9.2}x   {}/{}, {}/{}",
+            label,
+            fmt_rate(len, sw.pps),
+            fmt_rate(len, br.pps),
+            sw.pps / br.pps,
+            sw.sent,
+            sw.arrived,
+            br.sent,
+            br.arrived
+        );
+    }
+    drop(w);
+    println!();
+    Ok(())
+}
+
+/// Guest NIC ↔ TAP under bulkhead and under QEMU (tap, vhost=off), with
+/// `veth` (frames/s of the kernel's veth path per size) beside them.
+fn guests(a: &Args, p: &guest::Programs, veth: &[f64]) -> Result<(), String> {
+    let mut runs = Vec::new();
+    for vmm in [guest::Vmm::Bulkhead, guest::Vmm::Qemu] {
+        let m = guest::Machine::start(vmm, p, &a.tap)?;
+        let mut per_size = Vec::new();
+        for (len, _) in SIZES {
+            let tx = guest::tx(&a.tap, len, a.secs).map_err(|e| format!("{vmm:?}: {e}"))?;
+            let rx = guest::rx(&a.tap, len, a.secs).map_err(|e| format!("{vmm:?}: {e}"))?;
+            per_size.push((tx, rx));
+        }
+        if std::env::var_os("BENCH_NET_SERIAL").is_some() {
+            print!("{}", m.serial());
+        }
+        runs.push(per_size);
+    }
+    println!();
+    println!("guest NIC <-> TAP (net-gen guest, same TAP; host counts tx at the TAP, the guest counts rx):");
+    println!(
+        "{:<8} {:>14} {:>14} {:>14} {:>8} {:>8} | {:>14} {:>14} {:>8}",
+        "frame",
+        "bulkhead tx",
+        "qemu tx",
+        "kernel veth",
+        "vs qemu",
+        "vs veth",
+        "bulkhead rx",
+        "qemu rx",
+        "vs qemu"
+    );
+    let mut notes = Vec::new();
+    for (i, (len, label)) in SIZES.into_iter().enumerate() {
+        let ((btx, brx), (qtx, qrx)) = (runs[0][i], runs[1][i]);
+        println!(
+            "{:<8} {:>14} {:>14} {:>14} {:>7.2}x {:>7.2}x | {:>14} {:>14} {:>7.2}x",
+            label,
+            fmt_rate(len, btx.pps),
+            fmt_rate(len, qtx.pps),
+            fmt_rate(len, veth[i]),
+            btx.pps / qtx.pps,
+            btx.pps / veth[i],
+            fmt_rate(len, brx.pps),
+            fmt_rate(len, qrx.pps),
+            brx.pps / qrx.pps,
+        );
+        notes.push(format!(
+            "{label}: tx guest sent/TAP got: bulkhead {}/{}, qemu {}/{}; rx host sent/guest got: bulkhead {}/{}, qemu {}/{}",
+            btx.sent, btx.arrived, qtx.sent, qtx.arrived, brx.sent, brx.arrived, qrx.sent, qrx.arrived
+        ));
+    }
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(())
+}
+
+/// The harness part (see the module doc); returns the veth rates per size.
+fn harness(a: &Args) -> Result<Vec<f64>, String> {
     let tap = open_tap(&a.tap)?;
     let mut w = Worker::spawn(&a.net_proc)?;
     // Page-sized rx buffers, as Linux's mergeable rx buffers are.
@@ -419,7 +458,8 @@ fn run() -> Result<(), String> {
         "frame", "net-proc tx", "net-proc rx", "kernel veth", "tx ratio", "rx ratio"
     );
     let mut notes = Vec::new();
-    for (len, label) in [(64usize, "64 B"), (1514, "1500 B"), (9014, "9000 B")] {
+    let mut veth = Vec::new();
+    for (len, label) in SIZES {
         let tx = tx_rate(&mut dev, &a.tap, len, a.secs)?;
         let before = w.stats()?;
         let rx = rx_rate(&mut dev, &a.tap, len, a.secs)?;
@@ -430,19 +470,13 @@ fn run() -> Result<(), String> {
             after.rx_dropped - before.rx_dropped
         ));
         let peer = veth_rate(&a.veth.0, &a.veth.1, len, a.secs)?;
-        let fmt = |pps: f64| {
-            if len == 64 {
-                format!("{:.0} kpps", pps / 1e3)
-            } else {
-                format!("{:.2} Gbit/s", pps * len as f64 * 8.0 / 1e9)
-            }
-        };
+        veth.push(peer);
         println!(
             "{:<8} {:>14} {:>14} {:>14} {:>9.2}x {:>9.2}x",
             label,
-            fmt(tx),
-            fmt(rx),
-            fmt(peer),
+            fmt_rate(len, tx),
+            fmt_rate(len, rx),
+            fmt_rate(len, peer),
             tx / peer,
             rx / peer
         );
@@ -451,7 +485,7 @@ fn run() -> Result<(), String> {
         println!("{n}");
     }
     // Recovery gap: SIGKILL → replay → reconnect → first frame out.
-    let sock = Packet::bind(&a.tap)?;
+    let sock = Packet::bind(&a.tap, ETHERTYPE)?;
     let mut gaps = Vec::new();
     for _ in 0..5 {
         let killed = Instant::now();
@@ -483,7 +517,7 @@ fn run() -> Result<(), String> {
         gaps[gaps.len() - 1],
         gaps.len()
     );
-    Ok(())
+    Ok(veth)
 }
 
 fn main() -> ExitCode {
