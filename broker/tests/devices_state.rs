@@ -329,15 +329,13 @@ fn errors_and_inmigrate_behaviour_match_qemu() {
 
 #[test]
 fn incoming_refuses_an_unknown_migration_protocol_with_qemus_message() {
-    for (uri, want) in [("foo:bar", "unknown migration protocol: foo:bar")] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args(["-incoming", uri, "-display", "none"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{uri}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{uri}: {err}");
-    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["-incoming", "foo:bar", "-display", "none"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown migration protocol: foo:bar"), "{err}");
 }
 
 #[test]

@@ -180,3 +180,8 @@ fn qemu_restore_from_a_file_keeps_the_dirty_guest_verifying() {
 fn bulkhead_restore_with_xen_load_devices_state_keeps_the_dirty_guest_verifying() {
     save_and_restore(Vmm::Bulkhead);
 }
+
+#[test]
+fn bulkhead_live_migration_over_unix_keeps_the_dirty_guest_verifying() {
+    live_migration(Vmm::Bulkhead);
+}

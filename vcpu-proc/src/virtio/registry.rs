@@ -151,7 +151,8 @@ impl VirtioDevices {
 /// Waits for every change of dirty logging (of the devices `ids`); the
 /// first failure. With `confirm` (turning logging on), a backend lost or
 /// past its deadline meanwhile is one too: logging is on only once every
-/// live backend said so (a backend that never answers SET_LOG_BASE — the
+/// live backend said so, or died (its replacement gets the log with the
+/// reconnect replay) (a backend that never answers SET_LOG_BASE — the
 /// `vhost` crate's frontend expects the reply its own backend sends, and
 /// some backends answer otherwise — must fail the migration, not stall
 /// it). Turning logging off, a lost backend is not: its replacement gets
@@ -162,6 +163,10 @@ fn wait_all(changes: Vec<(String, Option<super::device::LogChange>)>, confirm: b
         let Some(change) = change else { continue };
         let failed = match change.wait() {
             Some(Ok(())) => None,
+            // A backend that died meanwhile is not a refusal: the device
+            // keeps the log and its replacement gets it with the replay
+            // before its rings start (one without LOG_ALL is refused).
+            Some(Err(super::vhost_user::VhostUserError::BackendGone(_))) => None,
             Some(Err(e)) if confirm || !e.connection_lost() => Some(VirtioError::Frontend(e)),
             Some(Err(_)) => None,
             None if confirm => Some(VirtioError::DirtyLogNotConfirmed(id)),

@@ -85,6 +85,10 @@ pub enum VhostUserError {
     /// The inflight region is unusable.
     #[error("inflight region")]
     Inflight(#[source] InflightError),
+    /// The backend went away during the request, well before its deadline
+    /// (it died: not a refusal and not a hang).
+    #[error("the backend went away")]
+    BackendGone(#[source] Box<VhostUserError>),
 }
 
 impl VhostUserError {
@@ -130,7 +134,7 @@ impl VhostUserError {
                 | vhost::Error::AvailAddress
                 | vhost::Error::LogAddress => false,
             },
-            VhostUserError::Socket(_) => true,
+            VhostUserError::Socket(_) | VhostUserError::BackendGone(_) => true,
             VhostUserError::MissingFeature(_)
             | VhostUserError::BadRing { .. }
             | VhostUserError::NotShared(_)

@@ -82,11 +82,24 @@ impl VhostUserDevice {
             "dirty logging off"
         };
         Some(session.post(op, move |conn: &mut Connection| {
+            let began = std::time::Instant::now();
             let r = conn.set_dirty_log(features, log.as_deref(), &mem, max_size, &rings);
             if let Err(e) = &r {
                 request_failed(&id, conn, e);
             }
-            r
+            // The session's watcher hangs up a silent backend only at the
+            // request deadline: a connection lost well before it is a
+            // backend that died, whose replacement gets the log with the
+            // reconnect replay.
+            r.map_err(|e| {
+                if e.connection_lost()
+                    && began.elapsed() < crate::virtio::session::REQUEST_DEADLINE / 2
+                {
+                    VhostUserError::BackendGone(Box::new(e))
+                } else {
+                    e
+                }
+            })
         }))
     }
 }
