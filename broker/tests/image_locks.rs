@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::locks::{held, qcow2_over};
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
 use serde_json::{json, Value};
 
@@ -25,26 +25,6 @@ fn qcow2(dir: &Path, name: &str, backing: Option<&str>) -> PathBuf {
     let out = c.arg(&p).arg("1M").output().unwrap();
     assert!(out.status.success(), "qemu-img create: {out:?}");
     p
-}
-
-fn qcow2_over(node: &str, img: &Path) -> Value {
-    json!({"driver": "qcow2", "node-name": node,
-           "file": {"driver": "file", "node-name": format!("{node}-file"), "filename": img}})
-}
-
-/// Whether some process holds an OFD (or POSIX) lock on `byte` of `img`.
-fn held(img: &Path, byte: i64) -> bool {
-    let f = std::fs::File::open(img).unwrap();
-    // SAFETY: flock is plain data; all-zero is valid.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    // SAFETY: valid fd and flock for the call.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-    assert_eq!(r, 0);
-    fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// Waits until `held(img, byte)` is `want`.

@@ -13,6 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::locks::held;
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
 use disk_common::{guest, SerialLog, GUEST_TIMEOUT};
 use serde_json::{json, Value};
@@ -253,22 +254,6 @@ fn a_target_that_hangs_up_mid_way_fails_the_migration_and_the_source_runs_on() {
     assert_eq!(status(&mut s), "prelaunch");
     s.ok("cont");
     src_log.wait_for("VERDICT: PASS timer");
-}
-
-/// Whether some process holds an OFD lock on `byte` of `img`.
-fn held(img: &Path, byte: i64) -> bool {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(img).unwrap();
-    // SAFETY: flock is plain data; all-zero is valid.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    // SAFETY: valid fd and flock for the call.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-    assert_eq!(r, 0);
-    fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// A `blk-loop` guest on shared storage (one raw image, the same path on

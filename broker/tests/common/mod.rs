@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod locks;
 pub mod qemu;
 
 use std::collections::VecDeque;
