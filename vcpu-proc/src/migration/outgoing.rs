@@ -351,6 +351,7 @@ impl Source {
         self.pass(&mut w, passes)?;
         let mut bandwidth: Option<f64> = None;
         let mut last_sync = Instant::now();
+        let (mut prev_remaining, mut extra_passes) = (u64::MAX, 0u32);
         loop {
             let (t0, b0) = (Instant::now(), w.written());
             self.send(&mut w, &mut dirty, true)?;
@@ -376,9 +377,15 @@ impl Source {
                 s.expected_downtime_ms = expected_ms;
             });
             self.check()?;
-            if remaining == 0 || fits {
+            if remaining == 0
+                || (fits && !worth_another_pass(remaining, prev_remaining, extra_passes))
+            {
                 break;
             }
+            if fits {
+                extra_passes += 1;
+            }
+            prev_remaining = remaining;
             passes += 1;
             self.pass(&mut w, passes)?;
         }
@@ -553,5 +560,40 @@ impl Source {
         if let Err(e) = c.handle(Input::MigrateEnd { completed }) {
             tracing::warn!("cannot end the migration's run state: {e}");
         }
+    }
+}
+
+/// Dirty RAM below which one more pass is not worth its time.
+const SMALL_REMAINDER: u64 = 256 * PAGE;
+/// Passes after the remainder first fit the downtime limit, at most.
+const MAX_EXTRA_PASSES: u32 = 8;
+
+/// Beyond QEMU's test: once the remainder fits the downtime limit, one
+/// more pass while the guest runs is worth it as long as the dirty set
+/// still at least halves per pass (the guest dirties less than half of
+/// what a pass sends) and is not already small: the guest is stopped for
+/// the last, smaller remainder. Bounded, so a guest whose dirty set stops
+/// shrinking switches over at once.
+fn worth_another_pass(remaining: u64, prev_remaining: u64, extra_passes: u32) -> bool {
+    remaining > SMALL_REMAINDER
+        && remaining.saturating_mul(2) < prev_remaining
+        && extra_passes < MAX_EXTRA_PASSES
+}
+
+#[cfg(test)]
+mod convergence_tests {
+    use super::*;
+
+    #[test]
+    fn a_shrinking_large_remainder_gets_another_pass_within_the_bound() {
+        assert!(worth_another_pass(100 << 20, u64::MAX, 0));
+        assert!(worth_another_pass(10 << 20, 30 << 20, 3));
+        assert!(!worth_another_pass(10 << 20, 30 << 20, MAX_EXTRA_PASSES));
+    }
+
+    #[test]
+    fn a_small_or_stalled_remainder_switches_over() {
+        assert!(!worth_another_pass(SMALL_REMAINDER, u64::MAX, 0));
+        assert!(!worth_another_pass(20 << 20, 30 << 20, 0));
     }
 }
