@@ -19,6 +19,7 @@ mod common;
 use common::*;
 use vhost_user_harness::blk::S_OK;
 use vhost_user_harness::dirty_log::HarnessLog;
+use vhost_user_harness::process::Backend;
 use vhost_user_harness::{BlkDevice, Request};
 
 /// Every write takes 500 ms: the marks stay while the test looks.
@@ -57,35 +58,40 @@ fn four_marked_then_done(dev: &mut BlkDevice, after: &str) {
     complete(dev, 4);
 }
 
+/// block-proc serving the slow null node on socket `name`, and the
+/// harness connected to it (one queue).
+fn slow_device(name: &str) -> (Tmp, Backend, BlkDevice) {
+    let sock = tmp(name);
+    let bp = start(&sock, SLOW, &[]);
+    let dev = connect(&sock, 1);
+    (sock, bp, dev)
+}
+
+/// `n` writes put on the ring of the stopped queue, which then starts:
+/// the queue thread finds them at its first look, without a kick, and
+/// takes them together.
+fn taken_at_the_queue_start(name: &str, n: u64) {
+    let (_sock, _bp, mut dev) = slow_device(name);
+    let base = dev.stop_queue(0).unwrap();
+    publish_writes(&mut dev, n);
+    dev.start_queue(0, u16::try_from(base).unwrap()).unwrap();
+    wait_marked(&dev, &[usize::try_from(n).unwrap()]);
+    complete(&mut dev, usize::try_from(n).unwrap());
+}
+
 #[test]
 fn a_request_the_queue_finds_at_its_start_is_marked_while_the_queue_thread_runs_it() {
-    let sock = tmp("marks-start.sock");
-    let _bp = start(&sock, SLOW, &[]);
-    let mut dev = connect(&sock, 1);
-    let base = dev.stop_queue(0).unwrap();
-    publish_writes(&mut dev, 1);
-    dev.start_queue(0, u16::try_from(base).unwrap()).unwrap();
-    wait_marked(&dev, &[1]);
-    complete(&mut dev, 1);
+    taken_at_the_queue_start("marks-start.sock", 1);
 }
 
 #[test]
 fn a_batch_on_the_ring_at_the_queue_start_is_taken_whole() {
-    let sock = tmp("marks-batch.sock");
-    let _bp = start(&sock, SLOW, &[]);
-    let mut dev = connect(&sock, 1);
-    let base = dev.stop_queue(0).unwrap();
-    publish_writes(&mut dev, 4);
-    dev.start_queue(0, u16::try_from(base).unwrap()).unwrap();
-    wait_marked(&dev, &[4]);
-    complete(&mut dev, 4);
+    taken_at_the_queue_start("marks-batch.sock", 4);
 }
 
 #[test]
 fn every_restart_of_a_running_queue_keeps_its_requests_marked() {
-    let sock = tmp("marks-restart.sock");
-    let _bp = start(&sock, SLOW, &[]);
-    let mut dev = connect(&sock, 1);
+    let (_sock, _bp, mut dev) = slow_device("marks-restart.sock");
     four_marked_then_done(&mut dev, "the connection");
     let log = HarnessLog::for_memory(dev.mem().size()).unwrap();
     dev.set_dirty_log(Some(&log), true).unwrap();
@@ -103,9 +109,7 @@ fn every_restart_of_a_running_queue_keeps_its_requests_marked() {
 
 #[test]
 fn a_region_set_while_the_queue_runs_gets_the_marks_and_a_crash_is_recovered_from_it() {
-    let sock = tmp("marks-renew.sock");
-    let mut bp = start(&sock, SLOW, &[]);
-    let mut dev = connect(&sock, 1);
+    let (sock, mut bp, mut dev) = slow_device("marks-renew.sock");
     four_marked_then_done(&mut dev, "the connection");
     dev.renew_inflight().unwrap();
     publish_writes(&mut dev, 4);
@@ -121,9 +125,7 @@ fn a_region_set_while_the_queue_runs_gets_the_marks_and_a_crash_is_recovered_fro
 
 #[test]
 fn a_region_only_got_never_takes_the_marks_also_after_a_restart() {
-    let sock = tmp("marks-got.sock");
-    let _bp = start(&sock, SLOW, &[]);
-    let mut dev = connect(&sock, 1);
+    let (_sock, _bp, mut dev) = slow_device("marks-got.sock");
     dev.get_inflight_unused().unwrap();
     four_marked_then_done(&mut dev, "GET_INFLIGHT_FD");
     dev.resend_call(0).unwrap();
