@@ -16,8 +16,9 @@ use vhost_user_harness::Request;
 #[test]
 fn get_vring_base_answers_once_the_requests_the_queue_took_have_completed() {
     let sock = tmp("stop-drain.sock");
-    // Every write takes 300 ms.
-    let json = r#"{"driver":"null-co","node-name":"n","size":1048576,"latency-ns":300000000}"#;
+    // Every write takes 1 s: the marks stay while the test looks, also
+    // when a loaded machine lets this thread run only now and then.
+    let json = r#"{"driver":"null-co","node-name":"n","size":1048576,"latency-ns":1000000000}"#;
     let _bp = start(&sock, json, &[]);
     let mut dev = connect(&sock, 1);
     // Published at once: the queue thread, which may still be making its
