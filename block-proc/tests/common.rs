@@ -121,6 +121,28 @@ pub fn connect(sock: &Path, num_queues: u16) -> BlkDevice {
     .unwrap()
 }
 
+/// Waits (30 s at most) until the harness sees `want` requests of each
+/// queue marked in flight in its inflight region; the failure names every
+/// state it saw on the way.
+pub fn wait_marked(dev: &BlkDevice, want: &[usize]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen: Vec<Vec<usize>> = Vec::new();
+    loop {
+        let now = dev.inflight_marked().unwrap();
+        if now == want {
+            return;
+        }
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {want:?} requests marked in flight; marks seen, in order: {seen:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// A deterministic data pattern.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     (0..len as u64)

@@ -16,28 +16,27 @@ use vhost_user_harness::Request;
 #[test]
 fn get_vring_base_answers_once_the_requests_the_queue_took_have_completed() {
     let sock = tmp("stop-drain.sock");
-    // Every write takes 1.5 s: a wide window in which all four are in
-    // flight at once, also on a loaded machine (300 ms was missed once in
-    // CI: the first write completed before the poll saw all four).
-    let json = r#"{"driver":"null-co","node-name":"n","size":1048576,"latency-ns":1500000000}"#;
+    // Every write takes 1 s: the marks stay while the test looks, also
+    // when a loaded machine lets this thread run only now and then.
+    let json = r#"{"driver":"null-co","node-name":"n","size":1048576,"latency-ns":1000000000}"#;
     let _bp = start(&sock, json, &[]);
     let mut dev = connect(&sock, 1);
-    for k in 0..4u64 {
-        dev.submit(
-            0,
-            Request::Write {
-                sector: k,
-                data: &pattern(512, k),
-            },
-        )
-        .unwrap();
-    }
+    // Published at once: the queue thread, which may still be making its
+    // first look at the ring after the connection, takes all four or none
+    // (one at a time, it could take the first alone and run it to the end
+    // before it saw the others: see `inflight_marks.rs`).
+    let data: Vec<Vec<u8>> = (0..4).map(|k| pattern(512, k)).collect();
+    let writes: Vec<Request> = (0..4u64)
+        .map(|k| Request::Write {
+            sector: k,
+            data: &data[k as usize],
+        })
+        .collect();
+    dev.submit_all(0, &writes).unwrap();
     dev.kick(0).unwrap();
-    // Let block-proc take all four: they are executing (1.5 s each) when
-    // the stop arrives. (Waiting for the four inflight marks instead was
-    // flaky: in some runs the harness never saw them marked although the
-    // requests ran and completed — noted for investigation.)
-    std::thread::sleep(Duration::from_millis(400));
+    // block-proc took all four (its inflight region marks them): they are
+    // executing when the stop arrives.
+    wait_marked(&dev, &[4]);
     let base = dev.stop_queue(0).unwrap();
     assert_eq!(base, 4, "the position after the four writes");
     // At the answer the four are complete: their used elements are in

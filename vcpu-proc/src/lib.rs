@@ -45,6 +45,12 @@ pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 
+// The test VM fixture, the very file the integration tests have as
+// `common::test_vm` (one builder for both).
+#[cfg(test)]
+#[path = "../tests/common/test_vm.rs"]
+pub(crate) mod test_vm;
+
 use std::path::PathBuf;
 
 use ipc_proto::handshake::WorkerKind;

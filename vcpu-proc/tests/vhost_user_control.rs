@@ -10,16 +10,13 @@
 
 mod common;
 
-use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::block_proc::{connect, BlockProc, TempDir};
+use common::block_proc::{connect, disk_config, raw_image, temp_dir, BlockProc};
 use common::{Opts, Vmm, TIMEOUT};
-use ipc_proto::vcpu::{
-    FdSlot, RunState, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind,
-};
+use ipc_proto::vcpu::{FdSlot, RunState, VcpuReply, VcpuRequest};
 use nix::sys::signal::Signal;
 
 fn reconnect(vmm: &mut Vmm, sock: &UnixStream) -> u64 {
@@ -34,10 +31,8 @@ fn reconnect(vmm: &mut Vmm, sock: &UnixStream) -> u64 {
 
 #[test]
 fn query_status_answers_while_a_reconnection_waits_for_a_stopped_backend() {
-    let dir = TempDir(std::env::temp_dir().join(format!("bulkhead-vuctl-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let img = dir.0.join("disk.raw");
-    File::create(&img).unwrap().set_len(4096 * 512).unwrap();
+    let dir = temp_dir("vuctl");
+    let img = raw_image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let backend = BlockProc::start(&img, &sock);
     let mut vmm = Vmm::start(Opts {
@@ -46,15 +41,7 @@ fn query_status_answers_while_a_reconnection_waits_for_a_stopped_backend() {
     });
     vmm.create_result.clone().expect("VM created");
     let first = connect(&sock);
-    let attach = VcpuRequest::AttachVhostUser(VhostUserDeviceConfig {
-        id: "disk0".into(),
-        slot: 0,
-        kind: VhostUserKind::Block,
-        socket: FdSlot(0),
-        num_queues: 1,
-        queue_size: 128,
-        mac: None,
-    });
+    let attach = VcpuRequest::AttachVhostUser(disk_config());
     vmm.request_with_fds(attach, &[first.as_fd()])
         .expect("attached");
     drop(first);

@@ -13,155 +13,44 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::block_proc::{connect, BlockProc, TempDir};
-use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
+use common::block_proc::{connect, raw_image, temp_dir, BlockProc};
+use common::serial_log::SerialLog;
+use common::test_vm::{TestVmBuilder, MEM_SIZE};
 use vcpu_proc::runstate::Input;
 use vcpu_proc::virtio::dirty_log::VhostLog;
 use vcpu_proc::virtio::registry::VirtioDevices;
 use vcpu_proc::virtio::{VhostUserBlkParams, VirtioEvent, VirtioMmioDevice};
-use vcpu_proc::vm::{FdTable, Vm};
+use vcpu_proc::vm::Vm;
 
 /// Generous: guest code is very slow on the nested KVM of the CI machines.
 const TIMEOUT: Duration = Duration::from_secs(180);
-const MEM_SIZE: u64 = 64 << 20;
-const IMAGE_SECTORS: u64 = 4096;
-
-fn guest(name: &str) -> PathBuf {
-    Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(name)
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("bulkhead-vblk-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
-
-/// Serial output, collected line by line.
-#[derive(Clone, Default)]
-struct Serial(Arc<Mutex<Vec<String>>>);
-
-impl Serial {
-    fn spawn(read: OwnedFd) -> Self {
-        let s = Serial::default();
-        let lines = s.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(File::from(read)).lines() {
-                let Ok(line) = line else { return };
-                lines.lock().unwrap().push(line);
-            }
-        });
-        s
-    }
-
-    fn has(&self, needle: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        while !self.has(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} on serial; got:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Number of completed `pass N ok` lines.
-    fn passes(&self) -> usize {
-        let lines = self.0.lock().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.starts_with("pass ") && l.ends_with(" ok"))
-            .count()
-    }
-
-    fn wait_passes(&self, n: usize) {
-        let deadline = Instant::now() + TIMEOUT;
-        while self.passes() < n {
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} passes; serial:\n{}",
-                self.text()
-            );
-            assert!(!self.has("VERDICT: FAIL"), "{}", self.text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-}
 
 struct Machine {
     vm: Vm,
     actions: Receiver<Input>,
-    serial: Serial,
+    serial: SerialLog,
     /// disk0, in the registry the migration drives.
     devices: VirtioDevices,
     events: Receiver<VirtioEvent>,
 }
 
 fn boot(guest_name: &str, sock: &Path) -> Machine {
-    let kvm: OwnedFd = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/kvm")
-        .unwrap_or_else(|e| panic!("this test needs /dev/kvm (read-write): {e}"))
-        .into();
-    let mem = nix::sys::memfd::memfd_create(c"guest-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .unwrap();
-    nix::unistd::ftruncate(&mem, MEM_SIZE as i64).unwrap();
-    let kernel: OwnedFd = File::open(guest(guest_name))
-        .unwrap_or_else(|e| panic!("test guest {guest_name} not built: {e}"))
-        .into();
-    let (serial_r, serial_w) = nix::unistd::pipe().unwrap();
-    let cfg = VmConfig {
-        kvm: FdSlot(0),
-        memory: FdSlot(1),
-        mem_size: MEM_SIZE,
-        cpus: 1,
-        topology: ipc_proto::cpu_topology::CpuTopology::flat(1),
-        kernel: Some(FdSlot(2)),
-        initrd: None,
-        cmdline: String::new(),
-        serial: SerialConfig::Stream {
-            output: FdSlot(3),
-            input: None,
-        },
-        start_paused: false,
-        no_shutdown: false,
-        no_reboot: false,
-        cpu: Default::default(),
-        thread_names: false,
-        no_dump_guest_core: false,
-        incoming: false,
-    };
-    let serial = Serial::spawn(serial_r);
-    let (tx, actions) = channel();
-    let vm = Vm::create(&cfg, FdTable::new(vec![kvm, mem, kernel, serial_w]), tx).unwrap();
+    let c = TestVmBuilder::guest(guest_name).build().create();
     let (etx, events) = channel();
     let disk = VirtioMmioDevice::new_vhost_user_blk(VhostUserBlkParams {
         id: "disk0".into(),
         slot: 0,
         socket: connect(sock),
-        mem: vm.mem.clone(),
-        vm: &vm.fd,
-        bus: &vm.mmio,
+        mem: c.vm.mem.clone(),
+        vm: &c.vm.fd,
+        bus: &c.vm.mmio,
         events: etx,
         num_queues: 1,
         queue_size: 128,
@@ -169,11 +58,11 @@ fn boot(guest_name: &str, sock: &Path) -> Machine {
     .unwrap();
     let mut devices = VirtioDevices::new();
     devices.add(disk).unwrap();
-    vm.sync.resume();
+    c.vm.sync.resume();
     Machine {
-        vm,
-        actions,
-        serial,
+        vm: c.vm,
+        actions: c.actions,
+        serial: SerialLog::spawn(c.serial),
         devices,
         events,
     }
@@ -201,6 +90,11 @@ impl Machine {
     fn event(&self) -> VirtioEvent {
         self.events.recv_timeout(TIMEOUT).unwrap()
     }
+
+    /// Waits for `n` more passes of `blk-loop` than it reported so far.
+    fn more_passes(&self, n: u64) {
+        self.serial.wait_pass(self.serial.last_pass() + n, TIMEOUT);
+    }
 }
 
 impl Drop for Machine {
@@ -208,15 +102,6 @@ impl Drop for Machine {
         self.vm.sync.request_pause();
         self.vm.kick_all();
     }
-}
-
-fn image(dir: &Path) -> PathBuf {
-    let p = dir.join("disk.raw");
-    File::create(&p)
-        .unwrap()
-        .set_len(IMAGE_SECTORS * 512)
-        .unwrap();
-    p
 }
 
 /// The guests' sector pattern, the very source the `blk` guests use.
@@ -245,13 +130,13 @@ fn assert_image_holds_pass(image: &Path, sectors: u64, pass: u64) {
 
 #[test]
 fn blk_guest_passes_on_block_proc_and_its_writes_reach_the_image() {
-    let dir = temp_dir("pass");
-    let img = image(&dir.0);
+    let dir = temp_dir("vblk-pass");
+    let img = raw_image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let _backend = BlockProc::start(&img, &sock);
     let m = boot("blk", &sock);
     assert_eq!(m.exit_code(), 0, "serial:\n{}", m.serial.text());
-    m.serial.wait_for("VERDICT: PASS blk");
+    m.serial.wait_for("VERDICT: PASS blk", TIMEOUT);
     // The guest's last pass (3) over sectors 0..64.
     assert_image_holds_pass(&img, 64, 3);
     // Completions were signalled through the irqfd on GSI 5.
@@ -260,17 +145,17 @@ fn blk_guest_passes_on_block_proc_and_its_writes_reach_the_image() {
         "{}",
         m.serial.text()
     );
-    m.serial.wait_for(" device interrupts");
+    m.serial.wait_for(" device interrupts", TIMEOUT);
 }
 
 #[test]
 fn blk_guest_passes_when_block_proc_is_killed_and_replaced_mid_run() {
-    let dir = temp_dir("kill");
-    let img = image(&dir.0);
+    let dir = temp_dir("vblk-kill");
+    let img = raw_image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let mut backend = BlockProc::start(&img, &sock);
     let m = boot("blk", &sock);
-    m.serial.wait_for("blk: capacity");
+    m.serial.wait_for("blk: capacity", TIMEOUT);
     backend.kill();
     assert_eq!(m.event(), VirtioEvent::Disconnected { id: "disk0".into() });
     assert!(!m.disk().is_connected());
@@ -278,18 +163,18 @@ fn blk_guest_passes_when_block_proc_is_killed_and_replaced_mid_run() {
     m.disk().reconnect(connect(&sock)).unwrap();
     assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
     assert_eq!(m.exit_code(), 0, "serial:\n{}", m.serial.text());
-    m.serial.wait_for("VERDICT: PASS blk");
+    m.serial.wait_for("VERDICT: PASS blk", TIMEOUT);
     assert_image_holds_pass(&img, 64, 3);
 }
 
 #[test]
 fn blk_loop_guest_never_fails_across_repeated_block_proc_kills() {
-    let dir = temp_dir("chaos");
-    let img = image(&dir.0);
+    let dir = temp_dir("vblk-chaos");
+    let img = raw_image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let mut backend = BlockProc::start(&img, &sock);
     let m = boot("blk-loop", &sock);
-    m.serial.wait_passes(1);
+    m.serial.wait_pass(1, TIMEOUT);
     for round in 0..8 {
         backend.kill();
         assert_eq!(
@@ -301,7 +186,7 @@ fn blk_loop_guest_never_fails_across_repeated_block_proc_kills() {
         m.disk().reconnect(connect(&sock)).unwrap();
         assert_eq!(m.event(), VirtioEvent::Reconnected { id: "disk0".into() });
         // At least one whole pass on the new backend.
-        m.serial.wait_passes(m.serial.passes() + 2);
+        m.more_passes(2);
     }
 }
 
@@ -345,7 +230,7 @@ fn assert_reads_logged(m: &Machine, log: &VhostLog) {
     const PAGE: u64 = 4096;
     let ((data, len), status, used) = guest_buffers(m);
     let _ = marked(log);
-    m.serial.wait_passes(m.serial.passes() + 2);
+    m.more_passes(2);
     let got = marked(log);
     let data_pages = data / PAGE..=(data + len - 1) / PAGE;
     let mut want: std::collections::BTreeSet<u64> = data_pages.collect();
@@ -366,12 +251,12 @@ fn assert_reads_logged(m: &Machine, log: &VhostLog) {
 
 #[test]
 fn block_proc_logs_the_guests_reads_while_logging_is_on_also_after_a_kill() {
-    let dir = temp_dir("dirty");
-    let img = image(&dir.0);
+    let dir = temp_dir("vblk-dirty");
+    let img = raw_image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let mut backend = BlockProc::start(&img, &sock);
     let m = boot("blk-loop", &sock);
-    m.serial.wait_passes(1);
+    m.serial.wait_pass(1, TIMEOUT);
     let fd = nix::sys::memfd::memfd_create(c"log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
     let size = ipc_proto::migration::dirty_log_size(MEM_SIZE);
     nix::unistd::ftruncate(&fd, size as i64).unwrap();
@@ -391,7 +276,7 @@ fn block_proc_logs_the_guests_reads_while_logging_is_on_also_after_a_kill() {
     // Logging off: the guest's reads go on, nothing is marked.
     m.devices.stop_dirty_log().unwrap();
     let _ = marked(&log);
-    m.serial.wait_passes(m.serial.passes() + 2);
+    m.more_passes(2);
     assert_eq!(marked(&log), Default::default());
     assert!(!m.serial.has("VERDICT: FAIL"), "{}", m.serial.text());
 }

@@ -20,112 +20,31 @@ mod common;
 #[path = "common/net_echo.rs"]
 mod net_echo;
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::block_proc::{connect, BlockProc, TempDir};
-use ipc_proto::vcpu::{FdSlot, SerialConfig, VhostUserDeviceConfig, VhostUserKind, VmConfig};
+use common::block_proc::{connect, disk_config, raw_image, temp_dir, BlockProc};
+use common::serial_log::SerialLog;
+use common::test_vm::{TestVmBuilder, MEM_SIZE};
+use ipc_proto::vcpu::{FdSlot, VhostUserDeviceConfig, VhostUserKind};
 use net_echo::EchoNic;
 use vcpu_proc::runstate::Input;
 use vcpu_proc::virtio::VirtioEvent;
-use vcpu_proc::vm::{FdTable, Vm};
+use vcpu_proc::vm::Vm;
 use vm_memory::{Bytes, GuestAddress};
 
 /// Generous: guest code is very slow on the nested KVM of the CI machines.
 const TIMEOUT: Duration = Duration::from_secs(180);
-const MEM_SIZE: u64 = 64 << 20;
-const IMAGE_SECTORS: u64 = 4096;
-
-fn temp_dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("bulkhead-vstate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
-
-fn image(dir: &Path) -> PathBuf {
-    let p = dir.join("disk.raw");
-    File::create(&p)
-        .unwrap()
-        .set_len(IMAGE_SECTORS * 512)
-        .unwrap();
-    p
-}
-
-/// Serial output, line by line.
-#[derive(Clone, Default)]
-struct Serial(Arc<Mutex<Vec<String>>>);
-
-impl Serial {
-    fn spawn(read: OwnedFd) -> Self {
-        let s = Serial::default();
-        let lines = s.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(File::from(read)).lines() {
-                let Ok(line) = line else { return };
-                lines.lock().unwrap().push(line);
-            }
-        });
-        s
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-
-    /// The last `pass N ok` the guest printed (0: none yet).
-    fn last_pass(&self) -> u64 {
-        let lines = self.0.lock().unwrap();
-        lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("pass ")?.strip_suffix(" ok")?.parse().ok())
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Waits until the guest reported pass `n`; fails on its FAIL verdict.
-    fn wait_pass(&self, n: u64) {
-        let deadline = Instant::now() + TIMEOUT;
-        while self.last_pass() < n {
-            assert!(!self.text().contains("VERDICT: FAIL"), "{}", self.text());
-            assert!(
-                Instant::now() < deadline,
-                "no pass {n}; serial:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!self.text().contains("VERDICT: FAIL"), "{}", self.text());
-    }
-}
 
 struct Machine {
     vm: Vm,
     /// A dup of the guest-RAM memfd.
-    ram: File,
-    serial: Serial,
+    ram: std::fs::File,
+    serial: SerialLog,
     events: Receiver<VirtioEvent>,
     _actions: Receiver<Input>,
-}
-
-/// Disk `disk0` on slot 0.
-fn disk() -> VhostUserDeviceConfig {
-    VhostUserDeviceConfig {
-        id: "disk0".into(),
-        slot: 0,
-        kind: VhostUserKind::Block,
-        socket: FdSlot(0),
-        num_queues: 1,
-        queue_size: 128,
-        mac: None,
-    }
 }
 
 /// NIC `net0` on slot 0 (one queue pair).
@@ -144,55 +63,16 @@ fn nic() -> VhostUserDeviceConfig {
 /// A VM of `guest` with `device` on the backend at the other end of
 /// `socket`; its vCPUs have not run.
 fn build(guest: &str, device: &VhostUserDeviceConfig, socket: UnixStream) -> Machine {
-    let kvm: OwnedFd = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/kvm")
-        .unwrap_or_else(|e| panic!("this test needs /dev/kvm (read-write): {e}"))
-        .into();
-    let mem = nix::sys::memfd::memfd_create(c"guest-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .unwrap();
-    nix::unistd::ftruncate(&mem, MEM_SIZE as i64).unwrap();
-    let ram = File::from(mem.try_clone().unwrap());
-    let path = Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(guest);
-    let kernel: OwnedFd = File::open(&path)
-        .unwrap_or_else(|e| panic!("test guest {guest} not built: {e}"))
-        .into();
-    let (serial_r, serial_w) = nix::unistd::pipe().unwrap();
-    let cfg = VmConfig {
-        kvm: FdSlot(0),
-        memory: FdSlot(1),
-        mem_size: MEM_SIZE,
-        cpus: 1,
-        topology: ipc_proto::cpu_topology::CpuTopology::flat(1),
-        kernel: Some(FdSlot(2)),
-        initrd: None,
-        cmdline: String::new(),
-        serial: SerialConfig::Stream {
-            output: FdSlot(3),
-            input: None,
-        },
-        start_paused: false,
-        no_shutdown: false,
-        no_reboot: false,
-        cpu: Default::default(),
-        thread_names: false,
-        no_dump_guest_core: false,
-        incoming: false,
-    };
-    let serial = Serial::spawn(serial_r);
-    let (tx, actions) = channel();
-    let mut vm = Vm::create(&cfg, FdTable::new(vec![kvm, mem, kernel, serial_w]), tx).unwrap();
+    let c = TestVmBuilder::guest(guest).build().create();
+    let mut vm = c.vm;
     let (etx, events) = channel();
     vm.attach_vhost_user(device, socket, etx).unwrap();
-    assert!(vm.sync.wait_parked(vm.vcpus.len(), TIMEOUT));
     Machine {
         vm,
-        ram,
-        serial,
+        ram: c.ram,
+        serial: SerialLog::spawn(c.serial),
         events,
-        _actions: actions,
+        _actions: c.actions,
     }
 }
 
@@ -240,13 +120,13 @@ impl Drop for Machine {
 
 #[test]
 fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
-    let dir = temp_dir("move");
-    let img = image(&dir.0);
+    let dir = temp_dir("vstate-move");
+    let img = raw_image(&dir.0);
     let sock_a = dir.0.join("a.sock");
     let mut backend_a = BlockProc::start(&img, &sock_a);
-    let a = build("blk-loop", &disk(), connect(&sock_a));
+    let a = build("blk-loop", &disk_config(), connect(&sock_a));
     a.vm.sync.resume();
-    a.serial.wait_pass(1);
+    a.serial.wait_pass(1, TIMEOUT);
     a.pause();
     let t = Instant::now();
     let state = vcpu_proc::state::save(&a.vm).unwrap();
@@ -263,7 +143,7 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
 
     let sock_b = dir.0.join("b.sock");
     let _backend_b = BlockProc::start(&img, &sock_b);
-    let b = build("blk-loop", &disk(), connect(&sock_b));
+    let b = build("blk-loop", &disk_config(), connect(&sock_b));
     b.ram.write_all_at(&ram, 0).unwrap();
     let t = Instant::now();
     vcpu_proc::state::load(&b.vm, &state).unwrap();
@@ -274,7 +154,7 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
     assert!(!b.vm.devices.get("disk0").unwrap().is_suspended());
     b.vm.sync.resume();
     // B did not boot: it continues the passes where A stopped.
-    b.serial.wait_pass(at + 2);
+    b.serial.wait_pass(at + 2, TIMEOUT);
     assert!(
         !b.serial.text().contains("blk: capacity"),
         "B booted the guest again:\n{}",
@@ -285,13 +165,13 @@ fn a_blk_guest_saved_mid_io_continues_in_a_fresh_vm_on_a_new_block_proc() {
 
 #[test]
 fn a_blk_guest_saved_mid_io_continues_on_the_same_vm_also_after_a_block_proc_kill() {
-    let dir = temp_dir("same");
-    let img = image(&dir.0);
+    let dir = temp_dir("vstate-same");
+    let img = raw_image(&dir.0);
     let sock = dir.0.join("blk.sock");
     let mut backend = BlockProc::start(&img, &sock);
-    let m = build("blk-loop", &disk(), connect(&sock));
+    let m = build("blk-loop", &disk_config(), connect(&sock));
     m.vm.sync.resume();
-    m.serial.wait_pass(1);
+    m.serial.wait_pass(1, TIMEOUT);
 
     // xen-save-devices-state, then cont.
     m.pause();
@@ -299,7 +179,7 @@ fn a_blk_guest_saved_mid_io_continues_on_the_same_vm_also_after_a_block_proc_kil
     m.vm.devices.resume_all().unwrap();
     m.vm.sync.resume();
     let at = m.serial.last_pass();
-    m.serial.wait_pass(at + 2);
+    m.serial.wait_pass(at + 2, TIMEOUT);
 
     // Saved again; block-proc dies while the rings are stopped, a new one
     // takes the device without starting them; the resume does.
@@ -323,7 +203,7 @@ fn a_blk_guest_saved_mid_io_continues_on_the_same_vm_also_after_a_block_proc_kil
     m.vm.devices.resume_all().unwrap();
     m.vm.sync.resume();
     let at = m.serial.last_pass();
-    m.serial.wait_pass(at + 2);
+    m.serial.wait_pass(at + 2, TIMEOUT);
     m.assert_each_request_completed_once();
     drop(backend);
 }
@@ -346,7 +226,7 @@ fn rounds(serial: &str) -> Vec<(u64, bool)> {
 }
 
 /// Waits for a clean round after round `n`; returns its number.
-fn wait_clean_round_after(serial: &Serial, n: u64) -> u64 {
+fn wait_clean_round_after(serial: &SerialLog, n: u64) -> u64 {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let text = serial.text();

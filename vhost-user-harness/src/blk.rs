@@ -145,22 +145,22 @@ pub struct Completion {
     pub used_len: u32,
 }
 
-struct Queue {
-    ring: DriverRing,
-    kick: EventFd,
-    call: EventFd,
+pub(crate) struct Queue {
+    pub(crate) ring: DriverRing,
+    pub(crate) kick: EventFd,
+    pub(crate) call: EventFd,
     free_slots: Vec<u16>,
     head_slot: HashMap<u16, Option<u16>>,
-    kicked_at: u16,
+    pub(crate) kicked_at: u16,
 }
 
 /// A virtio-blk device driven through vhost-user.
 pub struct BlkDevice {
-    conn: Connection,
-    mem: GuestMem,
-    queues: Vec<Queue>,
-    opts: BlkOptions,
-    inflight: Option<(VhostUserInflight, File)>,
+    pub(crate) conn: Connection,
+    pub(crate) mem: GuestMem,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) opts: BlkOptions,
+    pub(crate) inflight: Option<(VhostUserInflight, File)>,
     data_base: u64,
     stride: u64,
     /// The socket path, when connected by path (for [`BlkDevice::reconnect`]).
@@ -316,26 +316,6 @@ impl BlkDevice {
         self.slot_base(q, slot)
     }
 
-    /// Per queue, how many descriptors the inflight region marks as in
-    /// flight (split layout: `mmap_size / num_queues` bytes per queue,
-    /// 16-byte header, 16-byte descriptor states with `inflight` first).
-    pub fn inflight_marked(&self) -> Result<Vec<usize>> {
-        let Some((info, file)) = &self.inflight else {
-            return Ok(Vec::new());
-        };
-        let mut buf = vec![0u8; usize::try_from(info.mmap_size).unwrap_or(0)];
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, info.mmap_offset)?;
-        let nq = usize::from(info.num_queues.max(1));
-        let stride = buf.len() / nq;
-        Ok((0..nq)
-            .map(|q| {
-                (0..usize::from(info.queue_size))
-                    .filter(|i| buf.get(q * stride + 16 + 16 * i) == Some(&1))
-                    .count()
-            })
-            .collect())
-    }
-
     /// Guest address of a slot's data buffer.
     pub fn slot_data_addr(&self, q: usize, slot: u16) -> u64 {
         self.slot_base(q, slot) + 4096
@@ -368,6 +348,51 @@ impl BlkDevice {
     /// Put a request in slot `slot` of queue `q` on the avail ring (no
     /// kick). The slot must be free (see [`BlkDevice::take_slot`]).
     pub fn submit_in(&mut self, q: usize, slot: u16, r: Request<'_>) -> Result<u16> {
+        let bufs = self.prepare(q, slot, r)?;
+        let heads = self.publish(q, &[bufs], &[slot])?;
+        heads.first().map(|h| h.0).ok_or(HarnessError::QueueFull(q))
+    }
+
+    /// Put `reqs` on queue `q`'s avail ring at once, each in a fresh slot,
+    /// moving the avail index once (no kick): a backend looking at the
+    /// ring meanwhile finds none of them or all, as a driver's batch.
+    /// Returns (head, slot) of each, in order.
+    pub fn submit_all(&mut self, q: usize, reqs: &[Request<'_>]) -> Result<Vec<(u16, u16)>> {
+        let mut slots = Vec::with_capacity(reqs.len());
+        let mut chains = Vec::with_capacity(reqs.len());
+        let mut put = || {
+            for r in reqs {
+                let slot = self.take_slot(q)?;
+                slots.push(slot);
+                chains.push(self.prepare(q, slot, *r)?);
+            }
+            self.publish(q, &chains, &slots)
+        };
+        let done = put();
+        if done.is_err() {
+            self.queue(q)?.free_slots.extend(slots.into_iter().rev());
+        }
+        done
+    }
+
+    /// Adds the prepared `chains` (of `slots`) to queue `q`'s ring, all
+    /// published at once.
+    fn publish(&mut self, q: usize, chains: &[Vec<Buf>], slots: &[u16]) -> Result<Vec<(u16, u16)>> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
+        let chains: Vec<&[Buf]> = chains.iter().map(Vec::as_slice).collect();
+        let heads = queue.ring.add_all(&self.mem.mem, &chains)?;
+        for (head, slot) in heads.iter().zip(slots) {
+            queue.head_slot.insert(*head, Some(*slot));
+        }
+        Ok(heads.into_iter().zip(slots.iter().copied()).collect())
+    }
+
+    /// Write request `r` into slot `slot` of queue `q` (header, data,
+    /// status byte); returns its chain's buffers.
+    fn prepare(&self, q: usize, slot: u16, r: Request<'_>) -> Result<Vec<Buf>> {
         let base = self.slot_base(q, slot);
         let data = base + 4096;
         let m = &self.mem.mem;
@@ -461,13 +486,7 @@ impl BlkDevice {
                 ]
             }
         };
-        let queue = self
-            .queues
-            .get_mut(q)
-            .ok_or_else(|| HarnessError::Invalid(format!("no queue {q}")))?;
-        let head = queue.ring.add(&self.mem.mem, &bufs)?;
-        queue.head_slot.insert(head, Some(slot));
-        Ok(head)
+        Ok(bufs)
     }
 
     /// Take a free request slot of queue `q`.
@@ -654,10 +673,5 @@ impl BlkDevice {
             .slot
             .ok_or_else(|| HarnessError::Invalid("no slot".into()))?;
         Ok((c.status.unwrap_or(0xff), self.slot_data(q, slot, 20)?))
-    }
-
-    /// Stop queue `q` (GET_VRING_BASE) and return the backend's avail index.
-    pub fn stop_queue(&mut self, q: usize) -> Result<u32> {
-        self.conn.stop_queue(q)
     }
 }

@@ -13,7 +13,11 @@
 //!   (features, protocol features, memory table, inflight region, rings),
 //!   also after the backend restarted.
 //! - [`blk`]: virtio-blk requests (read, write, flush, discard, write
-//!   zeroes, get-id) on top of the frontend, synchronous and pipelined.
+//!   zeroes, get-id) on top of the frontend, synchronous and pipelined,
+//!   one at a time or as a batch published at once.
+//! - [`blk_control`]: a live virtio-blk device's session: queues stopped
+//!   and started, set-up messages sent again while the queues run, the
+//!   inflight region read and replaced.
 //! - [`scsi`]: virtio-scsi commands (request queues) and task management
 //!   (control queue) on top of the frontend.
 //! - [`net`]: virtio-net frames over tx/rx rings (vnet header, merged rx
@@ -24,6 +28,7 @@
 //!   qemu-storage-daemon) and waiting for their socket.
 
 pub mod blk;
+pub mod blk_control;
 pub mod dirty_log;
 pub mod error;
 pub mod frontend;

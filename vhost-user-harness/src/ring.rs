@@ -128,10 +128,18 @@ impl DriverRing {
     }
 
     fn publish(&mut self, mem: &GuestMemoryMmap<()>, head: u16) -> Result<()> {
-        let slot = u64::from(self.avail_idx % self.size);
-        mem.write_obj(head.to_le(), GuestAddress(self.avail + 4 + 2 * slot))
-            .map_err(Self::mem_err)?;
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.publish_all(mem, &[head])
+    }
+
+    /// Puts `heads` on the avail ring, then moves the avail index past
+    /// all of them with one store: a device sees none or all of them.
+    fn publish_all(&mut self, mem: &GuestMemoryMmap<()>, heads: &[u16]) -> Result<()> {
+        for head in heads {
+            let slot = u64::from(self.avail_idx % self.size);
+            mem.write_obj(head.to_le(), GuestAddress(self.avail + 4 + 2 * slot))
+                .map_err(Self::mem_err)?;
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+        }
         fence(Ordering::Release);
         mem.store(
             self.avail_idx.to_le(),
@@ -143,9 +151,31 @@ impl DriverRing {
 
     /// Add a chain of buffers; returns its head (not yet kicked).
     pub fn add(&mut self, mem: &GuestMemoryMmap<()>, bufs: &[Buf]) -> Result<u16> {
-        if bufs.is_empty() || bufs.len() > self.free.len() {
+        self.add_all(mem, &[bufs])?
+            .pop()
+            .ok_or(HarnessError::QueueFull(0))
+    }
+
+    /// Add several chains and publish them at once (one avail index
+    /// update, as a driver adding a batch): a device looking at the ring
+    /// meanwhile finds none of them or all. Returns their heads, in
+    /// order (not yet kicked).
+    pub fn add_all(&mut self, mem: &GuestMemoryMmap<()>, chains: &[&[Buf]]) -> Result<Vec<u16>> {
+        let descs: usize = chains.iter().map(|c| c.len()).sum();
+        if chains.is_empty() || chains.iter().any(|c| c.is_empty()) || descs > self.free.len() {
             return Err(HarnessError::QueueFull(0));
         }
+        let heads = chains
+            .iter()
+            .map(|bufs| self.write_chain(mem, bufs))
+            .collect::<Result<Vec<u16>>>()?;
+        self.publish_all(mem, &heads)?;
+        Ok(heads)
+    }
+
+    /// Writes `bufs` (not empty, enough free descriptors) into the
+    /// descriptor table; returns the head.
+    fn write_chain(&mut self, mem: &GuestMemoryMmap<()>, bufs: &[Buf]) -> Result<u16> {
         let idx: Vec<u16> = (0..bufs.len()).filter_map(|_| self.free.pop()).collect();
         for (i, b) in bufs.iter().enumerate() {
             let last = i + 1 == bufs.len();
@@ -159,7 +189,6 @@ impl DriverRing {
         }
         let head = idx[0];
         self.chains.insert(head, idx);
-        self.publish(mem, head)?;
         Ok(head)
     }
 
@@ -249,5 +278,64 @@ impl DriverRing {
             .load(GuestAddress(self.used + 2), Ordering::Acquire)
             .map_err(Self::mem_err)?;
         Ok(u16::from_le(idx) != self.last_used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn avail_idx(m: &GuestMemoryMmap<()>, r: &DriverRing) -> u16 {
+        m.read_obj(GuestAddress(r.avail + 2)).unwrap()
+    }
+
+    fn avail_entry(m: &GuestMemoryMmap<()>, r: &DriverRing, slot: u64) -> u16 {
+        m.read_obj(GuestAddress(r.avail + 4 + 2 * slot)).unwrap()
+    }
+
+    fn buf(addr: u64, write: bool) -> Buf {
+        Buf {
+            addr,
+            len: 16,
+            write,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_published_with_one_avail_index_move() {
+        let m = mem();
+        let mut r = DriverRing::new(0, 8, false);
+        let one = [buf(0x10_0000 - 64, false), buf(0x10_0000 - 32, true)];
+        let two = [buf(0x10_0000 - 128, true)];
+        r.add(&m, &one).unwrap();
+        assert_eq!(avail_idx(&m, &r), 1);
+        let heads = r.add_all(&m, &[&one, &two, &one]).unwrap();
+        assert_eq!(heads.len(), 3);
+        assert_eq!(avail_idx(&m, &r), 4);
+        assert_eq!(r.avail_idx(), 4);
+        for (slot, head) in (1u64..).zip(&heads) {
+            assert_eq!(avail_entry(&m, &r, slot), *head);
+        }
+        assert_eq!(r.free_count(), 8 - 2 - 5);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_free_descriptors_publishes_nothing() {
+        let m = mem();
+        let mut r = DriverRing::new(0, 4, false);
+        let three = [buf(0x8000, false), buf(0x9000, false), buf(0xa000, true)];
+        assert!(matches!(
+            r.add_all(&m, &[&three, &three]),
+            Err(HarnessError::QueueFull(_))
+        ));
+        assert!(r.add_all(&m, &[&three, &[]]).is_err());
+        assert_eq!(
+            (avail_idx(&m, &r), r.avail_idx(), r.free_count()),
+            (0, 0, 4)
+        );
     }
 }

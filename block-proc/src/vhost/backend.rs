@@ -6,8 +6,10 @@
 //! Queue lifecycle: a queue runs (has a worker thread) once it has memory,
 //! ring addresses, a kick fd and — when `VHOST_USER_F_PROTOCOL_FEATURES`
 //! is negotiated — has been enabled. GET_VRING_BASE stops it and returns
-//! its avail position. Changing memory or the call fd restarts running
-//! queues at their current position.
+//! its avail position. Changing memory, the call fd or the inflight region
+//! (SET_INFLIGHT_FD; GET_INFLIGHT_FD only hands a fresh one out) restarts
+//! running queues at their current position, so that they mark their
+//! requests in the region the frontend set last.
 
 use std::fs::File;
 use std::sync::mpsc::Sender;
@@ -506,12 +508,15 @@ impl VhostUserBackendReqHandlerMut for VhostBackend {
     ) -> VuResult<(VhostUserInflight, File)> {
         trace_point!(vu_msg(self.dev.name(), "GET_INFLIGHT_FD", ()));
         let nq = inflight.num_queues.min(self.dev.num_queues());
-        let (region, file, size) =
+        // Handed out only: the queues track in the region the frontend
+        // sets (SET_INFLIGHT_FD), which it keeps across our crashes. Taking
+        // this one here would move a running queue's marks into a region
+        // the frontend may never set, at the queue's next restart.
+        let (_region, file, size) =
             InflightRegion::create(nq, inflight.queue_size).map_err(|e| {
                 ipc_proto::warn_limited!("GET_INFLIGHT_FD failed: {e}");
                 VuError::InvalidParam
             })?;
-        self.inflight = Some(region);
         Ok((
             VhostUserInflight::new(size, 0, nq, inflight.queue_size),
             file,
@@ -533,6 +538,9 @@ impl VhostUserBackendReqHandlerMut for VhostBackend {
                 VuError::InvalidParam
             })?;
             b.inflight = Some(region);
+            // Running queues go on in the new region: they would otherwise
+            // mark in the old one, which the frontend no longer keeps.
+            b.restart_running();
             Ok(())
         })
     }

@@ -2,16 +2,12 @@
 //! /dev/kvm, as every vcpu-proc VM test).
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use ipc_proto::cpu_topology::CpuTopology;
-use ipc_proto::vcpu::{FdSlot, SerialConfig, VmConfig};
 use ipc_proto::vmstate::{SectionId, VmStateError};
 
 use super::*;
-use crate::vm::FdTable;
+use crate::test_vm::{pump_serial, TestVmBuilder};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,58 +32,16 @@ fn start_smp(guest: &str, cpus: u8) -> Running {
 
 /// A VM of `guest` whose vCPUs have not run yet.
 pub(crate) fn built(guest: &str, cpus: u8) -> Running {
-    let kvm = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .expect("this test needs /dev/kvm");
-    let mem =
-        nix::sys::memfd::memfd_create(c"ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
-    nix::unistd::ftruncate(&mem, 64 << 20).unwrap();
-    let kernel = File::open(std::path::Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(guest))
-        .expect("test guest built");
-    let (rd, wr) = nix::unistd::pipe().unwrap();
-    let cfg = VmConfig {
-        kvm: FdSlot(0),
-        memory: FdSlot(1),
-        mem_size: 64 << 20,
-        cpus,
-        topology: CpuTopology::flat(u32::from(cpus)),
-        kernel: Some(FdSlot(2)),
-        initrd: None,
-        cmdline: String::new(),
-        serial: SerialConfig::Stream {
-            output: FdSlot(3),
-            input: None,
-        },
-        start_paused: false,
-        no_shutdown: false,
-        no_reboot: false,
-        cpu: Default::default(),
-        thread_names: false,
-        no_dump_guest_core: false,
-        incoming: false,
-    };
-    let ram = File::from(mem.try_clone().unwrap());
-    let fds: Vec<OwnedFd> = vec![kvm.into(), mem, kernel.into(), wr];
-    let (actions, _rx) = std::sync::mpsc::channel();
+    let c = TestVmBuilder::guest(guest).cpus(cpus).build().create();
     // The receiver must outlive the VM: leak it into the test's lifetime.
-    std::mem::forget(_rx);
-    let vm = Vm::create(&cfg, FdTable::new(fds), actions).expect("VM built");
+    std::mem::forget(c.actions);
     let (tx, serial) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut f = File::from(rd);
-        let mut b = [0u8; 256];
-        while let Ok(n) = f.read(&mut b) {
-            if n == 0 || b[..n].iter().any(|&x| tx.send(x).is_err()) {
-                break;
-            }
-        }
+    pump_serial(c.serial, move |bytes| {
+        bytes.iter().all(|&b| tx.send(b).is_ok())
     });
-    assert!(vm.sync.wait_parked(vm.vcpus.len(), TIMEOUT));
     Running {
-        vm,
-        ram,
+        vm: c.vm,
+        ram: c.ram,
         serial,
         seen: Vec::new(),
     }

@@ -1,11 +1,13 @@
 //! A standalone block-proc serving one raw image on a path socket, for
-//! the tests that give vcpu-proc a real vhost-user-blk backend.
+//! the tests that give vcpu-proc a real vhost-user-blk backend, and the
+//! image and temporary directory it serves from.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ipc_proto::vcpu::{FdSlot, VhostUserDeviceConfig, VhostUserKind};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -90,8 +92,42 @@ pub fn connect(sock: &Path) -> UnixStream {
     }
 }
 
+/// Disk `disk0` on slot 0, one queue of 128, its socket in fd slot 0.
+pub fn disk_config() -> VhostUserDeviceConfig {
+    VhostUserDeviceConfig {
+        id: "disk0".into(),
+        slot: 0,
+        kind: VhostUserKind::Block,
+        socket: FdSlot(0),
+        num_queues: 1,
+        queue_size: 128,
+        mac: None,
+    }
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
+
+/// A fresh temporary directory `bulkhead-NAME-PID`, removed on drop.
+pub fn temp_dir(name: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("bulkhead-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
+}
+
+/// Sectors of [`raw_image`].
+pub const IMAGE_SECTORS: u64 = 4096;
+
+/// A zeroed raw image `disk.raw` of [`IMAGE_SECTORS`] sectors in `dir`.
+pub fn raw_image(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.raw");
+    std::fs::File::create(&p)
+        .unwrap()
+        .set_len(IMAGE_SECTORS * 512)
+        .unwrap();
+    p
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {

@@ -1,59 +1,36 @@
 //! Test fixture: starts the built vcpu-proc as the broker would (socketpair
-//! control channel, handshake, `CreateVm` with /dev/kvm, a sealed memfd and a
-//! serial pipe) and collects its replies, events and serial output.
+//! control channel, handshake, `CreateVm` with the test VM of
+//! [`test_vm`]: /dev/kvm, a sealed memfd and a serial pipe) and collects its
+//! replies, events and serial output.
 
 #![allow(dead_code)]
 
 pub mod block_proc;
+pub mod serial_log;
+pub mod test_vm;
 
-use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipc_proto::vcpu::{FdSlot, SerialConfig, VcpuEvent, VcpuReply, VcpuRequest, VmConfig};
+use ipc_proto::vcpu::{FdSlot, SerialConfig, VcpuEvent, VcpuReply, VcpuRequest};
 use ipc_proto::{BrokerMsg, Channel, FlatError, WorkerKind, WorkerMsg};
+// The paths `test_vm` (shared with the library's tests) reaches vcpu-proc by.
+use vcpu_proc::{runstate, vm};
+
+use serial_log::SerialLog;
+use test_vm::TestVmBuilder;
 
 /// Generous: the nested KVM of the CI machines is slow.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 type BrokerChannel = Channel<BrokerMsg<VcpuRequest>, WorkerMsg<VcpuReply, VcpuEvent>>;
-
-/// Where the test guests are.
-pub fn guest(name: &str) -> PathBuf {
-    Path::new(env!("BULKHEAD_TEST_GUEST_DIR")).join(name)
-}
-
-/// Panics with a clear message when /dev/kvm is unusable.
-pub fn require_kvm() -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/kvm")
-        .unwrap_or_else(|e| panic!("this test needs /dev/kvm (read-write): {e}"))
-}
-
-/// A sealed memfd of `size` bytes, as the broker creates guest RAM.
-pub fn guest_memfd(size: u64) -> OwnedFd {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fd = memfd_create(
-        c"guest-ram",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .unwrap();
-    nix::unistd::ftruncate(&fd, size as i64).unwrap();
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
-    fd
-}
 
 /// A memfd holding `bytes` (a kernel image).
 pub fn image_memfd(bytes: &[u8]) -> OwnedFd {
@@ -93,7 +70,7 @@ impl Opts {
     /// Defaults for test guest `name`.
     pub fn guest(name: &str) -> Self {
         Opts {
-            kernel: Kernel::Path(guest(name)),
+            kernel: Kernel::Path(test_vm::guest_path(name)),
             initrd: None,
             cpus: 1,
             mem_mib: 64,
@@ -113,7 +90,7 @@ pub struct Vmm {
     channel: Arc<BrokerChannel>,
     replies: Receiver<(u64, Result<VcpuReply, FlatError>)>,
     events: Receiver<VcpuEvent>,
-    serial: Arc<Mutex<Vec<u8>>>,
+    serial: SerialLog,
     serial_in: Option<File>,
     next_id: u64,
     early: std::collections::HashMap<u64, Result<VcpuReply, FlatError>>,
@@ -123,7 +100,6 @@ pub struct Vmm {
 impl Vmm {
     /// Starts vcpu-proc and sends `CreateVm`.
     pub fn start(mut opts: Opts) -> Vmm {
-        let kvm = require_kvm();
         let (broker_end, worker_end) = UnixStream::pair().unwrap();
         let child_fd = worker_end.as_raw_fd();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vcpu-proc"));
@@ -169,74 +145,42 @@ impl Vmm {
             }
         });
 
-        let mem = guest_memfd(opts.mem_mib << 20);
-        let (serial_r, serial_w) = nix::unistd::pipe().unwrap();
-        let serial = Arc::new(Mutex::new(Vec::new()));
-        let sink = serial.clone();
-        std::thread::spawn(move || {
-            let mut f = File::from(serial_r);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = f.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut fds: Vec<OwnedFd> = vec![OwnedFd::from(kvm), mem, serial_w];
         let kernel = match &opts.kernel {
             Kernel::Builtin => None,
-            Kernel::Path(p) => {
-                let f = File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                fds.push(OwnedFd::from(f));
-                Some(FdSlot(fds.len() as u8 - 1))
-            }
-            Kernel::Bytes(b) => {
-                fds.push(image_memfd(b));
-                Some(FdSlot(fds.len() as u8 - 1))
-            }
+            Kernel::Path(p) => Some(OwnedFd::from(
+                File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            )),
+            Kernel::Bytes(b) => Some(image_memfd(b)),
         };
-        let initrd = opts.initrd.as_ref().map(|p| {
-            fds.push(OwnedFd::from(File::open(p).unwrap()));
-            FdSlot(fds.len() as u8 - 1)
-        });
+        let mut t = TestVmBuilder::kernel(kernel)
+            .cpus(opts.cpus)
+            .mem_size(opts.mem_mib << 20)
+            .build();
+        t.cfg.initrd = opts
+            .initrd
+            .as_ref()
+            .map(|p| t.push_fd(OwnedFd::from(File::open(p).unwrap())));
         let mut serial_in = None;
         let input = if opts.serial_input {
             let (r, w) = nix::unistd::pipe().unwrap();
-            fds.push(r);
             serial_in = Some(File::from(w));
-            Some(FdSlot(fds.len() as u8 - 1))
+            Some(t.push_fd(r))
         } else {
             None
         };
-        let serial_cfg = match opts.serial_listener.take() {
-            Some(l) => {
-                fds.push(OwnedFd::from(l));
-                SerialConfig::Listener(FdSlot(fds.len() as u8 - 1))
-            }
+        t.cfg.serial = match opts.serial_listener.take() {
+            Some(l) => SerialConfig::Listener(t.push_fd(OwnedFd::from(l))),
             None => SerialConfig::Stream {
                 output: FdSlot(2),
                 input,
             },
         };
-        let cfg = VmConfig {
-            kvm: FdSlot(0),
-            memory: FdSlot(1),
-            mem_size: opts.mem_mib << 20,
-            cpus: opts.cpus,
-            topology: ipc_proto::cpu_topology::CpuTopology::flat(u32::from(opts.cpus)),
-            kernel,
-            initrd,
-            cmdline: opts.cmdline.clone(),
-            serial: serial_cfg,
-            start_paused: opts.start_paused,
-            no_shutdown: opts.no_shutdown,
-            no_reboot: opts.no_reboot,
-            cpu: Default::default(),
-            thread_names: false,
-            no_dump_guest_core: false,
-            incoming: false,
-        };
+        t.cfg.cmdline.clone_from(&opts.cmdline);
+        t.cfg.start_paused = opts.start_paused;
+        t.cfg.no_shutdown = opts.no_shutdown;
+        t.cfg.no_reboot = opts.no_reboot;
+        let serial = SerialLog::spawn(t.serial);
+        let (cfg, fds) = (t.cfg, t.fds);
         let mut vmm = Vmm {
             child,
             channel,
@@ -300,7 +244,7 @@ impl Vmm {
 
     /// Everything the guest printed so far.
     pub fn serial_text(&self) -> String {
-        String::from_utf8_lossy(&self.serial.lock().unwrap()).into_owned()
+        self.serial.text()
     }
 
     /// Waits for the next event.
@@ -331,16 +275,7 @@ impl Vmm {
 
     /// Waits until the serial output contains `needle`.
     pub fn wait_serial(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.serial_text().contains(needle) {
-            if Instant::now() > deadline {
-                panic!(
-                    "{needle:?} not seen on serial; got:\n{}",
-                    self.serial_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.serial.wait_for(needle, timeout);
     }
 
     /// Types `bytes` into the serial input.
