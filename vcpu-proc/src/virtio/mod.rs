@@ -31,6 +31,7 @@ pub mod inflight;
 pub mod kind;
 pub mod mmio;
 pub mod net;
+pub mod raw_msg;
 pub mod reconnect;
 pub mod registry;
 pub mod scsi;
