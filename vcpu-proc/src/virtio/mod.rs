@@ -444,4 +444,6 @@ mod fault_tests;
 #[cfg(test)]
 mod net_tests;
 #[cfg(test)]
+mod rarp_tests;
+#[cfg(test)]
 mod tests;

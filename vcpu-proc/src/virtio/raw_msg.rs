@@ -148,7 +148,7 @@ mod tests {
     }
 
     /// A backend that reads one SET_LOG_BASE (checking it carries an fd)
-    /// and replies with `body`.
+    /// and replies with `body`, then sends an empty reply more.
     fn backend_replying(peer: UnixStream, body: Vec<u8>) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut buf = [0u8; 64];
@@ -166,6 +166,9 @@ mod tests {
             let got = buf[..n].to_vec();
             let mut reply = header(SET_LOG_BASE, VERSION | REPLY, body.len() as u32);
             reply.extend_from_slice(&body);
+            // A second, empty reply right behind: read whole only if the
+            // first one was read to its exact end.
+            reply.extend_from_slice(&header(SET_LOG_BASE, VERSION | REPLY, 0));
             (&peer).write_all(&reply).unwrap();
             got
         })
@@ -189,7 +192,7 @@ mod tests {
             assert_eq!(&sent[12..20], &4096u64.to_le_bytes());
             assert_eq!(&sent[20..28], &0u64.to_le_bytes());
             // The stream stays in step: the next message is read whole.
-            (&ours).write_all(b"x").unwrap();
+            recv_reply(&ours, SET_LOG_BASE).unwrap();
         }
     }
 
