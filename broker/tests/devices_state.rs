@@ -16,6 +16,7 @@ mod disk_common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::locks::held;
 use common::{Bulkhead, Qmp, TempDir};
 use disk_common::{guest, SerialLog};
 use serde_json::{json, Value};
@@ -338,25 +339,59 @@ fn incoming_refuses_an_unknown_migration_protocol_with_qemus_message() {
     assert!(err.contains("unknown migration protocol: foo:bar"), "{err}");
 }
 
+/// `live` (the default) on a VM stopped before the save hands its disk
+/// image over, as QEMU's `bdrv_inactivate_all` there: the image locks go
+/// once the state is written (`live: false` keeps them), a new broker
+/// with the same RAM file and image loads the state and at `cont` takes
+/// the locks and runs the guest on; the old VM's `cont` then fails on the
+/// lock with QEMU's message.
 #[test]
-fn a_default_live_save_of_a_paused_vm_with_disks_is_refused_and_live_false_saves() {
+fn a_live_save_of_a_stopped_vm_hands_its_disk_image_to_the_restoring_broker() {
     let dir = TempDir::new();
+    let mem = MemFile::new(&dir);
     let img = disk_common::raw_image(&dir.0);
     let blockdev = json!({"driver": "raw", "node-name": "d0",
         "file": {"driver": "file", "filename": img}})
     .to_string();
-    let b = Bulkhead::start(&["-kernel", &guest("ticker"), "-S", "-blockdev", &blockdev]);
+    let log = SerialLog(dir.0.join("first.log"));
+    let b = start_ticker(&mem, &log, &["-blockdev", &blockdev]);
     let mut q = b.client();
-    let state = dir.0.join("vm.state");
-    let desc = error_with(&mut q, "xen-save-devices-state", json!({"filename": state}));
-    assert!(desc.contains("\"live\": false"), "{desc}");
-    assert!(!state.exists(), "the refused save created its file");
+    log.wait_for("tick 50 ");
+    ok_with(&mut q, "stop", Value::Null);
+    q.event("STOP");
+    let kept = dir.0.join("kept.state");
     ok_with(
         &mut q,
         "xen-save-devices-state",
-        json!({"filename": state, "live": false}),
+        json!({"filename": kept, "live": false}),
     );
-    assert!(std::fs::metadata(&state).unwrap().len() > 0);
+    assert!(held(&img, 101), "live: false released the image");
+    let state = dir.0.join("vm.state");
+    ok_with(&mut q, "xen-save-devices-state", json!({"filename": state}));
+    assert!(
+        !held(&img, 101) && !held(&img, 201),
+        "the live save kept the image locked"
+    );
+    assert_eq!(status(&mut q), "paused");
+    let last = *ticks(&log.text()).last().unwrap();
+
+    let log2 = SerialLog(dir.0.join("second.log"));
+    let b2 = start_ticker(
+        &mem,
+        &log2,
+        &["-blockdev", &blockdev, "-incoming", "defer", "-S"],
+    );
+    let mut q2 = b2.client();
+    ok_with(
+        &mut q2,
+        "xen-load-devices-state",
+        json!({"filename": state}),
+    );
+    ok_with(&mut q2, "cont", Value::Null);
+    assert!(held(&img, 101), "the restored VM did not take the image");
+    assert_continued(&wait_verdict(&log2), last);
+    let desc = error_with(&mut q, "cont", Value::Null);
+    assert_eq!(desc, "Failed to get \"write\" lock");
 }
 
 #[test]

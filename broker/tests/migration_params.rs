@@ -79,6 +79,14 @@ fn honoured_parameters_are_checked_set_and_shown_as_qemu_10() {
         set_params(json!({"x-checkpoint-delay": 5000000000u64})),
         set_params(json!({"multifd-compression": "bad"})),
         set_params(json!({"block-bitmap-mapping": "x"})),
+        // The announcement parameters: QEMU's ranges, after xbzrle.
+        set_params(json!({"announce-initial": 100001})),
+        set_params(json!({"announce-max": -1})),
+        set_params(json!({"announce-rounds": 1001})),
+        set_params(json!({"announce-step": 0})),
+        set_params(json!({"announce-step": 10001, "xbzrle-cache-size": 5000})),
+        set_params(json!({"announce-initial": 100000, "announce-max": 0,
+                          "announce-rounds": 0, "announce-step": 10000})),
         query_params(),
     ];
     let (theirs, ours) = side_by_side(&cmds);
@@ -98,6 +106,9 @@ fn honoured_parameters_are_checked_set_and_shown_as_qemu_10() {
     assert_eq!(last["downtime-limit"], 0);
     assert_eq!(last["max-bandwidth"], json!(u64::MAX));
     assert_eq!(last["xbzrle-cache-size"], json!(1u64 << 40));
+    assert_eq!(last["announce-initial"], 100000);
+    assert_eq!(last["announce-rounds"], 0);
+    assert_eq!(last["announce-step"], 10000);
     assert_eq!(last.as_object().unwrap().len(), 28);
 }
 
@@ -107,7 +118,7 @@ fn unimplemented_parameters_are_accepted_only_at_their_value() {
         set_params(
             json!({"tls-creds": null, "tls-hostname": "", "mode": "normal",
                           "multifd-channels": 2, "zero-page-detection": "multifd",
-                          "direct-io": false, "announce-rounds": 5}),
+                          "direct-io": false}),
         ),
         set_params(json!({"cpu-throttle-initial": 30})),
         set_params(json!({"tls-creds": "tls0", "downtime-limit": 10})),

@@ -113,6 +113,16 @@ pub enum NetRequest {
         /// The netdev id.
         id: String,
     },
+    /// Announce NIC `id`'s MAC once (QEMU's `qemu_announce_self` round,
+    /// after a migration or for `announce-self`): a 60-byte RARP frame
+    /// from `mac` to the broadcast address goes out the NIC's netdev as
+    /// if the guest had sent it (into the TAP, or into the switch port).
+    Announce {
+        /// The NIC id.
+        id: String,
+        /// The MAC announced (the NIC's `mac=`, as QEMU's).
+        mac: [u8; 6],
+    },
     // The test-only variants come last, so a worker built without the
     // test hooks decodes every other variant alike.
     /// Test hooks only: run an escape attempt inside the sandboxed worker

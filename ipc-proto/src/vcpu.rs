@@ -398,6 +398,17 @@ pub enum VcpuRequest {
     QueryDump,
     /// Device state save/load and live migration.
     Migration(crate::migration::MigrationRequest),
+    /// Ask the external vhost-user backend of NIC `id` to broadcast a
+    /// RARP for `mac` (VHOST_USER_SEND_RARP, QEMU's
+    /// `vhost_user_migration_done`): one announcement round of a NIC whose
+    /// frames bulkhead does not carry. Refused when the backend did not
+    /// negotiate VHOST_USER_PROTOCOL_F_RARP or is not connected.
+    SendRarp {
+        /// The NIC's device id.
+        id: String,
+        /// The MAC announced.
+        mac: [u8; 6],
+    },
     /// Test hooks only: run an escape attempt inside the sandboxed worker.
     /// Replies [`VcpuReply::Done`] if it worked, else the error of
     /// [`crate::escape::Outcome::into_reply`] (or no reply at all:

@@ -3,6 +3,7 @@
 //! closes the channel.
 //!
 //! Crate map:
+//! - [`announce`]: a NIC's MAC announced after a migration (QEMU's RARP).
 //! - [`serve`]: the request loop (one exhaustive match per request).
 //! - [`nics`]: the netdevs and NIC exports net-proc holds.
 //! - [`port`]: what a NIC's queues exchange frames with (a TAP today, a
@@ -14,6 +15,7 @@
 //! - [`rocker`]: learning L2 switches over an OF-DPA pipeline.
 //! - [`standalone`]: `--standalone` mode (one NIC on a listening socket).
 
+pub mod announce;
 pub mod nics;
 pub mod port;
 pub mod rocker;

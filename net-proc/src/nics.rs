@@ -114,6 +114,22 @@ impl Nics {
         Ok(NetReply::Done)
     }
 
+    /// `Announce`: one RARP of `mac` from NIC `id` out its netdev
+    /// ([`crate::announce`]).
+    pub fn announce(&self, id: &str, mac: [u8; 6]) -> Result<NetReply, FlatError> {
+        let bound = self
+            .nics
+            .get(id)
+            .ok_or_else(|| err(format!("NIC '{id}' not found")))?;
+        let port = self
+            .netdevs
+            .get(&bound.netdev)
+            .ok_or_else(|| err(format!("netdev '{}' not found", bound.netdev)))?;
+        crate::announce::send(port.as_ref(), mac)
+            .map_err(|e| err(format!("NIC '{id}': its announcement was not sent: {e}")))?;
+        Ok(NetReply::Done)
+    }
+
     /// Netdev `id` joins a NIC to a switch (both may use it).
     pub fn is_switch_port(&self, id: &str) -> bool {
         self.switch_ends.contains_key(id)

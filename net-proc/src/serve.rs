@@ -67,6 +67,7 @@ pub fn serve(chan: WorkerChannel<NetRequest, NetReply, NetEvent>) -> Result<(), 
                     NetRequest::AttachNicConnection { id } => nics.attach(&id, fds),
                     NetRequest::SetLink { id, up } => nics.set_link(&id, up),
                     NetRequest::QueryStats { id } => nics.stats(&id),
+                    NetRequest::Announce { id, mac } => nics.announce(&id, mac),
                 };
                 trace_point!(trace::net_ipc_reply(id, result.is_ok()));
                 chan.send(&WorkerMsg::Reply { id, result }, &[])?;

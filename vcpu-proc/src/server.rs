@@ -120,6 +120,45 @@ impl Server {
         Ok(())
     }
 
+    /// `SendRarp`: the NIC's backend is asked on its session thread; a
+    /// thread of its own waits for the session and answers request `id`.
+    fn serve_send_rarp(
+        &self,
+        id: u64,
+        dev: String,
+        mac: [u8; 6],
+    ) -> std::result::Result<(), FlatError> {
+        let c = self.controller.as_ref().ok_or_else(no_vm)?;
+        let device = lock(c)
+            .vhost_user_device(&dev)
+            .map_err(FlatError::generic)?;
+        let pending = device
+            .with_transport(|t| t.backend().send_rarp(mac))
+            .ok_or_else(|| {
+                FlatError::generic(format!("device '{dev}' has no connected backend"))
+            })?;
+        let channel = self.channel.clone();
+        std::thread::Builder::new()
+            .name("vu-rarp".into())
+            .spawn(move || {
+                let result = match pending.wait() {
+                    Some(Ok(())) => Ok(VcpuReply::Done),
+                    Some(Err(e)) => Err(FlatError::generic(format!(
+                        "device '{dev}': {}",
+                        error_chain(&e)
+                    ))),
+                    None => Err(FlatError::generic(format!(
+                        "device '{dev}': the backend connection ended"
+                    ))),
+                };
+                if let Err(e) = channel.send(&WorkerMsg::Reply { id, result }, &[]) {
+                    tracing::warn!("cannot send a reply: {}", error_chain(&e));
+                }
+            })
+            .map_err(|e| FlatError::generic(format!("cannot start the SEND_RARP thread: {e}")))?;
+        Ok(())
+    }
+
     fn create_vm(
         &mut self,
         cfg: VmConfig,
@@ -225,6 +264,10 @@ impl Server {
                 let sink = Arc::new(ChannelSink(self.channel.clone()));
                 self.migrations
                     .serve(self.controller.as_ref(), m, fds, sink)
+            }
+            VcpuRequest::SendRarp { id: dev, mac } => {
+                self.serve_send_rarp(id, dev, mac)?;
+                return Ok(None);
             }
             VcpuRequest::PlugCpu { slot } => self.with_vm(|c| {
                 c.plug_cpu(slot)

@@ -101,7 +101,7 @@ fn expected_type(m: &Machine) -> String {
 }
 
 /// Whether `driver` is one of bulkhead's CPU types.
-fn is_cpu_type(driver: &str) -> bool {
+pub fn is_cpu_type(driver: &str) -> bool {
     driver.strip_suffix(CPU_TYPE_SUFFIX).is_some_and(|model| {
         crate::cli::cpu::MODELS
             .iter()
@@ -222,6 +222,14 @@ fn add(
 /// name. The guest is asked; `DEVICE_DELETED` follows its eject.
 pub fn device_del(m: &Machine, name: &str) -> Option<Result<()>> {
     let slot = cpu_slots::lock(m).find(name)?;
+    // QEMU's `qdev_unplug` refuses before the hotplug handler looks.
+    let migrating = crate::machine::migration::refuse_hotplug_while_migrating(
+        m,
+        crate::machine::migration::NO_DEVICE_DEL,
+    );
+    if let Err(e) = migrating {
+        return Some(Err(e.into()));
+    }
     if slot == 0 {
         return Some(Err(FlatError::generic("Boot CPU is unpluggable").into()));
     }

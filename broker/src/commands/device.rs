@@ -1,6 +1,7 @@
 //! Device commands: `device_add` and `device_del` of `virtio-blk-device`
 //! (a block-proc export of a node) and `vhost-user-blk` (an external
 //! backend from `-chardev`), with QEMU's messages, and the device events.
+//! Both are refused while the VM migrates out, as QEMU refuses them.
 //! The desired devices live in [`crate::machine::devices`].
 //!
 //! QEMU's `device_add` takes arbitrary device properties (`'gen': false`),
@@ -10,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::machine::{devices, event_names};
+use crate::machine::{devices, event_names, migration};
 use crate::qmp::error::Result;
 use crate::qmp::registry::{Command, Ctx, Registry};
 use crate::qmp::schema::{member, optional, Builtin, Empty, QapiType, SchemaType};
@@ -39,6 +40,13 @@ impl Command for DeviceAdd {
     type Ret = Empty;
 
     fn run(args: DeviceAddArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        // QEMU refuses any device model while migrating out, before it
+        // looks at the properties (an unknown driver is its own error).
+        let driver = args.0.get("driver").and_then(Value::as_str);
+        if driver.is_some_and(|d| super::cpu_hotplug::is_cpu_type(d) || devices::is_device_model(d))
+        {
+            migration::refuse_hotplug_while_migrating(ctx.machine, migration::NO_DEVICE_ADD)?;
+        }
         if let Some(r) = super::cpu_hotplug::device_add(ctx.machine, &args.0) {
             return r.map(|()| Empty {});
         }

@@ -18,6 +18,7 @@
 //! - [`trace_state`]: the trace points wanted on (desired state, replayed
 //!   into restarted workers) and the `trace-event-*` rules.
 
+pub mod announce;
 pub mod bitmaps;
 pub mod block_limits;
 pub mod block_state;
@@ -164,6 +165,8 @@ pub struct Machine {
     pub(crate) dump: dump::DumpTracker,
     /// Migration parameters, capabilities and the running migration.
     pub(crate) migration: migration::MigrationState,
+    /// The NICs' announcement timers (after a migration, `announce-self`).
+    pub(crate) announce: announce::Announcer,
     /// QEMU's rate limit of chatty events (the QUORUM_* events).
     pub(crate) throttled_events: Arc<crate::qmp::event_throttle::EventThrottle>,
 }
@@ -220,6 +223,7 @@ impl Machine {
             start_gate: start_gate::StartGate::default(),
             dump: dump::DumpTracker::default(),
             migration,
+            announce: Default::default(),
             throttled_events,
         });
         let _ = m.me.set(Arc::downgrade(&m));

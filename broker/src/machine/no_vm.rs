@@ -75,7 +75,8 @@ impl NoVm {
             VcpuRequest::CreateVm(_)
             | VcpuRequest::CreateVmWithDevices { .. }
             | VcpuRequest::AttachVhostUser(_)
-            | VcpuRequest::ReconnectVhostUser { .. } => Err(FlatError::generic(
+            | VcpuRequest::ReconnectVhostUser { .. }
+            | VcpuRequest::SendRarp { .. } => Err(FlatError::generic(
                 "machine type 'none' has no guest to attach devices to",
             )),
             VcpuRequest::Trace(_) => {

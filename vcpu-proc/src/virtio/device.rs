@@ -7,8 +7,10 @@
 //! and activations are queued without waiting, and only a reset waits for
 //! its queues to stop — bounded by the request deadline.
 //!
-//! [`dirty`]: the backend's dirty logging while a migration runs.
+//! [`dirty`]: the backend's dirty logging while a migration runs;
+//! [`announce`]: a NIC's backend broadcasting its MAC (SEND_RARP).
 
+mod announce;
 mod dirty;
 pub use dirty::LogChange;
 

@@ -31,6 +31,7 @@ pub mod inflight;
 pub mod kind;
 pub mod mmio;
 pub mod net;
+pub mod raw_msg;
 pub mod reconnect;
 pub mod registry;
 pub mod scsi;
@@ -442,5 +443,7 @@ mod fake_backend;
 mod fault_tests;
 #[cfg(test)]
 mod net_tests;
+#[cfg(test)]
+mod rarp_tests;
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,7 @@ use vhost::vhost_user::message::{
     VhostUserVirtioFeatures, VhostUserVringAddrFlags,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -45,6 +45,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 /// `VHOST_F_LOG_ALL`: the feature bit with which the frontend turns the
@@ -443,12 +444,27 @@ impl Connection {
                 "VHOST_F_LOG_ALL with VHOST_USER_PROTOCOL_F_LOG_SHMFD",
             ));
         }
-        let region = VhostUserDirtyLogRegion {
-            mmap_size: log.size(),
-            mmap_offset: 0,
-            mmap_handle: log.fd().as_raw_fd(),
-        };
-        req("SET_LOG_BASE", self.frontend.set_log_base(0, Some(region)))
+        // Not through the `vhost` crate, which hangs on libvhost-user's
+        // reply: see `raw_msg.rs`.
+        req(
+            "SET_LOG_BASE",
+            super::raw_msg::set_log_base(&self.stream, log.fd(), log.size()),
+        )
+    }
+
+    /// True when the backend can broadcast a RARP for the frontend
+    /// (VHOST_USER_PROTOCOL_F_RARP).
+    pub fn sends_rarp(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::RARP)
+    }
+
+    /// SEND_RARP: the backend announces `mac` (QEMU's
+    /// `vhost_user_migration_done`; written by hand, see `raw_msg.rs`).
+    pub fn send_rarp(&mut self, mac: [u8; 6]) -> Result<()> {
+        if !self.sends_rarp() {
+            return Err(VhostUserError::MissingFeature("VHOST_USER_PROTOCOL_F_RARP"));
+        }
+        req("SEND_RARP", super::raw_msg::send_rarp(&self.stream, mac))
     }
 
     /// Turns dirty logging on (`log`: SET_LOG_BASE, SET_VRING_ADDR with

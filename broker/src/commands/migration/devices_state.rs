@@ -10,7 +10,10 @@
 //! under `-mem-path` outlives the broker; a new broker with the same
 //! memory file and `-incoming defer` loads the file, and leaves
 //! `inmigrate` as QEMU's incoming side does (running, or `paused` with
-//! `-S`/after `stop`, until `cont`).
+//! `-S`/after `stop`, until `cont`). With `live` (the default) the saving
+//! VM, stopped before, releases its disk images at the end
+//! (`machine/migration/disks.rs`), so the new broker can open them with
+//! their locks: the same shared-storage handover as a live migration.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
@@ -152,27 +155,20 @@ fn request_with_file(m: &Machine, req: MigrationRequest, file: OwnedFd) -> Resul
     }
 }
 
-/// What QEMU's `live` (default true) does on a stopped VM after the save:
-/// it inactivates the disk images for the migration target. bulkhead
-/// cannot hand images over here yet, so that case is refused before
-/// anything happens when the VM has disks (give `live: false`); without
-/// disks there is nothing to hand over.
-fn check_live(m: &Machine, live: bool) -> Result<()> {
-    if !live || m.query_status()?.running {
-        return Ok(());
-    }
-    let no_disks = crate::machine::block_state::state(m)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .nodes()
-        .is_empty();
-    if !no_disks {
-        return Err(QmpError::generic(
-            "xen-save-devices-state: handing the disk images over (live, the default, on a \
-             stopped VM) is not supported by bulkhead: give \"live\": false",
-        ));
-    }
-    Ok(())
+/// What QEMU's `live` (default true) does on a VM that was stopped
+/// before the save: once the file is written, the disks are flushed and
+/// their image locks released (QEMU's `bdrv_inactivate_all`, libxl's
+/// migration), so a target started with the same images can take them
+/// when it loads the state and runs. `cont` here takes them back, as after
+/// a migration. A VM that was running is resumed after the save and keeps
+/// its disks; `live: false` keeps them too.
+fn hand_disks_over(m: &Machine) -> Result<()> {
+    crate::machine::migration::disks::inactivate(m).map_err(|e| {
+        QmpError::generic(format!(
+            "xen-save-devices-state: the disk images cannot be released: {}",
+            e.desc
+        ))
+    })
 }
 
 /// `xen-save-devices-state`.
@@ -183,8 +179,9 @@ impl Command for XenSaveDevicesState {
     const DOC: &'static str = "Write the VM's device state (vCPUs, interrupt controllers, \
         timers, serial, GED, CPU hotplug, virtio-mmio transports; not RAM, not disks) to \
         `filename`. A running VM is stopped for it (STOP, save-vm) and resumed (RESUME). \
-        `live` (default true) on a stopped VM would hand the disk images over: refused when \
-        the VM has disks.";
+        With `live` (default true) a VM stopped before the save hands its disk images over: \
+        they are flushed and their locks released for a target to take (cont takes them \
+        back).";
     type Args = SaveArgs;
     type Ret = Empty;
 
@@ -192,9 +189,13 @@ impl Command for XenSaveDevicesState {
         let m = ctx.machine;
         super::super::dump::refuse_while_dumping(ctx)?;
         refuse_without_guest(m)?;
-        check_live(m, a.live.unwrap_or(true))?;
+        let was_running = m.query_status()?.running;
         let fd = open(m, &a.filename, true)?;
-        request_with_file(m, MigrationRequest::SaveDevicesState { fd: FdSlot(0) }, fd)
+        request_with_file(m, MigrationRequest::SaveDevicesState { fd: FdSlot(0) }, fd)?;
+        if a.live.unwrap_or(true) && !was_running {
+            hand_disks_over(m)?;
+        }
+        Ok(Empty {})
     }
 }
 

@@ -1,7 +1,8 @@
 //! `migrate-set-parameters` and `query-migrate-parameters` with QEMU
 //! 10's `MigrationParameters`. Bulkhead honours `downtime-limit`,
 //! `max-bandwidth` and `xbzrle-cache-size` (QEMU's checks and messages;
-//! a running migration is told at once). Every other parameter keeps the
+//! a running migration is told at once) and the `announce-*` parameters
+//! (the NICs' announcement when an incoming migration completes). Every other parameter keeps the
 //! value QEMU 10 starts with, which `query-migrate-parameters` shows:
 //! setting it to that value is accepted (nothing changes), any other
 //! value is refused, never accepted and ignored. Nothing is changed when
@@ -78,14 +79,23 @@ const PARAMETERS: [(&str, Kind); 29] = [
 ];
 
 /// The parameters bulkhead acts on.
-const HONOURED: [&str; 3] = ["downtime-limit", "max-bandwidth", "xbzrle-cache-size"];
+const HONOURED: [&str; 7] = [
+    "downtime-limit",
+    "max-bandwidth",
+    "xbzrle-cache-size",
+    "announce-initial",
+    "announce-max",
+    "announce-rounds",
+    "announce-step",
+];
 
 /// Every parameter's value as `query-migrate-parameters` shows it: QEMU
 /// 10's defaults (`-M microvm`), with the honoured ones from `s`.
 pub fn values(s: &MigrationSettings) -> Map<String, Value> {
     let v = json!({
-        "announce-initial": 50, "announce-max": 550, "announce-rounds": 5,
-        "announce-step": 100, "throttle-trigger-threshold": 50,
+        "announce-initial": s.announce.initial, "announce-max": s.announce.max,
+        "announce-rounds": s.announce.rounds, "announce-step": s.announce.step,
+        "throttle-trigger-threshold": 50,
         "cpu-throttle-initial": 20, "cpu-throttle-increment": 10,
         "cpu-throttle-tailslow": false, "tls-creds": "", "tls-hostname": "",
         "tls-authz": "", "max-bandwidth": s.max_bandwidth,
@@ -220,6 +230,17 @@ pub fn apply(
         settings::check_xbzrle_cache_size(bytes)?;
         new.xbzrle_cache_size = bytes;
     }
+    for (name, field) in [
+        ("announce-initial", &mut new.announce.initial),
+        ("announce-max", &mut new.announce.max),
+        ("announce-rounds", &mut new.announce.rounds),
+        ("announce-step", &mut new.announce.step),
+    ] {
+        if let Some(v) = get(name) {
+            settings::check_announce(name, v)?;
+            *field = v;
+        }
+    }
     *s = new;
     Ok(())
 }
@@ -230,8 +251,9 @@ pub struct MigrateSetParameters;
 impl Command for MigrateSetParameters {
     const NAME: &'static str = "migrate-set-parameters";
     const DOC: &'static str = "Set migration parameters: 'downtime-limit', 'max-bandwidth' and \
-        'xbzrle-cache-size' (a running migration takes them at once); the others only to the \
-        value they have.";
+        'xbzrle-cache-size' (a running migration takes them at once), 'announce-initial', \
+        'announce-max', 'announce-rounds' and 'announce-step' (the NICs' announcement after an \
+        incoming migration); the others only to the value they have.";
     type Args = SetParametersArgs;
     type Ret = Empty;
 
@@ -286,6 +308,40 @@ mod tests {
         assert_eq!(v["downtime-limit"], 50);
         assert_eq!(v["max-bandwidth"], json!(u64::MAX));
         assert_eq!(v.len(), 28);
+    }
+
+    #[test]
+    fn the_announce_parameters_are_set_checked_and_shown() {
+        let mut s = MigrationSettings::default();
+        set(
+            &mut s,
+            json!({"announce-initial": 10, "announce-max": 40, "announce-rounds": 3,
+                   "announce-step": 15}),
+        )
+        .unwrap();
+        let v = values(&s);
+        assert_eq!(
+            (
+                &v["announce-initial"],
+                &v["announce-max"],
+                &v["announce-rounds"],
+                &v["announce-step"]
+            ),
+            (&json!(10), &json!(40), &json!(3), &json!(15))
+        );
+        // QEMU's order: downtime-limit is checked before the announce-*.
+        let e = set(
+            &mut s,
+            json!({"announce-step": 0, "downtime-limit": 3_000_000}),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("Parameter 'downtime_limit'"), "{e}");
+        let e = set(&mut s, json!({"announce-rounds": 2, "announce-step": 0})).unwrap_err();
+        assert_eq!(
+            e,
+            "Parameter 'announce_step' expects a value between 0 and 10000"
+        );
+        assert_eq!(s.announce.rounds, 3, "a refused change changed a member");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Network commands: `netdev_add` / `netdev_del` (TAP netdevs the broker
 //! opens or takes from `getfd`, `vhost-user` netdevs on a `-chardev`),
-//! `set_link`, `query-rx-filter`, and the `NIC_RX_FILTER_CHANGED` event.
+//! `set_link`, `query-rx-filter`, the `NIC_RX_FILTER_CHANGED` event, and
+//! `announce-self` ([`announce`]).
 //! The desired state lives in [`crate::machine::netdevs`], the NICs in
 //! [`crate::machine::devices::net`].
+
+pub mod announce;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -193,6 +196,7 @@ pub fn register(r: &mut Registry) {
     r.register::<NetdevDel>();
     r.register::<SetLink>();
     r.register::<QueryRxFilter>();
+    r.register::<announce::AnnounceSelf>();
     r.event::<NicRxFilterChangedData>(
         "NIC_RX_FILTER_CHANGED",
         "A NIC's receive filter changed (the guest set its MAC).",

@@ -435,6 +435,21 @@ fn reserve(m: &Machine, spec: &DeviceSpec) -> Result<Plan, FlatError> {
 
 /// `device_add` / `-device`: validates, creates the backend and records
 /// the device; vcpu-proc gets it at VM creation or before the first `cont`.
+/// Whether `driver` names one of the device models `device_add` takes
+/// (CPUs aside: `commands/cpu_hotplug.rs`).
+pub fn is_device_model(driver: &str) -> bool {
+    matches!(
+        driver,
+        spec::VIRTIO_BLK
+            | spec::VHOST_USER_BLK
+            | spec::VHOST_USER_BLK_ALIAS
+            | spec::VIRTIO_NET
+            | scsi::VIRTIO_SCSI
+            | scsi::SCSI_CD
+            | scsi::SCSI_HD
+    )
+}
+
 pub fn add(m: &Machine, props: &Map<String, Value>) -> Result<(), FlatError> {
     if let Some(r) = scsi::add(m, props) {
         return r;
@@ -524,6 +539,10 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
         if st.launched || st.devices[i].attached {
             return Err(hotplug_error(st.devices[i].slot));
         }
+        crate::machine::migration::refuse_hotplug_while_migrating(
+            m,
+            crate::machine::migration::NO_DEVICE_DEL,
+        )?;
         // Not ready again while its export goes: no `cont` attaches it.
         st.devices[i].ready = false;
         st.devices[i].backend.clone()

@@ -408,6 +408,12 @@ pub fn del_lun(m: &Machine, id: &str) -> Option<Result<(), FlatError>> {
             lun.controller
         ))));
     }
+    if let Err(e) = crate::machine::migration::refuse_hotplug_while_migrating(
+        m,
+        crate::machine::migration::NO_DEVICE_DEL,
+    ) {
+        return Some(Err(e));
+    }
     lock(&m.media).remove(id);
     if lun.owns_medium {
         if let Some(n) = &lun.config.node_name {

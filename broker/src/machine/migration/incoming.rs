@@ -2,7 +2,8 @@
 //! `migrate-incoming` after `-incoming defer` listen (status `setup`), a
 //! thread accepts the one connection and hands it to vcpu-proc, whose
 //! events drive the status. At `completed` the disks are activated (the
-//! image locks taken) and the guest runs unless `-S` (QEMU's autostart;
+//! image locks taken), the NICs announced (`announce-*` parameters,
+//! [`crate::machine::announce`]) and the guest runs unless `-S` (QEMU's autostart;
 //! `cont`/`stop` while the migration runs set or clear it); a failed
 //! incoming migration ends the broker with status 1 unless
 //! `exit-on-error` is false, as QEMU.
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 use super::transport::Listening;
 use super::{disks, emit_status};
+use crate::machine::announce::TimerName;
 use crate::machine::{lock, unexpected_reply, ExitRequest, Machine};
 
 /// The incoming migration's state.
@@ -257,6 +259,11 @@ fn take_over(m: &Arc<Machine>) {
             false
         }
     };
+    // QEMU announces the NICs here, whether the guest starts or not.
+    let announce = lock(&m.migration.settings).announce.params();
+    if let Err(e) = crate::machine::announce::start(m, TimerName::Migration, announce) {
+        tracing::warn!("migration: the NICs are not announced: {}", e.desc);
+    }
     let state = match m.query_status() {
         Ok(s) => s.status,
         Err(e) => {

@@ -71,6 +71,31 @@ impl MigrationState {
     }
 }
 
+/// QEMU's refusal of `device_add` while migrating out
+/// (`qdev_device_add_from_qdict`: after the driver is known, before its
+/// properties and id are looked at).
+pub const NO_DEVICE_ADD: &str = "device_add not allowed while migrating";
+/// QEMU's refusal of `device_del` while migrating out (`qdev_unplug`:
+/// after the device is found and its bus takes hot-unplug).
+pub const NO_DEVICE_DEL: &str = "device_del not allowed while migrating";
+
+/// Whether an outgoing migration runs (QEMU's `migration_is_running`:
+/// setup, active, device, cancelling): the VM's devices must stay as the
+/// target will have them, so hotplug is refused then. An incoming
+/// migration does not count, as in QEMU.
+pub fn migrating_out(m: &Machine) -> bool {
+    outgoing::is_running(lock(&m.migration.out).status)
+}
+
+/// `Err(why)` while an outgoing migration runs (`why` is one of
+/// [`NO_DEVICE_ADD`], [`NO_DEVICE_DEL`]).
+pub fn refuse_hotplug_while_migrating(m: &Machine, why: &str) -> Result<(), ipc_proto::FlatError> {
+    if migrating_out(m) {
+        return Err(ipc_proto::FlatError::generic(why));
+    }
+    Ok(())
+}
+
 /// Emits `MIGRATION` for `status` if the `events` capability is on.
 pub(crate) fn emit_status(m: &Machine, status: MigrationStatus) {
     if m.migration.events_on() {

@@ -32,6 +32,71 @@ pub struct MigrationSettings {
     pub xbzrle: bool,
     /// The `events` capability (MIGRATION / MIGRATION_PASS events).
     pub events: bool,
+    /// `announce-initial`, `announce-max`, `announce-rounds`,
+    /// `announce-step`: the NICs' announcement after an incoming migration.
+    pub announce: AnnounceSettings,
+}
+
+/// The announcement parameters (ms, rounds), QEMU 10's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnounceSettings {
+    /// `announce-initial`.
+    pub initial: u64,
+    /// `announce-max`.
+    pub max: u64,
+    /// `announce-rounds`.
+    pub rounds: u64,
+    /// `announce-step`.
+    pub step: u64,
+}
+
+impl Default for AnnounceSettings {
+    fn default() -> Self {
+        AnnounceSettings {
+            initial: 50,
+            max: 550,
+            rounds: 5,
+            step: 100,
+        }
+    }
+}
+
+impl AnnounceSettings {
+    /// The timer's parameters (all NICs). The values are checked against
+    /// QEMU's ranges, so they fit.
+    pub fn params(&self) -> crate::machine::announce::AnnounceParams {
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        crate::machine::announce::AnnounceParams {
+            initial: ms(self.initial),
+            max: ms(self.max),
+            rounds: self.rounds,
+            step: ms(self.step),
+            interfaces: None,
+        }
+    }
+}
+
+/// QEMU 10's checks of the announcement parameters
+/// (`migrate_params_check`, in its order), with its messages.
+pub fn check_announce(name: &str, value: u64) -> Result<(), String> {
+    let (qemu_name, ok, range) = match name {
+        "announce-initial" => ("announce_initial", value <= 100_000, "0 and 100000"),
+        "announce-max" => ("announce_max", value <= 100_000, "0 and 100000"),
+        "announce-rounds" => ("announce_rounds", value <= 1000, "0 and 1000"),
+        // QEMU refuses 0 but names the range from 0.
+        "announce-step" => (
+            "announce_step",
+            (1..=10_000).contains(&value),
+            "0 and 10000",
+        ),
+        other => return Err(format!("'{other}' is not an announcement parameter")),
+    };
+    if !ok {
+        return Err(format!(
+            "Parameter '{qemu_name}' expects a value between {range}"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for MigrationSettings {
@@ -42,6 +107,7 @@ impl Default for MigrationSettings {
             xbzrle_cache_size: DEFAULT_XBZRLE_CACHE_SIZE,
             xbzrle: false,
             events: false,
+            announce: AnnounceSettings::default(),
         }
     }
 }
@@ -209,5 +275,27 @@ mod tests {
         assert!(check_xbzrle_cache_size(2048).is_err());
         assert!(check_xbzrle_cache_size(5000).is_err());
         assert!(check_xbzrle_cache_size(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn announcement_ranges_and_messages_are_qemu_10s() {
+        assert!(check_announce("announce-initial", 100_000).is_ok());
+        assert_eq!(
+            check_announce("announce-initial", 100_001).unwrap_err(),
+            "Parameter 'announce_initial' expects a value between 0 and 100000"
+        );
+        assert_eq!(
+            check_announce("announce-max", 100_001).unwrap_err(),
+            "Parameter 'announce_max' expects a value between 0 and 100000"
+        );
+        assert!(check_announce("announce-rounds", 0).is_ok());
+        assert_eq!(
+            check_announce("announce-rounds", 1001).unwrap_err(),
+            "Parameter 'announce_rounds' expects a value between 0 and 1000"
+        );
+        let step = "Parameter 'announce_step' expects a value between 0 and 10000";
+        assert_eq!(check_announce("announce-step", 0).unwrap_err(), step);
+        assert_eq!(check_announce("announce-step", 10_001).unwrap_err(), step);
+        assert!(check_announce("announce-step", 10_000).is_ok());
     }
 }
