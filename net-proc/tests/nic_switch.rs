@@ -173,8 +173,15 @@ fn a_burst_larger_than_the_ring_arrives_in_order_or_is_dropped_and_counted() {
         }
     }
     let dropped = w.stats("nb").rx_dropped;
-    assert_eq!(seen.len() as u64 + dropped, u64::from(n), "every frame accounted");
-    assert!(seen.windows(2).all(|p| p[0] < p[1]), "in order, no duplicate");
+    assert_eq!(
+        seen.len() as u64 + dropped,
+        u64::from(n),
+        "every frame accounted"
+    );
+    assert!(
+        seen.windows(2).all(|p| p[0] < p[1]),
+        "in order, no duplicate"
+    );
     assert!(!seen.is_empty());
 }
 
@@ -293,7 +300,10 @@ fn switch_port_netdevs_refuse_fds_a_second_nic_and_several_queue_pairs() {
         "NIC 'na': switch port netdev 'p0' has one queue pair, not 2"
     );
     spec.queue_pairs = 1;
-    assert_eq!(w.call(NetRequest::AddNic(spec.clone()), &[]), Ok(NetReply::Done));
+    assert_eq!(
+        w.call(NetRequest::AddNic(spec.clone()), &[]),
+        Ok(NetReply::Done)
+    );
     spec.id = "nb".into();
     let e = w.call(NetRequest::AddNic(spec), &[]).unwrap_err();
     assert_eq!(e.desc, "netdev 'p0' is used by NIC 'na'");

@@ -69,6 +69,10 @@ const BATCH: usize = 256;
 /// watches, so a thread woken onto this CPU runs at once.
 const POLL: Duration = Duration::from_micros(32);
 
+/// Frames a tx worker moves between two signals (its own driver's, and
+/// the switch ports' whose rx rings it filled).
+const SIGNAL_EVERY: usize = 64;
+
 /// Frames moved at once after which the worker watches ([`POLL`]).
 const POLL_AFTER: usize = 2;
 
@@ -306,6 +310,11 @@ impl Worker {
                 used = true;
                 moved += 1;
                 self.tx_one(c, &segs, now);
+                if moved.is_multiple_of(SIGNAL_EVERY) {
+                    // A long run: the driver gets its buffers back, and
+                    // the switch ports' drivers their frames, meanwhile.
+                    self.signal();
+                }
             }
             if moved >= POLL_AFTER {
                 // The used entries go to the driver before the watch.
@@ -408,10 +417,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    ipc_proto::warn_limited!(
-                        "queue {}: port receive failed: {e}",
-                        self.ring.index
-                    );
+                    ipc_proto::warn_limited!("queue {}: port receive failed: {e}", self.ring.index);
                     break;
                 }
             };

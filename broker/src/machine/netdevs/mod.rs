@@ -179,10 +179,7 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
                 format!("Device '{id}' not found"),
             ));
         };
-        matches!(
-            n.kind,
-            NetdevKind::Tap { .. } | NetdevKind::SwitchPort
-        )
+        matches!(n.kind, NetdevKind::Tap { .. } | NetdevKind::SwitchPort)
     };
     if let Some(dev) = super::devices::net::device_on_netdev(m, id) {
         return Err(generic(format!(
