@@ -72,10 +72,8 @@ static mut RX_BUFS: [RxBuffers; MAX_NICS] = [
     RxBuffers([0; RX_BUF_MAX * N]),
     RxBuffers([0; RX_BUF_MAX * N]),
 ];
-static mut TX_BUFS: [Buffers; MAX_NICS] = [
-    Buffers([[0; TX_BUF_LEN]; N]),
-    Buffers([[0; TX_BUF_LEN]; N]),
-];
+static mut TX_BUFS: [Buffers; MAX_NICS] =
+    [Buffers([[0; TX_BUF_LEN]; N]), Buffers([[0; TX_BUF_LEN]; N])];
 static mut PACKET: [[u8; MAX_PACKET]; MAX_NICS] = [[0; MAX_PACKET]; MAX_NICS];
 static RX_MEM: [QueueMem; MAX_NICS] = [QueueMem::new(), QueueMem::new()];
 static TX_MEM: [QueueMem; MAX_NICS] = [QueueMem::new(), QueueMem::new()];
