@@ -231,12 +231,8 @@ impl Shared {
                         self.link_up[o].store(up, Ordering::Relaxed);
                     }
                 },
-                Some(Member::Nic(nic)) => {
-                    if nic.deliver(frame) {
-                        pending.add(nic);
-                    }
-                }
-                None => {}
+                Some(Member::Nic(nic)) if nic.deliver(frame) => pending.add(nic),
+                Some(Member::Nic(_)) | None => {}
             }
         }
     }
