@@ -257,7 +257,11 @@ fn a_switch_port_netdev_takes_no_options_and_no_nic_outside_a_switch() {
         json!({"type": "x-switch-port", "id": "s0", "ifname": "t"}),
     );
     assert_eq!(err(&r).1, "Invalid parameter 'ifname'");
-    ok(&mut q, "netdev_add", json!({"type": "x-switch-port", "id": "s0"}));
+    ok(
+        &mut q,
+        "netdev_add",
+        json!({"type": "x-switch-port", "id": "s0"}),
+    );
     let r = q.execute(
         "device_add",
         json!({"driver": "virtio-net-device", "netdev": "s0", "id": "nic0"}),
