@@ -138,3 +138,32 @@ impl Pending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_on_no_switch_and_without_a_driver_drops_frames_and_shows_link_down() {
+        let p = NicPort::new("p0");
+        let mut pending = Pending::default();
+        let mut frame = vec![0u8; HDR_LEN + 60];
+        assert!(!p.ingress(&mut frame, Instant::now(), &mut pending));
+        assert!(!p.deliver(&mut frame));
+        assert!(!p.link_up());
+        assert_eq!(p.detach_rx(), None);
+        assert_eq!(p.id(), "p0");
+    }
+
+    #[test]
+    fn pending_remembers_each_port_once() {
+        let (a, b) = (NicPort::new("a"), NicPort::new("b"));
+        let mut pending = Pending::default();
+        for p in [&a, &b, &a, &a] {
+            pending.add(p);
+        }
+        assert_eq!(pending.0.len(), 2);
+        pending.flush();
+        assert!(pending.0.is_empty());
+    }
+}
