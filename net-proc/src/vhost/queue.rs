@@ -19,7 +19,8 @@
 //! drain: a chain is completed (used) in the same step it is taken, and
 //! the worker looks at its stop eventfd only between steps, so the avail
 //! position it returns is always the used index in guest memory
-//! (`tests/vring_stop.rs`).
+//! (`tests/vring_stop.rs`). A switch port's rx ring is taken back from
+//! the port under the lock every delivery holds, so the same holds there.
 //!
 //! Dirty logging (a migration runs, `vhost_backend_common::log`): with a
 //! [`QueueLog`], every write into guest RAM is logged right after it is
@@ -31,8 +32,10 @@
 //! counted (`rx_dropped`); the port is read on regardless, so one guest
 //! queue that stops refilling never holds up the port or another queue.
 //!
-//! Per frame the worker allocates nothing (the segment lists are reused)
-//! and makes one port syscall. After a batch the tx worker watches the
+//! Per frame the worker allocates nothing (the segment lists are reused;
+//! on a switch port the pipeline's list of output ports excepted) and
+//! makes one port syscall on a TAP, none on a switch port (a long run is
+//! signalled every [`SIGNAL_EVERY`] frames). After a batch the tx worker watches the
 //! avail ring for [`POLL`] before it sleeps, as block-proc's queue does
 //! (see there for why only after a batch). The rx worker does not watch
 //! the port: that costs a syscall per look, and on a loaded 2-core host
