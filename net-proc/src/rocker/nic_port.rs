@@ -4,7 +4,7 @@
 //! Ring to ring: the NIC's tx worker runs each frame through the switch
 //! itself ([`NicPort::ingress`], in its own thread) and the switch
 //! writes it straight into the rx rings of the NICs it goes to
-//! ([`NicPort::deliver`]), or into a TAP port. The NIC's rx ring has no
+//! (`NicPort::deliver`), or into a TAP port. The NIC's rx ring has no
 //! worker thread: while the driver has it running it is held here
 //! ([`NicPort::attach_rx`]) and whichever thread forwards a frame fills
 //! it under its lock. Each forwarding thread signals the rings it filled
