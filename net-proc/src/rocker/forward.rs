@@ -1,7 +1,7 @@
 //! A running switch: its ports, its bridge, and the forwarding thread that
 //! polls every fd port (TAP), runs each frame through the pipeline and
 //! writes it to the output ports; it ages learned entries once a second.
-//! A readable port is read until it is empty (up to [`BATCH`] frames, so
+//! A readable port is read until it is empty (up to `BATCH` frames, so
 //! one busy port does not starve the others), into one buffer with a
 //! header slot in front: per frame one read, one write per output TAP, no
 //! allocation. Guest NIC ports ([`Member::Nic`]) are not polled: their tx

@@ -36,7 +36,7 @@
 //! on a switch port the pipeline's list of output ports excepted) and
 //! makes one port syscall on a TAP, none on a switch port (a long run is
 //! signalled every `SIGNAL_EVERY` frames). After a batch the tx worker watches the
-//! avail ring for [`POLL`] before it sleeps, as block-proc's queue does
+//! avail ring for `POLL` before it sleeps, as block-proc's queue does
 //! (see there for why only after a batch). The rx worker does not watch
 //! the port: that costs a syscall per look, and on a loaded 2-core host
 //! it measured slower (it takes the CPU from the sender).
