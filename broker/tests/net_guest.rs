@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use common::{Bulkhead, TempDir};
 use disk_common::{guest, SerialLog};
 use net_common::frame::{self, Parsed};
-use net_common::{link_scenario, rounds, worker_pid, Echo, Tap, GUEST_MAC};
+use net_common::{link_scenario, nic_rounds, rounds, worker_pid, Echo, Tap, GUEST_MAC};
 
 fn netdev(tap: &Tap) -> String {
     format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name)
@@ -236,4 +236,110 @@ fn a_guest_nic_and_a_tap_on_one_rocker_switch_exchange_frames_and_survive_a_kill
         "relearned after the kill"
     );
     assert_eq!(echo.counts().corrupt, 0);
+}
+
+/// The learned entries of switch `sw1`'s bridging table: (MAC, port, hits).
+fn learned(qmp: &mut common::Qmp) -> Vec<(String, u64, u64)> {
+    let r = qmp.execute(
+        "query-rocker-of-dpa-flows",
+        serde_json::json!({"name": "sw1", "tbl-id": 50}),
+    );
+    let mut v: Vec<_> = r["return"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|f| f["mask"].get("eth-dst").is_none())
+        .map(|f| {
+            (
+                f["key"]["eth-dst"].as_str().unwrap_or_default().to_owned(),
+                f["action"]["group-id"].as_u64().unwrap_or(0) & 0xffff,
+                f["hits"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two NICs of one guest on one rocker switch (`net-pair`: the NICs
+/// ping each other in turns), each on an `x-switch-port` netdev: frames
+/// cross the switch both ways ring to ring, the bridging table learns
+/// both MACs with hits, `query-rocker-ports` shows both ports up, and
+/// after each net-proc SIGKILL the switch ports, NICs and switch are
+/// replayed, the NICs reconnect and both directions are clean again.
+#[test]
+fn two_nics_of_one_guest_on_one_rocker_switch_exchange_frames_and_survive_kills() {
+    common::require_kvm();
+    const MAC0: &str = "52:54:00:12:34:0a";
+    const MAC1: &str = "52:54:00:12:34:0b";
+    let dir = TempDir::new();
+    let nic0 = format!("virtio-net-device,netdev=s0,mac={MAC0},id=nic0");
+    let nic1 = format!("virtio-net-device,netdev=s1,mac={MAC1},id=nic1");
+    let (vm, serial) = disk_common::start_guest(
+        &dir.0,
+        "net-pair",
+        &[
+            "-m",
+            "64",
+            "-netdev",
+            "x-switch-port,id=s0",
+            "-netdev",
+            "x-switch-port,id=s1",
+            "-device",
+            &nic0,
+            "-device",
+            &nic1,
+            "-device",
+            "rocker,name=sw1,len-ports=2,ports[0]=s0,ports[1]=s1",
+        ],
+    );
+    let broker = vm.child.as_ref().unwrap().id();
+    let mut qmp = vm.client();
+    // A round of each NIC after round `n`, every ping answered once.
+    let wait_clean_rounds_after = |n: u64| {
+        let deadline = std::time::Instant::now() + disk_common::GUEST_TIMEOUT;
+        loop {
+            let clean = |nic| {
+                nic_rounds(&serial, nic)
+                    .iter()
+                    .any(|r| r.n > n + 1 && r.sent > 0 && r.received == r.sent && r.duplicate == 0)
+            };
+            if clean(0) && clean(1) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no clean rounds after round {n}:\n{}",
+                serial.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_clean_rounds_after(0);
+    let l = learned(&mut qmp);
+    assert_eq!(
+        l.iter()
+            .map(|(m, p, _)| (m.as_str(), *p))
+            .collect::<Vec<_>>(),
+        vec![(MAC0, 1), (MAC1, 2)],
+        "both MACs learned on their ports"
+    );
+    assert!(l.iter().all(|(_, _, hits)| *hits > 0), "{l:?}");
+    let ports = qmp.execute("query-rocker-ports", serde_json::json!({"name": "sw1"}));
+    let ports = ports["return"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert!(ports.iter().all(|p| p["link-up"] == true), "{ports:?}");
+    for _ in 0..3 {
+        let last = nic_rounds(&serial, 1).last().map_or(0, |r| r.n);
+        let pid = worker_pid(broker, "net-proc").expect("net-proc runs");
+        disk_common::sigkill(pid);
+        wait_clean_rounds_after(last);
+        assert_eq!(learned(&mut qmp).len(), 2, "relearned after the kill");
+    }
+    let all: Vec<_> = [0, 1]
+        .iter()
+        .flat_map(|&n| nic_rounds(&serial, n))
+        .collect();
+    assert!(all.iter().all(|r| r.corrupt == 0), "{all:?}");
 }

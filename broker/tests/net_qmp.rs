@@ -245,6 +245,35 @@ fn bad_netdevs_get_qemu_messages() {
     q.ok("query-status");
 }
 
+/// An `x-switch-port` takes only `id`, and a NIC on one no
+/// `-device rocker` lists is refused rather than left on an unplugged
+/// wire.
+#[test]
+fn a_switch_port_netdev_takes_no_options_and_no_nic_outside_a_switch() {
+    let b = Bulkhead::start(&["-S"]);
+    let mut q = b.client();
+    let r = q.execute(
+        "netdev_add",
+        json!({"type": "x-switch-port", "id": "s0", "ifname": "t"}),
+    );
+    assert_eq!(err(&r).1, "Invalid parameter 'ifname'");
+    ok(
+        &mut q,
+        "netdev_add",
+        json!({"type": "x-switch-port", "id": "s0"}),
+    );
+    let r = q.execute(
+        "device_add",
+        json!({"driver": "virtio-net-device", "netdev": "s0", "id": "nic0"}),
+    );
+    assert_eq!(
+        err(&r).1,
+        "Property 'virtio-net-device.netdev' can't take value 's0': x-switch-port netdev \
+         's0' is not a port of any -device rocker"
+    );
+    ok(&mut q, "netdev_del", json!({"id": "s0"}));
+}
+
 #[test]
 fn netdev_add_takes_a_tap_fd_passed_with_getfd() {
     let b = Bulkhead::start(&["-S"]);

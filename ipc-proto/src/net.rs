@@ -106,9 +106,9 @@ pub enum NetRequest {
     },
     /// A switch request (see [`crate::rocker`]).
     Rocker(crate::rocker::RockerRequest),
-    /// A netdev joining a NIC to a switch port, without a host side: the
-    /// frame's two fds are the ends of a datagram socketpair (one frame
-    /// per datagram, no vnet header), the NIC's end first.
+    /// A netdev joining a NIC to a switch port, without a host side (no
+    /// fds): the NIC on it is a port of the switch listing it, frames go
+    /// ring to ring inside net-proc.
     AddSwitchPortNetdev {
         /// The netdev id.
         id: String,

@@ -8,8 +8,11 @@
 //! MAC lives now. The broker paces the rounds; a round is one frame.
 
 use std::io;
+use std::time::Instant;
 
-use crate::port::Port;
+use crate::port::{Netdev, Port};
+use crate::rocker::nic_port::Pending;
+use crate::virtio_net::HDR_LEN;
 
 /// Length of the frame (Ethernet's minimum without the FCS, as QEMU).
 pub const FRAME_LEN: usize = 60;
@@ -35,6 +38,29 @@ pub fn rarp_frame(mac: [u8; 6]) -> [u8; FRAME_LEN] {
     f[32..38].copy_from_slice(&mac);
     // Target IPv4 address 0.0.0.0 and the padding stay zero.
     f
+}
+
+/// Sends one announcement of `mac` out `netdev`: into its TAP, or
+/// through the switch its port is on, as the NIC's own frames go.
+pub fn send_netdev(netdev: &Netdev, mac: [u8; 6]) -> io::Result<()> {
+    match netdev {
+        Netdev::Port(port) => send(port.as_ref(), mac),
+        Netdev::Switch(port) => {
+            let mut frame = [0u8; HDR_LEN + FRAME_LEN];
+            frame[HDR_LEN..].copy_from_slice(&rarp_frame(mac));
+            let mut pending = Pending::default();
+            let forwarded = port.ingress(&mut frame, Instant::now(), &mut pending);
+            pending.flush();
+            if forwarded {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("switch port '{}' is on no switch", port.id()),
+                ))
+            }
+        }
+    }
 }
 
 /// Sends one announcement of `mac` out `port` (a full port loses it, as
@@ -78,6 +104,32 @@ mod tests {
         let (ours, theirs) = UnixDatagram::pair().unwrap();
         let port = FdPort::new(OwnedFd::from(ours));
         send(&port, MAC).unwrap();
+        let mut buf = [0u8; 128];
+        let n = theirs.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &rarp_frame(MAC)[..]);
+    }
+
+    #[test]
+    fn a_switch_port_nic_announces_through_its_switch() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::rocker::bridge::Bridge;
+        use crate::rocker::forward::Running;
+        use crate::rocker::nic_port::NicPort;
+        use crate::rocker::port::Member;
+
+        let nic = NicPort::new("p0");
+        let netdev = Netdev::Switch(nic.clone());
+        let err = send_netdev(&netdev, MAC).unwrap_err();
+        assert!(err.to_string().contains("on no switch"), "{err}");
+
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        let tap: Arc<dyn Port> = Arc::new(FdPort::new(OwnedFd::from(ours)));
+        let bridge = Bridge::new(2, 0xf00, Duration::from_secs(300));
+        let _sw = Running::start("sw1", bridge, vec![Member::Nic(nic), Member::Fd(tap)]).unwrap();
+        send_netdev(&netdev, MAC).unwrap();
+        theirs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 128];
         let n = theirs.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], &rarp_frame(MAC)[..]);

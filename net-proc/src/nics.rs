@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use ipc_proto::net::{NetEvent, NetReply, NicSpec};
 use ipc_proto::FlatError;
 
-use crate::port::Port;
-use crate::rocker::port::FdPort;
+use crate::port::Netdev;
+use crate::rocker::nic_port::NicPort;
+use crate::rocker::port::Member;
 use crate::tap::Tap;
 use crate::vhost::backend::Nic;
 use crate::vhost::export::Export;
@@ -29,24 +30,13 @@ struct Bound {
 
 /// Netdevs and NICs of this net-proc.
 pub struct Nics {
-    netdevs: HashMap<String, Arc<dyn Port>>,
-    /// Switch-port netdevs: the switch's end (the NIC's is in `netdevs`).
-    switch_ends: HashMap<String, Arc<dyn Port>>,
+    netdevs: HashMap<String, Netdev>,
     nics: HashMap<String, Bound>,
     events: Sender<NetEvent>,
 }
 
 fn err(msg: String) -> FlatError {
     FlatError::generic(msg)
-}
-
-/// Checks `fd` is a socket.
-fn is_socket(fd: &OwnedFd) -> std::io::Result<()> {
-    let st = nix::sys::stat::fstat(fd)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(std::io::Error::other("not a socket"));
-    }
-    Ok(())
 }
 
 /// Checks `fd` is a socket before it is served as a vhost-user connection.
@@ -63,7 +53,6 @@ impl Nics {
     pub fn new(events: Sender<NetEvent>) -> Self {
         Nics {
             netdevs: HashMap::new(),
-            switch_ends: HashMap::new(),
             nics: HashMap::new(),
             events,
         }
@@ -87,12 +76,13 @@ impl Nics {
             return Err(err(format!("netdev '{id}' already exists")));
         }
         let tap = Tap::new(fds, vnet_hdr).map_err(|e| err(format!("netdev '{id}': {e}")))?;
-        self.netdevs.insert(id, Arc::new(tap));
+        self.netdevs.insert(id, Netdev::Port(Arc::new(tap)));
         Ok(NetReply::Done)
     }
 
-    /// `AddSwitchPortNetdev`: `fds` are a datagram socketpair's ends, the
-    /// NIC's first.
+    /// `AddSwitchPortNetdev`: a netdev with no host side; the NIC on it
+    /// is a port of the switch that lists it (no fds: frames go ring to
+    /// ring).
     pub fn add_switch_port(
         &mut self,
         id: String,
@@ -101,16 +91,11 @@ impl Nics {
         if self.netdevs.contains_key(&id) {
             return Err(err(format!("netdev '{id}' already exists")));
         }
-        let [nic_end, switch_end]: [OwnedFd; 2] = fds
-            .try_into()
-            .map_err(|_| err(format!("netdev '{id}': a switch port takes two fds")))?;
-        for fd in [&nic_end, &switch_end] {
-            is_socket(fd).map_err(|e| err(format!("netdev '{id}': bad socket: {e}")))?;
+        if !fds.is_empty() {
+            return Err(err(format!("netdev '{id}': a switch port takes no fds")));
         }
-        self.netdevs
-            .insert(id.clone(), Arc::new(FdPort::new(nic_end)));
-        self.switch_ends
-            .insert(id, Arc::new(FdPort::new(switch_end)));
+        let port = NicPort::new(&id);
+        self.netdevs.insert(id, Netdev::Switch(port));
         Ok(NetReply::Done)
     }
 
@@ -125,14 +110,14 @@ impl Nics {
             .netdevs
             .get(&bound.netdev)
             .ok_or_else(|| err(format!("netdev '{}' not found", bound.netdev)))?;
-        crate::announce::send(port.as_ref(), mac)
+        crate::announce::send_netdev(port, mac)
             .map_err(|e| err(format!("NIC '{id}': its announcement was not sent: {e}")))?;
         Ok(NetReply::Done)
     }
 
     /// Netdev `id` joins a NIC to a switch (both may use it).
     pub fn is_switch_port(&self, id: &str) -> bool {
-        self.switch_ends.contains_key(id)
+        matches!(self.netdevs.get(id), Some(Netdev::Switch(_)))
     }
 
     /// `RemoveNetdev`.
@@ -144,7 +129,6 @@ impl Nics {
             return Err(err(format!("netdev '{id}' is used by NIC '{nic}'")));
         }
         self.netdevs.remove(id);
-        self.switch_ends.remove(id);
         Ok(NetReply::Done)
     }
 
@@ -162,6 +146,18 @@ impl Nics {
             return Err(err(format!(
                 "NIC '{}': queue pairs must be 1 to {MAX_QUEUE_PAIRS}, not {}",
                 spec.id, spec.queue_pairs
+            )));
+        }
+        if let Some((nic, _)) = self.nics.iter().find(|(_, b)| b.netdev == spec.netdev) {
+            return Err(err(format!(
+                "netdev '{}' is used by NIC '{nic}'",
+                spec.netdev
+            )));
+        }
+        if matches!(port, Netdev::Switch(_)) && spec.queue_pairs != 1 {
+            return Err(err(format!(
+                "NIC '{}': switch port netdev '{}' has one queue pair, not {}",
+                spec.id, spec.netdev, spec.queue_pairs
             )));
         }
         if spec.mtu.is_some_and(|m| m < 68) {
@@ -233,23 +229,25 @@ impl Nics {
         Ok(NetReply::Done)
     }
 
-    /// Netdev `id` as a port of a switch: it must exist, have one queue
-    /// and no NIC on it. (The caller checks no other switch has it.)
-    pub fn switch_port(&self, id: &str) -> Result<Arc<dyn Port>, String> {
-        if let Some(end) = self.switch_ends.get(id) {
-            return Ok(end.clone());
-        }
-        let port = self
+    /// Netdev `id` as a port of a switch: a TAP with one queue and no NIC
+    /// on it, or a switch port netdev (its NIC, if any, is the port).
+    /// (The caller checks no other switch has it.)
+    pub fn switch_port(&self, id: &str) -> Result<Member, String> {
+        let port = match self
             .netdevs
             .get(id)
-            .ok_or_else(|| format!("netdev '{id}' not found"))?;
+            .ok_or_else(|| format!("netdev '{id}' not found"))?
+        {
+            Netdev::Switch(nic) => return Ok(Member::Nic(nic.clone())),
+            Netdev::Port(port) => port,
+        };
         if let Some((nic, _)) = self.nics.iter().find(|(_, b)| b.netdev == id) {
             return Err(format!("netdev '{id}' is used by NIC '{nic}'"));
         }
         if port.queues() != 1 {
             return Err(format!("netdev '{id}' has several queues"));
         }
-        Ok(port.clone())
+        Ok(Member::Fd(port.clone()))
     }
 
     /// `QueryStats`.

@@ -200,7 +200,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }),
         link_up: Arc::new(AtomicBool::new(true)),
         stats: Arc::new(Counters::default()),
-        port: Arc::new(tap),
+        port: crate::port::Netdev::Port(Arc::new(tap)),
         events: None,
     });
     let listener = private_listener(&a.socket)?;

@@ -11,7 +11,7 @@ use ipc_proto::rocker::{RockerReply, RockerRequest, SwitchSpec};
 use std::sync::Arc;
 
 use net_proc::port::Port;
-use net_proc::rocker::port::FdPort;
+use net_proc::rocker::port::{FdPort, Member};
 use net_proc::rocker::Switches;
 
 const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
@@ -39,11 +39,11 @@ fn wires(n: usize) -> (Vec<UnixDatagram>, Vec<OwnedFd>) {
 }
 
 /// Hands `fds` out as the ports a switch asks for, in order.
-fn given(fds: Vec<OwnedFd>) -> impl FnMut(&str) -> Result<Arc<dyn Port>, String> {
+fn given(fds: Vec<OwnedFd>) -> impl FnMut(&str) -> Result<Member, String> {
     let mut fds = fds.into_iter();
     move |id| {
         fds.next()
-            .map(|fd| Arc::new(FdPort::new(fd)) as Arc<dyn Port>)
+            .map(|fd| Member::Fd(Arc::new(FdPort::new(fd)) as Arc<dyn Port>))
             .ok_or_else(|| format!("netdev '{id}' not found"))
     }
 }

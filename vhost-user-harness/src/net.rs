@@ -77,6 +77,8 @@ struct Queue {
     partial: Vec<Vec<u8>>,
     /// Buffers of a merged packet [`NetDevice::count_rx`] still skips.
     skip: usize,
+    /// Tx: length of the frame every slot holds ([`NetDevice::prefill_tx`]).
+    prefilled: usize,
 }
 
 /// A virtio-net device driven through vhost-user.
@@ -111,6 +113,7 @@ impl NetDevice {
                 slot_len,
                 partial: Vec::new(),
                 skip: 0,
+                prefilled: 0,
             });
             base += slot_len * u64::from(opts.queue_size);
         }
@@ -253,6 +256,8 @@ impl NetDevice {
         if len as u64 > q.slot_len {
             return Err(HarnessError::Invalid("frame larger than a tx slot".into()));
         }
+        // The slot no longer holds the prefilled frame.
+        q.prefilled = 0;
         let mem_err = |e: vm_memory::GuestMemoryError| HarnessError::Memory(e.to_string());
         mem.write_slice(hdr, GuestAddress(addr)).map_err(mem_err)?;
         mem.write_slice(frame, GuestAddress(addr + HDR_LEN as u64))
@@ -260,6 +265,46 @@ impl NetDevice {
         let buf = Buf {
             addr,
             len: len as u32,
+            write: false,
+        };
+        q.ring.add(&mem, &[buf])?;
+        Ok(())
+    }
+
+    /// Writes `hdr` and `frame` into every tx slot of pair `pair`, for
+    /// [`NetDevice::queue_tx_prefilled`]: a sender whose frames are ready
+    /// in its memory (a benchmark's, as a guest reusing its buffers).
+    pub fn prefill_tx(&mut self, pair: usize, hdr: &[u8; HDR_LEN], frame: &[u8]) -> Result<()> {
+        let mem = self.mem.mem.clone();
+        let q = self.queue(pair * 2 + 1)?;
+        if (HDR_LEN + frame.len()) as u64 > q.slot_len {
+            return Err(HarnessError::Invalid("frame larger than a tx slot".into()));
+        }
+        let mem_err = |e: vm_memory::GuestMemoryError| HarnessError::Memory(e.to_string());
+        for i in 0..u64::from(q.ring.size) {
+            let addr = q.slots + q.slot_len * i;
+            mem.write_slice(hdr, GuestAddress(addr)).map_err(mem_err)?;
+            mem.write_slice(frame, GuestAddress(addr + HDR_LEN as u64))
+                .map_err(mem_err)?;
+        }
+        q.prefilled = HDR_LEN + frame.len();
+        Ok(())
+    }
+
+    /// Queues the next free tx slot of pair `pair` as [`NetDevice::prefill_tx`]
+    /// left it, without kicking. `QueueFull` when the ring is full.
+    pub fn queue_tx_prefilled(&mut self, pair: usize) -> Result<()> {
+        let mem = self.mem.mem.clone();
+        let q = self.queue(pair * 2 + 1)?;
+        if q.prefilled == 0 {
+            return Err(HarnessError::Invalid("tx slots not prefilled".into()));
+        }
+        let Some(head) = q.ring.next_free() else {
+            return Err(HarnessError::QueueFull(pair * 2 + 1));
+        };
+        let buf = Buf {
+            addr: q.slots + q.slot_len * u64::from(head),
+            len: q.prefilled as u32,
             write: false,
         };
         q.ring.add(&mem, &[buf])?;

@@ -52,7 +52,7 @@ pub fn apply_config(m: &Machine) -> Result<(), FlatError> {
         for p in &s.ports {
             let is_tap = matches!(
                 lock(&m.netdevs).netdev(p).map(|n| &n.kind),
-                Some(NetdevKind::Tap { .. } | NetdevKind::SwitchPort { .. })
+                Some(NetdevKind::Tap { .. } | NetdevKind::SwitchPort)
             );
             if !is_tap {
                 return Err(FlatError::generic(format!(

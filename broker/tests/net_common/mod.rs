@@ -242,7 +242,9 @@ pub fn link_scenario(qmp: &mut Qmp, serial: &SerialLog, echo: &Echo) {
     let r = qmp.execute("set_link", json!({"name": "n0", "up": true}));
     assert_eq!(r["return"], json!({}), "set_link on: {r}");
     serial.wait_for("net: link up (config interrupt)");
-    serial.wait_for("VERDICT: ");
+    // The whole verdict line (a FAIL ends the wait at once): the serial
+    // output may come in pieces, "VERDICT: " before the rest.
+    serial.wait_for("VERDICT: PASS net");
     let text = serial.text();
     assert!(text.contains("VERDICT: PASS net"), "{text}");
     assert!(
@@ -284,11 +286,20 @@ pub struct Round {
 /// The `net: round N: sent S received R lost L duplicate D corrupt C ...`
 /// lines of the serial log.
 pub fn rounds(serial: &SerialLog) -> Vec<Round> {
+    rounds_after(serial, "net: round ")
+}
+
+/// `net-pair`'s rounds where NIC `nic` pinged (`net: nicN round ...`).
+pub fn nic_rounds(serial: &SerialLog, nic: usize) -> Vec<Round> {
+    rounds_after(serial, &format!("net: nic{nic} round "))
+}
+
+fn rounds_after(serial: &SerialLog, prefix: &str) -> Vec<Round> {
     serial
         .text()
         .lines()
         .filter_map(|l| {
-            let rest = l.trim().strip_prefix("net: round ")?;
+            let rest = l.trim().strip_prefix(prefix)?;
             let (n, counts) = rest.split_once(':')?;
             let w: Vec<&str> = counts.split_whitespace().collect();
             let num = |key: &str| -> Option<u32> {

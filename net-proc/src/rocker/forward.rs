@@ -1,9 +1,13 @@
 //! A running switch: its ports, its bridge, and the forwarding thread that
-//! polls every port, runs each frame through the pipeline and writes it to
-//! the output ports; it ages learned entries once a second. A readable
-//! port is read until it is empty (up to [`BATCH`] frames, so one busy
-//! port does not starve the others), into one buffer with a header slot
-//! in front: per frame one read, one write per output port, no allocation.
+//! polls every fd port (TAP), runs each frame through the pipeline and
+//! writes it to the output ports; it ages learned entries once a second.
+//! A readable port is read until it is empty (up to `BATCH` frames, so
+//! one busy port does not starve the others), into one buffer with a
+//! header slot in front: per frame one read, one write per output TAP, no
+//! allocation. Guest NIC ports ([`Member::Nic`]) are not polled: their tx
+//! workers call [`Shared::forward`] themselves, and a frame for a NIC port
+//! is written into its rx ring by the thread forwarding it (ring to
+//! ring, the rings signalled once per batch).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +19,8 @@ use ipc_proto::rocker::PortState;
 use ipc_proto::warn_limited;
 
 use super::bridge::Bridge;
-use super::port::{recv_slotted, send_slotted};
-use crate::port::Port;
+use super::nic_port::{Pending, Uplink};
+use super::port::{recv_slotted, send_slotted, Member};
 use crate::tap::VNET_HDR_LEN;
 
 /// How long one poll waits (the stop flag and ageing are checked between).
@@ -28,10 +32,12 @@ const MAX_FRAME: usize = 65_536;
 /// Frames read from one port before the thread polls again.
 const BATCH: usize = 64;
 
-/// What the forwarding thread and the queries share.
-struct Shared {
+/// What the forwarding thread, the NIC ports' tx workers and the queries
+/// share.
+pub struct Shared {
     bridge: Mutex<Bridge>,
-    ports: Vec<Arc<dyn Port>>,
+    ports: Vec<Member>,
+    /// Fd ports: their link as the last read or write saw it.
     link_up: Vec<AtomicBool>,
     stop: AtomicBool,
 }
@@ -43,12 +49,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts forwarding between `ports` (pport 1 is `ports[0]`).
-    pub fn start(
-        name: &str,
-        bridge: Bridge,
-        ports: Vec<Arc<dyn Port>>,
-    ) -> std::io::Result<Running> {
+    /// Starts forwarding between `ports` (pport 1 is `ports[0]`): the
+    /// thread for the fd ports, and the NIC ports joined to the switch.
+    pub fn start(name: &str, bridge: Bridge, ports: Vec<Member>) -> std::io::Result<Running> {
         let link_up = ports.iter().map(|_| AtomicBool::new(true)).collect();
         let shared = Arc::new(Shared {
             bridge: Mutex::new(bridge),
@@ -60,6 +63,14 @@ impl Running {
         let thread = std::thread::Builder::new()
             .name(format!("rocker-{name}"))
             .spawn(move || run(&s))?;
+        for (index, p) in shared.ports.iter().enumerate() {
+            if let Member::Nic(nic) = p {
+                nic.set_uplink(Some(Uplink {
+                    switch: shared.clone(),
+                    index,
+                }));
+            }
+        }
         Ok(Running {
             shared,
             thread: Some(thread),
@@ -74,11 +85,15 @@ impl Running {
     /// Every port's state, in port order.
     pub fn ports(&self) -> Vec<PortState> {
         self.shared
-            .link_up
+            .ports
             .iter()
-            .map(|l| PortState {
+            .zip(&self.shared.link_up)
+            .map(|(p, l)| PortState {
                 enabled: true,
-                link_up: l.load(Ordering::Relaxed),
+                link_up: match p {
+                    Member::Fd(_) => l.load(Ordering::Relaxed),
+                    Member::Nic(nic) => nic.link_up(),
+                },
             })
             .collect()
     }
@@ -87,6 +102,12 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        // The NIC ports hold the switch: let go (no cycle left behind).
+        for p in &self.shared.ports {
+            if let Member::Nic(nic) = p {
+                nic.set_uplink(None);
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -100,17 +121,25 @@ fn lock(m: &Mutex<Bridge>) -> MutexGuard<'_, Bridge> {
 /// The forwarding loop.
 fn run(s: &Shared) {
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
-    let mut out = Vec::new();
+    let mut pending = Pending::default();
     let mut last_age = Instant::now();
-    let mut pfds: Vec<libc::pollfd> = s
+    // The fd ports polled: (index in the switch, pollfd).
+    let (index, mut pfds): (Vec<usize>, Vec<libc::pollfd>) = s
         .ports
         .iter()
-        .map(|p| libc::pollfd {
-            fd: p.rx_fd(0).as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Member::Fd(port) => Some((
+                i,
+                libc::pollfd {
+                    fd: port.rx_fd(0).as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            )),
+            Member::Nic(_) => None,
         })
-        .collect();
+        .unzip();
     while !s.stop.load(Ordering::Relaxed) {
         // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds whose fds
         // stay open (owned by `s.ports`) for the call.
@@ -131,11 +160,11 @@ fn run(s: &Shared) {
         }
         // One clock read per wake-up (learning keeps seconds).
         let now = Instant::now();
-        for (i, pfd) in pfds.iter_mut().enumerate() {
+        for (&i, pfd) in index.iter().zip(pfds.iter_mut()) {
             let revents = std::mem::take(&mut pfd.revents);
             if revents & libc::POLLIN != 0 {
                 for _ in 0..BATCH {
-                    if !receive(s, i, &mut buf, &mut out, now) {
+                    if !receive(s, i, &mut buf, now, &mut pending) {
                         break;
                     }
                 }
@@ -145,6 +174,7 @@ fn run(s: &Shared) {
                 pfd.events = 0;
             }
         }
+        pending.flush();
         if now.duration_since(last_age) >= AGE_EVERY {
             last_age = now;
             lock(&s.bridge).age(now);
@@ -152,10 +182,13 @@ fn run(s: &Shared) {
     }
 }
 
-/// Reads one frame from port index `i` and forwards it; false when the
+/// Reads one frame from fd port index `i` and forwards it; false when the
 /// port had none (or failed).
-fn receive(s: &Shared, i: usize, buf: &mut [u8], out: &mut Vec<u32>, now: Instant) -> bool {
-    let len = match recv_slotted(s.ports[i].as_ref(), buf) {
+fn receive(s: &Shared, i: usize, buf: &mut [u8], now: Instant, pending: &mut Pending) -> bool {
+    let Member::Fd(port) = &s.ports[i] else {
+        return false;
+    };
+    let len = match recv_slotted(port.as_ref(), buf) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
         Err(e) => {
@@ -165,30 +198,42 @@ fn receive(s: &Shared, i: usize, buf: &mut [u8], out: &mut Vec<u32>, now: Instan
         }
     };
     s.link_up[i].store(true, Ordering::Relaxed);
-    out.clear();
-    {
-        let frame = &buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
-        if let Some(v) = lock(&s.bridge).forward(frame, i as u32 + 1, now) {
-            out.extend_from_slice(&v.out_pports);
-        }
-    }
-    // No offloads on a switch's ports: an all-zero header.
-    buf[..VNET_HDR_LEN].fill(0);
-    for &pport in out.iter() {
-        let Some(o) = (pport as usize).checked_sub(1) else {
-            continue;
+    s.forward(i, &mut buf[..VNET_HDR_LEN + len], now, pending);
+    true
+}
+
+impl Shared {
+    /// Forwards the frame that came in on port index `i`: `frame` is a
+    /// vnet header slot and the bare frame. Frames for NIC ports land in
+    /// their rx rings (remembered in `pending` for the batch's signal),
+    /// frames for fd ports are written to them.
+    pub fn forward(&self, i: usize, frame: &mut [u8], now: Instant, pending: &mut Pending) {
+        let Some(len) = frame.len().checked_sub(VNET_HDR_LEN) else {
+            return;
         };
-        let Some(port) = s.ports.get(o) else {
-            continue;
-        };
-        match send_slotted(port.as_ref(), buf, len) {
-            Ok(_) => s.link_up[o].store(true, Ordering::Relaxed),
-            // The interface is down (EIO) or its queue full: dropped, as
-            // on a wire.
-            Err(e) => {
-                s.link_up[o].store(e.raw_os_error() != Some(libc::EIO), Ordering::Relaxed);
+        let out = lock(&self.bridge)
+            .forward(&frame[VNET_HDR_LEN..], i as u32 + 1, now)
+            .map(|v| v.out_pports)
+            .unwrap_or_default();
+        for pport in out {
+            let Some(o) = (pport as usize).checked_sub(1) else {
+                continue;
+            };
+            // No offloads on a switch's ports: an all-zero header.
+            frame[..VNET_HDR_LEN].fill(0);
+            match self.ports.get(o) {
+                Some(Member::Fd(port)) => match send_slotted(port.as_ref(), frame, len) {
+                    Ok(_) => self.link_up[o].store(true, Ordering::Relaxed),
+                    // The interface is down (EIO) or its queue full:
+                    // dropped, as on a wire.
+                    Err(e) => {
+                        let up = e.raw_os_error() != Some(libc::EIO);
+                        self.link_up[o].store(up, Ordering::Relaxed);
+                    }
+                },
+                Some(Member::Nic(nic)) if nic.deliver(frame) => pending.add(nic),
+                Some(Member::Nic(_)) | None => {}
             }
         }
     }
-    true
 }

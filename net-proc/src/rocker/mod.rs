@@ -4,9 +4,13 @@
 //! - [`of_dpa`]: the flow and group tables and the pipeline walk.
 //! - [`bridge`]: the controller that programs them as Linux's rocker
 //!   driver does for a bridge (VLANs, groups, learning, ageing).
-//! - [`port`]: netdevs ([`crate::port::Port`], the NICs' trait) as switch
-//!   ports, and bare fds as ports.
-//! - [`forward`]: a running switch and its forwarding thread.
+//! - [`port`]: a switch's ports ([`port::Member`]): fd netdevs
+//!   ([`crate::port::Port`], the NICs' trait; bare fds in tests) and
+//!   guest NICs.
+//! - [`nic_port`]: the switch port netdev (`x-switch-port`) joining a
+//!   guest NIC to a switch ring to ring.
+//! - [`forward`]: a running switch, its forwarding path and the thread
+//!   polling its fd ports.
 //!
 //! A switch's ports are netdevs net-proc holds (`crate::nics`), named by
 //! id. The broker holds each switch's configuration and replays it after
@@ -15,6 +19,7 @@
 
 pub mod bridge;
 pub mod forward;
+pub mod nic_port;
 pub mod of_dpa;
 pub mod port;
 
@@ -22,7 +27,6 @@ pub mod port;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_proto::rocker::{RockerReply, RockerRequest, SwitchSpec};
@@ -30,7 +34,7 @@ use ipc_proto::FlatError;
 
 use self::bridge::{Bridge, INTERNAL_VLAN_BASE};
 use self::forward::Running;
-use crate::port::Port;
+use self::port::Member;
 
 /// Errors of switch requests.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +67,7 @@ impl From<RockerError> for FlatError {
 }
 
 /// Finds the port a switch's netdev id names (or says why it cannot be one).
-pub type PortLookup<'a> = dyn FnMut(&str) -> Result<Arc<dyn Port>, String> + 'a;
+pub type PortLookup<'a> = dyn FnMut(&str) -> Result<Member, String> + 'a;
 
 struct Switch {
     running: Running,
@@ -120,7 +124,7 @@ impl Switches {
         if self.running.contains_key(&spec.name) {
             return Err(RockerError::Exists(spec.name));
         }
-        let mut ports: Vec<Arc<dyn Port>> = Vec::with_capacity(spec.ports.len());
+        let mut ports: Vec<Member> = Vec::with_capacity(spec.ports.len());
         for (i, p) in spec.ports.iter().enumerate() {
             let taken = if spec.ports[..i].contains(p) {
                 Some(spec.name.as_str())

@@ -1,14 +1,28 @@
-//! A switch's ports are [`Port`]s, the trait a NIC's queues use too: a
-//! netdev of [`crate::nics`] (a TAP the broker opened), or in tests an
-//! [`FdPort`]. The switch uses queue 0 and bare Ethernet frames:
-//! [`recv_frame`] and [`send_frame`] take the vnet header off and put a
-//! zeroed one on when the port carries one.
+//! A switch's ports ([`Member`]): fd-backed [`Port`]s, the trait a NIC's
+//! queues use too — a netdev of [`crate::nics`] (a TAP the broker
+//! opened), or in tests an [`FdPort`] —, and guest NICs on switch port
+//! netdevs ([`NicPort`], ring to ring). On an fd port the switch uses
+//! queue 0 and bare Ethernet frames: [`recv_frame`] and [`send_frame`]
+//! take the vnet header off and put a zeroed one on when the port
+//! carries one.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
+use super::nic_port::NicPort;
 use crate::port::Port;
 use crate::tap::VNET_HDR_LEN;
+
+/// One port of a switch.
+#[derive(Clone)]
+pub enum Member {
+    /// An fd the switch thread polls (a TAP).
+    Fd(Arc<dyn Port>),
+    /// A guest NIC's switch port: its tx worker forwards, its rx ring is
+    /// filled directly.
+    Nic(Arc<NicPort>),
+}
 
 /// Receives one bare frame from `port` into `buf` (call after its
 /// `rx_fd(0)` polled readable).

@@ -33,7 +33,7 @@ use vhost::VhostUserMemoryRegionBase;
 use super::memory::MemoryTable;
 use super::queue::{QueueParams, QueueWorker, RingAddrs};
 use super::stats::Counters;
-use crate::port::Port;
+use crate::port::Netdev;
 use crate::trace::vhost_user_msg as vu_msg;
 use crate::virtio_net::{feat, tap_offloads, NetConfig, CONFIG_LEN, MAX_QUEUE_SIZE};
 use vhost_backend_common::log::{ring_log_addr, DirtyLog, QueueLog, LOG_ALL};
@@ -50,7 +50,7 @@ pub struct Nic {
     /// Counters.
     pub stats: Arc<Counters>,
     /// The netdev.
-    pub port: Arc<dyn Port>,
+    pub port: Netdev,
     /// Events to the broker.
     pub events: Option<Sender<NetEvent>>,
 }
@@ -221,7 +221,7 @@ impl NetBackend {
             event_idx,
             mrg_rxbuf,
             mem: mem.mem.clone(),
-            port: nic.port.clone(),
+            netdev: nic.port.clone(),
             link_up: nic.link_up.clone(),
             stats: nic.stats.clone(),
             kick,

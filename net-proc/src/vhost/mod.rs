@@ -2,8 +2,10 @@
 //! frontends over socketpair ends the broker attaches.
 //!
 //! - [`memory`]: guest memory from SET_MEM_TABLE, frontend-VA translation.
-//! - [`queue`]: a virtqueue's worker thread (tx: ring → port, rx: port →
-//!   ring), descriptor validation, drop counting.
+//! - [`ring`]: one virtqueue: checked chains, used elements, dirty log,
+//!   notification, the delivery of a frame into rx buffers.
+//! - [`queue`]: a virtqueue's worker (tx: ring → netdev, rx: TAP → ring;
+//!   a switch port's rx ring is filled by the switch, ring to ring).
 //! - [`stats`]: a NIC's counters.
 //! - [`backend`]: the protocol handler and the [`backend::Nic`] it serves.
 //! - [`backend_channel`]: SET_BACKEND_REQ_FD and CONFIG_CHANGE_MSG.
@@ -17,4 +19,5 @@ pub mod early_enable;
 pub mod export;
 pub use vhost_backend_common::memory;
 pub mod queue;
+pub mod ring;
 pub mod stats;

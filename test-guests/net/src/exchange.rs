@@ -92,7 +92,7 @@ impl Exchange {
 
     /// Sends the frame in `self.tx[..len]`, waiting (while receiving) for
     /// a transmit buffer at most `limit_ms`.
-    fn send_tx(&mut self, len: usize, limit_ms: u64) -> bool {
+    fn send_tx(&mut self, len: usize, limit_ms: u64, beside: &mut Option<&mut Exchange>) -> bool {
         let start = now_ms();
         let mut frame = [0u8; BUF_LEN];
         frame[..len].copy_from_slice(&self.tx[..len]);
@@ -103,8 +103,17 @@ impl Exchange {
             if now_ms() - start > limit_ms {
                 return false;
             }
-            self.pump();
+            self.pump_beside(beside);
         }
+    }
+
+    /// [`Exchange::pump`], and the same for `beside` (another NIC of this
+    /// guest, answering our pings).
+    fn pump_beside(&mut self, beside: &mut Option<&mut Exchange>) -> bool {
+        if let Some(b) = beside.as_deref_mut() {
+            b.pump();
+        }
+        self.pump()
     }
 
     fn on_frame(&mut self, pkt: &[u8], reply: &mut Option<([u8; 6], u32, usize)>) {
@@ -210,6 +219,18 @@ impl Exchange {
     /// longer holds the window, and the round ends `patience_ms` after
     /// the last answer.
     pub fn round(&mut self, count: u32, window: u32, patience_ms: u64) -> Stats {
+        self.round_beside(count, window, patience_ms, None)
+    }
+
+    /// [`Exchange::round`] while `beside` (another NIC of this guest, if
+    /// any) answers pings too: a guest whose two NICs ping each other.
+    pub fn round_beside(
+        &mut self,
+        count: u32,
+        window: u32,
+        patience_ms: u64,
+        mut beside: Option<&mut Exchange>,
+    ) -> Stats {
         let count = count.min(MAX_ROUND);
         self.round = Stats::default();
         self.round_start = self.next_seq;
@@ -220,7 +241,7 @@ impl Exchange {
             while self.round.sent - self.round.received >= window
                 && now_ms() - progress < patience_ms
             {
-                self.pump();
+                self.pump_beside(&mut beside);
                 if self.round.received != last_received {
                     last_received = self.round.received;
                     progress = now_ms();
@@ -230,16 +251,16 @@ impl Exchange {
             let Some(n) = frame::build(&mut self.tx, BROADCAST, self.net.mac, PING, seq) else {
                 break;
             };
-            if !self.send_tx(n, patience_ms) {
+            if !self.send_tx(n, patience_ms, &mut beside) {
                 break;
             }
             self.next_seq = self.next_seq.wrapping_add(1);
             self.round.sent += 1;
             progress = now_ms();
-            self.pump();
+            self.pump_beside(&mut beside);
         }
         while self.round.received < self.round.sent && now_ms() - progress < patience_ms {
-            self.pump();
+            self.pump_beside(&mut beside);
             if self.round.received != last_received {
                 last_received = self.round.received;
                 progress = now_ms();

@@ -10,6 +10,9 @@
 //!   answered while the link was down.
 //! - `net-loop`: rounds forever with a line of counts after each, for
 //!   chaos tests that kill the network backend meanwhile.
+//! - `net-pair`: two NICs of one guest pinging each other in turns,
+//!   rounds forever with a line of counts per round and pinger (for a
+//!   host switch joining the two NICs).
 //! - `net-gen`: a traffic generator for benchmarks: on the host's orders
 //!   ([`gen_frame`]) it sends frames of a given size as fast as it can, or
 //!   counts the ones that arrive, for a given time, and reports the count.

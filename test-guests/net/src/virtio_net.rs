@@ -64,11 +64,19 @@ struct Buffers([[u8; TX_BUF_LEN]; N]);
 #[repr(C, align(4096))]
 struct RxBuffers([u8; RX_BUF_MAX * N]);
 
-static mut RX_BUFS: RxBuffers = RxBuffers([0; RX_BUF_MAX * N]);
-static mut TX_BUFS: Buffers = Buffers([[0; TX_BUF_LEN]; N]);
-static mut PACKET: [u8; MAX_PACKET] = [0; MAX_PACKET];
-static RX_MEM: QueueMem = QueueMem::new();
-static TX_MEM: QueueMem = QueueMem::new();
+/// Most NICs one guest drives ([`Net::setup_nth`]), each with buffers
+/// and queue memory of its own.
+pub const MAX_NICS: usize = 2;
+
+static mut RX_BUFS: [RxBuffers; MAX_NICS] = [
+    RxBuffers([0; RX_BUF_MAX * N]),
+    RxBuffers([0; RX_BUF_MAX * N]),
+];
+static mut TX_BUFS: [Buffers; MAX_NICS] =
+    [Buffers([[0; TX_BUF_LEN]; N]), Buffers([[0; TX_BUF_LEN]; N])];
+static mut PACKET: [[u8; MAX_PACKET]; MAX_NICS] = [[0; MAX_PACKET]; MAX_NICS];
+static RX_MEM: [QueueMem; MAX_NICS] = [QueueMem::new(), QueueMem::new()];
+static TX_MEM: [QueueMem; MAX_NICS] = [QueueMem::new(), QueueMem::new()];
 
 /// Why the device could not be set up.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +87,8 @@ pub enum SetupError {
     Virtio(guest_rt::virtio::VirtioError),
     /// A queue's memory was taken already.
     QueueTaken,
+    /// More NICs than [`MAX_NICS`].
+    TooMany,
 }
 
 /// A link status change the driver saw.
@@ -93,6 +103,8 @@ pub struct LinkChange {
 /// The driver.
 pub struct Net {
     dev: VirtioMmio,
+    /// Which of the driver's NICs (its buffers).
+    nth: usize,
     rx: SplitQueue,
     tx: SplitQueue,
     /// Receive buffer of each descriptor head.
@@ -128,21 +140,29 @@ fn base_of(i: usize) -> usize {
 
 /// The first virtio-net device.
 pub fn find() -> Option<VirtioMmio> {
+    find_nth(0)
+}
+
+/// The `n`th virtio-net device (from 0, in slot order).
+pub fn find_nth(n: usize) -> Option<VirtioMmio> {
     (0..BULKHEAD_SLOTS + MICROVM_TRANSPORTS)
         .filter_map(|i| VirtioMmio::at(base_of(i)).ok())
-        .find(|d| d.device_id() == DEVICE_ID_NET)
+        .filter(|d| d.device_id() == DEVICE_ID_NET)
+        .nth(n)
 }
 
-/// Receive buffer `b` (of `len` bytes; buffers are back to back).
-fn rx_buf(b: usize, len: usize) -> *mut u8 {
-    // SAFETY: only the address of a static is taken; (b % N) * len stays
-    // inside it since len <= RX_BUF_MAX.
-    unsafe { (core::ptr::addr_of_mut!(RX_BUFS.0) as *mut u8).add((b % N) * len) }
+/// Receive buffer `b` of NIC `nth` (of `len` bytes; buffers are back to
+/// back).
+fn rx_buf(nth: usize, b: usize, len: usize) -> *mut u8 {
+    // SAFETY: only the address of a static is taken; nth < MAX_NICS (as
+    // `Net::setup_nth` checks) and (b % N) * len stays inside it since
+    // len <= RX_BUF_MAX.
+    unsafe { (core::ptr::addr_of_mut!(RX_BUFS[nth].0) as *mut u8).add((b % N) * len) }
 }
 
-fn tx_buf(b: usize) -> *mut u8 {
-    // SAFETY: only the address of a static is taken.
-    unsafe { core::ptr::addr_of_mut!(TX_BUFS.0[b]) as *mut u8 }
+fn tx_buf(nth: usize, b: usize) -> *mut u8 {
+    // SAFETY: only the address of a static is taken (nth < MAX_NICS).
+    unsafe { core::ptr::addr_of_mut!(TX_BUFS[nth].0[b]) as *mut u8 }
 }
 
 impl Net {
@@ -155,17 +175,27 @@ impl Net {
     /// [`Net::setup`] with receive buffers of `rx_len` bytes (at most
     /// [`RX_BUF_MAX`]; a Linux guest posts page-sized ones).
     pub fn setup_with(rx_len: usize) -> Result<Net, SetupError> {
+        Self::setup_nth(0, rx_len)
+    }
+
+    /// [`Net::setup_with`] on the `nth` virtio-net device (below
+    /// [`MAX_NICS`]; each NIC once).
+    pub fn setup_nth(nth: usize, rx_len: usize) -> Result<Net, SetupError> {
+        if nth >= MAX_NICS {
+            return Err(SetupError::TooMany);
+        }
         let rx_len = rx_len.clamp(HDR_LEN + 64, RX_BUF_MAX);
-        let dev = find().ok_or(SetupError::NotFound)?;
+        let dev = find_nth(nth).ok_or(SetupError::NotFound)?;
         let features = dev
             .init(F_MAC | F_STATUS | F_MRG_RXBUF)
             .map_err(SetupError::Virtio)?;
-        let rx = RX_MEM.take().ok_or(SetupError::QueueTaken)?;
-        let tx = TX_MEM.take().ok_or(SetupError::QueueTaken)?;
+        let rx = RX_MEM[nth].take().ok_or(SetupError::QueueTaken)?;
+        let tx = TX_MEM[nth].take().ok_or(SetupError::QueueTaken)?;
         dev.setup_queue(RX_QUEUE, &rx).map_err(SetupError::Virtio)?;
         dev.setup_queue(TX_QUEUE, &tx).map_err(SetupError::Virtio)?;
         let mut net = Net {
             dev,
+            nth,
             rx,
             tx,
             rx_buf_of: [0; N],
@@ -315,7 +345,7 @@ impl Net {
     fn post_rx(&mut self, b: usize) {
         let len = self.rx_len;
         let buf = |i: usize| Buffer {
-            addr: rx_buf(i, len) as u64,
+            addr: rx_buf(self.nth, i, len) as u64,
             len: len as u32,
             device_writes: true,
         };
@@ -355,7 +385,7 @@ impl Net {
         if len + HDR_LEN > TX_BUF_LEN {
             return false;
         }
-        let p = tx_buf(b);
+        let p = tx_buf(self.nth, b);
         // SAFETY: buffer `b` is free (not in the ring) and TX_BUF_LEN long.
         let buf = unsafe { core::slice::from_raw_parts_mut(p, HDR_LEN + len) };
         buf[..HDR_LEN].fill(0);
@@ -422,7 +452,7 @@ impl Net {
         let b = usize::from(self.rx_buf_of[usize::from(head)]);
         let rx_len = self.rx_len;
         let len = (len as usize).min(rx_len * self.rx_chain());
-        let src = rx_buf(b, rx_len);
+        let src = rx_buf(self.nth, b, rx_len);
         // SAFETY: the device is done with the chain at buffer `b` (it is
         // in the used ring); its buffers are adjacent, `len` within them.
         let first = unsafe { core::slice::from_raw_parts(src, len) };
@@ -431,8 +461,9 @@ impl Net {
         } else {
             1
         };
-        // SAFETY: PACKET is only used here, by this single-threaded driver.
-        let packet = unsafe { &mut *core::ptr::addr_of_mut!(PACKET) };
+        // SAFETY: PACKET[nth] is only used here, by this single-threaded
+        // driver of NIC `nth` (nth < MAX_NICS).
+        let packet = unsafe { &mut *core::ptr::addr_of_mut!(PACKET[self.nth]) };
         let mut total = 0;
         let mut ok = len >= HDR_LEN && parts >= 1;
         if ok {
@@ -455,7 +486,7 @@ impl Net {
             let nb = usize::from(self.rx_buf_of[usize::from(next.0)]);
             let nlen = (next.1 as usize).min(rx_len);
             // SAFETY: as for the first buffer.
-            let part = unsafe { core::slice::from_raw_parts(rx_buf(nb, rx_len), nlen) };
+            let part = unsafe { core::slice::from_raw_parts(rx_buf(self.nth, nb, rx_len), nlen) };
             if ok && total + nlen <= MAX_PACKET {
                 packet[total..total + nlen].copy_from_slice(part);
                 total += nlen;

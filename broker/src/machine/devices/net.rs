@@ -41,15 +41,25 @@ pub fn plan(
             spec.driver
         ))
     })?;
-    let switch_port = matches!(n.kind, NetdevKind::SwitchPort { .. });
-    if taken || (!switch_port && crate::machine::rocker::switch_on_netdev(m, netdev).is_some()) {
+    let switch_port = matches!(n.kind, NetdevKind::SwitchPort);
+    let switch = crate::machine::rocker::switch_on_netdev(m, netdev);
+    if taken || (!switch_port && switch.is_some()) {
         return Err(generic(format!(
             "Property '{}.netdev' can't take value '{netdev}', it's in use",
             spec.driver
         )));
     }
+    // A switch port no switch lists would be a NIC on an unplugged wire:
+    // said, not silently accepted (switches come from the command line).
+    if switch_port && switch.is_none() {
+        return Err(generic(format!(
+            "Property '{}.netdev' can't take value '{netdev}': x-switch-port netdev \
+             '{netdev}' is not a port of any -device rocker",
+            spec.driver
+        )));
+    }
     Ok(match &n.kind {
-        NetdevKind::Tap { .. } | NetdevKind::SwitchPort { .. } => Backend::Nic {
+        NetdevKind::Tap { .. } | NetdevKind::SwitchPort => Backend::Nic {
             netdev: netdev.to_owned(),
         },
         NetdevKind::VhostUser { chardev, path, .. } => Backend::External {
@@ -64,7 +74,7 @@ pub fn queue_pairs(m: &Machine, netdev: &str) -> u16 {
     match lock(&m.netdevs).netdev(netdev).map(|n| &n.kind) {
         Some(NetdevKind::Tap { fds, .. }) => u16::try_from(fds.len()).unwrap_or(1).max(1),
         Some(NetdevKind::VhostUser { queues, .. }) => *queues,
-        Some(NetdevKind::SwitchPort { .. }) => 1,
+        Some(NetdevKind::SwitchPort) => 1,
         None => 1,
     }
 }

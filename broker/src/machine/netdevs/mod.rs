@@ -40,12 +40,9 @@ pub enum NetdevKind {
         /// The interface name.
         ifname: String,
     },
-    /// A switch port for a NIC (`x-switch-port`): a datagram socketpair,
-    /// the NIC's end first (kept for replays).
-    SwitchPort {
-        /// The two ends.
-        fds: Vec<OwnedFd>,
-    },
+    /// A switch port for a NIC (`x-switch-port`): no host side; in
+    /// net-proc the NIC is a port of the switch listing it (ring to ring).
+    SwitchPort,
     /// An external vhost-user backend.
     VhostUser {
         /// The chardev id.
@@ -143,17 +140,7 @@ pub fn add(
                 ifname,
             }
         }
-        NetdevKindOptions::SwitchPort => {
-            let (a, b) = std::os::unix::net::UnixDatagram::pair()
-                .map_err(|e| generic(format!("cannot create a socketpair: {e}")))?;
-            for s in [&a, &b] {
-                s.set_nonblocking(true)
-                    .map_err(|e| generic(format!("cannot create a socketpair: {e}")))?;
-            }
-            NetdevKind::SwitchPort {
-                fds: vec![OwnedFd::from(a), OwnedFd::from(b)],
-            }
-        }
+        NetdevKindOptions::SwitchPort => NetdevKind::SwitchPort,
         NetdevKindOptions::VhostUser { chardev, queues } => {
             let path = m
                 .config()
@@ -192,10 +179,7 @@ pub fn del(m: &Machine, id: &str) -> Result<(), FlatError> {
                 format!("Device '{id}' not found"),
             ));
         };
-        matches!(
-            n.kind,
-            NetdevKind::Tap { .. } | NetdevKind::SwitchPort { .. }
-        )
+        matches!(n.kind, NetdevKind::Tap { .. } | NetdevKind::SwitchPort)
     };
     if let Some(dev) = super::devices::net::device_on_netdev(m, id) {
         return Err(generic(format!(
@@ -290,9 +274,9 @@ fn add_request(id: &str, kind: &NetdevKind) -> Option<(NetRequest, Vec<OwnedFd>)
             },
             dup(fds),
         )),
-        NetdevKind::SwitchPort { fds } => Some((
+        NetdevKind::SwitchPort => Some((
             NetRequest::AddSwitchPortNetdev { id: id.to_owned() },
-            dup(fds),
+            Vec::new(),
         )),
         NetdevKind::VhostUser { .. } => None,
     }

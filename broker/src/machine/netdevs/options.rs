@@ -1,5 +1,6 @@
 //! `-netdev` / `netdev_add` options, checked with QEMU's messages: the
-//! `tap` and `vhost-user` types bulkhead has.
+//! `tap` and `vhost-user` types bulkhead has, and its own `x-switch-port`
+//! (a guest NIC as a `-device rocker` port; QEMU's nearest is `hubport`).
 
 use serde_json::{Map, Value};
 
@@ -121,7 +122,7 @@ pub fn parse(props: &Map<String, Value>) -> Result<NetdevOptions, FlatError> {
         }
         t if OTHER_TYPES.contains(&t) => {
             return Err(generic(format!(
-                "netdev type '{t}' is not supported by bulkhead (tap, vhost-user)"
+                "netdev type '{t}' is not supported by bulkhead (tap, vhost-user, x-switch-port)"
             )))
         }
         t => {

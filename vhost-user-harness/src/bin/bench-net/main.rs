@@ -1,5 +1,8 @@
 //! `bench-net`: net-proc through the VM-less harness against the host
-//! kernel's own path, in one run. net-proc (spawned sandboxed, driven over
+//! kernel's own path, in one run. Port to port first: between two guest
+//! NICs on one switch (harness rings on two `x-switch-port`s of net-proc's
+//! switch vs two TAPs in a Linux bridge, `rings.rs`) and between two TAPs
+//! (net-proc's switch with TAP ports vs a Linux bridge, `switch.rs`). net-proc (spawned sandboxed, driven over
 //! its control channel as the broker does) serves a NIC on a TAP; the
 //! harness sends into its tx ring and an AF_PACKET socket on the TAP
 //! counts what comes out (tx), or the socket sends into the TAP and the
@@ -9,6 +12,8 @@
 //! its successor (replay and reconnection included). Needs root.
 //!
 //! Usage: bench-net --net-proc PATH --tap NAME --veth A,B [--secs S]
+//! [--switch-taps A,B --bridge-ports A,B] [--bridge-taps A,B]
+//! [--bulkhead PATH --guest PATH [--qemu PATH]]
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -25,6 +30,7 @@ use vhost_user_harness::HarnessError;
 
 mod guest;
 mod packet;
+mod rings;
 mod switch;
 
 use packet::Packet;
@@ -44,13 +50,15 @@ struct Args {
     /// Port to port: the switch's two TAPs and the bridge's two veth
     /// host ends.
     ports: Option<((String, String), (String, String))>,
+    /// NIC to NIC: two TAPs in a Linux bridge (the kernel's path).
+    bridge_taps: Option<(String, String)>,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = std::env::args().skip(1);
     let (mut net_proc, mut tap, mut veth, mut secs) = (None, None, None, 2.0);
     let (mut bulkhead, mut gen, mut qemu) = (None, None, "qemu-system-x86_64".to_owned());
-    let (mut switch, mut bridge) = (None, None);
+    let (mut switch, mut bridge, mut bridge_taps) = (None, None, None);
     let pair = |s: String, what: &str| -> Result<(String, String), String> {
         let (x, y) = s.split_once(',').ok_or(format!("{what} A,B"))?;
         Ok((x.to_owned(), y.to_owned()))
@@ -71,6 +79,7 @@ fn args() -> Result<Args, String> {
             "--qemu" => qemu = v()?,
             "--switch-taps" => switch = Some(pair(v()?, "--switch-taps")?),
             "--bridge-ports" => bridge = Some(pair(v()?, "--bridge-ports")?),
+            "--bridge-taps" => bridge_taps = Some(pair(v()?, "--bridge-taps")?),
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -93,6 +102,7 @@ fn args() -> Result<Args, String> {
             (None, None) => None,
             _ => return Err("--switch-taps and --bridge-ports go together".into()),
         },
+        bridge_taps,
     })
 }
 
@@ -103,6 +113,11 @@ pub fn os_err(what: &str) -> String {
 
 /// Opens TAP `name` (IFF_VNET_HDR) and returns its fd.
 pub fn open_tap(name: &str) -> Result<OwnedFd, String> {
+    open_tap_with(name, true)
+}
+
+/// Opens TAP `name`, with IFF_VNET_HDR or without, and returns its fd.
+pub fn open_tap_with(name: &str, vnet_hdr: bool) -> Result<OwnedFd, String> {
     // SAFETY: open(2) of a constant path.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -112,7 +127,8 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, String> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = [0u8; 40];
     req[..name.len()].copy_from_slice(name.as_bytes());
-    req[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+    let vnet = if vnet_hdr { 0x4000u16 } else { 0 };
+    req[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | vnet).to_ne_bytes());
     // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq.
     if unsafe { libc::ioctl(fd.as_raw_fd(), 0x4004_54ca as _, req.as_mut_ptr()) } < 0 {
         return Err(os_err("TUNSETIFF"));
@@ -254,15 +270,18 @@ fn tx_rate(dev: &mut NetDevice, tap: &str, len: usize, secs: f64) -> Result<f64,
         Arc::new(AtomicU64::new(0)),
     );
     let t = counter(sock, stop.clone(), count.clone());
-    let f = frame(len, 0);
-    let hdr = [0u8; HDR_LEN];
+    // The frames wait in the sender's memory, as the AF_PACKET sender's
+    // buffer does: only the descriptors are published per frame.
+    while dev.reap_tx(0).map_err(herr)? > 0 {}
+    dev.prefill_tx(0, &[0u8; HDR_LEN], &frame(len, 0))
+        .map_err(herr)?;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     while Instant::now() < end {
         dev.reap_tx(0).map_err(herr)?;
         let mut queued = 0;
         loop {
-            match dev.queue_tx(0, &hdr, &f) {
+            match dev.queue_tx_prefilled(0) {
                 Ok(()) => queued += 1,
                 Err(HarnessError::QueueFull(_)) => break,
                 Err(e) => return Err(herr(e)),
@@ -347,6 +366,9 @@ fn fmt_rate(len: usize, pps: f64) -> String {
 
 fn run() -> Result<(), String> {
     let a = args()?;
+    if let Some(taps) = &a.bridge_taps {
+        nic_to_nic(&a, taps)?;
+    }
     if let Some((taps, ports)) = &a.ports {
         port_to_port(&a, taps, ports)?;
     }
@@ -357,10 +379,47 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// NIC to NIC: two guest NICs' rings through net-proc's switch against
+/// two TAPs through the kernel's bridge (`rings.rs`).
+fn nic_to_nic(a: &Args, taps: &(String, String)) -> Result<(), String> {
+    let (w, mut na, mut nb) = rings::start(&a.net_proc)?;
+    println!(
+        "NIC to NIC through a switch (A's frames counted out of B): net-proc = harness tx ring \
+         -> rocker switch -> harness rx ring (two x-switch-port NICs); kernel = write(TAP A) -> \
+         Linux bridge -> read(TAP B):"
+    );
+    println!(
+        "{:<8} {:>14} {:>14} {:>10}   sent/out: net-proc, kernel",
+        "frame", "net-proc rings", "kernel taps", "ratio"
+    );
+    for (len, label) in SIZES {
+        let (sw, back) = rings::rings(na, &mut nb, len, a.secs)?;
+        na = back;
+        let br = rings::taps(&taps.0, &taps.1, len, a.secs)?;
+        println!(
+            "{:<8} {:>14} {:>14} {:>9.2}x   {}/{}, {}/{}",
+            label,
+            fmt_rate(len, sw.pps),
+            fmt_rate(len, br.pps),
+            sw.pps / br.pps,
+            sw.sent,
+            sw.arrived,
+            br.sent,
+            br.arrived
+        );
+    }
+    drop((na, nb, w));
+    println!();
+    Ok(())
+}
+
 /// Port to port: net-proc's switch against the kernel's bridge.
 fn port_to_port(a: &Args, taps: &(String, String), ports: &(String, String)) -> Result<(), String> {
     let w = switch::start_switch(&a.net_proc, &taps.0, &taps.1)?;
-    println!("port to port (broadcast frames in one port, counted out of the other):");
+    println!(
+        "TAP port to TAP port (broadcast frames sent by AF_PACKET into one port, counted out of \
+         the other): net-proc = rocker switch on two TAPs; kernel = Linux bridge on two veths:"
+    );
     println!(
         "{:<8} {:>14} {:>14} {:>10}   sent/out: switch, bridge",
         "frame", "net-proc sw", "kernel bridge", "ratio"
@@ -453,6 +512,11 @@ fn harness(a: &Args) -> Result<Vec<f64>, String> {
         ..NetOptions::default()
     };
     let mut dev = NetDevice::from_stream(w.setup(&tap)?, opts).map_err(herr)?;
+    println!(
+        "guest NIC <-> TAP through the harness: tx = harness tx ring -> net-proc -> TAP (counted \
+         by AF_PACKET), rx = AF_PACKET -> TAP -> net-proc -> harness rx ring; kernel = AF_PACKET \
+         -> veth pair -> AF_PACKET:"
+    );
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>10} {:>10}",
         "frame", "net-proc tx", "net-proc rx", "kernel veth", "tx ratio", "rx ratio"
