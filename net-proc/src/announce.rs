@@ -129,7 +129,9 @@ mod tests {
         let bridge = Bridge::new(2, 0xf00, Duration::from_secs(300));
         let _sw = Running::start("sw1", bridge, vec![Member::Nic(nic), Member::Fd(tap)]).unwrap();
         send_netdev(&netdev, MAC).unwrap();
-        theirs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut buf = [0u8; 128];
         let n = theirs.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], &rarp_frame(MAC)[..]);
