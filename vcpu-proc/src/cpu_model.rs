@@ -1,17 +1,17 @@
 //! `-cpu`'s model applied to the CPUID a vCPU sees (after [`crate::cpuid`]
 //! has fitted KVM's supported set to the topology): `host` keeps KVM's
 //! set; `qemu64` is QEMU's model of that name as QEMU builds it under KVM
-//! (`target/i386/cpu.c`: AMD vendor, family 15 model 107 stepping 1, the
+//! (`target/i386/cpu.c`: family 15 model 107 stepping 1, the
 //! Pentium Pro feature set plus SSE3, CX16, LM, SYSCALL, NX, LAHF_LM, and
-//! KVM's x2apic and hypervisor bits); then each `+feat`/`-feat`. A bit is
+//! KVM's x2apic and hypervisor bits; the host's vendor, as QEMU gives a
+//! named model under KVM in `x86_cpu_load_model`, not the model's
+//! AuthenticAMD); then each `+feat`/`-feat`. A bit is
 //! only ever cleared or kept, never set beyond what KVM supports (QEMU
 //! warns and drops such a feature too).
 
 use ipc_proto::vcpu::{CpuBase, CpuModel, CpuidReg};
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
-/// "AuthenticAMD" as EBX, EDX, ECX.
-const AMD_VENDOR: [u32; 3] = [0x6874_7541, 0x6974_6e65, 0x444d_4163];
 /// Family 15, model 107 (extended 6, base 0xb), stepping 1.
 const QEMU64_FMS: u32 = (6 << 16) | (0xf << 8) | (0xb << 4) | 1;
 /// qemu64's leaf 1 EDX: QEMU's `PPRO_FEATURES` plus MTRR, CLFLUSH, MCA,
@@ -157,6 +157,12 @@ fn qemu64(entries: &mut Vec<kvm_cpuid_entry2>) {
             || (0x4000_0000..0x8000_0000).contains(&f)
             || (0x8000_0000..=QEMU64_XLEVEL).contains(&f)
     });
+    // The host's vendor (KVM's leaf 0 is the host's), in leaf 0x8000_0000
+    // too, where Intel hosts have zeros.
+    let vendor = entries
+        .iter()
+        .find(|e| e.function == 0)
+        .map(|e| [e.ebx, e.edx, e.ecx]);
     for e in entries.iter_mut() {
         match e.function {
             0 | 0x8000_0000 => {
@@ -165,7 +171,9 @@ fn qemu64(entries: &mut Vec<kvm_cpuid_entry2>) {
                 } else {
                     e.eax.min(QEMU64_XLEVEL)
                 };
-                [e.ebx, e.edx, e.ecx] = AMD_VENDOR;
+                if let Some(v) = vendor {
+                    [e.ebx, e.edx, e.ecx] = v;
+                }
             }
             1 => {
                 e.eax = QEMU64_FMS;
@@ -212,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn qemu64_has_amd_vendor_its_features_and_brand() {
+    fn qemu64_has_the_host_vendor_its_features_and_brand() {
         let mut e = vec![leaf(0, 0x16), leaf(1, !0), leaf(7, !0), leaf(0x14, 1)];
         e.extend([
             leaf(0x8000_0000, 0x8000_0021),
@@ -231,7 +239,8 @@ mod tests {
         };
         apply_entries(&mut e, &model);
         assert!(e.iter().all(|x| x.function != 0x14));
-        assert_eq!((e[0].eax, e[0].ebx), (0xd, 0x6874_7541));
+        assert_eq!((e[0].eax, e[0].ebx, e[0].edx, e[0].ecx), (0xd, 0x16, 0x16, 0x16));
+        assert_eq!((e[3].ebx, e[3].edx, e[3].ecx), (0x16, 0x16, 0x16));
         assert_eq!(e[1].eax, 0x60fb1);
         assert_eq!(e[1].ecx, QEMU64_1_ECX & !1);
         assert_eq!(e[1].edx, QEMU64_1_EDX);
