@@ -239,7 +239,10 @@ mod tests {
         };
         apply_entries(&mut e, &model);
         assert!(e.iter().all(|x| x.function != 0x14));
-        assert_eq!((e[0].eax, e[0].ebx, e[0].edx, e[0].ecx), (0xd, 0x16, 0x16, 0x16));
+        assert_eq!(
+            (e[0].eax, e[0].ebx, e[0].edx, e[0].ecx),
+            (0xd, 0x16, 0x16, 0x16)
+        );
         assert_eq!((e[3].ebx, e[3].edx, e[3].ecx), (0x16, 0x16, 0x16));
         assert_eq!(e[1].eax, 0x60fb1);
         assert_eq!(e[1].ecx, QEMU64_1_ECX & !1);
