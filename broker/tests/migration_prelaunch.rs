@@ -14,10 +14,11 @@ mod net_common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::migration::{status, wait_migration};
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
-use disk_common::{guest, SerialLog, GUEST_TIMEOUT};
+use disk_common::{guest, SerialLog};
 use net_common::Tap;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The `blk-loop` guest with disk `vda` on `img` and NIC `nic0` on `tap`.
 fn vm(dir: &Path, name: &str, img: &Path, tap: &Tap, extra: &[&str]) -> (Bulkhead, SerialLog) {
@@ -46,25 +47,6 @@ fn vm(dir: &Path, name: &str, img: &Path, tap: &Tap, extra: &[&str]) -> (Bulkhea
     ];
     args.extend_from_slice(extra);
     (Bulkhead::start(&args), log)
-}
-
-fn status(q: &mut Qmp) -> String {
-    q.ok("query-status")["status"].as_str().unwrap().to_owned()
-}
-
-fn wait_migration(q: &mut Qmp, want: &[&str]) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = q.ok("query-migrate");
-        if want.iter().any(|w| r["status"] == *w) {
-            return r;
-        }
-        assert!(
-            start.elapsed() < GUEST_TIMEOUT,
-            "migration never reached {want:?}: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
