@@ -125,19 +125,26 @@ pub fn connect(sock: &Path, num_queues: u16) -> BlkDevice {
 /// queue marked in flight in its inflight region; the failure names every
 /// state it saw on the way.
 pub fn wait_marked(dev: &BlkDevice, want: &[usize]) {
+    wait_marks(dev, &format!("{want:?} requests"), |now| now == want);
+}
+
+/// Waits (30 s at most) until the marks of each queue in the harness's
+/// inflight region satisfy `done` (`what` describes it); returns them. The
+/// failure names every state it saw on the way.
+pub fn wait_marks(dev: &BlkDevice, what: &str, done: impl Fn(&[usize]) -> bool) -> Vec<usize> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut seen: Vec<Vec<usize>> = Vec::new();
     loop {
         let now = dev.inflight_marked().unwrap();
-        if now == want {
-            return;
+        if done(&now) {
+            return now;
         }
         if seen.last() != Some(&now) {
             seen.push(now);
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "never {want:?} requests marked in flight; marks seen, in order: {seen:?}"
+            "never {what} marked in flight; marks seen, in order: {seen:?}"
         );
         std::thread::yield_now();
     }

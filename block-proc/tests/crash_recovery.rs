@@ -34,10 +34,7 @@ fn request_executing_at_the_crash_is_resubmitted_and_completed() {
         .unwrap();
     }
     dev.kick(0).unwrap();
-    let mut marked = vec![0];
-    while marked.iter().sum::<usize>() == 0 {
-        marked = dev.inflight_marked().unwrap();
-    }
+    let marked = wait_marks(&dev, "any request", |m| m.iter().sum::<usize>() > 0);
     bp.kill();
     assert!(marked[0] >= 1, "nothing in flight at the crash: {marked:?}");
     let _bp2 = start(&sock, json, &[]);

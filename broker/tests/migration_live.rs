@@ -14,8 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::locks::held;
+use common::migration::{status, wait_migration, wait_status};
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
-use disk_common::{guest, SerialLog, GUEST_TIMEOUT};
+use disk_common::{guest, SerialLog};
 use serde_json::{json, Value};
 
 /// A broker running the `timer` guest with 64 MiB, its serial output in
@@ -38,34 +39,6 @@ fn timer_vm_with(dir: &Path, name: &str, mem: &str, extra: &[&str]) -> (Bulkhead
     ];
     args.extend_from_slice(extra);
     (Bulkhead::start(&args), log)
-}
-
-fn status(q: &mut Qmp) -> String {
-    q.ok("query-status")["status"].as_str().unwrap().to_owned()
-}
-
-/// Polls `query-migrate` until its status is one of `want`; returns it.
-fn wait_migration(q: &mut Qmp, want: &[&str]) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = q.ok("query-migrate");
-        if want.iter().any(|w| r["status"] == *w) {
-            return r;
-        }
-        assert!(
-            start.elapsed() < GUEST_TIMEOUT,
-            "migration never reached {want:?}: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_status(q: &mut Qmp, want: &str) {
-    let start = Instant::now();
-    while status(q) != want {
-        assert!(start.elapsed() < TIMEOUT, "run state never became {want}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Moves a `timer` guest stopped mid-run from a source to a target

@@ -51,6 +51,12 @@ pub mod vm;
 #[path = "../tests/common/test_vm.rs"]
 pub(crate) mod test_vm;
 
+// Where the block-proc binary is, the file the integration tests have as
+// `common::block_proc_bin`.
+#[cfg(test)]
+#[path = "../tests/common/block_proc_bin.rs"]
+pub(crate) mod block_proc_bin;
+
 use std::path::PathBuf;
 
 use ipc_proto::handshake::WorkerKind;

@@ -82,6 +82,10 @@ pub struct SyncState {
     /// thread takes the mark on its next pass and resumes the vCPU as it
     /// is instead of booting it. Cleared by a new epoch (a reset boots).
     pub restored: Vec<u32>,
+    /// Slots whose thread has taken this epoch (booted its vCPU or
+    /// resumed a restored one). Cleared by a new epoch; a slot plugged
+    /// again leaves it.
+    pub taken: Vec<u32>,
 }
 
 /// The lock and condition variable around [`SyncState`].
@@ -102,6 +106,7 @@ impl VcpuSync {
                 epoch: 0,
                 entry,
                 restored: Vec::new(),
+                taken: Vec::new(),
             }),
             cv: Condvar::new(),
         }
@@ -128,6 +133,7 @@ impl VcpuSync {
         s.epoch += 1;
         s.entry = entry;
         s.restored.clear();
+        s.taken.clear();
     }
 
     /// The boot epoch (a machine reset starts a new one; a migration
@@ -141,6 +147,36 @@ impl VcpuSync {
     /// they resume their state as it is rather than booting.
     pub fn mark_restored(&self, slots: &[u32]) {
         self.lock().restored = slots.to_vec();
+    }
+
+    /// Of `slots`, the vCPUs that will boot when their thread next runs
+    /// (it has not taken this epoch, and no restored state waits for it),
+    /// with the entry of this epoch.
+    pub fn boot_pending(&self, slots: &[u32]) -> (Vec<u32>, EntryPoint) {
+        let s = self.lock();
+        let pending = slots
+            .iter()
+            .copied()
+            .filter(|x| !s.taken.contains(x) && !s.restored.contains(x))
+            .collect();
+        (pending, s.entry)
+    }
+
+    /// Marks `slots` as restored as well (their boot state was written
+    /// from outside their thread, which then resumes it as it is).
+    pub fn add_restored(&self, slots: &[u32]) {
+        let mut s = self.lock();
+        for &x in slots {
+            if !s.restored.contains(&x) {
+                s.restored.push(x);
+            }
+        }
+    }
+
+    /// A vCPU thread for `slot` is about to start (CPU plug): it boots
+    /// at its first run whatever the thread before it did.
+    pub fn forget_taken(&self, slot: u32) {
+        self.lock().taken.retain(|&x| x != slot);
     }
 
     /// Wakes parked threads so they see an unplug request.
@@ -179,12 +215,44 @@ impl VcpuSync {
 pub type ActionSender = Sender<Input>;
 
 /// Per-vCPU state captured at creation and restored on every boot.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct InitialState {
     /// The LAPIC with LINT0/LINT1 configured.
     pub lapic: kvm_lapic_state,
     /// No pending exceptions, interrupts or NMIs.
     pub events: kvm_vcpu_events,
+}
+
+impl std::fmt::Debug for InitialState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitialState").finish_non_exhaustive()
+    }
+}
+
+impl InitialState {
+    /// Puts `vcpu` (of possible-CPU `slot`) in its boot state for `entry`:
+    /// MSRs, LAPIC and events as at creation; the boot CPU runnable at
+    /// `entry`, the others waiting for INIT/SIPI.
+    pub fn boot(&self, vcpu: &VcpuFd, slot: u32, entry: EntryPoint) -> Result<(), regs::RegsError> {
+        let kvm = |what| move |source| regs::RegsError::Kvm { what, source };
+        regs::setup_msrs(vcpu)?;
+        vcpu.set_lapic(&self.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+        vcpu.set_vcpu_events(&self.events)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+        if slot == 0 {
+            regs::setup_boot_cpu(vcpu, entry)?;
+            vcpu.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(kvm("KVM_SET_MP_STATE"))?;
+        } else {
+            vcpu.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_UNINITIALIZED,
+            })
+            .map_err(kvm("KVM_SET_MP_STATE"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything a vCPU thread owns.
@@ -284,6 +352,9 @@ impl VcpuThread {
                 };
                 let boot = epoch != Some(s.epoch) && !restored;
                 epoch = Some(s.epoch);
+                if !s.taken.contains(&self.index) {
+                    s.taken.push(self.index);
+                }
                 boot.then_some(s.entry)
             };
             if let Some(entry) = entry {
@@ -310,29 +381,7 @@ impl VcpuThread {
     }
 
     fn boot(&mut self, entry: EntryPoint) -> Result<(), regs::RegsError> {
-        let kvm = |what| move |source| regs::RegsError::Kvm { what, source };
-        regs::setup_msrs(&self.vcpu)?;
-        self.vcpu
-            .set_lapic(&self.initial.lapic)
-            .map_err(kvm("KVM_SET_LAPIC"))?;
-        self.vcpu
-            .set_vcpu_events(&self.initial.events)
-            .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
-        if self.index == 0 {
-            regs::setup_boot_cpu(&self.vcpu, entry)?;
-            self.vcpu
-                .set_mp_state(kvm_mp_state {
-                    mp_state: KVM_MP_STATE_RUNNABLE,
-                })
-                .map_err(kvm("KVM_SET_MP_STATE"))?;
-        } else {
-            self.vcpu
-                .set_mp_state(kvm_mp_state {
-                    mp_state: KVM_MP_STATE_UNINITIALIZED,
-                })
-                .map_err(kvm("KVM_SET_MP_STATE"))?;
-        }
-        Ok(())
+        self.initial.boot(&self.vcpu, self.index, entry)
     }
 
     fn step(&mut self) -> Next {
@@ -476,6 +525,24 @@ mod tests {
 
     fn sync() -> Arc<VcpuSync> {
         Arc::new(VcpuSync::new(EntryPoint { rip: 0, rsi: 0 }))
+    }
+
+    #[test]
+    fn boot_pending_lists_the_vcpus_that_have_not_taken_the_epoch() {
+        let s = sync();
+        s.new_epoch(EntryPoint { rip: 7, rsi: 9 });
+        s.lock().taken.push(0);
+        s.mark_restored(&[1]);
+        let (pending, entry) = s.boot_pending(&[0, 1, 2, 3]);
+        assert_eq!((pending.clone(), entry.rip, entry.rsi), (vec![2, 3], 7, 9));
+        s.add_restored(&pending);
+        assert!(s.boot_pending(&[0, 1, 2, 3]).0.is_empty());
+        // A slot plugged again boots at its first run.
+        s.forget_taken(0);
+        assert_eq!(s.boot_pending(&[0, 1, 2, 3]).0, vec![0]);
+        // A reset: every vCPU boots again.
+        s.new_epoch(EntryPoint { rip: 8, rsi: 9 });
+        assert_eq!(s.boot_pending(&[0, 1, 2, 3]).0, vec![0, 1, 2, 3]);
     }
 
     #[test]

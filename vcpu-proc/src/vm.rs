@@ -140,6 +140,8 @@ pub struct VcpuHandle {
     pub slot: u32,
     /// Ends it for a CPU hot-unplug.
     pub unplug: Arc<Unplug>,
+    /// What its vCPU boots from (its thread has the same).
+    pub initial: crate::vcpu::InitialState,
 }
 
 /// What every vCPU, also a hot-plugged one, is built from.
@@ -585,6 +587,25 @@ impl Vm {
         Ok(())
     }
 
+    /// Writes the boot state of every vCPU that has not run since the
+    /// VM's creation or last reset (a VM in `prelaunch`, a CPU plugged
+    /// while paused) through its second handle, as its thread would when
+    /// it first runs, and lets the thread resume that state instead. A
+    /// VM-state capture then holds the VM as it is at its first
+    /// instruction, not the vCPUs' KVM reset state (QEMU's CPUs are reset
+    /// at creation). The vCPUs must be parked.
+    pub fn settle_boot(&self) -> Result<()> {
+        let slots: Vec<u32> = self.vcpus.iter().map(|v| v.slot).collect();
+        let (pending, entry) = self.sync.boot_pending(&slots);
+        for v in self.vcpus.iter().filter(|v| pending.contains(&v.slot)) {
+            v.initial
+                .boot(&v.view, v.slot, entry)
+                .map_err(VmError::Regs)?;
+        }
+        self.sync.add_restored(&pending);
+        Ok(())
+    }
+
     /// Restores the interrupt controllers to their power-on state.
     pub fn reset_irqchips(&self) -> Result<()> {
         for c in &self.irqchips {
@@ -645,6 +666,7 @@ impl Vm {
         let tid = Arc::new(AtomicI64::new(0));
         let unplug = Arc::new(Unplug::default());
         let view = vcpu_view(&self.fd, &vcpu)?;
+        self.sync.forget_taken(slot);
         let t = VcpuThread {
             index: slot,
             vcpu,
@@ -673,6 +695,7 @@ impl Vm {
             slot,
             unplug,
             view,
+            initial,
         });
         Ok(())
     }

@@ -40,6 +40,8 @@ impl Command for DeviceAdd {
     type Ret = Empty;
 
     fn run(args: DeviceAddArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        // No `migrate` starts between the check below and the end of the add.
+        let _gate = ctx.machine.migration.device_set.hotplug();
         // QEMU refuses any device model while migrating out, before it
         // looks at the properties (an unknown driver is its own error).
         let driver = args.0.get("driver").and_then(Value::as_str);
@@ -85,6 +87,8 @@ impl Command for DeviceDel {
     type Ret = Empty;
 
     fn run(args: DeviceDelArgs, ctx: &Ctx<'_>) -> Result<Empty> {
+        // No `migrate` starts between the check (in the del) and its end.
+        let _gate = ctx.machine.migration.device_set.hotplug();
         if let Some(r) = super::cpu_hotplug::device_del(ctx.machine, &args.id) {
             return r.map(|()| Empty {});
         }

@@ -405,6 +405,8 @@ impl Machine {
         }
         let cont = matches!(req, VcpuRequest::Cont);
         if cont {
+            // Not while a `migrate` is starting (it attaches them itself).
+            let _gate = self.migration.device_set.hotplug();
             devices::attach_pending(self)?;
         }
         let reply = self.vcpu_request_with_fds(req, &[])?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod locks;
+pub mod migration;
 pub mod qemu;
 
 use std::collections::VecDeque;

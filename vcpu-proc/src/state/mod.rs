@@ -77,6 +77,9 @@ pub enum StateError {
     /// started again at a restore.
     #[error("the vrings of a live virtio device")]
     Virtio(#[source] crate::virtio::suspend::SuspendError),
+    /// A vCPU that has not run yet could not be put in its boot state.
+    #[error("cannot set up a vCPU that has not run yet")]
+    Boot(#[source] crate::vm::VmError),
 }
 
 /// Result of state capture and restore.
@@ -112,8 +115,12 @@ impl VmState {
     /// Reads the state of `vm`; every vCPU must be parked. The live virtio
     /// devices are suspended first (their rings drained and stopped at
     /// their backends; an interrupt that raises is then in the irqchip
-    /// state read below) and stay suspended.
+    /// state read below) and stay suspended. A vCPU that has not run
+    /// since the VM's creation or reset gets its boot state first
+    /// (`Vm::settle_boot`), so the capture starts the guest where its
+    /// first run would.
     pub fn capture(vm: &Vm) -> Result<Self> {
+        vm.settle_boot().map_err(StateError::Boot)?;
         vm.devices.suspend_all().map_err(StateError::Virtio)?;
         let msrs = cpu::saved_msr_indices(vm.kvm())?;
         let vcpus = vm

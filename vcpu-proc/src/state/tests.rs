@@ -142,6 +142,34 @@ fn a_guest_restored_into_a_fresh_vm_with_its_ram_continues_there() {
     assert!(out.contains("pit:"), "B continued the test: {out:?}");
 }
 
+/// A VM whose guest never ran (`-S`): its capture holds the vCPUs in
+/// their boot state (not KVM's reset state), so a fresh VM given its RAM
+/// and state boots the guest once, where the first would have.
+#[test]
+fn a_vm_that_never_ran_moves_to_a_fresh_vm_and_boots_there() {
+    use std::os::unix::fs::FileExt;
+    let a = built("timer", 1);
+    let file = save(&a.vm).unwrap();
+    let state = VmState::decode(&file).unwrap();
+    let entry = a.vm.sync.boot_pending(&[]).1;
+    assert_eq!(
+        state.vcpus[0].regs.rip, entry.rip,
+        "boot CPU not at the entry"
+    );
+    let mut ram = vec![0u8; 64 << 20];
+    a.ram.read_exact_at(&mut ram, 0).unwrap();
+
+    let mut b = built("timer", 1);
+    b.ram.write_all_at(&ram, 0).unwrap();
+    load(&b.vm, &file).unwrap();
+    b.vm.sync.resume();
+    b.wait_serial("VERDICT: PASS timer");
+    let out = String::from_utf8_lossy(&b.seen);
+    assert_eq!(out.matches("Bulkhead test guest").count(), 1, "{out:?}");
+    // A captured its own boot state: it boots the same way when it runs.
+    assert!(a.vm.sync.boot_pending(&[0]).0.is_empty());
+}
+
 #[test]
 fn a_corrupt_state_is_refused_and_leaves_the_vm_as_it_was() {
     let mut g = start("timer");

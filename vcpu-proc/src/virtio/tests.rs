@@ -23,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::mmio::{reg, status, F_VERSION_1};
 use super::*;
+use crate::block_proc_bin::block_proc_bin;
 use crate::bus::Bus;
 use crate::memory::{map_guest_memory, register_with_kvm};
 
@@ -55,25 +56,6 @@ pub(super) enum Kind {
     Qsd,
     /// block-proc `--standalone` (inflight tracking).
     BlockProc,
-}
-
-fn block_proc_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_BLOCK_PROC") {
-        return PathBuf::from(p);
-    }
-    // <target>/debug/deps/vcpu_proc-HASH → <target>/debug/block-proc
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("block-proc"))
-        .unwrap();
-    assert!(
-        p.exists(),
-        "this test needs the block-proc binary at {} (run `cargo build -p block-proc` with the same CARGO_TARGET_DIR, or set BULKHEAD_BLOCK_PROC)",
-        p.display()
-    );
-    p
 }
 
 fn start_backend(image: &Path, sock: &Path) -> Backend {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod block_proc;
+pub mod block_proc_bin;
 pub mod serial_log;
 pub mod test_vm;
 

@@ -191,6 +191,7 @@ impl Command for XenSaveDevicesState {
         refuse_without_guest(m)?;
         let was_running = m.query_status()?.running;
         let fd = open(m, &a.filename, true)?;
+        crate::machine::migration::attach_devices_before_first_run(m)?;
         request_with_file(m, MigrationRequest::SaveDevicesState { fd: FdSlot(0) }, fd)?;
         if a.live.unwrap_or(true) && !was_running {
             hand_disks_over(m)?;

@@ -68,6 +68,8 @@ impl Command for Migrate {
                 "Cannot resume if there is no paused migration",
             ));
         }
+        // Hotplugs in progress end first; later ones see the migration.
+        let _gate = m.migration.device_set.migration_start();
         if outgoing::is_running(crate::machine::lock(&m.migration.out).status) {
             return Err(QmpError::generic(outgoing::IN_PROGRESS));
         }
@@ -103,6 +105,7 @@ impl Command for Migrate {
             | RunState::GuestPanicked
             | RunState::Colo => {}
         }
+        crate::machine::migration::attach_devices_before_first_run(m)?;
         let dest = match parsed {
             MigrationUri::Fd(name) => {
                 let fd = ctx.session.take_named_fd(&name);

@@ -17,8 +17,9 @@
 //! Devices exist in vcpu-proc before the guest first runs (they must be in
 //! the DSDT it reads at boot): the command line's go into the VM at
 //! creation, or, with `-S`, like every `device_add` in `prelaunch`, are
-//! attached just before the first `cont`. Until then `device_del` simply
-//! forgets them. Once the guest has run, the virtio-mmio bus takes no
+//! attached just before the first `cont` (or before a `migrate` or
+//! `xen-save-devices-state` of the never-run VM, whose memory and state
+//! must carry them). Until then `device_del` simply forgets them. Once the guest has run, the virtio-mmio bus takes no
 //! hotplug, as in QEMU.
 //!
 //! Locking: `m.devices` is never held across a worker request or a

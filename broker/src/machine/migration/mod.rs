@@ -13,6 +13,8 @@
 //! - [`disks`]: QEMU's inactive block devices: the image locks released
 //!   at the switchover and taken back (source on failure, target at the end).
 //! - [`info`]: `query-migrate`'s `MigrationInfo`.
+//! - [`gate`]: hotplug and the start of an outgoing migration exclude
+//!   each other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -23,6 +25,7 @@ use serde_json::json;
 use super::{lock, Machine};
 
 pub mod disks;
+pub mod gate;
 pub mod incoming;
 pub mod info;
 pub mod outgoing;
@@ -46,6 +49,8 @@ pub struct MigrationState {
     /// the switchover on. The locks live on the broker's fds, so a
     /// restarted block-proc keeps this state without a replay.
     pub(crate) disks_inactive: AtomicBool,
+    /// `device_add`/`device_del` against `migrate` ([`gate`]).
+    pub device_set: gate::DeviceSetGate,
 }
 
 impl MigrationState {
@@ -57,6 +62,7 @@ impl MigrationState {
             out: Default::default(),
             inc: Mutex::new(incoming::Incoming::new(autostart)),
             disks_inactive: AtomicBool::new(incoming),
+            device_set: Default::default(),
         }
     }
 
@@ -88,12 +94,24 @@ pub fn migrating_out(m: &Machine) -> bool {
 }
 
 /// `Err(why)` while an outgoing migration runs (`why` is one of
-/// [`NO_DEVICE_ADD`], [`NO_DEVICE_DEL`]).
+/// [`NO_DEVICE_ADD`], [`NO_DEVICE_DEL`]). The caller holds the
+/// [`gate::DeviceSetGate`]'s hotplug side, so no migration starts between
+/// this check and the end of its hotplug.
 pub fn refuse_hotplug_while_migrating(m: &Machine, why: &str) -> Result<(), ipc_proto::FlatError> {
     if migrating_out(m) {
         return Err(ipc_proto::FlatError::generic(why));
     }
     Ok(())
+}
+
+/// Before a `-S` VM that never ran is saved or migrated: its devices,
+/// which join vcpu-proc at the first `cont`, join now, so that the guest
+/// memory (the DSDT and the kernel command line name them) and the device
+/// state carry them, as a QEMU VM has its devices from creation. They
+/// stay attached (like QEMU's, they can no longer be removed); devices
+/// added later in `prelaunch` still join at the first `cont`.
+pub fn attach_devices_before_first_run(m: &Machine) -> Result<(), ipc_proto::FlatError> {
+    super::devices::attach_pending(m)
 }
 
 /// Emits `MIGRATION` for `status` if the `events` capability is on.
