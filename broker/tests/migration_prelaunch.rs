@@ -77,7 +77,8 @@ fn a_vm_that_never_ran_migrates_with_its_disk_and_nic_and_boots_on_the_target() 
     let di = wait_migration(&mut d, &["completed", "failed"]);
     assert_eq!(di["status"], "completed", "{di}");
     // QEMU 10 (qemu-system-x86_64, the same two -S machines): the source
-    // is `postmigrate`; the target stays stopped until `cont`.
+    // is `postmigrate`; the target takes the source's `prelaunch` (the
+    // migration's global state) and stays in it until `cont`.
     assert_eq!(status(&mut s), "postmigrate");
     let start = Instant::now();
     while status(&mut d) == "inmigrate" {
@@ -85,6 +86,7 @@ fn a_vm_that_never_ran_migrates_with_its_disk_and_nic_and_boots_on_the_target() 
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&mut d), "prelaunch");
     assert!(!q_running(&mut d), "the target ran before cont");
     assert!(!src_log.has("Bulkhead test guest"), "{}", src_log.text());
     d.ok("cont");
