@@ -4,7 +4,9 @@
 //! events drive the status. At `completed` the disks are activated (the
 //! image locks taken), the NICs announced (`announce-*` parameters,
 //! [`crate::machine::announce`]) and the guest runs unless `-S` (QEMU's autostart;
-//! `cont`/`stop` while the migration runs set or clear it); a failed
+//! `cont`/`stop` while the migration runs set or clear it) — unless the
+//! source did not run: the target then keeps the source's run state,
+//! which the VM state carries (QEMU's global state); a failed
 //! incoming migration ends the broker with status 1 unless
 //! `exit-on-error` is false, as QEMU.
 
