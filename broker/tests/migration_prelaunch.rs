@@ -77,7 +77,8 @@ fn a_vm_that_never_ran_migrates_with_its_disk_and_nic_and_boots_on_the_target() 
     let di = wait_migration(&mut d, &["completed", "failed"]);
     assert_eq!(di["status"], "completed", "{di}");
     // QEMU 10 (qemu-system-x86_64, the same two -S machines): the source
-    // is `postmigrate`; the target stays stopped until `cont`.
+    // is `postmigrate`; the target takes the source's `prelaunch` (the
+    // migration's global state) and stays in it until `cont`.
     assert_eq!(status(&mut s), "postmigrate");
     let start = Instant::now();
     while status(&mut d) == "inmigrate" {
@@ -85,7 +86,26 @@ fn a_vm_that_never_ran_migrates_with_its_disk_and_nic_and_boots_on_the_target() 
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&mut d), "prelaunch");
     assert!(!q_running(&mut d), "the target ran before cont");
+    // Its RAM is the migrated guest: a disk added now cannot join it as a
+    // never-run VM's would (that reloads the guest); QEMU's bus answer.
+    let r = d.execute(
+        "blockdev-add",
+        json!({"driver": "null-co", "node-name": "d9"}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    let r = d.execute(
+        "device_add",
+        json!({"driver": "virtio-blk-device", "drive": "d9", "id": "vd9"}),
+    );
+    let (class, desc) = Qmp::error_of(&r);
+    assert_eq!(class, "GenericError", "{r}");
+    assert!(
+        desc.starts_with("Bus 'virtio-mmio-bus.")
+            && desc.ends_with("' does not support hotplugging"),
+        "{r}"
+    );
     assert!(!src_log.has("Bulkhead test guest"), "{}", src_log.text());
     d.ok("cont");
     assert_eq!(status(&mut d), "running");

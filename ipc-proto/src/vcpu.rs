@@ -314,6 +314,11 @@ pub struct StatusInfo {
     pub singlestep: bool,
     /// The run state.
     pub status: RunState,
+    /// The VM is in the run state its migration source had (QEMU's global
+    /// state: the source did not run), set when the incoming migration
+    /// ended and kept until the VM runs or is reset: autostart does not
+    /// apply to it. Not part of QMP's `query-status`.
+    pub source_state: bool,
 }
 
 /// One vCPU as `query-cpus-fast` reports it.

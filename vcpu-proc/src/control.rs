@@ -76,6 +76,7 @@ impl Controller {
             running: self.rsm.is_running(),
             singlestep: false,
             status: self.rsm.state(),
+            source_state: self.rsm.source_state(),
         }
     }
 
@@ -160,7 +161,9 @@ impl Controller {
         socket: UnixStream,
         events: Sender<VirtioEvent>,
     ) -> Result<(), String> {
-        if self.rsm.state() != RunState::Prelaunch {
+        // A target left in `prelaunch` by its source holds the migrated
+        // guest in RAM: an attach would load a new one over it.
+        if self.rsm.state() != RunState::Prelaunch || self.rsm.source_state() {
             return Err(format!(
                 "Bus 'virtio-mmio-bus.{}' does not support hotplugging",
                 d.slot
@@ -203,6 +206,8 @@ impl Controller {
     ) -> Result<(), String> {
         let before = self.rsm.state();
         self.handle(Input::SaveBegin).map_err(|e| e.to_string())?;
+        // QEMU's `global_state_store_running`: the file says `running`.
+        self.vm.global_state.set_to_save(RunState::Running);
         let result =
             if self.rsm.state() == RunState::InternalError && before != RunState::InternalError {
                 Err("vCPUs did not stop within 5 s".to_string())
@@ -231,13 +236,21 @@ impl Controller {
             return Err(LoadError::State("vCPUs did not stop within 5 s".into()));
         }
         crate::state::load(&self.vm, file).map_err(|e| LoadError::State(error_chain(&e)))?;
+        // QEMU's `xen-load-devices-state` does not apply the saved run
+        // state (only an incoming migration does).
+        self.vm.global_state.take_loaded();
         self.handle(Input::IncomingDone)
             .map_err(|e| LoadError::State(e.to_string()))
     }
 
     /// Applies `input`; refused inputs change nothing.
     pub fn handle(&mut self, input: Input) -> Result<(), RunStateError> {
+        if input == Input::IncomingDone {
+            self.rsm
+                .set_source_state(self.vm.global_state.take_loaded());
+        }
         let out = self.rsm.step(input)?;
+        self.vm.global_state.set_to_save(self.rsm.global_state());
         if (!out.run || out.reset) && !self.pause_all() {
             self.crash("vCPUs did not stop within 5 s".into(), out.events);
             return Ok(());

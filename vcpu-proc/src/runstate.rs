@@ -44,8 +44,10 @@ pub enum Input {
     },
     /// The VM's RAM and device state arrived (`xen-load-devices-state`
     /// or an incoming migration): an `inmigrate` VM leaves it as QEMU's
-    /// incoming side does: it runs if autostart holds (no `-S`, or a
-    /// `cont` while in `inmigrate`), else it is `paused`.
+    /// incoming side does: it takes the source's run state when the
+    /// source did not run ([`RunStateMachine::set_source_state`]), else it
+    /// runs if autostart holds (no `-S`, or a `cont` while in
+    /// `inmigrate`), else it is `paused`.
     IncomingDone,
 }
 
@@ -85,6 +87,11 @@ pub struct RunStateMachine {
     autostart: bool,
     /// The state an outgoing migration stopped the VM from.
     migrate_from: Option<RunState>,
+    /// The source's run state for the next [`Input::IncomingDone`].
+    incoming_source: Option<RunState>,
+    /// The VM is in its source's run state since its incoming migration
+    /// (not run or reset since).
+    source_state: bool,
 }
 
 impl RunStateMachine {
@@ -100,6 +107,8 @@ impl RunStateMachine {
             no_reboot,
             autostart: !start_paused,
             migrate_from: None,
+            incoming_source: None,
+            source_state: false,
         }
     }
 
@@ -115,6 +124,30 @@ impl RunStateMachine {
     /// The current state.
     pub fn state(&self) -> RunState {
         self.state
+    }
+
+    /// The run state QEMU's migration global state records: the state
+    /// before `finish-migrate` during an outgoing migration, else the
+    /// current one.
+    pub fn global_state(&self) -> RunState {
+        match (self.state, self.migrate_from) {
+            (RunState::FinishMigrate, Some(from)) => from,
+            (state, _) => state,
+        }
+    }
+
+    /// The run state the incoming state carried (`None`: none, or one the
+    /// load must not apply, as after `xen-load-devices-state`); the next
+    /// [`Input::IncomingDone`] takes it when it is not live.
+    pub fn set_source_state(&mut self, state: Option<RunState>) {
+        self.incoming_source = state;
+    }
+
+    /// True while the VM is in its migration source's run state (it has
+    /// not run nor been reset since): autostart does not apply, and its
+    /// RAM is the migrated guest even in `prelaunch`.
+    pub fn source_state(&self) -> bool {
+        self.source_state
     }
 
     /// True when the vCPUs run.
@@ -162,6 +195,8 @@ impl RunStateMachine {
             // A late request from another vCPU after the VM already ended.
             return Ok(out);
         }
+        let before = self.state;
+        let incoming_done = input == Input::IncomingDone;
         match input {
             // QEMU's qmp_stop/qmp_cont in INMIGRATE only set autostart.
             Input::Stop if self.state == RunState::Inmigrate => self.autostart = false,
@@ -225,8 +260,12 @@ impl RunStateMachine {
                 out.run = false;
             }
             Input::IncomingDone => {
+                let source = self.incoming_source.take();
                 if self.state == RunState::Inmigrate {
-                    if self.autostart {
+                    if let Some(from) = source.filter(|s| !crate::state::run::is_live(*s)) {
+                        self.state = from;
+                        self.source_state = true;
+                    } else if self.autostart {
                         self.state = RunState::Running;
                         out.events.push(VcpuEvent::Resumed);
                         out.run = true;
@@ -263,6 +302,9 @@ impl RunStateMachine {
                     }
                 }
             }
+        }
+        if !incoming_done && (self.state != before || out.reset) {
+            self.source_state = false;
         }
         Ok(out)
     }
@@ -371,6 +413,77 @@ mod tests {
         assert!(o.events.is_empty() && !o.run);
         assert_eq!(s.state(), RunState::Paused);
         assert!(s.step(Input::Cont).unwrap().run);
+    }
+
+    #[test]
+    fn a_target_takes_a_paused_source_s_state_and_does_not_autostart() {
+        let mut s = RunStateMachine::new(false, false, false).with_incoming(true);
+        s.step(Input::Cont).unwrap();
+        s.set_source_state(Some(RunState::Paused));
+        let o = s.step(Input::IncomingDone).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Paused);
+        assert!(s.source_state());
+        let o = s.step(Input::Cont).unwrap();
+        assert_eq!((o.events, o.run), (vec![VcpuEvent::Resumed], true));
+        assert!(!s.source_state());
+    }
+
+    #[test]
+    fn a_never_run_source_leaves_its_target_in_prelaunch_until_a_reset() {
+        let mut s = RunStateMachine::new(true, false, false).with_incoming(true);
+        s.set_source_state(Some(RunState::Prelaunch));
+        let o = s.step(Input::IncomingDone).unwrap();
+        assert!(o.events.is_empty() && !o.run);
+        assert_eq!(s.state(), RunState::Prelaunch);
+        assert!(s.source_state());
+        s.step(Input::Stop).unwrap();
+        assert!(s.source_state(), "a stop that changes nothing keeps it");
+        let o = s.step(Input::SystemReset).unwrap();
+        assert!(o.reset);
+        assert_eq!(s.state(), RunState::Prelaunch);
+        assert!(!s.source_state());
+    }
+
+    #[test]
+    fn a_running_source_or_none_leaves_autostart_in_charge() {
+        for source in [Some(RunState::Running), None] {
+            let mut s = RunStateMachine::new(false, false, false).with_incoming(true);
+            s.set_source_state(source);
+            let o = s.step(Input::IncomingDone).unwrap();
+            assert!(o.run, "{source:?}");
+            assert!(!s.source_state());
+            let mut s = RunStateMachine::new(true, false, false).with_incoming(true);
+            s.set_source_state(source);
+            s.step(Input::IncomingDone).unwrap();
+            assert_eq!(s.state(), RunState::Paused);
+            assert!(!s.source_state());
+        }
+    }
+
+    #[test]
+    fn the_global_state_is_the_one_before_finish_migrate() {
+        let mut s = RunStateMachine::new(true, false, false);
+        assert_eq!(s.global_state(), RunState::Prelaunch);
+        s.step(Input::MigrateBegin).unwrap();
+        assert_eq!(s.state(), RunState::FinishMigrate);
+        assert_eq!(s.global_state(), RunState::Prelaunch);
+        s.step(Input::MigrateEnd { completed: true }).unwrap();
+        assert_eq!(s.global_state(), RunState::Postmigrate);
+        let mut s = m();
+        s.step(Input::MigrateBegin).unwrap();
+        assert_eq!(s.global_state(), RunState::Running);
+    }
+
+    #[test]
+    fn a_source_state_is_used_once() {
+        let mut s = RunStateMachine::new(false, false, false);
+        s.set_source_state(Some(RunState::Paused));
+        // Not in inmigrate: nothing changes, and the state is dropped.
+        s.step(Input::IncomingDone).unwrap();
+        assert_eq!(s.state(), RunState::Running);
+        let mut s = s.with_incoming(true);
+        assert!(s.step(Input::IncomingDone).unwrap().run);
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub struct Vm {
     pub topology: CpuTopology,
     /// The ACPI CPU hotplug registers (which slots hold a CPU).
     pub cpu_hotplug: Arc<Mutex<CpuHotplugRegs>>,
+    /// The run state a capture writes and the one a restore read
+    /// (QEMU's migration global state).
+    pub global_state: crate::state::run::GlobalState,
     /// vCPUs of unplugged slots, kept for a later plug (KVM cannot create
     /// a vCPU id twice), with their power-on state.
     pub(crate) parked_vcpus: std::collections::HashMap<u32, (kvm_ioctls::VcpuFd, InitialState)>,
@@ -478,6 +481,7 @@ impl Vm {
             devices: VirtioDevices::new(),
             topology: t,
             cpu_hotplug,
+            global_state: Default::default(),
             parked_vcpus: std::collections::HashMap::new(),
             cpu_ejects: Some(cpu_ejects),
             vcpu_setup: None,

@@ -461,6 +461,7 @@ impl Machine {
             return Ok(StatusInfo {
                 running: false,
                 singlestep: false,
+                source_state: false,
                 status: RunState::InternalError,
             });
         }

@@ -37,6 +37,7 @@ impl NoVm {
             VcpuRequest::QueryStatus => Ok(VcpuReply::Status(StatusInfo {
                 running: *state == RunState::Running,
                 singlestep: false,
+                source_state: false,
                 status: *state,
             })),
             VcpuRequest::Stop => {

@@ -120,11 +120,14 @@ pub enum SectionId {
     /// The ACPI CPU hotplug register block (selector, command, each
     /// possible CPU's flags and `_OST` values).
     CpuHotplug,
+    /// The run state the VM had when it was saved (QEMU's global state):
+    /// a migration target that did not run takes it.
+    RunState,
 }
 
 impl SectionId {
     /// Every known section.
-    pub const ALL: [SectionId; 8] = [
+    pub const ALL: [SectionId; 9] = [
         SectionId::Vcpu,
         SectionId::Irqchip,
         SectionId::Pit,
@@ -133,6 +136,7 @@ impl SectionId {
         SectionId::Serial,
         SectionId::Ged,
         SectionId::CpuHotplug,
+        SectionId::RunState,
     ];
 
     /// The id on disk.
@@ -146,6 +150,7 @@ impl SectionId {
             SectionId::Serial => 6,
             SectionId::Ged => 7,
             SectionId::CpuHotplug => 8,
+            SectionId::RunState => 9,
         }
     }
 
@@ -159,7 +164,8 @@ impl SectionId {
             | SectionId::Clock
             | SectionId::Serial
             | SectionId::Ged
-            | SectionId::CpuHotplug => 1,
+            | SectionId::CpuHotplug
+            | SectionId::RunState => 1,
             // 2: the vring state of live devices (GET_VRING_BASE).
             SectionId::VirtioMmio => 2,
         }
@@ -185,6 +191,7 @@ impl std::fmt::Display for SectionId {
             SectionId::Serial => "serial",
             SectionId::Ged => "ged",
             SectionId::CpuHotplug => "cpu-hotplug",
+            SectionId::RunState => "run-state",
         })
     }
 }

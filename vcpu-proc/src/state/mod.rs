@@ -6,6 +6,7 @@
 //! - [`platform`]: the in-kernel PIC/IOAPIC, PIT and kvm-clock.
 //! - [`serial`]: COM1's registers and receive FIFO.
 //! - [`acpi`]: the GED's latched events and the CPU hotplug registers.
+//! - [`run`]: the run state at the save (QEMU's migration global state).
 //! - [`virtio`]: each virtio-mmio transport's registers and, for a live
 //!   device, its vring state (`crate::virtio::suspend`): a capture
 //!   suspends every live device's rings at its backend first and leaves
@@ -24,6 +25,7 @@
 pub mod acpi;
 pub mod cpu;
 pub mod platform;
+pub mod run;
 pub mod serial;
 pub mod virtio;
 
@@ -109,6 +111,9 @@ pub struct VmState {
     pub ged: u8,
     /// The CPU hotplug registers.
     pub cpu_hotplug: acpi::CpuHotplugState,
+    /// The run state at the save ([`run`]); `None` in a file written
+    /// before the `run-state` section existed.
+    pub run_state: Option<ipc_proto::vcpu::RunState>,
 }
 
 impl VmState {
@@ -143,6 +148,7 @@ impl VmState {
                     slots: regs.slots().to_vec(),
                 }
             },
+            run_state: Some(vm.global_state.to_save()),
         })
     }
 
@@ -190,6 +196,7 @@ impl VmState {
             return Err(e);
         }
         lock(&vm.ged).set_pending(self.ged);
+        vm.global_state.set_loaded(self.run_state);
         // A fresh VM's threads would otherwise boot their vCPUs on resume.
         vm.sync.mark_restored(&slots);
         Ok(())
@@ -229,11 +236,14 @@ impl VmState {
         sections.push(serial::encode(&self.serial)?);
         sections.push(acpi::encode_ged(self.ged));
         sections.push(acpi::encode_cpu_hotplug(&self.cpu_hotplug));
+        if let Some(state) = self.run_state {
+            sections.push(run::encode(state)?);
+        }
         Ok(vmstate::encode(&sections)?)
     }
 
     /// Reads a VM-state file; every section must be present once (a vCPU
-    /// section once per slot).
+    /// section once per slot), except `run-state`, which is at most once.
     pub fn decode(file: &[u8]) -> Result<Self> {
         let mut vcpus: Vec<VcpuState> = Vec::new();
         let mut platform = platform::Builder::default();
@@ -241,6 +251,7 @@ impl VmState {
         let mut uart: Option<SerialState> = None;
         let mut ged: Option<u8> = None;
         let mut cpu_hotplug: Option<acpi::CpuHotplugState> = None;
+        let mut run_state = None;
         for s in vmstate::decode(file)? {
             match s.id {
                 SectionId::Vcpu => {
@@ -275,6 +286,11 @@ impl VmState {
                         return Err(s.malformed("the section appears twice").into());
                     }
                 }
+                SectionId::RunState => {
+                    if run_state.replace(run::decode(&s)?).is_some() {
+                        return Err(s.malformed("the section appears twice").into());
+                    }
+                }
             }
         }
         if vcpus.is_empty() {
@@ -290,6 +306,7 @@ impl VmState {
             cpu_hotplug: cpu_hotplug.ok_or_else(|| {
                 StateError::Mismatch("the state has no cpu-hotplug section".into())
             })?,
+            run_state,
         })
     }
 }

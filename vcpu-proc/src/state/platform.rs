@@ -147,7 +147,8 @@ impl Builder {
             | SectionId::VirtioMmio
             | SectionId::Serial
             | SectionId::Ged
-            | SectionId::CpuHotplug => Err(s.malformed("not a platform section").into()),
+            | SectionId::CpuHotplug
+            | SectionId::RunState => Err(s.malformed("not a platform section").into()),
         }
     }
 

@@ -171,6 +171,36 @@ fn a_vm_that_never_ran_moves_to_a_fresh_vm_and_boots_there() {
 }
 
 #[test]
+fn the_run_state_travels_and_a_file_without_it_still_loads() {
+    use ipc_proto::vcpu::RunState;
+    let a = built("timer", 1);
+    a.vm.global_state.set_to_save(RunState::Prelaunch);
+    let file = save(&a.vm).unwrap();
+    let state = VmState::decode(&file).unwrap();
+    assert_eq!(state.run_state, Some(RunState::Prelaunch));
+    let b = built("timer", 1);
+    load(&b.vm, &file).unwrap();
+    assert_eq!(b.vm.global_state.take_loaded(), Some(RunState::Prelaunch));
+    // A file written before the section existed: the rest loads, and
+    // no run state is taken from it.
+    let old = VmState {
+        run_state: None,
+        ..state
+    }
+    .encode()
+    .unwrap();
+    let ids: Vec<_> = ipc_proto::vmstate::decode(&old)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(!ids.contains(&SectionId::RunState), "{ids:?}");
+    b.vm.global_state.set_loaded(Some(RunState::Paused));
+    load(&b.vm, &old).unwrap();
+    assert_eq!(b.vm.global_state.take_loaded(), None);
+}
+
+#[test]
 fn a_corrupt_state_is_refused_and_leaves_the_vm_as_it_was() {
     let mut g = start("timer");
     g.wait_serial("timer");

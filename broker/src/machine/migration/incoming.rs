@@ -4,7 +4,9 @@
 //! events drive the status. At `completed` the disks are activated (the
 //! image locks taken), the NICs announced (`announce-*` parameters,
 //! [`crate::machine::announce`]) and the guest runs unless `-S` (QEMU's autostart;
-//! `cont`/`stop` while the migration runs set or clear it); a failed
+//! `cont`/`stop` while the migration runs set or clear it) — unless the
+//! source did not run: the target then keeps the source's run state,
+//! which the VM state carries (QEMU's global state); a failed
 //! incoming migration ends the broker with status 1 unless
 //! `exit-on-error` is false, as QEMU.
 
@@ -243,7 +245,8 @@ pub fn on_event(m: &Machine, ev: MigrationEvent) {
 /// disks (QEMU's `process_incoming_migration_bh`), then bring the run
 /// state to what autostart says (vcpu-proc leaves the VM paused, or runs
 /// it by its own autostart; `cont`/`stop` during the migration were the
-/// broker's). If an image lock cannot be taken the guest stays paused, as
+/// broker's) — unless the source did not run: vcpu-proc then left the VM
+/// in the source's run state (`paused`, `prelaunch`, ...), which stays. If an image lock cannot be taken the guest stays paused, as
 /// QEMU leaves it.
 fn take_over(m: &Arc<Machine>) {
     let autostart = {
@@ -264,15 +267,17 @@ fn take_over(m: &Arc<Machine>) {
     if let Err(e) = crate::machine::announce::start(m, TimerName::Migration, announce) {
         tracing::warn!("migration: the NICs are not announced: {}", e.desc);
     }
-    let state = match m.query_status() {
-        Ok(s) => s.status,
+    let (state, source_state) = match m.query_status() {
+        Ok(s) => (s.status, s.source_state),
         Err(e) => {
             tracing::error!("migration: no run state after loading: {}", e.desc);
             return;
         }
     };
     let req = match (run, state) {
-        (true, RunState::Paused) => VcpuRequest::Cont,
+        // A source that did not run leaves the target in its run state
+        // (QEMU's global state): no autostart then.
+        (true, RunState::Paused) if !source_state => VcpuRequest::Cont,
         (false, RunState::Running) => VcpuRequest::Stop,
         _ => return,
     };
