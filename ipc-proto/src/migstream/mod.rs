@@ -390,7 +390,12 @@ impl<W: Write> StreamWriter<W> {
     /// Whole pages from `gpa`: `bytes` holds 1..=[`MAX_RUN`] of them.
     pub fn pages(&mut self, gpa: u64, bytes: &[u8]) -> Result<()> {
         let count = self.count_of(bytes.len() as u64)?;
-        self.put(&[&[KIND_PAGES], &gpa.to_le_bytes(), &count.to_le_bytes(), bytes])
+        self.put(&[
+            &[KIND_PAGES],
+            &gpa.to_le_bytes(),
+            &count.to_le_bytes(),
+            bytes,
+        ])
     }
 
     /// `count` whole pages from `gpa` (1..=[`MAX_RUN`]), their bytes

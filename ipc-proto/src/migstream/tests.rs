@@ -236,11 +236,11 @@ fn pages_outside_guest_ram_or_unaligned_are_refused() {
 fn runs_past_their_region_or_of_bad_length_are_refused() {
     // Region 0 is 16 pages from 0, region 1 two pages from 4 GiB.
     for (gpa, count) in [
-        (0xf000, 2),              // one page past region 0
-        (0, 17),                  // all of region 0 and one more
-        ((1 << 32) + 0x1000, 2),  // past region 1
-        ((1 << 32) - 0x1000, 3),  // across the hole into region 1
-        (0x1000, MAX_RUN),        // long enough, but past region 0
+        (0xf000, 2),             // one page past region 0
+        (0, 17),                 // all of region 0 and one more
+        ((1 << 32) + 0x1000, 2), // past region 1
+        ((1 << 32) - 0x1000, 3), // across the hole into region 1
+        (0x1000, MAX_RUN),       // long enough, but past region 0
     ] {
         for kind in [KIND_ZERO_PAGES, KIND_PAGES] {
             let err = read_all(&with_records(&page_record(kind, gpa, count))).unwrap_err();
@@ -339,7 +339,10 @@ fn the_writer_refuses_runs_no_reader_accepts() {
         w.pages(0, &[0u8; 100]),
         Err(StreamError::PagesLength { have: 100, .. })
     ));
-    assert!(matches!(w.pages(0, &[]), Err(StreamError::RunLength { count: 0, .. })));
+    assert!(matches!(
+        w.pages(0, &[]),
+        Err(StreamError::RunLength { count: 0, .. })
+    ));
     assert!(matches!(
         w.pages_with(0, MAX_RUN + 1, |_, _| Ok(())),
         Err(StreamError::RunLength { .. })

@@ -153,7 +153,11 @@ impl DirtyPages {
             if n == 0 {
                 break;
             }
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
             bits[w] &= !mask;
             taken += n;
             if bit + n < 64 {

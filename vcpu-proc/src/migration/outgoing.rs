@@ -411,8 +411,8 @@ impl Source {
             .out
             .take()
             .ok_or_else(|| Stop::Failed("the stream is gone".into()))?;
-        let mut w = StreamWriter::start(WireOut::new(file, BUFFER), &header)
-            .map_err(|e| self.err(&e))?;
+        let mut w =
+            StreamWriter::start(WireOut::new(file, BUFFER), &header).map_err(|e| self.err(&e))?;
         let setup_ms = p.elapsed_ms();
         p.update(|s| s.setup_time_ms = setup_ms);
         p.set_status(MigrationStatus::Active, None);

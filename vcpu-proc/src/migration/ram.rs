@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 
 use ipc_proto::migration::{MigrationParams, XbzrleStats};
@@ -141,6 +142,10 @@ pub struct PageEncoder {
     delta: Vec<u8>,
     /// A page copied out of guest RAM for XBZRLE.
     page: Vec<u8>,
+    /// The RAM file's next data at or after the last run looked up (its
+    /// fd, the offset): runs before it are a hole, without a syscall.
+    /// Forgotten at each pass.
+    data_at: Option<(RawFd, u64)>,
 }
 
 impl PageEncoder {
@@ -159,11 +164,14 @@ impl PageEncoder {
             xbzrle,
             delta: Vec::new(),
             page: vec![0; PAGE],
+            data_at: None,
         })
     }
 
-    /// Pass `n` begins (XBZRLE's cache generation).
+    /// Pass `n` begins (XBZRLE's cache generation; holes may have been
+    /// filled since the last).
     pub fn begin_pass(&mut self, n: u64) {
+        self.data_at = None;
         if let Some(x) = self.xbzrle.as_mut() {
             x.begin_pass(n);
         }
@@ -189,6 +197,22 @@ impl PageEncoder {
     /// `query-migrate`'s `xbzrle-cache`, when the capability is on.
     pub fn xbzrle_stats(&self) -> Option<XbzrleStats> {
         self.xbzrle.as_ref().map(XbzrleEncoder::stats)
+    }
+
+    /// Pages of a hole in `file` at `off`, up to `count`.
+    fn hole_pages(&mut self, file: &File, off: u64, count: u32) -> u32 {
+        let fd = file.as_raw_fd();
+        let data = match self.data_at {
+            Some((f, d)) if f == fd && d >= off => d,
+            _ => {
+                let d = next_data(file, off);
+                self.data_at = Some((fd, d));
+                d
+            }
+        };
+        u32::try_from((data - off) / PAGE as u64)
+            .unwrap_or(u32::MAX)
+            .min(count)
     }
 
     /// Sends the `count` pages (1..=[`MAX_RUN`], inside one RAM region)
@@ -220,30 +244,20 @@ impl PageEncoder {
             }
             return Ok(sent);
         }
-        let file = file_of(mem, gpa, u64::from(count) * PAGE as u64);
-        let mut i = 0;
-        // Pages of the RAM file's data from page `i` on (past them: a hole).
-        let mut data_end = 0;
+        // A hole at the start of the run (never written): zero, and not
+        // read, which would fill it.
+        let mut i = match file_of(mem, gpa, u64::from(count) * PAGE as u64) {
+            Some((f, off)) => self.hole_pages(f, off, count),
+            None => 0,
+        };
+        if i > 0 {
+            w.zero_pages(gpa, i)?;
+            sent.add(PageSent::Zero, u64::from(i));
+        }
         while i < count {
-            if i >= data_end {
-                let (hole, data) = match file {
-                    Some((f, off)) => extents(f, off + u64::from(i) * PAGE as u64, count - i),
-                    None => (0, count - i),
-                };
-                if hole > 0 {
-                    // Never written: zero, and not read (which would fill
-                    // the hole).
-                    let at = gpa + u64::from(i) * PAGE as u64;
-                    w.zero_pages(at, hole)?;
-                    sent.add(PageSent::Zero, u64::from(hole));
-                    i += hole;
-                    continue;
-                }
-                data_end = i + data;
-            }
             let zero = is_zero_ram(&page(i)?);
             let mut j = i + 1;
-            while j < data_end && is_zero_ram(&page(j)?) == zero {
+            while j < count && is_zero_ram(&page(j)?) == zero {
                 j += 1;
             }
             let at = gpa + u64::from(i) * PAGE as u64;
@@ -301,36 +315,18 @@ impl PageEncoder {
     }
 }
 
-/// The pages of a hole in `file` at `off`, then of data after it (at
-/// least one page, or none when all `count` pages are a hole), within
-/// `count` pages. A file that cannot tell (`lseek` fails) is all data.
-fn extents(file: &File, off: u64, count: u32) -> (u32, u32) {
-    use nix::unistd::{lseek, Whence};
-    let pages = |bytes: u64| u32::try_from(bytes / PAGE as u64).unwrap_or(u32::MAX).min(count);
+/// The offset of the first data in `file` at or after `off`
+/// (`lseek(SEEK_DATA)`, which skips a hole quickly); `u64::MAX` when
+/// there is none, `off` when the file cannot tell.
+fn next_data(file: &File, off: u64) -> u64 {
     let Ok(start) = i64::try_from(off) else {
-        return (0, count);
+        return off;
     };
-    let data = match lseek(file, start, Whence::SeekData) {
-        Ok(d) => d as u64,
-        // No data from `off` to the end of the file.
-        Err(nix::errno::Errno::ENXIO) => return (count, 0),
-        Err(_) => return (0, count),
-    };
-    let hole = pages(data.saturating_sub(off));
-    if hole >= count {
-        return (count, 0);
+    match nix::unistd::lseek(file, start, nix::unistd::Whence::SeekData) {
+        Ok(d) => u64::try_from(d).unwrap_or(off).max(off),
+        Err(nix::errno::Errno::ENXIO) => u64::MAX,
+        Err(_) => off,
     }
-    let data_start = off + u64::from(hole) * PAGE as u64;
-    let Ok(from) = i64::try_from(data_start) else {
-        return (hole, count - hole);
-    };
-    let end = match lseek(file, from, Whence::SeekHole) {
-        Ok(h) => h as u64,
-        Err(_) => return (hole, count - hole),
-    };
-    // At least the page holding `data` (a hole may begin mid-page).
-    let data_pages = pages(end.saturating_sub(data_start).next_multiple_of(PAGE as u64)).max(1);
-    (hole, data_pages.min(count - hole))
 }
 
 /// Where guest RAM from `gpa` for `len` bytes lies in its file: the file
@@ -396,13 +392,17 @@ impl PageDecoder {
                 }
             }
         }
-        mem.write_slice(buf, GuestAddress(gpa))
-            .map_err(access(gpa))
+        mem.write_slice(buf, GuestAddress(gpa)).map_err(access(gpa))
     }
 
     /// Makes the `count` pages from `gpa` zero; pages already zero are
     /// not written.
-    pub fn zero_pages(&mut self, mem: &GuestMemoryMmap, gpa: u64, count: u32) -> Result<(), RamError> {
+    pub fn zero_pages(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        gpa: u64,
+        count: u32,
+    ) -> Result<(), RamError> {
         let len = count as usize * PAGE;
         let buf = self
             .buf
@@ -433,7 +433,12 @@ impl PageDecoder {
 
     /// Applies the XBZRLE `delta` (checked whole before the page is
     /// written) to the page at `gpa`.
-    pub fn xbzrle(&mut self, mem: &GuestMemoryMmap, gpa: u64, delta: &[u8]) -> Result<(), RamError> {
+    pub fn xbzrle(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        gpa: u64,
+        delta: &[u8],
+    ) -> Result<(), RamError> {
         let mut target = [0u8; PAGE];
         mem.read_slice(&mut target, GuestAddress(gpa))
             .map_err(access(gpa))?;
@@ -541,9 +546,9 @@ mod tests {
     #[test]
     fn a_run_goes_out_as_zero_and_page_records_and_arrives_whole() {
         let src = mem();
-        // Pages 0, 1 and 4 written with zeros, 2, 3 and 5 with data, 6
-        // and 7 never written (a hole).
-        for n in [0u64, 1, 4] {
+        // Pages 0 and 1 never written (a hole), 4, 6 and 7 written with
+        // zeros, 2, 3 and 5 with data.
+        for n in [4u64, 6, 7] {
             src.write_slice(&[0u8; PAGE], GuestAddress(n * PAGE as u64))
                 .unwrap();
         }
@@ -562,8 +567,11 @@ mod tests {
                 ..Default::default()
             }
         );
-        // The hole was not read (reading it would have filled it).
-        assert!(!has_data(&src, 6) && !has_data(&src, 7));
+        // A run all in the hole past the data.
+        let sent = e.encode_run(&mut w, &src, 16 * PAGE as u64, 8).unwrap();
+        assert_eq!(sent.zero, 8);
+        // The holes were not read (reading them would have filled them).
+        assert!(!has_data(&src, 0) && !has_data(&src, 1) && !has_data(&src, 16));
         let stream = std::mem::take(w.get_mut());
         for dst in [mem(), anonymous()] {
             // Junk where zero pages go: cleared.
@@ -589,6 +597,10 @@ mod tests {
                     Record::ZeroPages {
                         gpa: 0x6000,
                         count: 2
+                    },
+                    Record::ZeroPages {
+                        gpa: 0x10000,
+                        count: 8
                     },
                 ]
             );
@@ -672,7 +684,8 @@ mod tests {
                 ..Default::default()
             }
         );
-        src.write_slice(&[4u8], GuestAddress(PAGE as u64 + 10)).unwrap();
+        src.write_slice(&[4u8], GuestAddress(PAGE as u64 + 10))
+            .unwrap();
         e.begin_pass(3);
         assert_eq!(
             e.encode_run(&mut w, &src, 0, 2).unwrap(),
