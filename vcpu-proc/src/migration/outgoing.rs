@@ -33,7 +33,9 @@ use super::wire::{self, WireOut};
 use super::{lock, Shared};
 use crate::memory::GuestMemoryMmap;
 use crate::runstate::Input;
+use crate::state::StateError;
 use crate::virtio::dirty_log::VhostLog;
+use crate::virtio::suspend::SuspendError;
 
 /// QEMU's rate-limit window (the throughput, `mbps` and
 /// `pages-per-second`, is measured over it too).
@@ -41,6 +43,8 @@ const WINDOW: Duration = Duration::from_millis(100);
 /// Bytes the stream's small records are buffered in (runs of pages go
 /// from guest RAM to the fd).
 const BUFFER: usize = 256 << 10;
+/// How long the switchover waits for a device's backend to come back.
+const RECONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Bytes sent between two updates of the statistics (and of the
 /// parameters the thread reads).
 const UPDATE_EVERY: u64 = 1 << 20;
@@ -489,7 +493,7 @@ impl Source {
         // The device state first: capturing it stops the devices' rings,
         // so every backend write to RAM is in the log before the last
         // sync takes it.
-        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
+        let state = self.save_state()?;
         self.sync_dirty(&log, &mut dirty, &mut epoch)?;
         log.stop().map_err(|e| fail(&e))?;
         self.encoder.last_stage();
@@ -512,6 +516,26 @@ impl Source {
             s.ram.mbps = s.ram.transferred as f64 * 8.0 / transfer_ms as f64 / 1000.0;
         });
         Ok(())
+    }
+
+    /// The device state; a device whose backend is being reconnected (a
+    /// block-proc or net-proc killed just before) is waited for, up to
+    /// [`RECONNECT_WAIT`].
+    fn save_state(&self) -> Result<Vec<u8>, Stop> {
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        loop {
+            match crate::state::save(lock(&self.controller).vm()) {
+                Ok(state) => return Ok(state),
+                Err(StateError::Virtio(SuspendError::Disconnected(_)))
+                    if Instant::now() < deadline =>
+                {
+                    if self.ctl.sleep(Duration::from_millis(20)) {
+                        return Err(Stop::Cancelled);
+                    }
+                }
+                Err(e) => return Err(fail(&e)),
+            }
+        }
     }
 
     /// Adds the pages written since the last sync to `dirty`; all RAM

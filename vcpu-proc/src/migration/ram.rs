@@ -142,10 +142,11 @@ pub struct PageEncoder {
     delta: Vec<u8>,
     /// A page copied out of guest RAM for XBZRLE.
     page: Vec<u8>,
-    /// The RAM file's next data at or after the last run looked up (its
-    /// fd, the offset): runs before it are a hole, without a syscall.
-    /// Forgotten at each pass.
-    data_at: Option<(RawFd, u64)>,
+    /// The last hole looked up in the RAM file: its fd, where the lookup
+    /// started and the next data from there. A run between the two is in
+    /// the hole, without a syscall. Forgotten at each pass and at the
+    /// last stage (holes may have been filled since).
+    hole: Option<(RawFd, u64, u64)>,
 }
 
 impl PageEncoder {
@@ -164,14 +165,14 @@ impl PageEncoder {
             xbzrle,
             delta: Vec::new(),
             page: vec![0; PAGE],
-            data_at: None,
+            hole: None,
         })
     }
 
     /// Pass `n` begins (XBZRLE's cache generation; holes may have been
     /// filled since the last).
     pub fn begin_pass(&mut self, n: u64) {
-        self.data_at = None;
+        self.hole = None;
         if let Some(x) = self.xbzrle.as_mut() {
             x.begin_pass(n);
         }
@@ -180,6 +181,7 @@ impl PageEncoder {
     /// The guest is stopped: the last pages go out, the cache is no
     /// longer updated.
     pub fn last_stage(&mut self) {
+        self.hole = None;
         if let Some(x) = self.xbzrle.as_mut() {
             x.last_stage();
         }
@@ -202,11 +204,11 @@ impl PageEncoder {
     /// Pages of a hole in `file` at `off`, up to `count`.
     fn hole_pages(&mut self, file: &File, off: u64, count: u32) -> u32 {
         let fd = file.as_raw_fd();
-        let data = match self.data_at {
-            Some((f, d)) if f == fd && d >= off => d,
+        let data = match self.hole {
+            Some((f, from, d)) if f == fd && (from..=d).contains(&off) => d,
             _ => {
                 let d = next_data(file, off);
-                self.data_at = Some((fd, d));
+                self.hole = Some((fd, off, d));
                 d
             }
         };
@@ -610,6 +612,35 @@ mod tests {
             src.read_slice(&mut want, GuestAddress(0)).unwrap();
             assert!(back == want);
         }
+    }
+
+    #[test]
+    fn a_hole_filled_since_it_was_looked_up_is_sent_at_the_next_pass_or_last_stage() {
+        let src = mem();
+        let mut e = PageEncoder::new(&params(false), 1 << 20).unwrap();
+        let mut w = StreamWriter::start(Vec::new(), &header()).unwrap();
+        let zero = |n| RunSent {
+            zero: n,
+            ..Default::default()
+        };
+        let whole = |n| RunSent {
+            whole: n,
+            ..Default::default()
+        };
+        e.begin_pass(1);
+        // All RAM a hole; then the guest writes pages 2 and 40.
+        assert_eq!(e.encode_run(&mut w, &src, 0x10000, 4).unwrap(), zero(4));
+        src.write_slice(&[1u8; PAGE], GuestAddress(0x2000)).unwrap();
+        src.write_slice(&[1u8; PAGE], GuestAddress(0x28000))
+            .unwrap();
+        // Behind the lookup: looked up again.
+        assert_eq!(e.encode_run(&mut w, &src, 0x2000, 1).unwrap(), whole(1));
+        e.last_stage();
+        assert_eq!(e.encode_run(&mut w, &src, 0x28000, 1).unwrap(), whole(1));
+        src.write_slice(&[1u8; PAGE], GuestAddress(0x30000))
+            .unwrap();
+        e.begin_pass(2);
+        assert_eq!(e.encode_run(&mut w, &src, 0x30000, 1).unwrap(), whole(1));
     }
 
     #[test]
