@@ -152,12 +152,12 @@ impl Migrations {
                 }
                 Ok(VcpuReply::Done)
             }
-            MigrationRequest::Query => Ok(VcpuReply::Migration(
+            MigrationRequest::Query => Ok(VcpuReply::Migration(Box::new(
                 self.current()
                     .progress
                     .as_ref()
                     .map_or_else(idle_stats, |p| p.snapshot()),
-            )),
+            ))),
         }
     }
 }

@@ -113,7 +113,7 @@ impl Side {
 
     fn stats(&self) -> MigrationStats {
         match self.serve(MigrationRequest::Query, Vec::new()) {
-            Ok(VcpuReply::Migration(s)) => s,
+            Ok(VcpuReply::Migration(s)) => *s,
             other => panic!("query: {other:?}"),
         }
     }
