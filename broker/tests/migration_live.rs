@@ -22,10 +22,6 @@ use serde_json::{json, Value};
 /// A broker running the `timer` guest with 64 MiB, its serial output in
 /// `dir/NAME.log`.
 fn timer_vm(dir: &Path, name: &str, extra: &[&str]) -> (Bulkhead, SerialLog) {
-    timer_vm_with(dir, name, "64M", extra)
-}
-
-fn timer_vm_with(dir: &Path, name: &str, mem: &str, extra: &[&str]) -> (Bulkhead, SerialLog) {
     let log = SerialLog(dir.join(format!("{name}.log")));
     let serial = format!("file:{}", log.0.display());
     let kernel = guest("timer");
@@ -35,10 +31,39 @@ fn timer_vm_with(dir: &Path, name: &str, mem: &str, extra: &[&str]) -> (Bulkhead
         "-serial",
         serial.as_str(),
         "-m",
-        mem,
+        "64M",
     ];
     args.extend_from_slice(extra);
     (Bulkhead::start(&args), log)
+}
+
+/// `-object`/`-machine` for 64 MiB of RAM in a file of `dir` whose upper
+/// half (above the `timer` guest) holds data: 32 MiB of stream, more than
+/// the socket's buffers, so a peer that stalls keeps the migration in its
+/// first pass (zero pages cost a few bytes per run of them).
+fn busy_ram(dir: &Path) -> [String; 4] {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("ram");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(&vec![0x5a; 32 << 20], 32 << 20).unwrap();
+    [
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=ram,size=64M,mem-path={},share=on",
+            path.display()
+        ),
+        "-machine".into(),
+        "microvm,memory-backend=ram".into(),
+    ]
+}
+
+/// A stopped (`-S`) `timer` guest over [`busy_ram`].
+fn busy_timer_vm(dir: &Path) -> (Bulkhead, SerialLog) {
+    let ram = busy_ram(dir);
+    let mut extra = vec!["-S"];
+    extra.extend(ram.iter().map(String::as_str));
+    timer_vm(dir, "src", &extra)
 }
 
 /// Moves a `timer` guest stopped mid-run from a source to a target
@@ -71,6 +96,22 @@ fn migrate_timer_guest(incoming: &str, uri: impl Fn(&mut Qmp) -> String) {
         "{info}"
     );
     assert!(info.get("expected-downtime").is_none(), "{info}");
+    // What went out before the switchover (pass 1 at least) and the RAM
+    // sent in the downtime (at least the end of RAM) hold every page sent
+    // whole; the device state is in neither.
+    let ram = &info["ram"];
+    let n = |k: &str| ram[k].as_u64().unwrap_or_else(|| panic!("{k}: {info}"));
+    assert!(n("precopy-bytes") > 0 && n("downtime-bytes") >= 1, "{info}");
+    assert!(
+        n("precopy-bytes") + n("downtime-bytes") > n("normal-bytes"),
+        "{info}"
+    );
+    assert!(
+        n("precopy-bytes") + n("downtime-bytes") < n("transferred"),
+        "{info}"
+    );
+    assert!(ram["pages-per-second"].is_u64(), "{info}");
+    assert_eq!(n("postcopy-bytes"), 0, "{info}");
     let di = wait_migration(&mut d, &["completed"]);
     assert_eq!(di, json!({"status": "completed"}));
     wait_status(&mut d, "paused");
@@ -184,9 +225,7 @@ fn stalling_peer(path: &Path, limit: usize) -> std::sync::mpsc::Sender<()> {
 #[test]
 fn migrate_cancel_mid_way_leaves_the_source_running() {
     let dir = TempDir::new();
-    // 256 MiB: its zero pages alone outgrow the socket's buffers, so the
-    // stalled migration stays in its first pass.
-    let (src, src_log) = timer_vm_with(&dir.0, "src", "256M", &["-S"]);
+    let (src, src_log) = busy_timer_vm(&dir.0);
     let mut s = src.client();
     let path = dir.0.join("stall.sock");
     let _peer = stalling_peer(&path, 64 << 10);
@@ -198,6 +237,13 @@ fn migrate_cancel_mid_way_leaves_the_source_running() {
     let info = wait_migration(&mut s, &["active"]);
     assert!(info["ram"]["transferred"].is_u64(), "{info}");
     assert!(info["expected-downtime"].is_u64(), "{info}");
+    // Still pre-copying: every byte so far went out while the guest could
+    // run, none in a downtime.
+    assert_eq!(info["ram"]["downtime-bytes"], 0, "{info}");
+    assert_eq!(
+        info["ram"]["precopy-bytes"], info["ram"]["transferred"],
+        "{info}"
+    );
     // One at a time, as QEMU.
     let again = s.execute("migrate", json!({"uri": uri}));
     assert_eq!(
@@ -219,7 +265,7 @@ fn migrate_cancel_mid_way_leaves_the_source_running() {
 #[test]
 fn a_target_that_hangs_up_mid_way_fails_the_migration_and_the_source_runs_on() {
     let dir = TempDir::new();
-    let (src, src_log) = timer_vm_with(&dir.0, "src", "256M", &["-S"]);
+    let (src, src_log) = busy_timer_vm(&dir.0);
     let mut s = src.client();
     let path = dir.0.join("stall.sock");
     let hang_up = stalling_peer(&path, 64 << 10);

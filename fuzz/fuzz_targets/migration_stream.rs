@@ -22,8 +22,15 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         match &rec {
-            Record::ZeroPage { gpa } => w.zero_page(*gpa),
-            Record::Page { gpa } => w.page(*gpa, &page),
+            Record::ZeroPages { gpa, count } => w.zero_pages(*gpa, *count),
+            Record::Pages { gpa, count } => {
+                // At most MAX_RUN pages, checked by the reader.
+                let mut bytes = vec![0u8; *count as usize * page.len()];
+                if r.read_pages(&mut bytes).is_err() {
+                    return;
+                }
+                w.pages(*gpa, &bytes)
+            }
             Record::Xbzrle { gpa, len } => w.xbzrle(*gpa, &page[..*len]),
             Record::Pass { count } => w.pass(*count),
             Record::EndOfRam => w.end_of_ram(),

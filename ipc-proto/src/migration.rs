@@ -150,6 +150,14 @@ pub struct RamStats {
     pub dirty_sync_count: u64,
     /// Page size.
     pub page_size: u64,
+    /// Pages sent per second (zero, whole and XBZRLE) over the last
+    /// 100 ms window.
+    pub pages_per_second: u64,
+    /// Stream bytes sent while the guest ran (QEMU's `precopy-bytes`).
+    pub precopy_bytes: u64,
+    /// RAM bytes sent while the guest was stopped for the switchover
+    /// (QEMU's `downtime-bytes`; the device state is not counted).
+    pub downtime_bytes: u64,
 }
 
 /// XBZRLE statistics (`query-migrate`'s `xbzrle-cache`).

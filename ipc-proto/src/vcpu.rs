@@ -467,8 +467,9 @@ pub enum VcpuReply {
         /// Bytes written.
         completed: u64,
     },
-    /// Answer to [`crate::migration::MigrationRequest::Query`].
-    Migration(crate::migration::MigrationStats),
+    /// Answer to [`crate::migration::MigrationRequest::Query`] (boxed:
+    /// the largest reply by far).
+    Migration(Box<crate::migration::MigrationStats>),
 }
 
 /// Events vcpu-proc reports; the broker turns them into QMP events.

@@ -275,7 +275,11 @@ pub const VCPU: &[Rule] = &[
     any(libc::SYS_timerfd_settime, "PIT/RTC timers"),
     any(
         libc::SYS_pread64,
-        "reading kernel/initrd fds into guest memory",
+        "reading kernel/initrd fds into guest memory; incoming migration checks zero pages in the RAM memfd",
+    ),
+    any(
+        libc::SYS_pwrite64,
+        "incoming migration writes pages into the RAM memfd (no page fault on the mapping)",
     ),
     any(
         libc::SYS_setsockopt,

@@ -8,13 +8,18 @@
 //! A stream is untrusted input: [`StreamReader`] checks every length and
 //! address before it uses one, never allocates more than the bytes that
 //! actually arrived (plus one chunk), and enforces the record order.
+//!
+//! Runs of pages go as one record each ([`Record::Pages`],
+//! [`Record::ZeroPages`]): the source writes a run's bytes straight from
+//! guest RAM ([`StreamWriter::pages_with`]) and the target reads them
+//! straight into it ([`StreamReader::read_pages_with`]), without a copy.
 
 use std::io::{Read, Write};
 
 /// The first bytes of every stream.
 pub const MAGIC: [u8; 8] = *b"BHMIGSTR";
 /// The stream format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Header flag: the source waits for [`ACK`] once the target loaded the
 /// device state (set when the stream is a socket, which has a way back).
 pub const FLAG_ACK: u32 = 1;
@@ -26,9 +31,12 @@ pub const MAX_REGIONS: u32 = 16;
 pub const MAX_DEVICE_STATE: u64 = 64 << 20;
 /// Page sizes a header may declare.
 pub const PAGE_SIZES: [u32; 1] = [4096];
+/// The most pages one page or zero-page record holds (1 MiB of 4 KiB
+/// pages).
+pub const MAX_RUN: u32 = 256;
 
-const KIND_ZERO_PAGE: u8 = 1;
-const KIND_PAGE: u8 = 2;
+const KIND_ZERO_PAGES: u8 = 1;
+const KIND_PAGES: u8 = 2;
 const KIND_XBZRLE: u8 = 3;
 const KIND_PASS: u8 = 4;
 const KIND_END_OF_RAM: u8 = 5;
@@ -104,15 +112,38 @@ pub enum StreamError {
         /// Stream offset.
         offset: u64,
     },
-    /// A page address that is unaligned or outside guest RAM.
+    /// A page address that is unaligned, or a run of pages not inside
+    /// one region of guest RAM.
     #[error(
-        "migration stream page {gpa:#x} is not an aligned page of guest RAM (at byte {offset})"
+        "migration stream pages {gpa:#x}+{pages} are not aligned pages of one guest RAM region (at byte {offset})"
     )]
     PageOutside {
         /// The address.
         gpa: u64,
+        /// Pages from there.
+        pages: u32,
         /// Stream offset.
         offset: u64,
+    },
+    /// A run of pages of impossible length.
+    #[error("migration stream run of {count} pages (1..={MAX_RUN} allowed) at byte {offset}")]
+    RunLength {
+        /// The length.
+        count: u32,
+        /// Stream offset.
+        offset: u64,
+    },
+    /// The bytes of the last page record were not read before the next
+    /// record (caller bug).
+    #[error("the {0} page bytes of the last record were not read")]
+    PagesPending(u64),
+    /// No page bytes are due, or not that many (caller bug).
+    #[error("{have} page bytes were offered where {want} are due")]
+    PagesLength {
+        /// Bytes offered.
+        have: u64,
+        /// Bytes due.
+        want: u64,
     },
     /// An XBZRLE delta of impossible length.
     #[error("migration stream XBZRLE delta of {len} bytes (1..=page size allowed)")]
@@ -201,12 +232,18 @@ impl Layout {
 
     /// True when `gpa` starts a whole page inside one region.
     pub fn holds_page(&self, gpa: u64) -> bool {
+        self.holds_run(gpa, 1)
+    }
+
+    /// True when `gpa` starts `pages` whole pages inside one region.
+    pub fn holds_run(&self, gpa: u64, pages: u32) -> bool {
         let ps = u64::from(self.page_size);
+        let len = u64::from(pages) * ps;
         gpa.is_multiple_of(ps)
             && self
                 .regions
                 .iter()
-                .any(|r| gpa >= r.start && gpa - r.start < r.len && r.len - (gpa - r.start) >= ps)
+                .any(|r| gpa >= r.start && gpa - r.start < r.len && r.len - (gpa - r.start) >= len)
     }
 
     /// Total bytes of RAM.
@@ -234,15 +271,21 @@ impl Header {
 /// One record after the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// The page at `gpa` is all zeros.
-    ZeroPage {
-        /// Guest-physical address.
+    /// The `count` pages from `gpa` are all zeros.
+    ZeroPages {
+        /// Guest-physical address of the first.
         gpa: u64,
+        /// Pages (1..=[`MAX_RUN`], inside one region).
+        count: u32,
     },
-    /// The page at `gpa`; its bytes are in the reader's page buffer.
-    Page {
-        /// Guest-physical address.
+    /// The `count` pages from `gpa`; their bytes follow and must be read
+    /// ([`StreamReader::read_pages`] or [`StreamReader::read_pages_with`])
+    /// before the next record.
+    Pages {
+        /// Guest-physical address of the first.
         gpa: u64,
+        /// Pages (1..=[`MAX_RUN`], inside one region).
+        count: u32,
     },
     /// An XBZRLE delta against the page the target holds at `gpa`; its
     /// `len` bytes are at the start of the reader's page buffer.
@@ -269,8 +312,8 @@ impl Record {
     /// The record's name (for errors of its consumer).
     pub fn name(&self) -> &'static str {
         match self {
-            Record::ZeroPage { .. } => "zero page",
-            Record::Page { .. } => "page",
+            Record::ZeroPages { .. } => "zero pages",
+            Record::Pages { .. } => "pages",
             Record::Xbzrle { .. } => "xbzrle page",
             Record::Pass { .. } => "pass",
             Record::EndOfRam => "end of RAM",
@@ -305,6 +348,7 @@ impl Phase {
 pub struct StreamWriter<W> {
     inner: W,
     written: u64,
+    page_size: u64,
 }
 
 impl<W: Write> StreamWriter<W> {
@@ -325,6 +369,7 @@ impl<W: Write> StreamWriter<W> {
         Ok(StreamWriter {
             inner,
             written: h.len() as u64,
+            page_size: u64::from(header.layout.page_size),
         })
     }
 
@@ -336,14 +381,50 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
-    /// A zero page.
-    pub fn zero_page(&mut self, gpa: u64) -> Result<()> {
-        self.put(&[&[KIND_ZERO_PAGE], &gpa.to_le_bytes()])
+    /// `count` zero pages from `gpa` (1..=[`MAX_RUN`]).
+    pub fn zero_pages(&mut self, gpa: u64, count: u32) -> Result<()> {
+        run_length(count, self.written)?;
+        self.put(&[&[KIND_ZERO_PAGES], &gpa.to_le_bytes(), &count.to_le_bytes()])
     }
 
-    /// A whole page.
-    pub fn page(&mut self, gpa: u64, bytes: &[u8]) -> Result<()> {
-        self.put(&[&[KIND_PAGE], &gpa.to_le_bytes(), bytes])
+    /// Whole pages from `gpa`: `bytes` holds 1..=[`MAX_RUN`] of them.
+    pub fn pages(&mut self, gpa: u64, bytes: &[u8]) -> Result<()> {
+        let count = self.count_of(bytes.len() as u64)?;
+        self.put(&[
+            &[KIND_PAGES],
+            &gpa.to_le_bytes(),
+            &count.to_le_bytes(),
+            bytes,
+        ])
+    }
+
+    /// `count` whole pages from `gpa` (1..=[`MAX_RUN`]), their bytes
+    /// written by `payload`, which gets the inner writer and must write
+    /// exactly that many (`count` × page size) bytes to it: the source
+    /// hands them from guest RAM to the fd without a copy.
+    pub fn pages_with<F>(&mut self, gpa: u64, count: u32, payload: F) -> Result<()>
+    where
+        F: FnOnce(&mut W, usize) -> std::io::Result<()>,
+    {
+        run_length(count, self.written)?;
+        self.put(&[&[KIND_PAGES], &gpa.to_le_bytes(), &count.to_le_bytes()])?;
+        let len = u64::from(count) * self.page_size;
+        payload(&mut self.inner, len as usize).map_err(StreamError::Io)?;
+        self.written += len;
+        Ok(())
+    }
+
+    /// The page count of `len` bytes of whole pages.
+    fn count_of(&self, len: u64) -> Result<u32> {
+        let count = u32::try_from(len / self.page_size).unwrap_or(u32::MAX);
+        if !len.is_multiple_of(self.page_size) {
+            return Err(StreamError::PagesLength {
+                have: len,
+                want: u64::from(count) * self.page_size,
+            });
+        }
+        run_length(count, self.written)?;
+        Ok(count)
     }
 
     /// An XBZRLE delta (1..=page size bytes).
@@ -398,6 +479,15 @@ impl<W: Write> StreamWriter<W> {
     }
 }
 
+/// Checks a run's page count on the writer's side (the record would
+/// start at `offset`).
+fn run_length(count: u32, offset: u64) -> Result<()> {
+    if count == 0 || count > MAX_RUN {
+        return Err(StreamError::RunLength { count, offset });
+    }
+    Ok(())
+}
+
 /// Reads and checks a stream.
 #[derive(Debug)]
 pub struct StreamReader<R> {
@@ -405,6 +495,8 @@ pub struct StreamReader<R> {
     header: Header,
     phase: Phase,
     offset: u64,
+    /// Bytes of the last [`Record::Pages`] not read yet.
+    pending: u64,
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &'static str, offset: u64) -> Result<()> {
@@ -456,6 +548,7 @@ impl<R: Read> StreamReader<R> {
             header: Header { flags, layout },
             phase: Phase::Ram,
             offset,
+            pending: 0,
         })
     }
 
@@ -489,13 +582,71 @@ impl<R: Read> StreamReader<R> {
     fn gpa(&mut self, at: u64) -> Result<u64> {
         let gpa = self.u64("a page address")?;
         if !self.header.layout.holds_page(gpa) {
-            return Err(StreamError::PageOutside { gpa, offset: at });
+            return Err(StreamError::PageOutside {
+                gpa,
+                pages: 1,
+                offset: at,
+            });
         }
         Ok(gpa)
     }
 
-    /// Reads the next record; a page's bytes (or a delta's) go to the
-    /// start of `page`, which must hold a whole page.
+    /// A run's address and page count, checked against the layout.
+    fn run(&mut self, at: u64) -> Result<(u64, u32)> {
+        let gpa = self.u64("a page address")?;
+        let mut c = [0u8; 4];
+        self.bytes(&mut c, "a page count")?;
+        let count = u32::from_le_bytes(c);
+        if count == 0 || count > MAX_RUN {
+            return Err(StreamError::RunLength { count, offset: at });
+        }
+        if !self.header.layout.holds_run(gpa, count) {
+            return Err(StreamError::PageOutside {
+                gpa,
+                pages: count,
+                offset: at,
+            });
+        }
+        Ok((gpa, count))
+    }
+
+    /// Reads the bytes of the last [`Record::Pages`] into `dst`, which
+    /// must be exactly their length.
+    pub fn read_pages(&mut self, dst: &mut [u8]) -> Result<()> {
+        self.read_pages_with(dst.len(), |r, _| r.read_exact(dst))
+    }
+
+    /// Reads the `len` bytes of the last [`Record::Pages`] with `read`,
+    /// which gets the inner reader and must read exactly `len` bytes from
+    /// it (the target reads them straight into guest RAM); `len` must be
+    /// their length.
+    pub fn read_pages_with<F>(&mut self, len: usize, read: F) -> Result<()>
+    where
+        F: FnOnce(&mut R, usize) -> std::io::Result<()>,
+    {
+        let want = self.pending;
+        if len as u64 != want || want == 0 {
+            return Err(StreamError::PagesLength {
+                have: len as u64,
+                want,
+            });
+        }
+        let offset = self.offset;
+        read(&mut self.inner, len).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => StreamError::Truncated {
+                what: "the pages",
+                offset,
+            },
+            _ => StreamError::Io(e),
+        })?;
+        self.offset += want;
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// Reads the next record; an XBZRLE delta goes to the start of
+    /// `page`, which must hold a whole page. The bytes of a
+    /// [`Record::Pages`] are left for [`Self::read_pages`].
     pub fn next(&mut self, page: &mut [u8]) -> Result<Record> {
         let ps = self.header.layout.page_size as usize;
         if page.len() < ps {
@@ -503,6 +654,9 @@ impl<R: Read> StreamReader<R> {
                 have: page.len(),
                 want: ps,
             });
+        }
+        if self.pending != 0 {
+            return Err(StreamError::PagesPending(self.pending));
         }
         let at = self.offset;
         let mut kind = [0u8; 1];
@@ -514,17 +668,20 @@ impl<R: Read> StreamReader<R> {
             offset: at,
         };
         let record = match kind[0] {
-            KIND_ZERO_PAGE | KIND_PAGE | KIND_XBZRLE | KIND_PASS if phase != Phase::Ram => {
+            KIND_ZERO_PAGES | KIND_PAGES | KIND_XBZRLE | KIND_PASS if phase != Phase::Ram => {
                 return Err(order(match kind[0] {
                     KIND_PASS => "pass",
                     _ => "page",
                 }));
             }
-            KIND_ZERO_PAGE => Record::ZeroPage { gpa: self.gpa(at)? },
-            KIND_PAGE => {
-                let gpa = self.gpa(at)?;
-                self.bytes(&mut page[..ps], "a page")?;
-                Record::Page { gpa }
+            KIND_ZERO_PAGES => {
+                let (gpa, count) = self.run(at)?;
+                Record::ZeroPages { gpa, count }
+            }
+            KIND_PAGES => {
+                let (gpa, count) = self.run(at)?;
+                self.pending = u64::from(count) * ps as u64;
+                Record::Pages { gpa, count }
             }
             KIND_XBZRLE => {
                 let gpa = self.gpa(at)?;

@@ -28,14 +28,30 @@ fn header() -> Header {
     }
 }
 
-/// A complete stream: every record kind once (XBZRLE too).
+/// The byte every page of a [`Record::Pages`] in `sample()` holds.
+fn fill(gpa: u64) -> u8 {
+    match gpa {
+        0x2000 => 0xab,
+        0x4000 => 0x11,
+        _ => 0x5a,
+    }
+}
+
+/// A complete stream: every record kind once (XBZRLE too), runs of one
+/// and of several pages.
 fn sample() -> Vec<u8> {
     let mut w = StreamWriter::start(Vec::new(), &header()).unwrap();
     w.pass(1).unwrap();
-    w.zero_page(0x1000).unwrap();
-    w.page(0x2000, &[0xab; PS]).unwrap();
-    w.page((1 << 32) + 0x1000, &[0x5a; PS]).unwrap();
+    w.zero_pages(0x1000, 1).unwrap();
+    w.pages(0x2000, &[0xab; PS]).unwrap();
+    w.pages((1 << 32) + 0x1000, &[0x5a; PS]).unwrap();
     w.xbzrle(0x3000, &[1, 2, 3]).unwrap();
+    w.pages_with(0x4000, 3, |v: &mut Vec<u8>, len| {
+        v.extend(std::iter::repeat_n(0x11, len));
+        Ok(())
+    })
+    .unwrap();
+    w.zero_pages(0x8000, 8).unwrap();
     w.pass(2).unwrap();
     w.end_of_ram().unwrap();
     w.device_state(b"state bytes").unwrap();
@@ -50,10 +66,10 @@ fn read_all(bytes: &[u8]) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     loop {
         let rec = r.next(&mut page)?;
-        if let Record::Page { gpa } = rec {
-            assert!(page
-                .iter()
-                .all(|&b| b == if gpa == 0x2000 { 0xab } else { 0x5a }));
+        if let Record::Pages { gpa, count } = rec {
+            let mut bytes = vec![0u8; count as usize * PS];
+            r.read_pages(&mut bytes)?;
+            assert!(bytes.iter().all(|&b| b == fill(gpa)));
         }
         let end = rec == Record::End;
         out.push(rec);
@@ -73,14 +89,29 @@ fn a_stream_round_trips_record_by_record() {
         read_all(&bytes).unwrap(),
         vec![
             Record::Pass { count: 1 },
-            Record::ZeroPage { gpa: 0x1000 },
-            Record::Page { gpa: 0x2000 },
-            Record::Page {
-                gpa: (1 << 32) + 0x1000
+            Record::ZeroPages {
+                gpa: 0x1000,
+                count: 1
+            },
+            Record::Pages {
+                gpa: 0x2000,
+                count: 1
+            },
+            Record::Pages {
+                gpa: (1 << 32) + 0x1000,
+                count: 1
             },
             Record::Xbzrle {
                 gpa: 0x3000,
                 len: 3
+            },
+            Record::Pages {
+                gpa: 0x4000,
+                count: 3
+            },
+            Record::ZeroPages {
+                gpa: 0x8000,
+                count: 8
             },
             Record::Pass { count: 2 },
             Record::EndOfRam,
@@ -111,8 +142,8 @@ fn bad_headers_are_refused_with_their_reason() {
     };
     assert!(matches!(patch(0, b"X"), Err(StreamError::Magic)));
     assert!(matches!(
-        patch(8, &2u32.to_le_bytes()),
-        Err(StreamError::Version(2))
+        patch(8, &1u32.to_le_bytes()),
+        Err(StreamError::Version(1))
     ));
     assert!(matches!(
         patch(12, &3u32.to_le_bytes()),
@@ -150,7 +181,7 @@ fn bad_headers_are_refused_with_their_reason() {
     ));
     assert_eq!(
         patch(8, &9u32.to_le_bytes()).unwrap_err().to_string(),
-        "migration stream format version 9 is not supported (this build reads 1)"
+        "migration stream format version 9 is not supported (this build reads 2)"
     );
 }
 
@@ -163,10 +194,21 @@ fn with_records(records: &[u8]) -> Vec<u8> {
     b
 }
 
-fn page_record(kind: u8, gpa: u64) -> Vec<u8> {
+/// A record of `kind` at `gpa`: a run of `count` pages (with their
+/// bytes for a page record), an XBZRLE delta of one byte.
+fn page_record(kind: u8, gpa: u64, count: u32) -> Vec<u8> {
     let mut b = vec![kind];
     b.extend_from_slice(&gpa.to_le_bytes());
-    b.extend_from_slice(&[0u8; PS]);
+    match kind {
+        KIND_XBZRLE => b.extend_from_slice(&1u32.to_le_bytes()),
+        _ => b.extend_from_slice(&count.to_le_bytes()),
+    }
+    let payload = match kind {
+        KIND_PAGES => count as usize * PS,
+        KIND_XBZRLE => 1,
+        _ => 0,
+    };
+    b.resize(b.len() + payload, 0);
     b
 }
 
@@ -180,14 +222,134 @@ fn pages_outside_guest_ram_or_unaligned_are_refused() {
         !0xfffu64,          // far away
         (1 << 32) + 0x1800, // unaligned in region 1
     ] {
-        for kind in [KIND_ZERO_PAGE, KIND_PAGE, KIND_XBZRLE] {
-            let err = read_all(&with_records(&page_record(kind, gpa))).unwrap_err();
+        for kind in [KIND_ZERO_PAGES, KIND_PAGES, KIND_XBZRLE] {
+            let err = read_all(&with_records(&page_record(kind, gpa, 1))).unwrap_err();
             assert!(
-                matches!(err, StreamError::PageOutside { gpa: g, offset } if g == gpa && offset == HEADER_LEN as u64),
+                matches!(err, StreamError::PageOutside { gpa: g, pages: 1, offset } if g == gpa && offset == HEADER_LEN as u64),
                 "{gpa:#x} kind {kind}: {err:?}"
             );
         }
     }
+}
+
+#[test]
+fn runs_past_their_region_or_of_bad_length_are_refused() {
+    // Region 0 is 16 pages from 0, region 1 two pages from 4 GiB.
+    for (gpa, count) in [
+        (0xf000, 2),             // one page past region 0
+        (0, 17),                 // all of region 0 and one more
+        ((1 << 32) + 0x1000, 2), // past region 1
+        ((1 << 32) - 0x1000, 3), // across the hole into region 1
+        (0x1000, MAX_RUN),       // long enough, but past region 0
+    ] {
+        for kind in [KIND_ZERO_PAGES, KIND_PAGES] {
+            let err = read_all(&with_records(&page_record(kind, gpa, count))).unwrap_err();
+            assert!(
+                matches!(err, StreamError::PageOutside { gpa: g, pages, .. } if g == gpa && pages == count),
+                "{gpa:#x}+{count} kind {kind}: {err:?}"
+            );
+        }
+    }
+    for count in [0, MAX_RUN + 1, u32::MAX] {
+        for kind in [KIND_ZERO_PAGES, KIND_PAGES] {
+            let mut r = vec![kind];
+            r.extend(0u64.to_le_bytes());
+            r.extend(count.to_le_bytes());
+            let err = read_all(&with_records(&r)).unwrap_err();
+            assert!(
+                matches!(err, StreamError::RunLength { count: c, offset } if c == count && offset == HEADER_LEN as u64),
+                "{count} kind {kind}: {err:?}"
+            );
+        }
+    }
+    // Whole runs inside a region are fine.
+    let mut ok = page_record(KIND_ZERO_PAGES, 0, 16);
+    ok.extend(page_record(KIND_PAGES, 1 << 32, 2));
+    ok.push(KIND_END_OF_RAM);
+    assert!(matches!(
+        read_all_lenient(&with_records(&ok)),
+        Err(StreamError::Truncated {
+            what: "a record kind",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn page_bytes_must_be_read_whole_before_the_next_record() {
+    let bytes = with_records(&page_record(KIND_PAGES, 0x2000, 2));
+    let mut r = StreamReader::open(&bytes[..]).unwrap();
+    let mut page = vec![0u8; PS];
+    assert_eq!(
+        r.next(&mut page).unwrap(),
+        Record::Pages {
+            gpa: 0x2000,
+            count: 2
+        }
+    );
+    // The next record before the bytes: refused.
+    assert!(matches!(
+        r.next(&mut page),
+        Err(StreamError::PagesPending(0x2000))
+    ));
+    // A buffer of the wrong size: refused, nothing read.
+    let mut short = vec![0u8; PS];
+    assert!(matches!(
+        r.read_pages(&mut short),
+        Err(StreamError::PagesLength {
+            have: 4096,
+            want: 8192
+        })
+    ));
+    let mut two = vec![1u8; 2 * PS];
+    r.read_pages(&mut two).unwrap();
+    assert!(two.iter().all(|&b| b == 0));
+    assert_eq!(r.offset(), bytes.len() as u64);
+    // Nothing is due any more.
+    assert!(matches!(
+        r.read_pages(&mut two),
+        Err(StreamError::PagesLength { want: 0, .. })
+    ));
+}
+
+#[test]
+fn a_run_cut_short_inside_its_bytes_is_truncated() {
+    let mut rec = page_record(KIND_PAGES, 0x2000, 4);
+    rec.truncate(rec.len() - 1);
+    let err = read_all(&with_records(&rec)).unwrap_err();
+    assert!(
+        matches!(err, StreamError::Truncated { what: "the pages", offset } if offset == HEADER_LEN as u64 + 13),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_writer_refuses_runs_no_reader_accepts() {
+    let mut w = StreamWriter::start(Vec::new(), &header()).unwrap();
+    let at = w.written();
+    assert!(matches!(
+        w.zero_pages(0, 0),
+        Err(StreamError::RunLength { count: 0, offset }) if offset == at
+    ));
+    assert!(matches!(
+        w.zero_pages(0, MAX_RUN + 1),
+        Err(StreamError::RunLength { .. })
+    ));
+    assert!(matches!(
+        w.pages(0, &[0u8; 100]),
+        Err(StreamError::PagesLength { have: 100, .. })
+    ));
+    assert!(matches!(
+        w.pages(0, &[]),
+        Err(StreamError::RunLength { count: 0, .. })
+    ));
+    assert!(matches!(
+        w.pages_with(0, MAX_RUN + 1, |_, _| Ok(())),
+        Err(StreamError::RunLength { .. })
+    ));
+    // Nothing of a refused record was written.
+    assert_eq!(w.written(), at);
+    assert_eq!(w.get_mut().len() as u64, at);
 }
 
 #[test]
@@ -203,7 +365,7 @@ fn unknown_records_are_refused() {
 #[test]
 fn records_out_of_order_are_refused() {
     let mut eor_then_page = vec![KIND_END_OF_RAM];
-    eor_then_page.extend(page_record(KIND_PAGE, 0));
+    eor_then_page.extend(page_record(KIND_PAGES, 0, 1));
     let mut pass_after_ram = vec![KIND_END_OF_RAM, KIND_PASS];
     pass_after_ram.extend(3u64.to_le_bytes());
     let mut state_twice = vec![KIND_END_OF_RAM, KIND_DEVICE_STATE];
@@ -321,6 +483,9 @@ fn read_all_lenient(bytes: &[u8]) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     loop {
         let rec = r.next(&mut page)?;
+        if let Record::Pages { count, .. } = rec {
+            r.read_pages(&mut vec![0u8; count as usize * PS])?;
+        }
         let end = rec == Record::End;
         out.push(rec);
         if end {

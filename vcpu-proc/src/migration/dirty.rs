@@ -54,6 +54,8 @@ pub fn layout(mem: &GuestMemoryMmap) -> Layout {
 pub struct DirtyPages {
     regions: Vec<(Region, Vec<u64>)>,
     count: u64,
+    /// Where [`Self::take_run`] looks first: (region, word).
+    cursor: (usize, usize),
 }
 
 impl DirtyPages {
@@ -66,6 +68,7 @@ impl DirtyPages {
                 .map(|r| (*r, vec![0u64; (r.len / PAGE).div_ceil(64) as usize]))
                 .collect(),
             count: 0,
+            cursor: (0, 0),
         }
     }
 
@@ -124,27 +127,63 @@ impl DirtyPages {
         }
     }
 
-    /// Removes and returns up to `max` pages (their addresses, ascending
-    /// within a region) into `out`; false when the set is empty.
-    pub fn take(&mut self, max: usize, out: &mut Vec<u64>) -> bool {
-        out.clear();
-        for (r, bits) in &mut self.regions {
-            for (w, word) in bits.iter_mut().enumerate() {
-                while *word != 0 && out.len() < max {
-                    let b = word.trailing_zeros();
-                    *word &= *word - 1;
-                    out.push(r.start + (w as u64 * 64 + u64::from(b)) * PAGE);
-                }
-                if out.len() >= max {
-                    break;
-                }
-            }
-            if out.len() >= max {
+    /// Removes and returns the next run of consecutive dirty pages, at
+    /// most `max` (at least 1) and never across regions, as its first
+    /// page's address and its length; None when the set is empty. Runs
+    /// come in ascending order from where the last one ended, wrapping
+    /// around to pages added behind it.
+    pub fn take_run(&mut self, max: u32) -> Option<(u64, u32)> {
+        if self.count == 0 {
+            return None;
+        }
+        let max = u64::from(max.max(1));
+        let (ri, wi) = self.find().or_else(|| {
+            self.cursor = (0, 0);
+            self.find()
+        })?;
+        let (r, bits) = &mut self.regions[ri];
+        let first = u64::from(bits[wi].trailing_zeros());
+        let start = wi as u64 * 64 + first;
+        let mut taken = 0u64;
+        let mut w = wi;
+        while w < bits.len() && taken < max {
+            let bit = (start + taken) % 64;
+            let ones = u64::from((!(bits[w] >> bit)).trailing_zeros()).min(64 - bit);
+            let n = ones.min(max - taken);
+            if n == 0 {
                 break;
             }
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            bits[w] &= !mask;
+            taken += n;
+            if bit + n < 64 {
+                break;
+            }
+            w += 1;
         }
-        self.count -= out.len() as u64;
-        !out.is_empty()
+        self.cursor = (ri, w.min(bits.len().saturating_sub(1)));
+        self.count -= taken;
+        Some((r.start + start * PAGE, taken as u32))
+    }
+
+    /// The first non-empty word from the cursor on.
+    fn find(&self) -> Option<(usize, usize)> {
+        let (r0, w0) = self.cursor;
+        self.regions
+            .iter()
+            .enumerate()
+            .skip(r0)
+            .find_map(|(ri, (_, bits))| {
+                let from = if ri == r0 { w0 } else { 0 };
+                bits.iter()
+                    .skip(from)
+                    .position(|&w| w != 0)
+                    .map(|i| (ri, from + i))
+            })
     }
 }
 
@@ -236,21 +275,52 @@ mod tests {
         }
     }
 
+    /// Every page of `d`'s runs, in order, and the runs.
+    fn drain(d: &mut DirtyPages, max: u32) -> (Vec<u64>, Vec<(u64, u32)>) {
+        let (mut pages, mut runs) = (Vec::new(), Vec::new());
+        while let Some((gpa, n)) = d.take_run(max) {
+            assert!((1..=max).contains(&n), "run of {n}");
+            pages.extend((0..u64::from(n)).map(|i| gpa + i * PAGE));
+            runs.push((gpa, n));
+        }
+        assert_eq!(d.count(), 0);
+        (pages, runs)
+    }
+
     #[test]
     fn all_pages_are_every_page_of_every_region_once() {
         let mut d = DirtyPages::all(&l());
         assert_eq!(d.count(), 103);
-        let mut got = Vec::new();
-        let mut out = Vec::new();
-        while d.take(7, &mut out) {
-            got.extend_from_slice(&out);
-        }
+        let (got, runs) = drain(&mut d, 7);
         assert_eq!(got.len(), 103);
         assert_eq!(got[99], 99 * PAGE);
         assert_eq!(
             got[100..],
             [1 << 32, (1 << 32) + PAGE, (1 << 32) + 2 * PAGE]
         );
+        // Runs of 7 that stop at the end of region 0 (100 = 14 * 7 + 2).
+        assert_eq!(runs.len(), 15 + 1);
+        assert_eq!(runs[14], (98 * PAGE, 2));
+        assert_eq!(runs[15], (1 << 32, 3));
+        // A run across word boundaries, longer than a word.
+        let mut d = DirtyPages::all(&l());
+        assert_eq!(d.take_run(90), Some((0, 90)));
+        assert_eq!(d.take_run(90), Some((90 * PAGE, 10)));
+    }
+
+    #[test]
+    fn runs_end_at_a_clean_page_and_wrap_to_pages_added_behind() {
+        let mut d = DirtyPages::empty(&l());
+        for p in [3, 4, 5, 63, 64, 65, 66, 90] {
+            d.mark(p * PAGE);
+        }
+        assert_eq!(d.take_run(256), Some((3 * PAGE, 3)));
+        assert_eq!(d.take_run(256), Some((63 * PAGE, 4)));
+        // Marked behind the cursor: found after the rest.
+        d.mark(PAGE);
+        assert_eq!(d.take_run(256), Some((90 * PAGE, 1)));
+        assert_eq!(d.take_run(256), Some((PAGE, 1)));
+        assert_eq!(d.take_run(256), None);
         assert_eq!(d.count(), 0);
     }
 
@@ -267,9 +337,7 @@ mod tests {
         other.mark((1 << 32) + PAGE);
         d.merge(&other);
         assert_eq!(d.count(), 40);
-        let mut out = Vec::new();
-        assert!(d.take(1000, &mut out));
-        assert_eq!(out.len(), 40);
-        assert!(!d.take(1000, &mut out));
+        let (pages, _) = drain(&mut d, 1000);
+        assert_eq!(pages.len(), 40);
     }
 }

@@ -18,12 +18,15 @@ use ipc_proto::FlatError;
 
 use super::dirty::{self, PAGE};
 use super::progress::Progress;
-use super::ram::{self, PageSent};
+use super::ram;
 use super::{lock, Shared};
 use crate::runstate::Input;
 
-/// Bytes the stream is read in.
-const BUFFER: usize = 1 << 20;
+/// Bytes the stream's records are read in (a run's bytes larger than
+/// that go from the fd to the run's buffer directly).
+const BUFFER: usize = 64 << 10;
+/// Bytes between two progress updates.
+const UPDATE_EVERY: u64 = 1 << 20;
 /// How long the vCPUs get to be parked for the load.
 const PARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -115,24 +118,24 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
     let mut buf = vec![0u8; PAGE as usize];
     let mut decoder = ram::PageDecoder::default();
     let (mut zero, mut whole) = (0u64, 0u64);
+    let mut next_update = UPDATE_EVERY;
     loop {
         let rec = r.next(&mut buf)?;
         match rec {
-            Record::ZeroPage { .. } | Record::Page { .. } | Record::Xbzrle { .. } => {
-                match decoder.decode(&mem, &rec, &mut buf)? {
-                    PageSent::Zero => zero += 1,
-                    PageSent::Whole => whole += 1,
-                    PageSent::Delta | PageSent::Unchanged => {}
-                }
-                if (zero + whole) % 1024 == 0 {
-                    let read = r.offset();
-                    p.update(|s| {
-                        s.ram.transferred = read;
-                        s.ram.duplicate = zero;
-                        s.ram.normal = whole;
-                        s.ram.normal_bytes = whole * PAGE;
-                    });
-                }
+            Record::ZeroPages { gpa, count } => {
+                decoder.zero_pages(&mem, gpa, count)?;
+                zero += u64::from(count);
+            }
+            Record::Pages { gpa, count } => {
+                decoder.pages(&mem, &mut r, gpa, count)?;
+                whole += u64::from(count);
+            }
+            Record::Xbzrle { gpa, len } => {
+                let delta = buf.get(..len).ok_or(StreamError::Buffer {
+                    have: buf.len(),
+                    want: len,
+                })?;
+                decoder.xbzrle(&mem, gpa, delta)?;
             }
             // QEMU's target counts passes without MIGRATION_PASS events.
             Record::Pass { count } => p.update(|s| s.ram.dirty_sync_count = count),
@@ -151,6 +154,16 @@ fn receive(controller: &Shared, stream: File, p: &Progress) -> Result<(), Incomi
                 crate::state::load(vm, &state)?;
             }
             Record::End => break,
+        }
+        if r.offset() >= next_update {
+            let read = r.offset();
+            next_update = read + UPDATE_EVERY;
+            p.update(|s| {
+                s.ram.transferred = read;
+                s.ram.duplicate = zero;
+                s.ram.normal = whole;
+                s.ram.normal_bytes = whole * PAGE;
+            });
         }
     }
     let read = r.offset();

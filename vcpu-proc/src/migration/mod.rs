@@ -7,8 +7,9 @@
 //!   switchover, acknowledgement).
 //! - [`incoming`]: the target's thread (stream → RAM, device state).
 //! - [`dirty`]: the dirty-page set, from KVM's and the vhost-user log.
-//! - [`ram`]: one page in and out of the stream
+//! - [`ram`]: runs of pages in and out of the stream
 //!   (`ipc_proto::migstream`, `docs/migration-stream.md`).
+//! - [`wire`]: the source's fd, fed from guest RAM without a copy.
 //! - [`progress`]: statistics and status events of one migration.
 //!
 //! A migration is not state that outlives vcpu-proc: a vcpu-proc killed
@@ -21,6 +22,7 @@ pub mod incoming;
 pub mod outgoing;
 pub mod progress;
 pub mod ram;
+pub mod wire;
 pub mod xbzrle;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,12 +152,12 @@ impl Migrations {
                 }
                 Ok(VcpuReply::Done)
             }
-            MigrationRequest::Query => Ok(VcpuReply::Migration(
+            MigrationRequest::Query => Ok(VcpuReply::Migration(Box::new(
                 self.current()
                     .progress
                     .as_ref()
                     .map_or_else(idle_stats, |p| p.snapshot()),
-            )),
+            ))),
         }
     }
 }

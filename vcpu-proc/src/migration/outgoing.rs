@@ -14,7 +14,7 @@
 //! and resumes a VM the migration stopped.
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,26 +22,32 @@ use std::time::{Duration, Instant};
 
 use ipc_proto::envelope::error_chain;
 use ipc_proto::migration::{dirty_log_size, MigrationEvent, MigrationParams, MigrationStatus};
-use ipc_proto::migstream::{Header, StreamWriter, ACK, FLAG_ACK};
+use ipc_proto::migstream::{Header, StreamWriter, ACK, FLAG_ACK, MAX_RUN};
 use ipc_proto::vcpu::RunState;
 use ipc_proto::FlatError;
-use vm_memory::{Bytes, GuestAddress};
 
 use super::dirty::{self, DirtyLog, DirtyPages, PAGE};
 use super::progress::{ms, Progress};
-use super::ram::{self, PageSent};
+use super::ram::{self, RunSent};
+use super::wire::{self, WireOut};
 use super::{lock, Shared};
 use crate::memory::GuestMemoryMmap;
 use crate::runstate::Input;
+use crate::state::StateError;
 use crate::virtio::dirty_log::VhostLog;
+use crate::virtio::suspend::SuspendError;
 
-/// Pages taken from the dirty set at a time (cancel and rate checks run
-/// between batches).
-const BATCH: usize = 64;
-/// QEMU's rate-limit window.
+/// QEMU's rate-limit window (the throughput, `mbps` and
+/// `pages-per-second`, is measured over it too).
 const WINDOW: Duration = Duration::from_millis(100);
-/// Bytes the stream is buffered in.
-const BUFFER: usize = 1 << 20;
+/// Bytes the stream's small records are buffered in (runs of pages go
+/// from guest RAM to the fd).
+const BUFFER: usize = 256 << 10;
+/// How long the switchover waits for a device's backend to come back.
+const RECONNECT_WAIT: Duration = Duration::from_secs(10);
+/// Bytes sent between two updates of the statistics (and of the
+/// parameters the thread reads).
+const UPDATE_EVERY: u64 = 1 << 20;
 
 /// Where the migration is, as the dispatcher steers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +203,7 @@ pub fn start(
         FlatError::generic(format!("migration: cannot duplicate the stream fd: {e}"))
     })?;
     no_delay(&stream);
+    wire::large_send_buffer(&stream);
     let ctl = Arc::new(Control {
         progress,
         params: Mutex::new(params),
@@ -225,6 +232,7 @@ pub fn start(
         back,
         counts: Counts::default(),
         encoder,
+        stopped_at: None,
     };
     ctl.progress.set_status(MigrationStatus::Setup, None);
     let spawned = std::thread::Builder::new()
@@ -244,6 +252,22 @@ pub fn start(
 struct Counts {
     duplicate: u64,
     normal: u64,
+    /// XBZRLE deltas.
+    delta: u64,
+}
+
+impl Counts {
+    fn add(&mut self, r: RunSent) {
+        self.duplicate += r.zero;
+        self.normal += r.whole;
+        self.delta += r.delta;
+    }
+
+    /// Pages that went out in some form (QEMU's
+    /// `ram_get_total_transferred_pages`).
+    fn transferred(&self) -> u64 {
+        self.duplicate + self.normal + self.delta
+    }
 }
 
 /// The migration thread's own state.
@@ -258,42 +282,94 @@ struct Source {
     back: Option<File>,
     counts: Counts,
     encoder: ram::PageEncoder,
+    /// Bytes written when the guest stopped for the switchover.
+    stopped_at: Option<u64>,
 }
 
-type Writer = StreamWriter<BufWriter<File>>;
+type Writer = StreamWriter<WireOut>;
 
-/// Bandwidth over QEMU's 100 ms windows, and the rate limit.
+/// Throughput over one window.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    bytes_per_s: f64,
+    pages_per_s: f64,
+}
+
+/// The rate limit and the throughput, over QEMU's 100 ms windows: a
+/// window may send `limit / 10` bytes; once they are spent, the rest of
+/// the window is slept off. Runs are cut to what the window has left (but
+/// not below [`MIN_RUN`] pages, so a tiny limit still moves a run per
+/// window, as QEMU moves a page), and what a run sends beyond it is taken
+/// from the next window (up to a whole one), so `max-bandwidth` holds on
+/// average.
 struct Meter {
-    start: Instant,
-    at_start: u64,
+    window: Instant,
+    window_bytes: u64,
+    window_pages: u64,
+    /// Bytes the last window sent beyond its budget.
+    debt: u64,
 }
+
+/// The fewest pages a run is cut to by the rate limit.
+const MIN_RUN: u32 = 64;
 
 impl Meter {
-    fn new(written: u64) -> Self {
+    fn new(written: u64, pages: u64) -> Self {
         Meter {
-            start: Instant::now(),
-            at_start: written,
+            window: Instant::now(),
+            window_bytes: written,
+            window_pages: pages,
+            debt: 0,
         }
     }
 
-    /// Ends the window when it is over (or its byte budget is spent and
-    /// the rest of it slept off); returns the window's bytes per second.
-    fn tick(&mut self, written: u64, limit: u64, ctl: &Control) -> Result<Option<f64>, Stop> {
-        let sent = written - self.at_start;
-        let mut elapsed = self.start.elapsed();
+    /// Bytes the window has spent against its budget.
+    fn spent(&self, written: u64) -> u64 {
+        written - self.window_bytes + self.debt
+    }
+
+    /// The longest run to send now under `limit` (bytes per second, 0
+    /// for none).
+    fn max_run(&self, written: u64, limit: u64) -> u32 {
+        if limit == 0 {
+            return MAX_RUN;
+        }
+        let left = (limit / 10).saturating_sub(self.spent(written));
+        let pages = u32::try_from(left.div_ceil(PAGE)).unwrap_or(u32::MAX);
+        pages.clamp(MIN_RUN, MAX_RUN)
+    }
+
+    /// Ends the window when it is over, or when its budget is spent (the
+    /// rest of it slept off); returns the window's rates.
+    fn tick(
+        &mut self,
+        written: u64,
+        pages: u64,
+        limit: u64,
+        ctl: &Control,
+    ) -> Result<Option<Rates>, Stop> {
         let budget = limit / 10;
-        if elapsed < WINDOW && (limit == 0 || sent < budget) {
+        let spent = self.spent(written);
+        let mut elapsed = self.window.elapsed();
+        if elapsed < WINDOW && (limit == 0 || spent < budget) {
             return Ok(None);
         }
         if elapsed < WINDOW {
             if ctl.sleep(WINDOW - elapsed) {
                 return Err(Stop::Cancelled);
             }
-            elapsed = self.start.elapsed();
+            elapsed = self.window.elapsed();
         }
-        let rate = sent as f64 / elapsed.as_secs_f64();
-        *self = Meter::new(written);
-        Ok(Some(rate))
+        let secs = elapsed.as_secs_f64();
+        let rates = Rates {
+            bytes_per_s: (written - self.window_bytes) as f64 / secs,
+            pages_per_s: (pages - self.window_pages) as f64 / secs,
+        };
+        *self = Meter::new(written, pages);
+        if limit > 0 {
+            self.debt = spent.saturating_sub(budget).min(budget);
+        }
+        Ok(Some(rates))
     }
 }
 
@@ -339,8 +415,8 @@ impl Source {
             .out
             .take()
             .ok_or_else(|| Stop::Failed("the stream is gone".into()))?;
-        let mut w = StreamWriter::start(BufWriter::with_capacity(BUFFER, file), &header)
-            .map_err(|e| self.err(&e))?;
+        let mut w =
+            StreamWriter::start(WireOut::new(file, BUFFER), &header).map_err(|e| self.err(&e))?;
         let setup_ms = p.elapsed_ms();
         p.update(|s| s.setup_time_ms = setup_ms);
         p.set_status(MigrationStatus::Active, None);
@@ -349,12 +425,13 @@ impl Source {
         let mut dirty = DirtyPages::all(&layout);
         let mut passes = 1u64;
         self.pass(&mut w, passes)?;
+        let mut meter = Meter::new(w.written(), 0);
         let mut bandwidth: Option<f64> = None;
         let mut last_sync = Instant::now();
         let (mut prev_remaining, mut extra_passes) = (u64::MAX, 0u32);
         loop {
             let (t0, b0) = (Instant::now(), w.written());
-            self.send(&mut w, &mut dirty, true)?;
+            self.send(&mut w, &mut dirty, &mut meter, true)?;
             let new = self.sync_dirty(&log, &mut dirty, &mut epoch)?;
             let now = Instant::now();
             let pass_secs = now.duration_since(t0).as_secs_f64();
@@ -392,6 +469,9 @@ impl Source {
 
         // Converged: stop the guest and wait for the broker's disks.
         let stopped = Instant::now();
+        let precopy = w.written();
+        self.stopped_at = Some(precopy);
+        p.update(|s| s.ram.precopy_bytes = precopy);
         {
             let mut c = lock(&self.controller);
             c.handle(Input::MigrateBegin).map_err(|e| fail(&e))?;
@@ -413,12 +493,13 @@ impl Source {
         // The device state first: capturing it stops the devices' rings,
         // so every backend write to RAM is in the log before the last
         // sync takes it.
-        let state = crate::state::save(lock(&self.controller).vm()).map_err(|e| fail(&e))?;
+        let state = self.save_state()?;
         self.sync_dirty(&log, &mut dirty, &mut epoch)?;
         log.stop().map_err(|e| fail(&e))?;
         self.encoder.last_stage();
-        self.send(&mut w, &mut dirty, false)?;
+        self.send(&mut w, &mut dirty, &mut meter, false)?;
         w.end_of_ram().map_err(|e| self.err(&e))?;
+        self.update(&w, &dirty, None);
         w.device_state(&state).map_err(|e| self.err(&e))?;
         w.end().map_err(|e| self.err(&e))?;
         let transferred = w.written();
@@ -435,6 +516,26 @@ impl Source {
             s.ram.mbps = s.ram.transferred as f64 * 8.0 / transfer_ms as f64 / 1000.0;
         });
         Ok(())
+    }
+
+    /// The device state; a device whose backend is being reconnected (a
+    /// block-proc or net-proc killed just before) is waited for, up to
+    /// [`RECONNECT_WAIT`].
+    fn save_state(&self) -> Result<Vec<u8>, Stop> {
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        loop {
+            match crate::state::save(lock(&self.controller).vm()) {
+                Ok(state) => return Ok(state),
+                Err(StateError::Virtio(SuspendError::Disconnected(_)))
+                    if Instant::now() < deadline =>
+                {
+                    if self.ctl.sleep(Duration::from_millis(20)) {
+                        return Err(Stop::Cancelled);
+                    }
+                }
+                Err(e) => return Err(fail(&e)),
+            }
+        }
     }
 
     /// Adds the pages written since the last sync to `dirty`; all RAM
@@ -465,53 +566,70 @@ impl Source {
         Ok(())
     }
 
-    /// Sends every page of `dirty`, rate-limited when `limited`.
-    fn send(&mut self, w: &mut Writer, dirty: &mut DirtyPages, limited: bool) -> Result<(), Stop> {
-        let p = self.ctl.progress.clone();
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut page = vec![0u8; PAGE as usize];
-        let mut meter = Meter::new(w.written());
-        while dirty.take(BATCH, &mut batch) {
+    /// Sends every page of `dirty`, rate-limited by `meter` when
+    /// `limited`, in runs of consecutive pages.
+    fn send(
+        &mut self,
+        w: &mut Writer,
+        dirty: &mut DirtyPages,
+        meter: &mut Meter,
+        limited: bool,
+    ) -> Result<(), Stop> {
+        let mut params = self.ctl.params();
+        self.encoder
+            .resize(params.xbzrle_cache_size)
+            .map_err(|e| fail(&e))?;
+        let mut next_update = w.written() + UPDATE_EVERY;
+        let mut rates = None;
+        let mut limit = if limited { params.max_bandwidth } else { 0 };
+        while let Some((gpa, count)) = dirty.take_run(meter.max_run(w.written(), limit)) {
             self.check()?;
-            // A new `xbzrle-cache-size` (`migrate-set-parameters`).
-            let size = self.ctl.params().xbzrle_cache_size;
-            self.encoder.resize(size).map_err(|e| fail(&e))?;
-            for &gpa in &batch {
-                self.mem
-                    .read_slice(&mut page, GuestAddress(gpa))
-                    .map_err(|e| fail(&e))?;
-                match self
-                    .encoder
-                    .encode(w, gpa, &page)
-                    .map_err(|e| self.err(&e))?
-                {
-                    PageSent::Zero => self.counts.duplicate += 1,
-                    PageSent::Whole => self.counts.normal += 1,
-                    PageSent::Delta | PageSent::Unchanged => {}
-                }
+            let sent = self
+                .encoder
+                .encode_run(w, &self.mem, gpa, count)
+                .map_err(|e| self.err(&e))?;
+            self.counts.add(sent);
+            if let Some(r) = meter.tick(w.written(), self.counts.transferred(), limit, &self.ctl)? {
+                rates = Some(r);
             }
-            let (c, written, remaining) = (self.counts, w.written(), dirty.count() * PAGE);
-            let limit = if limited {
-                self.ctl.params().max_bandwidth
-            } else {
-                0
-            };
-            let rate = meter.tick(written, limit, &self.ctl)?;
-            let xbzrle = self.encoder.xbzrle_stats();
-            p.update(|s| {
-                s.xbzrle = xbzrle;
-                s.ram.transferred = written;
-                s.ram.remaining = remaining;
-                s.ram.duplicate = c.duplicate;
-                s.ram.normal = c.normal;
-                s.ram.normal_bytes = c.normal * PAGE;
-                if let Some(r) = rate {
-                    s.ram.mbps = r * 8.0 / 1e6;
-                }
-            });
+            if w.written() >= next_update || rates.is_some() {
+                next_update = w.written() + UPDATE_EVERY;
+                // New `max-bandwidth` or `xbzrle-cache-size`
+                // (`migrate-set-parameters`).
+                params = self.ctl.params();
+                limit = if limited { params.max_bandwidth } else { 0 };
+                self.encoder
+                    .resize(params.xbzrle_cache_size)
+                    .map_err(|e| fail(&e))?;
+                self.update(w, dirty, rates.take());
+            }
         }
+        self.update(w, dirty, rates);
         // The pass leaves the buffer (and the target sees progress).
         w.flush().map_err(|e| self.err(&e))
+    }
+
+    /// Publishes the counters (and the rates of a window that ended).
+    fn update(&self, w: &Writer, dirty: &DirtyPages, rates: Option<Rates>) {
+        let (c, written, remaining) = (self.counts, w.written(), dirty.count() * PAGE);
+        let xbzrle = self.encoder.xbzrle_stats();
+        let stopped_at = self.stopped_at;
+        self.ctl.progress.update(|s| {
+            s.xbzrle = xbzrle;
+            s.ram.transferred = written;
+            s.ram.remaining = remaining;
+            s.ram.duplicate = c.duplicate;
+            s.ram.normal = c.normal;
+            s.ram.normal_bytes = c.normal * PAGE;
+            match stopped_at {
+                None => s.ram.precopy_bytes = written,
+                Some(at) => s.ram.downtime_bytes = written - at,
+            }
+            if let Some(r) = rates {
+                s.ram.mbps = r.bytes_per_s * 8.0 / 1e6;
+                s.ram.pages_per_second = r.pages_per_s as u64;
+            }
+        });
     }
 
     /// Waits for the target's acknowledgement (sockets only).

@@ -113,7 +113,7 @@ impl Side {
 
     fn stats(&self) -> MigrationStats {
         match self.serve(MigrationRequest::Query, Vec::new()) {
-            Ok(VcpuReply::Migration(s)) => s,
+            Ok(VcpuReply::Migration(s)) => *s,
             other => panic!("query: {other:?}"),
         }
     }
@@ -211,18 +211,17 @@ fn a_running_timer_guest_migrates_and_finishes_on_the_target_without_rebooting()
     // on, inside a window the test controls (wall-clock pacing is
     // useless on a loaded 2-core host): it waits out pass 1 paused (a
     // downtime limit of 0 waits for a clean pass), 500 pages a backend
-    // writes meanwhile make pass 2 last ~1 s at 2 MiB/s, the guest runs
-    // from the start of pass 2 until it has started its timer test, is
-    // paused there, and the raised limits let the migration converge.
+    // wrote (marked in the log before the start, so pass 1's sync finds
+    // them however fast pass 1 is) make pass 2 last ~1 s at 2 MiB/s, the
+    // guest runs from the start of pass 2 until it has started its timer
+    // test, is paused there, and the raised limits let the migration
+    // converge.
     lock(&src.c).handle(Input::Stop).unwrap();
     let (a, b) = UnixStream::pair().unwrap();
     dst.incoming(b);
     let (log, backend) = log_fd();
-    src.start(a, log, params(0, 0));
-    src.wait_event(|e| *e == MigrationEvent::Pass { count: 1 });
-    src.serve(MigrationRequest::SetParams(params(0, 2 << 20)), Vec::new())
-        .unwrap();
     scribble(&src, &backend, 1024, 500, 0x77);
+    src.start(a, log, params(0, 2 << 20));
     src.wait_event(|e| *e == MigrationEvent::Pass { count: 2 });
     lock(&src.c).handle(Input::Cont).unwrap();
     src.wait_serial("lapic timer: periodic");
@@ -260,6 +259,17 @@ fn a_running_timer_guest_migrates_and_finishes_on_the_target_without_rebooting()
     assert_eq!(s.ram.total, RAM);
     assert!(s.downtime_ms.is_some() && s.total_time_ms >= s.setup_time_ms);
     assert!(s.ram.mbps > 0.0, "{s:?}");
+    // QEMU's split: the bytes sent while the guest ran (the 500 pages
+    // twice), the RAM bytes sent while it was stopped (at least the end
+    // of RAM); the device state is in neither.
+    assert!(s.ram.precopy_bytes >= 2 * 500 * 4096, "{s:?}");
+    assert!(s.ram.downtime_bytes >= 1, "{s:?}");
+    assert!(
+        s.ram.precopy_bytes + s.ram.downtime_bytes < s.ram.transferred,
+        "{s:?}"
+    );
+    // Pass 2 lasted windows of 100 ms.
+    assert!(s.ram.pages_per_second > 0, "{s:?}");
     let d = dst.stats();
     assert_eq!(d.status, MigrationStatus::Completed);
     assert_eq!(
@@ -296,10 +306,12 @@ fn pages_written_during_the_migration_arrive_byte_for_byte() {
     dst.incoming(b);
     let (log, backend) = log_fd();
     // Slow enough that the scribbles below keep it from converging for
-    // a few passes.
+    // a few passes: 4 MiB high in RAM (away from the guest), a new
+    // pattern every pass, the first marked in the log before the start
+    // (pass 1, mostly holes, may be over before this thread wakes up).
+    scribble(&src, &backend, 8192, 1024, 1);
     src.start(a, log, params(50, 16 << 20));
-    // 4 MiB high in RAM (away from the guest), a new pattern every pass.
-    for pass in 1..=4u64 {
+    for pass in 2..=4u64 {
         src.wait_event(|e| *e == MigrationEvent::Pass { count: pass });
         scribble(&src, &backend, 8192, 1024, pass as u8);
     }
@@ -473,12 +485,29 @@ fn a_stream_of_another_ram_layout_is_refused_by_the_target() {
 fn a_page_outside_guest_ram_and_a_bad_state_are_refused_by_the_target() {
     let ours = dirty::layout(&lock(&side("timer", false).c).vm().mem);
     let (_, e) = feed(handmade(&ours, |v| {
-        v.push(2); // a page
+        v.push(2); // pages
         v.extend(RAM.to_le_bytes());
+        v.extend(1u32.to_le_bytes());
     }));
     assert_eq!(
         e.as_deref(),
-        Some("migration stream page 0x4000000 is not an aligned page of guest RAM (at byte 40)")
+        Some(
+            "migration stream pages 0x4000000+1 are not aligned pages of one guest RAM region \
+             (at byte 40)"
+        )
+    );
+    // A run that starts inside RAM and ends past it.
+    let (_, e) = feed(handmade(&ours, |v| {
+        v.push(1); // zero pages
+        v.extend((RAM - 4096).to_le_bytes());
+        v.extend(2u32.to_le_bytes());
+    }));
+    assert_eq!(
+        e.as_deref(),
+        Some(
+            "migration stream pages 0x3fff000+2 are not aligned pages of one guest RAM region \
+             (at byte 40)"
+        )
     );
     let (dst, e) = feed(handmade(&ours, |v| {
         v.extend([5, 6]); // end of RAM, device state

@@ -5,10 +5,8 @@
 //! `status` and `error-desc` after a failure. On a target the incoming
 //! status (and where it listens) shows until it migrates out itself.
 //!
-//! Of QEMU's `ram` members, those bulkhead does not measure are left out
-//! rather than invented: `precopy-bytes`, `downtime-bytes` and
-//! `pages-per-second`; the postcopy and multifd counters are 0 because
-//! bulkhead has neither.
+//! `ram` has all of QEMU 10's members; the postcopy and multifd counters
+//! are 0 because bulkhead has neither.
 
 use ipc_proto::migration::{MigrationStats, MigrationStatus};
 use serde::Serialize;
@@ -78,6 +76,12 @@ pub struct RamInfo {
     pub page_size: u64,
     /// Bytes sent over multifd channels (no multifd: 0).
     pub multifd_bytes: u64,
+    /// Pages sent per second over the last 100 ms.
+    pub pages_per_second: u64,
+    /// Bytes sent while the guest ran.
+    pub precopy_bytes: u64,
+    /// RAM bytes sent while the guest was stopped.
+    pub downtime_bytes: u64,
     /// Bytes sent during postcopy (no postcopy: 0).
     pub postcopy_bytes: u64,
     /// Zero-copy sends that missed a sync (no zero-copy: 0).
@@ -146,6 +150,9 @@ pub fn source(out: &Outgoing, stats: Option<&MigrationStats>) -> MigrationInfo {
         postcopy_requests: 0,
         page_size: s.ram.page_size,
         multifd_bytes: 0,
+        pages_per_second: s.ram.pages_per_second,
+        precopy_bytes: s.ram.precopy_bytes,
+        downtime_bytes: s.ram.downtime_bytes,
         postcopy_bytes: 0,
         dirty_sync_missed_zero_copy: 0,
     });
@@ -189,6 +196,9 @@ mod tests {
                 remaining: 50,
                 total: 200,
                 page_size: 4096,
+                pages_per_second: 7,
+                precopy_bytes: 90,
+                downtime_bytes: 8,
                 ..Default::default()
             },
             xbzrle: None,
@@ -223,6 +233,10 @@ mod tests {
         assert!(v.get("expected-downtime").is_none());
         assert_eq!(v["ram"]["remaining"], 0);
         assert_eq!(v["total-time"], 10);
+        assert_eq!(v["ram"]["pages-per-second"], 7);
+        assert_eq!(v["ram"]["precopy-bytes"], 90);
+        assert_eq!(v["ram"]["downtime-bytes"], 8);
+        assert_eq!(v["ram"]["postcopy-bytes"], 0);
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub fn query(m: &Machine) -> info::MigrationInfo {
         let req =
             ipc_proto::vcpu::VcpuRequest::Migration(ipc_proto::migration::MigrationRequest::Query);
         match m.vcpu_request(req) {
-            Ok(ipc_proto::vcpu::VcpuReply::Migration(s)) => Some(s),
+            Ok(ipc_proto::vcpu::VcpuReply::Migration(s)) => Some(*s),
             Ok(other) => {
                 tracing::warn!("query-migrate: {}", super::unexpected_reply(&other).desc);
                 None

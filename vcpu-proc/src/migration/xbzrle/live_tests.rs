@@ -35,8 +35,8 @@ struct Run {
 
 /// Migrates the stopped `timer` guest while the hot pages are rewritten
 /// at the start of each pass up to [`LAST`]. From pass 2 on, a tiny
-/// `max-bandwidth` makes each batch of 64 pages last a rate-limit window
-/// (100 ms), so a rewrite lands before the pass's dirty-log sync unless
+/// `max-bandwidth` makes each run of 64 pages (the shortest the limit
+/// cuts runs to) last a rate-limit window (100 ms), so a rewrite lands before the pass's dirty-log sync unless
 /// the host keeps the test thread off the CPU for most of a pass; then
 /// the migration converges early and this returns None.
 fn migrate_hot_pages(xbzrle: bool) -> Option<Run> {
