@@ -13,10 +13,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::migration::wait_migration;
 use common::{Bulkhead, Qmp, TempDir};
 use disk_common::guest;
 use net_common::{bound_packet_socket, Tap};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// RARP's EtherType.
 const ETH_P_RARP: u16 = 0x8035;
@@ -73,18 +74,6 @@ fn vm_with_nic(dir: &Path, name: &str, tap: &Tap, extra: &[&str]) -> Bulkhead {
     Bulkhead::start(&args)
 }
 
-fn wait_migration(q: &mut Qmp, want: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = q.ok("query-migrate");
-        if r["status"] == want || r["status"] == "failed" {
-            return r;
-        }
-        assert!(start.elapsed() < common::TIMEOUT, "never {want}: {r}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn gaps(frames: &[(Instant, Vec<u8>)]) -> Vec<Duration> {
     frames.windows(2).map(|w| w[1].0 - w[0].0).collect()
 }
@@ -119,9 +108,9 @@ fn the_target_announces_the_nics_mac_on_its_tap_after_the_migration() {
         s.execute("migrate", json!({"uri": incoming})),
         json!({"return": {}})
     );
-    let info = wait_migration(&mut s, "completed");
+    let info = wait_migration(&mut s, &["completed", "failed"]);
     assert_eq!(info["status"], "completed", "{info}");
-    wait_migration(&mut d, "completed");
+    wait_migration(&mut d, &["completed", "failed"]);
 
     let frames = rarps_for(&on_dst, Duration::from_millis(1500));
     assert_eq!(frames.len(), 3, "{frames:?}");

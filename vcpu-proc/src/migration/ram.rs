@@ -362,6 +362,16 @@ impl Default for PageDecoder {
     }
 }
 
+/// The first `len` bytes of the decoder's run buffer (a run longer than
+/// [`MAX_RUN`] pages is the reader's error, checked here again).
+fn run_buffer(buf: &mut [u8], len: usize) -> Result<&mut [u8], RamError> {
+    buf.get_mut(..len)
+        .ok_or(RamError::Stream(StreamError::Buffer {
+            have: MAX_RUN as usize * PAGE,
+            want: len,
+        }))
+}
+
 impl PageDecoder {
     /// Reads the bytes of the page record just read (`count` pages from
     /// `gpa`, checked against the layout by the reader) into guest RAM.
@@ -373,13 +383,7 @@ impl PageDecoder {
         count: u32,
     ) -> Result<(), RamError> {
         let len = count as usize * PAGE;
-        let buf = self
-            .buf
-            .get_mut(..len)
-            .ok_or(RamError::Stream(StreamError::Buffer {
-                have: MAX_RUN as usize * PAGE,
-                want: len,
-            }))?;
+        let buf = run_buffer(&mut self.buf, len)?;
         r.read_pages(buf)?;
         if let Some((file, off)) = file_of(mem, gpa, len as u64).filter(|_| self.via_file) {
             match file.write_all_at(buf, off) {
@@ -406,13 +410,7 @@ impl PageDecoder {
         count: u32,
     ) -> Result<(), RamError> {
         let len = count as usize * PAGE;
-        let buf = self
-            .buf
-            .get_mut(..len)
-            .ok_or(RamError::Stream(StreamError::Buffer {
-                have: MAX_RUN as usize * PAGE,
-                want: len,
-            }))?;
+        let buf = run_buffer(&mut self.buf, len)?;
         let Some((file, off)) = file_of(mem, gpa, len as u64).filter(|_| self.via_file) else {
             return (0..u64::from(count)).try_for_each(|i| zero_page(mem, gpa + i * PAGE as u64));
         };
