@@ -35,8 +35,14 @@ fn qemu_rarp(mac: [u8; 6]) -> Vec<u8> {
     f
 }
 
-/// The RARP frames arriving on a TAP, with when they arrived.
-fn rarps_for(sock: &OwnedFd, d: Duration) -> Vec<(Instant, Vec<u8>)> {
+/// `SIOCGSTAMP` (`linux/sockios.h`; not in the `libc` crate): the
+/// kernel's arrival time of the last frame `recv` returned.
+const SIOCGSTAMP: libc::c_ulong = 0x8906;
+
+/// The RARP frames arriving on a TAP, with when the kernel received them
+/// (not when this loop read them: frames that queued while the test was
+/// still waiting for the migration keep their own times).
+fn rarps_for(sock: &OwnedFd, d: Duration) -> Vec<(Duration, Vec<u8>)> {
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
     let end = Instant::now() + d;
@@ -44,7 +50,15 @@ fn rarps_for(sock: &OwnedFd, d: Duration) -> Vec<(Instant, Vec<u8>)> {
         // SAFETY: recv into our buffer (the socket times out every 100 ms).
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if let Ok(n) = usize::try_from(n) {
-            got.push((Instant::now(), buf[..n].to_vec()));
+            let mut tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            };
+            // SAFETY: SIOCGSTAMP writes one timeval into `tv`.
+            let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSTAMP, &mut tv) };
+            assert_eq!(r, 0, "SIOCGSTAMP: {}", std::io::Error::last_os_error());
+            let at = Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+            got.push((at, buf[..n].to_vec()));
         }
     }
     got
@@ -74,7 +88,7 @@ fn vm_with_nic(dir: &Path, name: &str, tap: &Tap, extra: &[&str]) -> Bulkhead {
     Bulkhead::start(&args)
 }
 
-fn gaps(frames: &[(Instant, Vec<u8>)]) -> Vec<Duration> {
+fn gaps(frames: &[(Duration, Vec<u8>)]) -> Vec<Duration> {
     frames.windows(2).map(|w| w[1].0 - w[0].0).collect()
 }
 
