@@ -11,8 +11,8 @@ use std::io;
 use std::time::Instant;
 
 use crate::port::{Netdev, Port};
-use crate::rocker::nic_port::Pending;
-use crate::virtio_net::HDR_LEN;
+use crate::rocker::forward::Scratch;
+use crate::vhost::body::Body;
 
 /// Length of the frame (Ethernet's minimum without the FCS, as QEMU).
 pub const FRAME_LEN: usize = 60;
@@ -46,11 +46,15 @@ pub fn send_netdev(netdev: &Netdev, mac: [u8; 6]) -> io::Result<()> {
     match netdev {
         Netdev::Port(port) => send(port.as_ref(), mac),
         Netdev::Switch(port) => {
-            let mut frame = [0u8; HDR_LEN + FRAME_LEN];
-            frame[HDR_LEN..].copy_from_slice(&rarp_frame(mac));
-            let mut pending = Pending::default();
-            let forwarded = port.ingress(&mut frame, Instant::now(), &mut pending);
-            pending.flush();
+            let frame = rarp_frame(mac);
+            let mut scratch = Scratch::default();
+            let forwarded = port.ingress(
+                Body::Bytes(&frame),
+                Instant::now(),
+                &mut scratch,
+                &mut || {},
+            );
+            scratch.pending.flush();
             if forwarded {
                 Ok(())
             } else {

@@ -163,12 +163,31 @@ impl Bridge {
     /// Forwards one frame that came in on `in_pport`: learns its source
     /// MAC, then runs the pipeline. `None`: not an Ethernet frame.
     pub fn forward(&mut self, frame: &[u8], in_pport: u32, now: Instant) -> Option<Verdict> {
+        let mut out = Vec::new();
+        let vlan = self.forward_into(frame, in_pport, now, &mut out)?;
+        Some(Verdict {
+            vlan,
+            out_pports: out,
+        })
+    }
+
+    /// [`Bridge::forward`] with the output ports into `out` (no allocation
+    /// once it has grown): None when `frame` is not an Ethernet frame,
+    /// else the VLAN it was classified into (None: dropped).
+    pub fn forward_into(
+        &mut self,
+        frame: &[u8],
+        in_pport: u32,
+        now: Instant,
+        out: &mut Vec<u32>,
+    ) -> Option<Option<u16>> {
+        out.clear();
         let pkt = Packet::parse(frame, in_pport)?;
-        let verdict = self.tables.process(&pkt);
-        if let Some(vlan) = verdict.vlan {
+        let vlan = self.tables.process_into(&pkt, out);
+        if let Some(vlan) = vlan {
             self.learn(vlan, pkt.eth_src, in_pport, now);
         }
-        Some(verdict)
+        Some(vlan)
     }
 
     /// Records that `mac` was seen on `pport` in `vlan` (a new bridging

@@ -22,6 +22,8 @@ use super::bridge::Bridge;
 use super::nic_port::{Pending, Uplink};
 use super::port::{recv_slotted, send_slotted, Member};
 use crate::tap::VNET_HDR_LEN;
+use crate::vhost::body::Body;
+use crate::virtio_net::HDR_LEN;
 
 /// How long one poll waits (the stop flag and ageing are checked between).
 const TICK: Duration = Duration::from_millis(100);
@@ -31,6 +33,33 @@ const AGE_EVERY: Duration = Duration::from_secs(1);
 const MAX_FRAME: usize = 65_536;
 /// Frames read from one port before the thread polls again.
 const BATCH: usize = 64;
+
+/// Bytes of a frame the pipeline looks at (Ethernet, a VLAN tag, an IPv4
+/// header: 38; the rest is never read to classify).
+const CLASSIFY_LEN: usize = 64;
+
+/// A frame entering a switch.
+pub enum Frame<'a> {
+    /// Contiguous: a zeroed vnet header slot ([`VNET_HDR_LEN`]) and the
+    /// bare frame (read from a TAP port).
+    Slotted(&'a [u8]),
+    /// A guest NIC's tx chain, read where it lies, and what completes
+    /// the chain (called once, after it was read and before any receiver
+    /// sees the frame: see [`crate::vhost::ring::Ring::deliver`]).
+    Chain(Body<'a>, &'a mut dyn FnMut()),
+}
+
+/// What a forwarding thread keeps from frame to frame (no allocation per
+/// frame once grown).
+#[derive(Default)]
+pub struct Scratch {
+    /// A guest's frame gathered for a TAP port: header slot and frame.
+    buf: Vec<u8>,
+    /// The output ports of the frame being forwarded.
+    out: Vec<u32>,
+    /// NIC ports whose rx rings this thread filled and has not signalled.
+    pub pending: Pending,
+}
 
 /// What the forwarding thread, the NIC ports' tx workers and the queries
 /// share.
@@ -121,7 +150,7 @@ fn lock(m: &Mutex<Bridge>) -> MutexGuard<'_, Bridge> {
 /// The forwarding loop.
 fn run(s: &Shared) {
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
-    let mut pending = Pending::default();
+    let mut scratch = Scratch::default();
     let mut last_age = Instant::now();
     // The fd ports polled: (index in the switch, pollfd).
     let (index, mut pfds): (Vec<usize>, Vec<libc::pollfd>) = s
@@ -164,7 +193,7 @@ fn run(s: &Shared) {
             let revents = std::mem::take(&mut pfd.revents);
             if revents & libc::POLLIN != 0 {
                 for _ in 0..BATCH {
-                    if !receive(s, i, &mut buf, now, &mut pending) {
+                    if !receive(s, i, &mut buf, now, &mut scratch) {
                         break;
                     }
                 }
@@ -174,7 +203,7 @@ fn run(s: &Shared) {
                 pfd.events = 0;
             }
         }
-        pending.flush();
+        scratch.pending.flush();
         if now.duration_since(last_age) >= AGE_EVERY {
             last_age = now;
             lock(&s.bridge).age(now);
@@ -184,7 +213,7 @@ fn run(s: &Shared) {
 
 /// Reads one frame from fd port index `i` and forwards it; false when the
 /// port had none (or failed).
-fn receive(s: &Shared, i: usize, buf: &mut [u8], now: Instant, pending: &mut Pending) -> bool {
+fn receive(s: &Shared, i: usize, buf: &mut [u8], now: Instant, scratch: &mut Scratch) -> bool {
     let Member::Fd(port) = &s.ports[i] else {
         return false;
     };
@@ -198,40 +227,90 @@ fn receive(s: &Shared, i: usize, buf: &mut [u8], now: Instant, pending: &mut Pen
         }
     };
     s.link_up[i].store(true, Ordering::Relaxed);
-    s.forward(i, &mut buf[..VNET_HDR_LEN + len], now, pending);
+    // No offloads on a switch's ports: an all-zero header.
+    buf[..VNET_HDR_LEN].fill(0);
+    s.forward(i, Frame::Slotted(&buf[..VNET_HDR_LEN + len]), now, scratch);
     true
 }
 
 impl Shared {
-    /// Forwards the frame that came in on port index `i`: `frame` is a
-    /// vnet header slot and the bare frame. Frames for NIC ports land in
-    /// their rx rings (remembered in `pending` for the batch's signal),
-    /// frames for fd ports are written to them.
-    pub fn forward(&self, i: usize, frame: &mut [u8], now: Instant, pending: &mut Pending) {
-        let Some(len) = frame.len().checked_sub(VNET_HDR_LEN) else {
-            return;
+    /// Forwards `frame`, which came in on port index `i`. A guest's frame
+    /// for one NIC port is copied from its chain straight into that NIC's
+    /// rx ring; otherwise it is gathered once, its chain completed, and
+    /// written to each output: into NIC ports' rx rings (remembered in
+    /// `scratch.pending` for the batch's signal) and to fd ports.
+    pub fn forward(&self, i: usize, frame: Frame<'_>, now: Instant, scratch: &mut Scratch) {
+        let Scratch { buf, out, pending } = scratch;
+        let (body, slot, mut done) = match frame {
+            Frame::Slotted(f) => {
+                let bare = Body::Bytes(f.get(VNET_HDR_LEN..).unwrap_or_default());
+                (bare, Some(f), None)
+            }
+            Frame::Chain(b, d) => (b, None, Some(d)),
         };
-        let out = lock(&self.bridge)
-            .forward(&frame[VNET_HDR_LEN..], i as u32 + 1, now)
-            .map(|v| v.out_pports)
-            .unwrap_or_default();
-        for pport in out {
-            let Some(o) = (pport as usize).checked_sub(1) else {
-                continue;
-            };
-            // No offloads on a switch's ports: an all-zero header.
-            frame[..VNET_HDR_LEN].fill(0);
-            match self.ports.get(o) {
-                Some(Member::Fd(port)) => match send_slotted(port.as_ref(), frame, len) {
-                    Ok(_) => self.link_up[o].store(true, Ordering::Relaxed),
-                    // The interface is down (EIO) or its queue full:
-                    // dropped, as on a wire.
-                    Err(e) => {
-                        let up = e.raw_os_error() != Some(libc::EIO);
-                        self.link_up[o].store(up, Ordering::Relaxed);
+        let mut complete = || {
+            if let Some(d) = done.take() {
+                d();
+            }
+        };
+        let mut head = [0u8; CLASSIFY_LEN];
+        let seen = match body {
+            Body::Bytes(b) => &b[..b.len().min(CLASSIFY_LEN)],
+            Body::Guest { .. } => {
+                let n = body.gather(&mut head);
+                &head[..n]
+            }
+        };
+        let classified = lock(&self.bridge).forward_into(seen, i as u32 + 1, now, out);
+        if classified.is_none() {
+            return complete();
+        }
+        let port = |pport: u32| self.ports.get((pport as usize).checked_sub(1)?);
+        // No offloads on a switch's ports: an all-zero header.
+        let zero = [0u8; HDR_LEN];
+        if let (Body::Guest { .. }, &[only]) = (body, &out[..]) {
+            if let Some(Member::Nic(nic)) = port(only) {
+                if nic.deliver(&zero, &body, &mut complete) {
+                    pending.add(nic);
+                }
+                return complete();
+            }
+        }
+        // Contiguous from here: a TAP's frame as read, a guest's gathered
+        // (with a zeroed header slot in front) and its chain completed.
+        let slotted: &[u8] = match slot {
+            Some(f) if f.len() >= VNET_HDR_LEN => f,
+            Some(_) => return,
+            None => {
+                let len = body.len();
+                buf.clear();
+                buf.resize(VNET_HDR_LEN + len, 0);
+                let n = body.gather(&mut buf[VNET_HDR_LEN..]);
+                complete();
+                if n != len {
+                    return;
+                }
+                buf
+            }
+        };
+        let bytes = Body::Bytes(&slotted[VNET_HDR_LEN..]);
+        for &pport in out.iter() {
+            match port(pport) {
+                Some(Member::Fd(p)) => {
+                    let o = pport as usize - 1;
+                    match send_slotted(p.as_ref(), slotted, slotted.len() - VNET_HDR_LEN) {
+                        Ok(_) => self.link_up[o].store(true, Ordering::Relaxed),
+                        // The interface is down (EIO) or its queue full:
+                        // dropped, as on a wire.
+                        Err(e) => {
+                            let up = e.raw_os_error() != Some(libc::EIO);
+                            self.link_up[o].store(up, Ordering::Relaxed);
+                        }
                     }
-                },
-                Some(Member::Nic(nic)) if nic.deliver(frame) => pending.add(nic),
+                }
+                Some(Member::Nic(nic)) if nic.deliver(&zero, &bytes, &mut || {}) => {
+                    pending.add(nic)
+                }
                 Some(Member::Nic(_)) | None => {}
             }
         }

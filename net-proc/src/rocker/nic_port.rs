@@ -17,7 +17,8 @@
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use super::forward::Shared;
+use super::forward::{Frame, Scratch, Shared};
+use crate::vhost::body::Body;
 use crate::vhost::ring::Ring;
 use crate::virtio_net::HDR_LEN;
 
@@ -72,37 +73,51 @@ impl NicPort {
         *self.uplink.write().unwrap_or_else(|p| p.into_inner()) = uplink;
     }
 
-    /// A frame from the NIC: `frame` is its vnet header slot and the
-    /// frame. Forwarded through the switch (the header is zeroed: no
-    /// offloads cross a switch port); false when the port is on no
-    /// switch (the frame is lost, as on an unplugged wire).
-    pub fn ingress(&self, frame: &mut [u8], now: Instant, pending: &mut Pending) -> bool {
+    /// A frame from the NIC (its tx chain after the vnet header, read
+    /// where it lies) forwarded through the switch (no offloads cross a
+    /// switch port: its header is not read); false when the port is on
+    /// no switch (the frame is lost, as on an unplugged wire). `done`
+    /// (completing the NIC's chain) is called once, after the chain was
+    /// read and before any receiver sees the frame (see [`Ring::deliver`]).
+    pub fn ingress(
+        &self,
+        body: Body<'_>,
+        now: Instant,
+        scratch: &mut Scratch,
+        done: &mut dyn FnMut(),
+    ) -> bool {
         let uplink = self.uplink.read().unwrap_or_else(|p| p.into_inner());
         let Some(u) = uplink.as_ref() else {
+            done();
             return false;
         };
-        if frame.len() < HDR_LEN {
-            return false;
-        }
-        frame[..HDR_LEN].fill(0);
-        u.switch.forward(u.index, frame, now, pending);
+        u.switch
+            .forward(u.index, Frame::Chain(body, done), now, scratch);
         true
     }
 
-    /// A frame for the NIC (`frame`: a zeroed vnet header slot and the
-    /// frame) into its rx ring. True when a chain was used (the caller
+    /// A frame for the NIC (`hdr` its vnet header, `body` the frame)
+    /// into its rx ring, `done` called as [`Ring::deliver`] says (also
+    /// when the frame is dropped). True when a chain was used (the caller
     /// signals, see [`Pending`]); a frame that finds no running ring, a
     /// link down or no buffers is dropped (counted when the NIC runs).
-    pub(super) fn deliver(&self, frame: &mut [u8]) -> bool {
+    pub(super) fn deliver(
+        &self,
+        hdr: &[u8; HDR_LEN],
+        body: &Body<'_>,
+        done: &mut dyn FnMut(),
+    ) -> bool {
         let mut rx = self.rx();
         let Some(ring) = rx.as_mut() else {
+            done();
             return false;
         };
         if !ring.link_up() {
+            done();
             crate::vhost::stats::add(&ring.stats.rx_dropped, 1);
             return false;
         }
-        ring.deliver(frame)
+        ring.deliver(hdr, body, done)
     }
 
     /// Link state as `query-rocker-ports` shows it: the NIC's link is up
@@ -146,10 +161,18 @@ mod tests {
     #[test]
     fn a_port_on_no_switch_and_without_a_driver_drops_frames_and_shows_link_down() {
         let p = NicPort::new("p0");
-        let mut pending = Pending::default();
-        let mut frame = vec![0u8; HDR_LEN + 60];
-        assert!(!p.ingress(&mut frame, Instant::now(), &mut pending));
-        assert!(!p.deliver(&mut frame));
+        let mut scratch = Scratch::default();
+        let frame = [0u8; 60];
+        let mut done = 0;
+        assert!(!p.ingress(
+            Body::Bytes(&frame),
+            Instant::now(),
+            &mut scratch,
+            &mut || done += 1
+        ));
+        assert!(!p.deliver(&[0; HDR_LEN], &Body::Bytes(&frame), &mut || done += 1));
+        // The sender's chain is completed even when the frame is lost.
+        assert_eq!(done, 2);
         assert!(!p.link_up());
         assert_eq!(p.detach_rx(), None);
         assert_eq!(p.id(), "p0");

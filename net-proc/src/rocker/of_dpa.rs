@@ -41,7 +41,7 @@ pub fn group_type(id: u32) -> u8 {
 }
 
 /// The fields of a frame the tables match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Packet {
     /// The physical port it came in on (1-based).
     pub in_pport: u32,
@@ -154,25 +154,78 @@ pub struct Verdict {
 pub struct Tables {
     flows: BTreeMap<u64, Flow>,
     groups: BTreeMap<u32, Group>,
+    /// Bumped by every change of the tables: older cached walks are stale.
+    generation: u64,
+    cache: WalkCache,
 }
 
 /// Bounds a walk through the tables (a `goto-tbl` loop programmed by
 /// mistake cannot spin).
 const MAX_HOPS: usize = 8;
 
+/// Slots of the walk cache (a power of two).
+const CACHE_SLOTS: usize = 256;
+
+/// What one walk through the tables found for a [`Packet`]: the flows it
+/// hit (their counters are counted again on every cached use), the VLAN
+/// and the output ports.
+#[derive(Debug, Default, Clone)]
+struct Walk {
+    generation: u64,
+    pkt: Packet,
+    hit: [u64; MAX_HOPS],
+    hits: usize,
+    vlan: Option<u16>,
+    out: Vec<u32>,
+}
+
+/// A direct-mapped cache of walks by packet fields (what OVS calls the
+/// microflow cache): the pipeline is walked once per distinct frame
+/// header and tables generation, not per frame. Entries are only valid
+/// for the tables' current generation.
+#[derive(Debug, Default)]
+struct WalkCache {
+    slots: Vec<Option<Walk>>,
+}
+
+impl WalkCache {
+    fn slot(pkt: &Packet) -> usize {
+        let mac = |m: [u8; 6]| {
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(&m);
+            u64::from_le_bytes(b)
+        };
+        let ip = pkt.ip.map_or(0, |(p, t, a)| {
+            u64::from(u32::from_le_bytes(a)) ^ (u64::from(p) << 32) ^ (u64::from(t) << 40)
+        });
+        let x = mac(pkt.eth_dst)
+            ^ mac(pkt.eth_src).rotate_left(24)
+            ^ (u64::from(pkt.in_pport) << 48)
+            ^ (u64::from(pkt.vlan_id) << 32)
+            ^ u64::from(pkt.eth_type).rotate_left(40)
+            ^ ip.rotate_left(8);
+        // Fibonacci hashing: the multiply spreads every input bit into
+        // the top bits.
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize & (CACHE_SLOTS - 1)
+    }
+}
+
 impl Tables {
     /// Adds or replaces the flow with `flow.cookie`.
     pub fn add_flow(&mut self, flow: Flow) {
+        self.generation += 1;
         self.flows.insert(flow.cookie, flow);
     }
 
     /// Removes the flow with `cookie`.
     pub fn remove_flow(&mut self, cookie: u64) -> Option<Flow> {
+        self.generation += 1;
         self.flows.remove(&cookie)
     }
 
     /// Adds or replaces the group with `group.id`.
     pub fn add_group(&mut self, group: Group) {
+        self.generation += 1;
         self.groups.insert(group.id, group);
     }
 
@@ -208,6 +261,50 @@ impl Tables {
     /// Runs `pkt` through the pipeline from the ingress port table,
     /// counting hits, and executes the resulting action set.
     pub fn process(&mut self, pkt: &Packet) -> Verdict {
+        let mut out = Vec::new();
+        let vlan = self.process_into(pkt, &mut out);
+        Verdict {
+            vlan,
+            out_pports: out,
+        }
+    }
+
+    /// [`Tables::process`] into `out` (cleared first): the VLAN the frame
+    /// was classified into (None: dropped at the VLAN table). A frame
+    /// whose fields were walked before, with the tables unchanged since,
+    /// takes the cached walk (its flows' hits counted as the walk would).
+    pub fn process_into(&mut self, pkt: &Packet, out: &mut Vec<u32>) -> Option<u16> {
+        out.clear();
+        if self.cache.slots.is_empty() {
+            self.cache.slots = vec![None; CACHE_SLOTS];
+        }
+        let slot = WalkCache::slot(pkt);
+        if let Some(w) = &self.cache.slots[slot] {
+            if w.generation == self.generation && w.pkt == *pkt {
+                for cookie in &w.hit[..w.hits] {
+                    if let Some(f) = self.flows.get_mut(cookie) {
+                        f.hits += 1;
+                    }
+                }
+                out.extend_from_slice(&w.out);
+                return w.vlan;
+            }
+        }
+        let mut walk = self.cache.slots[slot].take().unwrap_or_default();
+        self.walk(pkt, &mut walk);
+        out.extend_from_slice(&walk.out);
+        let vlan = walk.vlan;
+        self.cache.slots[slot] = Some(walk);
+        vlan
+    }
+
+    /// Walks the tables for `pkt`, counting hits, into `w`.
+    fn walk(&mut self, pkt: &Packet, w: &mut Walk) {
+        w.generation = self.generation;
+        w.pkt = *pkt;
+        w.hits = 0;
+        w.vlan = None;
+        w.out.clear();
         let mut tbl = TBL_INGRESS_PORT;
         let mut vlan = pkt.vlan_id;
         let mut classified = false;
@@ -215,6 +312,11 @@ impl Tables {
         for _ in 0..MAX_HOPS {
             let action: Option<FlowAction> = self.lookup(tbl, pkt, vlan).map(|f| {
                 f.hits += 1;
+                // One flow per hop, at most MAX_HOPS hops.
+                if let Some(h) = w.hit.get_mut(w.hits) {
+                    *h = f.cookie;
+                    w.hits += 1;
+                }
                 f.action
             });
             let next = match action {
@@ -246,16 +348,12 @@ impl Tables {
             }
         }
         if !classified {
-            return Verdict::default();
+            return;
         }
-        let mut out = Vec::new();
         if let Some(g) = group {
-            self.expand(g, pkt.in_pport, &mut out, 0);
+            self.expand(g, pkt.in_pport, &mut w.out, 0);
         }
-        Verdict {
-            vlan: Some(vlan),
-            out_pports: out,
-        }
+        w.vlan = Some(vlan);
     }
 
     /// Output ports of group `id` (flood members recursively, bounded).

@@ -2,6 +2,8 @@
 //! frontends over socketpair ends the broker attaches.
 //!
 //! - [`memory`]: guest memory from SET_MEM_TABLE, frontend-VA translation.
+//! - [`body`]: a frame's bytes in a buffer or in a guest's tx chain, and
+//!   their copy into rx buffers (guest to guest in one copy).
 //! - [`ring`]: one virtqueue: checked chains, used elements, dirty log,
 //!   notification, the delivery of a frame into rx buffers.
 //! - [`queue`]: a virtqueue's worker (tx: ring → netdev, rx: TAP → ring;
@@ -14,6 +16,7 @@
 //!   (QEMU's virtio-net sends it).
 
 pub mod backend;
+pub mod body;
 pub use vhost_backend_common::backend_channel;
 pub mod early_enable;
 pub mod export;

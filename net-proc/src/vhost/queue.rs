@@ -52,13 +52,14 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress};
 
+use super::body::Body;
 use super::memory::Mem;
 use super::ring::{Chain, Ring, Seg};
 use super::stats::{add, Counters};
 use crate::port::Netdev;
-use crate::rocker::nic_port::{NicPort, Pending};
+use crate::rocker::forward::Scratch;
+use crate::rocker::nic_port::NicPort;
 use crate::virtio_net::{HDR_LEN, MAX_FRAME};
 use vhost_backend_common::log::QueueLog;
 
@@ -180,7 +181,7 @@ impl QueueWorker {
                     netdev: p.netdev,
                     kick: p.kick,
                     buf: vec![0; MAX_FRAME],
-                    pending: Pending::default(),
+                    scratch: Scratch::default(),
                 }
                 .run(&s)
             })?;
@@ -199,13 +200,25 @@ impl QueueWorker {
     }
 }
 
+/// Counts a tx frame: sent (Some(true)), or dropped (the port failed,
+/// or the link was down: None).
+fn count(stats: &Counters, sent: Option<bool>, total: usize) {
+    if sent == Some(true) {
+        add(&stats.tx_packets, 1);
+        add(&stats.tx_bytes, (total - HDR_LEN) as u64);
+    } else {
+        add(&stats.tx_dropped, 1);
+    }
+}
+
 struct Worker {
     ring: Ring,
     netdev: Netdev,
     kick: File,
     buf: Vec<u8>,
-    /// Switch ports' rx rings this worker filled and has not signalled.
-    pending: Pending,
+    /// On a switch port: what forwarding keeps between frames (the
+    /// switch ports' rx rings this worker filled and has not signalled).
+    scratch: Scratch,
 }
 
 impl Worker {
@@ -273,7 +286,7 @@ impl Worker {
     /// rings this worker filled.
     fn signal(&mut self) {
         self.ring.signal();
-        self.pending.flush();
+        self.scratch.pending.flush();
     }
 
     /// Watches the avail ring for up to [`POLL`]; true when a chain came.
@@ -362,22 +375,19 @@ impl Worker {
         if !(HDR_LEN..=MAX_FRAME).contains(&total) {
             return self.ring.bad_chain(c.head);
         }
-        let mut off = 0;
-        for s in segs {
-            let dst = &mut self.buf[off..off + s.len];
-            if self.ring.mem.read_slice(dst, GuestAddress(s.addr)).is_err() {
-                return self.ring.bad_chain(c.head);
-            }
-            off += s.len;
-        }
-        self.ring.add_used(c.head, 0);
-        let stats = &self.ring.stats;
         if !self.ring.link_up() {
-            add(&stats.tx_dropped, 1);
-            return;
+            self.ring.add_used(c.head, 0);
+            return count(&self.ring.stats, None, total);
         }
+        // The chain is completed as soon as it was read, before anyone can
+        // see the frame: a net-proc killed in between loses the frame,
+        // never sends it twice (its successor starts at the used index).
         let sent = match &self.netdev {
             Netdev::Port(port) => {
+                if !self.ring.read_chain(segs, &mut self.buf[..total]) {
+                    return self.ring.bad_chain(c.head);
+                }
+                self.ring.add_used(c.head, 0);
                 let frame = if port.vnet_hdr() {
                     &self.buf[..total]
                 } else {
@@ -395,15 +405,23 @@ impl Worker {
                 }
             }
             // No offloads over a switch port: the header carries nothing
-            // the frame needs (the receivers get a zeroed one).
-            Netdev::Switch(port) => port.ingress(&mut self.buf[..total], now, &mut self.pending),
+            // the frame needs (the receivers get a zeroed one). The switch
+            // reads the frame where it lies and completes the chain
+            // (`done`) before a receiver sees it.
+            Netdev::Switch(port) => {
+                let mem = self.ring.mem.clone();
+                let body = Body::Guest {
+                    mem: &mem,
+                    segs,
+                    skip: HDR_LEN,
+                    len: total - HDR_LEN,
+                };
+                let ring = &mut self.ring;
+                let mut done = || ring.add_used(c.head, 0);
+                port.ingress(body, now, &mut self.scratch, &mut done)
+            }
         };
-        if sent {
-            add(&stats.tx_packets, 1);
-            add(&stats.tx_bytes, (total - HDR_LEN) as u64);
-        } else {
-            add(&stats.tx_dropped, 1);
-        }
+        count(&self.ring.stats, Some(sent), total);
     }
 
     /// Reads up to [`BATCH`] frames from the port into the rx ring. True
@@ -436,7 +454,10 @@ impl Worker {
                 add(&self.ring.stats.rx_dropped, 1);
                 continue;
             }
-            used |= self.ring.deliver(&mut self.buf[..len]);
+            let mut hdr = [0u8; HDR_LEN];
+            hdr.copy_from_slice(&self.buf[..HDR_LEN]);
+            let body = Body::Bytes(&self.buf[HDR_LEN..len]);
+            used |= self.ring.deliver(&hdr, &body, &mut || {});
         }
         used
     }

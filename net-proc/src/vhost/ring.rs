@@ -16,16 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::body::{host, Body, Chunk, Writer};
 use super::memory::Mem;
 use super::queue::{QueueError, QueueParams};
 use super::stats::{add, Counters};
 use crate::virtio_net::{HDR_LEN, MAX_QUEUE_SIZE, NUM_BUFFERS_OFFSET};
 use vhost_backend_common::log::QueueLog;
 
-/// A descriptor checked against guest memory.
-#[derive(Clone, Copy)]
+/// A descriptor checked against guest memory, inside one memory region
+/// (a descriptor across two regions becomes two segments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seg {
     /// Guest physical address.
     pub addr: u64,
@@ -119,11 +121,11 @@ impl Ring {
     /// bounds, and appends its segments to `segs`. None: the ring is empty
     /// (or its avail index is corrupt).
     pub fn pop(&mut self, writable: bool, segs: &mut Vec<Seg>) -> Option<Chain> {
-        let mem = self.mem.clone();
         if !self.ring_sane() {
             return None;
         }
-        let chain = self.q.pop_descriptor_chain(&*mem)?;
+        let mem: &Mem = &self.mem;
+        let chain = self.q.pop_descriptor_chain(mem)?;
         let head = chain.head_index();
         let first = segs.len();
         let mut ok = true;
@@ -138,12 +140,7 @@ impl Ring {
             if len == 0 {
                 continue;
             }
-            if mem.check_range(d.addr(), len, Permissions::ReadWrite) {
-                segs.push(Seg {
-                    addr: d.addr().0,
-                    len,
-                });
-            } else {
+            if !push_segs(mem, d.addr().0, len, segs) {
                 ok = false;
             }
         }
@@ -216,18 +213,38 @@ impl Ring {
         self.add_used(head, 0);
     }
 
-    /// Places the frame `frame` (its vnet header in front; `num_buffers`
-    /// is written here) into one chain, or several with MRG_RXBUF, and
-    /// counts it; a frame that finds no (or not enough) buffers is
-    /// dropped and counted. True if any chain was used (the caller
-    /// signals once per batch).
-    pub fn deliver(&mut self, frame: &mut [u8]) -> bool {
+    /// Places a frame into one chain, or several with MRG_RXBUF, and
+    /// counts it: `hdr` is its vnet header (`num_buffers` is set here),
+    /// `body` the frame, copied from where it lies (a buffer or another
+    /// guest's tx chain) straight into the buffers. A frame that finds no
+    /// (or not enough) buffers is dropped and counted. True if any chain
+    /// was used (the caller signals once per batch).
+    ///
+    /// `done` is called once, after the body was read and before the
+    /// used elements make the frame visible to this ring's driver: the
+    /// sender's chain is completed there, so that a net-proc killed in
+    /// between loses the frame (its buffers here are offered again) but
+    /// never delivers it twice (a sender's chain completed after the
+    /// delivery would be sent again by the successor).
+    pub fn deliver(
+        &mut self,
+        hdr: &[u8; HDR_LEN],
+        body: &Body<'_>,
+        done: &mut dyn FnMut(),
+    ) -> bool {
         let start = self.q.next_avail();
         let mut segs = std::mem::take(&mut self.segs);
         let mut chains = std::mem::take(&mut self.chains);
         segs.clear();
         chains.clear();
-        let used = self.fill_chains(frame, start, &mut segs, &mut chains);
+        let mut called = false;
+        let mut once = || {
+            if !std::mem::replace(&mut called, true) {
+                done();
+            }
+        };
+        let used = self.fill_chains(hdr, body, start, &mut segs, &mut chains, &mut once);
+        once();
         self.segs = segs;
         self.chains = chains;
         used
@@ -235,12 +252,14 @@ impl Ring {
 
     fn fill_chains(
         &mut self,
-        frame: &mut [u8],
+        hdr: &[u8; HDR_LEN],
+        body: &Body<'_>,
         start: u16,
         segs: &mut Vec<Seg>,
         chains: &mut Vec<(u16, usize)>,
+        done: &mut dyn FnMut(),
     ) -> bool {
-        let len = frame.len();
+        let len = HDR_LEN + body.len();
         let mut room = 0usize;
         while room < len {
             if !self.mrg_rxbuf && !chains.is_empty() {
@@ -261,7 +280,7 @@ impl Ring {
             room += segs[first..].iter().map(|s| s.len).sum::<usize>();
             chains.push((c.head, segs.len()));
         }
-        if room < len || len < HDR_LEN {
+        if room < len {
             // Not enough buffers: leave them in the ring for the next frame
             // (a small one may fit) and drop this one.
             self.q.set_next_avail(start);
@@ -269,35 +288,50 @@ impl Ring {
             return false;
         }
         let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
-        frame[NUM_BUFFERS_OFFSET..HDR_LEN].copy_from_slice(&count.to_le_bytes());
-        let mut off = 0usize;
+        let mut h = *hdr;
+        h[NUM_BUFFERS_OFFSET..HDR_LEN].copy_from_slice(&count.to_le_bytes());
+        let log = |addr: u64, n: u64| {
+            if let Some(log) = &self.log {
+                log.data(addr, n);
+            }
+        };
+        let mut w = Writer::new(&self.mem, segs, &log);
+        w.put(&Chunk::Bytes(&h));
+        let mapped = body.chunks(|c| w.put(&c));
+        if w.failed || !mapped {
+            add(&self.stats.bad_chains, 1);
+        }
+        done();
+        // Each chain holds what fits in it, in order.
+        let mut left = len;
         let mut from = 0usize;
         for &(head, end) in chains.iter() {
-            let mut written = 0usize;
-            for s in &segs[from..end] {
-                if off == len {
-                    break;
-                }
-                let n = s.len.min(len - off);
-                if self
-                    .mem
-                    .write_slice(&frame[off..off + n], GuestAddress(s.addr))
-                    .is_err()
-                {
-                    add(&self.stats.bad_chains, 1);
-                    break;
-                }
-                if let Some(log) = &self.log {
-                    log.data(s.addr, n as u64);
-                }
-                off += n;
-                written += n;
-            }
+            let cap: usize = segs[from..end].iter().map(|s| s.len).sum();
+            let written = cap.min(left);
+            left -= written;
             from = end;
             self.add_used(head, u32::try_from(written).unwrap_or(0));
         }
         add(&self.stats.rx_packets, 1);
-        add(&self.stats.rx_bytes, (len - HDR_LEN) as u64);
+        add(&self.stats.rx_bytes, body.len() as u64);
+        true
+    }
+
+    /// Copies the chain's `segs` (checked by [`Ring::pop`]) into `buf`,
+    /// which holds their total length; false when a segment could not be
+    /// mapped.
+    pub fn read_chain(&self, segs: &[Seg], buf: &mut [u8]) -> bool {
+        let mut off = 0usize;
+        for &s in segs {
+            let Some(v) = host(&self.mem, s) else {
+                return false;
+            };
+            let Some(dst) = buf.get_mut(off..off + s.len) else {
+                return false;
+            };
+            v.copy_to(dst);
+            off += s.len;
+        }
         true
     }
 
@@ -305,4 +339,29 @@ impl Ring {
     pub fn link_up(&self) -> bool {
         self.link_up.load(Ordering::Relaxed)
     }
+}
+
+/// Appends `[addr, addr + len)` of `mem` to `segs`, one segment per
+/// memory region it covers; false when part of it is outside guest
+/// memory (nothing is appended then).
+fn push_segs(mem: &Mem, addr: u64, len: usize, segs: &mut Vec<Seg>) -> bool {
+    // Almost always within one region: one lookup.
+    if mem.get_slice(GuestAddress(addr), len).is_ok() {
+        segs.push(Seg { addr, len });
+        return true;
+    }
+    let first = segs.len();
+    let (mut at, mut left) = (addr, len);
+    while left > 0 {
+        let Some(r) = mem.find_region(GuestAddress(at)) else {
+            segs.truncate(first);
+            return false;
+        };
+        let in_region = r.last_addr().0 - at + 1;
+        let n = usize::try_from(in_region).map_or(left, |n| n.min(left));
+        segs.push(Seg { addr: at, len: n });
+        at += n as u64;
+        left -= n;
+    }
+    true
 }

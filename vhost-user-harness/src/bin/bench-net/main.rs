@@ -13,7 +13,7 @@
 //!
 //! Usage: bench-net --net-proc PATH --tap NAME --veth A,B [--secs S]
 //! [--switch-taps A,B --bridge-ports A,B] [--bridge-taps A,B]
-//! [--bulkhead PATH --guest PATH [--qemu PATH]]
+//! [--bulkhead PATH --guest PATH [--qemu PATH]] [--only nic|ports]
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -52,13 +52,15 @@ struct Args {
     ports: Option<((String, String), (String, String))>,
     /// NIC to NIC: two TAPs in a Linux bridge (the kernel's path).
     bridge_taps: Option<(String, String)>,
+    /// `--only nic|ports`: that table alone (profiling one path).
+    only: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = std::env::args().skip(1);
     let (mut net_proc, mut tap, mut veth, mut secs) = (None, None, None, 2.0);
     let (mut bulkhead, mut gen, mut qemu) = (None, None, "qemu-system-x86_64".to_owned());
-    let (mut switch, mut bridge, mut bridge_taps) = (None, None, None);
+    let (mut switch, mut bridge, mut bridge_taps, mut only) = (None, None, None, None);
     let pair = |s: String, what: &str| -> Result<(String, String), String> {
         let (x, y) = s.split_once(',').ok_or(format!("{what} A,B"))?;
         Ok((x.to_owned(), y.to_owned()))
@@ -80,6 +82,10 @@ fn args() -> Result<Args, String> {
             "--switch-taps" => switch = Some(pair(v()?, "--switch-taps")?),
             "--bridge-ports" => bridge = Some(pair(v()?, "--bridge-ports")?),
             "--bridge-taps" => bridge_taps = Some(pair(v()?, "--bridge-taps")?),
+            "--only" => match v()?.as_str() {
+                o @ ("nic" | "ports") => only = Some(o.to_owned()),
+                o => return Err(format!("--only nic|ports, not {o}")),
+            },
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -103,6 +109,7 @@ fn args() -> Result<Args, String> {
             _ => return Err("--switch-taps and --bridge-ports go together".into()),
         },
         bridge_taps,
+        only,
     })
 }
 
@@ -366,11 +373,15 @@ fn fmt_rate(len: usize, pps: f64) -> String {
 
 fn run() -> Result<(), String> {
     let a = args()?;
-    if let Some(taps) = &a.bridge_taps {
+    let only = a.only.as_deref();
+    if let (Some(taps), None | Some("nic")) = (&a.bridge_taps, only) {
         nic_to_nic(&a, taps)?;
     }
-    if let Some((taps, ports)) = &a.ports {
+    if let (Some((taps, ports)), None | Some("ports")) = (&a.ports, only) {
         port_to_port(&a, taps, ports)?;
+    }
+    if only.is_some() {
+        return Ok(());
     }
     let veth = harness(&a)?;
     if let Some(p) = &a.guest {
