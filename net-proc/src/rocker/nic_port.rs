@@ -8,7 +8,12 @@
 //! worker thread: while the driver has it running it is held here
 //! ([`NicPort::attach_rx`]) and whichever thread forwards a frame fills
 //! it under its lock. Each forwarding thread signals the rings it filled
-//! once per batch ([`Pending`]): no syscall per frame.
+//! once per batch ([`Pending`]): no syscall per frame. A frame for one
+//! NIC is copied once, from the sender's tx chain into the receiver's rx
+//! buffers; the sender's chain is completed after the copy and before
+//! the receiver's used entries publish the frame, so a net-proc killed
+//! mid-way loses the frame but never lets the sender's successor send
+//! it a second time.
 //!
 //! The netdev exists before its NIC and its switch (the broker creates,
 //! and replays, netdevs first) and outlives either: a NIC attaches its rx

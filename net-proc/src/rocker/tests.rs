@@ -176,3 +176,20 @@ fn packets_parse_vlan_tags_and_ipv4_fields() {
     key.ip_dst = Some(([11, 0, 0, 0], 8));
     assert!(!of_dpa::matches(&p, 0, &key, &Default::default()));
 }
+
+#[test]
+fn repeated_frames_take_the_cached_walk_count_hits_and_see_a_table_change_at_once() {
+    let mut b = bridge(3);
+    let now = Instant::now();
+    out(&mut b, BCAST, A, 1, now);
+    for _ in 0..5 {
+        assert_eq!(out(&mut b, A, B, 2, now), vec![1]);
+    }
+    // One walk and four cached uses: five hits on A's entry.
+    assert!(learned(&b).contains(&(A, 1, 5)), "{:?}", learned(&b));
+    // A moves to port 3 (its entry is replaced): the next frame for A
+    // goes there, not where the cached walk said.
+    out(&mut b, BCAST, A, 3, now);
+    assert_eq!(out(&mut b, A, B, 2, now), vec![3]);
+    assert!(learned(&b).contains(&(A, 3, 1)), "{:?}", learned(&b));
+}

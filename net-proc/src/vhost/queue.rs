@@ -32,9 +32,11 @@
 //! counted (`rx_dropped`); the port is read on regardless, so one guest
 //! queue that stops refilling never holds up the port or another queue.
 //!
-//! Per frame the worker allocates nothing (the segment lists are reused;
-//! on a switch port the pipeline's list of output ports excepted) and
-//! makes one port syscall on a TAP, none on a switch port (a long run is
+//! Per frame the worker allocates nothing (the segment lists and the
+//! switch's scratch are reused), copies the frame once (on a switch port
+//! from the chain straight into the receiving NIC's rx buffers, see
+//! [`crate::rocker::forward`]) and makes one port syscall on a TAP, none
+//! on a switch port (a long run is
 //! signalled every `SIGNAL_EVERY` frames). After a batch the tx worker watches the
 //! avail ring for `POLL` before it sleeps, as block-proc's queue does
 //! (see there for why only after a batch). The rx worker does not watch
