@@ -13,7 +13,7 @@
 //!
 //! Usage: bench-net --net-proc PATH --tap NAME --veth A,B [--secs S]
 //! [--switch-taps A,B --bridge-ports A,B] [--bridge-taps A,B]
-//! [--bulkhead PATH --guest PATH [--qemu PATH]] [--only nic|ports]
+//! [--bulkhead PATH --guest PATH [--qemu PATH]] [--only nic|ports|harness]
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -52,7 +52,7 @@ struct Args {
     ports: Option<((String, String), (String, String))>,
     /// NIC to NIC: two TAPs in a Linux bridge (the kernel's path).
     bridge_taps: Option<(String, String)>,
-    /// `--only nic|ports`: that table alone (profiling one path).
+    /// `--only nic|ports|harness`: that table alone (profiling one path).
     only: Option<String>,
 }
 
@@ -83,8 +83,8 @@ fn args() -> Result<Args, String> {
             "--bridge-ports" => bridge = Some(pair(v()?, "--bridge-ports")?),
             "--bridge-taps" => bridge_taps = Some(pair(v()?, "--bridge-taps")?),
             "--only" => match v()?.as_str() {
-                o @ ("nic" | "ports") => only = Some(o.to_owned()),
-                o => return Err(format!("--only nic|ports, not {o}")),
+                o @ ("nic" | "ports" | "harness") => only = Some(o.to_owned()),
+                o => return Err(format!("--only nic|ports|harness, not {o}")),
             },
             _ => return Err(format!("unknown argument {k}")),
         }
@@ -380,10 +380,13 @@ fn run() -> Result<(), String> {
     if let (Some((taps, ports)), None | Some("ports")) = (&a.ports, only) {
         port_to_port(&a, taps, ports)?;
     }
-    if only.is_some() {
+    if only.is_some_and(|o| o != "harness") {
         return Ok(());
     }
     let veth = harness(&a)?;
+    if only.is_some() {
+        return Ok(());
+    }
     if let Some(p) = &a.guest {
         guests(&a, p, &veth)?;
     }
