@@ -17,7 +17,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use block_proc::block::file::FileDriver;
-use block_proc::block::qcow2::{Qcow2Driver, Qcow2Error};
+use block_proc::block::qcow2::{BackingSource, Qcow2Driver, Qcow2Error};
 use block_proc::block::Node;
 use libfuzzer_sys::fuzz_target;
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -40,7 +40,7 @@ fn open(data: &[u8], files: &mut HashMap<String, File>) -> Result<Qcow2Driver, Q
     let child_file = file.try_clone().expect("dup memfd");
     let child = FileDriver::new(child_file, IMAGE.into(), false).expect("file node");
     let child = Arc::new(Node::new("file".into(), Box::new(child), true));
-    Qcow2Driver::open(child, file, IMAGE, false, false, true, files)
+    Qcow2Driver::open(child, file, IMAGE, false, false, BackingSource::Header, files)
 }
 
 fn read_some(driver: Qcow2Driver) {

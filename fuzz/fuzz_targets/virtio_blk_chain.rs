@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     let body = &body[..body.len().min(MEM_SIZE)];
     mem.write_slice(body, GuestAddress(0)).expect("fill memory");
 
-    let node = Node::new("fuzz".into(), Box::new(NullDriver::new(1 << 20)), !writable);
+    let node = std::sync::Arc::new(Node::new("fuzz".into(), Box::new(NullDriver::new(1 << 20)), !writable));
     let blk = BlkConfig::new(&node, 1, writable, "fuzz-serial", 512);
 
     let mut ring = Vring::new(cfg, next_avail, event_idx);
