@@ -52,7 +52,7 @@ use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig, Vho
 use ipc_proto::{ErrorClass, FlatError};
 use serde_json::{json, Map, Value};
 
-use super::{block_state, lock, unexpected_reply, Machine};
+use super::{block_state, expect_vcpu_done, lock, unexpected_reply, Machine};
 use crate::cli::ChardevSpec;
 
 pub mod net;
@@ -665,15 +665,8 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
             // Not left half-open: its export would wait on it.
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
-        match reply? {
-            VcpuReply::Done => mark_attached(m, &[id]),
-            other @ (VcpuReply::Status(_)
-            | VcpuReply::Cpus(_)
-            | VcpuReply::Trace(_)
-            | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }
-            | VcpuReply::Migration(_)) => return Err(unexpected_reply(&other)),
-        }
+        expect_vcpu_done(reply?)?;
+        mark_attached(m, &[id]);
     }
     Ok(())
 }
