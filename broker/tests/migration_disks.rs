@@ -5,7 +5,6 @@
 //! lock bytes QEMU reads (100 + perm: held, 200 + perm: not shared).
 
 mod common;
-mod disk_common;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::locks::{held, qcow2_over};
+use common::migration::{start_vm, Guest};
 use common::{Bulkhead, Qmp};
 use serde_json::{json, Value};
 
@@ -88,39 +88,20 @@ fn a_vm_started_without_incoming_locks_its_images_at_once() {
 }
 
 fn timer_vm(dir: &Path, name: &str, img: &Path, extra: &[&str]) -> Bulkhead {
-    guest_vm("timer", &[], dir, name, img, extra)
+    vm_on_image(Guest::Timer, dir, name, img, extra)
 }
 
 /// The `dirty` guest, idle until stopped (it runs through a migration).
 fn idle_vm(dir: &Path, name: &str, img: &Path, extra: &[&str]) -> Bulkhead {
-    let append = ["-append", "dirty.mb=4 dirty.rate=0 dirty.rounds=0"];
-    guest_vm("dirty", &append, dir, name, img, extra)
+    vm_on_image(Guest::IdleDirty, dir, name, img, extra)
 }
 
-fn guest_vm(
-    guest: &str,
-    append: &[&str],
-    dir: &Path,
-    name: &str,
-    img: &Path,
-    extra: &[&str],
-) -> Bulkhead {
-    let kernel = disk_common::guest(guest);
-    let serial = format!("file:{}", dir.join(format!("{name}.log")).display());
+/// `guest` with node `d0`, the qcow2 image `img`.
+fn vm_on_image(guest: Guest, dir: &Path, name: &str, img: &Path, extra: &[&str]) -> Bulkhead {
     let blockdev = qcow2_over("d0", img).to_string();
-    let mut args = append.to_vec();
-    args.extend([
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-m",
-        "64M",
-        "-blockdev",
-        blockdev.as_str(),
-    ]);
+    let mut args = vec!["-blockdev", blockdev.as_str()];
     args.extend_from_slice(extra);
-    Bulkhead::start(&args)
+    start_vm(dir, name, guest, &args)
 }
 
 fn wait_migration(q: &mut Qmp, want: &[&str]) -> Value {

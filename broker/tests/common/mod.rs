@@ -87,6 +87,19 @@ pub fn broker_pid(b: &Bulkhead) -> u32 {
     b.child.as_ref().unwrap().id()
 }
 
+/// The ELF of test guest `name` (built by vcpu-proc's build script).
+pub fn guest(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-guests/x86_64-unknown-linux-gnu/release")
+        .join(name);
+    assert!(
+        p.exists(),
+        "test guest {} missing (build vcpu-proc or run scripts/build-guests)",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
 /// A private directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -1,12 +1,53 @@
-//! The peer side of the comparison tests: QEMU's replies to the same QMP
-//! commands, and ours without the `id` the client added.
+//! The peer side of the comparison tests: a QEMU serving QMP, QEMU's
+//! replies to the same QMP commands, and ours without the `id` the client
+//! added.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::Qmp;
+use super::{Qmp, TIMEOUT};
+
+/// A `qemu-system-x86_64 -M microvm`; killed on drop.
+pub struct Microvm(Child);
+
+impl Microvm {
+    /// Starts `qemu-system-x86_64 -M microvm -display none -nodefaults
+    /// EXTRA...` with its QMP on `sock`; returns it with a client past
+    /// `qmp_capabilities`.
+    pub fn start(sock: &Path, extra: &[&str]) -> (Microvm, Qmp) {
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-M", "microvm", "-display", "none", "-nodefaults", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 is installed (scripts/setup)");
+        let guard = Microvm(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "QEMU's QMP socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (mut q, _) = Qmp::connect(sock);
+        q.negotiate();
+        (guard, q)
+    }
+}
+
+impl Drop for Microvm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// QEMU's replies (`return` or `error`) to `cmds`, sent over `-qmp stdio`
 /// after `qmp_capabilities`, from `qemu-system-x86_64 ARGS -display none`

@@ -10,25 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use crate::common::guest;
+
 /// Guest code is very slow on the nested KVM of the development machines.
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Image size (the guests use the first 64 sectors).
 pub const IMAGE_BYTES: u64 = 4 << 20;
 /// Sectors the `blk` guests write.
 pub const GUEST_SECTORS: u64 = 64;
-
-/// The ELF of test guest `name` (built by vcpu-proc's build script).
-pub fn guest(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/test-guests/x86_64-unknown-linux-gnu/release")
-        .join(name);
-    assert!(
-        p.exists(),
-        "test guest {} missing (build vcpu-proc or run scripts/build-guests)",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
-}
 
 /// Starts bulkhead running test guest `guest_name` with its serial output
 /// in `dir/serial.log` (`-kernel GUEST -serial file:LOG EXTRA...`).
