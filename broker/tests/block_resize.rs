@@ -70,23 +70,6 @@ fn error(r: &Value) -> Value {
     r.get("error").cloned().unwrap_or_else(|| r.clone())
 }
 
-/// SIGKILLs block-proc and waits until its successor answers.
-fn kill_block_proc_and_wait_restart(b: &Bulkhead, q: &mut Qmp) {
-    let pid = block_proc_pid(common::broker_pid(b)).expect("block-proc");
-    sigkill(pid);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != pid) {
-            let r = q.execute("query-block", json!({}));
-            if r.get("return").is_some() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The line the blk guests print when a config-change interrupt shows
 /// them a new capacity.
 fn config_change_line(bytes: u64) -> String {
@@ -96,13 +79,13 @@ fn config_change_line(bytes: u64) -> String {
 #[test]
 fn a_running_guest_gets_a_config_interrupt_with_the_new_capacity_before_and_after_a_block_proc_kill(
 ) {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = raw_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(1);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        dir: _dir,
+        ..
+    } = start_blk_loop("raw", 1);
 
     // block-proc sends CONFIG_CHANGE_MSG on the backend request channel;
     // vcpu-proc fetches the config space and interrupts the guest, which
@@ -134,13 +117,13 @@ fn a_running_guest_gets_a_config_interrupt_with_the_new_capacity_before_and_afte
 
 #[test]
 fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_block_proc_kill() {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = raw_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(1);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        img,
+        dir: _dir,
+    } = start_blk_loop("raw", 1);
     assert_eq!(virtual_size(&mut q, "vda"), IMAGE_BYTES);
 
     let bigger = IMAGE_BYTES * 2;
@@ -410,13 +393,13 @@ fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
 
 #[test]
 fn a_qcow2_disk_grows_under_a_guest_doing_verified_io_which_sees_the_new_capacity() {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = qcow2_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(1);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        img,
+        dir: _dir,
+    } = start_blk_loop("qcow2", 1);
     // The resize waits for the guest's requests in flight, then runs
     // alone; the guest goes on and is told.
     let bigger = IMAGE_BYTES * 4;
