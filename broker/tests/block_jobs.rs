@@ -388,11 +388,11 @@ impl Drop for Qsd {
     }
 }
 
-#[test]
-fn job_argument_errors_match_qemu_storage_daemon() {
-    let dir = common::TempDir::new();
-    let (top, _) = chain(&dir.0);
-    let tgt = dir.0.join("tgt.qcow2");
+/// A [`chain`] and an empty qcow2 target of its size in `dir`, as the
+/// blockdevs of nodes `top` and `tgt`.
+fn chain_and_target(dir: &Path) -> [Value; 2] {
+    let (top, _) = chain(dir);
+    let tgt = dir.join("tgt.qcow2");
     run(
         "qemu-img",
         &[
@@ -404,31 +404,22 @@ fn job_argument_errors_match_qemu_storage_daemon() {
             &CHAIN_BYTES.to_string(),
         ],
     );
-    let nodes = [
-        json!({"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": p(&top)}}),
-        json!({"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": p(&tgt)}}),
-    ];
+    let node = |name: &str, img: &Path| {
+        json!({"driver": "qcow2", "node-name": name,
+               "file": {"driver": "file", "filename": p(img)}})
+    };
+    [node("top", &top), node("tgt", &tgt)]
+}
+
+#[test]
+fn job_argument_errors_match_qemu_storage_daemon() {
+    let dir = common::TempDir::new();
+    let nodes = chain_and_target(&dir.0);
     let mut qsd = Qsd::start(&dir.0, &nodes);
     // bulkhead on its own copies (qsd holds the images' locks).
     let ours_dir = dir.0.join("ours");
     std::fs::create_dir(&ours_dir).unwrap();
-    let (top2, _) = chain(&ours_dir);
-    let tgt2 = ours_dir.join("tgt.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            p(&tgt2),
-            &CHAIN_BYTES.to_string(),
-        ],
-    );
-    let ours = [
-        json!({"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": p(&top2)}}),
-        json!({"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": p(&tgt2)}}),
-    ];
+    let ours = chain_and_target(&ours_dir);
     let b = common::Bulkhead::start(&[
         "-M",
         "none",
