@@ -28,25 +28,6 @@ fn qcow2(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn kill_block_proc(b: &Bulkhead, q: &mut Qmp) {
-    let broker = b.child.as_ref().unwrap().id();
-    let pid = loop {
-        if let Some((pid, _)) = common::children(broker)
-            .into_iter()
-            .find(|(_, c)| c == "block-proc")
-        {
-            break pid as i32;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    q.event("__org.bulkhead_WORKER_RESTARTED");
-}
-
 #[test]
 fn a_migration_target_holds_no_image_locks_even_across_a_block_proc_sigkill() {
     let b = Bulkhead::start(&["-incoming", "defer"]);
@@ -66,7 +47,7 @@ fn a_migration_target_holds_no_image_locks_even_across_a_block_proc_sigkill() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    kill_block_proc(&b, &mut q);
+    common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
     assert!(!held(&img, 101), "a restarted block-proc took the lock");
     // The disk itself works (the node is back in the restarted worker).
     let r = q.execute("query-named-block-nodes", Value::Null);
@@ -138,7 +119,7 @@ fn the_image_locks_move_from_source_to_target_at_the_switchover() {
     assert!(held(&img, 101), "the source holds the write lock");
     let r = s.execute("migrate", json!({"uri": incoming}));
     assert_eq!(r, json!({"return": {}}));
-    kill_block_proc(&src, &mut s);
+    common::kill_worker_and_wait_restart(&src, &mut s, "block-proc");
     let info = wait_migration(&mut s, &["completed", "failed"]);
     assert_eq!(info["status"], "completed", "{info}");
     wait_migration(&mut d, &["completed"]);

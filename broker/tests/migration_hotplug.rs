@@ -34,6 +34,20 @@ fn sink(path: &Path) {
     });
 }
 
+/// Starts a migration at 1000 bytes/s (the first pass alone outlasts
+/// the test) into a [`sink`] at `path`, and waits until it is active.
+fn migrate_slowly_into_sink(q: &mut Qmp, path: &Path) {
+    sink(path);
+    let r = q.execute("migrate-set-parameters", json!({"max-bandwidth": 1000}));
+    assert_eq!(r, json!({"return": {}}));
+    let uri = format!("unix:{}", path.display());
+    assert_eq!(
+        q.execute("migrate", json!({"uri": uri})),
+        json!({"return": {}})
+    );
+    wait_migration(q, &["active"]);
+}
+
 fn error(q: &mut Qmp, name: &str, args: Value) -> (String, String) {
     let r = q.execute(name, args);
     Qmp::error_of(&r)
@@ -56,16 +70,7 @@ fn qemu_while_migrating(dir: &Path, cmds: &[Value]) -> Vec<Value> {
             "virtio-blk-device,drive=d0,id=vd0",
         ],
     );
-    let path = dir.join("qemu-sink.sock");
-    sink(&path);
-    let r = q.execute("migrate-set-parameters", json!({"max-bandwidth": 1000}));
-    assert_eq!(r, json!({"return": {}}));
-    let uri = format!("unix:{}", path.display());
-    assert_eq!(
-        q.execute("migrate", json!({"uri": uri})),
-        json!({"return": {}})
-    );
-    wait_migration(&mut q, &["active"]);
+    migrate_slowly_into_sink(&mut q, &dir.join("qemu-sink.sock"));
     common::qemu::ours(&mut q, cmds)
 }
 
@@ -106,17 +111,7 @@ fn device_add_and_device_del_are_refused_while_migrating_out() {
     };
     // A CPU plugged before the migration, to be refused its unplug.
     assert_eq!(q.execute("device_add", cpu(1, "c1")), json!({"return": {}}));
-    let path = dir.0.join("sink.sock");
-    sink(&path);
-    // 1000 bytes/s: the first pass alone outlasts the test.
-    let r = q.execute("migrate-set-parameters", json!({"max-bandwidth": 1000}));
-    assert_eq!(r, json!({"return": {}}));
-    let uri = format!("unix:{}", path.display());
-    assert_eq!(
-        q.execute("migrate", json!({"uri": uri})),
-        json!({"return": {}})
-    );
-    wait_migration(&mut q, &["active"]);
+    migrate_slowly_into_sink(&mut q, &dir.0.join("sink.sock"));
 
     let add = |args: Value| json!({"execute": "device_add", "arguments": args});
     let disk = json!({"driver": "virtio-blk-device", "drive": "d1", "id": "vd1"});

@@ -261,24 +261,21 @@ fn incoming_tcp_port_zero_reports_the_bound_port() {
 /// status and the last stderr line.
 fn failing_start(args: &[&str]) -> (Option<i32>, String) {
     common::build_workers();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["-serial", "null", "-display", "none"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().last().unwrap_or_default().to_owned();
-    (out.status.code(), last)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    cmd.args(["-serial", "null", "-display", "none"]);
+    exit_and_last_error(cmd.args(args))
 }
 
+/// [`failing_start`] for `qemu-system-x86_64 -M microvm`.
 fn qemu_failing_start(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-display", "none", "-nodefaults"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm", "-display", "none", "-nodefaults"]);
+    exit_and_last_error(cmd.args(args))
+}
+
+/// Runs `cmd` to its end: its exit status and its last stderr line.
+fn exit_and_last_error(cmd: &mut Command) -> (Option<i32>, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default().to_owned();
     (out.status.code(), last)
