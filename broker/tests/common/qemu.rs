@@ -53,6 +53,24 @@ impl Drop for Microvm {
 /// after `qmp_capabilities`, from `qemu-system-x86_64 ARGS -display none`
 /// (ARGS picks the machine, e.g. `-M none -S`).
 pub fn replies(args: &[&str], cmds: &[Value]) -> Vec<Value> {
+    let replies: Vec<Value> = transcript(args, cmds)
+        .into_iter()
+        .filter(is_reply)
+        .collect();
+    assert_eq!(
+        replies.len(),
+        cmds.len(),
+        "QEMU answered {} of {} commands: {replies:?}",
+        replies.len(),
+        cmds.len()
+    );
+    replies
+}
+
+/// QEMU's messages for `cmds` as [`replies`] gets them, events included,
+/// in order: from after the reply to `qmp_capabilities` to the reply to
+/// the last of `cmds`.
+pub fn transcript(args: &[&str], cmds: &[Value]) -> Vec<Value> {
     let mut child = Command::new("qemu-system-x86_64")
         .args(args)
         .args(["-display", "none", "-qmp", "stdio"])
@@ -72,20 +90,32 @@ pub fn replies(args: &[&str], cmds: &[Value]) -> Vec<Value> {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let replies: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
-        .skip(1)
-        .collect();
+    let mut out = Vec::new();
+    let mut replies = 0;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v.get("QMP").is_some() {
+            continue;
+        }
+        if is_reply(&v) {
+            replies += 1;
+            // The first is qmp_capabilities', the one after the last
+            // command's quit's.
+            if replies == 1 {
+                continue;
+            }
+            if replies > cmds.len() + 1 {
+                break;
+            }
+        }
+        out.push(v);
+    }
     child.wait().unwrap();
-    assert!(
-        replies.len() >= cmds.len(),
-        "QEMU answered {} of {} commands: {replies:?}",
-        replies.len(),
-        cmds.len()
-    );
-    replies[..cmds.len()].to_vec()
+    out
+}
+
+fn is_reply(v: &Value) -> bool {
+    v.get("return").is_some() || v.get("error").is_some()
 }
 
 /// Our replies to `cmds` on `q`, without the `id` the client added, to
