@@ -27,17 +27,8 @@ impl Microvm {
             .stderr(Stdio::null())
             .spawn()
             .expect("qemu-system-x86_64 is installed (scripts/setup)");
-        let guard = Microvm(child);
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(sock).is_err() {
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "QEMU's QMP socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (mut q, _) = Qmp::connect(sock);
-        q.negotiate();
+        let mut guard = Microvm(child);
+        let q = client_once_listening(&mut guard.0, sock);
         (guard, q)
     }
 }
@@ -47,6 +38,73 @@ impl Drop for Microvm {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A `qemu-storage-daemon`; killed on drop.
+pub struct Qsd(Child);
+
+impl Qsd {
+    /// Starts `qemu-storage-daemon` with its QMP monitor on `sock`, then
+    /// `args` (`--blockdev`, `--export`...); returns it with a client past
+    /// `qmp_capabilities`.
+    pub fn start(sock: &Path, args: &[String]) -> (Qsd, Qmp) {
+        let child = Command::new("qemu-storage-daemon")
+            .arg("--chardev")
+            .arg(format!(
+                "socket,id=m,path={},server=on,wait=off",
+                sock.display()
+            ))
+            .args(["--monitor", "chardev=m"])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon is installed (scripts/setup)");
+        let mut guard = Qsd(child);
+        let q = client_once_listening(&mut guard.0, sock);
+        (guard, q)
+    }
+
+    /// Waits until it exits (after a `quit`).
+    pub fn wait(&mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--blockdev` arguments of `blockdevs` (QEMU's JSON form).
+pub fn blockdev_args(blockdevs: &[Value]) -> Vec<String> {
+    blockdevs
+        .iter()
+        .flat_map(|b| ["--blockdev".to_owned(), b.to_string()])
+        .collect()
+}
+
+/// A QMP client past `qmp_capabilities` on `sock`, once `child` listens
+/// there (it must not exit first).
+fn client_once_listening(child: &mut Child, sock: &Path) -> Qmp {
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        let exited = child.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "exited ({exited:?}) before its QMP socket appeared"
+        );
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{} never appeared",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut q, _) = Qmp::connect(sock);
+    q.negotiate();
+    q
 }
 
 /// QEMU's replies (`return` or `error`) to `cmds`, sent over `-qmp stdio`
