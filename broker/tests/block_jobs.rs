@@ -12,7 +12,7 @@ mod disk_common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::qemu::{blockdev_args, Qsd};
+use common::qemu::{blockdev_args, Peer};
 use disk_common::*;
 use serde_json::{json, Value};
 
@@ -380,7 +380,7 @@ fn chain_and_target(dir: &Path) -> [Value; 2] {
 fn job_argument_errors_match_qemu_storage_daemon() {
     let dir = common::TempDir::new();
     let nodes = chain_and_target(&dir.0);
-    let (_qsd, mut qsd) = Qsd::start(&dir.0.join("qsd.sock"), &blockdev_args(&nodes));
+    let (_qsd, mut qsd) = Peer::qsd(&dir.0.join("qsd.sock"), &blockdev_args(&nodes));
     // bulkhead on its own copies (qsd holds the images' locks).
     let ours_dir = dir.0.join("ours");
     std::fs::create_dir(&ours_dir).unwrap();

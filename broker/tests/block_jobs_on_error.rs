@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::qemu::Qsd;
+use common::qemu::Peer;
 use common::Qmp;
 use disk_common::*;
 use serde_json::{json, Value};
@@ -246,7 +246,7 @@ fn compare(kind: Kind, policy: &str, scenario: impl Fn(&mut Qmp, &Side) -> Vec<V
     let dir = common::TempDir::new();
     let theirs_side = Side::new(&dir.0, "qsd", kind);
     let ours_side = Side::new(&dir.0, "bulkhead", kind);
-    let (_qsd, mut qsd) = Qsd::start(&dir.0.join("qsd.sock"), &[]);
+    let (_qsd, mut qsd) = Peer::qsd(&dir.0.join("qsd.sock"), &[]);
     // The stream's base is outside the top's directory (the tmpfs).
     let images = dir.0.join("bulkhead");
     let b = common::Bulkhead::start(&["-S", "-m", "32M", "-x-bulkhead-image-dir", p(&images)]);

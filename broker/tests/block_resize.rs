@@ -11,7 +11,7 @@ mod disk_common;
 use std::path::Path;
 use std::process::Command;
 
-use common::qemu::Qsd;
+use common::qemu::Peer;
 use common::{Bulkhead, Qmp};
 use disk_common::*;
 use serde_json::{json, Value};
@@ -142,7 +142,7 @@ fn block_resize_errors_match_qemu_storage_daemon() {
             "driver=qcow2,file=qf,node-name=q".into(),
         ]
     };
-    let (_qsd, mut qsd) = Qsd::start(&dir.0.join("qsd.sock"), &blockdevs(&theirs_img, &theirs_q));
+    let (_qsd, mut qsd) = Peer::qsd(&dir.0.join("qsd.sock"), &blockdevs(&theirs_img, &theirs_q));
     let ours_args: Vec<String> = blockdevs(&ours_img, &ours_q)
         .into_iter()
         .map(|a| a.replacen("--", "-", 1))
@@ -247,7 +247,7 @@ fn qcow2_grows_and_shrinks_as_in_qemu_storage_daemon_zero_filled_over_a_longer_b
             img.display()
         )
     };
-    let (qsd_proc, mut qsd) = Qsd::start(
+    let (qsd_proc, mut qsd) = Peer::qsd(
         &dir.0.join("qsd.sock"),
         &["--blockdev".into(), node(&theirs)],
     );
@@ -330,7 +330,7 @@ fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
             img.display()
         ));
     }
-    let (_qsd, mut qsd) = Qsd::start(
+    let (_qsd, mut qsd) = Peer::qsd(
         &dir.0.join("qsd.sock"),
         &["--blockdev".into(), node[1].clone()],
     );

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::qemu::{blockdev_args, Qsd};
+use common::qemu::{blockdev_args, Peer};
 use common::{broker_pid, Bulkhead, Qmp};
 use disk_common::*;
 use serde_json::{json, Value};
@@ -184,10 +184,10 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
 }
 
 /// qemu-storage-daemon serving `img` as node `d0`, its QMP on `sock`.
-fn qsd(img: &Path, sock: &Path) -> (Qsd, Qmp) {
+fn qsd(img: &Path, sock: &Path) -> (Peer, Qmp) {
     let blockdev = json!({"driver": "qcow2", "node-name": "d0",
         "file": {"driver": "file", "filename": img}});
-    Qsd::start(sock, &blockdev_args(&[blockdev]))
+    Peer::qsd(sock, &blockdev_args(&[blockdev]))
 }
 
 fn qemu_img_bitmaps(img: &Path) -> Value {

@@ -16,7 +16,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use common::migration::wait_migration;
-use common::qemu::Microvm;
+use common::qemu::Peer;
 use common::{Bulkhead, Qmp, TempDir};
 use serde_json::{json, Value};
 
@@ -56,7 +56,7 @@ fn error(q: &mut Qmp, name: &str, args: Value) -> (String, String) {
 /// QEMU's replies to `cmds` sent while it (microvm, the same devices)
 /// migrates at 1000 bytes/s into a sink.
 fn qemu_while_migrating(dir: &Path, cmds: &[Value]) -> Vec<Value> {
-    let (_qemu, mut q) = Microvm::start(
+    let (_qemu, mut q) = Peer::microvm(
         &dir.join("qemu-qmp.sock"),
         &[
             "-m",

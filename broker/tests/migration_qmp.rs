@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::qemu::Microvm;
+use common::qemu::Peer;
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
 use serde_json::{json, Value};
 
@@ -28,7 +28,7 @@ fn run(q: &mut Qmp, cmds: &[Value]) -> Vec<Value> {
 /// The replies to `cmds` of bulkhead and of QEMU, both started with
 /// `args`: (ours, theirs).
 fn ours_and_qemus(dir: &Path, args: &[&str], cmds: &[Value]) -> (Vec<Value>, Vec<Value>) {
-    let (_qemu, mut theirs) = Microvm::start(&dir.join("qemu.sock"), args);
+    let (_qemu, mut theirs) = Peer::microvm(&dir.join("qemu.sock"), args);
     let theirs = run(&mut theirs, cmds);
     let b = Bulkhead::start(args);
     let mut q = b.client();
@@ -115,7 +115,7 @@ fn a_refused_connection_is_a_failed_migration_as_in_qemu() {
         "migrate",
         json!({"uri": format!("unix:{}", nowhere.display())}),
     );
-    let (_qemu, mut qemu) = Microvm::start(&dir.0.join("qemu.sock"), &["-S"]);
+    let (_qemu, mut qemu) = Peer::microvm(&dir.0.join("qemu.sock"), &["-S"]);
     run(&mut qemu, std::slice::from_ref(&events));
     let theirs_reply = plain(qemu.request(migrate.clone()));
     let theirs = settled(&mut qemu);
@@ -218,7 +218,7 @@ fn incoming_fd_that_is_missing_matches_qemu() {
 fn incoming_uri_listens_at_start_up_as_qemu() {
     let dir = TempDir::new();
     let theirs_path = dir.0.join("qemu-in.sock");
-    let (_qemu, mut qemu) = Microvm::start(
+    let (_qemu, mut qemu) = Peer::microvm(
         &dir.0.join("qemu.sock"),
         &["-incoming", &format!("unix:{}", theirs_path.display())],
     );

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::migration::{start_vm, status, wait_migration, Guest};
-use common::qemu::Microvm;
+use common::qemu::Peer;
 use common::{Qmp, TempDir, TIMEOUT};
 use serde_json::json;
 
@@ -38,7 +38,7 @@ fn qemu(dir: &Path, name: &str, extra: &[&str]) -> Started {
     let sock = dir.join(format!("{name}-qmp.sock"));
     let mut args = vec!["-accel", "kvm", "-m", "64M"];
     args.extend_from_slice(extra);
-    let (guard, q) = Microvm::start(&sock, &args);
+    let (guard, q) = Peer::microvm(&sock, &args);
     (Box::new(guard), q)
 }
 

@@ -11,57 +11,67 @@ use serde_json::Value;
 
 use super::{Qmp, TIMEOUT};
 
-/// A `qemu-system-x86_64 -M microvm`; killed on drop.
-pub struct Microvm(Child);
+/// A QEMU program serving QMP (`qemu-system-x86_64`,
+/// `qemu-storage-daemon`), the peer of a comparison; killed on drop.
+pub struct Peer(Child);
 
-impl Microvm {
-    /// Starts `qemu-system-x86_64 -M microvm -display none -nodefaults
-    /// EXTRA...` with its QMP on `sock`; returns it with a client past
-    /// `qmp_capabilities`.
-    pub fn start(sock: &Path, extra: &[&str]) -> (Microvm, Qmp) {
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm", "-display", "none", "-nodefaults", "-qmp"])
+impl Peer {
+    /// `qemu-system-x86_64 -M microvm -display none -nodefaults EXTRA...`
+    /// with its QMP on `sock`, and a client past `qmp_capabilities`.
+    pub fn microvm(sock: &Path, extra: &[&str]) -> (Peer, Qmp) {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-M", "microvm", "-display", "none", "-nodefaults", "-qmp"])
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .args(extra)
             .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 is installed (scripts/setup)");
-        let mut guard = Microvm(child);
-        let q = client_once_listening(&mut guard.0, sock);
-        (guard, q)
+            .stderr(Stdio::null());
+        Self::serving_qmp(&mut cmd, sock)
     }
-}
 
-impl Drop for Microvm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `qemu-storage-daemon`; killed on drop.
-pub struct Qsd(Child);
-
-impl Qsd {
-    /// Starts `qemu-storage-daemon` with its QMP monitor on `sock`, then
-    /// `args` (`--blockdev`, `--export`...); returns it with a client past
+    /// `qemu-storage-daemon` with its QMP monitor on `sock`, then `args`
+    /// (`--blockdev`, `--export`...), and a client past
     /// `qmp_capabilities`.
-    pub fn start(sock: &Path, args: &[String]) -> (Qsd, Qmp) {
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--chardev")
+    pub fn qsd(sock: &Path, args: &[String]) -> (Peer, Qmp) {
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.arg("--chardev")
             .arg(format!(
                 "socket,id=m,path={},server=on,wait=off",
                 sock.display()
             ))
             .args(["--monitor", "chardev=m"])
             .args(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-storage-daemon is installed (scripts/setup)");
-        let mut guard = Qsd(child);
-        let q = client_once_listening(&mut guard.0, sock);
-        (guard, q)
+            // stdin stays the test's: with /dev/null there, the monitor
+            // now and then closed the first client before its greeting
+            // (block_jobs_on_error, 2 runs in 6 with 9 tests in parallel).
+            .stdout(Stdio::null());
+        Self::serving_qmp(&mut cmd, sock)
+    }
+
+    /// Spawns `cmd`, whose QMP is on `sock`, and connects once it listens
+    /// (it must not exit first).
+    fn serving_qmp(cmd: &mut Command, sock: &Path) -> (Peer, Qmp) {
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("{:?} is installed (scripts/setup): {e}", cmd.get_program())
+        });
+        let mut peer = Peer(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
+            let exited = peer.0.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "{:?} exited: {exited:?}",
+                cmd.get_program()
+            );
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{} never appeared",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (mut q, _) = Qmp::connect(sock);
+        q.negotiate();
+        (peer, q)
     }
 
     /// Waits until it exits (after a `quit`).
@@ -70,7 +80,7 @@ impl Qsd {
     }
 }
 
-impl Drop for Qsd {
+impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -83,28 +93,6 @@ pub fn blockdev_args(blockdevs: &[Value]) -> Vec<String> {
         .iter()
         .flat_map(|b| ["--blockdev".to_owned(), b.to_string()])
         .collect()
-}
-
-/// A QMP client past `qmp_capabilities` on `sock`, once `child` listens
-/// there (it must not exit first).
-fn client_once_listening(child: &mut Child, sock: &Path) -> Qmp {
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        let exited = child.try_wait().unwrap();
-        assert!(
-            exited.is_none(),
-            "exited ({exited:?}) before its QMP socket appeared"
-        );
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "{} never appeared",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (mut q, _) = Qmp::connect(sock);
-    q.negotiate();
-    q
 }
 
 /// QEMU's replies (`return` or `error`) to `cmds`, sent over `-qmp stdio`
