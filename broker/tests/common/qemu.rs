@@ -42,7 +42,7 @@ impl Peer {
             .args(args)
             // stdin stays the test's: with /dev/null there, the monitor
             // now and then closed the first client before its greeting
-            // (block_jobs_on_error, 2 runs in 6 with 9 tests in parallel).
+            // (block_jobs_on_error, 3 runs in 6 with 9 tests in parallel).
             .stdout(Stdio::null());
         Self::serving_qmp(&mut cmd, sock)
     }
