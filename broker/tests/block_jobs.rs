@@ -10,9 +10,9 @@ mod common;
 mod disk_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::qemu::{blockdev_args, Peer};
 use disk_common::*;
 use serde_json::{json, Value};
 
@@ -353,46 +353,11 @@ fn pause_holds_a_stream_resume_continues_it_and_speed_shows_in_progress() {
     quit(b, q);
 }
 
-/// A `qemu-storage-daemon` with a QMP socket and the nodes of `blockdevs`.
-struct Qsd {
-    child: std::process::Child,
-    q: common::Qmp,
-}
-
-impl Qsd {
-    fn start(dir: &Path, blockdevs: &[Value]) -> Self {
-        let sock = dir.join("qsd.sock");
-        let mut cmd = Command::new("qemu-storage-daemon");
-        cmd.arg("--chardev")
-            .arg(format!("socket,id=m,path={},server=on,wait=off", p(&sock)))
-            .args(["--monitor", "chardev=m"]);
-        for b in blockdevs {
-            cmd.arg("--blockdev").arg(b.to_string());
-        }
-        let child = cmd.spawn().expect("qemu-storage-daemon is needed");
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let (mut q, _) = common::Qmp::connect(&sock);
-        q.negotiate();
-        Qsd { child, q }
-    }
-}
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn job_argument_errors_match_qemu_storage_daemon() {
-    let dir = common::TempDir::new();
-    let (top, _) = chain(&dir.0);
-    let tgt = dir.0.join("tgt.qcow2");
+/// A [`chain`] and an empty qcow2 target of its size in `dir`, as the
+/// blockdevs of nodes `top` and `tgt`.
+fn chain_and_target(dir: &Path) -> [Value; 2] {
+    let (top, _) = chain(dir);
+    let tgt = dir.join("tgt.qcow2");
     run(
         "qemu-img",
         &[
@@ -404,31 +369,22 @@ fn job_argument_errors_match_qemu_storage_daemon() {
             &CHAIN_BYTES.to_string(),
         ],
     );
-    let nodes = [
-        json!({"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": p(&top)}}),
-        json!({"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": p(&tgt)}}),
-    ];
-    let mut qsd = Qsd::start(&dir.0, &nodes);
+    let node = |name: &str, img: &Path| {
+        json!({"driver": "qcow2", "node-name": name,
+               "file": {"driver": "file", "filename": p(img)}})
+    };
+    [node("top", &top), node("tgt", &tgt)]
+}
+
+#[test]
+fn job_argument_errors_match_qemu_storage_daemon() {
+    let dir = common::TempDir::new();
+    let nodes = chain_and_target(&dir.0);
+    let (_qsd, mut qsd) = Peer::qsd(&dir.0.join("qsd.sock"), &blockdev_args(&nodes));
     // bulkhead on its own copies (qsd holds the images' locks).
     let ours_dir = dir.0.join("ours");
     std::fs::create_dir(&ours_dir).unwrap();
-    let (top2, _) = chain(&ours_dir);
-    let tgt2 = ours_dir.join("tgt.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            p(&tgt2),
-            &CHAIN_BYTES.to_string(),
-        ],
-    );
-    let ours = [
-        json!({"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": p(&top2)}}),
-        json!({"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": p(&tgt2)}}),
-    ];
+    let ours = chain_and_target(&ours_dir);
     let b = common::Bulkhead::start(&[
         "-M",
         "none",
@@ -510,7 +466,7 @@ fn job_argument_errors_match_qemu_storage_daemon() {
     ];
     for (cmd, args) in cases {
         let ours = common::Qmp::error_of(&q.execute(cmd, args.clone()));
-        let theirs = common::Qmp::error_of(&qsd.q.execute(cmd, args.clone()));
+        let theirs = common::Qmp::error_of(&qsd.execute(cmd, args.clone()));
         assert_eq!(
             ours.0, theirs.0,
             "{cmd} {args}: class ({ours:?} vs {theirs:?})"
@@ -518,7 +474,7 @@ fn job_argument_errors_match_qemu_storage_daemon() {
         assert_eq!(ours.1, theirs.1, "{cmd} {args}: message");
     }
     // Verbs a running job refuses, and the busy node.
-    for t in [&mut q, &mut qsd.q] {
+    for t in [&mut q, &mut qsd] {
         ok(
             t,
             "block-stream",
@@ -534,7 +490,7 @@ fn job_argument_errors_match_qemu_storage_daemon() {
         ("block-job-set-speed", json!({"device": "s", "speed": -1})),
     ] {
         let ours = common::Qmp::error_of(&q.execute(cmd, args.clone()));
-        let theirs = common::Qmp::error_of(&qsd.q.execute(cmd, args.clone()));
+        let theirs = common::Qmp::error_of(&qsd.execute(cmd, args.clone()));
         assert_eq!(
             ours.0, theirs.0,
             "{cmd} {args}: class ({ours:?} vs {theirs:?})"

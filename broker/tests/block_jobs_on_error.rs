@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::qemu::Peer;
 use common::Qmp;
 use disk_common::*;
 use serde_json::{json, Value};
@@ -51,39 +52,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a peer still holding the file must not keep it mounted.
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// qemu-storage-daemon with a QMP socket; killed on drop.
-struct Qsd {
-    child: std::process::Child,
-    q: Qmp,
-}
-
-impl Qsd {
-    fn start(dir: &Path) -> Self {
-        let sock = dir.join("qsd.sock");
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!("socket,id=m,path={},server=on,wait=off", p(&sock)))
-            .args(["--monitor", "chardev=m"])
-            .spawn()
-            .expect("qemu-storage-daemon is needed");
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "qsd QMP");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let (mut q, _) = Qmp::connect(&sock);
-        q.negotiate();
-        Qsd { child, q }
-    }
-}
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -278,13 +246,13 @@ fn compare(kind: Kind, policy: &str, scenario: impl Fn(&mut Qmp, &Side) -> Vec<V
     let dir = common::TempDir::new();
     let theirs_side = Side::new(&dir.0, "qsd", kind);
     let ours_side = Side::new(&dir.0, "bulkhead", kind);
-    let mut qsd = Qsd::start(&dir.0);
+    let (_qsd, mut qsd) = Peer::qsd(&dir.0.join("qsd.sock"), &[]);
     // The stream's base is outside the top's directory (the tmpfs).
     let images = dir.0.join("bulkhead");
     let b = common::Bulkhead::start(&["-S", "-m", "32M", "-x-bulkhead-image-dir", p(&images)]);
     let mut q = b.client();
-    theirs_side.start_job(&mut qsd.q, policy);
-    let theirs = scenario(&mut qsd.q, &theirs_side);
+    theirs_side.start_job(&mut qsd, policy);
+    let theirs = scenario(&mut qsd, &theirs_side);
     ours_side.start_job(&mut q, policy);
     let ours = scenario(&mut q, &ours_side);
     assert_eq!(

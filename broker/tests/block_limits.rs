@@ -393,14 +393,6 @@ fn guest_ops(q: &mut Qmp) -> u64 {
     s["rd_operations"].as_u64().unwrap() + s["wr_operations"].as_u64().unwrap()
 }
 
-/// Waits for block-proc to be up again after a SIGKILL.
-fn kill_block_proc(b: &Bulkhead, q: &mut Qmp) {
-    let broker = common::broker_pid(b);
-    let pid = block_proc_pid(broker).expect("block-proc runs");
-    sigkill(pid);
-    q.event("__org.bulkhead_WORKER_RESTARTED");
-}
-
 #[test]
 fn throttle_and_write_threshold_survive_block_proc_sigkills_and_act_on_the_guest() {
     let dir = common::TempDir::new();
@@ -422,7 +414,7 @@ fn throttle_and_write_threshold_survive_block_proc_sigkills_and_act_on_the_guest
     assert_eq!(t, json!({"return": {}}));
     let a = throttle_args(json!({"id": "vda"}), json!({"iops": 5}));
     assert_eq!(q.execute("block_set_io_throttle", a), json!({"return": {}}));
-    kill_block_proc(&b, &mut q);
+    common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
     // The broker brought both back with the worker.
     assert_eq!(q.ok("query-block")[0]["inserted"]["iops"], 5);
     assert_eq!(q.ok("query-block")[0]["inserted"]["group"], "vda");
@@ -457,7 +449,7 @@ fn throttle_and_write_threshold_survive_block_proc_sigkills_and_act_on_the_guest
     let passes = serial.passes();
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(300));
-        kill_block_proc(&b, &mut q);
+        common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
         assert_eq!(q.ok("query-block")[0]["inserted"]["iops"], 5);
     }
     serial.wait_passes(passes + 1);
@@ -576,7 +568,7 @@ fn a_throttle_group_shared_by_two_devices_shows_one_config_as_in_qemu_and_surviv
     let ours = summary(q.ok("query-block"));
     assert_eq!(ours, summary(qemu.qmp.ok("query-block")));
     assert_eq!(ours, vec![json!(["d0", 7, "g"]), json!(["d1", 7, "g"])]);
-    kill_block_proc(&b, &mut q);
+    common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
     assert_eq!(summary(q.ok("query-block")), ours);
     // One member leaves; the other keeps the group's limits.
     let off = throttle_args(json!({"id": "vdb"}), json!({}));
@@ -606,7 +598,7 @@ fn a_deleted_nodes_threshold_does_not_stop_a_restart() {
         q.execute("blockdev-del", json!({"node-name": "n1"})),
         json!({"return": {}})
     );
-    kill_block_proc(&b, &mut q);
+    common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
     let add = json!({"driver": "null-co", "node-name": "n1"});
     assert_eq!(q.execute("blockdev-add", add), json!({"return": {}}));
     assert_eq!(q.ok("query-named-block-nodes")[0]["write_threshold"], 0);

@@ -42,6 +42,16 @@ fn add_ok(q: &mut Qmp, args: Value) {
     assert_eq!(r, json!({"return": {}}), "blockdev-add {args}");
 }
 
+/// File node `f0` over `img`, then raw node `r0` over `f0` (each by a
+/// `blockdev-add` of its own, so both are the monitor's).
+fn add_raw_over_file(q: &mut Qmp, img: &Path) {
+    add_ok(
+        q,
+        json!({"driver": "file", "node-name": "f0", "filename": img}),
+    );
+    add_ok(q, json!({"driver": "raw", "node-name": "r0", "file": "f0"}));
+}
+
 fn error_desc(r: &Value) -> String {
     let (class, desc) = Qmp::error_of(r);
     assert_eq!(class, "GenericError");
@@ -204,14 +214,7 @@ fn blockdev_del_refuses_a_node_another_node_uses() {
     let b = Bulkhead::start(&[]);
     let img = raw_image(&b, "r.img", 1 << 20);
     let mut q = b.client();
-    add_ok(
-        &mut q,
-        json!({"driver": "file", "node-name": "f0", "filename": img}),
-    );
-    add_ok(
-        &mut q,
-        json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    );
+    add_raw_over_file(&mut q, &img);
     add_ok(
         &mut q,
         json!({"driver": "raw", "node-name": "r1",
@@ -410,14 +413,7 @@ fn every_node_is_replayed_into_a_restarted_block_worker() {
     let img = raw_image(&b, "r.img", 1 << 20);
     let qcow = qcow2_image(&b.dir.0, "d.qcow2", "16M");
     let mut q = b.client();
-    add_ok(
-        &mut q,
-        json!({"driver": "file", "node-name": "f0", "filename": img}),
-    );
-    add_ok(
-        &mut q,
-        json!({"driver": "raw", "node-name": "r0", "file": "f0"}),
-    );
+    add_raw_over_file(&mut q, &img);
     add_ok(
         &mut q,
         json!({"driver": "qcow2", "node-name": "q0",

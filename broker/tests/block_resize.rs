@@ -9,51 +9,12 @@ mod common;
 mod disk_common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::qemu::Peer;
 use common::{Bulkhead, Qmp};
 use disk_common::*;
 use serde_json::{json, Value};
-
-/// qemu-storage-daemon with `args` and a QMP monitor; killed on drop.
-struct Qsd {
-    child: Child,
-    qmp: Qmp,
-}
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Qsd {
-    fn start(dir: &Path, args: &[String]) -> Qsd {
-        let sock = dir.join("qsd.sock");
-        let mut child = Command::new("qemu-storage-daemon")
-            .args([
-                "--chardev",
-                &format!("socket,path={},server=on,wait=off,id=m", sock.display()),
-                "--monitor",
-                "chardev=m",
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-storage-daemon is needed");
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "qsd exited");
-            assert!(start.elapsed() < Duration::from_secs(30), "qsd QMP");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let (mut qmp, _) = Qmp::connect(&sock);
-        qmp.negotiate();
-        Qsd { child, qmp }
-    }
-}
 
 fn virtual_size(q: &mut Qmp, device: &str) -> u64 {
     let v = q.ok("query-block");
@@ -70,23 +31,6 @@ fn error(r: &Value) -> Value {
     r.get("error").cloned().unwrap_or_else(|| r.clone())
 }
 
-/// SIGKILLs block-proc and waits until its successor answers.
-fn kill_block_proc_and_wait_restart(b: &Bulkhead, q: &mut Qmp) {
-    let pid = block_proc_pid(common::broker_pid(b)).expect("block-proc");
-    sigkill(pid);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != pid) {
-            let r = q.execute("query-block", json!({}));
-            if r.get("return").is_some() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The line the blk guests print when a config-change interrupt shows
 /// them a new capacity.
 fn config_change_line(bytes: u64) -> String {
@@ -96,13 +40,13 @@ fn config_change_line(bytes: u64) -> String {
 #[test]
 fn a_running_guest_gets_a_config_interrupt_with_the_new_capacity_before_and_after_a_block_proc_kill(
 ) {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = raw_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(1);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        dir: _dir,
+        ..
+    } = start_blk_loop("raw", 1);
 
     // block-proc sends CONFIG_CHANGE_MSG on the backend request channel;
     // vcpu-proc fetches the config space and interrupts the guest, which
@@ -134,13 +78,13 @@ fn a_running_guest_gets_a_config_interrupt_with_the_new_capacity_before_and_afte
 
 #[test]
 fn growing_a_raw_disk_under_a_running_guest_shows_the_new_size_and_survives_a_block_proc_kill() {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = raw_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "raw", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(1);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        img,
+        dir: _dir,
+    } = start_blk_loop("raw", 1);
     assert_eq!(virtual_size(&mut q, "vda"), IMAGE_BYTES);
 
     let bigger = IMAGE_BYTES * 2;
@@ -198,7 +142,7 @@ fn block_resize_errors_match_qemu_storage_daemon() {
             "driver=qcow2,file=qf,node-name=q".into(),
         ]
     };
-    let mut qsd = Qsd::start(&dir.0, &blockdevs(&theirs_img, &theirs_q));
+    let (_qsd, mut qsd) = Peer::qsd(&dir.0.join("qsd.sock"), &blockdevs(&theirs_img, &theirs_q));
     let ours_args: Vec<String> = blockdevs(&ours_img, &ours_q)
         .into_iter()
         .map(|a| a.replacen("--", "-", 1))
@@ -223,7 +167,7 @@ fn block_resize_errors_match_qemu_storage_daemon() {
         json!({"node-name": "rf", "size": 3145728}),
     ] {
         let ours = error(&q.execute("block_resize", c.clone()));
-        let theirs = error(&qsd.qmp.execute("block_resize", c.clone()));
+        let theirs = error(&qsd.execute("block_resize", c.clone()));
         assert_eq!(ours, theirs, "{c}");
     }
     assert_eq!(std::fs::metadata(&ours_img).unwrap().len(), 3145728);
@@ -239,7 +183,7 @@ fn block_resize_errors_match_qemu_storage_daemon() {
     // Resizing the file under the raw node leaves the raw node's size as
     // it was, in QEMU too.
     for node in ["r", "rf"] {
-        assert_eq!(size_of(&mut q, node), size_of(&mut qsd.qmp, node), "{node}");
+        assert_eq!(size_of(&mut q, node), size_of(&mut qsd, node), "{node}");
     }
 
     // Nor does it resize dirty bitmaps (QEMU does): a node with one (or
@@ -303,7 +247,10 @@ fn qcow2_grows_and_shrinks_as_in_qemu_storage_daemon_zero_filled_over_a_longer_b
             img.display()
         )
     };
-    let mut qsd = Qsd::start(&dir.0, &["--blockdev".into(), node(&theirs)]);
+    let (qsd_proc, mut qsd) = Peer::qsd(
+        &dir.0.join("qsd.sock"),
+        &["--blockdev".into(), node(&theirs)],
+    );
     let b = Bulkhead::start(&["-S", "-blockdev", &node(&ours)]);
     let mut q = b.client();
     let size_of = |q: &mut Qmp| -> Value {
@@ -320,18 +267,18 @@ fn qcow2_grows_and_shrinks_as_in_qemu_storage_daemon_zero_filled_over_a_longer_b
     for size in [6 << 20, 3 << 20, 5 << 20] {
         let c = json!({"node-name": "q", "size": size});
         let r = q.execute("block_resize", c.clone());
-        assert_eq!(r, qsd.qmp.execute("block_resize", c.clone()), "{c}");
+        assert_eq!(r, qsd.execute("block_resize", c.clone()), "{c}");
         assert_eq!(r["return"], json!({}), "{c}: {r}");
         assert_eq!(size_of(&mut q), json!(size));
     }
     // The size is the image's: a restarted block-proc reads it back.
     kill_block_proc_and_wait_restart(&b, &mut q);
     assert_eq!(size_of(&mut q), json!(5 << 20));
-    assert_eq!(size_of(&mut qsd.qmp), json!(5 << 20));
+    assert_eq!(size_of(&mut qsd), json!(5 << 20));
 
     assert_eq!(q.execute("quit", json!(null)), json!({"return": {}}));
     drop(b);
-    drop(qsd);
+    drop(qsd_proc);
     let check = |img: &Path| {
         let out = Command::new("qemu-img")
             .args(["check", img.to_str().unwrap()])
@@ -383,11 +330,14 @@ fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
             img.display()
         ));
     }
-    let mut qsd = Qsd::start(&dir.0, &["--blockdev".into(), node[1].clone()]);
+    let (_qsd, mut qsd) = Peer::qsd(
+        &dir.0.join("qsd.sock"),
+        &["--blockdev".into(), node[1].clone()],
+    );
     let b = Bulkhead::start(&["-S", "-blockdev", &node[0]]);
     let mut q = b.client();
     let c = json!({"node-name": "q", "size": 4 << 20});
-    let theirs = qsd.qmp.execute("block_resize", c.clone());
+    let theirs = qsd.execute("block_resize", c.clone());
     assert_eq!(theirs["return"], json!({}), "{theirs}");
     let (class, desc) = Qmp::error_of(&q.execute("block_resize", c));
     assert_eq!(class, "GenericError");
@@ -410,13 +360,13 @@ fn a_qcow2_image_with_internal_snapshots_is_refused_and_left_intact() {
 
 #[test]
 fn a_qcow2_disk_grows_under_a_guest_doing_verified_io_which_sees_the_new_capacity() {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = qcow2_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(1);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        img,
+        dir: _dir,
+    } = start_blk_loop("qcow2", 1);
     // The resize waits for the guest's requests in flight, then runs
     // alone; the guest goes on and is told.
     let bigger = IMAGE_BYTES * 4;

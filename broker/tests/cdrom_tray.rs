@@ -15,9 +15,7 @@
 mod common;
 mod disk_common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::{broker_pid, Bulkhead, Qmp, TempDir};
 use disk_common::*;
@@ -142,59 +140,13 @@ fn hmp_names(s: &str) -> String {
 
 /// QEMU's messages (replies and events, in order) for `cmds`.
 fn qemu_transcript(args: &[String], cmds: &[Value]) -> Vec<Value> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "microvm",
-            "-nodefaults",
-            "-S",
-            "-display",
-            "none",
-        ])
-        .args(args)
-        .args(["-qmp", "stdio"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
-    for c in cmds {
-        input.push_str(&c.to_string());
-        input.push('\n');
-    }
-    input.push_str("{\"execute\":\"quit\"}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let mut out = Vec::new();
-    let mut replies = 0;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if v.get("QMP").is_some() {
-            continue;
-        }
-        let reply = v.get("return").is_some() || v.get("error").is_some();
-        if reply {
-            replies += 1;
-            // The first is qmp_capabilities', the last quit's.
-            if replies == 1 {
-                continue;
-            }
-            if replies > cmds.len() + 1 {
-                break;
-            }
-        }
-        if v.get("event").and_then(Value::as_str) == Some("SHUTDOWN") {
-            continue;
-        }
-        out.push(normalized(v));
-    }
-    child.wait().unwrap();
-    out
+    let mut all = vec!["-machine", "microvm", "-nodefaults", "-S"];
+    all.extend(args.iter().map(String::as_str));
+    common::qemu::transcript(&all, cmds)
+        .into_iter()
+        .filter(|v| v.get("event").and_then(Value::as_str) != Some("SHUTDOWN"))
+        .map(normalized)
+        .collect()
 }
 
 /// Our messages (replies and events, in order) for `cmds` on `q`.

@@ -10,9 +10,10 @@ mod common;
 mod disk_common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::qemu::{blockdev_args, Peer};
 use common::{broker_pid, Bulkhead, Qmp};
 use disk_common::*;
 use serde_json::{json, Value};
@@ -174,37 +175,19 @@ fn bitmaps_count_guest_writes_and_keep_them_across_a_block_proc_sigkill() {
     ok(&mut q, "quit", Value::Null);
     b.wait_exit();
     assert_qemu_img_check(&img, "qcow2");
-    let (mut child, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
+    let (mut qsd_proc, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
     let theirs = bitmap(&mut qq, "d0", "kept");
     assert_eq!(theirs["count"], GUEST_BYTES, "{theirs}");
     assert!(theirs.get("inconsistent").is_none(), "{theirs}");
     qq.execute("quit", Value::Null);
-    let _ = child.wait();
+    qsd_proc.wait();
 }
 
 /// qemu-storage-daemon serving `img` as node `d0`, its QMP on `sock`.
-fn qsd(img: &Path, sock: &Path) -> (Child, Qmp) {
+fn qsd(img: &Path, sock: &Path) -> (Peer, Qmp) {
     let blockdev = json!({"driver": "qcow2", "node-name": "d0",
         "file": {"driver": "file", "filename": img}});
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,id=m,path={},server=on,wait=off",
-            sock.display()
-        ))
-        .args(["--monitor", "chardev=m", "--blockdev"])
-        .arg(blockdev.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-storage-daemon is installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        assert!(Instant::now() < deadline, "qsd QMP socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (mut q, _) = Qmp::connect(sock);
-    q.negotiate();
-    (child, q)
+    Peer::qsd(sock, &blockdev_args(&[blockdev]))
 }
 
 fn qemu_img_bitmaps(img: &Path) -> Value {
@@ -262,13 +245,13 @@ fn a_persistent_bitmap_survives_quit_and_qemu_loads_it_with_the_same_count() {
     assert_eq!(incr["flags"], json!(["auto"]));
     assert_qemu_img_check(&img, "qcow2");
 
-    let (mut child, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
+    let (mut qsd_proc, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
     let theirs = bitmap(&mut qq, "d0", "incr0");
     assert_eq!(theirs["count"], count, "qemu-storage-daemon loads {theirs}");
     assert_eq!(theirs["recording"], true);
     assert_eq!(bitmap(&mut qq, "d0", "from-qemu")["count"], GUEST_BYTES);
     qq.execute("quit", Value::Null);
-    let _ = child.wait();
+    qsd_proc.wait();
     assert_qemu_img_check(&img, "qcow2");
 }
 
@@ -442,13 +425,13 @@ fn bitmap_argument_errors_match_qemu_storage_daemon() {
     ];
     let theirs = {
         let sock = dir.0.join("qsd.sock");
-        let (mut child, mut q) = qsd(&img, &sock);
+        let (mut qsd_proc, mut q) = qsd(&img, &sock);
         for e in &extra {
             ok(&mut q, "blockdev-add", e.clone());
         }
         let errs = errors_of(&mut q);
         q.execute("quit", Value::Null);
-        let _ = child.wait();
+        qsd_proc.wait();
         errs
     };
     let blockdev = json!({"driver": "qcow2", "node-name": "d0",
@@ -525,10 +508,10 @@ fn a_bitmap_left_in_use_by_a_killed_broker_is_inconsistent_as_qemu_shows_it() {
     }
 
     let theirs = {
-        let (mut child, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
+        let (mut qsd_proc, mut qq) = qsd(&img, &dir.0.join("qsd.sock"));
         let v = inconsistent_view(&mut qq);
         qq.execute("quit", Value::Null);
-        let _ = child.wait();
+        qsd_proc.wait();
         v
     };
     assert_eq!(theirs[0]["inconsistent"], true, "{}", theirs[0]);

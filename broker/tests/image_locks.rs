@@ -197,22 +197,7 @@ fn locks_survive_a_block_worker_sigkill_and_go_with_blockdev_del_and_quit() {
     let mut q = b.client();
     assert_eq!(add(&mut q, qcow2_over("d0", &img)), json!({"return": {}}));
     assert!(held(&img, 101) && held(&img, 201));
-    let broker = b.child.as_ref().unwrap().id();
-    let pid = loop {
-        if let Some((pid, _)) = common::children(broker)
-            .into_iter()
-            .find(|(_, c)| c == "block-proc")
-        {
-            break pid as i32;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    q.event("__org.bulkhead_WORKER_RESTARTED");
+    common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
     assert!(held(&img, 101), "the write lock went with block-proc");
     assert!(!qemu_img_info(&img, false).status.success());
 

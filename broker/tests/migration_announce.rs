@@ -13,9 +13,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::migration::wait_migration;
+use common::migration::{start_vm, wait_migration, Guest};
 use common::{Bulkhead, Qmp, TempDir};
-use disk_common::guest;
 use net_common::{bound_packet_socket, Tap};
 use serde_json::json;
 
@@ -67,25 +66,15 @@ fn rarps_for(sock: &OwnedFd, d: Duration) -> Vec<(Duration, Vec<u8>)> {
 /// The `dirty` guest, idle until stopped, with a NIC `nic0` (MAC
 /// [`MAC`]) on TAP `tap` (the guest leaves it alone).
 fn vm_with_nic(dir: &Path, name: &str, tap: &Tap, extra: &[&str]) -> Bulkhead {
-    let serial = format!("file:{}", dir.join(format!("{name}.log")).display());
     let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name);
-    let kernel = guest("dirty");
     let mut args = vec![
-        "-kernel",
-        kernel.as_str(),
-        "-append",
-        "dirty.mb=4 dirty.rate=0 dirty.rounds=0",
-        "-serial",
-        serial.as_str(),
-        "-m",
-        "64M",
         "-netdev",
         netdev.as_str(),
         "-device",
         "virtio-net-device,netdev=n0,id=nic0,mac=52:54:00:12:34:56",
     ];
     args.extend_from_slice(extra);
-    Bulkhead::start(&args)
+    start_vm(dir, name, Guest::IdleDirty, &args)
 }
 
 fn gaps(frames: &[(Duration, Vec<u8>)]) -> Vec<Duration> {

@@ -5,7 +5,6 @@
 //! lock bytes QEMU reads (100 + perm: held, 200 + perm: not shared).
 
 mod common;
-mod disk_common;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::locks::{held, qcow2_over};
+use common::migration::{start_vm, Guest};
 use common::{Bulkhead, Qmp};
 use serde_json::{json, Value};
 
@@ -26,25 +26,6 @@ fn qcow2(dir: &Path, name: &str) -> PathBuf {
         .unwrap();
     assert!(out.status.success(), "qemu-img create: {out:?}");
     p
-}
-
-fn kill_block_proc(b: &Bulkhead, q: &mut Qmp) {
-    let broker = b.child.as_ref().unwrap().id();
-    let pid = loop {
-        if let Some((pid, _)) = common::children(broker)
-            .into_iter()
-            .find(|(_, c)| c == "block-proc")
-        {
-            break pid as i32;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    q.event("__org.bulkhead_WORKER_RESTARTED");
 }
 
 #[test]
@@ -66,7 +47,7 @@ fn a_migration_target_holds_no_image_locks_even_across_a_block_proc_sigkill() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    kill_block_proc(&b, &mut q);
+    common::kill_worker_and_wait_restart(&b, &mut q, "block-proc");
     assert!(!held(&img, 101), "a restarted block-proc took the lock");
     // The disk itself works (the node is back in the restarted worker).
     let r = q.execute("query-named-block-nodes", Value::Null);
@@ -88,39 +69,20 @@ fn a_vm_started_without_incoming_locks_its_images_at_once() {
 }
 
 fn timer_vm(dir: &Path, name: &str, img: &Path, extra: &[&str]) -> Bulkhead {
-    guest_vm("timer", &[], dir, name, img, extra)
+    vm_on_image(Guest::Timer, dir, name, img, extra)
 }
 
 /// The `dirty` guest, idle until stopped (it runs through a migration).
 fn idle_vm(dir: &Path, name: &str, img: &Path, extra: &[&str]) -> Bulkhead {
-    let append = ["-append", "dirty.mb=4 dirty.rate=0 dirty.rounds=0"];
-    guest_vm("dirty", &append, dir, name, img, extra)
+    vm_on_image(Guest::IdleDirty, dir, name, img, extra)
 }
 
-fn guest_vm(
-    guest: &str,
-    append: &[&str],
-    dir: &Path,
-    name: &str,
-    img: &Path,
-    extra: &[&str],
-) -> Bulkhead {
-    let kernel = disk_common::guest(guest);
-    let serial = format!("file:{}", dir.join(format!("{name}.log")).display());
+/// `guest` with node `d0`, the qcow2 image `img`.
+fn vm_on_image(guest: Guest, dir: &Path, name: &str, img: &Path, extra: &[&str]) -> Bulkhead {
     let blockdev = qcow2_over("d0", img).to_string();
-    let mut args = append.to_vec();
-    args.extend([
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-m",
-        "64M",
-        "-blockdev",
-        blockdev.as_str(),
-    ]);
+    let mut args = vec!["-blockdev", blockdev.as_str()];
     args.extend_from_slice(extra);
-    Bulkhead::start(&args)
+    start_vm(dir, name, guest, &args)
 }
 
 fn wait_migration(q: &mut Qmp, want: &[&str]) -> Value {
@@ -157,7 +119,7 @@ fn the_image_locks_move_from_source_to_target_at_the_switchover() {
     assert!(held(&img, 101), "the source holds the write lock");
     let r = s.execute("migrate", json!({"uri": incoming}));
     assert_eq!(r, json!({"return": {}}));
-    kill_block_proc(&src, &mut s);
+    common::kill_worker_and_wait_restart(&src, &mut s, "block-proc");
     let info = wait_migration(&mut s, &["completed", "failed"]);
     assert_eq!(info["status"], "completed", "{info}");
     wait_migration(&mut d, &["completed"]);

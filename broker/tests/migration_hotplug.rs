@@ -14,9 +14,9 @@ mod disk_common;
 use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::migration::wait_migration;
+use common::qemu::Peer;
 use common::{Bulkhead, Qmp, TempDir};
 use serde_json::{json, Value};
 
@@ -34,67 +34,10 @@ fn sink(path: &Path) {
     });
 }
 
-fn wait_migration(q: &mut Qmp, want: &str) {
-    let start = Instant::now();
-    loop {
-        let r = q.ok("query-migrate");
-        if r["status"] == want {
-            return;
-        }
-        assert!(start.elapsed() < common::TIMEOUT, "never {want}: {r}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn error(q: &mut Qmp, name: &str, args: Value) -> (String, String) {
-    let r = q.execute(name, args);
-    Qmp::error_of(&r)
-}
-
-/// QEMU (microvm, the same devices) migrating at 1000 bytes/s into a
-/// sink; killed on drop.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// QEMU's replies to `cmds` sent while it migrates out.
-fn qemu_while_migrating(dir: &Path, cmds: &[Value]) -> Vec<Value> {
-    let sock = dir.join("qemu-qmp.sock");
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-m",
-            "256M",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-        ])
-        .args(["-blockdev", "driver=null-co,node-name=d0"])
-        .args(["-blockdev", "driver=null-co,node-name=d1"])
-        .args(["-device", "virtio-blk-device,drive=d0,id=vd0"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let _qemu = Qemu(child);
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(start.elapsed() < common::TIMEOUT, "no QEMU QMP socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (mut q, _) = Qmp::connect(&sock);
-    q.negotiate();
-    let path = dir.join("qemu-sink.sock");
-    sink(&path);
+/// Starts a migration at 1000 bytes/s (the first pass alone outlasts
+/// the test) into a [`sink`] at `path`, and waits until it is active.
+fn migrate_slowly_into_sink(q: &mut Qmp, path: &Path) {
+    sink(path);
     let r = q.execute("migrate-set-parameters", json!({"max-bandwidth": 1000}));
     assert_eq!(r, json!({"return": {}}));
     let uri = format!("unix:{}", path.display());
@@ -102,7 +45,32 @@ fn qemu_while_migrating(dir: &Path, cmds: &[Value]) -> Vec<Value> {
         q.execute("migrate", json!({"uri": uri})),
         json!({"return": {}})
     );
-    wait_migration(&mut q, "active");
+    wait_migration(q, &["active"]);
+}
+
+fn error(q: &mut Qmp, name: &str, args: Value) -> (String, String) {
+    let r = q.execute(name, args);
+    Qmp::error_of(&r)
+}
+
+/// QEMU's replies to `cmds` sent while it (microvm, the same devices)
+/// migrates at 1000 bytes/s into a sink.
+fn qemu_while_migrating(dir: &Path, cmds: &[Value]) -> Vec<Value> {
+    let (_qemu, mut q) = Peer::microvm(
+        &dir.join("qemu-qmp.sock"),
+        &[
+            "-m",
+            "256M",
+            "-S",
+            "-blockdev",
+            "driver=null-co,node-name=d0",
+            "-blockdev",
+            "driver=null-co,node-name=d1",
+            "-device",
+            "virtio-blk-device,drive=d0,id=vd0",
+        ],
+    );
+    migrate_slowly_into_sink(&mut q, &dir.join("qemu-sink.sock"));
     common::qemu::ours(&mut q, cmds)
 }
 
@@ -143,17 +111,7 @@ fn device_add_and_device_del_are_refused_while_migrating_out() {
     };
     // A CPU plugged before the migration, to be refused its unplug.
     assert_eq!(q.execute("device_add", cpu(1, "c1")), json!({"return": {}}));
-    let path = dir.0.join("sink.sock");
-    sink(&path);
-    // 1000 bytes/s: the first pass alone outlasts the test.
-    let r = q.execute("migrate-set-parameters", json!({"max-bandwidth": 1000}));
-    assert_eq!(r, json!({"return": {}}));
-    let uri = format!("unix:{}", path.display());
-    assert_eq!(
-        q.execute("migrate", json!({"uri": uri})),
-        json!({"return": {}})
-    );
-    wait_migration(&mut q, "active");
+    migrate_slowly_into_sink(&mut q, &dir.0.join("sink.sock"));
 
     let add = |args: Value| json!({"execute": "device_add", "arguments": args});
     let disk = json!({"driver": "virtio-blk-device", "drive": "d1", "id": "vd1"});
@@ -203,7 +161,7 @@ fn device_add_and_device_del_are_refused_while_migrating_out() {
     assert_eq!(plugged, 2, "the CPUs changed while migrating: {slots}");
 
     q.ok("migrate_cancel");
-    wait_migration(&mut q, "cancelled");
+    wait_migration(&mut q, &["cancelled"]);
     assert_eq!(q.execute("device_add", cpu(2, "c2")), json!({"return": {}}));
     // `migrate` attached the never-run VM's devices (they are in the
     // migrated guest memory and state): vd0 is now a device of the bus,

@@ -14,27 +14,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::locks::held;
-use common::migration::{status, wait_migration, wait_status};
+use common::migration::{serial_log, start_vm, status, wait_migration, wait_status, Guest};
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
-use disk_common::{guest, SerialLog};
+use disk_common::SerialLog;
 use serde_json::{json, Value};
 
 /// A broker running the `timer` guest with 64 MiB, its serial output in
 /// `dir/NAME.log`.
 fn timer_vm(dir: &Path, name: &str, extra: &[&str]) -> (Bulkhead, SerialLog) {
-    let log = SerialLog(dir.join(format!("{name}.log")));
-    let serial = format!("file:{}", log.0.display());
-    let kernel = guest("timer");
-    let mut args = vec![
-        "-kernel",
-        kernel.as_str(),
-        "-serial",
-        serial.as_str(),
-        "-m",
-        "64M",
-    ];
-    args.extend_from_slice(extra);
-    (Bulkhead::start(&args), log)
+    let b = start_vm(dir, name, Guest::Timer, extra);
+    (b, SerialLog(serial_log(dir, name)))
 }
 
 /// `-object`/`-machine` for 64 MiB of RAM in a file of `dir` whose upper

@@ -6,48 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::qemu::Peer;
 use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
 use serde_json::{json, Value};
-
-/// A QEMU with a QMP socket at `sock`; killed on drop.
-struct Qemu {
-    child: Child,
-    q: Qmp,
-}
-
-impl Qemu {
-    fn start(sock: &Path, extra: &[&str]) -> Qemu {
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm", "-display", "none", "-nodefaults", "-qmp"])
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 is installed (scripts/setup)");
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(sock).is_err() {
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "QEMU's QMP socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (mut q, _) = Qmp::connect(sock);
-        q.negotiate();
-        Qemu { child, q }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `reply` without the client's `id`.
 fn plain(mut reply: Value) -> Value {
@@ -59,6 +23,16 @@ fn plain(mut reply: Value) -> Value {
 
 fn run(q: &mut Qmp, cmds: &[Value]) -> Vec<Value> {
     cmds.iter().map(|c| plain(q.request(c.clone()))).collect()
+}
+
+/// The replies to `cmds` of bulkhead and of QEMU, both started with
+/// `args`: (ours, theirs).
+fn ours_and_qemus(dir: &Path, args: &[&str], cmds: &[Value]) -> (Vec<Value>, Vec<Value>) {
+    let (_qemu, mut theirs) = Peer::microvm(&dir.join("qemu.sock"), args);
+    let theirs = run(&mut theirs, cmds);
+    let b = Bulkhead::start(args);
+    let mut q = b.client();
+    (run(&mut q, cmds), theirs)
 }
 
 fn cmd(name: &str, args: Value) -> Value {
@@ -102,11 +76,7 @@ fn migrate_argument_and_state_errors_match_qemu() {
         cmd("migrate_cancel", Value::Null),
         cmd("query-migrate", Value::Null),
     ];
-    let mut qemu = Qemu::start(&dir.0.join("qemu.sock"), &["-S"]);
-    let theirs = run(&mut qemu.q, &cmds);
-    let b = Bulkhead::start(&["-S"]);
-    let mut q = b.client();
-    let ours = run(&mut q, &cmds);
+    let (ours, theirs) = ours_and_qemus(&dir.0, &["-S"], &cmds);
     for ((c, o), t) in cmds.iter().zip(&ours).zip(&theirs) {
         assert_eq!(o, t, "{c}");
     }
@@ -145,10 +115,10 @@ fn a_refused_connection_is_a_failed_migration_as_in_qemu() {
         "migrate",
         json!({"uri": format!("unix:{}", nowhere.display())}),
     );
-    let mut qemu = Qemu::start(&dir.0.join("qemu.sock"), &["-S"]);
-    run(&mut qemu.q, std::slice::from_ref(&events));
-    let theirs_reply = plain(qemu.q.request(migrate.clone()));
-    let theirs = settled(&mut qemu.q);
+    let (_qemu, mut qemu) = Peer::microvm(&dir.0.join("qemu.sock"), &["-S"]);
+    run(&mut qemu, std::slice::from_ref(&events));
+    let theirs_reply = plain(qemu.request(migrate.clone()));
+    let theirs = settled(&mut qemu);
 
     let b = Bulkhead::start(&["-S"]);
     let mut q = b.client();
@@ -226,11 +196,7 @@ fn incoming_defer_errors_match_qemu() {
         cmd("query-migrate", Value::Null),
         cmd("migrate-incoming", json!({"uri": "unix:/x"})),
     ];
-    let mut qemu = Qemu::start(&dir.0.join("qemu.sock"), &["-incoming", "defer"]);
-    let theirs = run(&mut qemu.q, &cmds);
-    let b = Bulkhead::start(&["-incoming", "defer"]);
-    let mut q = b.client();
-    let ours = run(&mut q, &cmds);
+    let (ours, theirs) = ours_and_qemus(&dir.0, &["-incoming", "defer"], &cmds);
     for ((c, o), t) in cmds.iter().zip(&ours).zip(&theirs) {
         assert_eq!(o, t, "{c}");
     }
@@ -244,24 +210,21 @@ fn incoming_fd_that_is_missing_matches_qemu() {
         cmd("query-migrate", Value::Null),
         cmd("migrate-incoming", json!({"uri": "unix:/x"})),
     ];
-    let mut qemu = Qemu::start(&dir.0.join("qemu.sock"), &["-incoming", "defer"]);
-    let theirs = run(&mut qemu.q, &cmds);
-    let b = Bulkhead::start(&["-incoming", "defer"]);
-    let mut q = b.client();
-    assert_eq!(run(&mut q, &cmds), theirs);
+    let (ours, theirs) = ours_and_qemus(&dir.0, &["-incoming", "defer"], &cmds);
+    assert_eq!(ours, theirs);
 }
 
 #[test]
 fn incoming_uri_listens_at_start_up_as_qemu() {
     let dir = TempDir::new();
     let theirs_path = dir.0.join("qemu-in.sock");
-    let mut qemu = Qemu::start(
+    let (_qemu, mut qemu) = Peer::microvm(
         &dir.0.join("qemu.sock"),
         &["-incoming", &format!("unix:{}", theirs_path.display())],
     );
-    let theirs = plain(qemu.q.execute("query-migrate", Value::Null));
+    let theirs = plain(qemu.execute("query-migrate", Value::Null));
     let again = cmd("migrate-incoming", json!({"uri": "unix:/x"}));
-    let theirs_again = plain(qemu.q.request(again.clone()));
+    let theirs_again = plain(qemu.request(again.clone()));
 
     let ours_path = dir.0.join("ours-in.sock");
     let b = Bulkhead::start(&["-incoming", &format!("unix:{}", ours_path.display())]);
@@ -298,24 +261,21 @@ fn incoming_tcp_port_zero_reports_the_bound_port() {
 /// status and the last stderr line.
 fn failing_start(args: &[&str]) -> (Option<i32>, String) {
     common::build_workers();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["-serial", "null", "-display", "none"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().last().unwrap_or_default().to_owned();
-    (out.status.code(), last)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    cmd.args(["-serial", "null", "-display", "none"]);
+    exit_and_last_error(cmd.args(args))
 }
 
+/// [`failing_start`] for `qemu-system-x86_64 -M microvm`.
 fn qemu_failing_start(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-display", "none", "-nodefaults"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm", "-display", "none", "-nodefaults"]);
+    exit_and_last_error(cmd.args(args))
+}
+
+/// Runs `cmd` to its end: its exit status and its last stderr line.
+fn exit_and_last_error(cmd: &mut Command) -> (Option<i32>, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default().to_owned();
     (out.status.code(), last)

@@ -7,16 +7,14 @@
 //! carries it in its `run-state` section. Needs /dev/kvm.
 
 mod common;
-mod disk_common;
 
 use std::any::Any;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::migration::{status, wait_migration};
-use common::{Bulkhead, Qmp, TempDir, TIMEOUT};
-use disk_common::guest;
+use common::migration::{start_vm, status, wait_migration, Guest};
+use common::qemu::Peer;
+use common::{Qmp, TempDir, TIMEOUT};
 use serde_json::json;
 
 /// One combination of source and target.
@@ -35,54 +33,18 @@ struct Case {
 /// A VM: what keeps it alive, and its QMP client.
 type Started = (Box<dyn Any>, Qmp);
 
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// QEMU (microvm, 64 MiB, KVM) with its QMP on `dir/NAME-qmp.sock`.
 fn qemu(dir: &Path, name: &str, extra: &[&str]) -> Started {
     let sock = dir.join(format!("{name}-qmp.sock"));
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "kvm", "-m", "64M"])
-        .args(["-display", "none", "-nodefaults"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is installed (scripts/setup)");
-    let guard = Qemu(child);
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(start.elapsed() < TIMEOUT, "no QEMU QMP socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (mut q, _) = Qmp::connect(&sock);
-    q.negotiate();
+    let mut args = vec!["-accel", "kvm", "-m", "64M"];
+    args.extend_from_slice(extra);
+    let (guard, q) = Peer::microvm(&sock, &args);
     (Box::new(guard), q)
 }
 
 /// The `dirty` guest, idle until stopped: it runs through any migration.
 fn bulkhead(dir: &Path, name: &str, extra: &[&str]) -> Started {
-    let kernel = guest("dirty");
-    let serial = format!("file:{}", dir.join(format!("{name}.log")).display());
-    let mut args = vec![
-        "-kernel",
-        kernel.as_str(),
-        "-append",
-        "dirty.mb=4 dirty.rate=0 dirty.rounds=0",
-        "-serial",
-        serial.as_str(),
-        "-m",
-        "64M",
-    ];
-    args.extend_from_slice(extra);
-    let b = Bulkhead::start(&args);
+    let b = start_vm(dir, name, Guest::IdleDirty, extra);
     let q = b.client();
     (Box::new(b), q)
 }

@@ -76,20 +76,6 @@ fn desc(q: &mut Qmp, cmd: &str, args: Value) -> String {
     Qmp::error_of(&q.execute(cmd, args)).1
 }
 
-fn wait_block_restart(b: &common::Bulkhead, q: &mut Qmp, old: i32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != old) {
-            let r = q.execute("query-named-block-nodes", json!({}));
-            if r.get("return").is_some() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_corrupted_child_is_outvoted_replaced_and_two_corrupted_fail_the_read_without_a_crash() {
     common::require_kvm();

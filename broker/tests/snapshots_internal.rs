@@ -90,28 +90,15 @@ fn snapshot_names(q: &mut Qmp) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn wait_block_proc(b: &Bulkhead, q: &mut Qmp, old: i32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if block_proc_pid(common::broker_pid(b)).is_some_and(|p| p != old)
-            && q.execute("query-block", json!({})).get("return").is_some()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "block-proc not restarted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn snapshot_taken_while_the_guest_writes_restores_its_moment_and_deletes_clean() {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = qcow2_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(2);
+    let LoopGuest {
+        mut q,
+        b: _b,
+        serial,
+        img,
+        dir: _dir,
+    } = start_blk_loop("qcow2", 2);
 
     // While the guest writes: a moment of its sequential passes.
     let before = serial.passes();
@@ -183,13 +170,13 @@ fn snapshot_taken_while_the_guest_writes_restores_its_moment_and_deletes_clean()
 
 #[test]
 fn block_proc_killed_during_snapshot_create_and_delete_never_corrupts_the_image() {
-    common::require_kvm();
-    let dir = common::TempDir::new();
-    let img = qcow2_image(&dir.0);
-    let serial = SerialLog(dir.0.join("serial.log"));
-    let b = start_with_disk(&[], "blk-loop", "qcow2", &img, &serial);
-    let mut q = b.client();
-    serial.wait_passes(2);
+    let LoopGuest {
+        mut q,
+        b,
+        serial,
+        img,
+        dir: _dir,
+    } = start_blk_loop("qcow2", 2);
     // How long a create takes, to aim the kills inside one.
     let t = Instant::now();
     let r = q.execute(
@@ -234,7 +221,7 @@ fn block_proc_killed_during_snapshot_create_and_delete_never_corrupts_the_image(
         // Killed or not, the file is never corrupt (leaks allowed).
         let (rc, out) = img_tool(&["check", "-U", p(&img)]);
         assert!(rc == 0 || rc == 3, "kill {i} ({answer}): {out}");
-        wait_block_proc(&b, &mut q, pid);
+        wait_block_restart(&b, &mut q, pid);
         let names = snapshot_names(&mut q);
         if answer.get("return").is_some() {
             assert_eq!(names.contains(&format!("k{i}")), !delete, "{answer}");

@@ -21,6 +21,16 @@ pub enum HarnessError {
     /// Bad argument to a harness call.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A worker's handshake on its control channel failed.
+    #[error("worker handshake")]
+    Handshake(#[source] ipc_proto::worker::StartupError),
+    /// A worker answered out of turn (another request's reply, another
+    /// process's handshake).
+    #[error("unexpected worker answer: {0}")]
+    WorkerAnswer(String),
+    /// A worker's control channel failed.
+    #[error("worker control channel")]
+    Control(#[source] ipc_proto::ChannelError),
 }
 
 /// Result of harness operations.

@@ -26,6 +26,8 @@
 //!   live device) and the pages it marks.
 //! - [`process`]: starting backends (block-proc standalone,
 //!   qemu-storage-daemon) and waiting for their socket.
+//! - [`worker`]: a worker (block-proc, net-proc) spawned under its IPC
+//!   control channel as the broker does, and its request/reply calls.
 
 pub mod blk;
 pub mod blk_control;
@@ -37,6 +39,7 @@ pub mod net;
 pub mod process;
 pub mod ring;
 pub mod scsi;
+pub mod worker;
 
 pub use blk::{BlkDevice, BlkOptions, Completion, Request};
 pub use error::{HarnessError, Result};

@@ -5,14 +5,14 @@
 //! the vCPU and asks the guest through the ACPI CPU hotplug registers;
 //! which slots are taken is kept in [`crate::machine::cpu_slots`].
 
-use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::VcpuRequest;
 use ipc_proto::FlatError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::commands::machine::CpuInstanceProperties;
 use crate::machine::cpu_slots::{self, boot_qom_path};
-use crate::machine::{unexpected_reply, Machine};
+use crate::machine::{expect_vcpu_done, Machine};
 use crate::qmp::error::Result;
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
@@ -213,7 +213,9 @@ fn add(
         }
         slots.reserve(slot, id);
     }
-    let r = done(m.vcpu_request(VcpuRequest::PlugCpu { slot }));
+    let r = m
+        .vcpu_request(VcpuRequest::PlugCpu { slot })
+        .and_then(expect_vcpu_done);
     cpu_slots::lock(m).finish(slot, r.is_ok());
     r
 }
@@ -233,24 +235,10 @@ pub fn device_del(m: &Machine, name: &str) -> Option<Result<()>> {
     if slot == 0 {
         return Some(Err(FlatError::generic("Boot CPU is unpluggable").into()));
     }
-    let r = done(m.vcpu_request(VcpuRequest::UnplugCpu { slot }));
+    let r = m
+        .vcpu_request(VcpuRequest::UnplugCpu { slot })
+        .and_then(expect_vcpu_done);
     Some(r.map_err(Into::into))
-}
-
-/// vcpu-proc's answer to a plug or unplug request: `Done`, or the error.
-fn done(r: std::result::Result<VcpuReply, FlatError>) -> std::result::Result<(), FlatError> {
-    match r {
-        Ok(VcpuReply::Done) => Ok(()),
-        Ok(
-            other @ (VcpuReply::Status(_)
-            | VcpuReply::Cpus(_)
-            | VcpuReply::Trace(_)
-            | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }
-            | VcpuReply::Migration(_)),
-        ) => Err(unexpected_reply(&other)),
-        Err(e) => Err(e),
-    }
 }
 
 /// QEMU's ACPISlotType.

@@ -4,21 +4,14 @@
 use ipc_proto::vcpu::{RunState, VcpuReply, VcpuRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::machine::unexpected_reply;
+use crate::machine::{expect_vcpu_done, unexpected_reply};
 use crate::qmp::error::{QmpError, Result};
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
 
 fn vcpu_done(ctx: &Ctx<'_>, req: VcpuRequest) -> Result<Empty> {
-    match ctx.machine.vcpu_request(req)? {
-        VcpuReply::Done => Ok(Empty {}),
-        other @ (VcpuReply::Status(_)
-        | VcpuReply::Cpus(_)
-        | VcpuReply::Trace(_)
-        | VcpuReply::DumpStarted { .. }
-        | VcpuReply::DumpProgress { .. }
-        | VcpuReply::Migration(_)) => Err(unexpected_reply(&other).into()),
-    }
+    ctx.machine.vcpu_request(req).and_then(expect_vcpu_done)?;
+    Ok(Empty {})
 }
 
 /// Reply of `query-name`.

@@ -25,7 +25,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use ipc_proto::net::{NetReply, NetRequest};
-use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::VcpuRequest;
 use ipc_proto::FlatError;
 
 use super::devices::Backend;
@@ -233,21 +233,12 @@ fn round(m: &Machine, params: &AnnounceParams) {
                 (id, r)
             }
             Nic::External { id, mac } => {
-                let r = match m.vcpu_request(VcpuRequest::SendRarp {
-                    id: id.clone(),
-                    mac,
-                }) {
-                    Ok(VcpuReply::Done) => Ok(()),
-                    Ok(
-                        other @ (VcpuReply::Status(_)
-                        | VcpuReply::Cpus(_)
-                        | VcpuReply::Trace(_)
-                        | VcpuReply::DumpStarted { .. }
-                        | VcpuReply::DumpProgress { .. }
-                        | VcpuReply::Migration(_)),
-                    ) => Err(super::unexpected_reply(&other)),
-                    Err(e) => Err(e),
-                };
+                let r = m
+                    .vcpu_request(VcpuRequest::SendRarp {
+                        id: id.clone(),
+                        mac,
+                    })
+                    .and_then(super::expect_vcpu_done);
                 (id, r)
             }
         };

@@ -587,15 +587,7 @@ pub fn del_node(m: &Machine, name: &str) -> Result<(), FlatError> {
         node_name: name.to_owned(),
     });
     match answer {
-        Ok(BlockReply::Done) => {}
-        Ok(
-            other @ (BlockReply::NeedFiles { .. }
-            | BlockReply::Nodes(_)
-            | BlockReply::Stats(_)
-            | BlockReply::Trace(_)
-            | BlockReply::Bitmap(_)
-            | BlockReply::Snapshot(_)),
-        ) => return Err(unexpected_reply(&other)),
+        Ok(reply) => super::expect_done(reply)?,
         Err(e) if timed_out(&e) => {
             tracing::warn!("block worker did not answer blockdev-del of '{name}'; node forgotten");
             forget_node(m, name);

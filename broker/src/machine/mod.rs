@@ -723,6 +723,20 @@ pub fn expect_done(reply: BlockReply) -> Result<(), FlatError> {
     }
 }
 
+/// `Ok(())` for vcpu-proc's [`VcpuReply::Done`], else the
+/// unexpected-reply error (for requests that return nothing).
+pub fn expect_vcpu_done(reply: VcpuReply) -> Result<(), FlatError> {
+    match reply {
+        VcpuReply::Done => Ok(()),
+        other @ (VcpuReply::Status(_)
+        | VcpuReply::Cpus(_)
+        | VcpuReply::Trace(_)
+        | VcpuReply::DumpStarted { .. }
+        | VcpuReply::DumpProgress { .. }
+        | VcpuReply::Migration(_)) => Err(unexpected_reply(&other)),
+    }
+}
+
 /// The error for a reply of the wrong kind (a worker bug, not user input).
 pub fn unexpected_reply<T: std::fmt::Debug>(reply: &T) -> FlatError {
     FlatError::generic(format!("internal error: unexpected worker reply {reply:?}"))

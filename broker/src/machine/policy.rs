@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ipc_proto::envelope::error_chain;
-use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::VcpuRequest;
 use ipc_proto::{trace_point, FlatError, WorkerKind};
 use serde_json::{json, Value};
 
@@ -262,10 +262,8 @@ pub fn start_vcpu(
     };
     let sockets: Vec<&std::os::unix::net::UnixStream> = pending.iter().map(|(_, s)| s).collect();
     let reply = devices::bounded(&sockets, || link.request(req, &fds));
-    match reply {
-        Ok(VcpuReply::Done) => {}
-        Ok(other) => return Err(StartError::Refused("vcpu", super::unexpected_reply(&other))),
-        Err(e) => return Err(StartError::Refused("vcpu", e)),
+    if let Err(e) = reply.and_then(super::expect_vcpu_done) {
+        return Err(StartError::Refused("vcpu", e));
     }
     drop(fds);
     drop(pending);

@@ -1,11 +1,44 @@
-//! The waits of the migration tests: run state and `query-migrate`
-//! status polled over QMP, each bounded.
+//! The migration tests' VMs and waits: a broker running a guest that
+//! lives through a migration, run state and `query-migrate` status polled
+//! over QMP, each bounded.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Qmp, TIMEOUT};
+use super::{Bulkhead, Qmp, TIMEOUT};
+
+/// The test guest a migration moves.
+#[derive(Debug, Clone, Copy)]
+pub enum Guest {
+    /// `dirty`, idle until stopped (4 MiB of pattern, never rewritten).
+    IdleDirty,
+    /// `timer`: ticks on its serial line until stopped.
+    Timer,
+}
+
+/// Where [`start_vm`] puts the serial output of VM `name`.
+pub fn serial_log(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.log"))
+}
+
+/// Starts bulkhead for a migration: `guest` with 64 MiB, its serial
+/// output in [`serial_log`], then `extra` (devices, `-incoming`, `-S`).
+pub fn start_vm(dir: &Path, name: &str, guest: Guest, extra: &[&str]) -> Bulkhead {
+    let (kernel, append) = match guest {
+        Guest::IdleDirty => ("dirty", "dirty.mb=4 dirty.rate=0 dirty.rounds=0"),
+        Guest::Timer => ("timer", ""),
+    };
+    let kernel = super::guest(kernel);
+    let serial = format!("file:{}", serial_log(dir, name).display());
+    let mut args = vec!["-kernel", &kernel, "-serial", &serial, "-m", "64M"];
+    if !append.is_empty() {
+        args.extend(["-append", append]);
+    }
+    args.extend_from_slice(extra);
+    Bulkhead::start(&args)
+}
 
 /// How long a migration may take to reach a status (guests on nested KVM
 /// are slow).

@@ -82,9 +82,42 @@ pub fn children(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// SIGKILLs `b`'s worker `comm` (`block-proc`, `net-proc`; once it
+/// runs) and waits for the broker's `__org.bulkhead_WORKER_RESTARTED`.
+pub fn kill_worker_and_wait_restart(b: &Bulkhead, q: &mut Qmp, comm: &str) {
+    let start = Instant::now();
+    let pid = loop {
+        if let Some((pid, _)) = children(broker_pid(b)).into_iter().find(|(_, c)| c == comm) {
+            break pid;
+        }
+        assert!(start.elapsed() < TIMEOUT, "no {comm} runs");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let pid = i32::try_from(pid).expect("a pid fits an i32");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    q.event("__org.bulkhead_WORKER_RESTARTED");
+}
+
 /// The pid of a running broker.
 pub fn broker_pid(b: &Bulkhead) -> u32 {
     b.child.as_ref().unwrap().id()
+}
+
+/// The ELF of test guest `name` (built by vcpu-proc's build script).
+pub fn guest(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-guests/x86_64-unknown-linux-gnu/release")
+        .join(name);
+    assert!(
+        p.exists(),
+        "test guest {} missing (build vcpu-proc or run scripts/build-guests)",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
 }
 
 /// A private directory removed on drop.

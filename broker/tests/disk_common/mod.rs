@@ -10,25 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use crate::common::guest;
+
 /// Guest code is very slow on the nested KVM of the development machines.
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Image size (the guests use the first 64 sectors).
 pub const IMAGE_BYTES: u64 = 4 << 20;
 /// Sectors the `blk` guests write.
 pub const GUEST_SECTORS: u64 = 64;
-
-/// The ELF of test guest `name` (built by vcpu-proc's build script).
-pub fn guest(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/test-guests/x86_64-unknown-linux-gnu/release")
-        .join(name);
-    assert!(
-        p.exists(),
-        "test guest {} missing (build vcpu-proc or run scripts/build-guests)",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
-}
 
 /// Starts bulkhead running test guest `guest_name` with its serial output
 /// in `dir/serial.log` (`-kernel GUEST -serial file:LOG EXTRA...`).
@@ -74,6 +63,39 @@ pub fn start_with_disk(
         "virtio-blk-device,drive=d0,id=vda",
     ]);
     crate::common::Bulkhead::start(&args)
+}
+
+/// A `blk-loop` guest doing verified I/O on a disk of its own (device
+/// `vda` over node `d0`), the broker and a QMP client; the fields in the
+/// order they drop (a test binds `dir` too, as `_dir`, to keep it).
+pub struct LoopGuest {
+    pub q: crate::common::Qmp,
+    pub b: crate::common::Bulkhead,
+    pub serial: SerialLog,
+    pub img: PathBuf,
+    pub dir: crate::common::TempDir,
+}
+
+/// Starts a [`LoopGuest`] on a new `format` image (`raw` or `qcow2`) in a
+/// directory of its own, and waits until it has written `passes` passes.
+pub fn start_blk_loop(format: &str, passes: u64) -> LoopGuest {
+    let dir = crate::common::TempDir::new();
+    let img = match format {
+        "raw" => raw_image(&dir.0),
+        "qcow2" => qcow2_image(&dir.0),
+        other => panic!("no {other} image for blk-loop"),
+    };
+    let serial = SerialLog(dir.0.join("serial.log"));
+    let b = start_with_disk(&[], "blk-loop", format, &img, &serial);
+    let q = b.client();
+    serial.wait_passes(passes);
+    LoopGuest {
+        q,
+        b,
+        serial,
+        img,
+        dir,
+    }
 }
 
 /// A zero-filled raw image.
@@ -255,6 +277,31 @@ pub fn block_proc_pid(broker: u32) -> Option<i32> {
         }
     }
     None
+}
+
+/// Waits until a block-proc other than `old` runs under `b` and the
+/// broker answers `query-block`.
+pub fn wait_block_restart(b: &crate::common::Bulkhead, q: &mut crate::common::Qmp, old: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if block_proc_pid(crate::common::broker_pid(b)).is_some_and(|p| p != old)
+            && q.execute("query-block", serde_json::json!({}))
+                .get("return")
+                .is_some()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "block-proc not restarted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs `b`'s block-proc and waits for its successor
+/// ([`wait_block_restart`]).
+pub fn kill_block_proc_and_wait_restart(b: &crate::common::Bulkhead, q: &mut crate::common::Qmp) {
+    let pid = block_proc_pid(crate::common::broker_pid(b)).expect("block-proc");
+    sigkill(pid);
+    wait_block_restart(b, q, pid);
 }
 
 /// SIGKILLs `pid`.

@@ -6,81 +6,31 @@ pub mod tap;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command};
+use std::path::Path;
 
 use ipc_proto::net::{NetEvent, NetReply, NetRequest, NicSpec, NicStats};
-use ipc_proto::worker::BrokerChannel;
-use ipc_proto::{BrokerMsg, FlatError, WorkerKind, WorkerMsg};
+use ipc_proto::WorkerKind;
+use vhost_user_harness::worker::ControlledWorker;
 use vhost_user_harness::{NetDevice, NetOptions};
-
-/// The broker's end of the control channel.
-pub type Chan = BrokerChannel<NetRequest, NetReply, NetEvent>;
 
 /// The test NIC's MAC.
 pub const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
-/// A running net-proc; killed on drop.
-pub struct Worker {
-    pub child: Child,
-    pub chan: Chan,
-    pub next: u64,
-    pub events: Vec<NetEvent>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+vhost_user_harness::controlled_worker!(
+    /// A running net-proc; killed on drop.
+    Worker,
+    NetRequest,
+    NetReply,
+    NetEvent
+);
 
 /// Starts net-proc sandboxed on a socketpair control channel.
 pub fn spawn() -> Worker {
-    let (broker, worker) = UnixStream::pair().unwrap();
-    nix::fcntl::fcntl(
-        &worker,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&worker);
-    let child = Command::new(env!("CARGO_BIN_EXE_net-proc"))
-        .arg("--control-fd")
-        .arg(fd.to_string())
-        .args(["--sandbox-uid", "61003"])
-        .spawn()
-        .unwrap();
-    drop(worker);
-    let (chan, hello) = ipc_proto::worker::accept(broker, WorkerKind::Net).unwrap();
-    assert_eq!(hello.pid, child.id());
-    Worker {
-        child,
-        chan,
-        next: 1,
-        events: Vec::new(),
-    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_net-proc"));
+    Worker(ControlledWorker::spawn(bin, WorkerKind::Net, 61003).unwrap())
 }
 
 impl Worker {
-    /// One request and its reply (events kept aside).
-    pub fn call(
-        &mut self,
-        body: NetRequest,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<NetReply, FlatError> {
-        let id = self.next;
-        self.next += 1;
-        self.chan
-            .send(&BrokerMsg::Request { id, body }, fds)
-            .unwrap();
-        loop {
-            match self.chan.recv().unwrap().0 {
-                WorkerMsg::Reply { id: r, result } if r == id => return result,
-                WorkerMsg::Reply { .. } => panic!("reply out of order"),
-                WorkerMsg::Event(e) => self.events.push(e),
-            }
-        }
-    }
-
     /// Adds TAP netdev `id` over `fds`.
     pub fn add_tap(&mut self, id: &str, fds: &[OwnedFd], vnet_hdr: bool) {
         let b: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();

@@ -11,6 +11,13 @@ use crate::virtio_net::{LinkChange, Net, BUF_LEN};
 
 /// Pings per round at most (the bitmap's size).
 pub const MAX_ROUND: u32 = 256;
+/// Pings per round of the guests that ping forever (`net-loop`,
+/// `net-pair`).
+pub const ENDLESS_ROUND: u32 = 50;
+/// Pings outstanding at most in those rounds.
+pub const ENDLESS_WINDOW: u32 = 8;
+/// How long an unanswered ping holds their window (ms).
+pub const ENDLESS_PATIENCE_MS: u64 = 1000;
 const WORDS: usize = (MAX_ROUND / 64) as usize;
 
 /// Counts of one round (or of a whole run).
@@ -41,8 +48,8 @@ impl Stats {
         self.late += o.late;
     }
 
-    /// Prints the counts after `what`.
-    pub fn print(&self, what: &str) {
+    /// Prints the counts after `what` (`net: WHAT: sent ...`).
+    pub fn print(&self, what: impl core::fmt::Display) {
         println!(
             "net: {}: sent {} received {} lost {} duplicate {} corrupt {} late {}",
             what, self.sent, self.received, self.lost, self.duplicate, self.corrupt, self.late

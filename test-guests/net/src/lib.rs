@@ -1,7 +1,8 @@
 //! Code of the `net` test guests: a virtio-net driver ([`virtio_net`]),
-//! the test frames ([`frame`], shared with the host tests) and the
+//! the test frames ([`frame`], shared with the host tests), the
 //! exchange ([`exchange`]: pings with sequence numbers, echo of the
-//! peers' pings, loss / duplicate / corruption counts, link watching).
+//! peers' pings, loss / duplicate / corruption counts, link watching)
+//! and the start-up they share ([`start`]: the NIC set up and named).
 //!
 //! - `net`: a round of pings, then watches the link for a while (a host
 //!   test turns it off and on: `set_link`), pings while it is down and a
@@ -23,4 +24,5 @@ pub mod clock;
 pub mod exchange;
 pub mod frame;
 pub mod gen_frame;
+pub mod start;
 pub mod virtio_net;

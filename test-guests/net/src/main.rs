@@ -12,7 +12,8 @@
 
 use guest_rt::println;
 use net::exchange::{Exchange, Stats};
-use net::virtio_net::Net;
+use net::start::nic;
+use net::virtio_net::RX_BUF_LEN;
 use net::{clock, frame};
 
 /// Pings per round.
@@ -30,16 +31,10 @@ guest_rt::guest!("net", main);
 
 fn main() -> ! {
     clock::start();
-    let net = match Net::setup() {
-        Ok(n) => n,
-        Err(e) => guest_rt::fail!("virtio-net set-up: {:?}", e),
-    };
-    let m = net.mac;
+    let net = nic(0, RX_BUF_LEN);
     println!(
-        "net: virtio-net at {:#x}, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, features {:#x}, link {}, ethertype {:#06x}",
-        net.base(),
-        m[0], m[1], m[2], m[3], m[4], m[5],
-        net.features,
+        "net: {}, link {}, ethertype {:#06x}",
+        net,
         if net.link_up() { "up" } else { "down" },
         frame::ETHERTYPE
     );

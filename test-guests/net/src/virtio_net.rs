@@ -32,7 +32,7 @@ pub const BUF_LEN: usize = 2048;
 pub const TX_BUF_LEN: usize = 9216;
 /// Bytes of one receive buffer (less than a full frame: see above).
 pub const RX_BUF_LEN: usize = 1024;
-/// Largest receive buffer [`Net::setup_with`] takes.
+/// Largest receive buffer [`Net::setup_nth`] takes.
 pub const RX_BUF_MAX: usize = 4096;
 /// Largest packet the driver reassembles (a 9000-byte-MTU frame).
 pub const MAX_PACKET: usize = TX_BUF_LEN;
@@ -166,20 +166,11 @@ fn tx_buf(nth: usize, b: usize) -> *mut u8 {
 }
 
 impl Net {
-    /// Finds the device, negotiates VERSION_1, MAC, STATUS and MRG_RXBUF,
-    /// sets both queues up, fills the receive queue and starts it.
-    pub fn setup() -> Result<Net, SetupError> {
-        Self::setup_with(RX_BUF_LEN)
-    }
-
-    /// [`Net::setup`] with receive buffers of `rx_len` bytes (at most
-    /// [`RX_BUF_MAX`]; a Linux guest posts page-sized ones).
-    pub fn setup_with(rx_len: usize) -> Result<Net, SetupError> {
-        Self::setup_nth(0, rx_len)
-    }
-
-    /// [`Net::setup_with`] on the `nth` virtio-net device (below
-    /// [`MAX_NICS`]; each NIC once).
+    /// Finds the `nth` virtio-net device (below [`MAX_NICS`]; each NIC
+    /// once), negotiates VERSION_1, MAC, STATUS and MRG_RXBUF, sets both
+    /// queues up with receive buffers of `rx_len` bytes (at most
+    /// [`RX_BUF_MAX`]; a Linux guest posts page-sized ones), fills the
+    /// receive queue and starts it.
     pub fn setup_nth(nth: usize, rx_len: usize) -> Result<Net, SetupError> {
         if nth >= MAX_NICS {
             return Err(SetupError::TooMany);

@@ -20,14 +20,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use ipc_proto::migration::MigrationRequest;
-use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::{FdSlot, VcpuRequest};
 use nix::fcntl::OFlag;
 use serde::Deserialize;
 
 use crate::cli::MachineType;
 use crate::machine::fdsets::{parse_fd_number, FdSets};
 use crate::machine::images::open::{as_identity, strerror};
-use crate::machine::{unexpected_reply, Machine};
+use crate::machine::{expect_vcpu_done, Machine};
 use crate::qmp::error::{QmpError, Result};
 use crate::qmp::registry::{Command, Ctx};
 use crate::qmp::schema::{member, optional, Empty, QapiType, SchemaType};
@@ -144,15 +144,9 @@ fn refuse_without_guest(m: &Machine) -> Result<()> {
 /// Sends `req` with `file` as its fd 0 and expects Done.
 fn request_with_file(m: &Machine, req: MigrationRequest, file: OwnedFd) -> Result<Empty> {
     let file = File::from(file);
-    match m.vcpu_request_with_fds(VcpuRequest::Migration(req), &[file.as_fd()])? {
-        VcpuReply::Done => Ok(Empty {}),
-        other @ (VcpuReply::Status(_)
-        | VcpuReply::Cpus(_)
-        | VcpuReply::Trace(_)
-        | VcpuReply::DumpStarted { .. }
-        | VcpuReply::DumpProgress { .. }
-        | VcpuReply::Migration(_)) => Err(unexpected_reply(&other).into()),
-    }
+    m.vcpu_request_with_fds(VcpuRequest::Migration(req), &[file.as_fd()])
+        .and_then(expect_vcpu_done)?;
+    Ok(Empty {})
 }
 
 /// What QEMU's `live` (default true) does on a VM that was stopped

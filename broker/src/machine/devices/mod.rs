@@ -47,12 +47,12 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ipc_proto::block::{BlockReply, BlockRequest, BlockdevOptions};
+use ipc_proto::block::{BlockRequest, BlockdevOptions};
 use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest, VhostUserDeviceConfig, VhostUserKind};
 use ipc_proto::{ErrorClass, FlatError};
 use serde_json::{json, Map, Value};
 
-use super::{block_state, lock, unexpected_reply, Machine};
+use super::{block_state, expect_done, expect_vcpu_done, lock, Machine};
 use crate::cli::ChardevSpec;
 
 pub mod net;
@@ -218,9 +218,7 @@ fn create_export(m: &Machine, spec: &DeviceSpec, drive: &str) -> Result<Backend,
         serial: spec.serial.clone(),
         logical_block_size: spec.logical_block_size,
     };
-    let reply = m
-        .block_request(request.clone())
-        .and_then(crate::machine::expect_done);
+    let reply = m.block_request(request.clone()).and_then(expect_done);
     if let Err(e) = reply {
         undo_export(m, &export_id);
         return Err(e);
@@ -248,7 +246,7 @@ fn undo_export(m: &Machine, export_id: &str) {
 }
 
 fn remove_export(m: &Machine, export_id: &str) -> Result<(), FlatError> {
-    crate::machine::expect_done(m.block_request(BlockRequest::DelExport {
+    expect_done(m.block_request(BlockRequest::DelExport {
         id: export_id.to_owned(),
     })?)?;
     block_state::forget_export(m, export_id);
@@ -271,15 +269,8 @@ fn connect(m: &Machine, nic_id: &str, backend: &Backend) -> Result<UnixStream, F
             let req = BlockRequest::AttachExportConnection {
                 id: export_id.clone(),
             };
-            match m.block_request_with_fds(req, &[theirs.as_fd()])? {
-                BlockReply::Done => Ok(ours),
-                other @ (BlockReply::NeedFiles { .. }
-                | BlockReply::Nodes(_)
-                | BlockReply::Stats(_)
-                | BlockReply::Trace(_)
-                | BlockReply::Bitmap(_)
-                | BlockReply::Snapshot(_)) => Err(unexpected_reply(&other)),
-            }
+            expect_done(m.block_request_with_fds(req, &[theirs.as_fd()])?)?;
+            Ok(ours)
         }
         Backend::Nic { .. } => net::connect(m, nic_id),
         Backend::External { path, .. } => UnixStream::connect(path)
@@ -665,15 +656,8 @@ pub fn attach_pending(m: &Machine) -> Result<(), FlatError> {
             // Not left half-open: its export would wait on it.
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
-        match reply? {
-            VcpuReply::Done => mark_attached(m, &[id]),
-            other @ (VcpuReply::Status(_)
-            | VcpuReply::Cpus(_)
-            | VcpuReply::Trace(_)
-            | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }
-            | VcpuReply::Migration(_)) => return Err(unexpected_reply(&other)),
-        }
+        expect_vcpu_done(reply?)?;
+        mark_attached(m, &[id]);
     }
     Ok(())
 }

@@ -14,14 +14,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use ipc_proto::migration::{MigrationEvent, MigrationRequest, MigrationStatus};
-use ipc_proto::vcpu::{FdSlot, RunState, VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::{FdSlot, RunState, VcpuRequest};
 use ipc_proto::FlatError;
 use serde_json::Value;
 
 use super::transport::Listening;
 use super::{disks, emit_status};
 use crate::machine::announce::TimerName;
-use crate::machine::{lock, unexpected_reply, ExitRequest, Machine};
+use crate::machine::{expect_vcpu_done, lock, ExitRequest, Machine};
 
 /// The incoming migration's state.
 #[derive(Debug)]
@@ -147,17 +147,11 @@ fn receive(m: &Arc<Machine>, source: Source) {
         }
     };
     let req = VcpuRequest::Migration(MigrationRequest::Incoming { fd: FdSlot(0) });
-    match m.vcpu_request_with_fds(req, &[fd.as_fd()]) {
-        Ok(VcpuReply::Done) => {}
-        Ok(
-            other @ (VcpuReply::Status(_)
-            | VcpuReply::Cpus(_)
-            | VcpuReply::Trace(_)
-            | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }
-            | VcpuReply::Migration(_)),
-        ) => fail(m, unexpected_reply(&other).desc),
-        Err(e) => fail(m, e.desc),
+    if let Err(e) = m
+        .vcpu_request_with_fds(req, &[fd.as_fd()])
+        .and_then(expect_vcpu_done)
+    {
+        fail(m, e.desc);
     }
 }
 

@@ -10,13 +10,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use ipc_proto::migration::{dirty_log_size, MigrationEvent, MigrationRequest, MigrationStatus};
-use ipc_proto::vcpu::{FdSlot, VcpuReply, VcpuRequest};
+use ipc_proto::vcpu::{FdSlot, VcpuRequest};
 use ipc_proto::FlatError;
 use serde_json::json;
 
 use super::uri::MigrationUri;
 use super::{disks, emit_status, transport};
-use crate::machine::{lock, unexpected_reply, Machine};
+use crate::machine::{expect_vcpu_done, lock, Machine};
 
 /// QEMU's message for a second `migrate`.
 pub const IN_PROGRESS: &str = "There's a migration process in progress";
@@ -174,15 +174,8 @@ fn send_start(m: &Machine, id: u64, fd: &OwnedFd) -> Result<(), FlatError> {
         log: FdSlot(1),
         params,
     });
-    match m.vcpu_request_with_fds(req, &[fd.as_fd(), log.as_fd()])? {
-        VcpuReply::Done => Ok(()),
-        other @ (VcpuReply::Status(_)
-        | VcpuReply::Cpus(_)
-        | VcpuReply::Trace(_)
-        | VcpuReply::DumpStarted { .. }
-        | VcpuReply::DumpProgress { .. }
-        | VcpuReply::Migration(_)) => Err(unexpected_reply(&other)),
-    }
+    m.vcpu_request_with_fds(req, &[fd.as_fd(), log.as_fd()])
+        .and_then(expect_vcpu_done)
 }
 
 /// The vhost-user dirty log vcpu-proc hands its backends: a memfd of

@@ -6,7 +6,7 @@ use ipc_proto::migration::{MigrationParams, MigrationRequest, MigrationStatus};
 use ipc_proto::vcpu::{VcpuReply, VcpuRequest};
 use ipc_proto::FlatError;
 
-use crate::machine::{unexpected_reply, Machine};
+use crate::machine::{expect_vcpu_done, Machine};
 
 /// QEMU's default `downtime-limit` (ms).
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
@@ -185,15 +185,7 @@ pub fn update(
     change(&mut new)?;
     if new.params() != old.params() && m.vcpu_pid().is_some() {
         let req = VcpuRequest::Migration(MigrationRequest::SetParams(new.params()));
-        match m.vcpu_request(req)? {
-            VcpuReply::Done => {}
-            other @ (VcpuReply::Status(_)
-            | VcpuReply::Cpus(_)
-            | VcpuReply::Trace(_)
-            | VcpuReply::DumpStarted { .. }
-            | VcpuReply::DumpProgress { .. }
-            | VcpuReply::Migration(_)) => return Err(unexpected_reply(&other)),
-        }
+        m.vcpu_request(req).and_then(expect_vcpu_done)?;
     }
     *m.migration
         .settings

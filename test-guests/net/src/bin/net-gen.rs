@@ -18,6 +18,7 @@
 use guest_rt::{idt, port, println};
 use net::clock;
 use net::gen_frame::{self, Control, OP_DONE, OP_RX, OP_TX};
+use net::start::nic;
 use net::virtio_net::Net;
 
 /// Receive buffer bytes.
@@ -121,25 +122,10 @@ fn receive(net: &mut Net, end: u64) -> u64 {
 fn main() -> ! {
     idt::set_handler(VECTOR, on_device_interrupt);
     clock::start();
-    let mut net = match Net::setup_with(RX_LEN) {
-        Ok(n) => n,
-        Err(e) => guest_rt::fail!("virtio-net set-up: {:?}", e),
-    };
+    let mut net = nic(0, RX_LEN);
     net.batch_rx(true);
     let gsi = net.route_interrupt(VECTOR);
-    let m = net.mac;
-    println!(
-        "net-gen: ready: virtio-net at {:#x} (GSI {:?}), mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, features {:#x}",
-        net.base(),
-        gsi,
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5],
-        net.features
-    );
+    println!("net-gen: ready: {}, GSI {:?}", net, gsi);
     loop {
         let (order, host) = next_order(&mut net);
         let size = usize::from(order.size).clamp(gen_frame::MIN_DATA, gen_frame::MAX_DATA);

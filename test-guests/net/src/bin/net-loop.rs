@@ -9,41 +9,21 @@
 
 use guest_rt::println;
 use net::clock;
-use net::exchange::Exchange;
-use net::virtio_net::Net;
-
-const ROUND: u32 = 50;
-const WINDOW: u32 = 8;
-const PATIENCE_MS: u64 = 1000;
+use net::exchange::{Exchange, ENDLESS_PATIENCE_MS, ENDLESS_ROUND, ENDLESS_WINDOW};
+use net::start::nic;
+use net::virtio_net::RX_BUF_LEN;
 
 guest_rt::guest!("net-loop", main);
 
 fn main() -> ! {
     clock::start();
-    let net = match Net::setup() {
-        Ok(n) => n,
-        Err(e) => guest_rt::fail!("virtio-net set-up: {:?}", e),
-    };
-    let m = net.mac;
-    println!(
-        "net: virtio-net at {:#x}, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, features {:#x}",
-        net.base(),
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5],
-        net.features
-    );
+    let net = nic(0, RX_BUF_LEN);
+    println!("net: {}", net);
     let mut x = Exchange::new(net);
     let mut n = 1u64;
     loop {
-        let r = x.round(ROUND, WINDOW, PATIENCE_MS);
-        println!(
-            "net: round {}: sent {} received {} lost {} duplicate {} corrupt {} late {}",
-            n, r.sent, r.received, r.lost, r.duplicate, r.corrupt, r.late
-        );
+        let r = x.round(ENDLESS_ROUND, ENDLESS_WINDOW, ENDLESS_PATIENCE_MS);
+        r.print(format_args!("round {}", n));
         n += 1;
     }
 }

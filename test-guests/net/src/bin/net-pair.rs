@@ -12,38 +12,22 @@
 
 use guest_rt::println;
 use net::clock;
-use net::exchange::Exchange;
-use net::virtio_net::{Net, RX_BUF_LEN};
-
-const ROUND: u32 = 50;
-const WINDOW: u32 = 8;
-const PATIENCE_MS: u64 = 1000;
+use net::exchange::{Exchange, ENDLESS_PATIENCE_MS, ENDLESS_ROUND, ENDLESS_WINDOW};
+use net::start::nic;
+use net::virtio_net::RX_BUF_LEN;
 
 guest_rt::guest!("net-pair", main);
 
-fn nic(nth: usize) -> Exchange {
-    let net = match Net::setup_nth(nth, RX_BUF_LEN) {
-        Ok(n) => n,
-        Err(e) => guest_rt::fail!("virtio-net {} set-up: {:?}", nth, e),
-    };
-    let m = net.mac;
-    println!(
-        "net: nic{} virtio-net at {:#x}, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        nth,
-        net.base(),
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5]
-    );
+/// NIC `nth`, named on the serial port.
+fn exchange(nth: usize) -> Exchange {
+    let net = nic(nth, RX_BUF_LEN);
+    println!("net: nic{} {}", nth, net);
     Exchange::new(net)
 }
 
 fn main() -> ! {
     clock::start();
-    let mut x = [nic(0), nic(1)];
+    let mut x = [exchange(0), exchange(1)];
     let mut n = 1u64;
     loop {
         for pinger in 0..2 {
@@ -53,11 +37,13 @@ fn main() -> ! {
             } else {
                 (&mut b[0], &mut a[0])
             };
-            let r = p.round_beside(ROUND, WINDOW, PATIENCE_MS, Some(answerer));
-            println!(
-                "net: nic{} round {}: sent {} received {} lost {} duplicate {} corrupt {} late {}",
-                pinger, n, r.sent, r.received, r.lost, r.duplicate, r.corrupt, r.late
+            let r = p.round_beside(
+                ENDLESS_ROUND,
+                ENDLESS_WINDOW,
+                ENDLESS_PATIENCE_MS,
+                Some(answerer),
             );
+            r.print(format_args!("nic{} round {}", pinger, n));
         }
         n += 1;
     }
