@@ -16,6 +16,7 @@ use ipc_proto::trace::TracePoint;
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Error as VuError, Result as VuResult};
 use vhost_backend_common::backend::{BackendDevice, ReadyQueue, RunningQueue};
+use vhost_backend_common::log::LOG_ALL;
 
 use super::device::{DeviceModel, QueueRole};
 use super::export::ExportEvent;
@@ -67,7 +68,7 @@ impl BackendDevice for ExportDevice {
     }
 
     fn features(&self) -> u64 {
-        self.dev.features()
+        self.dev.features() | LOG_ALL
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

@@ -17,6 +17,7 @@ use ipc_proto::trace::TracePoint;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Error as VuError, Result as VuResult};
 use vhost_backend_common::backend::{BackendDevice, ReadyQueue, RunningQueue};
+use vhost_backend_common::log::LOG_ALL;
 
 use super::queue::{QueueError, QueueParams, QueueWorker, RingAddrs};
 use super::stats::Counters;
@@ -86,7 +87,7 @@ impl BackendDevice for NicDevice {
     }
 
     fn features(&self) -> u64 {
-        self.nic.config().features()
+        self.nic.config().features() | LOG_ALL
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

@@ -71,8 +71,9 @@ pub trait BackendDevice: Send + 'static {
     /// The process's trace point for a handled vhost-user message, with
     /// three arguments: the device's name, the message, its argument.
     fn msg_point(&self) -> &'static TracePoint;
-    /// Virtio feature bits offered (with the vhost-user ones; the handler
-    /// adds `VHOST_F_LOG_ALL`).
+    /// Virtio feature bits offered, with the vhost-user ones: with
+    /// `VHOST_F_LOG_ALL` ([`crate::log::LOG_ALL`]) when the device's queues
+    /// log their writes in [`ReadyQueue::log`].
     fn features(&self) -> u64;
     /// vhost-user protocol features offered.
     fn protocol_features(&self) -> VhostUserProtocolFeatures;

@@ -38,13 +38,13 @@ impl<D: BackendDevice> VhostUserBackendReqHandlerMut for VhostBackend<D> {
 
     fn get_features(&mut self) -> VuResult<u64> {
         self.trace("GET_FEATURES", &());
-        Ok(self.dev.features() | LOG_ALL)
+        Ok(self.dev.features())
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
         self.trace("SET_FEATURES", &features);
         self.acked(|b| {
-            if features & !(b.dev.features() | LOG_ALL) != 0 {
+            if features & !b.dev.features() != 0 {
                 return Err(VuError::InvalidParam);
             }
             let logging_changed = (b.acked_features ^ features) & LOG_ALL != 0;
