@@ -263,3 +263,6 @@ impl<D: BackendDevice> Drop for VhostBackend<D> {
         self.disconnect();
     }
 }
+
+#[cfg(test)]
+mod tests;
