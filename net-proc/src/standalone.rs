@@ -15,11 +15,11 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use vhost_backend_common::export::peer_allowed;
 
 use crate::tap::{Tap, TapError};
 use crate::vhost::backend::Nic;
@@ -175,13 +175,6 @@ fn private_listener(path: &str) -> Result<UnixListener> {
         return Err(fail(e));
     }
     Ok(listener)
-}
-
-/// True if the peer of `s` runs as our effective uid or as root.
-fn peer_allowed(s: &UnixStream) -> std::io::Result<bool> {
-    let cred = getsockopt(s, PeerCredentials)?;
-    let me = nix::unistd::geteuid().as_raw();
-    Ok(cred.uid() == me || cred.uid() == 0)
 }
 
 /// Runs standalone mode until killed.

@@ -21,11 +21,11 @@ pub const SET_BACKEND_REQ_FD: u32 = 21;
 /// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`.
 const CONFIG_CHANGE_MSG: u32 = 2;
 /// Header flags: protocol version 1.
-const VERSION: u32 = 0x1;
+pub(crate) const VERSION: u32 = 0x1;
 /// Header flags: a reply.
 const REPLY: u32 = 0x4;
 /// Header flags: the sender wants a REPLY_ACK.
-const NEED_REPLY: u32 = 0x8;
+pub(crate) const NEED_REPLY: u32 = 0x8;
 
 /// Errors of the channel.
 #[derive(Debug, thiserror::Error)]
@@ -87,9 +87,15 @@ pub fn take_request(stream: &UnixStream) -> Result<(UnixStream, bool), ChannelEr
 }
 
 /// Answers a REPLY_ACK for `SET_BACKEND_REQ_FD` (`ok` or a failure).
-pub fn ack(mut stream: &UnixStream, ok: bool) -> Result<(), ChannelError> {
+pub fn ack(stream: &UnixStream, ok: bool) -> Result<(), ChannelError> {
+    reply_ack(stream, SET_BACKEND_REQ_FD, ok)
+}
+
+/// Answers a REPLY_ACK for a request with code `code` the export took
+/// itself (`ok` or a failure).
+pub fn reply_ack(mut stream: &UnixStream, code: u32, ok: bool) -> Result<(), ChannelError> {
     let mut m = [0u8; 20];
-    m[0..4].copy_from_slice(&SET_BACKEND_REQ_FD.to_le_bytes());
+    m[0..4].copy_from_slice(&code.to_le_bytes());
     m[4..8].copy_from_slice(&(VERSION | REPLY).to_le_bytes());
     m[8..12].copy_from_slice(&8u32.to_le_bytes());
     m[12..20].copy_from_slice(&u64::from(!ok).to_le_bytes());

@@ -4,16 +4,18 @@
 //! Why not `vhost-user-backend`'s `VhostUserHandler`: in 0.24 its
 //! `get_inflight_fd`/`set_inflight_fd` are fixed to "unsupported" and its
 //! `VhostUserBackend` trait has no hook for them, and it hides the queue
-//! state a resubmission needs. So [`backend::BlkBackend`] implements the
-//! `vhost` crate's `VhostUserBackendReqHandlerMut` itself (the `vhost`
-//! crate still does all message parsing, validation and REPLY_ACK), around
-//! its own queue state and one worker thread per queue.
+//! state a resubmission needs. So the protocol handler is our own,
+//! `vhost-backend-common`'s `VhostBackend` (shared with net-proc; the
+//! `vhost` crate still does all message parsing, validation and
+//! REPLY_ACK), and block-proc plugs its device half into it.
 //!
 //! - [`memory`]: guest memory from SET_MEM_TABLE, frontend-VA translation.
 //! - [`queue`]: a queue's worker thread (kick → process → used → call),
 //!   inflight bookkeeping and resubmission.
-//! - [`backend`]: the protocol handler.
-//! - [`export`]: the listening socket and connection loop of one export.
+//! - [`backend`]: the device half of the protocol handler (inflight
+//!   region, queue roles and workers).
+//! - [`device`]: what virtio-blk and virtio-scsi plug in.
+//! - [`export`]: one export's connection thread and the nodes it holds.
 //! - [`log`]: dirty logging of the buffers a request wrote (migration).
 
 pub mod backend;

@@ -9,16 +9,17 @@
 //! - [`queue`]: a virtqueue's worker (tx: ring → netdev, rx: TAP → ring;
 //!   a switch port's rx ring is filled by the switch, ring to ring).
 //! - [`stats`]: a NIC's counters.
-//! - [`backend`]: the protocol handler and the [`backend::Nic`] it serves.
+//! - [`backend`]: the device half of the protocol handler (shared with
+//!   block-proc in `vhost-backend-common`) and the [`backend::Nic`] it
+//!   serves.
 //! - [`backend_channel`]: SET_BACKEND_REQ_FD and CONFIG_CHANGE_MSG.
-//! - [`export`]: the connection loop of one NIC.
-//! - [`early_enable`]: SET_VRING_ENABLE before PROTOCOL_FEATURES is acked
-//!   (QEMU's virtio-net sends it).
+//! - [`export`]: the connection thread of one NIC (SET_VRING_ENABLE
+//!   before PROTOCOL_FEATURES is acked, as QEMU's virtio-net sends it, is
+//!   applied there: `vhost_backend_common::early_enable`).
 
 pub mod backend;
 pub mod body;
 pub use vhost_backend_common::backend_channel;
-pub mod early_enable;
 pub mod export;
 pub use vhost_backend_common::memory;
 pub mod queue;

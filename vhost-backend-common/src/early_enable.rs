@@ -11,19 +11,13 @@
 //!
 //! Written by hand: the crate's handler has no hook for this.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 
-use super::backend_channel::ChannelError;
+use crate::backend_channel::{reply_ack, ChannelError, NEED_REPLY};
 
 /// `VHOST_USER_SET_VRING_ENABLE`.
 pub const SET_VRING_ENABLE: u32 = 18;
-/// Header flags: protocol version 1.
-const VERSION: u32 = 0x1;
-/// Header flags: a reply.
-const REPLY: u32 = 0x4;
-/// Header flags: the sender wants a REPLY_ACK.
-const NEED_REPLY: u32 = 0x8;
 
 /// One SET_VRING_ENABLE message.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,19 +58,16 @@ pub fn take(mut stream: &UnixStream) -> Result<VringEnable, ChannelError> {
 }
 
 /// Answers a REPLY_ACK for SET_VRING_ENABLE (`ok` or a failure).
-pub fn ack(mut stream: &UnixStream, ok: bool) -> Result<(), ChannelError> {
-    let mut m = [0u8; 20];
-    m[0..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-    m[4..8].copy_from_slice(&(VERSION | REPLY).to_le_bytes());
-    m[8..12].copy_from_slice(&8u32.to_le_bytes());
-    m[12..20].copy_from_slice(&u64::from(!ok).to_le_bytes());
-    stream.write_all(&m)?;
-    Ok(())
+pub fn ack(stream: &UnixStream, ok: bool) -> Result<(), ChannelError> {
+    reply_ack(stream, SET_VRING_ENABLE, ok)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
+    use crate::backend_channel::VERSION;
 
     fn msg(code: u32, flags: u32, size: u32, index: u32, num: u32) -> Vec<u8> {
         [code, flags, size, index, num]
