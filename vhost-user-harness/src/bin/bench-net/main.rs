@@ -17,15 +17,15 @@
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_proto::net::{NetEvent, NetReply, NetRequest, NicSpec};
-use ipc_proto::worker::BrokerChannel;
-use ipc_proto::{BrokerMsg, WorkerKind, WorkerMsg};
+use ipc_proto::WorkerKind;
 use vhost_user_harness::net::{NetDevice, NetOptions, HDR_LEN};
+use vhost_user_harness::worker::ControlledWorker;
 use vhost_user_harness::HarnessError;
 
 mod guest;
@@ -37,8 +37,6 @@ use packet::Packet;
 
 /// The test frames' EtherType.
 pub const ETHERTYPE: u16 = 0x88b5;
-
-type Chan = BrokerChannel<NetRequest, NetReply, NetEvent>;
 
 struct Args {
     net_proc: String,
@@ -169,36 +167,16 @@ fn counter(
     })
 }
 
-/// A net-proc driven as the broker drives it.
-pub struct Worker {
-    child: Child,
-    chan: Chan,
-    next: u64,
-}
+/// A net-proc driven as the broker drives it (sandboxed, on its control
+/// channel), killed on drop.
+pub struct Worker(ControlledWorker<NetRequest, NetReply, NetEvent>);
 
 impl Worker {
     /// Spawns `exe` sandboxed.
     pub fn spawn(exe: &str) -> Result<Worker, String> {
-        let (broker, worker) = UnixStream::pair().map_err(|e| e.to_string())?;
-        nix::fcntl::fcntl(
-            &worker,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
-            .arg("--control-fd")
-            .arg(worker.as_raw_fd().to_string())
-            .args(["--sandbox-uid", "61005"])
-            .spawn()
-            .map_err(|e| format!("{exe}: {e}"))?;
-        drop(worker);
-        let (chan, _) =
-            ipc_proto::worker::accept(broker, WorkerKind::Net).map_err(|e| e.to_string())?;
-        Ok(Worker {
-            child,
-            chan,
-            next: 1,
-        })
+        ControlledWorker::spawn(std::path::Path::new(exe), WorkerKind::Net, 61005)
+            .map(Worker)
+            .map_err(|e| format!("{exe}: {e}"))
     }
 
     /// Sends `body` with `fds`; the reply.
@@ -207,17 +185,17 @@ impl Worker {
         body: NetRequest,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<NetReply, String> {
-        let id = self.next;
-        self.next += 1;
-        self.chan
-            .send(&BrokerMsg::Request { id, body }, fds)
-            .map_err(|e| e.to_string())?;
-        loop {
-            match self.chan.recv().map_err(|e| e.to_string())?.0 {
-                WorkerMsg::Reply { id: r, result } if r == id => return result.map_err(|e| e.desc),
-                WorkerMsg::Reply { .. } | WorkerMsg::Event(_) => {}
-            }
-        }
+        self.0.call(body, fds).map_err(herr)?.map_err(|e| e.desc)
+    }
+
+    /// The process id of the net-proc.
+    fn pid(&self) -> i32 {
+        self.0.child.id() as i32
+    }
+
+    /// Waits for the (killed) net-proc to end.
+    fn reap(&mut self) {
+        let _ = self.0.child.wait();
     }
 
     fn stats(&mut self) -> Result<ipc_proto::net::NicStats, String> {
@@ -255,13 +233,6 @@ impl Worker {
             &[theirs.as_fd()],
         )?;
         Ok(ours)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -410,21 +381,27 @@ fn nic_to_nic(a: &Args, taps: &(String, String)) -> Result<(), String> {
         let (sw, back) = rings::rings(na, &mut nb, len, a.secs)?;
         na = back;
         let br = rings::taps(&taps.0, &taps.1, len, a.secs)?;
-        println!(
-            "{:<8} {:>14} {:>14} {:>9.2}x   {}/{}, {}/{}",
-            label,
-            fmt_rate(len, sw.pps),
-            fmt_rate(len, br.pps),
-            sw.pps / br.pps,
-            sw.sent,
-            sw.arrived,
-            br.sent,
-            br.arrived
-        );
+        pair_row(label, len, &sw, &br);
     }
     drop((na, nb, w));
     println!();
     Ok(())
+}
+
+/// One row of a two-column table: net-proc's run, the kernel's, their
+/// ratio and each one's sent/arrived counts.
+fn pair_row(label: &str, len: usize, ours: &guest::Run, kernel: &guest::Run) {
+    println!(
+        "{:<8} {:>14} {:>14} {:>9.2}x   {}/{}, {}/{}",
+        label,
+        fmt_rate(len, ours.pps),
+        fmt_rate(len, kernel.pps),
+        ours.pps / kernel.pps,
+        ours.sent,
+        ours.arrived,
+        kernel.sent,
+        kernel.arrived
+    );
 }
 
 /// Port to port: net-proc's switch against the kernel's bridge.
@@ -441,17 +418,7 @@ fn port_to_port(a: &Args, taps: &(String, String), ports: &(String, String)) -> 
     for (len, label) in SIZES {
         let sw = switch::blast(&taps.0, &taps.1, len, a.secs)?;
         let br = switch::blast(&ports.0, &ports.1, len, a.secs)?;
-        println!(
-            "{:<8} {:>14} {:>14} {:>9.2}x   {}/{}, {}/{}",
-            label,
-            fmt_rate(len, sw.pps),
-            fmt_rate(len, br.pps),
-            sw.pps / br.pps,
-            sw.sent,
-            sw.arrived,
-            br.sent,
-            br.arrived
-        );
+        pair_row(label, len, &sw, &br);
     }
     drop(w);
     println!();
@@ -568,11 +535,11 @@ fn harness(a: &Args) -> Result<Vec<f64>, String> {
     for _ in 0..5 {
         let killed = Instant::now();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(w.child.id() as i32),
+            nix::unistd::Pid::from_raw(w.pid()),
             nix::sys::signal::Signal::SIGKILL,
         )
         .map_err(|e| e.to_string())?;
-        let _ = w.child.wait();
+        w.reap();
         w = Worker::spawn(&a.net_proc)?;
         dev.reconnect(w.setup(&tap)?).map_err(herr)?;
         dev.send(0, &frame(64, 7)).map_err(herr)?;

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_proto::net::{NetReply, NetRequest, NicSpec};
-use ipc_proto::rocker::{RockerRequest, SwitchSpec};
 use vhost_user_harness::net::{NetDevice, NetOptions, HDR_LEN};
 use vhost_user_harness::HarnessError;
 
@@ -44,15 +43,7 @@ pub fn start(net_proc: &str) -> Result<(Worker, NetDevice, NetDevice), String> {
     for p in ["pa", "pb"] {
         w.call(NetRequest::AddSwitchPortNetdev { id: p.into() }, &[])?;
     }
-    w.call(
-        NetRequest::Rocker(RockerRequest::Create(SwitchSpec {
-            name: "sw".into(),
-            id: 1,
-            ports: vec!["pa".into(), "pb".into()],
-            ageing_secs: 300,
-        })),
-        &[],
-    )?;
+    crate::switch::create(&mut w)?;
     let mut devs = Vec::new();
     for (nic, port, mac) in [("na", "pa", A), ("nb", "pb", B)] {
         let spec = NicSpec {

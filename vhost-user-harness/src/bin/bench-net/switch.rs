@@ -62,6 +62,12 @@ pub fn start_switch(net_proc: &str, a: &str, b: &str) -> Result<Worker, String> 
             &[std::os::fd::AsFd::as_fd(&fd)],
         )?;
     }
+    create(&mut w)?;
+    Ok(w)
+}
+
+/// Creates switch `sw` on netdevs `pa` and `pb` of `w`.
+pub fn create(w: &mut Worker) -> Result<(), String> {
     w.call(
         NetRequest::Rocker(RockerRequest::Create(SwitchSpec {
             name: "sw".into(),
@@ -71,5 +77,5 @@ pub fn start_switch(net_proc: &str, a: &str, b: &str) -> Result<Worker, String> 
         })),
         &[],
     )?;
-    Ok(w)
+    Ok(())
 }
