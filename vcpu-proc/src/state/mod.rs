@@ -148,7 +148,10 @@ impl VmState {
                     slots: regs.slots().to_vec(),
                 }
             },
-            run_state: Some(vm.global_state.to_save()),
+            // Written only when needed (QEMU's vmstate `needed`): a live
+            // state tells a target nothing its absence does not, and a file
+            // without the section loads in builds that predate it.
+            run_state: Some(vm.global_state.to_save()).filter(|s| !run::is_live(*s)),
         })
     }
 

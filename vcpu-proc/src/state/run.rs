@@ -4,7 +4,10 @@
 //! takes it instead of autostarting (QEMU's
 //! `process_incoming_migration_bh`). `xen-save-devices-state` writes
 //! `running` (QEMU's `global_state_store_running`) and
-//! `xen-load-devices-state` ignores the section, as QEMU does.
+//! `xen-load-devices-state` ignores the section, as QEMU does. A live
+//! state (running, suspended) is not written at all: the target's
+//! autostart rule applies to it exactly as to a file without the section,
+//! and such a file also loads in a build that predates the section.
 
 use std::sync::Mutex;
 

@@ -212,6 +212,18 @@ fn the_run_state_travels_and_a_file_without_it_still_loads() {
     b.vm.global_state.set_loaded(Some(RunState::Paused));
     load(&b.vm, &old).unwrap();
     assert_eq!(b.vm.global_state.take_loaded(), None);
+    // A running (or suspended) VM writes no section: its absence says
+    // the same, and a reader that predates the section loads the file.
+    for live in [RunState::Running, RunState::Suspended] {
+        a.vm.global_state.set_to_save(live);
+        let file = save(&a.vm).unwrap();
+        let ids: Vec<_> = ipc_proto::vmstate::decode(&file)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert!(!ids.contains(&SectionId::RunState), "{live:?}: {ids:?}");
+    }
 }
 
 #[test]
