@@ -36,9 +36,8 @@
 //! switch's scratch are reused), copies the frame once (on a switch port
 //! from the chain straight into the receiving NIC's rx buffers, see
 //! [`crate::rocker::forward`]) and makes one port syscall on a TAP, none
-//! on a switch port (a long run is
-//! signalled every `SIGNAL_EVERY` frames). After a batch the tx worker watches the
-//! avail ring for `POLL` before it sleeps, as block-proc's queue does
+//! on a switch port (a long run is signalled every `SIGNAL_EVERY`
+//! frames). After a batch the tx worker watches the avail ring for `POLL` before it sleeps, as block-proc's queue does
 //! (see there for why only after a batch). The rx worker does not watch
 //! the port: that costs a syscall per look, and on a loaded 2-core host
 //! it measured slower (it takes the CPU from the sender).
@@ -202,10 +201,10 @@ impl QueueWorker {
     }
 }
 
-/// Counts a tx frame: sent (Some(true)), or dropped (the port failed,
-/// or the link was down: None).
-fn count(stats: &Counters, sent: Option<bool>, total: usize) {
-    if sent == Some(true) {
+/// Counts a tx frame of `total` bytes (vnet header included): sent, or
+/// dropped (the link was down, the port failed).
+fn count(stats: &Counters, sent: bool, total: usize) {
+    if sent {
         add(&stats.tx_packets, 1);
         add(&stats.tx_bytes, (total - HDR_LEN) as u64);
     } else {
@@ -379,14 +378,20 @@ impl Worker {
         }
         if !self.ring.link_up() {
             self.ring.add_used(c.head, 0);
-            return count(&self.ring.stats, None, total);
+            return count(&self.ring.stats, false, total);
         }
         // The chain is completed as soon as it was read, before anyone can
         // see the frame: a net-proc killed in between loses the frame,
         // never sends it twice (its successor starts at the used index).
         let sent = match &self.netdev {
             Netdev::Port(port) => {
-                if !self.ring.read_chain(segs, &mut self.buf[..total]) {
+                let chain = Body::Guest {
+                    mem: &self.ring.mem,
+                    segs,
+                    skip: 0,
+                    len: total,
+                };
+                if chain.gather(&mut self.buf[..total]) != total {
                     return self.ring.bad_chain(c.head);
                 }
                 self.ring.add_used(c.head, 0);
@@ -423,7 +428,7 @@ impl Worker {
                 port.ingress(body, now, &mut self.scratch, &mut done)
             }
         };
-        count(&self.ring.stats, Some(sent), total);
+        count(&self.ring.stats, sent, total);
     }
 
     /// Reads up to [`BATCH`] frames from the port into the rx ring. True

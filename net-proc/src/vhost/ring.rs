@@ -18,7 +18,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::body::{host, Body, Chunk, Writer};
+use super::body::{Body, Chunk, Writer};
 use super::memory::Mem;
 use super::queue::{QueueError, QueueParams};
 use super::stats::{add, Counters};
@@ -314,24 +314,6 @@ impl Ring {
         }
         add(&self.stats.rx_packets, 1);
         add(&self.stats.rx_bytes, body.len() as u64);
-        true
-    }
-
-    /// Copies the chain's `segs` (checked by [`Ring::pop`]) into `buf`,
-    /// which holds their total length; false when a segment could not be
-    /// mapped.
-    pub fn read_chain(&self, segs: &[Seg], buf: &mut [u8]) -> bool {
-        let mut off = 0usize;
-        for &s in segs {
-            let Some(v) = host(&self.mem, s) else {
-                return false;
-            };
-            let Some(dst) = buf.get_mut(off..off + s.len) else {
-                return false;
-            };
-            v.copy_to(dst);
-            off += s.len;
-        }
         true
     }
 

@@ -184,6 +184,15 @@ fn a_vm_that_never_ran_moves_to_a_fresh_vm_and_boots_there() {
     assert!(a.vm.sync.boot_pending(&[0]).0.is_empty());
 }
 
+/// The ids of a state file's sections, in order.
+fn section_ids(file: &[u8]) -> Vec<SectionId> {
+    ipc_proto::vmstate::decode(file)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
+
 #[test]
 fn the_run_state_travels_and_a_file_without_it_still_loads() {
     use ipc_proto::vcpu::RunState;
@@ -203,11 +212,7 @@ fn the_run_state_travels_and_a_file_without_it_still_loads() {
     }
     .encode()
     .unwrap();
-    let ids: Vec<_> = ipc_proto::vmstate::decode(&old)
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = section_ids(&old);
     assert!(!ids.contains(&SectionId::RunState), "{ids:?}");
     b.vm.global_state.set_loaded(Some(RunState::Paused));
     load(&b.vm, &old).unwrap();
@@ -217,11 +222,7 @@ fn the_run_state_travels_and_a_file_without_it_still_loads() {
     for live in [RunState::Running, RunState::Suspended] {
         a.vm.global_state.set_to_save(live);
         let file = save(&a.vm).unwrap();
-        let ids: Vec<_> = ipc_proto::vmstate::decode(&file)
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids = section_ids(&file);
         assert!(!ids.contains(&SectionId::RunState), "{live:?}: {ids:?}");
     }
 }
